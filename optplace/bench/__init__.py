@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (fidelity, speed, surrogate, solver)."""

@@ -1,0 +1,1 @@
+"""Placement solver: objectives, greedy heuristics, MILP, baselines, lower bound, repair."""

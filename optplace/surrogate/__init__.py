@@ -1,0 +1,1 @@
+"""Per-GPU capacity surrogates: feature schema, sweeps, LightGBM models, MILP encodings."""
