@@ -1,0 +1,162 @@
+"""The ``optplace`` command line: parse options, delegate, render. Exit codes: 0 ok, 1 infeasible or
+validation failed, 2 bad input, 3 internal error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="optplace",
+    help="Place many LoRA adapters on few vLLM GPUs, and check the plan with a digital twin of vLLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _fail_input(lines: list[str]) -> typer.Exit:
+    err = _console(stderr=True)
+    for line in lines:
+        err.print(f"error: {line}", markup=False)
+    return typer.Exit(EXIT_INPUT)
+
+
+AllowPath = Annotated[Optional[list[Path]], typer.Option("--allow-path", help="Folder that spec paths may refer into, "
+                                                                              "besides the spec's own.")]
+
+
+@app.command()
+def check(specs: Annotated[list[Path], typer.Argument(help="Scenario YAML files.")],
+          allow_path: AllowPath = None,
+          json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Validate scenario files; print every problem as file:line: field: message."""
+    from .specs import SpecError, load_scenario
+
+    results, bad = [], []
+    for spec in specs:
+        try:
+            sc = load_scenario(spec, allow_paths=allow_path or ())
+        except SpecError as e:
+            bad += e.lines()
+            results.append({"spec": str(spec), "ok": False, "errors": e.lines()})
+            continue
+        ad = sc.adapter_list()
+        results.append({"spec": str(spec), "ok": True, "name": sc.name, "adapters": len(ad),
+                        "model": sc.model_name, "gpu_types": [p.gpu_name for p in sc.gpu_types()],
+                        "objective": sc.objective})
+    if json_out:
+        print(json.dumps({"specs": results}, indent=2))
+    else:
+        out = _console()
+        for r in results:
+            if r["ok"]:
+                out.print(f"ok  {r['spec']}: {r['name']} — {r['adapters']} adapters, {r['model']} on "
+                          f"{', '.join(r['gpu_types'])}, objective {r['objective']}", markup=False)
+    if bad:
+        raise _fail_input([] if json_out else bad)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of scenario files."""
+    from .specs import Scenario
+
+    print(json.dumps(Scenario.model_json_schema(by_alias=True), indent=2))
+
+
+@app.command()
+def profiles(
+    show: Annotated[Optional[str], typer.Option("--show", help="Print the KV-capacity grid of this profile "
+                                                               "(name or model@gpu).")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List hardware/model profiles (calibrated ones ship with optplace; others are built uncalibrated)."""
+    from rich.table import Table
+
+    from .specs import GPUS, MODELS, UnknownProfile, bundled_profiles, resolve_profile
+
+    if show:
+        model, _, gpu = show.partition("@")
+        try:
+            prof = resolve_profile(model, gpu)
+        except UnknownProfile as e:
+            raise _fail_input([f"--show: {e}"]) from None
+        slots = [8, 16, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384]
+        grid = {r: {L: prof.kv_cache_tokens(L, r) if prof.startup_status(L, r) == "ok" else None for L in slots}
+                for r in (8, 16, 32, 64)}
+        if json_out:
+            print(json.dumps({"profile": prof.name, "calibrated": prof.calibrated, "source": prof.source,
+                              "kv_cache_tokens": {str(r): {str(L): v for L, v in row.items()} for r, row in grid.items()}},
+                             indent=2))
+            return
+        t = Table(title=f"{prof.name} — KV cache tokens by max_loras (rows: max_lora_rank; – = fails at start)")
+        t.add_column("rank")
+        for L in slots:
+            t.add_column(str(L), justify="right")
+        for r, row in grid.items():
+            t.add_row(str(r), *[f"{v / 1000:.0f}k" if v is not None else "–" for v in row.values()])
+        out = _console()
+        out.print(t)
+        out.print(f"source: {prof.source}", markup=False)
+        return
+    rows = []
+    for prof in bundled_profiles().values():
+        rows.append({"name": prof.name, "calibrated": True, "source": prof.source,
+                     "max_slots": {str(r): prof.max_startable_slots(r) for r in (8, 16, 32)}})
+    if json_out:
+        print(json.dumps({"calibrated": rows, "models": sorted(MODELS), "gpus": sorted(GPUS)}, indent=2))
+        return
+    t = Table(title="Calibrated profiles (model@gpu)")
+    for c in ("profile", "startable slots at rank 8/16/32"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"], "/".join(str(v) for v in r["max_slots"].values()))
+    out = _console()
+    out.print(t)
+    for r in rows:
+        out.print(f"{r['name']}: {r['source']}", markup=False)
+    out.print(f"Uncalibrated profiles can be built for any of these models: {', '.join(sorted(MODELS))}\n"
+              f"on any of these GPUs: {', '.join(sorted(GPUS))} (or give an architecture/GPU inline in the spec).",
+              markup=False)
+
+
+def main() -> None:
+    """Console-script entry point: run the app; unexpected exceptions become exit code 3, one line."""
+    try:
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else EXIT_OK)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - the one place that turns crashes into exit code 3
+        # typer vendors its own click: recognise its usage errors and aborts by shape, not by class.
+        if type(e).__name__ == "Abort":
+            print("aborted", file=sys.stderr)
+            sys.exit(130)
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            sys.exit(EXIT_INPUT)
+        print(f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:500]} "
+              "(please report it with the spec that caused it)", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Scenario specs: the typed model, YAML loading with line-numbered errors, hardware profiles."""
+
+from .errors import SpecError, SpecIssue
+from .hardware import GPUS, MODELS, GpuSpec, ModelArch
+from .loader import load_scenario, load_scenario_text, semantic_issues
+from .model import (OBJECTIVES, STRATEGIES, Adapter, AdapterEntry, AdapterGroup, Constraints, PlacementEntry,
+                    PoolEntry, Scenario, Serving, SolverOptions, Workload)
+from .profiles import (SUPPORTED_RANKS, Profile, UnknownProfile, bundled_profiles, generic_profile,
+                       load_profile_file, resolve_profile)
+
+__all__ = [
+    "GPUS", "MODELS", "OBJECTIVES", "STRATEGIES", "SUPPORTED_RANKS", "Adapter", "AdapterEntry", "AdapterGroup",
+    "Constraints", "GpuSpec", "ModelArch", "PlacementEntry", "PoolEntry", "Profile", "Scenario", "Serving",
+    "SolverOptions", "SpecError", "SpecIssue", "UnknownProfile", "Workload", "bundled_profiles", "generic_profile",
+    "load_profile_file", "load_scenario", "load_scenario_text", "resolve_profile", "semantic_issues",
+]

@@ -1,0 +1,293 @@
+"""The scenario model: one frozen, typed description of a placement problem.
+
+Field names carry units (``rate_rps``, ``duration_s``). Everything is validated on load; checks
+that need several fields (or a profile) live in ``semantic_issues`` so each problem is reported
+against the field it concerns.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, Strict, StrictBool, StrictInt,
+                      StrictStr, Tag, field_validator)
+
+from .hardware import GpuSpec, ModelArch
+from .profiles import SUPPORTED_RANKS
+
+Num = Annotated[float, Strict(), AllowInfNan(False)]
+PosNum = Annotated[float, Strict(), AllowInfNan(False), Field(gt=0)]
+NonNegNum = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0)]
+Fraction = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, lt=1)]
+PosInt = Annotated[int, Strict(), Field(gt=0)]
+Name = Annotated[str, Strict(), Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/:@+]*$")]
+
+OBJECTIVES = ("min_gpus", "min_latency", "min_cost")
+STRATEGIES = ("milp", "greedy", "greedy-paper", "round-robin", "random", "first-fit-memory", "least-loaded",
+              "rank-grouped")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _rank(v: int) -> int:
+    if v not in SUPPORTED_RANKS:
+        raise ValueError(f"rank {v} is not one of {', '.join(map(str, SUPPORTED_RANKS))}")
+    return v
+
+
+Rank = Annotated[int, Strict()]
+
+
+# --- workload ---------------------------------------------------------------------------------
+
+class PoissonArrivals(_Spec):
+    """Independent Poisson stream per adapter."""
+
+    kind: Literal["poisson"]
+
+
+class GammaArrivals(_Spec):
+    """Gamma renewal process per adapter; ``cv`` is the inter-arrival coefficient of variation."""
+
+    kind: Literal["gamma"]
+    cv: PosNum = Field(description="Coefficient of variation of inter-arrival times (1 = Poisson).")
+
+
+class MmppArrivals(_Spec):
+    """Two-state Markov-modulated Poisson process (bursts); the long-run mean rate is the adapter's rate."""
+
+    kind: Literal["mmpp"]
+    burst_factor: PosNum = Field(default=4.0, description="Rate in the burst state ÷ long-run mean rate.")
+    burst_fraction: Annotated[float, Strict(), AllowInfNan(False), Field(gt=0, lt=1)] = Field(
+        default=0.1, description="Long-run fraction of time spent in the burst state.")
+    mean_burst_s: PosNum = Field(default=30.0, description="Mean length of one burst [s].")
+
+    @field_validator("burst_factor")
+    @classmethod
+    def _factor(cls, v: float) -> float:
+        if v <= 1:
+            raise ValueError(f"burst_factor must be > 1 (got {v})")
+        return v
+
+
+class TraceArrivals(_Spec):
+    """Replay a request trace (CSV: arrived_at, num_prefill_tokens, num_decode_tokens) over the adapters."""
+
+    kind: Literal["trace"]
+    path: StrictStr = Field(description="Trace CSV, relative to the spec file.")
+    assignment: Literal["by_rate", "uniform", "zipf", "dirichlet"] = "by_rate"
+    zipf_s: PosNum = 1.0
+    dirichlet_alpha: PosNum = 0.5
+    scale: PosNum | None = Field(default=None, description="Rate multiplier; default matches the adapters' "
+                                                           "total rate (by_rate) or 1.")
+
+
+ArrivalSpec = Annotated[Union[PoissonArrivals, GammaArrivals, MmppArrivals, TraceArrivals], Field(discriminator="kind")]
+
+
+class _LengthLimits(_Spec):
+    max_input_tokens: PosInt = Field(default=1024, description="Prompts longer than this are redrawn.")
+    max_total_tokens: PosInt = Field(default=2048, description="Prompt + output longer than this is redrawn.")
+    min_tokens: PosInt = Field(default=4, description="Prompt and output shorter than this are redrawn.")
+
+
+class ShareGptLengths(_LengthLimits):
+    """ShareGPT-like lengths (the reference runs' pool: mean ≈ 223 input / 196 output tokens)."""
+
+    kind: Literal["sharegpt"]
+
+
+class FixedLengths(_LengthLimits):
+    kind: Literal["fixed"]
+    input_tokens: PosInt
+    output_tokens: PosInt
+
+
+class LognormalLengths(_LengthLimits):
+    kind: Literal["lognormal"]
+    mean_input_tokens: PosNum
+    mean_output_tokens: PosNum
+    cv_input: PosNum = 1.0
+    cv_output: PosNum = 1.0
+
+
+class TraceLengths(_LengthLimits):
+    kind: Literal["trace"]
+    path: StrictStr = Field(description="Trace CSV, relative to the spec file.")
+
+
+LengthSpec = Annotated[Union[ShareGptLengths, FixedLengths, LognormalLengths, TraceLengths],
+                       Field(discriminator="kind")]
+
+
+class Workload(_Spec):
+    """How requests arrive and how long they are."""
+
+    duration_s: PosNum = Field(default=3600.0, description="Window length; unfinished requests are cancelled.")
+    arrivals: ArrivalSpec = Field(default_factory=lambda: PoissonArrivals(kind="poisson"))
+    lengths: LengthSpec = Field(default_factory=lambda: ShareGptLengths(kind="sharegpt"))
+
+
+# --- adapters ---------------------------------------------------------------------------------
+
+class AdapterEntry(_Spec):
+    """One LoRA adapter."""
+
+    name: Name
+    rank: Rank
+    rate_rps: NonNegNum = Field(description="Mean request rate [req/s].")
+
+    _check_rank = field_validator("rank")(lambda cls, v: _rank(v))
+
+
+class Popularity(_Spec):
+    """How a group's total rate is split over its adapters."""
+
+    kind: Literal["uniform", "zipf"] = "zipf"
+    s: PosNum = Field(default=1.0, description="Zipf exponent.")
+
+
+class AdapterGroup(_Spec):
+    """``count`` adapters named ``<group>-0000…``; each at ``rate_rps``, or sharing ``total_rate_rps``
+    by a popularity law."""
+
+    group: Name
+    count: Annotated[int, Strict(), Field(gt=0, le=1_000_000)]
+    rank: Rank
+    rate_rps: NonNegNum | None = None
+    total_rate_rps: NonNegNum | None = None
+    popularity: Popularity | None = None
+
+    _check_rank = field_validator("rank")(lambda cls, v: _rank(v))
+
+
+def _adapter_tag(v: Any) -> str:
+    if isinstance(v, dict):
+        return "group" if "group" in v else "adapter"
+    return "group" if isinstance(v, AdapterGroup) else "adapter"
+
+
+AdapterItem = Annotated[Union[Annotated[AdapterEntry, Tag("adapter")], Annotated[AdapterGroup, Tag("group")]],
+                        Discriminator(_adapter_tag)]
+
+
+class Adapter(BaseModel):
+    """An expanded adapter (groups resolved): name, rank, mean rate."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    rank: int
+    rate_rps: float
+
+
+# --- hardware, serving, constraints, solver, placement ----------------------------------------
+
+class PoolEntry(_Spec):
+    """GPUs of one type available to the solver."""
+
+    gpu: StrictStr | GpuSpec
+    count: Annotated[int, Strict(), Field(gt=0, le=100_000)]
+    cost_per_hour: NonNegNum = 1.0
+    profile: StrictStr | None = Field(default=None, description="Profile JSON (from `optplace calibrate`), "
+                                                                "relative to the spec file.")
+
+    @property
+    def gpu_name(self) -> str:
+        return self.gpu if isinstance(self.gpu, str) else self.gpu.name
+
+
+class Serving(_Spec):
+    """vLLM engine knobs (vLLM's names and the reference runs' defaults)."""
+
+    max_num_batched_tokens: Annotated[int, Strict(), Field(ge=16, le=1_048_576)] = 2048
+    max_num_seqs: Annotated[int, Strict(), Field(ge=1, le=65_536)] = 2048
+    gpu_memory_utilization: Annotated[float, Strict(), AllowInfNan(False), Field(gt=0, le=1)] = 0.9
+    max_model_len: PosInt | None = Field(default=None, description="Defaults to the model's context length.")
+
+
+class Constraints(_Spec):
+    """What a plan must satisfy."""
+
+    max_throughput_loss: Fraction = Field(default=0.10, description="A GPU is starved when delivered token "
+                                                                    "throughput < (1 − this) × offered.")
+    max_adapter_loss: Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, le=1)] | None = Field(
+        default=None, description="Optional: no adapter may lose more than this fraction of its offered tokens.")
+    max_itl_ms: PosNum | None = None
+    max_ttft_p99_ms: PosNum | None = None
+
+
+class SolverOptions(_Spec):
+    strategy: Literal[STRATEGIES] = "milp"  # type: ignore[valid-type]
+    backend: Literal["highs", "pulp"] = "highs"
+    time_limit_s: PosNum = 60.0
+    mip_gap: Fraction = 0.01
+    max_gpus: PosInt | None = Field(default=None, description="GPU budget (min_latency needs one).")
+    executor: Literal["local", "ray"] = "local"
+    ray_address: StrictStr | None = None
+    workers: PosInt | None = Field(default=None, description="Parallel twin validations (default: cores).")
+    validate_plan: StrictBool = Field(default=True, alias="validate")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PlacementEntry(_Spec):
+    """One GPU of a given placement: its slots and its adapters."""
+
+    gpu_type: StrictStr | None = None
+    max_loras: PosInt
+    max_cpu_loras: PosInt | None = None
+    adapters: Union[Literal["all"], tuple[Name, ...]]
+
+
+class Scenario(_Spec):
+    """A complete placement scenario (see the README for an example of every key)."""
+
+    name: Name
+    model: Name | ModelArch
+    gpu: StrictStr | GpuSpec | None = None
+    pool: tuple[PoolEntry, ...] | None = None
+    profile: StrictStr | None = Field(default=None, description="Profile JSON overriding the bundled one.")
+    workload: Workload = Field(default_factory=Workload)
+    adapters: tuple[AdapterItem, ...] = Field(min_length=1)
+    serving: Serving = Field(default_factory=Serving)
+    constraints: Constraints = Field(default_factory=Constraints)
+    objective: Literal[OBJECTIVES] = "min_gpus"  # type: ignore[valid-type]
+    solver: SolverOptions = Field(default_factory=SolverOptions)
+    seed: Annotated[int, Strict(), Field(ge=0, lt=2**63)] = 0
+    placement: tuple[PlacementEntry, ...] | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.name
+
+    def gpu_types(self) -> tuple[PoolEntry, ...]:
+        """The pool, or a one-entry pool built from ``gpu`` (count unbounded for the solver)."""
+        if self.pool is not None:
+            return self.pool
+        assert self.gpu is not None  # guaranteed by semantic_issues
+        return (PoolEntry(gpu=self.gpu, count=100_000, cost_per_hour=1.0, profile=self.profile),)
+
+    def adapter_list(self) -> tuple[Adapter, ...]:
+        """Every adapter, groups expanded in spec order."""
+        return expand_adapters(self.adapters)
+
+
+def expand_adapters(items: tuple[AdapterEntry | AdapterGroup, ...]) -> tuple[Adapter, ...]:
+    """Expand groups into named adapters; Zipf popularity splits ``total_rate_rps`` by 1/i^s."""
+    out: list[Adapter] = []
+    for it in items:
+        if isinstance(it, AdapterEntry):
+            out.append(Adapter(name=it.name, rank=it.rank, rate_rps=it.rate_rps))
+            continue
+        width = max(4, len(str(it.count - 1)))
+        if it.total_rate_rps is not None:
+            pop = it.popularity or Popularity(kind="uniform")
+            w = [1.0 if pop.kind == "uniform" else 1.0 / (i + 1) ** pop.s for i in range(it.count)]
+            tot = math.fsum(w)
+            rates = [it.total_rate_rps * x / tot for x in w]
+        else:
+            rates = [float(it.rate_rps or 0.0)] * it.count
+        out.extend(Adapter(name=f"{it.group}-{i:0{width}d}", rank=it.rank, rate_rps=r) for i, r in enumerate(rates))
+    return tuple(out)
