@@ -48,3 +48,112 @@ def test_shuffle_is_seeded(runs):
 def test_env_override(tmp_path, monkeypatch):
     monkeypatch.setenv("OPTPLACE_REFERENCE", str(find_reference_dir()))
     assert (find_reference_dir() / "real_runs.csv").is_file()
+
+
+# --- step-time model -------------------------------------------------------------------------------
+
+import json  # noqa: E402
+
+from optplace.bench.reference import read_csv_rows  # noqa: E402
+from optplace.twin.calibrate import (  # noqa: E402
+    MODELS,
+    fit_adapter_load,
+    fit_profile_sections,
+    fit_scheduler_overhead,
+    fit_step_time,
+    write_profile,
+)
+from optplace.twin.steptime import SchedulerOverhead, StepTimeModel  # noqa: E402
+
+
+def test_published_form_matches_formula():
+    m = StepTimeModel.from_params({"form": "published_v1", "coef": {"a": 0.0438, "b": 10.54, "c": 1.93, "d": 200.0}})
+    for b, l in ((1, 1), (200, 100), (900, 256)):
+        want = (0.0438 * b + 10.54) * (1.93 * l + 200.0) / 100.0
+        assert m.step_ms(b, 5000, b, l, 32) == pytest.approx(want, rel=1e-12)  # prefill and rank ignored
+
+
+def test_step_time_monotone_and_rank_binding():
+    m = StepTimeModel.from_params({"form": "lora_mult_v2", "coef": {"g_rank": 0.2, "c_ctx": 0.05}})
+    assert m.step_s(100, 0, 100, 10, 8) < m.step_s(200, 0, 200, 10, 8)
+    assert m.step_s(100, 0, 100, 10, 8) < m.step_s(100, 500, 100, 10, 8)
+    assert m.step_s(100, 0, 100, 10, 8) < m.step_s(100, 0, 100, 50, 8)
+    assert m.step_s(100, 0, 100, 10, 8) < m.step_s(100, 0, 100, 10, 32)
+    assert m.step_s(100, 0, 100, 10, 8, context_tokens=1e4) < m.step_s(100, 0, 100, 10, 8, context_tokens=1e5)
+    bound = m.bind(32)
+    assert bound.step_s(100, 0, 100, 10, 8) == pytest.approx(m.step_s(100, 0, 100, 10, 32))
+    scaled = StepTimeModel.from_params({"form": "lora_mult_v2", "coef": {}, "time_scale": 2.0})
+    assert scaled.step_s(50, 10, 50, 3, 8) == pytest.approx(2 * StepTimeModel().step_s(50, 10, 50, 3, 8))
+
+
+def test_unknown_forms_and_coefficients_rejected():
+    with pytest.raises(ValueError):
+        StepTimeModel.from_params({"form": "magic", "coef": {}})
+    with pytest.raises(ValueError):
+        StepTimeModel.from_params({"form": "lora_mult_v2", "coef": {"nope": 1.0}})
+    with pytest.raises(ValueError):
+        SchedulerOverhead.from_params({"form": "queue_linear_v1", "coef": {"nope": 1.0}})
+
+
+def test_bundled_profiles_load_into_models():
+    from optplace.specs import resolve_profile
+
+    for model in MODELS:
+        p = resolve_profile(model=model, gpu="h100-64gb")
+        m = StepTimeModel.from_params(p.step_time)
+        o = SchedulerOverhead.from_params(p.scheduler_overhead)
+        assert 5.0 < m.step_ms(1, 0, 1, 1, 8) < 40.0
+        assert m.step_ms(900, 1000, 900, 128, 16) > 100.0
+        assert o.overhead_ms(10, 0, 8, 8) < o.overhead_ms(10, 20000, 8, 384)
+
+
+# --- calibration fit -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return find_reference_dir()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fit_reproduces_microbenchmarks(ref, model):
+    m = fit_step_time(ref, model, fit_globals=False)
+    assert m.c0 > 0 and m.c_seq > 0 and m.g0 > 0 and m.g_lora > 0 and m.c_pf > 0
+    for r in read_csv_rows(ref / "v1_base_latency.csv"):
+        if r["model"] != model or r["experiment"] != "decode":
+            continue
+        b = float(r["mean_batch_size"])
+        ctx = b * (float(r["total_input_tokens"]) / float(r["num_prompts"]) + float(r["output_len"]) / 2)
+        lin = m.c0 + m.c_seq * b
+        pred = lin + m.c_ctx * ctx / 1000  # no LoRA: the lora factor is 1
+        assert pred == pytest.approx(float(r["mean_itl_ms"]), rel=0.08)
+    for r in read_csv_rows(ref / "v1_lora_decode_overhead.csv"):
+        if r["model"] != model or r["experiment"] != "lora" or r["status"] != "ok" or not r["mean_loras_by_batch"]:
+            continue
+        b = float(r["mean_batch_size"])
+        pred = m.step_ms(round(b), 0, round(b), round(float(r["mean_loras_by_batch"])), 8,
+                         context_tokens=b * (1 + float(r["output_len"]) / 2))
+        assert pred == pytest.approx(float(r["mean_itl_ms"]), rel=0.08)
+
+
+def test_fit_is_deterministic_and_write_keeps_other_keys(ref, tmp_path):
+    a = fit_profile_sections(ref, MODELS[0])
+    b = fit_profile_sections(ref, MODELS[0])
+    assert a == b
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"name": "x", "memory": {"k": 1}, "step_time": {"form": "published", "coef": {}}}))
+    write_profile(path, a)
+    data = json.loads(path.read_text())
+    assert data["memory"] == {"k": 1} and data["name"] == "x"
+    assert data["step_time"] == a["step_time"] and data["adapter_load"] == a["adapter_load"]
+    assert "v1_base_latency.csv" in data["step_time"]["source"]
+
+
+def test_adapter_load_and_overhead_fit(ref):
+    al = fit_adapter_load(ref, "llama-3.1-8b-instruct")
+    assert al["cpu_to_gpu_ms"]["16"]["16"] == pytest.approx(6.3839)  # README: 6.38 ms for rank 16/16
+    assert set(al["cpu_to_gpu_ms"]) == {"8", "16", "32"}
+    ov = fit_scheduler_overhead(ref)
+    # a deep waiting queue with few slots costs milliseconds per step; with slots for all, far less
+    assert 2.0 < ov.overhead_ms(200, 18000, 8, 448) < 12.0
+    assert ov.overhead_ms(200, 18000, 448, 448) < ov.overhead_ms(200, 18000, 8, 448)
