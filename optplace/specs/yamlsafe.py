@@ -51,13 +51,15 @@ class _Builder:
     def build(self, node: yaml.Node, path: Path_, depth: int) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
-            raise _Abort(self.fail(node, path, f"document expands to more than {MAX_NODES:,} values "
+            raise _Abort(self.fail(node, (), f"document expands to more than {MAX_NODES:,} values "
                                                "(alias/anchor expansion?); refusing to load"))
         if depth > MAX_DEPTH:
             raise _Abort(self.fail(node, path, f"nesting deeper than {MAX_DEPTH} levels"))
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.ScalarNode):
             return _SCALARS.construct_object(node, deep=True)
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) and node.tag not in _PLAIN_TAGS:
+            raise _Abort(self.fail(node, path, f"invalid YAML: tag {node.tag!r} is not allowed"))
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
@@ -84,6 +86,7 @@ class _Abort(Exception):
         self.issue = issue
 
 
+_PLAIN_TAGS = {"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"}
 _SCALARS = yaml.SafeLoader("")  # only its scalar constructors are used (safe tags only)
 
 
