@@ -1,0 +1,120 @@
+"""Per-GPU configurations and measured metrics: the surrogate's inputs and targets.
+
+A :class:`GpuConfig` is everything that decides how one vLLM instance performs: the adapters it
+serves (rank and Poisson/Gamma/MMPP rate each), its slot count, the workload's arrival and length
+models, the window and the seed.  A :class:`GpuMetrics` is what an evaluator (the digital twin,
+or a synthetic stand-in in tests) reports for it.  Both are frozen and picklable so they travel
+to process-pool and Ray workers unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+ArrivalKind = Literal["poisson", "gamma", "mmpp"]
+LengthKind = Literal["sharegpt", "fixed", "lognormal"]
+
+# Mean request lengths of the ShareGPT pool sampled by the reference 1-hour runs
+# (../shared/reference/README.md, columns pool_mean_input_tokens / pool_mean_output_tokens).
+SHAREGPT_MEAN_INPUT_TOKENS = 223.0
+SHAREGPT_MEAN_OUTPUT_TOKENS = 196.0
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalParams:
+    """Per-adapter arrival process.
+
+    ``cv`` is the coefficient of variation of inter-arrival gaps (gamma renewal; 1 for Poisson).
+    ``burst_factor`` / ``burst_fraction`` / ``mean_burst_s`` describe a two-state MMPP: in a burst
+    the rate is ``burst_factor`` × the normal-state rate, bursts cover ``burst_fraction`` of the
+    time on average, and last ``mean_burst_s`` seconds on average.
+    """
+
+    kind: ArrivalKind = "poisson"
+    cv: float = 1.0
+    burst_factor: float = 1.0
+    burst_fraction: float = 0.0
+    mean_burst_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LengthParams:
+    """Request-length model: ShareGPT-like, fixed, or log-normal with the given means and CVs."""
+
+    kind: LengthKind = "sharegpt"
+    mean_input_tokens: float = SHAREGPT_MEAN_INPUT_TOKENS
+    mean_output_tokens: float = SHAREGPT_MEAN_OUTPUT_TOKENS
+    cv_input: float = 1.0
+    cv_output: float = 1.0
+
+    def means(self) -> tuple[float, float]:
+        """Mean (input, output) tokens per request for this length model."""
+        if self.kind == "sharegpt":
+            return SHAREGPT_MEAN_INPUT_TOKENS, SHAREGPT_MEAN_OUTPUT_TOKENS
+        return float(self.mean_input_tokens), float(self.mean_output_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuConfig:
+    """One GPU's configuration, as evaluated by the twin.
+
+    ``ranks[i]`` and ``rates_rps[i]`` describe adapter ``i``.  ``max_cpu_loras`` None means
+    max(adapters, slots), the published system's setting.
+    """
+
+    ranks: tuple[int, ...]
+    rates_rps: tuple[float, ...]
+    max_loras: int
+    arrivals: ArrivalParams = field(default_factory=ArrivalParams)
+    lengths: LengthParams = field(default_factory=LengthParams)
+    max_cpu_loras: int | None = None
+    duration_s: float = 3600.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.ranks) != len(self.rates_rps):
+            raise ValueError(
+                f"ranks has {len(self.ranks)} entries but rates_rps has {len(self.rates_rps)}"
+            )
+        if not self.ranks:
+            raise ValueError("a GPU configuration needs at least one adapter")
+        if self.max_loras < 1:
+            raise ValueError(f"max_loras must be >= 1, got {self.max_loras}")
+
+    @property
+    def n_adapters(self) -> int:
+        """Number of adapters served."""
+        return len(self.ranks)
+
+    @property
+    def max_lora_rank(self) -> int:
+        """Largest rank placed (vLLM's ``--max-lora-rank``)."""
+        return max(self.ranks)
+
+    @property
+    def offered_tok_s(self) -> float:
+        """Expected offered load in tokens/s (rate × mean input+output tokens)."""
+        mi, mo = self.lengths.means()
+        return float(sum(self.rates_rps)) * (mi + mo)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuMetrics:
+    """What an evaluator reports for one :class:`GpuConfig` (twin ``GpuReport`` subset)."""
+
+    throughput_tok_s: float
+    offered_tok_s: float
+    throughput_loss: float
+    starved: bool
+    oom: bool
+    itl_ms_mean: float
+    ttft_ms_p50: float
+    ttft_ms_p99: float
+    engine_tok_s: float = float("nan")
+    starved_adapters: int = 0
+    wall_s: float = 0.0
+
+
+Evaluator = Callable[[GpuConfig], GpuMetrics]
+"""Anything that maps a GPU configuration to metrics: the twin, or a synthetic model in tests."""

@@ -1,0 +1,331 @@
+"""LightGBM capacity surrogates: deterministic training, saving, loading and fast prediction.
+
+Four models per profile, all over the feature schema of :mod:`optplace.surrogate.features`:
+
+* ``throughput`` — regressor of ``log(delivered / offered)``, offered being the *expected* offered
+  tokens/s (a feature the solver knows exactly).  Below capacity the target is ≈ 0 everywhere, so
+  the trees only spend splits on the saturated region; in log space an error of ε is a relative
+  error of ε in throughput, which is what sMAPE measures.  Throughput = offered × exp(prediction).
+* ``itl`` and ``ttft_p99`` — regressors of ``log`` mean ITL and ``log`` p99 TTFT (ms); latencies
+  span orders of magnitude, and log makes the L2 loss a relative one.
+* ``starved`` — binary classifier of the twin's starvation verdict (probability).
+
+Training is deterministic: fixed seeds, ``deterministic=True``, ``force_row_wise``, one thread,
+and a held-out split by *group* (a boundary chain's rows stay together).  A model directory holds
+``<name>.txt`` (LightGBM text) and ``surrogate.json`` (schema, transforms, held-out metrics,
+dataset provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optplace.surrogate.config import GpuConfig
+from optplace.surrogate.features import FEATURE_INDEX, FEATURE_NAMES, SCHEMA_VERSION, check_schema, feature_row
+from optplace.surrogate.sweep import Dataset, load_dataset
+from optplace.surrogate.trees import Ensemble, ensemble_from_text
+
+MODEL_FORMAT_VERSION = 1
+MODELS_DIR = Path(__file__).parent / "models"
+_FRAC_FLOOR = 1e-4
+
+REGRESSION_PARAMS: dict[str, Any] = {
+    "objective": "regression",
+    "learning_rate": 0.1,
+    "num_leaves": 31,
+    "max_depth": 9,
+    "min_data_in_leaf": 8,
+    "feature_fraction": 0.9,
+    "bagging_fraction": 0.9,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+}
+CLASSIFIER_PARAMS: dict[str, Any] = {**REGRESSION_PARAMS, "objective": "binary"}
+MAX_ROUNDS = 250
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Surrogate answer for one GPU configuration."""
+
+    throughput_tok_s: float
+    offered_tok_s: float
+    delivered_frac: float
+    itl_ms: float
+    ttft_p99_ms: float
+    p_starved: float
+    starved: bool
+
+    @property
+    def throughput_loss(self) -> float:
+        """Predicted 1 − delivered / offered."""
+        return 1.0 - self.delivered_frac
+
+
+@dataclass(frozen=True, slots=True)
+class TrainReport:
+    """Held-out metrics and where the models went."""
+
+    out_dir: Path
+    n_train: int
+    n_test: int
+    metrics: dict[str, float]
+
+
+def smape(y: np.ndarray, yhat: np.ndarray) -> float:
+    """Textbook sMAPE in percent: mean 2|y−ŷ|/(|y|+|ŷ|) (0 where both are 0)."""
+    y, yhat = np.asarray(y, float), np.asarray(yhat, float)
+    den = np.abs(y) + np.abs(yhat)
+    term = np.where(den > 0, 2.0 * np.abs(y - yhat) / np.where(den > 0, den, 1.0), 0.0)
+    return float(100.0 * term.mean()) if term.size else math.nan
+
+
+def macro_f1(y: np.ndarray, yhat: np.ndarray) -> float:
+    """Macro-averaged F1 of two classes (a class absent from both counts as F1 = 1)."""
+    y, yhat = np.asarray(y, bool), np.asarray(yhat, bool)
+    f1s = []
+    for cls in (True, False):
+        tp = np.sum((yhat == cls) & (y == cls))
+        fp = np.sum((yhat == cls) & (y != cls))
+        fn = np.sum((yhat != cls) & (y == cls))
+        f1s.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s))
+
+
+def split_groups(groups: np.ndarray, test_frac: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out rows: a seeded random ``test_frac`` of the distinct groups."""
+    uniq = np.unique(groups)
+    rng = np.random.default_rng([seed, 0x7E57])
+    test = rng.choice(uniq, size=max(1, int(round(test_frac * uniq.size))), replace=False)
+    return np.isin(groups, test)
+
+
+def _targets(ds: Dataset) -> dict[str, np.ndarray]:
+    offered = ds.X[:, ds.feature_names.index("offered_tok_s")]
+    thr = ds.targets["throughput_tok_s"]
+    frac = np.maximum(thr / np.where(offered > 0, offered, 1.0), _FRAC_FLOOR)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "throughput": np.log(frac),
+            "itl": np.log(ds.targets["itl_ms_mean"]),
+            "ttft_p99": np.log(ds.targets["ttft_ms_p99"]),
+            "starved": ds.targets["starved"].astype(float),
+        }
+
+
+def _fit(params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> Any:
+    """Choose the round count by early stopping on an inner group split, then refit on all rows."""
+    import lightgbm as lgb
+
+    p = {
+        **params,
+        "seed": seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": 1,
+        "verbose": -1,
+    }
+    inner = split_groups(groups, 0.15, seed + 1)
+    dtr = lgb.Dataset(X[~inner], y[~inner], free_raw_data=False)
+    dva = lgb.Dataset(X[inner], y[inner], reference=dtr, free_raw_data=False)
+    b = lgb.train(p, dtr, MAX_ROUNDS, valid_sets=[dva], callbacks=[lgb.early_stopping(40, verbose=False)])
+    rounds = max(20, int(b.best_iteration or MAX_ROUNDS))
+    return lgb.train(p, lgb.Dataset(X, y), rounds)
+
+
+def train(
+    dataset_path: Path | str,
+    out_dir: Path | str,
+    seed: int = 0,
+    features: Sequence[str] | None = None,
+    test_frac: float = 0.2,
+    prefix: str = "",
+) -> TrainReport:
+    """Train the four surrogates on a sweep dataset, write them to ``out_dir``, return metrics.
+
+    Files are ``<prefix><model>.txt`` and ``<prefix>surrogate.json`` (shipped models use
+    ``prefix="<profile>."`` because package data is one flat directory).
+
+    ``features`` restricts the models to a subset of the schema (e.g.
+    :data:`optplace.surrogate.features.LINEAR_FEATURES` for a fully linear MILP encoding).
+    """
+    ds = load_dataset(dataset_path)
+    check_schema(ds.feature_names, int(ds.provenance.get("feature_schema_version", SCHEMA_VERSION)))
+    names = tuple(features) if features else tuple(FEATURE_NAMES)
+    cols = [ds.feature_names.index(n) for n in names]
+    ok = ds.targets["oom"] == 0
+    X = ds.X[ok][:, cols]
+    groups = ds.group[ok]
+    ys = {k: v[ok] for k, v in _targets(ds).items()}
+    test = split_groups(groups, test_frac, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Any] = {}
+    for name, params in (
+        ("throughput", REGRESSION_PARAMS),
+        ("itl", REGRESSION_PARAMS),
+        ("ttft_p99", REGRESSION_PARAMS),
+        ("starved", CLASSIFIER_PARAMS),
+    ):
+        y = ys[name]
+        use = ~test & np.isfinite(y)
+        booster = _fit(params, X[use], y[use], groups[use], seed)
+        (out / f"{prefix}{name}.txt").write_text(booster.model_to_string())
+        files[name] = {"file": f"{prefix}{name}.txt", "trees": booster.num_trees()}
+    meta = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "feature_schema_version": SCHEMA_VERSION,
+        "feature_names": list(names),
+        "models": files,
+        "transforms": {
+            "throughput": "log(throughput_tok_s / offered_tok_s); floor 1e-4",
+            "itl": "log(itl_ms_mean)",
+            "ttft_p99": "log(ttft_ms_p99)",
+            "starved": "P(starved), sigmoid of raw score",
+        },
+        "starved_threshold": 0.5,
+        "seed": seed,
+        "test_frac": test_frac,
+        "n_train": int((~test).sum()),
+        "n_test": int(test.sum()),
+        "dataset": {"path": str(Path(dataset_path).name), "provenance": ds.provenance},
+        "metrics": {},
+    }
+    meta_path = out / f"{prefix}surrogate.json"
+    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    sur = load_surrogate(meta_path)
+    full = np.zeros((int(test.sum()), len(FEATURE_NAMES)))
+    full[:, [FEATURE_INDEX[n] for n in names]] = X[test]
+    metrics = evaluate(sur, full, {k: ds.targets[k][ok][test] for k in ds.targets})
+    meta["metrics"] = metrics
+    meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return TrainReport(out, meta["n_train"], meta["n_test"], metrics)
+
+
+def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) -> dict[str, float]:
+    """Accuracy of a surrogate on full feature rows ``X`` against twin targets."""
+    P = sur.predict_many(X)
+    y_thr = targets["throughput_tok_s"]
+    y_st = targets["starved"].astype(bool)
+    itl_ok = np.isfinite(targets["itl_ms_mean"])
+    ttft_ok = np.isfinite(targets["ttft_ms_p99"])
+    thr_ok = y_thr > 0
+    return {
+        "n": float(X.shape[0]),
+        "throughput_smape_pct": smape(y_thr, P["throughput_tok_s"]),
+        "throughput_smape_pct_positive": smape(y_thr[thr_ok], P["throughput_tok_s"][thr_ok]),
+        "throughput_mape_pct": float(
+            100 * np.mean(np.abs(P["throughput_tok_s"][thr_ok] - y_thr[thr_ok]) / y_thr[thr_ok])
+        ),
+        "starved_macro_f1": macro_f1(y_st, P["starved"]),
+        "starved_accuracy": float(np.mean(y_st == P["starved"])),
+        "starved_macro_f1_margin_rule": macro_f1(y_st, P["delivered_frac"] < 0.9),
+        "starved_share": float(y_st.mean()) if y_st.size else math.nan,
+        "itl_smape_pct": smape(targets["itl_ms_mean"][itl_ok], P["itl_ms"][itl_ok]),
+        "ttft_p99_smape_pct": smape(targets["ttft_ms_p99"][ttft_ok], P["ttft_p99_ms"][ttft_ok]),
+    }
+
+
+class Surrogate:
+    """A loaded set of capacity models for one profile (see module docstring)."""
+
+    def __init__(self, directory: Path, meta: dict[str, Any], models: dict[str, Ensemble]) -> None:
+        self.directory = directory
+        self.meta = meta
+        self.models = models
+        self.feature_names: tuple[str, ...] = tuple(meta["feature_names"])
+        self.threshold = float(meta.get("starved_threshold", 0.5))
+        self._offered = FEATURE_INDEX["offered_tok_s"]
+        self._logit_thr = math.log(self.threshold / (1.0 - self.threshold))
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Held-out metrics recorded at training time."""
+        return dict(self.meta.get("metrics", {}))
+
+    def predict_row(self, row: Sequence[float]) -> Prediction:
+        """Predict for one full feature row (list or array in FEATURE_NAMES order)."""
+        r = row.tolist() if isinstance(row, np.ndarray) else list(row)
+        offered = r[self._offered]
+        frac = min(math.exp(self.models["throughput"].raw_row(r)), 1.0)
+        s = self.models["starved"].raw_row(r)
+        return Prediction(
+            throughput_tok_s=offered * frac,
+            offered_tok_s=offered,
+            delivered_frac=frac,
+            itl_ms=math.exp(self.models["itl"].raw_row(r)),
+            ttft_p99_ms=math.exp(self.models["ttft_p99"].raw_row(r)),
+            p_starved=1.0 / (1.0 + math.exp(-s)),
+            starved=s >= self._logit_thr,
+        )
+
+    def predict(self, config: GpuConfig) -> Prediction:
+        """Predict for one GPU configuration."""
+        return self.predict_row(feature_row(config).tolist())
+
+    def throughput_row(self, row: list[float]) -> float:
+        """Predicted delivered tokens/s only (the cheapest call; row is a list of floats)."""
+        return row[self._offered] * min(math.exp(self.models["throughput"].raw_row(row)), 1.0)
+
+    def starved_row(self, row: list[float]) -> bool:
+        """Predicted starvation verdict only (row is a list of floats)."""
+        return self.models["starved"].raw_row(row) >= self._logit_thr
+
+    def predict_many(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Vectorised predictions for full feature rows: arrays keyed like :class:`Prediction`."""
+        X = np.asarray(X, dtype=np.float64)
+        offered = X[:, self._offered]
+        frac = np.minimum(np.exp(self.models["throughput"].raw(X)), 1.0)
+        s = self.models["starved"].raw(X)
+        return {
+            "throughput_tok_s": offered * frac,
+            "offered_tok_s": offered,
+            "delivered_frac": frac,
+            "itl_ms": np.exp(self.models["itl"].raw(X)),
+            "ttft_p99_ms": np.exp(self.models["ttft_p99"].raw(X)),
+            "p_starved": 1.0 / (1.0 + np.exp(-s)),
+            "starved": s >= self._logit_thr,
+        }
+
+
+def load_surrogate(path: Path | str) -> Surrogate:
+    """Load models written by :func:`train`: a directory holding ``surrogate.json``, or that JSON."""
+    p = Path(path)
+    meta_path = p / "surrogate.json" if p.is_dir() else p
+    d = meta_path.parent
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ValueError(f"{d}: model format {meta.get('format_version')} != {MODEL_FORMAT_VERSION}")
+    names = tuple(meta["feature_names"])
+    check_schema(names, int(meta["feature_schema_version"]))
+    row_index = tuple(FEATURE_INDEX[n] for n in names)
+    models = {
+        name: ensemble_from_text(
+            (d / info["file"]).read_text(), names, row_index, "sigmoid" if name == "starved" else "identity"
+        )
+        for name, info in meta["models"].items()
+    }
+    return Surrogate(d, meta, models)
+
+
+def shipped_model_path(profile_name: str) -> Path:
+    """Metadata JSON of the model shipped for a bundled profile (``<profile>.surrogate.json``)."""
+    return MODELS_DIR / f"{profile_name.replace('/', '_')}.surrogate.json"
+
+
+def load_shipped(profile_name: str) -> Surrogate:
+    """Load the surrogate shipped as package data for a bundled profile."""
+    d = shipped_model_path(profile_name)
+    if not d.exists():
+        raise FileNotFoundError(
+            f"no shipped surrogate for profile {profile_name!r} in {MODELS_DIR}; "
+            "train one with `optplace surrogate train`"
+        )
+    return load_surrogate(d)

@@ -1,0 +1,557 @@
+"""Sweep generation: sample GPU configurations, evaluate them (twin), store a resumable dataset.
+
+Design (see :class:`SweepDesign`):
+
+* **Pass 1** — a scrambled Sobol sequence over the feasible region: adapters log-uniform in
+  1..``max_adapters``; a rank subset of the profile's ranks (round-robin as in the study, or a
+  random mix); ``max_loras`` log-uniform in 1..min(adapters, memory cap of the largest rank),
+  with extra mass on "one slot per adapter"; an offered load log-uniform relative to a reference
+  capacity; rate shapes (equal, the study's halving triples, Zipf); ShareGPT or log-normal lengths;
+  Poisson, Gamma or MMPP arrivals.
+* **Pass 2** — boundary chains: for further Sobol points, bisect the offered load (in log space)
+  between the ends of the load range on the evaluator's starvation verdict, so rows concentrate
+  near the starvation boundary where the classifier must be sharp.
+
+Every row's configuration and seed are a pure function of (sweep seed, row index) — never of the
+worker — so the local process pool and Ray give identical rows, and an interrupted sweep resumes by
+skipping the indices already in the CSV.  The dataset is ``<name>.csv`` plus ``<name>.json``
+(provenance: evaluator/profile/twin version, seed, design, feature schema).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from optplace.surrogate.config import ArrivalParams, GpuConfig, GpuMetrics, LengthParams
+from optplace.surrogate.features import FEATURE_NAMES, SCHEMA_VERSION, feature_row
+
+DATASET_VERSION = 1
+
+TARGET_COLUMNS: tuple[str, ...] = (
+    "throughput_tok_s",
+    "measured_offered_tok_s",
+    "throughput_loss",
+    "starved",
+    "oom",
+    "itl_ms_mean",
+    "ttft_ms_p50",
+    "ttft_ms_p99",
+    "engine_tok_s",
+    "starved_adapters",
+)
+META_COLUMNS: tuple[str, ...] = (
+    "index",
+    "group",
+    "pass",
+    "seed",
+    "load",
+    "rate_kind",
+    "length_kind",
+    "arrival_kind",
+    "duration_s",
+)
+COLUMNS: tuple[str, ...] = META_COLUMNS + FEATURE_NAMES + TARGET_COLUMNS + ("wall_s",)
+"""CSV column order. ``wall_s`` is the only column that differs between repeated runs."""
+
+_SOBOL_DIMS = 12
+
+
+class SweepEvaluator(Protocol):
+    """An evaluator usable in a sweep: callable, self-describing, and aware of the memory cap."""
+
+    def __call__(self, config: GpuConfig) -> GpuMetrics: ...
+
+    def describe(self) -> dict[str, str]: ...
+
+    def slot_cap(self, max_lora_rank: int) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SweepDesign:
+    """What to sample. ``load`` is offered tokens/s ÷ ``ref_capacity_tok_s``."""
+
+    n_points: int = 1500
+    n_chains: int = 100
+    chain_steps: int = 5
+    max_adapters: int = 576
+    ranks: tuple[int, ...] = (8, 16, 32)
+    duration_s: float = 3600.0
+    ref_capacity_tok_s: float = 15000.0
+    load_range: tuple[float, float] = (0.03, 3.0)
+    full_slots_share: float = 0.25
+    sharegpt_share: float = 0.6
+    poisson_share: float = 0.5
+    gamma_share: float = 0.3
+
+    @property
+    def n_rows(self) -> int:
+        """Total rows of the sweep (pass 1 + pass 2)."""
+        return self.n_points + self.n_chains * self.chain_steps
+
+
+@dataclass(frozen=True, slots=True)
+class RowTask:
+    """One evaluation: row index, its group (chain), pass number, load and configuration."""
+
+    index: int
+    group: int
+    pass_no: int
+    load: float
+    rate_kind: str
+    config: GpuConfig
+
+
+def _row_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _sobol(seed: int, n: int) -> np.ndarray:
+    from scipy.stats import qmc  # scipy ships with scikit-learn; imported lazily (slow import)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # balance warning for non-power-of-2 n: harmless here
+        return qmc.Sobol(_SOBOL_DIMS, scramble=True, seed=np.random.default_rng([seed, 0x50B0])).random(n)
+
+
+def _rank_subsets(ranks: Sequence[int]) -> list[tuple[int, ...]]:
+    rs = sorted(ranks)
+    return [c for k in range(1, len(rs) + 1) for c in itertools.combinations(rs, k)]
+
+
+def design_config(
+    u: np.ndarray,
+    design: SweepDesign,
+    slot_cap: Callable[[int], int],
+    seed: int,
+    group: int,
+    index: int,
+) -> tuple[GpuConfig, float, str] | None:
+    """Map a unit-cube point to a configuration (None when no slot count can start).
+
+    ``u[4]`` is the load coordinate (bisected by the boundary chains).  Random choices that shape
+    the adapter mix use a generator seeded by (seed, group) so all steps of a chain share the mix;
+    the twin's seed comes from (seed, index).
+    """
+    rng = np.random.default_rng([seed, group, 0xAD])
+    n = int(min(design.max_adapters, max(1, math.floor(math.exp(u[0] * math.log(design.max_adapters + 1))))))
+    subsets = _rank_subsets(design.ranks)
+    subset = subsets[min(int(u[1] * len(subsets)), len(subsets) - 1)]
+    if u[2] < 0.5 or len(subset) == 1:
+        ranks = [subset[i % len(subset)] for i in range(n)]  # the study's round-robin split
+    else:
+        p = rng.dirichlet(np.ones(len(subset)))
+        ranks = [int(x) for x in rng.choice(subset, size=n, p=p)]
+    rank_max = max(ranks)
+    cap = min(n, slot_cap(rank_max))
+    if cap < 1:
+        return None
+    if u[3] >= 1.0 - design.full_slots_share:
+        slots = cap
+    else:
+        v = u[3] / (1.0 - design.full_slots_share)
+        slots = int(min(cap, max(1, math.floor(math.exp(v * math.log(cap + 1))))))
+    lo, hi = design.load_range
+    load = math.exp(math.log(lo) + u[4] * (math.log(hi) - math.log(lo)))
+
+    if u[5] < 0.2:
+        rate_kind, weights = "equal", np.ones(n)
+    elif u[5] < 0.5:
+        rate_kind = "halving"  # the study's rate triples a, a/2, a/4, round-robin then shuffled
+        weights = np.array([2.0 ** -(i % 3) for i in range(n)])
+    else:
+        rate_kind = "zipf"
+        s = 1.5 * u[6]
+        weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** s
+    weights = rng.permutation(weights)
+
+    if u[7] < design.sharegpt_share:
+        lengths = LengthParams()
+    else:
+        mean_in = math.exp(math.log(32) + u[8] * (math.log(600) - math.log(32)))
+        mean_out = math.exp(math.log(16) + u[9] * (math.log(500) - math.log(16)))
+        lengths = LengthParams(kind="lognormal", mean_input_tokens=round(mean_in, 1), mean_output_tokens=round(mean_out, 1))
+    mi, mo = lengths.means()
+
+    if u[10] < design.poisson_share:
+        arrivals = ArrivalParams()
+    elif u[10] < design.poisson_share + design.gamma_share:
+        arrivals = ArrivalParams(kind="gamma", cv=round(0.5 + 2.5 * u[11], 3))
+    else:
+        arrivals = ArrivalParams(kind="mmpp", burst_factor=round(2.0 + 8.0 * u[11], 3), burst_fraction=0.1, mean_burst_s=30.0)
+
+    rate_sum = load * design.ref_capacity_tok_s / (mi + mo)
+    rates = tuple(float(x) for x in rate_sum * weights / weights.sum())
+    cfg = GpuConfig(
+        ranks=tuple(ranks),
+        rates_rps=rates,
+        max_loras=slots,
+        arrivals=arrivals,
+        lengths=lengths,
+        max_cpu_loras=None,
+        duration_s=design.duration_s,
+        seed=_row_seed(seed, index),
+    )
+    return cfg, load, rate_kind
+
+
+# ----------------------------------------------------------------------------------------------
+# executors
+
+
+def evaluate_task(evaluator: SweepEvaluator, task: RowTask) -> dict[str, Any]:
+    """Evaluate one row and return its CSV record (runs in a worker)."""
+    t0 = time.perf_counter()
+    m = evaluator(task.config)
+    wall = time.perf_counter() - t0
+    cfg = task.config
+    feats = feature_row(cfg)
+    rec: dict[str, Any] = {
+        "index": task.index,
+        "group": task.group,
+        "pass": task.pass_no,
+        "seed": cfg.seed,
+        "load": task.load,
+        "rate_kind": task.rate_kind,
+        "length_kind": cfg.lengths.kind,
+        "arrival_kind": cfg.arrivals.kind,
+        "duration_s": cfg.duration_s,
+    }
+    rec.update({name: float(v) for name, v in zip(FEATURE_NAMES, feats)})
+    rec.update(
+        {
+            "throughput_tok_s": m.throughput_tok_s,
+            "measured_offered_tok_s": m.offered_tok_s,
+            "throughput_loss": m.throughput_loss,
+            "starved": int(m.starved),
+            "oom": int(m.oom),
+            "itl_ms_mean": m.itl_ms_mean,
+            "ttft_ms_p50": m.ttft_ms_p50,
+            "ttft_ms_p99": m.ttft_ms_p99,
+            "engine_tok_s": m.engine_tok_s,
+            "starved_adapters": m.starved_adapters,
+            "wall_s": m.wall_s if m.wall_s > 0 else wall,
+        }
+    )
+    return rec
+
+
+class Executor(Protocol):
+    """Runs ``evaluate_task`` over tasks; yields records as they finish (any order)."""
+
+    def run(self, evaluator: SweepEvaluator, tasks: Sequence[RowTask]) -> Iterator[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalExecutor:
+    """A local process pool (``workers`` processes; 1 = in this process, no pool)."""
+
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+
+    def run(self, evaluator: SweepEvaluator, tasks: Sequence[RowTask]) -> Iterator[dict[str, Any]]:
+        if self.workers <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                yield evaluate_task(evaluator, t)
+            return
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        with ProcessPoolExecutor(max_workers=self.workers) as pool:
+            pending = {pool.submit(evaluate_task, evaluator, t) for t in tasks}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+
+
+@dataclass(frozen=True, slots=True)
+class RayExecutor:
+    """Ray tasks on a cluster (``address``) or a local Ray instance (``address=None``).
+
+    ``ray`` is an optional extra (``pip install 'optplace[ray]'``), imported only here.
+    """
+
+    address: str | None = None
+    num_cpus: int | None = None
+
+    def run(self, evaluator: SweepEvaluator, tasks: Sequence[RowTask]) -> Iterator[dict[str, Any]]:
+        try:
+            import ray
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise RuntimeError("the Ray executor needs the optional extra: pip install 'optplace[ray]'") from e
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
+            if self.address:
+                kw["address"] = self.address
+            elif self.num_cpus:
+                kw["num_cpus"] = self.num_cpus
+            ray.init(**kw)
+        remote = ray.remote(evaluate_task)
+        ev_ref = ray.put(evaluator)
+        pending = [remote.remote(ev_ref, t) for t in tasks]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# dataset files
+
+
+def _fmt(v: Any) -> str:
+    # repr(float) round-trips exactly, so rows written by any worker compare equal as text
+    if isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    return str(v)
+
+
+def read_rows(csv_path: Path) -> dict[int, dict[str, str]]:
+    """Rows already in a dataset CSV, keyed by index (a torn last line is ignored)."""
+    rows: dict[int, dict[str, str]] = {}
+    if not csv_path.exists():
+        return rows
+    with csv_path.open(newline="") as fh:
+        for rec in csv.DictReader(fh):
+            if rec.get("wall_s") in (None, ""):
+                continue  # interrupted mid-write
+            rows[int(rec["index"])] = rec
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """Where the dataset went and what this call did."""
+
+    csv_path: Path
+    provenance_path: Path
+    rows_total: int
+    rows_new: int
+    wall_s: float
+
+
+def _provenance(evaluator: SweepEvaluator, design: SweepDesign, seed: int) -> dict[str, Any]:
+    from optplace import __version__
+
+    return {
+        "dataset_version": DATASET_VERSION,
+        "optplace_version": __version__,
+        "evaluator": evaluator.describe(),
+        "seed": seed,
+        "design": asdict(design),
+        "feature_schema_version": SCHEMA_VERSION,
+        "feature_names": list(FEATURE_NAMES),
+        "columns": list(COLUMNS),
+    }
+
+
+def _check_resume(path: Path, prov: dict[str, Any]) -> None:
+    old = json.loads(path.read_text())
+    keys = ("dataset_version", "evaluator", "seed", "design", "feature_schema_version", "feature_names")
+    diff = [k for k in keys if old.get(k) != json.loads(json.dumps(prov[k]))]
+    if diff:
+        raise ValueError(f"{path}: cannot resume, the existing sweep differs in {diff}; use another output name")
+
+
+def run_sweep(
+    evaluator: SweepEvaluator,
+    out: Path | str,
+    design: SweepDesign = SweepDesign(),
+    seed: int = 0,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Run (or resume) a sweep, appending rows to ``<out>.csv``; provenance in ``<out>.json``."""
+    out = Path(out)
+    csv_path = out.with_suffix(".csv")
+    prov_path = out.with_suffix(".json")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    prov = _provenance(evaluator, design, seed)
+    if prov_path.exists():
+        _check_resume(prov_path, prov)
+    else:
+        prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    executor = executor or LocalExecutor()
+    t0 = time.perf_counter()
+    rows = read_rows(csv_path)
+    n_before = len(rows)
+    slot_cap = _memo(evaluator.slot_cap)
+    u_all = _sobol(seed, design.n_points + design.n_chains)
+
+    _drop_torn_tail(csv_path)
+    new_file = not csv_path.exists() or csv_path.stat().st_size == 0
+    with csv_path.open("a", newline="") as fh, _Progress(progress, design.n_rows, len(rows)) as bar:
+        writer = csv.writer(fh)
+        if new_file:
+            writer.writerow(COLUMNS)
+
+        def consume(tasks: list[RowTask]) -> None:
+            for rec in executor.run(evaluator, tasks):
+                writer.writerow([_fmt(rec[c]) for c in COLUMNS])
+                fh.flush()
+                rows[int(rec["index"])] = {c: _fmt(rec[c]) for c in COLUMNS}
+                bar.advance()
+
+        # pass 1: Sobol points
+        tasks: list[RowTask] = []
+        for i in range(design.n_points):
+            if i in rows:
+                continue
+            made = design_config(u_all[i], design, slot_cap, seed, group=i, index=i)
+            if made is None:
+                bar.skip()
+                continue
+            cfg, load, kind = made
+            tasks.append(RowTask(i, i, 1, load, kind, cfg))
+        consume(tasks)
+
+        # pass 2: boundary chains, one bisection step of every chain per round
+        lo_u = np.zeros(design.n_chains)
+        hi_u = np.ones(design.n_chains)
+        alive = np.ones(design.n_chains, dtype=bool)
+        for step in range(design.chain_steps):
+            tasks = []
+            for c in range(design.n_chains):
+                group = design.n_points + c
+                index = design.n_points + c * design.chain_steps + step
+                if not alive[c]:
+                    bar.skip()
+                    continue
+                mid = 0.5 * (lo_u[c] + hi_u[c])
+                if index not in rows:
+                    u = u_all[group].copy()
+                    u[4] = mid
+                    made = design_config(u, design, slot_cap, seed, group=group, index=index)
+                    if made is None:
+                        alive[c] = False
+                        bar.skip()
+                        continue
+                    cfg, load, kind = made
+                    tasks.append(RowTask(index, group, 2, load, kind, cfg))
+            consume(tasks)
+            for c in range(design.n_chains):
+                index = design.n_points + c * design.chain_steps + step
+                if not alive[c] or index not in rows:
+                    continue
+                mid = 0.5 * (lo_u[c] + hi_u[c])
+                if int(rows[index]["starved"]):
+                    hi_u[c] = mid
+                else:
+                    lo_u[c] = mid
+    return SweepResult(csv_path, prov_path, len(rows), len(rows) - n_before, time.perf_counter() - t0)
+
+
+def _drop_torn_tail(csv_path: Path) -> None:
+    """Cut a half-written last line (an interrupted append) so new rows start on a fresh line."""
+    if not csv_path.exists():
+        return
+    data = csv_path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with csv_path.open("r+b") as fh:
+            fh.truncate(cut)
+
+
+def _memo(fn: Callable[[int], int]) -> Callable[[int], int]:
+    cache: dict[int, int] = {}
+
+    def f(r: int) -> int:
+        if r not in cache:
+            cache[r] = fn(r)
+        return cache[r]
+
+    return f
+
+
+class _Progress:
+    """rich progress bar, or nothing."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.done = done
+        self._p: Any = None
+        self._t: Any = None
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._p = Progress("[bold]sweep", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self._p.__enter__()
+            self._t = self._p.add_task("sweep", total=self.total, completed=self.done)
+        return self
+
+    def advance(self) -> None:
+        if self._p is not None:
+            self._p.advance(self._t)
+
+    def skip(self) -> None:
+        if self._p is not None:
+            self._p.update(self._t, total=max(0, self._p.tasks[0].total - 1))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """A sweep dataset as arrays, rows sorted by index."""
+
+    X: np.ndarray
+    feature_names: tuple[str, ...]
+    targets: dict[str, np.ndarray]
+    index: np.ndarray
+    group: np.ndarray
+    meta: dict[str, np.ndarray]
+    provenance: dict[str, Any]
+
+
+def load_dataset(path: Path | str) -> Dataset:
+    """Load ``<path>.csv`` (+ ``.json``) written by :func:`run_sweep`."""
+    p = Path(path)
+    csv_path, prov_path = p.with_suffix(".csv"), p.with_suffix(".json")
+    prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+    names = tuple(prov.get("feature_names", FEATURE_NAMES))
+    rows = read_rows(csv_path)
+    order = sorted(rows)
+    recs = [rows[i] for i in order]
+
+    def col(name: str, dtype: Any = np.float64) -> np.ndarray:
+        return np.array([float(r[name]) for r in recs], dtype=np.float64).astype(dtype)
+
+    X = np.column_stack([col(n) for n in names]) if recs else np.zeros((0, len(names)))
+    targets = {t: col(t) for t in TARGET_COLUMNS}
+    meta = {m: np.array([r[m] for r in recs]) for m in ("rate_kind", "length_kind", "arrival_kind")}
+    meta["load"] = col("load")
+    meta["wall_s"] = col("wall_s")
+    return Dataset(X, names, targets, col("index", np.int64), col("group", np.int64), meta, prov)
+
+
+def iter_tasks(design: SweepDesign, evaluator: SweepEvaluator, seed: int) -> Iterable[RowTask]:
+    """Pass-1 tasks of a design (for inspection and benchmarks)."""
+    slot_cap = _memo(evaluator.slot_cap)
+    for i, u in enumerate(_sobol(seed, design.n_points)):
+        made = design_config(u, design, slot_cap, seed, group=i, index=i)
+        if made is not None:
+            cfg, load, kind = made
+            yield RowTask(i, i, 1, load, kind, cfg)
