@@ -24,7 +24,10 @@ app = typer.Typer(
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # Pipes and CI logs get a wide, fixed layout instead of rich's 80-column fallback.
+    width = None if stream.isatty() else 160
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def _fail_input(lines: list[str]) -> typer.Exit:
@@ -67,6 +70,65 @@ def check(specs: Annotated[list[Path], typer.Argument(help="Scenario YAML files.
                           f"{', '.join(r['gpu_types'])}, objective {r['objective']}", markup=False)
     if bad:
         raise _fail_input([] if json_out else bad)
+
+
+def _load_or_exit(spec: Path, allow_path: list[Path] | None):
+    from .specs import SpecError, load_scenario
+
+    try:
+        return load_scenario(spec, allow_paths=allow_path or ())
+    except SpecError as e:
+        raise _fail_input(e.lines()) from None
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stable keys, see DESIGN.md).")]
+Reproducible = Annotated[bool, typer.Option("--reproducible", help="Zero wall-clock fields so the same spec and "
+                                                                   "seed give byte-identical JSON.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel GPU simulations "
+                                                                        "(default: number of cores).")]
+
+
+@app.command()
+def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `placement:`.")],
+             json_out: JsonOpt = False, reproducible: Reproducible = False, workers: Workers = None,
+             seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed.")] = None,
+             allow_path: AllowPath = None) -> None:
+    """Simulate the spec's placement with the twin (one vLLM engine per GPU, GPUs in parallel).
+
+    Exit code 1 when a GPU is starved (or fails to start)."""
+    sc = _load_or_exit(spec, allow_path)
+    if sc.placement is None:
+        raise _fail_input([f"{spec}: placement: the spec has no placement to simulate "
+                           "(add `placement:` or use `optplace solve`)"])
+    from .twin.simulate import placement_of, simulate_plan
+
+    rep = simulate_plan(sc, placement_of(sc), spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed)
+    if json_out:
+        print(json.dumps(rep.to_json(reproducible=reproducible), indent=2))
+    else:
+        from .render import render_sim_report
+
+        render_sim_report(_console(), rep)
+    if rep.starved_gpus or rep.oom_gpus:
+        raise typer.Exit(EXIT_FAIL)
+
+
+@app.command()
+def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surrogate | solver")],
+          json_out: JsonOpt = False) -> None:
+    """Run a benchmark and print its figures (see the README for what each measures)."""
+    import importlib
+
+    modules = {"fidelity": "fidelity", "twin-speed": "twin_speed", "surrogate": "surrogate", "solver": "solver"}
+    if name not in modules:
+        raise _fail_input([f"bench: unknown benchmark {name!r} (valid: {', '.join(modules)})"])
+    try:
+        mod = importlib.import_module(f"optplace.bench.{modules[name]}")
+    except ModuleNotFoundError as e:
+        raise _fail_input([f"bench: benchmark {name!r} is not available in this build ({e.name})"]) from None
+    result = mod.run(json=json_out)
+    if json_out:
+        print(json.dumps(result, indent=2))
 
 
 @app.command()

@@ -1,0 +1,275 @@
+"""``simulate()``: run the twin on a scenario's placement, one engine per GPU, GPUs in parallel.
+
+The scenario-wide workload is generated once from the run's seed and split by GPU, so an adapter
+sees the same requests whichever GPU a plan puts it on (plans are compared on common random
+numbers). Each GPU's engine is built from its profile (KV capacity for its ``max_loras`` and
+largest rank, step-time, load and overhead models) and simulated by ``optplace.twin.engine``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optplace import __version__
+from optplace.specs import Adapter, Constraints, Profile, Scenario, Serving
+from optplace.specs.loader import resolve_spec_path
+from optplace.specs.profiles import load_profile_file, resolve_profile
+
+from .engine import EngineResult, engine_config_from_profile, simulate_engine
+from .workload import generate_workload
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterReport:
+    """One adapter on one GPU over the window."""
+
+    name: str
+    offered_tok_s: float
+    throughput_tok_s: float
+    completed: int
+    loss: float
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReport:
+    """One GPU's twin result (the ``simulate --json`` per-GPU schema, DESIGN.md)."""
+
+    index: int
+    gpu_type: str
+    adapters: tuple[str, ...]
+    max_loras: int
+    max_cpu_loras: int
+    max_lora_rank: int
+    kv_cache_tokens: int
+    throughput_tok_s: float
+    engine_tok_s: float
+    offered_tok_s: float
+    throughput_loss: float
+    starved: bool
+    oom: bool
+    starved_adapters: tuple[str, ...]
+    itl_ms_mean: float
+    ttft_ms_p50: float
+    ttft_ms_p99: float
+    preemptions: int
+    adapter_loads: int
+    max_running: int
+    max_waiting: int
+    per_adapter: tuple[AdapterReport, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["adapters"] = list(self.adapters)
+        d["starved_adapters"] = list(self.starved_adapters)
+        d["per_adapter"] = [asdict(a) for a in self.per_adapter]
+        return _round(d)
+
+
+@dataclass(frozen=True, slots=True)
+class SimReport:
+    """Every GPU of a placement, plus run metadata (config, seed, version)."""
+
+    scenario: str
+    seed: int
+    duration_s: float
+    gpus: tuple[GpuReport, ...]
+    sim_wall_s: float
+    simulated_s: float
+    version: str = __version__
+    max_throughput_loss: float = 0.10
+    max_adapter_loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def starved_gpus(self) -> tuple[int, ...]:
+        return tuple(g.index for g in self.gpus if g.starved)
+
+    @property
+    def oom_gpus(self) -> tuple[int, ...]:
+        return tuple(g.index for g in self.gpus if g.oom)
+
+    def to_json(self, reproducible: bool = False) -> dict[str, Any]:
+        """The ``simulate --json`` document; ``reproducible`` zeroes the wall-clock field."""
+        return {
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "version": self.version,
+            "duration_s": self.duration_s,
+            "rule": {"max_throughput_loss": self.max_throughput_loss, "max_adapter_loss": self.max_adapter_loss},
+            "gpus": [g.to_json() for g in self.gpus],
+            "starved_gpus": list(self.starved_gpus),
+            "oom_gpus": list(self.oom_gpus),
+            "sim_wall_s": 0.0 if reproducible else round(self.sim_wall_s, 3),
+            "simulated_s": round(self.simulated_s, 3),
+        }
+
+
+def _round(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 4) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round(v) for v in obj]
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class GpuJob:
+    """Everything one GPU's simulation needs (picklable, for worker processes)."""
+
+    index: int
+    gpu_type: str
+    profile: Profile
+    serving: Serving
+    constraints: Constraints
+    adapters: tuple[Adapter, ...]
+    max_loras: int
+    max_cpu_loras: int | None
+    arrival_s: np.ndarray
+    adapter: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrays:
+    arrival_s: np.ndarray
+    adapter: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    duration_s: float
+
+
+def run_gpu_job(job: GpuJob) -> GpuReport:
+    """Simulate one GPU (runs in a worker process)."""
+    ranks = [a.rank for a in job.adapters]
+    cfg = engine_config_from_profile(
+        job.profile, ranks, job.max_loras, max_cpu_loras=job.max_cpu_loras,
+        max_num_seqs=job.serving.max_num_seqs, max_num_batched_tokens=job.serving.max_num_batched_tokens,
+        gpu_memory_utilization=job.serving.gpu_memory_utilization, max_model_len=job.serving.max_model_len)
+    wl = _Arrays(job.arrival_s, job.adapter, job.input_tokens, job.output_tokens, job.duration_s)
+    res = simulate_engine(cfg, wl, duration_s=job.duration_s)
+    return gpu_report(job.index, job.gpu_type, job.adapters, cfg.max_loras, cfg.max_cpu_loras, cfg.max_lora_rank,
+                      cfg.kv_cache_tokens, res, job.constraints)
+
+
+def gpu_report(index: int, gpu_type: str, adapters: Sequence[Adapter], max_loras: int, max_cpu_loras: int,
+               max_lora_rank: int, kv_cache_tokens: int, res: EngineResult, constraints: Constraints) -> GpuReport:
+    """Turn an engine result into a report, applying the starvation rules."""
+    dur = res.duration_s
+    losses = res.adapter_loss()
+    per = tuple(AdapterReport(a.name, res.offered_tokens[i] / dur, res.completed_tokens[i] / dur,
+                              int(res.completed[i]), float(losses[i])) for i, a in enumerate(adapters))
+    adapter_rule = constraints.max_adapter_loss
+    threshold = adapter_rule if adapter_rule is not None else constraints.max_throughput_loss
+    starved_ad = tuple(adapters[i].name for i in res.starved_adapters(threshold)) if not res.oom else tuple(
+        a.name for a in adapters)
+    starved = res.oom or res.throughput_loss >= constraints.max_throughput_loss or (
+        adapter_rule is not None and bool(starved_ad))
+    return GpuReport(
+        index=index, gpu_type=gpu_type, adapters=tuple(a.name for a in adapters), max_loras=max_loras,
+        max_cpu_loras=max_cpu_loras, max_lora_rank=max_lora_rank, kv_cache_tokens=kv_cache_tokens,
+        throughput_tok_s=res.throughput_tok_s, engine_tok_s=res.engine_tok_s, offered_tok_s=res.offered_tok_s,
+        throughput_loss=1.0 if res.oom else res.throughput_loss, starved=bool(starved), oom=res.oom,
+        starved_adapters=starved_ad, itl_ms_mean=res.itl_ms_mean, ttft_ms_p50=res.ttft_ms_p50,
+        ttft_ms_p99=res.ttft_ms_p99, preemptions=res.preemptions, adapter_loads=res.adapter_loads,
+        max_running=res.max_running, max_waiting=res.max_waiting, per_adapter=per)
+
+
+def profile_for(sc: Scenario, gpu_type: str | None, base_dir: Path) -> tuple[str, Profile]:
+    """The profile of a GPU type of the scenario (the only one when ``gpu_type`` is None)."""
+    types = sc.gpu_types()
+    entry = types[0] if gpu_type is None else next(p for p in types if p.gpu_name == gpu_type)
+    if entry.profile is not None:
+        return entry.gpu_name, load_profile_file(resolve_spec_path(sc, entry.profile, base_dir))
+    return entry.gpu_name, resolve_profile(sc.model, entry.gpu)
+
+
+def scenario_workload(sc: Scenario, adapters: Sequence[Adapter], base_dir: Path, seed: int | None = None):
+    """The scenario-wide workload (one seeded generator owned by this run)."""
+    rng = np.random.default_rng(sc.seed if seed is None else seed)
+    return generate_workload(sc.workload.arrivals, sc.workload.lengths, [a.rate_rps for a in adapters],
+                             sc.workload.duration_s, rng, base_dir=base_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuPlan:
+    """One GPU of a plan: type, slots, CPU cache and adapter names."""
+
+    gpu_type: str | None
+    max_loras: int
+    max_cpu_loras: int | None
+    adapters: tuple[str, ...]
+
+
+def placement_of(sc: Scenario) -> tuple[GpuPlan, ...]:
+    """The spec's ``placement:`` as GPU plans (``all`` expanded)."""
+    if sc.placement is None:
+        raise ValueError("the spec has no placement: to simulate, add `placement:` (or run `optplace solve`)")
+    names = tuple(a.name for a in sc.adapter_list())
+    return tuple(GpuPlan(p.gpu_type, p.max_loras, p.max_cpu_loras, names if p.adapters == "all" else tuple(p.adapters))
+                 for p in sc.placement)
+
+
+def simulate_plan(sc: Scenario, plan: Sequence[GpuPlan], base_dir: Path, workers: int | None = None,
+                  seed: int | None = None) -> SimReport:
+    """Simulate every GPU of ``plan`` for the scenario's workload; GPUs run in parallel processes."""
+    t0 = time.perf_counter()
+    all_ad = sc.adapter_list()
+    idx = {a.name: i for i, a in enumerate(all_ad)}
+    wl = scenario_workload(sc, all_ad, base_dir, seed)
+    jobs = []
+    for g, gp in enumerate(plan):
+        gtype, prof = profile_for(sc, gp.gpu_type, base_dir)
+        members = np.array([idx[n] for n in gp.adapters], dtype=np.int64)
+        remap = np.full(len(all_ad), -1, dtype=np.int64)
+        remap[members] = np.arange(len(members))
+        local = remap[wl.adapter]
+        keep = local >= 0
+        jobs.append(GpuJob(
+            index=g, gpu_type=gtype, profile=prof, serving=sc.serving, constraints=sc.constraints,
+            adapters=tuple(all_ad[i] for i in members), max_loras=gp.max_loras, max_cpu_loras=gp.max_cpu_loras,
+            arrival_s=wl.arrival_s[keep], adapter=local[keep].astype(np.int32),
+            input_tokens=wl.input_tokens[keep], output_tokens=wl.output_tokens[keep],
+            duration_s=sc.workload.duration_s))
+    reports = run_jobs(jobs, workers)
+    return SimReport(scenario=sc.name, seed=sc.seed if seed is None else seed, duration_s=sc.workload.duration_s,
+                     gpus=tuple(reports), sim_wall_s=time.perf_counter() - t0,
+                     simulated_s=sc.workload.duration_s * len(jobs),
+                     max_throughput_loss=sc.constraints.max_throughput_loss,
+                     max_adapter_loss=sc.constraints.max_adapter_loss)
+
+
+def run_jobs(jobs: Sequence[GpuJob], workers: int | None = None) -> list[GpuReport]:
+    """Run GPU jobs in a process pool (in-process when there is one job or one worker); order kept."""
+    n = min(len(jobs), workers or os.cpu_count() or 1)
+    if n <= 1:
+        return [run_gpu_job(j) for j in jobs]
+    # Largest jobs first so the slowest GPU does not start last.
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].arrival_s))
+    with ProcessPoolExecutor(max_workers=n) as ex:
+        done = dict(zip(order, ex.map(run_gpu_job, [jobs[i] for i in order])))
+    return [done[i] for i in range(len(jobs))]
+
+
+def simulate_gpu(profile: Profile, serving: Serving, constraints: Constraints, arrivals: Any, lengths: Any,
+                 adapters: Sequence[Adapter], max_loras: int, max_cpu_loras: int | None = None,
+                 duration_s: float = 3600.0, seed: int = 0, base_dir: Path | None = None) -> GpuReport:
+    """Simulate one GPU serving ``adapters`` (its own seeded workload): the surrogate sweeps' evaluator."""
+    rng = np.random.default_rng(seed)
+    wl = generate_workload(arrivals, lengths, [a.rate_rps for a in adapters], duration_s, rng, base_dir=base_dir)
+    job = GpuJob(index=0, gpu_type=profile.gpu, profile=profile, serving=serving, constraints=constraints,
+                 adapters=tuple(adapters), max_loras=max_loras, max_cpu_loras=max_cpu_loras,
+                 arrival_s=wl.arrival_s, adapter=wl.adapter, input_tokens=wl.input_tokens,
+                 output_tokens=wl.output_tokens, duration_s=duration_s)
+    return run_gpu_job(job)
