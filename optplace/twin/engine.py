@@ -1,0 +1,1198 @@
+"""Discrete-step model of one vLLM V1 engine (0.8.5 semantics) serving many LoRA adapters.
+
+The model is split the way vLLM splits its scheduler:
+
+* :class:`EngineCore` holds the engine state (running list, waiting queue, paged KV cache, LoRA
+  slot and CPU caches). :meth:`EngineCore.schedule` makes one step's scheduling decision and
+  :meth:`EngineCore.update_from_output` applies the step's outcome; neither reads a clock, so both
+  are unit-tested without SimPy. :meth:`EngineCore.run_until` advances time: it asks the step-time
+  and scheduler-overhead models how long each step lasts and fast-forwards runs of identical steps.
+* :func:`simulate_engine` is the entry point: a SimPy environment drives the arrival process (it
+  wakes an idle engine at the next arrival) and the engine process, which runs batches of steps
+  inside one SimPy timeout (the per-step loop is far too hot for one SimPy event per step).
+
+Scheduling semantics (vLLM 0.8.5 ``vllm/v1/core/sched/scheduler.py``, ``kv_cache_manager.py``;
+read in the study's fork FerranAgulloLopez/GPULLMAdapterOptimization):
+
+* Each step first serves the RUNNING requests in admission order (a decode needs 1 token; an
+  unfinished chunked prefill continues with what is left of the token budget), then, only if no
+  request was preempted in this step, the WAITING queue FCFS. One token budget
+  (``max_num_batched_tokens``) is shared by decodes and prefill chunks; ``max_num_seqs`` caps the
+  running list. vLLM requires ``max_num_batched_tokens >= max_num_seqs``, so every running decode
+  is scheduled in every step, and at most one running request (the newest) is mid-prefill.
+* Paged KV cache of ``kv_cache_tokens // block_size`` blocks, no prefix caching and (since vLLM
+  0.8.5) no block pre-allocation: a request holds ``ceil(computed_tokens / block_size)`` blocks.
+  When a running request needs a block and none is free, the newest running request is preempted
+  (recompute: its blocks are freed, it goes back to the head of the waiting queue and later
+  prefills prompt + generated tokens again). Repeating this "pop from the tail while the prefix
+  does not fit" equals vLLM's per-request loop (the needs are non-negative and processed in order).
+* A waiting request is admitted only if the blocks for its first chunk are free; the first one that
+  does not fit stops admission for the step.
+* LoRA: the adapters of the scheduled requests form the step's set; a waiting request whose adapter
+  is not in the set while the set holds ``max_loras`` adapters is skipped (keeps its place), later
+  requests of adapters already in the set are still admitted. Because every running request is
+  scheduled, the set is exactly the adapters with running requests: slots are "sticky".
+* Adapter caches: GPU slots are an LRU of ``max_loras`` adapters, the CPU cache an LRU of
+  ``max_cpu_loras``; the adapters of the batch are touched in every step. An adapter entering the
+  batch that is not in a GPU slot is loaded from the CPU cache (``adapter_load_ms``) or from disk
+  first (``adapter_disk_ms``); the load time adds to that step.
+* Start-up: a KV cache smaller than one ``max_model_len`` sequence (or none) fails at start:
+  ``EngineResult.oom`` and nothing is served.
+
+Time: a step lasts ``step_time.step_s(...) + overhead.overhead_s(...) + loads``. Requests arriving
+in ``[0, duration_s)`` are served; at ``duration_s`` the run stops and every unfinished request is
+cancelled (not counted). A step that would end after ``duration_s`` is not committed.
+
+Metrics: ``itl_ms_mean`` is vLLM's ``benchmark_serving`` definition (the mean over all inter-token
+gaps of completed requests, i.e. sum of (finish - first token) over sum of (output - 1)), which is
+what the reference runs' ``mean_itl_ms`` reports; ``tpot_ms_mean`` is the per-request mean of
+(finish - first token) / (output - 1). TTFT percentiles are over requests completed in the window.
+
+Speed: per-adapter FIFO queues plus a global pointer and a heap of the active adapters' queue heads
+implement the FCFS scan with the skip rule without scanning the waiting list; decoding requests are
+stored lazily (computed tokens = base + step index), so a step costs O(1) plus O(admissions +
+completions + preemptions); block boundaries are counted per phase (computed mod block_size);
+completions are bucketed by step index; runs of steps in which nothing is admitted, completed or
+preempted are jumped in closed form until the next arrival, completion or KV limit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+__all__ = [
+    "EngineConfig",
+    "EngineCore",
+    "EngineResult",
+    "OverheadModel",
+    "StepPlan",
+    "StepTimeModelLike",
+    "WorkloadLike",
+    "engine_config_from_profile",
+    "simulate_engine",
+]
+
+
+class StepTimeModelLike(Protocol):
+    """What the engine needs from ``optplace.twin.steptime.StepTimeModel``."""
+
+    def step_s(
+        self,
+        num_seqs: int,
+        prefill_tokens: int,
+        decode_tokens: int,
+        distinct_adapters: int,
+        mean_rank: float,
+        context_tokens: float | None = None,
+    ) -> float: ...
+
+
+class OverheadModel(Protocol):
+    """What the engine needs from ``optplace.twin.steptime.SchedulerOverhead``."""
+
+    def overhead_s(self, running: int, waiting: int, slots: int = 1, served: int = 1) -> float: ...
+
+
+class WorkloadLike(Protocol):
+    """``optplace.twin.workload.Workload``: arrays sorted by arrival time."""
+
+    arrival_s: np.ndarray
+    adapter: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """One vLLM engine (one GPU) with its LoRA configuration and time models.
+
+    ``adapter_ranks[i]`` is the rank of adapter ``i`` (the workload's adapter index);
+    ``adapter_load_ms[i]`` the CPU→GPU load time of adapter ``i`` and ``adapter_disk_ms[i]`` its
+    disk→CPU time (both ms; empty tuples mean free loads).
+    """
+
+    kv_cache_tokens: int
+    max_loras: int
+    max_cpu_loras: int
+    adapter_ranks: tuple[int, ...]
+    max_lora_rank: int
+    step_time: Any
+    overhead: Any = None
+    adapter_load_ms: tuple[float, ...] = ()
+    adapter_disk_ms: tuple[float, ...] = ()
+    block_size: int = 16
+    max_num_seqs: int = 2048
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 131072
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+        if self.max_loras < 1:
+            errors.append(f"max_loras must be >= 1, got {self.max_loras}")
+        if self.max_cpu_loras < self.max_loras:
+            errors.append(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras}), as vLLM requires"
+            )
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            errors.append(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
+                f"({self.max_num_seqs}), as vLLM requires"
+            )
+        if self.block_size < 1:
+            errors.append(f"block_size must be >= 1, got {self.block_size}")
+        if self.kv_cache_tokens < 0:
+            errors.append(f"kv_cache_tokens must be >= 0, got {self.kv_cache_tokens}")
+        bad = sorted({r for r in self.adapter_ranks if r > self.max_lora_rank or r < 1})
+        if bad:
+            errors.append(f"adapter ranks {bad} are outside 1..max_lora_rank ({self.max_lora_rank})")
+        n = len(self.adapter_ranks)
+        for name in ("adapter_load_ms", "adapter_disk_ms"):
+            v = getattr(self, name)
+            if v and len(v) != n:
+                errors.append(f"{name} has {len(v)} entries but there are {n} adapters")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    @property
+    def num_blocks(self) -> int:
+        """KV cache size in blocks."""
+        return self.kv_cache_tokens // self.block_size
+
+    @property
+    def starts(self) -> bool:
+        """Whether vLLM starts: the KV cache must hold one ``max_model_len`` sequence."""
+        return self.kv_cache_tokens > 0 and self.kv_cache_tokens >= self.max_model_len
+
+
+def engine_config_from_profile(
+    profile: Any,
+    adapter_ranks: Sequence[int],
+    max_loras: int,
+    max_cpu_loras: int | None = None,
+    max_lora_rank: int | None = None,
+    max_num_seqs: int = 2048,
+    max_num_batched_tokens: int = 2048,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+    kv_cache_tokens: int | None = None,
+) -> EngineConfig:
+    """Build an :class:`EngineConfig` from a ``specs`` profile (KV capacity, time and load models).
+
+    ``max_lora_rank`` defaults to the largest rank served (what the plan passes to vLLM);
+    ``kv_cache_tokens`` overrides the profile's memory model (e.g. a measured value).
+    """
+    from optplace.twin.steptime import SchedulerOverhead, StepTimeModel
+
+    ranks = tuple(int(r) for r in adapter_ranks)
+    mlr = int(max_lora_rank if max_lora_rank is not None else max(ranks, default=8))
+    cpu = int(max_cpu_loras if max_cpu_loras is not None else max(len(ranks), max_loras))
+    kv = int(
+        kv_cache_tokens
+        if kv_cache_tokens is not None
+        else profile.kv_cache_tokens(max_loras, mlr, gpu_memory_utilization)
+    )
+    step = StepTimeModel.from_params(profile.step_time)
+    if hasattr(step, "bind"):
+        step = step.bind(mlr)
+    overhead = SchedulerOverhead.from_params(getattr(profile, "scheduler_overhead", None))
+    load = profile.adapter_load
+    return EngineConfig(
+        kv_cache_tokens=kv,
+        max_loras=int(max_loras),
+        max_cpu_loras=cpu,
+        adapter_ranks=ranks,
+        max_lora_rank=mlr,
+        step_time=step,
+        overhead=overhead,
+        adapter_load_ms=tuple(float(load.cpu_to_gpu(mlr, r)) for r in ranks),
+        adapter_disk_ms=tuple(float(load.disk_to_cpu(r)) for r in ranks),
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_model_len=int(max_model_len if max_model_len is not None else profile.model_arch.max_model_len),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineResult:
+    """Outcome of one simulated engine over one window (per-adapter tuples indexed like the workload)."""
+
+    oom: bool
+    duration_s: float
+    simulated_s: float
+    steps: int
+    # per adapter
+    arrived: tuple[int, ...]
+    offered_tokens: tuple[int, ...]
+    completed: tuple[int, ...]
+    completed_tokens: tuple[int, ...]
+    engine_tokens: tuple[int, ...]
+    # totals and end state (conservation: sum(arrived) == finished + running_end + waiting_end)
+    finished: int
+    running_end: int
+    waiting_end: int
+    # latency
+    itl_ms_mean: float
+    tpot_ms_mean: float
+    ttft_ms_mean: float
+    ttft_ms_p50: float
+    ttft_ms_p99: float
+    # engine events
+    preemptions: int
+    adapter_loads: int
+    disk_loads: int
+    load_time_s: float
+    scheduler_time_s: float
+    max_running: int
+    max_waiting: int
+    mean_running: float
+    mean_waiting: float
+    # invariants observed over all committed steps
+    max_distinct_adapters: int
+    max_kv_blocks_used: int
+    kv_blocks_total: int
+    max_scheduled_tokens: int
+    config: EngineConfig | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def throughput_tok_s(self) -> float:
+        """Tokens (input + output) of requests completed in the window, per second (the study's metric)."""
+        return sum(self.completed_tokens) / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def engine_tok_s(self) -> float:
+        """Prefill + decode tokens processed in the window, per second."""
+        return sum(self.engine_tokens) / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def offered_tok_s(self) -> float:
+        """Input + output tokens of every request that arrived in the window, per second."""
+        return sum(self.offered_tokens) / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def throughput_loss(self) -> float:
+        """1 - delivered / offered token rate (0 when nothing was offered)."""
+        off = sum(self.offered_tokens)
+        return 1.0 - sum(self.completed_tokens) / off if off > 0 else 0.0
+
+    def adapter_loss(self) -> tuple[float, ...]:
+        """Per-adapter throughput loss (0 for an adapter with no offered load)."""
+        return tuple(
+            (1.0 - c / o) if o > 0 else 0.0 for c, o in zip(self.completed_tokens, self.offered_tokens, strict=True)
+        )
+
+    def starved_adapters(self, max_loss: float = 0.10) -> tuple[int, ...]:
+        """Indices of adapters whose own loss is at least ``max_loss``."""
+        return tuple(i for i, x in enumerate(self.adapter_loss()) if self.offered_tokens[i] > 0 and x >= max_loss)
+
+
+class StepPlan(NamedTuple):
+    """One step's scheduling decision (the analogue of vLLM's ``SchedulerOutput``); immutable."""
+
+    step: int
+    num_seqs: int
+    decode_tokens: int
+    prefill_tokens: int
+    distinct_adapters: int
+    rank_sum: int
+    context_tokens: int
+    admitted: Sequence[int]
+    preempted: Sequence[int]
+    prefill_done: Sequence[tuple[int, int, int]]  # (request, tokens computed, generated before)
+    chunks: Sequence[tuple[int, int]]  # (request, prefill tokens scheduled in this step)
+    tail_chunk: int
+    loads: int
+    disk_loads: int
+    load_s: float
+    num_running: int
+    num_waiting: int
+    blocked: bool  # admission stopped for a reason that persists while nothing changes
+
+    @property
+    def scheduled_tokens(self) -> int:
+        return self.decode_tokens + self.prefill_tokens
+
+    @property
+    def empty(self) -> bool:
+        return self.num_seqs == 0
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class EngineCore:
+    """Clock-free engine state: ``schedule()`` decides a step, ``update_from_output()`` applies it.
+
+    Requests are the workload's row indices (sorted by arrival). The caller tells ``schedule`` how
+    many requests have arrived; ``update_from_output`` gets the step's end time only to stamp
+    first-token and finish times.
+    """
+
+    def __init__(self, cfg: EngineConfig, workload: WorkloadLike, *, check: bool = False) -> None:
+        self.cfg = cfg
+        self.check = check
+        wl = workload
+        n_adapters = len(cfg.adapter_ranks)
+        adapter = np.asarray(wl.adapter, dtype=np.int64)
+        if adapter.size and (adapter.min() < 0 or adapter.max() >= n_adapters):
+            raise ValueError(f"workload adapter index out of range 0..{n_adapters - 1}")
+        arr = np.asarray(wl.arrival_s, dtype=np.float64)
+        if arr.size > 1 and np.any(np.diff(arr) < 0):
+            raise ValueError("workload arrivals must be sorted by time")
+        inp = np.asarray(wl.input_tokens, dtype=np.int64)
+        out = np.asarray(wl.output_tokens, dtype=np.int64)
+        if inp.size and (inp.min() < 1 or out.min() < 1):
+            raise ValueError("request lengths must be >= 1 token")
+        self.n = int(arr.size)
+        self.arrival = arr.tolist()
+        self.adapter = adapter.tolist()
+        self.inp = inp.tolist()
+        self.out = out.tolist()
+        self.rank = list(cfg.adapter_ranks)
+        self.load_s = [x * 1e-3 for x in cfg.adapter_load_ms] or [0.0] * n_adapters
+        self.disk_s = [x * 1e-3 for x in cfg.adapter_disk_ms] or [0.0] * n_adapters
+        B = cfg.block_size
+        self.B = B
+        self.total_blocks = cfg.num_blocks
+        self.used = 0
+        # per-adapter FIFO of fresh (never admitted) requests: a sorted list + head position
+        order = np.argsort(adapter, kind="stable")
+        counts = np.bincount(adapter, minlength=n_adapters) if adapter.size else np.zeros(n_adapters, np.int64)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        self.aq: list[list[int]] = [order[bounds[a] : bounds[a + 1]].tolist() for a in range(n_adapters)]
+        self.ahead = [0] * n_adapters
+        self.admitted = bytearray(self.n)
+        self.gptr = 0  # smallest request index never admitted
+        self.n_fresh_admitted = 0
+        self.preempted_q: list[int] = []  # waiting head: preempted requests, in queue order
+        self.pgen: dict[int, int] = {}  # generated tokens of preempted requests
+        self.active_heap: list[int] = []  # queue heads of adapters with running requests
+        self.running: dict[int, None] = {}  # admission order; popitem() = newest
+        self.run_count = [0] * n_adapters
+        self.n_active = 0
+        self.rank_sum = 0
+        # decoding requests: computed(step) = base + step, generated(step) = gbase + step
+        self.base = [0] * self.n
+        self.gbase = [0] * self.n
+        self.s0 = [0] * self.n
+        self.fin_step = [-1] * self.n
+        self.phase = [0] * B
+        self.n_dec = 0
+        self.sum_base = 0  # sum of base over decoders (context tokens = sum_base + n_dec * step)
+        self.buckets: dict[int, list[int]] = {}
+        self.bucket_heap: list[int] = []
+        # the (at most one) running request that is mid-prefill: always the newest running one
+        self.tail = -1
+        self.tail_comp = 0
+        self.tail_total = 0
+        self.tail_gen = 0
+        # adapter caches: adapters of the batch are resident; *_idle hold the others in LRU order
+        self.gpu_idle: OrderedDict[int, None] = OrderedDict()
+        self.gpu_count = 0
+        self.cpu_idle: OrderedDict[int, None] = OrderedDict()
+        self.cpu_resident = bytearray(n_adapters)
+        self.cpu_count = 0
+        self.gpu_resident = bytearray(n_adapters)
+        # accounting
+        self.first_tok = [0.0] * self.n
+        self.eng_tokens = [0] * n_adapters
+        self.completed_ids: list[int] = []
+        self.finish_t: list[float] = []
+        self.preemptions = 0
+        self.loads = 0
+        self.disk_loads = 0
+        self.step = 0
+
+    # ------------------------------------------------------------------ queries
+    def num_waiting(self, n_arrived: int) -> int:
+        """Requests waiting (arrived, not running, not finished)."""
+        return len(self.preempted_q) + n_arrived - self.n_fresh_admitted
+
+    def _blocks_of(self, r: int, s: int) -> int:
+        """Blocks held by running request ``r`` at the start of step ``s``."""
+        if r == self.tail:
+            return _cdiv(self.tail_comp, self.B)
+        return _cdiv(self.base[r] + s, self.B)
+
+    # ------------------------------------------------------------------ adapter set / caches
+    def _join(self, a: int) -> tuple[int, int, float]:
+        """Adapter ``a`` enters the batch: returns (gpu loads, disk loads, load seconds)."""
+        self.n_active += 1
+        self.rank_sum += self.rank[a]
+        q = self.aq[a]
+        h = self.ahead[a]
+        if h < len(q):
+            heapq.heappush(self.active_heap, q[h])
+        cfg = self.cfg
+        loads = disk = 0
+        secs = 0.0
+        if self.cpu_resident[a]:
+            self.cpu_idle.pop(a, None)
+        else:
+            disk = 1
+            secs += self.disk_s[a]
+            if self.cpu_count >= cfg.max_cpu_loras:
+                old, _ = self.cpu_idle.popitem(last=False)
+                self.cpu_resident[old] = 0
+                self.cpu_count -= 1
+                if self.gpu_resident[old]:  # removing from the CPU cache deactivates it as well
+                    self.gpu_idle.pop(old, None)
+                    self.gpu_resident[old] = 0
+                    self.gpu_count -= 1
+            self.cpu_resident[a] = 1
+            self.cpu_count += 1
+        if self.gpu_resident[a]:
+            self.gpu_idle.pop(a, None)
+        else:
+            loads = 1
+            secs += self.load_s[a]
+            if self.gpu_count >= cfg.max_loras:
+                old, _ = self.gpu_idle.popitem(last=False)
+                self.gpu_resident[old] = 0
+                self.gpu_count -= 1
+            self.gpu_resident[a] = 1
+            self.gpu_count += 1
+        return loads, disk, secs
+
+    def _leave(self, a: int) -> None:
+        """Adapter ``a`` has no running request any more (most recently used of the idle ones)."""
+        self.n_active -= 1
+        self.rank_sum -= self.rank[a]
+        self.gpu_idle[a] = None
+        self.cpu_idle[a] = None
+
+    def _remove_decoder(self, r: int) -> None:
+        b = self.base[r]
+        self.phase[b % self.B] -= 1
+        self.n_dec -= 1
+        self.sum_base -= b
+
+    # ------------------------------------------------------------------ scheduling
+    def schedule(self, n_arrived: int) -> StepPlan:
+        """Decide the next step given that requests ``[0, n_arrived)`` have arrived. No clock.
+
+        Mutates the state like vLLM's ``schedule()`` does (admissions, preemptions, computed tokens);
+        :meth:`update_from_output` then applies the step's outputs (sampled tokens, completions).
+        """
+        # hot path: locals instead of attribute lookups
+        cfg = self.cfg
+        B = self.B
+        s = self.step
+        running = self.running
+        budget = cfg.max_num_batched_tokens
+        total = self.total_blocks
+        used = self.used
+        n_dec = self.n_dec
+        need = self.phase[(-s) % B] if n_dec else 0
+        tail = self.tail
+        tail_chunk = 0
+        tblocks = 0
+        if tail >= 0:
+            tail_comp = self.tail_comp
+            tail_chunk = self.tail_total - tail_comp
+            if tail_chunk > budget - n_dec:
+                tail_chunk = budget - n_dec
+            tblocks = -(-(tail_comp + tail_chunk) // B) - (-(-tail_comp // B))
+            need += tblocks
+        preempted: list[int] = []
+        if need > total - used:
+            # vLLM preempts from the tail of the running list until the remaining prefix fits
+            adapter = self.adapter
+            run_count = self.run_count
+            while running and need > total - used:
+                r = running.popitem()[0]
+                a = adapter[r]
+                if r == tail:
+                    need -= tblocks
+                    used -= -(-self.tail_comp // B)
+                    self.pgen[r] = self.tail_gen
+                    self.tail = tail = -1
+                    tail_chunk = 0
+                else:
+                    c = self.base[r] + s
+                    if c % B == 0:
+                        need -= 1
+                    used -= -(-c // B)
+                    self._remove_decoder(r)
+                    n_dec -= 1
+                    self.eng_tokens[a] += s - self.s0[r]
+                    self.pgen[r] = self.gbase[r] + s
+                    self.fin_step[r] = -1
+                preempted.append(r)
+                run_count[a] -= 1
+                if run_count[a] == 0:
+                    self._leave(a)
+            self.preemptions += len(preempted)
+            preempted.reverse()
+            self.preempted_q[0:0] = preempted
+        used += need
+        budget -= n_dec + tail_chunk
+        prefill_tokens = tail_chunk
+        prefill_done: list[tuple[int, int, int]] = []
+        chunks: list[tuple[int, int]] = []
+        if tail >= 0 and tail_chunk > 0:
+            chunks.append((tail, tail_chunk))
+            self.tail_comp += tail_chunk
+            if self.tail_comp == self.tail_total:
+                prefill_done.append((tail, self.tail_total, self.tail_gen))
+                self.tail = tail = -1
+        admitted: list[int] = []
+        loads = disk_loads = 0
+        load_s = 0.0
+        blocked = bool(preempted)
+        if not preempted and budget > 0:
+            max_loras = cfg.max_loras
+            max_seqs = cfg.max_num_seqs
+            run_count = self.run_count
+            adapter = self.adapter
+            inp = self.inp
+            pq = self.preempted_q
+            n_pq = len(pq)
+            n_run = len(running)
+            aq = self.aq
+            ahead = self.ahead
+            heap = self.active_heap
+            i = 0
+            while budget > 0:
+                if n_run >= max_seqs:
+                    blocked = True
+                    break
+                if i < n_pq:
+                    r = pq[i]
+                    a = adapter[r]
+                    if self.n_active >= max_loras and run_count[a] == 0:
+                        i += 1
+                        continue
+                    g = self.pgen[r]
+                    tokens = inp[r] + g
+                    fresh = False
+                else:
+                    if self.n_active < max_loras:
+                        gp = self.gptr
+                        adm = self.admitted
+                        n = self.n
+                        while gp < n and adm[gp]:
+                            gp += 1
+                        self.gptr = gp
+                        if gp >= n_arrived:
+                            blocked = True
+                            break
+                        r = gp
+                        a = adapter[r]
+                    else:
+                        while heap:
+                            r = heap[0]
+                            a = adapter[r]
+                            if run_count[a] > 0:
+                                q = aq[a]
+                                h = ahead[a]
+                                if h < len(q) and q[h] == r:
+                                    break
+                            heapq.heappop(heap)
+                        else:
+                            blocked = True
+                            break
+                        if r >= n_arrived:
+                            blocked = True
+                            break
+                    g = 0
+                    tokens = inp[r]
+                    fresh = True
+                chunk = tokens if tokens < budget else budget
+                blk = -(-chunk // B)
+                if blk > total - used:
+                    blocked = True
+                    break
+                # admit r
+                used += blk
+                budget -= chunk
+                prefill_tokens += chunk
+                running[r] = None
+                n_run += 1
+                if run_count[a] == 0:
+                    run_count[a] = 1
+                    ld, dk, sec = self._join(a)
+                    loads += ld
+                    disk_loads += dk
+                    load_s += sec
+                else:
+                    run_count[a] += 1
+                if fresh:
+                    self.admitted[r] = 1
+                    self.n_fresh_admitted += 1
+                    h = ahead[a] + 1
+                    ahead[a] = h
+                    q = aq[a]
+                    if h < len(q):
+                        heapq.heappush(heap, q[h])
+                else:
+                    del pq[i]
+                    n_pq -= 1
+                    del self.pgen[r]
+                admitted.append(r)
+                chunks.append((r, chunk))
+                if chunk == tokens:
+                    prefill_done.append((r, tokens, g))
+                else:
+                    self.tail = r
+                    self.tail_comp = chunk
+                    self.tail_total = tokens
+                    self.tail_gen = g
+            if loads:
+                self.loads += loads
+            if disk_loads:
+                self.disk_loads += disk_loads
+        self.used = used
+        n_running = len(running)
+        ctx = self.sum_base + n_dec * s + (self.tail_comp if self.tail >= 0 else 0)
+        plan = StepPlan(
+            s,
+            n_dec + (1 if tail_chunk > 0 else 0) + len(admitted),
+            n_dec,
+            prefill_tokens,
+            self.n_active,
+            self.rank_sum,
+            ctx,
+            admitted,
+            preempted,
+            prefill_done,
+            chunks,
+            tail_chunk,
+            loads,
+            disk_loads,
+            load_s,
+            n_running,
+            len(self.preempted_q) + n_arrived - self.n_fresh_admitted,
+            blocked,
+        )
+        if self.check:
+            self._check_invariants(plan)
+        return plan
+
+    # ------------------------------------------------------------------ step outcome
+    def update_from_output(self, plan: StepPlan, t_end: float, *, record: bool = True) -> int:
+        """Apply the outcome of ``plan``'s step, which ended at ``t_end``. Returns completions.
+
+        ``record=False`` applies the state change without counting completions.
+        """
+        s = plan.step
+        B = self.B
+        out = self.out
+        adapter = self.adapter
+        done = 0
+        if plan.chunks:
+            eng = self.eng_tokens
+            for r, c in plan.chunks:
+                eng[adapter[r]] += c
+            first_tok = self.first_tok
+            for r, tokens, g in plan.prefill_done:
+                if g == 0:
+                    first_tok[r] = t_end
+                g1 = g + 1
+                if g1 >= out[r]:
+                    self._complete(r, -(-tokens // B), t_end, record)
+                    done += 1
+                else:
+                    s1 = s + 1
+                    b = tokens - s1
+                    self.base[r] = b
+                    self.gbase[r] = g1 - s1
+                    self.s0[r] = s1
+                    self.phase[b % B] += 1
+                    self.n_dec += 1
+                    self.sum_base += b
+                    f = s1 + out[r] - g1 - 1
+                    self.fin_step[r] = f
+                    bl = self.buckets.get(f)
+                    if bl is None:
+                        self.buckets[f] = [r]
+                        heapq.heappush(self.bucket_heap, f)
+                    else:
+                        bl.append(r)
+        fin = self.buckets.pop(s, None)
+        if fin is not None:
+            fin_step = self.fin_step
+            base = self.base
+            phase = self.phase
+            inp = self.inp
+            s0 = self.s0
+            eng = self.eng_tokens
+            running = self.running
+            run_count = self.run_count
+            used = self.used
+            n_dec = self.n_dec
+            sum_base = self.sum_base
+            completed_ids = self.completed_ids
+            finish_t = self.finish_t
+            for r in fin:
+                if fin_step[r] != s:
+                    continue
+                fin_step[r] = -1
+                b = base[r]
+                phase[b % B] -= 1
+                n_dec -= 1
+                sum_base -= b
+                a = adapter[r]
+                eng[a] += s + 1 - s0[r]
+                del running[r]
+                used -= -(-(inp[r] + out[r] - 1) // B)
+                run_count[a] -= 1
+                if run_count[a] == 0:
+                    self._leave(a)
+                if record:
+                    completed_ids.append(r)
+                    finish_t.append(t_end)
+                done += 1
+            self.used = used
+            self.n_dec = n_dec
+            self.sum_base = sum_base
+        self.step = s + 1
+        return done
+
+    def _complete(self, r: int, blocks: int, t_end: float, record: bool) -> None:
+        del self.running[r]
+        self.used -= blocks
+        a = self.adapter[r]
+        self.run_count[a] -= 1
+        if self.run_count[a] == 0:
+            self._leave(a)
+        if record:
+            self.completed_ids.append(r)
+            self.finish_t.append(t_end)
+
+    # ------------------------------------------------------------------ fast-forward
+    def can_repeat(self, plan: StepPlan, completions: int) -> bool:
+        """Whether the next step would be identical to ``plan``'s (absent new arrivals)."""
+        return (
+            completions == 0
+            and not plan.admitted
+            and not plan.preempted
+            and not plan.prefill_done
+            and plan.tail_chunk == 0
+            and self.tail < 0
+            and plan.loads == 0
+            and plan.disk_loads == 0
+            and plan.num_seqs > 0
+        )
+
+    def next_completion_step(self) -> int:
+        """Smallest step index with a pending decode completion (or a large number)."""
+        h = self.bucket_heap
+        bk = self.buckets
+        while h and h[0] not in bk:
+            heapq.heappop(h)
+        return h[0] if h else 1 << 62
+
+    def blocks_needed(self, k: int) -> int:
+        """Blocks the decoders need over the next ``k`` steps (from ``self.step``), all scheduled."""
+        B = self.B
+        full, rem = divmod(k, B)
+        tot = full * self.n_dec
+        s = self.step
+        ph = self.phase
+        for j in range(rem):
+            tot += ph[(-(s + j)) % B]
+        return tot
+
+    def skip_decode_steps(self, k: int) -> int:
+        """Commit ``k`` identical decode-only steps at once (no completion inside). Returns blocks used."""
+        blk = self.blocks_needed(k)
+        self.used += blk
+        self.step += k
+        return blk
+
+    # ------------------------------------------------------------------ invariants (tests)
+    def _check_invariants(self, plan: StepPlan) -> None:
+        """Checks on a scheduling decision (``check=True``); raises RuntimeError on a violation."""
+        s = plan.step
+        if self.used > self.total_blocks:
+            raise RuntimeError(f"step {s}: KV blocks {self.used} > capacity {self.total_blocks}")
+        adapters = {self.adapter[r] for r in self.running}
+        if len(adapters) > self.cfg.max_loras or len(adapters) != self.n_active:
+            raise RuntimeError(
+                f"step {s}: {len(adapters)} adapters in the batch (tracked {self.n_active}), "
+                f"max_loras {self.cfg.max_loras}"
+            )
+        if plan.scheduled_tokens > self.cfg.max_num_batched_tokens:
+            raise RuntimeError(f"step {s}: {plan.scheduled_tokens} tokens > budget {self.cfg.max_num_batched_tokens}")
+        if len(self.running) > self.cfg.max_num_seqs:
+            raise RuntimeError(f"step {s}: {len(self.running)} running > max_num_seqs {self.cfg.max_num_seqs}")
+        if plan.num_seqs > len(self.running):
+            raise RuntimeError(f"step {s}: {plan.num_seqs} scheduled but {len(self.running)} running")
+
+    def check_state(self) -> None:
+        """Recompute the KV usage and the adapter counts from scratch at a step boundary."""
+        s = self.step
+        used = 0
+        counts: dict[int, int] = {}
+        for r in self.running:
+            a = self.adapter[r]
+            counts[a] = counts.get(a, 0) + 1
+            if r == self.tail:
+                used += _cdiv(self.tail_comp, self.B)
+            else:
+                if self.fin_step[r] < s:
+                    raise RuntimeError(f"step {s}: request {r} should have finished at {self.fin_step[r]}")
+                used += _cdiv(self.base[r] + s, self.B)
+        if used != self.used:
+            raise RuntimeError(f"step {s}: KV accounting {self.used} != recomputed {used}")
+        if used > self.total_blocks:
+            raise RuntimeError(f"step {s}: KV blocks {used} > capacity {self.total_blocks}")
+        for a, c in enumerate(self.run_count):
+            if counts.get(a, 0) != c:
+                raise RuntimeError(f"step {s}: adapter {a} running count {c} != {counts.get(a, 0)}")
+        if self.n_dec + (1 if self.tail >= 0 else 0) != len(self.running):
+            raise RuntimeError(f"step {s}: {self.n_dec} decoders + tail != {len(self.running)} running")
+
+
+class _Runner:
+    """Advances an :class:`EngineCore` in time (step-time model, overhead, fast-forward)."""
+
+    def __init__(self, core: EngineCore, duration_s: float, fast_forward: bool = True) -> None:
+        self.core = core
+        self.fast_forward = fast_forward
+        cfg = core.cfg
+        self.duration = float(duration_s)
+        self.t = 0.0
+        self.n_arrived = 0
+        self.step_time = cfg.step_time
+        self.overhead = cfg.overhead
+        self.served = len(cfg.adapter_ranks)
+        self.max_running = 0
+        self.max_waiting = 0
+        self.run_area = 0.0
+        self.wait_area = 0.0
+        self.sched_s = 0.0
+        self.load_s = 0.0
+        self.max_distinct = 0
+        self.max_used = 0
+        self.max_tokens = 0
+        self.done = False
+
+    def next_arrival(self) -> float:
+        c = self.core
+        return c.arrival[self.n_arrived] if self.n_arrived < c.n else math.inf
+
+    def idle(self) -> bool:
+        c = self.core
+        return not c.running and c.num_waiting(self.n_arrived) == 0
+
+    def _dt(self, plan: StepPlan) -> tuple[float, float]:
+        mean_rank = plan.rank_sum / plan.distinct_adapters if plan.distinct_adapters else 0.0
+        st = self.step_time.step_s(
+            plan.num_seqs, plan.prefill_tokens, plan.decode_tokens, plan.distinct_adapters, mean_rank,
+            plan.context_tokens,
+        )
+        ov = (
+            self.overhead.overhead_s(plan.num_running, plan.num_waiting, self.core.cfg.max_loras, self.served)
+            if self.overhead is not None
+            else 0.0
+        )
+        return st + ov + plan.load_s, ov
+
+    def run_until(self, horizon: float) -> None:
+        """Run steps while the engine has work, until simulated time reaches ``horizon``."""
+        core = self.core
+        arrival = core.arrival
+        n = core.n
+        duration = self.duration
+        horizon = min(horizon, duration)
+        t = self.t
+        step_s = self.step_time.step_s
+        overhead_s = self.overhead.overhead_s if self.overhead is not None else None
+        slots = core.cfg.max_loras
+        served = self.served
+        schedule = core.schedule
+        update = core.update_from_output
+        check = core.check
+        ff = self.fast_forward
+        na = self.n_arrived
+        sched_s = self.sched_s
+        load_tot = self.load_s
+        run_area = self.run_area
+        wait_area = self.wait_area
+        max_running = self.max_running
+        max_waiting = self.max_waiting
+        max_distinct = self.max_distinct
+        max_used = self.max_used
+        max_tokens = self.max_tokens
+        while t < horizon:
+            na = bisect_right(arrival, t, na)
+            plan = schedule(na)
+            num_seqs = plan[1]
+            if num_seqs == 0:
+                break  # idle: nothing running, nothing admissible
+            n_act = plan[4]
+            mean_rank = plan[5] / n_act if n_act else 0.0
+            st = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6])
+            nr = plan[15]
+            nw = plan[16]
+            ov = overhead_s(nr, nw, slots, served) if overhead_s is not None else 0.0
+            dt = st + ov + plan[14]
+            t_end = t + dt
+            if t_end > duration:
+                self.done = True
+                break
+            completions = update(plan, t_end)
+            t = t_end
+            # statistics
+            sched_s += ov
+            load_tot += plan[14]
+            run_area += nr * dt
+            wait_area += nw * dt
+            if nr > max_running:
+                max_running = nr
+            if nw > max_waiting:
+                max_waiting = nw
+            if n_act > max_distinct:
+                max_distinct = n_act
+            if core.used > max_used:
+                max_used = core.used
+            if plan[2] + plan[3] > max_tokens:
+                max_tokens = plan[2] + plan[3]
+            if check:
+                core.check_state()
+            if not ff or completions or plan[7] or plan[12] or not core.can_repeat(plan, completions):
+                continue
+            # fast-forward identical steps until the next arrival / completion / KV limit / end
+            k = core.next_completion_step() - core.step  # steps before the completing one
+            if k <= 0:
+                continue
+            # the step time is affine in the context tokens, which grow by one per decoder per step
+            d1 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + plan[2]) + ov
+            delta = d1 - (dt - plan[14])
+            if delta < 0.0:
+                delta = 0.0
+            d = dt + delta
+            t_arr = arrival[na] if na < n else math.inf
+            lim = t_arr if t_arr < horizon else horizon
+            k = min(k, _steps_before(lim - t, d, delta), _steps_within(duration - t, d, delta))
+            if k <= 0:
+                continue
+            free = core.total_blocks - core.used
+            if core.blocks_needed(k) > free:
+                lo, hi = 0, k
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if core.blocks_needed(mid) <= free:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                k = lo
+                if k <= 0:
+                    continue
+            span = _cum(k, d, delta)
+            core.skip_decode_steps(k)
+            sched_s += ov * k
+            run_area += nr * span
+            wait_area += nw * span
+            if core.used > max_used:
+                max_used = core.used
+            t += span
+        self.n_arrived = na
+        self.sched_s = sched_s
+        self.load_s = load_tot
+        self.run_area = run_area
+        self.wait_area = wait_area
+        self.max_running = max_running
+        self.max_waiting = max_waiting
+        self.max_distinct = max_distinct
+        self.max_used = max_used
+        self.max_tokens = max_tokens
+        self.t = max(t, self.t)
+        if self.done:
+            self.t = duration
+
+
+def _cum(k: int, d: float, delta: float) -> float:
+    """Total duration of k steps lasting d, d + delta, d + 2·delta, ..."""
+    return k * d + delta * k * (k - 1) / 2
+
+
+def _steps_before(gap: float, d: float, delta: float) -> int:
+    """Number of steps j >= 0 whose start (after the first j steps) is strictly before ``gap``."""
+    if gap == math.inf:
+        return 1 << 62
+    if gap <= 0:
+        return 0
+    if delta <= 0:
+        k = math.ceil(gap / d)
+    else:
+        # smallest k with cum(k) >= gap  ->  start of step k is at/after gap
+        a = delta / 2
+        b = d - delta / 2
+        k = math.ceil((-b + math.sqrt(b * b + 4 * a * gap)) / (2 * a))
+    while k > 0 and _cum(k - 1, d, delta) >= gap:
+        k -= 1
+    while _cum(k, d, delta) < gap:
+        k += 1
+    return k
+
+
+def _steps_within(gap: float, d: float, delta: float) -> int:
+    """Largest k with cum(k) <= gap (steps that end inside the window)."""
+    if gap <= 0:
+        return 0
+    if delta <= 0:
+        k = int(gap // d)
+    else:
+        a = delta / 2
+        b = d - delta / 2
+        k = int((-b + math.sqrt(b * b + 4 * a * gap)) / (2 * a))
+    while k > 0 and _cum(k, d, delta) > gap:
+        k -= 1
+    while _cum(k + 1, d, delta) <= gap:
+        k += 1
+    return k
+
+
+def simulate_engine(
+    cfg: EngineConfig,
+    workload: WorkloadLike,
+    *,
+    duration_s: float | None = None,
+    check: bool = False,
+    fast_forward: bool = True,
+    quantum_s: float = 5.0,
+) -> EngineResult:
+    """Simulate one engine serving ``workload`` for ``duration_s`` (default: the workload's window).
+
+    SimPy drives the run: an arrival process wakes the idle engine at the next arrival, and the
+    engine process advances through batches of steps (at most ``quantum_s`` simulated seconds per
+    SimPy timeout). ``fast_forward=False`` runs every step one by one (same result up to float
+    rounding of the clock; for tests). ``check=True`` recomputes the KV and adapter accounting after every step (slow;
+    for tests). Deterministic: the same config and workload give the same result.
+    """
+    import simpy
+
+    duration = float(duration_s if duration_s is not None else workload.duration_s)
+    core = EngineCore(cfg, workload, check=check)
+    if not cfg.starts:
+        return _result(core, None, duration, oom=True)
+    runner = _Runner(core, duration, fast_forward)
+    env = simpy.Environment()
+    link: dict[str, Any] = {}
+
+    def arrivals(env: simpy.Environment):
+        # Only idle->busy transitions need an event: a busy engine reads the arrivals up to its own
+        # clock at every step (one SimPy event per request would dominate the run time).
+        while True:
+            link["idle"] = env.event()
+            yield link["idle"]
+            ta = runner.next_arrival()
+            if ta >= duration:
+                return
+            if ta > env.now:
+                yield env.timeout(ta - env.now)
+            link["wake"].succeed()
+
+    def engine(env: simpy.Environment):
+        while env.now < duration and not runner.done:
+            if runner.idle():
+                if runner.next_arrival() >= duration:
+                    break
+                link["wake"] = env.event()
+                link["idle"].succeed()
+                yield link["wake"]
+                runner.t = env.now
+            runner.run_until(env.now + quantum_s)
+            if runner.t > env.now:
+                yield env.timeout(runner.t - env.now)
+
+    env.process(arrivals(env))
+    proc = env.process(engine(env))
+    env.run(until=proc)
+    return _result(core, runner, duration, oom=False)
+
+
+def _percentile(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q)) if x.size else 0.0
+
+
+def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: bool) -> EngineResult:
+    cfg = core.cfg
+    n_ad = len(cfg.adapter_ranks)
+    arr = np.asarray(core.arrival, dtype=np.float64)
+    ad = np.asarray(core.adapter, dtype=np.int64)
+    inp = np.asarray(core.inp, dtype=np.int64)
+    out = np.asarray(core.out, dtype=np.int64)
+    inwin = arr < duration
+    arrived = np.bincount(ad[inwin], minlength=n_ad)
+    offered = np.bincount(ad[inwin], weights=(inp + out)[inwin], minlength=n_ad)
+    if oom or runner is None:
+        z = tuple(0 for _ in range(n_ad))
+        return EngineResult(
+            oom=oom, duration_s=duration, simulated_s=0.0, steps=0,
+            arrived=tuple(int(x) for x in arrived), offered_tokens=tuple(int(x) for x in offered),
+            completed=z, completed_tokens=z, engine_tokens=z,
+            finished=0, running_end=0, waiting_end=int(arrived.sum()),
+            itl_ms_mean=0.0, tpot_ms_mean=0.0, ttft_ms_mean=0.0, ttft_ms_p50=0.0, ttft_ms_p99=0.0,
+            preemptions=0, adapter_loads=0, disk_loads=0, load_time_s=0.0, scheduler_time_s=0.0,
+            max_running=0, max_waiting=0, mean_running=0.0, mean_waiting=0.0,
+            max_distinct_adapters=0, max_kv_blocks_used=0, kv_blocks_total=cfg.num_blocks,
+            max_scheduled_tokens=0, config=cfg,
+        )
+    ids = np.asarray(core.completed_ids, dtype=np.int64)
+    fin = np.asarray(core.finish_t, dtype=np.float64)
+    first = np.asarray(core.first_tok, dtype=np.float64)[ids] if ids.size else np.zeros(0)
+    completed = np.bincount(ad[ids], minlength=n_ad) if ids.size else np.zeros(n_ad, np.int64)
+    ctoks = (
+        np.bincount(ad[ids], weights=(inp + out)[ids], minlength=n_ad) if ids.size else np.zeros(n_ad)
+    )
+    o = out[ids] if ids.size else np.zeros(0, np.int64)
+    gaps = fin - first
+    multi = o > 1
+    itl = float(gaps[multi].sum() / (o[multi] - 1).sum() * 1e3) if multi.any() else 0.0
+    tpot = float(np.mean(gaps[multi] / (o[multi] - 1)) * 1e3) if multi.any() else 0.0
+    ttft = (first - arr[ids]) * 1e3 if ids.size else np.zeros(0)
+    # decode work of requests still running at the end
+    eng = list(core.eng_tokens)
+    s_end = core.step
+    for r in core.running:
+        if r != core.tail:
+            eng[core.adapter[r]] += s_end - core.s0[r]
+    n_arrived = int(arrived.sum())
+    running_end = len(core.running)
+    span = max(runner.t, 1e-12)
+    return EngineResult(
+        oom=False,
+        duration_s=duration,
+        simulated_s=runner.t,
+        steps=core.step,
+        arrived=tuple(int(x) for x in arrived),
+        offered_tokens=tuple(int(round(x)) for x in offered),
+        completed=tuple(int(x) for x in completed),
+        completed_tokens=tuple(int(round(x)) for x in ctoks),
+        engine_tokens=tuple(int(x) for x in eng),
+        finished=int(ids.size),
+        running_end=running_end,
+        waiting_end=core.num_waiting(int(np.searchsorted(arr, duration, side="left"))),
+        itl_ms_mean=itl,
+        tpot_ms_mean=tpot,
+        ttft_ms_mean=float(ttft.mean()) if ttft.size else 0.0,
+        ttft_ms_p50=_percentile(ttft, 50),
+        ttft_ms_p99=_percentile(ttft, 99),
+        preemptions=core.preemptions,
+        adapter_loads=core.loads,
+        disk_loads=core.disk_loads,
+        load_time_s=runner.load_s,
+        scheduler_time_s=runner.sched_s,
+        max_running=runner.max_running,
+        max_waiting=runner.max_waiting,
+        mean_running=runner.run_area / span,
+        mean_waiting=runner.wait_area / span,
+        max_distinct_adapters=runner.max_distinct,
+        max_kv_blocks_used=runner.max_used,
+        kv_blocks_total=cfg.num_blocks,
+        max_scheduled_tokens=runner.max_tokens,
+        config=cfg,
+    )
