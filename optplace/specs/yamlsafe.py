@@ -16,7 +16,8 @@ import yaml
 
 from .errors import SpecIssue
 
-MAX_NODES = 1_000_000
+MAX_NODES = 2_000_000
+MAX_ALIAS_NODES = 100_000  # values reached again through aliases; real specs need few
 MAX_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 64
 
@@ -42,14 +43,24 @@ class _Builder:
     def __init__(self, file: str):
         self.file = file
         self.count = 0
+        self.alias_count = 0
+        self.seen: set[int] = set()
         self.lines: dict[Path_, int] = {}
 
     def fail(self, node: yaml.Node | None, path: Path_, msg: str) -> SpecIssue:
         line = node.start_mark.line + 1 if node is not None else None
         return SpecIssue(self.file, line, dotted(path), msg)
 
-    def build(self, node: yaml.Node, path: Path_, depth: int) -> Any:
+    def build(self, node: yaml.Node, path: Path_, depth: int, aliased: bool = False) -> Any:
         self.count += 1
+        if not aliased and id(node) in self.seen:
+            aliased = True
+        self.seen.add(id(node))
+        if aliased:
+            self.alias_count += 1
+            if self.alias_count > MAX_ALIAS_NODES:
+                raise _Abort(self.fail(node, (), f"aliases expand to more than {MAX_ALIAS_NODES:,} values "
+                                                  "(alias bomb?); refusing to load"))
         if self.count > MAX_NODES:
             raise _Abort(self.fail(node, (), f"document expands to more than {MAX_NODES:,} values "
                                                "(alias/anchor expansion?); refusing to load"))
@@ -61,7 +72,7 @@ class _Builder:
         if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) and node.tag not in _PLAIN_TAGS:
             raise _Abort(self.fail(node, path, f"invalid YAML: tag {node.tag!r} is not allowed"))
         if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+            return [self.build(item, path + (i,), depth + 1, aliased) for i, item in enumerate(node.value)]
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for knode, vnode in node.value:
@@ -76,7 +87,7 @@ class _Builder:
                 if key in out:
                     raise _Abort(self.fail(knode, path + (key,), "duplicate key"))
                 self.lines[path + (key,)] = knode.start_mark.line + 1
-                out[key] = self.build(vnode, path + (key,), depth + 1)
+                out[key] = self.build(vnode, path + (key,), depth + 1, aliased)
             return out
         raise _Abort(self.fail(node, path, "unsupported YAML node"))
 
