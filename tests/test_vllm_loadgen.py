@@ -1,0 +1,93 @@
+"""Load generator against an in-process fake OpenAI server: window accounting, cancellation, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from optplace.vllm.launcher import pick_free_port
+from optplace.vllm.loadgen import Endpoint, LoadgenError, endpoints_from_routes, replay
+from vllm_helpers import ArrayWorkload, FakeVllm
+
+NAMES = ("a0", "a1", "a2")
+
+
+def workload() -> ArrayWorkload:
+    # a0 and a1: short requests early in the window (complete); a2: long outputs (cut at the window end)
+    arrival = np.array([0.05, 0.10, 0.20, 0.30, 0.40, 0.50, 1.0])
+    adapter = np.array([0, 1, 0, 2, 1, 2, 0], dtype=np.int32)
+    inp = np.array([10, 20, 30, 40, 50, 60, 70], dtype=np.int32)
+    out = np.array([4, 4, 4, 2000, 4, 2000, 4], dtype=np.int32)
+    return ArrayWorkload(arrival, adapter, inp, out, 2.0)
+
+
+def test_replay_counts_completed_in_window_and_cancels_the_rest():
+    async def main():
+        f0, f1 = FakeVllm(adapters=("a0", "a1"), ttft_s=0.05, token_s=0.01), FakeVllm(adapters=("a2",), ttft_s=0.05, token_s=0.01)
+        eps = (Endpoint(0, await f0.start(), ("a0", "a1"), max_loras=2), Endpoint(1, await f1.start(), ("a2",)))
+        t = time.monotonic()
+        res = await replay(workload(), NAMES, eps, seed=3, token_id_range=(4, 100), sample_every_s=0.5)
+        wall = time.monotonic() - t
+        await asyncio.sleep(0.1)  # let the fake notice the disconnects
+        await f0.stop(), await f1.stop()
+        return res, wall, f0, f1
+
+    res, wall, f0, f1 = asyncio.run(main())
+    assert 2.0 <= wall < 5.0
+    g0, g1 = res.gpus
+    assert [r.status for r in sorted(res.requests, key=lambda r: r.index)] == ["ok", "ok", "ok", "cancelled", "ok", "cancelled", "ok"]
+    # offered = all arrived input+output tokens / window; throughput = completed ones / window
+    assert g0.offered_tok_s == pytest.approx((14 + 24 + 34 + 54 + 74) / 2.0)
+    assert g0.throughput_tok_s == pytest.approx(g0.offered_tok_s) and not g0.starved and g0.throughput_loss == pytest.approx(0)
+    assert g1.offered_tok_s == pytest.approx((2040 + 2060) / 2.0) and g1.throughput_tok_s == 0.0
+    assert g1.starved and g1.starved_adapters == ("a2",) and g0.starved_adapters == ()
+    assert {p.name: p.completed for p in g0.per_adapter} == {"a0": 3, "a1": 2}
+    assert f1.aborted == 2 and f1.finished == 0 and f0.finished == 5  # cancelled requests were disconnected
+    # prompts are token-id lists of the exact length, sent to the right server
+    assert sorted((m, n) for m, n, _, _ in f0.received) == [("a0", 10), ("a0", 30), ("a0", 70), ("a1", 20), ("a1", 50)]
+    # latencies: TTFT ~ 50 ms, ITL ~ 10 ms
+    assert 40 <= g0.ttft_ms_p50 < 200 and 5 <= g0.itl_ms_mean < 50
+    # engine counters from /metrics deltas: g1 generated tokens although nothing completed
+    assert g1.engine_tok_s is not None and g1.engine_tok_s > 50
+    assert g0.engine_tok_s == pytest.approx((180 + 20) / res.metrics_delta[0]["seconds"], rel=1e-6)
+    assert g0.max_loras == 2 and any(s.gpu == 1 for s in res.samples)
+    doc = res.to_json()
+    assert doc["engine"] == "vllm" and doc["simulated_s"] == 2.0 and doc["requests"]["cancelled"] == 2
+    assert set(doc["gpus"][0]) >= {"index", "adapters", "throughput_tok_s", "engine_tok_s", "offered_tok_s", "throughput_loss",
+                                   "starved", "oom", "starved_adapters", "itl_ms_mean", "ttft_ms_p50", "ttft_ms_p99",
+                                   "preemptions", "adapter_loads", "per_adapter"}
+
+
+def test_bad_endpoints_fail_fast_with_clear_errors():
+    async def main():
+        fake = FakeVllm(adapters=("a0",))
+        url = await fake.start()
+        dead = f"http://127.0.0.1:{pick_free_port()}"
+        wl = workload()
+        errs = []
+        for eps in [(Endpoint(0, url, ("a0", "a1", "a2")),),
+                    (Endpoint(0, url, ("a0",)), Endpoint(1, dead, ("a1", "a2")))]:
+            with pytest.raises(LoadgenError) as e:
+                await replay(wl, NAMES, eps, preflight_timeout_s=2.0)
+            errs.append(str(e.value))
+        with pytest.raises(LoadgenError, match=r"no endpoint serves adapters \['a1', 'a2'\]"):
+            await replay(wl, NAMES, (Endpoint(0, url, ("a0",)),))
+        with pytest.raises(LoadgenError, match="only 2 names"):
+            await replay(wl, NAMES[:2], (Endpoint(0, url, ("a0",)),))
+        await fake.stop()
+        return errs, dead, len(fake.received)
+
+    (not_served, unreachable), dead, sent = asyncio.run(main())
+    assert "adapters not served there: ['a1', 'a2']" in not_served
+    assert dead in unreachable and "unreachable" in unreachable
+    assert sent == 0  # nothing was sent before the checks passed
+
+
+def test_routes_document():
+    eps = endpoints_from_routes({"endpoints": [{"gpu": 0, "url": "http://h:1", "adapters": ["x"]}]})
+    assert eps == (Endpoint(0, "http://h:1", ("x",)),)
+    with pytest.raises(LoadgenError, match="endpoints"):
+        endpoints_from_routes({"adapters": {}})
