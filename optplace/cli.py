@@ -195,6 +195,26 @@ def profiles(
               markup=False)
 
 
+@app.command()
+def calibrate(
+    reference: Annotated[Path, typer.Option("--reference", help="Folder with the reference CSVs "
+                                                                "(kv_capacity_v1.csv, v1_*.csv, real_runs.csv, …).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the profile JSON files.")] = None,
+    bundled: Annotated[bool, typer.Option("--bundled", help="Regenerate the profiles shipped with optplace.")] = False,
+) -> None:
+    """Fit profiles (memory, step time, adapter load, scheduler overhead) from measurement CSVs."""
+    from .calibration import bundled_profiles_dir, calibrate_reference
+
+    if not (reference / "kv_capacity_v1.csv").is_file():
+        raise _fail_input([f"--reference: {reference}/kv_capacity_v1.csv not found"])
+    if (out is None) == (not bundled):
+        raise _fail_input(["calibrate: give exactly one of --out DIR or --bundled"])
+    target = bundled_profiles_dir() if bundled else out
+    assert target is not None
+    for path in calibrate_reference(reference, target):
+        _console().print(f"wrote {path}", markup=False)
+
+
 def main() -> None:
     """Console-script entry point: run the app; unexpected exceptions become exit code 3, one line."""
     try:
