@@ -385,6 +385,19 @@ def test_slot_stickiness_six_adapters_two_slots():
     assert res.max_distinct_adapters == 2
 
 
+def test_client_outstanding_cap_rejects_and_conserves():
+    wl = _workload([4.0] * 6, 60.0, 5)
+    base = _cfg(6, 2, 400_000, max_model_len=131072, max_num_seqs=2048)
+    free = simulate_engine(base, wl)
+    from dataclasses import replace
+
+    capped = simulate_engine(replace(base, max_outstanding=150), wl, check=True)
+    assert sum(free.rejected) == 0 and sum(capped.rejected) > 0
+    assert sum(capped.arrived) == capped.finished + capped.running_end + capped.waiting_end + sum(capped.rejected)
+    assert capped.max_running <= 150 and capped.max_waiting <= 150
+    assert capped.max_waiting < free.max_waiting
+
+
 def test_oom_at_start():
     wl = _workload([1.0], 10.0, 1)
     res = simulate_engine(_cfg(1, 1, 100_000, max_model_len=131072), wl)

@@ -133,6 +133,10 @@ class EngineConfig:
     max_num_seqs: int = 2048
     max_num_batched_tokens: int = 2048
     max_model_len: int = 131072
+    max_outstanding: int | None = None
+    """Client-side cap on requests outstanding at the server (running + waiting); a request that
+    arrives while the cap is reached is rejected (never served, counted in ``rejected``). ``None``:
+    no cap, as in vLLM itself. The study's load generator behaved as if capped (see bench.fidelity)."""
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -149,6 +153,8 @@ class EngineConfig:
             )
         if self.block_size < 1:
             errors.append(f"block_size must be >= 1, got {self.block_size}")
+        if self.max_outstanding is not None and self.max_outstanding < 1:
+            errors.append(f"max_outstanding must be >= 1 or None, got {self.max_outstanding}")
         if self.kv_cache_tokens < 0:
             errors.append(f"kv_cache_tokens must be >= 0, got {self.kv_cache_tokens}")
         bad = sorted({r for r in self.adapter_ranks if r > self.max_lora_rank or r < 1})
@@ -235,7 +241,8 @@ class EngineResult:
     completed: tuple[int, ...]
     completed_tokens: tuple[int, ...]
     engine_tokens: tuple[int, ...]
-    # totals and end state (conservation: sum(arrived) == finished + running_end + waiting_end)
+    rejected: tuple[int, ...]  # refused by the client-side outstanding cap (``max_outstanding``)
+    # totals and end state (conservation: sum(arrived) == finished + running_end + waiting_end + sum(rejected))
     finished: int
     running_end: int
     waiting_end: int
@@ -369,6 +376,14 @@ class EngineCore:
         counts = np.bincount(adapter, minlength=n_adapters) if adapter.size else np.zeros(n_adapters, np.int64)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         self.aq: list[list[int]] = [order[bounds[a] : bounds[a + 1]].tolist() for a in range(n_adapters)]
+        pos = np.empty(self.n, dtype=np.int64)
+        pos[order] = np.arange(self.n) - np.repeat(bounds[:-1], counts)
+        self.pos = pos.tolist()  # position of each request in its adapter's queue
+        self.cap = cfg.max_outstanding
+        self.dropped = bytearray(self.n)
+        self.n_dropped = 0
+        self.n_seen = 0
+        self.rejected = [0] * n_adapters
         self.ahead = [0] * n_adapters
         self.admitted = bytearray(self.n)
         self.gptr = 0  # smallest request index never admitted
@@ -414,8 +429,42 @@ class EngineCore:
 
     # ------------------------------------------------------------------ queries
     def num_waiting(self, n_arrived: int) -> int:
-        """Requests waiting (arrived, not running, not finished)."""
-        return len(self.preempted_q) + n_arrived - self.n_fresh_admitted
+        """Requests waiting (arrived, not rejected, not running, not finished)."""
+        self.accept(n_arrived)
+        return len(self.preempted_q) + n_arrived - self.n_fresh_admitted - self.n_dropped
+
+    def accept(self, n_arrived: int) -> None:
+        """Let requests ``[0, n_arrived)`` in, rejecting those beyond ``max_outstanding``."""
+        seen = self.n_seen
+        if n_arrived <= seen:
+            return
+        self.n_seen = n_arrived
+        cap = self.cap
+        if cap is None:
+            return
+        outstanding = len(self.running) + len(self.preempted_q) + seen - self.n_fresh_admitted - self.n_dropped
+        first_drop = seen + max(cap - outstanding, 0)
+        if first_drop >= n_arrived:
+            return
+        adm = self.admitted
+        dropped = self.dropped
+        adapter = self.adapter
+        rej = self.rejected
+        for r in range(first_drop, n_arrived):
+            adm[r] = 1  # out of the waiting queue for good
+            dropped[r] = 1
+            rej[adapter[r]] += 1
+        self.n_dropped += n_arrived - first_drop
+
+    def _advance_head(self, a: int, h: int) -> None:
+        """Set adapter ``a``'s queue head to position ``h`` (skipping rejected requests); push it."""
+        q = self.aq[a]
+        dropped = self.dropped
+        while h < len(q) and dropped[q[h]]:
+            h += 1
+        self.ahead[a] = h
+        if h < len(q) and self.run_count[a] > 0:
+            heapq.heappush(self.active_heap, q[h])
 
     def _blocks_of(self, r: int, s: int) -> int:
         """Blocks held by running request ``r`` at the start of step ``s``."""
@@ -483,6 +532,8 @@ class EngineCore:
         Mutates the state like vLLM's ``schedule()`` does (admissions, preemptions, computed tokens);
         :meth:`update_from_output` then applies the step's outputs (sampled tokens, completions).
         """
+        if n_arrived > self.n_seen:
+            self.accept(n_arrived)
         # hot path: locals instead of attribute lookups
         cfg = self.cfg
         B = self.B
@@ -596,7 +647,11 @@ class EngineCore:
                                 q = aq[a]
                                 h = ahead[a]
                                 if h < len(q) and q[h] == r:
-                                    break
+                                    if not self.dropped[r]:
+                                        break
+                                    heapq.heappop(heap)
+                                    self._advance_head(a, h + 1)
+                                    continue
                             heapq.heappop(heap)
                         else:
                             blocked = True
@@ -629,11 +684,13 @@ class EngineCore:
                 if fresh:
                     self.admitted[r] = 1
                     self.n_fresh_admitted += 1
-                    h = ahead[a] + 1
-                    ahead[a] = h
+                    h = self.pos[r] + 1
                     q = aq[a]
-                    if h < len(q):
+                    if h < len(q) and not self.dropped[q[h]]:
+                        ahead[a] = h
                         heapq.heappush(heap, q[h])
+                    else:
+                        self._advance_head(a, h)
                 else:
                     del pq[i]
                     n_pq -= 1
@@ -671,7 +728,7 @@ class EngineCore:
             disk_loads,
             load_s,
             n_running,
-            len(self.preempted_q) + n_arrived - self.n_fresh_admitted,
+            len(self.preempted_q) + n_arrived - self.n_fresh_admitted - self.n_dropped,
             blocked,
         )
         if self.check:
@@ -1133,7 +1190,7 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
         return EngineResult(
             oom=oom, duration_s=duration, simulated_s=0.0, steps=0,
             arrived=tuple(int(x) for x in arrived), offered_tokens=tuple(int(x) for x in offered),
-            completed=z, completed_tokens=z, engine_tokens=z,
+            completed=z, completed_tokens=z, engine_tokens=z, rejected=z,
             finished=0, running_end=0, waiting_end=int(arrived.sum()),
             itl_ms_mean=0.0, tpot_ms_mean=0.0, ttft_ms_mean=0.0, ttft_ms_p50=0.0, ttft_ms_p99=0.0,
             preemptions=0, adapter_loads=0, disk_loads=0, load_time_s=0.0, scheduler_time_s=0.0,
@@ -1160,7 +1217,7 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
     for r in core.running:
         if r != core.tail:
             eng[core.adapter[r]] += s_end - core.s0[r]
-    n_arrived = int(arrived.sum())
+    waiting_end = core.num_waiting(int(np.searchsorted(arr, duration, side="left")))
     running_end = len(core.running)
     span = max(runner.t, 1e-12)
     return EngineResult(
@@ -1175,7 +1232,8 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
         engine_tokens=tuple(int(x) for x in eng),
         finished=int(ids.size),
         running_end=running_end,
-        waiting_end=core.num_waiting(int(np.searchsorted(arr, duration, side="left"))),
+        waiting_end=waiting_end,
+        rejected=tuple(core.rejected),
         itl_ms_mean=itl,
         tpot_ms_mean=tpot,
         ttft_ms_mean=float(ttft.mean()) if ttft.size else 0.0,
