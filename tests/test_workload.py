@@ -350,3 +350,25 @@ def test_heavy_reference_configuration_runs() -> None:
     wl = gen(POISSON, SHAREGPT, rates, 3600.0, seed=10)
     check_shape(wl, 384)
     assert abs(len(wl) / (358.0 * 3600.0) - 1) < 0.005
+
+
+def test_sharegpt_mean_override_rescales_one_side() -> None:
+    # Qwen2.5's pools averaged ~200 output tokens; a per-model target rescales that side only.
+    lens = NS(kind="sharegpt", mean_input_tokens=None, mean_output_tokens=200.0, max_input_tokens=1024,
+              max_total_tokens=2048, min_tokens=4)
+    s = expected_lengths(lens)
+    assert s is not None and abs(s.mean_output_tokens - 200.0) < 1e-3
+    assert abs(s.mean_input_tokens - sharegpt_stats().mean_input_tokens) < 0.1
+    wl = gen(POISSON, lens, [100.0], 3000.0, seed=13)
+    o = wl.output_tokens
+    assert abs(o.mean() - 200.0) < 5 * o.std() / np.sqrt(o.size)
+    with pytest.raises(WorkloadError, match="not reachable"):
+        expected_lengths(NS(kind="sharegpt", mean_input_tokens=2000.0, mean_output_tokens=None,
+                            max_input_tokens=1024, max_total_tokens=2048, min_tokens=4))
+
+
+@pytest.mark.parametrize("arr", [POISSON, gamma(2.0), mmpp(), trace()], ids=["poisson", "gamma", "mmpp", "trace"])
+def test_idle_adapters_give_an_empty_workload(arr: NS) -> None:
+    wl = gen(arr, SHAREGPT, [0.0, 0.0], 100.0)
+    check_shape(wl, 2)
+    assert len(wl) == 0 and wl.summary().count == 0

@@ -130,6 +130,8 @@ def mmpp_arrivals(rates_rps: Any, burst_factor: float, burst_fraction: float, me
         cur[idx] = ends[:, -1]
         burst[idx] = ~state[:, -1]  # the state after the last drawn sojourn
         live[idx] = ends[:, -1] < duration_s
+    if not seg_start:
+        return np.empty(0), np.empty(0, np.int64)
     s0, ln, rt, ow = (np.concatenate(x) for x in (seg_start, seg_len, seg_rate, seg_owner))
     counts = rng.poisson(rt * ln)
     t = np.repeat(s0, counts) + rng.random(int(counts.sum())) * np.repeat(ln, counts)
@@ -261,6 +263,8 @@ def replay_trace(trace: Trace, rows: np.ndarray, rates_rps: Any, duration_s: flo
         raise WorkloadError("trace replay needs at least one adapter")
     if len(rows) == 0:
         raise WorkloadError(f"{trace.path}: no trace request passes the length filters")
+    if assignment == "by_rate" and r.sum() <= 0:  # no traffic to route (e.g. a GPU of idle adapters)
+        return np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64)
     period = trace.period_s
     base_t = trace.arrival_s[rows]
     if scale is None:

@@ -49,13 +49,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "WorkloadError", "LengthLimits", "LognormalMixture", "FilteredLengthStats", "SHAREGPT_INPUT",
-    "SHAREGPT_OUTPUT", "SHAREGPT_TARGETS", "sharegpt_stats", "filtered_stats", "draw_lengths",
+    "SHAREGPT_OUTPUT", "SHAREGPT_TARGETS", "sharegpt_stats", "sharegpt_models", "filtered_stats", "draw_lengths",
     "fit_sharegpt",
 ]
 
@@ -121,6 +122,10 @@ class LognormalMixture:
             sig = np.asarray(self.sigmas)[comp]
         x = np.exp(np.minimum(mu + sig * z, math.log(_INT_CAP)))
         return np.maximum(np.rint(x), 1).astype(np.int64)
+
+    def scaled(self, factor: float) -> "LognormalMixture":
+        """The same shape with every length multiplied by ``factor`` (e.g. another tokenizer)."""
+        return LognormalMixture(self.weights, tuple(m * factor for m in self.medians), self.sigmas)
 
     def cdf(self, x: np.ndarray) -> np.ndarray:
         """CDF of the continuous (pre-rounding) draw at ``x > 0``."""
@@ -195,9 +200,38 @@ def filtered_stats(inp: LognormalMixture, out: LognormalMixture,
                                _quantile(wi, 0.75), _quantile(wo, 0.25), _quantile(wo, 0.75), z)
 
 
-def sharegpt_stats(limits: LengthLimits = LengthLimits()) -> FilteredLengthStats:
-    """Exact filtered statistics of the ``sharegpt`` model (means 223.0 / 196.0 with default limits)."""
-    return filtered_stats(SHAREGPT_INPUT, SHAREGPT_OUTPUT, limits)
+def sharegpt_stats(limits: LengthLimits = LengthLimits(), mean_input_tokens: float | None = None,
+                   mean_output_tokens: float | None = None) -> FilteredLengthStats:
+    """Exact filtered statistics of the ``sharegpt`` model (means 223.2 / 196.0 with default limits)."""
+    return filtered_stats(*sharegpt_models(limits, mean_input_tokens, mean_output_tokens), limits)
+
+
+@lru_cache(maxsize=64)
+def sharegpt_models(limits: LengthLimits = LengthLimits(), mean_input_tokens: float | None = None,
+                    mean_output_tokens: float | None = None) -> tuple[LognormalMixture, LognormalMixture]:
+    """The ShareGPT (input, output) models, optionally rescaled to other filtered means.
+
+    Without targets: the shipped fit (its filtered means move with non-default ``limits``, as a real
+    pool's would). With ``mean_*_tokens``: every length is scaled by one factor per side (a
+    tokenizer change, e.g. Qwen2.5's pools average 200 output tokens) so that the means *after*
+    ``limits`` hit the targets.
+    """
+    mi, mo = SHAREGPT_INPUT, SHAREGPT_OUTPUT
+    if mean_input_tokens is None and mean_output_tokens is None:
+        return mi, mo
+    fi = fo = 1.0
+    for _ in range(60):
+        try:
+            st = filtered_stats(mi.scaled(fi), mo.scaled(fo), limits)
+        except WorkloadError:
+            break
+        ri = 1.0 if mean_input_tokens is None else mean_input_tokens / st.mean_input_tokens
+        ro = 1.0 if mean_output_tokens is None else mean_output_tokens / st.mean_output_tokens
+        if abs(ri - 1) < 1e-7 and abs(ro - 1) < 1e-7:
+            return mi.scaled(fi), mo.scaled(fo)
+        fi, fo = fi * ri, fo * ro
+    raise WorkloadError(f"sharegpt: means {mean_input_tokens} / {mean_output_tokens} are not reachable "
+                        f"under the filters {limits}")
 
 
 def _filtered_pmfs(inp: LognormalMixture, out: LognormalMixture,
@@ -291,6 +325,11 @@ def _rejection(draw: Any, n: int, rng: np.random.Generator, limits: LengthLimits
     return inp, out
 
 
+def _opt_float(spec: Any, name: str) -> float | None:
+    v = getattr(spec, name, None)
+    return None if v is None else float(v)
+
+
 def draw_lengths(spec: Any, n: int, rng: np.random.Generator,
                  trace_pool: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``n`` filtered (input_tokens, output_tokens) int32 pairs for a LengthSpec-like ``spec``.
@@ -309,7 +348,9 @@ def draw_lengths(spec: Any, n: int, rng: np.random.Generator,
         return np.full(n, i, np.int32), np.full(n, o, np.int32)
     if kind in ("sharegpt", "lognormal"):
         if kind == "sharegpt":
-            mi, mo = SHAREGPT_INPUT, SHAREGPT_OUTPUT
+            # Optional per-model pool means (not in the spec yet; honoured when an object carries them).
+            mi, mo = sharegpt_models(limits, _opt_float(spec, "mean_input_tokens"),
+                                     _opt_float(spec, "mean_output_tokens"))
         else:
             mi = LognormalMixture.from_mean_cv(float(spec.mean_input_tokens), float(spec.cv_input))
             mo = LognormalMixture.from_mean_cv(float(spec.mean_output_tokens), float(spec.cv_output))

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._arrivals import (filter_trace, gamma_arrivals, load_trace, mmpp_arrivals, poisson_arrivals,
                         replay_trace)
-from ._lengths import (SHAREGPT_INPUT, SHAREGPT_OUTPUT, FilteredLengthStats, LengthLimits, WorkloadError,
+from ._lengths import (FilteredLengthStats, LengthLimits, WorkloadError,
                        draw_lengths, filtered_stats, sharegpt_stats)
 
 __all__ = ["Workload", "WorkloadSummary", "WorkloadStats", "WorkloadError", "generate_workload", "workload_stats",
@@ -234,7 +234,8 @@ def expected_lengths(lengths: Any) -> FilteredLengthStats | None:
     from ._lengths import LognormalMixture
     limits = LengthLimits.from_spec(lengths)
     if lengths.kind == "sharegpt":
-        return filtered_stats(SHAREGPT_INPUT, SHAREGPT_OUTPUT, limits)
+        mi, mo = (getattr(lengths, k, None) for k in ("mean_input_tokens", "mean_output_tokens"))
+        return sharegpt_stats(limits, None if mi is None else float(mi), None if mo is None else float(mo))
     if lengths.kind == "lognormal":
         return filtered_stats(LognormalMixture.from_mean_cv(float(lengths.mean_input_tokens), float(lengths.cv_input)),
                               LognormalMixture.from_mean_cv(float(lengths.mean_output_tokens),
