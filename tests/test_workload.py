@@ -372,3 +372,32 @@ def test_idle_adapters_give_an_empty_workload(arr: NS) -> None:
     wl = gen(arr, SHAREGPT, [0.0, 0.0], 100.0)
     check_shape(wl, 2)
     assert len(wl) == 0 and wl.summary().count == 0
+
+
+@pytest.mark.parametrize("b,f,burst_s,window", [(4.0, 0.1, 30.0, 60.0), (8.0, 0.3, 5.0, 20.0)])
+def test_mmpp_count_dispersion_matches_theory(b: float, f: float, burst_s: float, window: float) -> None:
+    # Counts per window pooled over many independent adapters: the variance/mean ratio must match
+    # the MMPP's closed form, which checks the state durations, both rates and the stationary start.
+    from optplace.twin.workload import arrival_idc, mmpp_idc
+    rate, n = 2.0, 400
+    wl = gen(mmpp(b, f, burst_s), FIXED, [rate] * n, 50 * window, seed=21)
+    nb = 50
+    c = np.zeros((n, nb))
+    np.add.at(c, (wl.adapter, (wl.arrival_s // window).astype(int)), 1)
+    idc = c.var() / c.mean()
+    theory = mmpp_idc(rate, b, f, burst_s, window)
+    assert arrival_idc(mmpp(b, f, burst_s), rate, window) == theory
+    assert abs(idc / theory - 1) < 0.1
+    assert abs(c.mean() / (rate * window) - 1) < 0.03
+    # Stationary from t = 0: the first window is not different from the others.
+    assert abs(c[:, 0].mean() / (rate * window) - 1) < 0.08
+
+
+def test_gamma_count_dispersion_tends_to_cv_squared() -> None:
+    from optplace.twin.workload import arrival_idc
+    cv, rate, n, window = 2.0, 5.0, 300, 100.0  # 500 arrivals per window: the large-window limit
+    wl = gen(gamma(cv), FIXED, [rate] * n, 40 * window, seed=22)
+    c = np.zeros((n, 40))
+    np.add.at(c, (wl.adapter, (wl.arrival_s // window).astype(int)), 1)
+    assert abs(c.var() / c.mean() / arrival_idc(gamma(cv), rate) - 1) < 0.1
+    assert arrival_idc(POISSON) == 1.0 and arrival_idc(trace()) is None

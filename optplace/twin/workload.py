@@ -28,7 +28,7 @@ from ._lengths import (FilteredLengthStats, LengthLimits, WorkloadError,
                        draw_lengths, filtered_stats, sharegpt_stats)
 
 __all__ = ["Workload", "WorkloadSummary", "WorkloadStats", "WorkloadError", "generate_workload", "workload_stats",
-           "sharegpt_stats", "expected_lengths", "FilteredLengthStats", "LengthLimits"]
+           "sharegpt_stats", "expected_lengths", "arrival_idc", "FilteredLengthStats", "LengthLimits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,3 +244,39 @@ def expected_lengths(lengths: Any) -> FilteredLengthStats | None:
         i, o = float(lengths.input_tokens), float(lengths.output_tokens)
         return FilteredLengthStats(i, o, i, i, o, o, 1.0)
     return None
+
+
+def arrival_idc(arrivals: Any, rate_rps: float = 1.0, window_s: float = 60.0) -> float | None:
+    """Index of dispersion (variance / mean) of one adapter's counts in ``window_s`` windows, from the spec.
+
+    A burstiness feature that needs no sampling: 1 for Poisson; ``cv**2`` for Gamma renewal (its
+    large-window limit, accurate once a window holds several arrivals); the exact value for the
+    MMPP (see :func:`mmpp_idc`; its excess over 1 grows linearly with ``rate_rps``). ``None`` for
+    traces (use :func:`workload_stats` on a generated workload).
+    """
+    kind = arrivals.kind
+    if kind == "poisson":
+        return 1.0
+    if kind == "gamma":
+        return float(arrivals.cv) ** 2
+    if kind == "mmpp":
+        return mmpp_idc(rate_rps, float(arrivals.burst_factor), float(arrivals.burst_fraction),
+                        float(arrivals.mean_burst_s), window_s)
+    return None
+
+
+def mmpp_idc(rate_rps: float, burst_factor: float, burst_fraction: float, mean_burst_s: float,
+             window_s: float) -> float:
+    """Exact index of dispersion of a stationary two-state MMPP's counts in windows of ``window_s``.
+
+    With burst/calm rates ``lb, lc`` (long-run mean ``rate_rps``), switching rates
+    ``rb = 1 / mean_burst_s`` and ``rc = f rb / (1 - f)``, ``g = rb + rc``:
+    ``IDC(t) = 1 + 2 (lb - lc)**2 f (1 - f) / (rate_rps g) * (1 - (1 - exp(-g t)) / (g t))``.
+    """
+    b, f = burst_factor, burst_fraction
+    lc = rate_rps / (1.0 + f * (b - 1.0))
+    lb = b * lc
+    rb = 1.0 / mean_burst_s
+    g = rb + f * rb / (1.0 - f)
+    gt = g * window_s
+    return float(1.0 + 2.0 * (lb - lc) ** 2 * f * (1.0 - f) / (rate_rps * g) * (1.0 - (1.0 - np.exp(-gt)) / gt))
