@@ -49,11 +49,23 @@ def _rates(rates_rps: Any) -> np.ndarray:
 
 
 def poisson_arrivals(rates_rps: Any, duration_s: float, rng: np.random.Generator) -> Stream:
-    """Independent Poisson streams on ``[0, duration_s)``."""
+    """Independent Poisson streams on ``[0, duration_s)``, returned already sorted by time.
+
+    Drawn as their superposition (one Poisson stream of the total rate whose requests pick an
+    adapter with probability ``rate / total``, the same law), with the sorted uniform times built
+    from normalised exponential spacings: O(N), no sort.
+    """
     r = _rates(rates_rps)
-    counts = rng.poisson(r * duration_s)
-    adapter = np.repeat(np.arange(len(r)), counts)
-    return rng.uniform(0.0, duration_s, adapter.size), adapter
+    total = float(r.sum())
+    n = int(rng.poisson(total * duration_s)) if total > 0 else 0
+    if n == 0:
+        return np.empty(0), np.empty(0, np.int64)
+    cs = np.cumsum(rng.standard_exponential(n + 1))
+    t = cs[:-1] * (duration_s / cs[-1])
+    # Multinomial counts in a uniformly random order are i.i.d. categorical marks (and O(N)).
+    counts = rng.multinomial(n, r / total)
+    adapter = rng.permutation(np.repeat(np.arange(len(r)), counts))
+    return t, adapter
 
 
 def _segmented_cumsum(gaps: np.ndarray, counts: np.ndarray) -> np.ndarray:

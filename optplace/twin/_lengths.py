@@ -117,7 +117,10 @@ class LognormalMixture:
         if len(self.weights) == 1:
             mu, sig = np.full(n, math.log(self.medians[0])), np.full(n, self.sigmas[0])
         else:
-            comp = np.searchsorted(np.cumsum(self.weights)[:-1], rng.random(n), side="right")
+            u = rng.random(n)
+            comp = np.zeros(n, np.intp)
+            for c in np.cumsum(self.weights)[:-1]:  # few components: compares beat a binary search
+                comp += u >= c
             mu = np.log(np.asarray(self.medians))[comp]
             sig = np.asarray(self.sigmas)[comp]
         x = np.exp(np.minimum(mu + sig * z, math.log(_INT_CAP)))

@@ -151,11 +151,14 @@ def generate_workload(arrivals: Any, lengths: Any, rates_rps: Sequence[float], d
     else:
         raise WorkloadError(f"unknown arrival process kind {kind!r}")
 
-    order = np.argsort(t, kind="stable")
-    t, a = t[order], a[order]
+    if t.size > 1 and not np.all(t[1:] >= t[:-1]):
+        order = np.argsort(t, kind="stable")
+        t, a = t[order], a[order]
+        if trace_rows is not None:
+            trace_rows = trace_rows[order]
     if trace_rows is not None:
         assert trace is not None
-        rows = trace_rows[order]
+        rows = trace_rows
         inp, out = trace.input_tokens[rows], trace.output_tokens[rows]
     else:
         pool = None
