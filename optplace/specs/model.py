@@ -98,6 +98,9 @@ class ShareGptLengths(_LengthLimits):
     """ShareGPT-like lengths (the reference runs' pool: mean ≈ 223 input / 196 output tokens)."""
 
     kind: Literal["sharegpt"]
+    mean_input_tokens: PosNum | None = Field(default=None, description="Rescale the ShareGPT shape to this mean "
+                                                                      "prompt length (after the filters).")
+    mean_output_tokens: PosNum | None = Field(default=None, description="Likewise for the output length.")
 
 
 class FixedLengths(_LengthLimits):

@@ -24,7 +24,7 @@ from optplace.specs.loader import resolve_spec_path
 from optplace.specs.profiles import load_profile_file, resolve_profile
 
 from .engine import EngineResult, engine_config_from_profile, simulate_engine
-from .workload import generate_workload
+from .workload import Workload, generate_workload
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,20 +134,7 @@ class GpuJob:
     adapters: tuple[Adapter, ...]
     max_loras: int
     max_cpu_loras: int | None
-    arrival_s: np.ndarray
-    adapter: np.ndarray
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    duration_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Arrays:
-    arrival_s: np.ndarray
-    adapter: np.ndarray
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    duration_s: float
+    workload: Workload
 
 
 def run_gpu_job(job: GpuJob) -> GpuReport:
@@ -157,8 +144,7 @@ def run_gpu_job(job: GpuJob) -> GpuReport:
         job.profile, ranks, job.max_loras, max_cpu_loras=job.max_cpu_loras,
         max_num_seqs=job.serving.max_num_seqs, max_num_batched_tokens=job.serving.max_num_batched_tokens,
         gpu_memory_utilization=job.serving.gpu_memory_utilization, max_model_len=job.serving.max_model_len)
-    wl = _Arrays(job.arrival_s, job.adapter, job.input_tokens, job.output_tokens, job.duration_s)
-    res = simulate_engine(cfg, wl, duration_s=job.duration_s)
+    res = simulate_engine(cfg, job.workload)
     return gpu_report(job.index, job.gpu_type, job.adapters, cfg.max_loras, cfg.max_cpu_loras, cfg.max_lora_rank,
                       cfg.kv_cache_tokens, res, job.constraints)
 
@@ -231,17 +217,11 @@ def simulate_plan(sc: Scenario, plan: Sequence[GpuPlan], base_dir: Path, workers
     jobs = []
     for g, gp in enumerate(plan):
         gtype, prof = profile_for(sc, gp.gpu_type, base_dir)
-        members = np.array([idx[n] for n in gp.adapters], dtype=np.int64)
-        remap = np.full(len(all_ad), -1, dtype=np.int64)
-        remap[members] = np.arange(len(members))
-        local = remap[wl.adapter]
-        keep = local >= 0
+        members = [idx[n] for n in gp.adapters]
         jobs.append(GpuJob(
             index=g, gpu_type=gtype, profile=prof, serving=sc.serving, constraints=sc.constraints,
             adapters=tuple(all_ad[i] for i in members), max_loras=gp.max_loras, max_cpu_loras=gp.max_cpu_loras,
-            arrival_s=wl.arrival_s[keep], adapter=local[keep].astype(np.int32),
-            input_tokens=wl.input_tokens[keep], output_tokens=wl.output_tokens[keep],
-            duration_s=sc.workload.duration_s))
+            workload=wl.subset(members)))
     reports = run_jobs(jobs, workers)
     return SimReport(scenario=sc.name, seed=sc.seed if seed is None else seed, duration_s=sc.workload.duration_s,
                      gpus=tuple(reports), sim_wall_s=time.perf_counter() - t0,
@@ -256,7 +236,7 @@ def run_jobs(jobs: Sequence[GpuJob], workers: int | None = None) -> list[GpuRepo
     if n <= 1:
         return [run_gpu_job(j) for j in jobs]
     # Largest jobs first so the slowest GPU does not start last.
-    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].arrival_s))
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].workload.arrival_s))
     with ProcessPoolExecutor(max_workers=n) as ex:
         done = dict(zip(order, ex.map(run_gpu_job, [jobs[i] for i in order])))
     return [done[i] for i in range(len(jobs))]
@@ -269,7 +249,5 @@ def simulate_gpu(profile: Profile, serving: Serving, constraints: Constraints, a
     rng = np.random.default_rng(seed)
     wl = generate_workload(arrivals, lengths, [a.rate_rps for a in adapters], duration_s, rng, base_dir=base_dir)
     job = GpuJob(index=0, gpu_type=profile.gpu, profile=profile, serving=serving, constraints=constraints,
-                 adapters=tuple(adapters), max_loras=max_loras, max_cpu_loras=max_cpu_loras,
-                 arrival_s=wl.arrival_s, adapter=wl.adapter, input_tokens=wl.input_tokens,
-                 output_tokens=wl.output_tokens, duration_s=duration_s)
+                 adapters=tuple(adapters), max_loras=max_loras, max_cpu_loras=max_cpu_loras, workload=wl)
     return run_gpu_job(job)
