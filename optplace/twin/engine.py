@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -336,6 +337,18 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _i64(x: np.ndarray) -> array[int]:
+    out = array("q")
+    out.frombytes(np.ascontiguousarray(x, dtype=np.int64).tobytes())
+    return out
+
+
+def _f64(x: np.ndarray) -> array[float]:
+    out = array("d")
+    out.frombytes(np.ascontiguousarray(x, dtype=np.float64).tobytes())
+    return out
+
+
 class EngineCore:
     """Clock-free engine state: ``schedule()`` decides a step, ``update_from_output()`` applies it.
 
@@ -360,10 +373,13 @@ class EngineCore:
         if inp.size and (inp.min() < 1 or out.min() < 1):
             raise ValueError("request lengths must be >= 1 token")
         self.n = int(arr.size)
-        self.arrival = arr.tolist()
-        self.adapter = adapter.tolist()
-        self.inp = inp.tolist()
-        self.out = out.tolist()
+        # Per-request columns as array.array: built by memcpy (no million Python objects up front,
+        # which dominated the set-up of the heaviest runs) and indexed as fast as lists.
+        self.np_arrival, self.np_adapter, self.np_inp, self.np_out = arr, adapter, inp, out
+        self.arrival = _f64(arr)
+        self.adapter = _i64(adapter)
+        self.inp = _i64(inp)
+        self.out = _i64(out)
         self.rank = list(cfg.adapter_ranks)
         self.load_s = [x * 1e-3 for x in cfg.adapter_load_ms] or [0.0] * n_adapters
         self.disk_s = [x * 1e-3 for x in cfg.adapter_disk_ms] or [0.0] * n_adapters
@@ -372,13 +388,15 @@ class EngineCore:
         self.total_blocks = cfg.num_blocks
         self.used = 0
         # per-adapter FIFO of fresh (never admitted) requests: a sorted list + head position
-        order = np.argsort(adapter, kind="stable")
+        # a stable sort by adapter; 16-bit keys let NumPy use a radix sort (5x faster on 1M requests)
+        key = adapter.astype(np.int16) if n_adapters < 2**15 else adapter
+        order = np.argsort(key, kind="stable")
         counts = np.bincount(adapter, minlength=n_adapters) if adapter.size else np.zeros(n_adapters, np.int64)
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        self.aq: list[list[int]] = [order[bounds[a] : bounds[a + 1]].tolist() for a in range(n_adapters)]
+        self.aq: list[array[int]] = [_i64(order[bounds[a] : bounds[a + 1]]) for a in range(n_adapters)]
         pos = np.empty(self.n, dtype=np.int64)
         pos[order] = np.arange(self.n) - np.repeat(bounds[:-1], counts)
-        self.pos = pos.tolist()  # position of each request in its adapter's queue
+        self.pos = _i64(pos)  # position of each request in its adapter's queue
         self.cap = cfg.max_outstanding
         self.dropped = bytearray(self.n)
         self.n_dropped = 0
@@ -396,10 +414,11 @@ class EngineCore:
         self.n_active = 0
         self.rank_sum = 0
         # decoding requests: computed(step) = base + step, generated(step) = gbase + step
-        self.base = [0] * self.n
-        self.gbase = [0] * self.n
-        self.s0 = [0] * self.n
-        self.fin_step = [-1] * self.n
+        zeros = bytes(8 * self.n)
+        self.base = array("q", zeros)
+        self.gbase = array("q", zeros)
+        self.s0 = array("q", zeros)
+        self.fin_step = _i64(np.full(self.n, -1, dtype=np.int64))
         self.phase = [0] * B
         self.n_dec = 0
         self.sum_base = 0  # sum of base over decoders (context tokens = sum_base + n_dec * step)
@@ -418,7 +437,7 @@ class EngineCore:
         self.cpu_count = 0
         self.gpu_resident = bytearray(n_adapters)
         # accounting
-        self.first_tok = [0.0] * self.n
+        self.first_tok = array("d", zeros)
         self.eng_tokens = [0] * n_adapters
         self.completed_ids: list[int] = []
         self.finish_t: list[float] = []
@@ -741,17 +760,18 @@ class EngineCore:
 
         ``record=False`` applies the state change without counting completions.
         """
-        s = plan.step
+        s = plan[0]
         B = self.B
         out = self.out
         adapter = self.adapter
         done = 0
-        if plan.chunks:
+        chunks = plan[10]
+        if chunks:
             eng = self.eng_tokens
-            for r, c in plan.chunks:
+            for r, c in chunks:
                 eng[adapter[r]] += c
             first_tok = self.first_tok
-            for r, tokens, g in plan.prefill_done:
+            for r, tokens, g in plan[9]:
                 if g == 0:
                     first_tok[r] = t_end
                 g1 = g + 1
@@ -775,7 +795,18 @@ class EngineCore:
                         heapq.heappush(self.bucket_heap, f)
                     else:
                         bl.append(r)
+        if s in self.buckets:
+            done += self.finish_decodes(s, t_end, record)
+        self.step = s + 1
+        return done
+
+    def finish_decodes(self, s: int, t_end: float, record: bool = True) -> int:
+        """Complete the decoding requests whose last token was generated in step ``s``."""
         fin = self.buckets.pop(s, None)
+        done = 0
+        B = self.B
+        out = self.out
+        adapter = self.adapter
         if fin is not None:
             fin_step = self.fin_step
             base = self.base
@@ -812,7 +843,6 @@ class EngineCore:
             self.used = used
             self.n_dec = n_dec
             self.sum_base = sum_base
-        self.step = s + 1
         return done
 
     def _complete(self, r: int, blocks: int, t_end: float, record: bool) -> None:
@@ -1018,43 +1048,71 @@ class _Runner:
                 max_tokens = plan[2] + plan[3]
             if check:
                 core.check_state()
-            if not ff or completions or plan[7] or plan[12] or not core.can_repeat(plan, completions):
+            # repeatable only if nothing changed: no completion, admission, preemption, prefill, load
+            if not ff or completions or plan[7] or plan[8] or plan[9] or plan[11] or plan[12] or core.tail >= 0:
                 continue
-            # fast-forward identical steps until the next arrival / completion / KV limit / end
-            k = core.next_completion_step() - core.step  # steps before the completing one
-            if k <= 0:
+            # Fast-forward identical steps until the next completion, KV limit, window end, or an
+            # arrival that could be admitted. An arrival that cannot be admitted (the adapter set is
+            # full and its adapter is not in it) only lengthens the waiting queue, i.e. changes the
+            # scheduler overhead: the run continues with the new overhead.
+            kc = core.next_completion_step() - core.step + 1  # steps up to the completing one
+            if kc <= 0:
                 continue
+            st0 = dt - ov - plan[14]
             # the step time is affine in the context tokens, which grow by one per decoder per step
-            d1 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + plan[2]) + ov
-            delta = d1 - (dt - plan[14])
+            delta = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + plan[2]) - st0
             if delta < 0.0:
                 delta = 0.0
-            d = dt + delta
-            t_arr = arrival[na] if na < n else math.inf
-            lim = t_arr if t_arr < horizon else horizon
-            k = min(k, _steps_before(lim - t, d, delta), _steps_within(duration - t, d, delta))
-            if k <= 0:
-                continue
-            free = core.total_blocks - core.used
-            if core.blocks_needed(k) > free:
-                lo, hi = 0, k
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    if core.blocks_needed(mid) <= free:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                k = lo
-                if k <= 0:
-                    continue
-            span = _cum(k, d, delta)
-            core.skip_decode_steps(k)
-            sched_s += ov * k
-            run_area += nr * span
-            wait_area += nw * span
-            if core.used > max_used:
-                max_used = core.used
-            t += span
+            j0 = 0
+            while True:
+                d = st0 + ov + delta * (j0 + 1)
+                t_arr = arrival[na] if na < n else math.inf
+                lim = t_arr if t_arr < horizon else horizon
+                k_arr = _steps_before(lim - t, d, delta)
+                k = min(kc, k_arr, _steps_within(duration - t, d, delta))
+                stop = k < k_arr  # stopped by a completion or the window end
+                if k > 0:
+                    free = core.total_blocks - core.used
+                    if core.blocks_needed(k) > free:
+                        lo, hi = 0, k
+                        while lo < hi:
+                            mid = (lo + hi + 1) // 2
+                            if core.blocks_needed(mid) <= free:
+                                lo = mid
+                            else:
+                                hi = mid - 1
+                        k = lo
+                        stop = True
+                    if k > 0:
+                        span = _cum(k, d, delta)
+                        core.skip_decode_steps(k)
+                        sched_s += ov * k
+                        run_area += nr * span
+                        wait_area += nw * span
+                        if core.used > max_used:
+                            max_used = core.used
+                        t += span
+                        j0 += k
+                        kc -= k
+                        if kc == 0:
+                            # the last skipped step is the one in which decodes finish
+                            core.finish_decodes(core.step - 1, t)
+                            break
+                if stop or kc <= 0 or t_arr >= horizon or t >= horizon:
+                    break
+                # the next step sees new arrivals: continue only if none of them can be admitted
+                na2 = bisect_right(arrival, t, na)
+                if core.n_active < slots:
+                    break
+                adapter = core.adapter
+                run_count = core.run_count
+                if any(run_count[adapter[r]] for r in range(na, na2)):
+                    break
+                na = na2
+                nw = core.num_waiting(na)
+                if nw > max_waiting:
+                    max_waiting = nw
+                ov = overhead_s(nr, nw, slots, served) if overhead_s is not None else 0.0
         self.n_arrived = na
         self.sched_s = sched_s
         self.load_s = load_tot
@@ -1178,10 +1236,10 @@ def _percentile(x: np.ndarray, q: float) -> float:
 def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: bool) -> EngineResult:
     cfg = core.cfg
     n_ad = len(cfg.adapter_ranks)
-    arr = np.asarray(core.arrival, dtype=np.float64)
-    ad = np.asarray(core.adapter, dtype=np.int64)
-    inp = np.asarray(core.inp, dtype=np.int64)
-    out = np.asarray(core.out, dtype=np.int64)
+    arr = core.np_arrival
+    ad = core.np_adapter
+    inp = core.np_inp
+    out = core.np_out
     inwin = arr < duration
     arrived = np.bincount(ad[inwin], minlength=n_ad)
     offered = np.bincount(ad[inwin], weights=(inp + out)[inwin], minlength=n_ad)
@@ -1200,7 +1258,7 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
         )
     ids = np.asarray(core.completed_ids, dtype=np.int64)
     fin = np.asarray(core.finish_t, dtype=np.float64)
-    first = np.asarray(core.first_tok, dtype=np.float64)[ids] if ids.size else np.zeros(0)
+    first = np.frombuffer(core.first_tok, dtype=np.float64)[ids] if ids.size else np.zeros(0)
     completed = np.bincount(ad[ids], minlength=n_ad) if ids.size else np.zeros(n_ad, np.int64)
     ctoks = (
         np.bincount(ad[ids], weights=(inp + out)[ids], minlength=n_ad) if ids.size else np.zeros(n_ad)
