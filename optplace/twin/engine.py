@@ -1223,9 +1223,14 @@ def simulate_engine(
             if runner.t > env.now:
                 yield env.timeout(runner.t - env.now)
 
-    env.process(arrivals(env))
+    arr_gen = arrivals(env)
+    env.process(arr_gen)
     proc = env.process(engine(env))
     env.run(until=proc)
+    # The suspended arrival process, the environment and the closures form a reference cycle that
+    # holds the whole engine state; close it so the memory goes back at once, not at the next GC.
+    arr_gen.close()
+    link.clear()
     return _result(core, runner, duration, oom=False)
 
 
