@@ -283,7 +283,7 @@ def test_skip_rule_keeps_place_and_admits_adapters_in_set():
     # request 1 keeps waiting while adapter 0 holds the only slot
     for s in range(48):
         p = core.schedule(3)
-        assert p.admitted == [] and p.num_waiting == 1
+        assert list(p.admitted) == [] and p.num_waiting == 1
         core.update_from_output(p, 2.0 + s)
     p = core.schedule(3)
     core.update_from_output(p, 60.0)  # both adapter-0 requests finish (50 tokens)
@@ -303,7 +303,7 @@ def test_preempted_request_goes_to_head_and_recomputes():
         if p.preempted and preempted_at is None:
             preempted_at = s
             assert p.preempted == [1]  # the newest running request
-            assert p.admitted == []  # no admission in a step with preemption
+            assert list(p.admitted) == []  # no admission in a step with preemption
             assert core.preempted_q[0] == 1  # back at the head of the waiting queue
         core.update_from_output(p, float(s + 1))
         core.check_state()

@@ -333,6 +333,9 @@ class StepPlan(NamedTuple):
         return self.num_seqs == 0
 
 
+_E: tuple[Any, ...] = ()
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -475,6 +478,28 @@ class EngineCore:
             rej[adapter[r]] += 1
         self.n_dropped += n_arrived - first_drop
 
+    def _active_head(self) -> int:
+        """The earliest queued request of the adapters in the batch (-1 if none); drops stale heap entries."""
+        heap = self.active_heap
+        adapter = self.adapter
+        run_count = self.run_count
+        aq = self.aq
+        ahead = self.ahead
+        while heap:
+            r = heap[0]
+            a = adapter[r]
+            if run_count[a] > 0:
+                q = aq[a]
+                h = ahead[a]
+                if h < len(q) and q[h] == r:
+                    if not self.dropped[r]:
+                        return r
+                    heapq.heappop(heap)
+                    self._advance_head(a, h + 1)
+                    continue
+            heapq.heappop(heap)
+        return -1
+
     def _advance_head(self, a: int, h: int) -> None:
         """Set adapter ``a``'s queue head to position ``h`` (skipping rejected requests); push it."""
         q = self.aq[a]
@@ -564,6 +589,29 @@ class EngineCore:
         n_dec = self.n_dec
         need = self.phase[(-s) % B] if n_dec else 0
         tail = self.tail
+        if tail < 0 and need <= total - used and not self.preempted_q:
+            # Fast path: a decode-only step in which nothing can be admitted (the common case).
+            if self.n_active < cfg.max_loras:
+                gp = self.gptr
+                adm = self.admitted
+                n = self.n
+                while gp < n and adm[gp]:
+                    gp += 1
+                self.gptr = gp
+                cand = gp < n_arrived
+            else:
+                h = self._active_head()
+                cand = 0 <= h < n_arrived
+            if not cand or len(running) >= cfg.max_num_seqs or budget <= n_dec:
+                self.used = used + need
+                plan = StepPlan(
+                    s, n_dec, n_dec, 0, self.n_active, self.rank_sum, self.sum_base + n_dec * s, _E, _E, _E, _E,
+                    0, 0, 0, 0.0, len(running), len(self.preempted_q) + n_arrived - self.n_fresh_admitted -
+                    self.n_dropped, True,
+                )
+                if self.check:
+                    self._check_invariants(plan)
+                return plan
         tail_chunk = 0
         tblocks = 0
         if tail >= 0:
@@ -659,25 +707,11 @@ class EngineCore:
                         r = gp
                         a = adapter[r]
                     else:
-                        while heap:
-                            r = heap[0]
-                            a = adapter[r]
-                            if run_count[a] > 0:
-                                q = aq[a]
-                                h = ahead[a]
-                                if h < len(q) and q[h] == r:
-                                    if not self.dropped[r]:
-                                        break
-                                    heapq.heappop(heap)
-                                    self._advance_head(a, h + 1)
-                                    continue
-                            heapq.heappop(heap)
-                        else:
+                        r = self._active_head()
+                        if r < 0 or r >= n_arrived:
                             blocked = True
                             break
-                        if r >= n_arrived:
-                            blocked = True
-                            break
+                        a = adapter[r]
                     g = 0
                     tokens = inp[r]
                     fresh = True
