@@ -215,6 +215,18 @@ def calibrate(
         _console().print(f"wrote {path}", markup=False)
 
 
+def _mount_subapps() -> None:
+    from .vllm.commands import deploy as _deploy
+    from .vllm.commands import vllm_app
+
+    app.add_typer(vllm_app, name="vllm")
+    app.command("deploy", help="Write per-GPU `vllm serve` commands, routes, router config and a launcher for a plan.")(
+        _deploy)
+
+
+_mount_subapps()
+
+
 def main() -> None:
     """Console-script entry point: run the app; unexpected exceptions become exit code 3, one line."""
     try:
