@@ -62,3 +62,45 @@ def test_launch_records_a_server_that_dies_at_start(tmp_path):
     assert r.exit_code == 1, r.output
     res = json.loads((tmp_path / "launch-results.json").read_text())
     assert res[0]["status"] == "oom" and res[0]["reason"].startswith("oom_kv_cache")
+
+
+def test_loadgen_replays_a_scenario_workload_against_routes(tmp_path):
+    import asyncio
+    import threading
+
+    from optplace.specs import load_scenario
+    from vllm_helpers import FakeVllm
+
+    repo = Path(__file__).resolve().parent.parent
+    spec = repo / "scenarios" / "quickstart.yaml"
+    names = [a.name for a in load_scenario(spec).adapter_list()]
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    fakes = [FakeVllm(adapters=tuple(names[:25]), ttft_s=0.001, token_s=0.0005),
+             FakeVllm(adapters=tuple(names[25:]), ttft_s=0.001, token_s=0.0005)]
+    urls = [asyncio.run_coroutine_threadsafe(f.start(), loop).result(5) for f in fakes]
+    routes = {"endpoints": [{"gpu": i, "url": u, "adapters": list(f.adapters), "max_loras": 4} for i, (u, f) in enumerate(zip(urls, fakes))]}
+    (tmp_path / "routes.json").write_text(json.dumps(routes))
+    try:
+        r = runner.invoke(vllm_app, ["loadgen", str(spec), "--routes", str(tmp_path / "routes.json"), "--duration", "3",
+                                     "--out", str(tmp_path / "res.json")])
+    finally:
+        for f in fakes:
+            asyncio.run_coroutine_threadsafe(f.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+    doc = json.loads((tmp_path / "res.json").read_text())
+    sent = doc["requests"]["sent"]
+    assert sent == len(fakes[0].received) + len(fakes[1].received) and 20 < sent < 150  # ~18 req/s for 3 s
+    assert [g["index"] for g in doc["gpus"]] == [0, 1] and doc["simulated_s"] == 3.0
+    assert all(g["max_loras"] == 4 and g["offered_tok_s"] > 0 for g in doc["gpus"])
+    assert r.exit_code in (0, 1), r.output  # 1 = starved (long ShareGPT outputs cut at the 3 s window)
+    assert r.exit_code == (1 if any(g["starved"] for g in doc["gpus"]) else 0)
+    # same seed -> the same requests (adapter, prompt length, max_tokens) as the twin would simulate
+    got = sorted((m, n, k) for f in fakes for m, n, k, _ in f.received)
+    from optplace.twin.simulate import scenario_workload
+
+    sc = load_scenario(spec)
+    wl = scenario_workload(sc, sc.adapter_list(), spec.parent)
+    keep = wl.arrival_s < 3.0
+    want = sorted((names[a], int(i), int(o)) for a, i, o in zip(wl.adapter[keep], wl.input_tokens[keep], wl.output_tokens[keep]))
+    assert got == want

@@ -91,3 +91,27 @@ def test_routes_document():
     assert eps == (Endpoint(0, "http://h:1", ("x",)),)
     with pytest.raises(LoadgenError, match="endpoints"):
         endpoints_from_routes({"adapters": {}})
+
+
+def test_summarise_uses_the_twins_starvation_rules():
+    from optplace.vllm.loadgen import RequestRecord, Sample, summarise
+
+    def rec(i, adapter, status, n_in=100, n_out=100):
+        return RequestRecord(index=i, adapter=adapter, gpu=0, arrival_s=i, sent_s=i, input_tokens=n_in, max_tokens=n_out,
+                             status=status, output_tokens=n_out if status == "ok" else 7)
+
+    # adapter 0: 19 of 19 complete; adapter 1: 1 of 2 -> GPU loss 1/21 < 0.10, adapter 1 loss 0.5
+    records = [rec(i, 0, "ok") for i in range(19)] + [rec(19, 1, "ok"), rec(20, 1, "cancelled")]
+    ep = Endpoint(0, "http://x", ("a0", "a1"), max_loras=1, gpu_type="cpu")
+    samples = [Sample(0, 1.0, 3, 10, 0.5, 0, ("a0",)), Sample(0, 3.0, 5, 4, 0.2, 0, ("a1",))]
+    (g,) = summarise(records, ("a0", "a1"), (ep,), 10.0, samples=samples)
+    assert g.offered_tok_s == pytest.approx(21 * 200 / 10) and g.throughput_tok_s == pytest.approx(20 * 200 / 10)
+    assert g.throughput_loss == pytest.approx(1 / 21) and not g.starved
+    assert g.starved_adapters == ("a1",)  # own loss 0.5 >= 0.10
+    assert (g.max_running, g.max_waiting, g.gpu_type) == (5, 10, "cpu")
+    (g,) = summarise(records, ("a0", "a1"), (ep,), 10.0, max_adapter_loss=0.6)
+    assert g.starved_adapters == () and not g.starved
+    (g,) = summarise(records, ("a0", "a1"), (ep,), 10.0, max_adapter_loss=0.5)
+    assert g.starved_adapters == ("a1",) and g.starved
+    (g,) = summarise(records, ("a0", "a1"), (ep,), 10.0, max_throughput_loss=1 / 21)
+    assert g.starved  # at the threshold counts as starved, as in the twin

@@ -217,7 +217,8 @@ def loadgen(
                                  output_tokens=wl.output_tokens[keep], duration_s=float(duration))
     try:
         res = run_replay(wl, [a.name for a in adapters], eps, seed=sc.seed if seed is None else seed, token_id_range=(lo, hi),
-                         max_throughput_loss=sc.constraints.max_throughput_loss, progress=sys.stderr.isatty())
+                         max_throughput_loss=sc.constraints.max_throughput_loss,
+                         max_adapter_loss=sc.constraints.max_adapter_loss, progress=sys.stderr.isatty())
     except LoadgenError as exc:
         raise _err(str(exc)) from None
     doc = res.to_json()

@@ -133,7 +133,9 @@ class Deployment:
             "model": self.model,
             "adapters": {name: [{"gpu": r.gpu, "url": r.url, "weight": r.weight} for r in routes]
                          for name, routes in self.routes.items()},
-            "endpoints": [{"gpu": s.gpu, "url": s.url, "adapters": list(s.adapters)} for s in self.servers],
+            "endpoints": [{"gpu": s.gpu, "gpu_type": s.gpu_type, "url": s.url, "adapters": list(s.adapters),
+                           "max_loras": s.max_loras, "max_cpu_loras": s.max_cpu_loras, "max_lora_rank": s.max_lora_rank}
+                          for s in self.servers],
         }
 
 

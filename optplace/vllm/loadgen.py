@@ -66,6 +66,8 @@ class Endpoint:
     adapters: tuple[str, ...]
     max_loras: int | None = None
     max_cpu_loras: int | None = None
+    max_lora_rank: int | None = None
+    gpu_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +119,11 @@ class GpuResult:
     """Per-GPU figures in the ``simulate --json`` schema; ``None`` = not measurable on this server."""
 
     index: int
+    gpu_type: str | None
     adapters: tuple[str, ...]
     max_loras: int | None
     max_cpu_loras: int | None
+    max_lora_rank: int | None
     throughput_tok_s: float
     engine_tok_s: float | None
     offered_tok_s: float
@@ -132,19 +136,22 @@ class GpuResult:
     ttft_ms_p99: float | None
     preemptions: float | None
     adapter_loads: int | None
+    max_running: float | None
+    max_waiting: float | None
     per_adapter: tuple[PerAdapter, ...]
     errors: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        """The ``simulate --json`` per-GPU dict (plus ``errors``)."""
+        """The ``simulate --json`` per-GPU dict (plus ``errors``; ``kv_cache_tokens`` is not measured)."""
         return {
-            "index": self.index, "adapters": list(self.adapters), "max_loras": self.max_loras,
-            "max_cpu_loras": self.max_cpu_loras, "throughput_tok_s": self.throughput_tok_s,
+            "index": self.index, "gpu_type": self.gpu_type, "adapters": list(self.adapters), "max_loras": self.max_loras,
+            "max_cpu_loras": self.max_cpu_loras, "max_lora_rank": self.max_lora_rank, "kv_cache_tokens": None,
+            "throughput_tok_s": self.throughput_tok_s,
             "engine_tok_s": self.engine_tok_s, "offered_tok_s": self.offered_tok_s,
             "throughput_loss": self.throughput_loss, "starved": self.starved, "oom": self.oom,
             "starved_adapters": list(self.starved_adapters), "itl_ms_mean": self.itl_ms_mean,
             "ttft_ms_p50": self.ttft_ms_p50, "ttft_ms_p99": self.ttft_ms_p99, "preemptions": self.preemptions,
-            "adapter_loads": self.adapter_loads,
+            "adapter_loads": self.adapter_loads, "max_running": self.max_running, "max_waiting": self.max_waiting,
             "per_adapter": [{"name": p.name, "offered_tok_s": p.offered_tok_s, "throughput_tok_s": p.throughput_tok_s,
                              "completed": p.completed, "arrived": p.arrived, "loss": p.loss} for p in self.per_adapter],
             "errors": self.errors,
@@ -183,7 +190,9 @@ class ReplayResult:
 def endpoints_from_routes(routes: Mapping[str, Any]) -> tuple[Endpoint, ...]:
     """Endpoints from a ``routes.json`` document written by ``optplace vllm deploy``."""
     try:
-        return tuple(Endpoint(gpu=int(e["gpu"]), url=str(e["url"]), adapters=tuple(e["adapters"]))
+        return tuple(Endpoint(gpu=int(e["gpu"]), url=str(e["url"]), adapters=tuple(e["adapters"]),
+                              max_loras=e.get("max_loras"), max_cpu_loras=e.get("max_cpu_loras"),
+                              max_lora_rank=e.get("max_lora_rank"), gpu_type=e.get("gpu_type"))
                      for e in routes["endpoints"])
     except (KeyError, TypeError, ValueError) as exc:
         raise LoadgenError(f"routes document lacks endpoints[{{gpu, url, adapters}}]: {exc}") from exc
@@ -364,6 +373,7 @@ async def replay(
     seed: int = 0,
     token_id_range: tuple[int, int] = (4, 1000),
     max_throughput_loss: float = 0.10,
+    max_adapter_loss: float | None = None,
     sample_every_s: float = 2.0,
     request_timeout_s: float | None = None,
     preflight_timeout_s: float = 10.0,
@@ -505,7 +515,7 @@ async def replay(
             metric_deltas[ep.gpu] = {"seconds": d.seconds, "prompt_tokens": d.prompt_tokens,
                                      "generation_tokens": d.generation_tokens, "preemptions": d.preemptions,
                                      "requests_finished": d.requests_finished, "engine_tok_s": d.engine_tok_s}
-    gpus = summarise(records, names, endpoints, window, metric_deltas, max_throughput_loss)
+    gpus = summarise(records, names, endpoints, window, metric_deltas, max_throughput_loss, max_adapter_loss, samples)
     return ReplayResult(gpus=gpus, requests=tuple(records), samples=tuple(samples), window_s=window,
                         wall_s=time.monotonic() - wall0, seed=seed, adapter_names=names, metrics_delta=metric_deltas)
 
@@ -521,13 +531,16 @@ def summarise(
     window_s: float,
     metric_deltas: Mapping[int, Mapping[str, float | None]] | None = None,
     max_throughput_loss: float = 0.10,
+    max_adapter_loss: float | None = None,
+    samples: Sequence[Sample] = (),
 ) -> tuple[GpuResult, ...]:
-    """Per-GPU figures from request records (the study's definitions).
+    """Per-GPU figures from request records, with the twin's definitions (``optplace.twin.simulate``).
 
     Offered = input + output tokens of every request that arrived in the window; throughput = those
-    of requests completed in it; both divided by the window. A GPU is starved when its throughput
-    is below ``(1 − max_throughput_loss) ×`` offered; ``starved_adapters`` are those with arrivals
-    that completed nothing.
+    of requests completed in it; both divided by the window; loss = 1 − throughput / offered.
+    ``starved_adapters``: adapters with offered load whose own loss is at least ``max_adapter_loss``
+    (default ``max_throughput_loss``). A GPU is starved when its loss is at least
+    ``max_throughput_loss`` or, with ``max_adapter_loss`` set, when any adapter is starved.
     """
     metric_deltas = metric_deltas or {}
     out = []
@@ -547,12 +560,18 @@ def summarise(
         gaps = [g for r in done for g in r.chunk_gaps_s]
         ttft = [r.first_token_s - r.sent_s for r in done if r.first_token_s is not None]
         md = metric_deltas.get(ep.gpu, {})
+        loss = (1 - thr / offered) if offered > 0 else 0.0
+        threshold = max_throughput_loss if max_adapter_loss is None else max_adapter_loss
+        starved_ad = tuple(p.name for p in per if p.offered_tok_s > 0 and p.loss >= threshold)
+        mine_s = [s for s in samples if s.gpu == ep.gpu]
+        run = [s.running for s in mine_s if s.running is not None]
+        wait = [s.waiting for s in mine_s if s.waiting is not None]
         out.append(GpuResult(
-            index=ep.gpu, adapters=ep.adapters, max_loras=ep.max_loras, max_cpu_loras=ep.max_cpu_loras,
-            throughput_tok_s=thr, engine_tok_s=md.get("engine_tok_s"), offered_tok_s=offered,
-            throughput_loss=(1 - thr / offered) if offered > 0 else 0.0,
-            starved=thr < (1 - max_throughput_loss) * offered, oom=False,
-            starved_adapters=tuple(p.name for p in per if p.arrived > 0 and p.completed == 0),
+            index=ep.gpu, gpu_type=ep.gpu_type, adapters=ep.adapters, max_loras=ep.max_loras,
+            max_cpu_loras=ep.max_cpu_loras, max_lora_rank=ep.max_lora_rank,
+            throughput_tok_s=thr, engine_tok_s=md.get("engine_tok_s"), offered_tok_s=offered, throughput_loss=loss,
+            starved=loss >= max_throughput_loss or (max_adapter_loss is not None and bool(starved_ad)), oom=False,
+            starved_adapters=starved_ad, max_running=max(run) if run else None, max_waiting=max(wait) if wait else None,
             itl_ms_mean=float(np.mean(gaps) * 1000) if gaps else None,
             ttft_ms_p50=None if not ttft else _pct(ttft, 50) * 1000, ttft_ms_p99=None if not ttft else _pct(ttft, 99) * 1000,
             preemptions=md.get("preemptions"), adapter_loads=None, per_adapter=tuple(per),
