@@ -48,7 +48,7 @@ def test_bar_heights_are_proportional():
     svg = bar_chart("t", ["a", "b"], [Series("s", (10.0, 40.0))])
     import re
 
-    heights = [float(h) for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)"><title>', svg)]
+    heights = [float(h) for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)" fill="[^"]+"><title>', svg)]
     assert len(heights) == 2 and abs(heights[1] / heights[0] - 4.0) < 1e-6
 
 
