@@ -52,6 +52,14 @@ class _PublishedStep:
         return (0.0438 * num_seqs + 10.54) * (1.93 * distinct_adapters + 200.0) / 100.0 * 1e-3
 
 
+class _ContextStep(_PublishedStep):
+    """Stand-in whose step time also grows with the KV tokens attended (affine, like steptime's c_ctx)."""
+
+    def step_s(self, num_seqs, prefill_tokens, decode_tokens, distinct_adapters, mean_rank, context_tokens=None):
+        base = super().step_s(num_seqs, prefill_tokens, decode_tokens, distinct_adapters, mean_rank)
+        return base + 2e-5 * prefill_tokens * 1e-3 + 6e-5 * (context_tokens or 0) * 1e-3
+
+
 class _Overhead:
     def overhead_s(self, running, waiting, slots=1, served=1):
         return 1e-3 * (0.2 + 0.004 * running + 0.0002 * waiting)
@@ -333,9 +341,14 @@ def test_lora_loads_counted_when_entering_batch():
 
 
 # --------------------------------------------------------------------------- whole simulations
-def test_conservation_invariants_and_fast_forward_equivalence():
+@pytest.mark.parametrize("context_cost", [False, True])
+def test_conservation_invariants_and_fast_forward_equivalence(context_cost):
     wl = _workload([0.8, 0.4, 0.2, 0.1] * 3, 120.0, 7)
     cfg = _cfg(12, 4, 20_000, max_model_len=2048)
+    if context_cost:
+        from dataclasses import replace
+
+        cfg = replace(cfg, step_time=_ContextStep())
     a = simulate_engine(cfg, wl, check=True)
     b = simulate_engine(cfg, wl, check=True, fast_forward=False)
     assert sum(a.arrived) == a.finished + a.running_end + a.waiting_end
@@ -343,6 +356,7 @@ def test_conservation_invariants_and_fast_forward_equivalence():
     assert a.max_kv_blocks_used <= a.kv_blocks_total
     assert a.max_scheduled_tokens <= cfg.max_num_batched_tokens
     assert a.finished > 0 and a.steps == b.steps
+    assert b.explicit_steps == b.steps and a.explicit_steps < a.steps / 3  # fast-forward did engage
     assert a.completed == b.completed and a.preemptions == b.preemptions
     assert a.engine_tokens == b.engine_tokens
     assert a.itl_ms_mean == pytest.approx(b.itl_ms_mean, rel=1e-9)

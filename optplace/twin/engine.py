@@ -5,8 +5,8 @@ The model is split the way vLLM splits its scheduler:
 * :class:`EngineCore` holds the engine state (running list, waiting queue, paged KV cache, LoRA
   slot and CPU caches). :meth:`EngineCore.schedule` makes one step's scheduling decision and
   :meth:`EngineCore.update_from_output` applies the step's outcome; neither reads a clock, so both
-  are unit-tested without SimPy. :meth:`EngineCore.run_until` advances time: it asks the step-time
-  and scheduler-overhead models how long each step lasts and fast-forwards runs of identical steps.
+  are unit-tested without SimPy. A private runner advances time: it asks the step-time and
+  scheduler-overhead models how long each step lasts and fast-forwards runs of identical steps.
 * :func:`simulate_engine` is the entry point: a SimPy environment drives the arrival process (it
   wakes an idle engine at the next arrival) and the engine process, which runs batches of steps
   inside one SimPy timeout (the per-step loop is far too hot for one SimPy event per step).
@@ -236,6 +236,7 @@ class EngineResult:
     duration_s: float
     simulated_s: float
     steps: int
+    explicit_steps: int  # steps scheduled one by one (the rest were fast-forwarded)
     # per adapter
     arrived: tuple[int, ...]
     offered_tokens: tuple[int, ...]
@@ -509,12 +510,6 @@ class EngineCore:
         self.ahead[a] = h
         if h < len(q) and self.run_count[a] > 0:
             heapq.heappush(self.active_heap, q[h])
-
-    def _blocks_of(self, r: int, s: int) -> int:
-        """Blocks held by running request ``r`` at the start of step ``s``."""
-        if r == self.tail:
-            return _cdiv(self.tail_comp, self.B)
-        return _cdiv(self.base[r] + s, self.B)
 
     # ------------------------------------------------------------------ adapter set / caches
     def _join(self, a: int) -> tuple[int, int, float]:
@@ -891,20 +886,6 @@ class EngineCore:
             self.finish_t.append(t_end)
 
     # ------------------------------------------------------------------ fast-forward
-    def can_repeat(self, plan: StepPlan, completions: int) -> bool:
-        """Whether the next step would be identical to ``plan``'s (absent new arrivals)."""
-        return (
-            completions == 0
-            and not plan.admitted
-            and not plan.preempted
-            and not plan.prefill_done
-            and plan.tail_chunk == 0
-            and self.tail < 0
-            and plan.loads == 0
-            and plan.disk_loads == 0
-            and plan.num_seqs > 0
-        )
-
     def next_completion_step(self) -> int:
         """Smallest step index with a pending decode completion (or a large number)."""
         h = self.bucket_heap
@@ -997,6 +978,7 @@ class _Runner:
         self.max_distinct = 0
         self.max_used = 0
         self.max_tokens = 0
+        self.explicit = 0
         self.done = False
 
     def next_arrival(self) -> float:
@@ -1037,6 +1019,7 @@ class _Runner:
         check = core.check
         ff = self.fast_forward
         na = self.n_arrived
+        explicit = self.explicit
         sched_s = self.sched_s
         load_tot = self.load_s
         run_area = self.run_area
@@ -1065,6 +1048,7 @@ class _Runner:
                 break
             completions = update(plan, t_end)
             t = t_end
+            explicit += 1
             # statistics
             sched_s += ov
             load_tot += plan[14]
@@ -1094,9 +1078,11 @@ class _Runner:
                 continue
             st0 = dt - ov - plan[14]
             # the step time is affine in the context tokens, which grow by one per decoder per step
-            delta = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + plan[2]) - st0
-            if delta < 0.0:
-                delta = 0.0
+            st1 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + plan[2])
+            st2 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + 2 * plan[2])
+            delta = st1 - st0
+            if abs((st2 - st1) - delta) > 1e-9 * st0 or delta < 0.0:
+                continue  # not affine (or decreasing) in the context: no closed form, go step by step
             j0 = 0
             while True:
                 d = st0 + ov + delta * (j0 + 1)
@@ -1148,6 +1134,7 @@ class _Runner:
                     max_waiting = nw
                 ov = overhead_s(nr, nw, slots, served) if overhead_s is not None else 0.0
         self.n_arrived = na
+        self.explicit = explicit
         self.sched_s = sched_s
         self.load_s = load_tot
         self.run_area = run_area
@@ -1285,7 +1272,7 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
     if oom or runner is None:
         z = tuple(0 for _ in range(n_ad))
         return EngineResult(
-            oom=oom, duration_s=duration, simulated_s=0.0, steps=0,
+            oom=oom, duration_s=duration, simulated_s=0.0, steps=0, explicit_steps=0,
             arrived=tuple(int(x) for x in arrived), offered_tokens=tuple(int(x) for x in offered),
             completed=z, completed_tokens=z, engine_tokens=z, rejected=z,
             finished=0, running_end=0, waiting_end=int(arrived.sum()),
@@ -1322,6 +1309,7 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
         duration_s=duration,
         simulated_s=runner.t,
         steps=core.step,
+        explicit_steps=runner.explicit,
         arrived=tuple(int(x) for x in arrived),
         offered_tokens=tuple(int(round(x)) for x in offered),
         completed=tuple(int(x) for x in completed),
