@@ -1,0 +1,460 @@
+"""Capacity oracles: "can one GPU of type *t* serve this adapter mix with ``max_loras`` slots?"
+
+One protocol (:class:`CapacityOracle`) with three implementations:
+
+* :class:`AnalyticCapacity` — a closed-form fluid model of one vLLM engine built from the profile's
+  step-time model (the same coefficients the twin uses): with arrival rate λ (req/s), mean input I and
+  output O tokens, a step with N running sequences and P prefill tokens lasts
+  ``h = a0 + aN·N + aP·P`` (ms; LoRA multiplier for ``d = min(slots, adapters)`` distinct adapters at
+  the server's ``max_lora_rank``, plus scheduler overhead), and in steady state ``N = λ·O·h``,
+  ``P = λ·I·h``, so ``h = a0 / (1 − λ·(aN·O + aP·I))``. The capacity λ* is the largest λ for which
+  the token budget (``N + P ≤ max_num_batched_tokens``), ``max_num_seqs`` and the KV cache
+  (``N·(I+O) ≤ kv_tokens``) hold. A mix is feasible at ``L`` slots when the server starts
+  (``profile.startup_status``), the offered load is at most ``ρ·λ*`` (ρ calibrated against the twin,
+  lowered for bursty arrivals), and either every adapter has a slot or the expected number of
+  *active* adapters (Σ 1 − exp(−λᵢ·T), T = one request's service time) is at most ``κ·L`` (with fewer
+  slots than active adapters, sticky slots starve the rest; κ is 1 under the per-adapter rule).
+  Fast (microseconds) and, for fixed (type, max rank, slots), *linear* in the adapter counts — the
+  MILP's pricing problem uses exactly these constraints (:meth:`AnalyticCapacity.linear_limits`).
+* :class:`TwinCapacity` — the twin (``optplace.twin.simulate.simulate_gpu``) decides near the
+  boundary; clearly feasible / clearly infeasible mixes are settled by the analytic pre-filter;
+  answers are memoised on a canonical key (sorted (rank, rate) multiset + slots + type).
+* :class:`SurrogateCapacity` — the shipped/trained LightGBM models (``optplace.surrogate``) with the
+  analytic memory cap.
+
+All three honour ``constraints.max_throughput_loss`` and, if set, ``constraints.max_adapter_loss``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+
+from .problem import AdapterClass, AdapterItem, GpuType, Problem
+
+#: Slot counts the solver considers (every value up to 16, then coarser): vLLM accepts any
+#: integer, but capacity varies slowly with slots, so a grid keeps the MILP's pricing finite.
+SLOT_GRID: tuple[int, ...] = (tuple(range(1, 17)) + tuple(range(20, 65, 4)) + tuple(range(72, 129, 8))
+                              + tuple(range(144, 513, 16)))
+
+#: Fraction of the fluid-model capacity usable before the twin starves (calibrated on the llama and
+#: qwen H100 profiles: the twin's 10 %-loss boundary sits at 0.93–1.02 × λ* for 8–400 adapters, see
+#: tests/test_solver_twin.py and `optplace bench solver`).
+RHO = 0.93
+#: Capacity lost to slot rotation when slots < adapters: λ* × 1/(1 + ROTATION·active/slots)
+#: (twin, llama@h100: 384 adapters on 64 / 32 slots and 256 on 16 deliver at most 0.865 / 0.77 / 0.67 × λ*).
+ROTATION = 0.065
+#: Active adapters allowed per slot when slots < adapters (sticky slots; reference runs: 384
+#: adapters at ~0.06 req/s stay within 10 % loss with 64 slots, not with 16).
+KAPPA = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Mix:
+    """The adapters of one candidate GPU: one (rank, rate) per adapter."""
+
+    ranks: tuple[int, ...]
+    rates: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def rank_max(self) -> int:
+        return max(self.ranks) if self.ranks else 8
+
+    @property
+    def rate_sum(self) -> float:
+        return math.fsum(self.rates)
+
+    def key(self) -> tuple[tuple[int, float], ...]:
+        """Canonical memo key: the sorted (rank, rate) multiset (rates rounded to 1e-9)."""
+        return tuple(sorted((r, round(x, 9)) for r, x in zip(self.ranks, self.rates)))
+
+    @classmethod
+    def of(cls, items: Iterable[AdapterItem]) -> "Mix":
+        its = list(items)
+        return cls(tuple(a.rank for a in its), tuple(a.rate_rps for a in its))
+
+    @classmethod
+    def of_counts(cls, classes: Sequence[AdapterClass], counts: Sequence[int]) -> "Mix":
+        """A class-count vector with every adapter at its class's representative rate."""
+        ranks: list[int] = []
+        rates: list[float] = []
+        for c, k in zip(classes, counts):
+            ranks += [c.rank] * int(k)
+            rates += [c.rate_rps] * int(k)
+        return cls(tuple(ranks), tuple(rates))
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """An oracle's answer for one GPU configuration."""
+
+    feasible: bool
+    max_loras: int
+    offered_tok_s: float
+    throughput_tok_s: float
+    itl_ms: float
+    ttft_p99_ms: float
+    reason: str = "ok"        # ok | memory | load | slots | starved | adapter_starved
+    source: str = "analytic"  # analytic | twin | surrogate
+    capacity_tok_s: float = math.nan  # usable capacity of this configuration (nan when unknown)
+
+    @property
+    def utilisation(self) -> float:
+        return self.offered_tok_s / self.throughput_tok_s if self.throughput_tok_s > 0 else math.inf
+
+
+class CapacityOracle(Protocol):
+    """What every strategy asks about one GPU."""
+
+    name: str
+    problem: Problem
+
+    def evaluate(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
+        """Feasibility and predictions of ``mix`` on one GPU of type ``gtype`` with ``max_loras`` slots."""
+        ...
+
+    def best_slots(self, gtype: int, mix: Mix, candidates: Sequence[int] | None = None) -> Estimate:
+        """The best feasible slot count for ``mix`` (highest predicted throughput, ties → more slots),
+        or the best infeasible answer when none is feasible."""
+        ...
+
+    def slot_cap(self, gtype: int, rank_max: int) -> int:
+        """Largest ``max_loras`` that starts with adapters up to ``rank_max``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FluidPoint:
+    """The fluid model of one (type, max rank, distinct adapters, slots) configuration."""
+
+    a0_ms: float          # step time with an empty batch [ms]
+    slope_ms: float       # aN·O + aP·I: extra step time per (req/ms) of arrival rate
+    lam_max_rps: float    # capacity λ* [req/s]
+    service_s: float      # one request's time in the engine at low load [s]
+    kv_tokens: int
+
+    def step_ms(self, lam_rps: float) -> float:
+        x = lam_rps * 1e-3 * self.slope_ms
+        return self.a0_ms / (1.0 - x) if x < 1.0 else math.inf
+
+
+class AnalyticCapacity:
+    """Closed-form capacity model (see the module docstring)."""
+
+    name = "analytic"
+
+    def __init__(self, problem: Problem, rho: float = RHO, kappa: float | None = None) -> None:
+        self.problem = problem
+        st = problem.stats
+        # Bursty arrivals need headroom: the twin's boundary drops with the arrival CV / burst factor.
+        burst = max(0.0, st.arrival_cv - 1.0) * 0.06 + max(0.0, st.burst_factor - 1.0) * 0.03
+        self.rho = rho / (1.0 + burst)
+        strict = problem.constraints.max_adapter_loss is not None
+        self.kappa = kappa if kappa is not None else (1.0 if strict else KAPPA)
+        self._points: dict[tuple[int, int, int, int], FluidPoint] = {}
+        self._caps: dict[tuple[int, int], int] = {}
+        self._models: dict[tuple[int, int], Any] = {}
+
+    # --- the fluid model ------------------------------------------------------------------
+    def _step_models(self, gtype: int, rank_max: int) -> tuple[Any, Any]:
+        key = (gtype, rank_max)
+        if key not in self._models:
+            from optplace.twin.steptime import SchedulerOverhead, StepTimeModel
+            prof = self.problem.gpu_types[gtype].profile
+            step = StepTimeModel.from_params(prof.step_time).bind(rank_max)
+            self._models[key] = (step, SchedulerOverhead.from_params(prof.scheduler_overhead))
+        return self._models[key]
+
+    def point(self, gtype: int, rank_max: int, distinct: int, slots: int) -> FluidPoint:
+        """Fluid-model constants for ``distinct`` adapters in the batch and ``slots`` slots."""
+        key = (gtype, rank_max, distinct, slots)
+        p = self._points.get(key)
+        if p is not None:
+            return p
+        prob = self.problem
+        st, sv = prob.stats, prob.serving
+        I, O = st.mean_input_tokens, st.mean_output_tokens
+        step, ovh = self._step_models(gtype, rank_max)
+        ctx = I + 0.5 * O  # mean KV tokens a decoding request attends over
+
+        def h(n: int, pf: int) -> float:
+            return step.step_ms(n, pf, n, distinct, float(rank_max), n * ctx) + ovh.overhead_ms(n, 0, slots, slots)
+
+        a0 = h(0, 0)
+        aN = (h(1000, 0) - a0) / 1000.0
+        aP = (h(0, 1000) - a0) / 1000.0
+        slope = max(aN * O + aP * I, 1e-9)
+        kv = self.problem.gpu_types[gtype].profile.kv_cache_tokens(slots, rank_max, sv.gpu_memory_utilization)
+        a0 = max(a0, 1e-6)
+        # λ in req/ms: h = a0/(1 − λ·slope); budget λ(I+O)h ≤ B; seqs λ·O·h ≤ S; KV λ·O·h·(I+O) ≤ kv.
+        limits = [1.0 / slope,
+                  sv.max_num_batched_tokens / ((I + O) * a0 + sv.max_num_batched_tokens * slope),
+                  sv.max_num_seqs / (O * a0 + sv.max_num_seqs * slope)]
+        if kv > 0:
+            limits.append(kv / (O * (I + O) * a0 + kv * slope))
+        else:
+            limits.append(0.0)
+        lam = max(min(limits), 0.0) * 1e3
+        # A request's service time: its decode steps plus one prefill step, at low load.
+        service = (O + 1.0) * h(1, int(min(I, sv.max_num_batched_tokens))) * 1e-3
+        p = FluidPoint(a0, slope, lam, service, kv)
+        self._points[key] = p
+        return p
+
+    def slot_cap(self, gtype: int, rank_max: int) -> int:
+        key = (gtype, rank_max)
+        if key not in self._caps:
+            sv = self.problem.serving
+            prof = self.problem.gpu_types[gtype].profile
+            self._caps[key] = prof.max_startable_slots(rank_max, sv.gpu_memory_utilization, sv.max_model_len,
+                                                       upper=SLOT_GRID[-1])
+        return self._caps[key]
+
+    def active(self, mix_rates: Sequence[float], service_s: float) -> float:
+        """Expected number of adapters with a request in the engine."""
+        if not mix_rates:
+            return 0.0
+        x = np.asarray(mix_rates, dtype=float) * service_s
+        return float(np.sum(-np.expm1(-x)))
+
+    def evaluate(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
+        prob = self.problem
+        offered = prob.offered_tok_s(mix.rate_sum)
+        L = int(max_loras)
+        rmax = mix.rank_max
+        if mix.n == 0:
+            return Estimate(True, L, 0.0, 0.0, 0.0, 0.0)
+        if L < 1 or L > self.slot_cap(gtype, rmax):
+            return Estimate(False, L, offered, 0.0, math.inf, math.inf, "memory")
+        d = min(L, mix.n)
+        pt = self.point(gtype, rmax, d, L)
+        rot = 1.0
+        active = 0.0
+        if mix.n > L:
+            active = self.active(mix.rates, pt.service_s)
+            rot = 1.0 / (1.0 + ROTATION * active / L)
+        cap_tok = self.rho * rot * prob.offered_tok_s(pt.lam_max_rps)
+        lam = mix.rate_sum
+        hm = pt.step_ms(lam)
+        u = lam / pt.lam_max_rps if pt.lam_max_rps > 0 else math.inf
+        itl = hm if math.isfinite(hm) else math.inf
+        ttft = itl * (2.0 + 3.0 * u / max(1e-3, 1.0 - min(u, 0.999))) if math.isfinite(itl) else math.inf
+        thr = min(offered, cap_tok / self.rho) if pt.lam_max_rps > 0 else 0.0
+        if mix.n > L and active > self.kappa * L:
+            return Estimate(False, L, offered, thr, itl, ttft, "slots", capacity_tok_s=cap_tok)
+        if offered > cap_tok * (1.0 + 1e-12):
+            return Estimate(False, L, offered, thr, itl, ttft, "load", capacity_tok_s=cap_tok)
+        return Estimate(True, L, offered, thr, itl, ttft, capacity_tok_s=cap_tok)
+
+    def slots_ok(self, gtype: int, mix: Mix, max_loras: int) -> bool:
+        """The sticky-slot rule: every adapter has a slot, or active adapters ≤ κ × slots."""
+        if mix.n <= max_loras:
+            return True
+        pt = self.point(gtype, mix.rank_max, min(max_loras, mix.n), max_loras)
+        return self.active(mix.rates, pt.service_s) <= self.kappa * max_loras
+
+    def candidate_slots(self, gtype: int, mix: Mix) -> list[int]:
+        """Slot counts worth trying for ``mix``: the grid up to the memory cap, and ``n`` itself."""
+        cap = self.slot_cap(gtype, mix.rank_max)
+        c = [L for L in SLOT_GRID if L <= min(cap, mix.n)]
+        if mix.n <= cap and (not c or c[-1] != mix.n):
+            c.append(mix.n)
+        return c
+
+    def best_slots(self, gtype: int, mix: Mix, candidates: Sequence[int] | None = None) -> Estimate:
+        cands = list(candidates) if candidates is not None else self.candidate_slots(gtype, mix)
+        if not cands:
+            return Estimate(False, 1, self.problem.offered_tok_s(mix.rate_sum), 0.0, math.inf, math.inf, "memory")
+        if candidates is None:
+            # Slot counts below the sticky-slot rule's minimum (found by bisection: the rule is
+            # monotone in slots) are never feasible; above it capacity trades distinct adapters
+            # against rotation, so every remaining candidate is evaluated.
+            need = self._min_slots_index(gtype, mix, cands)
+            cands = cands[-1:] if need is None else cands[need:]
+        return _pick((self.evaluate(gtype, mix, L) for L in cands), by_capacity=True)
+
+    def _min_slots_index(self, gtype: int, mix: Mix, cands: list[int]) -> int | None:
+        lo, hi = 0, len(cands) - 1
+        if not self.slots_ok(gtype, mix, cands[hi]):
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if not self.slots_ok(gtype, mix, cands[mid]):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    # --- linear form for the MILP ---------------------------------------------------------
+    def linear_limits(self, gtype: int, rank_max: int, slots: int) -> tuple[float, float]:
+        """For patterns on ``gtype`` with ``max_lora_rank = rank_max`` and ``slots`` slots, with
+        ``d = slots`` distinct adapters: (max offered req/s, active-adapter service time [s])."""
+        pt = self.point(gtype, rank_max, slots, slots)
+        return self.rho * pt.lam_max_rps, pt.service_s
+
+
+def _pick(estimates: Iterable[Estimate], by_capacity: bool = False) -> Estimate:
+    """Best estimate: feasible first, then highest predicted throughput (or usable capacity, when
+    ``by_capacity`` and known: the most headroom), then more slots."""
+    best: Estimate | None = None
+
+    def score(e: Estimate) -> tuple[bool, float, int]:
+        v = e.capacity_tok_s if by_capacity and not math.isnan(e.capacity_tok_s) else e.throughput_tok_s
+        return (e.feasible, v, e.max_loras)
+
+    for e in estimates:
+        if best is None or score(e) > score(best):
+            best = e
+    assert best is not None
+    return best
+
+
+class TwinCapacity:
+    """The twin as the oracle near the boundary, the analytic model elsewhere (memoised)."""
+
+    name = "twin"
+
+    def __init__(self, problem: Problem, window_s: float | None = None, lo: float = 0.7, hi: float = 1.3,
+                 seed: int | None = None) -> None:
+        self.problem = problem
+        self.analytic = AnalyticCapacity(problem)
+        self.window_s = float(window_s) if window_s is not None else problem.stats.duration_s
+        self.lo, self.hi = lo, hi
+        self.seed = problem.seed if seed is None else seed
+        self.memo: dict[tuple[Any, ...], Estimate] = {}
+        self.twin_calls = 0
+
+    def slot_cap(self, gtype: int, rank_max: int) -> int:
+        return self.analytic.slot_cap(gtype, rank_max)
+
+    def evaluate(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
+        a = self.analytic.evaluate(gtype, mix, max_loras)
+        if a.reason == "memory" or mix.n == 0:
+            return a
+        ratio = a.offered_tok_s / (self.analytic.rho * a.throughput_tok_s) if a.throughput_tok_s > 0 else math.inf
+        if a.feasible and ratio <= self.lo and a.reason == "ok":
+            return a
+        if ratio >= self.hi:
+            return a
+        key = (gtype, int(max_loras), mix.key())
+        hit = self.memo.get(key)
+        if hit is None:
+            hit = self._twin(gtype, mix, int(max_loras))
+            self.memo[key] = hit
+        return hit
+
+    def _twin(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
+        from optplace.specs import Adapter
+        from optplace.twin.simulate import simulate_gpu
+        prob = self.problem
+        sc = prob.scenario
+        if sc is None:
+            raise ValueError("TwinCapacity needs a problem compiled from a scenario (its workload model)")
+        items = sorted(zip(mix.ranks, mix.rates), key=lambda x: (-x[1], x[0]))
+        ads = [Adapter(name=f"a{i}", rank=r, rate_rps=x) for i, (r, x) in enumerate(items)]
+        self.twin_calls += 1
+        rep = simulate_gpu(prob.gpu_types[gtype].profile, prob.serving, prob.constraints, sc.workload.arrivals,
+                           sc.workload.lengths, ads, max_loras, max(len(ads), max_loras), duration_s=self.window_s,
+                           seed=self.seed, base_dir=prob.base_dir)
+        reason = "ok"
+        if rep.oom:
+            reason = "memory"
+        elif rep.throughput_loss >= prob.constraints.max_throughput_loss:
+            reason = "starved"
+        elif rep.starved:
+            reason = "adapter_starved"
+        return Estimate(reason == "ok", max_loras, rep.offered_tok_s, rep.throughput_tok_s, rep.itl_ms_mean,
+                        rep.ttft_ms_p99, reason, "twin")
+
+    def best_slots(self, gtype: int, mix: Mix, candidates: Sequence[int] | None = None) -> Estimate:
+        first = self.analytic.best_slots(gtype, mix, candidates)
+        if first.reason == "memory":
+            return first
+        e = self.evaluate(gtype, mix, first.max_loras)
+        if e.feasible or candidates is not None:
+            return e
+        # The twin disagreed: try giving every adapter a slot (no sticky-slot starvation).
+        cap = self.slot_cap(gtype, mix.rank_max)
+        alt = [L for L in (min(mix.n, cap),) if L != first.max_loras and L >= 1]
+        return _pick([e, *(self.evaluate(gtype, mix, L) for L in alt)])
+
+
+class SurrogateCapacity:
+    """LightGBM surrogates (``optplace.surrogate``) with the profile's memory cap."""
+
+    name = "surrogate"
+
+    def __init__(self, problem: Problem, surrogates: Sequence[Any]) -> None:
+        self.problem = problem
+        self.surrogates = list(surrogates)  # one per GPU type
+        self.analytic = AnalyticCapacity(problem)
+
+    @classmethod
+    def shipped(cls, problem: Problem) -> "SurrogateCapacity":
+        """Use the models shipped for every GPU type's profile (FileNotFoundError if one is missing)."""
+        from optplace.surrogate.models import load_shipped
+        return cls(problem, [load_shipped(t.profile.name) for t in problem.gpu_types])
+
+    def slot_cap(self, gtype: int, rank_max: int) -> int:
+        return self.analytic.slot_cap(gtype, rank_max)
+
+    def evaluate(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
+        from optplace.surrogate.features import feature_row_from_parts
+        prob = self.problem
+        offered = prob.offered_tok_s(mix.rate_sum)
+        if mix.n == 0:
+            return Estimate(True, max_loras, 0.0, 0.0, 0.0, 0.0, source="surrogate")
+        if max_loras < 1 or max_loras > self.slot_cap(gtype, mix.rank_max):
+            return Estimate(False, max_loras, offered, 0.0, math.inf, math.inf, "memory", "surrogate")
+        st = prob.stats
+        row = feature_row_from_parts(mix.rates, mix.ranks, max_loras, st.mean_input_tokens, st.mean_output_tokens,
+                                     st.arrival_cv, st.burst_factor)
+        p = self.surrogates[gtype].predict_row(row)
+        loss = 1.0 - p.delivered_frac
+        reason = "ok"
+        if p.starved or loss >= prob.constraints.max_throughput_loss:
+            reason = "starved"
+        elif prob.constraints.max_adapter_loss is not None and mix.n > max_loras and \
+                self.analytic.evaluate(gtype, mix, max_loras).reason == "slots":
+            reason = "adapter_starved"
+        return Estimate(reason == "ok", max_loras, offered, p.throughput_tok_s, p.itl_ms, p.ttft_p99_ms, reason,
+                        "surrogate")
+
+    def best_slots(self, gtype: int, mix: Mix, candidates: Sequence[int] | None = None) -> Estimate:
+        cands = list(candidates) if candidates is not None else self.analytic.candidate_slots(gtype, mix)
+        if not cands:
+            return Estimate(False, 1, self.problem.offered_tok_s(mix.rate_sum), 0.0, math.inf, math.inf, "memory",
+                            "surrogate")
+        return _pick(self.evaluate(gtype, mix, L) for L in cands)
+
+
+def make_oracle(problem: Problem, kind: str = "auto", **kw: Any) -> CapacityOracle:
+    """``analytic`` | ``twin`` | ``surrogate`` | ``auto`` (shipped surrogate if every type has one,
+    else the twin-backed oracle)."""
+    if kind == "analytic":
+        return AnalyticCapacity(problem, **kw)
+    if kind == "twin":
+        return TwinCapacity(problem, **kw)
+    if kind == "surrogate":
+        return SurrogateCapacity.shipped(problem)
+    if kind == "auto":
+        try:
+            return SurrogateCapacity.shipped(problem)
+        except (FileNotFoundError, ImportError, ValueError):
+            return TwinCapacity(problem, **kw) if problem.scenario is not None else AnalyticCapacity(problem)
+    raise ValueError(f"unknown oracle {kind!r}; valid: analytic, twin, surrogate, auto")
+
+
+def grid_index(L: int) -> int:
+    """Position of the largest grid value ≤ L."""
+    return max(0, bisect.bisect_right(SLOT_GRID, L) - 1)

@@ -1,0 +1,403 @@
+"""The ``milp`` strategy: a pattern (cutting-stock) master solved by column generation, then an
+integer master in Pyomo + HiGHS (``appsi_highs``, warm-started) or PuLP + CBC.
+
+Columns are per-GPU *patterns*: a GPU type, a ``max_lora_rank``, a slot count and a class-count
+vector, feasible for the capacity oracle with every adapter at its class's representative (largest)
+rate. The master chooses how many GPUs run each pattern so every class is covered:
+
+    min Σ_p w_p x_p   s.t.  Σ_p a_pc x_p ≥ n_c  (every class c),   Σ_{p of type t} x_p ≤ K_t,   x ∈ ℤ₊
+
+Pricing uses the analytic model's linear form: for fixed (type, max rank, slots) a pattern is feasible
+when its load Σ a_c λ_c ≤ ρ·λ*·f and either Σ a_c ≤ slots (every adapter has a slot) or its active
+adapters Σ a_c (1 − e^{−λ_c T}) ≤ κ_level·slots (f = 1/(1 + ROTATION·κ_level), two κ levels) — a
+2-constraint bounded knapsack, solved by a ratio-greedy heuristic per family (the LP master is
+solved by HiGHS directly, for speed; the bound does not rely on the heuristic being exact, see
+``bound.py``). Columns are checked by the oracle; the integer master starts from the greedy plan
+(run on representative rates, so its GPUs are valid columns). Classes are mapped back to named
+adapters hottest-first, every GPU re-gets its best slot count for its real adapters, and a
+consolidation pass tries to empty GPUs. The best greedy plan on the real rates is kept if it is
+better, so ``milp`` never returns more GPUs than its warm start or the published greedy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from .capacity import ROTATION, SLOT_GRID, AnalyticCapacity, CapacityOracle, Mix
+from .greedy import consolidate, greedy_improved, greedy_paper
+from .plan import GpuAssignment, assign_gpu
+from .problem import AdapterItem, Infeasible, Problem, classify
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One pattern: type, max rank, slots and the class-count vector."""
+
+    gtype: int
+    rank_max: int
+    slots: int
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MasterResult:
+    """Integer master outcome."""
+
+    x: dict[int, int]
+    status: str
+    objective: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Pyomo master: variables, expressions, constraints, objective (in that order, one function each)
+
+def _variables(m: Any, pyo: Any, columns: Sequence[Column], relax: bool) -> None:
+    m.P = pyo.RangeSet(0, len(columns) - 1)
+    m.x = pyo.Var(m.P, domain=pyo.NonNegativeReals if relax else pyo.NonNegativeIntegers)
+
+
+def _expressions(m: Any, pyo: Any, columns: Sequence[Column], n_classes: int) -> None:
+    m.C = pyo.RangeSet(0, n_classes - 1)
+    m.covered = pyo.Expression(m.C, rule=lambda m, c: sum(columns[p].counts[c] * m.x[p] for p in m.P
+                                                           if columns[p].counts[c]))
+
+
+def _cover_constraints(m: Any, pyo: Any, need: Sequence[int]) -> None:
+    m.cover = pyo.Constraint(m.C, rule=lambda m, c: m.covered[c] >= need[c])
+
+
+def _pool_constraints(m: Any, pyo: Any, columns: Sequence[Column], avail: Sequence[int]) -> None:
+    m.T = pyo.RangeSet(0, len(avail) - 1)
+
+    def rule(m: Any, t: int) -> Any:
+        terms = [m.x[p] for p in m.P if columns[p].gtype == t]
+        return sum(terms) <= avail[t] if terms else pyo.Constraint.Skip
+    m.pool = pyo.Constraint(m.T, rule=rule)
+
+
+def _objective(m: Any, pyo: Any, columns: Sequence[Column], weights: Sequence[float]) -> None:
+    m.obj = pyo.Objective(expr=sum(weights[columns[p].gtype] * m.x[p] for p in m.P), sense=pyo.minimize)
+
+
+def build_master(columns: Sequence[Column], need: Sequence[int], avail: Sequence[int], weights: Sequence[float],
+                 relax: bool = False) -> Any:
+    """The pattern master as a Pyomo model (the one place it is built)."""
+    import pyomo.environ as pyo
+    m = pyo.ConcreteModel("optplace_master")
+    _variables(m, pyo, columns, relax)
+    _expressions(m, pyo, columns, len(need))
+    _cover_constraints(m, pyo, need)
+    _pool_constraints(m, pyo, columns, avail)
+    _objective(m, pyo, columns, weights)
+    return m
+
+
+def solve_master_pyomo(columns: Sequence[Column], need: Sequence[int], avail: Sequence[int],
+                       weights: Sequence[float], warm: dict[int, int], time_limit_s: float, mip_gap: float
+                       ) -> MasterResult:
+    """Integer master with HiGHS through Pyomo's ``appsi_highs`` (warm start from ``warm``)."""
+    import pyomo.environ as pyo
+    from pyomo.contrib.appsi.base import TerminationCondition as TC
+    from pyomo.contrib.appsi.solvers import Highs  # the solver behind SolverFactory("appsi_highs")
+    m = build_master(columns, need, avail, weights)
+    for p in m.P:
+        m.x[p].set_value(warm.get(p, 0))
+    opt = Highs()
+    opt.config.time_limit = max(1.0, time_limit_s)
+    opt.config.mip_gap = mip_gap
+    opt.config.warmstart = True
+    opt.config.load_solution = False
+    opt.config.stream_solver = False
+    res = opt.solve(m)
+    tc = res.termination_condition
+    if res.best_feasible_objective is None:
+        return MasterResult({}, str(tc), math.inf)
+    res.solution_loader.load_vars()
+    x = {p: int(round(pyo.value(m.x[p]))) for p in m.P if pyo.value(m.x[p]) > 0.5}
+    status = "optimal" if tc == TC.optimal else ("time_limit" if tc == TC.maxTimeLimit else str(tc))
+    return MasterResult(x, status, math.fsum(weights[columns[p].gtype] * k for p, k in x.items()))
+
+
+def solve_master_pulp(columns: Sequence[Column], need: Sequence[int], avail: Sequence[int],
+                      weights: Sequence[float], warm: dict[int, int], time_limit_s: float, mip_gap: float
+                      ) -> MasterResult:
+    """The same master in PuLP + CBC. PuLP's ``status`` says "Optimal" on a time-out, so the
+    outcome is read from ``sol_status`` (1 optimal, 2 feasible without proof)."""
+    import pulp
+    prob = pulp.LpProblem("optplace_master", pulp.LpMinimize)
+    x = [pulp.LpVariable(f"x{p}", lowBound=0, cat="Integer") for p in range(len(columns))]
+    prob += pulp.lpSum(weights[col.gtype] * x[p] for p, col in enumerate(columns))
+    for c in range(len(need)):
+        terms = [columns[p].counts[c] * x[p] for p in range(len(columns)) if columns[p].counts[c]]
+        prob += pulp.lpSum(terms) >= need[c], f"cover_{c}"
+    for t in range(len(avail)):
+        terms = [x[p] for p in range(len(columns)) if columns[p].gtype == t]
+        if terms:
+            prob += pulp.lpSum(terms) <= avail[t], f"pool_{t}"
+    for p, v in enumerate(x):
+        v.setInitialValue(warm.get(p, 0))
+    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(math.ceil(time_limit_s))), gapRel=mip_gap,
+                               warmStart=True)
+    prob.solve(solver)
+    if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        return MasterResult({}, pulp.LpSolution[prob.sol_status], math.inf)
+    xs = {p: int(round(v.value() or 0)) for p, v in enumerate(x) if (v.value() or 0) > 0.5}
+    status = "optimal" if prob.sol_status == pulp.LpSolutionOptimal else "time_limit"
+    return MasterResult(xs, status, float(pulp.value(prob.objective)))
+
+
+# ---------------------------------------------------------------------------------------------
+# column generation on the LP relaxation (HiGHS directly)
+
+class _PricingFamily:
+    __slots__ = ("gtype", "rank_max", "slots", "kind", "c1", "c2", "w2", "allowed")
+
+    def __init__(self, gtype: int, rank_max: int, slots: int, kind: str, c1: float, c2: float, w2: np.ndarray,
+                 allowed: np.ndarray) -> None:
+        self.gtype, self.rank_max, self.slots, self.kind = gtype, rank_max, slots, kind
+        self.c1, self.c2, self.w2, self.allowed = c1, c2, w2, allowed
+
+
+def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFamily]:
+    """The column families of the analytic model's linear form (conservative: d = slots)."""
+    lam_c = np.array([c.rate_rps for c in problem.classes])
+    rank_c = np.array([c.rank for c in problem.classes])
+    out = []
+    for t in problem.gpu_types:
+        for rmax in problem.ranks:
+            allowed = rank_c <= rmax
+            cap = an.slot_cap(t.index, rmax)
+            for L in [L for L in SLOT_GRID if L <= cap]:
+                lam, svc = an.linear_limits(t.index, rmax, L)
+                out.append(_PricingFamily(t.index, rmax, L, "all", lam, float(L), np.ones_like(lam_c), allowed))
+                p = -np.expm1(-lam_c * svc)
+                for kap in (0.5 * an.kappa, an.kappa):
+                    f = 1.0 / (1.0 + ROTATION * kap)
+                    out.append(_PricingFamily(t.index, rmax, L, "rot", lam * f, kap * L, p, allowed))
+    return out
+
+
+def _price(fam: _PricingFamily, pi: np.ndarray, lam_c: np.ndarray, need: np.ndarray) -> tuple[float, np.ndarray]:
+    """Ratio-greedy bounded knapsack: value and counts."""
+    val = np.where(fam.allowed, pi, 0.0)
+    cand = np.nonzero(val > 1e-12)[0]
+    a = np.zeros(len(pi), dtype=np.int64)
+    if cand.size == 0:
+        return 0.0, a
+    dens = val[cand] / (lam_c[cand] / max(fam.c1, 1e-12) + fam.w2[cand] / max(fam.c2, 1e-12) + 1e-15)
+    r1, r2 = fam.c1, fam.c2
+    for c in cand[np.argsort(-dens, kind="stable")]:
+        k = int(need[c])
+        if lam_c[c] > 0:
+            k = min(k, int(math.floor(r1 / lam_c[c] + 1e-9)))
+        if fam.w2[c] > 0:
+            k = min(k, int(math.floor(r2 / fam.w2[c] + 1e-9)))
+        if k <= 0:
+            continue
+        a[c] = k
+        r1 -= k * lam_c[c]
+        r2 -= k * fam.w2[c]
+    return float(np.dot(val, a)), a
+
+
+class _LpMaster:
+    """Restricted master LP in highspy (columns added incrementally)."""
+
+    def __init__(self, need: Sequence[int], avail: Sequence[int], big: float) -> None:
+        import highspy
+        self.h = highspy.Highs()
+        self.h.setOptionValue("output_flag", False)
+        self.nc, self.nt = len(need), len(avail)
+        inf = highspy.kHighsInf
+        for c in range(self.nc):
+            self.h.addRow(float(need[c]), inf, 0, np.array([], dtype=np.int32), np.array([], dtype=float))
+        for t in range(self.nt):
+            self.h.addRow(-inf, float(avail[t]), 0, np.array([], dtype=np.int32), np.array([], dtype=float))
+        for c in range(self.nc):  # artificial cover, priced out as columns arrive
+            self.h.addCol(big, 0.0, inf, 1, np.array([c], dtype=np.int32), np.array([1.0]))
+        self.n_art = self.nc
+
+    def add(self, col: Column, weight: float) -> None:
+        import highspy
+        idx = [c for c, k in enumerate(col.counts) if k] + [self.nc + col.gtype]
+        val = [float(col.counts[c]) for c in idx[:-1]] + [1.0]
+        self.h.addCol(weight, 0.0, highspy.kHighsInf, len(idx), np.array(idx, dtype=np.int32), np.array(val))
+
+    def solve(self) -> tuple[float, np.ndarray, np.ndarray]:
+        self.h.run()
+        sol = self.h.getSolution()
+        duals = np.array(sol.row_dual)
+        return float(self.h.getInfo().objective_function_value), duals[: self.nc], duals[self.nc:]
+
+
+def _rep_problem(problem: Problem) -> Problem:
+    """The problem with every adapter at its class's representative rate (for a column-valid warm start)."""
+    rep = {i: c.rate_rps for c in problem.classes for i in c.members}
+    ads = tuple(replace(a, rate_rps=rep[a.index]) for a in problem.adapters)
+    return replace(problem, adapters=ads)
+
+
+def _column_of(problem: Problem, g: GpuAssignment, class_of: Sequence[int]) -> Column:
+    counts = [0] * len(problem.classes)
+    for i in g.adapter_indices:
+        counts[class_of[i]] += 1
+    return Column(g.type_index, g.max_lora_rank, g.max_loras, tuple(counts))
+
+
+def map_columns(problem: Problem, oracle: CapacityOracle, columns: Sequence[Column], x: dict[int, int]
+                ) -> list[GpuAssignment]:
+    """Named adapters for every GPU of the integer solution (hottest first, dealt across GPUs)."""
+    gpu_cols: list[Column] = []
+    for p in sorted(x):
+        gpu_cols += [columns[p]] * x[p]
+    members: list[list[int]] = [[] for _ in gpu_cols]
+    for c in problem.classes:
+        slots = [(g, col.counts[c.index]) for g, col in enumerate(gpu_cols) if col.counts[c.index]]
+        left = {g: k for g, k in slots}
+        it = iter(c.members)
+        done = False
+        while not done and any(left.values()):
+            for g, _ in slots:
+                if left[g] <= 0:
+                    continue
+                i = next(it, None)
+                if i is None:
+                    done = True
+                    break
+                members[g].append(i)
+                left[g] -= 1
+        rest = list(it)
+        if rest:  # cannot happen when the cover constraints hold
+            raise RuntimeError(f"class {c.index}: {len(rest)} adapters left unmapped")
+    out = []
+    for g, (col, idx) in enumerate(zip(gpu_cols, members)):
+        if idx:
+            out.append(assign_gpu(problem, oracle, col.gtype, idx, g))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class MilpOutcome:
+    gpus: list[GpuAssignment]
+    duals: tuple[tuple[Any, ...], np.ndarray] | None  # (classes, their LP duals)
+    log: list[str]
+
+
+def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float], time_limit_s: float,
+               mip_gap: float, backend: str = "highs", class_width: float = 0.03) -> MilpOutcome:
+    """Column generation + integer master (see the module docstring)."""
+    t0 = time.perf_counter()
+    log: list[str] = []
+    problem = replace(problem, classes=classify(problem.adapters, class_width))
+    an = oracle.analytic if hasattr(oracle, "analytic") else AnalyticCapacity(problem)
+    if an.problem is not problem:
+        an = AnalyticCapacity(problem, kappa=an.kappa)
+    classes = problem.classes
+    class_of = [0] * problem.n_adapters
+    for c in classes:
+        for i in c.members:
+            class_of[i] = c.index
+    need = np.array([c.count for c in classes], dtype=np.int64)
+    lam_c = np.array([c.rate_rps for c in classes])
+    avail = [min(t.count, problem.gpu_budget()) for t in problem.gpu_types]
+
+    # Warm start: the improved greedy on representative rates (its GPUs are valid columns).
+    rep = _rep_problem(problem)
+    warm_gpus = greedy_improved(rep, AnalyticCapacity(rep, kappa=an.kappa), consolidate_passes=1)
+    columns: list[Column] = []
+    seen: dict[Column, int] = {}
+
+    def add(col: Column) -> int:
+        if col not in seen:
+            seen[col] = len(columns)
+            columns.append(col)
+        return seen[col]
+
+    warm: dict[int, int] = {}
+    for g in warm_gpus:
+        p = add(_column_of(problem, g, class_of))
+        warm[p] = warm.get(p, 0) + 1
+    log.append(f"warm start: {len(warm_gpus)} GPUs from greedy on class-representative rates "
+               f"({len(classes)} classes, width {class_width:g})")
+
+    fams = pricing_families(problem, an)
+    big = 10.0 * max(weights) * max(1, len(warm_gpus))
+    lp = _LpMaster(need, avail, big)
+    for col in columns:
+        lp.add(col, weights[col.gtype])
+    cg_budget = 0.45 * time_limit_s
+    duals = None
+    it = 0
+    lp_obj = math.inf
+    warm_value = sum(weights[columns[p].gtype] * k for p, k in warm.items())
+    history: list[float] = []
+    integral = len(set(weights)) == 1
+    while time.perf_counter() - t0 < cg_budget and it < 300:
+        it += 1
+        lp_obj, pi, mu = lp.solve()
+        duals = np.maximum(pi, 0.0)
+        history.append(lp_obj)
+        # Stop when the LP cannot improve on the warm start any more (integral objective: the
+        # rounded-up LP value already equals it) or has tailed off (< 0.2 % in 15 rounds).
+        if integral and math.ceil(lp_obj / weights[0] - 1e-6) * weights[0] >= warm_value - 1e-9 and it % 5 == 2:
+            from .bound import lagrangian_bound
+            lb = lagrangian_bound(problem, an, duals, weights)
+            if math.ceil(lb / weights[0] - 1e-6) * weights[0] >= warm_value - 1e-9:
+                log.append(f"stopped: the Lagrangian bound {lb:.3f} proves the warm start optimal")
+                break
+        if len(history) > 10 and history[-11] - lp_obj < 0.002 * max(lp_obj, 1e-9):
+            break
+        found: list[tuple[float, Column]] = []
+        for fam in fams:
+            val, a = _price(fam, duals, lam_c, need)
+            red = weights[fam.gtype] - mu[fam.gtype] - val
+            if red < -1e-7 * max(1.0, weights[fam.gtype]):
+                found.append((red, Column(fam.gtype, fam.rank_max, fam.slots, tuple(int(v) for v in a))))
+        if not found:
+            break
+        found.sort(key=lambda f: f[0])
+        added = 0
+        for _, col in found:
+            if col in seen:
+                continue
+            mix = Mix.of_counts(classes, col.counts)
+            if not oracle_check(an, col, mix):
+                continue
+            add(col)
+            lp.add(col, weights[col.gtype])
+            added += 1
+            if added >= 25:
+                break
+        if added == 0:
+            break
+    log.append(f"column generation: {it} LP rounds, {len(columns)} columns, LP value {lp_obj:.3f} "
+               f"({time.perf_counter() - t0:.2f} s)")
+
+    remaining = max(1.0, time_limit_s - (time.perf_counter() - t0))
+    solver = solve_master_pulp if backend == "pulp" else solve_master_pyomo
+    res = solver(columns, need.tolist(), avail, weights, warm, remaining, mip_gap)
+    log.append(f"integer master ({'PuLP+CBC' if backend == 'pulp' else 'Pyomo+HiGHS appsi'}): {res.status}, "
+               f"objective {res.objective:.3f} vs warm start {sum(weights[columns[p].gtype] * k for p, k in warm.items()):.3f}")
+    x = res.x if res.x and res.objective <= sum(weights[columns[p].gtype] * k for p, k in warm.items()) + 1e-9 \
+        else warm
+    gpus = map_columns(problem, oracle, columns, x)
+    bad = [g for g in gpus if not g.feasible]
+    if bad:
+        log.append(f"{len(bad)} mapped GPUs rejected by the {oracle.name} oracle; keeping the warm start")
+        gpus = map_columns(problem, oracle, columns, warm)
+    gpus = consolidate(problem, oracle, gpus)
+    return MilpOutcome(gpus, None if duals is None else (problem.classes, duals), log)
+
+
+def oracle_check(an: AnalyticCapacity, col: Column, mix: Mix) -> bool:
+    """A priced column is feasible for the analytic model at its slots (or at its best slots)."""
+    if mix.n == 0:
+        return False
+    e = an.evaluate(col.gtype, mix, min(col.slots, max(mix.n, 1)) if mix.n <= col.slots else col.slots)
+    return e.feasible or an.best_slots(col.gtype, mix).feasible

@@ -1,0 +1,220 @@
+"""Problem compilation: a Scenario becomes a frozen :class:`Problem` the strategies work on.
+
+The problem holds the expanded adapters (name, rank, rate, index), the GPU types of the pool
+(profile, how many are available, price), the workload statistics every capacity model needs
+(mean request lengths, arrival burstiness), the constraints and the objective.
+
+Adapters with equal rank and near-equal rates are aggregated into *classes* (rates bucketed
+geometrically, ``class_width`` wide), so a pattern/cutting-stock MILP over class-count vectors
+scales to 10k+ adapters. A class's representative rate is the *largest* rate in it, so a pattern
+that is feasible for representatives is feasible for any members it is filled with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optplace.specs import Constraints, Profile, Scenario, Serving, SolverOptions
+from optplace.specs.profiles import load_profile_file, resolve_profile
+
+#: Mean lengths of the ShareGPT pool of the reference runs (../shared/reference/README.md), used
+#: only when a length model has no closed form (traces) and no workload can be generated.
+_SHAREGPT_MEANS = (223.0, 196.0)
+
+
+class Infeasible(Exception):
+    """The spec has no feasible plan; ``constraint`` names what binds (the CLI maps this to exit 1)."""
+
+    def __init__(self, message: str, constraint: str = "") -> None:
+        super().__init__(message)
+        self.constraint = constraint
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterItem:
+    """One adapter of the problem (index = position in the scenario's expanded adapter list)."""
+
+    index: int
+    name: str
+    rank: int
+    rate_rps: float
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterClass:
+    """Adapters of one rank whose rates fall into one geometric bucket."""
+
+    index: int
+    rank: int
+    rate_rps: float          # representative: the largest member rate (conservative)
+    mean_rate_rps: float
+    members: tuple[int, ...]  # adapter indices, hottest first
+
+    @property
+    def count(self) -> int:
+        return len(self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuType:
+    """A GPU type of the pool and the profile of the scenario's model on it."""
+
+    index: int
+    name: str
+    profile: Profile
+    count: int
+    cost_per_hour: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadStats:
+    """Workload facts shared by every adapter (the twin draws lengths from one model)."""
+
+    duration_s: float
+    mean_input_tokens: float
+    mean_output_tokens: float
+    arrival_cv: float = 1.0
+    burst_factor: float = 1.0
+
+    @property
+    def tokens_per_request(self) -> float:
+        return self.mean_input_tokens + self.mean_output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Everything a strategy needs; built once by :func:`compile_problem`."""
+
+    name: str
+    adapters: tuple[AdapterItem, ...]
+    classes: tuple[AdapterClass, ...]
+    gpu_types: tuple[GpuType, ...]
+    stats: WorkloadStats
+    constraints: Constraints
+    serving: Serving
+    objective: str
+    solver: SolverOptions
+    seed: int
+    scenario: Scenario | None = None
+    base_dir: Path = field(default_factory=Path)
+
+    @property
+    def n_adapters(self) -> int:
+        return len(self.adapters)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return tuple(sorted({a.rank for a in self.adapters}))
+
+    def offered_tok_s(self, rate_rps: float) -> float:
+        """Offered tokens/s of a rate (input + output tokens, the study's definition)."""
+        return rate_rps * self.stats.tokens_per_request
+
+    @property
+    def total_offered_tok_s(self) -> float:
+        return self.offered_tok_s(math.fsum(a.rate_rps for a in self.adapters))
+
+    def gpu_budget(self) -> int:
+        """GPUs the solver may use: ``solver.max_gpus`` if set, else the pool's total count."""
+        pool = sum(t.count for t in self.gpu_types)
+        return min(pool, self.solver.max_gpus) if self.solver.max_gpus is not None else pool
+
+    def with_objective(self, objective: str) -> "Problem":
+        from dataclasses import replace
+        return replace(self, objective=objective)
+
+
+def classify(adapters: Sequence[AdapterItem], width: float = 0.05) -> tuple[AdapterClass, ...]:
+    """Group adapters by rank and geometric rate bucket (``width`` = relative bucket width).
+
+    Zero-rate adapters form their own class per rank. Classes are ordered by rank, then rate
+    descending; members hottest first (ties by index, so the order is deterministic).
+    """
+    if width <= 0:
+        raise ValueError(f"class width must be > 0 (got {width})")
+    step = math.log1p(width)
+    buckets: dict[tuple[int, int | None], list[AdapterItem]] = {}
+    for a in adapters:
+        key = (a.rank, None if a.rate_rps <= 0 else math.floor(math.log(a.rate_rps) / step))
+        buckets.setdefault(key, []).append(a)
+    out: list[AdapterClass] = []
+    for (rank, b), items in sorted(buckets.items(), key=lambda kv: (kv[0][0], -(kv[0][1] if kv[0][1] is not None
+                                                                                  else -10**9))):
+        items.sort(key=lambda a: (-a.rate_rps, a.index))
+        rates = [a.rate_rps for a in items]
+        out.append(AdapterClass(index=len(out), rank=rank, rate_rps=max(rates),
+                                mean_rate_rps=math.fsum(rates) / len(rates), members=tuple(a.index for a in items)))
+    return tuple(out)
+
+
+def workload_stats(sc: Scenario, base_dir: Path) -> WorkloadStats:
+    """Mean lengths and burstiness of the scenario's workload model."""
+    lengths, arrivals = sc.workload.lengths, sc.workload.arrivals
+    mi, mo = _SHAREGPT_MEANS
+    try:
+        from optplace.twin.workload import expected_lengths
+        st = expected_lengths(lengths)
+        if st is not None:
+            mi, mo = st.mean_input_tokens, st.mean_output_tokens
+        else:
+            mi, mo = _trace_means(sc, base_dir)
+    except ImportError:  # pragma: no cover - the twin ships with the package
+        if lengths.kind == "fixed":
+            mi, mo = float(lengths.input_tokens), float(lengths.output_tokens)
+        elif lengths.kind == "lognormal":
+            mi, mo = float(lengths.mean_input_tokens), float(lengths.mean_output_tokens)
+    cv = float(arrivals.cv) if arrivals.kind == "gamma" else 1.0
+    bf = float(arrivals.burst_factor) if arrivals.kind == "mmpp" else 1.0
+    return WorkloadStats(sc.workload.duration_s, float(mi), float(mo), cv, bf)
+
+
+def _trace_means(sc: Scenario, base_dir: Path) -> tuple[float, float]:
+    """Mean lengths of a trace length model, from a short generated workload of the scenario."""
+    import numpy as np
+
+    from optplace.twin.workload import generate_workload
+    ads = sc.adapter_list()
+    rates = [max(a.rate_rps, 1e-6) for a in ads]
+    wl = generate_workload(sc.workload.arrivals, sc.workload.lengths, rates, min(sc.workload.duration_s, 600.0),
+                           np.random.default_rng(sc.seed), base_dir=base_dir)
+    if len(wl) == 0:
+        return _SHAREGPT_MEANS
+    return float(wl.input_tokens.mean()), float(wl.output_tokens.mean())
+
+
+def gpu_types_of(sc: Scenario, base_dir: Path) -> tuple[GpuType, ...]:
+    """The scenario's pool with one profile per type (a spec ``profile:`` file wins over bundled)."""
+    from optplace.specs.loader import resolve_spec_path
+    out = []
+    for i, entry in enumerate(sc.gpu_types()):
+        if entry.profile is not None:
+            prof = load_profile_file(resolve_spec_path(sc, entry.profile, base_dir))
+        elif sc.profile is not None and sc.pool is None:
+            prof = load_profile_file(resolve_spec_path(sc, sc.profile, base_dir))
+        else:
+            prof = resolve_profile(sc.model, entry.gpu)
+        out.append(GpuType(i, entry.gpu_name, prof, int(entry.count), float(entry.cost_per_hour)))
+    return tuple(out)
+
+
+def compile_problem(sc: Scenario, base_dir: str | Path = ".", class_width: float = 0.05) -> Problem:
+    """Build the solver's :class:`Problem` from a validated scenario."""
+    base = Path(base_dir)
+    ads = tuple(AdapterItem(i, a.name, a.rank, float(a.rate_rps)) for i, a in enumerate(sc.adapter_list()))
+    return Problem(name=sc.name, adapters=ads, classes=classify(ads, class_width), gpu_types=gpu_types_of(sc, base),
+                   stats=workload_stats(sc, base), constraints=sc.constraints, serving=sc.serving,
+                   objective=sc.objective, solver=sc.solver, seed=sc.seed, scenario=sc, base_dir=base)
+
+
+def make_problem(adapters: Sequence[tuple[str, int, float]], gpu_types: Sequence[GpuType],
+                 stats: WorkloadStats, constraints: Constraints | None = None, serving: Serving | None = None,
+                 objective: str = "min_gpus", solver: SolverOptions | None = None, seed: int = 0,
+                 name: str = "problem", class_width: float = 0.05) -> Problem:
+    """A problem without a scenario (benchmarks and tests): ``adapters`` as (name, rank, rate_rps)."""
+    ads = tuple(AdapterItem(i, n, int(r), float(x)) for i, (n, r, x) in enumerate(adapters))
+    return Problem(name=name, adapters=ads, classes=classify(ads, class_width), gpu_types=tuple(gpu_types),
+                   stats=stats, constraints=constraints or Constraints(), serving=serving or Serving(),
+                   objective=objective, solver=solver or SolverOptions(), seed=seed)
