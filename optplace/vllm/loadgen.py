@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -205,6 +206,9 @@ class _HttpError(Exception):
     pass
 
 
+_TOKEN_IDS = re.compile(rb'"token_ids":\s*\[')
+
+
 def _split_url(url: str) -> tuple[str, int, str]:
     p = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
     if p.scheme != "http":
@@ -314,16 +318,21 @@ async def _stream_completion(host: str, port: int, path: str, body: bytes, st: _
                     if data == b"[DONE]":
                         st.done = clock()
                         return
-                    msg = json.loads(data)
-                    if "error" in msg and "choices" not in msg:
-                        raise _HttpError(f"stream error: {str(msg['error'])[:300]}")
-                    if msg.get("usage"):
-                        st.usage_tokens = int(msg["usage"].get("completion_tokens", 0))
-                    choices = msg.get("choices") or []
-                    if not choices:
-                        continue
                     now = clock()
-                    n = len(choices[0].get("token_ids") or []) or 1
+                    if b'"usage"' in data or b'"error"' in data or _TOKEN_IDS.search(data):
+                        msg = json.loads(data)
+                        if "error" in msg and "choices" not in msg:
+                            raise _HttpError(f"stream error: {str(msg['error'])[:300]}")
+                        if msg.get("usage"):
+                            st.usage_tokens = int(msg["usage"].get("completion_tokens", 0))
+                        choices = msg.get("choices") or []
+                        if not choices:
+                            continue
+                        n = len(choices[0].get("token_ids") or []) or 1
+                    else:
+                        # a plain token chunk: decoding its JSON would cost more than the rest of the
+                        # client's work, and saturated runs stream hundreds of them per second
+                        n = 1
                     if st.first is None:
                         st.first = now
                     elif st.last is not None:
