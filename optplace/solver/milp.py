@@ -111,14 +111,18 @@ def solve_master_pyomo(columns: Sequence[Column], need: Sequence[int], avail: Se
     opt = Highs()
     opt.config.time_limit = max(1.0, time_limit_s)
     opt.config.mip_gap = mip_gap
-    opt.config.warmstart = True
+    # Pyomo 6.10.1's appsi HiGHS warm start returned the warm start itself as "optimal" with a wrong
+    # objective (1.0 for a 4-GPU start on the golden test), so the warm start is not passed to HiGHS;
+    # it stays the incumbent: solve_milp keeps it unless the master's solution is at least as good.
+    opt.config.warmstart = False
     opt.config.load_solution = False
     opt.config.stream_solver = False
     res = opt.solve(m)
     tc = res.termination_condition
     if res.best_feasible_objective is None:
         return MasterResult({}, str(tc), math.inf)
-    res.solution_loader.load_vars()
+    for var, val in res.solution_loader.get_primals().items():
+        var.set_value(val, skip_validation=True)
     x = {p: int(round(pyo.value(m.x[p]))) for p in m.P if pyo.value(m.x[p]) > 0.5}
     status = "optimal" if tc == TC.optimal else ("time_limit" if tc == TC.maxTimeLimit else str(tc))
     return MasterResult(x, status, math.fsum(weights[columns[p].gtype] * k for p, k in x.items()))

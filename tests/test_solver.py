@@ -1,0 +1,239 @@
+"""Solver tests: strategies, golden MILP, bound ≤ objective, objectives, infeasibility, plan JSON, repair."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from optplace.specs import Constraints, SolverOptions, load_scenario_text
+from optplace.solver import (AnalyticCapacity, Estimate, Infeasible, Mix, compile_problem, get_objective, repair,
+                             solve)
+from optplace.solver.milp import Column, solve_master_pulp, solve_master_pyomo, solve_milp
+from optplace.solver.greedy import greedy_improved, paper_order
+from optplace.solver.problem import classify, AdapterItem
+from optplace.solver.strategies import STRATEGIES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def scenario(adapters: str, extra: str = "", gpu: str = "gpu: h100-64gb") -> object:
+    text = f"""
+name: t
+model: llama-3.1-8b-instruct
+{gpu}
+workload: {{duration_s: 600, arrivals: {{kind: poisson}}, lengths: {{kind: sharegpt}}}}
+adapters:
+{adapters}
+seed: 3
+{extra}
+"""
+    return load_scenario_text(text, base_dir=REPO)
+
+
+MIXED = """  - {group: a, count: 40, rank: 8, total_rate_rps: 24.0, popularity: {kind: zipf, s: 0.8}}
+  - {group: b, count: 30, rank: 16, rate_rps: 0.3}
+  - {group: c, count: 10, rank: 32, rate_rps: 0.2}"""
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    pb = compile_problem(scenario(MIXED), REPO)
+    return pb, AnalyticCapacity(pb)
+
+
+class LoadOracle:
+    """Cheap deterministic test oracle: a GPU serves Σ rate ≤ capacity and at most 64 adapters' slots."""
+
+    name = "test"
+
+    def __init__(self, problem, capacity_rps: float = 10.0) -> None:
+        self.problem = problem
+        self.cap = capacity_rps
+
+    def slot_cap(self, gtype, rank_max):
+        return 64
+
+    def evaluate(self, gtype, mix, max_loras):
+        off = self.problem.offered_tok_s(mix.rate_sum)
+        cap_tok = self.problem.offered_tok_s(self.cap)
+        if max_loras > 64 or max_loras < min(mix.n, 1):
+            return Estimate(False, max_loras, off, 0.0, math.inf, math.inf, "memory", "test", cap_tok)
+        ok = mix.rate_sum <= self.cap + 1e-12 and mix.n <= max_loras
+        return Estimate(ok, max_loras, off, min(off, cap_tok), 20.0 + mix.rate_sum, 100.0, "ok" if ok else "load",
+                        "test", cap_tok)
+
+    def best_slots(self, gtype, mix, candidates=None):
+        return self.evaluate(gtype, mix, max(1, min(mix.n, 64)))
+
+
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "milp"])
+def test_every_strategy_covers_all_adapters_with_the_test_oracle(mixed, strategy):
+    pb, _ = mixed
+    orc = LoadOracle(pb, capacity_rps=12.0)
+    plan = solve(pb, orc, strategy)
+    placed = sorted(i for g in plan.gpus for i in g.adapter_indices)
+    assert placed == list(range(pb.n_adapters))
+    assert all(g.feasible for g in plan.gpus)
+    total = sum(a.rate_rps for a in pb.adapters)
+    assert plan.gpus_used >= math.ceil(total / 12.0)
+    assert plan.lower_bound <= plan.objective_value
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_every_strategy_with_the_analytic_oracle(mixed, strategy):
+    pb, an = mixed
+    plan = solve(pb, an, strategy)
+    assert sorted(i for g in plan.gpus for i in g.adapter_indices) == list(range(pb.n_adapters))
+    for g in plan.gpus:
+        e = an.evaluate(g.type_index, Mix.of(pb.adapters[i] for i in g.adapter_indices), g.max_loras)
+        assert e.feasible, (strategy, g.gpu, e.reason)
+        assert g.max_lora_rank == max(pb.adapters[i].rank for i in g.adapter_indices)
+        assert g.max_cpu_loras == max(len(g.adapters), g.max_loras)
+        assert g.max_loras <= an.slot_cap(g.type_index, g.max_lora_rank)  # never exceeds GPU memory
+    assert 0 < plan.lower_bound <= plan.objective_value
+    assert 0.0 <= plan.gap < 1.0
+
+
+def test_paper_order_alternates_hot_and_cold_within_rank_groups_largest_rank_first():
+    ads = [AdapterItem(i, f"a{i}", r, x) for i, (r, x) in enumerate([(8, 1.0), (8, 3.0), (8, 2.0), (16, 0.5),
+                                                                      (16, 0.7)])]
+    order = paper_order(ads)
+    assert [a.index for a in order] == [4, 3, 1, 0, 2]
+
+
+def test_classes_bucket_rates_geometrically_with_conservative_representatives():
+    ads = [AdapterItem(i, f"a{i}", 8, x) for i, x in enumerate([1.0, 1.02, 1.5, 0.0, 0.0])]
+    cls = classify(ads, 0.05)
+    assert sum(c.count for c in cls) == 5
+    for c in cls:
+        assert all(ads[i].rate_rps <= c.rate_rps for i in c.members)
+    assert len(cls) == 3
+
+
+def _golden_problem(fracs):
+    """Adapters whose loads are given fractions of one GPU's 2-adapter capacity."""
+    base = scenario("  - {name: x, rank: 8, rate_rps: 0.1}")
+    pb = compile_problem(base, REPO)
+    an = AnalyticCapacity(pb)
+    lam2, _ = an.linear_limits(0, 8, 2)
+    ads = "\n".join(f"  - {{name: a{i}, rank: 8, rate_rps: {f * lam2:.6f}}}" for i, f in enumerate(fracs))
+    pb = compile_problem(scenario(ads), REPO)
+    return pb, AnalyticCapacity(pb)
+
+
+def test_golden_milp_finds_the_known_optimum():
+    # 0.6 + 0.35 fits one GPU; 0.6 + 0.6 and 0.35 + 0.35 + 0.6 do not: the optimum is 2 GPUs.
+    pb, an = _golden_problem([0.6, 0.6, 0.35, 0.35])
+    plan = solve(pb, an, "milp")
+    assert plan.gpus_used == 2
+    assert sorted(sorted(round(pb.adapters[i].rate_rps / pb.adapters[0].rate_rps, 2) for i in g.adapter_indices)
+                  for g in plan.gpus) == [[0.58, 1.0], [0.58, 1.0]]
+    pb3, an3 = _golden_problem([0.6, 0.6, 0.6])
+    assert solve(pb3, an3, "milp").gpus_used == 3
+
+
+@pytest.mark.parametrize("backend", ["highs", "pulp"])
+def test_golden_master_both_backends(backend):
+    cols = [Column(0, 8, 2, (1, 1)), Column(0, 8, 2, (2, 0)), Column(0, 8, 2, (0, 2)), Column(0, 8, 1, (1, 0))]
+    fn = solve_master_pyomo if backend == "highs" else solve_master_pulp
+    res = fn(cols, [3, 2], [10], [1.0], {3: 3, 2: 1}, 10.0, 0.0)
+    assert res.status == "optimal"
+    assert res.objective == pytest.approx(3.0)  # 2×(1,1) + 1 more for the third class-0 adapter
+    cover = [sum(cols[p].counts[c] * k for p, k in res.x.items()) for c in range(2)]
+    assert cover[0] >= 3 and cover[1] >= 2
+
+
+def test_milp_never_worse_than_its_warm_start_and_greedy(mixed):
+    pb, an = mixed
+    out = solve_milp(pb, an, [1.0], 20.0, 0.01)
+    warm = greedy_improved(pb, an)
+    assert len(out.gpus) <= len(warm) + 0  # the integer master only accepts solutions ≤ the warm start
+    assert solve(pb, an, "milp").gpus_used <= solve(pb, an, "greedy-paper").gpus_used
+
+
+def test_objectives_registry_and_scores():
+    assert set(get_objective(n).name for n in ("min_gpus", "min_cost", "min_latency")) == {"min_gpus", "min_cost",
+                                                                                           "min_latency"}
+    with pytest.raises(ValueError, match="min_gpus, min_cost, min_latency"):
+        get_objective("fastest")
+    g = SimpleNamespace(adapters=("a",), starved=False, oom=False, throughput_tok_s=100.0, itl_ms_mean=20.0,
+                        gpu_type="h100-64gb")
+    h = SimpleNamespace(adapters=("b",), starved=False, oom=False, throughput_tok_s=300.0, itl_ms_mean=40.0,
+                        gpu_type="h100-64gb")
+    rep = SimpleNamespace(gpus=(g, h))
+    plan = SimpleNamespace(gpus=(SimpleNamespace(gpu_type="h100-64gb", cost_per_hour=2.5),))
+    assert get_objective("min_gpus").score(plan, rep) == 2
+    assert get_objective("min_cost").score(plan, rep) == pytest.approx(5.0)
+    assert get_objective("min_latency").score(plan, rep) == pytest.approx(35.0)
+    bad = SimpleNamespace(gpus=(g, replace_ns(h, starved=True)))
+    assert get_objective("min_gpus").score(plan, bad) == math.inf
+
+
+def replace_ns(ns, **kw):
+    d = dict(vars(ns))
+    d.update(kw)
+    return SimpleNamespace(**d)
+
+
+def test_infeasible_hot_adapter_names_the_binding_rule():
+    pb = compile_problem(scenario("  - {name: hot, rank: 8, rate_rps: 200.0}\n  - {name: ok, rank: 8, rate_rps: 0.1}"),
+                         REPO)
+    with pytest.raises(Infeasible) as e:
+        solve(pb, AnalyticCapacity(pb), "greedy")
+    assert "hot" in str(e.value) and e.value.constraint == "max_throughput_loss"
+
+
+def test_infeasible_pool_too_small():
+    sc = scenario("  - {group: a, count: 400, rank: 8, rate_rps: 0.5}", gpu="pool: [{gpu: h100-64gb, count: 2}]")
+    pb = compile_problem(sc, REPO)
+    for s in ("milp", "greedy", "round-robin"):
+        with pytest.raises(Infeasible) as e:
+            solve(pb, AnalyticCapacity(pb), s)
+        assert e.value.constraint == "pool" and "pool" in str(e.value)
+
+
+def test_plan_json_keys(mixed):
+    pb, an = mixed
+    d = solve(pb, an, "greedy").to_json()
+    for k in ("objective", "strategy", "gpus_used", "lower_bound", "gap", "solve_time_s", "placement"):
+        assert k in d
+    assert "validation" not in d
+    for g in d["placement"]:
+        assert {"gpu", "gpu_type", "max_loras", "max_cpu_loras", "max_lora_rank", "adapters"} <= set(g)
+
+
+def test_min_cost_picks_the_cheaper_fleet():
+    # The uncalibrated A100-80GB profile serves more than the H100-64GB one here (more KV memory);
+    # price it 4× so one A100 beats two H100s on GPU count but not on cost.
+    pool = ("pool: [{gpu: h100-64gb, count: 6, cost_per_hour: 1.0}, "
+            "{gpu: a100-80gb, count: 6, cost_per_hour: 4.0}]")
+    probe = compile_problem(scenario("  - {group: a, count: 40, rank: 8, rate_rps: 0.1}", gpu=pool), REPO)
+    an0 = AnalyticCapacity(probe)
+    lam_h, lam_a = an0.linear_limits(0, 8, 40)[0], an0.linear_limits(1, 8, 40)[0]
+    assert lam_a > 1.2 * lam_h
+    rate = (0.55 * lam_a + 0.45 * lam_h) / 40  # one A100 or two H100s
+    pb = compile_problem(scenario(f"  - {{group: a, count: 40, rank: 8, rate_rps: {rate:.6f}}}", gpu=pool), REPO)
+    an = AnalyticCapacity(pb)
+    by_gpus = solve(pb.with_objective("min_gpus"), an, "milp")
+    by_cost = solve(pb.with_objective("min_cost"), an, "milp")
+    assert by_gpus.gpus_used == 1 and by_gpus.gpus[0].gpu_type == "a100-80gb"
+    assert by_cost.gpus_used == 2 and {g.gpu_type for g in by_cost.gpus} == {"h100-64gb"}
+    assert by_cost.cost_per_hour < by_gpus.cost_per_hour
+    assert by_cost.lower_bound <= by_cost.objective_value + 1e-9
+
+
+def test_repair_raises_slots_then_sheds_load(mixed):
+    pb, an = mixed
+    plan = solve(pb, an, "greedy")
+    g0 = plan.gpus[0]
+    r1 = repair(pb, an, plan, starved=[0], losses={0: 0.2}, round_=1)
+    assert r1.actions and "moved" in r1.actions[0]
+    after = [g for g in r1.plan.gpus]
+    assert sorted(i for g in after for i in g.adapter_indices) == list(range(pb.n_adapters))
+    hot = max(g0.adapter_indices, key=lambda i: pb.adapters[i].rate_rps)
+    assert not any(hot in g.adapter_indices and set(g.adapter_indices) <= set(g0.adapter_indices) and
+                   len(g.adapter_indices) == len(g0.adapter_indices) for g in after)
