@@ -144,7 +144,7 @@ class _Obs:
     overhead_ms: float
 
 
-def _observations(runs: list[RefRun], overhead: SchedulerOverhead, min_batch: float = 30.0) -> list[_Obs]:
+def _observations(runs: list[RefRun], overhead: SchedulerOverhead, min_batch: float = 3.0) -> list[_Obs]:
     obs = []
     for r in runs:
         if not r.has_results or not r.mean_running or not r.output_throughput or r.mean_running < min_batch:
@@ -163,29 +163,37 @@ def _observations(runs: list[RefRun], overhead: SchedulerOverhead, min_batch: fl
 
 
 def _predict(m: StepTimeModel, o: _Obs) -> float:
-    return m.bind(o.run.max_lora_rank).step_ms(round(o.batch), round(o.prefill), round(o.batch),
-                                               round(o.distinct), 8.0) + o.overhead_ms
+    return m.bind(o.run.max_lora_rank, o.run.max_loras).step_ms(
+        round(o.batch), round(o.prefill), round(o.batch), round(o.distinct), 8.0) + o.overhead_ms
 
 
-def _fit_globals(m: StepTimeModel, obs: list[_Obs]) -> StepTimeModel:
-    # Gauss–Newton on relative error over (h_pf, g_rank); both enter almost linearly.
-    theta = np.array([m.h_pf, m.g_rank], dtype=np.float64)
+GLOBALS = ("h_pf", "g_rank", "g_slot")
+
+
+def _fit_globals(m: StepTimeModel, obs: list[_Obs], names: tuple[str, ...] = GLOBALS) -> StepTimeModel:
+    # Gauss–Newton on relative error; the coefficients enter (almost) linearly, so it converges in a few steps.
+    theta = np.array([getattr(m, n) for n in names], dtype=np.float64)
     y = np.array([o.step_ms for o in obs])
-    for _ in range(20):
-        def pred(t: np.ndarray) -> np.ndarray:
-            mm = StepTimeModel(**{**_fields(m), "h_pf": float(t[0]), "g_rank": float(t[1])})
-            return np.array([_predict(mm, o) for o in obs])
+
+    def model(t: np.ndarray) -> StepTimeModel:
+        return StepTimeModel(**{**_fields(m), **{n: float(v) for n, v in zip(names, t)}})
+
+    def pred(t: np.ndarray) -> np.ndarray:
+        mm = model(t)
+        return np.array([_predict(mm, o) for o in obs])
+
+    for _ in range(30):
         p0 = pred(theta)
-        jac = np.empty((len(obs), 2))
-        for j in range(2):
-            d = np.zeros(2)
-            d[j] = 1e-4
-            jac[:, j] = (pred(theta + d) - p0) / 1e-4
+        jac = np.empty((len(obs), len(names)))
+        for j in range(len(names)):
+            d = np.zeros(len(names))
+            d[j] = 1e-5
+            jac[:, j] = (pred(theta + d) - p0) / 1e-5
         step = _lstsq(jac / y[:, None], (y - p0) / y)
         theta = theta + step
-        if float(np.max(np.abs(step))) < 1e-7:
+        if float(np.max(np.abs(step))) < 1e-8:
             break
-    return StepTimeModel(**{**_fields(m), "h_pf": float(theta[0]), "g_rank": float(theta[1])})
+    return model(theta)
 
 
 def _fields(m: StepTimeModel) -> dict[str, Any]:

@@ -4,15 +4,17 @@ One vLLM V1 engine step runs the model on every scheduled token: one decode toke
 plus the prefill chunks admitted under the ``max_num_batched_tokens`` budget. Its duration is modelled as
 
     lin    = c0 + c_seq·N                                   (per-step and per-sequence work, N = sequences)
-    lora   = 1 + g0 + g_lora·L·(1 + g_rank·(r/8 − 1))        (L = distinct adapters in the batch, r = rank)
+    lora   = 1 + max(0, g0 + g_slot·(S − slots_ref)) + g_lora·L·(1 + g_rank·(r/8 − 1))
+             (L = distinct adapters in the batch, r = rank, S = the server's max_loras slots)
     step   = lin·lora + c_ctx·K/1000 + c_pf·P·(1 + h_pf·(lora − 1))   [ms]
              (K = KV tokens read by attention, not touched by LoRA; P = prefill tokens in the step)
 
 form ``"lora_mult_v2"``. ``g0`` is the fixed cost of running with LoRA enabled at all (it doubles a
 decode step on the reference H100 runs); ``g_lora`` the cost of each distinct adapter, multiplying
 the decode work as in the published twin. Prefill work is compute bound and only partially inflated
-by LoRA (``h_pf``). The rank ``r`` is the server's ``max_lora_rank`` once the model is bound to a
-configuration (:meth:`StepTimeModel.bind`), else the mean rank passed per step. When the caller does not know the KV tokens, ``K = N·ctx_default``.
+by LoRA (``h_pf``). The rank ``r`` is the server's ``max_lora_rank`` and ``S`` its ``max_loras`` once the
+model is bound to a configuration (:meth:`StepTimeModel.bind`); unbound, ``r`` is the mean rank passed per
+step and ``S = slots_ref`` (the slot count of the LoRA microbenchmark ``g0`` was measured at). When the caller does not know the KV tokens, ``K = N·ctx_default``.
 
 The published twin's form ``"published_v1"`` (step = (a·B + b)·(c·L + d)/100 ms, prefill and rank
 ignored) is supported for side-by-side comparisons.
@@ -48,6 +50,8 @@ _STEP_DEFAULTS: dict[str, dict[str, float]] = {
         "g_rank": 0.0,
         "h_pf": 0.0,
         "ctx_default": 320.0,
+        "g_slot": 0.0,
+        "slots_ref": 300.0,
     },
     "published_v1": {"a": 0.0438, "b": 10.54, "c": 1.93, "d": 200.0},
 }
@@ -74,8 +78,11 @@ class StepTimeModel:
     g_rank: float = 0.0
     h_pf: float = 0.0
     ctx_default: float = 320.0
+    g_slot: float = 0.0
+    slots_ref: float = 300.0
     time_scale: float = 1.0
     bound_rank: float = 0.0
+    bound_slots: float = 0.0
 
     def __post_init__(self) -> None:
         if self.form not in STEP_FORMS:
@@ -112,14 +119,16 @@ class StepTimeModel:
             raise ValueError(f"unknown step-time coefficients for {form}: {sorted(unknown)}")
         return cls(form=form, time_scale=scale, **coef)
 
-    def bind(self, max_lora_rank: int) -> StepTimeModel:
-        """The same model for a server started with ``max_lora_rank``.
+    def bind(self, max_lora_rank: int, max_loras: int | None = None) -> StepTimeModel:
+        """The same model for a server started with ``max_lora_rank`` (and ``max_loras`` slots).
 
         vLLM pads every adapter to ``max_lora_rank`` in its slot buffers, so the LoRA kernels' cost
         follows the configured maximum rank, not the ranks of the adapters in the batch; a bound model
-        uses it in place of the ``mean_rank`` argument. Engines should bind once per configuration.
+        uses it in place of the ``mean_rank`` argument. The fixed LoRA cost grows with the number of
+        slots the kernels are launched over. Engines should bind once per configuration.
         """
-        return replace(self, bound_rank=float(max_lora_rank))
+        slots = self.slots_ref if max_loras is None else float(max_loras)
+        return replace(self, bound_rank=float(max_lora_rank), bound_slots=slots)
 
     def step_ms(
         self,
@@ -135,7 +144,9 @@ class StepTimeModel:
         if self.bound_rank > 0.0:
             mean_rank = self.bound_rank
         lin = self.c0 + self.c_seq * num_seqs
-        lora = 1.0 + self.g0 + self.g_lora * distinct_adapters * (1.0 + self.g_rank * (mean_rank * 0.125 - 1.0))
+        fixed = self.g0 + self.g_slot * ((self.bound_slots or self.slots_ref) - self.slots_ref)
+        lora = (1.0 + (fixed if fixed > 0.0 else 0.0)
+                + self.g_lora * distinct_adapters * (1.0 + self.g_rank * (mean_rank * 0.125 - 1.0)))
         pf = self.c_pf * prefill_tokens * (1.0 + self.h_pf * (lora - 1.0))
         return (lin * lora + self.c_ctx * k * 0.001 + pf) * self.time_scale
 
@@ -165,6 +176,8 @@ class StepTimeModel:
             "g_rank": self.g_rank,
             "h_pf": self.h_pf,
             "ctx_default": self.ctx_default,
+            "g_slot": self.g_slot,
+            "slots_ref": self.slots_ref,
         }
 
 
