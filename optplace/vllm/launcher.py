@@ -47,7 +47,11 @@ _OOM_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("oom_device", re.compile(r"(CUDA|XPU|HIP)?\s*out of memory|OutOfMemoryError|Cannot allocate memory", re.I)),
 )
 _ERROR_LINE = re.compile(r"(Error|Exception|error:)", re.I)
-_RAISED = re.compile(r"\b[A-Za-z_.]*(Error|Exception): .+")
+# an exception line as Python prints it ("ValueError: …" or a bare "NotImplementedError"), possibly
+# behind vLLM's log prefix "(Worker pid=1) ERROR 11-28 10:23:11 [file.py:953] "
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)(: .+)?$")
+_LOG_PREFIX = re.compile(r"^\([\w-]+ pid=\d+\) (?:ERROR|CRITICAL)\b.*?\[[^\]]*\] ")
+_NOT_ERROR = re.compile(r"\b(INFO|WARNING|DEBUG)\b")
 _WRAPPER = re.compile(r"See (root cause|stack trace)", re.I)
 
 
@@ -104,8 +108,8 @@ def classify_startup_failure(log_text: str) -> tuple[Status, str]:
             end = log_text.find("\n", m.end())
             line = log_text[log_text.rfind("\n", 0, m.start()) + 1 : len(log_text) if end < 0 else end]
             return "oom", f"{kind}: {line.strip()[:300]}"
-    lines = [ln.strip() for ln in log_text.splitlines()]
-    raised = [m.group(0) for ln in lines if (m := _RAISED.search(ln)) and not _WRAPPER.search(ln)]
+    lines = [_LOG_PREFIX.sub("", ln.strip()) for ln in log_text.splitlines() if not _NOT_ERROR.search(ln)]
+    raised = [ln for ln in lines if _RAISED.match(ln) and not _WRAPPER.search(ln)]
     if raised:  # the root cause: vLLM re-raises it wrapped ("See root cause above") in the parent processes
         return "failed", raised[-1][:300]
     errors = [ln for ln in lines if _ERROR_LINE.search(ln)]
