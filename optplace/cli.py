@@ -113,6 +113,117 @@ def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `pl
         raise typer.Exit(EXIT_FAIL)
 
 
+OutDir = Annotated[Optional[Path], typer.Option("--out", help="Write plan.json, twin.json, solver.log, "
+                                                                "deploy/ and report.html into this folder.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")]
+
+
+@app.command()
+def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
+          json_out: JsonOpt = False, out: OutDir = None, force: Force = False, reproducible: Reproducible = False,
+          strategy: Annotated[Optional[str], typer.Option("--strategy", help="Override solver.strategy.")] = None,
+          no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the twin validation.")] = False,
+          workers: Workers = None, allow_path: AllowPath = None) -> None:
+    """Find a placement (which adapter on which GPU, with which vLLM flags), validate it in the twin,
+    repair what starves, and report. Exit 1 when infeasible or when the twin still finds starvation."""
+    from .outputs import OutputExists, check_target
+
+    sc = _load_or_exit(spec, allow_path)
+    if strategy is not None:
+        from .specs import STRATEGIES
+
+        if strategy not in STRATEGIES:
+            raise _fail_input([f"--strategy: unknown strategy {strategy!r} (valid: {', '.join(STRATEGIES)})"])
+    if out is not None:
+        try:
+            check_target(out, force)
+        except OutputExists as e:
+            raise _fail_input([str(e)]) from None
+    from .pipeline import solve_scenario
+    from .solver.problem import Infeasible
+
+    err = _console(stderr=True)
+    try:
+        with err.status("solving…") as status:
+            rep = solve_scenario(sc, spec.resolve().parent, strategy=strategy, validate=not no_validate,
+                                 workers=workers, on_event=lambda m: status.update(m))
+    except Infeasible as e:
+        err.print(f"infeasible: {e}" + (f" (binding: {e.constraint})" if e.constraint else ""), markup=False)
+        raise typer.Exit(EXIT_FAIL) from None
+    doc = rep.to_json(reproducible=reproducible)
+    if out is not None:
+        from .outputs import atomic_dir
+        from .reporting import write_solve_outputs
+
+        with atomic_dir(out, force=force) as tmp:
+            write_solve_outputs(tmp, rep, doc)
+    if json_out:
+        print(json.dumps(doc, indent=2))
+    else:
+        from .render import render_solve_report
+
+        render_solve_report(_console(), rep)
+        if out is not None:
+            _console().print(f"wrote {out}/ (plan.json, twin.json, solver.log, deploy/, report.html)", markup=False)
+    if not rep.ok:
+        raise typer.Exit(EXIT_FAIL)
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (from solve --json / --out) or "
+                                                              "specs with a placement.")],
+             engine: Annotated[str, typer.Option("--engine", help="twin (default) or vllm.")] = "twin",
+             json_out: JsonOpt = False, reproducible: Reproducible = False, workers: Workers = None,
+             allow_path: AllowPath = None) -> None:
+    """Validate a batch of plans or specs at once (all their GPUs in parallel) and report across them.
+    Exit 1 when any GPU starves or fails to start."""
+    if engine != "twin":
+        raise _fail_input([f"--engine: {engine!r} is not available here (valid: twin); real-vLLM validation "
+                           "runs through `optplace vllm` (see the README)"])
+    from .reporting import PlanLoadError, load_plan_or_spec, validate_many
+
+    try:
+        items = [load_plan_or_spec(f, allow_path or ()) for f in files]
+    except PlanLoadError as e:
+        raise _fail_input(e.lines) from None
+    results = validate_many(items, workers=workers)
+    if json_out:
+        print(json.dumps({"results": [{"file": str(f), **r.to_json(reproducible=reproducible)}
+                                      for f, r in zip(files, results)]}, indent=2))
+    else:
+        from .render import render_validation_table
+
+        render_validation_table(_console(), [str(f) for f in files], results)
+    if any(r.starved_gpus or r.oom_gpus for r in results):
+        raise typer.Exit(EXIT_FAIL)
+
+
+@app.command()
+def capacity(spec: Annotated[Path, typer.Argument(help="Scenario YAML; its adapter groups give the mix "
+                                                       "(counts read as proportions).")],
+             json_out: JsonOpt = False,
+             gpu_type: Annotated[Optional[str], typer.Option("--gpu", help="GPU type of the pool.")] = None,
+             no_confirm: Annotated[bool, typer.Option("--no-confirm", help="Skip the twin confirmation.")] = False,
+             allow_path: AllowPath = None) -> None:
+    """Largest number of adapters of the spec's mix that one GPU serves without starvation, and the best
+    max_loras (searched with the capacity oracle, confirmed by the twin)."""
+    sc = _load_or_exit(spec, allow_path)
+    from .pipeline import capacity as find_capacity
+
+    try:
+        ans = find_capacity(sc, spec.resolve().parent, gpu_type=gpu_type, confirm=not no_confirm)
+    except ValueError as e:
+        raise _fail_input([f"--gpu: {e}"]) from None
+    if json_out:
+        print(json.dumps(ans.to_json(), indent=2))
+        return
+    conf = {True: "confirmed by the twin", False: "NOT confirmed by the twin", None: "not checked in the twin"}
+    _console().print(f"{sc.name}: one {ans.gpu_type} serves up to {ans.max_adapters} adapters of this mix with "
+                     f"--max-loras {ans.max_loras} ({ans.offered_tok_s:,.0f} tokens/s offered, "
+                     f"{ans.throughput_tok_s:,.0f} delivered; {ans.source} oracle, {conf[ans.twin_confirmed]})",
+                     markup=False)
+
+
 @app.command()
 def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surrogate | solver")],
           json_out: JsonOpt = False) -> None:
@@ -229,14 +340,20 @@ _mount_subapps()
 
 def main() -> None:
     """Console-script entry point: run the app; unexpected exceptions become exit code 3, one line."""
+    from .outputs import Terminated, install_sigterm_handler
+
+    install_sigterm_handler()
     try:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else EXIT_OK)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: no output was written", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("terminated: no output was written", file=sys.stderr)
+        sys.exit(143)
     except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 - the one place that turns crashes into exit code 3

@@ -110,3 +110,46 @@ def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
         parts.append(f"<h2>{_esc(heading)}</h2>{inner}")
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def solve_report_html(rep) -> str:  # rep: optplace.pipeline.SolveReport
+    """The ``report.html`` of a solve: plan table, load vs capacity, ranks per GPU, latency, strategies."""
+    plan, val = rep.plan, rep.validation
+    gpus = [g for g in plan.gpus if g.adapters]
+    cats = [f"GPU {g.gpu}" for g in gpus]
+    twin = {g.index: g for g in val.gpus} if val is not None else {}
+    rank_of = {a.name: a.rank for a in rep.scenario.adapter_list()}
+    ranks = sorted({rank_of[n] for g in gpus for n in g.adapters})
+    load = bar_chart("Offered load vs capacity per GPU", cats, [
+        Series("offered", tuple(g.offered_tok_s for g in gpus)),
+        Series("capacity (predicted)", tuple(g.capacity_tok_s for g in gpus)),
+        Series("delivered (twin)", tuple(twin[g.gpu].throughput_tok_s if g.gpu in twin else 0.0 for g in gpus)),
+    ], unit=" tok/s")
+    by_rank = bar_chart("Adapters per GPU by rank", cats, [
+        Series(f"rank {r}", tuple(float(sum(1 for n in g.adapters if rank_of[n] == r)) for g in gpus)) for r in ranks
+    ], stacked=True)
+    lat = bar_chart("Latency per GPU (twin)", cats, [
+        Series("mean ITL ms", tuple(twin[g.gpu].itl_ms_mean if g.gpu in twin else 0.0 for g in gpus)),
+        Series("TTFT p50 ms", tuple(twin[g.gpu].ttft_ms_p50 if g.gpu in twin else 0.0 for g in gpus)),
+    ], unit=" ms")
+    strat = bar_chart("GPUs: this plan vs the proven lower bound", [plan.strategy, "lower bound"],
+                      [Series("GPUs", (float(plan.gpus_used), float(plan.lower_bound)))])
+    rows = []
+    for g in gpus:
+        tw = twin.get(g.gpu)
+        rows.append([g.gpu, g.gpu_type, len(g.adapters), g.max_loras, g.max_cpu_loras, g.max_lora_rank,
+                     f"{g.offered_tok_s:,.0f}", f"{g.capacity_tok_s:,.0f}",
+                     f"{tw.throughput_tok_s:,.0f}" if tw else "–", f"{tw.throughput_loss:.1%}" if tw else "–",
+                     ("OOM" if tw.oom else "starved" if tw.starved else "ok") if tw else "not validated"])
+    summary = table(["objective", "value", "lower bound", "gap", "strategy", "oracle", "solve time s", "repairs"],
+                    [[plan.objective, f"{plan.objective_value:g}", f"{plan.lower_bound:g}", f"{plan.gap:.1%}",
+                      plan.strategy, plan.oracle, f"{plan.solve_time_s:.1f}", len(rep.repairs)]])
+    sections = [
+        ("Summary", summary),
+        ("Plan", table(["GPU", "type", "adapters", "--max-loras", "--max-cpu-loras", "--max-lora-rank",
+                        "offered tok/s", "capacity tok/s", "twin tok/s", "twin loss", "status"], rows)),
+        ("Load", load), ("Ranks", by_rank), ("Latency", lat), ("Strategies", strat),
+    ]
+    if rep.repairs:
+        sections.append(("Repairs", table(["action"], [[a] for a in rep.repairs])))
+    return page(f"optplace plan — {rep.scenario.name}", sections)

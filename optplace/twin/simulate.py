@@ -8,10 +8,8 @@ largest rank, step-time, load and overhead models) and simulated by ``optplace.t
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from optplace import __version__
+from optplace.executors import ExecutorSpec, map_ordered
 from optplace.specs import Adapter, Constraints, Profile, Scenario, Serving
 from optplace.specs.loader import resolve_spec_path
 from optplace.specs.profiles import load_profile_file, resolve_profile
@@ -230,16 +229,11 @@ def simulate_plan(sc: Scenario, plan: Sequence[GpuPlan], base_dir: Path, workers
                      max_adapter_loss=sc.constraints.max_adapter_loss)
 
 
-def run_jobs(jobs: Sequence[GpuJob], workers: int | None = None) -> list[GpuReport]:
-    """Run GPU jobs in a process pool (in-process when there is one job or one worker); order kept."""
-    n = min(len(jobs), workers or os.cpu_count() or 1)
-    if n <= 1:
-        return [run_gpu_job(j) for j in jobs]
-    # Largest jobs first so the slowest GPU does not start last.
-    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].workload.arrival_s))
-    with ProcessPoolExecutor(max_workers=n) as ex:
-        done = dict(zip(order, ex.map(run_gpu_job, [jobs[i] for i in order])))
-    return [done[i] for i in range(len(jobs))]
+def run_jobs(jobs: Sequence[GpuJob], workers: int | None = None, executor: ExecutorSpec | None = None
+             ) -> list[GpuReport]:
+    """Run GPU jobs in parallel (local process pool, or Ray); results in job order."""
+    spec = executor or ExecutorSpec(workers=workers)
+    return map_ordered(run_gpu_job, jobs, spec, cost=lambda j: len(j.workload.arrival_s))
 
 
 def simulate_gpu(profile: Profile, serving: Serving, constraints: Constraints, arrivals: Any, lengths: Any,

@@ -1,0 +1,85 @@
+"""Where parallel work runs: a local process pool (default) or a Ray cluster (optional extra).
+
+One generic ``map_ordered(fn, items)`` so every fan-out (twin validation of a plan's GPUs, surrogate
+sweeps) runs the same way. ``fn`` must be a picklable top-level function; results come back in
+input order whatever order the workers finish in, so runs are deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorSpec:
+    """``local`` (process pool of ``workers``; 1 = in-process) or ``ray`` (``address`` or a local instance)."""
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int | None = None
+    address: str | None = None
+
+    @property
+    def n_workers(self) -> int:
+        return max(1, self.workers or os.cpu_count() or 1)
+
+
+def map_ordered(fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = ExecutorSpec(),
+                cost: Callable[[T], float] | None = None,
+                on_done: Callable[[int, R], None] | None = None) -> list[R]:
+    """``[fn(x) for x in items]`` in parallel. ``cost`` orders submission (largest first, so the
+    slowest item does not start last); ``on_done(i, result)`` is called as each finishes."""
+    order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else list(range(len(items)))
+    out: dict[int, R] = {}
+    for i, r in _run(fn, items, order, spec):
+        out[i] = r
+        if on_done is not None:
+            on_done(i, r)
+    return [out[i] for i in range(len(items))]
+
+
+def _run(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec) -> Iterable[tuple[int, R]]:
+    if spec.kind == "ray":
+        yield from _run_ray(fn, items, order, spec)
+        return
+    n = min(spec.n_workers, len(items))
+    if n <= 1:
+        for i in order:
+            yield i, fn(items[i])
+        return
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(max_workers=n) as pool:
+        futures = {pool.submit(fn, items[i]): i for i in order}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                yield futures[f], f.result()
+
+
+def _run_ray(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec
+             ) -> Iterable[tuple[int, R]]:
+    try:
+        import ray
+    except ImportError as e:
+        raise RuntimeError("the Ray executor needs the optional extra: pip install 'optplace[ray]'") from e
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
+        if spec.address:
+            kw["address"] = spec.address
+        elif spec.workers:
+            kw["num_cpus"] = spec.workers
+        ray.init(**kw)
+    remote = ray.remote(fn)
+    refs = {remote.remote(items[i]): i for i in order}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+            yield refs[ref], ray.get(ref)

@@ -1,0 +1,237 @@
+"""The pipeline that joins the solver and the twin: solve → validate every GPU in the twin → repair
+what starves or fails to start → re-validate, and the batch validation and capacity questions.
+
+The twin never imports the solver; this module is the only place the two meet. Every twin result
+here is computed on the scenario-wide workload (one seeded generator owned by the run), so GPUs
+that did not change between repair rounds are not simulated again: their results are reused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from optplace.executors import ExecutorSpec
+from optplace.specs import Adapter, Scenario
+from optplace.twin.simulate import GpuJob, GpuPlan, GpuReport, SimReport, profile_for, run_jobs, scenario_workload
+
+Event = Callable[[str], None]
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send C-level writes to stdout (e.g. a MILP solver's banner) to stderr, so `--json` stays clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def executor_of(sc: Scenario, workers: int | None = None) -> ExecutorSpec:
+    """The executor a scenario asks for (``solver.executor``, ``solver.ray_address``, workers)."""
+    return ExecutorSpec(kind=sc.solver.executor, workers=workers or sc.solver.workers, address=sc.solver.ray_address)
+
+
+class Validator:
+    """Simulates GPU plans of one scenario, caching each distinct GPU configuration's result."""
+
+    def __init__(self, sc: Scenario, base_dir: Path, executor: ExecutorSpec, seed: int | None = None) -> None:
+        self.sc, self.base_dir, self.executor = sc, base_dir, executor
+        self.seed = sc.seed if seed is None else seed
+        self.adapters = sc.adapter_list()
+        self.index = {a.name: i for i, a in enumerate(self.adapters)}
+        self.workload = scenario_workload(sc, self.adapters, base_dir, self.seed)
+        self.cache: dict[GpuPlan, GpuReport] = {}
+        self.simulated = 0
+
+    def job(self, gp: GpuPlan, index: int) -> GpuJob:
+        gtype, prof = profile_for(self.sc, gp.gpu_type, self.base_dir)
+        members = [self.index[n] for n in gp.adapters]
+        return GpuJob(index=index, gpu_type=gtype, profile=prof, serving=self.sc.serving,
+                      constraints=self.sc.constraints, adapters=tuple(self.adapters[i] for i in members),
+                      max_loras=gp.max_loras, max_cpu_loras=gp.max_cpu_loras, workload=self.workload.subset(members))
+
+    def run(self, plan: Sequence[GpuPlan]) -> SimReport:
+        """Twin results for every GPU of ``plan`` (new configurations simulated in parallel)."""
+        t0 = time.perf_counter()
+        todo = [gp for gp in dict.fromkeys(plan) if gp not in self.cache]
+        if todo:
+            reports = run_jobs([self.job(gp, i) for i, gp in enumerate(todo)], executor=self.executor)
+            self.cache.update(zip(todo, reports))
+            self.simulated += len(todo)
+        gpus = tuple(replace(self.cache[gp], index=i) for i, gp in enumerate(plan))
+        c = self.sc.constraints
+        return SimReport(scenario=self.sc.name, seed=self.seed, duration_s=self.sc.workload.duration_s, gpus=gpus,
+                         sim_wall_s=time.perf_counter() - t0, simulated_s=self.sc.workload.duration_s * len(todo),
+                         max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss)
+
+
+@dataclass(frozen=True, slots=True)
+class SolveReport:
+    """A solved, twin-validated (and if needed repaired) plan."""
+
+    scenario: Scenario
+    plan: Any  # optplace.solver.plan.Plan (final)
+    initial: Any  # the plan before repair
+    validation: SimReport | None
+    repairs: tuple[str, ...]
+    rounds: int
+    twin_objective: float | None
+    wall_s: float
+    base_dir: Path = Path(".")
+
+    @property
+    def ok(self) -> bool:
+        v = self.validation
+        return v is None or not (v.starved_gpus or v.oom_gpus)
+
+    def to_json(self, reproducible: bool = False) -> dict[str, Any]:
+        """DESIGN.md's ``solve --json`` document, plus the scenario (so a plan file is self-contained)."""
+        doc = self.plan.to_json()
+        if reproducible:
+            doc["solve_time_s"] = 0.0
+        v = self.validation
+        doc["validation"] = None if v is None else {
+            "starved_gpus": list(v.starved_gpus), "oom_gpus": list(v.oom_gpus),
+            "gpus": [g.to_json() for g in v.gpus], "twin_objective": _finite(self.twin_objective),
+            "sim_wall_s": 0.0 if reproducible else round(v.sim_wall_s, 3)}
+        doc["repairs"] = list(self.repairs)
+        doc["repair_rounds"] = self.rounds
+        doc["model"] = self.scenario.model_name
+        doc["serving"] = self.scenario.serving.model_dump()
+        doc["adapters"] = [a.model_dump() for a in self.scenario.adapter_list()]
+        doc["scenario"] = self.scenario.model_dump(mode="json", by_alias=True, exclude={"placement"})
+        doc["seed"] = self.scenario.seed
+        doc["spec_dir"] = str(self.base_dir)
+        return doc
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 4)
+
+
+def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, validate: bool = True,
+                   workers: int | None = None, max_rounds: int = 4, on_event: Event = _quiet) -> SolveReport:
+    """Solve, validate in the twin, repair starved/OOM GPUs and re-validate (at most ``max_rounds``)."""
+    from optplace.solver.capacity import make_oracle
+    from optplace.solver.objectives import get_objective
+    from optplace.solver.plan import gpu_plans
+    from optplace.solver.problem import compile_problem
+    from optplace.solver.repair import repair
+    from optplace.solver.strategies import solve
+
+    t0 = time.perf_counter()
+    problem = compile_problem(sc, base_dir)
+    oracle = make_oracle(problem, "auto")
+    on_event(f"solving with {strategy or sc.solver.strategy} ({oracle.name} capacity oracle)")
+    with stdout_to_stderr():
+        plan = solve(problem, oracle, strategy)
+    initial = plan
+    on_event(f"plan: {plan.gpus_used} GPUs (lower bound {plan.lower_bound:g}) in {plan.solve_time_s:.1f} s")
+    if not (validate and sc.solver.validate_plan):
+        return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir)
+    val = Validator(sc, base_dir, executor_of(sc, workers))
+    actions: list[str] = []
+    rounds = 0
+    while True:
+        on_event(f"validating {plan.gpus_used} GPUs in the twin" + (f" (repair round {rounds})" if rounds else ""))
+        rep = val.run(gpu_plans(plan))
+        if not (rep.starved_gpus or rep.oom_gpus) or rounds >= max_rounds:
+            break
+        rounds += 1
+        losses = {g.index: g.throughput_loss for g in rep.gpus}
+        with stdout_to_stderr():
+            fixed = repair(problem, oracle, plan, starved=rep.starved_gpus, oom=rep.oom_gpus, losses=losses,
+                           round_=rounds - 1)
+        actions += [f"round {rounds}: {a}" for a in fixed.actions]
+        for a in fixed.actions:
+            on_event(f"repair: {a}")
+        plan = fixed.plan
+    score = get_objective(plan.objective).score(plan, rep)
+    return SolveReport(sc, plan, initial, rep, tuple(actions), rounds, score, time.perf_counter() - t0, base_dir)
+
+
+# --- capacity -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CapacityAnswer:
+    """Largest adapter count of a mix one GPU serves without starvation, and its best slots."""
+
+    max_adapters: int
+    max_loras: int
+    throughput_tok_s: float
+    offered_tok_s: float
+    source: str
+    twin_confirmed: bool | None
+    gpu_type: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_adapters": self.max_adapters, "max_loras": self.max_loras,
+                "throughput_tok_s": round(self.throughput_tok_s, 2), "offered_tok_s": round(self.offered_tok_s, 2),
+                "source": self.source, "twin_confirmed": self.twin_confirmed, "gpu_type": self.gpu_type}
+
+
+def mix_sequence(adapters: Sequence[Adapter], n: int) -> list[Adapter]:
+    """``n`` adapters following the spec's mix: each entry's share is its count (groups read as
+    proportions), filled by largest deficit so every prefix keeps the proportions."""
+    kinds: dict[tuple[int, float], int] = {}
+    for a in adapters:
+        key = (a.rank, round(a.rate_rps, 12))
+        kinds[key] = kinds.get(key, 0) + 1
+    keys = list(kinds)
+    total = sum(kinds.values())
+    have = [0] * len(keys)
+    out: list[Adapter] = []
+    for i in range(n):
+        j = max(range(len(keys)), key=lambda k: (kinds[keys[k]] * (i + 1) / total - have[k], -k))
+        have[j] += 1
+        rank, rate = keys[j]
+        out.append(Adapter(name=f"m{i:05d}", rank=rank, rate_rps=rate))
+    return out
+
+
+def capacity(sc: Scenario, base_dir: Path, gpu_type: str | None = None, upper: int = 2048,
+             confirm: bool = True) -> CapacityAnswer:
+    """Answer ``optplace capacity``: search the adapter count with the solver's capacity oracle
+    (surrogate when shipped, else twin-backed) and confirm the answer with the twin."""
+    from optplace.solver.capacity import Mix, make_oracle
+    from optplace.solver.greedy import largest_prefix
+    from optplace.solver.problem import AdapterItem, compile_problem
+    from optplace.twin.simulate import simulate_gpu
+
+    problem = compile_problem(sc, base_dir)
+    types = [t for t in problem.gpu_types if gpu_type is None or t.name == gpu_type]
+    if not types:
+        raise ValueError(f"unknown GPU type {gpu_type!r}")
+    t = types[0]
+    oracle = make_oracle(problem, "auto")
+    seq = [AdapterItem(i, a.name, a.rank, a.rate_rps) for i, a in enumerate(mix_sequence(sc.adapter_list(), upper))]
+    k, est = largest_prefix(oracle, t.index, seq)
+    if k == 0 or est is None:
+        return CapacityAnswer(0, 0, 0.0, 0.0, oracle.name, None, t.name)
+    confirmed: bool | None = None
+    if confirm:
+        ads = [Adapter(name=a.name, rank=a.rank, rate_rps=a.rate_rps) for a in seq[:k]]
+        rep = simulate_gpu(t.profile, sc.serving, sc.constraints, sc.workload.arrivals, sc.workload.lengths, ads,
+                           est.max_loras, max(k, est.max_loras), duration_s=sc.workload.duration_s, seed=sc.seed,
+                           base_dir=base_dir)
+        confirmed = not rep.starved
+    best = oracle.best_slots(t.index, Mix.of(seq[:k]))
+    return CapacityAnswer(k, best.max_loras, best.throughput_tok_s, best.offered_tok_s, oracle.name, confirmed,
+                          t.name)
