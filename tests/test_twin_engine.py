@@ -195,15 +195,20 @@ class _RefScheduler:
 
 
 def _lockstep(cfg: EngineConfig, wl: _WL, step_of_arrival: np.ndarray, n_steps: int):
+    # the client-side cap (``max_outstanding``) is modelled here as the client would do it: an
+    # arrival is dropped when running + waiting requests already reach the cap
     """Drive the fast core and the reference with the same arrivals (in step units); compare."""
     core = EngineCore(cfg, wl, check=True)
     ref = _RefScheduler(cfg)
     n = len(step_of_arrival)
     na = 0
-    stats = {"preempted": 0, "admitted": 0, "finished": 0, "skips": 0, "max_loras_hit": 0}
+    stats = {"preempted": 0, "admitted": 0, "finished": 0, "rejected": 0, "max_loras_hit": 0}
     for s in range(n_steps):
         while na < n and step_of_arrival[na] <= s:
-            ref.add(_Req(na, int(wl.adapter[na]), int(wl.input_tokens[na]), int(wl.output_tokens[na])))
+            if cfg.max_outstanding is None or len(ref.running) + len(ref.waiting) < cfg.max_outstanding:
+                ref.add(_Req(na, int(wl.adapter[na]), int(wl.input_tokens[na]), int(wl.output_tokens[na])))
+            else:
+                stats["rejected"] += 1
             na += 1
         plan = core.schedule(na)
         scheduled, admitted, preempted, loras = ref.schedule()
@@ -220,6 +225,7 @@ def _lockstep(cfg: EngineConfig, wl: _WL, step_of_arrival: np.ndarray, n_steps: 
         assert sorted(core.completed_ids[-len(done):] if done else []) == sorted(done), f"step {s}: finished"
         assert list(core.running) == [r.rid for r in ref.running], f"step {s}: running order differs"
         core.check_state()
+        assert sum(core.rejected) == stats["rejected"]
         stats["preempted"] += len(preempted)
         stats["admitted"] += len(admitted)
         stats["finished"] += len(done)
@@ -229,20 +235,29 @@ def _lockstep(cfg: EngineConfig, wl: _WL, step_of_arrival: np.ndarray, n_steps: 
 
 # --------------------------------------------------------------------------- oracle equivalence
 @pytest.mark.parametrize(
-    ("n_adapters", "max_loras", "kv_tokens", "rate", "seed"),
+    ("n_adapters", "max_loras", "kv_tokens", "rate", "seed", "max_seqs", "mbt"),
     [
-        (6, 2, 40_000, 3.0, 1),  # skip rule in saturation
-        (8, 3, 2_400, 2.0, 2),  # tiny KV: preemption storms
-        (12, 4, 6_000, 4.0, 3),  # both
-        (3, 3, 100_000, 0.5, 4),  # light load
+        (6, 2, 40_000, 3.0, 1, 256, 2048),  # skip rule in saturation
+        (8, 3, 2_400, 2.0, 2, 256, 2048),  # tiny KV: preemption storms
+        (12, 4, 6_000, 4.0, 3, 256, 2048),  # both
+        (3, 3, 100_000, 0.5, 4, 256, 2048),  # light load
+        (5, 2, 8_000, 2.0, 5, 8, 64),  # small budget: long chunked prefills; max_num_seqs binds
+        (7, 7, 3_000, 3.0, 6, 16, 128),  # every limit at once
+        (6, 2, 20_000, 4.0, 7, 64, 512),  # with a client-side cap (max_outstanding = 40)
     ],
 )
-def test_core_matches_literal_vllm_scheduler(n_adapters, max_loras, kv_tokens, rate, seed):
+def test_core_matches_literal_vllm_scheduler(n_adapters, max_loras, kv_tokens, rate, seed, max_seqs, mbt):
+    from dataclasses import replace
+
     wl = _workload([rate] * n_adapters, 20.0, seed, max_total=1024, max_in=512)
-    cfg = _cfg(n_adapters, max_loras, kv_tokens, max_model_len=1024)
+    cfg = _cfg(n_adapters, max_loras, kv_tokens, max_model_len=1024, max_num_seqs=max_seqs, mbt=mbt)
+    if seed == 7:
+        cfg = replace(cfg, max_outstanding=40)
     step_of_arrival = np.floor(wl.arrival_s / 0.05).astype(int)  # 20 steps per simulated second
     stats = _lockstep(cfg, wl, step_of_arrival, 800)
     assert stats["admitted"] > 0 and stats["finished"] > 0
+    if cfg.max_outstanding is not None:
+        assert stats["rejected"] > 0
     if kv_tokens <= 6_000:
         assert stats["preempted"] > 0, "the tiny-KV case must exercise preemption"
     if max_loras < n_adapters:

@@ -979,6 +979,7 @@ class _Runner:
         self.max_used = 0
         self.max_tokens = 0
         self.explicit = 0
+        self.slopes: dict[tuple[int, int, int], float | None] = {}
         self.done = False
 
     def next_arrival(self) -> float:
@@ -1019,6 +1020,7 @@ class _Runner:
         check = core.check
         ff = self.fast_forward
         na = self.n_arrived
+        slopes = self.slopes
         explicit = self.explicit
         sched_s = self.sched_s
         load_tot = self.load_s
@@ -1077,11 +1079,18 @@ class _Runner:
             if kc <= 0:
                 continue
             st0 = dt - ov - plan[14]
-            # the step time is affine in the context tokens, which grow by one per decoder per step
-            st1 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + plan[2])
-            st2 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + 2 * plan[2])
-            delta = st1 - st0
-            if abs((st2 - st1) - delta) > 1e-9 * st0 or delta < 0.0:
+            # The step time is affine in the context tokens, which grow by one per decoder per step:
+            # its slope per step depends on the batch composition only (cached; None = not affine).
+            key = (num_seqs, n_act, plan[5])
+            delta = slopes.get(key, -1.0)
+            if delta is not None and delta < 0.0:
+                st1 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + plan[2])
+                st2 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + 2 * plan[2])
+                delta = st1 - st0
+                if abs((st2 - st1) - delta) > 1e-9 * st0 or delta < 0.0:
+                    delta = None
+                slopes[key] = delta
+            if delta is None:
                 continue  # not affine (or decreasing) in the context: no closed form, go step by step
             j0 = 0
             while True:
