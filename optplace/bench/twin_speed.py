@@ -220,13 +220,11 @@ def _print(s: dict[str, Any], rows: list[SpeedRow]) -> None:
 
     con = Console()
     t = Table(title=f"Twin speed on {s['runs']} reference configurations ({s['selection']}), one core")
-    for c in ("model", "slots", "served", "req/s", "arrivals", "steps", "max waiting", "engine s", "workload s",
-              "sim s / wall s"):
+    for c in ("model", "slots", "served", "req/s", "arrivals", "steps", "wall s", "CPU s", "sim/wall"):
         t.add_column(c, justify="right")
     for x in sorted(rows, key=lambda x: x.engine_wall_s):
-        t.add_row(x.model[:5], str(x.max_loras), str(x.served), f"{x.aggregate_rate_rps:.1f}", f"{x.arrivals:,}",
-                  f"{x.steps:,}", f"{x.max_waiting:,}", f"{x.engine_wall_s:.2f}", f"{x.workload_wall_s:.2f}",
-                  f"{x.speedup:,.0f}")
+        t.add_row(x.model[:5], str(x.max_loras), str(x.served), f"{x.aggregate_rate_rps:.1f}", f"{x.arrivals / 1e3:.0f}k",
+                  f"{x.steps / 1e3:.0f}k", f"{x.engine_wall_s:.2f}", f"{x.engine_cpu_s:.2f}", f"{x.speedup:.0f}")
     con.print(t)
     con.print(
         f"simulated s per wall s: median {s['sim_s_per_wall_s_median']:,.0f}, worst {s['sim_s_per_wall_s_worst']:,.0f}\n"
