@@ -6,7 +6,8 @@ token after ``ttft_s`` and then every ``token_s``; a client disconnect aborts th
 
 Run as a script, it is a stand-in for ``vllm serve`` that the launcher tests start:
 ``python vllm_helpers.py MODE PORT`` with MODE ``ok`` (serves /health), ``oom`` (prints vLLM's
-KV-cache error and exits 1), ``fail`` (prints a traceback and exits 1), ``hang`` (never listens).
+KV-cache error and exits 1), ``fail`` (prints a traceback and exits 1), ``hang`` (never listens), ``openai`` (a ``FakeVllm``
+serving the adapters named after the port, ``--lora-modules`` style ``name=path`` also accepted).
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ class FakeVllm:
     broken_metrics: bool = False
     _server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str = "127.0.0.1") -> str:
-        self._server = await asyncio.start_server(self._handle, host, 0)
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._server = await asyncio.start_server(self._handle, host, port)
         port = self._server.sockets[0].getsockname()[1]
         return f"http://{host}:{port}"
 
@@ -182,3 +183,10 @@ if __name__ == "__main__":
         sys.exit(1)
     elif mode == "hang":
         time.sleep(3600)
+    elif mode == "openai":
+        async def serve() -> None:
+            fake = FakeVllm(adapters=tuple(a.split("=")[0] for a in sys.argv[3:]), ttft_s=0.005, token_s=0.002)
+            await fake.start(port=port)
+            await asyncio.Event().wait()
+
+        asyncio.run(serve())
