@@ -264,6 +264,18 @@ def test_core_matches_literal_vllm_scheduler(n_adapters, max_loras, kv_tokens, r
         assert stats["max_loras_hit"] > 0
 
 
+def test_core_matches_literal_scheduler_with_bulk_rejections():
+    # ~120 arrivals per step against a cap of 60 outstanding: rejections in bulk and long runs of
+    # rejected requests in every adapter queue (the NumPy paths of the cap)
+    from dataclasses import replace
+
+    wl = _workload([20.0] * 6, 20.0, 9, max_total=1024, max_in=512)
+    cfg = replace(_cfg(6, 2, 30_000, max_model_len=1024, max_num_seqs=64, mbt=512), max_outstanding=60)
+    step_of_arrival = np.floor(wl.arrival_s).astype(int)  # one step per simulated second
+    stats = _lockstep(cfg, wl, step_of_arrival, 400)
+    assert stats["rejected"] > 1000 and stats["finished"] > 0
+
+
 # --------------------------------------------------------------------------- schedule() unit tests
 def _tiny(arrivals, adapters, inputs, outputs):
     return _WL(

@@ -398,12 +398,14 @@ class EngineCore:
         counts = np.bincount(adapter, minlength=n_adapters) if adapter.size else np.zeros(n_adapters, np.int64)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         self.aq: list[array[int]] = [_i64(order[bounds[a] : bounds[a + 1]]) for a in range(n_adapters)]
+        self.aq_np = [order[bounds[a] : bounds[a + 1]] for a in range(n_adapters)]  # views, for bulk skips
         pos = np.empty(self.n, dtype=np.int64)
         pos[order] = np.arange(self.n) - np.repeat(bounds[:-1], counts)
         self.pos = _i64(pos)  # position of each request in its adapter's queue
         self.cap = cfg.max_outstanding
         self.dropped = bytearray(self.n)
         self.n_dropped = 0
+        self.n_adapters = n_adapters
         self.n_seen = 0
         self.rejected = [0] * n_adapters
         self.ahead = [0] * n_adapters
@@ -469,14 +471,22 @@ class EngineCore:
         first_drop = seen + max(cap - outstanding, 0)
         if first_drop >= n_arrived:
             return
-        adm = self.admitted
-        dropped = self.dropped
-        adapter = self.adapter
         rej = self.rejected
-        for r in range(first_drop, n_arrived):
-            adm[r] = 1  # out of the waiting queue for good
-            dropped[r] = 1
-            rej[adapter[r]] += 1
+        if n_arrived - first_drop > 32:
+            # bulk rejection (overloaded client): flag the range through NumPy views
+            np.frombuffer(self.admitted, dtype=np.uint8)[first_drop:n_arrived] = 1
+            np.frombuffer(self.dropped, dtype=np.uint8)[first_drop:n_arrived] = 1
+            cnt = np.bincount(self.np_adapter[first_drop:n_arrived], minlength=self.n_adapters)
+            for a in np.flatnonzero(cnt).tolist():
+                rej[a] += int(cnt[a])
+        else:
+            adm = self.admitted
+            dropped = self.dropped
+            adapter = self.adapter
+            for r in range(first_drop, n_arrived):
+                adm[r] = 1  # out of the waiting queue for good
+                dropped[r] = 1
+                rej[adapter[r]] += 1
         self.n_dropped += n_arrived - first_drop
 
     def _active_head(self) -> int:
@@ -505,8 +515,23 @@ class EngineCore:
         """Set adapter ``a``'s queue head to position ``h`` (skipping rejected requests); push it."""
         q = self.aq[a]
         dropped = self.dropped
-        while h < len(q) and dropped[q[h]]:
+        n_q = len(q)
+        k = 0
+        while h < n_q and dropped[q[h]]:
             h += 1
+            k += 1
+            if k == 16 and h < n_q and dropped[q[h]]:
+                # a long run of rejected requests: search it in chunks with NumPy
+                drop_np = np.frombuffer(dropped, dtype=np.uint8)
+                qn = self.aq_np[a]
+                while h < n_q:
+                    nz = np.flatnonzero(drop_np[qn[h : h + 512]] == 0)
+                    if nz.size:
+                        h += int(nz[0])
+                        break
+                    h += 512
+                h = min(h, n_q)
+                break
         self.ahead[a] = h
         if h < len(q) and self.run_count[a] > 0:
             heapq.heappush(self.active_heap, q[h])
