@@ -103,24 +103,36 @@ def _workload(run_: Any, seed: int):
     )
 
 
-def _config(run_: Any):
+def _config(run_: Any, client_cap: int | None = None):
+    from dataclasses import replace
+
     from optplace.specs import resolve_profile
     from optplace.twin.engine import engine_config_from_profile
 
     prof = resolve_profile(model=run_.model, gpu=GPU)
-    return engine_config_from_profile(
+    cfg = engine_config_from_profile(
         prof, run_.adapter_ranks, run_.max_loras, max_cpu_loras=run_.max_cpu_loras, max_lora_rank=run_.max_lora_rank,
         max_num_seqs=2048, max_num_batched_tokens=2048,
     )
+    return cfg if client_cap is None else replace(cfg, max_outstanding=client_cap)
 
 
-def time_run(run_: Any, seed: int = 0) -> SpeedRow:
+def _client_cap() -> int:
+    try:
+        from optplace.bench.fidelity import CLIENT_MAX_OUTSTANDING
+
+        return int(CLIENT_MAX_OUTSTANDING)
+    except (ImportError, AttributeError):
+        return 26_500  # the reference harness's outstanding-request ceiling (see bench.fidelity)
+
+
+def time_run(run_: Any, seed: int = 0, client_cap: int | None = None) -> SpeedRow:
     """Generate the run's workload and simulate it, timing both (single process)."""
     from optplace.twin.engine import simulate_engine
 
     t0 = time.perf_counter()
     wl = _workload(run_, seed)
-    cfg = _config(run_)
+    cfg = _config(run_, client_cap)
     t1 = time.perf_counter()
     c1 = time.process_time()
     res = simulate_engine(cfg, wl)
@@ -136,11 +148,11 @@ def time_run(run_: Any, seed: int = 0) -> SpeedRow:
     )
 
 
-def _peak_python_alloc_mib(run_: Any, seed: int) -> float:
+def _peak_python_alloc_mib(run_: Any, seed: int, cap: int | None = None) -> float:
     from optplace.twin.engine import simulate_engine
 
     wl = _workload(run_, seed)
-    cfg = _config(run_)
+    cfg = _config(run_, cap)
     tracemalloc.start()
     try:
         simulate_engine(cfg, wl)
@@ -151,8 +163,13 @@ def _peak_python_alloc_mib(run_: Any, seed: int) -> float:
 
 
 def run(json: bool = False, *, full: bool = False, stride: int = 8, seed: int = 0, limit: int | None = None,
-        trace_memory: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Run the speed benchmark, print its figures (a table, or JSON when ``json``) and return them."""
+        trace_memory: bool = True, progress: bool = True, client_cap: bool = False) -> dict[str, Any]:
+    """Run the speed benchmark, print its figures (a table, or JSON when ``json``) and return them.
+
+    ``client_cap=True`` replays with the reference harness's cap on outstanding requests, as
+    ``bench fidelity`` does (more steps, fewer waiting requests); the default is the plain engine.
+    """
+    cap = _client_cap() if client_cap else None
     from optplace.bench.reference import load_dt_validation
 
     runs = [r for r in load_dt_validation(statuses=frozenset({"ok"}))]
@@ -162,7 +179,7 @@ def run(json: bool = False, *, full: bool = False, stride: int = 8, seed: int = 
     rows: list[SpeedRow] = []
     t0 = time.perf_counter()
     for i, r in enumerate(chosen):
-        rows.append(time_run(r, seed))
+        rows.append(time_run(r, seed, cap))
         if progress and not json:
             sys.stderr.write(f"\r  twin-speed: {i + 1}/{len(chosen)} runs, {time.perf_counter() - t0:.0f} s")
             sys.stderr.flush()
@@ -174,13 +191,14 @@ def run(json: bool = False, *, full: bool = False, stride: int = 8, seed: int = 
     peak_alloc = None
     if trace_memory:
         run_l = next(r for r in chosen if r.run_id == largest.run_id)
-        peak_alloc = _peak_python_alloc_mib(run_l, seed)
+        peak_alloc = _peak_python_alloc_mib(run_l, seed, cap)
     wph = [x.wall_per_hour for x in rows]
     cph = [x.cpu_per_hour for x in rows]
     wphw = [x.wall_per_hour_with_workload for x in rows]
     sp = [x.speedup for x in rows]
     summary: dict[str, Any] = {
         "runs": len(rows),
+        "client_cap": cap,
         "selection": "all dt_validation runs with results" if full else f"spread (stride {stride}) + heaviest per group",
         "sim_s_per_wall_s_median": statistics.median(sp),
         "sim_s_per_wall_s_worst": min(sp),
@@ -219,7 +237,8 @@ def _print(s: dict[str, Any], rows: list[SpeedRow]) -> None:
     from rich.table import Table
 
     con = Console()
-    t = Table(title=f"Twin speed on {s['runs']} reference configurations ({s['selection']}), one core")
+    cap = "" if s["client_cap"] is None else f", client cap {s['client_cap']:,}"
+    t = Table(title=f"Twin speed on {s['runs']} reference configurations ({s['selection']}{cap}), one core")
     for c in ("model", "slots", "served", "req/s", "arrivals", "steps", "wall s", "CPU s", "sim/wall"):
         t.add_column(c, justify="right")
     for x in sorted(rows, key=lambda x: x.engine_wall_s):
