@@ -457,6 +457,15 @@ def test_same_workload_same_result_and_seed_matters():
     assert a.completed != c.completed or a.itl_ms_mean != c.itl_ms_mean
 
 
+def test_empty_workload_and_too_long_requests():
+    empty = _WL(np.zeros(0), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64), 60.0)
+    res = simulate_engine(_cfg(2, 1, 10_000, max_model_len=2048), empty, check=True)
+    assert res.finished == 0 and sum(res.arrived) == 0 and res.steps == 0 and not res.oom
+    too_long = _tiny([0.0], [0], [1500], [600])
+    with pytest.raises(ValueError, match=r"2100 tokens, more than max_model_len \(2048\)"):
+        simulate_engine(_cfg(1, 1, 10_000, max_model_len=2048), too_long)
+
+
 def test_config_errors_quote_both_values():
     with pytest.raises(ValueError, match=r"max_num_batched_tokens \(512\) must be >= max_num_seqs \(1024\)"):
         _cfg(2, 2, 10_000, max_num_seqs=1024, mbt=512)

@@ -376,6 +376,12 @@ class EngineCore:
         out = np.asarray(wl.output_tokens, dtype=np.int64)
         if inp.size and (inp.min() < 1 or out.min() < 1):
             raise ValueError("request lengths must be >= 1 token")
+        if inp.size and int((inp + out).max()) > cfg.max_model_len:
+            # vLLM's API server refuses these (prompt + max_tokens > max_model_len); a twin that
+            # admitted one could preempt it forever
+            raise ValueError(
+                f"a request needs {int((inp + out).max())} tokens, more than max_model_len ({cfg.max_model_len})"
+            )
         self.n = int(arr.size)
         # Per-request columns as array.array: built by memcpy (no million Python objects up front,
         # which dominated the set-up of the heaviest runs) and indexed as fast as lists.
