@@ -420,6 +420,7 @@ async def replay(
     rng = np.random.default_rng(seed)
     loop = asyncio.get_running_loop()
     wall0 = time.monotonic()
+    before = {ep.gpu: await _scrape(ep, 5.0) for ep in endpoints}
     t0 = loop.time() + lead_s
     clock = lambda: loop.time() - t0  # noqa: E731 - seconds since the window start
     streams: list[_Stream | None] = [None] * len(arrival)
@@ -427,8 +428,6 @@ async def replay(
     targets: list[Endpoint | None] = [None] * len(arrival)
     tasks: dict[int, asyncio.Task[None]] = {}
     samples: list[Sample] = []
-
-    before = {ep.gpu: await _scrape(ep, 5.0) for ep in endpoints}
 
     async def one(i: int, ep: Endpoint, body: bytes) -> None:
         st = streams[i]
@@ -501,6 +500,9 @@ async def replay(
         await asyncio.gather(*background, *tasks.values(), return_exceptions=True)
         if prog_ctx is not None:
             prog_ctx.stop()
+    crashed = [t.exception() for t in background if not t.cancelled() and t.exception() is not None]
+    if crashed:  # a bug in the dispatcher or sampler must not pass for an idle server
+        raise crashed[0]
 
     records = []
     for i, st in enumerate(streams):
