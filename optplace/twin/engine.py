@@ -53,7 +53,10 @@ implement the FCFS scan with the skip rule without scanning the waiting list; de
 stored lazily (computed tokens = base + step index), so a step costs O(1) plus O(admissions +
 completions + preemptions); block boundaries are counted per phase (computed mod block_size);
 completions are bucketed by step index; runs of steps in which nothing is admitted, completed or
-preempted are jumped in closed form until the next arrival, completion or KV limit.
+preempted are jumped in closed form (the step time is affine in the context tokens, checked) until
+the next completion, the KV limit, or an arrival that could be admitted (arrivals of adapters that
+cannot enter the full adapter set only change the scheduler overhead); per-request columns are
+``array.array`` copies of the workload (no per-request Python objects up front).
 """
 
 from __future__ import annotations
@@ -1020,19 +1023,6 @@ class _Runner:
     def idle(self) -> bool:
         c = self.core
         return not c.running and c.num_waiting(self.n_arrived) == 0
-
-    def _dt(self, plan: StepPlan) -> tuple[float, float]:
-        mean_rank = plan.rank_sum / plan.distinct_adapters if plan.distinct_adapters else 0.0
-        st = self.step_time.step_s(
-            plan.num_seqs, plan.prefill_tokens, plan.decode_tokens, plan.distinct_adapters, mean_rank,
-            plan.context_tokens,
-        )
-        ov = (
-            self.overhead.overhead_s(plan.num_running, plan.num_waiting, self.core.cfg.max_loras, self.served)
-            if self.overhead is not None
-            else 0.0
-        )
-        return st + ov + plan.load_s, ov
 
     def run_until(self, horizon: float) -> None:
         """Run steps while the engine has work, until simulated time reaches ``horizon``."""
