@@ -631,6 +631,8 @@ class EngineCore:
             else:
                 h = self._active_head()
                 cand = 0 <= h < n_arrived
+                # (the admission loop below calls _active_head again: it is idempotent and cheap
+                # once stale entries are gone)
             if not cand or len(running) >= cfg.max_num_seqs or budget <= n_dec:
                 self.used = used + need
                 plan = StepPlan(
@@ -1123,7 +1125,8 @@ class _Runner:
                 stop = k < k_arr  # stopped by a completion or the window end
                 if k > 0:
                     free = core.total_blocks - core.used
-                    if core.blocks_needed(k) > free:
+                    need = core.blocks_needed(k)
+                    if need > free:
                         lo, hi = 0, k
                         while lo < hi:
                             mid = (lo + hi + 1) // 2
@@ -1132,10 +1135,12 @@ class _Runner:
                             else:
                                 hi = mid - 1
                         k = lo
+                        need = core.blocks_needed(k)
                         stop = True
                     if k > 0:
                         span = _cum(k, d, delta)
-                        core.skip_decode_steps(k)
+                        core.used += need
+                        core.step += k
                         sched_s += ov * k
                         run_area += nr * span
                         wait_area += nw * span
