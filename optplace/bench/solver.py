@@ -19,7 +19,7 @@ from typing import Any
 SIZES = (100, 500, 1000, 5000, 10000)
 RANKS = ((8, 16), (8, 16, 32))
 SKEWS = ("uniform", "zipf")
-MEAN_RATE = 0.1
+MEAN_RATE = 0.5
 ZIPF_S = 0.6
 
 

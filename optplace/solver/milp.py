@@ -160,12 +160,12 @@ def solve_master_pulp(columns: Sequence[Column], need: Sequence[int], avail: Seq
 # column generation on the LP relaxation (HiGHS directly)
 
 class _PricingFamily:
-    __slots__ = ("gtype", "rank_max", "slots", "kind", "c1", "c2", "w2", "allowed")
+    __slots__ = ("gtype", "rank_max", "slots", "kind", "c1", "c2", "w1", "w2", "allowed")
 
-    def __init__(self, gtype: int, rank_max: int, slots: int, kind: str, c1: float, c2: float, w2: np.ndarray,
-                 allowed: np.ndarray) -> None:
+    def __init__(self, gtype: int, rank_max: int, slots: int, kind: str, c1: float, c2: float, w1: np.ndarray,
+                 w2: np.ndarray, allowed: np.ndarray) -> None:
         self.gtype, self.rank_max, self.slots, self.kind = gtype, rank_max, slots, kind
-        self.c1, self.c2, self.w2, self.allowed = c1, c2, w2, allowed
+        self.c1, self.c2, self.w1, self.w2, self.allowed = c1, c2, w1, w2, allowed
 
 
 def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFamily]:
@@ -179,11 +179,16 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
             cap = an.slot_cap(t.index, rmax)
             for L in [L for L in SLOT_GRID if L <= cap]:
                 lam, svc = an.linear_limits(t.index, rmax, L)
-                out.append(_PricingFamily(t.index, rmax, L, "all", lam, float(L), np.ones_like(lam_c), allowed))
+                out.append(_PricingFamily(t.index, rmax, L, "all", lam, float(L), lam_c, np.ones_like(lam_c),
+                                          allowed))
                 p = -np.expm1(-lam_c * svc)
-                for kap in (0.5 * an.kappa, an.kappa):
-                    f = 1.0 / (1.0 + ROTATION * kap)
-                    out.append(_PricingFamily(t.index, rmax, L, "rot", lam * f, kap * L, p, allowed))
+                # Rotation loss load ≤ λ*/(1 + ROTATION·A/L) is convex in A: its tangents at A0 are
+                # conservative linear cuts load + s·A ≤ b (columns stay feasible).
+                for a0 in (0.25 * an.kappa * L, 0.5 * an.kappa * L, 0.8 * an.kappa * L):
+                    q = 1.0 + ROTATION * a0 / L
+                    s_ = lam * ROTATION / L / (q * q)
+                    b = lam / q + s_ * a0
+                    out.append(_PricingFamily(t.index, rmax, L, "rot", b, an.kappa * L, lam_c + s_ * p, p, allowed))
     return out
 
 
@@ -194,18 +199,19 @@ def _price(fam: _PricingFamily, pi: np.ndarray, lam_c: np.ndarray, need: np.ndar
     a = np.zeros(len(pi), dtype=np.int64)
     if cand.size == 0:
         return 0.0, a
-    dens = val[cand] / (lam_c[cand] / max(fam.c1, 1e-12) + fam.w2[cand] / max(fam.c2, 1e-12) + 1e-15)
+    w1 = fam.w1
+    dens = val[cand] / (w1[cand] / max(fam.c1, 1e-12) + fam.w2[cand] / max(fam.c2, 1e-12) + 1e-15)
     r1, r2 = fam.c1, fam.c2
     for c in cand[np.argsort(-dens, kind="stable")]:
         k = int(need[c])
-        if lam_c[c] > 0:
-            k = min(k, int(math.floor(r1 / lam_c[c] + 1e-9)))
+        if w1[c] > 0:
+            k = min(k, int(math.floor(r1 / w1[c] + 1e-9)))
         if fam.w2[c] > 0:
             k = min(k, int(math.floor(r2 / fam.w2[c] + 1e-9)))
         if k <= 0:
             continue
         a[c] = k
-        r1 -= k * lam_c[c]
+        r1 -= k * w1[c]
         r2 -= k * fam.w2[c]
     return float(np.dot(val, a)), a
 
@@ -289,7 +295,7 @@ def map_columns(problem: Problem, oracle: CapacityOracle, columns: Sequence[Colu
 @dataclass(frozen=True, slots=True)
 class MilpOutcome:
     gpus: list[GpuAssignment]
-    duals: tuple[tuple[Any, ...], np.ndarray] | None  # (classes, their LP duals)
+    duals: tuple[tuple[Any, ...], list[np.ndarray]] | None  # (classes, dual vectors for the bound)
     log: list[str]
 
 
@@ -342,44 +348,57 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     warm_value = sum(weights[columns[p].gtype] * k for p, k in warm.items())
     history: list[float] = []
     integral = len(set(weights)) == 1
+    # Dual stabilisation (Wentges smoothing): price at a mix of the LP duals and a stability centre,
+    # the best duals seen by the (heuristic) Farley value; the pattern LP is very degenerate at an
+    # integral warm start, and pricing at the raw LP duals alone stalls.
+    w_min = min(weights)
+
+    def farley(pi_: np.ndarray) -> tuple[float, list[tuple[float, np.ndarray, _PricingFamily]]]:
+        priced = [(*_price(f, pi_, lam_c, need), f) for f in fams]
+        ratio = min((weights[f.gtype] / v for v, _, f in priced if v > 0), default=math.inf)
+        return (float(np.dot(pi_, need)) * ratio if math.isfinite(ratio) else 0.0), priced
+
+    center = lam_c * (1.0 / max(lam_c.max(), 1e-12))
+    f_center, _ = farley(center)
+    center = center * (f_center / max(float(np.dot(center, need)), 1e-12))
     while time.perf_counter() - t0 < cg_budget and it < 300:
         it += 1
         lp_obj, pi, mu = lp.solve()
         duals = np.maximum(pi, 0.0)
         history.append(lp_obj)
-        # Stop when the LP cannot improve on the warm start any more (integral objective: the
-        # rounded-up LP value already equals it) or has tailed off (< 0.2 % in 15 rounds).
-        if integral and math.ceil(lp_obj / weights[0] - 1e-6) * weights[0] >= warm_value - 1e-9 and it % 5 == 2:
-            from .bound import lagrangian_bound
-            lb = lagrangian_bound(problem, an, duals, weights)
-            if math.ceil(lb / weights[0] - 1e-6) * weights[0] >= warm_value - 1e-9:
-                log.append(f"stopped: the Lagrangian bound {lb:.3f} proves the warm start optimal")
-                break
-        if len(history) > 10 and history[-11] - lp_obj < 0.002 * max(lp_obj, 1e-9):
+        if integral and math.ceil(f_center / w_min - 1e-6) * w_min >= warm_value - 1e-9:
+            log.append(f"stopped: the dual value {f_center:.3f} rounds up to the warm start's")
             break
-        found: list[tuple[float, Column]] = []
-        for fam in fams:
-            val, a = _price(fam, duals, lam_c, need)
-            red = weights[fam.gtype] - mu[fam.gtype] - val
-            if red < -1e-7 * max(1.0, weights[fam.gtype]):
-                found.append((red, Column(fam.gtype, fam.rank_max, fam.slots, tuple(int(v) for v in a))))
-        if not found:
+        if len(history) > 40 and history[-41] - lp_obj < 0.002 * max(lp_obj, 1e-9):
             break
-        found.sort(key=lambda f: f[0])
         added = 0
-        for _, col in found:
-            if col in seen:
-                continue
-            mix = Mix.of_counts(classes, col.counts)
-            if not oracle_check(an, col, mix):
-                continue
-            add(col)
-            lp.add(col, weights[col.gtype])
-            added += 1
-            if added >= 25:
+        for alpha in (0.5, 0.0):
+            pi_s = alpha * center + (1.0 - alpha) * duals
+            f_s, priced = farley(pi_s)
+            if f_s > f_center:
+                center, f_center = pi_s, f_s
+            found: list[tuple[float, Column]] = []
+            for _, a, fam in priced:
+                red = weights[fam.gtype] - mu[fam.gtype] - float(np.dot(duals, a))
+                if red < -1e-7 * max(1.0, weights[fam.gtype]):
+                    found.append((red, Column(fam.gtype, fam.rank_max, fam.slots, tuple(int(v) for v in a))))
+            found.sort(key=lambda f: f[0])
+            for _, col in found:
+                if col in seen:
+                    continue
+                mix = Mix.of_counts(classes, col.counts)
+                if not oracle_check(an, col, mix):
+                    continue
+                add(col)
+                lp.add(col, weights[col.gtype])
+                added += 1
+                if added >= 25:
+                    break
+            if added:
                 break
         if added == 0:
             break
+    dual_sets = [d for d in (duals, center) if d is not None]
     log.append(f"column generation: {it} LP rounds, {len(columns)} columns, LP value {lp_obj:.3f} "
                f"({time.perf_counter() - t0:.2f} s)")
 
@@ -396,7 +415,7 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
         log.append(f"{len(bad)} mapped GPUs rejected by the {oracle.name} oracle; keeping the warm start")
         gpus = map_columns(problem, oracle, columns, warm)
     gpus = consolidate(problem, oracle, gpus)
-    return MilpOutcome(gpus, None if duals is None else (problem.classes, duals), log)
+    return MilpOutcome(gpus, (problem.classes, dual_sets) if dual_sets else None, log)
 
 
 def oracle_check(an: AnalyticCapacity, col: Column, mix: Mix) -> bool:
