@@ -21,9 +21,12 @@ import pytest
 __all__ = ["vllm_available", "tiny_model", "tiny_adapters", "vllm_server_env", "start_vllm"]
 
 # VLLM_CPU_KVCACHE_SPACE (legacy) would override --kv-cache-memory-bytes, and vLLM fails on an empty value: unset it
-SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": None, "OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+# VLLM_ENABLE_V1_MULTIPROCESSING=0 with --distributed-executor-backend uni (FAST_START) runs the worker
+# inside the engine-core process: one Python process fewer to import vLLM in, ~35 % faster starts here.
+SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": None, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 KV_1GIB = ("--kv-cache-memory-bytes", str(2**30))
+FAST_START = ("--distributed-executor-backend", "uni")
 START_TIMEOUT_S = float(os.environ.get("OPTPLACE_VLLM_START_TIMEOUT", "240"))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest_vllm import KV_1GIB, START_TIMEOUT_S, start_vllm, tiny_adapters, tiny_model, vllm_available, vllm_server_env  # noqa: F401
+from conftest_vllm import FAST_START, KV_1GIB, START_TIMEOUT_S, start_vllm, tiny_adapters, tiny_model, vllm_available, vllm_server_env  # noqa: F401
 from optplace.vllm.deploy import DeployOptions, build_deployment, write_deployment
 from optplace.vllm.launcher import classify_startup_failure, pick_free_port
 from optplace.vllm.loadgen import Endpoint, run_replay
@@ -41,7 +41,7 @@ def test_deployed_command_serves_two_adapters_and_replay_measures_it(tiny_model,
     port = pick_free_port()
     # the default `vllm serve` form, as deploy writes it for GPUs (the install script's shim makes it run)
     dep = build_deployment(tiny_plan(tiny_model.path, ["a0", "a1"], 2),
-                           DeployOptions(adapters_dir=tiny_adapters, base_port=port, pin_gpus=False, extra_args=KV_1GIB))
+                           DeployOptions(adapters_dir=tiny_adapters, base_port=port, pin_gpus=False, extra_args=KV_1GIB + FAST_START))
     write_deployment(dep, tmp_path / "deploy")
     argv = shlex.split((tmp_path / "deploy" / "gpu0.cmd").read_text())  # the generated command, parsed back
     assert argv[:2] == ["vllm", "serve"]
@@ -87,7 +87,7 @@ def test_generated_launch_script_reports_a_kv_cache_oom_at_start(tiny_model, tin
     port = pick_free_port()
     dep = build_deployment(tiny_plan(tiny_model.path, ["a0"], 1),
                            DeployOptions(adapters_dir=tiny_adapters, entrypoint="api-server", python=sys.executable,
-                                         base_port=port, pin_gpus=False, extra_args=("--kv-cache-memory-bytes", str(2**20))))
+                                         base_port=port, pin_gpus=False, extra_args=("--kv-cache-memory-bytes", str(2**20), *FAST_START)))
     write_deployment(dep, tmp_path)
     env = {k: v for k, v in {**os.environ, **vllm_server_env}.items() if v is not None}
     env["OPTPLACE_START_TIMEOUT"] = str(int(START_TIMEOUT_S))
