@@ -73,6 +73,10 @@ class RunResult:
     completed: int | None
     arrivals: int | None
     preemptions: int | None
+    mean_running: float | None
+    mean_waiting: float | None
+    adapter_loads: int | None
+    rejected: int | None
     sim_wall_s: float
 
 
@@ -106,7 +110,8 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
                 max_cpu_loras=run_.max_cpu_loras, max_lora_rank=run_.max_lora_rank)
     if status != "ok":
         return RunResult(**base, oom=True, total_throughput=None, offered_tok_s=None, mean_itl_ms=None,
-                         completed=None, arrivals=None, preemptions=None, sim_wall_s=time.perf_counter() - t0)
+                         completed=None, arrivals=None, preemptions=None, mean_running=None, mean_waiting=None,
+                         adapter_loads=None, rejected=None, sim_wall_s=time.perf_counter() - t0)
 
     from optplace.specs.model import PoissonArrivals, ShareGptLengths
     from optplace.twin.engine import engine_config_from_profile, simulate_engine
@@ -150,7 +155,9 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
     return RunResult(**base, oom=False, total_throughput=float(thr), offered_tok_s=float(offered),
                      mean_itl_ms=None if itl is None or not math.isfinite(float(itl)) else float(itl),
                      completed=None if completed is None else int(completed), arrivals=int(len(wl.arrival_s)),
-                     preemptions=_get(res, "preemptions"), sim_wall_s=time.perf_counter() - t0)
+                     preemptions=_get(res, "preemptions"), mean_running=_get(res, "mean_running"),
+                     mean_waiting=_get(res, "mean_waiting"), adapter_loads=_get(res, "adapter_loads"),
+                     rejected=int(sum(_get(res, "rejected", default=()) or ())), sim_wall_s=time.perf_counter() - t0)
 
 
 def _take(wl: Any, idx: np.ndarray) -> Any:
@@ -210,6 +217,9 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
             "max_cpu_loras": r.max_cpu_loras, "real_tok_s": r.total_throughput, "twin_tok_s": thr,
             "ape_pct": _ape(thr or 0.0, r.total_throughput),
             "real_itl_ms": r.mean_itl_ms, "twin_itl_ms": t.mean_itl_ms,
+            "real_running": r.mean_running, "twin_running": t.mean_running,
+            "real_waiting": r.mean_waiting, "twin_waiting": t.mean_waiting,
+            "real_preemptions": r.preemptions_in_window, "twin_preemptions": t.preemptions,
             "itl_ape_pct": _ape(t.mean_itl_ms, r.mean_itl_ms) if t.mean_itl_ms and r.mean_itl_ms else None,
             "real_starved": bool(r.starved), "twin_starved": bool(tw_starved), "twin_oom": t.oom,
             "real_loss": r.throughput_loss_frac,
@@ -270,11 +280,18 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
 
 def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | None = None,
         models: Sequence[str] | None = None, ref_dir: str | None = None, progress: bool = True,
-        condition_on_arrivals: bool = True, client_cap: bool = True) -> dict[str, Any]:
-    """Run the fidelity benchmark, print the figures (a table, or JSON when ``json``) and return them."""
+        condition_on_arrivals: bool = True, client_cap: bool = True,
+        select: Callable[[RefRun], bool] | None = None) -> dict[str, Any]:
+    """Run the fidelity benchmark, print the figures (a table, or JSON when ``json``) and return them.
+
+    ``models``, ``select`` (a predicate on :class:`RefRun`) and ``limit`` restrict the runs (for quick
+    checks); the acceptance figures are those of the full set.
+    """
     runs = load_dt_validation(ref_dir)
     if models:
         runs = [r for r in runs if r.model in set(models)]
+    if select is not None:
+        runs = [r for r in runs if select(r)]
     if limit is not None:
         runs = runs[:limit]
     opts = (condition_on_arrivals, client_cap)
