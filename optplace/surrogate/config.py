@@ -10,6 +10,7 @@ to process-pool and Ray workers unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Literal
 
 ArrivalKind = Literal["poisson", "gamma", "mmpp"]
@@ -49,10 +50,28 @@ class LengthParams:
     cv_output: float = 1.0
 
     def means(self) -> tuple[float, float]:
-        """Mean (input, output) tokens per request for this length model."""
+        """Expected (input, output) tokens per request after the workload's length filters.
+
+        Uses the twin's exact filtered statistics (``optplace.twin.workload.expected_lengths``), the
+        same numbers the solver computes for a scenario, so training and solving see one feature.
+        """
         if self.kind == "sharegpt":
             return SHAREGPT_MEAN_INPUT_TOKENS, SHAREGPT_MEAN_OUTPUT_TOKENS
+        if self.kind == "lognormal":
+            return _lognormal_means(self.mean_input_tokens, self.mean_output_tokens, self.cv_input, self.cv_output)
         return float(self.mean_input_tokens), float(self.mean_output_tokens)
+
+
+@lru_cache(maxsize=4096)
+def _lognormal_means(mi: float, mo: float, cvi: float, cvo: float) -> tuple[float, float]:
+    try:
+        from optplace.specs.model import LognormalLengths
+        from optplace.twin.workload import expected_lengths
+    except ImportError:  # pragma: no cover - the twin ships with the package
+        return float(mi), float(mo)
+    st = expected_lengths(LognormalLengths(kind="lognormal", mean_input_tokens=float(mi), mean_output_tokens=float(mo),
+                                           cv_input=float(cvi), cv_output=float(cvo)))
+    return float(st.mean_input_tokens), float(st.mean_output_tokens)
 
 
 @dataclass(frozen=True, slots=True)

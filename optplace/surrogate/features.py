@@ -27,6 +27,7 @@ from optplace.surrogate.config import GpuConfig
 SCHEMA_VERSION = 1
 
 RANK_BUCKETS: tuple[int, ...] = (8, 16, 32, 64)
+_BUCKETS = np.asarray(RANK_BUCKETS, dtype=np.float64)
 
 FEATURE_NAMES: tuple[str, ...] = (
     "n_adapters",
@@ -96,10 +97,8 @@ def feature_row_from_parts(
     k = min(int(max_loras), n)
     # partition: the k largest rates without a full sort
     top = float(np.partition(rates, n - k)[n - k :].sum()) if k < n else rate_sum
-    counts = [0, 0, 0, 0]
-    for r in ranks:
-        j = int(np.searchsorted(RANK_BUCKETS, r))
-        counts[min(j, len(RANK_BUCKETS) - 1)] += 1
+    buckets = np.minimum(np.searchsorted(_BUCKETS, rk), len(RANK_BUCKETS) - 1)
+    counts = np.bincount(buckets, minlength=len(RANK_BUCKETS)).tolist()
     tokens = mean_input_tokens + mean_output_tokens
     return np.array(
         [

@@ -88,8 +88,8 @@ class SweepDesign:
     max_adapters: int = 576
     ranks: tuple[int, ...] = (8, 16, 32)
     duration_s: float = 3600.0
-    ref_capacity_tok_s: float = 15000.0
-    load_range: tuple[float, float] = (0.03, 3.0)
+    ref_capacity_tok_s: float = 10000.0
+    load_range: tuple[float, float] = (0.03, 2.0)
     full_slots_share: float = 0.25
     sharegpt_share: float = 0.6
     poisson_share: float = 0.5

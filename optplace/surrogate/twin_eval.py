@@ -1,0 +1,111 @@
+"""The digital twin as a sweep evaluator (``optplace.twin.simulate.simulate_gpu`` on one GPU).
+
+Picklable (a frozen dataclass holding only the profile name and window), so process-pool and Ray
+workers rebuild the profile themselves.  Its identity in a dataset's provenance includes a hash of
+the twin's source files and of the profile, so a dataset records exactly which twin produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from optplace.surrogate.config import GpuConfig, GpuMetrics
+
+_TWIN_FILES = ("engine.py", "steptime.py", "workload.py", "_arrivals.py", "_lengths.py", "simulate.py")
+
+
+@lru_cache(maxsize=None)
+def _profile(name: str) -> Any:
+    from optplace.specs import bundled_profiles, load_profile_file
+
+    if name.endswith(".json"):
+        return load_profile_file(name)
+    profs = bundled_profiles()
+    if name not in profs:
+        raise ValueError(f"unknown profile {name!r}; bundled: {sorted(profs)}")
+    return profs[name]
+
+
+def twin_version() -> str:
+    """optplace version + a short hash of the twin's source files (changes whenever the twin does)."""
+    from optplace import __version__
+
+    h = hashlib.sha256()
+    base = Path(__file__).resolve().parent.parent / "twin"
+    for f in _TWIN_FILES:
+        p = base / f
+        if p.exists():
+            h.update(p.read_bytes())
+    return f"{__version__}+{h.hexdigest()[:12]}"
+
+
+def _specs(config: GpuConfig) -> tuple[Any, Any]:
+    from optplace.specs.model import (GammaArrivals, LognormalLengths, MmppArrivals, PoissonArrivals,
+                                      ShareGptLengths)
+
+    a = config.arrivals
+    if a.kind == "poisson":
+        arr: Any = PoissonArrivals(kind="poisson")
+    elif a.kind == "gamma":
+        arr = GammaArrivals(kind="gamma", cv=float(a.cv))
+    else:
+        arr = MmppArrivals(kind="mmpp", burst_factor=float(a.burst_factor), burst_fraction=float(a.burst_fraction),
+                           mean_burst_s=float(a.mean_burst_s))
+    ln = config.lengths
+    if ln.kind == "sharegpt":
+        lens: Any = ShareGptLengths(kind="sharegpt")
+    elif ln.kind == "lognormal":
+        lens = LognormalLengths(kind="lognormal", mean_input_tokens=float(ln.mean_input_tokens),
+                                mean_output_tokens=float(ln.mean_output_tokens), cv_input=float(ln.cv_input),
+                                cv_output=float(ln.cv_output))
+    else:
+        from optplace.specs.model import FixedLengths
+
+        lens = FixedLengths(kind="fixed", input_tokens=int(ln.mean_input_tokens), output_tokens=int(ln.mean_output_tokens))
+    return arr, lens
+
+
+@dataclass(frozen=True, slots=True)
+class TwinEvaluator:
+    """Evaluate a :class:`GpuConfig` with the twin on profile ``profile`` (bundled name or JSON path)."""
+
+    profile: str
+    gpu_memory_utilization: float = 0.9
+
+    def describe(self) -> dict[str, str]:
+        """Identity recorded in a sweep's provenance."""
+        prof = _profile(self.profile)
+        ph = hashlib.sha256(prof.model_dump_json().encode()).hexdigest()[:12]
+        return {"evaluator": "twin", "version": twin_version(), "profile": self.profile, "profile_hash": ph}
+
+    def slot_cap(self, max_lora_rank: int) -> int:
+        """Largest ``max_loras`` that starts at this rank (the profile's memory model)."""
+        return int(_profile(self.profile).max_startable_slots(max_lora_rank, self.gpu_memory_utilization))
+
+    def __call__(self, config: GpuConfig) -> GpuMetrics:
+        from optplace.specs import Adapter, Constraints, Serving
+        from optplace.twin.simulate import simulate_gpu
+
+        arr, lens = _specs(config)
+        adapters = [Adapter(name=f"a{i}", rank=int(r), rate_rps=float(q))
+                    for i, (r, q) in enumerate(zip(config.ranks, config.rates_rps))]
+        rep = simulate_gpu(_profile(self.profile), Serving(gpu_memory_utilization=self.gpu_memory_utilization),
+                           Constraints(), arr, lens, adapters, config.max_loras, config.max_cpu_loras,
+                           duration_s=config.duration_s, seed=config.seed)
+        return GpuMetrics(
+            throughput_tok_s=float(rep.throughput_tok_s),
+            offered_tok_s=float(rep.offered_tok_s),
+            throughput_loss=float(rep.throughput_loss),
+            starved=bool(rep.starved),
+            oom=bool(rep.oom),
+            itl_ms_mean=float(rep.itl_ms_mean) if rep.itl_ms_mean is not None else math.nan,
+            ttft_ms_p50=float(rep.ttft_ms_p50) if rep.ttft_ms_p50 is not None else math.nan,
+            ttft_ms_p99=float(rep.ttft_ms_p99) if rep.ttft_ms_p99 is not None else math.nan,
+            engine_tok_s=float(rep.engine_tok_s),
+            starved_adapters=len(rep.starved_adapters),
+        )
