@@ -237,3 +237,7 @@ def loadgen(
                       str(g.starved), ", ".join(g.starved_adapters) or "-")
         Console().print(t)
     raise typer.Exit(EXIT_FAIL if any(g.starved for g in res.gpus) else EXIT_OK)
+
+
+if __name__ == "__main__":  # `python -m optplace.vllm.commands …` works before/without the main CLI
+    vllm_app()
