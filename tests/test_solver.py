@@ -237,3 +237,30 @@ def test_repair_raises_slots_then_sheds_load(mixed):
     hot = max(g0.adapter_indices, key=lambda i: pb.adapters[i].rate_rps)
     assert not any(hot in g.adapter_indices and set(g.adapter_indices) <= set(g0.adapter_indices) and
                    len(g.adapter_indices) == len(g0.adapter_indices) for g in after)
+
+
+def test_bound_never_exceeds_objective_on_random_problems():
+    import numpy as np
+    rng = np.random.default_rng(42)
+    for trial in range(2):
+        n = int(rng.integers(20, 60))
+        rates = rng.pareto(1.5, n) * 0.2 + 0.01
+        ranks = rng.choice([8, 16, 32], n)
+        ads = "\n".join(f"  - {{name: a{i}, rank: {int(r)}, rate_rps: {x:.5f}}}" for i, (r, x) in
+                        enumerate(zip(ranks, rates)))
+        pb = compile_problem(scenario(ads), REPO)
+        an = AnalyticCapacity(pb)
+        for s in ("greedy", "greedy-paper", "milp"):
+            plan = solve(pb, an, s)
+            assert plan.lower_bound <= plan.objective_value, (trial, s)
+            for g in plan.gpus:  # never beyond GPU memory
+                assert g.max_loras <= an.slot_cap(g.type_index, g.max_lora_rank)
+
+
+def test_pulp_backend_end_to_end(mixed):
+    from optplace.solver.strategies import SolveOptions
+    pb, an = mixed
+    highs = solve(pb, an, "milp")
+    cbc = solve(pb, an, "milp", SolveOptions(time_limit_s=20.0, backend="pulp"))
+    assert cbc.gpus_used == highs.gpus_used
+    assert any("PuLP+CBC" in line for line in cbc.log)

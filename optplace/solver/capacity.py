@@ -50,9 +50,12 @@ RHO = 0.93
 #: Capacity lost to slot rotation when slots < adapters: λ* × 1/(1 + ROTATION·active/slots)
 #: (twin, llama@h100: 384 adapters on 64 / 32 slots and 256 on 16 deliver at most 0.865 / 0.77 / 0.67 × λ*).
 ROTATION = 0.065
-#: Active adapters allowed per slot when slots < adapters (sticky slots; reference runs: 384
-#: adapters at ~0.06 req/s stay within 10 % loss with 64 slots, not with 16).
-KAPPA = 2.0
+#: Active adapters allowed per slot when slots < adapters (sticky slots). The aggregate rule alone
+#: would allow ~2 (reference runs: 384 adapters at ~0.06 req/s stay within 10 % loss with 64 slots,
+#: not with 16), but then the twin (like the real engine) starves individual adapters for minutes
+#: (quickstart: 50 adapters on 24 slots → 3 adapters above the loss bound, TTFT p99 454 s), so the
+#: default keeps the expected number of active adapters within the slots.
+KAPPA = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +163,7 @@ class AnalyticCapacity:
         burst = max(0.0, st.arrival_cv - 1.0) * 0.06 + max(0.0, st.burst_factor - 1.0) * 0.03
         self.rho = rho / (1.0 + burst)
         strict = problem.constraints.max_adapter_loss is not None
-        self.kappa = kappa if kappa is not None else (1.0 if strict else KAPPA)
+        self.kappa = kappa if kappa is not None else (min(KAPPA, 0.8) if strict else KAPPA)
         self._points: dict[tuple[int, int, int, int], FluidPoint] = {}
         self._caps: dict[tuple[int, int], int] = {}
         self._models: dict[tuple[int, int], Any] = {}
@@ -328,7 +331,9 @@ class TwinCapacity:
                  seed: int | None = None) -> None:
         self.problem = problem
         self.analytic = AnalyticCapacity(problem)
-        self.window_s = float(window_s) if window_s is not None else problem.stats.duration_s
+        # A shorter window keeps one twin call well under a second; its edge effect (requests cut at
+        # the end inflate the completed-token loss) is avoided by judging work done (engine tokens).
+        self.window_s = float(window_s) if window_s is not None else min(problem.stats.duration_s, 1200.0)
         self.lo, self.hi = lo, hi
         self.seed = problem.seed if seed is None else seed
         self.memo: dict[tuple[Any, ...], Estimate] = {}
@@ -367,11 +372,16 @@ class TwinCapacity:
                            sc.workload.lengths, ads, max_loras, max(len(ads), max_loras), duration_s=self.window_s,
                            seed=self.seed, base_dir=prob.base_dir)
         reason = "ok"
+        full = self.window_s >= prob.stats.duration_s
+        loss = rep.throughput_loss if full else (1.0 - rep.engine_tok_s / rep.offered_tok_s
+                                                 if rep.offered_tok_s > 0 else 0.0)
+        rule = prob.constraints.max_adapter_loss
+        edge = 0.0 if full else 0.05
         if rep.oom:
             reason = "memory"
-        elif rep.throughput_loss >= prob.constraints.max_throughput_loss:
+        elif loss >= prob.constraints.max_throughput_loss:
             reason = "starved"
-        elif rep.starved:
+        elif rule is not None and any(a.loss > rule + edge for a in rep.per_adapter):
             reason = "adapter_starved"
         return Estimate(reason == "ok", max_loras, rep.offered_tok_s, rep.throughput_tok_s, rep.itl_ms_mean,
                         rep.ttft_ms_p99, reason, "twin")

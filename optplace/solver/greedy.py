@@ -203,7 +203,7 @@ def greedy_improved(problem: Problem, oracle: CapacityOracle, consolidate_passes
 
 
 def consolidate(problem: Problem, oracle: CapacityOracle, gpus: list[GpuAssignment],
-                max_tries: int = 64) -> list[GpuAssignment]:
+                max_tries: int = 4, max_dest: int = 12) -> list[GpuAssignment]:
     """Try to empty the least-loaded GPUs by moving their adapters (hottest first) into the other GPUs
     (best fit: the GPU with the least remaining capacity that still accepts the adapter)."""
     gpus = list(gpus)
@@ -220,7 +220,9 @@ def consolidate(problem: Problem, oracle: CapacityOracle, gpus: list[GpuAssignme
         ests: dict[int, Estimate] = {}
         moved_all = True
         for a in sorted(src.adapter_indices, key=lambda i: -problem.adapters[i].rate_rps):
-            slack = sorted(work, key=lambda i: (gpus[i].capacity_tok_s - gpus[i].offered_tok_s, i))
+            # Best fit among the GPUs with the most headroom (bounded, so large plans stay fast).
+            roomy = sorted(work, key=lambda i: -(gpus[i].capacity_tok_s - gpus[i].offered_tok_s))[:max_dest]
+            slack = sorted(roomy, key=lambda i: (gpus[i].capacity_tok_s - gpus[i].offered_tok_s, i))
             placed = False
             for i in slack:
                 mix = Mix.of(problem.adapters[j] for j in work[i] + [a])

@@ -399,6 +399,15 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
         if added == 0:
             break
     dual_sets = [d for d in (duals, center) if d is not None]
+    # The LP is degenerate at the integral warm start; patterns priced at the stabilised duals are the
+    # load-efficient ones, so they all go to the integer master whether or not the LP wanted them.
+    extra = 0
+    for _, a, fam in farley(center)[1]:
+        col = Column(fam.gtype, fam.rank_max, fam.slots, tuple(int(v) for v in a))
+        if col not in seen and sum(col.counts) > 0 and oracle_check(an, col, Mix.of_counts(classes, col.counts)):
+            add(col)
+            extra += 1
+    log.append(f"{extra} columns priced at the stabilised duals added for the integer master")
     log.append(f"column generation: {it} LP rounds, {len(columns)} columns, LP value {lp_obj:.3f} "
                f"({time.perf_counter() - t0:.2f} s)")
 
