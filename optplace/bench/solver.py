@@ -1,8 +1,8 @@
 """``optplace bench solver``: every strategy on scenario families of 100 … 10,000 adapters.
 
 Families: adapter counts {100, 500, 1000, 5000, 10000} × ranks {8,16} and {8,16,32} (equal shares)
-× uniform and Zipf-skewed rates (s = 0.6, so the hottest adapter of 10,000 still fits one GPU);
-mean rate 0.1 req/s per adapter, ShareGPT lengths, Poisson arrivals, Llama-3.1-8B on H100-64GB.
+× uniform and Zipf-skewed rates (s = 0.5, so the hottest adapter of 10,000 still fits one GPU);
+mean rate 0.5 req/s per adapter, ShareGPT lengths, Poisson arrivals, Llama-3.1-8B on H100-64GB.
 Every strategy solves with the analytic capacity oracle; printed per row: GPUs used, lower bound,
 gap, solve time. Rows of families up to ``validate_max`` adapters are twin-validated (the
 ``milp`` and ``greedy-paper`` plans, whole plan simulated for the window by
@@ -20,7 +20,7 @@ SIZES = (100, 500, 1000, 5000, 10000)
 RANKS = ((8, 16), (8, 16, 32))
 SKEWS = ("uniform", "zipf")
 MEAN_RATE = 0.5
-ZIPF_S = 0.6
+ZIPF_S = 0.5
 
 
 def family(n: int, ranks: tuple[int, ...], skew: str, seed: int = 0) -> Any:
