@@ -216,6 +216,8 @@ def run(json: bool = False, *, full: bool = False, stride: int = 8, seed: int = 
         "slowest_run": heaviest.run_id,
         "targets": {"wall_s_per_sim_hour_median": 1.0, "wall_s_per_sim_hour_worst": 5.0},
         "meets_targets": statistics.median(wph) <= 1.0 and max(wph) <= 5.0,
+        # CPU time is what one core delivers; wall time also counts waiting for a shared CPU
+        "meets_targets_cpu_time": statistics.median(cph) <= 1.0 and max(cph) <= 5.0,
         "rows": [
             {
                 "run_id": x.run_id, "model": x.model, "max_loras": x.max_loras, "served": x.served,
