@@ -132,3 +132,38 @@ def test_load_plan_errors(tmp_path):
         load_plan(tmp_path / "missing.json")
     with pytest.raises(PlanError, match="no \"placement\""):
         build_deployment({"model": "m"})
+
+
+def test_launch_script_starts_checks_and_stops_servers(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from optplace.vllm.deploy import Deployment, ServerSpec, launch_script
+    from optplace.vllm.launcher import check_port_free, pick_free_port
+
+    fake = str(Path(__file__).parent / "vllm_helpers.py")
+
+    def spec(gpu, mode):
+        port = pick_free_port()
+        return ServerSpec(gpu=gpu, gpu_type=None, host="127.0.0.1", port=port, adapters=("x",), max_loras=1,
+                          max_cpu_loras=1, max_lora_rank=8, argv=(sys.executable, fake, mode, str(port)), env={"MY_VAR": "a b"})
+
+    def run(servers, *args):
+        (tmp_path / "launch.sh").write_text(launch_script(servers))
+        return subprocess.run(["bash", str(tmp_path / "launch.sh"), *args], capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "OPTPLACE_START_TIMEOUT": "20"})
+
+    ok = spec(0, "ok")
+    r = run([ok], "start")
+    assert r.returncode == 0 and "gpu0 healthy" in r.stdout, r.stderr
+    assert "fake server mode=ok" in (tmp_path / "logs" / "gpu0.log").read_text()
+    assert "gpu0 healthy" in run([ok], "status").stdout
+    r = run([ok], "stop")
+    assert r.returncode == 0 and "stopped gpu0" in r.stdout
+    check_port_free(ok.port)
+    assert "gpu0 down" in run([ok], "status").stdout
+    bad = spec(1, "oom")
+    r = run([bad], "start")
+    assert r.returncode == 1 and "gpu1 exited at start" in r.stderr
+    assert "KV cache" in (tmp_path / "logs" / "gpu1.log").read_text()
+    assert run([bad], "bogus").returncode == 2
