@@ -361,14 +361,21 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     center = lam_c * (1.0 / max(lam_c.max(), 1e-12))
     f_center, _ = farley(center)
     center = center * (f_center / max(float(np.dot(center, need)), 1e-12))
+    f_checked = -1.0
     while time.perf_counter() - t0 < cg_budget and it < 300:
         it += 1
         lp_obj, pi, mu = lp.solve()
         duals = np.maximum(pi, 0.0)
         history.append(lp_obj)
-        if integral and math.ceil(f_center / w_min - 1e-6) * w_min >= warm_value - 1e-9:
-            log.append(f"stopped: the dual value {f_center:.3f} rounds up to the warm start's")
-            break
+        if integral and math.ceil(f_center / w_min - 1e-6) * w_min >= warm_value - 1e-9 and f_center != f_checked:
+            # The heuristic Farley value suggests the warm start is optimal; prove it with the valid
+            # Lagrangian bound at the same duals before stopping.
+            from .bound import lagrangian_bound
+            f_checked = f_center
+            lb = lagrangian_bound(problem, an, center, weights)
+            if math.ceil(lb / w_min - 1e-6) * w_min >= warm_value - 1e-9:
+                log.append(f"stopped: the Lagrangian bound {lb:.3f} proves the warm start optimal")
+                break
         if len(history) > 40 and history[-41] - lp_obj < 0.002 * max(lp_obj, 1e-9):
             break
         added = 0
