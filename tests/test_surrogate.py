@@ -236,3 +236,29 @@ def test_parse_rejects_categorical() -> None:
             "decision_type=1\nleft_child=-1\nright_child=-2\nleaf_value=0.1 0.2\n\nend of trees\n")
     with pytest.raises(ValueError, match="categorical"):
         parse_lightgbm_text(text)
+
+
+def test_throughput_saturates_beyond_training_load(trained: tuple[Path, Path]) -> None:
+    _, m = trained
+    sur = load_surrogate(m)
+    assert math.isfinite(sur.offered_max)
+    cfg = GpuConfig(ranks=(16,) * 20, rates_rps=(1.0,) * 20, max_loras=20)
+    base = feature_row(cfg)
+    scale = 3.0 * sur.offered_max / base[FEATURE_INDEX["offered_tok_s"]]
+    heavy = base.copy()
+    for name in ("rate_sum", "rate_max", "rate_std", "offered_tok_s", "decode_tok_s"):
+        heavy[FEATURE_INDEX[name]] *= scale
+    edge = base.copy()
+    k = sur.offered_max / base[FEATURE_INDEX["offered_tok_s"]]
+    for name in ("rate_sum", "rate_max", "rate_std", "offered_tok_s", "decode_tok_s"):
+        edge[FEATURE_INDEX[name]] *= k
+    p_heavy, p_edge = sur.predict_row(heavy), sur.predict_row(edge)
+    # same delivered tokens/s as at the edge of the training domain, not offered × a constant fraction
+    assert p_heavy.throughput_tok_s == pytest.approx(p_edge.throughput_tok_s, rel=1e-9)
+    assert p_heavy.delivered_frac == pytest.approx(p_edge.delivered_frac / 3.0, rel=1e-9)
+    assert p_heavy.starved
+    assert sur.throughput_row(heavy.tolist()) == pytest.approx(p_heavy.throughput_tok_s, rel=1e-12)
+    assert sur.starved_row(heavy.tolist()) is True
+    many = sur.predict_many(np.vstack([heavy, edge]))
+    assert many["throughput_tok_s"][0] == pytest.approx(p_heavy.throughput_tok_s, rel=1e-9)
+    assert bool(many["starved"][0])

@@ -508,6 +508,10 @@ class StepTable:
     second: np.ndarray
     values: dict[str, np.ndarray]
 
+    def subset(self, mask: np.ndarray) -> "StepTable":
+        """The intervals where ``mask`` holds (e.g. those meeting a constraint on the outputs)."""
+        return StepTable(self.lo[mask], self.hi[mask], self.second[mask], {k: v[mask] for k, v in self.values.items()})
+
     def lookup(self, n: int, second: float) -> dict[str, float]:
         """Outputs at (n, second); KeyError outside the table."""
         m = (self.lo <= n) & (n <= self.hi) & (self.second == second)
@@ -669,7 +673,12 @@ def one_gpu_capacity(
         cands = [c for c in cands if 1 <= c <= cap]
         table = step_table({"throughput": thr_m.raw, "starved": st_m.raw},
                            lambda ns, s: class_rows(ns, s, rank, rate_rps, **lens), (1, n_max), cands)
-        enc = StepEncoding(m, "step", table)
+        # constraints on piecewise-constant outputs are exact filters on the intervals: applying them
+        # here leaves an LP-integral choice (the MILP keeps them as constraints too)
+        ok = (table.values["starved"] <= logit) & (table.values["throughput"] >= math.log(1.0 - max_loss))
+        if not ok.any():
+            return OneGpuCapacity(0, 0, math.nan, math.nan, time.perf_counter() - t0, 0.0, "infeasible", encoding)
+        enc = StepEncoding(m, "step", table.subset(ok))
         n_var, s_var, raw = enc.n, enc.second, enc.out
     elif encoding == "gbt":
         m.n = pyo.Var(domain=pyo.Integers, bounds=(1, n_max))

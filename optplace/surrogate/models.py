@@ -191,6 +191,8 @@ def train(
             "starved": "P(starved), sigmoid of raw score",
         },
         "starved_threshold": 0.5,
+        "max_throughput_loss": 0.10,
+        "offered_max": float(X[:, names.index("offered_tok_s")].max()) if "offered_tok_s" in names else None,
         "seed": seed,
         "test_frac": test_frac,
         "n_train": int((~test).sum()),
@@ -198,15 +200,48 @@ def train(
         "dataset": {"path": str(Path(dataset_path).name), "provenance": ds.provenance},
         "metrics": {},
     }
+    _write_holdout(out / f"{prefix}holdout.csv", ds, np.flatnonzero(ok)[test])
+    meta["holdout"] = f"{prefix}holdout.csv"
     meta_path = out / f"{prefix}surrogate.json"
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     sur = load_surrogate(meta_path)
     full = np.zeros((int(test.sum()), len(FEATURE_NAMES)))
     full[:, [FEATURE_INDEX[n] for n in names]] = X[test]
-    metrics = evaluate(sur, full, {k: ds.targets[k][ok][test] for k in ds.targets})
+    metrics = evaluate(sur, full, {k: ds.targets[k][ok][test] for k in ds.targets}) if test.any() else {}
     meta["metrics"] = metrics
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return TrainReport(out, meta["n_train"], meta["n_test"], metrics)
+
+
+HOLDOUT_COLUMNS = ("index", "group", "wall_s")
+
+
+def _write_holdout(path: Path, ds: Dataset, rows: np.ndarray) -> None:
+    """The held-out rows (features + twin targets), so benchmarks can recompute accuracy later."""
+    import csv
+
+    tnames = list(ds.targets)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow([*HOLDOUT_COLUMNS, *ds.feature_names, *tnames])
+        for i in rows:
+            w.writerow([int(ds.index[i]), int(ds.group[i]), repr(float(ds.meta["wall_s"][i])),
+                        *(repr(float(v)) for v in ds.X[i]), *(repr(float(ds.targets[t][i])) for t in tnames)])
+
+
+def load_holdout(sur: "Surrogate") -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Held-out rows shipped with a surrogate: (full feature rows, twin targets, twin wall seconds)."""
+    import csv
+
+    name = sur.meta.get("holdout")
+    if not name:
+        raise FileNotFoundError(f"{sur.directory}: this surrogate has no held-out rows")
+    with (sur.directory / name).open(newline="") as fh:
+        recs = list(csv.DictReader(fh))
+    X = np.array([[float(r[n]) for n in FEATURE_NAMES] for r in recs]).reshape(len(recs), len(FEATURE_NAMES))
+    skip = set(HOLDOUT_COLUMNS) | set(FEATURE_NAMES)
+    targets = {k: np.array([float(r[k]) for r in recs]) for k in (recs[0].keys() if recs else []) if k not in skip}
+    return X, targets, np.array([float(r["wall_s"]) for r in recs])
 
 
 def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) -> dict[str, float]:
@@ -233,8 +268,19 @@ def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) ->
     }
 
 
+_LOAD_FEATURES = ("rate_sum", "rate_max", "rate_std", "offered_tok_s", "decode_tok_s")
+
+
 class Surrogate:
-    """A loaded set of capacity models for one profile (see module docstring)."""
+    """A loaded set of capacity models for one profile (see module docstring).
+
+    Beyond the largest offered load seen in training (``offered_max``) trees would extrapolate the
+    delivered *fraction* as a constant, i.e. throughput growing without bound.  A GPU's throughput
+    saturates instead, so there the models are evaluated at the same mix scaled down to
+    ``offered_max`` and the throughput found there is kept (fraction = that ÷ offered).  Feasible
+    (non-starved) configurations lie well inside the domain, so this never changes a feasible
+    answer, nor the MILP encodings, which encode the trees themselves.
+    """
 
     def __init__(self, directory: Path, meta: dict[str, Any], models: dict[str, Ensemble]) -> None:
         self.directory = directory
@@ -242,7 +288,10 @@ class Surrogate:
         self.models = models
         self.feature_names: tuple[str, ...] = tuple(meta["feature_names"])
         self.threshold = float(meta.get("starved_threshold", 0.5))
+        self.max_loss = float(meta.get("max_throughput_loss", 0.10))
+        self.offered_max = float(meta.get("offered_max") or math.inf)
         self._offered = FEATURE_INDEX["offered_tok_s"]
+        self._load_idx = [FEATURE_INDEX[n] for n in _LOAD_FEATURES]
         self._logit_thr = math.log(self.threshold / (1.0 - self.threshold))
 
     @property
@@ -250,11 +299,22 @@ class Surrogate:
         """Held-out metrics recorded at training time."""
         return dict(self.meta.get("metrics", {}))
 
+    def _in_domain(self, r: list[float]) -> tuple[list[float], float]:
+        offered = r[self._offered]
+        if offered <= self.offered_max:
+            return r, 1.0
+        k = self.offered_max / offered
+        r2 = list(r)
+        for j in self._load_idx:
+            r2[j] *= k
+        return r2, k
+
     def predict_row(self, row: Sequence[float]) -> Prediction:
         """Predict for one full feature row (list or array in FEATURE_NAMES order)."""
-        r = row.tolist() if isinstance(row, np.ndarray) else list(row)
-        offered = r[self._offered]
-        frac = min(math.exp(self.models["throughput"].raw_row(r)), 1.0)
+        r0 = row.tolist() if isinstance(row, np.ndarray) else list(row)
+        offered = r0[self._offered]
+        r, k = self._in_domain(r0)
+        frac = min(math.exp(self.models["throughput"].raw_row(r)), 1.0) * k
         s = self.models["starved"].raw_row(r)
         return Prediction(
             throughput_tok_s=offered * frac,
@@ -263,7 +323,7 @@ class Surrogate:
             itl_ms=math.exp(self.models["itl"].raw_row(r)),
             ttft_p99_ms=math.exp(self.models["ttft_p99"].raw_row(r)),
             p_starved=1.0 / (1.0 + math.exp(-s)),
-            starved=s >= self._logit_thr,
+            starved=s >= self._logit_thr or (k < 1.0 and frac < 1.0 - self.max_loss),
         )
 
     def predict(self, config: GpuConfig) -> Prediction:
@@ -272,17 +332,25 @@ class Surrogate:
 
     def throughput_row(self, row: list[float]) -> float:
         """Predicted delivered tokens/s only (the cheapest call; row is a list of floats)."""
-        return row[self._offered] * min(math.exp(self.models["throughput"].raw_row(row)), 1.0)
+        r, k = self._in_domain(row)
+        return row[self._offered] * k * min(math.exp(self.models["throughput"].raw_row(r)), 1.0)
 
     def starved_row(self, row: list[float]) -> bool:
         """Predicted starvation verdict only (row is a list of floats)."""
-        return self.models["starved"].raw_row(row) >= self._logit_thr
+        r, k = self._in_domain(row)
+        if self.models["starved"].raw_row(r) >= self._logit_thr:
+            return True
+        return k < 1.0 and k * math.exp(self.models["throughput"].raw_row(r)) < 1.0 - self.max_loss
 
     def predict_many(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Vectorised predictions for full feature rows: arrays keyed like :class:`Prediction`."""
         X = np.asarray(X, dtype=np.float64)
         offered = X[:, self._offered]
-        frac = np.minimum(np.exp(self.models["throughput"].raw(X)), 1.0)
+        k = np.minimum(1.0, self.offered_max / np.where(offered > 0, offered, 1.0))
+        if np.any(k < 1.0):
+            X = X.copy()
+            X[:, self._load_idx] *= k[:, None]
+        frac = np.minimum(np.exp(self.models["throughput"].raw(X)), 1.0) * k
         s = self.models["starved"].raw(X)
         return {
             "throughput_tok_s": offered * frac,
@@ -291,7 +359,7 @@ class Surrogate:
             "itl_ms": np.exp(self.models["itl"].raw(X)),
             "ttft_p99_ms": np.exp(self.models["ttft_p99"].raw(X)),
             "p_starved": 1.0 / (1.0 + np.exp(-s)),
-            "starved": s >= self._logit_thr,
+            "starved": (s >= self._logit_thr) | ((k < 1.0) & (frac < 1.0 - self.max_loss)),
         }
 
 
@@ -329,3 +397,12 @@ def load_shipped(profile_name: str) -> Surrogate:
             "train one with `optplace surrogate train`"
         )
     return load_surrogate(d)
+
+
+def ship(dataset_path: Path | str, profile_name: str, seed: int = 0, out_dir: Path | str | None = None) -> TrainReport:
+    """Train on a twin sweep of a bundled profile and write the result as package data."""
+    prov = load_dataset(dataset_path).provenance
+    ev = prov.get("evaluator", {})
+    if ev.get("evaluator") != "twin" or ev.get("profile") != profile_name:
+        raise ValueError(f"{dataset_path}: not a twin sweep of {profile_name!r} (provenance: {ev})")
+    return train(dataset_path, out_dir or MODELS_DIR, seed=seed, prefix=f"{profile_name}.")

@@ -1,0 +1,184 @@
+"""``optplace bench surrogate``: accuracy, speed and MILP agreement of the shipped capacity surrogates.
+
+For every bundled profile with a shipped surrogate it prints:
+
+* held-out twin accuracy, recomputed from the held-out rows shipped next to the model (rows of
+  whole sweep groups never seen in training): throughput sMAPE (textbook, 2|y−ŷ|/(|y|+|ŷ|)),
+  starvation macro-F1, ITL and p99-TTFT sMAPE;
+* prediction latency: one row (the capacity query = throughput + starvation, and all four models)
+  and 10,000 rows;
+* accuracy against the real ``dt_validation`` runs of ``../shared/reference`` (throughput sMAPE
+  and the starvation verdict under the study's 10 % rule), next to the twin-trained target;
+* the 1-GPU MILP: for a few adapter classes, the step encoding's solve time and whether the model's
+  own prediction at the MILP optimum equals the MILP values;
+* the sweep cost: mean twin wall seconds per configuration in the shipped rows, and the projected
+  wall time of a 2,000-configuration sweep on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+TARGETS = {
+    "throughput_smape_pct": 5.0,
+    "starved_macro_f1": 0.95,
+    "row_us": 50.0,
+    "rows10k_ms": 50.0,
+    "milp_solve_s": 1.0,
+    "sweep2000_min": 30.0,
+}
+
+_MILP_CLASSES = ((8, 0.1), (16, 0.05), (32, 0.4), (16, 1.6))
+
+
+def _latency(sur: Any, X: np.ndarray) -> dict[str, float]:
+    rows = [r.tolist() for r in X]
+    reps = max(1, 2000 // max(1, len(rows)))
+    work = (rows * reps)[:2000]
+    for r in work[:200]:  # warm-up
+        sur.predict_row(r)
+    t = time.perf_counter()
+    for r in work:
+        sur.throughput_row(r)
+        sur.starved_row(r)
+    cap_us = (time.perf_counter() - t) / len(work) * 1e6
+    t = time.perf_counter()
+    for r in work:
+        sur.predict_row(r)
+    all_us = (time.perf_counter() - t) / len(work) * 1e6
+    X10 = np.resize(X, (10_000, X.shape[1]))
+    sur.predict_many(X10[:100])
+    t = time.perf_counter()
+    sur.models["throughput"].raw(X10)
+    sur.models["starved"].raw(X10)
+    cap10 = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    sur.predict_many(X10)
+    all10 = (time.perf_counter() - t) * 1e3
+    return {"row_us_capacity": cap_us, "row_us_all": all_us, "rows10k_ms_capacity": cap10, "rows10k_ms_all": all10}
+
+
+def _real_runs(sur: Any, model: str) -> dict[str, float]:
+    from optplace.bench.reference import load_dt_validation
+    from optplace.surrogate.features import feature_row_from_parts
+    from optplace.surrogate.models import macro_f1, smape
+
+    runs = [r for r in load_dt_validation(statuses=frozenset({"ok"})) if r.model == model]
+    if not runs:
+        return {}
+    y, yhat, st, sthat = [], [], [], []
+    for r in runs:
+        mi = r.pool_mean_input_tokens or 223.0
+        mo = r.pool_mean_output_tokens or 196.0
+        row = feature_row_from_parts(r.adapter_rates, r.adapter_ranks, r.max_loras, mi, mo)
+        p = sur.predict_row(row)
+        if r.total_throughput is not None:
+            y.append(r.total_throughput)
+            yhat.append(p.throughput_tok_s)
+        if r.starved is not None:
+            st.append(r.starved)
+            sthat.append(p.starved or p.delivered_frac < 0.9)
+    ya, yh = np.array(y), np.array(yhat)
+    return {
+        "n": float(len(runs)),
+        "throughput_smape_pct": smape(ya, yh),
+        "throughput_mape_pct": float(100 * np.mean(np.abs(yh - ya) / ya)),
+        "throughput_mean_signed_pct": float(100 * np.mean((yh - ya) / ya)),
+        "starved_agreement": float(np.mean(np.array(st) == np.array(sthat))),
+        "starved_macro_f1": macro_f1(np.array(st), np.array(sthat)),
+    }
+
+
+def _milp(sur: Any, profile: Any) -> dict[str, float]:
+    from optplace.surrogate.milp_encoding import class_rows, one_gpu_capacity
+
+    times, agree = [], []
+    for rank, rate in _MILP_CLASSES:
+        cap = profile.max_startable_slots(rank)
+        r = one_gpu_capacity(sur, rank, rate, cap, n_max=512)
+        times.append(r.solve_s)
+        if r.n_adapters:
+            row = class_rows([r.n_adapters], r.max_loras, rank, rate)[0].tolist()
+            agree.append(abs(sur.models["throughput"].raw_row(row) - r.throughput_raw) < 1e-9
+                         and abs(sur.models["starved"].raw_row(row) - r.starved_raw) < 1e-9)
+    return {"milp_classes": float(len(times)), "milp_solve_s_max": float(max(times)),
+            "milp_solve_s_median": float(np.median(times)), "milp_agree": float(all(agree) and bool(agree))}
+
+
+def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bool = True) -> dict[str, Any]:
+    """Run the benchmark, print its figures (a table, or JSON when ``json``) and return them."""
+    from optplace.specs import bundled_profiles
+    from optplace.surrogate.models import evaluate, load_holdout, load_shipped
+
+    out: dict[str, Any] = {"targets": TARGETS, "profiles": {}}
+    for name, prof in sorted(bundled_profiles().items()):
+        if profiles is not None and name not in profiles:
+            continue
+        try:
+            sur = load_shipped(name)
+        except FileNotFoundError as e:
+            out["profiles"][name] = {"error": str(e)}
+            continue
+        X, targets, wall = load_holdout(sur)
+        res: dict[str, Any] = {"holdout": evaluate(sur, X, targets)}
+        res["latency"] = _latency(sur, X)
+        res["real_dt_validation"] = _real_runs(sur, prof.model)
+        if milp:
+            res["milp"] = _milp(sur, prof)
+        per = float(np.mean(wall)) if wall.size else math.nan
+        res["sweep"] = {"twin_wall_s_per_config": per, "projected_2000_configs_2_cores_min": 2000 * per / 2 / 60,
+                        "dataset": sur.meta.get("dataset", {}).get("provenance", {}).get("evaluator", {})}
+        res["trained"] = {"n_train": sur.meta.get("n_train"), "n_test": sur.meta.get("n_test"),
+                          "trees": {k: v.get("trees") for k, v in sur.meta["models"].items()}}
+        out["profiles"][name] = res
+    if json:
+        print(_json.dumps(out, indent=2, sort_keys=True, default=float))
+    else:
+        _render(out)
+    return out
+
+
+def _render(out: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="optplace bench surrogate")
+    t.add_column("profile")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_column("target", justify="right")
+
+    def row(p: str, label: str, v: float, target: str = "") -> None:
+        t.add_row(p, label, "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}", target)
+
+    for p, r in out["profiles"].items():
+        if "error" in r:
+            t.add_row(p, "error", r["error"], "")
+            continue
+        h, lat, real = r["holdout"], r["latency"], r["real_dt_validation"]
+        row(p, f"held-out rows (twin, {int(h['n'])})", h["n"])
+        row(p, "throughput sMAPE % (held-out)", h["throughput_smape_pct"], "≤ 5")
+        row(p, "starvation macro-F1 (held-out)", h["starved_macro_f1"], "≥ 0.95")
+        row(p, "ITL sMAPE % (held-out)", h["itl_smape_pct"])
+        row(p, "p99 TTFT sMAPE % (held-out)", h["ttft_p99_smape_pct"])
+        row(p, "one row µs (throughput+starved)", lat["row_us_capacity"], "≤ 50")
+        row(p, "one row µs (all four models)", lat["row_us_all"])
+        row(p, "10k rows ms (throughput+starved)", lat["rows10k_ms_capacity"], "≤ 50")
+        row(p, "10k rows ms (all four models)", lat["rows10k_ms_all"])
+        if real:
+            row(p, f"real runs: throughput sMAPE % ({int(real['n'])})", real["throughput_smape_pct"])
+            row(p, "real runs: throughput MAPE %", real["throughput_mape_pct"])
+            row(p, "real runs: starvation agreement", real["starved_agreement"])
+            row(p, "real runs: starvation macro-F1", real["starved_macro_f1"])
+        if "milp" in r:
+            row(p, "1-GPU MILP solve s (max)", r["milp"]["milp_solve_s_max"], "< 1")
+            row(p, "1-GPU MILP = model at optimum", r["milp"]["milp_agree"], "1")
+        row(p, "twin s per config (sweep rows)", r["sweep"]["twin_wall_s_per_config"])
+        row(p, "2,000-config sweep, 2 cores (min, projected)", r["sweep"]["projected_2000_configs_2_cores_min"], "≤ 30")
+    con.print(t)
