@@ -262,3 +262,28 @@ def test_throughput_saturates_beyond_training_load(trained: tuple[Path, Path]) -
     many = sur.predict_many(np.vstack([heavy, edge]))
     assert many["throughput_tok_s"][0] == pytest.approx(p_heavy.throughput_tok_s, rel=1e-9)
     assert bool(many["starved"][0])
+
+
+def test_cli_train_command(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from optplace.surrogate.cli import app
+
+    ds, m = trained
+    res = CliRunner().invoke(app, ["train", str(ds), "--out", str(tmp_path / "cli"), "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_test"] > 0 and "throughput_smape_pct" in out["metrics"]
+    # same seed, same data → the same model as the fixture's
+    assert (tmp_path / "cli" / "throughput.txt").read_text() == (m / "throughput.txt").read_text()
+
+
+def test_cli_sweep_rejects_unknown_executor(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from optplace.surrogate.cli import app
+
+    res = CliRunner().invoke(app, ["sweep", "llama-3.1-8b-instruct@h100-64gb", "--out", str(tmp_path / "x"),
+                                   "--executor", "dask"])
+    assert res.exit_code != 0
+    assert not (tmp_path / "x.csv").exists()

@@ -17,7 +17,6 @@ For every bundled profile with a shipped surrogate it prints:
 
 from __future__ import annotations
 
-import json as _json
 import math
 import time
 from typing import Any
@@ -111,7 +110,7 @@ def _milp(sur: Any, profile: Any) -> dict[str, float]:
 
 
 def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bool = True) -> dict[str, Any]:
-    """Run the benchmark, print its figures (a table, or JSON when ``json``) and return them."""
+    """Run the benchmark; print a table (unless ``json``: the caller prints the returned dict)."""
     from optplace.specs import bundled_profiles
     from optplace.surrogate.models import evaluate, load_holdout, load_shipped
 
@@ -136,9 +135,7 @@ def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bo
         res["trained"] = {"n_train": sur.meta.get("n_train"), "n_test": sur.meta.get("n_test"),
                           "trees": {k: v.get("trees") for k, v in sur.meta["models"].items()}}
         out["profiles"][name] = res
-    if json:
-        print(_json.dumps(out, indent=2, sort_keys=True, default=float))
-    else:
+    if not json:  # with --json the CLI prints the returned dict
         _render(out)
     return out
 

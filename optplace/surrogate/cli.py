@@ -1,0 +1,54 @@
+"""``optplace surrogate …`` commands (a typer sub-app; the main CLI mounts it as ``surrogate``).
+
+Thin: parse options, delegate to :func:`optplace.surrogate.sweep.run_sweep` and
+:func:`optplace.surrogate.models.train`, print a short summary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="Capacity surrogates: twin sweeps and LightGBM training.", no_args_is_help=True)
+
+
+@app.command()
+def sweep(
+    profile: Annotated[str, typer.Argument(help="Bundled profile name (model@gpu) or a profile JSON path.")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset path without suffix (writes .csv and .json).")],
+    points: Annotated[int, typer.Option(help="Sobol points (pass 1).")] = 1500,
+    chains: Annotated[int, typer.Option(help="Boundary bisection chains (pass 2).")] = 100,
+    chain_steps: Annotated[int, typer.Option(help="Bisection steps per chain.")] = 5,
+    duration_s: Annotated[float, typer.Option(help="Simulated window per configuration [s].")] = 3600.0,
+    seed: Annotated[int, typer.Option(help="Sweep seed (rows are a function of seed and index).")] = 0,
+    executor: Annotated[str, typer.Option(help="local | ray")] = "local",
+    workers: Annotated[Optional[int], typer.Option(help="Local processes (default: all cores).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+) -> None:
+    """Run or resume a twin sweep for a profile."""
+    from optplace.surrogate.sweep import LocalExecutor, RayExecutor, SweepDesign, run_sweep
+    from optplace.surrogate.twin_eval import TwinEvaluator
+
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter(f"--executor must be local or ray, got {executor!r}")
+    ex = RayExecutor(address=address) if executor == "ray" else (LocalExecutor(workers) if workers else LocalExecutor())
+    design = SweepDesign(n_points=points, n_chains=chains, chain_steps=chain_steps, duration_s=duration_s)
+    res = run_sweep(TwinEvaluator(profile), out, design, seed=seed, executor=ex)
+    typer.echo(f"{res.csv_path}: {res.rows_total} rows ({res.rows_new} new) in {res.wall_s:.0f} s")
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="Dataset path written by `surrogate sweep` (.csv/.json).")],
+    out: Annotated[Path, typer.Option("--out", help="Model directory.")],
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+) -> None:
+    """Train the throughput / ITL / TTFT / starvation models on a sweep; print held-out metrics."""
+    from optplace.surrogate.models import train as _train
+
+    rep = _train(dataset, out, seed=seed)
+    typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
+                           "metrics": rep.metrics}, indent=2))
