@@ -49,6 +49,9 @@ REGRESSION_PARAMS: dict[str, Any] = {
 }
 CLASSIFIER_PARAMS: dict[str, Any] = {**REGRESSION_PARAMS, "objective": "binary"}
 MAX_ROUNDS = 250
+# per-model caps on boosting rounds: prediction cost is linear in trees, and the capacity query
+# (throughput + starvation) must stay ≤ 50 µs per row and ≤ 50 ms per 10k rows
+ROUNDS_CAP = {"throughput": 150, "starved": 100, "itl": 100, "ttft_p99": 80}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,8 @@ def _targets(ds: Dataset) -> dict[str, np.ndarray]:
         }
 
 
-def _fit(params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> Any:
+def _fit(params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int,
+         max_rounds: int = MAX_ROUNDS) -> Any:
     """Choose the round count by early stopping on an inner group split, then refit on all rows."""
     import lightgbm as lgb
 
@@ -135,8 +139,8 @@ def _fit(params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarra
     inner = split_groups(groups, 0.15, seed + 1)
     dtr = lgb.Dataset(X[~inner], y[~inner], free_raw_data=False)
     dva = lgb.Dataset(X[inner], y[inner], reference=dtr, free_raw_data=False)
-    b = lgb.train(p, dtr, MAX_ROUNDS, valid_sets=[dva], callbacks=[lgb.early_stopping(40, verbose=False)])
-    rounds = max(20, int(b.best_iteration or MAX_ROUNDS))
+    b = lgb.train(p, dtr, max_rounds, valid_sets=[dva], callbacks=[lgb.early_stopping(40, verbose=False)])
+    rounds = max(20, int(b.best_iteration or max_rounds))
     return lgb.train(p, lgb.Dataset(X, y), rounds)
 
 
@@ -176,7 +180,7 @@ def train(
     ):
         y = ys[name]
         use = ~test & np.isfinite(y)
-        booster = _fit(params, X[use], y[use], groups[use], seed)
+        booster = _fit(params, X[use], y[use], groups[use], seed, ROUNDS_CAP.get(name, MAX_ROUNDS))
         (out / f"{prefix}{name}.txt").write_text(booster.model_to_string())
         files[name] = {"file": f"{prefix}{name}.txt", "trees": booster.num_trees()}
     meta = {
@@ -252,7 +256,19 @@ def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) ->
     itl_ok = np.isfinite(targets["itl_ms_mean"])
     ttft_ok = np.isfinite(targets["ttft_ms_p99"])
     thr_ok = y_thr > 0
+    sat = targets["throughput_loss"] >= 0.05
+    sticky = X[:, FEATURE_INDEX["slots_frac"]] < 1.0
+    sub = {
+        "not_starved": ~y_st,
+        "starved": y_st,
+        "unsaturated": ~sat,
+        "saturated_full_slots": sat & ~sticky,
+        "saturated_slots_lt_adapters": sat & sticky,
+    }
+    parts = {f"throughput_smape_pct_{k}": smape(y_thr[m], P["throughput_tok_s"][m]) for k, m in sub.items()}
+    parts.update({f"n_{k}": float(m.sum()) for k, m in sub.items()})
     return {
+        **parts,
         "n": float(X.shape[0]),
         "throughput_smape_pct": smape(y_thr, P["throughput_tok_s"]),
         "throughput_smape_pct_positive": smape(y_thr[thr_ok], P["throughput_tok_s"][thr_ok]),
