@@ -328,9 +328,11 @@ def calibrate(
 
 def _mount_subapps() -> None:
     from .vllm.commands import deploy as _deploy
+    from .surrogate.cli import app as surrogate_app
     from .vllm.commands import vllm_app
 
     app.add_typer(vllm_app, name="vllm")
+    app.add_typer(surrogate_app, name="surrogate")
     app.command("deploy", help="Write per-GPU `vllm serve` commands, routes, router config and a launcher for a plan.")(
         _deploy)
 
