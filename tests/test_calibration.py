@@ -157,3 +157,24 @@ def test_adapter_load_and_overhead_fit(ref):
     # a deep waiting queue with few slots costs milliseconds per step; with slots for all, far less
     assert 2.0 < ov.overhead_ms(200, 18000, 8, 448) < 12.0
     assert ov.overhead_ms(200, 18000, 448, 448) < ov.overhead_ms(200, 18000, 8, 448)
+
+
+def test_length_correlation_fit(ref):
+    import numpy as np
+
+    from optplace.twin.calibrate import (fit_length_correlation, kv_tokens_per_running_request, repair_lengths,
+                                         time_avg_context)
+
+    kv = kv_tokens_per_running_request(ref)
+    assert all(330 < v < 380 for v in kv.values())
+    fit = fit_length_correlation(ref, n=40_000)
+    assert fit["independent_tokens"] > fit["target_tokens"] + 50  # independence overstates KV per request
+    assert -0.7 < fit["rho"] < -0.2
+    rng = np.random.default_rng(3)
+    inp = rng.integers(4, 1000, 40_000)
+    out = rng.integers(4, 1000, 40_000)
+    i2, o2 = repair_lengths(inp, out, fit["rho"], np.random.default_rng(4))
+    assert sorted(i2) == sorted(inp)  # marginals kept (outputs only cut where the 2048 total binds)
+    assert np.all(i2 + o2 <= 2048)
+    assert np.corrcoef(i2, o2)[0, 1] < -0.2
+    assert time_avg_context(i2, o2) < time_avg_context(inp, out)

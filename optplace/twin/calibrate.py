@@ -37,6 +37,7 @@ total scheduling time / steps regressed on the mean running, waiting and waiting
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ __all__ = [
     "FitReport",
     "calibrate_bundled",
     "fit_adapter_load",
+    "fit_length_correlation",
+    "kv_tokens_per_running_request",
     "fit_profile_sections",
     "fit_report",
     "fit_scheduler_overhead",
@@ -359,3 +362,68 @@ def calibrate_bundled(
         write_profile(path, fit_profile_sections(ref, model))
         written.append(path)
     return written
+
+
+def kv_tokens_per_running_request(ref_dir: str | os.PathLike[str] | None = None) -> dict[str, float]:
+    """Median KV tokens held per running request in the real 1-hour runs, per model.
+
+    ``mean_kv_usage × kv_cache_tokens / mean_running`` over ``dt_validation`` runs with results, at
+    least 20 running requests on average and no preemption (so the cache is not the binding limit).
+    Includes the block rounding (half a 16-token block per request on average).
+    """
+    runs = load_dt_validation(ref_dir)
+    out: dict[str, float] = {}
+    for model in MODELS:
+        v = [r.mean_kv_usage * r.kv_cache_tokens / r.mean_running for r in runs
+             if r.model == model and r.has_results and r.mean_running and r.mean_running > 20
+             and r.mean_kv_usage and r.kv_cache_tokens and not r.preemptions_in_window]
+        out[model] = float(np.median(v))
+    return out
+
+
+def time_avg_context(inp: np.ndarray, out: np.ndarray) -> float:
+    """Time-averaged KV tokens of a running request: prompt + half the output, weighted by output length."""
+    i = inp.astype(np.float64)
+    o = out.astype(np.float64)
+    return float((np.sum(i * o) + 0.5 * np.sum(o * o)) / np.sum(o))
+
+
+def repair_lengths(inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Generator,
+                   max_total: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Re-pair (input, output) draws so their ranks follow a Gaussian copula with correlation ``rho``.
+
+    Marginals are kept exactly (the sorted values are reassigned); a pair that would exceed
+    ``max_total`` tokens keeps its input and has its output cut to fit (rare at rho < 0).
+    """
+    n = inp.size
+    z1 = rng.standard_normal(n)
+    z2 = rho * z1 + math.sqrt(1.0 - rho * rho) * rng.standard_normal(n)
+    i2 = np.sort(inp)[np.argsort(np.argsort(z1))]
+    o2 = np.sort(out)[np.argsort(np.argsort(z2))]
+    o2 = np.minimum(o2, max_total - i2)
+    return i2.astype(inp.dtype), o2.astype(out.dtype)
+
+
+def fit_length_correlation(ref_dir: str | os.PathLike[str] | None = None, n: int = 200_000,
+                           seed: int = 0) -> dict[str, float]:
+    """Input/output rank correlation of the ShareGPT length model that reproduces the real KV per request.
+
+    Target: :func:`kv_tokens_per_running_request` averaged over both models, minus the half-block rounding
+    (7.5 tokens). Marginals: the twin's ``sharegpt`` draws. Solved by bisection on a seeded Monte-Carlo
+    sample (deterministic). Returns ``{"target_tokens", "independent_tokens", "rho"}``.
+    """
+    from optplace.specs.model import ShareGptLengths
+    from optplace.twin._lengths import draw_lengths
+
+    per_model = kv_tokens_per_running_request(ref_dir)
+    target = float(np.mean(list(per_model.values()))) - 7.5
+    inp, out = draw_lengths(ShareGptLengths(kind="sharegpt"), n, np.random.default_rng(seed))
+    lo, hi = -0.95, 0.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        i2, o2 = repair_lengths(inp, out, mid, np.random.default_rng(seed + 1))
+        if time_avg_context(i2, o2) > target:
+            hi = mid
+        else:
+            lo = mid
+    return {"target_tokens": target, "independent_tokens": time_avg_context(inp, out), "rho": 0.5 * (lo + hi)}
