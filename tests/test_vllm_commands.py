@@ -83,7 +83,7 @@ def test_loadgen_replays_a_scenario_workload_against_routes(tmp_path):
     (tmp_path / "routes.json").write_text(json.dumps(routes))
     try:
         r = runner.invoke(vllm_app, ["loadgen", str(spec), "--routes", str(tmp_path / "routes.json"), "--duration", "3",
-                                     "--out", str(tmp_path / "res.json")])
+                                     "--out", str(tmp_path / "res.json"), "--traces", str(tmp_path / "tr")])
     finally:
         for f in fakes:
             asyncio.run_coroutine_threadsafe(f.stop(), loop).result(5)
@@ -92,6 +92,13 @@ def test_loadgen_replays_a_scenario_workload_against_routes(tmp_path):
     sent = doc["requests"]["sent"]
     assert sent == len(fakes[0].received) + len(fakes[1].received) and 20 < sent < 150  # ~18 req/s for 3 s
     assert [g["index"] for g in doc["gpus"]] == [0, 1] and doc["simulated_s"] == 3.0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "tr" / "requests.csv")))
+    assert len(rows) == sent and {r["status"] for r in rows} <= {"ok", "cancelled"}
+    assert all(float(r["sent_s"]) >= 0 and r["adapter_name"] in names for r in rows)
+    assert sum(r["status"] == "ok" for r in rows) == doc["requests"]["completed"]
+    assert (tmp_path / "tr" / "samples.csv").read_text().startswith("gpu,t_s,running")
     assert all(g["max_loras"] == 4 and g["offered_tok_s"] > 0 for g in doc["gpus"])
     assert r.exit_code in (0, 1), r.output  # 1 = starved (long ShareGPT outputs cut at the 3 s window)
     assert r.exit_code == (1 if any(g["starved"] for g in doc["gpus"]) else 0)

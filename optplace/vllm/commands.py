@@ -185,6 +185,7 @@ def loadgen(
     seed: Annotated[Optional[int], typer.Option(help="Override the scenario's seed.")] = None,
     vocab: Annotated[str, typer.Option(help="Prompt token ids drawn from LOW:HIGH (half-open).")] = "4:1000",
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the simulate --json shaped result here.")] = None,
+    traces: Annotated[Optional[Path], typer.Option("--traces", help="Write requests.csv and samples.csv into this folder.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Replay a scenario's workload against running servers for a fixed window; per-GPU results."""
@@ -222,6 +223,8 @@ def loadgen(
     except LoadgenError as exc:
         raise _err(str(exc)) from None
     doc = res.to_json()
+    if traces is not None:
+        res.write_traces(traces)
     if out is not None:
         out.write_text(json.dumps(doc, indent=2) + "\n")
     if json_out:

@@ -16,12 +16,14 @@ server-sent events parsed here, so the load generator needs no third-party clien
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -186,6 +188,30 @@ class ReplayResult:
                          "errors": sum(1 for r in self.requests if r.status == "error")},
             "metrics_delta": {str(k): v for k, v in self.metrics_delta.items()},
         }
+
+    def write_traces(self, out_dir: Path) -> tuple[Path, Path]:
+        """Write ``requests.csv`` (one row per sent request) and ``samples.csv`` (periodic /metrics)
+        into ``out_dir``: the raw material for calibrating step time, TTFT and queueing."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        req_path, smp_path = out / "requests.csv", out / "samples.csv"
+        with open(req_path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "adapter", "adapter_name", "gpu", "arrival_s", "sent_s", "first_token_s", "done_s",
+                        "input_tokens", "max_tokens", "output_tokens", "status", "itl_mean_ms", "error"])
+            for r in self.requests:
+                itl = sum(r.chunk_gaps_s) / len(r.chunk_gaps_s) * 1000 if r.chunk_gaps_s else ""
+                w.writerow([r.index, r.adapter, self.adapter_names[r.adapter], r.gpu, f"{r.arrival_s:.6f}", f"{r.sent_s:.6f}",
+                            "" if r.first_token_s is None else f"{r.first_token_s:.6f}",
+                            "" if r.done_s is None else f"{r.done_s:.6f}", r.input_tokens, r.max_tokens, r.output_tokens,
+                            r.status, itl if itl == "" else f"{itl:.3f}", r.error or ""])
+        with open(smp_path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["gpu", "t_s", "running", "waiting", "kv_cache_usage", "preemptions", "lora_running"])
+            for s in self.samples:
+                w.writerow([s.gpu, f"{s.t_s:.3f}", s.running, s.waiting, s.kv_cache_usage, s.preemptions,
+                            "" if s.lora_running is None else " ".join(s.lora_running)])
+        return req_path, smp_path
 
 
 def endpoints_from_routes(routes: Mapping[str, Any]) -> tuple[Endpoint, ...]:
