@@ -498,6 +498,16 @@ class EngineCore:
                 rej[adapter[r]] += 1
         self.n_dropped += n_arrived - first_drop
 
+    def first_fresh(self) -> int:
+        """The earliest request never admitted nor rejected (``n`` if none)."""
+        gp = self.gptr
+        adm = self.admitted
+        n = self.n
+        while gp < n and adm[gp]:
+            gp += 1
+        self.gptr = gp
+        return gp
+
     def _active_head(self) -> int:
         """The earliest queued request of the adapters in the batch (-1 if none); drops stale heap entries."""
         heap = self.active_heap
@@ -1091,42 +1101,48 @@ class _Runner:
                 max_tokens = plan[2] + plan[3]
             if check:
                 core.check_state()
-            # repeatable only if nothing changed: no completion, admission, preemption, prefill, load
-            if not ff or completions or plan[7] or plan[8] or plan[9] or plan[11] or plan[12] or core.tail >= 0:
+            # Fast-forward decode-only steps until the next completion, KV limit, window end, or a
+            # request that could be admitted. Arrivals that cannot be admitted (the adapter set is
+            # full and their adapter is not in it) only lengthen the waiting queue, i.e. change the
+            # scheduler overhead; completions that leave nothing admissible only change the batch
+            # composition: in both cases the run continues with the new step time.
+            if not ff or plan[8] or core.tail >= 0:
                 continue
-            # Fast-forward identical steps until the next completion, KV limit, window end, or an
-            # arrival that could be admitted. An arrival that cannot be admitted (the adapter set is
-            # full and its adapter is not in it) only lengthens the waiting queue, i.e. changes the
-            # scheduler overhead: the run continues with the new overhead.
-            kc = core.next_completion_step() - core.step + 1  # steps up to the completing one
-            if kc <= 0:
-                continue
-            st0 = dt - ov - plan[14]
-            # The step time is affine in the context tokens, which grow by one per decoder per step:
-            # its slope per step depends on the batch composition only (cached; None = not affine).
-            key = (num_seqs, n_act, plan[5])
-            delta = slopes.get(key, -1.0)
-            if delta is not None and delta < 0.0:
-                st1 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + plan[2])
-                st2 = step_s(num_seqs, plan[3], plan[2], n_act, mean_rank, plan[6] + 2 * plan[2])
-                delta = st1 - st0
-                if abs((st2 - st1) - delta) > 1e-9 * st0 or delta < 0.0:
-                    delta = None
-                slopes[key] = delta
-            if delta is None:
-                continue  # not affine (or decreasing) in the context: no closed form, go step by step
+            # after admissions, prefills, loads or completions the next step has a new composition
+            changed = bool(completions or plan[7] or plan[9] or plan[11] or plan[12])
+            if not changed:
+                kc = core.next_completion_step() - core.step + 1  # steps up to the completing one
+                if kc <= 0:
+                    continue
+                st0 = dt - ov - plan[14]
+                # The step time is affine in the context tokens, which grow by one per decoder per
+                # step: its slope depends on the batch composition only (cached; None = not affine).
+                key = (num_seqs, n_act, plan[5])
+                delta = slopes.get(key, -1.0)
+                if delta is not None and delta < 0.0:
+                    st1 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, plan[6] + num_seqs)
+                    st2 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, plan[6] + 2 * num_seqs)
+                    delta = st1 - st0
+                    if abs((st2 - st1) - delta) > 1e-9 * st0 or delta < 0.0:
+                        delta = None
+                    slopes[key] = delta
+                if delta is None:
+                    continue  # not affine (or decreasing) in the context: go step by step
             j0 = 0
+            skip_advance = changed
             while True:
-                d = st0 + ov + delta * (j0 + 1)
-                t_arr = arrival[na] if na < n else math.inf
-                lim = t_arr if t_arr < horizon else horizon
-                k_arr = _steps_before(lim - t, d, delta)
-                k = min(kc, k_arr, _steps_within(duration - t, d, delta))
-                stop = k < k_arr  # stopped by a completion or the window end
-                if k > 0:
+                if not skip_advance:
+                    d = st0 + ov + delta * (j0 + 1)
+                    t_arr = arrival[na] if na < n else math.inf
+                    lim = t_arr if t_arr < horizon else horizon
+                    k_arr = _steps_before(lim - t, d, delta)
+                    k = min(kc, k_arr, _steps_within(duration - t, d, delta))
+                    if k <= 0:
+                        break
                     free = core.total_blocks - core.used
                     need = core.blocks_needed(k)
-                    if need > free:
+                    kv_limited = need > free
+                    if kv_limited:
                         lo, hi = 0, k
                         while lo < hi:
                             mid = (lo + hi + 1) // 2
@@ -1135,38 +1151,81 @@ class _Runner:
                             else:
                                 hi = mid - 1
                         k = lo
-                        need = core.blocks_needed(k)
-                        stop = True
-                    if k > 0:
-                        span = _cum(k, d, delta)
-                        core.used += need
-                        core.step += k
-                        sched_s += ov * k
-                        run_area += nr * span
-                        wait_area += nw * span
-                        if core.used > max_used:
-                            max_used = core.used
-                        t += span
-                        j0 += k
-                        kc -= k
-                        if kc == 0:
-                            # the last skipped step is the one in which decodes finish
-                            core.finish_decodes(core.step - 1, t)
+                        if k <= 0:
                             break
-                if stop or kc <= 0 or t_arr >= horizon or t >= horizon:
+                        need = core.blocks_needed(k)
+                    span = _cum(k, d, delta)
+                    core.used += need
+                    core.step += k
+                    sched_s += ov * k
+                    run_area += nr * span
+                    wait_area += nw * span
+                    if core.used > max_used:
+                        max_used = core.used
+                    t += span
+                    j0 += k
+                    kc -= k
+                    changed = kc == 0
+                    if changed:
+                        # the last skipped step is the one in which decodes finish
+                        core.finish_decodes(core.step - 1, t)
+                    elif kv_limited or k < k_arr:
+                        break  # KV limit or window end: the next step is done one by one
+                skip_advance = False
+                if t >= horizon:
                     break
-                # the next step sees new arrivals: continue only if none of them can be admitted
+                # The next step differs only by new arrivals and/or its composition: carry on if it
+                # cannot admit anything.
                 na2 = bisect_right(arrival, t, na)
-                if core.n_active < slots:
-                    break
-                adapter = core.adapter
-                run_count = core.run_count
-                if any(run_count[adapter[r]] for r in range(na, na2)):
-                    break
+                if changed:
+                    if core.n_dec == 0 or core.preempted_q or core.tail >= 0:
+                        break
+                    if core.n_active < slots:
+                        if core.first_fresh() < na2:
+                            break
+                    else:
+                        h = core._active_head()
+                        if 0 <= h < na2:
+                            break
+                else:
+                    if core.n_active < slots:
+                        break
+                    adapter = core.adapter
+                    run_count = core.run_count
+                    if any(run_count[adapter[r]] for r in range(na, na2)):
+                        break
                 na = na2
                 nw = core.num_waiting(na)
                 if nw > max_waiting:
                     max_waiting = nw
+                if changed:
+                    # new batch composition (decoders only; nothing admissible)
+                    num_seqs = core.n_dec
+                    n_act = core.n_active
+                    rs = core.rank_sum
+                    mean_rank = rs / n_act if n_act else 0.0
+                    ctx = core.sum_base + num_seqs * core.step
+                    st0 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, ctx)
+                    key = (num_seqs, n_act, rs)
+                    delta = slopes.get(key, -1.0)
+                    if delta is not None and delta < 0.0:
+                        st1 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, ctx + num_seqs)
+                        st2 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, ctx + 2 * num_seqs)
+                        delta = st1 - st0
+                        if abs((st2 - st1) - delta) > 1e-9 * st0 or delta < 0.0:
+                            delta = None
+                        slopes[key] = delta
+                    if delta is None:
+                        break
+                    nr = len(core.running)
+                    if nr > max_running:
+                        max_running = nr
+                    if n_act > max_distinct:
+                        max_distinct = n_act
+                    if num_seqs > max_tokens:
+                        max_tokens = num_seqs
+                    j0 = -1  # the next step is the new reference step itself
+                    kc = core.next_completion_step() - core.step + 1
                 ov = overhead_s(nr, nw, slots, served) if overhead_s is not None else 0.0
         self.n_arrived = na
         self.explicit = explicit
