@@ -1254,16 +1254,17 @@ def _steps_before(gap: float, d: float, delta: float) -> int:
         return 1 << 62
     if gap <= 0:
         return 0
+    h = 0.5 * delta
     if delta <= 0:
         k = math.ceil(gap / d)
     else:
         # smallest k with cum(k) >= gap  ->  start of step k is at/after gap
-        a = delta / 2
-        b = d - delta / 2
-        k = math.ceil((-b + math.sqrt(b * b + 4 * a * gap)) / (2 * a))
-    while k > 0 and _cum(k - 1, d, delta) >= gap:
+        b = d - h
+        k = math.ceil((-b + math.sqrt(b * b + 4 * h * gap)) / (2 * h))
+    # cum(k) = k*d + h*k*(k-1), inlined (hot path)
+    while k > 0 and (k - 1) * d + h * (k - 1) * (k - 2) >= gap:
         k -= 1
-    while _cum(k, d, delta) < gap:
+    while k * d + h * k * (k - 1) < gap:
         k += 1
     return k
 
@@ -1272,15 +1273,15 @@ def _steps_within(gap: float, d: float, delta: float) -> int:
     """Largest k with cum(k) <= gap (steps that end inside the window)."""
     if gap <= 0:
         return 0
+    h = 0.5 * delta
     if delta <= 0:
         k = int(gap // d)
     else:
-        a = delta / 2
-        b = d - delta / 2
-        k = int((-b + math.sqrt(b * b + 4 * a * gap)) / (2 * a))
-    while k > 0 and _cum(k, d, delta) > gap:
+        b = d - h
+        k = int((-b + math.sqrt(b * b + 4 * h * gap)) / (2 * h))
+    while k > 0 and k * d + h * k * (k - 1) > gap:
         k -= 1
-    while _cum(k + 1, d, delta) <= gap:
+    while (k + 1) * d + h * (k + 1) * k <= gap:
         k += 1
     return k
 
