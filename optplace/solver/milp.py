@@ -192,28 +192,43 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
     return out
 
 
-def _price(fam: _PricingFamily, pi: np.ndarray, lam_c: np.ndarray, need: np.ndarray) -> tuple[float, np.ndarray]:
-    """Ratio-greedy bounded knapsack: value and counts."""
+def _fill(order: np.ndarray, val: np.ndarray, w1: np.ndarray, w2: np.ndarray, r1: float, r2: float,
+          need: np.ndarray, a: np.ndarray) -> tuple[float, float]:
+    for c in order:
+        k = int(need[c]) - int(a[c])
+        if w1[c] > 0:
+            k = min(k, int(math.floor(r1 / w1[c] + 1e-9)))
+        if w2[c] > 0:
+            k = min(k, int(math.floor(r2 / w2[c] + 1e-9)))
+        if k <= 0:
+            continue
+        a[c] += k
+        r1 -= k * w1[c]
+        r2 -= k * w2[c]
+    return r1, r2
+
+
+def _price_fast(fam: _PricingFamily, pi: np.ndarray, lam_c: np.ndarray, need: np.ndarray
+                ) -> tuple[float, np.ndarray]:
+    """Normalised-density greedy only (for the dual ascent, where speed matters more)."""
     val = np.where(fam.allowed, pi, 0.0)
     cand = np.nonzero(val > 1e-12)[0]
     a = np.zeros(len(pi), dtype=np.int64)
     if cand.size == 0:
         return 0.0, a
-    w1 = fam.w1
-    dens = val[cand] / (w1[cand] / max(fam.c1, 1e-12) + fam.w2[cand] / max(fam.c2, 1e-12) + 1e-15)
-    r1, r2 = fam.c1, fam.c2
-    for c in cand[np.argsort(-dens, kind="stable")]:
-        k = int(need[c])
-        if w1[c] > 0:
-            k = min(k, int(math.floor(r1 / w1[c] + 1e-9)))
-        if fam.w2[c] > 0:
-            k = min(k, int(math.floor(r2 / fam.w2[c] + 1e-9)))
-        if k <= 0:
-            continue
-        a[c] = k
-        r1 -= k * w1[c]
-        r2 -= k * fam.w2[c]
+    dens = val[cand] / (fam.w1[cand] / max(fam.c1, 1e-12) + fam.w2[cand] / max(fam.c2, 1e-12) + 1e-15)
+    _fill(cand[np.argsort(-dens, kind="stable")], val, fam.w1, fam.w2, fam.c1, fam.c2, need, a)
     return float(np.dot(val, a)), a
+
+
+def _price(fam: _PricingFamily, pi: np.ndarray, lam_c: np.ndarray, need: np.ndarray) -> tuple[float, np.ndarray]:
+    """The pricing heuristic of column generation (normalised-density greedy, integer amounts).
+
+    A variant ordered by the LP relaxation's reduced density (v − y2·w2)/w1 found near-exact patterns
+    (within 0.5 % of the knapsack bound on the 1,000-adapter Zipf family) but tripled the time per
+    round without changing the plan or the bound there, so the cheap greedy is kept.
+    """
+    return _price_fast(fam, pi, lam_c, need)
 
 
 class _LpMaster:
@@ -341,7 +356,7 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     lp = _LpMaster(need, avail, big)
     for col in columns:
         lp.add(col, weights[col.gtype])
-    cg_budget = 0.45 * time_limit_s
+    cg_budget = 0.3 * time_limit_s
     duals = None
     it = 0
     lp_obj = math.inf
@@ -378,6 +393,9 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
                 break
         if len(history) > 40 and history[-41] - lp_obj < 0.002 * max(lp_obj, 1e-9):
             break
+        if integral and len(history) > 20 and math.ceil(history[-21] / w_min - 1e-6) == \
+                math.ceil(lp_obj / w_min - 1e-6):
+            break  # 20 rounds without moving the LP's rounded-up value
         added = 0
         for alpha in (0.5, 0.0):
             pi_s = alpha * center + (1.0 - alpha) * duals
@@ -405,7 +423,12 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
                 break
         if added == 0:
             break
-    dual_sets = [d for d in (duals, center) if d is not None]
+    # Farley-value ascent from the centre (projected multiplicative subgradient steps): the LP duals
+    # at a degenerate optimum are extreme and give a weak bound; the best few ascended duals go to
+    # the bound, which re-checks each with its valid knapsack upper bounds.
+    asc = ascend_duals(center, fams, lam_c, need, weights, iters=30,
+                       deadline=t0 + max(cg_budget, 0.6 * time_limit_s))
+    dual_sets = [d for d in (duals, center, *asc) if d is not None]
     # The LP is degenerate at the integral warm start; patterns priced at the stabilised duals are the
     # load-efficient ones, so they all go to the integer master whether or not the LP wanted them.
     extra = 0
@@ -432,6 +455,35 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
         gpus = map_columns(problem, oracle, columns, warm)
     gpus = consolidate(problem, oracle, gpus)
     return MilpOutcome(gpus, (problem.classes, dual_sets) if dual_sets else None, log)
+
+
+def ascend_duals(start: np.ndarray, fams: Sequence[_PricingFamily], lam_c: np.ndarray, need: np.ndarray,
+                 weights: Sequence[float], iters: int = 30, deadline: float = math.inf, keep: int = 3
+                 ) -> list[np.ndarray]:
+    """Heuristic ascent on the Farley value F(π) = π·n / maxₜ(m_t(π)/w_t), m_t = best pattern value on
+    type t (ratio-greedy pricing); returns the ``keep`` best dual vectors seen."""
+    pi = np.maximum(np.asarray(start, dtype=float), 1e-9)
+    seen: list[tuple[float, np.ndarray]] = []
+    for it in range(iters):
+        if time.perf_counter() > deadline:
+            break
+        best_ratio, best_a = 0.0, None
+        for f in fams:
+            v, a = _price_fast(f, pi, lam_c, need)
+            r = v / weights[f.gtype]
+            if r > best_ratio:
+                best_ratio, best_a = r, a
+        if best_a is None or best_ratio <= 0:
+            break
+        pn = float(pi @ need)
+        seen.append((pn / best_ratio, pi.copy()))
+        g = need / pn - best_a / float(pi @ best_a)
+        step = g * pi
+        norm = float(np.abs(step).sum()) or 1.0
+        eta = 0.5 / (1.0 + it / 20.0)
+        pi = np.maximum(pi * (1.0 + eta * np.clip(step * len(pi) / norm, -0.5, 0.5)), 1e-9)
+    seen.sort(key=lambda x: -x[0])
+    return [p for _, p in seen[:keep]]
 
 
 def oracle_check(an: AnalyticCapacity, col: Column, mix: Mix) -> bool:
