@@ -384,7 +384,7 @@ def launch_script(servers: Sequence[ServerSpec]) -> str:
         out.append(f"    stop_one gpu{s.gpu}")
     out += ["    ;;", "  status)"]
     for s in servers:
-        out.append(f"    if curl -fsS -o /dev/null {q(s.url + '/health')}; then echo 'gpu{s.gpu} healthy'; "
+        out.append(f"    if curl -fs -o /dev/null {q(s.url + '/health')}; then echo 'gpu{s.gpu} healthy'; "
                    f"else echo 'gpu{s.gpu} down'; fi")
     out += ["    ;;", '  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;', "esac", ""]
     return "\n".join(out)
