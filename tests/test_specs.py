@@ -65,6 +65,8 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
     ("duration-zero", BASE + "workload: {duration_s: 0}\n", "workload.duration_s", 7, "greater than"),
     ("loss-too-big", BASE + "constraints: {max_throughput_loss: 1.5}\n", "constraints.max_throughput_loss", 7, "less than"),
     ("gmu-above-one", BASE + "serving: {gpu_memory_utilization: 1.2}\n", "serving.gpu_memory_utilization", 7, "less than"),
+    ("budget-below-seqs", BASE + "serving: {max_num_batched_tokens: 1024}\n", "serving.max_num_batched_tokens", 7,
+     ">= max_num_seqs"),
     ("seqs-string", BASE + "serving: {max_num_seqs: many}\n", "serving.max_num_seqs", 7, "valid integer"),
     ("seed-negative", BASE + "seed: -3\n", "seed", 7, "greater than"),
     ("placement-unknown-adapter", BASE + "placement:\n  - {max_loras: 1, adapters: [a, zz]}\n",

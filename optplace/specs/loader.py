@@ -195,6 +195,10 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
     if sc.profile is not None and sc.pool is not None:
         out.append((("profile",), "with a pool, give 'profile' per pool entry instead"))
     out += _file_problems(sc, base_dir, roots)
+    sv = sc.serving
+    if sv.max_num_batched_tokens < sv.max_num_seqs:
+        out.append((("serving", "max_num_batched_tokens"), f"vLLM requires max_num_batched_tokens "
+                    f"({sv.max_num_batched_tokens}) >= max_num_seqs ({sv.max_num_seqs}); raise it or lower max_num_seqs"))
 
     profiles: dict[str, Profile] = {}
     for i, pe in enumerate(sc.gpu_types() if (sc.gpu is None) != (sc.pool is None) else ()):

@@ -212,7 +212,7 @@ def engine_config_from_profile(
     )
     step = StepTimeModel.from_params(profile.step_time)
     if hasattr(step, "bind"):
-        step = step.bind(mlr)
+        step = step.bind(mlr, int(max_loras))
     overhead = SchedulerOverhead.from_params(getattr(profile, "scheduler_overhead", None))
     load = profile.adapter_load
     return EngineConfig(
