@@ -226,9 +226,15 @@ def capacity(spec: Annotated[Path, typer.Argument(help="Scenario YAML; its adapt
 
 @app.command()
 def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surrogate | solver")],
-          json_out: JsonOpt = False) -> None:
+          json_out: JsonOpt = False,
+          full: Annotated[bool, typer.Option("--full", help="Every configuration (twin-speed: all 294 reference "
+                                                          "runs; solver: the largest families too).")] = False,
+          client_cap: Annotated[bool, typer.Option("--client-cap", help="twin-speed: replay with the reference "
+                                                                      "harness's cap on outstanding requests.")] = False,
+          ) -> None:
     """Run a benchmark and print its figures (see the README for what each measures)."""
     import importlib
+    import inspect
 
     modules = {"fidelity": "fidelity", "twin-speed": "twin_speed", "surrogate": "surrogate", "solver": "solver"}
     if name not in modules:
@@ -237,7 +243,14 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
         mod = importlib.import_module(f"optplace.bench.{modules[name]}")
     except ModuleNotFoundError as e:
         raise _fail_input([f"bench: benchmark {name!r} is not available in this build ({e.name})"]) from None
-    result = mod.run(json=json_out)
+    params = inspect.signature(mod.run).parameters
+    kwargs: dict[str, bool] = {}
+    for flag, key, value in (("--full", "full", full), ("--client-cap", "client_cap", client_cap)):
+        if value:
+            if key not in params:
+                raise _fail_input([f"bench {name}: {flag} does not apply to this benchmark"])
+            kwargs[key] = True
+    result = mod.run(json=json_out, **kwargs)
     if json_out:
         print(json.dumps(result, indent=2))
 
