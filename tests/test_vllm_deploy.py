@@ -16,7 +16,7 @@ def plan(n_gpus: int = 2, per_gpu: int = 3, **over):
     adapters = [{"name": f"ad-{g}.{k}", "rank": 8 if k % 2 else 16, "rate_rps": 0.1} for g in range(n_gpus) for k in range(per_gpu)]
     placement = [{"gpu": g, "gpu_type": "h100-64gb", "max_loras": 2, "max_cpu_loras": max(per_gpu, 2), "max_lora_rank": 16,
                   "adapters": [a["name"] for a in adapters[g * per_gpu:(g + 1) * per_gpu]]} for g in range(n_gpus)]
-    doc = {"model": "meta-llama/Llama-3.1-8B-Instruct", "objective": "min_gpus", "strategy": "milp", "gpus_used": n_gpus,
+    doc = {"model": "my-org/base-model", "objective": "min_gpus", "strategy": "milp", "gpus_used": n_gpus,
            "serving": {"max_num_seqs": 2048, "max_num_batched_tokens": 2048, "gpu_memory_utilization": 0.9},
            "adapters": adapters, "placement": placement}
     doc.update(over)
@@ -41,7 +41,7 @@ def test_commands_parse_back_and_carry_the_plan_knobs(tmp_path):
         assert argv[0] == "CUDA_VISIBLE_DEVICES=" + str(entry["gpu"])
         argv = argv[1:]
         assert tuple(argv) == s.argv
-        assert argv[:3] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
+        assert argv[:3] == ["vllm", "serve", "my-org/base-model"] and "--served-model-name" not in argv
         assert "--enable-lora" in argv
         assert flag_values(argv, "--max-loras") == ["2"]
         assert flag_values(argv, "--max-cpu-loras") == ["3"]
@@ -102,7 +102,7 @@ def test_api_server_entrypoint_and_rank_rounding():
     p["adapters"][1]["rank"] = 8
     dep = build_deployment(p, DeployOptions(entrypoint="api-server", python="/venv/bin/python", prefix_caching=True))
     argv = list(dep.servers[0].argv)
-    assert argv[:5] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert argv[:5] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "my-org/base-model"]
     assert flag_values(argv, "--max-lora-rank") == ["16"]  # 12 is not a rank vLLM accepts
     assert "--enable-prefix-caching" in argv
 
@@ -167,3 +167,14 @@ def test_launch_script_starts_checks_and_stops_servers(tmp_path):
     assert r.returncode == 1 and "gpu1 exited at start" in r.stderr
     assert "KV cache" in (tmp_path / "logs" / "gpu1.log").read_text()
     assert run([bad], "bogus").returncode == 2
+
+
+def test_profile_model_name_maps_to_hub_id_served_under_the_plan_name():
+    p = plan(n_gpus=1, per_gpu=2, model="llama-3.1-8b-instruct")
+    dep = build_deployment(p)
+    argv = list(dep.servers[0].argv)
+    assert argv[:3] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert flag_values(argv, "--served-model-name") == ["llama-3.1-8b-instruct"]
+    assert dep.model == "llama-3.1-8b-instruct" and "llama\\-3\\.1" in dep.nginx_conf
+    own = build_deployment(p, DeployOptions(model_path="/models/llama"))
+    assert "--served-model-name" not in own.servers[0].argv and own.model == "/models/llama"

@@ -27,6 +27,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 __all__ = [
+    "MODEL_IDS",
     "VLLM_LORA_RANKS",
     "DeployOptions",
     "Deployment",
@@ -43,6 +44,12 @@ __all__ = [
 #: ranks ``--max-lora-rank`` accepts (vllm/config/lora.py, ``MaxLoRARanks``, vLLM 0.32)
 VLLM_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _NGINX_NAME = re.compile(r"^[A-Za-z0-9._:/-]+$")
+#: bundled profile model names -> Hugging Face ids (served under the profile name, so routes and
+#: clients use the plan's name)
+MODEL_IDS: dict[str, str] = {
+    "llama-3.1-8b-instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "qwen-2.5-7b-instruct": "Qwen/Qwen2.5-7B-Instruct",
+}
 
 
 class PlanError(ValueError):
@@ -58,7 +65,8 @@ class DeployOptions:
     """How to turn a plan into commands (everything not decided by the plan itself)."""
 
     model_path: str | None = None
-    """Model path or HF id to serve; default: the plan's ``"model"``."""
+    """Model path or HF id to serve; default: the plan's ``"model"`` (a bundled profile's model name
+    becomes its Hugging Face id, see :data:`MODEL_IDS`, served under the profile name)."""
     adapters_dir: Path = Path("adapters")
     """Folder with one sub-folder per adapter name (PEFT format)."""
     host: str = "127.0.0.1"
@@ -170,7 +178,10 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
     ``max_loras``, adapter placed nowhere, …) and raises one :class:`PlanError` listing them.
     """
     problems: list[str] = []
-    model = options.model_path or plan.get("model")
+    plan_model = plan.get("model")
+    model = options.model_path or MODEL_IDS.get(str(plan_model), plan_model)
+    # a profile name mapped to a hub id keeps the profile name as the name clients use
+    served_name = str(plan_model) if (options.model_path is None and model != plan_model) else None
     if not model:
         problems.append('no model: the plan has no "model" key and no model path was given')
     serving = dict(plan.get("serving") or {})
@@ -210,6 +221,8 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
         gpu = int(entry.get("gpu", i))
         port = options.base_port + i
         argv = _server_argv(str(model), names, options, serving, max_loras, max_cpu_loras, max_lora_rank, port)
+        if served_name:
+            argv += ["--served-model-name", served_name]
         env = dict(options.env)
         if options.pin_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -230,8 +243,9 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
         share = 1.0 / len(idxs)
         routes[name] = tuple(Route(gpu=servers[i].gpu, url=servers[i].url, weight=share) for i in idxs)
     dep_servers = tuple(servers)
-    return Deployment(model=str(model), servers=dep_servers, routes=MappingProxyType(routes),
-                      nginx_conf=nginx_config(dep_servers, routes, str(model), options.router_port),
+    client_model = served_name or str(model)
+    return Deployment(model=client_model, servers=dep_servers, routes=MappingProxyType(routes),
+                      nginx_conf=nginx_config(dep_servers, routes, client_model, options.router_port),
                       launch_sh=launch_script(dep_servers))
 
 
