@@ -100,3 +100,50 @@ def test_generated_launch_script_reports_a_kv_cache_oom_at_start(tiny_model, tin
     print(f"\nlaunch.sh start exited {run.returncode} after {took:.1f} s: {status}: {reason}")
     assert run.returncode == 1 and "gpu0 exited at start" in run.stderr, (run.stdout, run.stderr)
     assert status == "oom" and reason.startswith("oom_kv_cache"), reason
+
+
+def test_quickstart_plan_deploys_to_a_runnable_command(tiny_model, start_vllm, tmp_path):
+    """`optplace solve` → `optplace deploy` for the quickstart scenario, served by the tiny model with
+    dummy adapters of the plan's names and ranks (8/16/32): the parsed gpu0 command starts and every
+    rank answers."""
+    from typer.testing import CliRunner
+
+    from optplace.cli import app
+
+    repo = Path(__file__).resolve().parent.parent
+    runner = CliRunner()
+    r = runner.invoke(app, ["solve", str(repo / "scenarios" / "quickstart.yaml"), "--json"])
+    assert r.exit_code == 0, r.output
+    plan = tmp_path / "plan.json"
+    plan.write_text(r.stdout)
+    ad = tmp_path / "adapters"
+    r = runner.invoke(app, ["vllm", "make-adapters", "--out", str(ad), "--base-config", str(tiny_model.path), "--plan", str(plan)])
+    assert r.exit_code == 0, r.output
+    port = pick_free_port()
+    r = runner.invoke(app, ["deploy", str(plan), "--out", str(tmp_path / "deploy"), "--adapters-dir", str(ad),
+                            "--model", str(tiny_model.path), "--base-port", str(port), "--no-pin-gpus",
+                            *[f"--extra-arg={a}" for a in KV_1GIB + FAST_START]])
+    assert r.exit_code == 0, r.output
+    argv = shlex.split((tmp_path / "deploy" / "gpu0.cmd").read_text())
+    doc = json.loads(plan.read_text())
+    gpu0 = doc["placement"][0]
+    assert flag_values_of(argv, "--max-loras") == [str(gpu0["max_loras"])]
+    t = time.monotonic()
+    res = start_vllm(argv, port, env={"PATH": venv_path()})
+    assert res.ok, f"{res.status}: {res.reason} (log {res.log_path})"
+    print(f"\nquickstart gpu0 ({len(gpu0['adapters'])} adapters, max_loras {gpu0['max_loras']}) started in {time.monotonic() - t:.1f} s")
+    ranks = {a["name"]: a["rank"] for a in doc["adapters"]}
+    picks = [next(n for n in gpu0["adapters"] if ranks[n] == rank) for rank in sorted(set(ranks[n] for n in gpu0["adapters"]))]
+    import urllib.request
+
+    for name in picks:
+        body = json.dumps({"model": name, "prompt": [5, 6, 7, 8], "max_tokens": 4, "ignore_eos": True}).encode()
+        req = urllib.request.Request(f"{res.server.url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        out = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert out["model"] == name and out["usage"]["completion_tokens"] == 4
+    assert sorted({ranks[n] for n in picks}) == [8, 16, 32]
+
+
+def flag_values_of(argv, flag):
+    i = argv.index(flag)
+    return [a for a in argv[i + 1:i + 2]]
