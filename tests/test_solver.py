@@ -41,7 +41,7 @@ MIXED = """  - {group: a, count: 40, rank: 8, total_rate_rps: 24.0, popularity: 
 
 @pytest.fixture(scope="module")
 def mixed():
-    pb = compile_problem(scenario(MIXED), REPO)
+    pb = compile_problem(scenario(MIXED, "solver: {time_limit_s: 6}"), REPO)
     return pb, AnalyticCapacity(pb)
 
 
@@ -149,7 +149,7 @@ def test_golden_master_both_backends(backend):
 
 def test_milp_never_worse_than_its_warm_start_and_greedy(mixed):
     pb, an = mixed
-    out = solve_milp(pb, an, [1.0], 20.0, 0.01)
+    out = solve_milp(pb, an, [1.0], 6.0, 0.01)
     warm = greedy_improved(pb, an)
     assert len(out.gpus) <= len(warm) + 0  # the integer master only accepts solutions ≤ the warm start
     assert solve(pb, an, "milp").gpus_used <= solve(pb, an, "greedy-paper").gpus_used
@@ -261,6 +261,6 @@ def test_pulp_backend_end_to_end(mixed):
     from optplace.solver.strategies import SolveOptions
     pb, an = mixed
     highs = solve(pb, an, "milp")
-    cbc = solve(pb, an, "milp", SolveOptions(time_limit_s=20.0, backend="pulp"))
+    cbc = solve(pb, an, "milp", SolveOptions(time_limit_s=6.0, backend="pulp"))
     assert cbc.gpus_used == highs.gpus_used
     assert any("PuLP+CBC" in line for line in cbc.log)

@@ -150,7 +150,7 @@ def _knapsack_ub_y(values: np.ndarray, w1: np.ndarray, c1: float, w2: np.ndarray
     g0, gh = g(0.0), g(hi)
     best, y_best = (g0, 0.0) if g0 <= gh else (gh, hi)
     a, b = 0.0, hi
-    for _ in range(14):
+    for _ in range(10):
         m1, m2 = a + (b - a) / 3, b - (b - a) / 3
         g1, g2 = g(m1), g(m2)
         if g1 < best:

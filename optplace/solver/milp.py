@@ -109,7 +109,7 @@ def solve_master_pyomo(columns: Sequence[Column], need: Sequence[int], avail: Se
     for p in m.P:
         m.x[p].set_value(warm.get(p, 0))
     opt = Highs()
-    opt.config.time_limit = max(1.0, time_limit_s)
+    opt.config.time_limit = max(0.2, time_limit_s)
     opt.config.mip_gap = mip_gap
     # Pyomo 6.10.1's appsi HiGHS warm start returned the warm start itself as "optimal" with a wrong
     # objective (1.0 for a 4-GPU start on the golden test), so the warm start is not passed to HiGHS;
@@ -427,8 +427,10 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     # at a degenerate optimum are extreme and give a weak bound; the best few ascended duals go to
     # the bound, which re-checks each with its valid knapsack upper bounds.
     asc = ascend_duals(center, fams, lam_c, need, weights, iters=30,
-                       deadline=t0 + max(cg_budget, 0.6 * time_limit_s))
-    dual_sets = [d for d in (duals, center, *asc) if d is not None]
+                       deadline=t0 + 0.45 * time_limit_s, keep=1)
+    # LP duals at a degenerate optimum are extreme (weak bound); the centre and the ascended duals
+    # are the candidates worth the valid bound's cost.
+    dual_sets = [d for d in (center, *asc) if d is not None]
     # The LP is degenerate at the integral warm start; patterns priced at the stabilised duals are the
     # load-efficient ones, so they all go to the integer master whether or not the LP wanted them.
     extra = 0
@@ -441,7 +443,8 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     log.append(f"column generation: {it} LP rounds, {len(columns)} columns, LP value {lp_obj:.3f} "
                f"({time.perf_counter() - t0:.2f} s)")
 
-    remaining = max(1.0, time_limit_s - (time.perf_counter() - t0))
+    # The master gets what is left of 80 % of the limit: mapping, consolidation and the bound follow.
+    remaining = max(0.2, 0.8 * time_limit_s - (time.perf_counter() - t0))
     solver = solve_master_pulp if backend == "pulp" else solve_master_pyomo
     res = solver(columns, need.tolist(), avail, weights, warm, remaining, mip_gap)
     log.append(f"integer master ({'PuLP+CBC' if backend == 'pulp' else 'Pyomo+HiGHS appsi'}): {res.status}, "
