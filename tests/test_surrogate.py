@@ -287,3 +287,18 @@ def test_cli_sweep_rejects_unknown_executor(tmp_path: Path) -> None:
                                    "--executor", "dask"])
     assert res.exit_code != 0
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_load_datasets_merges_sweeps_without_group_clashes(tmp_path: Path) -> None:
+    from optplace.surrogate.sweep import load_datasets
+
+    ev = SyntheticEvaluator()
+    run_sweep(ev, tmp_path / "a", SMALL, seed=1, executor=LocalExecutor(1), progress=False)
+    run_sweep(ev, tmp_path / "b", SMALL, seed=2, executor=LocalExecutor(1), progress=False)
+    a, b = load_dataset(tmp_path / "a"), load_dataset(tmp_path / "b")
+    ab = load_datasets([tmp_path / "a", tmp_path / "b"])
+    assert ab.X.shape[0] == a.X.shape[0] + b.X.shape[0]
+    assert np.unique(ab.group).size == np.unique(a.group).size + np.unique(b.group).size
+    assert np.array_equal(ab.X[: a.X.shape[0]], a.X)
+    assert ab.provenance["seed"] == 1 and ab.provenance["merged_with"][0]["seed"] == 2
+    assert set(np.unique(ab.meta["pass"])) == {1, 2}

@@ -543,6 +543,7 @@ def load_dataset(path: Path | str) -> Dataset:
     targets = {t: col(t) for t in TARGET_COLUMNS}
     meta = {m: np.array([r[m] for r in recs]) for m in ("rate_kind", "length_kind", "arrival_kind")}
     meta["load"] = col("load")
+    meta["pass"] = col("pass", np.int64)
     meta["wall_s"] = col("wall_s")
     return Dataset(X, names, targets, col("index", np.int64), col("group", np.int64), meta, prov)
 
@@ -555,3 +556,32 @@ def iter_tasks(design: SweepDesign, evaluator: SweepEvaluator, seed: int) -> Ite
         if made is not None:
             cfg, load, kind = made
             yield RowTask(i, i, 1, load, kind, cfg)
+
+
+def load_datasets(paths: Sequence[Path | str]) -> Dataset:
+    """Several sweeps of one profile as one dataset (groups and indices of the k-th offset by k·2³²).
+
+    The provenance is the first sweep's, with the others listed under ``merged_with``; all must
+    share the feature schema and the evaluator identity.
+    """
+    parts = [load_dataset(p) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for p, d in zip(paths[1:], parts[1:]):
+        if d.feature_names != first.feature_names:
+            raise ValueError(f"{p}: feature names differ from {paths[0]}")
+        if d.provenance.get("evaluator") != first.provenance.get("evaluator"):
+            raise ValueError(f"{p}: evaluator {d.provenance.get('evaluator')} != {first.provenance.get('evaluator')}")
+    off = [np.int64(k) << np.int64(32) for k in range(len(parts))]
+    prov = dict(first.provenance)
+    prov["merged_with"] = [d.provenance for d in parts[1:]]
+    return Dataset(
+        X=np.vstack([d.X for d in parts]),
+        feature_names=first.feature_names,
+        targets={t: np.concatenate([d.targets[t] for d in parts]) for t in first.targets},
+        index=np.concatenate([d.index + o for d, o in zip(parts, off)]),
+        group=np.concatenate([d.group + o for d, o in zip(parts, off)]),
+        meta={m: np.concatenate([d.meta[m] for d in parts]) for m in first.meta},
+        provenance=prov,
+    )
