@@ -23,6 +23,12 @@ reached the engine, and its own arrival rate saturated near 200 req/s). The repl
 server-side cap (``CLIENT_MAX_OUTSTANDING``) when the engine supports it, because the scheduler's
 per-step overhead grows with the waiting queue.
 
+Lengths: the real pool's input and output lengths are strongly anti-correlated (the real engine holds
+~350 KV tokens per running request; independent draws with the same marginals hold ~440). When the
+workload's ShareGPT model draws them independently, the replay re-pairs them to the rank correlation
+fitted by :func:`optplace.twin.calibrate.fit_length_correlation` (marginals kept) and says so in its
+output; ``io_correlation=None`` replays the workload's lengths as drawn.
+
 Runs are simulated in a process pool (2 workers by default) and cached on disk by a key over the run
 configuration, the seed, the profile JSON and the twin's source files, so an interrupted benchmark
 resumes and an unchanged one re-prints instantly.
@@ -94,12 +100,14 @@ def _get(obj: Any, *names: str, default: Any = None) -> Any:
 
 
 def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool = True,
-                     client_cap: bool = True) -> RunResult:
+                     client_cap: bool = True, io_rho: float | None = None) -> RunResult:
     """Replay one reference run through the twin (start-up check, workload, engine).
 
     ``condition_on_arrivals``: draw exactly the real run's arrival count (``twin_arrivals``, as the
     published twin replayed the real trace); the rates still set each adapter's share.
     ``client_cap``: reproduce the harness's cap on outstanding requests (see module docstring).
+    ``io_rho``: re-pair the drawn input/output lengths to this rank correlation (marginals kept), for
+    a workload model that draws them independently (see :func:`length_adjustment`).
     """
     from optplace.specs import resolve_profile
 
@@ -131,6 +139,13 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
     if target and len(wl.arrival_s) > target:
         keep = np.sort(rng.choice(len(wl.arrival_s), size=target, replace=False))
         wl = _take(wl, keep)
+    if io_rho is not None and len(wl.arrival_s) > 1:
+        from dataclasses import replace as _replace
+
+        from optplace.twin.calibrate import repair_lengths
+
+        inp, out = repair_lengths(np.asarray(wl.input_tokens), np.asarray(wl.output_tokens), io_rho, rng)
+        wl = _replace(wl, input_tokens=inp, output_tokens=out)
     cfg = engine_config_from_profile(prof, run_.adapter_ranks, run_.max_loras, max_cpu_loras=run_.max_cpu_loras,
                                      max_lora_rank=run_.max_lora_rank, max_num_seqs=2048,
                                      max_num_batched_tokens=2048)
@@ -160,6 +175,26 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
                      rejected=int(sum(_get(res, "rejected", default=()) or ())), sim_wall_s=time.perf_counter() - t0)
 
 
+def length_adjustment(ref_dir: str | None = None) -> dict[str, Any]:
+    """Whether the workload's ShareGPT lengths need the calibrated input/output correlation, and which.
+
+    The real runs hold ~350 KV tokens per running request (``optplace.twin.calibrate``); a length model
+    drawing input and output independently holds ~440, so KV-bound runs keep ~20 % fewer requests. If
+    the workload model's own draws are within 8 % of the target it is used as is (``rho`` None).
+    """
+    from optplace.specs.model import PoissonArrivals, ShareGptLengths
+    from optplace.twin.calibrate import fit_length_correlation, time_avg_context
+    from optplace.twin.workload import generate_workload
+
+    fit = fit_length_correlation(ref_dir, n=100_000)
+    wl = generate_workload(PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"), [20.0], 3600.0,
+                           np.random.default_rng(11))
+    have = time_avg_context(np.asarray(wl.input_tokens), np.asarray(wl.output_tokens))
+    need = have > 1.08 * fit["target_tokens"]
+    return {"target_kv_tokens_per_request": fit["target_tokens"], "workload_kv_tokens_per_request": have,
+            "rho": round(fit["rho"], 3) if need else None}
+
+
 def _take(wl: Any, idx: np.ndarray) -> Any:
     # The workload is a frozen dataclass of arrays; build the same type with the selected rows.
     from dataclasses import replace
@@ -174,7 +209,7 @@ def _cache_dir() -> Path:
     return Path(root) / "fidelity"
 
 
-def _code_key(seed: int, options: tuple[bool, bool]) -> str:
+def _code_key(seed: int, options: tuple[bool, bool, float | None]) -> str:
     pkg = Path(__file__).resolve().parents[1]
     h = hashlib.sha256(f"seed={seed};max_out={CLIENT_MAX_OUTSTANDING};opts={options}".encode())
     for rel in _TWIN_SOURCES:
@@ -185,12 +220,12 @@ def _code_key(seed: int, options: tuple[bool, bool]) -> str:
     return h.hexdigest()[:16]
 
 
-def _cached_simulate(args: tuple[RefRun, int, str, tuple[bool, bool]]) -> dict[str, Any]:
-    run_, seed, key, (cond, cap) = args
+def _cached_simulate(args: tuple[RefRun, int, str, tuple[bool, bool, float | None]]) -> dict[str, Any]:
+    run_, seed, key, (cond, cap, rho) = args
     path = _cache_dir() / key / (hashlib.sha1(run_.run_id.encode()).hexdigest()[:20] + ".json")
     if path.exists():
         return json.loads(path.read_text())
-    out = asdict(simulate_ref_run(run_, seed, condition_on_arrivals=cond, client_cap=cap))
+    out = asdict(simulate_ref_run(run_, seed, condition_on_arrivals=cond, client_cap=cap, io_rho=rho))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out))
@@ -280,12 +315,14 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
 
 def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | None = None,
         models: Sequence[str] | None = None, ref_dir: str | None = None, progress: bool = True,
-        condition_on_arrivals: bool = True, client_cap: bool = True,
+        condition_on_arrivals: bool = True, client_cap: bool = True, io_correlation: str | float | None = "auto",
         select: Callable[[RefRun], bool] | None = None) -> dict[str, Any]:
     """Run the fidelity benchmark, print the figures (a table, or JSON when ``json``) and return them.
 
     ``models``, ``select`` (a predicate on :class:`RefRun`) and ``limit`` restrict the runs (for quick
-    checks); the acceptance figures are those of the full set.
+    checks); the acceptance figures are those of the full set. ``io_correlation``: ``"auto"`` applies the
+    calibrated input/output length correlation when the workload model lacks it (:func:`length_adjustment`),
+    a number forces that rank correlation, ``None`` uses the workload's lengths as drawn.
     """
     runs = load_dt_validation(ref_dir)
     if models:
@@ -294,7 +331,12 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
         runs = [r for r in runs if select(r)]
     if limit is not None:
         runs = runs[:limit]
-    opts = (condition_on_arrivals, client_cap)
+    adj: dict[str, Any] = {"rho": None}
+    if io_correlation == "auto":
+        adj = length_adjustment(ref_dir)
+    elif io_correlation is not None:
+        adj = {"rho": float(io_correlation)}
+    opts = (condition_on_arrivals, client_cap, adj["rho"])
     key = _code_key(seed, opts)
     t0 = time.perf_counter()
     results: list[RunResult] = []
@@ -317,6 +359,9 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
     summary["wall_s"] = time.perf_counter() - t0
     summary["sim_wall_s_total"] = float(sum(r.sim_wall_s for r in results))
     summary["cache_key"] = key
+    summary["length_adjustment"] = adj
+    summary["options"] = {"condition_on_arrivals": condition_on_arrivals, "client_cap": client_cap,
+                          "client_max_outstanding": CLIENT_MAX_OUTSTANDING}
     if json:
         import json as _json
 
@@ -373,4 +418,9 @@ def _print(s: dict[str, Any]) -> None:
                   f"{x['twin_tok_s']:.0f}", _fmt(x["ape_pct"]), f"{int(x['real_starved'])}/{int(x['twin_starved'])}",
                   _fmt(x["pub_ape_pct"]))
     con.print(w)
+    adj = s.get("length_adjustment", {})
+    if adj.get("rho") is not None:
+        con.print(f"lengths: input/output rank correlation {adj['rho']} applied (calibrated: real KV per running "
+                  f"request {adj.get('target_kv_tokens_per_request', float('nan')):.0f} tokens, workload model "
+                  f"{adj.get('workload_kv_tokens_per_request', float('nan')):.0f}); see docs/notes/fidelity.md")
     con.print(f"wall {s['wall_s']:.0f} s (simulation {s['sim_wall_s_total']:.0f} s summed); cache {s['cache_key']}")
