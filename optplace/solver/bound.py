@@ -46,7 +46,9 @@ def families(problem: Problem, an: AnalyticCapacity) -> list[Family]:
     for t in problem.gpu_types:
         for rmax in problem.ranks:
             cap = an.slot_cap(t.index, rmax)
-            grid = [L for L in SLOT_GRID if L <= cap]
+            # No GPU holds more adapters (of ranks ≤ rmax) than exist: larger slot counts are pointless.
+            n_avail = sum(1 for a in problem.adapters if a.rank <= rmax)
+            grid = [L for L in SLOT_GRID if L <= min(cap, n_avail)]
             for k, L in enumerate(grid):
                 lam, svc = an.linear_limits(t.index, rmax, L)
                 # "all": n adapters with n ∈ [L, next grid value) slots each; capacity at d = L is the largest.

@@ -177,7 +177,8 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
         for rmax in problem.ranks:
             allowed = rank_c <= rmax
             cap = an.slot_cap(t.index, rmax)
-            for L in [L for L in SLOT_GRID if L <= cap]:
+            n_avail = int(sum(c.count for c in problem.classes if c.rank <= rmax))
+            for L in [L for L in SLOT_GRID if L <= min(cap, n_avail)]:
                 lam, svc = an.linear_limits(t.index, rmax, L)
                 out.append(_PricingFamily(t.index, rmax, L, "all", lam, float(L), lam_c, np.ones_like(lam_c),
                                           allowed))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .baselines import BASELINES, run_baseline
-from .bound import lower_bound
+from .bound import lower_bound, volume_bound
 from .capacity import AnalyticCapacity, CapacityOracle, Mix, make_oracle
 from .greedy import greedy_improved, greedy_paper
 from .milp import solve_milp
@@ -86,13 +86,20 @@ class Milp:
         # Keep the best plan among the MILP's and the greedy ones on the real rates.
         obj = get_objective(problem.objective)
         best, best_v = gpus, obj.value(tuple(gpus))
+        # The comparison runs on the analytic model (cheap); with a twin/surrogate oracle a better
+        # plan is only adopted when every one of its GPUs passes that oracle too.
+        an = getattr(oracle, "analytic", oracle)
         for name, fn in (("greedy", greedy_improved), ("greedy-paper", greedy_paper)):
             try:
-                alt = fn(problem, oracle)
+                alt = fn(problem, an)
             except Infeasible:
                 continue
             v = obj.value(tuple(alt))
             if v < best_v - 1e-9:
+                if an is not oracle:
+                    alt = [assign_gpu(problem, oracle, g.type_index, g.adapter_indices, g.gpu) for g in alt]
+                    if not all(g.feasible for g in alt):
+                        continue
                 log.append(f"{name} on the real rates is better ({v:g} < {best_v:g}); keeping it")
                 best, best_v = alt, v
         return best, log, out.duals
@@ -247,8 +254,10 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
     _precheck(problem, orc)
     weights = _weights(problem)
     if obj.name != "min_latency":
-        lb0 = lower_bound(problem, an, weights=weights, integral=obj.name == "min_gpus")
         budget = problem.gpu_budget()
+        lb0 = math.ceil(volume_bound(problem, an, weights) - 1e-6)
+        if obj.name == "min_gpus" and lb0 <= budget < 2 * lb0:  # the pool may bind: use the tighter bound
+            lb0 = lower_bound(problem, an, weights=weights, integral=True)
         if obj.name == "min_gpus" and lb0 > budget:
             raise Infeasible(f"pool too small: at least {lb0:.0f} GPUs are needed (capacity bound), "
                              f"the pool/budget has {budget}", "pool")
