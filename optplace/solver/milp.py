@@ -427,20 +427,21 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     # Farley-value ascent from the centre (projected multiplicative subgradient steps): the LP duals
     # at a degenerate optimum are extreme and give a weak bound; the best few ascended duals go to
     # the bound, which re-checks each with its valid knapsack upper bounds.
+    asc_cols: list[Column] = []
     asc = ascend_duals(center, fams, lam_c, need, weights, iters=30,
-                       deadline=t0 + 0.45 * time_limit_s, keep=1)
+                       deadline=t0 + 0.45 * time_limit_s, keep=1, patterns=asc_cols)
     # LP duals at a degenerate optimum are extreme (weak bound); the centre and the ascended duals
     # are the candidates worth the valid bound's cost.
     dual_sets = [d for d in (center, *asc) if d is not None]
     # The LP is degenerate at the integral warm start; patterns priced at the stabilised duals are the
     # load-efficient ones, so they all go to the integer master whether or not the LP wanted them.
     extra = 0
-    for _, a, fam in farley(center)[1]:
-        col = Column(fam.gtype, fam.rank_max, fam.slots, tuple(int(v) for v in a))
+    cands = [Column(fam.gtype, fam.rank_max, fam.slots, tuple(int(v) for v in a)) for _, a, fam in farley(center)[1]]
+    for col in cands + asc_cols:
         if col not in seen and sum(col.counts) > 0 and oracle_check(an, col, Mix.of_counts(classes, col.counts)):
             add(col)
             extra += 1
-    log.append(f"{extra} columns priced at the stabilised duals added for the integer master")
+    log.append(f"{extra} columns priced at the stabilised and ascended duals added for the integer master")
     log.append(f"column generation: {it} LP rounds, {len(columns)} columns, LP value {lp_obj:.3f} "
                f"({time.perf_counter() - t0:.2f} s)")
 
@@ -462,21 +463,27 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
 
 
 def ascend_duals(start: np.ndarray, fams: Sequence[_PricingFamily], lam_c: np.ndarray, need: np.ndarray,
-                 weights: Sequence[float], iters: int = 30, deadline: float = math.inf, keep: int = 3
-                 ) -> list[np.ndarray]:
+                 weights: Sequence[float], iters: int = 30, deadline: float = math.inf, keep: int = 3,
+                 patterns: list[Column] | None = None) -> list[np.ndarray]:
     """Heuristic ascent on the Farley value F(π) = π·n / maxₜ(m_t(π)/w_t), m_t = best pattern value on
-    type t (ratio-greedy pricing); returns the ``keep`` best dual vectors seen."""
+    type t (ratio-greedy pricing); returns the ``keep`` best dual vectors seen. The best pattern of
+    each family at each step is appended to ``patterns`` (if given): candidate columns."""
     pi = np.maximum(np.asarray(start, dtype=float), 1e-9)
     seen: list[tuple[float, np.ndarray]] = []
     for it in range(iters):
         if time.perf_counter() > deadline:
             break
         best_ratio, best_a = 0.0, None
+        top: list[tuple[float, np.ndarray, _PricingFamily]] = []
         for f in fams:
             v, a = _price_fast(f, pi, lam_c, need)
             r = v / weights[f.gtype]
+            top.append((r, a, f))
             if r > best_ratio:
                 best_ratio, best_a = r, a
+        if patterns is not None:
+            top.sort(key=lambda x: -x[0])
+            patterns += [Column(f.gtype, f.rank_max, f.slots, tuple(int(x) for x in a)) for _, a, f in top[:8]]
         if best_a is None or best_ratio <= 0:
             break
         pn = float(pi @ need)
