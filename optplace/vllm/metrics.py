@@ -138,9 +138,16 @@ class MetricsDelta:
         return None if tokens is None or self.seconds <= 0 else tokens / self.seconds
 
 
-def _families(text: str):
-    from prometheus_client.parser import text_string_to_metric_families
+def _parser():
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError as exc:
+        raise MetricsError("reading /metrics needs prometheus_client: pip install 'optplace[vllm]'") from exc
+    return text_string_to_metric_families
 
+
+def _families(text: str):
+    text_string_to_metric_families = _parser()
     try:
         return list(text_string_to_metric_families(text))
     except Exception as exc:  # the parser raises bare ValueError/TypeError without a line number
@@ -148,8 +155,7 @@ def _families(text: str):
 
 
 def _first_bad_line(text: str) -> str | None:
-    from prometheus_client.parser import text_string_to_metric_families
-
+    text_string_to_metric_families = _parser()
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
