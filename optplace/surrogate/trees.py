@@ -100,7 +100,7 @@ class Ensemble:
         if self.model_text:
             b = self._lgb_booster()
             if b is not None:
-                return np.asarray(b.predict(Xm, raw_score=True, num_threads=2), dtype=np.float64)
+                return np.asarray(b.predict(Xm, raw_score=True, num_threads=1), dtype=np.float64)
         return self._numpy_raw(Xm)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
