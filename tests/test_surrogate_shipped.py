@@ -1,0 +1,68 @@
+"""The surrogates shipped as package data: provenance, and their MILP encodings against the models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyomo.environ as pyo
+import pytest
+
+from optplace.specs import bundled_profiles
+from optplace.surrogate.features import FEATURE_NAMES, SCHEMA_VERSION
+from optplace.surrogate.milp_encoding import GbtEncoding, class_rows, one_gpu_capacity, solve
+from optplace.surrogate.models import load_holdout, load_shipped
+
+PROFILES = ("llama-3.1-8b-instruct@h100-64gb", "qwen-2.5-7b-instruct@h100-64gb")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_shipped_model_provenance(profile: str) -> None:
+    sur = load_shipped(profile)
+    meta = sur.meta
+    assert meta["feature_schema_version"] == SCHEMA_VERSION and tuple(meta["feature_names"]) == FEATURE_NAMES
+    ev = meta["dataset"]["provenance"]["evaluator"]
+    assert ev["evaluator"] == "twin" and ev["profile"] == profile  # never synthetic data
+    X, targets, _, _ = load_holdout(sur)
+    assert X.shape[0] == meta["n_test"] > 50
+    assert set(sur.models) == {"throughput", "itl", "ttft_p99", "starved"}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_shipped_step_encoding_agrees_with_model(profile: str) -> None:
+    sur = load_shipped(profile)
+    prof = bundled_profiles()[profile]
+    for rank, rate in ((8, 0.1), (32, 0.4)):
+        cap = prof.max_startable_slots(rank)
+        r = one_gpu_capacity(sur, rank, rate, cap, n_max=384)
+        assert r.status == "optimal" and r.n_adapters >= 1
+        row = class_rows([r.n_adapters], r.max_loras, rank, rate)[0].tolist()
+        assert sur.models["throughput"].raw_row(row) == pytest.approx(r.throughput_raw, abs=1e-9)
+        assert sur.models["starved"].raw_row(row) == pytest.approx(r.starved_raw, abs=1e-9)
+        assert not sur.starved_row(row) and sur.throughput_row(row) >= 0.9 * row[FEATURE_NAMES.index("offered_tok_s")]
+
+
+def test_shipped_gbt_encoding_agrees_with_model_at_optimum() -> None:
+    sur = load_shipped(PROFILES[0])
+    cap = bundled_profiles()[PROFILES[0]].max_startable_slots(16)
+    g = one_gpu_capacity(sur, 16, 0.2, cap, n_max=64, encoding="gbt", time_limit_s=300)
+    s = one_gpu_capacity(sur, 16, 0.2, cap, n_max=64, encoding="step")
+    assert g.status == "optimal"
+    row = class_rows([g.n_adapters], g.max_loras, 16, 0.2)[0].tolist()
+    assert sur.models["throughput"].raw_row(row) == pytest.approx(g.throughput_raw, abs=1e-6)
+    assert sur.models["starved"].raw_row(row) == pytest.approx(g.starved_raw, abs=1e-6)
+    assert g.starved_raw <= 1e-9 and g.throughput_raw >= math.log(0.9) - 1e-9
+    assert g.n_adapters >= s.n_adapters  # any slot count vs the candidate grid
+
+
+def test_shipped_gbt_fixed_rows_reproduce_predict() -> None:
+    sur = load_shipped(PROFILES[1])
+    X, _, _, _ = load_holdout(sur)
+    bounds = {n: (float(X[:, i].min()), float(X[:, i].max())) for i, n in enumerate(FEATURE_NAMES)}
+    ens = sur.models["throughput"]
+    for row in X[np.random.default_rng(0).choice(X.shape[0], 3, replace=False)]:
+        m = pyo.ConcreteModel()
+        enc = GbtEncoding(m, "g", {"t": ens}, bounds, fixed={n: float(v) for n, v in zip(FEATURE_NAMES, row)})
+        m.obj = pyo.Objective(expr=enc.raw["t"])
+        solve(m)
+        assert pyo.value(enc.raw["t"]) == pytest.approx(ens.raw_row(row.tolist()), abs=1e-9)
