@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .capacity import CapacityOracle, Mix
+from .capacity import CapacityOracle
 from .plan import GpuAssignment, assign_gpu
 from .problem import Infeasible, Problem
 

@@ -30,13 +30,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from .problem import AdapterClass, AdapterItem, GpuType, Problem
+from .problem import AdapterClass, AdapterItem, Problem
 
 #: Slot counts the solver considers (every value up to 16, then coarser): vLLM accepts any
 #: integer, but capacity varies slowly with slots, so a grid keeps the MILP's pricing finite.

@@ -1,5 +1,5 @@
 """The ``milp`` strategy: a pattern (cutting-stock) master solved by column generation, then an
-integer master in Pyomo + HiGHS (``appsi_highs``, warm-started) or PuLP + CBC.
+integer master in Pyomo + HiGHS (``appsi_highs``) or PuLP + CBC (``solver.backend: pulp``).
 
 Columns are per-GPU *patterns*: a GPU type, a ``max_lora_rank``, a slot count and a class-count
 vector, feasible for the capacity oracle with every adapter at its class's representative (largest)
@@ -7,17 +7,21 @@ rate. The master chooses how many GPUs run each pattern so every class is covere
 
     min Σ_p w_p x_p   s.t.  Σ_p a_pc x_p ≥ n_c  (every class c),   Σ_{p of type t} x_p ≤ K_t,   x ∈ ℤ₊
 
-Pricing uses the analytic model's linear form: for fixed (type, max rank, slots) a pattern is feasible
-when its load Σ a_c λ_c ≤ ρ·λ*·f and either Σ a_c ≤ slots (every adapter has a slot) or its active
-adapters Σ a_c (1 − e^{−λ_c T}) ≤ κ_level·slots (f = 1/(1 + ROTATION·κ_level), two κ levels) — a
-2-constraint bounded knapsack, solved by a ratio-greedy heuristic per family (the LP master is
-solved by HiGHS directly, for speed; the bound does not rely on the heuristic being exact, see
-``bound.py``). Columns are checked by the oracle; the integer master starts from the greedy plan
-(run on representative rates, so its GPUs are valid columns). Classes are mapped back to named
-adapters hottest-first, every GPU re-gets its best slot count for its real adapters, and a
-consolidation pass tries to empty GPUs. The best greedy plan on the real rates is kept if it is
-better, so ``milp`` never returns more GPUs than its warm start or the published greedy.
+Pricing uses the analytic model's linear form: for fixed (type, max rank, slots L) a pattern is
+feasible when either Σ a_c ≤ L (every adapter has a slot) and its load Σ a_c λ_c ≤ ρ·λ*(L), or its
+active adapters A = Σ a_c (1 − e^{−λ_c T}) ≤ κ·L and load + s·A ≤ b for a tangent (s, b) of the convex
+rotation-loss curve ρ·λ*/(1 + ROTATION·A/L) (conservative, so columns stay feasible) — a 2-constraint
+bounded knapsack per family, solved by a normalised-density greedy. The LP master is solved by highspy
+directly (columns added incrementally) with Wentges dual smoothing, since the LP is very degenerate
+at an integral warm start. The warm start is the improved greedy on representative rates (its GPUs
+are valid columns). After column generation, a Farley-value dual ascent supplies duals for the
+lower bound (``bound.py``), and the patterns priced at the stabilised and ascended duals join the
+integer master. Classes are mapped back to named adapters hottest-first, every GPU re-gets its best
+slot count for its real adapters, and a consolidation pass tries to empty GPUs. The best greedy plan
+on the real rates is kept if it is better, so ``milp`` never returns more GPUs than its warm start
+or the published greedy.
 """
+
 
 from __future__ import annotations
 
@@ -30,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from .capacity import ROTATION, SLOT_GRID, AnalyticCapacity, CapacityOracle, Mix
-from .greedy import consolidate, greedy_improved, greedy_paper
+from .greedy import consolidate, greedy_improved
 from .plan import GpuAssignment, assign_gpu
-from .problem import AdapterItem, Infeasible, Problem, classify
+from .problem import Problem, classify
 
 
 @dataclass(frozen=True, slots=True)
