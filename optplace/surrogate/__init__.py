@@ -1,1 +1,16 @@
-"""Per-GPU capacity surrogates: feature schema, sweeps, LightGBM models, MILP encodings."""
+"""Per-GPU capacity surrogates: feature schema, sweeps, LightGBM models, MILP encodings.
+
+Public API (import from the sub-modules; nothing heavy is imported here):
+
+* ``features``: ``FEATURE_NAMES`` / ``SCHEMA_VERSION`` / ``feature_row(GpuConfig)`` /
+  ``feature_row_from_parts(rates, ranks, max_loras, mean_in, mean_out, arrival_cv, burst_factor)``.
+* ``config``: ``GpuConfig``, ``GpuMetrics``, ``ArrivalParams``, ``LengthParams``, ``Evaluator``.
+* ``sweep``: ``run_sweep(evaluator, out, SweepDesign, seed, executor)``, ``LocalExecutor``,
+  ``RayExecutor``, ``load_dataset`` / ``load_datasets``; ``twin_eval.TwinEvaluator(profile)``.
+* ``models``: ``train(dataset(s), out_dir, seed)``, ``load_surrogate(path)``,
+  ``load_shipped(profile)`` → ``Surrogate`` with ``predict_row`` / ``predict`` /
+  ``throughput_row`` / ``starved_row`` / ``predict_many``.
+* ``milp_encoding``: ``GbtEncoding`` (exact trees), ``StepEncoding`` + ``step_table`` (exact slice
+  over an integer parameter), ``PwlEncoding`` + ``tabulate``, ``one_gpu_capacity``.
+* ``cli.app``: the ``optplace surrogate sweep|train`` sub-commands.
+"""
