@@ -71,8 +71,10 @@ def test_run_is_cached_and_deterministic(runs, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OPTPLACE_CACHE", str(tmp_path))
     ids = {r.run_id for r in _light(runs)}
     a = fidelity.run(json=True, workers=1, select=lambda r: r.run_id in ids)
-    printed = json.loads(capsys.readouterr().out)
+    assert capsys.readouterr().out == ""  # the CLI prints the returned dict
+    printed = json.loads(json.dumps(a))
     assert printed["runs"] == len(ids) and printed["twin"]["oom_runs"] == 0
+    assert printed["length_adjustment"]["rho"] is None or -0.7 < printed["length_adjustment"]["rho"] < -0.2
     assert list((tmp_path / "fidelity").glob("*/*.json"))
     b = fidelity.run(json=True, workers=1, select=lambda r: r.run_id in ids)
     assert [x["twin_tok_s"] for x in a["rows"]] == [x["twin_tok_s"] for x in b["rows"]]

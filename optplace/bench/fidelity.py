@@ -59,7 +59,8 @@ STARVED_LOSS = 0.10
 #: Requests the reference harness kept outstanding at the server at most (running + waiting):
 #: real_runs.csv max_waiting + max_running of the overloaded dt_validation runs lie in 25.2k–27.6k.
 CLIENT_MAX_OUTSTANDING = 26_500
-_TWIN_SOURCES = ("twin/engine.py", "twin/workload.py", "twin/_lengths.py", "twin/steptime.py", "bench/fidelity.py")
+_TWIN_SOURCES = ("twin/engine.py", "twin/workload.py", "twin/_arrivals.py", "twin/_lengths.py", "twin/steptime.py",
+                 "twin/calibrate.py")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +211,17 @@ def _cache_dir() -> Path:
 
 
 def _code_key(seed: int, options: tuple[bool, bool, float | None]) -> str:
+    # Everything a replay depends on: the twin's sources, the replay function itself, the profiles and
+    # the options (formatting code here is left out so that editing it keeps the cache).
+    import inspect
+
     pkg = Path(__file__).resolve().parents[1]
     h = hashlib.sha256(f"seed={seed};max_out={CLIENT_MAX_OUTSTANDING};opts={options}".encode())
     for rel in _TWIN_SOURCES:
         p = pkg / rel
         h.update(p.read_bytes() if p.exists() else b"-")
+    for fn in (simulate_ref_run, _take, _seed):
+        h.update(inspect.getsource(fn).encode())
     for p in sorted((pkg / "specs" / "profiles").glob("*.json")):
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
@@ -317,7 +324,9 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
         models: Sequence[str] | None = None, ref_dir: str | None = None, progress: bool = True,
         condition_on_arrivals: bool = True, client_cap: bool = True, io_correlation: str | float | None = "auto",
         select: Callable[[RefRun], bool] | None = None) -> dict[str, Any]:
-    """Run the fidelity benchmark, print the figures (a table, or JSON when ``json``) and return them.
+    """Run the fidelity benchmark, print the figures as tables (unless ``json``) and return them.
+
+    With ``json`` nothing is printed: ``optplace bench fidelity --json`` prints the returned dict.
 
     ``models``, ``select`` (a predicate on :class:`RefRun`) and ``limit`` restrict the runs (for quick
     checks); the acceptance figures are those of the full set. ``io_correlation``: ``"auto"`` applies the
@@ -362,11 +371,7 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
     summary["length_adjustment"] = adj
     summary["options"] = {"condition_on_arrivals": condition_on_arrivals, "client_cap": client_cap,
                           "client_max_outstanding": CLIENT_MAX_OUTSTANDING}
-    if json:
-        import json as _json
-
-        print(_json.dumps({k: v for k, v in summary.items() if k != "rows"}, indent=1))
-    else:
+    if not json:
         _print(summary)
     return summary
 
