@@ -270,6 +270,11 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
         lb = lower_bound(problem, an, duals=duals, weights=weights, integral=obj.name == "min_gpus")
         if duals is not None:
             lb = max(lb, lower_bound(problem, an, weights=weights, integral=obj.name == "min_gpus"))
+        if obj.name == "min_cost":
+            # Any fleet has at least k GPUs (the GPU-count bound), so it costs at least the k cheapest.
+            k = int(lower_bound(problem, an, integral=True))
+            prices = sorted(p for t in problem.gpu_types for p in [t.cost_per_hour] * min(t.count, k))
+            lb = max(lb, math.fsum(prices[:k]))
         lb = min(lb, value)  # cannot happen for a proven bound; guards float noise
     return Plan(objective=obj.name, strategy=name, gpus=gpus_t, objective_value=value, lower_bound=lb,
                 solve_time_s=time.perf_counter() - t0, oracle=orc.name, log=tuple(log))
