@@ -59,8 +59,7 @@ STARVED_LOSS = 0.10
 #: Requests the reference harness kept outstanding at the server at most (running + waiting):
 #: real_runs.csv max_waiting + max_running of the overloaded dt_validation runs lie in 25.2k–27.6k.
 CLIENT_MAX_OUTSTANDING = 26_500
-_TWIN_SOURCES = ("twin/engine.py", "twin/workload.py", "twin/_arrivals.py", "twin/_lengths.py", "twin/steptime.py",
-                 "twin/calibrate.py")
+_TWIN_SOURCES = ("twin/engine.py", "twin/workload.py", "twin/_arrivals.py", "twin/_lengths.py", "twin/steptime.py")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +219,9 @@ def _code_key(seed: int, options: tuple[bool, bool, float | None]) -> str:
     for rel in _TWIN_SOURCES:
         p = pkg / rel
         h.update(p.read_bytes() if p.exists() else b"-")
-    for fn in (simulate_ref_run, _take, _seed):
+    from optplace.twin.calibrate import repair_lengths
+
+    for fn in (simulate_ref_run, _take, _seed, repair_lengths):
         h.update(inspect.getsource(fn).encode())
     for p in sorted((pkg / "specs" / "profiles").glob("*.json")):
         h.update(p.read_bytes())

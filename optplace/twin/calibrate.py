@@ -16,8 +16,9 @@ of the step-time form ``lora_mult_v2`` (see :mod:`optplace.twin.steptime`) comes
   the base decode prediction at the same batch, minus 1, regressed on the mean number of distinct adapters
   per batch (``mean_loras_by_batch``; where missing, the expectation for B requests spread uniformly over
   the adapters used: D·(1 − (1 − 1/D)^B)).
-* ``h_pf``, ``g_rank`` — the only coefficients fitted on the 1-hour ``dt_validation`` runs, two global
-  numbers per model: each run's mean step time is measured as 1000·mean_running / output_throughput
+* ``h_pf``, ``g_rank``, ``g_slot`` — the only coefficients fitted on the 1-hour ``dt_validation`` runs,
+  three global numbers per model (prefill share of the LoRA slowdown, rank effect, and the growth of the
+  fixed LoRA cost with the slot count; ``g0`` was measured at ``slots_ref`` = 300 slots): each run's mean step time is measured as 1000·mean_running / output_throughput
   (it agrees with the mean ITL), its prefill tokens per step as input_throughput × step, its distinct
   adapters as min(max_loras, expected distinct among mean_running requests at the adapters' rates), and
   the scheduler overhead at the run's mean queues is subtracted. ``fit_report`` cross-validates them
@@ -25,6 +26,11 @@ of the step-time form ``lora_mult_v2`` (see :mod:`optplace.twin.steptime`) comes
 * ``ctx_default`` — mean KV tokens held by a running request of the reference workload when a caller
   does not pass KV tokens: prompt + half the output, length-weighted (a request stays in the batch for
   its output length), computed from the pool means of the 1-hour runs (``real_runs.csv``).
+
+Request lengths (not a profile section; used by ``optplace bench fidelity``): ``fit_length_correlation``
+finds the input/output rank correlation of the ShareGPT length model that reproduces the KV tokens per
+running request of the real runs (``real_runs.csv``: mean_kv_usage × kv_cache_tokens / mean_running,
+≈ 350 tokens; independent draws give ≈ 440).
 
 Adapter load (``adapter_load``): ``v1_adapter_load_time.csv`` (50 forced CPU→GPU loads per
 (adapter rank, max_lora_rank) with 1 slot; disk→CPU time per adapter).
