@@ -19,6 +19,8 @@ from .profiles import SUPPORTED_RANKS
 Num = Annotated[float, Strict(), AllowInfNan(False)]
 PosNum = Annotated[float, Strict(), AllowInfNan(False), Field(gt=0)]
 NonNegNum = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0)]
+# Request rates: far above any GPU's capacity, yet low enough that sums over 10^6 adapters stay finite.
+Rate = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, le=1e9)]
 Fraction = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, lt=1)]
 PosInt = Annotated[int, Strict(), Field(gt=0)]
 Name = Annotated[str, Strict(), Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/:@+]*$")]
@@ -141,7 +143,7 @@ class AdapterEntry(_Spec):
 
     name: Name
     rank: Rank
-    rate_rps: NonNegNum = Field(description="Mean request rate [req/s].")
+    rate_rps: Rate = Field(description="Mean request rate [req/s].")
 
     _check_rank = field_validator("rank")(lambda cls, v: _rank(v))
 
@@ -160,8 +162,8 @@ class AdapterGroup(_Spec):
     group: Name
     count: Annotated[int, Strict(), Field(gt=0, le=1_000_000)]
     rank: Rank
-    rate_rps: NonNegNum | None = None
-    total_rate_rps: NonNegNum | None = None
+    rate_rps: Rate | None = None
+    total_rate_rps: Rate | None = None
     popularity: Popularity | None = None
 
     _check_rank = field_validator("rank")(lambda cls, v: _rank(v))
@@ -287,7 +289,9 @@ def expand_adapters(items: tuple[AdapterEntry | AdapterGroup, ...]) -> tuple[Ada
         width = max(4, len(str(it.count - 1)))
         if it.total_rate_rps is not None:
             pop = it.popularity or Popularity(kind="uniform")
-            w = [1.0 if pop.kind == "uniform" else 1.0 / (i + 1) ** pop.s for i in range(it.count)]
+            # a huge exponent would overflow (i+1)**s: such weights are 0 to double precision anyway
+            w = [1.0 if pop.kind == "uniform" else
+                 (1.0 / (i + 1) ** pop.s if pop.s * math.log(i + 1) < 700.0 else 0.0) for i in range(it.count)]
             tot = math.fsum(w)
             rates = [it.total_rate_rps * x / tot for x in w]
         else:

@@ -1,0 +1,173 @@
+"""Spec fuzzing (issue 7): ≥ 1,000 mutated scenarios through `optplace check`, a sample of the ones
+that load through `solve --out` and `simulate`. Every case ends with exit code 0, 1 or 2, one
+`error: …` line per problem on exit 2, never a traceback, never a partial output folder."""
+
+from __future__ import annotations
+
+import copy
+import resource
+from pathlib import Path
+
+import numpy as np
+import yaml
+from typer.testing import CliRunner
+
+from optplace.cli import app
+
+from fuzz_helpers import FuzzCase, _mutate_tree, base_docs, generate
+
+N_CHECK = 1100
+SEED = 20261128
+OUT_FILES = ("plan.json", "solver.log", "deploy", "report.html")
+
+
+def _materialise(case: FuzzCase, folder: Path) -> Path:
+    p = folder / "spec.yaml"
+    folder.mkdir(parents=True)
+    if case.kind == "dir":
+        p.mkdir()
+    elif case.kind == "file":
+        p.write_bytes(case.data)
+    return p
+
+
+def _assert_clean(res, case_label: str, spec: Path, allowed=(0, 1, 2)) -> None:
+    """The contract every command keeps on any input."""
+    ctx = f"[{case_label}] exit={res.exit_code} exc={res.exception!r} stderr={res.stderr[:500]!r}"
+    # an exception escaping the command (other than typer's own Exit → SystemExit) is a crash
+    assert res.exception is None or isinstance(res.exception, SystemExit), ctx
+    assert res.exit_code in allowed, ctx
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, ctx
+    if res.exit_code == 2:
+        lines = res.stderr.splitlines()
+        assert lines, ctx
+        assert all(ln.startswith("error: ") for ln in lines), ctx
+
+
+def test_fuzz_check(tmp_path: Path) -> None:
+    runner = CliRunner()
+    cases = generate(SEED, N_CHECK)
+    codes: dict[int, int] = {}
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i, case in enumerate(cases):
+        spec = _materialise(case, tmp_path / f"c{i:05d}")
+        res = runner.invoke(app, ["check", str(spec)])
+        _assert_clean(res, case.label, spec, allowed=(0, 2))
+        if res.exit_code == 2:
+            assert all(ln.startswith(f"error: {spec}") for ln in res.stderr.splitlines()), case.label
+        codes[res.exit_code] = codes.get(res.exit_code, 0) + 1
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = len(cases)
+    print(f"fuzz: {n} specs through `optplace check`: exit codes {dict(sorted(codes.items()))}, "
+          f"peak RSS {rss1 / 1024:.0f} MiB (+{(rss1 - rss0) / 1024:.0f} MiB during the run)")
+    assert n >= 1000
+    # the mutator must exercise both sides: specs that load and specs that are refused
+    assert codes.get(0, 0) >= 20 and codes.get(2, 0) >= 500
+    # an alias bomb or a 200k-character name must not balloon memory (bound per process)
+    assert rss1 - rss0 < 1024 * 1024  # KiB → < 1 GiB growth
+
+
+def test_fuzz_escaping_paths(tmp_path: Path) -> None:
+    """Spec paths that leave the spec's folder are refused unless --allow-path names their folder."""
+    runner = CliRunner()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    trace = outside / "trace.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,10\n0.5,12,8\n")
+    specdir = tmp_path / "specs"
+    specdir.mkdir()
+    _, _, tree = next(d for d in base_docs() if d[0] == "quickstart")
+    n = 0
+    for rel in ("../outside/trace.csv", str(trace), "../../outside/trace.csv", "sub/../../outside/trace.csv"):
+        for where in ("arrivals", "lengths"):
+            t = copy.deepcopy(tree)
+            t["workload"][where] = {"kind": "trace", "path": rel}
+            spec = specdir / f"s{n}.yaml"
+            spec.write_text(yaml.safe_dump(t))
+            n += 1
+            res = runner.invoke(app, ["check", str(spec)])
+            _assert_clean(res, rel, spec)
+            assert res.exit_code == 2 and "leaves the spec's folder" in res.stderr, res.stderr
+            if (specdir / rel).resolve() == trace or Path(rel) == trace:
+                ok = runner.invoke(app, ["check", str(spec), "--allow-path", str(outside)])
+                assert ok.exit_code == 0, (rel, ok.stderr)
+    # a symlink inside the folder that points outside still escapes
+    (specdir / "link.csv").symlink_to(trace)
+    t = copy.deepcopy(tree)
+    t["workload"]["arrivals"] = {"kind": "trace", "path": "link.csv"}
+    spec = specdir / "link.yaml"
+    spec.write_text(yaml.safe_dump(t))
+    res = runner.invoke(app, ["check", str(spec)])
+    assert res.exit_code == 2 and "leaves the spec's folder" in res.stderr, res.stderr
+
+
+def _loadable_mutants(stems: tuple[str, ...], n: int, seed: int, edit) -> list[tuple[str, dict]]:
+    """Tree mutants of the given scenarios that still pass `check` after ``edit`` (solve/simulate input)."""
+    from optplace.specs import SpecError, load_scenario_text
+
+    rng = np.random.default_rng(seed)
+    docs = [d for d in base_docs() if d[0] in stems]
+    out: list[tuple[str, dict]] = []
+    tries = 0
+    while len(out) < n and tries < 50 * n:
+        tries += 1
+        stem, _, tree = docs[int(rng.integers(len(docs)))]
+        label, t = _mutate_tree(rng, tree) if rng.random() < 0.8 else ("original", copy.deepcopy(tree))
+        try:
+            edit(t)
+            load_scenario_text(yaml.safe_dump(t, allow_unicode=True), base_dir=Path(__file__).parent)
+        except (SpecError, TypeError, AttributeError, KeyError, IndexError):
+            continue  # the edit needs the mutated part, or the mutant is refused (covered by test_fuzz_check)
+        out.append((f"{stem}:{label}", t))
+    return out
+
+
+def _fast_solver(t: dict) -> None:
+    t.setdefault("solver", {})["time_limit_s"] = 2
+    t["workload"]["duration_s"] = 60
+
+
+def test_fuzz_solve_out(tmp_path: Path) -> None:
+    """Loadable mutants through `solve --out --no-validate`: exit 0/1/2 and a complete folder or none."""
+    runner = CliRunner()
+    cases = _loadable_mutants(("quickstart", "pool-min-cost", "llama-rank16-high", "qwen-rank32-low",
+                               "llama-rank32-low"), 30, SEED + 1, _fast_solver)
+    assert len(cases) >= 25
+    codes: dict[int, int] = {}
+    for i, (label, t) in enumerate(cases):
+        folder = tmp_path / f"s{i:03d}"
+        folder.mkdir()
+        spec = folder / "spec.yaml"
+        spec.write_text(yaml.safe_dump(t, allow_unicode=True))
+        out = folder / "out"
+        res = runner.invoke(app, ["solve", str(spec), "--no-validate", "--out", str(out)])
+        _assert_clean(res, label, spec)
+        codes[res.exit_code] = codes.get(res.exit_code, 0) + 1
+        if out.exists():
+            assert res.exit_code in (0, 1), label
+            assert sorted(p.name for p in out.iterdir()) == sorted(OUT_FILES), (label, list(out.iterdir()))
+            assert (out / "plan.json").stat().st_size > 0 and (out / "report.html").stat().st_size > 0
+        else:
+            assert res.exit_code != 0, label
+        assert not [p for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name], label
+    print(f"fuzz: {len(cases)} specs through `optplace solve --out`: exit codes {dict(sorted(codes.items()))}")
+    assert codes.get(0, 0) >= 5
+
+
+def _short_run(t: dict) -> None:
+    t["workload"]["duration_s"] = 30
+
+
+def test_fuzz_simulate(tmp_path: Path) -> None:
+    """Loadable mutants of the placed scenario through `simulate --json`: exit 0/1/2, never a crash."""
+    runner = CliRunner()
+    cases = _loadable_mutants(("quickstart-placed",), 12, SEED + 2, _short_run)
+    assert len(cases) >= 8
+    codes: dict[int, int] = {}
+    for i, (label, t) in enumerate(cases):
+        spec = tmp_path / f"p{i:03d}.yaml"
+        spec.write_text(yaml.safe_dump(t, allow_unicode=True))
+        res = runner.invoke(app, ["simulate", str(spec), "--json", "--workers", "1"])
+        _assert_clean(res, label, spec)
+        codes[res.exit_code] = codes.get(res.exit_code, 0) + 1
+    print(f"fuzz: {len(cases)} specs through `optplace simulate`: exit codes {dict(sorted(codes.items()))}")
