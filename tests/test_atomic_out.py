@@ -1,0 +1,141 @@
+"""Atomic `--out` (issue 7): a `solve --out D` killed with SIGTERM at any moment leaves D either as
+the previous complete output or absent, no temporary siblings, and exits 143 with one line; `--out`
+refuses a non-empty folder unless `--force`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from optplace.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
+SLOW = REPO / "scenarios" / "mixed-ranks-500.yaml"  # ~20 s: its twin validation is the slow part
+COMPLETE = {"plan.json", "twin.json", "solver.log", "deploy", "report.html"}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """Relative path → sha256 of every file under ``folder``."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# HiGHS prints its banner from C on construction (optplace/solver, reported); everything else on
+# stderr must be the one termination line.
+_BANNER = ("Running HiGHS ", "Includes third-party software components")
+
+
+def _message_lines(err: str) -> list[str]:
+    return [ln for ln in err.strip().splitlines() if not ln.startswith(_BANNER)]
+
+
+def _leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def _solve_and_kill(spec: Path, out: Path, delay_s: float, force: bool) -> tuple[int, str]:
+    cmd = [sys.executable, "-m", "optplace.cli", "solve", str(spec), "--out", str(out), "--workers", "1"]
+    if force:
+        cmd.append("--force")
+    proc = subprocess.Popen(cmd, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail(f"solve did not stop within 60 s of SIGTERM (sent {delay_s} s after start)")
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def previous_output(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A complete output folder from an uninterrupted run (the "previous output" to protect)."""
+    base = tmp_path_factory.mktemp("atomic")
+    out = base / "D"
+    res = subprocess.run([sys.executable, "-m", "optplace.cli", "solve", str(QUICKSTART), "--out", str(out)],
+                         cwd=base, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert {p.name for p in out.iterdir()} == COMPLETE
+    return out, _digest(out)
+
+
+@pytest.mark.parametrize("delay_s", [0.3, 1.0, 2.0, 4.0])
+def test_sigterm_keeps_previous_output(previous_output, delay_s: float) -> None:
+    out, before = previous_output
+    rc, err = _solve_and_kill(QUICKSTART, out, delay_s, force=True)
+    assert not _leftovers(out.parent, out.name), _leftovers(out.parent, out.name)
+    assert out.is_dir() and {p.name for p in out.iterdir()} == COMPLETE
+    if rc in (0, -15):
+        # finished before the signal, or signalled during interpreter shutdown (Python restores the
+        # default handler then): a complete new output
+        return
+    assert rc == 143, (rc, err)
+    assert _message_lines(err) == ["terminated: no output was written"], err
+    assert _digest(out) == before  # untouched, byte for byte
+
+
+@pytest.mark.parametrize("delay_s", [0.5, 2.5, 6.0])
+def test_sigterm_fresh_target(tmp_path: Path, delay_s: float) -> None:
+    """No previous output: D is absent after the kill (or complete if the run had finished)."""
+    out = tmp_path / "D"
+    rc, err = _solve_and_kill(QUICKSTART, out, delay_s, force=False)
+    assert not _leftovers(tmp_path, "D")
+    if rc in (0, -15):  # finished (see above)
+        assert {p.name for p in out.iterdir()} == COMPLETE
+        return
+    assert rc == 143, (rc, err)
+    assert _message_lines(err) == ["terminated: no output was written"], err
+    assert not out.exists()
+
+
+def test_sigterm_during_slow_validation(tmp_path: Path) -> None:
+    """Killed while the twin validates a 500-adapter plan (well after solving began)."""
+    out = tmp_path / "D"
+    t0 = time.perf_counter()
+    rc, err = _solve_and_kill(SLOW, out, 8.0, force=False)
+    stop_s = time.perf_counter() - t0 - 8.0
+    assert rc == 143, (rc, err)
+    assert _message_lines(err) == ["terminated: no output was written"], err
+    assert not out.exists() and not _leftovers(tmp_path, "D")
+    assert stop_s < 30, f"took {stop_s:.1f} s to stop after SIGTERM"
+
+
+def test_out_refuses_non_empty_folder(tmp_path: Path) -> None:
+    out = tmp_path / "D"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    runner = CliRunner()
+    res = runner.invoke(app, ["solve", str(QUICKSTART), "--no-validate", "--out", str(out)])
+    assert res.exit_code == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [f"error: --out {out}: folder is not empty (use --force to replace it)"]
+    assert _digest(out) == {"keep.txt": hashlib.sha256(b"mine").hexdigest()}
+    # a file where the folder should be is refused too, even with --force
+    f = tmp_path / "F"
+    f.write_text("x")
+    res = runner.invoke(app, ["solve", str(QUICKSTART), "--no-validate", "--out", str(f), "--force"])
+    assert res.exit_code == 2 and f.read_text() == "x", res.stderr
+
+    res = runner.invoke(app, ["solve", str(QUICKSTART), "--no-validate", "--out", str(out), "--force"])
+    assert res.exit_code == 0, res.stderr
+    assert {p.name for p in out.iterdir()} == COMPLETE - {"twin.json"}
+    assert not _leftovers(tmp_path, "D")
+
+
+def test_out_empty_folder_is_used(tmp_path: Path) -> None:
+    out = tmp_path / "D"
+    out.mkdir()
+    res = CliRunner().invoke(app, ["solve", str(QUICKSTART), "--no-validate", "--out", str(out)])
+    assert res.exit_code == 0, res.stderr
+    assert {p.name for p in out.iterdir()} == COMPLETE - {"twin.json"}
+    assert os.listdir(tmp_path) == ["D"]
