@@ -286,8 +286,9 @@ def fit_profile_sections(ref_dir: str | os.PathLike[str] | None, model: str) -> 
             "source": (
                 "c0,c_seq,c_ctx: v1_base_latency.csv decode rows; c_pf: v1_base_latency.csv llama prefill rows"
                 + ("" if model == _PREFILL_SOURCE_MODEL else " x (c_seq ratio qwen/llama)")
-                + "; g0,g_lora: v1_lora_decode_overhead.csv lora rows; h_pf,g_rank: 2 global coefficients fitted"
-                " on real_runs.csv dt_validation mean step times (1000*mean_running/output_throughput);"
+                + "; g0,g_lora: v1_lora_decode_overhead.csv lora rows (300 slots = slots_ref); h_pf,g_rank,g_slot:"
+                " 3 global coefficients fitted on real_runs.csv dt_validation mean step times"
+                " (1000*mean_running/output_throughput), cross-validated across rate groups;"
                 " ctx_default: real_runs.csv pool mean lengths. Fit: optplace.twin.calibrate"
             ),
         },
