@@ -8,6 +8,7 @@ the twin's source files and of the profile, so a dataset records exactly which t
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -42,6 +43,20 @@ def twin_version() -> str:
         if p.exists():
             h.update(p.read_bytes())
     return f"{__version__}+{h.hexdigest()[:12]}"
+
+
+def profile_hash(profile_json: Any) -> str:
+    """Short hash of a profile's content without its descriptive ``source`` texts (they document
+    where numbers came from and do not change what the twin computes)."""
+
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in sorted(v.items()) if k != "source"}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return hashlib.sha256(json.dumps(strip(profile_json), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _specs(config: GpuConfig) -> tuple[Any, Any]:
@@ -79,9 +94,8 @@ class TwinEvaluator:
 
     def describe(self) -> dict[str, str]:
         """Identity recorded in a sweep's provenance."""
-        prof = _profile(self.profile)
-        ph = hashlib.sha256(prof.model_dump_json().encode()).hexdigest()[:12]
-        return {"evaluator": "twin", "version": twin_version(), "profile": self.profile, "profile_hash": ph}
+        return {"evaluator": "twin", "version": twin_version(), "profile": self.profile,
+                "profile_hash": profile_hash(_profile(self.profile).model_dump(mode="json"))}
 
     def slot_cap(self, max_lora_rank: int) -> int:
         """Largest ``max_loras`` that starts at this rank (the profile's memory model)."""
