@@ -68,7 +68,7 @@ def load_plan_or_spec(path: Path, allow_paths: Iterable[Path] = ()) -> PlanItem:
                                  for g in doc["placement"]]
             base = Path(doc.get("spec_dir") or path.resolve().parent)
             sc = Scenario.model_validate(scen)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: nested JSON
             raise PlanLoadError([f"{path}: not a plan written by `optplace solve` ({' '.join(str(e).split())[:200]})"]
                                 ) from None
         problems = semantic_issues(sc, base, allow_paths)

@@ -5,6 +5,7 @@ that load through `solve --out` and `simulate`. Every case ends with exit code 0
 from __future__ import annotations
 
 import copy
+import math
 import resource
 from pathlib import Path
 
@@ -171,3 +172,78 @@ def test_fuzz_simulate(tmp_path: Path) -> None:
         _assert_clean(res, label, spec)
         codes[res.exit_code] = codes.get(res.exit_code, 0) + 1
     print(f"fuzz: {len(cases)} specs through `optplace simulate`: exit codes {dict(sorted(codes.items()))}")
+
+
+def _plan_mutants(plan: dict, n: int, seed: int) -> list[tuple[str, bytes]]:
+    """Mutated plan JSON files (`solve` output): tree mutations plus text-level garbage."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, bytes]] = [
+        ("deep", b"[" * 100_000 + b"]" * 100_000), ("deep-obj", b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
+        ("binary", bytes(range(256)) * 4), ("empty", b""), ("nan", json.dumps({**plan, "gpus_used": math.nan}).encode()),
+        ("top-list", b"[1, 2]"), ("spec_dir", json.dumps({**plan, "spec_dir": "/nonexistent/x"}).encode()),
+        ("latin1", json.dumps(plan).encode().replace(b'"min_gpus"', b'"caf\xe9"')),
+    ]
+    while len(out) < n:
+        label, t = _mutate_tree(rng, plan)
+        if rng.random() < 0.3:
+            t["scenario"] = _mutate_tree(rng, plan["scenario"])[1]
+            label += "+scenario"
+        out.append((label, json.dumps(t, allow_nan=True).encode()))
+    return out
+
+
+def test_fuzz_plan_files_validate_and_deploy(tmp_path: Path) -> None:
+    """`validate PLAN.json` and `deploy PLAN.json --out` on mutated plans: exit 0/1/2, never a crash,
+    never a partial deploy folder."""
+    import json
+
+    runner = CliRunner()
+    spec = tmp_path / "quick.yaml"
+    _, _, tree = next(d for d in base_docs() if d[0] == "quickstart")
+    tree = copy.deepcopy(tree)
+    tree["workload"]["duration_s"] = 20
+    spec.write_text(yaml.safe_dump(tree))
+    res = runner.invoke(app, ["solve", str(spec), "--no-validate", "--json"])
+    assert res.exit_code == 0, res.stderr
+    plan = json.loads(res.stdout)
+    cases = _plan_mutants(plan, 40, SEED + 3)
+    codes: dict[str, dict[int, int]] = {"validate": {}, "deploy": {}}
+    for i, (label, data) in enumerate(cases):
+        f = tmp_path / f"plan{i:03d}.json"
+        f.write_bytes(data)
+        res = runner.invoke(app, ["validate", str(f), "--json", "--workers", "1"])
+        _assert_clean(res, f"validate:{label}", f)
+        codes["validate"][res.exit_code] = codes["validate"].get(res.exit_code, 0) + 1
+        out = tmp_path / f"dep{i:03d}"
+        res = runner.invoke(app, ["deploy", str(f), "--out", str(out)])
+        _assert_clean(res, f"deploy:{label}", f)
+        codes["deploy"][res.exit_code] = codes["deploy"].get(res.exit_code, 0) + 1
+        if res.exit_code != 0:
+            assert not out.exists() or not any(out.iterdir()), (label, list(out.iterdir()))
+    print(f"fuzz: {len(cases)} plan files through `validate` {codes['validate']} and `deploy` {codes['deploy']}")
+    assert codes["validate"].get(2, 0) >= 10 and codes["validate"].get(0, 0) + codes["validate"].get(1, 0) >= 3
+
+
+def test_fuzz_profile_files(tmp_path: Path) -> None:
+    """A spec's `profile:` JSON that is garbage, deep, binary or mistyped is a located input error."""
+    import json
+
+    from optplace.specs import bundled_profiles
+
+    runner = CliRunner()
+    prof = json.loads(json.dumps(bundled_profiles()["llama-3.1-8b-instruct@h100-64gb"].model_dump(mode="json")))
+    rng = np.random.default_rng(SEED + 4)
+    blobs = [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe", b"", b"null", b"[]", json.dumps(prof).encode()]
+    blobs += [json.dumps(_mutate_tree(rng, prof)[1], allow_nan=True).encode() for _ in range(25)]
+    _, _, tree = next(d for d in base_docs() if d[0] == "quickstart")
+    for i, blob in enumerate(blobs):
+        (tmp_path / f"p{i}.json").write_bytes(blob)
+        t = copy.deepcopy(tree)
+        t["profile"] = f"p{i}.json"
+        spec = tmp_path / f"s{i}.yaml"
+        spec.write_text(yaml.safe_dump(t))
+        res = runner.invoke(app, ["check", str(spec)])
+        _assert_clean(res, f"profile:{i}", spec, allowed=(0, 2))
+    print(f"fuzz: {len(blobs)} profile files through `optplace check`")

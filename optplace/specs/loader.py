@@ -212,7 +212,7 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
             model_unknown = "unknown model" in str(e)
             out.append((("model",) if model_unknown else where, str(e)))
             continue
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: deeply nested JSON
             out.append(((*where[:-1], "profile") if sc.pool is not None else ("profile",),
                         f"cannot load profile: {' '.join(str(e).split())[:200]}"))
             continue

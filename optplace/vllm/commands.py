@@ -67,6 +67,10 @@ def deploy(
         for p in exc.problems:
             typer.echo(f"error: {p}", err=True)
         raise typer.Exit(EXIT_INPUT) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # hand-edited plans: wrong types/keys
+        typer.echo(f"error: {plan}: not a plan written by `optplace solve` ({type(exc).__name__}: "
+                   f"{' '.join(str(exc).split())[:200]})", err=True)
+        raise typer.Exit(EXIT_INPUT) from None
     missing = [a for s in dep.servers for a in s.adapters if not (adapters_dir / a).is_dir()]
     for path in write_deployment(dep, out):
         typer.echo(str(path))

@@ -150,11 +150,15 @@ class Deployment:
 def load_plan(path: Path) -> dict[str, Any]:
     """Read a plan JSON file; raise :class:`PlanError` with the reason if it is unreadable."""
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise PlanError([f"{path}: cannot read: {exc.strerror}"]) from exc
     except json.JSONDecodeError as exc:
         raise PlanError([f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise PlanError([f"{path}: not UTF-8 text (byte {exc.start})"]) from exc
+    except RecursionError:
+        raise PlanError([f"{path}: JSON nested too deeply"]) from None
     if not isinstance(doc, dict):
         raise PlanError([f"{path}: top level must be a JSON object"])
     return doc
