@@ -103,6 +103,10 @@ class ShareGptLengths(_LengthLimits):
     mean_input_tokens: PosNum | None = Field(default=None, description="Rescale the ShareGPT shape to this mean "
                                                                       "prompt length (after the filters).")
     mean_output_tokens: PosNum | None = Field(default=None, description="Likewise for the output length.")
+    io_rank_correlation: Annotated[float, Strict(), AllowInfNan(False), Field(ge=-0.95, le=0.95)] = Field(
+        default=-0.44, description="Rank correlation of prompt and output length (Gaussian copula, marginals kept). "
+                                   "Default fitted by optplace.twin.calibrate.fit_length_correlation: the reference runs "
+                                   "hold ~350 KV tokens per running request, independent draws ~440.")
 
 
 class FixedLengths(_LengthLimits):

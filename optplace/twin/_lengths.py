@@ -39,10 +39,13 @@ p75 304.0). Result (``sharegpt_stats()``): means 223.2 / 196.0, input p25 20.4 /
 output p25 22.9 / p75 304.0; 92.4 % of unfiltered draws pass the default filters. Parameters are
 ``SHAREGPT_INPUT`` / ``SHAREGPT_OUTPUT`` (weights, medians in tokens, log-scale sigmas).
 
-Input/output correlation: **assumed independent** before the filters (only marginals are
-published); the ``prompt + output`` filter then induces the slight negative dependence the real
-pool has. Non-default filters in the spec change the conditional distribution the same way they
-would change a real pool drawn with them.
+Input/output correlation: the marginals are drawn independently and filtered, then re-paired to a
+Gaussian-copula rank correlation ``io_rank_correlation`` (default −0.44, marginals kept; see
+:func:`rank_pair`). Only the marginals are published, but the reference runs fix one joint
+statistic: the real engine holds ~350 KV tokens per running request, independent draws ~440 —
+long prompts come with short answers. ``optplace.twin.calibrate.fit_length_correlation`` fits the
+default from that (``docs/notes/fidelity.md``). Non-default filters in the spec change the
+conditional distribution the same way they would change a real pool drawn with them.
 """
 
 from __future__ import annotations
@@ -333,6 +336,22 @@ def _opt_float(spec: Any, name: str) -> float | None:
     return None if v is None else float(v)
 
 
+def rank_pair(inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Generator,
+              max_total: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Re-pair (input, output) draws so their ranks follow a Gaussian copula with correlation ``rho``.
+
+    Marginals are kept exactly (the sorted values are reassigned); a pair that would exceed
+    ``max_total`` tokens keeps its input and has its output cut to fit (rare at rho < 0).
+    """
+    n = inp.size
+    z1 = rng.standard_normal(n)
+    z2 = rho * z1 + math.sqrt(1.0 - rho * rho) * rng.standard_normal(n)
+    i2 = np.sort(inp)[np.argsort(np.argsort(z1))]
+    o2 = np.sort(out)[np.argsort(np.argsort(z2))]
+    o2 = np.minimum(o2, max_total - i2)
+    return i2.astype(inp.dtype), o2.astype(out.dtype)
+
+
 def draw_lengths(spec: Any, n: int, rng: np.random.Generator,
                  trace_pool: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``n`` filtered (input_tokens, output_tokens) int32 pairs for a LengthSpec-like ``spec``.
@@ -357,7 +376,11 @@ def draw_lengths(spec: Any, n: int, rng: np.random.Generator,
         else:
             mi = LognormalMixture.from_mean_cv(float(spec.mean_input_tokens), float(spec.cv_input))
             mo = LognormalMixture.from_mean_cv(float(spec.mean_output_tokens), float(spec.cv_output))
-        return _rejection(lambda m, g: (mi.sample(m, g), mo.sample(m, g)), n, rng, limits, f"{kind} lengths")
+        inp, out = _rejection(lambda m, g: (mi.sample(m, g), mo.sample(m, g)), n, rng, limits, f"{kind} lengths")
+        rho = _opt_float(spec, "io_rank_correlation") if kind == "sharegpt" else None
+        if rho:
+            inp, out = rank_pair(inp, out, rho, rng, limits.max_total_tokens)
+        return inp, out
     if kind == "trace":
         if trace_pool is None or len(trace_pool[0]) == 0:
             raise WorkloadError("trace lengths: no trace request passes the length filters")

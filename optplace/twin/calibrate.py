@@ -397,18 +397,10 @@ def time_avg_context(inp: np.ndarray, out: np.ndarray) -> float:
 
 def repair_lengths(inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Generator,
                    max_total: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Re-pair (input, output) draws so their ranks follow a Gaussian copula with correlation ``rho``.
+    """Re-pair lengths to a rank correlation (see :func:`optplace.twin._lengths.rank_pair`)."""
+    from optplace.twin._lengths import rank_pair
 
-    Marginals are kept exactly (the sorted values are reassigned); a pair that would exceed
-    ``max_total`` tokens keeps its input and has its output cut to fit (rare at rho < 0).
-    """
-    n = inp.size
-    z1 = rng.standard_normal(n)
-    z2 = rho * z1 + math.sqrt(1.0 - rho * rho) * rng.standard_normal(n)
-    i2 = np.sort(inp)[np.argsort(np.argsort(z1))]
-    o2 = np.sort(out)[np.argsort(np.argsort(z2))]
-    o2 = np.minimum(o2, max_total - i2)
-    return i2.astype(inp.dtype), o2.astype(out.dtype)
+    return rank_pair(inp, out, rho, rng, max_total)
 
 
 def fit_length_correlation(ref_dir: str | os.PathLike[str] | None = None, n: int = 200_000,
@@ -424,7 +416,7 @@ def fit_length_correlation(ref_dir: str | os.PathLike[str] | None = None, n: int
 
     per_model = kv_tokens_per_running_request(ref_dir)
     target = float(np.mean(list(per_model.values()))) - 7.5
-    inp, out = draw_lengths(ShareGptLengths(kind="sharegpt"), n, np.random.default_rng(seed))
+    inp, out = draw_lengths(ShareGptLengths(kind="sharegpt", io_rank_correlation=0.0), n, np.random.default_rng(seed))
     lo, hi = -0.95, 0.0
     for _ in range(30):
         mid = 0.5 * (lo + hi)
