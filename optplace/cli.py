@@ -361,6 +361,8 @@ def main() -> None:
     install_sigterm_handler()
     try:
         rc = app(standalone_mode=False)
+        if rc == 130:  # typer itself turns KeyboardInterrupt into Exit(130), silently
+            print("interrupted: no output was written", file=sys.stderr)
         sys.exit(rc if isinstance(rc, int) else EXIT_OK)
     except typer.Exit as e:
         sys.exit(e.exit_code)

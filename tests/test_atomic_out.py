@@ -42,13 +42,14 @@ def _leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
 
 
-def _solve_and_kill(spec: Path, out: Path, delay_s: float, force: bool) -> tuple[int, str]:
+def _solve_and_kill(spec: Path, out: Path, delay_s: float, force: bool, sig: int = signal.SIGTERM
+                    ) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "optplace.cli", "solve", str(spec), "--out", str(out), "--workers", "1"]
     if force:
         cmd.append("--force")
     proc = subprocess.Popen(cmd, cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(delay_s)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -139,3 +140,16 @@ def test_out_empty_folder_is_used(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.stderr
     assert {p.name for p in out.iterdir()} == COMPLETE - {"twin.json"}
     assert os.listdir(tmp_path) == ["D"]
+
+
+def test_sigint_keeps_previous_output(previous_output) -> None:
+    """Ctrl-C (SIGINT) mid-run: exit 130, one line, previous output untouched."""
+    out, before = previous_output
+    rc, err = _solve_and_kill(QUICKSTART, out, 1.5, force=True, sig=signal.SIGINT)
+    assert not _leftovers(out.parent, out.name)
+    if rc in (0, -2):  # finished first (see test_sigterm_keeps_previous_output)
+        assert {p.name for p in out.iterdir()} == COMPLETE
+        return
+    assert rc == 130, (rc, err)
+    assert _message_lines(err) == ["interrupted: no output was written"], err
+    assert _digest(out) == before

@@ -247,3 +247,19 @@ def test_fuzz_profile_files(tmp_path: Path) -> None:
         res = runner.invoke(app, ["check", str(spec)])
         _assert_clean(res, f"profile:{i}", spec, allowed=(0, 2))
     print(f"fuzz: {len(blobs)} profile files through `optplace check`")
+
+
+def test_fuzz_huge_window_is_refused_before_simulating(tmp_path: Path) -> None:
+    """A window with more requests than the twin can hold is an input error, not a MemoryError."""
+    runner = CliRunner()
+    _, _, tree = next(d for d in base_docs() if d[0] == "quickstart-placed")
+    for dur in (1e7, 1e9, 1e308):
+        t = copy.deepcopy(tree)
+        t["workload"]["duration_s"] = dur
+        spec = tmp_path / f"w{dur:g}.yaml"
+        spec.write_text(yaml.safe_dump(t))
+        for argv in (["check", str(spec)], ["simulate", str(spec), "--workers", "1"],
+                     ["solve", str(spec), "--no-validate"]):
+            res = runner.invoke(app, argv)
+            _assert_clean(res, f"{argv[0]}:{dur:g}", spec)
+            assert res.exit_code == 2 and "workload.duration_s" in res.stderr and "expected requests" in res.stderr

@@ -3,6 +3,7 @@ as ``file:line: field.path: message``."""
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -17,6 +18,10 @@ from .profiles import Profile, UnknownProfile, load_profile_file, resolve_profil
 from .yamlsafe import Located, Path_, SpecIssueError, dotted, parse_yaml, read_yaml
 
 Problem = tuple[Path_, str]
+
+# The twin holds every request of the window in memory (~20 bytes each, several copies while
+# generating): beyond this a simulation would exhaust memory instead of failing with a message.
+MAX_EXPECTED_REQUESTS = 50_000_000
 
 
 def load_scenario(path: str | Path, allow_paths: Iterable[str | Path] = ()) -> Scenario:
@@ -237,6 +242,11 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
             out.append((("adapters", owner[k]), f"duplicate adapter name {a.name!r} (first at adapters[{owner[seen[a.name]]}])"))
         else:
             seen[a.name] = k
+    expected = math.fsum(a.rate_rps for a in expanded) * sc.workload.duration_s
+    if expected > MAX_EXPECTED_REQUESTS:
+        out.append((("workload", "duration_s"), f"the window holds ~{expected:.3g} expected requests (sum of rate_rps "
+                    f"x duration_s {sc.workload.duration_s:g}); the twin simulates at most {MAX_EXPECTED_REQUESTS:,}: "
+                    "shorten duration_s"))
     if sc.placement is not None and expanded:
         out += _placement_problems(sc, {a.name: a for a in expanded})
     if sc.objective == "min_latency" and sc.solver.max_gpus is None and sc.pool is None:
