@@ -263,3 +263,21 @@ def test_fuzz_huge_window_is_refused_before_simulating(tmp_path: Path) -> None:
             res = runner.invoke(app, argv)
             _assert_clean(res, f"{argv[0]}:{dur:g}", spec)
             assert res.exit_code == 2 and "workload.duration_s" in res.stderr and "expected requests" in res.stderr
+
+
+def test_fuzz_capacity(tmp_path: Path) -> None:
+    """Loadable mutants through `capacity --json --no-confirm`: exit 0/1/2, never a crash."""
+    runner = CliRunner()
+    cases = _loadable_mutants(("quickstart", "mixed-ranks-500", "llama-rank32-high", "pool-min-cost"), 10,
+                              SEED + 5, lambda t: None)
+    codes: dict[int, int] = {}
+    for i, (label, t) in enumerate(cases):
+        spec = tmp_path / f"k{i:03d}.yaml"
+        spec.write_text(yaml.safe_dump(t, allow_unicode=True))
+        res = runner.invoke(app, ["capacity", str(spec), "--json", "--no-confirm"])
+        _assert_clean(res, label, spec)
+        codes[res.exit_code] = codes.get(res.exit_code, 0) + 1
+        if res.exit_code == 0:
+            assert res.stdout.lstrip().startswith("{"), label
+    print(f"fuzz: {len(cases)} specs through `optplace capacity`: exit codes {dict(sorted(codes.items()))}")
+    assert codes.get(0, 0) >= 5
