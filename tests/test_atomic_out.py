@@ -155,3 +155,23 @@ def test_sigint_keeps_previous_output(previous_output) -> None:
     assert rc == 130, (rc, err)
     assert _message_lines(err) == ["interrupted: no output was written"], err
     assert _digest(out) == before
+
+
+def test_deploy_out_refuses_non_empty_folder_and_replaces_with_force(tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["solve", str(QUICKSTART), "--no-validate", "--json"])
+    assert res.exit_code == 0, res.stderr
+    plan = tmp_path / "plan.json"
+    plan.write_text(res.stdout)
+    out = tmp_path / "dep"
+    out.mkdir()
+    (out / "gpu7.cmd").write_text("stale")
+    res = runner.invoke(app, ["deploy", str(plan), "--out", str(out)])
+    assert res.exit_code == 2 and res.stderr.strip().splitlines() == [
+        f"error: --out {out}: folder is not empty (use --force to replace it)"], res.stderr
+    assert [p.name for p in out.iterdir()] == ["gpu7.cmd"]
+    res = runner.invoke(app, ["deploy", str(plan), "--out", str(out), "--force"])
+    assert res.exit_code == 0, res.stderr
+    names = {p.name for p in out.iterdir()}
+    assert "gpu7.cmd" not in names and {"servers.json", "routes.json", "nginx.conf", "launch.sh"} <= names
+    assert not _leftovers(tmp_path, "dep")

@@ -52,8 +52,10 @@ def deploy(
     extra_arg: Annotated[Optional[list[str]], typer.Option("--extra-arg", help="Extra server argument (repeat).")] = None,
     env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for every server (repeat).")] = None,
     no_pin_gpus: Annotated[bool, typer.Option("--no-pin-gpus", help="Do not set CUDA_VISIBLE_DEVICES.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Write per-GPU vLLM commands, routes.json, nginx.conf and launch.sh for a plan."""
+    from ..outputs import OutputExists, atomic_dir, check_target
     from .deploy import DeployOptions, PlanError, build_deployment, load_plan, write_deployment
 
     if entrypoint not in ("vllm-serve", "api-server"):
@@ -71,9 +73,16 @@ def deploy(
         typer.echo(f"error: {plan}: not a plan written by `optplace solve` ({type(exc).__name__}: "
                    f"{' '.join(str(exc).split())[:200]})", err=True)
         raise typer.Exit(EXIT_INPUT) from None
+    try:
+        check_target(out, force)
+    except OutputExists as exc:
+        raise _err(str(exc)) from None
     missing = [a for s in dep.servers for a in s.adapters if not (adapters_dir / a).is_dir()]
-    for path in write_deployment(dep, out):
-        typer.echo(str(path))
+    # written to a temporary sibling and renamed: an interrupted run leaves the old folder or none
+    with atomic_dir(out, force=force) as tmp:
+        written = write_deployment(dep, tmp)
+    for path in written:
+        typer.echo(str(out / path.relative_to(tmp)))
     if missing:
         typer.echo(f"warning: {len(missing)} adapter folders not found under {adapters_dir} (e.g. {missing[0]}); "
                    "create them with `optplace vllm make-adapters`", err=True)
