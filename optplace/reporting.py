@@ -72,6 +72,13 @@ def load_plan_or_spec(path: Path, allow_paths: Iterable[Path] = ()) -> PlanItem:
             raise PlanLoadError([f"{path}: not a plan written by `optplace solve` ({' '.join(str(e).split())[:200]})"]
                                 ) from None
         problems = semantic_issues(sc, base, allow_paths)
+        # spec_dir comes from the plan file itself: files under it are only trusted when it is the
+        # plan's own folder or a folder given with --allow-path (otherwise any plan could claim "/")
+        roots = [path.resolve().parent] + [Path(a).resolve() for a in allow_paths]
+        b = base.resolve()
+        if _file_refs(sc) and not any(b == r or r in b.parents for r in roots):
+            problems.append((("spec_dir",), f"the plan's files are relative to {str(base)!r}, outside the plan's "
+                                            f"folder; pass --allow-path {base} to permit it"))
         if problems:
             raise PlanLoadError([f"{path}: {'.'.join(map(str, p))}: {m}" for p, m in problems])
     else:
@@ -83,6 +90,14 @@ def load_plan_or_spec(path: Path, allow_paths: Iterable[Path] = ()) -> PlanItem:
             raise PlanLoadError([f"{path}: placement: the spec has no placement to validate"])
         base = path.resolve().parent
     return PlanItem(sc, base, placement_of(sc))
+
+
+def _file_refs(sc: Scenario) -> bool:
+    """Does the scenario read files (traces, profiles)?"""
+    from optplace.specs.model import TraceArrivals, TraceLengths
+
+    return (isinstance(sc.workload.arrivals, TraceArrivals) or isinstance(sc.workload.lengths, TraceLengths)
+            or sc.profile is not None or any(p.profile is not None for p in sc.pool or ()))
 
 
 def validate_many(items: Sequence[PlanItem], workers: int | None = None) -> list[SimReport]:

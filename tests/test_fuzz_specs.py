@@ -281,3 +281,36 @@ def test_fuzz_capacity(tmp_path: Path) -> None:
             assert res.stdout.lstrip().startswith("{"), label
     print(f"fuzz: {len(cases)} specs through `optplace capacity`: exit codes {dict(sorted(codes.items()))}")
     assert codes.get(0, 0) >= 5
+
+
+def test_plan_spec_dir_cannot_widen_file_access(tmp_path: Path) -> None:
+    """A plan's `spec_dir` is data from the plan file: files under it need the plan's folder or --allow-path."""
+    import json
+
+    runner = CliRunner()
+    a, b = tmp_path / "specs", tmp_path / "out"
+    a.mkdir()
+    rows = "\n".join(f"{i * 0.25:.2f},{50 + i % 7},{20 + i % 5}" for i in range(240))
+    (a / "trace.csv").write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + rows + "\n")
+    _, _, tree = next(d for d in base_docs() if d[0] == "quickstart")
+    t = copy.deepcopy(tree)
+    t["workload"] = {"duration_s": 30, "arrivals": {"kind": "trace", "path": "trace.csv"},
+                     "lengths": {"kind": "trace", "path": "trace.csv"}}
+    (a / "s.yaml").write_text(yaml.safe_dump(t))
+    res = runner.invoke(app, ["solve", str(a / "s.yaml"), "--no-validate", "--out", str(b)])
+    assert res.exit_code in (0, 1), res.stderr
+    plan = b / "plan.json"
+    res = runner.invoke(app, ["validate", str(plan), "--json", "--workers", "1"])
+    _assert_clean(res, "spec_dir", plan)
+    assert res.exit_code == 2 and "spec_dir" in res.stderr and "--allow-path" in res.stderr, res.stderr
+    res = runner.invoke(app, ["validate", str(plan), "--json", "--workers", "1", "--allow-path", str(a)])
+    assert res.exit_code in (0, 1), res.stderr
+    # a crafted plan claiming "/" as its spec folder cannot reach other files
+    doc = json.loads(plan.read_text())
+    doc["spec_dir"] = "/"
+    doc["scenario"]["workload"]["arrivals"]["path"] = "etc/passwd"
+    evil = tmp_path / "evil.json"
+    evil.write_text(json.dumps(doc))
+    res = runner.invoke(app, ["validate", str(evil), "--json"])
+    _assert_clean(res, "evil", evil)
+    assert res.exit_code == 2 and "spec_dir" in res.stderr, res.stderr
