@@ -225,7 +225,7 @@ def capacity(spec: Annotated[Path, typer.Argument(help="Scenario YAML; its adapt
 
 
 @app.command()
-def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surrogate | solver | capacity")],
+def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surrogate | solver | capacity | limits")],
           json_out: JsonOpt = False,
           full: Annotated[bool, typer.Option("--full", help="Every configuration (twin-speed: all 294 reference "
                                                           "runs; solver: the largest families too).")] = False,
@@ -237,7 +237,7 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
     import inspect
 
     modules = {"fidelity": "fidelity", "twin-speed": "twin_speed", "surrogate": "surrogate", "solver": "solver",
-               "capacity": "capacity"}
+               "capacity": "capacity", "limits": "limits"}
     if name not in modules:
         raise _fail_input([f"bench: unknown benchmark {name!r} (valid: {', '.join(modules)})"])
     try:

@@ -16,7 +16,7 @@ model: llama-3.1-8b-instruct
 gpu: h100-64gb
 workload: {duration_s: 400, arrivals: {kind: poisson}, lengths: {kind: sharegpt}}
 adapters:
-  - {group: a, count: 24, rank: 8, rate_rps: 0.9}
+  - {group: a, count: 32, rank: 8, rate_rps: 0.9}
   - {group: b, count: 12, rank: 16, rate_rps: 0.6}
 seed: 11
 """
@@ -32,7 +32,7 @@ def test_twin_oracle_plan_passes_the_twin():
     rep = simulate_plan(sc, gpu_plans(plan), REPO, workers=1)
     assert rep.starved_gpus == () and rep.oom_gpus == ()
     total = sum(a.rate_rps for a in pb.adapters) * pb.stats.tokens_per_request
-    assert plan.gpus_used >= 2 and total > 12000  # more load than one GPU serves
+    assert plan.gpus_used >= 2 and total > 14000  # more load than one GPU serves (~12.5k tokens/s)
 
 
 def test_min_latency_beats_min_gpus_in_the_twin_on_the_same_budget():
