@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,29 @@ from optplace.specs import Adapter, Scenario
 from optplace.twin.simulate import GpuJob, GpuPlan, GpuReport, SimReport, profile_for, run_jobs, scenario_workload
 
 Event = Callable[[str], None]
+
+
+@lru_cache(maxsize=1)
+def silence_highs_banner() -> None:
+    """HiGHS prints a two-line banner when a process creates its first solver, whatever the options;
+    creating that first one with stdout/stderr on /dev/null keeps the CLI's output clean."""
+    try:
+        import highspy
+    except ImportError:  # pragma: no cover - highspy is a core dependency
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        highspy.Highs()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 @contextmanager
@@ -137,6 +161,7 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
     from optplace.solver.strategies import solve
 
     t0 = time.perf_counter()
+    silence_highs_banner()
     problem = compile_problem(sc, base_dir)
     oracle = make_oracle(problem, "auto")
     on_event(f"solving with {strategy or sc.solver.strategy} ({oracle.name} capacity oracle)")
