@@ -24,9 +24,11 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
+
+from optplace.twin.engine import WorkloadLike  # the replay reads exactly what the twin reads
 
 from optplace.vllm.metrics import MetricsError, MetricsSnapshot, delta, scrape
 
@@ -48,16 +50,6 @@ __all__ = [
 
 class LoadgenError(RuntimeError):
     """The replay cannot start (unreachable endpoint, adapter not served, bad routing)."""
-
-
-class WorkloadLike(Protocol):
-    """What the replay needs from a workload (``optplace.twin.workload.Workload`` has exactly these)."""
-
-    arrival_s: np.ndarray
-    adapter: np.ndarray
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    duration_s: float
 
 
 @dataclass(frozen=True, slots=True)
