@@ -14,14 +14,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from optplace.executors import ExecutorSpec
 from optplace.specs import Adapter, Scenario
-from optplace.twin.simulate import GpuJob, GpuPlan, GpuReport, SimReport, profile_for, run_jobs, scenario_workload
+from optplace.twin.simulate import PlanSimulator, SimReport
 
 Event = Callable[[str], None]
 
@@ -70,40 +70,6 @@ def _quiet(_: str) -> None:
 def executor_of(sc: Scenario, workers: int | None = None) -> ExecutorSpec:
     """The executor a scenario asks for (``solver.executor``, ``solver.ray_address``, workers)."""
     return ExecutorSpec(kind=sc.solver.executor, workers=workers or sc.solver.workers, address=sc.solver.ray_address)
-
-
-class Validator:
-    """Simulates GPU plans of one scenario, caching each distinct GPU configuration's result."""
-
-    def __init__(self, sc: Scenario, base_dir: Path, executor: ExecutorSpec, seed: int | None = None) -> None:
-        self.sc, self.base_dir, self.executor = sc, base_dir, executor
-        self.seed = sc.seed if seed is None else seed
-        self.adapters = sc.adapter_list()
-        self.index = {a.name: i for i, a in enumerate(self.adapters)}
-        self.workload = scenario_workload(sc, self.adapters, base_dir, self.seed)
-        self.cache: dict[GpuPlan, GpuReport] = {}
-        self.simulated = 0
-
-    def job(self, gp: GpuPlan, index: int) -> GpuJob:
-        gtype, prof = profile_for(self.sc, gp.gpu_type, self.base_dir)
-        members = [self.index[n] for n in gp.adapters]
-        return GpuJob(index=index, gpu_type=gtype, profile=prof, serving=self.sc.serving,
-                      constraints=self.sc.constraints, adapters=tuple(self.adapters[i] for i in members),
-                      max_loras=gp.max_loras, max_cpu_loras=gp.max_cpu_loras, workload=self.workload.subset(members))
-
-    def run(self, plan: Sequence[GpuPlan]) -> SimReport:
-        """Twin results for every GPU of ``plan`` (new configurations simulated in parallel)."""
-        t0 = time.perf_counter()
-        todo = [gp for gp in dict.fromkeys(plan) if gp not in self.cache]
-        if todo:
-            reports = run_jobs([self.job(gp, i) for i, gp in enumerate(todo)], executor=self.executor)
-            self.cache.update(zip(todo, reports))
-            self.simulated += len(todo)
-        gpus = tuple(replace(self.cache[gp], index=i) for i, gp in enumerate(plan))
-        c = self.sc.constraints
-        return SimReport(scenario=self.sc.name, seed=self.seed, duration_s=self.sc.workload.duration_s, gpus=gpus,
-                         sim_wall_s=time.perf_counter() - t0, simulated_s=self.sc.workload.duration_s * len(todo),
-                         max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +137,7 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
     on_event(f"plan: {plan.gpus_used} GPUs (lower bound {plan.lower_bound:g}) in {plan.solve_time_s:.1f} s")
     if not (validate and sc.solver.validate_plan):
         return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir)
-    val = Validator(sc, base_dir, executor_of(sc, workers))
+    val = PlanSimulator(sc, base_dir, executor_of(sc, workers))
     actions: list[str] = []
     rounds = 0
     while True:

@@ -17,10 +17,10 @@ from typing import Any
 from optplace.executors import ExecutorSpec
 from optplace.specs import Scenario, SpecError
 from optplace.specs.loader import semantic_issues
-from optplace.twin.simulate import GpuPlan, SimReport, run_jobs
+from optplace.twin.simulate import GpuPlan, PlanSimulator, SimReport, run_jobs
 
 from .outputs import write_json
-from .pipeline import SolveReport, Validator, executor_of
+from .pipeline import SolveReport, executor_of
 
 
 def write_solve_outputs(folder: Path, rep: SolveReport, doc: dict[str, Any]) -> None:
@@ -103,7 +103,7 @@ def _file_refs(sc: Scenario) -> bool:
 def validate_many(items: Sequence[PlanItem], workers: int | None = None) -> list[SimReport]:
     """Simulate every GPU of every plan in one parallel fan-out; one report per plan."""
     t0 = time.perf_counter()
-    vals = [Validator(it.scenario, it.base_dir, ExecutorSpec()) for it in items]
+    vals = [PlanSimulator(it.scenario, it.base_dir, ExecutorSpec()) for it in items]
     jobs, owner = [], []
     for k, (it, v) in enumerate(zip(items, vals)):
         for i, gp in enumerate(it.gpus):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,27 +206,44 @@ def placement_of(sc: Scenario) -> tuple[GpuPlan, ...]:
                  for p in sc.placement)
 
 
+class PlanSimulator:
+    """Simulates GPU plans of one scenario, caching each distinct GPU configuration's result."""
+
+    def __init__(self, sc: Scenario, base_dir: Path, executor: ExecutorSpec, seed: int | None = None) -> None:
+        self.sc, self.base_dir, self.executor = sc, base_dir, executor
+        self.seed = sc.seed if seed is None else seed
+        self.adapters = sc.adapter_list()
+        self.index = {a.name: i for i, a in enumerate(self.adapters)}
+        self.workload = scenario_workload(sc, self.adapters, base_dir, self.seed)
+        self.cache: dict[GpuPlan, GpuReport] = {}
+        self.simulated = 0
+
+    def job(self, gp: GpuPlan, index: int) -> GpuJob:
+        gtype, prof = profile_for(self.sc, gp.gpu_type, self.base_dir)
+        members = [self.index[n] for n in gp.adapters]
+        return GpuJob(index=index, gpu_type=gtype, profile=prof, serving=self.sc.serving,
+                      constraints=self.sc.constraints, adapters=tuple(self.adapters[i] for i in members),
+                      max_loras=gp.max_loras, max_cpu_loras=gp.max_cpu_loras, workload=self.workload.subset(members))
+
+    def run(self, plan: Sequence[GpuPlan]) -> SimReport:
+        """Twin results for every GPU of ``plan`` (new configurations simulated in parallel)."""
+        t0 = time.perf_counter()
+        todo = [gp for gp in dict.fromkeys(plan) if gp not in self.cache]
+        if todo:
+            reports = run_jobs([self.job(gp, i) for i, gp in enumerate(todo)], executor=self.executor)
+            self.cache.update(zip(todo, reports))
+            self.simulated += len(todo)
+        gpus = tuple(replace(self.cache[gp], index=i) for i, gp in enumerate(plan))
+        c = self.sc.constraints
+        return SimReport(scenario=self.sc.name, seed=self.seed, duration_s=self.sc.workload.duration_s, gpus=gpus,
+                         sim_wall_s=time.perf_counter() - t0, simulated_s=self.sc.workload.duration_s * len(todo),
+                         max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss)
+
+
 def simulate_plan(sc: Scenario, plan: Sequence[GpuPlan], base_dir: Path, workers: int | None = None,
                   seed: int | None = None) -> SimReport:
     """Simulate every GPU of ``plan`` for the scenario's workload; GPUs run in parallel processes."""
-    t0 = time.perf_counter()
-    all_ad = sc.adapter_list()
-    idx = {a.name: i for i, a in enumerate(all_ad)}
-    wl = scenario_workload(sc, all_ad, base_dir, seed)
-    jobs = []
-    for g, gp in enumerate(plan):
-        gtype, prof = profile_for(sc, gp.gpu_type, base_dir)
-        members = [idx[n] for n in gp.adapters]
-        jobs.append(GpuJob(
-            index=g, gpu_type=gtype, profile=prof, serving=sc.serving, constraints=sc.constraints,
-            adapters=tuple(all_ad[i] for i in members), max_loras=gp.max_loras, max_cpu_loras=gp.max_cpu_loras,
-            workload=wl.subset(members)))
-    reports = run_jobs(jobs, workers)
-    return SimReport(scenario=sc.name, seed=sc.seed if seed is None else seed, duration_s=sc.workload.duration_s,
-                     gpus=tuple(reports), sim_wall_s=time.perf_counter() - t0,
-                     simulated_s=sc.workload.duration_s * len(jobs),
-                     max_throughput_loss=sc.constraints.max_throughput_loss,
-                     max_adapter_loss=sc.constraints.max_adapter_loss)
+    return PlanSimulator(sc, base_dir, ExecutorSpec(workers=workers), seed).run(plan)
 
 
 def run_jobs(jobs: Sequence[GpuJob], workers: int | None = None, executor: ExecutorSpec | None = None
