@@ -8,7 +8,7 @@ input order whatever order the workers finish in, so runs are deterministic.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -36,14 +36,17 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = E
     slowest item does not start last); ``on_done(i, result)`` is called as each finishes."""
     order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else list(range(len(items)))
     out: dict[int, R] = {}
-    for i, r in _run(fn, items, order, spec):
+    for i, r in iter_done(fn, items, spec, order):
         out[i] = r
         if on_done is not None:
             on_done(i, r)
     return [out[i] for i in range(len(items))]
 
 
-def _run(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec) -> Iterable[tuple[int, R]]:
+def iter_done(fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = ExecutorSpec(),
+              order: Sequence[int] | None = None) -> Iterator[tuple[int, R]]:
+    """Yield ``(index, fn(items[index]))`` as each finishes (any order); ``order`` is the submission order."""
+    order = list(range(len(items))) if order is None else list(order)
     if spec.kind == "ray":
         yield from _run_ray(fn, items, order, spec)
         return
@@ -63,8 +66,12 @@ def _run(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: Execu
                 yield futures[f], f.result()
 
 
+def _call(fn: Callable[[T], R], item: T) -> R:
+    return fn(item)
+
+
 def _run_ray(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec
-             ) -> Iterable[tuple[int, R]]:
+             ) -> Iterator[tuple[int, R]]:
     try:
         import ray
     except ImportError as e:
@@ -76,8 +83,10 @@ def _run_ray(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: E
         elif spec.workers:
             kw["num_cpus"] = spec.workers
         ray.init(**kw)
-    remote = ray.remote(fn)
-    refs = {remote.remote(items[i]): i for i in order}
+    # Ray only decorates plain functions (not partials); ship ``fn`` once and call it remotely.
+    remote = ray.remote(_call)
+    fn_ref = ray.put(fn)
+    refs = {remote.remote(fn_ref, items[i]): i for i in order}
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)

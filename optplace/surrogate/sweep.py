@@ -29,11 +29,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from optplace.executors import ExecutorSpec, iter_done
 from optplace.surrogate.config import ArrivalParams, GpuConfig, GpuMetrics, LengthParams
 from optplace.surrogate.features import FEATURE_NAMES, SCHEMA_VERSION, feature_row
 
@@ -260,49 +262,27 @@ class LocalExecutor:
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
 
     def run(self, evaluator: SweepEvaluator, tasks: Sequence[RowTask]) -> Iterator[dict[str, Any]]:
-        if self.workers <= 1 or len(tasks) <= 1:
-            for t in tasks:
-                yield evaluate_task(evaluator, t)
-            return
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-        with ProcessPoolExecutor(max_workers=self.workers) as pool:
-            pending = {pool.submit(evaluate_task, evaluator, t) for t in tasks}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    yield f.result()
+        return _records(evaluator, tasks, ExecutorSpec(kind="local", workers=self.workers))
 
 
 @dataclass(frozen=True, slots=True)
 class RayExecutor:
     """Ray tasks on a cluster (``address``) or a local Ray instance (``address=None``).
 
-    ``ray`` is an optional extra (``pip install 'optplace[ray]'``), imported only here.
+    ``ray`` is an optional extra (``pip install 'optplace[ray]'``), imported only when used.
     """
 
     address: str | None = None
     num_cpus: int | None = None
 
     def run(self, evaluator: SweepEvaluator, tasks: Sequence[RowTask]) -> Iterator[dict[str, Any]]:
-        try:
-            import ray
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise RuntimeError("the Ray executor needs the optional extra: pip install 'optplace[ray]'") from e
-        if not ray.is_initialized():
-            kw: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False}
-            if self.address:
-                kw["address"] = self.address
-            elif self.num_cpus:
-                kw["num_cpus"] = self.num_cpus
-            ray.init(**kw)
-        remote = ray.remote(evaluate_task)
-        ev_ref = ray.put(evaluator)
-        pending = [remote.remote(ev_ref, t) for t in tasks]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                yield ray.get(ref)
+        return _records(evaluator, tasks, ExecutorSpec(kind="ray", workers=self.num_cpus, address=self.address))
+
+
+def _records(evaluator: SweepEvaluator, tasks: Sequence[RowTask], spec: ExecutorSpec) -> Iterator[dict[str, Any]]:
+    """Sweep rows as they finish, through the project's one fan-out (``optplace.executors``)."""
+    for _, rec in iter_done(partial(evaluate_task, evaluator), tasks, spec):
+        yield rec
 
 
 # ----------------------------------------------------------------------------------------------
