@@ -174,12 +174,49 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
                                                               "specs with a placement.")],
              engine: Annotated[str, typer.Option("--engine", help="twin (default) or vllm.")] = "twin",
              json_out: JsonOpt = False, reproducible: Reproducible = False, workers: Workers = None,
-             allow_path: AllowPath = None) -> None:
+             allow_path: AllowPath = None,
+             launch: Annotated[bool, typer.Option("--launch", help="vllm: start one server per GPU from the plan.")] = False,
+             endpoints: Annotated[Optional[Path], typer.Option("--endpoints", help="vllm: routes.json of running "
+                                                                                  "servers (optplace deploy).")] = None,
+             window: Annotated[Optional[float], typer.Option("--window", help="vllm: replay this many seconds "
+                                                                              "(default: the scenario's window).")] = None,
+             out: Annotated[Optional[Path], typer.Option("--out", help="vllm: write real.json, twin.json, "
+                                                                       "comparison.json, run.json and logs here.")] = None,
+             force: Annotated[bool, typer.Option("--force", help="vllm: replace a non-empty --out folder.")] = False,
+             model: Annotated[Optional[str], typer.Option("--model", help="vllm --launch: model folder/id to serve.")] = None,
+             adapters_dir: Annotated[Optional[Path], typer.Option("--adapters-dir", help="vllm --launch: one folder "
+                                                                                          "per adapter.")] = None,
+             make_adapters: Annotated[bool, typer.Option("--make-adapters", help="vllm --launch: write seeded dummy "
+                                                                                 "adapters for missing ones.")] = False,
+             extra_arg: Annotated[Optional[list[str]], typer.Option("--extra-arg", help="vllm --launch: extra server "
+                                                                                        "argument (repeat).")] = None,
+             env: Annotated[Optional[list[str]], typer.Option("--env", help="vllm --launch: KEY=VALUE for every "
+                                                                            "server (repeat).")] = None,
+             python: Annotated[Optional[str], typer.Option("--python", help="vllm --launch: interpreter that has "
+                                                                            "vLLM (default: this one).")] = None,
+             start_timeout: Annotated[float, typer.Option("--start-timeout", help="vllm --launch: seconds to wait "
+                                                                                 "for each /health.")] = 600.0,
+             vocab: Annotated[str, typer.Option("--vocab", help="vllm: prompt token ids from LOW:HIGH.")] = "4:1000",
+             seed: Annotated[Optional[int], typer.Option("--seed", help="vllm: override the scenario's seed.")] = None,
+             ) -> None:
     """Validate a batch of plans or specs at once (all their GPUs in parallel) and report across them.
-    Exit 1 when any GPU starves or fails to start."""
+    Exit 1 when any GPU starves or fails to start. With --engine vllm: run one plan on real vLLM servers
+    (--launch or --endpoints), write the measured results, and print the twin-vs-real error table."""
+    if engine == "vllm":
+        from .vllm.commands import run_validate_vllm
+
+        raise typer.Exit(run_validate_vllm(
+            files, launch=launch, endpoints=endpoints, window=window, out=out, force=force, json_out=json_out,
+            model=model, adapters_dir=adapters_dir, make_adapters=make_adapters, extra_args=extra_arg, env=env,
+            python=python, start_timeout=start_timeout, vocab=vocab, seed=seed, allow_path=allow_path))
     if engine != "twin":
-        raise _fail_input([f"--engine: {engine!r} is not available here (valid: twin); real-vLLM validation "
-                           "runs through `optplace vllm` (see the README)"])
+        raise _fail_input([f"--engine: unknown engine {engine!r} (valid: twin, vllm)"])
+    vllm_only = {"--launch": launch, "--endpoints": endpoints, "--window": window, "--out": out, "--model": model,
+                 "--adapters-dir": adapters_dir, "--make-adapters": make_adapters, "--extra-arg": extra_arg,
+                 "--env": env, "--python": python, "--seed": seed}
+    given = [k for k, v in vllm_only.items() if v not in (None, False)]
+    if given:
+        raise _fail_input([f"{', '.join(given)}: only with --engine vllm"])
     from .reporting import PlanLoadError, load_plan_or_spec, validate_many
 
     try:

@@ -255,5 +255,103 @@ def loadgen(
     raise typer.Exit(EXIT_FAIL if any(g.starved for g in res.gpus) else EXIT_OK)
 
 
+def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None, window: float | None, out: Path | None,
+                      force: bool, json_out: bool, model: str | None, adapters_dir: Path | None, make_adapters: bool,
+                      extra_args: list[str] | None, env: list[str] | None, python: str | None, start_timeout: float,
+                      vocab: str, seed: int | None, allow_path: list[Path] | None) -> int:
+    """``optplace validate PLAN --engine vllm``: run the plan on real servers, print twin vs real; exit code.
+
+    Exit 0 when no real GPU starved or failed to start, 1 otherwise, 2 on bad input.
+    """
+    from rich.console import Console
+
+    from ..outputs import OutputExists, atomic_dir, check_target
+    from ..reporting import PlanLoadError, load_plan_or_spec
+    from .compare import render_comparison
+    from .runs import save_run
+    from .validate import ValidateError, VllmValidateOptions, validate_on_vllm
+
+    if len(files) != 1:
+        raise _err("--engine vllm validates one plan at a time (its servers share this machine)")
+    if launch == (endpoints is not None):
+        raise _err("--engine vllm needs exactly one of --launch (start servers from the plan) or --endpoints FILE")
+    if launch and not model:
+        raise _err("--launch needs --model (a local model folder or hub id to serve)")
+    try:
+        lo, hi = (int(x) for x in vocab.split(":"))
+        if not 0 <= lo < hi:
+            raise ValueError
+    except ValueError:
+        raise _err(f"--vocab must be LOW:HIGH with 0 <= LOW < HIGH (got {vocab!r})") from None
+    if window is not None and not window > 0:
+        raise _err(f"--window must be > 0 (got {window})")
+    try:
+        item = load_plan_or_spec(files[0], allow_path or ())
+    except PlanLoadError as exc:
+        for line in exc.lines:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(EXIT_INPUT) from None
+    if out is not None:
+        try:
+            check_target(out, force)
+        except OutputExists as exc:
+            raise _err(str(exc)) from None
+    extra_env = {"VLLM_CPU_KVCACHE_SPACE": None, **_kv(env, "--env")}
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def go(work: Path) -> tuple[object, int]:
+        ad_dir = adapters_dir if adapters_dir is not None else work / "adapters"
+        if make_adapters:
+            from .adapters import make_adapters as write_adapters
+
+            cfg_path = Path(str(model)) / "config.json"
+            try:
+                cfg = json.loads(cfg_path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise _err(f"--make-adapters needs --model to be a local folder with config.json ({exc})") from None
+            specs = [(a.name, a.rank) for a in item.scenario.adapter_list()
+                     if not (ad_dir / a.name / "adapter_config.json").is_file()]
+            if specs:
+                write_adapters(ad_dir, specs, cfg, seed=0, base_model_name_or_path=str(model))
+        opts = VllmValidateOptions(launch=launch, endpoints=endpoints, window_s=window, model_path=model,
+                                   adapters_dir=ad_dir, python=python or sys.executable, extra_args=tuple(extra_args or ()),
+                                   env=extra_env, start_timeout_s=start_timeout, token_id_range=(lo, hi),
+                                   log_dir=work / "logs", seed=seed, progress=sys.stderr.isatty())
+        if launch:
+            err.print(f"launching {len(item.gpus)} server(s) one after the other, then replaying "
+                      f"{window or item.scenario.workload.duration_s:g} s of the workload…", markup=False)
+        try:
+            res = validate_on_vllm(item, opts)
+        except ValidateError as exc:
+            raise _err(str(exc)) from None
+        doc = res.to_json()
+        if out is not None:
+            (work / "real.json").write_text(json.dumps(res.real, indent=2) + "\n")
+            (work / "twin.json").write_text(json.dumps(res.twin, indent=2) + "\n")
+            (work / "comparison.json").write_text(json.dumps(doc["comparison"], indent=2) + "\n")
+            if res.run is not None:
+                save_run(res.run, work)
+        return res, EXIT_FAIL if res.failed else EXIT_OK
+
+    if out is not None:
+        with atomic_dir(out, force=force) as tmp:
+            res, code = go(tmp)
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="optplace-validate-") as tmp_s:
+            res, code = go(Path(tmp_s))
+    if json_out:
+        typer.echo(json.dumps(res.to_json(), indent=2))  # type: ignore[attr-defined]
+    else:
+        typer.echo(render_comparison(res.comparisons))  # type: ignore[attr-defined]
+        for g in res.real["gpus"]:  # type: ignore[attr-defined]
+            if g.get("server_status", "ok") != "ok":
+                typer.echo(f"gpu{g['index']}: server {g['server_status']}: {g.get('server_reason', '')}")
+        if out is not None:
+            typer.echo(f"wrote {out}/ (real.json, twin.json, comparison.json, run.json, logs/)")
+    return code
+
+
 if __name__ == "__main__":  # `python -m optplace.vllm.commands …` works before/without the main CLI
     vllm_app()

@@ -1,0 +1,189 @@
+"""``optplace validate PLAN --engine vllm``: run a plan on real vLLM servers and compare with the twin.
+
+One function, :func:`validate_on_vllm`: the plan's scenario workload is generated once for the
+validation window (seeded; the twin and the real servers get the very same requests), the twin
+simulates every GPU of the plan, and the real side either launches one server per GPU from the
+plan (:mod:`optplace.vllm.deploy` + :mod:`optplace.vllm.run`: a server that dies at start is a
+recorded ``oom``/``failed`` GPU) or replays against given endpoints (a ``routes.json``). The result
+holds the measured per-GPU figures in the ``simulate --json`` schema, the twin's report, the
+per-GPU comparison (:mod:`optplace.vllm.compare`) and the run document that ``optplace calibrate
+--runs`` can fit from (:mod:`optplace.vllm.runs`).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optplace.executors import ExecutorSpec
+from optplace.reporting import PlanItem
+from optplace.specs import Scenario
+from optplace.twin.simulate import PlanSimulator, scenario_workload
+
+from .compare import GpuComparison, compare_runs
+from .deploy import DeployOptions, build_deployment
+from .launcher import LaunchError
+from .loadgen import LoadgenError, endpoints_from_routes, run_replay
+from .run import run_deployment
+from .runs import RunServer, kv_tokens_from_log, run_from_replay
+
+__all__ = ["VllmValidateOptions", "VllmValidation", "ValidateError", "plan_document", "validate_on_vllm",
+           "window_scenario"]
+
+
+class ValidateError(RuntimeError):
+    """The validation cannot run (bad endpoints file, nothing to launch, set-up error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VllmValidateOptions:
+    """How to reach real servers. Exactly one of ``launch`` / ``endpoints``."""
+
+    launch: bool = False
+    endpoints: Path | None = None
+    window_s: float | None = None
+    model_path: str | None = None
+    adapters_dir: Path = Path("adapters")
+    python: str = "python"
+    entrypoint: str = "api-server"
+    extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str | None] = field(default_factory=dict)
+    start_timeout_s: float = 600.0
+    base_port: int | None = None
+    token_id_range: tuple[int, int] = (4, 1000)
+    log_dir: Path = Path("vllm-logs")
+    seed: int | None = None
+    progress: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class VllmValidation:
+    """Measured result (``simulate --json`` schema), twin report, comparison and the saveable run."""
+
+    real: dict[str, Any]
+    twin: dict[str, Any]
+    comparisons: tuple[GpuComparison, ...]
+    run: dict[str, Any] | None
+
+    @property
+    def failed(self) -> bool:
+        """Some real GPU starved or did not start."""
+        return any(g.get("starved") or g.get("oom") or g.get("server_status", "ok") != "ok" for g in self.real["gpus"])
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"engine": "vllm", "real": …, "twin": …, "comparison": […]}``."""
+        return {"engine": "vllm", "real": self.real, "twin": self.twin,
+                "comparison": [c.to_json() for c in self.comparisons]}
+
+
+def window_scenario(sc: Scenario, window_s: float | None) -> Scenario:
+    """The scenario with its window replaced (``None``: unchanged)."""
+    if window_s is None:
+        return sc
+    if not window_s > 0:
+        raise ValidateError(f"--window must be > 0 (got {window_s})")
+    return sc.model_copy(update={"workload": sc.workload.model_copy(update={"duration_s": float(window_s)})})
+
+
+def plan_document(item: PlanItem) -> dict[str, Any]:
+    """A deployable plan document (model, serving, adapters, placement) for a plan or placed spec."""
+    sc = item.scenario
+    ranks = {a.name: a.rank for a in sc.adapter_list()}
+    return {"model": sc.model_name, "serving": sc.serving.model_dump(),
+            "adapters": [a.model_dump() for a in sc.adapter_list()],
+            "placement": [{"gpu": i, "gpu_type": g.gpu_type, "max_loras": g.max_loras, "max_cpu_loras": g.max_cpu_loras,
+                           "max_lora_rank": max((ranks[n] for n in g.adapters), default=8), "adapters": list(g.adapters)}
+                          for i, g in enumerate(item.gpus)]}
+
+
+def _free_base_port(n: int, host: str = "127.0.0.1", tries: int = 50) -> int:
+    """A port p with p … p+n−1 all bindable right now."""
+    for _ in range(tries):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = s.getsockname()[1]
+        if base + n > 65535:
+            continue
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind((host, p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise ValidateError(f"no {n} consecutive free ports found; give --base-port")
+
+
+def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidation:
+    """Run the plan on real servers for the window and compare every GPU with the twin."""
+    if opts.launch == (opts.endpoints is not None):
+        raise ValidateError("give exactly one of --launch (start servers from the plan) or --endpoints FILE")
+    sc = window_scenario(item.scenario, opts.window_s)
+    seed = sc.seed if opts.seed is None else opts.seed
+    adapters = sc.adapter_list()
+    names = [a.name for a in adapters]
+    ranks = {a.name: a.rank for a in adapters}
+    workload = scenario_workload(sc, adapters, item.base_dir, seed)
+    twin = PlanSimulator(sc, item.base_dir, ExecutorSpec(workers=1), seed).run(item.gpus)
+    c = sc.constraints
+    doc = plan_document(PlanItem(sc, item.base_dir, item.gpus))
+    servers: list[RunServer]
+    if opts.launch:
+        base = opts.base_port if opts.base_port is not None else _free_base_port(len(item.gpus))
+        dep = build_deployment(doc, DeployOptions(model_path=opts.model_path, adapters_dir=opts.adapters_dir,
+                                                  base_port=base, entrypoint=opts.entrypoint,  # type: ignore[arg-type]
+                                                  python=opts.python, extra_args=opts.extra_args, pin_gpus=False))
+        try:
+            real = run_deployment(dep, workload, names, log_dir=opts.log_dir, env=dict(opts.env),
+                                  start_timeout_s=opts.start_timeout_s, seed=seed, token_id_range=opts.token_id_range,
+                                  max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss,
+                                  progress=opts.progress)
+        except (LaunchError, LoadgenError) as exc:
+            raise ValidateError(str(exc)) from None
+        real_doc = real.to_json()
+        replay = real.replay
+        servers = []
+        for s, launch in zip(dep.servers, real.launches):
+            log = launch.log_path.read_text(errors="replace") if launch.log_path.is_file() else ""
+            servers.append(RunServer(s.gpu, s.max_loras, s.max_cpu_loras, s.max_lora_rank,
+                                     sc.serving.max_num_seqs, sc.serving.max_num_batched_tokens, s.adapters,
+                                     kv_tokens_from_log(log), launch.status, launch.reason))
+    else:
+        assert opts.endpoints is not None
+        try:
+            eps = endpoints_from_routes(json.loads(Path(opts.endpoints).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise ValidateError(f"--endpoints {opts.endpoints}: {exc}") from None
+        except LoadgenError as exc:
+            raise ValidateError(f"--endpoints {opts.endpoints}: {exc}") from None
+        by_gpu = {ep.gpu: ep for ep in eps}
+        missing = [i for i in range(len(item.gpus)) if i not in by_gpu]
+        if missing or len(eps) != len(item.gpus):
+            raise ValidateError(f"--endpoints lists GPUs {sorted(by_gpu)} but the plan has GPUs 0..{len(item.gpus) - 1}")
+        wrong = [i for i, g in enumerate(item.gpus) if set(by_gpu[i].adapters) != set(g.adapters)]
+        if wrong:
+            raise ValidateError(f"--endpoints: GPUs {wrong} serve other adapters than the plan places there")
+        ordered = [by_gpu[i] for i in range(len(item.gpus))]
+        try:
+            replay = run_replay(workload, names, ordered, seed=seed, token_id_range=opts.token_id_range,
+                                max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss,
+                                progress=opts.progress)
+        except LoadgenError as exc:
+            raise ValidateError(str(exc)) from None
+        real_doc = replay.to_json()
+        servers = [RunServer(i, g.max_loras, g.max_cpu_loras, max((ranks[n] for n in g.adapters), default=8),
+                             sc.serving.max_num_seqs, sc.serving.max_num_batched_tokens, g.adapters)
+                   for i, g in enumerate(item.gpus)]
+    real_doc["scenario"], real_doc["window_s"] = sc.name, sc.workload.duration_s
+    twin_doc = twin.to_json()
+    comparisons = compare_runs(twin_doc["gpus"], real_doc["gpus"])
+    run = (run_from_replay(replay, servers, ranks, label=sc.name, result=real_doc) if replay is not None else None)
+    return VllmValidation(real_doc, twin_doc, comparisons, run)
+
