@@ -156,7 +156,10 @@ def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bo
             out["profiles"][name] = {"error": str(e)}
             continue
         X, targets, wall, pass_no = load_holdout(sur)
-        res: dict[str, Any] = {"holdout": evaluate(sur, X, targets)}
+        split = sur.meta.get("split")
+        res: dict[str, Any] = {"holdout": evaluate(sur, X, targets),
+                               "label": split.get("label") if isinstance(split, dict) else
+                               "one twin seed per configuration"}
         if pass_no.size:
             # pass-1 (Sobol) rows vs boundary-chain rows, which sit within a few % of the boundary load
             from optplace.surrogate.models import macro_f1
@@ -203,11 +206,21 @@ def _render(out: dict[str, Any]) -> None:
             t.add_row(p, "error", r["error"], "")
             continue
         h, lat, real = r["holdout"], r["latency"], r["real_dt_validation"]
-        row(p, f"held-out rows (twin, {int(h['n'])})", h["n"])
+        label = r.get("label", "one twin seed per configuration")
+        row(p, f"held-out rows (twin, {int(h['n'])}; label: {label})", h["n"])
         row(p, "throughput sMAPE % (held-out)", h["throughput_smape_pct"], "≤ 5")
+        seeds = sorted(k.rsplit("seed", 1)[1] for k in h if k.startswith("throughput_smape_pct_vs_seed"))
+        for s_ in seeds:
+            row(p, f"  … against twin seed {s_} alone", h[f"throughput_smape_pct_vs_seed{s_}"])
+        if "twin_seed_vs_seed_throughput_smape_pct" in h:
+            row(p, "  twin itself: seed 1 vs seed 0 (noise floor)", h["twin_seed_vs_seed_throughput_smape_pct"])
         for k in ("not_starved", "unsaturated", "saturated_full_slots", "saturated_slots_lt_adapters"):
             row(p, f"  … sMAPE % on {k.replace('_', ' ')} ({int(h['n_' + k])})", h[f"throughput_smape_pct_{k}"])
         row(p, "starvation macro-F1 (held-out)", h["starved_macro_f1"], "≥ 0.95")
+        for s_ in seeds:
+            row(p, f"  … against twin seed {s_} alone", h[f"starved_macro_f1_vs_seed{s_}"])
+        if "twin_seed_vs_seed_starved_macro_f1" in h:
+            row(p, "  twin itself: seed 1 vs seed 0", h["twin_seed_vs_seed_starved_macro_f1"])
         if "starved_macro_f1_sobol_rows" in h:
             row(p, "  … on Sobol rows", h["starved_macro_f1_sobol_rows"])
             row(p, f"  … on boundary-chain rows ({int(h['n_boundary_rows'])})", h["starved_macro_f1_boundary_rows"])

@@ -41,6 +41,23 @@ def sweep(
 
 
 @app.command()
+def replicate(
+    source: Annotated[Path, typer.Argument(help="A finished sweep (path without suffix) to re-evaluate.")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset path without suffix (writes .csv and .json).")],
+    salt: Annotated[int, typer.Option(help="Replicate number ≥ 1 (sets the other twin seeds).")] = 1,
+    workers: Annotated[Optional[int], typer.Option(help="Local processes (default: all cores).")] = None,
+) -> None:
+    """Re-run every configuration of a twin sweep with other twin seeds (for seed-averaged labels)."""
+    from optplace.surrogate.sweep import LocalExecutor, run_replicate
+    from optplace.surrogate.twin_eval import TwinEvaluator
+
+    prov = json.loads(source.with_suffix(".json").read_text())
+    ev = TwinEvaluator(prov["evaluator"]["profile"])
+    res = run_replicate(ev, source, out, salt=salt, executor=LocalExecutor(workers) if workers else LocalExecutor())
+    typer.echo(f"{res.csv_path}: {res.rows_total} rows ({res.rows_new} new) in {res.wall_s:.0f} s")
+
+
+@app.command()
 def train(
     dataset: Annotated[Path, typer.Argument(help="Dataset path written by `surrogate sweep` (.csv/.json).")],
     out: Annotated[Path, typer.Option("--out", help="Model directory.")],

@@ -157,6 +157,8 @@ def train(
     features: Sequence[str] | None = None,
     test_frac: float = 0.2,
     prefix: str = "",
+    holdout: Path | str | None = None,
+    holdout_replicates: Sequence[Path | str] = (),
 ) -> TrainReport:
     """Train the four surrogates on a sweep dataset, write them to ``out_dir``, return metrics.
 
@@ -165,17 +167,34 @@ def train(
 
     ``features`` restricts the models to a subset of the schema (e.g.
     :data:`optplace.surrogate.features.LINEAR_FEATURES` for a fully linear MILP encoding).
+
+    Held-out rows: by default a seeded ``test_frac`` of the sweep groups.  With ``holdout`` (a
+    sweep of the same design under another sweep seed) the models train on every row of
+    ``dataset_path`` and are scored on that sweep instead; with ``holdout_replicates`` (its
+    :func:`~optplace.surrogate.sweep.run_replicate` re-runs) the held-out labels are the
+    per-configuration means over the twin seeds, the single-seed labels kept beside them.
     """
+    from optplace.surrogate.sweep import pool_replicates
+
     paths = [dataset_path] if isinstance(dataset_path, (str, Path)) else list(dataset_path)
-    ds = load_datasets(paths)
-    check_schema(ds.feature_names, int(ds.provenance.get("feature_schema_version", SCHEMA_VERSION)))
+    train_ds = load_datasets(paths)
+    check_schema(train_ds.feature_names, int(train_ds.provenance.get("feature_schema_version", SCHEMA_VERSION)))
+    if holdout is not None:
+        hold = pool_replicates(holdout, holdout_replicates) if holdout_replicates else load_dataset(holdout)
+        if hold.feature_names != train_ds.feature_names or hold.provenance.get("evaluator") != train_ds.provenance.get(
+                "evaluator"):
+            raise ValueError(f"{holdout}: other features or evaluator than the training sweeps")
+        ds = _stack(train_ds, hold)
+        is_test = np.concatenate([np.zeros(train_ds.index.size, bool), np.ones(hold.index.size, bool)])
+    else:
+        ds = train_ds
     names = tuple(features) if features else tuple(FEATURE_NAMES)
     cols = [ds.feature_names.index(n) for n in names]
     ok = ds.targets["oom"] == 0
     X = ds.X[ok][:, cols]
     groups = ds.group[ok]
     ys = {k: v[ok] for k, v in _targets(ds).items()}
-    test = split_groups(groups, test_frac, seed)
+    test = is_test[ok] if holdout is not None else split_groups(groups, test_frac, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Any] = {}
@@ -205,10 +224,14 @@ def train(
         "max_throughput_loss": 0.10,
         "offered_max": float(X[:, names.index("offered_tok_s")].max()) if "offered_tok_s" in names else None,
         "seed": seed,
-        "test_frac": test_frac,
+        "test_frac": test_frac if holdout is None else None,
+        "split": "random 20 % of sweep groups" if holdout is None else {
+            "holdout": Path(holdout).name, "replicates": [Path(p).name for p in holdout_replicates],
+            "label": hold.provenance.get("label", "one twin seed per configuration")},
+        "params": {"regression": REGRESSION_PARAMS, "classifier": CLASSIFIER_PARAMS, "rounds_cap": ROUNDS_CAP},
         "n_train": int((~test).sum()),
         "n_test": int(test.sum()),
-        "dataset": {"path": [Path(p).name for p in paths], "provenance": ds.provenance},
+        "dataset": {"path": [Path(p).name for p in paths], "provenance": train_ds.provenance},
         "metrics": {},
     }
     _write_holdout(out / f"{prefix}holdout.csv", ds, np.flatnonzero(ok)[test])
@@ -222,6 +245,22 @@ def train(
     meta["metrics"] = metrics
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return TrainReport(out, meta["n_train"], meta["n_test"], metrics)
+
+
+def _stack(a: Dataset, b: Dataset) -> Dataset:
+    """Training rows ``a`` then held-out rows ``b`` (groups of ``b`` offset so none clash); targets
+    only ``b`` has (single-seed labels of a pooled hold-out) are NaN for ``a``."""
+    off = np.int64(1) << np.int64(40)
+    keys = list(a.targets) + [k for k in b.targets if k not in a.targets]
+
+    def col(d: Dataset, k: str) -> np.ndarray:
+        return d.targets[k] if k in d.targets else np.full(d.index.size, np.nan)
+
+    return Dataset(
+        X=np.vstack([a.X, b.X]), feature_names=a.feature_names,
+        targets={k: np.concatenate([col(a, k), col(b, k)]) for k in keys},
+        index=np.concatenate([a.index, b.index + off]), group=np.concatenate([a.group, b.group + off]),
+        meta={m: np.concatenate([a.meta[m], b.meta[m]]) for m in a.meta}, provenance=a.provenance)
 
 
 HOLDOUT_COLUMNS = ("index", "group", "pass", "wall_s")
@@ -275,6 +314,20 @@ def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) ->
     }
     parts = {f"throughput_smape_pct_{k}": smape(y_thr[m], P["throughput_tok_s"][m]) for k, m in sub.items()}
     parts.update({f"n_{k}": float(m.sum()) for k, m in sub.items()})
+    reps = sorted(int(k.rsplit("rep", 1)[1]) for k in targets if k.startswith("throughput_tok_s_rep"))
+    for r in reps:
+        # the same rows scored against one twin seed's label instead of the seed mean
+        parts[f"throughput_smape_pct_vs_seed{r}"] = smape(targets[f"throughput_tok_s_rep{r}"], P["throughput_tok_s"])
+        parts[f"starved_macro_f1_vs_seed{r}"] = macro_f1(targets[f"starved_rep{r}"].astype(bool), P["starved"])
+    if len(reps) >= 2:
+        # the twin against itself: what a second seed scores against the first (the noise floor)
+        a, b = targets[f"throughput_tok_s_rep{reps[0]}"], targets[f"throughput_tok_s_rep{reps[1]}"]
+        sa, sb = targets[f"starved_rep{reps[0]}"].astype(bool), targets[f"starved_rep{reps[1]}"].astype(bool)
+        parts["twin_seed_vs_seed_throughput_smape_pct"] = smape(a, b)
+        parts["twin_seed_vs_seed_starved_macro_f1"] = macro_f1(sa, sb)
+        for k, m in sub.items():
+            if k.startswith("saturated_slots"):
+                parts[f"twin_seed_vs_seed_throughput_smape_pct_{k}"] = smape(a[m], b[m])
     return {
         **parts,
         "n": float(X.shape[0]),

@@ -21,6 +21,7 @@ skipping the indices already in the CSV.  The dataset is ``<name>.csv`` plus ``<
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -435,6 +436,113 @@ def run_sweep(
     return SweepResult(csv_path, prov_path, len(rows), len(rows) - n_before, time.perf_counter() - t0)
 
 
+def _design_from(prov: dict[str, Any]) -> SweepDesign:
+    return SweepDesign(**{k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()})
+
+
+def replay_units(rows: dict[int, dict[str, str]], design: SweepDesign, seed: int) -> dict[int, tuple[int, np.ndarray]]:
+    """``index → (group, unit-cube point)`` of every row of a sweep, pass-2 loads replayed exactly.
+
+    A boundary chain's k-th load is the bisection midpoint after its first k verdicts, so it is
+    recomputed from the verdicts stored in ``rows`` (the same arithmetic as :func:`run_sweep`).
+    """
+    u_all = _sobol(seed, design.n_points + design.n_chains)
+    out: dict[int, tuple[int, np.ndarray]] = {i: (i, u_all[i]) for i in range(design.n_points) if i in rows}
+    for c in range(design.n_chains):
+        group = design.n_points + c
+        lo, hi = 0.0, 1.0
+        for step in range(design.chain_steps):
+            index = design.n_points + c * design.chain_steps + step
+            if index not in rows:
+                break
+            mid = 0.5 * (lo + hi)
+            u = u_all[group].copy()
+            u[4] = mid
+            out[index] = (group, u)
+            if int(rows[index]["starved"]):
+                hi = mid
+            else:
+                lo = mid
+    return out
+
+
+def replicate_seed(seed: int, index: int, salt: int) -> int:
+    """Twin seed of row ``index`` in replicate ``salt`` (≥ 1) of sweep ``seed``."""
+    return int(np.random.SeedSequence([seed, index, 0x5EED, salt]).generate_state(1)[0])
+
+
+def run_replicate(
+    evaluator: SweepEvaluator,
+    source: Path | str,
+    out: Path | str,
+    salt: int = 1,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Re-evaluate every row of a finished sweep with another twin seed (resumable).
+
+    The configurations are regenerated from the source's provenance and checked against its stored
+    features; only the twin's seed changes.  The result is a dataset of the same columns and
+    indices, whose provenance names the source and the salt, so :func:`pool_replicates` can average
+    the two — the per-configuration mean of several seeds is a less noisy label where the twin's
+    own seed-to-seed spread is large (saturated GPUs with fewer slots than adapters).
+    """
+    if salt < 1:
+        raise ValueError(f"salt must be >= 1 (0 is the source's own seed), got {salt}")
+    src = Path(source)
+    src_prov = json.loads(src.with_suffix(".json").read_text())
+    if src_prov.get("replicate_of"):
+        raise ValueError(f"{src}: is itself a replicate; pass the original sweep")
+    if src_prov.get("evaluator") != json.loads(json.dumps(evaluator.describe())):
+        raise ValueError(f"{src}: made by {src_prov.get('evaluator')}, not by {evaluator.describe()}")
+    design, seed = _design_from(src_prov), int(src_prov["seed"])
+    src_rows = read_rows(src.with_suffix(".csv"))
+    units = replay_units(src_rows, design, seed)
+    slot_cap = _memo(evaluator.slot_cap)
+    tasks: list[RowTask] = []
+    for index in sorted(units):
+        group, u = units[index]
+        made = design_config(u, design, slot_cap, seed, group=group, index=index)
+        if made is None:
+            raise ValueError(f"{src}: row {index} does not regenerate a configuration")
+        cfg, load, kind = made
+        feats = feature_row(cfg)
+        stored = np.array([float(src_rows[index][n]) for n in FEATURE_NAMES])
+        if not np.array_equal(feats, stored):
+            raise ValueError(f"{src}: row {index} regenerates other features than stored; wrong design/seed?")
+        cfg = dataclasses.replace(cfg, seed=replicate_seed(seed, index, salt))
+        tasks.append(RowTask(index, group, int(src_rows[index]["pass"]), load, kind, cfg))
+
+    out = Path(out)
+    csv_path, prov_path = out.with_suffix(".csv"), out.with_suffix(".json")
+    prov = {**src_prov, "replicate_of": src.name, "replicate_salt": salt,
+            "source_provenance_seed": seed}
+    if prov_path.exists():
+        old = json.loads(prov_path.read_text())
+        if (old.get("replicate_of"), old.get("replicate_salt"), old.get("evaluator")) != (
+                src.name, salt, prov["evaluator"]):
+            raise ValueError(f"{prov_path}: cannot resume, it replicates another sweep or salt")
+    else:
+        prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    t0 = time.perf_counter()
+    rows = read_rows(csv_path)
+    n_before = len(rows)
+    _drop_torn_tail(csv_path)
+    new_file = not csv_path.exists() or csv_path.stat().st_size == 0
+    todo = [t for t in tasks if t.index not in rows]
+    ex = executor or LocalExecutor()
+    with csv_path.open("a", newline="") as fh, _Progress(progress, len(tasks), len(tasks) - len(todo)) as bar:
+        writer = csv.writer(fh)
+        if new_file:
+            writer.writerow(COLUMNS)
+        for rec in ex.run(evaluator, todo):
+            writer.writerow([_fmt(rec[c]) for c in COLUMNS])
+            fh.flush()
+            rows[int(rec["index"])] = rec
+            bar.advance()
+    return SweepResult(csv_path, prov_path, len(rows), len(rows) - n_before, time.perf_counter() - t0)
+
+
 def _drop_torn_tail(csv_path: Path) -> None:
     """Cut a half-written last line (an interrupted append) so new rows start on a fresh line."""
     if not csv_path.exists():
@@ -565,3 +673,50 @@ def load_datasets(paths: Sequence[Path | str]) -> Dataset:
         meta={m: np.concatenate([d.meta[m] for d in parts]) for m in first.meta},
         provenance=prov,
     )
+
+
+def pool_replicates(base: Path | str, replicates: Sequence[Path | str]) -> Dataset:
+    """A sweep with its replicates (:func:`run_replicate`) as one dataset of per-configuration means.
+
+    Rows present in every replicate are kept.  Throughput, offered tokens, latencies and counts are
+    averaged over the seeds; ``throughput_loss`` and ``starved`` are the twin's rule applied to the
+    pooled run (delivered over all seeds ÷ offered over all seeds, starved at the default
+    ``max_throughput_loss``, or out of memory in any).  The single-seed labels stay available as
+    ``throughput_tok_s_rep<k>`` / ``starved_rep<k>`` (k = 0 is the base sweep).
+    """
+    from optplace.specs import Constraints
+
+    max_loss = Constraints().max_throughput_loss
+    b = load_dataset(base)
+    reps = [load_dataset(r) for r in replicates]
+    for p, r in zip(replicates, reps):
+        if r.provenance.get("replicate_of") != Path(base).name or r.provenance.get("evaluator") != b.provenance.get(
+                "evaluator"):
+            raise ValueError(f"{p}: not a replicate of {base} by the same evaluator")
+    common = set(b.index.tolist())
+    for r in reps:
+        common &= set(r.index.tolist())
+    keep = np.array(sorted(common), dtype=np.int64)
+    parts = [b, *reps]
+    pos = [np.searchsorted(d.index, keep) for d in parts]
+    for d, ix in zip(reps, pos[1:]):
+        if not np.array_equal(d.X[ix], b.X[pos[0]]):
+            raise ValueError("replicate rows have other features than the base sweep")
+    T = {k: np.vstack([d.targets[k][ix] for d, ix in zip(parts, pos)]) for k in b.targets}
+    with np.errstate(invalid="ignore"):
+        targets = {k: np.nanmean(v, axis=0) if k.startswith(("itl", "ttft")) else v.mean(axis=0) for k, v in T.items()}
+    oom = T["oom"].max(axis=0)
+    off = T["measured_offered_tok_s"].sum(axis=0)
+    loss = np.where(off > 0, 1.0 - T["throughput_tok_s"].sum(axis=0) / np.where(off > 0, off, 1.0), 0.0)
+    targets["oom"] = oom
+    targets["throughput_loss"] = np.where(oom > 0, 1.0, loss)
+    targets["starved"] = ((oom > 0) | (loss >= max_loss)).astype(np.float64)
+    for k in range(len(parts)):
+        targets[f"throughput_tok_s_rep{k}"] = T["throughput_tok_s"][k]
+        targets[f"starved_rep{k}"] = T["starved"][k]
+    i0 = pos[0]
+    meta = {m: v[i0] for m, v in b.meta.items()}
+    meta["wall_s"] = np.vstack([d.meta["wall_s"][ix] for d, ix in zip(parts, pos)]).sum(axis=0)
+    prov = {**b.provenance, "replicates": [r.provenance.get("replicate_salt") for r in reps],
+            "label": f"mean of {len(parts)} twin seeds per configuration"}
+    return Dataset(b.X[i0], b.feature_names, targets, b.index[i0], b.group[i0], meta, prov)
