@@ -106,3 +106,21 @@ def test_train_against_a_heldout_sweep_with_seed_mean_labels(base: Path, tmp_pat
     sur = load_surrogate(tmp_path / "m")
     assert sur.meta["split"]["holdout"] == "a" and sur.meta["split"]["replicates"] == ["a_r1"]
     assert sur.meta["n_test"] == DESIGN.n_rows
+
+
+def test_cli_train_with_holdout_and_replicate(base: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from optplace.surrogate.cli import app
+
+    ev = SyntheticEvaluator(noise=0.05)
+    run_sweep(ev, tmp_path / "t1", SweepDesign(n_points=150, n_chains=10, chain_steps=4, max_adapters=256), seed=4,
+              executor=LocalExecutor(1), progress=False)
+    run_sweep(ev, tmp_path / "t2", SweepDesign(n_points=150, n_chains=10, chain_steps=4, max_adapters=256), seed=5,
+              executor=LocalExecutor(1), progress=False)
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "t1"), str(tmp_path / "t2"), "--out", str(tmp_path / "m"),
+                                   "--holdout", str(base / "a"), "--holdout-replicate", str(base / "a_r1")])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["n_train"] == len(read_rows(tmp_path / "t1.csv")) + len(read_rows(tmp_path / "t2.csv"))
+    assert out["n_test"] == DESIGN.n_rows and "twin_seed_vs_seed_starved_macro_f1" in out["metrics"]

@@ -59,13 +59,34 @@ def replicate(
 
 @app.command()
 def train(
-    dataset: Annotated[Path, typer.Argument(help="Dataset path written by `surrogate sweep` (.csv/.json).")],
+    datasets: Annotated[list[Path], typer.Argument(help="Dataset path(s) written by `surrogate sweep` (.csv/.json).")],
     out: Annotated[Path, typer.Option("--out", help="Model directory.")],
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    holdout: Annotated[Optional[Path], typer.Option(help="Score on this sweep (another sweep seed) instead of a "
+                                                         "random 20 % of the groups.")] = None,
+    holdout_replicate: Annotated[Optional[list[Path]], typer.Option(help="`surrogate replicate` re-runs of the "
+                                                                         "held-out sweep: labels become seed means.")]
+    = None,
 ) -> None:
-    """Train the throughput / ITL / TTFT / starvation models on a sweep; print held-out metrics."""
+    """Train the throughput / ITL / TTFT / starvation models on sweeps; print held-out metrics."""
     from optplace.surrogate.models import train as _train
 
-    rep = _train(dataset, out, seed=seed)
+    rep = _train(datasets, out, seed=seed, holdout=holdout, holdout_replicates=holdout_replicate or ())
+    typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
+                           "metrics": rep.metrics}, indent=2))
+
+
+@app.command()
+def ship(
+    profile: Annotated[str, typer.Argument(help="Bundled profile name (model@gpu).")],
+    datasets: Annotated[list[Path], typer.Argument(help="Twin sweep(s) of that profile.")],
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    holdout: Annotated[Optional[Path], typer.Option(help="Held-out twin sweep (another sweep seed).")] = None,
+    holdout_replicate: Annotated[Optional[list[Path]], typer.Option(help="Its seed replicates.")] = None,
+) -> None:
+    """Train on twin sweeps of a bundled profile and write the models as package data (maintainers)."""
+    from optplace.surrogate.models import ship as _ship
+
+    rep = _ship(datasets, profile, seed=seed, holdout=holdout, holdout_replicates=holdout_replicate or ())
     typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
                            "metrics": rep.metrics}, indent=2))

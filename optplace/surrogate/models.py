@@ -477,11 +477,14 @@ def load_shipped(profile_name: str) -> Surrogate:
 
 
 def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, seed: int = 0,
-         out_dir: Path | str | None = None) -> TrainReport:
-    """Train on twin sweeps of a bundled profile and write the result as package data."""
+         out_dir: Path | str | None = None, holdout: Path | str | None = None,
+         holdout_replicates: Sequence[Path | str] = ()) -> TrainReport:
+    """Train on twin sweeps of a bundled profile and write the result as package data
+    (``holdout`` / ``holdout_replicates`` as in :func:`train`)."""
     paths = [dataset_path] if isinstance(dataset_path, (str, Path)) else list(dataset_path)
-    for p in paths:
+    for p in [*paths, *([holdout] if holdout is not None else []), *holdout_replicates]:
         ev = load_dataset(p).provenance.get("evaluator", {})
         if ev.get("evaluator") != "twin" or ev.get("profile") != profile_name:
             raise ValueError(f"{p}: not a twin sweep of {profile_name!r} (provenance: {ev})")
-    return train(paths, out_dir or MODELS_DIR, seed=seed, prefix=f"{profile_name}.")
+    return train(paths, out_dir or MODELS_DIR, seed=seed, prefix=f"{profile_name}.", holdout=holdout,
+                 holdout_replicates=holdout_replicates)
