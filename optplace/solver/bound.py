@@ -247,27 +247,419 @@ def volume_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float
 
 
 def lower_bound(problem: Problem, an: AnalyticCapacity, duals: Any = None,
-                weights: Sequence[float] | None = None, integral: bool = True) -> float:
-    """The best of the volume and Lagrangian bounds (rounded up when the objective counts GPUs).
-    Memoised on the analytic model object (the bound depends only on it, the duals and weights)."""
+                weights: Sequence[float] | None = None, integral: bool = True, deadline: Any = None) -> float:
+    """The best of the volume bound and the LP bound (:func:`lp_bound`), rounded up when the objective
+    counts GPUs. ``duals`` (from the MILP) only matter when the LP bound stopped at ``deadline`` (anything
+    with ``expired()``, e.g. :class:`~optplace.solver.problem.Deadline`): then the Lagrangian bound at them
+    may be better. Memoised on the analytic model object (the bound depends only on it and the weights)."""
     cache = an.__dict__.setdefault("_lb_cache", {})
     key = (id(problem), None if duals is None else tuple(tuple(np.round(np.asarray(d, float), 12)) for d in duals[1]),
            None if weights is None else tuple(weights), integral)
     if key not in cache:
-        cache[key] = _lower_bound(problem, an, duals, weights, integral)
+        cache[key] = _lower_bound(problem, an, duals, weights, integral, deadline)
     return cache[key]
 
 
+def cached_lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | None = None,
+                    deadline: Any = None) -> "LpBound":
+    """:func:`lp_bound`, memoised on ``an`` per (problem, weights); a run cut short by its deadline is
+    not memoised, so a later call with more time can do better."""
+    cache = an.__dict__.setdefault("_lp_cache", {})
+    key = (id(problem), None if weights is None else tuple(weights))
+    hit = cache.get(key)
+    if hit is None:
+        hit = lp_bound(problem, an, weights, deadline=deadline)
+        if hit.converged:
+            cache[key] = hit
+    return hit
+
+
 def _lower_bound(problem: Problem, an: AnalyticCapacity, duals: Any,
-                 weights: Sequence[float] | None, integral: bool) -> float:
-    """``duals``: None or (classes, [π, …]) from the MILP's column generation (best bound of them)."""
+                 weights: Sequence[float] | None, integral: bool, deadline: Any = None) -> float:
+    """``duals``: None or (classes, [π, …]) from the MILP's column generation."""
     lb = volume_bound(problem, an, weights)
-    if duals is None:
-        lb = max(lb, lagrangian_bound(problem, an, None, weights))
-    else:
+    lp = cached_lp_bound(problem, an, weights, deadline)
+    lb = max(lb, lp.value)
+    if not lp.converged and duals is not None and not (deadline is not None and deadline.expired()):
         classes, pis = duals
         for pi in pis:
             lb = max(lb, lagrangian_bound(problem, an, pi, weights, classes))
     if problem.n_adapters > 0:
         lb = max(lb, min(weights) if weights else 1.0)
-    return float(math.ceil(lb - 1e-6)) if integral else lb
+    # The LP's value carries floating-point noise of ~1e-9 relative: round up only past it.
+    return float(math.ceil(lb - 1e-6 * max(1.0, lb))) if integral else lb
+
+
+# ---------------------------------------------------------------------------------------------
+# The LP (Dantzig–Wolfe) bound: the pattern LP over relaxed families, solved in its compact form
+
+#: Relative width of the rate bins of the LP bound (rates rounded *down*, so the bound stays valid).
+LP_BIN_WIDTH = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class Bins:
+    """Adapters grouped by rank and rate rounded down to a geometric grid."""
+
+    ranks: np.ndarray
+    rates: np.ndarray
+    counts: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Relaxed families of one GPU type and max rank that share their items (adapters of rank ≤ rank_max).
+
+    ``kind == "count"``: exactly ``size`` adapters, every one with a slot: Σ a = size, Σ λ·a ≤ c1.
+    ``kind == "rot"``: slot counts in ``[size, size_hi]`` below the adapter count: Σ (λ + slope·p)·a ≤ c1,
+    Σ p·a ≤ c2 with activity p = 1 − exp(−λ·service_s).
+    """
+
+    gtype: int
+    rank_max: int
+    kind: str
+    size: np.ndarray
+    size_hi: np.ndarray
+    c1: np.ndarray
+    c2: np.ndarray
+    service_s: np.ndarray
+    slope: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class LpBound:
+    """Outcome of :func:`lp_bound`: the proven bound (Farley value) and how far the LP got."""
+
+    value: float          # proven lower bound on Σ weights·GPUs (not rounded)
+    lp_value: float       # last restricted LP value (≥ value; equal to it once converged)
+    rounds: int
+    families: int         # families in the compact LP at the end
+    converged: bool       # no family priced out: value is the LP optimum up to the pricing tolerance
+    seconds: float
+
+
+def rate_bins(problem: Problem, width: float = LP_BIN_WIDTH) -> Bins:
+    """Adapters binned by rank and rate rounded down to a ``width`` geometric grid (never up)."""
+    cls, ranks, rates, counts = adapter_bins(problem, [0] * problem.n_adapters, width)
+    return Bins(ranks, rates, counts)
+
+
+def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
+    """Every GPU configuration the analytic model can accept, as relaxed families (see :func:`lp_bound`)."""
+    out: list[Group] = []
+    util = problem.serving.gpu_memory_utilization
+    for t in problem.gpu_types:
+        for rmax in problem.ranks:
+            cap = an.slot_cap(t.index, rmax)
+            n_avail = sum(1 for a in problem.adapters if a.rank <= rmax)
+            if cap < 1 or n_avail < 1:
+                continue
+            # λ* depends on the slot count only through the KV cache (the fluid model's scheduler
+            # overhead runs at slots = served), and grows with it: n adapters on L ≥ n slots are bounded
+            # by λ*(n distinct, the most KV any L in [n, cap] leaves).
+            kv = np.array([t.profile.kv_cache_tokens(L, rmax, util) for L in range(1, cap + 1)], dtype=float)
+            best_L = np.empty(cap, dtype=np.int64)
+            arg = cap
+            for L in range(cap, 0, -1):
+                if kv[L - 1] > kv[arg - 1]:
+                    arg = L
+                best_L[L - 1] = arg
+            N = min(cap, n_avail)
+            size = np.arange(1, N + 1)
+            c1 = np.array([an.rho * an.point(t.index, rmax, n, int(best_L[n - 1])).lam_max_rps for n in size])
+            z = np.zeros(N)
+            out.append(Group(t.index, rmax, "count", size, size, c1, size.astype(float), z, z))
+            if n_avail < 2:
+                continue
+            # Slots L < adapters: d = L distinct adapters, capacity ρ·λ*(L)/(1 + ROTATION·A/L) with A ≤ κ·L
+            # active. Over a slot interval [lo, hi] this is at most ρ·max λ*/(1 + ROTATION·A/hi), whose chord
+            # from A = 0 to κ·hi bounds it from above (it is convex in A); activity uses the shortest service.
+            lo_l, hi_l, c1_r, c2_r, svc_r, sl_r = [], [], [], [], [], []
+            grid = [L for L in SLOT_GRID if L <= min(cap, n_avail - 1)]
+            for k, lo in enumerate(grid):
+                hi = min((grid[k + 1] - 1) if k + 1 < len(grid) else min(cap, n_avail - 1), min(cap, n_avail - 1))
+                pts = [an.point(t.index, rmax, L, L) for L in range(lo, hi + 1)]
+                lam = an.rho * max(p.lam_max_rps for p in pts)
+                svc = min(p.service_s for p in pts)
+                kl = an.kappa * hi
+                lo_l.append(lo)
+                hi_l.append(hi)
+                c1_r.append(lam)
+                c2_r.append(kl)
+                svc_r.append(svc)
+                sl_r.append((lam - lam / (1.0 + ROTATION * an.kappa)) / kl if kl > 0 else 0.0)
+            if lo_l:
+                out.append(Group(t.index, rmax, "rot", np.array(lo_l), np.array(hi_l), np.array(c1_r),
+                                 np.array(c2_r), np.array(svc_r), np.array(sl_r)))
+    return out
+
+
+def _y1_grid(pi: np.ndarray, w1: np.ndarray, k: int = 96) -> np.ndarray:
+    """Load multipliers to try: 0 and a geometric grid over the items' value/load ratios."""
+    ok = (w1 > 0) & (pi > 0)
+    if not ok.any():
+        return np.zeros(1)
+    r = pi[ok] / w1[ok]
+    lo, hi = float(r.min()) * 0.02, float(r.max()) * 1.5
+    return np.concatenate([[0.0], np.geomspace(max(lo, 1e-12), max(hi, 2e-12), k)])
+
+
+def _count_ub(pi: np.ndarray, lam: np.ndarray, cnt: np.ndarray, c1: np.ndarray, n: np.ndarray,
+              y1s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upper bounds on max Σ π·a, Σ λ·a ≤ c1_f, Σ a = n_f, 0 ≤ a ≤ cnt for every family f, by LP duality:
+    for any y1 ≥ 0 the best y2 makes the bound c1·y1 + (sum of the n largest π − y1·λ, with multiplicity).
+    Returns (bounds, the y1 attaining each)."""
+    F = n.size
+    best = np.full(F, np.inf)
+    arg = np.zeros(F)
+    total = float(cnt.sum())
+    feasible = n <= total + 1e-9
+    for y1 in y1s:
+        v = pi - y1 * lam
+        order = np.argsort(-v, kind="stable")
+        sv, sc = v[order], cnt[order]
+        cc = np.cumsum(sc)
+        cv = np.cumsum(sv * sc)
+        j = np.minimum(np.searchsorted(cc, n - 1e-9), cc.size - 1)
+        top = cv[j] - (cc[j] - n) * sv[j]
+        val = c1 * y1 + top
+        m = val < best
+        best[m] = val[m]
+        arg[m] = y1
+    best[~feasible] = -np.inf  # no such pattern exists: the family contributes nothing
+    return best, arg
+
+
+def _rot_ub_one(pi: np.ndarray, w1: np.ndarray, p: np.ndarray, cnt: np.ndarray, c1: float, c2: float,
+                y1s: np.ndarray) -> tuple[float, float]:
+    """Upper bound on max Σ π·a, Σ w1·a ≤ c1, Σ p·a ≤ c2, 0 ≤ a ≤ cnt, by LP duality: for each y1 ≥ 0 the
+    exact best y2 ≥ 0 (a weighted quantile of the ratios (π − y1·w1)/p). Returns (bound, its y1)."""
+    V = pi[None, :] - y1s[:, None] * w1[None, :]
+    pos = V > 0
+    free = p <= 0  # zero-rate adapters are never active: no y2 prices them
+    ratio = np.where(pos & ~free[None, :], V / np.where(free, 1.0, p)[None, :], -np.inf)
+    order = np.argsort(-ratio, axis=1, kind="stable")
+    rs = np.take_along_axis(ratio, order, axis=1)
+    wp = np.take_along_axis(np.broadcast_to(cnt * p, V.shape), order, axis=1)
+    wp = np.where(np.isfinite(rs), wp, 0.0)
+    cum = np.cumsum(wp, axis=1)
+    j = np.argmax(cum >= c2, axis=1)
+    reach = cum[np.arange(len(y1s)), j] >= c2
+    y2 = np.where(reach, np.maximum(rs[np.arange(len(y1s)), j], 0.0), 0.0)
+    val = c1 * y1s + c2 * y2 + np.sum(cnt[None, :] * np.maximum(0.0, V - y2[:, None] * p[None, :]), axis=1)
+    k = int(np.argmin(val))
+    return float(val[k]), float(y1s[k])
+
+
+def _refine(fn: Any, a: float, b: float, f_best: float, y_best: float, iters: int = 30) -> tuple[float, float]:
+    """Golden-section search of a convex function on [a, b]; every evaluation is a valid bound."""
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    x1, x2 = b - g * (b - a), a + g * (b - a)
+    f1, f2 = fn(x1), fn(x2)
+    for _ in range(iters):
+        for x, f in ((x1, f1), (x2, f2)):
+            if f < f_best:
+                f_best, y_best = f, x
+        if f1 <= f2:
+            b, x2, f2 = x2, x1, f1
+            x1 = b - g * (b - a)
+            f1 = fn(x1)
+        else:
+            a, x1, f1 = x1, x2, f2
+            x2 = a + g * (b - a)
+            f2 = fn(x2)
+        if b - a < 1e-9 * max(1.0, abs(b)):
+            break
+    return f_best, y_best
+
+
+class _Pricer:
+    """Upper bounds on the best pattern value of every relaxed family at duals π (all valid)."""
+
+    def __init__(self, bins: Bins, groups: Sequence[Group]) -> None:
+        self.bins, self.groups = bins, groups
+        self.allowed = [bins.ranks <= g.rank_max for g in groups]
+        self.p = [(-np.expm1(-bins.rates[None, :] * g.service_s[:, None]) if g.kind == "rot" else None)
+                  for g in groups]
+
+    def price(self, pi: np.ndarray, hints: dict[tuple[int, int], float] | None = None,
+              refine_top: int = 3) -> list[np.ndarray]:
+        """Per group, an upper bound per family (−inf for families no adapter set fits). ``hints``:
+        load multipliers worth trying for some families (the compact LP's own, for its members)."""
+        out = []
+        b = self.bins
+        hints = hints or {}
+        for gi, g in enumerate(self.groups):
+            ok = self.allowed[gi]
+            pi_g, lam, cnt = pi[ok], b.rates[ok], b.counts[ok]
+            mine = {f: y for (hg, f), y in hints.items() if hg == gi}
+            if g.kind == "count":
+                y1s = np.unique(np.concatenate([_y1_grid(pi_g, lam), list(mine.values())]))
+                ub, arg = _count_ub(pi_g, lam, cnt, g.c1, g.size.astype(float), y1s)
+                # Refine the largest few exactly around their grid optimum (convex in y1).
+                for f in np.argsort(-ub)[:refine_top]:
+                    if not math.isfinite(ub[f]):
+                        continue
+                    k = int(np.searchsorted(y1s, arg[f]))
+                    lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
+                    c1f, nf = g.c1[f:f + 1], g.size[f:f + 1].astype(float)
+
+                    def fn(y: float, c1f: np.ndarray = c1f, nf: np.ndarray = nf) -> float:
+                        return float(_count_ub(pi_g, lam, cnt, c1f, nf, np.array([y]))[0][0])
+                    ub[f], _ = _refine(fn, float(lo), float(hi), float(ub[f]), float(arg[f]))
+                out.append(ub)
+            else:
+                ub = np.empty(g.size.size)
+                ys = np.empty(g.size.size)
+                grids = []
+                pmat = self.p[gi][:, ok]
+                for f in range(g.size.size):
+                    w1 = lam + g.slope[f] * pmat[f]
+                    y1s = _y1_grid(pi_g, w1, 40)
+                    if f in mine:
+                        y1s = np.unique(np.concatenate([y1s, [mine[f]]]))
+                    ub[f], ys[f] = _rot_ub_one(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]), y1s)
+                    grids.append(y1s)
+                for f in np.argsort(-ub)[:refine_top]:
+                    y1s, w1 = grids[f], lam + g.slope[f] * pmat[f]
+                    k = int(np.searchsorted(y1s, ys[f]))
+                    lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
+
+                    def fr(yy: float, w1: np.ndarray = w1, f: int = int(f)) -> float:
+                        return _rot_ub_one(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]),
+                                           np.array([yy]))[0]
+                    ub[f], _ = _refine(fr, float(lo), float(hi), float(ub[f]), float(ys[f]), iters=20)
+                out.append(ub)
+        return out
+
+
+class _CompactLp:
+    """min Σ w·y  s.t. Σ_f z_fb ≥ n_b (every bin), and per family f: Σ w1·z_f ≤ c1·y_f, Σ w2·z_f (=|≤) c2·y_f.
+
+    The compact form of the pattern LP with fractional patterns (one block of variables per family,
+    added lazily). Artificial covers (cost ``big``) keep it feasible before enough families exist.
+    """
+
+    def __init__(self, bins: Bins, big: float) -> None:
+        import highspy
+        self.hs = highspy
+        self.h = highspy.Highs()
+        self.h.setOptionValue("output_flag", False)
+        # Primal simplex: each round only adds columns (and their family rows), so the previous
+        # basis stays primal feasible; measured 2–5× faster than HiGHS's default dual simplex here.
+        self.h.setOptionValue("simplex_strategy", 4)
+        self.bins = bins
+        B = bins.rates.size
+        self.B = B
+        inf = highspy.kHighsInf
+        self.h.addRows(B, bins.counts.astype(float), np.full(B, inf), 0, np.zeros(0, np.int32),
+                       np.zeros(0, np.int32), np.zeros(0))
+        self.h.addCols(B, np.full(B, big), np.zeros(B), np.full(B, inf), B, np.arange(B, dtype=np.int32),
+                       np.arange(B, dtype=np.int32), np.ones(B))
+        self.n_rows = B
+        self.members: dict[tuple[int, int], int] = {}  # (group, family) → its load row
+
+    def add(self, gi: int, g: Group, f: int, allowed: np.ndarray, p: np.ndarray | None, weight: float) -> None:
+        hs = self.hs
+        inf = hs.kHighsInf
+        r_load, r_cnt = self.n_rows, self.n_rows + 1
+        eq = g.kind == "count"
+        self.h.addRows(2, np.array([-inf, 0.0 if eq else -inf]), np.array([0.0, 0.0]), 0,
+                       np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+        self.n_rows += 2
+        b = np.nonzero(allowed)[0]
+        rates = self.bins.rates[b]
+        if eq:
+            w2 = np.ones(b.size)
+            w1 = rates
+        else:
+            w2 = p[b]
+            w1 = rates + g.slope[f] * w2
+        k = b.size
+        idx = np.empty(3 * k, dtype=np.int32)
+        val = np.empty(3 * k)
+        idx[0::3], idx[1::3], idx[2::3] = b, r_load, r_cnt
+        val[0::3], val[1::3], val[2::3] = 1.0, w1, w2
+        self.h.addCols(k, np.zeros(k), np.zeros(k), np.full(k, inf), 3 * k, np.arange(0, 3 * k, 3, dtype=np.int32),
+                       idx, val)
+        self.h.addCols(1, np.array([weight]), np.zeros(1), np.full(1, inf), 2, np.zeros(1, np.int32),
+                       np.array([r_load, r_cnt], dtype=np.int32), np.array([-float(g.c1[f]), -float(g.c2[f])]))
+        self.members[(gi, f)] = r_load
+
+    def solve(self) -> tuple[float, np.ndarray, dict[tuple[int, int], float]]:
+        """LP value, cover duals π ≥ 0, and each member family's load multiplier y1 ≥ 0."""
+        self.h.run()
+        sol = self.h.getSolution()
+        dual = np.array(sol.row_dual)
+        pi = np.maximum(dual[: self.B], 0.0)
+        y1 = {k: max(0.0, -float(dual[r])) for k, r in self.members.items()}
+        return float(self.h.getInfo().objective_function_value), pi, y1
+
+
+def lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | None = None,
+             deadline: Any = None, width: float = LP_BIN_WIDTH, max_rounds: int = 60,
+             per_round: int = 25) -> LpBound:
+    """A proven lower bound on Σ w·GPUs: the Farley bound of the pattern LP over relaxed families.
+
+    *What is relaxed.* A GPU in a plan runs a mix of adapters of max rank r on type t with L slots
+    (any L up to the memory cap). The analytic model accepts it when (i) L ≥ n (every adapter has a
+    slot, d = n distinct) and the load is ≤ ρ·λ*(n, L), or (ii) L < n, the expected active adapters
+    A ≤ κ·L and the load is ≤ ρ·λ*(L, L)/(1 + ROTATION·A/L). (i) lies in the "count" family of size n
+    (exactly n adapters, load ≤ ρ·λ*(n, the slot count ≥ n with the most KV)); (ii) lies in the "rot"
+    family of L's slot interval (load + chord·A ≤ ρ·max λ*, A ≤ κ·hi, activity at the interval's
+    shortest service time). Adapters enter at rates rounded down (every constraint grows with rate),
+    so each feasible GPU's adapter multiset is a feasible integer point of some family.
+
+    *Why it is a bound.* For duals π ≥ 0 on the bins, let m_f ≥ max{π·a : a in family f} and
+    M_t = max_f of type t m_f. Any plan covers every bin, so π·n ≤ Σ_GPUs π·a ≤ Σ_t M_t·(GPUs of t)
+    ≤ max_t(M_t/w_t)·Σ w·GPUs: hence Σ w·GPUs ≥ π·n / max_t(M_t/w_t) (Farley). m_f comes from the
+    LP dual of the family's knapsack at *any* multipliers (weak duality), so the bound holds however
+    far the search for good multipliers and duals went; the pool limits only raise the optimum.
+    Rounding up (for GPU counts) is left to the caller.
+
+    *How π is found.* The compact LP (one block of fractional assignment variables per family) is
+    solved with families added when they price out (m_f > w_t); its cover duals are π. When no family
+    prices out, the Farley value equals the LP value (up to the multiplier search's tolerance). The
+    search stops once ``deadline`` (anything with ``expired()``) has passed, with the best bound so far.
+    """
+    import time
+    t0 = time.perf_counter()
+    w = np.asarray(list(weights) if weights is not None else [1.0] * len(problem.gpu_types), dtype=float)
+    if problem.n_adapters == 0:
+        return LpBound(0.0, 0.0, 0, 0, True, 0.0)
+    bins = rate_bins(problem, width)
+    groups = relaxed_groups(problem, an)
+    pricer = _Pricer(bins, groups)
+    n = bins.counts
+    big = 10.0 * float(w.max()) * max(1.0, float(n.sum()))
+    lp = _CompactLp(bins, big)
+    # Start with each group's families at powers of two: enough for a feasible, informative first LP.
+    for gi, g in enumerate(groups):
+        for f in range(g.size.size):
+            if g.kind == "count" and (g.size[f] & (g.size[f] - 1)) == 0:
+                lp.add(gi, g, f, pricer.allowed[gi], None, float(w[g.gtype]))
+    best, lp_val, rounds, converged = 0.0, math.inf, 0, False
+    while rounds < max_rounds:
+        rounds += 1
+        lp_val, pi, y1 = lp.solve()
+        ubs = pricer.price(pi, y1)
+        ratio = np.zeros(len(problem.gpu_types))
+        for g, ub in zip(groups, ubs):
+            if ub.size:
+                ratio[g.gtype] = max(ratio[g.gtype], float(np.max(ub)) / w[g.gtype])
+        top = float(ratio.max())
+        if top > 0:
+            best = max(best, float(pi @ n) / top)
+        cands = [(float(ub[f]) / w[g.gtype], gi, f) for gi, (g, ub) in enumerate(zip(groups, ubs))
+                 for f in np.nonzero(ub > w[g.gtype] * (1.0 + 1e-6))[0] if (gi, int(f)) not in lp.members]
+        if not cands:
+            converged = True
+            break
+        if deadline is not None and deadline.expired():
+            break
+        cands.sort(key=lambda c: -c[0])
+        for _, gi, f in cands[:per_round]:
+            g = groups[gi]
+            lp.add(gi, g, int(f), pricer.allowed[gi], None if g.kind == "count" else pricer.p[gi][int(f)],
+                   float(w[g.gtype]))
+    return LpBound(best, lp_val, rounds, len(lp.members), converged, time.perf_counter() - t0)

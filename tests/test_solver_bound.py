@@ -1,0 +1,168 @@
+"""The LP (Farley) lower bound: a valid relaxation of the analytic model, below brute-force optima,
+converged to the LP value, and still valid when stopped by a deadline."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optplace.solver import AnalyticCapacity, Mix, compile_problem
+from optplace.solver.bound import (lagrangian_bound, lower_bound, lp_bound, rate_bins, relaxed_groups,
+                                   volume_bound)
+from optplace.specs import load_scenario_text
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _scenario(adapters: list[tuple[int, float]], gpu: str = "gpu: h100-64gb", extra: str = "") -> object:
+    lines = "\n".join(f"  - {{name: a{i}, rank: {r}, rate_rps: {x:.6f}}}" for i, (r, x) in enumerate(adapters))
+    text = f"""
+name: bound
+model: llama-3.1-8b-instruct
+{gpu}
+workload: {{duration_s: 600, arrivals: {{kind: poisson}}, lengths: {{kind: sharegpt}}}}
+adapters:
+{lines}
+seed: 1
+{extra}
+"""
+    return load_scenario_text(text, base_dir=REPO)
+
+
+def _zipf_problem(n: int, s: float, mean: float, ranks=(8, 16), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w = 1.0 / np.arange(1, n + 1) ** s
+    rates = w / w.sum() * mean * n
+    ads = [(int(rng.choice(ranks)), float(x)) for x in rates]
+    pb = compile_problem(_scenario(ads), REPO)
+    return pb, AnalyticCapacity(pb)
+
+
+def _family_of(groups, bins_rate: np.ndarray, ranks: np.ndarray, gtype: int, L: int, n: int, svc_tol=1e-12):
+    """Whether the (binned) mix lies in the relaxed family the analytic model's verdict at L slots maps to."""
+    rmax = int(ranks.max())
+    for g in groups:
+        if g.gtype != gtype or g.rank_max != rmax:
+            continue
+        if g.kind == "count" and L >= n:
+            f = n - 1
+            if f < g.size.size and bins_rate.sum() <= g.c1[f] * (1 + 1e-9):
+                return True
+        if g.kind == "rot" and L < n:
+            for f in range(g.size.size):
+                if g.size[f] <= L <= g.size_hi[f]:
+                    p = -np.expm1(-bins_rate * g.service_s[f])
+                    if (np.sum(bins_rate + g.slope[f] * p) <= g.c1[f] * (1 + 1e-9)
+                            and p.sum() <= g.c2[f] * (1 + 1e-9)):
+                        return True
+    return False
+
+
+def test_every_mix_the_analytic_model_accepts_lies_in_a_relaxed_family():
+    pb, an = _zipf_problem(400, 0.9, 0.4)
+    groups = relaxed_groups(pb, an)
+    bins = rate_bins(pb)
+    step = math.log1p(0.005)
+    rng = np.random.default_rng(7)
+    checked = 0
+    for trial in range(120):
+        k = int(rng.integers(1, 90))
+        idx = rng.choice(pb.n_adapters, size=k, replace=False)
+        ads = [pb.adapters[i] for i in idx]
+        mix = Mix.of(ads)
+        cap = an.slot_cap(0, mix.rank_max)
+        # Rates as the bound sees them: rounded down to its geometric grid.
+        rb = np.array([math.exp(math.floor(math.log(a.rate_rps) / step) * step) for a in ads])
+        rb = np.minimum(rb, [a.rate_rps for a in ads])
+        assert set(np.round(rb, 12)) <= set(np.round(bins.rates, 12))
+        for L in sorted({1, 2, k - 1, k, k + 1, *rng.integers(1, cap + 1, size=6).tolist()}):
+            if not 1 <= L <= cap:
+                continue
+            if an.evaluate(0, mix, L).feasible:
+                checked += 1
+                assert _family_of(groups, rb, np.array(mix.ranks), 0, L, k), (trial, k, L)
+    assert checked >= 100
+
+
+def _brute_force_optimum(pb, an, weights) -> float:
+    """Exact minimum of Σ weight over GPUs (every slot count 1..cap tried) by DP over adapter subsets."""
+    n = pb.n_adapters
+    cost = np.full(1 << n, math.inf)
+    for mask in range(1, 1 << n):
+        mix = Mix.of(pb.adapters[i] for i in range(n) if mask >> i & 1)
+        for t in pb.gpu_types:
+            cap = an.slot_cap(t.index, mix.rank_max)
+            if any(an.evaluate(t.index, mix, L).feasible for L in range(1, cap + 1)):
+                cost[mask] = min(cost[mask], weights[t.index])
+    best = np.full(1 << n, math.inf)
+    best[0] = 0.0
+    for mask in range(1, 1 << n):
+        low = mask & -mask
+        sub = mask
+        while sub:
+            if sub & low and cost[sub] < math.inf:
+                best[mask] = min(best[mask], cost[sub] + best[mask ^ sub])
+            sub = (sub - 1) & mask
+    return float(best[-1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lp_bound_is_below_the_brute_force_optimum(seed):
+    rng = np.random.default_rng(seed)
+    probe = compile_problem(_scenario([(8, 1.0)]), REPO)
+    lam1 = AnalyticCapacity(probe).linear_limits(0, 8, 1)[0]
+    ads = [(int(rng.choice([8, 16])), float(lam1 * rng.uniform(0.12, 0.55))) for _ in range(7)]
+    pb = compile_problem(_scenario(ads), REPO)
+    an = AnalyticCapacity(pb)
+    opt = _brute_force_optimum(pb, an, [1.0])
+    res = lp_bound(pb, an)
+    assert res.converged
+    assert 0 < res.value <= opt + 1e-9
+    assert volume_bound(pb, an) <= res.value + 1e-9   # the LP bound is never weaker than the volume bound
+    assert lower_bound(pb, an, integral=True) <= opt
+
+
+def test_lp_bound_with_prices_is_below_the_cheapest_fleet():
+    pool = ("pool: [{gpu: h100-64gb, count: 6, cost_per_hour: 1.0}, "
+            "{gpu: a100-80gb, count: 6, cost_per_hour: 1.7}]")
+    rng = np.random.default_rng(11)
+    probe = compile_problem(_scenario([(8, 1.0)], gpu=pool), REPO)
+    lam1 = AnalyticCapacity(probe).linear_limits(0, 8, 1)[0]
+    ads = [(8, float(lam1 * rng.uniform(0.15, 0.6))) for _ in range(6)]
+    pb = compile_problem(_scenario(ads, gpu=pool), REPO)
+    an = AnalyticCapacity(pb)
+    w = [1.0, 1.7]
+    opt = _brute_force_optimum(pb, an, w)
+    res = lp_bound(pb, an, w)
+    assert res.converged
+    assert 0 < res.value <= opt + 1e-9
+    assert lower_bound(pb, an, weights=w, integral=False) <= opt + 1e-9
+
+
+def test_lp_bound_converges_to_the_lp_value_and_beats_the_old_lagrangian_bound():
+    pb, an = _zipf_problem(300, 1.0, 0.5, ranks=(8, 16, 32))
+    res = lp_bound(pb, an)
+    assert res.converged
+    assert res.value == pytest.approx(res.lp_value, rel=1e-6)  # Farley value = LP value at convergence
+    assert res.value >= lagrangian_bound(pb, an) - 1e-9
+    assert res.value >= volume_bound(pb, an) - 1e-9
+
+
+class _Expired:
+    def expired(self) -> bool:
+        return True
+
+
+def test_an_expired_deadline_stops_after_one_round_with_a_valid_bound():
+    pb, an = _zipf_problem(300, 1.0, 0.5, ranks=(8, 16, 32))
+    full = lp_bound(pb, an)
+    cut = lp_bound(pb, an, deadline=_Expired())
+    assert cut.rounds == 1
+    assert 0 < cut.value <= full.value + 1e-9
+    # Cut short, it is not memoised: a later call without a deadline converges.
+    an2 = AnalyticCapacity(pb)
+    lower_bound(pb, an2, deadline=_Expired())
+    assert an2.__dict__.get("_lp_cache", {}) == {}
