@@ -1,0 +1,67 @@
+"""``optplace bench solver`` families and summary: the shuffled order is a seeded permutation of the
+popularity-ordered family (same adapters, order independent of popularity), and the summary's
+saving and ceiling figures follow from the rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optplace.bench.solver import _summary, family, run
+
+
+def _pairs(sc):
+    return [(a.name, a.rank, round(a.rate_rps, 12)) for a in sc.adapter_list()]
+
+
+def test_shuffled_family_is_a_seeded_permutation_of_the_popularity_family():
+    pop = family(500, (8, 16), "zipf", order="popularity")
+    shuf = family(500, (8, 16), "zipf")
+    assert sorted(_pairs(pop)) == sorted(_pairs(shuf))
+    assert _pairs(pop) != _pairs(shuf)
+    assert _pairs(family(500, (8, 16), "zipf")) == _pairs(shuf)          # deterministic
+    assert _pairs(family(500, (8, 16), "zipf", seed=1)) != _pairs(shuf)  # seeded by the run
+    # Popularity order: hottest first within each rank group; shuffled: no rank correlation left.
+    rates_pop = np.array([a.rate_rps for a in pop.adapter_list()])
+    rates_shuf = np.array([a.rate_rps for a in shuf.adapter_list()])
+    pos = np.arange(rates_pop.size)
+    assert np.all(np.diff(rates_pop[:250]) <= 0) and np.all(np.diff(rates_pop[250:]) <= 0)
+    assert abs(np.corrcoef(pos, rates_shuf)[0, 1]) < 0.15
+    ranks_shuf = np.array([a.rank for a in shuf.adapter_list()])
+    assert 0.3 < np.mean(ranks_shuf[:250] == 8) < 0.7  # ranks interleaved, not in two blocks
+
+
+def test_unknown_order_is_refused():
+    with pytest.raises(ValueError, match="popularity"):
+        family(100, (8, 16), "zipf", order="sorted")
+
+
+def test_summary_savings_and_ceiling():
+    rows = [
+        {"family": "f", "adapters": 1000, "skew": "zipf", "strategy": "milp", "gpus": 22, "lower_bound": 21.0,
+         "gap": 0.0455},
+        {"family": "f", "adapters": 1000, "skew": "zipf", "strategy": "greedy-paper", "gpus": 33, "lower_bound": 21.0,
+         "gap": 0.36},
+        {"family": "f", "adapters": 1000, "skew": "zipf", "strategy": "round-robin", "gpus": 30, "lower_bound": 21.0,
+         "gap": 0.3},
+        {"family": "f", "adapters": 1000, "skew": "zipf", "strategy": "round-robin@popularity", "gpus": 27,
+         "lower_bound": 21.0, "gap": 0.22},
+    ]
+    s = _summary(rows)
+    assert s["milp_le_greedy_paper"] == [True]
+    (sk,) = s["skewed"]
+    assert sk["saving"] == pytest.approx(1 - 22 / 30, abs=1e-4)
+    assert sk["ceiling"] == pytest.approx(1 - 21 / 30, abs=1e-4)
+    assert sk["saving_vs_popularity_order"] == pytest.approx(1 - 22 / 27, abs=1e-4)
+    assert any("4.5 %" in line for line in s["lines"])
+
+
+def test_run_on_the_smallest_families_prints_rows_and_summary(capsys):
+    out = run(sizes=(100,), strategies=("greedy", "round-robin"), validate_max=0)
+    text = capsys.readouterr().out
+    fams = {r["family"] for r in out["rows"]}
+    assert len(fams) == 4  # 2 rank sets × 2 skews
+    assert sum(r["strategy"] == "round-robin@popularity" for r in out["rows"]) == 2  # zipf families only
+    for r in out["rows"]:
+        assert r["gpus"] >= r["lower_bound"] >= 1
+    assert "bench-100-r8-16-zipf" in text and "round-robin@popularity" in text
