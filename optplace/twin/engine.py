@@ -1394,7 +1394,9 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
     eng = list(core.eng_tokens)
     s_end = core.step
     for r in core.running:
-        if r != core.tail:
+        # only requests decoding (fin_step set): one admitted by the step cut at the window end has
+        # no s0 yet, and counting s_end - 0 for it inflated engine_tok_s (seen against real vLLM)
+        if r != core.tail and core.fin_step[r] >= 0:
             eng[core.adapter[r]] += s_end - core.s0[r]
     waiting_end = core.num_waiting(int(np.searchsorted(arr, duration, side="left")))
     running_end = len(core.running)
