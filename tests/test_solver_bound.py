@@ -156,13 +156,30 @@ class _Expired:
         return True
 
 
-def test_an_expired_deadline_stops_after_one_round_with_a_valid_bound():
+class _AfterCalls:
+    """A deadline that expires after ``n`` questions (deterministic, unlike the clock)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def expired(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def test_a_deadline_stops_the_bound_with_a_valid_value():
     pb, an = _zipf_problem(300, 1.0, 0.5, ranks=(8, 16, 32))
     full = lp_bound(pb, an)
-    cut = lp_bound(pb, an, deadline=_Expired())
-    assert cut.rounds == 1
-    assert 0 < cut.value <= full.value + 1e-9
-    # Cut short, it is not memoised: a later call without a deadline converges.
+    none = lp_bound(pb, an, deadline=_Expired())
+    assert none.rounds == 0 and none.value == 0.0 and not none.converged
+    # The entry check and one check per group while pricing round 1 pass; the next one stops it.
+    one = lp_bound(pb, an, deadline=_AfterCalls(1 + len(relaxed_groups(pb, an))))
+    assert one.rounds == 1 and not one.converged
+    assert 0 < one.value <= full.value + 1e-9
+    mid = lp_bound(pb, an, deadline=_AfterCalls(3))  # stopped while pricing round 1: no bound from a part
+    assert mid.rounds == 1 and mid.value == 0.0
+    # Cut short, it is not memoised, and lower_bound still returns the volume bound.
     an2 = AnalyticCapacity(pb)
-    lower_bound(pb, an2, deadline=_Expired())
+    lb = lower_bound(pb, an2, integral=False, deadline=_Expired())
+    assert lb == pytest.approx(max(1.0, volume_bound(pb, an2)))
     assert an2.__dict__.get("_lp_cache", {}) == {}
