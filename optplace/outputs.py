@@ -1,5 +1,22 @@
-"""Atomic output folders: everything under ``--out`` is written to a temporary sibling folder and
-renamed into place at the end, so an interrupted run leaves the previous complete output or none."""
+"""Atomic outputs: everything under ``--out`` is written to a temporary name and renamed into place at
+the end, so an interrupted run (SIGINT/SIGTERM, an error, a time limit) leaves the previous complete
+output or none.
+
+* :func:`atomic_dir` — a whole output folder (``solve --out``, ``deploy --out``, ``make-adapters --out``):
+  a temporary sibling folder replaces the target in one rename; a non-empty target is refused
+  unless ``force``.
+* :func:`atomic_file` / :func:`write_text_atomic` / :func:`write_json` — one file (a profile JSON, a
+  sweep's provenance): a temporary sibling ``.<name>.tmp-<pid>`` then ``os.replace``; an existing
+  file is refused unless ``force``.
+* :func:`atomic_files` — several files in a shared folder that must change together (a surrogate's
+  model files and its ``surrogate.json``, a calibration's profiles): each is written to a temporary
+  name, and all are renamed at the end, in the order they were asked for (write the index last).
+* Append-only files that are resumable (a surrogate sweep's CSV) are not swapped: each row is one
+  complete line, flushed as it is written, and a resumed run cuts a torn last line first
+  (``optplace.surrogate.sweep._drop_torn_tail``) — atomic per row, which keeps resume working.
+
+Renames are done with SIGTERM/SIGINT held, so a signal cannot fall between them.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +24,7 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,8 +71,7 @@ def atomic_dir(target: Path, force: bool = False) -> Iterator[Path]:
         raise
     # A signal between the two renames would leave the target missing and the old output aside:
     # hold SIGTERM/SIGINT until the swap is done (they are delivered right after).
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    try:
+    with _signals_held():
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -63,9 +79,89 @@ def atomic_dir(target: Path, force: bool = False) -> Iterator[Path]:
         os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def write_json(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+def _tmp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp-{os.getpid()}"
+
+
+def check_file_target(path: Path, force: bool) -> None:
+    """Refuse an existing file (or a folder in its place) unless ``force``."""
+    if path.is_dir():
+        raise OutputExists(f"{path}: is a folder, not a file")
+    if path.exists() and not force:
+        raise OutputExists(f"{path}: exists (use --force to replace it)")
+
+
+@contextmanager
+def atomic_file(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one rename, on any
+    exception (or signal) it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    check_file_target(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with _signals_held():
+        os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str, force: bool = True) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_file` (``force``: replace an existing file)."""
+    with atomic_file(path, force=force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, doc: Any, force: bool = True) -> None:
+    """``doc`` as indented JSON, atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n", force=force)
+
+
+@contextmanager
+def atomic_files(folder: Path, force: bool = True) -> Iterator[Callable[[str], Path]]:
+    """Yield ``tmp(name)``: the temporary path to write file ``name`` of ``folder`` to. On success every
+    file asked for is renamed into place in the order asked (write the index/meta file last, so a
+    reader that finds the new index finds the new files); on failure every temporary file is removed
+    and the folder is unchanged. ``force=False`` refuses names that exist already."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pending: list[tuple[Path, Path]] = []
+
+    def tmp(name: str) -> Path:
+        final = folder / name
+        if final.parent != folder:
+            raise ValueError(f"{name!r}: atomic_files writes plain file names inside {folder}")
+        check_file_target(final, force)
+        t = _tmp_name(final)
+        t.unlink(missing_ok=True)
+        pending.append((t, final))
+        return t
+
+    try:
+        yield tmp
+    except BaseException:
+        for t, _ in pending:
+            t.unlink(missing_ok=True)
+        raise
+    missing = [str(t) for t, _ in pending if not t.exists()]
+    if missing:
+        for t, _ in pending:
+            t.unlink(missing_ok=True)
+        raise FileNotFoundError(f"atomic_files: asked for but not written: {', '.join(missing)}")
+    with _signals_held():
+        for t, final in pending:
+            os.replace(t, final)

@@ -175,3 +175,80 @@ def test_deploy_out_refuses_non_empty_folder_and_replaces_with_force(tmp_path: P
     names = {p.name for p in out.iterdir()}
     assert "gpu7.cmd" not in names and {"servers.json", "routes.json", "nginx.conf", "launch.sh"} <= names
     assert not _leftovers(tmp_path, "dep")
+
+
+# --- the single-file and file-set writers (outputs.atomic_file / write_text_atomic / atomic_files) ----
+
+def test_atomic_file_replaces_in_one_rename_and_refuses_without_force(tmp_path: Path) -> None:
+    from optplace.outputs import OutputExists, atomic_file, write_text_atomic
+
+    target = tmp_path / "prof.json"
+    write_text_atomic(target, "old\n", force=False)
+    assert target.read_text() == "old\n"
+    with pytest.raises(OutputExists, match="exists"):
+        write_text_atomic(target, "new\n", force=False)
+    with pytest.raises(RuntimeError):
+        with atomic_file(target, force=True) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted mid-write")
+    assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["prof.json"]
+    write_text_atomic(target, "new\n")
+    assert target.read_text() == "new\n" and os.listdir(tmp_path) == ["prof.json"]
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(OutputExists, match="is a folder"):
+        write_text_atomic(tmp_path / "dir.json", "x", force=True)
+
+
+def test_atomic_files_all_or_nothing(tmp_path: Path) -> None:
+    from optplace.outputs import atomic_files
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "other-profile.txt").write_text("keep")
+    (folder / "a.txt").write_text("a0")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_files(folder) as tmp:
+            tmp("a.txt").write_text("a1")
+            tmp("meta.json").write_text("{}")
+            raise KeyboardInterrupt
+    assert sorted(os.listdir(folder)) == ["a.txt", "other-profile.txt"] and (folder / "a.txt").read_text() == "a0"
+    with pytest.raises(FileNotFoundError, match="not written"):
+        with atomic_files(folder) as tmp:
+            tmp("a.txt").write_text("a1")
+            tmp("b.txt")  # asked for, never written: nothing may change
+    assert (folder / "a.txt").read_text() == "a0" and not (folder / "b.txt").exists()
+    with atomic_files(folder) as tmp:
+        tmp("a.txt").write_text("a1")
+        tmp("meta.json").write_text('{"v": 1}')
+    assert sorted(os.listdir(folder)) == ["a.txt", "meta.json", "other-profile.txt"]
+    assert (folder / "a.txt").read_text() == "a1" and (folder / "other-profile.txt").read_text() == "keep"
+    with pytest.raises(ValueError, match="plain file names"):
+        with atomic_files(folder) as tmp:
+            tmp("../escape.txt")
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from optplace.outputs import atomic_file, install_sigterm_handler
+install_sigterm_handler()
+with atomic_file(Path(sys.argv[1]), force=True) as tmp:
+    with tmp.open("w") as fh:
+        fh.write("partial ")
+        fh.flush()
+        print("writing", flush=True)
+        time.sleep(30)
+        fh.write("never")
+"""
+
+
+def test_sigterm_during_a_single_file_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "profile.json"
+    target.write_text("previous complete file\n")
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert target.read_text() == "previous complete file\n"
+    assert os.listdir(tmp_path) == ["profile.json"]

@@ -1,7 +1,7 @@
 """Property tests of the core (issue 7), with hypothesis: the twin conserves requests and keeps the
 max_loras and KV rules; plans never exceed GPU memory; the MILP is never worse than its warm start;
-the lower bound never exceeds the objective; the surrogate's MILP encoding equals its prediction at
-the optimum; the same seed gives byte-identical `--json` output across runs and processes."""
+the lower bound never exceeds the objective; the fast greedy's plans are valid; the surrogate's MILP
+encoding equals its prediction at the optimum; the same seed gives byte-identical `--json` output across runs and processes."""
 
 from __future__ import annotations
 
@@ -123,6 +123,48 @@ def test_plans_fit_memory_milp_beats_warm_start_bound_below(model, n, ranks, sha
     assert plans["milp"].gpus_used <= len([g for g in warm if g.adapters])
     assert plans["milp"].gpus_used <= plans["greedy-paper"].gpus_used
     assert plans["milp"].gpus_used <= plans["greedy"].gpus_used
+
+
+@settings(max_examples=25, **SETTINGS)
+@given(model=st.sampled_from(["llama-3.1-8b-instruct", "qwen-2.5-7b-instruct"]),
+       n=st.integers(1, 400),
+       ranks=st.sampled_from([(8,), (8, 16), (8, 16, 32), (32,)]),
+       shape=st.floats(0.5, 3.0),
+       total_rps=st.floats(0.5, 120.0),
+       zero_share=st.sampled_from([0.0, 0.2]),
+       seed=st.integers(0, 2**31))
+def test_fast_greedy_plans_fit_memory_and_pass_the_oracle(model, n, ranks, shape, total_rps, zero_share,
+                                                          seed) -> None:
+    """The fast greedy (class patterns, the first plan of every time-limited solve): every adapter
+    once, every GPU starts and passes the analytic oracle at its slots on its adapters' own rates,
+    never fewer GPUs than the proven bound, and the same plan twice."""
+    from optplace.solver import AnalyticCapacity, Infeasible, Mix, compile_problem
+    from optplace.solver.bound import lower_bound
+    from optplace.solver.greedy import greedy_fast
+
+    rng = np.random.default_rng(seed)
+    w = rng.pareto(shape, n) + 0.05
+    w[rng.random(n) < zero_share] = 0.0  # idle adapters: a zero-rate class of their own
+    rates = w / max(w.sum(), 1e-12) * total_rps
+    ads = [(int(rng.choice(ranks)), float(x)) for x in rates]
+    pb = compile_problem(_scenario(ads, model, 5), REPO)
+    an = AnalyticCapacity(pb)
+    try:
+        gpus = greedy_fast(pb, an)
+    except Infeasible as e:
+        assert e.constraint and str(e), e
+        event(f"infeasible ({e.constraint})")
+        return
+    event(f"GPUs: {len(gpus)}")
+    assert sorted(i for g in gpus for i in g.adapter_indices) == list(range(n))
+    for g in gpus:
+        prof = pb.gpu_types[g.type_index].profile
+        assert prof.startup_status(g.max_loras, g.max_lora_rank, pb.serving.gpu_memory_utilization) == "ok"
+        assert g.max_lora_rank == max(pb.adapters[i].rank for i in g.adapter_indices)
+        mix = Mix.of(pb.adapters[i] for i in g.adapter_indices)
+        assert an.evaluate(g.type_index, mix, g.max_loras).feasible, (g.max_loras, len(g.adapters))
+    assert lower_bound(pb, an, integral=True) <= len(gpus)
+    assert [g.adapter_indices for g in greedy_fast(pb, an)] == [g.adapter_indices for g in gpus]
 
 
 # --- surrogate encoding ------------------------------------------------------------------------

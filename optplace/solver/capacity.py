@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .problem import AdapterClass, AdapterItem, Problem
+from .problem import AdapterClass, AdapterItem, Deadline, Problem
 
 #: Slot counts the solver considers (every value up to 16, then coarser): vLLM accepts any
 #: integer, but capacity varies slowly with slots, so a grid keeps the MILP's pricing finite.
@@ -445,6 +445,31 @@ class SurrogateCapacity:
             return Estimate(False, 1, self.problem.offered_tok_s(mix.rate_sum), 0.0, math.inf, math.inf, "memory",
                             "surrogate")
         return _pick(self.evaluate(gtype, mix, L) for L in cands)
+
+
+class TimedOracle:
+    """An oracle that raises :class:`~.problem.TimeLimitReached` once ``deadline`` has passed, for
+    code that has no deadline of its own (the baselines): every question first checks the clock
+    (one ``time.monotonic()`` call). ``analytic`` is the wrapped oracle's own (unchecked: callers
+    that use it directly are cheap and finish)."""
+
+    def __init__(self, inner: CapacityOracle, deadline: Deadline, what: str) -> None:
+        self.inner, self.deadline, self.what = inner, deadline, what
+        self.name = inner.name
+        self.problem = inner.problem
+        if hasattr(inner, "analytic"):
+            self.analytic = inner.analytic
+
+    def evaluate(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
+        self.deadline.check(self.what)
+        return self.inner.evaluate(gtype, mix, max_loras)
+
+    def best_slots(self, gtype: int, mix: Mix, candidates: Sequence[int] | None = None) -> Estimate:
+        self.deadline.check(self.what)
+        return self.inner.best_slots(gtype, mix, candidates)
+
+    def slot_cap(self, gtype: int, rank_max: int) -> int:
+        return self.inner.slot_cap(gtype, rank_max)
 
 
 def make_oracle(problem: Problem, kind: str = "auto", **kw: Any) -> CapacityOracle:

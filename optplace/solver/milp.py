@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from .capacity import ROTATION, SLOT_GRID, AnalyticCapacity, CapacityOracle, Mix
-from .greedy import consolidate, greedy_improved
+from .greedy import consolidate, greedy_fast, greedy_improved
 from .plan import GpuAssignment, assign_gpu
-from .problem import Problem, classify
+from .problem import Deadline, Problem, TimeLimitReached, classify
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,9 +280,10 @@ def _column_of(problem: Problem, g: GpuAssignment, class_of: Sequence[int]) -> C
     return Column(g.type_index, g.max_lora_rank, g.max_loras, tuple(counts))
 
 
-def map_columns(problem: Problem, oracle: CapacityOracle, columns: Sequence[Column], x: dict[int, int]
-                ) -> list[GpuAssignment]:
-    """Named adapters for every GPU of the integer solution (hottest first, dealt across GPUs)."""
+def map_columns(problem: Problem, oracle: CapacityOracle, columns: Sequence[Column], x: dict[int, int],
+                deadline: Deadline | None = None) -> list[GpuAssignment]:
+    """Named adapters for every GPU of the integer solution (hottest first, dealt across GPUs).
+    Raises :class:`~.problem.TimeLimitReached` if ``deadline`` passes before every GPU is built."""
     gpu_cols: list[Column] = []
     for p in sorted(x):
         gpu_cols += [columns[p]] * x[p]
@@ -308,6 +309,8 @@ def map_columns(problem: Problem, oracle: CapacityOracle, columns: Sequence[Colu
     out = []
     for g, (col, idx) in enumerate(zip(gpu_cols, members)):
         if idx:
+            if deadline is not None:
+                deadline.check(f"mapping the integer master's solution, GPU {g} of {len(gpu_cols)}")
             out.append(assign_gpu(problem, oracle, col.gtype, idx, g))
     return out
 
@@ -320,9 +323,16 @@ class MilpOutcome:
 
 
 def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float], time_limit_s: float,
-               mip_gap: float, backend: str = "highs", class_width: float = 0.03) -> MilpOutcome:
-    """Column generation + integer master (see the module docstring)."""
+               mip_gap: float, backend: str = "highs", class_width: float = 0.03,
+               deadline: Deadline | None = None) -> MilpOutcome:
+    """Column generation + integer master (see the module docstring).
+
+    ``deadline`` (default: ``time_limit_s`` from now) bounds every phase: the warm start, column
+    generation (first 30 % of the budget), the dual ascent (45 %), the integer master (what is left of
+    80 %), mapping and consolidation (the rest). Raises :class:`~.problem.TimeLimitReached` when not
+    even the warm start fits; the caller keeps its best earlier plan then."""
     t0 = time.perf_counter()
+    dl = deadline if deadline is not None else Deadline.begin(time_limit_s)
     log: list[str] = []
     problem = replace(problem, classes=classify(problem.adapters, class_width))
     an = oracle.analytic if hasattr(oracle, "analytic") else AnalyticCapacity(problem)
@@ -339,7 +349,17 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
 
     # Warm start: the improved greedy on representative rates (its GPUs are valid columns).
     rep = _rep_problem(problem)
-    warm_gpus = greedy_improved(rep, AnalyticCapacity(rep, kappa=an.kappa), consolidate_passes=1)
+    rep_an = AnalyticCapacity(rep, kappa=an.kappa)
+    warm_gpus = None
+    # The improved greedy costs ~0.1 ms per adapter; when that does not fit a quarter of what is left
+    # the fast greedy (class patterns, also column-valid) is the warm start.
+    if problem.n_adapters * 1e-4 < dl.part(0.25).remaining():
+        try:
+            warm_gpus = greedy_improved(rep, rep_an, consolidate_passes=1, deadline=dl.part(0.25))
+        except TimeLimitReached:
+            log.append("improved greedy warm start ran out of its share of the time limit")
+    if warm_gpus is None:
+        warm_gpus = greedy_fast(rep, rep_an, deadline=dl)
     columns: list[Column] = []
     seen: dict[Column, int] = {}
 
@@ -361,7 +381,7 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     lp = _LpMaster(need, avail, big)
     for col in columns:
         lp.add(col, weights[col.gtype])
-    cg_budget = 0.3 * time_limit_s
+    cg_end = dl.until(0.3)
     duals = None
     it = 0
     lp_obj = math.inf
@@ -382,7 +402,7 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     f_center, _ = farley(center)
     center = center * (f_center / max(float(np.dot(center, need)), 1e-12))
     f_checked = -1.0
-    while time.perf_counter() - t0 < cg_budget and it < 300:
+    while not cg_end.expired() and it < 300:
         it += 1
         lp_obj, pi, mu = lp.solve()
         duals = np.maximum(pi, 0.0)
@@ -433,7 +453,7 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     # the bound, which re-checks each with its valid knapsack upper bounds.
     asc_cols: list[Column] = []
     asc = ascend_duals(center, fams, lam_c, need, weights, iters=30,
-                       deadline=t0 + 0.45 * time_limit_s, keep=1, patterns=asc_cols)
+                       deadline=time.perf_counter() + dl.until(0.45).remaining(), keep=1, patterns=asc_cols)
     # LP duals at a degenerate optimum are extreme (weak bound); the centre and the ascended duals
     # are the candidates worth the valid bound's cost.
     dual_sets = [d for d in (center, *asc) if d is not None]
@@ -450,19 +470,24 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
                f"({time.perf_counter() - t0:.2f} s)")
 
     # The master gets what is left of 80 % of the limit: mapping, consolidation and the bound follow.
-    remaining = max(0.2, 0.8 * time_limit_s - (time.perf_counter() - t0))
+    remaining = dl.until(0.8).remaining()
     solver = solve_master_pulp if backend == "pulp" else solve_master_pyomo
-    res = solver(columns, need.tolist(), avail, weights, warm, remaining, mip_gap)
+    t_master = time.perf_counter()
+    if remaining >= 0.2:
+        res = solver(columns, need.tolist(), avail, weights, warm, remaining, mip_gap)
+    else:
+        res = MasterResult({}, f"skipped (time limit: {max(0.0, remaining):.2f} s left of its share)", math.inf)
     log.append(f"integer master ({'PuLP+CBC' if backend == 'pulp' else 'Pyomo+HiGHS appsi'}): {res.status}, "
-               f"objective {res.objective:.3f} vs warm start {sum(weights[columns[p].gtype] * k for p, k in warm.items()):.3f}")
+               f"objective {res.objective:.3f} vs warm start {sum(weights[columns[p].gtype] * k for p, k in warm.items()):.3f} "
+               f"({time.perf_counter() - t_master:.2f} s of {max(0.0, remaining):.2f} s)")
     x = res.x if res.x and res.objective <= sum(weights[columns[p].gtype] * k for p, k in warm.items()) + 1e-9 \
         else warm
-    gpus = map_columns(problem, oracle, columns, x)
+    gpus = map_columns(problem, oracle, columns, x, dl)
     bad = [g for g in gpus if not g.feasible]
     if bad:
         log.append(f"{len(bad)} mapped GPUs rejected by the {oracle.name} oracle; keeping the warm start")
-        gpus = map_columns(problem, oracle, columns, warm)
-    gpus = consolidate(problem, oracle, gpus)
+        gpus = map_columns(problem, oracle, columns, warm, dl)
+    gpus = consolidate(problem, oracle, gpus, deadline=dl)
     return MilpOutcome(gpus, (problem.classes, dual_sets) if dual_sets else None, log)
 
 

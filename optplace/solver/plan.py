@@ -82,6 +82,11 @@ class Plan:
         return all(g.feasible for g in self.gpus)
 
     @property
+    def time_limit_reached(self) -> bool:
+        """The solve stopped at ``solver.time_limit_s`` (its log says "time limit reached after …")."""
+        return any(line.startswith("time limit reached") for line in self.log)
+
+    @property
     def cost_per_hour(self) -> float:
         return math.fsum(g.cost_per_hour for g in self.gpus if g.adapters)
 
@@ -95,6 +100,7 @@ class Plan:
             "lower_bound": _r(self.lower_bound),
             "gap": _r(self.gap),
             "solve_time_s": round(self.solve_time_s, 3),
+            "time_limit_reached": self.time_limit_reached,
             "cost_per_hour": _r(self.cost_per_hour),
             "oracle": self.oracle,
             "placement": [g.to_json() for g in self.gpus if g.adapters],

@@ -13,6 +13,7 @@ that is feasible for representatives is feasible for any members it is filled wi
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,71 @@ class Infeasible(Exception):
     def __init__(self, message: str, constraint: str = "") -> None:
         super().__init__(message)
         self.constraint = constraint
+
+
+class TimeLimitReached(Infeasible):
+    """``solver.time_limit_s`` ran out before a first feasible plan existed, or the spec is plainly too
+    big for it. A subclass of :class:`Infeasible` on purpose: the spec is valid but has no plan within
+    its time budget, so the CLI exits 1 (like a pool that is too small), not 2 (input errors)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "time_limit_s")
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """The one time budget of a solve, on the monotonic clock.
+
+    Created once when the solve starts (``optplace solve``: before the problem is compiled) and passed
+    to every phase — compile, greedy, consolidation, column generation, the integer master (which gets
+    only the remaining time), baselines, the bound. A phase that sees it expired stops improving and
+    returns the best it has; a phase that has nothing yet raises :class:`TimeLimitReached`.
+    ``limit_s = inf`` is "no limit" (library callers, tests).
+    """
+
+    start: float
+    limit_s: float = math.inf
+
+    @classmethod
+    def begin(cls, limit_s: float, started: float | None = None) -> "Deadline":
+        """A deadline ``limit_s`` after ``started`` (a ``time.monotonic()`` reading; default now)."""
+        return cls(time.monotonic() if started is None else float(started), float(limit_s))
+
+    @classmethod
+    def never(cls) -> "Deadline":
+        return cls(time.monotonic(), math.inf)
+
+    @property
+    def at(self) -> float:
+        """The monotonic time when the budget ends."""
+        return self.start + self.limit_s
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def part(self, fraction: float) -> "Deadline":
+        """A deadline ending ``fraction`` of the way from now to this one's end (a phase's budget)."""
+        if not math.isfinite(self.limit_s):
+            return self
+        now = time.monotonic()
+        return Deadline(self.start, (now - self.start) + max(0.0, self.at - now) * fraction)
+
+    def until(self, fraction: float) -> "Deadline":
+        """The first ``fraction`` of this budget (same start): a phase that must leave time to the next."""
+        return Deadline(self.start, self.limit_s * fraction)
+
+    def check(self, what: str) -> None:
+        """Raise :class:`TimeLimitReached` (nothing feasible yet: ``what`` says what was under way)."""
+        if self.expired():
+            raise TimeLimitReached(f"time limit reached after {self.elapsed():.1f} s (solver.time_limit_s = "
+                                   f"{self.limit_s:g}) before a first feasible plan existed ({what}); "
+                                   f"raise solver.time_limit_s")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,60 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .baselines import BASELINES, run_baseline
-from .bound import lower_bound, volume_bound
-from .capacity import AnalyticCapacity, CapacityOracle, Mix, make_oracle
-from .greedy import greedy_improved, greedy_paper
+from .bound import cached_lp_bound, lower_bound, volume_bound
+from .capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, make_oracle
+from .greedy import greedy_fast, greedy_improved, greedy_paper
 from .milp import solve_milp
 from .objectives import get_objective
 from .plan import GpuAssignment, Plan, assign_gpu, renumber
-from .problem import Infeasible, Problem
+from .problem import Deadline, Infeasible, Problem, TimeLimitReached
+
+_NEVER = Deadline(0.0)
+#: Least time column generation needs per adapter before its first deadline check (classes, the
+#: representative-rate problem, the warm start: ~1 s per 100,000 adapters each); with less left the
+#: MILP is not started and the fast greedy's plan stands.
+MILP_SECONDS_PER_ADAPTER = 3e-5
+#: Least time the improved and the published greedy take per adapter on the analytic model (8 s for
+#: 100,000 adapters); with less left they are not started.
+GREEDY_SECONDS_PER_ADAPTER = 5e-5
+#: Share of the time limit kept for the bound: strategies stop at 90 %, the LP bound gets the rest.
+BOUND_SHARE = 0.10
+#: Share of what is left after the first plan that the bound may take to prove that plan optimal.
+EARLY_BOUND_SHARE = 0.30
+
+
+def lp_bound_seconds(n_adapters: int) -> float:
+    """Least time the LP bound needs before it first looks at its deadline (its first round: measured
+    0.4 / 2.0 / 2.7 s at 1k / 10k / 100k adapters, `optplace bench limits` family, loaded 2-core
+    machine), with a 30 % margin; with less time left it is not started (the volume bound stands)."""
+    return 1.3 * min(0.4 + 1.6e-4 * n_adapters, 3.0)
+
+
+def _proven(problem: Problem, oracle: CapacityOracle, objective: str, weights: list[float], value: float,
+            deadline: Deadline) -> bool:
+    """The lower bound (within ``deadline``) already equals ``value``: nothing left to improve."""
+    if objective == "min_latency":
+        return False
+    an = getattr(oracle, "analytic", oracle)
+    if not isinstance(an, AnalyticCapacity) or deadline.remaining() < 2.0 * lp_bound_seconds(problem.n_adapters):
+        return False
+    # Not bound.lower_bound: it memoises a result cut short by its deadline, and the final bound
+    # (with more time) must not inherit this early, short one. The LP bound is memoised only converged.
+    # It looks at its deadline once per round, and a round can take as long as the first: it gets half.
+    lb = max(volume_bound(problem, an, weights),
+             cached_lp_bound(problem, an, weights, deadline=deadline.part(0.5)).value)
+    if objective == "min_gpus":
+        lb = math.ceil(lb - 1e-6)
+    return lb >= value - 1e-9
+
+
+def _improving(deadline: Deadline) -> Deadline:
+    """The part of the budget for improving a first plan (the rest is the bound's)."""
+    return deadline.until(1.0 - BOUND_SHARE)
+
+
+class _Skip(Exception):
+    """A phase not started for lack of time (not an error)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +81,9 @@ class SolveOptions:
     mip_gap: float = 0.01
     backend: str = "highs"
     class_width: float = 0.03
+    #: ``milp``: stop as soon as the bound proves the fast greedy's plan optimal (False: run the MILP
+    #: anyway, e.g. to exercise a backend).
+    stop_when_proven: bool = True
 
     @classmethod
     def of(cls, problem: Problem) -> "SolveOptions":
@@ -44,9 +94,10 @@ class SolveOptions:
 class Strategy(Protocol):
     name: str
 
-    def solve(self, problem: Problem, oracle: CapacityOracle, options: SolveOptions) -> tuple[list[GpuAssignment],
-                                                                                               list[str], Any]:
-        """GPU entries, log lines, and optional class duals (for the bound)."""
+    def solve(self, problem: Problem, oracle: CapacityOracle, options: SolveOptions, deadline: Deadline
+              ) -> tuple[list[GpuAssignment], list[str], Any]:
+        """GPU entries, log lines, and optional class duals (for the bound). Past ``deadline`` a strategy
+        returns the best plan it has, or raises :class:`~.problem.TimeLimitReached` when it has none."""
         ...
 
 
@@ -55,71 +106,164 @@ def _weights(problem: Problem) -> list[float]:
     return [obj.column_weight(t.cost_per_hour) for t in problem.gpu_types]
 
 
+def time_up_line(deadline: Deadline, keeping: str) -> str:
+    """The log line of a solve stopped by its deadline (improvement phases stop at 90 % of it: the
+    rest is the bound's)."""
+    share = ""
+    if 0 <= deadline.remaining() and _improving(deadline).expired():
+        share = f"; the last {BOUND_SHARE:.0%} is the bound's"
+    return (f"time limit reached after {deadline.elapsed():.1f} s (solver.time_limit_s = {deadline.limit_s:g}"
+            f"{share}); {keeping}")
+
+
+def _first_plan(problem: Problem, oracle: CapacityOracle, deadline: Deadline, log: list[str]
+                ) -> list[GpuAssignment] | None:
+    """The fast greedy's plan (the anytime strategies' fallback); None when it finds none (e.g. a pool
+    its class patterns cannot share out; the other algorithms may)."""
+    t0 = time.monotonic()
+    try:
+        gpus = greedy_fast(problem, oracle, deadline)
+    except TimeLimitReached:
+        raise
+    except Infeasible as e:
+        log.append(f"fast greedy found no plan ({e})")
+        return None
+    log.append(f"fast greedy (class patterns): {len(gpus)} GPUs in {time.monotonic() - t0:.2f} s")
+    return gpus
+
+
 class GreedyPaper:
     name = "greedy-paper"
 
-    def solve(self, problem, oracle, options):
+    def solve(self, problem, oracle, options, deadline):
         if problem.objective == "min_latency":
-            return latency_paper(problem, oracle), ["published latency variant: least summed rate, slots = adapters"], None
-        return greedy_paper(problem, oracle), ["published greedy (test points 8…576, first fit, no revisits)"], None
+            return (latency_paper(problem, oracle, deadline),
+                    ["published latency variant: least summed rate, slots = adapters"], None)
+        return (greedy_paper(problem, oracle, deadline),
+                ["published greedy (test points 8…576, first fit, no revisits)"], None)
 
 
 class Greedy:
     name = "greedy"
 
-    def solve(self, problem, oracle, options):
+    def solve(self, problem, oracle, options, deadline):
         if problem.objective == "min_latency":
-            return balance_latency(problem, oracle), ["balanced placement over the GPU budget"], None
-        return greedy_improved(problem, oracle), ["improved greedy (bisection capacity, best slots, consolidation)"], None
+            return balance_latency(problem, oracle, deadline=deadline), ["balanced placement over the GPU budget"], None
+        log: list[str] = []
+        first = _first_plan(problem, oracle, deadline, log)
+        try:
+            gpus = greedy_improved(problem, oracle, deadline=deadline if first is None else _improving(deadline))
+        except TimeLimitReached:
+            if first is None:
+                raise
+            log.append(time_up_line(deadline, "returning the fast greedy's plan (the improved greedy did not "
+                                              "finish in its share)"))
+            return first, log, None
+        except Infeasible:
+            if first is None:
+                raise
+            gpus = first
+        obj = get_objective(problem.objective)
+        if first is not None and obj.value(tuple(first)) < obj.value(tuple(gpus)) - 1e-9:
+            log.append(f"the fast greedy's plan is better ({obj.value(tuple(first)):g} < {obj.value(tuple(gpus)):g}); "
+                       "keeping it")
+            gpus = first
+        log.append("improved greedy (bisection capacity, best slots, consolidation)")
+        if _improving(deadline).expired():
+            log.append(time_up_line(deadline, "consolidation stopped early"))
+        return gpus, log, None
 
 
 class Milp:
     name = "milp"
 
-    def solve(self, problem, oracle, options):
+    def solve(self, problem, oracle, options, deadline):
         if problem.objective == "min_latency":
-            return balance_latency(problem, oracle), ["balanced placement over the GPU budget"], None
-        w = _weights(problem)
-        out = solve_milp(problem, oracle, w, options.time_limit_s, options.mip_gap, options.backend,
-                         options.class_width)
-        gpus, log = out.gpus, list(out.log)
-        # Keep the best plan among the MILP's and the greedy ones on the real rates.
+            return balance_latency(problem, oracle, deadline=deadline), ["balanced placement over the GPU budget"], None
         obj = get_objective(problem.objective)
-        best, best_v = gpus, obj.value(tuple(gpus))
+        log: list[str] = []
+        first = _first_plan(problem, oracle, deadline, log)
+        best, best_v = first, (obj.value(tuple(first)) if first is not None else math.inf)
+        duals = None
+        w = _weights(problem)
+        need = MILP_SECONDS_PER_ADAPTER * problem.n_adapters
+        full, deadline = deadline, (deadline if first is None else _improving(deadline))
+        if first is not None and options.stop_when_proven and \
+                _proven(problem, oracle, obj.name, w, best_v, deadline.part(EARLY_BOUND_SHARE)):
+            log.append(f"the bound proves the fast greedy's plan optimal ({best_v:g}); stopping")
+            return first, log, None
+        try:
+            if best is not None and deadline.remaining() < need:
+                log.append(f"column generation not started: it needs ~{need:.1f} s before its first deadline "
+                           f"check, {max(0.0, deadline.remaining()):.1f} s left")
+                raise _Skip()
+            out = solve_milp(problem, oracle, w, options.time_limit_s, options.mip_gap, options.backend,
+                             options.class_width, deadline=deadline)
+            log += list(out.log)
+            duals = out.duals
+            v = obj.value(tuple(out.gpus))
+            if best is None or v <= best_v + 1e-9:
+                best, best_v = out.gpus, v
+            else:
+                log.append(f"the fast greedy's plan is better ({best_v:g} < {v:g}); keeping it")
+        except _Skip:
+            pass
+        except TimeLimitReached:
+            if best is None:
+                raise
+            log.append(time_up_line(full, "keeping the fast greedy's plan (column generation / master did "
+                                          "not finish)"))
+        # Keep the best plan among the MILP's and the greedy ones on the real rates.
         # The comparison runs on the analytic model (cheap); with a twin/surrogate oracle a better
         # plan is only adopted when every one of its GPUs passes that oracle too.
         an = getattr(oracle, "analytic", oracle)
         for name, fn in (("greedy", greedy_improved), ("greedy-paper", greedy_paper)):
+            if deadline.remaining() < GREEDY_SECONDS_PER_ADAPTER * problem.n_adapters:
+                break  # would not finish: the time left goes to the bound
             try:
-                alt = fn(problem, an)
+                alt = fn(problem, an, deadline=deadline)
+                v = obj.value(tuple(alt))
+                if v < best_v - 1e-9:
+                    if an is not oracle:
+                        alt = [_judged(problem, oracle, g, deadline) for g in alt]
+                        if not all(g.feasible for g in alt):
+                            continue
+                    log.append(f"{name} on the real rates is better ({v:g} < {best_v:g}); keeping it")
+                    best, best_v = alt, v
+            except TimeLimitReached:
+                break
             except Infeasible:
                 continue
-            v = obj.value(tuple(alt))
-            if v < best_v - 1e-9:
-                if an is not oracle:
-                    alt = [assign_gpu(problem, oracle, g.type_index, g.adapter_indices, g.gpu) for g in alt]
-                    if not all(g.feasible for g in alt):
-                        continue
-                log.append(f"{name} on the real rates is better ({v:g} < {best_v:g}); keeping it")
-                best, best_v = alt, v
-        return best, log, out.duals
+        if deadline.expired() and best is not None:
+            log.append(time_up_line(full, f"returning the best plan found ({best_v:g})"))
+        if best is None:
+            deadline.check("milp")
+            raise Infeasible("no plan found", "")
+        return best, log, duals
+
+
+def _judged(problem: Problem, oracle: CapacityOracle, g: GpuAssignment, deadline: Deadline) -> GpuAssignment:
+    deadline.check("re-checking a greedy plan with the capacity oracle")
+    return assign_gpu(problem, oracle, g.type_index, g.adapter_indices, g.gpu)
 
 
 class Baseline:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def solve(self, problem, oracle, options):
+    def solve(self, problem, oracle, options, deadline):
+        timed = TimedOracle(oracle, deadline, f"the {self.name} baseline's GPU-count search")
         if problem.objective == "min_latency":
-            G = latency_budget(problem, oracle)
-            groups = BASELINES[self.name](problem, oracle, G)
-            gpus = [assign_gpu(problem, oracle, _type_at(problem, g), idx, g) for g, idx in enumerate(groups) if idx]
+            G = latency_budget(problem, oracle, deadline)
+            groups = BASELINES[self.name](problem, timed, G)
+            gpus = [assign_gpu(problem, timed, _type_at(problem, g), idx, g) for g, idx in enumerate(groups) if idx]
             return gpus, [f"{self.name} rule at the budget of {G} GPUs"], None
         an = oracle.analytic if hasattr(oracle, "analytic") else oracle
         start = 1
         if isinstance(an, AnalyticCapacity):
-            start = int(lower_bound(problem, an, integral=True)) if problem.n_adapters <= 2000 else 1
-        return run_baseline(problem, oracle, self.name, max(1, start)), [f"{self.name}: smallest passing GPU count"], None
+            start = (int(lower_bound(problem, an, integral=True, deadline=deadline.part(0.2)))
+                     if problem.n_adapters <= 2000 else 1)
+        return run_baseline(problem, timed, self.name, max(1, start)), [f"{self.name}: smallest passing GPU count"], None
 
 
 def _type_at(problem: Problem, g: int) -> int:
@@ -143,21 +287,27 @@ def get_strategy(name: str) -> Strategy:
 
 # --- min_latency ------------------------------------------------------------------------------
 
-def latency_budget(problem: Problem, oracle: CapacityOracle) -> int:
-    """The fixed GPU budget: ``solver.max_gpus``, else an explicit pool's total, else the min_gpus count."""
+def latency_budget(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _NEVER) -> int:
+    """The fixed GPU budget: ``solver.max_gpus``, else an explicit pool's total, else the min_gpus count
+    (the improved greedy's; the fast greedy's when the improved one does not fit half the time left)."""
     if problem.solver.max_gpus is not None:
         return int(problem.solver.max_gpus)
     sc = problem.scenario
     if sc is not None and sc.pool is not None:
         return sum(t.count for t in problem.gpu_types)
-    return len(greedy_improved(problem.with_objective("min_gpus"), oracle))
+    p = problem.with_objective("min_gpus")
+    try:
+        return len(greedy_improved(p, oracle, deadline=deadline.part(0.5)))
+    except TimeLimitReached:
+        return len(greedy_fast(p, oracle, deadline))
 
 
-def balance_latency(problem: Problem, oracle: CapacityOracle, passes: int = 3) -> list[GpuAssignment]:
+def balance_latency(problem: Problem, oracle: CapacityOracle, passes: int = 3,
+                    deadline: Deadline = _NEVER) -> list[GpuAssignment]:
     """Spread load over the budget (largest load first to the least-loaded GPU, rank groups kept
     apart where possible), each GPU at the slot count with the lowest predicted ITL, then moves of
     single adapters that lower the token-weighted mean ITL."""
-    G = latency_budget(problem, oracle)
+    G = latency_budget(problem, oracle, deadline)
     types = [_type_at(problem, g) for g in range(G)]
     order = sorted(problem.adapters, key=lambda a: (-a.rank, -a.rate_rps, a.index))
     groups: list[list[int]] = [[] for _ in range(G)]
@@ -166,8 +316,13 @@ def balance_latency(problem: Problem, oracle: CapacityOracle, passes: int = 3) -
         load, g = heapq.heappop(heap)
         groups[g].append(a.index)
         heapq.heappush(heap, (load + a.rate_rps, g))
-    gpus = [_latency_gpu(problem, oracle, types[g], idx, g) for g, idx in enumerate(groups)]
+    gpus = []
+    for g, idx in enumerate(groups):
+        deadline.check(f"balanced placement, GPU {g} of {G}")
+        gpus.append(_latency_gpu(problem, oracle, types[g], idx, g))
     for _ in range(passes):
+        if deadline.expired():
+            break
         improved = False
         gpus.sort(key=lambda x: -x.offered_tok_s * (x.predicted_itl_ms if math.isfinite(x.predicted_itl_ms) else 1e9))
         src, dst = gpus[0], gpus[-1]
@@ -213,9 +368,9 @@ def _latency_gpu(problem: Problem, oracle: CapacityOracle, gtype: int, idx: Sequ
     return assign_gpu(problem, oracle, gtype, idx, g, max_loras=best.max_loras)
 
 
-def latency_paper(problem: Problem, oracle: CapacityOracle) -> list[GpuAssignment]:
+def latency_paper(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _NEVER) -> list[GpuAssignment]:
     """Published latency variant: least summed rate over all GPUs, slots = adapters (memory-capped)."""
-    G = latency_budget(problem, oracle)
+    G = latency_budget(problem, oracle, deadline)
     groups: list[list[int]] = [[] for _ in range(G)]
     heap = [(0.0, g) for g in range(G)]
     for a in sorted(problem.adapters, key=lambda a: (-a.rate_rps, a.index)):
@@ -226,6 +381,7 @@ def latency_paper(problem: Problem, oracle: CapacityOracle) -> list[GpuAssignmen
     for g, idx in enumerate(groups):
         if not idx:
             continue
+        deadline.check(f"published latency variant, GPU {g} of {G}")
         t = _type_at(problem, g)
         rmax = max(problem.adapters[i].rank for i in idx)
         L = max(1, min(len(idx), oracle.slot_cap(t, rmax)))
@@ -236,16 +392,21 @@ def latency_paper(problem: Problem, oracle: CapacityOracle) -> list[GpuAssignmen
 # --- the entry point ------------------------------------------------------------------------
 
 def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str | None = None,
-          options: SolveOptions | None = None) -> Plan:
+          options: SolveOptions | None = None, deadline: Deadline | None = None) -> Plan:
     """Solve ``problem`` with ``strategy`` (default: the spec's ``solver.strategy``) → :class:`Plan`.
 
-    Raises :class:`~.problem.Infeasible` (with the binding constraint) when no plan exists.
+    ``deadline``: the solve's one time budget (default: ``time_limit_s`` from now; the pipeline starts it
+    before compiling the problem). Every phase gets it; when it passes the best plan so far is returned
+    with its proven bound and a "time limit reached after …" log line, and the bound falls back to the
+    cheap volume bound when the Lagrangian one does not fit what is left. ``solve_time_s`` is measured
+    from the deadline's start. Raises :class:`~.problem.Infeasible` (with the binding constraint) when
+    no plan exists, :class:`~.problem.TimeLimitReached` when none was found in time.
     """
-    t0 = time.perf_counter()
     name = strategy or problem.solver.strategy
     strat = get_strategy(name)
     obj = get_objective(problem.objective)
     opts = options or SolveOptions.of(problem)
+    dl = deadline if deadline is not None else Deadline.begin(opts.time_limit_s)
     orc = oracle if oracle is not None else make_oracle(problem, "auto")
     an = orc.analytic if hasattr(orc, "analytic") else (orc if isinstance(orc, AnalyticCapacity) else
                                                          AnalyticCapacity(problem))
@@ -257,27 +418,45 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
         budget = problem.gpu_budget()
         lb0 = math.ceil(volume_bound(problem, an, weights) - 1e-6)
         if obj.name == "min_gpus" and lb0 <= budget < 2 * lb0:  # the pool may bind: use the tighter bound
-            lb0 = lower_bound(problem, an, weights=weights, integral=True)
+            lb0 = lower_bound(problem, an, weights=weights, integral=True, deadline=dl.part(0.2))
         if obj.name == "min_gpus" and lb0 > budget:
             raise Infeasible(f"pool too small: at least {lb0:.0f} GPUs are needed (capacity bound), "
                              f"the pool/budget has {budget}", "pool")
-    gpus, log, duals = strat.solve(problem, orc, opts)
+    dl.check(f"{name}: before the first plan")
+    gpus, log, duals = strat.solve(problem, orc, opts, dl)
     gpus_t = renumber(gpus)
     value = obj.value(gpus_t)
     if obj.name == "min_latency":
         lb = _latency_bound(problem, an, len(gpus_t))
     else:
-        lb = lower_bound(problem, an, duals=duals, weights=weights, integral=obj.name == "min_gpus")
-        if duals is not None:
-            lb = max(lb, lower_bound(problem, an, weights=weights, integral=obj.name == "min_gpus"))
-        if obj.name == "min_cost":
-            # Any fleet has at least k GPUs (the GPU-count bound), so it costs at least the k cheapest.
-            k = int(lower_bound(problem, an, integral=True))
-            prices = sorted(p for t in problem.gpu_types for p in [t.cost_per_hour] * min(t.count, k))
-            lb = max(lb, math.fsum(prices[:k]))
+        lb, bound_log = _bound(problem, an, obj.name, weights, duals, dl)
+        log += bound_log
         lb = min(lb, value)  # cannot happen for a proven bound; guards float noise
+    if dl.expired() and not any(line.startswith("time limit reached") for line in log):
+        log.append(time_up_line(dl, "returning the plan found"))
     return Plan(objective=obj.name, strategy=name, gpus=gpus_t, objective_value=value, lower_bound=lb,
-                solve_time_s=time.perf_counter() - t0, oracle=orc.name, log=tuple(log))
+                solve_time_s=dl.elapsed(), oracle=orc.name, log=tuple(log))
+
+
+def _bound(problem: Problem, an: AnalyticCapacity, objective: str, weights: list[float], duals: Any,
+           deadline: Deadline) -> tuple[float, list[str]]:
+    """The proven lower bound: the volume bound always; the LP bound (``bound.lower_bound``) with what is
+    left of the deadline (it stops there with the best valid bound so far)."""
+    integral = objective == "min_gpus"
+    lb = volume_bound(problem, an, weights)
+    lb = float(math.ceil(lb - 1e-6)) if integral else lb
+    need = 2.0 * lp_bound_seconds(problem.n_adapters)  # a round in flight when its deadline passes
+    if deadline.remaining() < need:
+        return lb, [f"bound: volume bound only (the LP bound needs ~{need:.1f} s, "
+                    f"{max(0.0, deadline.remaining()):.1f} s left)"]
+    lb = max(lb, lower_bound(problem, an, duals=duals, weights=weights, integral=integral,
+                             deadline=deadline.part(0.5)))
+    if objective == "min_cost" and deadline.remaining() >= need:
+        # Any fleet has at least k GPUs (the GPU-count bound), so it costs at least the k cheapest.
+        k = int(lower_bound(problem, an, integral=True, deadline=deadline.part(0.5)))
+        prices = sorted(p for t in problem.gpu_types for p in [t.cost_per_hour] * min(t.count, k))
+        lb = max(lb, math.fsum(prices[:k]))
+    return lb, []
 
 
 def _precheck(problem: Problem, oracle: CapacityOracle) -> None:
