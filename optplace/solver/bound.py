@@ -374,7 +374,8 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
                 best_L[L - 1] = arg
             N = min(cap, n_avail)
             size = np.arange(1, N + 1)
-            c1 = np.array([an.rho * an.point(t.index, rmax, n, int(best_L[n - 1])).lam_max_rps for n in size])
+            # (1 + 1e-9): the model accepts loads up to 1e-12 relative above ρ·λ*.
+            c1 = np.array([an.rho * an.point(t.index, rmax, n, int(best_L[n - 1])).lam_max_rps for n in size]) * (1 + 1e-9)
             z = np.zeros(N)
             out.append(Group(t.index, rmax, "count", size, size, c1, size.astype(float), z, z))
             if n_avail < 2:
@@ -387,7 +388,7 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
             for k, lo in enumerate(grid):
                 hi = min((grid[k + 1] - 1) if k + 1 < len(grid) else min(cap, n_avail - 1), min(cap, n_avail - 1))
                 pts = [an.point(t.index, rmax, L, L) for L in range(lo, hi + 1)]
-                lam = an.rho * max(p.lam_max_rps for p in pts)
+                lam = an.rho * max(p.lam_max_rps for p in pts) * (1 + 1e-9)
                 svc = min(p.service_s for p in pts)
                 kl = an.kappa * hi
                 lo_l.append(lo)
