@@ -375,7 +375,8 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
             N = min(cap, n_avail)
             size = np.arange(1, N + 1)
             # (1 + 1e-9): the model accepts loads up to 1e-12 relative above ρ·λ*.
-            c1 = np.array([an.rho * an.point(t.index, rmax, n, int(best_L[n - 1])).lam_max_rps for n in size]) * (1 + 1e-9)
+            lam_n = [an.point(t.index, rmax, n, int(best_L[n - 1])).lam_max_rps for n in size]
+            c1 = an.rho * np.array(lam_n) * (1 + 1e-9)
             z = np.zeros(N)
             out.append(Group(t.index, rmax, "count", size, size, c1, size.astype(float), z, z))
             if n_avail < 2:
@@ -441,8 +442,8 @@ def _count_ub(pi: np.ndarray, lam: np.ndarray, cnt: np.ndarray, c1: np.ndarray, 
 
 def _rot_ub_one(pi: np.ndarray, w1: np.ndarray, p: np.ndarray, cnt: np.ndarray, c1: float, c2: float,
                 y1s: np.ndarray) -> tuple[float, float]:
-    """Upper bound on max Σ π·a, Σ w1·a ≤ c1, Σ p·a ≤ c2, 0 ≤ a ≤ cnt, by LP duality: for each y1 ≥ 0 the
-    exact best y2 ≥ 0 (a weighted quantile of the ratios (π − y1·w1)/p). Returns (bound, its y1)."""
+    """Upper bound on max Σ π·a, Σ w1·a ≤ c1, Σ p·a ≤ c2, 0 ≤ a ≤ cnt, by LP duality: for each y1 ≥ 0
+    the exact best y2 ≥ 0 (a weighted quantile of the ratios (π − y1·w1)/p). Returns (bound, its y1)."""
     V = pi[None, :] - y1s[:, None] * w1[None, :]
     pos = V > 0
     free = p <= 0  # zero-rate adapters are never active: no y2 prices them
@@ -546,7 +547,7 @@ class _Pricer:
 
 
 class _CompactLp:
-    """min Σ w·y  s.t. Σ_f z_fb ≥ n_b (every bin), and per family f: Σ w1·z_f ≤ c1·y_f, Σ w2·z_f (=|≤) c2·y_f.
+    """min Σ w·y  s.t. Σ_f z_fb ≥ n_b (all bins); per family f: Σ w1·z_f ≤ c1·y_f, Σ w2·z_f (=|≤) c2·y_f.
 
     The compact form of the pattern LP with fractional patterns (one block of variables per family,
     added lazily). Artificial covers (cost ``big``) keep it feasible before enough families exist.
