@@ -85,6 +85,8 @@ class SolveReport:
     twin_objective: float | None
     wall_s: float
     base_dir: Path = Path(".")
+    #: The expanded adapters (the solver's, so the JSON does not expand 100,000 groups members again).
+    adapters: tuple[Any, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -105,7 +107,8 @@ class SolveReport:
         doc["repair_rounds"] = self.rounds
         doc["model"] = self.scenario.model_name
         doc["serving"] = self.scenario.serving.model_dump()
-        doc["adapters"] = [a.model_dump() for a in self.scenario.adapter_list()]
+        doc["adapters"] = ([a.model_dump() for a in self.scenario.adapter_list()] if self.adapters is None else
+                           [{"name": a.name, "rank": a.rank, "rate_rps": a.rate_rps} for a in self.adapters])
         doc["scenario"] = self.scenario.model_dump(mode="json", by_alias=True, exclude={"placement"})
         doc["seed"] = self.scenario.seed
         doc["spec_dir"] = str(self.base_dir)
@@ -170,7 +173,8 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
             on_event(line)
     on_event(f"plan: {plan.gpus_used} GPUs (lower bound {plan.lower_bound:g}) in {plan.solve_time_s:.1f} s")
     if not (validate and sc.solver.validate_plan):
-        return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir)
+        return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir,
+                           problem.adapters)
     val = PlanSimulator(sc, base_dir, executor_of(sc, workers))
     actions: list[str] = []
     rounds = 0
@@ -189,7 +193,8 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
             on_event(f"repair: {a}")
         plan = fixed.plan
     score = get_objective(plan.objective).score(plan, rep)
-    return SolveReport(sc, plan, initial, rep, tuple(actions), rounds, score, time.perf_counter() - t0, base_dir)
+    return SolveReport(sc, plan, initial, rep, tuple(actions), rounds, score, time.perf_counter() - t0, base_dir,
+                       problem.adapters)
 
 
 # --- capacity -----------------------------------------------------------------------------------

@@ -396,7 +396,9 @@ def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _
             k, vec, est = largest(t.index, remaining)
             if k > 0 and est is not None:
                 load = math.fsum(classes[c].rate_rps * m for c, m in vec)
-                choices.append(((load / t.cost_per_hour) if min_cost else k, -t.index, t.index, k, vec))
+                # A free GPU type (cost 0) is the cheapest per load whatever it carries.
+                per_cost = load / t.cost_per_hour if t.cost_per_hour > 0 else math.inf
+                choices.append((per_cost if min_cost else k, -t.index, t.index, k, vec))
                 if not min_cost:
                     break
         if not choices:

@@ -47,13 +47,15 @@ def lp_bound_seconds(n_adapters: int) -> float:
 
 
 def _proven(problem: Problem, oracle: CapacityOracle, objective: str, weights: list[float], value: float,
-            deadline: Deadline) -> bool:
-    """The lower bound (within ``deadline``) already equals ``value``: nothing left to improve."""
+            deadline: Deadline) -> float | None:
+    """The analytic lower bound when (within ``deadline``) it reaches ``value``, else None. Reached
+    means nothing is left to improve: the MILP's columns are priced on the same analytic model, so it
+    cannot go below that bound either (even where a surrogate oracle accepts plans below it)."""
     if objective == "min_latency":
-        return False
+        return None
     an = getattr(oracle, "analytic", oracle)
     if not isinstance(an, AnalyticCapacity) or deadline.remaining() < 2.0 * lp_bound_seconds(problem.n_adapters):
-        return False
+        return None
     # Not bound.lower_bound: it memoises a result cut short by its deadline, and the final bound
     # (with more time) must not inherit this early, short one. The LP bound is memoised only converged.
     # It looks at its deadline once per round, and a round can take as long as the first: it gets half.
@@ -61,12 +63,15 @@ def _proven(problem: Problem, oracle: CapacityOracle, objective: str, weights: l
              cached_lp_bound(problem, an, weights, deadline=deadline.part(0.5)).value)
     if objective == "min_gpus":
         lb = math.ceil(lb - 1e-6)
-    return lb >= value - 1e-9
+    return lb if lb >= value - 1e-9 else None
 
 
-def _improving(deadline: Deadline) -> Deadline:
-    """The part of the budget for improving a first plan (the rest is the bound's)."""
-    return deadline.until(1.0 - BOUND_SHARE)
+def _improving(deadline: Deadline, n_adapters: int = 0) -> Deadline:
+    """The part of the budget for improving a first plan: all but the bound's share, when that share
+    is enough for the LP bound (else the whole of it: the volume bound needs no time)."""
+    if BOUND_SHARE * deadline.limit_s >= 2.0 * lp_bound_seconds(n_adapters):
+        return deadline.until(1.0 - BOUND_SHARE)
+    return deadline
 
 
 class _Skip(Exception):
@@ -110,7 +115,7 @@ def time_up_line(deadline: Deadline, keeping: str) -> str:
     """The log line of a solve stopped by its deadline (improvement phases stop at 90 % of it: the
     rest is the bound's)."""
     share = ""
-    if 0 <= deadline.remaining() and _improving(deadline).expired():
+    if deadline.remaining() > 0:
         share = f"; the last {BOUND_SHARE:.0%} is the bound's"
     return (f"time limit reached after {deadline.elapsed():.1f} s (solver.time_limit_s = {deadline.limit_s:g}"
             f"{share}); {keeping}")
@@ -152,7 +157,8 @@ class Greedy:
         log: list[str] = []
         first = _first_plan(problem, oracle, deadline, log)
         try:
-            gpus = greedy_improved(problem, oracle, deadline=deadline if first is None else _improving(deadline))
+            gpus = greedy_improved(problem, oracle, deadline=deadline if first is None else
+                                   _improving(deadline, problem.n_adapters))
         except TimeLimitReached:
             if first is None:
                 raise
@@ -169,7 +175,7 @@ class Greedy:
                        "keeping it")
             gpus = first
         log.append("improved greedy (bisection capacity, best slots, consolidation)")
-        if _improving(deadline).expired():
+        if _improving(deadline, problem.n_adapters).expired():
             log.append(time_up_line(deadline, "consolidation stopped early"))
         return gpus, log, None
 
@@ -187,10 +193,13 @@ class Milp:
         duals = None
         w = _weights(problem)
         need = MILP_SECONDS_PER_ADAPTER * problem.n_adapters
-        full, deadline = deadline, (deadline if first is None else _improving(deadline))
-        if first is not None and options.stop_when_proven and \
-                _proven(problem, oracle, obj.name, w, best_v, deadline.part(EARLY_BOUND_SHARE)):
-            log.append(f"the bound proves the fast greedy's plan optimal ({best_v:g}); stopping")
+        full, deadline = deadline, (deadline if first is None else _improving(deadline, problem.n_adapters))
+        lb = (_proven(problem, oracle, obj.name, w, best_v, deadline.part(EARLY_BOUND_SHARE))
+              if first is not None and options.stop_when_proven else None)
+        if lb is not None:
+            log.append(f"the bound proves the fast greedy's plan optimal ({best_v:g}); stopping" if lb <= best_v + 1e-9
+                       else f"the analytic bound ({lb:g}) is above the fast greedy's plan ({best_v:g}, judged by the "
+                            f"{oracle.name} oracle): the analytic MILP cannot improve on it; stopping")
             return first, log, None
         try:
             if best is not None and deadline.remaining() < need:
