@@ -40,9 +40,10 @@ EARLY_BOUND_SHARE = 0.30
 
 
 def lp_bound_seconds(n_adapters: int) -> float:
-    """Least time the LP bound needs before it first looks at its deadline (its first round: measured
-    0.4 / 2.0 / 2.7 s at 1k / 10k / 100k adapters, `optplace bench limits` family, loaded 2-core
-    machine), with a 30 % margin; with less time left it is not started (the volume bound stands)."""
+    """Time the LP bound needs for its first full round (measured 0.4 / 2.0 / 2.7 s at 1k / 10k / 100k
+    adapters, `optplace bench limits` family, loaded 2-core machine; +30 %). It stops within ~0.2 s of
+    its deadline whatever that is, but with less than a round it proves little: then it is not started
+    and the volume bound stands."""
     return 1.3 * min(0.4 + 1.6e-4 * n_adapters, 3.0)
 
 
@@ -54,13 +55,10 @@ def _proven(problem: Problem, oracle: CapacityOracle, objective: str, weights: l
     if objective == "min_latency":
         return None
     an = getattr(oracle, "analytic", oracle)
-    if not isinstance(an, AnalyticCapacity) or deadline.remaining() < 2.0 * lp_bound_seconds(problem.n_adapters):
+    if not isinstance(an, AnalyticCapacity) or deadline.remaining() < lp_bound_seconds(problem.n_adapters):
         return None
-    # Not bound.lower_bound: it memoises a result cut short by its deadline, and the final bound
-    # (with more time) must not inherit this early, short one. The LP bound is memoised only converged.
-    # It looks at its deadline once per round, and a round can take as long as the first: it gets half.
-    lb = max(volume_bound(problem, an, weights),
-             cached_lp_bound(problem, an, weights, deadline=deadline.part(0.5)).value)
+    # The LP bound is memoised only when it converged, so the final bound reuses it or retries.
+    lb = max(volume_bound(problem, an, weights), cached_lp_bound(problem, an, weights, deadline=deadline).value)
     if objective == "min_gpus":
         lb = math.ceil(lb - 1e-6)
     return lb if lb >= value - 1e-9 else None
@@ -69,7 +67,7 @@ def _proven(problem: Problem, oracle: CapacityOracle, objective: str, weights: l
 def _improving(deadline: Deadline, n_adapters: int = 0) -> Deadline:
     """The part of the budget for improving a first plan: all but the bound's share, when that share
     is enough for the LP bound (else the whole of it: the volume bound needs no time)."""
-    if BOUND_SHARE * deadline.limit_s >= 2.0 * lp_bound_seconds(n_adapters):
+    if BOUND_SHARE * deadline.limit_s >= lp_bound_seconds(n_adapters):
         return deadline.until(1.0 - BOUND_SHARE)
     return deadline
 
@@ -454,15 +452,14 @@ def _bound(problem: Problem, an: AnalyticCapacity, objective: str, weights: list
     integral = objective == "min_gpus"
     lb = volume_bound(problem, an, weights)
     lb = float(math.ceil(lb - 1e-6)) if integral else lb
-    need = 2.0 * lp_bound_seconds(problem.n_adapters)  # a round in flight when its deadline passes
+    need = lp_bound_seconds(problem.n_adapters)
     if deadline.remaining() < need:
         return lb, [f"bound: volume bound only (the LP bound needs ~{need:.1f} s, "
                     f"{max(0.0, deadline.remaining()):.1f} s left)"]
-    lb = max(lb, lower_bound(problem, an, duals=duals, weights=weights, integral=integral,
-                             deadline=deadline.part(0.5)))
+    lb = max(lb, lower_bound(problem, an, duals=duals, weights=weights, integral=integral, deadline=deadline))
     if objective == "min_cost" and deadline.remaining() >= need:
         # Any fleet has at least k GPUs (the GPU-count bound), so it costs at least the k cheapest.
-        k = int(lower_bound(problem, an, integral=True, deadline=deadline.part(0.5)))
+        k = int(lower_bound(problem, an, integral=True, deadline=deadline))
         prices = sorted(p for t in problem.gpu_types for p in [t.cost_per_hour] * min(t.count, k))
         lb = max(lb, math.fsum(prices[:k]))
     return lb, []
