@@ -155,6 +155,7 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
 
     t0 = time.perf_counter()
     deadline = Deadline.begin(sc.solver.time_limit_s, started)
+    deadline.check("reading the spec")
     n = adapter_count(sc)
     need = n * MIN_SECONDS_PER_ADAPTER
     if need > deadline.remaining():

@@ -150,3 +150,16 @@ def test_cli_reports_the_time_limit_in_json(tmp_path: Path) -> None:
     import json
     doc = json.loads(res.output[res.output.index("{"):])
     assert doc["time_limit_reached"] is False and doc["gpus_used"] >= 1
+
+
+def test_pipeline_deadline_starts_at_the_given_moment() -> None:
+    """``started`` (the command's start) counts: a deadline already used up by reading the spec
+    raises at once, before compiling; a fresh one solves a small spec without reaching its limit."""
+    from optplace.pipeline import solve_scenario
+
+    sc = load_scenario_text(_spec(40, 30), base_dir=REPO)
+    with pytest.raises(TimeLimitReached, match=r"reading the spec"):
+        solve_scenario(sc, REPO, validate=False, started=time.monotonic() - 31.0)
+    rep = solve_scenario(sc, REPO, validate=False, started=time.monotonic())
+    assert not rep.plan.time_limit_reached and rep.plan.gpus_used >= 1
+    assert rep.to_json()["adapters"] == [a.model_dump() for a in sc.adapter_list()]
