@@ -5,6 +5,18 @@ value, the lower bound and gap, timing and the log, and returns a frozen :class:
 The ``min_latency`` objective (fixed GPU budget) is handled by the optimising strategies (``milp``
 and ``greedy``) with a load-balancing placement; ``greedy-paper`` uses the published latency variant
 (least summed rate over all GPUs, slots = adapters); baselines apply their rule at the budget.
+
+Time limit: :func:`solve` runs on one :class:`~.problem.Deadline` (``solver.time_limit_s``; the
+pipeline starts it before compiling the problem). ``milp`` and ``greedy`` are *anytime*: the fast
+class-pattern greedy (:func:`~.greedy.greedy_fast`) gives a first plan in seconds even at 100,000
+adapters; ``milp`` stops there when the LP bound (given 30 % of what is left) already reaches it,
+else runs column generation and the master on the remaining time (each phase is skipped when it
+cannot finish, see the ``*_SECONDS_PER_ADAPTER`` constants) and keeps the best plan; 10 % of the limit
+is kept for the LP bound when that is enough for one of its rounds. When the deadline passes, the
+best plan so far is returned with its bound and a "time limit reached after …" log line; with no
+plan at all, :class:`~.problem.TimeLimitReached` (exit 1). ``greedy-paper`` and the baselines have no
+intermediate plan: they finish in time or raise it (baselines through :class:`~.capacity.TimedOracle`).
+Figures: ``optplace bench limits``.
 """
 
 from __future__ import annotations
