@@ -65,3 +65,18 @@ def test_run_on_the_smallest_families_prints_rows_and_summary(capsys):
     for r in out["rows"]:
         assert r["gpus"] >= r["lower_bound"] >= 1
     assert "bench-100-r8-16-zipf" in text and "round-robin@popularity" in text
+
+
+def test_json_output_is_clean_json_in_a_fresh_process():
+    # A fresh process: HiGHS prints its banner on the first solver it creates, which would break --json.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "optplace.bench.solver", "--sizes", "100", "--strategies",
+                          "milp,round-robin", "--validate-max", "0", "--json"], cwd=repo, capture_output=True,
+                         text=True, timeout=600, check=True)
+    doc = json.loads(out.stdout)
+    assert {r["strategy"] for r in doc["rows"]} == {"milp", "round-robin", "round-robin@popularity"}
+    assert all(r["gpus"] >= r["lower_bound"] for r in doc["rows"])

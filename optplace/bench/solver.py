@@ -80,8 +80,10 @@ def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = 
         validate_window_s: float = 3600.0) -> dict[str, Any]:
     """Run the benchmark, print a table (unless ``json``), return the rows. ``full`` adds the 5,000 and
     10,000-adapter families to the default sizes."""
+    from optplace.pipeline import silence_highs_banner
     from optplace.solver import AnalyticCapacity, Infeasible, compile_problem, gpu_plans, solve
     from optplace.solver.strategies import STRATEGIES
+    silence_highs_banner()  # its banner on stdout would break --json
     names = strategies or tuple(STRATEGIES)
     sizes = sizes or (SIZES if full else QUICK_SIZES)
     rows: list[dict[str, Any]] = []
