@@ -126,8 +126,11 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
           workers: Workers = None, allow_path: AllowPath = None) -> None:
     """Find a placement (which adapter on which GPU, with which vLLM flags), validate it in the twin,
     repair what starves, and report. Exit 1 when infeasible or when the twin still finds starvation."""
+    import time
+
     from .outputs import OutputExists, check_target
 
+    started = time.monotonic()  # solver.time_limit_s also covers reading the spec
     sc = _load_or_exit(spec, allow_path)
     if strategy is not None:
         from .specs import STRATEGIES
@@ -140,13 +143,16 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
         except OutputExists as e:
             raise _fail_input([str(e)]) from None
     from .pipeline import solve_scenario
-    from .solver.problem import Infeasible
+    from .solver.problem import Infeasible, TimeLimitReached
 
     err = _console(stderr=True)
     try:
         with err.status("solving…") as status:
             rep = solve_scenario(sc, spec.resolve().parent, strategy=strategy, validate=not no_validate,
-                                 workers=workers, on_event=lambda m: status.update(m))
+                                 workers=workers, on_event=lambda m: status.update(m), started=started)
+    except TimeLimitReached as e:
+        err.print(f"time limit: {e}", markup=False)
+        raise typer.Exit(EXIT_FAIL) from None
     except Infeasible as e:
         err.print(f"infeasible: {e}" + (f" (binding: {e.constraint})" if e.constraint else ""), markup=False)
         raise typer.Exit(EXIT_FAIL) from None
