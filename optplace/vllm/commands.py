@@ -258,7 +258,8 @@ def loadgen(
 def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None, window: float | None, out: Path | None,
                       force: bool, json_out: bool, model: str | None, adapters_dir: Path | None, make_adapters: bool,
                       extra_args: list[str] | None, env: list[str] | None, python: str | None, start_timeout: float,
-                      vocab: str, seed: int | None, allow_path: list[Path] | None) -> int:
+                      vocab: str, seed: int | None, allow_path: list[Path] | None,
+                      speed_ref_ms: float | None = None) -> int:
     """``optplace validate PLAN --engine vllm``: run the plan on real servers, print twin vs real; exit code.
 
     Exit 0 when no real GPU starved or failed to start, 1 otherwise, 2 on bad input.
@@ -285,6 +286,8 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
         raise _err(f"--vocab must be LOW:HIGH with 0 <= LOW < HIGH (got {vocab!r})") from None
     if window is not None and not window > 0:
         raise _err(f"--window must be > 0 (got {window})")
+    if speed_ref_ms is not None and not speed_ref_ms > 0:
+        raise _err(f"--speed-ref-ms must be > 0 (got {speed_ref_ms})")
     try:
         item = load_plan_or_spec(files[0], allow_path or ())
     except PlanLoadError as exc:
@@ -316,7 +319,8 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
         opts = VllmValidateOptions(launch=launch, endpoints=endpoints, window_s=window, model_path=model,
                                    adapters_dir=ad_dir, python=python or sys.executable, extra_args=tuple(extra_args or ()),
                                    env=extra_env, start_timeout_s=start_timeout, token_id_range=(lo, hi),
-                                   log_dir=work / "logs", seed=seed, progress=sys.stderr.isatty())
+                                   log_dir=work / "logs", seed=seed, progress=sys.stderr.isatty(),
+                                   speed_ref_ms=speed_ref_ms)
         if launch:
             err.print(f"launching {len(item.gpus)} server(s) one after the other, then replaying "
                       f"{window or item.scenario.workload.duration_s:g} s of the workload…", markup=False)
@@ -344,6 +348,8 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
     if json_out:
         typer.echo(json.dumps(res.to_json(), indent=2))  # type: ignore[attr-defined]
     else:
+        if res.speed_factor != 1.0:  # type: ignore[attr-defined]
+            typer.echo(f"twin times scaled by {res.speed_factor:.3f} (speed canary now / at calibration)")  # type: ignore[attr-defined]
         typer.echo(render_comparison(res.comparisons))  # type: ignore[attr-defined]
         for g in res.real["gpus"]:  # type: ignore[attr-defined]
             if g.get("server_status", "ok") != "ok":
@@ -351,6 +357,94 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
         if out is not None:
             typer.echo(f"wrote {out}/ (real.json, twin.json, comparison.json, run.json, logs/)")
     return code
+
+
+def _run_dirs(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for p in paths:
+        if (p / "run.json").is_file() or p.suffix == ".json":
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(q.parent for q in p.glob("*/run.json"))
+        else:
+            raise _err(f"--runs {p}: no such folder")
+    if not found:
+        raise _err(f"--runs: no run.json under {', '.join(map(str, paths))}")
+    return found
+
+
+def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: Path | None, model_dir: Path | None,
+                           runs_out: Path | None, name: str) -> int:
+    """``optplace calibrate --sweep --engine vllm`` / ``--runs``: measure (or read) runs, fit, write the profile."""
+    from rich.console import Console
+
+    from .fit import fit_profile
+    from .runs import RunError, load_run
+    from .sweep import provenance
+
+    if out is None or out.suffix != ".json":
+        raise _err("--out must name the profile JSON file to write (e.g. --out tiny-llama@cpu.json)")
+    if "@" not in name:
+        raise _err(f"--name must look like model@gpu (got {name!r})")
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    dirs = _run_dirs(runs) if runs else []
+    if sweep:
+        if engine != "vllm":
+            raise _err(f"--engine: only vllm can be swept (got {engine!r})")
+        if model_dir is None:
+            raise _err("--sweep needs --model-dir (the tiny Llama is built there if it has no config.json)")
+        from .sweep import SweepConfig, run_sweep
+
+        if not (model_dir / "config.json").is_file():
+            from .tinymodel import build_tiny_model
+
+            err.print(f"building the tiny Llama in {model_dir}…", markup=False)
+            build_tiny_model(model_dir)
+        target_runs = runs_out or out.with_suffix(".runs")
+        from .adapters import make_adapters
+
+        cfg = SweepConfig(model_path=model_dir, adapters_dir=target_runs / "adapters")
+        cfg_json = json.loads((model_dir / "config.json").read_text())
+        make_adapters(cfg.adapters_dir, list(zip(cfg.adapter_names, cfg.adapter_ranks)), cfg_json, seed=11,
+                      base_model_name_or_path=str(model_dir))
+        try:
+            dirs += run_sweep(cfg, target_runs, on_event=lambda m: err.print(m, markup=False))
+        except RuntimeError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_FAIL) from None
+    try:
+        loaded = [load_run(d) for d in dirs]
+    except RunError as exc:
+        raise _err(str(exc)) from None
+    model, _, gpu = name.partition("@")
+    from .fit import CPU_GPU, TINY_LLAMA
+
+    arch = TINY_LLAMA if model == TINY_LLAMA.name else TINY_LLAMA.model_copy(update={"name": model})
+    dev = CPU_GPU if gpu == CPU_GPU.name else CPU_GPU.model_copy(update={"name": gpu})
+    try:
+        prof, fit = fit_profile(loaded, name=name, model=arch, gpu=dev,
+                                provenance=provenance(["optplace", *sys.argv[1:]] if sys.argv else ["optplace calibrate"]))
+    except ValueError as exc:
+        raise _err(str(exc)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(prof.model_dump(mode="json"), indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    c = prof.step_time.coef
+    typer.echo(f"wrote {out}: step_ms = ({c['c0']:.3g} + {c['c_seq']:.3g}·N)·(1 + {c['g_lora']:.3g}·L) + "
+               f"{c['c_ctx']:.3g}·K/1000 + {c['c_pf']:.3g}·P  ({fit.rows} requests from {len(loaded)} runs, "
+               f"R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); KV {prof.kv_cache_tokens(1, 16)} tokens; "
+               f"adapter load {prof.adapter_load.cpu_to_gpu(16, 8):.2f} ms (CPU->slot), "
+               f"{prof.adapter_load.disk_to_cpu(8):.2f} ms (disk)")
+    from .fit import twin_errors
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x * 100:+.1f}%"
+
+    for run in loaded:  # the fitted profile replayed on its own runs: a degenerate fit shows here
+        for label, e_eng, e_thr in twin_errors(prof, run):
+            typer.echo(f"  twin vs {label}: engine tokens/s {pct(e_eng)}, completed tokens/s {pct(e_thr)}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # `python -m optplace.vllm.commands …` works before/without the main CLI

@@ -42,7 +42,7 @@ from optplace.specs.profiles import (AdapterLoadParams, MemoryModel, OverheadPar
 from .runs import SavedRun
 
 __all__ = ["StepFit", "StepSamples", "TINY_LLAMA", "CPU_GPU", "fit_profile", "fit_step_time", "load_times_ms",
-           "step_samples"]
+           "step_samples", "twin_errors"]
 
 #: the tiny random Llama of :mod:`optplace.vllm.tinymodel` (hidden 256, 4 layers, 4 heads, 2 KV heads,
 #: vocabulary 2,048, bf16, 4,096 positions); parameters counted from that config (untied embeddings)
@@ -168,29 +168,40 @@ def _design(s: StepSamples, g: float) -> np.ndarray:
 
 
 def _nnls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted least squares with coefficients clipped at zero by dropping negative ones (tiny problems)."""
+    """Weighted non-negative least squares for a handful of columns: the best of every column subset's
+    unconstrained solution that has no negative coefficient (exact for problems this small)."""
     sw = np.sqrt(w)
-    active = list(range(x.shape[1]))
-    while True:
-        beta = np.zeros(x.shape[1])
-        if active:
-            sol, *_ = np.linalg.lstsq(x[:, active] * sw[:, None], y * sw, rcond=None)
-            beta[active] = sol
-        neg = [j for j in active if beta[j] < 0]
-        if not neg:
-            return beta
-        active.remove(min(neg, key=lambda j: beta[j]))
+    xs, ys = x * sw[:, None], y * sw
+    best, best_sse = np.zeros(x.shape[1]), float(ys @ ys)
+    for mask in range(1, 2 ** x.shape[1]):
+        cols = [j for j in range(x.shape[1]) if mask >> j & 1]
+        sol, *_ = np.linalg.lstsq(xs[:, cols], ys, rcond=None)
+        if (sol < 0).any():
+            continue
+        r = ys - xs[:, cols] @ sol
+        sse = float(r @ r)
+        if sse < best_sse:
+            best, best_sse = np.zeros(x.shape[1]), sse
+            best[cols] = sol
+    return best
 
 
 def fit_step_time(s: StepSamples, use_ctx: bool = True) -> StepFit:
     """Fit ``(c0, c_seq, g_lora, c_ctx, c_pf)`` to the rows (grid over ``g_lora``, NNLS for the rest).
 
     Rows are weighted by the steps they cover and by ``1/y`` so that the fit minimises relative error
-    (a slow step of a saturated batch and a fast one of an idle server count alike).
+    (a slow step of a saturated batch and a fast one of an idle server count alike), and every run
+    carries the same total weight.
     """
     if len(s) < 8:
         raise ValueError(f"too few step-time samples to fit ({len(s)}); run longer or at more load points")
     w = s.steps / np.maximum(s.y_ms, 1e-6) ** 2
+    # every run (load point) weighs the same in total: the saturated point has most requests and
+    # would otherwise decide alone (and its prefill per step grows with its step time)
+    runs = np.asarray(s.run)
+    for label in np.unique(runs):
+        m = runs == label
+        w[m] /= w[m].sum()
     best: tuple[float, float, np.ndarray] | None = None
     for g in _G_GRID:
         x = _design(s, float(g))
@@ -277,3 +288,44 @@ def fit_profile(runs: Sequence[SavedRun], *, name: str = "tiny-llama@cpu", model
 
 def _r(x: float) -> float:
     return float(f"{x:.6g}") if math.isfinite(x) else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _RunWorkload:
+    arrival_s: np.ndarray
+    adapter: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    duration_s: float
+    n_adapters: int
+
+
+def twin_errors(profile: Profile, run: SavedRun) -> list[tuple[str, float | None, float | None]]:
+    """Replay each server of a saved run in the twin with ``profile``: (label, engine-rate error,
+    completed-throughput error) relative to what was measured — a profile's check on its own data."""
+    from optplace.twin.engine import engine_config_from_profile, simulate_engine
+
+    from .compare import rel_error
+
+    out = []
+    gpus = {int(g.get("index", -1)): g for g in (run.result or {}).get("gpus", [])}
+    for srv in run.servers:
+        real = gpus.get(srv.gpu)
+        if real is None or srv.status != "ok":
+            continue
+        names = list(srv.adapters)
+        index = {run.adapter_names.index(n): k for k, n in enumerate(names) if n in run.adapter_names}
+        on = np.flatnonzero(run.gpu == srv.gpu)
+        order = on[np.argsort(run.arrival_s[on], kind="stable")]
+        wl = _RunWorkload(run.arrival_s[order], np.array([index[int(a)] for a in run.adapter[order]], dtype=np.int32),
+                          run.input_tokens[order].astype(np.int32), run.max_tokens[order].astype(np.int32),
+                          run.window_s, len(names))
+        cfg = engine_config_from_profile(
+            profile, [run.adapter_ranks.get(n, 8) for n in names], srv.max_loras, max_cpu_loras=srv.max_cpu_loras,
+            max_lora_rank=srv.max_lora_rank, max_num_seqs=srv.max_num_seqs or 128,
+            max_num_batched_tokens=srv.max_num_batched_tokens or 2048, kv_cache_tokens=srv.kv_cache_tokens)
+        res = simulate_engine(cfg, wl)
+        label = run.label if len(run.servers) == 1 else f"{run.label}/gpu{srv.gpu}"
+        out.append((label, rel_error(res.engine_tok_s, real.get("engine_tok_s")),
+                    rel_error(res.throughput_tok_s, real.get("throughput_tok_s"))))
+    return out

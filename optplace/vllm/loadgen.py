@@ -541,9 +541,13 @@ async def replay(
         b, a = before.get(ep.gpu), after.get(ep.gpu)
         if b is not None and a is not None:
             d = delta(b, a)
+            # per second of the window, as the twin counts it: the scrapes bracket the window (nothing
+            # runs before it; the end scrape follows it within milliseconds), their interval is longer
+            eng = d.engine_tokens
             metric_deltas[ep.gpu] = {"seconds": d.seconds, "prompt_tokens": d.prompt_tokens,
                                      "generation_tokens": d.generation_tokens, "preemptions": d.preemptions,
-                                     "requests_finished": d.requests_finished, "engine_tok_s": d.engine_tok_s}
+                                     "requests_finished": d.requests_finished,
+                                     "engine_tok_s": None if eng is None else eng / window}
     gpus = summarise(records, names, endpoints, window, metric_deltas, max_throughput_loss, max_adapter_loss, samples)
     return ReplayResult(gpus=gpus, requests=tuple(records), samples=tuple(samples), window_s=window,
                         wall_s=time.monotonic() - wall0, seed=seed, adapter_names=names, metrics_delta=metric_deltas)

@@ -10,7 +10,7 @@ stopped, also on errors and Ctrl-C.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,12 +80,14 @@ def run_deployment(
     max_throughput_loss: float = 0.10,
     max_adapter_loss: float | None = None,
     progress: bool = False,
+    before_replay: Callable[[tuple[Endpoint, ...]], None] | None = None,
 ) -> RealRun:
     """Start the deployment's servers, replay ``workload`` on the healthy ones, stop them all.
 
     Requests of adapters that no healthy server hosts are not sent (they count as offered and lost
     on their GPU's result). Raises :class:`~optplace.vllm.launcher.LaunchError` only for set-up
-    errors (port taken, executable missing) — after stopping what was started.
+    errors (port taken, executable missing) — after stopping what was started. ``before_replay`` is
+    called with the healthy endpoints right before the replay (e.g. to measure a speed canary).
     """
     launches: list[LaunchResult] = []
     try:
@@ -96,6 +98,8 @@ def run_deployment(
         endpoints = tuple(Endpoint(s.gpu, r.server.url, s.adapters, s.max_loras, s.max_cpu_loras, s.max_lora_rank, s.gpu_type)
                           for s, r in healthy if r.server is not None)
         replay = None
+        if endpoints and before_replay is not None:
+            before_replay(endpoints)
         if endpoints:
             served = {a for ep in endpoints for a in ep.adapters}
             keep = np.isin(np.asarray(workload.adapter), [i for i, n in enumerate(adapter_names) if n in served])

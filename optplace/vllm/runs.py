@@ -8,7 +8,7 @@ A run folder holds ``run.json``::
      "servers": [{"gpu", "max_loras", "max_cpu_loras", "max_lora_rank", "max_num_seqs",
                   "max_num_batched_tokens", "adapters", "kv_cache_tokens", "status", "reason"}],
      "result": <simulate --json shaped measured result>,
-     "requests": {"adapter": [...], "gpu": [...], "sent_s": [...], "first_s": [...], "done_s": [...],
+     "requests": {"adapter": [...], "gpu": [...], "arrival_s": [...], "max_tokens": [...], "sent_s": [...], "first_s": [...], "done_s": [...],
                   "input_tokens": [...], "output_tokens": [...], "status": [...], "gaps_ms": [[...], ...]},
      "probes": {...}}     # optional: adapter-load probe TTFTs (see optplace.vllm.sweep)
 
@@ -85,6 +85,8 @@ class SavedRun:
     output_tokens: np.ndarray
     status: tuple[str, ...]
     gaps_ms: tuple[np.ndarray, ...]
+    arrival_s: np.ndarray  # scheduled arrival (the workload's), s
+    max_tokens: np.ndarray  # requested output length
     probes: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -115,6 +117,7 @@ def run_from_replay(replay: ReplayResult, servers: Sequence[RunServer], adapter_
         "result": dict(result) if result is not None else replay.to_json(),
         "requests": {
             "adapter": [r.adapter for r in recs], "gpu": [r.gpu for r in recs],
+            "arrival_s": [round(r.arrival_s, 6) for r in recs], "max_tokens": [r.max_tokens for r in recs],
             "sent_s": [round(r.sent_s, 5) for r in recs], "first_s": [opt(r.first_token_s) for r in recs],
             "done_s": [opt(r.done_s) for r in recs], "input_tokens": [r.input_tokens for r in recs],
             "output_tokens": [r.output_tokens for r in recs], "status": [r.status for r in recs],
@@ -170,7 +173,9 @@ def load_run(path: Path) -> SavedRun:
             sent_s=_floats(rq["sent_s"]), first_s=_floats(rq["first_s"]), done_s=_floats(rq["done_s"]),
             input_tokens=np.asarray(rq["input_tokens"], dtype=np.int64),
             output_tokens=np.asarray(rq["output_tokens"], dtype=np.int64), status=tuple(map(str, rq["status"])),
-            gaps_ms=tuple(np.asarray(g, dtype=np.float64) for g in rq["gaps_ms"]), probes=doc.get("probes") or {},
+            gaps_ms=tuple(np.asarray(g, dtype=np.float64) for g in rq["gaps_ms"]),
+            arrival_s=_floats(rq.get("arrival_s", rq["sent_s"])),
+            max_tokens=np.maximum(np.asarray(rq.get("max_tokens", rq["output_tokens"]), dtype=np.int64), 1), probes=doc.get("probes") or {},
             path=f.parent)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, RunError):

@@ -15,19 +15,21 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from optplace.executors import ExecutorSpec
 from optplace.reporting import PlanItem
 from optplace.specs import Scenario
-from optplace.twin.simulate import PlanSimulator, scenario_workload
+from optplace.twin.simulate import PlanSimulator, SimReport, run_jobs, scenario_workload
 
 from .compare import GpuComparison, compare_runs
 from .deploy import DeployOptions, build_deployment
 from .launcher import LaunchError
-from .loadgen import LoadgenError, endpoints_from_routes, run_replay
+from .loadgen import Endpoint, LoadgenError, endpoints_from_routes, run_replay
 from .run import run_deployment
 from .runs import RunServer, kv_tokens_from_log, run_from_replay
 
@@ -58,6 +60,10 @@ class VllmValidateOptions:
     log_dir: Path = Path("vllm-logs")
     seed: int | None = None
     progress: bool = False
+    speed_ref_ms: float | None = None
+    """Canary ITL [ms] measured when the profile was fitted (``optplace.vllm.sweep.canary_itl_ms``).
+    Given, the canary is measured again on every server before the replay and the twin's step and
+    load times are scaled by (now / then): a correction for a shared machine whose speed drifts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,9 @@ class VllmValidation:
     twin: dict[str, Any]
     comparisons: tuple[GpuComparison, ...]
     run: dict[str, Any] | None
+    speed_factor: float = 1.0
+    """Factor applied to the twin's times (1.0 without ``speed_ref_ms``)."""
+    canary_itl_ms: tuple[float, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -77,7 +86,8 @@ class VllmValidation:
     def to_json(self) -> dict[str, Any]:
         """``{"engine": "vllm", "real": …, "twin": …, "comparison": […]}``."""
         return {"engine": "vllm", "real": self.real, "twin": self.twin,
-                "comparison": [c.to_json() for c in self.comparisons]}
+                "comparison": [c.to_json() for c in self.comparisons],
+                "speed": {"factor": self.speed_factor, "canary_itl_ms": list(self.canary_itl_ms)}}
 
 
 def window_scenario(sc: Scenario, window_s: float | None) -> Scenario:
@@ -131,8 +141,20 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     names = [a.name for a in adapters]
     ranks = {a.name: a.rank for a in adapters}
     workload = scenario_workload(sc, adapters, item.base_dir, seed)
-    twin = PlanSimulator(sc, item.base_dir, ExecutorSpec(workers=1), seed).run(item.gpus)
     c = sc.constraints
+    canaries: list[float] = []
+
+    def canary(endpoints: Sequence[Endpoint]) -> None:
+        if opts.speed_ref_ms is None:
+            return
+        from .sweep import canary_itl_ms
+
+        for ep in endpoints:
+            try:
+                canaries.append(canary_itl_ms(ep.url, ep.adapters[0]))
+            except OSError as exc:
+                raise ValidateError(f"gpu {ep.gpu}: speed canary failed: {exc}") from None
+
     doc = plan_document(PlanItem(sc, item.base_dir, item.gpus))
     servers: list[RunServer]
     if opts.launch:
@@ -144,7 +166,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
             real = run_deployment(dep, workload, names, log_dir=opts.log_dir, env=dict(opts.env),
                                   start_timeout_s=opts.start_timeout_s, seed=seed, token_id_range=opts.token_id_range,
                                   max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss,
-                                  progress=opts.progress)
+                                  progress=opts.progress, before_replay=canary)
         except (LaunchError, LoadgenError) as exc:
             raise ValidateError(str(exc)) from None
         real_doc = real.to_json()
@@ -172,6 +194,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
             raise ValidateError(f"--endpoints: GPUs {wrong} serve other adapters than the plan places there")
         ordered = [by_gpu[i] for i in range(len(item.gpus))]
         try:
+            canary(ordered)
             replay = run_replay(workload, names, ordered, seed=seed, token_id_range=opts.token_id_range,
                                 max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss,
                                 progress=opts.progress)
@@ -182,8 +205,36 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
                              sc.serving.max_num_seqs, sc.serving.max_num_batched_tokens, g.adapters)
                    for i, g in enumerate(item.gpus)]
     real_doc["scenario"], real_doc["window_s"] = sc.name, sc.workload.duration_s
+    factor = 1.0
+    if opts.speed_ref_ms is not None and canaries:
+        factor = float(np.median(canaries)) / opts.speed_ref_ms
+        real_doc["canary_itl_ms"] = canaries
+    twin = _twin(sc, item, seed, factor)
     twin_doc = twin.to_json()
+    twin_doc["speed_factor"] = factor
     comparisons = compare_runs(twin_doc["gpus"], real_doc["gpus"])
-    run = (run_from_replay(replay, servers, ranks, label=sc.name, result=real_doc) if replay is not None else None)
-    return VllmValidation(real_doc, twin_doc, comparisons, run)
+    run = (run_from_replay(replay, servers, ranks, label=sc.name, result=real_doc,
+                           probes={"canary_itl_ms": float(np.median(canaries))} if canaries else None)
+           if replay is not None else None)
+    return VllmValidation(real_doc, twin_doc, comparisons, run, factor, tuple(canaries))
+
+
+def _twin(sc: Scenario, item: PlanItem, seed: int, factor: float) -> SimReport:
+    """The twin on the plan, its step and load times scaled by ``factor`` (1: the profile as fitted)."""
+    sim = PlanSimulator(sc, item.base_dir, ExecutorSpec(workers=1), seed)
+    if factor == 1.0:
+        return sim.run(item.gpus)
+    jobs = []
+    for i, gp in enumerate(item.gpus):
+        job = sim.job(gp, i)
+        p = job.profile
+        scaled = p.model_copy(update={
+            "step_time": p.step_time.model_copy(update={"time_scale": p.step_time.time_scale * factor}),
+            "adapter_load": p.adapter_load.model_copy(update={"time_scale": p.adapter_load.time_scale * factor})})
+        jobs.append(replace(job, profile=scaled))
+    reports = run_jobs(jobs, executor=ExecutorSpec(workers=1))
+    cst = sc.constraints
+    return SimReport(scenario=sc.name, seed=seed, duration_s=sc.workload.duration_s, gpus=tuple(reports),
+                     sim_wall_s=0.0, simulated_s=sc.workload.duration_s * len(reports),
+                     max_throughput_loss=cst.max_throughput_loss, max_adapter_loss=cst.max_adapter_loss)
 

