@@ -173,7 +173,8 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
     for line in plan.log:
         if line.startswith("time limit reached"):
             on_event(line)
-    on_event(f"plan: {plan.gpus_used} GPUs (lower bound {plan.lower_bound:g}) in {plan.solve_time_s:.1f} s")
+    on_event(f"plan: {plan.gpus_used} GPUs (lower bound {plan.lower_bound:g} on the {plan.lower_bound_model} model) "
+             f"in {plan.solve_time_s:.1f} s")
     if not (validate and sc.solver.validate_plan):
         return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir,
                            problem.adapters)

@@ -1,7 +1,11 @@
 """Lower bounds on the objective, reported with every solve.
 
-All bounds are *proven for the analytic capacity model* (:class:`~optplace.solver.capacity.AnalyticCapacity`,
-which every oracle uses as its model of a GPU's limits):
+All bounds are *proven for the analytic capacity model they are given* (an
+:class:`~optplace.solver.capacity.AnalyticCapacity`, any ρ and κ). ``strategies.solve`` passes the model
+valid for the plan's oracle (:func:`~optplace.solver.capacity.bound_model`): the analytic oracle itself,
+or for a surrogate/twin oracle the relaxed model (load × ``GUARD``) that contains every GPU those
+oracles accept — so the reported bound is a bound for the plan's own problem, and
+``lower_bound ≤ objective_value`` holds by construction (``Plan.lower_bound_model`` names the model):
 
 * :func:`lp_bound` — the main one: the Farley bound of the pattern (cutting-stock) LP over *relaxed*
   configuration families (exactly n adapters each with a slot; or a slot interval with the rotation

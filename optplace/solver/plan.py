@@ -65,6 +65,9 @@ class Plan:
     solve_time_s: float
     oracle: str = "analytic"
     log: tuple[str, ...] = field(default_factory=tuple)
+    #: The capacity model ``lower_bound`` is proven for (``bound_model`` in capacity.py): "analytic", the
+    #: relaxed analytic model containing the oracle's accepted GPUs, or "none …" (trivial bound).
+    lower_bound_model: str = "analytic"
 
     @property
     def gpus_used(self) -> int:
@@ -98,6 +101,7 @@ class Plan:
             "gpus_used": self.gpus_used,
             "objective_value": _r(self.objective_value),
             "lower_bound": _r(self.lower_bound),
+            "lower_bound_model": self.lower_bound_model,
             "gap": _r(self.gap),
             "solve_time_s": round(self.solve_time_s, 3),
             "time_limit_reached": self.time_limit_reached,

@@ -7,8 +7,19 @@ The pipeline calls :func:`repair` in a loop (simulate → repair → simulate �
 * starved, first round, with fewer slots than adapters → raise slots (all adapters get one, within
   the memory cap): sticky slots are the usual cause of a starved GPU the oracle accepted.
 * starved otherwise → move the hottest adapters off until the GPU's offered load drops by the
-  measured loss plus a 5 % margin (at least 10 %); moved adapters go to the GPU with the most
-  headroom that the oracle accepts (kept away from other bad GPUs), else to a new GPU.
+  measured loss plus a 5 % margin (at least 10 %).
+
+The moved adapters (of every starved GPU of the round) are re-homed, cheapest first:
+
+1. onto the good GPUs (not starved/OOM this round) with the most headroom (analytic utilisation)
+   that the oracle accepts with a :data:`MARGIN` load margin — the twin already disagreed with the
+   oracle once on this plan;
+2. else by re-balancing the good GPUs with the leftovers on them (:func:`~.balance.rebalance`, same
+   margin), so no GPU is added when the existing ones can share the load;
+3. else onto as few new GPUs as the oracle allows (first fit with the margin; one in the usual case),
+   then re-balanced with the good GPUs so the new GPU takes its share instead of only the leftovers.
+
+A starved GPU keeps its remaining adapters and receives none (the twin just rejected its mix).
 """
 
 from __future__ import annotations
@@ -17,7 +28,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .balance import proxy_model, rebalance, scaled
 from .capacity import CapacityOracle, Mix
+from .greedy import judge
 from .plan import GpuAssignment, Plan, assign_gpu, renumber
 from .problem import Infeasible, Problem
 
@@ -50,6 +63,8 @@ def repair(problem: Problem, oracle: CapacityOracle, plan: Plan, starved: Sequen
             gpus[i] = assign_gpu(problem, oracle, g.type_index, g.adapter_indices[:half], i)
             new.append(assign_gpu(problem, oracle, g.type_index, g.adapter_indices[half:], len(gpus) + len(new)))
             actions.append(f"GPU {i}: OOM at any slot count → split in two")
+    pending: list[int] = []
+    shed_lines: list[tuple[int, int, float]] = []
     for i in sorted(set(starved) - set(oom)):
         g = gpus[i]
         n = len(g.adapter_indices)
@@ -60,7 +75,7 @@ def repair(problem: Problem, oracle: CapacityOracle, plan: Plan, starved: Sequen
             actions.append(f"GPU {i}: starved → max_loras {g.max_loras} → {L}")
             continue
         target = max(0.10, losses.get(i, 0.10) + 0.05)
-        order = sorted(g.adapter_indices, key=lambda a: -problem.adapters[a].rate_rps)
+        order = sorted(g.adapter_indices, key=lambda a: (-problem.adapters[a].rate_rps, a))
         total = math.fsum(problem.adapters[a].rate_rps for a in order)
         moved: list[int] = []
         shed = 0.0
@@ -74,39 +89,108 @@ def repair(problem: Problem, oracle: CapacityOracle, plan: Plan, starved: Sequen
                              "max_throughput_loss")
         keep = [a for a in g.adapter_indices if a not in set(moved)]
         gpus[i] = assign_gpu(problem, oracle, g.type_index, keep, i)
-        placed_on: list[str] = []
-        for a in moved:
-            dest = _place(problem, oracle, gpus, new, a, bad)
-            if dest is None:
-                new.append(assign_gpu(problem, oracle, g.type_index, [a], len(gpus) + len(new)))
-                placed_on.append("new GPU")
-            else:
-                placed_on.append(f"GPU {dest}")
-        actions.append(f"GPU {i}: starved → moved {len(moved)} hottest adapters ({shed / total:.0%} of its load) "
-                       f"to {', '.join(sorted(set(placed_on)))}")
+        pending += moved
+        shed_lines.append((i, len(moved), shed / total if total > 0 else 0.0))
+    if pending:
+        where = _rehome(problem, oracle, gpus, new, sorted(pending, key=lambda a: (-problem.adapters[a].rate_rps, a)),
+                        bad, _type_for_new(problem, [gpus[i].type_index for i, _, _ in shed_lines], gpus + new))
+        for i, k, frac in shed_lines:
+            actions.append(f"GPU {i}: starved → moved {k} hottest adapters ({frac:.0%} of its load) off it")
+        actions.append(where)
     out = renumber(gpus + new)
-    obj_value = plan.objective_value
     from .objectives import get_objective
     obj_value = get_objective(plan.objective).value(out)
     return RepairResult(plan.with_(gpus=out, objective_value=obj_value, log=plan.log + tuple(actions)),
                         tuple(actions))
 
 
-def _place(problem: Problem, oracle: CapacityOracle, gpus: list[GpuAssignment], new: list[GpuAssignment], a: int,
-           bad: set[int]) -> int | None:
-    """Put adapter ``a`` on the existing (not bad) or new GPU with the most headroom that accepts it."""
-    pool = [(i, g) for i, g in enumerate(gpus) if i not in bad and g.adapters]
-    pool += [(len(gpus) + j, g) for j, g in enumerate(new)]
-    pool.sort(key=lambda ig: -(ig[1].capacity_tok_s - ig[1].offered_tok_s))
-    for i, g in pool[:8]:
-        idx = list(g.adapter_indices) + [a]
-        e = oracle.best_slots(g.type_index, Mix.of(problem.adapters[j] for j in idx))
-        # Keep a 10 % margin: the twin already disagreed with the oracle once on this plan.
-        if e.feasible and e.offered_tok_s <= 0.9 * e.capacity_tok_s:
-            ga = assign_gpu(problem, oracle, g.type_index, idx, i)
-            if i < len(gpus):
-                gpus[i] = ga
-            else:
-                new[i - len(gpus)] = ga
-            return i
-    return None
+#: Load margin the re-homing keeps on every GPU it touches (oracle judged at offered / (1 − MARGIN)).
+MARGIN = 0.10
+
+
+def _ok(problem: Problem, oracle: CapacityOracle, gtype: int, idx: list[int]) -> bool:
+    """The oracle accepts adapters ``idx`` on ``gtype`` with the :data:`MARGIN` load margin."""
+    return judge(oracle, gtype, scaled(problem, idx, 1.0 / (1.0 - MARGIN))).feasible
+
+
+def _type_for_new(problem: Problem, preferred: list[int], in_use: list[GpuAssignment]) -> int:
+    """The type of a GPU the repair adds: the starved GPU's type (the same mix fits it) while the pool
+    has one to spare, else the first type with a spare GPU, else the starved GPU's type anyway (the
+    action line then names it; the pool is the spec's statement of what exists)."""
+    used: dict[int, int] = {}
+    for g in in_use:
+        if g.adapters:
+            used[g.type_index] = used.get(g.type_index, 0) + 1
+    spare = [t.index for t in problem.gpu_types if used.get(t.index, 0) < t.count]
+    for t in preferred:
+        if t in spare:
+            return t
+    return spare[0] if spare else (preferred[0] if preferred else problem.gpu_types[0].index)
+
+
+def _rehome(problem: Problem, oracle: CapacityOracle, gpus: list[GpuAssignment], new: list[GpuAssignment],
+            pending: list[int], bad: set[int], new_type: int) -> str:
+    """Place ``pending`` adapters (see the module docstring, steps 1–3); updates ``gpus``/``new`` in place
+    and returns the action line."""
+    an = proxy_model(problem, oracle)
+    good = [i for i, g in enumerate(gpus) if i not in bad and g.adapters]
+
+    def util(i: int) -> float:
+        g = gpus[i]
+        if an is None:
+            return g.offered_tok_s
+        mix = Mix.of(problem.adapters[j] for j in g.adapter_indices)
+        L = min(mix.n, an.slot_cap(g.type_index, mix.rank_max))
+        cap = an.evaluate(g.type_index, mix, L).capacity_tok_s if L >= 1 else 0.0
+        return g.offered_tok_s / cap if cap > 0 and math.isfinite(cap) else math.inf
+
+    # 1. GPUs with headroom.
+    left: list[int] = []
+    on_existing = 0
+    for a in pending:
+        placed = False
+        for i in sorted(good, key=lambda i: (util(i), i))[:8]:
+            idx = list(gpus[i].adapter_indices) + [a]
+            if _ok(problem, oracle, gpus[i].type_index, idx):
+                gpus[i] = assign_gpu(problem, oracle, gpus[i].type_index, idx, i)
+                placed = True
+                on_existing += 1
+                break
+        if not placed:
+            left.append(a)
+    if not left:
+        return f"moved adapters → {on_existing} onto GPUs with headroom (≥ {MARGIN:.0%} load margin)"
+    # 2. Re-balance the good GPUs with the leftovers on them (no GPU added).
+    if good:
+        trial = {i: list(gpus[i].adapter_indices) for i in good}
+        load = {i: util(i) for i in good}
+        for a in left:
+            i = min(good, key=lambda i: (load[i], i))
+            trial[i].append(a)
+            load[i] += problem.adapters[a].rate_rps * 1e-3  # spread ties; the balancer decides
+        entries = [assign_gpu(problem, oracle, gpus[i].type_index, trial[i], i) for i in good]
+        bal = rebalance(problem, oracle, entries, load_scale=1.0 / (1.0 - MARGIN))
+        if all(_ok(problem, oracle, g.type_index, list(g.adapter_indices)) for g in bal.gpus):
+            for i, g in zip(good, bal.gpus):
+                gpus[i] = g
+            return (f"moved adapters → {on_existing} onto GPUs with headroom, {len(left)} by re-balancing "
+                    f"{len(good)} GPUs ({bal.moves} moves, {bal.swaps} swaps); no GPU added")
+    # 3. As few new GPUs as the oracle allows (first fit), then re-balanced with the good GPUs.
+    bins: list[list[int]] = []
+    for a in left:
+        for b in bins:
+            if _ok(problem, oracle, new_type, b + [a]):
+                b.append(a)
+                break
+        else:
+            bins.append([a])
+    base = len(gpus) + len(new)
+    added = [assign_gpu(problem, oracle, new_type, b, base + k) for k, b in enumerate(bins)]
+    entries = [gpus[i] for i in good] + added
+    bal = rebalance(problem, oracle, entries, load_scale=1.0 / (1.0 - MARGIN))
+    for i, g in zip(good, bal.gpus):
+        gpus[i] = g
+    new += list(bal.gpus[len(good):])
+    return (f"moved adapters → {on_existing} onto GPUs with headroom, {len(left)} onto {len(bins)} new "
+            f"{problem.gpu_types[new_type].name} GPU{'s' if len(bins) > 1 else ''}, re-balanced with {len(good)} "
+            f"GPUs ({bal.moves} moves, {bal.swaps} swaps)")

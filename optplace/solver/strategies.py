@@ -17,6 +17,17 @@ best plan so far is returned with its bound and a "time limit reached after …"
 plan at all, :class:`~.problem.TimeLimitReached` (exit 1). ``greedy-paper`` and the baselines have no
 intermediate plan: they finish in time or raise it (baselines through :class:`~.capacity.TimedOracle`).
 Figures: ``optplace bench limits``.
+
+Robust plans: the final plan of ``milp`` and ``greedy`` (the fast greedy's included) is balanced at its
+GPU count by :func:`~.balance.rebalance` (worst load/capacity as low as it gets, every GPU still
+accepted by the oracle), with half of the time left after the strategy; the published greedy and the
+baselines keep their rule's placement.
+
+Bound: computed on :func:`~.capacity.bound_model` of the oracle — the analytic model, or for a
+surrogate/twin oracle the relaxed analytic model that contains every GPU it accepts — and reported
+with that model's name (``Plan.lower_bound_model``, a "bound … on the … model" log line). ``milp``
+stops early when that bound proves the first plan optimal, or (logged as such, not a proof) when the
+strict analytic bound, on which the MILP prices its columns, already reaches it.
 """
 
 from __future__ import annotations
@@ -28,9 +39,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .balance import rebalance
 from .baselines import BASELINES, run_baseline
 from .bound import cached_lp_bound, lower_bound, volume_bound
-from .capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, make_oracle
+from .capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, bound_model, make_oracle
 from .greedy import greedy_fast, greedy_improved, greedy_paper
 from .milp import solve_milp
 from .objectives import get_objective
@@ -49,6 +61,11 @@ GREEDY_SECONDS_PER_ADAPTER = 5e-5
 BOUND_SHARE = 0.10
 #: Share of what is left after the first plan that the bound may take to prove that plan optimal.
 EARLY_BOUND_SHARE = 0.30
+#: Strategies whose final plan is balanced at its GPU count (:mod:`.balance`); greedy-paper and the
+#: baselines are faithful rules and keep their placement.
+BALANCED = frozenset({"milp", "greedy"})
+#: Share of the time left after the strategy that balancing may take (the rest is the bound's).
+BALANCE_SHARE = 0.5
 
 
 def lp_bound_seconds(n_adapters: int) -> float:
@@ -60,17 +77,20 @@ def lp_bound_seconds(n_adapters: int) -> float:
 
 
 def _proven(problem: Problem, oracle: CapacityOracle, objective: str, weights: list[float], value: float,
-            deadline: Deadline) -> float | None:
-    """The analytic lower bound when (within ``deadline``) it reaches ``value``, else None. Reached
-    means nothing is left to improve: the MILP's columns are priced on the same analytic model, so it
-    cannot go below that bound either (even where a surrogate oracle accepts plans below it)."""
+            deadline: Deadline, model: AnalyticCapacity | None = None) -> float | None:
+    """The lower bound on ``model`` when (within ``deadline``) it reaches ``value``, else None.
+
+    Default ``model``: the one valid for ``oracle`` (:func:`~.capacity.bound_model`: the analytic model,
+    or the relaxed one containing every configuration a surrogate/twin oracle accepts), so reaching it
+    proves the plan optimal for that oracle. With the oracle's strict analytic model instead it says
+    only that the MILP (whose columns are priced on that model) cannot improve the plan."""
     if objective == "min_latency":
         return None
-    an = getattr(oracle, "analytic", oracle)
-    if not isinstance(an, AnalyticCapacity) or deadline.remaining() < lp_bound_seconds(problem.n_adapters):
+    bm = model if model is not None else bound_model(oracle)[0]
+    if bm is None or deadline.remaining() < lp_bound_seconds(problem.n_adapters):
         return None
     # The LP bound is memoised only when it converged, so the final bound reuses it or retries.
-    lb = max(volume_bound(problem, an, weights), cached_lp_bound(problem, an, weights, deadline=deadline).value)
+    lb = max(volume_bound(problem, bm, weights), cached_lp_bound(problem, bm, weights, deadline=deadline).value)
     if objective == "min_gpus":
         lb = math.ceil(lb - 1e-6)
     return lb if lb >= value - 1e-9 else None
@@ -207,9 +227,15 @@ class Milp:
         lb = (_proven(problem, oracle, obj.name, w, best_v, deadline.part(EARLY_BOUND_SHARE))
               if first is not None and options.stop_when_proven else None)
         if lb is not None:
-            log.append(f"the bound proves the fast greedy's plan optimal ({best_v:g}); stopping" if lb <= best_v + 1e-9
-                       else f"the analytic bound ({lb:g}) is above the fast greedy's plan ({best_v:g}, judged by the "
-                            f"{oracle.name} oracle): the analytic MILP cannot improve on it; stopping")
+            log.append(f"the bound proves the fast greedy's plan optimal ({best_v:g}); stopping")
+            return first, log, None
+        an = getattr(oracle, "analytic", oracle)
+        if (first is not None and options.stop_when_proven and isinstance(an, AnalyticCapacity)
+                and an is not bound_model(oracle)[0]
+                and _proven(problem, oracle, obj.name, w, best_v, deadline.part(EARLY_BOUND_SHARE), an) is not None):
+            # Not a proof for this oracle (its bound is the relaxed model's, below): a stopping rule.
+            log.append(f"the analytic model's bound reaches the fast greedy's plan ({best_v:g}): the MILP, priced "
+                       f"on that model, cannot improve it; stopping (not a proof for the {oracle.name} oracle)")
             return first, log, None
         try:
             if best is not None and deadline.remaining() < need:
@@ -277,10 +303,10 @@ class Baseline:
             groups = BASELINES[self.name](problem, timed, G)
             gpus = [assign_gpu(problem, timed, _type_at(problem, g), idx, g) for g, idx in enumerate(groups) if idx]
             return gpus, [f"{self.name} rule at the budget of {G} GPUs"], None
-        an = oracle.analytic if hasattr(oracle, "analytic") else oracle
+        bm, _ = bound_model(oracle)
         start = 1
-        if isinstance(an, AnalyticCapacity):
-            start = (int(lower_bound(problem, an, integral=True, deadline=deadline.part(0.2)))
+        if bm is not None:  # a count below the oracle's proven bound cannot pass: start there
+            start = (int(lower_bound(problem, bm, integral=True, deadline=deadline.part(0.2)))
                      if problem.n_adapters <= 2000 else 1)
         return run_baseline(problem, timed, self.name, max(1, start)), [f"{self.name}: smallest passing GPU count"], None
 
@@ -429,32 +455,59 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
     orc = oracle if oracle is not None else make_oracle(problem, "auto")
     an = orc.analytic if hasattr(orc, "analytic") else (orc if isinstance(orc, AnalyticCapacity) else
                                                          AnalyticCapacity(problem))
+    bm, bm_name = bound_model(orc)
     if problem.n_adapters == 0:
         raise Infeasible("the spec has no adapters", "adapters")
     _precheck(problem, orc)
     weights = _weights(problem)
     if obj.name != "min_latency":
         budget = problem.gpu_budget()
-        lb0 = math.ceil(volume_bound(problem, an, weights) - 1e-6)
-        if obj.name == "min_gpus" and lb0 <= budget < 2 * lb0:  # the pool may bind: use the tighter bound
-            lb0 = lower_bound(problem, an, weights=weights, integral=True, deadline=dl.part(0.2))
+        lb0 = math.ceil(volume_bound(problem, bm, weights) - 1e-6) if bm is not None else 1
+        if bm is not None and obj.name == "min_gpus" and lb0 <= budget < 2 * lb0:  # the pool may bind
+            lb0 = lower_bound(problem, bm, weights=weights, integral=True, deadline=dl.part(0.2))
         if obj.name == "min_gpus" and lb0 > budget:
             raise Infeasible(f"pool too small: at least {lb0:.0f} GPUs are needed (capacity bound), "
                              f"the pool/budget has {budget}", "pool")
     dl.check(f"{name}: before the first plan")
     gpus, log, duals = strat.solve(problem, orc, opts, dl)
+    if name in BALANCED and obj.name != "min_latency" and len(gpus) > 1:
+        bal = rebalance(problem, orc, gpus, deadline=dl.part(BALANCE_SHARE))
+        gpus = list(bal.gpus)
+        log.append(bal.log_line())
     gpus_t = renumber(gpus)
     value = obj.value(gpus_t)
     if obj.name == "min_latency":
-        lb = _latency_bound(problem, an, len(gpus_t))
+        lb, bm_name = _latency_bound(problem, an, len(gpus_t)), "analytic step time (predicted ITL)"
+        if lb > value and not isinstance(orc, AnalyticCapacity):
+            # The ITL bound is the analytic model's; a surrogate/twin predicts ITL on its own.
+            log.append(f"bound: the analytic ITL bound ({lb:.3g} ms) is above the {orc.name} oracle's predicted "
+                       f"mean ITL ({value:.3g} ms): it is not a bound for that prediction; reporting 0")
+            lb, bm_name = 0.0, "none (the analytic ITL bound does not hold for the oracle's predictions)"
+    elif bm is None:
+        lb = _trivial_bound(problem, obj.name)
     else:
-        lb, bound_log = _bound(problem, an, obj.name, weights, duals, dl)
+        lb, bound_log = _bound(problem, bm, obj.name, weights, duals, dl)
         log += bound_log
-        lb = min(lb, value)  # cannot happen for a proven bound; guards float noise
+    log.append(f"bound {lb:g} on the {bm_name} model")
+    if value < lb <= value + 1e-7 * max(1.0, abs(value)):
+        # Within the LP's floating-point tolerance (HiGHS feasibility tolerance 1e-7): the Farley value
+        # is computed from duals that carry that error, so a bound this close to the plan is the plan.
+        lb = value
+    elif lb > value:
+        # Only a GPU the bound's model rejects can put the bound above the plan: say so, do not hide it.
+        log.append(f"bound {lb:g} is above the plan's value {value:g}: a GPU of the plan is outside the bound's "
+                   f"model ({bm_name}); the plan is not proven feasible for it")
     if dl.expired() and not any(line.startswith("time limit reached") for line in log):
         log.append(time_up_line(dl, "returning the plan found"))
     return Plan(objective=obj.name, strategy=name, gpus=gpus_t, objective_value=value, lower_bound=lb,
-                solve_time_s=dl.elapsed(), oracle=orc.name, log=tuple(log))
+                solve_time_s=dl.elapsed(), oracle=orc.name, log=tuple(log), lower_bound_model=bm_name)
+
+
+def _trivial_bound(problem: Problem, objective: str) -> float:
+    """What holds for any oracle: a plan with adapters uses at least one GPU (the cheapest, for cost)."""
+    if objective == "min_cost":
+        return min(t.cost_per_hour for t in problem.gpu_types)
+    return 1.0
 
 
 def _bound(problem: Problem, an: AnalyticCapacity, objective: str, weights: list[float], duals: Any,
