@@ -167,6 +167,44 @@ def test_fast_greedy_plans_fit_memory_and_pass_the_oracle(model, n, ranks, shape
     assert [g.adapter_indices for g in greedy_fast(pb, an)] == [g.adapter_indices for g in gpus]
 
 
+@settings(max_examples=12, **SETTINGS)
+@given(model=st.sampled_from(["llama-3.1-8b-instruct", "qwen-2.5-7b-instruct"]),
+       n=st.integers(4, 200),
+       ranks=st.sampled_from([(8,), (8, 16), (8, 16, 32), (32,)]),
+       shape=st.floats(0.6, 3.0),
+       total_rps=st.floats(5.0, 100.0),
+       seed=st.integers(0, 2**31))
+def test_balancing_keeps_the_count_and_oracle_and_lowers_the_worst_gpu(model, n, ranks, shape, total_rps,
+                                                                       seed) -> None:
+    """Balancing the fast greedy's plan at its GPU count (what milp/greedy return): same GPUs, every
+    adapter once, every GPU accepted by the oracle at its slots, worst utilisation never higher."""
+    from optplace.solver import AnalyticCapacity, Infeasible, Mix, compile_problem
+    from optplace.solver.balance import rebalance, utilisation
+    from optplace.solver.greedy import greedy_fast
+
+    rng = np.random.default_rng(seed)
+    w = rng.pareto(shape, n) + 0.05
+    rates = w / w.sum() * total_rps
+    pb = compile_problem(_scenario([(int(rng.choice(ranks)), float(x)) for x in rates], model, 5), REPO)
+    an = AnalyticCapacity(pb)
+    try:
+        first = greedy_fast(pb, an)
+    except Infeasible as e:
+        assert e.constraint and str(e), e
+        return
+    res = rebalance(pb, an, first)
+    event(f"GPUs: {len(first)}; moves+swaps > 0: {res.moves + res.swaps > 0}")
+    assert len(res.gpus) == len(first) and all(g.adapters for g in res.gpus)
+    assert sorted(i for g in res.gpus for i in g.adapter_indices) == list(range(n))
+    for g in res.gpus:
+        mix = Mix.of(pb.adapters[i] for i in g.adapter_indices)
+        assert an.evaluate(g.type_index, mix, g.max_loras).feasible
+        assert g.max_lora_rank == mix.rank_max
+    worst = max(utilisation(pb, an, g.type_index, g.adapter_indices) for g in res.gpus)
+    assert worst <= max(utilisation(pb, an, g.type_index, g.adapter_indices) for g in first) + 1e-12
+    assert worst == pytest.approx(res.max_util_after)
+
+
 # --- surrogate encoding ------------------------------------------------------------------------
 
 @settings(max_examples=8, **SETTINGS)

@@ -8,9 +8,9 @@ its predicted capacity starves as soon as the truth is 2 % lower. Once the GPU c
 feasible for the oracle.
 
 * Utilisation is measured on the analytic fluid model (:class:`~.capacity.AnalyticCapacity`, the
-  oracle's own or a fresh one): capacity of the mix with every adapter on a slot (or the memory
-  cap), so it is *rank-aware* (one rank-32 adapter lowers the capacity of a rank-8 GPU) and
-  slot-aware (rotation when the slots run short). It is a proxy for ranking GPUs; whether a GPU is
+  oracle's own or a fresh one): capacity of the mix at the best of a few slot counts
+  (:func:`utilisation`), so it is *rank-aware* (one rank-32 adapter lowers the capacity of a rank-8
+  GPU) and slot-aware (rotation when the slots run short, LoRA cost of many distinct adapters). It is a proxy for ranking GPUs; whether a GPU is
   acceptable is always the oracle's verdict (:func:`~.greedy.judge`).
 * Local search, lexicographic min–max: take the most utilised GPU, move one of its adapters (or
   swap one for a lighter or lower-rank one) to one of the least utilised GPUs when that lowers the
@@ -81,18 +81,31 @@ class _State:
         self.util = [self.u(t, idx) for t, idx in zip(self.types, self.groups)]
 
     def u(self, gtype: int, idx: Sequence[int]) -> float:
-        if not idx:
-            return 0.0
-        ads = [self.pb.adapters[i] for i in idx]
-        offered = self.pb.offered_tok_s(math.fsum(a.rate_rps for a in ads))
-        if self.an is None:
-            return offered
-        mix = Mix.of(ads)
-        L = min(mix.n, self.an.slot_cap(gtype, mix.rank_max))
-        if L < 1:
-            return math.inf
-        cap = self.an.evaluate(gtype, mix, L).capacity_tok_s
-        return offered / cap if cap > 0 and math.isfinite(cap) else math.inf
+        return utilisation(self.pb, self.an, gtype, idx)
+
+
+#: Slot counts the utilisation proxy tries besides one slot per adapter (the oracle's picks for
+#: 50–500 adapters fall among them; the capacity varies slowly between them).
+_PROXY_SLOTS: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+
+
+def utilisation(problem: Problem, an: AnalyticCapacity | None, gtype: int, idx: Sequence[int]) -> float:
+    """Offered tokens/s of adapters ``idx`` ÷ the analytic capacity of the best of a few slot counts
+    (one per adapter, or :data:`_PROXY_SLOTS`, within the memory cap) — the load rule only, with the
+    rotation loss: the sticky-slot rule is a yes/no question left to the oracle. Offered tokens/s when
+    there is no analytic model."""
+    if not idx:
+        return 0.0
+    ads = [problem.adapters[i] for i in idx]
+    offered = problem.offered_tok_s(math.fsum(a.rate_rps for a in ads))
+    if an is None:
+        return offered
+    mix = Mix.of(ads)
+    top = min(mix.n, an.slot_cap(gtype, mix.rank_max))
+    if top < 1:
+        return math.inf
+    cap = max(an.evaluate(gtype, mix, L).capacity_tok_s for L in {top, *(L for L in _PROXY_SLOTS if L < top)})
+    return offered / cap if cap > 0 and math.isfinite(cap) else math.inf
 
 
 def _key(problem: Problem, i: int) -> tuple[int, float]:
@@ -103,6 +116,8 @@ def _key(problem: Problem, i: int) -> tuple[int, float]:
 #: Most adapters of one GPU tried per step (spread over its rate range): a GPU of a large plan holds
 #: hundreds of adapters with distinct Zipf rates, and a step must stay in milliseconds.
 CANDIDATES = 24
+#: The same for each side of a swap (pairs: its square).
+SWAP_CANDIDATES = 8
 
 
 def _distinct(problem: Problem, idx: Sequence[int], limit: int = CANDIDATES) -> list[int]:
@@ -175,9 +190,9 @@ def rebalance(problem: Problem, oracle: CapacityOracle, gpus: Sequence[GpuAssign
         if not cands:
             # Swaps: one adapter of s for a lighter or lower-rank one of a lightly used GPU.
             for d in dests[:3]:
-                for a in src_keys:
+                for a in _distinct(problem, st.groups[s], SWAP_CANDIDATES):
                     ra = problem.adapters[a]
-                    for b in _distinct(problem, st.groups[d]):
+                    for b in _distinct(problem, st.groups[d], SWAP_CANDIDATES):
                         rb = problem.adapters[b]
                         if rb.rate_rps >= ra.rate_rps and rb.rank >= ra.rank:
                             continue

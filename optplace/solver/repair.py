@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .balance import proxy_model, rebalance, scaled
+from .balance import proxy_model, rebalance, scaled, utilisation
 from .capacity import CapacityOracle, Mix
 from .greedy import judge
 from .plan import GpuAssignment, Plan, assign_gpu, renumber
@@ -136,13 +136,7 @@ def _rehome(problem: Problem, oracle: CapacityOracle, gpus: list[GpuAssignment],
     good = [i for i, g in enumerate(gpus) if i not in bad and g.adapters]
 
     def util(i: int) -> float:
-        g = gpus[i]
-        if an is None:
-            return g.offered_tok_s
-        mix = Mix.of(problem.adapters[j] for j in g.adapter_indices)
-        L = min(mix.n, an.slot_cap(g.type_index, mix.rank_max))
-        cap = an.evaluate(g.type_index, mix, L).capacity_tok_s if L >= 1 else 0.0
-        return g.offered_tok_s / cap if cap > 0 and math.isfinite(cap) else math.inf
+        return utilisation(problem, an, gpus[i].type_index, gpus[i].adapter_indices)
 
     # 1. GPUs with headroom.
     left: list[int] = []
