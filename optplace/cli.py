@@ -278,6 +278,10 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
                                                           "runs; solver: the largest families too).")] = False,
           client_cap: Annotated[bool, typer.Option("--client-cap", help="twin-speed: replay with the reference "
                                                                       "harness's cap on outstanding requests.")] = False,
+          sizes: Annotated[Optional[str], typer.Option("--sizes", help="solver: adapter counts, comma-separated "
+                                                                      "(e.g. 100,1000).")] = None,
+          strategies: Annotated[Optional[str], typer.Option("--strategies", help="solver: strategies, "
+                                                                                "comma-separated.")] = None,
           ) -> None:
     """Run a benchmark and print its figures (see the README for what each measures)."""
     import importlib
@@ -292,12 +296,29 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
     except ModuleNotFoundError as e:
         raise _fail_input([f"bench: benchmark {name!r} is not available in this build ({e.name})"]) from None
     params = inspect.signature(mod.run).parameters
-    kwargs: dict[str, bool] = {}
-    for flag, key, value in (("--full", "full", full), ("--client-cap", "client_cap", client_cap)):
+    kwargs: dict[str, object] = {}
+    for flag, key, value in (("--full", "full", full), ("--client-cap", "client_cap", client_cap),
+                             ("--sizes", "sizes", sizes), ("--strategies", "strategies", strategies)):
         if value:
             if key not in params:
                 raise _fail_input([f"bench {name}: {flag} does not apply to this benchmark"])
-            kwargs[key] = True
+            kwargs[key] = value
+    if sizes:
+        try:
+            kwargs["sizes"] = tuple(int(x) for x in sizes.split(","))
+        except ValueError:
+            raise _fail_input([f"--sizes: expected comma-separated adapter counts, got {sizes!r}"]) from None
+        if min(kwargs["sizes"]) < 1:  # type: ignore[call-overload]
+            raise _fail_input([f"--sizes: adapter counts must be ≥ 1, got {sizes!r}"])
+    if strategies:
+        from .solver.strategies import STRATEGIES
+
+        names = tuple(x.strip() for x in strategies.split(","))
+        unknown = [x for x in names if x not in STRATEGIES]
+        if unknown:
+            raise _fail_input([f"--strategies: unknown {', '.join(map(repr, unknown))} "
+                               f"(valid: {', '.join(STRATEGIES)})"])
+        kwargs["strategies"] = names
     result = mod.run(json=json_out, **kwargs)
     if json_out:
         print(json.dumps(result, indent=2))

@@ -41,7 +41,7 @@ def spec_text(n: int, time_limit_s: float, duration_s: float = 3600) -> str:
     counts = [int(n * share) for _, share in GROUPS]
     counts[0] += n - sum(counts)
     lines = "\n".join(f"  - {{group: r{r}, count: {k}, rank: {r}, total_rate_rps: {MEAN_RATE * k:.3f}, "
-                      "popularity: {kind: zipf, s: 0.5}}" for (r, _), k in zip(GROUPS, counts))
+                      "popularity: {kind: zipf, s: 0.5}}" for (r, _), k in zip(GROUPS, counts) if k > 0)
     return (f"name: limits-{n}\nmodel: llama-3.1-8b-instruct\ngpu: h100-64gb\n"
             f"workload: {{duration_s: {duration_s:g}, arrivals: {{kind: poisson}}, lengths: {{kind: sharegpt}}}}\n"
             f"adapters:\n{lines}\nsolver: {{strategy: milp, time_limit_s: {time_limit_s}}}\nseed: 1\n")
@@ -118,11 +118,11 @@ def run(json: bool = False, sizes: tuple[int, ...] = (1_000, 10_000, 100_000),
                          for n in sorted({r["adapters"] for r in rows})},
     }
     if not json:
-        worst = summary["worst_over_limit_pct"]
-        print(f"limits: {summary['time_limits_honoured']}/{summary['solves']} solves within 10 % of time_limit_s "
-              f"(worst {worst:+.1f} %" if worst is not None else "limits: no solves (", end="")
-        print(f"; process wall at most {summary['worst_wall_over_s']:+.1f} s past the limit); "
-              f"refused up front: {summary['refused_up_front']}; peak RSS by size: "
+        worst, wall_over = summary["worst_over_limit_pct"], summary["worst_wall_over_s"]
+        head = (f"limits: {summary['time_limits_honoured']}/{summary['solves']} solves within 10 % of time_limit_s "
+                f"(worst {worst:+.1f} %; process wall at most {wall_over:+.1f} s past the limit)"
+                if worst is not None else "limits: no solves")
+        print(f"{head}; refused up front: {summary['refused_up_front']}; peak RSS by size: "
               + ", ".join(f"{int(k):,} adapters {v:.0f} MiB" for k, v in summary["peak_rss_mib"].items()))
     return {"rows": rows, "summary": summary}
 
