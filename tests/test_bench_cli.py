@@ -1,0 +1,35 @@
+"""`optplace bench` option handling: bad values are one-line input errors (exit 2), not tracebacks."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from optplace.cli import app
+
+runner = CliRunner()
+
+
+def _one_error(args: list[str], needle: str) -> None:
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.output
+
+
+def test_bench_rejects_bad_sizes_and_strategies() -> None:
+    _one_error(["bench", "solver", "--sizes", "100,x"], "--sizes")
+    _one_error(["bench", "solver", "--sizes", "0"], "--sizes")
+    _one_error(["bench", "solver", "--strategies", "milp,nope"], "'nope'")
+    _one_error(["bench", "fidelity", "--sizes", "100"], "--sizes does not apply")
+    _one_error(["bench", "nope"], "unknown benchmark")
+
+
+def test_bench_solver_runs_a_chosen_subset() -> None:
+    res = runner.invoke(app, ["bench", "solver", "--sizes", "100", "--strategies", "greedy,round-robin", "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    rows = json.loads(res.output)["rows"]
+    assert {r["adapters"] for r in rows} == {100}
+    assert {r["strategy"] for r in rows} <= {"greedy", "round-robin", "round-robin@popularity"}
+    assert all(r.get("gpus", 0) >= 1 for r in rows)
