@@ -6,11 +6,12 @@ Public API (import from the sub-modules; nothing heavy is imported here):
   ``feature_row_from_parts(rates, ranks, max_loras, mean_in, mean_out, arrival_cv, burst_factor)``.
 * ``config``: ``GpuConfig``, ``GpuMetrics``, ``ArrivalParams``, ``LengthParams``, ``Evaluator``.
 * ``sweep``: ``run_sweep(evaluator, out, SweepDesign, seed, executor)``, ``LocalExecutor``,
-  ``RayExecutor``, ``load_dataset`` / ``load_datasets``; ``twin_eval.TwinEvaluator(profile)``.
-* ``models``: ``train(dataset(s), out_dir, seed)``, ``load_surrogate(path)``,
+  ``RayExecutor``, ``load_dataset`` / ``load_datasets``, ``run_replicate`` (same configurations,
+  other twin seeds) / ``pool_replicates`` (seed-mean labels); ``twin_eval.TwinEvaluator(profile)``.
+* ``models``: ``train(dataset(s), out_dir, seed, holdout=, holdout_replicates=)``, ``ship``, ``load_surrogate(path)``,
   ``load_shipped(profile)`` → ``Surrogate`` with ``predict_row`` / ``predict`` /
   ``throughput_row`` / ``starved_row`` / ``predict_many``.
 * ``milp_encoding``: ``GbtEncoding`` (exact trees), ``StepEncoding`` + ``step_table`` (exact slice
   over an integer parameter), ``PwlEncoding`` + ``tabulate``, ``one_gpu_capacity``.
-* ``cli.app``: the ``optplace surrogate sweep|train`` sub-commands.
+* ``cli.app``: the ``optplace surrogate sweep|replicate|train|ship`` sub-commands.
 """

@@ -10,8 +10,12 @@ Four models per profile, all over the feature schema of :mod:`optplace.surrogate
   span orders of magnitude, and log makes the L2 loss a relative one.
 * ``starved`` — binary classifier of the twin's starvation verdict (probability).
 
-Training is deterministic: fixed seeds, ``deterministic=True``, ``force_row_wise``, one thread,
-and a held-out split by *group* (a boundary chain's rows stay together).  A model directory holds
+Training is deterministic: fixed seeds, ``deterministic=True``, ``force_row_wise``, one thread.
+Held-out rows are either a seeded split by *group* (a boundary chain's rows stay together) or a
+whole sweep of the same design under another sweep seed, optionally re-run under a second twin
+seed (:func:`optplace.surrogate.sweep.run_replicate`) so its labels are per-configuration seed
+means; the metrics then also score the model against each seed alone and the twin against itself
+(seed 1 vs seed 0: the noise floor no surrogate of these features can beat on single-seed labels).  A model directory holds
 ``<name>.txt`` (LightGBM text) and ``surrogate.json`` (schema, transforms, held-out metrics,
 dataset provenance).
 """
