@@ -83,10 +83,11 @@ def ship(
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     holdout: Annotated[Optional[Path], typer.Option(help="Held-out twin sweep (another sweep seed).")] = None,
     holdout_replicate: Annotated[Optional[list[Path]], typer.Option(help="Its seed replicates.")] = None,
+    note: Annotated[Optional[str], typer.Option(help="Free-text provenance note stored with the models.")] = None,
 ) -> None:
     """Train on twin sweeps of a bundled profile and write the models as package data (maintainers)."""
     from optplace.surrogate.models import ship as _ship
 
-    rep = _ship(datasets, profile, seed=seed, holdout=holdout, holdout_replicates=holdout_replicate or ())
+    rep = _ship(datasets, profile, seed=seed, holdout=holdout, holdout_replicates=holdout_replicate or (), note=note)
     typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
                            "metrics": rep.metrics}, indent=2))

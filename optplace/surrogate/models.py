@@ -166,6 +166,7 @@ def train(
     prefix: str = "",
     holdout: Path | str | None = None,
     holdout_replicates: Sequence[Path | str] = (),
+    note: str | None = None,
 ) -> TrainReport:
     """Train the four surrogates on a sweep dataset, write them to ``out_dir``, return metrics.
 
@@ -241,6 +242,8 @@ def train(
         "dataset": {"path": [Path(p).name for p in paths], "provenance": train_ds.provenance},
         "metrics": {},
     }
+    if note:
+        meta["note"] = note
     _write_holdout(out / f"{prefix}holdout.csv", ds, np.flatnonzero(ok)[test])
     meta["holdout"] = f"{prefix}holdout.csv"
     meta_path = out / f"{prefix}surrogate.json"
@@ -485,7 +488,7 @@ def load_shipped(profile_name: str) -> Surrogate:
 
 def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, seed: int = 0,
          out_dir: Path | str | None = None, holdout: Path | str | None = None,
-         holdout_replicates: Sequence[Path | str] = ()) -> TrainReport:
+         holdout_replicates: Sequence[Path | str] = (), note: str | None = None) -> TrainReport:
     """Train on twin sweeps of a bundled profile and write the result as package data
     (``holdout`` / ``holdout_replicates`` as in :func:`train`)."""
     paths = [dataset_path] if isinstance(dataset_path, (str, Path)) else list(dataset_path)
@@ -494,4 +497,4 @@ def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, see
         if ev.get("evaluator") != "twin" or ev.get("profile") != profile_name:
             raise ValueError(f"{p}: not a twin sweep of {profile_name!r} (provenance: {ev})")
     return train(paths, out_dir or MODELS_DIR, seed=seed, prefix=f"{profile_name}.", holdout=holdout,
-                 holdout_replicates=holdout_replicates)
+                 holdout_replicates=holdout_replicates, note=note)
