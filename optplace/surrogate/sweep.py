@@ -716,7 +716,8 @@ def pool_replicates(base: Path | str, replicates: Sequence[Path | str]) -> Datas
         targets[f"starved_rep{k}"] = T["starved"][k]
     i0 = pos[0]
     meta = {m: v[i0] for m, v in b.meta.items()}
-    meta["wall_s"] = np.vstack([d.meta["wall_s"][ix] for d, ix in zip(parts, pos)]).sum(axis=0)
+    # wall seconds of one twin run (the seeds' mean), so per-configuration sweep costs stay comparable
+    meta["wall_s"] = np.vstack([d.meta["wall_s"][ix] for d, ix in zip(parts, pos)]).mean(axis=0)
     prov = {**b.provenance, "replicates": [r.provenance.get("replicate_salt") for r in reps],
             "label": f"mean of {len(parts)} twin seeds per configuration"}
     return Dataset(b.X[i0], b.feature_names, targets, b.index[i0], b.group[i0], meta, prov)
