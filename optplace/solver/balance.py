@@ -10,8 +10,9 @@ feasible for the oracle.
 * Utilisation is measured on the analytic fluid model (:class:`~.capacity.AnalyticCapacity`, the
   oracle's own or a fresh one): capacity of the mix at the best of a few slot counts
   (:func:`utilisation`), so it is *rank-aware* (one rank-32 adapter lowers the capacity of a rank-8
-  GPU) and slot-aware (rotation when the slots run short, LoRA cost of many distinct adapters). It is a proxy for ranking GPUs; whether a GPU is
-  acceptable is always the oracle's verdict (:func:`~.greedy.judge`).
+  GPU) and slot-aware (rotation when the slots run short, LoRA cost of many distinct adapters).
+  It is a proxy for ranking GPUs; whether a GPU is acceptable is always the oracle's verdict
+  (:func:`~.greedy.judge`).
 * Local search, lexicographic min–max: take the most utilised GPU, move one of its adapters (or
   swap one for a lighter or lower-rank one) to one of the least utilised GPUs when that lowers the
   larger of the two utilisations and both GPUs pass the oracle; when the most utilised GPU cannot be
@@ -19,8 +20,8 @@ feasible for the oracle.
   so it terminates; it also stops at its deadline with the plan so far (every state is feasible).
 * No GPU is emptied (the count is the strategy's decision) and types never change.
 
-Changed GPUs are rebuilt with :func:`~.plan.assign_gpu` (the oracle's best slots, its predicted
-throughput/latency), so the plan's per-GPU figures are the oracle's for the new mixes.
+Changed GPUs are rebuilt from the oracle's verdict on their new mix (:func:`~.greedy.judge`: its slot
+count, predicted throughput/latency), so the plan's per-GPU figures are the oracle's for the new mixes.
 """
 
 from __future__ import annotations
@@ -226,13 +227,11 @@ def rebalance(problem: Problem, oracle: CapacityOracle, gpus: Sequence[GpuAssign
             stuck.add(s)
     out: list[GpuAssignment] = []
     for g, old in enumerate(gpus):
-        if g not in changed:
-            out.append(old)
+        if g not in changed or not st.groups[g]:
+            out.append(old if g not in changed else assign_gpu(problem, oracle, st.types[g], [], old.gpu))
             continue
-        entry = assign_gpu(problem, oracle, st.types[g], st.groups[g], old.gpu)
-        if not entry.feasible and st.groups[g]:  # best_slots may miss the slot count judge() accepted
-            e = judge(oracle, st.types[g], scaled(problem, st.groups[g]))
-            if e.feasible:
-                entry = from_estimate(problem, st.types[g], st.groups[g], e, old.gpu)
-        out.append(entry)
+        # The oracle's verdict at the real rates (cached when there is no margin): a bounded number of
+        # oracle calls per GPU (judge), where best_slots would scan the whole slot grid.
+        e = verdict(g, st.groups[g]) if load_scale == 1.0 else judge(oracle, st.types[g], scaled(problem, st.groups[g]))
+        out.append(from_estimate(problem, st.types[g], st.groups[g], e, old.gpu))
     return BalanceResult(tuple(out), before, max(st.util, default=0.0), moves, swaps, timed_out)

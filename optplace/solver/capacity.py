@@ -57,15 +57,15 @@ ROTATION = 0.065
 KAPPA = 1.0
 #: A learned or simulated oracle (surrogate, twin) accepts a configuration only when the analytic model
 #: with ρ relaxed by this factor (and no sticky-slot rule, unless the per-adapter rule applies it
-#: anyway) accepts it too: its *load* rule, with the rotation loss. The slot rule is left to the oracle:
-#: ``scenarios/pool-min-cost.yaml``'s one-A100 plan (300 adapters, ~95 active on 32 slots) loses 2.5 %
-#: in the twin, passing the aggregate rule that κ = 1 would have refused. Two reasons. (1) Safety: the shipped surrogate
-#: accepts mixes at 1.3–1.6× the analytic capacity (60 random 1–300-adapter mixes, llama@h100) where
-#: the twin loses 20–27 % of the tokens at the surrogate's edge in 7 of 8 cases checked, while it
-#: serves 1.2–1.3× in 6 of 8 (shipped models of 2026-11-28, 900 s twin windows; measured ad hoc, the
-#: script is not in the repo). (2) A bound: every configuration such an oracle accepts lies in the
-#: relaxed analytic model, so the LP bound computed on that model (:func:`bound_model`) is a proven
-#: bound for the plans it judges — by construction, not by clamping.
+#: anyway) accepts it too: its *load* rule, with the rotation loss. Two reasons. (1) Safety: the
+#: shipped surrogate accepts mixes at 1.3–1.6× the analytic capacity (60 random 1–300-adapter mixes,
+#: llama@h100) where the twin loses 20–27 % of the tokens at the surrogate's edge in 7 of 8 cases
+#: checked, while it serves 1.2–1.3× in 6 of 8 (shipped models of 2026-11-28, 900 s twin windows;
+#: measured ad hoc, the script is not in the repo). (2) A bound: every configuration such an oracle
+#: accepts lies in the relaxed analytic model, so the LP bound computed on that model
+#: (:func:`bound_model`) is a proven bound for the plans it judges — by construction, not by clamping.
+#: The slot rule is left to the oracle: ``scenarios/pool-min-cost.yaml``'s one-A100 plan (300 adapters,
+#: ~95 active on 32 slots) loses 2.5 % in the twin, passing the aggregate rule κ = 1 would refuse.
 GUARD = 1.25
 
 

@@ -64,8 +64,12 @@ EARLY_BOUND_SHARE = 0.30
 #: Strategies whose final plan is balanced at its GPU count (:mod:`.balance`); greedy-paper and the
 #: baselines are faithful rules and keep their placement.
 BALANCED = frozenset({"milp", "greedy"})
-#: Share of the time left after the strategy that balancing may take (the rest is the bound's).
+#: Share of the time left after the strategy that balancing may take (the rest is the bound's), and
+#: at most this many seconds (1 + 0.1 ms per adapter): on a 10,000-adapter plan a balancing step costs
+#: ~85 ms and the gains flatten (120 % → 114 % worst load/capacity in 13 s, `optplace bench limits`
+#: family); small plans finish in well under a second.
 BALANCE_SHARE = 0.5
+BALANCE_SECONDS = (1.0, 1e-4)
 
 
 def lp_bound_seconds(n_adapters: int) -> float:
@@ -471,7 +475,9 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
     dl.check(f"{name}: before the first plan")
     gpus, log, duals = strat.solve(problem, orc, opts, dl)
     if name in BALANCED and obj.name != "min_latency" and len(gpus) > 1:
-        bal = rebalance(problem, orc, gpus, deadline=dl.part(BALANCE_SHARE))
+        share = dl.part(BALANCE_SHARE)
+        cap = dl.elapsed() + BALANCE_SECONDS[0] + BALANCE_SECONDS[1] * problem.n_adapters
+        bal = rebalance(problem, orc, gpus, deadline=share if share.limit_s <= cap else Deadline(dl.start, cap))
         gpus = list(bal.gpus)
         log.append(bal.log_line())
     gpus_t = renumber(gpus)
