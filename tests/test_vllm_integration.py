@@ -51,7 +51,7 @@ def test_deployed_command_serves_two_adapters_and_replay_measures_it(tiny_model,
     assert res.ok, f"{res.status}: {res.reason} (log {res.log_path})"
     print(f"\nserver start {start_s:.1f} s")
 
-    wl = poisson_workload([1.0, 1.0], duration_s=30.0, input_tokens=64, output_tokens=32, seed=5)
+    wl = poisson_workload([1.0, 1.0], duration_s=20.0, input_tokens=64, output_tokens=32, seed=5)
     ep = Endpoint(0, res.server.url, ("a0", "a1"), max_loras=2, max_cpu_loras=2)
     out = run_replay(wl, ("a0", "a1"), (ep,), seed=5, token_id_range=(tiny_model.first_plain_token_id, tiny_model.vocab_size))
     (g,) = out.gpus
@@ -63,7 +63,7 @@ def test_deployed_command_serves_two_adapters_and_replay_measures_it(tiny_model,
     # unsaturated (~200 tok/s offered): every request with 10 s left completes, with exactly max_tokens
     # (ignore_eos); those cut at the window end are lost. A request takes ~2-3 s here (ITL 75-90 ms on
     # the shared 2-core machine), so the loss is a few to ~15 %: not checked against the 10 % rule.
-    early = [r for r in out.requests if r.arrival_s < wl.duration_s - 10]
+    early = [r for r in out.requests if r.arrival_s < wl.duration_s - 8]
     assert early and all(r.status == "ok" and r.output_tokens == 32 for r in early)
     assert g.throughput_loss < 0.30
     assert g.engine_tok_s is not None and abs(g.engine_tok_s / g.offered_tok_s - 1) < 0.15

@@ -67,10 +67,10 @@ class LoadPoint:
 #: the prefill tokens per step grow with the batch, and only a second mix tells decode and prefill cost apart
 DEFAULT_POINTS: tuple[LoadPoint, ...] = (
     LoadPoint("cal-1x2", (2.0,), 15.0),
-    LoadPoint("cal-4x1.5", (1.5, 1.5, 1.5, 1.5), 20.0),
-    LoadPoint("cal-6x1", (1.0,) * 6, 20.0),
-    LoadPoint("cal-4x4-sat", (4.0, 4.0, 4.0, 4.0), 40.0),
-    LoadPoint("cal-3x3-decode-sat", (3.0, 3.0, 3.0), 30.0, mean_input_tokens=24.0, mean_output_tokens=120.0),
+    LoadPoint("cal-4x1.5", (1.5, 1.5, 1.5, 1.5), 15.0),
+    LoadPoint("cal-6x1", (1.0,) * 6, 15.0),
+    LoadPoint("cal-4x4-sat", (4.0, 4.0, 4.0, 4.0), 30.0),
+    LoadPoint("cal-3x3-decode-sat", (3.0, 3.0, 3.0), 25.0, mean_input_tokens=24.0, mean_output_tokens=120.0),
 )
 
 
