@@ -30,7 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .capacity import AnalyticCapacity, CapacityOracle, Mix
+from .capacity import AnalyticCapacity, CapacityOracle, Estimate, Mix
 from .greedy import judge
 from .plan import GpuAssignment, assign_gpu, from_estimate
 from .problem import Deadline, Problem
@@ -156,10 +156,10 @@ def rebalance(problem: Problem, oracle: CapacityOracle, gpus: Sequence[GpuAssign
     moves = swaps = 0
     stuck: set[int] = set()
     changed: set[int] = set()
-    feasible_cache: dict[tuple[int, tuple[int, ...]], object] = {}
+    feasible_cache: dict[tuple[int, tuple[int, ...]], Estimate] = {}
     timed_out = False
 
-    def verdict(g: int, idx: list[int]):
+    def verdict(g: int, idx: list[int]) -> Estimate:
         key = (st.types[g], tuple(sorted(idx)))
         e = feasible_cache.get(key)
         if e is None:
