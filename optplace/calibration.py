@@ -47,19 +47,16 @@ def build_profile(ref_dir: Path, model: str, gpu: str = REFERENCE_GPU) -> Profil
 
 
 def calibrate_reference(ref_dir: Path, out_dir: Path) -> list[Path]:
-    """Write ``<model>@<gpu>.json`` into ``out_dir`` for every model of the reference data."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for model in reference_models(ref_dir):
-        if model not in MODELS:
-            continue
-        prof = build_profile(ref_dir, model)
-        path = out_dir / f"{prof.name}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(prof.model_dump(mode="json"), indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        written.append(path)
-    return written
+    """Write ``<model>@<gpu>.json`` into ``out_dir`` for every model of the reference data; the files
+    appear together or not at all (fitted first, then renamed into place with signals held)."""
+    from .outputs import atomic_files
+
+    profiles = [build_profile(ref_dir, model) for model in reference_models(ref_dir) if model in MODELS]
+    with atomic_files(out_dir) as tmp:
+        for prof in profiles:
+            tmp(f"{prof.name}.json").write_text(json.dumps(prof.model_dump(mode="json"), indent=1) + "\n",
+                                                encoding="utf-8")
+    return [out_dir / f"{prof.name}.json" for prof in profiles]
 
 
 def bundled_profiles_dir() -> Path:

@@ -406,6 +406,7 @@ def calibrate(
     runs_out: Annotated[Optional[Path], typer.Option("--runs-out", help="--sweep: where to keep the measured runs "
                                                                         "(default: next to --out).")] = None,
     name: Annotated[str, typer.Option("--name", help="--sweep/--runs: profile name (model@gpu).")] = "tiny-llama@cpu",
+    force: Force = False,
 ) -> None:
     """Fit profiles (memory, step time, adapter load, scheduler overhead) from measurement CSVs, or from
     real vLLM runs (--runs) or a calibration sweep against a real server (--sweep --engine vllm)."""
@@ -415,7 +416,7 @@ def calibrate(
         if reference is not None or bundled:
             raise _fail_input(["calibrate: --reference/--bundled do not combine with --sweep/--runs"])
         raise typer.Exit(run_calibrate_measured(sweep=sweep, engine=engine, runs=runs or [], out=out,
-                                                model_dir=model_dir, runs_out=runs_out, name=name))
+                                                model_dir=model_dir, runs_out=runs_out, name=name, force=force))
     from .calibration import bundled_profiles_dir, calibrate_reference
 
     if reference is None:
@@ -426,6 +427,13 @@ def calibrate(
         raise _fail_input(["calibrate: give exactly one of --out DIR or --bundled"])
     target = bundled_profiles_dir() if bundled else out
     assert target is not None
+    if not bundled:
+        from .outputs import OutputExists, check_target
+
+        try:
+            check_target(target, force)
+        except OutputExists as e:
+            raise _fail_input([str(e)]) from None
     for path in calibrate_reference(reference, target):
         _console().print(f"wrote {path}", markup=False)
 

@@ -23,3 +23,24 @@ def test_calibrate_needs_reference_files(tmp_path):
     res = runner.invoke(app, ["calibrate", "--reference", str(tmp_path), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "kv_capacity_v1.csv" in res.stderr
+
+
+def test_calibrate_out_refuses_a_non_empty_folder_unless_forced(ref_dir, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    res = runner.invoke(app, ["calibrate", "--reference", str(ref_dir), "--out", str(out)])
+    assert res.exit_code == 2 and "--force" in res.stderr, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    res = runner.invoke(app, ["calibrate", "--reference", str(ref_dir), "--out", str(out), "--force"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["llama-3.1-8b-instruct@h100-64gb.json", "mine.txt",
+                                                     "qwen-2.5-7b-instruct@h100-64gb.json"]  # no temporary left
+
+
+def test_calibrate_runs_refuses_an_existing_profile_before_fitting(tmp_path):
+    out = tmp_path / "p.json"
+    out.write_text("{}")
+    res = runner.invoke(app, ["calibrate", "--runs", str(tmp_path / "no-such-runs"), "--out", str(out)])
+    assert res.exit_code == 2 and "exists (use --force" in res.stderr, res.output
+    assert out.read_text() == "{}"

@@ -374,7 +374,7 @@ def _run_dirs(paths: list[Path]) -> list[Path]:
 
 
 def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: Path | None, model_dir: Path | None,
-                           runs_out: Path | None, name: str) -> int:
+                           runs_out: Path | None, name: str, force: bool = False) -> int:
     """``optplace calibrate --sweep --engine vllm`` / ``--runs``: measure (or read) runs, fit, write the profile."""
     from rich.console import Console
 
@@ -384,6 +384,12 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
 
     if out is None or out.suffix != ".json":
         raise _err("--out must name the profile JSON file to write (e.g. --out tiny-llama@cpu.json)")
+    from ..outputs import OutputExists, check_file_target, write_text_atomic
+
+    try:  # refused before measuring anything, not after a sweep of several minutes
+        check_file_target(out, force)
+    except OutputExists as e:
+        raise _err(str(e)) from None
     if "@" not in name:
         raise _err(f"--name must look like model@gpu (got {name!r})")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -426,10 +432,7 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
                                 provenance=provenance(["optplace", *sys.argv[1:]] if sys.argv else ["optplace calibrate"]))
     except ValueError as exc:
         raise _err(str(exc)) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(prof.model_dump(mode="json"), indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(prof.model_dump(mode="json"), indent=1) + "\n", force=force)
     c = prof.step_time.coef
     typer.echo(f"wrote {out}: step_ms = ({c['c0']:.3g} + {c['c_seq']:.3g}·N)·(1 + {c['g_lora']:.3g}·L) + "
                f"{c['c_ctx']:.3g}·K/1000 + {c['c_pf']:.3g}·P  ({fit.rows} requests from {len(loaded)} runs, "
