@@ -183,6 +183,26 @@ def test_training_is_deterministic(trained: tuple[Path, Path], tmp_path: Path) -
         assert (m / f"{name}.txt").read_text() == (tmp_path / "m2" / f"{name}.txt").read_text()
 
 
+def test_interrupted_training_leaves_the_previous_models(trained: tuple[Path, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from optplace.surrogate import models as models_mod
+
+    ds, m = trained
+    out = tmp_path / "m"
+    shutil.copytree(m, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as if interrupted after the boosters were written
+
+    monkeypatch.setattr(models_mod, "_write_holdout", boom)
+    with pytest.raises(KeyboardInterrupt):
+        train(ds, out, seed=1)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # same files, same bytes, no staging left
+
+
 def test_trained_models_learn_the_synthetic_surface(trained: tuple[Path, Path]) -> None:
     _, m = trained
     meta = json.loads((m / "surrogate.json").read_text())

@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from optplace.outputs import atomic_files
 from optplace.surrogate.config import GpuConfig
 from optplace.surrogate.features import FEATURE_INDEX, FEATURE_NAMES, SCHEMA_VERSION, check_schema, feature_row
 from optplace.surrogate.sweep import Dataset, load_dataset, load_datasets
@@ -195,7 +199,7 @@ def train(
         ds = _stack(train_ds, hold)
         is_test = np.concatenate([np.zeros(train_ds.index.size, bool), np.ones(hold.index.size, bool)])
     else:
-        ds = train_ds
+        ds, hold = train_ds, None
     names = tuple(features) if features else tuple(FEATURE_NAMES)
     cols = [ds.feature_names.index(n) for n in names]
     ok = ds.targets["oom"] == 0
@@ -205,6 +209,26 @@ def train(
     test = is_test[ok] if holdout is not None else split_groups(groups, test_frac, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Everything is written to a staging folder inside ``out`` and renamed into place together at the
+    # end (surrogate.json last), so an interrupted training leaves the previous model set intact.
+    stage = Path(tempfile.mkdtemp(prefix=".train-", dir=out))
+    try:
+        metrics = _train_into(stage, ds, X, ys, test, groups, names, seed, prefix, holdout, holdout_replicates,
+                              hold, test_frac, paths, train_ds, note, ok)
+        written = sorted((p.name for p in stage.iterdir()), key=lambda n: n.endswith("surrogate.json"))
+        with atomic_files(out) as tmp:
+            for name in written:
+                os.replace(stage / name, tmp(name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    n_test = int(test.sum())
+    return TrainReport(out, int((~test).sum()), n_test, metrics)
+
+
+def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], test: np.ndarray, groups: np.ndarray,
+                names: tuple[str, ...], seed: int, prefix: str, holdout: Any, holdout_replicates: Any, hold: Any,
+                test_frac: float, paths: Any, train_ds: Any, note: str | None, ok: np.ndarray) -> dict[str, Any]:
+    """Fit the four models, write them with their metadata and held-out rows into ``out``; the metrics."""
     files: dict[str, Any] = {}
     for name, params in (
         ("throughput", REGRESSION_PARAMS),
@@ -254,7 +278,7 @@ def train(
     metrics = evaluate(sur, full, {k: ds.targets[k][ok][test] for k in ds.targets}) if test.any() else {}
     meta["metrics"] = metrics
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return TrainReport(out, meta["n_train"], meta["n_test"], metrics)
+    return metrics
 
 
 def _stack(a: Dataset, b: Dataset) -> Dataset:

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from optplace.executors import ExecutorSpec, iter_done
+from optplace.outputs import write_text_atomic
 from optplace.surrogate.config import ArrivalParams, GpuConfig, GpuMetrics, LengthParams
 from optplace.surrogate.features import FEATURE_NAMES, SCHEMA_VERSION, feature_row
 
@@ -365,7 +366,7 @@ def run_sweep(
     if prov_path.exists():
         _check_resume(prov_path, prov)
     else:
-        prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(prov_path, json.dumps(prov, indent=2, sort_keys=True) + "\n")
     executor = executor or LocalExecutor()
     t0 = time.perf_counter()
     rows = read_rows(csv_path)
@@ -523,7 +524,7 @@ def run_replicate(
                 src.name, salt, prov["evaluator"]):
             raise ValueError(f"{prov_path}: cannot resume, it replicates another sweep or salt")
     else:
-        prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(prov_path, json.dumps(prov, indent=2, sort_keys=True) + "\n")
     t0 = time.perf_counter()
     rows = read_rows(csv_path)
     n_before = len(rows)
