@@ -454,7 +454,7 @@ _mount_subapps()
 
 def main() -> None:
     """Console-script entry point: run the app; unexpected exceptions become exit code 3, one line."""
-    from .outputs import Terminated, install_sigterm_handler
+    from .outputs import Terminated, install_sigterm_handler, sigterm_seen
 
     install_sigterm_handler()
     try:
@@ -473,6 +473,9 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 - the one place that turns crashes into exit code 3
+        if sigterm_seen():  # the signal was swallowed inside a library and resurfaced as another error
+            print("terminated: no output was written", file=sys.stderr)
+            sys.exit(143)
         # typer vendors its own click: recognise its usage errors and aborts by shape, not by class.
         if type(e).__name__ == "Abort":
             print("aborted", file=sys.stderr)

@@ -38,8 +38,20 @@ class Terminated(BaseException):
     """SIGTERM received: unwinds like KeyboardInterrupt so temporary outputs are removed."""
 
 
+_SIGTERM_SEEN = False
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _SIGTERM_SEEN
+    _SIGTERM_SEEN = True
     raise Terminated()
+
+
+def sigterm_seen() -> bool:
+    """Whether SIGTERM arrived in this process. A library may swallow the :class:`Terminated` raised
+    inside it (e.g. during an extension import) and fail later with an unrelated error; the CLI then
+    still reports the termination rather than an internal error."""
+    return _SIGTERM_SEEN
 
 
 def install_sigterm_handler() -> None:

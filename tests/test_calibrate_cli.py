@@ -38,9 +38,12 @@ def test_calibrate_out_refuses_a_non_empty_folder_unless_forced(ref_dir, tmp_pat
                                                      "qwen-2.5-7b-instruct@h100-64gb.json"]  # no temporary left
 
 
-def test_calibrate_runs_refuses_an_existing_profile_before_fitting(tmp_path):
+def test_calibrate_sweep_refuses_an_existing_profile_before_measuring(tmp_path):
     out = tmp_path / "p.json"
     out.write_text("{}")
-    res = runner.invoke(app, ["calibrate", "--runs", str(tmp_path / "no-such-runs"), "--out", str(out)])
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    res = runner.invoke(app, ["calibrate", "--sweep", "--engine", "vllm", "--model-dir", str(model_dir),
+                              "--out", str(out)])
     assert res.exit_code == 2 and "exists (use --force" in res.stderr, res.output
-    assert out.read_text() == "{}"
+    assert out.read_text() == "{}" and not any(model_dir.iterdir())  # nothing built, nothing measured

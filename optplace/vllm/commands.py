@@ -386,19 +386,20 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
         raise _err("--out must name the profile JSON file to write (e.g. --out tiny-llama@cpu.json)")
     from ..outputs import OutputExists, check_file_target, write_text_atomic
 
-    try:  # refused before measuring anything, not after a sweep of several minutes
-        check_file_target(out, force)
-    except OutputExists as e:
-        raise _err(str(e)) from None
     if "@" not in name:
         raise _err(f"--name must look like model@gpu (got {name!r})")
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     dirs = _run_dirs(runs) if runs else []
+    if sweep and engine != "vllm":
+        raise _err(f"--engine: only vllm can be swept (got {engine!r})")
+    if sweep and model_dir is None:
+        raise _err("--sweep needs --model-dir (the tiny Llama is built there if it has no config.json)")
+    try:  # refused before measuring anything, not after a sweep of several minutes
+        check_file_target(out, force)
+    except OutputExists as e:
+        raise _err(str(e)) from None
     if sweep:
-        if engine != "vllm":
-            raise _err(f"--engine: only vllm can be swept (got {engine!r})")
-        if model_dir is None:
-            raise _err("--sweep needs --model-dir (the tiny Llama is built there if it has no config.json)")
+        assert model_dir is not None
         from .sweep import SweepConfig, run_sweep
 
         if not (model_dir / "config.json").is_file():
