@@ -93,12 +93,20 @@ def fake_server(tmp_path):
     proc.wait(timeout=10)
 
 
-def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fake_server, tmp_path):
+def _spec_and_routes(tmp_path, port, max_loras=2):
+    """The two-adapter spec and a routes file sending both adapters to one server on ``port``."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
+    endpoint = {"gpu": 0, "url": f"http://127.0.0.1:{port}", "adapters": ["a0", "a1"]}
+    if max_loras is not None:
+        endpoint["max_loras"] = max_loras
     routes = tmp_path / "routes.json"
-    routes.write_text(json.dumps({"endpoints": [{"gpu": 0, "url": f"http://127.0.0.1:{fake_server}",
-                                                 "adapters": ["a0", "a1"], "max_loras": 2}]}))
+    routes.write_text(json.dumps({"endpoints": [endpoint]}))
+    return spec, routes
+
+
+def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fake_server, tmp_path):
+    spec, routes = _spec_and_routes(tmp_path, fake_server)
     out = tmp_path / "out"
     res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "3",
                               "--out", str(out), "--json"])
@@ -124,11 +132,7 @@ def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fa
 
 
 def test_validate_vllm_speed_canary_scales_the_twin(fake_server, tmp_path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
-    routes = tmp_path / "routes.json"
-    routes.write_text(json.dumps({"endpoints": [{"gpu": 0, "url": f"http://127.0.0.1:{fake_server}",
-                                                 "adapters": ["a0", "a1"], "max_loras": 2}]}))
+    spec, routes = _spec_and_routes(tmp_path, fake_server)
     base = ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "2", "--json"]
     plain = json.loads(runner.invoke(app, base).stdout)
     # the fake server streams a token every 2 ms: a reference several times faster slows the twin as much
@@ -161,11 +165,7 @@ def test_validate_vllm_input_errors_are_exit_2(tmp_path):
 
 
 def test_validate_vllm_unreachable_endpoint_is_a_clear_error_not_a_hang(tmp_path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
-    routes = tmp_path / "routes.json"
-    routes.write_text(json.dumps({"endpoints": [{"gpu": 0, "url": f"http://127.0.0.1:{pick_free_port()}",
-                                                 "adapters": ["a0", "a1"]}]}))
+    spec, routes = _spec_and_routes(tmp_path, pick_free_port(), max_loras=None)
     t = time.monotonic()
     res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes)])
     assert res.exit_code == 2 and "unreachable" in res.stderr and time.monotonic() - t < 30
