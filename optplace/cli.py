@@ -452,6 +452,17 @@ def _mount_subapps() -> None:
 _mount_subapps()
 
 
+def _stopped(kind: str) -> str:
+    """The one line for an interrupted run: whether any output had been completed (a signal held during
+    the final rename is delivered just after it) or none was written."""
+    from .outputs import committed_outputs
+
+    done = committed_outputs()
+    if not done:
+        return f"{kind}: no output was written"
+    return f"{kind} after the output was complete: {', '.join(str(p) for p in done)}"
+
+
 def main() -> None:
     """Console-script entry point: run the app; unexpected exceptions become exit code 3, one line."""
     from .outputs import Terminated, install_sigterm_handler, sigterm_seen
@@ -460,21 +471,21 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False)
         if rc == 130:  # typer itself turns KeyboardInterrupt into Exit(130), silently
-            print("interrupted: no output was written", file=sys.stderr)
+            print(_stopped("interrupted"), file=sys.stderr)
         sys.exit(rc if isinstance(rc, int) else EXIT_OK)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("interrupted: no output was written", file=sys.stderr)
+        print(_stopped("interrupted"), file=sys.stderr)
         sys.exit(130)
     except Terminated:
-        print("terminated: no output was written", file=sys.stderr)
+        print(_stopped("terminated"), file=sys.stderr)
         sys.exit(143)
     except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 - the one place that turns crashes into exit code 3
         if sigterm_seen():  # the signal was swallowed inside a library and resurfaced as another error
-            print("terminated: no output was written", file=sys.stderr)
+            print(_stopped("terminated"), file=sys.stderr)
             sys.exit(143)
         # typer vendors its own click: recognise its usage errors and aborts by shape, not by class.
         if type(e).__name__ == "Abort":

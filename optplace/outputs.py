@@ -39,6 +39,18 @@ class Terminated(BaseException):
 
 
 _SIGTERM_SEEN = False
+_COMMITTED: list[Path] = []
+
+
+def committed_outputs() -> list[Path]:
+    """Outputs this process has renamed into place so far, in order. A signal held during a swap is
+    delivered right after it, so "interrupted" does not always mean "nothing was written"; the CLI
+    reads this to say which."""
+    return list(_COMMITTED)
+
+
+def _commit(path: Path) -> None:
+    _COMMITTED.append(path)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -89,6 +101,7 @@ def atomic_dir(target: Path, force: bool = False) -> Iterator[Path]:
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
         os.replace(tmp, target)
+        _commit(target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -130,6 +143,7 @@ def atomic_file(path: Path, force: bool = False) -> Iterator[Path]:
         raise
     with _signals_held():
         os.replace(tmp, path)
+        _commit(path)
 
 
 def write_text_atomic(path: Path, text: str, force: bool = True) -> None:
@@ -177,3 +191,4 @@ def atomic_files(folder: Path, force: bool = True) -> Iterator[Callable[[str], P
     with _signals_held():
         for t, final in pending:
             os.replace(t, final)
+        _commit(folder)
