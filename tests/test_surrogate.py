@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from optplace.surrogate.config import ArrivalParams, GpuConfig, LengthParams
-from optplace.surrogate.features import (FEATURE_INDEX, FEATURE_NAMES, LINEAR_FEATURES, SCHEMA_VERSION, check_schema,
+from optplace.surrogate.features import (BASE_NAMES, FEATURE_INDEX, FEATURE_NAMES, LINEAR_FEATURES, SCHEMA_VERSION, check_schema,
                                          feature_row)
 from optplace.surrogate.models import load_surrogate, macro_f1, smape, split_groups, train
 from optplace.surrogate.sweep import (COLUMNS, LocalExecutor, SweepDesign, design_config, load_dataset, read_rows,
@@ -206,7 +206,7 @@ def test_interrupted_training_leaves_the_previous_models(trained: tuple[Path, Pa
 def test_trained_models_learn_the_synthetic_surface(trained: tuple[Path, Path]) -> None:
     _, m = trained
     meta = json.loads((m / "surrogate.json").read_text())
-    assert meta["feature_names"] == list(FEATURE_NAMES)
+    assert meta["feature_names"] == list(BASE_NAMES)  # a synthetic sweep has no profile: no derived features
     met = meta["metrics"]
     # the synthetic surface is learnable; loose bounds, the real targets are checked by the benchmark
     assert met["throughput_smape_pct"] < 12.0
@@ -224,13 +224,14 @@ def test_compiled_trees_match_lightgbm_exactly(trained: tuple[Path, Path]) -> No
     # include points exactly on split thresholds, where `<=` vs `<` matters
     Xt = X[rng.choice(X.shape[0], 200)].copy()
     tree = sur.models["throughput"].trees[0]
-    Xt[:50, tree.feature[0]] = tree.threshold[0]
+    Xt[:50, sur.models["throughput"].row_index[tree.feature[0]]] = tree.threshold[0]
     for name, ens in sur.models.items():
         booster = lgb.Booster(model_file=str(m / f"{name}.txt"))
-        ref = booster.predict(Xt, raw_score=True)
+        Xm = Xt[:, list(ens.row_index)]  # the model's own columns of the full rows
+        ref = booster.predict(Xm, raw_score=True)
         one = np.array([ens.raw_row(r) for r in Xt.tolist()])
         assert np.array_equal(one, ref), name
-        assert np.array_equal(ens._numpy_raw(Xt), ref), name
+        assert np.array_equal(ens._numpy_raw(Xm), ref), name
         assert np.allclose(ens.raw(Xt), ref, rtol=0, atol=1e-12), name
         assert len(ens.trees) == booster.num_trees()
 

@@ -8,6 +8,7 @@ Public API (import from the sub-modules; nothing heavy is imported here):
 * ``sweep``: ``run_sweep(evaluator, out, SweepDesign, seed, executor)``, ``LocalExecutor``,
   ``RayExecutor``, ``load_dataset`` / ``load_datasets``, ``run_replicate`` (same configurations,
   other twin seeds) / ``pool_replicates`` (seed-mean labels); ``twin_eval.TwinEvaluator(profile)``.
+* ``physics``: ``Physics`` / ``physics_for(profile)`` — derived features (fluid load, active and slot-holding adapters).
 * ``models``: ``train(dataset(s), out_dir, seed, holdout=, holdout_replicates=)``, ``ship``, ``load_surrogate(path)``,
   ``load_shipped(profile)`` → ``Surrogate`` with ``predict_row`` / ``predict`` /
   ``throughput_row`` / ``starved_row`` / ``predict_many``.

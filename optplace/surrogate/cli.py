@@ -46,6 +46,8 @@ def replicate(
     out: Annotated[Path, typer.Option("--out", help="Dataset path without suffix (writes .csv and .json).")],
     salt: Annotated[int, typer.Option(help="Replicate number ≥ 1 (sets the other twin seeds).")] = 1,
     workers: Annotated[Optional[int], typer.Option(help="Local processes (default: all cores).")] = None,
+    subset: Annotated[str, typer.Option(help="all | noisy (only saturated rows with fewer slots than adapters "
+                                             "and rows near the starvation rule).")] = "all",
 ) -> None:
     """Re-run every configuration of a twin sweep with other twin seeds (for seed-averaged labels)."""
     from optplace.surrogate.sweep import LocalExecutor, run_replicate
@@ -53,13 +55,16 @@ def replicate(
 
     prov = json.loads(source.with_suffix(".json").read_text())
     ev = TwinEvaluator(prov["evaluator"]["profile"])
-    res = run_replicate(ev, source, out, salt=salt, executor=LocalExecutor(workers) if workers else LocalExecutor())
+    res = run_replicate(ev, source, out, salt=salt, executor=LocalExecutor(workers) if workers else LocalExecutor(),
+                        subset=subset)
     typer.echo(f"{res.csv_path}: {res.rows_total} rows ({res.rows_new} new) in {res.wall_s:.0f} s")
 
 
 @app.command()
 def train(
-    datasets: Annotated[list[Path], typer.Argument(help="Dataset path(s) written by `surrogate sweep` (.csv/.json).")],
+    datasets: Annotated[list[Path], typer.Argument(help="Dataset path(s) written by `surrogate sweep` (.csv/.json); "
+                                                        "`surrogate replicate` outputs of a listed sweep are pooled "
+                                                        "into it (labels: mean over each row's twin seeds).")],
     out: Annotated[Path, typer.Option("--out", help="Model directory.")],
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     holdout: Annotated[Optional[Path], typer.Option(help="Score on this sweep (another sweep seed) instead of a "
@@ -79,7 +84,8 @@ def train(
 @app.command()
 def ship(
     profile: Annotated[str, typer.Argument(help="Bundled profile name (model@gpu).")],
-    datasets: Annotated[list[Path], typer.Argument(help="Twin sweep(s) of that profile.")],
+    datasets: Annotated[list[Path], typer.Argument(help="Twin sweep(s) of that profile, and replicates of them "
+                                                        "(pooled: seed-mean labels).")],
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     holdout: Annotated[Optional[Path], typer.Option(help="Held-out twin sweep (another sweep seed).")] = None,
     holdout_replicate: Annotated[Optional[list[Path]], typer.Option(help="Its seed replicates.")] = None,

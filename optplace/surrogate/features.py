@@ -14,6 +14,13 @@ Why these features (beyond the published set: rate sum/std, rank max/mean/std, s
   adapters carry).
 * ``n_rank*``: rank counts; rank sets the LoRA kernel cost and, through ``max_lora_rank``,
   the KV memory left.
+
+Schema 2 adds a log2 histogram of the per-adapter rates (:data:`HIST_NAMES`: adapter count and rate
+sum per octave) to the row.  The trees do not split on it: it carries enough of the rate
+distribution for :mod:`optplace.surrogate.physics` to compute profile-aware *derived* features
+(:data:`DERIVED_NAMES`: fluid-model load, expected active adapters per slot, adapters that hold a
+sticky slot for the whole window) from the row alone, so the solver, the MILP tables and training
+all build rows with the one function :func:`feature_row_from_parts` and need no profile for it.
 """
 
 from __future__ import annotations
@@ -24,12 +31,13 @@ import numpy as np
 
 from optplace.surrogate.config import GpuConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 RANK_BUCKETS: tuple[int, ...] = (8, 16, 32, 64)
 _BUCKETS = np.asarray(RANK_BUCKETS, dtype=np.float64)
 
-FEATURE_NAMES: tuple[str, ...] = (
+#: The schema-1 features: what the trees may split on directly (besides :data:`DERIVED_NAMES`).
+BASE_NAMES: tuple[str, ...] = (
     "n_adapters",
     "max_loras",
     "slots_frac",
@@ -51,7 +59,28 @@ FEATURE_NAMES: tuple[str, ...] = (
     "decode_tok_s",
 )
 
-FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+#: octaves of the per-adapter rate histogram: bin b holds rates in [2^(b+HIST_LO), 2^(b+HIST_LO+1)) req/s,
+#: the first and last bins open-ended (2^-17 ≈ 7.6e-6 to 2^9 = 512 req/s covers every sweep and scenario)
+HIST_LO, HIST_BINS = -17, 27
+HIST_COUNT_NAMES: tuple[str, ...] = tuple(f"hist_n{b:02d}" for b in range(HIST_BINS))
+HIST_SUM_NAMES: tuple[str, ...] = tuple(f"hist_rate{b:02d}" for b in range(HIST_BINS))
+HIST_NAMES: tuple[str, ...] = HIST_COUNT_NAMES + HIST_SUM_NAMES
+
+FEATURE_NAMES = BASE_NAMES + HIST_NAMES
+"""The row :func:`feature_row_from_parts` builds (and sweep CSVs store), in this order."""
+
+#: Features computed from a row and the profile by :mod:`optplace.surrogate.physics`; they follow the
+#: row (an *augmented* row is ``row + derived``).
+DERIVED_NAMES: tuple[str, ...] = (
+    "rho_fluid",  # offered req/s ÷ the fluid model's capacity (the analytic oracle's λ*)
+    "active_per_slot",  # expected busy adapters Σ(1 − e^(−rᵢT)) ÷ max_loras (T: one request's service time)
+    "active_frac",  # the same ÷ adapters
+    "persistent_per_slot",  # adapters whose mean busy period (e^(rT) − 1)/r outlasts the window, ÷ max_loras
+    "persistent_share",  # their share of the offered requests
+)
+ALL_NAMES: tuple[str, ...] = FEATURE_NAMES + DERIVED_NAMES
+FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(ALL_NAMES)}
 
 #: Features that are linear (or fixed) in a placement's per-adapter decisions for a given slot
 #: count, hence directly expressible in a MILP; the others are nonlinear (ratios, std, top-k).
@@ -100,6 +129,7 @@ def feature_row_from_parts(
     buckets = np.minimum(np.searchsorted(_BUCKETS, rk), len(RANK_BUCKETS) - 1)
     counts = np.bincount(buckets, minlength=len(RANK_BUCKETS)).tolist()
     tokens = mean_input_tokens + mean_output_tokens
+    hb = hist_bins(rates)
     return np.array(
         [
             n,
@@ -118,9 +148,18 @@ def feature_row_from_parts(
             burst_factor,
             rate_sum * tokens,
             rate_sum * mean_output_tokens,
+            *np.bincount(hb, minlength=HIST_BINS).tolist(),
+            *np.bincount(hb, weights=rates, minlength=HIST_BINS).tolist(),
         ],
         dtype=np.float64,
     )
+
+
+def hist_bins(rates: np.ndarray) -> np.ndarray:
+    """Histogram bin of each rate (octaves from 2^HIST_LO; zero rates in the first bin)."""
+    with np.errstate(divide="ignore"):
+        e = np.floor(np.log2(np.maximum(rates, 1e-300))).astype(np.int64) - HIST_LO
+    return np.clip(e, 0, HIST_BINS - 1)
 
 
 def feature_row(config: GpuConfig) -> np.ndarray:
@@ -140,7 +179,8 @@ def feature_matrix(configs: Sequence[GpuConfig]) -> np.ndarray:
 
 
 def check_schema(names: Sequence[str], version: int) -> None:
-    """Raise ValueError when a stored model/dataset's schema is not compatible with this one."""
+    """Raise ValueError when a stored model/dataset's schema is not compatible with this one
+    (schema-1 datasets are upgraded on load by :func:`optplace.surrogate.sweep.load_dataset`)."""
     if version != SCHEMA_VERSION:
         raise ValueError(f"feature schema version {version} != supported {SCHEMA_VERSION}")
     unknown = [n for n in names if n not in FEATURE_INDEX]

@@ -607,10 +607,11 @@ def class_rows(ns: np.ndarray, max_loras: int, rank: int, rate_rps: float, mean_
 
     Equal to :func:`optplace.surrogate.features.feature_row_from_parts` on the expanded lists (tested).
     """
-    from optplace.surrogate.features import FEATURE_INDEX, RANK_BUCKETS
+    from optplace.surrogate.features import FEATURE_INDEX, FEATURE_NAMES, HIST_COUNT_NAMES, HIST_SUM_NAMES, RANK_BUCKETS
+    from optplace.surrogate.features import hist_bins
 
     n = np.asarray(ns, dtype=np.float64)
-    X = np.zeros((n.size, len(FEATURE_INDEX)))
+    X = np.zeros((n.size, len(FEATURE_NAMES)))
     col = FEATURE_INDEX
     k = np.minimum(float(max_loras), n)
     X[:, col["n_adapters"]] = n
@@ -629,6 +630,9 @@ def class_rows(ns: np.ndarray, max_loras: int, rank: int, rate_rps: float, mean_
     X[:, col["burst_factor"]] = burst_factor
     X[:, col["offered_tok_s"]] = rate_rps * n * (mean_input_tokens + mean_output_tokens)
     X[:, col["decode_tok_s"]] = rate_rps * n * mean_output_tokens
+    hb = int(hist_bins(np.array([float(rate_rps)]))[0])
+    X[:, col[HIST_COUNT_NAMES[hb]]] = n
+    X[:, col[HIST_SUM_NAMES[hb]]] = rate_rps * n
     return X
 
 
@@ -681,6 +685,10 @@ def one_gpu_capacity(
         enc = StepEncoding(m, "step", table.subset(ok))
         n_var, s_var, raw = enc.n, enc.second, enc.out
     elif encoding == "gbt":
+        if getattr(surrogate, "physics", None) is not None:
+            raise ValueError("the gbt encoding needs a model over schema features only; this one also splits on "
+                             "derived (profile physics) features, which are nonlinear in n and max_loras: "
+                             "use encoding='step' (exact at every candidate slot count)")
         m.n = pyo.Var(domain=pyo.Integers, bounds=(1, n_max))
         m.s = pyo.Var(domain=pyo.Integers, bounds=(1, cap))
         m.s_le_n = pyo.Constraint(expr=m.s <= m.n)

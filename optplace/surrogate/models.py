@@ -8,7 +8,17 @@ Four models per profile, all over the feature schema of :mod:`optplace.surrogate
   error of ε in throughput, which is what sMAPE measures.  Throughput = offered × exp(prediction).
 * ``itl`` and ``ttft_p99`` — regressors of ``log`` mean ITL and ``log`` p99 TTFT (ms); latencies
   span orders of magnitude, and log makes the L2 loss a relative one.
-* ``starved`` — binary classifier of the twin's starvation verdict (probability).
+* ``starved`` — binary classifier of the twin's starvation verdict (probability), "starved" at a
+  decision threshold ≤ 0.5 chosen by group CV on the training rows for macro-F1
+  (:func:`cv_threshold`; a false "not starved" is the costly error for the solver).
+
+Models trained on a twin sweep also split on the profile-physics features of
+:mod:`optplace.surrogate.physics` (fluid-model load, active and slot-holding adapters); a loaded
+:class:`Surrogate` derives them from the row itself, so callers still pass schema rows.  Labels:
+a training row's label is the mean over the twin seeds it has (``surrogate replicate --subset
+noisy`` adds seeds where the twin disagrees with itself most; :func:`~optplace.surrogate.sweep.load_datasets`
+pools them), the held-out labels the mean over all replicate seeds; ``surrogate.json`` records both
+(``dataset.label``, ``split.label``).
 
 Training is deterministic: fixed seeds, ``deterministic=True``, ``force_row_wise``, one thread.
 Held-out rows are either a seeded split by *group* (a boundary chain's rows stay together) or a
@@ -36,11 +46,12 @@ import numpy as np
 
 from optplace.outputs import atomic_files
 from optplace.surrogate.config import GpuConfig
-from optplace.surrogate.features import FEATURE_INDEX, FEATURE_NAMES, SCHEMA_VERSION, check_schema, feature_row
+from optplace.surrogate.features import (BASE_NAMES, DERIVED_NAMES, FEATURE_INDEX, FEATURE_NAMES, HIST_SUM_NAMES,
+                                         SCHEMA_VERSION, check_schema, feature_row)
 from optplace.surrogate.sweep import Dataset, load_dataset, load_datasets
 from optplace.surrogate.trees import Ensemble, ensemble_from_text
 
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
 MODELS_DIR = Path(__file__).parent / "models"
 _FRAC_FLOOR = 1e-4
 
@@ -65,10 +76,18 @@ REGRESSION_PARAMS: dict[str, Any] = {
 CLASSIFIER_PARAMS: dict[str, Any] = {**REGRESSION_PARAMS, "objective": "binary", "learning_rate": 0.2,
                                      "min_data_in_leaf": 8}
 MAX_ROUNDS = 250
+#: Training weight of starved rows in the starvation classifier (not-starved rows weigh 1).
+STARVED_WEIGHT = 1.0
+#: Candidate decision thresholds (probability of "starved") and the CV folds that pick one.
+THRESHOLD_GRID = np.round(np.arange(0.20, 0.501, 0.025), 3)
+THRESHOLD_FOLDS = 5
 # per-model caps on boosting rounds: prediction cost is linear in trees (LightGBM, one thread: ~0.2 ms
 # per regression tree and ~0.3 ms per classifier tree for 10k rows), and the capacity query
 # (throughput + starvation) must stay ≤ 50 µs per row and ≤ 50 ms per 10k rows
-ROUNDS_CAP = {"throughput": 80, "starved": 60, "itl": 60, "ttft_p99": 40}
+# Session 3 (schema 2): the derived features cost ~7 ms per 10k rows, so the caps went down to
+# throughput 70 / starved 40 — group CV on the training sweeps: throughput sMAPE +0.02–0.07 points at 60
+# vs 80 rounds, classifier macro-F1 −0.001 to −0.002 at 40 vs 60.
+ROUNDS_CAP = {"throughput": 70, "starved": 40, "itl": 60, "ttft_p99": 40}
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +159,23 @@ def _targets(ds: Dataset) -> dict[str, np.ndarray]:
         }
 
 
+def _physics_profile(provenance: dict[str, Any]) -> str | None:
+    """Profile whose physics the derived features use: a twin sweep's profile, else None."""
+    ev = provenance.get("evaluator", {})
+    return str(ev["profile"]) if ev.get("evaluator") == "twin" and ev.get("profile") else None
+
+
+def _augmented(X: np.ndarray, physics_profile: str | None) -> np.ndarray:
+    """Rows followed by their derived features (NaN columns without a profile)."""
+    if physics_profile is None:
+        return np.hstack([X, np.full((X.shape[0], len(DERIVED_NAMES)), np.nan)])
+    from optplace.surrogate.physics import physics_for
+
+    return physics_for(physics_profile).augment_many(X)
+
+
 def _fit(params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int,
-         max_rounds: int = MAX_ROUNDS) -> Any:
+         max_rounds: int = MAX_ROUNDS, weight: np.ndarray | None = None) -> Any:
     """Choose the round count by early stopping on an inner group split, then refit on all rows."""
     import lightgbm as lgb
 
@@ -154,11 +188,13 @@ def _fit(params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarra
         "verbose": -1,
     }
     inner = split_groups(groups, 0.15, seed + 1)
-    dtr = lgb.Dataset(X[~inner], y[~inner], free_raw_data=False)
-    dva = lgb.Dataset(X[inner], y[inner], reference=dtr, free_raw_data=False)
+    w_tr = weight[~inner] if weight is not None else None
+    w_va = weight[inner] if weight is not None else None
+    dtr = lgb.Dataset(X[~inner], y[~inner], weight=w_tr, free_raw_data=False)
+    dva = lgb.Dataset(X[inner], y[inner], weight=w_va, reference=dtr, free_raw_data=False)
     b = lgb.train(p, dtr, max_rounds, valid_sets=[dva], callbacks=[lgb.early_stopping(40, verbose=False)])
     rounds = max(20, int(b.best_iteration or max_rounds))
-    return lgb.train(p, lgb.Dataset(X, y), rounds)
+    return lgb.train(p, lgb.Dataset(X, y, weight=weight), rounds)
 
 
 def train(
@@ -200,10 +236,14 @@ def train(
         is_test = np.concatenate([np.zeros(train_ds.index.size, bool), np.ones(hold.index.size, bool)])
     else:
         ds, hold = train_ds, None
-    names = tuple(features) if features else tuple(FEATURE_NAMES)
-    cols = [ds.feature_names.index(n) for n in names]
+    physics_profile = _physics_profile(train_ds.provenance)
+    names = tuple(features) if features else BASE_NAMES + (DERIVED_NAMES if physics_profile else ())
+    if not physics_profile and set(names) & set(DERIVED_NAMES):
+        raise ValueError("derived features need a twin sweep of a known profile (the evaluator has none)")
+    Xa = _augmented(ds.X, physics_profile)
+    cols = [FEATURE_INDEX[n] for n in names]
     ok = ds.targets["oom"] == 0
-    X = ds.X[ok][:, cols]
+    X = Xa[ok][:, cols]
     groups = ds.group[ok]
     ys = {k: v[ok] for k, v in _targets(ds).items()}
     test = is_test[ok] if holdout is not None else split_groups(groups, test_frac, seed)
@@ -214,7 +254,7 @@ def train(
     stage = Path(tempfile.mkdtemp(prefix=".train-", dir=out))
     try:
         metrics = _train_into(stage, ds, X, ys, test, groups, names, seed, prefix, holdout, holdout_replicates,
-                              hold, test_frac, paths, train_ds, note, ok)
+                              hold, test_frac, paths, train_ds, note, ok, physics_profile)
         written = sorted((p.name for p in stage.iterdir()), key=lambda n: n.endswith("surrogate.json"))
         with atomic_files(out) as tmp:
             for name in written:
@@ -227,7 +267,8 @@ def train(
 
 def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], test: np.ndarray, groups: np.ndarray,
                 names: tuple[str, ...], seed: int, prefix: str, holdout: Any, holdout_replicates: Any, hold: Any,
-                test_frac: float, paths: Any, train_ds: Any, note: str | None, ok: np.ndarray) -> dict[str, Any]:
+                test_frac: float, paths: Any, train_ds: Any, note: str | None, ok: np.ndarray,
+                physics_profile: str | None = None) -> dict[str, Any]:
     """Fit the four models, write them with their metadata and held-out rows into ``out``; the metrics."""
     files: dict[str, Any] = {}
     for name, params in (
@@ -238,9 +279,13 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
     ):
         y = ys[name]
         use = ~test & np.isfinite(y)
-        booster = _fit(params, X[use], y[use], groups[use], seed, ROUNDS_CAP.get(name, MAX_ROUNDS))
+        # a false "not starved" costs the solver a GPU the twin then starves: weigh starved rows up
+        w = np.where(y[use] > 0.5, STARVED_WEIGHT, 1.0) if name == "starved" and STARVED_WEIGHT != 1.0 else None
+        booster = _fit(params, X[use], y[use], groups[use], seed, ROUNDS_CAP.get(name, MAX_ROUNDS), w)
         (out / f"{prefix}{name}.txt").write_text(booster.model_to_string())
         files[name] = {"file": f"{prefix}{name}.txt", "trees": booster.num_trees()}
+    use = ~test & np.isfinite(ys["starved"])
+    threshold, threshold_cv = cv_threshold(X[use], ys["starved"][use], groups[use], seed)
     meta = {
         "format_version": MODEL_FORMAT_VERSION,
         "feature_schema_version": SCHEMA_VERSION,
@@ -252,8 +297,11 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
             "ttft_p99": "log(ttft_ms_p99)",
             "starved": "P(starved), sigmoid of raw score",
         },
-        "starved_threshold": 0.5,
+        "starved_threshold": threshold,
         "max_throughput_loss": 0.10,
+        "physics": {"profile": physics_profile, "derived": list(DERIVED_NAMES),
+                    "source": "optplace.surrogate.physics (fluid model of the profile's step time; rate histogram)"}
+        if physics_profile and set(names) & set(DERIVED_NAMES) else None,
         "offered_max": float(X[:, names.index("offered_tok_s")].max()) if "offered_tok_s" in names else None,
         "seed": seed,
         "test_frac": test_frac if holdout is None else None,
@@ -261,9 +309,11 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
             "holdout": Path(holdout).name, "replicates": [Path(p).name for p in holdout_replicates],
             "label": hold.provenance.get("label", "one twin seed per configuration")},
         "params": {"regression": REGRESSION_PARAMS, "classifier": CLASSIFIER_PARAMS, "rounds_cap": ROUNDS_CAP},
+        "threshold_cv": threshold_cv,
         "n_train": int((~test).sum()),
         "n_test": int(test.sum()),
-        "dataset": {"path": [Path(p).name for p in paths], "provenance": train_ds.provenance},
+        "dataset": {"path": [Path(p).name for p in paths], "provenance": train_ds.provenance,
+                    "label": train_ds.provenance.get("label", "one twin seed per configuration")},
         "metrics": {},
     }
     if note:
@@ -273,12 +323,39 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
     meta_path = out / f"{prefix}surrogate.json"
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     sur = load_surrogate(meta_path)
-    full = np.zeros((int(test.sum()), len(FEATURE_NAMES)))
-    full[:, [FEATURE_INDEX[n] for n in names]] = X[test]
+    full = ds.X[ok][test]
     metrics = evaluate(sur, full, {k: ds.targets[k][ok][test] for k in ds.targets}) if test.any() else {}
     meta["metrics"] = metrics
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def cv_threshold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, folds: int = THRESHOLD_FOLDS
+                 ) -> tuple[float, dict[str, Any]]:
+    """Decision threshold of the starvation classifier, chosen on training rows only: out-of-fold
+    probabilities from a ``folds``-fold group split, then the threshold on :data:`THRESHOLD_GRID`
+    (all ≤ 0.5: never more willing to say "not starved" than the plain classifier, since a false
+    "not starved" is the costly mistake for the solver) with the best macro-F1 (ties: the lowest).
+    Returns (threshold, what was measured)."""
+    if folds < 2 or np.unique(groups).size < folds or len(np.unique(y)) < 2:
+        return 0.5, {"folds": 0, "note": "too few rows or groups: 0.5"}
+    uniq = np.unique(groups)
+    perm = np.random.default_rng([seed, 0x7417]).permutation(uniq)
+    fold_of = dict(zip(perm.tolist(), (np.arange(perm.size) % folds).tolist()))
+    f = np.array([fold_of[g] for g in groups.tolist()])
+    p = np.full(y.size, np.nan)
+    for k in range(folds):
+        tr, te = f != k, f == k
+        b = _fit(CLASSIFIER_PARAMS, X[tr], y[tr], groups[tr], seed + 11 * (k + 1), ROUNDS_CAP["starved"])
+        p[te] = b.predict(X[te], num_threads=1)
+    yb = y > 0.5
+    f1 = [macro_f1(yb, p >= t) for t in THRESHOLD_GRID]
+    best = int(np.argmax(np.round(f1, 4)))
+    t = float(THRESHOLD_GRID[best])
+    fns = [float(np.mean(p[yb] < t_)) if yb.any() else 0.0 for t_ in (0.5, t)]
+    return t, {"folds": folds, "grid": [float(g) for g in THRESHOLD_GRID], "macro_f1": [round(v, 4) for v in f1],
+               "macro_f1_at_0.5": float(macro_f1(yb, p >= 0.5)), "macro_f1_at_threshold": float(f1[best]),
+               "false_not_starved_rate_at_0.5": fns[0], "false_not_starved_rate_at_threshold": fns[1]}
 
 
 def _stack(a: Dataset, b: Dataset) -> Dataset:
@@ -338,6 +415,7 @@ def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) ->
     ttft_ok = np.isfinite(targets["ttft_ms_p99"])
     thr_ok = y_thr > 0
     sat = targets["throughput_loss"] >= 0.05
+    near = np.abs(targets["throughput_loss"] - 0.10) <= 0.05  # within 5 points of the starvation rule
     sticky = X[:, FEATURE_INDEX["slots_frac"]] < 1.0
     sub = {
         "not_starved": ~y_st,
@@ -353,6 +431,11 @@ def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) ->
         # the same rows scored against one twin seed's label instead of the seed mean
         parts[f"throughput_smape_pct_vs_seed{r}"] = smape(targets[f"throughput_tok_s_rep{r}"], P["throughput_tok_s"])
         parts[f"starved_macro_f1_vs_seed{r}"] = macro_f1(targets[f"starved_rep{r}"].astype(bool), P["starved"])
+    if len(reps) >= 3:
+        # one seed against the mean of the others: how far a single twin run sits from a seed mean
+        others = np.mean([targets[f"throughput_tok_s_rep{r}"] for r in reps[1:]], axis=0)
+        parts["twin_seed0_vs_mean_of_other_seeds_throughput_smape_pct"] = smape(
+            targets[f"throughput_tok_s_rep{reps[0]}"], others)
     if len(reps) >= 2:
         # the twin against itself: what a second seed scores against the first (the noise floor)
         a, b = targets[f"throughput_tok_s_rep{reps[0]}"], targets[f"throughput_tok_s_rep{reps[1]}"]
@@ -371,6 +454,12 @@ def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) ->
             100 * np.mean(np.abs(P["throughput_tok_s"][thr_ok] - y_thr[thr_ok]) / y_thr[thr_ok])
         ),
         "starved_macro_f1": macro_f1(y_st, P["starved"]),
+        # the costly error for the solver: a starved GPU predicted fine (overall, and near the rule)
+        "false_not_starved_rate": float(np.mean(~P["starved"][y_st])) if y_st.any() else math.nan,
+        "false_not_starved_rate_near_boundary": float(np.mean(~P["starved"][y_st & near])) if (
+            y_st & near).any() else math.nan,
+        "n_starved_near_boundary": float((y_st & near).sum()),
+        "starved_macro_f1_near_boundary": macro_f1(y_st[near], P["starved"][near]),
         "starved_accuracy": float(np.mean(y_st == P["starved"])),
         "starved_macro_f1_margin_rule": macro_f1(y_st, P["delivered_frac"] < 0.9),
         "starved_share": float(y_st.mean()) if y_st.size else math.nan,
@@ -379,7 +468,7 @@ def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) ->
     }
 
 
-_LOAD_FEATURES = ("rate_sum", "rate_max", "rate_std", "offered_tok_s", "decode_tok_s")
+_LOAD_FEATURES = ("rate_sum", "rate_max", "rate_std", "offered_tok_s", "decode_tok_s", *HIST_SUM_NAMES)
 
 
 class Surrogate:
@@ -393,10 +482,12 @@ class Surrogate:
     answer, nor the MILP encodings, which encode the trees themselves.
     """
 
-    def __init__(self, directory: Path, meta: dict[str, Any], models: dict[str, Ensemble]) -> None:
+    def __init__(self, directory: Path, meta: dict[str, Any], models: dict[str, Ensemble],
+                 physics: Any = None) -> None:
         self.directory = directory
         self.meta = meta
         self.models = models
+        self.physics = physics
         self.feature_names: tuple[str, ...] = tuple(meta["feature_names"])
         self.threshold = float(meta.get("starved_threshold", 0.5))
         self.max_loss = float(meta.get("max_throughput_loss", 0.10))
@@ -404,6 +495,7 @@ class Surrogate:
         self._offered = FEATURE_INDEX["offered_tok_s"]
         self._load_idx = [FEATURE_INDEX[n] for n in _LOAD_FEATURES]
         self._logit_thr = math.log(self.threshold / (1.0 - self.threshold))
+        self._fns = {k: m._fn for k, m in models.items()}
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -411,28 +503,37 @@ class Surrogate:
         return dict(self.meta.get("metrics", {}))
 
     def _in_domain(self, r: list[float]) -> tuple[list[float], float]:
+        """The row the trees see (scaled into the training load range, with derived features) and the scale."""
         offered = r[self._offered]
-        if offered <= self.offered_max:
-            return r, 1.0
-        k = self.offered_max / offered
-        r2 = list(r)
-        for j in self._load_idx:
-            r2[j] *= k
-        return r2, k
+        k = 1.0
+        if offered > self.offered_max:
+            k = self.offered_max / offered
+            r = list(r)
+            for j in self._load_idx:
+                r[j] *= k
+        if self.physics is not None:
+            r = list(r) + self.physics.derive_row(r)
+        return r, k
+
+    def augment(self, X: np.ndarray) -> np.ndarray:
+        """Full rows followed by their derived features (the rows unchanged without physics)."""
+        X = np.asarray(X, dtype=np.float64)
+        return self.physics.augment_many(X) if self.physics is not None else X
 
     def predict_row(self, row: Sequence[float]) -> Prediction:
         """Predict for one full feature row (list or array in FEATURE_NAMES order)."""
         r0 = row.tolist() if isinstance(row, np.ndarray) else list(row)
         offered = r0[self._offered]
         r, k = self._in_domain(r0)
-        frac = min(math.exp(self.models["throughput"].raw_row(r)), 1.0) * k
-        s = self.models["starved"].raw_row(r)
+        f = self._fns
+        frac = min(math.exp(f["throughput"](r)), 1.0) * k
+        s = f["starved"](r)
         return Prediction(
             throughput_tok_s=offered * frac,
             offered_tok_s=offered,
             delivered_frac=frac,
-            itl_ms=math.exp(self.models["itl"].raw_row(r)),
-            ttft_p99_ms=math.exp(self.models["ttft_p99"].raw_row(r)),
+            itl_ms=math.exp(f["itl"](r)),
+            ttft_p99_ms=math.exp(f["ttft_p99"](r)),
             p_starved=1.0 / (1.0 + math.exp(-s)),
             starved=s >= self._logit_thr or (k < 1.0 and frac < 1.0 - self.max_loss),
         )
@@ -444,14 +545,34 @@ class Surrogate:
     def throughput_row(self, row: list[float]) -> float:
         """Predicted delivered tokens/s only (the cheapest call; row is a list of floats)."""
         r, k = self._in_domain(row)
-        return row[self._offered] * k * min(math.exp(self.models["throughput"].raw_row(r)), 1.0)
+        return row[self._offered] * k * min(math.exp(self._fns["throughput"](r)), 1.0)
 
     def starved_row(self, row: list[float]) -> bool:
         """Predicted starvation verdict only (row is a list of floats)."""
         r, k = self._in_domain(row)
-        if self.models["starved"].raw_row(r) >= self._logit_thr:
+        if self._fns["starved"](r) >= self._logit_thr:
             return True
-        return k < 1.0 and k * math.exp(self.models["throughput"].raw_row(r)) < 1.0 - self.max_loss
+        return k < 1.0 and k * math.exp(self._fns["throughput"](r)) < 1.0 - self.max_loss
+
+    def capacity_row(self, row: list[float]) -> tuple[float, bool]:
+        """(predicted delivered tokens/s, starved) with one feature derivation (the solver's question)."""
+        r, k = self._in_domain(row)
+        frac = min(math.exp(self._fns["throughput"](r)), 1.0) * k
+        starved = self._fns["starved"](r) >= self._logit_thr or (k < 1.0 and frac < 1.0 - self.max_loss)
+        return row[self._offered] * frac, starved
+
+    def capacity_many(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(predicted delivered tokens/s, starved) for many full rows, deriving the features once."""
+        X = np.asarray(X, dtype=np.float64)
+        offered = X[:, self._offered]
+        k = np.minimum(1.0, self.offered_max / np.where(offered > 0, offered, 1.0))
+        if np.any(k < 1.0):
+            X = X.copy()
+            X[:, self._load_idx] *= k[:, None]
+        Xa = self.augment(X)
+        frac = np.minimum(np.exp(self.models["throughput"].raw(Xa)), 1.0) * k
+        starved = (self.models["starved"].raw(Xa) >= self._logit_thr) | ((k < 1.0) & (frac < 1.0 - self.max_loss))
+        return offered * frac, starved
 
     def predict_many(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Vectorised predictions for full feature rows: arrays keyed like :class:`Prediction`."""
@@ -461,14 +582,15 @@ class Surrogate:
         if np.any(k < 1.0):
             X = X.copy()
             X[:, self._load_idx] *= k[:, None]
-        frac = np.minimum(np.exp(self.models["throughput"].raw(X)), 1.0) * k
-        s = self.models["starved"].raw(X)
+        Xa = self.augment(X)
+        frac = np.minimum(np.exp(self.models["throughput"].raw(Xa)), 1.0) * k
+        s = self.models["starved"].raw(Xa)
         return {
             "throughput_tok_s": offered * frac,
             "offered_tok_s": offered,
             "delivered_frac": frac,
-            "itl_ms": np.exp(self.models["itl"].raw(X)),
-            "ttft_p99_ms": np.exp(self.models["ttft_p99"].raw(X)),
+            "itl_ms": np.exp(self.models["itl"].raw(Xa)),
+            "ttft_p99_ms": np.exp(self.models["ttft_p99"].raw(Xa)),
             "p_starved": 1.0 / (1.0 + np.exp(-s)),
             "starved": (s >= self._logit_thr) | ((k < 1.0) & (frac < 1.0 - self.max_loss)),
         }
@@ -485,13 +607,19 @@ def load_surrogate(path: Path | str) -> Surrogate:
     names = tuple(meta["feature_names"])
     check_schema(names, int(meta["feature_schema_version"]))
     row_index = tuple(FEATURE_INDEX[n] for n in names)
+    physics = None
+    if set(names) & set(DERIVED_NAMES):
+        from optplace.surrogate.physics import physics_for
+
+        physics = physics_for((meta.get("physics") or {})["profile"])
     models = {
         name: ensemble_from_text(
-            (d / info["file"]).read_text(), names, row_index, "sigmoid" if name == "starved" else "identity"
+            (d / info["file"]).read_text(), names, row_index, "sigmoid" if name == "starved" else "identity",
+            physics, len(FEATURE_NAMES)
         )
         for name, info in meta["models"].items()
     }
-    return Surrogate(d, meta, models)
+    return Surrogate(d, meta, models, physics)
 
 
 def shipped_model_path(profile_name: str) -> Path:

@@ -472,6 +472,16 @@ def replicate_seed(seed: int, index: int, salt: int) -> int:
     return int(np.random.SeedSequence([seed, index, 0x5EED, salt]).generate_state(1)[0])
 
 
+REPLICATE_SUBSETS = ("all", "noisy")
+
+
+def noisy_row(loss: float, n_adapters: float, max_loras: float, max_loss: float = 0.10) -> bool:
+    """Rows whose twin label varies most from seed to seed, where seed-averaged labels pay off:
+    saturated GPUs (loss ≥ 5 %) with fewer slots than adapters (which adapters win the sticky slots
+    is random) and rows within 6 points of the starvation rule (the verdict flips between seeds)."""
+    return (loss >= 0.05 and max_loras < n_adapters) or abs(loss - max_loss) <= 0.06
+
+
 def run_replicate(
     evaluator: SweepEvaluator,
     source: Path | str,
@@ -479,6 +489,7 @@ def run_replicate(
     salt: int = 1,
     executor: Executor | None = None,
     progress: bool = True,
+    subset: str = "all",
 ) -> SweepResult:
     """Re-evaluate every row of a finished sweep with another twin seed (resumable).
 
@@ -487,7 +498,11 @@ def run_replicate(
     indices, whose provenance names the source and the salt, so :func:`pool_replicates` can average
     the two — the per-configuration mean of several seeds is a less noisy label where the twin's
     own seed-to-seed spread is large (saturated GPUs with fewer slots than adapters).
+    ``subset="noisy"`` re-runs only the source rows :func:`noisy_row` selects (pool those with
+    ``pool_replicates(..., partial=True)``).
     """
+    if subset not in REPLICATE_SUBSETS:
+        raise ValueError(f"subset must be one of {REPLICATE_SUBSETS}, got {subset!r}")
     if salt < 1:
         raise ValueError(f"salt must be >= 1 (0 is the source's own seed), got {salt}")
     src = Path(source)
@@ -502,13 +517,18 @@ def run_replicate(
     slot_cap = _memo(evaluator.slot_cap)
     tasks: list[RowTask] = []
     for index in sorted(units):
+        rec = src_rows[index]
+        if subset == "noisy" and not noisy_row(float(rec["throughput_loss"]), float(rec["n_adapters"]),
+                                               float(rec["max_loras"])):
+            continue
         group, u = units[index]
         made = design_config(u, design, slot_cap, seed, group=group, index=index)
         if made is None:
             raise ValueError(f"{src}: row {index} does not regenerate a configuration")
         cfg, load, kind = made
-        feats = feature_row(cfg)
-        stored = np.array([float(src_rows[index][n]) for n in FEATURE_NAMES])
+        src_names = src_prov.get("feature_names", FEATURE_NAMES)
+        feats = feature_row(cfg)[:len(src_names)]
+        stored = np.array([float(src_rows[index][n]) for n in src_names])
         if not np.array_equal(feats, stored):
             raise ValueError(f"{src}: row {index} regenerates other features than stored; wrong design/seed?")
         cfg = dataclasses.replace(cfg, seed=replicate_seed(seed, index, salt))
@@ -518,10 +538,13 @@ def run_replicate(
     csv_path, prov_path = out.with_suffix(".csv"), out.with_suffix(".json")
     prov = {**src_prov, "replicate_of": src.name, "replicate_salt": salt,
             "source_provenance_seed": seed}
+    if subset != "all":
+        prov["replicate_subset"] = {"name": subset, "rows": len(tasks), "of": len(units),
+                                    "rule": "source loss >= 0.05 with max_loras < n_adapters, or |loss - 0.10| <= 0.06"}
     if prov_path.exists():
         old = json.loads(prov_path.read_text())
-        if (old.get("replicate_of"), old.get("replicate_salt"), old.get("evaluator")) != (
-                src.name, salt, prov["evaluator"]):
+        if (old.get("replicate_of"), old.get("replicate_salt"), old.get("evaluator"),
+                old.get("replicate_subset", {}).get("name", "all")) != (src.name, salt, prov["evaluator"], subset):
             raise ValueError(f"{prov_path}: cannot resume, it replicates another sweep or salt")
     else:
         write_text_atomic(prov_path, json.dumps(prov, indent=2, sort_keys=True) + "\n")
@@ -628,13 +651,45 @@ def load_dataset(path: Path | str) -> Dataset:
     def col(name: str, dtype: Any = np.float64) -> np.ndarray:
         return np.array([float(r[name]) for r in recs], dtype=np.float64).astype(dtype)
 
-    X = np.column_stack([col(n) for n in names]) if recs else np.zeros((0, len(names)))
+    if int(prov.get("feature_schema_version", SCHEMA_VERSION)) == 1 and recs:
+        X = _upgrade_v1(p, prov, order, np.column_stack([col(n) for n in names]))
+        prov = {**prov, "feature_schema_version": SCHEMA_VERSION, "feature_names": list(FEATURE_NAMES),
+                "upgraded_from_schema": 1}
+        names = FEATURE_NAMES
+    else:
+        X = np.column_stack([col(n) for n in names]) if recs else np.zeros((0, len(names)))
     targets = {t: col(t) for t in TARGET_COLUMNS}
     meta = {m: np.array([r[m] for r in recs]) for m in ("rate_kind", "length_kind", "arrival_kind")}
     meta["load"] = col("load")
     meta["pass"] = col("pass", np.int64)
     meta["wall_s"] = col("wall_s")
     return Dataset(X, names, targets, col("index", np.int64), col("group", np.int64), meta, prov)
+
+
+def _upgrade_v1(path: Path, prov: dict[str, Any], order: list[int], stored: np.ndarray) -> np.ndarray:
+    """Schema-2 rows of a schema-1 twin sweep (or replicate): the configurations are regenerated from
+    the design and seed (the boundary chains replayed from the source sweep's own verdicts) and their
+    schema-1 features must equal the stored ones exactly."""
+    from optplace.surrogate.features import BASE_NAMES
+    from optplace.surrogate.twin_eval import TwinEvaluator
+
+    ev = prov.get("evaluator", {})
+    if ev.get("evaluator") != "twin" or tuple(prov.get("feature_names", ())) != BASE_NAMES:
+        raise ValueError(f"{path}: schema-1 dataset of a non-twin evaluator; re-run the sweep")
+    src = path.parent / prov["replicate_of"] if prov.get("replicate_of") else path
+    design, seed = _design_from(prov), int(prov["seed"])
+    units = replay_units(read_rows(src.with_suffix(".csv")), design, seed)
+    slot_cap = _memo(TwinEvaluator(ev["profile"]).slot_cap)
+    out = np.empty((len(order), len(FEATURE_NAMES)))
+    for j, index in enumerate(order):
+        group, u = units[index]
+        made = design_config(u, design, slot_cap, seed, group=group, index=index)
+        if made is None:
+            raise ValueError(f"{path}: row {index} does not regenerate a configuration")
+        out[j] = feature_row(made[0])
+    if not np.array_equal(out[:, :len(BASE_NAMES)], stored):
+        raise ValueError(f"{path}: regenerated schema-1 features differ from the stored ones")
+    return out
 
 
 def iter_tasks(design: SweepDesign, evaluator: SweepEvaluator, seed: int) -> Iterable[RowTask]:
@@ -651,11 +706,48 @@ def load_datasets(paths: Sequence[Path | str]) -> Dataset:
     """Several sweeps of one profile as one dataset (groups and indices of the k-th offset by k·2³²).
 
     The provenance is the first sweep's, with the others listed under ``merged_with``; all must
-    share the feature schema and the evaluator identity.
+    share the feature schema and the evaluator identity.  Paths that are replicates
+    (:func:`run_replicate`) of another listed sweep are pooled into it
+    (:func:`pool_replicates` with ``partial=True``: each row's label is the mean over the twin seeds
+    it has); ``provenance["label"]`` then says so.
     """
+    provs = [json.loads(Path(p).with_suffix(".json").read_text()) if Path(p).with_suffix(".json").exists() else {}
+             for p in paths]
+    reps: dict[str, list[Path | str]] = {}
+    bases: list[Path | str] = []
+    for p, pv in zip(paths, provs):
+        if pv.get("replicate_of"):
+            reps.setdefault(str(pv["replicate_of"]), []).append(p)
+        else:
+            bases.append(p)
+    names = {Path(b).name for b in bases}
+    stray = [r for k, v in reps.items() if k not in names for r in v]
+    if stray:
+        raise ValueError(f"replicates without their source sweep among the paths: {stray}")
+    if reps:
+        common = set(TARGET_COLUMNS) | {"n_seeds"}
+        parts = []
+        for b in bases:
+            d = pool_replicates(b, reps[Path(b).name], partial=True) if Path(b).name in reps else load_dataset(b)
+            if "n_seeds" not in d.targets:
+                d = dataclasses.replace(d, targets={**d.targets, "n_seeds": np.ones(d.index.size)})
+            parts.append(dataclasses.replace(d, targets={k: v for k, v in d.targets.items() if k in common}))
+        n_multi = int(sum(int((d.targets["n_seeds"] > 1).sum()) for d in parts))
+        merged = _merge(parts, bases)
+        merged.provenance["label"] = (
+            f"per-configuration mean over its twin seeds: {n_multi} of {merged.index.size} rows have 2+ seeds "
+            f"(replicates {[Path(r).name for v in reps.values() for r in v]}), the others one")
+        return merged
     parts = [load_dataset(p) for p in paths]
+    merged = _merge(parts, list(paths))
+    merged.provenance.setdefault("label", "one twin seed per configuration")
+    return merged
+
+
+def _merge(parts: list[Dataset], paths: Sequence[Path | str]) -> Dataset:
+    """Datasets of one profile as one (see :func:`load_datasets`)."""
     if len(parts) == 1:
-        return parts[0]
+        return dataclasses.replace(parts[0], provenance=dict(parts[0].provenance))
     first = parts[0]
     for p, d in zip(paths[1:], parts[1:]):
         if d.feature_names != first.feature_names:
@@ -676,14 +768,17 @@ def load_datasets(paths: Sequence[Path | str]) -> Dataset:
     )
 
 
-def pool_replicates(base: Path | str, replicates: Sequence[Path | str]) -> Dataset:
+def pool_replicates(base: Path | str, replicates: Sequence[Path | str], partial: bool = False) -> Dataset:
     """A sweep with its replicates (:func:`run_replicate`) as one dataset of per-configuration means.
 
-    Rows present in every replicate are kept.  Throughput, offered tokens, latencies and counts are
-    averaged over the seeds; ``throughput_loss`` and ``starved`` are the twin's rule applied to the
-    pooled run (delivered over all seeds ÷ offered over all seeds, starved at the default
-    ``max_throughput_loss``, or out of memory in any).  The single-seed labels stay available as
-    ``throughput_tok_s_rep<k>`` / ``starved_rep<k>`` (k = 0 is the base sweep).
+    Rows present in every replicate are kept (``partial``: every row of the base sweep, each
+    averaged over the seeds it has — for replicates of a subset, ``run_replicate(subset="noisy")``).
+    Throughput, offered tokens, latencies and counts are averaged over the seeds;
+    ``throughput_loss`` and ``starved`` are the twin's rule applied to the pooled run (delivered over
+    all seeds ÷ offered over all seeds, starved at the default ``max_throughput_loss``, or out of
+    memory in any).  The single-seed labels stay available as ``throughput_tok_s_rep<k>`` /
+    ``starved_rep<k>`` (k = 0 is the base sweep; NaN where a replicate lacks the row) and
+    ``n_seeds`` counts the seeds of each row.
     """
     from optplace.specs import Constraints
 
@@ -695,30 +790,50 @@ def pool_replicates(base: Path | str, replicates: Sequence[Path | str]) -> Datas
                 "evaluator"):
             raise ValueError(f"{p}: not a replicate of {base} by the same evaluator")
     common = set(b.index.tolist())
-    for r in reps:
-        common &= set(r.index.tolist())
+    if not partial:
+        for p, r in zip(replicates, reps):
+            missing = common - set(r.index.tolist())
+            if missing:
+                # a held-out set silently shrinking to the rows a replicate has finished would change
+                # what the scores mean: finish (resume) the replicate first
+                raise ValueError(f"{p}: replicate lacks {len(missing)} of the {len(common)} rows of {base}; "
+                                 "resume it (surrogate replicate) or pass partial=True")
     keep = np.array(sorted(common), dtype=np.int64)
     parts = [b, *reps]
-    pos = [np.searchsorted(d.index, keep) for d in parts]
-    for d, ix in zip(reps, pos[1:]):
-        if not np.array_equal(d.X[ix], b.X[pos[0]]):
+    i0 = np.searchsorted(b.index, keep)
+    T = {k: np.full((len(parts), keep.size), np.nan) for k in b.targets}
+    for j, d in enumerate(parts):
+        ix = np.searchsorted(d.index, keep)
+        ix_c = np.minimum(ix, max(d.index.size - 1, 0))
+        has = (d.index.size > 0) & (d.index[ix_c] == keep) if d.index.size else np.zeros(keep.size, bool)
+        if j and not np.array_equal(d.X[ix_c[has]], b.X[i0[has]]):
             raise ValueError("replicate rows have other features than the base sweep")
-    T = {k: np.vstack([d.targets[k][ix] for d, ix in zip(parts, pos)]) for k in b.targets}
+        for k in b.targets:
+            T[k][j, has] = d.targets[k][ix_c[has]]
+    seen = np.isfinite(T["throughput_tok_s"])
     with np.errstate(invalid="ignore"):
-        targets = {k: np.nanmean(v, axis=0) if k.startswith(("itl", "ttft")) else v.mean(axis=0) for k, v in T.items()}
-    oom = T["oom"].max(axis=0)
-    off = T["measured_offered_tok_s"].sum(axis=0)
-    loss = np.where(off > 0, 1.0 - T["throughput_tok_s"].sum(axis=0) / np.where(off > 0, off, 1.0), 0.0)
+        targets = {k: np.nanmean(v, axis=0) for k, v in T.items()}
+    oom = np.nanmax(T["oom"], axis=0)
+    off = np.nansum(T["measured_offered_tok_s"], axis=0)
+    loss = np.where(off > 0, 1.0 - np.nansum(T["throughput_tok_s"], axis=0) / np.where(off > 0, off, 1.0), 0.0)
     targets["oom"] = oom
     targets["throughput_loss"] = np.where(oom > 0, 1.0, loss)
     targets["starved"] = ((oom > 0) | (loss >= max_loss)).astype(np.float64)
     for k in range(len(parts)):
         targets[f"throughput_tok_s_rep{k}"] = T["throughput_tok_s"][k]
         targets[f"starved_rep{k}"] = T["starved"][k]
-    i0 = pos[0]
+    targets["n_seeds"] = seen.sum(axis=0).astype(np.float64)
     meta = {m: v[i0] for m, v in b.meta.items()}
     # wall seconds of one twin run (the seeds' mean), so per-configuration sweep costs stay comparable
-    meta["wall_s"] = np.vstack([d.meta["wall_s"][ix] for d, ix in zip(parts, pos)]).mean(axis=0)
-    prov = {**b.provenance, "replicates": [r.provenance.get("replicate_salt") for r in reps],
-            "label": f"mean of {len(parts)} twin seeds per configuration"}
+    W = np.full((len(parts), keep.size), np.nan)
+    for j, d in enumerate(parts):
+        ix = np.searchsorted(d.index, keep)
+        ix_c = np.minimum(ix, max(d.index.size - 1, 0))
+        has = (d.index[ix_c] == keep) if d.index.size else np.zeros(keep.size, bool)
+        W[j, has] = d.meta["wall_s"][ix_c[has]]
+    meta["wall_s"] = np.nanmean(W, axis=0)
+    label = (f"mean of {len(parts)} twin seeds per configuration" if not partial else
+             f"mean of the twin seeds each configuration has (1 to {len(parts)}; "
+             f"{int((seen.sum(axis=0) > 1).sum())} of {keep.size} rows with more than one)")
+    prov = {**b.provenance, "replicates": [r.provenance.get("replicate_salt") for r in reps], "label": label}
     return Dataset(b.X[i0], b.feature_names, targets, b.index[i0], b.group[i0], meta, prov)

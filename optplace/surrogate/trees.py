@@ -70,7 +70,10 @@ class Ensemble:
     """A sum of trees plus an output link (``identity`` or ``sigmoid``) over named features.
 
     ``row_index[k]`` maps the model's k-th feature to a column of the full feature row, so
-    callers always pass rows in :data:`optplace.surrogate.features.FEATURE_NAMES` order.
+    callers always pass rows in :data:`optplace.surrogate.features.FEATURE_NAMES` order.  A model
+    over derived features (:data:`~optplace.surrogate.features.DERIVED_NAMES`) carries the
+    profile's :class:`~optplace.surrogate.physics.Physics`: a row of ``n_row`` columns is then
+    augmented with them first (a caller that already augmented passes the longer row).
     """
 
     trees: tuple[Tree, ...]
@@ -78,24 +81,34 @@ class Ensemble:
     row_index: tuple[int, ...]
     link: str = "identity"
     model_text: str = field(default="", repr=False)
+    physics: Any = field(default=None, repr=False, compare=False)
+    n_row: int = 0
     _fn: Callable[..., float] = field(init=False, repr=False, compare=False)
     _booster: list[Any] = field(init=False, repr=False, compare=False, default_factory=list)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_fn", _compile(self.trees, self.row_index))
 
+    def _augment_row(self, row: Any) -> Any:
+        if self.physics is not None and len(row) <= self.n_row:
+            row = list(row)
+            return row + self.physics.derive_row(row)
+        return row
+
     def raw_row(self, row: list[float]) -> float:
         """Raw score (sum of leaves) of one full feature row given as a list of floats."""
-        return self._fn(row)
+        return self._fn(self._augment_row(row))
 
     def predict_row(self, row: list[float]) -> float:
         """Prediction (after the link) for one full feature row given as a list of floats."""
-        s = self._fn(row)
+        s = self._fn(self._augment_row(row))
         return 1.0 / (1.0 + math.exp(-s)) if self.link == "sigmoid" else s
 
     def raw(self, X: np.ndarray) -> np.ndarray:
         """Raw scores of many full feature rows, shape (n,)."""
         X = np.asarray(X, dtype=np.float64)
+        if self.physics is not None and X.shape[1] <= self.n_row:
+            X = self.physics.augment_many(X)
         Xm = X[:, list(self.row_index)]
         if self.model_text:
             b = self._lgb_booster()
@@ -196,7 +209,8 @@ def parse_lightgbm_text(text: str) -> list[Tree]:
 
 
 def ensemble_from_text(
-    text: str, feature_names: tuple[str, ...], row_index: tuple[int, ...], link: str = "identity"
+    text: str, feature_names: tuple[str, ...], row_index: tuple[int, ...], link: str = "identity",
+    physics: Any = None, n_row: int = 0,
 ) -> Ensemble:
-    """Build an :class:`Ensemble` from LightGBM model text."""
-    return Ensemble(tuple(parse_lightgbm_text(text)), feature_names, row_index, link, text)
+    """Build an :class:`Ensemble` from LightGBM model text (``physics``: see :class:`Ensemble`)."""
+    return Ensemble(tuple(parse_lightgbm_text(text)), feature_names, row_index, link, text, physics, n_row)
