@@ -14,7 +14,8 @@ import pytest
 from optplace.surrogate.config import GpuConfig
 from optplace.surrogate.features import (BASE_NAMES, DERIVED_NAMES, FEATURE_INDEX, FEATURE_NAMES, HIST_COUNT_NAMES,
                                          HIST_LO, HIST_SUM_NAMES, feature_row, feature_row_from_parts)
-from optplace.surrogate.models import THRESHOLD_GRID, cv_threshold, load_surrogate, train
+from optplace.surrogate.models import (ROUNDS_CAP, SHIP_ROUNDS_CAP, THRESHOLD_GRID, cv_threshold, load_surrogate,
+                                      train)
 from optplace.surrogate.physics import WINDOW_S, physics_for
 from optplace.surrogate.sweep import (LocalExecutor, SweepDesign, load_dataset, load_datasets, noisy_row,
                                       pool_replicates, read_rows, run_replicate, run_sweep)
@@ -123,6 +124,20 @@ def test_cv_threshold_is_at_most_half_and_recorded(synth: Path, tmp_path: Path) 
     assert sur.threshold == sur.meta["starved_threshold"] <= 0.5
     assert "2+ seeds" in sur.meta["dataset"]["label"] and sur.meta["physics"] is None  # synthetic: no profile
     assert rep.metrics["false_not_starved_rate"] >= 0
+
+
+def test_rounds_cap_override_caps_trees_and_is_recorded(synth: Path, tmp_path: Path) -> None:
+    train([synth / "a"], tmp_path / "d", holdout=None)
+    train([synth / "a"], tmp_path / "c", holdout=None, rounds_cap={"starved": 21, "throughput": 22})
+    d, c = load_surrogate(tmp_path / "d"), load_surrogate(tmp_path / "c")
+    assert c.meta["models"]["starved"]["trees"] <= 21 and c.meta["models"]["throughput"]["trees"] <= 22
+    assert c.meta["params"]["rounds_cap"] == {**ROUNDS_CAP, "starved": 21, "throughput": 22}
+    assert d.meta["params"]["rounds_cap"] == ROUNDS_CAP
+    # untouched models are trained exactly as without the override
+    assert c.meta["models"]["itl"] == d.meta["models"]["itl"]
+    assert (tmp_path / "c" / "itl.txt").read_text() == (tmp_path / "d" / "itl.txt").read_text()
+    for prof, caps in SHIP_ROUNDS_CAP.items():
+        assert "@" in prof and set(caps) <= set(ROUNDS_CAP) and all(v > 0 for v in caps.values())
 
 
 def test_schema1_twin_sweep_is_upgraded_on_load(tmp_path: Path) -> None:

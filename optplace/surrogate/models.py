@@ -88,6 +88,12 @@ THRESHOLD_FOLDS = 5
 # throughput 70 / starved 40 — group CV on the training sweeps: throughput sMAPE +0.02–0.07 points at 60
 # vs 80 rounds, classifier macro-F1 −0.001 to −0.002 at 40 vs 60.
 ROUNDS_CAP = {"throughput": 70, "starved": 40, "itl": 60, "ttft_p99": 40}
+# Per-profile overrides :func:`ship` applies (a profile with more training rows can use more trees
+# within the latency budget).  Qwen, session 3b: with the boundary-heavy sweep 4206 added (4,736
+# rows), 5-fold group CV on the training rows only (3 fold seeds, test folds = sweeps 4201/02/04/05)
+# gave classifier macro-F1 0.9434 at 40 rounds, 0.9476 at 60, 0.9480 at 80, 0.9490 at 100
+# (threshold 0.425); 60 adds ~6 ms per 10k capacity rows.
+SHIP_ROUNDS_CAP: dict[str, dict[str, int]] = {"qwen-2.5-7b-instruct@h100-64gb": {"starved": 60}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +213,7 @@ def train(
     holdout: Path | str | None = None,
     holdout_replicates: Sequence[Path | str] = (),
     note: str | None = None,
+    rounds_cap: dict[str, int] | None = None,
 ) -> TrainReport:
     """Train the four surrogates on a sweep dataset, write them to ``out_dir``, return metrics.
 
@@ -221,6 +228,8 @@ def train(
     ``dataset_path`` and are scored on that sweep instead; with ``holdout_replicates`` (its
     :func:`~optplace.surrogate.sweep.run_replicate` re-runs) the held-out labels are the
     per-configuration means over the twin seeds, the single-seed labels kept beside them.
+
+    ``rounds_cap`` overrides entries of :data:`ROUNDS_CAP` (boosting-round caps per model).
     """
     from optplace.surrogate.sweep import pool_replicates
 
@@ -254,7 +263,8 @@ def train(
     stage = Path(tempfile.mkdtemp(prefix=".train-", dir=out))
     try:
         metrics = _train_into(stage, ds, X, ys, test, groups, names, seed, prefix, holdout, holdout_replicates,
-                              hold, test_frac, paths, train_ds, note, ok, physics_profile)
+                              hold, test_frac, paths, train_ds, note, ok, physics_profile,
+                              {**ROUNDS_CAP, **(rounds_cap or {})})
         written = sorted((p.name for p in stage.iterdir()), key=lambda n: n.endswith("surrogate.json"))
         with atomic_files(out) as tmp:
             for name in written:
@@ -268,8 +278,9 @@ def train(
 def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], test: np.ndarray, groups: np.ndarray,
                 names: tuple[str, ...], seed: int, prefix: str, holdout: Any, holdout_replicates: Any, hold: Any,
                 test_frac: float, paths: Any, train_ds: Any, note: str | None, ok: np.ndarray,
-                physics_profile: str | None = None) -> dict[str, Any]:
+                physics_profile: str | None = None, caps: dict[str, int] | None = None) -> dict[str, Any]:
     """Fit the four models, write them with their metadata and held-out rows into ``out``; the metrics."""
+    caps = caps or ROUNDS_CAP
     files: dict[str, Any] = {}
     for name, params in (
         ("throughput", REGRESSION_PARAMS),
@@ -281,11 +292,12 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
         use = ~test & np.isfinite(y)
         # a false "not starved" costs the solver a GPU the twin then starves: weigh starved rows up
         w = np.where(y[use] > 0.5, STARVED_WEIGHT, 1.0) if name == "starved" and STARVED_WEIGHT != 1.0 else None
-        booster = _fit(params, X[use], y[use], groups[use], seed, ROUNDS_CAP.get(name, MAX_ROUNDS), w)
+        booster = _fit(params, X[use], y[use], groups[use], seed, caps.get(name, MAX_ROUNDS), w)
         (out / f"{prefix}{name}.txt").write_text(booster.model_to_string())
         files[name] = {"file": f"{prefix}{name}.txt", "trees": booster.num_trees()}
     use = ~test & np.isfinite(ys["starved"])
-    threshold, threshold_cv = cv_threshold(X[use], ys["starved"][use], groups[use], seed)
+    threshold, threshold_cv = cv_threshold(X[use], ys["starved"][use], groups[use], seed,
+                                           rounds=caps.get("starved", MAX_ROUNDS))
     meta = {
         "format_version": MODEL_FORMAT_VERSION,
         "feature_schema_version": SCHEMA_VERSION,
@@ -308,7 +320,7 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
         "split": "random 20 % of sweep groups" if holdout is None else {
             "holdout": Path(holdout).name, "replicates": [Path(p).name for p in holdout_replicates],
             "label": hold.provenance.get("label", "one twin seed per configuration")},
-        "params": {"regression": REGRESSION_PARAMS, "classifier": CLASSIFIER_PARAMS, "rounds_cap": ROUNDS_CAP},
+        "params": {"regression": REGRESSION_PARAMS, "classifier": CLASSIFIER_PARAMS, "rounds_cap": caps},
         "threshold_cv": threshold_cv,
         "n_train": int((~test).sum()),
         "n_test": int(test.sum()),
@@ -330,13 +342,15 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
     return metrics
 
 
-def cv_threshold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, folds: int = THRESHOLD_FOLDS
-                 ) -> tuple[float, dict[str, Any]]:
+def cv_threshold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, folds: int = THRESHOLD_FOLDS,
+                 rounds: int | None = None) -> tuple[float, dict[str, Any]]:
     """Decision threshold of the starvation classifier, chosen on training rows only: out-of-fold
     probabilities from a ``folds``-fold group split, then the threshold on :data:`THRESHOLD_GRID`
     (all ≤ 0.5: never more willing to say "not starved" than the plain classifier, since a false
     "not starved" is the costly mistake for the solver) with the best macro-F1 (ties: the lowest).
+    ``rounds`` caps the classifier's boosting rounds (default ``ROUNDS_CAP["starved"]``).
     Returns (threshold, what was measured)."""
+    rounds = ROUNDS_CAP["starved"] if rounds is None else rounds
     if folds < 2 or np.unique(groups).size < folds or len(np.unique(y)) < 2:
         return 0.5, {"folds": 0, "note": "too few rows or groups: 0.5"}
     uniq = np.unique(groups)
@@ -346,7 +360,7 @@ def cv_threshold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, fo
     p = np.full(y.size, np.nan)
     for k in range(folds):
         tr, te = f != k, f == k
-        b = _fit(CLASSIFIER_PARAMS, X[tr], y[tr], groups[tr], seed + 11 * (k + 1), ROUNDS_CAP["starved"])
+        b = _fit(CLASSIFIER_PARAMS, X[tr], y[tr], groups[tr], seed + 11 * (k + 1), rounds)
         p[te] = b.predict(X[te], num_threads=1)
     yb = y > 0.5
     f1 = [macro_f1(yb, p >= t) for t in THRESHOLD_GRID]
@@ -642,11 +656,12 @@ def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, see
          out_dir: Path | str | None = None, holdout: Path | str | None = None,
          holdout_replicates: Sequence[Path | str] = (), note: str | None = None) -> TrainReport:
     """Train on twin sweeps of a bundled profile and write the result as package data
-    (``holdout`` / ``holdout_replicates`` as in :func:`train`)."""
+    (``holdout`` / ``holdout_replicates`` as in :func:`train`; round caps with the profile's
+    :data:`SHIP_ROUNDS_CAP` overrides)."""
     paths = [dataset_path] if isinstance(dataset_path, (str, Path)) else list(dataset_path)
     for p in [*paths, *([holdout] if holdout is not None else []), *holdout_replicates]:
         ev = load_dataset(p).provenance.get("evaluator", {})
         if ev.get("evaluator") != "twin" or ev.get("profile") != profile_name:
             raise ValueError(f"{p}: not a twin sweep of {profile_name!r} (provenance: {ev})")
     return train(paths, out_dir or MODELS_DIR, seed=seed, prefix=f"{profile_name}.", holdout=holdout,
-                 holdout_replicates=holdout_replicates, note=note)
+                 holdout_replicates=holdout_replicates, note=note, rounds_cap=SHIP_ROUNDS_CAP.get(profile_name))
