@@ -577,19 +577,13 @@ class Surrogate:
 
     def capacity_many(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(predicted delivered tokens/s, starved) for many full rows, deriving the features once."""
-        X = np.asarray(X, dtype=np.float64)
-        offered = X[:, self._offered]
-        k = np.minimum(1.0, self.offered_max / np.where(offered > 0, offered, 1.0))
-        if np.any(k < 1.0):
-            X = X.copy()
-            X[:, self._load_idx] *= k[:, None]
-        Xa = self.augment(X)
-        frac = np.minimum(np.exp(self.models["throughput"].raw(Xa)), 1.0) * k
+        offered, k, Xa, frac = self._many_in_domain(X)
         starved = (self.models["starved"].raw(Xa) >= self._logit_thr) | ((k < 1.0) & (frac < 1.0 - self.max_loss))
         return offered * frac, starved
 
-    def predict_many(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Vectorised predictions for full feature rows: arrays keyed like :class:`Prediction`."""
+    def _many_in_domain(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(offered, k, augmented rows, delivered fraction) for many rows: loads beyond the training range
+        are scaled down by ``k`` (the vectorised form of ``_in_domain``) and the fraction scaled back."""
         X = np.asarray(X, dtype=np.float64)
         offered = X[:, self._offered]
         k = np.minimum(1.0, self.offered_max / np.where(offered > 0, offered, 1.0))
@@ -598,6 +592,11 @@ class Surrogate:
             X[:, self._load_idx] *= k[:, None]
         Xa = self.augment(X)
         frac = np.minimum(np.exp(self.models["throughput"].raw(Xa)), 1.0) * k
+        return offered, k, Xa, frac
+
+    def predict_many(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Vectorised predictions for full feature rows: arrays keyed like :class:`Prediction`."""
+        offered, k, Xa, frac = self._many_in_domain(X)
         s = self.models["starved"].raw(Xa)
         return {
             "throughput_tok_s": offered * frac,
