@@ -80,6 +80,20 @@ def _scenario(ads: list[tuple[int, float]], model: str, time_limit_s: float):
     return load_scenario_text(text, base_dir=REPO)
 
 
+def _skewed_problem(seed: int, n: int, ranks: tuple[int, ...], shape: float, total_rps: float, model: str,
+                    zero_share: float | None = None):
+    """A compiled problem with Pareto-skewed rates (``zero_share`` of the adapters idle, if given) and
+    ranks drawn from ``ranks``; every draw from one generator seeded by ``seed``."""
+    from optplace.solver import compile_problem
+
+    rng = np.random.default_rng(seed)
+    w = rng.pareto(shape, n) + 0.05
+    if zero_share is not None:
+        w[rng.random(n) < zero_share] = 0.0  # idle adapters: a zero-rate class of their own
+    rates = w / max(w.sum(), 1e-12) * total_rps
+    return compile_problem(_scenario([(int(rng.choice(ranks)), float(x)) for x in rates], model, 5), REPO)
+
+
 @settings(max_examples=15, **SETTINGS)
 @given(model=st.sampled_from(["llama-3.1-8b-instruct", "qwen-2.5-7b-instruct"]),
        n=st.integers(3, 120),
@@ -88,16 +102,11 @@ def _scenario(ads: list[tuple[int, float]], model: str, time_limit_s: float):
        total_rps=st.floats(2.0, 80.0),
        seed=st.integers(0, 2**31))
 def test_plans_fit_memory_milp_beats_warm_start_bound_below(model, n, ranks, shape, total_rps, seed) -> None:
-    from optplace.solver import AnalyticCapacity, Infeasible, compile_problem, solve
+    from optplace.solver import AnalyticCapacity, Infeasible, solve
     from optplace.solver.bound import lower_bound
     from optplace.solver.greedy import greedy_improved
 
-    rng = np.random.default_rng(seed)
-    w = rng.pareto(shape, n) + 0.05
-    rates = w / w.sum() * total_rps  # skewed popularity, spread over several GPUs
-    ads = [(int(rng.choice(ranks)), float(x)) for x in rates]
-    sc = _scenario(ads, model, 5)
-    pb = compile_problem(sc, REPO)
+    pb = _skewed_problem(seed, n, ranks, shape, total_rps, model)  # skewed popularity, spread over several GPUs
     an = AnalyticCapacity(pb)
     try:
         plans = {s: solve(pb, an, s) for s in ("greedy-paper", "greedy", "milp")}
@@ -113,7 +122,7 @@ def test_plans_fit_memory_milp_beats_warm_start_bound_below(model, n, ranks, sha
         assert placed == list(range(n)), name
         for g in plan.gpus:
             prof = pb.gpu_types[g.type_index].profile
-            assert prof.startup_status(g.max_loras, g.max_lora_rank, sc.serving.gpu_memory_utilization) == "ok", \
+            assert prof.startup_status(g.max_loras, g.max_lora_rank, pb.serving.gpu_memory_utilization) == "ok", \
                 (name, g.max_loras, g.max_lora_rank)
             assert g.max_lora_rank >= max(pb.adapters[i].rank for i in g.adapter_indices)
             assert 1 <= g.max_loras <= g.max_cpu_loras
@@ -138,16 +147,11 @@ def test_fast_greedy_plans_fit_memory_and_pass_the_oracle(model, n, ranks, shape
     """The fast greedy (class patterns, the first plan of every time-limited solve): every adapter
     once, every GPU starts and passes the analytic oracle at its slots on its adapters' own rates,
     never fewer GPUs than the proven bound, and the same plan twice."""
-    from optplace.solver import AnalyticCapacity, Infeasible, Mix, compile_problem
+    from optplace.solver import AnalyticCapacity, Infeasible, Mix
     from optplace.solver.bound import lower_bound
     from optplace.solver.greedy import greedy_fast
 
-    rng = np.random.default_rng(seed)
-    w = rng.pareto(shape, n) + 0.05
-    w[rng.random(n) < zero_share] = 0.0  # idle adapters: a zero-rate class of their own
-    rates = w / max(w.sum(), 1e-12) * total_rps
-    ads = [(int(rng.choice(ranks)), float(x)) for x in rates]
-    pb = compile_problem(_scenario(ads, model, 5), REPO)
+    pb = _skewed_problem(seed, n, ranks, shape, total_rps, model, zero_share)
     an = AnalyticCapacity(pb)
     try:
         gpus = greedy_fast(pb, an)
@@ -178,14 +182,11 @@ def test_balancing_keeps_the_count_and_oracle_and_lowers_the_worst_gpu(model, n,
                                                                        seed) -> None:
     """Balancing the fast greedy's plan at its GPU count (what milp/greedy return): same GPUs, every
     adapter once, every GPU accepted by the oracle at its slots, worst utilisation never higher."""
-    from optplace.solver import AnalyticCapacity, Infeasible, Mix, compile_problem
+    from optplace.solver import AnalyticCapacity, Infeasible, Mix
     from optplace.solver.balance import rebalance, utilisation
     from optplace.solver.greedy import greedy_fast
 
-    rng = np.random.default_rng(seed)
-    w = rng.pareto(shape, n) + 0.05
-    rates = w / w.sum() * total_rps
-    pb = compile_problem(_scenario([(int(rng.choice(ranks)), float(x)) for x in rates], model, 5), REPO)
+    pb = _skewed_problem(seed, n, ranks, shape, total_rps, model)
     an = AnalyticCapacity(pb)
     try:
         first = greedy_fast(pb, an)
