@@ -453,14 +453,15 @@ _mount_subapps()
 
 
 def _stopped(kind: str) -> str:
-    """The one line for an interrupted run: whether any output had been completed (a signal held during
-    the final rename is delivered just after it) or none was written."""
+    """The one line for an interrupted run: which outputs had been renamed into place, complete, before
+    the signal (one held during a final rename is delivered just after it; a sweep has written its
+    provenance long before), or that none was written."""
     from .outputs import committed_outputs
 
     done = committed_outputs()
     if not done:
         return f"{kind}: no output was written"
-    return f"{kind} after the output was complete: {', '.join(str(p) for p in done)}"
+    return f"{kind}; written completely before the signal: {', '.join(str(p) for p in done)}"
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ def test_sigterm_keeps_previous_output(previous_output, delay_s: float) -> None:
         return
     assert rc == 143, (rc, err)
     lines = _message_lines(err)
-    if lines == [f"terminated after the output was complete: {out.resolve()}"]:
+    if lines == [f"terminated; written completely before the signal: {out.resolve()}"]:
         return  # the signal landed during the final rename: held, then delivered after it; D is complete
     assert lines == ["terminated: no output was written"], err
     assert _digest(out) == before  # untouched, byte for byte
@@ -103,7 +103,7 @@ def test_sigterm_fresh_target(tmp_path: Path, delay_s: float) -> None:
     lines = _message_lines(err)
     if out.exists():  # signalled during the final rename (see above): complete, and said so
         assert {p.name for p in out.iterdir()} == COMPLETE
-        assert lines == [f"terminated after the output was complete: {out.resolve()}"], err
+        assert lines == [f"terminated; written completely before the signal: {out.resolve()}"], err
         return
     assert lines == ["terminated: no output was written"], err
     assert not out.exists()
@@ -299,6 +299,6 @@ def test_signal_during_final_rename_is_reported_as_complete(tmp_path: Path) -> N
     (out / "a.txt").write_text("old")
     res = subprocess.run([sys.executable, "-c", _RACE, str(out)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"terminated after the output was complete: {out.resolve()}"
+    assert res.stdout.strip() == f"terminated; written completely before the signal: {out.resolve()}"
     assert (out / "a.txt").read_text() == "new"
     assert not _leftovers(tmp_path, "D")
