@@ -14,7 +14,7 @@ import pytest
 from optplace.surrogate.config import GpuConfig
 from optplace.surrogate.features import (BASE_NAMES, DERIVED_NAMES, FEATURE_INDEX, FEATURE_NAMES, HIST_COUNT_NAMES,
                                          HIST_LO, HIST_SUM_NAMES, feature_row, feature_row_from_parts)
-from optplace.surrogate.models import (ROUNDS_CAP, SHIP_ROUNDS_CAP, THRESHOLD_GRID, cv_threshold, load_surrogate,
+from optplace.surrogate.models import (ROUNDS_CAP, THRESHOLD_GRID, cv_threshold, load_surrogate,
                                       train)
 from optplace.surrogate.physics import WINDOW_S, physics_for
 from optplace.surrogate.sweep import (LocalExecutor, SweepDesign, load_dataset, load_datasets, noisy_row,
@@ -136,8 +136,6 @@ def test_rounds_cap_override_caps_trees_and_is_recorded(synth: Path, tmp_path: P
     # untouched models are trained exactly as without the override
     assert c.meta["models"]["itl"] == d.meta["models"]["itl"]
     assert (tmp_path / "c" / "itl.txt").read_text() == (tmp_path / "d" / "itl.txt").read_text()
-    for prof, caps in SHIP_ROUNDS_CAP.items():
-        assert "@" in prof and set(caps) <= set(ROUNDS_CAP) and all(v > 0 for v in caps.values())
 
 
 def test_schema1_twin_sweep_is_upgraded_on_load(tmp_path: Path) -> None:
