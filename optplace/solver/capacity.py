@@ -162,6 +162,34 @@ class FluidPoint:
         return self.a0_ms / (1.0 - x) if x < 1.0 else math.inf
 
 
+def fluid_constants(step: Any, ovh: Any, rank_max: int, distinct: int, slots: int, I: float, O: float, kv: int,
+                    budget: int, max_seqs: int) -> tuple[float, float, float, float]:
+    """The fluid model of one engine configuration: (empty-batch step a0 [ms], slope aN·O + aP·I [ms per
+    req/ms], capacity λ* [req/s], one request's service time at low load [s]). ``step``/``ovh``: the
+    profile's step-time (bound as the caller wants) and scheduler-overhead models; ``kv``: KV tokens;
+    ``budget``/``max_seqs``: ``max_num_batched_tokens`` / ``max_num_seqs``. Shared by
+    :class:`AnalyticCapacity` and the surrogate's derived features (``optplace.surrogate.physics``)."""
+    ctx = I + 0.5 * O  # mean KV tokens a decoding request attends over
+
+    def h(n: int, pf: int) -> float:
+        return step.step_ms(n, pf, n, distinct, float(rank_max), n * ctx) + ovh.overhead_ms(n, 0, slots, slots)
+
+    a0 = h(0, 0)
+    aN = (h(1000, 0) - a0) / 1000.0
+    aP = (h(0, 1000) - a0) / 1000.0
+    slope = max(aN * O + aP * I, 1e-9)
+    a0 = max(a0, 1e-6)
+    # λ in req/ms: h = a0/(1 − λ·slope); budget λ(I+O)h ≤ B; seqs λ·O·h ≤ S; KV λ·O·h·(I+O) ≤ kv.
+    limits = [1.0 / slope,
+              budget / ((I + O) * a0 + budget * slope),
+              max_seqs / (O * a0 + max_seqs * slope),
+              kv / (O * (I + O) * a0 + kv * slope) if kv > 0 else 0.0]
+    lam = max(min(limits), 0.0) * 1e3
+    # A request's service time: its decode steps plus one prefill step, at low load.
+    service = (O + 1.0) * h(1, int(min(I, budget))) * 1e-3
+    return a0, slope, lam, service
+
+
 class AnalyticCapacity:
     """Closed-form capacity model (see the module docstring)."""
 
@@ -207,30 +235,11 @@ class AnalyticCapacity:
             return p
         prob = self.problem
         st, sv = prob.stats, prob.serving
-        I, O = st.mean_input_tokens, st.mean_output_tokens
         step, ovh = self._step_models(gtype, rank_max)
-        ctx = I + 0.5 * O  # mean KV tokens a decoding request attends over
-
-        def h(n: int, pf: int) -> float:
-            return step.step_ms(n, pf, n, distinct, float(rank_max), n * ctx) + ovh.overhead_ms(n, 0, slots, slots)
-
-        a0 = h(0, 0)
-        aN = (h(1000, 0) - a0) / 1000.0
-        aP = (h(0, 1000) - a0) / 1000.0
-        slope = max(aN * O + aP * I, 1e-9)
         kv = self.problem.gpu_types[gtype].profile.kv_cache_tokens(slots, rank_max, sv.gpu_memory_utilization)
-        a0 = max(a0, 1e-6)
-        # λ in req/ms: h = a0/(1 − λ·slope); budget λ(I+O)h ≤ B; seqs λ·O·h ≤ S; KV λ·O·h·(I+O) ≤ kv.
-        limits = [1.0 / slope,
-                  sv.max_num_batched_tokens / ((I + O) * a0 + sv.max_num_batched_tokens * slope),
-                  sv.max_num_seqs / (O * a0 + sv.max_num_seqs * slope)]
-        if kv > 0:
-            limits.append(kv / (O * (I + O) * a0 + kv * slope))
-        else:
-            limits.append(0.0)
-        lam = max(min(limits), 0.0) * 1e3
-        # A request's service time: its decode steps plus one prefill step, at low load.
-        service = (O + 1.0) * h(1, int(min(I, sv.max_num_batched_tokens))) * 1e-3
+        a0, slope, lam, service = fluid_constants(step, ovh, rank_max, distinct, slots, st.mean_input_tokens,
+                                                  st.mean_output_tokens, kv, sv.max_num_batched_tokens,
+                                                  sv.max_num_seqs)
         p = FluidPoint(a0, slope, lam, service, kv)
         self._points[key] = p
         return p

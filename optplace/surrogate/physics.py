@@ -65,24 +65,11 @@ class Physics:
         return v
 
     def _fluid(self, rank_max: int, distinct: int, slots: int, I: float, O: float) -> tuple[float, float]:
-        step = self._step.bind(rank_max, slots)
-        ctx = I + 0.5 * O  # mean KV tokens a decoding request attends over
+        from optplace.solver.capacity import fluid_constants
 
-        def h(n: int, pf: int, ctx_tokens: float) -> float:
-            return step.step_ms(n, pf, n, distinct, float(rank_max), ctx_tokens) + self._ovh.overhead_ms(n, 0, slots,
-                                                                                                          slots)
-
-        a0 = h(0, 0, 0.0)
-        aN = (h(1000, 0, 1000 * ctx) - a0) / 1000.0
-        aP = (h(0, 1000, 0.0) - a0) / 1000.0
-        slope = max(aN * O + aP * I, 1e-9)
         kv = self.profile.kv_cache_tokens(slots, rank_max, self.util)
-        a0 = max(a0, 1e-6)
-        B, S = self.budget, self.max_seqs
-        lims = [1.0 / slope, B / ((I + O) * a0 + B * slope), S / (O * a0 + S * slope),
-                kv / (O * (I + O) * a0 + kv * slope) if kv > 0 else 0.0]
-        lam = max(min(lims), 0.0) * 1e3
-        service = (O + 1.0) * h(1, int(min(I, B)), ctx) * 1e-3
+        _, _, lam, service = fluid_constants(self._step.bind(rank_max, slots), self._ovh, rank_max, distinct, slots,
+                                             I, O, kv, self.budget, self.max_seqs)
         return lam, service
 
     def derive_row(self, row: list[float]) -> list[float]:
