@@ -38,6 +38,11 @@ def _message_lines(err: str) -> list[str]:
     return [ln for ln in err.strip().splitlines() if not ln.startswith(_BANNER)]
 
 
+def _complete_line(out: Path) -> str:
+    """The CLI's line for a signal delivered after ``out`` was renamed into place (held during the swap)."""
+    return f"terminated; written completely before the signal: {out.resolve()}"
+
+
 def _leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
 
@@ -84,7 +89,7 @@ def test_sigterm_keeps_previous_output(previous_output, delay_s: float) -> None:
         return
     assert rc == 143, (rc, err)
     lines = _message_lines(err)
-    if lines == [f"terminated; written completely before the signal: {out.resolve()}"]:
+    if lines == [_complete_line(out)]:
         return  # the signal landed during the final rename: held, then delivered after it; D is complete
     assert lines == ["terminated: no output was written"], err
     assert _digest(out) == before  # untouched, byte for byte
@@ -103,7 +108,7 @@ def test_sigterm_fresh_target(tmp_path: Path, delay_s: float) -> None:
     lines = _message_lines(err)
     if out.exists():  # signalled during the final rename (see above): complete, and said so
         assert {p.name for p in out.iterdir()} == COMPLETE
-        assert lines == [f"terminated; written completely before the signal: {out.resolve()}"], err
+        assert lines == [_complete_line(out)], err
         return
     assert lines == ["terminated: no output was written"], err
     assert not out.exists()
@@ -299,6 +304,6 @@ def test_signal_during_final_rename_is_reported_as_complete(tmp_path: Path) -> N
     (out / "a.txt").write_text("old")
     res = subprocess.run([sys.executable, "-c", _RACE, str(out)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"terminated; written completely before the signal: {out.resolve()}"
+    assert res.stdout.strip() == _complete_line(out)
     assert (out / "a.txt").read_text() == "new"
     assert not _leftovers(tmp_path, "D")
