@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,11 +128,19 @@ def test_sigterm_during_slow_validation(tmp_path: Path) -> None:
 
     solve_s, whole_s = timed(["--no-validate"]), timed([])
     assert whole_s > solve_s + 1.0, (solve_s, whole_s)  # the validation is long enough to be hit
-    delay = (solve_s + whole_s) / 2
     out = tmp_path / "D"
-    t0 = time.perf_counter()
-    rc, err = _solve_and_kill(SLOW, out, delay, force=False)
-    stop_s = time.perf_counter() - t0 - delay
+    for _ in range(3):
+        delay = (solve_s + whole_s) / 2
+        t0 = time.perf_counter()
+        rc, err = _solve_and_kill(SLOW, out, delay, force=False)
+        stop_s = time.perf_counter() - t0 - delay
+        if rc not in (0, -15):
+            break
+        # This run was faster than the measured one and ended before the signal (a machine whose load
+        # changes, e.g. CI installing vLLM beside the tests): it took at most ``delay``; aim earlier.
+        assert {p.name for p in out.iterdir()} == COMPLETE
+        shutil.rmtree(out)
+        whole_s = delay
     assert rc == 143, (rc, err, solve_s, whole_s)
     assert _message_lines(err) == ["terminated: no output was written"], err
     assert not out.exists() and not _leftovers(tmp_path, "D")
