@@ -42,15 +42,20 @@ _SIGTERM_SEEN = False
 _COMMITTED: list[Path] = []
 
 
+_STAGING: list[Path] = []  # temporary folders of the atomic_dir calls under way
+
+
 def committed_outputs() -> list[Path]:
     """Outputs this process has renamed into place so far, in order. A signal held during a swap is
     delivered right after it, so "interrupted" does not always mean "nothing was written"; the CLI
-    reads this to say which."""
+    reads this to say which. Files renamed inside an :func:`atomic_dir`'s temporary folder are not
+    outputs (the folder is discarded when the run is interrupted); the folder's own swap is."""
     return list(_COMMITTED)
 
 
 def _commit(path: Path) -> None:
-    _COMMITTED.append(path)
+    if not any(path.is_relative_to(d) for d in _STAGING):
+        _COMMITTED.append(path)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -88,11 +93,14 @@ def atomic_dir(target: Path, force: bool = False) -> Iterator[Path]:
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    _STAGING.append(tmp)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _STAGING.remove(tmp)
     # A signal between the two renames would leave the target missing and the old output aside:
     # hold SIGTERM/SIGINT until the swap is done (they are delivered right after).
     with _signals_held():

@@ -316,3 +316,29 @@ def test_signal_during_final_rename_is_reported_as_complete(tmp_path: Path) -> N
     assert res.stdout.strip() == _complete_line(out)
     assert (out / "a.txt").read_text() == "new"
     assert not _leftovers(tmp_path, "D")
+
+
+_INSIDE = """
+import os, signal, sys
+from pathlib import Path
+from optplace.outputs import atomic_dir, install_sigterm_handler, write_json, Terminated
+from optplace.cli import _stopped
+install_sigterm_handler()
+try:
+    with atomic_dir(Path(sys.argv[1]), force=True) as tmp:
+        write_json(tmp / "plan.json", {"a": 1})  # an atomic file write inside the staging folder
+        os.kill(os.getpid(), signal.SIGTERM)
+except Terminated:
+    print(_stopped("terminated"))
+"""
+
+
+def test_files_written_inside_the_staging_folder_are_not_reported_as_outputs(tmp_path: Path) -> None:
+    """Killed while ``solve --out`` writes its files (each atomically, inside the temporary folder):
+    the folder is discarded, so the line says nothing was written (CI once printed the staging
+    folder's plan.json and twin.json as "written completely")."""
+    out = tmp_path / "D"
+    res = subprocess.run([sys.executable, "-c", _INSIDE, str(out)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "terminated: no output was written"
+    assert not out.exists() and not _leftovers(tmp_path, "D")
