@@ -7,9 +7,11 @@ Public API (import from the sub-modules; nothing heavy is imported here):
 * ``config``: ``GpuConfig``, ``GpuMetrics``, ``ArrivalParams``, ``LengthParams``, ``Evaluator``.
 * ``sweep``: ``run_sweep(evaluator, out, SweepDesign, seed, executor)``, ``LocalExecutor``,
   ``RayExecutor``, ``load_dataset`` / ``load_datasets``, ``run_replicate`` (same configurations,
-  other twin seeds) / ``pool_replicates`` (seed-mean labels); ``twin_eval.TwinEvaluator(profile)``.
+  other twin seeds) / ``pool_replicates`` (seed-mean labels) / ``load_holdouts`` (several held-out
+  sweeps as one set); ``twin_eval.TwinEvaluator(profile)``.
 * ``physics``: ``Physics`` / ``physics_for(profile)`` — derived features (fluid load, active and slot-holding adapters).
-* ``models``: ``train(dataset(s), out_dir, seed, holdout=, holdout_replicates=)``, ``ship``, ``load_surrogate(path)``,
+* ``models``: ``train(dataset(s), out_dir, seed, holdout=sweep(s), holdout_replicates=)``, ``ship``,
+  ``load_holdout`` / ``holdout_sweeps`` (the shipped held-out rows and their sweeps), ``load_surrogate(path)``,
   ``load_shipped(profile)`` → ``Surrogate`` with ``predict_row`` / ``predict`` /
   ``throughput_row`` / ``starved_row`` / ``predict_many``.
 * ``milp_encoding``: ``GbtEncoding`` (exact trees), ``StepEncoding`` + ``step_table`` (exact slice

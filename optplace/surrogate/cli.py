@@ -67,16 +67,18 @@ def train(
                                                         "into it (labels: mean over each row's twin seeds).")],
     out: Annotated[Path, typer.Option("--out", help="Model directory.")],
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    holdout: Annotated[Optional[Path], typer.Option(help="Score on this sweep (another sweep seed) instead of a "
-                                                         "random 20 % of the groups.")] = None,
+    holdout: Annotated[Optional[list[Path]], typer.Option(help="Score on this sweep (another sweep seed) instead of "
+                                                               "a random 20 % of the groups; repeat for several "
+                                                               "(scored as one set).")] = None,
     holdout_replicate: Annotated[Optional[list[Path]], typer.Option(help="`surrogate replicate` re-runs of the "
-                                                                         "held-out sweep: labels become seed means.")]
+                                                                         "held-out sweep(s): labels become seed means "
+                                                                         "(each pooled into the sweep it names).")]
     = None,
 ) -> None:
     """Train the throughput / ITL / TTFT / starvation models on sweeps; print held-out metrics."""
     from optplace.surrogate.models import train as _train
 
-    rep = _train(datasets, out, seed=seed, holdout=holdout, holdout_replicates=holdout_replicate or ())
+    rep = _train(datasets, out, seed=seed, holdout=holdout or None, holdout_replicates=holdout_replicate or ())
     typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
                            "metrics": rep.metrics}, indent=2))
 
@@ -87,13 +89,15 @@ def ship(
     datasets: Annotated[list[Path], typer.Argument(help="Twin sweep(s) of that profile, and replicates of them "
                                                         "(pooled: seed-mean labels).")],
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    holdout: Annotated[Optional[Path], typer.Option(help="Held-out twin sweep (another sweep seed).")] = None,
-    holdout_replicate: Annotated[Optional[list[Path]], typer.Option(help="Its seed replicates.")] = None,
+    holdout: Annotated[Optional[list[Path]], typer.Option(help="Held-out twin sweep (another sweep seed); repeat "
+                                                               "for several.")] = None,
+    holdout_replicate: Annotated[Optional[list[Path]], typer.Option(help="Their seed replicates.")] = None,
     note: Annotated[Optional[str], typer.Option(help="Free-text provenance note stored with the models.")] = None,
 ) -> None:
     """Train on twin sweeps of a bundled profile and write the models as package data (maintainers)."""
     from optplace.surrogate.models import ship as _ship
 
-    rep = _ship(datasets, profile, seed=seed, holdout=holdout, holdout_replicates=holdout_replicate or (), note=note)
+    rep = _ship(datasets, profile, seed=seed, holdout=holdout or None, holdout_replicates=holdout_replicate or (),
+                note=note)
     typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
                            "metrics": rep.metrics}, indent=2))

@@ -48,7 +48,7 @@ from optplace.outputs import atomic_files
 from optplace.surrogate.config import GpuConfig
 from optplace.surrogate.features import (BASE_NAMES, DERIVED_NAMES, FEATURE_INDEX, FEATURE_NAMES, HIST_SUM_NAMES,
                                          SCHEMA_VERSION, check_schema, feature_row)
-from optplace.surrogate.sweep import Dataset, load_dataset, load_datasets
+from optplace.surrogate.sweep import Dataset, check_disjoint, load_dataset, load_datasets, same_labels
 from optplace.surrogate.trees import Ensemble, ensemble_from_text
 
 MODEL_FORMAT_VERSION = 2
@@ -203,7 +203,7 @@ def train(
     features: Sequence[str] | None = None,
     test_frac: float = 0.2,
     prefix: str = "",
-    holdout: Path | str | None = None,
+    holdout: Path | str | Sequence[Path | str] | None = None,
     holdout_replicates: Sequence[Path | str] = (),
     note: str | None = None,
     rounds_cap: dict[str, int] | None = None,
@@ -220,20 +220,30 @@ def train(
     sweep of the same design under another sweep seed) the models train on every row of
     ``dataset_path`` and are scored on that sweep instead; with ``holdout_replicates`` (its
     :func:`~optplace.surrogate.sweep.run_replicate` re-runs) the held-out labels are the
-    per-configuration means over the twin seeds, the single-seed labels kept beside them.
+    per-configuration means over the twin seeds, the single-seed labels kept beside them.  ``holdout``
+    may list several such sweeps (:func:`~optplace.surrogate.sweep.load_holdouts`: each pooled with
+    the replicates that name it, scored as one set; the shipped ``holdout.csv`` records each row's
+    sweep, see :func:`holdout_sweeps`).  A held-out sweep sharing a sweep or a twin run with the
+    training sweeps is refused (:func:`~optplace.surrogate.sweep.check_disjoint`).  The held-out rows never influence the models: the model files
+    are the same whatever held-out set is given.
 
     ``rounds_cap`` overrides entries of :data:`ROUNDS_CAP` (boosting-round caps per model).
     """
-    from optplace.surrogate.sweep import pool_replicates
+    from optplace.surrogate.sweep import load_holdouts
 
     paths = [dataset_path] if isinstance(dataset_path, (str, Path)) else list(dataset_path)
+    holdouts = [] if holdout is None else [holdout] if isinstance(holdout, (str, Path)) else list(holdout)
     train_ds = load_datasets(paths)
     check_schema(train_ds.feature_names, int(train_ds.provenance.get("feature_schema_version", SCHEMA_VERSION)))
-    if holdout is not None:
-        hold = pool_replicates(holdout, holdout_replicates) if holdout_replicates else load_dataset(holdout)
-        if hold.feature_names != train_ds.feature_names or hold.provenance.get("evaluator") != train_ds.provenance.get(
-                "evaluator"):
-            raise ValueError(f"{holdout}: other features or evaluator than the training sweeps")
+    if holdouts:
+        hold = load_holdouts(holdouts, holdout_replicates)
+        for h in hold.provenance["holdouts"]:
+            if hold.feature_names != train_ds.feature_names or not same_labels(
+                    h["evaluator"] or {}, train_ds.provenance.get("evaluator", {})):
+                raise ValueError(f"{h['name']}: other features or evaluator than the training sweeps")
+        in_training = check_disjoint(train_ds, hold, "the training sweeps",
+                                     "+".join(h["name"] for h in hold.provenance["holdouts"]))
+        hold.provenance["configurations_also_in_training"] = in_training
         ds = _stack(train_ds, hold)
         is_test = np.concatenate([np.zeros(train_ds.index.size, bool), np.ones(hold.index.size, bool)])
     else:
@@ -248,14 +258,14 @@ def train(
     X = Xa[ok][:, cols]
     groups = ds.group[ok]
     ys = {k: v[ok] for k, v in _targets(ds).items()}
-    test = is_test[ok] if holdout is not None else split_groups(groups, test_frac, seed)
+    test = is_test[ok] if holdouts else split_groups(groups, test_frac, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written to a staging folder inside ``out`` and renamed into place together at the
     # end (surrogate.json last), so an interrupted training leaves the previous model set intact.
     stage = Path(tempfile.mkdtemp(prefix=".train-", dir=out))
     try:
-        metrics = _train_into(stage, ds, X, ys, test, groups, names, seed, prefix, holdout, holdout_replicates,
+        metrics = _train_into(stage, ds, X, ys, test, groups, names, seed, prefix, holdouts, holdout_replicates,
                               hold, test_frac, paths, train_ds, note, ok, physics_profile,
                               {**ROUNDS_CAP, **(rounds_cap or {})})
         written = sorted((p.name for p in stage.iterdir()), key=lambda n: n.endswith("surrogate.json"))
@@ -305,11 +315,15 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
         "physics": {"profile": physics_profile, "derived": list(DERIVED_NAMES),
                     "source": "optplace.surrogate.physics (fluid model of the profile's step time; rate histogram)"}
         if physics_profile and set(names) & set(DERIVED_NAMES) else None,
-        "offered_max": float(X[:, names.index("offered_tok_s")].max()) if "offered_tok_s" in names else None,
+        # the training rows' range only: the held-out rows must not shape the model
+        "offered_max": float(X[~test][:, names.index("offered_tok_s")].max()) if "offered_tok_s" in names else None,
         "seed": seed,
-        "test_frac": test_frac if holdout is None else None,
-        "split": "random 20 % of sweep groups" if holdout is None else {
-            "holdout": Path(holdout).name, "replicates": [Path(p).name for p in holdout_replicates],
+        "test_frac": test_frac if not holdout else None,
+        "split": "random 20 % of sweep groups" if not holdout else {
+            "holdout": Path(holdout[0]).name if len(holdout) == 1 else [Path(h).name for h in holdout],
+            "holdouts": hold.provenance["holdouts"],
+            "configurations_also_in_training": hold.provenance["configurations_also_in_training"],
+            "replicates": [Path(p).name for p in holdout_replicates],
             "label": hold.provenance.get("label", "one twin seed per configuration")},
         "params": {"regression": REGRESSION_PARAMS, "classifier": CLASSIFIER_PARAMS, "rounds_cap": caps},
         "threshold_cv": threshold_cv,
@@ -376,10 +390,13 @@ def _stack(a: Dataset, b: Dataset) -> Dataset:
         X=np.vstack([a.X, b.X]), feature_names=a.feature_names,
         targets={k: np.concatenate([col(a, k), col(b, k)]) for k in keys},
         index=np.concatenate([a.index, b.index + off]), group=np.concatenate([a.group, b.group + off]),
-        meta={m: np.concatenate([a.meta[m], b.meta[m]]) for m in a.meta}, provenance=a.provenance)
+        meta={**{m: np.concatenate([a.meta[m], b.meta[m]]) for m in a.meta},
+              **{m: np.concatenate([np.full(a.index.size, -1, b.meta[m].dtype), b.meta[m]])
+                 for m in b.meta if m not in a.meta}},
+        provenance=a.provenance)
 
 
-HOLDOUT_COLUMNS = ("index", "group", "pass", "wall_s")
+HOLDOUT_COLUMNS = ("index", "group", "pass", "wall_s", "holdout_sweep")
 
 
 def _write_holdout(path: Path, ds: Dataset, rows: np.ndarray) -> None:
@@ -390,9 +407,11 @@ def _write_holdout(path: Path, ds: Dataset, rows: np.ndarray) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow([*HOLDOUT_COLUMNS, *ds.feature_names, *tnames])
+        sweep = ds.meta.get("holdout_sweep", np.zeros(ds.index.size, np.int64))
         for i in rows:
             w.writerow([int(ds.index[i]), int(ds.group[i]), int(ds.meta["pass"][i]), repr(float(ds.meta["wall_s"][i])),
-                        *(repr(float(v)) for v in ds.X[i]), *(repr(float(ds.targets[t][i])) for t in tnames)])
+                        int(sweep[i]), *(repr(float(v)) for v in ds.X[i]),
+                        *(repr(float(ds.targets[t][i])) for t in tnames)])
 
 
 def load_holdout(sur: "Surrogate") -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -409,6 +428,22 @@ def load_holdout(sur: "Surrogate") -> tuple[np.ndarray, dict[str, np.ndarray], n
     skip = set(HOLDOUT_COLUMNS) | set(FEATURE_NAMES)
     targets = {k: np.array([float(r[k]) for r in recs]) for k in (recs[0].keys() if recs else []) if k not in skip}
     return X, targets, np.array([float(r["wall_s"]) for r in recs]), np.array([int(r["pass"]) for r in recs])
+
+
+def holdout_sweeps(sur: "Surrogate") -> tuple[tuple[str, ...], np.ndarray]:
+    """Which held-out sweep each shipped held-out row comes from: (sweep names, per-row index into
+    them), rows in :func:`load_holdout` order.  A model scored on one sweep (or on a random split:
+    name ``"split"``) gives index 0 everywhere."""
+    import csv
+
+    split = sur.meta.get("split")
+    if isinstance(split, dict):
+        names = tuple(h["name"] for h in split["holdouts"]) if "holdouts" in split else (str(split["holdout"]),)
+    else:
+        names = ("split",)
+    with (sur.directory / sur.meta["holdout"]).open(newline="") as fh:
+        idx = np.array([int(r.get("holdout_sweep") or 0) for r in csv.DictReader(fh)], dtype=np.int64)
+    return names, idx
 
 
 def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) -> dict[str, float]:
@@ -643,14 +678,15 @@ def load_shipped(profile_name: str) -> Surrogate:
 
 
 def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, seed: int = 0,
-         out_dir: Path | str | None = None, holdout: Path | str | None = None,
+         out_dir: Path | str | None = None, holdout: Path | str | Sequence[Path | str] | None = None,
          holdout_replicates: Sequence[Path | str] = (), note: str | None = None) -> TrainReport:
     """Train on twin sweeps of a bundled profile and write the result as package data
     (``holdout`` / ``holdout_replicates`` as in :func:`train`)."""
     paths = [dataset_path] if isinstance(dataset_path, (str, Path)) else list(dataset_path)
-    for p in [*paths, *([holdout] if holdout is not None else []), *holdout_replicates]:
+    holdouts = [] if holdout is None else [holdout] if isinstance(holdout, (str, Path)) else list(holdout)
+    for p in [*paths, *holdouts, *holdout_replicates]:
         ev = load_dataset(p).provenance.get("evaluator", {})
         if ev.get("evaluator") != "twin" or ev.get("profile") != profile_name:
             raise ValueError(f"{p}: not a twin sweep of {profile_name!r} (provenance: {ev})")
-    return train(paths, out_dir or MODELS_DIR, seed=seed, prefix=f"{profile_name}.", holdout=holdout,
+    return train(paths, out_dir or MODELS_DIR, seed=seed, prefix=f"{profile_name}.", holdout=holdouts or None,
                  holdout_replicates=holdout_replicates, note=note)

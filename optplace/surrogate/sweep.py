@@ -663,6 +663,7 @@ def load_dataset(path: Path | str) -> Dataset:
     meta["load"] = col("load")
     meta["pass"] = col("pass", np.int64)
     meta["wall_s"] = col("wall_s")
+    meta["seed"] = col("seed", np.int64)  # the row's twin seed (identifies the twin run with the features)
     return Dataset(X, names, targets, col("index", np.int64), col("group", np.int64), meta, prov)
 
 
@@ -837,3 +838,99 @@ def pool_replicates(base: Path | str, replicates: Sequence[Path | str], partial:
              f"{int((seen.sum(axis=0) > 1).sum())} of {keep.size} rows with more than one)")
     prov = {**b.provenance, "replicates": [r.provenance.get("replicate_salt") for r in reps], "label": label}
     return Dataset(b.X[i0], b.feature_names, targets, b.index[i0], b.group[i0], meta, prov)
+
+
+#: Twin versions that give identical model labels (throughput, verdicts, OOM, ITL, TTFT; they differ
+#: only in ``engine_tok_s``, which no model uses), so a held-out sweep of one may be scored next to
+#: training rows or held-out sweeps of another.  Checked by re-running configurations of the old
+#: held-out replicates with their twin seeds: 100 of 100 in session 3 (surrogate.json note), 62 of 62
+#: rows (llama_test_4103_r1 / qwen_test_4203_r1) in session 4 (/work/sweeps2/twincheck_s4.py).
+LABEL_EQUIVALENT_TWINS: tuple[frozenset[str], ...] = (frozenset({"0.1.0+9b6736f53690", "0.1.0+f10ef4122c71"}),)
+
+
+def same_labels(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two evaluator identities (provenance ``evaluator``) label rows alike: equal, or the
+    twin on one profile (same profile hash) at versions listed together in :data:`LABEL_EQUIVALENT_TWINS`."""
+    if a == b:
+        return True
+    strip = ("version",)
+    if a.get("evaluator") != "twin" or {k: v for k, v in a.items() if k not in strip} != {
+            k: v for k, v in b.items() if k not in strip}:
+        return False
+    return any({a.get("version"), b.get("version")} <= s for s in LABEL_EQUIVALENT_TWINS)
+
+
+def _row_keys(d: Dataset, with_seed: bool) -> set[bytes]:
+    X = np.ascontiguousarray(d.X, dtype=np.float64)
+    if not with_seed:
+        return {r.tobytes() for r in X}
+    return {r.tobytes() + int(s).to_bytes(8, "little", signed=True) for r, s in zip(X, d.meta["seed"])}
+
+
+def check_disjoint(a: Dataset, b: Dataset, a_name: str, b_name: str) -> int:
+    """Refuse two datasets that share a sweep (seed and design) or any twin run (a row with the same
+    configuration *and* twin seed).  Returns how many configurations they share under other twin
+    seeds: sweeps of other seeds can draw the same degenerate configuration (a boundary chain on
+    one adapter with one slot bisects the same loads), which is a fair draw, not a leak."""
+    pa, pb = a.provenance, b.provenance
+    if pa.get("seed") == pb.get("seed") and pa.get("design") == pb.get("design"):
+        raise ValueError(f"{b_name}: the same sweep (seed {pb.get('seed')}, same design) as {a_name}")
+    if a.feature_names != b.feature_names:
+        return 0
+    same_runs = len(_row_keys(a, True) & _row_keys(b, True))
+    if same_runs:
+        raise ValueError(f"{b_name}: {same_runs} twin runs (configuration and twin seed) also in {a_name}")
+    return len(_row_keys(a, False) & _row_keys(b, False))
+
+
+def load_holdouts(holdouts: Sequence[Path | str], replicates: Sequence[Path | str] = ()) -> Dataset:
+    """Several held-out sweeps of one profile as one held-out set, each with its seed replicates.
+
+    Each sweep is pooled with the replicates whose provenance names it (:func:`pool_replicates`,
+    every row in every replicate: seed-mean labels).  All sweeps must have the same number of
+    replicates (the labels must mean the same thing), the same features, evaluators that label alike
+    (:func:`same_labels`: one profile), and no sweep or twin run in common (:func:`check_disjoint`).  Groups and indices
+    of the k-th sweep are offset by k·2³²; ``meta["holdout_sweep"]`` is k, and
+    ``provenance["holdouts"]`` lists the sweeps in that order.
+    """
+    names = [Path(h).name for h in holdouts]
+    if not names:
+        raise ValueError("no held-out sweep given")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a held-out sweep is listed twice: {names}")
+    reps: dict[str, list[Path | str]] = {n: [] for n in names}
+    for r in replicates:
+        of = json.loads(Path(r).with_suffix(".json").read_text()).get("replicate_of")
+        if of not in reps:
+            raise ValueError(f"{r}: replicate of {of!r}, which is not among the held-out sweeps {names}")
+        reps[of].append(r)
+    counts = {n: len(v) for n, v in reps.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"held-out sweeps with different numbers of seed replicates: {counts}")
+    parts = [pool_replicates(h, reps[n]) if reps[n] else load_dataset(h) for h, n in zip(holdouts, names)]
+    first = parts[0]
+    shared: dict[str, int] = {}
+    for j, (n, d) in enumerate(zip(names, parts)):
+        if d.feature_names != first.feature_names:
+            raise ValueError(f"{n}: feature names differ from {names[0]}")
+        if not same_labels(first.provenance.get("evaluator", {}), d.provenance.get("evaluator", {})):
+            raise ValueError(f"{n}: evaluator {d.provenance.get('evaluator')} does not label like "
+                             f"{first.provenance.get('evaluator')} ({names[0]})")
+        shared[n] = sum(check_disjoint(parts[i], d, names[i], n) for i in range(j))
+    off = [np.int64(k) << np.int64(32) for k in range(len(parts))]
+    prov = dict(first.provenance)
+    prov["holdouts"] = [{"name": n, "seed": d.provenance.get("seed"), "evaluator": d.provenance.get("evaluator"),
+                         "replicates": [Path(r).name for r in reps[n]], "n": int(d.index.size),
+                         "configurations_also_in_earlier_sweeps": shared[n]}
+                        for n, d in zip(names, parts)]
+    meta = {m: np.concatenate([d.meta[m] for d in parts]) for m in first.meta}
+    meta["holdout_sweep"] = np.concatenate([np.full(d.index.size, k, np.int64) for k, d in enumerate(parts)])
+    return Dataset(
+        X=np.vstack([d.X for d in parts]),
+        feature_names=first.feature_names,
+        targets={t: np.concatenate([d.targets[t] for d in parts]) for t in first.targets},
+        index=np.concatenate([d.index + o for d, o in zip(parts, off)]),
+        group=np.concatenate([d.group + o for d, o in zip(parts, off)]),
+        meta=meta,
+        provenance=prov,
+    )
