@@ -11,7 +11,7 @@ import pytest
 from optplace.specs import bundled_profiles
 from optplace.surrogate.features import ALL_NAMES, BASE_NAMES, DERIVED_NAMES, FEATURE_NAMES, SCHEMA_VERSION
 from optplace.surrogate.milp_encoding import GbtEncoding, class_rows, one_gpu_capacity, solve
-from optplace.surrogate.models import load_holdout, load_shipped
+from optplace.surrogate.models import holdout_sweeps, load_holdout, load_shipped
 
 PROFILES = ("llama-3.1-8b-instruct@h100-64gb", "qwen-2.5-7b-instruct@h100-64gb")
 
@@ -29,6 +29,28 @@ def test_shipped_model_provenance(profile: str) -> None:
     X, targets, _, _ = load_holdout(sur)
     assert X.shape[0] == meta["n_test"] > 50
     assert set(sur.models) == {"throughput", "itl", "ttft_p99", "starved"}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_shipped_holdout_is_the_union_of_its_sweeps(profile: str) -> None:
+    # every shipped held-out row is tagged with its sweep; each sweep is a separate sweep seed with
+    # the same number of twin seeds, and none is a training sweep
+    sur = load_shipped(profile)
+    split = sur.meta["split"]
+    names, idx = holdout_sweeps(sur)
+    assert len(names) >= 2 and names == tuple(h["name"] for h in split["holdouts"])
+    assert len({h["seed"] for h in split["holdouts"]}) == len(names)
+    assert {len(h["replicates"]) for h in split["holdouts"]} == {3}
+    counts = np.bincount(idx, minlength=len(names))
+    assert counts.sum() == sur.meta["n_test"] and all(0 < c <= h["n"] for c, h in zip(counts, split["holdouts"]))
+    train_seeds = {pv.get("seed") for pv in [sur.meta["dataset"]["provenance"],
+                                             *sur.meta["dataset"]["provenance"].get("merged_with", [])]}
+    assert not train_seeds & {h["seed"] for h in split["holdouts"]}
+    X, _, _, _ = load_holdout(sur)
+    keys = [{r.tobytes() for r in X[idx == k]} for k in range(len(names))]
+    # configurations drawn again by a later sweep (other twin seeds) are counted at ship time
+    for j, h in enumerate(split["holdouts"]):
+        assert sum(len(keys[i] & keys[j]) for i in range(j)) <= h["configurations_also_in_earlier_sweeps"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
