@@ -755,17 +755,25 @@ def _merge(parts: list[Dataset], paths: Sequence[Path | str]) -> Dataset:
             raise ValueError(f"{p}: feature names differ from {paths[0]}")
         if d.provenance.get("evaluator") != first.provenance.get("evaluator"):
             raise ValueError(f"{p}: evaluator {d.provenance.get('evaluator')} != {first.provenance.get('evaluator')}")
-    off = [np.int64(k) << np.int64(32) for k in range(len(parts))]
     prov = dict(first.provenance)
     prov["merged_with"] = [d.provenance for d in parts[1:]]
+    return _stack(parts, prov)
+
+
+def _stack(parts: list[Dataset], provenance: dict[str, Any], extra_meta: dict[str, np.ndarray] | None = None
+           ) -> Dataset:
+    """Checked datasets of one profile stacked row-wise; each part's index and group are offset into its
+    own 2**32 block so rows of different sweeps never share an id."""
+    off = [np.int64(k) << np.int64(32) for k in range(len(parts))]
+    meta = {m: np.concatenate([d.meta[m] for d in parts]) for m in parts[0].meta}
     return Dataset(
         X=np.vstack([d.X for d in parts]),
-        feature_names=first.feature_names,
-        targets={t: np.concatenate([d.targets[t] for d in parts]) for t in first.targets},
+        feature_names=parts[0].feature_names,
+        targets={t: np.concatenate([d.targets[t] for d in parts]) for t in parts[0].targets},
         index=np.concatenate([d.index + o for d, o in zip(parts, off)]),
         group=np.concatenate([d.group + o for d, o in zip(parts, off)]),
-        meta={m: np.concatenate([d.meta[m] for d in parts]) for m in first.meta},
-        provenance=prov,
+        meta={**meta, **(extra_meta or {})},
+        provenance=provenance,
     )
 
 
@@ -917,20 +925,10 @@ def load_holdouts(holdouts: Sequence[Path | str], replicates: Sequence[Path | st
             raise ValueError(f"{n}: evaluator {d.provenance.get('evaluator')} does not label like "
                              f"{first.provenance.get('evaluator')} ({names[0]})")
         shared[n] = sum(check_disjoint(parts[i], d, names[i], n) for i in range(j))
-    off = [np.int64(k) << np.int64(32) for k in range(len(parts))]
     prov = dict(first.provenance)
     prov["holdouts"] = [{"name": n, "seed": d.provenance.get("seed"), "evaluator": d.provenance.get("evaluator"),
                          "replicates": [Path(r).name for r in reps[n]], "n": int(d.index.size),
                          "configurations_also_in_earlier_sweeps": shared[n]}
                         for n, d in zip(names, parts)]
-    meta = {m: np.concatenate([d.meta[m] for d in parts]) for m in first.meta}
-    meta["holdout_sweep"] = np.concatenate([np.full(d.index.size, k, np.int64) for k, d in enumerate(parts)])
-    return Dataset(
-        X=np.vstack([d.X for d in parts]),
-        feature_names=first.feature_names,
-        targets={t: np.concatenate([d.targets[t] for d in parts]) for t in first.targets},
-        index=np.concatenate([d.index + o for d, o in zip(parts, off)]),
-        group=np.concatenate([d.group + o for d, o in zip(parts, off)]),
-        meta=meta,
-        provenance=prov,
-    )
+    sweep_of_row = np.concatenate([np.full(d.index.size, k, np.int64) for k, d in enumerate(parts)])
+    return _stack(parts, prov, {"holdout_sweep": sweep_of_row})
