@@ -55,15 +55,36 @@ def iter_done(fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = Exe
         for i in order:
             yield i, fn(items[i])
         return
+    import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=n) as pool:
-        futures = {pool.submit(fn, items[i]): i for i in order}
+    from .outputs import signals_held
+
+    before = set(multiprocessing.active_children())
+    pool = None
+    try:
+        # Workers are started with SIGTERM/SIGINT held (delivered once all are up and every job is
+        # queued): a signal landing while the pool forks a worker can leave a worker that waits on the
+        # task queue forever and blocks interpreter exit (CI: SIGTERM as the validation's first worker
+        # appeared; the one line was printed, then the process hung).
+        with signals_held():
+            pool = ProcessPoolExecutor(max_workers=n)
+            futures = {pool.submit(fn, items[i]): i for i in order}
         pending = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 yield futures[f], f.result()
+    except BaseException:
+        # Interrupted (a signal, or the consumer stopped early): kill the workers instead of waiting
+        # for their jobs (SIGKILL: they inherited the held signals).
+        for proc in multiprocessing.active_children():
+            if proc not in before:
+                proc.kill()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _call(fn: Callable[[T], R], item: T) -> R:

@@ -103,7 +103,7 @@ def atomic_dir(target: Path, force: bool = False) -> Iterator[Path]:
         _STAGING.remove(tmp)
     # A signal between the two renames would leave the target missing and the old output aside:
     # hold SIGTERM/SIGINT until the swap is done (they are delivered right after).
-    with _signals_held():
+    with signals_held():
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -115,7 +115,9 @@ def atomic_dir(target: Path, force: bool = False) -> Iterator[Path]:
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
+def signals_held() -> Iterator[None]:
+    """SIGTERM/SIGINT blocked inside the block and delivered as it ends (processes forked inside it
+    inherit the block: stop them with SIGKILL)."""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         yield
@@ -149,7 +151,7 @@ def atomic_file(path: Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    with _signals_held():
+    with signals_held():
         os.replace(tmp, path)
         _commit(path)
 
@@ -196,7 +198,7 @@ def atomic_files(folder: Path, force: bool = True) -> Iterator[Callable[[str], P
         for t, _ in pending:
             t.unlink(missing_ok=True)
         raise FileNotFoundError(f"atomic_files: asked for but not written: {', '.join(missing)}")
-    with _signals_held():
+    with signals_held():
         for t, final in pending:
             os.replace(t, final)
         _commit(folder)
