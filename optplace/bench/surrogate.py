@@ -93,8 +93,9 @@ def holdout_figures(sur: Any, X: np.ndarray, targets: dict[str, np.ndarray], pas
     rows, and the count of wrong starvation verdicts."""
     from optplace.surrogate.models import evaluate, macro_f1
 
-    h = evaluate(sur, X, targets)
-    pred = sur.predict_many(X)["starved"]
+    P = sur.predict_many(X)
+    h = evaluate(sur, X, targets, P)
+    pred = P["starved"]
     y = targets["starved"].astype(bool)
     p1 = pass_no == 1
     h["starved_macro_f1_sobol_rows"] = macro_f1(y[p1], pred[p1])

@@ -198,6 +198,13 @@ def _fit(params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarra
     return lgb.train(p, lgb.Dataset(X, y), rounds)
 
 
+def _path_list(paths: Path | str | Sequence[Path | str] | None) -> list[Path | str]:
+    """One path, several, or none, as a list."""
+    if paths is None:
+        return []
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
 def train(
     dataset_path: Path | str | Sequence[Path | str],
     out_dir: Path | str,
@@ -233,8 +240,7 @@ def train(
     """
     from optplace.surrogate.sweep import load_holdouts
 
-    paths = [dataset_path] if isinstance(dataset_path, (str, Path)) else list(dataset_path)
-    holdouts = [] if holdout is None else [holdout] if isinstance(holdout, (str, Path)) else list(holdout)
+    paths, holdouts = _path_list(dataset_path), _path_list(holdout)
     train_ds = load_datasets(paths)
     check_schema(train_ds.feature_names, int(train_ds.provenance.get("feature_schema_version", SCHEMA_VERSION)))
     if holdouts:
@@ -448,9 +454,11 @@ def holdout_sweeps(sur: "Surrogate") -> tuple[tuple[str, ...], np.ndarray]:
     return names, idx
 
 
-def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray]) -> dict[str, float]:
-    """Accuracy of a surrogate on full feature rows ``X`` against twin targets."""
-    P = sur.predict_many(X)
+def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray],
+             predictions: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Accuracy of a surrogate on full feature rows ``X`` against twin targets (``predictions``:
+    ``sur.predict_many(X)`` when the caller already has it)."""
+    P = sur.predict_many(X) if predictions is None else predictions
     y_thr = targets["throughput_tok_s"]
     y_st = targets["starved"].astype(bool)
     itl_ok = np.isfinite(targets["itl_ms_mean"])
@@ -684,8 +692,7 @@ def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, see
          holdout_replicates: Sequence[Path | str] = (), note: str | None = None) -> TrainReport:
     """Train on twin sweeps of a bundled profile and write the result as package data
     (``holdout`` / ``holdout_replicates`` as in :func:`train`)."""
-    paths = [dataset_path] if isinstance(dataset_path, (str, Path)) else list(dataset_path)
-    holdouts = [] if holdout is None else [holdout] if isinstance(holdout, (str, Path)) else list(holdout)
+    paths, holdouts = _path_list(dataset_path), _path_list(holdout)
     for p in [*paths, *holdouts, *holdout_replicates]:
         ev = load_dataset(p).provenance.get("evaluator", {})
         if ev.get("evaluator") != "twin" or ev.get("profile") != profile_name:
