@@ -73,8 +73,8 @@ DEFAULT_POINTS: tuple[LoadPoint, ...] = (
     LoadPoint("cal-1x2", (2.0,), 15.0),
     LoadPoint("cal-4x1.5", (1.5, 1.5, 1.5, 1.5), 15.0),
     LoadPoint("cal-6x1", (1.0,) * 6, 15.0),
-    LoadPoint("cal-4x4-sat", (8.0, 8.0, 8.0, 8.0), 30.0),
-    LoadPoint("cal-3x3-decode-sat", (6.0, 6.0, 6.0), 25.0, mean_input_tokens=24.0, mean_output_tokens=120.0),
+    LoadPoint("cal-4x8-sat", (8.0, 8.0, 8.0, 8.0), 30.0),
+    LoadPoint("cal-3x6-decode-sat", (6.0, 6.0, 6.0), 25.0, mean_input_tokens=24.0, mean_output_tokens=120.0),
 )
 
 
