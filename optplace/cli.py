@@ -282,6 +282,9 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
                                                                       "(e.g. 100,1000).")] = None,
           strategies: Annotated[Optional[str], typer.Option("--strategies", help="solver: strategies, "
                                                                                 "comma-separated.")] = None,
+          skews: Annotated[Optional[str], typer.Option("--skews", help="solver: rate skews, comma-separated "
+                                                                      "(uniform, zipf-0.5, zipf-0.9, zipf-<s>).")]
+          = None,
           ) -> None:
     """Run a benchmark and print its figures (see the README for what each measures)."""
     import importlib
@@ -298,7 +301,8 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
     params = inspect.signature(mod.run).parameters
     kwargs: dict[str, object] = {}
     for flag, key, value in (("--full", "full", full), ("--client-cap", "client_cap", client_cap),
-                             ("--sizes", "sizes", sizes), ("--strategies", "strategies", strategies)):
+                             ("--sizes", "sizes", sizes), ("--strategies", "strategies", strategies),
+                             ("--skews", "skews", skews)):
         if value:
             if key not in params:
                 raise _fail_input([f"bench {name}: {flag} does not apply to this benchmark"])
@@ -319,6 +323,13 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
             raise _fail_input([f"--strategies: unknown {', '.join(map(repr, unknown))} "
                                f"(valid: {', '.join(STRATEGIES)})"])
         kwargs["strategies"] = names
+    if skews:
+        kwargs["skews"] = tuple(x.strip() for x in skews.split(","))
+        try:
+            for x in kwargs["skews"]:  # type: ignore[union-attr]
+                mod.zipf_exponent(x)
+        except ValueError as e:
+            raise _fail_input([f"--skews: {e}"]) from None
     result = mod.run(json=json_out, **kwargs)
     if json_out:
         print(json.dumps(result, indent=2))

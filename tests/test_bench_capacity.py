@@ -27,3 +27,21 @@ def test_throughput_implied_estimate_lies_inside_the_censored_interval() -> None
         assert starved is None or implied < starved
     # A stricter loss rule can only lower the estimate.
     assert throughput_implied(runs, LLAMA, HIGH, max_loss=0.0) < throughput_implied(runs, LLAMA, HIGH)
+
+
+def test_throughput_implied_estimate_uses_the_offered_load_near_its_own_count() -> None:
+    # The estimate falls between 32 and 64 adapters, so its offered load per adapter is read between the
+    # real runs at 32 and 64 (not averaged with the 8- or 384-adapter runs).
+    runs = load_dt_validation()
+    mine = [r for r in runs if r.model == LLAMA and r.config_group == HIGH and r.status == "ok"
+            and r.total_throughput and r.offered_total_tok_s]
+    peak = max(r.total_throughput for r in mine)
+
+    def per_adapter(n: int) -> float:
+        vals = [r.offered_total_tok_s / r.n_adapters for r in mine if r.n_adapters == n]
+        return sum(vals) / len(vals)
+
+    implied = throughput_implied(runs, LLAMA, HIGH)
+    assert 32 <= implied < 64
+    lo, hi = sorted((per_adapter(32), per_adapter(64)))
+    assert implied * lo <= peak / 0.9 < (implied + 1) * hi

@@ -21,15 +21,19 @@ def test_bench_rejects_bad_sizes_and_strategies() -> None:
     _one_error(["bench", "solver", "--sizes", "0"], "--sizes")
     _one_error(["bench", "solver", "--strategies", "milp,nope"], "'nope'")
     _one_error(["bench", "fidelity", "--sizes", "100"], "--sizes does not apply")
+    _one_error(["bench", "solver", "--skews", "uniform,zipf"], "--skews: unknown skew 'zipf'")
+    _one_error(["bench", "capacity", "--skews", "uniform"], "--skews does not apply")
     _one_error(["bench", "nope"], "unknown benchmark")
 
 
 def test_bench_solver_runs_a_chosen_subset() -> None:
-    res = runner.invoke(app, ["bench", "solver", "--sizes", "100", "--strategies", "greedy,round-robin", "--json"])
+    res = runner.invoke(app, ["bench", "solver", "--sizes", "100", "--strategies", "greedy,round-robin",
+                              "--skews", "uniform,zipf-0.9", "--json"])
     assert res.exit_code == 0, res.output
     import json
 
     rows = json.loads(res.output)["rows"]
     assert {r["adapters"] for r in rows} == {100}
+    assert {r["skew"] for r in rows} == {"uniform", "zipf-0.9"}
     assert {r["strategy"] for r in rows} <= {"greedy", "round-robin", "round-robin@popularity"}
     assert all(r.get("gpus", 0) >= 1 for r in rows)

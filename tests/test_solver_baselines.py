@@ -33,7 +33,7 @@ def test_the_smallest_passing_count_is_found_when_passing_is_not_monotone(monkey
 
 def test_round_robin_on_a_shuffled_zipf_family_is_not_overstated():
     from optplace.bench.solver import family
-    sc = family(1000, (8, 16), "zipf", seed=2)
+    sc = family(1000, (8, 16), "zipf-0.5", seed=2)
     pb = compile_problem(sc, REPO)
     an = AnalyticCapacity(pb)
     gpus = run_baseline(pb, an, "round-robin")

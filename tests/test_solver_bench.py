@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optplace.bench.solver import _summary, family, run
+from optplace.bench.solver import _summary, family, run, zipf_exponent
 
 
 def _pairs(sc):
@@ -15,12 +15,12 @@ def _pairs(sc):
 
 
 def test_shuffled_family_is_a_seeded_permutation_of_the_popularity_family():
-    pop = family(500, (8, 16), "zipf", order="popularity")
-    shuf = family(500, (8, 16), "zipf")
+    pop = family(500, (8, 16), "zipf-0.5", order="popularity")
+    shuf = family(500, (8, 16), "zipf-0.5")
     assert sorted(_pairs(pop)) == sorted(_pairs(shuf))
     assert _pairs(pop) != _pairs(shuf)
-    assert _pairs(family(500, (8, 16), "zipf")) == _pairs(shuf)          # deterministic
-    assert _pairs(family(500, (8, 16), "zipf", seed=1)) != _pairs(shuf)  # seeded by the run
+    assert _pairs(family(500, (8, 16), "zipf-0.5")) == _pairs(shuf)          # deterministic
+    assert _pairs(family(500, (8, 16), "zipf-0.5", seed=1)) != _pairs(shuf)  # seeded by the run
     # Popularity order: hottest first within each rank group; shuffled: no rank correlation left.
     rates_pop = np.array([a.rate_rps for a in pop.adapter_list()])
     rates_shuf = np.array([a.rate_rps for a in shuf.adapter_list()])
@@ -33,18 +33,18 @@ def test_shuffled_family_is_a_seeded_permutation_of_the_popularity_family():
 
 def test_unknown_order_is_refused():
     with pytest.raises(ValueError, match="popularity"):
-        family(100, (8, 16), "zipf", order="sorted")
+        family(100, (8, 16), "zipf-0.5", order="sorted")
 
 
 def test_summary_savings_and_ceiling():
     rows = [
-        {"family": "f", "adapters": 1000, "skew": "zipf", "strategy": "milp", "gpus": 22, "lower_bound": 21.0,
+        {"family": "f", "adapters": 1000, "skew": "zipf-0.5", "strategy": "milp", "gpus": 22, "lower_bound": 21.0,
          "gap": 0.0455},
-        {"family": "f", "adapters": 1000, "skew": "zipf", "strategy": "greedy-paper", "gpus": 33, "lower_bound": 21.0,
+        {"family": "f", "adapters": 1000, "skew": "zipf-0.5", "strategy": "greedy-paper", "gpus": 33, "lower_bound": 21.0,
          "gap": 0.36},
-        {"family": "f", "adapters": 1000, "skew": "zipf", "strategy": "round-robin", "gpus": 30, "lower_bound": 21.0,
+        {"family": "f", "adapters": 1000, "skew": "zipf-0.5", "strategy": "round-robin", "gpus": 30, "lower_bound": 21.0,
          "gap": 0.3},
-        {"family": "f", "adapters": 1000, "skew": "zipf", "strategy": "round-robin@popularity", "gpus": 27,
+        {"family": "f", "adapters": 1000, "skew": "zipf-0.5", "strategy": "round-robin@popularity", "gpus": 27,
          "lower_bound": 21.0, "gap": 0.22},
     ]
     s = _summary(rows)
@@ -52,6 +52,7 @@ def test_summary_savings_and_ceiling():
     (sk,) = s["skewed"]
     assert sk["saving"] == pytest.approx(1 - 22 / 30, abs=1e-4)
     assert sk["ceiling"] == pytest.approx(1 - 21 / 30, abs=1e-4)
+    assert any(line.startswith("zipf-0.5 families: milp uses 27–27 %") for line in s["lines"])
     assert sk["saving_vs_popularity_order"] == pytest.approx(1 - 22 / 27, abs=1e-4)
     assert any("4.5 %" in line for line in s["lines"])
 
@@ -60,11 +61,11 @@ def test_run_on_the_smallest_families_prints_rows_and_summary(capsys):
     out = run(sizes=(100,), strategies=("greedy", "round-robin"), validate_max=0)
     text = capsys.readouterr().out
     fams = {r["family"] for r in out["rows"]}
-    assert len(fams) == 4  # 2 rank sets × 2 skews
-    assert sum(r["strategy"] == "round-robin@popularity" for r in out["rows"]) == 2  # zipf families only
+    assert len(fams) == 6  # 2 rank sets × 3 skews
+    assert sum(r["strategy"] == "round-robin@popularity" for r in out["rows"]) == 4  # zipf families only
     for r in out["rows"]:
         assert r["gpus"] >= r["lower_bound"] >= 1
-    assert "bench-100-r8-16-zipf" in text and "round-robin@popularity" in text
+    assert "bench-100-r8-16-zipf-0.9" in text and "round-robin@popularity" in text
 
 
 def test_json_output_is_clean_json_in_a_fresh_process():
@@ -80,3 +81,30 @@ def test_json_output_is_clean_json_in_a_fresh_process():
     doc = json.loads(out.stdout)
     assert {r["strategy"] for r in doc["rows"]} == {"milp", "round-robin", "round-robin@popularity"}
     assert all(r["gpus"] >= r["lower_bound"] for r in doc["rows"])
+
+
+def test_skew_names():
+    assert zipf_exponent("uniform") is None
+    assert zipf_exponent("zipf-0.9") == 0.9
+    for bad in ("zipf", "zipf-0", "zipf-x", "pareto-1", "zipf-nan"):
+        with pytest.raises(ValueError, match="zipf-<exponent>"):
+            zipf_exponent(bad)
+    with pytest.raises(ValueError, match="'zipf'"):
+        run(sizes=(100,), strategies=("round-robin",), skews=("zipf",))
+
+
+def test_a_stronger_skew_concentrates_more_load_on_the_hottest_adapters():
+    def top_share(skew):
+        rates = sorted((a.rate_rps for a in family(1000, (8, 16), skew).adapter_list()), reverse=True)
+        return sum(rates[:10]) / sum(rates)
+
+    assert top_share("uniform") == pytest.approx(0.01)
+    assert top_share("zipf-0.5") < top_share("zipf-0.9")
+    total = sum(a.rate_rps for a in family(1000, (8, 16), "zipf-0.9").adapter_list())
+    assert total == pytest.approx(500.0)  # mean 0.5 req/s per adapter, whatever the skew
+
+
+def test_a_family_whose_hottest_adapter_exceeds_a_gpu_is_reported_infeasible(capsys):
+    out = run(sizes=(5000,), strategies=("milp", "round-robin"), validate_max=0, skews=("zipf-0.9",))
+    assert out["rows"] and all("error" in r and "alone" in r["error"] for r in out["rows"])
+    assert any(line.startswith("infeasible for some strategy") for line in out["summary"]["lines"])

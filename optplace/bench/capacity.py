@@ -10,8 +10,12 @@ optplace's answer is compared with ``real_ok`` (the issue's 10 % criterion) and 
 Because the grid is coarse (the high-rate workloads were tested at 32 and 64 adapters only), the
 table also prints a throughput-implied estimate read from the same real runs: the largest count ``n``
 whose offered load still fits the best throughput the real GPU delivered on that workload within the
-loss rule, ``n · offered_per_adapter ≤ peak / (1 − 0.10)``. It is an upper estimate (it assumes the
-peak, measured on a saturated GPU, is reachable at ``n``), printed for context, not used as a target.
+loss rule, ``offered(n) ≤ peak / (1 − 0.10)``. ``offered(n)`` is ``n`` times the offered tokens/s per
+adapter measured at the tested counts, interpolated linearly in ``n``: per adapter it falls with the
+count (Llama rank-16 high rates: 422 tok/s at 8 adapters, 397 at 32, 390 at 64, 275 at 384), so one
+average over every count would understate the load near the boundary. It is an upper estimate (it
+assumes the peak, measured on a saturated GPU, is reachable at ``n``), printed for context, not used
+as a target.
 """
 
 from __future__ import annotations
@@ -36,9 +40,17 @@ def throughput_implied(runs: list[Any], model: str, group: str, max_loss: float 
     """Largest count whose offered tokens/s fit the workload's real peak throughput within ``max_loss``."""
     mine = [r for r in runs if r.model == model and r.config_group == group and r.status == "ok"
             and r.total_throughput and r.offered_total_tok_s]
+    import numpy as np
+
     peak = max(r.total_throughput for r in mine)
-    per_adapter = sum(r.offered_total_tok_s / r.n_adapters for r in mine) / len(mine)
-    return int(peak / ((1.0 - max_loss) * per_adapter))
+    per: dict[int, list[float]] = {}
+    for r in mine:
+        per.setdefault(r.n_adapters, []).append(r.offered_total_tok_s / r.n_adapters)
+    counts = sorted(per)
+    n = np.arange(1, counts[-1] + 1)
+    offered = n * np.interp(n, counts, [sum(per[c]) / len(per[c]) for c in counts])
+    fits = n[offered <= peak / (1.0 - max_loss)]
+    return int(fits.max()) if fits.size else 0
 
 
 def run(json: bool = False) -> dict[str, Any]:
@@ -59,26 +71,30 @@ def run(json: bool = False) -> dict[str, Any]:
                 ok, starved = real_capacity(runs, model, f"{rank_tag}_{rate_tag}")
                 implied = throughput_implied(runs, model, f"{rank_tag}_{rate_tag}")
                 err = (ans.max_adapters - ok) / ok
+                err_implied = (ans.max_adapters - implied) / implied
                 rows.append({"workload": f"{short}-{rk}-{rt}", "optplace": ans.max_adapters, "max_loras": ans.max_loras,
                              "real_ok": ok, "real_starved": starved, "real_throughput_implied": implied,
-                             "error_vs_real_ok": round(err, 4),
-                             "within_10pct": abs(err) <= 0.10,
+                             "error_vs_real_ok": round(err, 4), "error_vs_implied": round(err_implied, 4),
+                             "within_10pct": abs(err) <= 0.10, "within_10pct_of_implied": abs(err_implied) <= 0.10,
                              "inside_real_interval": ok <= ans.max_adapters < (starved or 10**9),
                              "within_real_ok_and_implied": ok <= ans.max_adapters <= max(ok, implied),
                              "twin_confirmed": ans.twin_confirmed, "seconds": round(time.perf_counter() - t0, 1)})
                 if not json:
                     r = rows[-1]
                     print(f"{r['workload']:<20} optplace {r['optplace']:>4} (--max-loras {r['max_loras']:>3})  real ok "
-                          f"{ok:>4}, starved at {starved or '–':>4}, throughput-implied ≤ {implied:>4}  error {err:+.1%}  "
+                          f"{ok:>4}, starved at {starved or '–':>4}, throughput-implied ≤ {implied:>4}  error {err:+.1%} "
+                          f"(vs implied {err_implied:+.1%})  "
                           f"{r['seconds']:.0f} s", flush=True)
     summary = {"rows": rows, "within_10pct": sum(r["within_10pct"] for r in rows),
                "inside_real_interval": sum(r["inside_real_interval"] for r in rows), "n": len(rows),
                "within_real_ok_and_implied": sum(r["within_real_ok_and_implied"] for r in rows),
+               "within_10pct_of_implied": sum(r["within_10pct_of_implied"] for r in rows),
                "mean_abs_error": sum(abs(r["error_vs_real_ok"]) for r in rows) / len(rows)}
     if not json:
         print(f"within 10 % of the real largest non-starved count: {summary['within_10pct']}/{len(rows)}; "
               f"inside the real (censored) interval: {summary['inside_real_interval']}/{len(rows)}; "
               f"between the real ok count and the throughput-implied estimate: "
               f"{summary['within_real_ok_and_implied']}/{len(rows)}; "
+              f"within 10 % of the throughput-implied estimate: {summary['within_10pct_of_implied']}/{len(rows)}; "
               f"mean |error| {summary['mean_abs_error']:.1%}")
     return summary

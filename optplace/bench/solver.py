@@ -1,8 +1,8 @@
 """``optplace bench solver``: every strategy on scenario families of 100 … 10,000 adapters.
 
 Families: adapter counts {100, 500, 1000} (``--full``: also 5000 and 10000) × ranks {8,16} and {8,16,32}
-(equal shares) × uniform and Zipf-skewed rates (s = 0.5, so the hottest adapter of 10,000 still fits
-one GPU); mean rate 0.5 req/s per adapter, ShareGPT lengths, Poisson arrivals, Llama-3.1-8B on
+(equal shares) × uniform and Zipf-skewed rates (``zipf-0.5`` and ``zipf-0.9``: exponent s, each rank group's
+rate split by i^−s); mean rate 0.5 req/s per adapter, ShareGPT lengths, Poisson arrivals, Llama-3.1-8B on
 H100-64GB.
 
 *Adapter order.* The spec lists the adapters in a seeded random order (``order="shuffled"``): the
@@ -18,11 +18,15 @@ the first version of this bench, kept for comparison). Round-robin over a popula
 deals hot adapters out like cards, an accidental load balancer no deployed system has; on skewed
 families with ``order="shuffled"`` a row ``round-robin@popularity`` gives that variant too.
 
-*Exponent.* s = 0.5 sits inside the skew range S-LoRA benchmarks (its synthetic workload draws the
+*Exponents.* Both sit inside the skew range S-LoRA benchmarks (its synthetic workload draws the
 adapter of each request as ⌊N·X⌋ with X ~ numpy ``power(α)``, α ∈ {0.1, 0.3, 0.6, 1}: adapter i's share
-∝ i^(α−1), a Zipf exponent 1 − α ∈ {0.9, 0.7, 0.4, 0}; S-LoRA benchmarks/exp_suite.py and trace.py).
-Exponents ≥ 1 at 0.5 req/s per adapter make the hottest of 10,000 adapters exceed one GPU (replication
-is out of scope), so they are not used.
+∝ i^(α−1), a Zipf exponent 1 − α ∈ {0.9, 0.7, 0.4, 0}; S-LoRA benchmarks/exp_suite.py and trace.py):
+s = 0.9 is its most skewed setting, s = 0.5 a mild one. At 0.5 req/s per adapter the hottest adapter of a
+``zipf-0.9`` family alone exceeds one GPU from a few thousand adapters; optplace does not split one adapter
+over several GPUs, so every strategy reports those families infeasible (``--full`` rows), as the solver
+must. How much any placement can save over round-robin depends on the skew and on how many adapters
+share a GPU: the summary prints that ceiling, 1 − ⌈lower bound⌉ / round-robin's GPUs, for every skewed
+family.
 
 Every strategy solves with the analytic capacity oracle; printed per row: GPUs used, lower bound,
 gap, solve time. Rows of families up to ``validate_max`` adapters are twin-validated (the
@@ -31,11 +35,12 @@ gap, solve time. Rows of families up to ``validate_max`` adapters are twin-valid
 "not validated". The summary also prints, for every skewed family, the most *any* plan could save
 against round-robin: 1 − ⌈lower bound⌉ / round-robin's GPUs.
 
-Subsets: ``python -m optplace.bench.solver --sizes 1000 --strategies milp,round-robin``.
+Subsets: ``optplace bench solver --sizes 1000 --strategies milp,round-robin --skews zipf-0.9``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -43,10 +48,23 @@ from typing import Any
 SIZES = (100, 500, 1000, 5000, 10000)
 QUICK_SIZES = (100, 500, 1000)
 RANKS = ((8, 16), (8, 16, 32))
-SKEWS = ("uniform", "zipf")
+SKEWS = ("uniform", "zipf-0.5", "zipf-0.9")
 ORDERS = ("shuffled", "popularity")
 MEAN_RATE = 0.5
-ZIPF_S = 0.5
+
+
+def zipf_exponent(skew: str) -> float | None:
+    """The Zipf exponent of a skew name (``"zipf-0.9"`` → 0.9), None for ``"uniform"``; refuses others."""
+    if skew == "uniform":
+        return None
+    head, _, tail = skew.partition("-")
+    try:
+        s = float(tail)
+    except ValueError:
+        s = float("nan")
+    if head != "zipf" or not s > 0 or not math.isfinite(s):
+        raise ValueError(f"unknown skew {skew!r}; valid: 'uniform' or 'zipf-<exponent>', e.g. {', '.join(SKEWS)}")
+    return s
 
 
 def family(n: int, ranks: tuple[int, ...], skew: str, seed: int = 0, order: str = "shuffled") -> Any:
@@ -57,9 +75,10 @@ def family(n: int, ranks: tuple[int, ...], skew: str, seed: int = 0, order: str 
     from optplace.specs.model import AdapterGroup, Popularity
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
+    s = zipf_exponent(skew)
     per = [n // len(ranks) + (1 if i < n % len(ranks) else 0) for i in range(len(ranks))]
     groups = tuple(AdapterGroup(group=f"r{r}", count=k, rank=r, total_rate_rps=MEAN_RATE * k,
-                                popularity=Popularity(kind="zipf", s=ZIPF_S) if skew == "zipf"
+                                popularity=Popularity(kind="zipf", s=s) if s is not None
                                 else Popularity(kind="uniform"))
                    for r, k in zip(ranks, per))
     name = f"bench-{n}-r{'-'.join(map(str, ranks))}-{skew}"
@@ -77,20 +96,24 @@ def family(n: int, ranks: tuple[int, ...], skew: str, seed: int = 0, order: str 
 
 def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = None,
         strategies: tuple[str, ...] | None = None, order: str = "shuffled", validate_max: int = 100,
-        validate_window_s: float = 3600.0) -> dict[str, Any]:
+        validate_window_s: float = 3600.0, skews: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run the benchmark, print a table (unless ``json``), return the rows. ``full`` adds the 5,000 and
-    10,000-adapter families to the default sizes."""
+    10,000-adapter families to the default sizes; ``skews`` picks some of :data:`SKEWS` (or other
+    ``zipf-<s>``)."""
     from optplace.pipeline import silence_highs_banner
     from optplace.solver import AnalyticCapacity, Infeasible, compile_problem, gpu_plans, solve
     from optplace.solver.strategies import STRATEGIES
     silence_highs_banner()  # its banner on stdout would break --json
     names = strategies or tuple(STRATEGIES)
+    skews = skews or SKEWS
+    for skew in skews:
+        zipf_exponent(skew)  # refuse a bad name before any solve
     sizes = sizes or (SIZES if full else QUICK_SIZES)
     rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
     for n in sizes:
         for ranks in RANKS:
-            for skew in SKEWS:
+            for skew in skews:
                 sc = family(n, ranks, skew, order=order)
                 pb = compile_problem(sc, Path("."))
                 an = AnalyticCapacity(pb)
@@ -106,7 +129,7 @@ def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = 
                     row.pop("_plan", None)
                     rows.append(row)
                     _print_row(row, json)
-                if skew == "zipf" and order == "shuffled" and "round-robin" in names:
+                if skew != "uniform" and order == "shuffled" and "round-robin" in names:
                     # The first version's order, for comparison: round-robin over a popularity-sorted list.
                     sc_p = family(n, ranks, skew, order="popularity")
                     pb_p = compile_problem(sc_p, Path("."))
@@ -163,9 +186,10 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             gaps.setdefault(m["adapters"], []).append(m["gap"])
         if m and p:
             milp_le_paper.append(m["gpus"] <= p["gpus"])
-        if m and rr and m["skew"] == "zipf":
-            lb = max(r["lower_bound"] for r in rows if r["family"] == f and "lower_bound" in r)
-            skew.append({"family": f, "adapters": m["adapters"], "milp": m["gpus"], "round_robin": rr["gpus"],
+        if m and rr and m["skew"] != "uniform":
+            lb = math.ceil(max(r["lower_bound"] for r in rows if r["family"] == f and "lower_bound" in r) - 1e-9)
+            skew.append({"family": f, "skew": m["skew"], "adapters": m["adapters"], "milp": m["gpus"],
+                         "round_robin": rr["gpus"],
                          "saving": round(1 - m["gpus"] / rr["gpus"], 4),
                          "ceiling": round(1 - lb / rr["gpus"], 4),
                          "round_robin_popularity": rp["gpus"] if rp else None,
@@ -179,10 +203,13 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                  f"{100 * s['saving_vs_popularity_order']:.0f} %" if s["round_robin_popularity"] else "")
         lines.append(f"{s['family']}: milp {s['milp']} vs round-robin {s['round_robin']} GPUs: "
                      f"{100 * s['saving']:.0f} % fewer (no plan can save more than {100 * s['ceiling']:.0f} %){extra}")
-    if skew:
-        sv = [s["saving"] for s in skew]
-        lines.append(f"skewed families: milp uses {100 * min(sv):.0f}–{100 * max(sv):.0f} % fewer GPUs "
+    for name in sorted({s["skew"] for s in skew}):
+        sv = [s["saving"] for s in skew if s["skew"] == name]
+        lines.append(f"{name} families: milp uses {100 * min(sv):.0f}–{100 * max(sv):.0f} % fewer GPUs "
                      f"than round-robin")
+    infeasible = sorted({r["family"] for r in rows if "error" in r})
+    if infeasible:
+        lines.append(f"infeasible for some strategy (see rows): {', '.join(infeasible)}")
     return {"milp_le_greedy_paper": milp_le_paper, "skew_saving_vs_round_robin": [s["saving"] for s in skew],
             "skewed": skew, "lines": lines}
 
@@ -196,13 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--full", action="store_true", help="also 5,000 and 10,000 adapters")
     ap.add_argument("--strategies", default=None, help="comma-separated strategies (default: all)")
     ap.add_argument("--order", default="shuffled", choices=ORDERS)
+    ap.add_argument("--skews", default=None, help=f"comma-separated skews (default {','.join(SKEWS)})")
     ap.add_argument("--validate-max", type=int, default=100)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     sizes = tuple(int(x) for x in a.sizes.split(",")) if a.sizes else None
     strategies = tuple(a.strategies.split(",")) if a.strategies else None
+    skews = tuple(a.skews.split(",")) if a.skews else None
     out = run(json=a.json, full=a.full, sizes=sizes, strategies=strategies, order=a.order,
-              validate_max=a.validate_max)
+              validate_max=a.validate_max, skews=skews)
     if a.json:
         print(_json.dumps(out, indent=2))
 
