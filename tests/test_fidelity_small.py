@@ -78,3 +78,14 @@ def test_run_is_cached_and_deterministic(runs, tmp_path, monkeypatch, capsys):
     assert list((tmp_path / "fidelity").glob("*/*.json"))
     b = fidelity.run(json=True, workers=1, select=lambda r: r.run_id in ids)
     assert [x["twin_tok_s"] for x in a["rows"]] == [x["twin_tok_s"] for x in b["rows"]]
+
+
+def test_process_pool_gives_the_in_process_figures(runs, tmp_path, monkeypatch):
+    ids = {r.run_id for r in _light(runs)}
+    monkeypatch.setenv("OPTPLACE_CACHE", str(tmp_path / "one"))
+    a = fidelity.run(json=True, workers=1, select=lambda r: r.run_id in ids)
+    monkeypatch.setenv("OPTPLACE_CACHE", str(tmp_path / "two"))  # a cold cache: the pool really simulates
+    b = fidelity.run(json=True, workers=2, select=lambda r: r.run_id in ids)
+    assert len(list((tmp_path / "two" / "fidelity").glob("*/*.json"))) == len(ids)
+    key = lambda rows: sorted((x["run_id"], x["twin_tok_s"], x["twin_itl_ms"]) for x in rows)  # noqa: E731
+    assert key(a["rows"]) == key(b["rows"])

@@ -43,7 +43,6 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from optplace.bench.reference import RefRun, load_dt_validation
+from optplace.executors import ExecutorSpec, iter_done
 
 __all__ = ["RunResult", "CLIENT_MAX_OUTSTANDING", "run", "simulate_ref_run", "summarize"]
 
@@ -353,18 +353,11 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
     # Heaviest first so the pool does not end on a long straggler.
     order = sorted(runs, key=lambda r: -(r.aggregate_rate_rps * (0 if r.is_oom else 1)))
     jobs = [(r, seed, key, opts) for r in order]
-    if workers <= 1:
-        for i, j in enumerate(jobs):
-            results.append(RunResult(**_cached_simulate(j)))
-            if progress and not json:
-                _progress(i + 1, len(jobs), t0)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
-            futs = [ex.submit(_cached_simulate, j) for j in jobs]
-            for i, f in enumerate(as_completed(futs)):
-                results.append(RunResult(**f.result()))
-                if progress and not json:
-                    _progress(i + 1, len(jobs), t0)
+    # The same fan-out as the solver's validation: workers killed if the run is interrupted.
+    for i, (_, res) in enumerate(iter_done(_cached_simulate, jobs, ExecutorSpec(workers=max(1, workers)))):
+        results.append(RunResult(**res))
+        if progress and not json:
+            _progress(i + 1, len(jobs), t0)
     summary = summarize(runs, results)
     summary["wall_s"] = time.perf_counter() - t0
     summary["sim_wall_s_total"] = float(sum(r.sim_wall_s for r in results))
