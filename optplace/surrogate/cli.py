@@ -47,7 +47,8 @@ def replicate(
     salt: Annotated[int, typer.Option(help="Replicate number ≥ 1 (sets the other twin seeds).")] = 1,
     workers: Annotated[Optional[int], typer.Option(help="Local processes (default: all cores).")] = None,
     subset: Annotated[str, typer.Option(help="all | noisy (only saturated rows with fewer slots than adapters "
-                                             "and rows near the starvation rule).")] = "all",
+                                             "and rows near the starvation rule) | boundary (only rows within "
+                                             "6 loss points of the starvation rule).")] = "all",
 ) -> None:
     """Re-run every configuration of a twin sweep with other twin seeds (for seed-averaged labels)."""
     from optplace.surrogate.sweep import LocalExecutor, run_replicate

@@ -472,14 +472,29 @@ def replicate_seed(seed: int, index: int, salt: int) -> int:
     return int(np.random.SeedSequence([seed, index, 0x5EED, salt]).generate_state(1)[0])
 
 
-REPLICATE_SUBSETS = ("all", "noisy")
+REPLICATE_SUBSETS = ("all", "noisy", "boundary")
+
+#: Half-width (loss points) of the band around the starvation rule whose single-seed verdicts flip
+#: between twin seeds; the band part of :func:`noisy_row` and the whole of :func:`boundary_row`.
+BOUNDARY_BAND = 0.06
+
+_SUBSET_RULES = {
+    "noisy": f"source loss >= 0.05 with max_loras < n_adapters, or |loss - 0.10| <= {BOUNDARY_BAND}",
+    "boundary": f"|source loss - 0.10| <= {BOUNDARY_BAND}",
+}
 
 
 def noisy_row(loss: float, n_adapters: float, max_loras: float, max_loss: float = 0.10) -> bool:
     """Rows whose twin label varies most from seed to seed, where seed-averaged labels pay off:
     saturated GPUs (loss ≥ 5 %) with fewer slots than adapters (which adapters win the sticky slots
     is random) and rows within 6 points of the starvation rule (the verdict flips between seeds)."""
-    return (loss >= 0.05 and max_loras < n_adapters) or abs(loss - max_loss) <= 0.06
+    return (loss >= 0.05 and max_loras < n_adapters) or boundary_row(loss, max_loss)
+
+
+def boundary_row(loss: float, max_loss: float = 0.10) -> bool:
+    """Rows within :data:`BOUNDARY_BAND` of the starvation rule: the ones whose verdict a single twin
+    seed gets wrong most often, so extra seeds there buy the most label accuracy per twin run."""
+    return abs(loss - max_loss) <= BOUNDARY_BAND
 
 
 def run_replicate(
@@ -498,8 +513,8 @@ def run_replicate(
     indices, whose provenance names the source and the salt, so :func:`pool_replicates` can average
     the two — the per-configuration mean of several seeds is a less noisy label where the twin's
     own seed-to-seed spread is large (saturated GPUs with fewer slots than adapters).
-    ``subset="noisy"`` re-runs only the source rows :func:`noisy_row` selects (pool those with
-    ``pool_replicates(..., partial=True)``).
+    ``subset="noisy"`` re-runs only the source rows :func:`noisy_row` selects, ``subset="boundary"``
+    only those :func:`boundary_row` selects (pool either with ``pool_replicates(..., partial=True)``).
     """
     if subset not in REPLICATE_SUBSETS:
         raise ValueError(f"subset must be one of {REPLICATE_SUBSETS}, got {subset!r}")
@@ -521,6 +536,8 @@ def run_replicate(
         if subset == "noisy" and not noisy_row(float(rec["throughput_loss"]), float(rec["n_adapters"]),
                                                float(rec["max_loras"])):
             continue
+        if subset == "boundary" and not boundary_row(float(rec["throughput_loss"])):
+            continue
         group, u = units[index]
         made = design_config(u, design, slot_cap, seed, group=group, index=index)
         if made is None:
@@ -540,7 +557,7 @@ def run_replicate(
             "source_provenance_seed": seed}
     if subset != "all":
         prov["replicate_subset"] = {"name": subset, "rows": len(tasks), "of": len(units),
-                                    "rule": "source loss >= 0.05 with max_loras < n_adapters, or |loss - 0.10| <= 0.06"}
+                                    "rule": _SUBSET_RULES[subset]}
     if prov_path.exists():
         old = json.loads(prov_path.read_text())
         if (old.get("replicate_of"), old.get("replicate_salt"), old.get("evaluator"),
