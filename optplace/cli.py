@@ -123,9 +123,13 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
           json_out: JsonOpt = False, out: OutDir = None, force: Force = False, reproducible: Reproducible = False,
           strategy: Annotated[Optional[str], typer.Option("--strategy", help="Override solver.strategy.")] = None,
           no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the twin validation.")] = False,
+          compare: Annotated[bool, typer.Option("--compare", help="Also solve with every other strategy and check "
+                                                                  "each plan in the twin (a table, the JSON's "
+                                                                  "'comparison', report.html).")] = False,
           workers: Workers = None, allow_path: AllowPath = None) -> None:
     """Find a placement (which adapter on which GPU, with which vLLM flags), validate it in the twin,
-    repair what starves, and report. Exit 1 when infeasible or when the twin still finds starvation."""
+    repair what starves, and report. Exit 1 when infeasible or when the twin still finds starvation
+    (in the chosen plan; ``--compare`` rows are for information)."""
     import time
 
     from .outputs import OutputExists, check_target
@@ -137,6 +141,8 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
 
         if strategy not in STRATEGIES:
             raise _fail_input([f"--strategy: unknown strategy {strategy!r} (valid: {', '.join(STRATEGIES)})"])
+    if compare and no_validate:
+        raise _fail_input(["--compare: checks every strategy's plan in the twin; it cannot go with --no-validate"])
     if out is not None:
         try:
             check_target(out, force)
@@ -149,7 +155,8 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
     try:
         with err.status("solving…") as status:
             rep = solve_scenario(sc, spec.resolve().parent, strategy=strategy, validate=not no_validate,
-                                 workers=workers, on_event=lambda m: status.update(m), started=started)
+                                 workers=workers, on_event=lambda m: status.update(m), started=started,
+                                 compare=compare)
     except TimeLimitReached as e:
         err.print(f"time limit: {e}", markup=False)
         raise typer.Exit(EXIT_FAIL) from None
@@ -475,6 +482,30 @@ def _stopped(kind: str) -> str:
     return f"{kind}; written completely before the signal: {', '.join(str(p) for p in done)}"
 
 
+def _exit_after_signal(code: int) -> None:
+    """Leave at once after a SIGTERM/SIGINT stop, without the interpreter's shutdown hooks.
+
+    Every output has been rolled back (or completed) by its context manager before this point, and the
+    twin's worker processes were killed (``executors.iter_done``). What is left for shutdown is the
+    process pool's own exit hook, which joins its manager thread: with workers killed mid-task it could
+    wait forever (1 run in 6 of ``test_sigterm_during_slow_validation`` on a loaded machine) or print
+    "Exception ignored … Bad file descriptor" under the one line. A local Ray instance is stopped first.
+    """
+    import os
+
+    if "ray" in sys.modules:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
     """Console-script entry point: run the app; unexpected exceptions become exit code 3, one line."""
     from .outputs import Terminated, install_sigterm_handler, sigterm_seen
@@ -484,21 +515,22 @@ def main() -> None:
         rc = app(standalone_mode=False)
         if rc == 130:  # typer itself turns KeyboardInterrupt into Exit(130), silently
             print(_stopped("interrupted"), file=sys.stderr)
+            _exit_after_signal(130)
         sys.exit(rc if isinstance(rc, int) else EXIT_OK)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print(_stopped("interrupted"), file=sys.stderr)
-        sys.exit(130)
+        _exit_after_signal(130)
     except Terminated:
         print(_stopped("terminated"), file=sys.stderr)
-        sys.exit(143)
+        _exit_after_signal(143)
     except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 - the one place that turns crashes into exit code 3
         if sigterm_seen():  # the signal was swallowed inside a library and resurfaced as another error
             print(_stopped("terminated"), file=sys.stderr)
-            sys.exit(143)
+            _exit_after_signal(143)
         # typer vendors its own click: recognise its usage errors and aborts by shape, not by class.
         if type(e).__name__ == "Abort":
             print("aborted", file=sys.stderr)
