@@ -73,6 +73,49 @@ def executor_of(sc: Scenario, workers: int | None = None) -> ExecutorSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class StrategyResult:
+    """One strategy's plan for the same scenario, as placed (not repaired), checked by the twin."""
+
+    strategy: str
+    gpus_used: int | None = None
+    objective_value: float | None = None
+    lower_bound: float | None = None
+    solve_time_s: float = 0.0
+    starved_gpus: int | None = None
+    oom_gpus: int | None = None
+    #: The largest GPU throughput loss the twin measured (the starvation rule compares it with the limit).
+    worst_loss: float | None = None
+    #: Mean ITL over GPUs, weighted by the tokens each delivered [ms].
+    itl_ms_mean: float | None = None
+    #: The objective measured on the twin report (inf when a GPU starves or fails to start).
+    twin_objective: float | None = None
+    #: Why the strategy has no plan (infeasible, time limit), else None.
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.starved_gpus == 0 and self.oom_gpus == 0
+
+    def to_json(self, reproducible: bool = False) -> dict[str, Any]:
+        return {"strategy": self.strategy, "gpus_used": self.gpus_used,
+                "objective_value": _finite(self.objective_value), "lower_bound": _finite(self.lower_bound),
+                "solve_time_s": 0.0 if reproducible else round(self.solve_time_s, 3),
+                "starved_gpus": self.starved_gpus, "oom_gpus": self.oom_gpus, "worst_loss": _finite(self.worst_loss),
+                "itl_ms_mean": _finite(self.itl_ms_mean), "twin_objective": _finite(self.twin_objective),
+                "error": self.error}
+
+
+def strategy_result(name: str, plan: Any, rep: SimReport, score: float) -> StrategyResult:
+    """Summarise one strategy's plan and its twin report (pure)."""
+    served = [g for g in rep.gpus if not g.oom and g.throughput_tok_s > 0]
+    tokens = math.fsum(g.throughput_tok_s for g in served)
+    itl = math.fsum(g.itl_ms_mean * g.throughput_tok_s for g in served) / tokens if tokens > 0 else None
+    return StrategyResult(name, plan.gpus_used, plan.objective_value, plan.lower_bound, plan.solve_time_s,
+                          len(rep.starved_gpus), len(rep.oom_gpus),
+                          max((g.throughput_loss for g in rep.gpus if not g.oom), default=None), itl, score)
+
+
+@dataclass(frozen=True, slots=True)
 class SolveReport:
     """A solved, twin-validated (and if needed repaired) plan."""
 
@@ -87,6 +130,8 @@ class SolveReport:
     base_dir: Path = Path(".")
     #: The expanded adapters (the solver's, so the JSON does not expand 100,000 groups members again).
     adapters: tuple[Any, ...] | None = None
+    #: Every strategy's plan checked by the twin (``solve --compare``); empty when not asked for.
+    comparison: tuple[StrategyResult, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -105,6 +150,8 @@ class SolveReport:
             "sim_wall_s": 0.0 if reproducible else round(v.sim_wall_s, 3)}
         doc["repairs"] = list(self.repairs)
         doc["repair_rounds"] = self.rounds
+        if self.comparison:
+            doc["comparison"] = [c.to_json(reproducible) for c in self.comparison]
         doc["model"] = self.scenario.model_name
         doc["serving"] = self.scenario.serving.model_dump()
         doc["adapters"] = ([a.model_dump() for a in self.scenario.adapter_list()] if self.adapters is None else
@@ -132,8 +179,13 @@ def adapter_count(sc: Scenario) -> int:
 
 def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, validate: bool = True,
                    workers: int | None = None, max_rounds: int = 4, on_event: Event = _quiet,
-                   started: float | None = None) -> SolveReport:
+                   started: float | None = None, compare: bool = False) -> SolveReport:
     """Solve, validate in the twin, repair starved/OOM GPUs and re-validate (at most ``max_rounds``).
+
+    ``compare``: also solve the scenario with every other strategy (each on its own
+    ``solver.time_limit_s``) and check each plan, as placed, in the twin (:class:`StrategyResult`,
+    the chosen strategy's row is its plan before repair). Twin results of GPU configurations that
+    several plans share are computed once.
 
     Time limit: ``solver.time_limit_s`` bounds *the solve* — compiling the problem, every strategy
     phase and the bound — on one monotonic deadline started at ``started`` (a ``time.monotonic()``
@@ -181,9 +233,11 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
     val = PlanSimulator(sc, base_dir, executor_of(sc, workers))
     actions: list[str] = []
     rounds = 0
+    first: SimReport | None = None
     while True:
         on_event(f"validating {plan.gpus_used} GPUs in the twin" + (f" (repair round {rounds})" if rounds else ""))
         rep = val.run(gpu_plans(plan))
+        first = first or rep
         if not (rep.starved_gpus or rep.oom_gpus) or rounds >= max_rounds:
             break
         rounds += 1
@@ -195,9 +249,37 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
         for a in fixed.actions:
             on_event(f"repair: {a}")
         plan = fixed.plan
-    score = get_objective(plan.objective).score(plan, rep)
-    return SolveReport(sc, plan, initial, rep, tuple(actions), rounds, score, time.perf_counter() - t0, base_dir,
-                       problem.adapters)
+    objective = get_objective(plan.objective)
+    comparison: tuple[StrategyResult, ...] = ()
+    if compare:
+        comparison = _compare(problem, oracle, val, initial, first, objective, sc.solver.time_limit_s, on_event)
+    return SolveReport(sc, plan, initial, rep, tuple(actions), rounds, objective.score(plan, rep),
+                       time.perf_counter() - t0, base_dir, problem.adapters, comparison)
+
+
+def _compare(problem: Any, oracle: Any, val: PlanSimulator, chosen: Any, chosen_rep: SimReport, objective: Any,
+             time_limit_s: float, on_event: Event) -> tuple[StrategyResult, ...]:
+    """Every strategy's plan checked by the twin; ``chosen`` (already solved and simulated) is reused."""
+    from optplace.solver.plan import gpu_plans
+    from optplace.solver.problem import Deadline, Infeasible
+    from optplace.solver.strategies import STRATEGIES, solve
+
+    rows = []
+    for name in STRATEGIES:
+        if name == chosen.strategy:
+            rows.append(strategy_result(name, chosen, chosen_rep, objective.score(chosen, chosen_rep)))
+            continue
+        on_event(f"comparing: {name}")
+        try:
+            with stdout_to_stderr():
+                p = solve(problem, oracle, name, deadline=Deadline.begin(time_limit_s))
+        except Infeasible as e:
+            rows.append(StrategyResult(name, error=str(e)))
+            continue
+        on_event(f"comparing: {name}, {p.gpus_used} GPUs in the twin")
+        r = val.run(gpu_plans(p))
+        rows.append(strategy_result(name, p, r, objective.score(p, r)))
+    return tuple(rows)
 
 
 # --- capacity -----------------------------------------------------------------------------------

@@ -76,6 +76,27 @@ def render_solve_report(console: Console, rep) -> None:  # rep: optplace.pipelin
                    f"[red]twin: {len(val.starved_gpus)} starved, {len(val.oom_gpus)} OOM after {rep.rounds} repair "
                    "rounds[/]")
         console.print(verdict)
+    if rep.comparison:
+        render_comparison_table(console, rep.comparison, rep.plan.objective)
+
+
+def render_comparison_table(console: Console, rows, objective: str) -> None:  # rows: pipeline.StrategyResult
+    """Every strategy's plan for the scenario, as placed (not repaired), as the twin found it."""
+    from rich.table import Table
+
+    t = Table(title="strategies compared (each plan as placed, not repaired; checked by the twin)")
+    for col in ("strategy", "GPUs", f"{objective}", "lower bound", "starved", "OOM", "worst loss", "mean ITL ms",
+                "solve s", "twin"):
+        t.add_column(col, justify="left" if col in ("strategy", "twin") else "right")
+    for r in rows:
+        if r.error is not None:
+            t.add_row(r.strategy, *["–"] * 8, f"[yellow]no plan: {r.error}[/]")
+            continue
+        verdict = "[green]ok[/]" if r.ok else "[red]fails[/]"
+        t.add_row(r.strategy, str(r.gpus_used), f"{r.objective_value:g}", f"{r.lower_bound:g}", str(r.starved_gpus),
+                  str(r.oom_gpus), f"{r.worst_loss:.1%}" if r.worst_loss is not None else "–",
+                  f"{r.itl_ms_mean:.1f}" if r.itl_ms_mean is not None else "–", f"{r.solve_time_s:.2f}", verdict)
+    console.print(t)
 
 
 def _rank_counts(sc, names) -> str:

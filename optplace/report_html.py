@@ -132,8 +132,22 @@ def solve_report_html(rep) -> str:  # rep: optplace.pipeline.SolveReport
         Series("mean ITL ms", tuple(twin[g.gpu].itl_ms_mean if g.gpu in twin else 0.0 for g in gpus)),
         Series("TTFT p50 ms", tuple(twin[g.gpu].ttft_ms_p50 if g.gpu in twin else 0.0 for g in gpus)),
     ], unit=" ms")
-    strat = bar_chart("GPUs: this plan vs the proven lower bound", [plan.strategy, "lower bound"],
-                      [Series("GPUs", (float(plan.gpus_used), float(plan.lower_bound)))])
+    if rep.comparison:
+        planned = [c for c in rep.comparison if c.error is None]
+        strat = bar_chart("GPUs per strategy (each plan as placed) and the proven lower bound",
+                          [c.strategy for c in planned] + ["lower bound"],
+                          [Series("GPUs", tuple(float(c.gpus_used) for c in planned) + (float(plan.lower_bound),))])
+        strat += table(["strategy", "GPUs", plan.objective, "twin: starved GPUs", "OOM GPUs", "worst loss",
+                        "mean ITL ms", "solve s"],
+                       [[c.strategy, "–", "–", "–", "–", "–", "–", f"no plan: {c.error}"] if c.error is not None else
+                        [c.strategy, c.gpus_used, f"{c.objective_value:g}", c.starved_gpus, c.oom_gpus,
+                         f"{c.worst_loss:.1%}" if c.worst_loss is not None else "–",
+                         f"{c.itl_ms_mean:.1f}" if c.itl_ms_mean is not None else "–", f"{c.solve_time_s:.2f}"]
+                        for c in rep.comparison])
+    else:
+        strat = bar_chart("GPUs: this plan vs the proven lower bound (solve --compare adds every strategy)",
+                          [plan.strategy, "lower bound"],
+                          [Series("GPUs", (float(plan.gpus_used), float(plan.lower_bound)))])
     rows = []
     for g in gpus:
         tw = twin.get(g.gpu)

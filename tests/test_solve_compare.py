@@ -1,0 +1,89 @@
+"""`optplace solve --compare`: every strategy's plan for the scenario, checked by the twin as placed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from optplace.cli import app
+from optplace.solver.strategies import STRATEGIES
+
+runner = CliRunner()
+
+SPEC = """\
+name: compare
+model: llama-3.1-8b-instruct
+gpu: h100-64gb
+workload: {duration_s: 240, arrivals: {kind: poisson}, lengths: {kind: sharegpt}}
+adapters:
+  - {group: a, count: 12, rank: 8, rate_rps: 1.2}
+  - {group: b, count: 8, rank: 16, rate_rps: 0.8}
+  - {group: c, count: 4, rank: 32, rate_rps: 0.5}
+solver: {strategy: greedy, time_limit_s: 20}
+seed: 7
+"""
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    d = tmp_path_factory.mktemp("compare")
+    spec = d / "compare.yaml"
+    spec.write_text(SPEC)
+    args = ["solve", str(spec), "--compare", "--json", "--reproducible", "--workers", "1"]
+    first = runner.invoke(app, [*args, "--out", str(d / "out")])
+    again = runner.invoke(app, args)
+    return spec, d / "out", first, again
+
+
+def test_one_twin_checked_row_per_strategy(compared):
+    _, _, res, _ = compared
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    rows = doc["comparison"]
+    assert [r["strategy"] for r in rows] == list(STRATEGIES)
+    for r in rows:
+        assert r["error"] is None, r
+        assert r["gpus_used"] >= r["lower_bound"] >= 1
+        assert r["starved_gpus"] == 0 and r["oom_gpus"] == 0  # every strategy's count passed the same oracle
+        assert 0.0 <= r["worst_loss"] < 0.10 and r["itl_ms_mean"] > 0
+        assert r["twin_objective"] == r["gpus_used"]  # min_gpus measured on the twin report
+    chosen = next(r for r in rows if r["strategy"] == doc["strategy"])
+    assert chosen["gpus_used"] == doc["gpus_used"] and not doc["repairs"]
+    worst = max(g["throughput_loss"] for g in doc["validation"]["gpus"])
+    assert chosen["worst_loss"] == pytest.approx(worst, abs=1e-4)  # the chosen row is the validated plan
+
+
+def test_a_compared_row_is_what_solving_with_that_strategy_alone_gives(compared):
+    spec, _, res, _ = compared
+    row = next(r for r in json.loads(res.stdout)["comparison"] if r["strategy"] == "rank-grouped")
+    alone = runner.invoke(app, ["solve", str(spec), "--strategy", "rank-grouped", "--json", "--reproducible",
+                                "--workers", "1"])
+    assert alone.exit_code == 0, alone.output
+    doc = json.loads(alone.stdout)
+    assert row["gpus_used"] == doc["gpus_used"]
+    assert not doc["repairs"]  # so its validated plan is the plan as placed, which the comparison shows
+    gpus = doc["validation"]["gpus"]
+    tokens = sum(g["throughput_tok_s"] for g in gpus)
+    itl = sum(g["itl_ms_mean"] * g["throughput_tok_s"] for g in gpus) / tokens
+    assert row["itl_ms_mean"] == pytest.approx(itl, rel=1e-4)
+    assert row["worst_loss"] == pytest.approx(max(g["throughput_loss"] for g in gpus), abs=1e-4)
+
+
+def test_same_spec_same_json_and_report_lists_every_strategy(compared):
+    _, out, res, again = compared
+    assert again.exit_code == 0, again.output
+    assert again.stdout == res.stdout  # deterministic, comparison included
+    assert json.loads((out / "plan.json").read_text())["comparison"] == json.loads(res.stdout)["comparison"]
+    html = (out / "report.html").read_text()
+    assert "GPUs per strategy" in html and all(f"<td>{s}</td>" in html for s in STRATEGIES)
+
+
+def test_compare_without_validation_is_refused(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    res = runner.invoke(app, ["solve", str(spec), "--compare", "--no-validate"])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--compare" in lines[0] and "--no-validate" in lines[0]
