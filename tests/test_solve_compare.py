@@ -9,21 +9,14 @@ from typer.testing import CliRunner
 
 from optplace.cli import app
 from optplace.solver.strategies import STRATEGIES
+from test_solve_cli import SPEC as SOLVE_SPEC
 
 runner = CliRunner()
 
-SPEC = """\
-name: compare
-model: llama-3.1-8b-instruct
-gpu: h100-64gb
-workload: {duration_s: 240, arrivals: {kind: poisson}, lengths: {kind: sharegpt}}
-adapters:
-  - {group: a, count: 12, rank: 8, rate_rps: 1.2}
-  - {group: b, count: 8, rank: 16, rate_rps: 0.8}
-  - {group: c, count: 4, rank: 32, rate_rps: 0.5}
-solver: {strategy: greedy, time_limit_s: 20}
-seed: 7
-"""
+# test_solve_cli's small scenario at twice the load (two GPUs or more, so the rules differ) plus four
+# rank-32 adapters (so rank-aware and rank-blind rules differ too)
+SPEC = (SOLVE_SPEC.replace("rate_rps: 1.2", "rate_rps: 2.4").replace("rate_rps: 0.8", "rate_rps: 1.6")
+        .replace("solver:", "  - {group: c, count: 4, rank: 32, rate_rps: 1.0}\nsolver:"))
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +42,8 @@ def test_one_twin_checked_row_per_strategy(compared):
         assert r["starved_gpus"] == 0 and r["oom_gpus"] == 0  # every strategy's count passed the same oracle
         assert 0.0 <= r["worst_loss"] < 0.10 and r["itl_ms_mean"] > 0
         assert r["twin_objective"] == r["gpus_used"]  # min_gpus measured on the twin report
+    assert doc["gpus_used"] >= 2
+    assert len({(r["gpus_used"], r["itl_ms_mean"]) for r in rows}) >= 3  # distinct plans, each simulated
     chosen = next(r for r in rows if r["strategy"] == doc["strategy"])
     assert chosen["gpus_used"] == doc["gpus_used"] and not doc["repairs"]
     worst = max(g["throughput_loss"] for g in doc["validation"]["gpus"])
