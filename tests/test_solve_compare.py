@@ -43,6 +43,7 @@ def test_one_twin_checked_row_per_strategy(compared):
         assert 0.0 <= r["worst_loss"] < 0.10 and r["itl_ms_mean"] > 0
         assert r["twin_objective"] == r["gpus_used"]  # min_gpus measured on the twin report
     assert doc["gpus_used"] >= 2
+    assert max(r["lower_bound"] for r in rows) <= min(r["objective_value"] for r in rows)
     assert len({(r["gpus_used"], r["itl_ms_mean"]) for r in rows}) >= 3  # distinct plans, each simulated
     chosen = next(r for r in rows if r["strategy"] == doc["strategy"])
     assert chosen["gpus_used"] == doc["gpus_used"] and not doc["repairs"]
