@@ -90,6 +90,9 @@ THRESHOLD_FOLDS = 5
 # session-3 folds (out-of-fold macro-F1 on the session-3 rows 0.9363 -> 0.9475, throughput sMAPE
 # 5.64 -> 5.50 %; /work/sweeps2/cv_qwen_s4.py).  Not adopted: 60 classifier rounds (CV 0.9476 in
 # session 3), which put Qwen's 10k-row capacity query at 49–51 ms, on the 50 ms budget.
+# Session 5, not adopted for Qwen by the same CV (out-of-fold macro-F1 against seed-mean labels, shipped 0.9300):
+# 4-seed-mean labels on the 884 training rows near the 10 % rule (replicate --subset boundary) 0.9275, the same
+# with monotone load constraints on the classifier 0.9298 (/work/sweeps2/cv_qwen_s5.py).
 ROUNDS_CAP = {"throughput": 70, "starved": 40, "itl": 60, "ttft_p99": 40}
 
 
