@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from optplace.surrogate.sweep import (BOUNDARY_BAND, LocalExecutor, SweepDesign, boundary_row, load_dataset,
-                                      load_datasets, noisy_row, read_rows, run_replicate, run_sweep)
+                                      load_datasets, noisy_row, read_rows, run_replicate)
 from optplace.surrogate.synthetic import SyntheticEvaluator
+from surrogate_helpers import noisy_synthetic_sweep
 
 DESIGN = SweepDesign(n_points=80, n_chains=10, chain_steps=4, max_adapters=256)
 
@@ -31,9 +32,7 @@ def test_boundary_rule() -> None:
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("boundary")
-    ev = SyntheticEvaluator(noise=0.05)
-    run_sweep(ev, d / "a", DESIGN, seed=9, executor=LocalExecutor(1), progress=False)
-    run_replicate(ev, d / "a", d / "a_n1", salt=1, subset="noisy", executor=LocalExecutor(1), progress=False)
+    ev = noisy_synthetic_sweep(d, DESIGN, seed=9)
     for salt in (2, 3):
         run_replicate(ev, d / "a", d / f"a_b{salt}", salt=salt, subset="boundary", executor=LocalExecutor(1),
                       progress=False)

@@ -21,6 +21,7 @@ from optplace.surrogate.sweep import (LocalExecutor, SweepDesign, load_dataset, 
                                       pool_replicates, read_rows, run_replicate, run_sweep)
 from optplace.surrogate.synthetic import SyntheticEvaluator
 from optplace.surrogate.twin_eval import TwinEvaluator
+from surrogate_helpers import noisy_synthetic_sweep
 
 LLAMA = "llama-3.1-8b-instruct@h100-64gb"
 
@@ -75,9 +76,7 @@ DESIGN = SweepDesign(n_points=80, n_chains=8, chain_steps=4, max_adapters=256)
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("phys")
-    ev = SyntheticEvaluator(noise=0.05)
-    run_sweep(ev, d / "a", DESIGN, seed=5, executor=LocalExecutor(1), progress=False)
-    run_replicate(ev, d / "a", d / "a_n1", salt=1, subset="noisy", executor=LocalExecutor(1), progress=False)
+    ev = noisy_synthetic_sweep(d, DESIGN, seed=5)
     run_replicate(ev, d / "a", d / "a_r1", salt=1, executor=LocalExecutor(1), progress=False)
     return d
 
