@@ -92,7 +92,9 @@ THRESHOLD_FOLDS = 5
 # session 3), which put Qwen's 10k-row capacity query at 49–51 ms, on the 50 ms budget.
 # Session 5, not adopted for Qwen by the same CV (out-of-fold macro-F1 against seed-mean labels, shipped 0.9300):
 # 4-seed-mean labels on the 884 training rows near the 10 % rule (replicate --subset boundary) 0.9275, the same
-# with monotone load constraints on the classifier 0.9298 (/work/sweeps2/cv_qwen_s5.py).
+# with monotone load constraints on the classifier 0.9298 (/work/sweeps2/cv_qwen_s5.py); starvation read from a
+# 40-round regressor of the seed-mean throughput loss at a CV threshold near the 10 % rule 0.9150, the same with the
+# loss clipped to [0, 0.4] 0.9205, that OR the classifier 0.9290 (/work/sweeps2/cv_qwen_s6.py).
 ROUNDS_CAP = {"throughput": 70, "starved": 40, "itl": 60, "ttft_p99": 40}
 
 
