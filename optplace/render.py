@@ -80,22 +80,35 @@ def render_solve_report(console: Console, rep) -> None:  # rep: optplace.pipelin
         render_comparison_table(console, rep.comparison, rep.plan.objective)
 
 
+def comparison_headers(objective: str) -> list[str]:
+    """The columns of the strategy comparison (terminal table and report.html alike)."""
+    return ["strategy", "GPUs", objective, "lower bound", "starved", "OOM", "worst loss", "mean ITL ms", "solve s",
+            "twin"]
+
+
+def comparison_cells(r) -> list[str]:  # r: pipeline.StrategyResult
+    """One strategy's row of the comparison, as text; the last cell is the twin's verdict (or why there is
+    no plan)."""
+    if r.error is not None:
+        return [r.strategy, *["–"] * 8, f"no plan: {r.error}"]
+    return [r.strategy, str(r.gpus_used), f"{r.objective_value:g}", f"{r.lower_bound:g}", str(r.starved_gpus),
+            str(r.oom_gpus), f"{r.worst_loss:.1%}" if r.worst_loss is not None else "–",
+            f"{r.itl_ms_mean:.1f}" if r.itl_ms_mean is not None else "–", f"{r.solve_time_s:.2f}",
+            "ok" if r.ok else "fails"]
+
+
 def render_comparison_table(console: Console, rows, objective: str) -> None:  # rows: pipeline.StrategyResult
     """Every strategy's plan for the scenario, as placed (not repaired), as the twin found it."""
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="strategies compared (each plan as placed, not repaired; checked by the twin)")
-    for col in ("strategy", "GPUs", f"{objective}", "lower bound", "starved", "OOM", "worst loss", "mean ITL ms",
-                "solve s", "twin"):
+    for col in comparison_headers(objective):
         t.add_column(col, justify="left" if col in ("strategy", "twin") else "right")
     for r in rows:
-        if r.error is not None:
-            t.add_row(r.strategy, *["–"] * 8, f"[yellow]no plan: {r.error}[/]")
-            continue
-        verdict = "[green]ok[/]" if r.ok else "[red]fails[/]"
-        t.add_row(r.strategy, str(r.gpus_used), f"{r.objective_value:g}", f"{r.lower_bound:g}", str(r.starved_gpus),
-                  str(r.oom_gpus), f"{r.worst_loss:.1%}" if r.worst_loss is not None else "–",
-                  f"{r.itl_ms_mean:.1f}" if r.itl_ms_mean is not None else "–", f"{r.solve_time_s:.2f}", verdict)
+        *cells, verdict = comparison_cells(r)
+        colour = "yellow" if r.error is not None else "green" if r.ok else "red"
+        t.add_row(*cells, f"[{colour}]{escape(verdict)}[/]")
     console.print(t)
 
 

@@ -114,6 +114,8 @@ def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
 
 def solve_report_html(rep) -> str:  # rep: optplace.pipeline.SolveReport
     """The ``report.html`` of a solve: plan table, load vs capacity, ranks per GPU, latency, strategies."""
+    from optplace.render import comparison_cells, comparison_headers
+
     plan, val = rep.plan, rep.validation
     gpus = [g for g in plan.gpus if g.adapters]
     cats = [f"GPU {g.gpu}" for g in gpus]
@@ -137,13 +139,7 @@ def solve_report_html(rep) -> str:  # rep: optplace.pipeline.SolveReport
         strat = bar_chart("GPUs per strategy (each plan as placed) and the proven lower bound",
                           [c.strategy for c in planned] + ["lower bound"],
                           [Series("GPUs", tuple(float(c.gpus_used) for c in planned) + (float(plan.lower_bound),))])
-        strat += table(["strategy", "GPUs", plan.objective, "twin: starved GPUs", "OOM GPUs", "worst loss",
-                        "mean ITL ms", "solve s"],
-                       [[c.strategy, "–", "–", "–", "–", "–", "–", f"no plan: {c.error}"] if c.error is not None else
-                        [c.strategy, c.gpus_used, f"{c.objective_value:g}", c.starved_gpus, c.oom_gpus,
-                         f"{c.worst_loss:.1%}" if c.worst_loss is not None else "–",
-                         f"{c.itl_ms_mean:.1f}" if c.itl_ms_mean is not None else "–", f"{c.solve_time_s:.2f}"]
-                        for c in rep.comparison])
+        strat += table(comparison_headers(plan.objective), [comparison_cells(c) for c in rep.comparison])
     else:
         strat = bar_chart("GPUs: this plan vs the proven lower bound (solve --compare adds every strategy)",
                           [plan.strategy, "lower bound"],

@@ -97,3 +97,13 @@ def test_every_strategys_bound_is_below_every_strategys_value(tmp_path):
     rows = [r for r in json.loads(res.stdout)["comparison"] if r["error"] is None]
     assert len(rows) == len(STRATEGIES)
     assert max(r["lower_bound"] for r in rows) <= min(r["objective_value"] for r in rows)
+
+
+def test_a_strategy_without_a_plan_is_one_row_saying_why():
+    from optplace.pipeline import StrategyResult
+    from optplace.render import comparison_cells, comparison_headers
+
+    cells = comparison_cells(StrategyResult("round-robin", error="pool too small [binding: pool]"))
+    assert len(cells) == len(comparison_headers("min_gpus"))
+    assert cells[0] == "round-robin" and cells[-1] == "no plan: pool too small [binding: pool]"
+    assert set(cells[1:-1]) == {"–"}
