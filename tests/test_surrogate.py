@@ -323,3 +323,26 @@ def test_load_datasets_merges_sweeps_without_group_clashes(tmp_path: Path) -> No
     assert np.array_equal(ab.X[: a.X.shape[0]], a.X)
     assert ab.provenance["seed"] == 1 and ab.provenance["merged_with"][0]["seed"] == 2
     assert set(np.unique(ab.meta["pass"])) == {1, 2}
+
+
+def test_load_datasets_pools_label_equivalent_twins_only(tmp_path: Path) -> None:
+    # training may pool sweeps made by twin versions listed as label-equivalent, and no others
+    from optplace.surrogate.sweep import load_datasets
+
+    ev = SyntheticEvaluator()
+    for name, seed in (("a", 1), ("b", 2)):
+        run_sweep(ev, tmp_path / name, SMALL, seed=seed, executor=LocalExecutor(1), progress=False)
+
+    def as_twin(name: str, version: str) -> None:
+        meta = tmp_path / f"{name}.json"
+        prov = json.loads(meta.read_text())
+        prov["evaluator"] = {"evaluator": "twin", "profile": "p", "profile_hash": "h", "version": version}
+        meta.write_text(json.dumps(prov))
+
+    as_twin("a", "0.1.0+9b6736f53690")
+    as_twin("b", "0.1.0+f10ef4122c71")
+    ab = load_datasets([tmp_path / "a", tmp_path / "b"])
+    assert ab.provenance["merged_with"][0]["evaluator"]["version"] == "0.1.0+f10ef4122c71"
+    as_twin("b", "0.1.0+000000000000")
+    with pytest.raises(ValueError, match="does not label like"):
+        load_datasets([tmp_path / "a", tmp_path / "b"])

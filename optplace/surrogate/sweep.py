@@ -724,7 +724,8 @@ def load_datasets(paths: Sequence[Path | str]) -> Dataset:
     """Several sweeps of one profile as one dataset (groups and indices of the k-th offset by k·2³²).
 
     The provenance is the first sweep's, with the others listed under ``merged_with``; all must
-    share the feature schema and the evaluator identity.  Paths that are replicates
+    share the feature schema and label alike (:func:`same_labels`: the same evaluator, or twin versions
+    listed together in :data:`LABEL_EQUIVALENT_TWINS`).  Paths that are replicates
     (:func:`run_replicate`) of another listed sweep are pooled into it
     (:func:`pool_replicates` with ``partial=True``: each row's label is the mean over the twin seeds
     it has); ``provenance["label"]`` then says so.
@@ -770,8 +771,9 @@ def _merge(parts: list[Dataset], paths: Sequence[Path | str]) -> Dataset:
     for p, d in zip(paths[1:], parts[1:]):
         if d.feature_names != first.feature_names:
             raise ValueError(f"{p}: feature names differ from {paths[0]}")
-        if d.provenance.get("evaluator") != first.provenance.get("evaluator"):
-            raise ValueError(f"{p}: evaluator {d.provenance.get('evaluator')} != {first.provenance.get('evaluator')}")
+        if not same_labels(first.provenance.get("evaluator", {}), d.provenance.get("evaluator", {})):
+            raise ValueError(f"{p}: evaluator {d.provenance.get('evaluator')} does not label like "
+                             f"{first.provenance.get('evaluator')}")
     prov = dict(first.provenance)
     prov["merged_with"] = [d.provenance for d in parts[1:]]
     return _stack(parts, prov)
