@@ -95,6 +95,9 @@ THRESHOLD_FOLDS = 5
 # with monotone load constraints on the classifier 0.9298 (/work/sweeps2/cv_qwen_s5.py); starvation read from a
 # 40-round regressor of the seed-mean throughput loss at a CV threshold near the 10 % rule 0.9150, the same with the
 # loss clipped to [0, 0.4] 0.9205, that OR the classifier 0.9290 (/work/sweeps2/cv_qwen_s6.py).
+# Session 8, adopted for Qwen by the same CV over all 7,952 candidate rows (out-of-fold macro-F1 against seed-mean
+# labels: shipped 0.9263 -> 0.9364, throughput sMAPE 5.12 -> 4.81 %; /work/sweeps2/cv_qwen_s8.py): training also on
+# the former held-out sweeps 4203/4207/4209 (4-seed means) and a second boundary-heavy sweep 4214.
 ROUNDS_CAP = {"throughput": 70, "starved": 40, "itl": 60, "ttft_p99": 40}
 
 
