@@ -477,9 +477,11 @@ REPLICATE_SUBSETS = ("all", "noisy", "boundary")
 #: Half-width (loss points) of the band around the starvation rule whose single-seed verdicts flip
 #: between twin seeds; the band part of :func:`noisy_row` and the whole of :func:`boundary_row`.
 BOUNDARY_BAND = 0.06
+#: Loss from which a GPU with fewer slots than adapters counts as saturated in :func:`noisy_row`.
+NOISY_SATURATED_LOSS = 0.05
 
 _SUBSET_RULES = {
-    "noisy": f"source loss >= 0.05 with max_loras < n_adapters, or |loss - 0.10| <= {BOUNDARY_BAND}",
+    "noisy": f"source loss >= {NOISY_SATURATED_LOSS} with max_loras < n_adapters, or |loss - 0.10| <= {BOUNDARY_BAND}",
     "boundary": f"|source loss - 0.10| <= {BOUNDARY_BAND}",
 }
 
@@ -488,7 +490,7 @@ def noisy_row(loss: float, n_adapters: float, max_loras: float, max_loss: float 
     """Rows whose twin label varies most from seed to seed, where seed-averaged labels pay off:
     saturated GPUs (loss ≥ 5 %) with fewer slots than adapters (which adapters win the sticky slots
     is random) and rows within 6 points of the starvation rule (the verdict flips between seeds)."""
-    return (loss >= 0.05 and max_loras < n_adapters) or boundary_row(loss, max_loss)
+    return (loss >= NOISY_SATURATED_LOSS and max_loras < n_adapters) or boundary_row(loss, max_loss)
 
 
 def boundary_row(loss: float, max_loss: float = 0.10) -> bool:
