@@ -104,10 +104,11 @@ def _heavy_rate(d: Path) -> float:
     and hand its slot to a light one in one run but not in the other (twin: l2, l3 completed 5 each;
     real engine: none). With a 30 % overload the heavy backlog only grows, on any machine speed.
     """
+    from optplace.vllm.runs import load_run
     from optplace.vllm.sweep import DEFAULT_POINTS, SweepConfig, sweep_workload
 
     point = next(p for p in DEFAULT_POINTS if p.label == "cal-4x8-sat")
-    served = json.loads((d / "fitted.runs" / point.label / "run.json").read_text())["result"]["gpus"][0]["engine_tok_s"]
+    served = load_run(d / "fitted.runs" / point.label).result["gpus"][0]["engine_tok_s"]
     # the spec's lengths are the sweep's (LENGTHS); 10^4 draws pin their truncated mean to ~1 %
     wl = sweep_workload(SweepConfig(model_path=Path("."), adapters_dir=Path(".")), [100.0], 100.0, seed=0)
     tokens_per_request = float(np.mean(wl.input_tokens + wl.output_tokens))

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios" / "reference"
 MODEL_SHORT = {"llama-3.1-8b-instruct": "llama", "qwen-2.5-7b-instruct": "qwen"}
 
@@ -40,8 +42,6 @@ def throughput_implied(runs: list[Any], model: str, group: str, max_loss: float 
     """Largest count whose offered tokens/s fit the workload's real peak throughput within ``max_loss``."""
     mine = [r for r in runs if r.model == model and r.config_group == group and r.status == "ok"
             and r.total_throughput and r.offered_total_tok_s]
-    import numpy as np
-
     peak = max(r.total_throughput for r in mine)
     per: dict[int, list[float]] = {}
     for r in mine:
