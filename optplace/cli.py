@@ -46,7 +46,7 @@ def check(specs: Annotated[list[Path], typer.Argument(help="Scenario YAML files.
           allow_path: AllowPath = None,
           json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Validate scenario files; print every problem as file:line: field: message."""
-    from .specs import SpecError, load_scenario
+    from optplace.specs import SpecError, load_scenario
 
     results, bad = [], []
     for spec in specs:
@@ -73,7 +73,7 @@ def check(specs: Annotated[list[Path], typer.Argument(help="Scenario YAML files.
 
 
 def _load_or_exit(spec: Path, allow_path: list[Path] | None):
-    from .specs import SpecError, load_scenario
+    from optplace.specs import SpecError, load_scenario
 
     try:
         return load_scenario(spec, allow_paths=allow_path or ())
@@ -100,13 +100,13 @@ def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `pl
     if sc.placement is None:
         raise _fail_input([f"{spec}: placement: the spec has no placement to simulate "
                            "(add `placement:` or use `optplace solve`)"])
-    from .twin.simulate import placement_of, simulate_plan
+    from optplace.twin.simulate import placement_of, simulate_plan
 
     rep = simulate_plan(sc, placement_of(sc), spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed)
     if json_out:
         print(json.dumps(rep.to_json(reproducible=reproducible), indent=2))
     else:
-        from .render import render_sim_report
+        from optplace.app.render import render_sim_report
 
         render_sim_report(_console(), rep)
     if rep.starved_gpus or rep.oom_gpus:
@@ -132,12 +132,12 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
     (in the chosen plan; ``--compare`` rows are for information)."""
     import time
 
-    from .outputs import OutputExists, check_target
+    from optplace.infra.outputs import OutputExists, check_target
 
     started = time.monotonic()  # solver.time_limit_s also covers reading the spec
     sc = _load_or_exit(spec, allow_path)
     if strategy is not None:
-        from .specs import STRATEGIES
+        from optplace.specs import STRATEGIES
 
         if strategy not in STRATEGIES:
             raise _fail_input([f"--strategy: unknown strategy {strategy!r} (valid: {', '.join(STRATEGIES)})"])
@@ -148,8 +148,8 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
             check_target(out, force)
         except OutputExists as e:
             raise _fail_input([str(e)]) from None
-    from .pipeline import solve_scenario
-    from .solver.problem import Infeasible, TimeLimitReached
+    from optplace.pipeline import solve_scenario
+    from optplace.solver.problem import Infeasible, TimeLimitReached
 
     err = _console(stderr=True)
     try:
@@ -165,15 +165,15 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
         raise typer.Exit(EXIT_FAIL) from None
     doc = rep.to_json(reproducible=reproducible)
     if out is not None:
-        from .outputs import atomic_dir
-        from .reporting import write_solve_outputs
+        from optplace.infra.outputs import atomic_dir
+        from optplace.app.reporting import write_solve_outputs
 
         with atomic_dir(out, force=force) as tmp:
             write_solve_outputs(tmp, rep, doc)
     if json_out:
         print(json.dumps(doc, indent=2))
     else:
-        from .render import render_solve_report
+        from optplace.app.render import render_solve_report
 
         render_solve_report(_console(), rep)
         if out is not None:
@@ -219,7 +219,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
     Exit 1 when any GPU starves or fails to start. With --engine vllm: run one plan on real vLLM servers
     (--launch or --endpoints), write the measured results, and print the twin-vs-real error table."""
     if engine == "vllm":
-        from .vllm.commands import run_validate_vllm
+        from optplace.vllm.commands import run_validate_vllm
 
         raise typer.Exit(run_validate_vllm(
             files, launch=launch, endpoints=endpoints, window=window, out=out, force=force, json_out=json_out,
@@ -234,7 +234,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
     given = [k for k, v in vllm_only.items() if v not in (None, False)]
     if given:
         raise _fail_input([f"{', '.join(given)}: only with --engine vllm"])
-    from .reporting import PlanLoadError, load_plan_or_spec, validate_many
+    from optplace.app.reporting import PlanLoadError, load_plan_or_spec, validate_many
 
     try:
         items = [load_plan_or_spec(f, allow_path or ()) for f in files]
@@ -245,7 +245,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
         print(json.dumps({"results": [{"file": str(f), **r.to_json(reproducible=reproducible)}
                                       for f, r in zip(files, results)]}, indent=2))
     else:
-        from .render import render_validation_table
+        from optplace.app.render import render_validation_table
 
         render_validation_table(_console(), [str(f) for f in files], results)
     if any(r.starved_gpus or r.oom_gpus for r in results):
@@ -262,7 +262,7 @@ def capacity(spec: Annotated[Path, typer.Argument(help="Scenario YAML; its adapt
     """Largest number of adapters of the spec's mix that one GPU serves without starvation, and the best
     max_loras (searched with the capacity oracle, confirmed by the twin)."""
     sc = _load_or_exit(spec, allow_path)
-    from .pipeline import capacity as find_capacity
+    from optplace.pipeline import capacity as find_capacity
 
     try:
         ans = find_capacity(sc, spec.resolve().parent, gpu_type=gpu_type, confirm=not no_confirm)
@@ -322,7 +322,7 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
         if min(kwargs["sizes"]) < 1:  # type: ignore[call-overload]
             raise _fail_input([f"--sizes: adapter counts must be ≥ 1, got {sizes!r}"])
     if strategies:
-        from .solver.strategies import STRATEGIES
+        from optplace.solver.strategies import STRATEGIES
 
         names = tuple(x.strip() for x in strategies.split(","))
         unknown = [x for x in names if x not in STRATEGIES]
@@ -345,7 +345,7 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
 @app.command()
 def schema() -> None:
     """Print the JSON schema of scenario files."""
-    from .specs import Scenario
+    from optplace.specs import Scenario
 
     print(json.dumps(Scenario.model_json_schema(by_alias=True), indent=2))
 
@@ -359,7 +359,7 @@ def profiles(
     """List hardware/model profiles (calibrated ones ship with optplace; others are built uncalibrated)."""
     from rich.table import Table
 
-    from .specs import GPUS, MODELS, UnknownProfile, bundled_profiles, resolve_profile
+    from optplace.specs import GPUS, MODELS, UnknownProfile, bundled_profiles, resolve_profile
 
     if show:
         model, _, gpu = show.partition("@")
@@ -429,13 +429,13 @@ def calibrate(
     """Fit profiles (memory, step time, adapter load, scheduler overhead) from measurement CSVs, or from
     real vLLM runs (--runs) or a calibration sweep against a real server (--sweep --engine vllm)."""
     if sweep or runs:
-        from .vllm.commands import run_calibrate_measured
+        from optplace.vllm.commands import run_calibrate_measured
 
         if reference is not None or bundled:
             raise _fail_input(["calibrate: --reference/--bundled do not combine with --sweep/--runs"])
         raise typer.Exit(run_calibrate_measured(sweep=sweep, engine=engine, runs=runs or [], out=out,
                                                 model_dir=model_dir, runs_out=runs_out, name=name, force=force))
-    from .calibration import bundled_profiles_dir, calibrate_reference
+    from optplace.calibration.profiles import bundled_profiles_dir, calibrate_reference
 
     if reference is None:
         raise _fail_input(["calibrate: give --reference DIR, --sweep --engine vllm, or --runs DIR"])
@@ -446,7 +446,7 @@ def calibrate(
     target = bundled_profiles_dir() if bundled else out
     assert target is not None
     if not bundled:
-        from .outputs import OutputExists, check_target
+        from optplace.infra.outputs import OutputExists, check_target
 
         try:
             check_target(target, force)
@@ -457,9 +457,9 @@ def calibrate(
 
 
 def _mount_subapps() -> None:
-    from .vllm.commands import deploy as _deploy
-    from .surrogate.cli import app as surrogate_app
-    from .vllm.commands import vllm_app
+    from optplace.vllm.commands import deploy as _deploy
+    from optplace.app.surrogate_commands import app as surrogate_app
+    from optplace.vllm.commands import vllm_app
 
     app.add_typer(vllm_app, name="vllm")
     app.add_typer(surrogate_app, name="surrogate")
@@ -474,7 +474,7 @@ def _stopped(kind: str) -> str:
     """The one line for an interrupted run: which outputs had been renamed into place, complete, before
     the signal (one held during a final rename is delivered just after it; a sweep has written its
     provenance long before), or that none was written."""
-    from .outputs import committed_outputs
+    from optplace.infra.outputs import committed_outputs
 
     done = committed_outputs()
     if not done:
@@ -508,7 +508,7 @@ def _exit_after_signal(code: int) -> None:
 
 def main() -> None:
     """Console-script entry point: run the app; unexpected exceptions become exit code 3, one line."""
-    from .outputs import Terminated, install_sigterm_handler, sigterm_seen
+    from optplace.infra.outputs import Terminated, install_sigterm_handler, sigterm_seen
 
     install_sigterm_handler()
     try:

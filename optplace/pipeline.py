@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from optplace.executors import ExecutorSpec
+from optplace.infra.executors import ExecutorSpec
 from optplace.specs import Adapter, Scenario
 from optplace.twin.simulate import PlanSimulator, SimReport
 

@@ -216,7 +216,7 @@ def test_deploy_out_refuses_non_empty_folder_and_replaces_with_force(tmp_path: P
 # --- the single-file and file-set writers (outputs.atomic_file / write_text_atomic / atomic_files) ----
 
 def test_atomic_file_replaces_in_one_rename_and_refuses_without_force(tmp_path: Path) -> None:
-    from optplace.outputs import OutputExists, atomic_file, write_text_atomic
+    from optplace.infra.outputs import OutputExists, atomic_file, write_text_atomic
 
     target = tmp_path / "prof.json"
     write_text_atomic(target, "old\n", force=False)
@@ -236,7 +236,7 @@ def test_atomic_file_replaces_in_one_rename_and_refuses_without_force(tmp_path: 
 
 
 def test_atomic_files_all_or_nothing(tmp_path: Path) -> None:
-    from optplace.outputs import atomic_files
+    from optplace.infra.outputs import atomic_files
 
     folder = tmp_path / "models"
     folder.mkdir()
@@ -266,7 +266,7 @@ def test_atomic_files_all_or_nothing(tmp_path: Path) -> None:
 _WRITER = """
 import sys, time
 from pathlib import Path
-from optplace.outputs import atomic_file, install_sigterm_handler
+from optplace.infra.outputs import atomic_file, install_sigterm_handler
 install_sigterm_handler()
 with atomic_file(Path(sys.argv[1]), force=True) as tmp:
     with tmp.open("w") as fh:
@@ -293,7 +293,7 @@ def test_sigterm_during_a_single_file_write_keeps_the_previous_file(tmp_path: Pa
 _RACE = """
 import os, signal, sys
 from pathlib import Path
-from optplace.outputs import atomic_dir, install_sigterm_handler, Terminated
+from optplace.infra.outputs import atomic_dir, install_sigterm_handler, Terminated
 from optplace.cli import _stopped
 install_sigterm_handler()
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -323,7 +323,7 @@ def test_signal_during_final_rename_is_reported_as_complete(tmp_path: Path) -> N
 _INSIDE = """
 import os, signal, sys
 from pathlib import Path
-from optplace.outputs import atomic_dir, install_sigterm_handler, write_json, Terminated
+from optplace.infra.outputs import atomic_dir, install_sigterm_handler, write_json, Terminated
 from optplace.cli import _stopped
 install_sigterm_handler()
 try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optplace.bench.capacity import real_capacity, throughput_implied
-from optplace.bench.reference import load_dt_validation
+from optplace.calibration.reference import load_dt_validation
 
 LLAMA = "llama-3.1-8b-instruct"
 HIGH = "rank_16_rates_1.6_0.8_0.4"

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from optplace.bench.reference import find_reference_dir, load_dt_validation
+from optplace.calibration.reference import find_reference_dir, load_dt_validation
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_env_override(tmp_path, monkeypatch):
 
 import json  # noqa: E402
 
-from optplace.bench.reference import read_csv_rows  # noqa: E402
-from optplace.twin.calibrate import (  # noqa: E402
+from optplace.calibration.reference import read_csv_rows  # noqa: E402
+from optplace.calibration.reference_fit import (  # noqa: E402
     MODELS,
     fit_adapter_load,
     fit_profile_sections,
@@ -162,7 +162,7 @@ def test_adapter_load_and_overhead_fit(ref):
 def test_length_correlation_fit(ref):
     import numpy as np
 
-    from optplace.twin.calibrate import (fit_length_correlation, kv_tokens_per_running_request, repair_lengths,
+    from optplace.calibration.reference_fit import (fit_length_correlation, kv_tokens_per_running_request, repair_lengths,
                                          time_avg_context)
 
     kv = kv_tokens_per_running_request(ref)

@@ -8,7 +8,7 @@ import pytest
 
 from optplace.bench import fidelity
 from optplace.bench.fidelity import RunResult, simulate_ref_run, summarize
-from optplace.bench.reference import load_dt_validation
+from optplace.calibration.reference import load_dt_validation
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from optplace.report_html import Series, bar_chart, page, table
+from optplace.app.report_html import Series, bar_chart, page, table
 
 
 class _Checker(HTMLParser):

@@ -101,7 +101,7 @@ def test_every_strategys_bound_is_below_every_strategys_value(tmp_path):
 
 def test_a_strategy_without_a_plan_is_one_row_saying_why():
     from optplace.pipeline import StrategyResult
-    from optplace.render import comparison_cells, comparison_headers
+    from optplace.app.render import comparison_cells, comparison_headers
 
     cells = comparison_cells(StrategyResult("round-robin", error="pool too small [binding: pool]"))
     assert len(cells) == len(comparison_headers("min_gpus"))

@@ -288,7 +288,7 @@ def test_throughput_saturates_beyond_training_load(trained: tuple[Path, Path]) -
 def test_cli_train_command(trained: tuple[Path, Path], tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from optplace.surrogate.cli import app
+    from optplace.app.surrogate_commands import app
 
     ds, m = trained
     res = CliRunner().invoke(app, ["train", str(ds), "--out", str(tmp_path / "cli"), "--seed", "0"])
@@ -302,7 +302,7 @@ def test_cli_train_command(trained: tuple[Path, Path], tmp_path: Path) -> None:
 def test_cli_sweep_rejects_unknown_executor(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from optplace.surrogate.cli import app
+    from optplace.app.surrogate_commands import app
 
     res = CliRunner().invoke(app, ["sweep", "llama-3.1-8b-instruct@h100-64gb", "--out", str(tmp_path / "x"),
                                    "--executor", "dask"])

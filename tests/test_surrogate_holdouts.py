@@ -159,7 +159,7 @@ def test_bench_by_sweep_matches_each_sweep_alone(d: Path, tmp_path: Path) -> Non
 def test_cli_ship_style_repeated_holdout(d: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from optplace.surrogate.cli import app
+    from optplace.app.surrogate_commands import app
 
     res = CliRunner().invoke(app, ["train", str(d / "tr"), "--out", str(tmp_path / "m"),
                                    "--holdout", str(d / "h1"), "--holdout", str(d / "h2"),

@@ -111,7 +111,7 @@ def test_train_against_a_heldout_sweep_with_seed_mean_labels(base: Path, tmp_pat
 def test_cli_train_with_holdout_and_replicate(base: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from optplace.surrogate.cli import app
+    from optplace.app.surrogate_commands import app
 
     ev = SyntheticEvaluator(noise=0.05)
     run_sweep(ev, tmp_path / "t1", SweepDesign(n_points=150, n_chains=10, chain_steps=4, max_adapters=256), seed=4,

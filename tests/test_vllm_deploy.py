@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from optplace.vllm.deploy import DeployOptions, PlanError, build_deployment, load_plan, write_deployment
+from optplace.deploy.artefacts import DeployOptions, PlanError, build_deployment, load_plan, write_deployment
 
 
 def plan(n_gpus: int = 2, per_gpu: int = 3, **over):
@@ -138,7 +138,7 @@ def test_launch_script_starts_checks_and_stops_servers(tmp_path):
     import sys
     from pathlib import Path
 
-    from optplace.vllm.deploy import Deployment, ServerSpec, launch_script
+    from optplace.deploy.artefacts import Deployment, ServerSpec, launch_script
     from optplace.vllm.launcher import check_port_free, pick_free_port
 
     fake = str(Path(__file__).parent / "vllm_helpers.py")

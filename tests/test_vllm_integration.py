@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest_vllm import FAST_START, KV_1GIB, START_TIMEOUT_S, start_vllm, tiny_adapters, tiny_model, vllm_available, vllm_server_env  # noqa: F401
-from optplace.vllm.deploy import DeployOptions, build_deployment, write_deployment
+from optplace.deploy.artefacts import DeployOptions, build_deployment, write_deployment
 from optplace.vllm.launcher import classify_startup_failure, pick_free_port
 from optplace.vllm.loadgen import Endpoint, run_replay
 from optplace.vllm.metrics import scrape

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from optplace.vllm.deploy import Deployment, ServerSpec
+from optplace.deploy.artefacts import Deployment, ServerSpec
 from optplace.vllm.launcher import check_port_free, pick_free_port
 from optplace.vllm.run import run_deployment
 from vllm_helpers import poisson_workload

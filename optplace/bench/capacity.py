@@ -55,7 +55,7 @@ def throughput_implied(runs: list[Any], model: str, group: str, max_loss: float 
 
 def run(json: bool = False) -> dict[str, Any]:
     """Run every reference workload; print a table unless ``json``; return the rows."""
-    from optplace.bench.reference import load_dt_validation
+    from optplace.calibration.reference import load_dt_validation
     from optplace.pipeline import capacity
     from optplace.specs import load_scenario
 

@@ -3,7 +3,7 @@
 For each ``dt_validation`` run of ``real_runs.csv`` with status ``ok`` (294 runs with results) or
 ``failed_oom_kv_cache`` (start-up OOM), the twin gets the same model, ``max_loras``, ``max_cpu_loras``
 (= served adapters), per-adapter ranks and rates (round-robin, rates shuffled; see
-:mod:`optplace.bench.reference`), ``max_lora_rank``, a 3600 s window, Poisson arrivals and ShareGPT-like
+:mod:`optplace.calibration.reference`), ``max_lora_rank``, a 3600 s window, Poisson arrivals and ShareGPT-like
 lengths, and the bundled calibrated profile. Nothing per run is fitted: a run only contributes its
 configuration.
 
@@ -26,7 +26,7 @@ per-step overhead grows with the waiting queue.
 Lengths: the real pool's input and output lengths are strongly anti-correlated (the real engine holds
 ~350 KV tokens per running request; independent draws with the same marginals hold ~440). When the
 workload's ShareGPT model draws them independently, the replay re-pairs them to the rank correlation
-fitted by :func:`optplace.twin.calibrate.fit_length_correlation` (marginals kept) and says so in its
+fitted by :func:`optplace.calibration.reference_fit.fit_length_correlation` (marginals kept) and says so in its
 output; ``io_correlation=None`` replays the workload's lengths as drawn.
 
 Runs are simulated in a process pool (2 workers by default) and cached on disk by a key over the run
@@ -49,8 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from optplace.bench.reference import RefRun, load_dt_validation
-from optplace.executors import ExecutorSpec, iter_done
+from optplace.calibration.reference import RefRun, load_dt_validation
+from optplace.infra.executors import ExecutorSpec, iter_done
 
 __all__ = ["RunResult", "CLIENT_MAX_OUTSTANDING", "run", "simulate_ref_run", "summarize"]
 
@@ -142,7 +142,7 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
     if io_rho is not None and len(wl.arrival_s) > 1:
         from dataclasses import replace as _replace
 
-        from optplace.twin.calibrate import repair_lengths
+        from optplace.calibration.reference_fit import repair_lengths
 
         inp, out = repair_lengths(np.asarray(wl.input_tokens), np.asarray(wl.output_tokens), io_rho, rng)
         wl = _replace(wl, input_tokens=inp, output_tokens=out)
@@ -178,12 +178,12 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
 def length_adjustment(ref_dir: str | None = None) -> dict[str, Any]:
     """Whether the workload's ShareGPT lengths need the calibrated input/output correlation, and which.
 
-    The real runs hold ~350 KV tokens per running request (``optplace.twin.calibrate``); a length model
+    The real runs hold ~350 KV tokens per running request (``optplace.calibration.reference_fit``); a length model
     drawing input and output independently holds ~440, so KV-bound runs keep ~20 % fewer requests. If
     the workload model's own draws are within 8 % of the target it is used as is (``rho`` None).
     """
     from optplace.specs.model import PoissonArrivals, ShareGptLengths
-    from optplace.twin.calibrate import fit_length_correlation, time_avg_context
+    from optplace.calibration.reference_fit import fit_length_correlation, time_avg_context
     from optplace.twin.workload import generate_workload
 
     fit = fit_length_correlation(ref_dir, n=100_000)
@@ -219,7 +219,7 @@ def _code_key(seed: int, options: tuple[bool, bool, float | None]) -> str:
     for rel in _TWIN_SOURCES:
         p = pkg / rel
         h.update(p.read_bytes() if p.exists() else b"-")
-    from optplace.twin.calibrate import repair_lengths
+    from optplace.calibration.reference_fit import repair_lengths
 
     for fn in (simulate_ref_run, _take, _seed, repair_lengths):
         h.update(inspect.getsource(fn).encode())

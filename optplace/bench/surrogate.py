@@ -117,7 +117,7 @@ def by_sweep(sur: Any, X: np.ndarray, targets: dict[str, np.ndarray], pass_no: n
 
 
 def _real_runs(sur: Any, model: str) -> dict[str, float]:
-    from optplace.bench.reference import load_dt_validation
+    from optplace.calibration.reference import load_dt_validation
     from optplace.surrogate.features import feature_row_from_parts
     from optplace.surrogate.models import macro_f1, smape
 
@@ -326,7 +326,7 @@ def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | 
     import dataclasses
     from pathlib import Path
 
-    from optplace.surrogate.sweep import SweepDesign, _memo, _sobol, design_config, load_dataset
+    from optplace.surrogate.sweep import SweepDesign, memoize, sobol_unit, design_config, load_dataset
     from optplace.surrogate.twin_eval import TwinEvaluator
 
     ev = TwinEvaluator(profile)
@@ -336,8 +336,8 @@ def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | 
     prov = ds.provenance
     design = SweepDesign(**{k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()})
     seed = int(prov["seed"])
-    u = _sobol(seed, design.n_points + design.n_chains)
-    cap = _memo(ev.slot_cap)
+    u = sobol_unit(seed, design.n_points + design.n_chains)
+    cap = memoize(ev.slot_cap)
     X, loss = ds.X, ds.targets["throughput_loss"]
     pick = np.flatnonzero((X[:, 2] < 1.0) & (loss >= 0.05) & (ds.meta["load"] > 0) & (ds.index < design.n_points))
     out = []

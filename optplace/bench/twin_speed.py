@@ -170,7 +170,7 @@ def run(json: bool = False, *, full: bool = False, stride: int = 8, seed: int = 
     ``bench fidelity`` does (more steps, fewer waiting requests); the default is the plain engine.
     """
     cap = _client_cap() if client_cap else None
-    from optplace.bench.reference import load_dt_validation
+    from optplace.calibration.reference import load_dt_validation
 
     runs = [r for r in load_dt_validation(statuses=frozenset({"ok"}))]
     chosen = runs if full else select_runs(runs, stride)

@@ -5,13 +5,13 @@ Entry points: ``compile_problem(scenario, base_dir) -> Problem``, ``make_oracle(
 ``solve(problem, oracle=None, strategy=None) -> Plan``, ``repair(problem, oracle, plan, starved, oom)``.
 """
 
-from .capacity import AnalyticCapacity, CapacityOracle, Estimate, Mix, SurrogateCapacity, TwinCapacity, make_oracle
-from .objectives import OBJECTIVES, Objective, get_objective
-from .plan import GpuAssignment, Plan, gpu_plans
-from .problem import AdapterClass, AdapterItem, GpuType, Infeasible, Problem, WorkloadStats, compile_problem, \
+from optplace.solver.capacity import AnalyticCapacity, CapacityOracle, Estimate, Mix, SurrogateCapacity, TwinCapacity, make_oracle
+from optplace.solver.objectives import OBJECTIVES, Objective, get_objective
+from optplace.solver.plan import GpuAssignment, Plan, gpu_plans
+from optplace.solver.problem import AdapterClass, AdapterItem, GpuType, Infeasible, Problem, WorkloadStats, compile_problem, \
     make_problem
-from .repair import RepairResult, repair
-from .strategies import STRATEGIES, SolveOptions, get_strategy, solve
+from optplace.solver.repair import RepairResult, repair
+from optplace.solver.strategies import STRATEGIES, SolveOptions, get_strategy, solve
 
 __all__ = [
     "AdapterClass", "AdapterItem", "AnalyticCapacity", "CapacityOracle", "Estimate", "GpuAssignment", "GpuType",

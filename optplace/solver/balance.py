@@ -30,10 +30,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .capacity import AnalyticCapacity, CapacityOracle, Estimate, Mix
-from .greedy import judge
-from .plan import GpuAssignment, assign_gpu, from_estimate
-from .problem import Deadline, Problem
+from optplace.solver.capacity import AnalyticCapacity, CapacityOracle, Estimate, Mix
+from optplace.solver.greedy import judge
+from optplace.solver.plan import GpuAssignment, assign_gpu, from_estimate
+from optplace.solver.problem import Deadline, Problem
 
 _NEVER = Deadline(0.0)
 #: Destinations tried per step: the least utilised GPUs (a move to a busier one rarely lowers the max).

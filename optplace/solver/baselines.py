@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .bound import volume_bound
-from .capacity import AnalyticCapacity, CapacityOracle
-from .plan import GpuAssignment, assign_gpu
-from .problem import Infeasible, Problem
+from optplace.solver.bound import volume_bound
+from optplace.solver.capacity import AnalyticCapacity, CapacityOracle
+from optplace.solver.plan import GpuAssignment, assign_gpu
+from optplace.solver.problem import Infeasible, Problem
 
 Rule = Callable[[Problem, CapacityOracle, int], list[list[int]]]
 

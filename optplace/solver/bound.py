@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .capacity import ROTATION, SLOT_GRID, AnalyticCapacity
-from .problem import Problem
+from optplace.solver.capacity import ROTATION, SLOT_GRID, AnalyticCapacity
+from optplace.solver.problem import Problem
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,9 +35,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .capacity import CapacityOracle, Estimate, Mix
-from .plan import GpuAssignment, assign_gpu, from_estimate
-from .problem import AdapterItem, Deadline, Infeasible, Problem, classify
+from optplace.solver.capacity import CapacityOracle, Estimate, Mix
+from optplace.solver.plan import GpuAssignment, assign_gpu, from_estimate
+from optplace.solver.problem import AdapterItem, Deadline, Infeasible, Problem, classify
 
 _NEVER = Deadline(0.0)  # no time limit (``limit_s`` = inf)
 
@@ -123,14 +123,14 @@ def greedy_paper(problem: Problem, oracle: CapacityOracle, deadline: Deadline = 
                 closed = True
         if not committed:
             # Even one adapter alone fails: the spec is infeasible (reported with the binding rule).
-            raise _single_adapter_infeasible(problem, oracle, order[pos])
+            raise single_adapter_infeasible(problem, oracle, order[pos])
         assert last is not None
         gpus.append(from_estimate(problem, gtype, [a.index for a in committed], last, len(gpus)))
         gi += 1
     return gpus
 
 
-def _single_adapter_infeasible(problem: Problem, oracle: CapacityOracle, a: AdapterItem) -> Infeasible:
+def single_adapter_infeasible(problem: Problem, oracle: CapacityOracle, a: AdapterItem) -> Infeasible:
     best = None
     for t in problem.gpu_types:
         e = oracle.best_slots(t.index, Mix.of([a]))
@@ -208,7 +208,7 @@ def greedy_improved(problem: Problem, oracle: CapacityOracle, consolidate_passes
             if not min_cost and k > 0:
                 break  # min_gpus: the first type that takes adapters (pool order)
         if not choices:
-            raise _single_adapter_infeasible(problem, oracle, rest[0])
+            raise single_adapter_infeasible(problem, oracle, rest[0])
         _, _, gtype, k, est = max(choices, key=lambda c: c[:2])
         gpus.append(from_estimate(problem, gtype, [a.index for a in rest[:k]], est, len(gpus)))
         avail[gtype] -= 1
@@ -402,7 +402,7 @@ def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _
                 if not min_cost:
                     break
         if not choices:
-            raise _single_adapter_infeasible(problem, oracle, problem.adapters[classes[ptr].members[taken[ptr]]])
+            raise single_adapter_infeasible(problem, oracle, problem.adapters[classes[ptr].members[taken[ptr]]])
         _, _, gtype, k, vec = max(choices, key=lambda c: c[:2])
         slots = memo[(gtype, vec)].max_loras
         k_prev, load_prev = k, math.fsum(classes[c].rate_rps * m for c, m in vec)

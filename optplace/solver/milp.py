@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from .capacity import ROTATION, SLOT_GRID, AnalyticCapacity, CapacityOracle, Mix
-from .greedy import consolidate, greedy_fast, greedy_improved
-from .plan import GpuAssignment, assign_gpu
-from .problem import Deadline, Problem, TimeLimitReached, classify
+from optplace.solver.capacity import ROTATION, SLOT_GRID, AnalyticCapacity, CapacityOracle, Mix
+from optplace.solver.greedy import consolidate, greedy_fast, greedy_improved
+from optplace.solver.plan import GpuAssignment, assign_gpu
+from optplace.solver.problem import Deadline, Problem, TimeLimitReached, classify
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +410,7 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
         if integral and math.ceil(f_center / w_min - 1e-6) * w_min >= warm_value - 1e-9 and f_center != f_checked:
             # The heuristic Farley value suggests the warm start is optimal; prove it with the valid
             # Lagrangian bound at the same duals before stopping.
-            from .bound import lagrangian_bound
+            from optplace.solver.bound import lagrangian_bound
             f_checked = f_center
             lb = lagrangian_bound(problem, an, center, weights)
             if math.ceil(lb / w_min - 1e-6) * w_min >= warm_value - 1e-9:

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .plan import GpuAssignment, Plan
+from optplace.solver.plan import GpuAssignment, Plan
 
 
 @dataclass(frozen=True, slots=True)

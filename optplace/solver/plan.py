@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .capacity import CapacityOracle, Estimate, Mix
-from .problem import Problem
+from optplace.solver.capacity import CapacityOracle, Estimate, Mix
+from optplace.solver.problem import Problem
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,11 +28,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .balance import proxy_model, rebalance, scaled, utilisation
-from .capacity import CapacityOracle, Mix
-from .greedy import judge
-from .plan import GpuAssignment, Plan, assign_gpu, renumber
-from .problem import Infeasible, Problem
+from optplace.solver.balance import proxy_model, rebalance, scaled, utilisation
+from optplace.solver.capacity import CapacityOracle, Mix
+from optplace.solver.greedy import judge
+from optplace.solver.plan import GpuAssignment, Plan, assign_gpu, renumber
+from optplace.solver.problem import Infeasible, Problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +98,7 @@ def repair(problem: Problem, oracle: CapacityOracle, plan: Plan, starved: Sequen
             actions.append(f"GPU {i}: starved → moved {k} hottest adapters ({frac:.0%} of its load) off it")
         actions.append(where)
     out = renumber(gpus + new)
-    from .objectives import get_objective
+    from optplace.solver.objectives import get_objective
     obj_value = get_objective(plan.objective).value(out)
     return RepairResult(plan.with_(gpus=out, objective_value=obj_value, log=plan.log + tuple(actions)),
                         tuple(actions))

@@ -39,15 +39,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .balance import rebalance
-from .baselines import BASELINES, run_baseline
-from .bound import cached_lp_bound, lower_bound, volume_bound
-from .capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, bound_model, make_oracle
-from .greedy import greedy_fast, greedy_improved, greedy_paper
-from .milp import solve_milp
-from .objectives import get_objective
-from .plan import GpuAssignment, Plan, assign_gpu, renumber
-from .problem import Deadline, Infeasible, Problem, TimeLimitReached
+from optplace.solver.balance import rebalance
+from optplace.solver.baselines import BASELINES, run_baseline
+from optplace.solver.bound import cached_lp_bound, lower_bound, volume_bound
+from optplace.solver.capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, bound_model, make_oracle
+from optplace.solver.greedy import greedy_fast, greedy_improved, greedy_paper
+from optplace.solver.milp import solve_milp
+from optplace.solver.objectives import get_objective
+from optplace.solver.plan import GpuAssignment, Plan, assign_gpu, renumber
+from optplace.solver.problem import Deadline, Infeasible, Problem, TimeLimitReached
 
 _NEVER = Deadline(0.0)
 #: Least time column generation needs per adapter before its first deadline check (classes, the
@@ -547,8 +547,8 @@ def _precheck(problem: Problem, oracle: CapacityOracle) -> None:
             by_rank[a.rank] = a
     for a in {hottest, *by_rank.values()}:
         if not any(oracle.best_slots(t.index, Mix.of([a])).feasible for t in problem.gpu_types):
-            from .greedy import _single_adapter_infeasible
-            raise _single_adapter_infeasible(problem, oracle, a)
+            from optplace.solver.greedy import single_adapter_infeasible
+            raise single_adapter_infeasible(problem, oracle, a)
 
 
 def _latency_bound(problem: Problem, an: AnalyticCapacity, G: int) -> float:

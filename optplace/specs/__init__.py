@@ -1,11 +1,11 @@
 """Scenario specs: the typed model, YAML loading with line-numbered errors, hardware profiles."""
 
-from .errors import SpecError, SpecIssue
-from .hardware import GPUS, MODELS, GpuSpec, ModelArch
-from .loader import load_scenario, load_scenario_text, semantic_issues
-from .model import (OBJECTIVES, STRATEGIES, Adapter, AdapterEntry, AdapterGroup, Constraints, PlacementEntry,
+from optplace.specs.errors import SpecError, SpecIssue
+from optplace.specs.hardware import GPUS, MODELS, GpuSpec, ModelArch
+from optplace.specs.loader import load_scenario, load_scenario_text, semantic_issues
+from optplace.specs.model import (OBJECTIVES, STRATEGIES, Adapter, AdapterEntry, AdapterGroup, Constraints, PlacementEntry,
                     PoolEntry, Scenario, Serving, SolverOptions, Workload)
-from .profiles import (SUPPORTED_RANKS, Profile, UnknownProfile, bundled_profiles, generic_profile,
+from optplace.specs.profiles import (SUPPORTED_RANKS, Profile, UnknownProfile, bundled_profiles, generic_profile,
                        load_profile_file, resolve_profile)
 
 __all__ = [

@@ -12,10 +12,10 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ValidationError
 
-from .errors import SpecError, SpecIssue
-from .model import AdapterEntry, AdapterGroup, Scenario, TraceArrivals, TraceLengths
-from .profiles import Profile, UnknownProfile, load_profile_file, resolve_profile
-from .yamlsafe import Located, Path_, SpecIssueError, dotted, parse_yaml, read_yaml
+from optplace.specs.errors import SpecError, SpecIssue
+from optplace.specs.model import AdapterEntry, AdapterGroup, Scenario, TraceArrivals, TraceLengths
+from optplace.specs.profiles import Profile, UnknownProfile, load_profile_file, resolve_profile
+from optplace.specs.yamlsafe import Located, Path_, SpecIssueError, dotted, parse_yaml, read_yaml
 
 Problem = tuple[Path_, str]
 

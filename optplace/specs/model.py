@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, Strict, StrictBool, StrictInt,
                       StrictStr, Tag, field_validator)
 
-from .hardware import GpuSpec, ModelArch
-from .profiles import SUPPORTED_RANKS
+from optplace.specs.hardware import GpuSpec, ModelArch
+from optplace.specs.profiles import SUPPORTED_RANKS
 
 Num = Annotated[float, Strict(), AllowInfNan(False)]
 PosNum = Annotated[float, Strict(), AllowInfNan(False), Field(gt=0)]
@@ -105,7 +105,7 @@ class ShareGptLengths(_LengthLimits):
     mean_output_tokens: PosNum | None = Field(default=None, description="Likewise for the output length.")
     io_rank_correlation: Annotated[float, Strict(), AllowInfNan(False), Field(ge=-0.95, le=0.95)] = Field(
         default=-0.44, description="Rank correlation of prompt and output length (Gaussian copula, marginals kept). "
-                                   "Default fitted by optplace.twin.calibrate.fit_length_correlation: the reference runs "
+                                   "Default fitted by optplace.calibration.reference_fit.fit_length_correlation: the reference runs "
                                    "hold ~350 KV tokens per running request, independent draws ~440.")
 
 

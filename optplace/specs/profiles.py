@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .hardware import GPUS, MODELS, GiB, GpuSpec, ModelArch
+from optplace.specs.hardware import GPUS, MODELS, GiB, GpuSpec, ModelArch
 
 SUPPORTED_RANKS: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
 StartupStatus = Literal["ok", "oom_kv_cache", "oom_cuda"]

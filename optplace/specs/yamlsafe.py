@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SpecIssue
+from optplace.specs.errors import SpecIssue
 
 MAX_NODES = 2_000_000
 MAX_ALIAS_NODES = 100_000  # values reached again through aliases; real specs need few

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from optplace.outputs import atomic_files
+from optplace.infra.outputs import atomic_files
 from optplace.surrogate.config import GpuConfig
 from optplace.surrogate.features import (BASE_NAMES, DERIVED_NAMES, FEATURE_INDEX, FEATURE_NAMES, HIST_SUM_NAMES,
                                          SCHEMA_VERSION, check_schema, feature_row)

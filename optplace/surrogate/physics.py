@@ -4,7 +4,7 @@ Trees learn a GPU's capacity from a few thousand twin rows; they learn it much f
 the quantities the engine's behaviour turns on, computed from the profile's own step-time model:
 
 * ``rho_fluid`` — offered requests/s over the fluid-model capacity λ* of
-  :class:`optplace.solver.capacity.AnalyticCapacity` (same formula: ``h = a0/(1 − λ(aN·O + aP·I))``
+  :mod:`optplace.twin.fluid` (the model behind the solver's analytic oracle; same formula: ``h = a0/(1 − λ(aN·O + aP·I))``
   under the token budget, ``max_num_seqs`` and KV limits, step model bound to ``max_lora_rank``
   and ``max_loras``, ``d = min(max_loras, adapters)`` distinct adapters per step).
 * ``active_per_slot`` / ``active_frac`` — expected adapters with a request in flight,
@@ -65,7 +65,7 @@ class Physics:
         return v
 
     def _fluid(self, rank_max: int, distinct: int, slots: int, I: float, O: float) -> tuple[float, float]:
-        from optplace.solver.capacity import fluid_constants
+        from optplace.twin.fluid import fluid_constants
 
         kv = self.profile.kv_cache_tokens(slots, rank_max, self.util)
         _, _, lam, service = fluid_constants(self._step.bind(rank_max, slots), self._ovh, rank_max, distinct, slots,
@@ -136,6 +136,6 @@ def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @lru_cache(maxsize=16)
 def physics_for(profile: str) -> Physics:
     """The :class:`Physics` of a bundled profile name or a profile JSON path (memoised)."""
-    from optplace.surrogate.twin_eval import _profile
+    from optplace.surrogate.twin_eval import cached_profile
 
-    return Physics(_profile(profile))
+    return Physics(cached_profile(profile))

@@ -36,8 +36,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from optplace.executors import ExecutorSpec, iter_done
-from optplace.outputs import write_text_atomic
+from optplace.infra.executors import ExecutorSpec, iter_done
+from optplace.infra.outputs import write_text_atomic
 from optplace.surrogate.config import ArrivalParams, GpuConfig, GpuMetrics, LengthParams
 from optplace.surrogate.features import FEATURE_NAMES, SCHEMA_VERSION, feature_row
 
@@ -121,7 +121,7 @@ def _row_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _sobol(seed: int, n: int) -> np.ndarray:
+def sobol_unit(seed: int, n: int) -> np.ndarray:
     from scipy.stats import qmc  # scipy ships with scikit-learn; imported lazily (slow import)
 
     with warnings.catch_warnings():
@@ -282,7 +282,7 @@ class RayExecutor:
 
 
 def _records(evaluator: SweepEvaluator, tasks: Sequence[RowTask], spec: ExecutorSpec) -> Iterator[dict[str, Any]]:
-    """Sweep rows as they finish, through the project's one fan-out (``optplace.executors``)."""
+    """Sweep rows as they finish, through the project's one fan-out (``optplace.infra.executors``)."""
     for _, rec in iter_done(partial(evaluate_task, evaluator), tasks, spec):
         yield rec
 
@@ -371,8 +371,8 @@ def run_sweep(
     t0 = time.perf_counter()
     rows = read_rows(csv_path)
     n_before = len(rows)
-    slot_cap = _memo(evaluator.slot_cap)
-    u_all = _sobol(seed, design.n_points + design.n_chains)
+    slot_cap = memoize(evaluator.slot_cap)
+    u_all = sobol_unit(seed, design.n_points + design.n_chains)
 
     _drop_torn_tail(csv_path)
     new_file = not csv_path.exists() or csv_path.stat().st_size == 0
@@ -447,7 +447,7 @@ def replay_units(rows: dict[int, dict[str, str]], design: SweepDesign, seed: int
     A boundary chain's k-th load is the bisection midpoint after its first k verdicts, so it is
     recomputed from the verdicts stored in ``rows`` (the same arithmetic as :func:`run_sweep`).
     """
-    u_all = _sobol(seed, design.n_points + design.n_chains)
+    u_all = sobol_unit(seed, design.n_points + design.n_chains)
     out: dict[int, tuple[int, np.ndarray]] = {i: (i, u_all[i]) for i in range(design.n_points) if i in rows}
     for c in range(design.n_chains):
         group = design.n_points + c
@@ -531,7 +531,7 @@ def run_replicate(
     design, seed = _design_from(src_prov), int(src_prov["seed"])
     src_rows = read_rows(src.with_suffix(".csv"))
     units = replay_units(src_rows, design, seed)
-    slot_cap = _memo(evaluator.slot_cap)
+    slot_cap = memoize(evaluator.slot_cap)
     tasks: list[RowTask] = []
     for index in sorted(units):
         rec = src_rows[index]
@@ -597,7 +597,7 @@ def _drop_torn_tail(csv_path: Path) -> None:
             fh.truncate(cut)
 
 
-def _memo(fn: Callable[[int], int]) -> Callable[[int], int]:
+def memoize(fn: Callable[[int], int]) -> Callable[[int], int]:
     cache: dict[int, int] = {}
 
     def f(r: int) -> int:
@@ -699,7 +699,7 @@ def _upgrade_v1(path: Path, prov: dict[str, Any], order: list[int], stored: np.n
     src = path.parent / prov["replicate_of"] if prov.get("replicate_of") else path
     design, seed = _design_from(prov), int(prov["seed"])
     units = replay_units(read_rows(src.with_suffix(".csv")), design, seed)
-    slot_cap = _memo(TwinEvaluator(ev["profile"]).slot_cap)
+    slot_cap = memoize(TwinEvaluator(ev["profile"]).slot_cap)
     out = np.empty((len(order), len(FEATURE_NAMES)))
     for j, index in enumerate(order):
         group, u = units[index]
@@ -714,8 +714,8 @@ def _upgrade_v1(path: Path, prov: dict[str, Any], order: list[int], stored: np.n
 
 def iter_tasks(design: SweepDesign, evaluator: SweepEvaluator, seed: int) -> Iterable[RowTask]:
     """Pass-1 tasks of a design (for inspection and benchmarks)."""
-    slot_cap = _memo(evaluator.slot_cap)
-    for i, u in enumerate(_sobol(seed, design.n_points)):
+    slot_cap = memoize(evaluator.slot_cap)
+    for i, u in enumerate(sobol_unit(seed, design.n_points)):
         made = design_config(u, design, slot_cap, seed, group=i, index=i)
         if made is not None:
             cfg, load, kind = made

@@ -21,7 +21,7 @@ _TWIN_FILES = ("engine.py", "steptime.py", "workload.py", "_arrivals.py", "_leng
 
 
 @lru_cache(maxsize=None)
-def _profile(name: str) -> Any:
+def cached_profile(name: str) -> Any:
     from optplace.specs import bundled_profiles, load_profile_file
 
     if name.endswith(".json"):
@@ -95,11 +95,11 @@ class TwinEvaluator:
     def describe(self) -> dict[str, str]:
         """Identity recorded in a sweep's provenance."""
         return {"evaluator": "twin", "version": twin_version(), "profile": self.profile,
-                "profile_hash": profile_hash(_profile(self.profile).model_dump(mode="json"))}
+                "profile_hash": profile_hash(cached_profile(self.profile).model_dump(mode="json"))}
 
     def slot_cap(self, max_lora_rank: int) -> int:
         """Largest ``max_loras`` that starts at this rank (the profile's memory model)."""
-        return int(_profile(self.profile).max_startable_slots(max_lora_rank, self.gpu_memory_utilization))
+        return int(cached_profile(self.profile).max_startable_slots(max_lora_rank, self.gpu_memory_utilization))
 
     def __call__(self, config: GpuConfig) -> GpuMetrics:
         from optplace.specs import Adapter, Constraints, Serving
@@ -108,7 +108,7 @@ class TwinEvaluator:
         arr, lens = _specs(config)
         adapters = [Adapter(name=f"a{i}", rank=int(r), rate_rps=float(q))
                     for i, (r, q) in enumerate(zip(config.ranks, config.rates_rps))]
-        rep = simulate_gpu(_profile(self.profile), Serving(gpu_memory_utilization=self.gpu_memory_utilization),
+        rep = simulate_gpu(cached_profile(self.profile), Serving(gpu_memory_utilization=self.gpu_memory_utilization),
                            Constraints(), arr, lens, adapters, config.max_loras, config.max_cpu_loras,
                            duration_s=config.duration_s, seed=config.seed)
         return GpuMetrics(

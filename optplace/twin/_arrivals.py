@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._lengths import LengthLimits, WorkloadError
+from optplace.twin._lengths import LengthLimits, WorkloadError
 
 __all__ = ["poisson_arrivals", "gamma_arrivals", "mmpp_arrivals", "Trace", "load_trace", "replay_trace",
            "assignment_weights", "TRACE_JITTER_S"]

@@ -43,7 +43,7 @@ Input/output correlation: the marginals are drawn independently and filtered, th
 Gaussian-copula rank correlation ``io_rank_correlation`` (default −0.44, marginals kept; see
 :func:`rank_pair`). Only the marginals are published, but the reference runs fix one joint
 statistic: the real engine holds ~350 KV tokens per running request, independent draws ~440 —
-long prompts come with short answers. ``optplace.twin.calibrate.fit_length_correlation`` fits the
+long prompts come with short answers. ``optplace.calibration.reference_fit.fit_length_correlation`` fits the
 default from that (``docs/notes/fidelity.md``). Non-default filters in the spec change the
 conditional distribution the same way they would change a real pool drawn with them.
 """

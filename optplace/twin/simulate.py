@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from optplace import __version__
-from optplace.executors import ExecutorSpec, map_ordered
+from optplace.infra.executors import ExecutorSpec, map_ordered
 from optplace.specs import Adapter, Constraints, Profile, Scenario, Serving
 from optplace.specs.loader import resolve_spec_path
 from optplace.specs.profiles import load_profile_file, resolve_profile
 
-from .engine import EngineResult, engine_config_from_profile, simulate_engine
-from .workload import Workload, generate_workload
+from optplace.twin.engine import EngineResult, engine_config_from_profile, simulate_engine
+from optplace.twin.workload import Workload, generate_workload
 
 
 @dataclass(frozen=True, slots=True)

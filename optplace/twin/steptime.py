@@ -24,7 +24,7 @@ scheduler runs synchronously between model steps:
 
     overhead = max(0, s0 + s_run·running + s_wait·waiting·(1 − s_ratio·slots/served))   [ms]
 
-Which reference CSV each coefficient comes from is recorded by ``optplace.twin.calibrate``.
+Which reference CSV each coefficient comes from is recorded by ``optplace.calibration.reference_fit``.
 Both models are on the engine's hot path: ``step_s`` does plain float arithmetic, no allocation.
 """
 

@@ -22,9 +22,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._arrivals import (filter_trace, gamma_arrivals, load_trace, mmpp_arrivals, poisson_arrivals,
+from optplace.twin._arrivals import (filter_trace, gamma_arrivals, load_trace, mmpp_arrivals, poisson_arrivals,
                         replay_trace)
-from ._lengths import (FilteredLengthStats, LengthLimits, WorkloadError,
+from optplace.twin._lengths import (FilteredLengthStats, LengthLimits, WorkloadError,
                        draw_lengths, filtered_stats, sharegpt_stats)
 
 __all__ = ["Workload", "WorkloadSummary", "WorkloadStats", "WorkloadError", "generate_workload", "workload_stats",
@@ -171,7 +171,7 @@ def generate_workload(arrivals: Any, lengths: Any, rates_rps: Sequence[float], d
 
 
 def _same_file(a: str, b: str, base_dir: Path | str | None) -> bool:
-    from ._arrivals import resolve_path
+    from optplace.twin._arrivals import resolve_path
     try:
         return resolve_path(a, base_dir).resolve() == resolve_path(b, base_dir).resolve()
     except OSError:
@@ -234,7 +234,7 @@ def expected_lengths(lengths: Any) -> FilteredLengthStats | None:
     For ``sharegpt`` and ``lognormal`` the filters are applied on the probability grid, so the
     means are those a generated workload converges to; ``fixed`` is returned as is.
     """
-    from ._lengths import LognormalMixture
+    from optplace.twin._lengths import LognormalMixture
     limits = LengthLimits.from_spec(lengths)
     if lengths.kind == "sharegpt":
         mi, mo = (getattr(lengths, k, None) for k in ("mean_input_tokens", "mean_output_tokens"))

@@ -55,8 +55,8 @@ def deploy(
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Write per-GPU vLLM commands, routes.json, nginx.conf and launch.sh for a plan."""
-    from ..outputs import OutputExists, atomic_dir, check_target
-    from .deploy import DeployOptions, PlanError, build_deployment, load_plan, write_deployment
+    from optplace.infra.outputs import OutputExists, atomic_dir, check_target
+    from optplace.deploy.artefacts import DeployOptions, PlanError, build_deployment, load_plan, write_deployment
 
     if entrypoint not in ("vllm-serve", "api-server"):
         raise _err(f"--entrypoint must be vllm-serve or api-server (got {entrypoint!r})")
@@ -98,7 +98,7 @@ def make_adapters_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
     """Write PEFT-format LoRA adapters with seeded random weights (no download, no torch)."""
-    from .adapters import make_adapters
+    from optplace.vllm.adapters import make_adapters
 
     cfg_path = base_config / "config.json" if base_config.is_dir() else base_config
     try:
@@ -128,7 +128,7 @@ def make_adapters_cmd(
 @vllm_app.command("tiny-model")
 def tiny_model_cmd(out: Annotated[Path, typer.Option("--out", help="Folder for the model.")], seed: int = 0) -> None:
     """Build the tiny random Llama + BPE tokenizer locally (needs the vLLM venv: torch, transformers)."""
-    from .tinymodel import TinyModelSpec, build_tiny_model
+    from optplace.vllm.tinymodel import TinyModelSpec, build_tiny_model
 
     m = build_tiny_model(out, TinyModelSpec(seed=seed))
     typer.echo(f"{m.path} (vocab {m.vocab_size})")
@@ -149,7 +149,7 @@ def launch(
     from rich.console import Console
     from rich.table import Table
 
-    from .launcher import LaunchError, start_server
+    from optplace.vllm.launcher import LaunchError, start_server
 
     try:
         doc = json.loads((deploy_dir / "servers.json").read_text())
@@ -204,9 +204,9 @@ def loadgen(
     """Replay a scenario's workload against running servers for a fixed window; per-GPU results."""
     import dataclasses
 
-    from ..specs import SpecError, load_scenario
-    from ..twin.simulate import scenario_workload
-    from .loadgen import LoadgenError, endpoints_from_routes, run_replay
+    from optplace.specs import SpecError, load_scenario
+    from optplace.twin.simulate import scenario_workload
+    from optplace.vllm.loadgen import LoadgenError, endpoints_from_routes, run_replay
 
     try:
         sc = load_scenario(spec)
@@ -266,11 +266,11 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
     """
     from rich.console import Console
 
-    from ..outputs import OutputExists, atomic_dir, check_target
-    from ..reporting import PlanLoadError, load_plan_or_spec
-    from .compare import render_comparison
-    from .runs import save_run
-    from .validate import ValidateError, VllmValidateOptions, validate_on_vllm
+    from optplace.infra.outputs import OutputExists, atomic_dir, check_target
+    from optplace.app.reporting import PlanLoadError, load_plan_or_spec
+    from optplace.vllm.compare import render_comparison
+    from optplace.vllm.runs import save_run
+    from optplace.vllm.validate import ValidateError, VllmValidateOptions, validate_on_vllm
 
     if len(files) != 1:
         raise _err("--engine vllm validates one plan at a time (its servers share this machine)")
@@ -305,7 +305,7 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
     def go(work: Path) -> tuple[object, int]:
         ad_dir = adapters_dir if adapters_dir is not None else work / "adapters"
         if make_adapters:
-            from .adapters import make_adapters as write_adapters
+            from optplace.vllm.adapters import make_adapters as write_adapters
 
             cfg_path = Path(str(model)) / "config.json"
             try:
@@ -378,13 +378,13 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
     """``optplace calibrate --sweep --engine vllm`` / ``--runs``: measure (or read) runs, fit, write the profile."""
     from rich.console import Console
 
-    from .fit import fit_profile
-    from .runs import RunError, load_run
-    from .sweep import provenance
+    from optplace.vllm.fit import fit_profile
+    from optplace.vllm.runs import RunError, load_run
+    from optplace.vllm.sweep import provenance
 
     if out is None or out.suffix != ".json":
         raise _err("--out must name the profile JSON file to write (e.g. --out tiny-llama@cpu.json)")
-    from ..outputs import OutputExists, check_file_target, write_text_atomic
+    from optplace.infra.outputs import OutputExists, check_file_target, write_text_atomic
 
     if "@" not in name:
         raise _err(f"--name must look like model@gpu (got {name!r})")
@@ -400,15 +400,15 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
         raise _err(str(e)) from None
     if sweep:
         assert model_dir is not None
-        from .sweep import SweepConfig, run_sweep
+        from optplace.vllm.sweep import SweepConfig, run_sweep
 
         if not (model_dir / "config.json").is_file():
-            from .tinymodel import build_tiny_model
+            from optplace.vllm.tinymodel import build_tiny_model
 
             err.print(f"building the tiny Llama in {model_dir}…", markup=False)
             build_tiny_model(model_dir)
         target_runs = runs_out or out.with_suffix(".runs")
-        from .adapters import make_adapters
+        from optplace.vllm.adapters import make_adapters
 
         cfg = SweepConfig(model_path=model_dir, adapters_dir=target_runs / "adapters")
         cfg_json = json.loads((model_dir / "config.json").read_text())
@@ -424,7 +424,7 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
     except RunError as exc:
         raise _err(str(exc)) from None
     model, _, gpu = name.partition("@")
-    from .fit import CPU_GPU, TINY_LLAMA
+    from optplace.vllm.fit import CPU_GPU, TINY_LLAMA
 
     arch = TINY_LLAMA if model == TINY_LLAMA.name else TINY_LLAMA.model_copy(update={"name": model})
     dev = CPU_GPU if gpu == CPU_GPU.name else CPU_GPU.model_copy(update={"name": gpu})
@@ -440,7 +440,7 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
                f"R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); KV {prof.kv_cache_tokens(1, 16)} tokens; "
                f"adapter load {prof.adapter_load.cpu_to_gpu(16, 8):.2f} ms (CPU->slot), "
                f"{prof.adapter_load.disk_to_cpu(8):.2f} ms (disk)")
-    from .fit import twin_errors
+    from optplace.vllm.fit import twin_errors
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x * 100:+.1f}%"

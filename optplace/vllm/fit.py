@@ -39,7 +39,7 @@ import numpy as np
 from optplace.specs.hardware import GiB, GpuSpec, ModelArch
 from optplace.specs.profiles import (AdapterLoadParams, MemoryModel, OverheadParams, Profile, StepTimeParams)
 
-from .runs import SavedRun
+from optplace.vllm.runs import SavedRun
 
 __all__ = ["StepFit", "StepSamples", "TINY_LLAMA", "CPU_GPU", "fit_profile", "fit_step_time", "load_times_ms",
            "step_samples", "twin_errors"]
@@ -305,7 +305,7 @@ def twin_errors(profile: Profile, run: SavedRun) -> list[tuple[str, float | None
     completed-throughput error) relative to what was measured — a profile's check on its own data."""
     from optplace.twin.engine import engine_config_from_profile, simulate_engine
 
-    from .compare import rel_error
+    from optplace.vllm.compare import rel_error
 
     out = []
     gpus = {int(g.get("index", -1)): g for g in (run.result or {}).get("gpus", [])}

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .deploy import Deployment, ServerSpec
-from .launcher import LaunchResult, start_server
-from .loadgen import Endpoint, GpuResult, PerAdapter, ReplayResult, WorkloadLike, run_replay
+from optplace.deploy.artefacts import Deployment, ServerSpec
+from optplace.vllm.launcher import LaunchResult, start_server
+from optplace.vllm.loadgen import Endpoint, GpuResult, PerAdapter, ReplayResult, WorkloadLike, run_replay
 
 __all__ = ["RealRun", "run_deployment", "unserved_result"]
 

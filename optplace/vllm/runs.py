@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .loadgen import ReplayResult
+from optplace.vllm.loadgen import ReplayResult
 
 __all__ = ["RunError", "RunServer", "SavedRun", "kv_tokens_from_log", "load_run", "run_from_replay", "save_run"]
 

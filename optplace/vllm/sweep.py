@@ -29,10 +29,10 @@ import numpy as np
 from optplace.specs.model import LognormalLengths, PoissonArrivals
 from optplace.twin.workload import Workload, generate_workload
 
-from .deploy import DeployOptions, build_deployment
-from .launcher import LaunchResult, pick_free_port, start_server
-from .loadgen import Endpoint, run_replay
-from .runs import RunServer, kv_tokens_from_log, run_from_replay, save_run
+from optplace.deploy.artefacts import DeployOptions, build_deployment
+from optplace.vllm.launcher import LaunchResult, pick_free_port, start_server
+from optplace.vllm.loadgen import Endpoint, run_replay
+from optplace.vllm.runs import RunServer, kv_tokens_from_log, run_from_replay, save_run
 
 __all__ = ["CPU_SERVER_ENV", "CPU_EXTRA_ARGS", "LoadPoint", "SweepConfig", "DEFAULT_POINTS", "canary_itl_ms",
            "probe_adapter_loads",
@@ -162,7 +162,7 @@ def probe_adapter_loads(url: str, names: Sequence[str], max_loras: int, rounds: 
 
 def start_calibration_server(cfg: SweepConfig, log_path: Path, max_loras: int | None = None,
                              adapters: Sequence[str] | None = None) -> tuple[LaunchResult, RunServer]:
-    """Start one server of ``cfg`` (argv built by :func:`optplace.vllm.deploy.build_deployment`)."""
+    """Start one server of ``cfg`` (argv built by :func:`optplace.deploy.artefacts.build_deployment`)."""
     names = tuple(adapters) if adapters is not None else cfg.adapter_names
     ranks = dict(zip(cfg.adapter_names, cfg.adapter_ranks))
     ml = cfg.max_loras if max_loras is None else max_loras

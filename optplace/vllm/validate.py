@@ -3,7 +3,7 @@
 One function, :func:`validate_on_vllm`: the plan's scenario workload is generated once for the
 validation window (seeded; the twin and the real servers get the very same requests), the twin
 simulates every GPU of the plan, and the real side either launches one server per GPU from the
-plan (:mod:`optplace.vllm.deploy` + :mod:`optplace.vllm.run`: a server that dies at start is a
+plan (:mod:`optplace.deploy.artefacts` + :mod:`optplace.vllm.run`: a server that dies at start is a
 recorded ``oom``/``failed`` GPU) or replays against given endpoints (a ``routes.json``). The result
 holds the measured per-GPU figures in the ``simulate --json`` schema, the twin's report, the
 per-GPU comparison (:mod:`optplace.vllm.compare`) and the run document that ``optplace calibrate
@@ -21,17 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from optplace.executors import ExecutorSpec
-from optplace.reporting import PlanItem
+from optplace.infra.executors import ExecutorSpec
+from optplace.app.reporting import PlanItem
 from optplace.specs import Scenario
 from optplace.twin.simulate import PlanSimulator, SimReport, run_jobs, scenario_workload
 
-from .compare import GpuComparison, compare_runs
-from .deploy import DeployOptions, build_deployment
-from .launcher import LaunchError
-from .loadgen import Endpoint, LoadgenError, endpoints_from_routes, run_replay
-from .run import run_deployment
-from .runs import RunServer, kv_tokens_from_log, run_from_replay
+from optplace.vllm.compare import GpuComparison, compare_runs
+from optplace.deploy.artefacts import DeployOptions, build_deployment
+from optplace.vllm.launcher import LaunchError
+from optplace.vllm.loadgen import Endpoint, LoadgenError, endpoints_from_routes, run_replay
+from optplace.vllm.run import run_deployment
+from optplace.vllm.runs import RunServer, kv_tokens_from_log, run_from_replay
 
 __all__ = ["VllmValidateOptions", "VllmValidation", "ValidateError", "plan_document", "validate_on_vllm",
            "window_scenario"]
@@ -147,7 +147,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     def canary(endpoints: Sequence[Endpoint]) -> None:
         if opts.speed_ref_ms is None:
             return
-        from .sweep import canary_itl_ms
+        from optplace.vllm.sweep import canary_itl_ms
 
         for ep in endpoints:
             try:

@@ -114,7 +114,7 @@ def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
 
 def solve_report_html(rep) -> str:  # rep: optplace.pipeline.SolveReport
     """The ``report.html`` of a solve: plan table, load vs capacity, ranks per GPU, latency, strategies."""
-    from optplace.render import comparison_cells, comparison_headers
+    from optplace.app.render import comparison_cells, comparison_headers
 
     plan, val = rep.plan, rep.validation
     gpus = [g for g in plan.gpus if g.adapters]

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from optplace.bench.reference import RefRun, find_reference_dir, load_dt_validation, read_csv_rows
+from optplace.calibration.reference import RefRun, find_reference_dir, load_dt_validation, read_csv_rows
 from optplace.twin.steptime import SchedulerOverhead, StepTimeModel
 
 __all__ = [
@@ -289,7 +289,7 @@ def fit_profile_sections(ref_dir: str | os.PathLike[str] | None, model: str) -> 
                 + "; g0,g_lora: v1_lora_decode_overhead.csv lora rows (300 slots = slots_ref); h_pf,g_rank,g_slot:"
                 " 3 global coefficients fitted on real_runs.csv dt_validation mean step times"
                 " (1000*mean_running/output_throughput), cross-validated across rate groups;"
-                " ctx_default: real_runs.csv pool mean lengths. Fit: optplace.twin.calibrate"
+                " ctx_default: real_runs.csv pool mean lengths. Fit: optplace.calibration.reference_fit"
             ),
         },
         "adapter_load": fit_adapter_load(ref, model),

@@ -58,7 +58,7 @@ def iter_done(fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = Exe
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    from .outputs import signals_held
+    from optplace.infra.outputs import signals_held
 
     before = set(multiprocessing.active_children())
     pool = None

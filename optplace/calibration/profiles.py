@@ -1,6 +1,6 @@
 """Fit complete profiles (memory + step time + adapter load + scheduler overhead) from measurements.
 
-Joins the memory fit (``optplace.specs.memfit``) and the time fits (``optplace.twin.calibrate``) and
+Joins the memory fit (``optplace.calibration.memfit``) and the time fits (``optplace.calibration.reference_fit``) and
 writes one profile JSON per model, in the bundled format. ``optplace calibrate --reference DIR``
 calls ``calibrate_reference``; run with ``--bundled`` it regenerates the files shipped in
 ``optplace/specs/profiles`` (that is how they were made).
@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 
 from optplace.specs.hardware import GPUS, MODELS
-from optplace.specs.memfit import fit_memory
+from optplace.calibration.memfit import fit_memory
 from optplace.specs.profiles import Profile
 
 REFERENCE_GPU = "h100-64gb"  # the reference runs' GPU (inferred from memory arithmetic; see the reference README)
-SOURCE = ("fitted from ../shared/reference (arXiv:2508.08343 artefact, "
+SOURCE = ("fitted from the reference measurements (arXiv:2508.08343 artefact, "
           "FerranAgulloLopez/GPULLMAdapterOptimization@bae36e2) by optplace calibrate")
 
 
@@ -32,7 +32,7 @@ def reference_models(ref_dir: Path) -> list[str]:
 
 def build_profile(ref_dir: Path, model: str, gpu: str = REFERENCE_GPU) -> Profile:
     """A calibrated profile of ``model@gpu`` from the reference measurements."""
-    from optplace.twin.calibrate import fit_profile_sections
+    from optplace.calibration.reference_fit import fit_profile_sections
 
     if model not in MODELS:
         raise ValueError(f"no architecture known for {model!r}; known: {', '.join(sorted(MODELS))}")
@@ -49,7 +49,7 @@ def build_profile(ref_dir: Path, model: str, gpu: str = REFERENCE_GPU) -> Profil
 def calibrate_reference(ref_dir: Path, out_dir: Path) -> list[Path]:
     """Write ``<model>@<gpu>.json`` into ``out_dir`` for every model of the reference data; the files
     appear together or not at all (fitted first, then renamed into place with signals held)."""
-    from .outputs import atomic_files
+    from optplace.infra.outputs import atomic_files
 
     profiles = [build_profile(ref_dir, model) for model in reference_models(ref_dir) if model in MODELS]
     with atomic_files(out_dir) as tmp:
@@ -60,4 +60,7 @@ def calibrate_reference(ref_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def bundled_profiles_dir() -> Path:
-    return Path(__file__).resolve().parent / "specs" / "profiles"
+    """The folder of the profiles shipped as package data (``optplace/specs/profiles``)."""
+    import optplace.specs
+
+    return Path(optplace.specs.__file__).resolve().parent / "profiles"

@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optplace.executors import ExecutorSpec
+from optplace.infra.executors import ExecutorSpec
 from optplace.specs import Scenario, SpecError
 from optplace.specs.loader import semantic_issues
 from optplace.twin.simulate import GpuPlan, PlanSimulator, SimReport, run_jobs
 
-from .outputs import write_json
-from .pipeline import SolveReport, executor_of
+from optplace.infra.outputs import write_json
+from optplace.pipeline import SolveReport, executor_of
 
 
 def write_solve_outputs(folder: Path, rep: SolveReport, doc: dict[str, Any]) -> None:
     """Write every artefact of a solve into ``folder`` (a fresh temporary folder)."""
-    from optplace.report_html import solve_report_html
-    from optplace.vllm.deploy import DeployOptions, build_deployment, write_deployment
+    from optplace.app.report_html import solve_report_html
+    from optplace.deploy.artefacts import DeployOptions, build_deployment, write_deployment
 
     write_json(folder / "plan.json", doc)
     if rep.validation is not None:

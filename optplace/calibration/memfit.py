@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .hardware import GiB, GpuSpec, ModelArch
-from .profiles import MemoryModel
+from optplace.specs.hardware import GiB, GpuSpec, ModelArch
+from optplace.specs.profiles import MemoryModel
 
 
 def fit_memory(csv_path: str | Path, arch: ModelArch, gpu: GpuSpec) -> MemoryModel:
