@@ -46,7 +46,7 @@ def _workload(rates, duration, seed, mean_in=223, mean_out=196, max_in=1024, max
 
 class _PublishedStep:
     """Stand-in step time: the published twin's form (a·B + b)(c·L + d)/100 ms, Llama constants
-    from ../shared/reference/twin_estimator_constants.json."""
+    from the reference data's twin_estimator_constants.json."""
 
     def step_s(self, num_seqs, prefill_tokens, decode_tokens, distinct_adapters, mean_rank, context_tokens=None):
         return (0.0438 * num_seqs + 10.54) * (1.93 * distinct_adapters + 200.0) / 100.0 * 1e-3
@@ -89,7 +89,7 @@ def _cdiv(a, b):
 
 
 class _Req:
-    __slots__ = ("rid", "adapter", "prompt", "max_out", "generated", "computed", "blocks")
+    __slots__ = ("adapter", "blocks", "computed", "generated", "max_out", "prompt", "rid")
 
     def __init__(self, rid, adapter, prompt, max_out):
         self.rid, self.adapter, self.prompt, self.max_out = rid, adapter, prompt, max_out
@@ -218,6 +218,8 @@ def _lockstep(cfg: EngineConfig, wl: _WL, step_of_arrival: np.ndarray, n_steps: 
         assert plan.num_seqs == len(scheduled), f"step {s}: {plan.num_seqs} scheduled != ref {len(scheduled)}"
         assert plan.scheduled_tokens == sum(x for _, x in scheduled.values())
         assert plan.distinct_adapters == len(loras) <= cfg.max_loras
+        assert plan.step == s
+        assert (plan.num_running, plan.num_waiting) == (len(ref.running), len(ref.waiting)), f"step {s}: queues"
         assert core.used == cfg.num_blocks - ref.free, f"step {s}: KV {core.used} != ref {cfg.num_blocks - ref.free}"
         assert [r.rid for r in ref.waiting][: len(core.preempted_q)] == core.preempted_q
         done = ref.update(scheduled)
@@ -474,3 +476,24 @@ def test_config_errors_quote_both_values():
     with pytest.raises(ValueError, match="outside 1..max_lora_rank"):
         EngineConfig(kv_cache_tokens=1, max_loras=1, max_cpu_loras=1, adapter_ranks=(32,), max_lora_rank=16,
                      step_time=_PublishedStep())
+
+
+def test_step_plan_is_built_in_field_order():
+    # EngineCore.schedule builds StepPlan positionally (hot path); each argument carries its field
+    # name as a comment, so a reordered or added field shows up here rather than as a wrong number.
+    import ast
+    import inspect
+
+    from optplace.twin.engine import StepPlan
+    from optplace.twin.engine import core as core_mod
+
+    src = inspect.getsource(core_mod)
+    lines = src.splitlines()
+    calls = [n for n in ast.walk(ast.parse(src))
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "StepPlan"]
+    assert len(calls) == 2
+    for call in calls:
+        assert not call.keywords
+        names = tuple(lines[a.end_lineno - 1].rsplit("# ", 1)[1].strip() for a in call.args)
+        assert names == StepPlan._fields
+

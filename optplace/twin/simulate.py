@@ -21,7 +21,6 @@ from optplace.infra.executors import ExecutorSpec, map_ordered
 from optplace.specs import Adapter, Constraints, Profile, Scenario, Serving
 from optplace.specs.loader import resolve_spec_path
 from optplace.specs.profiles import load_profile_file, resolve_profile
-
 from optplace.twin.engine import EngineResult, engine_config_from_profile, simulate_engine
 from optplace.twin.workload import Workload, generate_workload
 

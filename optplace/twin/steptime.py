@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["STEP_FORMS", "OVERHEAD_FORMS", "SchedulerOverhead", "StepTimeModel"]
+__all__ = ["OVERHEAD_FORMS", "STEP_FORMS", "SchedulerOverhead", "StepTimeModel"]
 
 STEP_FORMS = ("lora_mult_v2", "published_v1", "published")
 OVERHEAD_FORMS = ("queue_linear_v1", "published", "none")
@@ -145,7 +145,7 @@ class StepTimeModel:
             mean_rank = self.bound_rank
         lin = self.c0 + self.c_seq * num_seqs
         fixed = self.g0 + self.g_slot * ((self.bound_slots or self.slots_ref) - self.slots_ref)
-        lora = (1.0 + (fixed if fixed > 0.0 else 0.0)
+        lora = (1.0 + (fixed if fixed > 0.0 else 0.0)  # noqa: FURB136 (hot path: no call)
                 + self.g_lora * distinct_adapters * (1.0 + self.g_rank * (mean_rank * 0.125 - 1.0)))
         pf = self.c_pf * prefill_tokens * (1.0 + self.h_pf * (lora - 1.0))
         return (lin * lora + self.c_ctx * k * 0.001 + pf) * self.time_scale
@@ -215,7 +215,8 @@ class SchedulerOverhead:
         unknown = set(coef) - {"s0", "s_run", "s_wait", "s_ratio"}
         if unknown:
             raise ValueError(f"unknown scheduler-overhead coefficients: {sorted(unknown)}")
-        return cls(form=form, time_scale=float(_get(params, "time_scale", 1.0) or 1.0), **coef)
+        return cls(form=form, time_scale=float(_get(params, "time_scale", 1.0) or 1.0), s0=coef.get("s0", 0.0),
+                   s_run=coef.get("s_run", 0.0), s_wait=coef.get("s_wait", 0.0), s_ratio=coef.get("s_ratio", 0.0))
 
     def overhead_ms(self, running: int, waiting: int, slots: int = 1, served: int = 1) -> float:
         """Scheduler time of one step [ms]."""
