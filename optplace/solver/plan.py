@@ -13,6 +13,7 @@ from typing import Any
 
 from optplace.solver.capacity import CapacityOracle, Estimate, Mix
 from optplace.solver.problem import Problem
+from optplace.twin.simulate import GpuPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,11 @@ class GpuAssignment:
     feasible: bool
     reason: str = "ok"
     cost_per_hour: float = 1.0
+
+    @property
+    def config(self) -> GpuPlan:
+        """This GPU's configuration (what the twin simulates and vLLM is started with)."""
+        return GpuPlan(self.gpu_type, self.max_loras, self.max_cpu_loras, self.adapters)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,7 +155,6 @@ def renumber(gpus: Sequence[GpuAssignment]) -> tuple[GpuAssignment, ...]:
     return tuple(replace(g, gpu=i) for i, g in enumerate(keep))
 
 
-def gpu_plans(plan: Plan) -> list[Any]:
-    """The plan as the twin's ``GpuPlan`` list (for ``optplace.twin.simulate.simulate_plan``)."""
-    from optplace.twin.simulate import GpuPlan
-    return [GpuPlan(g.gpu_type, g.max_loras, g.max_cpu_loras, g.adapters) for g in plan.gpus if g.adapters]
+def gpu_plans(plan: Plan) -> list[GpuPlan]:
+    """The configurations of the plan's used GPUs (for ``optplace.twin.simulate.simulate_plan``)."""
+    return [g.config for g in plan.gpus if g.adapters]

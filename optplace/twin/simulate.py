@@ -38,7 +38,7 @@ class AdapterReport:
 
 @dataclass(frozen=True, slots=True)
 class GpuReport:
-    """One GPU's twin result (the ``simulate --json`` per-GPU schema, DESIGN.md)."""
+    """One GPU's twin result (the per-GPU schema of ``simulate --json``)."""
 
     index: int
     gpu_type: str
@@ -121,17 +121,34 @@ def _round(obj: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuPlan:
+    """One GPU's configuration: its type, LoRA slots, CPU adapter cache and adapters (by name).
+
+    The one type for a GPU's configuration from the spec up: a spec's ``placement:`` entries become
+    ``GpuPlan`` (:func:`placement_of`), a solver plan's GPUs expose theirs
+    (``GpuAssignment.config``), and a :class:`GpuJob` simulates one. The server's ``max_lora_rank``
+    is not stored: a plan starts vLLM with the largest rank of the GPU's adapters. ``gpu_type``
+    None means the scenario's only GPU type; ``max_cpu_loras`` None means max(adapters, slots).
+    Hashable: the simulator caches results per configuration.
+    """
+
+    gpu_type: str | None
+    max_loras: int
+    max_cpu_loras: int | None
+    adapters: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GpuJob:
-    """Everything one GPU's simulation needs (picklable, for worker processes)."""
+    """One GPU's simulation: its configuration (``gpu_type`` resolved), the adapters' and the
+    scenario's settings it runs under, and the workload of its adapters (picklable, for workers)."""
 
     index: int
-    gpu_type: str
+    config: GpuPlan
     profile: Profile
     serving: Serving
     constraints: Constraints
     adapters: tuple[Adapter, ...]
-    max_loras: int
-    max_cpu_loras: int | None
     workload: Workload
 
 
@@ -139,11 +156,12 @@ def run_gpu_job(job: GpuJob) -> GpuReport:
     """Simulate one GPU (runs in a worker process)."""
     ranks = [a.rank for a in job.adapters]
     cfg = engine_config_from_profile(
-        job.profile, ranks, job.max_loras, max_cpu_loras=job.max_cpu_loras,
+        job.profile, ranks, job.config.max_loras, max_cpu_loras=job.config.max_cpu_loras,
         max_num_seqs=job.serving.max_num_seqs, max_num_batched_tokens=job.serving.max_num_batched_tokens,
         gpu_memory_utilization=job.serving.gpu_memory_utilization, max_model_len=job.serving.max_model_len)
     res = simulate_engine(cfg, job.workload)
-    return gpu_report(job.index, job.gpu_type, job.adapters, cfg.max_loras, cfg.max_cpu_loras, cfg.max_lora_rank,
+    gpu_type = job.config.gpu_type or job.profile.gpu  # resolved by whoever made the job
+    return gpu_report(job.index, gpu_type, job.adapters, cfg.max_loras, cfg.max_cpu_loras, cfg.max_lora_rank,
                       cfg.kv_cache_tokens, res, job.constraints)
 
 
@@ -186,16 +204,6 @@ def scenario_workload(sc: Scenario, adapters: Sequence[Adapter], base_dir: Path,
                              sc.workload.duration_s, rng, base_dir=base_dir)
 
 
-@dataclass(frozen=True, slots=True)
-class GpuPlan:
-    """One GPU of a plan: type, slots, CPU cache and adapter names."""
-
-    gpu_type: str | None
-    max_loras: int
-    max_cpu_loras: int | None
-    adapters: tuple[str, ...]
-
-
 def placement_of(sc: Scenario) -> tuple[GpuPlan, ...]:
     """The spec's ``placement:`` as GPU plans (``all`` expanded)."""
     if sc.placement is None:
@@ -220,9 +228,9 @@ class PlanSimulator:
     def job(self, gp: GpuPlan, index: int) -> GpuJob:
         gtype, prof = profile_for(self.sc, gp.gpu_type, self.base_dir)
         members = [self.index[n] for n in gp.adapters]
-        return GpuJob(index=index, gpu_type=gtype, profile=prof, serving=self.sc.serving,
+        return GpuJob(index=index, config=replace(gp, gpu_type=gtype), profile=prof, serving=self.sc.serving,
                       constraints=self.sc.constraints, adapters=tuple(self.adapters[i] for i in members),
-                      max_loras=gp.max_loras, max_cpu_loras=gp.max_cpu_loras, workload=self.workload.subset(members))
+                      workload=self.workload.subset(members))
 
     def run(self, plan: Sequence[GpuPlan]) -> SimReport:
         """Twin results for every GPU of ``plan`` (new configurations simulated in parallel)."""
@@ -258,6 +266,7 @@ def simulate_gpu(profile: Profile, serving: Serving, constraints: Constraints, a
     """Simulate one GPU serving ``adapters`` (its own seeded workload): the surrogate sweeps' evaluator."""
     rng = np.random.default_rng(seed)
     wl = generate_workload(arrivals, lengths, [a.rate_rps for a in adapters], duration_s, rng, base_dir=base_dir)
-    job = GpuJob(index=0, gpu_type=profile.gpu, profile=profile, serving=serving, constraints=constraints,
-                 adapters=tuple(adapters), max_loras=max_loras, max_cpu_loras=max_cpu_loras, workload=wl)
+    config = GpuPlan(profile.gpu, max_loras, max_cpu_loras, tuple(a.name for a in adapters))
+    job = GpuJob(index=0, config=config, profile=profile, serving=serving, constraints=constraints,
+                 adapters=tuple(adapters), workload=wl)
     return run_gpu_job(job)
