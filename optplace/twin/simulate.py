@@ -38,7 +38,7 @@ class AdapterReport:
 
 @dataclass(frozen=True, slots=True)
 class GpuReport:
-    """One GPU's twin result (the per-GPU schema of ``simulate --json``)."""
+    """One GPU's twin result (the ``simulate --json`` per-GPU schema, DESIGN.md)."""
 
     index: int
     gpu_type: str

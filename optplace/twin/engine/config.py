@@ -38,7 +38,7 @@ class OverheadModel(Protocol):
 
 
 class WorkloadLike(Protocol):
-    """``optplace.twin.workload.Workload``: arrays sorted by arrival time (read only)."""
+    """``optplace.twin.workload.Workload``: arrays sorted by arrival time (read-only: frozen types qualify)."""
 
     @property
     def arrival_s(self) -> np.ndarray: ...
@@ -50,7 +50,6 @@ class WorkloadLike(Protocol):
     def output_tokens(self) -> np.ndarray: ...
     @property
     def duration_s(self) -> float: ...
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +66,8 @@ class EngineConfig:
     max_cpu_loras: int
     adapter_ranks: tuple[int, ...]
     max_lora_rank: int
-    step_time: Any
-    overhead: Any = None
+    step_time: StepTimeModelLike
+    overhead: OverheadModel | None = None
     adapter_load_ms: tuple[float, ...] = ()
     adapter_disk_ms: tuple[float, ...] = ()
     block_size: int = 16
