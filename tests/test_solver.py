@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from optplace.specs import Constraints, SolverOptions, load_scenario_text
+from optplace.specs import load_scenario_text
 from optplace.solver import (AnalyticCapacity, Estimate, Infeasible, Mix, compile_problem, get_objective, repair,
                              solve)
 from optplace.solver.milp import Column, solve_master_pulp, solve_master_pyomo, solve_milp

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 
 from optplace.solver import AnalyticCapacity, compile_problem
 from optplace.solver.baselines import BASELINES, _evaluate, round_robin, run_baseline

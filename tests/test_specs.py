@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from optplace.cli import app
@@ -184,7 +185,7 @@ def test_defaults_follow_vllm_and_the_study():
 
 def test_scenario_is_frozen():
     sc = load_scenario_text(BASE)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         sc.seed = 3  # type: ignore[misc]
 
 

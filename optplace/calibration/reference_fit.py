@@ -43,7 +43,6 @@ total scheduling time / steps regressed on the mean running, waiting and waiting
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -205,7 +205,7 @@ def rebalance(problem: Problem, oracle: CapacityOracle, gpus: Sequence[GpuAssign
                             cands.append((v, d, a, b))
         cands.sort(key=lambda c: (c[0], c[1], c[2], -1 if c[3] is None else c[3]))
         done = False
-        for v, d, a, b in cands[:ORACLE_TRIES]:
+        for _v, d, a, b in cands[:ORACLE_TRIES]:
             new_s = [i for i in st.groups[s] if i != a] + ([b] if b is not None else [])
             new_d = [i for i in st.groups[d] if i != b] + [a]
             # A source the oracle already rejects may shed load whatever the verdict on what is left.

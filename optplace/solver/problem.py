@@ -207,7 +207,7 @@ def classify(adapters: Sequence[AdapterItem], width: float = 0.05) -> tuple[Adap
         key = (a.rank, None if a.rate_rps <= 0 else math.floor(math.log(a.rate_rps) / step))
         buckets.setdefault(key, []).append(a)
     out: list[AdapterClass] = []
-    for (rank, b), items in sorted(buckets.items(), key=lambda kv: (kv[0][0], -(kv[0][1] if kv[0][1] is not None
+    for (rank, _b), items in sorted(buckets.items(), key=lambda kv: (kv[0][0], -(kv[0][1] if kv[0][1] is not None
                                                                                   else -10**9))):
         items.sort(key=lambda a: (-a.rate_rps, a.index))
         rates = [a.rate_rps for a in items]

@@ -295,7 +295,7 @@ class GbtEncoding:
 
     def _intervals(self) -> dict[str, tuple[float, float, bool]]:
         out: dict[str, tuple[float, float, bool]] = {}
-        for name, xv in self.x.items():
+        for name in self.x:
             key = self._feature_channel[name]
             lo, hi = self.bounds[name]
             open_lo = False
