@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from optplace.calibration.runs_fit import fit_profile, fit_step_time, step_samples
 from optplace.cli import app
 from optplace.specs import load_profile_file
 from optplace.twin.steptime import StepTimeModel
 from optplace.vllm.compare import compare_gpu, rel_error, render_comparison
-from optplace.vllm.fit import fit_profile, fit_step_time, step_samples
 from optplace.vllm.launcher import pick_free_port
 from optplace.vllm.runs import RunError, kv_tokens_from_log, load_run, save_run
 from vllm_helpers import KV_OOM_LINE

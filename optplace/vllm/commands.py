@@ -378,8 +378,8 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
     """``optplace calibrate --sweep --engine vllm`` / ``--runs``: measure (or read) runs, fit, write the profile."""
     from rich.console import Console
 
-    from optplace.vllm.fit import fit_profile
-    from optplace.vllm.runs import RunError, load_run
+    from optplace.calibration.runs_fit import fit_profile
+    from optplace.calibration.run_records import RunError, load_run
     from optplace.vllm.sweep import provenance
 
     if out is None or out.suffix != ".json":
@@ -424,7 +424,7 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
     except RunError as exc:
         raise _err(str(exc)) from None
     model, _, gpu = name.partition("@")
-    from optplace.vllm.fit import CPU_GPU, TINY_LLAMA
+    from optplace.calibration.runs_fit import CPU_GPU, TINY_LLAMA
 
     arch = TINY_LLAMA if model == TINY_LLAMA.name else TINY_LLAMA.model_copy(update={"name": model})
     dev = CPU_GPU if gpu == CPU_GPU.name else CPU_GPU.model_copy(update={"name": gpu})
@@ -440,7 +440,7 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
                f"R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); KV {prof.kv_cache_tokens(1, 16)} tokens; "
                f"adapter load {prof.adapter_load.cpu_to_gpu(16, 8):.2f} ms (CPU->slot), "
                f"{prof.adapter_load.disk_to_cpu(8):.2f} ms (disk)")
-    from optplace.vllm.fit import twin_errors
+    from optplace.calibration.runs_fit import twin_errors
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x * 100:+.1f}%"
