@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,7 @@ from optplace.specs import bundled_profiles, load_scenario_text
 from optplace.specs.model import FixedLengths, GammaArrivals, PoissonArrivals, ShareGptLengths
 from optplace.twin.engine import engine_config_from_profile, simulate_engine
 from optplace.twin.workload import generate_workload
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 PROFILES = ("llama-3.1-8b-instruct@h100-64gb", "qwen-2.5-7b-instruct@h100-64gb")
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

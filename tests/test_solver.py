@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,8 +14,7 @@ from optplace.solver.milp import Column, solve_master_pulp, solve_master_pyomo, 
 from optplace.solver.greedy import greedy_improved, paper_order
 from optplace.solver.problem import classify, AdapterItem
 from optplace.solver.strategies import STRATEGIES
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def scenario(adapters: str, extra: str = "", gpu: str = "gpu: h100-64gb") -> object:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -13,8 +12,7 @@ from typer.testing import CliRunner
 
 from optplace.cli import app
 from optplace.specs import SpecError, load_scenario, load_scenario_text
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 runner = CliRunner()
 
 BASE = """\

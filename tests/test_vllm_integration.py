@@ -1,4 +1,4 @@
-"""Against the real CPU vLLM engine (marker ``vllm``; run with /work/vllm-venv/bin/python -m pytest -m vllm).
+"""Against the real CPU vLLM engine (marker ``vllm``; run with .venv-vllm/bin/python -m pytest -m vllm).
 
 Kept to two server starts: the machine has 2 shared cores and a start takes 30–70 s.
 """
@@ -20,9 +20,11 @@ from optplace.deploy.artefacts import DeployOptions, build_deployment, write_dep
 from optplace.vllm.launcher import classify_startup_failure, pick_free_port
 from optplace.vllm.loadgen import Endpoint, run_replay
 from optplace.vllm.metrics import scrape
+from helpers import REPO
 from vllm_helpers import poisson_workload
 
-pytestmark = pytest.mark.vllm
+# a test starts one or two real servers (up to START_TIMEOUT_S each) on a shared 2-core machine
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 
 
 def venv_path() -> str:
@@ -110,9 +112,8 @@ def test_quickstart_plan_deploys_to_a_runnable_command(tiny_model, start_vllm, t
 
     from optplace.cli import app
 
-    repo = Path(__file__).resolve().parent.parent
     runner = CliRunner()
-    r = runner.invoke(app, ["solve", str(repo / "scenarios" / "quickstart.yaml"), "--json"])
+    r = runner.invoke(app, ["solve", str(REPO / "scenarios" / "quickstart.yaml"), "--json"])
     assert r.exit_code == 0, r.output
     plan = tmp_path / "plan.json"
     plan.write_text(r.stdout)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,7 @@ from optplace.vllm.launcher import (
     pick_free_port,
     start_server,
 )
-
-FAKE = str(Path(__file__).parent / "vllm_helpers.py")
+from helpers import FAKE_VLLM as FAKE
 
 
 def fake(mode: str, port: int) -> list[str]:

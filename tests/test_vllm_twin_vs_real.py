@@ -44,7 +44,8 @@ from optplace.cli import app
 from optplace.vllm.compare import compare_runs, render_comparison
 from optplace.vllm.sweep import CPU_EXTRA_ARGS, CPU_SERVER_ENV
 
-pytestmark = pytest.mark.vllm
+# the session's calibration sweep (minutes) counts towards the first test, then three real validations
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(3600)]
 runner = CliRunner()
 TOLERANCE = 0.15
 

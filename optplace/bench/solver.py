@@ -83,15 +83,16 @@ def family(n: int, ranks: tuple[int, ...], skew: str, seed: int = 0, order: str 
                    for r, k in zip(ranks, per))
     name = f"bench-{n}-r{'-'.join(map(str, ranks))}-{skew}"
     solver = {"strategy": "milp", "time_limit_s": 60.0 if n <= 1000 else 240.0}
-    sc = Scenario(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=groups, seed=seed,
-                  solver=solver)
+    # model_validate: the solver options and (below) the entries are validated from plain dicts
+    sc = Scenario.model_validate(dict(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=groups,
+                                      seed=seed, solver=solver))
     if order == "popularity":
         return sc.model_copy(update={"name": f"{name}-popularity-order"})
     ads = sc.adapter_list()
     perm = np.random.default_rng([seed, n, len(ranks), 0x0DE5]).permutation(len(ads))
     entries = [{"name": ads[i].name, "rank": ads[i].rank, "rate_rps": ads[i].rate_rps} for i in perm]
-    return Scenario(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=entries, seed=seed,
-                    solver=solver)
+    return Scenario.model_validate(dict(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=entries,
+                                        seed=seed, solver=solver))
 
 
 def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = None,

@@ -334,7 +334,8 @@ def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | 
         raise ValueError("pass the sweep dataset the shipped model was trained on")
     ds = load_dataset(Path(dataset))
     prov = ds.provenance
-    design = SweepDesign(**{k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()}
+    design = SweepDesign(**fields)
     seed = int(prov["seed"])
     u = sobol_unit(seed, design.n_points + design.n_chains)
     cap = memoize(ev.slot_cap)

@@ -124,7 +124,7 @@ def step_samples(run: SavedRun, min_tokens: int = 4) -> StepSamples:
                 continue
             t = first[j] + np.cumsum(run.gaps_ms[i]) / 1000.0  # chunk times after the first token
             n, kin, krate = live.sums(t)
-            lo = sum((pa.sums(t)[0] > 0.5).astype(np.float64) for pa in per_adapter)
+            lo = sum(((pa.sums(t)[0] > 0.5).astype(np.float64) for pa in per_adapter), np.zeros(t.shape))
             k = (kin + t * krate) / 1000.0
             steps = float(out - 1)
             y = (run.done_s[i] - run.first_s[i]) * 1000.0 / steps

@@ -379,6 +379,7 @@ def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _
                 lo, best = mid, (v2, e2)
             else:
                 hi = mid - 1
+        assert best is not None  # both branches above leave with a count checked feasible
         return lo, best[0], best[1]
 
     remaining = problem.n_adapters

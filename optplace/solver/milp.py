@@ -239,7 +239,7 @@ def _price(fam: _PricingFamily, pi: np.ndarray, lam_c: np.ndarray, need: np.ndar
 class _LpMaster:
     """Restricted master LP in highspy (columns added incrementally)."""
 
-    def __init__(self, need: Sequence[int], avail: Sequence[int], big: float) -> None:
+    def __init__(self, need: Sequence[int] | np.ndarray, avail: Sequence[int], big: float) -> None:
         import highspy
         self.h = highspy.Highs()
         self.h.setOptionValue("output_flag", False)

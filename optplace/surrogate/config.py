@@ -71,6 +71,7 @@ def _lognormal_means(mi: float, mo: float, cvi: float, cvo: float) -> tuple[floa
         return float(mi), float(mo)
     st = expected_lengths(LognormalLengths(kind="lognormal", mean_input_tokens=float(mi), mean_output_tokens=float(mo),
                                            cv_input=float(cvi), cv_output=float(cvo)))
+    assert st is not None  # lognormal lengths have exact statistics
     return float(st.mean_input_tokens), float(st.mean_output_tokens)
 
 

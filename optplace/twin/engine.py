@@ -106,13 +106,18 @@ class OverheadModel(Protocol):
 
 
 class WorkloadLike(Protocol):
-    """``optplace.twin.workload.Workload``: arrays sorted by arrival time."""
+    """``optplace.twin.workload.Workload``: arrays sorted by arrival time (read-only: frozen types qualify)."""
 
-    arrival_s: np.ndarray
-    adapter: np.ndarray
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    duration_s: float
+    @property
+    def arrival_s(self) -> np.ndarray: ...
+    @property
+    def adapter(self) -> np.ndarray: ...
+    @property
+    def input_tokens(self) -> np.ndarray: ...
+    @property
+    def output_tokens(self) -> np.ndarray: ...
+    @property
+    def duration_s(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -1132,6 +1137,7 @@ class _Runner:
             skip_advance = changed
             while True:
                 if not skip_advance:
+                    assert delta is not None  # `changed` (no slope) leaves through the branch below
                     d = st0 + ov + delta * (j0 + 1)
                     t_arr = arrival[na] if na < n else math.inf
                     lim = t_arr if t_arr < horizon else horizon

@@ -205,7 +205,7 @@ class SchedulerOverhead:
         if params is None:
             return cls(form="none")
         form = str(_get(params, "form", "queue_linear_v1"))
-        coef = {k: float(v) for k, v in (_get(params, "coef", {}) or {}).items()}
+        coef: dict[str, Any] = {k: float(v) for k, v in (_get(params, "coef", {}) or {}).items()}
         if form == "none":
             return cls(form="none")
         if form == "published":

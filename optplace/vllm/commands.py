@@ -171,8 +171,8 @@ def launch(
                 (deploy_dir / "logs" / f"gpu{s['gpu']}.pid").write_text(f"{r.pid}\n")
         (deploy_dir / "launch-results.json").write_text(json.dumps(results, indent=2) + "\n")
         table = Table("gpu", "status", "start [s]", "url", "reason")
-        for r in results:
-            table.add_row(str(r["gpu"]), r["status"], str(r["start_s"]), r["url"], r["reason"])
+        for row in results:
+            table.add_row(str(row["gpu"]), row["status"], str(row["start_s"]), row["url"], row["reason"])
         Console().print(table)
         if detach or not running:
             running = [] if detach else running

@@ -201,7 +201,7 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, points: Sequence[LoadPoint] = DEF
     written = []
     try:
         say(f"server healthy after {time.monotonic() - t0:.0f} s (KV cache {server.kv_cache_tokens} tokens); probing adapter loads…")
-        probes = probe_adapter_loads(res.server.url, names, cfg.max_loras)
+        probes: dict[str, Any] = probe_adapter_loads(res.server.url, names, cfg.max_loras)
         probes["canary_itl_ms"] = round(canary_itl_ms(res.server.url, names[0]), 4)
         say(f"machine-speed canary: {probes['canary_itl_ms']:.2f} ms per token on an idle server")
         ep = Endpoint(0, res.server.url, names, cfg.max_loras, server.max_cpu_loras, server.max_lora_rank, "cpu")
