@@ -1,7 +1,8 @@
 """Property tests of the core (issue 7), with hypothesis: the twin conserves requests and keeps the
 max_loras and KV rules; plans never exceed GPU memory; the MILP is never worse than its warm start;
 the lower bound never exceeds the objective; the fast greedy's plans are valid; the surrogate's MILP
-encoding equals its prediction at the optimum; the same seed gives byte-identical `--json` output across runs and processes."""
+encoding equals its prediction at the optimum; the same seed gives byte-identical `--json` output across
+runs and processes."""
 
 from __future__ import annotations
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest_vllm import FAST_START, KV_1GIB, START_TIMEOUT_S, start_vllm, tiny_adapters, tiny_model, vllm_available, vllm_server_env  # noqa: F401
+from conftest_vllm import FAST_START, KV_1GIB, START_TIMEOUT_S
+# pytest fixtures, requested by name (vllm_available skips a test where vLLM is missing)
+from conftest_vllm import start_vllm, tiny_adapters, tiny_model, vllm_available, vllm_server_env  # noqa: F401
 from optplace.deploy.artefacts import DeployOptions, build_deployment, write_deployment
 from optplace.vllm.launcher import classify_startup_failure, pick_free_port
 from optplace.vllm.loadgen import Endpoint, run_replay
@@ -136,7 +138,8 @@ def test_quickstart_plan_deploys_to_a_runnable_command(tiny_model, start_vllm, t
     t = time.monotonic()
     res = start_vllm(argv, port, env={"PATH": venv_path()})
     assert res.ok, f"{res.status}: {res.reason} (log {res.log_path})"
-    print(f"\nquickstart gpu{k} ({len(gpu0['adapters'])} adapters, max_loras {gpu0['max_loras']}) started in {time.monotonic() - t:.1f} s")
+    print(f"\nquickstart gpu{k} ({len(gpu0['adapters'])} adapters, max_loras {gpu0['max_loras']}) "
+          f"started in {time.monotonic() - t:.1f} s")
     picks = [next(n for n in gpu0["adapters"] if ranks[n] == rank) for rank in sorted(set(ranks[n] for n in gpu0["adapters"]))]
     import urllib.request
 

@@ -248,7 +248,8 @@ def _print(s: dict[str, Any], rows: list[SpeedRow]) -> None:
                   f"{x.steps / 1e3:.0f}k", f"{x.engine_wall_s:.2f}", f"{x.engine_cpu_s:.2f}", f"{x.speedup:.0f}")
     con.print(t)
     con.print(
-        f"simulated s per wall s: median {s['sim_s_per_wall_s_median']:,.0f}, worst {s['sim_s_per_wall_s_worst']:,.0f}\n"
+        f"simulated s per wall s: median {s['sim_s_per_wall_s_median']:,.0f}, "
+        f"worst {s['sim_s_per_wall_s_worst']:,.0f}\n"
         f"wall s per simulated hour (engine): median {s['wall_s_per_sim_hour_median']:.2f}, "
         f"worst {s['wall_s_per_sim_hour_worst']:.2f}   [targets ≤ 1 / ≤ 5]\n"
         f"CPU s per simulated hour (engine): median {s['cpu_s_per_sim_hour_median']:.2f}, "

@@ -478,7 +478,8 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     else:
         res = MasterResult({}, f"skipped (time limit: {max(0.0, remaining):.2f} s left of its share)", math.inf)
     log.append(f"integer master ({'PuLP+CBC' if backend == 'pulp' else 'Pyomo+HiGHS appsi'}): {res.status}, "
-               f"objective {res.objective:.3f} vs warm start {sum(weights[columns[p].gtype] * k for p, k in warm.items()):.3f} "
+               f"objective {res.objective:.3f} "
+               f"vs warm start {sum(weights[columns[p].gtype] * k for p, k in warm.items()):.3f} "
                f"({time.perf_counter() - t_master:.2f} s of {max(0.0, remaining):.2f} s)")
     x = res.x if res.x and res.objective <= sum(weights[columns[p].gtype] * k for p, k in warm.items()) + 1e-9 \
         else warm

@@ -200,7 +200,8 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, points: Sequence[LoadPoint] = DEF
         raise RuntimeError(f"calibration server did not start: {res.status}: {res.reason} (log {res.log_path})")
     written = []
     try:
-        say(f"server healthy after {time.monotonic() - t0:.0f} s (KV cache {server.kv_cache_tokens} tokens); probing adapter loads…")
+        say(f"server healthy after {time.monotonic() - t0:.0f} s (KV cache {server.kv_cache_tokens} tokens); "
+            "probing adapter loads…")
         probes: dict[str, Any] = probe_adapter_loads(res.server.url, names, cfg.max_loras)
         probes["canary_itl_ms"] = round(canary_itl_ms(res.server.url, names[0]), 4)
         say(f"machine-speed canary: {probes['canary_itl_ms']:.2f} ms per token on an idle server")
