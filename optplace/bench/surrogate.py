@@ -12,7 +12,7 @@ For every bundled profile with a shipped surrogate it prints:
   CV-chosen decision threshold;
 * prediction latency: one row (the capacity query = throughput + starvation with the derived
   features computed once: ``capacity_row`` / ``capacity_many``, and all four models) and 10,000 rows;
-* accuracy against the real ``dt_validation`` runs of ``../shared/reference`` (throughput sMAPE
+* accuracy against the real ``dt_validation`` runs of the reference measurements (throughput sMAPE
   and the starvation verdict under the study's 10 % rule), next to the twin-trained target;
 * the 1-GPU MILP: for a few adapter classes, the step encoding's solve time and whether the model's
   own prediction at the MILP optimum equals the MILP values;

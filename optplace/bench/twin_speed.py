@@ -1,6 +1,6 @@
 """``optplace bench twin-speed``: how fast the twin simulates the reference configurations.
 
-For the ``dt_validation`` runs of ``../shared/reference/real_runs.csv`` (Llama-3.1-8B / Qwen2.5-7B,
+For the ``dt_validation`` runs of the reference measurements' ``real_runs.csv`` (Llama-3.1-8B / Qwen2.5-7B,
 8–384 served adapters, ``max_loras`` 8–384, rates {0.1, 0.05, 0.025} or {1.6, 0.8, 0.4} req/s per
 adapter, 1-hour windows), the twin simulates the same configuration (bundled profile, Poisson
 arrivals, ShareGPT-like lengths, no client-side cap: up to ~1.3 M arrivals and ~1.25 M waiting in

@@ -21,7 +21,7 @@ from pathlib import Path
 from optplace.specs import Constraints, Profile, Scenario, Serving, SolverOptions
 from optplace.specs.profiles import load_profile_file, resolve_profile
 
-#: Mean lengths of the ShareGPT pool of the reference runs (../shared/reference/README.md), used
+#: Mean lengths of the ShareGPT pool of the reference runs (the reference measurements' README), used
 #: only when a length model has no closed form (traces) and no workload can be generated.
 _SHAREGPT_MEANS = (223.0, 196.0)
 

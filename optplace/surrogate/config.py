@@ -17,7 +17,7 @@ ArrivalKind = Literal["poisson", "gamma", "mmpp"]
 LengthKind = Literal["sharegpt", "fixed", "lognormal"]
 
 # Mean request lengths of the ShareGPT pool sampled by the reference 1-hour runs
-# (../shared/reference/README.md, columns pool_mean_input_tokens / pool_mean_output_tokens).
+# (the reference measurements' README, columns pool_mean_input_tokens / pool_mean_output_tokens).
 SHAREGPT_MEAN_INPUT_TOKENS = 223.0
 SHAREGPT_MEAN_OUTPUT_TOKENS = 196.0
 
