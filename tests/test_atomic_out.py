@@ -16,8 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from optplace.cli import app
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
 SLOW = REPO / "scenarios" / "mixed-ranks-500.yaml"  # ~5 s: solving ~3 s, then its twin validates 3 GPUs
 COMPLETE = {"plan.json", "twin.json", "solver.log", "deploy", "report.html"}

@@ -68,9 +68,9 @@ from optplace.twin.steptime import SchedulerOverhead, StepTimeModel  # noqa: E40
 
 def test_published_form_matches_formula():
     m = StepTimeModel.from_params({"form": "published_v1", "coef": {"a": 0.0438, "b": 10.54, "c": 1.93, "d": 200.0}})
-    for b, l in ((1, 1), (200, 100), (900, 256)):
-        want = (0.0438 * b + 10.54) * (1.93 * l + 200.0) / 100.0
-        assert m.step_ms(b, 5000, b, l, 32) == pytest.approx(want, rel=1e-12)  # prefill and rank ignored
+    for b, n_lora in ((1, 1), (200, 100), (900, 256)):
+        want = (0.0438 * b + 10.54) * (1.93 * n_lora + 200.0) / 100.0
+        assert m.step_ms(b, 5000, b, n_lora, 32) == pytest.approx(want, rel=1e-12)  # prefill and rank ignored
 
 
 def test_step_time_monotone_and_rank_binding():

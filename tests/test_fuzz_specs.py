@@ -10,12 +10,14 @@ import resource
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from optplace.cli import app
 
 from fuzz_helpers import FuzzCase, _mutate_tree, base_docs, generate
+from helpers import TESTS
 
 N_CHECK = 1100
 SEED = 20261128
@@ -45,6 +47,7 @@ def _assert_clean(res, case_label: str, spec: Path, allowed=(0, 1, 2)) -> None:
         assert all(ln.startswith("error: ") for ln in lines), ctx
 
 
+@pytest.mark.slow
 def test_fuzz_check(tmp_path: Path) -> None:
     runner = CliRunner()
     cases = generate(SEED, N_CHECK)
@@ -116,7 +119,7 @@ def _loadable_mutants(stems: tuple[str, ...], n: int, seed: int, edit) -> list[t
         label, t = _mutate_tree(rng, tree) if rng.random() < 0.8 else ("original", copy.deepcopy(tree))
         try:
             edit(t)
-            load_scenario_text(yaml.safe_dump(t, allow_unicode=True), base_dir=Path(__file__).parent)
+            load_scenario_text(yaml.safe_dump(t, allow_unicode=True), base_dir=TESTS)
         except (SpecError, TypeError, AttributeError, KeyError, IndexError):
             continue  # the edit needs the mutated part, or the mutant is refused (covered by test_fuzz_check)
         out.append((f"{stem}:{label}", t))
@@ -128,6 +131,7 @@ def _fast_solver(t: dict) -> None:
     t["workload"]["duration_s"] = 60
 
 
+@pytest.mark.slow
 def test_fuzz_solve_out(tmp_path: Path) -> None:
     """Loadable mutants through `solve --out --no-validate`: exit 0/1/2 and a complete folder or none."""
     runner = CliRunner()

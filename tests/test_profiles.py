@@ -50,7 +50,7 @@ def test_memory_model_linear_part_close_to_measurements(ref_dir):
 
 
 def test_published_slot_caps_reproduced():
-    # Largest startable slot counts in the reference table (published-system.md): Llama r16 → 224, r32 → 96.
+    # Largest startable slot counts in the reference table (kv_capacity_v1.csv): Llama r16 → 224, r32 → 96.
     llama = bundled_profiles()["llama-3.1-8b-instruct@h100-64gb"]
     assert 224 <= llama.max_startable_slots(16) < 256
     assert 96 <= llama.max_startable_slots(32) < 128

@@ -1,15 +1,14 @@
 """Property tests of the core (issue 7), with hypothesis: the twin conserves requests and keeps the
 max_loras and KV rules; plans never exceed GPU memory; the MILP is never worse than its warm start;
 the lower bound never exceeds the objective; the fast greedy's plans are valid; the surrogate's MILP
-encoding equals its prediction at the optimum; the same seed gives byte-identical `--json` output across runs and processes."""
+encoding equals its prediction at the optimum; the same seed gives byte-identical `--json` output across
+runs and processes."""
 
 from __future__ import annotations
 
 import math
 import subprocess
 import sys
-from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +21,7 @@ from optplace.specs import bundled_profiles, load_scenario_text
 from optplace.specs.model import FixedLengths, GammaArrivals, PoissonArrivals, ShareGptLengths
 from optplace.twin.engine import engine_config_from_profile, simulate_engine
 from optplace.twin.workload import generate_workload
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 PROFILES = ("llama-3.1-8b-instruct@h100-64gb", "qwen-2.5-7b-instruct@h100-64gb")
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 

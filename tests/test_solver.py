@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from optplace.specs import Constraints, SolverOptions, load_scenario_text
+from optplace.specs import load_scenario_text
 from optplace.solver import (AnalyticCapacity, Estimate, Infeasible, Mix, compile_problem, get_objective, repair,
                              solve)
 from optplace.solver.milp import Column, solve_master_pulp, solve_master_pyomo, solve_milp
 from optplace.solver.greedy import greedy_improved, paper_order
 from optplace.solver.problem import classify, AdapterItem
 from optplace.solver.strategies import STRATEGIES
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def scenario(adapters: str, extra: str = "", gpu: str = "gpu: h100-64gb") -> object:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +12,7 @@ from optplace.solver.capacity import GUARD, SurrogateCapacity, TwinCapacity, bou
 from optplace.solver.greedy import greedy_fast, greedy_paper
 from optplace.solver.plan import Plan, assign_gpu, renumber
 from optplace.specs import load_scenario, load_scenario_text
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 @pytest.fixture(scope="module")

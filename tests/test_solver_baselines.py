@@ -3,16 +3,10 @@ monotone in the count (round-robin over a random order is not)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import pytest
-
 from optplace.solver import AnalyticCapacity, compile_problem
 from optplace.solver.baselines import BASELINES, _evaluate, round_robin, run_baseline
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_solver import REPO, LoadOracle, scenario  # noqa: E402
+from helpers import REPO
+from test_solver import LoadOracle, scenario
 
 
 def test_the_smallest_passing_count_is_found_when_passing_is_not_monotone(monkeypatch):

@@ -73,10 +73,10 @@ def test_json_output_is_clean_json_in_a_fresh_process():
     import json
     import subprocess
     import sys
-    from pathlib import Path
-    repo = Path(__file__).resolve().parent.parent
+
+    from helpers import REPO
     out = subprocess.run([sys.executable, "-m", "optplace.bench.solver", "--sizes", "100", "--strategies",
-                          "milp,round-robin", "--validate-max", "0", "--json"], cwd=repo, capture_output=True,
+                          "milp,round-robin", "--validate-max", "0", "--json"], cwd=REPO, capture_output=True,
                          text=True, timeout=600, check=True)
     doc = json.loads(out.stdout)
     assert {r["strategy"] for r in doc["rows"]} == {"milp", "round-robin", "round-robin@popularity"}

@@ -4,7 +4,6 @@ converged to the LP value, and still valid when stopped by a deadline."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,7 @@ from optplace.solver import AnalyticCapacity, Mix, compile_problem
 from optplace.solver.bound import (lagrangian_bound, lower_bound, lp_bound, rate_bins, relaxed_groups,
                                    volume_bound)
 from optplace.specs import load_scenario_text
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def _scenario(adapters: list[tuple[int, float]], gpu: str = "gpu: h100-64gb", extra: str = "") -> object:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,7 @@ from optplace.specs import load_scenario_text
 from optplace.surrogate.models import load_surrogate, train
 from optplace.surrogate.sweep import LocalExecutor, SweepDesign, run_sweep
 from optplace.surrogate.synthetic import SyntheticEvaluator
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from optplace.solver import TwinCapacity, compile_problem, gpu_plans, solve
 from optplace.specs import load_scenario_text
 from optplace.twin.simulate import simulate_plan
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 SPEC = """
 name: twin-small

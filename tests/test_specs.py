@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from optplace.cli import app
 from optplace.specs import SpecError, load_scenario, load_scenario_text
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 runner = CliRunner()
 
 BASE = """\
@@ -184,7 +183,7 @@ def test_defaults_follow_vllm_and_the_study():
 
 def test_scenario_is_frozen():
     sc = load_scenario_text(BASE)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         sc.seed = 3  # type: ignore[misc]
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import ray  # the `ray` extra; CI installs it: pip install -e '.[dev,ray]'
 
 from optplace.surrogate.sweep import LocalExecutor, RayExecutor, SweepDesign, read_rows, run_sweep
 from optplace.surrogate.synthetic import SyntheticEvaluator
 
 pytestmark = pytest.mark.ray
+ray = pytest.importorskip("ray")  # the `ray` extra; CI installs it: pip install -e '.[dev,ray]'
 
 
 def test_ray_executor_matches_process_pool(tmp_path: Path) -> None:

@@ -18,8 +18,7 @@ from optplace.solver.capacity import TimedOracle, make_oracle
 from optplace.solver.greedy import greedy_fast, greedy_improved
 from optplace.solver.problem import Deadline, Infeasible, TimeLimitReached
 from optplace.specs import load_scenario_text
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def _spec(n: int, time_limit_s: float, strategy: str = "milp", duration_s: float = 3600) -> str:

@@ -46,7 +46,7 @@ def _workload(rates, duration, seed, mean_in=223, mean_out=196, max_in=1024, max
 
 class _PublishedStep:
     """Stand-in step time: the published twin's form (a·B + b)(c·L + d)/100 ms, Llama constants
-    from the reference data's twin_estimator_constants.json."""
+    from the reference measurements' twin_estimator_constants.json."""
 
     def step_s(self, num_seqs, prefill_tokens, decode_tokens, distinct_adapters, mean_rank, context_tokens=None):
         return (0.0438 * num_seqs + 10.54) * (1.93 * distinct_adapters + 200.0) / 100.0 * 1e-3

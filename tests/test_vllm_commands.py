@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from optplace.vllm.adapters import read_safetensors
 from optplace.vllm.commands import vllm_app
 from optplace.vllm.launcher import pick_free_port
+from helpers import FAKE_VLLM, REPO
 
 runner = CliRunner()
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
@@ -54,9 +55,8 @@ def test_deploy_reports_every_plan_problem_with_exit_2(tmp_path):
 
 def test_launch_records_a_server_that_dies_at_start(tmp_path):
     port = pick_free_port()
-    fake = str(Path(__file__).parent / "vllm_helpers.py")
     servers = {"model": "m", "servers": [{"gpu": 0, "host": "127.0.0.1", "port": port, "url": f"http://127.0.0.1:{port}",
-                                          "argv": [sys.executable, fake, "oom", str(port)], "env": {}}]}
+                                          "argv": [sys.executable, FAKE_VLLM, "oom", str(port)], "env": {}}]}
     (tmp_path / "servers.json").write_text(json.dumps(servers))
     r = runner.invoke(vllm_app, ["launch", str(tmp_path), "--timeout", "30"])
     assert r.exit_code == 1, r.output
@@ -71,8 +71,7 @@ def test_loadgen_replays_a_scenario_workload_against_routes(tmp_path):
     from optplace.specs import load_scenario
     from vllm_helpers import FakeVllm
 
-    repo = Path(__file__).resolve().parent.parent
-    spec = repo / "scenarios" / "quickstart.yaml"
+    spec = REPO / "scenarios" / "quickstart.yaml"
     names = [a.name for a in load_scenario(spec).adapter_list()]
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()

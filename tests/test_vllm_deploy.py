@@ -136,12 +136,10 @@ def test_load_plan_errors(tmp_path):
 
 def test_launch_script_starts_checks_and_stops_servers(tmp_path):
     import sys
-    from pathlib import Path
 
-    from optplace.deploy.artefacts import Deployment, ServerSpec, launch_script
+    from optplace.deploy.artefacts import ServerSpec, launch_script
     from optplace.vllm.launcher import check_port_free, pick_free_port
-
-    fake = str(Path(__file__).parent / "vllm_helpers.py")
+    from helpers import FAKE_VLLM as fake
 
     def spec(gpu, mode):
         port = pick_free_port()

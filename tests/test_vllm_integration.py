@@ -1,4 +1,4 @@
-"""Against the real CPU vLLM engine (marker ``vllm``; run with /work/vllm-venv/bin/python -m pytest -m vllm).
+"""Against the real CPU vLLM engine (marker ``vllm``; run with .venv-vllm/bin/python -m pytest -m vllm).
 
 Kept to two server starts: the machine has 2 shared cores and a start takes 30–70 s.
 """
@@ -15,14 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest_vllm import FAST_START, KV_1GIB, START_TIMEOUT_S, start_vllm, tiny_adapters, tiny_model, vllm_available, vllm_server_env  # noqa: F401
+from conftest_vllm import FAST_START, KV_1GIB, START_TIMEOUT_S
+# pytest fixtures, requested by name (vllm_available skips a test where vLLM is missing)
+from conftest_vllm import start_vllm, tiny_adapters, tiny_model, vllm_available, vllm_server_env  # noqa: F401
 from optplace.deploy.artefacts import DeployOptions, build_deployment, write_deployment
 from optplace.vllm.launcher import classify_startup_failure, pick_free_port
 from optplace.vllm.loadgen import Endpoint, run_replay
 from optplace.vllm.metrics import scrape
+from helpers import REPO
 from vllm_helpers import poisson_workload
 
-pytestmark = pytest.mark.vllm
+# a test starts one or two real servers (up to START_TIMEOUT_S each) on a shared 2-core machine
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 
 
 def venv_path() -> str:
@@ -110,9 +114,8 @@ def test_quickstart_plan_deploys_to_a_runnable_command(tiny_model, start_vllm, t
 
     from optplace.cli import app
 
-    repo = Path(__file__).resolve().parent.parent
     runner = CliRunner()
-    r = runner.invoke(app, ["solve", str(repo / "scenarios" / "quickstart.yaml"), "--json"])
+    r = runner.invoke(app, ["solve", str(REPO / "scenarios" / "quickstart.yaml"), "--json"])
     assert r.exit_code == 0, r.output
     plan = tmp_path / "plan.json"
     plan.write_text(r.stdout)
@@ -135,7 +138,8 @@ def test_quickstart_plan_deploys_to_a_runnable_command(tiny_model, start_vllm, t
     t = time.monotonic()
     res = start_vllm(argv, port, env={"PATH": venv_path()})
     assert res.ok, f"{res.status}: {res.reason} (log {res.log_path})"
-    print(f"\nquickstart gpu{k} ({len(gpu0['adapters'])} adapters, max_loras {gpu0['max_loras']}) started in {time.monotonic() - t:.1f} s")
+    print(f"\nquickstart gpu{k} ({len(gpu0['adapters'])} adapters, max_loras {gpu0['max_loras']}) "
+          f"started in {time.monotonic() - t:.1f} s")
     picks = [next(n for n in gpu0["adapters"] if ranks[n] == rank) for rank in sorted(set(ranks[n] for n in gpu0["adapters"]))]
     import urllib.request
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,7 @@ from optplace.vllm.launcher import (
     pick_free_port,
     start_server,
 )
-
-FAKE = str(Path(__file__).parent / "vllm_helpers.py")
+from helpers import FAKE_VLLM as FAKE
 
 
 def fake(mode: str, port: int) -> list[str]:
@@ -87,9 +85,11 @@ def test_bad_executable_and_shell_string(tmp_path):
     ("INFO start\nRuntimeError: something else\nINFO bye", "failed", "RuntimeError: something else"),
     ("INFO nothing useful", "failed", "no error line"),
     ("(Worker pid=1) ERROR [x.py:9] ValueError: invalid literal for int() with base 10: ''\n"
-     "Exception: WorkerProc initialization failed due to an exception in a background process. See stack trace for root cause.\n"
+     "Exception: WorkerProc initialization failed due to an exception in a background process. "
+     "See stack trace for root cause.\n"
      "RuntimeError: Engine core initialization failed. See root cause above.", "failed", "ValueError: invalid literal"),
-    ("(APIServer pid=1) WARNING 11-28 10:22:09 [system_utils.py:255] Found ulimit of 20000 and failed to increase. This can "
+    ("(APIServer pid=1) WARNING 11-28 10:22:09 [system_utils.py:255] Found ulimit of 20000 and failed to "
+     "increase. This can "
      "cause fd limit errors like `OSError: [Errno 24] Too many open files`. Consider increasing with ulimit -n\n"
      "(Worker pid=2) ERROR 11-28 10:23:11 [multiproc_executor.py:953]     raise NotImplementedError\n"
      "(Worker pid=2) ERROR 11-28 10:23:11 [multiproc_executor.py:953] NotImplementedError\n"

@@ -25,6 +25,8 @@ def workload() -> ArrayWorkload:
 
 
 def test_replay_counts_completed_in_window_and_cancels_the_rest():
+    pytest.importorskip("prometheus_client")  # the engine rate is read from /metrics (the `vllm` extra)
+
     async def main():
         f0, f1 = FakeVllm(adapters=("a0", "a1"), ttft_s=0.05, token_s=0.01), FakeVllm(adapters=("a2",), ttft_s=0.05, token_s=0.01)
         eps = (Endpoint(0, await f0.start(), ("a0", "a1"), max_loras=2), Endpoint(1, await f1.start(), ("a2",)))

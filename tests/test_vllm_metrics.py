@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
-from optplace.vllm.metrics import MetricsError, delta, parse_metrics, scrape
+pytest.importorskip("prometheus_client")  # the parser of the `vllm` extra
 
-FIX = Path(__file__).parent / "fixtures_vllm"
+from optplace.vllm.metrics import MetricsError, delta, parse_metrics, scrape
+from helpers import TESTS
+
+FIX = TESTS / "fixtures_vllm"
 
 
 def page(name: str) -> str:

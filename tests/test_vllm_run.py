@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from optplace.deploy.artefacts import Deployment, ServerSpec
 from optplace.vllm.launcher import check_port_free, pick_free_port
 from optplace.vllm.run import run_deployment
+from helpers import FAKE_VLLM as FAKE
 from vllm_helpers import poisson_workload
-
-FAKE = str(Path(__file__).parent / "vllm_helpers.py")
 
 
 def server(gpu: int, mode: str, adapters: tuple[str, ...]) -> ServerSpec:

@@ -23,8 +23,8 @@ points now offer about twice what the server serves; in three suite runs since, 
 +3.4, −2.9, −5.4 % and completed +5.7, −1.9, −5.8 % (one more run with only the prompt-heavy point
 saturated: +6.7 / +9.8 %). The heavy rate now scales with the server's measured saturated rate
 (``_heavy_rate``): at a fixed 8 req/s the heavy pair was exactly at capacity on a fast idle machine and
-the zero-completion sets differed by chance (CI, 2026-11-28). A saturated real run stays a noisy instrument: identical back-to-back runs
-differ by up to ~10 %.
+the zero-completion sets differed by chance (CI, 2026-11-28). A saturated real run stays a noisy instrument:
+identical back-to-back runs differ by up to ~10 %.
 """
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest_vllm import START_TIMEOUT_S, tiny_model, vllm_available  # noqa: F401
+from conftest_vllm import START_TIMEOUT_S
+from conftest_vllm import tiny_model, vllm_available  # noqa: F401  (pytest fixtures, requested by name)
 from optplace.cli import app
 from optplace.vllm.compare import compare_runs, render_comparison
 from optplace.vllm.sweep import CPU_EXTRA_ARGS, CPU_SERVER_ENV
 
-pytestmark = pytest.mark.vllm
+# the session's calibration sweep (minutes) counts towards the first test, then three real validations
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(3600)]
 runner = CliRunner()
 TOLERANCE = 0.15
 

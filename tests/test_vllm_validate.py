@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from optplace.calibration.runs_fit import fit_profile, fit_step_time, step_samples
 from optplace.cli import app
 from optplace.specs import load_profile_file
 from optplace.twin.steptime import StepTimeModel
 from optplace.vllm.compare import compare_gpu, rel_error, render_comparison
-from optplace.vllm.fit import fit_profile, fit_step_time, step_samples
 from optplace.vllm.launcher import pick_free_port
 from optplace.vllm.runs import RunError, kv_tokens_from_log, load_run, save_run
+from helpers import FAKE_VLLM
 from vllm_helpers import KV_OOM_LINE
-
-HERE = Path(__file__).resolve().parent
 runner = CliRunner()
 
 SPEC = """\
@@ -76,7 +73,7 @@ def test_kv_tokens_from_vllm_log_line():
 @pytest.fixture
 def fake_server(tmp_path):
     port = pick_free_port()
-    proc = subprocess.Popen([sys.executable, str(HERE / "vllm_helpers.py"), "openai", str(port), "a0", "a1"],
+    proc = subprocess.Popen([sys.executable, FAKE_VLLM, "openai", str(port), "a0", "a1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     import urllib.request

@@ -12,8 +12,9 @@ from optplace.twin._arrivals import TRACE_JITTER_S, load_trace
 from optplace.twin._lengths import (SHAREGPT_INPUT, SHAREGPT_OUTPUT, SHAREGPT_TARGETS, LengthLimits, fit_sharegpt)
 from optplace.twin.workload import (Workload, WorkloadError, expected_lengths, generate_workload, sharegpt_stats,
                                     workload_stats)
+from helpers import traces_dir
 
-TRACES = Path("/work/shared/traces")
+TRACES = traces_dir()  # external input, found like the reference measurements (tests/helpers.py)
 CONV = TRACES / "azure_conv_2023.csv"
 
 POISSON = NS(kind="poisson")

@@ -5,9 +5,10 @@
 token after ``ttft_s`` and then every ``token_s``; a client disconnect aborts the request.
 
 Run as a script, it is a stand-in for ``vllm serve`` that the launcher tests start:
-``python vllm_helpers.py MODE PORT`` with MODE ``ok`` (serves /health), ``oom`` (prints vLLM's
-KV-cache error and exits 1), ``fail`` (prints a traceback and exits 1), ``hang`` (never listens), ``openai`` (a ``FakeVllm``
-serving the adapters named after the port, ``--lora-modules`` style ``name=path`` also accepted).
+``python vllm_helpers.py MODE PORT`` with MODE ``ok`` (serves /health), ``oom`` (prints vLLM's KV-cache
+error and exits 1), ``fail`` (prints a traceback and exits 1), ``hang`` (never listens), ``openai`` (a
+``FakeVllm`` serving the adapters named after the port, ``--lora-modules`` style ``name=path`` also
+accepted).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def run(json: bool = False) -> dict[str, Any]:
     from optplace.specs import load_scenario
 
     runs = load_dt_validation()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for model, short in MODEL_SHORT.items():
         for rk, rank_tag in (("rank16", "rank_16"), ("rank32", "rank_32")):
             for rt, rate_tag in (("low", "rates_0.1_0.05_0.025"), ("high", "rates_1.6_0.8_0.4")):

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from optplace.calibration.reference import RefRun, load_dt_validation
+from optplace.calibration.reference import PublishedTwinRun, RefRun, load_dt_validation
 from optplace.infra.executors import ExecutorSpec, iter_done
 
 __all__ = ["RunResult", "CLIENT_MAX_OUTSTANDING", "run", "simulate_ref_run", "summarize"]
@@ -114,7 +114,7 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
     t0 = time.perf_counter()
     prof = resolve_profile(model=run_.model, gpu=GPU)
     status = prof.startup_status(run_.max_loras, run_.max_lora_rank)
-    base = dict(run_id=run_.run_id, model=run_.model, config_group=run_.config_group, max_loras=run_.max_loras,
+    base: dict[str, Any] = dict(run_id=run_.run_id, model=run_.model, config_group=run_.config_group, max_loras=run_.max_loras,
                 max_cpu_loras=run_.max_cpu_loras, max_lora_rank=run_.max_lora_rank)
     if status != "ok":
         return RunResult(**base, oom=True, total_throughput=None, offered_tok_s=None, mean_itl_ms=None,
@@ -241,6 +241,11 @@ def _cached_simulate(args: tuple[RefRun, int, str, tuple[bool, bool, float | Non
     return out
 
 
+def _ape_opt(a: float | None, b: float | None) -> float | None:
+    """:func:`_ape` when both values are known and non-zero, else None."""
+    return _ape(a, b) if a and b else None
+
+
 def _ape(a: float, b: float) -> float:
     return 100.0 * abs(a - b) / abs(b)
 
@@ -250,11 +255,13 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
     by_id = {r.run_id: r for r in results}
     ok = [r for r in runs if r.has_results and r.run_id in by_id]
     oom_runs = [r for r in runs if r.is_oom and r.run_id in by_id]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for r in ok:
         t = by_id[r.run_id]
+        assert r.total_throughput is not None  # a run with results printed its throughput
         thr = t.total_throughput if not t.oom else 0.0
-        tw_starved = (not t.oom) and t.offered_tok_s is not None and thr < (1 - STARVED_LOSS) * t.offered_tok_s
+        tw_starved = ((not t.oom) and t.offered_tok_s is not None and thr is not None
+                      and thr < (1 - STARVED_LOSS) * t.offered_tok_s)
         rows.append({
             "run_id": r.run_id, "model": r.model, "group": r.config_group, "max_loras": r.max_loras,
             "max_cpu_loras": r.max_cpu_loras, "real_tok_s": r.total_throughput, "twin_tok_s": thr,
@@ -263,10 +270,10 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
             "real_running": r.mean_running, "twin_running": t.mean_running,
             "real_waiting": r.mean_waiting, "twin_waiting": t.mean_waiting,
             "real_preemptions": r.preemptions_in_window, "twin_preemptions": t.preemptions,
-            "itl_ape_pct": _ape(t.mean_itl_ms, r.mean_itl_ms) if t.mean_itl_ms and r.mean_itl_ms else None,
+            "itl_ape_pct": _ape_opt(t.mean_itl_ms, r.mean_itl_ms),
             "real_starved": bool(r.starved), "twin_starved": bool(tw_starved), "twin_oom": t.oom,
             "real_loss": r.throughput_loss_frac,
-            "twin_loss": None if not t.offered_tok_s else 1 - thr / t.offered_tok_s,
+            "twin_loss": None if not t.offered_tok_s or thr is None else 1 - thr / t.offered_tok_s,
             "pub_ape_pct": r.published.ape_total_throughput_pct if r.published else None,
         })
 
@@ -274,8 +281,8 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
         v = [x[key] for x in sel if x[key] is not None]
         return float(np.mean(v)) if v else None
 
-    def pub(sel: list[RefRun], f: Callable[[RefRun], float | None]) -> float | None:
-        v = [f(r) for r in sel if r.published is not None and f(r) is not None]
+    def pub(sel: list[RefRun], f: Callable[[PublishedTwinRun], float | None]) -> float | None:
+        v = [x for r in sel if r.published is not None and (x := f(r.published)) is not None]
         return float(np.mean(v)) if v else None
 
     starved = [x for x in rows if x["real_starved"]]
@@ -310,10 +317,10 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
             "per_model": per_model,
         },
         "published": {
-            "throughput_mape_pct": pub(ok, lambda r: r.published.ape_total_throughput_pct),
-            "throughput_mape_starved_pct": pub(ok_st, lambda r: r.published.ape_total_throughput_pct),
-            "throughput_mape_not_starved_pct": pub(ok_ns, lambda r: r.published.ape_total_throughput_pct),
-            "itl_mape_pct": pub(ok, lambda r: r.published.ape_itl_pct),
+            "throughput_mape_pct": pub(ok, lambda p: p.ape_total_throughput_pct),
+            "throughput_mape_starved_pct": pub(ok_st, lambda p: p.ape_total_throughput_pct),
+            "throughput_mape_not_starved_pct": pub(ok_ns, lambda p: p.ape_total_throughput_pct),
+            "itl_mape_pct": pub(ok, lambda p: p.ape_itl_pct),
             "starvation_agreement": pub_agree,
         },
         "worst": sorted(rows, key=lambda x: -x["ape_pct"])[:10],

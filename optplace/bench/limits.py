@@ -106,7 +106,7 @@ def run(json: bool = False, sizes: tuple[int, ...] = (1_000, 10_000, 100_000),
                 _print_row(row)
     solved = [r for r in rows if r.get("outcome") == "solved"]
     refused = [r for r in rows if refuse and r["adapters"] == refuse[0] and r["time_limit_s"] == refuse[1]]
-    summary = {
+    summary: dict[str, Any] = {
         "all_ended": all(r.get("outcome") in ("solved", "rejected") for r in rows),
         "time_limits_honoured": sum(1 for r in solved if r["limit_honoured"]),
         "solves": len(solved),

@@ -10,8 +10,7 @@ order a placement rule sees (round-robin deals adapters in spec order, first-fit
 least-loaded take them in spec order) is the order adapters were registered, which carries no
 information about their popularity or rank. Source for the assumption: the published system's own
 evaluation maps requests to adapters by a Dirichlet(0.5) popularity law, which is exchangeable (any
-adapter index is equally likely to be hot; ``shared/notes/published-system.md``, "evaluation
-harness"), and S-LoRA's real-trace benchmark assigns adapters and ranks to trace models at random
+adapter index is equally likely to be hot; arXiv:2508.08343, its evaluation harness), and S-LoRA's real-trace benchmark assigns adapters and ranks to trace models at random
 (github.com/S-LoRA/S-LoRA, benchmarks/trace.py, ``generate_model_mapping``). ``order="popularity"``
 lists them hottest first within each rank group, rank groups one after the other (the families of
 the first version of this bench, kept for comparison). Round-robin over a popularity-sorted list
@@ -83,15 +82,16 @@ def family(n: int, ranks: tuple[int, ...], skew: str, seed: int = 0, order: str 
                    for r, k in zip(ranks, per))
     name = f"bench-{n}-r{'-'.join(map(str, ranks))}-{skew}"
     solver = {"strategy": "milp", "time_limit_s": 60.0 if n <= 1000 else 240.0}
-    sc = Scenario(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=groups, seed=seed,
-                  solver=solver)
+    # model_validate: the solver options and (below) the entries are validated from plain dicts
+    sc = Scenario.model_validate(dict(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=groups,
+                                      seed=seed, solver=solver))
     if order == "popularity":
         return sc.model_copy(update={"name": f"{name}-popularity-order"})
     ads = sc.adapter_list()
     perm = np.random.default_rng([seed, n, len(ranks), 0x0DE5]).permutation(len(ads))
     entries = [{"name": ads[i].name, "rank": ads[i].rank, "rate_rps": ads[i].rate_rps} for i in perm]
-    return Scenario(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=entries, seed=seed,
-                    solver=solver)
+    return Scenario.model_validate(dict(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=entries,
+                                        seed=seed, solver=solver))
 
 
 def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = None,

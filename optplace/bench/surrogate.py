@@ -12,7 +12,7 @@ For every bundled profile with a shipped surrogate it prints:
   CV-chosen decision threshold;
 * prediction latency: one row (the capacity query = throughput + starvation with the derived
   features computed once: ``capacity_row`` / ``capacity_many``, and all four models) and 10,000 rows;
-* accuracy against the real ``dt_validation`` runs of ``../shared/reference`` (throughput sMAPE
+* accuracy against the real ``dt_validation`` runs of the reference measurements (throughput sMAPE
   and the starvation verdict under the study's 10 % rule), next to the twin-trained target;
 * the 1-GPU MILP: for a few adapter classes, the step encoding's solve time and whether the model's
   own prediction at the MILP optimum equals the MILP values;
@@ -334,7 +334,8 @@ def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | 
         raise ValueError("pass the sweep dataset the shipped model was trained on")
     ds = load_dataset(Path(dataset))
     prov = ds.provenance
-    design = SweepDesign(**{k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()}
+    design = SweepDesign(**fields)
     seed = int(prov["seed"])
     u = sobol_unit(seed, design.n_points + design.n_chains)
     cap = memoize(ev.slot_cap)

@@ -1,6 +1,6 @@
 """``optplace bench twin-speed``: how fast the twin simulates the reference configurations.
 
-For the ``dt_validation`` runs of ``../shared/reference/real_runs.csv`` (Llama-3.1-8B / Qwen2.5-7B,
+For the ``dt_validation`` runs of the reference measurements' ``real_runs.csv`` (Llama-3.1-8B / Qwen2.5-7B,
 8–384 served adapters, ``max_loras`` 8–384, rates {0.1, 0.05, 0.025} or {1.6, 0.8, 0.4} req/s per
 adapter, 1-hour windows), the twin simulates the same configuration (bundled profile, Poisson
 arrivals, ShareGPT-like lengths, no client-side cap: up to ~1.3 M arrivals and ~1.25 M waiting in
@@ -248,7 +248,8 @@ def _print(s: dict[str, Any], rows: list[SpeedRow]) -> None:
                   f"{x.steps / 1e3:.0f}k", f"{x.engine_wall_s:.2f}", f"{x.engine_cpu_s:.2f}", f"{x.speedup:.0f}")
     con.print(t)
     con.print(
-        f"simulated s per wall s: median {s['sim_s_per_wall_s_median']:,.0f}, worst {s['sim_s_per_wall_s_worst']:,.0f}\n"
+        f"simulated s per wall s: median {s['sim_s_per_wall_s_median']:,.0f}, "
+        f"worst {s['sim_s_per_wall_s_worst']:,.0f}\n"
         f"wall s per simulated hour (engine): median {s['wall_s_per_sim_hour_median']:.2f}, "
         f"worst {s['wall_s_per_sim_hour_worst']:.2f}   [targets ≤ 1 / ≤ 5]\n"
         f"CPU s per simulated hour (engine): median {s['cpu_s_per_sim_hour_median']:.2f}, "

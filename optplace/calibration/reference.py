@@ -1,7 +1,8 @@
-"""Typed access to the reference measurements in ``../shared/reference``.
+"""Typed access to the reference measurements (an external input: the artefact of arXiv:2508.08343).
 
-The reference folder holds tidy CSVs extracted from the published study's artefact (real H100 runs of
-vLLM 0.8.5 V1 with many LoRA adapters, plus the authors' digital-twin replays). This module loads the
+Pass their folder with ``--reference`` or ``$OPTPLACE_REFERENCE`` (:func:`find_reference_dir` says
+where else it looks). The folder holds tidy CSVs extracted from the published study's artefact (real
+H100 runs of vLLM 0.8.5 V1 with many LoRA adapters, plus the authors' digital-twin replays). This module loads the
 ``dt_validation`` 1-hour runs of ``real_runs.csv`` into frozen :class:`RefRun` records, joined with
 the published twin's figures from ``sim_runs.csv`` / ``twin_vs_real.csv``.
 
@@ -29,6 +30,7 @@ __all__ = [
     "RefRun",
     "ReferenceNotFound",
     "find_reference_dir",
+    "find_shared_dir",
     "load_dt_validation",
     "read_csv_rows",
 ]
@@ -118,29 +120,37 @@ class RefRun:
         return self.status == "failed_oom_kv_cache"
 
 
-def find_reference_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Locate the reference folder.
+def find_shared_dir(name: str, marker: str, env_var: str, explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Locate a folder of external data (reference measurements, request traces) that is not shipped.
 
-    Order: ``explicit``; the ``OPTPLACE_REFERENCE`` environment variable; ``../shared/reference``
-    relative to the repository root (the parent of the ``optplace`` package); the same relative to the
-    current directory. Raises :class:`ReferenceNotFound` when none holds ``real_runs.csv``.
+    Order: ``explicit``; the ``env_var`` environment variable; a ``shared/NAME`` folder beside the
+    checkout (the parent of the repository root, for an editable install run from a clean clone that
+    sits next to a ``shared/`` folder); the same beside, then below, the current directory. The first
+    that holds ``marker`` wins; :class:`ReferenceNotFound` lists every place tried. This is the only
+    place that knows these defaults.
     """
     candidates: list[Path] = []
     if explicit is not None:
         candidates.append(Path(explicit))
-    env = os.environ.get("OPTPLACE_REFERENCE")
+    env = os.environ.get(env_var)
     if env:
         candidates.append(Path(env))
     repo_root = Path(__file__).resolve().parents[2]
-    candidates.append(repo_root.parent / "shared" / "reference")
-    candidates.append(Path.cwd().parent / "shared" / "reference")
-    candidates.append(Path.cwd() / "shared" / "reference")
+    candidates.append(repo_root.parent / "shared" / name)
+    candidates.append(Path.cwd().parent / "shared" / name)
+    candidates.append(Path.cwd() / "shared" / name)
     for c in candidates:
-        if (c / "real_runs.csv").is_file():
+        if (c / marker).is_file():
             return c
     raise ReferenceNotFound(
-        "reference data not found (set OPTPLACE_REFERENCE); tried: " + ", ".join(str(c) for c in candidates)
+        f"{name} data not found (pass the folder or set {env_var}); tried: " + ", ".join(str(c) for c in candidates)
     )
+
+
+def find_reference_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Locate the reference measurements (the folder holding ``real_runs.csv``): ``explicit``, then
+    ``$OPTPLACE_REFERENCE``, then the defaults of :func:`find_shared_dir`."""
+    return find_shared_dir("reference", "real_runs.csv", "OPTPLACE_REFERENCE", explicit)
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:

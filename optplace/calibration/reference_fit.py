@@ -18,11 +18,11 @@ of the step-time form ``lora_mult_v2`` (see :mod:`optplace.twin.steptime`) comes
   the adapters used: D·(1 − (1 − 1/D)^B)).
 * ``h_pf``, ``g_rank``, ``g_slot`` — the only coefficients fitted on the 1-hour ``dt_validation`` runs,
   three global numbers per model (prefill share of the LoRA slowdown, rank effect, and the growth of the
-  fixed LoRA cost with the slot count; ``g0`` was measured at ``slots_ref`` = 300 slots): each run's mean step time is measured as 1000·mean_running / output_throughput
-  (it agrees with the mean ITL), its prefill tokens per step as input_throughput × step, its distinct
-  adapters as min(max_loras, expected distinct among mean_running requests at the adapters' rates), and
-  the scheduler overhead at the run's mean queues is subtracted. ``fit_report`` cross-validates them
-  (fit on one rate group, test on the other).
+  fixed LoRA cost with the slot count; ``g0`` was measured at ``slots_ref`` = 300 slots): each run's mean
+  step time is measured as 1000·mean_running / output_throughput (it agrees with the mean ITL), its prefill
+  tokens per step as input_throughput × step, its distinct adapters as min(max_loras, expected distinct
+  among mean_running requests at the adapters' rates), and the scheduler overhead at the run's mean queues
+  is subtracted. ``fit_report`` cross-validates them (fit on one rate group, test on the other).
 * ``ctx_default`` — mean KV tokens held by a running request of the reference workload when a caller
   does not pass KV tokens: prompt + half the output, length-weighted (a request stays in the batch for
   its output length), computed from the pool means of the 1-hour runs (``real_runs.csv``).
@@ -43,7 +43,6 @@ total scheduling time / steps regressed on the mean running, waiting and waiting
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -105,7 +105,7 @@ def _run_ray(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: E
             kw["num_cpus"] = spec.workers
         ray.init(**kw)
     # Ray only decorates plain functions (not partials); ship ``fn`` once and call it remotely.
-    remote = ray.remote(_call)
+    remote: Any = ray.remote(_call)
     fn_ref = ray.put(fn)
     refs = {remote.remote(fn_ref, items[i]): i for i in order}
     pending = list(refs)

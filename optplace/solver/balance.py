@@ -205,9 +205,9 @@ def rebalance(problem: Problem, oracle: CapacityOracle, gpus: Sequence[GpuAssign
                             cands.append((v, d, a, b))
         cands.sort(key=lambda c: (c[0], c[1], c[2], -1 if c[3] is None else c[3]))
         done = False
-        for v, d, a, b in cands[:ORACLE_TRIES]:
-            new_s = [i for i in st.groups[s] if i != a] + ([b] if b is not None else [])
-            new_d = [i for i in st.groups[d] if i != b] + [a]
+        for _v, d, a, swap in cands[:ORACLE_TRIES]:
+            new_s = [i for i in st.groups[s] if i != a] + ([swap] if swap is not None else [])
+            new_d = [i for i in st.groups[d] if i != swap] + [a]
             # A source the oracle already rejects may shed load whatever the verdict on what is left.
             src_ok = verdict(s, new_s).feasible or not verdict(s, st.groups[s]).feasible
             if not (verdict(d, new_d).feasible and src_ok):
@@ -216,7 +216,7 @@ def rebalance(problem: Problem, oracle: CapacityOracle, gpus: Sequence[GpuAssign
             st.util[s], st.util[d] = st.u(st.types[s], new_s), st.u(st.types[d], new_d)
             changed |= {s, d}
             stuck.discard(d)
-            if b is None:
+            if swap is None:
                 moves += 1
             else:
                 swaps += 1

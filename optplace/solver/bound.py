@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -379,7 +379,7 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
             N = min(cap, n_avail)
             size = np.arange(1, N + 1)
             # (1 + 1e-9): the model accepts loads up to 1e-12 relative above ρ·λ*.
-            lam_n = [an.point(t.index, rmax, n, int(best_L[n - 1])).lam_max_rps for n in size]
+            lam_n = [an.point(t.index, rmax, int(n), int(best_L[n - 1])).lam_max_rps for n in size]
             c1 = an.rho * np.array(lam_n) * (1 + 1e-9)
             z = np.zeros(N)
             out.append(Group(t.index, rmax, "count", size, size, c1, size.astype(float), z, z))
@@ -521,7 +521,8 @@ class _Pricer:
                     lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
                     c1f, nf = g.c1[f:f + 1], g.size[f:f + 1].astype(float)
 
-                    def fn(y: float, c1f: np.ndarray = c1f, nf: np.ndarray = nf) -> float:
+                    def fn(y: float, c1f: np.ndarray = c1f, nf: np.ndarray = nf, pi_g: np.ndarray = pi_g, lam: np.ndarray = lam,
+                           cnt: np.ndarray = cnt) -> float:
                         return float(_count_ub(pi_g, lam, cnt, c1f, nf, np.array([y]))[0][0])
                     ub[f], _ = _refine(fn, float(lo), float(hi), float(ub[f]), float(arg[f]))
                 out.append(ub)
@@ -529,7 +530,7 @@ class _Pricer:
                 ub = np.empty(g.size.size)
                 ys = np.empty(g.size.size)
                 grids = []
-                pmat = self.p[gi][:, ok]
+                pmat = cast(np.ndarray, self.p[gi])[:, ok]  # set for every "rot" group
                 for f in range(g.size.size):
                     w1 = lam + g.slope[f] * pmat[f]
                     y1s = _y1_grid(pi_g, w1, 40)
@@ -542,7 +543,8 @@ class _Pricer:
                     k = int(np.searchsorted(y1s, ys[f]))
                     lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
 
-                    def fr(yy: float, w1: np.ndarray = w1, f: int = int(f)) -> float:
+                    def fr(yy: float, w1: np.ndarray = w1, f: int = int(f), pi_g: np.ndarray = pi_g, pmat: np.ndarray = pmat,
+                           cnt: np.ndarray = cnt, g: Group = g) -> float:
                         return _rot_ub_one(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]),
                                            np.array([yy]))[0]
                     ub[f], _ = _refine(fr, float(lo), float(hi), float(ub[f]), float(ys[f]), iters=20)
@@ -590,6 +592,7 @@ class _CompactLp:
             w2 = np.ones(b.size)
             w1 = rates
         else:
+            assert p is not None  # given for every group but "count"
             w2 = p[b]
             w1 = rates + g.slope[f] * w2
         k = b.size
@@ -685,7 +688,7 @@ def lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | 
         top = float(ratio.max())
         if top > 0:
             best = max(best, float(pi @ n) / top)
-        cands = [(float(ub[f]) / w[g.gtype], gi, f) for gi, (g, ub) in enumerate(zip(groups, ubs))
+        cands = [(float(ub[f]) / w[g.gtype], gi, int(f)) for gi, (g, ub) in enumerate(zip(groups, ubs))
                  for f in np.nonzero(ub > w[g.gtype] * (1.0 + 1e-6))[0] if (gi, int(f)) not in lp.members]
         if not cands:
             converged = True
@@ -693,6 +696,6 @@ def lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | 
         cands.sort(key=lambda c: -c[0])
         for _, gi, f in cands[:per_round]:
             g = groups[gi]
-            lp.add(gi, g, int(f), pricer.allowed[gi], None if g.kind == "count" else pricer.p[gi][int(f)],
+            lp.add(gi, g, int(f), pricer.allowed[gi], None if g.kind == "count" else cast(np.ndarray, pricer.p[gi])[int(f)],
                    float(w[g.gtype]))
     return LpBound(best, lp_val, rounds, len(lp.members), converged, time.perf_counter() - t0)

@@ -27,7 +27,6 @@ All three honour ``constraints.max_throughput_loss`` and, if set, ``constraints.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -500,8 +499,3 @@ def bound_model(oracle: Any) -> tuple[AnalyticCapacity | None, str]:
     if isinstance(guard, AnalyticCapacity):
         return guard, f"analytic, load x{GUARD:g} (relaxed: contains every GPU the {oracle.name} oracle accepts)"
     return None, f"none (the {getattr(oracle, 'name', '?')} oracle has no analytic model: trivial bound)"
-
-
-def grid_index(L: int) -> int:
-    """Position of the largest grid value ≤ L."""
-    return max(0, bisect.bisect_right(SLOT_GRID, L) - 1)

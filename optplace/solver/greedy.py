@@ -1,6 +1,6 @@
 """Greedy placements: the published algorithm (``greedy-paper``) and optplace's improved one (``greedy``).
 
-``greedy-paper`` follows /work/shared/notes/published-system.md ("Their greedy placement"):
+``greedy-paper`` follows the greedy placement of the published system (arXiv:2508.08343):
 rank groups from the largest rank down; within a group rates alternate hottest, coldest, next
 hottest…; one GPU at a time, first fit; the GPU is only tested when its served-adapter count
 reaches a test point of :data:`TEST_POINTS`; at a test point the memory cap applies, the current and
@@ -379,6 +379,7 @@ def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _
                 lo, best = mid, (v2, e2)
             else:
                 hi = mid - 1
+        assert best is not None  # both branches above leave with a count checked feasible
         return lo, best[0], best[1]
 
     remaining = problem.n_adapters

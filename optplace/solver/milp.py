@@ -239,7 +239,7 @@ def _price(fam: _PricingFamily, pi: np.ndarray, lam_c: np.ndarray, need: np.ndar
 class _LpMaster:
     """Restricted master LP in highspy (columns added incrementally)."""
 
-    def __init__(self, need: Sequence[int], avail: Sequence[int], big: float) -> None:
+    def __init__(self, need: Sequence[int] | np.ndarray, avail: Sequence[int], big: float) -> None:
         import highspy
         self.h = highspy.Highs()
         self.h.setOptionValue("output_flag", False)
@@ -478,7 +478,8 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     else:
         res = MasterResult({}, f"skipped (time limit: {max(0.0, remaining):.2f} s left of its share)", math.inf)
     log.append(f"integer master ({'PuLP+CBC' if backend == 'pulp' else 'Pyomo+HiGHS appsi'}): {res.status}, "
-               f"objective {res.objective:.3f} vs warm start {sum(weights[columns[p].gtype] * k for p, k in warm.items()):.3f} "
+               f"objective {res.objective:.3f} "
+               f"vs warm start {sum(weights[columns[p].gtype] * k for p, k in warm.items()):.3f} "
                f"({time.perf_counter() - t_master:.2f} s of {max(0.0, remaining):.2f} s)")
     x = res.x if res.x and res.objective <= sum(weights[columns[p].gtype] * k for p, k in warm.items()) + 1e-9 \
         else warm

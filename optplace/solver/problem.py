@@ -21,7 +21,7 @@ from pathlib import Path
 from optplace.specs import Constraints, Profile, Scenario, Serving, SolverOptions
 from optplace.specs.profiles import load_profile_file, resolve_profile
 
-#: Mean lengths of the ShareGPT pool of the reference runs (../shared/reference/README.md), used
+#: Mean lengths of the ShareGPT pool of the reference runs (the reference measurements' README), used
 #: only when a length model has no closed form (traces) and no workload can be generated.
 _SHAREGPT_MEANS = (223.0, 196.0)
 
@@ -207,7 +207,7 @@ def classify(adapters: Sequence[AdapterItem], width: float = 0.05) -> tuple[Adap
         key = (a.rank, None if a.rate_rps <= 0 else math.floor(math.log(a.rate_rps) / step))
         buckets.setdefault(key, []).append(a)
     out: list[AdapterClass] = []
-    for (rank, b), items in sorted(buckets.items(), key=lambda kv: (kv[0][0], -(kv[0][1] if kv[0][1] is not None
+    for (rank, _b), items in sorted(buckets.items(), key=lambda kv: (kv[0][0], -(kv[0][1] if kv[0][1] is not None
                                                                                   else -10**9))):
         items.sort(key=lambda a: (-a.rate_rps, a.index))
         rates = [a.rate_rps for a in items]

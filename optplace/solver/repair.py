@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from optplace.solver.balance import proxy_model, rebalance, scaled, utilisation
-from optplace.solver.capacity import CapacityOracle, Mix
+from optplace.solver.capacity import CapacityOracle
 from optplace.solver.greedy import judge
 from optplace.solver.plan import GpuAssignment, Plan, assign_gpu, renumber
 from optplace.solver.problem import Infeasible, Problem

@@ -323,8 +323,8 @@ def _type_at(problem: Problem, g: int) -> int:
     return problem.gpu_types[-1].index
 
 
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in (Milp(), Greedy(), GreedyPaper(),
-                                                       *(Baseline(n) for n in BASELINES))}
+_ALL: tuple[Strategy, ...] = (Milp(), Greedy(), GreedyPaper(), *(Baseline(n) for n in BASELINES))
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in _ALL}
 
 
 def get_strategy(name: str) -> Strategy:
@@ -466,7 +466,7 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
     weights = _weights(problem)
     if obj.name != "min_latency":
         budget = problem.gpu_budget()
-        lb0 = math.ceil(volume_bound(problem, bm, weights) - 1e-6) if bm is not None else 1
+        lb0: float = math.ceil(volume_bound(problem, bm, weights) - 1e-6) if bm is not None else 1
         if bm is not None and obj.name == "min_gpus" and lb0 <= budget < 2 * lb0:  # the pool may bind
             lb0 = lower_bound(problem, bm, weights=weights, integral=True, deadline=dl.part(0.2))
         if obj.name == "min_gpus" and lb0 > budget:

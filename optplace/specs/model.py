@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, Strict, StrictBool, StrictInt,
-                      StrictStr, Tag, field_validator)
+from pydantic import (AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, Strict, StrictBool, StrictStr, Tag, field_validator)
 
 from optplace.specs.hardware import GpuSpec, ModelArch
 from optplace.specs.profiles import SUPPORTED_RANKS

@@ -17,7 +17,7 @@ ArrivalKind = Literal["poisson", "gamma", "mmpp"]
 LengthKind = Literal["sharegpt", "fixed", "lognormal"]
 
 # Mean request lengths of the ShareGPT pool sampled by the reference 1-hour runs
-# (../shared/reference/README.md, columns pool_mean_input_tokens / pool_mean_output_tokens).
+# (the reference measurements' README, columns pool_mean_input_tokens / pool_mean_output_tokens).
 SHAREGPT_MEAN_INPUT_TOKENS = 223.0
 SHAREGPT_MEAN_OUTPUT_TOKENS = 196.0
 
@@ -71,6 +71,7 @@ def _lognormal_means(mi: float, mo: float, cvi: float, cvo: float) -> tuple[floa
         return float(mi), float(mo)
     st = expected_lengths(LognormalLengths(kind="lognormal", mean_input_tokens=float(mi), mean_output_tokens=float(mo),
                                            cv_input=float(cvi), cv_output=float(cvo)))
+    assert st is not None  # lognormal lengths have exact statistics
     return float(st.mean_input_tokens), float(st.mean_output_tokens)
 
 

@@ -121,8 +121,8 @@ class GbtEncoding:
         self.eps = eps
         thr: dict[int, set[float]] = {}
         for ens in self.ensembles.values():
-            for t in ens.trees:
-                for f, v in zip(t.feature.tolist(), t.threshold.tolist()):
+            for tree in ens.trees:
+                for f, v in zip(tree.feature.tolist(), tree.threshold.tolist()):
                     thr.setdefault(f, set()).add(v)
         used = sorted(thr)
         need = [names[f] for f in used if names[f] not in fixed and names[f] not in bounds
@@ -190,8 +190,8 @@ class GbtEncoding:
 
         self.raw: dict[str, Any] = {}
         b.trees = pyo.Block(list(self.ensembles))
-        for key, ens in self.ensembles.items():
-            self.raw[key] = self._encode_ensemble(b.trees[key], ens)
+        for ens_name, ens in self.ensembles.items():
+            self.raw[ens_name] = self._encode_ensemble(b.trees[ens_name], ens)
 
     # -- linking -------------------------------------------------------------------------------
 
@@ -269,7 +269,7 @@ class GbtEncoding:
         tb.one = pyo.ConstraintList()
         tb.split = pyo.ConstraintList()
         const = 0.0
-        terms = []
+        terms: list[Any] = []
         for i, t in enumerate(ens.trees):
             if t.feature.size == 0:
                 const += float(t.leaf_value[0])
@@ -295,7 +295,7 @@ class GbtEncoding:
 
     def _intervals(self) -> dict[str, tuple[float, float, bool]]:
         out: dict[str, tuple[float, float, bool]] = {}
-        for name, xv in self.x.items():
+        for name in self.x:
             key = self._feature_channel[name]
             lo, hi = self.bounds[name]
             open_lo = False
@@ -601,7 +601,7 @@ class OneGpuCapacity:
     encoding: str
 
 
-def class_rows(ns: np.ndarray, max_loras: int, rank: int, rate_rps: float, mean_input_tokens: float = 223.0,
+def class_rows(ns: Sequence[int] | np.ndarray, max_loras: int, rank: int, rate_rps: float, mean_input_tokens: float = 223.0,
                mean_output_tokens: float = 196.0, arrival_cv: float = 1.0, burst_factor: float = 1.0) -> np.ndarray:
     """Feature rows of ``n`` equal adapters (one rank, one rate) with ``max_loras`` slots, for each n in ``ns``.
 

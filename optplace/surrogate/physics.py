@@ -3,10 +3,10 @@
 Trees learn a GPU's capacity from a few thousand twin rows; they learn it much faster when handed
 the quantities the engine's behaviour turns on, computed from the profile's own step-time model:
 
-* ``rho_fluid`` — offered requests/s over the fluid-model capacity λ* of
-  :mod:`optplace.twin.fluid` (the model behind the solver's analytic oracle; same formula: ``h = a0/(1 − λ(aN·O + aP·I))``
-  under the token budget, ``max_num_seqs`` and KV limits, step model bound to ``max_lora_rank``
-  and ``max_loras``, ``d = min(max_loras, adapters)`` distinct adapters per step).
+* ``rho_fluid`` — offered requests/s over the fluid-model capacity λ* of :mod:`optplace.twin.fluid` (the
+  model behind the solver's analytic oracle; same formula: ``h = a0/(1 − λ(aN·O + aP·I))`` under the token
+  budget, ``max_num_seqs`` and KV limits, step model bound to ``max_lora_rank`` and ``max_loras``,
+  ``d = min(max_loras, adapters)`` distinct adapters per step).
 * ``active_per_slot`` / ``active_frac`` — expected adapters with a request in flight,
   Σ 1 − exp(−rᵢ·T) with T one request's service time at low load, per slot and per adapter.
 * ``persistent_per_slot`` / ``persistent_share`` — adapters whose mean busy period

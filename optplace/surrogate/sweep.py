@@ -438,7 +438,8 @@ def run_sweep(
 
 
 def _design_from(prov: dict[str, Any]) -> SweepDesign:
-    return SweepDesign(**{k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()}
+    return SweepDesign(**fields)
 
 
 def replay_units(rows: dict[int, dict[str, str]], design: SweepDesign, seed: int) -> dict[int, tuple[int, np.ndarray]]:
@@ -849,8 +850,8 @@ def pool_replicates(base: Path | str, replicates: Sequence[Path | str], partial:
     targets["oom"] = oom
     targets["throughput_loss"] = np.where(oom > 0, 1.0, loss)
     targets["starved"] = ((oom > 0) | (loss >= max_loss)).astype(np.float64)
-    for k in range(len(parts)):
-        targets[f"throughput_tok_s_rep{k}"] = T["throughput_tok_s"][k]
+    for rep in range(len(parts)):
+        targets[f"throughput_tok_s_rep{rep}"] = T["throughput_tok_s"][rep]
         targets[f"starved_rep{k}"] = T["starved"][k]
     targets["n_seeds"] = seen.sum(axis=0).astype(np.float64)
     meta = {m: v[i0] for m, v in b.meta.items()}

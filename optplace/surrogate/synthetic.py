@@ -16,7 +16,7 @@ import numpy as np
 from optplace.surrogate.config import GpuConfig, GpuMetrics
 
 # Largest startable slot count per max_lora_rank, roughly the published Llama table
-# (../shared/reference/kv_capacity_v1.csv: rank 8 → 384, 16 → 224, 32 → 96).
+# (the reference measurements' kv_capacity_v1.csv: rank 8 → 384, 16 → 224, 32 → 96).
 _SYNTH_SLOT_CAP = {8: 384, 16: 224, 32: 96, 64: 48}
 
 

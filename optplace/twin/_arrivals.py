@@ -145,7 +145,7 @@ def mmpp_arrivals(rates_rps: Any, burst_factor: float, burst_fraction: float, me
     if not seg_start:
         return np.empty(0), np.empty(0, np.int64)
     s0, ln, rt, ow = (np.concatenate(x) for x in (seg_start, seg_len, seg_rate, seg_owner))
-    counts = rng.poisson(rt * ln)
+    counts = rng.poisson(np.asarray(rt * ln, dtype=np.float64))
     t = np.repeat(s0, counts) + rng.random(int(counts.sum())) * np.repeat(ln, counts)
     return t, np.repeat(ow, counts)
 

@@ -10,7 +10,7 @@ ShareGPT model (no dataset ships; fitted to published figures)
 --------------------------------------------------------------
 What is known, and where it comes from:
 
-* The reference 1-hour runs (``../shared/reference/real_runs.csv``, columns
+* The reference 1-hour runs (``real_runs.csv`` of the reference measurements, columns
   ``pool_mean_input_tokens`` / ``pool_mean_output_tokens``) sampled request pools with mean
   **223 input / 196 output** tokens (Llama-3.1 tokenizer; medians over runs 222.99 / 196.36; Qwen's
   tokenizer gives 222.8 / 200.0). The benchmark that drew them

@@ -35,7 +35,8 @@ def fluid_constants(step: Any, ovh: Any, rank_max: int, distinct: int, slots: in
     req/ms], capacity λ* [req/s], one request's service time at low load [s]). ``step``/``ovh``: the
     profile's step-time (bound as the caller wants) and scheduler-overhead models; ``kv``: KV tokens;
     ``budget``/``max_seqs``: ``max_num_batched_tokens`` / ``max_num_seqs``. Shared by
-    :class:`optplace.solver.capacity.AnalyticCapacity` and the surrogate's derived features (``optplace.surrogate.physics``)."""
+    :class:`optplace.solver.capacity.AnalyticCapacity` and the surrogate's derived features
+    (``optplace.surrogate.physics``)."""
     ctx = I + 0.5 * O  # mean KV tokens a decoding request attends over
 
     def h(n: int, pf: int) -> float:

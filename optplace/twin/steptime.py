@@ -14,7 +14,8 @@ decode step on the reference H100 runs); ``g_lora`` the cost of each distinct ad
 the decode work as in the published twin. Prefill work is compute bound and only partially inflated
 by LoRA (``h_pf``). The rank ``r`` is the server's ``max_lora_rank`` and ``S`` its ``max_loras`` once the
 model is bound to a configuration (:meth:`StepTimeModel.bind`); unbound, ``r`` is the mean rank passed per
-step and ``S = slots_ref`` (the slot count of the LoRA microbenchmark ``g0`` was measured at). When the caller does not know the KV tokens, ``K = N·ctx_default``.
+step and ``S = slots_ref`` (the slot count of the LoRA microbenchmark ``g0`` was measured at). When the
+caller does not know the KV tokens, ``K = N·ctx_default``.
 
 The published twin's form ``"published_v1"`` (step = (a·B + b)·(c·L + d)/100 ms, prefill and rank
 ignored) is supported for side-by-side comparisons.
@@ -205,7 +206,7 @@ class SchedulerOverhead:
         if params is None:
             return cls(form="none")
         form = str(_get(params, "form", "queue_linear_v1"))
-        coef = {k: float(v) for k, v in (_get(params, "coef", {}) or {}).items()}
+        coef: dict[str, Any] = {k: float(v) for k, v in (_get(params, "coef", {}) or {}).items()}
         if form == "none":
             return cls(form="none")
         if form == "published":

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional, cast
 
 import typer
 
@@ -61,7 +61,8 @@ def deploy(
     if entrypoint not in ("vllm-serve", "api-server"):
         raise _err(f"--entrypoint must be vllm-serve or api-server (got {entrypoint!r})")
     opts = DeployOptions(model_path=model, adapters_dir=adapters_dir, host=host, base_port=base_port,
-                         router_port=router_port, entrypoint=entrypoint, python=python,  # type: ignore[arg-type]
+                         router_port=router_port, entrypoint=cast(Literal["vllm-serve", "api-server"], entrypoint),
+                         python=python,
                          extra_args=tuple(extra_arg or ()), env=_kv(env, "--env"), pin_gpus=not no_pin_gpus)
     try:
         dep = build_deployment(load_plan(plan), opts)
@@ -171,8 +172,8 @@ def launch(
                 (deploy_dir / "logs" / f"gpu{s['gpu']}.pid").write_text(f"{r.pid}\n")
         (deploy_dir / "launch-results.json").write_text(json.dumps(results, indent=2) + "\n")
         table = Table("gpu", "status", "start [s]", "url", "reason")
-        for r in results:
-            table.add_row(str(r["gpu"]), r["status"], str(r["start_s"]), r["url"], r["reason"])
+        for row in results:
+            table.add_row(str(row["gpu"]), row["status"], str(row["start_s"]), row["url"], row["reason"])
         Console().print(table)
         if detach or not running:
             running = [] if detach else running
@@ -270,7 +271,7 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
     from optplace.app.reporting import PlanLoadError, load_plan_or_spec
     from optplace.vllm.compare import render_comparison
     from optplace.vllm.runs import save_run
-    from optplace.vllm.validate import ValidateError, VllmValidateOptions, validate_on_vllm
+    from optplace.vllm.validate import ValidateError, VllmValidateOptions, VllmValidation, validate_on_vllm
 
     if len(files) != 1:
         raise _err("--engine vllm validates one plan at a time (its servers share this machine)")
@@ -302,7 +303,7 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
     extra_env = {"VLLM_CPU_KVCACHE_SPACE": None, **_kv(env, "--env")}
     err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-    def go(work: Path) -> tuple[object, int]:
+    def go(work: Path) -> tuple[VllmValidation, int]:
         ad_dir = adapters_dir if adapters_dir is not None else work / "adapters"
         if make_adapters:
             from optplace.vllm.adapters import make_adapters as write_adapters
@@ -346,12 +347,12 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
         with tempfile.TemporaryDirectory(prefix="optplace-validate-") as tmp_s:
             res, code = go(Path(tmp_s))
     if json_out:
-        typer.echo(json.dumps(res.to_json(), indent=2))  # type: ignore[attr-defined]
+        typer.echo(json.dumps(res.to_json(), indent=2))
     else:
-        if res.speed_factor != 1.0:  # type: ignore[attr-defined]
-            typer.echo(f"twin times scaled by {res.speed_factor:.3f} (speed canary now / at calibration)")  # type: ignore[attr-defined]
-        typer.echo(render_comparison(res.comparisons))  # type: ignore[attr-defined]
-        for g in res.real["gpus"]:  # type: ignore[attr-defined]
+        if res.speed_factor != 1.0:
+            typer.echo(f"twin times scaled by {res.speed_factor:.3f} (speed canary now / at calibration)")
+        typer.echo(render_comparison(res.comparisons))
+        for g in res.real["gpus"]:
             if g.get("server_status", "ok") != "ok":
                 typer.echo(f"gpu{g['index']}: server {g['server_status']}: {g.get('server_reason', '')}")
         if out is not None:
@@ -378,8 +379,8 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
     """``optplace calibrate --sweep --engine vllm`` / ``--runs``: measure (or read) runs, fit, write the profile."""
     from rich.console import Console
 
-    from optplace.vllm.fit import fit_profile
-    from optplace.vllm.runs import RunError, load_run
+    from optplace.calibration.runs_fit import fit_profile
+    from optplace.calibration.run_records import RunError, load_run
     from optplace.vllm.sweep import provenance
 
     if out is None or out.suffix != ".json":
@@ -424,7 +425,7 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
     except RunError as exc:
         raise _err(str(exc)) from None
     model, _, gpu = name.partition("@")
-    from optplace.vllm.fit import CPU_GPU, TINY_LLAMA
+    from optplace.calibration.runs_fit import CPU_GPU, TINY_LLAMA
 
     arch = TINY_LLAMA if model == TINY_LLAMA.name else TINY_LLAMA.model_copy(update={"name": model})
     dev = CPU_GPU if gpu == CPU_GPU.name else CPU_GPU.model_copy(update={"name": gpu})
@@ -440,7 +441,7 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
                f"R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); KV {prof.kv_cache_tokens(1, 16)} tokens; "
                f"adapter load {prof.adapter_load.cpu_to_gpu(16, 8):.2f} ms (CPU->slot), "
                f"{prof.adapter_load.disk_to_cpu(8):.2f} ms (disk)")
-    from optplace.vllm.fit import twin_errors
+    from optplace.calibration.runs_fit import twin_errors
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x * 100:+.1f}%"

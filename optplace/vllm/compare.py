@@ -18,16 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from optplace.calibration.runs_fit import rel_error
+
 __all__ = ["GpuComparison", "compare_gpu", "compare_runs", "rel_error", "render_comparison"]
-
-
-def rel_error(twin: float | None, real: float | None) -> float | None:
-    """``(twin − real) / real``; ``None`` when either side is unknown; ``inf`` when real is 0 and twin is not."""
-    if twin is None or real is None:
-        return None
-    if real == 0:
-        return 0.0 if twin == 0 else math.inf
-    return (twin - real) / real
 
 
 def zero_completion_adapters(gpu: Mapping[str, Any]) -> tuple[str, ...]:

@@ -97,7 +97,8 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise PortInUseError(f"port {port} on {host} is already in use ({exc.strerror}); pick another port or stop the process holding it") from exc
+            raise PortInUseError(f"port {port} on {host} is already in use ({exc.strerror}); "
+                                 "pick another port or stop the process holding it") from exc
 
 
 def classify_startup_failure(log_text: str) -> tuple[Status, str]:
@@ -203,7 +204,8 @@ def start_server(
 ) -> LaunchResult:
     """Start ``argv`` (which must make the server listen on ``host:port``) and wait until healthy.
 
-    ``env`` entries are added to the current environment (a ``None`` value removes the variable). Returns a :class:`LaunchResult`; raises
+    ``env`` entries are added to the current environment (a ``None`` value removes the variable).
+    Returns a :class:`LaunchResult`; raises
     :class:`PortInUseError` if the port is taken and :class:`LaunchError` if the executable cannot
     be run at all.
     """

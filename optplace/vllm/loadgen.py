@@ -449,6 +449,7 @@ async def replay(
 
     async def one(i: int, ep: Endpoint, body: bytes) -> None:
         st = streams[i]
+        assert st is not None  # set before the task is created
         host, port, base = _split_url(ep.url)
         try:
             if request_timeout_s is None:
@@ -518,7 +519,7 @@ async def replay(
         await asyncio.gather(*background, *tasks.values(), return_exceptions=True)
         if prog_ctx is not None:
             prog_ctx.stop()
-    crashed = [t.exception() for t in background if not t.cancelled() and t.exception() is not None]
+    crashed = [exc for t in background if not t.cancelled() and (exc := t.exception()) is not None]
     if crashed:  # a bug in the dispatcher or sampler must not pass for an idle server
         raise crashed[0]
 
@@ -526,21 +527,21 @@ async def replay(
     for i, st in enumerate(streams):
         if st is None:
             continue
-        ep = targets[i]
-        assert ep is not None
+        target = targets[i]
+        assert target is not None
         done_in_window = st.done is not None and st.done <= window
         status: Literal["ok", "cancelled", "error"] = "error" if i in errors else ("ok" if done_in_window else "cancelled")
         records.append(RequestRecord(
-            index=i, adapter=int(adapter[i]), gpu=ep.gpu, arrival_s=float(arrival[i]), sent_s=st.sent,
+            index=i, adapter=int(adapter[i]), gpu=target.gpu, arrival_s=float(arrival[i]), sent_s=st.sent,
             input_tokens=int(n_in[i]), max_tokens=int(n_out[i]), status=status, first_token_s=st.first,
             done_s=st.done if done_in_window else None,
             output_tokens=st.usage_tokens if (status == "ok" and st.usage_tokens is not None) else st.tokens,
             chunk_gaps_s=tuple(st.gaps), error=errors.get(i)))
     metric_deltas: dict[int, dict[str, float | None]] = {}
     for ep in endpoints:
-        b, a = before.get(ep.gpu), after.get(ep.gpu)
-        if b is not None and a is not None:
-            d = delta(b, a)
+        m0, m1 = before.get(ep.gpu), after.get(ep.gpu)
+        if m0 is not None and m1 is not None:
+            d = delta(m0, m1)
             # per second of the window, as the twin counts it: the scrapes bracket the window (nothing
             # runs before it; the end scrape follows it within milliseconds), their interval is longer
             eng = d.engine_tokens
@@ -611,7 +612,8 @@ def summarise(
             starved=loss >= max_throughput_loss or (max_adapter_loss is not None and bool(starved_ad)), oom=False,
             starved_adapters=starved_ad, max_running=max(run) if run else None, max_waiting=max(wait) if wait else None,
             itl_ms_mean=float(np.mean(gaps) * 1000) if gaps else None,
-            ttft_ms_p50=None if not ttft else _pct(ttft, 50) * 1000, ttft_ms_p99=None if not ttft else _pct(ttft, 99) * 1000,
+            ttft_ms_p50=None if (p50 := _pct(ttft, 50)) is None else p50 * 1000,
+            ttft_ms_p99=None if (p99 := _pct(ttft, 99)) is None else p99 * 1000,
             preemptions=md.get("preemptions"), adapter_loads=None, per_adapter=tuple(per),
             errors=sum(1 for r in mine if r.status == "error")))
     return tuple(out)

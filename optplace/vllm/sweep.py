@@ -3,14 +3,14 @@
 One server is started (the CPU engine is single-threaded and a start costs 30–130 s here), probed
 for adapter load times, then driven through a handful of load points — adapter counts and rates from
 idle to saturated — each replayed for a short window with the streaming load generator and saved
-as a run folder (:mod:`optplace.vllm.runs`). :func:`optplace.vllm.fit.fit_profile` turns the runs
-into a profile. The workloads are drawn by the twin's own generator (Poisson arrivals, log-normal
+as a run folder (:mod:`optplace.vllm.runs`). :func:`optplace.calibration.runs_fit.fit_profile` turns
+the runs into a profile. The workloads are drawn by the twin's own generator (Poisson arrivals, log-normal
 lengths), so the fitted profile is calibrated on the request mix the twin replays.
 
 Probes (sequential single requests, one output token, 16-token prompt): every adapter once right
 after start (its first use loads it from disk), then cycling through more adapters than there are
 slots (each request evicts the least recently used slot: a CPU → slot load), then one adapter
-repeatedly (resident: no load). See :func:`optplace.vllm.fit.load_times_ms`.
+repeatedly (resident: no load). See :func:`optplace.calibration.runs_fit.load_times_ms`.
 """
 
 from __future__ import annotations
@@ -200,8 +200,9 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, points: Sequence[LoadPoint] = DEF
         raise RuntimeError(f"calibration server did not start: {res.status}: {res.reason} (log {res.log_path})")
     written = []
     try:
-        say(f"server healthy after {time.monotonic() - t0:.0f} s (KV cache {server.kv_cache_tokens} tokens); probing adapter loads…")
-        probes = probe_adapter_loads(res.server.url, names, cfg.max_loras)
+        say(f"server healthy after {time.monotonic() - t0:.0f} s (KV cache {server.kv_cache_tokens} tokens); "
+            "probing adapter loads…")
+        probes: dict[str, Any] = probe_adapter_loads(res.server.url, names, cfg.max_loras)
         probes["canary_itl_ms"] = round(canary_itl_ms(res.server.url, names[0]), 4)
         say(f"machine-speed canary: {probes['canary_itl_ms']:.2f} ms per token on an idle server")
         ep = Endpoint(0, res.server.url, names, cfg.max_loras, server.max_cpu_loras, server.max_lora_rank, "cpu")

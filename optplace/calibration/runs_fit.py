@@ -19,8 +19,8 @@ steps observed). Everything the engine does per step on this machine (HTTP front
 scheduling) is inside the client-side gaps, so the fitted profile has no separate scheduler
 overhead (form ``none``).
 
-Adapter load times come from the sweep's probes (:mod:`optplace.vllm.sweep`): the TTFT of single
-requests that force a load (first use: from disk; cycling more adapters than slots: CPU → slot) minus
+Adapter load times come from the probes of the calibration sweep (``optplace.vllm.sweep``): the TTFT of
+single requests that force a load (first use: from disk; cycling more adapters than slots: CPU → slot) minus
 the TTFT of requests to an adapter already in a slot. KV capacity is what the server's start-up log
 reported. Pure NumPy; no vLLM needed.
 """
@@ -39,10 +39,10 @@ import numpy as np
 from optplace.specs.hardware import GiB, GpuSpec, ModelArch
 from optplace.specs.profiles import (AdapterLoadParams, MemoryModel, OverheadParams, Profile, StepTimeParams)
 
-from optplace.vllm.runs import SavedRun
+from optplace.calibration.run_records import SavedRun
 
 __all__ = ["StepFit", "StepSamples", "TINY_LLAMA", "CPU_GPU", "fit_profile", "fit_step_time", "load_times_ms",
-           "step_samples", "twin_errors"]
+           "rel_error", "step_samples", "twin_errors"]
 
 #: the tiny random Llama of :mod:`optplace.vllm.tinymodel` (hidden 256, 4 layers, 4 heads, 2 KV heads,
 #: vocabulary 2,048, bf16, 4,096 positions); parameters counted from that config (untied embeddings)
@@ -124,7 +124,7 @@ def step_samples(run: SavedRun, min_tokens: int = 4) -> StepSamples:
                 continue
             t = first[j] + np.cumsum(run.gaps_ms[i]) / 1000.0  # chunk times after the first token
             n, kin, krate = live.sums(t)
-            lo = sum((pa.sums(t)[0] > 0.5).astype(np.float64) for pa in per_adapter)
+            lo = sum(((pa.sums(t)[0] > 0.5).astype(np.float64) for pa in per_adapter), np.zeros(t.shape))
             k = (kin + t * krate) / 1000.0
             steps = float(out - 1)
             y = (run.done_s[i] - run.first_s[i]) * 1000.0 / steps
@@ -273,7 +273,7 @@ def fit_profile(runs: Sequence[SavedRun], *, name: str = "tiny-llama@cpu", model
         step_time=StepTimeParams(form="lora_mult_v2", coef={k: _r(v) for k, v in fit.coef(ctx_default).items()},
                                  source=f"client-side token gaps of {fit.rows} completed requests "
                                         f"(step-weighted R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); "
-                                        "optplace.vllm.fit"),
+                                        "optplace.calibration.runs_fit"),
         adapter_load=AdapterLoadParams(cpu_to_gpu_ms={mr: {r: _r(cpu_ms) for r in rank_keys if int(r) <= int(mr)}
                                                       for mr in rank_keys},
                                        disk_to_cpu_ms={r: _r(disk_ms) for r in rank_keys},
@@ -284,6 +284,15 @@ def fit_profile(runs: Sequence[SavedRun], *, name: str = "tiny-llama@cpu", model
         supported_ranks=tuple(int(r) for r in rank_keys),
     )
     return profile, fit
+
+
+def rel_error(twin: float | None, real: float | None) -> float | None:
+    """``(twin − real) / real``; ``None`` when either side is unknown; ``inf`` when real is 0 and twin is not."""
+    if twin is None or real is None:
+        return None
+    if real == 0:
+        return 0.0 if twin == 0 else math.inf
+    return (twin - real) / real
 
 
 def _r(x: float) -> float:
@@ -304,8 +313,6 @@ def twin_errors(profile: Profile, run: SavedRun) -> list[tuple[str, float | None
     """Replay each server of a saved run in the twin with ``profile``: (label, engine-rate error,
     completed-throughput error) relative to what was measured — a profile's check on its own data."""
     from optplace.twin.engine import engine_config_from_profile, simulate_engine
-
-    from optplace.vllm.compare import rel_error
 
     out = []
     gpus = {int(g.get("index", -1)): g for g in (run.result or {}).get("gpus", [])}

@@ -1,0 +1,27 @@
+"""Paths and external data shared by the tests (one definition instead of a copy per test file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optplace.calibration.reference import find_reference_dir, find_shared_dir
+
+__all__ = ["FAKE_VLLM", "REPO", "TESTS", "reference_dir", "traces_dir"]
+
+#: the repository root (scenarios/, docs/, scripts/ are found from here)
+REPO = Path(__file__).resolve().parent.parent
+#: this folder (fixtures and helper scripts)
+TESTS = REPO / "tests"
+#: the script that stands in for a vLLM server / the vllm console script in tests without vLLM
+FAKE_VLLM = str(TESTS / "vllm_helpers.py")
+
+
+def reference_dir() -> Path:
+    """The reference measurements (external input; located by :func:`find_reference_dir`)."""
+    return find_reference_dir()
+
+
+def traces_dir() -> Path:
+    """The real request traces (external input: $OPTPLACE_TRACES, or a ``shared/traces`` folder beside
+    the checkout; located like the reference measurements)."""
+    return find_shared_dir("traces", "azure_conv_2023.csv", "OPTPLACE_TRACES")
