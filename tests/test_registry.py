@@ -221,3 +221,21 @@ def test_bound_memo_is_per_problem_object_not_per_reusable_id():
         del pb
     assert all(a == pytest.approx(b) for a, b in seen), seen
     assert len({round(a, 9) for a, _ in seen}) == len(seen)
+
+
+def test_a_one_file_plugin_works_from_the_command_line(tmp_path):
+    """``OPTPLACE_PLUGINS`` names the plug-in modules; ``optplace check`` then accepts their names."""
+    import os
+    import subprocess
+    f = tmp_path / "toy.yaml"
+    f.write_text(spec(arrivals="{kind: toy_batches, period_s: 10}", objective="toy_gpus_and_slots"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)]),
+           "OPTPLACE_PLUGINS": "plugins.toy_objective,plugins.toy_arrivals"}
+    ok = subprocess.run([sys.executable, "-m", "optplace.cli", "check", str(f)], env=env, capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    env.pop("OPTPLACE_PLUGINS")
+    bad = subprocess.run([sys.executable, "-m", "optplace.cli", "check", str(f)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "unknown arrival model 'toy_batches'" in bad.stderr and "unknown objective 'toy_gpus_and_slots'" in bad.stderr

@@ -50,14 +50,19 @@ class Registry(Generic[T]):
         self._lock = threading.RLock()
 
     def register(self, name: str, item: T | None = None) -> Any:
-        """Register ``item`` under ``name``; without ``item``, a decorator registering what it decorates
-        (a class is instantiated once: registries hold objects). Registering a taken name is an error."""
+        """Register ``item`` under ``name``; without ``item``, a decorator registering what it decorates:
+        a function as is, a class as one instance, with its ``name`` attribute set to ``name`` (the one
+        place the name is written). Registering a taken name is an error."""
         if item is not None:
             self._add(name, item)
             return item
 
         def deco(obj: Any) -> Any:
-            self._add(name, obj() if isinstance(obj, type) else obj)
+            if isinstance(obj, type):
+                setattr(obj, "name", name)
+                self._add(name, obj())
+            else:
+                self._add(name, obj)
             return obj
         return deco
 

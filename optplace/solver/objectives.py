@@ -2,7 +2,7 @@
 
 Each objective is one class registered in :data:`optplace.infra.registry.OBJECTIVES` (the spec's
 ``objective:`` is checked against that registry), and carries its own behaviour, so adding one is
-one file with one ``@objective("name")`` class:
+one file with one ``@OBJECTIVES.register("name")`` class:
 
 * ``value`` / ``score_report`` — the measure on the solver's predictions and on a twin report
   (``score`` makes a starved or OOM GPU infinite), so the twin checks what the optimiser optimised;
@@ -23,7 +23,6 @@ Built in:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ from optplace.solver.capacity import AnalyticCapacity, CapacityOracle
 from optplace.solver.plan import GpuAssignment, Plan
 from optplace.solver.problem import Deadline, Infeasible, Problem
 
-__all__ = ["OBJECTIVES", "Objective", "BoundContext", "objective", "get_objective"]
+__all__ = ["OBJECTIVES", "Objective", "BoundContext", "get_objective"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +125,6 @@ class Objective:
         return lb, ctx.model_name, log
 
 
-def objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
-    """Class decorator: the objective ``name`` (registered once, as an instance)."""
-    def deco(cls: type[Objective]) -> type[Objective]:
-        cls.name = name
-        OBJECTIVES.register(name, cls())
-        return cls
-    return deco
-
-
 def get_objective(name: str) -> Objective:
     """The registered objective ``name``; an unknown name (a ValueError) lists the registered ones."""
     return OBJECTIVES.get(name)
@@ -144,7 +134,7 @@ def _used(gpus: tuple[GpuAssignment, ...]) -> list[GpuAssignment]:
     return [g for g in gpus if g.adapters]
 
 
-@objective("min_gpus")
+@OBJECTIVES.register("min_gpus")
 class MinGpus(Objective):
     description = "fewest GPUs without starvation"
     integral = True
@@ -165,7 +155,7 @@ class MinGpus(Objective):
                              f"the pool/budget has {budget}", "pool")
 
 
-@objective("min_cost")
+@OBJECTIVES.register("min_cost")
 class MinCost(Objective):
     description = "cheapest fleet (Σ cost_per_hour) without starvation"
     compares_gpu_types = True
@@ -198,7 +188,7 @@ class MinCost(Objective):
         return lb, log
 
 
-@objective("min_latency")
+@OBJECTIVES.register("min_latency")
 class MinLatency(Objective):
     description = "lowest token-weighted mean ITL on a fixed GPU budget"
     fixed_budget = True

@@ -4,7 +4,7 @@ Every strategy turns (problem, oracle, options) into GPU entries; :func:`solve` 
 value, the lower bound and gap, timing and the log, and returns a frozen :class:`~.plan.Plan`.
 Strategies are registered in :data:`optplace.infra.registry.STRATEGIES` (``solver.strategy``,
 ``--strategy`` and ``bench solver --strategies`` are checked against it): a new one is one class
-with ``@strategy("name")`` in one module; the baselines are registered here from the rules of
+with ``@STRATEGIES.register("name")`` in one module; the baselines are registered here from the rules of
 :data:`~.baselines.BASELINES`. What differs per objective lives on the objective
 (:mod:`.objectives`); a *fixed-budget* objective (``min_latency``) is handled by the optimising
 strategies (``milp`` and ``greedy``) with a load-balancing placement, by ``greedy-paper`` with the
@@ -40,7 +40,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -78,7 +78,7 @@ BALANCE_SHARE = 0.5
 BALANCE_SECONDS = (1.0, 1e-4)
 
 
-__all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "solve", "strategy"]
+__all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "solve"]
 
 
 def _proven(problem: Problem, oracle: CapacityOracle, objective: Objective, weights: list[float], value: float,
@@ -131,7 +131,7 @@ class SolveOptions:
 
 
 class Strategy(Protocol):
-    """What ``solver.strategy`` names (registered with :func:`strategy`)."""
+    """What ``solver.strategy`` names (registered in :data:`STRATEGIES`)."""
 
     name: str
 
@@ -140,15 +140,6 @@ class Strategy(Protocol):
         """GPU entries, log lines, and optional class duals (for the bound). Past ``deadline`` a strategy
         returns the best plan it has, or raises :class:`~.problem.TimeLimitReached` when it has none."""
         ...
-
-
-def strategy(name: str) -> Callable[[type], type]:
-    """Class decorator: the strategy ``name`` (registered once, as an instance)."""
-    def deco(cls: type) -> type:
-        cls.name = name
-        STRATEGIES.register(name, cls())
-        return cls
-    return deco
 
 
 def get_strategy(name: str) -> Strategy:
@@ -187,9 +178,9 @@ def _first_plan(problem: Problem, oracle: CapacityOracle, deadline: Deadline, lo
     return gpus
 
 
-@strategy("milp")
-class Milp:
-    """The fast greedy's plan, then column generation and the pattern master (see the module docstring)."""
+class _Anytime:
+    """An optimising strategy: a fixed-budget objective gets the balanced placement over the budget;
+    otherwise the fast greedy's plan first, then :meth:`improve`."""
 
     def solve(self, problem, oracle, options, deadline):
         obj = get_objective(problem.objective)
@@ -197,6 +188,19 @@ class Milp:
             return balance_latency(problem, oracle, deadline=deadline), ["balanced placement over the GPU budget"], None
         log: list[str] = []
         first = _first_plan(problem, oracle, deadline, log)
+        return self.improve(problem, oracle, options, deadline, obj, log, first)
+
+    def improve(self, problem: Problem, oracle: CapacityOracle, options: SolveOptions, deadline: Deadline,
+                obj: Objective, log: list[str], first: list[GpuAssignment] | None
+                ) -> tuple[list[GpuAssignment], list[str], Any]:
+        raise NotImplementedError
+
+
+@STRATEGIES.register("milp")
+class Milp(_Anytime):
+    """The fast greedy's plan, then column generation and the pattern master (see the module docstring)."""
+
+    def improve(self, problem, oracle, options, deadline, obj, log, first):
         best, best_v = first, (obj.value(tuple(first)) if first is not None else math.inf)
         duals = None
         w = _weights(problem)
@@ -265,16 +269,11 @@ class Milp:
         return best, log, duals
 
 
-@strategy("greedy")
-class Greedy:
+@STRATEGIES.register("greedy")
+class Greedy(_Anytime):
     """The fast greedy's plan, improved (bisection capacity, best slots, consolidation)."""
 
-    def solve(self, problem, oracle, options, deadline):
-        obj = get_objective(problem.objective)
-        if obj.fixed_budget:
-            return balance_latency(problem, oracle, deadline=deadline), ["balanced placement over the GPU budget"], None
-        log: list[str] = []
-        first = _first_plan(problem, oracle, deadline, log)
+    def improve(self, problem, oracle, options, deadline, obj, log, first):
         try:
             gpus = greedy_improved(problem, oracle, deadline=deadline if first is None else
                                    _improving(deadline, problem.n_adapters))
@@ -298,7 +297,7 @@ class Greedy:
         return gpus, log, None
 
 
-@strategy("greedy-paper")
+@STRATEGIES.register("greedy-paper")
 class GreedyPaper:
     def solve(self, problem, oracle, options, deadline):
         if get_objective(problem.objective).fixed_budget:

@@ -87,6 +87,15 @@ def spec_kind(spec: type[BaseModel]) -> str:
     return args[0]
 
 
+def registered_by_kind(registry: Registry[Any]) -> Any:
+    """Class decorator for a model class with a ``spec`` class attribute: registers one instance in
+    ``registry`` under :func:`spec_kind` of its spec (the name is written once, in the spec class)."""
+    def deco(cls: Any) -> Any:
+        registry.register(spec_kind(cls.spec), cls())
+        return cls
+    return deco
+
+
 class ArrivalSpecBase(_Spec):
     """Base of every arrival model's spec class: ``kind`` is the name the model is registered under."""
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from optplace.infra.registry import ARRIVALS
 from optplace.specs.model import (ArrivalSpecBase, GammaArrivals, MmppArrivals, PoissonArrivals, TraceArrivals,
-                                  TraceLengths, spec_kind)
+                                  TraceLengths, registered_by_kind)
 from optplace.twin._lengths import LengthLimits, LengthModel, WorkloadError, length_model
 
 __all__ = ["poisson_arrivals", "gamma_arrivals", "mmpp_arrivals", "Trace", "load_trace", "replay_trace",
@@ -371,10 +371,8 @@ class ArrivalModel:
         return 1.0, 1.0
 
 
-def arrival_model(cls: type[ArrivalModel]) -> type[ArrivalModel]:
-    """Class decorator: register one instance under the ``kind`` of its spec class."""
-    ARRIVALS.register(spec_kind(cls.spec), cls())
-    return cls
+#: Class decorator: register one instance of an :class:`ArrivalModel` under its spec class's ``kind``.
+arrival_model = registered_by_kind(ARRIVALS)
 
 
 @arrival_model

@@ -65,7 +65,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from optplace.infra.registry import LENGTHS
-from optplace.specs.model import FixedLengths, LengthSpecBase, LognormalLengths, ShareGptLengths, spec_kind
+from optplace.specs.model import FixedLengths, LengthSpecBase, LognormalLengths, ShareGptLengths, registered_by_kind
 
 __all__ = [
     "WorkloadError", "LengthLimits", "LognormalMixture", "FilteredLengthStats", "SHAREGPT_INPUT",
@@ -386,10 +386,8 @@ class LengthModel:
         return None
 
 
-def length_model(cls: type[LengthModel]) -> type[LengthModel]:
-    """Class decorator: register one instance under the ``kind`` of its spec class."""
-    LENGTHS.register(spec_kind(cls.spec), cls())
-    return cls
+#: Class decorator: register one instance of a :class:`LengthModel` under its spec class's ``kind``.
+length_model = registered_by_kind(LENGTHS)
 
 
 @length_model

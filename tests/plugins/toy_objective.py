@@ -7,13 +7,13 @@ Importing this module registers ``toy_gpus_and_slots``; nothing else is edited.
 
 from __future__ import annotations
 
-from optplace.solver.objectives import Objective, objective
+from optplace.solver.objectives import OBJECTIVES, Objective
 
 #: Weight of one LoRA slot relative to one GPU.
 SLOT_WEIGHT = 1e-3
 
 
-@objective("toy_gpus_and_slots")
+@OBJECTIVES.register("toy_gpus_and_slots")
 class ToyGpusAndSlots(Objective):
     description = "fewest GPUs, then fewest LoRA slots (a toy)"
 
