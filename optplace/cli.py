@@ -138,10 +138,10 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
     started = time.monotonic()  # solver.time_limit_s also covers reading the spec
     sc = _load_or_exit(spec, allow_path)
     if strategy is not None:
-        from optplace.specs import STRATEGIES
+        from optplace.infra.registry import STRATEGIES
 
         if strategy not in STRATEGIES:
-            raise _fail_input([f"--strategy: unknown strategy {strategy!r} (valid: {', '.join(STRATEGIES)})"])
+            raise _fail_input([f"--strategy: {STRATEGIES.unknown(strategy)}"])
     if compare and no_validate:
         raise _fail_input(["--compare: checks every strategy's plan in the twin; it cannot go with --no-validate"])
     if out is not None:
@@ -323,13 +323,12 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
         if min(kwargs["sizes"]) < 1:
             raise _fail_input([f"--sizes: adapter counts must be ≥ 1, got {sizes!r}"])
     if strategies:
-        from optplace.solver.strategies import STRATEGIES
+        from optplace.infra.registry import STRATEGIES
 
         names = tuple(x.strip() for x in strategies.split(","))
         unknown = [x for x in names if x not in STRATEGIES]
         if unknown:
-            raise _fail_input([f"--strategies: unknown {', '.join(map(repr, unknown))} "
-                               f"(valid: {', '.join(STRATEGIES)})"])
+            raise _fail_input([f"--strategies: {STRATEGIES.unknown(x)}" for x in unknown])
         kwargs["strategies"] = names
     if skews:
         kwargs["skews"] = tuple(x.strip() for x in skews.split(","))

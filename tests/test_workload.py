@@ -10,8 +10,8 @@ import pytest
 
 from optplace.twin._arrivals import TRACE_JITTER_S, load_trace
 from optplace.twin._lengths import (SHAREGPT_INPUT, SHAREGPT_OUTPUT, SHAREGPT_TARGETS, LengthLimits, fit_sharegpt)
-from optplace.twin.workload import (Workload, WorkloadError, expected_lengths, generate_workload, sharegpt_stats,
-                                    workload_stats)
+from optplace.twin.workload import (Workload, WorkloadError, expected_lengths, generate_workload,
+                                    sharegpt_stats)
 from helpers import traces_dir
 
 TRACES = traces_dir()  # external input, found like the reference measurements (tests/helpers.py)
@@ -64,7 +64,7 @@ def test_poisson_rate_and_cv() -> None:
     # Per-adapter counts follow each adapter's own rate (chi-square over 100 adapters).
     chi2 = float((((per - rates * 2000.0) ** 2) / (rates * 2000.0)).sum())
     assert chi2 < 160
-    st = workload_stats(wl)
+    st = wl.summary()
     assert abs(st.adapter_arrival_cv - 1.0) < 0.02
     assert abs(st.arrival_cv - 1.0) < 0.02
     assert 0.8 < st.idc_10s < 1.2
@@ -76,7 +76,7 @@ def test_gamma_rate_and_cv(cv: float) -> None:
     wl = gen(gamma(cv), FIXED, rates, 3000.0, seed=2)
     check_shape(wl, 40)
     assert abs(len(wl) / (40 * 3000.0) - 1.0) < (0.01 + 0.02 * cv)
-    st = workload_stats(wl)
+    st = wl.summary()
     assert abs(st.adapter_arrival_cv / cv - 1.0) < 0.06
 
 
@@ -96,7 +96,7 @@ def test_mmpp_mean_rate_exact_and_bursty() -> None:
     check_shape(wl, 50)
     # Long-run mean equals the rate: the relative sd of the count is about sqrt(IDC / N).
     assert abs(len(wl) / (50 * 2.0 * 7200.0) - 1.0) < 0.02
-    st = workload_stats(wl)
+    st = wl.summary()
     assert st.adapter_arrival_cv > 1.2
     # Per adapter, counts in 60 s windows are over-dispersed (Poisson would give ~1).
     one = wl.arrival_s[wl.adapter == 0]

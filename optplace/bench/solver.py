@@ -102,9 +102,11 @@ def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = 
     ``zipf-<s>``)."""
     from optplace.pipeline import silence_highs_banner
     from optplace.solver import AnalyticCapacity, Infeasible, compile_problem, gpu_plans, solve
-    from optplace.solver.strategies import STRATEGIES
+    from optplace.infra.registry import STRATEGIES
     silence_highs_banner()  # its banner on stdout would break --json
     names = strategies or tuple(STRATEGIES)
+    for name in names:
+        STRATEGIES.check(name)  # refuse a bad name before any solve (the message lists the registered ones)
     skews = skews or SKEWS
     for skew in skews:
         zipf_exponent(skew)  # refuse a bad name before any solve

@@ -1,7 +1,9 @@
 """Where parallel work runs: a local process pool (default) or a Ray cluster (optional extra).
 
 One generic ``map_ordered(fn, items)`` so every fan-out (twin validation of a plan's GPUs, surrogate
-sweeps) runs the same way. ``fn`` must be a picklable top-level function; results come back in
+sweeps) runs the same way. Executors are registered by name in
+:data:`optplace.infra.registry.EXECUTORS` (``solver.executor`` and ``ExecutorSpec.kind`` are checked
+against it): an executor is a function ``(fn, items, order, spec)`` yielding ``(index, result)`` pairs. ``fn`` must be a picklable top-level function; results come back in
 input order whatever order the workers finish in, so runs are deterministic.
 """
 
@@ -10,7 +12,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
+
+from optplace.infra.registry import EXECUTORS
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -20,7 +24,7 @@ R = TypeVar("R")
 class ExecutorSpec:
     """``local`` (process pool of ``workers``; 1 = in-process) or ``ray`` (``address`` or a local instance)."""
 
-    kind: Literal["local", "ray"] = "local"
+    kind: str = "local"
     workers: int | None = None
     address: str | None = None
 
@@ -47,9 +51,13 @@ def iter_done(fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = Exe
               order: Sequence[int] | None = None) -> Iterator[tuple[int, R]]:
     """Yield ``(index, fn(items[index]))`` as each finishes (any order); ``order`` is the submission order."""
     order = list(range(len(items))) if order is None else list(order)
-    if spec.kind == "ray":
-        yield from _run_ray(fn, items, order, spec)
-        return
+    yield from EXECUTORS.get(spec.kind)(fn, items, order, spec)
+
+
+@EXECUTORS.register("local")
+def _run_local(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec
+               ) -> Iterator[tuple[int, R]]:
+    """A process pool of ``spec.workers`` (default: the cores); one worker runs in-process."""
     n = min(spec.n_workers, len(items))
     if n <= 1:
         for i in order:
@@ -91,8 +99,10 @@ def _call(fn: Callable[[T], R], item: T) -> R:
     return fn(item)
 
 
+@EXECUTORS.register("ray")
 def _run_ray(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec
              ) -> Iterator[tuple[int, R]]:
+    """A Ray cluster (``spec.address``) or a local Ray instance (optional extra)."""
     try:
         import ray
     except ImportError as e:

@@ -36,6 +36,7 @@ import math
 from collections.abc import Sequence
 
 from optplace.solver.capacity import CapacityOracle, Estimate, Mix
+from optplace.solver.objectives import get_objective
 from optplace.solver.plan import GpuAssignment, assign_gpu, from_estimate
 from optplace.solver.problem import AdapterItem, Deadline, Infeasible, Problem, classify
 
@@ -190,7 +191,7 @@ def greedy_improved(problem: Problem, oracle: CapacityOracle, consolidate_passes
     budget = problem.gpu_budget()
     gpus: list[GpuAssignment] = []
     pos = 0
-    min_cost = problem.objective == "min_cost"
+    obj = get_objective(problem.objective)
     while pos < len(order):
         deadline.check(f"greedy, {len(gpus)} GPUs filled, {len(order) - pos} adapters left")
         if len(gpus) >= budget or not any(avail.values()):
@@ -204,9 +205,9 @@ def greedy_improved(problem: Problem, oracle: CapacityOracle, consolidate_passes
             k, est = largest_prefix(oracle, t.index, rest)
             if k > 0 and est is not None:
                 load = math.fsum(a.rate_rps for a in rest[:k])
-                choices.append(((load / t.cost_per_hour) if min_cost else k, -t.index, t.index, k, est))
-            if not min_cost and k > 0:
-                break  # min_gpus: the first type that takes adapters (pool order)
+                choices.append((obj.type_preference(k, load, t.cost_per_hour), -t.index, t.index, k, est))
+            if not obj.compares_gpu_types and k > 0:
+                break  # no preference between types: the first type that takes adapters (pool order)
         if not choices:
             raise single_adapter_infeasible(problem, oracle, rest[0])
         _, _, gtype, k, est = max(choices, key=lambda c: c[:2])
@@ -309,7 +310,7 @@ def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _
     taken = [0] * len(classes)  # members of each class already placed (members are hottest first)
     budget = problem.gpu_budget()
     avail = {t.index: min(t.count, budget) for t in problem.gpu_types}
-    min_cost = problem.objective == "min_cost"
+    obj = get_objective(problem.objective)
     memo: dict[tuple[int, tuple[tuple[int, int], ...]], Estimate] = {}
     groups: list[tuple[int, list[int], int]] = []  # type, adapters, slots at representative rates
     ptr = 0
@@ -397,10 +398,8 @@ def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _
             k, vec, est = largest(t.index, remaining)
             if k > 0 and est is not None:
                 load = math.fsum(classes[c].rate_rps * m for c, m in vec)
-                # A free GPU type (cost 0) is the cheapest per load whatever it carries.
-                per_cost = load / t.cost_per_hour if t.cost_per_hour > 0 else math.inf
-                choices.append((per_cost if min_cost else k, -t.index, t.index, k, vec))
-                if not min_cost:
+                choices.append((obj.type_preference(k, load, t.cost_per_hour), -t.index, t.index, k, vec))
+                if not obj.compares_gpu_types:
                     break
         if not choices:
             raise single_adapter_infeasible(problem, oracle, problem.adapters[classes[ptr].members[taken[ptr]]])

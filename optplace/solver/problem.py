@@ -2,7 +2,10 @@
 
 The problem holds the expanded adapters (name, rank, rate, index), the GPU types of the pool
 (profile, how many are available, price), the workload statistics every capacity model needs
-(mean request lengths, arrival burstiness), the constraints and the objective.
+(:class:`~optplace.twin.workload.WorkloadStats`: mean request lengths and arrival burstiness, from the
+registered arrival and length models the twin generates with — closed forms where a model has one,
+else measured on a workload the twin generates, so a trace is planned with its own burstiness), the
+constraints and the objective.
 
 Adapters with equal rank and near-equal rates are aggregated into *classes* (rates bucketed
 geometrically, ``class_width`` wide), so a pattern/cutting-stock MILP over class-count vectors
@@ -20,10 +23,7 @@ from pathlib import Path
 
 from optplace.specs import Constraints, Profile, Scenario, Serving, SolverOptions
 from optplace.specs.profiles import load_profile_file, resolve_profile
-
-#: Mean lengths of the ShareGPT pool of the reference runs (the reference measurements' README), used
-#: only when a length model has no closed form (traces) and no workload can be generated.
-_SHAREGPT_MEANS = (223.0, 196.0)
+from optplace.twin.workload import WorkloadStats, planning_stats
 
 
 class Infeasible(Exception):
@@ -136,21 +136,6 @@ class GpuType:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkloadStats:
-    """Workload facts shared by every adapter (the twin draws lengths from one model)."""
-
-    duration_s: float
-    mean_input_tokens: float
-    mean_output_tokens: float
-    arrival_cv: float = 1.0
-    burst_factor: float = 1.0
-
-    @property
-    def tokens_per_request(self) -> float:
-        return self.mean_input_tokens + self.mean_output_tokens
-
-
-@dataclass(frozen=True, slots=True)
 class Problem:
     """Everything a strategy needs; built once by :func:`compile_problem`."""
 
@@ -217,38 +202,8 @@ def classify(adapters: Sequence[AdapterItem], width: float = 0.05) -> tuple[Adap
 
 
 def workload_stats(sc: Scenario, base_dir: Path) -> WorkloadStats:
-    """Mean lengths and burstiness of the scenario's workload model."""
-    lengths, arrivals = sc.workload.lengths, sc.workload.arrivals
-    mi, mo = _SHAREGPT_MEANS
-    try:
-        from optplace.twin.workload import expected_lengths
-        st = expected_lengths(lengths)
-        if st is not None:
-            mi, mo = st.mean_input_tokens, st.mean_output_tokens
-        else:
-            mi, mo = _trace_means(sc, base_dir)
-    except ImportError:  # pragma: no cover - the twin ships with the package
-        if lengths.kind == "fixed":
-            mi, mo = float(lengths.input_tokens), float(lengths.output_tokens)
-        elif lengths.kind == "lognormal":
-            mi, mo = float(lengths.mean_input_tokens), float(lengths.mean_output_tokens)
-    cv = float(arrivals.cv) if arrivals.kind == "gamma" else 1.0
-    bf = float(arrivals.burst_factor) if arrivals.kind == "mmpp" else 1.0
-    return WorkloadStats(sc.workload.duration_s, float(mi), float(mo), cv, bf)
-
-
-def _trace_means(sc: Scenario, base_dir: Path) -> tuple[float, float]:
-    """Mean lengths of a trace length model, from a short generated workload of the scenario."""
-    import numpy as np
-
-    from optplace.twin.workload import generate_workload
-    ads = sc.adapter_list()
-    rates = [max(a.rate_rps, 1e-6) for a in ads]
-    wl = generate_workload(sc.workload.arrivals, sc.workload.lengths, rates, min(sc.workload.duration_s, 600.0),
-                           np.random.default_rng(sc.seed), base_dir=base_dir)
-    if len(wl) == 0:
-        return _SHAREGPT_MEANS
-    return float(wl.input_tokens.mean()), float(wl.output_tokens.mean())
+    """What planning uses of the scenario's workload (:func:`~optplace.twin.workload.planning_stats`)."""
+    return planning_stats(sc.workload, [a.rate_rps for a in sc.adapter_list()], sc.seed, base_dir)
 
 
 def gpu_types_of(sc: Scenario, base_dir: Path) -> tuple[GpuType, ...]:

@@ -1,10 +1,15 @@
-"""Strategies behind one interface, a registry keyed by ``solver.strategy``, and :func:`solve`.
+"""Strategies behind one interface, registered by name, and :func:`solve`.
 
 Every strategy turns (problem, oracle, options) into GPU entries; :func:`solve` adds the objective
 value, the lower bound and gap, timing and the log, and returns a frozen :class:`~.plan.Plan`.
-The ``min_latency`` objective (fixed GPU budget) is handled by the optimising strategies (``milp``
-and ``greedy``) with a load-balancing placement; ``greedy-paper`` uses the published latency variant
-(least summed rate over all GPUs, slots = adapters); baselines apply their rule at the budget.
+Strategies are registered in :data:`optplace.infra.registry.STRATEGIES` (``solver.strategy``,
+``--strategy`` and ``bench solver --strategies`` are checked against it): a new one is one class
+with ``@STRATEGIES.register("name")`` in one module; the baselines are registered here from the rules of
+:data:`~.baselines.BASELINES`. What differs per objective lives on the objective
+(:mod:`.objectives`); a *fixed-budget* objective (``min_latency``) is handled by the optimising
+strategies (``milp`` and ``greedy``) with a load-balancing placement, by ``greedy-paper`` with the
+published latency variant (least summed rate over all GPUs, slots = adapters), and by the baselines
+with their rule at the budget.
 
 Time limit: :func:`solve` runs on one :class:`~.problem.Deadline` (``solver.time_limit_s``; the
 pipeline starts it before compiling the problem). ``milp`` and ``greedy`` are *anytime*: the fast
@@ -39,13 +44,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from optplace.infra.registry import STRATEGIES
 from optplace.solver.balance import rebalance
 from optplace.solver.baselines import BASELINES, run_baseline
-from optplace.solver.bound import cached_lp_bound, lower_bound, volume_bound
+from optplace.solver.bound import cached_lp_bound, lower_bound, lp_bound_seconds, volume_bound
 from optplace.solver.capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, bound_model, make_oracle
 from optplace.solver.greedy import greedy_fast, greedy_improved, greedy_paper
 from optplace.solver.milp import solve_milp
-from optplace.solver.objectives import get_objective
+from optplace.solver.objectives import BoundContext, Objective, get_objective
 from optplace.solver.plan import GpuAssignment, Plan, assign_gpu, renumber
 from optplace.solver.problem import Deadline, Infeasible, Problem, TimeLimitReached
 
@@ -72,15 +78,10 @@ BALANCE_SHARE = 0.5
 BALANCE_SECONDS = (1.0, 1e-4)
 
 
-def lp_bound_seconds(n_adapters: int) -> float:
-    """Time the LP bound needs for its first full round (measured 0.4 / 2.0 / 2.7 s at 1k / 10k / 100k
-    adapters, `optplace bench limits` family, loaded 2-core machine; +30 %). It stops within ~0.2 s of
-    its deadline whatever that is, but with less than a round it proves little: then it is not started
-    and the volume bound stands."""
-    return 1.3 * min(0.4 + 1.6e-4 * n_adapters, 3.0)
+__all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "solve"]
 
 
-def _proven(problem: Problem, oracle: CapacityOracle, objective: str, weights: list[float], value: float,
+def _proven(problem: Problem, oracle: CapacityOracle, objective: Objective, weights: list[float], value: float,
             deadline: Deadline, model: AnalyticCapacity | None = None) -> float | None:
     """The lower bound on ``model`` when (within ``deadline``) it reaches ``value``, else None.
 
@@ -88,15 +89,14 @@ def _proven(problem: Problem, oracle: CapacityOracle, objective: str, weights: l
     or the relaxed one containing every configuration a surrogate/twin oracle accepts), so reaching it
     proves the plan optimal for that oracle. With the oracle's strict analytic model instead it says
     only that the MILP (whose columns are priced on that model) cannot improve the plan."""
-    if objective == "min_latency":
+    if objective.fixed_budget:
         return None
     bm = model if model is not None else bound_model(oracle)[0]
     if bm is None or deadline.remaining() < lp_bound_seconds(problem.n_adapters):
         return None
     # The LP bound is memoised only when it converged, so the final bound reuses it or retries.
-    lb = max(volume_bound(problem, bm, weights), cached_lp_bound(problem, bm, weights, deadline=deadline).value)
-    if objective == "min_gpus":
-        lb = math.ceil(lb - 1e-6)
+    lb = objective.round_bound(max(volume_bound(problem, bm, weights),
+                                   cached_lp_bound(problem, bm, weights, deadline=deadline).value))
     return lb if lb >= value - 1e-9 else None
 
 
@@ -131,6 +131,8 @@ class SolveOptions:
 
 
 class Strategy(Protocol):
+    """What ``solver.strategy`` names (registered in :data:`STRATEGIES`)."""
+
     name: str
 
     def solve(self, problem: Problem, oracle: CapacityOracle, options: SolveOptions, deadline: Deadline
@@ -138,6 +140,11 @@ class Strategy(Protocol):
         """GPU entries, log lines, and optional class duals (for the bound). Past ``deadline`` a strategy
         returns the best plan it has, or raises :class:`~.problem.TimeLimitReached` when it has none."""
         ...
+
+
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy ``name``; an unknown name (a ValueError) lists the registered ones."""
+    return STRATEGIES.get(name)
 
 
 def _weights(problem: Problem) -> list[float]:
@@ -171,64 +178,35 @@ def _first_plan(problem: Problem, oracle: CapacityOracle, deadline: Deadline, lo
     return gpus
 
 
-class GreedyPaper:
-    name = "greedy-paper"
+class _Anytime:
+    """An optimising strategy: a fixed-budget objective gets the balanced placement over the budget;
+    otherwise the fast greedy's plan first, then :meth:`improve`."""
 
     def solve(self, problem, oracle, options, deadline):
-        if problem.objective == "min_latency":
-            return (latency_paper(problem, oracle, deadline),
-                    ["published latency variant: least summed rate, slots = adapters"], None)
-        return (greedy_paper(problem, oracle, deadline),
-                ["published greedy (test points 8…576, first fit, no revisits)"], None)
-
-
-class Greedy:
-    name = "greedy"
-
-    def solve(self, problem, oracle, options, deadline):
-        if problem.objective == "min_latency":
+        obj = get_objective(problem.objective)
+        if obj.fixed_budget:
             return balance_latency(problem, oracle, deadline=deadline), ["balanced placement over the GPU budget"], None
         log: list[str] = []
         first = _first_plan(problem, oracle, deadline, log)
-        try:
-            gpus = greedy_improved(problem, oracle, deadline=deadline if first is None else
-                                   _improving(deadline, problem.n_adapters))
-        except TimeLimitReached:
-            if first is None:
-                raise
-            log.append(time_up_line(deadline, "returning the fast greedy's plan (the improved greedy did not "
-                                              "finish in its share)"))
-            return first, log, None
-        except Infeasible:
-            if first is None:
-                raise
-            gpus = first
-        obj = get_objective(problem.objective)
-        if first is not None and obj.value(tuple(first)) < obj.value(tuple(gpus)) - 1e-9:
-            log.append(f"the fast greedy's plan is better ({obj.value(tuple(first)):g} < {obj.value(tuple(gpus)):g}); "
-                       "keeping it")
-            gpus = first
-        log.append("improved greedy (bisection capacity, best slots, consolidation)")
-        if _improving(deadline, problem.n_adapters).expired():
-            log.append(time_up_line(deadline, "consolidation stopped early"))
-        return gpus, log, None
+        return self.improve(problem, oracle, options, deadline, obj, log, first)
+
+    def improve(self, problem: Problem, oracle: CapacityOracle, options: SolveOptions, deadline: Deadline,
+                obj: Objective, log: list[str], first: list[GpuAssignment] | None
+                ) -> tuple[list[GpuAssignment], list[str], Any]:
+        raise NotImplementedError
 
 
-class Milp:
-    name = "milp"
+@STRATEGIES.register("milp")
+class Milp(_Anytime):
+    """The fast greedy's plan, then column generation and the pattern master (see the module docstring)."""
 
-    def solve(self, problem, oracle, options, deadline):
-        if problem.objective == "min_latency":
-            return balance_latency(problem, oracle, deadline=deadline), ["balanced placement over the GPU budget"], None
-        obj = get_objective(problem.objective)
-        log: list[str] = []
-        first = _first_plan(problem, oracle, deadline, log)
+    def improve(self, problem, oracle, options, deadline, obj, log, first):
         best, best_v = first, (obj.value(tuple(first)) if first is not None else math.inf)
         duals = None
         w = _weights(problem)
         need = MILP_SECONDS_PER_ADAPTER * problem.n_adapters
         full, deadline = deadline, (deadline if first is None else _improving(deadline, problem.n_adapters))
-        lb = (_proven(problem, oracle, obj.name, w, best_v, deadline.part(EARLY_BOUND_SHARE))
+        lb = (_proven(problem, oracle, obj, w, best_v, deadline.part(EARLY_BOUND_SHARE))
               if first is not None and options.stop_when_proven else None)
         if lb is not None:
             log.append(f"the bound proves the fast greedy's plan optimal ({best_v:g}); stopping")
@@ -236,7 +214,7 @@ class Milp:
         an = getattr(oracle, "analytic", oracle)
         if (first is not None and options.stop_when_proven and isinstance(an, AnalyticCapacity)
                 and an is not bound_model(oracle)[0]
-                and _proven(problem, oracle, obj.name, w, best_v, deadline.part(EARLY_BOUND_SHARE), an) is not None):
+                and _proven(problem, oracle, obj, w, best_v, deadline.part(EARLY_BOUND_SHARE), an) is not None):
             # Not a proof for this oracle (its bound is the relaxed model's, below): a stopping rule.
             log.append(f"the analytic model's bound reaches the fast greedy's plan ({best_v:g}): the MILP, priced "
                        f"on that model, cannot improve it; stopping (not a proof for the {oracle.name} oracle)")
@@ -291,6 +269,44 @@ class Milp:
         return best, log, duals
 
 
+@STRATEGIES.register("greedy")
+class Greedy(_Anytime):
+    """The fast greedy's plan, improved (bisection capacity, best slots, consolidation)."""
+
+    def improve(self, problem, oracle, options, deadline, obj, log, first):
+        try:
+            gpus = greedy_improved(problem, oracle, deadline=deadline if first is None else
+                                   _improving(deadline, problem.n_adapters))
+        except TimeLimitReached:
+            if first is None:
+                raise
+            log.append(time_up_line(deadline, "returning the fast greedy's plan (the improved greedy did not "
+                                              "finish in its share)"))
+            return first, log, None
+        except Infeasible:
+            if first is None:
+                raise
+            gpus = first
+        if first is not None and obj.value(tuple(first)) < obj.value(tuple(gpus)) - 1e-9:
+            log.append(f"the fast greedy's plan is better ({obj.value(tuple(first)):g} < {obj.value(tuple(gpus)):g}); "
+                       "keeping it")
+            gpus = first
+        log.append("improved greedy (bisection capacity, best slots, consolidation)")
+        if _improving(deadline, problem.n_adapters).expired():
+            log.append(time_up_line(deadline, "consolidation stopped early"))
+        return gpus, log, None
+
+
+@STRATEGIES.register("greedy-paper")
+class GreedyPaper:
+    def solve(self, problem, oracle, options, deadline):
+        if get_objective(problem.objective).fixed_budget:
+            return (latency_paper(problem, oracle, deadline),
+                    ["published latency variant: least summed rate, slots = adapters"], None)
+        return (greedy_paper(problem, oracle, deadline),
+                ["published greedy (test points 8…576, first fit, no revisits)"], None)
+
+
 def _judged(problem: Problem, oracle: CapacityOracle, g: GpuAssignment, deadline: Deadline) -> GpuAssignment:
     deadline.check("re-checking a greedy plan with the capacity oracle")
     return assign_gpu(problem, oracle, g.type_index, g.adapter_indices, g.gpu)
@@ -302,7 +318,7 @@ class Baseline:
 
     def solve(self, problem, oracle, options, deadline):
         timed = TimedOracle(oracle, deadline, f"the {self.name} baseline's GPU-count search")
-        if problem.objective == "min_latency":
+        if get_objective(problem.objective).fixed_budget:
             G = latency_budget(problem, oracle, deadline)
             groups = BASELINES[self.name](problem, timed, G)
             gpus = [assign_gpu(problem, timed, _type_at(problem, g), idx, g) for g, idx in enumerate(groups) if idx]
@@ -323,15 +339,8 @@ def _type_at(problem: Problem, g: int) -> int:
     return problem.gpu_types[-1].index
 
 
-_ALL: tuple[Strategy, ...] = (Milp(), Greedy(), GreedyPaper(), *(Baseline(n) for n in BASELINES))
-STRATEGIES: dict[str, Strategy] = {s.name: s for s in _ALL}
-
-
-def get_strategy(name: str) -> Strategy:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}") from None
+for _rule in BASELINES:  # after milp, greedy and greedy-paper: the order names are listed in
+    STRATEGIES.register(_rule, Baseline(_rule))
 
 
 # --- min_latency ------------------------------------------------------------------------------
@@ -464,17 +473,10 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
         raise Infeasible("the spec has no adapters", "adapters")
     _precheck(problem, orc)
     weights = _weights(problem)
-    if obj.name != "min_latency":
-        budget = problem.gpu_budget()
-        lb0: float = math.ceil(volume_bound(problem, bm, weights) - 1e-6) if bm is not None else 1
-        if bm is not None and obj.name == "min_gpus" and lb0 <= budget < 2 * lb0:  # the pool may bind
-            lb0 = lower_bound(problem, bm, weights=weights, integral=True, deadline=dl.part(0.2))
-        if obj.name == "min_gpus" and lb0 > budget:
-            raise Infeasible(f"pool too small: at least {lb0:.0f} GPUs are needed (capacity bound), "
-                             f"the pool/budget has {budget}", "pool")
+    obj.precheck(problem, bm, weights, dl)
     dl.check(f"{name}: before the first plan")
     gpus, log, duals = strat.solve(problem, orc, opts, dl)
-    if name in BALANCED and obj.name != "min_latency" and len(gpus) > 1:
+    if name in BALANCED and not obj.fixed_budget and len(gpus) > 1:
         share = dl.part(BALANCE_SHARE)
         cap = dl.elapsed() + BALANCE_SECONDS[0] + BALANCE_SECONDS[1] * problem.n_adapters
         bal = rebalance(problem, orc, gpus, deadline=share if share.limit_s <= cap else Deadline(dl.start, cap))
@@ -482,20 +484,9 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
         log.append(bal.log_line())
     gpus_t = renumber(gpus)
     value = obj.value(gpus_t)
-    if obj.name == "min_latency":
-        lb, bm_name = _latency_bound(problem, an, len(gpus_t)), "analytic step time (predicted ITL)"
-        if not isinstance(orc, AnalyticCapacity):
-            # The ITL bound is the analytic model's; a surrogate/twin predicts ITL on its own, so it bounds
-            # none of that oracle's plans, whether or not this plan's prediction happens to lie above it
-            # (quickstart at 3 GPUs: milp's surrogate ITL 28.6 ms is below the analytic bound 29.1 ms).
-            log.append(f"bound: the analytic ITL bound ({lb:.3g} ms) does not bound the {orc.name} oracle's "
-                       f"predicted mean ITL ({value:.3g} ms here); reporting 0")
-            lb, bm_name = 0.0, "none (the analytic ITL bound does not hold for the oracle's predictions)"
-    elif bm is None:
-        lb = _trivial_bound(problem, obj.name)
-    else:
-        lb, bound_log = _bound(problem, bm, obj.name, weights, duals, dl)
-        log += bound_log
+    lb, bm_name, bound_log = obj.plan_bound(BoundContext(problem, orc, an, bm, bm_name, weights, duals, dl,
+                                                         len(gpus_t), value))
+    log += bound_log
     log.append(f"bound {lb:g} on the {bm_name} model")
     if value < lb <= value + 1e-7 * max(1.0, abs(value)):
         # Within the LP's floating-point tolerance (HiGHS feasibility tolerance 1e-7): the Farley value
@@ -511,33 +502,6 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
                 solve_time_s=dl.elapsed(), oracle=orc.name, log=tuple(log), lower_bound_model=bm_name)
 
 
-def _trivial_bound(problem: Problem, objective: str) -> float:
-    """What holds for any oracle: a plan with adapters uses at least one GPU (the cheapest, for cost)."""
-    if objective == "min_cost":
-        return min(t.cost_per_hour for t in problem.gpu_types)
-    return 1.0
-
-
-def _bound(problem: Problem, an: AnalyticCapacity, objective: str, weights: list[float], duals: Any,
-           deadline: Deadline) -> tuple[float, list[str]]:
-    """The proven lower bound: the volume bound always; the LP bound (``bound.lower_bound``) with what is
-    left of the deadline (it stops there with the best valid bound so far)."""
-    integral = objective == "min_gpus"
-    lb = volume_bound(problem, an, weights)
-    lb = float(math.ceil(lb - 1e-6)) if integral else lb
-    need = lp_bound_seconds(problem.n_adapters)
-    if deadline.remaining() < need:
-        return lb, [f"bound: volume bound only (the LP bound needs ~{need:.1f} s, "
-                    f"{max(0.0, deadline.remaining()):.1f} s left)"]
-    lb = max(lb, lower_bound(problem, an, duals=duals, weights=weights, integral=integral, deadline=deadline))
-    if objective == "min_cost" and deadline.remaining() >= need:
-        # Any fleet has at least k GPUs (the GPU-count bound), so it costs at least the k cheapest.
-        k = int(lower_bound(problem, an, integral=True, deadline=deadline))
-        prices = sorted(p for t in problem.gpu_types for p in [t.cost_per_hour] * min(t.count, k))
-        lb = max(lb, math.fsum(prices[:k]))
-    return lb, []
-
-
 def _precheck(problem: Problem, oracle: CapacityOracle) -> None:
     """Every adapter must fit one GPU alone (load and memory), on at least one type."""
     hottest = max(problem.adapters, key=lambda a: (a.rate_rps, a.rank))
@@ -549,15 +513,3 @@ def _precheck(problem: Problem, oracle: CapacityOracle) -> None:
         if not any(oracle.best_slots(t.index, Mix.of([a])).feasible for t in problem.gpu_types):
             from optplace.solver.greedy import single_adapter_infeasible
             raise single_adapter_infeasible(problem, oracle, a)
-
-
-def _latency_bound(problem: Problem, an: AnalyticCapacity, G: int) -> float:
-    """Mean ITL ≥ the step time of the best configuration at load total/G (one adapter, lowest rank)."""
-    if G <= 0:
-        return 0.0
-    lam = math.fsum(a.rate_rps for a in problem.adapters) / G
-    best = math.inf
-    for t in problem.gpu_types:
-        pt = an.point(t.index, min(problem.ranks), 1, 1)
-        best = min(best, pt.step_ms(lam))
-    return best if math.isfinite(best) else 0.0

@@ -13,7 +13,8 @@ from typing import Any, Iterable
 from pydantic import BaseModel, ValidationError
 
 from optplace.specs.errors import SpecError, SpecIssue
-from optplace.specs.model import AdapterEntry, AdapterGroup, Scenario, TraceArrivals, TraceLengths
+from optplace.infra.registry import OBJECTIVES
+from optplace.specs.model import AdapterEntry, AdapterGroup, RegisteredKind, Scenario
 from optplace.specs.profiles import Profile, UnknownProfile, load_profile_file, resolve_profile
 from optplace.specs.yamlsafe import Located, Path_, SpecIssueError, dotted, parse_yaml, read_yaml
 
@@ -143,7 +144,8 @@ def _model_at(path: Path_, raw: Any) -> type[BaseModel] | None:
         if field is None:
             return None
         node = node.get(part) if isinstance(node, dict) else None
-        ann = field.annotation
+        # pydantic keeps Annotated metadata (e.g. RegisteredKind) beside the annotation: put it back
+        ann = typing.Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
     cls = _pick_model(ann, node)
     return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
@@ -163,9 +165,14 @@ def _element(ann: Any) -> Any:
 
 
 def _pick_model(ann: Any, node: Any) -> Any:
-    """The pydantic model class an annotation resolves to for this raw node (unions by kind/group)."""
+    """The pydantic model class an annotation resolves to for this raw node (unions by kind/group,
+    registered models by kind)."""
     origin = typing.get_origin(ann)
     if origin is typing.Annotated:
+        reg = next((m.registry for m in ann.__metadata__ if isinstance(m, RegisteredKind)), None)
+        if reg is not None:
+            kind = node.get("kind") if isinstance(node, dict) else None
+            return reg.get(kind).spec if isinstance(kind, str) and kind in reg else None
         return _pick_model(typing.get_args(ann)[0], node)
     if origin in (typing.Union, types.UnionType):
         models = [m for m in (_pick_model(a, node) for a in typing.get_args(ann))
@@ -249,8 +256,8 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
                     "shorten duration_s"))
     if sc.placement is not None and expanded:
         out += _placement_problems(sc, {a.name: a for a in expanded})
-    if sc.objective == "min_latency" and sc.solver.max_gpus is None and sc.pool is None:
-        out.append((("solver", "max_gpus"), "objective min_latency needs a GPU budget: set solver.max_gpus"))
+    if OBJECTIVES.get(sc.objective).fixed_budget and sc.solver.max_gpus is None and sc.pool is None:
+        out.append((("solver", "max_gpus"), f"objective {sc.objective} needs a GPU budget: set solver.max_gpus"))
     return out
 
 
@@ -302,10 +309,11 @@ def _resolve(rel: str, base_dir: Path) -> Path:
 def _file_problems(sc: Scenario, base_dir: Path, roots: list[Path]) -> list[Problem]:
     out: list[Problem] = []
     refs: list[tuple[Path_, str]] = []
-    if isinstance(sc.workload.arrivals, TraceArrivals):
-        refs.append((("workload", "arrivals", "path"), sc.workload.arrivals.path))
-    if isinstance(sc.workload.lengths, TraceLengths):
-        refs.append((("workload", "lengths", "path"), sc.workload.lengths.path))
+    # A ``path`` of an arrival or length model (any registered one) names a file next to the spec.
+    for key in ("arrivals", "lengths"):
+        path = getattr(getattr(sc.workload, key), "path", None)
+        if isinstance(path, str):
+            refs.append((("workload", key, "path"), path))
     if sc.profile is not None:
         refs.append((("profile",), sc.profile))
     for i, pe in enumerate(sc.pool or ()):

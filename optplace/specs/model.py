@@ -3,15 +3,27 @@
 Field names carry units (``rate_rps``, ``duration_s``). Everything is validated on load; checks
 that need several fields (or a profile) live in ``semantic_issues`` so each problem is reported
 against the field it concerns.
+
+Names of pluggable concepts — ``objective``, ``solver.strategy``, ``solver.executor``,
+``workload.arrivals.kind``, ``workload.lengths.kind`` — are checked against their registry
+(:mod:`optplace.infra.registry`), and the JSON schema lists the registered names, so a plug-in
+implementation is accepted here without editing this file. The built-in arrival and length specs
+below are the pydantic classes their models (``optplace.twin._arrivals`` / ``_lengths``) register;
+a plug-in model brings its own spec class (a subclass of :class:`ArrivalSpecBase` /
+:class:`LengthSpecBase`).
 """
 
 from __future__ import annotations
 
 import math
+import typing
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, Strict, StrictBool, StrictStr, Tag, field_validator)
+from pydantic import (AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, GetCoreSchemaHandler,
+                      GetJsonSchemaHandler, Strict, StrictBool, StrictInt, StrictStr, Tag, field_validator)
+from pydantic_core import core_schema
 
+from optplace.infra.registry import ARRIVALS, EXECUTORS, LENGTHS, OBJECTIVES, STRATEGIES, Registry
 from optplace.specs.hardware import GpuSpec, ModelArch
 from optplace.specs.profiles import SUPPORTED_RANKS
 
@@ -24,13 +36,79 @@ Fraction = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, lt=1)]
 PosInt = Annotated[int, Strict(), Field(gt=0)]
 Name = Annotated[str, Strict(), Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-/:@+]*$")]
 
-OBJECTIVES = ("min_gpus", "min_latency", "min_cost")
-STRATEGIES = ("milp", "greedy", "greedy-paper", "round-robin", "random", "first-fit-memory", "least-loaded",
-              "rank-grouped")
-
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class RegisteredName:
+    """Field metadata: a string that must be a registered name of ``registry`` (schema: their enum)."""
+
+    def __init__(self, registry: Registry[Any]) -> None:
+        self.registry = registry
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.registry.check, core_schema.str_schema(strict=True))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+                                     ) -> dict[str, Any]:
+        return {"type": "string", "enum": list(self.registry.names())}
+
+
+class RegisteredKind:
+    """Field metadata: a ``{kind: NAME, ...}`` mapping validated by the spec class that the model
+    registered as ``NAME`` in ``registry`` declares (its errors keep their field paths)."""
+
+    def __init__(self, registry: Registry[Any]) -> None:
+        self.registry = registry
+
+    def _validate(self, v: Any) -> Any:
+        kind = v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)
+        if kind is None:
+            raise ValueError(f"give a 'kind' (registered: {', '.join(self.registry.names())})")
+        self.registry.check(kind)
+        spec = self.registry.get(kind).spec
+        return v if isinstance(v, spec) else spec.model_validate(v)
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(self._validate)
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+                                     ) -> dict[str, Any]:
+        specs = [self.registry.get(n).spec for n in self.registry.names()]
+        return {"oneOf": [handler(s.__pydantic_core_schema__) for s in specs], "discriminator": {"propertyName": "kind"}}
+
+
+def spec_kind(spec: type[BaseModel]) -> str:
+    """The one name a spec class declares with ``kind: Literal["NAME"]`` (its model registers under it)."""
+    args = typing.get_args(spec.model_fields["kind"].annotation)
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise TypeError(f"{spec.__name__}.kind must be Literal['NAME'] (one name)")
+    return args[0]
+
+
+def registered_by_kind(registry: Registry[Any]) -> Any:
+    """Class decorator for a model class with a ``spec`` class attribute: registers one instance in
+    ``registry`` under :func:`spec_kind` of its spec (the name is written once, in the spec class)."""
+    def deco(cls: Any) -> Any:
+        registry.register(spec_kind(cls.spec), cls())
+        return cls
+    return deco
+
+
+class ArrivalSpecBase(_Spec):
+    """Base of every arrival model's spec class: ``kind`` is the name the model is registered under."""
+
+    kind: str
+
+
+class LengthSpecBase(_Spec):
+    """Base of every length model's spec class: the filters every length model applies. A subclass
+    declares ``kind: Literal["NAME"]`` (after the filters, the order the spec's JSON lists them in)."""
+
+    max_input_tokens: PosInt = Field(default=1024, description="Prompts longer than this are redrawn.")
+    max_total_tokens: PosInt = Field(default=2048, description="Prompt + output longer than this is redrawn.")
+    min_tokens: PosInt = Field(default=4, description="Prompt and output shorter than this are redrawn.")
 
 
 def _rank(v: int) -> int:
@@ -44,20 +122,20 @@ Rank = Annotated[int, Strict()]
 
 # --- workload ---------------------------------------------------------------------------------
 
-class PoissonArrivals(_Spec):
+class PoissonArrivals(ArrivalSpecBase):
     """Independent Poisson stream per adapter."""
 
     kind: Literal["poisson"]
 
 
-class GammaArrivals(_Spec):
+class GammaArrivals(ArrivalSpecBase):
     """Gamma renewal process per adapter; ``cv`` is the inter-arrival coefficient of variation."""
 
     kind: Literal["gamma"]
     cv: PosNum = Field(description="Coefficient of variation of inter-arrival times (1 = Poisson).")
 
 
-class MmppArrivals(_Spec):
+class MmppArrivals(ArrivalSpecBase):
     """Two-state Markov-modulated Poisson process (bursts); the long-run mean rate is the adapter's rate."""
 
     kind: Literal["mmpp"]
@@ -74,7 +152,7 @@ class MmppArrivals(_Spec):
         return v
 
 
-class TraceArrivals(_Spec):
+class TraceArrivals(ArrivalSpecBase):
     """Replay a request trace (CSV: arrived_at, num_prefill_tokens, num_decode_tokens) over the adapters."""
 
     kind: Literal["trace"]
@@ -86,16 +164,11 @@ class TraceArrivals(_Spec):
                                                            "total rate (by_rate) or 1.")
 
 
-ArrivalSpec = Annotated[Union[PoissonArrivals, GammaArrivals, MmppArrivals, TraceArrivals], Field(discriminator="kind")]
+#: Any registered arrival model's spec (validated by the class its model registered).
+ArrivalSpec = Annotated[ArrivalSpecBase, RegisteredKind(ARRIVALS)]
 
 
-class _LengthLimits(_Spec):
-    max_input_tokens: PosInt = Field(default=1024, description="Prompts longer than this are redrawn.")
-    max_total_tokens: PosInt = Field(default=2048, description="Prompt + output longer than this is redrawn.")
-    min_tokens: PosInt = Field(default=4, description="Prompt and output shorter than this are redrawn.")
-
-
-class ShareGptLengths(_LengthLimits):
+class ShareGptLengths(LengthSpecBase):
     """ShareGPT-like lengths (the reference runs' pool: mean ≈ 223 input / 196 output tokens)."""
 
     kind: Literal["sharegpt"]
@@ -108,13 +181,13 @@ class ShareGptLengths(_LengthLimits):
                                    "hold ~350 KV tokens per running request, independent draws ~440.")
 
 
-class FixedLengths(_LengthLimits):
+class FixedLengths(LengthSpecBase):
     kind: Literal["fixed"]
     input_tokens: PosInt
     output_tokens: PosInt
 
 
-class LognormalLengths(_LengthLimits):
+class LognormalLengths(LengthSpecBase):
     kind: Literal["lognormal"]
     mean_input_tokens: PosNum
     mean_output_tokens: PosNum
@@ -122,21 +195,23 @@ class LognormalLengths(_LengthLimits):
     cv_output: PosNum = 1.0
 
 
-class TraceLengths(_LengthLimits):
+class TraceLengths(LengthSpecBase):
     kind: Literal["trace"]
     path: StrictStr = Field(description="Trace CSV, relative to the spec file.")
 
 
-LengthSpec = Annotated[Union[ShareGptLengths, FixedLengths, LognormalLengths, TraceLengths],
-                       Field(discriminator="kind")]
+#: Any registered length model's spec.
+LengthSpec = Annotated[LengthSpecBase, RegisteredKind(LENGTHS)]
 
 
 class Workload(_Spec):
     """How requests arrive and how long they are."""
 
     duration_s: PosNum = Field(default=3600.0, description="Window length; unfinished requests are cancelled.")
-    arrivals: ArrivalSpec = Field(default_factory=lambda: PoissonArrivals(kind="poisson"))
-    lengths: LengthSpec = Field(default_factory=lambda: ShareGptLengths(kind="sharegpt"))
+    arrivals: ArrivalSpec = Field(default_factory=lambda: PoissonArrivals(kind="poisson"),
+                                  description="Arrival model: {kind: NAME, ...} (registered models).")
+    lengths: LengthSpec = Field(default_factory=lambda: ShareGptLengths(kind="sharegpt"),
+                                description="Length model: {kind: NAME, ...} (registered models).")
 
 
 # --- adapters ---------------------------------------------------------------------------------
@@ -228,12 +303,12 @@ class Constraints(_Spec):
 
 
 class SolverOptions(_Spec):
-    strategy: Literal[STRATEGIES] = "milp"  # type: ignore[valid-type]
+    strategy: Annotated[str, RegisteredName(STRATEGIES)] = "milp"
     backend: Literal["highs", "pulp"] = "highs"
     time_limit_s: PosNum = 60.0
     mip_gap: Fraction = 0.01
     max_gpus: PosInt | None = Field(default=None, description="GPU budget (min_latency needs one).")
-    executor: Literal["local", "ray"] = "local"
+    executor: Annotated[str, RegisteredName(EXECUTORS)] = "local"
     ray_address: StrictStr | None = None
     workers: PosInt | None = Field(default=None, description="Parallel twin validations (default: cores).")
     validate_plan: StrictBool = Field(default=True, alias="validate")
@@ -261,7 +336,7 @@ class Scenario(_Spec):
     adapters: tuple[AdapterItem, ...] = Field(min_length=1)
     serving: Serving = Field(default_factory=Serving)
     constraints: Constraints = Field(default_factory=Constraints)
-    objective: Literal[OBJECTIVES] = "min_gpus"  # type: ignore[valid-type]
+    objective: Annotated[str, RegisteredName(OBJECTIVES)] = "min_gpus"
     solver: SolverOptions = Field(default_factory=SolverOptions)
     seed: Annotated[int, Strict(), Field(ge=0, lt=2**63)] = 0
     placement: tuple[PlacementEntry, ...] | None = None

@@ -16,6 +16,15 @@
   Azure trace "x K with +-5 s jitter"), then each request assigned to an adapter by a seeded law.
 
 Every function takes the run's ``numpy.random.Generator``; nothing else is random.
+
+Each process is an :class:`ArrivalModel` registered in :data:`optplace.infra.registry.ARRIVALS` under
+its spec class's ``kind``: the spec class (pydantic), ``generate`` (what the twin draws) and
+``burstiness`` (what planning uses: ``(arrival_cv, burst_factor)`` as the surrogate features define
+them — ``arrival_cv`` the CV of one adapter's inter-arrival gaps, ``burst_factor`` the burst-state
+rate over the long-run mean). The parametric processes give theirs in closed form, exactly the
+values their training rows carry; a trace measures its per-adapter gap CV on a generated workload.
+A new arrival model is one file doing the same. The trace *length* model is registered here too,
+next to the trace reader it samples from.
 """
 
 from __future__ import annotations
@@ -23,14 +32,18 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from optplace.twin._lengths import LengthLimits, WorkloadError
+from optplace.infra.registry import ARRIVALS
+from optplace.specs.model import (ArrivalSpecBase, GammaArrivals, MmppArrivals, PoissonArrivals, TraceArrivals,
+                                  TraceLengths, registered_by_kind)
+from optplace.twin._lengths import LengthLimits, LengthModel, WorkloadError, length_model
 
 __all__ = ["poisson_arrivals", "gamma_arrivals", "mmpp_arrivals", "Trace", "load_trace", "replay_trace",
            "assignment_weights", "TRACE_JITTER_S"]
@@ -305,3 +318,146 @@ def replay_trace(trace: Trace, rows: np.ndarray, rates_rps: Any, duration_s: flo
     weights = assignment_weights(assignment, r, rng, zipf_s=zipf_s, dirichlet_alpha=dirichlet_alpha)
     adapter = _assign(assignment, weights, t.size, rng)
     return t, adapter, row
+
+
+def mmpp_idc(rate_rps: float, burst_factor: float, burst_fraction: float, mean_burst_s: float,
+             window_s: float) -> float:
+    """Exact index of dispersion of a stationary two-state MMPP's counts in windows of ``window_s``.
+
+    With burst/calm rates ``lb, lc`` (long-run mean ``rate_rps``), switching rates
+    ``rb = 1 / mean_burst_s`` and ``rc = f rb / (1 - f)``, ``g = rb + rc``:
+    ``IDC(t) = 1 + 2 (lb - lc)**2 f (1 - f) / (rate_rps g) * (1 - (1 - exp(-g t)) / (g t))``.
+    """
+    b, f = burst_factor, burst_fraction
+    lc = rate_rps / (1.0 + f * (b - 1.0))
+    lb = b * lc
+    rb = 1.0 / mean_burst_s
+    g = rb + f * rb / (1.0 - f)
+    gt = g * window_s
+    return float(1.0 + 2.0 * (lb - lc) ** 2 * f * (1.0 - f) / (rate_rps * g) * (1.0 - (1.0 - np.exp(-gt)) / gt))
+
+
+# --- the registered models ----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ArrivalDraw:
+    """What an arrival model generates: arrival times and adapters (any order), and the requests'
+    lengths when the model supplies them (a trace replayed with its own lengths), else None."""
+
+    arrival_s: np.ndarray
+    adapter: np.ndarray
+    lengths: tuple[np.ndarray, np.ndarray] | None = None
+
+
+class ArrivalModel:
+    """An arrival process: its spec class, what the twin draws, and the burstiness planning uses."""
+
+    spec: ClassVar[type[ArrivalSpecBase]]
+
+    def generate(self, spec: Any, rates: np.ndarray, duration_s: float, rng: np.random.Generator,
+                 assign_rng: np.random.Generator, lengths: Any, base_dir: Path | str | None) -> ArrivalDraw:
+        """Arrivals of every adapter on ``[0, duration_s)``. ``rng`` is the arrivals' generator,
+        ``assign_rng`` the one for assigning requests to adapters (models that assign separately)."""
+        raise NotImplementedError
+
+    def idc(self, spec: Any, rate_rps: float, window_s: float) -> float | None:
+        """Index of dispersion of one adapter's counts in ``window_s`` windows (closed form), or None."""
+        return None
+
+    def burstiness(self, spec: Any, measured: Callable[[], Any]) -> tuple[float, float]:
+        """``(arrival_cv, burst_factor)`` as the surrogate features define them; ``measured()`` gives
+        the :class:`~optplace.twin.workload.WorkloadSummary` of a generated workload when a model has
+        no closed form. Default: Poisson's (1, 1)."""
+        return 1.0, 1.0
+
+
+#: Class decorator: register one instance of an :class:`ArrivalModel` under its spec class's ``kind``.
+arrival_model = registered_by_kind(ARRIVALS)
+
+
+@arrival_model
+class PoissonModel(ArrivalModel):
+    spec = PoissonArrivals
+
+    def generate(self, spec, rates, duration_s, rng, assign_rng, lengths, base_dir):
+        return ArrivalDraw(*poisson_arrivals(rates, duration_s, rng))
+
+    def idc(self, spec, rate_rps, window_s):
+        return 1.0
+
+
+@arrival_model
+class GammaModel(ArrivalModel):
+    spec = GammaArrivals
+
+    def generate(self, spec, rates, duration_s, rng, assign_rng, lengths, base_dir):
+        return ArrivalDraw(*gamma_arrivals(rates, float(spec.cv), duration_s, rng))
+
+    def idc(self, spec, rate_rps, window_s):
+        # The large-window limit, accurate once a window holds several arrivals.
+        return float(spec.cv) ** 2
+
+    def burstiness(self, spec, measured):
+        return float(spec.cv), 1.0
+
+
+@arrival_model
+class MmppModel(ArrivalModel):
+    spec = MmppArrivals
+
+    def generate(self, spec, rates, duration_s, rng, assign_rng, lengths, base_dir):
+        return ArrivalDraw(*mmpp_arrivals(rates, float(spec.burst_factor), float(spec.burst_fraction),
+                                          float(spec.mean_burst_s), duration_s, rng))
+
+    def idc(self, spec, rate_rps, window_s):
+        return mmpp_idc(rate_rps, float(spec.burst_factor), float(spec.burst_fraction), float(spec.mean_burst_s),
+                        window_s)
+
+    def burstiness(self, spec, measured):
+        return 1.0, float(spec.burst_factor)
+
+
+@arrival_model
+class TraceModel(ArrivalModel):
+    spec = TraceArrivals
+
+    def generate(self, spec, rates, duration_s, rng, assign_rng, lengths, base_dir):
+        trace = load_trace(spec.path, base_dir)
+        paired = lengths.kind == "trace" and _same_file(lengths.path, spec.path, base_dir)
+        # With paired lengths, requests failing the filters leave the trace (like the benchmark's
+        # sampler skipping them); otherwise the trace only supplies times.
+        rows = filter_trace(trace, LengthLimits.from_spec(lengths)) if paired else np.arange(len(trace))
+        t, a, trace_rows = replay_trace(trace, rows, rates, duration_s, assign_rng,
+                                        assignment=getattr(spec, "assignment", "by_rate"),
+                                        zipf_s=float(getattr(spec, "zipf_s", 1.0)),
+                                        dirichlet_alpha=float(getattr(spec, "dirichlet_alpha", 0.5)),
+                                        scale=getattr(spec, "scale", None))
+        return ArrivalDraw(t, a, (trace.input_tokens[trace_rows], trace.output_tokens[trace_rows]) if paired else None)
+
+    def burstiness(self, spec, measured):
+        # The feature's definition (one adapter's gap CV, as a Gamma stream's cv) measured on the replay;
+        # no adapter with 3 requests in the window: nothing measured, Poisson's value.
+        cv = float(measured().adapter_arrival_cv)
+        return (cv if math.isfinite(cv) and cv > 0 else 1.0), 1.0
+
+
+def _same_file(a: str, b: str, base_dir: Path | str | None) -> bool:
+    try:
+        return resolve_path(a, base_dir).resolve() == resolve_path(b, base_dir).resolve()
+    except OSError:
+        return a == b
+
+
+@length_model
+class TraceLengthModel(LengthModel):
+    """Lengths resampled uniformly from the trace's rows that pass the filters."""
+
+    spec = TraceLengths
+
+    def draw(self, spec, n, rng, base_dir):
+        lt = load_trace(spec.path, base_dir)
+        keep = filter_trace(lt, LengthLimits.from_spec(spec))
+        if keep.size == 0:
+            raise WorkloadError("trace lengths: no trace request passes the length filters")
+        idx = rng.integers(0, keep.size, n)
+        return lt.input_tokens[keep][idx].astype(np.int32), lt.output_tokens[keep][idx].astype(np.int32)

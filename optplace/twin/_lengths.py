@@ -1,4 +1,10 @@
-"""Request-length models for the twin's workload: ``sharegpt``, ``fixed``, ``lognormal``, ``trace``.
+"""Request-length models for the twin's workload: ``sharegpt``, ``fixed``, ``lognormal`` (``trace``
+lives with the trace reader in ``_arrivals``).
+
+Each model is a :class:`LengthModel` registered in :data:`optplace.infra.registry.LENGTHS` under its
+spec class's ``kind``: the spec class (pydantic), ``draw`` (what the twin generates) and
+``expected`` (the filtered mean lengths planning uses; ``None`` when only a generated workload can
+tell, then the planner measures one). A new length model is one file doing the same.
 
 Every model draws (input, output) token pairs and then applies the spec's filters by *rejection*:
 a pair with ``input < min_tokens``, ``output < min_tokens``, ``input > max_input_tokens`` or
@@ -53,9 +59,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
+
+from optplace.infra.registry import LENGTHS
+from optplace.specs.model import FixedLengths, LengthSpecBase, LognormalLengths, ShareGptLengths, registered_by_kind
 
 __all__ = [
     "WorkloadError", "LengthLimits", "LognormalMixture", "FilteredLengthStats", "SHAREGPT_INPUT",
@@ -352,38 +362,97 @@ def rank_pair(inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Gener
     return i2.astype(inp.dtype), o2.astype(out.dtype)
 
 
-def draw_lengths(spec: Any, n: int, rng: np.random.Generator,
-                 trace_pool: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` filtered (input_tokens, output_tokens) int32 pairs for a LengthSpec-like ``spec``.
-
-    ``trace_pool`` (already filtered input/output arrays of the trace) is required for
-    ``kind == "trace"``; its rows are resampled uniformly with ``rng``.
-    """
-    limits = LengthLimits.from_spec(spec)
-    kind = spec.kind
+def draw_lengths(spec: Any, n: int, rng: np.random.Generator, base_dir: Path | str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` filtered (input_tokens, output_tokens) int32 pairs for a LengthSpec-like ``spec`` (by the
+    length model registered as ``spec.kind``; file paths resolve against ``base_dir``)."""
     if n == 0:
         return np.empty(0, np.int32), np.empty(0, np.int32)
-    if kind == "fixed":
+    return LENGTHS.get(spec.kind).draw(spec, n, rng, base_dir)
+
+
+class LengthModel:
+    """A length model: its spec class, what the twin draws, and the mean lengths planning uses."""
+
+    spec: ClassVar[type[LengthSpecBase]]
+
+    def draw(self, spec: Any, n: int, rng: np.random.Generator, base_dir: Path | str | None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """``n >= 1`` filtered (input, output) int32 pairs."""
+        raise NotImplementedError
+
+    def expected(self, spec: Any) -> FilteredLengthStats | None:
+        """Exact filtered statistics, or None when only a generated workload can tell (traces)."""
+        return None
+
+
+#: Class decorator: register one instance of a :class:`LengthModel` under its spec class's ``kind``.
+length_model = registered_by_kind(LENGTHS)
+
+
+@length_model
+class FixedLengthModel(LengthModel):
+    """Every request has the same prompt and output length."""
+
+    spec = FixedLengths
+
+    def draw(self, spec, n, rng, base_dir):
+        limits = LengthLimits.from_spec(spec)
         i, o = int(spec.input_tokens), int(spec.output_tokens)
         if not limits.accepts(np.array([i]), np.array([o]))[0]:
             raise WorkloadError(f"fixed lengths input_tokens={i}, output_tokens={o} violate the filters {limits}")
         return np.full(n, i, np.int32), np.full(n, o, np.int32)
-    if kind in ("sharegpt", "lognormal"):
-        if kind == "sharegpt":
-            # Optional per-model pool means (not in the spec yet; honoured when an object carries them).
-            mi, mo = sharegpt_models(limits, _opt_float(spec, "mean_input_tokens"),
-                                     _opt_float(spec, "mean_output_tokens"))
-        else:
-            mi = LognormalMixture.from_mean_cv(float(spec.mean_input_tokens), float(spec.cv_input))
-            mo = LognormalMixture.from_mean_cv(float(spec.mean_output_tokens), float(spec.cv_output))
-        inp, out = _rejection(lambda m, g: (mi.sample(m, g), mo.sample(m, g)), n, rng, limits, f"{kind} lengths")
-        rho = _opt_float(spec, "io_rank_correlation") if kind == "sharegpt" else None
+
+    def expected(self, spec):
+        i, o = float(spec.input_tokens), float(spec.output_tokens)
+        return FilteredLengthStats(i, o, i, i, o, o, 1.0)
+
+
+class _MixtureModel(LengthModel):
+    """Lognormal-mixture sides drawn independently, filtered by rejection, and (``copula``) re-paired
+    to the spec's ``io_rank_correlation``."""
+
+    copula: ClassVar[bool] = False
+
+    def sides(self, spec: Any, limits: LengthLimits) -> tuple[LognormalMixture, LognormalMixture]:
+        raise NotImplementedError
+
+    def draw(self, spec, n, rng, base_dir):
+        limits = LengthLimits.from_spec(spec)
+        mi, mo = self.sides(spec, limits)
+        inp, out = _rejection(lambda m, g: (mi.sample(m, g), mo.sample(m, g)), n, rng, limits,
+                              f"{spec.kind} lengths")
+        rho = _opt_float(spec, "io_rank_correlation") if self.copula else None
         if rho:
             inp, out = rank_pair(inp, out, rho, rng, limits.max_total_tokens)
         return inp, out
-    if kind == "trace":
-        if trace_pool is None or len(trace_pool[0]) == 0:
-            raise WorkloadError("trace lengths: no trace request passes the length filters")
-        idx = rng.integers(0, len(trace_pool[0]), n)
-        return trace_pool[0][idx].astype(np.int32), trace_pool[1][idx].astype(np.int32)
-    raise WorkloadError(f"unknown length model kind {kind!r}")
+
+
+@length_model
+class ShareGptLengthModel(_MixtureModel):
+    """The fitted ShareGPT mixture (see the module docstring), optionally rescaled to given means."""
+
+    spec = ShareGptLengths
+    copula = True
+
+    def sides(self, spec, limits):
+        return sharegpt_models(limits, _opt_float(spec, "mean_input_tokens"), _opt_float(spec, "mean_output_tokens"))
+
+    def expected(self, spec):
+        return sharegpt_stats(LengthLimits.from_spec(spec), _opt_float(spec, "mean_input_tokens"),
+                              _opt_float(spec, "mean_output_tokens"))
+
+
+@length_model
+class LognormalLengthModel(_MixtureModel):
+    """One lognormal per side with the given means and CVs (independent sides)."""
+
+    spec = LognormalLengths
+
+    def sides(self, spec, limits):
+        return (LognormalMixture.from_mean_cv(float(spec.mean_input_tokens), float(spec.cv_input)),
+                LognormalMixture.from_mean_cv(float(spec.mean_output_tokens), float(spec.cv_output)))
+
+    def expected(self, spec):
+        mi, mo = self.sides(spec, LengthLimits.from_spec(spec))
+        return filtered_stats(mi, mo, LengthLimits.from_spec(spec))
