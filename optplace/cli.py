@@ -24,10 +24,19 @@ app = typer.Typer(
 def _console(stderr: bool = False):
     from rich.console import Console
 
+    import os
+
     stream = sys.stderr if stderr else sys.stdout
-    # Pipes and CI logs get a wide, fixed layout instead of rich's 80-column fallback.
-    width = None if stream.isatty() else 160
+    # A terminal (or an explicit COLUMNS) sets the width; pipes and CI logs get a wide, fixed layout
+    # instead of rich's 80-column fallback.
+    width = None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+def _status(message: str):
+    """A spinner with ``message`` on stderr while a long step runs; nothing at all when stderr is not a
+    terminal (rich draws no live display there), so pipes, logs and --json output never see it."""
+    return _console(stderr=True).status(message)
 
 
 def _fail_input(lines: list[str]) -> typer.Exit:
@@ -81,7 +90,10 @@ def _load_or_exit(spec: Path, allow_path: list[Path] | None):
         raise _fail_input(e.lines()) from None
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stable keys, see DESIGN.md).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stable keys, documented in "
+                                                      "docs/json-contracts.md).")]
+Wide = Annotated[bool, typer.Option("--wide", help="Terminal table with every column (default: a compact table "
+                                                   "that fits 80 columns).")]
 Reproducible = Annotated[bool, typer.Option("--reproducible", help="Zero wall-clock fields so the same spec and "
                                                                    "seed give byte-identical JSON.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel GPU simulations "
@@ -92,7 +104,7 @@ Workers = Annotated[Optional[int], typer.Option("--workers", min=1, help="Parall
 def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `placement:`.")],
              json_out: JsonOpt = False, reproducible: Reproducible = False, workers: Workers = None,
              seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed.")] = None,
-             allow_path: AllowPath = None) -> None:
+             allow_path: AllowPath = None, wide: Wide = False) -> None:
     """Simulate the spec's placement with the twin (one vLLM engine per GPU, GPUs in parallel).
 
     Exit code 1 when a GPU is starved (or fails to start)."""
@@ -102,13 +114,15 @@ def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `pl
                            "(add `placement:` or use `optplace solve`)"])
     from optplace.twin.simulate import placement_of, simulate_plan
 
-    rep = simulate_plan(sc, placement_of(sc), spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed)
+    plan = placement_of(sc)
+    with _status(f"simulating {len(plan)} GPUs in the twin"):
+        rep = simulate_plan(sc, plan, spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed)
     if json_out:
         print(json.dumps(rep.to_json(reproducible=reproducible), indent=2))
     else:
         from optplace.app.render import render_sim_report
 
-        render_sim_report(_console(), rep)
+        render_sim_report(_console(), rep, wide=wide)
     if rep.starved_gpus or rep.oom_gpus:
         raise typer.Exit(EXIT_FAIL)
 
@@ -126,7 +140,7 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
           compare: Annotated[bool, typer.Option("--compare", help="Also solve with every other strategy and check "
                                                                   "each plan in the twin (a table, the JSON's "
                                                                   "'comparison', report.html).")] = False,
-          workers: Workers = None, allow_path: AllowPath = None) -> None:
+          workers: Workers = None, allow_path: AllowPath = None, wide: Wide = False) -> None:
     """Find a placement (which adapter on which GPU, with which vLLM flags), validate it in the twin,
     repair what starves, and report. Exit 1 when infeasible or when the twin still finds starvation
     (in the chosen plan; ``--compare`` rows are for information)."""
@@ -175,7 +189,7 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
     else:
         from optplace.app.render import render_solve_report
 
-        render_solve_report(_console(), rep)
+        render_solve_report(_console(), rep, wide=wide)
         if out is not None:
             _console().print(f"wrote {out}/ (plan.json, twin.json, solver.log, deploy/, report.html)", markup=False)
     if not rep.ok:
@@ -187,7 +201,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
                                                               "specs with a placement.")],
              engine: Annotated[str, typer.Option("--engine", help="twin (default) or vllm.")] = "twin",
              json_out: JsonOpt = False, reproducible: Reproducible = False, workers: Workers = None,
-             allow_path: AllowPath = None,
+             allow_path: AllowPath = None, wide: Wide = False,
              launch: Annotated[bool, typer.Option("--launch", help="vllm: start one server per GPU from the plan.")] = False,
              endpoints: Annotated[Optional[Path], typer.Option("--endpoints", help="vllm: routes.json of running "
                                                                                   "servers (optplace deploy).")] = None,
@@ -240,14 +254,15 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
         items = [load_plan_or_spec(f, allow_path or ()) for f in files]
     except PlanLoadError as e:
         raise _fail_input(e.lines) from None
-    results = validate_many(items, workers=workers)
+    with _status(f"validating {sum(len(it.gpus) for it in items)} GPUs of {len(items)} plans in the twin"):
+        results = validate_many(items, workers=workers)
     if json_out:
         print(json.dumps({"results": [{"file": str(f), **r.to_json(reproducible=reproducible)}
                                       for f, r in zip(files, results)]}, indent=2))
     else:
         from optplace.app.render import render_validation_table
 
-        render_validation_table(_console(), [str(f) for f in files], results)
+        render_validation_table(_console(), [str(f) for f in files], results, wide=wide)
     if any(r.starved_gpus or r.oom_gpus for r in results):
         raise typer.Exit(EXIT_FAIL)
 
