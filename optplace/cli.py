@@ -307,8 +307,11 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
           skews: Annotated[Optional[str], typer.Option("--skews", help="solver: rate skews, comma-separated "
                                                                       "(uniform, zipf-0.5, zipf-0.9, zipf-<s>).")]
           = None,
+          markdown: Annotated[Optional[Path], typer.Option("--markdown", help="fidelity: also write the figures as "
+                                                                              "a Markdown page (the repository's is "
+                                                                              "docs/figures/fidelity.md).")] = None,
           ) -> None:
-    """Run a benchmark and print its figures (see the README for what each measures)."""
+    """Run a benchmark and print its figures (docs/json-contracts.md lists what --json holds)."""
     import importlib
     import inspect
 
@@ -352,9 +355,16 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
                 mod.zipf_exponent(x)
         except ValueError as e:
             raise _fail_input([f"--skews: {e}"]) from None
+    if markdown is not None and not hasattr(mod, "markdown"):
+        raise _fail_input([f"bench {name}: --markdown does not apply to this benchmark"])
     result = mod.run(json=json_out, **kwargs)
     if json_out:
         print(json.dumps(result, indent=2))
+    if markdown is not None:
+        from optplace.infra.outputs import write_text_atomic
+
+        write_text_atomic(markdown, mod.markdown(result))
+        _console(stderr=True).print(f"wrote {markdown}", markup=False)
 
 
 @app.command()
