@@ -33,10 +33,34 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
-def _status(message: str):
-    """A spinner with ``message`` on stderr while a long step runs; nothing at all when stderr is not a
-    terminal (rich draws no live display there), so pipes, logs and --json output never see it."""
-    return _console(stderr=True).status(message)
+class _Status:
+    """A spinner, a one-line message and the elapsed time on stderr while a long step runs (solving,
+    simulating, validating); ``update`` replaces the message. Nothing at all is drawn when stderr is
+    not a terminal, so pipes, CI logs and --json output never see it."""
+
+    def __init__(self, message: str) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        err = _console(stderr=True)
+        self.message = message
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                                 transient=True, disable=not err.is_terminal)
+
+    def __enter__(self) -> "_Status":
+        self.progress.start()
+        self.task = self.progress.add_task(self.message, total=None)
+        return self
+
+    def update(self, message: str) -> None:
+        self.progress.update(self.task, description=message)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _status(message: str) -> _Status:
+    """See :class:`_Status`."""
+    return _Status(message)
 
 
 def _fail_input(lines: list[str]) -> typer.Exit:
@@ -167,10 +191,9 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
 
     err = _console(stderr=True)
     try:
-        with err.status("solving…") as status:
+        with _status("solving…") as status:
             rep = solve_scenario(sc, spec.resolve().parent, strategy=strategy, validate=not no_validate,
-                                 workers=workers, on_event=lambda m: status.update(m), started=started,
-                                 compare=compare)
+                                 workers=workers, on_event=status.update, started=started, compare=compare)
     except TimeLimitReached as e:
         err.print(f"time limit: {e}", markup=False)
         raise typer.Exit(EXIT_FAIL) from None

@@ -39,7 +39,7 @@ class AdapterReport:
 
 @dataclass(frozen=True, slots=True)
 class GpuReport:
-    """One GPU's twin result (the ``simulate --json`` per-GPU schema, docs/json-contracts.md)."""
+    """One GPU's twin result (the ``simulate --json`` per-GPU schema, DESIGN.md)."""
 
     index: int
     gpu_type: str
