@@ -10,20 +10,9 @@ from typer.testing import CliRunner
 
 from optplace.app.render import SIM_COLUMNS, SOLVE_COLUMNS, VALIDATION_COLUMNS
 from optplace.cli import app
+from test_solve_cli import SPEC  # 20 adapters, greedy, a 240 s window: fast to solve and simulate
 
 runner = CliRunner()
-
-SPEC = """\
-name: render
-model: llama-3.1-8b-instruct
-gpu: h100-64gb
-workload: {duration_s: 240, arrivals: {kind: poisson}, lengths: {kind: sharegpt}}
-adapters:
-  - {group: a, count: 12, rank: 8, rate_rps: 1.2}
-  - {group: b, count: 8, rank: 16, rate_rps: 0.8}
-solver: {strategy: greedy, time_limit_s: 20}
-seed: 5
-"""
 
 PLACED = SPEC + """\
 placement:
@@ -91,7 +80,7 @@ def test_validate_table_compact_and_wide(specs):
 def test_no_progress_display_when_stderr_is_not_a_terminal(specs):
     res = _run(["simulate", str(specs / "placed.yaml"), "--json"])
     assert res.stderr == ""
-    assert json.loads(res.stdout)["scenario"] == "render"
+    assert json.loads(res.stdout)["scenario"] == "small"
     wide = _run(["simulate", str(specs / "placed.yaml"), "--json", "--wide", "--reproducible"])
     plain = _run(["simulate", str(specs / "placed.yaml"), "--json", "--reproducible"])
     assert wide.stdout == plain.stdout  # --wide never touches JSON
