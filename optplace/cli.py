@@ -309,11 +309,12 @@ def capacity(spec: Annotated[Path, typer.Argument(help="Scenario YAML; its adapt
     if json_out:
         print(json.dumps(ans.to_json(), indent=2))
         return
+    from optplace.app.render import say
+
     conf = {True: "confirmed by the twin", False: "NOT confirmed by the twin", None: "not checked in the twin"}
-    _console().print(f"{sc.name}: one {ans.gpu_type} serves up to {ans.max_adapters} adapters of this mix with "
-                     f"--max-loras {ans.max_loras} ({ans.offered_tok_s:,.0f} tokens/s offered, "
-                     f"{ans.throughput_tok_s:,.0f} delivered; {ans.source} oracle, {conf[ans.twin_confirmed]})",
-                     markup=False)
+    say(_console(), f"{sc.name}: one {ans.gpu_type} serves up to {ans.max_adapters} adapters of this mix with "
+                    f"--max-loras {ans.max_loras} ({ans.offered_tok_s:,.0f} tokens/s offered, "
+                    f"{ans.throughput_tok_s:,.0f} delivered; {ans.source} oracle, {conf[ans.twin_confirmed]})")
 
 
 @app.command()
@@ -407,6 +408,7 @@ def profiles(
     """List hardware/model profiles (calibrated ones ship with optplace; others are built uncalibrated)."""
     from rich.table import Table
 
+    from optplace.app.render import say
     from optplace.specs import GPUS, MODELS, UnknownProfile, bundled_profiles, resolve_profile
 
     if show:
@@ -423,15 +425,16 @@ def profiles(
                               "kv_cache_tokens": {str(r): {str(L): v for L, v in row.items()} for r, row in grid.items()}},
                              indent=2))
             return
-        t = Table(title=f"{prof.name} — KV cache tokens by max_loras (rows: max_lora_rank; – = fails at start)")
-        t.add_column("rank")
+        # One row per slot count, one column per rank: fits 80 columns (14 slot counts across do not).
+        t = Table(title=f"{prof.name}: KV-cache tokens (– = fails at start)")
+        t.add_column("--max-loras", justify="right")
+        for r in grid:
+            t.add_column(f"rank {r}", justify="right")
         for L in slots:
-            t.add_column(str(L), justify="right")
-        for r, row in grid.items():
-            t.add_row(str(r), *[f"{v / 1000:.0f}k" if v is not None else "–" for v in row.values()])
+            t.add_row(str(L), *[f"{grid[r][L]:,}" if grid[r][L] is not None else "–" for r in grid])
         out = _console()
         out.print(t)
-        out.print(f"source: {prof.source}", markup=False)
+        say(out, f"source: {prof.source}")
         return
     rows = []
     for prof in bundled_profiles().values():
@@ -448,10 +451,9 @@ def profiles(
     out = _console()
     out.print(t)
     for r in rows:
-        out.print(f"{r['name']}: {r['source']}", markup=False)
-    out.print(f"Uncalibrated profiles can be built for any of these models: {', '.join(sorted(MODELS))}\n"
-              f"on any of these GPUs: {', '.join(sorted(GPUS))} (or give an architecture/GPU inline in the spec).",
-              markup=False)
+        say(out, f"{r['name']}: {r['source']}")
+    say(out, f"Uncalibrated profiles can be built for any of these models: {', '.join(sorted(MODELS))} "
+             f"on any of these GPUs: {', '.join(sorted(GPUS))} (or give an architecture/GPU inline in the spec).")
 
 
 @app.command()

@@ -84,3 +84,15 @@ def test_no_progress_display_when_stderr_is_not_a_terminal(specs):
     wide = _run(["simulate", str(specs / "placed.yaml"), "--json", "--wide", "--reproducible"])
     plain = _run(["simulate", str(specs / "placed.yaml"), "--json", "--reproducible"])
     assert wide.stdout == plain.stdout  # --wide never touches JSON
+
+
+def test_profile_grid_and_capacity_sentence_fit_80_columns(specs):
+    grid = runner.invoke(app, ["profiles", "--show", "llama-3.1-8b-instruct@h100-64gb"], env={"COLUMNS": "80"})
+    assert grid.exit_code == 0, grid.output
+    assert max(len(line) for line in grid.stdout.splitlines()) <= 80, grid.stdout
+    header = _cells(_header_line(grid.stdout))
+    assert header == ["--max-loras", "rank 8", "rank 16", "rank 32", "rank 64"]
+    rows = {r[0]: r[1:] for r in (_cells(line) for line in grid.stdout.splitlines() if line.startswith("│"))}
+    assert len(rows) == 14 and rows["384"][1:] == ["–", "–", "–"]  # rank ≥ 16 with 384 slots does not start
+    cap = runner.invoke(app, ["capacity", str(specs / "s.yaml"), "--no-confirm"], env={"COLUMNS": "80"})
+    assert cap.exit_code == 0 and max(len(line) for line in cap.stdout.splitlines()) <= 80, cap.stdout
