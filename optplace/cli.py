@@ -24,10 +24,43 @@ app = typer.Typer(
 def _console(stderr: bool = False):
     from rich.console import Console
 
+    import os
+
     stream = sys.stderr if stderr else sys.stdout
-    # Pipes and CI logs get a wide, fixed layout instead of rich's 80-column fallback.
-    width = None if stream.isatty() else 160
+    # A terminal (or an explicit COLUMNS) sets the width; pipes and CI logs get a wide, fixed layout
+    # instead of rich's 80-column fallback.
+    width = None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+class _Status:
+    """A spinner, a one-line message and the elapsed time on stderr while a long step runs (solving,
+    simulating, validating); ``update`` replaces the message. Nothing at all is drawn when stderr is
+    not a terminal, so pipes, CI logs and --json output never see it."""
+
+    def __init__(self, message: str) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        err = _console(stderr=True)
+        self.message = message
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                                 transient=True, disable=not err.is_terminal)
+
+    def __enter__(self) -> "_Status":
+        self.progress.start()
+        self.task = self.progress.add_task(self.message, total=None)
+        return self
+
+    def update(self, message: str) -> None:
+        self.progress.update(self.task, description=message)
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _status(message: str) -> _Status:
+    """See :class:`_Status`."""
+    return _Status(message)
 
 
 def _fail_input(lines: list[str]) -> typer.Exit:
@@ -82,7 +115,10 @@ def _load_or_exit(spec: Path, allow_path: list[Path] | None):
         raise _fail_input(e.lines()) from None
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stable keys, see DESIGN.md).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stable keys, documented in "
+                                                      "docs/json-contracts.md).")]
+Wide = Annotated[bool, typer.Option("--wide", help="Terminal table with every column (default: a compact table "
+                                                   "that fits 80 columns).")]
 Reproducible = Annotated[bool, typer.Option("--reproducible", help="Zero wall-clock fields so the same spec and "
                                                                    "seed give byte-identical JSON.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel GPU simulations "
@@ -93,7 +129,7 @@ Workers = Annotated[Optional[int], typer.Option("--workers", min=1, help="Parall
 def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `placement:`.")],
              json_out: JsonOpt = False, reproducible: Reproducible = False, workers: Workers = None,
              seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed.")] = None,
-             allow_path: AllowPath = None) -> None:
+             allow_path: AllowPath = None, wide: Wide = False) -> None:
     """Simulate the spec's placement with the twin (one vLLM engine per GPU, GPUs in parallel).
 
     Exit code 1 when a GPU is starved (or fails to start)."""
@@ -103,13 +139,15 @@ def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `pl
                            "(add `placement:` or use `optplace solve`)"])
     from optplace.twin.simulate import placement_of, simulate_plan
 
-    rep = simulate_plan(sc, placement_of(sc), spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed)
+    plan = placement_of(sc)
+    with _status(f"simulating {len(plan)} GPUs in the twin"):
+        rep = simulate_plan(sc, plan, spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed)
     if json_out:
         print(json.dumps(rep.to_json(reproducible=reproducible), indent=2))
     else:
         from optplace.app.render import render_sim_report
 
-        render_sim_report(_console(), rep)
+        render_sim_report(_console(), rep, wide=wide)
     if rep.starved_gpus or rep.oom_gpus:
         raise typer.Exit(EXIT_FAIL)
 
@@ -127,7 +165,7 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
           compare: Annotated[bool, typer.Option("--compare", help="Also solve with every other strategy and check "
                                                                   "each plan in the twin (a table, the JSON's "
                                                                   "'comparison', report.html).")] = False,
-          workers: Workers = None, allow_path: AllowPath = None) -> None:
+          workers: Workers = None, allow_path: AllowPath = None, wide: Wide = False) -> None:
     """Find a placement (which adapter on which GPU, with which vLLM flags), validate it in the twin,
     repair what starves, and report. Exit 1 when infeasible or when the twin still finds starvation
     (in the chosen plan; ``--compare`` rows are for information)."""
@@ -154,10 +192,9 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
 
     err = _console(stderr=True)
     try:
-        with err.status("solving…") as status:
+        with _status("solving…") as status:
             rep = solve_scenario(sc, spec.resolve().parent, strategy=strategy, validate=not no_validate,
-                                 workers=workers, on_event=lambda m: status.update(m), started=started,
-                                 compare=compare)
+                                 workers=workers, on_event=status.update, started=started, compare=compare)
     except TimeLimitReached as e:
         err.print(f"time limit: {e}", markup=False)
         raise typer.Exit(EXIT_FAIL) from None
@@ -176,7 +213,7 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
     else:
         from optplace.app.render import render_solve_report
 
-        render_solve_report(_console(), rep)
+        render_solve_report(_console(), rep, wide=wide)
         if out is not None:
             _console().print(f"wrote {out}/ (plan.json, twin.json, solver.log, deploy/, report.html)", markup=False)
     if not rep.ok:
@@ -188,7 +225,7 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
                                                               "specs with a placement.")],
              engine: Annotated[str, typer.Option("--engine", help="twin (default) or vllm.")] = "twin",
              json_out: JsonOpt = False, reproducible: Reproducible = False, workers: Workers = None,
-             allow_path: AllowPath = None,
+             allow_path: AllowPath = None, wide: Wide = False,
              launch: Annotated[bool, typer.Option("--launch", help="vllm: start one server per GPU from the plan.")] = False,
              endpoints: Annotated[Optional[Path], typer.Option("--endpoints", help="vllm: routes.json of running "
                                                                                   "servers (optplace deploy).")] = None,
@@ -241,14 +278,15 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
         items = [load_plan_or_spec(f, allow_path or ()) for f in files]
     except PlanLoadError as e:
         raise _fail_input(e.lines) from None
-    results = validate_many(items, workers=workers)
+    with _status(f"validating {sum(len(it.gpus) for it in items)} GPUs of {len(items)} plans in the twin"):
+        results = validate_many(items, workers=workers)
     if json_out:
         print(json.dumps({"results": [{"file": str(f), **r.to_json(reproducible=reproducible)}
                                       for f, r in zip(files, results)]}, indent=2))
     else:
         from optplace.app.render import render_validation_table
 
-        render_validation_table(_console(), [str(f) for f in files], results)
+        render_validation_table(_console(), [str(f) for f in files], results, wide=wide)
     if any(r.starved_gpus or r.oom_gpus for r in results):
         raise typer.Exit(EXIT_FAIL)
 
@@ -272,11 +310,12 @@ def capacity(spec: Annotated[Path, typer.Argument(help="Scenario YAML; its adapt
     if json_out:
         print(json.dumps(ans.to_json(), indent=2))
         return
+    from optplace.app.render import say
+
     conf = {True: "confirmed by the twin", False: "NOT confirmed by the twin", None: "not checked in the twin"}
-    _console().print(f"{sc.name}: one {ans.gpu_type} serves up to {ans.max_adapters} adapters of this mix with "
-                     f"--max-loras {ans.max_loras} ({ans.offered_tok_s:,.0f} tokens/s offered, "
-                     f"{ans.throughput_tok_s:,.0f} delivered; {ans.source} oracle, {conf[ans.twin_confirmed]})",
-                     markup=False)
+    say(_console(), f"{sc.name}: one {ans.gpu_type} serves up to {ans.max_adapters} adapters of this mix with "
+                    f"--max-loras {ans.max_loras} ({ans.offered_tok_s:,.0f} tokens/s offered, "
+                    f"{ans.throughput_tok_s:,.0f} delivered; {ans.source} oracle, {conf[ans.twin_confirmed]})")
 
 
 @app.command()
@@ -293,8 +332,11 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
           skews: Annotated[Optional[str], typer.Option("--skews", help="solver: rate skews, comma-separated "
                                                                       "(uniform, zipf-0.5, zipf-0.9, zipf-<s>).")]
           = None,
+          markdown: Annotated[Optional[Path], typer.Option("--markdown", help="fidelity: also write the figures as "
+                                                                              "a Markdown page (the repository's is "
+                                                                              "docs/figures/fidelity.md).")] = None,
           ) -> None:
-    """Run a benchmark and print its figures (see the README for what each measures)."""
+    """Run a benchmark and print its figures (docs/json-contracts.md lists what --json holds)."""
     import importlib
     import inspect
 
@@ -337,9 +379,16 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
                 mod.zipf_exponent(x)
         except ValueError as e:
             raise _fail_input([f"--skews: {e}"]) from None
+    if markdown is not None and not hasattr(mod, "markdown"):
+        raise _fail_input([f"bench {name}: --markdown does not apply to this benchmark"])
     result = mod.run(json=json_out, **kwargs)
     if json_out:
         print(json.dumps(result, indent=2))
+    if markdown is not None:
+        from optplace.infra.outputs import write_text_atomic
+
+        write_text_atomic(markdown, mod.markdown(result))
+        _console(stderr=True).print(f"wrote {markdown}", markup=False)
 
 
 @app.command()
@@ -359,6 +408,7 @@ def profiles(
     """List hardware/model profiles (calibrated ones ship with optplace; others are built uncalibrated)."""
     from rich.table import Table
 
+    from optplace.app.render import say
     from optplace.specs import GPUS, MODELS, UnknownProfile, bundled_profiles, resolve_profile
 
     if show:
@@ -375,15 +425,16 @@ def profiles(
                               "kv_cache_tokens": {str(r): {str(L): v for L, v in row.items()} for r, row in grid.items()}},
                              indent=2))
             return
-        t = Table(title=f"{prof.name} — KV cache tokens by max_loras (rows: max_lora_rank; – = fails at start)")
-        t.add_column("rank")
+        # One row per slot count, one column per rank: fits 80 columns (14 slot counts across do not).
+        t = Table(title=f"{prof.name}: KV-cache tokens (– = fails at start)")
+        t.add_column("--max-loras", justify="right")
+        for r in grid:
+            t.add_column(f"rank {r}", justify="right")
         for L in slots:
-            t.add_column(str(L), justify="right")
-        for r, row in grid.items():
-            t.add_row(str(r), *[f"{v / 1000:.0f}k" if v is not None else "–" for v in row.values()])
+            t.add_row(str(L), *[f"{grid[r][L]:,}" if grid[r][L] is not None else "–" for r in grid])
         out = _console()
         out.print(t)
-        out.print(f"source: {prof.source}", markup=False)
+        say(out, f"source: {prof.source}")
         return
     rows: list[dict[str, Any]] = []
     for prof in bundled_profiles().values():
@@ -400,10 +451,9 @@ def profiles(
     out = _console()
     out.print(t)
     for entry in rows:
-        out.print(f"{entry['name']}: {entry['source']}", markup=False)
-    out.print(f"Uncalibrated profiles can be built for any of these models: {', '.join(sorted(MODELS))}\n"
-              f"on any of these GPUs: {', '.join(sorted(GPUS))} (or give an architecture/GPU inline in the spec).",
-              markup=False)
+        say(out, f"{entry['name']}: {entry['source']}")
+    say(out, f"Uncalibrated profiles can be built for any of these models: {', '.join(sorted(MODELS))} "
+             f"on any of these GPUs: {', '.join(sorted(GPUS))} (or give an architecture/GPU inline in the spec).")
 
 
 @app.command()

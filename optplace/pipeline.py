@@ -139,7 +139,7 @@ class SolveReport:
         return v is None or not (v.starved_gpus or v.oom_gpus)
 
     def to_json(self, reproducible: bool = False) -> dict[str, Any]:
-        """DESIGN.md's ``solve --json`` document, plus the scenario (so a plan file is self-contained)."""
+        """The ``solve --json`` document (docs/json-contracts.md), plus the scenario (so a plan file is self-contained)."""
         doc = self.plan.to_json()
         if reproducible:
             doc["solve_time_s"] = 0.0

@@ -1,4 +1,4 @@
-"""`optplace simulate`: DESIGN.md's JSON keys, determinism, exit codes."""
+"""`optplace simulate`: the JSON keys of docs/json-contracts.md, determinism, exit codes."""
 
 from __future__ import annotations
 

@@ -1,83 +1,188 @@
-"""Rich rendering of results for the terminal (the CLI's only presentation code)."""
+"""Rich rendering of results for the terminal (the CLI's only presentation code).
+
+Every table has a compact default that reads at 80 columns (the columns needed to judge a plan:
+GPU, type, adapters, slots, load, loss, verdict) and a wide form (``--wide``) with every column,
+printed at its natural width rather than squeezed into the terminal: a wide table on a narrow
+terminal overflows line by line (``| less -S`` reads it) instead of wrapping each cell into a column
+of fragments. Sentences under the tables wrap at the console width.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-    from optplace.twin.simulate import SimReport
-
-
-def render_sim_report(console: Console, rep: SimReport) -> None:
-    """A table of GPUs (load vs delivered, loss, latency, slots) and the adapters that starve."""
     from rich.table import Table
 
-    t = Table(title=f"twin: {rep.scenario} (seed {rep.seed}, {rep.duration_s:.0f} s window)")
-    for col, just in [("GPU", "right"), ("type", "left"), ("adapters", "right"), ("slots", "right"),
-                      ("KV tokens", "right"), ("offered tok/s", "right"), ("delivered tok/s", "right"),
-                      ("loss", "right"), ("ITL ms", "right"), ("TTFT p99 ms", "right"), ("status", "left")]:
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
-    for g in rep.gpus:
-        status = "[red]OOM at start[/]" if g.oom else ("[red]starved[/]" if g.starved else "[green]ok[/]")
-        if not g.oom and g.starved_adapters and not g.starved:
-            status += f" ([yellow]{len(g.starved_adapters)} adapters starve[/])"
-        t.add_row(str(g.index), g.gpu_type, str(len(g.adapters)), f"{g.max_loras}/{g.max_cpu_loras} r{g.max_lora_rank}",
-                  f"{g.kv_cache_tokens:,}", f"{g.offered_tok_s:,.0f}", f"{g.throughput_tok_s:,.0f}",
-                  f"{g.throughput_loss:.1%}", f"{g.itl_ms_mean:.1f}", f"{g.ttft_ms_p99:,.0f}", status)
-    console.print(t)
-    for g in rep.gpus:
+    from optplace.twin.simulate import GpuReport, SimReport
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a terminal table: header, alignment, whether the compact table shows it, and how a
+    row's cell is made (plain text or rich markup)."""
+
+    header: str
+    cell: Callable[[Any], str]
+    right: bool = True
+    compact: bool = False
+    #: Shown by ``--wide`` (off for a compact column that the wide table shows in detail instead).
+    wide: bool = True
+    #: May wrap its cells (free text: a verdict, a file name); other compact columns stay whole.
+    wrap: bool = False
+
+
+def build_table(title: str, columns: Sequence[Column], rows: Sequence[Any], wide: bool) -> Table:
+    """A rich table of ``rows`` with every column (``wide``) or only the compact ones."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    shown = [c for c in columns if (c.wide if wide else c.compact)]
+    for c in shown:
+        # Compact columns are few and short enough to fit 80 columns whole; only free text may wrap.
+        t.add_column(c.header, justify="right" if c.right else "left", no_wrap=not (wide or c.wrap),
+                     overflow="fold" if c.wrap else "ellipsis")
+    for r in rows:
+        t.add_row(*[c.cell(r) for c in shown])
+    return t
+
+
+def print_table(console: Console, table: Table, wide: bool) -> None:
+    """Print ``table``; a wide one at its natural width even when that is wider than the console."""
+    if not wide:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update_width(100_000), table).maximum
+    width = console.width  # rich clamps a print's width to the console's: widen the console for this table
+    console.width = max(width, natural)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
+
+
+def say(console: Console, text: str, markup: bool = False) -> None:
+    """A sentence under a table, wrapped at the console's width."""
+    console.print(text, markup=markup, soft_wrap=False)
+
+
+def _verdict(g: GpuReport | None) -> str:
+    """A GPU's twin verdict as rich markup: ok / starved / OOM, with the count of adapters over their bound."""
+    if g is None:
+        return "not validated"
+    if g.oom:
+        return "[red]OOM[/]"
+    if g.starved:
+        return "[red]starved[/]"
+    if g.starved_adapters:
+        return f"[green]ok[/], [yellow]{len(g.starved_adapters)} over[/]"
+    return "[green]ok[/]"
+
+
+def _over_bound_lines(console: Console, gpus: Sequence[GpuReport]) -> None:
+    for g in gpus:
         if g.starved_adapters and not g.oom:
             names = ", ".join(g.starved_adapters[:8]) + (" …" if len(g.starved_adapters) > 8 else "")
-            console.print(f"GPU {g.index}: {len(g.starved_adapters)} adapters above the loss bound: {names}",
-                          markup=False)
+            say(console, f"GPU {g.index}: {len(g.starved_adapters)} adapters above the loss bound: {names}")
+
+
+def _tok(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _slots(max_loras: int, max_cpu_loras: int, max_lora_rank: int) -> str:
+    return f"{max_loras}/{max_cpu_loras} r{max_lora_rank}"
+
+
+SIM_COLUMNS = (
+    Column("GPU", lambda g: str(g.index), compact=True),
+    Column("type", lambda g: g.gpu_type, right=False, compact=True),
+    Column("adapters", lambda g: str(len(g.adapters)), compact=True),
+    Column("slots", lambda g: _slots(g.max_loras, g.max_cpu_loras, g.max_lora_rank), compact=True),
+    Column("KV tokens", lambda g: f"{g.kv_cache_tokens:,}"),
+    Column("load tok/s", lambda g: _tok(g.offered_tok_s), compact=True),
+    Column("delivered tok/s", lambda g: _tok(g.throughput_tok_s)),
+    Column("loss", lambda g: f"{g.throughput_loss:.1%}", compact=True),
+    Column("ITL ms", lambda g: f"{g.itl_ms_mean:.1f}"),
+    Column("TTFT p99 ms", lambda g: _tok(g.ttft_ms_p99)),
+    Column("verdict", _verdict, right=False, compact=True, wrap=True),
+)
+
+
+def render_sim_report(console: Console, rep: SimReport, wide: bool = False) -> None:
+    """A table of GPUs (load vs delivered, loss, latency, slots) and the adapters that starve."""
+    title = f"twin: {rep.scenario} (seed {rep.seed}, {rep.duration_s:.0f} s window)"
+    print_table(console, build_table(title, SIM_COLUMNS, rep.gpus, wide), wide)
+    _over_bound_lines(console, rep.gpus)
     verdict = ("[green]all GPUs serve their load[/]" if not (rep.starved_gpus or rep.oom_gpus) else
                f"[red]{len(rep.starved_gpus)} starved, {len(rep.oom_gpus)} OOM[/]")
-    console.print(f"{verdict} — simulated {rep.simulated_s:,.0f} GPU-seconds in {rep.sim_wall_s:.1f} s wall")
+    say(console, f"{verdict} — simulated {rep.simulated_s:,.0f} GPU-seconds in {rep.sim_wall_s:.1f} s wall",
+        markup=True)
 
 
-def render_solve_report(console: Console, rep) -> None:  # rep: optplace.pipeline.SolveReport
+@dataclass(frozen=True, slots=True)
+class _PlanRow:
+    """One GPU of a solved plan with its twin result (None when not validated) and its rank mix."""
+
+    gpu: Any  # optplace.solver.plan.GpuAssignment
+    twin: GpuReport | None
+    ranks: str
+
+
+def _twin_cell(fmt: Callable[[GpuReport], str]) -> Callable[[_PlanRow], str]:
+    return lambda r: "–" if r.twin is None else fmt(r.twin)
+
+
+SOLVE_COLUMNS = (
+    Column("GPU", lambda r: str(r.gpu.gpu), compact=True),
+    Column("type", lambda r: r.gpu.gpu_type, right=False, compact=True),
+    Column("adapters", lambda r: str(len(r.gpu.adapters)), compact=True),
+    Column("ranks", lambda r: r.ranks, right=False),
+    Column("slots", lambda r: _slots(r.gpu.max_loras, r.gpu.max_cpu_loras, r.gpu.max_lora_rank), compact=True,
+           wide=False),
+    Column("--max-loras", lambda r: str(r.gpu.max_loras)),
+    Column("--max-cpu-loras", lambda r: str(r.gpu.max_cpu_loras)),
+    Column("--max-lora-rank", lambda r: str(r.gpu.max_lora_rank)),
+    Column("load tok/s", lambda r: _tok(r.gpu.offered_tok_s), compact=True),
+    Column("capacity tok/s", lambda r: _tok(r.gpu.capacity_tok_s)),
+    Column("predicted tok/s", lambda r: _tok(r.gpu.predicted_throughput_tok_s)),
+    Column("twin tok/s", _twin_cell(lambda g: _tok(g.throughput_tok_s))),
+    Column("loss", _twin_cell(lambda g: f"{g.throughput_loss:.1%}"), compact=True, wide=False),
+    Column("twin loss", _twin_cell(lambda g: f"{g.throughput_loss:.1%}")),
+    Column("twin ITL ms", _twin_cell(lambda g: f"{g.itl_ms_mean:.1f}")),
+    Column("twin TTFT p99 ms", _twin_cell(lambda g: _tok(g.ttft_ms_p99))),
+    Column("verdict", lambda r: _verdict(r.twin), right=False, compact=True, wrap=True),
+)
+
+
+def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:  # rep: pipeline.SolveReport
     """The plan (GPU, type, slots, adapters, offered vs capacity, predicted and twin figures), bound and gap."""
-    from rich.table import Table
-
     plan, val = rep.plan, rep.validation
     twin = {g.index: g for g in val.gpus} if val is not None else {}
-    t = Table(title=f"{rep.scenario.name}: {plan.gpus_used} GPUs ({plan.strategy}, objective {plan.objective})")
-    for col in ("GPU", "type", "adapters", "ranks", "--max-loras", "--max-cpu-loras", "--max-lora-rank",
-                "offered tok/s", "capacity tok/s", "predicted tok/s", "twin tok/s", "twin loss", "twin ITL ms",
-                "twin TTFT p99 ms", "status"):
-        t.add_column(col, justify="left" if col in ("type", "ranks", "status") else "right")
-    for g in plan.gpus:
-        if not g.adapters:
-            continue
-        tw = twin.get(g.gpu)
-        ranks = _rank_counts(rep.scenario, g.adapters)
-        if tw is None:
-            status, cells = "not validated", ["–"] * 4
-        else:
-            status = "[red]OOM[/]" if tw.oom else ("[red]starved[/]" if tw.starved else "[green]ok[/]")
-            if tw.starved_adapters and not tw.starved:
-                status += f" [yellow]({len(tw.starved_adapters)} adapters > loss bound)[/]"
-            cells = [f"{tw.throughput_tok_s:,.0f}", f"{tw.throughput_loss:.1%}", f"{tw.itl_ms_mean:.1f}",
-                     f"{tw.ttft_ms_p99:,.0f}"]
-        t.add_row(str(g.gpu), g.gpu_type, str(len(g.adapters)), ranks, str(g.max_loras), str(g.max_cpu_loras),
-                  str(g.max_lora_rank), f"{g.offered_tok_s:,.0f}", f"{g.capacity_tok_s:,.0f}",
-                  f"{g.predicted_throughput_tok_s:,.0f}", *cells, status)
-    console.print(t)
+    rows = [_PlanRow(g, twin.get(g.gpu), _rank_counts(rep.scenario, g.adapters)) for g in plan.gpus if g.adapters]
+    title = f"{rep.scenario.name}: {plan.gpus_used} GPUs ({plan.strategy}, objective {plan.objective})"
+    print_table(console, build_table(title, SOLVE_COLUMNS, rows, wide), wide)
+    if val is not None:
+        _over_bound_lines(console, [r.twin for r in rows if r.twin is not None])
     gap = f"{plan.gap:.1%}" if plan.gap == plan.gap and plan.gap != float("inf") else "–"
-    console.print(f"objective {plan.objective}: {plan.objective_value:g} · lower bound {plan.lower_bound:g} · "
-                  f"gap {gap} · solved in {plan.solve_time_s:.1f} s with the {plan.oracle} capacity oracle",
-                  markup=False)
+    say(console, f"objective {plan.objective}: {plan.objective_value:g} · lower bound {plan.lower_bound:g} · "
+                 f"gap {gap} · solved in {plan.solve_time_s:.1f} s with the {plan.oracle} capacity oracle")
     for a in rep.repairs:
-        console.print(f"repaired: {a}", markup=False)
+        say(console, f"repaired: {a}")
     if val is not None:
         verdict = ("[green]twin: every GPU serves its load[/]" if rep.ok else
                    f"[red]twin: {len(val.starved_gpus)} starved, {len(val.oom_gpus)} OOM after {rep.rounds} repair "
                    "rounds[/]")
-        console.print(verdict)
+        say(console, verdict, markup=True)
     if rep.comparison:
-        render_comparison_table(console, rep.comparison, rep.plan.objective)
+        render_comparison_table(console, rep.comparison, rep.plan.objective, wide)
+    if not wide:
+        say(console, "(--wide: every column, with the vLLM flags, capacity, predicted throughput and latency)")
 
 
 def comparison_headers(objective: str) -> list[str]:
@@ -86,7 +191,11 @@ def comparison_headers(objective: str) -> list[str]:
             "twin"]
 
 
-def comparison_cells(r) -> list[str]:  # r: pipeline.StrategyResult
+#: The comparison columns the compact terminal table keeps (by header position in :func:`comparison_headers`).
+COMPARISON_COMPACT = (0, 1, 4, 5, 6, 9)
+
+
+def comparison_cells(r: Any) -> list[str]:  # r: pipeline.StrategyResult
     """One strategy's row of the comparison, as text; the last cell is the twin's verdict (or why there is
     no plan)."""
     if r.error is not None:
@@ -97,22 +206,29 @@ def comparison_cells(r) -> list[str]:  # r: pipeline.StrategyResult
             "ok" if r.ok else "fails"]
 
 
-def render_comparison_table(console: Console, rows, objective: str) -> None:  # rows: pipeline.StrategyResult
-    """Every strategy's plan for the scenario, as placed (not repaired), as the twin found it."""
-    from rich.markup import escape
-    from rich.table import Table
+def _comparison_cell(k: int, last: bool) -> Callable[[Any], str]:
+    def cell(r: Any) -> str:
+        text = comparison_cells(r)[k]
+        if not last:
+            return text
+        from rich.markup import escape
 
-    t = Table(title="strategies compared (each plan as placed, not repaired; checked by the twin)")
-    for col in comparison_headers(objective):
-        t.add_column(col, justify="left" if col in ("strategy", "twin") else "right")
-    for r in rows:
-        *cells, verdict = comparison_cells(r)
         colour = "yellow" if r.error is not None else "green" if r.ok else "red"
-        t.add_row(*cells, f"[{colour}]{escape(verdict)}[/]")
-    console.print(t)
+        return f"[{colour}]{escape(text)}[/]"
+
+    return cell
 
 
-def _rank_counts(sc, names) -> str:
+def render_comparison_table(console: Console, rows: Sequence[Any], objective: str, wide: bool = False) -> None:
+    """Every strategy's plan for the scenario, as placed (not repaired), as the twin found it."""
+    headers = comparison_headers(objective)
+    columns = [Column(h, _comparison_cell(k, k == len(headers) - 1), right=h not in ("strategy", "twin"),
+                      compact=k in COMPARISON_COMPACT, wrap=h == "twin") for k, h in enumerate(headers)]
+    title = "strategies compared (each plan as placed, not repaired; checked by the twin)"
+    print_table(console, build_table(title, columns, rows, wide), wide)
+
+
+def _rank_counts(sc: Any, names: Sequence[str]) -> str:
     rank = {a.name: a.rank for a in sc.adapter_list()}
     counts: dict[int, int] = {}
     for n in names:
@@ -120,20 +236,43 @@ def _rank_counts(sc, names) -> str:
     return " ".join(f"r{r}×{c}" for r, c in sorted(counts.items()))
 
 
-def render_validation_table(console: Console, files: list[str], reports: list) -> None:
-    """One row per validated plan: GPUs, starved, OOM, worst throughput margin, latency."""
-    from rich.table import Table
+@dataclass(frozen=True, slots=True)
+class _ValidationRow:
+    """One validated plan: its file, its twin report and the figures summarised across its GPUs."""
 
-    t = Table(title="twin validation")
-    for col in ("plan", "scenario", "GPUs", "starved", "OOM", "adapters > bound", "worst loss", "mean ITL ms",
-                "worst TTFT p99 ms"):
-        t.add_column(col, justify="left" if col in ("plan", "scenario") else "right")
-    for f, r in zip(files, reports):
-        ok = [g for g in r.gpus if not g.oom]
-        worst = max((g.throughput_loss for g in r.gpus), default=0.0)
-        w = sum(g.throughput_tok_s for g in ok)
-        itl = sum(g.itl_ms_mean * g.throughput_tok_s for g in ok) / w if w > 0 else float("nan")
-        t.add_row(f, r.scenario, str(len(r.gpus)), str(len(r.starved_gpus)), str(len(r.oom_gpus)),
-                  str(sum(len(g.starved_adapters) for g in ok)), f"{worst:.1%}", f"{itl:.1f}",
-                  f"{max((g.ttft_ms_p99 for g in ok), default=0.0):,.0f}")
-    console.print(t)
+    file: str
+    rep: SimReport
+    worst_loss: float
+    itl_ms: float
+    ttft_ms_p99: float
+    over_bound: int
+
+
+def _validation_row(file: str, r: SimReport) -> _ValidationRow:
+    ok = [g for g in r.gpus if not g.oom]
+    w = sum(g.throughput_tok_s for g in ok)
+    itl = sum(g.itl_ms_mean * g.throughput_tok_s for g in ok) / w if w > 0 else float("nan")
+    return _ValidationRow(file, r, max((g.throughput_loss for g in r.gpus), default=0.0), itl,
+                          max((g.ttft_ms_p99 for g in ok), default=0.0), sum(len(g.starved_adapters) for g in ok))
+
+
+VALIDATION_COLUMNS = (
+    Column("plan", lambda v: v.file, right=False, compact=True, wrap=True),
+    Column("scenario", lambda v: v.rep.scenario, right=False),
+    Column("GPUs", lambda v: str(len(v.rep.gpus)), compact=True),
+    Column("starved", lambda v: str(len(v.rep.starved_gpus)), compact=True),
+    Column("OOM", lambda v: str(len(v.rep.oom_gpus)), compact=True),
+    Column("adapters > bound", lambda v: str(v.over_bound)),
+    Column("worst loss", lambda v: f"{v.worst_loss:.1%}", compact=True),
+    Column("mean ITL ms", lambda v: f"{v.itl_ms:.1f}"),
+    Column("worst TTFT p99 ms", lambda v: _tok(v.ttft_ms_p99)),
+    Column("verdict", lambda v: "[red]fails[/]" if v.rep.starved_gpus or v.rep.oom_gpus else "[green]ok[/]",
+           right=False, compact=True, wrap=True),
+)
+
+
+def render_validation_table(console: Console, files: list[str], reports: list[SimReport], wide: bool = False
+                            ) -> None:
+    """One row per validated plan: GPUs, starved, OOM, worst throughput margin, latency."""
+    rows = [_validation_row(f, r) for f, r in zip(files, reports)]
+    print_table(console, build_table("twin validation", VALIDATION_COLUMNS, rows, wide), wide)

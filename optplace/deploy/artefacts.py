@@ -1,6 +1,6 @@
 """Deployment artefacts for a placement plan: per-GPU vLLM commands, routes, nginx router, launcher.
 
-Input is the ``optplace solve --json`` document (DESIGN.md) plus the top-level ``"model"``,
+Input is the ``optplace solve --json`` document (docs/json-contracts.md) plus the top-level ``"model"``,
 ``"serving"`` and ``"adapters"`` keys the pipeline adds. :func:`build_deployment` is pure (plan →
 :class:`Deployment`); :func:`write_deployment` writes it to a folder:
 

@@ -100,7 +100,7 @@ class Plan:
         return math.fsum(g.cost_per_hour for g in self.gpus if g.adapters)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``solve --json`` document of DESIGN.md, minus ``validation`` (the pipeline adds it)."""
+        """The ``solve --json`` document (docs/json-contracts.md), minus ``validation`` (the pipeline adds it)."""
         return {
             "objective": self.objective,
             "strategy": self.strategy,

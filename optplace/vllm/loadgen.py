@@ -8,7 +8,7 @@ closed, which makes vLLM abort it), as in the reference study; only requests com
 window count as throughput. ``/metrics`` is scraped at the window start and end (and every
 ``sample_every_s`` in between) for the engine's own token counters, preemptions and queue lengths.
 
-Results use the per-GPU schema of ``optplace simulate --json`` (DESIGN.md). HTTP/1.1 is spoken over
+Results use the per-GPU schema of ``optplace simulate --json`` (docs/json-contracts.md). HTTP/1.1 is spoken over
 ``asyncio`` streams (one connection per request, ``Connection: close``), chunked transfer and
 server-sent events parsed here, so the load generator needs no third-party client.
 """
