@@ -29,7 +29,8 @@ def sweep(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --executor ray).")] = None,
 ) -> None:
     """Run or resume a twin sweep for a profile."""
-    from optplace.surrogate.sweep import LocalExecutor, RayExecutor, SweepDesign, run_sweep
+    from optplace.surrogate.design import SweepDesign
+    from optplace.surrogate.execution import LocalExecutor, RayExecutor, run_sweep
     from optplace.surrogate.twin_eval import TwinEvaluator
 
     if executor not in ("local", "ray"):
@@ -51,7 +52,7 @@ def replicate(
                                              "6 loss points of the starvation rule).")] = "all",
 ) -> None:
     """Re-run every configuration of a twin sweep with other twin seeds (for seed-averaged labels)."""
-    from optplace.surrogate.sweep import LocalExecutor, run_replicate
+    from optplace.surrogate.execution import LocalExecutor, run_replicate
     from optplace.surrogate.twin_eval import TwinEvaluator
 
     prov = json.loads(source.with_suffix(".json").read_text())
@@ -77,7 +78,7 @@ def train(
     = None,
 ) -> None:
     """Train the throughput / ITL / TTFT / starvation models on sweeps; print held-out metrics."""
-    from optplace.surrogate.models import train as _train
+    from optplace.surrogate.training import train as _train
 
     rep = _train(datasets, out, seed=seed, holdout=holdout or None, holdout_replicates=holdout_replicate or ())
     typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
@@ -96,7 +97,7 @@ def ship(
     note: Annotated[Optional[str], typer.Option(help="Free-text provenance note stored with the models.")] = None,
 ) -> None:
     """Train on twin sweeps of a bundled profile and write the models as package data (maintainers)."""
-    from optplace.surrogate.models import ship as _ship
+    from optplace.surrogate.training import ship as _ship
 
     rep = _ship(datasets, profile, seed=seed, holdout=holdout or None, holdout_replicates=holdout_replicate or (),
                 note=note)

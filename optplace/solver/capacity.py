@@ -406,7 +406,7 @@ class SurrogateCapacity:
     @classmethod
     def shipped(cls, problem: Problem) -> "SurrogateCapacity":
         """Use the models shipped for every GPU type's profile (FileNotFoundError if one is missing)."""
-        from optplace.surrogate.models import load_shipped
+        from optplace.surrogate.runtime import load_shipped
         return cls(problem, [load_shipped(t.profile.name) for t in problem.gpu_types])
 
     def slot_cap(self, gtype: int, rank_max: int) -> int:
