@@ -15,6 +15,8 @@ labels like no other.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 #: Source-hash twin versions of files made before :mod:`optplace.twin.version`, by semantics version.
@@ -51,3 +53,18 @@ def same_labels(a: dict[str, Any], b: dict[str, Any]) -> bool:
     if ia.get("evaluator") == "twin" and ia.get("twin_semantics_version") is None:
         return a == b
     return ia == ib
+
+
+def profile_hash(profile_json: Any) -> str:
+    """Short hash of a profile's semantic content: every field except the free-text ``source``
+    descriptions (they document where the numbers came from and change nothing the twin computes),
+    keys sorted, so re-wording a source line or re-ordering the JSON keeps the hash."""
+
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in sorted(v.items()) if k != "source"}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return hashlib.sha256(json.dumps(strip(profile_json), sort_keys=True).encode()).hexdigest()[:12]

@@ -185,16 +185,38 @@ class Surrogate:
         }
 
 
+class SurrogateRefused(ValueError):
+    """A surrogate file that must not be used for the profile in use; ``str()`` is the one-line reason."""
+
+
+def rebuild_hint(profile_name: str) -> str:
+    """The command that rebuilds a surrogate for a profile (its recipe when the profile is bundled)."""
+    from optplace.surrogate.recipe import RECIPES_DIR
+
+    recipe = RECIPES_DIR / f"{profile_name.replace('/', '_')}.yaml"
+    shown = f"optplace/surrogate/recipes/{recipe.name}" if recipe.exists() else "RECIPE.yaml"
+    return f"optplace surrogate build {shown} --out DIR"
+
+
 def load_surrogate(path: Path | str) -> Surrogate:
-    """Load models written by :func:`train`: a directory holding ``surrogate.json``, or that JSON."""
+    """Load models written by :func:`~optplace.surrogate.training.train`: a directory holding
+    ``surrogate.json``, or that JSON.  A file of another format is refused (:class:`SurrogateRefused`)."""
     p = Path(path)
     meta_path = p / "surrogate.json" if p.is_dir() else p
     d = meta_path.parent
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != MODEL_FORMAT_VERSION:
-        raise ValueError(f"{d}: model format {meta.get('format_version')} != {MODEL_FORMAT_VERSION}")
-    names = tuple(meta["feature_names"])
-    check_schema(names, int(meta["feature_schema_version"]))
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or meta.get("format_version") != MODEL_FORMAT_VERSION:
+            got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
+            raise SurrogateRefused(f"{meta_path}: surrogate format {got}, this optplace reads format "
+                                   f"{MODEL_FORMAT_VERSION}")
+        names = tuple(meta["feature_names"])
+        check_schema(names, int(meta["feature_schema_version"]))
+        model_files = {name: (d / info["file"]).read_text() for name, info in meta["models"].items()}
+    except SurrogateRefused:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SurrogateRefused(f"{meta_path}: not a readable surrogate ({type(e).__name__}: {e})") from e
     row_index = tuple(FEATURE_INDEX[n] for n in names)
     physics = None
     if set(names) & set(DERIVED_NAMES):
@@ -202,13 +224,28 @@ def load_surrogate(path: Path | str) -> Surrogate:
 
         physics = physics_for((meta.get("physics") or {})["profile"])
     models = {
-        name: ensemble_from_text(
-            (d / info["file"]).read_text(), names, row_index, "sigmoid" if name == "starved" else "identity",
-            physics, len(FEATURE_NAMES)
-        )
-        for name, info in meta["models"].items()
+        name: ensemble_from_text(text, names, row_index, "sigmoid" if name == "starved" else "identity", physics,
+                                 len(FEATURE_NAMES))
+        for name, text in model_files.items()
     }
     return Surrogate(d, meta, models, physics)
+
+
+def check_compatible(meta: dict[str, Any], profile_name: str, profile_hash_now: str, where: str = "surrogate") -> None:
+    """Refuse (:class:`SurrogateRefused`, one line naming the rebuild command) a surrogate trained under
+    another twin semantics version or on other profile numbers than the ones in use."""
+    from optplace.twin.version import TWIN_SEMANTICS_VERSION
+
+    hint = rebuild_hint(profile_name)
+    twin = meta.get("twin_semantics_version")
+    if twin != TWIN_SEMANTICS_VERSION:
+        raise SurrogateRefused(f"{where}: trained under twin semantics version {twin}, the twin is at "
+                               f"{TWIN_SEMANTICS_VERSION}; rebuild: {hint}")
+    trained = meta.get("profile_hash")
+    if trained != profile_hash_now:
+        raise SurrogateRefused(f"{where}: trained on profile {meta.get('profile')!r} with hash {trained}, the "
+                               f"profile in use ({profile_name!r}) has hash {profile_hash_now} (other numbers); "
+                               f"rebuild: {hint}")
 
 
 def shipped_model_path(profile_name: str) -> Path:
@@ -216,12 +253,28 @@ def shipped_model_path(profile_name: str) -> Path:
     return MODELS_DIR / f"{profile_name.replace('/', '_')}.surrogate.json"
 
 
-def load_shipped(profile_name: str) -> Surrogate:
-    """Load the surrogate shipped as package data for a bundled profile."""
-    d = shipped_model_path(profile_name)
+def load_shipped(profile: Any) -> Surrogate:
+    """The surrogate shipped as package data for ``profile`` (a :class:`~optplace.specs.Profile`, or a
+    bundled profile's name), checked against that profile's numbers and the twin in use.
+
+    Raises FileNotFoundError when none is shipped under the profile's name, and :class:`SurrogateRefused`
+    (one line) when the shipped file is of another format, or was trained under another twin semantics
+    version or on a profile with the same name but other numbers (a recalibrated profile).
+    """
+    from optplace.surrogate.provenance import profile_hash
+
+    if isinstance(profile, str):
+        from optplace.specs import bundled_profiles
+
+        profs = bundled_profiles()
+        if profile not in profs:
+            raise FileNotFoundError(f"no bundled profile {profile!r}")
+        profile = profs[profile]
+    d = shipped_model_path(profile.name)
     if not d.exists():
-        raise FileNotFoundError(
-            f"no shipped surrogate for profile {profile_name!r} in {MODELS_DIR}; "
-            "train one with `optplace surrogate train`"
-        )
-    return load_surrogate(d)
+        raise FileNotFoundError(f"no shipped surrogate for profile {profile.name!r}; build one with "
+                                f"{rebuild_hint(profile.name)}")
+    sur = load_surrogate(d)
+    check_compatible(sur.meta, profile.name, profile_hash(profile.model_dump(mode="json")),
+                     f"shipped surrogate {d.name}")
+    return sur

@@ -45,7 +45,7 @@ from optplace.surrogate.features import (
     SCHEMA_VERSION,
     check_schema,
 )
-from optplace.surrogate.provenance import same_labels
+from optplace.surrogate.provenance import evaluator_identity, same_labels
 from optplace.surrogate.runtime import MODEL_FORMAT_VERSION, MODELS_DIR, load_surrogate
 
 _FRAC_FLOOR = 1e-4
@@ -160,6 +160,7 @@ def train(
     holdout_replicates: Sequence[Path | str] = (),
     note: str | None = None,
     rounds_cap: dict[str, int] | None = None,
+    recipe_hash: str | None = None,
 ) -> TrainReport:
     """Train the four surrogates on a sweep dataset, write them to ``out_dir``, return metrics.
 
@@ -181,6 +182,8 @@ def train(
     are the same whatever held-out set is given.
 
     ``rounds_cap`` overrides entries of :data:`ROUNDS_CAP` (boosting-round caps per model).
+    ``surrogate.json`` records the training sweeps' twin semantics version and profile hash (what
+    :func:`~optplace.surrogate.runtime.check_compatible` checks) and ``recipe_hash`` when a recipe built it.
     """
     paths, holdouts = _path_list(dataset_path), _path_list(holdout)
     train_ds = load_datasets(paths)
@@ -208,7 +211,10 @@ def train(
     X = Xa[ok][:, cols]
     groups = ds.group[ok]
     ys = {k: v[ok] for k, v in _targets(ds).items()}
-    test = is_test[ok] if holdouts else split_groups(groups, test_frac, seed)
+    # test_frac 0 without held-out sweeps: every row trains (the models are the same as with held-out
+    # sweeps, which never shape them; only the metrics are missing)
+    test = is_test[ok] if holdouts else (split_groups(groups, test_frac, seed) if test_frac > 0
+                                         else np.zeros(groups.size, bool))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written to a staging folder inside ``out`` and renamed into place together at the
@@ -217,7 +223,7 @@ def train(
     try:
         metrics = _train_into(stage, ds, X, ys, test, groups, names, seed, prefix, holdouts, holdout_replicates,
                               hold, test_frac, paths, train_ds, note, ok, physics_profile,
-                              {**ROUNDS_CAP, **(rounds_cap or {})})
+                              {**ROUNDS_CAP, **(rounds_cap or {})}, recipe_hash)
         written = sorted((p.name for p in stage.iterdir()), key=lambda n: n.endswith("surrogate.json"))
         with atomic_files(out) as tmp:
             for name in written:
@@ -231,7 +237,8 @@ def train(
 def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], test: np.ndarray, groups: np.ndarray,
                 names: tuple[str, ...], seed: int, prefix: str, holdout: Any, holdout_replicates: Any, hold: Any,
                 test_frac: float, paths: Any, train_ds: Any, note: str | None, ok: np.ndarray,
-                physics_profile: str | None = None, caps: dict[str, int] | None = None) -> dict[str, Any]:
+                physics_profile: str | None = None, caps: dict[str, int] | None = None,
+                recipe_hash: str | None = None) -> dict[str, Any]:
     """Fit the four models, write them with their metadata and held-out rows into ``out``; the metrics."""
     caps = caps or ROUNDS_CAP
     files: dict[str, Any] = {}
@@ -269,7 +276,7 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
         "offered_max": float(X[~test][:, names.index("offered_tok_s")].max()) if "offered_tok_s" in names else None,
         "seed": seed,
         "test_frac": test_frac if not holdout else None,
-        "split": "random 20 % of sweep groups" if not holdout else {
+        "split": (f"random {test_frac * 100:g} % of sweep groups" if test_frac > 0 else "none") if not holdout else {
             "holdout": Path(holdout[0]).name if len(holdout) == 1 else [Path(h).name for h in holdout],
             "holdouts": hold.provenance["holdouts"],
             "configurations_also_in_training": hold.provenance["configurations_also_in_training"],
@@ -285,6 +292,12 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
     }
     if note:
         meta["note"] = note
+    ident = evaluator_identity(train_ds.provenance.get("evaluator", {}))
+    meta["twin_semantics_version"] = ident.get("twin_semantics_version")
+    meta["profile"] = ident.get("profile")
+    meta["profile_hash"] = ident.get("profile_hash")
+    if recipe_hash:
+        meta["recipe_hash"] = recipe_hash
     write_holdout(out / f"{prefix}holdout.csv", ds, np.flatnonzero(ok)[test])
     meta["holdout"] = f"{prefix}holdout.csv"
     meta_path = out / f"{prefix}surrogate.json"
@@ -348,7 +361,8 @@ def _stack(a: Dataset, b: Dataset) -> Dataset:
 
 def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, seed: int = 0,
          out_dir: Path | str | None = None, holdout: Path | str | Sequence[Path | str] | None = None,
-         holdout_replicates: Sequence[Path | str] = (), note: str | None = None) -> TrainReport:
+         holdout_replicates: Sequence[Path | str] = (), note: str | None = None,
+         recipe_hash: str | None = None) -> TrainReport:
     """Train on twin sweeps of a bundled profile and write the result as package data
     (``holdout`` / ``holdout_replicates`` as in :func:`train`)."""
     paths, holdouts = _path_list(dataset_path), _path_list(holdout)
@@ -357,4 +371,4 @@ def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, see
         if ev.get("evaluator") != "twin" or ev.get("profile") != profile_name:
             raise ValueError(f"{p}: not a twin sweep of {profile_name!r} (provenance: {ev})")
     return train(paths, out_dir or MODELS_DIR, seed=seed, prefix=f"{profile_name}.", holdout=holdouts or None,
-                 holdout_replicates=holdout_replicates, note=note)
+                 holdout_replicates=holdout_replicates, note=note, recipe_hash=recipe_hash)

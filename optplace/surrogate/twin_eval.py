@@ -8,14 +8,13 @@ dataset records which twin behaviour and which profile numbers produced its labe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from optplace.surrogate.config import GpuConfig, GpuMetrics
+from optplace.surrogate.provenance import profile_hash
 from optplace.twin.version import TWIN_SEMANTICS_VERSION
 
 
@@ -29,21 +28,6 @@ def cached_profile(name: str) -> Any:
     if name not in profs:
         raise ValueError(f"unknown profile {name!r}; bundled: {sorted(profs)}")
     return profs[name]
-
-
-def profile_hash(profile_json: Any) -> str:
-    """Short hash of a profile's semantic content: every field except the free-text ``source``
-    descriptions (they document where the numbers came from and change nothing the twin computes),
-    keys sorted, so re-wording a source line or re-ordering the JSON keeps the hash."""
-
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in sorted(v.items()) if k != "source"}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return hashlib.sha256(json.dumps(strip(profile_json), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def current_profile_hash(profile: str) -> str:
