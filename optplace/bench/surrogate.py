@@ -188,7 +188,7 @@ def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bo
     """Run the benchmark; print a table (unless ``json``: the caller prints the returned dict)."""
     from optplace.specs import bundled_profiles
     from optplace.surrogate.evaluation import holdout_sweeps, load_holdout
-    from optplace.surrogate.runtime import load_shipped
+    from optplace.surrogate.runtime import SurrogateRefused, load_shipped
 
     import os
 
@@ -199,8 +199,8 @@ def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bo
         if profiles is not None and name not in profiles:
             continue
         try:
-            sur = load_shipped(name)
-        except FileNotFoundError as e:
+            sur = load_shipped(prof)
+        except (FileNotFoundError, SurrogateRefused) as e:
             out["profiles"][name] = {"error": str(e)}
             continue
         X, targets, wall, pass_no = load_holdout(sur)
@@ -328,7 +328,7 @@ def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | 
     from pathlib import Path
 
     from optplace.surrogate.dataset import load_dataset
-    from optplace.surrogate.design import SweepDesign, design_config, memoize, sobol_unit
+    from optplace.surrogate.design import design_config, design_from_provenance, memoize, sobol_unit
     from optplace.surrogate.twin_eval import TwinEvaluator
 
     ev = TwinEvaluator(profile)
@@ -336,7 +336,7 @@ def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | 
         raise ValueError("pass the sweep dataset the shipped model was trained on")
     ds = load_dataset(Path(dataset))
     prov = ds.provenance
-    design = SweepDesign(**{k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()})
+    design = design_from_provenance(prov)
     seed = int(prov["seed"])
     u = sobol_unit(seed, design.n_points + design.n_chains)
     cap = memoize(ev.slot_cap)
