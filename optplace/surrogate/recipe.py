@@ -25,7 +25,6 @@ from typing import Any
 
 from optplace.surrogate.design import REPLICATE_SUBSETS, SweepDesign
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
 RECIPE_VERSION = 1
 
 _DESIGN_FIELDS = {f.name for f in fields(SweepDesign)}

@@ -38,6 +38,8 @@ from optplace.surrogate.trees import Ensemble, ensemble_from_text
 
 MODEL_FORMAT_VERSION = 2
 MODELS_DIR = Path(__file__).parent / "models"
+#: The recipes of the shipped models (:mod:`optplace.surrogate.recipe`), one per profile.
+RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +193,6 @@ class SurrogateRefused(ValueError):
 
 def rebuild_hint(profile_name: str) -> str:
     """The command that rebuilds a surrogate for a profile (its recipe when the profile is bundled)."""
-    from optplace.surrogate.recipe import RECIPES_DIR
-
     recipe = RECIPES_DIR / f"{profile_name.replace('/', '_')}.yaml"
     shown = f"optplace/surrogate/recipes/{recipe.name}" if recipe.exists() else "RECIPE.yaml"
     return f"optplace surrogate build {shown} --out DIR"
