@@ -267,9 +267,9 @@ def pool_replicates(base: Path | str, replicates: Sequence[Path | str], partial:
     targets["oom"] = oom
     targets["throughput_loss"] = np.where(oom > 0, 1.0, loss)
     targets["starved"] = ((oom > 0) | (loss >= max_loss)).astype(np.float64)
-    for k in range(len(parts)):
-        targets[f"throughput_tok_s_rep{k}"] = T["throughput_tok_s"][k]
-        targets[f"starved_rep{k}"] = T["starved"][k]
+    for j in range(len(parts)):
+        targets[f"throughput_tok_s_rep{j}"] = T["throughput_tok_s"][j]
+        targets[f"starved_rep{j}"] = T["starved"][j]
     targets["n_seeds"] = seen.sum(axis=0).astype(np.float64)
     meta = {m: v[i0] for m, v in b.meta.items()}
     # wall seconds of one twin run (the seeds' mean), so per-configuration sweep costs stay comparable

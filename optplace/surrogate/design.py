@@ -173,8 +173,15 @@ def design_config(
     return cfg, load, rate_kind
 
 
+def design_from_dict(d: dict[str, Any]) -> SweepDesign:
+    """A :class:`SweepDesign` from its JSON/YAML form (lists become tuples; missing fields take defaults)."""
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return SweepDesign(**fields)
+
+
 def design_from_provenance(prov: dict[str, Any]) -> SweepDesign:
-    return SweepDesign(**{k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()})
+    """The design a sweep's provenance records."""
+    return design_from_dict(prov["design"])
 
 
 def replay_units(rows: dict[int, dict[str, str]], design: SweepDesign, seed: int) -> dict[int, tuple[int, np.ndarray]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from optplace.surrogate.design import REPLICATE_SUBSETS, SweepDesign
+from optplace.surrogate.design import REPLICATE_SUBSETS, SweepDesign, design_from_dict
 
 RECIPE_VERSION = 1
 
@@ -106,8 +106,7 @@ def _sweep(d: dict[str, Any], where: str) -> SweepStep:
     if unknown or bad or "name" not in d or "seed" not in d:
         raise ValueError(f"{where}: a sweep needs name, seed and design ({sorted(_DESIGN_FIELDS)}); "
                          f"unknown: {sorted(unknown | bad)}")
-    design = SweepDesign(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get("design", {}).items()})
-    return SweepStep(str(d["name"]), int(d["seed"]), design)
+    return SweepStep(str(d["name"]), int(d["seed"]), design_from_dict(d.get("design", {})))
 
 
 def _replicate(d: dict[str, Any], names: set[str], where: str) -> ReplicateStep:
@@ -132,7 +131,7 @@ def load_recipe(path: Path | str) -> Recipe:
     hsweeps = tuple(_sweep(s, str(p)) for s in hold.get("sweeps", []))
     reps = tuple(_replicate(r, {s.name for s in sweeps}, str(p)) for r in doc.get("replicates", []))
     hreps = tuple(_replicate(r, {s.name for s in hsweeps}, str(p)) for r in hold.get("replicates", []))
-    names = [s.name for s in (*sweeps, *reps, *hsweeps, *hreps)]
+    names = [s.name for s in sweeps + hsweeps] + [r.name for r in reps + hreps]
     if not sweeps or len(set(names)) != len(names):
         raise ValueError(f"{p}: a recipe needs at least one sweep, and distinct step names")
     return Recipe(p, str(doc["profile"]), sweeps, reps, hsweeps, hreps, dict(doc.get("training") or {}),
@@ -193,7 +192,7 @@ def build_recipe(
         results.append(StepResult(step.name, res.rows_total, res.rows_new))
         on_event(f"      {res.rows_total} rows ({res.rows_new} new, {res.wall_s:.0f} s)")
     on_event("training")
-    paths = [sdir / s.name for s in (*recipe.sweeps, *recipe.replicates)]
+    paths = [sdir / s.name for s in recipe.sweeps] + [sdir / r.name for r in recipe.replicates]
     hold = [sdir / s.name for s in recipe.holdout_sweeps] if with_holdout else []
     hold_reps = [sdir / s.name for s in recipe.holdout_replicates] if with_holdout else []
     rep = train(paths, out, seed=int(recipe.training.get("seed", 0)), prefix=f"{recipe.profile}.",
