@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optplace.surrogate.sweep import LocalExecutor, SweepDesign, run_replicate, run_sweep
+from optplace.surrogate.design import SweepDesign
+from optplace.surrogate.execution import LocalExecutor, run_replicate, run_sweep
 from optplace.surrogate.synthetic import SyntheticEvaluator
 
 

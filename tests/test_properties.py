@@ -211,7 +211,7 @@ def test_balancing_keeps_the_count_and_oracle_and_lowers_the_worst_gpu(model, n,
 def test_surrogate_step_encoding_equals_model_at_optimum(profile, rank, rate) -> None:
     from optplace.surrogate.features import FEATURE_NAMES
     from optplace.surrogate.milp_encoding import class_rows, one_gpu_capacity
-    from optplace.surrogate.models import load_shipped
+    from optplace.surrogate.runtime import load_shipped
 
     sur = load_shipped(profile)
     cap = bundled_profiles()[profile].max_startable_slots(rank)

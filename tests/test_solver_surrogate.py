@@ -7,8 +7,10 @@ import pytest
 
 from optplace.solver import Mix, SurrogateCapacity, compile_problem, solve
 from optplace.specs import load_scenario_text
-from optplace.surrogate.models import load_surrogate, train
-from optplace.surrogate.sweep import LocalExecutor, SweepDesign, run_sweep
+from optplace.surrogate.runtime import load_surrogate
+from optplace.surrogate.training import train
+from optplace.surrogate.design import SweepDesign
+from optplace.surrogate.execution import LocalExecutor, run_sweep
 from optplace.surrogate.synthetic import SyntheticEvaluator
 from helpers import REPO
 

@@ -13,9 +13,12 @@ import pytest
 from optplace.surrogate.config import ArrivalParams, GpuConfig, LengthParams
 from optplace.surrogate.features import (BASE_NAMES, FEATURE_INDEX, FEATURE_NAMES, LINEAR_FEATURES, SCHEMA_VERSION, check_schema,
                                          feature_row)
-from optplace.surrogate.models import load_surrogate, macro_f1, smape, split_groups, train
-from optplace.surrogate.sweep import (COLUMNS, LocalExecutor, SweepDesign, design_config, load_dataset, read_rows,
-                                      run_sweep)
+from optplace.surrogate.evaluation import macro_f1, smape
+from optplace.surrogate.runtime import load_surrogate
+from optplace.surrogate.training import split_groups, train
+from optplace.surrogate.dataset import COLUMNS, load_dataset, read_rows
+from optplace.surrogate.design import SweepDesign, design_config
+from optplace.surrogate.execution import LocalExecutor, run_sweep
 from optplace.surrogate.synthetic import SyntheticEvaluator
 from optplace.surrogate.trees import parse_lightgbm_text
 
@@ -187,7 +190,7 @@ def test_interrupted_training_leaves_the_previous_models(trained: tuple[Path, Pa
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from optplace.surrogate import models as models_mod
+    from optplace.surrogate import training as training_mod
 
     ds, m = trained
     out = tmp_path / "m"
@@ -197,7 +200,7 @@ def test_interrupted_training_leaves_the_previous_models(trained: tuple[Path, Pa
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # as if interrupted after the boosters were written
 
-    monkeypatch.setattr(models_mod, "_write_holdout", boom)
+    monkeypatch.setattr(training_mod, "write_holdout", boom)
     with pytest.raises(KeyboardInterrupt):
         train(ds, out, seed=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # same files, same bytes, no staging left
@@ -311,7 +314,7 @@ def test_cli_sweep_rejects_unknown_executor(tmp_path: Path) -> None:
 
 
 def test_load_datasets_merges_sweeps_without_group_clashes(tmp_path: Path) -> None:
-    from optplace.surrogate.sweep import load_datasets
+    from optplace.surrogate.dataset import load_datasets
 
     ev = SyntheticEvaluator()
     run_sweep(ev, tmp_path / "a", SMALL, seed=1, executor=LocalExecutor(1), progress=False)
@@ -327,7 +330,7 @@ def test_load_datasets_merges_sweeps_without_group_clashes(tmp_path: Path) -> No
 
 def test_load_datasets_pools_label_equivalent_twins_only(tmp_path: Path) -> None:
     # training may pool sweeps made by twin versions listed as label-equivalent, and no others
-    from optplace.surrogate.sweep import load_datasets
+    from optplace.surrogate.dataset import load_datasets
 
     ev = SyntheticEvaluator()
     for name, seed in (("a", 1), ("b", 2)):

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optplace.surrogate.sweep import (BOUNDARY_BAND, LocalExecutor, SweepDesign, boundary_row, load_dataset,
-                                      load_datasets, noisy_row, read_rows, run_replicate)
+from optplace.surrogate.dataset import load_dataset, load_datasets, read_rows
+from optplace.surrogate.design import BOUNDARY_BAND, SweepDesign, boundary_row, noisy_row
+from optplace.surrogate.execution import LocalExecutor, run_replicate
 from optplace.surrogate.synthetic import SyntheticEvaluator
 from surrogate_helpers import noisy_synthetic_sweep
 

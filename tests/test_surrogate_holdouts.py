@@ -11,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optplace.surrogate.models import evaluate, holdout_sweeps, load_holdout, load_surrogate, train
-from optplace.surrogate.sweep import (LocalExecutor, SweepDesign, load_holdouts, pool_replicates, run_replicate,
-                                      run_sweep, same_labels)
+from optplace.surrogate.evaluation import evaluate, holdout_sweeps, load_holdout
+from optplace.surrogate.runtime import load_surrogate
+from optplace.surrogate.training import train
+from optplace.surrogate.dataset import load_holdouts, pool_replicates
+from optplace.surrogate.design import SweepDesign
+from optplace.surrogate.execution import LocalExecutor, run_replicate, run_sweep
+from optplace.surrogate.provenance import same_labels
 from optplace.surrogate.synthetic import SyntheticEvaluator
 
 HOLD = SweepDesign(n_points=60, n_chains=6, chain_steps=4, max_adapters=256)

@@ -11,8 +11,11 @@ import pytest
 from optplace.surrogate.features import FEATURE_NAMES, feature_row_from_parts
 from optplace.surrogate.milp_encoding import (GbtEncoding, PwlEncoding, StepEncoding, class_rows, one_gpu_capacity,
                                               row_from_point, solve, step_table, tabulate)
-from optplace.surrogate.models import Surrogate, load_surrogate, train
-from optplace.surrogate.sweep import LocalExecutor, SweepDesign, load_dataset, run_sweep
+from optplace.surrogate.runtime import Surrogate, load_surrogate
+from optplace.surrogate.training import train
+from optplace.surrogate.dataset import load_dataset
+from optplace.surrogate.design import SweepDesign
+from optplace.surrogate.execution import LocalExecutor, run_sweep
 from optplace.surrogate.synthetic import SyntheticEvaluator
 
 

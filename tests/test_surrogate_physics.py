@@ -14,11 +14,12 @@ import pytest
 from optplace.surrogate.config import GpuConfig
 from optplace.surrogate.features import (BASE_NAMES, DERIVED_NAMES, FEATURE_INDEX, FEATURE_NAMES, HIST_COUNT_NAMES,
                                          HIST_LO, HIST_SUM_NAMES, feature_row, feature_row_from_parts)
-from optplace.surrogate.models import (ROUNDS_CAP, THRESHOLD_GRID, cv_threshold, load_surrogate,
-                                      train)
+from optplace.surrogate.runtime import load_surrogate
+from optplace.surrogate.training import ROUNDS_CAP, THRESHOLD_GRID, cv_threshold, train
 from optplace.surrogate.physics import WINDOW_S, physics_for
-from optplace.surrogate.sweep import (LocalExecutor, SweepDesign, load_dataset, load_datasets, noisy_row,
-                                      pool_replicates, read_rows, run_replicate, run_sweep)
+from optplace.surrogate.dataset import load_dataset, load_datasets, pool_replicates, read_rows
+from optplace.surrogate.design import SweepDesign, noisy_row
+from optplace.surrogate.execution import LocalExecutor, run_replicate, run_sweep
 from optplace.surrogate.synthetic import SyntheticEvaluator
 from optplace.surrogate.twin_eval import TwinEvaluator
 from surrogate_helpers import noisy_synthetic_sweep
@@ -167,7 +168,8 @@ def test_schema1_twin_sweep_is_upgraded_on_load(tmp_path: Path) -> None:
 
 
 def test_physics_models_predict_the_same_row_by_row_and_vectorised() -> None:
-    from optplace.surrogate.models import load_holdout, load_shipped
+    from optplace.surrogate.evaluation import load_holdout
+    from optplace.surrogate.runtime import load_shipped
 
     sur = load_shipped(LLAMA)
     assert sur.physics is not None and set(DERIVED_NAMES) <= set(sur.feature_names)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from optplace.surrogate.sweep import LocalExecutor, RayExecutor, SweepDesign, read_rows, run_sweep
+from optplace.surrogate.dataset import read_rows
+from optplace.surrogate.design import SweepDesign
+from optplace.surrogate.execution import LocalExecutor, RayExecutor, run_sweep
 from optplace.surrogate.synthetic import SyntheticEvaluator
 
 pytestmark = pytest.mark.ray

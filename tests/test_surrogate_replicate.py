@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optplace.surrogate.models import load_surrogate, smape, train
-from optplace.surrogate.sweep import (LocalExecutor, SweepDesign, load_dataset, pool_replicates, read_rows,
-                                      run_replicate, run_sweep)
+from optplace.surrogate.evaluation import smape
+from optplace.surrogate.runtime import load_surrogate
+from optplace.surrogate.training import train
+from optplace.surrogate.dataset import load_dataset, pool_replicates, read_rows
+from optplace.surrogate.design import SweepDesign
+from optplace.surrogate.execution import LocalExecutor, run_replicate, run_sweep
 from optplace.surrogate.synthetic import SyntheticEvaluator
 
 DESIGN = SweepDesign(n_points=80, n_chains=10, chain_steps=4, max_adapters=256)

@@ -11,7 +11,8 @@ import pytest
 from optplace.specs import bundled_profiles
 from optplace.surrogate.features import ALL_NAMES, BASE_NAMES, DERIVED_NAMES, FEATURE_NAMES, SCHEMA_VERSION
 from optplace.surrogate.milp_encoding import GbtEncoding, class_rows, one_gpu_capacity, solve
-from optplace.surrogate.models import holdout_sweeps, load_holdout, load_shipped
+from optplace.surrogate.evaluation import holdout_sweeps, load_holdout
+from optplace.surrogate.runtime import load_shipped
 
 PROFILES = ("llama-3.1-8b-instruct@h100-64gb", "qwen-2.5-7b-instruct@h100-64gb")
 

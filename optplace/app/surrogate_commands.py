@@ -1,18 +1,28 @@
 """``optplace surrogate …`` commands (a typer sub-app; the main CLI mounts it as ``surrogate``).
 
-Thin: parse options, delegate to :func:`optplace.surrogate.sweep.run_sweep` and
-:func:`optplace.surrogate.models.train`, print a short summary.
+Thin: parse options, delegate to :mod:`optplace.surrogate.execution` (sweeps, replicates),
+:mod:`optplace.surrogate.training` (train, ship) and :mod:`optplace.surrogate.recipe` (build), print a
+short summary.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 app = typer.Typer(help="Capacity surrogates: twin sweeps and LightGBM training.", no_args_is_help=True)
+
+
+def _executor(kind: str, workers: int | None, address: str | None, local: Any, ray: Any) -> Any:
+    """The sweep executor the options name (``local`` with ``workers`` processes, or ``ray`` at ``address``)."""
+    if kind not in ("local", "ray"):
+        raise typer.BadParameter(f"--executor must be local or ray, got {kind!r}")
+    if kind == "ray":
+        return ray(address=address, num_cpus=workers)
+    return local(workers) if workers else local()
 
 
 @app.command()
@@ -29,12 +39,11 @@ def sweep(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --executor ray).")] = None,
 ) -> None:
     """Run or resume a twin sweep for a profile."""
-    from optplace.surrogate.sweep import LocalExecutor, RayExecutor, SweepDesign, run_sweep
+    from optplace.surrogate.design import SweepDesign
+    from optplace.surrogate.execution import LocalExecutor, RayExecutor, run_sweep
     from optplace.surrogate.twin_eval import TwinEvaluator
 
-    if executor not in ("local", "ray"):
-        raise typer.BadParameter(f"--executor must be local or ray, got {executor!r}")
-    ex = RayExecutor(address=address) if executor == "ray" else (LocalExecutor(workers) if workers else LocalExecutor())
+    ex = _executor(executor, workers, address, LocalExecutor, RayExecutor)
     design = SweepDesign(n_points=points, n_chains=chains, chain_steps=chain_steps, duration_s=duration_s)
     res = run_sweep(TwinEvaluator(profile), out, design, seed=seed, executor=ex)
     typer.echo(f"{res.csv_path}: {res.rows_total} rows ({res.rows_new} new) in {res.wall_s:.0f} s")
@@ -51,7 +60,7 @@ def replicate(
                                              "6 loss points of the starvation rule).")] = "all",
 ) -> None:
     """Re-run every configuration of a twin sweep with other twin seeds (for seed-averaged labels)."""
-    from optplace.surrogate.sweep import LocalExecutor, run_replicate
+    from optplace.surrogate.execution import LocalExecutor, run_replicate
     from optplace.surrogate.twin_eval import TwinEvaluator
 
     prov = json.loads(source.with_suffix(".json").read_text())
@@ -77,7 +86,7 @@ def train(
     = None,
 ) -> None:
     """Train the throughput / ITL / TTFT / starvation models on sweeps; print held-out metrics."""
-    from optplace.surrogate.models import train as _train
+    from optplace.surrogate.training import train as _train
 
     rep = _train(datasets, out, seed=seed, holdout=holdout or None, holdout_replicates=holdout_replicate or ())
     typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
@@ -96,9 +105,37 @@ def ship(
     note: Annotated[Optional[str], typer.Option(help="Free-text provenance note stored with the models.")] = None,
 ) -> None:
     """Train on twin sweeps of a bundled profile and write the models as package data (maintainers)."""
-    from optplace.surrogate.models import ship as _ship
+    from optplace.surrogate.training import ship as _ship
 
     rep = _ship(datasets, profile, seed=seed, holdout=holdout or None, holdout_replicates=holdout_replicate or (),
                 note=note)
     typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
                            "metrics": rep.metrics}, indent=2))
+
+
+@app.command()
+def build(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (the shipped ones: optplace/surrogate/recipes/).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the model files (<profile>.*, as shipped).")],
+    sweeps: Annotated[Optional[Path], typer.Option(help="Folder of the sweep files, reused or resumed when their "
+                                                        "provenance matches (default: OUT/sweeps).")] = None,
+    executor: Annotated[str, typer.Option(help="local | ray")] = "local",
+    workers: Annotated[Optional[int], typer.Option(help="Local processes (default: all cores).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --executor ray).")] = None,
+    holdout: Annotated[bool, typer.Option("--holdout/--no-holdout", help="Run and score the held-out sweeps "
+                                                                         "(the model files do not depend on them).")]
+    = True,
+) -> None:
+    """Build a surrogate from its recipe end to end: sweeps, replicates, dataset, training, threshold, files."""
+    from optplace.surrogate.execution import LocalExecutor, RayExecutor
+    from optplace.surrogate.recipe import build_recipe, load_recipe
+
+    try:
+        rec = load_recipe(recipe)
+    except (OSError, ValueError, KeyError) as e:
+        raise typer.BadParameter(str(e)) from e
+    ex = _executor(executor, workers, address, LocalExecutor, RayExecutor)
+    typer.echo(f"recipe {recipe} (hash {rec.hash}) for {rec.profile}: {len(rec.steps(holdout))} sweep steps")
+    rep = build_recipe(rec, out, sweeps, executor=ex, with_holdout=holdout, on_event=typer.echo)
+    typer.echo(json.dumps({"out": str(rep.model_json), "twin_runs_new": rep.rows_new, "metrics": rep.metrics},
+                          indent=2))

@@ -91,7 +91,7 @@ SWEEP_FIGURES = ("n", "throughput_smape_pct", "throughput_smape_pct_vs_seed0",
 def holdout_figures(sur: Any, X: np.ndarray, targets: dict[str, np.ndarray], pass_no: np.ndarray) -> dict[str, float]:
     """All held-out figures of ``evaluate`` plus starvation macro-F1 on Sobol (pass 1) and boundary-chain
     rows, and the count of wrong starvation verdicts."""
-    from optplace.surrogate.models import evaluate, macro_f1
+    from optplace.surrogate.evaluation import evaluate, macro_f1
 
     P = sur.predict_many(X)
     h = evaluate(sur, X, targets, P)
@@ -119,7 +119,7 @@ def by_sweep(sur: Any, X: np.ndarray, targets: dict[str, np.ndarray], pass_no: n
 def _real_runs(sur: Any, model: str) -> dict[str, float]:
     from optplace.calibration.reference import load_dt_validation
     from optplace.surrogate.features import feature_row_from_parts
-    from optplace.surrogate.models import macro_f1, smape
+    from optplace.surrogate.evaluation import macro_f1, smape
 
     runs = [r for r in load_dt_validation(statuses=frozenset({"ok"})) if r.model == model]
     if not runs:
@@ -166,7 +166,7 @@ def _milp(sur: Any, profile: Any) -> dict[str, float]:
 def _sweep_cost(profile: str, sample: int, seed: int = 0) -> dict[str, float]:
     """CPU seconds per configuration of the default sweep design on this profile (first ``sample``
     Sobol points, in this process): CPU time does not depend on what else shares the machine."""
-    from optplace.surrogate.sweep import SweepDesign, iter_tasks
+    from optplace.surrogate.design import SweepDesign, iter_tasks
     from optplace.surrogate.twin_eval import TwinEvaluator
 
     ev = TwinEvaluator(profile)
@@ -187,7 +187,8 @@ def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bo
         sweep_sample: int = 16) -> dict[str, Any]:
     """Run the benchmark; print a table (unless ``json``: the caller prints the returned dict)."""
     from optplace.specs import bundled_profiles
-    from optplace.surrogate.models import holdout_sweeps, load_holdout, load_shipped
+    from optplace.surrogate.evaluation import holdout_sweeps, load_holdout
+    from optplace.surrogate.runtime import SurrogateRefused, load_shipped
 
     import os
 
@@ -198,8 +199,8 @@ def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bo
         if profiles is not None and name not in profiles:
             continue
         try:
-            sur = load_shipped(name)
-        except FileNotFoundError as e:
+            sur = load_shipped(prof)
+        except (FileNotFoundError, SurrogateRefused) as e:
             out["profiles"][name] = {"error": str(e)}
             continue
         X, targets, wall, pass_no = load_holdout(sur)
@@ -326,7 +327,8 @@ def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | 
     import dataclasses
     from pathlib import Path
 
-    from optplace.surrogate.sweep import SweepDesign, memoize, sobol_unit, design_config, load_dataset
+    from optplace.surrogate.dataset import load_dataset
+    from optplace.surrogate.design import design_config, design_from_provenance, memoize, sobol_unit
     from optplace.surrogate.twin_eval import TwinEvaluator
 
     ev = TwinEvaluator(profile)
@@ -334,8 +336,7 @@ def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | 
         raise ValueError("pass the sweep dataset the shipped model was trained on")
     ds = load_dataset(Path(dataset))
     prov = ds.provenance
-    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in prov["design"].items()}
-    design = SweepDesign(**fields)
+    design = design_from_provenance(prov)
     seed = int(prov["seed"])
     u = sobol_unit(seed, design.n_points + design.n_chains)
     cap = memoize(ev.slot_cap)

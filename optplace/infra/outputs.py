@@ -13,7 +13,7 @@ output or none.
   name, and all are renamed at the end, in the order they were asked for (write the index last).
 * Append-only files that are resumable (a surrogate sweep's CSV) are not swapped: each row is one
   complete line, flushed as it is written, and a resumed run cuts a torn last line first
-  (``optplace.surrogate.sweep._drop_torn_tail``) — atomic per row, which keeps resume working.
+  (``optplace.surrogate.execution._drop_torn_tail``) — atomic per row, which keeps resume working.
 
 Renames are done with SIGTERM/SIGINT held, so a signal cannot fall between them.
 """

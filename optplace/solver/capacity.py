@@ -28,6 +28,7 @@ All three honour ``constraints.max_throughput_loss`` and, if set, ``constraints.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -404,9 +405,11 @@ class SurrogateCapacity:
 
     @classmethod
     def shipped(cls, problem: Problem) -> "SurrogateCapacity":
-        """Use the models shipped for every GPU type's profile (FileNotFoundError if one is missing)."""
-        from optplace.surrogate.models import load_shipped
-        return cls(problem, [load_shipped(t.profile.name) for t in problem.gpu_types])
+        """Use the models shipped for every GPU type's profile, each checked against that profile's numbers
+        and the twin in use (FileNotFoundError if one is missing, ``SurrogateRefused`` if one does not fit)."""
+        from optplace.surrogate.runtime import load_shipped
+
+        return cls(problem, [load_shipped(t.profile) for t in problem.gpu_types])
 
     def slot_cap(self, gtype: int, rank_max: int) -> int:
         return self.analytic.slot_cap(gtype, rank_max)
@@ -481,10 +484,17 @@ def make_oracle(problem: Problem, kind: str = "auto", **kw: Any) -> CapacityOrac
     if kind == "surrogate":
         return SurrogateCapacity.shipped(problem)
     if kind == "auto":
+        from optplace.surrogate.runtime import SurrogateRefused
+
         try:
             return SurrogateCapacity.shipped(problem)
-        except (FileNotFoundError, ImportError, ValueError):
-            return TwinCapacity(problem, **kw) if problem.scenario is not None else AnalyticCapacity(problem)
+        except (FileNotFoundError, SurrogateRefused) as e:
+            # Never silent: the twin oracle is much slower, and a refused surrogate means the user's profile
+            # or twin differs from what the shipped model learned.
+            fallback: CapacityOracle = (TwinCapacity(problem, **kw) if problem.scenario is not None
+                                        else AnalyticCapacity(problem))
+            sys.stderr.write(f"warning: {e}; using the {fallback.name} capacity oracle\n")
+            return fallback
     raise ValueError(f"unknown oracle {kind!r}; valid: analytic, twin, surrogate, auto")
 
 

@@ -171,16 +171,9 @@ def feature_row(config: GpuConfig) -> np.ndarray:
     return feature_row_from_parts(config.rates_rps, config.ranks, config.max_loras, mi, mo, cv, bf)
 
 
-def feature_matrix(configs: Sequence[GpuConfig]) -> np.ndarray:
-    """Stack the feature rows of many configurations into an (n, n_features) array."""
-    if not configs:
-        return np.zeros((0, len(FEATURE_NAMES)))
-    return np.vstack([feature_row(c) for c in configs])
-
-
 def check_schema(names: Sequence[str], version: int) -> None:
     """Raise ValueError when a stored model/dataset's schema is not compatible with this one
-    (schema-1 datasets are upgraded on load by :func:`optplace.surrogate.sweep.load_dataset`)."""
+    (schema-1 datasets are upgraded on load by :func:`optplace.surrogate.dataset.load_dataset`)."""
     if version != SCHEMA_VERSION:
         raise ValueError(f"feature schema version {version} != supported {SCHEMA_VERSION}")
     unknown = [n for n in names if n not in FEATURE_INDEX]

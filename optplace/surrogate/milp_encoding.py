@@ -607,8 +607,14 @@ def class_rows(ns: Sequence[int] | np.ndarray, max_loras: int, rank: int, rate_r
 
     Equal to :func:`optplace.surrogate.features.feature_row_from_parts` on the expanded lists (tested).
     """
-    from optplace.surrogate.features import FEATURE_INDEX, FEATURE_NAMES, HIST_COUNT_NAMES, HIST_SUM_NAMES, RANK_BUCKETS
-    from optplace.surrogate.features import hist_bins
+    from optplace.surrogate.features import (
+        FEATURE_INDEX,
+        FEATURE_NAMES,
+        HIST_COUNT_NAMES,
+        HIST_SUM_NAMES,
+        RANK_BUCKETS,
+        hist_bins,
+    )
 
     n = np.asarray(ns, dtype=np.float64)
     X = np.zeros((n.size, len(FEATURE_NAMES)))

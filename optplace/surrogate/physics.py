@@ -29,7 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from optplace.surrogate.features import FEATURE_INDEX, HIST_BINS, HIST_COUNT_NAMES, HIST_SUM_NAMES
+from optplace.surrogate.features import (
+    FEATURE_INDEX,
+    HIST_BINS,
+    HIST_COUNT_NAMES,
+    HIST_SUM_NAMES,
+)
 
 #: Window the persistence test compares busy periods with: the sweeps' (and the study's) one hour.
 WINDOW_S = 3600.0

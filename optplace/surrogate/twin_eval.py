@@ -1,23 +1,21 @@
 """The digital twin as a sweep evaluator (``optplace.twin.simulate.simulate_gpu`` on one GPU).
 
 Picklable (a frozen dataclass holding only the profile name and window), so process-pool and Ray
-workers rebuild the profile themselves.  Its identity in a dataset's provenance includes a hash of
-the twin's source files and of the profile, so a dataset records exactly which twin produced it.
+workers rebuild the profile themselves.  Its identity in a dataset's provenance is the twin semantics
+version (:mod:`optplace.twin.version`) and the profile's semantic hash (:func:`profile_hash`), so a
+dataset records which twin behaviour and which profile numbers produced its labels.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from optplace.surrogate.config import GpuConfig, GpuMetrics
-
-_TWIN_FILES = ("engine.py", "steptime.py", "workload.py", "_arrivals.py", "_lengths.py", "simulate.py")
+from optplace.surrogate.provenance import profile_hash
+from optplace.twin.version import TWIN_SEMANTICS_VERSION
 
 
 @lru_cache(maxsize=None)
@@ -32,36 +30,19 @@ def cached_profile(name: str) -> Any:
     return profs[name]
 
 
-def twin_version() -> str:
-    """optplace version + a short hash of the twin's source files (changes whenever the twin does)."""
-    from optplace import __version__
-
-    h = hashlib.sha256()
-    base = Path(__file__).resolve().parent.parent / "twin"
-    for f in _TWIN_FILES:
-        p = base / f
-        if p.exists():
-            h.update(p.read_bytes())
-    return f"{__version__}+{h.hexdigest()[:12]}"
-
-
-def profile_hash(profile_json: Any) -> str:
-    """Short hash of a profile's content without its descriptive ``source`` texts (they document
-    where numbers came from and do not change what the twin computes)."""
-
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in sorted(v.items()) if k != "source"}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return hashlib.sha256(json.dumps(strip(profile_json), sort_keys=True).encode()).hexdigest()[:12]
+def current_profile_hash(profile: str) -> str:
+    """:func:`profile_hash` of a profile as loaded now (bundled name or JSON path)."""
+    return profile_hash(cached_profile(profile).model_dump(mode="json"))
 
 
 def _specs(config: GpuConfig) -> tuple[Any, Any]:
-    from optplace.specs.model import (GammaArrivals, LognormalLengths, MmppArrivals, PoissonArrivals,
-                                      ShareGptLengths)
+    from optplace.specs.model import (
+        GammaArrivals,
+        LognormalLengths,
+        MmppArrivals,
+        PoissonArrivals,
+        ShareGptLengths,
+    )
 
     a = config.arrivals
     if a.kind == "poisson":
@@ -92,10 +73,10 @@ class TwinEvaluator:
     profile: str
     gpu_memory_utilization: float = 0.9
 
-    def describe(self) -> dict[str, str]:
-        """Identity recorded in a sweep's provenance."""
-        return {"evaluator": "twin", "version": twin_version(), "profile": self.profile,
-                "profile_hash": profile_hash(cached_profile(self.profile).model_dump(mode="json"))}
+    def describe(self) -> dict[str, Any]:
+        """Identity recorded in a sweep's provenance (see :mod:`optplace.surrogate.provenance`)."""
+        return {"evaluator": "twin", "twin_semantics_version": TWIN_SEMANTICS_VERSION, "profile": self.profile,
+                "profile_hash": current_profile_hash(self.profile)}
 
     def slot_cap(self, max_lora_rank: int) -> int:
         """Largest ``max_loras`` that starts at this rank (the profile's memory model)."""
