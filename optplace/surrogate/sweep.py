@@ -852,7 +852,7 @@ def pool_replicates(base: Path | str, replicates: Sequence[Path | str], partial:
     targets["starved"] = ((oom > 0) | (loss >= max_loss)).astype(np.float64)
     for rep in range(len(parts)):
         targets[f"throughput_tok_s_rep{rep}"] = T["throughput_tok_s"][rep]
-        targets[f"starved_rep{k}"] = T["starved"][k]
+        targets[f"starved_rep{rep}"] = T["starved"][rep]
     targets["n_seeds"] = seen.sum(axis=0).astype(np.float64)
     meta = {m: v[i0] for m, v in b.meta.items()}
     # wall seconds of one twin run (the seeds' mean), so per-configuration sweep costs stay comparable
