@@ -10,8 +10,9 @@ order a placement rule sees (round-robin deals adapters in spec order, first-fit
 least-loaded take them in spec order) is the order adapters were registered, which carries no
 information about their popularity or rank. Source for the assumption: the published system's own
 evaluation maps requests to adapters by a Dirichlet(0.5) popularity law, which is exchangeable (any
-adapter index is equally likely to be hot; arXiv:2508.08343, its evaluation harness), and S-LoRA's real-trace benchmark assigns adapters and ranks to trace models at random
-(github.com/S-LoRA/S-LoRA, benchmarks/trace.py, ``generate_model_mapping``). ``order="popularity"``
+adapter index is equally likely to be hot; arXiv:2508.08343, its evaluation harness), and S-LoRA's
+real-trace benchmark assigns adapters and ranks to trace models at random (github.com/S-LoRA/S-LoRA,
+benchmarks/trace.py, ``generate_model_mapping``). ``order="popularity"``
 lists them hottest first within each rank group, rank groups one after the other (the families of
 the first version of this bench, kept for comparison). Round-robin over a popularity-sorted list
 deals hot adapters out like cards, an accidental load balancer no deployed system has; on skewed

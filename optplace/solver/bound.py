@@ -540,8 +540,8 @@ class _Pricer:
                     lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
                     c1f, nf = g.c1[f:f + 1], g.size[f:f + 1].astype(float)
 
-                    def fn(y: float, c1f: np.ndarray = c1f, nf: np.ndarray = nf, pi_g: np.ndarray = pi_g, lam: np.ndarray = lam,
-                           cnt: np.ndarray = cnt) -> float:
+                    def fn(y: float, c1f: np.ndarray = c1f, nf: np.ndarray = nf, pi_g: np.ndarray = pi_g,
+                           lam: np.ndarray = lam, cnt: np.ndarray = cnt) -> float:
                         return float(_count_ub(pi_g, lam, cnt, c1f, nf, np.array([y]))[0][0])
                     ub[f], _ = _refine(fn, float(lo), float(hi), float(ub[f]), float(arg[f]))
                 out.append(ub)
@@ -562,8 +562,8 @@ class _Pricer:
                     k = int(np.searchsorted(y1s, ys[f]))
                     lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
 
-                    def fr(yy: float, w1: np.ndarray = w1, f: int = int(f), pi_g: np.ndarray = pi_g, pmat: np.ndarray = pmat,
-                           cnt: np.ndarray = cnt, g: Group = g) -> float:
+                    def fr(yy: float, w1: np.ndarray = w1, f: int = int(f), pi_g: np.ndarray = pi_g,
+                           pmat: np.ndarray = pmat, cnt: np.ndarray = cnt, g: Group = g) -> float:
                         return _rot_ub_one(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]),
                                            np.array([yy]))[0]
                     ub[f], _ = _refine(fr, float(lo), float(hi), float(ub[f]), float(ys[f]), iters=20)
@@ -715,6 +715,6 @@ def lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | 
         cands.sort(key=lambda c: -c[0])
         for _, gi, f in cands[:per_round]:
             g = groups[gi]
-            lp.add(gi, g, int(f), pricer.allowed[gi], None if g.kind == "count" else cast(np.ndarray, pricer.p[gi])[int(f)],
-                   float(w[g.gtype]))
+            p_f = None if g.kind == "count" else cast(np.ndarray, pricer.p[gi])[int(f)]  # set for every other kind
+            lp.add(gi, g, int(f), pricer.allowed[gi], p_f, float(w[g.gtype]))
     return LpBound(best, lp_val, rounds, len(lp.members), converged, time.perf_counter() - t0)
