@@ -282,7 +282,8 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
         items = [load_plan_or_spec(f, allow_path or ()) for f in files]
     except PlanLoadError as e:
         raise _fail_input(e.lines) from None
-    with _status(f"validating {sum(len(it.gpus) for it in items)} GPUs of {len(items)} plans in the twin") as status:
+    n_gpus = sum(len(it.gpus) for it in items)
+    with _status(f"validating {n_gpus} GPUs of {len(items)} plans in the twin") as status:
         results = validate_many(items, workers=workers, progress=status.count)
     if json_out:
         print(json.dumps({"results": [{"file": str(f), **r.to_json(reproducible=reproducible)}
