@@ -54,6 +54,10 @@ class _Status:
     def update(self, message: str) -> None:
         self.progress.update(self.task, description=message)
 
+    def count(self, done: int, total: int) -> None:
+        """The twin's progress: ``done`` of ``total`` GPU simulations finished, after the first message."""
+        self.progress.update(self.task, description=f"{self.message}: {done}/{total} simulated")
+
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
@@ -140,8 +144,9 @@ def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `pl
     from optplace.twin.simulate import placement_of, simulate_plan
 
     plan = placement_of(sc)
-    with _status(f"simulating {len(plan)} GPUs in the twin"):
-        rep = simulate_plan(sc, plan, spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed)
+    with _status(f"simulating {len(plan)} GPUs in the twin") as status:
+        rep = simulate_plan(sc, plan, spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed,
+                            progress=status.count)
     if json_out:
         print(json.dumps(rep.to_json(reproducible=reproducible), indent=2))
     else:
@@ -278,8 +283,9 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
         items = [load_plan_or_spec(f, allow_path or ()) for f in files]
     except PlanLoadError as e:
         raise _fail_input(e.lines) from None
-    with _status(f"validating {sum(len(it.gpus) for it in items)} GPUs of {len(items)} plans in the twin"):
-        results = validate_many(items, workers=workers)
+    n_gpus = sum(len(it.gpus) for it in items)
+    with _status(f"validating {n_gpus} GPUs of {len(items)} plans in the twin") as status:
+        results = validate_many(items, workers=workers, progress=status.count)
     if json_out:
         print(json.dumps({"results": [{"file": str(f), **r.to_json(reproducible=reproducible)}
                                       for f, r in zip(files, results)]}, indent=2))

@@ -67,6 +67,11 @@ def _quiet(_: str) -> None:
     pass
 
 
+def _counting(on_event: Event, step: str) -> Callable[[int, int], None]:
+    """A twin progress callback that reports ``step: k/n simulated`` through ``on_event``."""
+    return lambda k, n: on_event(f"{step}: {k}/{n} simulated")
+
+
 def executor_of(sc: Scenario, workers: int | None = None) -> ExecutorSpec:
     """The executor a scenario asks for (``solver.executor``, ``solver.ray_address``, workers)."""
     return ExecutorSpec(kind=sc.solver.executor, workers=workers or sc.solver.workers, address=sc.solver.ray_address)
@@ -139,7 +144,8 @@ class SolveReport:
         return v is None or not (v.starved_gpus or v.oom_gpus)
 
     def to_json(self, reproducible: bool = False) -> dict[str, Any]:
-        """The ``solve --json`` document (docs/json-contracts.md), plus the scenario (so a plan file is self-contained)."""
+        """The ``solve --json`` document (docs/json-contracts.md), plus the scenario (a plan file is
+        self-contained)."""
         doc = self.plan.to_json()
         if reproducible:
             doc["solve_time_s"] = 0.0
@@ -235,8 +241,9 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
     rounds = 0
     first: SimReport | None = None
     while True:
-        on_event(f"validating {plan.gpus_used} GPUs in the twin" + (f" (repair round {rounds})" if rounds else ""))
-        rep = val.run(gpu_plans(plan))
+        step = f"validating {plan.gpus_used} GPUs in the twin" + (f" (repair round {rounds})" if rounds else "")
+        on_event(step)
+        rep = val.run(gpu_plans(plan), progress=_counting(on_event, step))
         first = first or rep
         if not (rep.starved_gpus or rep.oom_gpus) or rounds >= max_rounds:
             break
@@ -276,8 +283,9 @@ def _compare(problem: Any, oracle: Any, val: PlanSimulator, chosen: Any, chosen_
         except Infeasible as e:
             rows.append(StrategyResult(name, error=str(e)))
             continue
-        on_event(f"comparing: {name}, {p.gpus_used} GPUs in the twin")
-        r = val.run(gpu_plans(p))
+        step = f"comparing: {name}, {p.gpus_used} GPUs in the twin"
+        on_event(step)
+        r = val.run(gpu_plans(p), progress=_counting(on_event, step))
         rows.append(strategy_result(name, p, r, objective.score(p, r)))
     return tuple(rows)
 

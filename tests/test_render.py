@@ -96,3 +96,20 @@ def test_profile_grid_and_capacity_sentence_fit_80_columns(specs):
     assert len(rows) == 14 and rows["384"][1:] == ["–", "–", "–"]  # rank ≥ 16 with 384 slots does not start
     cap = runner.invoke(app, ["capacity", str(specs / "s.yaml"), "--no-confirm"], env={"COLUMNS": "80"})
     assert cap.exit_code == 0 and max(len(line) for line in cap.stdout.splitlines()) <= 80, cap.stdout
+
+
+def test_twin_progress_counts_every_simulated_gpu(specs):
+    from optplace.pipeline import solve_scenario
+    from optplace.specs import load_scenario
+    from optplace.twin.simulate import placement_of, simulate_plan
+
+    events: list[str] = []
+    sc = load_scenario(specs / "s.yaml")
+    rep = solve_scenario(sc, specs, workers=1, on_event=events.append)
+    n = rep.validation.simulated_s / sc.workload.duration_s  # GPU configurations simulated in the last round
+    counts = [e.rsplit(": ", 1)[1] for e in events if e.endswith(" simulated")]
+    assert counts and counts[-1] == f"{int(n)}/{int(n)} simulated", events
+    seen: list[tuple[int, int]] = []
+    placed = load_scenario(specs / "placed.yaml")
+    simulate_plan(placed, placement_of(placed), specs, workers=1, progress=lambda k, t: seen.append((k, t)))
+    assert seen == [(1, 2), (2, 2)]

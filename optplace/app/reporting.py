@@ -17,7 +17,7 @@ from typing import Any
 from optplace.infra.executors import ExecutorSpec
 from optplace.specs import Scenario, SpecError
 from optplace.specs.loader import semantic_issues
-from optplace.twin.simulate import GpuPlan, PlanSimulator, SimReport, run_jobs
+from optplace.twin.simulate import GpuPlan, PlanSimulator, Progress, SimReport, run_jobs
 
 from optplace.infra.outputs import write_json
 from optplace.pipeline import SolveReport, executor_of
@@ -100,8 +100,10 @@ def _file_refs(sc: Scenario) -> bool:
             or sc.profile is not None or any(p.profile is not None for p in sc.pool or ()))
 
 
-def validate_many(items: Sequence[PlanItem], workers: int | None = None) -> list[SimReport]:
-    """Simulate every GPU of every plan in one parallel fan-out; one report per plan."""
+def validate_many(items: Sequence[PlanItem], workers: int | None = None, progress: Progress | None = None
+                  ) -> list[SimReport]:
+    """Simulate every GPU of every plan in one parallel fan-out; one report per plan (``progress`` is told
+    as each GPU finishes)."""
     t0 = time.perf_counter()
     vals = [PlanSimulator(it.scenario, it.base_dir, ExecutorSpec()) for it in items]
     jobs, owner = [], []
@@ -110,7 +112,7 @@ def validate_many(items: Sequence[PlanItem], workers: int | None = None) -> list
             jobs.append(v.job(gp, i))
             owner.append(k)
     spec = executor_of(items[0].scenario, workers) if items else ExecutorSpec()
-    reports = run_jobs(jobs, executor=spec)
+    reports = run_jobs(jobs, executor=spec, progress=progress)
     wall = time.perf_counter() - t0
     out = []
     for k, it in enumerate(items):

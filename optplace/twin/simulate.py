@@ -9,7 +9,7 @@ largest rank, step-time, load and overhead models) and simulated by ``optplace.t
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -232,12 +232,14 @@ class PlanSimulator:
                       constraints=self.sc.constraints, adapters=tuple(self.adapters[i] for i in members),
                       workload=self.workload.subset(members))
 
-    def run(self, plan: Sequence[GpuPlan]) -> SimReport:
-        """Twin results for every GPU of ``plan`` (new configurations simulated in parallel)."""
+    def run(self, plan: Sequence[GpuPlan], progress: Progress | None = None) -> SimReport:
+        """Twin results for every GPU of ``plan`` (new configurations simulated in parallel; ``progress``
+        is told as each finishes)."""
         t0 = time.perf_counter()
         todo = [gp for gp in dict.fromkeys(plan) if gp not in self.cache]
         if todo:
-            reports = run_jobs([self.job(gp, i) for i, gp in enumerate(todo)], executor=self.executor)
+            reports = run_jobs([self.job(gp, i) for i, gp in enumerate(todo)], executor=self.executor,
+                               progress=progress)
             self.cache.update(zip(todo, reports))
             self.simulated += len(todo)
         gpus = tuple(replace(self.cache[gp], index=i) for i, gp in enumerate(plan))
@@ -248,16 +250,28 @@ class PlanSimulator:
 
 
 def simulate_plan(sc: Scenario, plan: Sequence[GpuPlan], base_dir: Path, workers: int | None = None,
-                  seed: int | None = None) -> SimReport:
+                  seed: int | None = None, progress: Progress | None = None) -> SimReport:
     """Simulate every GPU of ``plan`` for the scenario's workload; GPUs run in parallel processes."""
-    return PlanSimulator(sc, base_dir, ExecutorSpec(workers=workers), seed).run(plan)
+    return PlanSimulator(sc, base_dir, ExecutorSpec(workers=workers), seed).run(plan, progress)
 
 
-def run_jobs(jobs: Sequence[GpuJob], workers: int | None = None, executor: ExecutorSpec | None = None
-             ) -> list[GpuReport]:
+#: Told ``(GPUs finished, GPUs to simulate)`` as each GPU's simulation finishes (a progress display).
+Progress = Callable[[int, int], None]
+
+
+def run_jobs(jobs: Sequence[GpuJob], workers: int | None = None, executor: ExecutorSpec | None = None,
+             progress: Progress | None = None) -> list[GpuReport]:
     """Run GPU jobs in parallel (local process pool, or Ray); results in job order."""
     spec = executor or ExecutorSpec(workers=workers)
-    return map_ordered(run_gpu_job, jobs, spec, cost=lambda j: len(j.workload.arrival_s))
+    finished = 0
+
+    def on_done(_i: int, _report: GpuReport) -> None:
+        nonlocal finished
+        finished += 1
+        progress(finished, len(jobs))  # type: ignore[misc]  # only passed when progress is given
+
+    return map_ordered(run_gpu_job, jobs, spec, cost=lambda j: len(j.workload.arrival_s),
+                       on_done=on_done if progress is not None else None)
 
 
 def simulate_gpu(profile: Profile, serving: Serving, constraints: Constraints, arrivals: Any, lengths: Any,
