@@ -101,6 +101,9 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def __len__(self) -> int:
+        return len(self.names())
+
     def items(self) -> tuple[tuple[str, T], ...]:
         self.load()
         return tuple(self._items.items())
