@@ -168,6 +168,20 @@ def test_toy_objective_and_toy_arrival_model_solve_end_to_end(toys):
     assert AnalyticCapacity(pb).rho < 0.9 * AnalyticCapacity(poisson).rho
 
 
+def test_toy_strategy_from_one_file_is_named_by_the_spec():
+    from optplace.solver import compile_problem, solve
+    importlib.import_module("plugins.toy_strategy")
+    try:
+        sc = load_scenario_text(spec().replace("{time_limit_s: 30}", "{strategy: toy-fast-greedy}"), base_dir=REPO)
+        plan = solve(compile_problem(sc, REPO))
+        assert plan.strategy == "toy-fast-greedy" and plan.gpus_used >= 1
+        assert "toy: the fast greedy's plan, unimproved" in plan.log
+        assert plan.lower_bound <= plan.objective_value
+    finally:
+        STRATEGIES.unregister("toy-fast-greedy")
+        sys.modules.pop("plugins.toy_strategy", None)
+
+
 # --- planning statistics come from the twin's own generators -------------------------------------
 
 def _bursty_trace(path: Path) -> Path:
