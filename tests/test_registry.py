@@ -161,10 +161,25 @@ def test_toy_objective_and_toy_arrival_model_solve_end_to_end(toys):
     assert plan.objective_value == pytest.approx(len(used) + toy_obj.SLOT_WEIGHT * sum(g.max_loras for g in used))
     assert plan.objective_value != int(plan.objective_value)
     twin_used = [g for g in rep.validation.gpus if g.adapters]
-    assert rep.twin_objective == pytest.approx(len(twin_used) + toy_obj.SLOT_WEIGHT * sum(g.max_loras for g in twin_used))
+    twin_slots = sum(g.max_loras for g in twin_used)
+    assert rep.twin_objective == pytest.approx(len(twin_used) + toy_obj.SLOT_WEIGHT * twin_slots)
     # the burstiness reached the capacity model: it keeps more headroom for the batches than for Poisson
     from optplace.solver.capacity import AnalyticCapacity
     assert AnalyticCapacity(pb).rho < 0.9 * AnalyticCapacity(poisson).rho
+
+
+def test_toy_strategy_from_one_file_is_named_by_the_spec():
+    from optplace.solver import compile_problem, solve
+    importlib.import_module("plugins.toy_strategy")
+    try:
+        sc = load_scenario_text(spec().replace("{time_limit_s: 30}", "{strategy: toy-fast-greedy}"), base_dir=REPO)
+        plan = solve(compile_problem(sc, REPO))
+        assert plan.strategy == "toy-fast-greedy" and plan.gpus_used >= 1
+        assert "toy: the fast greedy's plan, unimproved" in plan.log
+        assert plan.lower_bound <= plan.objective_value
+    finally:
+        STRATEGIES.unregister("toy-fast-greedy")
+        sys.modules.pop("plugins.toy_strategy", None)
 
 
 # --- planning statistics come from the twin's own generators -------------------------------------
@@ -238,4 +253,5 @@ def test_a_one_file_plugin_works_from_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "optplace.cli", "check", str(f)], env=env, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2
-    assert "unknown arrival model 'toy_batches'" in bad.stderr and "unknown objective 'toy_gpus_and_slots'" in bad.stderr
+    assert "unknown arrival model 'toy_batches'" in bad.stderr
+    assert "unknown objective 'toy_gpus_and_slots'" in bad.stderr

@@ -13,7 +13,9 @@ its first lookup — the usual plug-in (entry-point) pattern: a name, not an imp
 stay acyclic and a spec check still knows every built-in name. Further modules are loaded the same
 way from the ``OPTPLACE_PLUGINS`` environment variable (comma-separated module names), so a user's
 own objective or arrival model in one file works from the command line too; code that imports a
-plug-in module directly (tests) registers it by that import alone.
+plug-in module directly (tests) registers it by that import alone. Worker processes forked by the
+local executor inherit the registries; a Ray worker starts afresh and finds plug-ins through
+``OPTPLACE_PLUGINS`` (and needs their modules importable, as it unpickles their spec objects).
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
 
     def items(self) -> tuple[tuple[str, T], ...]:
         self.load()

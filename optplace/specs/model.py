@@ -20,7 +20,7 @@ import typing
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, GetCoreSchemaHandler,
-                      GetJsonSchemaHandler, Strict, StrictBool, StrictInt, StrictStr, Tag, field_validator)
+                      GetJsonSchemaHandler, Strict, StrictBool, StrictStr, Tag, field_validator)
 from pydantic_core import core_schema
 
 from optplace.infra.registry import ARRIVALS, EXECUTORS, LENGTHS, OBJECTIVES, STRATEGIES, Registry
@@ -76,7 +76,8 @@ class RegisteredKind:
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
                                      ) -> dict[str, Any]:
         specs = [self.registry.get(n).spec for n in self.registry.names()]
-        return {"oneOf": [handler(s.__pydantic_core_schema__) for s in specs], "discriminator": {"propertyName": "kind"}}
+        return {"oneOf": [handler(s.__pydantic_core_schema__) for s in specs],
+                "discriminator": {"propertyName": "kind"}}
 
 
 def spec_kind(spec: type[BaseModel]) -> str:
