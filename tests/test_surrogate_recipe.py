@@ -17,10 +17,22 @@ import pytest
 
 from optplace.specs import bundled_profiles, load_scenario_text
 from optplace.surrogate.execution import LocalExecutor
-from optplace.surrogate.provenance import LEGACY_TWIN_VERSIONS, evaluator_identity, profile_hash, same_labels
+from optplace.surrogate.provenance import (
+    LEGACY_TWIN_VERSIONS,
+    evaluator_identity,
+    profile_hash,
+    same_labels,
+)
 from optplace.surrogate.recipe import build_recipe, load_recipe
-from optplace.surrogate.runtime import (MODELS_DIR, RECIPES_DIR, SurrogateRefused, check_compatible, load_shipped, load_surrogate,
-                                        shipped_model_path)
+from optplace.surrogate.runtime import (
+    MODELS_DIR,
+    RECIPES_DIR,
+    SurrogateRefused,
+    check_compatible,
+    load_shipped,
+    load_surrogate,
+    shipped_model_path,
+)
 
 PROFILE = "llama-3.1-8b-instruct@h100-64gb"
 MODEL_FILES = ("throughput", "itl", "ttft_p99", "starved")

@@ -146,8 +146,13 @@ def load_recipe(path: Path | str) -> Recipe:
 
 def check_training_options(recipe: Recipe) -> dict[str, int]:
     """The recipe's boosting-round caps, after checking its other training options equal the code's."""
-    from optplace.surrogate.training import (CLASSIFIER_PARAMS, REGRESSION_PARAMS, ROUNDS_CAP, THRESHOLD_FOLDS,
-                                             THRESHOLD_GRID)
+    from optplace.surrogate.training import (
+        CLASSIFIER_PARAMS,
+        REGRESSION_PARAMS,
+        ROUNDS_CAP,
+        THRESHOLD_FOLDS,
+        THRESHOLD_GRID,
+    )
 
     tr = recipe.training
     code = {"regression": REGRESSION_PARAMS, "classifier": CLASSIFIER_PARAMS,
