@@ -17,10 +17,22 @@ import pytest
 
 from optplace.specs import bundled_profiles, load_scenario_text
 from optplace.surrogate.execution import LocalExecutor
-from optplace.surrogate.provenance import LEGACY_TWIN_VERSIONS, evaluator_identity, profile_hash, same_labels
+from optplace.surrogate.provenance import (
+    LEGACY_TWIN_VERSIONS,
+    evaluator_identity,
+    profile_hash,
+    same_labels,
+)
 from optplace.surrogate.recipe import build_recipe, load_recipe
-from optplace.surrogate.runtime import (MODELS_DIR, RECIPES_DIR, SurrogateRefused, check_compatible, load_shipped, load_surrogate,
-                                        shipped_model_path)
+from optplace.surrogate.runtime import (
+    MODELS_DIR,
+    RECIPES_DIR,
+    SurrogateRefused,
+    check_compatible,
+    load_shipped,
+    load_surrogate,
+    shipped_model_path,
+)
 
 PROFILE = "llama-3.1-8b-instruct@h100-64gb"
 MODEL_FILES = ("throughput", "itl", "ttft_p99", "starved")
@@ -247,3 +259,21 @@ def test_surrogate_file_of_another_format_is_refused_in_one_line(tmp_path: Path,
     assert "not a readable surrogate" in capsys.readouterr().err
     with pytest.raises(SurrogateRefused):
         make_oracle(problem, "surrogate")  # asked for explicitly: an error, not a fallback
+
+
+def test_build_command_resumes_and_refuses_in_one_line(built, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from optplace.app.surrogate_commands import app
+
+    rec, rep, d = built
+    r = CliRunner().invoke(app, ["build", str(d / "tiny.yaml"), "--out", str(d / "out"), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert '"twin_runs_new": 0' in r.output and f"hash {rec.hash}" in r.output
+    (tmp_path / "bad.yaml").write_text(TINY.replace("recipe_version: 1", "recipe_version: 7"))
+    r = CliRunner().invoke(app, ["build", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not a surrogate recipe" in r.output
+    (tmp_path / "other.yaml").write_text(TINY.replace("seed: 11,", "seed: 98,"))
+    r = CliRunner().invoke(app, ["build", str(tmp_path / "other.yaml"), "--out", str(tmp_path / "o"),
+                                 "--sweeps", str(d / "out" / "sweeps"), "--workers", "1"])
+    assert r.exit_code == 2 and "cannot resume" in r.output

@@ -8,12 +8,24 @@ short summary.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 app = typer.Typer(help="Capacity surrogates: twin sweeps and LightGBM training.", no_args_is_help=True)
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A sweep or recipe that cannot be resumed or built is the user's input problem: one line, exit 2."""
+    try:
+        yield
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _executor(kind: str, workers: int | None, address: str | None, local: Any, ray: Any) -> Any:
@@ -45,7 +57,8 @@ def sweep(
 
     ex = _executor(executor, workers, address, LocalExecutor, RayExecutor)
     design = SweepDesign(n_points=points, n_chains=chains, chain_steps=chain_steps, duration_s=duration_s)
-    res = run_sweep(TwinEvaluator(profile), out, design, seed=seed, executor=ex)
+    with _refusals():
+        res = run_sweep(TwinEvaluator(profile), out, design, seed=seed, executor=ex)
     typer.echo(f"{res.csv_path}: {res.rows_total} rows ({res.rows_new} new) in {res.wall_s:.0f} s")
 
 
@@ -65,8 +78,9 @@ def replicate(
 
     prov = json.loads(source.with_suffix(".json").read_text())
     ev = TwinEvaluator(prov["evaluator"]["profile"])
-    res = run_replicate(ev, source, out, salt=salt, executor=LocalExecutor(workers) if workers else LocalExecutor(),
-                        subset=subset)
+    with _refusals():
+        res = run_replicate(ev, source, out, salt=salt,
+                            executor=LocalExecutor(workers) if workers else LocalExecutor(), subset=subset)
     typer.echo(f"{res.csv_path}: {res.rows_total} rows ({res.rows_new} new) in {res.wall_s:.0f} s")
 
 
@@ -130,12 +144,11 @@ def build(
     from optplace.surrogate.execution import LocalExecutor, RayExecutor
     from optplace.surrogate.recipe import build_recipe, load_recipe
 
-    try:
+    with _refusals():
         rec = load_recipe(recipe)
-    except (OSError, ValueError, KeyError) as e:
-        raise typer.BadParameter(str(e)) from e
     ex = _executor(executor, workers, address, LocalExecutor, RayExecutor)
     typer.echo(f"recipe {recipe} (hash {rec.hash}) for {rec.profile}: {len(rec.steps(holdout))} sweep steps")
-    rep = build_recipe(rec, out, sweeps, executor=ex, with_holdout=holdout, on_event=typer.echo)
+    with _refusals():
+        rep = build_recipe(rec, out, sweeps, executor=ex, with_holdout=holdout, on_event=typer.echo)
     typer.echo(json.dumps({"out": str(rep.model_json), "twin_runs_new": rep.rows_new, "metrics": rep.metrics},
                           indent=2))

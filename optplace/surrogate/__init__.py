@@ -14,7 +14,8 @@ Modules by concept (import from them; nothing heavy is imported here):
 * ``provenance``: evaluator identities (twin semantics version, profile hash) and ``same_labels``.
 * ``physics``: ``Physics`` / ``physics_for(profile)`` — derived features (fluid load, active and slot-holding adapters).
 * ``training``: ``train(dataset(s), out_dir, seed, holdout=sweep(s), holdout_replicates=)``, ``ship``, ``cv_threshold``.
-* ``evaluation``: ``smape`` / ``macro_f1`` / ``evaluate``, ``load_holdout`` / ``holdout_sweeps`` (shipped held-out rows).
+* ``evaluation``: ``smape`` / ``macro_f1`` / ``evaluate``, ``load_holdout`` / ``holdout_sweeps``
+  (shipped held-out rows).
 * ``runtime`` (what ``solve`` loads; no LightGBM): ``load_surrogate(path)``, ``load_shipped(profile)`` →
   ``Surrogate`` with ``predict_row`` / ``predict`` / ``capacity_row`` / ``predict_many``; ``check_compatible``.
 * ``recipe``: a shipped model's recipe (sweeps, replicates, training, held-out sweeps) and ``build_recipe``.

@@ -101,6 +101,8 @@ def recipe_hash(doc: dict[str, Any]) -> str:
 
 
 def _sweep(d: dict[str, Any], where: str) -> SweepStep:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: a sweep is a mapping (name, seed, design), got {d!r}")
     unknown = set(d) - {"name", "seed", "design"}
     bad = set(d.get("design", {})) - _DESIGN_FIELDS
     if unknown or bad or "name" not in d or "seed" not in d:
@@ -110,6 +112,8 @@ def _sweep(d: dict[str, Any], where: str) -> SweepStep:
 
 
 def _replicate(d: dict[str, Any], names: set[str], where: str) -> ReplicateStep:
+    if not isinstance(d, dict) or "name" not in d or "of" not in d:
+        raise ValueError(f"{where}: a replicate needs name and of (and optionally salt, subset): {d}")
     r = ReplicateStep(str(d["name"]), str(d["of"]), int(d.get("salt", 1)), str(d.get("subset", "all")))
     if r.of not in names:
         raise ValueError(f"{where}: replicate {r.name} of {r.of!r}, which is not a sweep of this section")
@@ -134,14 +138,21 @@ def load_recipe(path: Path | str) -> Recipe:
     names = [s.name for s in sweeps + hsweeps] + [r.name for r in reps + hreps]
     if not sweeps or len(set(names)) != len(names):
         raise ValueError(f"{p}: a recipe needs at least one sweep, and distinct step names")
-    return Recipe(p, str(doc["profile"]), sweeps, reps, hsweeps, hreps, dict(doc.get("training") or {}),
+    if not isinstance(doc.get("profile"), str):
+        raise ValueError(f"{p}: the recipe names no profile")
+    return Recipe(p, doc["profile"], sweeps, reps, hsweeps, hreps, dict(doc.get("training") or {}),
                   doc.get("note"), recipe_hash(doc))
 
 
 def check_training_options(recipe: Recipe) -> dict[str, int]:
     """The recipe's boosting-round caps, after checking its other training options equal the code's."""
-    from optplace.surrogate.training import (CLASSIFIER_PARAMS, REGRESSION_PARAMS, ROUNDS_CAP, THRESHOLD_FOLDS,
-                                             THRESHOLD_GRID)
+    from optplace.surrogate.training import (
+        CLASSIFIER_PARAMS,
+        REGRESSION_PARAMS,
+        ROUNDS_CAP,
+        THRESHOLD_FOLDS,
+        THRESHOLD_GRID,
+    )
 
     tr = recipe.training
     code = {"regression": REGRESSION_PARAMS, "classifier": CLASSIFIER_PARAMS,

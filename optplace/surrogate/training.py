@@ -178,8 +178,8 @@ def train(
     may list several such sweeps (:func:`~optplace.surrogate.dataset.load_holdouts`: each pooled with
     the replicates that name it, scored as one set; the shipped ``holdout.csv`` records each row's
     sweep, see :func:`holdout_sweeps`).  A held-out sweep sharing a sweep or a twin run with the
-    training sweeps is refused (:func:`~optplace.surrogate.dataset.check_disjoint`).  The held-out rows never influence the models: the model files
-    are the same whatever held-out set is given.
+    training sweeps is refused (:func:`~optplace.surrogate.dataset.check_disjoint`).  The held-out rows
+    never influence the models: the model files are the same whatever held-out set is given.
 
     ``rounds_cap`` overrides entries of :data:`ROUNDS_CAP` (boosting-round caps per model).
     ``surrogate.json`` records the training sweeps' twin semantics version and profile hash (what
