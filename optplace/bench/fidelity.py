@@ -59,7 +59,7 @@ STARVED_LOSS = 0.10
 #: Requests the reference harness kept outstanding at the server at most (running + waiting):
 #: real_runs.csv max_waiting + max_running of the overloaded dt_validation runs lie in 25.2k–27.6k.
 CLIENT_MAX_OUTSTANDING = 26_500
-_TWIN_SOURCES = ("twin/engine.py", "twin/workload.py", "twin/_arrivals.py", "twin/_lengths.py", "twin/steptime.py")
+_TWIN_SOURCES = ("twin/engine.py", "twin/workload.py", "twin/arrivals.py", "twin/lengths.py", "twin/steptime.py")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +99,14 @@ def _get(obj: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool = True,
-                     client_cap: bool = True, io_rho: float | None = None) -> RunResult:
+def simulate_ref_run(
+    run_: RefRun,
+    seed: int = 0,
+    *,
+    condition_on_arrivals: bool = True,
+    client_cap: bool = True,
+    io_rho: float | None = None,
+) -> RunResult:
     """Replay one reference run through the twin (start-up check, workload, engine).
 
     ``condition_on_arrivals``: draw exactly the real run's arrival count (``twin_arrivals``, as the
@@ -114,12 +120,30 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
     t0 = time.perf_counter()
     prof = resolve_profile(model=run_.model, gpu=GPU)
     status = prof.startup_status(run_.max_loras, run_.max_lora_rank)
-    base: dict[str, Any] = dict(run_id=run_.run_id, model=run_.model, config_group=run_.config_group, max_loras=run_.max_loras,
-                max_cpu_loras=run_.max_cpu_loras, max_lora_rank=run_.max_lora_rank)
+    base: dict[str, Any] = dict(
+        run_id=run_.run_id,
+        model=run_.model,
+        config_group=run_.config_group,
+        max_loras=run_.max_loras,
+        max_cpu_loras=run_.max_cpu_loras,
+        max_lora_rank=run_.max_lora_rank,
+    )
     if status != "ok":
-        return RunResult(**base, oom=True, total_throughput=None, offered_tok_s=None, mean_itl_ms=None,
-                         completed=None, arrivals=None, preemptions=None, mean_running=None, mean_waiting=None,
-                         adapter_loads=None, rejected=None, sim_wall_s=time.perf_counter() - t0)
+        return RunResult(
+            **base,
+            oom=True,
+            total_throughput=None,
+            offered_tok_s=None,
+            mean_itl_ms=None,
+            completed=None,
+            arrivals=None,
+            preemptions=None,
+            mean_running=None,
+            mean_waiting=None,
+            adapter_loads=None,
+            rejected=None,
+            sim_wall_s=time.perf_counter() - t0,
+        )
 
     from optplace.specs.model import PoissonArrivals, ShareGptLengths
     from optplace.twin.engine import engine_config_from_profile, simulate_engine
@@ -134,8 +158,9 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
         # Poisson process conditioned on its total is uniform thinning of a denser one.
         expected = float(rates.sum()) * run_.window_s
         rates = rates * max(1.0, 1.05 * target / expected + 6.0 / math.sqrt(max(expected, 1.0)))
-    wl = generate_workload(PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"),
-                           rates.tolist(), run_.window_s, rng)
+    wl = generate_workload(
+        PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"), rates.tolist(), run_.window_s, rng
+    )
     if target and len(wl.arrival_s) > target:
         keep = np.sort(rng.choice(len(wl.arrival_s), size=target, replace=False))
         wl = _take(wl, keep)
@@ -146,9 +171,15 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
 
         inp, out = repair_lengths(np.asarray(wl.input_tokens), np.asarray(wl.output_tokens), io_rho, rng)
         wl = _replace(wl, input_tokens=inp, output_tokens=out)
-    cfg = engine_config_from_profile(prof, run_.adapter_ranks, run_.max_loras, max_cpu_loras=run_.max_cpu_loras,
-                                     max_lora_rank=run_.max_lora_rank, max_num_seqs=2048,
-                                     max_num_batched_tokens=2048)
+    cfg = engine_config_from_profile(
+        prof,
+        run_.adapter_ranks,
+        run_.max_loras,
+        max_cpu_loras=run_.max_cpu_loras,
+        max_lora_rank=run_.max_lora_rank,
+        max_num_seqs=2048,
+        max_num_batched_tokens=2048,
+    )
     from dataclasses import replace
 
     step = StepTimeModel.from_params(prof.step_time).bind(run_.max_lora_rank, run_.max_loras)
@@ -167,12 +198,21 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
     completed = _get(res, "completed", "completed_total", "num_completed")
     if completed is not None and not isinstance(completed, (int, np.integer)):
         completed = int(np.sum(completed))
-    return RunResult(**base, oom=False, total_throughput=float(thr), offered_tok_s=float(offered),
-                     mean_itl_ms=None if itl is None or not math.isfinite(float(itl)) else float(itl),
-                     completed=None if completed is None else int(completed), arrivals=int(len(wl.arrival_s)),
-                     preemptions=_get(res, "preemptions"), mean_running=_get(res, "mean_running"),
-                     mean_waiting=_get(res, "mean_waiting"), adapter_loads=_get(res, "adapter_loads"),
-                     rejected=int(sum(_get(res, "rejected", default=()) or ())), sim_wall_s=time.perf_counter() - t0)
+    return RunResult(
+        **base,
+        oom=False,
+        total_throughput=float(thr),
+        offered_tok_s=float(offered),
+        mean_itl_ms=None if itl is None or not math.isfinite(float(itl)) else float(itl),
+        completed=None if completed is None else int(completed),
+        arrivals=int(len(wl.arrival_s)),
+        preemptions=_get(res, "preemptions"),
+        mean_running=_get(res, "mean_running"),
+        mean_waiting=_get(res, "mean_waiting"),
+        adapter_loads=_get(res, "adapter_loads"),
+        rejected=int(sum(_get(res, "rejected", default=()) or ())),
+        sim_wall_s=time.perf_counter() - t0,
+    )
 
 
 def length_adjustment(ref_dir: str | None = None) -> dict[str, Any]:
@@ -187,25 +227,35 @@ def length_adjustment(ref_dir: str | None = None) -> dict[str, Any]:
     from optplace.twin.workload import generate_workload
 
     fit = fit_length_correlation(ref_dir, n=100_000)
-    wl = generate_workload(PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"), [20.0], 3600.0,
-                           np.random.default_rng(11))
+    wl = generate_workload(
+        PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"), [20.0], 3600.0, np.random.default_rng(11)
+    )
     have = time_avg_context(np.asarray(wl.input_tokens), np.asarray(wl.output_tokens))
     need = have > 1.08 * fit["target_tokens"]
-    return {"target_kv_tokens_per_request": fit["target_tokens"], "workload_kv_tokens_per_request": have,
-            "rho": round(fit["rho"], 3) if need else None}
+    return {
+        "target_kv_tokens_per_request": fit["target_tokens"],
+        "workload_kv_tokens_per_request": have,
+        "rho": round(fit["rho"], 3) if need else None,
+    }
 
 
 def _take(wl: Any, idx: np.ndarray) -> Any:
     # The workload is a frozen dataclass of arrays; build the same type with the selected rows.
     from dataclasses import replace
 
-    return replace(wl, arrival_s=wl.arrival_s[idx], adapter=wl.adapter[idx], input_tokens=wl.input_tokens[idx],
-                   output_tokens=wl.output_tokens[idx])
+    return replace(
+        wl,
+        arrival_s=wl.arrival_s[idx],
+        adapter=wl.adapter[idx],
+        input_tokens=wl.input_tokens[idx],
+        output_tokens=wl.output_tokens[idx],
+    )
 
 
 def _cache_dir() -> Path:
     root = os.environ.get("OPTPLACE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "optplace")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "optplace"
+    )
     return Path(root) / "fidelity"
 
 
@@ -260,22 +310,39 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
         t = by_id[r.run_id]
         assert r.total_throughput is not None  # a run with results printed its throughput
         thr = t.total_throughput if not t.oom else 0.0
-        tw_starved = ((not t.oom) and t.offered_tok_s is not None and thr is not None
-                      and thr < (1 - STARVED_LOSS) * t.offered_tok_s)
-        rows.append({
-            "run_id": r.run_id, "model": r.model, "group": r.config_group, "max_loras": r.max_loras,
-            "max_cpu_loras": r.max_cpu_loras, "real_tok_s": r.total_throughput, "twin_tok_s": thr,
-            "ape_pct": _ape(thr or 0.0, r.total_throughput),
-            "real_itl_ms": r.mean_itl_ms, "twin_itl_ms": t.mean_itl_ms,
-            "real_running": r.mean_running, "twin_running": t.mean_running,
-            "real_waiting": r.mean_waiting, "twin_waiting": t.mean_waiting,
-            "real_preemptions": r.preemptions_in_window, "twin_preemptions": t.preemptions,
-            "itl_ape_pct": _ape_opt(t.mean_itl_ms, r.mean_itl_ms),
-            "real_starved": bool(r.starved), "twin_starved": bool(tw_starved), "twin_oom": t.oom,
-            "real_loss": r.throughput_loss_frac,
-            "twin_loss": None if not t.offered_tok_s or thr is None else 1 - thr / t.offered_tok_s,
-            "pub_ape_pct": r.published.ape_total_throughput_pct if r.published else None,
-        })
+        tw_starved = (
+            (not t.oom)
+            and t.offered_tok_s is not None
+            and thr is not None
+            and thr < (1 - STARVED_LOSS) * t.offered_tok_s
+        )
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "model": r.model,
+                "group": r.config_group,
+                "max_loras": r.max_loras,
+                "max_cpu_loras": r.max_cpu_loras,
+                "real_tok_s": r.total_throughput,
+                "twin_tok_s": thr,
+                "ape_pct": _ape(thr or 0.0, r.total_throughput),
+                "real_itl_ms": r.mean_itl_ms,
+                "twin_itl_ms": t.mean_itl_ms,
+                "real_running": r.mean_running,
+                "twin_running": t.mean_running,
+                "real_waiting": r.mean_waiting,
+                "twin_waiting": t.mean_waiting,
+                "real_preemptions": r.preemptions_in_window,
+                "twin_preemptions": t.preemptions,
+                "itl_ape_pct": _ape_opt(t.mean_itl_ms, r.mean_itl_ms),
+                "real_starved": bool(r.starved),
+                "twin_starved": bool(tw_starved),
+                "twin_oom": t.oom,
+                "real_loss": r.throughput_loss_frac,
+                "twin_loss": None if not t.offered_tok_s or thr is None else 1 - thr / t.offered_tok_s,
+                "pub_ape_pct": r.published.ape_total_throughput_pct if r.published else None,
+            }
+        )
 
     def mape(sel: list[dict[str, Any]], key: str) -> float | None:
         v = [x[key] for x in sel if x[key] is not None]
@@ -290,16 +357,19 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
     ok_st = [r for r in ok if r.starved]
     ok_ns = [r for r in ok if not r.starved]
     agree = sum(x["real_starved"] == x["twin_starved"] for x in rows)
-    pub_agree = sum(1 for r in ok if r.published and r.published.starved is not None
-                    and r.published.starved == bool(r.starved))
+    pub_agree = sum(
+        1 for r in ok if r.published and r.published.starved is not None and r.published.starved == bool(r.starved)
+    )
     oom_ok = sum(by_id[r.run_id].oom for r in oom_runs)
     false_oom = sum(x["twin_oom"] for x in rows)
     per_model = {}
     for m in sorted({x["model"] for x in rows}):
         sel = [x for x in rows if x["model"] == m]
-        per_model[m] = {"n": len(sel), "mape_pct": mape(sel, "ape_pct"),
-                        "signed_pct": float(np.mean([100 * (x["twin_tok_s"] - x["real_tok_s"]) / x["real_tok_s"]
-                                                     for x in sel]))}
+        per_model[m] = {
+            "n": len(sel),
+            "mape_pct": mape(sel, "ape_pct"),
+            "signed_pct": float(np.mean([100 * (x["twin_tok_s"] - x["real_tok_s"]) / x["real_tok_s"] for x in sel])),
+        }
     return {
         "runs": len(rows),
         "twin": {
@@ -307,8 +377,11 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
             "throughput_mape_starved_pct": mape(starved, "ape_pct"),
             "throughput_mape_not_starved_pct": mape(fine, "ape_pct"),
             "throughput_median_ape_pct": float(np.median([x["ape_pct"] for x in rows])) if rows else None,
-            "throughput_signed_pct": float(np.mean([100 * (x["twin_tok_s"] - x["real_tok_s"]) / x["real_tok_s"]
-                                                    for x in rows])) if rows else None,
+            "throughput_signed_pct": float(
+                np.mean([100 * (x["twin_tok_s"] - x["real_tok_s"]) / x["real_tok_s"] for x in rows])
+            )
+            if rows
+            else None,
             "itl_mape_pct": mape(rows, "itl_ape_pct"),
             "starvation_agreement": agree,
             "oom_runs": len(oom_runs),
@@ -328,10 +401,20 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
     }
 
 
-def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | None = None,
-        models: Sequence[str] | None = None, ref_dir: str | None = None, progress: bool = True,
-        condition_on_arrivals: bool = True, client_cap: bool = True, io_correlation: str | float | None = "auto",
-        select: Callable[[RefRun], bool] | None = None) -> dict[str, Any]:
+def run(
+    json: bool = False,
+    *,
+    workers: int = 2,
+    seed: int = 0,
+    limit: int | None = None,
+    models: Sequence[str] | None = None,
+    ref_dir: str | None = None,
+    progress: bool = True,
+    condition_on_arrivals: bool = True,
+    client_cap: bool = True,
+    io_correlation: str | float | None = "auto",
+    select: Callable[[RefRun], bool] | None = None,
+) -> dict[str, Any]:
     """Run the fidelity benchmark, print the figures as tables (unless ``json``) and return them.
 
     With ``json`` nothing is printed: ``optplace bench fidelity --json`` prints the returned dict.
@@ -370,8 +453,11 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
     summary["sim_wall_s_total"] = float(sum(r.sim_wall_s for r in results))
     summary["cache_key"] = key
     summary["length_adjustment"] = adj
-    summary["options"] = {"condition_on_arrivals": condition_on_arrivals, "client_cap": client_cap,
-                          "client_max_outstanding": CLIENT_MAX_OUTSTANDING}
+    summary["options"] = {
+        "condition_on_arrivals": condition_on_arrivals,
+        "client_cap": client_cap,
+        "client_max_outstanding": CLIENT_MAX_OUTSTANDING,
+    }
     if not json:
         _print(summary)
     return summary
@@ -401,34 +487,63 @@ def _print(s: dict[str, Any]) -> None:
     t.add_column("published twin", justify="right")
     t.add_column("target", justify="right")
     t.add_row("total throughput MAPE, all", _fmt(tw["throughput_mape_pct"]), _fmt(pb["throughput_mape_pct"]), "≤ 5 %")
-    t.add_row("  starved runs", _fmt(tw["throughput_mape_starved_pct"]), _fmt(pb["throughput_mape_starved_pct"]),
-              "≤ 6 %")
-    t.add_row("  not starved runs", _fmt(tw["throughput_mape_not_starved_pct"]),
-              _fmt(pb["throughput_mape_not_starved_pct"]), "")
+    t.add_row(
+        "  starved runs", _fmt(tw["throughput_mape_starved_pct"]), _fmt(pb["throughput_mape_starved_pct"]), "≤ 6 %"
+    )
+    t.add_row(
+        "  not starved runs",
+        _fmt(tw["throughput_mape_not_starved_pct"]),
+        _fmt(pb["throughput_mape_not_starved_pct"]),
+        "",
+    )
     t.add_row("  signed mean error", _fmt(tw["throughput_signed_pct"]), "", "")
     t.add_row("mean ITL MAPE", _fmt(tw["itl_mape_pct"]), _fmt(pb["itl_mape_pct"]), "")
-    t.add_row("starvation label agreement", f"{tw['starvation_agreement']}/{s['runs']}",
-              f"{pb['starvation_agreement']}/{s['runs']}", "≥ 285")
-    t.add_row("start-up OOM predicted", f"{tw['oom_predicted']}/{tw['oom_runs']}, {tw['false_oom']} false", "—",
-              "exact")
+    t.add_row(
+        "starvation label agreement",
+        f"{tw['starvation_agreement']}/{s['runs']}",
+        f"{pb['starvation_agreement']}/{s['runs']}",
+        "≥ 285",
+    )
+    t.add_row(
+        "start-up OOM predicted", f"{tw['oom_predicted']}/{tw['oom_runs']}, {tw['false_oom']} false", "—", "exact"
+    )
     for m, v in tw["per_model"].items():
         t.add_row(f"  {m} ({v['n']} runs)", f"{_fmt(v['mape_pct'])} (signed {_fmt(v['signed_pct'])})", "", "")
     con = Console()
     con.print(t)
     w = Table(title="Worst 10 runs (total throughput)")
-    for c in ("model", "group", "slots", "served", "real tok/s", "twin tok/s", "APE", "real/twin starved",
-              "published APE"):
+    for c in (
+        "model",
+        "group",
+        "slots",
+        "served",
+        "real tok/s",
+        "twin tok/s",
+        "APE",
+        "real/twin starved",
+        "published APE",
+    ):
         w.add_column(c)
     for x in s["worst"]:
-        w.add_row(x["model"][:5], x["group"], str(x["max_loras"]), str(x["max_cpu_loras"]), f"{x['real_tok_s']:.0f}",
-                  f"{x['twin_tok_s']:.0f}", _fmt(x["ape_pct"]), f"{int(x['real_starved'])}/{int(x['twin_starved'])}",
-                  _fmt(x["pub_ape_pct"]))
+        w.add_row(
+            x["model"][:5],
+            x["group"],
+            str(x["max_loras"]),
+            str(x["max_cpu_loras"]),
+            f"{x['real_tok_s']:.0f}",
+            f"{x['twin_tok_s']:.0f}",
+            _fmt(x["ape_pct"]),
+            f"{int(x['real_starved'])}/{int(x['twin_starved'])}",
+            _fmt(x["pub_ape_pct"]),
+        )
     con.print(w)
     adj = s.get("length_adjustment", {})
     if adj.get("rho") is not None:
-        con.print(f"lengths: input/output rank correlation {adj['rho']} applied (calibrated: real KV per running "
-                  f"request {adj.get('target_kv_tokens_per_request', float('nan')):.0f} tokens, workload model "
-                  f"{adj.get('workload_kv_tokens_per_request', float('nan')):.0f}); see docs/notes/fidelity.md")
+        con.print(
+            f"lengths: input/output rank correlation {adj['rho']} applied (calibrated: real KV per running "
+            f"request {adj.get('target_kv_tokens_per_request', float('nan')):.0f} tokens, workload model "
+            f"{adj.get('workload_kv_tokens_per_request', float('nan')):.0f}); see docs/notes/fidelity.md"
+        )
     con.print(f"wall {s['wall_s']:.0f} s (simulation {s['sim_wall_s_total']:.0f} s summed); cache {s['cache_key']}")
 
 
@@ -454,39 +569,61 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         "| metric | optplace twin | published twin | target |",
         "|---|---:|---:|---:|",
-        row("total-throughput MAPE, all runs", _fmt(tw["throughput_mape_pct"]), _fmt(pb["throughput_mape_pct"]),
-            "≤ 5 %"),
-        row("— starved runs", _fmt(tw["throughput_mape_starved_pct"]), _fmt(pb["throughput_mape_starved_pct"]),
-            "≤ 6 %"),
-        row("— not starved runs", _fmt(tw["throughput_mape_not_starved_pct"]),
-            _fmt(pb["throughput_mape_not_starved_pct"])),
+        row(
+            "total-throughput MAPE, all runs", _fmt(tw["throughput_mape_pct"]), _fmt(pb["throughput_mape_pct"]), "≤ 5 %"
+        ),
+        row(
+            "— starved runs", _fmt(tw["throughput_mape_starved_pct"]), _fmt(pb["throughput_mape_starved_pct"]), "≤ 6 %"
+        ),
+        row(
+            "— not starved runs",
+            _fmt(tw["throughput_mape_not_starved_pct"]),
+            _fmt(pb["throughput_mape_not_starved_pct"]),
+        ),
         row("median throughput APE", _fmt(tw["throughput_median_ape_pct"])),
         row("signed mean throughput error", _fmt(tw["throughput_signed_pct"])),
         row("mean ITL MAPE", _fmt(tw["itl_mape_pct"]), _fmt(pb["itl_mape_pct"])),
-        row("starvation label agreement (10 % rule)", f"{tw['starvation_agreement']}/{n}",
-            f"{pb['starvation_agreement']}/{n}", "≥ 285"),
-        row("start-up OOM predicted", f"{tw['oom_predicted']}/{tw['oom_runs']}, {tw['false_oom']} false", "—",
-            "exact"),
+        row(
+            "starvation label agreement (10 % rule)",
+            f"{tw['starvation_agreement']}/{n}",
+            f"{pb['starvation_agreement']}/{n}",
+            "≥ 285",
+        ),
+        row("start-up OOM predicted", f"{tw['oom_predicted']}/{tw['oom_runs']}, {tw['false_oom']} false", "—", "exact"),
     ]
-    lines += [row(f"{m} ({v['n']} runs): MAPE, signed", f"{_fmt(v['mape_pct'])}, {_fmt(v['signed_pct'])}")
-              for m, v in tw["per_model"].items()]
+    lines += [
+        row(f"{m} ({v['n']} runs): MAPE, signed", f"{_fmt(v['mape_pct'])}, {_fmt(v['signed_pct'])}")
+        for m, v in tw["per_model"].items()
+    ]
     rho = adj.get("rho")
     lines += [
         "",
-        "Replay options: " + ", ".join([
-            "each run conditioned on its real arrival count" if opts.get("condition_on_arrivals") else
-            "arrivals drawn afresh",
-            f"the reference client's cap of {opts.get('client_max_outstanding', CLIENT_MAX_OUTSTANDING):,} "
-            "outstanding requests" if opts.get("client_cap") else "no client cap",
-            "request lengths as the workload model draws them" if rho is None else
-            f"input/output lengths re-paired to rank correlation {rho}"]) + ".",
+        "Replay options: "
+        + ", ".join(
+            [
+                "each run conditioned on its real arrival count"
+                if opts.get("condition_on_arrivals")
+                else "arrivals drawn afresh",
+                f"the reference client's cap of {opts.get('client_max_outstanding', CLIENT_MAX_OUTSTANDING):,} "
+                "outstanding requests"
+                if opts.get("client_cap")
+                else "no client cap",
+                "request lengths as the workload model draws them"
+                if rho is None
+                else f"input/output lengths re-paired to rank correlation {rho}",
+            ]
+        )
+        + ".",
         "",
         "## Worst 10 runs (total throughput)",
         "",
         "| model | group | slots | served | real tok/s | twin tok/s | APE | starved real/twin | published APE |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {x['model']} | {x['group']} | {x['max_loras']} | {x['max_cpu_loras']} | {x['real_tok_s']:,.0f} | "
-              f"{x['twin_tok_s']:,.0f} | {_fmt(x['ape_pct'])} | {int(x['real_starved'])}/{int(x['twin_starved'])} | "
-              f"{_fmt(x['pub_ape_pct'])} |" for x in s["worst"]]
+    lines += [
+        f"| {x['model']} | {x['group']} | {x['max_loras']} | {x['max_cpu_loras']} | {x['real_tok_s']:,.0f} | "
+        f"{x['twin_tok_s']:,.0f} | {_fmt(x['ape_pct'])} | {int(x['real_starved'])}/{int(x['twin_starved'])} | "
+        f"{_fmt(x['pub_ape_pct'])} |"
+        for x in s["worst"]
+    ]
     return "\n".join(lines) + "\n"
