@@ -30,6 +30,7 @@ what the reference runs' ``mean_itl_ms`` reports; ``tpot_ms_mean`` is the per-re
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_right
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 
 from optplace.twin.engine.config import EngineConfig, WorkloadLike
 from optplace.twin.engine.core import EngineCore
-from optplace.twin.engine.result import EngineResult
+from optplace.twin.engine.result import CompletedRequests, EngineResult
 
 __all__ = ["simulate_engine"]
 
@@ -67,6 +68,11 @@ class _Runner:
         self.explicit = 0
         self.slopes: dict[tuple[int, int, int], float | None] = {}
         self.done = False
+        # The step clock, for the latency metrics: (step, end time) of each step run one by one, and
+        # (first step, steps, start time, first duration, increment) of each fast-forwarded run.
+        self.ex_step = array("q")
+        self.ex_t = array("d")
+        self.ff_runs = array("d")
 
     def next_arrival(self) -> float:
         c = self.core
@@ -104,6 +110,9 @@ class _Runner:
         max_distinct = self.max_distinct
         max_used = self.max_used
         max_tokens = self.max_tokens
+        ex_step_append = self.ex_step.append
+        ex_t_append = self.ex_t.append
+        ff_extend = self.ff_runs.extend
         while t < horizon:
             na = bisect_right(arrival, t, na)
             plan = schedule(na)
@@ -122,6 +131,8 @@ class _Runner:
                 self.done = True
                 break
             completions = update(plan, t_end)
+            ex_step_append(plan.step)
+            ex_t_append(t_end)
             t = t_end
             explicit += 1
             # statistics
@@ -196,6 +207,7 @@ class _Runner:
                             break
                         need = core.blocks_needed(k)
                     span = _cum(k, d, delta)
+                    ff_extend((core.step, k, t, d, delta))
                     core.used += need
                     core.step += k
                     sched_s += ov * k
@@ -395,6 +407,35 @@ def _percentile(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else 0.0
 
 
+def _step_clock(runner: _Runner, n_steps: int) -> np.ndarray:
+    """End time of every step 0..n_steps-1, from the steps run one by one and the fast-forwarded runs."""
+    end = np.full(n_steps, np.nan)
+    if runner.ex_step:
+        end[np.frombuffer(runner.ex_step, dtype=np.int64)] = np.frombuffer(runner.ex_t, dtype=np.float64)
+    if runner.ff_runs:
+        seg = np.frombuffer(runner.ff_runs, dtype=np.float64).reshape(-1, 5)
+        k = seg[:, 1].astype(np.int64)
+        j = np.arange(int(k.sum()), dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
+        d, delta = np.repeat(seg[:, 3], k), np.repeat(seg[:, 4], k)
+        # step j of a run lasts d + j·delta, so it ends (j+1)·d + delta·j(j+1)/2 after the run's start
+        end[np.repeat(seg[:, 0].astype(np.int64), k) + j] = np.repeat(seg[:, 2], k) + (j + 1) * d + delta * j * (j + 1) / 2
+    return end
+
+
+def _completed_requests(core: EngineCore, runner: _Runner, ids: np.ndarray, first: np.ndarray,
+                        fin: np.ndarray) -> CompletedRequests:
+    """The completed requests' arrays and the step clock (:class:`CompletedRequests`)."""
+    clock = _step_clock(runner, core.step)
+    # Token times are step end times; the clock rebuilt from fast-forwarded runs may differ from the
+    # accumulated one by float rounding, far below a step's duration (milliseconds).
+    tol = 1e-6
+    return CompletedRequests(
+        adapter=core.np_adapter[ids], arrival_s=core.np_arrival[ids], first_token_s=first, finish_s=fin,
+        input_tokens=core.np_inp[ids], output_tokens=core.np_out[ids],
+        first_step=np.searchsorted(clock, first - tol), finish_step=np.searchsorted(clock, fin - tol),
+        step_end_s=clock)
+
+
 def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: bool) -> EngineResult:
     """The run's :class:`EngineResult` from the core's accounting and the runner's statistics."""
     cfg = core.cfg
@@ -477,4 +518,5 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
         kv_blocks_total=cfg.num_blocks,
         max_scheduled_tokens=runner.max_tokens,
         config=cfg,
+        requests=_completed_requests(core, runner, ids, first, fin),
     )

@@ -1,12 +1,152 @@
-"""The outcome of one simulated engine over one window (:class:`EngineResult`)."""
+"""The outcome of one simulated engine over one window (:class:`EngineResult`).
+
+Latency is measured as vLLM's ``benchmark_serving`` measures it on the reference runs, over the
+requests completed inside the window (:class:`CompletedRequests`, :func:`latency_stats`):
+
+* TTFT = first token − arrival, per completed request;
+* TPOT = (finish − first token) / (output − 1), per completed request with more than one output token;
+* ITL = every gap between two consecutive tokens of a completed request. A decoding request gets one
+  token per engine step, so its gaps are the durations of the steps from the one after its first
+  token to the one that finished it. A request that was preempted gets no token in some of those
+  steps; its gaps are taken as equal, (finish − first token) / (output − 1) each, which keeps their sum
+  (and so the mean ITL) exact.
+
+Percentiles interpolate linearly between order statistics, as ``numpy.percentile`` does on the
+benchmark's lists (a weighted value counts as that many copies).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from optplace.twin.engine.config import EngineConfig
 
-__all__ = ["EngineResult"]
+__all__ = ["CompletedRequests", "EngineResult", "LatencyMeter", "LatencyStats", "latency_stats",
+           "weighted_percentile"]
+
+
+def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """``numpy.percentile(np.repeat(values, weights), q)`` without expanding (integer weights ≥ 0).
+
+    0.0 for an empty multiset (the twin's convention for "no request")."""
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    return _sorted_percentile(v[order], np.cumsum(np.asarray(weights, dtype=np.int64)[order]), q)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats:
+    """Latency of a set of completed requests [ms] (0.0 where the set is empty), as the benchmark computes it."""
+
+    completed: int
+    ttft_ms_mean: float
+    ttft_ms_p50: float
+    ttft_ms_p99: float
+    tpot_ms_mean: float
+    tpot_ms_p50: float
+    tpot_ms_p99: float
+    itl_ms_mean: float
+    itl_ms_p50: float
+    itl_ms_p99: float
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedRequests:
+    """Per-request arrays of the requests completed in the window (completion order), and the step clock.
+
+    ``step_end_s[s]`` is the end time of engine step ``s``; ``first_step`` / ``finish_step`` index it (the
+    step that produced a request's first / last token)."""
+
+    adapter: np.ndarray
+    arrival_s: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    first_step: np.ndarray
+    finish_step: np.ndarray
+    step_end_s: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.adapter.size)
+
+
+def _sorted_percentile(v: np.ndarray, cw: np.ndarray, q: float) -> float:
+    """:func:`weighted_percentile` on values sorted ascending with cumulative weights ``cw``."""
+    if cw.size == 0 or cw[-1] <= 0:
+        return 0.0
+    pos = q / 100.0 * float(cw[-1] - 1)
+    lo = int(np.floor(pos))
+    frac = pos - lo
+    i_lo = int(np.searchsorted(cw, lo, side="right"))
+    if frac == 0.0:
+        return float(v[i_lo])
+    i_hi = int(np.searchsorted(cw, lo + 1, side="right"))
+    return float(v[i_lo] + frac * (v[i_hi] - v[i_lo]))
+
+
+class LatencyMeter:
+    """Computes :class:`LatencyStats` of subsets of one run's completed requests.
+
+    The step durations are sorted once, so the per-adapter statistics of a GPU cost a few linear
+    passes over the steps each, not a sort."""
+
+    def __init__(self, req: CompletedRequests) -> None:
+        self.req = req
+        n_steps = req.step_end_s.size
+        step_ms = np.diff(req.step_end_s, prepend=req.step_end_s[:1]) * 1e3 if n_steps else np.zeros(0)
+        self.order = np.argsort(step_ms, kind="stable")
+        self.step_sorted = step_ms[self.order]
+        self.n_steps = n_steps
+
+    def stats(self, mask: np.ndarray | None = None) -> LatencyStats:
+        """The statistics of the requests selected by ``mask`` (all by default)."""
+        req = self.req
+        sel = np.ones(len(req), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        n = int(sel.sum())
+        if n == 0:
+            return LatencyStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        ttft = (req.first_token_s[sel] - req.arrival_s[sel]) * 1e3
+        out = req.output_tokens[sel].astype(np.int64)
+        span = req.finish_s[sel] - req.first_token_s[sel]
+        multi = out > 1
+        gaps_n = out[multi] - 1
+        tpot = span[multi] / gaps_n * 1e3
+        # ITL: step durations weighted by the selected requests that got a token in that step
+        f0 = req.first_step[sel][multi].astype(np.int64)
+        f1 = req.finish_step[sel][multi].astype(np.int64)
+        regular = (f1 - f0) == gaps_n  # not preempted: one token per step from first to finish
+        ns = self.n_steps
+        diff = np.bincount(f0[regular] + 1, minlength=ns + 1) - np.bincount(f1[regular] + 1, minlength=ns + 1)
+        w = np.cumsum(diff)[:ns][self.order]
+        v = self.step_sorted
+        if not regular.all():
+            # preempted requests: equal gaps (see the module docstring), merged into the sorted steps
+            extra_v, extra_w = tpot[~regular], gaps_n[~regular]
+            o = np.argsort(extra_v, kind="stable")
+            pos = np.searchsorted(v, extra_v[o], side="right")
+            v, w = np.insert(v, pos, extra_v[o]), np.insert(w, pos, extra_w[o])
+        cw = np.cumsum(w)
+        total_gaps = int(gaps_n.sum())
+        return LatencyStats(
+            completed=n,
+            ttft_ms_mean=float(ttft.mean()),
+            ttft_ms_p50=float(np.percentile(ttft, 50)),
+            ttft_ms_p99=float(np.percentile(ttft, 99)),
+            tpot_ms_mean=float(tpot.mean()) if tpot.size else 0.0,
+            tpot_ms_p50=float(np.percentile(tpot, 50)) if tpot.size else 0.0,
+            tpot_ms_p99=float(np.percentile(tpot, 99)) if tpot.size else 0.0,
+            itl_ms_mean=float(span[multi].sum() / total_gaps * 1e3) if total_gaps else 0.0,
+            itl_ms_p50=_sorted_percentile(v, cw, 50),
+            itl_ms_p99=_sorted_percentile(v, cw, 99),
+        )
+
+
+def latency_stats(req: CompletedRequests, mask: np.ndarray | None = None) -> LatencyStats:
+    """TTFT, TPOT and ITL statistics of the completed requests selected by ``mask`` (all by default)."""
+    return LatencyMeter(req).stats(mask)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +191,14 @@ class EngineResult:
     kv_blocks_total: int
     max_scheduled_tokens: int
     config: EngineConfig | None = field(default=None, repr=False, compare=False)
+    #: the completed requests' arrays (None for a server that fails to start), for :func:`latency_stats`
+    requests: CompletedRequests | None = field(default=None, repr=False, compare=False)
+
+    def latency(self, mask: np.ndarray | None = None) -> LatencyStats:
+        """TTFT / TPOT / ITL of the completed requests (``mask`` over :attr:`requests`; all by default)."""
+        if self.requests is None:
+            return latency_stats(_EMPTY)
+        return latency_stats(self.requests, mask)
 
     @property
     def throughput_tok_s(self) -> float:
@@ -82,3 +230,6 @@ class EngineResult:
     def starved_adapters(self, max_loss: float = 0.10) -> tuple[int, ...]:
         """Indices of adapters whose own loss is at least ``max_loss``."""
         return tuple(i for i, x in enumerate(self.adapter_loss()) if self.offered_tokens[i] > 0 and x >= max_loss)
+
+
+_EMPTY = CompletedRequests(*(np.zeros(0, dtype=np.int64) for _ in range(9)))
