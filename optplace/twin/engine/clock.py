@@ -22,6 +22,9 @@ Metrics: ``itl_ms_mean`` is vLLM's ``benchmark_serving`` definition (the mean ov
 gaps of completed requests, i.e. sum of (finish - first token) over sum of (output - 1)), which is
 what the reference runs' ``mean_itl_ms`` reports; ``tpot_ms_mean`` is the per-request mean of
 (finish - first token) / (output - 1). TTFT percentiles are over requests completed in the window.
+``EngineResult.requests`` carries the completed requests' times and the step clock (end time of every
+step, kept as the explicit steps' times plus the fast-forwarded runs' closed forms), from which
+:func:`optplace.twin.engine.result.latency_stats` computes the percentiles of TTFT, TPOT and ITL.
 """
 
 # The hot loops compare and assign instead of calling min()/max(): a builtin call costs more per step.
@@ -68,9 +71,9 @@ class _Runner:
         self.explicit = 0
         self.slopes: dict[tuple[int, int, int], float | None] = {}
         self.done = False
-        # The step clock, for the latency metrics: (step, end time) of each step run one by one, and
-        # (first step, steps, start time, first duration, increment) of each fast-forwarded run.
-        self.ex_step = array("q")
+        # The step clock, for the latency metrics: the end time of each step run one by one (in order),
+        # and (first step, steps, start time, first duration, increment) of each fast-forwarded run;
+        # the steps no run covers are the ones run one by one.
         self.ex_t = array("d")
         self.ff_runs = array("d")
 
@@ -110,7 +113,6 @@ class _Runner:
         max_distinct = self.max_distinct
         max_used = self.max_used
         max_tokens = self.max_tokens
-        ex_step_append = self.ex_step.append
         ex_t_append = self.ex_t.append
         ff_extend = self.ff_runs.extend
         while t < horizon:
@@ -131,7 +133,6 @@ class _Runner:
                 self.done = True
                 break
             completions = update(plan, t_end)
-            ex_step_append(plan.step)
             ex_t_append(t_end)
             t = t_end
             explicit += 1
@@ -407,33 +408,14 @@ def _percentile(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else 0.0
 
 
-def _step_clock(runner: _Runner, n_steps: int) -> np.ndarray:
-    """End time of every step 0..n_steps-1, from the steps run one by one and the fast-forwarded runs."""
-    end = np.full(n_steps, np.nan)
-    if runner.ex_step:
-        end[np.frombuffer(runner.ex_step, dtype=np.int64)] = np.frombuffer(runner.ex_t, dtype=np.float64)
-    if runner.ff_runs:
-        seg = np.frombuffer(runner.ff_runs, dtype=np.float64).reshape(-1, 5)
-        k = seg[:, 1].astype(np.int64)
-        j = np.arange(int(k.sum()), dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
-        d, delta = np.repeat(seg[:, 3], k), np.repeat(seg[:, 4], k)
-        # step j of a run lasts d + j·delta, so it ends (j+1)·d + delta·j(j+1)/2 after the run's start
-        end[np.repeat(seg[:, 0].astype(np.int64), k) + j] = np.repeat(seg[:, 2], k) + (j + 1) * d + delta * j * (j + 1) / 2
-    return end
-
-
 def _completed_requests(core: EngineCore, runner: _Runner, ids: np.ndarray, first: np.ndarray,
                         fin: np.ndarray) -> CompletedRequests:
-    """The completed requests' arrays and the step clock (:class:`CompletedRequests`)."""
-    clock = _step_clock(runner, core.step)
-    # Token times are step end times; the clock rebuilt from fast-forwarded runs may differ from the
-    # accumulated one by float rounding, far below a step's duration (milliseconds).
-    tol = 1e-6
+    """The completed requests' arrays and the raw step clock (:class:`CompletedRequests`)."""
     return CompletedRequests(
         adapter=core.np_adapter[ids], arrival_s=core.np_arrival[ids], first_token_s=first, finish_s=fin,
-        input_tokens=core.np_inp[ids], output_tokens=core.np_out[ids],
-        first_step=np.searchsorted(clock, first - tol), finish_step=np.searchsorted(clock, fin - tol),
-        step_end_s=clock)
+        input_tokens=core.np_inp[ids], output_tokens=core.np_out[ids], n_steps=core.step,
+        explicit_end_s=np.frombuffer(runner.ex_t, dtype=np.float64),
+        ff_runs=np.frombuffer(runner.ff_runs, dtype=np.float64).reshape(-1, 5))
 
 
 def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: bool) -> EngineResult:

@@ -56,8 +56,10 @@ class LatencyStats:
 class CompletedRequests:
     """Per-request arrays of the requests completed in the window (completion order), and the step clock.
 
-    ``step_end_s[s]`` is the end time of engine step ``s``; ``first_step`` / ``finish_step`` index it (the
-    step that produced a request's first / last token)."""
+    The clock is kept as the engine recorded it (cheap to collect): ``explicit_end_s`` holds the end
+    times, in order, of the steps run one by one, and each row of ``ff_runs`` a fast-forwarded run of
+    steps (first step, number of steps, start time, first step's duration, per-step increment);
+    :meth:`step_end_s` and :meth:`token_steps` rebuild the per-step view when latency is asked for."""
 
     adapter: np.ndarray
     arrival_s: np.ndarray
@@ -65,12 +67,35 @@ class CompletedRequests:
     finish_s: np.ndarray
     input_tokens: np.ndarray
     output_tokens: np.ndarray
-    first_step: np.ndarray
-    finish_step: np.ndarray
-    step_end_s: np.ndarray
+    n_steps: int
+    explicit_end_s: np.ndarray
+    ff_runs: np.ndarray
 
     def __len__(self) -> int:
         return int(self.adapter.size)
+
+    def step_end_s(self) -> np.ndarray:
+        """End time of every step ``0 .. n_steps-1``."""
+        end = np.empty(self.n_steps)
+        covered = np.zeros(self.n_steps, dtype=bool)
+        if self.ff_runs.size:
+            seg = self.ff_runs
+            k = seg[:, 1].astype(np.int64)
+            j = np.arange(int(k.sum()), dtype=np.int64) - np.repeat(np.cumsum(k) - k, k)
+            d, delta = np.repeat(seg[:, 3], k), np.repeat(seg[:, 4], k)
+            idx = np.repeat(seg[:, 0].astype(np.int64), k) + j
+            # step j of a run lasts d + j·delta, so it ends (j+1)·d + delta·j(j+1)/2 after the run's start
+            end[idx] = np.repeat(seg[:, 2], k) + (j + 1) * d + delta * j * (j + 1) / 2
+            covered[idx] = True
+        end[~covered] = self.explicit_end_s
+        return end
+
+    def token_steps(self, clock: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The step that produced each request's first token and the one that produced its last."""
+        # Token times are step end times; a clock rebuilt from fast-forwarded runs may differ from the
+        # engine's accumulated one by float rounding, far below a step's duration (milliseconds).
+        tol = 1e-6
+        return np.searchsorted(clock, self.first_token_s - tol), np.searchsorted(clock, self.finish_s - tol)
 
 
 def _sorted_percentile(v: np.ndarray, cw: np.ndarray, q: float) -> float:
@@ -95,8 +120,10 @@ class LatencyMeter:
 
     def __init__(self, req: CompletedRequests) -> None:
         self.req = req
-        n_steps = req.step_end_s.size
-        step_ms = np.diff(req.step_end_s, prepend=req.step_end_s[:1]) * 1e3 if n_steps else np.zeros(0)
+        clock = req.step_end_s()
+        self.first_step, self.finish_step = req.token_steps(clock)
+        n_steps = clock.size
+        step_ms = np.diff(clock, prepend=clock[:1]) * 1e3 if n_steps else np.zeros(0)
         self.order = np.argsort(step_ms, kind="stable")
         self.step_sorted = step_ms[self.order]
         self.n_steps = n_steps
@@ -115,8 +142,8 @@ class LatencyMeter:
         gaps_n = out[multi] - 1
         tpot = span[multi] / gaps_n * 1e3
         # ITL: step durations weighted by the selected requests that got a token in that step
-        f0 = req.first_step[sel][multi].astype(np.int64)
-        f1 = req.finish_step[sel][multi].astype(np.int64)
+        f0 = self.first_step[sel][multi].astype(np.int64)
+        f1 = self.finish_step[sel][multi].astype(np.int64)
         regular = (f1 - f0) == gaps_n  # not preempted: one token per step from first to finish
         ns = self.n_steps
         diff = np.bincount(f0[regular] + 1, minlength=ns + 1) - np.bincount(f1[regular] + 1, minlength=ns + 1)
@@ -232,4 +259,5 @@ class EngineResult:
         return tuple(i for i, x in enumerate(self.adapter_loss()) if self.offered_tokens[i] > 0 and x >= max_loss)
 
 
-_EMPTY = CompletedRequests(*(np.zeros(0, dtype=np.int64) for _ in range(9)))
+_EMPTY = CompletedRequests(*(np.zeros(0, dtype=np.int64) for _ in range(6)), n_steps=0,
+                           explicit_end_s=np.zeros(0), ff_runs=np.zeros((0, 5)))
