@@ -435,6 +435,14 @@ def regime_scores(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _fitted_globals(models: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The bundled profiles' step-time coefficients (fitted on every run), per model."""
+    from optplace.specs import resolve_profile
+
+    return {m: {k: float(v) for k, v in dict(resolve_profile(model=m, gpu=GPU).step_time.coef).items()}
+            for m in models}
+
+
 def cv_folds(runs: Sequence[RefRun]) -> tuple[list[RefRun], list[RefRun]]:
     """Two halves of the runs by workload group, for the cross-validation of the fitted coefficients.
 
@@ -521,6 +529,7 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
     lat_rows = latency_rows(runs, results, real)
     summary["latency"] = regime_scores(lat_rows)
     summary["latency_rows"] = lat_rows
+    summary["step_time_fitted"] = _fitted_globals(sorted({r.model for r in runs if not r.is_oom}))
     if cv:
         cs = summarize(runs, cv_results)
         cv_rows = latency_rows(runs, cv_results, real)
@@ -725,4 +734,44 @@ def markdown(s: dict[str, Any]) -> str:
     lines += [f"| {x['model']} | {x['group']} | {x['max_loras']} | {x['max_cpu_loras']} | {x['real_tok_s']:,.0f} | "
               f"{x['twin_tok_s']:,.0f} | {_fmt(x['ape_pct'])} | {int(x['real_starved'])}/{int(x['twin_starved'])} | "
               f"{_fmt(x['pub_ape_pct'])} |" for x in s["worst"]]
+    if "latency" in s:
+        lines += _latency_markdown(s)
     return "\n".join(lines) + "\n"
+
+
+def _latency_markdown(s: dict[str, Any]) -> list[str]:
+    """The latency section of the Markdown page: figures by regime, and the cross-validation folds."""
+    lines = [
+        "",
+        "## Latency and throughput by regime",
+        "",
+        "Each cell: MAPE over the runs (signed mean error, twin − real), against the real benchmark's figures "
+        "(TTFT over completed requests, TPOT per request, ITL over every inter-token gap). Regimes by the real "
+        "run's throughput loss: " + "; ".join(f"{n}: {_bounds(n)}" for n, _, _ in REGIMES) + ". "
+        "*Fitted*: the bundled profile, whose step-time globals are fitted on all runs. *Cross-validated*: "
+        "each run replayed with the globals fitted on the other half of the workload groups. The published "
+        "twin reports throughput, mean ITL and a mean TTFT that counts unfinished requests as the whole window.",
+        "",
+        "| regime | metric | twin, fitted | twin, cross-validated | published twin |",
+        "|---|---|---:|---:|---:|",
+    ]
+    last = None
+    for head, metric, cells in latency_table(s):
+        lines.append(f"| {head if head != last else ''} | {metric} | " + " | ".join(cells) + " |")
+        last = head
+    cv = s.get("cv")
+    if cv:
+        fitted = s.get("step_time_fitted", {})
+        lines += ["", "### Cross-validation folds", "",
+                  "Workload groups (rank set × rate set) split like a chessboard, so each half has every rank set "
+                  "and every rate set; the globals fitted on one half score the other.", "",
+                  "| scored groups | runs | model | h_pf | g_rank | g_slot |", "|---|---:|---|---:|---:|---:|"]
+        for f in cv["folds"]:
+            for model, sec in f["step_time"].items():
+                c = sec["coef"]
+                lines.append(f"| {', '.join(f['groups'])} | {f['runs_scored']} | {model} | {c['h_pf']:.4g} | "
+                             f"{c['g_rank']:.4g} | {c['g_slot']:.4g} |")
+        for model, c in fitted.items():
+            lines.append(f"| all (fitted) | {s['runs']} | {model} | {c['h_pf']:.4g} | {c['g_rank']:.4g} | "
+                         f"{c['g_slot']:.4g} |")
+    return lines
