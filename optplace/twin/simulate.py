@@ -229,23 +229,25 @@ def window_latency(res: EngineResult, n_adapters: int, workload: Workload | None
     def loss(done: float, offered: float) -> float:
         return 1.0 - done / offered if offered > 0 else 0.0
 
-    def both(mask: np.ndarray | None, win_loss: float, steady_loss: float | None) -> WindowLatency:
-        if meter is None:
-            zero = LatencyStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-            return WindowLatency(warm, Latency.of(zero, win_loss), Latency.of(zero, steady_loss))
-        st = late if mask is None else (mask & late)
-        return WindowLatency(warm, Latency.of(meter.stats(mask), win_loss), Latency.of(meter.stats(st), steady_loss))
-
+    zero = LatencyStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    if meter is None:
+        win_all, steady_all = zero, zero
+        win_ad, steady_ad = [zero] * n_adapters, [zero] * n_adapters
+    else:
+        win_all, steady_all = meter.stats(), meter.stats(late)
+        win_ad = meter.by_group(meter.req.adapter, n_adapters)
+        steady_ad = meter.by_group(meter.req.adapter, n_adapters, late)
     have = workload is not None
-    gpu = both(None, 1.0 if res.oom else res.throughput_loss,
-               (1.0 if res.oom else loss(float(steady_done.sum()), float(steady_off.sum()))) if have else None)
+    gpu = WindowLatency(warm, Latency.of(win_all, 1.0 if res.oom else res.throughput_loss),
+                        Latency.of(steady_all, (1.0 if res.oom else loss(float(steady_done.sum()),
+                                                                         float(steady_off.sum()))) if have else None))
     losses = res.adapter_loss()
-    per = []
-    for i in range(n_adapters):
-        mask = (meter.req.adapter == i) if meter is not None else None
-        per.append(both(mask, 1.0 if res.oom else float(losses[i]),
-                        (1.0 if res.oom else loss(float(steady_done[i]), float(steady_off[i]))) if have else None))
-    return gpu, tuple(per)
+    per = tuple(
+        WindowLatency(warm, Latency.of(win_ad[i], 1.0 if res.oom else float(losses[i])),
+                      Latency.of(steady_ad[i], (1.0 if res.oom else loss(float(steady_done[i]), float(steady_off[i])))
+                                 if have else None))
+        for i in range(n_adapters))
+    return gpu, per
 
 
 def gpu_report(index: int, gpu_type: str, adapters: Sequence[Adapter], max_loras: int, max_cpu_loras: int,

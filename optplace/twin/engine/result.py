@@ -115,38 +115,57 @@ def _sorted_percentile(v: np.ndarray, cw: np.ndarray, q: float) -> float:
 class LatencyMeter:
     """Computes :class:`LatencyStats` of subsets of one run's completed requests.
 
-    The step durations are sorted once, so the per-adapter statistics of a GPU cost a few linear
-    passes over the steps each, not a sort."""
+    Per-request figures and the sorted step durations are computed once, so each subset (e.g. every
+    adapter of a GPU, :meth:`by_group`) costs a few linear passes over the steps and its own requests."""
 
     def __init__(self, req: CompletedRequests) -> None:
         self.req = req
         clock = req.step_end_s()
-        self.first_step, self.finish_step = req.token_steps(clock)
+        f0, f1 = req.token_steps(clock)
         n_steps = clock.size
         step_ms = np.diff(clock, prepend=clock[:1]) * 1e3 if n_steps else np.zeros(0)
         self.order = np.argsort(step_ms, kind="stable")
         self.step_sorted = step_ms[self.order]
         self.n_steps = n_steps
+        self.ttft = (req.first_token_s - req.arrival_s) * 1e3
+        self.span = req.finish_s - req.first_token_s
+        self.gaps = req.output_tokens.astype(np.int64) - 1  # inter-token gaps per request
+        self.f0 = f0.astype(np.int64)
+        self.f1 = f1.astype(np.int64)
+        # not preempted: one token per step from the first to the last
+        self.regular = (self.f1 - self.f0) == self.gaps
 
     def stats(self, mask: np.ndarray | None = None) -> LatencyStats:
         """The statistics of the requests selected by ``mask`` (all by default)."""
-        req = self.req
-        sel = np.ones(len(req), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-        n = int(sel.sum())
+        if mask is None:
+            return self.stats_of(np.arange(len(self.req)))
+        return self.stats_of(np.flatnonzero(np.asarray(mask, dtype=bool)))
+
+    def by_group(self, group: np.ndarray, n_groups: int, mask: np.ndarray | None = None) -> list[LatencyStats]:
+        """:meth:`stats` of each group ``0 .. n_groups-1`` of the requests (``group`` per request), within ``mask``."""
+        idx = np.arange(len(self.req)) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
+        g = np.asarray(group)[idx]
+        order = np.argsort(g, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(g, minlength=n_groups))])
+        return [self.stats_of(idx[order[bounds[i]:bounds[i + 1]]]) for i in range(n_groups)]
+
+    def stats_of(self, idx: np.ndarray) -> LatencyStats:
+        """The statistics of the requests at indices ``idx``."""
+        n = int(idx.size)
         if n == 0:
             return LatencyStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        ttft = (req.first_token_s[sel] - req.arrival_s[sel]) * 1e3
-        out = req.output_tokens[sel].astype(np.int64)
-        span = req.finish_s[sel] - req.first_token_s[sel]
-        multi = out > 1
-        gaps_n = out[multi] - 1
-        tpot = span[multi] / gaps_n * 1e3
+        ttft = self.ttft[idx]
+        gaps = self.gaps[idx]
+        multi = gaps > 0
+        m_idx = idx[multi]
+        gaps_n = gaps[multi]
+        span = self.span[m_idx]
+        tpot = span / gaps_n * 1e3
         # ITL: step durations weighted by the selected requests that got a token in that step
-        f0 = self.first_step[sel][multi].astype(np.int64)
-        f1 = self.finish_step[sel][multi].astype(np.int64)
-        regular = (f1 - f0) == gaps_n  # not preempted: one token per step from first to finish
+        regular = self.regular[m_idx]
+        r_idx = m_idx[regular]
         ns = self.n_steps
-        diff = np.bincount(f0[regular] + 1, minlength=ns + 1) - np.bincount(f1[regular] + 1, minlength=ns + 1)
+        diff = np.bincount(self.f0[r_idx] + 1, minlength=ns + 1) - np.bincount(self.f1[r_idx] + 1, minlength=ns + 1)
         w = np.cumsum(diff)[:ns][self.order]
         v = self.step_sorted
         if not regular.all():
@@ -165,7 +184,7 @@ class LatencyMeter:
             tpot_ms_mean=float(tpot.mean()) if tpot.size else 0.0,
             tpot_ms_p50=float(np.percentile(tpot, 50)) if tpot.size else 0.0,
             tpot_ms_p99=float(np.percentile(tpot, 99)) if tpot.size else 0.0,
-            itl_ms_mean=float(span[multi].sum() / total_gaps * 1e3) if total_gaps else 0.0,
+            itl_ms_mean=float(span.sum() / total_gaps * 1e3) if total_gaps else 0.0,
             itl_ms_p50=_sorted_percentile(v, cw, 50),
             itl_ms_p99=_sorted_percentile(v, cw, 99),
         )
