@@ -474,8 +474,8 @@ def cv_step_times(runs: Sequence[RefRun], ref_dir: str | None = None) -> list[di
         for model in sorted({r.model for r in half}):
             sec = fit_step_time_section(ref_dir, model, runs=train, overhead=ov)
             sections[model] = {**sec, "time_scale": resolve_profile(model=model, gpu=GPU).step_time.time_scale}
-        folds.append({"groups": sorted({r.config_group for r in half}), "test": [r for r in runs if r.run_id in test_ids],
-                      "step_time": sections})
+        folds.append({"groups": sorted({r.config_group for r in half}),
+                      "test": [r for r in runs if r.run_id in test_ids], "step_time": sections})
     return folds
 
 

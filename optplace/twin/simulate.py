@@ -210,18 +210,18 @@ def window_latency(res: EngineResult, n_adapters: int, workload: Workload | None
     dur = res.duration_s
     warm = warmup_fraction * dur
     meter = LatencyMeter(res.requests) if res.requests is not None else None
-    steady_off = np.zeros(n_adapters)
+    steady_off: np.ndarray = np.zeros(n_adapters)
     if workload is not None:
         arr = np.asarray(workload.arrival_s)
         inwin = (arr >= warm) & (arr < dur)
         ad = np.asarray(workload.adapter)[inwin]
         toks = (np.asarray(workload.input_tokens) + np.asarray(workload.output_tokens))[inwin]
-        steady_off = np.bincount(ad, weights=toks, minlength=n_adapters).astype(np.float64)
+        steady_off = np.bincount(ad, weights=toks, minlength=n_adapters)
     if meter is not None:
         req = meter.req
         late = req.arrival_s >= warm
         done_toks = (req.input_tokens + req.output_tokens).astype(np.float64)
-        steady_done = np.bincount(req.adapter[late], weights=done_toks[late], minlength=n_adapters)
+        steady_done: np.ndarray = np.bincount(req.adapter[late], weights=done_toks[late], minlength=n_adapters)
     else:
         late = np.zeros(0, dtype=bool)
         steady_done = np.zeros(n_adapters)

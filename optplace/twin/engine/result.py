@@ -278,5 +278,7 @@ class EngineResult:
         return tuple(i for i, x in enumerate(self.adapter_loss()) if self.offered_tokens[i] > 0 and x >= max_loss)
 
 
-_EMPTY = CompletedRequests(*(np.zeros(0, dtype=np.int64) for _ in range(6)), n_steps=0,
-                           explicit_end_s=np.zeros(0), ff_runs=np.zeros((0, 5)))
+_EMPTY = CompletedRequests(adapter=np.zeros(0, np.int64), arrival_s=np.zeros(0), first_token_s=np.zeros(0),
+                           finish_s=np.zeros(0), input_tokens=np.zeros(0, np.int64),
+                           output_tokens=np.zeros(0, np.int64), n_steps=0, explicit_end_s=np.zeros(0),
+                           ff_runs=np.zeros((0, 5)))
