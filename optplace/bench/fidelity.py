@@ -409,12 +409,13 @@ def latency_rows(runs: Sequence[RefRun], results: Sequence[RunResult],
     return rows
 
 
-def _err_stats(pairs: list[tuple[float, float]]) -> tuple[int, float | None, float | None]:
-    """(n, MAPE %, signed mean relative error %) of (model, real) pairs with a non-zero real value."""
-    rel = [(a - b) / b for a, b in pairs if b]
-    if not rel:
-        return 0, None, None
-    return len(rel), 100.0 * float(np.mean(np.abs(rel))), 100.0 * float(np.mean(rel))
+def _err_stats(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    """n, MAPE %, median APE % and signed mean relative error % of (model, real) pairs with a non-zero real value."""
+    rel = np.array([(a - b) / b for a, b in pairs if b])
+    if not rel.size:
+        return {"n": 0, "mape_pct": None, "median_ape_pct": None, "bias_pct": None}
+    return {"n": int(rel.size), "mape_pct": 100.0 * float(np.mean(np.abs(rel))),
+            "median_ape_pct": 100.0 * float(np.median(np.abs(rel))), "bias_pct": 100.0 * float(np.mean(rel))}
 
 
 def regime_scores(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -428,8 +429,7 @@ def regime_scores(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             for who in ("twin", "published"):
                 pairs = [(v[who], v["real"]) for x in sel if (v := x["metrics"][m])[who] is not None
                          and v["real"] is not None]
-                n, mape, bias = _err_stats(pairs)
-                scores[who] = {"n": n, "mape_pct": mape, "bias_pct": bias}
+                scores[who] = _err_stats(pairs)
             block[m] = scores
         out[reg] = block
     return out

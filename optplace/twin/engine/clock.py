@@ -103,7 +103,6 @@ class _Runner:
         ff = self.fast_forward
         na = self.n_arrived
         slopes = self.slopes
-        explicit = self.explicit
         sched_s = self.sched_s
         load_tot = self.load_s
         run_area = self.run_area
@@ -133,9 +132,8 @@ class _Runner:
                 self.done = True
                 break
             completions = update(plan, t_end)
-            ex_t_append(t_end)
+            ex_t_append(t_end)  # also counts the explicit steps (len)
             t = t_end
-            explicit += 1
             # statistics
             sched_s += ov
             load_tot += plan.load_s
@@ -282,7 +280,7 @@ class _Runner:
                     kc = core.next_completion_step() - core.step + 1
                 ov = overhead_s(nr, nw, slots, served) if overhead_s is not None else 0.0
         self.n_arrived = na
-        self.explicit = explicit
+        self.explicit = len(self.ex_t)
         self.sched_s = sched_s
         self.load_s = load_tot
         self.run_area = run_area
