@@ -649,7 +649,11 @@ def _print_latency(s: dict[str, Any], per_run: bool) -> None:
     for head, metric, cells in latency_table(s):
         t.add_row(head if head != last else "", metric, *cells, end_section=metric == _LABELS["throughput"])
         last = head
-    con = Console()
+    import sys
+
+    # pipes and CI logs get a wide fixed layout (the per-run table has eleven columns), a terminal its own width
+    wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    con = Console(width=None if wide else 160)
     con.print(t)
     con.print("regimes: " + "; ".join(f"{n} = {_bounds(n)}" for n, _, _ in REGIMES) + ". Published TTFT counts "
               "unfinished requests as the whole window (sim_runs.csv); the real benchmark's counts completed ones.")
