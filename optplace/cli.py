@@ -341,6 +341,9 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
           markdown: Annotated[Optional[Path], typer.Option("--markdown", help="fidelity: also write the figures as "
                                                                               "a Markdown page (the repository's is "
                                                                               "docs/figures/fidelity.md).")] = None,
+          cv: Annotated[bool, typer.Option("--cv", help="fidelity: also score coefficients fitted on the other "
+                                                        "half of the workload groups (cross-validated).")] = False,
+          per_run: Annotated[bool, typer.Option("--runs", help="fidelity: print the per-run latency table.")] = False,
           ) -> None:
     """Run a benchmark and print its figures (docs/json-contracts.md lists what --json holds)."""
     import importlib
@@ -358,7 +361,7 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
     kwargs: dict[str, Any] = {}
     for flag, key, value in (("--full", "full", full), ("--client-cap", "client_cap", client_cap),
                              ("--sizes", "sizes", sizes), ("--strategies", "strategies", strategies),
-                             ("--skews", "skews", skews)):
+                             ("--skews", "skews", skews), ("--cv", "cv", cv), ("--runs", "per_run", per_run)):
         if value:
             if key not in params:
                 raise _fail_input([f"bench {name}: {flag} does not apply to this benchmark"])
