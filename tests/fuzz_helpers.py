@@ -63,8 +63,24 @@ def _get(tree: Any, path: tuple) -> Any:
 
 def _junk_value(rng: np.random.Generator, depth: int = 0) -> Any:
     """A value of a random kind, sometimes absurd."""
-    choices = ["str", "int", "float", "bool", "none", "list", "dict", "huge", "neg", "nan", "inf", "unicode",
-               "long", "zero", "tiny", "numstr"]
+    choices = [
+        "str",
+        "int",
+        "float",
+        "bool",
+        "none",
+        "list",
+        "dict",
+        "huge",
+        "neg",
+        "nan",
+        "inf",
+        "unicode",
+        "long",
+        "zero",
+        "tiny",
+        "numstr",
+    ]
     if depth > 3:
         choices = choices[:5]
     c = choices[int(rng.integers(len(choices)))]
@@ -115,7 +131,8 @@ def _mutate_tree(rng: np.random.Generator, tree: dict[str, Any]) -> tuple[str, d
     parent = _get(t, path[:-1])
     key = path[-1]
     op = ["retype", "retype", "delete", "unknown", "deep", "name", "number", "number", "swap_top", "escape"][
-        int(rng.integers(10))]
+        int(rng.integers(10))
+    ]
     if op == "retype":
         parent[key] = _junk_value(rng)
     elif op == "delete":
@@ -127,7 +144,8 @@ def _mutate_tree(rng: np.random.Generator, tree: dict[str, Any]) -> tuple[str, d
         parent[key] = _deep_junk(rng, int(rng.choice([5, 70, 150])))
     elif op == "name":
         nm = ["", " ", "x" * 201, "a" * 100_000, "名前", "🙂", "-lead", "a b", "../x", "a\nb", "a\u0000b"][
-            int(rng.integers(11))]
+            int(rng.integers(11))
+        ]
         t["name"] = nm
         for item in t.get("adapters", []) if isinstance(t.get("adapters"), list) else []:
             if isinstance(item, dict) and rng.integers(3) == 0:
@@ -136,8 +154,9 @@ def _mutate_tree(rng: np.random.Generator, tree: dict[str, Any]) -> tuple[str, d
         numeric = [p for p in paths if isinstance(_get(t, p), (int, float)) and not isinstance(_get(t, p), bool)]
         if numeric:
             p = numeric[int(rng.integers(len(numeric)))]
-            v = [-1, 0, -0.0, 10**30, 2**63, 1e308, math.nan, math.inf, -math.inf, 0.5, 1e-300, 1_000_001,
-                 True][int(rng.integers(13))]
+            v = [-1, 0, -0.0, 10**30, 2**63, 1e308, math.nan, math.inf, -math.inf, 0.5, 1e-300, 1_000_001, True][
+                int(rng.integers(13))
+            ]
             _get(t, p[:-1])[p[-1]] = v
         else:
             parent[key] = -1
@@ -177,8 +196,23 @@ name: [*h,*h,*h,*h,*h,*h,*h,*h,*h]
 
 def _mutate_text(rng: np.random.Generator, text: str) -> tuple[str, bytes]:
     raw = text.encode("utf-8")
-    op = ["dup_key", "alias_bomb", "alias_small", "binary", "truncate", "flip", "tag", "multi_doc", "empty",
-          "whitespace", "bom_crlf", "latin1", "tabs", "merge", "deep_text"][int(rng.integers(15))]
+    op = [
+        "dup_key",
+        "alias_bomb",
+        "alias_small",
+        "binary",
+        "truncate",
+        "flip",
+        "tag",
+        "multi_doc",
+        "empty",
+        "whitespace",
+        "bom_crlf",
+        "latin1",
+        "tabs",
+        "merge",
+        "deep_text",
+    ][int(rng.integers(15))]
     if op == "dup_key":
         lines = text.splitlines()
         tops = [ln for ln in lines if ln and not ln.startswith((" ", "#", "-"))]
@@ -200,14 +234,21 @@ def _mutate_text(rng: np.random.Generator, text: str) -> tuple[str, bytes]:
             b[i] = int(rng.choice(list(b":-[]{}&*!|>'\"#%@` \n\t0")))
         return op, bytes(b)
     if op == "tag":
-        tag = ["!!python/object/apply:os.system ['echo pwned']", "!!python/name:os.system", "!custom {a: 1}",
-               "!!binary aGVsbG8=", "!!set {a, b}", "!!timestamp 2001-12-14"][int(rng.integers(6))]
+        tag = [
+            "!!python/object/apply:os.system ['echo pwned']",
+            "!!python/name:os.system",
+            "!custom {a: 1}",
+            "!!binary aGVsbG8=",
+            "!!set {a, b}",
+            "!!timestamp 2001-12-14",
+        ][int(rng.integers(6))]
         return op, raw + f"\nextra: {tag}\n".encode()
     if op == "multi_doc":
         return op, raw + b"\n---\n" + raw
     if op == "empty":
         return op, [b"", b"\n", b"# only a comment\n", b"~\n", b"---\n", b"[]\n", b"42\n", b"'text'\n"][
-            int(rng.integers(8))]
+            int(rng.integers(8))
+        ]
     if op == "whitespace":
         return op, b"   \n\t\n" * int(rng.integers(1, 5))
     if op == "bom_crlf":

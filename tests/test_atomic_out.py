@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from optplace.cli import app
 from helpers import REPO
+
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
 SLOW = REPO / "scenarios" / "mixed-ranks-500.yaml"  # ~5 s: solving ~3 s, then its twin validates 3 GPUs
 COMPLETE = {"plan.json", "twin.json", "solver.log", "deploy", "report.html"}
@@ -24,8 +25,11 @@ COMPLETE = {"plan.json", "twin.json", "solver.log", "deploy", "report.html"}
 
 def _digest(folder: Path) -> dict[str, str]:
     """Relative path → sha256 of every file under ``folder``."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # HiGHS prints its banner from C on construction (optplace/solver, reported); everything else on
@@ -46,8 +50,7 @@ def _leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
 
 
-def _solve_and_kill(spec: Path, out: Path, delay_s: float, force: bool, sig: int = signal.SIGTERM
-                    ) -> tuple[int, str]:
+def _solve_and_kill(spec: Path, out: Path, delay_s: float, force: bool, sig: int = signal.SIGTERM) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "optplace.cli", "solve", str(spec), "--out", str(out), "--workers", "1"]
     if force:
         cmd.append("--force")
@@ -68,8 +71,13 @@ def previous_output(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A complete output folder from an uninterrupted run (the "previous output" to protect)."""
     base = tmp_path_factory.mktemp("atomic")
     out = base / "D"
-    res = subprocess.run([sys.executable, "-m", "optplace.cli", "solve", str(QUICKSTART), "--out", str(out)],
-                         cwd=base, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "optplace.cli", "solve", str(QUICKSTART), "--out", str(out)],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert {p.name for p in out.iterdir()} == COMPLETE
     return out, _digest(out)
@@ -203,7 +211,8 @@ def test_deploy_out_refuses_non_empty_folder_and_replaces_with_force(tmp_path: P
     (out / "gpu7.cmd").write_text("stale")
     res = runner.invoke(app, ["deploy", str(plan), "--out", str(out)])
     assert res.exit_code == 2 and res.stderr.strip().splitlines() == [
-        f"error: --out {out}: folder is not empty (use --force to replace it)"], res.stderr
+        f"error: --out {out}: folder is not empty (use --force to replace it)"
+    ], res.stderr
     assert [p.name for p in out.iterdir()] == ["gpu7.cmd"]
     res = runner.invoke(app, ["deploy", str(plan), "--out", str(out), "--force"])
     assert res.exit_code == 0, res.stderr
@@ -213,6 +222,7 @@ def test_deploy_out_refuses_non_empty_folder_and_replaces_with_force(tmp_path: P
 
 
 # --- the single-file and file-set writers (outputs.atomic_file / write_text_atomic / atomic_files) ----
+
 
 def test_atomic_file_replaces_in_one_rename_and_refuses_without_force(tmp_path: Path) -> None:
     from optplace.infra.outputs import OutputExists, atomic_file, write_text_atomic

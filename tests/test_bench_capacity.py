@@ -33,8 +33,15 @@ def test_throughput_implied_estimate_uses_the_offered_load_near_its_own_count() 
     # The estimate falls between 32 and 64 adapters, so its offered load per adapter is read between the
     # real runs at 32 and 64 (not averaged with the 8- or 384-adapter runs).
     runs = load_dt_validation()
-    mine = [r for r in runs if r.model == LLAMA and r.config_group == HIGH and r.status == "ok"
-            and r.total_throughput and r.offered_total_tok_s]
+    mine = [
+        r
+        for r in runs
+        if r.model == LLAMA
+        and r.config_group == HIGH
+        and r.status == "ok"
+        and r.total_throughput
+        and r.offered_total_tok_s
+    ]
     peak = max(r.total_throughput for r in mine)
 
     def per_adapter(n: int) -> float:

@@ -27,8 +27,20 @@ def test_bench_rejects_bad_sizes_and_strategies() -> None:
 
 
 def test_bench_solver_runs_a_chosen_subset() -> None:
-    res = runner.invoke(app, ["bench", "solver", "--sizes", "100", "--strategies", "greedy,round-robin",
-                              "--skews", "uniform,zipf-0.9", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "solver",
+            "--sizes",
+            "100",
+            "--strategies",
+            "greedy,round-robin",
+            "--skews",
+            "uniform,zipf-0.9",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     import json
 

@@ -11,9 +11,16 @@ def _fake(run_id, model, rates, max_loras, served, rank=16, window=60.0):
     rate_list = tuple(sorted(set(rates)))
     adapter_rates = tuple(rates[i % len(rates)] for i in range(served))
     return SimpleNamespace(
-        run_id=run_id, model=model, rate_list=rate_list, adapter_rates=adapter_rates,
-        adapter_ranks=tuple((8, rank)[i % 2] for i in range(served)), max_loras=max_loras, max_cpu_loras=served,
-        max_lora_rank=rank, window_s=window, aggregate_rate_rps=float(sum(adapter_rates)),
+        run_id=run_id,
+        model=model,
+        rate_list=rate_list,
+        adapter_rates=adapter_rates,
+        adapter_ranks=tuple((8, rank)[i % 2] for i in range(served)),
+        max_loras=max_loras,
+        max_cpu_loras=served,
+        max_lora_rank=rank,
+        window_s=window,
+        aggregate_rate_rps=float(sum(adapter_rates)),
     )
 
 

@@ -34,8 +34,11 @@ def test_calibrate_out_refuses_a_non_empty_folder_unless_forced(ref_dir, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
     res = runner.invoke(app, ["calibrate", "--reference", str(ref_dir), "--out", str(out), "--force"])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["llama-3.1-8b-instruct@h100-64gb.json", "mine.txt",
-                                                     "qwen-2.5-7b-instruct@h100-64gb.json"]  # no temporary left
+    assert sorted(p.name for p in out.iterdir()) == [
+        "llama-3.1-8b-instruct@h100-64gb.json",
+        "mine.txt",
+        "qwen-2.5-7b-instruct@h100-64gb.json",
+    ]  # no temporary left
 
 
 def test_calibrate_sweep_refuses_an_existing_profile_before_measuring(tmp_path):
@@ -43,7 +46,8 @@ def test_calibrate_sweep_refuses_an_existing_profile_before_measuring(tmp_path):
     out.write_text("{}")
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    res = runner.invoke(app, ["calibrate", "--sweep", "--engine", "vllm", "--model-dir", str(model_dir),
-                              "--out", str(out)])
+    res = runner.invoke(
+        app, ["calibrate", "--sweep", "--engine", "vllm", "--model-dir", str(model_dir), "--out", str(out)]
+    )
     assert res.exit_code == 2 and "exists (use --force" in res.stderr, res.output
     assert out.read_text() == "{}" and not any(model_dir.iterdir())  # nothing built, nothing measured

@@ -131,8 +131,14 @@ def test_fit_reproduces_microbenchmarks(ref, model):
         if r["model"] != model or r["experiment"] != "lora" or r["status"] != "ok" or not r["mean_loras_by_batch"]:
             continue
         b = float(r["mean_batch_size"])
-        pred = m.step_ms(round(b), 0, round(b), round(float(r["mean_loras_by_batch"])), 8,
-                         context_tokens=b * (1 + float(r["output_len"]) / 2))
+        pred = m.step_ms(
+            round(b),
+            0,
+            round(b),
+            round(float(r["mean_loras_by_batch"])),
+            8,
+            context_tokens=b * (1 + float(r["output_len"]) / 2),
+        )
         assert pred == pytest.approx(float(r["mean_itl_ms"]), rel=0.08)
 
 
@@ -162,8 +168,12 @@ def test_adapter_load_and_overhead_fit(ref):
 def test_length_correlation_fit(ref):
     import numpy as np
 
-    from optplace.calibration.reference_fit import (fit_length_correlation, kv_tokens_per_running_request, repair_lengths,
-                                         time_avg_context)
+    from optplace.calibration.reference_fit import (
+        fit_length_correlation,
+        kv_tokens_per_running_request,
+        repair_lengths,
+        time_avg_context,
+    )
 
     kv = kv_tokens_per_running_request(ref)
     assert all(330 < v < 380 for v in kv.values())

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO
+from helpers import REPO
 from optplace.cli import app
 from test_render import PLACED
 from test_solve_cli import SPEC
@@ -64,8 +64,9 @@ def test_every_key_of_every_document_is_documented(documents):
 
 def test_reproducible_zeroes_exactly_the_documented_wall_clock_fields(documents, tmp_path):
     (tmp_path / "s.yaml").write_text(SPEC)
-    res = runner.invoke(app, ["solve", str(tmp_path / "s.yaml"), "--json", "--reproducible", "--compare",
-                              "--workers", "1"])
+    res = runner.invoke(
+        app, ["solve", str(tmp_path / "s.yaml"), "--json", "--reproducible", "--compare", "--workers", "1"]
+    )
     doc = json.loads(res.stdout)
     assert doc["solve_time_s"] == 0.0 and doc["validation"]["sim_wall_s"] == 0.0
     assert all(c["solve_time_s"] == 0.0 for c in doc["comparison"])

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from optplace.bench import fidelity
-from optplace.bench.fidelity import (METRICS, cv_folds, latency_rows, markdown, real_latency, regime_of,
-                                     regime_scores, summarize)
+from optplace.bench.fidelity import (
+    METRICS,
+    cv_folds,
+    latency_rows,
+    markdown,
+    real_latency,
+    regime_of,
+    regime_scores,
+    summarize,
+)
 from optplace.calibration.reference import load_dt_validation
 from test_fidelity_small import _fake
 
@@ -18,7 +26,14 @@ def runs():
 
 def test_regimes_follow_the_real_loss() -> None:
     assert [regime_of(x) for x in (-0.01, 0.0, 0.0199, 0.02, 0.149, 0.15, 0.9)] == [
-        "stable", "stable", "stable", "boundary", "boundary", "overloaded", "overloaded"]
+        "stable",
+        "stable",
+        "stable",
+        "boundary",
+        "boundary",
+        "overloaded",
+        "overloaded",
+    ]
     assert regime_of(None) is None
 
 
@@ -40,11 +55,18 @@ def test_scores_are_mape_and_signed_bias_per_regime(runs) -> None:
 
     def fake(r, f):  # every latency figure off by the factor f, throughput exact
         x = real[r.run_id]
-        return fidelity.RunResult(**{**fidelity.asdict(_fake(r, r.total_throughput, r.total_throughput)),
-                                     "mean_itl_ms": x["itl_mean"] * f, "ttft_ms_mean": x["ttft_mean"] * f,
-                                     "ttft_ms_p50": x["ttft_p50"] * f, "ttft_ms_p99": x["ttft_p99"] * f,
-                                     "tpot_ms_mean": x["tpot_mean"] * f, "tpot_ms_p99": x["tpot_p99"] * f,
-                                     "itl_ms_p99": x["itl_p99"] * f})
+        return fidelity.RunResult(
+            **{
+                **fidelity.asdict(_fake(r, r.total_throughput, r.total_throughput)),
+                "mean_itl_ms": x["itl_mean"] * f,
+                "ttft_ms_mean": x["ttft_mean"] * f,
+                "ttft_ms_p50": x["ttft_p50"] * f,
+                "ttft_ms_p99": x["ttft_p99"] * f,
+                "tpot_ms_mean": x["tpot_mean"] * f,
+                "tpot_ms_p99": x["tpot_p99"] * f,
+                "itl_ms_p99": x["itl_p99"] * f,
+            }
+        )
 
     res = [fake(stable[0], 1.2), fake(stable[1], 0.9), fake(over[0], 2.0)]
     rows = latency_rows(stable + over, res, real)

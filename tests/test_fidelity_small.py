@@ -22,11 +22,26 @@ def _light(runs, n=2):
 
 
 def _fake(run, thr, offered, itl=20.0, oom=False):
-    return RunResult(run_id=run.run_id, model=run.model, config_group=run.config_group, max_loras=run.max_loras,
-                     max_cpu_loras=run.max_cpu_loras, max_lora_rank=run.max_lora_rank, oom=oom,
-                     total_throughput=None if oom else thr, offered_tok_s=None if oom else offered,
-                     mean_itl_ms=None if oom else itl, completed=None, arrivals=None, preemptions=None,
-                     mean_running=None, mean_waiting=None, adapter_loads=None, rejected=None, sim_wall_s=0.0)
+    return RunResult(
+        run_id=run.run_id,
+        model=run.model,
+        config_group=run.config_group,
+        max_loras=run.max_loras,
+        max_cpu_loras=run.max_cpu_loras,
+        max_lora_rank=run.max_lora_rank,
+        oom=oom,
+        total_throughput=None if oom else thr,
+        offered_tok_s=None if oom else offered,
+        mean_itl_ms=None if oom else itl,
+        completed=None,
+        arrivals=None,
+        preemptions=None,
+        mean_running=None,
+        mean_waiting=None,
+        adapter_loads=None,
+        rejected=None,
+        sim_wall_s=0.0,
+    )
 
 
 def test_summarize_scores_known_errors(runs):
@@ -45,9 +60,7 @@ def test_summarize_scores_known_errors(runs):
     assert s["runs"] == 4
     assert tw["throughput_mape_pct"] == pytest.approx((10 + 5 + 0 + 100) / 4)
     assert tw["oom_runs"] == 2 and tw["oom_predicted"] == 1 and tw["false_oom"] == 1
-    want_agree = sum(
-        bool(r.starved) == w for r, w in zip(ok, (False, True, False, False))
-    )
+    want_agree = sum(bool(r.starved) == w for r, w in zip(ok, (False, True, False, False)))
     assert tw["starvation_agreement"] == want_agree
     assert s["worst"][0]["run_id"] == ok[3].run_id
     assert s["published"]["throughput_mape_pct"] > 0

@@ -62,8 +62,10 @@ def test_fuzz_check(tmp_path: Path) -> None:
         codes[res.exit_code] = codes.get(res.exit_code, 0) + 1
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n = len(cases)
-    print(f"fuzz: {n} specs through `optplace check`: exit codes {dict(sorted(codes.items()))}, "
-          f"peak RSS {rss1 / 1024:.0f} MiB (+{(rss1 - rss0) / 1024:.0f} MiB during the run)")
+    print(
+        f"fuzz: {n} specs through `optplace check`: exit codes {dict(sorted(codes.items()))}, "
+        f"peak RSS {rss1 / 1024:.0f} MiB (+{(rss1 - rss0) / 1024:.0f} MiB during the run)"
+    )
     assert n >= 1000
     # the mutator must exercise both sides: specs that load and specs that are refused
     assert codes.get(0, 0) >= 20 and codes.get(2, 0) >= 500
@@ -135,8 +137,12 @@ def _fast_solver(t: dict) -> None:
 def test_fuzz_solve_out(tmp_path: Path) -> None:
     """Loadable mutants through `solve --out --no-validate`: exit 0/1/2 and a complete folder or none."""
     runner = CliRunner()
-    cases = _loadable_mutants(("quickstart", "pool-min-cost", "llama-rank16-high", "qwen-rank32-low",
-                               "llama-rank32-low"), 30, SEED + 1, _fast_solver)
+    cases = _loadable_mutants(
+        ("quickstart", "pool-min-cost", "llama-rank16-high", "qwen-rank32-low", "llama-rank32-low"),
+        30,
+        SEED + 1,
+        _fast_solver,
+    )
     assert len(cases) >= 25
     codes: dict[int, int] = {}
     for i, (label, t) in enumerate(cases):
@@ -184,9 +190,13 @@ def _plan_mutants(plan: dict, n: int, seed: int) -> list[tuple[str, bytes]]:
 
     rng = np.random.default_rng(seed)
     out: list[tuple[str, bytes]] = [
-        ("deep", b"[" * 100_000 + b"]" * 100_000), ("deep-obj", b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
-        ("binary", bytes(range(256)) * 4), ("empty", b""), ("nan", json.dumps({**plan, "gpus_used": math.nan}).encode()),
-        ("top-list", b"[1, 2]"), ("spec_dir", json.dumps({**plan, "spec_dir": "/nonexistent/x"}).encode()),
+        ("deep", b"[" * 100_000 + b"]" * 100_000),
+        ("deep-obj", b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
+        ("binary", bytes(range(256)) * 4),
+        ("empty", b""),
+        ("nan", json.dumps({**plan, "gpus_used": math.nan}).encode()),
+        ("top-list", b"[1, 2]"),
+        ("spec_dir", json.dumps({**plan, "spec_dir": "/nonexistent/x"}).encode()),
         ("latin1", json.dumps(plan).encode().replace(b'"min_gpus"', b'"caf\xe9"')),
     ]
     while len(out) < n:
@@ -262,8 +272,11 @@ def test_fuzz_huge_window_is_refused_before_simulating(tmp_path: Path) -> None:
         t["workload"]["duration_s"] = dur
         spec = tmp_path / f"w{dur:g}.yaml"
         spec.write_text(yaml.safe_dump(t))
-        for argv in (["check", str(spec)], ["simulate", str(spec), "--workers", "1"],
-                     ["solve", str(spec), "--no-validate"]):
+        for argv in (
+            ["check", str(spec)],
+            ["simulate", str(spec), "--workers", "1"],
+            ["solve", str(spec), "--no-validate"],
+        ):
             res = runner.invoke(app, argv)
             _assert_clean(res, f"{argv[0]}:{dur:g}", spec)
             assert res.exit_code == 2 and "workload.duration_s" in res.stderr and "expected requests" in res.stderr
@@ -272,8 +285,9 @@ def test_fuzz_huge_window_is_refused_before_simulating(tmp_path: Path) -> None:
 def test_fuzz_capacity(tmp_path: Path) -> None:
     """Loadable mutants through `capacity --json --no-confirm`: exit 0/1/2, never a crash."""
     runner = CliRunner()
-    cases = _loadable_mutants(("quickstart", "mixed-ranks-500", "llama-rank32-high", "pool-min-cost"), 10,
-                              SEED + 5, lambda t: None)
+    cases = _loadable_mutants(
+        ("quickstart", "mixed-ranks-500", "llama-rank32-high", "pool-min-cost"), 10, SEED + 5, lambda t: None
+    )
     codes: dict[int, int] = {}
     for i, (label, t) in enumerate(cases):
         spec = tmp_path / f"k{i:03d}.yaml"
@@ -298,8 +312,11 @@ def test_plan_spec_dir_cannot_widen_file_access(tmp_path: Path) -> None:
     (a / "trace.csv").write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + rows + "\n")
     _, _, tree = next(d for d in base_docs() if d[0] == "quickstart")
     t = copy.deepcopy(tree)
-    t["workload"] = {"duration_s": 30, "arrivals": {"kind": "trace", "path": "trace.csv"},
-                     "lengths": {"kind": "trace", "path": "trace.csv"}}
+    t["workload"] = {
+        "duration_s": 30,
+        "arrivals": {"kind": "trace", "path": "trace.csv"},
+        "lengths": {"kind": "trace", "path": "trace.csv"},
+    }
     (a / "s.yaml").write_text(yaml.safe_dump(t))
     res = runner.invoke(app, ["solve", str(a / "s.yaml"), "--no-validate", "--out", str(b)])
     assert res.exit_code in (0, 1), res.stderr

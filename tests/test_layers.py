@@ -56,8 +56,9 @@ def imports_in(source: str, mod: str, is_package: bool) -> set[str]:
                 continue
             found.add(target)
             for alias in node.names:  # `from optplace.x import y` where y is a module
-                if (PKG.parent / (target + "." + alias.name).replace(".", "/")).with_suffix(".py").exists() or \
-                        (PKG.parent / (target + "." + alias.name).replace(".", "/") / "__init__.py").exists():
+                if (PKG.parent / (target + "." + alias.name).replace(".", "/")).with_suffix(".py").exists() or (
+                    PKG.parent / (target + "." + alias.name).replace(".", "/") / "__init__.py"
+                ).exists():
                     found.add(target + "." + alias.name)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "optplace")
@@ -79,8 +80,12 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_no_import_goes_up_a_layer():
-    up = sorted(f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
-                for m, targets in graph().items() for t in targets if layer_of(t) > layer_of(m))
+    up = sorted(
+        f"{m} (layer {layer_of(m)}) imports {t} (layer {layer_of(t)})"
+        for m, targets in graph().items()
+        for t in targets
+        if layer_of(t) > layer_of(m)
+    )
     assert not up, "\n".join(up)
 
 

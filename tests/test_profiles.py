@@ -46,7 +46,10 @@ def test_memory_model_linear_part_close_to_measurements(ref_dir):
     for r in csv.DictReader(open(ref_dir / "kv_capacity_v1.csv", newline="")):
         if r["model"] == "llama-3.1-8b-instruct" and r["status"] == "ok":
             measured = int(r["kv_cache_tokens"])
-            assert abs(line.kv_cache_tokens(int(r["max_loras"]), int(r["max_lora_rank"]), 0.9) - measured) < 0.08 * measured
+            assert (
+                abs(line.kv_cache_tokens(int(r["max_loras"]), int(r["max_lora_rank"]), 0.9) - measured)
+                < 0.08 * measured
+            )
 
 
 def test_published_slot_caps_reproduced():

@@ -22,35 +22,48 @@ from optplace.specs.model import FixedLengths, GammaArrivals, PoissonArrivals, S
 from optplace.twin.engine import engine_config_from_profile, simulate_engine
 from optplace.twin.workload import generate_workload
 from helpers import REPO
+
 PROFILES = ("llama-3.1-8b-instruct@h100-64gb", "qwen-2.5-7b-instruct@h100-64gb")
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --- twin ------------------------------------------------------------------------------------
 
+
 @settings(max_examples=40, **SETTINGS)
-@given(profile=st.sampled_from(PROFILES),
-       ranks=st.lists(st.sampled_from([8, 16, 32]), min_size=1, max_size=8),
-       slots=st.integers(1, 8),
-       rate_total=st.floats(0.5, 200.0),
-       bursty=st.booleans(),
-       short=st.booleans(),
-       kv_blocks=st.one_of(st.none(), st.integers(128, 600)),
-       max_num_seqs=st.sampled_from([4, 64, 2048]),
-       seed=st.integers(0, 2**31))
-def test_twin_conserves_requests_and_keeps_max_loras(profile, ranks, slots, rate_total, bursty, short, kv_blocks,
-                                                     max_num_seqs, seed) -> None:
+@given(
+    profile=st.sampled_from(PROFILES),
+    ranks=st.lists(st.sampled_from([8, 16, 32]), min_size=1, max_size=8),
+    slots=st.integers(1, 8),
+    rate_total=st.floats(0.5, 200.0),
+    bursty=st.booleans(),
+    short=st.booleans(),
+    kv_blocks=st.one_of(st.none(), st.integers(128, 600)),
+    max_num_seqs=st.sampled_from([4, 64, 2048]),
+    seed=st.integers(0, 2**31),
+)
+def test_twin_conserves_requests_and_keeps_max_loras(
+    profile, ranks, slots, rate_total, bursty, short, kv_blocks, max_num_seqs, seed
+) -> None:
     prof = bundled_profiles()[profile]
     n = len(ranks)
     slots = min(slots, n)
     rng = np.random.default_rng(seed)
     rates = rng.dirichlet(np.ones(n)) * rate_total
     arrivals = GammaArrivals(kind="gamma", cv=3.0) if bursty else PoissonArrivals(kind="poisson")
-    lengths = FixedLengths(kind="fixed", input_tokens=40, output_tokens=30) if short else ShareGptLengths(kind="sharegpt")
+    lengths = (
+        FixedLengths(kind="fixed", input_tokens=40, output_tokens=30) if short else ShareGptLengths(kind="sharegpt")
+    )
     wl = generate_workload(arrivals, lengths, rates.tolist(), 20.0, rng)
     # a small KV cache (still ≥ one 2048-token request, as vLLM requires at start) forces preemptions
-    cfg = engine_config_from_profile(prof, ranks, slots, max_num_seqs=max_num_seqs, max_model_len=2048,
-                                     kv_cache_tokens=None if kv_blocks is None else kv_blocks * 16)
+    cfg = engine_config_from_profile(
+        prof,
+        ranks,
+        slots,
+        max_num_seqs=max_num_seqs,
+        max_model_len=2048,
+        kv_cache_tokens=None if kv_blocks is None else kv_blocks * 16,
+    )
     res = simulate_engine(cfg, wl)
     assert not res.oom
     event(f"preemptions: {'yes' if res.preemptions else 'no'}; backlog at end: {'yes' if res.waiting_end else 'no'}")
@@ -70,16 +83,26 @@ def test_twin_conserves_requests_and_keeps_max_loras(profile, ranks, slots, rate
 
 # --- solver ----------------------------------------------------------------------------------
 
+
 def _scenario(ads: list[tuple[int, float]], model: str, time_limit_s: float):
     lines = "\n".join(f"  - {{name: a{i}, rank: {r}, rate_rps: {x:.6f}}}" for i, (r, x) in enumerate(ads))
-    text = (f"name: prop\nmodel: {model}\ngpu: h100-64gb\n"
-            "workload: {duration_s: 600, arrivals: {kind: poisson}, lengths: {kind: sharegpt}}\n"
-            f"adapters:\n{lines}\nsolver: {{time_limit_s: {time_limit_s}}}\nseed: 1\n")
+    text = (
+        f"name: prop\nmodel: {model}\ngpu: h100-64gb\n"
+        "workload: {duration_s: 600, arrivals: {kind: poisson}, lengths: {kind: sharegpt}}\n"
+        f"adapters:\n{lines}\nsolver: {{time_limit_s: {time_limit_s}}}\nseed: 1\n"
+    )
     return load_scenario_text(text, base_dir=REPO)
 
 
-def _skewed_problem(seed: int, n: int, ranks: tuple[int, ...], shape: float, total_rps: float, model: str,
-                    zero_share: float | None = None):
+def _skewed_problem(
+    seed: int,
+    n: int,
+    ranks: tuple[int, ...],
+    shape: float,
+    total_rps: float,
+    model: str,
+    zero_share: float | None = None,
+):
     """A compiled problem with Pareto-skewed rates (``zero_share`` of the adapters idle, if given) and
     ranks drawn from ``ranks``; every draw from one generator seeded by ``seed``."""
     from optplace.solver import compile_problem
@@ -93,12 +116,14 @@ def _skewed_problem(seed: int, n: int, ranks: tuple[int, ...], shape: float, tot
 
 
 @settings(max_examples=15, **SETTINGS)
-@given(model=st.sampled_from(["llama-3.1-8b-instruct", "qwen-2.5-7b-instruct"]),
-       n=st.integers(3, 120),
-       ranks=st.sampled_from([(8,), (8, 16), (8, 16, 32), (32,)]),
-       shape=st.floats(0.8, 3.0),
-       total_rps=st.floats(2.0, 80.0),
-       seed=st.integers(0, 2**31))
+@given(
+    model=st.sampled_from(["llama-3.1-8b-instruct", "qwen-2.5-7b-instruct"]),
+    n=st.integers(3, 120),
+    ranks=st.sampled_from([(8,), (8, 16), (8, 16, 32), (32,)]),
+    shape=st.floats(0.8, 3.0),
+    total_rps=st.floats(2.0, 80.0),
+    seed=st.integers(0, 2**31),
+)
 def test_plans_fit_memory_milp_beats_warm_start_bound_below(model, n, ranks, shape, total_rps, seed) -> None:
     from optplace.solver import AnalyticCapacity, Infeasible, solve
     from optplace.solver.bound import lower_bound
@@ -120,8 +145,11 @@ def test_plans_fit_memory_milp_beats_warm_start_bound_below(model, n, ranks, sha
         assert placed == list(range(n)), name
         for g in plan.gpus:
             prof = pb.gpu_types[g.type_index].profile
-            assert prof.startup_status(g.max_loras, g.max_lora_rank, pb.serving.gpu_memory_utilization) == "ok", \
-                (name, g.max_loras, g.max_lora_rank)
+            assert prof.startup_status(g.max_loras, g.max_lora_rank, pb.serving.gpu_memory_utilization) == "ok", (
+                name,
+                g.max_loras,
+                g.max_lora_rank,
+            )
             assert g.max_lora_rank >= max(pb.adapters[i].rank for i in g.adapter_indices)
             assert 1 <= g.max_loras <= g.max_cpu_loras
         assert plan.lower_bound <= plan.objective_value + 1e-9, name
@@ -133,15 +161,16 @@ def test_plans_fit_memory_milp_beats_warm_start_bound_below(model, n, ranks, sha
 
 
 @settings(max_examples=25, **SETTINGS)
-@given(model=st.sampled_from(["llama-3.1-8b-instruct", "qwen-2.5-7b-instruct"]),
-       n=st.integers(1, 400),
-       ranks=st.sampled_from([(8,), (8, 16), (8, 16, 32), (32,)]),
-       shape=st.floats(0.5, 3.0),
-       total_rps=st.floats(0.5, 120.0),
-       zero_share=st.sampled_from([0.0, 0.2]),
-       seed=st.integers(0, 2**31))
-def test_fast_greedy_plans_fit_memory_and_pass_the_oracle(model, n, ranks, shape, total_rps, zero_share,
-                                                          seed) -> None:
+@given(
+    model=st.sampled_from(["llama-3.1-8b-instruct", "qwen-2.5-7b-instruct"]),
+    n=st.integers(1, 400),
+    ranks=st.sampled_from([(8,), (8, 16), (8, 16, 32), (32,)]),
+    shape=st.floats(0.5, 3.0),
+    total_rps=st.floats(0.5, 120.0),
+    zero_share=st.sampled_from([0.0, 0.2]),
+    seed=st.integers(0, 2**31),
+)
+def test_fast_greedy_plans_fit_memory_and_pass_the_oracle(model, n, ranks, shape, total_rps, zero_share, seed) -> None:
     """The fast greedy (class patterns, the first plan of every time-limited solve): every adapter
     once, every GPU starts and passes the analytic oracle at its slots on its adapters' own rates,
     never fewer GPUs than the proven bound, and the same plan twice."""
@@ -170,14 +199,15 @@ def test_fast_greedy_plans_fit_memory_and_pass_the_oracle(model, n, ranks, shape
 
 
 @settings(max_examples=12, **SETTINGS)
-@given(model=st.sampled_from(["llama-3.1-8b-instruct", "qwen-2.5-7b-instruct"]),
-       n=st.integers(4, 200),
-       ranks=st.sampled_from([(8,), (8, 16), (8, 16, 32), (32,)]),
-       shape=st.floats(0.6, 3.0),
-       total_rps=st.floats(5.0, 100.0),
-       seed=st.integers(0, 2**31))
-def test_balancing_keeps_the_count_and_oracle_and_lowers_the_worst_gpu(model, n, ranks, shape, total_rps,
-                                                                       seed) -> None:
+@given(
+    model=st.sampled_from(["llama-3.1-8b-instruct", "qwen-2.5-7b-instruct"]),
+    n=st.integers(4, 200),
+    ranks=st.sampled_from([(8,), (8, 16), (8, 16, 32), (32,)]),
+    shape=st.floats(0.6, 3.0),
+    total_rps=st.floats(5.0, 100.0),
+    seed=st.integers(0, 2**31),
+)
+def test_balancing_keeps_the_count_and_oracle_and_lowers_the_worst_gpu(model, n, ranks, shape, total_rps, seed) -> None:
     """Balancing the fast greedy's plan at its GPU count (what milp/greedy return): same GPUs, every
     adapter once, every GPU accepted by the oracle at its slots, worst utilisation never higher."""
     from optplace.solver import AnalyticCapacity, Infeasible, Mix
@@ -205,6 +235,7 @@ def test_balancing_keeps_the_count_and_oracle_and_lowers_the_worst_gpu(model, n,
 
 
 # --- surrogate encoding ------------------------------------------------------------------------
+
 
 @settings(max_examples=8, **SETTINGS)
 @given(profile=st.sampled_from(PROFILES), rank=st.sampled_from([8, 16, 32]), rate=st.floats(0.02, 1.5))
@@ -245,6 +276,7 @@ def test_surrogate_step_encoding_equals_model_at_optimum(profile, rank, rate) ->
 
 # --- determinism --------------------------------------------------------------------------------
 
+
 def test_module_runs_as_main() -> None:
     res = subprocess.run([sys.executable, "-m", "optplace.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -252,15 +284,17 @@ def test_module_runs_as_main() -> None:
         assert cmd in res.stdout
 
 
-@pytest.mark.parametrize("argv", [
-    ["solve", "scenarios/quickstart.yaml", "--json", "--reproducible"],
-    ["simulate", "scenarios/quickstart-placed.yaml", "--json", "--reproducible", "--seed", "5"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["solve", "scenarios/quickstart.yaml", "--json", "--reproducible"],
+        ["simulate", "scenarios/quickstart-placed.yaml", "--json", "--reproducible", "--seed", "5"],
+    ],
+)
 def test_same_seed_byte_identical_json_across_runs_and_processes(argv) -> None:
     runs = []
     for _ in range(2):
-        res = subprocess.run([sys.executable, "-m", "optplace.cli", *argv], cwd=REPO, capture_output=True,
-                             timeout=300)
+        res = subprocess.run([sys.executable, "-m", "optplace.cli", *argv], cwd=REPO, capture_output=True, timeout=300)
         assert res.returncode in (0, 1), res.stderr.decode()[-2000:]
         runs.append(res.stdout)
     inproc = CliRunner().invoke(app, argv)

@@ -56,9 +56,18 @@ def toys():
 
 # --- the registries ------------------------------------------------------------------------------
 
+
 def test_builtin_names_load_on_first_lookup_in_their_listed_order():
-    assert STRATEGIES.names() == ("milp", "greedy", "greedy-paper", "round-robin", "random", "first-fit-memory",
-                                  "least-loaded", "rank-grouped")
+    assert STRATEGIES.names() == (
+        "milp",
+        "greedy",
+        "greedy-paper",
+        "round-robin",
+        "random",
+        "first-fit-memory",
+        "least-loaded",
+        "rank-grouped",
+    )
     assert OBJECTIVES.names()[:3] == ("min_gpus", "min_cost", "min_latency")
     assert ARRIVALS.names()[:4] == ("poisson", "gamma", "mmpp", "trace")
     assert LENGTHS.names()[:4] == ("fixed", "sharegpt", "lognormal", "trace")
@@ -93,13 +102,18 @@ def test_plugins_env_variable_loads_extra_modules(monkeypatch, tmp_path):
 
 # --- the spec, the CLI and the schema read the registries ----------------------------------------
 
-@pytest.mark.parametrize("text,line,path,names", [
-    (spec(objective="fastest"), 11, "objective", "min_gpus, min_cost, min_latency"),
-    (spec().replace("{time_limit_s: 30}", "{strategy: best}"), 12, "solver.strategy", "milp, greedy, greedy-paper"),
-    (spec().replace("{time_limit_s: 30}", "{executor: slurm}"), 12, "solver.executor", "local, ray"),
-    (spec(arrivals="{kind: uniform}"), 6, "workload.arrivals", "poisson, gamma, mmpp, trace"),
-    (spec().replace("{kind: sharegpt}", "{kind: zipf}"), 7, "workload.lengths", "fixed, sharegpt, lognormal"),
-], ids=["objective", "strategy", "executor", "arrivals", "lengths"])
+
+@pytest.mark.parametrize(
+    "text,line,path,names",
+    [
+        (spec(objective="fastest"), 11, "objective", "min_gpus, min_cost, min_latency"),
+        (spec().replace("{time_limit_s: 30}", "{strategy: best}"), 12, "solver.strategy", "milp, greedy, greedy-paper"),
+        (spec().replace("{time_limit_s: 30}", "{executor: slurm}"), 12, "solver.executor", "local, ray"),
+        (spec(arrivals="{kind: uniform}"), 6, "workload.arrivals", "poisson, gamma, mmpp, trace"),
+        (spec().replace("{kind: sharegpt}", "{kind: zipf}"), 7, "workload.lengths", "fixed, sharegpt, lognormal"),
+    ],
+    ids=["objective", "strategy", "executor", "arrivals", "lengths"],
+)
 def test_check_reports_an_unknown_name_on_one_line_with_the_registered_names(tmp_path, text, line, path, names):
     f = tmp_path / "s.yaml"
     f.write_text(text)
@@ -140,12 +154,15 @@ def test_a_registered_spec_class_validates_its_own_fields_with_their_paths(toys)
 
 # --- the toy test: a new objective and a new arrival model, one file each ------------------------
 
+
 def test_toy_objective_and_toy_arrival_model_solve_end_to_end(toys):
     from optplace.pipeline import solve_scenario
     from optplace.solver import compile_problem
+
     toy_obj, toy_arr = toys
-    sc = load_scenario_text(spec(arrivals="{kind: toy_batches, period_s: 20}", objective="toy_gpus_and_slots"),
-                            base_dir=REPO)
+    sc = load_scenario_text(
+        spec(arrivals="{kind: toy_batches, period_s: 20}", objective="toy_gpus_and_slots"), base_dir=REPO
+    )
     assert isinstance(sc.workload.arrivals, toy_arr.ToyBatchArrivals) and sc.workload.arrivals.period_s == 20.0
     # planning measured the toy generator's burstiness: 20 s batches at ~1 req/s, gap CV ≈ √20
     pb = compile_problem(sc, REPO)
@@ -165,11 +182,13 @@ def test_toy_objective_and_toy_arrival_model_solve_end_to_end(toys):
     assert rep.twin_objective == pytest.approx(len(twin_used) + toy_obj.SLOT_WEIGHT * twin_slots)
     # the burstiness reached the capacity model: it keeps more headroom for the batches than for Poisson
     from optplace.solver.capacity import AnalyticCapacity
+
     assert AnalyticCapacity(pb).rho < 0.9 * AnalyticCapacity(poisson).rho
 
 
 def test_toy_strategy_from_one_file_is_named_by_the_spec():
     from optplace.solver import compile_problem, solve
+
     importlib.import_module("plugins.toy_strategy")
     try:
         sc = load_scenario_text(spec().replace("{time_limit_s: 30}", "{strategy: toy-fast-greedy}"), base_dir=REPO)
@@ -184,6 +203,7 @@ def test_toy_strategy_from_one_file_is_named_by_the_spec():
 
 # --- planning statistics come from the twin's own generators -------------------------------------
 
+
 def _bursty_trace(path: Path) -> Path:
     """A trace of 60 s bursts (10 s at 10× the calm rate), lengths 200 / 100 tokens."""
     rng = np.random.default_rng(0)
@@ -197,6 +217,7 @@ def _bursty_trace(path: Path) -> Path:
 
 def test_planning_stats_use_closed_forms_or_measure_the_generated_workload(tmp_path):
     from optplace.solver import compile_problem
+
     _bursty_trace(tmp_path / "t.csv")
     base = spec().replace("duration_s: 300", "duration_s: 1200")
     cases = {
@@ -207,13 +228,24 @@ def test_planning_stats_use_closed_forms_or_measure_the_generated_workload(tmp_p
     for arr, want in cases.items():
         pb = compile_problem(load_scenario_text(spec(arrivals=arr), base_dir=tmp_path), tmp_path)
         assert (pb.stats.arrival_cv, pb.stats.burst_factor) == want
-    sc = load_scenario_text(base.replace("{kind: poisson}", "{kind: trace, path: t.csv}")
-                            .replace("{kind: sharegpt}", "{kind: trace, path: t.csv}"), base_dir=tmp_path)
+    sc = load_scenario_text(
+        base.replace("{kind: poisson}", "{kind: trace, path: t.csv}").replace(
+            "{kind: sharegpt}", "{kind: trace, path: t.csv}"
+        ),
+        base_dir=tmp_path,
+    )
     pb = compile_problem(sc, tmp_path)
     # measured on the replay the twin generates: one adapter's gaps are burstier than Poisson's
     from optplace.twin.workload import generate_workload
-    wl = generate_workload(sc.workload.arrivals, sc.workload.lengths, [a.rate_rps for a in sc.adapter_list()],
-                           600.0, np.random.default_rng(sc.seed), base_dir=tmp_path)
+
+    wl = generate_workload(
+        sc.workload.arrivals,
+        sc.workload.lengths,
+        [a.rate_rps for a in sc.adapter_list()],
+        600.0,
+        np.random.default_rng(sc.seed),
+        base_dir=tmp_path,
+    )
     assert pb.stats.arrival_cv == pytest.approx(wl.summary().adapter_arrival_cv)
     assert pb.stats.arrival_cv > 1.2 and pb.stats.burst_factor == 1.0
     assert (pb.stats.mean_input_tokens, pb.stats.mean_output_tokens) == (200.0, 100.0)
@@ -226,6 +258,7 @@ def test_bound_memo_is_per_problem_object_not_per_reusable_id():
     from optplace.solver.bound import lower_bound
     from optplace.solver.capacity import AnalyticCapacity
     from optplace.solver.problem import classify
+
     pb0 = compile_problem(load_scenario_text(spec(), base_dir=REPO), REPO)
     an = AnalyticCapacity(pb0)
     scaled = [tuple(replace(a, rate_rps=a.rate_rps * k) for a in pb0.adapters) for k in range(1, 9)]
@@ -242,16 +275,22 @@ def test_a_one_file_plugin_works_from_the_command_line(tmp_path):
     """``OPTPLACE_PLUGINS`` names the plug-in modules; ``optplace check`` then accepts their names."""
     import os
     import subprocess
+
     f = tmp_path / "toy.yaml"
     f.write_text(spec(arrivals="{kind: toy_batches, period_s: 10}", objective="toy_gpus_and_slots"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)]),
-           "OPTPLACE_PLUGINS": "plugins.toy_objective,plugins.toy_arrivals"}
-    ok = subprocess.run([sys.executable, "-m", "optplace.cli", "check", str(f)], env=env, capture_output=True,
-                        text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)]),
+        "OPTPLACE_PLUGINS": "plugins.toy_objective,plugins.toy_arrivals",
+    }
+    ok = subprocess.run(
+        [sys.executable, "-m", "optplace.cli", "check", str(f)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
     env.pop("OPTPLACE_PLUGINS")
-    bad = subprocess.run([sys.executable, "-m", "optplace.cli", "check", str(f)], env=env, capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "optplace.cli", "check", str(f)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2
     assert "unknown arrival model 'toy_batches'" in bad.stderr
     assert "unknown objective 'toy_gpus_and_slots'" in bad.stderr

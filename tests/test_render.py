@@ -14,11 +14,14 @@ from test_solve_cli import SPEC  # 20 adapters, greedy, a 240 s window: fast to 
 
 runner = CliRunner()
 
-PLACED = SPEC + """\
+PLACED = (
+    SPEC
+    + """\
 placement:
   - {max_loras: 8, adapters: [a-0000, a-0001, a-0002, a-0003, a-0004, a-0005, b-0000, b-0001, b-0002, b-0003]}
   - {max_loras: 8, adapters: [a-0006, a-0007, a-0008, a-0009, a-0010, a-0011, b-0004, b-0005, b-0006, b-0007]}
 """
+)
 
 COMPACT = ["GPU", "type", "adapters", "slots", "load tok/s", "loss", "verdict"]
 

@@ -33,8 +33,12 @@ class _Checker(HTMLParser):
 
 
 def test_page_is_well_formed_self_contained_and_escaped():
-    chart = bar_chart("load <vs> capacity", ["gpu0", "gpu1"], [Series("offered", (10.0, 20.0)),
-                                                                 Series("capacity", (15.0, 25.0))], unit=" tok/s")
+    chart = bar_chart(
+        "load <vs> capacity",
+        ["gpu0", "gpu1"],
+        [Series("offered", (10.0, 20.0)), Series("capacity", (15.0, 25.0))],
+        unit=" tok/s",
+    )
     doc = page("plan & report", [("Chart", chart), ("Table", table(["a", "b"], [["<script>", 1]]))])
     c = _Checker()
     c.feed(doc)
@@ -48,7 +52,10 @@ def test_bar_heights_are_proportional():
     svg = bar_chart("t", ["a", "b"], [Series("s", (10.0, 40.0))])
     import re
 
-    heights = [float(h) for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)" fill="[^"]+"><title>', svg)]
+    heights = [
+        float(h)
+        for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)" fill="[^"]+"><title>', svg)
+    ]
     assert len(heights) == 2 and abs(heights[1] / heights[0] - 4.0) < 1e-6
 
 

@@ -25,9 +25,25 @@ placement:
 seed: 3
 """
 
-GPU_KEYS = {"index", "adapters", "max_loras", "max_cpu_loras", "throughput_tok_s", "engine_tok_s", "offered_tok_s",
-            "throughput_loss", "starved", "oom", "starved_adapters", "itl_ms_mean", "ttft_ms_p50", "ttft_ms_p99",
-            "preemptions", "adapter_loads", "per_adapter"}
+GPU_KEYS = {
+    "index",
+    "adapters",
+    "max_loras",
+    "max_cpu_loras",
+    "throughput_tok_s",
+    "engine_tok_s",
+    "offered_tok_s",
+    "throughput_loss",
+    "starved",
+    "oom",
+    "starved_adapters",
+    "itl_ms_mean",
+    "ttft_ms_p50",
+    "ttft_ms_p99",
+    "preemptions",
+    "adapter_loads",
+    "per_adapter",
+}
 
 
 def _spec(tmp_path: Path, text: str = SPEC) -> str:
@@ -46,8 +62,9 @@ def test_simulate_json_schema_and_conservation_of_adapters(tmp_path):
     for g in doc["gpus"]:
         assert GPU_KEYS <= g.keys()
         assert {"name", "offered_tok_s", "throughput_tok_s", "completed", "loss"} <= g["per_adapter"][0].keys()
-        assert sum(a["offered_tok_s"] for a in g["per_adapter"]) == __import__("pytest").approx(g["offered_tok_s"],
-                                                                                                   rel=1e-3)
+        assert sum(a["offered_tok_s"] for a in g["per_adapter"]) == __import__("pytest").approx(
+            g["offered_tok_s"], rel=1e-3
+        )
         assert 0 < g["throughput_tok_s"] <= g["offered_tok_s"]
         names += g["adapters"]
     assert sorted(names) == sorted([f"a-000{i}" for i in range(6)] + [f"b-000{i}" for i in range(4)])
@@ -67,7 +84,8 @@ def test_same_seed_byte_identical_different_seed_differs(tmp_path):
 def test_adapter_keeps_its_requests_whichever_gpu(tmp_path):
     """Common random numbers: an adapter's offered load does not depend on where the plan puts it."""
     moved = SPEC.replace("[a-0000, a-0001, a-0002, b-0000, b-0001]", "[a-0001, a-0002, b-0000, b-0001]").replace(
-        "[a-0003, a-0004, a-0005, b-0002, b-0003]", "[a-0000, a-0003, a-0004, a-0005, b-0002, b-0003]")
+        "[a-0003, a-0004, a-0005, b-0002, b-0003]", "[a-0000, a-0003, a-0004, a-0005, b-0002, b-0003]"
+    )
     offered = {}
     for tag, text in (("x", SPEC), ("y", moved)):
         d = tmp_path / tag
@@ -85,7 +103,9 @@ def test_no_placement_is_bad_input(tmp_path):
 
 def test_oom_placement_exits_1(tmp_path):
     text = SPEC.replace("rank: 16", "rank: 64").replace("count: 6, rank: 8", "count: 6, rank: 64")
-    text = text.replace("workload: {duration_s: 300", "serving: {gpu_memory_utilization: 0.3}\nworkload: {duration_s: 300")
+    text = text.replace(
+        "workload: {duration_s: 300", "serving: {gpu_memory_utilization: 0.3}\nworkload: {duration_s: 300"
+    )
     res = runner.invoke(app, ["simulate", _spec(tmp_path, text), "--json", "--workers", "1"])
     assert res.exit_code == 1
     doc = json.loads(res.stdout)

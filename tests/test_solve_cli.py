@@ -86,13 +86,14 @@ def test_validate_plan_json_and_spec_together(solved, tmp_path):
     first = doc["results"][0]
     solved_doc = json.loads((out / "plan.json").read_text())
     # The same plan and seed give the same twin figures as the solve's own validation.
-    assert [g["throughput_tok_s"] for g in first["gpus"]] == [g["throughput_tok_s"] for g in
-                                                             solved_doc["validation"]["gpus"]]
+    assert [g["throughput_tok_s"] for g in first["gpus"]] == [
+        g["throughput_tok_s"] for g in solved_doc["validation"]["gpus"]
+    ]
 
 
 def test_validate_rejects_garbage_plan(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text("{\"placement\": 3}")
+    bad.write_text('{"placement": 3}')
     res = runner.invoke(app, ["validate", str(bad)])
     assert res.exit_code == 2 and "bad.json" in res.stderr
 

@@ -15,8 +15,11 @@ runner = CliRunner()
 
 # test_solve_cli's small scenario at twice the load (two GPUs or more, so the rules differ) plus four
 # rank-32 adapters (so rank-aware and rank-blind rules differ too)
-SPEC = (SOLVE_SPEC.replace("rate_rps: 1.2", "rate_rps: 2.4").replace("rate_rps: 0.8", "rate_rps: 1.6")
-        .replace("solver:", "  - {group: c, count: 4, rank: 32, rate_rps: 1.0}\nsolver:"))
+SPEC = (
+    SOLVE_SPEC.replace("rate_rps: 1.2", "rate_rps: 2.4")
+    .replace("rate_rps: 0.8", "rate_rps: 1.6")
+    .replace("solver:", "  - {group: c, count: 4, rank: 32, rate_rps: 1.0}\nsolver:")
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +57,9 @@ def test_one_twin_checked_row_per_strategy(compared):
 def test_a_compared_row_is_what_solving_with_that_strategy_alone_gives(compared):
     spec, _, res, _ = compared
     row = next(r for r in json.loads(res.stdout)["comparison"] if r["strategy"] == "rank-grouped")
-    alone = runner.invoke(app, ["solve", str(spec), "--strategy", "rank-grouped", "--json", "--reproducible",
-                                "--workers", "1"])
+    alone = runner.invoke(
+        app, ["solve", str(spec), "--strategy", "rank-grouped", "--json", "--reproducible", "--workers", "1"]
+    )
     assert alone.exit_code == 0, alone.output
     doc = json.loads(alone.stdout)
     assert row["gpus_used"] == doc["gpus_used"]
@@ -90,8 +94,12 @@ def test_every_strategys_bound_is_below_every_strategys_value(tmp_path):
     hold for the surrogate's predictions, so no strategy may report it (it once sat above milp's value
     on baselines' rows)."""
     spec = tmp_path / "lat.yaml"
-    spec.write_text(SPEC.replace("solver: {strategy: greedy, time_limit_s: 20}",
-                                 "objective: min_latency\nsolver: {strategy: milp, time_limit_s: 20, max_gpus: 3}"))
+    spec.write_text(
+        SPEC.replace(
+            "solver: {strategy: greedy, time_limit_s: 20}",
+            "objective: min_latency\nsolver: {strategy: milp, time_limit_s: 20, max_gpus: 3}",
+        )
+    )
     res = runner.invoke(app, ["solve", str(spec), "--compare", "--json", "--workers", "1"])
     assert res.exit_code == 0, res.output
     rows = [r for r in json.loads(res.stdout)["comparison"] if r["error"] is None]

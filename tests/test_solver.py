@@ -8,8 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from optplace.specs import load_scenario_text
-from optplace.solver import (AnalyticCapacity, Estimate, Infeasible, Mix, compile_problem, get_objective, repair,
-                             solve)
+from optplace.solver import AnalyticCapacity, Estimate, Infeasible, Mix, compile_problem, get_objective, repair, solve
 from optplace.solver.milp import Column, solve_master_pulp, solve_master_pyomo, solve_milp
 from optplace.solver.greedy import greedy_improved, paper_order
 from optplace.solver.problem import classify, AdapterItem
@@ -60,8 +59,9 @@ class LoadOracle:
         if max_loras > 64 or max_loras < min(mix.n, 1):
             return Estimate(False, max_loras, off, 0.0, math.inf, math.inf, "memory", "test", cap_tok)
         ok = mix.rate_sum <= self.cap + 1e-12 and mix.n <= max_loras
-        return Estimate(ok, max_loras, off, min(off, cap_tok), 20.0 + mix.rate_sum, 100.0, "ok" if ok else "load",
-                        "test", cap_tok)
+        return Estimate(
+            ok, max_loras, off, min(off, cap_tok), 20.0 + mix.rate_sum, 100.0, "ok" if ok else "load", "test", cap_tok
+        )
 
     def best_slots(self, gtype, mix, candidates=None):
         return self.evaluate(gtype, mix, max(1, min(mix.n, 64)))
@@ -96,8 +96,9 @@ def test_every_strategy_with_the_analytic_oracle(mixed, strategy):
 
 
 def test_paper_order_alternates_hot_and_cold_within_rank_groups_largest_rank_first():
-    ads = [AdapterItem(i, f"a{i}", r, x) for i, (r, x) in enumerate([(8, 1.0), (8, 3.0), (8, 2.0), (16, 0.5),
-                                                                      (16, 0.7)])]
+    ads = [
+        AdapterItem(i, f"a{i}", r, x) for i, (r, x) in enumerate([(8, 1.0), (8, 3.0), (8, 2.0), (16, 0.5), (16, 0.7)])
+    ]
     order = paper_order(ads)
     assert [a.index for a in order] == [4, 3, 1, 0, 2]
 
@@ -127,8 +128,10 @@ def test_golden_milp_finds_the_known_optimum():
     pb, an = _golden_problem([0.6, 0.6, 0.35, 0.35])
     plan = solve(pb, an, "milp")
     assert plan.gpus_used == 2
-    assert sorted(sorted(round(pb.adapters[i].rate_rps / pb.adapters[0].rate_rps, 2) for i in g.adapter_indices)
-                  for g in plan.gpus) == [[0.58, 1.0], [0.58, 1.0]]
+    assert sorted(
+        sorted(round(pb.adapters[i].rate_rps / pb.adapters[0].rate_rps, 2) for i in g.adapter_indices)
+        for g in plan.gpus
+    ) == [[0.58, 1.0], [0.58, 1.0]]
     pb3, an3 = _golden_problem([0.6, 0.6, 0.6])
     assert solve(pb3, an3, "milp").gpus_used == 3
 
@@ -153,14 +156,19 @@ def test_milp_never_worse_than_its_warm_start_and_greedy(mixed):
 
 
 def test_objectives_registry_and_scores():
-    assert set(get_objective(n).name for n in ("min_gpus", "min_cost", "min_latency")) == {"min_gpus", "min_cost",
-                                                                                           "min_latency"}
+    assert set(get_objective(n).name for n in ("min_gpus", "min_cost", "min_latency")) == {
+        "min_gpus",
+        "min_cost",
+        "min_latency",
+    }
     with pytest.raises(ValueError, match="min_gpus, min_cost, min_latency"):
         get_objective("fastest")
-    g = SimpleNamespace(adapters=("a",), starved=False, oom=False, throughput_tok_s=100.0, itl_ms_mean=20.0,
-                        gpu_type="h100-64gb")
-    h = SimpleNamespace(adapters=("b",), starved=False, oom=False, throughput_tok_s=300.0, itl_ms_mean=40.0,
-                        gpu_type="h100-64gb")
+    g = SimpleNamespace(
+        adapters=("a",), starved=False, oom=False, throughput_tok_s=100.0, itl_ms_mean=20.0, gpu_type="h100-64gb"
+    )
+    h = SimpleNamespace(
+        adapters=("b",), starved=False, oom=False, throughput_tok_s=300.0, itl_ms_mean=40.0, gpu_type="h100-64gb"
+    )
     rep = SimpleNamespace(gpus=(g, h))
     plan = SimpleNamespace(gpus=(SimpleNamespace(gpu_type="h100-64gb", cost_per_hour=2.5),))
     assert get_objective("min_gpus").score(plan, rep) == 2
@@ -177,8 +185,9 @@ def replace_ns(ns, **kw):
 
 
 def test_infeasible_hot_adapter_names_the_binding_rule():
-    pb = compile_problem(scenario("  - {name: hot, rank: 8, rate_rps: 200.0}\n  - {name: ok, rank: 8, rate_rps: 0.1}"),
-                         REPO)
+    pb = compile_problem(
+        scenario("  - {name: hot, rank: 8, rate_rps: 200.0}\n  - {name: ok, rank: 8, rate_rps: 0.1}"), REPO
+    )
     with pytest.raises(Infeasible) as e:
         solve(pb, AnalyticCapacity(pb), "greedy")
     assert "hot" in str(e.value) and e.value.constraint == "max_throughput_loss"
@@ -206,8 +215,7 @@ def test_plan_json_keys(mixed):
 def test_min_cost_picks_the_cheaper_fleet():
     # The uncalibrated A100-80GB profile serves more than the H100-64GB one here (more KV memory);
     # price it 4× so one A100 beats two H100s on GPU count but not on cost.
-    pool = ("pool: [{gpu: h100-64gb, count: 6, cost_per_hour: 1.0}, "
-            "{gpu: a100-80gb, count: 6, cost_per_hour: 4.0}]")
+    pool = "pool: [{gpu: h100-64gb, count: 6, cost_per_hour: 1.0}, {gpu: a100-80gb, count: 6, cost_per_hour: 4.0}]"
     probe = compile_problem(scenario("  - {group: a, count: 40, rank: 8, rate_rps: 0.1}", gpu=pool), REPO)
     an0 = AnalyticCapacity(probe)
     lam_h, lam_a = an0.linear_limits(0, 8, 40)[0], an0.linear_limits(1, 8, 40)[0]
@@ -232,19 +240,25 @@ def test_repair_raises_slots_then_sheds_load(mixed):
     after = [g for g in r1.plan.gpus]
     assert sorted(i for g in after for i in g.adapter_indices) == list(range(pb.n_adapters))
     hot = max(g0.adapter_indices, key=lambda i: pb.adapters[i].rate_rps)
-    assert not any(hot in g.adapter_indices and set(g.adapter_indices) <= set(g0.adapter_indices) and
-                   len(g.adapter_indices) == len(g0.adapter_indices) for g in after)
+    assert not any(
+        hot in g.adapter_indices
+        and set(g.adapter_indices) <= set(g0.adapter_indices)
+        and len(g.adapter_indices) == len(g0.adapter_indices)
+        for g in after
+    )
 
 
 def test_bound_never_exceeds_objective_on_random_problems():
     import numpy as np
+
     rng = np.random.default_rng(42)
     for trial in range(2):
         n = int(rng.integers(20, 60))
         rates = rng.pareto(1.5, n) * 0.2 + 0.01
         ranks = rng.choice([8, 16, 32], n)
-        ads = "\n".join(f"  - {{name: a{i}, rank: {int(r)}, rate_rps: {x:.5f}}}" for i, (r, x) in
-                        enumerate(zip(ranks, rates)))
+        ads = "\n".join(
+            f"  - {{name: a{i}, rank: {int(r)}, rate_rps: {x:.5f}}}" for i, (r, x) in enumerate(zip(ranks, rates))
+        )
         pb = compile_problem(scenario(ads), REPO)
         an = AnalyticCapacity(pb)
         for s in ("greedy", "greedy-paper", "milp"):

@@ -25,8 +25,9 @@ def quick():
 def _util(pb, an, g) -> float:
     """Offered ÷ the best analytic capacity over the whole slot grid (independent of the proxy)."""
     mix = Mix.of(pb.adapters[i] for i in g.adapter_indices)
-    return g.offered_tok_s / max(an.evaluate(g.type_index, mix, L).capacity_tok_s
-                                 for L in an.candidate_slots(g.type_index, mix))
+    return g.offered_tok_s / max(
+        an.evaluate(g.type_index, mix, L).capacity_tok_s for L in an.candidate_slots(g.type_index, mix)
+    )
 
 
 def _placed(gpus) -> list[int]:
@@ -42,8 +43,9 @@ def test_rebalance_lowers_the_worst_utilisation_and_keeps_every_gpu_feasible(qui
     assert len(res.gpus) == len(first) == 2
     assert _placed(res.gpus) == list(range(pb.n_adapters))
     assert res.max_util_after < res.max_util_before
-    assert max(utilisation(pb, an, g.type_index, g.adapter_indices) for g in res.gpus) == \
-        pytest.approx(res.max_util_after)
+    assert max(utilisation(pb, an, g.type_index, g.adapter_indices) for g in res.gpus) == pytest.approx(
+        res.max_util_after
+    )
     assert max(_util(pb, an, g) for g in res.gpus) < max(_util(pb, an, g) for g in first)
     for g in res.gpus:
         mix = Mix.of(pb.adapters[i] for i in g.adapter_indices)
@@ -193,6 +195,7 @@ def test_quickstart_pipeline_two_gpus_nothing_starved_no_repair():
     """The regression of 2026-11-28: the early-stopped fast-greedy plan starved GPU 0 in the twin and
     repair opened one GPU per moved adapter (8 GPUs). Balanced, it passes the twin as solved."""
     from optplace.pipeline import solve_scenario
+
     sc = load_scenario(REPO / "scenarios" / "quickstart.yaml")
     rep = solve_scenario(sc, REPO / "scenarios")
     assert rep.plan.gpus_used == 2 and rep.initial.gpus_used == 2

@@ -21,12 +21,13 @@ def test_the_smallest_passing_count_is_found_when_passing_is_not_monotone(monkey
 
     monkeypatch.setitem(BASELINES, "toy", toy)
     gpus = run_baseline(pb, orc, "toy", start=1)
-    assert len(gpus) == 9            # a gallop + bisection jumped from 8 to 10 and answered 14
+    assert len(gpus) == 9  # a gallop + bisection jumped from 8 to 10 and answered 14
     assert tried == list(range(1, 10))
 
 
 def test_round_robin_on_a_shuffled_zipf_family_is_not_overstated():
     from optplace.bench.solver import family
+
     sc = family(1000, (8, 16), "zipf-0.5", seed=2)
     pb = compile_problem(sc, REPO)
     an = AnalyticCapacity(pb)
@@ -35,6 +36,7 @@ def test_round_robin_on_a_shuffled_zipf_family_is_not_overstated():
     assert _evaluate(pb, an, BASELINES["round-robin"], G) is not None
     # No smaller count from the volume bound up passes (the answer is the smallest).
     from optplace.solver.bound import volume_bound
+
     lo = int(volume_bound(pb, an)) + 1
     assert all(_evaluate(pb, an, BASELINES["round-robin"], g) is None for g in range(lo, G))
     # Placements cover every adapter once, each GPU within the analytic model.

@@ -19,7 +19,7 @@ def test_shuffled_family_is_a_seeded_permutation_of_the_popularity_family():
     shuf = family(500, (8, 16), "zipf-0.5")
     assert sorted(_pairs(pop)) == sorted(_pairs(shuf))
     assert _pairs(pop) != _pairs(shuf)
-    assert _pairs(family(500, (8, 16), "zipf-0.5")) == _pairs(shuf)          # deterministic
+    assert _pairs(family(500, (8, 16), "zipf-0.5")) == _pairs(shuf)  # deterministic
     assert _pairs(family(500, (8, 16), "zipf-0.5", seed=1)) != _pairs(shuf)  # seeded by the run
     # Popularity order: hottest first within each rank group; shuffled: no rank correlation left.
     rates_pop = np.array([a.rate_rps for a in pop.adapter_list()])
@@ -38,14 +38,42 @@ def test_unknown_order_is_refused():
 
 def test_summary_savings_and_ceiling():
     rows = [
-        {"family": "f", "adapters": 1000, "skew": "zipf-0.5", "strategy": "milp", "gpus": 22, "lower_bound": 21.0,
-         "gap": 0.0455},
-        {"family": "f", "adapters": 1000, "skew": "zipf-0.5", "strategy": "greedy-paper", "gpus": 33, "lower_bound": 21.0,
-         "gap": 0.36},
-        {"family": "f", "adapters": 1000, "skew": "zipf-0.5", "strategy": "round-robin", "gpus": 30, "lower_bound": 21.0,
-         "gap": 0.3},
-        {"family": "f", "adapters": 1000, "skew": "zipf-0.5", "strategy": "round-robin@popularity", "gpus": 27,
-         "lower_bound": 21.0, "gap": 0.22},
+        {
+            "family": "f",
+            "adapters": 1000,
+            "skew": "zipf-0.5",
+            "strategy": "milp",
+            "gpus": 22,
+            "lower_bound": 21.0,
+            "gap": 0.0455,
+        },
+        {
+            "family": "f",
+            "adapters": 1000,
+            "skew": "zipf-0.5",
+            "strategy": "greedy-paper",
+            "gpus": 33,
+            "lower_bound": 21.0,
+            "gap": 0.36,
+        },
+        {
+            "family": "f",
+            "adapters": 1000,
+            "skew": "zipf-0.5",
+            "strategy": "round-robin",
+            "gpus": 30,
+            "lower_bound": 21.0,
+            "gap": 0.3,
+        },
+        {
+            "family": "f",
+            "adapters": 1000,
+            "skew": "zipf-0.5",
+            "strategy": "round-robin@popularity",
+            "gpus": 27,
+            "lower_bound": 21.0,
+            "gap": 0.22,
+        },
     ]
     s = _summary(rows)
     assert s["milp_le_greedy_paper"] == [True]
@@ -75,9 +103,26 @@ def test_json_output_is_clean_json_in_a_fresh_process():
     import sys
 
     from helpers import REPO
-    out = subprocess.run([sys.executable, "-m", "optplace.bench.solver", "--sizes", "100", "--strategies",
-                          "milp,round-robin", "--validate-max", "0", "--json"], cwd=REPO, capture_output=True,
-                         text=True, timeout=600, check=True)
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optplace.bench.solver",
+            "--sizes",
+            "100",
+            "--strategies",
+            "milp,round-robin",
+            "--validate-max",
+            "0",
+            "--json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     doc = json.loads(out.stdout)
     assert {r["strategy"] for r in doc["rows"]} == {"milp", "round-robin", "round-robin@popularity"}
     assert all(r["gpus"] >= r["lower_bound"] for r in doc["rows"])

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from optplace.solver import AnalyticCapacity, Mix, compile_problem
-from optplace.solver.bound import (lagrangian_bound, lower_bound, lp_bound, rate_bins, relaxed_groups,
-                                   volume_bound)
+from optplace.solver.bound import lagrangian_bound, lower_bound, lp_bound, rate_bins, relaxed_groups, volume_bound
 from optplace.specs import load_scenario_text
 from helpers import REPO
 
@@ -53,8 +52,7 @@ def _family_of(groups, bins_rate: np.ndarray, ranks: np.ndarray, gtype: int, L: 
             for f in range(g.size.size):
                 if g.size[f] <= L <= g.size_hi[f]:
                     p = -np.expm1(-bins_rate * g.service_s[f])
-                    if (np.sum(bins_rate + g.slope[f] * p) <= g.c1[f] * (1 + 1e-9)
-                            and p.sum() <= g.c2[f] * (1 + 1e-9)):
+                    if np.sum(bins_rate + g.slope[f] * p) <= g.c1[f] * (1 + 1e-9) and p.sum() <= g.c2[f] * (1 + 1e-9):
                         return True
     return False
 
@@ -119,13 +117,12 @@ def test_lp_bound_is_below_the_brute_force_optimum(seed):
     res = lp_bound(pb, an)
     assert res.converged
     assert 0 < res.value <= opt + 1e-9
-    assert volume_bound(pb, an) <= res.value + 1e-9   # the LP bound is never weaker than the volume bound
+    assert volume_bound(pb, an) <= res.value + 1e-9  # the LP bound is never weaker than the volume bound
     assert lower_bound(pb, an, integral=True) <= opt
 
 
 def test_lp_bound_with_prices_is_below_the_cheapest_fleet():
-    pool = ("pool: [{gpu: h100-64gb, count: 6, cost_per_hour: 1.0}, "
-            "{gpu: a100-80gb, count: 6, cost_per_hour: 1.7}]")
+    pool = "pool: [{gpu: h100-64gb, count: 6, cost_per_hour: 1.0}, {gpu: a100-80gb, count: 6, cost_per_hour: 1.7}]"
     rng = np.random.default_rng(11)
     probe = compile_problem(_scenario([(8, 1.0)], gpu=pool), REPO)
     lam1 = AnalyticCapacity(probe).linear_limits(0, 8, 1)[0]

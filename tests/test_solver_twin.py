@@ -43,15 +43,16 @@ def test_min_latency_beats_min_gpus_in_the_twin_on_the_same_budget():
     r_packed = simulate_plan(sc, gpu_plans(packed), REPO, workers=1)
     r_spread = simulate_plan(sc, gpu_plans(spread), REPO, workers=1)
     from optplace.solver import get_objective
+
     lat = get_objective("min_latency")
     assert lat.score(spread, r_spread) < lat.score(packed, r_packed)
 
 
 def test_one_gpu_configuration_type_from_spec_and_plan_to_the_twin():
-    # A spec's placement and a solver plan both reach the twin as GpuPlan, and a job simulates
+    # A spec's placement and a solver plan both reach the twin as GpuConfig, and a job simulates
     # exactly the configuration it was given (type resolved, slots, CPU cache, adapters).
     from optplace.infra.executors import ExecutorSpec
-    from optplace.twin.simulate import GpuPlan, PlanSimulator, placement_of
+    from optplace.twin.simulate import GpuConfig, PlanSimulator, placement_of
 
     one = load_scenario_text(SPEC + "placement:\n  - {max_loras: 2, adapters: all}\n", base_dir=REPO)
     (everything,) = placement_of(one)
@@ -59,10 +60,10 @@ def test_one_gpu_configuration_type_from_spec_and_plan_to_the_twin():
     placed = SPEC + "placement:\n  - {max_loras: 3, max_cpu_loras: 5, adapters: [a-0000, a-0001, b-0000, b-0001]}\n"
     sc = load_scenario_text(placed, base_dir=REPO)
     gps = placement_of(sc)
-    assert gps[0] == GpuPlan(None, 3, 5, ("a-0000", "a-0001", "b-0000", "b-0001"))
+    assert gps[0] == GpuConfig(None, 3, 5, ("a-0000", "a-0001", "b-0000", "b-0001"))
     sim = PlanSimulator(sc, REPO, ExecutorSpec(workers=1))
     job = sim.job(gps[0], 7)
-    assert job.config == GpuPlan("h100-64gb", 3, 5, gps[0].adapters)
+    assert job.config == GpuConfig("h100-64gb", 3, 5, gps[0].adapters)
     assert tuple(a.name for a in job.adapters) == gps[0].adapters and job.index == 7
     assert len(job.workload.arrival_s) > 0 and set(job.workload.adapter.tolist()) <= {0, 1, 2, 3}
 
@@ -70,4 +71,4 @@ def test_one_gpu_configuration_type_from_spec_and_plan_to_the_twin():
     plan = solve(pb, TwinCapacity(pb), "greedy")
     configs = gpu_plans(plan)
     used = [g for g in plan.gpus if g.adapters]
-    assert configs == [GpuPlan(g.gpu_type, g.max_loras, g.max_cpu_loras, g.adapters) for g in used]
+    assert configs == [GpuConfig(g.gpu_type, g.max_loras, g.max_cpu_loras, g.adapters) for g in used]

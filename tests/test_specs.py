@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from optplace.cli import app
 from optplace.specs import SpecError, load_scenario, load_scenario_text
 from helpers import REPO
+
 runner = CliRunner()
 
 BASE = """\
@@ -29,7 +30,13 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
     ("unknown-top-key", BASE + "colour: red\n", "colour", 7, "unknown key"),
     ("unknown-nested-key", BASE + "serving: {max_num_seqs: 8, foo: 1}\n", "serving.foo", 7, "valid keys"),
     ("rate-string", BASE.replace("rate_rps: 0.5", "rate_rps: fast"), "adapters[0].rate_rps", 5, "valid number"),
-    ("rate-negative", BASE.replace("rate_rps: 0.5", "rate_rps: -1"), "adapters[0].rate_rps", 5, "greater than or equal"),
+    (
+        "rate-negative",
+        BASE.replace("rate_rps: 0.5", "rate_rps: -1"),
+        "adapters[0].rate_rps",
+        5,
+        "greater than or equal",
+    ),
     ("rate-nan", BASE.replace("rate_rps: 0.5", "rate_rps: .nan"), "adapters[0].rate_rps", 5, "finite"),
     ("rate-inf", BASE.replace("rate_rps: 0.5", "rate_rps: .inf"), "adapters[0].rate_rps", 5, "finite"),
     ("rank-not-supported", BASE.replace("rank: 8,", "rank: 12,"), "adapters[0].rank", 5, "not one of"),
@@ -41,43 +48,116 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
     ("missing-adapters", "name: t\nmodel: llama-3.1-8b-instruct\ngpu: h100-64gb\n", "adapters", None, "required"),
     ("empty-adapters", BASE.split("adapters:")[0] + "adapters: []\n", "adapters", 4, "at least 1"),
     ("adapter-missing-rate", BASE.replace(", rate_rps: 0.5", ""), "adapters[0].rate_rps", 5, "required"),
-    ("group-both-rates", BASE + "  - {group: g, count: 3, rank: 8, rate_rps: 1, total_rate_rps: 3}\n",
-     "adapters[2]", 7, "exactly one of"),
-    ("group-zero-count", BASE + "  - {group: g, count: 0, rank: 8, rate_rps: 1}\n", "adapters[2].count", 7, "greater than"),
+    (
+        "group-both-rates",
+        BASE + "  - {group: g, count: 3, rank: 8, rate_rps: 1, total_rate_rps: 3}\n",
+        "adapters[2]",
+        7,
+        "exactly one of",
+    ),
+    (
+        "group-zero-count",
+        BASE + "  - {group: g, count: 0, rank: 8, rate_rps: 1}\n",
+        "adapters[2].count",
+        7,
+        "greater than",
+    ),
     ("gpu-and-pool", BASE + "pool: [{gpu: h100-64gb, count: 2}]\n", "gpu", 3, "exactly one of"),
     ("no-gpu", BASE.replace("gpu: h100-64gb\n", ""), "gpu", None, "exactly one of"),
     ("empty-pool", BASE.replace("gpu: h100-64gb\n", "pool: []\n"), "pool", 3, "empty"),
-    ("pool-bad-count", BASE.replace("gpu: h100-64gb\n", "pool: [{gpu: h100-64gb, count: -2}]\n"),
-     "pool[0].count", 3, "greater than"),
-    ("pool-duplicate-gpu", BASE.replace("gpu: h100-64gb\n", "pool:\n  - {gpu: h100-64gb, count: 1}\n"
-                                        "  - {gpu: h100-64gb, count: 2}\n"), "pool[1].gpu", 5, "twice"),
+    (
+        "pool-bad-count",
+        BASE.replace("gpu: h100-64gb\n", "pool: [{gpu: h100-64gb, count: -2}]\n"),
+        "pool[0].count",
+        3,
+        "greater than",
+    ),
+    (
+        "pool-duplicate-gpu",
+        BASE.replace("gpu: h100-64gb\n", "pool:\n  - {gpu: h100-64gb, count: 1}\n  - {gpu: h100-64gb, count: 2}\n"),
+        "pool[1].gpu",
+        5,
+        "twice",
+    ),
     ("unknown-gpu", BASE.replace("h100-64gb", "tpu-v9"), "gpu", 3, "unknown GPU"),
     ("unknown-model", BASE.replace("llama-3.1-8b-instruct", "gpt-17"), "model", 2, "unknown model"),
     ("bad-objective", BASE + "objective: fastest\n", "objective", 7, "min_gpus"),
     ("bad-strategy", BASE + "solver: {strategy: magic}\n", "solver.strategy", 7, "greedy-paper"),
     ("bad-arrival-kind", BASE + "workload: {arrivals: {kind: uniform}}\n", "workload.arrivals", 7, "poisson"),
     ("gamma-needs-cv", BASE + "workload: {arrivals: {kind: gamma}}\n", "workload.arrivals.cv", 7, "required"),
-    ("mmpp-factor", BASE + "workload: {arrivals: {kind: mmpp, burst_factor: 0.5}}\n",
-     "workload.arrivals.burst_factor", 7, "> 1"),
-    ("fixed-lengths-missing", BASE + "workload: {lengths: {kind: fixed, input_tokens: 10}}\n",
-     "workload.lengths.output_tokens", 7, "required"),
+    (
+        "mmpp-factor",
+        BASE + "workload: {arrivals: {kind: mmpp, burst_factor: 0.5}}\n",
+        "workload.arrivals.burst_factor",
+        7,
+        "> 1",
+    ),
+    (
+        "fixed-lengths-missing",
+        BASE + "workload: {lengths: {kind: fixed, input_tokens: 10}}\n",
+        "workload.lengths.output_tokens",
+        7,
+        "required",
+    ),
     ("duration-zero", BASE + "workload: {duration_s: 0}\n", "workload.duration_s", 7, "greater than"),
-    ("loss-too-big", BASE + "constraints: {max_throughput_loss: 1.5}\n", "constraints.max_throughput_loss", 7, "less than"),
-    ("gmu-above-one", BASE + "serving: {gpu_memory_utilization: 1.2}\n", "serving.gpu_memory_utilization", 7, "less than"),
-    ("budget-below-seqs", BASE + "serving: {max_num_batched_tokens: 1024}\n", "serving.max_num_batched_tokens", 7,
-     ">= max_num_seqs"),
+    (
+        "loss-too-big",
+        BASE + "constraints: {max_throughput_loss: 1.5}\n",
+        "constraints.max_throughput_loss",
+        7,
+        "less than",
+    ),
+    (
+        "gmu-above-one",
+        BASE + "serving: {gpu_memory_utilization: 1.2}\n",
+        "serving.gpu_memory_utilization",
+        7,
+        "less than",
+    ),
+    (
+        "budget-below-seqs",
+        BASE + "serving: {max_num_batched_tokens: 1024}\n",
+        "serving.max_num_batched_tokens",
+        7,
+        ">= max_num_seqs",
+    ),
     ("seqs-string", BASE + "serving: {max_num_seqs: many}\n", "serving.max_num_seqs", 7, "valid integer"),
     ("seed-negative", BASE + "seed: -3\n", "seed", 7, "greater than"),
-    ("placement-unknown-adapter", BASE + "placement:\n  - {max_loras: 1, adapters: [a, zz]}\n",
-     "placement[0].adapters[1]", 8, "unknown adapter"),
-    ("placement-twice", BASE + "placement:\n  - {max_loras: 1, adapters: [a]}\n  - {max_loras: 1, adapters: [a, b]}\n",
-     "placement[1].adapters[0]", 9, "already placed"),
-    ("placement-too-many-slots", BASE + "placement:\n  - {max_loras: 5, adapters: [a, b]}\n",
-     "placement[0].max_loras", 8, "exceeds"),
-    ("placement-cpu-below-gpu", BASE + "placement:\n  - {max_loras: 2, max_cpu_loras: 1, adapters: [a, b]}\n",
-     "placement[0].max_cpu_loras", 8, "below"),
-    ("placement-unknown-gpu-type", BASE + "placement:\n  - {gpu_type: a100, max_loras: 1, adapters: [a]}\n",
-     "placement[0].gpu_type", 8, "unknown GPU type"),
+    (
+        "placement-unknown-adapter",
+        BASE + "placement:\n  - {max_loras: 1, adapters: [a, zz]}\n",
+        "placement[0].adapters[1]",
+        8,
+        "unknown adapter",
+    ),
+    (
+        "placement-twice",
+        BASE + "placement:\n  - {max_loras: 1, adapters: [a]}\n  - {max_loras: 1, adapters: [a, b]}\n",
+        "placement[1].adapters[0]",
+        9,
+        "already placed",
+    ),
+    (
+        "placement-too-many-slots",
+        BASE + "placement:\n  - {max_loras: 5, adapters: [a, b]}\n",
+        "placement[0].max_loras",
+        8,
+        "exceeds",
+    ),
+    (
+        "placement-cpu-below-gpu",
+        BASE + "placement:\n  - {max_loras: 2, max_cpu_loras: 1, adapters: [a, b]}\n",
+        "placement[0].max_cpu_loras",
+        8,
+        "below",
+    ),
+    (
+        "placement-unknown-gpu-type",
+        BASE + "placement:\n  - {gpu_type: a100, max_loras: 1, adapters: [a]}\n",
+        "placement[0].gpu_type",
+        8,
+        "unknown GPU type",
+    ),
     ("min-latency-no-budget", BASE + "objective: min_latency\n", "solver.max_gpus", None, "budget"),
     ("name-with-space", BASE.replace("name: a,", "name: 'a b',"), "adapters[0].name", 5, "pattern"),
     ("name-too-long", BASE.replace("name: a,", "name: " + "x" * 300 + ","), "adapters[0].name", 5, "at most"),
@@ -86,15 +166,45 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
     ("bad-yaml-indent", "name: t\n  model: x\n", "", 2, "invalid YAML"),
     ("top-level-list", "- a\n- b\n", "", 1, "expected a mapping"),
     ("empty-file", "", "", 1, "empty spec"),
-    ("trace-escapes", BASE + "workload: {arrivals: {kind: trace, path: ../../etc/passwd}}\n",
-     "workload.arrivals.path", 7, "leaves the spec's folder"),
-    ("trace-missing", BASE + "workload: {arrivals: {kind: trace, path: nope.csv}}\n",
-     "workload.arrivals.path", 7, "not found"),
-    ("alias-bomb", "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-                   "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
-                   "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
-                   "g: [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n", "", None, "alias"),
+    (
+        "trace-escapes",
+        BASE + "workload: {arrivals: {kind: trace, path: ../../etc/passwd}}\n",
+        "workload.arrivals.path",
+        7,
+        "leaves the spec's folder",
+    ),
+    (
+        "trace-missing",
+        BASE + "workload: {arrivals: {kind: trace, path: nope.csv}}\n",
+        "workload.arrivals.path",
+        7,
+        "not found",
+    ),
+    (
+        "alias-bomb",
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+        "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+        "g: [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n",
+        "",
+        None,
+        "alias",
+    ),
     ("python-tag", BASE + "seed: !!python/object/apply:os.system ['true']\n", "seed", 7, "not allowed"),
+    (  # a fixed length the length filters reject would be redrawn forever: refused, not a crash (exit 3)
+        "fixed-input-beyond-filter",
+        BASE + "workload: {lengths: {kind: fixed, input_tokens: 1500, output_tokens: 10}}\n",
+        "workload.lengths.input_tokens",
+        7,
+        "max_input_tokens 1024",
+    ),
+    (
+        "fixed-total-beyond-filter",
+        BASE + "workload: {lengths: {kind: fixed, input_tokens: 1000, output_tokens: 1100}}\n",
+        "workload.lengths.output_tokens",
+        7,
+        "max_total_tokens 2048",
+    ),
 ]
 
 LINE = re.compile(r"^error: (?P<file>[^:]+\.yaml)(:(?P<line>\d+))?: (?:(?P<path>[\w.\[\]]+): )?(?P<msg>.+)$")
@@ -155,17 +265,26 @@ def test_bundled_scenarios_are_valid():
 
 
 def test_group_expansion_and_zipf_split():
-    sc = load_scenario_text(textwrap.dedent("""\
+    sc = load_scenario_text(
+        textwrap.dedent("""\
         name: z
         model: qwen-2.5-7b-instruct
         gpu: h100-64gb
         adapters:
           - {group: hot, count: 4, rank: 8, total_rate_rps: 10.0, popularity: {kind: zipf, s: 1.0}}
           - {group: flat, count: 3, rank: 16, rate_rps: 0.5}
-        """))
+        """)
+    )
     ad = sc.adapter_list()
-    assert [a.name for a in ad] == ["hot-0000", "hot-0001", "hot-0002", "hot-0003", "flat-0000", "flat-0001",
-                                    "flat-0002"]
+    assert [a.name for a in ad] == [
+        "hot-0000",
+        "hot-0001",
+        "hot-0002",
+        "hot-0003",
+        "flat-0000",
+        "flat-0001",
+        "flat-0002",
+    ]
     hot = [a.rate_rps for a in ad[:4]]
     assert sum(hot) == pytest.approx(10.0)
     assert hot[0] == pytest.approx(2 * hot[1]) and hot[0] > hot[1] > hot[2] > hot[3]
@@ -175,7 +294,10 @@ def test_group_expansion_and_zipf_split():
 def test_defaults_follow_vllm_and_the_study():
     sc = load_scenario_text(BASE)
     assert (sc.serving.max_num_batched_tokens, sc.serving.max_num_seqs, sc.serving.gpu_memory_utilization) == (
-        2048, 2048, 0.9)
+        2048,
+        2048,
+        0.9,
+    )
     assert sc.constraints.max_throughput_loss == 0.10
     assert sc.objective == "min_gpus" and sc.workload.duration_s == 3600
     assert sc.workload.arrivals.kind == "poisson" and sc.workload.lengths.kind == "sharegpt"

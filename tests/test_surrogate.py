@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optplace.surrogate.config import ArrivalParams, GpuConfig, LengthParams
-from optplace.surrogate.features import (BASE_NAMES, FEATURE_INDEX, FEATURE_NAMES, LINEAR_FEATURES, SCHEMA_VERSION, check_schema,
-                                         feature_row)
+from optplace.surrogate.config import ArrivalParams, GpuCase, LengthParams
+from optplace.surrogate.features import (
+    BASE_NAMES,
+    FEATURE_INDEX,
+    FEATURE_NAMES,
+    LINEAR_FEATURES,
+    SCHEMA_VERSION,
+    check_schema,
+    feature_row,
+)
 from optplace.surrogate.evaluation import macro_f1, smape
 from optplace.surrogate.runtime import load_surrogate
 from optplace.surrogate.training import split_groups, train
@@ -31,10 +38,15 @@ def _rows_without_wall(path: Path) -> dict[int, dict[str, str]]:
 
 # --- features ---------------------------------------------------------------------------------
 
+
 def test_feature_row_values() -> None:
-    cfg = GpuConfig(ranks=(8, 16, 16, 32), rates_rps=(1.0, 2.0, 3.0, 4.0), max_loras=2,
-                    lengths=LengthParams(kind="fixed", mean_input_tokens=100, mean_output_tokens=50),
-                    arrivals=ArrivalParams(kind="gamma", cv=2.5))
+    cfg = GpuCase(
+        ranks=(8, 16, 16, 32),
+        rates_rps=(1.0, 2.0, 3.0, 4.0),
+        max_loras=2,
+        lengths=LengthParams(kind="fixed", mean_input_tokens=100, mean_output_tokens=50),
+        arrivals=ArrivalParams(kind="gamma", cv=2.5),
+    )
     r = feature_row(cfg)
     f = dict(zip(FEATURE_NAMES, r))
     assert r.shape == (len(FEATURE_NAMES),)
@@ -59,16 +71,17 @@ def test_feature_schema_names_and_check() -> None:
 
 
 def test_sharegpt_means_default() -> None:
-    cfg = GpuConfig(ranks=(8,), rates_rps=(1.0,), max_loras=1)
+    cfg = GpuCase(ranks=(8,), rates_rps=(1.0,), max_loras=1)
     assert cfg.offered_tok_s == pytest.approx(223.0 + 196.0)
 
 
 def test_config_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="ranks has 2"):
-        GpuConfig(ranks=(8, 8), rates_rps=(1.0,), max_loras=1)
+        GpuCase(ranks=(8, 8), rates_rps=(1.0,), max_loras=1)
 
 
 # --- sweep ------------------------------------------------------------------------------------
+
 
 def test_design_respects_memory_cap_and_slots() -> None:
     ev = SyntheticEvaluator()
@@ -123,8 +136,9 @@ def test_sweep_resume_refuses_other_design(tmp_path: Path) -> None:
 
 def test_boundary_chains_bracket_the_starvation_boundary(tmp_path: Path) -> None:
     design = SweepDesign(n_points=0, n_chains=10, chain_steps=6, max_adapters=128)
-    res = run_sweep(SyntheticEvaluator(noise=0.0), tmp_path / "ch", design, seed=2, executor=LocalExecutor(1),
-                    progress=False)
+    res = run_sweep(
+        SyntheticEvaluator(noise=0.0), tmp_path / "ch", design, seed=2, executor=LocalExecutor(1), progress=False
+    )
     ds = load_dataset(res.csv_path)
     lo, hi = design.load_range
     for g in np.unique(ds.group):
@@ -150,6 +164,7 @@ def test_dataset_load_matches_csv(tmp_path: Path) -> None:
 
 # --- metrics ----------------------------------------------------------------------------------
 
+
 def test_smape_and_f1_textbook() -> None:
     assert smape(np.array([100.0]), np.array([50.0])) == pytest.approx(200 * 50 / 150)
     assert smape(np.array([0.0, 10.0]), np.array([0.0, 10.0])) == 0.0
@@ -170,6 +185,7 @@ def test_split_groups_keeps_groups_together() -> None:
 
 # --- training and the tree compiler -----------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("surr")
@@ -186,8 +202,9 @@ def test_training_is_deterministic(trained: tuple[Path, Path], tmp_path: Path) -
         assert (m / f"{name}.txt").read_text() == (tmp_path / "m2" / f"{name}.txt").read_text()
 
 
-def test_interrupted_training_leaves_the_previous_models(trained: tuple[Path, Path], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_training_leaves_the_previous_models(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
 
     from optplace.surrogate import training as training_mod
@@ -251,13 +268,15 @@ def test_surrogate_prediction_consistency(trained: tuple[Path, Path]) -> None:
         assert p.starved == sur.starved_row(row.tolist())
         assert p.throughput_tok_s <= p.offered_tok_s + 1e-9
         assert p.itl_ms > 0 and p.ttft_p99_ms > 0
-    cfg = GpuConfig(ranks=(8,) * 10, rates_rps=(0.5,) * 10, max_loras=10)
+    cfg = GpuCase(ranks=(8,) * 10, rates_rps=(0.5,) * 10, max_loras=10)
     assert sur.predict(cfg).offered_tok_s == pytest.approx(cfg.offered_tok_s)
 
 
 def test_parse_rejects_categorical() -> None:
-    text = ("tree\nversion=v4\n\nTree=0\nnum_leaves=2\nnum_cat=1\nsplit_feature=0\nthreshold=0\n"
-            "decision_type=1\nleft_child=-1\nright_child=-2\nleaf_value=0.1 0.2\n\nend of trees\n")
+    text = (
+        "tree\nversion=v4\n\nTree=0\nnum_leaves=2\nnum_cat=1\nsplit_feature=0\nthreshold=0\n"
+        "decision_type=1\nleft_child=-1\nright_child=-2\nleaf_value=0.1 0.2\n\nend of trees\n"
+    )
     with pytest.raises(ValueError, match="categorical"):
         parse_lightgbm_text(text)
 
@@ -266,7 +285,7 @@ def test_throughput_saturates_beyond_training_load(trained: tuple[Path, Path]) -
     _, m = trained
     sur = load_surrogate(m)
     assert math.isfinite(sur.offered_max)
-    cfg = GpuConfig(ranks=(16,) * 20, rates_rps=(1.0,) * 20, max_loras=20)
+    cfg = GpuCase(ranks=(16,) * 20, rates_rps=(1.0,) * 20, max_loras=20)
     base = feature_row(cfg)
     scale = 3.0 * sur.offered_max / base[FEATURE_INDEX["offered_tok_s"]]
     heavy = base.copy()
@@ -307,8 +326,9 @@ def test_cli_sweep_rejects_unknown_executor(tmp_path: Path) -> None:
 
     from optplace.app.surrogate_commands import app
 
-    res = CliRunner().invoke(app, ["sweep", "llama-3.1-8b-instruct@h100-64gb", "--out", str(tmp_path / "x"),
-                                   "--executor", "dask"])
+    res = CliRunner().invoke(
+        app, ["sweep", "llama-3.1-8b-instruct@h100-64gb", "--out", str(tmp_path / "x"), "--executor", "dask"]
+    )
     assert res.exit_code != 0
     assert not (tmp_path / "x.csv").exists()
 

@@ -35,8 +35,9 @@ def sweeps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("boundary")
     ev = noisy_synthetic_sweep(d, DESIGN, seed=9)
     for salt in (2, 3):
-        run_replicate(ev, d / "a", d / f"a_b{salt}", salt=salt, subset="boundary", executor=LocalExecutor(1),
-                      progress=False)
+        run_replicate(
+            ev, d / "a", d / f"a_b{salt}", salt=salt, subset="boundary", executor=LocalExecutor(1), progress=False
+        )
     return d
 
 
@@ -48,18 +49,24 @@ def test_boundary_subset_reruns_only_rows_near_the_rule(sweeps: Path) -> None:
         b = read_rows(sweeps / f"a_b{salt}.csv")
         assert set(b) == want
         prov = json.loads((sweeps / f"a_b{salt}.json").read_text())
-        assert prov["replicate_subset"] == {"name": "boundary", "rows": len(want), "of": len(a),
-                                            "rule": "|source loss - 0.10| <= 0.06"}
+        assert prov["replicate_subset"] == {
+            "name": "boundary",
+            "rows": len(want),
+            "of": len(a),
+            "rule": "|source loss - 0.10| <= 0.06",
+        }
         assert prov["replicate_salt"] == salt and prov["replicate_of"] == "a"
         # the same configurations under another twin seed: same features, other labels
         for i in want:
             assert b[i]["offered_tok_s"] == a[i]["offered_tok_s"] and b[i]["seed"] != a[i]["seed"]
     assert {r["seed"] for r in read_rows(sweeps / "a_b2.csv").values()}.isdisjoint(
-        {r["seed"] for r in read_rows(sweeps / "a_b3.csv").values()})
+        {r["seed"] for r in read_rows(sweeps / "a_b3.csv").values()}
+    )
     # a boundary replicate may not resume into a noisy one (or back)
     with pytest.raises(ValueError, match="cannot resume"):
-        run_replicate(SyntheticEvaluator(noise=0.05), sweeps / "a", sweeps / "a_n1", salt=1, subset="boundary",
-                      progress=False)
+        run_replicate(
+            SyntheticEvaluator(noise=0.05), sweeps / "a", sweeps / "a_n1", salt=1, subset="boundary", progress=False
+        )
     with pytest.raises(ValueError, match="subset must be"):
         run_replicate(SyntheticEvaluator(noise=0.05), sweeps / "a", sweeps / "x", salt=4, subset="band")
 

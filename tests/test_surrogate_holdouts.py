@@ -29,8 +29,14 @@ class OtherProfile(SyntheticEvaluator):
         return {"evaluator": "synthetic", "version": "1", "profile": "another"}
 
 
-def _sweep(d: Path, name: str, seed: int, design: SweepDesign = HOLD, ev: SyntheticEvaluator = EV,
-           salts: tuple[int, ...] = (1,)) -> None:
+def _sweep(
+    d: Path,
+    name: str,
+    seed: int,
+    design: SweepDesign = HOLD,
+    ev: SyntheticEvaluator = EV,
+    salts: tuple[int, ...] = (1,),
+) -> None:
     run_sweep(ev, d / name, design, seed=seed, executor=LocalExecutor(1), progress=False)
     for s in salts:
         run_replicate(ev, d / name, d / f"{name}_r{s}", salt=s, executor=LocalExecutor(1), progress=False)
@@ -43,8 +49,14 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _sweep(d, "h2", 22)
     _sweep(d, "h3", 23, salts=())
     _sweep(d, "other", 24, ev=OtherProfile(noise=0.05))
-    run_sweep(EV, d / "tr", SweepDesign(n_points=300, n_chains=20, chain_steps=4, max_adapters=256), seed=3,
-              executor=LocalExecutor(1), progress=False)
+    run_sweep(
+        EV,
+        d / "tr",
+        SweepDesign(n_points=300, n_chains=20, chain_steps=4, max_adapters=256),
+        seed=3,
+        executor=LocalExecutor(1),
+        progress=False,
+    )
     # a copy of h1 under another name: the same configurations
     for suf in (".csv", ".json"):
         shutil.copy(d / f"h1{suf}", d / f"h1copy{suf}")
@@ -107,8 +119,9 @@ def test_label_equivalence_is_explicit() -> None:
 
 def test_train_on_several_heldouts_models_unchanged_and_rows_tagged(d: Path, tmp_path: Path) -> None:
     one = train(d / "tr", tmp_path / "one", seed=0, holdout=d / "h1", holdout_replicates=[d / "h1_r1"])
-    two = train(d / "tr", tmp_path / "two", seed=0, holdout=[d / "h1", d / "h2"],
-                holdout_replicates=[d / "h1_r1", d / "h2_r1"])
+    two = train(
+        d / "tr", tmp_path / "two", seed=0, holdout=[d / "h1", d / "h2"], holdout_replicates=[d / "h1_r1", d / "h2_r1"]
+    )
     assert two.n_train == one.n_train and two.n_test == 2 * one.n_test == 2 * HOLD.n_rows
     # the held-out set never shapes the models: same tree files, threshold and load domain
     for m in ("throughput", "itl", "ttft_p99", "starved"):
@@ -123,8 +136,9 @@ def test_train_on_several_heldouts_models_unchanged_and_rows_tagged(d: Path, tmp
     X2, t2, _, _ = load_holdout(s2)
     X1, t1, _, _ = load_holdout(s1)
     assert np.array_equal(X2[idx == 0], X1)
-    assert evaluate(s2, X2[idx == 0], {k: v[idx == 0] for k, v in t2.items()})["starved_macro_f1"] == \
-        pytest.approx(s1.metrics["starved_macro_f1"])
+    assert evaluate(s2, X2[idx == 0], {k: v[idx == 0] for k, v in t2.items()})["starved_macro_f1"] == pytest.approx(
+        s1.metrics["starved_macro_f1"]
+    )
     assert s2.metrics["n"] == 2 * HOLD.n_rows
     n1, i1 = holdout_sweeps(s1)
     assert n1 == ("h1",) and i1.tolist() == [0] * HOLD.n_rows
@@ -155,7 +169,8 @@ def test_bench_by_sweep_matches_each_sweep_alone(d: Path, tmp_path: Path) -> Non
     assert union["n_errors"] == per["h1"]["n_errors"] + per["h2"]["n_errors"]
     # the union sMAPE is the row-weighted mean of the sweeps' (equal sizes here)
     assert union["throughput_smape_pct"] == pytest.approx(
-        (per["h1"]["throughput_smape_pct"] + per["h2"]["throughput_smape_pct"]) / 2)
+        (per["h1"]["throughput_smape_pct"] + per["h2"]["throughput_smape_pct"]) / 2
+    )
     with (tmp_path / "m" / sur.meta["holdout"]).open() as fh:
         assert "holdout_sweep" in next(csv.reader(fh))
 
@@ -165,8 +180,22 @@ def test_cli_ship_style_repeated_holdout(d: Path, tmp_path: Path) -> None:
 
     from optplace.app.surrogate_commands import app
 
-    res = CliRunner().invoke(app, ["train", str(d / "tr"), "--out", str(tmp_path / "m"),
-                                   "--holdout", str(d / "h1"), "--holdout", str(d / "h2"),
-                                   "--holdout-replicate", str(d / "h1_r1"), "--holdout-replicate", str(d / "h2_r1")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(d / "tr"),
+            "--out",
+            str(tmp_path / "m"),
+            "--holdout",
+            str(d / "h1"),
+            "--holdout",
+            str(d / "h2"),
+            "--holdout-replicate",
+            str(d / "h1_r1"),
+            "--holdout-replicate",
+            str(d / "h2_r1"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["n_test"] == 2 * HOLD.n_rows

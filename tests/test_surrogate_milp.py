@@ -9,8 +9,17 @@ import pyomo.environ as pyo
 import pytest
 
 from optplace.surrogate.features import FEATURE_NAMES, feature_row_from_parts
-from optplace.surrogate.milp_encoding import (GbtEncoding, PwlEncoding, StepEncoding, class_rows, one_gpu_capacity,
-                                              row_from_point, solve, step_table, tabulate)
+from optplace.surrogate.milp_encoding import (
+    GbtEncoding,
+    PwlEncoding,
+    StepEncoding,
+    class_rows,
+    one_gpu_capacity,
+    row_from_point,
+    solve,
+    step_table,
+    tabulate,
+)
 from optplace.surrogate.runtime import Surrogate, load_surrogate
 from optplace.surrogate.training import train
 from optplace.surrogate.dataset import load_dataset
@@ -33,6 +42,7 @@ def _bounds(X: np.ndarray) -> dict[str, tuple[float, float]]:
 
 
 # --- (a) exact tree encoding -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("key", ["throughput", "starved"])
 def test_gbt_fixed_inputs_reproduce_predict(model: tuple[Surrogate, np.ndarray], key: str) -> None:
@@ -85,10 +95,10 @@ def test_gbt_requires_bounds(model: tuple[Surrogate, np.ndarray]) -> None:
 
 # --- (b) exact step slice and the 1-GPU problem ------------------------------------------------
 
+
 def test_class_rows_match_feature_row(model: tuple[Surrogate, np.ndarray]) -> None:
     ns = np.array([1, 5, 40, 300])
-    got = class_rows(ns, 16, rank=16, rate_rps=0.3, mean_input_tokens=100.0, mean_output_tokens=80.0,
-                     arrival_cv=2.0)
+    got = class_rows(ns, 16, rank=16, rate_rps=0.3, mean_input_tokens=100.0, mean_output_tokens=80.0, arrival_cv=2.0)
     for n, r in zip(ns, got):
         ref = feature_row_from_parts([0.3] * n, [16] * n, 16, 100.0, 80.0, 2.0, 1.0)
         assert np.allclose(r, ref, rtol=1e-12, atol=1e-12)
@@ -107,8 +117,9 @@ def test_step_table_is_exact(model: tuple[Surrogate, np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize("rank,rate,cap", [(8, 0.1, 384), (32, 0.4, 96), (16, 0.02, 224)])
-def test_one_gpu_capacity_step_equals_brute_force(model: tuple[Surrogate, np.ndarray], rank: int, rate: float,
-                                                  cap: int) -> None:
+def test_one_gpu_capacity_step_equals_brute_force(
+    model: tuple[Surrogate, np.ndarray], rank: int, rate: float, cap: int
+) -> None:
     sur, _ = model
     cands = [1, 2, 4, 8, 16, 32, 64, 96, 128, 256, 384]
     r = one_gpu_capacity(sur, rank, rate, cap, n_max=400, slot_candidates=[c for c in cands if c <= cap])
@@ -155,6 +166,7 @@ def test_step_encoding_fixed_point(model: tuple[Surrogate, np.ndarray]) -> None:
 
 
 # --- (c) PWL over a grid -----------------------------------------------------------------------
+
 
 def test_pwl_1d_vertices_and_optimum(model: tuple[Surrogate, np.ndarray]) -> None:
     sur, _ = model

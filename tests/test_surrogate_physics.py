@@ -11,9 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from optplace.surrogate.config import GpuConfig
-from optplace.surrogate.features import (BASE_NAMES, DERIVED_NAMES, FEATURE_INDEX, FEATURE_NAMES, HIST_COUNT_NAMES,
-                                         HIST_LO, HIST_SUM_NAMES, feature_row, feature_row_from_parts)
+from optplace.surrogate.config import GpuCase
+from optplace.surrogate.features import (
+    BASE_NAMES,
+    DERIVED_NAMES,
+    FEATURE_INDEX,
+    FEATURE_NAMES,
+    HIST_COUNT_NAMES,
+    HIST_LO,
+    HIST_SUM_NAMES,
+    feature_row,
+    feature_row_from_parts,
+)
 from optplace.surrogate.runtime import load_surrogate
 from optplace.surrogate.training import ROUNDS_CAP, THRESHOLD_GRID, cv_threshold, train
 from optplace.surrogate.physics import WINDOW_S, physics_for
@@ -28,10 +37,10 @@ LLAMA = "llama-3.1-8b-instruct@h100-64gb"
 
 
 def test_rate_histogram_in_the_row() -> None:
-    rates = [0.3, 0.3, 0.5, 2.0 ** HIST_LO / 4, 600.0]
+    rates = [0.3, 0.3, 0.5, 2.0**HIST_LO / 4, 600.0]
     row = feature_row_from_parts(rates, [8, 16, 16, 32, 8], 2, 200.0, 100.0)
     f = dict(zip(FEATURE_NAMES, row))
-    assert row.shape == (len(FEATURE_NAMES),) and FEATURE_NAMES[:len(BASE_NAMES)] == BASE_NAMES
+    assert row.shape == (len(FEATURE_NAMES),) and FEATURE_NAMES[: len(BASE_NAMES)] == BASE_NAMES
     b03 = int(math.floor(math.log2(0.3))) - HIST_LO
     assert f[HIST_COUNT_NAMES[b03]] == 2 and f[HIST_SUM_NAMES[b03]] == pytest.approx(0.6)
     assert f[HIST_COUNT_NAMES[0]] == 1 and f[HIST_COUNT_NAMES[-1]] == 1  # out-of-range rates clip to the ends
@@ -84,8 +93,9 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_noisy_subset_replicate_and_partial_pooling(synth: Path) -> None:
     a, n1 = read_rows(synth / "a.csv"), read_rows(synth / "a_n1.csv")
-    want = {i for i, r in a.items() if noisy_row(float(r["throughput_loss"]), float(r["n_adapters"]),
-                                                 float(r["max_loras"]))}
+    want = {
+        i for i, r in a.items() if noisy_row(float(r["throughput_loss"]), float(r["n_adapters"]), float(r["max_loras"]))
+    }
     assert set(n1) == want and 0 < len(want) < len(a)
     prov = json.loads((synth / "a_n1.json").read_text())
     assert prov["replicate_subset"]["name"] == "noisy" and prov["replicate_subset"]["rows"] == len(want)
@@ -112,7 +122,7 @@ def test_noisy_subset_replicate_and_partial_pooling(synth: Path) -> None:
 
 def test_cv_threshold_is_at_most_half_and_recorded(synth: Path, tmp_path: Path) -> None:
     ds = load_dataset(synth / "a")
-    X = ds.X[:, :len(BASE_NAMES)]
+    X = ds.X[:, : len(BASE_NAMES)]
     y = ds.targets["starved"]
     t, info = cv_threshold(X, y, ds.group, seed=0)
     assert t in set(THRESHOLD_GRID.tolist()) and t <= 0.5
@@ -182,6 +192,6 @@ def test_physics_models_predict_the_same_row_by_row_and_vectorised() -> None:
         thr, st = sur.capacity_row(X[j].tolist())
         assert thr == pytest.approx(p.throughput_tok_s, rel=1e-12) and st == p.starved
     # a configuration seen through feature_row gives the model's answer for its row
-    cfg = GpuConfig(ranks=(8, 16, 16), rates_rps=(0.2, 0.1, 0.05), max_loras=2)
+    cfg = GpuCase(ranks=(8, 16, 16), rates_rps=(0.2, 0.1, 0.05), max_loras=2)
     assert sur.predict(cfg) == sur.predict_row(feature_row(cfg))
     assert FEATURE_INDEX["rho_fluid"] == len(FEATURE_NAMES)

@@ -104,8 +104,9 @@ def test_partial_sweep_is_continued_and_held_out_sweeps_do_not_shape_the_models(
     csv = sweeps / "t_1.csv"
     lines = csv.read_text().splitlines(keepends=True)
     csv.write_text("".join(lines[:10]) + lines[10][:15])  # 9 rows and a torn line, as after an interrupt
-    again = build_recipe(rec, tmp_path / "out", sweeps_dir=sweeps, executor=LocalExecutor(1), progress=False,
-                         with_holdout=False)
+    again = build_recipe(
+        rec, tmp_path / "out", sweeps_dir=sweeps, executor=LocalExecutor(1), progress=False, with_holdout=False
+    )
     assert again.rows_new == len(lines) - 10  # only the missing rows of t_1 ran
     assert _models(tmp_path / "out") == _models(d / "out")
     meta = json.loads(again.model_json.read_text())
@@ -116,16 +117,27 @@ def test_a_sweep_file_of_another_design_is_refused(built, tmp_path: Path) -> Non
     rec, rep, d = built
     sweeps = tmp_path / "sweeps"
     shutil.copytree(d / "out" / "sweeps", sweeps)
-    (tmp_path / "other.yaml").write_text(TINY.replace("seed: 12,", "seed: 99,").replace("name: t_2, ", "name: t_1, ")
-                                         .replace("{name: t_1, seed: 11", "{name: t_0, seed: 11"))
+    (tmp_path / "other.yaml").write_text(
+        TINY.replace("seed: 12,", "seed: 99,")
+        .replace("name: t_2, ", "name: t_1, ")
+        .replace("{name: t_1, seed: 11", "{name: t_0, seed: 11")
+    )
     with pytest.raises(ValueError, match="cannot resume"):
-        build_recipe(load_recipe(tmp_path / "other.yaml"), tmp_path / "out", sweeps_dir=sweeps,
-                     executor=LocalExecutor(1), progress=False)
+        build_recipe(
+            load_recipe(tmp_path / "other.yaml"),
+            tmp_path / "out",
+            sweeps_dir=sweeps,
+            executor=LocalExecutor(1),
+            progress=False,
+        )
 
 
 def test_a_recipe_asking_for_other_training_options_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "r.yaml").write_text(TINY.replace("training: {seed: 0,", "training: {seed: 0, threshold: {rule: "
-                                                  "group-cv-macro-f1, folds: 3, grid: [0.5]},"))
+    (tmp_path / "r.yaml").write_text(
+        TINY.replace(
+            "training: {seed: 0,", "training: {seed: 0, threshold: {rule: group-cv-macro-f1, folds: 3, grid: [0.5]},"
+        )
+    )
     with pytest.raises(ValueError, match="training.threshold"):
         build_recipe(load_recipe(tmp_path / "r.yaml"), tmp_path / "out", progress=False)
 
@@ -189,8 +201,9 @@ def test_surrogate_of_another_twin_version_is_refused(monkeypatch: pytest.Monkey
 
 
 def _recalibrated(tmp_path: Path, factor: float, source: str | None = None) -> Path:
-    d = json.loads((Path(__file__).resolve().parent.parent / "optplace" / "specs" / "profiles" /
-                    f"{PROFILE}.json").read_text())
+    d = json.loads(
+        (Path(__file__).resolve().parent.parent / "optplace" / "specs" / "profiles" / f"{PROFILE}.json").read_text()
+    )
     d["step_time"]["coef"]["c0"] *= factor
     if source is not None:
         d["source"] = source
@@ -253,8 +266,9 @@ def test_surrogate_file_of_another_format_is_refused_in_one_line(tmp_path: Path,
     assert "\n" not in str(e.value)
 
     monkeypatch.setattr(runtime, "MODELS_DIR", tmp_path)
-    problem = compile_problem(load_scenario_text(SPEC.replace("profile: recal.json\n", ""), "s.yaml", tmp_path),
-                              tmp_path)
+    problem = compile_problem(
+        load_scenario_text(SPEC.replace("profile: recal.json\n", ""), "s.yaml", tmp_path), tmp_path
+    )
     assert make_oracle(problem, "auto").name == "twin"
     assert "not a readable surrogate" in capsys.readouterr().err
     with pytest.raises(SurrogateRefused):
@@ -274,6 +288,17 @@ def test_build_command_resumes_and_refuses_in_one_line(built, tmp_path: Path) ->
     r = CliRunner().invoke(app, ["build", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not a surrogate recipe" in r.output
     (tmp_path / "other.yaml").write_text(TINY.replace("seed: 11,", "seed: 98,"))
-    r = CliRunner().invoke(app, ["build", str(tmp_path / "other.yaml"), "--out", str(tmp_path / "o"),
-                                 "--sweeps", str(d / "out" / "sweeps"), "--workers", "1"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "build",
+            str(tmp_path / "other.yaml"),
+            "--out",
+            str(tmp_path / "o"),
+            "--sweeps",
+            str(d / "out" / "sweeps"),
+            "--workers",
+            "1",
+        ],
+    )
     assert r.exit_code == 2 and "cannot resume" in r.output

@@ -23,16 +23,29 @@ DESIGN = SweepDesign(n_points=80, n_chains=10, chain_steps=4, max_adapters=256)
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("rep")
     run_sweep(SyntheticEvaluator(noise=0.05), d / "a", DESIGN, seed=11, executor=LocalExecutor(1), progress=False)
-    run_replicate(SyntheticEvaluator(noise=0.05), d / "a", d / "a_r1", salt=1, executor=LocalExecutor(1),
-                  progress=False)
+    run_replicate(
+        SyntheticEvaluator(noise=0.05), d / "a", d / "a_r1", salt=1, executor=LocalExecutor(1), progress=False
+    )
     return d
 
 
 def test_replicate_keeps_configurations_and_changes_seeds(base: Path) -> None:
     a, b = read_rows(base / "a.csv"), read_rows(base / "a_r1.csv")
     assert set(a) == set(b) and len(a) == DESIGN.n_rows
-    same = ("group", "pass", "load", "rate_kind", "length_kind", "arrival_kind", "n_adapters", "max_loras",
-            "rate_sum", "rate_std", "offered_tok_s", "arrival_cv")
+    same = (
+        "group",
+        "pass",
+        "load",
+        "rate_kind",
+        "length_kind",
+        "arrival_kind",
+        "n_adapters",
+        "max_loras",
+        "rate_sum",
+        "rate_std",
+        "offered_tok_s",
+        "arrival_cv",
+    )
     for i in a:
         assert {k: a[i][k] for k in same} == {k: b[i][k] for k in same}, i  # chain loads replayed exactly
         assert a[i]["seed"] != b[i]["seed"]
@@ -92,18 +105,30 @@ def test_pool_replicates_averages_and_applies_the_rule(base: Path) -> None:
 
 def test_train_against_a_heldout_sweep_with_seed_mean_labels(base: Path, tmp_path: Path) -> None:
     ev = SyntheticEvaluator(noise=0.05)
-    run_sweep(ev, tmp_path / "tr", SweepDesign(n_points=300, n_chains=20, chain_steps=4, max_adapters=256), seed=3,
-              executor=LocalExecutor(1), progress=False)
+    run_sweep(
+        ev,
+        tmp_path / "tr",
+        SweepDesign(n_points=300, n_chains=20, chain_steps=4, max_adapters=256),
+        seed=3,
+        executor=LocalExecutor(1),
+        progress=False,
+    )
     rep = train(tmp_path / "tr", tmp_path / "m", seed=0, holdout=base / "a", holdout_replicates=[base / "a_r1"])
     assert rep.n_train == len(read_rows(tmp_path / "tr.csv"))
     assert rep.n_test == DESIGN.n_rows
     m = rep.metrics
-    for k in ("throughput_smape_pct_vs_seed0", "throughput_smape_pct_vs_seed1", "starved_macro_f1_vs_seed0",
-              "twin_seed_vs_seed_throughput_smape_pct", "twin_seed_vs_seed_starved_macro_f1"):
+    for k in (
+        "throughput_smape_pct_vs_seed0",
+        "throughput_smape_pct_vs_seed1",
+        "starved_macro_f1_vs_seed0",
+        "twin_seed_vs_seed_throughput_smape_pct",
+        "twin_seed_vs_seed_starved_macro_f1",
+    ):
         assert k in m and np.isfinite(m[k]), k
     p = pool_replicates(base / "a", [base / "a_r1"])
     assert m["twin_seed_vs_seed_throughput_smape_pct"] == pytest.approx(
-        smape(p.targets["throughput_tok_s_rep0"], p.targets["throughput_tok_s_rep1"]))
+        smape(p.targets["throughput_tok_s_rep0"], p.targets["throughput_tok_s_rep1"])
+    )
     # a mean label is less noisy than either seed's, so the model scores better against it
     assert m["throughput_smape_pct"] < min(m["throughput_smape_pct_vs_seed0"], m["throughput_smape_pct_vs_seed1"])
     sur = load_surrogate(tmp_path / "m")
@@ -117,12 +142,36 @@ def test_cli_train_with_holdout_and_replicate(base: Path, tmp_path: Path) -> Non
     from optplace.app.surrogate_commands import app
 
     ev = SyntheticEvaluator(noise=0.05)
-    run_sweep(ev, tmp_path / "t1", SweepDesign(n_points=150, n_chains=10, chain_steps=4, max_adapters=256), seed=4,
-              executor=LocalExecutor(1), progress=False)
-    run_sweep(ev, tmp_path / "t2", SweepDesign(n_points=150, n_chains=10, chain_steps=4, max_adapters=256), seed=5,
-              executor=LocalExecutor(1), progress=False)
-    res = CliRunner().invoke(app, ["train", str(tmp_path / "t1"), str(tmp_path / "t2"), "--out", str(tmp_path / "m"),
-                                   "--holdout", str(base / "a"), "--holdout-replicate", str(base / "a_r1")])
+    run_sweep(
+        ev,
+        tmp_path / "t1",
+        SweepDesign(n_points=150, n_chains=10, chain_steps=4, max_adapters=256),
+        seed=4,
+        executor=LocalExecutor(1),
+        progress=False,
+    )
+    run_sweep(
+        ev,
+        tmp_path / "t2",
+        SweepDesign(n_points=150, n_chains=10, chain_steps=4, max_adapters=256),
+        seed=5,
+        executor=LocalExecutor(1),
+        progress=False,
+    )
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "t1"),
+            str(tmp_path / "t2"),
+            "--out",
+            str(tmp_path / "m"),
+            "--holdout",
+            str(base / "a"),
+            "--holdout-replicate",
+            str(base / "a_r1"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["n_train"] == len(read_rows(tmp_path / "t1.csv")) + len(read_rows(tmp_path / "t2.csv"))

@@ -44,8 +44,10 @@ def test_shipped_holdout_is_the_union_of_its_sweeps(profile: str) -> None:
     assert {len(h["replicates"]) for h in split["holdouts"]} == {3}
     counts = np.bincount(idx, minlength=len(names))
     assert counts.sum() == sur.meta["n_test"] and all(0 < c <= h["n"] for c, h in zip(counts, split["holdouts"]))
-    train_seeds = {pv.get("seed") for pv in [sur.meta["dataset"]["provenance"],
-                                             *sur.meta["dataset"]["provenance"].get("merged_with", [])]}
+    train_seeds = {
+        pv.get("seed")
+        for pv in [sur.meta["dataset"]["provenance"], *sur.meta["dataset"]["provenance"].get("merged_with", [])]
+    }
     assert not train_seeds & {h["seed"] for h in split["holdouts"]}
     X, _, _, _ = load_holdout(sur)
     keys = [{r.tobytes() for r in X[idx == k]} for k in range(len(names))]

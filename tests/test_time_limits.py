@@ -26,11 +26,15 @@ def _spec(n: int, time_limit_s: float, strategy: str = "milp", duration_s: float
     groups = ((8, 0.5), (16, 0.3), (32, 0.2))
     counts = [int(n * s) for _, s in groups]
     counts[0] += n - sum(counts)
-    lines = "\n".join(f"  - {{group: r{r}, count: {k}, rank: {r}, total_rate_rps: {0.1 * k:.3f}, "
-                      "popularity: {kind: zipf, s: 0.5}}" for (r, _), k in zip(groups, counts))
-    return (f"name: limits-{n}\nmodel: llama-3.1-8b-instruct\ngpu: h100-64gb\n"
-            f"workload: {{duration_s: {duration_s}, arrivals: {{kind: poisson}}, lengths: {{kind: sharegpt}}}}\n"
-            f"adapters:\n{lines}\nsolver: {{strategy: {strategy}, time_limit_s: {time_limit_s}}}\nseed: 1\n")
+    lines = "\n".join(
+        f"  - {{group: r{r}, count: {k}, rank: {r}, total_rate_rps: {0.1 * k:.3f}, popularity: {{kind: zipf, s: 0.5}}}}"
+        for (r, _), k in zip(groups, counts)
+    )
+    return (
+        f"name: limits-{n}\nmodel: llama-3.1-8b-instruct\ngpu: h100-64gb\n"
+        f"workload: {{duration_s: {duration_s}, arrivals: {{kind: poisson}}, lengths: {{kind: sharegpt}}}}\n"
+        f"adapters:\n{lines}\nsolver: {{strategy: {strategy}, time_limit_s: {time_limit_s}}}\nseed: 1\n"
+    )
 
 
 def _valid(problem, plan) -> None:
@@ -45,6 +49,7 @@ def _valid(problem, plan) -> None:
 
 
 # --- the deadline object ---------------------------------------------------------------------
+
 
 def test_deadline_parts_and_expiry() -> None:
     now = time.monotonic()
@@ -64,6 +69,7 @@ def test_deadline_parts_and_expiry() -> None:
 
 
 # --- a limit reached with a plan, and without ----------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def big():
@@ -113,6 +119,7 @@ def test_every_phase_stops_at_the_deadline(big) -> None:
 
 def problem_mix(problem):
     from optplace.solver import Mix
+
     return Mix.of(problem.adapters[:5])
 
 
@@ -129,6 +136,7 @@ def test_fast_greedy_plan_is_valid_and_no_worse_than_a_gpu_per_class(big) -> Non
 
 
 # --- through the CLI -----------------------------------------------------------------------------
+
 
 def test_cli_refuses_a_spec_too_big_for_its_limit_up_front(tmp_path: Path) -> None:
     spec = tmp_path / "huge.yaml"
@@ -147,7 +155,8 @@ def test_cli_reports_the_time_limit_in_json(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["solve", str(spec), "--json", "--no-validate"])
     assert res.exit_code == 0, res.output
     import json
-    doc = json.loads(res.output[res.output.index("{"):])
+
+    doc = json.loads(res.output[res.output.index("{") :])
     assert doc["time_limit_reached"] is False and doc["gpus_used"] >= 1
 
 

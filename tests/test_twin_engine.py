@@ -65,8 +65,18 @@ class _Overhead:
         return 1e-3 * (0.2 + 0.004 * running + 0.0002 * waiting)
 
 
-def _cfg(n_adapters, max_loras, kv_tokens, *, ranks=None, max_model_len=2048, max_num_seqs=256, mbt=2048,
-         overhead=True, cpu=None) -> EngineConfig:
+def _cfg(
+    n_adapters,
+    max_loras,
+    kv_tokens,
+    *,
+    ranks=None,
+    max_model_len=2048,
+    max_num_seqs=256,
+    mbt=2048,
+    overhead=True,
+    cpu=None,
+) -> EngineConfig:
     ranks = tuple(ranks or [(8, 16)[i % 2] for i in range(n_adapters)])
     return EngineConfig(
         kv_cache_tokens=kv_tokens,
@@ -224,7 +234,7 @@ def _lockstep(cfg: EngineConfig, wl: _WL, step_of_arrival: np.ndarray, n_steps: 
         assert [r.rid for r in ref.waiting][: len(core.preempted_q)] == core.preempted_q
         done = ref.update(scheduled)
         core.update_from_output(plan, float(s + 1))
-        assert sorted(core.completed_ids[-len(done):] if done else []) == sorted(done), f"step {s}: finished"
+        assert sorted(core.completed_ids[-len(done) :] if done else []) == sorted(done), f"step {s}: finished"
         assert list(core.running) == [r.rid for r in ref.running], f"step {s}: running order differs"
         core.check_state()
         assert sum(core.rejected) == stats["rejected"]
@@ -281,8 +291,11 @@ def test_core_matches_literal_scheduler_with_bulk_rejections():
 # --------------------------------------------------------------------------- schedule() unit tests
 def _tiny(arrivals, adapters, inputs, outputs):
     return _WL(
-        np.asarray(arrivals, float), np.asarray(adapters, np.int32), np.asarray(inputs, np.int64),
-        np.asarray(outputs, np.int64), 100.0,
+        np.asarray(arrivals, float),
+        np.asarray(adapters, np.int32),
+        np.asarray(inputs, np.int64),
+        np.asarray(outputs, np.int64),
+        100.0,
     )
 
 
@@ -474,8 +487,14 @@ def test_config_errors_quote_both_values():
     with pytest.raises(ValueError, match=r"max_cpu_loras \(1\) must be >= max_loras \(2\)"):
         _cfg(2, 2, 10_000, cpu=1)
     with pytest.raises(ValueError, match="outside 1..max_lora_rank"):
-        EngineConfig(kv_cache_tokens=1, max_loras=1, max_cpu_loras=1, adapter_ranks=(32,), max_lora_rank=16,
-                     step_time=_PublishedStep())
+        EngineConfig(
+            kv_cache_tokens=1,
+            max_loras=1,
+            max_cpu_loras=1,
+            adapter_ranks=(32,),
+            max_lora_rank=16,
+            step_time=_PublishedStep(),
+        )
 
 
 def test_step_plan_is_built_in_field_order():
@@ -489,11 +508,13 @@ def test_step_plan_is_built_in_field_order():
 
     src = inspect.getsource(core_mod)
     lines = src.splitlines()
-    calls = [n for n in ast.walk(ast.parse(src))
-             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "StepPlan"]
+    calls = [
+        n
+        for n in ast.walk(ast.parse(src))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "StepPlan"
+    ]
     assert len(calls) == 2
     for call in calls:
         assert not call.keywords
         names = tuple(lines[a.end_lineno - 1].rsplit("# ", 1)[1].strip() for a in call.args)
         assert names == StepPlan._fields
-

@@ -27,11 +27,13 @@ def test_twin_output_matches_golden(case) -> None:
     stored = json.loads(case.with_suffix(".json").read_text())
     assert stored["twin_semantics_version"] == TWIN_SEMANTICS_VERSION, (
         f"{case.name}: golden made under twin semantics version {stored['twin_semantics_version']}, the code says "
-        f"{TWIN_SEMANTICS_VERSION}: regenerate with {REGENERATE}")
+        f"{TWIN_SEMANTICS_VERSION}: regenerate with {REGENERATE}"
+    )
     now = render(case)
     assert dumps(now) == dumps(stored), (
         f"twin behaviour changed ({case.name}): bump TWIN_SEMANTICS_VERSION in optplace/twin/version.py and "
-        f"regenerate with {REGENERATE}")
+        f"regenerate with {REGENERATE}"
+    )
 
 
 def test_cases_exercise_their_mechanism() -> None:

@@ -30,10 +30,16 @@ def _hand_made(fast_forwarded: bool) -> CompletedRequests:
     else:
         explicit, runs = np.array([0.1, 0.2, 0.4, 0.5, 0.9]), np.zeros((0, 5))
     return CompletedRequests(
-        adapter=np.array([0, 1, 1, 0]), arrival_s=np.array([0.0, 0.05, 0.3, 0.0]),
-        first_token_s=np.array([0.1, 0.2, 0.4, 0.1]), finish_s=np.array([0.5, 0.9, 0.4, 0.9]),
-        input_tokens=np.array([10, 10, 10, 10]), output_tokens=np.array([4, 4, 1, 3]), n_steps=5,
-        explicit_end_s=explicit, ff_runs=runs)
+        adapter=np.array([0, 1, 1, 0]),
+        arrival_s=np.array([0.0, 0.05, 0.3, 0.0]),
+        first_token_s=np.array([0.1, 0.2, 0.4, 0.1]),
+        finish_s=np.array([0.5, 0.9, 0.4, 0.9]),
+        input_tokens=np.array([10, 10, 10, 10]),
+        output_tokens=np.array([4, 4, 1, 3]),
+        n_steps=5,
+        explicit_end_s=explicit,
+        ff_runs=runs,
+    )
 
 
 @pytest.mark.parametrize("fast_forwarded", [False, True])
@@ -69,10 +75,16 @@ def _engine_run(rate: float, n: int, slots: int, duration: float = 300.0, fast_f
     from optplace.twin.workload import generate_workload
 
     prof = resolve_profile(model="llama-3.1-8b-instruct", gpu="h100-64gb")
-    wl = generate_workload(PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"), [rate] * n, duration,
-                           np.random.default_rng(1))
-    cfg = engine_config_from_profile(prof, [16] * n, slots, max_cpu_loras=n, max_lora_rank=16, max_num_seqs=2048,
-                                     max_num_batched_tokens=2048)
+    wl = generate_workload(
+        PoissonArrivals(kind="poisson"),
+        ShareGptLengths(kind="sharegpt"),
+        [rate] * n,
+        duration,
+        np.random.default_rng(1),
+    )
+    cfg = engine_config_from_profile(
+        prof, [16] * n, slots, max_cpu_loras=n, max_lora_rank=16, max_num_seqs=2048, max_num_batched_tokens=2048
+    )
     return simulate_engine(cfg, wl, fast_forward=fast_forward)
 
 
@@ -92,7 +104,7 @@ def test_engine_latency_agrees_with_its_summary_fields_and_without_fast_forward(
     assert np.all(np.diff(clock) > 0)
     f0, f1 = req.token_steps(clock)
     dur = np.diff(clock, prepend=0.0) * 1e3
-    gaps = np.concatenate([dur[s + 1:e + 1] for s, e, o in zip(f0, f1, req.output_tokens) if o > 1])
+    gaps = np.concatenate([dur[s + 1 : e + 1] for s, e, o in zip(f0, f1, req.output_tokens) if o > 1])
     assert b.itl_ms_p99 == pytest.approx(np.percentile(gaps, 99), rel=1e-9)
     assert b.itl_ms_p99 > b.itl_ms_mean  # prefill chunks make some steps longer
 
@@ -115,6 +127,15 @@ def test_simulate_reports_per_adapter_and_steady_state_latency() -> None:
     per = d["per_adapter"]
     assert sum(a["latency"]["window"]["completed"] for a in per) == res.finished
     assert all(a["latency"]["window"]["completed"] == a["completed"] for a in per)
-    keys = {"completed", "loss", "ttft_ms_mean", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_mean", "tpot_ms_p99",
-            "itl_ms_mean", "itl_ms_p99"}
+    keys = {
+        "completed",
+        "loss",
+        "ttft_ms_mean",
+        "ttft_ms_p50",
+        "ttft_ms_p99",
+        "tpot_ms_mean",
+        "tpot_ms_p99",
+        "itl_ms_mean",
+        "itl_ms_p99",
+    }
     assert set(per[0]["latency"]["steady"]) == keys

@@ -21,8 +21,13 @@ from optplace.vllm.adapters import (
     write_safetensors,
 )
 
-TINY = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
-        "num_key_value_heads": 2}
+TINY = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def test_bf16_known_values_and_round_to_nearest_even():
@@ -37,7 +42,9 @@ def test_bf16_known_values_and_round_to_nearest_even():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.floats(allow_nan=False, allow_infinity=False, width=32).filter(lambda v: v == 0 or 1.2e-38 < abs(v) < 3e38))  # normal range
+@given(
+    st.floats(allow_nan=False, allow_infinity=False, width=32).filter(lambda v: v == 0 or 1.2e-38 < abs(v) < 3e38)
+)  # normal range
 def test_bf16_error_within_half_ulp(v):
     x = np.float32(v)
     y = bfloat16_bits_to_float32(float32_to_bfloat16_bits(np.array([x])))[0]
@@ -48,15 +55,23 @@ def test_bf16_error_within_half_ulp(v):
 def test_safetensors_round_trip_and_header(tmp_path):
     rng = np.random.default_rng(3)
     a = rng.normal(size=(3, 5)).astype(np.float32)
-    tensors = {"b.weight": ("BF16", float32_to_bfloat16_bits(a)), "a.bias": ("F32", a[0]), "c.idx": ("I64", np.arange(7))}
+    tensors = {
+        "b.weight": ("BF16", float32_to_bfloat16_bits(a)),
+        "a.bias": ("F32", a[0]),
+        "c.idx": ("I64", np.arange(7)),
+    }
     path = tmp_path / "x.safetensors"
     write_safetensors(path, tensors, {"format": "pt"})
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     assert n % 8 == 0
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     assert header["__metadata__"] == {"format": "pt"}
-    assert header["b.weight"] == {"dtype": "BF16", "shape": [3, 5], "data_offsets": [20, 50]}  # sorted: a.bias (5 x F32) first
+    assert header["b.weight"] == {
+        "dtype": "BF16",
+        "shape": [3, 5],
+        "data_offsets": [20, 50],
+    }  # sorted: a.bias (5 x F32) first
     back = read_safetensors(path)
     assert set(back) == set(tensors)
     for name, (dtype, arr) in tensors.items():
@@ -93,7 +108,11 @@ def test_make_adapters_writes_peft_folders(tmp_path):
     assert [a.name for a in out] == ["fin-0", "sql-1"]
     for a in out:
         cfg = json.loads((a.path / "adapter_config.json").read_text())
-        assert cfg["peft_type"] == "LORA" and cfg["r"] == a.rank and cfg["target_modules"] == ["q_proj", "v_proj", "gate_proj"]
+        assert (
+            cfg["peft_type"] == "LORA"
+            and cfg["r"] == a.rank
+            and cfg["target_modules"] == ["q_proj", "v_proj", "gate_proj"]
+        )
         tensors = read_safetensors(a.path / "adapter_model.safetensors")
         assert len(tensors) == 4 * 3 * 2 == a.num_tensors
         dtype, A = tensors["base_model.model.model.layers.3.mlp.gate_proj.lora_A.weight"]

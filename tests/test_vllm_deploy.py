@@ -13,12 +13,31 @@ from optplace.deploy.artefacts import DeployOptions, PlanError, build_deployment
 
 
 def plan(n_gpus: int = 2, per_gpu: int = 3, **over):
-    adapters = [{"name": f"ad-{g}.{k}", "rank": 8 if k % 2 else 16, "rate_rps": 0.1} for g in range(n_gpus) for k in range(per_gpu)]
-    placement = [{"gpu": g, "gpu_type": "h100-64gb", "max_loras": 2, "max_cpu_loras": max(per_gpu, 2), "max_lora_rank": 16,
-                  "adapters": [a["name"] for a in adapters[g * per_gpu:(g + 1) * per_gpu]]} for g in range(n_gpus)]
-    doc = {"model": "my-org/base-model", "objective": "min_gpus", "strategy": "milp", "gpus_used": n_gpus,
-           "serving": {"max_num_seqs": 2048, "max_num_batched_tokens": 2048, "gpu_memory_utilization": 0.9},
-           "adapters": adapters, "placement": placement}
+    adapters = [
+        {"name": f"ad-{g}.{k}", "rank": 8 if k % 2 else 16, "rate_rps": 0.1}
+        for g in range(n_gpus)
+        for k in range(per_gpu)
+    ]
+    placement = [
+        {
+            "gpu": g,
+            "gpu_type": "h100-64gb",
+            "max_loras": 2,
+            "max_cpu_loras": max(per_gpu, 2),
+            "max_lora_rank": 16,
+            "adapters": [a["name"] for a in adapters[g * per_gpu : (g + 1) * per_gpu]],
+        }
+        for g in range(n_gpus)
+    ]
+    doc = {
+        "model": "my-org/base-model",
+        "objective": "min_gpus",
+        "strategy": "milp",
+        "gpus_used": n_gpus,
+        "serving": {"max_num_seqs": 2048, "max_num_batched_tokens": 2048, "gpu_memory_utilization": 0.9},
+        "adapters": adapters,
+        "placement": placement,
+    }
     doc.update(over)
     return doc
 
@@ -26,7 +45,7 @@ def plan(n_gpus: int = 2, per_gpu: int = 3, **over):
 def flag_values(argv, flag):
     i = argv.index(flag)
     out = []
-    for a in argv[i + 1:]:
+    for a in argv[i + 1 :]:
         if a.startswith("--"):
             break
         out.append(a)
@@ -85,12 +104,14 @@ def test_replicated_adapter_gets_weighted_routes():
 
 def test_launch_script_is_valid_bash_and_quotes_arguments(tmp_path):
     p = plan(n_gpus=1, per_gpu=1)
-    dep = build_deployment(p, DeployOptions(adapters_dir=tmp_path / "we'ird $dir", extra_args=("--served-model-name", "a b;c")))
+    dep = build_deployment(
+        p, DeployOptions(adapters_dir=tmp_path / "we'ird $dir", extra_args=("--served-model-name", "a b;c"))
+    )
     write_deployment(dep, tmp_path)
     assert subprocess.run(["bash", "-n", str(tmp_path / "launch.sh")], capture_output=True).returncode == 0
     line = next(ln for ln in dep.launch_sh.splitlines() if ln.strip().startswith("start_one gpu"))
     argv = shlex.split(line)
-    rest = argv[argv.index("--") + 1:]
+    rest = argv[argv.index("--") + 1 :]
     assert tuple(rest) == dep.servers[0].argv
     assert "a b;c" in rest and any("we'ird $dir" in a for a in rest)
 
@@ -130,7 +151,7 @@ def test_load_plan_errors(tmp_path):
         load_plan(bad)
     with pytest.raises(PlanError, match="cannot read"):
         load_plan(tmp_path / "missing.json")
-    with pytest.raises(PlanError, match="no \"placement\""):
+    with pytest.raises(PlanError, match='no "placement"'):
         build_deployment({"model": "m"})
 
 
@@ -143,13 +164,28 @@ def test_launch_script_starts_checks_and_stops_servers(tmp_path):
 
     def spec(gpu, mode):
         port = pick_free_port()
-        return ServerSpec(gpu=gpu, gpu_type=None, host="127.0.0.1", port=port, adapters=("x",), max_loras=1,
-                          max_cpu_loras=1, max_lora_rank=8, argv=(sys.executable, fake, mode, str(port)), env={"MY_VAR": "a b"})
+        return ServerSpec(
+            gpu=gpu,
+            gpu_type=None,
+            host="127.0.0.1",
+            port=port,
+            adapters=("x",),
+            max_loras=1,
+            max_cpu_loras=1,
+            max_lora_rank=8,
+            argv=(sys.executable, fake, mode, str(port)),
+            env={"MY_VAR": "a b"},
+        )
 
     def run(servers, *args):
         (tmp_path / "launch.sh").write_text(launch_script(servers))
-        return subprocess.run(["bash", str(tmp_path / "launch.sh"), *args], capture_output=True, text=True, timeout=60,
-                              env={"PATH": "/usr/bin:/bin", "OPTPLACE_START_TIMEOUT": "20"})
+        return subprocess.run(
+            ["bash", str(tmp_path / "launch.sh"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "OPTPLACE_START_TIMEOUT": "20"},
+        )
 
     ok = spec(0, "ok")
     r = run([ok], "start")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest_vllm import FAST_START, KV_1GIB, START_TIMEOUT_S
+
 # pytest fixtures, requested by name (vllm_available skips a test where vLLM is missing)
 from conftest_vllm import start_vllm, tiny_adapters, tiny_model, vllm_available, vllm_server_env  # noqa: F401
 from optplace.deploy.artefacts import DeployOptions, build_deployment, write_deployment
@@ -35,17 +36,30 @@ def venv_path() -> str:
 
 
 def tiny_plan(model_path, names, max_loras):
-    return {"model": str(model_path), "serving": {"max_num_seqs": 128, "max_num_batched_tokens": 2048},
-            "adapters": [{"name": n, "rank": 16 if i % 2 else 8, "rate_rps": 1.0} for i, n in enumerate(names)],
-            "placement": [{"gpu": 0, "gpu_type": "cpu", "max_loras": max_loras, "max_cpu_loras": len(names),
-                           "max_lora_rank": 16, "adapters": list(names)}]}
+    return {
+        "model": str(model_path),
+        "serving": {"max_num_seqs": 128, "max_num_batched_tokens": 2048},
+        "adapters": [{"name": n, "rank": 16 if i % 2 else 8, "rate_rps": 1.0} for i, n in enumerate(names)],
+        "placement": [
+            {
+                "gpu": 0,
+                "gpu_type": "cpu",
+                "max_loras": max_loras,
+                "max_cpu_loras": len(names),
+                "max_lora_rank": 16,
+                "adapters": list(names),
+            }
+        ],
+    }
 
 
 def test_deployed_command_serves_two_adapters_and_replay_measures_it(tiny_model, tiny_adapters, start_vllm, tmp_path):
     port = pick_free_port()
     # the default `vllm serve` form, as deploy writes it for GPUs (the install script's shim makes it run)
-    dep = build_deployment(tiny_plan(tiny_model.path, ["a0", "a1"], 2),
-                           DeployOptions(adapters_dir=tiny_adapters, base_port=port, pin_gpus=False, extra_args=KV_1GIB + FAST_START))
+    dep = build_deployment(
+        tiny_plan(tiny_model.path, ["a0", "a1"], 2),
+        DeployOptions(adapters_dir=tiny_adapters, base_port=port, pin_gpus=False, extra_args=KV_1GIB + FAST_START),
+    )
     write_deployment(dep, tmp_path / "deploy")
     argv = shlex.split((tmp_path / "deploy" / "gpu0.cmd").read_text())  # the generated command, parsed back
     assert argv[:2] == ["vllm", "serve"]
@@ -57,13 +71,31 @@ def test_deployed_command_serves_two_adapters_and_replay_measures_it(tiny_model,
 
     wl = poisson_workload([1.0, 1.0], duration_s=20.0, input_tokens=64, output_tokens=32, seed=5)
     ep = Endpoint(0, res.server.url, ("a0", "a1"), max_loras=2, max_cpu_loras=2)
-    out = run_replay(wl, ("a0", "a1"), (ep,), seed=5, token_id_range=(tiny_model.first_plain_token_id, tiny_model.vocab_size))
+    out = run_replay(
+        wl, ("a0", "a1"), (ep,), seed=5, token_id_range=(tiny_model.first_plain_token_id, tiny_model.vocab_size)
+    )
     (g,) = out.gpus
-    print(json.dumps({k: g.to_json()[k] for k in ("offered_tok_s", "throughput_tok_s", "engine_tok_s", "throughput_loss",
-                                                   "itl_ms_mean", "ttft_ms_p50", "ttft_ms_p99", "preemptions")}))
+    print(
+        json.dumps(
+            {
+                k: g.to_json()[k]
+                for k in (
+                    "offered_tok_s",
+                    "throughput_tok_s",
+                    "engine_tok_s",
+                    "throughput_loss",
+                    "itl_ms_mean",
+                    "ttft_ms_p50",
+                    "ttft_ms_p99",
+                    "preemptions",
+                )
+            }
+        )
+    )
     arrived = len(wl.arrival_s)
-    assert len(out.requests) == arrived and all(r.status != "error" for r in out.requests), \
-        [r.error for r in out.requests if r.error][:3]
+    assert len(out.requests) == arrived and all(r.status != "error" for r in out.requests), [
+        r.error for r in out.requests if r.error
+    ][:3]
     # unsaturated (~200 tok/s offered): every request with 10 s left completes, with exactly max_tokens
     # (ignore_eos); those cut at the window end are lost. A request takes ~2-3 s here (ITL 75-90 ms on
     # the shared 2-core machine), so the loss is a few to ~15 %: not checked against the 10 % rule.
@@ -89,15 +121,28 @@ def test_deployed_command_serves_two_adapters_and_replay_measures_it(tiny_model,
 def test_generated_launch_script_reports_a_kv_cache_oom_at_start(tiny_model, tiny_adapters, vllm_server_env, tmp_path):
     # 1 MiB of KV cache holds 512 tokens of the tiny model (2 KiB/token) < max_model_len 4096
     port = pick_free_port()
-    dep = build_deployment(tiny_plan(tiny_model.path, ["a0"], 1),
-                           DeployOptions(adapters_dir=tiny_adapters, entrypoint="api-server", python=sys.executable,
-                                         base_port=port, pin_gpus=False, extra_args=("--kv-cache-memory-bytes", str(2**20), *FAST_START)))
+    dep = build_deployment(
+        tiny_plan(tiny_model.path, ["a0"], 1),
+        DeployOptions(
+            adapters_dir=tiny_adapters,
+            entrypoint="api-server",
+            python=sys.executable,
+            base_port=port,
+            pin_gpus=False,
+            extra_args=("--kv-cache-memory-bytes", str(2**20), *FAST_START),
+        ),
+    )
     write_deployment(dep, tmp_path)
     env = {k: v for k, v in {**os.environ, **vllm_server_env}.items() if v is not None}
     env["OPTPLACE_START_TIMEOUT"] = str(int(START_TIMEOUT_S))
     t = time.monotonic()
-    run = subprocess.run(["bash", str(tmp_path / "launch.sh"), "start"], env=env, capture_output=True, text=True,
-                         timeout=START_TIMEOUT_S + 60)
+    run = subprocess.run(
+        ["bash", str(tmp_path / "launch.sh"), "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S + 60,
+    )
     took = time.monotonic() - t
     subprocess.run(["bash", str(tmp_path / "launch.sh"), "stop"], env=env, capture_output=True, timeout=60)
     status, reason = classify_startup_failure((tmp_path / "logs" / "gpu0.log").read_text())
@@ -120,12 +165,28 @@ def test_quickstart_plan_deploys_to_a_runnable_command(tiny_model, start_vllm, t
     plan = tmp_path / "plan.json"
     plan.write_text(r.stdout)
     ad = tmp_path / "adapters"
-    r = runner.invoke(app, ["vllm", "make-adapters", "--out", str(ad), "--base-config", str(tiny_model.path), "--plan", str(plan)])
+    r = runner.invoke(
+        app, ["vllm", "make-adapters", "--out", str(ad), "--base-config", str(tiny_model.path), "--plan", str(plan)]
+    )
     assert r.exit_code == 0, r.output
     port = pick_free_port()
-    r = runner.invoke(app, ["deploy", str(plan), "--out", str(tmp_path / "deploy"), "--adapters-dir", str(ad),
-                            "--model", str(tiny_model.path), "--base-port", str(port), "--no-pin-gpus",
-                            *[f"--extra-arg={a}" for a in KV_1GIB + FAST_START]])
+    r = runner.invoke(
+        app,
+        [
+            "deploy",
+            str(plan),
+            "--out",
+            str(tmp_path / "deploy"),
+            "--adapters-dir",
+            str(ad),
+            "--model",
+            str(tiny_model.path),
+            "--base-port",
+            str(port),
+            "--no-pin-gpus",
+            *[f"--extra-arg={a}" for a in KV_1GIB + FAST_START],
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(plan.read_text())
     ranks = {a["name"]: a["rank"] for a in doc["adapters"]}
@@ -138,14 +199,21 @@ def test_quickstart_plan_deploys_to_a_runnable_command(tiny_model, start_vllm, t
     t = time.monotonic()
     res = start_vllm(argv, port, env={"PATH": venv_path()})
     assert res.ok, f"{res.status}: {res.reason} (log {res.log_path})"
-    print(f"\nquickstart gpu{k} ({len(gpu0['adapters'])} adapters, max_loras {gpu0['max_loras']}) "
-          f"started in {time.monotonic() - t:.1f} s")
-    picks = [next(n for n in gpu0["adapters"] if ranks[n] == rank) for rank in sorted(set(ranks[n] for n in gpu0["adapters"]))]
+    print(
+        f"\nquickstart gpu{k} ({len(gpu0['adapters'])} adapters, max_loras {gpu0['max_loras']}) "
+        f"started in {time.monotonic() - t:.1f} s"
+    )
+    picks = [
+        next(n for n in gpu0["adapters"] if ranks[n] == rank)
+        for rank in sorted(set(ranks[n] for n in gpu0["adapters"]))
+    ]
     import urllib.request
 
     for name in picks:
         body = json.dumps({"model": name, "prompt": [5, 6, 7, 8], "max_tokens": 4, "ignore_eos": True}).encode()
-        req = urllib.request.Request(f"{res.server.url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{res.server.url}/v1/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         out = json.loads(urllib.request.urlopen(req, timeout=60).read())
         assert out["model"] == name and out["usage"]["completion_tokens"] == 4
     assert sorted({ranks[n] for n in picks}) == sorted({ranks[n] for n in gpu0["adapters"]})
@@ -154,4 +222,4 @@ def test_quickstart_plan_deploys_to_a_runnable_command(tiny_model, start_vllm, t
 
 def flag_values_of(argv, flag):
     i = argv.index(flag)
-    return [a for a in argv[i + 1:i + 2]]
+    return [a for a in argv[i + 1 : i + 2]]

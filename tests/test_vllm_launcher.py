@@ -79,23 +79,37 @@ def test_bad_executable_and_shell_string(tmp_path):
         start_server("vllm serve m", port=port, log_path=tmp_path / "b.log")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("log,status,why", [
-    ("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`", "oom", "oom_kv_cache"),
-    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "oom", "oom_device"),
-    ("INFO start\nRuntimeError: something else\nINFO bye", "failed", "RuntimeError: something else"),
-    ("INFO nothing useful", "failed", "no error line"),
-    ("(Worker pid=1) ERROR [x.py:9] ValueError: invalid literal for int() with base 10: ''\n"
-     "Exception: WorkerProc initialization failed due to an exception in a background process. "
-     "See stack trace for root cause.\n"
-     "RuntimeError: Engine core initialization failed. See root cause above.", "failed", "ValueError: invalid literal"),
-    ("(APIServer pid=1) WARNING 11-28 10:22:09 [system_utils.py:255] Found ulimit of 20000 and failed to "
-     "increase. This can "
-     "cause fd limit errors like `OSError: [Errno 24] Too many open files`. Consider increasing with ulimit -n\n"
-     "(Worker pid=2) ERROR 11-28 10:23:11 [multiproc_executor.py:953]     raise NotImplementedError\n"
-     "(Worker pid=2) ERROR 11-28 10:23:11 [multiproc_executor.py:953] NotImplementedError\n"
-     "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}", "failed",
-     "NotImplementedError"),
-])
+@pytest.mark.parametrize(
+    "log,status,why",
+    [
+        (
+            "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`",
+            "oom",
+            "oom_kv_cache",
+        ),
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "oom", "oom_device"),
+        ("INFO start\nRuntimeError: something else\nINFO bye", "failed", "RuntimeError: something else"),
+        ("INFO nothing useful", "failed", "no error line"),
+        (
+            "(Worker pid=1) ERROR [x.py:9] ValueError: invalid literal for int() with base 10: ''\n"
+            "Exception: WorkerProc initialization failed due to an exception in a background process. "
+            "See stack trace for root cause.\n"
+            "RuntimeError: Engine core initialization failed. See root cause above.",
+            "failed",
+            "ValueError: invalid literal",
+        ),
+        (
+            "(APIServer pid=1) WARNING 11-28 10:22:09 [system_utils.py:255] Found ulimit of 20000 and failed to "
+            "increase. This can "
+            "cause fd limit errors like `OSError: [Errno 24] Too many open files`. Consider increasing with ulimit -n\n"
+            "(Worker pid=2) ERROR 11-28 10:23:11 [multiproc_executor.py:953]     raise NotImplementedError\n"
+            "(Worker pid=2) ERROR 11-28 10:23:11 [multiproc_executor.py:953] NotImplementedError\n"
+            "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+            "failed",
+            "NotImplementedError",
+        ),
+    ],
+)
 def test_classify_startup_failure(log, status, why):
     got_status, reason = classify_startup_failure(log)
     assert got_status == status and why in reason

@@ -28,7 +28,10 @@ def test_replay_counts_completed_in_window_and_cancels_the_rest():
     pytest.importorskip("prometheus_client")  # the engine rate is read from /metrics (the `vllm` extra)
 
     async def main():
-        f0, f1 = FakeVllm(adapters=("a0", "a1"), ttft_s=0.05, token_s=0.01), FakeVllm(adapters=("a2",), ttft_s=0.05, token_s=0.01)
+        f0, f1 = (
+            FakeVllm(adapters=("a0", "a1"), ttft_s=0.05, token_s=0.01),
+            FakeVllm(adapters=("a2",), ttft_s=0.05, token_s=0.01),
+        )
         eps = (Endpoint(0, await f0.start(), ("a0", "a1"), max_loras=2), Endpoint(1, await f1.start(), ("a2",)))
         t = time.monotonic()
         res = await replay(workload(), NAMES, eps, seed=3, token_id_range=(4, 100), sample_every_s=0.5)
@@ -40,10 +43,22 @@ def test_replay_counts_completed_in_window_and_cancels_the_rest():
     res, wall, f0, f1 = asyncio.run(main())
     assert 2.0 <= wall < 10.0
     g0, g1 = res.gpus
-    assert [r.status for r in sorted(res.requests, key=lambda r: r.index)] == ["ok", "ok", "ok", "cancelled", "ok", "cancelled", "ok"]
+    assert [r.status for r in sorted(res.requests, key=lambda r: r.index)] == [
+        "ok",
+        "ok",
+        "ok",
+        "cancelled",
+        "ok",
+        "cancelled",
+        "ok",
+    ]
     # offered = all arrived input+output tokens / window; throughput = completed ones / window
     assert g0.offered_tok_s == pytest.approx((14 + 24 + 34 + 54 + 74) / 2.0)
-    assert g0.throughput_tok_s == pytest.approx(g0.offered_tok_s) and not g0.starved and g0.throughput_loss == pytest.approx(0)
+    assert (
+        g0.throughput_tok_s == pytest.approx(g0.offered_tok_s)
+        and not g0.starved
+        and g0.throughput_loss == pytest.approx(0)
+    )
     assert g1.offered_tok_s == pytest.approx((2040 + 2060) / 2.0) and g1.throughput_tok_s == 0.0
     assert g1.starved and g1.starved_adapters == ("a2",) and g0.starved_adapters == ()
     assert {p.name: p.completed for p in g0.per_adapter} == {"a0": 3, "a1": 2}
@@ -59,9 +74,23 @@ def test_replay_counts_completed_in_window_and_cancels_the_rest():
     assert g0.max_loras == 2 and any(s.gpu == 1 for s in res.samples)
     doc = res.to_json()
     assert doc["engine"] == "vllm" and doc["simulated_s"] == 2.0 and doc["requests"]["cancelled"] == 2
-    assert set(doc["gpus"][0]) >= {"index", "adapters", "throughput_tok_s", "engine_tok_s", "offered_tok_s", "throughput_loss",
-                                   "starved", "oom", "starved_adapters", "itl_ms_mean", "ttft_ms_p50", "ttft_ms_p99",
-                                   "preemptions", "adapter_loads", "per_adapter"}
+    assert set(doc["gpus"][0]) >= {
+        "index",
+        "adapters",
+        "throughput_tok_s",
+        "engine_tok_s",
+        "offered_tok_s",
+        "throughput_loss",
+        "starved",
+        "oom",
+        "starved_adapters",
+        "itl_ms_mean",
+        "ttft_ms_p50",
+        "ttft_ms_p99",
+        "preemptions",
+        "adapter_loads",
+        "per_adapter",
+    }
 
 
 def test_bad_endpoints_fail_fast_with_clear_errors():
@@ -71,8 +100,10 @@ def test_bad_endpoints_fail_fast_with_clear_errors():
         dead = f"http://127.0.0.1:{pick_free_port()}"
         wl = workload()
         errs = []
-        for eps in [(Endpoint(0, url, ("a0", "a1", "a2")),),
-                    (Endpoint(0, url, ("a0",)), Endpoint(1, dead, ("a1", "a2")))]:
+        for eps in [
+            (Endpoint(0, url, ("a0", "a1", "a2")),),
+            (Endpoint(0, url, ("a0",)), Endpoint(1, dead, ("a1", "a2"))),
+        ]:
             with pytest.raises(LoadgenError) as e:
                 await replay(wl, NAMES, eps, preflight_timeout_s=2.0)
             errs.append(str(e.value))
@@ -100,8 +131,17 @@ def test_summarise_uses_the_twins_starvation_rules():
     from optplace.vllm.loadgen import RequestRecord, Sample, summarise
 
     def rec(i, adapter, status, n_in=100, n_out=100):
-        return RequestRecord(index=i, adapter=adapter, gpu=0, arrival_s=i, sent_s=i, input_tokens=n_in, max_tokens=n_out,
-                             status=status, output_tokens=n_out if status == "ok" else 7)
+        return RequestRecord(
+            index=i,
+            adapter=adapter,
+            gpu=0,
+            arrival_s=i,
+            sent_s=i,
+            input_tokens=n_in,
+            max_tokens=n_out,
+            status=status,
+            output_tokens=n_out if status == "ok" else 7,
+        )
 
     # adapter 0: 19 of 19 complete; adapter 1: 1 of 2 -> GPU loss 1/21 < 0.10, adapter 1 loss 0.5
     records = [rec(i, 0, "ok") for i in range(19)] + [rec(19, 1, "ok"), rec(20, 1, "cancelled")]
@@ -124,8 +164,13 @@ def test_server_dying_mid_replay_gives_errors_not_a_hang():
     async def main():
         fake = FakeVllm(adapters=("a0",), ttft_s=0.01, token_s=0.01)
         url = await fake.start()
-        wl = ArrayWorkload(np.array([0.1, 0.2, 1.5, 1.6]), np.zeros(4, np.int32), np.full(4, 8, np.int32),
-                           np.array([3, 500, 3, 3], np.int32), 2.5)
+        wl = ArrayWorkload(
+            np.array([0.1, 0.2, 1.5, 1.6]),
+            np.zeros(4, np.int32),
+            np.full(4, 8, np.int32),
+            np.array([3, 500, 3, 3], np.int32),
+            2.5,
+        )
 
         async def kill_later():
             await asyncio.sleep(1.0)

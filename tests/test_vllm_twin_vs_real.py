@@ -50,19 +50,38 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(3600)]
 runner = CliRunner()
 TOLERANCE = 0.15
 
-LENGTHS = ("{kind: lognormal, mean_input_tokens: 120, mean_output_tokens: 40, cv_input: 0.8, cv_output: 0.8, "
-           "max_input_tokens: 1000, max_total_tokens: 1400}")
+LENGTHS = (
+    "{kind: lognormal, mean_input_tokens: 120, mean_output_tokens: 40, cv_input: 0.8, cv_output: 0.8, "
+    "max_input_tokens: 1000, max_total_tokens: 1400}"
+)
 
 
-def _spec(name: str, adapters: list[tuple[str, int, float]], window: float, seed: int,
-          placement: list[tuple[int, list[str]]] | None = None) -> str:
-    lines = [f"name: {name}", "model: tiny-llama", "gpu: cpu", "profile: fitted.json",
-             "serving: {max_num_seqs: 128, max_num_batched_tokens: 2048}",
-             "workload:", f"  duration_s: {window}", "  arrivals: {kind: poisson}", f"  lengths: {LENGTHS}",
-             "adapters:"]
+def _spec(
+    name: str,
+    adapters: list[tuple[str, int, float]],
+    window: float,
+    seed: int,
+    placement: list[tuple[int, list[str]]] | None = None,
+) -> str:
+    lines = [
+        f"name: {name}",
+        "model: tiny-llama",
+        "gpu: cpu",
+        "profile: fitted.json",
+        "serving: {max_num_seqs: 128, max_num_batched_tokens: 2048}",
+        "workload:",
+        f"  duration_s: {window}",
+        "  arrivals: {kind: poisson}",
+        f"  lengths: {LENGTHS}",
+        "adapters:",
+    ]
     lines += [f"  - {{name: {n}, rank: {r}, rate_rps: {q}}}" for n, r, q in adapters]
-    lines += ["constraints: {max_throughput_loss: 0.10}", "objective: min_gpus",
-              "solver: {strategy: milp, time_limit_s: 20}", f"seed: {seed}"]
+    lines += [
+        "constraints: {max_throughput_loss: 0.10}",
+        "objective: min_gpus",
+        "solver: {strategy: milp, time_limit_s: 20}",
+        f"seed: {seed}",
+    ]
     if placement:
         lines.append("placement:")
         lines += [f"  - {{max_loras: {ml}, adapters: [{', '.join(ad)}]}}" for ml, ad in placement]
@@ -70,8 +89,20 @@ def _spec(name: str, adapters: list[tuple[str, int, float]], window: float, seed
 
 
 def _server_flags(model: Path, adapters: Path) -> list[str]:
-    flags = ["--launch", "--model", str(model), "--adapters-dir", str(adapters), "--make-adapters",
-             "--vocab", "4:2048", "--python", sys.executable, "--start-timeout", str(int(START_TIMEOUT_S))]
+    flags = [
+        "--launch",
+        "--model",
+        str(model),
+        "--adapters-dir",
+        str(adapters),
+        "--make-adapters",
+        "--vocab",
+        "4:2048",
+        "--python",
+        sys.executable,
+        "--start-timeout",
+        str(int(START_TIMEOUT_S)),
+    ]
     flags += [f"--extra-arg={a}" for a in CPU_EXTRA_ARGS]
     flags += [f"--env={k}={v}" for k, v in CPU_SERVER_ENV.items() if v is not None]
     return flags
@@ -122,8 +153,19 @@ def fitted(tiny_model, tmp_path_factory):
     """The calibration sweep, run once: (folder with fitted.json, wall seconds)."""
     d = tmp_path_factory.mktemp("twin-vs-real")
     t = time.monotonic()
-    res = runner.invoke(app, ["calibrate", "--sweep", "--engine", "vllm", "--model-dir", str(tiny_model.path),
-                              "--out", str(d / "fitted.json")])
+    res = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--sweep",
+            "--engine",
+            "vllm",
+            "--model-dir",
+            str(tiny_model.path),
+            "--out",
+            str(d / "fitted.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     print(f"\n[calibration sweep {time.monotonic() - t:.0f} s] {res.stdout.strip()}")
     return d
@@ -131,8 +173,21 @@ def fitted(tiny_model, tmp_path_factory):
 
 def _validate(path: Path, out: Path, window: float, model: Path, adapters: Path) -> dict:
     t = time.monotonic()
-    res = runner.invoke(app, ["validate", str(path), "--engine", "vllm", "--window", str(window), "--json",
-                              "--out", str(out), *_server_flags(model, adapters)])
+    res = runner.invoke(
+        app,
+        [
+            "validate",
+            str(path),
+            "--engine",
+            "vllm",
+            "--window",
+            str(window),
+            "--json",
+            "--out",
+            str(out),
+            *_server_flags(model, adapters),
+        ],
+    )
     assert res.exit_code in (0, 1), res.output
     doc = json.loads(res.stdout)
     doc["wall_s"] = time.monotonic() - t
@@ -159,15 +214,28 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     rates = [*[_heavy_rate(d)] * 2, 0.5, 0.5]
     seed = _sticky_seed(rates, 75)
     sat = d / "sat.yaml"
-    sat.write_text(_spec("sat-2slots", [(f"h{i}" if i < 2 else f"l{i}", 8 if i % 2 == 0 else 16, q)
-                                        for i, q in enumerate(rates)], 75, seed=seed,
-                         placement=[(2, ["h0", "h1", "l2", "l3"])]))
+    sat.write_text(
+        _spec(
+            "sat-2slots",
+            [(f"h{i}" if i < 2 else f"l{i}", 8 if i % 2 == 0 else 16, q) for i, q in enumerate(rates)],
+            75,
+            seed=seed,
+            placement=[(2, ["h0", "h1", "l2", "l3"])],
+        )
+    )
     results.append(("sat-2slots", _validate(sat, d / "v-sat", 75, model, adapters)))
 
     # 3. unsaturated, 5 adapters on 3 slots (swaps, every adapter served)
     small = d / "small.yaml"
-    small.write_text(_spec("5ad-3slots", [(f"m{i}", 8 if i % 2 == 0 else 16, 0.4) for i in range(5)], 30, seed=33,
-                           placement=[(3, [f"m{i}" for i in range(5)])]))
+    small.write_text(
+        _spec(
+            "5ad-3slots",
+            [(f"m{i}", 8 if i % 2 == 0 else 16, 0.4) for i in range(5)],
+            30,
+            seed=33,
+            placement=[(3, [f"m{i}" for i in range(5)])],
+        )
+    )
     results.append(("5ad-3slots", _validate(small, d / "v-small", 30, model, adapters)))
 
     labels, rows = [], []
@@ -176,8 +244,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
             labels.append(label)
             rows.append(c)
     walls = ", ".join(f"{lb} {doc['wall_s']:.0f} s" for lb, doc in results)
-    print(f"\n[twin vs real, profile fitted in this run; load avg {os.getloadavg()[0]:.1f}; "
-          f"validation walls {walls}]")
+    print(f"\n[twin vs real, profile fitted in this run; load avg {os.getloadavg()[0]:.1f}; validation walls {walls}]")
     print(render_comparison(rows, labels, TOLERANCE))
 
     by = dict(zip(labels, rows))
@@ -192,8 +259,20 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
         assert abs(c.engine_error) <= TOLERANCE, (label, c.engine_error)
         assert abs(c.throughput_error) <= TOLERANCE, (label, c.throughput_error)
     # the saved runs are calibration input too: refit from the three validations' runs
-    r = runner.invoke(app, ["calibrate", "--runs", str(d / "v-solve"), "--runs", str(d / "v-sat"), "--runs",
-                            str(d / "v-small"), "--out", str(d / "refit.json")])
+    r = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--runs",
+            str(d / "v-solve"),
+            "--runs",
+            str(d / "v-sat"),
+            "--runs",
+            str(d / "v-small"),
+            "--out",
+            str(d / "refit.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     print(f"[refit from the validation runs] {r.stdout.strip()}")
     fit_doc = json.loads((d / "refit.json").read_text())

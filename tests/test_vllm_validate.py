@@ -22,6 +22,7 @@ from optplace.vllm.launcher import pick_free_port
 from optplace.vllm.runs import RunError, kv_tokens_from_log, load_run, save_run
 from helpers import FAKE_VLLM
 from vllm_helpers import KV_OOM_LINE
+
 runner = CliRunner()
 
 SPEC = """\
@@ -43,9 +44,17 @@ seed: 5
 
 
 def _gpu(name="x", completed=(3, 0), offered=(10.0, 5.0), thr=100.0, eng=120.0, starved=False, oom=False):
-    return {"index": 0, "max_loras": 2, "adapters": ["a", "b"], "offered_tok_s": sum(offered), "throughput_tok_s": thr,
-            "engine_tok_s": eng, "starved": starved, "oom": oom,
-            "per_adapter": [{"name": n, "offered_tok_s": o, "completed": c} for n, o, c in zip("ab", offered, completed)]}
+    return {
+        "index": 0,
+        "max_loras": 2,
+        "adapters": ["a", "b"],
+        "offered_tok_s": sum(offered),
+        "throughput_tok_s": thr,
+        "engine_tok_s": eng,
+        "starved": starved,
+        "oom": oom,
+        "per_adapter": [{"name": n, "offered_tok_s": o, "completed": c} for n, o, c in zip("ab", offered, completed)],
+    }
 
 
 def test_comparison_errors_verdicts_and_zero_sets():
@@ -65,16 +74,21 @@ def test_comparison_errors_verdicts_and_zero_sets():
 
 
 def test_kv_tokens_from_vllm_log_line():
-    log = ("(EngineCore pid=1) INFO 11-28 12:33:54 [kv_cache_utils.py:2327] CPU KV cache size: 524,288 tokens, "
-           "Maximum concurrency for 4,096 tokens per request: 128.00x\n")
+    log = (
+        "(EngineCore pid=1) INFO 11-28 12:33:54 [kv_cache_utils.py:2327] CPU KV cache size: 524,288 tokens, "
+        "Maximum concurrency for 4,096 tokens per request: 128.00x\n"
+    )
     assert kv_tokens_from_log(log) == 524288 and kv_tokens_from_log("nothing here") is None
 
 
 @pytest.fixture
 def fake_server(tmp_path):
     port = pick_free_port()
-    proc = subprocess.Popen([sys.executable, FAKE_VLLM, "openai", str(port), "a0", "a1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, FAKE_VLLM, "openai", str(port), "a0", "a1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 20
     import urllib.request
 
@@ -105,20 +119,46 @@ def _spec_and_routes(tmp_path, port, max_loras=2):
 def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fake_server, tmp_path):
     spec, routes = _spec_and_routes(tmp_path, fake_server)
     out = tmp_path / "out"
-    res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "3",
-                              "--out", str(out), "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "validate",
+            str(spec),
+            "--engine",
+            "vllm",
+            "--endpoints",
+            str(routes),
+            "--window",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert res.exit_code in (0, 1), res.output
     doc = json.loads(res.stdout)
     (real,) = doc["real"]["gpus"]
     (twin,) = doc["twin"]["gpus"]
     (cmp_,) = doc["comparison"]
     # the same simulate --json per-GPU keys on both sides
-    for key in ("index", "adapters", "max_loras", "throughput_tok_s", "engine_tok_s", "offered_tok_s", "starved", "oom",
-                "starved_adapters", "per_adapter"):
+    for key in (
+        "index",
+        "adapters",
+        "max_loras",
+        "throughput_tok_s",
+        "engine_tok_s",
+        "offered_tok_s",
+        "starved",
+        "oom",
+        "starved_adapters",
+        "per_adapter",
+    ):
         assert key in real and key in twin, key
     # both sides replayed the very same requests: same offered load
     assert real["offered_tok_s"] == pytest.approx(twin["offered_tok_s"], rel=1e-6)
-    assert real["throughput_tok_s"] > 0 and cmp_["throughput_tok_s"]["real"] == pytest.approx(real["throughput_tok_s"], rel=1e-3)
+    assert real["throughput_tok_s"] > 0 and cmp_["throughput_tok_s"]["real"] == pytest.approx(
+        real["throughput_tok_s"], rel=1e-3
+    )
     assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "real.json", "run.json", "twin.json"]
     run = load_run(out)
     assert run.window_s == 3.0 and run.servers[0].max_loras == 2 and run.adapter_names == ("a0", "a1")
@@ -149,10 +189,12 @@ def test_validate_vllm_speed_canary_scales_the_twin(fake_server, tmp_path):
 def test_validate_vllm_input_errors_are_exit_2(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
-    for argv, needle in [([], "exactly one of --launch"),
-                         (["--launch"], "--launch needs --model"),
-                         (["--endpoints", str(tmp_path / "nope.json")], "nope.json"),
-                         (["--endpoints", str(spec), "--vocab", "9:3"], "--vocab")]:
+    for argv, needle in [
+        ([], "exactly one of --launch"),
+        (["--launch"], "--launch needs --model"),
+        (["--endpoints", str(tmp_path / "nope.json")], "nope.json"),
+        (["--endpoints", str(spec), "--vocab", "9:3"], "--vocab"),
+    ]:
         res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", *argv])
         assert res.exit_code == 2 and needle in res.stderr, (argv, res.output)
     res = runner.invoke(app, ["validate", str(spec), "--window", "3"])
@@ -176,9 +218,29 @@ def test_validate_vllm_launch_records_a_server_that_dies_at_start_as_oom(tmp_pat
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     out = tmp_path / "out"
-    res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", "--launch", "--model", str(tmp_path),
-                              "--adapters-dir", str(tmp_path), "--python", str(fake_py), "--window", "5",
-                              "--start-timeout", "30", "--out", str(out), "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "validate",
+            str(spec),
+            "--engine",
+            "vllm",
+            "--launch",
+            "--model",
+            str(tmp_path),
+            "--adapters-dir",
+            str(tmp_path),
+            "--python",
+            str(fake_py),
+            "--window",
+            "5",
+            "--start-timeout",
+            "30",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert res.exit_code == 1, res.output
     (g,) = json.loads(res.stdout)["real"]["gpus"]
     assert g["oom"] and g["starved"] and g["server_status"] == "oom" and g["throughput_tok_s"] == 0
@@ -231,16 +293,33 @@ def _synthetic_run(tmp_path, coef, seed=0, window=40.0, label="syn"):
             first[i] = t[0]
     keep = np.isfinite(first) & (np.asarray([t[0] if t else np.inf for t in times]) <= window)
     idx = np.flatnonzero(keep)
-    doc = {"kind": "optplace-vllm-run", "format": 1, "label": label, "window_s": window, "seed": seed,
-           "adapter_names": [f"a{i}" for i in range(n_ad)], "adapter_ranks": {f"a{i}": 8 for i in range(n_ad)},
-           "servers": [{"gpu": 0, "max_loras": n_ad, "adapters": [f"a{i}" for i in range(n_ad)], "kv_cache_tokens": 65536}],
-           "result": {}, "probes": {"hit_ttft_ms": [20, 21, 19], "swap_ttft_ms": [25, 24, 26], "first_use_ttft_ms": [60, 70]},
-           "requests": {"adapter": ad[idx].tolist(), "gpu": [0] * len(idx), "sent_s": arr[idx].tolist(),
-                        "first_s": first[idx].tolist(), "done_s": [None if not np.isfinite(d) else d for d in done[idx]],
-                        "input_tokens": n_in[idx].tolist(),
-                        "output_tokens": [int(n_out[i]) if np.isfinite(done[i]) else len([x for x in times[i] if x <= window]) for i in idx],
-                        "status": ["ok" if np.isfinite(done[i]) else "cancelled" for i in idx],
-                        "gaps_ms": [(np.diff([x for x in times[i] if x <= window]) * 1000).tolist() for i in idx]}}
+    doc = {
+        "kind": "optplace-vllm-run",
+        "format": 1,
+        "label": label,
+        "window_s": window,
+        "seed": seed,
+        "adapter_names": [f"a{i}" for i in range(n_ad)],
+        "adapter_ranks": {f"a{i}": 8 for i in range(n_ad)},
+        "servers": [
+            {"gpu": 0, "max_loras": n_ad, "adapters": [f"a{i}" for i in range(n_ad)], "kv_cache_tokens": 65536}
+        ],
+        "result": {},
+        "probes": {"hit_ttft_ms": [20, 21, 19], "swap_ttft_ms": [25, 24, 26], "first_use_ttft_ms": [60, 70]},
+        "requests": {
+            "adapter": ad[idx].tolist(),
+            "gpu": [0] * len(idx),
+            "sent_s": arr[idx].tolist(),
+            "first_s": first[idx].tolist(),
+            "done_s": [None if not np.isfinite(d) else d for d in done[idx]],
+            "input_tokens": n_in[idx].tolist(),
+            "output_tokens": [
+                int(n_out[i]) if np.isfinite(done[i]) else len([x for x in times[i] if x <= window]) for i in idx
+            ],
+            "status": ["ok" if np.isfinite(done[i]) else "cancelled" for i in idx],
+            "gaps_ms": [(np.diff([x for x in times[i] if x <= window]) * 1000).tolist() for i in idx],
+        },
+    }
     save_run(doc, tmp_path / label)
     return load_run(tmp_path / label)
 
@@ -265,7 +344,9 @@ def test_fitted_profile_loads_like_a_bundled_one_and_drives_the_twin(tmp_path):
     path.write_text(json.dumps(prof.model_dump(mode="json")))
     back = load_profile_file(path)
     assert back == prof and back.calibrated and back.kv_cache_tokens(4, 16) == 65536
-    assert back.adapter_load.cpu_to_gpu(16, 8) == pytest.approx(5.0) and back.adapter_load.disk_to_cpu(8) == pytest.approx(40.0)
+    assert back.adapter_load.cpu_to_gpu(16, 8) == pytest.approx(5.0) and back.adapter_load.disk_to_cpu(
+        8
+    ) == pytest.approx(40.0)
     assert "r1" in back.source and "command: test" in back.source
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC.replace("gpu: cpu\n", f"gpu: cpu\nprofile: {path}\n"))
@@ -292,11 +373,13 @@ def test_calibrate_runs_cli_fits_saved_runs_and_checks_its_input(tmp_path):
     res = runner.invoke(app, ["calibrate", "--runs", str(tmp_path / "runs"), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "2 runs" in res.stdout and load_profile_file(out).name == "tiny-llama@cpu"
-    for argv, needle in [(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "x.txt")], "--out must name"),
-                         (["--runs", str(tmp_path / "missing"), "--out", str(out)], "no such folder"),
-                         (["--runs", str(tmp_path), "--out", str(out), "--name", "nomodel"], "model@gpu"),
-                         (["--sweep", "--out", str(out)], "--model-dir"),
-                         (["--runs", str(tmp_path / "runs"), "--reference", str(tmp_path), "--out", str(out)], "do not combine"),
-                         ([], "give --reference")]:
+    for argv, needle in [
+        (["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "x.txt")], "--out must name"),
+        (["--runs", str(tmp_path / "missing"), "--out", str(out)], "no such folder"),
+        (["--runs", str(tmp_path), "--out", str(out), "--name", "nomodel"], "model@gpu"),
+        (["--sweep", "--out", str(out)], "--model-dir"),
+        (["--runs", str(tmp_path / "runs"), "--reference", str(tmp_path), "--out", str(out)], "do not combine"),
+        ([], "give --reference"),
+    ]:
         res = runner.invoke(app, ["calibrate", *argv])
         assert res.exit_code == 2 and needle in res.stderr, (argv, res.output)

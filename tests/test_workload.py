@@ -8,10 +8,9 @@ from types import SimpleNamespace as NS
 import numpy as np
 import pytest
 
-from optplace.twin._arrivals import TRACE_JITTER_S, load_trace
-from optplace.twin._lengths import (SHAREGPT_INPUT, SHAREGPT_OUTPUT, SHAREGPT_TARGETS, LengthLimits, fit_sharegpt)
-from optplace.twin.workload import (Workload, WorkloadError, expected_lengths, generate_workload,
-                                    sharegpt_stats)
+from optplace.twin.arrivals import TRACE_JITTER_S, load_trace
+from optplace.twin.lengths import SHAREGPT_INPUT, SHAREGPT_OUTPUT, SHAREGPT_TARGETS, LengthLimits, fit_sharegpt
+from optplace.twin.workload import Workload, WorkloadError, expected_lengths, generate_workload, sharegpt_stats
 from helpers import traces_dir
 
 TRACES = traces_dir()  # external input, found like the reference measurements (tests/helpers.py)
@@ -19,8 +18,7 @@ CONV = TRACES / "azure_conv_2023.csv"
 
 POISSON = NS(kind="poisson")
 SHAREGPT = NS(kind="sharegpt", max_input_tokens=1024, max_total_tokens=2048, min_tokens=4)
-FIXED = NS(kind="fixed", input_tokens=100, output_tokens=50, max_input_tokens=1024, max_total_tokens=2048,
-           min_tokens=4)
+FIXED = NS(kind="fixed", input_tokens=100, output_tokens=50, max_input_tokens=1024, max_total_tokens=2048, min_tokens=4)
 
 
 def gamma(cv: float) -> NS:
@@ -31,8 +29,13 @@ def mmpp(b: float = 4.0, f: float = 0.1, burst_s: float = 30.0) -> NS:
     return NS(kind="mmpp", burst_factor=b, burst_fraction=f, mean_burst_s=burst_s)
 
 
-def trace(path: Path | str = CONV, assignment: str = "by_rate", scale: float | None = None, zipf_s: float = 1.0,
-          alpha: float = 0.5) -> NS:
+def trace(
+    path: Path | str = CONV,
+    assignment: str = "by_rate",
+    scale: float | None = None,
+    zipf_s: float = 1.0,
+    alpha: float = 0.5,
+) -> NS:
     return NS(kind="trace", path=str(path), assignment=assignment, zipf_s=zipf_s, dirichlet_alpha=alpha, scale=scale)
 
 
@@ -53,6 +56,7 @@ def check_shape(wl: Workload, n_adapters: int) -> None:
 
 
 # --- arrival processes -------------------------------------------------------------------------
+
 
 def test_poisson_rate_and_cv() -> None:
     rates = np.array([2.0, 1.0, 0.5, 0.25] * 25)  # 93.75 req/s
@@ -126,6 +130,7 @@ def test_zero_rate_adapters_get_nothing() -> None:
 
 # --- lengths -----------------------------------------------------------------------------------
 
+
 def test_sharegpt_exact_grid_matches_targets() -> None:
     s = sharegpt_stats()
     assert abs(s.mean_input_tokens / 223.0 - 1) < 0.002
@@ -165,15 +170,31 @@ def test_custom_filters_are_respected_and_predicted() -> None:
 
 
 def test_lognormal_lengths() -> None:
-    lens = NS(kind="lognormal", mean_input_tokens=300.0, mean_output_tokens=120.0, cv_input=0.5, cv_output=0.8,
-              max_input_tokens=100_000, max_total_tokens=200_000, min_tokens=1)
+    lens = NS(
+        kind="lognormal",
+        mean_input_tokens=300.0,
+        mean_output_tokens=120.0,
+        cv_input=0.5,
+        cv_output=0.8,
+        max_input_tokens=100_000,
+        max_total_tokens=200_000,
+        min_tokens=1,
+    )
     wl = gen(POISSON, lens, [100.0], 2000.0, seed=8)
     i, o = wl.input_tokens.astype(float), wl.output_tokens.astype(float)
     assert abs(i.mean() / 300 - 1) < 0.01 and abs(o.mean() / 120 - 1) < 0.015
     assert abs(i.std() / i.mean() - 0.5) < 0.02 and abs(o.std() / o.mean() - 0.8) < 0.04
     # With the default filters the draws are conditioned, and the grid predicts the means.
-    lens_f = NS(kind="lognormal", mean_input_tokens=600.0, mean_output_tokens=600.0, cv_input=1.0, cv_output=1.0,
-                max_input_tokens=1024, max_total_tokens=2048, min_tokens=4)
+    lens_f = NS(
+        kind="lognormal",
+        mean_input_tokens=600.0,
+        mean_output_tokens=600.0,
+        cv_input=1.0,
+        cv_output=1.0,
+        max_input_tokens=1024,
+        max_total_tokens=2048,
+        min_tokens=4,
+    )
     wl = gen(POISSON, lens_f, [100.0], 2000.0, seed=8)
     assert wl.input_tokens.max() <= 1024 and (wl.input_tokens + wl.output_tokens).max() <= 2048
     s = expected_lengths(lens_f)
@@ -183,8 +204,9 @@ def test_lognormal_lengths() -> None:
 def test_fixed_lengths_and_violations() -> None:
     wl = gen(POISSON, FIXED, [5.0], 100.0)
     assert np.all(wl.input_tokens == 100) and np.all(wl.output_tokens == 50)
-    bad = NS(kind="fixed", input_tokens=2000, output_tokens=50, max_input_tokens=1024, max_total_tokens=2048,
-             min_tokens=4)
+    bad = NS(
+        kind="fixed", input_tokens=2000, output_tokens=50, max_input_tokens=1024, max_total_tokens=2048, min_tokens=4
+    )
     with pytest.raises(WorkloadError, match="violate"):
         gen(POISSON, bad, [5.0], 100.0)
 
@@ -215,15 +237,19 @@ def test_fit_reproduces_shipped_parameters() -> None:
 
 # --- determinism -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arr", [POISSON, gamma(2.0), mmpp(), trace(assignment="zipf", scale=0.5)],
-                         ids=["poisson", "gamma", "mmpp", "trace"])
+
+@pytest.mark.parametrize(
+    "arr", [POISSON, gamma(2.0), mmpp(), trace(assignment="zipf", scale=0.5)], ids=["poisson", "gamma", "mmpp", "trace"]
+)
 def test_same_seed_identical_different_seed_different(arr: NS) -> None:
     rates = [1.0, 0.5, 0.25]
     a = gen(arr, SHAREGPT, rates, 600.0, seed=42)
     b = gen(arr, SHAREGPT, rates, 600.0, seed=42)
     c = gen(arr, SHAREGPT, rates, 600.0, seed=43)
-    for x, y in zip((a.arrival_s, a.adapter, a.input_tokens, a.output_tokens),
-                    (b.arrival_s, b.adapter, b.input_tokens, b.output_tokens)):
+    for x, y in zip(
+        (a.arrival_s, a.adapter, a.input_tokens, a.output_tokens),
+        (b.arrival_s, b.adapter, b.input_tokens, b.output_tokens),
+    ):
         assert np.array_equal(x, y)
     assert len(a) != len(c) or not np.array_equal(a.arrival_s, c.arrival_s)
     assert not np.array_equal(a.input_tokens[:50], c.input_tokens[:50])
@@ -236,6 +262,7 @@ def test_length_model_does_not_change_arrivals() -> None:
 
 
 # --- trace replay --------------------------------------------------------------------------------
+
 
 def test_trace_scale_one_is_the_trace_itself() -> None:
     tr = load_trace(str(CONV))
@@ -299,16 +326,22 @@ def test_paired_trace_lengths_follow_their_arrivals() -> None:
     tr = load_trace(str(CONV))
     lens = NS(kind="trace", path=str(CONV), max_input_tokens=1024, max_total_tokens=2048, min_tokens=4)
     wl = gen(trace(assignment="uniform", scale=1.0), lens, [1.0, 1.0], 1000.0)
-    ok = ((tr.input_tokens >= 4) & (tr.output_tokens >= 4) & (tr.input_tokens <= 1024)
-          & (tr.input_tokens + tr.output_tokens <= 2048) & (tr.arrival_s < 1000.0))
+    ok = (
+        (tr.input_tokens >= 4)
+        & (tr.output_tokens >= 4)
+        & (tr.input_tokens <= 1024)
+        & (tr.input_tokens + tr.output_tokens <= 2048)
+        & (tr.arrival_s < 1000.0)
+    )
     assert np.allclose(wl.arrival_s, tr.arrival_s[ok])
     assert np.array_equal(wl.input_tokens, tr.input_tokens[ok])
     assert np.array_equal(wl.output_tokens, tr.output_tokens[ok])
 
 
 def test_trace_path_relative_to_base_dir_and_errors(tmp_path: Path) -> None:
-    wl = gen(trace(path="azure_code_2023.csv", assignment="uniform", scale=1.0), SHAREGPT, [1.0], 100.0,
-             base_dir=TRACES)
+    wl = gen(
+        trace(path="azure_code_2023.csv", assignment="uniform", scale=1.0), SHAREGPT, [1.0], 100.0, base_dir=TRACES
+    )
     assert len(wl) > 0
     with pytest.raises(WorkloadError, match="not found"):
         gen(trace(path="nope.csv"), SHAREGPT, [1.0], 100.0, base_dir=tmp_path)
@@ -322,6 +355,7 @@ def test_trace_path_relative_to_base_dir_and_errors(tmp_path: Path) -> None:
 
 
 # --- workload object -----------------------------------------------------------------------------
+
 
 def test_summary_and_subset() -> None:
     wl = gen(POISSON, FIXED, [1.0, 2.0, 3.0], 1000.0, seed=6)
@@ -339,8 +373,14 @@ def test_summary_and_subset() -> None:
 def test_spec_models_integrate() -> None:
     # The foundation's pydantic specs carry the same field names.
     from optplace.specs.model import GammaArrivals, ShareGptLengths
-    wl = generate_workload(GammaArrivals(kind="gamma", cv=1.5), ShareGptLengths(kind="sharegpt"), [1.0, 2.0],
-                           200.0, np.random.default_rng(0))
+
+    wl = generate_workload(
+        GammaArrivals(kind="gamma", cv=1.5),
+        ShareGptLengths(kind="sharegpt"),
+        [1.0, 2.0],
+        200.0,
+        np.random.default_rng(0),
+    )
     check_shape(wl, 2)
     assert LengthLimits.from_spec(ShareGptLengths(kind="sharegpt")) == LengthLimits()
 
@@ -355,8 +395,14 @@ def test_heavy_reference_configuration_runs() -> None:
 
 def test_sharegpt_mean_override_rescales_one_side() -> None:
     # Qwen2.5's pools averaged ~200 output tokens; a per-model target rescales that side only.
-    lens = NS(kind="sharegpt", mean_input_tokens=None, mean_output_tokens=200.0, max_input_tokens=1024,
-              max_total_tokens=2048, min_tokens=4)
+    lens = NS(
+        kind="sharegpt",
+        mean_input_tokens=None,
+        mean_output_tokens=200.0,
+        max_input_tokens=1024,
+        max_total_tokens=2048,
+        min_tokens=4,
+    )
     s = expected_lengths(lens)
     assert s is not None and abs(s.mean_output_tokens - 200.0) < 1e-3
     assert abs(s.mean_input_tokens - sharegpt_stats().mean_input_tokens) < 0.1
@@ -364,8 +410,16 @@ def test_sharegpt_mean_override_rescales_one_side() -> None:
     o = wl.output_tokens
     assert abs(o.mean() - 200.0) < 5 * o.std() / np.sqrt(o.size)
     with pytest.raises(WorkloadError, match="not reachable"):
-        expected_lengths(NS(kind="sharegpt", mean_input_tokens=2000.0, mean_output_tokens=None,
-                            max_input_tokens=1024, max_total_tokens=2048, min_tokens=4))
+        expected_lengths(
+            NS(
+                kind="sharegpt",
+                mean_input_tokens=2000.0,
+                mean_output_tokens=None,
+                max_input_tokens=1024,
+                max_total_tokens=2048,
+                min_tokens=4,
+            )
+        )
 
 
 @pytest.mark.parametrize("arr", [POISSON, gamma(2.0), mmpp(), trace()], ids=["poisson", "gamma", "mmpp", "trace"])
@@ -380,6 +434,7 @@ def test_mmpp_count_dispersion_matches_theory(b: float, f: float, burst_s: float
     # Counts per window pooled over many independent adapters: the variance/mean ratio must match
     # the MMPP's closed form, which checks the state durations, both rates and the stationary start.
     from optplace.twin.workload import arrival_idc, mmpp_idc
+
     rate, n = 2.0, 400
     wl = gen(mmpp(b, f, burst_s), FIXED, [rate] * n, 50 * window, seed=21)
     nb = 50
@@ -396,6 +451,7 @@ def test_mmpp_count_dispersion_matches_theory(b: float, f: float, burst_s: float
 
 def test_gamma_count_dispersion_tends_to_cv_squared() -> None:
     from optplace.twin.workload import arrival_idc
+
     cv, rate, n, window = 2.0, 5.0, 300, 100.0  # 500 arrivals per window: the large-window limit
     wl = gen(gamma(cv), FIXED, [rate] * n, 40 * window, seed=22)
     c = np.zeros((n, 40))

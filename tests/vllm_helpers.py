@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-KV_OOM_LINE = ("ValueError: To serve at least one request with the models's max seq len (4096), (0.50 GiB KV cache "
-               "is needed, which is larger than the available KV cache memory (0.01 GiB). Try increasing "
-               "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.")
+KV_OOM_LINE = (
+    "ValueError: To serve at least one request with the models's max seq len (4096), (0.50 GiB KV cache "
+    "is needed, which is larger than the available KV cache memory (0.01 GiB). Try increasing "
+    "`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +51,13 @@ def poisson_workload(rates_rps, duration_s, input_tokens, output_tokens, seed) -
     a = np.concatenate(arr)
     order = np.argsort(a, kind="stable")
     n = len(a)
-    return ArrayWorkload(a[order], np.concatenate(ad)[order], np.full(n, input_tokens, np.int32),
-                         np.full(n, output_tokens, np.int32), float(duration_s))
+    return ArrayWorkload(
+        a[order],
+        np.concatenate(ad)[order],
+        np.full(n, input_tokens, np.int32),
+        np.full(n, output_tokens, np.int32),
+        float(duration_s),
+    )
 
 
 @dataclass
@@ -81,21 +88,23 @@ class FakeVllm:
 
     def metrics_page(self) -> str:
         if self.broken_metrics:
-            return "vllm:num_requests_running{engine=\"0\" 1\n"
+            return 'vllm:num_requests_running{engine="0" 1\n'
         lab = 'engine="0",model_name="fake-base"'
-        return "\n".join([
-            "# TYPE vllm:num_requests_running gauge",
-            f"vllm:num_requests_running{{{lab}}} 0.0",
-            "# TYPE vllm:num_requests_waiting gauge",
-            f"vllm:num_requests_waiting{{{lab}}} 0.0",
-            "# TYPE vllm:prompt_tokens counter",
-            f"vllm:prompt_tokens_total{{{lab}}} {float(self.prompt_tokens)}",
-            "# TYPE vllm:generation_tokens counter",
-            f"vllm:generation_tokens_total{{{lab}}} {float(self.generation_tokens)}",
-            "# TYPE vllm:num_preemptions counter",
-            f"vllm:num_preemptions_total{{{lab}}} 0.0",
-            "",
-        ])
+        return "\n".join(
+            [
+                "# TYPE vllm:num_requests_running gauge",
+                f"vllm:num_requests_running{{{lab}}} 0.0",
+                "# TYPE vllm:num_requests_waiting gauge",
+                f"vllm:num_requests_waiting{{{lab}}} 0.0",
+                "# TYPE vllm:prompt_tokens counter",
+                f"vllm:prompt_tokens_total{{{lab}}} {float(self.prompt_tokens)}",
+                "# TYPE vllm:generation_tokens counter",
+                f"vllm:generation_tokens_total{{{lab}}} {float(self.generation_tokens)}",
+                "# TYPE vllm:num_preemptions counter",
+                f"vllm:num_preemptions_total{{{lab}}} 0.0",
+                "",
+            ]
+        )
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -146,8 +155,13 @@ class FakeVllm:
                 msg = {"choices": [{"index": 0, "text": "x", "finish_reason": None}]}
                 writer.write(chunk(b"data: " + json.dumps(msg).encode() + b"\n\n"))
                 await writer.drain()
-            usage = {"choices": [], "usage": {"prompt_tokens": len(req["prompt"]), "completion_tokens": req["max_tokens"]}}
-            writer.write(chunk(b"data: " + json.dumps(usage).encode() + b"\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            usage = {
+                "choices": [],
+                "usage": {"prompt_tokens": len(req["prompt"]), "completion_tokens": req["max_tokens"]},
+            }
+            writer.write(
+                chunk(b"data: " + json.dumps(usage).encode() + b"\n\n") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+            )
             await writer.drain()
             self.finished += 1
         except (ConnectionError, asyncio.CancelledError):
@@ -185,6 +199,7 @@ if __name__ == "__main__":
     elif mode == "hang":
         time.sleep(3600)
     elif mode == "openai":
+
         async def serve() -> None:
             fake = FakeVllm(adapters=tuple(a.split("=")[0] for a in sys.argv[3:]), ttft_s=0.005, token_s=0.002)
             await fake.start(port=port)

@@ -43,8 +43,12 @@ def build_table(title: str, columns: Sequence[Column], rows: Sequence[Any], wide
     shown = [c for c in columns if (c.wide if wide else c.compact)]
     for c in shown:
         # Compact columns are few and short enough to fit 80 columns whole; only free text may wrap.
-        t.add_column(c.header, justify="right" if c.right else "left", no_wrap=not (wide or c.wrap),
-                     overflow="fold" if c.wrap else "ellipsis")
+        t.add_column(
+            c.header,
+            justify="right" if c.right else "left",
+            no_wrap=not (wide or c.wrap),
+            overflow="fold" if c.wrap else "ellipsis",
+        )
     for r in rows:
         t.add_row(*[c.cell(r) for c in shown])
     return t
@@ -119,10 +123,14 @@ def render_sim_report(console: Console, rep: SimReport, wide: bool = False) -> N
     title = f"twin: {rep.scenario} (seed {rep.seed}, {rep.duration_s:.0f} s window)"
     print_table(console, build_table(title, SIM_COLUMNS, rep.gpus, wide), wide)
     _over_bound_lines(console, rep.gpus)
-    verdict = ("[green]all GPUs serve their load[/]" if not (rep.starved_gpus or rep.oom_gpus) else
-               f"[red]{len(rep.starved_gpus)} starved, {len(rep.oom_gpus)} OOM[/]")
-    say(console, f"{verdict} — simulated {rep.simulated_s:,.0f} GPU-seconds in {rep.sim_wall_s:.1f} s wall",
-        markup=True)
+    verdict = (
+        "[green]all GPUs serve their load[/]"
+        if not (rep.starved_gpus or rep.oom_gpus)
+        else f"[red]{len(rep.starved_gpus)} starved, {len(rep.oom_gpus)} OOM[/]"
+    )
+    say(
+        console, f"{verdict} — simulated {rep.simulated_s:,.0f} GPU-seconds in {rep.sim_wall_s:.1f} s wall", markup=True
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +151,9 @@ SOLVE_COLUMNS = (
     Column("type", lambda r: r.gpu.gpu_type, right=False, compact=True),
     Column("adapters", lambda r: str(len(r.gpu.adapters)), compact=True),
     Column("ranks", lambda r: r.ranks, right=False),
-    Column("slots", lambda r: _slots(r.gpu.max_loras, r.gpu.max_cpu_loras, r.gpu.max_lora_rank), compact=True,
-           wide=False),
+    Column(
+        "slots", lambda r: _slots(r.gpu.max_loras, r.gpu.max_cpu_loras, r.gpu.max_lora_rank), compact=True, wide=False
+    ),
     Column("--max-loras", lambda r: str(r.gpu.max_loras)),
     Column("--max-cpu-loras", lambda r: str(r.gpu.max_cpu_loras)),
     Column("--max-lora-rank", lambda r: str(r.gpu.max_lora_rank)),
@@ -170,14 +179,20 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
     if val is not None:
         _over_bound_lines(console, [r.twin for r in rows if r.twin is not None])
     gap = f"{plan.gap:.1%}" if plan.gap == plan.gap and plan.gap != float("inf") else "–"
-    say(console, f"objective {plan.objective}: {plan.objective_value:g} · lower bound {plan.lower_bound:g} · "
-                 f"gap {gap} · solved in {plan.solve_time_s:.1f} s with the {plan.oracle} capacity oracle")
+    say(
+        console,
+        f"objective {plan.objective}: {plan.objective_value:g} · lower bound {plan.lower_bound:g} · "
+        f"gap {gap} · solved in {plan.solve_time_s:.1f} s with the {plan.oracle} capacity oracle",
+    )
     for a in rep.repairs:
         say(console, f"repaired: {a}")
     if val is not None:
-        verdict = ("[green]twin: every GPU serves its load[/]" if rep.ok else
-                   f"[red]twin: {len(val.starved_gpus)} starved, {len(val.oom_gpus)} OOM after {rep.rounds} repair "
-                   "rounds[/]")
+        verdict = (
+            "[green]twin: every GPU serves its load[/]"
+            if rep.ok
+            else f"[red]twin: {len(val.starved_gpus)} starved, {len(val.oom_gpus)} OOM after {rep.rounds} repair "
+            "rounds[/]"
+        )
         say(console, verdict, markup=True)
     if rep.comparison:
         render_comparison_table(console, rep.comparison, rep.plan.objective, wide)
@@ -187,8 +202,18 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
 
 def comparison_headers(objective: str) -> list[str]:
     """The columns of the strategy comparison (terminal table and report.html alike)."""
-    return ["strategy", "GPUs", objective, "lower bound", "starved", "OOM", "worst loss", "mean ITL ms", "solve s",
-            "twin"]
+    return [
+        "strategy",
+        "GPUs",
+        objective,
+        "lower bound",
+        "starved",
+        "OOM",
+        "worst loss",
+        "mean ITL ms",
+        "solve s",
+        "twin",
+    ]
 
 
 #: The comparison columns the compact terminal table keeps (by header position in :func:`comparison_headers`).
@@ -200,10 +225,18 @@ def comparison_cells(r: Any) -> list[str]:  # r: pipeline.StrategyResult
     no plan)."""
     if r.error is not None:
         return [r.strategy, *["–"] * 8, f"no plan: {r.error}"]
-    return [r.strategy, str(r.gpus_used), f"{r.objective_value:g}", f"{r.lower_bound:g}", str(r.starved_gpus),
-            str(r.oom_gpus), f"{r.worst_loss:.1%}" if r.worst_loss is not None else "–",
-            f"{r.itl_ms_mean:.1f}" if r.itl_ms_mean is not None else "–", f"{r.solve_time_s:.2f}",
-            "ok" if r.ok else "fails"]
+    return [
+        r.strategy,
+        str(r.gpus_used),
+        f"{r.objective_value:g}",
+        f"{r.lower_bound:g}",
+        str(r.starved_gpus),
+        str(r.oom_gpus),
+        f"{r.worst_loss:.1%}" if r.worst_loss is not None else "–",
+        f"{r.itl_ms_mean:.1f}" if r.itl_ms_mean is not None else "–",
+        f"{r.solve_time_s:.2f}",
+        "ok" if r.ok else "fails",
+    ]
 
 
 def _comparison_cell(k: int, last: bool) -> Callable[[Any], str]:
@@ -222,8 +255,16 @@ def _comparison_cell(k: int, last: bool) -> Callable[[Any], str]:
 def render_comparison_table(console: Console, rows: Sequence[Any], objective: str, wide: bool = False) -> None:
     """Every strategy's plan for the scenario, as placed (not repaired), as the twin found it."""
     headers = comparison_headers(objective)
-    columns = [Column(h, _comparison_cell(k, k == len(headers) - 1), right=h not in ("strategy", "twin"),
-                      compact=k in COMPARISON_COMPACT, wrap=h == "twin") for k, h in enumerate(headers)]
+    columns = [
+        Column(
+            h,
+            _comparison_cell(k, k == len(headers) - 1),
+            right=h not in ("strategy", "twin"),
+            compact=k in COMPARISON_COMPACT,
+            wrap=h == "twin",
+        )
+        for k, h in enumerate(headers)
+    ]
     title = "strategies compared (each plan as placed, not repaired; checked by the twin)"
     print_table(console, build_table(title, columns, rows, wide), wide)
 
@@ -252,8 +293,14 @@ def _validation_row(file: str, r: SimReport) -> _ValidationRow:
     ok = [g for g in r.gpus if not g.oom]
     w = sum(g.throughput_tok_s for g in ok)
     itl = sum(g.itl_ms_mean * g.throughput_tok_s for g in ok) / w if w > 0 else float("nan")
-    return _ValidationRow(file, r, max((g.throughput_loss for g in r.gpus), default=0.0), itl,
-                          max((g.ttft_ms_p99 for g in ok), default=0.0), sum(len(g.starved_adapters) for g in ok))
+    return _ValidationRow(
+        file,
+        r,
+        max((g.throughput_loss for g in r.gpus), default=0.0),
+        itl,
+        max((g.ttft_ms_p99 for g in ok), default=0.0),
+        sum(len(g.starved_adapters) for g in ok),
+    )
 
 
 VALIDATION_COLUMNS = (
@@ -266,13 +313,17 @@ VALIDATION_COLUMNS = (
     Column("worst loss", lambda v: f"{v.worst_loss:.1%}", compact=True),
     Column("mean ITL ms", lambda v: f"{v.itl_ms:.1f}"),
     Column("worst TTFT p99 ms", lambda v: _tok(v.ttft_ms_p99)),
-    Column("verdict", lambda v: "[red]fails[/]" if v.rep.starved_gpus or v.rep.oom_gpus else "[green]ok[/]",
-           right=False, compact=True, wrap=True),
+    Column(
+        "verdict",
+        lambda v: "[red]fails[/]" if v.rep.starved_gpus or v.rep.oom_gpus else "[green]ok[/]",
+        right=False,
+        compact=True,
+        wrap=True,
+    ),
 )
 
 
-def render_validation_table(console: Console, files: list[str], reports: list[SimReport], wide: bool = False
-                            ) -> None:
+def render_validation_table(console: Console, files: list[str], reports: list[SimReport], wide: bool = False) -> None:
     """One row per validated plan: GPUs, starved, OOM, worst throughput margin, latency."""
     rows = [_validation_row(f, r) for f, r in zip(files, reports)]
     print_table(console, build_table("twin validation", VALIDATION_COLUMNS, rows, wide), wide)

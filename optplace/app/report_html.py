@@ -37,23 +37,37 @@ def _nice_max(v: float) -> float:
     return 10 * exp  # pragma: no cover
 
 
-def bar_chart(title: str, categories: Sequence[str], series: Sequence[Series], unit: str = "",
-              stacked: bool = False, width: int = 760, height: int = 260) -> str:
+def bar_chart(
+    title: str,
+    categories: Sequence[str],
+    series: Sequence[Series],
+    unit: str = "",
+    stacked: bool = False,
+    width: int = 760,
+    height: int = 260,
+) -> str:
     """Grouped (or stacked) vertical bars as an inline SVG string."""
     n = max(len(categories), 1)
     left, right, top, bottom = 60, 10, 30, 40
     pw, ph = width - left - right, height - top - bottom
-    totals = [sum(s.values[i] for s in series) for i in range(len(categories))] if stacked else \
-        [max((s.values[i] for s in series), default=0.0) for i in range(len(categories))]
+    totals = (
+        [sum(s.values[i] for s in series) for i in range(len(categories))]
+        if stacked
+        else [max((s.values[i] for s in series), default=0.0) for i in range(len(categories))]
+    )
     vmax = _nice_max(max([v for v in totals if math.isfinite(v)], default=1.0))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-           f'aria-label="{_esc(title)}">',
-           f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">{_esc(title)}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{_esc(title)}">',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">{_esc(title)}</text>',
+    ]
     for k in range(5):
         y = top + ph - ph * k / 4
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">'
-                   f'{_fmt(vmax * k / 4)}{_esc(unit)}</text>')
+        out.append(
+            f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">'
+            f"{_fmt(vmax * k / 4)}{_esc(unit)}</text>"
+        )
     slot = pw / n
     ns = max(len(series), 1)
     for i, cat in enumerate(categories):
@@ -68,16 +82,22 @@ def bar_chart(title: str, categories: Sequence[str], series: Sequence[Series], u
             else:
                 w = slot * 0.8 / ns
                 x, y = x0 + slot * 0.1 + j * w, top + ph - h
-            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(w - 1, 1):.1f}" height="{max(h, 0):.1f}" '
-                       f'fill="{PALETTE[j % len(PALETTE)]}"><title>{_esc(cat)} · {_esc(s.name)}: '
-                       f'{_fmt(v)}{_esc(unit)}</title></rect>')
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(w - 1, 1):.1f}" height="{max(h, 0):.1f}" '
+                f'fill="{PALETTE[j % len(PALETTE)]}"><title>{_esc(cat)} · {_esc(s.name)}: '
+                f"{_fmt(v)}{_esc(unit)}</title></rect>"
+            )
         if n <= 40 or i % math.ceil(n / 40) == 0:
-            out.append(f'<text x="{x0 + slot / 2:.1f}" y="{top + ph + 14}" text-anchor="middle" '
-                       f'font-size="10">{_esc(cat)}</text>')
+            out.append(
+                f'<text x="{x0 + slot / 2:.1f}" y="{top + ph + 14}" text-anchor="middle" '
+                f'font-size="10">{_esc(cat)}</text>'
+            )
     lx = left
     for j, s in enumerate(series):
-        out.append(f'<rect x="{lx}" y="{height - 14}" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
-                   f'<text x="{lx + 14}" y="{height - 5}" font-size="11">{_esc(s.name)}</text>')
+        out.append(
+            f'<rect x="{lx}" y="{height - 14}" width="10" height="10" fill="{PALETTE[j % len(PALETTE)]}"/>'
+            f'<text x="{lx + 14}" y="{height - 5}" font-size="11">{_esc(s.name)}</text>'
+        )
         lx += 24 + 7 * len(s.name)
     out.append("</svg>")
     return "".join(out)
@@ -100,12 +120,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def page(title: str, sections: Sequence[tuple[str, str]]) -> str:
     """A complete HTML document from (heading, inner HTML) sections."""
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
-             "h2{margin-top:1.6em}.bad{color:#c00}.ok{color:#080}")
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_esc(title)}</title>"
-             f"<style>{style}</style></head><body><h1>{_esc(title)}</h1>"]
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
+        "h2{margin-top:1.6em}.bad{color:#c00}.ok{color:#080}"
+    )
+    parts = [
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{style}</style></head><body><h1>{_esc(title)}</h1>"
+    ]
     for heading, inner in sections:
         parts.append(f"<h2>{_esc(heading)}</h2>{inner}")
     parts.append("</body></html>\n")
@@ -122,43 +146,103 @@ def solve_report_html(rep) -> str:  # rep: optplace.pipeline.SolveReport
     twin = {g.index: g for g in val.gpus} if val is not None else {}
     rank_of = {a.name: a.rank for a in rep.scenario.adapter_list()}
     ranks = sorted({rank_of[n] for g in gpus for n in g.adapters})
-    load = bar_chart("Offered load vs capacity per GPU", cats, [
-        Series("offered", tuple(g.offered_tok_s for g in gpus)),
-        Series("capacity (predicted)", tuple(g.capacity_tok_s for g in gpus)),
-        Series("delivered (twin)", tuple(twin[g.gpu].throughput_tok_s if g.gpu in twin else 0.0 for g in gpus)),
-    ], unit=" tok/s")
-    by_rank = bar_chart("Adapters per GPU by rank", cats, [
-        Series(f"rank {r}", tuple(float(sum(1 for n in g.adapters if rank_of[n] == r)) for g in gpus)) for r in ranks
-    ], stacked=True)
-    lat = bar_chart("Latency per GPU (twin)", cats, [
-        Series("mean ITL ms", tuple(twin[g.gpu].itl_ms_mean if g.gpu in twin else 0.0 for g in gpus)),
-        Series("TTFT p50 ms", tuple(twin[g.gpu].ttft_ms_p50 if g.gpu in twin else 0.0 for g in gpus)),
-    ], unit=" ms")
+    load = bar_chart(
+        "Offered load vs capacity per GPU",
+        cats,
+        [
+            Series("offered", tuple(g.offered_tok_s for g in gpus)),
+            Series("capacity (predicted)", tuple(g.capacity_tok_s for g in gpus)),
+            Series("delivered (twin)", tuple(twin[g.gpu].throughput_tok_s if g.gpu in twin else 0.0 for g in gpus)),
+        ],
+        unit=" tok/s",
+    )
+    by_rank = bar_chart(
+        "Adapters per GPU by rank",
+        cats,
+        [Series(f"rank {r}", tuple(float(sum(1 for n in g.adapters if rank_of[n] == r)) for g in gpus)) for r in ranks],
+        stacked=True,
+    )
+    lat = bar_chart(
+        "Latency per GPU (twin)",
+        cats,
+        [
+            Series("mean ITL ms", tuple(twin[g.gpu].itl_ms_mean if g.gpu in twin else 0.0 for g in gpus)),
+            Series("TTFT p50 ms", tuple(twin[g.gpu].ttft_ms_p50 if g.gpu in twin else 0.0 for g in gpus)),
+        ],
+        unit=" ms",
+    )
     if rep.comparison:
         planned = [c for c in rep.comparison if c.error is None]
-        strat = bar_chart("GPUs per strategy (each plan as placed) and the proven lower bound",
-                          [c.strategy for c in planned] + ["lower bound"],
-                          [Series("GPUs", tuple(float(c.gpus_used) for c in planned) + (float(plan.lower_bound),))])
+        strat = bar_chart(
+            "GPUs per strategy (each plan as placed) and the proven lower bound",
+            [c.strategy for c in planned] + ["lower bound"],
+            [Series("GPUs", tuple(float(c.gpus_used) for c in planned) + (float(plan.lower_bound),))],
+        )
         strat += table(comparison_headers(plan.objective), [comparison_cells(c) for c in rep.comparison])
     else:
-        strat = bar_chart("GPUs: this plan vs the proven lower bound (solve --compare adds every strategy)",
-                          [plan.strategy, "lower bound"],
-                          [Series("GPUs", (float(plan.gpus_used), float(plan.lower_bound)))])
+        strat = bar_chart(
+            "GPUs: this plan vs the proven lower bound (solve --compare adds every strategy)",
+            [plan.strategy, "lower bound"],
+            [Series("GPUs", (float(plan.gpus_used), float(plan.lower_bound)))],
+        )
     rows = []
     for g in gpus:
         tw = twin.get(g.gpu)
-        rows.append([g.gpu, g.gpu_type, len(g.adapters), g.max_loras, g.max_cpu_loras, g.max_lora_rank,
-                     f"{g.offered_tok_s:,.0f}", f"{g.capacity_tok_s:,.0f}",
-                     f"{tw.throughput_tok_s:,.0f}" if tw else "–", f"{tw.throughput_loss:.1%}" if tw else "–",
-                     ("OOM" if tw.oom else "starved" if tw.starved else "ok") if tw else "not validated"])
-    summary = table(["objective", "value", "lower bound", "gap", "strategy", "oracle", "solve time s", "repairs"],
-                    [[plan.objective, f"{plan.objective_value:g}", f"{plan.lower_bound:g}", f"{plan.gap:.1%}",
-                      plan.strategy, plan.oracle, f"{plan.solve_time_s:.1f}", len(rep.repairs)]])
+        rows.append(
+            [
+                g.gpu,
+                g.gpu_type,
+                len(g.adapters),
+                g.max_loras,
+                g.max_cpu_loras,
+                g.max_lora_rank,
+                f"{g.offered_tok_s:,.0f}",
+                f"{g.capacity_tok_s:,.0f}",
+                f"{tw.throughput_tok_s:,.0f}" if tw else "–",
+                f"{tw.throughput_loss:.1%}" if tw else "–",
+                ("OOM" if tw.oom else "starved" if tw.starved else "ok") if tw else "not validated",
+            ]
+        )
+    summary = table(
+        ["objective", "value", "lower bound", "gap", "strategy", "oracle", "solve time s", "repairs"],
+        [
+            [
+                plan.objective,
+                f"{plan.objective_value:g}",
+                f"{plan.lower_bound:g}",
+                f"{plan.gap:.1%}",
+                plan.strategy,
+                plan.oracle,
+                f"{plan.solve_time_s:.1f}",
+                len(rep.repairs),
+            ]
+        ],
+    )
     sections = [
         ("Summary", summary),
-        ("Plan", table(["GPU", "type", "adapters", "--max-loras", "--max-cpu-loras", "--max-lora-rank",
-                        "offered tok/s", "capacity tok/s", "twin tok/s", "twin loss", "status"], rows)),
-        ("Load", load), ("Ranks", by_rank), ("Latency", lat), ("Strategies", strat),
+        (
+            "Plan",
+            table(
+                [
+                    "GPU",
+                    "type",
+                    "adapters",
+                    "--max-loras",
+                    "--max-cpu-loras",
+                    "--max-lora-rank",
+                    "offered tok/s",
+                    "capacity tok/s",
+                    "twin tok/s",
+                    "twin loss",
+                    "status",
+                ],
+                rows,
+            ),
+        ),
+        ("Load", load),
+        ("Ranks", by_rank),
+        ("Latency", lat),
+        ("Strategies", strat),
     ]
     if rep.repairs:
         sections.append(("Repairs", table(["action"], [[a] for a in rep.repairs])))

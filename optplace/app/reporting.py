@@ -17,7 +17,7 @@ from typing import Any
 from optplace.infra.executors import ExecutorSpec
 from optplace.specs import Scenario, SpecError
 from optplace.specs.loader import semantic_issues
-from optplace.twin.simulate import GpuPlan, PlanSimulator, Progress, SimReport, run_jobs
+from optplace.twin.simulate import GpuConfig, PlanSimulator, Progress, SimReport, run_jobs
 
 from optplace.infra.outputs import write_json
 from optplace.pipeline import SolveReport, executor_of
@@ -51,7 +51,7 @@ class PlanItem:
 
     scenario: Scenario
     base_dir: Path
-    gpus: tuple[GpuPlan, ...]
+    gpus: tuple[GpuConfig, ...]
 
 
 def load_plan_or_spec(path: Path, allow_paths: Iterable[Path] = ()) -> PlanItem:
@@ -63,22 +63,34 @@ def load_plan_or_spec(path: Path, allow_paths: Iterable[Path] = ()) -> PlanItem:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
             scen = dict(doc["scenario"])
-            scen["placement"] = [{"gpu_type": g.get("gpu_type"), "max_loras": g["max_loras"],
-                                  "max_cpu_loras": g.get("max_cpu_loras"), "adapters": g["adapters"]}
-                                 for g in doc["placement"]]
+            scen["placement"] = [
+                {
+                    "gpu_type": g.get("gpu_type"),
+                    "max_loras": g["max_loras"],
+                    "max_cpu_loras": g.get("max_cpu_loras"),
+                    "adapters": g["adapters"],
+                }
+                for g in doc["placement"]
+            ]
             base = Path(doc.get("spec_dir") or path.resolve().parent)
             sc = Scenario.model_validate(scen)
         except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: nested JSON
-            raise PlanLoadError([f"{path}: not a plan written by `optplace solve` ({' '.join(str(e).split())[:200]})"]
-                                ) from None
+            raise PlanLoadError(
+                [f"{path}: not a plan written by `optplace solve` ({' '.join(str(e).split())[:200]})"]
+            ) from None
         problems = semantic_issues(sc, base, allow_paths)
         # spec_dir comes from the plan file itself: files under it are only trusted when it is the
         # plan's own folder or a folder given with --allow-path (otherwise any plan could claim "/")
         roots = [path.resolve().parent] + [Path(a).resolve() for a in allow_paths]
         b = base.resolve()
         if _file_refs(sc) and not any(b == r or r in b.parents for r in roots):
-            problems.append((("spec_dir",), f"the plan's files are relative to {str(base)!r}, outside the plan's "
-                                            f"folder; pass --allow-path {base} to permit it"))
+            problems.append(
+                (
+                    ("spec_dir",),
+                    f"the plan's files are relative to {str(base)!r}, outside the plan's "
+                    f"folder; pass --allow-path {base} to permit it",
+                )
+            )
         if problems:
             raise PlanLoadError([f"{path}: {'.'.join(map(str, p))}: {m}" for p, m in problems])
     else:
@@ -96,12 +108,17 @@ def _file_refs(sc: Scenario) -> bool:
     """Does the scenario read files (traces, profiles)?"""
     from optplace.specs.model import TraceArrivals, TraceLengths
 
-    return (isinstance(sc.workload.arrivals, TraceArrivals) or isinstance(sc.workload.lengths, TraceLengths)
-            or sc.profile is not None or any(p.profile is not None for p in sc.pool or ()))
+    return (
+        isinstance(sc.workload.arrivals, TraceArrivals)
+        or isinstance(sc.workload.lengths, TraceLengths)
+        or sc.profile is not None
+        or any(p.profile is not None for p in sc.pool or ())
+    )
 
 
-def validate_many(items: Sequence[PlanItem], workers: int | None = None, progress: Progress | None = None
-                  ) -> list[SimReport]:
+def validate_many(
+    items: Sequence[PlanItem], workers: int | None = None, progress: Progress | None = None
+) -> list[SimReport]:
     """Simulate every GPU of every plan in one parallel fan-out; one report per plan (``progress`` is told
     as each GPU finishes)."""
     t0 = time.perf_counter()
@@ -118,7 +135,16 @@ def validate_many(items: Sequence[PlanItem], workers: int | None = None, progres
     for k, it in enumerate(items):
         gpus = tuple(r for r, o in zip(reports, owner) if o == k)
         c = it.scenario.constraints
-        out.append(SimReport(scenario=it.scenario.name, seed=it.scenario.seed, duration_s=it.scenario.workload.duration_s,
-                             gpus=gpus, sim_wall_s=wall, simulated_s=it.scenario.workload.duration_s * len(gpus),
-                             max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss))
+        out.append(
+            SimReport(
+                scenario=it.scenario.name,
+                seed=it.scenario.seed,
+                duration_s=it.scenario.workload.duration_s,
+                gpus=gpus,
+                sim_wall_s=wall,
+                simulated_s=it.scenario.workload.duration_s * len(gpus),
+                max_throughput_loss=c.max_throughput_loss,
+                max_adapter_loss=c.max_adapter_loss,
+            )
+        )
     return out

@@ -68,9 +68,14 @@ def replicate(
     out: Annotated[Path, typer.Option("--out", help="Dataset path without suffix (writes .csv and .json).")],
     salt: Annotated[int, typer.Option(help="Replicate number ≥ 1 (sets the other twin seeds).")] = 1,
     workers: Annotated[Optional[int], typer.Option(help="Local processes (default: all cores).")] = None,
-    subset: Annotated[str, typer.Option(help="all | noisy (only saturated rows with fewer slots than adapters "
-                                             "and rows near the starvation rule) | boundary (only rows within "
-                                             "6 loss points of the starvation rule).")] = "all",
+    subset: Annotated[
+        str,
+        typer.Option(
+            help="all | noisy (only saturated rows with fewer slots than adapters "
+            "and rows near the starvation rule) | boundary (only rows within "
+            "6 loss points of the starvation rule)."
+        ),
+    ] = "all",
 ) -> None:
     """Re-run every configuration of a twin sweep with other twin seeds (for seed-averaged labels)."""
     from optplace.surrogate.execution import LocalExecutor, run_replicate
@@ -79,66 +84,98 @@ def replicate(
     prov = json.loads(source.with_suffix(".json").read_text())
     ev = TwinEvaluator(prov["evaluator"]["profile"])
     with _refusals():
-        res = run_replicate(ev, source, out, salt=salt,
-                            executor=LocalExecutor(workers) if workers else LocalExecutor(), subset=subset)
+        res = run_replicate(
+            ev, source, out, salt=salt, executor=LocalExecutor(workers) if workers else LocalExecutor(), subset=subset
+        )
     typer.echo(f"{res.csv_path}: {res.rows_total} rows ({res.rows_new} new) in {res.wall_s:.0f} s")
 
 
 @app.command()
 def train(
-    datasets: Annotated[list[Path], typer.Argument(help="Dataset path(s) written by `surrogate sweep` (.csv/.json); "
-                                                        "`surrogate replicate` outputs of a listed sweep are pooled "
-                                                        "into it (labels: mean over each row's twin seeds).")],
+    datasets: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Dataset path(s) written by `surrogate sweep` (.csv/.json); "
+            "`surrogate replicate` outputs of a listed sweep are pooled "
+            "into it (labels: mean over each row's twin seeds)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Model directory.")],
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    holdout: Annotated[Optional[list[Path]], typer.Option(help="Score on this sweep (another sweep seed) instead of "
-                                                               "a random 20 % of the groups; repeat for several "
-                                                               "(scored as one set).")] = None,
-    holdout_replicate: Annotated[Optional[list[Path]], typer.Option(help="`surrogate replicate` re-runs of the "
-                                                                         "held-out sweep(s): labels become seed means "
-                                                                         "(each pooled into the sweep it names).")]
-    = None,
+    holdout: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            help="Score on this sweep (another sweep seed) instead of "
+            "a random 20 % of the groups; repeat for several "
+            "(scored as one set)."
+        ),
+    ] = None,
+    holdout_replicate: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            help="`surrogate replicate` re-runs of the "
+            "held-out sweep(s): labels become seed means "
+            "(each pooled into the sweep it names)."
+        ),
+    ] = None,
 ) -> None:
     """Train the throughput / ITL / TTFT / starvation models on sweeps; print held-out metrics."""
     from optplace.surrogate.training import train as _train
 
     rep = _train(datasets, out, seed=seed, holdout=holdout or None, holdout_replicates=holdout_replicate or ())
-    typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
-                           "metrics": rep.metrics}, indent=2))
+    typer.echo(
+        json.dumps(
+            {"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test, "metrics": rep.metrics}, indent=2
+        )
+    )
 
 
 @app.command()
 def ship(
     profile: Annotated[str, typer.Argument(help="Bundled profile name (model@gpu).")],
-    datasets: Annotated[list[Path], typer.Argument(help="Twin sweep(s) of that profile, and replicates of them "
-                                                        "(pooled: seed-mean labels).")],
+    datasets: Annotated[
+        list[Path],
+        typer.Argument(help="Twin sweep(s) of that profile, and replicates of them (pooled: seed-mean labels)."),
+    ],
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    holdout: Annotated[Optional[list[Path]], typer.Option(help="Held-out twin sweep (another sweep seed); repeat "
-                                                               "for several.")] = None,
+    holdout: Annotated[
+        Optional[list[Path]], typer.Option(help="Held-out twin sweep (another sweep seed); repeat for several.")
+    ] = None,
     holdout_replicate: Annotated[Optional[list[Path]], typer.Option(help="Their seed replicates.")] = None,
     note: Annotated[Optional[str], typer.Option(help="Free-text provenance note stored with the models.")] = None,
 ) -> None:
     """Train on twin sweeps of a bundled profile and write the models as package data (maintainers)."""
     from optplace.surrogate.training import ship as _ship
 
-    rep = _ship(datasets, profile, seed=seed, holdout=holdout or None, holdout_replicates=holdout_replicate or (),
-                note=note)
-    typer.echo(json.dumps({"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test,
-                           "metrics": rep.metrics}, indent=2))
+    rep = _ship(
+        datasets, profile, seed=seed, holdout=holdout or None, holdout_replicates=holdout_replicate or (), note=note
+    )
+    typer.echo(
+        json.dumps(
+            {"out": str(rep.out_dir), "n_train": rep.n_train, "n_test": rep.n_test, "metrics": rep.metrics}, indent=2
+        )
+    )
 
 
 @app.command()
 def build(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (the shipped ones: optplace/surrogate/recipes/).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the model files (<profile>.*, as shipped).")],
-    sweeps: Annotated[Optional[Path], typer.Option(help="Folder of the sweep files, reused or resumed when their "
-                                                        "provenance matches (default: OUT/sweeps).")] = None,
+    sweeps: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder of the sweep files, reused or resumed when their provenance matches (default: OUT/sweeps)."
+        ),
+    ] = None,
     executor: Annotated[str, typer.Option(help="local | ray")] = "local",
     workers: Annotated[Optional[int], typer.Option(help="Local processes (default: all cores).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (with --executor ray).")] = None,
-    holdout: Annotated[bool, typer.Option("--holdout/--no-holdout", help="Run and score the held-out sweeps "
-                                                                         "(the model files do not depend on them).")]
-    = True,
+    holdout: Annotated[
+        bool,
+        typer.Option(
+            "--holdout/--no-holdout", help="Run and score the held-out sweeps (the model files do not depend on them)."
+        ),
+    ] = True,
 ) -> None:
     """Build a surrogate from its recipe end to end: sweeps, replicates, dataset, training, threshold, files."""
     from optplace.surrogate.execution import LocalExecutor, RayExecutor
@@ -150,5 +187,6 @@ def build(
     typer.echo(f"recipe {recipe} (hash {rec.hash}) for {rec.profile}: {len(rec.steps(holdout))} sweep steps")
     with _refusals():
         rep = build_recipe(rec, out, sweeps, executor=ex, with_holdout=holdout, on_event=typer.echo)
-    typer.echo(json.dumps({"out": str(rep.model_json), "twin_runs_new": rep.rows_new, "metrics": rep.metrics},
-                          indent=2))
+    typer.echo(
+        json.dumps({"out": str(rep.model_json), "twin_runs_new": rep.rows_new, "metrics": rep.metrics}, indent=2)
+    )

@@ -40,8 +40,15 @@ def real_capacity(runs: list[Any], model: str, group: str) -> tuple[int, int | N
 
 def throughput_implied(runs: list[Any], model: str, group: str, max_loss: float = 0.10) -> int:
     """Largest count whose offered tokens/s fit the workload's real peak throughput within ``max_loss``."""
-    mine = [r for r in runs if r.model == model and r.config_group == group and r.status == "ok"
-            and r.total_throughput and r.offered_total_tok_s]
+    mine = [
+        r
+        for r in runs
+        if r.model == model
+        and r.config_group == group
+        and r.status == "ok"
+        and r.total_throughput
+        and r.offered_total_tok_s
+    ]
     peak = max(r.total_throughput for r in mine)
     per: dict[int, list[float]] = {}
     for r in mine:
@@ -72,29 +79,49 @@ def run(json: bool = False) -> dict[str, Any]:
                 implied = throughput_implied(runs, model, f"{rank_tag}_{rate_tag}")
                 err = (ans.max_adapters - ok) / ok
                 err_implied = (ans.max_adapters - implied) / implied
-                rows.append({"workload": f"{short}-{rk}-{rt}", "optplace": ans.max_adapters, "max_loras": ans.max_loras,
-                             "real_ok": ok, "real_starved": starved, "real_throughput_implied": implied,
-                             "error_vs_real_ok": round(err, 4), "error_vs_implied": round(err_implied, 4),
-                             "within_10pct": abs(err) <= 0.10, "within_10pct_of_implied": abs(err_implied) <= 0.10,
-                             "inside_real_interval": ok <= ans.max_adapters < (starved or 10**9),
-                             "within_real_ok_and_implied": ok <= ans.max_adapters <= max(ok, implied),
-                             "twin_confirmed": ans.twin_confirmed, "seconds": round(time.perf_counter() - t0, 1)})
+                rows.append(
+                    {
+                        "workload": f"{short}-{rk}-{rt}",
+                        "optplace": ans.max_adapters,
+                        "max_loras": ans.max_loras,
+                        "real_ok": ok,
+                        "real_starved": starved,
+                        "real_throughput_implied": implied,
+                        "error_vs_real_ok": round(err, 4),
+                        "error_vs_implied": round(err_implied, 4),
+                        "within_10pct": abs(err) <= 0.10,
+                        "within_10pct_of_implied": abs(err_implied) <= 0.10,
+                        "inside_real_interval": ok <= ans.max_adapters < (starved or 10**9),
+                        "within_real_ok_and_implied": ok <= ans.max_adapters <= max(ok, implied),
+                        "twin_confirmed": ans.twin_confirmed,
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
+                )
                 if not json:
                     r = rows[-1]
-                    print(f"{r['workload']:<20} optplace {r['optplace']:>4} (--max-loras {r['max_loras']:>3})  real ok "
-                          f"{ok:>4}, starved at {starved or '–':>4}, throughput-implied ≤ {implied:>4}  error {err:+.1%} "
-                          f"(vs implied {err_implied:+.1%})  "
-                          f"{r['seconds']:.0f} s", flush=True)
-    summary = {"rows": rows, "within_10pct": sum(r["within_10pct"] for r in rows),
-               "inside_real_interval": sum(r["inside_real_interval"] for r in rows), "n": len(rows),
-               "within_real_ok_and_implied": sum(r["within_real_ok_and_implied"] for r in rows),
-               "within_10pct_of_implied": sum(r["within_10pct_of_implied"] for r in rows),
-               "mean_abs_error": sum(abs(r["error_vs_real_ok"]) for r in rows) / len(rows)}
+                    print(
+                        f"{r['workload']:<20} optplace {r['optplace']:>4} (--max-loras {r['max_loras']:>3})  real ok "
+                        f"{ok:>4}, starved at {starved or '–':>4}, throughput-implied ≤ {implied:>4}  error {err:+.1%} "
+                        f"(vs implied {err_implied:+.1%})  "
+                        f"{r['seconds']:.0f} s",
+                        flush=True,
+                    )
+    summary = {
+        "rows": rows,
+        "within_10pct": sum(r["within_10pct"] for r in rows),
+        "inside_real_interval": sum(r["inside_real_interval"] for r in rows),
+        "n": len(rows),
+        "within_real_ok_and_implied": sum(r["within_real_ok_and_implied"] for r in rows),
+        "within_10pct_of_implied": sum(r["within_10pct_of_implied"] for r in rows),
+        "mean_abs_error": sum(abs(r["error_vs_real_ok"]) for r in rows) / len(rows),
+    }
     if not json:
-        print(f"within 10 % of the real largest non-starved count: {summary['within_10pct']}/{len(rows)}; "
-              f"inside the real (censored) interval: {summary['inside_real_interval']}/{len(rows)}; "
-              f"between the real ok count and the throughput-implied estimate: "
-              f"{summary['within_real_ok_and_implied']}/{len(rows)}; "
-              f"within 10 % of the throughput-implied estimate: {summary['within_10pct_of_implied']}/{len(rows)}; "
-              f"mean |error| {summary['mean_abs_error']:.1%}")
+        print(
+            f"within 10 % of the real largest non-starved count: {summary['within_10pct']}/{len(rows)}; "
+            f"inside the real (censored) interval: {summary['inside_real_interval']}/{len(rows)}; "
+            f"between the real ok count and the throughput-implied estimate: "
+            f"{summary['within_real_ok_and_implied']}/{len(rows)}; "
+            f"within 10 % of the throughput-implied estimate: {summary['within_10pct_of_implied']}/{len(rows)}; "
+            f"mean |error| {summary['mean_abs_error']:.1%}"
+        )
     return summary

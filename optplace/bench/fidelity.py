@@ -59,13 +59,18 @@ STARVED_LOSS = 0.10
 #: Requests the reference harness kept outstanding at the server at most (running + waiting):
 #: real_runs.csv max_waiting + max_running of the overloaded dt_validation runs lie in 25.2k–27.6k.
 CLIENT_MAX_OUTSTANDING = 26_500
-_TWIN_SOURCES = ("twin/engine/*.py", "twin/workload.py", "twin/_arrivals.py", "twin/_lengths.py", "twin/steptime.py")
+_TWIN_SOURCES = ("twin/engine/*.py", "twin/workload.py", "twin/arrivals.py", "twin/lengths.py", "twin/steptime.py")
 #: Regimes by the real run's throughput loss (1 − delivered / offered): (name, lower bound, upper bound).
 REGIMES = (("stable", -math.inf, 0.02), ("boundary", 0.02, 0.15), ("overloaded", 0.15, math.inf))
 #: Latency and throughput figures scored per run: name → real_runs.csv column (the real benchmark's figure).
 METRICS = {
-    "ttft_mean": "mean_ttft_ms", "ttft_p50": "median_ttft_ms", "ttft_p99": "p99_ttft_ms",
-    "tpot_mean": "mean_tpot_ms", "tpot_p99": "p99_tpot_ms", "itl_mean": "mean_itl_ms", "itl_p99": "p99_itl_ms",
+    "ttft_mean": "mean_ttft_ms",
+    "ttft_p50": "median_ttft_ms",
+    "ttft_p99": "p99_ttft_ms",
+    "tpot_mean": "mean_tpot_ms",
+    "tpot_p99": "p99_tpot_ms",
+    "itl_mean": "mean_itl_ms",
+    "itl_p99": "p99_itl_ms",
     "throughput": "total_throughput",
 }
 
@@ -116,9 +121,15 @@ def _get(obj: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool = True,
-                     client_cap: bool = True, io_rho: float | None = None,
-                     step_time: dict[str, Any] | None = None) -> RunResult:
+def simulate_ref_run(
+    run_: RefRun,
+    seed: int = 0,
+    *,
+    condition_on_arrivals: bool = True,
+    client_cap: bool = True,
+    io_rho: float | None = None,
+    step_time: dict[str, Any] | None = None,
+) -> RunResult:
     """Replay one reference run through the twin (start-up check, workload, engine).
 
     ``condition_on_arrivals``: draw exactly the real run's arrival count (``twin_arrivals``, as the
@@ -134,12 +145,30 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
     t0 = time.perf_counter()
     prof = resolve_profile(model=run_.model, gpu=GPU)
     status = prof.startup_status(run_.max_loras, run_.max_lora_rank)
-    base: dict[str, Any] = dict(run_id=run_.run_id, model=run_.model, config_group=run_.config_group, max_loras=run_.max_loras,
-                max_cpu_loras=run_.max_cpu_loras, max_lora_rank=run_.max_lora_rank)
+    base: dict[str, Any] = dict(
+        run_id=run_.run_id,
+        model=run_.model,
+        config_group=run_.config_group,
+        max_loras=run_.max_loras,
+        max_cpu_loras=run_.max_cpu_loras,
+        max_lora_rank=run_.max_lora_rank,
+    )
     if status != "ok":
-        return RunResult(**base, oom=True, total_throughput=None, offered_tok_s=None, mean_itl_ms=None,
-                         completed=None, arrivals=None, preemptions=None, mean_running=None, mean_waiting=None,
-                         adapter_loads=None, rejected=None, sim_wall_s=time.perf_counter() - t0)
+        return RunResult(
+            **base,
+            oom=True,
+            total_throughput=None,
+            offered_tok_s=None,
+            mean_itl_ms=None,
+            completed=None,
+            arrivals=None,
+            preemptions=None,
+            mean_running=None,
+            mean_waiting=None,
+            adapter_loads=None,
+            rejected=None,
+            sim_wall_s=time.perf_counter() - t0,
+        )
 
     from optplace.specs.model import PoissonArrivals, ShareGptLengths
     from optplace.twin.engine import engine_config_from_profile, simulate_engine
@@ -154,8 +183,9 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
         # Poisson process conditioned on its total is uniform thinning of a denser one.
         expected = float(rates.sum()) * run_.window_s
         rates = rates * max(1.0, 1.05 * target / expected + 6.0 / math.sqrt(max(expected, 1.0)))
-    wl = generate_workload(PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"),
-                           rates.tolist(), run_.window_s, rng)
+    wl = generate_workload(
+        PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"), rates.tolist(), run_.window_s, rng
+    )
     if target and len(wl.arrival_s) > target:
         keep = np.sort(rng.choice(len(wl.arrival_s), size=target, replace=False))
         wl = _take(wl, keep)
@@ -166,13 +196,20 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
 
         inp, out = repair_lengths(np.asarray(wl.input_tokens), np.asarray(wl.output_tokens), io_rho, rng)
         wl = _replace(wl, input_tokens=inp, output_tokens=out)
-    cfg = engine_config_from_profile(prof, run_.adapter_ranks, run_.max_loras, max_cpu_loras=run_.max_cpu_loras,
-                                     max_lora_rank=run_.max_lora_rank, max_num_seqs=2048,
-                                     max_num_batched_tokens=2048)
+    cfg = engine_config_from_profile(
+        prof,
+        run_.adapter_ranks,
+        run_.max_loras,
+        max_cpu_loras=run_.max_cpu_loras,
+        max_lora_rank=run_.max_lora_rank,
+        max_num_seqs=2048,
+        max_num_batched_tokens=2048,
+    )
     from dataclasses import replace
 
     step = StepTimeModel.from_params(prof.step_time if step_time is None else step_time).bind(
-        run_.max_lora_rank, run_.max_loras)
+        run_.max_lora_rank, run_.max_loras
+    )
     cfg = replace(cfg, step_time=step)
     if client_cap and "max_outstanding" in getattr(type(cfg), "__dataclass_fields__", {}):
         cfg = replace(cfg, max_outstanding=CLIENT_MAX_OUTSTANDING)
@@ -189,15 +226,31 @@ def simulate_ref_run(run_: RefRun, seed: int = 0, *, condition_on_arrivals: bool
     if completed is not None and not isinstance(completed, (int, np.integer)):
         completed = int(np.sum(completed))
     lat = res.latency()
-    base.update(ttft_ms_mean=lat.ttft_ms_mean, ttft_ms_p50=lat.ttft_ms_p50, ttft_ms_p99=lat.ttft_ms_p99,
-                tpot_ms_mean=lat.tpot_ms_mean, tpot_ms_p50=lat.tpot_ms_p50, tpot_ms_p99=lat.tpot_ms_p99,
-                itl_ms_p50=lat.itl_ms_p50, itl_ms_p99=lat.itl_ms_p99)
-    return RunResult(**base, oom=False, total_throughput=float(thr), offered_tok_s=float(offered),
-                     mean_itl_ms=None if itl is None or not math.isfinite(float(itl)) else float(itl),
-                     completed=None if completed is None else int(completed), arrivals=int(len(wl.arrival_s)),
-                     preemptions=_get(res, "preemptions"), mean_running=_get(res, "mean_running"),
-                     mean_waiting=_get(res, "mean_waiting"), adapter_loads=_get(res, "adapter_loads"),
-                     rejected=int(sum(_get(res, "rejected", default=()) or ())), sim_wall_s=time.perf_counter() - t0)
+    base.update(
+        ttft_ms_mean=lat.ttft_ms_mean,
+        ttft_ms_p50=lat.ttft_ms_p50,
+        ttft_ms_p99=lat.ttft_ms_p99,
+        tpot_ms_mean=lat.tpot_ms_mean,
+        tpot_ms_p50=lat.tpot_ms_p50,
+        tpot_ms_p99=lat.tpot_ms_p99,
+        itl_ms_p50=lat.itl_ms_p50,
+        itl_ms_p99=lat.itl_ms_p99,
+    )
+    return RunResult(
+        **base,
+        oom=False,
+        total_throughput=float(thr),
+        offered_tok_s=float(offered),
+        mean_itl_ms=None if itl is None or not math.isfinite(float(itl)) else float(itl),
+        completed=None if completed is None else int(completed),
+        arrivals=int(len(wl.arrival_s)),
+        preemptions=_get(res, "preemptions"),
+        mean_running=_get(res, "mean_running"),
+        mean_waiting=_get(res, "mean_waiting"),
+        adapter_loads=_get(res, "adapter_loads"),
+        rejected=int(sum(_get(res, "rejected", default=()) or ())),
+        sim_wall_s=time.perf_counter() - t0,
+    )
 
 
 def length_adjustment(ref_dir: str | None = None) -> dict[str, Any]:
@@ -212,25 +265,35 @@ def length_adjustment(ref_dir: str | None = None) -> dict[str, Any]:
     from optplace.twin.workload import generate_workload
 
     fit = fit_length_correlation(ref_dir, n=100_000)
-    wl = generate_workload(PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"), [20.0], 3600.0,
-                           np.random.default_rng(11))
+    wl = generate_workload(
+        PoissonArrivals(kind="poisson"), ShareGptLengths(kind="sharegpt"), [20.0], 3600.0, np.random.default_rng(11)
+    )
     have = time_avg_context(np.asarray(wl.input_tokens), np.asarray(wl.output_tokens))
     need = have > 1.08 * fit["target_tokens"]
-    return {"target_kv_tokens_per_request": fit["target_tokens"], "workload_kv_tokens_per_request": have,
-            "rho": round(fit["rho"], 3) if need else None}
+    return {
+        "target_kv_tokens_per_request": fit["target_tokens"],
+        "workload_kv_tokens_per_request": have,
+        "rho": round(fit["rho"], 3) if need else None,
+    }
 
 
 def _take(wl: Any, idx: np.ndarray) -> Any:
     # The workload is a frozen dataclass of arrays; build the same type with the selected rows.
     from dataclasses import replace
 
-    return replace(wl, arrival_s=wl.arrival_s[idx], adapter=wl.adapter[idx], input_tokens=wl.input_tokens[idx],
-                   output_tokens=wl.output_tokens[idx])
+    return replace(
+        wl,
+        arrival_s=wl.arrival_s[idx],
+        adapter=wl.adapter[idx],
+        input_tokens=wl.input_tokens[idx],
+        output_tokens=wl.output_tokens[idx],
+    )
 
 
 def _cache_dir() -> Path:
     root = os.environ.get("OPTPLACE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "optplace")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "optplace"
+    )
     return Path(root) / "fidelity"
 
 
@@ -253,16 +316,18 @@ def _code_key(seed: int, options: tuple[bool, bool, float | None]) -> str:
     return h.hexdigest()[:16]
 
 
-def _cached_simulate(args: tuple[RefRun, int, str, tuple[bool, bool, float | None], dict[str, Any] | None]
-                     ) -> dict[str, Any]:
+def _cached_simulate(
+    args: tuple[RefRun, int, str, tuple[bool, bool, float | None], dict[str, Any] | None],
+) -> dict[str, Any]:
     run_, seed, key, (cond, cap, rho), step_time = args
     # a step-time override (cross-validation) is part of the run's identity
     ident = run_.run_id if step_time is None else run_.run_id + json.dumps(step_time, sort_keys=True)
     path = _cache_dir() / key / (hashlib.sha1(ident.encode()).hexdigest()[:20] + ".json")
     if path.exists():
         return json.loads(path.read_text())
-    out = asdict(simulate_ref_run(run_, seed, condition_on_arrivals=cond, client_cap=cap, io_rho=rho,
-                                  step_time=step_time))
+    out = asdict(
+        simulate_ref_run(run_, seed, condition_on_arrivals=cond, client_cap=cap, io_rho=rho, step_time=step_time)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out))
@@ -289,22 +354,39 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
         t = by_id[r.run_id]
         assert r.total_throughput is not None  # a run with results printed its throughput
         thr = t.total_throughput if not t.oom else 0.0
-        tw_starved = ((not t.oom) and t.offered_tok_s is not None and thr is not None
-                      and thr < (1 - STARVED_LOSS) * t.offered_tok_s)
-        rows.append({
-            "run_id": r.run_id, "model": r.model, "group": r.config_group, "max_loras": r.max_loras,
-            "max_cpu_loras": r.max_cpu_loras, "real_tok_s": r.total_throughput, "twin_tok_s": thr,
-            "ape_pct": _ape(thr or 0.0, r.total_throughput),
-            "real_itl_ms": r.mean_itl_ms, "twin_itl_ms": t.mean_itl_ms,
-            "real_running": r.mean_running, "twin_running": t.mean_running,
-            "real_waiting": r.mean_waiting, "twin_waiting": t.mean_waiting,
-            "real_preemptions": r.preemptions_in_window, "twin_preemptions": t.preemptions,
-            "itl_ape_pct": _ape_opt(t.mean_itl_ms, r.mean_itl_ms),
-            "real_starved": bool(r.starved), "twin_starved": bool(tw_starved), "twin_oom": t.oom,
-            "real_loss": r.throughput_loss_frac,
-            "twin_loss": None if not t.offered_tok_s or thr is None else 1 - thr / t.offered_tok_s,
-            "pub_ape_pct": r.published.ape_total_throughput_pct if r.published else None,
-        })
+        tw_starved = (
+            (not t.oom)
+            and t.offered_tok_s is not None
+            and thr is not None
+            and thr < (1 - STARVED_LOSS) * t.offered_tok_s
+        )
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "model": r.model,
+                "group": r.config_group,
+                "max_loras": r.max_loras,
+                "max_cpu_loras": r.max_cpu_loras,
+                "real_tok_s": r.total_throughput,
+                "twin_tok_s": thr,
+                "ape_pct": _ape(thr or 0.0, r.total_throughput),
+                "real_itl_ms": r.mean_itl_ms,
+                "twin_itl_ms": t.mean_itl_ms,
+                "real_running": r.mean_running,
+                "twin_running": t.mean_running,
+                "real_waiting": r.mean_waiting,
+                "twin_waiting": t.mean_waiting,
+                "real_preemptions": r.preemptions_in_window,
+                "twin_preemptions": t.preemptions,
+                "itl_ape_pct": _ape_opt(t.mean_itl_ms, r.mean_itl_ms),
+                "real_starved": bool(r.starved),
+                "twin_starved": bool(tw_starved),
+                "twin_oom": t.oom,
+                "real_loss": r.throughput_loss_frac,
+                "twin_loss": None if not t.offered_tok_s or thr is None else 1 - thr / t.offered_tok_s,
+                "pub_ape_pct": r.published.ape_total_throughput_pct if r.published else None,
+            }
+        )
 
     def mape(sel: list[dict[str, Any]], key: str) -> float | None:
         v = [x[key] for x in sel if x[key] is not None]
@@ -319,16 +401,19 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
     ok_st = [r for r in ok if r.starved]
     ok_ns = [r for r in ok if not r.starved]
     agree = sum(x["real_starved"] == x["twin_starved"] for x in rows)
-    pub_agree = sum(1 for r in ok if r.published and r.published.starved is not None
-                    and r.published.starved == bool(r.starved))
+    pub_agree = sum(
+        1 for r in ok if r.published and r.published.starved is not None and r.published.starved == bool(r.starved)
+    )
     oom_ok = sum(by_id[r.run_id].oom for r in oom_runs)
     false_oom = sum(x["twin_oom"] for x in rows)
     per_model = {}
     for m in sorted({x["model"] for x in rows}):
         sel = [x for x in rows if x["model"] == m]
-        per_model[m] = {"n": len(sel), "mape_pct": mape(sel, "ape_pct"),
-                        "signed_pct": float(np.mean([100 * (x["twin_tok_s"] - x["real_tok_s"]) / x["real_tok_s"]
-                                                     for x in sel]))}
+        per_model[m] = {
+            "n": len(sel),
+            "mape_pct": mape(sel, "ape_pct"),
+            "signed_pct": float(np.mean([100 * (x["twin_tok_s"] - x["real_tok_s"]) / x["real_tok_s"] for x in sel])),
+        }
     return {
         "runs": len(rows),
         "twin": {
@@ -336,8 +421,11 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
             "throughput_mape_starved_pct": mape(starved, "ape_pct"),
             "throughput_mape_not_starved_pct": mape(fine, "ape_pct"),
             "throughput_median_ape_pct": float(np.median([x["ape_pct"] for x in rows])) if rows else None,
-            "throughput_signed_pct": float(np.mean([100 * (x["twin_tok_s"] - x["real_tok_s"]) / x["real_tok_s"]
-                                                    for x in rows])) if rows else None,
+            "throughput_signed_pct": float(
+                np.mean([100 * (x["twin_tok_s"] - x["real_tok_s"]) / x["real_tok_s"] for x in rows])
+            )
+            if rows
+            else None,
             "itl_mape_pct": mape(rows, "itl_ape_pct"),
             "starvation_agreement": agree,
             "oom_runs": len(oom_runs),
@@ -364,8 +452,9 @@ def real_latency(ref_dir: str | None = None) -> dict[str, dict[str, float | None
     out: dict[str, dict[str, float | None]] = {}
     for row in read_csv_rows(find_reference_dir(ref_dir) / "real_runs.csv"):
         if row["experiment_set"] == "dt_validation":
-            out[row["run_id"]] = {m: float(row[c]) if row.get(c) not in (None, "") else None
-                                  for m, c in METRICS.items()}
+            out[row["run_id"]] = {
+                m: float(row[c]) if row.get(c) not in (None, "") else None for m, c in METRICS.items()
+            }
     return out
 
 
@@ -379,9 +468,16 @@ def regime_of(loss: float | None) -> str | None:
 def _twin_metrics(t: RunResult) -> dict[str, float | None]:
     if t.oom:  # a server that does not start delivers nothing and has no latency
         return {**dict.fromkeys(METRICS), "throughput": 0.0}
-    return {"ttft_mean": t.ttft_ms_mean, "ttft_p50": t.ttft_ms_p50, "ttft_p99": t.ttft_ms_p99,
-            "tpot_mean": t.tpot_ms_mean, "tpot_p99": t.tpot_ms_p99, "itl_mean": t.mean_itl_ms,
-            "itl_p99": t.itl_ms_p99, "throughput": t.total_throughput}
+    return {
+        "ttft_mean": t.ttft_ms_mean,
+        "ttft_p50": t.ttft_ms_p50,
+        "ttft_p99": t.ttft_ms_p99,
+        "tpot_mean": t.tpot_ms_mean,
+        "tpot_p99": t.tpot_ms_p99,
+        "itl_mean": t.mean_itl_ms,
+        "itl_p99": t.itl_ms_p99,
+        "throughput": t.total_throughput,
+    }
 
 
 def _published_metrics(p: PublishedTwinRun | None) -> dict[str, float | None]:
@@ -392,8 +488,9 @@ def _published_metrics(p: PublishedTwinRun | None) -> dict[str, float | None]:
     return out
 
 
-def latency_rows(runs: Sequence[RefRun], results: Sequence[RunResult],
-                 real: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
+def latency_rows(
+    runs: Sequence[RefRun], results: Sequence[RunResult], real: dict[str, dict[str, float | None]]
+) -> list[dict[str, Any]]:
     """One row per run with results: its regime and every metric of :data:`METRICS`, real / twin / published."""
     by_id = {r.run_id: r for r in results}
     rows = []
@@ -402,10 +499,18 @@ def latency_rows(runs: Sequence[RefRun], results: Sequence[RunResult],
             continue
         rl = {**real.get(r.run_id, dict.fromkeys(METRICS)), "throughput": r.total_throughput}
         tw, pb = _twin_metrics(by_id[r.run_id]), _published_metrics(r.published)
-        rows.append({"run_id": r.run_id, "model": r.model, "group": r.config_group, "max_loras": r.max_loras,
-                     "max_cpu_loras": r.max_cpu_loras, "real_loss": r.throughput_loss_frac,
-                     "regime": regime_of(r.throughput_loss_frac),
-                     "metrics": {m: {"real": rl.get(m), "twin": tw[m], "published": pb[m]} for m in METRICS}})
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "model": r.model,
+                "group": r.config_group,
+                "max_loras": r.max_loras,
+                "max_cpu_loras": r.max_cpu_loras,
+                "real_loss": r.throughput_loss_frac,
+                "regime": regime_of(r.throughput_loss_frac),
+                "metrics": {m: {"real": rl.get(m), "twin": tw[m], "published": pb[m]} for m in METRICS},
+            }
+        )
     return rows
 
 
@@ -414,8 +519,12 @@ def _err_stats(pairs: list[tuple[float, float]]) -> dict[str, Any]:
     rel = np.array([(a - b) / b for a, b in pairs if b])
     if not rel.size:
         return {"n": 0, "mape_pct": None, "median_ape_pct": None, "bias_pct": None}
-    return {"n": int(rel.size), "mape_pct": 100.0 * float(np.mean(np.abs(rel))),
-            "median_ape_pct": 100.0 * float(np.median(np.abs(rel))), "bias_pct": 100.0 * float(np.mean(rel))}
+    return {
+        "n": int(rel.size),
+        "mape_pct": 100.0 * float(np.mean(np.abs(rel))),
+        "median_ape_pct": 100.0 * float(np.median(np.abs(rel))),
+        "bias_pct": 100.0 * float(np.mean(rel)),
+    }
 
 
 def regime_scores(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -427,8 +536,11 @@ def regime_scores(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for m in METRICS:
             scores = {}
             for who in ("twin", "published"):
-                pairs = [(v[who], v["real"]) for x in sel if (v := x["metrics"][m])[who] is not None
-                         and v["real"] is not None]
+                pairs = [
+                    (v[who], v["real"])
+                    for x in sel
+                    if (v := x["metrics"][m])[who] is not None and v["real"] is not None
+                ]
                 scores[who] = _err_stats(pairs)
             block[m] = scores
         out[reg] = block
@@ -439,8 +551,7 @@ def _fitted_globals(models: Sequence[str]) -> dict[str, dict[str, float]]:
     """The bundled profiles' step-time coefficients (fitted on every run), per model."""
     from optplace.specs import resolve_profile
 
-    return {m: {k: float(v) for k, v in dict(resolve_profile(model=m, gpu=GPU).step_time.coef).items()}
-            for m in models}
+    return {m: {k: float(v) for k, v in dict(resolve_profile(model=m, gpu=GPU).step_time.coef).items()} for m in models}
 
 
 def cv_folds(runs: Sequence[RefRun]) -> tuple[list[RefRun], list[RefRun]]:
@@ -474,15 +585,32 @@ def cv_step_times(runs: Sequence[RefRun], ref_dir: str | None = None) -> list[di
         for model in sorted({r.model for r in half}):
             sec = fit_step_time_section(ref_dir, model, runs=train, overhead=ov)
             sections[model] = {**sec, "time_scale": resolve_profile(model=model, gpu=GPU).step_time.time_scale}
-        folds.append({"groups": sorted({r.config_group for r in half}),
-                      "test": [r for r in runs if r.run_id in test_ids], "step_time": sections})
+        folds.append(
+            {
+                "groups": sorted({r.config_group for r in half}),
+                "test": [r for r in runs if r.run_id in test_ids],
+                "step_time": sections,
+            }
+        )
     return folds
 
 
-def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | None = None,
-        models: Sequence[str] | None = None, ref_dir: str | None = None, progress: bool = True,
-        condition_on_arrivals: bool = True, client_cap: bool = True, io_correlation: str | float | None = "auto",
-        select: Callable[[RefRun], bool] | None = None, cv: bool = False, per_run: bool = False) -> dict[str, Any]:
+def run(
+    json: bool = False,
+    *,
+    workers: int = 2,
+    seed: int = 0,
+    limit: int | None = None,
+    models: Sequence[str] | None = None,
+    ref_dir: str | None = None,
+    progress: bool = True,
+    condition_on_arrivals: bool = True,
+    client_cap: bool = True,
+    io_correlation: str | float | None = "auto",
+    select: Callable[[RefRun], bool] | None = None,
+    cv: bool = False,
+    per_run: bool = False,
+) -> dict[str, Any]:
     """Run the fidelity benchmark, print the figures as tables (unless ``json``) and return them.
 
     With ``json`` nothing is printed: ``optplace bench fidelity --json`` prints the returned dict.
@@ -513,7 +641,8 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
     # Heaviest first so the pool does not end on a long straggler.
     order = sorted(runs, key=lambda r: -(r.aggregate_rate_rps * (0 if r.is_oom else 1)))
     jobs: list[tuple[RefRun, int, str, tuple[bool, bool, float | None], dict[str, Any] | None]] = [
-        (r, seed, key, opts, None) for r in order]
+        (r, seed, key, opts, None) for r in order
+    ]
     folds = cv_step_times(runs, ref_dir) if cv else []
     for f in folds:
         jobs += [(r, seed, key, opts, f["step_time"][r.model]) for r in order if r in f["test"] and r.has_results]
@@ -534,8 +663,14 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
         cs = summarize(runs, cv_results)
         cv_rows = latency_rows(runs, cv_results, real)
         summary["cv"] = {
-            "folds": [{"groups": f["groups"], "runs_scored": sum(1 for r in f["test"] if r.has_results),
-                       "step_time": f["step_time"]} for f in folds],
+            "folds": [
+                {
+                    "groups": f["groups"],
+                    "runs_scored": sum(1 for r in f["test"] if r.has_results),
+                    "step_time": f["step_time"],
+                }
+                for f in folds
+            ],
             "twin": {k: v for k, v in cs["twin"].items() if not k.startswith("oom") and k != "false_oom"},
             "latency": regime_scores(cv_rows),
             "latency_rows": cv_rows,
@@ -544,8 +679,11 @@ def run(json: bool = False, *, workers: int = 2, seed: int = 0, limit: int | Non
     summary["sim_wall_s_total"] = float(sum(r.sim_wall_s for r in results))
     summary["cache_key"] = key
     summary["length_adjustment"] = adj
-    summary["options"] = {"condition_on_arrivals": condition_on_arrivals, "client_cap": client_cap,
-                          "client_max_outstanding": CLIENT_MAX_OUTSTANDING}
+    summary["options"] = {
+        "condition_on_arrivals": condition_on_arrivals,
+        "client_cap": client_cap,
+        "client_max_outstanding": CLIENT_MAX_OUTSTANDING,
+    }
     if not json:
         _print(summary)
         _print_latency(summary, per_run)
@@ -576,39 +714,76 @@ def _print(s: dict[str, Any]) -> None:
     t.add_column("published twin", justify="right")
     t.add_column("target", justify="right")
     t.add_row("total throughput MAPE, all", _fmt(tw["throughput_mape_pct"]), _fmt(pb["throughput_mape_pct"]), "≤ 5 %")
-    t.add_row("  starved runs", _fmt(tw["throughput_mape_starved_pct"]), _fmt(pb["throughput_mape_starved_pct"]),
-              "≤ 6 %")
-    t.add_row("  not starved runs", _fmt(tw["throughput_mape_not_starved_pct"]),
-              _fmt(pb["throughput_mape_not_starved_pct"]), "")
+    t.add_row(
+        "  starved runs", _fmt(tw["throughput_mape_starved_pct"]), _fmt(pb["throughput_mape_starved_pct"]), "≤ 6 %"
+    )
+    t.add_row(
+        "  not starved runs",
+        _fmt(tw["throughput_mape_not_starved_pct"]),
+        _fmt(pb["throughput_mape_not_starved_pct"]),
+        "",
+    )
     t.add_row("  signed mean error", _fmt(tw["throughput_signed_pct"]), "", "")
     t.add_row("mean ITL MAPE", _fmt(tw["itl_mape_pct"]), _fmt(pb["itl_mape_pct"]), "")
-    t.add_row("starvation label agreement", f"{tw['starvation_agreement']}/{s['runs']}",
-              f"{pb['starvation_agreement']}/{s['runs']}", "≥ 285")
-    t.add_row("start-up OOM predicted", f"{tw['oom_predicted']}/{tw['oom_runs']}, {tw['false_oom']} false", "—",
-              "exact")
+    t.add_row(
+        "starvation label agreement",
+        f"{tw['starvation_agreement']}/{s['runs']}",
+        f"{pb['starvation_agreement']}/{s['runs']}",
+        "≥ 285",
+    )
+    t.add_row(
+        "start-up OOM predicted", f"{tw['oom_predicted']}/{tw['oom_runs']}, {tw['false_oom']} false", "—", "exact"
+    )
     for m, v in tw["per_model"].items():
         t.add_row(f"  {m} ({v['n']} runs)", f"{_fmt(v['mape_pct'])} (signed {_fmt(v['signed_pct'])})", "", "")
     con = Console()
     con.print(t)
     w = Table(title="Worst 10 runs (total throughput)")
-    for c in ("model", "group", "slots", "served", "real tok/s", "twin tok/s", "APE", "real/twin starved",
-              "published APE"):
+    for c in (
+        "model",
+        "group",
+        "slots",
+        "served",
+        "real tok/s",
+        "twin tok/s",
+        "APE",
+        "real/twin starved",
+        "published APE",
+    ):
         w.add_column(c)
     for x in s["worst"]:
-        w.add_row(x["model"][:5], x["group"], str(x["max_loras"]), str(x["max_cpu_loras"]), f"{x['real_tok_s']:.0f}",
-                  f"{x['twin_tok_s']:.0f}", _fmt(x["ape_pct"]), f"{int(x['real_starved'])}/{int(x['twin_starved'])}",
-                  _fmt(x["pub_ape_pct"]))
+        w.add_row(
+            x["model"][:5],
+            x["group"],
+            str(x["max_loras"]),
+            str(x["max_cpu_loras"]),
+            f"{x['real_tok_s']:.0f}",
+            f"{x['twin_tok_s']:.0f}",
+            _fmt(x["ape_pct"]),
+            f"{int(x['real_starved'])}/{int(x['twin_starved'])}",
+            _fmt(x["pub_ape_pct"]),
+        )
     con.print(w)
     adj = s.get("length_adjustment", {})
     if adj.get("rho") is not None:
-        con.print(f"lengths: input/output rank correlation {adj['rho']} applied (calibrated: real KV per running "
-                  f"request {adj.get('target_kv_tokens_per_request', float('nan')):.0f} tokens, workload model "
-                  f"{adj.get('workload_kv_tokens_per_request', float('nan')):.0f}); see docs/notes/fidelity.md")
+        con.print(
+            f"lengths: input/output rank correlation {adj['rho']} applied (calibrated: real KV per running "
+            f"request {adj.get('target_kv_tokens_per_request', float('nan')):.0f} tokens, workload model "
+            f"{adj.get('workload_kv_tokens_per_request', float('nan')):.0f}); see docs/notes/fidelity.md"
+        )
     con.print(f"wall {s['wall_s']:.0f} s (simulation {s['sim_wall_s_total']:.0f} s summed); cache {s['cache_key']}")
 
 
-_LABELS = {"ttft_mean": "TTFT mean", "ttft_p50": "TTFT median", "ttft_p99": "TTFT p99", "tpot_mean": "TPOT mean",
-           "tpot_p99": "TPOT p99", "itl_mean": "ITL mean", "itl_p99": "ITL p99", "throughput": "throughput"}
+_LABELS = {
+    "ttft_mean": "TTFT mean",
+    "ttft_p50": "TTFT median",
+    "ttft_p99": "TTFT p99",
+    "tpot_mean": "TPOT mean",
+    "tpot_p99": "TPOT p99",
+    "itl_mean": "ITL mean",
+    "itl_p99": "ITL p99",
+    "throughput": "throughput",
+}
 
 
 def _pair(sc: dict[str, Any] | None) -> str:
@@ -625,8 +800,11 @@ def latency_table(s: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     for reg, block in s["latency"].items():
         head = f"{reg} ({block['runs']} runs" + (f", {cv[reg]['runs']} cross-validated)" if reg in cv else ")")
         for m in METRICS:
-            cells = [_pair(block[m]["twin"]), _pair(cv[reg][m]["twin"]) if reg in cv else "—",
-                     _pair(block[m]["published"])]
+            cells = [
+                _pair(block[m]["twin"]),
+                _pair(cv[reg][m]["twin"]) if reg in cv else "—",
+                _pair(block[m]["published"]),
+            ]
             rows.append((head, _LABELS[m], cells))
     return rows
 
@@ -655,22 +833,41 @@ def _print_latency(s: dict[str, Any], per_run: bool) -> None:
     wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
     con = Console(width=None if wide else 160)
     con.print(t)
-    con.print("regimes: " + "; ".join(f"{n} = {_bounds(n)}" for n, _, _ in REGIMES) + ". Published TTFT counts "
-              "unfinished requests as the whole window (sim_runs.csv); the real benchmark's counts completed ones.")
+    con.print(
+        "regimes: " + "; ".join(f"{n} = {_bounds(n)}" for n, _, _ in REGIMES) + ". Published TTFT counts "
+        "unfinished requests as the whole window (sim_runs.csv); the real benchmark's counts completed ones."
+    )
     if "cv" in s:
-        con.print("cross-validated: step-time globals fitted on half of the workload groups, scored on the other "
-                  "half: " + " | ".join(", ".join(f["groups"]) for f in s["cv"]["folds"]))
+        con.print(
+            "cross-validated: step-time globals fitted on half of the workload groups, scored on the other "
+            "half: " + " | ".join(", ".join(f["groups"]) for f in s["cv"]["folds"])
+        )
     if per_run:
         rt = Table(title="Per run: real / twin")
-        for c in ("model", "group", "slots", "served", "real loss", "TTFT p50 [ms]", "TTFT p99 [ms]",
-                  "TPOT p99 [ms]", "ITL mean [ms]", "ITL p99 [ms]", "tok/s"):
+        for c in (
+            "model",
+            "group",
+            "slots",
+            "served",
+            "real loss",
+            "TTFT p50 [ms]",
+            "TTFT p99 [ms]",
+            "TPOT p99 [ms]",
+            "ITL mean [ms]",
+            "ITL p99 [ms]",
+            "tok/s",
+        ):
             rt.add_column(c, justify="left" if c in ("model", "group") else "right")
         for x in s["latency_rows"]:
             mm = x["metrics"]
-            rt.add_row(x["model"][:5], x["group"], str(x["max_loras"]), str(x["max_cpu_loras"]),
-                       _fmt(None if x["real_loss"] is None else 100 * x["real_loss"]),
-                       *(_real_twin(mm[k]) for k in ("ttft_p50", "ttft_p99", "tpot_p99", "itl_mean", "itl_p99",
-                                                      "throughput")))
+            rt.add_row(
+                x["model"][:5],
+                x["group"],
+                str(x["max_loras"]),
+                str(x["max_cpu_loras"]),
+                _fmt(None if x["real_loss"] is None else 100 * x["real_loss"]),
+                *(_real_twin(mm[k]) for k in ("ttft_p50", "ttft_p99", "tpot_p99", "itl_mean", "itl_p99", "throughput")),
+            )
         con.print(rt)
 
 
@@ -703,41 +900,63 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         "| metric | optplace twin | published twin | target |",
         "|---|---:|---:|---:|",
-        row("total-throughput MAPE, all runs", _fmt(tw["throughput_mape_pct"]), _fmt(pb["throughput_mape_pct"]),
-            "≤ 5 %"),
-        row("— starved runs", _fmt(tw["throughput_mape_starved_pct"]), _fmt(pb["throughput_mape_starved_pct"]),
-            "≤ 6 %"),
-        row("— not starved runs", _fmt(tw["throughput_mape_not_starved_pct"]),
-            _fmt(pb["throughput_mape_not_starved_pct"])),
+        row(
+            "total-throughput MAPE, all runs", _fmt(tw["throughput_mape_pct"]), _fmt(pb["throughput_mape_pct"]), "≤ 5 %"
+        ),
+        row(
+            "— starved runs", _fmt(tw["throughput_mape_starved_pct"]), _fmt(pb["throughput_mape_starved_pct"]), "≤ 6 %"
+        ),
+        row(
+            "— not starved runs",
+            _fmt(tw["throughput_mape_not_starved_pct"]),
+            _fmt(pb["throughput_mape_not_starved_pct"]),
+        ),
         row("median throughput APE", _fmt(tw["throughput_median_ape_pct"])),
         row("signed mean throughput error", _fmt(tw["throughput_signed_pct"])),
         row("mean ITL MAPE", _fmt(tw["itl_mape_pct"]), _fmt(pb["itl_mape_pct"])),
-        row("starvation label agreement (10 % rule)", f"{tw['starvation_agreement']}/{n}",
-            f"{pb['starvation_agreement']}/{n}", "≥ 285"),
-        row("start-up OOM predicted", f"{tw['oom_predicted']}/{tw['oom_runs']}, {tw['false_oom']} false", "—",
-            "exact"),
+        row(
+            "starvation label agreement (10 % rule)",
+            f"{tw['starvation_agreement']}/{n}",
+            f"{pb['starvation_agreement']}/{n}",
+            "≥ 285",
+        ),
+        row("start-up OOM predicted", f"{tw['oom_predicted']}/{tw['oom_runs']}, {tw['false_oom']} false", "—", "exact"),
     ]
-    lines += [row(f"{m} ({v['n']} runs): MAPE, signed", f"{_fmt(v['mape_pct'])}, {_fmt(v['signed_pct'])}")
-              for m, v in tw["per_model"].items()]
+    lines += [
+        row(f"{m} ({v['n']} runs): MAPE, signed", f"{_fmt(v['mape_pct'])}, {_fmt(v['signed_pct'])}")
+        for m, v in tw["per_model"].items()
+    ]
     rho = adj.get("rho")
     lines += [
         "",
-        "Replay options: " + ", ".join([
-            "each run conditioned on its real arrival count" if opts.get("condition_on_arrivals") else
-            "arrivals drawn afresh",
-            f"the reference client's cap of {opts.get('client_max_outstanding', CLIENT_MAX_OUTSTANDING):,} "
-            "outstanding requests" if opts.get("client_cap") else "no client cap",
-            "request lengths as the workload model draws them" if rho is None else
-            f"input/output lengths re-paired to rank correlation {rho}"]) + ".",
+        "Replay options: "
+        + ", ".join(
+            [
+                "each run conditioned on its real arrival count"
+                if opts.get("condition_on_arrivals")
+                else "arrivals drawn afresh",
+                f"the reference client's cap of {opts.get('client_max_outstanding', CLIENT_MAX_OUTSTANDING):,} "
+                "outstanding requests"
+                if opts.get("client_cap")
+                else "no client cap",
+                "request lengths as the workload model draws them"
+                if rho is None
+                else f"input/output lengths re-paired to rank correlation {rho}",
+            ]
+        )
+        + ".",
         "",
         "## Worst 10 runs (total throughput)",
         "",
         "| model | group | slots | served | real tok/s | twin tok/s | APE | starved real/twin | published APE |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {x['model']} | {x['group']} | {x['max_loras']} | {x['max_cpu_loras']} | {x['real_tok_s']:,.0f} | "
-              f"{x['twin_tok_s']:,.0f} | {_fmt(x['ape_pct'])} | {int(x['real_starved'])}/{int(x['twin_starved'])} | "
-              f"{_fmt(x['pub_ape_pct'])} |" for x in s["worst"]]
+    lines += [
+        f"| {x['model']} | {x['group']} | {x['max_loras']} | {x['max_cpu_loras']} | {x['real_tok_s']:,.0f} | "
+        f"{x['twin_tok_s']:,.0f} | {_fmt(x['ape_pct'])} | {int(x['real_starved'])}/{int(x['twin_starved'])} | "
+        f"{_fmt(x['pub_ape_pct'])} |"
+        for x in s["worst"]
+    ]
     if "latency" in s:
         lines += _latency_markdown(s)
     return "\n".join(lines) + "\n"
@@ -766,16 +985,25 @@ def _latency_markdown(s: dict[str, Any]) -> list[str]:
     cv = s.get("cv")
     if cv:
         fitted = s.get("step_time_fitted", {})
-        lines += ["", "### Cross-validation folds", "",
-                  "Workload groups (rank set × rate set) split like a chessboard, so each half has every rank set "
-                  "and every rate set; the globals fitted on one half score the other.", "",
-                  "| scored groups | runs | model | h_pf | g_rank | g_slot |", "|---|---:|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "### Cross-validation folds",
+            "",
+            "Workload groups (rank set × rate set) split like a chessboard, so each half has every rank set "
+            "and every rate set; the globals fitted on one half score the other.",
+            "",
+            "| scored groups | runs | model | h_pf | g_rank | g_slot |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
         for f in cv["folds"]:
             for model, sec in f["step_time"].items():
                 c = sec["coef"]
-                lines.append(f"| {', '.join(f['groups'])} | {f['runs_scored']} | {model} | {c['h_pf']:.4g} | "
-                             f"{c['g_rank']:.4g} | {c['g_slot']:.4g} |")
+                lines.append(
+                    f"| {', '.join(f['groups'])} | {f['runs_scored']} | {model} | {c['h_pf']:.4g} | "
+                    f"{c['g_rank']:.4g} | {c['g_slot']:.4g} |"
+                )
         for model, c in fitted.items():
-            lines.append(f"| all (fitted) | {s['runs']} | {model} | {c['h_pf']:.4g} | {c['g_rank']:.4g} | "
-                         f"{c['g_slot']:.4g} |")
+            lines.append(
+                f"| all (fitted) | {s['runs']} | {model} | {c['h_pf']:.4g} | {c['g_rank']:.4g} | {c['g_slot']:.4g} |"
+            )
     return lines

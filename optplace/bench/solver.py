@@ -73,37 +73,54 @@ def family(n: int, ranks: tuple[int, ...], skew: str, seed: int = 0, order: str 
 
     from optplace.specs import Scenario
     from optplace.specs.model import AdapterGroup, Popularity
+
     if order not in ORDERS:
         raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
     s = zipf_exponent(skew)
     per = [n // len(ranks) + (1 if i < n % len(ranks) else 0) for i in range(len(ranks))]
-    groups = tuple(AdapterGroup(group=f"r{r}", count=k, rank=r, total_rate_rps=MEAN_RATE * k,
-                                popularity=Popularity(kind="zipf", s=s) if s is not None
-                                else Popularity(kind="uniform"))
-                   for r, k in zip(ranks, per))
+    groups = tuple(
+        AdapterGroup(
+            group=f"r{r}",
+            count=k,
+            rank=r,
+            total_rate_rps=MEAN_RATE * k,
+            popularity=Popularity(kind="zipf", s=s) if s is not None else Popularity(kind="uniform"),
+        )
+        for r, k in zip(ranks, per)
+    )
     name = f"bench-{n}-r{'-'.join(map(str, ranks))}-{skew}"
     solver = {"strategy": "milp", "time_limit_s": 60.0 if n <= 1000 else 240.0}
     # model_validate: the solver options and (below) the entries are validated from plain dicts
-    sc = Scenario.model_validate(dict(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=groups,
-                                      seed=seed, solver=solver))
+    sc = Scenario.model_validate(
+        dict(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=groups, seed=seed, solver=solver)
+    )
     if order == "popularity":
         return sc.model_copy(update={"name": f"{name}-popularity-order"})
     ads = sc.adapter_list()
     perm = np.random.default_rng([seed, n, len(ranks), 0x0DE5]).permutation(len(ads))
     entries = [{"name": ads[i].name, "rank": ads[i].rank, "rate_rps": ads[i].rate_rps} for i in perm]
-    return Scenario.model_validate(dict(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=entries,
-                                        seed=seed, solver=solver))
+    return Scenario.model_validate(
+        dict(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=entries, seed=seed, solver=solver)
+    )
 
 
-def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = None,
-        strategies: tuple[str, ...] | None = None, order: str = "shuffled", validate_max: int = 100,
-        validate_window_s: float = 3600.0, skews: tuple[str, ...] | None = None) -> dict[str, Any]:
+def run(
+    json: bool = False,
+    full: bool = False,
+    sizes: tuple[int, ...] | None = None,
+    strategies: tuple[str, ...] | None = None,
+    order: str = "shuffled",
+    validate_max: int = 100,
+    validate_window_s: float = 3600.0,
+    skews: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """Run the benchmark, print a table (unless ``json``), return the rows. ``full`` adds the 5,000 and
     10,000-adapter families to the default sizes; ``skews`` picks some of :data:`SKEWS` (or other
     ``zipf-<s>``)."""
     from optplace.pipeline import silence_highs_banner
     from optplace.solver import AnalyticCapacity, Infeasible, compile_problem, gpu_plans, solve
     from optplace.infra.registry import STRATEGIES
+
     silence_highs_banner()  # its banner on stdout would break --json
     names = strategies or tuple(STRATEGIES)
     for name in names:
@@ -124,11 +141,17 @@ def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = 
                     row = _solve_row(sc, pb, an, s, n, ranks, skew, order, solve, Infeasible)
                     if "gpus" in row and n <= validate_max and s in ("milp", "greedy-paper"):
                         from optplace.twin.simulate import simulate_plan
-                        sc_v = sc.model_copy(update={"workload": sc.workload.model_copy(
-                            update={"duration_s": validate_window_s})})
+
+                        sc_v = sc.model_copy(
+                            update={"workload": sc.workload.model_copy(update={"duration_s": validate_window_s})}
+                        )
                         rep = simulate_plan(sc_v, gpu_plans(row.pop("_plan")), Path("."), workers=1)
-                        row.update(validated=True, starved_gpus=len(rep.starved_gpus), oom_gpus=len(rep.oom_gpus),
-                                   sim_wall_s=round(rep.sim_wall_s, 2))
+                        row.update(
+                            validated=True,
+                            starved_gpus=len(rep.starved_gpus),
+                            oom_gpus=len(rep.oom_gpus),
+                            sim_wall_s=round(rep.sim_wall_s, 2),
+                        )
                     row.pop("_plan", None)
                     rows.append(row)
                     _print_row(row, json)
@@ -136,8 +159,18 @@ def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = 
                     # The first version's order, for comparison: round-robin over a popularity-sorted list.
                     sc_p = family(n, ranks, skew, order="popularity")
                     pb_p = compile_problem(sc_p, Path("."))
-                    row = _solve_row(sc_p, pb_p, AnalyticCapacity(pb_p), "round-robin", n, ranks, skew,
-                                     "popularity", solve, Infeasible)
+                    row = _solve_row(
+                        sc_p,
+                        pb_p,
+                        AnalyticCapacity(pb_p),
+                        "round-robin",
+                        n,
+                        ranks,
+                        skew,
+                        "popularity",
+                        solve,
+                        Infeasible,
+                    )
                     row.pop("_plan", None)
                     row.update(family=sc.name, strategy="round-robin@popularity")
                     rows.append(row)
@@ -150,17 +183,39 @@ def run(json: bool = False, full: bool = False, sizes: tuple[int, ...] | None = 
     return out
 
 
-def _solve_row(sc: Any, pb: Any, an: Any, s: str, n: int, ranks: tuple[int, ...], skew: str, order: str,
-               solve: Any, infeasible: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"family": sc.name, "adapters": n, "ranks": list(ranks), "skew": skew, "order": order,
-                           "strategy": s}
+def _solve_row(
+    sc: Any,
+    pb: Any,
+    an: Any,
+    s: str,
+    n: int,
+    ranks: tuple[int, ...],
+    skew: str,
+    order: str,
+    solve: Any,
+    infeasible: Any,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "family": sc.name,
+        "adapters": n,
+        "ranks": list(ranks),
+        "skew": skew,
+        "order": order,
+        "strategy": s,
+    }
     try:
         plan = solve(pb, an, s)
     except infeasible as e:
         row.update(error=str(e))
         return row
-    row.update(gpus=plan.gpus_used, lower_bound=plan.lower_bound, gap=round(plan.gap, 4),
-               solve_time_s=round(plan.solve_time_s, 3), validated=False, _plan=plan)
+    row.update(
+        gpus=plan.gpus_used,
+        lower_bound=plan.lower_bound,
+        gap=round(plan.gap, 4),
+        solve_time_s=round(plan.solve_time_s, 3),
+        validated=False,
+        _plan=plan,
+    )
     return row
 
 
@@ -170,9 +225,12 @@ def _print_row(row: dict[str, Any], json: bool) -> None:
     if "error" in row:
         print(f"{row['family']:<34} {row['strategy']:<22} infeasible: {row['error']}", flush=True)
         return
-    val = (f"starved {row['starved_gpus']} oom {row['oom_gpus']}" if row.get("validated") else "not validated")
-    print(f"{row['family']:<34} {row['strategy']:<22} gpus {row['gpus']:>4}  lb {row['lower_bound']:>6.1f}  "
-          f"gap {100 * row['gap']:5.1f}%  {row['solve_time_s']:8.2f} s  {val}", flush=True)
+    val = f"starved {row['starved_gpus']} oom {row['oom_gpus']}" if row.get("validated") else "not validated"
+    print(
+        f"{row['family']:<34} {row['strategy']:<22} gpus {row['gpus']:>4}  lb {row['lower_bound']:>6.1f}  "
+        f"gap {100 * row['gap']:5.1f}%  {row['solve_time_s']:8.2f} s  {val}",
+        flush=True,
+    )
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,36 +249,55 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             milp_le_paper.append(m["gpus"] <= p["gpus"])
         if m and rr and m["skew"] != "uniform":
             lb = math.ceil(max(r["lower_bound"] for r in rows if r["family"] == f and "lower_bound" in r) - 1e-9)
-            skew.append({"family": f, "skew": m["skew"], "adapters": m["adapters"], "milp": m["gpus"],
-                         "round_robin": rr["gpus"],
-                         "saving": round(1 - m["gpus"] / rr["gpus"], 4),
-                         "ceiling": round(1 - lb / rr["gpus"], 4),
-                         "round_robin_popularity": rp["gpus"] if rp else None,
-                         "saving_vs_popularity_order": round(1 - m["gpus"] / rp["gpus"], 4) if rp else None})
+            skew.append(
+                {
+                    "family": f,
+                    "skew": m["skew"],
+                    "adapters": m["adapters"],
+                    "milp": m["gpus"],
+                    "round_robin": rr["gpus"],
+                    "saving": round(1 - m["gpus"] / rr["gpus"], 4),
+                    "ceiling": round(1 - lb / rr["gpus"], 4),
+                    "round_robin_popularity": rp["gpus"] if rp else None,
+                    "saving_vs_popularity_order": round(1 - m["gpus"] / rp["gpus"], 4) if rp else None,
+                }
+            )
     if milp_le_paper:
         lines.append(f"milp ≤ greedy-paper GPUs in {sum(milp_le_paper)}/{len(milp_le_paper)} families")
     for n, g in sorted(gaps.items()):
         lines.append(f"milp gap to the lower bound at {n} adapters: max {100 * max(g):.1f} %")
     for s in skew:
-        extra = (f"; vs round-robin over the popularity-sorted list ({s['round_robin_popularity']} GPUs): "
-                 f"{100 * s['saving_vs_popularity_order']:.0f} %" if s["round_robin_popularity"] else "")
-        lines.append(f"{s['family']}: milp {s['milp']} vs round-robin {s['round_robin']} GPUs: "
-                     f"{100 * s['saving']:.0f} % fewer (no plan can save more than {100 * s['ceiling']:.0f} %){extra}")
+        extra = (
+            f"; vs round-robin over the popularity-sorted list ({s['round_robin_popularity']} GPUs): "
+            f"{100 * s['saving_vs_popularity_order']:.0f} %"
+            if s["round_robin_popularity"]
+            else ""
+        )
+        lines.append(
+            f"{s['family']}: milp {s['milp']} vs round-robin {s['round_robin']} GPUs: "
+            f"{100 * s['saving']:.0f} % fewer (no plan can save more than {100 * s['ceiling']:.0f} %){extra}"
+        )
     for name in sorted({s["skew"] for s in skew}):
         sv = [s["saving"] for s in skew if s["skew"] == name]
-        lines.append(f"{name} families: milp uses {100 * min(sv):.0f}–{100 * max(sv):.0f} % fewer GPUs "
-                     f"than round-robin")
+        lines.append(
+            f"{name} families: milp uses {100 * min(sv):.0f}–{100 * max(sv):.0f} % fewer GPUs than round-robin"
+        )
     infeasible = sorted({r["family"] for r in rows if "error" in r})
     if infeasible:
         lines.append(f"infeasible for some strategy (see rows): {', '.join(infeasible)}")
-    return {"milp_le_greedy_paper": milp_le_paper, "skew_saving_vs_round_robin": [s["saving"] for s in skew],
-            "skewed": skew, "lines": lines}
+    return {
+        "milp_le_greedy_paper": milp_le_paper,
+        "skew_saving_vs_round_robin": [s["saving"] for s in skew],
+        "skewed": skew,
+        "lines": lines,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m optplace.bench.solver [--sizes 100,1000] [--strategies milp,round-robin] [--order …] [--json]``."""
     import argparse
     import json as _json
+
     ap = argparse.ArgumentParser(prog="python -m optplace.bench.solver", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=None, help="comma-separated adapter counts (default 100,500,1000)")
     ap.add_argument("--full", action="store_true", help="also 5,000 and 10,000 adapters")
@@ -233,8 +310,15 @@ def main(argv: list[str] | None = None) -> None:
     sizes = tuple(int(x) for x in a.sizes.split(",")) if a.sizes else None
     strategies = tuple(a.strategies.split(",")) if a.strategies else None
     skews = tuple(a.skews.split(",")) if a.skews else None
-    out = run(json=a.json, full=a.full, sizes=sizes, strategies=strategies, order=a.order,
-              validate_max=a.validate_max, skews=skews)
+    out = run(
+        json=a.json,
+        full=a.full,
+        sizes=sizes,
+        strategies=strategies,
+        order=a.order,
+        validate_max=a.validate_max,
+        skews=skews,
+    )
     if a.json:
         print(_json.dumps(out, indent=2))
 

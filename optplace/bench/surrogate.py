@@ -75,17 +75,33 @@ def _latency(sur: Any, X: np.ndarray) -> dict[str, float]:
     c10_w, c10_c = _timed(lambda: sur.capacity_many(X10), 7)
     a10_w, a10_c = _timed(lambda: sur.predict_many(X10), 5)
     us = 1e6 / len(work)
-    return {"row_us_capacity": cap_w * us, "row_us_capacity_cpu": cap_c * us,
-            "row_us_all": all_w * us, "row_us_all_cpu": all_c * us,
-            "rows10k_ms_capacity": c10_w * 1e3, "rows10k_ms_capacity_cpu": c10_c * 1e3,
-            "rows10k_ms_all": a10_w * 1e3, "rows10k_ms_all_cpu": a10_c * 1e3}
+    return {
+        "row_us_capacity": cap_w * us,
+        "row_us_capacity_cpu": cap_c * us,
+        "row_us_all": all_w * us,
+        "row_us_all_cpu": all_c * us,
+        "rows10k_ms_capacity": c10_w * 1e3,
+        "rows10k_ms_capacity_cpu": c10_c * 1e3,
+        "rows10k_ms_all": a10_w * 1e3,
+        "rows10k_ms_all_cpu": a10_c * 1e3,
+    }
 
 
 #: per held-out sweep: the headline figures (the full set is computed for the union)
-SWEEP_FIGURES = ("n", "throughput_smape_pct", "throughput_smape_pct_vs_seed0",
-                 "twin_seed_vs_seed_throughput_smape_pct", "starved_macro_f1", "starved_macro_f1_vs_seed0",
-                 "twin_seed_vs_seed_starved_macro_f1", "starved_macro_f1_sobol_rows", "starved_macro_f1_boundary_rows",
-                 "false_not_starved_rate", "n_starved", "n_errors")
+SWEEP_FIGURES = (
+    "n",
+    "throughput_smape_pct",
+    "throughput_smape_pct_vs_seed0",
+    "twin_seed_vs_seed_throughput_smape_pct",
+    "starved_macro_f1",
+    "starved_macro_f1_vs_seed0",
+    "twin_seed_vs_seed_starved_macro_f1",
+    "starved_macro_f1_sobol_rows",
+    "starved_macro_f1_boundary_rows",
+    "false_not_starved_rate",
+    "n_starved",
+    "n_errors",
+)
 
 
 def holdout_figures(sur: Any, X: np.ndarray, targets: dict[str, np.ndarray], pass_no: np.ndarray) -> dict[str, float]:
@@ -105,8 +121,14 @@ def holdout_figures(sur: Any, X: np.ndarray, targets: dict[str, np.ndarray], pas
     return h
 
 
-def by_sweep(sur: Any, X: np.ndarray, targets: dict[str, np.ndarray], pass_no: np.ndarray,
-             names: tuple[str, ...], idx: np.ndarray) -> dict[str, dict[str, float]]:
+def by_sweep(
+    sur: Any,
+    X: np.ndarray,
+    targets: dict[str, np.ndarray],
+    pass_no: np.ndarray,
+    names: tuple[str, ...],
+    idx: np.ndarray,
+) -> dict[str, dict[str, float]]:
     """The headline held-out figures (:data:`SWEEP_FIGURES`) of each held-out sweep alone."""
     out = {}
     for k, name in enumerate(names):
@@ -157,10 +179,16 @@ def _milp(sur: Any, profile: Any) -> dict[str, float]:
         times.append(r.solve_s)
         if r.n_adapters:
             row = class_rows([r.n_adapters], r.max_loras, rank, rate)[0].tolist()
-            agree.append(abs(sur.models["throughput"].raw_row(row) - r.throughput_raw) < 1e-9
-                         and abs(sur.models["starved"].raw_row(row) - r.starved_raw) < 1e-9)
-    return {"milp_classes": float(len(times)), "milp_solve_s_max": float(max(times)),
-            "milp_solve_s_median": float(np.median(times)), "milp_agree": float(all(agree) and bool(agree))}
+            agree.append(
+                abs(sur.models["throughput"].raw_row(row) - r.throughput_raw) < 1e-9
+                and abs(sur.models["starved"].raw_row(row) - r.starved_raw) < 1e-9
+            )
+    return {
+        "milp_classes": float(len(times)),
+        "milp_solve_s_max": float(max(times)),
+        "milp_solve_s_median": float(np.median(times)),
+        "milp_agree": float(all(agree) and bool(agree)),
+    }
 
 
 def _sweep_cost(profile: str, sample: int, seed: int = 0) -> dict[str, float]:
@@ -178,13 +206,18 @@ def _sweep_cost(profile: str, sample: int, seed: int = 0) -> dict[str, float]:
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
     mean_cpu = float(np.mean(cpu))
-    return {"sample": float(len(cpu)), "cpu_s_per_config_mean": mean_cpu, "cpu_s_per_config_max": float(max(cpu)),
-            "wall_s_per_config_mean": float(np.mean(wall)),
-            "projected_2000_configs_2_cores_min_cpu": 2000 * mean_cpu / 2 / 60}
+    return {
+        "sample": float(len(cpu)),
+        "cpu_s_per_config_mean": mean_cpu,
+        "cpu_s_per_config_max": float(max(cpu)),
+        "wall_s_per_config_mean": float(np.mean(wall)),
+        "projected_2000_configs_2_cores_min_cpu": 2000 * mean_cpu / 2 / 60,
+    }
 
 
-def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bool = True,
-        sweep_sample: int = 16) -> dict[str, Any]:
+def run(
+    json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bool = True, sweep_sample: int = 16
+) -> dict[str, Any]:
     """Run the benchmark; print a table (unless ``json``: the caller prints the returned dict)."""
     from optplace.specs import bundled_profiles
     from optplace.surrogate.evaluation import holdout_sweeps, load_holdout
@@ -193,8 +226,11 @@ def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bo
     import os
 
     # timings on a shared machine depend on what else runs: record the load next to them
-    out: dict[str, Any] = {"targets": TARGETS, "profiles": {},
-                           "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_start": os.getloadavg()[0]}}
+    out: dict[str, Any] = {
+        "targets": TARGETS,
+        "profiles": {},
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_start": os.getloadavg()[0]},
+    }
     for name, prof in sorted(bundled_profiles().items()):
         if profiles is not None and name not in profiles:
             continue
@@ -207,27 +243,35 @@ def run(json: bool = False, *, profiles: tuple[str, ...] | None = None, milp: bo
         split = sur.meta.get("split")
         names, idx = holdout_sweeps(sur)
         # pass-1 (Sobol) rows vs boundary-chain rows, which sit within a few % of the boundary load
-        res: dict[str, Any] = {"holdout": holdout_figures(sur, X, targets, pass_no),
-                               "holdout_sweeps": list(names),
-                               "holdout_by_sweep": by_sweep(sur, X, targets, pass_no, names, idx),
-                               "label": split.get("label") if isinstance(split, dict) else
-                               "one twin seed per configuration"}
+        res: dict[str, Any] = {
+            "holdout": holdout_figures(sur, X, targets, pass_no),
+            "holdout_sweeps": list(names),
+            "holdout_by_sweep": by_sweep(sur, X, targets, pass_no, names, idx),
+            "label": split.get("label") if isinstance(split, dict) else "one twin seed per configuration",
+        }
         res["latency"] = _latency(sur, X)
         res["real_dt_validation"] = _real_runs(sur, prof.model)
         if milp:
             res["milp"] = _milp(sur, prof)
         per = float(np.mean(wall)) if wall.size else math.nan
-        res["sweep"] = {"twin_wall_s_per_config": per, "projected_2000_configs_2_cores_min": 2000 * per / 2 / 60,
-                        "dataset": sur.meta.get("dataset", {}).get("provenance", {}).get("evaluator", {})}
+        res["sweep"] = {
+            "twin_wall_s_per_config": per,
+            "projected_2000_configs_2_cores_min": 2000 * per / 2 / 60,
+            "dataset": sur.meta.get("dataset", {}).get("provenance", {}).get("evaluator", {}),
+        }
         if sweep_sample:
             res["sweep"].update(_sweep_cost(name, sweep_sample))
-        res["trained"] = {"n_train": sur.meta.get("n_train"), "n_test": sur.meta.get("n_test"),
-                          "trees": {k: v.get("trees") for k, v in sur.meta["models"].items()},
-                          "label": sur.meta.get("dataset", {}).get("label", "one twin seed per configuration"),
-                          "starved_threshold": sur.threshold,
-                          "threshold_cv": {k: v for k, v in (sur.meta.get("threshold_cv") or {}).items()
-                                           if k not in ("grid", "macro_f1")},
-                          "derived_features": list((sur.meta.get("physics") or {}).get("derived", []))}
+        res["trained"] = {
+            "n_train": sur.meta.get("n_train"),
+            "n_test": sur.meta.get("n_test"),
+            "trees": {k: v.get("trees") for k, v in sur.meta["models"].items()},
+            "label": sur.meta.get("dataset", {}).get("label", "one twin seed per configuration"),
+            "starved_threshold": sur.threshold,
+            "threshold_cv": {
+                k: v for k, v in (sur.meta.get("threshold_cv") or {}).items() if k not in ("grid", "macro_f1")
+            },
+            "derived_features": list((sur.meta.get("physics") or {}).get("derived", [])),
+        }
         out["profiles"][name] = res
     if not json:  # with --json the CLI prints the returned dict
         _render(out)
@@ -263,8 +307,11 @@ def _render(out: dict[str, Any]) -> None:
         if "twin_seed_vs_seed_throughput_smape_pct" in h:
             row(p, "  twin itself: seed 1 vs seed 0 (noise floor)", h["twin_seed_vs_seed_throughput_smape_pct"])
         if "twin_seed0_vs_mean_of_other_seeds_throughput_smape_pct" in h:
-            row(p, "  twin itself: seed 0 vs the mean of the other seeds",
-                h["twin_seed0_vs_mean_of_other_seeds_throughput_smape_pct"])
+            row(
+                p,
+                "  twin itself: seed 0 vs the mean of the other seeds",
+                h["twin_seed0_vs_mean_of_other_seeds_throughput_smape_pct"],
+            )
         for k in ("not_starved", "unsaturated", "saturated_full_slots", "saturated_slots_lt_adapters"):
             row(p, f"  … sMAPE % on {k.replace('_', ' ')} ({int(h['n_' + k])})", h[f"throughput_smape_pct_{k}"])
         row(p, "starvation macro-F1 (held-out)", h["starved_macro_f1"], "≥ 0.95")
@@ -277,17 +324,27 @@ def _render(out: dict[str, Any]) -> None:
             row(p, f"  … on boundary-chain rows ({int(h['n_boundary_rows'])})", h["starved_macro_f1_boundary_rows"])
         if "false_not_starved_rate" in h:
             row(p, "  false 'not starved' rate (starved rows called fine)", h["false_not_starved_rate"])
-            row(p, f"  … within 5 points of the rule ({int(h['n_starved_near_boundary'])} starved rows)",
-                h["false_not_starved_rate_near_boundary"])
+            row(
+                p,
+                f"  … within 5 points of the rule ({int(h['n_starved_near_boundary'])} starved rows)",
+                h["false_not_starved_rate_near_boundary"],
+            )
         if len(sweeps) > 1:
             for name, hs in r["holdout_by_sweep"].items():
                 row(p, f"  sweep {name} ({int(hs['n'])}): throughput sMAPE %", hs["throughput_smape_pct"], "≤ 5")
-                row(p, f"  sweep {name}: starvation macro-F1 ({int(hs['n_errors'])} wrong verdicts)",
-                    hs["starved_macro_f1"], "≥ 0.95")
+                row(
+                    p,
+                    f"  sweep {name}: starvation macro-F1 ({int(hs['n_errors'])} wrong verdicts)",
+                    hs["starved_macro_f1"],
+                    "≥ 0.95",
+                )
         tr = r.get("trained", {})
         if "starved_threshold" in tr:
-            row(p, f"  decision threshold (CV on training rows; training label: {tr.get('label')})",
-                tr["starved_threshold"])
+            row(
+                p,
+                f"  decision threshold (CV on training rows; training label: {tr.get('label')})",
+                tr["starved_threshold"],
+            )
         row(p, "ITL sMAPE % (held-out)", h["itl_smape_pct"])
         row(p, "p99 TTFT sMAPE % (held-out)", h["ttft_p99_smape_pct"])
         row(p, "one row µs, throughput+starved (best of 5: wall / CPU)", lat["row_us_capacity"], "≤ 50")
@@ -318,8 +375,9 @@ def _render(out: dict[str, Any]) -> None:
         con.print(f"machine: {m['cpus']} CPUs, 1-min load average {m['loadavg_1m_at_start']:.2f} at the start")
 
 
-def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | None = None, configs: int = 4,
-               seeds: int = 3) -> list[dict[str, Any]]:
+def twin_noise(
+    profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | None = None, configs: int = 4, seeds: int = 3
+) -> list[dict[str, Any]]:
     """Seed-to-seed spread of the twin's throughput on saturated sweep rows with fewer slots than
     adapters (the regime where which adapters grab the sticky slots is random): the noise floor
     any surrogate of these features faces.  Re-simulates ``configs`` rows of ``dataset`` with
@@ -351,8 +409,13 @@ def twin_noise(profile: str = "llama-3.1-8b-instruct@h100-64gb", dataset: str | 
         cfg = made[0]
         vals = [float(ds.targets["throughput_tok_s"][j])]
         vals += [ev(dataclasses.replace(cfg, seed=cfg.seed + 1000 * (k + 1))).throughput_tok_s for k in range(seeds)]
-        rec = {"index": i, "n_adapters": cfg.n_adapters, "max_loras": cfg.max_loras, "throughput": vals,
-               "cv_pct": float(100 * np.std(vals) / np.mean(vals))}
+        rec = {
+            "index": i,
+            "n_adapters": cfg.n_adapters,
+            "max_loras": cfg.max_loras,
+            "throughput": vals,
+            "cv_pct": float(100 * np.std(vals) / np.mean(vals)),
+        }
         print(rec)
         out.append(rec)
     return out

@@ -111,8 +111,13 @@ def _config(run_: Any, client_cap: int | None = None):
 
     prof = resolve_profile(model=run_.model, gpu=GPU)
     cfg = engine_config_from_profile(
-        prof, run_.adapter_ranks, run_.max_loras, max_cpu_loras=run_.max_cpu_loras, max_lora_rank=run_.max_lora_rank,
-        max_num_seqs=2048, max_num_batched_tokens=2048,
+        prof,
+        run_.adapter_ranks,
+        run_.max_loras,
+        max_cpu_loras=run_.max_cpu_loras,
+        max_lora_rank=run_.max_lora_rank,
+        max_num_seqs=2048,
+        max_num_batched_tokens=2048,
     )
     return cfg if client_cap is None else replace(cfg, max_outstanding=client_cap)
 
@@ -139,9 +144,17 @@ def time_run(run_: Any, seed: int = 0, client_cap: int | None = None) -> SpeedRo
     c2 = time.process_time()
     t2 = time.perf_counter()
     return SpeedRow(
-        run_id=run_.run_id, model=run_.model, max_loras=run_.max_loras, served=run_.max_cpu_loras,
-        aggregate_rate_rps=run_.aggregate_rate_rps, arrivals=int(len(wl.arrival_s)), completed=res.finished,
-        steps=res.steps, max_waiting=res.max_waiting, simulated_s=res.duration_s, engine_wall_s=t2 - t1,
+        run_id=run_.run_id,
+        model=run_.model,
+        max_loras=run_.max_loras,
+        served=run_.max_cpu_loras,
+        aggregate_rate_rps=run_.aggregate_rate_rps,
+        arrivals=int(len(wl.arrival_s)),
+        completed=res.finished,
+        steps=res.steps,
+        max_waiting=res.max_waiting,
+        simulated_s=res.duration_s,
+        engine_wall_s=t2 - t1,
         engine_cpu_s=c2 - c1,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         workload_wall_s=t1 - t0,
@@ -162,8 +175,17 @@ def _peak_python_alloc_mib(run_: Any, seed: int, cap: int | None = None) -> floa
     return peak / 2**20
 
 
-def run(json: bool = False, *, full: bool = False, stride: int = 8, seed: int = 0, limit: int | None = None,
-        trace_memory: bool = True, progress: bool = True, client_cap: bool = False) -> dict[str, Any]:
+def run(
+    json: bool = False,
+    *,
+    full: bool = False,
+    stride: int = 8,
+    seed: int = 0,
+    limit: int | None = None,
+    trace_memory: bool = True,
+    progress: bool = True,
+    client_cap: bool = False,
+) -> dict[str, Any]:
     """Run the speed benchmark, print its figures (a table, or JSON when ``json``) and return them.
 
     ``client_cap=True`` replays with the reference harness's cap on outstanding requests, as
@@ -199,7 +221,9 @@ def run(json: bool = False, *, full: bool = False, stride: int = 8, seed: int = 
     summary: dict[str, Any] = {
         "runs": len(rows),
         "client_cap": cap,
-        "selection": "all dt_validation runs with results" if full else f"spread (stride {stride}) + heaviest per group",
+        "selection": "all dt_validation runs with results"
+        if full
+        else f"spread (stride {stride}) + heaviest per group",
         "sim_s_per_wall_s_median": statistics.median(sp),
         "sim_s_per_wall_s_worst": min(sp),
         "wall_s_per_sim_hour_median": statistics.median(wph),
@@ -220,11 +244,20 @@ def run(json: bool = False, *, full: bool = False, stride: int = 8, seed: int = 
         "meets_targets_cpu_time": statistics.median(cph) <= 1.0 and max(cph) <= 5.0,
         "rows": [
             {
-                "run_id": x.run_id, "model": x.model, "max_loras": x.max_loras, "served": x.served,
-                "aggregate_rate_rps": x.aggregate_rate_rps, "arrivals": x.arrivals, "completed": x.completed,
-                "steps": x.steps, "max_waiting": x.max_waiting, "engine_wall_s": x.engine_wall_s,
-                "workload_wall_s": x.workload_wall_s, "engine_cpu_s": x.engine_cpu_s,
-                "peak_rss_mib_after": x.peak_rss_mib, "sim_s_per_wall_s": x.speedup,
+                "run_id": x.run_id,
+                "model": x.model,
+                "max_loras": x.max_loras,
+                "served": x.served,
+                "aggregate_rate_rps": x.aggregate_rate_rps,
+                "arrivals": x.arrivals,
+                "completed": x.completed,
+                "steps": x.steps,
+                "max_waiting": x.max_waiting,
+                "engine_wall_s": x.engine_wall_s,
+                "workload_wall_s": x.workload_wall_s,
+                "engine_cpu_s": x.engine_cpu_s,
+                "peak_rss_mib_after": x.peak_rss_mib,
+                "sim_s_per_wall_s": x.speedup,
             }
             for x in rows
         ],
@@ -244,8 +277,17 @@ def _print(s: dict[str, Any], rows: list[SpeedRow]) -> None:
     for c in ("model", "slots", "served", "req/s", "arrivals", "steps", "wall s", "CPU s", "sim/wall"):
         t.add_column(c, justify="right")
     for x in sorted(rows, key=lambda x: x.engine_wall_s):
-        t.add_row(x.model[:5], str(x.max_loras), str(x.served), f"{x.aggregate_rate_rps:.1f}", f"{x.arrivals / 1e3:.0f}k",
-                  f"{x.steps / 1e3:.0f}k", f"{x.engine_wall_s:.2f}", f"{x.engine_cpu_s:.2f}", f"{x.speedup:.0f}")
+        t.add_row(
+            x.model[:5],
+            str(x.max_loras),
+            str(x.served),
+            f"{x.aggregate_rate_rps:.1f}",
+            f"{x.arrivals / 1e3:.0f}k",
+            f"{x.steps / 1e3:.0f}k",
+            f"{x.engine_wall_s:.2f}",
+            f"{x.engine_cpu_s:.2f}",
+            f"{x.speedup:.0f}",
+        )
     con.print(t)
     con.print(
         f"simulated s per wall s: median {s['sim_s_per_wall_s_median']:,.0f}, "

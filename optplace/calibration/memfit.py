@@ -32,8 +32,12 @@ def fit_memory(csv_path: str | Path, arch: ModelArch, gpu: GpuSpec) -> MemoryMod
     ok = [r for r in rows if r["status"] == "ok" and r["kv_cache_tokens"]]
     util = float(ok[0]["gpu_memory_utilization"])
     bpt = arch.kv_bytes_per_token
-    used = [weights + int(r["max_loras"]) * (per_slot_rank * int(r["max_lora_rank"]) + per_slot)
-            + int(r["kv_cache_tokens"]) * bpt / GiB for r in ok]
+    used = [
+        weights
+        + int(r["max_loras"]) * (per_slot_rank * int(r["max_lora_rank"]) + per_slot)
+        + int(r["kv_cache_tokens"]) * bpt / GiB
+        for r in ok
+    ]
     reserved = util * gpu.memory_gib - float(np.mean(used))
     points = tuple(sorted((int(r["max_loras"]), int(r["max_lora_rank"]), int(r["kv_cache_tokens"])) for r in ok))
     return MemoryModel(

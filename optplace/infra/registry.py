@@ -61,11 +61,12 @@ class Registry(Generic[T]):
 
         def deco(obj: Any) -> Any:
             if isinstance(obj, type):
-                setattr(obj, "name", name)
+                setattr(obj, "name", name)  # noqa: B010 (mypy: `type` has no attribute `name`)
                 self._add(name, obj())
             else:
                 self._add(name, obj)
             return obj
+
         return deco
 
     def _add(self, name: str, item: T) -> None:
@@ -140,8 +141,8 @@ class Registry(Generic[T]):
 BUILTIN_PLUGINS: dict[str, tuple[str, ...]] = {
     "strategy": ("optplace.solver.strategies",),
     "objective": ("optplace.solver.objectives",),
-    "arrival model": ("optplace.twin._arrivals",),
-    "length model": ("optplace.twin._lengths", "optplace.twin._arrivals"),  # trace lengths: by the trace reader
+    "arrival model": ("optplace.twin.arrivals",),
+    "length model": ("optplace.twin.lengths", "optplace.twin.arrivals"),  # trace lengths: by the trace reader
     "executor": ("optplace.infra.executors",),
 }
 

@@ -56,8 +56,10 @@ class BalanceResult:
     def log_line(self) -> str:
         """One solver-log line describing the pass."""
         tail = "; stopped at its deadline" if self.stopped_by_deadline else ""
-        return (f"balanced at {len(self.gpus)} GPUs: worst load/capacity {self.max_util_before:.0%} → "
-                f"{self.max_util_after:.0%} (analytic capacity), {self.moves} moves, {self.swaps} swaps{tail}")
+        return (
+            f"balanced at {len(self.gpus)} GPUs: worst load/capacity {self.max_util_before:.0%} → "
+            f"{self.max_util_after:.0%} (analytic capacity), {self.moves} moves, {self.swaps} swaps{tail}"
+        )
 
 
 def proxy_model(problem: Problem, oracle: CapacityOracle) -> AnalyticCapacity | None:
@@ -140,9 +142,14 @@ def scaled(problem: Problem, idx: Sequence[int], load_scale: float = 1.0) -> Mix
     return Mix(tuple(a.rank for a in ads), tuple(a.rate_rps * load_scale for a in ads))
 
 
-def rebalance(problem: Problem, oracle: CapacityOracle, gpus: Sequence[GpuAssignment],
-              deadline: Deadline = _NEVER, max_steps: int | None = None, load_scale: float = 1.0
-              ) -> BalanceResult:
+def rebalance(
+    problem: Problem,
+    oracle: CapacityOracle,
+    gpus: Sequence[GpuAssignment],
+    deadline: Deadline = _NEVER,
+    max_steps: int | None = None,
+    load_scale: float = 1.0,
+) -> BalanceResult:
     """Spread ``gpus``' adapters over the same GPUs so the worst utilisation is as low as the local
     search gets it, every GPU staying oracle-feasible (see the module docstring). ``max_steps``: bound
     on accepted moves/swaps (default 4 per GPU + 50). ``load_scale`` > 1: a GPU receiving adapters must

@@ -40,12 +40,12 @@ class Family:
 
     gtype: int
     rank_max: int
-    kind: str            # "all" (every adapter has a slot) | "rot" (slots < adapters, activity rule)
+    kind: str  # "all" (every adapter has a slot) | "rot" (slots < adapters, activity rule)
     slots: int
     c1: float
     c2: float
-    service_s: float     # for kind "rot": activity p = 1 − exp(−rate · service_s)
-    slope: float = 0.0   # for kind "rot": load + slope·activity ≤ c1 (chord of the rotation loss)
+    service_s: float  # for kind "rot": activity p = 1 − exp(−rate · service_s)
+    slope: float = 0.0  # for kind "rot": load + slope·activity ≤ c1 (chord of the rotation loss)
 
 
 def families(problem: Problem, an: AnalyticCapacity) -> list[Family]:
@@ -71,8 +71,7 @@ def families(problem: Problem, an: AnalyticCapacity) -> list[Family]:
     return out
 
 
-def _knapsack_ub(values: np.ndarray, w1: np.ndarray, c1: float, w2: np.ndarray, c2: float,
-                 ub: np.ndarray) -> float:
+def _knapsack_ub(values: np.ndarray, w1: np.ndarray, c1: float, w2: np.ndarray, c2: float, ub: np.ndarray) -> float:
     """Upper bound on max Σ v·a, Σ w1·a ≤ c1, Σ w2·a ≤ c2, 0 ≤ a ≤ ub, via its LP dual (convex in y2,
     exact in y1 by the fractional-knapsack rule); valid at whatever y2 the search stops."""
     return _knapsack_ub_y(values, w1, c1, w2, c2, ub)[0]
@@ -129,8 +128,9 @@ def _refined_ub(values: np.ndarray, w1: np.ndarray, c1: float, w2: np.ndarray, c
     return best
 
 
-def _knapsack_ub_y(values: np.ndarray, w1: np.ndarray, c1: float, w2: np.ndarray, c2: float,
-                   ub: np.ndarray) -> tuple[float, float]:
+def _knapsack_ub_y(
+    values: np.ndarray, w1: np.ndarray, c1: float, w2: np.ndarray, c2: float, ub: np.ndarray
+) -> tuple[float, float]:
     pos = values > 0
     if not pos.any():
         return 0.0, 0.0
@@ -176,8 +176,9 @@ def _knapsack_ub_y(values: np.ndarray, w1: np.ndarray, c1: float, w2: np.ndarray
     return best, y_best
 
 
-def adapter_bins(problem: Problem, class_of: Sequence[int], width: float = 0.005
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def adapter_bins(
+    problem: Problem, class_of: Sequence[int], width: float = 0.005
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Adapters binned by (class, rank, rate rounded *down* to a ``width`` geometric grid):
     (class index, rank, rate, count) arrays."""
     step = math.log1p(width)
@@ -188,13 +189,22 @@ def adapter_bins(problem: Problem, class_of: Sequence[int], width: float = 0.005
         key = (int(c), a.rank, r)
         bins[key] = bins.get(key, 0) + 1
     keys = sorted(bins)
-    return (np.array([k[0] for k in keys], dtype=np.int64), np.array([k[1] for k in keys], dtype=np.int64),
-            np.array([k[2] for k in keys], dtype=float), np.array([bins[k] for k in keys], dtype=float))
+    return (
+        np.array([k[0] for k in keys], dtype=np.int64),
+        np.array([k[1] for k in keys], dtype=np.int64),
+        np.array([k[2] for k in keys], dtype=float),
+        np.array([bins[k] for k in keys], dtype=float),
+    )
 
 
-def lagrangian_bound(problem: Problem, an: AnalyticCapacity, duals: Sequence[float] | None = None,
-                     weights: Sequence[float] | None = None, classes: Sequence[Any] | None = None,
-                     refine: int = 40) -> float:
+def lagrangian_bound(
+    problem: Problem,
+    an: AnalyticCapacity,
+    duals: Sequence[float] | None = None,
+    weights: Sequence[float] | None = None,
+    classes: Sequence[Any] | None = None,
+    refine: int = 40,
+) -> float:
     """θ·π·n for duals π of ``classes`` (default: the problem's classes, π = representative rate)."""
     classes = problem.classes if classes is None else classes
     class_of = [0] * problem.n_adapters
@@ -220,8 +230,10 @@ def lagrangian_bound(problem: Problem, an: AnalyticCapacity, duals: Sequence[flo
         w1 = rates + f.slope * w2
         # Integer counts: at most ⌊c/w⌋ copies of an adapter bin fit.
         with np.errstate(divide="ignore", invalid="ignore"):
-            fit = np.minimum(np.where(w1 > 0, np.floor(f.c1 / w1 + 1e-9), np.inf),
-                             np.where(w2 > 0, np.floor(f.c2 / w2 + 1e-9), np.inf))
+            fit = np.minimum(
+                np.where(w1 > 0, np.floor(f.c1 / w1 + 1e-9), np.inf),
+                np.where(w2 > 0, np.floor(f.c2 / w2 + 1e-9), np.inf),
+            )
         vals, ubs = np.where(ok, v, 0.0), np.minimum(counts, fit)
         entries.append([_knapsack_ub(vals, w1, f.c1, w2, f.c2, ubs), False, f, vals, w1, w2, ubs])
     for gt in {e[2].gtype for e in entries}:
@@ -262,14 +274,23 @@ def volume_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float
     return total / best if best > 0 else math.inf
 
 
-def lower_bound(problem: Problem, an: AnalyticCapacity, duals: Any = None,
-                weights: Sequence[float] | None = None, integral: bool = True, deadline: Any = None) -> float:
+def lower_bound(
+    problem: Problem,
+    an: AnalyticCapacity,
+    duals: Any = None,
+    weights: Sequence[float] | None = None,
+    integral: bool = True,
+    deadline: Any = None,
+) -> float:
     """The best of the volume bound and the LP bound (:func:`lp_bound`), rounded up when the objective
     counts GPUs. ``duals`` (from the MILP) only matter when the LP bound stopped at ``deadline`` (anything
     with ``expired()``, e.g. :class:`~optplace.solver.problem.Deadline`): then the Lagrangian bound at them
     may be better. Memoised on the analytic model object (the bound depends only on it and the weights)."""
-    key = (None if duals is None else tuple(tuple(np.round(np.asarray(d, float), 12)) for d in duals[1]),
-           None if weights is None else tuple(weights), integral)
+    key = (
+        None if duals is None else tuple(tuple(np.round(np.asarray(d, float), 12)) for d in duals[1]),
+        None if weights is None else tuple(weights),
+        integral,
+    )
     hit = _memo_get(an, "_lb_cache", problem, key)
     if hit is None:
         value, complete = _lower_bound(problem, an, duals, weights, integral, deadline)
@@ -292,8 +313,9 @@ def _memo_put(an: AnalyticCapacity, name: str, problem: Problem, key: Any, value
     return value
 
 
-def cached_lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | None = None,
-                    deadline: Any = None) -> "LpBound":
+def cached_lp_bound(
+    problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | None = None, deadline: Any = None
+) -> "LpBound":
     """:func:`lp_bound`, memoised on ``an`` per (problem, weights); a run cut short by its deadline is
     not memoised, so a later call with more time can do better."""
     key = None if weights is None else tuple(weights)
@@ -305,8 +327,14 @@ def cached_lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[fl
     return hit
 
 
-def _lower_bound(problem: Problem, an: AnalyticCapacity, duals: Any,
-                 weights: Sequence[float] | None, integral: bool, deadline: Any = None) -> tuple[float, bool]:
+def _lower_bound(
+    problem: Problem,
+    an: AnalyticCapacity,
+    duals: Any,
+    weights: Sequence[float] | None,
+    integral: bool,
+    deadline: Any = None,
+) -> tuple[float, bool]:
     """(bound, whether the LP bound converged). ``duals``: None or (classes, [π, …]) from the MILP."""
     lb = volume_bound(problem, an, weights)
     lp = cached_lp_bound(problem, an, weights, deadline)
@@ -361,11 +389,11 @@ class Group:
 class LpBound:
     """Outcome of :func:`lp_bound`: the proven bound (Farley value) and how far the LP got."""
 
-    value: float          # proven lower bound on Σ weights·GPUs (not rounded)
-    lp_value: float       # last restricted LP value (≥ value; equal to it once converged)
+    value: float  # proven lower bound on Σ weights·GPUs (not rounded)
+    lp_value: float  # last restricted LP value (≥ value; equal to it once converged)
     rounds: int
-    families: int         # families in the compact LP at the end
-    converged: bool       # no family priced out: value is the LP optimum up to the pricing tolerance
+    families: int  # families in the compact LP at the end
+    converged: bool  # no family priced out: value is the LP optimum up to the pricing tolerance
     seconds: float
 
 
@@ -422,8 +450,19 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
                 svc_r.append(svc)
                 sl_r.append((lam - lam / (1.0 + ROTATION * an.kappa)) / kl if kl > 0 else 0.0)
             if lo_l:
-                out.append(Group(t.index, rmax, "rot", np.array(lo_l), np.array(hi_l), np.array(c1_r),
-                                 np.array(c2_r), np.array(svc_r), np.array(sl_r)))
+                out.append(
+                    Group(
+                        t.index,
+                        rmax,
+                        "rot",
+                        np.array(lo_l),
+                        np.array(hi_l),
+                        np.array(c1_r),
+                        np.array(c2_r),
+                        np.array(svc_r),
+                        np.array(sl_r),
+                    )
+                )
     return out
 
 
@@ -437,8 +476,9 @@ def _y1_grid(pi: np.ndarray, w1: np.ndarray, k: int = 96) -> np.ndarray:
     return np.concatenate([[0.0], np.geomspace(max(lo, 1e-12), max(hi, 2e-12), k)])
 
 
-def _count_ub(pi: np.ndarray, lam: np.ndarray, cnt: np.ndarray, c1: np.ndarray, n: np.ndarray,
-              y1s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _count_ub(
+    pi: np.ndarray, lam: np.ndarray, cnt: np.ndarray, c1: np.ndarray, n: np.ndarray, y1s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Upper bounds on max Σ π·a, Σ λ·a ≤ c1_f, Σ a = n_f, 0 ≤ a ≤ cnt for every family f, by LP duality:
     for any y1 ≥ 0 the best y2 makes the bound c1·y1 + (sum of the n largest π − y1·λ, with multiplicity).
     Returns (bounds, the y1 attaining each)."""
@@ -463,8 +503,9 @@ def _count_ub(pi: np.ndarray, lam: np.ndarray, cnt: np.ndarray, c1: np.ndarray, 
     return best, arg
 
 
-def _rot_ub_one(pi: np.ndarray, w1: np.ndarray, p: np.ndarray, cnt: np.ndarray, c1: float, c2: float,
-                y1s: np.ndarray) -> tuple[float, float]:
+def _rot_ub_one(
+    pi: np.ndarray, w1: np.ndarray, p: np.ndarray, cnt: np.ndarray, c1: float, c2: float, y1s: np.ndarray
+) -> tuple[float, float]:
     """Upper bound on max Σ π·a, Σ w1·a ≤ c1, Σ p·a ≤ c2, 0 ≤ a ≤ cnt, by LP duality: for each y1 ≥ 0
     the exact best y2 ≥ 0 (a weighted quantile of the ratios (π − y1·w1)/p). Returns (bound, its y1)."""
     V = pi[None, :] - y1s[:, None] * w1[None, :]
@@ -512,11 +553,15 @@ class _Pricer:
     def __init__(self, bins: Bins, groups: Sequence[Group]) -> None:
         self.bins, self.groups = bins, groups
         self.allowed = [bins.ranks <= g.rank_max for g in groups]
-        self.p = [(-np.expm1(-bins.rates[None, :] * g.service_s[:, None]) if g.kind == "rot" else None)
-                  for g in groups]
+        self.p = [(-np.expm1(-bins.rates[None, :] * g.service_s[:, None]) if g.kind == "rot" else None) for g in groups]
 
-    def price(self, pi: np.ndarray, hints: dict[tuple[int, int], float] | None = None, deadline: Any = None,
-              refine_top: int = 3) -> list[np.ndarray] | None:
+    def price(
+        self,
+        pi: np.ndarray,
+        hints: dict[tuple[int, int], float] | None = None,
+        deadline: Any = None,
+        refine_top: int = 3,
+    ) -> list[np.ndarray] | None:
         """Per group, an upper bound per family (−inf for families no adapter set fits). ``hints``:
         load multipliers worth trying for some families (the compact LP's own, for its members).
         None when ``deadline`` passes before every group is priced (no valid bound from a part)."""
@@ -538,11 +583,18 @@ class _Pricer:
                         continue
                     k = int(np.searchsorted(y1s, arg[f]))
                     lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
-                    c1f, nf = g.c1[f:f + 1], g.size[f:f + 1].astype(float)
+                    c1f, nf = g.c1[f : f + 1], g.size[f : f + 1].astype(float)
 
-                    def fn(y: float, c1f: np.ndarray = c1f, nf: np.ndarray = nf, pi_g: np.ndarray = pi_g,
-                           lam: np.ndarray = lam, cnt: np.ndarray = cnt) -> float:
+                    def fn(
+                        y: float,
+                        c1f: np.ndarray = c1f,
+                        nf: np.ndarray = nf,
+                        pi_g: np.ndarray = pi_g,
+                        lam: np.ndarray = lam,
+                        cnt: np.ndarray = cnt,
+                    ) -> float:
                         return float(_count_ub(pi_g, lam, cnt, c1f, nf, np.array([y]))[0][0])
+
                     ub[f], _ = _refine(fn, float(lo), float(hi), float(ub[f]), float(arg[f]))
                 out.append(ub)
             else:
@@ -562,10 +614,17 @@ class _Pricer:
                     k = int(np.searchsorted(y1s, ys[f]))
                     lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
 
-                    def fr(yy: float, w1: np.ndarray = w1, f: int = int(f), pi_g: np.ndarray = pi_g,
-                           pmat: np.ndarray = pmat, cnt: np.ndarray = cnt, g: Group = g) -> float:
-                        return _rot_ub_one(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]),
-                                           np.array([yy]))[0]
+                    def fr(
+                        yy: float,
+                        w1: np.ndarray = w1,
+                        f: int = int(f),
+                        pi_g: np.ndarray = pi_g,
+                        pmat: np.ndarray = pmat,
+                        cnt: np.ndarray = cnt,
+                        g: Group = g,
+                    ) -> float:
+                        return _rot_ub_one(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]), np.array([yy]))[0]
+
                     ub[f], _ = _refine(fr, float(lo), float(hi), float(ub[f]), float(ys[f]), iters=20)
                 out.append(ub)
         return out
@@ -580,6 +639,7 @@ class _CompactLp:
 
     def __init__(self, bins: Bins, big: float) -> None:
         import highspy
+
         self.hs = highspy
         self.h = highspy.Highs()
         self.h.setOptionValue("output_flag", False)
@@ -590,10 +650,19 @@ class _CompactLp:
         B = bins.rates.size
         self.B = B
         inf = highspy.kHighsInf
-        self.h.addRows(B, bins.counts.astype(float), np.full(B, inf), 0, np.zeros(0, np.int32),
-                       np.zeros(0, np.int32), np.zeros(0))
-        self.h.addCols(B, np.full(B, big), np.zeros(B), np.full(B, inf), B, np.arange(B, dtype=np.int32),
-                       np.arange(B, dtype=np.int32), np.ones(B))
+        self.h.addRows(
+            B, bins.counts.astype(float), np.full(B, inf), 0, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0)
+        )
+        self.h.addCols(
+            B,
+            np.full(B, big),
+            np.zeros(B),
+            np.full(B, inf),
+            B,
+            np.arange(B, dtype=np.int32),
+            np.arange(B, dtype=np.int32),
+            np.ones(B),
+        )
         self.n_rows = B
         self.members: dict[tuple[int, int], int] = {}  # (group, family) → its load row
 
@@ -602,8 +671,15 @@ class _CompactLp:
         inf = hs.kHighsInf
         r_load, r_cnt = self.n_rows, self.n_rows + 1
         eq = g.kind == "count"
-        self.h.addRows(2, np.array([-inf, 0.0 if eq else -inf]), np.array([0.0, 0.0]), 0,
-                       np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0))
+        self.h.addRows(
+            2,
+            np.array([-inf, 0.0 if eq else -inf]),
+            np.array([0.0, 0.0]),
+            0,
+            np.zeros(0, np.int32),
+            np.zeros(0, np.int32),
+            np.zeros(0),
+        )
         self.n_rows += 2
         b = np.nonzero(allowed)[0]
         rates = self.bins.rates[b]
@@ -619,10 +695,19 @@ class _CompactLp:
         val = np.empty(3 * k)
         idx[0::3], idx[1::3], idx[2::3] = b, r_load, r_cnt
         val[0::3], val[1::3], val[2::3] = 1.0, w1, w2
-        self.h.addCols(k, np.zeros(k), np.zeros(k), np.full(k, inf), 3 * k, np.arange(0, 3 * k, 3, dtype=np.int32),
-                       idx, val)
-        self.h.addCols(1, np.array([weight]), np.zeros(1), np.full(1, inf), 2, np.zeros(1, np.int32),
-                       np.array([r_load, r_cnt], dtype=np.int32), np.array([-float(g.c1[f]), -float(g.c2[f])]))
+        self.h.addCols(
+            k, np.zeros(k), np.zeros(k), np.full(k, inf), 3 * k, np.arange(0, 3 * k, 3, dtype=np.int32), idx, val
+        )
+        self.h.addCols(
+            1,
+            np.array([weight]),
+            np.zeros(1),
+            np.full(1, inf),
+            2,
+            np.zeros(1, np.int32),
+            np.array([r_load, r_cnt], dtype=np.int32),
+            np.array([-float(g.c1[f]), -float(g.c2[f])]),
+        )
         self.members[(gi, f)] = r_load
 
     def solve(self, time_limit_s: float | None = None) -> tuple[float, np.ndarray, dict[tuple[int, int], float]]:
@@ -646,9 +731,15 @@ def _remaining(deadline: Any) -> float | None:
     return float(rem()) if callable(rem) else None
 
 
-def lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | None = None,
-             deadline: Any = None, width: float = LP_BIN_WIDTH, max_rounds: int = 60,
-             per_round: int = 25) -> LpBound:
+def lp_bound(
+    problem: Problem,
+    an: AnalyticCapacity,
+    weights: Sequence[float] | None = None,
+    deadline: Any = None,
+    width: float = LP_BIN_WIDTH,
+    max_rounds: int = 60,
+    per_round: int = 25,
+) -> LpBound:
     """A proven lower bound on Σ w·GPUs: the Farley bound of the pattern LP over relaxed families.
 
     *What is relaxed.* A GPU in a plan runs a mix of adapters of max rank r on type t with L slots
@@ -673,6 +764,7 @@ def lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | 
     search stops once ``deadline`` (anything with ``expired()``) has passed, with the best bound so far.
     """
     import time
+
     t0 = time.perf_counter()
     w = np.asarray(list(weights) if weights is not None else [1.0] * len(problem.gpu_types), dtype=float)
     if problem.n_adapters == 0:
@@ -707,8 +799,12 @@ def lp_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float] | 
         top = float(ratio.max())
         if top > 0:
             best = max(best, float(pi @ n) / top)
-        cands = [(float(ub[f]) / w[g.gtype], gi, int(f)) for gi, (g, ub) in enumerate(zip(groups, ubs))
-                 for f in np.nonzero(ub > w[g.gtype] * (1.0 + 1e-6))[0] if (gi, int(f)) not in lp.members]
+        cands = [
+            (float(ub[f]) / w[g.gtype], gi, int(f))
+            for gi, (g, ub) in enumerate(zip(groups, ubs))
+            for f in np.nonzero(ub > w[g.gtype] * (1.0 + 1e-6))[0]
+            if (gi, int(f)) not in lp.members
+        ]
         if not cands:
             converged = True
             break

@@ -40,8 +40,9 @@ from optplace.twin.fluid import FluidPoint, fluid_constants
 
 #: Slot counts the solver considers (every value up to 16, then coarser): vLLM accepts any
 #: integer, but capacity varies slowly with slots, so a grid keeps the MILP's pricing finite.
-SLOT_GRID: tuple[int, ...] = (tuple(range(1, 17)) + tuple(range(20, 65, 4)) + tuple(range(72, 129, 8))
-                              + tuple(range(144, 513, 16)))
+SLOT_GRID: tuple[int, ...] = (
+    tuple(range(1, 17)) + tuple(range(20, 65, 4)) + tuple(range(72, 129, 8)) + tuple(range(144, 513, 16))
+)
 
 #: Fraction of the fluid-model capacity usable before the twin starves (calibrated on the llama and
 #: qwen H100 profiles: the twin's 10 %-loss boundary sits at 0.93–1.02 × λ* for 8–400 adapters, see
@@ -119,7 +120,7 @@ class Estimate:
     throughput_tok_s: float
     itl_ms: float
     ttft_p99_ms: float
-    reason: str = "ok"        # ok | memory | load | slots | starved | adapter_starved
+    reason: str = "ok"  # ok | memory | load | slots | starved | adapter_starved
     source: str = "analytic"  # analytic | twin | surrogate
     capacity_tok_s: float = math.nan  # usable capacity of this configuration (nan when unknown)
 
@@ -180,6 +181,7 @@ class AnalyticCapacity:
         key = (gtype, rank_max)
         if key not in self._models:
             from optplace.twin.steptime import SchedulerOverhead, StepTimeModel
+
             prof = self.problem.gpu_types[gtype].profile
             step = StepTimeModel.from_params(prof.step_time).bind(rank_max)
             self._models[key] = (step, SchedulerOverhead.from_params(prof.scheduler_overhead))
@@ -195,9 +197,18 @@ class AnalyticCapacity:
         st, sv = prob.stats, prob.serving
         step, ovh = self._step_models(gtype, rank_max)
         kv = self.problem.gpu_types[gtype].profile.kv_cache_tokens(slots, rank_max, sv.gpu_memory_utilization)
-        a0, slope, lam, service = fluid_constants(step, ovh, rank_max, distinct, slots, st.mean_input_tokens,
-                                                  st.mean_output_tokens, kv, sv.max_num_batched_tokens,
-                                                  sv.max_num_seqs)
+        a0, slope, lam, service = fluid_constants(
+            step,
+            ovh,
+            rank_max,
+            distinct,
+            slots,
+            st.mean_input_tokens,
+            st.mean_output_tokens,
+            kv,
+            sv.max_num_batched_tokens,
+            sv.max_num_seqs,
+        )
         p = FluidPoint(a0, slope, lam, service, kv)
         self._points[key] = p
         return p
@@ -207,8 +218,9 @@ class AnalyticCapacity:
         if key not in self._caps:
             sv = self.problem.serving
             prof = self.problem.gpu_types[gtype].profile
-            self._caps[key] = prof.max_startable_slots(rank_max, sv.gpu_memory_utilization, sv.max_model_len,
-                                                       upper=SLOT_GRID[-1])
+            self._caps[key] = prof.max_startable_slots(
+                rank_max, sv.gpu_memory_utilization, sv.max_model_len, upper=SLOT_GRID[-1]
+            )
         return self._caps[key]
 
     def active(self, mix_rates: Sequence[float], service_s: float) -> float:
@@ -315,8 +327,9 @@ class TwinCapacity:
 
     name = "twin"
 
-    def __init__(self, problem: Problem, window_s: float | None = None, lo: float = 0.7, hi: float = 1.3,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, problem: Problem, window_s: float | None = None, lo: float = 0.7, hi: float = 1.3, seed: int | None = None
+    ) -> None:
         self.problem = problem
         self.analytic = AnalyticCapacity(problem)
         self.guard = self.analytic.relaxed(GUARD)  # the twin decides the slot question itself
@@ -352,6 +365,7 @@ class TwinCapacity:
     def _twin(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
         from optplace.specs import Adapter
         from optplace.twin.simulate import simulate_gpu
+
         prob = self.problem
         sc = prob.scenario
         if sc is None:
@@ -359,13 +373,26 @@ class TwinCapacity:
         items = sorted(zip(mix.ranks, mix.rates), key=lambda x: (-x[1], x[0]))
         ads = [Adapter(name=f"a{i}", rank=r, rate_rps=x) for i, (r, x) in enumerate(items)]
         self.twin_calls += 1
-        rep = simulate_gpu(prob.gpu_types[gtype].profile, prob.serving, prob.constraints, sc.workload.arrivals,
-                           sc.workload.lengths, ads, max_loras, max(len(ads), max_loras), duration_s=self.window_s,
-                           seed=self.seed, base_dir=prob.base_dir)
+        rep = simulate_gpu(
+            prob.gpu_types[gtype].profile,
+            prob.serving,
+            prob.constraints,
+            sc.workload.arrivals,
+            sc.workload.lengths,
+            ads,
+            max_loras,
+            max(len(ads), max_loras),
+            duration_s=self.window_s,
+            seed=self.seed,
+            base_dir=prob.base_dir,
+        )
         reason = "ok"
         full = self.window_s >= prob.stats.duration_s
-        loss = rep.throughput_loss if full else (1.0 - rep.engine_tok_s / rep.offered_tok_s
-                                                 if rep.offered_tok_s > 0 else 0.0)
+        loss = (
+            rep.throughput_loss
+            if full
+            else (1.0 - rep.engine_tok_s / rep.offered_tok_s if rep.offered_tok_s > 0 else 0.0)
+        )
         rule = prob.constraints.max_adapter_loss
         edge = 0.0 if full else 0.05
         if rep.oom:
@@ -374,8 +401,16 @@ class TwinCapacity:
             reason = "starved"
         elif rule is not None and any(a.loss > rule + edge for a in rep.per_adapter):
             reason = "adapter_starved"
-        return Estimate(reason == "ok", max_loras, rep.offered_tok_s, rep.throughput_tok_s, rep.itl_ms_mean,
-                        rep.ttft_ms_p99, reason, "twin")
+        return Estimate(
+            reason == "ok",
+            max_loras,
+            rep.offered_tok_s,
+            rep.throughput_tok_s,
+            rep.itl_ms_mean,
+            rep.ttft_ms_p99,
+            reason,
+            "twin",
+        )
 
     def best_slots(self, gtype: int, mix: Mix, candidates: Sequence[int] | None = None) -> Estimate:
         first = self.analytic.best_slots(gtype, mix, candidates)
@@ -416,6 +451,7 @@ class SurrogateCapacity:
 
     def evaluate(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
         from optplace.surrogate.features import feature_row_from_parts
+
         prob = self.problem
         offered = prob.offered_tok_s(mix.rate_sum)
         if mix.n == 0:
@@ -423,8 +459,9 @@ class SurrogateCapacity:
         if max_loras < 1 or max_loras > self.slot_cap(gtype, mix.rank_max):
             return Estimate(False, max_loras, offered, 0.0, math.inf, math.inf, "memory", "surrogate")
         st = prob.stats
-        row = feature_row_from_parts(mix.rates, mix.ranks, max_loras, st.mean_input_tokens, st.mean_output_tokens,
-                                     st.arrival_cv, st.burst_factor)
+        row = feature_row_from_parts(
+            mix.rates, mix.ranks, max_loras, st.mean_input_tokens, st.mean_output_tokens, st.arrival_cv, st.burst_factor
+        )
         p = self.surrogates[gtype].predict_row(row)
         loss = 1.0 - p.delivered_frac
         reason = "ok"
@@ -433,17 +470,22 @@ class SurrogateCapacity:
             reason = "starved"
         elif not g.feasible:
             reason = g.reason  # load / slots beyond the relaxed analytic model (GUARD)
-        elif prob.constraints.max_adapter_loss is not None and mix.n > max_loras and \
-                self.analytic.evaluate(gtype, mix, max_loras).reason == "slots":
+        elif (
+            prob.constraints.max_adapter_loss is not None
+            and mix.n > max_loras
+            and self.analytic.evaluate(gtype, mix, max_loras).reason == "slots"
+        ):
             reason = "adapter_starved"
-        return Estimate(reason == "ok", max_loras, offered, p.throughput_tok_s, p.itl_ms, p.ttft_p99_ms, reason,
-                        "surrogate")
+        return Estimate(
+            reason == "ok", max_loras, offered, p.throughput_tok_s, p.itl_ms, p.ttft_p99_ms, reason, "surrogate"
+        )
 
     def best_slots(self, gtype: int, mix: Mix, candidates: Sequence[int] | None = None) -> Estimate:
         cands = list(candidates) if candidates is not None else self.analytic.candidate_slots(gtype, mix)
         if not cands:
-            return Estimate(False, 1, self.problem.offered_tok_s(mix.rate_sum), 0.0, math.inf, math.inf, "memory",
-                            "surrogate")
+            return Estimate(
+                False, 1, self.problem.offered_tok_s(mix.rate_sum), 0.0, math.inf, math.inf, "memory", "surrogate"
+            )
         return _pick(self.evaluate(gtype, mix, L) for L in cands)
 
 
@@ -491,8 +533,9 @@ def make_oracle(problem: Problem, kind: str = "auto", **kw: Any) -> CapacityOrac
         except (FileNotFoundError, SurrogateRefused) as e:
             # Never silent: the twin oracle is much slower, and a refused surrogate means the user's profile
             # or twin differs from what the shipped model learned.
-            fallback: CapacityOracle = (TwinCapacity(problem, **kw) if problem.scenario is not None
-                                        else AnalyticCapacity(problem))
+            fallback: CapacityOracle = (
+                TwinCapacity(problem, **kw) if problem.scenario is not None else AnalyticCapacity(problem)
+            )
             sys.stderr.write(f"warning: {e}; using the {fallback.name} capacity oracle\n")
             return fallback
     raise ValueError(f"unknown oracle {kind!r}; valid: analytic, twin, surrogate, auto")

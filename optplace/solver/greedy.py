@@ -96,8 +96,11 @@ def greedy_paper(problem: Problem, oracle: CapacityOracle, deadline: Deadline = 
     while pos < len(order):
         deadline.check(f"greedy-paper, {len(gpus)} GPUs filled, {len(order) - pos} adapters left")
         if gi >= len(types):
-            raise Infeasible(f"not enough servers: the published greedy needs more than the {len(types)} GPUs "
-                             f"available ({len(order) - pos} adapters left)", "pool")
+            raise Infeasible(
+                f"not enough servers: the published greedy needs more than the {len(types)} GPUs "
+                f"available ({len(order) - pos} adapters left)",
+                "pool",
+            )
         gtype = types[gi]
         committed: list[AdapterItem] = []
         slots = TEST_POINTS[0]
@@ -140,17 +143,24 @@ def single_adapter_infeasible(problem: Problem, oracle: CapacityOracle, a: Adapt
     assert best is not None
     t, e = best
     if e.reason == "memory":
-        return Infeasible(f"adapter {a.name!r} (rank {a.rank}) does not fit GPU memory: no {t.name} starts with "
-                          f"one slot at max_lora_rank {a.rank}", "memory")
-    return Infeasible(f"adapter {a.name!r} alone offers {e.offered_tok_s:.0f} tokens/s at {a.rate_rps:g} req/s, more "
-                      f"than one {t.name} serves within max_throughput_loss="
-                      f"{problem.constraints.max_throughput_loss:g} (capacity ≈ {e.capacity_tok_s:.0f} tokens/s)",
-                      "max_throughput_loss")
+        return Infeasible(
+            f"adapter {a.name!r} (rank {a.rank}) does not fit GPU memory: no {t.name} starts with "
+            f"one slot at max_lora_rank {a.rank}",
+            "memory",
+        )
+    return Infeasible(
+        f"adapter {a.name!r} alone offers {e.offered_tok_s:.0f} tokens/s at {a.rate_rps:g} req/s, more "
+        f"than one {t.name} serves within max_throughput_loss="
+        f"{problem.constraints.max_throughput_loss:g} (capacity ≈ {e.capacity_tok_s:.0f} tokens/s)",
+        "max_throughput_loss",
+    )
 
 
-def largest_prefix(oracle: CapacityOracle, gtype: int, seq: Sequence[AdapterItem], base: Sequence[AdapterItem] = ()
-                   ) -> tuple[int, Estimate | None]:
+def largest_prefix(
+    oracle: CapacityOracle, gtype: int, seq: Sequence[AdapterItem], base: Sequence[AdapterItem] = ()
+) -> tuple[int, Estimate | None]:
     """Largest k such that ``base + seq[:k]`` is feasible on one GPU (bisection; k = 0 → None)."""
+
     def feas(k: int) -> Estimate:
         return oracle.best_slots(gtype, Mix.of(list(base) + list(seq[:k])))
 
@@ -182,8 +192,9 @@ def largest_prefix(oracle: CapacityOracle, gtype: int, seq: Sequence[AdapterItem
     return lo, best
 
 
-def greedy_improved(problem: Problem, oracle: CapacityOracle, consolidate_passes: int = 2,
-                    deadline: Deadline = _NEVER) -> list[GpuAssignment]:
+def greedy_improved(
+    problem: Problem, oracle: CapacityOracle, consolidate_passes: int = 2, deadline: Deadline = _NEVER
+) -> list[GpuAssignment]:
     """The improved greedy (see the module docstring). Past ``deadline`` while filling GPUs it raises
     :class:`~.problem.TimeLimitReached`; past it while consolidating it returns the plan it has."""
     order = paper_order(problem.adapters)
@@ -195,8 +206,9 @@ def greedy_improved(problem: Problem, oracle: CapacityOracle, consolidate_passes
     while pos < len(order):
         deadline.check(f"greedy, {len(gpus)} GPUs filled, {len(order) - pos} adapters left")
         if len(gpus) >= budget or not any(avail.values()):
-            raise Infeasible(f"pool too small: {len(gpus)} GPUs are used up with {len(order) - pos} adapters "
-                             f"left to place", "pool")
+            raise Infeasible(
+                f"pool too small: {len(gpus)} GPUs are used up with {len(order) - pos} adapters left to place", "pool"
+            )
         rest = order[pos:]
         choices = []
         for t in problem.gpu_types:
@@ -222,8 +234,14 @@ def greedy_improved(problem: Problem, oracle: CapacityOracle, consolidate_passes
     return gpus
 
 
-def consolidate(problem: Problem, oracle: CapacityOracle, gpus: list[GpuAssignment],
-                max_tries: int = 4, max_dest: int = 12, deadline: Deadline = _NEVER) -> list[GpuAssignment]:
+def consolidate(
+    problem: Problem,
+    oracle: CapacityOracle,
+    gpus: list[GpuAssignment],
+    max_tries: int = 4,
+    max_dest: int = 12,
+    deadline: Deadline = _NEVER,
+) -> list[GpuAssignment]:
     """Try to empty the least-loaded GPUs by moving their adapters (hottest first) into the other GPUs
     (best fit: the GPU with the least remaining capacity that still accepts the adapter). Stops at
     ``deadline`` with the GPUs emptied so far (an unfinished move is dropped)."""
@@ -300,8 +318,9 @@ def judge(oracle: CapacityOracle, gtype: int, mix: Mix) -> Estimate:
     return e0
 
 
-def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _NEVER,
-                width: float | None = None) -> list[GpuAssignment]:
+def greedy_fast(
+    problem: Problem, oracle: CapacityOracle, deadline: Deadline = _NEVER, width: float | None = None
+) -> list[GpuAssignment]:
     """The fast first plan (see the module docstring); ``width``: class width (default: the problem's
     classes)."""
     base = problem.classes if width is None else classify(problem.adapters, width)
@@ -389,8 +408,9 @@ def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _
         while left[ptr] == 0:
             ptr += 1
         if len(groups) >= budget or not any(avail.values()):
-            raise Infeasible(f"pool too small: {len(groups)} GPUs are used up with {remaining} adapters left to "
-                             f"place", "pool")
+            raise Infeasible(
+                f"pool too small: {len(groups)} GPUs are used up with {remaining} adapters left to place", "pool"
+            )
         choices = []
         for t in problem.gpu_types:
             if avail[t.index] <= 0:
@@ -413,7 +433,7 @@ def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _
         for _ in range(reps):
             members: list[int] = []
             for c, m in vec:
-                members += classes[c].members[taken[c]:taken[c] + m]
+                members += classes[c].members[taken[c] : taken[c] + m]
                 taken[c] += m
                 left[c] -= m
             groups.append((gtype, members, slots))
@@ -422,8 +442,9 @@ def greedy_fast(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _
     return _real_rates(problem, oracle, groups, deadline)
 
 
-def _real_rates(problem: Problem, oracle: CapacityOracle, groups: list[tuple[int, list[int], int]],
-                deadline: Deadline) -> list[GpuAssignment]:
+def _real_rates(
+    problem: Problem, oracle: CapacityOracle, groups: list[tuple[int, list[int], int]], deadline: Deadline
+) -> list[GpuAssignment]:
     """GPU entries judged on the adapters' own rates (≤ their class's representative, so they pass
     at the same slots but for a non-monotone oracle; a GPU that fails everywhere is split in two
     until its parts pass)."""

@@ -22,7 +22,6 @@ on the real rates is kept if it is better, so ``milp`` never returns more GPUs t
 or the published greedy.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -61,6 +60,7 @@ class MasterResult:
 # ---------------------------------------------------------------------------------------------
 # Pyomo master: variables, expressions, constraints, objective (in that order, one function each)
 
+
 def _variables(m: Any, pyo: Any, columns: Sequence[Column], relax: bool) -> None:
     m.P = pyo.RangeSet(0, len(columns) - 1)
     m.x = pyo.Var(m.P, domain=pyo.NonNegativeReals if relax else pyo.NonNegativeIntegers)
@@ -68,8 +68,9 @@ def _variables(m: Any, pyo: Any, columns: Sequence[Column], relax: bool) -> None
 
 def _expressions(m: Any, pyo: Any, columns: Sequence[Column], n_classes: int) -> None:
     m.C = pyo.RangeSet(0, n_classes - 1)
-    m.covered = pyo.Expression(m.C, rule=lambda m, c: sum(columns[p].counts[c] * m.x[p] for p in m.P
-                                                           if columns[p].counts[c]))
+    m.covered = pyo.Expression(
+        m.C, rule=lambda m, c: sum(columns[p].counts[c] * m.x[p] for p in m.P if columns[p].counts[c])
+    )
 
 
 def _cover_constraints(m: Any, pyo: Any, need: Sequence[int]) -> None:
@@ -82,6 +83,7 @@ def _pool_constraints(m: Any, pyo: Any, columns: Sequence[Column], avail: Sequen
     def rule(m: Any, t: int) -> Any:
         terms = [m.x[p] for p in m.P if columns[p].gtype == t]
         return sum(terms) <= avail[t] if terms else pyo.Constraint.Skip
+
     m.pool = pyo.Constraint(m.T, rule=rule)
 
 
@@ -89,10 +91,12 @@ def _objective(m: Any, pyo: Any, columns: Sequence[Column], weights: Sequence[fl
     m.obj = pyo.Objective(expr=sum(weights[columns[p].gtype] * m.x[p] for p in m.P), sense=pyo.minimize)
 
 
-def build_master(columns: Sequence[Column], need: Sequence[int], avail: Sequence[int], weights: Sequence[float],
-                 relax: bool = False) -> Any:
+def build_master(
+    columns: Sequence[Column], need: Sequence[int], avail: Sequence[int], weights: Sequence[float], relax: bool = False
+) -> Any:
     """The pattern master as a Pyomo model (the one place it is built)."""
     import pyomo.environ as pyo
+
     m = pyo.ConcreteModel("optplace_master")
     _variables(m, pyo, columns, relax)
     _expressions(m, pyo, columns, len(need))
@@ -102,13 +106,20 @@ def build_master(columns: Sequence[Column], need: Sequence[int], avail: Sequence
     return m
 
 
-def solve_master_pyomo(columns: Sequence[Column], need: Sequence[int], avail: Sequence[int],
-                       weights: Sequence[float], warm: dict[int, int], time_limit_s: float, mip_gap: float
-                       ) -> MasterResult:
+def solve_master_pyomo(
+    columns: Sequence[Column],
+    need: Sequence[int],
+    avail: Sequence[int],
+    weights: Sequence[float],
+    warm: dict[int, int],
+    time_limit_s: float,
+    mip_gap: float,
+) -> MasterResult:
     """Integer master with HiGHS through Pyomo's ``appsi_highs`` (warm start from ``warm``)."""
     import pyomo.environ as pyo
     from pyomo.contrib.appsi.base import TerminationCondition as TC
     from pyomo.contrib.appsi.solvers import Highs  # the solver behind SolverFactory("appsi_highs")
+
     m = build_master(columns, need, avail, weights)
     for p in m.P:
         m.x[p].set_value(warm.get(p, 0))
@@ -132,12 +143,19 @@ def solve_master_pyomo(columns: Sequence[Column], need: Sequence[int], avail: Se
     return MasterResult(x, status, math.fsum(weights[columns[p].gtype] * k for p, k in x.items()))
 
 
-def solve_master_pulp(columns: Sequence[Column], need: Sequence[int], avail: Sequence[int],
-                      weights: Sequence[float], warm: dict[int, int], time_limit_s: float, mip_gap: float
-                      ) -> MasterResult:
+def solve_master_pulp(
+    columns: Sequence[Column],
+    need: Sequence[int],
+    avail: Sequence[int],
+    weights: Sequence[float],
+    warm: dict[int, int],
+    time_limit_s: float,
+    mip_gap: float,
+) -> MasterResult:
     """The same master in PuLP + CBC. PuLP's ``status`` says "Optimal" on a time-out, so the
     outcome is read from ``sol_status`` (1 optimal, 2 feasible without proof)."""
     import pulp
+
     prob = pulp.LpProblem("optplace_master", pulp.LpMinimize)
     x = [pulp.LpVariable(f"x{p}", lowBound=0, cat="Integer") for p in range(len(columns))]
     prob += pulp.lpSum(weights[col.gtype] * x[p] for p, col in enumerate(columns))
@@ -150,8 +168,9 @@ def solve_master_pulp(columns: Sequence[Column], need: Sequence[int], avail: Seq
             prob += pulp.lpSum(terms) <= avail[t], f"pool_{t}"
     for p, v in enumerate(x):
         v.setInitialValue(warm.get(p, 0))
-    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(math.ceil(time_limit_s))), gapRel=mip_gap,
-                               warmStart=True)
+    solver = pulp.PULP_CBC_CMD(
+        msg=False, timeLimit=max(1, int(math.ceil(time_limit_s))), gapRel=mip_gap, warmStart=True
+    )
     prob.solve(solver)
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         return MasterResult({}, pulp.LpSolution[prob.sol_status], math.inf)
@@ -163,11 +182,22 @@ def solve_master_pulp(columns: Sequence[Column], need: Sequence[int], avail: Seq
 # ---------------------------------------------------------------------------------------------
 # column generation on the LP relaxation (HiGHS directly)
 
+
 class _PricingFamily:
     __slots__ = ("gtype", "rank_max", "slots", "kind", "c1", "c2", "w1", "w2", "allowed")
 
-    def __init__(self, gtype: int, rank_max: int, slots: int, kind: str, c1: float, c2: float, w1: np.ndarray,
-                 w2: np.ndarray, allowed: np.ndarray) -> None:
+    def __init__(
+        self,
+        gtype: int,
+        rank_max: int,
+        slots: int,
+        kind: str,
+        c1: float,
+        c2: float,
+        w1: np.ndarray,
+        w2: np.ndarray,
+        allowed: np.ndarray,
+    ) -> None:
         self.gtype, self.rank_max, self.slots, self.kind = gtype, rank_max, slots, kind
         self.c1, self.c2, self.w1, self.w2, self.allowed = c1, c2, w1, w2, allowed
 
@@ -184,8 +214,7 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
             n_avail = int(sum(c.count for c in problem.classes if c.rank <= rmax))
             for L in [L for L in SLOT_GRID if L <= min(cap, n_avail)]:
                 lam, svc = an.linear_limits(t.index, rmax, L)
-                out.append(_PricingFamily(t.index, rmax, L, "all", lam, float(L), lam_c, np.ones_like(lam_c),
-                                          allowed))
+                out.append(_PricingFamily(t.index, rmax, L, "all", lam, float(L), lam_c, np.ones_like(lam_c), allowed))
                 p = -np.expm1(-lam_c * svc)
                 # Rotation loss load ≤ λ*/(1 + ROTATION·A/L) is convex in A: its tangents at A0 are
                 # conservative linear cuts load + s·A ≤ b (columns stay feasible).
@@ -197,8 +226,16 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
     return out
 
 
-def _fill(order: np.ndarray, val: np.ndarray, w1: np.ndarray, w2: np.ndarray, r1: float, r2: float,
-          need: np.ndarray, a: np.ndarray) -> tuple[float, float]:
+def _fill(
+    order: np.ndarray,
+    val: np.ndarray,
+    w1: np.ndarray,
+    w2: np.ndarray,
+    r1: float,
+    r2: float,
+    need: np.ndarray,
+    a: np.ndarray,
+) -> tuple[float, float]:
     for c in order:
         k = int(need[c]) - int(a[c])
         if w1[c] > 0:
@@ -213,8 +250,7 @@ def _fill(order: np.ndarray, val: np.ndarray, w1: np.ndarray, w2: np.ndarray, r1
     return r1, r2
 
 
-def _price_fast(fam: _PricingFamily, pi: np.ndarray, lam_c: np.ndarray, need: np.ndarray
-                ) -> tuple[float, np.ndarray]:
+def _price_fast(fam: _PricingFamily, pi: np.ndarray, lam_c: np.ndarray, need: np.ndarray) -> tuple[float, np.ndarray]:
     """Normalised-density greedy only (for the dual ascent, where speed matters more)."""
     val = np.where(fam.allowed, pi, 0.0)
     cand = np.nonzero(val > 1e-12)[0]
@@ -241,6 +277,7 @@ class _LpMaster:
 
     def __init__(self, need: Sequence[int] | np.ndarray, avail: Sequence[int], big: float) -> None:
         import highspy
+
         self.h = highspy.Highs()
         self.h.setOptionValue("output_flag", False)
         self.nc, self.nt = len(need), len(avail)
@@ -255,6 +292,7 @@ class _LpMaster:
 
     def add(self, col: Column, weight: float) -> None:
         import highspy
+
         idx = [c for c, k in enumerate(col.counts) if k] + [self.nc + col.gtype]
         val = [float(col.counts[c]) for c in idx[:-1]] + [1.0]
         self.h.addCol(weight, 0.0, highspy.kHighsInf, len(idx), np.array(idx, dtype=np.int32), np.array(val))
@@ -263,7 +301,7 @@ class _LpMaster:
         self.h.run()
         sol = self.h.getSolution()
         duals = np.array(sol.row_dual)
-        return float(self.h.getInfo().objective_function_value), duals[: self.nc], duals[self.nc:]
+        return float(self.h.getInfo().objective_function_value), duals[: self.nc], duals[self.nc :]
 
 
 def _rep_problem(problem: Problem) -> Problem:
@@ -280,8 +318,13 @@ def _column_of(problem: Problem, g: GpuAssignment, class_of: Sequence[int]) -> C
     return Column(g.type_index, g.max_lora_rank, g.max_loras, tuple(counts))
 
 
-def map_columns(problem: Problem, oracle: CapacityOracle, columns: Sequence[Column], x: dict[int, int],
-                deadline: Deadline | None = None) -> list[GpuAssignment]:
+def map_columns(
+    problem: Problem,
+    oracle: CapacityOracle,
+    columns: Sequence[Column],
+    x: dict[int, int],
+    deadline: Deadline | None = None,
+) -> list[GpuAssignment]:
     """Named adapters for every GPU of the integer solution (hottest first, dealt across GPUs).
     Raises :class:`~.problem.TimeLimitReached` if ``deadline`` passes before every GPU is built."""
     gpu_cols: list[Column] = []
@@ -322,9 +365,16 @@ class MilpOutcome:
     log: list[str]
 
 
-def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float], time_limit_s: float,
-               mip_gap: float, backend: str = "highs", class_width: float = 0.03,
-               deadline: Deadline | None = None) -> MilpOutcome:
+def solve_milp(
+    problem: Problem,
+    oracle: CapacityOracle,
+    weights: Sequence[float],
+    time_limit_s: float,
+    mip_gap: float,
+    backend: str = "highs",
+    class_width: float = 0.03,
+    deadline: Deadline | None = None,
+) -> MilpOutcome:
     """Column generation + integer master (see the module docstring).
 
     ``deadline`` (default: ``time_limit_s`` from now) bounds every phase: the warm start, column
@@ -373,8 +423,10 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     for g in warm_gpus:
         p = add(_column_of(problem, g, class_of))
         warm[p] = warm.get(p, 0) + 1
-    log.append(f"warm start: {len(warm_gpus)} GPUs from greedy on class-representative rates "
-               f"({len(classes)} classes, width {class_width:g})")
+    log.append(
+        f"warm start: {len(warm_gpus)} GPUs from greedy on class-representative rates "
+        f"({len(classes)} classes, width {class_width:g})"
+    )
 
     fams = pricing_families(problem, an)
     big = 10.0 * max(weights) * max(1, len(warm_gpus))
@@ -411,6 +463,7 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
             # The heuristic Farley value suggests the warm start is optimal; prove it with the valid
             # Lagrangian bound at the same duals before stopping.
             from optplace.solver.bound import lagrangian_bound
+
             f_checked = f_center
             lb = lagrangian_bound(problem, an, center, weights)
             if math.ceil(lb / w_min - 1e-6) * w_min >= warm_value - 1e-9:
@@ -418,8 +471,11 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
                 break
         if len(history) > 40 and history[-41] - lp_obj < 0.002 * max(lp_obj, 1e-9):
             break
-        if integral and len(history) > 20 and math.ceil(history[-21] / w_min - 1e-6) == \
-                math.ceil(lp_obj / w_min - 1e-6):
+        if (
+            integral
+            and len(history) > 20
+            and math.ceil(history[-21] / w_min - 1e-6) == math.ceil(lp_obj / w_min - 1e-6)
+        ):
             break  # 20 rounds without moving the LP's rounded-up value
         added = 0
         for alpha in (0.5, 0.0):
@@ -452,8 +508,17 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     # at a degenerate optimum are extreme and give a weak bound; the best few ascended duals go to
     # the bound, which re-checks each with its valid knapsack upper bounds.
     asc_cols: list[Column] = []
-    asc = ascend_duals(center, fams, lam_c, need, weights, iters=30,
-                       deadline=time.perf_counter() + dl.until(0.45).remaining(), keep=1, patterns=asc_cols)
+    asc = ascend_duals(
+        center,
+        fams,
+        lam_c,
+        need,
+        weights,
+        iters=30,
+        deadline=time.perf_counter() + dl.until(0.45).remaining(),
+        keep=1,
+        patterns=asc_cols,
+    )
     # LP duals at a degenerate optimum are extreme (weak bound); the centre and the ascended duals
     # are the candidates worth the valid bound's cost.
     dual_sets = [d for d in (center, *asc) if d is not None]
@@ -466,8 +531,10 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
             add(col)
             extra += 1
     log.append(f"{extra} columns priced at the stabilised and ascended duals added for the integer master")
-    log.append(f"column generation: {it} LP rounds, {len(columns)} columns, LP value {lp_obj:.3f} "
-               f"({time.perf_counter() - t0:.2f} s)")
+    log.append(
+        f"column generation: {it} LP rounds, {len(columns)} columns, LP value {lp_obj:.3f} "
+        f"({time.perf_counter() - t0:.2f} s)"
+    )
 
     # The master gets what is left of 80 % of the limit: mapping, consolidation and the bound follow.
     remaining = dl.until(0.8).remaining()
@@ -477,12 +544,13 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
         res = solver(columns, need.tolist(), avail, weights, warm, remaining, mip_gap)
     else:
         res = MasterResult({}, f"skipped (time limit: {max(0.0, remaining):.2f} s left of its share)", math.inf)
-    log.append(f"integer master ({'PuLP+CBC' if backend == 'pulp' else 'Pyomo+HiGHS appsi'}): {res.status}, "
-               f"objective {res.objective:.3f} "
-               f"vs warm start {sum(weights[columns[p].gtype] * k for p, k in warm.items()):.3f} "
-               f"({time.perf_counter() - t_master:.2f} s of {max(0.0, remaining):.2f} s)")
-    x = res.x if res.x and res.objective <= sum(weights[columns[p].gtype] * k for p, k in warm.items()) + 1e-9 \
-        else warm
+    log.append(
+        f"integer master ({'PuLP+CBC' if backend == 'pulp' else 'Pyomo+HiGHS appsi'}): {res.status}, "
+        f"objective {res.objective:.3f} "
+        f"vs warm start {sum(weights[columns[p].gtype] * k for p, k in warm.items()):.3f} "
+        f"({time.perf_counter() - t_master:.2f} s of {max(0.0, remaining):.2f} s)"
+    )
+    x = res.x if res.x and res.objective <= sum(weights[columns[p].gtype] * k for p, k in warm.items()) + 1e-9 else warm
     gpus = map_columns(problem, oracle, columns, x, dl)
     bad = [g for g in gpus if not g.feasible]
     if bad:
@@ -492,9 +560,17 @@ def solve_milp(problem: Problem, oracle: CapacityOracle, weights: Sequence[float
     return MilpOutcome(gpus, (problem.classes, dual_sets) if dual_sets else None, log)
 
 
-def ascend_duals(start: np.ndarray, fams: Sequence[_PricingFamily], lam_c: np.ndarray, need: np.ndarray,
-                 weights: Sequence[float], iters: int = 30, deadline: float = math.inf, keep: int = 3,
-                 patterns: list[Column] | None = None) -> list[np.ndarray]:
+def ascend_duals(
+    start: np.ndarray,
+    fams: Sequence[_PricingFamily],
+    lam_c: np.ndarray,
+    need: np.ndarray,
+    weights: Sequence[float],
+    iters: int = 30,
+    deadline: float = math.inf,
+    keep: int = 3,
+    patterns: list[Column] | None = None,
+) -> list[np.ndarray]:
     """Heuristic ascent on the Farley value F(π) = π·n / maxₜ(m_t(π)/w_t), m_t = best pattern value on
     type t (ratio-greedy pricing); returns the ``keep`` best dual vectors seen. The best pattern of
     each family at each step is appended to ``patterns`` (if given): candidate columns."""

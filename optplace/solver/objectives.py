@@ -95,8 +95,9 @@ class Objective:
         """A bound rounded to what the objective can take (up to an integer for a count)."""
         return float(math.ceil(lb - 1e-6)) if self.integral else lb
 
-    def precheck(self, problem: Problem, model: AnalyticCapacity | None, weights: list[float],
-                 deadline: Deadline) -> None:
+    def precheck(
+        self, problem: Problem, model: AnalyticCapacity | None, weights: list[float], deadline: Deadline
+    ) -> None:
         """Raise :class:`~.problem.Infeasible` before solving when the pool cannot hold any plan."""
 
     def trivial_bound(self, problem: Problem) -> float:
@@ -111,10 +112,16 @@ class Objective:
         lb = self.round_bound(volume_bound(problem, an, ctx.weights))
         need = lp_bound_seconds(problem.n_adapters)
         if ctx.deadline.remaining() < need:
-            return lb, [f"bound: volume bound only (the LP bound needs ~{need:.1f} s, "
-                        f"{max(0.0, ctx.deadline.remaining()):.1f} s left)"]
-        lb = max(lb, lower_bound(problem, an, duals=ctx.duals, weights=ctx.weights, integral=self.integral,
-                                 deadline=ctx.deadline))
+            return lb, [
+                f"bound: volume bound only (the LP bound needs ~{need:.1f} s, "
+                f"{max(0.0, ctx.deadline.remaining()):.1f} s left)"
+            ]
+        lb = max(
+            lb,
+            lower_bound(
+                problem, an, duals=ctx.duals, weights=ctx.weights, integral=self.integral, deadline=ctx.deadline
+            ),
+        )
         return lb, []
 
     def plan_bound(self, ctx: BoundContext) -> tuple[float, str, list[str]]:
@@ -151,8 +158,10 @@ class MinGpus(Objective):
         if model is not None and lb0 <= budget < 2 * lb0:  # the pool may bind: a tighter bound decides
             lb0 = lower_bound(problem, model, weights=weights, integral=True, deadline=deadline.part(0.2))
         if lb0 > budget:
-            raise Infeasible(f"pool too small: at least {lb0:.0f} GPUs are needed (capacity bound), "
-                             f"the pool/budget has {budget}", "pool")
+            raise Infeasible(
+                f"pool too small: at least {lb0:.0f} GPUs are needed (capacity bound), the pool/budget has {budget}",
+                "pool",
+            )
 
 
 @OBJECTIVES.register("min_cost")
@@ -210,9 +219,14 @@ class MinLatency(Objective):
         # The ITL bound is the analytic model's; a surrogate/twin predicts ITL on its own, so it bounds
         # none of that oracle's plans, whether or not this plan's prediction happens to lie above it
         # (quickstart at 3 GPUs: milp's surrogate ITL 28.6 ms is below the analytic bound 29.1 ms).
-        return 0.0, "none (the analytic ITL bound does not hold for the oracle's predictions)", [
-            f"bound: the analytic ITL bound ({lb:.3g} ms) does not bound the {ctx.oracle.name} oracle's "
-            f"predicted mean ITL ({ctx.value:.3g} ms here); reporting 0"]
+        return (
+            0.0,
+            "none (the analytic ITL bound does not hold for the oracle's predictions)",
+            [
+                f"bound: the analytic ITL bound ({lb:.3g} ms) does not bound the {ctx.oracle.name} oracle's "
+                f"predicted mean ITL ({ctx.value:.3g} ms here); reporting 0"
+            ],
+        )
 
 
 def latency_bound(problem: Problem, an: AnalyticCapacity, G: int) -> float:

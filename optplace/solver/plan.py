@@ -13,7 +13,7 @@ from typing import Any
 
 from optplace.solver.capacity import CapacityOracle, Estimate, Mix
 from optplace.solver.problem import Problem
-from optplace.twin.simulate import GpuPlan
+from optplace.twin.simulate import GpuConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +38,17 @@ class GpuAssignment:
     cost_per_hour: float = 1.0
 
     @property
-    def config(self) -> GpuPlan:
+    def config(self) -> GpuConfig:
         """This GPU's configuration (what the twin simulates and vLLM is started with)."""
-        return GpuPlan(self.gpu_type, self.max_loras, self.max_cpu_loras, self.adapters)
+        return GpuConfig(self.gpu_type, self.max_loras, self.max_cpu_loras, self.adapters)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "gpu": self.gpu, "gpu_type": self.gpu_type, "max_loras": self.max_loras,
-            "max_cpu_loras": self.max_cpu_loras, "max_lora_rank": self.max_lora_rank,
+            "gpu": self.gpu,
+            "gpu_type": self.gpu_type,
+            "max_loras": self.max_loras,
+            "max_cpu_loras": self.max_cpu_loras,
+            "max_lora_rank": self.max_lora_rank,
             "adapters": list(self.adapters),
             "offered_tok_s": _r(self.offered_tok_s),
             "predicted_throughput_tok_s": _r(self.predicted_throughput_tok_s),
@@ -120,16 +123,21 @@ class Plan:
         return replace(self, **kw)
 
 
-def assign_gpu(problem: Problem, oracle: CapacityOracle, gtype: int, indices: Sequence[int], gpu: int = 0,
-               max_loras: int | None = None) -> GpuAssignment:
+def assign_gpu(
+    problem: Problem,
+    oracle: CapacityOracle,
+    gtype: int,
+    indices: Sequence[int],
+    gpu: int = 0,
+    max_loras: int | None = None,
+) -> GpuAssignment:
     """Build one GPU entry for adapters ``indices`` on type ``gtype`` (best slots unless given)."""
     ads = [problem.adapters[i] for i in indices]
     ads.sort(key=lambda a: (-a.rate_rps, a.index))
     mix = Mix.of(ads)
     t = problem.gpu_types[gtype]
     if not ads:
-        return GpuAssignment(gpu, t.name, gtype, 1, 1, 8, (), (), 0.0, 0.0, 0.0, 0.0, 0.0, True, "ok",
-                             t.cost_per_hour)
+        return GpuAssignment(gpu, t.name, gtype, 1, 1, 8, (), (), 0.0, 0.0, 0.0, 0.0, 0.0, True, "ok", t.cost_per_hour)
     est = oracle.best_slots(gtype, mix) if max_loras is None else oracle.evaluate(gtype, mix, max_loras)
     return from_estimate(problem, gtype, [a.index for a in ads], est, gpu)
 
@@ -139,13 +147,23 @@ def from_estimate(problem: Problem, gtype: int, indices: Sequence[int], est: Est
     ads = [problem.adapters[i] for i in indices]
     L = int(est.max_loras)
     return GpuAssignment(
-        gpu=gpu, gpu_type=t.name, type_index=gtype, max_loras=L, max_cpu_loras=max(len(ads), L),
-        max_lora_rank=max(a.rank for a in ads), adapters=tuple(a.name for a in ads),
-        adapter_indices=tuple(a.index for a in ads), offered_tok_s=est.offered_tok_s,
-        predicted_throughput_tok_s=est.throughput_tok_s, predicted_itl_ms=est.itl_ms,
+        gpu=gpu,
+        gpu_type=t.name,
+        type_index=gtype,
+        max_loras=L,
+        max_cpu_loras=max(len(ads), L),
+        max_lora_rank=max(a.rank for a in ads),
+        adapters=tuple(a.name for a in ads),
+        adapter_indices=tuple(a.index for a in ads),
+        offered_tok_s=est.offered_tok_s,
+        predicted_throughput_tok_s=est.throughput_tok_s,
+        predicted_itl_ms=est.itl_ms,
         predicted_ttft_p99_ms=est.ttft_p99_ms,
         capacity_tok_s=est.capacity_tok_s if not math.isnan(est.capacity_tok_s) else est.throughput_tok_s,
-        feasible=est.feasible, reason=est.reason, cost_per_hour=t.cost_per_hour)
+        feasible=est.feasible,
+        reason=est.reason,
+        cost_per_hour=t.cost_per_hour,
+    )
 
 
 def renumber(gpus: Sequence[GpuAssignment]) -> tuple[GpuAssignment, ...]:
@@ -155,6 +173,6 @@ def renumber(gpus: Sequence[GpuAssignment]) -> tuple[GpuAssignment, ...]:
     return tuple(replace(g, gpu=i) for i, g in enumerate(keep))
 
 
-def gpu_plans(plan: Plan) -> list[GpuPlan]:
+def gpu_plans(plan: Plan) -> list[GpuConfig]:
     """The configurations of the plan's used GPUs (for ``optplace.twin.simulate.simulate_plan``)."""
     return [g.config for g in plan.gpus if g.adapters]

@@ -94,9 +94,11 @@ class Deadline:
     def check(self, what: str) -> None:
         """Raise :class:`TimeLimitReached` (nothing feasible yet: ``what`` says what was under way)."""
         if self.expired():
-            raise TimeLimitReached(f"time limit reached after {self.elapsed():.1f} s (solver.time_limit_s = "
-                                   f"{self.limit_s:g}) before a first feasible plan existed ({what}); "
-                                   f"raise solver.time_limit_s")
+            raise TimeLimitReached(
+                f"time limit reached after {self.elapsed():.1f} s (solver.time_limit_s = "
+                f"{self.limit_s:g}) before a first feasible plan existed ({what}); "
+                f"raise solver.time_limit_s"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ class AdapterClass:
 
     index: int
     rank: int
-    rate_rps: float          # representative: the largest member rate (conservative)
+    rate_rps: float  # representative: the largest member rate (conservative)
     mean_rate_rps: float
     members: tuple[int, ...]  # adapter indices, hottest first
 
@@ -175,6 +177,7 @@ class Problem:
 
     def with_objective(self, objective: str) -> "Problem":
         from dataclasses import replace
+
         return replace(self, objective=objective)
 
 
@@ -192,12 +195,20 @@ def classify(adapters: Sequence[AdapterItem], width: float = 0.05) -> tuple[Adap
         key = (a.rank, None if a.rate_rps <= 0 else math.floor(math.log(a.rate_rps) / step))
         buckets.setdefault(key, []).append(a)
     out: list[AdapterClass] = []
-    for (rank, _b), items in sorted(buckets.items(), key=lambda kv: (kv[0][0], -(kv[0][1] if kv[0][1] is not None
-                                                                                  else -10**9))):
+    for (rank, _b), items in sorted(
+        buckets.items(), key=lambda kv: (kv[0][0], -(kv[0][1] if kv[0][1] is not None else -(10**9)))
+    ):
         items.sort(key=lambda a: (-a.rate_rps, a.index))
         rates = [a.rate_rps for a in items]
-        out.append(AdapterClass(index=len(out), rank=rank, rate_rps=max(rates),
-                                mean_rate_rps=math.fsum(rates) / len(rates), members=tuple(a.index for a in items)))
+        out.append(
+            AdapterClass(
+                index=len(out),
+                rank=rank,
+                rate_rps=max(rates),
+                mean_rate_rps=math.fsum(rates) / len(rates),
+                members=tuple(a.index for a in items),
+            )
+        )
     return tuple(out)
 
 
@@ -209,6 +220,7 @@ def workload_stats(sc: Scenario, base_dir: Path) -> WorkloadStats:
 def gpu_types_of(sc: Scenario, base_dir: Path) -> tuple[GpuType, ...]:
     """The scenario's pool with one profile per type (a spec ``profile:`` file wins over bundled)."""
     from optplace.specs.loader import resolve_spec_path
+
     out = []
     for i, entry in enumerate(sc.gpu_types()):
         if entry.profile is not None:
@@ -225,17 +237,45 @@ def compile_problem(sc: Scenario, base_dir: str | Path = ".", class_width: float
     """Build the solver's :class:`Problem` from a validated scenario."""
     base = Path(base_dir)
     ads = tuple(AdapterItem(i, a.name, a.rank, float(a.rate_rps)) for i, a in enumerate(sc.adapter_list()))
-    return Problem(name=sc.name, adapters=ads, classes=classify(ads, class_width), gpu_types=gpu_types_of(sc, base),
-                   stats=workload_stats(sc, base), constraints=sc.constraints, serving=sc.serving,
-                   objective=sc.objective, solver=sc.solver, seed=sc.seed, scenario=sc, base_dir=base)
+    return Problem(
+        name=sc.name,
+        adapters=ads,
+        classes=classify(ads, class_width),
+        gpu_types=gpu_types_of(sc, base),
+        stats=workload_stats(sc, base),
+        constraints=sc.constraints,
+        serving=sc.serving,
+        objective=sc.objective,
+        solver=sc.solver,
+        seed=sc.seed,
+        scenario=sc,
+        base_dir=base,
+    )
 
 
-def make_problem(adapters: Sequence[tuple[str, int, float]], gpu_types: Sequence[GpuType],
-                 stats: WorkloadStats, constraints: Constraints | None = None, serving: Serving | None = None,
-                 objective: str = "min_gpus", solver: SolverOptions | None = None, seed: int = 0,
-                 name: str = "problem", class_width: float = 0.05) -> Problem:
+def make_problem(
+    adapters: Sequence[tuple[str, int, float]],
+    gpu_types: Sequence[GpuType],
+    stats: WorkloadStats,
+    constraints: Constraints | None = None,
+    serving: Serving | None = None,
+    objective: str = "min_gpus",
+    solver: SolverOptions | None = None,
+    seed: int = 0,
+    name: str = "problem",
+    class_width: float = 0.05,
+) -> Problem:
     """A problem without a scenario (benchmarks and tests): ``adapters`` as (name, rank, rate_rps)."""
     ads = tuple(AdapterItem(i, n, int(r), float(x)) for i, (n, r, x) in enumerate(adapters))
-    return Problem(name=name, adapters=ads, classes=classify(ads, class_width), gpu_types=tuple(gpu_types),
-                   stats=stats, constraints=constraints or Constraints(), serving=serving or Serving(),
-                   objective=objective, solver=solver or SolverOptions(), seed=seed)
+    return Problem(
+        name=name,
+        adapters=ads,
+        classes=classify(ads, class_width),
+        gpu_types=tuple(gpu_types),
+        stats=stats,
+        constraints=constraints or Constraints(),
+        serving=serving or Serving(),
+        objective=objective,
+        solver=solver or SolverOptions(),
+        seed=seed,
+    )

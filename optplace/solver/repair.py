@@ -43,8 +43,15 @@ class RepairResult:
     actions: tuple[str, ...]
 
 
-def repair(problem: Problem, oracle: CapacityOracle, plan: Plan, starved: Sequence[int] = (),
-           oom: Sequence[int] = (), losses: Mapping[int, float] | None = None, round_: int = 0) -> RepairResult:
+def repair(
+    problem: Problem,
+    oracle: CapacityOracle,
+    plan: Plan,
+    starved: Sequence[int] = (),
+    oom: Sequence[int] = (),
+    losses: Mapping[int, float] | None = None,
+    round_: int = 0,
+) -> RepairResult:
     """Repair the GPUs at indices ``starved`` / ``oom`` of ``plan`` (see the module docstring)."""
     gpus = list(plan.gpus)
     actions: list[str] = []
@@ -85,23 +92,31 @@ def repair(problem: Problem, oracle: CapacityOracle, plan: Plan, starved: Sequen
             moved.append(a)
             shed += problem.adapters[a].rate_rps
         if not moved:  # a single adapter that starves alone: nothing to move
-            raise Infeasible(f"GPU {i}: adapter {problem.adapters[order[0]].name!r} starves even alone",
-                             "max_throughput_loss")
+            raise Infeasible(
+                f"GPU {i}: adapter {problem.adapters[order[0]].name!r} starves even alone", "max_throughput_loss"
+            )
         keep = [a for a in g.adapter_indices if a not in set(moved)]
         gpus[i] = assign_gpu(problem, oracle, g.type_index, keep, i)
         pending += moved
         shed_lines.append((i, len(moved), shed / total if total > 0 else 0.0))
     if pending:
-        where = _rehome(problem, oracle, gpus, new, sorted(pending, key=lambda a: (-problem.adapters[a].rate_rps, a)),
-                        bad, _type_for_new(problem, [gpus[i].type_index for i, _, _ in shed_lines], gpus + new))
+        where = _rehome(
+            problem,
+            oracle,
+            gpus,
+            new,
+            sorted(pending, key=lambda a: (-problem.adapters[a].rate_rps, a)),
+            bad,
+            _type_for_new(problem, [gpus[i].type_index for i, _, _ in shed_lines], gpus + new),
+        )
         for i, k, frac in shed_lines:
             actions.append(f"GPU {i}: starved → moved {k} hottest adapters ({frac:.0%} of its load) off it")
         actions.append(where)
     out = renumber(gpus + new)
     from optplace.solver.objectives import get_objective
+
     obj_value = get_objective(plan.objective).value(out)
-    return RepairResult(plan.with_(gpus=out, objective_value=obj_value, log=plan.log + tuple(actions)),
-                        tuple(actions))
+    return RepairResult(plan.with_(gpus=out, objective_value=obj_value, log=plan.log + tuple(actions)), tuple(actions))
 
 
 #: Load margin the re-homing keeps on every GPU it touches (oracle judged at offered / (1 − MARGIN)).
@@ -128,8 +143,15 @@ def _type_for_new(problem: Problem, preferred: list[int], in_use: list[GpuAssign
     return spare[0] if spare else (preferred[0] if preferred else problem.gpu_types[0].index)
 
 
-def _rehome(problem: Problem, oracle: CapacityOracle, gpus: list[GpuAssignment], new: list[GpuAssignment],
-            pending: list[int], bad: set[int], new_type: int) -> str:
+def _rehome(
+    problem: Problem,
+    oracle: CapacityOracle,
+    gpus: list[GpuAssignment],
+    new: list[GpuAssignment],
+    pending: list[int],
+    bad: set[int],
+    new_type: int,
+) -> str:
     """Place ``pending`` adapters (see the module docstring, steps 1–3); updates ``gpus``/``new`` in place
     and returns the action line."""
     an = proxy_model(problem, oracle)
@@ -167,8 +189,10 @@ def _rehome(problem: Problem, oracle: CapacityOracle, gpus: list[GpuAssignment],
         if all(_ok(problem, oracle, g.type_index, list(g.adapter_indices)) for g in bal.gpus):
             for i, g in zip(good, bal.gpus):
                 gpus[i] = g
-            return (f"moved adapters → {on_existing} onto GPUs with headroom, {len(left)} by re-balancing "
-                    f"{len(good)} GPUs ({bal.moves} moves, {bal.swaps} swaps); no GPU added")
+            return (
+                f"moved adapters → {on_existing} onto GPUs with headroom, {len(left)} by re-balancing "
+                f"{len(good)} GPUs ({bal.moves} moves, {bal.swaps} swaps); no GPU added"
+            )
     # 3. As few new GPUs as the oracle allows (first fit), then re-balanced with the good GPUs.
     bins: list[list[int]] = []
     for a in left:
@@ -184,7 +208,9 @@ def _rehome(problem: Problem, oracle: CapacityOracle, gpus: list[GpuAssignment],
     bal = rebalance(problem, oracle, entries, load_scale=1.0 / (1.0 - MARGIN))
     for i, g in zip(good, bal.gpus):
         gpus[i] = g
-    new += list(bal.gpus[len(good):])
-    return (f"moved adapters → {on_existing} onto GPUs with headroom, {len(left)} onto {len(bins)} new "
-            f"{problem.gpu_types[new_type].name} GPU{'s' if len(bins) > 1 else ''}, re-balanced with {len(good)} "
-            f"GPUs ({bal.moves} moves, {bal.swaps} swaps)")
+    new += list(bal.gpus[len(good) :])
+    return (
+        f"moved adapters → {on_existing} onto GPUs with headroom, {len(left)} onto {len(bins)} new "
+        f"{problem.gpu_types[new_type].name} GPU{'s' if len(bins) > 1 else ''}, re-balanced with {len(good)} "
+        f"GPUs ({bal.moves} moves, {bal.swaps} swaps)"
+    )

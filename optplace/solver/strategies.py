@@ -81,8 +81,15 @@ BALANCE_SECONDS = (1.0, 1e-4)
 __all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "solve"]
 
 
-def _proven(problem: Problem, oracle: CapacityOracle, objective: Objective, weights: list[float], value: float,
-            deadline: Deadline, model: AnalyticCapacity | None = None) -> float | None:
+def _proven(
+    problem: Problem,
+    oracle: CapacityOracle,
+    objective: Objective,
+    weights: list[float],
+    value: float,
+    deadline: Deadline,
+    model: AnalyticCapacity | None = None,
+) -> float | None:
     """The lower bound on ``model`` when (within ``deadline``) it reaches ``value``, else None.
 
     Default ``model``: the one valid for ``oracle`` (:func:`~.capacity.bound_model`: the analytic model,
@@ -95,8 +102,9 @@ def _proven(problem: Problem, oracle: CapacityOracle, objective: Objective, weig
     if bm is None or deadline.remaining() < lp_bound_seconds(problem.n_adapters):
         return None
     # The LP bound is memoised only when it converged, so the final bound reuses it or retries.
-    lb = objective.round_bound(max(volume_bound(problem, bm, weights),
-                                   cached_lp_bound(problem, bm, weights, deadline=deadline).value))
+    lb = objective.round_bound(
+        max(volume_bound(problem, bm, weights), cached_lp_bound(problem, bm, weights, deadline=deadline).value)
+    )
     return lb if lb >= value - 1e-9 else None
 
 
@@ -135,8 +143,9 @@ class Strategy(Protocol):
 
     name: str
 
-    def solve(self, problem: Problem, oracle: CapacityOracle, options: SolveOptions, deadline: Deadline
-              ) -> tuple[list[GpuAssignment], list[str], Any]:
+    def solve(
+        self, problem: Problem, oracle: CapacityOracle, options: SolveOptions, deadline: Deadline
+    ) -> tuple[list[GpuAssignment], list[str], Any]:
         """GPU entries, log lines, and optional class duals (for the bound). Past ``deadline`` a strategy
         returns the best plan it has, or raises :class:`~.problem.TimeLimitReached` when it has none."""
         ...
@@ -158,12 +167,15 @@ def time_up_line(deadline: Deadline, keeping: str) -> str:
     share = ""
     if deadline.remaining() > 0:
         share = f"; the last {BOUND_SHARE:.0%} is the bound's"
-    return (f"time limit reached after {deadline.elapsed():.1f} s (solver.time_limit_s = {deadline.limit_s:g}"
-            f"{share}); {keeping}")
+    return (
+        f"time limit reached after {deadline.elapsed():.1f} s (solver.time_limit_s = {deadline.limit_s:g}"
+        f"{share}); {keeping}"
+    )
 
 
-def _first_plan(problem: Problem, oracle: CapacityOracle, deadline: Deadline, log: list[str]
-                ) -> list[GpuAssignment] | None:
+def _first_plan(
+    problem: Problem, oracle: CapacityOracle, deadline: Deadline, log: list[str]
+) -> list[GpuAssignment] | None:
     """The fast greedy's plan (the anytime strategies' fallback); None when it finds none (e.g. a pool
     its class patterns cannot share out; the other algorithms may)."""
     t0 = time.monotonic()
@@ -190,9 +202,16 @@ class _Anytime:
         first = _first_plan(problem, oracle, deadline, log)
         return self.improve(problem, oracle, options, deadline, obj, log, first)
 
-    def improve(self, problem: Problem, oracle: CapacityOracle, options: SolveOptions, deadline: Deadline,
-                obj: Objective, log: list[str], first: list[GpuAssignment] | None
-                ) -> tuple[list[GpuAssignment], list[str], Any]:
+    def improve(
+        self,
+        problem: Problem,
+        oracle: CapacityOracle,
+        options: SolveOptions,
+        deadline: Deadline,
+        obj: Objective,
+        log: list[str],
+        first: list[GpuAssignment] | None,
+    ) -> tuple[list[GpuAssignment], list[str], Any]:
         raise NotImplementedError
 
 
@@ -206,26 +225,45 @@ class Milp(_Anytime):
         w = _weights(problem)
         need = MILP_SECONDS_PER_ADAPTER * problem.n_adapters
         full, deadline = deadline, (deadline if first is None else _improving(deadline, problem.n_adapters))
-        lb = (_proven(problem, oracle, obj, w, best_v, deadline.part(EARLY_BOUND_SHARE))
-              if first is not None and options.stop_when_proven else None)
+        lb = (
+            _proven(problem, oracle, obj, w, best_v, deadline.part(EARLY_BOUND_SHARE))
+            if first is not None and options.stop_when_proven
+            else None
+        )
         if lb is not None:
             log.append(f"the bound proves the fast greedy's plan optimal ({best_v:g}); stopping")
             return first, log, None
         an = getattr(oracle, "analytic", oracle)
-        if (first is not None and options.stop_when_proven and isinstance(an, AnalyticCapacity)
-                and an is not bound_model(oracle)[0]
-                and _proven(problem, oracle, obj, w, best_v, deadline.part(EARLY_BOUND_SHARE), an) is not None):
+        if (
+            first is not None
+            and options.stop_when_proven
+            and isinstance(an, AnalyticCapacity)
+            and an is not bound_model(oracle)[0]
+            and _proven(problem, oracle, obj, w, best_v, deadline.part(EARLY_BOUND_SHARE), an) is not None
+        ):
             # Not a proof for this oracle (its bound is the relaxed model's, below): a stopping rule.
-            log.append(f"the analytic model's bound reaches the fast greedy's plan ({best_v:g}): the MILP, priced "
-                       f"on that model, cannot improve it; stopping (not a proof for the {oracle.name} oracle)")
+            log.append(
+                f"the analytic model's bound reaches the fast greedy's plan ({best_v:g}): the MILP, priced "
+                f"on that model, cannot improve it; stopping (not a proof for the {oracle.name} oracle)"
+            )
             return first, log, None
         try:
             if best is not None and deadline.remaining() < need:
-                log.append(f"column generation not started: it needs ~{need:.1f} s before its first deadline "
-                           f"check, {max(0.0, deadline.remaining()):.1f} s left")
+                log.append(
+                    f"column generation not started: it needs ~{need:.1f} s before its first deadline "
+                    f"check, {max(0.0, deadline.remaining()):.1f} s left"
+                )
                 raise _Skip()
-            out = solve_milp(problem, oracle, w, options.time_limit_s, options.mip_gap, options.backend,
-                             options.class_width, deadline=deadline)
+            out = solve_milp(
+                problem,
+                oracle,
+                w,
+                options.time_limit_s,
+                options.mip_gap,
+                options.backend,
+                options.class_width,
+                deadline=deadline,
+            )
             log += list(out.log)
             duals = out.duals
             v = obj.value(tuple(out.gpus))
@@ -238,8 +276,7 @@ class Milp(_Anytime):
         except TimeLimitReached:
             if best is None:
                 raise
-            log.append(time_up_line(full, "keeping the fast greedy's plan (column generation / master did "
-                                          "not finish)"))
+            log.append(time_up_line(full, "keeping the fast greedy's plan (column generation / master did not finish)"))
         # Keep the best plan among the MILP's and the greedy ones on the real rates.
         # The comparison runs on the analytic model (cheap); with a twin/surrogate oracle a better
         # plan is only adopted when every one of its GPUs passes that oracle too.
@@ -275,21 +312,27 @@ class Greedy(_Anytime):
 
     def improve(self, problem, oracle, options, deadline, obj, log, first):
         try:
-            gpus = greedy_improved(problem, oracle, deadline=deadline if first is None else
-                                   _improving(deadline, problem.n_adapters))
+            gpus = greedy_improved(
+                problem, oracle, deadline=deadline if first is None else _improving(deadline, problem.n_adapters)
+            )
         except TimeLimitReached:
             if first is None:
                 raise
-            log.append(time_up_line(deadline, "returning the fast greedy's plan (the improved greedy did not "
-                                              "finish in its share)"))
+            log.append(
+                time_up_line(
+                    deadline, "returning the fast greedy's plan (the improved greedy did not finish in its share)"
+                )
+            )
             return first, log, None
         except Infeasible:
             if first is None:
                 raise
             gpus = first
         if first is not None and obj.value(tuple(first)) < obj.value(tuple(gpus)) - 1e-9:
-            log.append(f"the fast greedy's plan is better ({obj.value(tuple(first)):g} < {obj.value(tuple(gpus)):g}); "
-                       "keeping it")
+            log.append(
+                f"the fast greedy's plan is better ({obj.value(tuple(first)):g} < {obj.value(tuple(gpus)):g}); "
+                "keeping it"
+            )
             gpus = first
         log.append("improved greedy (bisection capacity, best slots, consolidation)")
         if _improving(deadline, problem.n_adapters).expired():
@@ -301,10 +344,16 @@ class Greedy(_Anytime):
 class GreedyPaper:
     def solve(self, problem, oracle, options, deadline):
         if get_objective(problem.objective).fixed_budget:
-            return (latency_paper(problem, oracle, deadline),
-                    ["published latency variant: least summed rate, slots = adapters"], None)
-        return (greedy_paper(problem, oracle, deadline),
-                ["published greedy (test points 8…576, first fit, no revisits)"], None)
+            return (
+                latency_paper(problem, oracle, deadline),
+                ["published latency variant: least summed rate, slots = adapters"],
+                None,
+            )
+        return (
+            greedy_paper(problem, oracle, deadline),
+            ["published greedy (test points 8…576, first fit, no revisits)"],
+            None,
+        )
 
 
 def _judged(problem: Problem, oracle: CapacityOracle, g: GpuAssignment, deadline: Deadline) -> GpuAssignment:
@@ -326,9 +375,16 @@ class Baseline:
         bm, _ = bound_model(oracle)
         start = 1
         if bm is not None:  # a count below the oracle's proven bound cannot pass: start there
-            start = (int(lower_bound(problem, bm, integral=True, deadline=deadline.part(0.2)))
-                     if problem.n_adapters <= 2000 else 1)
-        return run_baseline(problem, timed, self.name, max(1, start)), [f"{self.name}: smallest passing GPU count"], None
+            start = (
+                int(lower_bound(problem, bm, integral=True, deadline=deadline.part(0.2)))
+                if problem.n_adapters <= 2000
+                else 1
+            )
+        return (
+            run_baseline(problem, timed, self.name, max(1, start)),
+            [f"{self.name}: smallest passing GPU count"],
+            None,
+        )
 
 
 def _type_at(problem: Problem, g: int) -> int:
@@ -345,6 +401,7 @@ for _rule in BASELINES:  # after milp, greedy and greedy-paper: the order names 
 
 # --- min_latency ------------------------------------------------------------------------------
 
+
 def latency_budget(problem: Problem, oracle: CapacityOracle, deadline: Deadline = _NEVER) -> int:
     """The fixed GPU budget: ``solver.max_gpus``, else an explicit pool's total, else the min_gpus count
     (the improved greedy's; the fast greedy's when the improved one does not fit half the time left)."""
@@ -360,8 +417,9 @@ def latency_budget(problem: Problem, oracle: CapacityOracle, deadline: Deadline 
         return len(greedy_fast(p, oracle, deadline))
 
 
-def balance_latency(problem: Problem, oracle: CapacityOracle, passes: int = 3,
-                    deadline: Deadline = _NEVER) -> list[GpuAssignment]:
+def balance_latency(
+    problem: Problem, oracle: CapacityOracle, passes: int = 3, deadline: Deadline = _NEVER
+) -> list[GpuAssignment]:
     """Spread load over the budget (largest load first to the least-loaded GPU, rank groups kept
     apart where possible), each GPU at the slot count with the lowest predicted ITL, then moves of
     single adapters that lower the token-weighted mean ITL."""
@@ -398,8 +456,10 @@ def balance_latency(problem: Problem, oracle: CapacityOracle, passes: int = 3,
         if not improved:
             break
     if not all(g.feasible for g in gpus if g.adapters):
-        raise Infeasible(f"min_latency: the budget of {G} GPUs cannot serve the adapters without starvation "
-                         f"(raise solver.max_gpus)", "max_gpus")
+        raise Infeasible(
+            f"min_latency: the budget of {G} GPUs cannot serve the adapters without starvation (raise solver.max_gpus)",
+            "max_gpus",
+        )
     return gpus
 
 
@@ -449,8 +509,14 @@ def latency_paper(problem: Problem, oracle: CapacityOracle, deadline: Deadline =
 
 # --- the entry point ------------------------------------------------------------------------
 
-def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str | None = None,
-          options: SolveOptions | None = None, deadline: Deadline | None = None) -> Plan:
+
+def solve(
+    problem: Problem,
+    oracle: CapacityOracle | None = None,
+    strategy: str | None = None,
+    options: SolveOptions | None = None,
+    deadline: Deadline | None = None,
+) -> Plan:
     """Solve ``problem`` with ``strategy`` (default: the spec's ``solver.strategy``) → :class:`Plan`.
 
     ``deadline``: the solve's one time budget (default: ``time_limit_s`` from now; the pipeline starts it
@@ -466,8 +532,11 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
     opts = options or SolveOptions.of(problem)
     dl = deadline if deadline is not None else Deadline.begin(opts.time_limit_s)
     orc = oracle if oracle is not None else make_oracle(problem, "auto")
-    an = orc.analytic if hasattr(orc, "analytic") else (orc if isinstance(orc, AnalyticCapacity) else
-                                                         AnalyticCapacity(problem))
+    an = (
+        orc.analytic
+        if hasattr(orc, "analytic")
+        else (orc if isinstance(orc, AnalyticCapacity) else AnalyticCapacity(problem))
+    )
     bm, bm_name = bound_model(orc)
     if problem.n_adapters == 0:
         raise Infeasible("the spec has no adapters", "adapters")
@@ -484,8 +553,9 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
         log.append(bal.log_line())
     gpus_t = renumber(gpus)
     value = obj.value(gpus_t)
-    lb, bm_name, bound_log = obj.plan_bound(BoundContext(problem, orc, an, bm, bm_name, weights, duals, dl,
-                                                         len(gpus_t), value))
+    lb, bm_name, bound_log = obj.plan_bound(
+        BoundContext(problem, orc, an, bm, bm_name, weights, duals, dl, len(gpus_t), value)
+    )
     log += bound_log
     log.append(f"bound {lb:g} on the {bm_name} model")
     if value < lb <= value + 1e-7 * max(1.0, abs(value)):
@@ -494,12 +564,23 @@ def solve(problem: Problem, oracle: CapacityOracle | None = None, strategy: str 
         lb = value
     elif lb > value:
         # Only a GPU the bound's model rejects can put the bound above the plan: say so, do not hide it.
-        log.append(f"bound {lb:g} is above the plan's value {value:g}: a GPU of the plan is outside the bound's "
-                   f"model ({bm_name}); the plan is not proven feasible for it")
+        log.append(
+            f"bound {lb:g} is above the plan's value {value:g}: a GPU of the plan is outside the bound's "
+            f"model ({bm_name}); the plan is not proven feasible for it"
+        )
     if dl.expired() and not any(line.startswith("time limit reached") for line in log):
         log.append(time_up_line(dl, "returning the plan found"))
-    return Plan(objective=obj.name, strategy=name, gpus=gpus_t, objective_value=value, lower_bound=lb,
-                solve_time_s=dl.elapsed(), oracle=orc.name, log=tuple(log), lower_bound_model=bm_name)
+    return Plan(
+        objective=obj.name,
+        strategy=name,
+        gpus=gpus_t,
+        objective_value=value,
+        lower_bound=lb,
+        solve_time_s=dl.elapsed(),
+        oracle=orc.name,
+        log=tuple(log),
+        lower_bound_model=bm_name,
+    )
 
 
 def _precheck(problem: Problem, oracle: CapacityOracle) -> None:
@@ -512,4 +593,5 @@ def _precheck(problem: Problem, oracle: CapacityOracle) -> None:
     for a in {hottest, *by_rank.values()}:
         if not any(oracle.best_slots(t.index, Mix.of([a])).feasible for t in problem.gpu_types):
             from optplace.solver.greedy import single_adapter_infeasible
+
             raise single_adapter_infeasible(problem, oracle, a)

@@ -67,28 +67,78 @@ MODELS: dict[str, ModelArch] = {
     m.name: m
     for m in [
         # Source: meta-llama/Llama-3.1-8B-Instruct config.json.
-        ModelArch(name="llama-3.1-8b-instruct", layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
-                  intermediate_size=14336, vocab_size=128256, params_b=8.03, max_model_len=131072),
+        ModelArch(
+            name="llama-3.1-8b-instruct",
+            layers=32,
+            hidden_size=4096,
+            num_heads=32,
+            num_kv_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+            params_b=8.03,
+            max_model_len=131072,
+        ),
         # Source: Qwen/Qwen2.5-7B-Instruct config.json (vLLM serves 32,768 tokens by default).
-        ModelArch(name="qwen-2.5-7b-instruct", layers=28, hidden_size=3584, num_heads=28, num_kv_heads=4,
-                  intermediate_size=18944, vocab_size=152064, params_b=7.62, max_model_len=32768),
+        ModelArch(
+            name="qwen-2.5-7b-instruct",
+            layers=28,
+            hidden_size=3584,
+            num_heads=28,
+            num_kv_heads=4,
+            intermediate_size=18944,
+            vocab_size=152064,
+            params_b=7.62,
+            max_model_len=32768,
+        ),
         # Source: Qwen/Qwen2.5-14B-Instruct config.json.
-        ModelArch(name="qwen-2.5-14b-instruct", layers=48, hidden_size=5120, num_heads=40, num_kv_heads=8,
-                  intermediate_size=13824, vocab_size=152064, params_b=14.77, max_model_len=32768),
+        ModelArch(
+            name="qwen-2.5-14b-instruct",
+            layers=48,
+            hidden_size=5120,
+            num_heads=40,
+            num_kv_heads=8,
+            intermediate_size=13824,
+            vocab_size=152064,
+            params_b=14.77,
+            max_model_len=32768,
+        ),
         # Source: mistralai/Mistral-7B-Instruct-v0.3 config.json.
-        ModelArch(name="mistral-7b-instruct-v0.3", layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
-                  intermediate_size=14336, vocab_size=32768, params_b=7.25, max_model_len=32768),
+        ModelArch(
+            name="mistral-7b-instruct-v0.3",
+            layers=32,
+            hidden_size=4096,
+            num_heads=32,
+            num_kv_heads=8,
+            intermediate_size=14336,
+            vocab_size=32768,
+            params_b=7.25,
+            max_model_len=32768,
+        ),
         # Source: meta-llama/Llama-3.2-3B-Instruct config.json.
-        ModelArch(name="llama-3.2-3b-instruct", layers=28, hidden_size=3072, num_heads=24, num_kv_heads=8,
-                  intermediate_size=8192, vocab_size=128256, params_b=3.21, max_model_len=131072),
+        ModelArch(
+            name="llama-3.2-3b-instruct",
+            layers=28,
+            hidden_size=3072,
+            num_heads=24,
+            num_kv_heads=8,
+            intermediate_size=8192,
+            vocab_size=128256,
+            params_b=3.21,
+            max_model_len=131072,
+        ),
     ]
 }
 
 GPUS: dict[str, GpuSpec] = {
     g.name: g
     for g in [
-        GpuSpec(name="h100-64gb", memory_gib=64.0, bf16_tflops=989.0, bandwidth_gbs=1640.0,
-                note="H100 64 GB HBM2e (as in the reference runs; memory fits 64 GiB); bandwidth assumed"),
+        GpuSpec(
+            name="h100-64gb",
+            memory_gib=64.0,
+            bf16_tflops=989.0,
+            bandwidth_gbs=1640.0,
+            note="H100 64 GB HBM2e (as in the reference runs; memory fits 64 GiB); bandwidth assumed",
+        ),
         GpuSpec(name="h100-80gb", memory_gib=79.6, bf16_tflops=989.0, bandwidth_gbs=3350.0, note="H100 SXM 80 GB"),
         GpuSpec(name="h200-141gb", memory_gib=139.8, bf16_tflops=989.0, bandwidth_gbs=4800.0, note="H200 141 GB"),
         GpuSpec(name="a100-80gb", memory_gib=79.2, bf16_tflops=312.0, bandwidth_gbs=2039.0, note="A100 SXM 80 GB"),

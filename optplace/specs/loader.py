@@ -34,8 +34,9 @@ def load_scenario(path: str | Path, allow_paths: Iterable[str | Path] = ()) -> S
     return scenario_from_data(located, str(path), Path(path).resolve().parent, allow_paths)
 
 
-def load_scenario_text(text: str, name: str = "<string>", base_dir: str | Path = ".",
-                       allow_paths: Iterable[str | Path] = ()) -> Scenario:
+def load_scenario_text(
+    text: str, name: str = "<string>", base_dir: str | Path = ".", allow_paths: Iterable[str | Path] = ()
+) -> Scenario:
     """Like ``load_scenario`` for YAML text (tests, stdin)."""
     try:
         located = parse_yaml(text, name)
@@ -67,6 +68,7 @@ def _issues(name: str, located: Located, problems: list[Problem]) -> list[SpecIs
 
 
 # --- pydantic errors → (path, message) --------------------------------------------------------
+
 
 def _pydantic_problems(err: ValidationError, raw: Any) -> list[Problem]:
     out: list[Problem] = []
@@ -107,9 +109,17 @@ def _data_path(loc: tuple, raw: Any) -> tuple[Path_, Any]:
     node = raw
     for k, part in enumerate(loc):
         last = k == len(loc) - 1
-        if isinstance(node, dict) and isinstance(part, str) and part in node and (
-                last or isinstance(node[part], (dict, list)) or not isinstance(loc[k + 1], str)
-                or loc[k + 1] not in node):
+        if (
+            isinstance(node, dict)
+            and isinstance(part, str)
+            and part in node
+            and (
+                last
+                or isinstance(node[part], (dict, list))
+                or not isinstance(loc[k + 1], str)
+                or loc[k + 1] not in node
+            )
+        ):
             path.append(part)
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
@@ -175,8 +185,11 @@ def _pick_model(ann: Any, node: Any) -> Any:
             return reg.get(kind).spec if isinstance(kind, str) and kind in reg else None
         return _pick_model(typing.get_args(ann)[0], node)
     if origin in (typing.Union, types.UnionType):
-        models = [m for m in (_pick_model(a, node) for a in typing.get_args(ann))
-                  if isinstance(m, type) and issubclass(m, BaseModel)]
+        models = [
+            m
+            for m in (_pick_model(a, node) for a in typing.get_args(ann))
+            if isinstance(m, type) and issubclass(m, BaseModel)
+        ]
         if isinstance(node, dict):
             if "kind" in node:
                 for m in models:
@@ -190,6 +203,7 @@ def _pick_model(ann: Any, node: Any) -> Any:
 
 
 # --- cross-field checks -----------------------------------------------------------------------
+
 
 def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Path] = ()) -> list[Problem]:
     """Checks that involve several fields, files, or the hardware profile."""
@@ -209,8 +223,13 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
     out += _file_problems(sc, base_dir, roots)
     sv = sc.serving
     if sv.max_num_batched_tokens < sv.max_num_seqs:
-        out.append((("serving", "max_num_batched_tokens"), f"vLLM requires max_num_batched_tokens "
-                    f"({sv.max_num_batched_tokens}) >= max_num_seqs ({sv.max_num_seqs}); raise it or lower max_num_seqs"))
+        out.append(
+            (
+                ("serving", "max_num_batched_tokens"),
+                f"vLLM requires max_num_batched_tokens "
+                f"({sv.max_num_batched_tokens}) >= max_num_seqs ({sv.max_num_seqs}); raise it or lower max_num_seqs",
+            )
+        )
 
     profiles: dict[str, Profile] = {}
     for i, pe in enumerate(sc.gpu_types() if (sc.gpu is None) != (sc.pool is None) else ()):
@@ -225,8 +244,12 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
             out.append((("model",) if model_unknown else where, str(e)))
             continue
         except (OSError, ValueError, RecursionError) as e:  # RecursionError: deeply nested JSON
-            out.append(((*where[:-1], "profile") if sc.pool is not None else ("profile",),
-                        f"cannot load profile: {' '.join(str(e).split())[:200]}"))
+            out.append(
+                (
+                    (*where[:-1], "profile") if sc.pool is not None else ("profile",),
+                    f"cannot load profile: {' '.join(str(e).split())[:200]}",
+                )
+            )
             continue
         profiles[pe.gpu_name] = prof
     max_rank = min((p.max_lora_rank for p in profiles.values()), default=None)
@@ -235,25 +258,38 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
     for i, it in enumerate(sc.adapters):
         if isinstance(it, AdapterGroup):
             if (it.rate_rps is None) == (it.total_rate_rps is None):
-                out.append((("adapters", i), f"group {it.group!r}: give exactly one of rate_rps (each adapter) "
-                                             "or total_rate_rps (shared)"))
+                out.append(
+                    (
+                        ("adapters", i),
+                        f"group {it.group!r}: give exactly one of rate_rps (each adapter) or total_rate_rps (shared)",
+                    )
+                )
             if it.popularity is not None and it.total_rate_rps is None:
                 out.append((("adapters", i, "popularity"), "popularity needs total_rate_rps"))
         if max_rank is not None and it.rank > max_rank:
-            out.append((("adapters", i, "rank"), f"rank {it.rank} exceeds the profile's supported maximum "
-                                                 f"{max_rank}"))
+            out.append((("adapters", i, "rank"), f"rank {it.rank} exceeds the profile's supported maximum {max_rank}"))
     expanded = sc.adapter_list()
     owner = _owners(sc)
     for k, a in enumerate(expanded):
         if a.name in seen:
-            out.append((("adapters", owner[k]), f"duplicate adapter name {a.name!r} (first at adapters[{owner[seen[a.name]]}])"))
+            out.append(
+                (
+                    ("adapters", owner[k]),
+                    f"duplicate adapter name {a.name!r} (first at adapters[{owner[seen[a.name]]}])",
+                )
+            )
         else:
             seen[a.name] = k
     expected = math.fsum(a.rate_rps for a in expanded) * sc.workload.duration_s
     if expected > MAX_EXPECTED_REQUESTS:
-        out.append((("workload", "duration_s"), f"the window holds ~{expected:.3g} expected requests (sum of rate_rps "
-                    f"x duration_s {sc.workload.duration_s:g}); the twin simulates at most {MAX_EXPECTED_REQUESTS:,}: "
-                    "shorten duration_s"))
+        out.append(
+            (
+                ("workload", "duration_s"),
+                f"the window holds ~{expected:.3g} expected requests (sum of rate_rps "
+                f"x duration_s {sc.workload.duration_s:g}); the twin simulates at most {MAX_EXPECTED_REQUESTS:,}: "
+                "shorten duration_s",
+            )
+        )
     if sc.placement is not None and expanded:
         out += _placement_problems(sc, {a.name: a for a in expanded})
     if OBJECTIVES.get(sc.objective).fixed_budget and sc.solver.max_gpus is None and sc.pool is None:
@@ -276,7 +312,9 @@ def _placement_problems(sc: Scenario, by_name: dict[str, Any]) -> list[Problem]:
     for g, pe in enumerate(sc.placement):
         base = ("placement", g)
         if pe.gpu_type is not None and pe.gpu_type not in types:
-            out.append(((*base, "gpu_type"), f"unknown GPU type {pe.gpu_type!r} (spec has: {', '.join(sorted(types))})"))
+            out.append(
+                ((*base, "gpu_type"), f"unknown GPU type {pe.gpu_type!r} (spec has: {', '.join(sorted(types))})")
+            )
         if pe.adapters == "all":
             if len(sc.placement) > 1:
                 out.append(((*base, "adapters"), "'all' is only valid when the placement has one GPU"))
@@ -293,11 +331,17 @@ def _placement_problems(sc: Scenario, by_name: dict[str, Any]) -> list[Problem]:
             else:
                 placed[n] = g
         if names and pe.max_loras > len(names):
-            out.append(((*base, "max_loras"), f"max_loras {pe.max_loras} exceeds the {len(names)} adapters placed "
-                                              "on this GPU"))
+            out.append(
+                ((*base, "max_loras"), f"max_loras {pe.max_loras} exceeds the {len(names)} adapters placed on this GPU")
+            )
         if pe.max_cpu_loras is not None and pe.max_cpu_loras < pe.max_loras:
-            out.append(((*base, "max_cpu_loras"), f"max_cpu_loras {pe.max_cpu_loras} is below max_loras "
-                                                  f"{pe.max_loras} (vLLM requires max_cpu_loras >= max_loras)"))
+            out.append(
+                (
+                    (*base, "max_cpu_loras"),
+                    f"max_cpu_loras {pe.max_cpu_loras} is below max_loras "
+                    f"{pe.max_loras} (vLLM requires max_cpu_loras >= max_loras)",
+                )
+            )
     return out
 
 

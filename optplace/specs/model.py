@@ -8,7 +8,7 @@ Names of pluggable concepts — ``objective``, ``solver.strategy``, ``solver.exe
 ``workload.arrivals.kind``, ``workload.lengths.kind`` — are checked against their registry
 (:mod:`optplace.infra.registry`), and the JSON schema lists the registered names, so a plug-in
 implementation is accepted here without editing this file. The built-in arrival and length specs
-below are the pydantic classes their models (``optplace.twin._arrivals`` / ``_lengths``) register;
+below are the pydantic classes their models (``optplace.twin.arrivals`` / ``lengths``) register;
 a plug-in model brings its own spec class (a subclass of :class:`ArrivalSpecBase` /
 :class:`LengthSpecBase`).
 """
@@ -19,8 +19,21 @@ import math
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (AllowInfNan, BaseModel, ConfigDict, Discriminator, Field, GetCoreSchemaHandler,
-                      GetJsonSchemaHandler, Strict, StrictBool, StrictStr, Tag, field_validator)
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    Strict,
+    StrictBool,
+    StrictStr,
+    Tag,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import core_schema
 
 from optplace.infra.registry import ARRIVALS, EXECUTORS, LENGTHS, OBJECTIVES, STRATEGIES, Registry
@@ -50,8 +63,9 @@ class RegisteredName:
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         return core_schema.no_info_after_validator_function(self.registry.check, core_schema.str_schema(strict=True))
 
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-                                     ) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
         return {"type": "string", "enum": list(self.registry.names())}
 
 
@@ -73,11 +87,14 @@ class RegisteredKind:
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         return core_schema.no_info_plain_validator_function(self._validate)
 
-    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
-                                     ) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
         specs = [self.registry.get(n).spec for n in self.registry.names()]
-        return {"oneOf": [handler(s.__pydantic_core_schema__) for s in specs],
-                "discriminator": {"propertyName": "kind"}}
+        return {
+            "oneOf": [handler(s.__pydantic_core_schema__) for s in specs],
+            "discriminator": {"propertyName": "kind"},
+        }
 
 
 def spec_kind(spec: type[BaseModel]) -> str:
@@ -91,9 +108,11 @@ def spec_kind(spec: type[BaseModel]) -> str:
 def registered_by_kind(registry: Registry[Any]) -> Any:
     """Class decorator for a model class with a ``spec`` class attribute: registers one instance in
     ``registry`` under :func:`spec_kind` of its spec (the name is written once, in the spec class)."""
+
     def deco(cls: Any) -> Any:
         registry.register(spec_kind(cls.spec), cls())
         return cls
+
     return deco
 
 
@@ -123,6 +142,7 @@ Rank = Annotated[int, Strict()]
 
 # --- workload ---------------------------------------------------------------------------------
 
+
 class PoissonArrivals(ArrivalSpecBase):
     """Independent Poisson stream per adapter."""
 
@@ -142,7 +162,8 @@ class MmppArrivals(ArrivalSpecBase):
     kind: Literal["mmpp"]
     burst_factor: PosNum = Field(default=4.0, description="Rate in the burst state ÷ long-run mean rate.")
     burst_fraction: Annotated[float, Strict(), AllowInfNan(False), Field(gt=0, lt=1)] = Field(
-        default=0.1, description="Long-run fraction of time spent in the burst state.")
+        default=0.1, description="Long-run fraction of time spent in the burst state."
+    )
     mean_burst_s: PosNum = Field(default=30.0, description="Mean length of one burst [s].")
 
     @field_validator("burst_factor")
@@ -161,8 +182,9 @@ class TraceArrivals(ArrivalSpecBase):
     assignment: Literal["by_rate", "uniform", "zipf", "dirichlet"] = "by_rate"
     zipf_s: PosNum = 1.0
     dirichlet_alpha: PosNum = 0.5
-    scale: PosNum | None = Field(default=None, description="Rate multiplier; default matches the adapters' "
-                                                           "total rate (by_rate) or 1.")
+    scale: PosNum | None = Field(
+        default=None, description="Rate multiplier; default matches the adapters' total rate (by_rate) or 1."
+    )
 
 
 #: Any registered arrival model's spec (validated by the class its model registered).
@@ -173,19 +195,43 @@ class ShareGptLengths(LengthSpecBase):
     """ShareGPT-like lengths (the reference runs' pool: mean ≈ 223 input / 196 output tokens)."""
 
     kind: Literal["sharegpt"]
-    mean_input_tokens: PosNum | None = Field(default=None, description="Rescale the ShareGPT shape to this mean "
-                                                                      "prompt length (after the filters).")
+    mean_input_tokens: PosNum | None = Field(
+        default=None, description="Rescale the ShareGPT shape to this mean prompt length (after the filters)."
+    )
     mean_output_tokens: PosNum | None = Field(default=None, description="Likewise for the output length.")
     io_rank_correlation: Annotated[float, Strict(), AllowInfNan(False), Field(ge=-0.95, le=0.95)] = Field(
-        default=-0.44, description="Rank correlation of prompt and output length (Gaussian copula, marginals kept). "
-                                   "Default fitted by optplace.calibration.reference_fit.fit_length_correlation: the reference runs "
-                                   "hold ~350 KV tokens per running request, independent draws ~440.")
+        default=-0.44,
+        description="Rank correlation of prompt and output length (Gaussian copula, marginals kept). "
+        "Default fitted by optplace.calibration.reference_fit.fit_length_correlation: the reference runs "
+        "hold ~350 KV tokens per running request, independent draws ~440.",
+    )
 
 
 class FixedLengths(LengthSpecBase):
     kind: Literal["fixed"]
     input_tokens: PosInt
     output_tokens: PosInt
+
+    # Other length models redraw what the filters reject; a fixed length would be rejected every time,
+    # so it must pass them here (checked per field, so the error names the field and its line).
+    @field_validator("input_tokens")
+    @classmethod
+    def _input_passes_filters(cls, v: int, info: ValidationInfo) -> int:
+        lo, hi = info.data.get("min_tokens", 4), info.data.get("max_input_tokens", 1024)
+        if not lo <= v <= hi:
+            raise ValueError(f"{v} is outside the filters [min_tokens {lo}, max_input_tokens {hi}]")
+        return v
+
+    @field_validator("output_tokens")
+    @classmethod
+    def _output_passes_filters(cls, v: int, info: ValidationInfo) -> int:
+        lo, total = info.data.get("min_tokens", 4), info.data.get("max_total_tokens", 2048)
+        inp = info.data.get("input_tokens")
+        if v < lo:
+            raise ValueError(f"{v} is below min_tokens {lo}")
+        if inp is not None and inp + v > total:
+            raise ValueError(f"input_tokens + output_tokens = {inp + v} exceeds max_total_tokens {total}")
+        return v
 
 
 class LognormalLengths(LengthSpecBase):
@@ -209,13 +255,18 @@ class Workload(_Spec):
     """How requests arrive and how long they are."""
 
     duration_s: PosNum = Field(default=3600.0, description="Window length; unfinished requests are cancelled.")
-    arrivals: ArrivalSpec = Field(default_factory=lambda: PoissonArrivals(kind="poisson"),
-                                  description="Arrival model: {kind: NAME, ...} (registered models).")
-    lengths: LengthSpec = Field(default_factory=lambda: ShareGptLengths(kind="sharegpt"),
-                                description="Length model: {kind: NAME, ...} (registered models).")
+    arrivals: ArrivalSpec = Field(
+        default_factory=lambda: PoissonArrivals(kind="poisson"),
+        description="Arrival model: {kind: NAME, ...} (registered models).",
+    )
+    lengths: LengthSpec = Field(
+        default_factory=lambda: ShareGptLengths(kind="sharegpt"),
+        description="Length model: {kind: NAME, ...} (registered models).",
+    )
 
 
 # --- adapters ---------------------------------------------------------------------------------
+
 
 class AdapterEntry(_Spec):
     """One LoRA adapter."""
@@ -254,8 +305,9 @@ def _adapter_tag(v: Any) -> str:
     return "group" if isinstance(v, AdapterGroup) else "adapter"
 
 
-AdapterItem = Annotated[Union[Annotated[AdapterEntry, Tag("adapter")], Annotated[AdapterGroup, Tag("group")]],
-                        Discriminator(_adapter_tag)]
+AdapterItem = Annotated[
+    Union[Annotated[AdapterEntry, Tag("adapter")], Annotated[AdapterGroup, Tag("group")]], Discriminator(_adapter_tag)
+]
 
 
 class Adapter(BaseModel):
@@ -269,14 +321,16 @@ class Adapter(BaseModel):
 
 # --- hardware, serving, constraints, solver, placement ----------------------------------------
 
+
 class PoolEntry(_Spec):
     """GPUs of one type available to the solver."""
 
     gpu: StrictStr | GpuSpec
     count: Annotated[int, Strict(), Field(gt=0, le=100_000)]
     cost_per_hour: NonNegNum = 1.0
-    profile: StrictStr | None = Field(default=None, description="Profile JSON (from `optplace calibrate`), "
-                                                                "relative to the spec file.")
+    profile: StrictStr | None = Field(
+        default=None, description="Profile JSON (from `optplace calibrate`), relative to the spec file."
+    )
 
     @property
     def gpu_name(self) -> str:
@@ -295,10 +349,12 @@ class Serving(_Spec):
 class Constraints(_Spec):
     """What a plan must satisfy."""
 
-    max_throughput_loss: Fraction = Field(default=0.10, description="A GPU is starved when delivered token "
-                                                                    "throughput < (1 − this) × offered.")
+    max_throughput_loss: Fraction = Field(
+        default=0.10, description="A GPU is starved when delivered token throughput < (1 − this) × offered."
+    )
     max_adapter_loss: Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, le=1)] | None = Field(
-        default=None, description="Optional: no adapter may lose more than this fraction of its offered tokens.")
+        default=None, description="Optional: no adapter may lose more than this fraction of its offered tokens."
+    )
     max_itl_ms: PosNum | None = None
     max_ttft_p99_ms: PosNum | None = None
 
@@ -369,8 +425,10 @@ def expand_adapters(items: tuple[AdapterEntry | AdapterGroup, ...]) -> tuple[Ada
         if it.total_rate_rps is not None:
             pop = it.popularity or Popularity(kind="uniform")
             # a huge exponent would overflow (i+1)**s: such weights are 0 to double precision anyway
-            w = [1.0 if pop.kind == "uniform" else
-                 (1.0 / (i + 1) ** pop.s if pop.s * math.log(i + 1) < 700.0 else 0.0) for i in range(it.count)]
+            w = [
+                1.0 if pop.kind == "uniform" else (1.0 / (i + 1) ** pop.s if pop.s * math.log(i + 1) < 700.0 else 0.0)
+                for i in range(it.count)
+            ]
             tot = math.fsum(w)
             rates = [it.total_rate_rps * x / tot for x in w]
         else:

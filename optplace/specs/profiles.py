@@ -151,8 +151,9 @@ class Profile(_Frozen):
         """KV capacity [tokens] with ``max_loras`` slots pre-allocated at ``max_lora_rank``."""
         return self.memory.kv_cache_tokens(max_loras, max_lora_rank, gpu_memory_utilization)
 
-    def startup_status(self, max_loras: int, max_lora_rank: int, gpu_memory_utilization: float = 0.9,
-                       max_model_len: int | None = None) -> StartupStatus:
+    def startup_status(
+        self, max_loras: int, max_lora_rank: int, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None
+    ) -> StartupStatus:
         """Would vLLM start? ``oom_cuda`` when weights + LoRA buffers exceed the budget,
         ``oom_kv_cache`` when the KV cache cannot hold one max-length sequence."""
         m = self.memory
@@ -164,8 +165,13 @@ class Profile(_Frozen):
             return "oom_kv_cache"
         return "ok"
 
-    def max_startable_slots(self, max_lora_rank: int, gpu_memory_utilization: float = 0.9,
-                            max_model_len: int | None = None, upper: int = 4096) -> int:
+    def max_startable_slots(
+        self,
+        max_lora_rank: int,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        upper: int = 4096,
+    ) -> int:
         """Largest ``max_loras`` that starts at this rank (0 if none); capacity shrinks with slots."""
         lo, hi = 0, upper
         while lo < hi:
@@ -211,8 +217,9 @@ def resolve_profile(model: str | ModelArch, gpu: str | GpuSpec) -> Profile:
     arch = model if isinstance(model, ModelArch) else MODELS.get(model)
     spec = gpu if isinstance(gpu, GpuSpec) else GPUS.get(gpu)
     if arch is None:
-        raise UnknownProfile(f"unknown model {mname!r}: give its architecture inline or use one of "
-                             f"{', '.join(sorted(MODELS))}")
+        raise UnknownProfile(
+            f"unknown model {mname!r}: give its architecture inline or use one of {', '.join(sorted(MODELS))}"
+        )
     if spec is None:
         raise UnknownProfile(f"unknown GPU {gname!r}: give its spec inline or use one of {', '.join(sorted(GPUS))}")
     return generic_profile(arch, spec)
@@ -248,7 +255,7 @@ def generic_profile(arch: ModelArch, gpu: GpuSpec) -> Profile:
         gpu=gpu.name,
         calibrated=False,
         source=f"UNCALIBRATED generic profile (memory from architecture; times = {REFERENCE_PROFILE} "
-               f"× {scale:.3f} weight-streaming ratio). Calibrate with `optplace calibrate` before trusting it.",
+        f"× {scale:.3f} weight-streaming ratio). Calibrate with `optplace calibrate` before trusting it.",
         model_arch=arch,
         gpu_spec=gpu,
         memory=mem,

@@ -59,11 +59,21 @@ class _Builder:
         if aliased:
             self.alias_count += 1
             if self.alias_count > MAX_ALIAS_NODES:
-                raise _Abort(self.fail(node, (), f"aliases expand to more than {MAX_ALIAS_NODES:,} values "
-                                                  "(alias bomb?); refusing to load"))
+                raise _Abort(
+                    self.fail(
+                        node,
+                        (),
+                        f"aliases expand to more than {MAX_ALIAS_NODES:,} values (alias bomb?); refusing to load",
+                    )
+                )
         if self.count > MAX_NODES:
-            raise _Abort(self.fail(node, (), f"document expands to more than {MAX_NODES:,} values "
-                                               "(alias/anchor expansion?); refusing to load"))
+            raise _Abort(
+                self.fail(
+                    node,
+                    (),
+                    f"document expands to more than {MAX_NODES:,} values (alias/anchor expansion?); refusing to load",
+                )
+            )
         if depth > MAX_DEPTH:
             raise _Abort(self.fail(node, path, f"nesting deeper than {MAX_DEPTH} levels"))
         self.lines.setdefault(path, node.start_mark.line + 1)
@@ -148,8 +158,9 @@ def parse_yaml(text: str, name: str = "<string>") -> Located:
     if not nodes or nodes[0] is None:
         raise SpecIssueError(SpecIssue(name, 1, "", "empty spec: expected a mapping of top-level keys"))
     if len(nodes) > 1:
-        raise SpecIssueError(SpecIssue(name, nodes[1].start_mark.line + 1, "",
-                                       "several YAML documents in one file; expected one"))
+        raise SpecIssueError(
+            SpecIssue(name, nodes[1].start_mark.line + 1, "", "several YAML documents in one file; expected one")
+        )
     b = _Builder(name)
     try:
         data = b.build(nodes[0], (), 0)

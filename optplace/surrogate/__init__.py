@@ -2,9 +2,9 @@
 
 Modules by concept (import from them; nothing heavy is imported here):
 
-* ``features``: ``FEATURE_NAMES`` / ``SCHEMA_VERSION`` / ``feature_row(GpuConfig)`` /
+* ``features``: ``FEATURE_NAMES`` / ``SCHEMA_VERSION`` / ``feature_row(GpuCase)`` /
   ``feature_row_from_parts(rates, ranks, max_loras, mean_in, mean_out, arrival_cv, burst_factor)``.
-* ``config``: ``GpuConfig``, ``GpuMetrics``, ``ArrivalParams``, ``LengthParams``.
+* ``config``: ``GpuCase``, ``GpuMetrics``, ``ArrivalParams``, ``LengthParams``.
 * ``design``: ``SweepDesign``, ``design_config`` (row index → configuration), the replicate rules
   ``noisy_row`` / ``boundary_row``.
 * ``execution``: ``run_sweep(evaluator, out, SweepDesign, seed, executor)``, ``run_replicate`` (same

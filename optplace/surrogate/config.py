@@ -1,6 +1,6 @@
 """Per-GPU configurations and measured metrics: the surrogate's inputs and targets.
 
-A :class:`GpuConfig` is everything that decides how one vLLM instance performs: the adapters it
+A :class:`GpuCase` is everything that decides how one vLLM instance performs: the adapters it
 serves (rank and Poisson/Gamma/MMPP rate each), its slot count, the workload's arrival and length
 models, the window and the seed.  A :class:`GpuMetrics` is what an evaluator (the digital twin,
 or a synthetic stand-in in tests) reports for it.  Both are frozen and picklable so they travel
@@ -69,15 +69,24 @@ def _lognormal_means(mi: float, mo: float, cvi: float, cvo: float) -> tuple[floa
         from optplace.twin.workload import expected_lengths
     except ImportError:  # pragma: no cover - the twin ships with the package
         return float(mi), float(mo)
-    st = expected_lengths(LognormalLengths(kind="lognormal", mean_input_tokens=float(mi), mean_output_tokens=float(mo),
-                                           cv_input=float(cvi), cv_output=float(cvo)))
+    st = expected_lengths(
+        LognormalLengths(
+            kind="lognormal",
+            mean_input_tokens=float(mi),
+            mean_output_tokens=float(mo),
+            cv_input=float(cvi),
+            cv_output=float(cvo),
+        )
+    )
     assert st is not None  # lognormal lengths have exact statistics
     return float(st.mean_input_tokens), float(st.mean_output_tokens)
 
 
 @dataclass(frozen=True, slots=True)
-class GpuConfig:
-    """One GPU's configuration, as evaluated by the twin.
+class GpuCase:
+    """One surrogate case: an anonymous adapter mix (ranks and rates, no names) with slots, workload
+    model, window and seed; what a sweep row is made from and what a query describes. A placed GPU's
+    configuration, with named adapters, is :class:`optplace.twin.simulate.GpuConfig`.
 
     ``ranks[i]`` and ``rates_rps[i]`` describe adapter ``i``.  ``max_cpu_loras`` None means
     max(adapters, slots), the published system's setting.
@@ -94,9 +103,7 @@ class GpuConfig:
 
     def __post_init__(self) -> None:
         if len(self.ranks) != len(self.rates_rps):
-            raise ValueError(
-                f"ranks has {len(self.ranks)} entries but rates_rps has {len(self.rates_rps)}"
-            )
+            raise ValueError(f"ranks has {len(self.ranks)} entries but rates_rps has {len(self.rates_rps)}")
         if not self.ranks:
             raise ValueError("a GPU configuration needs at least one adapter")
         if self.max_loras < 1:
@@ -121,7 +128,7 @@ class GpuConfig:
 
 @dataclass(frozen=True, slots=True)
 class GpuMetrics:
-    """What an evaluator reports for one :class:`GpuConfig` (twin ``GpuReport`` subset)."""
+    """What an evaluator reports for one :class:`GpuCase` (twin ``GpuReport`` subset)."""
 
     throughput_tok_s: float
     offered_tok_s: float
@@ -136,5 +143,5 @@ class GpuMetrics:
     wall_s: float = 0.0
 
 
-Evaluator = Callable[[GpuConfig], GpuMetrics]
+Evaluator = Callable[[GpuCase], GpuMetrics]
 """Anything that maps a GPU configuration to metrics: the twin, or a synthetic model in tests."""

@@ -100,8 +100,12 @@ def load_dataset(path: Path | str) -> Dataset:
 
     if int(prov.get("feature_schema_version", SCHEMA_VERSION)) == 1 and recs:
         X = _upgrade_v1(p, prov, order, np.column_stack([col(n) for n in names]))
-        prov = {**prov, "feature_schema_version": SCHEMA_VERSION, "feature_names": list(FEATURE_NAMES),
-                "upgraded_from_schema": 1}
+        prov = {
+            **prov,
+            "feature_schema_version": SCHEMA_VERSION,
+            "feature_names": list(FEATURE_NAMES),
+            "upgraded_from_schema": 1,
+        }
         names = FEATURE_NAMES
     else:
         X = np.column_stack([col(n) for n in names]) if recs else np.zeros((0, len(names)))
@@ -135,7 +139,7 @@ def _upgrade_v1(path: Path, prov: dict[str, Any], order: list[int], stored: np.n
         if made is None:
             raise ValueError(f"{path}: row {index} does not regenerate a configuration")
         out[j] = feature_row(made[0])
-    if not np.array_equal(out[:, :len(BASE_NAMES)], stored):
+    if not np.array_equal(out[:, : len(BASE_NAMES)], stored):
         raise ValueError(f"{path}: regenerated schema-1 features differ from the stored ones")
     return out
 
@@ -150,8 +154,10 @@ def load_datasets(paths: Sequence[Path | str]) -> Dataset:
     (:func:`pool_replicates` with ``partial=True``: each row's label is the mean over the twin seeds
     it has); ``provenance["label"]`` then says so.
     """
-    provs = [json.loads(Path(p).with_suffix(".json").read_text()) if Path(p).with_suffix(".json").exists() else {}
-             for p in paths]
+    provs = [
+        json.loads(Path(p).with_suffix(".json").read_text()) if Path(p).with_suffix(".json").exists() else {}
+        for p in paths
+    ]
     reps: dict[str, list[Path | str]] = {}
     bases: list[Path | str] = []
     for p, pv in zip(paths, provs):
@@ -175,7 +181,8 @@ def load_datasets(paths: Sequence[Path | str]) -> Dataset:
         merged = _merge(parts, bases)
         merged.provenance["label"] = (
             f"per-configuration mean over its twin seeds: {n_multi} of {merged.index.size} rows have 2+ seeds "
-            f"(replicates {[Path(r).name for v in reps.values() for r in v]}), the others one")
+            f"(replicates {[Path(r).name for v in reps.values() for r in v]}), the others one"
+        )
         return merged
     parts = [load_dataset(p) for p in paths]
     merged = _merge(parts, list(paths))
@@ -192,15 +199,18 @@ def _merge(parts: list[Dataset], paths: Sequence[Path | str]) -> Dataset:
         if d.feature_names != first.feature_names:
             raise ValueError(f"{p}: feature names differ from {paths[0]}")
         if not same_labels(first.provenance.get("evaluator", {}), d.provenance.get("evaluator", {})):
-            raise ValueError(f"{p}: evaluator {d.provenance.get('evaluator')} does not label like "
-                             f"{first.provenance.get('evaluator')}")
+            raise ValueError(
+                f"{p}: evaluator {d.provenance.get('evaluator')} does not label like "
+                f"{first.provenance.get('evaluator')}"
+            )
     prov = dict(first.provenance)
     prov["merged_with"] = [d.provenance for d in parts[1:]]
     return _stack(parts, prov)
 
 
-def _stack(parts: list[Dataset], provenance: dict[str, Any], extra_meta: dict[str, np.ndarray] | None = None
-           ) -> Dataset:
+def _stack(
+    parts: list[Dataset], provenance: dict[str, Any], extra_meta: dict[str, np.ndarray] | None = None
+) -> Dataset:
     """Checked datasets of one profile stacked row-wise; each part's index and group are offset into its
     own 2**32 block so rows of different sweeps never share an id."""
     off = [np.int64(k) << np.int64(32) for k in range(len(parts))]
@@ -235,7 +245,8 @@ def pool_replicates(base: Path | str, replicates: Sequence[Path | str], partial:
     reps = [load_dataset(r) for r in replicates]
     for p, r in zip(replicates, reps):
         if r.provenance.get("replicate_of") != Path(base).name or not same_labels(
-                r.provenance.get("evaluator", {}), b.provenance.get("evaluator", {})):
+            r.provenance.get("evaluator", {}), b.provenance.get("evaluator", {})
+        ):
             raise ValueError(f"{p}: not a replicate of {base} by the same evaluator")
     common = set(b.index.tolist())
     if not partial:
@@ -244,8 +255,10 @@ def pool_replicates(base: Path | str, replicates: Sequence[Path | str], partial:
             if missing:
                 # a held-out set silently shrinking to the rows a replicate has finished would change
                 # what the scores mean: finish (resume) the replicate first
-                raise ValueError(f"{p}: replicate lacks {len(missing)} of the {len(common)} rows of {base}; "
-                                 "resume it (surrogate replicate) or pass partial=True")
+                raise ValueError(
+                    f"{p}: replicate lacks {len(missing)} of the {len(common)} rows of {base}; "
+                    "resume it (surrogate replicate) or pass partial=True"
+                )
     keep = np.array(sorted(common), dtype=np.int64)
     parts = [b, *reps]
     i0 = np.searchsorted(b.index, keep)
@@ -280,9 +293,12 @@ def pool_replicates(base: Path | str, replicates: Sequence[Path | str], partial:
         has = (d.index[ix_c] == keep) if d.index.size else np.zeros(keep.size, bool)
         W[j, has] = d.meta["wall_s"][ix_c[has]]
     meta["wall_s"] = np.nanmean(W, axis=0)
-    label = (f"mean of {len(parts)} twin seeds per configuration" if not partial else
-             f"mean of the twin seeds each configuration has (1 to {len(parts)}; "
-             f"{int((seen.sum(axis=0) > 1).sum())} of {keep.size} rows with more than one)")
+    label = (
+        f"mean of {len(parts)} twin seeds per configuration"
+        if not partial
+        else f"mean of the twin seeds each configuration has (1 to {len(parts)}; "
+        f"{int((seen.sum(axis=0) > 1).sum())} of {keep.size} rows with more than one)"
+    )
     prov = {**b.provenance, "replicates": [r.provenance.get("replicate_salt") for r in reps], "label": label}
     return Dataset(b.X[i0], b.feature_names, targets, b.index[i0], b.group[i0], meta, prov)
 
@@ -341,13 +357,22 @@ def load_holdouts(holdouts: Sequence[Path | str], replicates: Sequence[Path | st
         if d.feature_names != first.feature_names:
             raise ValueError(f"{n}: feature names differ from {names[0]}")
         if not same_labels(first.provenance.get("evaluator", {}), d.provenance.get("evaluator", {})):
-            raise ValueError(f"{n}: evaluator {d.provenance.get('evaluator')} does not label like "
-                             f"{first.provenance.get('evaluator')} ({names[0]})")
+            raise ValueError(
+                f"{n}: evaluator {d.provenance.get('evaluator')} does not label like "
+                f"{first.provenance.get('evaluator')} ({names[0]})"
+            )
         shared[n] = sum(check_disjoint(parts[i], d, names[i], n) for i in range(j))
     prov = dict(first.provenance)
-    prov["holdouts"] = [{"name": n, "seed": d.provenance.get("seed"), "evaluator": d.provenance.get("evaluator"),
-                         "replicates": [Path(r).name for r in reps[n]], "n": int(d.index.size),
-                         "configurations_also_in_earlier_sweeps": shared[n]}
-                        for n, d in zip(names, parts)]
+    prov["holdouts"] = [
+        {
+            "name": n,
+            "seed": d.provenance.get("seed"),
+            "evaluator": d.provenance.get("evaluator"),
+            "replicates": [Path(r).name for r in reps[n]],
+            "n": int(d.index.size),
+            "configurations_also_in_earlier_sweeps": shared[n],
+        }
+        for n, d in zip(names, parts)
+    ]
     sweep_of_row = np.concatenate([np.full(d.index.size, k, np.int64) for k, d in enumerate(parts)])
     return _stack(parts, prov, {"holdout_sweep": sweep_of_row})

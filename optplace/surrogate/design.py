@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from optplace.surrogate.config import ArrivalParams, GpuConfig, GpuMetrics, LengthParams
+from optplace.surrogate.config import ArrivalParams, GpuCase, GpuMetrics, LengthParams
 
 _SOBOL_DIMS = 12
 
@@ -36,7 +36,7 @@ _SOBOL_DIMS = 12
 class SweepEvaluator(Protocol):
     """An evaluator usable in a sweep: callable, self-describing, and aware of the memory cap."""
 
-    def __call__(self, config: GpuConfig) -> GpuMetrics: ...
+    def __call__(self, config: GpuCase) -> GpuMetrics: ...
 
     def describe(self) -> dict[str, str]: ...
 
@@ -75,7 +75,7 @@ class RowTask:
     pass_no: int
     load: float
     rate_kind: str
-    config: GpuConfig
+    config: GpuCase
 
 
 def row_seed(seed: int, index: int) -> int:
@@ -104,7 +104,7 @@ def design_config(
     seed: int,
     group: int,
     index: int,
-) -> tuple[GpuConfig, float, str] | None:
+) -> tuple[GpuCase, float, str] | None:
     """Map a unit-cube point to a configuration (None when no slot count can start).
 
     ``u[4]`` is the load coordinate (bisected by the boundary chains).  Random choices that shape
@@ -148,7 +148,9 @@ def design_config(
     else:
         mean_in = math.exp(math.log(32) + u[8] * (math.log(600) - math.log(32)))
         mean_out = math.exp(math.log(16) + u[9] * (math.log(500) - math.log(16)))
-        lengths = LengthParams(kind="lognormal", mean_input_tokens=round(mean_in, 1), mean_output_tokens=round(mean_out, 1))
+        lengths = LengthParams(
+            kind="lognormal", mean_input_tokens=round(mean_in, 1), mean_output_tokens=round(mean_out, 1)
+        )
     mi, mo = lengths.means()
 
     if u[10] < design.poisson_share:
@@ -156,11 +158,13 @@ def design_config(
     elif u[10] < design.poisson_share + design.gamma_share:
         arrivals = ArrivalParams(kind="gamma", cv=round(0.5 + 2.5 * u[11], 3))
     else:
-        arrivals = ArrivalParams(kind="mmpp", burst_factor=round(2.0 + 8.0 * u[11], 3), burst_fraction=0.1, mean_burst_s=30.0)
+        arrivals = ArrivalParams(
+            kind="mmpp", burst_factor=round(2.0 + 8.0 * u[11], 3), burst_fraction=0.1, mean_burst_s=30.0
+        )
 
     rate_sum = load * design.ref_capacity_tok_s / (mi + mo)
     rates = tuple(float(x) for x in rate_sum * weights / weights.sum())
-    cfg = GpuConfig(
+    cfg = GpuCase(
         ranks=tuple(ranks),
         rates_rps=rates,
         max_loras=slots,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from optplace.surrogate.dataset import Dataset
     from optplace.surrogate.runtime import Surrogate
 
+
 def smape(y: np.ndarray, yhat: np.ndarray) -> float:
     """Textbook sMAPE in percent: mean 2|y−ŷ|/(|y|+|ŷ|) (0 where both are 0)."""
     y, yhat = np.asarray(y, float), np.asarray(yhat, float)
@@ -47,9 +48,17 @@ def write_holdout(path: Path, ds: Dataset, rows: np.ndarray) -> None:
         w.writerow([*HOLDOUT_COLUMNS, *ds.feature_names, *tnames])
         sweep = ds.meta.get("holdout_sweep", np.zeros(ds.index.size, np.int64))
         for i in rows:
-            w.writerow([int(ds.index[i]), int(ds.group[i]), int(ds.meta["pass"][i]), repr(float(ds.meta["wall_s"][i])),
-                        int(sweep[i]), *(repr(float(v)) for v in ds.X[i]),
-                        *(repr(float(ds.targets[t][i])) for t in tnames)])
+            w.writerow(
+                [
+                    int(ds.index[i]),
+                    int(ds.group[i]),
+                    int(ds.meta["pass"][i]),
+                    repr(float(ds.meta["wall_s"][i])),
+                    int(sweep[i]),
+                    *(repr(float(v)) for v in ds.X[i]),
+                    *(repr(float(ds.targets[t][i])) for t in tnames),
+                ]
+            )
 
 
 def load_holdout(sur: "Surrogate") -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -80,8 +89,9 @@ def holdout_sweeps(sur: "Surrogate") -> tuple[tuple[str, ...], np.ndarray]:
     return names, idx
 
 
-def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray],
-             predictions: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+def evaluate(
+    sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray], predictions: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
     """Accuracy of a surrogate on full feature rows ``X`` against twin targets (``predictions``:
     ``sur.predict_many(X)`` when the caller already has it)."""
     P = sur.predict_many(X) if predictions is None else predictions
@@ -111,7 +121,8 @@ def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray],
         # one seed against the mean of the others: how far a single twin run sits from a seed mean
         others = np.mean([targets[f"throughput_tok_s_rep{r}"] for r in reps[1:]], axis=0)
         parts["twin_seed0_vs_mean_of_other_seeds_throughput_smape_pct"] = smape(
-            targets[f"throughput_tok_s_rep{reps[0]}"], others)
+            targets[f"throughput_tok_s_rep{reps[0]}"], others
+        )
     if len(reps) >= 2:
         # the twin against itself: what a second seed scores against the first (the noise floor)
         a, b = targets[f"throughput_tok_s_rep{reps[0]}"], targets[f"throughput_tok_s_rep{reps[1]}"]
@@ -132,8 +143,9 @@ def evaluate(sur: "Surrogate", X: np.ndarray, targets: dict[str, np.ndarray],
         "starved_macro_f1": macro_f1(y_st, P["starved"]),
         # the costly error for the solver: a starved GPU predicted fine (overall, and near the rule)
         "false_not_starved_rate": float(np.mean(~P["starved"][y_st])) if y_st.any() else math.nan,
-        "false_not_starved_rate_near_boundary": float(np.mean(~P["starved"][y_st & near])) if (
-            y_st & near).any() else math.nan,
+        "false_not_starved_rate_near_boundary": float(np.mean(~P["starved"][y_st & near]))
+        if (y_st & near).any()
+        else math.nan,
         "n_starved_near_boundary": float((y_st & near).sum()),
         "starved_macro_f1_near_boundary": macro_f1(y_st[near], P["starved"][near]),
         "starved_accuracy": float(np.mean(y_st == P["starved"])),

@@ -297,8 +297,9 @@ def run_replicate(
     tasks: list[RowTask] = []
     for index in sorted(units):
         rec = src_rows[index]
-        if subset == "noisy" and not noisy_row(float(rec["throughput_loss"]), float(rec["n_adapters"]),
-                                               float(rec["max_loras"])):
+        if subset == "noisy" and not noisy_row(
+            float(rec["throughput_loss"]), float(rec["n_adapters"]), float(rec["max_loras"])
+        ):
             continue
         if subset == "boundary" and not boundary_row(float(rec["throughput_loss"])):
             continue
@@ -308,7 +309,7 @@ def run_replicate(
             raise ValueError(f"{src}: row {index} does not regenerate a configuration")
         cfg, load, kind = made
         src_names = src_prov.get("feature_names", FEATURE_NAMES)
-        feats = feature_row(cfg)[:len(src_names)]
+        feats = feature_row(cfg)[: len(src_names)]
         stored = np.array([float(src_rows[index][n]) for n in src_names])
         if not np.array_equal(feats, stored):
             raise ValueError(f"{src}: row {index} regenerates other features than stored; wrong design/seed?")
@@ -317,15 +318,17 @@ def run_replicate(
 
     out = Path(out)
     csv_path, prov_path = out.with_suffix(".csv"), out.with_suffix(".json")
-    prov = {**src_prov, "replicate_of": src.name, "replicate_salt": salt,
-            "source_provenance_seed": seed}
+    prov = {**src_prov, "replicate_of": src.name, "replicate_salt": salt, "source_provenance_seed": seed}
     if subset != "all":
-        prov["replicate_subset"] = {"name": subset, "rows": len(tasks), "of": len(units),
-                                    "rule": SUBSET_RULES[subset]}
+        prov["replicate_subset"] = {"name": subset, "rows": len(tasks), "of": len(units), "rule": SUBSET_RULES[subset]}
     if prov_path.exists():
         old = json.loads(prov_path.read_text())
-        if (old.get("replicate_of"), old.get("replicate_salt"), old.get("evaluator"),
-                old.get("replicate_subset", {}).get("name", "all")) != (src.name, salt, prov["evaluator"], subset):
+        if (
+            old.get("replicate_of"),
+            old.get("replicate_salt"),
+            old.get("evaluator"),
+            old.get("replicate_subset", {}).get("name", "all"),
+        ) != (src.name, salt, prov["evaluator"], subset):
             raise ValueError(f"{prov_path}: cannot resume, it replicates another sweep or salt")
     else:
         write_text_atomic(prov_path, json.dumps(prov, indent=2, sort_keys=True) + "\n")

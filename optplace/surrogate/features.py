@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from optplace.surrogate.config import GpuConfig
+from optplace.surrogate.config import GpuCase
 
 SCHEMA_VERSION = 2
 
@@ -162,7 +162,7 @@ def hist_bins(rates: np.ndarray) -> np.ndarray:
     return np.clip(e, 0, HIST_BINS - 1)
 
 
-def feature_row(config: GpuConfig) -> np.ndarray:
+def feature_row(config: GpuCase) -> np.ndarray:
     """The feature row of one GPU configuration."""
     mi, mo = config.lengths.means()
     a = config.arrivals

@@ -125,8 +125,13 @@ class GbtEncoding:
                 for f, v in zip(tree.feature.tolist(), tree.threshold.tolist()):
                     thr.setdefault(f, set()).add(v)
         used = sorted(thr)
-        need = [names[f] for f in used if names[f] not in fixed and names[f] not in bounds
-                and not isinstance(inputs.get(names[f]), (Affine, Ratio))]
+        need = [
+            names[f]
+            for f in used
+            if names[f] not in fixed
+            and names[f] not in bounds
+            and not isinstance(inputs.get(names[f]), (Affine, Ratio))
+        ]
         if need:
             raise ValueError(f"bounds needed for features the trees split on: {need}")
 
@@ -280,7 +285,7 @@ class GbtEncoding:
             for node in range(t.feature.size):
                 route = self._route[(int(t.feature[node]), float(t.threshold[node]))]
                 if isinstance(route, bool):  # decided by a fixed feature: close the other side
-                    for leaf in (right_leaves[node] if route else left_leaves[node]):
+                    for leaf in right_leaves[node] if route else left_leaves[node]:
                         tb.z[i, leaf].fix(0.0)
                     continue
                 key, tc = route
@@ -576,8 +581,9 @@ class StepEncoding:
         b.n_lo = pyo.Constraint(expr=b.n >= sum(float(table.lo[k]) * b.w[k] for k in K))
         b.n_hi = pyo.Constraint(expr=b.n <= sum(float(table.hi[k]) * b.w[k] for k in K))
         b.sdef = pyo.Constraint(expr=b.second == sum(float(table.second[k]) * b.w[k] for k in K))
-        b.out = pyo.Expression(list(table.values), rule=lambda _, nm: sum(
-            float(table.values[nm][k]) * b.w[k] for k in K))
+        b.out = pyo.Expression(
+            list(table.values), rule=lambda _, nm: sum(float(table.values[nm][k]) * b.w[k] for k in K)
+        )
         self.n = b.n
         self.second = b.second
         self.out = {nm: b.out[nm] for nm in table.values}
@@ -601,8 +607,16 @@ class OneGpuCapacity:
     encoding: str
 
 
-def class_rows(ns: Sequence[int] | np.ndarray, max_loras: int, rank: int, rate_rps: float, mean_input_tokens: float = 223.0,
-               mean_output_tokens: float = 196.0, arrival_cv: float = 1.0, burst_factor: float = 1.0) -> np.ndarray:
+def class_rows(
+    ns: Sequence[int] | np.ndarray,
+    max_loras: int,
+    rank: int,
+    rate_rps: float,
+    mean_input_tokens: float = 223.0,
+    mean_output_tokens: float = 196.0,
+    arrival_cv: float = 1.0,
+    burst_factor: float = 1.0,
+) -> np.ndarray:
     """Feature rows of ``n`` equal adapters (one rank, one rate) with ``max_loras`` slots, for each n in ``ns``.
 
     Equal to :func:`optplace.surrogate.features.feature_row_from_parts` on the expanded lists (tested).
@@ -673,16 +687,27 @@ def one_gpu_capacity(
     thr_m, st_m = surrogate.models["throughput"], surrogate.models["starved"]
     logit = surrogate._logit_thr
     cap = max(1, min(slot_cap, n_max))
-    lens = dict(mean_input_tokens=mean_input_tokens, mean_output_tokens=mean_output_tokens,
-                arrival_cv=arrival_cv, burst_factor=burst_factor)
+    lens = dict(
+        mean_input_tokens=mean_input_tokens,
+        mean_output_tokens=mean_output_tokens,
+        arrival_cv=arrival_cv,
+        burst_factor=burst_factor,
+    )
     t0 = time.perf_counter()
     m = pyo.ConcreteModel()
     if encoding == "step":
-        cands = sorted(set(slot_candidates) if slot_candidates is not None else
-                       {c for c in range(1, cap + 1) if (c & (c - 1)) == 0 or c % 32 == 0})
+        cands = sorted(
+            set(slot_candidates)
+            if slot_candidates is not None
+            else {c for c in range(1, cap + 1) if (c & (c - 1)) == 0 or c % 32 == 0}
+        )
         cands = [c for c in cands if 1 <= c <= cap]
-        table = step_table({"throughput": thr_m.raw, "starved": st_m.raw},
-                           lambda ns, s: class_rows(ns, s, rank, rate_rps, **lens), (1, n_max), cands)
+        table = step_table(
+            {"throughput": thr_m.raw, "starved": st_m.raw},
+            lambda ns, s: class_rows(ns, s, rank, rate_rps, **lens),
+            (1, n_max),
+            cands,
+        )
         # constraints on piecewise-constant outputs are exact filters on the intervals: applying them
         # here leaves an LP-integral choice (the MILP keeps them as constraints too)
         ok = (table.values["starved"] <= logit) & (table.values["throughput"] >= math.log(1.0 - max_loss))
@@ -692,27 +717,47 @@ def one_gpu_capacity(
         n_var, s_var, raw = enc.n, enc.second, enc.out
     elif encoding == "gbt":
         if getattr(surrogate, "physics", None) is not None:
-            raise ValueError("the gbt encoding needs a model over schema features only; this one also splits on "
-                             "derived (profile physics) features, which are nonlinear in n and max_loras: "
-                             "use encoding='step' (exact at every candidate slot count)")
+            raise ValueError(
+                "the gbt encoding needs a model over schema features only; this one also splits on "
+                "derived (profile physics) features, which are nonlinear in n and max_loras: "
+                "use encoding='step' (exact at every candidate slot count)"
+            )
         m.n = pyo.Var(domain=pyo.Integers, bounds=(1, n_max))
         m.s = pyo.Var(domain=pyo.Integers, bounds=(1, cap))
         m.s_le_n = pyo.Constraint(expr=m.s <= m.n)
         tok = mean_input_tokens + mean_output_tokens
         bucket = f"n_rank{RANK_BUCKETS[min(int(np.searchsorted(RANK_BUCKETS, rank)), len(RANK_BUCKETS) - 1)]}"
-        fixed = {"rate_max": rate_rps, "rate_std": 0.0, "rank_max": float(rank), "rank_mean": float(rank),
-                 "mean_input_tokens": mean_input_tokens, "mean_output_tokens": mean_output_tokens,
-                 "arrival_cv": arrival_cv, "burst_factor": burst_factor}
+        fixed = {
+            "rate_max": rate_rps,
+            "rate_std": 0.0,
+            "rank_max": float(rank),
+            "rank_mean": float(rank),
+            "mean_input_tokens": mean_input_tokens,
+            "mean_output_tokens": mean_output_tokens,
+            "arrival_cv": arrival_cv,
+            "burst_factor": burst_factor,
+        }
         fixed.update({f"n_rank{b}": 0.0 for b in RANK_BUCKETS if f"n_rank{b}" != bucket})
         ratio = Ratio(m.s, m.n, (1.0, float(cap)), (1.0, float(n_max)))
-        inputs = {"n_adapters": Affine(m.n), "max_loras": Affine(m.s), bucket: Affine(m.n),
-                  "rate_sum": Affine(m.n, rate_rps), "offered_tok_s": Affine(m.n, rate_rps * tok),
-                  "decode_tok_s": Affine(m.n, rate_rps * mean_output_tokens), "slots_frac": ratio,
-                  "rate_top_slots_frac": ratio}
+        inputs = {
+            "n_adapters": Affine(m.n),
+            "max_loras": Affine(m.s),
+            bucket: Affine(m.n),
+            "rate_sum": Affine(m.n, rate_rps),
+            "offered_tok_s": Affine(m.n, rate_rps * tok),
+            "decode_tok_s": Affine(m.n, rate_rps * mean_output_tokens),
+            "slots_frac": ratio,
+            "rate_top_slots_frac": ratio,
+        }
         names = thr_m.feature_names
-        g = GbtEncoding(m, "gbt", {"throughput": thr_m, "starved": st_m}, bounds={},
-                        inputs={k: v for k, v in inputs.items() if k in names},
-                        fixed={k: v for k, v in fixed.items() if k in names})
+        g = GbtEncoding(
+            m,
+            "gbt",
+            {"throughput": thr_m, "starved": st_m},
+            bounds={},
+            inputs={k: v for k, v in inputs.items() if k in names},
+            fixed={k: v for k, v in fixed.items() if k in names},
+        )
         n_var, s_var, raw = m.n, m.s, g.raw
     else:
         raise ValueError(f"unknown encoding {encoding!r}; valid: step, gbt")
@@ -726,5 +771,13 @@ def one_gpu_capacity(
     status = str(res.solver.termination_condition)
     if n_var.value is None or "infeasible" in status:
         return OneGpuCapacity(0, 0, math.nan, math.nan, build, solve_s, status, encoding)
-    return OneGpuCapacity(int(round(n_var.value)), int(round(s_var.value)), float(pyo.value(raw["throughput"])),
-                          float(pyo.value(raw["starved"])), build, solve_s, status, encoding)
+    return OneGpuCapacity(
+        int(round(n_var.value)),
+        int(round(s_var.value)),
+        float(pyo.value(raw["throughput"])),
+        float(pyo.value(raw["starved"])),
+        build,
+        solve_s,
+        status,
+        encoding,
+    )

@@ -38,8 +38,10 @@ from optplace.surrogate.features import (
 
 #: Window the persistence test compares busy periods with: the sweeps' (and the study's) one hour.
 WINDOW_S = 3600.0
-_N, _L, _RMAX, _I, _O, _RSUM = (FEATURE_INDEX[k] for k in ("n_adapters", "max_loras", "rank_max", "mean_input_tokens",
-                                                           "mean_output_tokens", "rate_sum"))
+_N, _L, _RMAX, _I, _O, _RSUM = (
+    FEATURE_INDEX[k]
+    for k in ("n_adapters", "max_loras", "rank_max", "mean_input_tokens", "mean_output_tokens", "rate_sum")
+)
 _HC0 = FEATURE_INDEX[HIST_COUNT_NAMES[0]]
 _HS0 = FEATURE_INDEX[HIST_SUM_NAMES[0]]
 _LOG_WINDOW = math.log(WINDOW_S)
@@ -48,8 +50,13 @@ _LOG_WINDOW = math.log(WINDOW_S)
 class Physics:
     """Derived features for one profile (bundled name or JSON path)."""
 
-    def __init__(self, profile: Any, gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int = 2048,
-                 max_num_seqs: int = 2048) -> None:
+    def __init__(
+        self,
+        profile: Any,
+        gpu_memory_utilization: float = 0.9,
+        max_num_batched_tokens: int = 2048,
+        max_num_seqs: int = 2048,
+    ) -> None:
         from optplace.twin.steptime import SchedulerOverhead, StepTimeModel
 
         self.profile = profile
@@ -60,8 +67,9 @@ class Physics:
         self._ovh = SchedulerOverhead.from_params(profile.scheduler_overhead)
         self._memo: dict[tuple[float, ...], tuple[float, float]] = {}
 
-    def fluid(self, rank_max: float, distinct: float, slots: float, mean_in: float, mean_out: float
-              ) -> tuple[float, float]:
+    def fluid(
+        self, rank_max: float, distinct: float, slots: float, mean_in: float, mean_out: float
+    ) -> tuple[float, float]:
         """(capacity λ* in requests/s, one request's service time T in s) of the fluid model."""
         key = (rank_max, distinct, slots, mean_in, mean_out)
         v = self._memo.get(key)
@@ -73,8 +81,9 @@ class Physics:
         from optplace.twin.fluid import fluid_constants
 
         kv = self.profile.kv_cache_tokens(slots, rank_max, self.util)
-        _, _, lam, service = fluid_constants(self._step.bind(rank_max, slots), self._ovh, rank_max, distinct, slots,
-                                             I, O, kv, self.budget, self.max_seqs)
+        _, _, lam, service = fluid_constants(
+            self._step.bind(rank_max, slots), self._ovh, rank_max, distinct, slots, I, O, kv, self.budget, self.max_seqs
+        )
         return lam, service
 
     def derive_row(self, row: list[float]) -> list[float]:
@@ -105,10 +114,10 @@ class Physics:
         vals = np.array([self.fluid(*map(float, k)) for k in uniq]).reshape(-1, 2)
         lam, T = vals[inv, 0], vals[inv, 1]
         # only the occupied octaves (a few per row) enter the sums
-        C = X[:, _HC0:_HC0 + HIST_BINS]
+        C = X[:, _HC0 : _HC0 + HIST_BINS]
         row, col = np.nonzero(C > 0)
         c = C[row, col]
-        r = X[:, _HS0:_HS0 + HIST_BINS][row, col] / c
+        r = X[:, _HS0 : _HS0 + HIST_BINS][row, col] / c
         x = r * T[row]
         act = np.bincount(row, weights=c * -np.expm1(-x), minlength=m)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -117,8 +126,15 @@ class Physics:
         pers = np.bincount(row, weights=np.where(pers_mask, c, 0.0), minlength=m)
         pers_r = np.bincount(row, weights=np.where(pers_mask, c * r, 0.0), minlength=m)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.column_stack([np.where(lam > 0, R / np.where(lam > 0, lam, 1.0), 1e3), act / L, act / n,
-                                    pers / L, np.where(R > 0, pers_r / np.where(R > 0, R, 1.0), 0.0)])
+            return np.column_stack(
+                [
+                    np.where(lam > 0, R / np.where(lam > 0, lam, 1.0), 1e3),
+                    act / L,
+                    act / n,
+                    pers / L,
+                    np.where(R > 0, pers_r / np.where(R > 0, R, 1.0), 0.0),
+                ]
+            )
 
     def augment_many(self, X: np.ndarray) -> np.ndarray:
         """Rows followed by their derived features (the layout the trees index)."""

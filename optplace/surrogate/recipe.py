@@ -106,8 +106,9 @@ def _sweep(d: dict[str, Any], where: str) -> SweepStep:
     unknown = set(d) - {"name", "seed", "design"}
     bad = set(d.get("design", {})) - _DESIGN_FIELDS
     if unknown or bad or "name" not in d or "seed" not in d:
-        raise ValueError(f"{where}: a sweep needs name, seed and design ({sorted(_DESIGN_FIELDS)}); "
-                         f"unknown: {sorted(unknown | bad)}")
+        raise ValueError(
+            f"{where}: a sweep needs name, seed and design ({sorted(_DESIGN_FIELDS)}); unknown: {sorted(unknown | bad)}"
+        )
     return SweepStep(str(d["name"]), int(d["seed"]), design_from_dict(d.get("design", {})))
 
 
@@ -140,8 +141,17 @@ def load_recipe(path: Path | str) -> Recipe:
         raise ValueError(f"{p}: a recipe needs at least one sweep, and distinct step names")
     if not isinstance(doc.get("profile"), str):
         raise ValueError(f"{p}: the recipe names no profile")
-    return Recipe(p, doc["profile"], sweeps, reps, hsweeps, hreps, dict(doc.get("training") or {}),
-                  doc.get("note"), recipe_hash(doc))
+    return Recipe(
+        p,
+        doc["profile"],
+        sweeps,
+        reps,
+        hsweeps,
+        hreps,
+        dict(doc.get("training") or {}),
+        doc.get("note"),
+        recipe_hash(doc),
+    )
 
 
 def check_training_options(recipe: Recipe) -> dict[str, int]:
@@ -155,9 +165,15 @@ def check_training_options(recipe: Recipe) -> dict[str, int]:
     )
 
     tr = recipe.training
-    code = {"regression": REGRESSION_PARAMS, "classifier": CLASSIFIER_PARAMS,
-            "threshold": {"rule": "group-cv-macro-f1", "folds": THRESHOLD_FOLDS,
-                          "grid": [float(g) for g in THRESHOLD_GRID]}}
+    code = {
+        "regression": REGRESSION_PARAMS,
+        "classifier": CLASSIFIER_PARAMS,
+        "threshold": {
+            "rule": "group-cv-macro-f1",
+            "folds": THRESHOLD_FOLDS,
+            "grid": [float(g) for g in THRESHOLD_GRID],
+        },
+    }
     for key, want in code.items():
         if key in tr and json.loads(json.dumps(tr[key])) != json.loads(json.dumps(want)):
             raise ValueError(f"{recipe.path}: training.{key} is {tr[key]}, this optplace trains with {want}")
@@ -198,17 +214,27 @@ def build_recipe(
         if isinstance(step, SweepStep):
             res = run_sweep(ev, sdir / step.name, step.design, seed=step.seed, executor=ex, progress=progress)
         else:
-            res = run_replicate(ev, sdir / step.of, sdir / step.name, salt=step.salt, executor=ex,
-                                progress=progress, subset=step.subset)
+            res = run_replicate(
+                ev, sdir / step.of, sdir / step.name, salt=step.salt, executor=ex, progress=progress, subset=step.subset
+            )
         results.append(StepResult(step.name, res.rows_total, res.rows_new))
         on_event(f"      {res.rows_total} rows ({res.rows_new} new, {res.wall_s:.0f} s)")
     on_event("training")
     paths = [sdir / s.name for s in recipe.sweeps] + [sdir / r.name for r in recipe.replicates]
     hold = [sdir / s.name for s in recipe.holdout_sweeps] if with_holdout else []
     hold_reps = [sdir / s.name for s in recipe.holdout_replicates] if with_holdout else []
-    rep = train(paths, out, seed=int(recipe.training.get("seed", 0)), prefix=f"{recipe.profile}.",
-                holdout=hold or None, holdout_replicates=hold_reps, note=recipe.note, rounds_cap=caps,
-                recipe_hash=recipe.hash, test_frac=0.2 if hold else 0.0)
+    rep = train(
+        paths,
+        out,
+        seed=int(recipe.training.get("seed", 0)),
+        prefix=f"{recipe.profile}.",
+        holdout=hold or None,
+        holdout_replicates=hold_reps,
+        note=recipe.note,
+        rounds_cap=caps,
+        recipe_hash=recipe.hash,
+        test_frac=0.2 if hold else 0.0,
+    )
     model_json = out / f"{recipe.profile}.surrogate.json"
     on_event(f"wrote {model_json} ({rep.n_train} training rows, {rep.n_test} held out)")
     return BuildReport(out, tuple(results), model_json, rep.metrics)

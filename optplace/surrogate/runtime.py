@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from optplace.surrogate.config import GpuConfig
+from optplace.surrogate.config import GpuCase
 from optplace.surrogate.features import (
     DERIVED_NAMES,
     FEATURE_INDEX,
@@ -74,8 +74,7 @@ class Surrogate:
     answer, nor the MILP encodings, which encode the trees themselves.
     """
 
-    def __init__(self, directory: Path, meta: dict[str, Any], models: dict[str, Ensemble],
-                 physics: Any = None) -> None:
+    def __init__(self, directory: Path, meta: dict[str, Any], models: dict[str, Ensemble], physics: Any = None) -> None:
         self.directory = directory
         self.meta = meta
         self.models = models
@@ -130,7 +129,7 @@ class Surrogate:
             starved=s >= self._logit_thr or (k < 1.0 and frac < 1.0 - self.max_loss),
         )
 
-    def predict(self, config: GpuConfig) -> Prediction:
+    def predict(self, config: GpuCase) -> Prediction:
         """Predict for one GPU configuration."""
         return self.predict_row(feature_row(config).tolist())
 
@@ -208,8 +207,9 @@ def load_surrogate(path: Path | str) -> Surrogate:
         meta = json.loads(meta_path.read_text())
         if not isinstance(meta, dict) or meta.get("format_version") != MODEL_FORMAT_VERSION:
             got = meta.get("format_version") if isinstance(meta, dict) else type(meta).__name__
-            raise SurrogateRefused(f"{meta_path}: surrogate format {got}, this optplace reads format "
-                                   f"{MODEL_FORMAT_VERSION}")
+            raise SurrogateRefused(
+                f"{meta_path}: surrogate format {got}, this optplace reads format {MODEL_FORMAT_VERSION}"
+            )
         names = tuple(meta["feature_names"])
         check_schema(names, int(meta["feature_schema_version"]))
         model_files = {name: (d / info["file"]).read_text() for name, info in meta["models"].items()}
@@ -224,8 +224,9 @@ def load_surrogate(path: Path | str) -> Surrogate:
 
         physics = physics_for((meta.get("physics") or {})["profile"])
     models = {
-        name: ensemble_from_text(text, names, row_index, "sigmoid" if name == "starved" else "identity", physics,
-                                 len(FEATURE_NAMES))
+        name: ensemble_from_text(
+            text, names, row_index, "sigmoid" if name == "starved" else "identity", physics, len(FEATURE_NAMES)
+        )
         for name, text in model_files.items()
     }
     return Surrogate(d, meta, models, physics)
@@ -239,13 +240,17 @@ def check_compatible(meta: dict[str, Any], profile_name: str, profile_hash_now: 
     hint = rebuild_hint(profile_name)
     twin = meta.get("twin_semantics_version")
     if twin != TWIN_SEMANTICS_VERSION:
-        raise SurrogateRefused(f"{where}: trained under twin semantics version {twin}, the twin is at "
-                               f"{TWIN_SEMANTICS_VERSION}; rebuild: {hint}")
+        raise SurrogateRefused(
+            f"{where}: trained under twin semantics version {twin}, the twin is at "
+            f"{TWIN_SEMANTICS_VERSION}; rebuild: {hint}"
+        )
     trained = meta.get("profile_hash")
     if trained != profile_hash_now:
-        raise SurrogateRefused(f"{where}: trained on profile {meta.get('profile')!r} with hash {trained}, the "
-                               f"profile in use ({profile_name!r}) has hash {profile_hash_now} (other numbers); "
-                               f"rebuild: {hint}")
+        raise SurrogateRefused(
+            f"{where}: trained on profile {meta.get('profile')!r} with hash {trained}, the "
+            f"profile in use ({profile_name!r}) has hash {profile_hash_now} (other numbers); "
+            f"rebuild: {hint}"
+        )
 
 
 def shipped_model_path(profile_name: str) -> Path:
@@ -272,9 +277,11 @@ def load_shipped(profile: Any) -> Surrogate:
         profile = profs[profile]
     d = shipped_model_path(profile.name)
     if not d.exists():
-        raise FileNotFoundError(f"no shipped surrogate for profile {profile.name!r}; build one with "
-                                f"{rebuild_hint(profile.name)}")
+        raise FileNotFoundError(
+            f"no shipped surrogate for profile {profile.name!r}; build one with {rebuild_hint(profile.name)}"
+        )
     sur = load_surrogate(d)
-    check_compatible(sur.meta, profile.name, profile_hash(profile.model_dump(mode="json")),
-                     f"shipped surrogate {d.name}")
+    check_compatible(
+        sur.meta, profile.name, profile_hash(profile.model_dump(mode="json")), f"shipped surrogate {d.name}"
+    )
     return sur

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optplace.surrogate.config import GpuConfig, GpuMetrics
+from optplace.surrogate.config import GpuCase, GpuMetrics
 
 # Largest startable slot count per max_lora_rank, roughly the published Llama table
 # (the reference measurements' kv_capacity_v1.csv: rank 8 → 384, 16 → 224, 32 → 96).
@@ -38,7 +38,7 @@ class SyntheticEvaluator:
                 return _SYNTH_SLOT_CAP[r]
         return 0
 
-    def __call__(self, config: GpuConfig) -> GpuMetrics:
+    def __call__(self, config: GpuCase) -> GpuMetrics:
         rng = np.random.default_rng(config.seed)
         n = config.n_adapters
         slots = min(config.max_loras, n)

@@ -63,8 +63,12 @@ REGRESSION_PARAMS: dict[str, Any] = {
     "bagging_freq": 1,
     "lambda_l2": 1.0,
 }
-CLASSIFIER_PARAMS: dict[str, Any] = {**REGRESSION_PARAMS, "objective": "binary", "learning_rate": 0.2,
-                                     "min_data_in_leaf": 8}
+CLASSIFIER_PARAMS: dict[str, Any] = {
+    **REGRESSION_PARAMS,
+    "objective": "binary",
+    "learning_rate": 0.2,
+    "min_data_in_leaf": 8,
+}
 MAX_ROUNDS = 250
 #: Candidate decision thresholds (probability of "starved") and the CV folds that pick one.
 THRESHOLD_GRID = np.round(np.arange(0.20, 0.501, 0.025), 3)
@@ -121,8 +125,9 @@ def _augmented(X: np.ndarray, physics_profile: str | None) -> np.ndarray:
     return physics_for(physics_profile).augment_many(X)
 
 
-def _fit(params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int,
-         max_rounds: int = MAX_ROUNDS) -> Any:
+def _fit(
+    params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, max_rounds: int = MAX_ROUNDS
+) -> Any:
     """Choose the round count by early stopping on an inner group split, then refit on all rows."""
     import lightgbm as lgb
 
@@ -192,10 +197,12 @@ def train(
         hold = load_holdouts(holdouts, holdout_replicates)
         for h in hold.provenance["holdouts"]:
             if hold.feature_names != train_ds.feature_names or not same_labels(
-                    h["evaluator"] or {}, train_ds.provenance.get("evaluator", {})):
+                h["evaluator"] or {}, train_ds.provenance.get("evaluator", {})
+            ):
                 raise ValueError(f"{h['name']}: other features or evaluator than the training sweeps")
-        in_training = check_disjoint(train_ds, hold, "the training sweeps",
-                                     "+".join(h["name"] for h in hold.provenance["holdouts"]))
+        in_training = check_disjoint(
+            train_ds, hold, "the training sweeps", "+".join(h["name"] for h in hold.provenance["holdouts"])
+        )
         hold.provenance["configurations_also_in_training"] = in_training
         ds = _stack(train_ds, hold)
         is_test = np.concatenate([np.zeros(train_ds.index.size, bool), np.ones(hold.index.size, bool)])
@@ -213,17 +220,39 @@ def train(
     ys = {k: v[ok] for k, v in _targets(ds).items()}
     # test_frac 0 without held-out sweeps: every row trains (the models are the same as with held-out
     # sweeps, which never shape them; only the metrics are missing)
-    test = is_test[ok] if holdouts else (split_groups(groups, test_frac, seed) if test_frac > 0
-                                         else np.zeros(groups.size, bool))
+    test = (
+        is_test[ok]
+        if holdouts
+        else (split_groups(groups, test_frac, seed) if test_frac > 0 else np.zeros(groups.size, bool))
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written to a staging folder inside ``out`` and renamed into place together at the
     # end (surrogate.json last), so an interrupted training leaves the previous model set intact.
     stage = Path(tempfile.mkdtemp(prefix=".train-", dir=out))
     try:
-        metrics = _train_into(stage, ds, X, ys, test, groups, names, seed, prefix, holdouts, holdout_replicates,
-                              hold, test_frac, paths, train_ds, note, ok, physics_profile,
-                              {**ROUNDS_CAP, **(rounds_cap or {})}, recipe_hash)
+        metrics = _train_into(
+            stage,
+            ds,
+            X,
+            ys,
+            test,
+            groups,
+            names,
+            seed,
+            prefix,
+            holdouts,
+            holdout_replicates,
+            hold,
+            test_frac,
+            paths,
+            train_ds,
+            note,
+            ok,
+            physics_profile,
+            {**ROUNDS_CAP, **(rounds_cap or {})},
+            recipe_hash,
+        )
         written = sorted((p.name for p in stage.iterdir()), key=lambda n: n.endswith("surrogate.json"))
         with atomic_files(out) as tmp:
             for name in written:
@@ -234,11 +263,28 @@ def train(
     return TrainReport(out, int((~test).sum()), n_test, metrics)
 
 
-def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], test: np.ndarray, groups: np.ndarray,
-                names: tuple[str, ...], seed: int, prefix: str, holdout: Any, holdout_replicates: Any, hold: Any,
-                test_frac: float, paths: Any, train_ds: Any, note: str | None, ok: np.ndarray,
-                physics_profile: str | None = None, caps: dict[str, int] | None = None,
-                recipe_hash: str | None = None) -> dict[str, Any]:
+def _train_into(
+    out: Path,
+    ds: Any,
+    X: np.ndarray,
+    ys: dict[str, np.ndarray],
+    test: np.ndarray,
+    groups: np.ndarray,
+    names: tuple[str, ...],
+    seed: int,
+    prefix: str,
+    holdout: Any,
+    holdout_replicates: Any,
+    hold: Any,
+    test_frac: float,
+    paths: Any,
+    train_ds: Any,
+    note: str | None,
+    ok: np.ndarray,
+    physics_profile: str | None = None,
+    caps: dict[str, int] | None = None,
+    recipe_hash: str | None = None,
+) -> dict[str, Any]:
     """Fit the four models, write them with their metadata and held-out rows into ``out``; the metrics."""
     caps = caps or ROUNDS_CAP
     files: dict[str, Any] = {}
@@ -254,8 +300,9 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
         (out / f"{prefix}{name}.txt").write_text(booster.model_to_string())
         files[name] = {"file": f"{prefix}{name}.txt", "trees": booster.num_trees()}
     use = ~test & np.isfinite(ys["starved"])
-    threshold, threshold_cv = cv_threshold(X[use], ys["starved"][use], groups[use], seed,
-                                           rounds=caps.get("starved", MAX_ROUNDS))
+    threshold, threshold_cv = cv_threshold(
+        X[use], ys["starved"][use], groups[use], seed, rounds=caps.get("starved", MAX_ROUNDS)
+    )
     meta = {
         "format_version": MODEL_FORMAT_VERSION,
         "feature_schema_version": SCHEMA_VERSION,
@@ -269,25 +316,35 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
         },
         "starved_threshold": threshold,
         "max_throughput_loss": 0.10,
-        "physics": {"profile": physics_profile, "derived": list(DERIVED_NAMES),
-                    "source": "optplace.surrogate.physics (fluid model of the profile's step time; rate histogram)"}
-        if physics_profile and set(names) & set(DERIVED_NAMES) else None,
+        "physics": {
+            "profile": physics_profile,
+            "derived": list(DERIVED_NAMES),
+            "source": "optplace.surrogate.physics (fluid model of the profile's step time; rate histogram)",
+        }
+        if physics_profile and set(names) & set(DERIVED_NAMES)
+        else None,
         # the training rows' range only: the held-out rows must not shape the model
         "offered_max": float(X[~test][:, names.index("offered_tok_s")].max()) if "offered_tok_s" in names else None,
         "seed": seed,
         "test_frac": test_frac if not holdout else None,
-        "split": (f"random {test_frac * 100:g} % of sweep groups" if test_frac > 0 else "none") if not holdout else {
+        "split": (f"random {test_frac * 100:g} % of sweep groups" if test_frac > 0 else "none")
+        if not holdout
+        else {
             "holdout": Path(holdout[0]).name if len(holdout) == 1 else [Path(h).name for h in holdout],
             "holdouts": hold.provenance["holdouts"],
             "configurations_also_in_training": hold.provenance["configurations_also_in_training"],
             "replicates": [Path(p).name for p in holdout_replicates],
-            "label": hold.provenance.get("label", "one twin seed per configuration")},
+            "label": hold.provenance.get("label", "one twin seed per configuration"),
+        },
         "params": {"regression": REGRESSION_PARAMS, "classifier": CLASSIFIER_PARAMS, "rounds_cap": caps},
         "threshold_cv": threshold_cv,
         "n_train": int((~test).sum()),
         "n_test": int(test.sum()),
-        "dataset": {"path": [Path(p).name for p in paths], "provenance": train_ds.provenance,
-                    "label": train_ds.provenance.get("label", "one twin seed per configuration")},
+        "dataset": {
+            "path": [Path(p).name for p in paths],
+            "provenance": train_ds.provenance,
+            "label": train_ds.provenance.get("label", "one twin seed per configuration"),
+        },
         "metrics": {},
     }
     if note:
@@ -310,8 +367,9 @@ def _train_into(out: Path, ds: Any, X: np.ndarray, ys: dict[str, np.ndarray], te
     return metrics
 
 
-def cv_threshold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, folds: int = THRESHOLD_FOLDS,
-                 rounds: int | None = None) -> tuple[float, dict[str, Any]]:
+def cv_threshold(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, folds: int = THRESHOLD_FOLDS, rounds: int | None = None
+) -> tuple[float, dict[str, Any]]:
     """Decision threshold of the starvation classifier, chosen on training rows only: out-of-fold
     probabilities from a ``folds``-fold group split, then the threshold on :data:`THRESHOLD_GRID`
     (all ≤ 0.5: never more willing to say "not starved" than the plain classifier, since a false
@@ -335,9 +393,15 @@ def cv_threshold(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, fo
     best = int(np.argmax(np.round(f1, 4)))
     t = float(THRESHOLD_GRID[best])
     fns = [float(np.mean(p[yb] < t_)) if yb.any() else 0.0 for t_ in (0.5, t)]
-    return t, {"folds": folds, "grid": [float(g) for g in THRESHOLD_GRID], "macro_f1": [round(v, 4) for v in f1],
-               "macro_f1_at_0.5": float(macro_f1(yb, p >= 0.5)), "macro_f1_at_threshold": float(f1[best]),
-               "false_not_starved_rate_at_0.5": fns[0], "false_not_starved_rate_at_threshold": fns[1]}
+    return t, {
+        "folds": folds,
+        "grid": [float(g) for g in THRESHOLD_GRID],
+        "macro_f1": [round(v, 4) for v in f1],
+        "macro_f1_at_0.5": float(macro_f1(yb, p >= 0.5)),
+        "macro_f1_at_threshold": float(f1[best]),
+        "false_not_starved_rate_at_0.5": fns[0],
+        "false_not_starved_rate_at_threshold": fns[1],
+    }
 
 
 def _stack(a: Dataset, b: Dataset) -> Dataset:
@@ -350,19 +414,33 @@ def _stack(a: Dataset, b: Dataset) -> Dataset:
         return d.targets[k] if k in d.targets else np.full(d.index.size, np.nan)
 
     return Dataset(
-        X=np.vstack([a.X, b.X]), feature_names=a.feature_names,
+        X=np.vstack([a.X, b.X]),
+        feature_names=a.feature_names,
         targets={k: np.concatenate([col(a, k), col(b, k)]) for k in keys},
-        index=np.concatenate([a.index, b.index + off]), group=np.concatenate([a.group, b.group + off]),
-        meta={**{m: np.concatenate([a.meta[m], b.meta[m]]) for m in a.meta},
-              **{m: np.concatenate([np.full(a.index.size, -1, b.meta[m].dtype), b.meta[m]])
-                 for m in b.meta if m not in a.meta}},
-        provenance=a.provenance)
+        index=np.concatenate([a.index, b.index + off]),
+        group=np.concatenate([a.group, b.group + off]),
+        meta={
+            **{m: np.concatenate([a.meta[m], b.meta[m]]) for m in a.meta},
+            **{
+                m: np.concatenate([np.full(a.index.size, -1, b.meta[m].dtype), b.meta[m]])
+                for m in b.meta
+                if m not in a.meta
+            },
+        },
+        provenance=a.provenance,
+    )
 
 
-def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, seed: int = 0,
-         out_dir: Path | str | None = None, holdout: Path | str | Sequence[Path | str] | None = None,
-         holdout_replicates: Sequence[Path | str] = (), note: str | None = None,
-         recipe_hash: str | None = None) -> TrainReport:
+def ship(
+    dataset_path: Path | str | Sequence[Path | str],
+    profile_name: str,
+    seed: int = 0,
+    out_dir: Path | str | None = None,
+    holdout: Path | str | Sequence[Path | str] | None = None,
+    holdout_replicates: Sequence[Path | str] = (),
+    note: str | None = None,
+    recipe_hash: str | None = None,
+) -> TrainReport:
     """Train on twin sweeps of a bundled profile and write the result as package data
     (``holdout`` / ``holdout_replicates`` as in :func:`train`)."""
     paths, holdouts = _path_list(dataset_path), _path_list(holdout)
@@ -370,5 +448,13 @@ def ship(dataset_path: Path | str | Sequence[Path | str], profile_name: str, see
         ev = load_dataset(p).provenance.get("evaluator", {})
         if ev.get("evaluator") != "twin" or ev.get("profile") != profile_name:
             raise ValueError(f"{p}: not a twin sweep of {profile_name!r} (provenance: {ev})")
-    return train(paths, out_dir or MODELS_DIR, seed=seed, prefix=f"{profile_name}.", holdout=holdouts or None,
-                 holdout_replicates=holdout_replicates, note=note, recipe_hash=recipe_hash)
+    return train(
+        paths,
+        out_dir or MODELS_DIR,
+        seed=seed,
+        prefix=f"{profile_name}.",
+        holdout=holdouts or None,
+        holdout_replicates=holdout_replicates,
+        note=note,
+        recipe_hash=recipe_hash,
+    )

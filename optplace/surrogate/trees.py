@@ -163,8 +163,7 @@ def _compile(trees: tuple[Tree, ...], row_index: tuple[int, ...]) -> Callable[[l
             return repr(float(t.leaf_value[~node]))
         j = row_index[int(t.feature[node])]
         return (
-            f"({expr(t, int(t.left[node]))} if x{j} <= {float(t.threshold[node])!r} "
-            f"else {expr(t, int(t.right[node]))})"
+            f"({expr(t, int(t.left[node]))} if x{j} <= {float(t.threshold[node])!r} else {expr(t, int(t.right[node]))})"
         )
 
     for t in trees:
@@ -209,8 +208,12 @@ def parse_lightgbm_text(text: str) -> list[Tree]:
 
 
 def ensemble_from_text(
-    text: str, feature_names: tuple[str, ...], row_index: tuple[int, ...], link: str = "identity",
-    physics: Any = None, n_row: int = 0,
+    text: str,
+    feature_names: tuple[str, ...],
+    row_index: tuple[int, ...],
+    link: str = "identity",
+    physics: Any = None,
+    n_row: int = 0,
 ) -> Ensemble:
     """Build an :class:`Ensemble` from LightGBM model text (``physics``: see :class:`Ensemble`)."""
     return Ensemble(tuple(parse_lightgbm_text(text)), feature_names, row_index, link, text, physics, n_row)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from optplace.surrogate.config import GpuConfig, GpuMetrics
+from optplace.surrogate.config import GpuCase, GpuMetrics
 from optplace.surrogate.provenance import profile_hash
 from optplace.twin.version import TWIN_SEMANTICS_VERSION
 
@@ -35,7 +35,7 @@ def current_profile_hash(profile: str) -> str:
     return profile_hash(cached_profile(profile).model_dump(mode="json"))
 
 
-def _specs(config: GpuConfig) -> tuple[Any, Any]:
+def _specs(config: GpuCase) -> tuple[Any, Any]:
     from optplace.specs.model import (
         GammaArrivals,
         LognormalLengths,
@@ -50,48 +50,73 @@ def _specs(config: GpuConfig) -> tuple[Any, Any]:
     elif a.kind == "gamma":
         arr = GammaArrivals(kind="gamma", cv=float(a.cv))
     else:
-        arr = MmppArrivals(kind="mmpp", burst_factor=float(a.burst_factor), burst_fraction=float(a.burst_fraction),
-                           mean_burst_s=float(a.mean_burst_s))
+        arr = MmppArrivals(
+            kind="mmpp",
+            burst_factor=float(a.burst_factor),
+            burst_fraction=float(a.burst_fraction),
+            mean_burst_s=float(a.mean_burst_s),
+        )
     ln = config.lengths
     if ln.kind == "sharegpt":
         lens: Any = ShareGptLengths(kind="sharegpt")
     elif ln.kind == "lognormal":
-        lens = LognormalLengths(kind="lognormal", mean_input_tokens=float(ln.mean_input_tokens),
-                                mean_output_tokens=float(ln.mean_output_tokens), cv_input=float(ln.cv_input),
-                                cv_output=float(ln.cv_output))
+        lens = LognormalLengths(
+            kind="lognormal",
+            mean_input_tokens=float(ln.mean_input_tokens),
+            mean_output_tokens=float(ln.mean_output_tokens),
+            cv_input=float(ln.cv_input),
+            cv_output=float(ln.cv_output),
+        )
     else:
         from optplace.specs.model import FixedLengths
 
-        lens = FixedLengths(kind="fixed", input_tokens=int(ln.mean_input_tokens), output_tokens=int(ln.mean_output_tokens))
+        lens = FixedLengths(
+            kind="fixed", input_tokens=int(ln.mean_input_tokens), output_tokens=int(ln.mean_output_tokens)
+        )
     return arr, lens
 
 
 @dataclass(frozen=True, slots=True)
 class TwinEvaluator:
-    """Evaluate a :class:`GpuConfig` with the twin on profile ``profile`` (bundled name or JSON path)."""
+    """Evaluate a :class:`GpuCase` with the twin on profile ``profile`` (bundled name or JSON path)."""
 
     profile: str
     gpu_memory_utilization: float = 0.9
 
     def describe(self) -> dict[str, Any]:
         """Identity recorded in a sweep's provenance (see :mod:`optplace.surrogate.provenance`)."""
-        return {"evaluator": "twin", "twin_semantics_version": TWIN_SEMANTICS_VERSION, "profile": self.profile,
-                "profile_hash": current_profile_hash(self.profile)}
+        return {
+            "evaluator": "twin",
+            "twin_semantics_version": TWIN_SEMANTICS_VERSION,
+            "profile": self.profile,
+            "profile_hash": current_profile_hash(self.profile),
+        }
 
     def slot_cap(self, max_lora_rank: int) -> int:
         """Largest ``max_loras`` that starts at this rank (the profile's memory model)."""
         return int(cached_profile(self.profile).max_startable_slots(max_lora_rank, self.gpu_memory_utilization))
 
-    def __call__(self, config: GpuConfig) -> GpuMetrics:
+    def __call__(self, config: GpuCase) -> GpuMetrics:
         from optplace.specs import Adapter, Constraints, Serving
         from optplace.twin.simulate import simulate_gpu
 
         arr, lens = _specs(config)
-        adapters = [Adapter(name=f"a{i}", rank=int(r), rate_rps=float(q))
-                    for i, (r, q) in enumerate(zip(config.ranks, config.rates_rps))]
-        rep = simulate_gpu(cached_profile(self.profile), Serving(gpu_memory_utilization=self.gpu_memory_utilization),
-                           Constraints(), arr, lens, adapters, config.max_loras, config.max_cpu_loras,
-                           duration_s=config.duration_s, seed=config.seed)
+        adapters = [
+            Adapter(name=f"a{i}", rank=int(r), rate_rps=float(q))
+            for i, (r, q) in enumerate(zip(config.ranks, config.rates_rps))
+        ]
+        rep = simulate_gpu(
+            cached_profile(self.profile),
+            Serving(gpu_memory_utilization=self.gpu_memory_utilization),
+            Constraints(),
+            arr,
+            lens,
+            adapters,
+            config.max_loras,
+            config.max_cpu_loras,
+            duration_s=config.duration_s,
+            seed=config.seed,
+        )
         return GpuMetrics(
             throughput_tok_s=float(rep.throughput_tok_s),
             offered_tok_s=float(rep.offered_tok_s),

@@ -18,10 +18,10 @@ from typing import Any
 class FluidPoint:
     """The fluid model of one (type, max rank, distinct adapters, slots) configuration."""
 
-    a0_ms: float          # step time with an empty batch [ms]
-    slope_ms: float       # aN·O + aP·I: extra step time per (req/ms) of arrival rate
-    lam_max_rps: float    # capacity λ* [req/s]
-    service_s: float      # one request's time in the engine at low load [s]
+    a0_ms: float  # step time with an empty batch [ms]
+    slope_ms: float  # aN·O + aP·I: extra step time per (req/ms) of arrival rate
+    lam_max_rps: float  # capacity λ* [req/s]
+    service_s: float  # one request's time in the engine at low load [s]
     kv_tokens: int
 
     def step_ms(self, lam_rps: float) -> float:
@@ -29,8 +29,18 @@ class FluidPoint:
         return self.a0_ms / (1.0 - x) if x < 1.0 else math.inf
 
 
-def fluid_constants(step: Any, ovh: Any, rank_max: int, distinct: int, slots: int, I: float, O: float, kv: int,
-                    budget: int, max_seqs: int) -> tuple[float, float, float, float]:
+def fluid_constants(
+    step: Any,
+    ovh: Any,
+    rank_max: int,
+    distinct: int,
+    slots: int,
+    I: float,
+    O: float,
+    kv: int,
+    budget: int,
+    max_seqs: int,
+) -> tuple[float, float, float, float]:
     """The fluid model of one engine configuration: (empty-batch step a0 [ms], slope aN·O + aP·I [ms per
     req/ms], capacity λ* [req/s], one request's service time at low load [s]). ``step``/``ovh``: the
     profile's step-time (bound as the caller wants) and scheduler-overhead models; ``kv``: KV tokens;
@@ -48,10 +58,12 @@ def fluid_constants(step: Any, ovh: Any, rank_max: int, distinct: int, slots: in
     slope = max(aN * O + aP * I, 1e-9)
     a0 = max(a0, 1e-6)
     # λ in req/ms: h = a0/(1 − λ·slope); budget λ(I+O)h ≤ B; seqs λ·O·h ≤ S; KV λ·O·h·(I+O) ≤ kv.
-    limits = [1.0 / slope,
-              budget / ((I + O) * a0 + budget * slope),
-              max_seqs / (O * a0 + max_seqs * slope),
-              kv / (O * (I + O) * a0 + kv * slope) if kv > 0 else 0.0]
+    limits = [
+        1.0 / slope,
+        budget / ((I + O) * a0 + budget * slope),
+        max_seqs / (O * a0 + max_seqs * slope),
+        kv / (O * (I + O) * a0 + kv * slope) if kv > 0 else 0.0,
+    ]
     lam = max(min(limits), 0.0) * 1e3
     # A request's service time: its decode steps plus one prefill step, at low load.
     service = (O + 1.0) * h(1, int(min(I, budget))) * 1e-3

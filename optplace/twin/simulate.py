@@ -45,9 +45,17 @@ class Latency:
 
     @classmethod
     def of(cls, st: LatencyStats, loss: float | None) -> Latency:
-        return cls(completed=st.completed, loss=loss, ttft_ms_mean=st.ttft_ms_mean, ttft_ms_p50=st.ttft_ms_p50,
-                   ttft_ms_p99=st.ttft_ms_p99, tpot_ms_mean=st.tpot_ms_mean, tpot_ms_p99=st.tpot_ms_p99,
-                   itl_ms_mean=st.itl_ms_mean, itl_ms_p99=st.itl_ms_p99)
+        return cls(
+            completed=st.completed,
+            loss=loss,
+            ttft_ms_mean=st.ttft_ms_mean,
+            ttft_ms_p50=st.ttft_ms_p50,
+            ttft_ms_p99=st.ttft_ms_p99,
+            tpot_ms_mean=st.tpot_ms_mean,
+            tpot_ms_p99=st.tpot_ms_p99,
+            itl_ms_mean=st.itl_ms_mean,
+            itl_ms_p99=st.itl_ms_p99,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +165,11 @@ def _round(obj: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class GpuPlan:
+class GpuConfig:
     """One GPU's configuration: its type, LoRA slots, CPU adapter cache and adapters (by name).
 
     The one type for a GPU's configuration from the spec up: a spec's ``placement:`` entries become
-    ``GpuPlan`` (:func:`placement_of`), a solver plan's GPUs expose theirs
+    ``GpuConfig`` (:func:`placement_of`), a solver plan's GPUs expose theirs
     (``GpuAssignment.config``), and a :class:`GpuJob` simulates one. The server's ``max_lora_rank``
     is not stored: a plan starts vLLM with the largest rank of the GPU's adapters. ``gpu_type``
     None means the scenario's only GPU type; ``max_cpu_loras`` None means max(adapters, slots).
@@ -180,7 +188,7 @@ class GpuJob:
     scenario's settings it runs under, and the workload of its adapters (picklable, for workers)."""
 
     index: int
-    config: GpuPlan
+    config: GpuConfig
     profile: Profile
     serving: Serving
     constraints: Constraints
@@ -192,17 +200,34 @@ def run_gpu_job(job: GpuJob) -> GpuReport:
     """Simulate one GPU (runs in a worker process)."""
     ranks = [a.rank for a in job.adapters]
     cfg = engine_config_from_profile(
-        job.profile, ranks, job.config.max_loras, max_cpu_loras=job.config.max_cpu_loras,
-        max_num_seqs=job.serving.max_num_seqs, max_num_batched_tokens=job.serving.max_num_batched_tokens,
-        gpu_memory_utilization=job.serving.gpu_memory_utilization, max_model_len=job.serving.max_model_len)
+        job.profile,
+        ranks,
+        job.config.max_loras,
+        max_cpu_loras=job.config.max_cpu_loras,
+        max_num_seqs=job.serving.max_num_seqs,
+        max_num_batched_tokens=job.serving.max_num_batched_tokens,
+        gpu_memory_utilization=job.serving.gpu_memory_utilization,
+        max_model_len=job.serving.max_model_len,
+    )
     res = simulate_engine(cfg, job.workload)
     gpu_type = job.config.gpu_type or job.profile.gpu  # resolved by whoever made the job
-    return gpu_report(job.index, gpu_type, job.adapters, cfg.max_loras, cfg.max_cpu_loras, cfg.max_lora_rank,
-                      cfg.kv_cache_tokens, res, job.constraints, workload=job.workload)
+    return gpu_report(
+        job.index,
+        gpu_type,
+        job.adapters,
+        cfg.max_loras,
+        cfg.max_cpu_loras,
+        cfg.max_lora_rank,
+        cfg.kv_cache_tokens,
+        res,
+        job.constraints,
+        workload=job.workload,
+    )
 
 
-def window_latency(res: EngineResult, n_adapters: int, workload: Workload | None = None,
-                   warmup_fraction: float = WARMUP_FRACTION) -> tuple[WindowLatency, tuple[WindowLatency, ...]]:
+def window_latency(
+    res: EngineResult, n_adapters: int, workload: Workload | None = None, warmup_fraction: float = WARMUP_FRACTION
+) -> tuple[WindowLatency, tuple[WindowLatency, ...]]:
     """The GPU's and each adapter's latency, over the window and in steady state.
 
     Steady state keeps the requests that arrived at or after ``warmup_fraction`` of the window; its loss
@@ -238,43 +263,93 @@ def window_latency(res: EngineResult, n_adapters: int, workload: Workload | None
         win_ad = meter.by_group(meter.req.adapter, n_adapters)
         steady_ad = meter.by_group(meter.req.adapter, n_adapters, late)
     have = workload is not None
-    gpu = WindowLatency(warm, Latency.of(win_all, 1.0 if res.oom else res.throughput_loss),
-                        Latency.of(steady_all, (1.0 if res.oom else loss(float(steady_done.sum()),
-                                                                         float(steady_off.sum()))) if have else None))
+    gpu = WindowLatency(
+        warm,
+        Latency.of(win_all, 1.0 if res.oom else res.throughput_loss),
+        Latency.of(
+            steady_all, (1.0 if res.oom else loss(float(steady_done.sum()), float(steady_off.sum()))) if have else None
+        ),
+    )
     losses = res.adapter_loss()
     per = tuple(
-        WindowLatency(warm, Latency.of(win_ad[i], 1.0 if res.oom else float(losses[i])),
-                      Latency.of(steady_ad[i], (1.0 if res.oom else loss(float(steady_done[i]), float(steady_off[i])))
-                                 if have else None))
-        for i in range(n_adapters))
+        WindowLatency(
+            warm,
+            Latency.of(win_ad[i], 1.0 if res.oom else float(losses[i])),
+            Latency.of(
+                steady_ad[i], (1.0 if res.oom else loss(float(steady_done[i]), float(steady_off[i]))) if have else None
+            ),
+        )
+        for i in range(n_adapters)
+    )
     return gpu, per
 
 
-def gpu_report(index: int, gpu_type: str, adapters: Sequence[Adapter], max_loras: int, max_cpu_loras: int,
-               max_lora_rank: int, kv_cache_tokens: int, res: EngineResult, constraints: Constraints,
-               workload: Workload | None = None) -> GpuReport:
+def gpu_report(
+    index: int,
+    gpu_type: str,
+    adapters: Sequence[Adapter],
+    max_loras: int,
+    max_cpu_loras: int,
+    max_lora_rank: int,
+    kv_cache_tokens: int,
+    res: EngineResult,
+    constraints: Constraints,
+    workload: Workload | None = None,
+) -> GpuReport:
     """Turn an engine result into a report, applying the starvation rules.
 
     ``workload`` (the GPU's requests) gives the steady-state losses of the latency section."""
     dur = res.duration_s
     losses = res.adapter_loss()
     gpu_lat, ad_lat = window_latency(res, len(adapters), workload)
-    per = tuple(AdapterReport(a.name, res.offered_tokens[i] / dur, res.completed_tokens[i] / dur,
-                              int(res.completed[i]), float(losses[i]), ad_lat[i]) for i, a in enumerate(adapters))
+    per = tuple(
+        AdapterReport(
+            a.name,
+            res.offered_tokens[i] / dur,
+            res.completed_tokens[i] / dur,
+            int(res.completed[i]),
+            float(losses[i]),
+            ad_lat[i],
+        )
+        for i, a in enumerate(adapters)
+    )
     adapter_rule = constraints.max_adapter_loss
     threshold = adapter_rule if adapter_rule is not None else constraints.max_throughput_loss
-    starved_ad = tuple(adapters[i].name for i in res.starved_adapters(threshold)) if not res.oom else tuple(
-        a.name for a in adapters)
-    starved = res.oom or res.throughput_loss >= constraints.max_throughput_loss or (
-        adapter_rule is not None and bool(starved_ad))
+    starved_ad = (
+        tuple(adapters[i].name for i in res.starved_adapters(threshold))
+        if not res.oom
+        else tuple(a.name for a in adapters)
+    )
+    starved = (
+        res.oom
+        or res.throughput_loss >= constraints.max_throughput_loss
+        or (adapter_rule is not None and bool(starved_ad))
+    )
     return GpuReport(
-        index=index, gpu_type=gpu_type, adapters=tuple(a.name for a in adapters), max_loras=max_loras,
-        max_cpu_loras=max_cpu_loras, max_lora_rank=max_lora_rank, kv_cache_tokens=kv_cache_tokens,
-        throughput_tok_s=res.throughput_tok_s, engine_tok_s=res.engine_tok_s, offered_tok_s=res.offered_tok_s,
-        throughput_loss=1.0 if res.oom else res.throughput_loss, starved=bool(starved), oom=res.oom,
-        starved_adapters=starved_ad, itl_ms_mean=res.itl_ms_mean, ttft_ms_p50=res.ttft_ms_p50,
-        ttft_ms_p99=res.ttft_ms_p99, preemptions=res.preemptions, adapter_loads=res.adapter_loads,
-        max_running=res.max_running, max_waiting=res.max_waiting, per_adapter=per, latency=gpu_lat)
+        index=index,
+        gpu_type=gpu_type,
+        adapters=tuple(a.name for a in adapters),
+        max_loras=max_loras,
+        max_cpu_loras=max_cpu_loras,
+        max_lora_rank=max_lora_rank,
+        kv_cache_tokens=kv_cache_tokens,
+        throughput_tok_s=res.throughput_tok_s,
+        engine_tok_s=res.engine_tok_s,
+        offered_tok_s=res.offered_tok_s,
+        throughput_loss=1.0 if res.oom else res.throughput_loss,
+        starved=bool(starved),
+        oom=res.oom,
+        starved_adapters=starved_ad,
+        itl_ms_mean=res.itl_ms_mean,
+        ttft_ms_p50=res.ttft_ms_p50,
+        ttft_ms_p99=res.ttft_ms_p99,
+        preemptions=res.preemptions,
+        adapter_loads=res.adapter_loads,
+        max_running=res.max_running,
+        max_waiting=res.max_waiting,
+        per_adapter=per,
+        latency=gpu_lat,
+    )
 
 
 def profile_for(sc: Scenario, gpu_type: str | None, base_dir: Path) -> tuple[str, Profile]:
@@ -289,17 +364,25 @@ def profile_for(sc: Scenario, gpu_type: str | None, base_dir: Path) -> tuple[str
 def scenario_workload(sc: Scenario, adapters: Sequence[Adapter], base_dir: Path, seed: int | None = None):
     """The scenario-wide workload (one seeded generator owned by this run)."""
     rng = np.random.default_rng(sc.seed if seed is None else seed)
-    return generate_workload(sc.workload.arrivals, sc.workload.lengths, [a.rate_rps for a in adapters],
-                             sc.workload.duration_s, rng, base_dir=base_dir)
+    return generate_workload(
+        sc.workload.arrivals,
+        sc.workload.lengths,
+        [a.rate_rps for a in adapters],
+        sc.workload.duration_s,
+        rng,
+        base_dir=base_dir,
+    )
 
 
-def placement_of(sc: Scenario) -> tuple[GpuPlan, ...]:
+def placement_of(sc: Scenario) -> tuple[GpuConfig, ...]:
     """The spec's ``placement:`` as GPU plans (``all`` expanded)."""
     if sc.placement is None:
         raise ValueError("the spec has no placement: to simulate, add `placement:` (or run `optplace solve`)")
     names = tuple(a.name for a in sc.adapter_list())
-    return tuple(GpuPlan(p.gpu_type, p.max_loras, p.max_cpu_loras, names if p.adapters == "all" else tuple(p.adapters))
-                 for p in sc.placement)
+    return tuple(
+        GpuConfig(p.gpu_type, p.max_loras, p.max_cpu_loras, names if p.adapters == "all" else tuple(p.adapters))
+        for p in sc.placement
+    )
 
 
 class PlanSimulator:
@@ -311,35 +394,55 @@ class PlanSimulator:
         self.adapters = sc.adapter_list()
         self.index = {a.name: i for i, a in enumerate(self.adapters)}
         self.workload = scenario_workload(sc, self.adapters, base_dir, self.seed)
-        self.cache: dict[GpuPlan, GpuReport] = {}
+        self.cache: dict[GpuConfig, GpuReport] = {}
         self.simulated = 0
 
-    def job(self, gp: GpuPlan, index: int) -> GpuJob:
+    def job(self, gp: GpuConfig, index: int) -> GpuJob:
         gtype, prof = profile_for(self.sc, gp.gpu_type, self.base_dir)
         members = [self.index[n] for n in gp.adapters]
-        return GpuJob(index=index, config=replace(gp, gpu_type=gtype), profile=prof, serving=self.sc.serving,
-                      constraints=self.sc.constraints, adapters=tuple(self.adapters[i] for i in members),
-                      workload=self.workload.subset(members))
+        return GpuJob(
+            index=index,
+            config=replace(gp, gpu_type=gtype),
+            profile=prof,
+            serving=self.sc.serving,
+            constraints=self.sc.constraints,
+            adapters=tuple(self.adapters[i] for i in members),
+            workload=self.workload.subset(members),
+        )
 
-    def run(self, plan: Sequence[GpuPlan], progress: Progress | None = None) -> SimReport:
+    def run(self, plan: Sequence[GpuConfig], progress: Progress | None = None) -> SimReport:
         """Twin results for every GPU of ``plan`` (new configurations simulated in parallel; ``progress``
         is told as each finishes)."""
         t0 = time.perf_counter()
         todo = [gp for gp in dict.fromkeys(plan) if gp not in self.cache]
         if todo:
-            reports = run_jobs([self.job(gp, i) for i, gp in enumerate(todo)], executor=self.executor,
-                               progress=progress)
+            reports = run_jobs(
+                [self.job(gp, i) for i, gp in enumerate(todo)], executor=self.executor, progress=progress
+            )
             self.cache.update(zip(todo, reports))
             self.simulated += len(todo)
         gpus = tuple(replace(self.cache[gp], index=i) for i, gp in enumerate(plan))
         c = self.sc.constraints
-        return SimReport(scenario=self.sc.name, seed=self.seed, duration_s=self.sc.workload.duration_s, gpus=gpus,
-                         sim_wall_s=time.perf_counter() - t0, simulated_s=self.sc.workload.duration_s * len(todo),
-                         max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss)
+        return SimReport(
+            scenario=self.sc.name,
+            seed=self.seed,
+            duration_s=self.sc.workload.duration_s,
+            gpus=gpus,
+            sim_wall_s=time.perf_counter() - t0,
+            simulated_s=self.sc.workload.duration_s * len(todo),
+            max_throughput_loss=c.max_throughput_loss,
+            max_adapter_loss=c.max_adapter_loss,
+        )
 
 
-def simulate_plan(sc: Scenario, plan: Sequence[GpuPlan], base_dir: Path, workers: int | None = None,
-                  seed: int | None = None, progress: Progress | None = None) -> SimReport:
+def simulate_plan(
+    sc: Scenario,
+    plan: Sequence[GpuConfig],
+    base_dir: Path,
+    workers: int | None = None,
+    seed: int | None = None,
+    progress: Progress | None = None,
+) -> SimReport:
     """Simulate every GPU of ``plan`` for the scenario's workload; GPUs run in parallel processes."""
     return PlanSimulator(sc, base_dir, ExecutorSpec(workers=workers), seed).run(plan, progress)
 
@@ -348,8 +451,12 @@ def simulate_plan(sc: Scenario, plan: Sequence[GpuPlan], base_dir: Path, workers
 Progress = Callable[[int, int], None]
 
 
-def run_jobs(jobs: Sequence[GpuJob], workers: int | None = None, executor: ExecutorSpec | None = None,
-             progress: Progress | None = None) -> list[GpuReport]:
+def run_jobs(
+    jobs: Sequence[GpuJob],
+    workers: int | None = None,
+    executor: ExecutorSpec | None = None,
+    progress: Progress | None = None,
+) -> list[GpuReport]:
     """Run GPU jobs in parallel (local process pool, or Ray); results in job order."""
     spec = executor or ExecutorSpec(workers=workers)
     finished = 0
@@ -359,17 +466,39 @@ def run_jobs(jobs: Sequence[GpuJob], workers: int | None = None, executor: Execu
         finished += 1
         progress(finished, len(jobs))  # type: ignore[misc]  # only passed when progress is given
 
-    return map_ordered(run_gpu_job, jobs, spec, cost=lambda j: len(j.workload.arrival_s),
-                       on_done=on_done if progress is not None else None)
+    return map_ordered(
+        run_gpu_job,
+        jobs,
+        spec,
+        cost=lambda j: len(j.workload.arrival_s),
+        on_done=on_done if progress is not None else None,
+    )
 
 
-def simulate_gpu(profile: Profile, serving: Serving, constraints: Constraints, arrivals: Any, lengths: Any,
-                 adapters: Sequence[Adapter], max_loras: int, max_cpu_loras: int | None = None,
-                 duration_s: float = 3600.0, seed: int = 0, base_dir: Path | None = None) -> GpuReport:
+def simulate_gpu(
+    profile: Profile,
+    serving: Serving,
+    constraints: Constraints,
+    arrivals: Any,
+    lengths: Any,
+    adapters: Sequence[Adapter],
+    max_loras: int,
+    max_cpu_loras: int | None = None,
+    duration_s: float = 3600.0,
+    seed: int = 0,
+    base_dir: Path | None = None,
+) -> GpuReport:
     """Simulate one GPU serving ``adapters`` (its own seeded workload): the surrogate sweeps' evaluator."""
     rng = np.random.default_rng(seed)
     wl = generate_workload(arrivals, lengths, [a.rate_rps for a in adapters], duration_s, rng, base_dir=base_dir)
-    config = GpuPlan(profile.gpu, max_loras, max_cpu_loras, tuple(a.name for a in adapters))
-    job = GpuJob(index=0, config=config, profile=profile, serving=serving, constraints=constraints,
-                 adapters=tuple(adapters), workload=wl)
+    config = GpuConfig(profile.gpu, max_loras, max_cpu_loras, tuple(a.name for a in adapters))
+    job = GpuJob(
+        index=0,
+        config=config,
+        profile=profile,
+        serving=serving,
+        constraints=constraints,
+        adapters=tuple(adapters),
+        workload=wl,
+    )
     return run_gpu_job(job)

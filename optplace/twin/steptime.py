@@ -146,8 +146,11 @@ class StepTimeModel:
             mean_rank = self.bound_rank
         lin = self.c0 + self.c_seq * num_seqs
         fixed = self.g0 + self.g_slot * ((self.bound_slots or self.slots_ref) - self.slots_ref)
-        lora = (1.0 + (fixed if fixed > 0.0 else 0.0)  # noqa: FURB136 (hot path: no call)
-                + self.g_lora * distinct_adapters * (1.0 + self.g_rank * (mean_rank * 0.125 - 1.0)))
+        lora = (
+            1.0
+            + (fixed if fixed > 0.0 else 0.0)  # noqa: FURB136 (hot path: no call)
+            + self.g_lora * distinct_adapters * (1.0 + self.g_rank * (mean_rank * 0.125 - 1.0))
+        )
         pf = self.c_pf * prefill_tokens * (1.0 + self.h_pf * (lora - 1.0))
         return (lin * lora + self.c_ctx * k * 0.001 + pf) * self.time_scale
 
@@ -210,14 +213,30 @@ class SchedulerOverhead:
         if form == "none":
             return cls(form="none")
         if form == "published":
-            keys = ("c1_batch", "c2_waiting", "c3_waiting_x_slots_over_served", "base_s", "batch_min", "batch_max",
-                    "waiting_min", "waiting_max", "wr_min", "wr_max")
+            keys = (
+                "c1_batch",
+                "c2_waiting",
+                "c3_waiting_x_slots_over_served",
+                "base_s",
+                "batch_min",
+                "batch_max",
+                "waiting_min",
+                "waiting_max",
+                "wr_min",
+                "wr_max",
+            )
             return cls(form=form, published=tuple(coef[k] for k in keys))
         unknown = set(coef) - {"s0", "s_run", "s_wait", "s_ratio"}
         if unknown:
             raise ValueError(f"unknown scheduler-overhead coefficients: {sorted(unknown)}")
-        return cls(form=form, time_scale=float(_get(params, "time_scale", 1.0) or 1.0), s0=coef.get("s0", 0.0),
-                   s_run=coef.get("s_run", 0.0), s_wait=coef.get("s_wait", 0.0), s_ratio=coef.get("s_ratio", 0.0))
+        return cls(
+            form=form,
+            time_scale=float(_get(params, "time_scale", 1.0) or 1.0),
+            s0=coef.get("s0", 0.0),
+            s_run=coef.get("s_run", 0.0),
+            s_wait=coef.get("s_wait", 0.0),
+            s_ratio=coef.get("s_ratio", 0.0),
+        )
 
     def overhead_ms(self, running: int, waiting: int, slots: int = 1, served: int = 1) -> float:
         """Scheduler time of one step [ms]."""
@@ -226,8 +245,12 @@ class SchedulerOverhead:
         ratio = slots / served if served > 0 else 1.0
         if self.form == "published":
             c1, c2, c3, base, bmin, bmax, wmin, wmax, rmin, rmax = self.published
-            v = (c1 * (running - bmin) / (bmax - bmin) + c2 * (waiting - wmin) / (wmax - wmin)
-                 + c3 * (waiting * ratio - rmin) / (rmax - rmin) - base)
+            v = (
+                c1 * (running - bmin) / (bmax - bmin)
+                + c2 * (waiting - wmin) / (wmax - wmin)
+                + c3 * (waiting * ratio - rmin) / (rmax - rmin)
+                - base
+            )
             return 1000.0 * max(0.0, v) * self.time_scale
         v = self.s0 + self.s_run * running + self.s_wait * waiting * (1.0 - self.s_ratio * min(ratio, 1.0))
         return max(0.0, v) * self.time_scale

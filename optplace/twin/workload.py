@@ -3,8 +3,8 @@
 ``generate_workload(arrivals, lengths, rates_rps, duration_s, rng, base_dir=None)`` turns a
 scenario's ``ArrivalSpec`` and ``LengthSpec`` (any objects with those field names) and the
 adapters' rates into a :class:`Workload`: NumPy arrays of every request in the window, sorted by
-arrival time. Arrival processes live in ``_arrivals`` and length models (with the fitted ShareGPT
-distribution and its sources) in ``_lengths``.
+arrival time. Arrival processes live in ``arrivals`` and length models (with the fitted ShareGPT
+distribution and its sources) in ``lengths``.
 
 Randomness: the run's generator is split with ``Generator.spawn`` into independent children for
 arrivals, lengths and adapter assignment, so e.g. changing the length model leaves the arrival
@@ -24,11 +24,23 @@ from typing import Any, Sequence
 import numpy as np
 
 from optplace.infra.registry import ARRIVALS, LENGTHS, UnknownName
-from optplace.twin._arrivals import mmpp_idc
-from optplace.twin._lengths import FilteredLengthStats, LengthLimits, WorkloadError, draw_lengths, sharegpt_stats
+from optplace.twin.arrivals import mmpp_idc
+from optplace.twin.lengths import FilteredLengthStats, LengthLimits, WorkloadError, draw_lengths, sharegpt_stats
 
-__all__ = ["Workload", "WorkloadSummary", "WorkloadStats", "WorkloadError", "generate_workload", "planning_stats",
-           "sharegpt_stats", "expected_lengths", "arrival_idc", "mmpp_idc", "FilteredLengthStats", "LengthLimits"]
+__all__ = [
+    "Workload",
+    "WorkloadSummary",
+    "WorkloadStats",
+    "WorkloadError",
+    "generate_workload",
+    "planning_stats",
+    "sharegpt_stats",
+    "expected_lengths",
+    "arrival_idc",
+    "mmpp_idc",
+    "FilteredLengthStats",
+    "LengthLimits",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +52,11 @@ class WorkloadSummary:
     mean_rate_rps: float
     mean_input_tokens: float
     mean_output_tokens: float
-    arrival_cv: float          # CV of the merged stream's inter-arrival times (nan if < 3 requests)
-    offered_tok_s: float       # (input + output tokens of all requests) / duration
+    arrival_cv: float  # CV of the merged stream's inter-arrival times (nan if < 3 requests)
+    offered_tok_s: float  # (input + output tokens of all requests) / duration
     adapter_arrival_cv: float  # request-weighted mean of per-adapter inter-arrival CVs (>= 3 requests)
-    idc_10s: float             # index of dispersion (var / mean) of merged counts in 10 s windows
-    idc_60s: float             # same in 60 s windows (1 for Poisson; grows with slow bursts)
+    idc_10s: float  # index of dispersion (var / mean) of merged counts in 10 s windows
+    idc_60s: float  # same in 60 s windows (1 for Poisson; grows with slow bursts)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -55,9 +67,9 @@ class Workload:
     that list's length (adapters may have no request).
     """
 
-    arrival_s: np.ndarray      # float64 [s], non-decreasing, in [0, duration_s)
-    adapter: np.ndarray        # int32
-    input_tokens: np.ndarray   # int32
+    arrival_s: np.ndarray  # float64 [s], non-decreasing, in [0, duration_s)
+    adapter: np.ndarray  # int32
+    input_tokens: np.ndarray  # int32
     output_tokens: np.ndarray  # int32
     duration_s: float
     n_adapters: int
@@ -71,9 +83,18 @@ class Workload:
         mi = float(self.input_tokens.mean()) if n else 0.0
         mo = float(self.output_tokens.mean()) if n else 0.0
         tot = float(self.input_tokens.sum(dtype=np.int64) + self.output_tokens.sum(dtype=np.int64))
-        return WorkloadSummary(n, self.duration_s, n / self.duration_s, mi, mo, _cv(np.diff(self.arrival_s)),
-                               tot / self.duration_s, _adapter_cv(self), _idc(self.arrival_s, self.duration_s, 10.0),
-                               _idc(self.arrival_s, self.duration_s, 60.0))
+        return WorkloadSummary(
+            n,
+            self.duration_s,
+            n / self.duration_s,
+            mi,
+            mo,
+            _cv(np.diff(self.arrival_s)),
+            tot / self.duration_s,
+            _adapter_cv(self),
+            _idc(self.arrival_s, self.duration_s, 10.0),
+            _idc(self.arrival_s, self.duration_s, 60.0),
+        )
 
     def subset(self, adapters: Sequence[int]) -> "Workload":
         """The requests of ``adapters`` only, re-indexed ``0..len(adapters)-1`` in the given order.
@@ -87,14 +108,23 @@ class Workload:
         remap[sel] = np.arange(sel.size)
         new = remap[self.adapter]
         keep = new >= 0
-        return _frozen(self.arrival_s[keep], new[keep], self.input_tokens[keep], self.output_tokens[keep],
-                       self.duration_s, int(sel.size))
+        return _frozen(
+            self.arrival_s[keep],
+            new[keep],
+            self.input_tokens[keep],
+            self.output_tokens[keep],
+            self.duration_s,
+            int(sel.size),
+        )
 
 
-def _frozen(t: np.ndarray, a: np.ndarray, i: np.ndarray, o: np.ndarray, duration_s: float,
-            n_adapters: int) -> Workload:
-    arrays = (np.ascontiguousarray(t, np.float64), np.ascontiguousarray(a, np.int32),
-              np.ascontiguousarray(i, np.int32), np.ascontiguousarray(o, np.int32))
+def _frozen(t: np.ndarray, a: np.ndarray, i: np.ndarray, o: np.ndarray, duration_s: float, n_adapters: int) -> Workload:
+    arrays = (
+        np.ascontiguousarray(t, np.float64),
+        np.ascontiguousarray(a, np.int32),
+        np.ascontiguousarray(i, np.int32),
+        np.ascontiguousarray(o, np.int32),
+    )
     for x in arrays:
         x.flags.writeable = False
     return Workload(*arrays, duration_s=float(duration_s), n_adapters=int(n_adapters))
@@ -114,8 +144,14 @@ def _children(rng: np.random.Generator, n: int) -> list[np.random.Generator]:
         return [np.random.default_rng(s) for s in rng.integers(0, 2**63 - 1, n)]
 
 
-def generate_workload(arrivals: Any, lengths: Any, rates_rps: Sequence[float], duration_s: float,
-                      rng: np.random.Generator, base_dir: Path | str | None = None) -> Workload:
+def generate_workload(
+    arrivals: Any,
+    lengths: Any,
+    rates_rps: Sequence[float],
+    duration_s: float,
+    rng: np.random.Generator,
+    base_dir: Path | str | None = None,
+) -> Workload:
     """All requests of a ``duration_s`` window for adapters with the given mean rates.
 
     ``arrivals``: an ArrivalSpec, ``lengths``: a LengthSpec (any objects with those fields), each
@@ -176,8 +212,9 @@ SHAREGPT_MEANS = (223.0, 196.0)
 MEASURE_WINDOW_S = 600.0
 
 
-def planning_stats(workload: Any, rates_rps: Sequence[float], seed: int, base_dir: Path | str | None = None
-                   ) -> WorkloadStats:
+def planning_stats(
+    workload: Any, rates_rps: Sequence[float], seed: int, base_dir: Path | str | None = None
+) -> WorkloadStats:
     """What planning uses of a spec's ``workload`` (``duration_s``, ``arrivals``, ``lengths``) for adapters
     at ``rates_rps``: each model's closed form where it has one; otherwise measured on the workload
     the twin itself generates (same generator; seeded by ``seed``; at most :data:`MEASURE_WINDOW_S`)."""
@@ -185,9 +222,14 @@ def planning_stats(workload: Any, rates_rps: Sequence[float], seed: int, base_di
 
     def measure() -> WorkloadSummary:
         if not measured:
-            wl = generate_workload(workload.arrivals, workload.lengths, [max(r, 1e-6) for r in rates_rps],
-                                   min(float(workload.duration_s), MEASURE_WINDOW_S), np.random.default_rng(seed),
-                                   base_dir=base_dir)
+            wl = generate_workload(
+                workload.arrivals,
+                workload.lengths,
+                [max(r, 1e-6) for r in rates_rps],
+                min(float(workload.duration_s), MEASURE_WINDOW_S),
+                np.random.default_rng(seed),
+                base_dir=base_dir,
+            )
             measured.append(wl.summary())
         return measured[0]
 

@@ -135,7 +135,9 @@ def read_safetensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
             continue
         np_dtype, _ = _DTYPES[info["dtype"]]
         begin, end = info["data_offsets"]
-        arr = np.frombuffer(data, dtype=np_dtype, count=(end - begin) // np.dtype(np_dtype).itemsize, offset=base + begin)
+        arr = np.frombuffer(
+            data, dtype=np_dtype, count=(end - begin) // np.dtype(np_dtype).itemsize, offset=base + begin
+        )
         out[name] = (info["dtype"], arr.reshape(info["shape"]))
     return out
 
@@ -175,7 +177,9 @@ def _parse_header(data: bytes, where: str) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
-def lora_shapes(base_config: Mapping[str, Any], target_modules: Sequence[str], rank: int) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+def lora_shapes(
+    base_config: Mapping[str, Any], target_modules: Sequence[str], rank: int
+) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
     """Shapes ``{module: ((rank, in_features), (out_features, rank))}`` of lora_A / lora_B per module.
 
     ``base_config`` is a Hugging Face Llama-style config (``hidden_size``, ``intermediate_size``,
@@ -270,5 +274,7 @@ def make_adapters(
             "use_dora": False,
         }
         (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        written.append(AdapterFiles(name=name, rank=rank, path=folder, target_modules=targets, num_tensors=len(tensors)))
+        written.append(
+            AdapterFiles(name=name, rank=rank, path=folder, target_modules=targets, num_tensors=len(tensors))
+        )
     return tuple(written)

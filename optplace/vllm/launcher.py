@@ -97,8 +97,10 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise PortInUseError(f"port {port} on {host} is already in use ({exc.strerror}); "
-                                 "pick another port or stop the process holding it") from exc
+            raise PortInUseError(
+                f"port {port} on {host} is already in use ({exc.strerror}); "
+                "pick another port or stop the process holding it"
+            ) from exc
 
 
 def classify_startup_failure(log_text: str) -> tuple[Status, str]:
@@ -178,7 +180,9 @@ def _health_ok(host: str, port: int, timeout_s: float) -> bool:
         conn.close()
 
 
-def wait_healthy(proc: subprocess.Popen[bytes] | None, host: str, port: int, timeout_s: float, poll_s: float = 0.5) -> Literal["ok", "exited", "timeout"]:
+def wait_healthy(
+    proc: subprocess.Popen[bytes] | None, host: str, port: int, timeout_s: float, poll_s: float = 0.5
+) -> Literal["ok", "exited", "timeout"]:
     """Poll ``/health`` until it answers 200, the process exits, or ``timeout_s`` passes."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -221,8 +225,15 @@ def start_server(
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
         try:
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=full_env, cwd=cwd, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise LaunchError(f"cannot run {argv[0]!r}: {exc}") from exc
     outcome = wait_healthy(proc, host, port, timeout_s, poll_s)
@@ -232,8 +243,15 @@ def start_server(
         return LaunchResult("ok", f"healthy after {elapsed:.1f} s", port, log_path, elapsed, proc.pid, None, server)
     if outcome == "timeout":
         ServerProcess(proc, host, port, log_path).stop()
-        return LaunchResult("timeout", f"no healthy /health within {timeout_s:.0f} s; killed", port, log_path,
-                            elapsed, proc.pid, proc.returncode)
+        return LaunchResult(
+            "timeout",
+            f"no healthy /health within {timeout_s:.0f} s; killed",
+            port,
+            log_path,
+            elapsed,
+            proc.pid,
+            proc.returncode,
+        )
     _signal_group(proc.pid, signal.SIGKILL)  # the engine-core child may still be alive
     status, reason = classify_startup_failure(log_path.read_text(errors="replace"))
     return LaunchResult(status, reason, port, log_path, elapsed, proc.pid, proc.returncode)

@@ -139,16 +139,38 @@ class GpuResult:
     def to_json(self) -> dict[str, Any]:
         """The ``simulate --json`` per-GPU dict (plus ``errors``; ``kv_cache_tokens`` is not measured)."""
         return {
-            "index": self.index, "gpu_type": self.gpu_type, "adapters": list(self.adapters), "max_loras": self.max_loras,
-            "max_cpu_loras": self.max_cpu_loras, "max_lora_rank": self.max_lora_rank, "kv_cache_tokens": None,
+            "index": self.index,
+            "gpu_type": self.gpu_type,
+            "adapters": list(self.adapters),
+            "max_loras": self.max_loras,
+            "max_cpu_loras": self.max_cpu_loras,
+            "max_lora_rank": self.max_lora_rank,
+            "kv_cache_tokens": None,
             "throughput_tok_s": self.throughput_tok_s,
-            "engine_tok_s": self.engine_tok_s, "offered_tok_s": self.offered_tok_s,
-            "throughput_loss": self.throughput_loss, "starved": self.starved, "oom": self.oom,
-            "starved_adapters": list(self.starved_adapters), "itl_ms_mean": self.itl_ms_mean,
-            "ttft_ms_p50": self.ttft_ms_p50, "ttft_ms_p99": self.ttft_ms_p99, "preemptions": self.preemptions,
-            "adapter_loads": self.adapter_loads, "max_running": self.max_running, "max_waiting": self.max_waiting,
-            "per_adapter": [{"name": p.name, "offered_tok_s": p.offered_tok_s, "throughput_tok_s": p.throughput_tok_s,
-                             "completed": p.completed, "arrived": p.arrived, "loss": p.loss} for p in self.per_adapter],
+            "engine_tok_s": self.engine_tok_s,
+            "offered_tok_s": self.offered_tok_s,
+            "throughput_loss": self.throughput_loss,
+            "starved": self.starved,
+            "oom": self.oom,
+            "starved_adapters": list(self.starved_adapters),
+            "itl_ms_mean": self.itl_ms_mean,
+            "ttft_ms_p50": self.ttft_ms_p50,
+            "ttft_ms_p99": self.ttft_ms_p99,
+            "preemptions": self.preemptions,
+            "adapter_loads": self.adapter_loads,
+            "max_running": self.max_running,
+            "max_waiting": self.max_waiting,
+            "per_adapter": [
+                {
+                    "name": p.name,
+                    "offered_tok_s": p.offered_tok_s,
+                    "throughput_tok_s": p.throughput_tok_s,
+                    "completed": p.completed,
+                    "arrived": p.arrived,
+                    "loss": p.loss,
+                }
+                for p in self.per_adapter
+            ],
             "errors": self.errors,
         }
 
@@ -174,10 +196,12 @@ class ReplayResult:
             "sim_wall_s": self.wall_s,
             "simulated_s": self.window_s,
             "seed": self.seed,
-            "requests": {"sent": len(self.requests),
-                         "completed": sum(1 for r in self.requests if r.status == "ok"),
-                         "cancelled": sum(1 for r in self.requests if r.status == "cancelled"),
-                         "errors": sum(1 for r in self.requests if r.status == "error")},
+            "requests": {
+                "sent": len(self.requests),
+                "completed": sum(1 for r in self.requests if r.status == "ok"),
+                "cancelled": sum(1 for r in self.requests if r.status == "cancelled"),
+                "errors": sum(1 for r in self.requests if r.status == "error"),
+            },
             "metrics_delta": {str(k): v for k, v in self.metrics_delta.items()},
         }
 
@@ -189,30 +213,77 @@ class ReplayResult:
         req_path, smp_path = out / "requests.csv", out / "samples.csv"
         with open(req_path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["index", "adapter", "adapter_name", "gpu", "arrival_s", "sent_s", "first_token_s", "done_s",
-                        "input_tokens", "max_tokens", "output_tokens", "status", "itl_mean_ms", "error"])
+            w.writerow(
+                [
+                    "index",
+                    "adapter",
+                    "adapter_name",
+                    "gpu",
+                    "arrival_s",
+                    "sent_s",
+                    "first_token_s",
+                    "done_s",
+                    "input_tokens",
+                    "max_tokens",
+                    "output_tokens",
+                    "status",
+                    "itl_mean_ms",
+                    "error",
+                ]
+            )
             for r in self.requests:
                 itl = sum(r.chunk_gaps_s) / len(r.chunk_gaps_s) * 1000 if r.chunk_gaps_s else ""
-                w.writerow([r.index, r.adapter, self.adapter_names[r.adapter], r.gpu, f"{r.arrival_s:.6f}", f"{r.sent_s:.6f}",
-                            "" if r.first_token_s is None else f"{r.first_token_s:.6f}",
-                            "" if r.done_s is None else f"{r.done_s:.6f}", r.input_tokens, r.max_tokens, r.output_tokens,
-                            r.status, itl if itl == "" else f"{itl:.3f}", r.error or ""])
+                w.writerow(
+                    [
+                        r.index,
+                        r.adapter,
+                        self.adapter_names[r.adapter],
+                        r.gpu,
+                        f"{r.arrival_s:.6f}",
+                        f"{r.sent_s:.6f}",
+                        "" if r.first_token_s is None else f"{r.first_token_s:.6f}",
+                        "" if r.done_s is None else f"{r.done_s:.6f}",
+                        r.input_tokens,
+                        r.max_tokens,
+                        r.output_tokens,
+                        r.status,
+                        itl if itl == "" else f"{itl:.3f}",
+                        r.error or "",
+                    ]
+                )
         with open(smp_path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["gpu", "t_s", "running", "waiting", "kv_cache_usage", "preemptions", "lora_running"])
             for s in self.samples:
-                w.writerow([s.gpu, f"{s.t_s:.3f}", s.running, s.waiting, s.kv_cache_usage, s.preemptions,
-                            "" if s.lora_running is None else " ".join(s.lora_running)])
+                w.writerow(
+                    [
+                        s.gpu,
+                        f"{s.t_s:.3f}",
+                        s.running,
+                        s.waiting,
+                        s.kv_cache_usage,
+                        s.preemptions,
+                        "" if s.lora_running is None else " ".join(s.lora_running),
+                    ]
+                )
         return req_path, smp_path
 
 
 def endpoints_from_routes(routes: Mapping[str, Any]) -> tuple[Endpoint, ...]:
     """Endpoints from a ``routes.json`` document written by ``optplace vllm deploy``."""
     try:
-        return tuple(Endpoint(gpu=int(e["gpu"]), url=str(e["url"]), adapters=tuple(e["adapters"]),
-                              max_loras=e.get("max_loras"), max_cpu_loras=e.get("max_cpu_loras"),
-                              max_lora_rank=e.get("max_lora_rank"), gpu_type=e.get("gpu_type"))
-                     for e in routes["endpoints"])
+        return tuple(
+            Endpoint(
+                gpu=int(e["gpu"]),
+                url=str(e["url"]),
+                adapters=tuple(e["adapters"]),
+                max_loras=e.get("max_loras"),
+                max_cpu_loras=e.get("max_cpu_loras"),
+                max_lora_rank=e.get("max_lora_rank"),
+                gpu_type=e.get("gpu_type"),
+            )
+            for e in routes["endpoints"]
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise LoadgenError(f"routes document lacks endpoints[{{gpu, url, adapters}}]: {exc}") from exc
 
@@ -277,7 +348,9 @@ async def _body_chunks(reader: asyncio.StreamReader, headers: Mapping[str, str])
             yield data
 
 
-async def _request(host: str, port: int, method: str, path: str, body: bytes | None, timeout_s: float) -> tuple[int, bytes]:
+async def _request(
+    host: str, port: int, method: str, path: str, body: bytes | None, timeout_s: float
+) -> tuple[int, bytes]:
     async def go() -> tuple[int, bytes]:
         reader, writer = await asyncio.open_connection(host, port)
         try:
@@ -309,11 +382,15 @@ class _Stream:
         self.done: float | None = None
 
 
-async def _stream_completion(host: str, port: int, path: str, body: bytes, st: _Stream, clock: Callable[[], float]) -> None:
+async def _stream_completion(
+    host: str, port: int, path: str, body: bytes, st: _Stream, clock: Callable[[], float]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        head = (f"POST {path}/v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
-                f"Content-Type: application/json\r\nAccept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n")
+        head = (
+            f"POST {path}/v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nAccept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         writer.write(head.encode() + body)
         await writer.drain()
         status, headers = await _read_headers(reader)
@@ -469,9 +546,17 @@ async def replay(
             choices = hosts[names[adapter[i]]]
             ep = choices[int(rng.integers(len(choices)))] if len(choices) > 1 else choices[0]
             prompt = rng.integers(token_id_range[0], token_id_range[1], size=int(n_in[i])).tolist()
-            body = json.dumps({"model": names[adapter[i]], "prompt": prompt, "max_tokens": int(n_out[i]),
-                               "ignore_eos": True, "temperature": 0.0, "stream": True,
-                               "stream_options": {"include_usage": True}}).encode()
+            body = json.dumps(
+                {
+                    "model": names[adapter[i]],
+                    "prompt": prompt,
+                    "max_tokens": int(n_out[i]),
+                    "ignore_eos": True,
+                    "temperature": 0.0,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+            ).encode()
             delay = arrival[i] - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -486,16 +571,28 @@ async def replay(
             for ep in endpoints:
                 snap = await _scrape(ep, 2.0)
                 if snap is not None:
-                    samples.append(Sample(ep.gpu, clock(), snap.running, snap.waiting, snap.kv_cache_usage,
-                                          snap.preemptions, snap.lora.running if snap.lora else None))
+                    samples.append(
+                        Sample(
+                            ep.gpu,
+                            clock(),
+                            snap.running,
+                            snap.waiting,
+                            snap.kv_cache_usage,
+                            snap.preemptions,
+                            snap.lora.running if snap.lora else None,
+                        )
+                    )
             await asyncio.sleep(sample_every_s)
 
     async def ticker(prog: Any, task_id: Any) -> None:
         while True:
             done = sum(1 for s in streams if s is not None and s.done is not None)
             sent = sum(1 for s in streams if s is not None)
-            prog.update(task_id, completed=min(window, max(0.0, clock())),
-                        description=f"sent {sent}  done {done}  in flight {sent - done - len(errors)}  errors {len(errors)}")
+            prog.update(
+                task_id,
+                completed=min(window, max(0.0, clock())),
+                description=f"sent {sent}  done {done}  in flight {sent - done - len(errors)}  errors {len(errors)}",
+            )
             await asyncio.sleep(0.5)
 
     background = [asyncio.create_task(dispatch())]
@@ -530,13 +627,26 @@ async def replay(
         target = targets[i]
         assert target is not None
         done_in_window = st.done is not None and st.done <= window
-        status: Literal["ok", "cancelled", "error"] = "error" if i in errors else ("ok" if done_in_window else "cancelled")
-        records.append(RequestRecord(
-            index=i, adapter=int(adapter[i]), gpu=target.gpu, arrival_s=float(arrival[i]), sent_s=st.sent,
-            input_tokens=int(n_in[i]), max_tokens=int(n_out[i]), status=status, first_token_s=st.first,
-            done_s=st.done if done_in_window else None,
-            output_tokens=st.usage_tokens if (status == "ok" and st.usage_tokens is not None) else st.tokens,
-            chunk_gaps_s=tuple(st.gaps), error=errors.get(i)))
+        status: Literal["ok", "cancelled", "error"] = (
+            "error" if i in errors else ("ok" if done_in_window else "cancelled")
+        )
+        records.append(
+            RequestRecord(
+                index=i,
+                adapter=int(adapter[i]),
+                gpu=target.gpu,
+                arrival_s=float(arrival[i]),
+                sent_s=st.sent,
+                input_tokens=int(n_in[i]),
+                max_tokens=int(n_out[i]),
+                status=status,
+                first_token_s=st.first,
+                done_s=st.done if done_in_window else None,
+                output_tokens=st.usage_tokens if (status == "ok" and st.usage_tokens is not None) else st.tokens,
+                chunk_gaps_s=tuple(st.gaps),
+                error=errors.get(i),
+            )
+        )
     metric_deltas: dict[int, dict[str, float | None]] = {}
     for ep in endpoints:
         m0, m1 = before.get(ep.gpu), after.get(ep.gpu)
@@ -545,13 +655,25 @@ async def replay(
             # per second of the window, as the twin counts it: the scrapes bracket the window (nothing
             # runs before it; the end scrape follows it within milliseconds), their interval is longer
             eng = d.engine_tokens
-            metric_deltas[ep.gpu] = {"seconds": d.seconds, "prompt_tokens": d.prompt_tokens,
-                                     "generation_tokens": d.generation_tokens, "preemptions": d.preemptions,
-                                     "requests_finished": d.requests_finished,
-                                     "engine_tok_s": None if eng is None else eng / window}
+            metric_deltas[ep.gpu] = {
+                "seconds": d.seconds,
+                "prompt_tokens": d.prompt_tokens,
+                "generation_tokens": d.generation_tokens,
+                "preemptions": d.preemptions,
+                "requests_finished": d.requests_finished,
+                "engine_tok_s": None if eng is None else eng / window,
+            }
     gpus = summarise(records, names, endpoints, window, metric_deltas, max_throughput_loss, max_adapter_loss, samples)
-    return ReplayResult(gpus=gpus, requests=tuple(records), samples=tuple(samples), window_s=window,
-                        wall_s=time.monotonic() - wall0, seed=seed, adapter_names=names, metrics_delta=metric_deltas)
+    return ReplayResult(
+        gpus=gpus,
+        requests=tuple(records),
+        samples=tuple(samples),
+        window_s=window,
+        wall_s=time.monotonic() - wall0,
+        seed=seed,
+        adapter_names=names,
+        metrics_delta=metric_deltas,
+    )
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -592,7 +714,9 @@ def summarise(
             offered = sum(r.input_tokens + r.max_tokens for r in reqs) / window_s
             done = [r for r in reqs if r.status == "ok"]
             thr = sum(r.input_tokens + r.output_tokens for r in done) / window_s
-            per.append(PerAdapter(a_name, offered, thr, len(done), len(reqs), (1 - thr / offered) if offered > 0 else 0.0))
+            per.append(
+                PerAdapter(a_name, offered, thr, len(done), len(reqs), (1 - thr / offered) if offered > 0 else 0.0)
+            )
         offered = sum(p.offered_tok_s for p in per)
         thr = sum(p.throughput_tok_s for p in per)
         done = [r for r in mine if r.status == "ok"]
@@ -605,17 +729,32 @@ def summarise(
         mine_s = [s for s in samples if s.gpu == ep.gpu]
         run = [s.running for s in mine_s if s.running is not None]
         wait = [s.waiting for s in mine_s if s.waiting is not None]
-        out.append(GpuResult(
-            index=ep.gpu, gpu_type=ep.gpu_type, adapters=ep.adapters, max_loras=ep.max_loras,
-            max_cpu_loras=ep.max_cpu_loras, max_lora_rank=ep.max_lora_rank,
-            throughput_tok_s=thr, engine_tok_s=md.get("engine_tok_s"), offered_tok_s=offered, throughput_loss=loss,
-            starved=loss >= max_throughput_loss or (max_adapter_loss is not None and bool(starved_ad)), oom=False,
-            starved_adapters=starved_ad, max_running=max(run) if run else None, max_waiting=max(wait) if wait else None,
-            itl_ms_mean=float(np.mean(gaps) * 1000) if gaps else None,
-            ttft_ms_p50=None if (p50 := _pct(ttft, 50)) is None else p50 * 1000,
-            ttft_ms_p99=None if (p99 := _pct(ttft, 99)) is None else p99 * 1000,
-            preemptions=md.get("preemptions"), adapter_loads=None, per_adapter=tuple(per),
-            errors=sum(1 for r in mine if r.status == "error")))
+        out.append(
+            GpuResult(
+                index=ep.gpu,
+                gpu_type=ep.gpu_type,
+                adapters=ep.adapters,
+                max_loras=ep.max_loras,
+                max_cpu_loras=ep.max_cpu_loras,
+                max_lora_rank=ep.max_lora_rank,
+                throughput_tok_s=thr,
+                engine_tok_s=md.get("engine_tok_s"),
+                offered_tok_s=offered,
+                throughput_loss=loss,
+                starved=loss >= max_throughput_loss or (max_adapter_loss is not None and bool(starved_ad)),
+                oom=False,
+                starved_adapters=starved_ad,
+                max_running=max(run) if run else None,
+                max_waiting=max(wait) if wait else None,
+                itl_ms_mean=float(np.mean(gaps) * 1000) if gaps else None,
+                ttft_ms_p50=None if (p50 := _pct(ttft, 50)) is None else p50 * 1000,
+                ttft_ms_p99=None if (p99 := _pct(ttft, 99)) is None else p99 * 1000,
+                preemptions=md.get("preemptions"),
+                adapter_loads=None,
+                per_adapter=tuple(per),
+                errors=sum(1 for r in mine if r.status == "error"),
+            )
+        )
     return tuple(out)
 
 

@@ -38,23 +38,29 @@ __all__ = [
 ]
 
 #: canonical name -> sample names tried in order (first one present wins)
-GAUGES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "running": ("vllm:num_requests_running",),
-    "waiting": ("vllm:num_requests_waiting",),
-    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-})
-COUNTERS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "preemptions": ("vllm:num_preemptions_total", "vllm:num_preemptions"),
-    "prompt_tokens": ("vllm:prompt_tokens_total", "vllm:prompt_tokens"),
-    "generation_tokens": ("vllm:generation_tokens_total", "vllm:generation_tokens"),
-    "requests_finished": ("vllm:request_success_total", "vllm:request_success"),
-})
-HISTOGRAMS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "ttft_s": ("vllm:time_to_first_token_seconds",),
-    "itl_s": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
-    "e2e_s": ("vllm:e2e_request_latency_seconds",),
-    "queue_s": ("vllm:request_queue_time_seconds",),
-})
+GAUGES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "running": ("vllm:num_requests_running",),
+        "waiting": ("vllm:num_requests_waiting",),
+        "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    }
+)
+COUNTERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "preemptions": ("vllm:num_preemptions_total", "vllm:num_preemptions"),
+        "prompt_tokens": ("vllm:prompt_tokens_total", "vllm:prompt_tokens"),
+        "generation_tokens": ("vllm:generation_tokens_total", "vllm:generation_tokens"),
+        "requests_finished": ("vllm:request_success_total", "vllm:request_success"),
+    }
+)
+HISTOGRAMS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "ttft_s": ("vllm:time_to_first_token_seconds",),
+        "itl_s": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+        "e2e_s": ("vllm:e2e_request_latency_seconds",),
+        "queue_s": ("vllm:request_queue_time_seconds",),
+    }
+)
 LORA_INFO = ("vllm:lora_requests_info",)
 _AVERAGED = {"kv_cache_usage"}
 _NOT_COMPLETED = {"abort", "error"}

@@ -34,8 +34,11 @@ class RealRun:
 
     def to_json(self) -> dict[str, Any]:
         """``simulate --json`` shaped, plus each GPU's ``server_status`` / ``server_reason``."""
-        base = self.replay.to_json() if self.replay is not None else {"engine": "vllm", "sim_wall_s": 0.0,
-                                                                     "simulated_s": None, "requests": {}}
+        base = (
+            self.replay.to_json()
+            if self.replay is not None
+            else {"engine": "vllm", "sim_wall_s": 0.0, "simulated_s": None, "requests": {}}
+        )
         gpus = []
         for g, launch in zip(self.gpus, self.launches):
             d = g.to_json()
@@ -44,8 +47,13 @@ class RealRun:
         return {**base, "gpus": gpus}
 
 
-def unserved_result(server: ServerSpec, workload: WorkloadLike, adapter_names: Sequence[str],
-                    routes: Mapping[str, Sequence[Any]], oom: bool) -> GpuResult:
+def unserved_result(
+    server: ServerSpec,
+    workload: WorkloadLike,
+    adapter_names: Sequence[str],
+    routes: Mapping[str, Sequence[Any]],
+    oom: bool,
+) -> GpuResult:
     """Per-GPU result of a server that never served: its offered load (an adapter replicated on
     ``k`` GPUs contributes ``1/k`` of its tokens here) entirely lost."""
     index = {n: i for i, n in enumerate(adapter_names)}
@@ -60,11 +68,28 @@ def unserved_result(server: ServerSpec, workload: WorkloadLike, adapter_names: S
         per.append(PerAdapter(name, offered, 0.0, 0, int(round(mask.sum() * share)), 1.0 if offered > 0 else 0.0))
     offered = sum(p.offered_tok_s for p in per)
     return GpuResult(
-        index=server.gpu, gpu_type=server.gpu_type, adapters=server.adapters, max_loras=server.max_loras,
-        max_cpu_loras=server.max_cpu_loras, max_lora_rank=server.max_lora_rank, throughput_tok_s=0.0, engine_tok_s=0.0,
-        offered_tok_s=offered, throughput_loss=1.0, starved=True, oom=oom, starved_adapters=server.adapters,
-        itl_ms_mean=None, ttft_ms_p50=None, ttft_ms_p99=None, preemptions=None, adapter_loads=None,
-        max_running=None, max_waiting=None, per_adapter=tuple(per))
+        index=server.gpu,
+        gpu_type=server.gpu_type,
+        adapters=server.adapters,
+        max_loras=server.max_loras,
+        max_cpu_loras=server.max_cpu_loras,
+        max_lora_rank=server.max_lora_rank,
+        throughput_tok_s=0.0,
+        engine_tok_s=0.0,
+        offered_tok_s=offered,
+        throughput_loss=1.0,
+        starved=True,
+        oom=oom,
+        starved_adapters=server.adapters,
+        itl_ms_mean=None,
+        ttft_ms_p50=None,
+        ttft_ms_p99=None,
+        preemptions=None,
+        adapter_loads=None,
+        max_running=None,
+        max_waiting=None,
+        per_adapter=tuple(per),
+    )
 
 
 def run_deployment(
@@ -92,11 +117,22 @@ def run_deployment(
     launches: list[LaunchResult] = []
     try:
         for s in deployment.servers:
-            launches.append(start_server(s.argv, port=s.port, host=s.host, env={**s.env, **(env or {})},
-                                         log_path=Path(log_dir) / f"gpu{s.gpu}.log", timeout_s=start_timeout_s))
+            launches.append(
+                start_server(
+                    s.argv,
+                    port=s.port,
+                    host=s.host,
+                    env={**s.env, **(env or {})},
+                    log_path=Path(log_dir) / f"gpu{s.gpu}.log",
+                    timeout_s=start_timeout_s,
+                )
+            )
         healthy = [(s, r) for s, r in zip(deployment.servers, launches) if r.ok]
-        endpoints = tuple(Endpoint(s.gpu, r.server.url, s.adapters, s.max_loras, s.max_cpu_loras, s.max_lora_rank, s.gpu_type)
-                          for s, r in healthy if r.server is not None)
+        endpoints = tuple(
+            Endpoint(s.gpu, r.server.url, s.adapters, s.max_loras, s.max_cpu_loras, s.max_lora_rank, s.gpu_type)
+            for s, r in healthy
+            if r.server is not None
+        )
         replay = None
         if endpoints and before_replay is not None:
             before_replay(endpoints)
@@ -104,9 +140,16 @@ def run_deployment(
             served = {a for ep in endpoints for a in ep.adapters}
             keep = np.isin(np.asarray(workload.adapter), [i for i, n in enumerate(adapter_names) if n in served])
             sub = _subset(workload, keep)
-            replay = run_replay(sub, adapter_names, endpoints, seed=seed, token_id_range=token_id_range,
-                                max_throughput_loss=max_throughput_loss, max_adapter_loss=max_adapter_loss,
-                                progress=progress)
+            replay = run_replay(
+                sub,
+                adapter_names,
+                endpoints,
+                seed=seed,
+                token_id_range=token_id_range,
+                max_throughput_loss=max_throughput_loss,
+                max_adapter_loss=max_adapter_loss,
+                progress=progress,
+            )
         by_gpu = {g.index: g for g in (replay.gpus if replay is not None else ())}
         gpus = []
         for s, r in zip(deployment.servers, launches):
@@ -131,6 +174,10 @@ class _Subset:
 
 
 def _subset(wl: WorkloadLike, keep: np.ndarray) -> _Subset:
-    return _Subset(np.asarray(wl.arrival_s)[keep], np.asarray(wl.adapter)[keep], np.asarray(wl.input_tokens)[keep],
-                   np.asarray(wl.output_tokens)[keep], float(wl.duration_s))
-
+    return _Subset(
+        np.asarray(wl.arrival_s)[keep],
+        np.asarray(wl.adapter)[keep],
+        np.asarray(wl.input_tokens)[keep],
+        np.asarray(wl.output_tokens)[keep],
+        float(wl.duration_s),
+    )

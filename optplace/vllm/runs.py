@@ -27,8 +27,14 @@ def kv_tokens_from_log(log_text: str) -> int | None:
     return int(found[-1].replace(",", "")) if found else None
 
 
-def run_from_replay(replay: ReplayResult, servers: Sequence[RunServer], adapter_ranks: Mapping[str, int], label: str,
-                    probes: Mapping[str, Any] | None = None, result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run_from_replay(
+    replay: ReplayResult,
+    servers: Sequence[RunServer],
+    adapter_ranks: Mapping[str, int],
+    label: str,
+    probes: Mapping[str, Any] | None = None,
+    result: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The ``run.json`` document of a finished replay."""
     recs = replay.requests
 
@@ -36,20 +42,41 @@ def run_from_replay(replay: ReplayResult, servers: Sequence[RunServer], adapter_
         return None if x is None else round(x, 5)
 
     return {
-        "kind": KIND, "format": 1, "label": label, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "window_s": replay.window_s, "seed": replay.seed, "adapter_names": list(replay.adapter_names),
+        "kind": KIND,
+        "format": 1,
+        "label": label,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "window_s": replay.window_s,
+        "seed": replay.seed,
+        "adapter_names": list(replay.adapter_names),
         "adapter_ranks": {k: int(v) for k, v in adapter_ranks.items()},
-        "servers": [{"gpu": s.gpu, "max_loras": s.max_loras, "max_cpu_loras": s.max_cpu_loras,
-                     "max_lora_rank": s.max_lora_rank, "max_num_seqs": s.max_num_seqs,
-                     "max_num_batched_tokens": s.max_num_batched_tokens, "adapters": list(s.adapters),
-                     "kv_cache_tokens": s.kv_cache_tokens, "status": s.status, "reason": s.reason} for s in servers],
+        "servers": [
+            {
+                "gpu": s.gpu,
+                "max_loras": s.max_loras,
+                "max_cpu_loras": s.max_cpu_loras,
+                "max_lora_rank": s.max_lora_rank,
+                "max_num_seqs": s.max_num_seqs,
+                "max_num_batched_tokens": s.max_num_batched_tokens,
+                "adapters": list(s.adapters),
+                "kv_cache_tokens": s.kv_cache_tokens,
+                "status": s.status,
+                "reason": s.reason,
+            }
+            for s in servers
+        ],
         "result": dict(result) if result is not None else replay.to_json(),
         "requests": {
-            "adapter": [r.adapter for r in recs], "gpu": [r.gpu for r in recs],
-            "arrival_s": [round(r.arrival_s, 6) for r in recs], "max_tokens": [r.max_tokens for r in recs],
-            "sent_s": [round(r.sent_s, 5) for r in recs], "first_s": [opt(r.first_token_s) for r in recs],
-            "done_s": [opt(r.done_s) for r in recs], "input_tokens": [r.input_tokens for r in recs],
-            "output_tokens": [r.output_tokens for r in recs], "status": [r.status for r in recs],
+            "adapter": [r.adapter for r in recs],
+            "gpu": [r.gpu for r in recs],
+            "arrival_s": [round(r.arrival_s, 6) for r in recs],
+            "max_tokens": [r.max_tokens for r in recs],
+            "sent_s": [round(r.sent_s, 5) for r in recs],
+            "first_s": [opt(r.first_token_s) for r in recs],
+            "done_s": [opt(r.done_s) for r in recs],
+            "input_tokens": [r.input_tokens for r in recs],
+            "output_tokens": [r.output_tokens for r in recs],
+            "status": [r.status for r in recs],
             "gaps_ms": [[round(g * 1000, 3) for g in r.chunk_gaps_s] for r in recs],
         },
         "probes": dict(probes or {}),

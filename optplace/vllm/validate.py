@@ -33,8 +33,14 @@ from optplace.vllm.loadgen import Endpoint, LoadgenError, endpoints_from_routes,
 from optplace.vllm.run import run_deployment
 from optplace.vllm.runs import RunServer, kv_tokens_from_log, run_from_replay
 
-__all__ = ["VllmValidateOptions", "VllmValidation", "ValidateError", "plan_document", "validate_on_vllm",
-           "window_scenario"]
+__all__ = [
+    "VllmValidateOptions",
+    "VllmValidation",
+    "ValidateError",
+    "plan_document",
+    "validate_on_vllm",
+    "window_scenario",
+]
 
 
 class ValidateError(RuntimeError):
@@ -85,9 +91,13 @@ class VllmValidation:
 
     def to_json(self) -> dict[str, Any]:
         """``{"engine": "vllm", "real": …, "twin": …, "comparison": […]}``."""
-        return {"engine": "vllm", "real": self.real, "twin": self.twin,
-                "comparison": [c.to_json() for c in self.comparisons],
-                "speed": {"factor": self.speed_factor, "canary_itl_ms": list(self.canary_itl_ms)}}
+        return {
+            "engine": "vllm",
+            "real": self.real,
+            "twin": self.twin,
+            "comparison": [c.to_json() for c in self.comparisons],
+            "speed": {"factor": self.speed_factor, "canary_itl_ms": list(self.canary_itl_ms)},
+        }
 
 
 def window_scenario(sc: Scenario, window_s: float | None) -> Scenario:
@@ -103,11 +113,22 @@ def plan_document(item: PlanItem) -> dict[str, Any]:
     """A deployable plan document (model, serving, adapters, placement) for a plan or placed spec."""
     sc = item.scenario
     ranks = {a.name: a.rank for a in sc.adapter_list()}
-    return {"model": sc.model_name, "serving": sc.serving.model_dump(),
-            "adapters": [a.model_dump() for a in sc.adapter_list()],
-            "placement": [{"gpu": i, "gpu_type": g.gpu_type, "max_loras": g.max_loras, "max_cpu_loras": g.max_cpu_loras,
-                           "max_lora_rank": max((ranks[n] for n in g.adapters), default=8), "adapters": list(g.adapters)}
-                          for i, g in enumerate(item.gpus)]}
+    return {
+        "model": sc.model_name,
+        "serving": sc.serving.model_dump(),
+        "adapters": [a.model_dump() for a in sc.adapter_list()],
+        "placement": [
+            {
+                "gpu": i,
+                "gpu_type": g.gpu_type,
+                "max_loras": g.max_loras,
+                "max_cpu_loras": g.max_cpu_loras,
+                "max_lora_rank": max((ranks[n] for n in g.adapters), default=8),
+                "adapters": list(g.adapters),
+            }
+            for i, g in enumerate(item.gpus)
+        ],
+    }
 
 
 def _free_base_port(n: int, host: str = "127.0.0.1", tries: int = 50) -> int:
@@ -159,14 +180,33 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     servers: list[RunServer]
     if opts.launch:
         base = opts.base_port if opts.base_port is not None else _free_base_port(len(item.gpus))
-        dep = build_deployment(doc, DeployOptions(model_path=opts.model_path, adapters_dir=opts.adapters_dir,
-                                                  base_port=base, entrypoint=opts.entrypoint,  # type: ignore[arg-type]
-                                                  python=opts.python, extra_args=opts.extra_args, pin_gpus=False))
+        dep = build_deployment(
+            doc,
+            DeployOptions(
+                model_path=opts.model_path,
+                adapters_dir=opts.adapters_dir,
+                base_port=base,
+                entrypoint=opts.entrypoint,  # type: ignore[arg-type]
+                python=opts.python,
+                extra_args=opts.extra_args,
+                pin_gpus=False,
+            ),
+        )
         try:
-            real = run_deployment(dep, workload, names, log_dir=opts.log_dir, env=dict(opts.env),
-                                  start_timeout_s=opts.start_timeout_s, seed=seed, token_id_range=opts.token_id_range,
-                                  max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss,
-                                  progress=opts.progress, before_replay=canary)
+            real = run_deployment(
+                dep,
+                workload,
+                names,
+                log_dir=opts.log_dir,
+                env=dict(opts.env),
+                start_timeout_s=opts.start_timeout_s,
+                seed=seed,
+                token_id_range=opts.token_id_range,
+                max_throughput_loss=c.max_throughput_loss,
+                max_adapter_loss=c.max_adapter_loss,
+                progress=opts.progress,
+                before_replay=canary,
+            )
         except (LaunchError, LoadgenError) as exc:
             raise ValidateError(str(exc)) from None
         real_doc = real.to_json()
@@ -174,9 +214,20 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
         servers = []
         for s, launch in zip(dep.servers, real.launches):
             log = launch.log_path.read_text(errors="replace") if launch.log_path.is_file() else ""
-            servers.append(RunServer(s.gpu, s.max_loras, s.max_cpu_loras, s.max_lora_rank,
-                                     sc.serving.max_num_seqs, sc.serving.max_num_batched_tokens, s.adapters,
-                                     kv_tokens_from_log(log), launch.status, launch.reason))
+            servers.append(
+                RunServer(
+                    s.gpu,
+                    s.max_loras,
+                    s.max_cpu_loras,
+                    s.max_lora_rank,
+                    sc.serving.max_num_seqs,
+                    sc.serving.max_num_batched_tokens,
+                    s.adapters,
+                    kv_tokens_from_log(log),
+                    launch.status,
+                    launch.reason,
+                )
+            )
     else:
         assert opts.endpoints is not None
         try:
@@ -188,22 +239,40 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
         by_gpu = {ep.gpu: ep for ep in eps}
         missing = [i for i in range(len(item.gpus)) if i not in by_gpu]
         if missing or len(eps) != len(item.gpus):
-            raise ValidateError(f"--endpoints lists GPUs {sorted(by_gpu)} but the plan has GPUs 0..{len(item.gpus) - 1}")
+            raise ValidateError(
+                f"--endpoints lists GPUs {sorted(by_gpu)} but the plan has GPUs 0..{len(item.gpus) - 1}"
+            )
         wrong = [i for i, g in enumerate(item.gpus) if set(by_gpu[i].adapters) != set(g.adapters)]
         if wrong:
             raise ValidateError(f"--endpoints: GPUs {wrong} serve other adapters than the plan places there")
         ordered = [by_gpu[i] for i in range(len(item.gpus))]
         try:
             canary(ordered)
-            replay = run_replay(workload, names, ordered, seed=seed, token_id_range=opts.token_id_range,
-                                max_throughput_loss=c.max_throughput_loss, max_adapter_loss=c.max_adapter_loss,
-                                progress=opts.progress)
+            replay = run_replay(
+                workload,
+                names,
+                ordered,
+                seed=seed,
+                token_id_range=opts.token_id_range,
+                max_throughput_loss=c.max_throughput_loss,
+                max_adapter_loss=c.max_adapter_loss,
+                progress=opts.progress,
+            )
         except LoadgenError as exc:
             raise ValidateError(str(exc)) from None
         real_doc = replay.to_json()
-        servers = [RunServer(i, g.max_loras, g.max_cpu_loras, max((ranks[n] for n in g.adapters), default=8),
-                             sc.serving.max_num_seqs, sc.serving.max_num_batched_tokens, g.adapters)
-                   for i, g in enumerate(item.gpus)]
+        servers = [
+            RunServer(
+                i,
+                g.max_loras,
+                g.max_cpu_loras,
+                max((ranks[n] for n in g.adapters), default=8),
+                sc.serving.max_num_seqs,
+                sc.serving.max_num_batched_tokens,
+                g.adapters,
+            )
+            for i, g in enumerate(item.gpus)
+        ]
     real_doc["scenario"], real_doc["window_s"] = sc.name, sc.workload.duration_s
     factor = 1.0
     if opts.speed_ref_ms is not None and canaries:
@@ -213,9 +282,18 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     twin_doc = twin.to_json()
     twin_doc["speed_factor"] = factor
     comparisons = compare_runs(twin_doc["gpus"], real_doc["gpus"])
-    run = (run_from_replay(replay, servers, ranks, label=sc.name, result=real_doc,
-                           probes={"canary_itl_ms": float(np.median(canaries))} if canaries else None)
-           if replay is not None else None)
+    run = (
+        run_from_replay(
+            replay,
+            servers,
+            ranks,
+            label=sc.name,
+            result=real_doc,
+            probes={"canary_itl_ms": float(np.median(canaries))} if canaries else None,
+        )
+        if replay is not None
+        else None
+    )
     return VllmValidation(real_doc, twin_doc, comparisons, run, factor, tuple(canaries))
 
 
@@ -228,13 +306,22 @@ def _twin(sc: Scenario, item: PlanItem, seed: int, factor: float) -> SimReport:
     for i, gp in enumerate(item.gpus):
         job = sim.job(gp, i)
         p = job.profile
-        scaled = p.model_copy(update={
-            "step_time": p.step_time.model_copy(update={"time_scale": p.step_time.time_scale * factor}),
-            "adapter_load": p.adapter_load.model_copy(update={"time_scale": p.adapter_load.time_scale * factor})})
+        scaled = p.model_copy(
+            update={
+                "step_time": p.step_time.model_copy(update={"time_scale": p.step_time.time_scale * factor}),
+                "adapter_load": p.adapter_load.model_copy(update={"time_scale": p.adapter_load.time_scale * factor}),
+            }
+        )
         jobs.append(replace(job, profile=scaled))
     reports = run_jobs(jobs, executor=ExecutorSpec(workers=1))
     cst = sc.constraints
-    return SimReport(scenario=sc.name, seed=seed, duration_s=sc.workload.duration_s, gpus=tuple(reports),
-                     sim_wall_s=0.0, simulated_s=sc.workload.duration_s * len(reports),
-                     max_throughput_loss=cst.max_throughput_loss, max_adapter_loss=cst.max_adapter_loss)
-
+    return SimReport(
+        scenario=sc.name,
+        seed=seed,
+        duration_s=sc.workload.duration_s,
+        gpus=tuple(reports),
+        sim_wall_s=0.0,
+        simulated_s=sc.workload.duration_s * len(reports),
+        max_throughput_loss=cst.max_throughput_loss,
+        max_adapter_loss=cst.max_adapter_loss,
+    )

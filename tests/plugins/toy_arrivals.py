@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from optplace.specs.model import ArrivalSpecBase
-from optplace.twin._arrivals import ArrivalDraw, ArrivalModel, arrival_model
+from optplace.twin.arrivals import ArrivalDraw, ArrivalModel, arrival_model
 
 
 class ToyBatchArrivals(ArrivalSpecBase):

@@ -406,14 +406,21 @@ def _percentile(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else 0.0
 
 
-def _completed_requests(core: EngineCore, runner: _Runner, ids: np.ndarray, first: np.ndarray,
-                        fin: np.ndarray) -> CompletedRequests:
+def _completed_requests(
+    core: EngineCore, runner: _Runner, ids: np.ndarray, first: np.ndarray, fin: np.ndarray
+) -> CompletedRequests:
     """The completed requests' arrays and the raw step clock (:class:`CompletedRequests`)."""
     return CompletedRequests(
-        adapter=core.np_adapter[ids], arrival_s=core.np_arrival[ids], first_token_s=first, finish_s=fin,
-        input_tokens=core.np_inp[ids], output_tokens=core.np_out[ids], n_steps=core.step,
+        adapter=core.np_adapter[ids],
+        arrival_s=core.np_arrival[ids],
+        first_token_s=first,
+        finish_s=fin,
+        input_tokens=core.np_inp[ids],
+        output_tokens=core.np_out[ids],
+        n_steps=core.step,
         explicit_end_s=np.frombuffer(runner.ex_t, dtype=np.float64),
-        ff_runs=np.frombuffer(runner.ff_runs, dtype=np.float64).reshape(-1, 5))
+        ff_runs=np.frombuffer(runner.ff_runs, dtype=np.float64).reshape(-1, 5),
+    )
 
 
 def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: bool) -> EngineResult:
@@ -430,23 +437,45 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
     if oom or runner is None:
         z = tuple(0 for _ in range(n_ad))
         return EngineResult(
-            oom=oom, duration_s=duration, simulated_s=0.0, steps=0, explicit_steps=0,
-            arrived=tuple(int(x) for x in arrived), offered_tokens=tuple(int(x) for x in offered),
-            completed=z, completed_tokens=z, engine_tokens=z, rejected=z,
-            finished=0, running_end=0, waiting_end=int(arrived.sum()),
-            itl_ms_mean=0.0, tpot_ms_mean=0.0, ttft_ms_mean=0.0, ttft_ms_p50=0.0, ttft_ms_p99=0.0,
-            preemptions=0, adapter_loads=0, disk_loads=0, load_time_s=0.0, scheduler_time_s=0.0,
-            max_running=0, max_waiting=0, mean_running=0.0, mean_waiting=0.0,
-            max_distinct_adapters=0, max_kv_blocks_used=0, kv_blocks_total=cfg.num_blocks,
-            max_scheduled_tokens=0, config=cfg,
+            oom=oom,
+            duration_s=duration,
+            simulated_s=0.0,
+            steps=0,
+            explicit_steps=0,
+            arrived=tuple(int(x) for x in arrived),
+            offered_tokens=tuple(int(x) for x in offered),
+            completed=z,
+            completed_tokens=z,
+            engine_tokens=z,
+            rejected=z,
+            finished=0,
+            running_end=0,
+            waiting_end=int(arrived.sum()),
+            itl_ms_mean=0.0,
+            tpot_ms_mean=0.0,
+            ttft_ms_mean=0.0,
+            ttft_ms_p50=0.0,
+            ttft_ms_p99=0.0,
+            preemptions=0,
+            adapter_loads=0,
+            disk_loads=0,
+            load_time_s=0.0,
+            scheduler_time_s=0.0,
+            max_running=0,
+            max_waiting=0,
+            mean_running=0.0,
+            mean_waiting=0.0,
+            max_distinct_adapters=0,
+            max_kv_blocks_used=0,
+            kv_blocks_total=cfg.num_blocks,
+            max_scheduled_tokens=0,
+            config=cfg,
         )
     ids = np.asarray(core.completed_ids, dtype=np.int64)
     fin = np.asarray(core.finish_t, dtype=np.float64)
     first = np.frombuffer(core.first_tok, dtype=np.float64)[ids] if ids.size else np.zeros(0)
     completed = np.bincount(ad[ids], minlength=n_ad) if ids.size else np.zeros(n_ad, np.int64)
-    ctoks = (
-        np.bincount(ad[ids], weights=(inp + out)[ids], minlength=n_ad) if ids.size else np.zeros(n_ad)
-    )
+    ctoks = np.bincount(ad[ids], weights=(inp + out)[ids], minlength=n_ad) if ids.size else np.zeros(n_ad)
     o = out[ids] if ids.size else np.zeros(0, np.int64)
     gaps = fin - first
     multi = o > 1

@@ -23,8 +23,7 @@ import numpy as np
 
 from optplace.twin.engine.config import EngineConfig
 
-__all__ = ["CompletedRequests", "EngineResult", "LatencyMeter", "LatencyStats", "latency_stats",
-           "weighted_percentile"]
+__all__ = ["CompletedRequests", "EngineResult", "LatencyMeter", "LatencyStats", "latency_stats", "weighted_percentile"]
 
 
 def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
@@ -147,7 +146,7 @@ class LatencyMeter:
         g = np.asarray(group)[idx]
         order = np.argsort(g, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(g, minlength=n_groups))])
-        return [self.stats_of(idx[order[bounds[i]:bounds[i + 1]]]) for i in range(n_groups)]
+        return [self.stats_of(idx[order[bounds[i] : bounds[i + 1]]]) for i in range(n_groups)]
 
     def stats_of(self, idx: np.ndarray) -> LatencyStats:
         """The statistics of the requests at indices ``idx``."""
@@ -278,7 +277,14 @@ class EngineResult:
         return tuple(i for i, x in enumerate(self.adapter_loss()) if self.offered_tokens[i] > 0 and x >= max_loss)
 
 
-_EMPTY = CompletedRequests(adapter=np.zeros(0, np.int64), arrival_s=np.zeros(0), first_token_s=np.zeros(0),
-                           finish_s=np.zeros(0), input_tokens=np.zeros(0, np.int64),
-                           output_tokens=np.zeros(0, np.int64), n_steps=0, explicit_end_s=np.zeros(0),
-                           ff_runs=np.zeros((0, 5)))
+_EMPTY = CompletedRequests(
+    adapter=np.zeros(0, np.int64),
+    arrival_s=np.zeros(0),
+    first_token_s=np.zeros(0),
+    finish_s=np.zeros(0),
+    input_tokens=np.zeros(0, np.int64),
+    output_tokens=np.zeros(0, np.int64),
+    n_steps=0,
+    explicit_end_s=np.zeros(0),
+    ff_runs=np.zeros((0, 5)),
+)

@@ -1,5 +1,5 @@
 """Request-length models for the twin's workload: ``sharegpt``, ``fixed``, ``lognormal`` (``trace``
-lives with the trace reader in ``_arrivals``).
+lives with the trace reader in ``arrivals``).
 
 Each model is a :class:`LengthModel` registered in :data:`optplace.infra.registry.LENGTHS` under its
 spec class's ``kind``: the spec class (pydantic), ``draw`` (what the twin generates) and
@@ -68,8 +68,17 @@ from optplace.infra.registry import LENGTHS
 from optplace.specs.model import FixedLengths, LengthSpecBase, LognormalLengths, ShareGptLengths, registered_by_kind
 
 __all__ = [
-    "WorkloadError", "LengthLimits", "LognormalMixture", "FilteredLengthStats", "SHAREGPT_INPUT",
-    "SHAREGPT_OUTPUT", "SHAREGPT_TARGETS", "sharegpt_stats", "sharegpt_models", "filtered_stats", "draw_lengths",
+    "WorkloadError",
+    "LengthLimits",
+    "LognormalMixture",
+    "FilteredLengthStats",
+    "SHAREGPT_INPUT",
+    "SHAREGPT_OUTPUT",
+    "SHAREGPT_TARGETS",
+    "sharegpt_stats",
+    "sharegpt_models",
+    "filtered_stats",
+    "draw_lengths",
     "fit_sharegpt",
 ]
 
@@ -92,19 +101,28 @@ class LengthLimits:
     @classmethod
     def from_spec(cls, spec: Any) -> "LengthLimits":
         """Read the three limits from any object carrying them (defaults where absent)."""
-        return cls(int(getattr(spec, "max_input_tokens", 1024)), int(getattr(spec, "max_total_tokens", 2048)),
-                   int(getattr(spec, "min_tokens", 4)))
+        return cls(
+            int(getattr(spec, "max_input_tokens", 1024)),
+            int(getattr(spec, "max_total_tokens", 2048)),
+            int(getattr(spec, "min_tokens", 4)),
+        )
 
     def accepts(self, inp: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Boolean mask of pairs that pass every filter."""
-        return ((inp >= self.min_tokens) & (out >= self.min_tokens) & (inp <= self.max_input_tokens)
-                & (inp + out <= self.max_total_tokens))
+        return (
+            (inp >= self.min_tokens)
+            & (out >= self.min_tokens)
+            & (inp <= self.max_input_tokens)
+            & (inp + out <= self.max_total_tokens)
+        )
 
     def check_feasible(self) -> None:
         """Raise when no pair at all can pass."""
         if self.min_tokens > self.max_input_tokens or 2 * self.min_tokens > self.max_total_tokens:
-            raise WorkloadError(f"length filters admit no request: min_tokens={self.min_tokens}, "
-                                f"max_input_tokens={self.max_input_tokens}, max_total_tokens={self.max_total_tokens}")
+            raise WorkloadError(
+                f"length filters admit no request: min_tokens={self.min_tokens}, "
+                f"max_input_tokens={self.max_input_tokens}, max_total_tokens={self.max_total_tokens}"
+            )
 
 
 _erf = np.vectorize(math.erf, otypes=[float])
@@ -146,8 +164,10 @@ class LognormalMixture:
     def cdf(self, x: np.ndarray) -> np.ndarray:
         """CDF of the continuous (pre-rounding) draw at ``x > 0``."""
         lx = np.log(np.maximum(x, 1e-300))
-        return sum(w * 0.5 * (1.0 + _erf((lx - math.log(m)) / (s * math.sqrt(2.0))))
-                   for w, m, s in zip(self.weights, self.medians, self.sigmas))
+        return sum(
+            w * 0.5 * (1.0 + _erf((lx - math.log(m)) / (s * math.sqrt(2.0))))
+            for w, m, s in zip(self.weights, self.medians, self.sigmas)
+        )
 
     def pmf(self, kmax: int) -> np.ndarray:
         """``p[k] = P(tokens == k)`` for ``k = 0..kmax`` (``p[0] = 0``; mass above kmax omitted)."""
@@ -160,12 +180,18 @@ class LognormalMixture:
 
 
 # Fitted by fit_sharegpt(); see the module docstring for data, targets and sources.
-SHAREGPT_INPUT = LognormalMixture(weights=(0.448553, 0.058645, 0.492802), medians=(19.357868, 89.803557, 433.13778),
-                                  sigmas=(0.783599, 0.348599, 0.687547))
-SHAREGPT_OUTPUT = LognormalMixture(weights=(0.235326, 0.254039, 0.510635), medians=(4.942968, 48.070511, 296.490489),
-                                   sigmas=(0.24196, 0.589496, 0.566652))
+SHAREGPT_INPUT = LognormalMixture(
+    weights=(0.448553, 0.058645, 0.492802),
+    medians=(19.357868, 89.803557, 433.13778),
+    sigmas=(0.783599, 0.348599, 0.687547),
+)
+SHAREGPT_OUTPUT = LognormalMixture(
+    weights=(0.235326, 0.254039, 0.510635),
+    medians=(4.942968, 48.070511, 296.490489),
+    sigmas=(0.24196, 0.589496, 0.566652),
+)
 
-_L2_MEAN_IN, _L2_MEAN_OUT = 250.94, 231.46   # create_dummy_dataset.py log.log (Llama-2 tokens, filtered)
+_L2_MEAN_IN, _L2_MEAN_OUT = 250.94, 231.46  # create_dummy_dataset.py log.log (Llama-2 tokens, filtered)
 _RATIO_IN, _RATIO_OUT = 223.0 / _L2_MEAN_IN, 196.0 / _L2_MEAN_OUT
 
 #: (mean, p25, p75) per side, Llama-3.1 tokens, after the default filters — the fit's targets.
@@ -178,12 +204,70 @@ SHAREGPT_TARGETS = {
 # prompt_lengths.png (edges 4..1024) and output_lengths.png (edges 4..2011, read off its x ticks) in
 # FerranAgulloLopez/GPULLMAdapterOptimization@bae36e2, create_dummy_datasets_for_performance_analysis/.
 # One pixel is ~80 conversations, so bins under ~0.1 % read as 0 or 0.106 %.
-_SHAREGPT_HIST_IN = (0.34721, 0.09272, 0.0492, 0.03311, 0.02744, 0.0246, 0.0246, 0.02554, 0.02649, 0.02744,
-                     0.03027, 0.02933, 0.02744, 0.02365, 0.02176, 0.01798, 0.01608, 0.01608, 0.01514, 0.01419,
-                     0.0123, 0.01135, 0.0123, 0.01135, 0.01041, 0.01041, 0.01135, 0.01135, 0.01041, 0.00851)
-_SHAREGPT_HIST_OUT = (0.38754, 0.0982, 0.07709, 0.0792, 0.08131, 0.06969, 0.05174, 0.0359, 0.0264, 0.01901,
-                      0.01478, 0.01478, 0.01162, 0.01162, 0.01056, 0.00422, 0.00106, 0.00106, 0.00106, 0.00106,
-                      0.0, 0.00106, 0.00106, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+_SHAREGPT_HIST_IN = (
+    0.34721,
+    0.09272,
+    0.0492,
+    0.03311,
+    0.02744,
+    0.0246,
+    0.0246,
+    0.02554,
+    0.02649,
+    0.02744,
+    0.03027,
+    0.02933,
+    0.02744,
+    0.02365,
+    0.02176,
+    0.01798,
+    0.01608,
+    0.01608,
+    0.01514,
+    0.01419,
+    0.0123,
+    0.01135,
+    0.0123,
+    0.01135,
+    0.01041,
+    0.01041,
+    0.01135,
+    0.01135,
+    0.01041,
+    0.00851,
+)
+_SHAREGPT_HIST_OUT = (
+    0.38754,
+    0.0982,
+    0.07709,
+    0.0792,
+    0.08131,
+    0.06969,
+    0.05174,
+    0.0359,
+    0.0264,
+    0.01901,
+    0.01478,
+    0.01478,
+    0.01162,
+    0.01162,
+    0.01056,
+    0.00422,
+    0.00106,
+    0.00106,
+    0.00106,
+    0.00106,
+    0.0,
+    0.00106,
+    0.00106,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+)
 _HIST_EDGES_IN = (4.0, 1024.0)
 _HIST_EDGES_OUT = (4.0, 2011.0)
 
@@ -207,24 +291,38 @@ def _quantile(p: np.ndarray, q: float) -> float:
     return float(np.interp(q, c, np.arange(len(p), dtype=float)))
 
 
-def filtered_stats(inp: LognormalMixture, out: LognormalMixture,
-                   limits: LengthLimits = LengthLimits()) -> FilteredLengthStats:
+def filtered_stats(
+    inp: LognormalMixture, out: LognormalMixture, limits: LengthLimits = LengthLimits()
+) -> FilteredLengthStats:
     """Means, quartiles and acceptance of independent ``inp`` x ``out`` draws under ``limits``."""
     wi, wo, z = _filtered_pmfs(inp, out, limits)
     k = np.arange(len(wi))
-    return FilteredLengthStats(float((k * wi).sum()), float((k * wo).sum()), _quantile(wi, 0.25),
-                               _quantile(wi, 0.75), _quantile(wo, 0.25), _quantile(wo, 0.75), z)
+    return FilteredLengthStats(
+        float((k * wi).sum()),
+        float((k * wo).sum()),
+        _quantile(wi, 0.25),
+        _quantile(wi, 0.75),
+        _quantile(wo, 0.25),
+        _quantile(wo, 0.75),
+        z,
+    )
 
 
-def sharegpt_stats(limits: LengthLimits = LengthLimits(), mean_input_tokens: float | None = None,
-                   mean_output_tokens: float | None = None) -> FilteredLengthStats:
+def sharegpt_stats(
+    limits: LengthLimits = LengthLimits(),
+    mean_input_tokens: float | None = None,
+    mean_output_tokens: float | None = None,
+) -> FilteredLengthStats:
     """Exact filtered statistics of the ``sharegpt`` model (means 223.2 / 196.0 with default limits)."""
     return filtered_stats(*sharegpt_models(limits, mean_input_tokens, mean_output_tokens), limits)
 
 
 @lru_cache(maxsize=64)
-def sharegpt_models(limits: LengthLimits = LengthLimits(), mean_input_tokens: float | None = None,
-                    mean_output_tokens: float | None = None) -> tuple[LognormalMixture, LognormalMixture]:
+def sharegpt_models(
+    limits: LengthLimits = LengthLimits(),
+    mean_input_tokens: float | None = None,
+    mean_output_tokens: float | None = None,
+) -> tuple[LognormalMixture, LognormalMixture]:
     """The ShareGPT (input, output) models, optionally rescaled to other filtered means.
 
     Without targets: the shipped fit (its filtered means move with non-default ``limits``, as a real
@@ -246,12 +344,14 @@ def sharegpt_models(limits: LengthLimits = LengthLimits(), mean_input_tokens: fl
         if abs(ri - 1) < 1e-7 and abs(ro - 1) < 1e-7:
             return mi.scaled(fi), mo.scaled(fo)
         fi, fo = fi * ri, fo * ro
-    raise WorkloadError(f"sharegpt: means {mean_input_tokens} / {mean_output_tokens} are not reachable "
-                        f"under the filters {limits}")
+    raise WorkloadError(
+        f"sharegpt: means {mean_input_tokens} / {mean_output_tokens} are not reachable under the filters {limits}"
+    )
 
 
-def _filtered_pmfs(inp: LognormalMixture, out: LognormalMixture,
-                   limits: LengthLimits) -> tuple[np.ndarray, np.ndarray, float]:
+def _filtered_pmfs(
+    inp: LognormalMixture, out: LognormalMixture, limits: LengthLimits
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Marginal pmfs of input and output after the filters, and the acceptance probability."""
     limits.check_feasible()
     kmax = limits.max_total_tokens
@@ -290,8 +390,10 @@ def fit_sharegpt(limits: LengthLimits = LengthLimits()) -> tuple[LognormalMixtur
     def unpack(x: np.ndarray) -> tuple[LognormalMixture, LognormalMixture]:
         def side(y: np.ndarray) -> LognormalMixture:
             w = special.softmax(np.concatenate([[0.0], y[0:2]]))
-            return LognormalMixture(tuple(map(float, w)), tuple(map(float, np.exp(y[2:5]))),
-                                    tuple(map(float, np.exp(y[5:8]))))
+            return LognormalMixture(
+                tuple(map(float, w)), tuple(map(float, np.exp(y[2:5]))), tuple(map(float, np.exp(y[5:8])))
+            )
+
         return side(x[:8]), side(x[8:])
 
     def pack(m: LognormalMixture) -> list[float]:
@@ -307,17 +409,28 @@ def fit_sharegpt(limits: LengthLimits = LengthLimits()) -> tuple[LognormalMixtur
         k = np.arange(len(wi))
         bi = _binned(wi, _HIST_EDGES_IN[0] * _RATIO_IN, _HIST_EDGES_IN[1] * _RATIO_IN, 30)
         bo = _binned(wo, _HIST_EDGES_OUT[0] * _RATIO_OUT, _HIST_EDGES_OUT[1] * _RATIO_OUT, 30)
-        return np.concatenate([3 * (bi - hin) / np.sqrt(hin + 0.002), 3 * (bo - hout) / np.sqrt(hout + 0.002), [
-            20 * math.log((k * wi).sum() / mi), 3 * math.log(_quantile(wi, 0.25) / i25),
-            3 * math.log(_quantile(wi, 0.75) / i75), 20 * math.log((k * wo).sum() / mo),
-            3 * math.log(_quantile(wo, 0.25) / o25), 3 * math.log(_quantile(wo, 0.75) / o75)]])
+        return np.concatenate(
+            [
+                3 * (bi - hin) / np.sqrt(hin + 0.002),
+                3 * (bo - hout) / np.sqrt(hout + 0.002),
+                [
+                    20 * math.log((k * wi).sum() / mi),
+                    3 * math.log(_quantile(wi, 0.25) / i25),
+                    3 * math.log(_quantile(wi, 0.75) / i75),
+                    20 * math.log((k * wo).sum() / mo),
+                    3 * math.log(_quantile(wo, 0.25) / o25),
+                    3 * math.log(_quantile(wo, 0.75) / o75),
+                ],
+            ]
+        )
 
     r = optimize.least_squares(residuals, np.array(pack(SHAREGPT_INPUT) + pack(SHAREGPT_OUTPUT)))
     return unpack(r.x)
 
 
-def _rejection(draw: Any, n: int, rng: np.random.Generator, limits: LengthLimits,
-               what: str) -> tuple[np.ndarray, np.ndarray]:
+def _rejection(
+    draw: Any, n: int, rng: np.random.Generator, limits: LengthLimits, what: str
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` pairs from ``draw(m, rng) -> (inp, out)`` conditioned on ``limits`` (redraw rejects)."""
     limits.check_feasible()
     inp = np.empty(n, np.int32)
@@ -333,8 +446,8 @@ def _rejection(draw: Any, n: int, rng: np.random.Generator, limits: LengthLimits
         drawn += m
         accepted += len(ok)
         take = ok[:need]
-        inp[filled:filled + len(take)] = a[take]
-        out[filled:filled + len(take)] = b[take]
+        inp[filled : filled + len(take)] = a[take]
+        out[filled : filled + len(take)] = b[take]
         filled += len(take)
         if drawn >= 100_000 and accepted < drawn * 1e-4:
             raise WorkloadError(f"{what}: fewer than 1 in 10,000 draws pass the length filters {limits}")
@@ -346,8 +459,9 @@ def _opt_float(spec: Any, name: str) -> float | None:
     return None if v is None else float(v)
 
 
-def rank_pair(inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Generator,
-              max_total: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def rank_pair(
+    inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Generator, max_total: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """Re-pair (input, output) draws so their ranks follow a Gaussian copula with correlation ``rho``.
 
     Marginals are kept exactly (the sorted values are reassigned); a pair that would exceed
@@ -362,8 +476,9 @@ def rank_pair(inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Gener
     return i2.astype(inp.dtype), o2.astype(out.dtype)
 
 
-def draw_lengths(spec: Any, n: int, rng: np.random.Generator, base_dir: Path | str | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def draw_lengths(
+    spec: Any, n: int, rng: np.random.Generator, base_dir: Path | str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` filtered (input_tokens, output_tokens) int32 pairs for a LengthSpec-like ``spec`` (by the
     length model registered as ``spec.kind``; file paths resolve against ``base_dir``)."""
     if n == 0:
@@ -376,8 +491,9 @@ class LengthModel:
 
     spec: ClassVar[type[LengthSpecBase]]
 
-    def draw(self, spec: Any, n: int, rng: np.random.Generator, base_dir: Path | str | None
-             ) -> tuple[np.ndarray, np.ndarray]:
+    def draw(
+        self, spec: Any, n: int, rng: np.random.Generator, base_dir: Path | str | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``n >= 1`` filtered (input, output) int32 pairs."""
         raise NotImplementedError
 
@@ -420,8 +536,7 @@ class _MixtureModel(LengthModel):
     def draw(self, spec, n, rng, base_dir):
         limits = LengthLimits.from_spec(spec)
         mi, mo = self.sides(spec, limits)
-        inp, out = _rejection(lambda m, g: (mi.sample(m, g), mo.sample(m, g)), n, rng, limits,
-                              f"{spec.kind} lengths")
+        inp, out = _rejection(lambda m, g: (mi.sample(m, g), mo.sample(m, g)), n, rng, limits, f"{spec.kind} lengths")
         rho = _opt_float(spec, "io_rank_correlation") if self.copula else None
         if rho:
             inp, out = rank_pair(inp, out, rho, rng, limits.max_total_tokens)
@@ -439,8 +554,9 @@ class ShareGptLengthModel(_MixtureModel):
         return sharegpt_models(limits, _opt_float(spec, "mean_input_tokens"), _opt_float(spec, "mean_output_tokens"))
 
     def expected(self, spec):
-        return sharegpt_stats(LengthLimits.from_spec(spec), _opt_float(spec, "mean_input_tokens"),
-                              _opt_float(spec, "mean_output_tokens"))
+        return sharegpt_stats(
+            LengthLimits.from_spec(spec), _opt_float(spec, "mean_input_tokens"), _opt_float(spec, "mean_output_tokens")
+        )
 
 
 @length_model
@@ -450,8 +566,10 @@ class LognormalLengthModel(_MixtureModel):
     spec = LognormalLengths
 
     def sides(self, spec, limits):
-        return (LognormalMixture.from_mean_cv(float(spec.mean_input_tokens), float(spec.cv_input)),
-                LognormalMixture.from_mean_cv(float(spec.mean_output_tokens), float(spec.cv_output)))
+        return (
+            LognormalMixture.from_mean_cv(float(spec.mean_input_tokens), float(spec.cv_input)),
+            LognormalMixture.from_mean_cv(float(spec.mean_output_tokens), float(spec.cv_output)),
+        )
 
     def expected(self, spec):
         mi, mo = self.sides(spec, LengthLimits.from_spec(spec))

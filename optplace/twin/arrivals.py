@@ -41,12 +41,27 @@ from typing import Any, ClassVar
 import numpy as np
 
 from optplace.infra.registry import ARRIVALS
-from optplace.specs.model import (ArrivalSpecBase, GammaArrivals, MmppArrivals, PoissonArrivals, TraceArrivals,
-                                  TraceLengths, registered_by_kind)
-from optplace.twin._lengths import LengthLimits, LengthModel, WorkloadError, length_model
+from optplace.specs.model import (
+    ArrivalSpecBase,
+    GammaArrivals,
+    MmppArrivals,
+    PoissonArrivals,
+    TraceArrivals,
+    TraceLengths,
+    registered_by_kind,
+)
+from optplace.twin.lengths import LengthLimits, LengthModel, WorkloadError, length_model
 
-__all__ = ["poisson_arrivals", "gamma_arrivals", "mmpp_arrivals", "Trace", "load_trace", "replay_trace",
-           "assignment_weights", "TRACE_JITTER_S"]
+__all__ = [
+    "poisson_arrivals",
+    "gamma_arrivals",
+    "mmpp_arrivals",
+    "Trace",
+    "load_trace",
+    "replay_trace",
+    "assignment_weights",
+    "TRACE_JITTER_S",
+]
 
 #: Half-width of the uniform jitter applied to superposed trace copies [s] (published harness).
 TRACE_JITTER_S = 5.0
@@ -117,14 +132,21 @@ def gamma_arrivals(rates_rps: Any, cv: float, duration_s: float, rng: np.random.
     return np.concatenate(times), np.concatenate(owners)
 
 
-def mmpp_arrivals(rates_rps: Any, burst_factor: float, burst_fraction: float, mean_burst_s: float,
-                  duration_s: float, rng: np.random.Generator) -> Stream:
+def mmpp_arrivals(
+    rates_rps: Any,
+    burst_factor: float,
+    burst_fraction: float,
+    mean_burst_s: float,
+    duration_s: float,
+    rng: np.random.Generator,
+) -> Stream:
     """Independent two-state MMPP streams whose long-run mean rate is each adapter's rate."""
     r = _rates(rates_rps)
     b, f = float(burst_factor), float(burst_fraction)
     if not (b >= 1 and 0 < f < 1 and mean_burst_s > 0):
-        raise WorkloadError(f"mmpp needs burst_factor >= 1, 0 < burst_fraction < 1, mean_burst_s > 0 "
-                            f"(got {b}, {f}, {mean_burst_s})")
+        raise WorkloadError(
+            f"mmpp needs burst_factor >= 1, 0 < burst_fraction < 1, mean_burst_s > 0 (got {b}, {f}, {mean_burst_s})"
+        )
     calm = r / (1.0 + f * (b - 1.0))
     mean_calm_s = mean_burst_s * (1.0 - f) / f
     active = np.flatnonzero(r > 0)
@@ -168,10 +190,10 @@ class Trace:
     """A loaded request trace: arrivals from 0, lengths, and its repeat period."""
 
     path: str
-    arrival_s: np.ndarray     # float64, sorted, starting at 0
+    arrival_s: np.ndarray  # float64, sorted, starting at 0
     input_tokens: np.ndarray  # int64
     output_tokens: np.ndarray  # int64
-    period_s: float           # span plus one mean gap, so repeats keep the mean rate
+    period_s: float  # span plus one mean gap, so repeats keep the mean rate
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -238,8 +260,9 @@ def filter_trace(trace: Trace, limits: LengthLimits) -> np.ndarray:
     return np.flatnonzero(limits.accepts(trace.input_tokens, trace.output_tokens))
 
 
-def assignment_weights(law: str, rates: np.ndarray, rng: np.random.Generator, *, zipf_s: float = 1.0,
-                       dirichlet_alpha: float = 0.5) -> np.ndarray:
+def assignment_weights(
+    law: str, rates: np.ndarray, rng: np.random.Generator, *, zipf_s: float = 1.0, dirichlet_alpha: float = 0.5
+) -> np.ndarray:
     """Popularity weights over adapters (sum 1) for a trace assignment law."""
     n = len(rates)
     if law == "by_rate":
@@ -275,9 +298,18 @@ def _assign(law: str, weights: np.ndarray, n_req: int, rng: np.random.Generator)
     return rng.choice(n, n_req, p=weights)
 
 
-def replay_trace(trace: Trace, rows: np.ndarray, rates_rps: Any, duration_s: float, rng: np.random.Generator, *,
-                 assignment: str = "by_rate", zipf_s: float = 1.0, dirichlet_alpha: float = 0.5,
-                 scale: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def replay_trace(
+    trace: Trace,
+    rows: np.ndarray,
+    rates_rps: Any,
+    duration_s: float,
+    rng: np.random.Generator,
+    *,
+    assignment: str = "by_rate",
+    zipf_s: float = 1.0,
+    dirichlet_alpha: float = 0.5,
+    scale: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Replay ``trace`` (only its ``rows``) over ``[0, duration_s)`` as multi-adapter traffic.
 
     Returns ``(arrival_s, adapter, trace_row)``, unsorted; ``trace_row`` indexes the trace so its
@@ -320,8 +352,9 @@ def replay_trace(trace: Trace, rows: np.ndarray, rates_rps: Any, duration_s: flo
     return t, adapter, row
 
 
-def mmpp_idc(rate_rps: float, burst_factor: float, burst_fraction: float, mean_burst_s: float,
-             window_s: float) -> float:
+def mmpp_idc(
+    rate_rps: float, burst_factor: float, burst_fraction: float, mean_burst_s: float, window_s: float
+) -> float:
     """Exact index of dispersion of a stationary two-state MMPP's counts in windows of ``window_s``.
 
     With burst/calm rates ``lb, lc`` (long-run mean ``rate_rps``), switching rates
@@ -339,6 +372,7 @@ def mmpp_idc(rate_rps: float, burst_factor: float, burst_fraction: float, mean_b
 
 # --- the registered models ----------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True, eq=False)
 class ArrivalDraw:
     """What an arrival model generates: arrival times and adapters (any order), and the requests'
@@ -354,8 +388,16 @@ class ArrivalModel:
 
     spec: ClassVar[type[ArrivalSpecBase]]
 
-    def generate(self, spec: Any, rates: np.ndarray, duration_s: float, rng: np.random.Generator,
-                 assign_rng: np.random.Generator, lengths: Any, base_dir: Path | str | None) -> ArrivalDraw:
+    def generate(
+        self,
+        spec: Any,
+        rates: np.ndarray,
+        duration_s: float,
+        rng: np.random.Generator,
+        assign_rng: np.random.Generator,
+        lengths: Any,
+        base_dir: Path | str | None,
+    ) -> ArrivalDraw:
         """Arrivals of every adapter on ``[0, duration_s)``. ``rng`` is the arrivals' generator,
         ``assign_rng`` the one for assigning requests to adapters (models that assign separately)."""
         raise NotImplementedError
@@ -406,12 +448,16 @@ class MmppModel(ArrivalModel):
     spec = MmppArrivals
 
     def generate(self, spec, rates, duration_s, rng, assign_rng, lengths, base_dir):
-        return ArrivalDraw(*mmpp_arrivals(rates, float(spec.burst_factor), float(spec.burst_fraction),
-                                          float(spec.mean_burst_s), duration_s, rng))
+        return ArrivalDraw(
+            *mmpp_arrivals(
+                rates, float(spec.burst_factor), float(spec.burst_fraction), float(spec.mean_burst_s), duration_s, rng
+            )
+        )
 
     def idc(self, spec, rate_rps, window_s):
-        return mmpp_idc(rate_rps, float(spec.burst_factor), float(spec.burst_fraction), float(spec.mean_burst_s),
-                        window_s)
+        return mmpp_idc(
+            rate_rps, float(spec.burst_factor), float(spec.burst_fraction), float(spec.mean_burst_s), window_s
+        )
 
     def burstiness(self, spec, measured):
         return 1.0, float(spec.burst_factor)
@@ -427,11 +473,17 @@ class TraceModel(ArrivalModel):
         # With paired lengths, requests failing the filters leave the trace (like the benchmark's
         # sampler skipping them); otherwise the trace only supplies times.
         rows = filter_trace(trace, LengthLimits.from_spec(lengths)) if paired else np.arange(len(trace))
-        t, a, trace_rows = replay_trace(trace, rows, rates, duration_s, assign_rng,
-                                        assignment=getattr(spec, "assignment", "by_rate"),
-                                        zipf_s=float(getattr(spec, "zipf_s", 1.0)),
-                                        dirichlet_alpha=float(getattr(spec, "dirichlet_alpha", 0.5)),
-                                        scale=getattr(spec, "scale", None))
+        t, a, trace_rows = replay_trace(
+            trace,
+            rows,
+            rates,
+            duration_s,
+            assign_rng,
+            assignment=getattr(spec, "assignment", "by_rate"),
+            zipf_s=float(getattr(spec, "zipf_s", 1.0)),
+            dirichlet_alpha=float(getattr(spec, "dirichlet_alpha", 0.5)),
+            scale=getattr(spec, "scale", None),
+        )
         return ArrivalDraw(t, a, (trace.input_tokens[trace_rows], trace.output_tokens[trace_rows]) if paired else None)
 
     def burstiness(self, spec, measured):
