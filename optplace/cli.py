@@ -474,6 +474,14 @@ def bench(
             help="fidelity: also write the figures as a Markdown page (the repository's is docs/figures/fidelity.md).",
         ),
     ] = None,
+    cv: Annotated[
+        bool,
+        typer.Option(
+            "--cv",
+            help="fidelity: also score coefficients fitted on the other half of the workload groups (cross-validated).",
+        ),
+    ] = False,
+    per_run: Annotated[bool, typer.Option("--runs", help="fidelity: print the per-run latency table.")] = False,
 ) -> None:
     """Run a benchmark and print its figures (docs/json-contracts.md lists what --json holds)."""
     import importlib
@@ -501,6 +509,8 @@ def bench(
         ("--sizes", "sizes", sizes),
         ("--strategies", "strategies", strategies),
         ("--skews", "skews", skews),
+        ("--cv", "cv", cv),
+        ("--runs", "per_run", per_run),
     ):
         if value:
             if key not in params:

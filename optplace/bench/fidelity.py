@@ -59,7 +59,20 @@ STARVED_LOSS = 0.10
 #: Requests the reference harness kept outstanding at the server at most (running + waiting):
 #: real_runs.csv max_waiting + max_running of the overloaded dt_validation runs lie in 25.2k–27.6k.
 CLIENT_MAX_OUTSTANDING = 26_500
-_TWIN_SOURCES = ("twin/engine.py", "twin/workload.py", "twin/arrivals.py", "twin/lengths.py", "twin/steptime.py")
+_TWIN_SOURCES = ("twin/engine/*.py", "twin/workload.py", "twin/arrivals.py", "twin/lengths.py", "twin/steptime.py")
+#: Regimes by the real run's throughput loss (1 − delivered / offered): (name, lower bound, upper bound).
+REGIMES = (("stable", -math.inf, 0.02), ("boundary", 0.02, 0.15), ("overloaded", 0.15, math.inf))
+#: Latency and throughput figures scored per run: name → real_runs.csv column (the real benchmark's figure).
+METRICS = {
+    "ttft_mean": "mean_ttft_ms",
+    "ttft_p50": "median_ttft_ms",
+    "ttft_p99": "p99_ttft_ms",
+    "tpot_mean": "mean_tpot_ms",
+    "tpot_p99": "p99_tpot_ms",
+    "itl_mean": "mean_itl_ms",
+    "itl_p99": "p99_itl_ms",
+    "throughput": "total_throughput",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +97,15 @@ class RunResult:
     adapter_loads: int | None
     rejected: int | None
     sim_wall_s: float
+    # latency over the requests completed in the window, as the reference benchmark computes it [ms]
+    ttft_ms_mean: float | None = None
+    ttft_ms_p50: float | None = None
+    ttft_ms_p99: float | None = None
+    tpot_ms_mean: float | None = None
+    tpot_ms_p50: float | None = None
+    tpot_ms_p99: float | None = None
+    itl_ms_p50: float | None = None
+    itl_ms_p99: float | None = None
 
 
 def _seed(run_id: str, seed: int) -> np.random.Generator:
@@ -106,6 +128,7 @@ def simulate_ref_run(
     condition_on_arrivals: bool = True,
     client_cap: bool = True,
     io_rho: float | None = None,
+    step_time: dict[str, Any] | None = None,
 ) -> RunResult:
     """Replay one reference run through the twin (start-up check, workload, engine).
 
@@ -114,6 +137,8 @@ def simulate_ref_run(
     ``client_cap``: reproduce the harness's cap on outstanding requests (see module docstring).
     ``io_rho``: re-pair the drawn input/output lengths to this rank correlation (marginals kept), for
     a workload model that draws them independently (see :func:`length_adjustment`).
+    ``step_time``: a profile ``step_time`` section to use instead of the bundled profile's (the
+    cross-validation's coefficients fitted without this run's workload group).
     """
     from optplace.specs import resolve_profile
 
@@ -182,7 +207,9 @@ def simulate_ref_run(
     )
     from dataclasses import replace
 
-    step = StepTimeModel.from_params(prof.step_time).bind(run_.max_lora_rank, run_.max_loras)
+    step = StepTimeModel.from_params(prof.step_time if step_time is None else step_time).bind(
+        run_.max_lora_rank, run_.max_loras
+    )
     cfg = replace(cfg, step_time=step)
     if client_cap and "max_outstanding" in getattr(type(cfg), "__dataclass_fields__", {}):
         cfg = replace(cfg, max_outstanding=CLIENT_MAX_OUTSTANDING)
@@ -198,6 +225,17 @@ def simulate_ref_run(
     completed = _get(res, "completed", "completed_total", "num_completed")
     if completed is not None and not isinstance(completed, (int, np.integer)):
         completed = int(np.sum(completed))
+    lat = res.latency()
+    base.update(
+        ttft_ms_mean=lat.ttft_ms_mean,
+        ttft_ms_p50=lat.ttft_ms_p50,
+        ttft_ms_p99=lat.ttft_ms_p99,
+        tpot_ms_mean=lat.tpot_ms_mean,
+        tpot_ms_p50=lat.tpot_ms_p50,
+        tpot_ms_p99=lat.tpot_ms_p99,
+        itl_ms_p50=lat.itl_ms_p50,
+        itl_ms_p99=lat.itl_ms_p99,
+    )
     return RunResult(
         **base,
         oom=False,
@@ -266,9 +304,9 @@ def _code_key(seed: int, options: tuple[bool, bool, float | None]) -> str:
 
     pkg = Path(__file__).resolve().parents[1]
     h = hashlib.sha256(f"seed={seed};max_out={CLIENT_MAX_OUTSTANDING};opts={options}".encode())
-    for rel in _TWIN_SOURCES:
-        p = pkg / rel
-        h.update(p.read_bytes() if p.exists() else b"-")
+    for pattern in _TWIN_SOURCES:
+        for p in sorted(pkg.glob(pattern)):
+            h.update(p.read_bytes())
     from optplace.calibration.reference_fit import repair_lengths
 
     for fn in (simulate_ref_run, _take, _seed, repair_lengths):
@@ -278,12 +316,18 @@ def _code_key(seed: int, options: tuple[bool, bool, float | None]) -> str:
     return h.hexdigest()[:16]
 
 
-def _cached_simulate(args: tuple[RefRun, int, str, tuple[bool, bool, float | None]]) -> dict[str, Any]:
-    run_, seed, key, (cond, cap, rho) = args
-    path = _cache_dir() / key / (hashlib.sha1(run_.run_id.encode()).hexdigest()[:20] + ".json")
+def _cached_simulate(
+    args: tuple[RefRun, int, str, tuple[bool, bool, float | None], dict[str, Any] | None],
+) -> dict[str, Any]:
+    run_, seed, key, (cond, cap, rho), step_time = args
+    # a step-time override (cross-validation) is part of the run's identity
+    ident = run_.run_id if step_time is None else run_.run_id + json.dumps(step_time, sort_keys=True)
+    path = _cache_dir() / key / (hashlib.sha1(ident.encode()).hexdigest()[:20] + ".json")
     if path.exists():
         return json.loads(path.read_text())
-    out = asdict(simulate_ref_run(run_, seed, condition_on_arrivals=cond, client_cap=cap, io_rho=rho))
+    out = asdict(
+        simulate_ref_run(run_, seed, condition_on_arrivals=cond, client_cap=cap, io_rho=rho, step_time=step_time)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(out))
@@ -401,6 +445,156 @@ def summarize(runs: Sequence[RefRun], results: Sequence[RunResult]) -> dict[str,
     }
 
 
+def real_latency(ref_dir: str | None = None) -> dict[str, dict[str, float | None]]:
+    """The real benchmark's latency figures of every ``dt_validation`` run (``real_runs.csv``), by run id."""
+    from optplace.calibration.reference import find_reference_dir, read_csv_rows
+
+    out: dict[str, dict[str, float | None]] = {}
+    for row in read_csv_rows(find_reference_dir(ref_dir) / "real_runs.csv"):
+        if row["experiment_set"] == "dt_validation":
+            out[row["run_id"]] = {
+                m: float(row[c]) if row.get(c) not in (None, "") else None for m, c in METRICS.items()
+            }
+    return out
+
+
+def regime_of(loss: float | None) -> str | None:
+    """The regime of a run by its real throughput loss (:data:`REGIMES`), None when the loss is unknown."""
+    if loss is None or not math.isfinite(loss):
+        return None
+    return next(name for name, lo, hi in REGIMES if lo <= loss < hi)
+
+
+def _twin_metrics(t: RunResult) -> dict[str, float | None]:
+    if t.oom:  # a server that does not start delivers nothing and has no latency
+        return {**dict.fromkeys(METRICS), "throughput": 0.0}
+    return {
+        "ttft_mean": t.ttft_ms_mean,
+        "ttft_p50": t.ttft_ms_p50,
+        "ttft_p99": t.ttft_ms_p99,
+        "tpot_mean": t.tpot_ms_mean,
+        "tpot_p99": t.tpot_ms_p99,
+        "itl_mean": t.mean_itl_ms,
+        "itl_p99": t.itl_ms_p99,
+        "throughput": t.total_throughput,
+    }
+
+
+def _published_metrics(p: PublishedTwinRun | None) -> dict[str, float | None]:
+    # sim_runs.csv has the mean ITL and a mean TTFT (that counts unfinished requests as the whole window)
+    out: dict[str, float | None] = dict.fromkeys(METRICS)
+    if p is not None:
+        out.update(throughput=p.total_throughput, itl_mean=p.itl_ms, ttft_mean=p.ttft_ms)
+    return out
+
+
+def latency_rows(
+    runs: Sequence[RefRun], results: Sequence[RunResult], real: dict[str, dict[str, float | None]]
+) -> list[dict[str, Any]]:
+    """One row per run with results: its regime and every metric of :data:`METRICS`, real / twin / published."""
+    by_id = {r.run_id: r for r in results}
+    rows = []
+    for r in runs:
+        if not r.has_results or r.run_id not in by_id:
+            continue
+        rl = {**real.get(r.run_id, dict.fromkeys(METRICS)), "throughput": r.total_throughput}
+        tw, pb = _twin_metrics(by_id[r.run_id]), _published_metrics(r.published)
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "model": r.model,
+                "group": r.config_group,
+                "max_loras": r.max_loras,
+                "max_cpu_loras": r.max_cpu_loras,
+                "real_loss": r.throughput_loss_frac,
+                "regime": regime_of(r.throughput_loss_frac),
+                "metrics": {m: {"real": rl.get(m), "twin": tw[m], "published": pb[m]} for m in METRICS},
+            }
+        )
+    return rows
+
+
+def _err_stats(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    """n, MAPE %, median APE % and signed mean relative error % of (model, real) pairs with a non-zero real value."""
+    rel = np.array([(a - b) / b for a, b in pairs if b])
+    if not rel.size:
+        return {"n": 0, "mape_pct": None, "median_ape_pct": None, "bias_pct": None}
+    return {
+        "n": int(rel.size),
+        "mape_pct": 100.0 * float(np.mean(np.abs(rel))),
+        "median_ape_pct": 100.0 * float(np.median(np.abs(rel))),
+        "bias_pct": 100.0 * float(np.mean(rel)),
+    }
+
+
+def regime_scores(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """MAPE and signed bias of every metric, per regime and over all runs (twin and published twin)."""
+    out: dict[str, Any] = {}
+    for reg in [name for name, _, _ in REGIMES] + ["all"]:
+        sel = [x for x in rows if reg == "all" or x["regime"] == reg]
+        block: dict[str, Any] = {"runs": len(sel)}
+        for m in METRICS:
+            scores = {}
+            for who in ("twin", "published"):
+                pairs = [
+                    (v[who], v["real"])
+                    for x in sel
+                    if (v := x["metrics"][m])[who] is not None and v["real"] is not None
+                ]
+                scores[who] = _err_stats(pairs)
+            block[m] = scores
+        out[reg] = block
+    return out
+
+
+def _fitted_globals(models: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The bundled profiles' step-time coefficients (fitted on every run), per model."""
+    from optplace.specs import resolve_profile
+
+    return {m: {k: float(v) for k, v in dict(resolve_profile(model=m, gpu=GPU).step_time.coef).items()} for m in models}
+
+
+def cv_folds(runs: Sequence[RefRun]) -> tuple[list[RefRun], list[RefRun]]:
+    """Two halves of the runs by workload group, for the cross-validation of the fitted coefficients.
+
+    A workload group is a (rank set, rate set) pair, both models included (the fitted coefficients are
+    per model, and each model's runs of a group share its workload). The groups are laid out on a grid
+    (rank sets × rate sets, each sorted) and split like a chessboard, so each half holds every rank set
+    and every rate set (the rank and slot terms stay identifiable in each half) while no workload of the
+    scored half was seen by its fit."""
+    ranks = sorted({r.rank_list for r in runs})
+    rates = sorted({tuple(sorted(r.rate_list)) for r in runs})
+    halves: tuple[list[RefRun], list[RefRun]] = ([], [])
+    for r in runs:
+        halves[(ranks.index(r.rank_list) + rates.index(tuple(sorted(r.rate_list)))) % 2].append(r)
+    return halves
+
+
+def cv_step_times(runs: Sequence[RefRun], ref_dir: str | None = None) -> list[dict[str, Any]]:
+    """Per fold: the runs it scores and the step-time sections fitted on the other half, per model."""
+    from optplace.calibration.reference_fit import fit_scheduler_overhead, fit_step_time_section
+    from optplace.specs import resolve_profile
+
+    everything = load_dt_validation(ref_dir)
+    ov = fit_scheduler_overhead(ref_dir)
+    folds = []
+    for half in cv_folds(everything):
+        test_ids = {r.run_id for r in half}
+        train = [r for r in everything if r.run_id not in test_ids]
+        sections = {}
+        for model in sorted({r.model for r in half}):
+            sec = fit_step_time_section(ref_dir, model, runs=train, overhead=ov)
+            sections[model] = {**sec, "time_scale": resolve_profile(model=model, gpu=GPU).step_time.time_scale}
+        folds.append(
+            {
+                "groups": sorted({r.config_group for r in half}),
+                "test": [r for r in runs if r.run_id in test_ids],
+                "step_time": sections,
+            }
+        )
+    return folds
+
+
 def run(
     json: bool = False,
     *,
@@ -414,10 +608,15 @@ def run(
     client_cap: bool = True,
     io_correlation: str | float | None = "auto",
     select: Callable[[RefRun], bool] | None = None,
+    cv: bool = False,
+    per_run: bool = False,
 ) -> dict[str, Any]:
     """Run the fidelity benchmark, print the figures as tables (unless ``json``) and return them.
 
     With ``json`` nothing is printed: ``optplace bench fidelity --json`` prints the returned dict.
+    ``cv`` (``--cv``) also replays every run with the step-time coefficients fitted on the other half of
+    the workload groups (:func:`cv_folds`) and scores those replays beside the fitted ones (key ``cv``).
+    ``per_run`` (``--runs``) prints the per-run latency table too (the JSON always has the rows).
 
     ``models``, ``select`` (a predicate on :class:`RefRun`) and ``limit`` restrict the runs (for quick
     checks); the acceptance figures are those of the full set. ``io_correlation``: ``"auto"`` applies the
@@ -439,16 +638,43 @@ def run(
     opts = (condition_on_arrivals, client_cap, adj["rho"])
     key = _code_key(seed, opts)
     t0 = time.perf_counter()
-    results: list[RunResult] = []
     # Heaviest first so the pool does not end on a long straggler.
     order = sorted(runs, key=lambda r: -(r.aggregate_rate_rps * (0 if r.is_oom else 1)))
-    jobs = [(r, seed, key, opts) for r in order]
+    jobs: list[tuple[RefRun, int, str, tuple[bool, bool, float | None], dict[str, Any] | None]] = [
+        (r, seed, key, opts, None) for r in order
+    ]
+    folds = cv_step_times(runs, ref_dir) if cv else []
+    for f in folds:
+        jobs += [(r, seed, key, opts, f["step_time"][r.model]) for r in order if r in f["test"] and r.has_results]
+    results: list[RunResult] = []
+    cv_results: list[RunResult] = []
     # The same fan-out as the solver's validation: workers killed if the run is interrupted.
-    for i, (_, res) in enumerate(iter_done(_cached_simulate, jobs, ExecutorSpec(workers=max(1, workers)))):
-        results.append(RunResult(**res))
+    for i, (j, res) in enumerate(iter_done(_cached_simulate, jobs, ExecutorSpec(workers=max(1, workers)))):
+        (results if jobs[j][4] is None else cv_results).append(RunResult(**res))
         if progress and not json:
             _progress(i + 1, len(jobs), t0)
+    real = real_latency(ref_dir)
     summary = summarize(runs, results)
+    lat_rows = latency_rows(runs, results, real)
+    summary["latency"] = regime_scores(lat_rows)
+    summary["latency_rows"] = lat_rows
+    summary["step_time_fitted"] = _fitted_globals(sorted({r.model for r in runs if not r.is_oom}))
+    if cv:
+        cs = summarize(runs, cv_results)
+        cv_rows = latency_rows(runs, cv_results, real)
+        summary["cv"] = {
+            "folds": [
+                {
+                    "groups": f["groups"],
+                    "runs_scored": sum(1 for r in f["test"] if r.has_results),
+                    "step_time": f["step_time"],
+                }
+                for f in folds
+            ],
+            "twin": {k: v for k, v in cs["twin"].items() if not k.startswith("oom") and k != "false_oom"},
+            "latency": regime_scores(cv_rows),
+            "latency_rows": cv_rows,
+        }
     summary["wall_s"] = time.perf_counter() - t0
     summary["sim_wall_s_total"] = float(sum(r.sim_wall_s for r in results))
     summary["cache_key"] = key
@@ -460,6 +686,7 @@ def run(
     }
     if not json:
         _print(summary)
+        _print_latency(summary, per_run)
     return summary
 
 
@@ -547,6 +774,110 @@ def _print(s: dict[str, Any]) -> None:
     con.print(f"wall {s['wall_s']:.0f} s (simulation {s['sim_wall_s_total']:.0f} s summed); cache {s['cache_key']}")
 
 
+_LABELS = {
+    "ttft_mean": "TTFT mean",
+    "ttft_p50": "TTFT median",
+    "ttft_p99": "TTFT p99",
+    "tpot_mean": "TPOT mean",
+    "tpot_p99": "TPOT p99",
+    "itl_mean": "ITL mean",
+    "itl_p99": "ITL p99",
+    "throughput": "throughput",
+}
+
+
+def _pair(sc: dict[str, Any] | None) -> str:
+    """'MAPE (bias)' of one score, '—' when nothing was scored."""
+    if not sc or not sc["n"]:
+        return "—"
+    return f"{sc['mape_pct']:.1f} % ({sc['bias_pct']:+.1f} %)"
+
+
+def latency_table(s: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """The latency figures as (regime heading, metric, cells): fitted, cross-validated, published twin."""
+    cv = s.get("cv", {}).get("latency", {})
+    rows = []
+    for reg, block in s["latency"].items():
+        head = f"{reg} ({block['runs']} runs" + (f", {cv[reg]['runs']} cross-validated)" if reg in cv else ")")
+        for m in METRICS:
+            cells = [
+                _pair(block[m]["twin"]),
+                _pair(cv[reg][m]["twin"]) if reg in cv else "—",
+                _pair(block[m]["published"]),
+            ]
+            rows.append((head, _LABELS[m], cells))
+    return rows
+
+
+def _bounds(name: str) -> str:
+    lo, hi = next((lo, hi) for n, lo, hi in REGIMES if n == name)
+    if not math.isfinite(lo):
+        return f"real loss < {hi:.0%}"
+    return f"real loss > {lo:.0%}" if not math.isfinite(hi) else f"real loss {lo:.0%}–{hi:.0%}"
+
+
+def _print_latency(s: dict[str, Any], per_run: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="Latency and throughput by regime: MAPE (signed bias); twin − real")
+    for c in ("regime", "metric", "twin, fitted", "twin, cross-validated", "published twin"):
+        t.add_column(c, justify="left" if c in ("regime", "metric") else "right")
+    last = None
+    for head, metric, cells in latency_table(s):
+        t.add_row(head if head != last else "", metric, *cells, end_section=metric == _LABELS["throughput"])
+        last = head
+    import sys
+
+    # pipes and CI logs get a wide fixed layout (the per-run table has eleven columns), a terminal its own width
+    wide = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    con = Console(width=None if wide else 160)
+    con.print(t)
+    con.print(
+        "regimes: " + "; ".join(f"{n} = {_bounds(n)}" for n, _, _ in REGIMES) + ". Published TTFT counts "
+        "unfinished requests as the whole window (sim_runs.csv); the real benchmark's counts completed ones."
+    )
+    if "cv" in s:
+        con.print(
+            "cross-validated: step-time globals fitted on half of the workload groups, scored on the other "
+            "half: " + " | ".join(", ".join(f["groups"]) for f in s["cv"]["folds"])
+        )
+    if per_run:
+        rt = Table(title="Per run: real / twin")
+        for c in (
+            "model",
+            "group",
+            "slots",
+            "served",
+            "real loss",
+            "TTFT p50 [ms]",
+            "TTFT p99 [ms]",
+            "TPOT p99 [ms]",
+            "ITL mean [ms]",
+            "ITL p99 [ms]",
+            "tok/s",
+        ):
+            rt.add_column(c, justify="left" if c in ("model", "group") else "right")
+        for x in s["latency_rows"]:
+            mm = x["metrics"]
+            rt.add_row(
+                x["model"][:5],
+                x["group"],
+                str(x["max_loras"]),
+                str(x["max_cpu_loras"]),
+                _fmt(None if x["real_loss"] is None else 100 * x["real_loss"]),
+                *(_real_twin(mm[k]) for k in ("ttft_p50", "ttft_p99", "tpot_p99", "itl_mean", "itl_p99", "throughput")),
+            )
+        con.print(rt)
+
+
+def _real_twin(v: dict[str, float | None]) -> str:
+    def f(x: float | None) -> str:
+        return "—" if x is None else f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}"
+
+    return f"{f(v['real'])} / {f(v['twin'])}"
+
+
 def markdown(s: dict[str, Any]) -> str:
     """The figures of a :func:`run` result as a Markdown page (``bench fidelity --markdown FILE``).
 
@@ -626,4 +957,53 @@ def markdown(s: dict[str, Any]) -> str:
         f"{_fmt(x['pub_ape_pct'])} |"
         for x in s["worst"]
     ]
+    if "latency" in s:
+        lines += _latency_markdown(s)
     return "\n".join(lines) + "\n"
+
+
+def _latency_markdown(s: dict[str, Any]) -> list[str]:
+    """The latency section of the Markdown page: figures by regime, and the cross-validation folds."""
+    lines = [
+        "",
+        "## Latency and throughput by regime",
+        "",
+        "Each cell: MAPE over the runs (signed mean error, twin − real), against the real benchmark's figures "
+        "(TTFT over completed requests, TPOT per request, ITL over every inter-token gap). Regimes by the real "
+        "run's throughput loss: " + "; ".join(f"{n}: {_bounds(n)}" for n, _, _ in REGIMES) + ". "
+        "*Fitted*: the bundled profile, whose step-time globals are fitted on all runs. *Cross-validated*: "
+        "each run replayed with the globals fitted on the other half of the workload groups. The published "
+        "twin reports throughput, mean ITL and a mean TTFT that counts unfinished requests as the whole window.",
+        "",
+        "| regime | metric | twin, fitted | twin, cross-validated | published twin |",
+        "|---|---|---:|---:|---:|",
+    ]
+    last = None
+    for head, metric, cells in latency_table(s):
+        lines.append(f"| {head if head != last else ''} | {metric} | " + " | ".join(cells) + " |")
+        last = head
+    cv = s.get("cv")
+    if cv:
+        fitted = s.get("step_time_fitted", {})
+        lines += [
+            "",
+            "### Cross-validation folds",
+            "",
+            "Workload groups (rank set × rate set) split like a chessboard, so each half has every rank set "
+            "and every rate set; the globals fitted on one half score the other.",
+            "",
+            "| scored groups | runs | model | h_pf | g_rank | g_slot |",
+            "|---|---:|---|---:|---:|---:|",
+        ]
+        for f in cv["folds"]:
+            for model, sec in f["step_time"].items():
+                c = sec["coef"]
+                lines.append(
+                    f"| {', '.join(f['groups'])} | {f['runs_scored']} | {model} | {c['h_pf']:.4g} | "
+                    f"{c['g_rank']:.4g} | {c['g_slot']:.4g} |"
+                )
+        for model, c in fitted.items():
+            lines.append(
+                f"| all (fitted) | {s['runs']} | {model} | {c['h_pf']:.4g} | {c['g_rank']:.4g} | {c['g_slot']:.4g} |"
+            )
+    return lines

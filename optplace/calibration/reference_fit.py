@@ -63,6 +63,7 @@ __all__ = [
     "fit_report",
     "fit_scheduler_overhead",
     "fit_step_time",
+    "fit_step_time_section",
     "write_profile",
 ]
 
@@ -304,15 +305,29 @@ def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
 
+def fit_step_time_section(
+    ref_dir: str | os.PathLike[str] | None,
+    model: str,
+    runs: list[RefRun] | None = None,
+    overhead: SchedulerOverhead | None = None,
+) -> dict[str, Any]:
+    """The profile ``step_time`` section (form and coefficients, as stored) fitted on ``runs``.
+
+    ``runs`` None fits on every ``dt_validation`` run (the bundled profile); a subset fits the global
+    coefficients on it alone (``optplace bench fidelity --cv`` scores the runs left out)."""
+    ref = find_reference_dir(ref_dir)
+    ov = overhead if overhead is not None else fit_scheduler_overhead(ref)
+    m = fit_step_time(ref, model, runs=runs, overhead=ov)
+    return {"form": m.form, "coef": {k: _r(v) for k, v in m.coef().items()}}
+
+
 def fit_profile_sections(ref_dir: str | os.PathLike[str] | None, model: str) -> dict[str, Any]:
     """The ``step_time``, ``adapter_load`` and ``scheduler_overhead`` profile sections of ``model``."""
     ref = find_reference_dir(ref_dir)
     ov = fit_scheduler_overhead(ref)
-    m = fit_step_time(ref, model, overhead=ov)
     return {
         "step_time": {
-            "form": m.form,
-            "coef": {k: _r(v) for k, v in m.coef().items()},
+            **fit_step_time_section(ref, model, overhead=ov),
             "source": (
                 "c0,c_seq,c_ctx: v1_base_latency.csv decode rows; c_pf: v1_base_latency.csv llama prefill rows"
                 + ("" if model == _PREFILL_SOURCE_MODEL else " x (c_seq ratio qwen/llama)")

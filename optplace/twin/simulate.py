@@ -22,7 +22,49 @@ from optplace.specs import Adapter, Constraints, Profile, Scenario, Serving
 from optplace.specs.loader import resolve_spec_path
 from optplace.specs.profiles import load_profile_file, resolve_profile
 from optplace.twin.engine import EngineResult, engine_config_from_profile, simulate_engine
+from optplace.twin.engine.result import LatencyMeter, LatencyStats
 from optplace.twin.workload import Workload, generate_workload
+
+#: Steady state: requests arriving after this fraction of the window (the start-up transient left out).
+WARMUP_FRACTION = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Latency and service of a set of requests [ms], as the reference benchmark computes them."""
+
+    completed: int
+    loss: float | None  # 1 − completed / offered tokens of the requests that arrived (None: not known)
+    ttft_ms_mean: float
+    ttft_ms_p50: float
+    ttft_ms_p99: float
+    tpot_ms_mean: float
+    tpot_ms_p99: float
+    itl_ms_mean: float
+    itl_ms_p99: float
+
+    @classmethod
+    def of(cls, st: LatencyStats, loss: float | None) -> Latency:
+        return cls(
+            completed=st.completed,
+            loss=loss,
+            ttft_ms_mean=st.ttft_ms_mean,
+            ttft_ms_p50=st.ttft_ms_p50,
+            ttft_ms_p99=st.ttft_ms_p99,
+            tpot_ms_mean=st.tpot_ms_mean,
+            tpot_ms_p99=st.tpot_ms_p99,
+            itl_ms_mean=st.itl_ms_mean,
+            itl_ms_p99=st.itl_ms_p99,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WindowLatency:
+    """Latency over the whole window and in steady state (requests arriving at or after ``warmup_s``)."""
+
+    warmup_s: float
+    window: Latency
+    steady: Latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +76,7 @@ class AdapterReport:
     throughput_tok_s: float
     completed: int
     loss: float
+    latency: WindowLatency | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +105,7 @@ class GpuReport:
     max_running: int
     max_waiting: int
     per_adapter: tuple[AdapterReport, ...]
+    latency: WindowLatency | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -177,7 +221,67 @@ def run_gpu_job(job: GpuJob) -> GpuReport:
         cfg.kv_cache_tokens,
         res,
         job.constraints,
+        workload=job.workload,
     )
+
+
+def window_latency(
+    res: EngineResult, n_adapters: int, workload: Workload | None = None, warmup_fraction: float = WARMUP_FRACTION
+) -> tuple[WindowLatency, tuple[WindowLatency, ...]]:
+    """The GPU's and each adapter's latency, over the window and in steady state.
+
+    Steady state keeps the requests that arrived at or after ``warmup_fraction`` of the window; its loss
+    needs the offered tokens of those requests, so it is None without the ``workload``."""
+    dur = res.duration_s
+    warm = warmup_fraction * dur
+    meter = LatencyMeter(res.requests) if res.requests is not None else None
+    steady_off: np.ndarray = np.zeros(n_adapters)
+    if workload is not None:
+        arr = np.asarray(workload.arrival_s)
+        inwin = (arr >= warm) & (arr < dur)
+        ad = np.asarray(workload.adapter)[inwin]
+        toks = (np.asarray(workload.input_tokens) + np.asarray(workload.output_tokens))[inwin]
+        steady_off = np.bincount(ad, weights=toks, minlength=n_adapters)
+    if meter is not None:
+        req = meter.req
+        late = req.arrival_s >= warm
+        done_toks = (req.input_tokens + req.output_tokens).astype(np.float64)
+        steady_done: np.ndarray = np.bincount(req.adapter[late], weights=done_toks[late], minlength=n_adapters)
+    else:
+        late = np.zeros(0, dtype=bool)
+        steady_done = np.zeros(n_adapters)
+
+    def loss(done: float, offered: float) -> float:
+        return 1.0 - done / offered if offered > 0 else 0.0
+
+    zero = LatencyStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    if meter is None:
+        win_all, steady_all = zero, zero
+        win_ad, steady_ad = [zero] * n_adapters, [zero] * n_adapters
+    else:
+        win_all, steady_all = meter.stats(), meter.stats(late)
+        win_ad = meter.by_group(meter.req.adapter, n_adapters)
+        steady_ad = meter.by_group(meter.req.adapter, n_adapters, late)
+    have = workload is not None
+    gpu = WindowLatency(
+        warm,
+        Latency.of(win_all, 1.0 if res.oom else res.throughput_loss),
+        Latency.of(
+            steady_all, (1.0 if res.oom else loss(float(steady_done.sum()), float(steady_off.sum()))) if have else None
+        ),
+    )
+    losses = res.adapter_loss()
+    per = tuple(
+        WindowLatency(
+            warm,
+            Latency.of(win_ad[i], 1.0 if res.oom else float(losses[i])),
+            Latency.of(
+                steady_ad[i], (1.0 if res.oom else loss(float(steady_done[i]), float(steady_off[i]))) if have else None
+            ),
+        )
+        for i in range(n_adapters)
+    )
+    return gpu, per
 
 
 def gpu_report(
@@ -190,13 +294,22 @@ def gpu_report(
     kv_cache_tokens: int,
     res: EngineResult,
     constraints: Constraints,
+    workload: Workload | None = None,
 ) -> GpuReport:
-    """Turn an engine result into a report, applying the starvation rules."""
+    """Turn an engine result into a report, applying the starvation rules.
+
+    ``workload`` (the GPU's requests) gives the steady-state losses of the latency section."""
     dur = res.duration_s
     losses = res.adapter_loss()
+    gpu_lat, ad_lat = window_latency(res, len(adapters), workload)
     per = tuple(
         AdapterReport(
-            a.name, res.offered_tokens[i] / dur, res.completed_tokens[i] / dur, int(res.completed[i]), float(losses[i])
+            a.name,
+            res.offered_tokens[i] / dur,
+            res.completed_tokens[i] / dur,
+            int(res.completed[i]),
+            float(losses[i]),
+            ad_lat[i],
         )
         for i, a in enumerate(adapters)
     )
@@ -235,6 +348,7 @@ def gpu_report(
         max_running=res.max_running,
         max_waiting=res.max_waiting,
         per_adapter=per,
+        latency=gpu_lat,
     )
 
 

@@ -22,6 +22,9 @@ Metrics: ``itl_ms_mean`` is vLLM's ``benchmark_serving`` definition (the mean ov
 gaps of completed requests, i.e. sum of (finish - first token) over sum of (output - 1)), which is
 what the reference runs' ``mean_itl_ms`` reports; ``tpot_ms_mean`` is the per-request mean of
 (finish - first token) / (output - 1). TTFT percentiles are over requests completed in the window.
+``EngineResult.requests`` carries the completed requests' times and the step clock (end time of every
+step, kept as the explicit steps' times plus the fast-forwarded runs' closed forms), from which
+:func:`optplace.twin.engine.result.latency_stats` computes the percentiles of TTFT, TPOT and ITL.
 """
 
 # The hot loops compare and assign instead of calling min()/max(): a builtin call costs more per step.
@@ -30,6 +33,7 @@ what the reference runs' ``mean_itl_ms`` reports; ``tpot_ms_mean`` is the per-re
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_right
 from typing import Any
 
@@ -37,7 +41,7 @@ import numpy as np
 
 from optplace.twin.engine.config import EngineConfig, WorkloadLike
 from optplace.twin.engine.core import EngineCore
-from optplace.twin.engine.result import EngineResult
+from optplace.twin.engine.result import CompletedRequests, EngineResult
 
 __all__ = ["simulate_engine"]
 
@@ -67,6 +71,11 @@ class _Runner:
         self.explicit = 0
         self.slopes: dict[tuple[int, int, int], float | None] = {}
         self.done = False
+        # The step clock, for the latency metrics: the end time of each step run one by one (in order),
+        # and (first step, steps, start time, first duration, increment) of each fast-forwarded run;
+        # the steps no run covers are the ones run one by one.
+        self.ex_t = array("d")
+        self.ff_runs = array("d")
 
     def next_arrival(self) -> float:
         c = self.core
@@ -94,7 +103,6 @@ class _Runner:
         ff = self.fast_forward
         na = self.n_arrived
         slopes = self.slopes
-        explicit = self.explicit
         sched_s = self.sched_s
         load_tot = self.load_s
         run_area = self.run_area
@@ -104,6 +112,8 @@ class _Runner:
         max_distinct = self.max_distinct
         max_used = self.max_used
         max_tokens = self.max_tokens
+        ex_t_append = self.ex_t.append
+        ff_extend = self.ff_runs.extend
         while t < horizon:
             na = bisect_right(arrival, t, na)
             plan = schedule(na)
@@ -122,8 +132,8 @@ class _Runner:
                 self.done = True
                 break
             completions = update(plan, t_end)
+            ex_t_append(t_end)  # also counts the explicit steps (len)
             t = t_end
-            explicit += 1
             # statistics
             sched_s += ov
             load_tot += plan.load_s
@@ -196,6 +206,7 @@ class _Runner:
                             break
                         need = core.blocks_needed(k)
                     span = _cum(k, d, delta)
+                    ff_extend((core.step, k, t, d, delta))
                     core.used += need
                     core.step += k
                     sched_s += ov * k
@@ -269,7 +280,7 @@ class _Runner:
                     kc = core.next_completion_step() - core.step + 1
                 ov = overhead_s(nr, nw, slots, served) if overhead_s is not None else 0.0
         self.n_arrived = na
-        self.explicit = explicit
+        self.explicit = len(self.ex_t)
         self.sched_s = sched_s
         self.load_s = load_tot
         self.run_area = run_area
@@ -395,6 +406,23 @@ def _percentile(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else 0.0
 
 
+def _completed_requests(
+    core: EngineCore, runner: _Runner, ids: np.ndarray, first: np.ndarray, fin: np.ndarray
+) -> CompletedRequests:
+    """The completed requests' arrays and the raw step clock (:class:`CompletedRequests`)."""
+    return CompletedRequests(
+        adapter=core.np_adapter[ids],
+        arrival_s=core.np_arrival[ids],
+        first_token_s=first,
+        finish_s=fin,
+        input_tokens=core.np_inp[ids],
+        output_tokens=core.np_out[ids],
+        n_steps=core.step,
+        explicit_end_s=np.frombuffer(runner.ex_t, dtype=np.float64),
+        ff_runs=np.frombuffer(runner.ff_runs, dtype=np.float64).reshape(-1, 5),
+    )
+
+
 def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: bool) -> EngineResult:
     """The run's :class:`EngineResult` from the core's accounting and the runner's statistics."""
     cfg = core.cfg
@@ -499,4 +527,5 @@ def _result(core: EngineCore, runner: _Runner | None, duration: float, *, oom: b
         kv_blocks_total=cfg.num_blocks,
         max_scheduled_tokens=runner.max_tokens,
         config=cfg,
+        requests=_completed_requests(core, runner, ids, first, fin),
     )

@@ -1,0 +1,134 @@
+"""``bench fidelity``'s latency scoring: regimes, MAPE and bias, the cross-validation split, the page."""
+
+from __future__ import annotations
+
+import pytest
+
+from optplace.bench import fidelity
+from optplace.bench.fidelity import (
+    METRICS,
+    cv_folds,
+    latency_rows,
+    markdown,
+    real_latency,
+    regime_of,
+    regime_scores,
+    summarize,
+)
+from optplace.calibration.reference import load_dt_validation
+from test_fidelity_small import _fake
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return load_dt_validation()
+
+
+def test_regimes_follow_the_real_loss() -> None:
+    assert [regime_of(x) for x in (-0.01, 0.0, 0.0199, 0.02, 0.149, 0.15, 0.9)] == [
+        "stable",
+        "stable",
+        "stable",
+        "boundary",
+        "boundary",
+        "overloaded",
+        "overloaded",
+    ]
+    assert regime_of(None) is None
+
+
+def test_real_latency_reads_every_figure(runs) -> None:
+    real = real_latency()
+    ok = [r for r in runs if r.has_results]
+    assert all(r.run_id in real for r in ok)
+    row = real[ok[0].run_id]
+    assert set(row) == set(METRICS)
+    assert row["ttft_p99"] >= row["ttft_p50"] > 0 and row["itl_p99"] >= row["itl_mean"] > 0
+    assert row["ttft_mean"] == pytest.approx(ok[0].mean_ttft_ms)
+
+
+def test_scores_are_mape_and_signed_bias_per_regime(runs) -> None:
+    ok = [r for r in runs if r.has_results]
+    stable = [r for r in ok if regime_of(r.throughput_loss_frac) == "stable"][:2]
+    over = [r for r in ok if regime_of(r.throughput_loss_frac) == "overloaded"][:1]
+    real = real_latency()
+
+    def fake(r, f):  # every latency figure off by the factor f, throughput exact
+        x = real[r.run_id]
+        return fidelity.RunResult(
+            **{
+                **fidelity.asdict(_fake(r, r.total_throughput, r.total_throughput)),
+                "mean_itl_ms": x["itl_mean"] * f,
+                "ttft_ms_mean": x["ttft_mean"] * f,
+                "ttft_ms_p50": x["ttft_p50"] * f,
+                "ttft_ms_p99": x["ttft_p99"] * f,
+                "tpot_ms_mean": x["tpot_mean"] * f,
+                "tpot_ms_p99": x["tpot_p99"] * f,
+                "itl_ms_p99": x["itl_p99"] * f,
+            }
+        )
+
+    res = [fake(stable[0], 1.2), fake(stable[1], 0.9), fake(over[0], 2.0)]
+    rows = latency_rows(stable + over, res, real)
+    sc = regime_scores(rows)
+    assert sc["stable"]["runs"] == 2 and sc["overloaded"]["runs"] == 1 and sc["boundary"]["runs"] == 0
+    for m in ("ttft_p50", "ttft_p99", "tpot_p99", "itl_mean", "itl_p99"):
+        assert sc["stable"][m]["twin"]["mape_pct"] == pytest.approx(15.0)  # (20 + 10) / 2
+        assert sc["stable"][m]["twin"]["bias_pct"] == pytest.approx(5.0)  # (+20 − 10) / 2
+        assert sc["overloaded"][m]["twin"]["bias_pct"] == pytest.approx(100.0)
+    assert sc["stable"]["throughput"]["twin"]["mape_pct"] == pytest.approx(0.0)
+    assert sc["boundary"]["ttft_p99"]["twin"]["n"] == 0
+    assert sc["all"]["runs"] == 3
+    # the published twin is scored on what sim_runs.csv has (throughput, mean ITL, mean TTFT) only
+    assert sc["stable"]["throughput"]["published"]["n"] == 2
+    assert sc["stable"]["ttft_p99"]["published"]["n"] == 0
+
+    s = summarize(stable + over, res)
+    s["latency"] = sc
+    page = markdown(s)
+    assert "## Latency and throughput by regime" in page
+    assert "| stable (2 runs) | TTFT mean | 15.0 % (+5.0 %) |" in page
+    assert "|  | TTFT p99 | 15.0 % (+5.0 %) |" in page
+
+
+def test_cv_halves_are_disjoint_workload_groups_each_with_every_rank_and_rate_set(runs) -> None:
+    a, b = cv_folds(runs)
+    assert len(a) + len(b) == len(runs) and a and b
+    ga = {(r.rank_list, r.rate_list) for r in a}
+    gb = {(r.rank_list, r.rate_list) for r in b}
+    assert not ga & gb  # no workload group on both sides
+    for half in (a, b):
+        assert {r.rank_list for r in half} == {r.rank_list for r in runs}
+        assert {tuple(sorted(r.rate_list)) for r in half} == {tuple(sorted(r.rate_list)) for r in runs}
+        assert {r.model for r in half} == {r.model for r in runs}
+
+
+def test_cv_scores_both_halves_with_coefficients_fitted_without_them(runs, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("OPTPLACE_CACHE", str(tmp_path))
+    a, b = cv_folds(runs)
+
+    def light(half):
+        ok = [r for r in half if r.has_results and r.aggregate_rate_rps * r.window_s < 3000]
+        return sorted(ok, key=lambda r: r.aggregate_rate_rps)[:1]
+
+    ids = {r.run_id for r in light(a) + light(b)}
+    s = fidelity.run(json=True, workers=1, cv=True, select=lambda r: r.run_id in ids)
+    cv = s["cv"]
+    assert len(cv["folds"]) == 2 and [f["runs_scored"] for f in cv["folds"]] == [1, 1]
+    assert {x["run_id"] for x in cv["latency_rows"]} == ids  # every run scored once, by the fold that left it out
+    assert not set(cv["folds"][0]["groups"]) & set(cv["folds"][1]["groups"])
+    model = next(iter(cv["folds"][0]["step_time"]))
+    coef = [f["step_time"][model]["coef"] for f in cv["folds"] if model in f["step_time"]]
+    assert any(c["h_pf"] != s["step_time_fitted"][model]["h_pf"] for c in coef)  # really refitted
+    assert cv["latency"]["all"]["runs"] == 2
+    assert cv["latency"]["all"]["ttft_p99"]["twin"]["n"] == 2
+
+
+def test_cv_and_runs_flags_only_for_fidelity() -> None:
+    from typer.testing import CliRunner
+
+    from optplace.cli import app
+
+    for flag in ("--cv", "--runs"):
+        res = CliRunner().invoke(app, ["bench", "capacity", flag])
+        assert res.exit_code == 2 and f"{flag} does not apply" in res.output
