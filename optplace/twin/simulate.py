@@ -81,7 +81,7 @@ class AdapterReport:
 
 @dataclass(frozen=True, slots=True)
 class GpuReport:
-    """One GPU's twin result (the ``simulate --json`` per-GPU schema, DESIGN.md)."""
+    """One GPU's twin result (the ``simulate --json`` per-GPU schema, docs/json-contracts.md)."""
 
     index: int
     gpu_type: str
