@@ -6,7 +6,7 @@ from pathlib import Path
 
 from optplace.calibration.reference import find_reference_dir, find_shared_dir
 
-__all__ = ["FAKE_VLLM", "REPO", "TESTS", "reference_dir", "traces_dir"]
+__all__ = ["FAKE_VLLM", "GPU_RESULT_KEYS", "REPO", "TESTS", "reference_dir", "traces_dir"]
 
 #: the repository root (scenarios/, docs/, scripts/ are found from here)
 REPO = Path(__file__).resolve().parent.parent
@@ -14,6 +14,27 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 #: the script that stands in for a vLLM server / the vllm console script in tests without vLLM
 FAKE_VLLM = str(TESTS / "vllm_helpers.py")
+#: keys every per-GPU result carries, from the twin (simulate --json) and from a real engine
+#: (validate --engine vllm's real.json) alike (docs/json-contracts.md)
+GPU_RESULT_KEYS = frozenset(
+    {
+        "index",
+        "adapters",
+        "throughput_tok_s",
+        "engine_tok_s",
+        "offered_tok_s",
+        "throughput_loss",
+        "starved",
+        "oom",
+        "starved_adapters",
+        "itl_ms_mean",
+        "ttft_ms_p50",
+        "ttft_ms_p99",
+        "preemptions",
+        "adapter_loads",
+        "per_adapter",
+    }
+)
 
 
 def reference_dir() -> Path:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from helpers import GPU_RESULT_KEYS
+
 from optplace.cli import app
 
 runner = CliRunner()
@@ -25,25 +27,7 @@ placement:
 seed: 3
 """
 
-GPU_KEYS = {
-    "index",
-    "adapters",
-    "max_loras",
-    "max_cpu_loras",
-    "throughput_tok_s",
-    "engine_tok_s",
-    "offered_tok_s",
-    "throughput_loss",
-    "starved",
-    "oom",
-    "starved_adapters",
-    "itl_ms_mean",
-    "ttft_ms_p50",
-    "ttft_ms_p99",
-    "preemptions",
-    "adapter_loads",
-    "per_adapter",
-}
+GPU_KEYS = GPU_RESULT_KEYS | {"max_loras", "max_cpu_loras"}
 
 
 def _spec(tmp_path: Path, text: str = SPEC) -> str:

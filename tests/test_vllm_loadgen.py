@@ -10,6 +10,7 @@ import pytest
 
 from optplace.vllm.launcher import pick_free_port
 from optplace.vllm.loadgen import Endpoint, LoadgenError, endpoints_from_routes, replay
+from helpers import GPU_RESULT_KEYS
 from vllm_helpers import ArrayWorkload, FakeVllm
 
 NAMES = ("a0", "a1", "a2")
@@ -74,23 +75,7 @@ def test_replay_counts_completed_in_window_and_cancels_the_rest():
     assert g0.max_loras == 2 and any(s.gpu == 1 for s in res.samples)
     doc = res.to_json()
     assert doc["engine"] == "vllm" and doc["simulated_s"] == 2.0 and doc["requests"]["cancelled"] == 2
-    assert set(doc["gpus"][0]) >= {
-        "index",
-        "adapters",
-        "throughput_tok_s",
-        "engine_tok_s",
-        "offered_tok_s",
-        "throughput_loss",
-        "starved",
-        "oom",
-        "starved_adapters",
-        "itl_ms_mean",
-        "ttft_ms_p50",
-        "ttft_ms_p99",
-        "preemptions",
-        "adapter_loads",
-        "per_adapter",
-    }
+    assert set(doc["gpus"][0]) >= GPU_RESULT_KEYS
 
 
 def test_bad_endpoints_fail_fast_with_clear_errors():

@@ -121,6 +121,22 @@ def _get(obj: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
+def ref_engine_config(prof: Any, run_: RefRun) -> Any:
+    """The engine configuration of one reference run: its slots, CPU cache and max rank, and the
+    reference runs' vLLM settings (``max_num_seqs`` and ``max_num_batched_tokens`` 2048)."""
+    from optplace.twin.engine import engine_config_from_profile
+
+    return engine_config_from_profile(
+        prof,
+        run_.adapter_ranks,
+        run_.max_loras,
+        max_cpu_loras=run_.max_cpu_loras,
+        max_lora_rank=run_.max_lora_rank,
+        max_num_seqs=2048,
+        max_num_batched_tokens=2048,
+    )
+
+
 def simulate_ref_run(
     run_: RefRun,
     seed: int = 0,
@@ -171,7 +187,7 @@ def simulate_ref_run(
         )
 
     from optplace.specs.model import PoissonArrivals, ShareGptLengths
-    from optplace.twin.engine import engine_config_from_profile, simulate_engine
+    from optplace.twin.engine import simulate_engine
     from optplace.twin.steptime import StepTimeModel
     from optplace.twin.workload import generate_workload
 
@@ -196,15 +212,7 @@ def simulate_ref_run(
 
         inp, out = repair_lengths(np.asarray(wl.input_tokens), np.asarray(wl.output_tokens), io_rho, rng)
         wl = _replace(wl, input_tokens=inp, output_tokens=out)
-    cfg = engine_config_from_profile(
-        prof,
-        run_.adapter_ranks,
-        run_.max_loras,
-        max_cpu_loras=run_.max_cpu_loras,
-        max_lora_rank=run_.max_lora_rank,
-        max_num_seqs=2048,
-        max_num_batched_tokens=2048,
-    )
+    cfg = ref_engine_config(prof, run_)
     from dataclasses import replace
 
     step = StepTimeModel.from_params(prof.step_time if step_time is None else step_time).bind(

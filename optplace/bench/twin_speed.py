@@ -106,19 +106,10 @@ def _workload(run_: Any, seed: int):
 def _config(run_: Any, client_cap: int | None = None):
     from dataclasses import replace
 
+    from optplace.bench.fidelity import ref_engine_config
     from optplace.specs import resolve_profile
-    from optplace.twin.engine import engine_config_from_profile
 
-    prof = resolve_profile(model=run_.model, gpu=GPU)
-    cfg = engine_config_from_profile(
-        prof,
-        run_.adapter_ranks,
-        run_.max_loras,
-        max_cpu_loras=run_.max_cpu_loras,
-        max_lora_rank=run_.max_lora_rank,
-        max_num_seqs=2048,
-        max_num_batched_tokens=2048,
-    )
+    cfg = ref_engine_config(resolve_profile(model=run_.model, gpu=GPU), run_)
     return cfg if client_cap is None else replace(cfg, max_outstanding=client_cap)
 
 

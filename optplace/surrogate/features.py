@@ -82,25 +82,11 @@ DERIVED_NAMES: tuple[str, ...] = (
 ALL_NAMES: tuple[str, ...] = FEATURE_NAMES + DERIVED_NAMES
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(ALL_NAMES)}
 
+#: The ratios, spread and top-k features of :data:`BASE_NAMES`: not linear in the placement.
+NONLINEAR_FEATURES: tuple[str, ...] = ("slots_frac", "rate_std", "rate_top_slots_frac", "rank_mean")
 #: Features that are linear (or fixed) in a placement's per-adapter decisions for a given slot
-#: count, hence directly expressible in a MILP; the others are nonlinear (ratios, std, top-k).
-LINEAR_FEATURES: tuple[str, ...] = (
-    "n_adapters",
-    "max_loras",
-    "rate_sum",
-    "rate_max",
-    "rank_max",
-    "n_rank8",
-    "n_rank16",
-    "n_rank32",
-    "n_rank64",
-    "mean_input_tokens",
-    "mean_output_tokens",
-    "arrival_cv",
-    "burst_factor",
-    "offered_tok_s",
-    "decode_tok_s",
-)
+#: count, hence directly expressible in a MILP.
+LINEAR_FEATURES: tuple[str, ...] = tuple(n for n in BASE_NAMES if n not in NONLINEAR_FEATURES)
 
 
 def feature_row_from_parts(

@@ -134,6 +134,47 @@ def _f64(x: np.ndarray) -> array[float]:
     return out
 
 
+class AdapterCache:
+    """One LRU adapter cache of vLLM's LoRA manager: the GPU's slots or the CPU cache.
+
+    Adapters in the batch are resident and pinned; ``idle`` holds the other resident ones in LRU order
+    (oldest first), the ones an admission may evict."""
+
+    __slots__ = ("resident", "idle", "count", "capacity")
+
+    def __init__(self, n_adapters: int, capacity: int) -> None:
+        self.resident = bytearray(n_adapters)
+        self.idle: OrderedDict[int, None] = OrderedDict()
+        self.count = 0
+        self.capacity = capacity
+
+    def use(self, a: int) -> bool:
+        """Adapter ``a`` joins the batch: True when it was resident (no load), and it is pinned now."""
+        if self.resident[a]:
+            self.idle.pop(a, None)
+            return True
+        return False
+
+    def admit(self, a: int) -> int:
+        """Load a non-resident ``a``, evicting the least recently used idle adapter when full; returns
+        the evicted adapter, or -1."""
+        evicted = -1
+        if self.count >= self.capacity:
+            evicted, _ = self.idle.popitem(last=False)
+            self.resident[evicted] = 0
+            self.count -= 1
+        self.resident[a] = 1
+        self.count += 1
+        return evicted
+
+    def drop(self, a: int) -> None:
+        """Remove ``a`` if resident (an idle adapter)."""
+        if self.resident[a]:
+            self.idle.pop(a, None)
+            self.resident[a] = 0
+            self.count -= 1
+
+
 class EngineCore:
     """Clock-free engine state: ``schedule()`` decides a step, ``update_from_output()`` applies it.
 
@@ -222,13 +263,9 @@ class EngineCore:
         self.tail_comp = 0
         self.tail_total = 0
         self.tail_gen = 0
-        # adapter caches: adapters of the batch are resident; *_idle hold the others in LRU order
-        self.gpu_idle: OrderedDict[int, None] = OrderedDict()
-        self.gpu_count = 0
-        self.cpu_idle: OrderedDict[int, None] = OrderedDict()
-        self.cpu_resident = bytearray(n_adapters)
-        self.cpu_count = 0
-        self.gpu_resident = bytearray(n_adapters)
+        # adapter caches: the GPU's LoRA slots (--max-loras) and the CPU cache (--max-cpu-loras)
+        self.gpu = AdapterCache(n_adapters, cfg.max_loras)
+        self.cpu = AdapterCache(n_adapters, cfg.max_cpu_loras)
         # accounting
         self.first_tok = array("d", zeros)
         self.eng_tokens = [0] * n_adapters
@@ -342,43 +379,27 @@ class EngineCore:
         h = self.ahead[a]
         if h < len(q):
             heapq.heappush(self.active_heap, q[h])
-        cfg = self.cfg
+        cpu, gpu = self.cpu, self.gpu
         loads = disk = 0
         secs = 0.0
-        if self.cpu_resident[a]:
-            self.cpu_idle.pop(a, None)
-        else:
+        if not cpu.use(a):
             disk = 1
             secs += self.disk_s[a]
-            if self.cpu_count >= cfg.max_cpu_loras:
-                old, _ = self.cpu_idle.popitem(last=False)
-                self.cpu_resident[old] = 0
-                self.cpu_count -= 1
-                if self.gpu_resident[old]:  # removing from the CPU cache deactivates it as well
-                    self.gpu_idle.pop(old, None)
-                    self.gpu_resident[old] = 0
-                    self.gpu_count -= 1
-            self.cpu_resident[a] = 1
-            self.cpu_count += 1
-        if self.gpu_resident[a]:
-            self.gpu_idle.pop(a, None)
-        else:
+            evicted = cpu.admit(a)
+            if evicted >= 0:  # removing an adapter from the CPU cache deactivates it as well
+                gpu.drop(evicted)
+        if not gpu.use(a):
             loads = 1
             secs += self.load_s[a]
-            if self.gpu_count >= cfg.max_loras:
-                old, _ = self.gpu_idle.popitem(last=False)
-                self.gpu_resident[old] = 0
-                self.gpu_count -= 1
-            self.gpu_resident[a] = 1
-            self.gpu_count += 1
+            gpu.admit(a)
         return loads, disk, secs
 
     def _leave(self, a: int) -> None:
         """Adapter ``a`` has no running request any more (most recently used of the idle ones)."""
         self.n_active -= 1
         self.rank_sum -= self.rank[a]
-        self.gpu_idle[a] = None
-        self.cpu_idle[a] = None
+        self.gpu.idle[a] = None
+        self.cpu.idle[a] = None
 
     def _remove_decoder(self, r: int) -> None:
         b = self.base[r]
