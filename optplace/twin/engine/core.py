@@ -430,6 +430,7 @@ class EngineCore:
         if tail < 0 and need <= total - used and not self.preempted_q:
             # Fast path: a decode-only step in which nothing can be admitted (the common case).
             if self.n_active < cfg.max_loras:
+                # first_fresh() written inline: this branch runs once per decode-only step (the hot loop)
                 gp = self.gptr
                 adm = self.admitted
                 n = self.n
