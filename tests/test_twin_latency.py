@@ -139,3 +139,34 @@ def test_simulate_reports_per_adapter_and_steady_state_latency() -> None:
         "itl_ms_p99",
     }
     assert set(per[0]["latency"]["steady"]) == keys
+
+
+def test_itl_percentiles_of_small_and_large_subsets_are_those_of_their_gap_lists() -> None:
+    # A subset with fewer gaps than the run has steps takes the order statistics of its own gaps; a
+    # larger one weights the sorted steps. Both must be numpy.percentile of the subset's gap list.
+    from optplace.twin.engine.result import LatencyMeter
+
+    res = _engine_run(0.05, 64, 32)  # light adapters: each has fewer gaps than the run has steps
+    req = res.requests
+    meter = LatencyMeter(req)
+    clock = req.step_end_s()
+    f0, f1 = req.token_steps(clock)
+    dur = np.diff(clock, prepend=clock[:1]) * 1e3
+    paths = set()
+    for mask in [req.adapter == a for a in range(0, 64, 7)] + [np.ones(len(req), bool)]:
+        idx = np.flatnonzero(mask)
+        gaps = [
+            dur[f0[i] + 1 : f1[i] + 1]
+            if f1[i] - f0[i] == req.output_tokens[i] - 1
+            else np.full(
+                req.output_tokens[i] - 1, (req.finish_s[i] - req.first_token_s[i]) * 1e3 / (req.output_tokens[i] - 1)
+            )
+            for i in idx
+            if req.output_tokens[i] > 1
+        ]
+        expanded = np.concatenate(gaps)
+        paths.add(expanded.size < meter.n_steps)
+        st = meter.stats(mask)
+        assert st.itl_ms_p50 == pytest.approx(np.percentile(expanded, 50), rel=1e-12)
+        assert st.itl_ms_p99 == pytest.approx(np.percentile(expanded, 99), rel=1e-12)
+    assert paths == {True, False}  # both ways of computing were exercised
