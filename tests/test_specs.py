@@ -191,6 +191,14 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
         "alias",
     ),
     ("python-tag", BASE + "seed: !!python/object/apply:os.system ['true']\n", "seed", 7, "not allowed"),
+    (  # accepted and ignored before: refused until latency objectives are enforced
+        "latency-bound-not-enforced",
+        BASE + "constraints: {max_ttft_p99_ms: 2000}\n",
+        "constraints.max_ttft_p99_ms",
+        7,
+        "not enforced",
+    ),
+    ("itl-bound-not-enforced", BASE + "constraints: {max_itl_ms: 50}\n", "constraints.max_itl_ms", 7, "not enforced"),
     (  # a fixed length the length filters reject would be redrawn forever: refused, not a crash (exit 3)
         "fixed-input-beyond-filter",
         BASE + "workload: {lengths: {kind: fixed, input_tokens: 1500, output_tokens: 10}}\n",

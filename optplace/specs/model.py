@@ -355,8 +355,22 @@ class Constraints(_Spec):
     max_adapter_loss: Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, le=1)] | None = Field(
         default=None, description="Optional: no adapter may lose more than this fraction of its offered tokens."
     )
-    max_itl_ms: PosNum | None = None
-    max_ttft_p99_ms: PosNum | None = None
+    # Latency objectives are not planned for yet: refused rather than accepted and ignored, until the
+    # solver and the twin's verdict honour them.
+    max_itl_ms: PosNum | None = Field(default=None, description="Refused: latency objectives are not enforced yet.")
+    max_ttft_p99_ms: PosNum | None = Field(
+        default=None, description="Refused: latency objectives are not enforced yet."
+    )
+
+    @field_validator("max_itl_ms", "max_ttft_p99_ms")
+    @classmethod
+    def _not_enforced(cls, v: float | None) -> float | None:
+        if v is not None:
+            raise ValueError(
+                "latency objectives are not enforced by this version (plans are judged by the throughput "
+                "rule); remove the field — simulate --json reports TTFT and ITL per GPU and per adapter"
+            )
+        return v
 
 
 class SolverOptions(_Spec):
