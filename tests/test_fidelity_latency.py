@@ -11,6 +11,7 @@ from optplace.bench.fidelity import (
     latency_rows,
     markdown,
     real_latency,
+    regime_disagreements,
     regime_of,
     regime_scores,
     summarize,
@@ -89,6 +90,41 @@ def test_scores_are_mape_and_signed_bias_per_regime(runs) -> None:
     assert "## Latency and throughput by regime" in page
     assert "| stable (2 runs) | TTFT mean | 15.0 % (+5.0 %) |" in page
     assert "|  | TTFT p99 | 15.0 % (+5.0 %) |" in page
+
+
+def test_runs_in_another_queueing_regime_are_set_apart_both_ways(runs) -> None:
+    ok = [r for r in runs if r.has_results]
+    stable = [r for r in ok if regime_of(r.throughput_loss_frac) == "stable"][:4]
+    real = real_latency()
+
+    def fake(r, ttft_f, tpot_f):
+        x = real[r.run_id]
+        return fidelity.RunResult(
+            **{
+                **fidelity.asdict(_fake(r, r.total_throughput, r.total_throughput)),
+                "ttft_ms_p50": x["ttft_p50"] * ttft_f,
+                "tpot_ms_mean": x["tpot_mean"] * tpot_f,
+            }
+        )
+
+    # a queue the real run did not have (×10), one it had and the twin did not (×0.2), and two ordinary runs;
+    # ×3.0 exactly is not beyond the factor
+    res = [fake(stable[0], 10.0, 1.3), fake(stable[1], 0.2, 0.9), fake(stable[2], 1.1, 1.0), fake(stable[3], 3.0, 1)]
+    fl = regime_disagreements(latency_rows(stable, res, real))
+    assert [f["run_id"] for f in fl["runs"]] == [stable[0].run_id, stable[1].run_id]
+    assert fl["runs"][0]["ttft_ratio"] == pytest.approx(10.0)
+    assert fl["runs"][1]["tpot_error_pct"] == pytest.approx(-10.0)
+    kept = fl["by_regime"]["stable"]
+    assert kept["flips"] == 2 and kept["ttft_p50_without"]["n"] == 2
+    assert kept["ttft_p50_without"]["mape_pct"] == pytest.approx(105.0)  # (10 + 200) / 2
+    assert fl["by_regime"]["overloaded"] == {"flips": 0, "ttft_p50_without": fidelity._err_stats([])}
+
+    s = summarize(stable, res)
+    s["latency"] = regime_scores(latency_rows(stable, res, real))
+    s["latency_flips"] = fl
+    page = markdown(s)
+    assert "### Runs in a different queueing regime" in page
+    assert "| stable | 2 / — | 105.0 % (+105.0 %), median 105.0 % | — |" in page
 
 
 def test_cv_halves_are_disjoint_workload_groups_each_with_every_rank_and_rate_set(runs) -> None:

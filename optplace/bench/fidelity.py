@@ -555,6 +555,51 @@ def regime_scores(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: twin and real median TTFT further apart than this factor: the two are in different queueing regimes
+FLIP_FACTOR = 3.0
+
+
+def regime_disagreements(rows: Sequence[dict[str, Any]], factor: float = FLIP_FACTOR) -> dict[str, Any]:
+    """Runs whose twin and real median TTFT differ by more than ``factor`` (either way), with the twin's
+    TPOT error beside it, and per regime the TTFT-median scores without them.
+
+    Near a queue's saturation point the waiting time is hypersensitive to the service time, so a few
+    runs where a small per-token error tips the twin into (or out of) a queue carry a regime's TTFT MAPE;
+    separating them shows whether the error is in the queueing (these runs) or everywhere.
+    """
+    flips, kept = [], []
+    for x in rows:
+        t, tp = x["metrics"]["ttft_p50"], x["metrics"]["tpot_mean"]
+        if not (t["real"] and t["twin"]):
+            continue
+        ratio = t["twin"] / t["real"]
+        if ratio > factor or ratio < 1.0 / factor:
+            tpot_err = 100.0 * (tp["twin"] / tp["real"] - 1.0) if tp["real"] and tp["twin"] is not None else None
+            flips.append(
+                {
+                    "run_id": x["run_id"],
+                    "model": x["model"],
+                    "group": x["group"],
+                    "max_loras": x["max_loras"],
+                    "max_cpu_loras": x["max_cpu_loras"],
+                    "regime": x["regime"],
+                    "real_ttft_p50_ms": t["real"],
+                    "ttft_ratio": ratio,
+                    "tpot_error_pct": tpot_err,
+                }
+            )
+        else:
+            kept.append(x)
+    by_regime = {}
+    for reg in [name for name, _, _ in REGIMES]:
+        sel = [x for x in kept if x["regime"] == reg]
+        pairs = [
+            (v["twin"], v["real"]) for x in sel if (v := x["metrics"]["ttft_p50"])["twin"] is not None and v["real"]
+        ]
+        by_regime[reg] = {"flips": sum(f["regime"] == reg for f in flips), "ttft_p50_without": _err_stats(pairs)}
+    return {"factor": factor, "runs": flips, "by_regime": by_regime}
+
+
 def _fitted_globals(models: Sequence[str]) -> dict[str, dict[str, float]]:
     """The bundled profiles' step-time coefficients (fitted on every run), per model."""
     from optplace.specs import resolve_profile
@@ -666,6 +711,7 @@ def run(
     lat_rows = latency_rows(runs, results, real)
     summary["latency"] = regime_scores(lat_rows)
     summary["latency_rows"] = lat_rows
+    summary["latency_flips"] = regime_disagreements(lat_rows)
     summary["step_time_fitted"] = _fitted_globals(sorted({r.model for r in runs if not r.is_oom}))
     if cv:
         cs = summarize(runs, cv_results)
@@ -682,6 +728,7 @@ def run(
             "twin": {k: v for k, v in cs["twin"].items() if not k.startswith("oom") and k != "false_oom"},
             "latency": regime_scores(cv_rows),
             "latency_rows": cv_rows,
+            "latency_flips": regime_disagreements(cv_rows),
         }
     summary["wall_s"] = time.perf_counter() - t0
     summary["sim_wall_s_total"] = float(sum(r.sim_wall_s for r in results))
@@ -850,6 +897,15 @@ def _print_latency(s: dict[str, Any], per_run: bool) -> None:
             "cross-validated: step-time globals fitted on half of the workload groups, scored on the other "
             "half: " + " | ".join(", ".join(f["groups"]) for f in s["cv"]["folds"])
         )
+    fl = s.get("latency_flips")
+    if fl:
+        con.print(
+            f"runs in another queueing regime (twin vs real median TTFT beyond {fl['factor']:g}x), and the TTFT "
+            "median without them: "
+            + "; ".join(
+                f"{reg} {b['flips']}: {_pair_median(b['ttft_p50_without'])}" for reg, b in fl["by_regime"].items()
+            )
+        )
     if per_run:
         rt = Table(title="Per run: real / twin")
         for c in (
@@ -990,6 +1046,7 @@ def _latency_markdown(s: dict[str, Any]) -> list[str]:
     for head, metric, cells in latency_table(s):
         lines.append(f"| {head if head != last else ''} | {metric} | " + " | ".join(cells) + " |")
         last = head
+    lines += _flips_markdown(s)
     cv = s.get("cv")
     if cv:
         fitted = s.get("step_time_fitted", {})
@@ -1015,3 +1072,48 @@ def _latency_markdown(s: dict[str, Any]) -> list[str]:
                 f"| all (fitted) | {s['runs']} | {model} | {c['h_pf']:.4g} | {c['g_rank']:.4g} | {c['g_slot']:.4g} |"
             )
     return lines
+
+
+def _flips_markdown(s: dict[str, Any]) -> list[str]:
+    """The runs where twin and real are in different queueing regimes, and the TTFT median without them."""
+    fl = s.get("latency_flips")
+    if not fl:
+        return []
+    cv = s.get("cv", {}).get("latency_flips")
+    lines = [
+        "",
+        "### Runs in a different queueing regime",
+        "",
+        f"Runs whose twin and real median TTFT differ by more than {fl['factor']:g}× (fitted profile), with the "
+        "twin's TPOT error: near a saturation point a small per-token error tips the twin into a queue the real "
+        "server does not have, or out of one it has. Then the TTFT-median scores of each regime without them.",
+        "",
+        "| model | group | slots | served | regime | real TTFT median | twin ÷ real | twin TPOT error |",
+        "|---|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for f in fl["runs"]:
+        tpot = "—" if f["tpot_error_pct"] is None else f"{f['tpot_error_pct']:+.0f} %"
+        lines.append(
+            f"| {f['model']} | {f['group']} | {f['max_loras']} | {f['max_cpu_loras']} | {f['regime']} | "
+            f"{f['real_ttft_p50_ms'] / 1000:,.2f} s | ×{f['ttft_ratio']:.2f} | {tpot} |"
+        )
+    lines += [
+        "",
+        "| regime | runs in another regime (fitted / cross-validated) | TTFT median without them, fitted | "
+        "cross-validated |",
+        "|---|---:|---:|---:|",
+    ]
+    for reg, b in fl["by_regime"].items():
+        c = cv["by_regime"][reg] if cv else None
+        lines.append(
+            f"| {reg} | {b['flips']} / {c['flips'] if c else '—'} | {_pair_median(b['ttft_p50_without'])} | "
+            f"{_pair_median(c['ttft_p50_without']) if c else '—'} |"
+        )
+    return lines
+
+
+def _pair_median(sc: dict[str, Any] | None) -> str:
+    """'MAPE (bias), median APE' of one score."""
+    if not sc or not sc["n"]:
+        return "—"
+    return f"{_pair(sc)}, median {sc['median_ape_pct']:.1f} %"
