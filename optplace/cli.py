@@ -482,6 +482,14 @@ def bench(
         ),
     ] = False,
     per_run: Annotated[bool, typer.Option("--runs", help="fidelity: print the per-run latency table.")] = False,
+    step_form: Annotated[
+        Optional[str],
+        typer.Option(
+            "--step-form",
+            help="fidelity: score this step-time form (fitted on all runs, and per fold with --cv) instead of the "
+            "bundled profiles'.",
+        ),
+    ] = None,
 ) -> None:
     """Run a benchmark and print its figures (docs/json-contracts.md lists what --json holds)."""
     import importlib
@@ -511,11 +519,17 @@ def bench(
         ("--skews", "skews", skews),
         ("--cv", "cv", cv),
         ("--runs", "per_run", per_run),
+        ("--step-form", "step_form", step_form),
     ):
         if value:
             if key not in params:
                 raise _fail_input([f"bench {name}: {flag} does not apply to this benchmark"])
             kwargs[key] = value
+    if step_form:
+        from optplace.calibration.reference_fit import FIT_FORMS
+
+        if step_form not in FIT_FORMS:
+            raise _fail_input([f"--step-form: unknown form {step_form!r} (valid: {', '.join(FIT_FORMS)})"])
     if sizes:
         try:
             kwargs["sizes"] = tuple(int(x) for x in sizes.split(","))

@@ -24,6 +24,8 @@ def test_bench_rejects_bad_sizes_and_strategies() -> None:
     _one_error(["bench", "solver", "--skews", "uniform,zipf"], "--skews: unknown skew 'zipf'")
     _one_error(["bench", "capacity", "--skews", "uniform"], "--skews does not apply")
     _one_error(["bench", "nope"], "unknown benchmark")
+    _one_error(["bench", "fidelity", "--step-form", "published_v1"], "--step-form: unknown form 'published_v1'")
+    _one_error(["bench", "solver", "--step-form", "lora_add_v3"], "--step-form does not apply")
 
 
 def test_bench_solver_runs_a_chosen_subset() -> None:

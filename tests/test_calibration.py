@@ -115,9 +115,28 @@ def ref():
     return find_reference_dir()
 
 
+def test_additive_form_charges_each_adapter_the_same_whatever_the_batch():
+    coef = {"g_lora": 0.3, "g_rank": 0.5, "g0": 0.8, "h_pf": 2.0, "g_slot": 0.001}
+    v3 = StepTimeModel.from_params({"form": "lora_add_v3", "coef": coef}).bind(16, 64)
+    v2 = StepTimeModel.from_params({"form": "lora_mult_v2", "coef": {**coef, "g_lora": 0.02}}).bind(16, 64)
+
+    def per_adapter(m, n):
+        return m.step_ms(n, 0, n, 5, 8) - m.step_ms(n, 0, n, 4, 8)
+
+    # v3: g_lora ms per adapter at rank 8, x (1 + g_rank (16/8 - 1)) for a server bound to rank 16
+    assert per_adapter(v3, 10) == pytest.approx(0.3 * 1.5) and per_adapter(v3, 600) == pytest.approx(0.3 * 1.5)
+    assert per_adapter(v2, 600) > 2 * per_adapter(v2, 10)  # the multiplicative form scales it with c0 + c_seq·N
+    # the fixed LoRA cost still multiplies the batch work and inflates prefill by h_pf
+    fixed = 0.8 + 0.001 * (64 - 300)
+    base = v3.step_ms(10, 0, 10, 0, 8)
+    assert v3.step_ms(10, 100, 10, 0, 8) - base == pytest.approx(v3.c_pf * 100 * (1 + 2.0 * fixed))
+
+
+@pytest.mark.parametrize("form", ["lora_mult_v2", "lora_add_v3"])
 @pytest.mark.parametrize("model", MODELS)
-def test_fit_reproduces_microbenchmarks(ref, model):
-    m = fit_step_time(ref, model, fit_globals=False)
+def test_fit_reproduces_microbenchmarks(ref, model, form):
+    m = fit_step_time(ref, model, fit_globals=False, form=form)
+    assert m.form == form
     assert m.c0 > 0 and m.c_seq > 0 and m.g0 > 0 and m.g_lora > 0 and m.c_pf > 0
     for r in read_csv_rows(ref / "v1_base_latency.csv"):
         if r["model"] != model or r["experiment"] != "decode":
@@ -140,6 +159,11 @@ def test_fit_reproduces_microbenchmarks(ref, model):
             context_tokens=b * (1 + float(r["output_len"]) / 2),
         )
         assert pred == pytest.approx(float(r["mean_itl_ms"]), rel=0.08)
+
+
+def test_only_fittable_forms_are_fitted(ref):
+    with pytest.raises(ValueError, match="cannot fit step-time form 'published_v1'"):
+        fit_step_time(ref, MODELS[0], form="published_v1")
 
 
 def test_fit_is_deterministic_and_write_keeps_other_keys(ref, tmp_path):

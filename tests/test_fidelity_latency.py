@@ -160,6 +160,27 @@ def test_cv_scores_both_halves_with_coefficients_fitted_without_them(runs, tmp_p
     assert cv["latency"]["all"]["ttft_p99"]["twin"]["n"] == 2
 
 
+def test_a_candidate_step_form_is_fitted_on_all_runs_and_per_fold(runs, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("OPTPLACE_CACHE", str(tmp_path))
+    a, b = cv_folds(runs)
+
+    def light(half):
+        ok = [r for r in half if r.has_results and r.aggregate_rate_rps * r.window_s < 3000]
+        return sorted(ok, key=lambda r: r.aggregate_rate_rps)[:1]
+
+    ids = {r.run_id for r in light(a) + light(b)}
+    base = fidelity.run(json=True, workers=1, select=lambda r: r.run_id in ids)
+    s = fidelity.run(json=True, workers=1, cv=True, step_form="lora_add_v3", select=lambda r: r.run_id in ids)
+    assert base["step_form"] is None and s["step_form"] == "lora_add_v3"
+    model = next(iter(s["step_time_fitted"]))
+    # the additive form's g_lora is ms per adapter (~0.3), the bundled multiplicative one's a factor (~0.02)
+    assert s["step_time_fitted"][model]["g_lora"] > 5 * base["step_time_fitted"][model]["g_lora"]
+    assert all(f["step_time"][m]["form"] == "lora_add_v3" for f in s["cv"]["folds"] for m in f["step_time"])
+    twin = {x["run_id"]: x["metrics"]["tpot_mean"]["twin"] for x in s["latency_rows"]}
+    bundled = {x["run_id"]: x["metrics"]["tpot_mean"]["twin"] for x in base["latency_rows"]}
+    assert twin.keys() == bundled.keys() == ids and twin != bundled  # the replays used the candidate form
+
+
 def test_cv_and_runs_flags_only_for_fidelity() -> None:
     from typer.testing import CliRunner
 

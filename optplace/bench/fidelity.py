@@ -623,8 +623,32 @@ def cv_folds(runs: Sequence[RefRun]) -> tuple[list[RefRun], list[RefRun]]:
     return halves
 
 
-def cv_step_times(runs: Sequence[RefRun], ref_dir: str | None = None) -> list[dict[str, Any]]:
-    """Per fold: the runs it scores and the step-time sections fitted on the other half, per model."""
+def _bundled_form(model: str) -> str:
+    from optplace.specs import resolve_profile
+
+    return str(resolve_profile(model=model, gpu=GPU).step_time.form)
+
+
+def refit_step_times(runs: Sequence[RefRun], form: str, ref_dir: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per model: the step-time section of ``form`` fitted on every run (what ``calibrate --bundled`` would
+    write with that form), for scoring a candidate form against the bundled one (``--step-form``)."""
+    from optplace.calibration.reference_fit import fit_scheduler_overhead, fit_step_time_section
+    from optplace.specs import resolve_profile
+
+    ov = fit_scheduler_overhead(ref_dir)
+    return {
+        model: {
+            **fit_step_time_section(ref_dir, model, overhead=ov, form=form),
+            "time_scale": resolve_profile(model=model, gpu=GPU).step_time.time_scale,
+        }
+        for model in sorted({r.model for r in runs if not r.is_oom})
+    }
+
+
+def cv_step_times(runs: Sequence[RefRun], ref_dir: str | None = None, form: str | None = None) -> list[dict[str, Any]]:
+    """Per fold: the runs it scores and the step-time sections fitted on the other half, per model.
+
+    ``form``: the step-time form to fit (None: each model's bundled profile's form)."""
     from optplace.calibration.reference_fit import fit_scheduler_overhead, fit_step_time_section
     from optplace.specs import resolve_profile
 
@@ -636,7 +660,7 @@ def cv_step_times(runs: Sequence[RefRun], ref_dir: str | None = None) -> list[di
         train = [r for r in everything if r.run_id not in test_ids]
         sections = {}
         for model in sorted({r.model for r in half}):
-            sec = fit_step_time_section(ref_dir, model, runs=train, overhead=ov)
+            sec = fit_step_time_section(ref_dir, model, runs=train, overhead=ov, form=form or _bundled_form(model))
             sections[model] = {**sec, "time_scale": resolve_profile(model=model, gpu=GPU).step_time.time_scale}
         folds.append(
             {
@@ -663,6 +687,7 @@ def run(
     select: Callable[[RefRun], bool] | None = None,
     cv: bool = False,
     per_run: bool = False,
+    step_form: str | None = None,
 ) -> dict[str, Any]:
     """Run the fidelity benchmark, print the figures as tables (unless ``json``) and return them.
 
@@ -670,6 +695,8 @@ def run(
     ``cv`` (``--cv``) also replays every run with the step-time coefficients fitted on the other half of
     the workload groups (:func:`cv_folds`) and scores those replays beside the fitted ones (key ``cv``).
     ``per_run`` (``--runs``) prints the per-run latency table too (the JSON always has the rows).
+    ``step_form`` (``--step-form``) scores a candidate step-time form instead of the bundled profiles': the
+    "fitted" replays use that form fitted on every run, the cross-validated ones that form fitted per fold.
 
     ``models``, ``select`` (a predicate on :class:`RefRun`) and ``limit`` restrict the runs (for quick
     checks); the acceptance figures are those of the full set. ``io_correlation``: ``"auto"`` applies the
@@ -693,17 +720,19 @@ def run(
     t0 = time.perf_counter()
     # Heaviest first so the pool does not end on a long straggler.
     order = sorted(runs, key=lambda r: -(r.aggregate_rate_rps * (0 if r.is_oom else 1)))
+    refit = refit_step_times(runs, step_form, ref_dir) if step_form else {}
     jobs: list[tuple[RefRun, int, str, tuple[bool, bool, float | None], dict[str, Any] | None]] = [
-        (r, seed, key, opts, None) for r in order
+        (r, seed, key, opts, refit.get(r.model)) for r in order
     ]
-    folds = cv_step_times(runs, ref_dir) if cv else []
+    n_fitted = len(jobs)
+    folds = cv_step_times(runs, ref_dir, form=step_form) if cv else []
     for f in folds:
         jobs += [(r, seed, key, opts, f["step_time"][r.model]) for r in order if r in f["test"] and r.has_results]
     results: list[RunResult] = []
     cv_results: list[RunResult] = []
     # The same fan-out as the solver's validation: workers killed if the run is interrupted.
     for i, (j, res) in enumerate(iter_done(_cached_simulate, jobs, ExecutorSpec(workers=max(1, workers)))):
-        (results if jobs[j][4] is None else cv_results).append(RunResult(**res))
+        (results if j < n_fitted else cv_results).append(RunResult(**res))
         if progress and not json:
             _progress(i + 1, len(jobs), t0)
     real = real_latency(ref_dir)
@@ -712,7 +741,12 @@ def run(
     summary["latency"] = regime_scores(lat_rows)
     summary["latency_rows"] = lat_rows
     summary["latency_flips"] = regime_disagreements(lat_rows)
-    summary["step_time_fitted"] = _fitted_globals(sorted({r.model for r in runs if not r.is_oom}))
+    summary["step_time_fitted"] = (
+        {m: dict(sec["coef"]) for m, sec in refit.items()}
+        if refit
+        else _fitted_globals(sorted({r.model for r in runs if not r.is_oom}))
+    )
+    summary["step_form"] = step_form
     if cv:
         cs = summarize(runs, cv_results)
         cv_rows = latency_rows(runs, cv_results, real)

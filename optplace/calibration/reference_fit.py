@@ -70,6 +70,11 @@ __all__ = [
 MODELS = ("llama-3.1-8b-instruct", "qwen-2.5-7b-instruct")
 _PREFILL_SOURCE_MODEL = "llama-3.1-8b-instruct"
 BUDGET_TOKENS = 2048
+#: the step-time form the bundled profiles are fitted in; ``optplace bench fidelity --cv --step-form``
+#: scores another (docs/latency-fidelity.md compares ``lora_add_v3``)
+STEP_FORM = "lora_mult_v2"
+#: the forms the reference data can be fitted in
+FIT_FORMS = ("lora_mult_v2", "lora_add_v3")
 
 
 def _f(v: str | None) -> float:
@@ -116,7 +121,7 @@ def _prefill_slope(ref: Path, c0: float) -> float:
     return float(c[0])
 
 
-def _lora_factor(ref: Path, model: str, base: tuple[float, float, float]) -> tuple[float, float]:
+def _lora_factor(ref: Path, model: str, base: tuple[float, float, float], form: str) -> tuple[float, float]:
     rows = [
         r
         for r in read_csv_rows(ref / "v1_lora_decode_overhead.csv")
@@ -132,7 +137,11 @@ def _lora_factor(ref: Path, model: str, base: tuple[float, float, float]) -> tup
     y = np.array([_f(r["mean_itl_ms"]) for r in rows])
     attention = base[2] * b * (prompt + out / 2.0) / 1000.0
     lin = base[0] + base[1] * b
-    g = _lstsq(np.c_[np.ones_like(lb), lb], (y - attention) / lin - 1.0)
+    if form == "lora_add_v3":
+        # ITL − attention − lin = g0·lin + g_lora·L (g_lora in ms per adapter), relative weights
+        g = _lstsq(np.c_[lin, lb], y - attention - lin, 1.0 / y)
+    else:
+        g = _lstsq(np.c_[np.ones_like(lb), lb], (y - attention) / lin - 1.0)
     return float(g[0]), float(g[1])
 
 
@@ -253,18 +262,21 @@ def fit_step_time(
     runs: list[RefRun] | None = None,
     overhead: SchedulerOverhead | None = None,
     fit_globals: bool = True,
+    form: str = STEP_FORM,
 ) -> StepTimeModel:
-    """Fit the ``lora_mult_v2`` step-time model of ``model`` (see the module docstring for sources)."""
+    """Fit the step-time model of ``model`` in ``form`` (see the module docstring for sources)."""
+    if form not in FIT_FORMS:
+        raise ValueError(f"cannot fit step-time form {form!r} (fittable: {', '.join(FIT_FORMS)})")
     ref = find_reference_dir(ref_dir)
     base = _base_decode(ref, model)
     c_pf = _prefill_slope(ref, _base_decode(ref, _PREFILL_SOURCE_MODEL)[0])
     if model != _PREFILL_SOURCE_MODEL:
         c_pf *= base[1] / _base_decode(ref, _PREFILL_SOURCE_MODEL)[1]
-    g0, g_lora = _lora_factor(ref, model, base)
+    g0, g_lora = _lora_factor(ref, model, base, form)
     all_runs = load_dt_validation(ref) if runs is None else runs
     model_runs = [r for r in all_runs if r.model == model]
     m = StepTimeModel(
-        form="lora_mult_v2",
+        form=form,
         c0=base[0],
         c_seq=base[1],
         c_ctx=base[2],
@@ -310,6 +322,7 @@ def fit_step_time_section(
     model: str,
     runs: list[RefRun] | None = None,
     overhead: SchedulerOverhead | None = None,
+    form: str = STEP_FORM,
 ) -> dict[str, Any]:
     """The profile ``step_time`` section (form and coefficients, as stored) fitted on ``runs``.
 
@@ -317,7 +330,7 @@ def fit_step_time_section(
     coefficients on it alone (``optplace bench fidelity --cv`` scores the runs left out)."""
     ref = find_reference_dir(ref_dir)
     ov = overhead if overhead is not None else fit_scheduler_overhead(ref)
-    m = fit_step_time(ref, model, runs=runs, overhead=ov)
+    m = fit_step_time(ref, model, runs=runs, overhead=ov, form=form)
     return {"form": m.form, "coef": {k: _r(v) for k, v in m.coef().items()}}
 
 

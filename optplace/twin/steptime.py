@@ -17,6 +17,17 @@ model is bound to a configuration (:meth:`StepTimeModel.bind`); unbound, ``r`` i
 step and ``S = slots_ref`` (the slot count of the LoRA microbenchmark ``g0`` was measured at). When the
 caller does not know the KV tokens, ``K = N·ctx_default``.
 
+Form ``"lora_add_v3"`` keeps the fixed LoRA cost multiplicative but makes each distinct adapter's cost
+additive, independent of the batch size:
+
+    lora   = 1 + max(0, g0 + g_slot·(S − slots_ref))
+    step   = lin·lora + g_lora·L·(1 + g_rank·(r/8 − 1)) + c_ctx·K/1000 + c_pf·P·(1 + h_pf·(lora − 1))   [ms]
+
+(``g_lora`` in ms per adapter at rank 8). The LoRA kernels read each active adapter's weights once per
+step whatever the number of its tokens, so in v2 the adapter term grew with the batch in a way the real
+runs do not show (too slow at ~600 running requests, too fast with many adapters at moderate batches;
+docs/latency-fidelity.md).
+
 The published twin's form ``"published_v1"`` (step = (a·B + b)·(c·L + d)/100 ms, prefill and rank
 ignored) is supported for side-by-side comparisons.
 
@@ -37,7 +48,7 @@ from typing import Any
 
 __all__ = ["OVERHEAD_FORMS", "STEP_FORMS", "SchedulerOverhead", "StepTimeModel"]
 
-STEP_FORMS = ("lora_mult_v2", "published_v1", "published")
+STEP_FORMS = ("lora_mult_v2", "lora_add_v3", "published_v1", "published")
 OVERHEAD_FORMS = ("queue_linear_v1", "published", "none")
 
 _STEP_DEFAULTS: dict[str, dict[str, float]] = {
@@ -56,6 +67,7 @@ _STEP_DEFAULTS: dict[str, dict[str, float]] = {
     },
     "published_v1": {"a": 0.0438, "b": 10.54, "c": 1.93, "d": 200.0},
 }
+_STEP_DEFAULTS["lora_add_v3"] = {**_STEP_DEFAULTS["lora_mult_v2"], "g_lora": 0.3}
 _STEP_DEFAULTS["published"] = _STEP_DEFAULTS["published_v1"]
 
 
@@ -146,11 +158,12 @@ class StepTimeModel:
             mean_rank = self.bound_rank
         lin = self.c0 + self.c_seq * num_seqs
         fixed = self.g0 + self.g_slot * ((self.bound_slots or self.slots_ref) - self.slots_ref)
-        lora = (
-            1.0
-            + (fixed if fixed > 0.0 else 0.0)  # noqa: FURB136 (hot path: no call)
-            + self.g_lora * distinct_adapters * (1.0 + self.g_rank * (mean_rank * 0.125 - 1.0))
-        )
+        adapters = self.g_lora * distinct_adapters * (1.0 + self.g_rank * (mean_rank * 0.125 - 1.0))
+        if self.form == "lora_add_v3":
+            lora = 1.0 + (fixed if fixed > 0.0 else 0.0)  # noqa: FURB136 (hot path: no call)
+            pf = self.c_pf * prefill_tokens * (1.0 + self.h_pf * (lora - 1.0))
+            return (lin * lora + adapters + self.c_ctx * k * 0.001 + pf) * self.time_scale
+        lora = 1.0 + (fixed if fixed > 0.0 else 0.0) + adapters  # noqa: FURB136
         pf = self.c_pf * prefill_tokens * (1.0 + self.h_pf * (lora - 1.0))
         return (lin * lora + self.c_ctx * k * 0.001 + pf) * self.time_scale
 
