@@ -43,7 +43,7 @@ Both models are on the engine's hot path: ``step_s`` does plain float arithmetic
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["OVERHEAD_FORMS", "STEP_FORMS", "SchedulerOverhead", "StepTimeModel"]
@@ -96,12 +96,15 @@ class StepTimeModel:
     time_scale: float = 1.0
     bound_rank: float = 0.0
     bound_slots: float = 0.0
+    #: each adapter's cost additive (form lora_add_v3); derived from ``form`` once, read on the hot path
+    additive_adapters: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.form not in STEP_FORMS:
             raise ValueError(f"unknown step-time form {self.form!r}; known: {', '.join(STEP_FORMS)}")
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
+        object.__setattr__(self, "additive_adapters", self.form == "lora_add_v3")
 
     @classmethod
     def from_params(cls, params: Any) -> StepTimeModel:
@@ -159,7 +162,7 @@ class StepTimeModel:
         lin = self.c0 + self.c_seq * num_seqs
         fixed = self.g0 + self.g_slot * ((self.bound_slots or self.slots_ref) - self.slots_ref)
         adapters = self.g_lora * distinct_adapters * (1.0 + self.g_rank * (mean_rank * 0.125 - 1.0))
-        if self.form == "lora_add_v3":
+        if self.additive_adapters:
             lora = 1.0 + (fixed if fixed > 0.0 else 0.0)  # noqa: FURB136 (hot path: no call)
             pf = self.c_pf * prefill_tokens * (1.0 + self.h_pf * (lora - 1.0))
             return (lin * lora + adapters + self.c_ctx * k * 0.001 + pf) * self.time_scale
