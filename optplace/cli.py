@@ -168,7 +168,7 @@ def simulate(
 ) -> None:
     """Simulate the spec's placement with the twin (one vLLM engine per GPU, GPUs in parallel).
 
-    Exit code 1 when a GPU is starved (or fails to start)."""
+    Exit code 1 when a GPU is starved, fails to start, or misses the scenario's SLO."""
     sc = _load_or_exit(spec, allow_path)
     if sc.placement is None:
         raise _fail_input(
@@ -187,7 +187,7 @@ def simulate(
         from optplace.app.render import render_sim_report
 
         render_sim_report(_console(), rep, wide=wide)
-    if rep.starved_gpus or rep.oom_gpus:
+    if not rep.ok:
         raise typer.Exit(EXIT_FAIL)
 
 
@@ -221,8 +221,8 @@ def solve(
     wide: Wide = False,
 ) -> None:
     """Find a placement (which adapter on which GPU, with which vLLM flags), validate it in the twin,
-    repair what starves, and report. Exit 1 when infeasible or when the twin still finds starvation
-    (in the chosen plan; ``--compare`` rows are for information)."""
+    repair what starves or misses the SLO, and report. Exit 1 when infeasible or when the twin still
+    finds starvation or an SLO miss (in the chosen plan; ``--compare`` rows are for information)."""
     import time
 
     from optplace.infra.outputs import OutputExists, check_target
@@ -338,8 +338,9 @@ def validate(
     ] = None,
 ) -> None:
     """Validate a batch of plans or specs at once (all their GPUs in parallel) and report across them.
-    Exit 1 when any GPU starves or fails to start. With --engine vllm: run one plan on real vLLM servers
-    (--launch or --endpoints), write the measured results, and print the twin-vs-real error table."""
+    Exit 1 when any GPU starves, fails to start or misses its scenario's SLO. With --engine vllm: run one
+    plan on real vLLM servers (--launch or --endpoints), write the measured results, and print the
+    twin-vs-real error table."""
     if engine == "vllm":
         from optplace.vllm.commands import run_validate_vllm
 
@@ -404,7 +405,7 @@ def validate(
         from optplace.app.render import render_validation_table
 
         render_validation_table(_console(), [str(f) for f in files], results, wide=wide)
-    if any(r.starved_gpus or r.oom_gpus for r in results):
+    if not all(r.ok for r in results):
         raise typer.Exit(EXIT_FAIL)
 
 

@@ -9,6 +9,13 @@ The pipeline calls :func:`repair` in a loop (simulate → repair → simulate �
 * starved otherwise → move the hottest adapters off until the GPU's offered load drops by the
   measured loss plus a 5 % margin (at least 10 %).
 
+A GPU that misses the SLO (``slo``: it serves its throughput, but its latency is over a bound) is
+repaired like a starved one, except that more slots are tried in any round, and a GPU already at its
+memory cap of slots with more adapters than slots sheds its coldest adapters down to the cap first:
+an adapter without a slot waits for one to free (sticky slots), which is what makes a GPU with a low
+loss miss a TTFT bound. While SLO misses are repaired, re-homing also keeps every GPU it fills within
+its slot cap.
+
 The moved adapters (of every starved GPU of the round) are re-homed, cheapest first:
 
 1. onto the good GPUs (not starved/OOM this round) with the most headroom (analytic utilisation)
@@ -51,10 +58,14 @@ def repair(
     oom: Sequence[int] = (),
     losses: Mapping[int, float] | None = None,
     round_: int = 0,
+    slo: Sequence[int] = (),
 ) -> RepairResult:
-    """Repair the GPUs at indices ``starved`` / ``oom`` of ``plan`` (see the module docstring)."""
+    """Repair the GPUs at indices ``starved`` / ``oom`` / ``slo`` (misses the SLO) of ``plan`` (see the
+    module docstring)."""
     gpus = list(plan.gpus)
     actions: list[str] = []
+    slo_set = set(slo) - set(starved) - set(oom)
+    starved = sorted(set(starved) | slo_set)
     bad = set(starved) | set(oom)
     losses = dict(losses or {})
     new: list[GpuAssignment] = []
@@ -71,34 +82,43 @@ def repair(
             new.append(assign_gpu(problem, oracle, g.type_index, g.adapter_indices[half:], len(gpus) + len(new)))
             actions.append(f"GPU {i}: OOM at any slot count → split in two")
     pending: list[int] = []
-    shed_lines: list[tuple[int, int, float]] = []
+    shed_lines: list[tuple[int, str, float]] = []
     for i in sorted(set(starved) - set(oom)):
         g = gpus[i]
         n = len(g.adapter_indices)
         cap = oracle.slot_cap(g.type_index, g.max_lora_rank)
-        if round_ == 0 and g.max_loras < n and min(n, cap) > g.max_loras:
+        what = "misses SLO" if i in slo_set else "starved"
+        if (round_ == 0 or i in slo_set) and g.max_loras < n and min(n, cap) > g.max_loras:
             L = min(n, cap)
             gpus[i] = assign_gpu(problem, oracle, g.type_index, g.adapter_indices, i, max_loras=L)
-            actions.append(f"GPU {i}: starved → max_loras {g.max_loras} → {L}")
+            actions.append(f"GPU {i}: {what} → max_loras {g.max_loras} → {L}")
             continue
-        target = max(0.10, losses.get(i, 0.10) + 0.05)
-        order = sorted(g.adapter_indices, key=lambda a: (-problem.adapters[a].rate_rps, a))
-        total = math.fsum(problem.adapters[a].rate_rps for a in order)
-        moved: list[int] = []
-        shed = 0.0
-        for a in order:
-            if shed >= target * total or len(moved) >= len(order) - 1:
-                break
-            moved.append(a)
-            shed += problem.adapters[a].rate_rps
+        total = math.fsum(problem.adapters[a].rate_rps for a in g.adapter_indices)
+        if i in slo_set and n > max(cap, 1):
+            # coldest first: they are the ones left waiting for a slot
+            moved = sorted(g.adapter_indices, key=lambda a: (problem.adapters[a].rate_rps, a))[: n - cap]
+            shed = math.fsum(problem.adapters[a].rate_rps for a in moved)
+            what = f"misses SLO with {n} adapters on {cap} slots (its memory cap) → moved {len(moved)} coldest"
+        else:
+            target = max(0.10, losses.get(i, 0.10) + 0.05)
+            order = sorted(g.adapter_indices, key=lambda a: (-problem.adapters[a].rate_rps, a))
+            moved = []
+            shed = 0.0
+            for a in order:
+                if shed >= target * total or len(moved) >= len(order) - 1:
+                    break
+                moved.append(a)
+                shed += problem.adapters[a].rate_rps
+            what += f" → moved {len(moved)} hottest"
         if not moved:  # a single adapter that starves alone: nothing to move
-            raise Infeasible(
-                f"GPU {i}: adapter {problem.adapters[order[0]].name!r} starves even alone", "max_throughput_loss"
-            )
+            name = problem.adapters[g.adapter_indices[0]].name
+            if i in slo_set:
+                raise Infeasible(f"GPU {i}: adapter {name!r} misses the SLO even alone", "slo")
+            raise Infeasible(f"GPU {i}: adapter {name!r} starves even alone", "max_throughput_loss")
         keep = [a for a in g.adapter_indices if a not in set(moved)]
         gpus[i] = assign_gpu(problem, oracle, g.type_index, keep, i)
         pending += moved
-        shed_lines.append((i, len(moved), shed / total if total > 0 else 0.0))
+        shed_lines.append((i, what, shed / total if total > 0 else 0.0))
     if pending:
         where = _rehome(
             problem,
@@ -108,9 +128,10 @@ def repair(
             sorted(pending, key=lambda a: (-problem.adapters[a].rate_rps, a)),
             bad,
             _type_for_new(problem, [gpus[i].type_index for i, _, _ in shed_lines], gpus + new),
+            fit_slots=bool(slo_set),
         )
-        for i, k, frac in shed_lines:
-            actions.append(f"GPU {i}: starved → moved {k} hottest adapters ({frac:.0%} of its load) off it")
+        for i, how, frac in shed_lines:
+            actions.append(f"GPU {i}: {how} adapters ({frac:.0%} of its load) off it")
         actions.append(where)
     out = renumber(gpus + new)
     from optplace.solver.objectives import get_objective
@@ -123,8 +144,11 @@ def repair(
 MARGIN = 0.10
 
 
-def _ok(problem: Problem, oracle: CapacityOracle, gtype: int, idx: list[int]) -> bool:
-    """The oracle accepts adapters ``idx`` on ``gtype`` with the :data:`MARGIN` load margin."""
+def _ok(problem: Problem, oracle: CapacityOracle, gtype: int, idx: list[int], fit_slots: bool = False) -> bool:
+    """The oracle accepts adapters ``idx`` on ``gtype`` with the :data:`MARGIN` load margin (and, with
+    ``fit_slots``, every adapter gets a slot within the memory cap)."""
+    if fit_slots and len(idx) > oracle.slot_cap(gtype, max(problem.adapters[a].rank for a in idx)):
+        return False
     return judge(oracle, gtype, scaled(problem, idx, 1.0 / (1.0 - MARGIN))).feasible
 
 
@@ -151,6 +175,7 @@ def _rehome(
     pending: list[int],
     bad: set[int],
     new_type: int,
+    fit_slots: bool = False,
 ) -> str:
     """Place ``pending`` adapters (see the module docstring, steps 1–3); updates ``gpus``/``new`` in place
     and returns the action line."""
@@ -167,7 +192,7 @@ def _rehome(
         placed = False
         for i in sorted(good, key=lambda i: (util(i), i))[:8]:
             idx = list(gpus[i].adapter_indices) + [a]
-            if _ok(problem, oracle, gpus[i].type_index, idx):
+            if _ok(problem, oracle, gpus[i].type_index, idx, fit_slots):
                 gpus[i] = assign_gpu(problem, oracle, gpus[i].type_index, idx, i)
                 placed = True
                 on_existing += 1
@@ -186,7 +211,7 @@ def _rehome(
             load[i] += problem.adapters[a].rate_rps * 1e-3  # spread ties; the balancer decides
         entries = [assign_gpu(problem, oracle, gpus[i].type_index, trial[i], i) for i in good]
         bal = rebalance(problem, oracle, entries, load_scale=1.0 / (1.0 - MARGIN))
-        if all(_ok(problem, oracle, g.type_index, list(g.adapter_indices)) for g in bal.gpus):
+        if all(_ok(problem, oracle, g.type_index, list(g.adapter_indices), fit_slots) for g in bal.gpus):
             for i, g in zip(good, bal.gpus):
                 gpus[i] = g
             return (
@@ -197,7 +222,7 @@ def _rehome(
     bins: list[list[int]] = []
     for a in left:
         for b in bins:
-            if _ok(problem, oracle, new_type, b + [a]):
+            if _ok(problem, oracle, new_type, b + [a], fit_slots):
                 b.append(a)
                 break
         else:
