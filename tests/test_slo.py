@@ -250,3 +250,87 @@ def test_compare_rows_count_the_gpus_that_miss_the_slo(tmp_path):
     missing = [r for r in rows if r["slo_gpus"]]
     assert missing, rows  # the strategies' plans as placed are sized by throughput
     assert all(r["twin_objective"] is None for r in missing)  # a plan that misses the SLO scores inf
+
+
+# --- the repair of a GPU that misses the SLO ------------------------------------------------------
+
+
+class _FewSlotsOracle:
+    """A GPU serves Σ rate ≤ ``cap`` req/s at any slot count up to ``slots``; its best slot count is
+    2 (as an oracle that trades slots for KV cache would pick): the sticky-slot case."""
+
+    name = "few-slots"
+
+    def __init__(self, problem, cap: float, slots: int) -> None:
+        self.problem, self.cap, self.slots = problem, cap, slots
+
+    def slot_cap(self, gtype, rank_max):
+        return self.slots
+
+    def evaluate(self, gtype, mix, max_loras):
+        from optplace.solver import Estimate
+
+        off = self.problem.offered_tok_s(mix.rate_sum)
+        ok = mix.rate_sum <= self.cap + 1e-12 and 1 <= max_loras <= self.slots
+        return Estimate(ok, max_loras, off, off if ok else 0.9 * off, 20.0, 100.0, "ok" if ok else "load", "test")
+
+    def best_slots(self, gtype, mix, candidates=None):
+        return self.evaluate(gtype, mix, max(1, min(mix.n, 2)))
+
+
+def _toy_plan(rates: list[float], groups: list[list[int]], cap: float, slots: int):
+    from helpers import REPO
+
+    from optplace.solver import compile_problem
+    from optplace.solver.plan import Plan, assign_gpu, renumber
+    from optplace.specs import load_scenario_text
+
+    ads = "\n".join(f"  - {{name: a{i}, rank: 8, rate_rps: {x}}}" for i, x in enumerate(rates))
+    text = f"name: toy\nmodel: llama-3.1-8b-instruct\ngpu: h100-64gb\nadapters:\n{ads}\n"
+    pb = compile_problem(load_scenario_text(text, base_dir=REPO), REPO)
+    orc = _FewSlotsOracle(pb, cap, slots)
+    gpus = renumber([assign_gpu(pb, orc, 0, idx, k) for k, idx in enumerate(groups)])
+    return pb, orc, Plan("min_gpus", "milp", gpus, float(len(gpus)), 1.0, 0.0, orc.name)
+
+
+def _placed(plan) -> list[int]:
+    return sorted(a for g in plan.gpus for a in g.adapter_indices)
+
+
+def test_repair_gives_every_adapter_a_slot_in_any_round():
+    from optplace.solver import repair
+
+    pb, orc, plan = _toy_plan([1.0] * 8, [[0, 1, 2, 3], [4, 5, 6, 7]], cap=10.0, slots=4)
+    assert [g.max_loras for g in plan.gpus] == [2, 2]
+    r = repair(pb, orc, plan, slo=[1], round_=3)
+    assert r.actions == ("GPU 1: misses SLO → max_loras 2 → 4 (a slot per adapter)",)
+    assert [g.max_loras for g in r.plan.gpus] == [2, 4]  # GPU 0 met the SLO: untouched
+    # a starved GPU gets more slots in the first round only (the throughput rule's repair)
+    again = repair(pb, orc, plan, starved=[1], losses={1: 0.2}, round_=3)
+    assert "hottest" in again.actions[0] and "max_loras" not in again.actions[0]
+
+
+def test_repair_moves_the_coldest_adapters_beyond_the_slot_cap():
+    from optplace.solver import repair
+
+    rates = [3.0, 2.0, 1.0, 0.5, 0.2, 0.1]
+    pb, orc, plan = _toy_plan(rates, [[0, 1, 2, 3, 4, 5]], cap=10.0, slots=4)
+    r = repair(pb, orc, plan, slo=[0], round_=0)
+    assert r.actions[0].startswith("GPU 0: misses SLO → moved 2 coldest adapters (more than its 4 slots)")
+    assert _placed(r.plan) == list(range(6))
+    by_adapters = {frozenset(g.adapter_indices): g for g in r.plan.gpus}
+    assert frozenset({0, 1, 2, 3}) in by_adapters and by_adapters[frozenset({0, 1, 2, 3})].max_loras == 4
+    assert all(g.max_loras == len(g.adapter_indices) for g in r.plan.gpus)  # a slot each, receivers too
+
+
+def test_repair_sheds_the_hottest_when_every_adapter_has_a_slot_and_fails_a_lone_adapter():
+    from optplace.solver import Infeasible, repair
+
+    pb, orc, plan = _toy_plan([1.0, 1.0], [[0, 1]], cap=10.0, slots=4)
+    assert plan.gpus[0].max_loras == 2
+    r = repair(pb, orc, plan, slo=[0], losses={0: 0.0}, round_=1)
+    assert r.actions[0].startswith("GPU 0: misses SLO → moved 1 hottest adapters")
+    assert r.plan.gpus_used == 2 and _placed(r.plan) == [0, 1]
+    pb1, orc1, plan1 = _toy_plan([1.0], [[0]], cap=10.0, slots=4)
+    with pytest.raises(Infeasible, match="misses the SLO even alone"):
+        repair(pb1, orc1, plan1, slo=[0], round_=1)

@@ -10,11 +10,17 @@ The pipeline calls :func:`repair` in a loop (simulate → repair → simulate �
   measured loss plus a 5 % margin (at least 10 %).
 
 A GPU that misses the SLO (``slo``: it serves its throughput, but its latency is over a bound) is
-repaired like a starved one, except that more slots are tried in any round, and a GPU already at its
-memory cap of slots with more adapters than slots sheds its coldest adapters down to the cap first:
-an adapter without a slot waits for one to free (sticky slots), which is what makes a GPU with a low
-loss miss a TTFT bound. While SLO misses are repaired, re-homing also keeps every GPU it fills within
-its slot cap.
+repaired like a starved one, except that
+
+* a GPU with more adapters than its memory cap of slots first moves its coldest adapters off, down
+  to the cap; one with fewer slots than adapters (below the cap) gets a slot per adapter, in any
+  round: an adapter without a slot waits for one to free (sticky slots), which is what makes a GPU
+  with a low loss miss a TTFT bound;
+* a GPU that already gives every adapter a slot moves its hottest adapters off as a starved one does;
+* every GPU it leaves with adapters or fills gets a slot per adapter (within the cap), and the
+  re-homing keeps every GPU within its slot cap.
+
+The twin judges the result again; the pipeline runs up to 8 rounds under an SLO.
 
 The moved adapters (of every starved GPU of the round) are re-homed, cheapest first:
 
@@ -88,36 +94,42 @@ def repair(
         n = len(g.adapter_indices)
         cap = oracle.slot_cap(g.type_index, g.max_lora_rank)
         what = "misses SLO" if i in slo_set else "starved"
-        if (round_ == 0 or i in slo_set) and g.max_loras < n and min(n, cap) > g.max_loras:
+        moved: list[int] = []
+        if i in slo_set:
+            moved = _coldest_beyond_cap(problem, g, cap)
+            if not moved and min(n, cap) > g.max_loras:
+                L = min(n, cap)
+                gpus[i] = assign_gpu(problem, oracle, g.type_index, g.adapter_indices, i, max_loras=L)
+                actions.append(f"GPU {i}: {what} → max_loras {g.max_loras} → {L} (a slot per adapter)")
+                continue
+            if moved:
+                what += f" → moved {len(moved)} coldest adapters (more than its {cap} slots)"
+        elif round_ == 0 and g.max_loras < n and min(n, cap) > g.max_loras:
             L = min(n, cap)
             gpus[i] = assign_gpu(problem, oracle, g.type_index, g.adapter_indices, i, max_loras=L)
             actions.append(f"GPU {i}: {what} → max_loras {g.max_loras} → {L}")
             continue
-        total = math.fsum(problem.adapters[a].rate_rps for a in g.adapter_indices)
-        if i in slo_set and n > max(cap, 1):
-            # coldest first: they are the ones left waiting for a slot
-            moved = sorted(g.adapter_indices, key=lambda a: (problem.adapters[a].rate_rps, a))[: n - cap]
-            shed = math.fsum(problem.adapters[a].rate_rps for a in moved)
-            what = f"misses SLO with {n} adapters on {cap} slots (its memory cap) → moved {len(moved)} coldest"
-        else:
+        if not moved:  # shed the measured loss plus a margin, hottest first
             target = max(0.10, losses.get(i, 0.10) + 0.05)
-            order = sorted(g.adapter_indices, key=lambda a: (-problem.adapters[a].rate_rps, a))
-            moved = []
+            total = math.fsum(problem.adapters[a].rate_rps for a in g.adapter_indices)
             shed = 0.0
-            for a in order:
-                if shed >= target * total or len(moved) >= len(order) - 1:
+            for a in sorted(g.adapter_indices, key=lambda a: (-problem.adapters[a].rate_rps, a)):
+                if shed >= target * total or len(moved) >= n - 1:
                     break
                 moved.append(a)
                 shed += problem.adapters[a].rate_rps
-            what += f" → moved {len(moved)} hottest"
+            what = ("misses SLO" if i in slo_set else "starved") + f" → moved {len(moved)} hottest adapters"
         if not moved:  # a single adapter that starves alone: nothing to move
             name = problem.adapters[g.adapter_indices[0]].name
             if i in slo_set:
                 raise Infeasible(f"GPU {i}: adapter {name!r} misses the SLO even alone", "slo")
             raise Infeasible(f"GPU {i}: adapter {name!r} starves even alone", "max_throughput_loss")
         keep = [a for a in g.adapter_indices if a not in set(moved)]
-        gpus[i] = assign_gpu(problem, oracle, g.type_index, keep, i)
+        slots = _slot_each(problem, oracle, g.type_index, keep) if i in slo_set else None
+        gpus[i] = assign_gpu(problem, oracle, g.type_index, keep, i, max_loras=slots)
         pending += moved
+        total = math.fsum(problem.adapters[a].rate_rps for a in g.adapter_indices)
+        shed = math.fsum(problem.adapters[a].rate_rps for a in moved)
         shed_lines.append((i, what, shed / total if total > 0 else 0.0))
     if pending:
         where = _rehome(
@@ -131,8 +143,21 @@ def repair(
             fit_slots=bool(slo_set),
         )
         for i, how, frac in shed_lines:
-            actions.append(f"GPU {i}: {how} adapters ({frac:.0%} of its load) off it")
+            actions.append(f"GPU {i}: {how} ({frac:.0%} of its load) off it")
         actions.append(where)
+    if slo_set:
+        # A GPU that received adapters gets a slot per adapter (within its memory cap), as the GPUs
+        # repaired for the SLO did: the oracle's slot count would leave the SLO to sticky slots.
+        before = {i: g.adapter_indices for i, g in enumerate(plan.gpus)}
+        for k, g in enumerate(gpus + new):
+            if g.adapters and before.get(k) != g.adapter_indices:
+                L = _slot_each(problem, oracle, g.type_index, list(g.adapter_indices))
+                if L > g.max_loras:
+                    fixed = assign_gpu(problem, oracle, g.type_index, g.adapter_indices, g.gpu, max_loras=L)
+                    if k < len(gpus):
+                        gpus[k] = fixed
+                    else:
+                        new[k - len(gpus)] = fixed
     out = renumber(gpus + new)
     from optplace.solver.objectives import get_objective
 
@@ -142,6 +167,20 @@ def repair(
 
 #: Load margin the re-homing keeps on every GPU it touches (oracle judged at offered / (1 − MARGIN)).
 MARGIN = 0.10
+
+
+def _slot_each(problem: Problem, oracle: CapacityOracle, gtype: int, idx: Sequence[int]) -> int:
+    """A slot per adapter of ``idx``, within the memory cap at their largest rank."""
+    return max(1, min(len(idx), oracle.slot_cap(gtype, max(problem.adapters[a].rank for a in idx))))
+
+
+def _coldest_beyond_cap(problem: Problem, g: GpuAssignment, cap: int) -> list[int]:
+    """The coldest adapters of a GPU beyond its memory cap of slots: without a slot of their own they
+    are the ones left waiting for one (sticky slots) while the hot adapters keep theirs."""
+    n = len(g.adapter_indices)
+    if n <= max(cap, 1):
+        return []
+    return sorted(g.adapter_indices, key=lambda a: (problem.adapters[a].rate_rps, a))[: n - cap]
 
 
 def _ok(problem: Problem, oracle: CapacityOracle, gtype: int, idx: list[int], fit_slots: bool = False) -> bool:
