@@ -334,3 +334,14 @@ def test_repair_sheds_the_hottest_when_every_adapter_has_a_slot_and_fails_a_lone
     pb1, orc1, plan1 = _toy_plan([1.0], [[0]], cap=10.0, slots=4)
     with pytest.raises(Infeasible, match="misses the SLO even alone"):
         repair(pb1, orc1, plan1, slo=[0], round_=1)
+
+
+def test_report_html_names_the_slo_miss(tmp_path):
+    from optplace.app.report_html import _twin_verdict
+    from optplace.twin.simulate import placement_of, simulate_plan
+
+    sc = load_scenario(_write(tmp_path, STICKY))
+    (g,) = simulate_plan(sc, placement_of(sc), tmp_path, workers=1).gpus
+    assert _twin_verdict(g) == "misses SLO: serves none"
+    sc_ok = load_scenario(_write(tmp_path, SLOTTED, "ok.yaml"))
+    assert _twin_verdict(simulate_plan(sc_ok, placement_of(sc_ok), tmp_path, workers=1).gpus[0]) == "ok"

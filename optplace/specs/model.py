@@ -449,6 +449,11 @@ class PlacementEntry(_Spec):
     adapters: Union[Literal["all"], tuple[Name, ...]]
 
 
+def _none_not_null(schema: dict[str, Any]) -> None:
+    """The schema of ``slo``: the word ``none``, not JSON null (which the field refuses)."""
+    schema["anyOf"] = [{"const": "none"} if x == {"type": "null"} else x for x in schema.get("anyOf", [])]
+
+
 class Scenario(_Spec):
     """A complete placement scenario (see the README for an example of every key)."""
 
@@ -471,6 +476,7 @@ class Scenario(_Spec):
         default_factory=Slo,
         description="Latency objectives (default: TTFT p99 ≤ 2000 ms, TPOT p99 ≤ 200 ms per adapter, stable "
         "queue); `none`: the throughput rule of `constraints` alone.",
+        json_schema_extra=_none_not_null,
     )
 
     @field_validator("slo", mode="before")
