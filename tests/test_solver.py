@@ -172,15 +172,7 @@ def test_objectives_registry_and_scores():
         itl_ms_mean=20.0,
         gpu_type="h100-64gb",
     )
-    h = SimpleNamespace(
-        adapters=("b",),
-        starved=False,
-        oom=False,
-        slo_violated=False,
-        throughput_tok_s=300.0,
-        itl_ms_mean=40.0,
-        gpu_type="h100-64gb",
-    )
+    h = replace_ns(g, adapters=("b",), throughput_tok_s=300.0, itl_ms_mean=40.0)
     rep = SimpleNamespace(gpus=(g, h))
     plan = SimpleNamespace(gpus=(SimpleNamespace(gpu_type="h100-64gb", cost_per_hour=2.5),))
     assert get_objective("min_gpus").score(plan, rep) == 2
