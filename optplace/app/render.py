@@ -85,7 +85,7 @@ def _verdict(g: GpuReport | None) -> str:
     if g.starved:
         return "[red]starved[/]"
     if g.slo is not None and not g.slo.ok:
-        return f"[red]misses SLO: {slo_text(g)}[/]"
+        return f"[red]misses SLO: {slo_text(g, bound=False)}[/]"  # two short lines at 80 columns
     if g.starved_adapters:
         return f"[green]ok[/], [yellow]{len(g.starved_adapters)} over[/]"
     return "[green]ok[/]"
@@ -112,9 +112,9 @@ def _dur(ms: float) -> str:
     return f"{ms / 1e3:.1f}s" if ms >= 1000 else f"{ms:.0f}ms"
 
 
-def slo_text(g: GpuReport) -> str:
-    """The GPU's SLO figure that is closest to (or furthest over) its bound, as ``value/bound``, or
-    what else fails it (a growing queue, an adapter served nothing); "–" without an SLO."""
+def slo_text(g: GpuReport, bound: bool = True) -> str:
+    """The GPU's SLO figure that is closest to (or furthest over) its bound, as ``value/bound`` (or the
+    value alone), or what else fails it (a growing queue, an adapter served nothing); "–" without an SLO."""
     v = g.slo
     if v is None:
         return "–"
@@ -125,7 +125,7 @@ def slo_text(g: GpuReport) -> str:
     worst = max(v.checks, key=lambda c: c.value / c.bound, default=None)
     if worst is None:
         return "stable"
-    return f"{SLO_SHORT[worst.metric]} {_dur(worst.value)}/{_dur(worst.bound)}"
+    return f"{SLO_SHORT[worst.metric]} {_dur(worst.value)}" + (f"/{_dur(worst.bound)}" if bound else "")
 
 
 def _slo_cell(g: GpuReport | None) -> str:
