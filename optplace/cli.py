@@ -93,7 +93,9 @@ def check(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Validate scenario files; print every problem as file:line: field: message."""
+    from optplace.app.render import slo_summary
     from optplace.specs import SpecError, load_scenario
+    from optplace.twin.simulate import slo_json
 
     results: list[dict[str, Any]] = []
     bad: list[str] = []
@@ -114,6 +116,7 @@ def check(
                 "model": sc.model_name,
                 "gpu_types": [p.gpu_name for p in sc.gpu_types()],
                 "objective": sc.objective,
+                "slo": slo_json(sc),
             }
         )
     if json_out:
@@ -124,7 +127,7 @@ def check(
             if r["ok"]:
                 out.print(
                     f"ok  {r['spec']}: {r['name']} — {r['adapters']} adapters, {r['model']} on "
-                    f"{', '.join(r['gpu_types'])}, objective {r['objective']}",
+                    f"{', '.join(r['gpu_types'])}, objective {r['objective']}; SLO: {slo_summary(r['slo'])}",
                     markup=False,
                 )
     if bad:

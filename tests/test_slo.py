@@ -345,3 +345,10 @@ def test_report_html_names_the_slo_miss(tmp_path):
     assert _twin_verdict(g) == "misses SLO: serves none"
     sc_ok = load_scenario(_write(tmp_path, SLOTTED, "ok.yaml"))
     assert _twin_verdict(simulate_plan(sc_ok, placement_of(sc_ok), tmp_path, workers=1).gpus[0]) == "ok"
+
+
+def test_check_states_the_slo_the_plans_will_be_judged_by(tmp_path):
+    res = runner.invoke(app, ["check", str(_write(tmp_path, SLOTTED))])
+    assert res.exit_code == 0 and "SLO: ttft99 ≤ 2.0s, tpot99 ≤ 200ms, stable queue, per adapter" in res.stdout
+    none = runner.invoke(app, ["check", str(_write(tmp_path, SLOTTED + "slo: none\n", "n.yaml")), "--json"])
+    assert json.loads(none.stdout)["specs"][0]["slo"] is None
