@@ -128,11 +128,11 @@ class SloVerdict:
     violating_adapters: tuple[str, ...] = ()
 
 
-def _checks(lat: Latency, bounds: Bounds, adapter: str | None = None) -> tuple[SloCheck, ...]:
+def _checks(lat: Latency, bounds: Bounds) -> tuple[SloCheck, ...]:
     out = []
     for metric, bound in bounds:
         v = float(getattr(lat, SLO_FIELDS[metric]))
-        out.append(SloCheck(metric, v, bound, v <= bound, adapter))
+        out.append(SloCheck(metric, v, bound, v <= bound))
     return tuple(out)
 
 
