@@ -93,7 +93,9 @@ def check(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Validate scenario files; print every problem as file:line: field: message."""
+    from optplace.app.render import slo_summary
     from optplace.specs import SpecError, load_scenario
+    from optplace.twin.simulate import slo_json
 
     results: list[dict[str, Any]] = []
     bad: list[str] = []
@@ -114,6 +116,7 @@ def check(
                 "model": sc.model_name,
                 "gpu_types": [p.gpu_name for p in sc.gpu_types()],
                 "objective": sc.objective,
+                "slo": slo_json(sc),
             }
         )
     if json_out:
@@ -124,7 +127,7 @@ def check(
             if r["ok"]:
                 out.print(
                     f"ok  {r['spec']}: {r['name']} — {r['adapters']} adapters, {r['model']} on "
-                    f"{', '.join(r['gpu_types'])}, objective {r['objective']}",
+                    f"{', '.join(r['gpu_types'])}, objective {r['objective']}; SLO: {slo_summary(r['slo'])}",
                     markup=False,
                 )
     if bad:
@@ -168,7 +171,7 @@ def simulate(
 ) -> None:
     """Simulate the spec's placement with the twin (one vLLM engine per GPU, GPUs in parallel).
 
-    Exit code 1 when a GPU is starved (or fails to start)."""
+    Exit code 1 when a GPU is starved, fails to start, or misses the scenario's SLO."""
     sc = _load_or_exit(spec, allow_path)
     if sc.placement is None:
         raise _fail_input(
@@ -187,7 +190,7 @@ def simulate(
         from optplace.app.render import render_sim_report
 
         render_sim_report(_console(), rep, wide=wide)
-    if rep.starved_gpus or rep.oom_gpus:
+    if not rep.ok:
         raise typer.Exit(EXIT_FAIL)
 
 
@@ -221,8 +224,8 @@ def solve(
     wide: Wide = False,
 ) -> None:
     """Find a placement (which adapter on which GPU, with which vLLM flags), validate it in the twin,
-    repair what starves, and report. Exit 1 when infeasible or when the twin still finds starvation
-    (in the chosen plan; ``--compare`` rows are for information)."""
+    repair what starves or misses the SLO, and report. Exit 1 when infeasible or when the twin still
+    finds starvation or an SLO miss (in the chosen plan; ``--compare`` rows are for information)."""
     import time
 
     from optplace.infra.outputs import OutputExists, check_target
@@ -338,8 +341,9 @@ def validate(
     ] = None,
 ) -> None:
     """Validate a batch of plans or specs at once (all their GPUs in parallel) and report across them.
-    Exit 1 when any GPU starves or fails to start. With --engine vllm: run one plan on real vLLM servers
-    (--launch or --endpoints), write the measured results, and print the twin-vs-real error table."""
+    Exit 1 when any GPU starves, fails to start or misses its scenario's SLO. With --engine vllm: run one
+    plan on real vLLM servers (--launch or --endpoints), write the measured results, and print the
+    twin-vs-real error table."""
     if engine == "vllm":
         from optplace.vllm.commands import run_validate_vllm
 
@@ -404,7 +408,7 @@ def validate(
         from optplace.app.render import render_validation_table
 
         render_validation_table(_console(), [str(f) for f in files], results, wide=wide)
-    if any(r.starved_gpus or r.oom_gpus for r in results):
+    if not all(r.ok for r in results):
         raise typer.Exit(EXIT_FAIL)
 
 

@@ -96,10 +96,12 @@ class StrategyResult:
     twin_objective: float | None = None
     #: Why the strategy has no plan (infeasible, time limit), else None.
     error: str | None = None
+    #: GPUs that start and are not starved but miss the SLO (None: no SLO).
+    slo_gpus: int | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.starved_gpus == 0 and self.oom_gpus == 0
+        return self.error is None and self.starved_gpus == 0 and self.oom_gpus == 0 and not self.slo_gpus
 
     def to_json(self, reproducible: bool = False) -> dict[str, Any]:
         return {
@@ -110,6 +112,7 @@ class StrategyResult:
             "solve_time_s": 0.0 if reproducible else round(self.solve_time_s, 3),
             "starved_gpus": self.starved_gpus,
             "oom_gpus": self.oom_gpus,
+            "slo_gpus": self.slo_gpus,
             "worst_loss": _finite(self.worst_loss),
             "itl_ms_mean": _finite(self.itl_ms_mean),
             "twin_objective": _finite(self.twin_objective),
@@ -133,6 +136,7 @@ def strategy_result(name: str, plan: Any, rep: SimReport, score: float) -> Strat
         max((g.throughput_loss for g in rep.gpus if not g.oom), default=None),
         itl,
         score,
+        slo_gpus=len(rep.slo_gpus) if rep.slo is not None else None,
     )
 
 
@@ -157,7 +161,7 @@ class SolveReport:
     @property
     def ok(self) -> bool:
         v = self.validation
-        return v is None or not (v.starved_gpus or v.oom_gpus)
+        return v is None or v.ok
 
     def to_json(self, reproducible: bool = False) -> dict[str, Any]:
         """The ``solve --json`` document (docs/json-contracts.md), plus the scenario (a plan file is
@@ -172,6 +176,8 @@ class SolveReport:
             else {
                 "starved_gpus": list(v.starved_gpus),
                 "oom_gpus": list(v.oom_gpus),
+                "slo": v.slo,
+                "slo_gpus": list(v.slo_gpus),
                 "gpus": [g.to_json() for g in v.gpus],
                 "twin_objective": _finite(self.twin_objective),
                 "sim_wall_s": 0.0 if reproducible else round(v.sim_wall_s, 3),
@@ -215,12 +221,17 @@ def solve_scenario(
     strategy: str | None = None,
     validate: bool = True,
     workers: int | None = None,
-    max_rounds: int = 4,
+    max_rounds: int | None = None,
     on_event: Event = _quiet,
     started: float | None = None,
     compare: bool = False,
 ) -> SolveReport:
-    """Solve, validate in the twin, repair starved/OOM GPUs and re-validate (at most ``max_rounds``).
+    """Solve, validate in the twin, repair starved/OOM GPUs and those that miss the SLO, and re-validate
+    (at most ``max_rounds``: default 4, or 8 under an SLO).
+
+    The solver sizes GPUs by throughput (its oracles know no latency); the SLO is met by the twin's
+    check and the repair, which typically needs one round to give every adapter a slot and one or two
+    more to move load off the GPUs that then run short of KV cache.
 
     ``compare``: also solve the scenario with every other strategy (each on its own
     ``solver.time_limit_s``) and check each plan, as placed, in the twin (:class:`StrategyResult`,
@@ -274,6 +285,8 @@ def solve_scenario(
     if not (validate and sc.solver.validate_plan):
         return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, problem.adapters)
     val = PlanSimulator(sc, base_dir, executor_of(sc, workers))
+    if max_rounds is None:
+        max_rounds = 4 if sc.slo is None else 8
     actions: list[str] = []
     rounds = 0
     first: SimReport | None = None
@@ -282,13 +295,20 @@ def solve_scenario(
         on_event(step)
         rep = val.run(gpu_plans(plan), progress=_counting(on_event, step))
         first = first or rep
-        if not (rep.starved_gpus or rep.oom_gpus) or rounds >= max_rounds:
+        if rep.ok or rounds >= max_rounds:
             break
         rounds += 1
         losses = {g.index: g.throughput_loss for g in rep.gpus}
         with stdout_to_stderr():
             fixed = repair(
-                problem, oracle, plan, starved=rep.starved_gpus, oom=rep.oom_gpus, losses=losses, round_=rounds - 1
+                problem,
+                oracle,
+                plan,
+                starved=rep.starved_gpus,
+                oom=rep.oom_gpus,
+                losses=losses,
+                round_=rounds - 1,
+                slo=rep.slo_gpus,
             )
         actions += [f"round {rounds}: {a}" for a in fixed.actions]
         for a in fixed.actions:

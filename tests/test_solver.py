@@ -164,11 +164,15 @@ def test_objectives_registry_and_scores():
     with pytest.raises(ValueError, match="min_gpus, min_cost, min_latency"):
         get_objective("fastest")
     g = SimpleNamespace(
-        adapters=("a",), starved=False, oom=False, throughput_tok_s=100.0, itl_ms_mean=20.0, gpu_type="h100-64gb"
+        adapters=("a",),
+        starved=False,
+        oom=False,
+        slo_violated=False,
+        throughput_tok_s=100.0,
+        itl_ms_mean=20.0,
+        gpu_type="h100-64gb",
     )
-    h = SimpleNamespace(
-        adapters=("b",), starved=False, oom=False, throughput_tok_s=300.0, itl_ms_mean=40.0, gpu_type="h100-64gb"
-    )
+    h = replace_ns(g, adapters=("b",), throughput_tok_s=300.0, itl_ms_mean=40.0)
     rep = SimpleNamespace(gpus=(g, h))
     plan = SimpleNamespace(gpus=(SimpleNamespace(gpu_type="h100-64gb", cost_per_hour=2.5),))
     assert get_objective("min_gpus").score(plan, rep) == 2
@@ -176,6 +180,8 @@ def test_objectives_registry_and_scores():
     assert get_objective("min_latency").score(plan, rep) == pytest.approx(35.0)
     bad = SimpleNamespace(gpus=(g, replace_ns(h, starved=True)))
     assert get_objective("min_gpus").score(plan, bad) == math.inf
+    slow = SimpleNamespace(gpus=(g, replace_ns(h, slo_violated=True)))
+    assert get_objective("min_gpus").score(plan, slow) == math.inf
 
 
 def replace_ns(ns, **kw):

@@ -34,7 +34,10 @@ def test_twin_oracle_plan_passes_the_twin():
 
 
 def test_min_latency_beats_min_gpus_in_the_twin_on_the_same_budget():
-    sc = load_scenario_text(SPEC.replace("seed: 11", "seed: 11\nsolver: {max_gpus: 4}"), base_dir=REPO)
+    # Judged by the throughput rule (slo: none): the spread plan's oracle picks 5-7 slots for 10-12
+    # adapters per GPU, and those sticky slots miss the default SLO (TTFT p99 of 50-100 s), which
+    # would score it inf; this test is about the objective's latency score of two served plans.
+    sc = load_scenario_text(SPEC.replace("seed: 11", "seed: 11\nsolver: {max_gpus: 4}\nslo: none"), base_dir=REPO)
     pb = compile_problem(sc, REPO)
     orc = TwinCapacity(pb)
     packed = solve(pb, orc, "greedy")

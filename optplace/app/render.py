@@ -76,13 +76,16 @@ def say(console: Console, text: str, markup: bool = False) -> None:
 
 
 def _verdict(g: GpuReport | None) -> str:
-    """A GPU's twin verdict as rich markup: ok / starved / OOM, with the count of adapters over their bound."""
+    """A GPU's twin verdict as rich markup: ok / starved / OOM / misses SLO (with the figure furthest
+    over its bound), with the count of adapters over their loss bound."""
     if g is None:
         return "not validated"
     if g.oom:
         return "[red]OOM[/]"
     if g.starved:
         return "[red]starved[/]"
+    if g.slo is not None and not g.slo.ok:
+        return f"[red]misses SLO: {slo_text(g, bound=False)}[/]"  # two short lines at 80 columns
     if g.starved_adapters:
         return f"[green]ok[/], [yellow]{len(g.starved_adapters)} over[/]"
     return "[green]ok[/]"
@@ -93,6 +96,62 @@ def _over_bound_lines(console: Console, gpus: Sequence[GpuReport]) -> None:
         if g.starved_adapters and not g.oom:
             names = ", ".join(g.starved_adapters[:8]) + (" …" if len(g.starved_adapters) > 8 else "")
             say(console, f"GPU {g.index}: {len(g.starved_adapters)} adapters above the loss bound: {names}")
+
+
+#: Short names of the SLO metrics for the compact ``SLO`` column.
+SLO_SHORT = {
+    "ttft_p99_ms": "ttft99",
+    "ttft_p50_ms": "ttft50",
+    "itl_p99_ms": "itl99",
+    "itl_mean_ms": "itl",
+    "tpot_p99_ms": "tpot99",
+}
+
+
+def _dur(ms: float) -> str:
+    return f"{ms / 1e3:.1f}s" if ms >= 1000 else f"{ms:.0f}ms"
+
+
+def slo_text(g: GpuReport, bound: bool = True) -> str:
+    """The GPU's SLO figure that is closest to (or furthest over) its bound, as ``value/bound`` (or the
+    value alone), or what else fails it (a growing queue, an adapter served nothing); "–" without an SLO."""
+    v = g.slo
+    if v is None:
+        return "–"
+    if v.served_nothing:
+        return "serves none"
+    if not v.stable:
+        return f"queue +{v.backlog_growth:,}"
+    worst = max(v.checks, key=lambda c: c.value / c.bound, default=None)
+    if worst is None:
+        return "stable"
+    return f"{SLO_SHORT[worst.metric]} {_dur(worst.value)}" + (f"/{_dur(worst.bound)}" if bound else "")
+
+
+def _slo_cell(g: GpuReport | None) -> str:
+    if g is None or g.slo is None:
+        return "–"
+    return f"[{'green' if g.slo.ok else 'red'}]{slo_text(g)}[/]"
+
+
+def _slo_lines(console: Console, gpus: Sequence[GpuReport]) -> None:
+    """One line per GPU that starts, is not starved and misses the SLO: what fails, and the adapters."""
+    for g in gpus:
+        v = g.slo
+        if v is None or v.ok or g.oom or g.starved:
+            continue
+        why = [
+            f"{SLO_SHORT[c.metric]} {_dur(c.value)} > {_dur(c.bound)}" + (f" ({c.adapter})" if c.adapter else "")
+            for c in v.checks
+            if not c.ok
+        ]
+        if not v.stable:
+            why.append(f"backlog grew by {v.backlog_growth:,} requests (allowed {v.backlog_allowance:,.0f})")
+        if v.served_nothing:
+            why.append("an adapter with requests completed none")
+        names = ", ".join(v.violating_adapters[:6]) + (" …" if len(v.violating_adapters) > 6 else "")
+        tail = f"; {len(v.violating_adapters)} adapters miss it: {names}" if v.violating_adapters else ""
+        say(console, f"GPU {g.index} misses the SLO: {'; '.join(why)}{tail}")
 
 
 def _tok(x: float) -> str:
@@ -114,6 +173,7 @@ SIM_COLUMNS = (
     Column("loss", lambda g: f"{g.throughput_loss:.1%}", compact=True),
     Column("ITL ms", lambda g: f"{g.itl_ms_mean:.1f}"),
     Column("TTFT p99 ms", lambda g: _tok(g.ttft_ms_p99)),
+    Column("SLO worst", _slo_cell, right=False),
     Column("verdict", _verdict, right=False, compact=True, wrap=True),
 )
 
@@ -123,14 +183,30 @@ def render_sim_report(console: Console, rep: SimReport, wide: bool = False) -> N
     title = f"twin: {rep.scenario} (seed {rep.seed}, {rep.duration_s:.0f} s window)"
     print_table(console, build_table(title, SIM_COLUMNS, rep.gpus, wide), wide)
     _over_bound_lines(console, rep.gpus)
+    _slo_lines(console, rep.gpus)
     verdict = (
-        "[green]all GPUs serve their load[/]"
-        if not (rep.starved_gpus or rep.oom_gpus)
-        else f"[red]{len(rep.starved_gpus)} starved, {len(rep.oom_gpus)} OOM[/]"
+        "[green]all GPUs serve their load" + (" within the SLO" if rep.slo else "") + "[/]"
+        if rep.ok
+        else f"[red]{_fail_counts(rep)}[/]"
     )
     say(
         console, f"{verdict} — simulated {rep.simulated_s:,.0f} GPU-seconds in {rep.sim_wall_s:.1f} s wall", markup=True
     )
+
+
+def _fail_counts(rep: SimReport) -> str:
+    out = f"{len(rep.starved_gpus)} starved, {len(rep.oom_gpus)} OOM"
+    return out + (f", {len(rep.slo_gpus)} miss the SLO" if rep.slo else "")
+
+
+def slo_summary(slo: dict[str, Any] | None) -> str:
+    """The SLO in one phrase (``SimReport.slo``), e.g. "ttft99 ≤ 2.0s, tpot99 ≤ 200ms, stable queue, per
+    adapter" (the metric names of the table's SLO column)."""
+    if slo is None:
+        return "none (slo: none): the throughput rule alone"
+    bounds = ", ".join(f"{SLO_SHORT[m]} ≤ {_dur(b)}" for m, b in slo["bounds"].items())
+    own = " (some adapters with their own bounds)" if slo.get("adapter_entries_with_own_bounds") else ""
+    return f"{bounds or 'no latency bound'}, stable queue, per {slo['scope']}{own}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +241,13 @@ SOLVE_COLUMNS = (
     Column("twin loss", _twin_cell(lambda g: f"{g.throughput_loss:.1%}")),
     Column("twin ITL ms", _twin_cell(lambda g: f"{g.itl_ms_mean:.1f}")),
     Column("twin TTFT p99 ms", _twin_cell(lambda g: _tok(g.ttft_ms_p99))),
+    Column("SLO worst", lambda r: _slo_cell(r.twin), right=False),
     Column("verdict", lambda r: _verdict(r.twin), right=False, compact=True, wrap=True),
 )
+
+
+#: What the solver does with the SLO today, said wherever a solved plan is shown.
+SLO_SOLVER_NOTE = "; the solver sizes GPUs by throughput, the twin's check and repair enforce the SLO"
 
 
 def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:  # rep: pipeline.SolveReport
@@ -178,6 +259,7 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
     print_table(console, build_table(title, SOLVE_COLUMNS, rows, wide), wide)
     if val is not None:
         _over_bound_lines(console, [r.twin for r in rows if r.twin is not None])
+        _slo_lines(console, [r.twin for r in rows if r.twin is not None])
     gap = f"{plan.gap:.1%}" if plan.gap == plan.gap and plan.gap != float("inf") else "–"
     say(
         console,
@@ -188,12 +270,12 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
         say(console, f"repaired: {a}")
     if val is not None:
         verdict = (
-            "[green]twin: every GPU serves its load[/]"
+            "[green]twin: every GPU serves its load" + (" within the SLO" if val.slo else "") + "[/]"
             if rep.ok
-            else f"[red]twin: {len(val.starved_gpus)} starved, {len(val.oom_gpus)} OOM after {rep.rounds} repair "
-            "rounds[/]"
+            else f"[red]twin: {_fail_counts(val)} after {rep.rounds} repair rounds[/]"
         )
         say(console, verdict, markup=True)
+        say(console, f"SLO: {slo_summary(val.slo)}" + (SLO_SOLVER_NOTE if val.slo else ""))
     if rep.comparison:
         render_comparison_table(console, rep.comparison, rep.plan.objective, wide)
     if not wide:
@@ -209,6 +291,7 @@ def comparison_headers(objective: str) -> list[str]:
         "lower bound",
         "starved",
         "OOM",
+        "miss SLO",
         "worst loss",
         "mean ITL ms",
         "solve s",
@@ -217,14 +300,14 @@ def comparison_headers(objective: str) -> list[str]:
 
 
 #: The comparison columns the compact terminal table keeps (by header position in :func:`comparison_headers`).
-COMPARISON_COMPACT = (0, 1, 4, 5, 6, 9)
+COMPARISON_COMPACT = (0, 1, 4, 5, 6, 7, 10)
 
 
 def comparison_cells(r: Any) -> list[str]:  # r: pipeline.StrategyResult
     """One strategy's row of the comparison, as text; the last cell is the twin's verdict (or why there is
     no plan)."""
     if r.error is not None:
-        return [r.strategy, *["–"] * 8, f"no plan: {r.error}"]
+        return [r.strategy, *["–"] * 9, f"no plan: {r.error}"]
     return [
         r.strategy,
         str(r.gpus_used),
@@ -232,6 +315,7 @@ def comparison_cells(r: Any) -> list[str]:  # r: pipeline.StrategyResult
         f"{r.lower_bound:g}",
         str(r.starved_gpus),
         str(r.oom_gpus),
+        "–" if r.slo_gpus is None else str(r.slo_gpus),
         f"{r.worst_loss:.1%}" if r.worst_loss is not None else "–",
         f"{r.itl_ms_mean:.1f}" if r.itl_ms_mean is not None else "–",
         f"{r.solve_time_s:.2f}",
@@ -309,13 +393,14 @@ VALIDATION_COLUMNS = (
     Column("GPUs", lambda v: str(len(v.rep.gpus)), compact=True),
     Column("starved", lambda v: str(len(v.rep.starved_gpus)), compact=True),
     Column("OOM", lambda v: str(len(v.rep.oom_gpus)), compact=True),
+    Column("miss SLO", lambda v: str(len(v.rep.slo_gpus)) if v.rep.slo else "–", compact=True),
     Column("adapters > bound", lambda v: str(v.over_bound)),
     Column("worst loss", lambda v: f"{v.worst_loss:.1%}", compact=True),
     Column("mean ITL ms", lambda v: f"{v.itl_ms:.1f}"),
     Column("worst TTFT p99 ms", lambda v: _tok(v.ttft_ms_p99)),
     Column(
         "verdict",
-        lambda v: "[red]fails[/]" if v.rep.starved_gpus or v.rep.oom_gpus else "[green]ok[/]",
+        lambda v: "[green]ok[/]" if v.rep.ok else "[red]fails[/]",
         right=False,
         compact=True,
         wrap=True,

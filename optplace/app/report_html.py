@@ -11,6 +11,10 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optplace.twin.simulate import GpuReport
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
 
@@ -200,7 +204,7 @@ def solve_report_html(rep) -> str:  # rep: optplace.pipeline.SolveReport
                 f"{g.capacity_tok_s:,.0f}",
                 f"{tw.throughput_tok_s:,.0f}" if tw else "–",
                 f"{tw.throughput_loss:.1%}" if tw else "–",
-                ("OOM" if tw.oom else "starved" if tw.starved else "ok") if tw else "not validated",
+                _twin_verdict(tw) if tw else "not validated",
             ]
         )
     summary = table(
@@ -247,3 +251,14 @@ def solve_report_html(rep) -> str:  # rep: optplace.pipeline.SolveReport
     if rep.repairs:
         sections.append(("Repairs", table(["action"], [[a] for a in rep.repairs])))
     return page(f"optplace plan — {rep.scenario.name}", sections)
+
+
+def _twin_verdict(g: GpuReport) -> str:
+    """A GPU's twin verdict as text: OOM / starved / misses SLO (its worst figure against its bound) / ok."""
+    from optplace.app.render import slo_text
+
+    if g.oom:
+        return "OOM"
+    if g.starved:
+        return "starved"
+    return f"misses SLO: {slo_text(g)}" if g.slo_violated else "ok"

@@ -17,7 +17,7 @@ from typing import Any
 from optplace.infra.executors import ExecutorSpec
 from optplace.specs import Scenario, SpecError
 from optplace.specs.loader import semantic_issues
-from optplace.twin.simulate import GpuConfig, PlanSimulator, Progress, SimReport, run_jobs
+from optplace.twin.simulate import GpuConfig, PlanSimulator, Progress, SimReport, run_jobs, slo_json
 
 from optplace.infra.outputs import write_json
 from optplace.pipeline import SolveReport, executor_of
@@ -145,6 +145,7 @@ def validate_many(
                 simulated_s=it.scenario.workload.duration_s * len(gpus),
                 max_throughput_loss=c.max_throughput_loss,
                 max_adapter_loss=c.max_adapter_loss,
+                slo=slo_json(it.scenario),
             )
         )
     return out

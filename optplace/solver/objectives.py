@@ -73,8 +73,8 @@ class Objective:
 
     def score(self, plan: Plan, sim_report: Any) -> float:
         """The objective measured on a twin report (``optplace.twin.simulate.SimReport``); inf when a
-        GPU starved or ran out of memory."""
-        if any(g.starved or g.oom for g in sim_report.gpus):
+        GPU starved, ran out of memory or missed the SLO."""
+        if any(g.starved or g.oom or g.slo_violated for g in sim_report.gpus):
             return math.inf
         return self.score_report(plan, sim_report)
 

@@ -9,6 +9,19 @@ The pipeline calls :func:`repair` in a loop (simulate → repair → simulate �
 * starved otherwise → move the hottest adapters off until the GPU's offered load drops by the
   measured loss plus a 5 % margin (at least 10 %).
 
+A GPU that misses the SLO (``slo``: it serves its throughput, but its latency is over a bound) is
+repaired like a starved one, except that
+
+* a GPU with more adapters than its memory cap of slots first moves its coldest adapters off, down
+  to the cap; one with fewer slots than adapters (below the cap) gets a slot per adapter, in any
+  round: an adapter without a slot waits for one to free (sticky slots), which is what makes a GPU
+  with a low loss miss a TTFT bound;
+* a GPU that already gives every adapter a slot moves its hottest adapters off as a starved one does;
+* every GPU it leaves with adapters or fills gets a slot per adapter (within the cap), and the
+  re-homing keeps every GPU within its slot cap.
+
+The twin judges the result again; the pipeline runs up to 8 rounds under an SLO.
+
 The moved adapters (of every starved GPU of the round) are re-homed, cheapest first:
 
 1. onto the good GPUs (not starved/OOM this round) with the most headroom (analytic utilisation)
@@ -51,10 +64,14 @@ def repair(
     oom: Sequence[int] = (),
     losses: Mapping[int, float] | None = None,
     round_: int = 0,
+    slo: Sequence[int] = (),
 ) -> RepairResult:
-    """Repair the GPUs at indices ``starved`` / ``oom`` of ``plan`` (see the module docstring)."""
+    """Repair the GPUs at indices ``starved`` / ``oom`` / ``slo`` (misses the SLO) of ``plan`` (see the
+    module docstring)."""
     gpus = list(plan.gpus)
     actions: list[str] = []
+    slo_set = set(slo) - set(starved) - set(oom)
+    starved = sorted(set(starved) | slo_set)
     bad = set(starved) | set(oom)
     losses = dict(losses or {})
     new: list[GpuAssignment] = []
@@ -71,34 +88,49 @@ def repair(
             new.append(assign_gpu(problem, oracle, g.type_index, g.adapter_indices[half:], len(gpus) + len(new)))
             actions.append(f"GPU {i}: OOM at any slot count → split in two")
     pending: list[int] = []
-    shed_lines: list[tuple[int, int, float]] = []
+    shed_lines: list[tuple[int, str, float]] = []
     for i in sorted(set(starved) - set(oom)):
         g = gpus[i]
         n = len(g.adapter_indices)
         cap = oracle.slot_cap(g.type_index, g.max_lora_rank)
-        if round_ == 0 and g.max_loras < n and min(n, cap) > g.max_loras:
+        what = "misses SLO" if i in slo_set else "starved"
+        moved: list[int] = []
+        if i in slo_set:
+            moved = _coldest_beyond_cap(problem, g, cap)
+            if not moved and min(n, cap) > g.max_loras:
+                L = min(n, cap)
+                gpus[i] = assign_gpu(problem, oracle, g.type_index, g.adapter_indices, i, max_loras=L)
+                actions.append(f"GPU {i}: {what} → max_loras {g.max_loras} → {L} (a slot per adapter)")
+                continue
+            if moved:
+                what += f" → moved {len(moved)} coldest adapters (more than its {cap} slots)"
+        elif round_ == 0 and g.max_loras < n and min(n, cap) > g.max_loras:
             L = min(n, cap)
             gpus[i] = assign_gpu(problem, oracle, g.type_index, g.adapter_indices, i, max_loras=L)
-            actions.append(f"GPU {i}: starved → max_loras {g.max_loras} → {L}")
+            actions.append(f"GPU {i}: {what} → max_loras {g.max_loras} → {L}")
             continue
-        target = max(0.10, losses.get(i, 0.10) + 0.05)
-        order = sorted(g.adapter_indices, key=lambda a: (-problem.adapters[a].rate_rps, a))
-        total = math.fsum(problem.adapters[a].rate_rps for a in order)
-        moved: list[int] = []
-        shed = 0.0
-        for a in order:
-            if shed >= target * total or len(moved) >= len(order) - 1:
-                break
-            moved.append(a)
-            shed += problem.adapters[a].rate_rps
+        if not moved:  # shed the measured loss plus a margin, hottest first
+            target = max(0.10, losses.get(i, 0.10) + 0.05)
+            total = math.fsum(problem.adapters[a].rate_rps for a in g.adapter_indices)
+            shed = 0.0
+            for a in sorted(g.adapter_indices, key=lambda a: (-problem.adapters[a].rate_rps, a)):
+                if shed >= target * total or len(moved) >= n - 1:
+                    break
+                moved.append(a)
+                shed += problem.adapters[a].rate_rps
+            what = ("misses SLO" if i in slo_set else "starved") + f" → moved {len(moved)} hottest adapters"
         if not moved:  # a single adapter that starves alone: nothing to move
-            raise Infeasible(
-                f"GPU {i}: adapter {problem.adapters[order[0]].name!r} starves even alone", "max_throughput_loss"
-            )
+            name = problem.adapters[g.adapter_indices[0]].name
+            if i in slo_set:
+                raise Infeasible(f"GPU {i}: adapter {name!r} misses the SLO even alone", "slo")
+            raise Infeasible(f"GPU {i}: adapter {name!r} starves even alone", "max_throughput_loss")
         keep = [a for a in g.adapter_indices if a not in set(moved)]
-        gpus[i] = assign_gpu(problem, oracle, g.type_index, keep, i)
+        slots = _slot_each(problem, oracle, g.type_index, keep) if i in slo_set else None
+        gpus[i] = assign_gpu(problem, oracle, g.type_index, keep, i, max_loras=slots)
         pending += moved
-        shed_lines.append((i, len(moved), shed / total if total > 0 else 0.0))
+        total = math.fsum(problem.adapters[a].rate_rps for a in g.adapter_indices)
+        shed = math.fsum(problem.adapters[a].rate_rps for a in moved)
+        shed_lines.append((i, what, shed / total if total > 0 else 0.0))
     if pending:
         where = _rehome(
             problem,
@@ -108,10 +140,24 @@ def repair(
             sorted(pending, key=lambda a: (-problem.adapters[a].rate_rps, a)),
             bad,
             _type_for_new(problem, [gpus[i].type_index for i, _, _ in shed_lines], gpus + new),
+            fit_slots=bool(slo_set),
         )
-        for i, k, frac in shed_lines:
-            actions.append(f"GPU {i}: starved → moved {k} hottest adapters ({frac:.0%} of its load) off it")
+        for i, how, frac in shed_lines:
+            actions.append(f"GPU {i}: {how} ({frac:.0%} of its load) off it")
         actions.append(where)
+    if slo_set:
+        # A GPU that received adapters gets a slot per adapter (within its memory cap), as the GPUs
+        # repaired for the SLO did: the oracle's slot count would leave the SLO to sticky slots.
+        before = {i: g.adapter_indices for i, g in enumerate(plan.gpus)}
+        for k, g in enumerate(gpus + new):
+            if g.adapters and before.get(k) != g.adapter_indices:
+                L = _slot_each(problem, oracle, g.type_index, list(g.adapter_indices))
+                if L > g.max_loras:
+                    fixed = assign_gpu(problem, oracle, g.type_index, g.adapter_indices, g.gpu, max_loras=L)
+                    if k < len(gpus):
+                        gpus[k] = fixed
+                    else:
+                        new[k - len(gpus)] = fixed
     out = renumber(gpus + new)
     from optplace.solver.objectives import get_objective
 
@@ -123,8 +169,25 @@ def repair(
 MARGIN = 0.10
 
 
-def _ok(problem: Problem, oracle: CapacityOracle, gtype: int, idx: list[int]) -> bool:
-    """The oracle accepts adapters ``idx`` on ``gtype`` with the :data:`MARGIN` load margin."""
+def _slot_each(problem: Problem, oracle: CapacityOracle, gtype: int, idx: Sequence[int]) -> int:
+    """A slot per adapter of ``idx``, within the memory cap at their largest rank."""
+    return max(1, min(len(idx), oracle.slot_cap(gtype, max(problem.adapters[a].rank for a in idx))))
+
+
+def _coldest_beyond_cap(problem: Problem, g: GpuAssignment, cap: int) -> list[int]:
+    """The coldest adapters of a GPU beyond its memory cap of slots: without a slot of their own they
+    are the ones left waiting for one (sticky slots) while the hot adapters keep theirs."""
+    n = len(g.adapter_indices)
+    if n <= max(cap, 1):
+        return []
+    return sorted(g.adapter_indices, key=lambda a: (problem.adapters[a].rate_rps, a))[: n - cap]
+
+
+def _ok(problem: Problem, oracle: CapacityOracle, gtype: int, idx: list[int], fit_slots: bool = False) -> bool:
+    """The oracle accepts adapters ``idx`` on ``gtype`` with the :data:`MARGIN` load margin (and, with
+    ``fit_slots``, every adapter gets a slot within the memory cap)."""
+    if fit_slots and len(idx) > oracle.slot_cap(gtype, max(problem.adapters[a].rank for a in idx)):
+        return False
     return judge(oracle, gtype, scaled(problem, idx, 1.0 / (1.0 - MARGIN))).feasible
 
 
@@ -151,6 +214,7 @@ def _rehome(
     pending: list[int],
     bad: set[int],
     new_type: int,
+    fit_slots: bool = False,
 ) -> str:
     """Place ``pending`` adapters (see the module docstring, steps 1–3); updates ``gpus``/``new`` in place
     and returns the action line."""
@@ -167,7 +231,7 @@ def _rehome(
         placed = False
         for i in sorted(good, key=lambda i: (util(i), i))[:8]:
             idx = list(gpus[i].adapter_indices) + [a]
-            if _ok(problem, oracle, gpus[i].type_index, idx):
+            if _ok(problem, oracle, gpus[i].type_index, idx, fit_slots):
                 gpus[i] = assign_gpu(problem, oracle, gpus[i].type_index, idx, i)
                 placed = True
                 on_existing += 1
@@ -186,7 +250,7 @@ def _rehome(
             load[i] += problem.adapters[a].rate_rps * 1e-3  # spread ties; the balancer decides
         entries = [assign_gpu(problem, oracle, gpus[i].type_index, trial[i], i) for i in good]
         bal = rebalance(problem, oracle, entries, load_scale=1.0 / (1.0 - MARGIN))
-        if all(_ok(problem, oracle, g.type_index, list(g.adapter_indices)) for g in bal.gpus):
+        if all(_ok(problem, oracle, g.type_index, list(g.adapter_indices), fit_slots) for g in bal.gpus):
             for i, g in zip(good, bal.gpus):
                 gpus[i] = g
             return (
@@ -197,7 +261,7 @@ def _rehome(
     bins: list[list[int]] = []
     for a in left:
         for b in bins:
-            if _ok(problem, oracle, new_type, b + [a]):
+            if _ok(problem, oracle, new_type, b + [a], fit_slots):
                 b.append(a)
                 break
         else:

@@ -58,7 +58,11 @@ class GpuSpec(BaseModel):
 
     name: str
     memory_gib: float = Field(gt=0)
-    bf16_tflops: float = Field(gt=0, description="Dense BF16 tensor throughput, TFLOP/s.")
+    # Not read by any model yet: an uncalibrated profile scales step time by memory bandwidth (decode
+    # is bandwidth-bound). Kept so a GPU is described whole; tests/test_spec_fields.py holds the list.
+    bf16_tflops: float = Field(
+        gt=0, description="Dense BF16 tensor throughput, TFLOP/s (informational: not read by the models)."
+    )
     bandwidth_gbs: float = Field(gt=0, description="Memory bandwidth, GB/s.")
     note: str = ""
 

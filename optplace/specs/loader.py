@@ -290,10 +290,33 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
                 "shorten duration_s",
             )
         )
+    out += _slo_problems(sc)
     if sc.placement is not None and expanded:
         out += _placement_problems(sc, {a.name: a for a in expanded})
     if OBJECTIVES.get(sc.objective).fixed_budget and sc.solver.max_gpus is None and sc.pool is None:
         out.append((("solver", "max_gpus"), f"objective {sc.objective} needs a GPU budget: set solver.max_gpus"))
+    return out
+
+
+def _slo_problems(sc: Scenario) -> list[Problem]:
+    """The SLO's warm-up inside the window; adapters' own bounds only where they are read."""
+    out: list[Problem] = []
+    slo = sc.slo
+    if slo is not None and slo.warmup_s is not None and slo.warmup_s >= sc.workload.duration_s:
+        out.append(
+            (
+                ("slo", "warmup_s"),
+                f"warmup_s {slo.warmup_s:g} must be shorter than the window (workload.duration_s "
+                f"{sc.workload.duration_s:g})",
+            )
+        )
+    for i, it in enumerate(sc.adapters):
+        if it.slo is None:
+            continue
+        if not slo is not None:
+            out.append((("adapters", i, "slo"), "an adapter's own slo needs the scenario's `slo:` (it says none)"))
+        elif slo.scope != "adapter":
+            out.append((("adapters", i, "slo"), "an adapter's own slo needs slo.scope: adapter (it is gpu)"))
     return out
 
 

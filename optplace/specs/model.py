@@ -32,6 +32,7 @@ from pydantic import (
     StrictStr,
     Tag,
     ValidationInfo,
+    field_serializer,
     field_validator,
 )
 from pydantic_core import core_schema
@@ -274,6 +275,7 @@ class AdapterEntry(_Spec):
     name: Name
     rank: Rank
     rate_rps: Rate = Field(description="Mean request rate [req/s].")
+    slo: SloOverride | None = Field(default=None, description="This adapter's own SLO bounds (scope adapter).")
 
     _check_rank = field_validator("rank")(lambda cls, v: _rank(v))
 
@@ -295,6 +297,7 @@ class AdapterGroup(_Spec):
     rate_rps: Rate | None = None
     total_rate_rps: Rate | None = None
     popularity: Popularity | None = None
+    slo: SloOverride | None = Field(default=None, description="The group's adapters' own SLO bounds (scope adapter).")
 
     _check_rank = field_validator("rank")(lambda cls, v: _rank(v))
 
@@ -355,22 +358,73 @@ class Constraints(_Spec):
     max_adapter_loss: Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, le=1)] | None = Field(
         default=None, description="Optional: no adapter may lose more than this fraction of its offered tokens."
     )
-    # Latency objectives are not planned for yet: refused rather than accepted and ignored, until the
-    # solver and the twin's verdict honour them.
-    max_itl_ms: PosNum | None = Field(default=None, description="Refused: latency objectives are not enforced yet.")
+    # Latency objectives live in the top-level ``slo:`` section; these two names are refused (not
+    # accepted and ignored) so a spec written for them learns where the objective goes.
+    max_itl_ms: PosNum | None = Field(default=None, description="Refused: write the bound in `slo:` (itl_mean_ms).")
     max_ttft_p99_ms: PosNum | None = Field(
-        default=None, description="Refused: latency objectives are not enforced yet."
+        default=None, description="Refused: write the bound in `slo:` (ttft_p99_ms)."
     )
 
     @field_validator("max_itl_ms", "max_ttft_p99_ms")
     @classmethod
-    def _not_enforced(cls, v: float | None) -> float | None:
+    def _moved_to_slo(cls, v: float | None, info: ValidationInfo) -> float | None:
         if v is not None:
+            to = {"max_itl_ms": "itl_mean_ms", "max_ttft_p99_ms": "ttft_p99_ms"}[str(info.field_name)]
             raise ValueError(
-                "latency objectives are not enforced by this version (plans are judged by the throughput "
-                "rule); remove the field — simulate --json reports TTFT and ITL per GPU and per adapter"
+                f"not read here: latency objectives go in the top-level `slo:` section (slo: {{{to}: {v:g}}})"
             )
         return v
+
+
+#: The SLO bounds a spec may give (each a latency in ms, judged on the steady-state requests).
+SLO_METRICS = ("ttft_p99_ms", "ttft_p50_ms", "itl_p99_ms", "itl_mean_ms", "tpot_p99_ms")
+
+#: The default SLO when a spec has no ``slo:`` section: interactive-chat latency per adapter.
+DEFAULT_TTFT_P99_MS = 2000.0
+DEFAULT_TPOT_P99_MS = 200.0
+
+
+class SloBounds(_Spec):
+    """Latency bounds [ms] (steady state). A bound set to ``null`` is not checked; an adapter's or a
+    group's own ``slo:`` replaces only the bounds it names."""
+
+    ttft_p99_ms: PosNum | None = Field(default=DEFAULT_TTFT_P99_MS, description="99th percentile time to first token.")
+    ttft_p50_ms: PosNum | None = Field(default=None, description="Median time to first token.")
+    itl_p99_ms: PosNum | None = Field(default=None, description="99th percentile inter-token latency.")
+    itl_mean_ms: PosNum | None = Field(default=None, description="Mean inter-token latency.")
+    tpot_p99_ms: PosNum | None = Field(
+        default=DEFAULT_TPOT_P99_MS, description="99th percentile time per output token (per request)."
+    )
+
+    def bounds(self) -> tuple[tuple[str, float], ...]:
+        """The bounds that are checked, as ``(metric, bound)`` in :data:`SLO_METRICS` order."""
+        return tuple((m, float(b)) for m in SLO_METRICS if (b := getattr(self, m)) is not None)
+
+    def overridden_by(self, own: SloBounds | None) -> SloBounds:
+        """These bounds with those ``own`` names explicitly (a null there removes the bound)."""
+        if own is None:
+            return self
+        return self.model_copy(update={k: getattr(own, k) for k in own.model_fields_set})
+
+
+class Slo(SloBounds):
+    """Service-level objectives every plan must meet in the twin (``slo: none`` disables them)."""
+
+    scope: Literal["adapter", "gpu"] = Field(
+        default="adapter",
+        description="adapter: every adapter's own requests meet the bounds; gpu: each GPU's requests taken together.",
+    )
+    warmup_s: PosNum | None = Field(
+        default=None,
+        description="Requests arriving before this are the start-up transient (default 10 % of the window).",
+    )
+
+
+class SloOverride(SloBounds):
+    """An adapter's or a group's own bounds: only the fields it gives replace the scenario's."""
+
+    ttft_p99_ms: PosNum | None = None
+    tpot_p99_ms: PosNum | None = None
 
 
 class SolverOptions(_Spec):
@@ -395,6 +449,11 @@ class PlacementEntry(_Spec):
     adapters: Union[Literal["all"], tuple[Name, ...]]
 
 
+def _none_not_null(schema: dict[str, Any]) -> None:
+    """The schema of ``slo``: the word ``none``, not JSON null (which the field refuses)."""
+    schema["anyOf"] = [{"const": "none"} if x == {"type": "null"} else x for x in schema.get("anyOf", [])]
+
+
 class Scenario(_Spec):
     """A complete placement scenario (see the README for an example of every key)."""
 
@@ -411,6 +470,27 @@ class Scenario(_Spec):
     solver: SolverOptions = Field(default_factory=SolverOptions)
     seed: Annotated[int, Strict(), Field(ge=0, lt=2**63)] = 0
     placement: tuple[PlacementEntry, ...] | None = None
+    # None is how `slo: none` is held (a nullable field reports one error per problem, a union two);
+    # it is written back as "none" so a dumped scenario loads again.
+    slo: Slo | None = Field(
+        default_factory=Slo,
+        description="Latency objectives (default: TTFT p99 ≤ 2000 ms, TPOT p99 ≤ 200 ms per adapter, stable "
+        "queue); `none`: the throughput rule of `constraints` alone.",
+        json_schema_extra=_none_not_null,
+    )
+
+    @field_validator("slo", mode="before")
+    @classmethod
+    def _slo_none(cls, v: Any) -> Any:
+        if v != "none" and not isinstance(v, (dict, Slo)):
+            raise ValueError(
+                "give a mapping of bounds (e.g. {ttft_p99_ms: 2000}), or `none` for the throughput rule alone"
+            )
+        return None if v == "none" else v
+
+    @field_serializer("slo")
+    def _slo_dump(self, v: Slo | None) -> Any:
+        return "none" if v is None else v.model_dump()
 
     @property
     def model_name(self) -> str:
@@ -422,6 +502,22 @@ class Scenario(_Spec):
             return self.pool
         assert self.gpu is not None  # guaranteed by semantic_issues
         return (PoolEntry(gpu=self.gpu, count=100_000, cost_per_hour=1.0, profile=self.profile),)
+
+    def slo_warmup_s(self) -> float:
+        """Steady state starts here: ``slo.warmup_s``, else 10 % of the window."""
+        w = self.slo.warmup_s if self.slo is not None else None
+        return float(w) if w is not None else 0.10 * self.workload.duration_s
+
+    def adapter_slos(self) -> tuple[SloBounds, ...] | None:
+        """Every adapter's SLO bounds, in :meth:`adapter_list` order (None with ``slo: none``)."""
+        if self.slo is None:
+            return None
+        base = SloBounds(**{m: getattr(self.slo, m) for m in SLO_METRICS})
+        out: list[SloBounds] = []
+        for it in self.adapters:
+            own = base.overridden_by(it.slo)
+            out.extend([own] * (1 if isinstance(it, AdapterEntry) else it.count))
+        return tuple(out)
 
     def adapter_list(self) -> tuple[Adapter, ...]:
         """Every adapter, groups expanded in spec order."""

@@ -67,6 +67,117 @@ class WindowLatency:
     steady: Latency
 
 
+#: A queue is stable when its backlog (requests arrived and not finished) grows over the steady-state
+#: window by at most this share of the requests that arrived in it, plus :data:`STABLE_SLACK` requests.
+#: A stable server ends the window with about the backlog it started it with (the requests in flight,
+#: a few seconds' worth of arrivals); a server short of capacity piles up (offered − served) × time,
+#: e.g. 3 % of the load for the whole window. The share leaves room for the in-flight count's own
+#: fluctuation and is small enough that a queue growing by more than it also fails any interactive
+#: TTFT bound; the slack keeps an adapter of a few requests from failing on one still in flight.
+STABLE_SHARE = 0.01
+STABLE_SLACK = 5.0
+
+#: The SLO metrics (spec names) and the :class:`Latency` field each is read from.
+SLO_FIELDS = {
+    "ttft_p99_ms": "ttft_ms_p99",
+    "ttft_p50_ms": "ttft_ms_p50",
+    "itl_p99_ms": "itl_ms_p99",
+    "itl_mean_ms": "itl_ms_mean",
+    "tpot_p99_ms": "tpot_ms_p99",
+}
+
+Bounds = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SloRule:
+    """The SLO one GPU is judged by: scope, steady-state start, and the bounds of each of its adapters
+    (in the job's adapter order) and of the scenario (the GPU's own bounds under ``scope: gpu``)."""
+
+    scope: str
+    warmup_s: float
+    bounds: Bounds
+    adapter_bounds: tuple[Bounds, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SloCheck:
+    """One bound: the steady-state value, the bound, and whether it holds. On a GPU judged per adapter,
+    the adapter whose value is furthest over (or closest to) its bound."""
+
+    metric: str
+    value: float
+    bound: float
+    ok: bool
+    adapter: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SloVerdict:
+    """The SLO verdict of one GPU or adapter over the steady state (requests arriving at or after the
+    warm-up): every bound, the backlog's growth against its allowance, and "offered load, nothing served"."""
+
+    ok: bool
+    checks: tuple[SloCheck, ...]
+    arrived: int
+    backlog_growth: int
+    backlog_allowance: float
+    stable: bool
+    served_nothing: bool
+    #: Adapters of the GPU that miss their own SLO (empty for an adapter's verdict).
+    violating_adapters: tuple[str, ...] = ()
+
+
+def _checks(lat: Latency, bounds: Bounds) -> tuple[SloCheck, ...]:
+    out = []
+    for metric, bound in bounds:
+        v = float(getattr(lat, SLO_FIELDS[metric]))
+        out.append(SloCheck(metric, v, bound, v <= bound))
+    return tuple(out)
+
+
+def _backlog(arrived: int, finished: int) -> tuple[int, float, bool]:
+    growth = arrived - finished
+    allowance = STABLE_SHARE * arrived + STABLE_SLACK
+    return growth, allowance, growth <= allowance
+
+
+def judge_slo(
+    rule: SloRule,
+    names: Sequence[str],
+    gpu_lat: WindowLatency,
+    ad_lat: Sequence[WindowLatency],
+    arrived: np.ndarray,
+    finished: np.ndarray,
+) -> tuple[SloVerdict, tuple[SloVerdict, ...]]:
+    """The GPU's and each adapter's verdict. ``arrived`` / ``finished``: per adapter, the requests that
+    arrived in the steady state and those that finished in it (whenever they arrived), so their
+    difference is the growth of the adapter's backlog over the steady state."""
+    per: list[SloVerdict] = []
+    for i in range(len(names)):
+        lat = ad_lat[i].steady
+        nothing = int(arrived[i]) > 0 and lat.completed == 0
+        growth, allow, stable = _backlog(int(arrived[i]), int(finished[i]))
+        checks = _checks(lat, rule.adapter_bounds[i]) if rule.scope == "adapter" else ()
+        ok = not nothing and (rule.scope != "adapter" or (stable and all(c.ok for c in checks)))
+        per.append(SloVerdict(ok, checks, int(arrived[i]), growth, allow, stable, nothing))
+    growth, allow, stable = _backlog(int(arrived.sum()), int(finished.sum()))
+    bad = tuple(n for n, v in zip(names, per) if not v.ok)
+    nothing = any(v.served_nothing for v in per)
+    if rule.scope == "gpu":
+        checks = _checks(gpu_lat.steady, rule.bounds)
+    else:  # each metric's worst adapter (largest value / bound)
+        worst: dict[str, SloCheck] = {}
+        for name, v in zip(names, per):
+            for c in v.checks:
+                w = worst.get(c.metric)
+                if w is None or c.value / c.bound > w.value / w.bound:
+                    worst[c.metric] = replace(c, adapter=name)
+        checks = tuple(worst[m] for m in SLO_FIELDS if m in worst)
+    ok = stable and not bad and all(c.ok for c in checks)
+    return SloVerdict(ok, checks, int(arrived.sum()), growth, allow, stable, nothing, bad), tuple(per)
+
+
 @dataclass(frozen=True, slots=True)
 class AdapterReport:
     """One adapter on one GPU over the window."""
@@ -77,6 +188,7 @@ class AdapterReport:
     completed: int
     loss: float
     latency: WindowLatency | None = None
+    slo: SloVerdict | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +218,17 @@ class GpuReport:
     max_waiting: int
     per_adapter: tuple[AdapterReport, ...]
     latency: WindowLatency | None = None
+    #: The SLO verdict (None when the scenario has ``slo: none`` or the caller judged no SLO).
+    slo: SloVerdict | None = None
+
+    @property
+    def slo_violated(self) -> bool:
+        return self.slo is not None and not self.slo.ok
+
+    @property
+    def failed(self) -> bool:
+        """Fails the plan: starved (throughput rule), fails to start, or misses the SLO."""
+        return self.starved or self.oom or self.slo_violated
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -129,6 +252,22 @@ class SimReport:
     max_throughput_loss: float = 0.10
     max_adapter_loss: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The SLO the GPUs were judged by, as the JSON shows it (None: ``slo: none``).
+    slo: dict[str, Any] | None = None
+
+    @property
+    def slo_gpus(self) -> tuple[int, ...]:
+        """GPUs that start and are not starved but miss the SLO."""
+        return tuple(g.index for g in self.gpus if g.slo_violated and not (g.starved or g.oom))
+
+    @property
+    def failed_gpus(self) -> tuple[int, ...]:
+        """GPUs that are starved, fail to start or miss the SLO."""
+        return tuple(g.index for g in self.gpus if g.failed)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_gpus
 
     @property
     def starved_gpus(self) -> tuple[int, ...]:
@@ -149,6 +288,8 @@ class SimReport:
             "gpus": [g.to_json() for g in self.gpus],
             "starved_gpus": list(self.starved_gpus),
             "oom_gpus": list(self.oom_gpus),
+            "slo": self.slo,
+            "slo_gpus": list(self.slo_gpus),
             "sim_wall_s": 0.0 if reproducible else round(self.sim_wall_s, 3),
             "simulated_s": round(self.simulated_s, 3),
         }
@@ -194,6 +335,7 @@ class GpuJob:
     constraints: Constraints
     adapters: tuple[Adapter, ...]
     workload: Workload
+    slo: SloRule | None = None
 
 
 def run_gpu_job(job: GpuJob) -> GpuReport:
@@ -222,6 +364,7 @@ def run_gpu_job(job: GpuJob) -> GpuReport:
         res,
         job.constraints,
         workload=job.workload,
+        slo=job.slo,
     )
 
 
@@ -295,13 +438,30 @@ def gpu_report(
     res: EngineResult,
     constraints: Constraints,
     workload: Workload | None = None,
+    slo: SloRule | None = None,
 ) -> GpuReport:
-    """Turn an engine result into a report, applying the starvation rules.
+    """Turn an engine result into a report, applying the starvation rules and, given ``slo``, the SLO.
 
-    ``workload`` (the GPU's requests) gives the steady-state losses of the latency section."""
+    ``workload`` (the GPU's requests) gives the steady-state losses of the latency section; the SLO
+    needs it (its backlog counts the steady state's arrivals)."""
     dur = res.duration_s
     losses = res.adapter_loss()
-    gpu_lat, ad_lat = window_latency(res, len(adapters), workload)
+    n = len(adapters)
+    warm_frac = WARMUP_FRACTION if slo is None else slo.warmup_s / dur
+    gpu_lat, ad_lat = window_latency(res, n, workload, warm_frac)
+    verdict: SloVerdict | None = None
+    ad_verdicts: tuple[SloVerdict | None, ...] = (None,) * n
+    if slo is not None:
+        if workload is None:
+            raise ValueError("judging an SLO needs the GPU's workload")
+        arr = np.asarray(workload.arrival_s)
+        steady = (arr >= slo.warmup_s) & (arr < dur)
+        arrived = np.bincount(np.asarray(workload.adapter)[steady], minlength=n)
+        req = res.requests
+        finished = (
+            np.bincount(req.adapter[req.finish_s > slo.warmup_s], minlength=n) if req is not None else np.zeros(n)
+        )
+        verdict, ad_verdicts = judge_slo(slo, [a.name for a in adapters], gpu_lat, ad_lat, arrived, finished)
     per = tuple(
         AdapterReport(
             a.name,
@@ -310,6 +470,7 @@ def gpu_report(
             int(res.completed[i]),
             float(losses[i]),
             ad_lat[i],
+            ad_verdicts[i],
         )
         for i, a in enumerate(adapters)
     )
@@ -349,6 +510,7 @@ def gpu_report(
         max_waiting=res.max_waiting,
         per_adapter=per,
         latency=gpu_lat,
+        slo=verdict,
     )
 
 
@@ -396,6 +558,7 @@ class PlanSimulator:
         self.workload = scenario_workload(sc, self.adapters, base_dir, self.seed)
         self.cache: dict[GpuConfig, GpuReport] = {}
         self.simulated = 0
+        self.slo_bounds = sc.adapter_slos()
 
     def job(self, gp: GpuConfig, index: int) -> GpuJob:
         gtype, prof = profile_for(self.sc, gp.gpu_type, self.base_dir)
@@ -408,7 +571,15 @@ class PlanSimulator:
             constraints=self.sc.constraints,
             adapters=tuple(self.adapters[i] for i in members),
             workload=self.workload.subset(members),
+            slo=self.slo_rule(members),
         )
+
+    def slo_rule(self, members: Sequence[int]) -> SloRule | None:
+        """The SLO of a GPU holding adapters ``members`` (indices into the scenario's adapters)."""
+        slo, per = self.sc.slo, self.slo_bounds
+        if slo is None or per is None:
+            return None
+        return SloRule(slo.scope, self.sc.slo_warmup_s(), slo.bounds(), tuple(per[i].bounds() for i in members))
 
     def run(self, plan: Sequence[GpuConfig], progress: Progress | None = None) -> SimReport:
         """Twin results for every GPU of ``plan`` (new configurations simulated in parallel; ``progress``
@@ -432,7 +603,24 @@ class PlanSimulator:
             simulated_s=self.sc.workload.duration_s * len(todo),
             max_throughput_loss=c.max_throughput_loss,
             max_adapter_loss=c.max_adapter_loss,
+            slo=slo_json(self.sc),
         )
+
+
+def slo_json(sc: Scenario) -> dict[str, Any] | None:
+    """The scenario's SLO as reports show it: scope, warm-up, the bounds (adapters' own ones apart),
+    and the stable-queue rule's constants."""
+    if sc.slo is None:
+        return None
+    own = sum(1 for a in sc.adapters if a.slo is not None)
+    return {
+        "scope": sc.slo.scope,
+        "warmup_s": sc.slo_warmup_s(),
+        "bounds": dict(sc.slo.bounds()),
+        "adapter_entries_with_own_bounds": own,
+        "stable_share": STABLE_SHARE,
+        "stable_slack": STABLE_SLACK,
+    }
 
 
 def simulate_plan(
