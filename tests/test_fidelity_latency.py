@@ -139,15 +139,21 @@ def test_cv_halves_are_disjoint_workload_groups_each_with_every_rank_and_rate_se
         assert {r.model for r in half} == {r.model for r in runs}
 
 
-def test_cv_scores_both_halves_with_coefficients_fitted_without_them(runs, tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def light_pair(runs, tmp_path, monkeypatch) -> set[str]:
+    """The lightest run with results of each cross-validation half (replays in a private cache)."""
     monkeypatch.setenv("OPTPLACE_CACHE", str(tmp_path))
-    a, b = cv_folds(runs)
 
     def light(half):
         ok = [r for r in half if r.has_results and r.aggregate_rate_rps * r.window_s < 3000]
         return sorted(ok, key=lambda r: r.aggregate_rate_rps)[:1]
 
-    ids = {r.run_id for r in light(a) + light(b)}
+    a, b = cv_folds(runs)
+    return {r.run_id for r in light(a) + light(b)}
+
+
+def test_cv_scores_both_halves_with_coefficients_fitted_without_them(light_pair) -> None:
+    ids = light_pair
     s = fidelity.run(json=True, workers=1, cv=True, select=lambda r: r.run_id in ids)
     cv = s["cv"]
     assert len(cv["folds"]) == 2 and [f["runs_scored"] for f in cv["folds"]] == [1, 1]
@@ -160,15 +166,8 @@ def test_cv_scores_both_halves_with_coefficients_fitted_without_them(runs, tmp_p
     assert cv["latency"]["all"]["ttft_p99"]["twin"]["n"] == 2
 
 
-def test_a_candidate_step_form_is_fitted_on_all_runs_and_per_fold(runs, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("OPTPLACE_CACHE", str(tmp_path))
-    a, b = cv_folds(runs)
-
-    def light(half):
-        ok = [r for r in half if r.has_results and r.aggregate_rate_rps * r.window_s < 3000]
-        return sorted(ok, key=lambda r: r.aggregate_rate_rps)[:1]
-
-    ids = {r.run_id for r in light(a) + light(b)}
+def test_a_candidate_step_form_is_fitted_on_all_runs_and_per_fold(light_pair) -> None:
+    ids = light_pair
     base = fidelity.run(json=True, workers=1, select=lambda r: r.run_id in ids)
     s = fidelity.run(json=True, workers=1, cv=True, step_form="lora_add_v3", select=lambda r: r.run_id in ids)
     assert base["step_form"] is None and s["step_form"] == "lora_add_v3"
