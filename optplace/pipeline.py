@@ -157,11 +157,14 @@ class SolveReport:
     adapters: tuple[Any, ...] | None = None
     #: Every strategy's plan checked by the twin (``solve --compare``); empty when not asked for.
     comparison: tuple[StrategyResult, ...] = ()
+    #: The plan checked at every rate x (1 + slo.headroom) (None: no headroom asked for, or not validated);
+    #: ``validation`` is then the plan at the stated rates.
+    headroom_check: SimReport | None = None
 
     @property
     def ok(self) -> bool:
-        v = self.validation
-        return v is None or v.ok
+        v, h = self.validation, self.headroom_check
+        return (v is None or v.ok) and (h is None or h.ok)
 
     def to_json(self, reproducible: bool = False) -> dict[str, Any]:
         """The ``solve --json`` document (docs/json-contracts.md), plus the scenario (a plan file is
@@ -181,6 +184,18 @@ class SolveReport:
                 "gpus": [g.to_json() for g in v.gpus],
                 "twin_objective": _finite(self.twin_objective),
                 "sim_wall_s": 0.0 if reproducible else round(v.sim_wall_s, 3),
+            }
+        )
+        h = self.headroom_check
+        doc["slo_headroom"] = (
+            None
+            if h is None or self.scenario.slo is None
+            else {
+                "headroom": self.scenario.slo.headroom,
+                "ok": h.ok,
+                "starved_gpus": list(h.starved_gpus),
+                "oom_gpus": list(h.oom_gpus),
+                "slo_gpus": list(h.slo_gpus),
             }
         )
         doc["repairs"] = list(self.repairs)
@@ -235,7 +250,8 @@ def solve_scenario(
 
     ``compare``: also solve the scenario with every other strategy (each on its own
     ``solver.time_limit_s``) and check each plan, as placed, in the twin (:class:`StrategyResult`,
-    the chosen strategy's row is its plan before repair). Twin results of GPU configurations that
+    the chosen strategy's row is its plan before repair), at the rates the plans are judged at (with
+    ``slo.headroom``, the scaled ones). Twin results of GPU configurations that
     several plans share are computed once.
 
     Time limit: ``solver.time_limit_s`` bounds *the solve* — compiling the problem, every strategy
@@ -284,7 +300,9 @@ def solve_scenario(
     )
     if not (validate and sc.solver.validate_plan):
         return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, problem.adapters)
-    val = PlanSimulator(sc, base_dir, executor_of(sc, workers))
+    headroom = sc.slo.headroom if sc.slo is not None else 0.0
+    # With a headroom the plan is checked and repaired at the scaled rates, then reported at the stated ones.
+    val = PlanSimulator(sc, base_dir, executor_of(sc, workers), load_scale=1.0 + headroom)
     if max_rounds is None:
         max_rounds = 4 if sc.slo is None else 8
     actions: list[str] = []
@@ -314,6 +332,13 @@ def solve_scenario(
         for a in fixed.actions:
             on_event(f"repair: {a}")
         plan = fixed.plan
+    checked: SimReport | None = None
+    if headroom > 0:
+        checked = rep
+        step = f"reporting {plan.gpus_used} GPUs at the stated rates (checked at +{headroom:.0%})"
+        on_event(step)
+        stated = PlanSimulator(sc, base_dir, executor_of(sc, workers))
+        rep = stated.run(gpu_plans(plan), progress=_counting(on_event, step))
     objective = get_objective(plan.objective)
     comparison: tuple[StrategyResult, ...] = ()
     if compare:
@@ -330,6 +355,7 @@ def solve_scenario(
         base_dir,
         problem.adapters,
         comparison,
+        checked,
     )
 
 

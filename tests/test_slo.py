@@ -352,3 +352,34 @@ def test_check_states_the_slo_the_plans_will_be_judged_by(tmp_path):
     assert res.exit_code == 0 and "SLO: ttft99 ≤ 2.0s, tpot99 ≤ 200ms, stable queue, per adapter" in res.stdout
     none = runner.invoke(app, ["check", str(_write(tmp_path, SLOTTED + "slo: none\n", "n.yaml")), "--json"])
     assert json.loads(none.stdout)["specs"][0]["slo"] is None
+
+
+def test_headroom_plans_for_more_load_and_reports_the_stated_rates(tmp_path):
+    """40 adapters one GPU serves within the SLO; planned for 50 % more load, the repair adds a GPU, the
+    plan is reported at the stated rates, and the scaled check's verdict is in the JSON."""
+    spec = (
+        "name: hq\nmodel: llama-3.1-8b-instruct\ngpu: h100-64gb\nworkload: {duration_s: 600}\n"
+        "adapters:\n  - {group: a, count: 40, rank: 16, rate_rps: 0.4}\nseed: 3\n"
+    )
+    args = ["--json", "--reproducible", "--workers", "1"]
+    plain = runner.invoke(app, ["solve", str(_write(tmp_path, spec, "plain.yaml")), *args])
+    more = runner.invoke(app, ["solve", str(_write(tmp_path, spec + "slo: {headroom: 0.5}\n", "more.yaml")), *args])
+    assert plain.exit_code == 0 and more.exit_code == 0, more.output
+    p, m = json.loads(plain.stdout), json.loads(more.stdout)
+    assert p["slo_headroom"] is None and p["validation"]["slo"]["headroom"] == 0.0
+    assert m["gpus_used"] > p["gpus_used"]
+    h = m["slo_headroom"]
+    assert h["headroom"] == 0.5 and h["ok"] and h["slo_gpus"] == [] and h["starved_gpus"] == []
+    # the reported validation is the stated load: its offered tokens are those of the plain plan's GPUs
+    offered = lambda doc: sum(g["offered_tok_s"] for g in doc["validation"]["gpus"])  # noqa: E731
+    assert offered(m) == pytest.approx(offered(p), rel=0.05)
+
+
+def test_headroom_is_refused_where_it_cannot_act(tmp_path):
+    trace = "workload: {duration_s: 300, arrivals: {kind: trace, path: t.csv, scale: 2.0}}\n"
+    (tmp_path / "t.csv").write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.5,100,20\n1.0,80,30\n")
+    text = BASE.replace("workload: {duration_s: 300}\n", trace) + "slo: {headroom: 0.2}\n"
+    res = runner.invoke(app, ["check", str(_write(tmp_path, text))])
+    assert res.exit_code == 2 and "slo.headroom" in res.output and "fixed scale" in res.output, res.output
+    res = runner.invoke(app, ["check", str(_write(tmp_path, BASE + "slo: {headroom: -0.1}\n", "neg.yaml"))])
+    assert res.exit_code == 2 and "headroom" in res.output, res.output

@@ -206,7 +206,8 @@ def slo_summary(slo: dict[str, Any] | None) -> str:
         return "none (slo: none): the throughput rule alone"
     bounds = ", ".join(f"{SLO_SHORT[m]} ≤ {_dur(b)}" for m, b in slo["bounds"].items())
     own = " (some adapters with their own bounds)" if slo.get("adapter_entries_with_own_bounds") else ""
-    return f"{bounds or 'no latency bound'}, stable queue, per {slo['scope']}{own}"
+    more = f", planned for {slo['headroom']:.0%} more load" if slo.get("headroom") else ""
+    return f"{bounds or 'no latency bound'}, stable queue, per {slo['scope']}{own}{more}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,11 +270,14 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
     for a in rep.repairs:
         say(console, f"repaired: {a}")
     if val is not None:
-        verdict = (
-            "[green]twin: every GPU serves its load" + (" within the SLO" if val.slo else "") + "[/]"
-            if rep.ok
-            else f"[red]twin: {_fail_counts(val)} after {rep.rounds} repair rounds[/]"
-        )
+        h = rep.headroom_check
+        extra = f" ({rep.scenario.slo.headroom:.0%} more load)" if h is not None and rep.scenario.slo else ""
+        if rep.ok:
+            verdict = "[green]twin: every GPU serves its load" + (" within the SLO" if val.slo else "") + extra + "[/]"
+        elif h is not None and val.ok:
+            verdict = f"[red]twin: {_fail_counts(h)} at{extra[:-1]}) after {rep.rounds} repair rounds[/]"
+        else:
+            verdict = f"[red]twin: {_fail_counts(val)} after {rep.rounds} repair rounds[/]"
         say(console, verdict, markup=True)
         say(console, f"SLO: {slo_summary(val.slo)}" + (SLO_SOLVER_NOTE if val.slo else ""))
     if rep.comparison:

@@ -418,6 +418,11 @@ class Slo(SloBounds):
         default=None,
         description="Requests arriving before this are the start-up transient (default 10 % of the window).",
     )
+    headroom: Annotated[float, Strict(), AllowInfNan(False), Field(ge=0, le=4)] = Field(
+        default=0.0,
+        description="Plan for this much more load: solve's twin check and repair judge the plan at every "
+        "adapter's rate x (1 + headroom); the plan is then reported at the stated rates.",
+    )
 
 
 class SloOverride(SloBounds):

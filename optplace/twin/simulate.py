@@ -523,13 +523,16 @@ def profile_for(sc: Scenario, gpu_type: str | None, base_dir: Path) -> tuple[str
     return entry.gpu_name, resolve_profile(sc.model, entry.gpu)
 
 
-def scenario_workload(sc: Scenario, adapters: Sequence[Adapter], base_dir: Path, seed: int | None = None):
-    """The scenario-wide workload (one seeded generator owned by this run)."""
+def scenario_workload(
+    sc: Scenario, adapters: Sequence[Adapter], base_dir: Path, seed: int | None = None, load_scale: float = 1.0
+):
+    """The scenario-wide workload (one seeded generator owned by this run); ``load_scale`` multiplies
+    every adapter's rate (the SLO headroom check)."""
     rng = np.random.default_rng(sc.seed if seed is None else seed)
     return generate_workload(
         sc.workload.arrivals,
         sc.workload.lengths,
-        [a.rate_rps for a in adapters],
+        [a.rate_rps * load_scale for a in adapters],
         sc.workload.duration_s,
         rng,
         base_dir=base_dir,
@@ -550,12 +553,16 @@ def placement_of(sc: Scenario) -> tuple[GpuConfig, ...]:
 class PlanSimulator:
     """Simulates GPU plans of one scenario, caching each distinct GPU configuration's result."""
 
-    def __init__(self, sc: Scenario, base_dir: Path, executor: ExecutorSpec, seed: int | None = None) -> None:
+    def __init__(
+        self, sc: Scenario, base_dir: Path, executor: ExecutorSpec, seed: int | None = None, load_scale: float = 1.0
+    ) -> None:
         self.sc, self.base_dir, self.executor = sc, base_dir, executor
         self.seed = sc.seed if seed is None else seed
         self.adapters = sc.adapter_list()
         self.index = {a.name: i for i, a in enumerate(self.adapters)}
-        self.workload = scenario_workload(sc, self.adapters, base_dir, self.seed)
+        #: every adapter's rate is multiplied by this (1 + the SLO's headroom when solve checks a plan)
+        self.load_scale = load_scale
+        self.workload = scenario_workload(sc, self.adapters, base_dir, self.seed, load_scale)
         self.cache: dict[GpuConfig, GpuReport] = {}
         self.simulated = 0
         self.slo_bounds = sc.adapter_slos()
@@ -620,6 +627,7 @@ def slo_json(sc: Scenario) -> dict[str, Any] | None:
         "adapter_entries_with_own_bounds": own,
         "stable_share": STABLE_SHARE,
         "stable_slack": STABLE_SLACK,
+        "headroom": sc.slo.headroom,
     }
 
 
