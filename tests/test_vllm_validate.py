@@ -17,7 +17,7 @@ from optplace.calibration.runs_fit import fit_profile, fit_step_time, step_sampl
 from optplace.cli import app
 from optplace.specs import load_profile_file
 from optplace.twin.steptime import StepTimeModel
-from optplace.vllm.compare import compare_gpu, rel_error, render_comparison
+from optplace.vllm.compare import compare_gpu, mean_of_runs, rel_error, render_comparison, render_latency
 from optplace.vllm.launcher import pick_free_port
 from optplace.vllm.runs import RunError, kv_tokens_from_log, load_run, save_run
 from helpers import FAKE_VLLM
@@ -71,6 +71,42 @@ def test_comparison_errors_verdicts_and_zero_sets():
     assert both_oom.within(0.01)
     table = render_comparison([c], ["cfg-A"])
     assert "cfg-A" in table and "+10.0%" in table and "yes" in table.splitlines()[-1]
+
+
+def _lat(ttft50, ttft99, itl, itl99, completed=10):
+    win = {
+        "completed": completed,
+        "ttft_ms_p50": ttft50,
+        "ttft_ms_p99": ttft99,
+        "itl_ms_mean": itl,
+        "itl_ms_p99": itl99,
+    }
+    return {"warmup_s": 1.0, "window": win, "steady": win}
+
+
+def test_latency_comparison_per_gpu_and_adapter_and_mean_of_runs():
+    twin, real = _gpu(), _gpu()
+    twin["latency"], real["latency"] = _lat(120.0, 390.0, 11.0, 40.0), _lat(100.0, 300.0, 10.0, 50.0)
+    twin["per_adapter"][0]["latency"] = _lat(60.0, 80.0, 9.0, 20.0)
+    real["per_adapter"][0]["latency"] = _lat(50.0, 100.0, 10.0, 20.0)
+    c = compare_gpu(twin, real)
+    assert c.latency_error("ttft_ms_p50") == pytest.approx(0.2) and c.latency_error("ttft_ms_p99") == pytest.approx(0.3)
+    assert c.latency_error("itl_ms_mean") == pytest.approx(0.1) and c.latency_error("itl_ms_p99") == pytest.approx(-0.2)
+    a, b = c.adapter_latency
+    assert a.name == "a" and a.error("ttft_ms_p99") == pytest.approx(-0.2) and b.error("ttft_ms_p50") is None
+    assert c.to_json()["latency"]["ttft_ms_p50"] == {"twin": 120.0, "real": 100.0, "error": 0.2}
+    assert "+20.0%" in render_comparison([c]) and "-20.0%" in render_latency([c], ["cfg"])
+    # nothing completed on one side: no latency to compare, not an error of 0
+    real["latency"] = _lat(0.0, 0.0, 0.0, 0.0, completed=0)
+    assert compare_gpu(twin, real).latency_error("ttft_ms_p50") is None
+    # two runs of one configuration: figures averaged, an adapter zero only if zero in both runs
+    r1 = _gpu(thr=100.0, eng=120.0, completed=(3, 0))
+    r2 = _gpu(thr=80.0, eng=100.0, completed=(0, 0), starved=True)
+    r1["latency"], r2["latency"] = _lat(100.0, 300.0, 10.0, 50.0), _lat(200.0, 500.0, 20.0, 70.0)
+    m = mean_of_runs([r1, r2])
+    assert m["throughput_tok_s"] == 90.0 and m["engine_tok_s"] == 110.0 and m["starved"]
+    assert m["latency"]["window"]["ttft_ms_p50"] == 150.0 and m["latency"]["steady"]["itl_ms_p99"] == 60.0
+    assert compare_gpu(_gpu(), m).real_zero == ("b",)
 
 
 def test_kv_tokens_from_vllm_log_line():
@@ -152,8 +188,12 @@ def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fa
         "oom",
         "starved_adapters",
         "per_adapter",
+        "latency",
     ):
         assert key in real and key in twin, key
+    assert set(real["latency"]["window"]) == set(twin["latency"]["window"])
+    assert cmp_["latency"]["ttft_ms_p50"]["real"] == pytest.approx(real["latency"]["window"]["ttft_ms_p50"], rel=1e-3)
+    assert [a["name"] for a in cmp_["per_adapter_latency"]] == ["a0", "a1"]
     # both sides replayed the very same requests: same offered load
     assert real["offered_tok_s"] == pytest.approx(twin["offered_tok_s"], rel=1e-6)
     assert real["throughput_tok_s"] > 0 and cmp_["throughput_tok_s"]["real"] == pytest.approx(
@@ -335,6 +375,30 @@ def test_step_time_fit_recovers_a_known_engine(tmp_path):
     for n, L, p in [(1, 1, 0), (8, 3, 0), (30, 4, 0), (10, 2, 150)]:
         fitted = StepTimeModel(**{k: v for k, v in fit.coef(300.0).items()}).step_ms(n, p, n, L, 8.0, 300.0 * n)
         assert fitted == pytest.approx(true_model.step_ms(n, p, n, L, 8.0, 300.0 * n), rel=0.12), (n, L, p)
+
+
+def test_ttft_offset_and_pinned_coefficients_are_reported(tmp_path):
+    """The idle prefill probes give the API server's time beyond the modelled step; coefficients a sweep
+    cannot identify are named in the profile, not silently fitted to 0."""
+    from optplace.calibration.runs_fit import NOT_IDENTIFIABLE, ttft_offset_ms
+
+    run = _synthetic_run(tmp_path, (12.0, 0.8, 0.05, 0.3))
+    fit = fit_step_time(step_samples(run))
+    assert ttft_offset_ms([run], fit) is None  # no prefill probes in this run
+    toks = [16, 256, 1024, 2000]
+    probed = run.probes | {
+        "prefill_probe_tokens": toks,
+        "prefill_probe_ms": [3.0 + fit.c0 + fit.c_seq + fit.c_pf * n for n in toks],
+    }
+    from dataclasses import replace
+
+    off = ttft_offset_ms([replace(run, probes=probed)], fit)
+    assert off is not None and off.offset_ms == pytest.approx(3.0) and off.points == 4
+    assert off.slope_ms_per_token == pytest.approx(fit.c_pf)
+    prof, fit2 = fit_profile([run])
+    assert all(prof.step_time.coef[k] == 0.0 for k in NOT_IDENTIFIABLE)
+    assert all(k in prof.step_time.source for k in NOT_IDENTIFIABLE)
+    assert set(fit2.at_zero()) <= {"c0", "c_seq", "g_lora", "c_ctx", "c_pf"}
 
 
 def test_fitted_profile_loads_like_a_bundled_one_and_drives_the_twin(tmp_path):

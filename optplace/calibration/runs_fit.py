@@ -19,10 +19,21 @@ steps observed). Everything the engine does per step on this machine (HTTP front
 scheduling) is inside the client-side gaps, so the fitted profile has no separate scheduler
 overhead (form ``none``).
 
+Which coefficient each design point of the sweep identifies (:data:`IDENTIFIED_BY`): ``c0`` and ``c_seq``
+the idle to saturated points, ``c_pf`` the prompt-heavy against the decode-heavy saturated point, ``g_lora``
+one adapter against four at the same request rate (same batch size, 1 vs ~3 distinct adapters per
+batch), ``c_ctx`` long prompts against short ones at a similar batch. The other coefficients of the
+form cannot be told apart on one calibration server and are not in the fitted model (pinned to 0,
+:data:`NOT_IDENTIFIABLE` says why). A coefficient the fit puts at exactly 0 with its design point in
+the runs is a measured absence of that cost, listed by :meth:`StepFit.at_zero`.
+
 Adapter load times come from the probes of the calibration sweep (``optplace.vllm.sweep``): the TTFT of
 single requests that force a load (first use: from disk; cycling more adapters than slots: CPU → slot) minus
 the TTFT of requests to an adapter already in a slot. KV capacity is what the server's start-up log
-reported. Pure NumPy; no vLLM needed.
+reported. The idle prefill probes (single one-token requests with prompts of 16 to 2,000 tokens) give
+what the API server adds to a request's TTFT beyond its engine step (:func:`ttft_offset_ms`): the twin
+has no such term (its network, API server and tokenisation take no time), so it is reported, not
+fitted into the step model. Pure NumPy; no vLLM needed.
 """
 
 from __future__ import annotations
@@ -42,7 +53,10 @@ from optplace.specs.profiles import AdapterLoadParams, MemoryModel, OverheadPara
 from optplace.calibration.run_records import SavedRun
 
 __all__ = [
+    "IDENTIFIED_BY",
+    "NOT_IDENTIFIABLE",
     "StepFit",
+    "TtftOffset",
     "StepSamples",
     "TINY_LLAMA",
     "CPU_GPU",
@@ -51,8 +65,25 @@ __all__ = [
     "load_times_ms",
     "rel_error",
     "step_samples",
+    "ttft_offset_ms",
     "twin_errors",
 ]
+
+#: the design points (sweep load points) that move each fitted coefficient
+IDENTIFIED_BY: dict[str, str] = {
+    "c0": "idle points (one request at a time: cal-1x2)",
+    "c_seq": "idle to saturated points (batch 1 to max_num_seqs)",
+    "c_pf": "prompt-heavy (cal-4x8-sat) vs decode-heavy (cal-3x6-decode-sat) saturated points",
+    "g_lora": "one adapter (cal-1x6) vs four (cal-4x1.5) at the same request rate",
+    "c_ctx": "long prompts (cal-2x1.5-longctx) vs short ones at a similar batch",
+}
+#: coefficients of form ``lora_mult_v2`` a sweep on one server cannot identify: pinned to 0 (not in the model)
+NOT_IDENTIFIABLE: dict[str, str] = {
+    "g0": "every server runs with LoRA enabled: its fixed cost is inside c0 and c_seq",
+    "g_rank": "one server pads every adapter to its max_lora_rank: no rank contrast",
+    "g_slot": "one server, one max_loras: no slot-count contrast",
+    "h_pf": "multiplies g_lora·L, which the CPU build does not show (see g_lora)",
+}
 
 #: the tiny random Llama of :mod:`optplace.vllm.tinymodel` (hidden 256, 4 layers, 4 heads, 2 KV heads,
 #: vocabulary 2,048, bf16, 4,096 positions); parameters counted from that config (untied embeddings)
@@ -187,6 +218,11 @@ class StepFit:
     def predict_ms(self, s: StepSamples) -> np.ndarray:
         """Predicted mean step time of each row."""
         return _design(s, self.g_lora) @ np.array([self.c0, self.c_seq, self.c_ctx, self.c_pf])
+
+    def at_zero(self) -> tuple[str, ...]:
+        """Fitted coefficients the non-negative fit put at exactly 0 (measured: no such cost in these runs)."""
+        vals = {"c0": self.c0, "c_seq": self.c_seq, "g_lora": self.g_lora, "c_ctx": self.c_ctx, "c_pf": self.c_pf}
+        return tuple(k for k, v in vals.items() if v == 0.0)
 
     def coef(self, ctx_default: float) -> dict[str, float]:
         """Coefficients for a ``lora_mult_v2`` profile (the unused LoRA terms set to zero)."""
@@ -347,6 +383,8 @@ def fit_profile(
             coef={k: _r(v) for k, v in fit.coef(ctx_default).items()},
             source=f"client-side token gaps of {fit.rows} completed requests "
             f"(step-weighted R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); "
+            + (f"fitted to 0 (no such cost measured): {', '.join(fit.at_zero())}; " if fit.at_zero() else "")
+            + f"not identifiable on one server, pinned to 0: {', '.join(NOT_IDENTIFIABLE)}; "
             "optplace.calibration.runs_fit",
         ),
         adapter_load=AdapterLoadParams(
@@ -361,6 +399,38 @@ def fit_profile(
         supported_ranks=tuple(int(r) for r in rank_keys),
     )
     return profile, fit
+
+
+@dataclass(frozen=True, slots=True)
+class TtftOffset:
+    """What a request's time to first token holds beyond its engine step, from the idle prefill probes."""
+
+    offset_ms: float
+    """Median over the probed prompt lengths of measured latency − the step model's one-request step."""
+    slope_ms_per_token: float
+    """Least-squares slope of the measured latency over the prompt length (compare with ``c_pf``)."""
+    points: int
+
+
+def ttft_offset_ms(runs: Sequence[SavedRun], fit: StepFit) -> TtftOffset | None:
+    """TTFT offset of the API server (see the module docstring), or None without prefill probes.
+
+    One request alone on an idle server is one engine step of ``c0 + c_seq + c_pf·P`` (the adapter
+    resident, nothing else running); the probe measures that step plus HTTP, request processing and the
+    response. What is left is time the twin does not model."""
+    p_tok: list[float] = []
+    p_ms: list[float] = []
+    for r in runs:
+        probes = r.probes or {}
+        toks, ms = probes.get("prefill_probe_tokens") or [], probes.get("prefill_probe_ms") or []
+        p_tok += [float(x) for x in toks[: len(ms)]]
+        p_ms += [float(x) for x in ms[: len(toks)]]
+    if not p_ms:
+        return None
+    tok, ms_a = np.asarray(p_tok), np.asarray(p_ms)
+    step = fit.c0 + fit.c_seq + fit.c_pf * tok
+    slope = float(np.polyfit(tok, ms_a, 1)[0]) if np.unique(tok).size > 1 else float("nan")
+    return TtftOffset(float(np.median(ms_a - step)), slope, int(tok.size))
 
 
 def rel_error(twin: float | None, real: float | None) -> float | None:

@@ -360,7 +360,7 @@ def run_validate_vllm(
 
     from optplace.infra.outputs import OutputExists, atomic_dir, check_target
     from optplace.app.reporting import PlanLoadError, load_plan_or_spec
-    from optplace.vllm.compare import render_comparison
+    from optplace.vllm.compare import render_comparison, render_latency
     from optplace.vllm.runs import save_run
     from optplace.vllm.validate import ValidateError, VllmValidateOptions, VllmValidation, validate_on_vllm
 
@@ -460,6 +460,7 @@ def run_validate_vllm(
         if res.speed_factor != 1.0:
             typer.echo(f"twin times scaled by {res.speed_factor:.3f} (speed canary now / at calibration)")
         typer.echo(render_comparison(res.comparisons))
+        typer.echo(render_latency(res.comparisons))
         for g in res.real["gpus"]:
             if g.get("server_status", "ok") != "ok":
                 typer.echo(f"gpu{g['index']}: server {g['server_status']}: {g.get('server_reason', '')}")
@@ -570,7 +571,17 @@ def run_calibrate_measured(
         f"adapter load {prof.adapter_load.cpu_to_gpu(16, 8):.2f} ms (CPU->slot), "
         f"{prof.adapter_load.disk_to_cpu(8):.2f} ms (disk)"
     )
-    from optplace.calibration.runs_fit import twin_errors
+    from optplace.calibration.runs_fit import IDENTIFIED_BY, NOT_IDENTIFIABLE, ttft_offset_ms, twin_errors
+
+    for k in fit.at_zero():
+        typer.echo(f"  {k} fitted to 0: no such cost in these runs (identified by {IDENTIFIED_BY[k]})")
+    typer.echo(f"  not identifiable on one server, pinned to 0: {', '.join(NOT_IDENTIFIABLE)}")
+    off = ttft_offset_ms(loaded, fit)
+    if off is not None:
+        typer.echo(
+            f"  idle prefill probes ({off.points}): TTFT beyond the modelled step {off.offset_ms:+.2f} ms (not in the "
+            f"twin); measured prefill slope {off.slope_ms_per_token:.3g} ms/token vs c_pf {fit.c_pf:.3g}"
+        )
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x * 100:+.1f}%"
