@@ -332,25 +332,29 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
                 )
 
     # the scenarios do what they are meant to: one saturated with stuck adapters, the light and the
-    # below-saturation ones served in full
+    # below-saturation ones served in full, at the intended share of the capacity
     assert by["sat-2slots"].real_starved and set(by["sat-2slots"].real_zero) == {"l2", "l3"}
     for label in ("solve-plan", "5ad-3slots", "load-50", "load-80"):
         assert not by[label].real_starved, label
     assert 0.4 <= load["load-50"] <= 0.6 and 0.7 <= load["load-80"] <= 0.9, load
     assert 0.9 <= load["load-100"] <= 1.1 and load["sat-2slots"] >= 1.3, load
+    assert all(not g.get("oom") for docs in runs.values() for doc in docs for g in doc["real"]["gpus"])
+    # every criterion checked, every miss reported at once (one real run costs minutes)
+    misses = []
     for label, c in by.items():
-        if label != "load-100":
-            assert c.same_verdict, (label, c.twin_starved, c.real_starved)
-            assert c.same_zero_set, (label, c.twin_zero, c.real_zero)
-        assert c.engine_error is not None
-        assert abs(c.engine_error) <= TOLERANCE, (label, c.engine_error)
-        assert abs(c.throughput_error) <= TOLERANCE, (label, c.throughput_error)
+        if label != "load-100" and not (c.same_verdict and c.same_zero_set):
+            misses.append(
+                f"{label}: verdict twin/real {c.twin_starved}/{c.real_starved}, zero {c.twin_zero}/{c.real_zero}"
+            )
+        for what, err in (("engine tokens/s", c.engine_error), ("completed tokens/s", c.throughput_error)):
+            if err is None or abs(err) > TOLERANCE:
+                misses.append(f"{label}: {what} error {err} beyond {TOLERANCE}")
     # latency where it is an objective: below saturation (the issue's acceptance)
     for label in ("load-50", "load-80"):
-        c = by[label]
         for key, tol in LATENCY_TOLERANCE.items():
-            err = c.latency_error(key)
-            assert err is not None and abs(err) <= tol, (label, key, err)
+            err = by[label].latency_error(key)
+            if err is None or abs(err) > tol:
+                misses.append(f"{label}: {key} error {err} beyond {tol}")
     # the saved runs are calibration input too: refit from the validations' runs
     refit_args = [a for lb in ("solve-plan", "load-80", "5ad-3slots") for a in ("--runs", str(_run_dir(d, lb)))]
     r = runner.invoke(app, ["calibrate", *refit_args, "--out", str(d / "refit.json")])
@@ -359,6 +363,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     fit_doc = json.loads((d / "refit.json").read_text())
     assert fit_doc["calibrated"] and fit_doc["step_time"]["coef"]["c0"] > 0
     assert np.isfinite(list(fit_doc["step_time"]["coef"].values())).all()
+    assert not misses, "\n".join(misses)
 
 
 def _run_dir(d: Path, label: str) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from optplace.calibration.runs_fit import fit_profile, fit_step_time, step_samples
+from optplace.calibration.runs_fit import StepSamples, fit_profile, fit_step_time, step_samples
 from optplace.cli import app
 from optplace.specs import load_profile_file
 from optplace.twin.steptime import StepTimeModel
@@ -394,7 +394,15 @@ def test_ttft_offset_and_pinned_coefficients_are_reported(tmp_path):
 
     off = ttft_offset_ms([replace(run, probes=probed)], fit)
     assert off is not None and off.offset_ms == pytest.approx(3.0) and off.points == 4
-    assert off.slope_ms_per_token == pytest.approx(fit.c_pf)
+    assert off.slope_ms_per_token == pytest.approx(fit.c_pf) and off.quad_ms_per_token2 == pytest.approx(0.0, abs=1e-9)
+    # one row per run: its step-weighted means (the design contrasts alone)
+    two = StepSamples.concat(
+        [step_samples(run), step_samples(_synthetic_run(tmp_path, (6.0, 0.4, 0.0, 0.2), 1, 30.0, "b"))]
+    )
+    m = two.run_means()
+    assert m.run == ("syn", "b") and len(m) == 2 and m.steps.sum() == two.steps.sum()
+    first = np.asarray(two.run) == "syn"
+    assert m.n_seq[0] == pytest.approx(np.average(two.n_seq[first], weights=two.steps[first]))
     prof, fit2 = fit_profile([run])
     assert all(prof.step_time.coef[k] == 0.0 for k in NOT_IDENTIFIABLE)
     assert all(k in prof.step_time.source for k in NOT_IDENTIFIABLE)

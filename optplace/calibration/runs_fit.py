@@ -66,6 +66,7 @@ __all__ = [
     "rel_error",
     "step_samples",
     "ttft_offset_ms",
+    "TwinCheck",
     "twin_errors",
 ]
 
@@ -128,6 +129,22 @@ class StepSamples:
 
     def __len__(self) -> int:
         return int(self.y_ms.size)
+
+    def run_means(self) -> "StepSamples":
+        """One row per run (load point): the step-weighted means of its rows, weighted by its steps.
+
+        The model is linear in these means (``_design`` uses means of N, N·L, K, P), so a fit on them
+        uses only what differs between load points — the design contrasts — and none of the
+        within-run covariation (requests of one run that lived through busier moments)."""
+        runs = np.asarray(self.run)
+        labels = tuple(dict.fromkeys(self.run))
+        cols = []
+        for name in ("y_ms", "n_seq", "n_lora", "n_x_l", "ctx_k", "prefill"):
+            a = getattr(self, name)
+            cols.append(np.array([np.average(a[runs == lb], weights=self.steps[runs == lb]) for lb in labels]))
+        steps = np.array([self.steps[runs == lb].sum() for lb in labels])
+        y, n, lo, nl, k, p = cols
+        return StepSamples(y, steps, n, lo, nl, k, p, labels)
 
     @staticmethod
     def concat(parts: Sequence["StepSamples"]) -> "StepSamples":
@@ -265,14 +282,14 @@ def _nnls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return best
 
 
-def fit_step_time(s: StepSamples, use_ctx: bool = True) -> StepFit:
+def fit_step_time(s: StepSamples, use_ctx: bool = True, min_rows: int = 8) -> StepFit:
     """Fit ``(c0, c_seq, g_lora, c_ctx, c_pf)`` to the rows (grid over ``g_lora``, NNLS for the rest).
 
     Rows are weighted by the steps they cover and by ``1/y`` so that the fit minimises relative error
     (a slow step of a saturated batch and a fast one of an idle server count alike), and every run
     carries the same total weight.
     """
-    if len(s) < 8:
+    if len(s) < min_rows:
         raise ValueError(f"too few step-time samples to fit ({len(s)}); run longer or at more load points")
     w = s.steps / np.maximum(s.y_ms, 1e-6) ** 2
     # every run (load point) weighs the same in total: the saturated point has most requests and
@@ -406,18 +423,23 @@ class TtftOffset:
     """What a request's time to first token holds beyond its engine step, from the idle prefill probes."""
 
     offset_ms: float
-    """Median over the probed prompt lengths of measured latency − the step model's one-request step."""
+    """Measured latency − the step model's one-request step ``c0 + c_seq + c_pf·P``, at the shortest probed
+    prompt (where the prefill's own cost is smallest): the API server's time around the engine step."""
     slope_ms_per_token: float
     """Least-squares slope of the measured latency over the prompt length (compare with ``c_pf``)."""
+    quad_ms_per_token2: float
+    """Quadratic coefficient of a degree-2 fit of latency over prompt length: causal attention within one
+    prompt grows with its square, which a per-token prefill cost cannot follow (NaN with < 3 lengths)."""
     points: int
 
 
 def ttft_offset_ms(runs: Sequence[SavedRun], fit: StepFit) -> TtftOffset | None:
-    """TTFT offset of the API server (see the module docstring), or None without prefill probes.
+    """TTFT offset of the API server and the shape of the prefill cost (see the module docstring), or None
+    without prefill probes.
 
     One request alone on an idle server is one engine step of ``c0 + c_seq + c_pf·P`` (the adapter
     resident, nothing else running); the probe measures that step plus HTTP, request processing and the
-    response. What is left is time the twin does not model."""
+    response. What is left at the shortest prompt is time the twin does not model."""
     p_tok: list[float] = []
     p_ms: list[float] = []
     for r in runs:
@@ -428,9 +450,12 @@ def ttft_offset_ms(runs: Sequence[SavedRun], fit: StepFit) -> TtftOffset | None:
     if not p_ms:
         return None
     tok, ms_a = np.asarray(p_tok), np.asarray(p_ms)
-    step = fit.c0 + fit.c_seq + fit.c_pf * tok
-    slope = float(np.polyfit(tok, ms_a, 1)[0]) if np.unique(tok).size > 1 else float("nan")
-    return TtftOffset(float(np.median(ms_a - step)), slope, int(tok.size))
+    short = tok == tok.min()
+    offset = float(np.median(ms_a[short] - (fit.c0 + fit.c_seq + fit.c_pf * tok[short])))
+    distinct = np.unique(tok).size
+    slope = float(np.polyfit(tok, ms_a, 1)[0]) if distinct > 1 else float("nan")
+    quad = float(np.polyfit(tok, ms_a, 2)[0]) if distinct > 2 else float("nan")
+    return TtftOffset(offset, slope, quad, int(tok.size))
 
 
 def rel_error(twin: float | None, real: float | None) -> float | None:
@@ -456,9 +481,23 @@ class _RunWorkload:
     n_adapters: int
 
 
-def twin_errors(profile: Profile, run: SavedRun) -> list[tuple[str, float | None, float | None]]:
-    """Replay each server of a saved run in the twin with ``profile``: (label, engine-rate error,
-    completed-throughput error) relative to what was measured — a profile's check on its own data."""
+@dataclass(frozen=True, slots=True)
+class TwinCheck:
+    """A profile replayed on one server of a saved run: the twin's errors against what was measured."""
+
+    label: str
+    engine_error: float | None
+    throughput_error: float | None
+    itl_mean_error: float | None
+    """Relative error of the twin's mean ITL (Σ(last − first) / Σ(output − 1) on both sides)."""
+    ttft_excess_ms: float | None
+    """Median over the requests completed on both sides of real TTFT − twin TTFT [ms]: at light load, where
+    both serve a request in its first step, what the twin lacks (client, HTTP, API server)."""
+
+
+def twin_errors(profile: Profile, run: SavedRun) -> list[TwinCheck]:
+    """Replay each server of a saved run in the twin with ``profile`` and compare with what was measured:
+    a profile's check on its own data (see :class:`TwinCheck`)."""
     from optplace.twin.engine import engine_config_from_profile, simulate_engine
 
     out = []
@@ -491,11 +530,31 @@ def twin_errors(profile: Profile, run: SavedRun) -> list[tuple[str, float | None
         )
         res = simulate_engine(cfg, wl)
         label = run.label if len(run.servers) == 1 else f"{run.label}/gpu{srv.gpu}"
+        excess, itl_err = None, None
+        if res.requests is not None and len(res.requests):
+            # pair requests by (adapter, arrival): the twin reports its completed ones in completion order
+            twin_first = {
+                (int(a), round(float(t), 5)): float(f)
+                for a, t, f in zip(res.requests.adapter, res.requests.arrival_s, res.requests.first_token_s)
+            }
+            done = order[np.isfinite(run.done_s[order]) & np.isfinite(run.first_s[order])]
+            keys = [(index[int(run.adapter[i])], round(float(run.arrival_s[i]), 5)) for i in done]
+            diffs = [
+                (run.first_s[i] - run.sent_s[i] - (twin_first[key] - run.arrival_s[i])) * 1000.0
+                for i, key in zip(done, keys)
+                if key in twin_first
+            ]
+            excess = float(np.median(diffs)) if diffs else None
+            gaps = run.output_tokens[done] - 1
+            real_itl = float((run.done_s[done] - run.first_s[done]).sum() / max(gaps.sum(), 1) * 1000.0)
+            itl_err = rel_error(res.latency().itl_ms_mean, real_itl) if gaps.sum() > 0 else None
         out.append(
-            (
+            TwinCheck(
                 label,
                 rel_error(res.engine_tok_s, real.get("engine_tok_s")),
                 rel_error(res.throughput_tok_s, real.get("throughput_tok_s")),
+                itl_err,
+                excess,
             )
         )
     return out

@@ -575,20 +575,35 @@ def run_calibrate_measured(
 
     for k in fit.at_zero():
         typer.echo(f"  {k} fitted to 0: no such cost in these runs (identified by {IDENTIFIED_BY[k]})")
+    from optplace.calibration.runs_fit import StepSamples, fit_step_time, step_samples
+
+    means = StepSamples.concat([step_samples(r) for r in loaded]).run_means()
+    if len(means) >= 6:  # one row per load point: the design contrasts alone
+        bf = fit_step_time(means, min_rows=6)
+        typer.echo(
+            f"  between-load-point fit ({len(means)} rows, one per run; not used): step_ms = ({bf.c0:.3g} + "
+            f"{bf.c_seq:.3g}·N)·(1 + {bf.g_lora:.3g}·L) + {bf.c_ctx:.3g}·K/1000 + {bf.c_pf:.3g}·P, "
+            f"mean |error| {bf.mape * 100:.1f} %"
+        )
     typer.echo(f"  not identifiable on one server, pinned to 0: {', '.join(NOT_IDENTIFIABLE)}")
     off = ttft_offset_ms(loaded, fit)
     if off is not None:
         typer.echo(
-            f"  idle prefill probes ({off.points}): TTFT beyond the modelled step {off.offset_ms:+.2f} ms (not in the "
-            f"twin); measured prefill slope {off.slope_ms_per_token:.3g} ms/token vs c_pf {fit.c_pf:.3g}"
+            f"  idle prefill probes ({off.points}): TTFT beyond the modelled step {off.offset_ms:+.2f} ms at the "
+            f"shortest prompt (API server; not in the twin); prefill slope {off.slope_ms_per_token:.3g} ms/token "
+            f"vs c_pf {fit.c_pf:.3g}, quadratic term {off.quad_ms_per_token2:.3g} ms/token^2 (not in the twin)"
         )
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x * 100:+.1f}%"
 
     for run in loaded:  # the fitted profile replayed on its own runs: a degenerate fit shows here
-        for label, e_eng, e_thr in twin_errors(prof, run):
-            typer.echo(f"  twin vs {label}: engine tokens/s {pct(e_eng)}, completed tokens/s {pct(e_thr)}")
+        for chk in twin_errors(prof, run):
+            excess = "-" if chk.ttft_excess_ms is None else f"{chk.ttft_excess_ms:+.1f} ms"
+            typer.echo(
+                f"  twin vs {chk.label}: engine tokens/s {pct(chk.engine_error)}, completed tokens/s "
+                f"{pct(chk.throughput_error)}, mean ITL {pct(chk.itl_mean_error)}; median TTFT real - twin {excess}"
+            )
     return EXIT_OK
 
 

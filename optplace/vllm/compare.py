@@ -233,7 +233,7 @@ def render_comparison(
 
     ``ok`` judges throughput and verdicts only (the latency errors are printed, not judged here)."""
     head = (
-        f"{'config':<14} {'slots':>5} {'ad':>3} {'offered':>8} {'engine twin/real':>17} {'err':>7} "
+        f"{'config':<20} {'slots':>5} {'ad':>3} {'offered':>8} {'engine twin/real':>17} {'err':>7} "
         f"{'thr twin/real':>14} {'err':>7} {'starved t/r':>11} {'zero-completion twin | real':<30} ok  "
         f"{'ttft50':>7} {'ttft99':>7} {'itl':>7} {'itl99':>7}"
     )
@@ -244,7 +244,7 @@ def render_comparison(
         verdict = f"{'oom' if c.twin_oom else c.twin_starved!s:.5}/{'oom' if c.real_oom else c.real_starved!s:.5}"
         lat = " ".join(f"{_pct(c.latency_error(key)):>7}" for key in LATENCY_KEYS)
         lines.append(
-            f"{label[:14]:<14} {c.max_loras if c.max_loras is not None else '-':>5} {c.adapters:>3} "
+            f"{label[:20]:<20} {c.max_loras if c.max_loras is not None else '-':>5} {c.adapters:>3} "
             f"{c.offered_tok_s:>8.0f} {_rate(c.twin_engine_tok_s) + '/' + _rate(c.real_engine_tok_s):>17} "
             f"{_pct(c.engine_error):>7} {_rate(c.twin_throughput_tok_s) + '/' + _rate(c.real_throughput_tok_s):>14} "
             f"{_pct(c.throughput_error):>7} {verdict:>11} {zero:<30} {'yes' if c.within(tolerance) else 'NO ':<3} "
@@ -259,7 +259,7 @@ def _ms(x: float | None) -> str:
 
 def render_latency(rows: Sequence[GpuComparison], labels: Sequence[str] | None = None) -> str:
     """Latency twin/real [ms] and the twin's relative error, per GPU and per adapter (one line each)."""
-    head = f"{'config':<14} {'gpu/adapter':<12} {'done t/r':>11}" + "".join(
+    head = f"{'config':<20} {'gpu/adapter':<12} {'done t/r':>11}" + "".join(
         f" {key.replace('_ms_', ' '):>21}" for key in LATENCY_KEYS
     )
     lines = [head, "-" * len(head)]
@@ -272,7 +272,7 @@ def render_latency(rows: Sequence[GpuComparison], labels: Sequence[str] | None =
             )
             name = f"gpu{c.index}" if lc.name == "gpu" else f"  {lc.name}"
             lines.append(
-                f"{label[:14]:<14} {name[:12]:<12} {str(lc.twin_completed) + '/' + str(lc.real_completed):>11}{cells}"
+                f"{label[:20]:<20} {name[:12]:<12} {str(lc.twin_completed) + '/' + str(lc.real_completed):>11}{cells}"
             )
     return "\n".join(lines)
 
