@@ -1,30 +1,33 @@
 """The twin checked against a real vLLM engine (marker ``vllm``; CPU build, tiny Llama, dummy adapters).
 
 One session: a calibration sweep (``optplace calibrate --sweep --engine vllm``: one server with 4 slots
-and 6 adapters, five load points from idle to saturated) fits a profile; then three configurations
-*not* used for calibration run on real servers through ``optplace validate --engine vllm --launch``
-and are compared with the twin driven by the profile just fitted:
+and 6 adapters, probes, eight load points from idle to saturated, ``optplace.vllm.sweep.DEFAULT_POINTS``)
+fits a profile; then configurations *not* used for calibration run on real servers through ``optplace
+validate --engine vllm --launch`` and are compared with the twin driven by the profile just fitted. Their
+loads are fractions of the capacity this machine's server showed in the calibration's saturated point
+(``_capacity_rps``), so a configuration offers the same share of capacity on any machine speed:
 
-- ``solve-plan``: the plan ``optplace solve`` makes for a small scenario on that profile (servers
-  launched from the plan's deploy artefacts);
-- ``sat-2slots``: 2 slots, 4 adapters, two heavy ones saturating the server — fewer slots than
-  active adapters: the two light adapters never get a slot and complete nothing (slot stickiness);
-- ``5ad-3slots``: 3 slots, 5 light adapters — swaps all the time, unsaturated.
+- ``solve-plan`` (~20 %): the plan ``optplace solve`` makes for a small scenario on that profile;
+- ``load-50`` and ``load-80`` (50 % and 80 %, where latency objectives live): 5 and 4 adapters with
+  skewed rates, one slot each;
+- ``load-100`` (100 %): 4 adapters on 4 slots, run twice on the same workload, judged on the mean;
+- ``sat-2slots`` (~150 %): 2 slots, 4 adapters, two heavy ones saturating the server — fewer slots than
+  active adapters: the two light adapters never get a slot and complete nothing (slot stickiness); run
+  twice, judged on the mean;
+- ``5ad-3slots`` (~15 %): 3 slots, 5 light adapters — swaps all the time.
 
-Criteria (the issue's acceptance): engine token rate and completed-token throughput each within
-15 %, the same starvation verdict, the same set of adapters completing nothing. ``pytest -s`` prints
-the table.
+Criteria (the issue's acceptance): engine token rate and completed-token throughput each within 15 % on
+every configuration; the same starvation verdict and the same set of adapters completing nothing (not on
+``load-100``, whose loss sits at the 10 % threshold by construction); below saturation (``load-50``,
+``load-80``) TTFT median within 20 %, TTFT p99 within 30 %, mean ITL within 10 %. Every miss is
+reported at once. ``pytest -s`` prints the tables: per configuration (load share, token rates, errors,
+latency errors) and latency per GPU and adapter (twin/real ms and error), plus each repeated run.
 
-All three are held to the 15 % rule. ``sat-2slots`` was printed only until 2026-11-28: its errors
-ranged from −16 % to +68 % across sessions (−8.7 to +16.7 % engine in the last five runs). One cause:
-on a fast idle machine the calibration's "saturated" load points were not saturated (batches of 23–38
-of 128), so the fit extrapolated ×3 in batch size to this configuration (~115). The sweep's saturated
-points now offer about twice what the server serves; in three suite runs since, sat-2slots read engine
-+3.4, −2.9, −5.4 % and completed +5.7, −1.9, −5.8 % (one more run with only the prompt-heavy point
-saturated: +6.7 / +9.8 %). The heavy rate now scales with the server's measured saturated rate
-(``_heavy_rate``): at a fixed 8 req/s the heavy pair was exactly at capacity on a fast idle machine and
-the zero-completion sets differed by chance (CI, 2026-11-28). A saturated real run stays a noisy instrument:
-identical back-to-back runs differ by up to ~10 %.
+A real run on a shared 2-core machine is a noisy instrument: identical back-to-back runs at capacity
+differed by 1.7× in mean ITL (76 vs 129 ms) and saturated engine rates by 15–17 % between sessions; the
+calibration and the validations see whatever else runs on the machine at their time. Near capacity the
+latency amplifies any step-time error by 1 / (1 − load): at 80 % a 2 % error in the per-token cost is a
+10 % error in ITL.
 """
 
 from __future__ import annotations

@@ -409,6 +409,28 @@ def test_ttft_offset_and_pinned_coefficients_are_reported(tmp_path):
     assert set(fit2.at_zero()) <= {"c0", "c_seq", "g_lora", "c_ctx", "c_pf"}
 
 
+def test_step_model_from_load_point_contrasts_recovers_a_known_engine(tmp_path):
+    """With enough load points the profile's step model is fitted on one row per run (the design
+    contrasts), and still predicts a known engine where the data are."""
+    from optplace.calibration.runs_fit import MIN_DESIGN_RUNS, fit_step_design
+
+    truth = (7.0, 0.5, 0.0, 0.25)
+    runs = [_synthetic_run(tmp_path, truth, seed=k, window=20.0, label=f"r{k}") for k in range(MIN_DESIGN_RUNS)]
+    s = StepSamples.concat([step_samples(r) for r in runs])
+    fit = fit_step_design(s)
+    assert fit.rows == len(s) and fit.mape < 0.08  # statistics on the requests, not on the 6 rows
+    true_model = StepTimeModel(c0=truth[0], c_seq=truth[1], g0=0.0, g_lora=0.0, c_pf=truth[3], c_ctx=0.0)
+    for n, L, p in [(1, 1, 0), (8, 3, 0), (20, 4, 0), (10, 2, 150)]:
+        fitted = StepTimeModel(**fit.coef(300.0)).step_ms(n, p, n, L, 8.0, 300.0 * n)
+        assert fitted == pytest.approx(true_model.step_ms(n, p, n, L, 8.0, 300.0 * n), rel=0.12), (n, L, p)
+    prof, _ = fit_profile(runs)
+    assert "one row per load point (6 runs)" in prof.step_time.source
+    # fewer runs: per request (the refit from a few validation runs)
+    assert fit_step_design(StepSamples.concat([step_samples(r) for r in runs[:2]])) == fit_step_time(
+        StepSamples.concat([step_samples(r) for r in runs[:2]])
+    )
+
+
 def test_fitted_profile_loads_like_a_bundled_one_and_drives_the_twin(tmp_path):
     runs = [_synthetic_run(tmp_path, (12.0, 0.8, 0.05, 0.3), seed=s, label=f"r{s}") for s in (1, 2)]
     prof, fit = fit_profile(runs, provenance={"command": "test", "machine": "m", "date": "d"})

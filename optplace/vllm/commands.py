@@ -575,15 +575,15 @@ def run_calibrate_measured(
 
     for k in fit.at_zero():
         typer.echo(f"  {k} fitted to 0: no such cost in these runs (identified by {IDENTIFIED_BY[k]})")
-    from optplace.calibration.runs_fit import StepSamples, fit_step_time, step_samples
+    from optplace.calibration.runs_fit import MIN_DESIGN_RUNS, StepSamples, fit_step_time, step_samples
 
-    means = StepSamples.concat([step_samples(r) for r in loaded]).run_means()
-    if len(means) >= 6:  # one row per load point: the design contrasts alone
-        bf = fit_step_time(means, min_rows=6)
+    rows = StepSamples.concat([step_samples(r) for r in loaded])
+    if len(set(rows.run)) >= MIN_DESIGN_RUNS:  # the alternative the profile does not use, for comparison
+        pf = fit_step_time(rows)
         typer.echo(
-            f"  between-load-point fit ({len(means)} rows, one per run; not used): step_ms = ({bf.c0:.3g} + "
-            f"{bf.c_seq:.3g}·N)·(1 + {bf.g_lora:.3g}·L) + {bf.c_ctx:.3g}·K/1000 + {bf.c_pf:.3g}·P, "
-            f"mean |error| {bf.mape * 100:.1f} %"
+            f"  per-request fit (not used; the profile is fitted on one row per load point): step_ms = "
+            f"({pf.c0:.3g} + {pf.c_seq:.3g}·N)·(1 + {pf.g_lora:.3g}·L) + {pf.c_ctx:.3g}·K/1000 + {pf.c_pf:.3g}·P, "
+            f"mean |error| {pf.mape * 100:.1f} %"
         )
     typer.echo(f"  not identifiable on one server, pinned to 0: {', '.join(NOT_IDENTIFIABLE)}")
     off = ttft_offset_ms(loaded, fit)
