@@ -707,21 +707,9 @@ def records_latency(records: Sequence[RequestRecord]) -> LatencyStats:
     tpot = span[multi] / n_gaps[multi] * 1e3
     gaps = np.fromiter((g for r in done for g in r.chunk_gaps_s), dtype=np.float64) * 1e3
     total = int(n_gaps[multi].sum())
-    ttft_p50, ttft_p99 = np.percentile(ttft, (50, 99))
-    tpot_p50, tpot_p99 = np.percentile(tpot, (50, 99)) if tpot.size else (0.0, 0.0)
     itl_p50, itl_p99 = np.percentile(gaps, (50, 99)) if gaps.size else (0.0, 0.0)
-    return LatencyStats(
-        completed=len(done),
-        ttft_ms_mean=float(ttft.mean()),
-        ttft_ms_p50=float(ttft_p50),
-        ttft_ms_p99=float(ttft_p99),
-        tpot_ms_mean=float(tpot.mean()) if tpot.size else 0.0,
-        tpot_ms_p50=float(tpot_p50),
-        tpot_ms_p99=float(tpot_p99),
-        itl_ms_mean=float(span[multi].sum() / total * 1e3) if total else 0.0,
-        itl_ms_p50=float(itl_p50),
-        itl_ms_p99=float(itl_p99),
-    )
+    itl_mean = float(span[multi].sum() / total * 1e3) if total else 0.0
+    return LatencyStats.of(ttft, tpot, itl_mean, float(itl_p50), float(itl_p99))
 
 
 def window_latency_of(
