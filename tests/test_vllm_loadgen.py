@@ -175,3 +175,58 @@ def test_server_dying_mid_replay_gives_errors_not_a_hang():
     assert all("Connect" in r.error or "refused" in r.error.lower() for r in res.requests[2:])
     (g,) = res.gpus
     assert g.errors >= 2 and g.engine_tok_s is None  # the closing scrape failed: no engine rate, not a crash
+
+
+def test_real_latency_has_the_twins_keys_and_definitions():
+    """TTFT from the send time, mean ITL = Σ(last − first) / Σ(output − 1), ITL percentiles over chunk gaps,
+    steady state = requests arriving after 10 % of the window: what the twin reports, computed on records."""
+    from dataclasses import fields
+
+    from optplace.twin.simulate import Latency
+    from optplace.vllm.loadgen import RequestRecord, records_latency, summarise
+
+    def rec(i, t, ttft, gaps, status="ok"):
+        first = t + ttft
+        return RequestRecord(
+            index=i,
+            adapter=i % 2,
+            gpu=0,
+            arrival_s=t,
+            sent_s=t,
+            input_tokens=10,
+            max_tokens=len(gaps) + 1,
+            status=status,
+            first_token_s=first,
+            done_s=first + sum(gaps) + 0.001 if status == "ok" else None,
+            output_tokens=len(gaps) + 1,
+            chunk_gaps_s=tuple(gaps),
+            last_token_s=first + sum(gaps),
+        )
+
+    recs = [
+        rec(0, 0.1, 0.5, [0.01, 0.03]),  # in the warm-up (window 10 s: warm-up 1 s)
+        rec(1, 2.0, 0.1, [0.02, 0.02, 0.02, 0.06]),
+        rec(2, 3.0, 0.2, []),  # one token: a TTFT, no gap
+        rec(3, 4.0, 0.3, [0.05], status="cancelled"),  # not completed: not counted
+    ]
+    st = records_latency(recs)
+    ttft = np.array([500.0, 100.0, 200.0])
+    gaps = np.array([10.0, 30.0, 20.0, 20.0, 20.0, 60.0])
+    assert st.completed == 3
+    assert st.ttft_ms_p50 == pytest.approx(np.percentile(ttft, 50)) and st.ttft_ms_p99 == pytest.approx(
+        np.percentile(ttft, 99)
+    )
+    assert st.itl_ms_mean == pytest.approx(gaps.sum() / 6) and st.itl_ms_p99 == pytest.approx(np.percentile(gaps, 99))
+    assert st.tpot_ms_mean == pytest.approx((20.0 + 30.0) / 2)  # per request: 40/2 and 120/4
+    ep = Endpoint(0, "http://x", ("a0", "a1"), max_loras=2)
+    (g,) = summarise(recs, ("a0", "a1"), (ep,), 10.0)
+    doc = g.to_json()
+    assert set(doc["latency"]["window"]) == {f.name for f in fields(Latency)}
+    assert doc["latency"]["warmup_s"] == pytest.approx(1.0)
+    assert doc["latency"]["window"]["completed"] == 3 and doc["latency"]["steady"]["completed"] == 2
+    assert doc["latency"]["steady"]["ttft_ms_p50"] == pytest.approx(150.0)
+    assert doc["latency"]["window"]["loss"] == pytest.approx(g.throughput_loss)
+    assert g.itl_ms_mean == pytest.approx(st.itl_ms_mean) and g.ttft_ms_p50 == pytest.approx(st.ttft_ms_p50)
+    a0, a1 = doc["per_adapter"]
+    assert a0["latency"]["window"]["completed"] == 2 and a1["latency"]["window"]["completed"] == 1
+    assert a1["latency"]["window"]["itl_ms_mean"] == pytest.approx(30.0)

@@ -1,30 +1,33 @@
 """The twin checked against a real vLLM engine (marker ``vllm``; CPU build, tiny Llama, dummy adapters).
 
 One session: a calibration sweep (``optplace calibrate --sweep --engine vllm``: one server with 4 slots
-and 6 adapters, five load points from idle to saturated) fits a profile; then three configurations
-*not* used for calibration run on real servers through ``optplace validate --engine vllm --launch``
-and are compared with the twin driven by the profile just fitted:
+and 6 adapters, probes, eight load points from idle to saturated, ``optplace.vllm.sweep.DEFAULT_POINTS``)
+fits a profile; then configurations *not* used for calibration run on real servers through ``optplace
+validate --engine vllm --launch`` and are compared with the twin driven by the profile just fitted. Their
+loads are fractions of the capacity this machine's server showed in the calibration's saturated point
+(``_capacity_rps``), so a configuration offers the same share of capacity on any machine speed:
 
-- ``solve-plan``: the plan ``optplace solve`` makes for a small scenario on that profile (servers
-  launched from the plan's deploy artefacts);
-- ``sat-2slots``: 2 slots, 4 adapters, two heavy ones saturating the server — fewer slots than
-  active adapters: the two light adapters never get a slot and complete nothing (slot stickiness);
-- ``5ad-3slots``: 3 slots, 5 light adapters — swaps all the time, unsaturated.
+- ``solve-plan`` (~20 %): the plan ``optplace solve`` makes for a small scenario on that profile;
+- ``load-50`` and ``load-80`` (50 % and 80 %, where latency objectives live): 5 and 4 adapters with
+  skewed rates, one slot each;
+- ``load-100`` (100 %): 4 adapters on 4 slots, run twice on the same workload, judged on the mean;
+- ``sat-2slots`` (~150 %): 2 slots, 4 adapters, two heavy ones saturating the server — fewer slots than
+  active adapters: the two light adapters never get a slot and complete nothing (slot stickiness); run
+  twice, judged on the mean;
+- ``5ad-3slots`` (~15 %): 3 slots, 5 light adapters — swaps all the time.
 
-Criteria (the issue's acceptance): engine token rate and completed-token throughput each within
-15 %, the same starvation verdict, the same set of adapters completing nothing. ``pytest -s`` prints
-the table.
+Criteria (the issue's acceptance): engine token rate and completed-token throughput each within 15 % on
+every configuration; the same starvation verdict and the same set of adapters completing nothing (not on
+``load-100``, whose loss sits at the 10 % threshold by construction); below saturation (``load-50``,
+``load-80``) TTFT median within 20 %, TTFT p99 within 30 %, mean ITL within 10 %. Every miss is
+reported at once. ``pytest -s`` prints the tables: per configuration (load share, token rates, errors,
+latency errors) and latency per GPU and adapter (twin/real ms and error), plus each repeated run.
 
-All three are held to the 15 % rule. ``sat-2slots`` was printed only until 2026-11-28: its errors
-ranged from −16 % to +68 % across sessions (−8.7 to +16.7 % engine in the last five runs). One cause:
-on a fast idle machine the calibration's "saturated" load points were not saturated (batches of 23–38
-of 128), so the fit extrapolated ×3 in batch size to this configuration (~115). The sweep's saturated
-points now offer about twice what the server serves; in three suite runs since, sat-2slots read engine
-+3.4, −2.9, −5.4 % and completed +5.7, −1.9, −5.8 % (one more run with only the prompt-heavy point
-saturated: +6.7 / +9.8 %). The heavy rate now scales with the server's measured saturated rate
-(``_heavy_rate``): at a fixed 8 req/s the heavy pair was exactly at capacity on a fast idle machine and
-the zero-completion sets differed by chance (CI, 2026-11-28). A saturated real run stays a noisy instrument:
-identical back-to-back runs differ by up to ~10 %.
+A real run on a shared 2-core machine is a noisy instrument: identical back-to-back runs at capacity
+differed by 1.7× in mean ITL (76 vs 129 ms) and saturated engine rates by 15–17 % between sessions; the
+calibration and the validations see whatever else runs on the machine at their time. Near capacity the
+latency amplifies any step-time error by 1 / (1 − load): at 80 % a 2 % error in the per-token cost is a
+10 % error in ITL.
 """
 
 from __future__ import annotations
@@ -42,13 +45,24 @@ from typer.testing import CliRunner
 from conftest_vllm import START_TIMEOUT_S
 from conftest_vllm import tiny_model, vllm_available  # noqa: F401  (pytest fixtures, requested by name)
 from optplace.cli import app
-from optplace.vllm.compare import compare_runs, render_comparison
+from optplace.vllm.compare import (
+    GpuComparison,
+    compare_gpu,
+    compare_runs,
+    mean_of_runs,
+    render_comparison,
+    render_latency,
+)
 from optplace.vllm.sweep import CPU_EXTRA_ARGS, CPU_SERVER_ENV
 
 # the session's calibration sweep (minutes) counts towards the first test, then three real validations
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(3600)]
 runner = CliRunner()
 TOLERANCE = 0.15
+#: below saturation (the issue's acceptance): relative error of the twin's latency, per figure
+LATENCY_TOLERANCE = {"ttft_ms_p50": 0.20, "ttft_ms_p99": 0.30, "itl_ms_mean": 0.10}
+#: sat-2slots' heavy pair offers this multiple of the calibrated capacity
+SAT_LOAD = 1.5
 
 LENGTHS = (
     "{kind: lognormal, mean_input_tokens: 120, mean_output_tokens: 40, cv_input: 0.8, cv_output: 0.8, "
@@ -128,24 +142,29 @@ def _sticky_seed(rates: list[float], window: float) -> int:
     raise AssertionError("no seed puts both heavy adapters first")
 
 
-def _heavy_rate(d: Path) -> float:
-    """Per-adapter rate [req/s] at which sat-2slots' two heavy adapters alone offer 1.3× what this machine's
-    server served in the calibration's saturated point.
-
-    A fixed rate made the heavy pair's load depend on the machine: at 8 req/s each it was 1.01× the
-    server on a fast idle machine (2026-11-28 CI), where a heavy adapter's queue could drain for a moment
-    and hand its slot to a light one in one run but not in the other (twin: l2, l3 completed 5 each;
-    real engine: none). With a 30 % overload the heavy backlog only grows, on any machine speed.
-    """
+def _capacity_rps(d: Path) -> float:
+    """Requests per second this machine's calibration server served in the saturated calibration point
+    (engine tokens per second over the mean tokens of a request of the sweep's lengths): every
+    configuration's load is a fraction of it, so a configuration offers the same share of capacity on a
+    fast idle machine and on a slow shared one."""
     from optplace.vllm.runs import load_run
-    from optplace.vllm.sweep import DEFAULT_POINTS, SweepConfig, sweep_workload
+    from optplace.vllm.sweep import DEFAULT_POINTS
 
     point = next(p for p in DEFAULT_POINTS if p.label == "cal-4x8-sat")
     served = load_run(d / "fitted.runs" / point.label).result["gpus"][0]["engine_tok_s"]
-    # the spec's lengths are the sweep's (LENGTHS); 10^4 draws pin their truncated mean to ~1 %
-    wl = sweep_workload(SweepConfig(model_path=Path("."), adapters_dir=Path(".")), [100.0], 100.0, seed=0)
-    tokens_per_request = float(np.mean(wl.input_tokens + wl.output_tokens))
-    return round(0.65 * served / tokens_per_request, 1)
+    return float(served / _mean_request_tokens())
+
+
+def _heavy_rate(d: Path, load: float = SAT_LOAD) -> float:
+    """Per-adapter rate [req/s] at which sat-2slots' two heavy adapters alone offer ``load`` × what this
+    machine's server served in the calibration's saturated point.
+
+    A fixed rate made the heavy pair's load depend on the machine: at 8 req/s each it was 1.01× the
+    server on a fast idle machine, where a heavy adapter's queue could drain for a moment and hand its
+    slot to a light one in one run but not in the other (twin: l2, l3 completed 5 each; real engine:
+    none). With the pair well above capacity the heavy backlog only grows, on any machine speed.
+    """
+    return round(load / 2 * _capacity_rps(d), 2)
 
 
 @pytest.fixture(scope="session")
@@ -194,12 +213,32 @@ def _validate(path: Path, out: Path, window: float, model: Path, adapters: Path)
     return doc
 
 
+def _rates(weights: list[float], load: float, capacity_rps: float) -> list[float]:
+    """Per-adapter rates [req/s] in proportion to ``weights`` that offer ``load`` × the capacity in total."""
+    return [round(load * capacity_rps * w / sum(weights), 3) for w in weights]
+
+
+def _merged(label: str, docs: list[dict]) -> GpuComparison:
+    """The twin against the mean of the real runs of one configuration (same workload in every run)."""
+    for doc in docs:
+        assert not any(g.get("oom") for g in doc["real"]["gpus"]), (label, "server failed to start")
+    (twin,) = docs[0]["twin"]["gpus"]
+    real = mean_of_runs([doc["real"]["gpus"][0] for doc in docs])
+    return compare_gpu(twin, real)
+
+
 def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     d = fitted
     model, adapters = tiny_model.path, d / "adapters"
-    results: list[tuple[str, dict]] = []
+    cap = _capacity_rps(d)
+    runs: dict[str, list[dict]] = {}
 
-    # 1. the plan optplace solve makes for a small scenario on the fitted profile
+    def validate(label: str, spec_text: str, window: float, repeats: int = 1) -> None:
+        path = d / f"{label}.yaml"
+        path.write_text(spec_text)
+        runs[label] = [_validate(path, d / f"v-{label}-{k}", window, model, adapters) for k in range(repeats)]
+
+    # 1. the plan optplace solve makes for a small scenario on the fitted profile (light load)
     solve_spec = d / "solve.yaml"
     solve_spec.write_text(_spec("solve-plan", [(f"s{i}", 8 if i % 2 else 16, 0.5) for i in range(8)], 45, seed=21))
     r = runner.invoke(app, ["solve", str(solve_spec), "--json"])
@@ -208,73 +247,136 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     plan.write_text(r.stdout)
     placement = json.loads(r.stdout)["placement"]
     assert len(placement) == 1, placement  # one server serves ~640 tokens/s of offered load
-    results.append(("solve-plan", _validate(plan, d / "v-solve", 45, model, adapters)))
+    runs["solve-plan"] = [_validate(plan, d / "v-solve", 45, model, adapters)]
 
-    # 2. saturated, fewer slots than active adapters: heavy a0, a1 hold the 2 slots, a2, a3 starve
+    # 2. below saturation, where latency objectives live: 50 % and 80 % of the calibrated capacity,
+    #    skewed rates, all adapters resident (as many slots as adapters)
+    for label, load, weights, window, seed in (
+        ("load-50", 0.5, [4.0, 3.0, 2.0, 1.0, 1.0], 45, 51),
+        ("load-80", 0.8, [3.0, 2.0, 1.5, 1.0], 60, 81),
+    ):
+        rates = _rates(weights, load, cap)
+        names = [f"{label[-2:]}r{i}" for i in range(len(rates))]
+        validate(
+            label,
+            _spec(
+                label,
+                [(n, 8 if i % 2 == 0 else 16, q) for i, (n, q) in enumerate(zip(names, rates))],
+                window,
+                seed=seed,
+                placement=[(len(names), names)],
+            ),
+            window,
+        )
+
+    # 3. at capacity (100 %): the verdict is a coin flip by construction (loss at the threshold), so only
+    #    the token rates are judged, on the mean of two runs of the same workload
+    rates = _rates([1.0, 1.0, 1.0, 1.0], 1.0, cap)
+    validate(
+        "load-100",
+        _spec(
+            "load-100",
+            [(f"c{i}", 8 if i % 2 == 0 else 16, q) for i, q in enumerate(rates)],
+            45,
+            seed=101,
+            placement=[(4, [f"c{i}" for i in range(4)])],
+        ),
+        45,
+        repeats=2,
+    )
+
+    # 4. saturated at ~150 %, fewer slots than active adapters: heavy h0, h1 hold the 2 slots, l2, l3 starve
+    #    (slot stickiness); mean of two runs of the same workload
     rates = [*[_heavy_rate(d)] * 2, 0.5, 0.5]
-    seed = _sticky_seed(rates, 75)
-    sat = d / "sat.yaml"
-    sat.write_text(
+    seed = _sticky_seed(rates, 60)
+    validate(
+        "sat-2slots",
         _spec(
             "sat-2slots",
             [(f"h{i}" if i < 2 else f"l{i}", 8 if i % 2 == 0 else 16, q) for i, q in enumerate(rates)],
-            75,
+            60,
             seed=seed,
             placement=[(2, ["h0", "h1", "l2", "l3"])],
-        )
+        ),
+        60,
+        repeats=2,
     )
-    results.append(("sat-2slots", _validate(sat, d / "v-sat", 75, model, adapters)))
 
-    # 3. unsaturated, 5 adapters on 3 slots (swaps, every adapter served)
-    small = d / "small.yaml"
-    small.write_text(
+    # 5. light, 5 adapters on 3 slots (swaps, every adapter served)
+    validate(
+        "5ad-3slots",
         _spec(
             "5ad-3slots",
             [(f"m{i}", 8 if i % 2 == 0 else 16, 0.4) for i in range(5)],
             30,
             seed=33,
             placement=[(3, [f"m{i}" for i in range(5)])],
-        )
+        ),
+        30,
     )
-    results.append(("5ad-3slots", _validate(small, d / "v-small", 30, model, adapters)))
 
-    labels, rows = [], []
-    for label, doc in results:
-        for c in compare_runs(doc["twin"]["gpus"], doc["real"]["gpus"]):
-            labels.append(label)
-            rows.append(c)
-    walls = ", ".join(f"{lb} {doc['wall_s']:.0f} s" for lb, doc in results)
-    print(f"\n[twin vs real, profile fitted in this run; load avg {os.getloadavg()[0]:.1f}; validation walls {walls}]")
-    print(render_comparison(rows, labels, TOLERANCE))
+    by = {label: _merged(label, docs) for label, docs in runs.items()}
+    load = {label: c.offered_tok_s / (cap * _mean_request_tokens()) for label, c in by.items()}
+    labels = [f"{lb} {load[lb] * 100:.0f}%" + (f" x{len(runs[lb])}" if len(runs[lb]) > 1 else "") for lb in by]
+    walls = ", ".join(f"{lb} {sum(doc['wall_s'] for doc in docs):.0f} s" for lb, docs in runs.items())
+    print(
+        f"\n[twin vs real, profile fitted in this run; capacity {cap:.1f} req/s; load avg "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; validation walls {walls}]"
+    )
+    print(render_comparison(list(by.values()), labels, TOLERANCE))
+    print(render_latency(list(by.values()), labels))
+    for label, docs in runs.items():
+        if len(docs) > 1:  # the spread of the real engine between identical runs
+            for k, doc in enumerate(docs):
+                c = compare_runs(doc["twin"]["gpus"], doc["real"]["gpus"])[0]
+                print(
+                    f"  {label} run {k + 1}: engine {c.engine_error * 100 if c.engine_error is not None else 0:+.1f} %,"
+                    f" completed {c.throughput_error * 100 if c.throughput_error is not None else 0:+.1f} %"
+                )
 
-    by = dict(zip(labels, rows))
-    # the scenarios do what they are meant to: one saturated with stuck adapters, two served in full
+    # the scenarios do what they are meant to: one saturated with stuck adapters, the light and the
+    # below-saturation ones served in full, at the intended share of the capacity
     assert by["sat-2slots"].real_starved and set(by["sat-2slots"].real_zero) == {"l2", "l3"}
-    assert not by["solve-plan"].real_starved and not by["5ad-3slots"].real_starved
-    assert all(not g.get("oom") for _, doc in results for g in doc["real"]["gpus"])
-    for label, c in zip(labels, rows):
-        assert c.same_verdict, (label, c.twin_starved, c.real_starved)
-        assert c.same_zero_set, (label, c.twin_zero, c.real_zero)
-        assert c.engine_error is not None
-        assert abs(c.engine_error) <= TOLERANCE, (label, c.engine_error)
-        assert abs(c.throughput_error) <= TOLERANCE, (label, c.throughput_error)
-    # the saved runs are calibration input too: refit from the three validations' runs
-    r = runner.invoke(
-        app,
-        [
-            "calibrate",
-            "--runs",
-            str(d / "v-solve"),
-            "--runs",
-            str(d / "v-sat"),
-            "--runs",
-            str(d / "v-small"),
-            "--out",
-            str(d / "refit.json"),
-        ],
-    )
+    for label in ("solve-plan", "5ad-3slots", "load-50", "load-80"):
+        assert not by[label].real_starved, label
+    assert 0.4 <= load["load-50"] <= 0.6 and 0.7 <= load["load-80"] <= 0.9, load
+    assert 0.9 <= load["load-100"] <= 1.1 and load["sat-2slots"] >= 1.3, load
+    assert all(not g.get("oom") for docs in runs.values() for doc in docs for g in doc["real"]["gpus"])
+    # every criterion checked, every miss reported at once (one real run costs minutes)
+    misses = []
+    for label, c in by.items():
+        if label != "load-100" and not (c.same_verdict and c.same_zero_set):
+            misses.append(
+                f"{label}: verdict twin/real {c.twin_starved}/{c.real_starved}, zero {c.twin_zero}/{c.real_zero}"
+            )
+        for what, err in (("engine tokens/s", c.engine_error), ("completed tokens/s", c.throughput_error)):
+            if err is None or abs(err) > TOLERANCE:
+                misses.append(f"{label}: {what} error {err} beyond {TOLERANCE}")
+    # latency where it is an objective: below saturation (the issue's acceptance)
+    for label in ("load-50", "load-80"):
+        for key, tol in LATENCY_TOLERANCE.items():
+            err = by[label].latency_error(key)
+            if err is None or abs(err) > tol:
+                misses.append(f"{label}: {key} error {err} beyond {tol}")
+    # the saved runs are calibration input too: refit from the validations' runs
+    refit_args = [a for lb in ("solve-plan", "load-80", "5ad-3slots") for a in ("--runs", str(_run_dir(d, lb)))]
+    r = runner.invoke(app, ["calibrate", *refit_args, "--out", str(d / "refit.json")])
     assert r.exit_code == 0, r.output
     print(f"[refit from the validation runs] {r.stdout.strip()}")
     fit_doc = json.loads((d / "refit.json").read_text())
     assert fit_doc["calibrated"] and fit_doc["step_time"]["coef"]["c0"] > 0
     assert np.isfinite(list(fit_doc["step_time"]["coef"].values())).all()
+    assert not misses, "\n".join(misses)
+
+
+def _run_dir(d: Path, label: str) -> Path:
+    return d / "v-solve" if label == "solve-plan" else d / f"v-{label}-0"
+
+
+def _mean_request_tokens() -> float:
+    """Mean input + output tokens of a request of the sweep's lengths (the specs' ``LENGTHS``): 10^4 draws pin
+    their truncated mean to ~1 %."""
+    from optplace.vllm.sweep import SweepConfig, sweep_workload
+
+    wl = sweep_workload(SweepConfig(model_path=Path("."), adapters_dir=Path(".")), [100.0], 100.0, seed=0)
+    return float(np.mean(wl.input_tokens + wl.output_tokens))

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from optplace.calibration.runs_fit import fit_profile, fit_step_time, step_samples
+from optplace.calibration.runs_fit import StepSamples, fit_profile, fit_step_time, step_samples
 from optplace.cli import app
 from optplace.specs import load_profile_file
 from optplace.twin.steptime import StepTimeModel
-from optplace.vllm.compare import compare_gpu, rel_error, render_comparison
+from optplace.vllm.compare import compare_gpu, mean_of_runs, rel_error, render_comparison, render_latency
 from optplace.vllm.launcher import pick_free_port
 from optplace.vllm.runs import RunError, kv_tokens_from_log, load_run, save_run
 from helpers import FAKE_VLLM
@@ -71,6 +71,42 @@ def test_comparison_errors_verdicts_and_zero_sets():
     assert both_oom.within(0.01)
     table = render_comparison([c], ["cfg-A"])
     assert "cfg-A" in table and "+10.0%" in table and "yes" in table.splitlines()[-1]
+
+
+def _lat(ttft50, ttft99, itl, itl99, completed=10):
+    win = {
+        "completed": completed,
+        "ttft_ms_p50": ttft50,
+        "ttft_ms_p99": ttft99,
+        "itl_ms_mean": itl,
+        "itl_ms_p99": itl99,
+    }
+    return {"warmup_s": 1.0, "window": win, "steady": win}
+
+
+def test_latency_comparison_per_gpu_and_adapter_and_mean_of_runs():
+    twin, real = _gpu(), _gpu()
+    twin["latency"], real["latency"] = _lat(120.0, 390.0, 11.0, 40.0), _lat(100.0, 300.0, 10.0, 50.0)
+    twin["per_adapter"][0]["latency"] = _lat(60.0, 80.0, 9.0, 20.0)
+    real["per_adapter"][0]["latency"] = _lat(50.0, 100.0, 10.0, 20.0)
+    c = compare_gpu(twin, real)
+    assert c.latency_error("ttft_ms_p50") == pytest.approx(0.2) and c.latency_error("ttft_ms_p99") == pytest.approx(0.3)
+    assert c.latency_error("itl_ms_mean") == pytest.approx(0.1) and c.latency_error("itl_ms_p99") == pytest.approx(-0.2)
+    a, b = c.adapter_latency
+    assert a.name == "a" and a.error("ttft_ms_p99") == pytest.approx(-0.2) and b.error("ttft_ms_p50") is None
+    assert c.to_json()["latency"]["ttft_ms_p50"] == {"twin": 120.0, "real": 100.0, "error": 0.2}
+    assert "+20.0%" in render_comparison([c]) and "-20.0%" in render_latency([c], ["cfg"])
+    # nothing completed on one side: no latency to compare, not an error of 0
+    real["latency"] = _lat(0.0, 0.0, 0.0, 0.0, completed=0)
+    assert compare_gpu(twin, real).latency_error("ttft_ms_p50") is None
+    # two runs of one configuration: figures averaged, an adapter zero only if zero in both runs
+    r1 = _gpu(thr=100.0, eng=120.0, completed=(3, 0))
+    r2 = _gpu(thr=80.0, eng=100.0, completed=(0, 0), starved=True)
+    r1["latency"], r2["latency"] = _lat(100.0, 300.0, 10.0, 50.0), _lat(200.0, 500.0, 20.0, 70.0)
+    m = mean_of_runs([r1, r2])
+    assert m["throughput_tok_s"] == 90.0 and m["engine_tok_s"] == 110.0 and m["starved"]
+    assert m["latency"]["window"]["ttft_ms_p50"] == 150.0 and m["latency"]["steady"]["itl_ms_p99"] == 60.0
+    assert compare_gpu(_gpu(), m).real_zero == ("b",)
 
 
 def test_kv_tokens_from_vllm_log_line():
@@ -152,8 +188,12 @@ def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fa
         "oom",
         "starved_adapters",
         "per_adapter",
+        "latency",
     ):
         assert key in real and key in twin, key
+    assert set(real["latency"]["window"]) == set(twin["latency"]["window"])
+    assert cmp_["latency"]["ttft_ms_p50"]["real"] == pytest.approx(real["latency"]["window"]["ttft_ms_p50"], rel=1e-3)
+    assert [a["name"] for a in cmp_["per_adapter_latency"]] == ["a0", "a1"]
     # both sides replayed the very same requests: same offered load
     assert real["offered_tok_s"] == pytest.approx(twin["offered_tok_s"], rel=1e-6)
     assert real["throughput_tok_s"] > 0 and cmp_["throughput_tok_s"]["real"] == pytest.approx(
@@ -335,6 +375,60 @@ def test_step_time_fit_recovers_a_known_engine(tmp_path):
     for n, L, p in [(1, 1, 0), (8, 3, 0), (30, 4, 0), (10, 2, 150)]:
         fitted = StepTimeModel(**{k: v for k, v in fit.coef(300.0).items()}).step_ms(n, p, n, L, 8.0, 300.0 * n)
         assert fitted == pytest.approx(true_model.step_ms(n, p, n, L, 8.0, 300.0 * n), rel=0.12), (n, L, p)
+
+
+def test_ttft_offset_and_pinned_coefficients_are_reported(tmp_path):
+    """The idle prefill probes give the API server's time beyond the modelled step; coefficients a sweep
+    cannot identify are named in the profile, not silently fitted to 0."""
+    from optplace.calibration.runs_fit import NOT_IDENTIFIABLE, ttft_offset_ms
+
+    run = _synthetic_run(tmp_path, (12.0, 0.8, 0.05, 0.3))
+    fit = fit_step_time(step_samples(run))
+    assert ttft_offset_ms([run], fit) is None  # no prefill probes in this run
+    toks = [16, 256, 1024, 2000]
+    probed = run.probes | {
+        "prefill_probe_tokens": toks,
+        "prefill_probe_ms": [3.0 + fit.c0 + fit.c_seq + fit.c_pf * n for n in toks],
+    }
+    from dataclasses import replace
+
+    off = ttft_offset_ms([replace(run, probes=probed)], fit)
+    assert off is not None and off.offset_ms == pytest.approx(3.0) and off.points == 4
+    assert off.slope_ms_per_token == pytest.approx(fit.c_pf) and off.quad_ms_per_token2 == pytest.approx(0.0, abs=1e-9)
+    # one row per run: its step-weighted means (the design contrasts alone)
+    two = StepSamples.concat(
+        [step_samples(run), step_samples(_synthetic_run(tmp_path, (6.0, 0.4, 0.0, 0.2), 1, 30.0, "b"))]
+    )
+    m = two.run_means()
+    assert m.run == ("syn", "b") and len(m) == 2 and m.steps.sum() == two.steps.sum()
+    first = np.asarray(two.run) == "syn"
+    assert m.n_seq[0] == pytest.approx(np.average(two.n_seq[first], weights=two.steps[first]))
+    prof, fit2 = fit_profile([run])
+    assert all(prof.step_time.coef[k] == 0.0 for k in NOT_IDENTIFIABLE)
+    assert all(k in prof.step_time.source for k in NOT_IDENTIFIABLE)
+    assert set(fit2.at_zero()) <= {"c0", "c_seq", "g_lora", "c_ctx", "c_pf"}
+
+
+def test_step_model_from_load_point_contrasts_recovers_a_known_engine(tmp_path):
+    """With enough load points the profile's step model is fitted on one row per run (the design
+    contrasts), and still predicts a known engine where the data are."""
+    from optplace.calibration.runs_fit import MIN_DESIGN_RUNS, fit_step_design
+
+    truth = (7.0, 0.5, 0.0, 0.25)
+    runs = [_synthetic_run(tmp_path, truth, seed=k, window=20.0, label=f"r{k}") for k in range(MIN_DESIGN_RUNS)]
+    s = StepSamples.concat([step_samples(r) for r in runs])
+    fit = fit_step_design(s)
+    assert fit.rows == len(s) and fit.mape < 0.08  # statistics on the requests, not on the 6 rows
+    true_model = StepTimeModel(c0=truth[0], c_seq=truth[1], g0=0.0, g_lora=0.0, c_pf=truth[3], c_ctx=0.0)
+    for n, L, p in [(1, 1, 0), (8, 3, 0), (20, 4, 0), (10, 2, 150)]:
+        fitted = StepTimeModel(**fit.coef(300.0)).step_ms(n, p, n, L, 8.0, 300.0 * n)
+        assert fitted == pytest.approx(true_model.step_ms(n, p, n, L, 8.0, 300.0 * n), rel=0.12), (n, L, p)
+    prof, _ = fit_profile(runs)
+    assert "one row per load point (6 runs)" in prof.step_time.source
+    # fewer runs: per request (the refit from a few validation runs)
+    assert fit_step_design(StepSamples.concat([step_samples(r) for r in runs[:2]])) == fit_step_time(
+        StepSamples.concat([step_samples(r) for r in runs[:2]])
+    )
 
 
 def test_fitted_profile_loads_like_a_bundled_one_and_drives_the_twin(tmp_path):

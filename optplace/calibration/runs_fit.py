@@ -15,14 +15,26 @@ the request's life, per step). Averaging the step-time model of :mod:`optplace.t
 
 over those chunk times gives a model that is linear in ``(c0, c_seq, c_ctx, c_pf)`` for a fixed
 ``g_lora``; ``g_lora`` is found on a grid, the rest by non-negative weighted least squares (weights =
-steps observed). Everything the engine does per step on this machine (HTTP frontend, detokenising,
-scheduling) is inside the client-side gaps, so the fitted profile has no separate scheduler
+steps observed). With enough load points the fit uses one row per run, the step-weighted means of its
+requests (:func:`fit_step_design` says why). Everything the engine does per step on this machine (HTTP
+frontend, detokenising, scheduling) is inside the client-side gaps, so the fitted profile has no separate scheduler
 overhead (form ``none``).
+
+Which coefficient each design point of the sweep identifies (:data:`IDENTIFIED_BY`): ``c0`` and ``c_seq``
+the idle to saturated points, ``c_pf`` the prompt-heavy against the decode-heavy saturated point, ``g_lora``
+one adapter against four at the same request rate (same batch size, 1 vs ~3 distinct adapters per
+batch), ``c_ctx`` long prompts against short ones at a similar batch. The other coefficients of the
+form cannot be told apart on one calibration server and are not in the fitted model (pinned to 0,
+:data:`NOT_IDENTIFIABLE` says why). A coefficient the fit puts at exactly 0 with its design point in
+the runs is a measured absence of that cost, listed by :meth:`StepFit.at_zero`.
 
 Adapter load times come from the probes of the calibration sweep (``optplace.vllm.sweep``): the TTFT of
 single requests that force a load (first use: from disk; cycling more adapters than slots: CPU → slot) minus
 the TTFT of requests to an adapter already in a slot. KV capacity is what the server's start-up log
-reported. Pure NumPy; no vLLM needed.
+reported. The idle prefill probes (single one-token requests with prompts of 16 to 2,000 tokens) give
+what the API server adds to a request's TTFT beyond its engine step (:func:`ttft_offset_ms`): the twin
+has no such term (its network, API server and tokenisation take no time), so it is reported, not
+fitted into the step model. Pure NumPy; no vLLM needed.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import math
 import platform
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -42,17 +54,39 @@ from optplace.specs.profiles import AdapterLoadParams, MemoryModel, OverheadPara
 from optplace.calibration.run_records import SavedRun
 
 __all__ = [
+    "IDENTIFIED_BY",
+    "NOT_IDENTIFIABLE",
     "StepFit",
+    "TtftOffset",
     "StepSamples",
     "TINY_LLAMA",
     "CPU_GPU",
     "fit_profile",
+    "fit_step_design",
     "fit_step_time",
     "load_times_ms",
     "rel_error",
     "step_samples",
+    "ttft_offset_ms",
+    "TwinCheck",
     "twin_errors",
 ]
+
+#: the design points (sweep load points) that move each fitted coefficient
+IDENTIFIED_BY: dict[str, str] = {
+    "c0": "idle points (one request at a time: cal-1x2)",
+    "c_seq": "idle to saturated points (batch 1 to max_num_seqs)",
+    "c_pf": "prompt-heavy (cal-4x8-sat) vs decode-heavy (cal-3x6-decode-sat) saturated points",
+    "g_lora": "one adapter (cal-1x6) vs four (cal-4x1.5) at the same request rate",
+    "c_ctx": "long prompts (cal-2x1.5-longctx) vs short ones at a similar batch",
+}
+#: coefficients of form ``lora_mult_v2`` a sweep on one server cannot identify: pinned to 0 (not in the model)
+NOT_IDENTIFIABLE: dict[str, str] = {
+    "g0": "every server runs with LoRA enabled: its fixed cost is inside c0 and c_seq",
+    "g_rank": "one server pads every adapter to its max_lora_rank: no rank contrast",
+    "g_slot": "one server, one max_loras: no slot-count contrast",
+    "h_pf": "multiplies g_lora·L, which the CPU build does not show (see g_lora)",
+}
 
 #: the tiny random Llama of :mod:`optplace.vllm.tinymodel` (hidden 256, 4 layers, 4 heads, 2 KV heads,
 #: vocabulary 2,048, bf16, 4,096 positions); parameters counted from that config (untied embeddings)
@@ -97,6 +131,22 @@ class StepSamples:
 
     def __len__(self) -> int:
         return int(self.y_ms.size)
+
+    def run_means(self) -> "StepSamples":
+        """One row per run (load point): the step-weighted means of its rows, weighted by its steps.
+
+        The model is linear in these means (``_design`` uses means of N, N·L, K, P), so a fit on them
+        uses only what differs between load points — the design contrasts — and none of the
+        within-run covariation (requests of one run that lived through busier moments)."""
+        runs = np.asarray(self.run)
+        labels = tuple(dict.fromkeys(self.run))
+        cols = []
+        for name in ("y_ms", "n_seq", "n_lora", "n_x_l", "ctx_k", "prefill"):
+            a = getattr(self, name)
+            cols.append(np.array([np.average(a[runs == lb], weights=self.steps[runs == lb]) for lb in labels]))
+        steps = np.array([self.steps[runs == lb].sum() for lb in labels])
+        y, n, lo, nl, k, p = cols
+        return StepSamples(y, steps, n, lo, nl, k, p, labels)
 
     @staticmethod
     def concat(parts: Sequence["StepSamples"]) -> "StepSamples":
@@ -188,6 +238,11 @@ class StepFit:
         """Predicted mean step time of each row."""
         return _design(s, self.g_lora) @ np.array([self.c0, self.c_seq, self.c_ctx, self.c_pf])
 
+    def at_zero(self) -> tuple[str, ...]:
+        """Fitted coefficients the non-negative fit put at exactly 0 (measured: no such cost in these runs)."""
+        vals = {"c0": self.c0, "c_seq": self.c_seq, "g_lora": self.g_lora, "c_ctx": self.c_ctx, "c_pf": self.c_pf}
+        return tuple(k for k, v in vals.items() if v == 0.0)
+
     def coef(self, ctx_default: float) -> dict[str, float]:
         """Coefficients for a ``lora_mult_v2`` profile (the unused LoRA terms set to zero)."""
         return {
@@ -229,14 +284,14 @@ def _nnls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return best
 
 
-def fit_step_time(s: StepSamples, use_ctx: bool = True) -> StepFit:
+def fit_step_time(s: StepSamples, use_ctx: bool = True, min_rows: int = 8) -> StepFit:
     """Fit ``(c0, c_seq, g_lora, c_ctx, c_pf)`` to the rows (grid over ``g_lora``, NNLS for the rest).
 
     Rows are weighted by the steps they cover and by ``1/y`` so that the fit minimises relative error
     (a slow step of a saturated batch and a fast one of an idle server count alike), and every run
     carries the same total weight.
     """
-    if len(s) < 8:
+    if len(s) < min_rows:
         raise ValueError(f"too few step-time samples to fit ({len(s)}); run longer or at more load points")
     w = s.steps / np.maximum(s.y_ms, 1e-6) ** 2
     # every run (load point) weighs the same in total: the saturated point has most requests and
@@ -273,6 +328,37 @@ def fit_step_time(s: StepSamples, use_ctx: bool = True) -> StepFit:
     )
 
 
+#: runs (load points) from which the step model is fitted on one row per run (:func:`fit_step_design`)
+MIN_DESIGN_RUNS = 6
+
+
+def _request_stats(s: StepSamples, fit: StepFit) -> StepFit:
+    """``fit`` with its R2 and mean |relative error| measured on the per-request rows ``s``."""
+    pred = fit.predict_ms(s)
+    w = s.steps
+    mean = float((w * s.y_ms).sum() / w.sum())
+    r2 = 1.0 - float((w * (s.y_ms - pred) ** 2).sum()) / max(float((w * (s.y_ms - mean) ** 2).sum()), 1e-12)
+    mape = float((w * np.abs(pred / s.y_ms - 1.0)).sum() / w.sum())
+    return replace(fit, rows=len(s), r2=r2, mape=mape)
+
+
+def fit_step_design(s: StepSamples) -> StepFit:
+    """The step model from the load points' contrasts: with at least :data:`MIN_DESIGN_RUNS` runs, fitted on
+    one row per run (:meth:`StepSamples.run_means`), else per request (:func:`fit_step_time`).
+
+    Within one run the requests that lived through busier moments also saw more client and API-server
+    lag and other drift; fitted per request, that within-run covariation decides the coefficients and
+    the design contrasts between the load points (one adapter vs four, long vs short prompts) are lost:
+    on the calibration sweep the per-request fit put ``g_lora`` and ``c_ctx`` at 0 and left the idle
+    points +13 % and the mid load −5 %, the per-run fit every point within 3 %, and the twin's mean ITL
+    on three unseen loads of the same session −6.5 / −18.8 / −3.5 % (per request) against −5.6 / −11.8 /
+    +1.2 % (per run). R2 and mean error are reported on the requests either way."""
+    runs = len(set(s.run))
+    if runs < MIN_DESIGN_RUNS:
+        return fit_step_time(s)
+    return _request_stats(s, fit_step_time(s.run_means(), min_rows=runs))
+
+
 def load_times_ms(runs: Sequence[SavedRun]) -> tuple[float | None, float | None]:
     """(CPU→slot, disk→CPU) adapter load times [ms] from the runs' probes (median excess TTFT), or None."""
     cpu, disk = [], []
@@ -303,7 +389,7 @@ def fit_profile(
     if not runs:
         raise ValueError("no runs to fit")
     samples = StepSamples.concat([step_samples(r) for r in runs])
-    fit = fit_step_time(samples)
+    fit = fit_step_design(samples)
     # mean KV tokens per running sequence (the step model's default when a caller does not know K)
     ctx_default = float(
         (samples.ctx_k * 1000 * samples.steps).sum() / np.maximum(samples.n_seq * samples.steps, 1e-9).sum()
@@ -345,8 +431,15 @@ def fit_profile(
         step_time=StepTimeParams(
             form="lora_mult_v2",
             coef={k: _r(v) for k, v in fit.coef(ctx_default).items()},
-            source=f"client-side token gaps of {fit.rows} completed requests "
-            f"(step-weighted R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); "
+            source=f"client-side token gaps of {fit.rows} completed requests, "
+            + (
+                f"fitted on one row per load point ({len(set(samples.run))} runs); "
+                if len(set(samples.run)) >= MIN_DESIGN_RUNS
+                else "fitted per request; "
+            )
+            + f"on the requests: step-weighted R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %; "
+            + (f"fitted to 0 (no such cost measured): {', '.join(fit.at_zero())}; " if fit.at_zero() else "")
+            + f"not identifiable on one server, pinned to 0: {', '.join(NOT_IDENTIFIABLE)}; "
             "optplace.calibration.runs_fit",
         ),
         adapter_load=AdapterLoadParams(
@@ -361,6 +454,46 @@ def fit_profile(
         supported_ranks=tuple(int(r) for r in rank_keys),
     )
     return profile, fit
+
+
+@dataclass(frozen=True, slots=True)
+class TtftOffset:
+    """What a request's time to first token holds beyond its engine step, from the idle prefill probes."""
+
+    offset_ms: float
+    """Measured latency − the step model's one-request step ``c0 + c_seq + c_pf·P``, at the shortest probed
+    prompt (where the prefill's own cost is smallest): the API server's time around the engine step."""
+    slope_ms_per_token: float
+    """Least-squares slope of the measured latency over the prompt length (compare with ``c_pf``)."""
+    quad_ms_per_token2: float
+    """Quadratic coefficient of a degree-2 fit of latency over prompt length: causal attention within one
+    prompt grows with its square, which a per-token prefill cost cannot follow (NaN with < 3 lengths)."""
+    points: int
+
+
+def ttft_offset_ms(runs: Sequence[SavedRun], fit: StepFit) -> TtftOffset | None:
+    """TTFT offset of the API server and the shape of the prefill cost (see the module docstring), or None
+    without prefill probes.
+
+    One request alone on an idle server is one engine step of ``c0 + c_seq + c_pf·P`` (the adapter
+    resident, nothing else running); the probe measures that step plus HTTP, request processing and the
+    response. What is left at the shortest prompt is time the twin does not model."""
+    p_tok: list[float] = []
+    p_ms: list[float] = []
+    for r in runs:
+        probes = r.probes or {}
+        toks, ms = probes.get("prefill_probe_tokens") or [], probes.get("prefill_probe_ms") or []
+        p_tok += [float(x) for x in toks[: len(ms)]]
+        p_ms += [float(x) for x in ms[: len(toks)]]
+    if not p_ms:
+        return None
+    tok, ms_a = np.asarray(p_tok), np.asarray(p_ms)
+    short = tok == tok.min()
+    offset = float(np.median(ms_a[short] - (fit.c0 + fit.c_seq + fit.c_pf * tok[short])))
+    distinct = np.unique(tok).size
+    slope = float(np.polyfit(tok, ms_a, 1)[0]) if distinct > 1 else float("nan")
+    quad = float(np.polyfit(tok, ms_a, 2)[0]) if distinct > 2 else float("nan")
+    return TtftOffset(offset, slope, quad, int(tok.size))
 
 
 def rel_error(twin: float | None, real: float | None) -> float | None:
@@ -386,9 +519,23 @@ class _RunWorkload:
     n_adapters: int
 
 
-def twin_errors(profile: Profile, run: SavedRun) -> list[tuple[str, float | None, float | None]]:
-    """Replay each server of a saved run in the twin with ``profile``: (label, engine-rate error,
-    completed-throughput error) relative to what was measured — a profile's check on its own data."""
+@dataclass(frozen=True, slots=True)
+class TwinCheck:
+    """A profile replayed on one server of a saved run: the twin's errors against what was measured."""
+
+    label: str
+    engine_error: float | None
+    throughput_error: float | None
+    itl_mean_error: float | None
+    """Relative error of the twin's mean ITL (Σ(last − first) / Σ(output − 1) on both sides)."""
+    ttft_excess_ms: float | None
+    """Median over the requests completed on both sides of real TTFT − twin TTFT [ms]: at light load, where
+    both serve a request in its first step, what the twin lacks (client, HTTP, API server)."""
+
+
+def twin_errors(profile: Profile, run: SavedRun) -> list[TwinCheck]:
+    """Replay each server of a saved run in the twin with ``profile`` and compare with what was measured:
+    a profile's check on its own data (see :class:`TwinCheck`)."""
     from optplace.twin.engine import engine_config_from_profile, simulate_engine
 
     out = []
@@ -421,11 +568,31 @@ def twin_errors(profile: Profile, run: SavedRun) -> list[tuple[str, float | None
         )
         res = simulate_engine(cfg, wl)
         label = run.label if len(run.servers) == 1 else f"{run.label}/gpu{srv.gpu}"
+        excess, itl_err = None, None
+        if res.requests is not None and len(res.requests):
+            # pair requests by (adapter, arrival): the twin reports its completed ones in completion order
+            twin_first = {
+                (int(a), round(float(t), 5)): float(f)
+                for a, t, f in zip(res.requests.adapter, res.requests.arrival_s, res.requests.first_token_s)
+            }
+            done = order[np.isfinite(run.done_s[order]) & np.isfinite(run.first_s[order])]
+            keys = [(index[int(run.adapter[i])], round(float(run.arrival_s[i]), 5)) for i in done]
+            diffs = [
+                (run.first_s[i] - run.sent_s[i] - (twin_first[key] - run.arrival_s[i])) * 1000.0
+                for i, key in zip(done, keys)
+                if key in twin_first
+            ]
+            excess = float(np.median(diffs)) if diffs else None
+            gaps = run.output_tokens[done] - 1
+            real_itl = float((run.done_s[done] - run.first_s[done]).sum() / max(gaps.sum(), 1) * 1000.0)
+            itl_err = rel_error(res.latency().itl_ms_mean, real_itl) if gaps.sum() > 0 else None
         out.append(
-            (
+            TwinCheck(
                 label,
                 rel_error(res.engine_tok_s, real.get("engine_tok_s")),
                 rel_error(res.throughput_tok_s, real.get("throughput_tok_s")),
+                itl_err,
+                excess,
             )
         )
     return out

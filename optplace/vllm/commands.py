@@ -360,7 +360,7 @@ def run_validate_vllm(
 
     from optplace.infra.outputs import OutputExists, atomic_dir, check_target
     from optplace.app.reporting import PlanLoadError, load_plan_or_spec
-    from optplace.vllm.compare import render_comparison
+    from optplace.vllm.compare import render_comparison, render_latency
     from optplace.vllm.runs import save_run
     from optplace.vllm.validate import ValidateError, VllmValidateOptions, VllmValidation, validate_on_vllm
 
@@ -460,6 +460,7 @@ def run_validate_vllm(
         if res.speed_factor != 1.0:
             typer.echo(f"twin times scaled by {res.speed_factor:.3f} (speed canary now / at calibration)")
         typer.echo(render_comparison(res.comparisons))
+        typer.echo(render_latency(res.comparisons))
         for g in res.real["gpus"]:
             if g.get("server_status", "ok") != "ok":
                 typer.echo(f"gpu{g['index']}: server {g['server_status']}: {g.get('server_reason', '')}")
@@ -570,14 +571,39 @@ def run_calibrate_measured(
         f"adapter load {prof.adapter_load.cpu_to_gpu(16, 8):.2f} ms (CPU->slot), "
         f"{prof.adapter_load.disk_to_cpu(8):.2f} ms (disk)"
     )
-    from optplace.calibration.runs_fit import twin_errors
+    from optplace.calibration.runs_fit import IDENTIFIED_BY, NOT_IDENTIFIABLE, ttft_offset_ms, twin_errors
+
+    for k in fit.at_zero():
+        typer.echo(f"  {k} fitted to 0: no such cost in these runs (identified by {IDENTIFIED_BY[k]})")
+    from optplace.calibration.runs_fit import MIN_DESIGN_RUNS, StepSamples, fit_step_time, step_samples
+
+    rows = StepSamples.concat([step_samples(r) for r in loaded])
+    if len(set(rows.run)) >= MIN_DESIGN_RUNS:  # the alternative the profile does not use, for comparison
+        pf = fit_step_time(rows)
+        typer.echo(
+            f"  per-request fit (not used; the profile is fitted on one row per load point): step_ms = "
+            f"({pf.c0:.3g} + {pf.c_seq:.3g}·N)·(1 + {pf.g_lora:.3g}·L) + {pf.c_ctx:.3g}·K/1000 + {pf.c_pf:.3g}·P, "
+            f"mean |error| {pf.mape * 100:.1f} %"
+        )
+    typer.echo(f"  not identifiable on one server, pinned to 0: {', '.join(NOT_IDENTIFIABLE)}")
+    off = ttft_offset_ms(loaded, fit)
+    if off is not None:
+        typer.echo(
+            f"  idle prefill probes ({off.points}): TTFT beyond the modelled step {off.offset_ms:+.2f} ms at the "
+            f"shortest prompt (API server; not in the twin); prefill slope {off.slope_ms_per_token:.3g} ms/token "
+            f"vs c_pf {fit.c_pf:.3g}, quadratic term {off.quad_ms_per_token2:.3g} ms/token^2 (not in the twin)"
+        )
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x * 100:+.1f}%"
 
     for run in loaded:  # the fitted profile replayed on its own runs: a degenerate fit shows here
-        for label, e_eng, e_thr in twin_errors(prof, run):
-            typer.echo(f"  twin vs {label}: engine tokens/s {pct(e_eng)}, completed tokens/s {pct(e_thr)}")
+        for chk in twin_errors(prof, run):
+            excess = "-" if chk.ttft_excess_ms is None else f"{chk.ttft_excess_ms:+.1f} ms"
+            typer.echo(
+                f"  twin vs {chk.label}: engine tokens/s {pct(chk.engine_error)}, completed tokens/s "
+                f"{pct(chk.throughput_error)}, mean ITL {pct(chk.itl_mean_error)}; median TTFT real - twin {excess}"
+            )
     return EXIT_OK
 
 

@@ -8,7 +8,12 @@ dicts and never imports the twin or vLLM. Compared per GPU, as the issue's accep
   prompt/generation token counters; twin: the work its engine did);
 - ``throughput_tok_s``: tokens of requests completed inside the window (both sides);
 - the starvation verdict (``starved``, or ``oom`` for a server that did not start);
-- the set of adapters that had offered load and completed nothing (slot stickiness shows here).
+- the set of adapters that had offered load and completed nothing (slot stickiness shows here);
+- latency (:data:`LATENCY_KEYS`: TTFT median and p99, ITL mean and p99, over the requests completed in
+  the window, the ``latency.window`` section both sides report), per GPU and per adapter.
+
+:func:`mean_of_runs` averages repeated real runs of one configuration (a saturated real run is a noisy
+instrument: the verdict should not rest on one).
 """
 
 from __future__ import annotations
@@ -20,7 +25,65 @@ from typing import Any
 
 from optplace.calibration.runs_fit import rel_error
 
-__all__ = ["GpuComparison", "compare_gpu", "compare_runs", "rel_error", "render_comparison"]
+__all__ = [
+    "LATENCY_KEYS",
+    "GpuComparison",
+    "LatencyComparison",
+    "compare_gpu",
+    "compare_runs",
+    "mean_of_runs",
+    "rel_error",
+    "render_comparison",
+    "render_latency",
+]
+
+#: the latency figures compared, twin vs engine (keys of a ``latency.window`` section) [ms]
+LATENCY_KEYS: tuple[str, ...] = ("ttft_ms_p50", "ttft_ms_p99", "itl_ms_mean", "itl_ms_p99")
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyComparison:
+    """Latency of one GPU or adapter (``name``), twin and real, over the requests each completed in the window."""
+
+    name: str
+    twin_completed: int
+    real_completed: int
+    twin: tuple[float | None, ...]
+    """Per :data:`LATENCY_KEYS`; None where a side reports no latency or completed nothing."""
+    real: tuple[float | None, ...]
+
+    def error(self, key: str) -> float | None:
+        """Relative error of the twin's figure ``key`` (one of :data:`LATENCY_KEYS`)."""
+        k = LATENCY_KEYS.index(key)
+        return rel_error(self.twin[k], self.real[k])
+
+    def to_json(self) -> dict[str, Any]:
+        """``{name, completed: {twin, real}, <key>: {twin, real, error}…}``."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "completed": {"twin": self.twin_completed, "real": self.real_completed},
+        }
+        for k, key in enumerate(LATENCY_KEYS):
+            out[key] = {"twin": _num(self.twin[k]), "real": _num(self.real[k]), "error": _num(self.error(key))}
+        return out
+
+
+def _window_latency(d: Mapping[str, Any] | None) -> tuple[int, tuple[float | None, ...]]:
+    """(completed, figures) of a ``latency`` section's window; figures None when nothing completed."""
+    win = ((d or {}).get("latency") or {}).get("window") or {}
+    n = int(win.get("completed") or 0)
+    return n, tuple((float(win[k]) if n and win.get(k) is not None else None) for k in LATENCY_KEYS)
+
+
+def compare_latency(name: str, twin: Mapping[str, Any] | None, real: Mapping[str, Any] | None) -> LatencyComparison:
+    """Compare the ``latency.window`` sections of a twin and a real GPU (or ``per_adapter``) entry."""
+    tn, tv = _window_latency(twin)
+    rn, rv = _window_latency(real)
+    return LatencyComparison(name, tn, rn, tv, rv)
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 4)
 
 
 def zero_completion_adapters(gpu: Mapping[str, Any]) -> tuple[str, ...]:
@@ -29,7 +92,7 @@ def zero_completion_adapters(gpu: Mapping[str, Any]) -> tuple[str, ...]:
         sorted(
             p["name"]
             for p in gpu.get("per_adapter", ())
-            if (p.get("offered_tok_s") or 0) > 0 and int(p.get("completed") or 0) == 0
+            if (p.get("offered_tok_s") or 0) > 0 and float(p.get("completed") or 0) == 0
         )
     )
 
@@ -52,6 +115,14 @@ class GpuComparison:
     real_oom: bool
     twin_zero: tuple[str, ...]
     real_zero: tuple[str, ...]
+    latency: LatencyComparison | None = None
+    """The GPU's latency, twin vs real (None: neither side reports a ``latency`` section)."""
+    adapter_latency: tuple[LatencyComparison, ...] = ()
+    """Each adapter's latency, in the real result's adapter order."""
+
+    def latency_error(self, key: str) -> float | None:
+        """Relative error of the twin's GPU latency figure ``key`` (:data:`LATENCY_KEYS`), or None."""
+        return None if self.latency is None else self.latency.error(key)
 
     @property
     def engine_error(self) -> float | None:
@@ -85,10 +156,7 @@ class GpuComparison:
 
     def to_json(self) -> dict[str, Any]:
         """Plain-dict form (``comparison`` entries of ``validate --engine vllm --json``)."""
-
-        def num(x: float | None) -> float | None:
-            return None if x is None or not math.isfinite(x) else round(x, 4)
-
+        num = _num
         return {
             "index": self.index,
             "max_loras": self.max_loras,
@@ -109,11 +177,14 @@ class GpuComparison:
             "zero_completion_adapters": {"twin": list(self.twin_zero), "real": list(self.real_zero)},
             "same_verdict": self.same_verdict,
             "same_zero_set": self.same_zero_set,
+            "latency": None if self.latency is None else self.latency.to_json(),
+            "per_adapter_latency": [a.to_json() for a in self.adapter_latency],
         }
 
 
 def compare_gpu(twin: Mapping[str, Any], real: Mapping[str, Any]) -> GpuComparison:
     """Compare one GPU's twin result with its measured result (both ``simulate --json`` GPU dicts)."""
+    twin_ad = {p.get("name"): p for p in twin.get("per_adapter", ())}
     return GpuComparison(
         index=int(real.get("index", twin.get("index", 0))),
         max_loras=real.get("max_loras", twin.get("max_loras")),
@@ -129,6 +200,10 @@ def compare_gpu(twin: Mapping[str, Any], real: Mapping[str, Any]) -> GpuComparis
         real_oom=bool(real.get("oom")),
         twin_zero=zero_completion_adapters(twin),
         real_zero=zero_completion_adapters(real),
+        latency=compare_latency("gpu", twin, real) if (twin.get("latency") or real.get("latency")) else None,
+        adapter_latency=tuple(
+            compare_latency(p["name"], twin_ad.get(p["name"]), p) for p in real.get("per_adapter", ()) if "name" in p
+        ),
     )
 
 
@@ -154,20 +229,77 @@ def _rate(x: float | None) -> str:
 def render_comparison(
     rows: Sequence[GpuComparison], labels: Sequence[str] | None = None, tolerance: float = 0.15
 ) -> str:
-    """A compact fixed-width table (one line per GPU) for terminals and ``pytest -s`` logs."""
+    """A compact fixed-width table (one line per GPU) for terminals and ``pytest -s`` logs.
+
+    ``ok`` judges throughput and verdicts only (the latency errors are printed, not judged here)."""
     head = (
-        f"{'config':<14} {'slots':>5} {'ad':>3} {'offered':>8} {'engine twin/real':>17} {'err':>7} "
-        f"{'thr twin/real':>14} {'err':>7} {'starved t/r':>11} {'zero-completion twin | real':<30} ok"
+        f"{'config':<20} {'slots':>5} {'ad':>3} {'offered':>8} {'engine twin/real':>17} {'err':>7} "
+        f"{'thr twin/real':>14} {'err':>7} {'starved t/r':>11} {'zero-completion twin | real':<30} ok  "
+        f"{'ttft50':>7} {'ttft99':>7} {'itl':>7} {'itl99':>7}"
     )
     lines = [head, "-" * len(head)]
     for k, c in enumerate(rows):
         label = labels[k] if labels is not None else f"gpu{c.index}"
         zero = f"{','.join(c.twin_zero) or '-'} | {','.join(c.real_zero) or '-'}"
         verdict = f"{'oom' if c.twin_oom else c.twin_starved!s:.5}/{'oom' if c.real_oom else c.real_starved!s:.5}"
+        lat = " ".join(f"{_pct(c.latency_error(key)):>7}" for key in LATENCY_KEYS)
         lines.append(
-            f"{label[:14]:<14} {c.max_loras if c.max_loras is not None else '-':>5} {c.adapters:>3} "
+            f"{label[:20]:<20} {c.max_loras if c.max_loras is not None else '-':>5} {c.adapters:>3} "
             f"{c.offered_tok_s:>8.0f} {_rate(c.twin_engine_tok_s) + '/' + _rate(c.real_engine_tok_s):>17} "
             f"{_pct(c.engine_error):>7} {_rate(c.twin_throughput_tok_s) + '/' + _rate(c.real_throughput_tok_s):>14} "
-            f"{_pct(c.throughput_error):>7} {verdict:>11} {zero:<30} {'yes' if c.within(tolerance) else 'NO'}"
+            f"{_pct(c.throughput_error):>7} {verdict:>11} {zero:<30} {'yes' if c.within(tolerance) else 'NO ':<3} "
+            f"{lat}"
         )
     return "\n".join(lines)
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else (f"{x:.0f}" if x >= 100 else f"{x:.1f}")
+
+
+def render_latency(rows: Sequence[GpuComparison], labels: Sequence[str] | None = None) -> str:
+    """Latency twin/real [ms] and the twin's relative error, per GPU and per adapter (one line each)."""
+    head = f"{'config':<20} {'gpu/adapter':<12} {'done t/r':>11}" + "".join(
+        f" {key.replace('_ms_', ' '):>21}" for key in LATENCY_KEYS
+    )
+    lines = [head, "-" * len(head)]
+    for k, c in enumerate(rows):
+        label = labels[k] if labels is not None else f"gpu{c.index}"
+        for lc in ((c.latency,) if c.latency is not None else ()) + c.adapter_latency:
+            cells = "".join(
+                f" {_ms(lc.twin[j]) + '/' + _ms(lc.real[j]) + ' ' + _pct(lc.error(key)):>21}"
+                for j, key in enumerate(LATENCY_KEYS)
+            )
+            name = f"gpu{c.index}" if lc.name == "gpu" else f"  {lc.name}"
+            lines.append(
+                f"{label[:20]:<20} {name[:12]:<12} {str(lc.twin_completed) + '/' + str(lc.real_completed):>11}{cells}"
+            )
+    return "\n".join(lines)
+
+
+def _mean(values: Sequence[Any]) -> Any:
+    """Element-wise mean of equally shaped JSON values: numbers averaged (None if any is None), booleans
+    true if any is, dicts by key, lists by position, anything else taken from the first."""
+    first = values[0]
+    if isinstance(first, bool):
+        return any(bool(v) for v in values)
+    if isinstance(first, (int, float)):
+        if any(v is None or isinstance(v, bool) for v in values):
+            return None
+        return float(sum(values)) / len(values)
+    if isinstance(first, Mapping):
+        return {k: _mean([v.get(k) if isinstance(v, Mapping) else None for v in values]) for k in first}
+    if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
+        if first and all(isinstance(x, Mapping) for x in first):
+            return [_mean([v[i] for v in values]) for i in range(len(first))]
+    return first
+
+
+def mean_of_runs(gpus: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One real GPU result from repeated runs of the same configuration and workload (``simulate --json``
+    GPU dicts): every figure averaged, ``starved``/``oom`` true if any run says so, an adapter's ``completed``
+    zero only if it completed nothing in every run. Latency percentiles are averaged per run (the mean of
+    two medians), not recomputed over the pooled requests."""
+    if not gpus:
+        raise ValueError("no runs to average")
+    return dict(_mean(list(gpus)))

@@ -22,13 +22,15 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from optplace.twin.engine import WorkloadLike  # the replay reads exactly what the twin reads
+from optplace.twin.engine.result import LatencyStats
+from optplace.twin.simulate import WARMUP_FRACTION, Latency, WindowLatency
 
 from optplace.vllm.metrics import MetricsError, MetricsSnapshot, delta, scrape
 
@@ -42,9 +44,11 @@ __all__ = [
     "Sample",
     "WorkloadLike",
     "endpoints_from_routes",
+    "records_latency",
     "replay",
     "run_replay",
     "summarise",
+    "window_latency_of",
 ]
 
 
@@ -82,6 +86,8 @@ class RequestRecord:
     output_tokens: int = 0
     chunk_gaps_s: tuple[float, ...] = ()
     error: str | None = None
+    last_token_s: float | None = None
+    """Arrival of the last token chunk (``done_s`` is the end of the stream, a usage chunk later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,7 @@ class PerAdapter:
     completed: int
     arrived: int
     loss: float
+    latency: WindowLatency | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,8 @@ class GpuResult:
     max_waiting: float | None
     per_adapter: tuple[PerAdapter, ...]
     errors: int = 0
+    latency: WindowLatency | None = None
+    """Latency over the window and in steady state, as the twin reports it (``simulate --json``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The ``simulate --json`` per-GPU dict (plus ``errors``; ``kv_cache_tokens`` is not measured)."""
@@ -168,10 +177,12 @@ class GpuResult:
                     "completed": p.completed,
                     "arrived": p.arrived,
                     "loss": p.loss,
+                    "latency": None if p.latency is None else asdict(p.latency),
                 }
                 for p in self.per_adapter
             ],
             "errors": self.errors,
+            "latency": None if self.latency is None else asdict(self.latency),
         }
 
 
@@ -645,6 +656,7 @@ async def replay(
                 output_tokens=st.usage_tokens if (status == "ok" and st.usage_tokens is not None) else st.tokens,
                 chunk_gaps_s=tuple(st.gaps),
                 error=errors.get(i),
+                last_token_s=st.last,
             )
         )
     metric_deltas: dict[int, dict[str, float | None]] = {}
@@ -676,8 +688,44 @@ async def replay(
     )
 
 
-def _pct(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if len(values) else None
+def records_latency(records: Sequence[RequestRecord]) -> LatencyStats:
+    """TTFT, TPOT and ITL [ms] of the completed requests among ``records``, defined as the twin defines them
+    (:mod:`optplace.twin.engine.result`, vLLM ``benchmark_serving``'s definitions), 0.0 where none completed.
+
+    TTFT = first token − request sent; TPOT = (last token − first token) / (output − 1) per request with more
+    than one output token; mean ITL = Σ(last − first) / Σ(output − 1) (exact even where the server merged
+    tokens into one chunk); ITL percentiles over every inter-chunk gap; ``numpy.percentile`` throughout.
+    """
+    done = [r for r in records if r.status == "ok" and r.first_token_s is not None]
+    if not done:
+        return LatencyStats(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    ttft = np.array([r.first_token_s - r.sent_s for r in done]) * 1e3  # type: ignore[operator]
+    last = np.array([r.last_token_s if r.last_token_s is not None else (r.done_s or 0.0) for r in done])
+    span = last - np.array([r.first_token_s for r in done], dtype=np.float64)
+    n_gaps = np.array([r.output_tokens - 1 for r in done], dtype=np.int64)
+    multi = n_gaps > 0
+    tpot = span[multi] / n_gaps[multi] * 1e3
+    gaps = np.fromiter((g for r in done for g in r.chunk_gaps_s), dtype=np.float64) * 1e3
+    total = int(n_gaps[multi].sum())
+    itl_p50, itl_p99 = np.percentile(gaps, (50, 99)) if gaps.size else (0.0, 0.0)
+    itl_mean = float(span[multi].sum() / total * 1e3) if total else 0.0
+    return LatencyStats.of(ttft, tpot, itl_mean, float(itl_p50), float(itl_p99))
+
+
+def window_latency_of(
+    records: Sequence[RequestRecord], window_s: float, warmup_fraction: float = WARMUP_FRACTION
+) -> WindowLatency:
+    """Latency of ``records`` over the window and in steady state (requests arriving at or after
+    ``warmup_fraction`` of the window), with losses, in the twin's ``latency`` shape
+    (:func:`optplace.twin.simulate.window_latency`)."""
+    warm = warmup_fraction * window_s
+
+    def of(rs: Sequence[RequestRecord]) -> Latency:
+        offered = sum(r.input_tokens + r.max_tokens for r in rs)
+        done = sum(r.input_tokens + r.output_tokens for r in rs if r.status == "ok")
+        return Latency.of(records_latency(rs), (1.0 - done / offered) if offered > 0 else 0.0)
+
+    return WindowLatency(warm, of(records), of([r for r in records if r.arrival_s >= warm]))
 
 
 def summarise(
@@ -715,13 +763,19 @@ def summarise(
             done = [r for r in reqs if r.status == "ok"]
             thr = sum(r.input_tokens + r.output_tokens for r in done) / window_s
             per.append(
-                PerAdapter(a_name, offered, thr, len(done), len(reqs), (1 - thr / offered) if offered > 0 else 0.0)
+                PerAdapter(
+                    a_name,
+                    offered,
+                    thr,
+                    len(done),
+                    len(reqs),
+                    (1 - thr / offered) if offered > 0 else 0.0,
+                    window_latency_of(reqs, window_s),
+                )
             )
         offered = sum(p.offered_tok_s for p in per)
         thr = sum(p.throughput_tok_s for p in per)
-        done = [r for r in mine if r.status == "ok"]
-        gaps = [g for r in done for g in r.chunk_gaps_s]
-        ttft = [r.first_token_s - r.sent_s for r in done if r.first_token_s is not None]
+        lat = window_latency_of(mine, window_s)
         md = metric_deltas.get(ep.gpu, {})
         loss = (1 - thr / offered) if offered > 0 else 0.0
         threshold = max_throughput_loss if max_adapter_loss is None else max_adapter_loss
@@ -746,13 +800,14 @@ def summarise(
                 starved_adapters=starved_ad,
                 max_running=max(run) if run else None,
                 max_waiting=max(wait) if wait else None,
-                itl_ms_mean=float(np.mean(gaps) * 1000) if gaps else None,
-                ttft_ms_p50=None if (p50 := _pct(ttft, 50)) is None else p50 * 1000,
-                ttft_ms_p99=None if (p99 := _pct(ttft, 99)) is None else p99 * 1000,
+                itl_ms_mean=lat.window.itl_ms_mean if lat.window.completed else None,
+                ttft_ms_p50=lat.window.ttft_ms_p50 if lat.window.completed else None,
+                ttft_ms_p99=lat.window.ttft_ms_p99 if lat.window.completed else None,
                 preemptions=md.get("preemptions"),
                 adapter_loads=None,
                 per_adapter=tuple(per),
                 errors=sum(1 for r in mine if r.status == "error"),
+                latency=lat,
             )
         )
     return tuple(out)

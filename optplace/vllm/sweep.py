@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_POINTS",
     "canary_itl_ms",
     "probe_adapter_loads",
+    "probe_prefill",
     "run_sweep",
     "sweep_workload",
 ]
@@ -81,12 +82,19 @@ class LoadPoint:
 #: the prefill tokens per step grow with the batch, and only a second mix tells decode and prefill cost apart.
 #: The two "sat" points offer about twice what the server can do, so they saturate (the running batch near
 #: max_num_seqs) on a fast idle machine too: at half these rates an idle 2-core machine served them with a
-#: batch of 23–38 of 128, and the fit then extrapolated ×3 in batch size to saturated plans (twin vs real
-#: engine +10.5 % on the suite's sat-2slots; with these rates +3.4 % and −2.9 %, 2026-11-28).
+#: batch of 23–38 of 128, and the fit then extrapolated ×3 in batch size to saturated plans.
+#: Three points identify what the others cannot tell apart (``optplace.calibration.runs_fit.IDENTIFIED_BY``):
+#: ``cal-1x6`` is ``cal-4x1.5``'s request rate on one adapter (same batch, 1 vs ~3 distinct adapters: the
+#: per-adapter cost), ``cal-4x3-mid`` a batch of tens between the idle and the saturated points (where the
+#: 50–90 % loads of latency objectives run), ``cal-2x1.5-longctx`` ~5× longer prompts at a small batch (the
+#: cost of the KV tokens attended).
 DEFAULT_POINTS: tuple[LoadPoint, ...] = (
     LoadPoint("cal-1x2", (2.0,), 15.0),
     LoadPoint("cal-4x1.5", (1.5, 1.5, 1.5, 1.5), 15.0),
+    LoadPoint("cal-1x6", (6.0,), 15.0),
     LoadPoint("cal-6x1", (1.0,) * 6, 15.0),
+    LoadPoint("cal-2x1.5-longctx", (1.5, 1.5), 20.0, mean_input_tokens=700.0, mean_output_tokens=80.0),
+    LoadPoint("cal-4x3-mid", (3.0, 3.0, 3.0, 3.0), 20.0),
     LoadPoint("cal-4x8-sat", (8.0, 8.0, 8.0, 8.0), 30.0),
     LoadPoint("cal-3x6-decode-sat", (6.0, 6.0, 6.0), 25.0, mean_input_tokens=24.0, mean_output_tokens=120.0),
 )
@@ -142,9 +150,15 @@ def sweep_workload(
     )
 
 
-def _complete_once(url: str, model: str, timeout_s: float) -> float:
+def _complete_once(url: str, model: str, timeout_s: float, prompt_tokens: int = 16) -> float:
     body = json.dumps(
-        {"model": model, "prompt": list(range(10, 26)), "max_tokens": 1, "ignore_eos": True, "temperature": 0.0}
+        {
+            "model": model,
+            "prompt": [10 + k % 1000 for k in range(prompt_tokens)],
+            "max_tokens": 1,
+            "ignore_eos": True,
+            "temperature": 0.0,
+        }
     ).encode()
     req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
     t = time.monotonic()
@@ -196,6 +210,29 @@ def probe_adapter_loads(
         "first_use_ttft_ms": [round(x, 3) for x in first],
         "swap_ttft_ms": [round(x, 3) for x in swap],
         "hit_ttft_ms": [round(x, 3) for x in hit],
+    }
+
+
+#: prompt lengths of the idle prefill probe: one request alone, from a short prompt to one full chunk
+#: of the calibration server's token budget
+PREFILL_PROBE_TOKENS: tuple[int, ...] = (16, 256, 1024, 2000)
+
+
+def probe_prefill(
+    url: str, model: str, lengths: Sequence[int] = PREFILL_PROBE_TOKENS, rounds: int = 3, timeout_s: float = 60.0
+) -> dict[str, list[float]]:
+    """Latency [ms] of single one-token requests to a resident adapter on an idle server, per prompt length.
+
+    One request alone is one engine step (its whole prompt prefilled, its one token sampled) plus whatever the
+    API server adds around it (HTTP, request processing, output); the median of ``rounds`` per length.
+    Fitted by :func:`optplace.calibration.runs_fit.ttft_offset_ms`."""
+    _complete_once(url, model, timeout_s)  # the adapter resident
+    return {
+        "prefill_probe_tokens": [int(n) for n in lengths],
+        "prefill_probe_ms": [
+            round(float(np.median([_complete_once(url, model, timeout_s, int(n)) for _ in range(rounds)])), 3)
+            for n in lengths
+        ],
     }
 
 
@@ -279,6 +316,7 @@ def run_sweep(
         )
         probes: dict[str, Any] = probe_adapter_loads(res.server.url, names, cfg.max_loras)
         probes["canary_itl_ms"] = round(canary_itl_ms(res.server.url, names[0]), 4)
+        probes.update(probe_prefill(res.server.url, names[0]))
         say(f"machine-speed canary: {probes['canary_itl_ms']:.2f} ms per token on an idle server")
         ep = Endpoint(0, res.server.url, names, cfg.max_loras, server.max_cpu_loras, server.max_lora_rank, "cpu")
         for k, p in enumerate(points):

@@ -50,6 +50,28 @@ class LatencyStats:
     itl_ms_p50: float
     itl_ms_p99: float
 
+    @classmethod
+    def of(
+        cls, ttft_ms: np.ndarray, tpot_ms: np.ndarray, itl_ms_mean: float, itl_ms_p50: float, itl_ms_p99: float
+    ) -> LatencyStats:
+        """The statistics of ``ttft_ms`` (one per completed request, at least one) and ``tpot_ms`` (one per
+        request with more than one output token), with the ITL figures computed by the caller (the twin
+        from its steps, the real engine's load generator from the streamed chunks)."""
+        ttft_p50, ttft_p99 = np.percentile(ttft_ms, (50, 99))
+        tpot_p50, tpot_p99 = np.percentile(tpot_ms, (50, 99)) if tpot_ms.size else (0.0, 0.0)
+        return cls(
+            completed=int(ttft_ms.size),
+            ttft_ms_mean=float(ttft_ms.mean()),
+            ttft_ms_p50=float(ttft_p50),
+            ttft_ms_p99=float(ttft_p99),
+            tpot_ms_mean=float(tpot_ms.mean()) if tpot_ms.size else 0.0,
+            tpot_ms_p50=float(tpot_p50),
+            tpot_ms_p99=float(tpot_p99),
+            itl_ms_mean=itl_ms_mean,
+            itl_ms_p50=itl_ms_p50,
+            itl_ms_p99=itl_ms_p99,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CompletedRequests:
@@ -204,20 +226,8 @@ class LatencyMeter:
                 v, w = np.insert(v, pos, extra_v[o]), np.insert(w, pos, extra_w[o])
             cw = np.cumsum(w)
             itl_p50, itl_p99 = _sorted_percentile(v, cw, 50), _sorted_percentile(v, cw, 99)
-        ttft_p50, ttft_p99 = np.percentile(ttft, (50, 99))
-        tpot_p50, tpot_p99 = np.percentile(tpot, (50, 99)) if tpot.size else (0.0, 0.0)
-        return LatencyStats(
-            completed=n,
-            ttft_ms_mean=float(ttft.mean()),
-            ttft_ms_p50=float(ttft_p50),
-            ttft_ms_p99=float(ttft_p99),
-            tpot_ms_mean=float(tpot.mean()) if tpot.size else 0.0,
-            tpot_ms_p50=float(tpot_p50),
-            tpot_ms_p99=float(tpot_p99),
-            itl_ms_mean=float(span.sum() / total_gaps * 1e3) if total_gaps else 0.0,
-            itl_ms_p50=itl_p50,
-            itl_ms_p99=itl_p99,
-        )
+        itl_mean = float(span.sum() / total_gaps * 1e3) if total_gaps else 0.0
+        return LatencyStats.of(ttft, tpot, itl_mean, itl_p50, itl_p99)
 
 
 def latency_stats(req: CompletedRequests, mask: np.ndarray | None = None) -> LatencyStats:
