@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from optplace.calibration.runs_fit import STEP_FORM, StepSamples, fit_profile, fit_step_time, step_samples
+from optplace.calibration.runs_fit import StepSamples, fit_profile, fit_step_time, step_samples
 from optplace.cli import app
 from optplace.specs import load_profile_file
 from optplace.twin.steptime import StepTimeModel
@@ -319,7 +319,7 @@ def _synthetic_run(tmp_path, coef, seed=0, window=40.0, label="syn"):
         if not batch:
             break
         L = len({ad[i] for i in batch})
-        now += (c0 + c_seq * len(batch) + g * L + c_pf * sum(n_in[i] for i in new)) / 1000.0
+        now += ((c0 + c_seq * len(batch)) * (1 + g * L) + c_pf * sum(n_in[i] for i in new)) / 1000.0
         for i in new:
             running[i] = 0
         for i in batch:
@@ -365,17 +365,15 @@ def _synthetic_run(tmp_path, coef, seed=0, window=40.0, label="syn"):
 
 
 def test_step_time_fit_recovers_a_known_engine(tmp_path):
-    truth = (12.0, 0.8, 0.6, 0.3)  # c0, c_seq [ms], g_lora [ms per adapter], c_pf [ms per prompt token]
+    truth = (12.0, 0.8, 0.05, 0.3)  # c0, c_seq [ms], g_lora, c_pf [ms per prompt token]
     run = _synthetic_run(tmp_path, truth)
     s = step_samples(run)
     fit = fit_step_time(s)
     assert len(s) > 200 and fit.r2 > 0.95 and fit.mape < 0.05
     # the model is identified well where the data are: compare predictions, not raw coefficients
-    true_model = StepTimeModel(
-        form="lora_add_v3", c0=truth[0], c_seq=truth[1], g0=0.0, g_lora=truth[2], c_pf=truth[3], c_ctx=0.0
-    )
+    true_model = StepTimeModel(c0=truth[0], c_seq=truth[1], g0=0.0, g_lora=truth[2], c_pf=truth[3], c_ctx=0.0)
     for n, L, p in [(1, 1, 0), (8, 3, 0), (30, 4, 0), (10, 2, 150)]:
-        fitted = StepTimeModel(form=STEP_FORM, **fit.coef(300.0)).step_ms(n, p, n, L, 8.0, 300.0 * n)
+        fitted = StepTimeModel(**{k: v for k, v in fit.coef(300.0).items()}).step_ms(n, p, n, L, 8.0, 300.0 * n)
         assert fitted == pytest.approx(true_model.step_ms(n, p, n, L, 8.0, 300.0 * n), rel=0.12), (n, L, p)
 
 
@@ -384,7 +382,7 @@ def test_ttft_offset_and_pinned_coefficients_are_reported(tmp_path):
     cannot identify are named in the profile, not silently fitted to 0."""
     from optplace.calibration.runs_fit import NOT_IDENTIFIABLE, ttft_offset_ms
 
-    run = _synthetic_run(tmp_path, (12.0, 0.8, 0.6, 0.3))
+    run = _synthetic_run(tmp_path, (12.0, 0.8, 0.05, 0.3))
     fit = fit_step_time(step_samples(run))
     assert ttft_offset_ms([run], fit) is None  # no prefill probes in this run
     toks = [16, 256, 1024, 2000]
@@ -421,11 +419,9 @@ def test_step_model_from_load_point_contrasts_recovers_a_known_engine(tmp_path):
     s = StepSamples.concat([step_samples(r) for r in runs])
     fit = fit_step_design(s)
     assert fit.rows == len(s) and fit.mape < 0.08  # statistics on the requests, not on the 6 rows
-    true_model = StepTimeModel(
-        form="lora_add_v3", c0=truth[0], c_seq=truth[1], g0=0.0, g_lora=0.0, c_pf=truth[3], c_ctx=0.0
-    )
+    true_model = StepTimeModel(c0=truth[0], c_seq=truth[1], g0=0.0, g_lora=0.0, c_pf=truth[3], c_ctx=0.0)
     for n, L, p in [(1, 1, 0), (8, 3, 0), (20, 4, 0), (10, 2, 150)]:
-        fitted = StepTimeModel(form=STEP_FORM, **fit.coef(300.0)).step_ms(n, p, n, L, 8.0, 300.0 * n)
+        fitted = StepTimeModel(**fit.coef(300.0)).step_ms(n, p, n, L, 8.0, 300.0 * n)
         assert fitted == pytest.approx(true_model.step_ms(n, p, n, L, 8.0, 300.0 * n), rel=0.12), (n, L, p)
     prof, _ = fit_profile(runs)
     assert "one row per load point (6 runs)" in prof.step_time.source

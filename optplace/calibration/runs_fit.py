@@ -9,17 +9,16 @@ first token came at or before *t* and whose last came at or after it (``N``), ho
 adapters they belong to (``L``), the KV tokens they hold (``K``: prompt plus tokens streamed so far),
 and the prompts prefilled in between (``P``: the prompt tokens of requests whose first token came in
 the request's life, per step). Averaging the step-time model of :mod:`optplace.twin.steptime`
-(form ``lora_add_v3`` with ``g0 = g_rank = h_pf = g_slot = 0``: each distinct adapter in the batch costs
-``g_lora`` ms whatever the batch size; one adapter at 6 req/s against four at the same total rate measured
-~0.4 ms per adapter on this engine, where a cost proportional to the batch overshot at 5–8 adapters)
+(form ``lora_mult_v2`` with ``g0 = g_rank = h_pf = g_slot = 0``)
 
-    step_ms = c0 + c_seq·N + g_lora·L + c_ctx·K/1000 + c_pf·P
+    step_ms = (c0 + c_seq·N)·(1 + g_lora·L) + c_ctx·K/1000 + c_pf·P
 
-over those chunk times gives a model linear in ``(c0, c_seq, c_ctx, c_pf, g_lora)``, fitted by
-non-negative weighted least squares (weights = steps observed). With enough load points the fit uses
-one row per run, the step-weighted means of its requests (:func:`fit_step_design` says why). Everything
-the engine does per step on this machine (HTTP frontend, detokenising, scheduling) is inside the
-client-side gaps, so the fitted profile has no separate scheduler overhead (form ``none``).
+over those chunk times gives a model that is linear in ``(c0, c_seq, c_ctx, c_pf)`` for a fixed
+``g_lora``; ``g_lora`` is found on a grid, the rest by non-negative weighted least squares (weights =
+steps observed). With enough load points the fit uses one row per run, the step-weighted means of its
+requests (:func:`fit_step_design` says why). Everything the engine does per step on this machine (HTTP
+frontend, detokenising, scheduling) is inside the client-side gaps, so the fitted profile has no separate scheduler
+overhead (form ``none``).
 
 Which coefficient each design point of the sweep identifies (:data:`IDENTIFIED_BY`): ``c0`` and ``c_seq``
 the idle to saturated points, ``c_pf`` the prompt-heavy against the decode-heavy saturated point, ``g_lora``
@@ -60,7 +59,6 @@ __all__ = [
     "StepFit",
     "TtftOffset",
     "StepSamples",
-    "STEP_FORM",
     "TINY_LLAMA",
     "CPU_GPU",
     "fit_profile",
@@ -82,12 +80,12 @@ IDENTIFIED_BY: dict[str, str] = {
     "g_lora": "one adapter (cal-1x6) vs four (cal-4x1.5) at the same request rate",
     "c_ctx": "long prompts (cal-2x1.5-longctx) vs short ones at a similar batch",
 }
-#: coefficients of form ``lora_add_v3`` a sweep on one server cannot identify: pinned to 0 (not in the model)
+#: coefficients of form ``lora_mult_v2`` a sweep on one server cannot identify: pinned to 0 (not in the model)
 NOT_IDENTIFIABLE: dict[str, str] = {
     "g0": "every server runs with LoRA enabled: its fixed cost is inside c0 and c_seq",
     "g_rank": "one server pads every adapter to its max_lora_rank: no rank contrast",
     "g_slot": "one server, one max_loras: no slot-count contrast",
-    "h_pf": "scales prefill by the fixed LoRA cost g0, pinned to 0 here",
+    "h_pf": "multiplies g_lora·L, which the CPU build does not show (see g_lora)",
 }
 
 #: the tiny random Llama of :mod:`optplace.vllm.tinymodel` (hidden 256, 4 layers, 4 heads, 2 KV heads,
@@ -114,9 +112,8 @@ CPU_GPU = GpuSpec(
     "--kv-cache-memory-bytes (not a data-sheet figure)",
 )
 
-#: the step-time form fitted from runs (module docstring)
-STEP_FORM = "lora_add_v3"
 _EPS_S = 0.002  # chunks of one engine step reach the client within a few ms of each other
+_G_GRID = tuple(np.round(np.concatenate([[0.0], np.geomspace(0.002, 2.0, 60)]), 5))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +124,7 @@ class StepSamples:
     steps: np.ndarray  # output_tokens − 1: the weight of the row
     n_seq: np.ndarray
     n_lora: np.ndarray
+    n_x_l: np.ndarray  # mean of N·L (not the product of means)
     ctx_k: np.ndarray  # mean KV tokens held by the batch, thousands
     prefill: np.ndarray  # prompt tokens prefilled per step of the request's life
     run: tuple[str, ...]
@@ -137,31 +135,32 @@ class StepSamples:
     def run_means(self) -> "StepSamples":
         """One row per run (load point): the step-weighted means of its rows, weighted by its steps.
 
-        The model is linear in these means (``_design`` uses means of N, L, K, P), so a fit on them
+        The model is linear in these means (``_design`` uses means of N, N·L, K, P), so a fit on them
         uses only what differs between load points — the design contrasts — and none of the
         within-run covariation (requests of one run that lived through busier moments)."""
         runs = np.asarray(self.run)
         labels = tuple(dict.fromkeys(self.run))
         cols = []
-        for name in ("y_ms", "n_seq", "n_lora", "ctx_k", "prefill"):
+        for name in ("y_ms", "n_seq", "n_lora", "n_x_l", "ctx_k", "prefill"):
             a = getattr(self, name)
             cols.append(np.array([np.average(a[runs == lb], weights=self.steps[runs == lb]) for lb in labels]))
         steps = np.array([self.steps[runs == lb].sum() for lb in labels])
-        y, n, lo, k, p = cols
-        return StepSamples(y, steps, n, lo, k, p, labels)
+        y, n, lo, nl, k, p = cols
+        return StepSamples(y, steps, n, lo, nl, k, p, labels)
 
     @staticmethod
     def concat(parts: Sequence["StepSamples"]) -> "StepSamples":
         """All rows of several sample sets."""
         if not parts:
             z = np.zeros(0)
-            return StepSamples(z, z, z, z, z, z, ())
+            return StepSamples(z, z, z, z, z, z, z, ())
         cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
         return StepSamples(
             cat("y_ms"),
             cat("steps"),
             cat("n_seq"),
             cat("n_lora"),
+            cat("n_x_l"),
             cat("ctx_k"),
             cat("prefill"),
             tuple(r for p in parts for r in p.run),
@@ -215,11 +214,11 @@ def step_samples(run: SavedRun, min_tokens: int = 4) -> StepSamples:
             a = np.searchsorted(f_sorted, first[j] + _EPS_S, side="right")
             b = np.searchsorted(f_sorted, run.done_s[i] + _EPS_S, side="right")
             prefill = float(in_cum[b] - in_cum[a]) / steps
-            rows.append(np.array([y, steps, n.mean(), lo.mean(), k.mean(), prefill]))
+            rows.append(np.array([y, steps, n.mean(), lo.mean(), (n * lo).mean(), k.mean(), prefill]))
     if not rows:
         return StepSamples.concat([])
     m = np.vstack(rows)
-    return StepSamples(m[:, 0], m[:, 1], m[:, 2], m[:, 3], m[:, 4], m[:, 5], (run.label,) * len(rows))
+    return StepSamples(m[:, 0], m[:, 1], m[:, 2], m[:, 3], m[:, 4], m[:, 5], m[:, 6], (run.label,) * len(rows))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +236,7 @@ class StepFit:
 
     def predict_ms(self, s: StepSamples) -> np.ndarray:
         """Predicted mean step time of each row."""
-        return _design(s) @ np.array([self.c0, self.c_seq, self.c_ctx, self.c_pf, self.g_lora])
+        return _design(s, self.g_lora) @ np.array([self.c0, self.c_seq, self.c_ctx, self.c_pf])
 
     def at_zero(self) -> tuple[str, ...]:
         """Fitted coefficients the non-negative fit put at exactly 0 (measured: no such cost in these runs)."""
@@ -245,7 +244,7 @@ class StepFit:
         return tuple(k for k, v in vals.items() if v == 0.0)
 
     def coef(self, ctx_default: float) -> dict[str, float]:
-        """Coefficients for a ``lora_add_v3`` profile (the unidentifiable LoRA terms set to zero)."""
+        """Coefficients for a ``lora_mult_v2`` profile (the unused LoRA terms set to zero)."""
         return {
             "c0": self.c0,
             "c_seq": self.c_seq,
@@ -261,9 +260,9 @@ class StepFit:
         }
 
 
-def _design(s: StepSamples) -> np.ndarray:
-    # the model is linear in the step-averaged features: columns for c0, c_seq, c_ctx, c_pf, g_lora
-    return np.column_stack([np.ones_like(s.y_ms), s.n_seq, s.ctx_k, s.prefill, s.n_lora])
+def _design(s: StepSamples, g: float) -> np.ndarray:
+    # mean over steps of (c0 + c_seq·N)(1 + g·L) = c0·(1 + g·mean L) + c_seq·(mean N + g·mean N·L)
+    return np.column_stack([1.0 + g * s.n_lora, s.n_seq + g * s.n_x_l, s.ctx_k, s.prefill])
 
 
 def _nnls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -286,7 +285,7 @@ def _nnls(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def fit_step_time(s: StepSamples, use_ctx: bool = True, min_rows: int = 8) -> StepFit:
-    """Fit ``(c0, c_seq, g_lora, c_ctx, c_pf)`` to the rows (non-negative least squares).
+    """Fit ``(c0, c_seq, g_lora, c_ctx, c_pf)`` to the rows (grid over ``g_lora``, NNLS for the rest).
 
     Rows are weighted by the steps they cover and by ``1/y`` so that the fit minimises relative error
     (a slow step of a saturated batch and a fast one of an idle server count alike), and every run
@@ -301,11 +300,18 @@ def fit_step_time(s: StepSamples, use_ctx: bool = True, min_rows: int = 8) -> St
     for label in np.unique(runs):
         m = runs == label
         w[m] /= w[m].sum()
-    x = _design(s)
-    if not use_ctx:
-        x[:, 2] = 0.0
-    beta = _nnls(x, s.y_ms, w)
-    pred = _design(s) @ beta
+    best: tuple[float, float, np.ndarray] | None = None
+    for g in _G_GRID:
+        x = _design(s, float(g))
+        if not use_ctx:
+            x[:, 2] = 0.0
+        beta = _nnls(x, s.y_ms, w)
+        sse = float((w * (x @ beta - s.y_ms) ** 2).sum())
+        if best is None or sse < best[0]:
+            best = (sse, float(g), beta)
+    assert best is not None
+    _, g, beta = best
+    pred = _design(s, g) @ beta
     ww = s.steps
     mean = float((ww * s.y_ms).sum() / ww.sum())
     r2 = 1.0 - float((ww * (s.y_ms - pred) ** 2).sum()) / max(float((ww * (s.y_ms - mean) ** 2).sum()), 1e-12)
@@ -313,7 +319,7 @@ def fit_step_time(s: StepSamples, use_ctx: bool = True, min_rows: int = 8) -> St
     return StepFit(
         c0=float(beta[0]),
         c_seq=float(beta[1]),
-        g_lora=float(beta[4]),
+        g_lora=g,
         c_ctx=float(beta[2]),
         c_pf=float(beta[3]),
         rows=len(s),
@@ -423,7 +429,7 @@ def fit_profile(
             "(--kv-cache-memory-bytes; independent of LoRA slots on the CPU build)",
         ),
         step_time=StepTimeParams(
-            form=STEP_FORM,
+            form="lora_mult_v2",
             coef={k: _r(v) for k, v in fit.coef(ctx_default).items()},
             source=f"client-side token gaps of {fit.rows} completed requests, "
             + (

@@ -565,7 +565,7 @@ def run_calibrate_measured(
     write_text_atomic(out, json.dumps(prof.model_dump(mode="json"), indent=1) + "\n", force=force)
     c = prof.step_time.coef
     typer.echo(
-        f"wrote {out}: step_ms = {c['c0']:.3g} + {c['c_seq']:.3g}·N + {c['g_lora']:.3g}·L + "
+        f"wrote {out}: step_ms = ({c['c0']:.3g} + {c['c_seq']:.3g}·N)·(1 + {c['g_lora']:.3g}·L) + "
         f"{c['c_ctx']:.3g}·K/1000 + {c['c_pf']:.3g}·P  ({fit.rows} requests from {len(loaded)} runs, "
         f"R2 {fit.r2:.3f}, mean |error| {fit.mape * 100:.1f} %); KV {prof.kv_cache_tokens(1, 16)} tokens; "
         f"adapter load {prof.adapter_load.cpu_to_gpu(16, 8):.2f} ms (CPU->slot), "
@@ -582,7 +582,7 @@ def run_calibrate_measured(
         pf = fit_step_time(rows)
         typer.echo(
             f"  per-request fit (not used; the profile is fitted on one row per load point): step_ms = "
-            f"{pf.c0:.3g} + {pf.c_seq:.3g}·N + {pf.g_lora:.3g}·L + {pf.c_ctx:.3g}·K/1000 + {pf.c_pf:.3g}·P, "
+            f"({pf.c0:.3g} + {pf.c_seq:.3g}·N)·(1 + {pf.g_lora:.3g}·L) + {pf.c_ctx:.3g}·K/1000 + {pf.c_pf:.3g}·P, "
             f"mean |error| {pf.mape * 100:.1f} %"
         )
     typer.echo(f"  not identifiable on one server, pinned to 0: {', '.join(NOT_IDENTIFIABLE)}")
