@@ -781,9 +781,41 @@ def _exit_after_signal(code: int) -> None:
                 ray.shutdown()
         except Exception:  # noqa: BLE001 - best effort on the way out
             pass
+    _kill_children()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _kill_children() -> None:
+    """SIGKILL every process this one forked that is still alive.
+
+    The executor kills the pool's workers when the signal unwinds it, but the pool's manager thread
+    can start a replacement worker after that; such a worker holds SIGTERM blocked (inherited) and the
+    parent's stderr open, so whoever waits for that pipe to close waits forever (CI: "terminated" was
+    printed, then the caller timed out). Children are found by parent pid in /proc (Linux) and through
+    multiprocessing's own list; two sweeps catch one started during the first."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    me = os.getpid()
+    for sweep in range(2):
+        if "multiprocessing" in sys.modules:
+            import multiprocessing
+
+            for proc in multiprocessing.active_children():
+                proc.kill()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == me:
+                    os.kill(int(stat.parent.name), signal.SIGKILL)
+            except (OSError, IndexError, ValueError):
+                continue  # ended while being read, or not ours to kill
+        if sweep == 0:
+            time.sleep(0.05)
 
 
 def main() -> None:
