@@ -271,11 +271,12 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
         say(console, f"repaired: {a}")
     if val is not None:
         h = rep.headroom_check
-        extra = f" ({rep.scenario.slo.headroom:.0%} more load)" if h is not None and rep.scenario.slo else ""
+        more = f"{rep.scenario.slo.headroom:.0%} more load" if h is not None and rep.scenario.slo else ""
         if rep.ok:
-            verdict = "[green]twin: every GPU serves its load" + (" within the SLO" if val.slo else "") + extra + "[/]"
+            within = " within the SLO" if val.slo else ""
+            verdict = f"[green]twin: every GPU serves its load{within}" + (f" ({more})" if more else "") + "[/]"
         elif h is not None and val.ok:
-            verdict = f"[red]twin: {_fail_counts(h)} at{extra[:-1]}) after {rep.rounds} repair rounds[/]"
+            verdict = f"[red]twin: {_fail_counts(h)} at {more} after {rep.rounds} repair rounds[/]"
         else:
             verdict = f"[red]twin: {_fail_counts(val)} after {rep.rounds} repair rounds[/]"
         say(console, verdict, markup=True)

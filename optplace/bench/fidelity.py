@@ -623,25 +623,27 @@ def cv_folds(runs: Sequence[RefRun]) -> tuple[list[RefRun], list[RefRun]]:
     return halves
 
 
-def _bundled_form(model: str) -> str:
+def _fitted_section(
+    ref_dir: str | None, model: str, overhead: Any, form: str | None, runs: list[RefRun] | None = None
+) -> dict[str, Any]:
+    """The step-time section of ``model`` in ``form`` (None: the bundled profile's form) fitted on ``runs``
+    (None: every run), with the bundled profile's time scale."""
+    from optplace.calibration.reference_fit import fit_step_time_section
     from optplace.specs import resolve_profile
 
-    return str(resolve_profile(model=model, gpu=GPU).step_time.form)
+    bundled = resolve_profile(model=model, gpu=GPU).step_time
+    sec = fit_step_time_section(ref_dir, model, runs=runs, overhead=overhead, form=form or bundled.form)
+    return {**sec, "time_scale": bundled.time_scale}
 
 
 def refit_step_times(runs: Sequence[RefRun], form: str, ref_dir: str | None = None) -> dict[str, dict[str, Any]]:
     """Per model: the step-time section of ``form`` fitted on every run (what ``calibrate --bundled`` would
     write with that form), for scoring a candidate form against the bundled one (``--step-form``)."""
-    from optplace.calibration.reference_fit import fit_scheduler_overhead, fit_step_time_section
-    from optplace.specs import resolve_profile
+    from optplace.calibration.reference_fit import fit_scheduler_overhead
 
     ov = fit_scheduler_overhead(ref_dir)
     return {
-        model: {
-            **fit_step_time_section(ref_dir, model, overhead=ov, form=form),
-            "time_scale": resolve_profile(model=model, gpu=GPU).step_time.time_scale,
-        }
-        for model in sorted({r.model for r in runs if not r.is_oom})
+        model: _fitted_section(ref_dir, model, ov, form) for model in sorted({r.model for r in runs if not r.is_oom})
     }
 
 
@@ -649,8 +651,7 @@ def cv_step_times(runs: Sequence[RefRun], ref_dir: str | None = None, form: str 
     """Per fold: the runs it scores and the step-time sections fitted on the other half, per model.
 
     ``form``: the step-time form to fit (None: each model's bundled profile's form)."""
-    from optplace.calibration.reference_fit import fit_scheduler_overhead, fit_step_time_section
-    from optplace.specs import resolve_profile
+    from optplace.calibration.reference_fit import fit_scheduler_overhead
 
     everything = load_dt_validation(ref_dir)
     ov = fit_scheduler_overhead(ref_dir)
@@ -658,10 +659,9 @@ def cv_step_times(runs: Sequence[RefRun], ref_dir: str | None = None, form: str 
     for half in cv_folds(everything):
         test_ids = {r.run_id for r in half}
         train = [r for r in everything if r.run_id not in test_ids]
-        sections = {}
-        for model in sorted({r.model for r in half}):
-            sec = fit_step_time_section(ref_dir, model, runs=train, overhead=ov, form=form or _bundled_form(model))
-            sections[model] = {**sec, "time_scale": resolve_profile(model=model, gpu=GPU).step_time.time_scale}
+        sections = {
+            model: _fitted_section(ref_dir, model, ov, form, train) for model in sorted({r.model for r in half})
+        }
         folds.append(
             {
                 "groups": sorted({r.config_group for r in half}),

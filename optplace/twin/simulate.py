@@ -560,8 +560,7 @@ class PlanSimulator:
         self.seed = sc.seed if seed is None else seed
         self.adapters = sc.adapter_list()
         self.index = {a.name: i for i, a in enumerate(self.adapters)}
-        #: every adapter's rate is multiplied by this (1 + the SLO's headroom when solve checks a plan)
-        self.load_scale = load_scale
+        # load_scale multiplies every adapter's rate (1 + the SLO's headroom when solve checks a plan)
         self.workload = scenario_workload(sc, self.adapters, base_dir, self.seed, load_scale)
         self.cache: dict[GpuConfig, GpuReport] = {}
         self.simulated = 0
