@@ -222,6 +222,14 @@ def solve(
     workers: Workers = None,
     allow_path: AllowPath = None,
     wide: Wide = False,
+    no_headroom: Annotated[
+        bool,
+        typer.Option(
+            "--no-headroom",
+            help="Skip the headroom search (how much more load each GPU takes before the twin finds "
+            "it failing; a few twin runs per GPU).",
+        ),
+    ] = False,
 ) -> None:
     """Find a placement (which adapter on which GPU, with which vLLM flags), validate it in the twin,
     repair what starves or misses the SLO, and report. Exit 1 when infeasible or when the twin still
@@ -259,6 +267,7 @@ def solve(
                 on_event=status.update,
                 started=started,
                 compare=compare,
+                measure_headroom=not no_headroom,
             )
     except TimeLimitReached as e:
         err.print(f"time limit: {e}", markup=False)

@@ -21,7 +21,8 @@ from typing import Any
 
 from optplace.infra.executors import ExecutorSpec
 from optplace.specs import Adapter, Scenario
-from optplace.twin.simulate import PlanSimulator, SimReport
+from optplace.twin.headroom import PlanHeadroom, find_headroom, rates_scalable
+from optplace.twin.simulate import PlanSimulator, SimReport, check_seeds, worst_of
 
 Event = Callable[[str], None]
 
@@ -160,11 +161,18 @@ class SolveReport:
     #: The plan checked at every rate x (1 + slo.headroom) (None: no headroom asked for, or not validated);
     #: ``validation`` is then the plan at the stated rates.
     headroom_check: SimReport | None = None
+    #: How much more load each GPU takes before the twin finds it failing (None: not measured:
+    #: ``--no-headroom``, no validation, or a workload whose rates do not scale).
+    headroom: PlanHeadroom | None = None
+    #: The other seeds' failures of the final plan: (seed, failing GPUs) for each draw it fails.
+    seed_failures: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    #: Every seed the plan was checked with, the run's own first.
+    seeds_checked: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
         v, h = self.validation, self.headroom_check
-        return (v is None or v.ok) and (h is None or h.ok)
+        return (v is None or v.ok) and (h is None or h.ok) and not self.seed_failures
 
     def to_json(self, reproducible: bool = False) -> dict[str, Any]:
         """The ``solve --json`` document (docs/json-contracts.md), plus the scenario (a plan file is
@@ -198,6 +206,9 @@ class SolveReport:
                 "slo_gpus": list(h.slo_gpus),
             }
         )
+        doc["headroom"] = None if self.headroom is None else self.headroom.to_json()
+        doc["seeds_checked"] = list(self.seeds_checked)
+        doc["seed_failures"] = [{"seed": s, "failed_gpus": list(g)} for s, g in self.seed_failures]
         doc["repairs"] = list(self.repairs)
         doc["repair_rounds"] = self.rounds
         if self.comparison:
@@ -240,6 +251,7 @@ def solve_scenario(
     on_event: Event = _quiet,
     started: float | None = None,
     compare: bool = False,
+    measure_headroom: bool = True,
 ) -> SolveReport:
     """Solve, validate in the twin, repair starved/OOM GPUs and those that miss the SLO, and re-validate
     (at most ``max_rounds``: default 4, or 8 under an SLO).
@@ -302,31 +314,50 @@ def solve_scenario(
         return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, problem.adapters)
     headroom = sc.slo.headroom if sc.slo is not None else 0.0
     # With a headroom the plan is checked and repaired at the scaled rates, then reported at the stated ones.
-    val = PlanSimulator(sc, base_dir, executor_of(sc, workers), load_scale=1.0 + headroom)
+    checkers = [
+        PlanSimulator(sc, base_dir, executor_of(sc, workers), seed=s, load_scale=1.0 + headroom)
+        for s in check_seeds(sc)
+    ]
     if max_rounds is None:
         max_rounds = 4 if sc.slo is None else 8
     actions: list[str] = []
     rounds = 0
     first: SimReport | None = None
+    seed_failures: dict[int, tuple[int, ...]] = {}
     while True:
         step = f"validating {plan.gpus_used} GPUs in the twin" + (f" (repair round {rounds})" if rounds else "")
         on_event(step)
-        rep = val.run(gpu_plans(plan), progress=_counting(on_event, step))
+        rep = checkers[0].run(gpu_plans(plan), progress=_counting(on_event, step))
         first = first or rep
-        if rep.ok or rounds >= max_rounds:
+        judged = rep
+        seed_failures = {}
+        if rep.ok:
+            # Only a plan that passes its own draw is checked on the others: one round of repair on
+            # the run's seed usually moves most of the load, and re-checking every draw each round
+            # would multiply the cost for GPUs that are about to change anyway.
+            for checker in checkers[1:]:
+                step = f"checking {plan.gpus_used} GPUs with seed {checker.seed}"
+                on_event(step)
+                other = checker.run(gpu_plans(plan), progress=_counting(on_event, step))
+                if not other.ok:
+                    seed_failures[checker.seed] = other.failed_gpus
+                    judged = worst_of(judged, other)
+        if judged.ok or rounds >= max_rounds:
             break
         rounds += 1
-        losses = {g.index: g.throughput_loss for g in rep.gpus}
+        for s, bad in seed_failures.items():
+            on_event(f"seed {s}: GPU {', '.join(map(str, bad))} fail(s) on this draw")
+        losses = {g.index: g.throughput_loss for g in judged.gpus}
         with stdout_to_stderr():
             fixed = repair(
                 problem,
                 oracle,
                 plan,
-                starved=rep.starved_gpus,
-                oom=rep.oom_gpus,
+                starved=judged.starved_gpus,
+                oom=judged.oom_gpus,
                 losses=losses,
                 round_=rounds - 1,
-                slo=rep.slo_gpus,
+                slo=judged.slo_gpus,
             )
         actions += [f"round {rounds}: {a}" for a in fixed.actions]
         for a in fixed.actions:
@@ -334,15 +365,20 @@ def solve_scenario(
         plan = fixed.plan
     checked: SimReport | None = None
     if headroom > 0:
-        checked = rep
+        checked = judged
         step = f"reporting {plan.gpus_used} GPUs at the stated rates (checked at +{headroom:.0%})"
         on_event(step)
         stated = PlanSimulator(sc, base_dir, executor_of(sc, workers))
         rep = stated.run(gpu_plans(plan), progress=_counting(on_event, step))
+    elif not judged.ok:
+        rep = judged
+    room = None
+    if measure_headroom and rep.ok and rates_scalable(sc):
+        room = find_headroom(sc, base_dir, executor_of(sc, workers), gpu_plans(plan), rep, progress=on_event)
     objective = get_objective(plan.objective)
     comparison: tuple[StrategyResult, ...] = ()
     if compare:
-        comparison = _compare(problem, oracle, val, initial, first, objective, sc.solver.time_limit_s, on_event)
+        comparison = _compare(problem, oracle, checkers[0], initial, first, objective, sc.solver.time_limit_s, on_event)
     return SolveReport(
         sc,
         plan,
@@ -356,6 +392,9 @@ def solve_scenario(
         problem.adapters,
         comparison,
         checked,
+        room,
+        tuple(sorted(seed_failures.items())),
+        tuple(c.seed for c in checkers),
     )
 
 

@@ -217,6 +217,7 @@ class _PlanRow:
     gpu: Any  # optplace.solver.plan.GpuAssignment
     twin: GpuReport | None
     ranks: str
+    headroom: Any = None  # optplace.twin.headroom.GpuHeadroom, when measured
 
 
 def _twin_cell(fmt: Callable[[GpuReport], str]) -> Callable[[_PlanRow], str]:
@@ -243,8 +244,46 @@ SOLVE_COLUMNS = (
     Column("twin ITL ms", _twin_cell(lambda g: f"{g.itl_ms_mean:.1f}")),
     Column("twin TTFT p99 ms", _twin_cell(lambda g: _tok(g.ttft_ms_p99))),
     Column("SLO worst", lambda r: _slo_cell(r.twin), right=False),
+    Column("headroom", lambda r: headroom_text(r.headroom), compact=True),
     Column("verdict", lambda r: _verdict(r.twin), right=False, compact=True, wrap=True),
 )
+
+
+#: How each failure a headroom search can end on reads in a sentence.
+BREAKS_ON = {"queue": "queue grows", "serves_nothing": "an adapter served nothing", "starved": "starved", "oom": "OOM"}
+
+
+def headroom_text(h: Any) -> str:  # h: optplace.twin.headroom.GpuHeadroom | None
+    """A GPU's headroom as "+35%", "≥+100%" (passes at the search's cap), "fails" or "–" (not measured)."""
+    if h is None:
+        return "–"
+    if h.holds_up_to is None:
+        return "fails"
+    return ("≥" if h.breaks_at is None else "") + f"+{h.holds_up_to:.0%}"
+
+
+def breaks_text(h: Any) -> str:  # h: GpuHeadroom
+    """What broke a GPU at its headroom's limit, e.g. "ttft99 of a3" or "queue grows"."""
+    what = h.breaks_on
+    if what is None:
+        return "nothing"
+    text = SLO_SHORT.get(what) or BREAKS_ON.get(what, what)
+    return text + (f" of {h.adapter}" if h.adapter else "")
+
+
+def headroom_summary(room: Any) -> str:  # room: optplace.twin.headroom.PlanHeadroom
+    """One sentence: how much more load the plan takes, which GPU breaks first and on what."""
+    lim = room.limiting_gpu
+    if lim is None:
+        return "headroom: no GPU"
+    if room.holds_up_to is None:
+        return f"headroom: GPU {lim.index} fails at the stated load ({breaks_text(lim)})"
+    if lim.breaks_at is None:
+        return f"headroom: every GPU holds at +{room.cap:.0%} load (the search's cap)"
+    return (
+        f"headroom: the plan holds up to +{room.holds_up_to:.0%} load; GPU {lim.index} breaks first, at "
+        f"+{lim.breaks_at:.0%} ({breaks_text(lim)}); {room.simulations} twin runs, seed {room.seed}"
+    )
 
 
 #: What the solver does with the SLO today, said wherever a solved plan is shown.
@@ -255,7 +294,12 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
     """The plan (GPU, type, slots, adapters, offered vs capacity, predicted and twin figures), bound and gap."""
     plan, val = rep.plan, rep.validation
     twin = {g.index: g for g in val.gpus} if val is not None else {}
-    rows = [_PlanRow(g, twin.get(g.gpu), _rank_counts(rep.scenario, g.adapters)) for g in plan.gpus if g.adapters]
+    room = {h.index: h for h in rep.headroom.gpus} if rep.headroom is not None else {}
+    rows = [
+        _PlanRow(g, twin.get(g.gpu), _rank_counts(rep.scenario, g.adapters), room.get(g.gpu))
+        for g in plan.gpus
+        if g.adapters
+    ]
     title = f"{rep.scenario.name}: {plan.gpus_used} GPUs ({plan.strategy}, objective {plan.objective})"
     print_table(console, build_table(title, SOLVE_COLUMNS, rows, wide), wide)
     if val is not None:
@@ -275,11 +319,22 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
         if rep.ok:
             within = " within the SLO" if val.slo else ""
             verdict = f"[green]twin: every GPU serves its load{within}" + (f" ({more})" if more else "") + "[/]"
-        elif h is not None and val.ok:
+        elif h is not None and val.ok and not h.ok:
             verdict = f"[red]twin: {_fail_counts(h)} at {more} after {rep.rounds} repair rounds[/]"
+        elif val.ok and rep.seed_failures:
+            on = "; ".join(f"GPU {', '.join(map(str, g))} on seed {s}" for s, g in rep.seed_failures)
+            verdict = f"[red]twin: passes seed {val.seed}, fails other draws ({on}) after {rep.rounds} repair rounds[/]"
         else:
             verdict = f"[red]twin: {_fail_counts(val)} after {rep.rounds} repair rounds[/]"
         say(console, verdict, markup=True)
+        if len(rep.seeds_checked) > 1:
+            say(
+                console,
+                f"checked on {len(rep.seeds_checked)} draws of the window "
+                f"(seeds {', '.join(map(str, rep.seeds_checked))})",
+            )
+        if rep.headroom is not None:
+            say(console, headroom_summary(rep.headroom))
         say(console, f"SLO: {slo_summary(val.slo)}" + (SLO_SOLVER_NOTE if val.slo else ""))
     if rep.comparison:
         render_comparison_table(console, rep.comparison, rep.plan.objective, wide)

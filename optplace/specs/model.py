@@ -442,6 +442,12 @@ class SolverOptions(_Spec):
     ray_address: StrictStr | None = None
     workers: PosInt | None = Field(default=None, description="Parallel twin validations (default: cores).")
     validate_plan: StrictBool = Field(default=True, alias="validate")
+    check_seeds: Annotated[int, Strict(), Field(ge=0, le=16)] = Field(
+        default=3,
+        description="Other seeds the twin also checks the plan with (and repairs it under) once it "
+        "passes with the run's seed: one window's arrivals are one draw, and a plan that passes one "
+        "draw by a hair fails the next.",
+    )
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 

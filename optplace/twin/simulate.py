@@ -613,6 +613,23 @@ class PlanSimulator:
         )
 
 
+#: Distance between the run's seed and the other seeds a plan is checked with: far enough apart that
+#: a user re-running with seed + 1, + 2 … draws windows the check has not already seen.
+SEED_STRIDE = 1_000_003
+
+
+def check_seeds(sc: Scenario) -> tuple[int, ...]:
+    """The seeds solve checks a plan with: the run's own, then ``solver.check_seeds`` others."""
+    return tuple((sc.seed + i * SEED_STRIDE) % 2**63 for i in range(sc.solver.check_seeds + 1))
+
+
+def worst_of(a: SimReport, b: SimReport) -> SimReport:
+    """``a`` with each of its GPUs that passes there but fails in ``b`` (the same plan on another
+    draw) replaced by ``b``'s report: a GPU fails the plan when it fails on any draw."""
+    gpus = tuple(y if y.failed and not x.failed else x for x, y in zip(a.gpus, b.gpus, strict=True))
+    return replace(a, gpus=gpus)
+
+
 def slo_json(sc: Scenario) -> dict[str, Any] | None:
     """The scenario's SLO as reports show it: scope, warm-up, the bounds (adapters' own ones apart),
     and the stable-queue rule's constants."""

@@ -1,0 +1,198 @@
+"""Headroom: how much more load a plan takes before the twin first finds it failing.
+
+For every GPU of a plan the twin re-runs the GPU with every adapter's rate multiplied by ``1 + x`` on
+a grid of ``x`` (steps of :data:`STEP`, up to :data:`CAP`) and finds the largest ``x`` it still
+passes: within the SLO (or, with ``slo: none``, not starved) and starting. The plan holds up to the
+smallest of its GPUs' figures.
+
+Search: gallop up from the first step (+5 %, +10 %, +20 %, +40 %, +80 %, then the cap) until the GPU
+fails, then bisect between the last pass and the first failure. Plans sized to the minimum usually
+have little headroom, so the gallop settles them in two or three runs where a bisection over the
+whole range would always spend five. Each multiplier is one twin workload (every adapter's arrivals
+drawn at the scaled rates from the run's seed); GPUs probing the same multiplier are simulated
+together, in parallel.
+
+Only a rate-driven workload can be scaled (Poisson, MMPP, or a trace assigned ``by_rate`` without a
+fixed ``scale``); for the others no headroom is measured (:func:`rates_scalable`).
+
+The verdict is not strictly monotone in load (a higher rate draws other arrivals), so the figure is
+"passes at +x, fails at the next probe above", not a proof that every load below +x passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optplace.infra.executors import ExecutorSpec
+from optplace.specs.model import Scenario
+from optplace.twin.simulate import GpuConfig, GpuReport, PlanSimulator, SimReport
+
+#: Grid step of the load multiplier (5 %: finer than the seed-to-seed noise of a one-hour window's
+#: tail latency, coarse enough that a GPU settles in a few runs).
+STEP = 0.05
+#: Largest extra load probed (+100 %): a GPU that passes at twice its load is reported as "≥ +100 %".
+CAP = 1.0
+
+
+def rates_scalable(sc: Scenario) -> bool:
+    """Whether the workload follows the adapters' rates, so multiplying them scales the load."""
+    arrivals = sc.workload.arrivals
+    if getattr(arrivals, "kind", None) != "trace":
+        return True
+    return getattr(arrivals, "scale", None) is None and getattr(arrivals, "assignment", "by_rate") == "by_rate"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuHeadroom:
+    """One GPU's headroom."""
+
+    index: int
+    #: Largest extra load share found to pass (0.35: +35 %); None when the GPU fails at the stated load.
+    holds_up_to: float | None
+    #: Smallest extra load share found to fail (0.0: at the stated load); None: passes at the cap.
+    breaks_at: float | None
+    #: What fails first there: an SLO metric (``ttft_p99_ms`` …), ``queue`` (the backlog grows),
+    #: ``serves_nothing``, ``starved`` (throughput rule) or ``oom``; None when nothing broke.
+    breaks_on: str | None
+    #: The adapter whose figure fails (per-adapter SLO scope), else None.
+    adapter: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gpu": self.index,
+            "holds_up_to": _r(self.holds_up_to),
+            "breaks_at": _r(self.breaks_at),
+            "breaks_on": self.breaks_on,
+            "adapter": self.adapter,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlanHeadroom:
+    """Every GPU's headroom, and the search that found them."""
+
+    gpus: tuple[GpuHeadroom, ...]
+    step: float
+    cap: float
+    seed: int
+    #: Twin runs the search took (distinct GPU configurations x probed multipliers).
+    simulations: int
+
+    @property
+    def holds_up_to(self) -> float | None:
+        """The plan's headroom: its weakest GPU's (None when a GPU fails at the stated load)."""
+        vals = [g.holds_up_to for g in self.gpus]
+        return None if not vals or any(v is None for v in vals) else min(v for v in vals if v is not None)
+
+    @property
+    def limiting_gpu(self) -> GpuHeadroom | None:
+        """The GPU that breaks first (lowest headroom; the first such in plan order)."""
+        if not self.gpus:
+            return None
+        return min(self.gpus, key=lambda g: -1.0 if g.holds_up_to is None else g.holds_up_to)
+
+    def to_json(self) -> dict[str, Any]:
+        lim = self.limiting_gpu
+        return {
+            "holds_up_to": _r(self.holds_up_to),
+            "limiting_gpu": None if lim is None else lim.index,
+            "step": self.step,
+            "cap": self.cap,
+            "seed": self.seed,
+            "simulations": self.simulations,
+            "gpus": [g.to_json() for g in self.gpus],
+        }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def failure_of(g: GpuReport) -> tuple[str | None, str | None]:
+    """What fails a GPU report, as (what, adapter): OOM, starvation, then the SLO's worst figure."""
+    if g.oom:
+        return "oom", None
+    if g.starved:
+        return "starved", None
+    v = g.slo
+    if v is None or v.ok:
+        return None, None
+    if v.served_nothing:
+        bad = next((a.name for a in g.per_adapter if a.slo is not None and a.slo.served_nothing), None)
+        return "serves_nothing", bad
+    if not v.stable:
+        return "queue", None
+    over = [c for c in v.checks if not c.ok]
+    if over:
+        worst = max(over, key=lambda c: c.value / c.bound)
+        return worst.metric, worst.adapter
+    # the GPU-wide figures pass: some adapter's own queue or bound fails
+    return "adapter", v.violating_adapters[0] if v.violating_adapters else None
+
+
+def _next_probe(lo: int, hi: int | None, top: int) -> int | None:
+    """The next grid index to probe, or None when settled: gallop (double) while no failure is known,
+    then bisect. ``lo``: largest passing index (0 = stated load); ``hi``: smallest failing one."""
+    if hi is None:
+        if lo >= top:
+            return None
+        return min(top, max(1, 2 * lo))
+    return None if hi - lo <= 1 else (lo + hi) // 2
+
+
+def find_headroom(
+    sc: Scenario,
+    base_dir: Path,
+    executor: ExecutorSpec,
+    plan: Sequence[GpuConfig],
+    stated: SimReport,
+    step: float = STEP,
+    cap: float = CAP,
+    progress: Callable[[str], None] | None = None,
+) -> PlanHeadroom:
+    """Every GPU's headroom; ``stated`` is the plan's twin report at the stated rates (seed and GPU
+    order as in ``plan``), whose verdicts are the search's starting point."""
+    top = max(1, round(cap / step))
+    configs = list(dict.fromkeys(plan))
+    first = {gp: stated.gpus[i] for i, gp in reversed(list(enumerate(plan)))}
+    lo: dict[GpuConfig, int | None] = {gp: (None if first[gp].failed else 0) for gp in configs}
+    hi: dict[GpuConfig, int | None] = {gp: (0 if first[gp].failed else None) for gp in configs}
+    broke: dict[GpuConfig, GpuReport] = {gp: first[gp] for gp in configs if first[gp].failed}
+    runs = 0
+    while True:
+        probes: dict[int, list[GpuConfig]] = {}
+        for gp in configs:
+            low = lo[gp]
+            k = None if low is None else _next_probe(low, hi[gp], top)
+            if k is not None:
+                probes.setdefault(k, []).append(gp)
+        if not probes:
+            break
+        for k in sorted(probes):
+            if progress is not None:
+                progress(f"headroom: {len(probes[k])} GPU(s) at +{k * step:.0%} load")
+            sim = PlanSimulator(sc, base_dir, executor, seed=stated.seed, load_scale=1.0 + k * step)
+            rep = sim.run(probes[k])
+            runs += len(probes[k])
+            for gp, g in zip(probes[k], rep.gpus):
+                if g.failed:
+                    hi[gp], broke[gp] = k, g
+                else:
+                    lo[gp] = k
+    out = []
+    for i, gp in enumerate(plan):
+        low, high = lo[gp], hi[gp]
+        what, adapter = failure_of(broke[gp]) if gp in broke else (None, None)
+        out.append(
+            GpuHeadroom(
+                i,
+                None if low is None else low * step,
+                None if high is None else high * step,
+                what,
+                adapter,
+            )
+        )
+    return PlanHeadroom(tuple(out), step, cap, stated.seed, runs)
