@@ -429,29 +429,40 @@ def capacity(
     json_out: JsonOpt = False,
     gpu_type: Annotated[Optional[str], typer.Option("--gpu", help="GPU type of the pool.")] = None,
     no_confirm: Annotated[bool, typer.Option("--no-confirm", help="Skip the twin confirmation.")] = False,
+    no_breaks: Annotated[
+        bool,
+        typer.Option(
+            "--no-breaks", help="Skip the search for the load at which each SLO bound breaks (a few twin runs)."
+        ),
+    ] = False,
     allow_path: AllowPath = None,
 ) -> None:
-    """Largest number of adapters of the spec's mix that one GPU serves without starvation, and the best
-    max_loras (searched with the capacity oracle, confirmed by the twin)."""
+    """Largest number of adapters of the spec's mix that one GPU serves within the spec's SLO (by the
+    study's throughput rule with `slo: none`), with the best max_loras (searched with the capacity
+    oracle, judged by the twin), and the extra load at which each SLO bound, the stable queue and the
+    throughput rule break."""
     sc = _load_or_exit(spec, allow_path)
     from optplace.pipeline import capacity as find_capacity
 
     try:
-        ans = find_capacity(sc, spec.resolve().parent, gpu_type=gpu_type, confirm=not no_confirm)
+        ans = find_capacity(sc, spec.resolve().parent, gpu_type=gpu_type, confirm=not no_confirm, breaks=not no_breaks)
     except ValueError as e:
         raise _fail_input([f"--gpu: {e}"]) from None
     if json_out:
         print(json.dumps(ans.to_json(), indent=2))
         return
-    from optplace.app.render import say
+    from optplace.app.render import capacity_breaks, say
 
     conf = {True: "confirmed by the twin", False: "NOT confirmed by the twin", None: "not checked in the twin"}
+    within = "within the SLO" if ans.judged_by == "slo" else "by the throughput rule (slo: none)"
     say(
         _console(),
-        f"{sc.name}: one {ans.gpu_type} serves up to {ans.max_adapters} adapters of this mix with "
+        f"{sc.name}: one {ans.gpu_type} serves up to {ans.max_adapters} adapters of this mix {within} with "
         f"--max-loras {ans.max_loras} ({ans.offered_tok_s:,.0f} tokens/s offered, "
         f"{ans.throughput_tok_s:,.0f} delivered; {ans.source} oracle, {conf[ans.twin_confirmed]})",
     )
+    if ans.breaks:
+        say(_console(), capacity_breaks(ans.breaks))
 
 
 @app.command()

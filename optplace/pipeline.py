@@ -21,7 +21,7 @@ from typing import Any
 
 from optplace.infra.executors import ExecutorSpec
 from optplace.specs import Adapter, Scenario
-from optplace.twin.headroom import PlanHeadroom, find_headroom, rates_scalable
+from optplace.twin.headroom import PlanHeadroom, find_headroom
 from optplace.twin.simulate import PlanSimulator, SimReport, check_seeds, worst_of
 
 Event = Callable[[str], None]
@@ -199,7 +199,7 @@ class SolveReport:
             None
             if h is None or self.scenario.slo is None
             else {
-                "headroom": self.scenario.slo.headroom,
+                "headroom": self.scenario.slo_headroom(),
                 "ok": h.ok,
                 "starved_gpus": list(h.starved_gpus),
                 "oom_gpus": list(h.oom_gpus),
@@ -312,7 +312,7 @@ def solve_scenario(
     )
     if not (validate and sc.solver.validate_plan):
         return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, problem.adapters)
-    headroom = sc.slo.headroom if sc.slo is not None else 0.0
+    headroom = sc.slo_headroom()
     # With a headroom the plan is checked and repaired at the scaled rates, then reported at the stated ones.
     checkers = [
         PlanSimulator(sc, base_dir, executor_of(sc, workers), seed=s, load_scale=1.0 + headroom)
@@ -373,7 +373,7 @@ def solve_scenario(
     elif not judged.ok:
         rep = judged
     room = None
-    if measure_headroom and rep.ok and rates_scalable(sc):
+    if measure_headroom and rep.ok and sc.rates_scalable():
         room = find_headroom(sc, base_dir, executor_of(sc, workers), gpu_plans(plan), rep, progress=on_event)
     objective = get_objective(plan.objective)
     comparison: tuple[StrategyResult, ...] = ()
@@ -435,9 +435,59 @@ def _compare(
 # --- capacity -----------------------------------------------------------------------------------
 
 
+def mix_sequence(
+    adapters: Sequence[Adapter], n: int, slos: Sequence[Any] | None = None
+) -> tuple[list[Adapter], list[Any] | None]:
+    """``n`` adapters following the spec's mix, and their SLO bounds (``slos``: each spec adapter's
+    :class:`~optplace.specs.model.SloBounds`, None with ``slo: none``). Each kind of adapter (rank,
+    rate, bounds) has its count as its share (groups read as proportions), filled by largest deficit
+    so every prefix keeps the proportions."""
+    kinds: dict[tuple[int, float, int], int] = {}
+    bound_sets: list[Any] = []
+    for i, a in enumerate(adapters):
+        b = None if slos is None else slos[i]
+        if b not in bound_sets:
+            bound_sets.append(b)
+        key = (a.rank, round(a.rate_rps, 12), bound_sets.index(b))
+        kinds[key] = kinds.get(key, 0) + 1
+    keys = list(kinds)
+    total = sum(kinds.values())
+    have = [0] * len(keys)
+    out: list[Adapter] = []
+    bounds: list[Any] = []
+    for i in range(n):
+        j = max(range(len(keys)), key=lambda k: (kinds[keys[k]] * (i + 1) / total - have[k], -k))
+        have[j] += 1
+        rank, rate, b = keys[j]
+        out.append(Adapter(name=f"m{i:05d}", rank=rank, rate_rps=rate))
+        bounds.append(bound_sets[b])
+    return out, (None if slos is None else bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBreak:
+    """At the capacity answer, the extra load at which one check first fails in the twin."""
+
+    #: An SLO metric (``ttft_p99_ms`` …), ``queue`` (the backlog grows) or ``throughput`` (the study's
+    #: rule: more than ``constraints.max_throughput_loss`` of the offered tokens lost).
+    check: str
+    #: Extra load share at which it first fails (0.15: +15 %); None: still holds at the search's cap.
+    breaks_at: float | None
+    #: The GPU's offered tokens/s there (None when it never broke).
+    offered_tok_s: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "breaks_at": None if self.breaks_at is None else round(self.breaks_at, 4),
+            "offered_tok_s": None if self.offered_tok_s is None else round(self.offered_tok_s, 2),
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class CapacityAnswer:
-    """Largest adapter count of a mix one GPU serves without starvation, and its best slots."""
+    """Largest adapter count of a mix one GPU serves (within the SLO, or by the study's rule with
+    ``slo: none``), its best slots, and the load at which each check breaks."""
 
     max_adapters: int
     max_loras: int
@@ -446,6 +496,9 @@ class CapacityAnswer:
     source: str
     twin_confirmed: bool | None
     gpu_type: str
+    #: What the answer was judged by: "slo" or "throughput rule".
+    judged_by: str = "slo"
+    breaks: tuple[LoadBreak, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -456,82 +509,89 @@ class CapacityAnswer:
             "source": self.source,
             "twin_confirmed": self.twin_confirmed,
             "gpu_type": self.gpu_type,
+            "judged_by": self.judged_by,
+            "breaks": [b.to_json() for b in self.breaks],
         }
 
 
-def mix_sequence(adapters: Sequence[Adapter], n: int) -> list[Adapter]:
-    """``n`` adapters following the spec's mix: each entry's share is its count (groups read as
-    proportions), filled by largest deficit so every prefix keeps the proportions."""
-    kinds: dict[tuple[int, float], int] = {}
-    for a in adapters:
-        key = (a.rank, round(a.rate_rps, 12))
-        kinds[key] = kinds.get(key, 0) + 1
-    keys = list(kinds)
-    total = sum(kinds.values())
-    have = [0] * len(keys)
-    out: list[Adapter] = []
-    for i in range(n):
-        j = max(range(len(keys)), key=lambda k: (kinds[keys[k]] * (i + 1) / total - have[k], -k))
-        have[j] += 1
-        rank, rate = keys[j]
-        out.append(Adapter(name=f"m{i:05d}", rank=rank, rate_rps=rate))
-    return out
-
-
 def capacity(
-    sc: Scenario, base_dir: Path, gpu_type: str | None = None, upper: int = 2048, confirm: bool = True
+    sc: Scenario,
+    base_dir: Path,
+    gpu_type: str | None = None,
+    upper: int = 2048,
+    confirm: bool = True,
+    breaks: bool = True,
 ) -> CapacityAnswer:
     """Answer ``optplace capacity``: search the adapter count with the solver's capacity oracle
-    (surrogate when shipped, else twin-backed) and confirm the answer with the twin."""
+    (surrogate when shipped, else twin-backed), then let the twin judge: the largest count whose GPU
+    passes (within the scenario's SLO, or not starved with ``slo: none``), and, with ``breaks``, the
+    extra load at which each SLO bound, the stable queue and the throughput rule first fail there.
+
+    The oracle sizes by throughput, so under an SLO its answer is an upper start: the twin search
+    gallops down from it."""
     from optplace.solver.capacity import Mix, make_oracle
     from optplace.solver.greedy import largest_prefix
     from optplace.solver.problem import AdapterItem, compile_problem
-    from optplace.twin.simulate import simulate_gpu
+    from optplace.twin.headroom import CAP, STEP, first_failures
+    from optplace.twin.simulate import SloRule, simulate_gpu
 
     problem = compile_problem(sc, base_dir)
     types = [t for t in problem.gpu_types if gpu_type is None or t.name == gpu_type]
     if not types:
         raise ValueError(f"unknown GPU type {gpu_type!r}")
     t = types[0]
+    judged_by = "slo" if sc.slo is not None else "throughput rule"
     oracle = make_oracle(problem, "auto")
-    seq = [AdapterItem(i, a.name, a.rank, a.rate_rps) for i, a in enumerate(mix_sequence(sc.adapter_list(), upper))]
+    mix_ads, mix_bounds = mix_sequence(sc.adapter_list(), upper, sc.adapter_slos())
+    seq = [AdapterItem(i, a.name, a.rank, a.rate_rps) for i, a in enumerate(mix_ads)]
     k, est = largest_prefix(oracle, t.index, seq)
     if k == 0 or est is None:
-        return CapacityAnswer(0, 0, 0.0, 0.0, oracle.name, None, t.name)
+        return CapacityAnswer(0, 0, 0.0, 0.0, oracle.name, None, t.name, judged_by)
     best = oracle.best_slots(t.index, Mix.of(seq[:k]))
     if not confirm:
-        return CapacityAnswer(k, best.max_loras, best.throughput_tok_s, best.offered_tok_s, oracle.name, None, t.name)
+        return CapacityAnswer(
+            k, best.max_loras, best.throughput_tok_s, best.offered_tok_s, oracle.name, None, t.name, judged_by
+        )
+
+    def rule(n: int) -> SloRule | None:
+        if sc.slo is None or mix_bounds is None:
+            return None
+        return SloRule(sc.slo.scope, sc.slo_warmup_s(), sc.slo.bounds(), tuple(b.bounds() for b in mix_bounds[:n]))
+
+    def run(n: int, slots: int, scale: float = 1.0) -> Any:
+        ads = [a.model_copy(update={"rate_rps": a.rate_rps * scale}) for a in mix_ads[:n]]
+        return simulate_gpu(
+            t.profile,
+            sc.serving,
+            sc.constraints,
+            sc.workload.arrivals,
+            sc.workload.lengths,
+            ads,
+            slots,
+            max(n, slots),
+            duration_s=sc.workload.duration_s,
+            seed=sc.seed,
+            base_dir=base_dir,
+            slo=rule(n),
+        )
 
     def twin(n: int) -> Any:
         """The twin's verdict at ``n`` adapters: the oracle's slot count first, then the study's slot grid
-        (starvation is very slot-dependent at hundreds of adapters); the first that serves wins."""
+        (starvation is very slot-dependent at hundreds of adapters); the first that passes wins."""
         mix = Mix.of(seq[:n])
         cap = oracle.slot_cap(t.index, mix.rank_max)
         first_slots = oracle.best_slots(t.index, mix).max_loras
         cands = [first_slots] + [L for L in (8, 16, 32, 64, 128, 256) if L <= min(n, cap) and L != first_slots]
-        ads = [Adapter(name=a.name, rank=a.rank, rate_rps=a.rate_rps) for a in seq[:n]]
         rep = None
         for slots in cands:
-            rep = simulate_gpu(
-                t.profile,
-                sc.serving,
-                sc.constraints,
-                sc.workload.arrivals,
-                sc.workload.lengths,
-                ads,
-                slots,
-                max(n, slots),
-                duration_s=sc.workload.duration_s,
-                seed=sc.seed,
-                base_dir=base_dir,
-            )
-            if not rep.starved:
+            rep = run(n, slots)
+            if not rep.failed:
                 break
         return rep
 
     # The twin is the judge: gallop from the oracle's answer until the verdict flips, then bisect.
     first = twin(k)
-    confirmed = not first.starved
+    confirmed = not first.failed
     results = {k: first}
     step = 1
     if confirmed:
@@ -539,7 +599,7 @@ def capacity(
         while hi is None and lo < upper:
             m = min(lo + step, upper)
             results[m] = twin(m)
-            if results[m].starved:
+            if results[m].failed:
                 hi = m
             else:
                 lo, step = m, step * 2
@@ -549,17 +609,25 @@ def capacity(
         while lo == 0 and hi > 1:
             m = max(hi - step, 1)
             results[m] = twin(m)
-            if results[m].starved:
+            if results[m].failed:
                 hi, step = m, step * 2
             else:
                 lo = m
     while hi - lo > 1:
         m = (lo + hi) // 2
         results[m] = twin(m)
-        lo, hi = (m, hi) if not results[m].starved else (lo, m)
+        lo, hi = (m, hi) if not results[m].failed else (lo, m)
     if lo == 0:
-        return CapacityAnswer(0, 0, 0.0, 0.0, f"{oracle.name}+twin", confirmed, t.name)
+        return CapacityAnswer(0, 0, 0.0, 0.0, f"{oracle.name}+twin", confirmed, t.name, judged_by)
     rep = results[lo]
+    found: tuple[LoadBreak, ...] = ()
+    if breaks:
+        top = max(1, round(CAP / STEP))
+        at = first_failures(lambda i: rep if i == 0 else run(lo, rep.max_loras, 1.0 + i * STEP), top)
+        found = tuple(
+            LoadBreak(c, None if i is None else i * STEP, None if g is None else g.offered_tok_s)
+            for c, (i, g) in at.items()
+        )
     return CapacityAnswer(
         lo,
         rep.max_loras,
@@ -568,4 +636,6 @@ def capacity(
         f"{oracle.name}+twin" if lo != k else oracle.name,
         confirmed,
         t.name,
+        judged_by,
+        found,
     )

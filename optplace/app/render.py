@@ -271,6 +271,18 @@ def breaks_text(h: Any) -> str:  # h: GpuHeadroom
     return text + (f" of {h.adapter}" if h.adapter else "")
 
 
+def capacity_breaks(breaks: Sequence[Any]) -> str:  # breaks: optplace.pipeline.LoadBreak
+    """Where each check breaks at the capacity answer, e.g. "ttft99 breaks at +10 % load (8,100 tok/s), …"."""
+    parts = []
+    for b in breaks:
+        name = SLO_SHORT.get(b.check) or {"queue": "stable queue", "throughput": "the throughput rule"}[b.check]
+        if b.breaks_at is None:
+            parts.append(f"{name} holds beyond the search's cap")
+        else:
+            parts.append(f"{name} breaks at +{b.breaks_at:.0%} load ({b.offered_tok_s:,.0f} tok/s offered)")
+    return "with more load of this mix on it: " + "; ".join(parts)
+
+
 def headroom_summary(room: Any) -> str:  # room: optplace.twin.headroom.PlanHeadroom
     """One sentence: how much more load the plan takes, which GPU breaks first and on what."""
     lim = room.limiting_gpu
@@ -315,7 +327,7 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
         say(console, f"repaired: {a}")
     if val is not None:
         h = rep.headroom_check
-        more = f"{rep.scenario.slo.headroom:.0%} more load" if h is not None and rep.scenario.slo else ""
+        more = f"{rep.scenario.slo_headroom():.0%} more load" if h is not None else ""
         if rep.ok:
             within = " within the SLO" if val.slo else ""
             verdict = f"[green]twin: every GPU serves its load{within}" + (f" ({more})" if more else "") + "[/]"

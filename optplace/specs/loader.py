@@ -310,17 +310,15 @@ def _slo_problems(sc: Scenario) -> list[Problem]:
                 f"{sc.workload.duration_s:g})",
             )
         )
-    arrivals = sc.workload.arrivals
-    if slo is not None and slo.headroom > 0 and getattr(arrivals, "kind", None) == "trace":
-        if getattr(arrivals, "scale", None) is not None or getattr(arrivals, "assignment", "by_rate") != "by_rate":
-            # only a by_rate trace follows the adapters' rates, which the headroom check multiplies
-            out.append(
-                (
-                    ("slo", "headroom"),
-                    "headroom scales the adapters' rates; this trace replays at a fixed scale (set "
-                    "workload.arrivals.assignment: by_rate without scale, or drop headroom)",
-                )
+    if slo is not None and slo.headroom and not sc.rates_scalable():
+        # only a by_rate trace follows the adapters' rates, which the headroom check multiplies
+        out.append(
+            (
+                ("slo", "headroom"),
+                "headroom scales the adapters' rates; this trace replays at a fixed scale (set "
+                "workload.arrivals.assignment: by_rate without scale, or drop headroom)",
             )
+        )
     for i, it in enumerate(sc.adapters):
         if it.slo is None:
             continue

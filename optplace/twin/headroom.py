@@ -13,7 +13,7 @@ drawn at the scaled rates from the run's seed); GPUs probing the same multiplier
 together, in parallel.
 
 Only a rate-driven workload can be scaled (Poisson, MMPP, or a trace assigned ``by_rate`` without a
-fixed ``scale``); for the others no headroom is measured (:func:`rates_scalable`).
+fixed ``scale``); for the others no headroom is measured (``Scenario.rates_scalable``).
 
 The verdict is not strictly monotone in load (a higher rate draws other arrivals), so the figure is
 "passes at +x, fails at the next probe above", not a proof that every load below +x passes.
@@ -35,14 +35,6 @@ from optplace.twin.simulate import GpuConfig, GpuReport, PlanSimulator, SimRepor
 STEP = 0.05
 #: Largest extra load probed (+100 %): a GPU that passes at twice its load is reported as "≥ +100 %".
 CAP = 1.0
-
-
-def rates_scalable(sc: Scenario) -> bool:
-    """Whether the workload follows the adapters' rates, so multiplying them scales the load."""
-    arrivals = sc.workload.arrivals
-    if getattr(arrivals, "kind", None) != "trace":
-        return True
-    return getattr(arrivals, "scale", None) is None and getattr(arrivals, "assignment", "by_rate") == "by_rate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +133,47 @@ def _next_probe(lo: int, hi: int | None, top: int) -> int | None:
             return None
         return min(top, max(1, 2 * lo))
     return None if hi - lo <= 1 else (lo + hi) // 2
+
+
+def breaking_checks(g: GpuReport) -> dict[str, bool]:
+    """Every check a GPU report is judged by, and whether it fails: each SLO metric (any adapter's
+    figure over its bound), ``queue`` (the GPU's or an adapter's backlog grows), ``throughput`` (the
+    study's rule: starved, or fails to start)."""
+    out: dict[str, bool] = {}
+    v = g.slo
+    if v is not None:
+        for c in v.checks:
+            out[c.metric] = out.get(c.metric, False) or not c.ok
+        grows = not v.stable or any(a.slo is not None and not a.slo.stable for a in g.per_adapter)
+        out["queue"] = grows or v.served_nothing
+    out["throughput"] = g.starved or g.oom
+    if g.oom:
+        out = dict.fromkeys(out, True)
+    return out
+
+
+def first_failures(evaluate: Callable[[int], GpuReport], top: int) -> dict[str, tuple[int | None, GpuReport | None]]:
+    """For each check of :func:`breaking_checks`, the smallest grid index (load multiplier
+    ``1 + index x STEP``, index 0 passing) at which it fails, searched up to ``top`` by gallop then
+    bisection, and the report there; (None, None) when it still holds at ``top``. ``evaluate(i)`` is
+    called once per index."""
+    cache: dict[int, GpuReport] = {}
+
+    def at(i: int) -> GpuReport:
+        if i not in cache:
+            cache[i] = evaluate(i)
+        return cache[i]
+
+    out: dict[str, tuple[int | None, GpuReport | None]] = {}
+    for check in breaking_checks(at(0)):
+        lo, hi = 0, None
+        while (k := _next_probe(lo, hi, top)) is not None:
+            if breaking_checks(at(k)).get(check, False):
+                hi = k
+            else:
+                lo = k
+        out[check] = (hi, None if hi is None else at(hi))
+    return out
 
 
 def find_headroom(

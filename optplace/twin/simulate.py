@@ -643,7 +643,7 @@ def slo_json(sc: Scenario) -> dict[str, Any] | None:
         "adapter_entries_with_own_bounds": own,
         "stable_share": STABLE_SHARE,
         "stable_slack": STABLE_SLACK,
-        "headroom": sc.slo.headroom,
+        "headroom": sc.slo_headroom(),
     }
 
 
@@ -699,8 +699,10 @@ def simulate_gpu(
     duration_s: float = 3600.0,
     seed: int = 0,
     base_dir: Path | None = None,
+    slo: SloRule | None = None,
 ) -> GpuReport:
-    """Simulate one GPU serving ``adapters`` (its own seeded workload): the surrogate sweeps' evaluator."""
+    """Simulate one GPU serving ``adapters`` (its own seeded workload), judged by ``slo`` when given:
+    the surrogate sweeps' and ``optplace capacity``'s evaluator."""
     rng = np.random.default_rng(seed)
     wl = generate_workload(arrivals, lengths, [a.rate_rps for a in adapters], duration_s, rng, base_dir=base_dir)
     config = GpuConfig(profile.gpu, max_loras, max_cpu_loras, tuple(a.name for a in adapters))
@@ -712,5 +714,6 @@ def simulate_gpu(
         constraints=constraints,
         adapters=tuple(adapters),
         workload=wl,
+        slo=slo,
     )
     return run_gpu_job(job)

@@ -1,0 +1,155 @@
+"""Headroom and robustness: the search for the extra load at which a GPU first fails (gallop, then
+bisect), solve's headroom report and the figures it claims re-checked in the twin, the plan checked
+on several draws of the window, the default load margin, and `optplace capacity` under the SLO with
+the load at which each check breaks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from optplace.cli import app
+from optplace.infra.executors import ExecutorSpec
+from optplace.specs import load_scenario
+from optplace.specs.model import DEFAULT_HEADROOM
+from optplace.twin.headroom import _next_probe, failure_of
+from optplace.twin.simulate import GpuConfig, PlanSimulator, check_seeds, worst_of
+from test_slo import SLOTTED, STICKY
+from test_solve_cli import SPEC
+
+runner = CliRunner()
+ONE = ExecutorSpec("local", workers=1)
+
+
+def _write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _search(breaks_at: int | None, top: int = 20) -> tuple[int, int | None, list[int]]:
+    """Run the probe sequence against a GPU that fails from grid index ``breaks_at`` on."""
+    lo, hi, probes = 0, None, []
+    while (k := _next_probe(lo, hi, top)) is not None:
+        probes.append(k)
+        if breaks_at is not None and k >= breaks_at:
+            hi = k
+        else:
+            lo = k
+    return lo, hi, probes
+
+
+@pytest.mark.parametrize("breaks_at", [1, 2, 3, 5, 8, 13, 20, None])
+def test_the_search_finds_the_first_failing_step(breaks_at):
+    lo, hi, probes = _search(breaks_at)
+    assert hi == breaks_at and lo == (20 if breaks_at is None else breaks_at - 1)
+    assert len(set(probes)) == len(probes)  # no probe twice
+    assert len(probes) <= 8  # five gallop steps at most, then three bisections of the last octave
+
+
+def test_a_tight_gpu_settles_in_two_runs():
+    assert _search(2)[2] == [1, 2]  # passes at +5 %, fails at +10 %: two twin runs
+    assert _search(1)[2] == [1]
+
+
+@pytest.fixture(scope="module")
+def solved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("headroom")
+    spec = _write(d, SPEC, "small.yaml")
+    res = runner.invoke(app, ["solve", str(spec), "--json", "--reproducible", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    return spec, json.loads(res.stdout)
+
+
+def test_solve_reports_each_gpus_headroom_and_the_twin_confirms_it(solved):
+    spec, doc = solved
+    room = doc["headroom"]
+    assert room is not None and len(room["gpus"]) == doc["gpus_used"]
+    assert room["holds_up_to"] == min(g["holds_up_to"] for g in room["gpus"])
+    assert room["simulations"] >= doc["gpus_used"]
+    sc = load_scenario(spec)
+    names = tuple(a.name for a in sc.adapter_list())
+    broken = 0
+    for g, p in zip(room["gpus"], doc["placement"], strict=True):
+        cfg = GpuConfig(p["gpu_type"], p["max_loras"], p["max_cpu_loras"], tuple(p["adapters"]))
+        assert set(cfg.adapters) <= set(names)
+        held = PlanSimulator(sc, spec.parent, ONE, load_scale=1 + g["holds_up_to"]).run([cfg])
+        assert held.ok, (g, held.failed_gpus)
+        if g["breaks_at"] is not None:
+            broken += 1
+            assert g["breaks_at"] == pytest.approx(g["holds_up_to"] + room["step"])
+            fails = PlanSimulator(sc, spec.parent, ONE, load_scale=1 + g["breaks_at"]).run([cfg])
+            assert not fails.ok and (g["breaks_on"], g["adapter"]) == failure_of(fails.gpus[0])
+    assert broken >= 1  # the plan is sized to its load: some GPU breaks below +100 %
+
+
+def test_the_plan_is_checked_on_other_draws_at_the_default_margin(solved):
+    spec, doc = solved
+    sc = load_scenario(spec)
+    assert doc["seeds_checked"] == list(check_seeds(sc)) and len(doc["seeds_checked"]) == 4
+    assert len(set(doc["seeds_checked"])) == 4 and doc["seeds_checked"][0] == sc.seed
+    assert doc["seed_failures"] == []
+    assert sc.slo_headroom() == DEFAULT_HEADROOM
+    assert doc["slo_headroom"]["headroom"] == DEFAULT_HEADROOM and doc["slo_headroom"]["ok"]
+    assert doc["headroom"]["holds_up_to"] >= DEFAULT_HEADROOM  # planned for the margin
+
+
+def test_no_headroom_one_seed_and_no_margin(tmp_path):
+    text = SPEC.replace("seed: 5", "seed: 5\nslo: {headroom: 0}").replace(
+        "time_limit_s: 20}", "time_limit_s: 20, check_seeds: 0}"
+    )
+    spec = _write(tmp_path, text)
+    assert load_scenario(spec).slo_headroom() == 0.0
+    res = runner.invoke(app, ["solve", str(spec), "--json", "--reproducible", "--workers", "1", "--no-headroom"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["headroom"] is None and doc["seeds_checked"] == [5] and doc["slo_headroom"] is None
+    table = runner.invoke(app, ["solve", str(spec), "--workers", "1", "--no-headroom"], env={"COLUMNS": "100"})
+    assert "headroom:" not in table.stdout and "draws of the window" not in table.stdout
+
+
+def test_slo_none_has_no_margin(tmp_path):
+    assert load_scenario(_write(tmp_path, SPEC + "slo: none\n")).slo_headroom() == 0.0
+
+
+def test_a_gpu_that_fails_on_another_draw_fails_the_plan(tmp_path):
+    sticky, slotted = (
+        load_scenario(_write(tmp_path, STICKY, "a.yaml")),
+        load_scenario(_write(tmp_path, SLOTTED, "b.yaml")),
+    )
+    names = tuple(a.name for a in sticky.adapter_list())
+    good = PlanSimulator(slotted, tmp_path, ONE).run([GpuConfig("h100-64gb", 5, 5, names)])
+    bad = PlanSimulator(sticky, tmp_path, ONE).run([GpuConfig("h100-64gb", 4, 5, names)])
+    assert good.ok and not bad.ok
+    merged = worst_of(good, bad)
+    assert not merged.ok and merged.gpus[0] is bad.gpus[0] and merged.seed == good.seed
+    assert worst_of(bad, good).gpus[0] is bad.gpus[0]  # a failure is never replaced by a pass
+
+
+def test_capacity_under_the_slo_and_where_each_check_breaks(tmp_path):
+    # A long warm-up: in a 4-minute window, requests still filling the GPU at a 24 s warm-up's end
+    # would count as backlog growth.
+    base = SPEC + "slo: {warmup_s: 60}\n"
+    res = runner.invoke(app, ["capacity", str(_write(tmp_path, base)), "--json"])
+    assert res.exit_code == 0, res.output
+    slo = json.loads(res.stdout)
+    rule = json.loads(
+        runner.invoke(app, ["capacity", str(_write(tmp_path, SPEC + "slo: none\n", "r.yaml")), "--json"]).stdout
+    )
+    assert slo["judged_by"] == "slo" and rule["judged_by"] == "throughput rule"
+    assert 1 <= slo["max_adapters"] <= rule["max_adapters"]  # the SLO is the stricter test
+    checks = {b["check"]: b for b in slo["breaks"]}
+    assert set(checks) == {"ttft_p99_ms", "tpot_p99_ms", "queue", "throughput"}
+    assert [b["check"] for b in rule["breaks"]] == ["throughput"]
+    for b in slo["breaks"]:
+        assert b["breaks_at"] is None or 0 < b["breaks_at"] <= 1.0
+        assert (b["offered_tok_s"] is None) == (b["breaks_at"] is None)
+        if b["breaks_at"] is not None:
+            assert b["offered_tok_s"] > slo["offered_tok_s"]
+    # something breaks within +100 % load of the largest count that passes
+    assert any(b["breaks_at"] is not None for b in slo["breaks"])
+    text = runner.invoke(app, ["capacity", str(_write(tmp_path, base, "t.yaml"))]).stdout
+    assert "within the SLO" in text and "breaks at +" in text
