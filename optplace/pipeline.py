@@ -22,7 +22,7 @@ from typing import Any
 from optplace.infra.executors import ExecutorSpec
 from optplace.specs import Adapter, Scenario
 from optplace.twin.headroom import PlanHeadroom, find_headroom
-from optplace.twin.simulate import PlanSimulator, SimReport, check_seeds, worst_of
+from optplace.twin.simulate import PlanSimulator, SimReport, check_seeds, simulate_into, worst_of
 
 Event = Callable[[str], None]
 
@@ -335,10 +335,14 @@ def solve_scenario(
             # Only a plan that passes its own draw is checked on the others: one round of repair on
             # the run's seed usually moves most of the load, and re-checking every draw each round
             # would multiply the cost for GPUs that are about to change anyway.
-            for checker in checkers[1:]:
-                step = f"checking {plan.gpus_used} GPUs with seed {checker.seed}"
+            others = checkers[1:]
+            if others:
+                step = f"checking {plan.gpus_used} GPUs on {len(others)} other draws"
                 on_event(step)
-                other = checker.run(gpu_plans(plan), progress=_counting(on_event, step))
+                pairs = [(c, gp) for c in others for gp in gpu_plans(plan)]
+                simulate_into(pairs, executor_of(sc, workers), _counting(on_event, step))
+            for checker in others:
+                other = checker.run(gpu_plans(plan))
                 if not other.ok:
                     seed_failures[checker.seed] = other.failed_gpus
                     judged = worst_of(judged, other)
@@ -374,7 +378,15 @@ def solve_scenario(
         rep = judged
     room = None
     if measure_headroom and rep.ok and sc.rates_scalable():
-        room = find_headroom(sc, base_dir, executor_of(sc, workers), gpu_plans(plan), rep, progress=on_event)
+        room = find_headroom(
+            sc,
+            base_dir,
+            executor_of(sc, workers),
+            gpu_plans(plan),
+            rep,
+            progress=on_event,
+            known={headroom: checkers[0]},
+        )
     objective = get_objective(plan.objective)
     comparison: tuple[StrategyResult, ...] = ()
     if compare:

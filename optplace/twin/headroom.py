@@ -9,8 +9,7 @@ Search: gallop up from the first step (+5 %, +10 %, +20 %, +40 %, +80 %, then th
 fails, then bisect between the last pass and the first failure. Plans sized to the minimum usually
 have little headroom, so the gallop settles them in two or three runs where a bisection over the
 whole range would always spend five. Each multiplier is one twin workload (every adapter's arrivals
-drawn at the scaled rates from the run's seed); GPUs probing the same multiplier are simulated
-together, in parallel.
+drawn at the scaled rates from the run's seed); each round's probes run together, in parallel.
 
 Only a rate-driven workload can be scaled (Poisson, MMPP, or a trace assigned ``by_rate`` without a
 fixed ``scale``); for the others no headroom is measured (``Scenario.rates_scalable``).
@@ -21,14 +20,14 @@ The verdict is not strictly monotone in load (a higher rate draws other arrivals
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from optplace.infra.executors import ExecutorSpec
 from optplace.specs.model import Scenario
-from optplace.twin.simulate import GpuConfig, GpuReport, PlanSimulator, SimReport
+from optplace.twin.simulate import GpuConfig, GpuReport, PlanSimulator, SimReport, simulate_into
 
 #: Grid step of the load multiplier (5 %: finer than the seed-to-seed noise of a one-hour window's
 #: tail latency, coarse enough that a GPU settles in a few runs).
@@ -185,10 +184,21 @@ def find_headroom(
     step: float = STEP,
     cap: float = CAP,
     progress: Callable[[str], None] | None = None,
+    known: Mapping[float, PlanSimulator] | None = None,
 ) -> PlanHeadroom:
     """Every GPU's headroom; ``stated`` is the plan's twin report at the stated rates (seed and GPU
-    order as in ``plan``), whose verdicts are the search's starting point."""
+    order as in ``plan``), whose verdicts are the search's starting point. ``known``: simulators
+    already run at some extra load share (same seed), e.g. solve's check at ``slo.headroom``, whose
+    cached GPU results the search reuses.
+
+    Each round's probes (every unsettled GPU's next multiplier) run as one batch, so both cores stay
+    busy when the GPUs probe different multipliers."""
     top = max(1, round(cap / step))
+    sims: dict[int, PlanSimulator] = {}
+    for share, sim in (known or {}).items():
+        at = share / step
+        if abs(at - round(at)) < 1e-9 and sim.seed == stated.seed:
+            sims[round(at)] = sim
     configs = list(dict.fromkeys(plan))
     first = {gp: stated.gpus[i] for i, gp in reversed(list(enumerate(plan)))}
     lo: dict[GpuConfig, int | None] = {gp: (None if first[gp].failed else 0) for gp in configs}
@@ -196,25 +206,28 @@ def find_headroom(
     broke: dict[GpuConfig, GpuReport] = {gp: first[gp] for gp in configs if first[gp].failed}
     runs = 0
     while True:
-        probes: dict[int, list[GpuConfig]] = {}
+        probes: list[tuple[int, GpuConfig]] = []
         for gp in configs:
             low = lo[gp]
             k = None if low is None else _next_probe(low, hi[gp], top)
             if k is not None:
-                probes.setdefault(k, []).append(gp)
+                probes.append((k, gp))
         if not probes:
             break
-        for k in sorted(probes):
-            if progress is not None:
-                progress(f"headroom: {len(probes[k])} GPU(s) at +{k * step:.0%} load")
-            sim = PlanSimulator(sc, base_dir, executor, seed=stated.seed, load_scale=1.0 + k * step)
-            rep = sim.run(probes[k])
-            runs += len(probes[k])
-            for gp, g in zip(probes[k], rep.gpus):
-                if g.failed:
-                    hi[gp], broke[gp] = k, g
-                else:
-                    lo[gp] = k
+        for k, _ in probes:
+            if k not in sims:
+                sims[k] = PlanSimulator(sc, base_dir, executor, seed=stated.seed, load_scale=1.0 + k * step)
+        todo = [(k, gp) for k, gp in probes if gp not in sims[k].cache]
+        if progress is not None and todo:
+            loads = ", ".join(f"+{k * step:.0%}" for k in sorted({k for k, _ in todo}))
+            progress(f"headroom: {len(todo)} GPU run(s) at {loads} load")
+        runs += simulate_into([(sims[k], gp) for k, gp in todo], executor)
+        for k, gp in probes:
+            g = sims[k].cache[gp]
+            if g.failed:
+                hi[gp], broke[gp] = k, g
+            else:
+                lo[gp] = k
     out = []
     for i, gp in enumerate(plan):
         low, high = lo[gp], hi[gp]

@@ -592,12 +592,7 @@ class PlanSimulator:
         is told as each finishes)."""
         t0 = time.perf_counter()
         todo = [gp for gp in dict.fromkeys(plan) if gp not in self.cache]
-        if todo:
-            reports = run_jobs(
-                [self.job(gp, i) for i, gp in enumerate(todo)], executor=self.executor, progress=progress
-            )
-            self.cache.update(zip(todo, reports))
-            self.simulated += len(todo)
+        simulate_into([(self, gp) for gp in todo], self.executor, progress)
         gpus = tuple(replace(self.cache[gp], index=i) for i, gp in enumerate(plan))
         c = self.sc.constraints
         return SimReport(
@@ -628,6 +623,22 @@ def worst_of(a: SimReport, b: SimReport) -> SimReport:
     draw) replaced by ``b``'s report: a GPU fails the plan when it fails on any draw."""
     gpus = tuple(y if y.failed and not x.failed else x for x, y in zip(a.gpus, b.gpus, strict=True))
     return replace(a, gpus=gpus)
+
+
+def simulate_into(
+    pairs: Sequence[tuple[PlanSimulator, GpuConfig]], executor: ExecutorSpec, progress: Progress | None = None
+) -> int:
+    """Simulate each (simulator, configuration) not yet in its simulator's cache, all in one parallel
+    batch (several seeds or load multipliers of one plan keep every core busy where one simulator's
+    few GPUs would not), and store each result in its simulator's cache. Returns the runs made."""
+    todo = [(sim, gp) for sim, gp in dict.fromkeys(pairs) if gp not in sim.cache]
+    if not todo:
+        return 0
+    reports = run_jobs([sim.job(gp, i) for i, (sim, gp) in enumerate(todo)], executor=executor, progress=progress)
+    for (sim, gp), rep in zip(todo, reports, strict=True):
+        sim.cache[gp] = rep
+        sim.simulated += 1
+    return len(todo)
 
 
 def slo_json(sc: Scenario) -> dict[str, Any] | None:
