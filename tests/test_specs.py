@@ -254,6 +254,13 @@ MALFORMED: list[tuple[str, str, str, int | None, str]] = [
         7,
         "max_total_tokens 2048",
     ),
+    (  # found by the fuzzer: crashed (exit 3) when the first workload was drawn
+        "sharegpt-mean-unreachable",
+        BASE + "workload: {lengths: {kind: sharegpt, mean_output_tokens: 9223372036854775807}}\n",
+        "workload.lengths",
+        7,
+        "not reachable",
+    ),
 ]
 
 LINE = re.compile(r"^error: (?P<file>[^:]+\.yaml)(:(?P<line>\d+))?: (?:(?P<path>[\w.\[\]]+): )?(?P<msg>.+)$")

@@ -244,7 +244,8 @@ SOLVE_COLUMNS = (
     Column("twin ITL ms", _twin_cell(lambda g: f"{g.itl_ms_mean:.1f}")),
     Column("twin TTFT p99 ms", _twin_cell(lambda g: _tok(g.ttft_ms_p99))),
     Column("SLO worst", lambda r: _slo_cell(r.twin), right=False),
-    Column("headroom", lambda r: headroom_text(r.headroom), compact=True),
+    # "spare", not "headroom": the compact table must fit 80 columns (the summary line says "headroom")
+    Column("spare", lambda r: headroom_text(r.headroom), compact=True),
     Column("verdict", lambda r: _verdict(r.twin), right=False, compact=True, wrap=True),
 )
 

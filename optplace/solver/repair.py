@@ -26,7 +26,7 @@ The moved adapters (of every starved GPU of the round) are re-homed, cheapest fi
 
 1. onto the good GPUs (not starved/OOM this round) with the most headroom (analytic utilisation)
    that the oracle accepts with a :data:`MARGIN` load margin — the twin already disagreed with the
-   oracle once on this plan;
+   oracle once on this plan — growing by :data:`SLO_MARGIN_STEP` per round when a GPU misses the SLO;
 2. else by re-balancing the good GPUs with the leftovers on them (:func:`~.balance.rebalance`, same
    margin), so no GPU is added when the existing ones can share the load;
 3. else onto as few new GPUs as the oracle allows (first fit with the margin; one in the usual case),
@@ -141,6 +141,7 @@ def repair(
             bad,
             _type_for_new(problem, [gpus[i].type_index for i, _, _ in shed_lines], gpus + new),
             fit_slots=bool(slo_set),
+            margin=MARGIN + (SLO_MARGIN_STEP * round_ if slo_set else 0.0),
         )
         for i, how, frac in shed_lines:
             actions.append(f"GPU {i}: {how} ({frac:.0%} of its load) off it")
@@ -167,6 +168,11 @@ def repair(
 
 #: Load margin the re-homing keeps on every GPU it touches (oracle judged at offered / (1 − MARGIN)).
 MARGIN = 0.10
+#: Under an SLO the margin grows by this much per repair round. The oracles know throughput, not
+#: latency: a GPU they call roomy can miss a TTFT bound with one more hot adapter, and with a fixed
+#: margin the repair moved one hot adapter back and forth between two such GPUs for all its rounds
+#: (a 24-adapter scenario: 8 rounds, never a GPU added); a growing margin ends that by a new GPU.
+SLO_MARGIN_STEP = 0.05
 
 
 def _slot_each(problem: Problem, oracle: CapacityOracle, gtype: int, idx: Sequence[int]) -> int:
@@ -183,12 +189,19 @@ def _coldest_beyond_cap(problem: Problem, g: GpuAssignment, cap: int) -> list[in
     return sorted(g.adapter_indices, key=lambda a: (problem.adapters[a].rate_rps, a))[: n - cap]
 
 
-def _ok(problem: Problem, oracle: CapacityOracle, gtype: int, idx: list[int], fit_slots: bool = False) -> bool:
-    """The oracle accepts adapters ``idx`` on ``gtype`` with the :data:`MARGIN` load margin (and, with
+def _ok(
+    problem: Problem,
+    oracle: CapacityOracle,
+    gtype: int,
+    idx: list[int],
+    fit_slots: bool = False,
+    margin: float = MARGIN,
+) -> bool:
+    """The oracle accepts adapters ``idx`` on ``gtype`` with a ``margin`` load margin (and, with
     ``fit_slots``, every adapter gets a slot within the memory cap)."""
     if fit_slots and len(idx) > oracle.slot_cap(gtype, max(problem.adapters[a].rank for a in idx)):
         return False
-    return judge(oracle, gtype, scaled(problem, idx, 1.0 / (1.0 - MARGIN))).feasible
+    return judge(oracle, gtype, scaled(problem, idx, 1.0 / (1.0 - margin))).feasible
 
 
 def _type_for_new(problem: Problem, preferred: list[int], in_use: list[GpuAssignment]) -> int:
@@ -215,9 +228,10 @@ def _rehome(
     bad: set[int],
     new_type: int,
     fit_slots: bool = False,
+    margin: float = MARGIN,
 ) -> str:
-    """Place ``pending`` adapters (see the module docstring, steps 1–3); updates ``gpus``/``new`` in place
-    and returns the action line."""
+    """Place ``pending`` adapters (see the module docstring, steps 1–3) with a ``margin`` load margin;
+    updates ``gpus``/``new`` in place and returns the action line."""
     an = proxy_model(problem, oracle)
     good = [i for i, g in enumerate(gpus) if i not in bad and g.adapters]
 
@@ -231,7 +245,7 @@ def _rehome(
         placed = False
         for i in sorted(good, key=lambda i: (util(i), i))[:8]:
             idx = list(gpus[i].adapter_indices) + [a]
-            if _ok(problem, oracle, gpus[i].type_index, idx, fit_slots):
+            if _ok(problem, oracle, gpus[i].type_index, idx, fit_slots, margin):
                 gpus[i] = assign_gpu(problem, oracle, gpus[i].type_index, idx, i)
                 placed = True
                 on_existing += 1
@@ -239,7 +253,7 @@ def _rehome(
         if not placed:
             left.append(a)
     if not left:
-        return f"moved adapters → {on_existing} onto GPUs with headroom (≥ {MARGIN:.0%} load margin)"
+        return f"moved adapters → {on_existing} onto GPUs with headroom (≥ {margin:.0%} load margin)"
     # 2. Re-balance the good GPUs with the leftovers on them (no GPU added).
     if good:
         trial = {i: list(gpus[i].adapter_indices) for i in good}
@@ -249,8 +263,8 @@ def _rehome(
             trial[i].append(a)
             load[i] += problem.adapters[a].rate_rps * 1e-3  # spread ties; the balancer decides
         entries = [assign_gpu(problem, oracle, gpus[i].type_index, trial[i], i) for i in good]
-        bal = rebalance(problem, oracle, entries, load_scale=1.0 / (1.0 - MARGIN))
-        if all(_ok(problem, oracle, g.type_index, list(g.adapter_indices), fit_slots) for g in bal.gpus):
+        bal = rebalance(problem, oracle, entries, load_scale=1.0 / (1.0 - margin))
+        if all(_ok(problem, oracle, g.type_index, list(g.adapter_indices), fit_slots, margin) for g in bal.gpus):
             for i, g in zip(good, bal.gpus):
                 gpus[i] = g
             return (
@@ -261,7 +275,7 @@ def _rehome(
     bins: list[list[int]] = []
     for a in left:
         for b in bins:
-            if _ok(problem, oracle, new_type, b + [a], fit_slots):
+            if _ok(problem, oracle, new_type, b + [a], fit_slots, margin):
                 b.append(a)
                 break
         else:
@@ -269,7 +283,7 @@ def _rehome(
     base = len(gpus) + len(new)
     added = [assign_gpu(problem, oracle, new_type, b, base + k) for k, b in enumerate(bins)]
     entries = [gpus[i] for i in good] + added
-    bal = rebalance(problem, oracle, entries, load_scale=1.0 / (1.0 - MARGIN))
+    bal = rebalance(problem, oracle, entries, load_scale=1.0 / (1.0 - margin))
     for i, g in zip(good, bal.gpus):
         gpus[i] = g
     new += list(bal.gpus[len(good) :])

@@ -221,6 +221,7 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
     if sc.profile is not None and sc.pool is not None:
         out.append((("profile",), "with a pool, give 'profile' per pool entry instead"))
     out += _file_problems(sc, base_dir, roots)
+    out += _length_problems(sc)
     sv = sc.serving
     if sv.max_num_batched_tokens < sv.max_num_seqs:
         out.append(
@@ -296,6 +297,19 @@ def semantic_issues(sc: Scenario, base_dir: Path, allow_paths: Iterable[str | Pa
     if OBJECTIVES.get(sc.objective).fixed_budget and sc.solver.max_gpus is None and sc.pool is None:
         out.append((("solver", "max_gpus"), f"objective {sc.objective} needs a GPU budget: set solver.max_gpus"))
     return out
+
+
+def _length_problems(sc: Scenario) -> list[Problem]:
+    """A length model whose requested means its filters cannot reach (e.g. a mean output longer than
+    max_total_tokens allows) is refused here, not when the first workload is drawn."""
+    from optplace.infra.registry import LENGTHS
+
+    spec: Any = sc.workload.lengths  # every registered length spec has a `kind`
+    try:
+        LENGTHS.get(spec.kind).expected(spec)
+    except ValueError as e:
+        return [(("workload", "lengths"), str(e))]
+    return []
 
 
 def _slo_problems(sc: Scenario) -> list[Problem]:

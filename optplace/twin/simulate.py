@@ -68,12 +68,17 @@ class WindowLatency:
 
 
 #: A queue is stable when its backlog (requests arrived and not finished) grows over the steady-state
-#: window by at most this share of the requests that arrived in it, plus :data:`STABLE_SLACK` requests.
-#: A stable server ends the window with about the backlog it started it with (the requests in flight,
-#: a few seconds' worth of arrivals); a server short of capacity piles up (offered − served) × time,
-#: e.g. 3 % of the load for the whole window. The share leaves room for the in-flight count's own
-#: fluctuation and is small enough that a queue growing by more than it also fails any interactive
-#: TTFT bound; the slack keeps an adapter of a few requests from failing on one still in flight.
+#: window by at most this share of the requests that arrived in it, plus :data:`STABLE_SLACK` requests,
+#: plus the requests a stable server has in service (arrival rate x mean decode time, Little's law).
+#: A stable server ends the window with its in-service requests still running, and may start the
+#: steady state with fewer (still filling up after the warm-up); a server short of capacity piles up
+#: (offered − served) × time, e.g. 3 % of the load for the whole window. The share leaves room for the
+#: in-flight count's own fluctuation and is small enough that a queue growing by more than it also fails
+#: any interactive TTFT bound; the slack keeps an adapter of a few requests from failing on one still in
+#: flight. The in-service term matters in short windows: at 2.4 req/s and 12 s of decode an adapter has
+#: ~29 requests running, more than 1 % + 5 of a 4-minute window's arrivals, and without the term such a
+#: window failed healthy GPUs that no repair could fix. It counts decode time only (first token to
+#: finish), not queueing, so a growing queue does not raise its own allowance.
 STABLE_SHARE = 0.01
 STABLE_SLACK = 5.0
 
@@ -136,10 +141,23 @@ def _checks(lat: Latency, bounds: Bounds) -> tuple[SloCheck, ...]:
     return tuple(out)
 
 
-def _backlog(arrived: int, finished: int) -> tuple[int, float, bool]:
+def _backlog(arrived: int, finished: int, in_service: float = 0.0) -> tuple[int, float, bool]:
     growth = arrived - finished
-    allowance = STABLE_SHARE * arrived + STABLE_SLACK
+    allowance = STABLE_SHARE * arrived + STABLE_SLACK + in_service
     return growth, allowance, growth <= allowance
+
+
+def in_service(req: Any, arrived: np.ndarray, rule: SloRule, duration_s: float) -> np.ndarray:
+    """Per adapter, the requests a server keeps decoding: steady-state arrival rate x mean decode time
+    (first token to finish) of its completed steady-state requests (0 for an adapter with none)."""
+    n = len(arrived)
+    if req is None or len(req) == 0 or duration_s <= rule.warmup_s:
+        return np.zeros(n)
+    steady = req.arrival_s >= rule.warmup_s
+    count = np.bincount(req.adapter[steady], minlength=n)
+    decode = np.bincount(req.adapter[steady], weights=(req.finish_s - req.first_token_s)[steady], minlength=n)
+    mean = np.divide(decode, count, out=np.zeros(n), where=count > 0)
+    return np.asarray(arrived, dtype=float) / (duration_s - rule.warmup_s) * mean
 
 
 def judge_slo(
@@ -149,19 +167,22 @@ def judge_slo(
     ad_lat: Sequence[WindowLatency],
     arrived: np.ndarray,
     finished: np.ndarray,
+    in_service: np.ndarray | None = None,
 ) -> tuple[SloVerdict, tuple[SloVerdict, ...]]:
     """The GPU's and each adapter's verdict. ``arrived`` / ``finished``: per adapter, the requests that
     arrived in the steady state and those that finished in it (whenever they arrived), so their
-    difference is the growth of the adapter's backlog over the steady state."""
+    difference is the growth of the adapter's backlog over the steady state; ``in_service``: per
+    adapter, the requests a stable server has decoding at any time (see :data:`STABLE_SHARE`)."""
     per: list[SloVerdict] = []
+    serving = np.zeros(len(names)) if in_service is None else np.asarray(in_service, dtype=float)
     for i in range(len(names)):
         lat = ad_lat[i].steady
         nothing = int(arrived[i]) > 0 and lat.completed == 0
-        growth, allow, stable = _backlog(int(arrived[i]), int(finished[i]))
+        growth, allow, stable = _backlog(int(arrived[i]), int(finished[i]), float(serving[i]))
         checks = _checks(lat, rule.adapter_bounds[i]) if rule.scope == "adapter" else ()
         ok = not nothing and (rule.scope != "adapter" or (stable and all(c.ok for c in checks)))
         per.append(SloVerdict(ok, checks, int(arrived[i]), growth, allow, stable, nothing))
-    growth, allow, stable = _backlog(int(arrived.sum()), int(finished.sum()))
+    growth, allow, stable = _backlog(int(arrived.sum()), int(finished.sum()), float(serving.sum()))
     bad = tuple(n for n, v in zip(names, per) if not v.ok)
     nothing = any(v.served_nothing for v in per)
     if rule.scope == "gpu":
@@ -461,7 +482,9 @@ def gpu_report(
         finished = (
             np.bincount(req.adapter[req.finish_s > slo.warmup_s], minlength=n) if req is not None else np.zeros(n)
         )
-        verdict, ad_verdicts = judge_slo(slo, [a.name for a in adapters], gpu_lat, ad_lat, arrived, finished)
+        verdict, ad_verdicts = judge_slo(
+            slo, [a.name for a in adapters], gpu_lat, ad_lat, arrived, finished, in_service(req, arrived, slo, dur)
+        )
     per = tuple(
         AdapterReport(
             a.name,
