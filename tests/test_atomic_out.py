@@ -108,6 +108,8 @@ def test_sigterm_fresh_target(tmp_path: Path, delay_s: float) -> None:
     out = tmp_path / "D"
     rc, err = _solve_and_kill(QUICKSTART, out, delay_s, force=False)
     assert not _leftovers(tmp_path, "D")
+    if rc == -15 and not out.exists():
+        return  # killed while the interpreter was still starting, before the handler existed: nothing written
     if rc in (0, -15):  # finished (see above)
         assert {p.name for p in out.iterdir()} == COMPLETE
         return
