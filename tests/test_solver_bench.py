@@ -221,3 +221,41 @@ def test_rule_study_omits_the_slo_columns(capsys):
 def test_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="valid: both, slo, study"):
         run(sizes=(40,), strategies=("round-robin",), rule="strict")
+
+
+def test_a_rule_only_plan_the_rule_rejects_goes_through_solves_repair(monkeypatch):
+    # The study column checks the solver's plan once, on the SLO-judging simulator; only when the rule
+    # rejects it (here: made to, by marking a GPU starved) is `solve` run in full, with its repair.
+    from dataclasses import replace
+
+    import optplace.pipeline as pipeline
+    from optplace.bench.solver import TwinChecks
+
+    calls = []
+    real_solve = pipeline.solve_scenario
+
+    def counting(sc, base_dir, **kw):
+        calls.append((sc.slo is None, kw.get("validate", True)))
+        return real_solve(sc, base_dir, **kw)
+
+    monkeypatch.setattr(pipeline, "solve_scenario", counting)
+    checks = TwinChecks(family(40, (8, 16), "uniform"), "both", 900.0, 1)
+    ok = checks.strategy("greedy")["study"]
+    assert calls == [(True, False), (False, True)] and ok["ok"] and ok["repair_rounds"] == 0
+
+    real_run = checks.judge.run
+    starved_once = []
+
+    def starving(plan, progress=None):
+        rep = real_run(plan, progress)
+        if not starved_once:
+            starved_once.append(True)
+            rep = replace(rep, gpus=(replace(rep.gpus[0], starved=True), *rep.gpus[1:]))
+        return rep
+
+    monkeypatch.setattr(checks.judge, "run", starving)
+    calls.clear()
+    col = checks.strategy("greedy")["study"]
+    # the full solve ran after the rule rejected the plan, then the SLO column's
+    assert calls == [(True, False), (True, True), (False, True)]
+    assert col["ok"] and col["starved_gpus"] == 0 and "meets_slo" in col
