@@ -54,12 +54,25 @@ repair adds. The bound is valid under the SLO too (an SLO plan must also meet th
 adds the share of rule-only plans that miss the SLO (per strategy and overall) and, per family, the
 GPUs the SLO costs over the rule, the solve time and the seeds the final SLO plan meets. ``--rule
 study`` or ``--rule slo`` runs one side (no re-judging, no SLO cost). Families above
-``validate_max`` are not twin-checked: the twin checks of the six 100-adapter families take ~7 min of
-the default run's ~8.5 min of CPU, and one 500-adapter family's SLO solve alone took 17 s
+``validate_max`` are not twin-checked: the twin checks of the six 100-adapter families take ~5.5 min of
+the default run's 7.1 min of CPU (12 min wall at load average 3.7 on 2 cores; the run without twin
+checks: 1.7 min), and one 500-adapter family's SLO solve alone took 17 s
 (round-robin) to 29 s (milp), so the 500- and 1,000-adapter families would take the default run past
 half an hour on 2 cores (``python -m optplace.bench.solver --sizes 500 --validate-max 500`` runs them).
 
-Subsets: ``optplace bench solver --sizes 1000 --strategies milp,round-robin --skews zipf-0.9``.
+Measured (``optplace bench solver``, the quick set), a row and the SLO part of the summary::
+
+    bench-100-r8-16-32-zipf-0.9  round-robin  gpus 3  lb 3.0  gap 0.0%  0.13 s
+        rule 2→2 ok, misses SLO on 2/2 2.7 s | SLO 2→3 meets SLO 7.8 s
+    rule-only plans (slo: none) missing the default SLO in the twin: 31/48 (65 %); by strategy: milp 3/6,
+        greedy 3/6, greedy-paper 0/6, round-robin 5/6, random 6/6, first-fit-memory 5/6, least-loaded 6/6,
+        rank-grouped 3/6
+    bench-100-r8-16-32-zipf-0.9: milp 2 GPUs under the rule, 2 → 3 under the SLO (+1); meets the SLO,
+        on 3/3 other seeds; solve 0.25 s, with twin and repair 4.8 s
+    final SLO plans meeting the SLO on their seed and every other seed: 6/6 families
+    the default SLO costs +0 … +1 GPUs over the rule per family
+
+Subsets: ``optplace bench solver --sizes 100 --strategies milp,round-robin --skews zipf-0.9 --rule slo``.
 """
 
 from __future__ import annotations
