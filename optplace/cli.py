@@ -491,6 +491,14 @@ def bench(
         Optional[str],
         typer.Option("--skews", help="solver: rate skews, comma-separated (uniform, zipf-0.5, zipf-0.9, zipf-<s>)."),
     ] = None,
+    rule: Annotated[
+        Optional[str],
+        typer.Option(
+            "--rule",
+            help="solver: twin-checked families solved under the default SLO (slo), the study's throughput rule "
+            "(study) or both side by side (default both).",
+        ),
+    ] = None,
     markdown: Annotated[
         Optional[Path],
         typer.Option(
@@ -541,6 +549,7 @@ def bench(
         ("--sizes", "sizes", sizes),
         ("--strategies", "strategies", strategies),
         ("--skews", "skews", skews),
+        ("--rule", "rule", rule),
         ("--cv", "cv", cv),
         ("--runs", "per_run", per_run),
         ("--step-form", "step_form", step_form),
@@ -576,6 +585,8 @@ def bench(
                 mod.zipf_exponent(x)
         except ValueError as e:
             raise _fail_input([f"--skews: {e}"]) from None
+    if rule and rule not in mod.RULES:
+        raise _fail_input([f"--rule: unknown rule {rule!r} (valid: {', '.join(mod.RULES)})"])
     if markdown is not None and not hasattr(mod, "markdown"):
         raise _fail_input([f"bench {name}: --markdown does not apply to this benchmark"])
     result = mod.run(json=json_out, **kwargs)

@@ -26,6 +26,8 @@ def test_bench_rejects_bad_sizes_and_strategies() -> None:
     _one_error(["bench", "nope"], "unknown benchmark")
     _one_error(["bench", "fidelity", "--step-form", "published_v1"], "--step-form: unknown form 'published_v1'")
     _one_error(["bench", "solver", "--step-form", "lora_add_v3"], "--step-form does not apply")
+    _one_error(["bench", "solver", "--rule", "strict"], "--rule: unknown rule 'strict'")
+    _one_error(["bench", "fidelity", "--rule", "slo"], "--rule does not apply")
 
 
 def test_bench_solver_runs_a_chosen_subset() -> None:
@@ -35,19 +37,28 @@ def test_bench_solver_runs_a_chosen_subset() -> None:
             "bench",
             "solver",
             "--sizes",
-            "100",
+            "30",
             "--strategies",
             "greedy,round-robin",
             "--skews",
             "uniform,zipf-0.9",
+            "--rule",
+            "slo",
             "--json",
         ],
     )
     assert res.exit_code == 0, res.output
     import json
 
-    rows = json.loads(res.output)["rows"]
-    assert {r["adapters"] for r in rows} == {100}
+    doc = json.loads(res.output)
+    rows = doc["rows"]
+    assert {r["adapters"] for r in rows} == {30}
     assert {r["skew"] for r in rows} == {"uniform", "zipf-0.9"}
     assert {r["strategy"] for r in rows} <= {"greedy", "round-robin", "round-robin@popularity"}
     assert all(r.get("gpus", 0) >= 1 for r in rows)
+    # --rule slo: twin-checked under the default SLO only (30 adapters ≤ the twin-checked size)
+    checked = [r for r in rows if r["validated"]]
+    assert len(checked) == 8 and all("slo" in r and "study" not in r for r in checked)
+    assert doc["rule"] == "slo" and doc["summary"]["rule_only_missing_slo"] is None
+    # greedy (the first asked for: milp is not) is the strategy re-simulated on three other seeds
+    assert [c["strategy"] for c in doc["summary"]["slo_cost"]] == ["greedy"] * 4

@@ -29,13 +29,50 @@ share a GPU: the summary prints that ceiling, 1 − ⌈lower bound⌉ / round-ro
 family.
 
 Every strategy solves with the analytic capacity oracle; printed per row: GPUs used, lower bound,
-gap, solve time. Rows of families up to ``validate_max`` adapters are twin-validated (the
-``milp`` and ``greedy-paper`` plans, whole plan simulated for the window by
-``optplace.twin.simulate.simulate_plan``, one process): starved and OOM GPU counts; other rows say
-"not validated". The summary also prints, for every skewed family, the most *any* plan could save
+gap, solve time. The summary also prints, for every skewed family, the most *any* plan could save
 against round-robin: 1 − ⌈lower bound⌉ / round-robin's GPUs.
 
-Subsets: ``optplace bench solver --sizes 1000 --strategies milp,round-robin --skews zipf-0.9``.
+*Twin checks, under the SLO and under the study's rule.* Families of up to ``validate_max`` adapters
+(default 100: the six 100-adapter families of the quick set) are also solved by every strategy as
+``optplace solve --strategy S`` would (:func:`optplace.pipeline.solve_scenario`: the shipped oracle,
+the twin's check of every GPU over ``validate_window_s``, repair until the twin accepts the plan),
+``--rule both`` (default) under each of:
+
+* ``slo`` — the default SLO (the family has no ``slo:``: TTFT p99 ≤ 2 s and TPOT p99 ≤ 200 ms per
+  adapter, stable queue; the study's rule holds too). Columns: the solver's GPUs (before repair) →
+  the final plan's, whether it meets the SLO, wall time with twin and repair. The strategy
+  ``optplace solve`` would pick (``milp``; else the first one asked for) has its final plan re-simulated
+  with three other seeds (:data:`OTHER_SEEDS`), as issue 14's acceptance asks: "seeds k/3".
+* ``study`` — ``slo: none``, the study's throughput rule alone. The final (rule-only) plan is then
+  re-judged in the twin under the default SLO: "meets SLO" or "misses SLO on k/N" GPUs.
+
+These columns' solver GPUs can differ from the row's analytic-oracle ones (the 100-adapter families:
+3 analytic, 2 with the shipped surrogate oracle, for most strategies). The solver sizes GPUs by
+throughput in both cases (its oracles know no latency), so the solver's
+GPUs and lower bound are the same under both rules: what differs is what the twin accepts and what
+repair adds. The bound is valid under the SLO too (an SLO plan must also meet the rule). The summary
+adds the share of rule-only plans that miss the SLO (per strategy and overall) and, per family, the
+GPUs the SLO costs over the rule, the solve time and the seeds the final SLO plan meets. ``--rule
+study`` or ``--rule slo`` runs one side (no re-judging, no SLO cost). Families above
+``validate_max`` are not twin-checked: the twin checks of the six 100-adapter families take ~5.5 min of
+the default run's 7.1 min of CPU (12 min wall at load average 3.7 on 2 cores; the run without twin
+checks: 1.7 min), and one 500-adapter family's SLO solve alone took 17 s
+(round-robin) to 29 s (milp), so the 500- and 1,000-adapter families would take the default run past
+half an hour on 2 cores (``python -m optplace.bench.solver --sizes 500 --validate-max 500`` runs them).
+
+Measured (``optplace bench solver``, the quick set), a row and the SLO part of the summary::
+
+    bench-100-r8-16-32-zipf-0.9  round-robin  gpus 3  lb 3.0  gap 0.0%  0.13 s
+        rule 2→2 ok, misses SLO on 2/2 2.7 s | SLO 2→3 meets SLO 7.8 s
+    rule-only plans (slo: none) missing the default SLO in the twin: 31/48 (65 %); by strategy: milp 3/6,
+        greedy 3/6, greedy-paper 0/6, round-robin 5/6, random 6/6, first-fit-memory 5/6, least-loaded 6/6,
+        rank-grouped 3/6
+    bench-100-r8-16-32-zipf-0.9: milp 2 GPUs under the rule, 2 → 3 under the SLO (+1); meets the SLO,
+        on 3/3 other seeds; solve 0.25 s, with twin and repair 4.8 s
+    final SLO plans meeting the SLO on their seed and every other seed: 6/6 families
+    the default SLO costs +0 … +1 GPUs over the rule per family
+
+Subsets: ``optplace bench solver --sizes 100 --strategies milp,round-robin --skews zipf-0.9 --rule slo``.
 """
 
 from __future__ import annotations
@@ -104,6 +141,95 @@ def family(n: int, ranks: tuple[int, ...], skew: str, seed: int = 0, order: str 
     )
 
 
+#: Which rules the twin-checked families are solved under: the default SLO, the study's rule, or both.
+RULES = ("both", "slo", "study")
+#: Seeds (offsets from the scenario's) the final SLO plan is re-simulated with: issue 14's acceptance
+#: asks that the chosen plan still meets the SLO on three other seeds.
+OTHER_SEEDS = (1, 2, 3)
+
+
+class TwinChecks:
+    """One family's twin checks, as ``optplace solve`` runs them (:func:`optplace.pipeline.solve_scenario`:
+    solve, twin check, repair until the twin accepts the plan): under the study's rule (``slo: none``)
+    and under the default SLO, per strategy. A rule-only plan is re-judged under the default SLO on a
+    simulator shared by the family's strategies (GPU configurations two plans share run once)."""
+
+    def __init__(self, sc: Any, rule: str, window_s: float, workers: int) -> None:
+        from optplace.infra.executors import ExecutorSpec
+        from optplace.twin.simulate import PlanSimulator
+
+        workload = sc.workload.model_copy(update={"duration_s": window_s})
+        self.slo_sc = sc.model_copy(update={"workload": workload})  # no `slo:`: the default SLO
+        self.study_sc = self.slo_sc.model_copy(update={"slo": None})
+        self.rule, self.workers = rule, workers
+        self.executor = ExecutorSpec(workers=workers)
+        self.judge = PlanSimulator(self.slo_sc, Path("."), self.executor) if rule == "both" else None
+
+    def strategy(self, name: str, other_seeds: bool = False) -> dict[str, Any]:
+        """The row's twin columns for strategy ``name``: ``study`` and/or ``slo`` (each the solver's plan,
+        the final plan after repair and the twin's verdict); ``other_seeds``: also re-simulate the final
+        SLO plan with :data:`OTHER_SEEDS`."""
+        out: dict[str, Any] = {"validated": True}
+        if self.rule in ("both", "study"):
+            out["study"] = self._solve(self.study_sc, name)
+        if self.rule in ("both", "slo"):
+            out["slo"] = self._solve(self.slo_sc, name, other_seeds=other_seeds)
+        return out
+
+    def _solve(self, sc: Any, name: str, other_seeds: bool = False) -> dict[str, Any]:
+        from optplace.pipeline import solve_scenario
+        from optplace.solver import Infeasible, gpu_plans
+        from optplace.twin.simulate import PlanSimulator
+
+        judged = None
+        try:
+            if sc.slo is None and self.judge is not None:
+                # The rule's verdict (starved, OOM) does not depend on the SLO, which only judges the same
+                # simulated requests: the SLO-judging simulator gives both in one run. A plan the rule
+                # accepts is what `solve` returns unrepaired; one it rejects goes through solve's repair.
+                rep = solve_scenario(sc, Path("."), strategy=name, validate=False, workers=self.workers)
+                judged = self.judge.run(gpu_plans(rep.plan))
+                if judged.starved_gpus or judged.oom_gpus:
+                    rep, judged = solve_scenario(sc, Path("."), strategy=name, workers=self.workers), None
+            else:
+                rep = solve_scenario(sc, Path("."), strategy=name, workers=self.workers)
+        except Infeasible as e:
+            return {"error": str(e)}
+        plan = gpu_plans(rep.plan)
+        v = rep.validation or judged
+        assert v is not None  # validated by solve, or judged above
+        rule_ok = not (v.starved_gpus or v.oom_gpus)
+        col: dict[str, Any] = {
+            "gpus": rep.initial.gpus_used,
+            "lower_bound": rep.initial.lower_bound,
+            "final_gpus": rep.plan.gpus_used,
+            "repair_rounds": rep.rounds,
+            # the final plan's verdict under its own rule: the study's alone, or the rule and the SLO
+            "ok": rule_ok if sc.slo is None else v.ok,
+            "starved_gpus": len(v.starved_gpus),
+            "oom_gpus": len(v.oom_gpus),
+            "solve_time_s": round(rep.initial.solve_time_s, 3),
+            "wall_s": round(rep.wall_s + (judged.sim_wall_s if judged is not None else 0.0), 2),
+        }
+        # the SLO's verdict: the plan's own under the SLO; a rule-only plan's re-judged (--rule both)
+        j = v if sc.slo is not None else judged or (self.judge.run(plan) if self.judge is not None else None)
+        if j is not None:
+            col["gpus_missing_slo"] = _slo_misses(j)
+            col["meets_slo"] = j.ok
+        if other_seeds:
+            seeds = []
+            for k in OTHER_SEEDS:
+                r = PlanSimulator(sc, Path("."), self.executor, seed=sc.seed + k).run(plan)
+                seeds.append({"seed": sc.seed + k, "meets_slo": r.ok, "gpus_missing_slo": _slo_misses(r)})
+            col["other_seeds"] = seeds
+        return col
+
+
+def _slo_misses(rep: Any) -> int:
+    """GPUs of a twin report that miss the SLO (starved or failing to start ones included)."""
+    return len(rep.failed_gpus)
+
+
 def run(
     json: bool = False,
     full: bool = False,
@@ -113,12 +239,15 @@ def run(
     validate_max: int = 100,
     validate_window_s: float = 3600.0,
     skews: tuple[str, ...] | None = None,
+    rule: str = "both",
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run the benchmark, print a table (unless ``json``), return the rows. ``full`` adds the 5,000 and
     10,000-adapter families to the default sizes; ``skews`` picks some of :data:`SKEWS` (or other
-    ``zipf-<s>``)."""
+    ``zipf-<s>``); families up to ``validate_max`` adapters are solved as ``optplace solve`` would under
+    ``rule`` (:data:`RULES`) and twin-checked over ``validate_window_s`` with ``workers`` processes."""
     from optplace.pipeline import silence_highs_banner
-    from optplace.solver import AnalyticCapacity, Infeasible, compile_problem, gpu_plans, solve
+    from optplace.solver import AnalyticCapacity, Infeasible, compile_problem, solve
     from optplace.infra.registry import STRATEGIES
 
     silence_highs_banner()  # its banner on stdout would break --json
@@ -128,6 +257,8 @@ def run(
     skews = skews or SKEWS
     for skew in skews:
         zipf_exponent(skew)  # refuse a bad name before any solve
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
     sizes = sizes or (SIZES if full else QUICK_SIZES)
     rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
@@ -137,22 +268,13 @@ def run(
                 sc = family(n, ranks, skew, order=order)
                 pb = compile_problem(sc, Path("."))
                 an = AnalyticCapacity(pb)
+                checks = TwinChecks(sc, rule, validate_window_s, workers) if n <= validate_max else None
+                chosen = sc.solver.strategy if sc.solver.strategy in names else names[0]
                 for s in names:
                     row = _solve_row(sc, pb, an, s, n, ranks, skew, order, solve, Infeasible)
-                    if "gpus" in row and n <= validate_max and s in ("milp", "greedy-paper"):
-                        from optplace.twin.simulate import simulate_plan
-
-                        sc_v = sc.model_copy(
-                            update={"workload": sc.workload.model_copy(update={"duration_s": validate_window_s})}
-                        )
-                        rep = simulate_plan(sc_v, gpu_plans(row.pop("_plan")), Path("."), workers=1)
-                        row.update(
-                            validated=True,
-                            starved_gpus=len(rep.starved_gpus),
-                            oom_gpus=len(rep.oom_gpus),
-                            sim_wall_s=round(rep.sim_wall_s, 2),
-                        )
                     row.pop("_plan", None)
+                    if checks is not None:
+                        row.update(checks.strategy(s, other_seeds=s == chosen))
                     rows.append(row)
                     _print_row(row, json)
                 if skew != "uniform" and order == "shuffled" and "round-robin" in names:
@@ -176,7 +298,13 @@ def run(
                     rows.append(row)
                     _print_row(row, json)
     summary = _summary(rows)
-    out = {"order": order, "rows": rows, "summary": summary, "wall_s": round(time.perf_counter() - t_all, 1)}
+    out = {
+        "order": order,
+        "rule": rule,
+        "rows": rows,
+        "summary": summary,
+        "wall_s": round(time.perf_counter() - t_all, 1),
+    }
     if not json:
         for line in summary["lines"]:
             print(line)
@@ -225,12 +353,29 @@ def _print_row(row: dict[str, Any], json: bool) -> None:
     if "error" in row:
         print(f"{row['family']:<34} {row['strategy']:<22} infeasible: {row['error']}", flush=True)
         return
-    val = f"starved {row['starved_gpus']} oom {row['oom_gpus']}" if row.get("validated") else "not validated"
+    cols = [_twin_text(row, k) for k in ("study", "slo") if k in row] or ["not twin-checked"]
     print(
         f"{row['family']:<34} {row['strategy']:<22} gpus {row['gpus']:>4}  lb {row['lower_bound']:>6.1f}  "
-        f"gap {100 * row['gap']:5.1f}%  {row['solve_time_s']:8.2f} s  {val}",
+        f"gap {100 * row['gap']:5.1f}%  {row['solve_time_s']:8.2f} s  {' | '.join(cols)}",
         flush=True,
     )
+
+
+def _twin_text(row: dict[str, Any], rule: str) -> str:
+    """One twin column of a row: solver's GPUs → final GPUs, the verdict, the time with twin and repair."""
+    c = row[rule]
+    head = "rule" if rule == "study" else "SLO"
+    if "error" in c:
+        return f"{head} infeasible"
+    verdict = "ok" if c["ok"] else f"fails ({c['starved_gpus']} starved, {c['oom_gpus']} oom)"
+    if rule == "study" and "meets_slo" in c:
+        verdict += ", meets SLO" if c["meets_slo"] else f", misses SLO on {c['gpus_missing_slo']}/{c['final_gpus']}"
+    elif rule == "slo":
+        verdict = "meets SLO" if c["meets_slo"] else f"misses SLO on {c['gpus_missing_slo']}/{c['final_gpus']}"
+    seeds = c.get("other_seeds")
+    if seeds:
+        verdict += f", seeds {sum(x['meets_slo'] for x in seeds)}/{len(seeds)}"
+    return f"{head} {c['gpus']}→{c['final_gpus']} {verdict} {c['wall_s']:.1f} s"
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -285,12 +430,90 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     infeasible = sorted({r["family"] for r in rows if "error" in r})
     if infeasible:
         lines.append(f"infeasible for some strategy (see rows): {', '.join(infeasible)}")
+    missing = _rule_only_missing_slo(rows)
+    cost = _slo_cost(rows)
+    lines += _slo_lines(missing, cost)
     return {
         "milp_le_greedy_paper": milp_le_paper,
         "skew_saving_vs_round_robin": [s["saving"] for s in skew],
         "skewed": skew,
+        "rule_only_missing_slo": missing,
+        "slo_cost": cost,
         "lines": lines,
     }
+
+
+def _share(flags: list[bool]) -> dict[str, Any]:
+    return {"plans": len(flags), "missing": sum(flags), "share": round(sum(flags) / len(flags), 4) if flags else None}
+
+
+def _rule_only_missing_slo(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How many rule-only plans (``slo: none`` solve) miss the default SLO in the twin, per strategy and
+    overall (None when no row was re-judged: ``--rule slo|study`` or no twin-checked family)."""
+    judged = [(r["strategy"], not r["study"]["meets_slo"]) for r in rows if "meets_slo" in r.get("study", {})]
+    if not judged:
+        return None
+    names = list(dict.fromkeys(s for s, _ in judged))
+    return {
+        "overall": _share([m for _, m in judged]),
+        "by_strategy": {n: _share([m for s, m in judged if s == n]) for n in names},
+    }
+
+
+def _slo_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per twin-checked family, the strategy whose final SLO plan was re-simulated on other seeds (the
+    one ``optplace solve`` picks): GPUs under the rule and under the SLO, solve time, SLO verdicts."""
+    out = []
+    for r in rows:
+        c, st = r.get("slo", {}), r.get("study", {})
+        if "other_seeds" not in c:
+            continue
+        seeds = c["other_seeds"]
+        study_gpus = st.get("final_gpus")
+        out.append(
+            {
+                "family": r["family"],
+                "strategy": r["strategy"],
+                "study_gpus": study_gpus,
+                "slo_solver_gpus": c["gpus"],
+                "slo_gpus": c["final_gpus"],
+                "extra_gpus": None if study_gpus is None else c["final_gpus"] - study_gpus,
+                "solve_time_s": c["solve_time_s"],
+                "wall_s": c["wall_s"],
+                "meets_slo": c["meets_slo"],
+                "other_seeds_meeting_slo": sum(x["meets_slo"] for x in seeds),
+                "other_seeds": len(seeds),
+            }
+        )
+    return out
+
+
+def _slo_lines(missing: dict[str, Any] | None, cost: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    if missing is not None:
+        o = missing["overall"]
+        per = ", ".join(f"{n} {v['missing']}/{v['plans']}" for n, v in missing["by_strategy"].items())
+        lines.append(
+            f"rule-only plans (slo: none) missing the default SLO in the twin: {o['missing']}/{o['plans']} "
+            f"({100 * o['share']:.0f} %); by strategy: {per}"
+        )
+    for c in cost:
+        rule = "" if c["study_gpus"] is None else f"{c['study_gpus']} GPUs under the rule, "
+        extra = "" if c["extra_gpus"] is None else f" ({c['extra_gpus']:+d})"
+        lines.append(
+            f"{c['family']}: {c['strategy']} {rule}{c['slo_solver_gpus']} → {c['slo_gpus']} under the SLO{extra}; "
+            f"{'meets' if c['meets_slo'] else 'MISSES'} the SLO, on {c['other_seeds_meeting_slo']}/{c['other_seeds']} "
+            f"other seeds; solve {c['solve_time_s']:.2f} s, with twin and repair {c['wall_s']:.1f} s"
+        )
+    if cost:
+        robust = sum(c["meets_slo"] and c["other_seeds_meeting_slo"] == c["other_seeds"] for c in cost)
+        lines.append(
+            f"final SLO plans meeting the SLO on their seed and every other seed: {robust}/{len(cost)} families"
+        )
+        extras = [c["extra_gpus"] for c in cost if c["extra_gpus"] is not None]
+        if extras:
+            lines.append(f"the default SLO costs {min(extras):+d} … {max(extras):+d} GPUs over the rule per family")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -304,7 +527,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--strategies", default=None, help="comma-separated strategies (default: all)")
     ap.add_argument("--order", default="shuffled", choices=ORDERS)
     ap.add_argument("--skews", default=None, help=f"comma-separated skews (default {','.join(SKEWS)})")
-    ap.add_argument("--validate-max", type=int, default=100)
+    ap.add_argument("--validate-max", type=int, default=100, help="twin-check families up to this many adapters")
+    ap.add_argument("--rule", default="both", choices=RULES, help="twin-checked families: solve under these rules")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     sizes = tuple(int(x) for x in a.sizes.split(",")) if a.sizes else None
@@ -318,6 +542,7 @@ def main(argv: list[str] | None = None) -> None:
         order=a.order,
         validate_max=a.validate_max,
         skews=skews,
+        rule=a.rule,
     )
     if a.json:
         print(_json.dumps(out, indent=2))
