@@ -190,9 +190,12 @@ class TwinChecks:
                 rep = solve_scenario(sc, Path("."), strategy=name, validate=False, workers=self.workers)
                 judged = self.judge.run(gpu_plans(rep.plan))
                 if judged.starved_gpus or judged.oom_gpus:
-                    rep, judged = solve_scenario(sc, Path("."), strategy=name, workers=self.workers), None
+                    rep, judged = (
+                        solve_scenario(sc, Path("."), strategy=name, workers=self.workers, measure_headroom=False),
+                        None,
+                    )
             else:
-                rep = solve_scenario(sc, Path("."), strategy=name, workers=self.workers)
+                rep = solve_scenario(sc, Path("."), strategy=name, workers=self.workers, measure_headroom=False)
         except Infeasible as e:
             return {"error": str(e)}
         plan = gpu_plans(rep.plan)
