@@ -111,8 +111,11 @@ def test_no_headroom_one_seed_and_no_margin(tmp_path):
     assert "headroom:" not in table.stdout and "draws of the window" not in table.stdout
 
 
-def test_slo_none_has_no_margin(tmp_path):
-    assert load_scenario(_write(tmp_path, SPEC + "slo: none\n")).slo_headroom() == 0.0
+def test_slo_none_has_no_margin_and_one_draw_unless_asked(tmp_path):
+    sc = load_scenario(_write(tmp_path, SPEC + "slo: none\n"))
+    assert sc.slo_headroom() == 0.0 and check_seeds(sc) == (5,)  # the study's rule, judged on one draw
+    asked = SPEC.replace("time_limit_s: 20}", "time_limit_s: 20, check_seeds: 2}") + "slo: none\n"
+    assert len(check_seeds(load_scenario(_write(tmp_path, asked, "two.yaml")))) == 3
 
 
 def test_a_gpu_that_fails_on_another_draw_fails_the_plan(tmp_path):

@@ -449,11 +449,12 @@ class SolverOptions(_Spec):
     ray_address: StrictStr | None = None
     workers: PosInt | None = Field(default=None, description="Parallel twin validations (default: cores).")
     validate_plan: StrictBool = Field(default=True, alias="validate")
-    check_seeds: Annotated[int, Strict(), Field(ge=0, le=16)] = Field(
-        default=3,
+    check_seeds: Annotated[int, Strict(), Field(ge=0, le=16)] | None = Field(
+        default=None,
         description="Other seeds the twin also checks the plan with (and repairs it under) once it "
         "passes with the run's seed: one window's arrivals are one draw, and a plan that passes one "
-        "draw by a hair fails the next.",
+        "draw by a hair fails the next. Default 3 under an SLO, 0 with `slo: none` (the study's rule "
+        "judged one draw).",
     )
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -636,9 +636,18 @@ class PlanSimulator:
 SEED_STRIDE = 1_000_003
 
 
+#: Other draws a plan is checked on when ``solver.check_seeds`` is not given and the spec has an SLO.
+DEFAULT_CHECK_SEEDS = 3
+
+
 def check_seeds(sc: Scenario) -> tuple[int, ...]:
-    """The seeds solve checks a plan with: the run's own, then ``solver.check_seeds`` others."""
-    return tuple((sc.seed + i * SEED_STRIDE) % 2**63 for i in range(sc.solver.check_seeds + 1))
+    """The seeds solve checks a plan with: the run's own, then ``solver.check_seeds`` others (default
+    :data:`DEFAULT_CHECK_SEEDS` under an SLO, none with ``slo: none``, whose rule the study judged on
+    one draw)."""
+    n = sc.solver.check_seeds
+    if n is None:
+        n = DEFAULT_CHECK_SEEDS if sc.slo is not None else 0
+    return tuple((sc.seed + i * SEED_STRIDE) % 2**63 for i in range(n + 1))
 
 
 def worst_of(a: SimReport, b: SimReport) -> SimReport:
