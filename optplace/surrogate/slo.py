@@ -108,27 +108,10 @@ def _ratio(check: Any) -> float:
 
 def evaluate_slo(profile: str, config: GpuCase, gpu_memory_utilization: float = 0.9) -> SloFigures:
     """Run the twin on one configuration and judge it by the default SLO."""
-    from optplace.specs import Adapter, Constraints, Serving
-    from optplace.surrogate.twin_eval import _specs, cached_profile
-    from optplace.twin.simulate import simulate_gpu
+    from optplace.surrogate.twin_eval import TwinEvaluator
 
-    arr, lens = _specs(config)
-    adapters = [
-        Adapter(name=f"a{i}", rank=int(r), rate_rps=float(q))
-        for i, (r, q) in enumerate(zip(config.ranks, config.rates_rps))
-    ]
-    rep = simulate_gpu(
-        cached_profile(profile),
-        Serving(gpu_memory_utilization=gpu_memory_utilization),
-        Constraints(),
-        arr,
-        lens,
-        adapters,
-        config.max_loras,
-        config.max_cpu_loras,
-        duration_s=config.duration_s,
-        seed=config.seed,
-        slo=default_slo_rule(len(adapters), config.duration_s),
+    rep = TwinEvaluator(profile, gpu_memory_utilization).report(
+        config, slo=default_slo_rule(config.n_adapters, config.duration_s)
     )
     v = rep.slo
     assert v is not None  # judged: a rule was given

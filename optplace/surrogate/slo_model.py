@@ -30,6 +30,8 @@ import numpy as np
 
 from optplace.surrogate.features import (
     ALL_NAMES,
+    BASE_NAMES,
+    DERIVED_NAMES,
     FEATURE_INDEX,
     FEATURE_NAMES,
     SCHEMA_VERSION,
@@ -46,6 +48,40 @@ SLO_MODEL_FORMAT = 1
 SLO_ROUNDS_CAP = {"violates": 60, "margin": 60}
 #: Margins are clipped to [1/MARGIN_CLIP, MARGIN_CLIP] before the log: beyond that only "far" matters.
 MARGIN_CLIP = 100.0
+#: What the trees split on: the capacity surrogates' choice (the row's base features and the derived ones;
+#: the rate histogram only feeds the derived features), which also keeps LightGBM's per-row cost down.
+#: Queueing features the SLO trees get on top (computed from an augmented row by :func:`slo_extra_row` /
+#: :func:`slo_extra_many`): trees split on one feature at a time, and the latency tail turns on products
+#: of load and burstiness. ``rho_burst`` = rho × burst factor (the load inside an MMPP burst, up to the
+#: normal-state share); ``rho_kingman`` = rho / (1 − rho) × (1 + cv²) / 2 (Kingman's queueing-delay
+#: factor, rho capped at 0.99); ``active_burst`` = expected active adapters per slot × burst factor.
+EXTRA_NAMES: tuple[str, ...] = ("rho_burst", "rho_kingman", "active_burst")
+MODEL_NAMES: tuple[str, ...] = BASE_NAMES + DERIVED_NAMES + EXTRA_NAMES
+_N_AUG = len(ALL_NAMES)
+_EXTRA_INDEX = {n: _N_AUG + k for k, n in enumerate(EXTRA_NAMES)}
+_MODEL_COLS = [FEATURE_INDEX.get(n, _EXTRA_INDEX.get(n, -1)) for n in MODEL_NAMES]
+_RHO, _APS, _CV, _BF = (FEATURE_INDEX[n] for n in ("rho_fluid", "active_per_slot", "arrival_cv", "burst_factor"))
+
+
+def slo_extra_row(r: Sequence[float]) -> list[float]:
+    """:data:`EXTRA_NAMES` of one augmented row (features + derived features)."""
+    rho, cv, bf = r[_RHO], r[_CV], r[_BF]
+    rc = min(rho, 0.99)
+    return [rho * bf, rc / (1.0 - rc) * (1.0 + cv * cv) / 2.0, r[_APS] * bf]
+
+
+def slo_extra_many(Xa: np.ndarray) -> np.ndarray:
+    """:data:`EXTRA_NAMES` of many augmented rows, shape (n, len(EXTRA_NAMES))."""
+    rho, cv, bf = Xa[:, _RHO], Xa[:, _CV], Xa[:, _BF]
+    rc = np.minimum(rho, 0.99)
+    return np.column_stack([rho * bf, rc / (1.0 - rc) * (1.0 + cv * cv) / 2.0, Xa[:, _APS] * bf])
+
+
+def _full_many(phys: Any, X: np.ndarray) -> np.ndarray:
+    Xa = phys.augment_many(np.asarray(X, dtype=np.float64))
+    return np.hstack([Xa, slo_extra_many(Xa)])
+
+
 _SLO_DIR = "slo"
 
 
@@ -189,7 +225,7 @@ def train_slo(
     from optplace.surrogate.training import CLASSIFIER_PARAMS, REGRESSION_PARAMS, cv_threshold
 
     phys = physics_for(profile)
-    Xa = phys.augment_many(train.X)
+    Xa = _full_many(phys, train.X)[:, _MODEL_COLS]
     texts = {
         "violates": _fit_text(CLASSIFIER_PARAMS, Xa, train.violates, train.groups, seed, SLO_ROUNDS_CAP["violates"]),
         "margin": _fit_text(REGRESSION_PARAMS, Xa, train.log_margin, train.groups, seed + 1, SLO_ROUNDS_CAP["margin"]),
@@ -210,11 +246,11 @@ def train_slo(
 def _ensembles(texts: dict[str, str], profile: str) -> dict[str, Ensemble]:
     from optplace.surrogate.physics import physics_for
 
-    row_index = tuple(FEATURE_INDEX[n] for n in ALL_NAMES)
+    row_index = tuple(_MODEL_COLS)
     phys = physics_for(profile)
     return {
         k: ensemble_from_text(
-            t, ALL_NAMES, row_index, "sigmoid" if k == "violates" else "identity", phys, len(FEATURE_NAMES)
+            t, MODEL_NAMES, row_index, "sigmoid" if k == "violates" else "identity", phys, len(FEATURE_NAMES)
         )
         for k, t in texts.items()
     }
@@ -235,6 +271,7 @@ class SloSurrogate:
         the derived features are computed once for both models."""
         r = list(row)
         r = r + self._phys.derive_row(r)
+        r = r + slo_extra_row(r)
         p = self._v.predict_row(r)
         return SloPrediction(p, p < self.threshold, math.exp(self._m.raw_row(r)))
 
@@ -256,7 +293,7 @@ class SloSurrogate:
 
     def predict_many(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probability of a violation, predicted log margin) of many feature rows."""
-        Xa = self._phys.augment_many(np.asarray(X, dtype=np.float64))
+        Xa = _full_many(self._phys, X)
         return self._v.predict(Xa), self._m.raw(Xa)
 
     def meets_many(self, X: np.ndarray) -> np.ndarray:
@@ -289,7 +326,7 @@ def load_slo_surrogate(path: Path | str) -> SloSurrogate:
         if meta.get("format") != "optplace-slo-surrogate" or meta.get("format_version") != SLO_MODEL_FORMAT:
             raise SurrogateRefused(f"{p}: not an SLO surrogate of format {SLO_MODEL_FORMAT}")
         check_schema([n for n in meta["feature_names"] if n in FEATURE_NAMES], int(meta["feature_schema_version"]))
-        if tuple(meta["feature_names"]) != ALL_NAMES:
+        if tuple(meta["feature_names"]) != MODEL_NAMES:
             raise SurrogateRefused(f"{p}: trained on other feature names than this optplace builds")
         models = _ensembles(meta["models"], meta["profile"])
     except SurrogateRefused:
@@ -364,7 +401,7 @@ def build_slo_recipe(
         "slo": {"scope": "adapter", "bounds": dict(Slo().bounds()), "stable_queue": True, "warmup_frac": 0.1},
         "window_s": sorted({s.design.duration_s for s in recipe.sweeps}),
         "feature_schema_version": SCHEMA_VERSION,
-        "feature_names": list(ALL_NAMES),
+        "feature_names": list(MODEL_NAMES),
         "threshold": threshold,
         "margin": f"log(max over adapters and metrics of p99 / bound), clipped to [1/{MARGIN_CLIP:g}, {MARGIN_CLIP:g}]",
         "metrics": metrics,
