@@ -19,7 +19,14 @@ from optplace.specs import bundled_profiles, load_scenario_text
 from optplace.surrogate.config import GpuCase
 from optplace.surrogate.features import FEATURE_INDEX
 from optplace.surrogate.physics import physics_for
-from optplace.surrogate.slo import SloDesign, evaluate_slo, read_slo_rows, run_slo_sweep, scaled_case
+from optplace.surrogate.slo import (
+    SloDesign,
+    evaluate_slo,
+    read_slo_rows,
+    run_slo_sweep,
+    scaled_case,
+    seed_agreement,
+)
 from optplace.surrogate.slo_model import (
     build_slo_recipe,
     has_default_slo,
@@ -87,6 +94,9 @@ def test_tiny_recipe_builds_rebuilds_identically_and_refuses_other_provenance(tm
     # a sweep file of other provenance is refused, not overwritten
     with pytest.raises(ValueError, match="other provenance"):
         run_slo_sweep(LLAMA, tmp_path / "out" / "sweeps" / "s_1", SloDesign(n_points=3, duration_s=60.0), seed=21)
+    # the twin against itself: the same rows under another twin seed
+    n, a, b = seed_agreement(LLAMA, tmp_path / "out" / "sweeps" / "s_1", rec.sweeps[0].design, 21, 5)
+    assert n == 5 and a.shape == b.shape == (5,)
     rows = read_slo_rows(tmp_path / "out" / "sweeps" / "s_1.csv")
     for r in rows.values():  # the verdict is a stable queue with both latencies within their bounds
         assert int(r["ok"]) == int(int(r["stable"]) and max(float(r["ttft_ratio"]), float(r["tpot_ratio"])) <= 1.0)

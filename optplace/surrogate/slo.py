@@ -291,3 +291,27 @@ def _walk(design: SloDesign, seed: int, rows: dict[int, dict[str, str]]) -> Iter
                 lo = u[4]
             else:
                 hi = u[4]
+
+
+def seed_agreement(
+    profile: str, base: Path, design: SloDesign, seed: int, k: int
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """The twin against itself: ``k`` evenly spaced rows of the finished sweep ``base`` re-run under another
+    twin seed (:func:`~optplace.surrogate.design.replicate_seed`, salt 1). Returns (rows, verdict "violates"
+    of the sweep, of the re-run): the macro-F1 between the two is the ceiling for any single-seed score."""
+    import dataclasses
+
+    from optplace.surrogate.design import replicate_seed
+
+    rows = read_slo_rows(base.with_suffix(".csv"))
+    units = {index: (group, u) for index, group, _, u in _walk(design, seed, rows)}
+    picked = sorted(rows)[:: max(1, len(rows) // k)][:k]
+    a, b = [], []
+    for i in picked:
+        group, u = units[i]
+        case = scaled_case(profile, u, design, seed, group, i)
+        assert case is not None  # the row exists, so its configuration could start
+        again = evaluate_slo(profile, dataclasses.replace(case, seed=replicate_seed(seed, i, 1)))
+        a.append(not int(rows[i]["ok"]))
+        b.append(not again.ok)
+    return len(picked), np.array(a), np.array(b)

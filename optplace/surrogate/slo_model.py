@@ -231,6 +231,8 @@ def train_slo(
         "margin": _fit_text(REGRESSION_PARAMS, Xa, train.log_margin, train.groups, seed + 1, SLO_ROUNDS_CAP["margin"]),
     }
     threshold, cv = cv_threshold(Xa, train.violates, train.groups, seed, rounds=SLO_ROUNDS_CAP["violates"])
+    # the shared CV routine names the positive class "starved"; here it is "violates"
+    cv = {k.replace("false_not_starved", "false_meets"): v for k, v in cv.items()}
     metrics: dict[str, Any] = {"n_train": len(train), "threshold_cv": cv}
     if holdout is not None and len(holdout):
         sur = SloSurrogate(_ensembles(texts, profile), threshold, {})
