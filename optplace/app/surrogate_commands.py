@@ -180,8 +180,17 @@ def build(
     """Build a surrogate from its recipe end to end: sweeps, replicates, dataset, training, threshold, files."""
     from optplace.surrogate.execution import LocalExecutor, RayExecutor
     from optplace.surrogate.recipe import build_recipe, load_recipe
+    from optplace.surrogate.slo_model import build_slo_recipe, is_slo_recipe, load_slo_recipe
 
     with _refusals():
+        if is_slo_recipe(_yaml_doc(recipe)):
+            # SLO recipes (recipes/slo/) run their sweeps in this process: one twin run per row, in order,
+            # because each boundary chain's next load depends on the verdict before it
+            srec = load_slo_recipe(recipe)
+            typer.echo(f"SLO recipe {recipe} (hash {srec.hash}) for {srec.profile}")
+            srep = build_slo_recipe(srec, out, sweeps, with_holdout=holdout, on_event=typer.echo)
+            typer.echo(json.dumps({"out": str(srep.model_json), "metrics": srep.metrics}, indent=2))
+            return
         rec = load_recipe(recipe)
     ex = _executor(executor, workers, address, LocalExecutor, RayExecutor)
     typer.echo(f"recipe {recipe} (hash {rec.hash}) for {rec.profile}: {len(rec.steps(holdout))} sweep steps")
@@ -190,3 +199,13 @@ def build(
     typer.echo(
         json.dumps({"out": str(rep.model_json), "twin_runs_new": rep.rows_new, "metrics": rep.metrics}, indent=2)
     )
+
+
+def _yaml_doc(path: Path) -> Any:
+    """A YAML file's parsed content (None when it cannot be read: the recipe loader then says why)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None

@@ -36,6 +36,9 @@ TARGETS = {
     "rows10k_ms": 50.0,
     "milp_solve_s": 1.0,
     "sweep2000_min": 30.0,
+    "slo_macro_f1": 0.95,
+    "slo_row_us": 50.0,
+    "slo_rows10k_ms": 50.0,
 }
 
 _MILP_CLASSES = ((8, 0.1), (16, 0.05), (32, 0.4), (16, 1.6))
@@ -272,10 +275,91 @@ def run(
             },
             "derived_features": list((sur.meta.get("physics") or {}).get("derived", [])),
         }
+        res["slo"] = slo_figures(name)
         out["profiles"][name] = res
     if not json:  # with --json the CLI prints the returned dict
         _render(out)
     return out
+
+
+def slo_figures(profile: str) -> dict[str, Any]:
+    """The shipped SLO surrogate of ``profile`` re-scored on its shipped held-out rows (twin sweeps of other
+    seeds, never seen in training): verdict macro-F1 (all rows, Sobol rows, boundary-chain rows), the false
+    "meets" rate, the margin's error; and the query latency (one GPU, derived features once; 10k rows)."""
+    from optplace.surrogate.runtime import SurrogateRefused
+    from optplace.surrogate.slo_model import (
+        load_shipped_slo,
+        margin_figures,
+        rows_from_dicts,
+        shipped_holdout,
+        verdict_figures,
+    )
+
+    try:
+        sur = load_shipped_slo(profile)
+    except (FileNotFoundError, SurrogateRefused, KeyError) as e:
+        return {"error": str(e)}
+    raw = shipped_holdout(profile)
+    if not raw:
+        return {"error": "no held-out rows shipped"}
+    h = rows_from_dicts(raw)
+    pv, lm = sur.predict_many(h.X)
+    pred = (pv >= sur.threshold).astype(float)
+    res: dict[str, Any] = {
+        "n": len(h),
+        "sweeps": sorted({r["sweep"] for r in raw}),
+        "threshold": sur.threshold,
+        "window_s": sur.meta.get("window_s"),
+        **verdict_figures(h.violates, pred),
+        **margin_figures(h.log_margin, lm),
+    }
+    for label, m in (("sobol", h.pass_no == 1), ("boundary", h.pass_no == 2)):
+        res[f"macro_f1_{label}_rows"] = verdict_figures(h.violates[m], pred[m])["macro_f1"] if m.any() else math.nan
+        res[f"n_{label}_rows"] = int(m.sum())
+    rows = [r.tolist() for r in h.X]
+    work = (rows * (2000 // max(1, len(rows)) + 1))[:2000]
+    for r in work[:200]:  # warm-up
+        sur.predict_row(r)
+
+    def one() -> None:
+        for r in work:
+            sur.predict_row(r)
+
+    w1, c1 = _timed(one, 5)
+    X10 = np.resize(h.X, (10_000, h.X.shape[1]))
+    sur.predict_many(X10[:100])
+    w10, c10 = _timed(lambda: sur.predict_many(X10), 7)
+    res.update(
+        row_us=w1 * 1e6 / len(work), row_us_cpu=c1 * 1e6 / len(work), rows10k_ms=w10 * 1e3, rows10k_ms_cpu=c10 * 1e3
+    )
+    return res
+
+
+def _render_slo(row: Any, p: str, s: dict[str, Any]) -> None:
+    if "error" in s:
+        row(p, f"SLO surrogate: {s['error']}", math.nan)
+        return
+    row(
+        p,
+        f"SLO verdict macro-F1 (held-out {'+'.join(s['sweeps'])}, {s['n']} rows, window {s['window_s']} s)",
+        s["macro_f1"],
+        "≥ 0.95",
+    )
+    row(p, f"  … on Sobol rows ({s['n_sobol_rows']})", s["macro_f1_sobol_rows"])
+    row(p, f"  … on boundary-chain rows ({s['n_boundary_rows']})", s["macro_f1_boundary_rows"])
+    row(p, "  false 'meets' rate (violating GPUs called fine)", s["false_meets_rate"])
+    row(p, "  decision threshold (CV on training rows)", s["threshold"])
+    row(p, "SLO margin error, median factor", s["margin_median_factor"])
+    row(p, "  … p90 factor", s["margin_p90_factor"])
+    row(
+        p,
+        f"  … median factor within ±25 % of the bound ({s['margin_near_boundary_rows']} rows)",
+        s["margin_near_boundary_median_factor"],
+    )
+    row(p, "SLO query, one GPU µs (best of 5: wall / CPU)", s["row_us"], "≤ 50")
+    row(p, "", s["row_us_cpu"])
+    row(p, "SLO query, 10k rows ms (best of 7: wall / CPU, 1 thread)", s["rows10k_ms"], "≤ 50")
+    row(p, "", s["rows10k_ms_cpu"])
 
 
 def _render(out: dict[str, Any]) -> None:
@@ -369,6 +453,8 @@ def _render(out: dict[str, Any]) -> None:
         if "cpu_s_per_config_mean" in sw:
             row(p, f"twin CPU s per config ({int(sw['sample'])} design points)", sw["cpu_s_per_config_mean"])
             row(p, "2,000 configs / 2 cores, min (from CPU time)", sw["projected_2000_configs_2_cores_min_cpu"], "≤ 30")
+        if "slo" in r:
+            _render_slo(row, p, r["slo"])
     con.print(t)
     m = out.get("machine", {})
     if m:

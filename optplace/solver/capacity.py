@@ -120,7 +120,7 @@ class Estimate:
     throughput_tok_s: float
     itl_ms: float
     ttft_p99_ms: float
-    reason: str = "ok"  # ok | memory | load | slots | starved | adapter_starved
+    reason: str = "ok"  # ok | memory | load | slots | starved | adapter_starved | slo
     source: str = "analytic"  # analytic | twin | surrogate
     capacity_tok_s: float = math.nan  # usable capacity of this configuration (nan when unknown)
 
@@ -430,21 +430,33 @@ class SurrogateCapacity:
 
     name = "surrogate"
 
-    def __init__(self, problem: Problem, surrogates: Sequence[Any]) -> None:
+    def __init__(self, problem: Problem, surrogates: Sequence[Any], slo_models: Sequence[Any] | None = None) -> None:
         self.problem = problem
         self.surrogates = list(surrogates)  # one per GPU type
+        # SLO surrogates (optplace.surrogate.slo_model), one per GPU type: when given, a GPU must also be
+        # predicted to meet the default SLO (reason "slo" otherwise)
+        self.slo_models = list(slo_models) if slo_models is not None else None
         self.analytic = AnalyticCapacity(problem)
         # Under the per-adapter rule the surrogate applies the analytic slot rule itself (evaluate).
         strict = problem.constraints.max_adapter_loss is not None
         self.guard = self.analytic.relaxed(GUARD, self.analytic.kappa if strict else None)
 
     @classmethod
-    def shipped(cls, problem: Problem) -> "SurrogateCapacity":
+    def shipped(cls, problem: Problem, slo: bool = False) -> "SurrogateCapacity":
         """Use the models shipped for every GPU type's profile, each checked against that profile's numbers
-        and the twin in use (FileNotFoundError if one is missing, ``SurrogateRefused`` if one does not fit)."""
+        and the twin in use (FileNotFoundError if one is missing, ``SurrogateRefused`` if one does not fit).
+        ``slo``: also require the shipped SLO models' "meets the default SLO" (refused, ValueError, for a
+        scenario judged by another SLO: the models learned the default one only)."""
         from optplace.surrogate.runtime import load_shipped
 
-        return cls(problem, [load_shipped(t.profile) for t in problem.gpu_types])
+        slo_models = None
+        if slo:
+            from optplace.surrogate.slo_model import has_default_slo, load_shipped_slo
+
+            if problem.scenario is None or not has_default_slo(problem.scenario):
+                raise ValueError("the SLO surrogates learned the default SLO; this scenario is judged by another")
+            slo_models = [load_shipped_slo(t.profile) for t in problem.gpu_types]
+        return cls(problem, [load_shipped(t.profile) for t in problem.gpu_types], slo_models)
 
     def slot_cap(self, gtype: int, rank_max: int) -> int:
         return self.analytic.slot_cap(gtype, rank_max)
@@ -476,6 +488,8 @@ class SurrogateCapacity:
             and self.analytic.evaluate(gtype, mix, max_loras).reason == "slots"
         ):
             reason = "adapter_starved"
+        elif self.slo_models is not None and not self.slo_models[gtype].predict_row(row.tolist()).meets:
+            reason = "slo"
         return Estimate(
             reason == "ok", max_loras, offered, p.throughput_tok_s, p.itl_ms, p.ttft_p99_ms, reason, "surrogate"
         )
@@ -518,13 +532,14 @@ class TimedOracle:
 
 def make_oracle(problem: Problem, kind: str = "auto", **kw: Any) -> CapacityOracle:
     """``analytic`` | ``twin`` | ``surrogate`` | ``auto`` (shipped surrogate if every type has one,
-    else the twin-backed oracle)."""
+    else the twin-backed oracle). ``surrogate`` with ``slo=True`` also requires the SLO surrogates'
+    verdict (:meth:`SurrogateCapacity.shipped`); ``auto`` does not use them yet."""
     if kind == "analytic":
         return AnalyticCapacity(problem, **kw)
     if kind == "twin":
         return TwinCapacity(problem, **kw)
     if kind == "surrogate":
-        return SurrogateCapacity.shipped(problem)
+        return SurrogateCapacity.shipped(problem, slo=bool(kw.get("slo", False)))
     if kind == "auto":
         from optplace.surrogate.runtime import SurrogateRefused
 

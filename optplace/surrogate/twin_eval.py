@@ -96,7 +96,9 @@ class TwinEvaluator:
         """Largest ``max_loras`` that starts at this rank (the profile's memory model)."""
         return int(cached_profile(self.profile).max_startable_slots(max_lora_rank, self.gpu_memory_utilization))
 
-    def __call__(self, config: GpuCase) -> GpuMetrics:
+    def report(self, config: GpuCase, slo: Any = None) -> Any:
+        """The twin's ``GpuReport`` of one configuration (adapters ``a0``, ``a1``, …), judged by ``slo``
+        (an ``optplace.twin.simulate.SloRule``) when given."""
         from optplace.specs import Adapter, Constraints, Serving
         from optplace.twin.simulate import simulate_gpu
 
@@ -105,7 +107,7 @@ class TwinEvaluator:
             Adapter(name=f"a{i}", rank=int(r), rate_rps=float(q))
             for i, (r, q) in enumerate(zip(config.ranks, config.rates_rps))
         ]
-        rep = simulate_gpu(
+        return simulate_gpu(
             cached_profile(self.profile),
             Serving(gpu_memory_utilization=self.gpu_memory_utilization),
             Constraints(),
@@ -116,7 +118,11 @@ class TwinEvaluator:
             config.max_cpu_loras,
             duration_s=config.duration_s,
             seed=config.seed,
+            slo=slo,
         )
+
+    def __call__(self, config: GpuCase) -> GpuMetrics:
+        rep = self.report(config)
         return GpuMetrics(
             throughput_tok_s=float(rep.throughput_tok_s),
             offered_tok_s=float(rep.offered_tok_s),

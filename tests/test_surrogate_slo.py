@@ -1,0 +1,176 @@
+"""SLO surrogates: the twin's SLO figures of a run, the boundary design, the recipe build, the shipped models,
+and the capacity oracle's SLO requirement.
+
+A tiny SLO recipe (twin windows of 60 s on up to 8 adapters) is built end to end and rebuilt (nothing new
+is run, same bytes). The shipped models are checked against their recipes, the twin and the profiles, and
+re-scored on their shipped held-out rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optplace.specs import bundled_profiles, load_scenario_text
+from optplace.surrogate.config import GpuCase
+from optplace.surrogate.features import FEATURE_INDEX
+from optplace.surrogate.physics import physics_for
+from optplace.surrogate.slo import (
+    SloDesign,
+    evaluate_slo,
+    read_slo_rows,
+    run_slo_sweep,
+    scaled_case,
+    seed_agreement,
+)
+from optplace.surrogate.slo_model import (
+    build_slo_recipe,
+    has_default_slo,
+    load_shipped_slo,
+    load_slo_recipe,
+    rows_from_dicts,
+    shipped_holdout,
+    shipped_slo_path,
+    slo_recipe_path,
+    verdict_figures,
+)
+
+PROFILES = ("llama-3.1-8b-instruct@h100-64gb", "qwen-2.5-7b-instruct@h100-64gb")
+LLAMA = PROFILES[0]
+
+SCENARIO = "name: t\nmodel: llama-3.1-8b-instruct\ngpu: h100-64gb\nadapters:\n"
+
+TINY = """
+slo_recipe_version: 1
+profile: llama-3.1-8b-instruct@h100-64gb
+sweeps:
+  - {name: s_1, seed: 21, design: {n_points: 30, n_chains: 4, chain_steps: 3, duration_s: 60.0, max_adapters: 8}}
+holdout:
+  sweeps:
+    - {name: s_test, seed: 23, design: {n_points: 8, n_chains: 1, chain_steps: 2, duration_s: 60.0, max_adapters: 8}}
+training: {seed: 0}
+"""
+
+
+def test_figures_of_a_light_and_an_overloaded_gpu() -> None:
+    light = GpuCase(ranks=(8, 16), rates_rps=(0.2, 0.2), max_loras=2, duration_s=120.0, seed=3)
+    f = evaluate_slo(LLAMA, light)
+    assert f.ok and f.stable and f.margin < 1.0
+    heavy = GpuCase(ranks=(8, 16), rates_rps=(40.0, 40.0), max_loras=2, duration_s=120.0, seed=3)
+    g = evaluate_slo(LLAMA, heavy)
+    assert not g.ok and (not g.stable or g.margin > 1.0)
+    assert g.margin > f.margin
+
+
+def test_design_sets_the_load_relative_to_fluid_capacity() -> None:
+    d = SloDesign(n_points=4, n_chains=0, duration_s=60.0, max_adapters=8)
+    u = np.full(12, 0.5)
+    case = scaled_case(LLAMA, u, d, seed=1, group=0, index=0)
+    assert case is not None
+    from optplace.surrogate.features import feature_row
+
+    rho = physics_for(LLAMA).derive_row(feature_row(case).tolist())[0]
+    lo, hi = d.rho_range
+    assert rho == pytest.approx(math.sqrt(lo * hi), rel=1e-6)  # u = 0.5: the log-midpoint of the range
+
+
+def test_tiny_recipe_builds_rebuilds_identically_and_refuses_other_provenance(tmp_path: Path) -> None:
+    rp = tmp_path / "tiny.yaml"
+    rp.write_text(TINY, encoding="utf-8")
+    rec = load_slo_recipe(rp)
+    rep = build_slo_recipe(rec, tmp_path / "out")
+    meta = json.loads(rep.model_json.read_text(encoding="utf-8"))
+    assert meta["recipe_hash"] == rec.hash and meta["profile"] == LLAMA
+    assert {s[0]: s[2] for s in rep.steps} == {"s_1": 42, "s_test": 10}
+    assert rep.metrics["holdout"]["n"] == 10
+    first = rep.model_json.read_bytes()
+    again = build_slo_recipe(rec, tmp_path / "out")
+    assert all(new == 0 for _, _, new in again.steps)
+    assert again.model_json.read_bytes() == first
+    # a sweep file of other provenance is refused, not overwritten
+    with pytest.raises(ValueError, match="other provenance"):
+        run_slo_sweep(LLAMA, tmp_path / "out" / "sweeps" / "s_1", SloDesign(n_points=3, duration_s=60.0), seed=21)
+    # the twin against itself: the same rows under another twin seed
+    n, a, b = seed_agreement(LLAMA, tmp_path / "out" / "sweeps" / "s_1", rec.sweeps[0].design, 21, 5)
+    assert n == 5 and a.shape == b.shape == (5,)
+    rows = read_slo_rows(tmp_path / "out" / "sweeps" / "s_1.csv")
+    for r in rows.values():  # the verdict is a stable queue with both latencies within their bounds
+        assert int(r["ok"]) == int(int(r["stable"]) and max(float(r["ttft_ratio"]), float(r["tpot_ratio"])) <= 1.0)
+
+
+def test_recipe_refuses_unknown_keys(tmp_path: Path) -> None:
+    rp = tmp_path / "bad.yaml"
+    rp.write_text(TINY + "extra: 1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_slo_recipe(rp)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_shipped_slo_model_matches_its_recipe_twin_and_profile(profile: str) -> None:
+    sur = load_shipped_slo(profile)  # refuses another twin version or profile numbers
+    assert sur.meta["recipe_hash"] == load_slo_recipe(slo_recipe_path(profile)).hash
+    raw = shipped_holdout(profile)
+    h = rows_from_dicts(raw)
+    pv, lm = sur.predict_many(h.X)
+    fig = verdict_figures(h.violates, (pv >= sur.threshold).astype(float))
+    # the shipped file's held-out figure is reproduced from the shipped rows
+    assert fig["macro_f1"] == pytest.approx(sur.meta["metrics"]["holdout"]["macro_f1"], abs=1e-9)
+    assert fig["macro_f1"] >= 0.85
+    # one row and many rows agree
+    one = [sur.predict_row(r.tolist()) for r in h.X[:20]]
+    assert [p.meets for p in one] == (pv[:20] < sur.threshold).tolist()
+    assert np.allclose([math.log(p.margin) for p in one], lm[:20])
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_shipped_slo_model_separates_light_from_overloaded(profile: str) -> None:
+    sur = load_shipped_slo(profile)
+    lam, _ = physics_for(profile).fluid(16.0, 8.0, 8.0, 223.0, 196.0)
+    light = sur.meets([0.1 * lam / 8] * 8, [16] * 8, 8, 223.0, 196.0)
+    over = sur.meets([1.2 * lam / 8] * 8, [16] * 8, 8, 223.0, 196.0)
+    assert light.meets and light.margin < 1.0
+    assert not over.meets and over.margin > light.margin
+    # sticky slots: 200 adapters on 4 slots miss the SLO at a load one slot-per-adapter GPU serves
+    sticky = sur.meets([0.3 * lam / 200] * 200, [16] * 200, 4, 223.0, 196.0)
+    assert not sticky.meets
+
+
+def test_default_slo_detection() -> None:
+    base = SCENARIO + "  - {name: a, rank: 8, rate_rps: 0.5}\n"
+    assert has_default_slo(load_scenario_text(base))
+    assert not has_default_slo(load_scenario_text(base + "slo: {ttft_p99_ms: 1000}\n"))
+    assert not has_default_slo(load_scenario_text(base + "slo: none\n"))
+
+
+def test_surrogate_oracle_requires_the_slo_verdict_when_asked() -> None:
+    from optplace.solver import compile_problem
+    from optplace.solver.capacity import Mix, SurrogateCapacity, make_oracle
+
+    sc = load_scenario_text(SCENARIO + "  - {group: g, count: 120, rank: 16, rate_rps: 0.02}\n")
+    prob = compile_problem(sc)
+    plain = make_oracle(prob, "surrogate")
+    slo = make_oracle(prob, "surrogate", slo=True)
+    assert isinstance(slo, SurrogateCapacity) and slo.slo_models is not None
+    mix = Mix.of(prob.adapters)
+    # 120 adapters on 4 sticky slots: the throughput rule passes, the SLO (requests wait for a slot) does not
+    assert plain.evaluate(0, mix, 4).feasible
+    e = slo.evaluate(0, mix, 4)
+    assert not e.feasible and e.reason == "slo"
+    # with a slot per adapter both agree, and the SLO requirement only ever removes configurations
+    assert slo.evaluate(0, mix, 120).feasible
+    for L in (2, 8, 16, 32, 64):
+        assert not (slo.evaluate(0, mix, L).feasible and not plain.evaluate(0, mix, L).feasible)
+    other = load_scenario_text(SCENARIO + "  - {name: a, rank: 8, rate_rps: 0.5}\nslo: {ttft_p99_ms: 500}\n")
+    with pytest.raises(ValueError, match="default SLO"):
+        make_oracle(compile_problem(other), "surrogate", slo=True)
+
+
+def test_shipped_files_exist_for_every_bundled_profile_with_a_recipe() -> None:
+    for name in bundled_profiles():
+        if slo_recipe_path(name).exists():
+            assert shipped_slo_path(name).exists()
+    assert FEATURE_INDEX["rho_fluid"] > 0
