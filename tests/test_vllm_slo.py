@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from optplace.twin.simulate import SloRule, judge_slo
-from optplace.vllm.compare import compare_gpu, render_slo
+from optplace.vllm.compare import compare_gpu, mean_of_runs, render_slo
 from optplace.vllm.loadgen import RequestRecord, window_latency_of
 from optplace.vllm.slo import judge_records, verdict_json
 
@@ -123,3 +123,12 @@ def test_verdict_json_is_the_twins_shape():
         and [c["metric"] for c in d["checks"]] == ["ttft_p99_ms", "tpot_p99_ms"]
     )
     assert set(verdict_json(ad)) == set(d)
+
+
+def test_repeated_runs_meet_an_slo_only_if_every_run_does():
+    met, missed = _side([("a", True, 120.0)]), _side([("a", False, 260.0)])
+    met["starved"], missed["starved"] = False, True
+    m = mean_of_runs([met, missed])
+    assert m["starved"] and not m["per_adapter"][0]["slo"]["ok"]
+    assert m["per_adapter"][0]["slo"]["checks"][0]["value"] == 190.0
+    assert mean_of_runs([met, met])["per_adapter"][0]["slo"]["ok"]

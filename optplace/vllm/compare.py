@@ -355,10 +355,18 @@ def render_slo(rows: Sequence[GpuComparison], labels: Sequence[str] | None = Non
     return "\n".join(lines)
 
 
-def _mean(values: Sequence[Any]) -> Any:
+#: booleans that say something passed (an SLO verdict's ``ok``, its queue ``stable``): true over repeated runs
+#: only if true in every run, where a failure flag (``starved``, ``oom``) is true if true in any
+_PASS_KEYS = frozenset({"ok", "stable"})
+
+
+def _mean(values: Sequence[Any], key: str | None = None) -> Any:
     """Element-wise mean of equally shaped JSON values: numbers averaged (None if any is None), booleans
-    true if any is, dicts by key, lists by position, anything else taken from the first."""
+    true if any is (all, for the pass flags of :data:`_PASS_KEYS`), dicts by key, lists by position,
+    anything else taken from the first. ``key``: the dict key the values are found under."""
     first = values[0]
+    if isinstance(first, bool) and key in _PASS_KEYS:
+        return all(bool(v) for v in values)
     if isinstance(first, bool):
         return any(bool(v) for v in values)
     if isinstance(first, (int, float)):
@@ -366,7 +374,7 @@ def _mean(values: Sequence[Any]) -> Any:
             return None
         return float(sum(values)) / len(values)
     if isinstance(first, Mapping):
-        return {k: _mean([v.get(k) if isinstance(v, Mapping) else None for v in values]) for k in first}
+        return {k: _mean([v.get(k) if isinstance(v, Mapping) else None for v in values], k) for k in first}
     if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
         if first and all(isinstance(x, Mapping) for x in first):
             return [_mean([v[i] for v in values]) for i in range(len(first))]
@@ -376,8 +384,8 @@ def _mean(values: Sequence[Any]) -> Any:
 def mean_of_runs(gpus: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One real GPU result from repeated runs of the same configuration and workload (``simulate --json``
     GPU dicts): every figure averaged, ``starved``/``oom`` true if any run says so, an adapter's ``completed``
-    zero only if it completed nothing in every run. Latency percentiles are averaged per run (the mean of
-    two medians), not recomputed over the pooled requests."""
+    zero only if it completed nothing in every run, an SLO verdict met only if met in every run. Latency
+    percentiles are averaged per run (the mean of two medians), not recomputed over the pooled requests."""
     if not gpus:
         raise ValueError("no runs to average")
     return dict(_mean(list(gpus)))
