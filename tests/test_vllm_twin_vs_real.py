@@ -13,9 +13,11 @@ calibration's saturated point, ``_capacity_rps``), so it offers the same share o
   the calibration. A shared machine's speed moves by 15–30 % within minutes, so a capacity measured once,
   earlier, does not say what load a later run offers (a calibration at 21 req/s followed by validations
   on a machine that had become slower put ``load-80`` past saturation). Before each group the same server
-  replays the calibration's saturated point again (same workload and seed: a capacity probe), and the
-  group's rates are shares of the smaller of the two capacities, calibrated and probed: below saturation
-  for the engine as it is now and for the twin as it was calibrated;
+  replays the calibration's saturated point again (same workload and seed: a capacity probe), the twin
+  replays the probe's requests, and the group's rates are shares of the smaller of the two capacities, the
+  engine's now and the twin's: at most the intended load on either side. Not the calibrated capacity: the
+  fitted twin can miss its own saturated point (+12.5 % in one run: its capacity 10.6 req/s, the engine's
+  9.4), while on the probe's requests it is what the twin will do;
 - ``solve-plan`` (20 %): the plan ``optplace solve`` makes for a small scenario (8 adapters, equal rates)
   on that profile under an SLO scaled to this engine (``_cpu_slo``), deployed on a server of its own; the
   real per-adapter SLO verdicts (the twin's rule on the measured requests, ``optplace.vllm.slo``) must
@@ -264,10 +266,10 @@ def _calibration_shaped_server(d: Path, model: Path) -> Iterator[tuple[SweepConf
         res.server.stop()
 
 
-def _probe(d: Path, k: int, cfg: SweepConfig, ep: Endpoint, server: RunServer) -> tuple[float, str]:
+def _probe(d: Path, k: int, cfg: SweepConfig, ep: Endpoint, server: RunServer) -> tuple[float, float, str]:
     """Replay the calibration's saturated point on the running server (its workload and seed): the engine's
-    capacity now [req/s], and a line saying it beside the calibrated one and the twin's error on the probe
-    (the fitted profile replayed on the probe's requests: how far the machine has drifted since)."""
+    capacity now and the twin's on the same requests (the fitted profile replayed on them) [req/s], and a
+    line saying both beside the calibrated capacity."""
     from optplace.calibration.runs_fit import twin_errors
     from optplace.specs.profiles import load_profile_file
     from optplace.vllm.runs import load_run, save_run
@@ -280,12 +282,16 @@ def _probe(d: Path, k: int, cfg: SweepConfig, ep: Endpoint, server: RunServer) -
     run = load_run(out)
     cap = _served_rps(run.result["gpus"][0])
     (chk,) = twin_errors(load_profile_file(d / "fitted.json"), run)
-    err = "-" if chk.engine_error is None else f"{chk.engine_error * 100:+.1f} %"
+    assert chk.engine_error is not None, "the probe's server exposed no token counters"
+    twin_cap = cap * (1.0 + chk.engine_error)
     time.sleep(3.0)  # the requests cancelled at the probe's end aborted before the next window starts
-    return cap, (
-        f"probe {k}: capacity now {cap:.1f} req/s vs calibrated {_capacity_rps(d):.1f} "
-        f"({(cap / _capacity_rps(d) - 1) * 100:+.1f} %); twin on the probe: engine tokens/s {err}; "
-        f"load avg {os.getloadavg()[0]:.1f}"
+    cal = _capacity_rps(d)
+    return (
+        cap,
+        twin_cap,
+        f"probe {k}: capacity now {cap:.1f} req/s, twin on the probe's requests {twin_cap:.1f} "
+        f"({chk.engine_error * 100:+.1f} %); calibrated {cal:.1f} (engine now {(cap / cal - 1) * 100:+.1f} %); "
+        f"load avg {os.getloadavg()[0]:.1f}",
     )
 
 
@@ -327,6 +333,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     runs: dict[str, list[dict]] = {}
     scaled_to: dict[str, float] = {}  # the capacity [req/s] each configuration's rates are shares of
     probed: dict[str, float] = {}  # the engine's capacity probed right before the configuration [req/s]
+    twin_cap: dict[str, float] = {}  # the twin's capacity on the probe's requests [req/s]
     probe_lines: list[str] = []
     launch = _server_flags(model, adapters)
 
@@ -339,11 +346,11 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     #    it scales (below saturation and at capacity, all adapters resident), back to back
     with _calibration_shaped_server(d, model) as (cfg, ep, server):
         for k, group in enumerate(PROBED_GROUPS):
-            cap_now, line = _probe(d, k, cfg, ep, server)
+            cap_now, cap_twin, line = _probe(d, k, cfg, ep, server)
             probe_lines.append(line)
             print(f"[{line}]")
             for label, load, weights, window, seed, repeats in group:
-                rates = _rates(weights, load, min(cap_cal, cap_now))
+                rates = _rates(weights, load, min(cap_twin, cap_now))
                 names = [f"a{i}" for i in range(len(rates))]
                 routes = d / f"routes-{label}.json"
                 routes.write_text(
@@ -359,7 +366,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
                     placement=[(len(names), names)],
                 )
                 validate(label, spec, window, ["--endpoints", str(routes), "--vocab", "4:2048"], repeats)
-                scaled_to[label], probed[label] = min(cap_cal, cap_now), cap_now
+                scaled_to[label], probed[label], twin_cap[label] = min(cap_twin, cap_now), cap_now, cap_twin
 
     # 2. the plan optplace solve makes for a small scenario on the fitted profile (light load) under an SLO
     #    scaled to this engine, deployed on a server of its own
@@ -420,7 +427,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     by = {label: _merged(label, docs) for label, docs in runs.items()}
     tok = _mean_request_tokens()
     # offered: the share of the capacity the configuration's rates were scaled to; realised: what the engine
-    # served in the run over the calibrated capacity, and over the one probed right before it
+    # served in the run over the calibrated capacity, and over the one probed right before it (engine, twin)
     load = {label: c.offered_tok_s / (scaled_to[label] * tok) for label, c in by.items()}
     served = {label: _served_rps(mean_of_runs([doc["real"]["gpus"][0] for doc in runs[label]])) for label in by}
     labels = [f"{lb} {load[lb] * 100:.0f}%" + (f" x{len(runs[lb])}" if len(runs[lb]) > 1 else "") for lb in by]
@@ -431,7 +438,13 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     )
     print("\n".join(f"[{line}]" for line in probe_lines))
     for lb in by:
-        now = f", {served[lb] / probed[lb] * 100:.0f} % of the probed {probed[lb]:.1f}" if lb in probed else ""
+        now = ""
+        if lb in probed:  # the twin's side: what it served over its own capacity on the probe's requests
+            twin_served = _served_rps(runs[lb][0]["twin"]["gpus"][0])
+            now = (
+                f", {served[lb] / probed[lb] * 100:.0f} % of the probed {probed[lb]:.1f}; twin "
+                f"{twin_served / twin_cap[lb] * 100:.0f} % of its {twin_cap[lb]:.1f}"
+            )
         print(
             f"[load {lb}: offered {load[lb] * 100:.0f} % of {scaled_to[lb]:.1f} req/s; realised (engine served "
             f"{served[lb]:.1f} req/s) {served[lb] / cap_cal * 100:.0f} % of the calibrated capacity{now}]"

@@ -217,6 +217,19 @@ def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fa
     assert len(step_samples(run)) == int(done.sum())
 
 
+def test_validate_vllm_prints_slo_verdicts_twin_and_real(fake_server, tmp_path):
+    spec, routes = _spec_and_routes(tmp_path, fake_server)
+    res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "2"])
+    assert res.exit_code in (0, 1), res.output
+    slo_lines = [line for line in res.stdout.splitlines() if "ttft_p99_ms" in line and "<= 2000" in line]
+    assert [line.split()[1] for line in slo_lines] == ["a0", "a1"], res.stdout
+    # slo: none judges nothing on either side, and prints no SLO table
+    spec.write_text(SPEC + "slo: none\n")
+    res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "2"])
+    assert res.exit_code in (0, 1), res.output
+    assert "ttft_p99_ms" not in res.stdout and "ok t/r" not in res.stdout
+
+
 def test_validate_vllm_speed_canary_scales_the_twin(fake_server, tmp_path):
     spec, routes = _spec_and_routes(tmp_path, fake_server)
     base = ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "2", "--json"]
