@@ -296,19 +296,28 @@ def _probe(d: Path, k: int, cfg: SweepConfig, ep: Endpoint, server: RunServer) -
 
 
 def _cpu_slo(d: Path) -> dict[str, float]:
-    """solve-plan's SLO, scaled to this engine by the fitted profile's step time: TTFT p99 within two steps
-    that prefill the longest prompt the lengths allow (it may wait for one such step before its own), TPOT
-    p99 within four decode steps of a batch of four sequences of four adapters. A light plan meets both by a
-    margin on either side (the twin on two fitted profiles, 9.5 and 20 req/s of capacity: TTFT p99 ≤ 22–45 %,
-    TPOT p99 ≤ 41–54 % of these), so the verdicts compared are not coin flips at the bound. At 42 % of the
-    capacity the TPOT p99 of one adapter already exceeds the bound (prefills interrupt the decoding batch),
-    so the plan's load is a share of the capacity too (``SOLVE_LOAD``)."""
+    """solve-plan's SLO, scaled to this engine: TTFT p99 within two steps that prefill the longest prompt the
+    lengths allow (it may wait for one such step before its own), TPOT p99 within four decode steps. A step
+    is the longer of the fitted profile's and the engine's own in the calibration: a 1,024-token prompt
+    alone (the idle prefill probe) and the mean ITL at the lightest load point. A fit disturbed by the
+    machine's load once put the decode step at 5.4 ms where the engine took 18 ms per token at light load,
+    and a bound sized from the fit alone (21.6 ms) was one the engine missed even nearly idle.
+
+    A light plan meets both by a margin on either side (the twin on two fitted profiles, 9.5 and 20 req/s
+    of capacity: TTFT p99 ≤ 22–45 %, TPOT p99 ≤ 41–54 % of these), so the verdicts compared are not coin
+    flips at the bound. At 42 % of the capacity the TPOT p99 of one adapter already exceeds the bound
+    (prefills interrupt the decoding batch), so the plan's load is a share of the capacity too
+    (``SOLVE_LOAD``)."""
     from optplace.specs.profiles import load_profile_file
     from optplace.twin.steptime import StepTimeModel
+    from optplace.vllm.runs import load_run
+    from optplace.vllm.sweep import DEFAULT_POINTS
 
     step = StepTimeModel.from_params(load_profile_file(d / "fitted.json").step_time).bind(16)
-    prefill = step.step_ms(1, MAX_INPUT_TOKENS, 0, 1, 16.0)
-    decode = step.step_ms(4, 0, 4, 4, 16.0)
+    idle = load_run(d / "fitted.runs" / DEFAULT_POINTS[0].label)  # the probes are saved with the first point
+    probe_ms = dict(zip(idle.probes["prefill_probe_tokens"], idle.probes["prefill_probe_ms"]))
+    prefill = max(step.step_ms(1, MAX_INPUT_TOKENS, 0, 1, 16.0), float(probe_ms[1024]))
+    decode = max(step.step_ms(4, 0, 4, 4, 16.0), float(idle.result["gpus"][0]["latency"]["window"]["itl_ms_mean"]))
     return {"ttft_p99_ms": round(2 * prefill, 1), "tpot_p99_ms": round(4 * decode, 1)}
 
 
