@@ -199,6 +199,15 @@ def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fa
     assert real["throughput_tok_s"] > 0 and cmp_["throughput_tok_s"]["real"] == pytest.approx(
         real["throughput_tok_s"], rel=1e-3
     )
+    # the default SLO judged on both sides, per GPU and adapter, the same bounds and steady state
+    for side in (real, twin):
+        assert isinstance(side["slo"]["ok"], bool)
+        for p in side["per_adapter"]:
+            assert [c["metric"] for c in p["slo"]["checks"]] == ["ttft_p99_ms", "tpot_p99_ms"], p["slo"]
+    assert [a["name"] for a in cmp_["per_adapter_slo"]] == ["a0", "a1"]
+    real_ttft = real["per_adapter"][0]["slo"]["checks"][0]
+    assert cmp_["per_adapter_slo"][0]["ttft_p99_ms"]["real"] == pytest.approx(real_ttft["value"], rel=1e-3)
+    assert cmp_["per_adapter_slo"][0]["ttft_p99_ms"]["bound"] == 2000.0
     assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "real.json", "run.json", "twin.json"]
     run = load_run(out)
     assert run.window_s == 3.0 and run.servers[0].max_loras == 2 and run.adapter_names == ("a0", "a1")
@@ -206,6 +215,19 @@ def test_validate_vllm_endpoints_writes_results_comparison_and_a_loadable_run(fa
     assert done.sum() == sum(p["completed"] for p in real["per_adapter"]) > 0
     assert all(run.gaps_ms[i].size == run.output_tokens[i] - 1 for i in np.flatnonzero(done))
     assert len(step_samples(run)) == int(done.sum())
+
+
+def test_validate_vllm_prints_slo_verdicts_twin_and_real(fake_server, tmp_path):
+    spec, routes = _spec_and_routes(tmp_path, fake_server)
+    res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "2"])
+    assert res.exit_code in (0, 1), res.output
+    slo_lines = [line for line in res.stdout.splitlines() if "ttft_p99_ms" in line and "<= 2000" in line]
+    assert [line.split()[1] for line in slo_lines] == ["a0", "a1"], res.stdout
+    # slo: none judges nothing on either side, and prints no SLO table
+    spec.write_text(SPEC + "slo: none\n")
+    res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "2"])
+    assert res.exit_code in (0, 1), res.output
+    assert "ttft_p99_ms" not in res.stdout and "ok t/r" not in res.stdout
 
 
 def test_validate_vllm_speed_canary_scales_the_twin(fake_server, tmp_path):

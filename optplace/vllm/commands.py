@@ -360,7 +360,7 @@ def run_validate_vllm(
 
     from optplace.infra.outputs import OutputExists, atomic_dir, check_target
     from optplace.app.reporting import PlanLoadError, load_plan_or_spec
-    from optplace.vllm.compare import render_comparison, render_latency
+    from optplace.vllm.compare import render_comparison, render_latency, render_slo
     from optplace.vllm.runs import save_run
     from optplace.vllm.validate import ValidateError, VllmValidateOptions, VllmValidation, validate_on_vllm
 
@@ -461,6 +461,8 @@ def run_validate_vllm(
             typer.echo(f"twin times scaled by {res.speed_factor:.3f} (speed canary now / at calibration)")
         typer.echo(render_comparison(res.comparisons))
         typer.echo(render_latency(res.comparisons))
+        if any(c.adapter_slo for c in res.comparisons):
+            typer.echo(render_slo(res.comparisons))
         for g in res.real["gpus"]:
             if g.get("server_status", "ok") != "ok":
                 typer.echo(f"gpu{g['index']}: server {g['server_status']}: {g.get('server_reason', '')}")

@@ -10,7 +10,9 @@ dicts and never imports the twin or vLLM. Compared per GPU, as the issue's accep
 - the starvation verdict (``starved``, or ``oom`` for a server that did not start);
 - the set of adapters that had offered load and completed nothing (slot stickiness shows here);
 - latency (:data:`LATENCY_KEYS`: TTFT median and p99, ITL mean and p99, over the requests completed in
-  the window, the ``latency.window`` section both sides report), per GPU and per adapter.
+  the window, the ``latency.window`` section both sides report), per GPU and per adapter;
+- under an SLO, each adapter's verdict and steady-state value of every bound, twin vs real
+  (:class:`SloComparison`, from the ``slo`` entries both sides report).
 
 :func:`mean_of_runs` averages repeated real runs of one configuration (a saturated real run is a noisy
 instrument: the verdict should not rest on one).
@@ -29,12 +31,14 @@ __all__ = [
     "LATENCY_KEYS",
     "GpuComparison",
     "LatencyComparison",
+    "SloComparison",
     "compare_gpu",
     "compare_runs",
     "mean_of_runs",
     "rel_error",
     "render_comparison",
     "render_latency",
+    "render_slo",
 ]
 
 #: the latency figures compared, twin vs engine (keys of a ``latency.window`` section) [ms]
@@ -66,6 +70,51 @@ class LatencyComparison:
         for k, key in enumerate(LATENCY_KEYS):
             out[key] = {"twin": _num(self.twin[k]), "real": _num(self.real[k]), "error": _num(self.error(key))}
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class SloComparison:
+    """One adapter's SLO verdict on both sides, with every bound's steady-state value (twin, real)."""
+
+    name: str
+    twin_ok: bool
+    real_ok: bool
+    checks: tuple[tuple[str, float, float, float], ...]
+    """``(metric, bound, twin value, real value)`` per bound judged on both sides [ms]."""
+
+    @property
+    def agree(self) -> bool:
+        """Both sides give the same verdict."""
+        return self.twin_ok == self.real_ok
+
+    def error(self, metric: str) -> float | None:
+        """Relative error of the twin's steady-state ``metric`` (an SLO metric, e.g. ``ttft_p99_ms``)."""
+        return next((rel_error(t, r) for m, _, t, r in self.checks if m == metric), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{name, ok: {twin, real}, agree, <metric>: {bound, twin, real, error}…}``."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "ok": {"twin": self.twin_ok, "real": self.real_ok},
+            "agree": self.agree,
+        }
+        for m, b, t, r in self.checks:
+            out[m] = {"bound": _num(b), "twin": _num(t), "real": _num(r), "error": _num(self.error(m))}
+        return out
+
+
+def compare_slo(name: str, twin: Mapping[str, Any] | None, real: Mapping[str, Any] | None) -> SloComparison | None:
+    """Compare the ``slo`` verdicts of a twin and a real adapter entry (None unless both carry one)."""
+    ts, rs = (twin or {}).get("slo"), (real or {}).get("slo")
+    if not ts or not rs:
+        return None
+    real_checks = {c["metric"]: c for c in rs.get("checks", ())}
+    checks = tuple(
+        (c["metric"], float(c["bound"]), float(c["value"]), float(real_checks[c["metric"]]["value"]))
+        for c in ts.get("checks", ())
+        if c["metric"] in real_checks
+    )
+    return SloComparison(name, bool(ts["ok"]), bool(rs["ok"]), checks)
 
 
 def _window_latency(d: Mapping[str, Any] | None) -> tuple[int, tuple[float | None, ...]]:
@@ -119,6 +168,13 @@ class GpuComparison:
     """The GPU's latency, twin vs real (None: neither side reports a ``latency`` section)."""
     adapter_latency: tuple[LatencyComparison, ...] = ()
     """Each adapter's latency, in the real result's adapter order."""
+    adapter_slo: tuple[SloComparison, ...] = ()
+    """Each adapter's SLO verdict, twin vs real (empty unless both sides judged one)."""
+
+    @property
+    def same_slo_verdicts(self) -> bool:
+        """Every adapter judged on both sides has the same SLO verdict (True when none was judged)."""
+        return all(a.agree for a in self.adapter_slo)
 
     def latency_error(self, key: str) -> float | None:
         """Relative error of the twin's GPU latency figure ``key`` (:data:`LATENCY_KEYS`), or None."""
@@ -179,6 +235,7 @@ class GpuComparison:
             "same_zero_set": self.same_zero_set,
             "latency": None if self.latency is None else self.latency.to_json(),
             "per_adapter_latency": [a.to_json() for a in self.adapter_latency],
+            "per_adapter_slo": [a.to_json() for a in self.adapter_slo],
         }
 
 
@@ -203,6 +260,11 @@ def compare_gpu(twin: Mapping[str, Any], real: Mapping[str, Any]) -> GpuComparis
         latency=compare_latency("gpu", twin, real) if (twin.get("latency") or real.get("latency")) else None,
         adapter_latency=tuple(
             compare_latency(p["name"], twin_ad.get(p["name"]), p) for p in real.get("per_adapter", ()) if "name" in p
+        ),
+        adapter_slo=tuple(
+            c
+            for p in real.get("per_adapter", ())
+            if (c := compare_slo(str(p.get("name")), twin_ad.get(p.get("name")), p)) is not None
         ),
     )
 
@@ -277,10 +339,34 @@ def render_latency(rows: Sequence[GpuComparison], labels: Sequence[str] | None =
     return "\n".join(lines)
 
 
-def _mean(values: Sequence[Any]) -> Any:
+def render_slo(rows: Sequence[GpuComparison], labels: Sequence[str] | None = None) -> str:
+    """SLO verdicts twin/real per adapter, with each bound and its steady-state values twin/real [ms] and
+    the twin's relative error (one line per adapter judged on both sides)."""
+    lines = [f"{'config':<20} {'adapter':<10} {'ok t/r':>11} {'agree':>5}  bounds: twin/real ms (error) <= bound"]
+    lines.append("-" * len(lines[0]))
+    for k, c in enumerate(rows):
+        label = labels[k] if labels is not None else f"gpu{c.index}"
+        for a in c.adapter_slo:
+            cells = "  ".join(f"{m} {_ms(t)}/{_ms(r)} ({_pct(a.error(m))}) <= {_ms(b)}" for m, b, t, r in a.checks)
+            lines.append(
+                f"{label[:20]:<20} {a.name[:10]:<10} {str(a.twin_ok) + '/' + str(a.real_ok):>11} "
+                f"{'yes' if a.agree else 'NO':>5}  {cells}"
+            )
+    return "\n".join(lines)
+
+
+#: booleans that say something passed (an SLO verdict's ``ok``, its queue ``stable``): true over repeated runs
+#: only if true in every run, where a failure flag (``starved``, ``oom``) is true if true in any
+_PASS_KEYS = frozenset({"ok", "stable"})
+
+
+def _mean(values: Sequence[Any], key: str | None = None) -> Any:
     """Element-wise mean of equally shaped JSON values: numbers averaged (None if any is None), booleans
-    true if any is, dicts by key, lists by position, anything else taken from the first."""
+    true if any is (all, for the pass flags of :data:`_PASS_KEYS`), dicts by key, lists by position,
+    anything else taken from the first. ``key``: the dict key the values are found under."""
     first = values[0]
+    if isinstance(first, bool) and key in _PASS_KEYS:
+        return all(bool(v) for v in values)
     if isinstance(first, bool):
         return any(bool(v) for v in values)
     if isinstance(first, (int, float)):
@@ -288,7 +374,7 @@ def _mean(values: Sequence[Any]) -> Any:
             return None
         return float(sum(values)) / len(values)
     if isinstance(first, Mapping):
-        return {k: _mean([v.get(k) if isinstance(v, Mapping) else None for v in values]) for k in first}
+        return {k: _mean([v.get(k) if isinstance(v, Mapping) else None for v in values], k) for k in first}
     if isinstance(first, list) and all(isinstance(v, list) and len(v) == len(first) for v in values):
         if first and all(isinstance(x, Mapping) for x in first):
             return [_mean([v[i] for v in values]) for i in range(len(first))]
@@ -298,8 +384,8 @@ def _mean(values: Sequence[Any]) -> Any:
 def mean_of_runs(gpus: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One real GPU result from repeated runs of the same configuration and workload (``simulate --json``
     GPU dicts): every figure averaged, ``starved``/``oom`` true if any run says so, an adapter's ``completed``
-    zero only if it completed nothing in every run. Latency percentiles are averaged per run (the mean of
-    two medians), not recomputed over the pooled requests."""
+    zero only if it completed nothing in every run, an SLO verdict met only if met in every run. Latency
+    percentiles are averaged per run (the mean of two medians), not recomputed over the pooled requests."""
     if not gpus:
         raise ValueError("no runs to average")
     return dict(_mean(list(gpus)))

@@ -43,6 +43,7 @@ __all__ = [
     "canary_itl_ms",
     "probe_adapter_loads",
     "probe_prefill",
+    "replay_point",
     "run_sweep",
     "sweep_workload",
 ]
@@ -288,6 +289,38 @@ def start_calibration_server(
     )
 
 
+def replay_point(
+    cfg: SweepConfig,
+    endpoint: Endpoint,
+    server: RunServer,
+    point: LoadPoint,
+    seed: int,
+    probes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Replay one load point's workload (drawn with ``seed``) on a running server of ``cfg``'s adapters; the
+    run document (:func:`optplace.vllm.runs.run_from_replay`, plus the workload it was drawn from).
+
+    The same point and seed replayed later on a server of the same shape measures the same thing again:
+    how the engine serves that load now (a capacity probe, when the point is saturated)."""
+    names = cfg.adapter_names
+    if len(point.rates_rps) > len(names):
+        raise ValueError(
+            f"load point {point.label}: {len(point.rates_rps)} rates but the server has {len(names)} adapters"
+        )
+    wl = sweep_workload(cfg, point.rates_rps, point.window_s, seed, point.mean_input_tokens, point.mean_output_tokens)
+    replay = run_replay(wl, names, (endpoint,), seed=seed, token_id_range=cfg.token_id_range)
+    doc = run_from_replay(replay, [server], dict(zip(names, cfg.adapter_ranks)), label=point.label, probes=probes)
+    doc["workload"] = {
+        "rates_rps": list(point.rates_rps),
+        "seed": seed,
+        "lengths": "lognormal",
+        "mean_input_tokens": point.mean_input_tokens or cfg.mean_input_tokens,
+        "mean_output_tokens": point.mean_output_tokens or cfg.mean_output_tokens,
+        "cv": cfg.cv,
+    }
+    return doc
+
+
 def run_sweep(
     cfg: SweepConfig,
     out_dir: Path,
@@ -302,7 +335,6 @@ def run_sweep(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = cfg.adapter_names
-    ranks = dict(zip(names, cfg.adapter_ranks))
     say(f"starting the calibration server (max_loras {cfg.max_loras}, {len(names)} adapters)…")
     t0 = time.monotonic()
     res, server = start_calibration_server(cfg, out / "server.log")
@@ -320,27 +352,15 @@ def run_sweep(
         say(f"machine-speed canary: {probes['canary_itl_ms']:.2f} ms per token on an idle server")
         ep = Endpoint(0, res.server.url, names, cfg.max_loras, server.max_cpu_loras, server.max_lora_rank, "cpu")
         for k, p in enumerate(points):
-            if len(p.rates_rps) > len(names):
-                raise ValueError(
-                    f"load point {p.label}: {len(p.rates_rps)} rates but the server has {len(names)} adapters"
-                )
-            wl = sweep_workload(cfg, p.rates_rps, p.window_s, cfg.seed + k, p.mean_input_tokens, p.mean_output_tokens)
-            say(f"load point {p.label}: {len(wl.arrival_s)} requests in {p.window_s:g} s…")
-            replay = run_replay(wl, names, (ep,), seed=cfg.seed + k, token_id_range=cfg.token_id_range)
-            doc = run_from_replay(replay, [server], ranks, label=p.label, probes=probes if k == 0 else None)
-            doc["workload"] = {
-                "rates_rps": list(p.rates_rps),
-                "seed": cfg.seed + k,
-                "lengths": "lognormal",
-                "mean_input_tokens": p.mean_input_tokens or cfg.mean_input_tokens,
-                "mean_output_tokens": p.mean_output_tokens or cfg.mean_output_tokens,
-                "cv": cfg.cv,
-            }
+            say(f"load point {p.label}…")
+            doc = replay_point(cfg, ep, server, p, cfg.seed + k, probes=probes if k == 0 else None)
             written.append(save_run(doc, out / p.label).parent)
-            g = replay.gpus[0]
+            g = doc["result"]["gpus"][0]
             say(
-                f"  offered {g.offered_tok_s:.0f} tok/s, completed {g.throughput_tok_s:.0f}, engine "
-                f"{g.engine_tok_s if g.engine_tok_s is None else round(g.engine_tok_s)}"
+                f"  {len(doc['requests']['adapter'])} requests in {p.window_s:g} s: offered "
+                f"{g['offered_tok_s']:.0f} tok/s, "
+                f"completed {g['throughput_tok_s']:.0f}, engine "
+                f"{g['engine_tok_s'] if g['engine_tok_s'] is None else round(g['engine_tok_s'])}"
             )
     finally:
         res.server.stop()

@@ -7,7 +7,9 @@ plan (:mod:`optplace.deploy.artefacts` + :mod:`optplace.vllm.run`: a server that
 recorded ``oom``/``failed`` GPU) or replays against given endpoints (a ``routes.json``). The result
 holds the measured per-GPU figures in the ``simulate --json`` schema, the twin's report, the
 per-GPU comparison (:mod:`optplace.vllm.compare`) and the run document that ``optplace calibrate
---runs`` can fit from (:mod:`optplace.vllm.runs`).
+--runs`` can fit from (:mod:`optplace.vllm.runs`). Under an SLO, every measured GPU and adapter carries
+its real SLO verdict (``slo``, :mod:`optplace.vllm.slo`: the twin's rule on the measured requests) beside
+the twin's.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from optplace.twin.simulate import PlanSimulator, SimReport, run_jobs, scenario_
 from optplace.vllm.compare import GpuComparison, compare_runs
 from optplace.deploy.artefacts import DeployOptions, build_deployment
 from optplace.vllm.launcher import LaunchError
-from optplace.vllm.loadgen import Endpoint, LoadgenError, endpoints_from_routes, run_replay
+from optplace.vllm.loadgen import Endpoint, LoadgenError, ReplayResult, RequestRecord, endpoints_from_routes, run_replay
 from optplace.vllm.run import run_deployment
 from optplace.vllm.runs import RunServer, kv_tokens_from_log, run_from_replay
+from optplace.vllm.slo import judge_records, verdict_json
 
 __all__ = [
     "VllmValidateOptions",
@@ -278,7 +281,10 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     if opts.speed_ref_ms is not None and canaries:
         factor = float(np.median(canaries)) / opts.speed_ref_ms
         real_doc["canary_itl_ms"] = canaries
-    twin = _twin(sc, item, seed, factor)
+    sim = PlanSimulator(sc, item.base_dir, ExecutorSpec(workers=1), seed)
+    if replay is not None:
+        _judge_real_slo(sim, real_doc, replay)
+    twin = _twin(sim, item, factor)
     twin_doc = twin.to_json()
     twin_doc["speed_factor"] = factor
     comparisons = compare_runs(twin_doc["gpus"], real_doc["gpus"])
@@ -297,9 +303,29 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     return VllmValidation(real_doc, twin_doc, comparisons, run, factor, tuple(canaries))
 
 
-def _twin(sc: Scenario, item: PlanItem, seed: int, factor: float) -> SimReport:
+def _judge_real_slo(sim: PlanSimulator, real_doc: dict[str, Any], replay: ReplayResult) -> None:
+    """Add the scenario's SLO verdicts (``slo``, per GPU and per adapter, as the twin reports them) to every
+    measured GPU of ``real_doc``; nothing under ``slo: none``."""
+    by_gpu: dict[int, list[RequestRecord]] = {}
+    for r in replay.requests:
+        by_gpu.setdefault(r.gpu, []).append(r)
+    measured = {g.index for g in replay.gpus}
+    for g in real_doc["gpus"]:
+        if g["index"] not in measured:
+            continue
+        names = list(g["adapters"])
+        rule = sim.slo_rule([sim.index[n] for n in names])
+        if rule is None:
+            return
+        verdict, per = judge_records(by_gpu.get(g["index"], []), names, sim.index, replay.window_s, rule)
+        g["slo"] = verdict_json(verdict)
+        for p, v in zip(g["per_adapter"], per):
+            p["slo"] = verdict_json(v)
+
+
+def _twin(sim: PlanSimulator, item: PlanItem, factor: float) -> SimReport:
     """The twin on the plan, its step and load times scaled by ``factor`` (1: the profile as fitted)."""
-    sim = PlanSimulator(sc, item.base_dir, ExecutorSpec(workers=1), seed)
+    sc, seed = sim.sc, sim.seed
     if factor == 1.0:
         return sim.run(item.gpus)
     jobs = []
