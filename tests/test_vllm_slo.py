@@ -66,7 +66,15 @@ def test_real_verdicts_are_the_twins_rule_on_the_measured_requests():
     lat = [window_latency_of(rs, WINDOW, 0.1) for rs in mine]
     arrived = np.array([sum(r.arrival_s >= 2.0 for r in rs) for rs in mine])
     finished = np.array([sum(r.status == "ok" and r.done_s > 2.0 for r in rs) for rs in mine])
-    twin_rule = judge_slo(rule, names, window_latency_of(recs, WINDOW, 0.1), lat, arrived, finished)
+
+    # the allowance's requests in service: steady arrival rate x mean decode time of the completed ones
+    def decoding(rs):
+        done = [r.done_s - r.first_token_s for r in rs if r.status == "ok" and r.arrival_s >= 2.0]
+        return (sum(done) / len(done) if done else 0.0) * sum(r.arrival_s >= 2.0 for r in rs) / (WINDOW - 2.0)
+
+    serving = np.array([decoding(rs) for rs in mine])
+    assert serving[0] > 0 and serving[2] == 0.0  # "unserved" completed nothing
+    twin_rule = judge_slo(rule, names, window_latency_of(recs, WINDOW, 0.1), lat, arrived, finished, serving)
     assert twin_rule == (gpu, per)
     # a longer warm-up leaves the slow request out too: the steady state follows the rule's warm-up
     _, per_late = judge_records(recs, names, index, WINDOW, SloRule("adapter", 6.0, BOUNDS, (BOUNDS,) * 3))

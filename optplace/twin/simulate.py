@@ -147,15 +147,25 @@ def _backlog(arrived: int, finished: int, in_service: float = 0.0) -> tuple[int,
     return growth, allowance, growth <= allowance
 
 
-def in_service(req: Any, arrived: np.ndarray, rule: SloRule, duration_s: float) -> np.ndarray:
+def in_service(
+    adapter: np.ndarray,
+    arrival_s: np.ndarray,
+    first_token_s: np.ndarray,
+    finish_s: np.ndarray,
+    arrived: np.ndarray,
+    rule: SloRule,
+    duration_s: float,
+) -> np.ndarray:
     """Per adapter, the requests a server keeps decoding: steady-state arrival rate x mean decode time
-    (first token to finish) of its completed steady-state requests (0 for an adapter with none)."""
+    (first token to finish) of its completed steady-state requests (0 for an adapter with none). The
+    arrays describe the completed requests (adapter index, arrival, first token, finish)."""
     n = len(arrived)
-    if req is None or len(req) == 0 or duration_s <= rule.warmup_s:
+    if len(adapter) == 0 or duration_s <= rule.warmup_s:
         return np.zeros(n)
-    steady = req.arrival_s >= rule.warmup_s
-    count = np.bincount(req.adapter[steady], minlength=n)
-    decode = np.bincount(req.adapter[steady], weights=(req.finish_s - req.first_token_s)[steady], minlength=n)
+    steady = np.asarray(arrival_s) >= rule.warmup_s
+    idx = np.asarray(adapter)[steady]
+    count = np.bincount(idx, minlength=n)
+    decode = np.bincount(idx, weights=(np.asarray(finish_s) - np.asarray(first_token_s))[steady], minlength=n)
     mean = np.divide(decode, count, out=np.zeros(n), where=count > 0)
     return np.asarray(arrived, dtype=float) / (duration_s - rule.warmup_s) * mean
 
@@ -482,9 +492,12 @@ def gpu_report(
         finished = (
             np.bincount(req.adapter[req.finish_s > slo.warmup_s], minlength=n) if req is not None else np.zeros(n)
         )
-        verdict, ad_verdicts = judge_slo(
-            slo, [a.name for a in adapters], gpu_lat, ad_lat, arrived, finished, in_service(req, arrived, slo, dur)
+        serving = (
+            in_service(req.adapter, req.arrival_s, req.first_token_s, req.finish_s, arrived, slo, dur)
+            if req is not None
+            else None
         )
+        verdict, ad_verdicts = judge_slo(slo, [a.name for a in adapters], gpu_lat, ad_lat, arrived, finished, serving)
     per = tuple(
         AdapterReport(
             a.name,

@@ -2,7 +2,8 @@
 
 The twin judges a GPU with :func:`optplace.twin.simulate.judge_slo` on its steady state (requests arriving
 at or after the rule's warm-up): each bound against the latency of those requests, the backlog's growth
-(steady-state arrivals minus the requests finished in the steady state) against its allowance, and
+(steady-state arrivals minus the requests finished in the steady state) against its allowance (which
+counts the requests in service, from the completed requests' decode times), and
 "offered load, nothing served". :func:`judge_records` feeds the same function with the same figures
 measured on the real engine (latency by :func:`optplace.vllm.loadgen.window_latency_of`, the twin's
 definitions), so a real verdict and the twin's differ only by what the engine did.
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from optplace.twin.simulate import SloRule, SloVerdict, judge_slo
+from optplace.twin.simulate import SloRule, SloVerdict, in_service, judge_slo
 
 from optplace.vllm.loadgen import RequestRecord, window_latency_of
 
@@ -42,7 +43,22 @@ def judge_records(
     finished = np.array(
         [sum(1 for r in rs if r.status == "ok" and r.done_s is not None and r.done_s > rule.warmup_s) for rs in mine]
     )
-    return judge_slo(rule, adapters, gpu_lat, ad_lat, arrived, finished)
+    done = [
+        (k, r)
+        for k, rs in enumerate(mine)
+        for r in rs
+        if r.status == "ok" and r.first_token_s is not None and r.done_s is not None
+    ]
+    serving = in_service(
+        np.array([k for k, _ in done], dtype=int),
+        np.array([r.arrival_s for _, r in done]),
+        np.array([r.first_token_s for _, r in done]),
+        np.array([r.done_s for _, r in done]),
+        arrived,
+        rule,
+        window_s,
+    )
+    return judge_slo(rule, adapters, gpu_lat, ad_lat, arrived, finished, serving)
 
 
 def verdict_json(v: SloVerdict) -> dict[str, Any]:
