@@ -132,7 +132,7 @@ def test_a_failing_gpus_bar_rises_over_the_slo_line_in_the_failing_colour(overlo
     assert "SLO 2.0s" in svg and "1 s" in svg and "100 s" in svg  # log scale: decade ticks, 2 s to 2 min
     assert f"adapter {ttft(hot).adapter}" in tip0
     # a line says what else fails it (the throughput rule here)
-    assert hot.starved and f"GPU 0 is starved: {hot.throughput_loss:.0%} of its load lost" in doc
+    assert hot.starved and f"GPU 0 is starved: {hot.throughput_loss:.0%} of its load lost (limit 10%)" in doc
 
 
 def test_the_adapter_table_lists_the_worst_adapter_first_and_counts_the_hidden(overloaded, monkeypatch):

@@ -372,13 +372,14 @@ def seeds_summary(rep: Any) -> str:  # rep: pipeline.SolveReport
     if not seeds:
         return "not checked in the twin"
     val = rep.validation
+    if val is not None and not val.ok:
+        rest = f"; the other draws (seeds {', '.join(map(str, seeds[1:]))}) are run once it passes" if seeds[1:] else ""
+        return f"fails its own draw of the window (seed {seeds[0]}){rest}"
     many = "s" if len(seeds) > 1 else ""
     head = f"checked on {len(seeds)} draw{many} of the window (seed{many} {', '.join(map(str, seeds))})"
     if rep.seed_failures:
         on = "; ".join(f"seed {s}: GPU {', '.join(map(str, g))}" for s, g in rep.seed_failures)
         return f"{head}: fails on {on}"
-    if val is not None and not val.ok:
-        return f"{head}: fails seed {seeds[0]}, so the other draws were not run"
     return f"{head}: passes every one"
 
 

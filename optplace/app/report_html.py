@@ -456,7 +456,7 @@ def _bound_lines(bars: list[Bar], name: str = "SLO") -> tuple[list[Bar], list[tu
 def slo_section(val: SimReport, twin: Sequence[GpuReport | None]) -> str:
     """Each SLO metric per GPU against its bound (one chart per bounded metric), then a line per GPU that
     misses the SLO for another reason (a growing queue, an adapter served nothing)."""
-    from optplace.app.render import _dur, slo_miss_lines
+    from optplace.app.render import slo_miss_lines
 
     if val.slo is None:
         return para("No SLO (slo: none): the plan is judged by the study's throughput rule alone.")
@@ -479,17 +479,26 @@ def slo_section(val: SimReport, twin: Sequence[GpuReport | None]) -> str:
         out.append(verdict_chart(f"{METRIC_TITLE[m]} per GPU ({whose}) against the SLO", bars, _axis_ms, lines, legend))
     if not metrics:
         out.append(para("The SLO bounds no latency figure: only the stable queue is judged."))
-    misses = [
-        f"GPU {g.index} fails to start (OOM)"
-        if g.oom
-        else f"GPU {g.index} is starved: {g.throughput_loss:.0%} of its load lost"
-        for g in twin
-        if g is not None and (g.oom or g.starved)
-    ] + slo_miss_lines([g for g in twin if g is not None])
+    misses = [_starved_line(val, g) for g in twin if g is not None and (g.oom or g.starved)]
+    misses += slo_miss_lines([g for g in twin if g is not None])
     out += [para(line, "bad") for line in misses]
     if not misses and all(g is not None and not g.failed for g in twin):
         out.append(para("Every GPU meets the SLO.", "ok"))
     return "".join(out)
+
+
+def _starved_line(val: SimReport, g: GpuReport) -> str:
+    """Why a GPU fails the throughput rule: OOM, its loss over the limit, or adapters over their loss bound."""
+    if g.oom:
+        return f"GPU {g.index} fails to start (OOM)"
+    if g.throughput_loss >= val.max_throughput_loss:
+        return (
+            f"GPU {g.index} is starved: {g.throughput_loss:.0%} of its load lost (limit {val.max_throughput_loss:.0%})"
+        )
+    bound = f" ({val.max_adapter_loss:.0%})" if val.max_adapter_loss is not None else ""
+    return (
+        f"GPU {g.index} is starved: {len(g.starved_adapters)} adapter(s) lose more than the adapter loss bound{bound}"
+    )
 
 
 def headroom_section(rep: Any) -> str:
@@ -577,8 +586,8 @@ def adapter_section(val: SimReport) -> str:
         st = a.latency.steady if a.latency is not None else None
         figures = (
             [ms(st.ttft_ms_p50), ms(st.ttft_ms_p99), ms(st.itl_ms_mean), ms(st.itl_ms_p99), ms(st.tpot_ms_p99)]
-            if st is not None
-            else ["–"] * 5
+            if st is not None and st.completed > 0
+            else ["–"] * 5  # no request completed: no latency to show
         )
         loss = a.loss if st is None or st.loss is None else st.loss
         checks = a.slo.checks if a.slo is not None else ()
@@ -620,12 +629,21 @@ def adapter_section(val: SimReport) -> str:
             assert a.slo is not None
             c = max(a.slo.checks, key=lambda c: c.value / c.bound if math.isfinite(c.value) else math.inf)
             ok = a.slo.ok
-            tip = f"{a.name} (GPU {gi}): {SLO_SHORT[c.metric]} {ms(c.value)} of {_dur(c.bound)}; {adapter_slo_text(a)}"
-            bars.append(Bar(a.name, 100 * c.value / c.bound, OK_COLOUR if ok else BAD_COLOUR, "", tip))
+            if a.slo.served_nothing:  # no figure: a full-height bar
+                tip, pct = f"{a.name} (GPU {gi}): served none of its requests", math.inf
+            else:
+                figure = f"{SLO_SHORT[c.metric]} {ms(c.value)} of {_dur(c.bound)}"
+                tip = f"{a.name} (GPU {gi}): {figure}; {adapter_slo_text(a)}"
+                pct = 100 * c.value / c.bound
+            bars.append(Bar(a.name, pct, OK_COLOUR if ok else BAD_COLOUR, "none" if a.slo.served_nothing else "", tip))
         out.append(
             verdict_chart(
-                (f"The {len(bars)} adapters nearest their SLO" if len(bars) < len(ads) else "Every adapter")
-                + ": its figure nearest its bound (or furthest over), as % of the bound",
+                (
+                    f"The {len(bars)} adapters nearest (or furthest over) their SLO"
+                    if len(bars) < len(ads)
+                    else "Every adapter"
+                )
+                + ": worst figure, % of its bound",
                 bars,
                 lambda v: f"{v:.0f}%" if v >= 1 else f"{v:.2g}%",
                 [(100.0, "bound")],
