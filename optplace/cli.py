@@ -281,7 +281,7 @@ def solve(
         from optplace.app.reporting import write_solve_outputs
 
         with atomic_dir(out, force=force) as tmp:
-            write_solve_outputs(tmp, rep, doc)
+            write_solve_outputs(tmp, rep, doc, reproducible)
     if json_out:
         print(json.dumps(doc, indent=2))
     else:

@@ -134,8 +134,9 @@ def _slo_cell(g: GpuReport | None) -> str:
     return f"[{'green' if g.slo.ok else 'red'}]{slo_text(g)}[/]"
 
 
-def _slo_lines(console: Console, gpus: Sequence[GpuReport]) -> None:
-    """One line per GPU that starts, is not starved and misses the SLO: what fails, and the adapters."""
+def slo_miss_lines(gpus: Sequence[GpuReport]) -> list[str]:
+    """One sentence per GPU that starts, is not starved and misses the SLO: what fails, and the adapters."""
+    out = []
     for g in gpus:
         v = g.slo
         if v is None or v.ok or g.oom or g.starved:
@@ -149,9 +150,34 @@ def _slo_lines(console: Console, gpus: Sequence[GpuReport]) -> None:
             why.append(f"backlog grew by {v.backlog_growth:,} requests (allowed {v.backlog_allowance:,.0f})")
         if v.served_nothing:
             why.append("an adapter with requests completed none")
+        if not why:  # the GPU-wide figures pass: what fails is some adapter's own queue
+            queues = [a.name for a in g.per_adapter if a.slo is not None and not a.slo.stable]
+            why.append(f"the queue of {len(queues)} adapter(s) grows" if queues else "an adapter's own verdict")
         names = ", ".join(v.violating_adapters[:6]) + (" …" if len(v.violating_adapters) > 6 else "")
         tail = f"; {len(v.violating_adapters)} adapters miss it: {names}" if v.violating_adapters else ""
-        say(console, f"GPU {g.index} misses the SLO: {'; '.join(why)}{tail}")
+        out.append(f"GPU {g.index} misses the SLO: {'; '.join(why)}{tail}")
+    return out
+
+
+def _slo_lines(console: Console, gpus: Sequence[GpuReport]) -> None:
+    for line in slo_miss_lines(gpus):
+        say(console, line)
+
+
+def adapter_slo_text(a: Any) -> str:  # a: optplace.twin.simulate.AdapterReport
+    """An adapter's own SLO verdict: "ok", or what fails it ("ttft99 2.5s > 2.0s; queue +15 (allowed 10)",
+    "served none"); "–" when it was not judged (``slo: none``)."""
+    v = a.slo
+    if v is None:
+        return "–"
+    if v.ok:
+        return "ok"
+    if v.served_nothing:
+        return "served none"
+    why = [f"{SLO_SHORT[c.metric]} {_dur(c.value)} > {_dur(c.bound)}" for c in v.checks if not c.ok]
+    if not v.stable:
+        why.append(f"queue +{v.backlog_growth:,} (allowed {v.backlog_allowance:,.0f})")
+    return "; ".join(why) or "misses SLO"
 
 
 def _tok(x: float) -> str:
@@ -268,6 +294,8 @@ def breaks_text(h: Any) -> str:  # h: GpuHeadroom
     what = h.breaks_on
     if what is None:
         return "nothing"
+    if what == "adapter":  # every GPU-wide figure holds: the adapter's own queue grows
+        return f"queue of {h.adapter}" if h.adapter else "an adapter's queue"
     text = SLO_SHORT.get(what) or BREAKS_ON.get(what, what)
     return text + (f" of {h.adapter}" if h.adapter else "")
 
@@ -341,11 +369,7 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
             verdict = f"[red]twin: {_fail_counts(val)} after {rep.rounds} repair rounds[/]"
         say(console, verdict, markup=True)
         if len(rep.seeds_checked) > 1:
-            say(
-                console,
-                f"checked on {len(rep.seeds_checked)} draws of the window "
-                f"(seeds {', '.join(map(str, rep.seeds_checked))})",
-            )
+            say(console, seeds_summary(rep))
         if rep.headroom is not None:
             say(console, headroom_summary(rep.headroom))
         say(console, f"SLO: {slo_summary(val.slo)}" + (SLO_SOLVER_NOTE if val.slo else ""))
@@ -353,6 +377,34 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
         render_comparison_table(console, rep.comparison, rep.plan.objective, wide)
     if not wide:
         say(console, "(--wide: every column, with the vLLM flags, capacity, predicted throughput and latency)")
+
+
+def seeds_summary(rep: Any) -> str:  # rep: pipeline.SolveReport
+    """The draws of the window the plan was checked on, and those it fails, in one sentence."""
+    seeds = rep.seeds_checked
+    if not seeds:
+        return "not checked in the twin"
+    val = rep.validation
+    if val is not None and not val.ok:
+        rest = f"; the other draws (seeds {', '.join(map(str, seeds[1:]))}) are run once it passes" if seeds[1:] else ""
+        return f"fails its own draw of the window (seed {seeds[0]}){rest}"
+    many = "s" if len(seeds) > 1 else ""
+    head = f"checked on {len(seeds)} draw{many} of the window (seed{many} {', '.join(map(str, seeds))})"
+    if rep.seed_failures:
+        on = "; ".join(f"seed {s}: GPU {', '.join(map(str, g))}" for s, g in rep.seed_failures)
+        return f"{head}: fails on {on}"
+    return f"{head}: passes every one"
+
+
+def comparison_verdict(r: Any) -> str:  # r: pipeline.StrategyResult
+    """One strategy's twin verdict: "ok", "ok, meets SLO", what fails ("starved, misses SLO") or why there is
+    no plan."""
+    if r.error is not None:
+        return f"no plan: {r.error}"
+    fails = [what for what, n in (("OOM", r.oom_gpus), ("starved", r.starved_gpus), ("misses SLO", r.slo_gpus)) if n]
+    if fails:
+        return ", ".join(fails)
+    return "ok" if r.slo_gpus is None else "ok, meets SLO"
 
 
 def comparison_headers(objective: str) -> list[str]:
@@ -380,7 +432,7 @@ def comparison_cells(r: Any) -> list[str]:  # r: pipeline.StrategyResult
     """One strategy's row of the comparison, as text; the last cell is the twin's verdict (or why there is
     no plan)."""
     if r.error is not None:
-        return [r.strategy, *["–"] * 9, f"no plan: {r.error}"]
+        return [r.strategy, *["–"] * 9, comparison_verdict(r)]
     return [
         r.strategy,
         str(r.gpus_used),
@@ -392,7 +444,7 @@ def comparison_cells(r: Any) -> list[str]:  # r: pipeline.StrategyResult
         f"{r.worst_loss:.1%}" if r.worst_loss is not None else "–",
         f"{r.itl_ms_mean:.1f}" if r.itl_ms_mean is not None else "–",
         f"{r.solve_time_s:.2f}",
-        "ok" if r.ok else "fails",
+        comparison_verdict(r),
     ]
 
 

@@ -23,8 +23,9 @@ from optplace.infra.outputs import write_json
 from optplace.pipeline import SolveReport, executor_of
 
 
-def write_solve_outputs(folder: Path, rep: SolveReport, doc: dict[str, Any]) -> None:
-    """Write every artefact of a solve into ``folder`` (a fresh temporary folder)."""
+def write_solve_outputs(folder: Path, rep: SolveReport, doc: dict[str, Any], reproducible: bool = False) -> None:
+    """Write every artefact of a solve into ``folder`` (a fresh temporary folder); ``reproducible`` zeroes
+    the report's solve times as ``doc``'s are."""
     from optplace.app.report_html import solve_report_html
     from optplace.deploy.artefacts import DeployOptions, build_deployment, write_deployment
 
@@ -34,7 +35,7 @@ def write_solve_outputs(folder: Path, rep: SolveReport, doc: dict[str, Any]) -> 
     log = list(rep.plan.log) + [f"repair: {a}" for a in rep.repairs]
     (folder / "solver.log").write_text("\n".join(log) + "\n", encoding="utf-8")
     write_deployment(build_deployment(doc, DeployOptions()), folder / "deploy")
-    (folder / "report.html").write_text(solve_report_html(rep), encoding="utf-8")
+    (folder / "report.html").write_text(solve_report_html(rep, reproducible), encoding="utf-8")
 
 
 class PlanLoadError(Exception):
