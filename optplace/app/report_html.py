@@ -505,13 +505,11 @@ def headroom_section(rep: Any) -> str:
     """A bar per GPU: the extra load it holds before the twin first finds it failing, the limiting GPU
     marked, with the summary sentence; a note when headroom was not measured."""
     from optplace.app.render import breaks_text, headroom_summary, headroom_text
-    from optplace.twin.headroom import rates_scalable
-
     room = rep.headroom
     if room is None:
         if rep.validation is not None and not rep.validation.ok:
             why = "the plan fails at its stated load"
-        elif not rates_scalable(rep.scenario):
+        elif not rep.scenario.rates_scalable():
             why = "the workload's rates do not scale (a trace with a fixed scale or assignment)"
         else:
             why = "skipped (--no-headroom)"
