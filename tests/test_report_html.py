@@ -254,7 +254,7 @@ def test_solve_writes_the_same_report_with_every_slo_section(tmp_path):
     assert plan["headroom"] is not None
     seeds = ", ".join(str(s) for s in plan["seeds_checked"])
     assert f"(seeds {seeds}): passes every one" in doc
-    assert "SLO: ttft99 ≤ 2.0s, tpot99 ≤ 200ms, stable queue, per adapter." in doc
+    assert "SLO: ttft99 ≤ 2.0s, tpot99 ≤ 200ms, stable queue, per adapter, planned for 5% more load." in doc
     for heading in ("Latency against the SLO", "Headroom", "Adapters"):
         assert f"<h2>{heading}</h2>" in doc
     assert "TTFT p99 per GPU" in doc and "headroom: " in doc and "8 adapters, 0 miss the SLO" in doc
