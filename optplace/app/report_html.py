@@ -505,6 +505,7 @@ def headroom_section(rep: Any) -> str:
     """A bar per GPU: the extra load it holds before the twin first finds it failing, the limiting GPU
     marked, with the summary sentence; a note when headroom was not measured."""
     from optplace.app.render import breaks_text, headroom_summary, headroom_text
+
     room = rep.headroom
     if room is None:
         if rep.validation is not None and not rep.validation.ok:
