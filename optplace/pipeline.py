@@ -545,7 +545,7 @@ def capacity(
     from optplace.solver.greedy import largest_prefix
     from optplace.solver.problem import AdapterItem, compile_problem
     from optplace.twin.headroom import CAP, STEP, first_failures
-    from optplace.twin.simulate import SloRule, simulate_gpu
+    from optplace.twin.simulate import SloRule, scenario_slo_rule, simulate_gpu
 
     problem = compile_problem(sc, base_dir)
     types = [t for t in problem.gpu_types if gpu_type is None or t.name == gpu_type]
@@ -566,9 +566,7 @@ def capacity(
         )
 
     def rule(n: int) -> SloRule | None:
-        if sc.slo is None or mix_bounds is None:
-            return None
-        return SloRule(sc.slo.scope, sc.slo_warmup_s(), sc.slo.bounds(), tuple(b.bounds() for b in mix_bounds[:n]))
+        return None if mix_bounds is None else scenario_slo_rule(sc, mix_bounds[:n])
 
     def run(n: int, slots: int, scale: float = 1.0) -> Any:
         ads = [a.model_copy(update={"rate_rps": a.rate_rps * scale}) for a in mix_ads[:n]]

@@ -108,7 +108,8 @@ SLO_SHORT = {
 }
 
 
-def _dur(ms: float) -> str:
+def duration_text(ms: float) -> str:
+    """A latency in ms as "2.5s" (a second or more) or "87ms"."""
     return f"{ms / 1e3:.1f}s" if ms >= 1000 else f"{ms:.0f}ms"
 
 
@@ -125,13 +126,20 @@ def slo_text(g: GpuReport, bound: bool = True) -> str:
     worst = max(v.checks, key=lambda c: c.value / c.bound, default=None)
     if worst is None:
         return "stable"
-    return f"{SLO_SHORT[worst.metric]} {_dur(worst.value)}" + (f"/{_dur(worst.bound)}" if bound else "")
+    return f"{SLO_SHORT[worst.metric]} {duration_text(worst.value)}" + (
+        f"/{duration_text(worst.bound)}" if bound else ""
+    )
 
 
 def _slo_cell(g: GpuReport | None) -> str:
     if g is None or g.slo is None:
         return "–"
     return f"[{'green' if g.slo.ok else 'red'}]{slo_text(g)}[/]"
+
+
+def _over_text(c: Any) -> str:  # c: optplace.twin.simulate.SloCheck
+    """A bound a figure is over, e.g. "ttft99 2.5s > 2.0s"."""
+    return f"{SLO_SHORT[c.metric]} {duration_text(c.value)} > {duration_text(c.bound)}"
 
 
 def slo_miss_lines(gpus: Sequence[GpuReport]) -> list[str]:
@@ -141,11 +149,7 @@ def slo_miss_lines(gpus: Sequence[GpuReport]) -> list[str]:
         v = g.slo
         if v is None or v.ok or g.oom or g.starved:
             continue
-        why = [
-            f"{SLO_SHORT[c.metric]} {_dur(c.value)} > {_dur(c.bound)}" + (f" ({c.adapter})" if c.adapter else "")
-            for c in v.checks
-            if not c.ok
-        ]
+        why = [_over_text(c) + (f" ({c.adapter})" if c.adapter else "") for c in v.checks if not c.ok]
         if not v.stable:
             why.append(f"backlog grew by {v.backlog_growth:,} requests (allowed {v.backlog_allowance:,.0f})")
         if v.served_nothing:
@@ -174,7 +178,7 @@ def adapter_slo_text(a: Any) -> str:  # a: optplace.twin.simulate.AdapterReport
         return "ok"
     if v.served_nothing:
         return "served none"
-    why = [f"{SLO_SHORT[c.metric]} {_dur(c.value)} > {_dur(c.bound)}" for c in v.checks if not c.ok]
+    why = [_over_text(c) for c in v.checks if not c.ok]
     if not v.stable:
         why.append(f"queue +{v.backlog_growth:,} (allowed {v.backlog_allowance:,.0f})")
     return "; ".join(why) or "misses SLO"
@@ -230,7 +234,7 @@ def slo_summary(slo: dict[str, Any] | None) -> str:
     adapter" (the metric names of the table's SLO column)."""
     if slo is None:
         return "none (slo: none): the throughput rule alone"
-    bounds = ", ".join(f"{SLO_SHORT[m]} ≤ {_dur(b)}" for m, b in slo["bounds"].items())
+    bounds = ", ".join(f"{SLO_SHORT[m]} ≤ {duration_text(b)}" for m, b in slo["bounds"].items())
     own = " (some adapters with their own bounds)" if slo.get("adapter_entries_with_own_bounds") else ""
     more = f", planned for {slo['headroom']:.0%} more load" if slo.get("headroom") else ""
     return f"{bounds or 'no latency bound'}, stable queue, per {slo['scope']}{own}{more}"
@@ -362,9 +366,8 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
             verdict = f"[green]twin: every GPU serves its load{within}" + (f" ({more})" if more else "") + "[/]"
         elif h is not None and val.ok and not h.ok:
             verdict = f"[red]twin: {_fail_counts(h)} at {more} after {rep.rounds} repair rounds[/]"
-        elif val.ok and rep.seed_failures:
-            on = "; ".join(f"GPU {', '.join(map(str, g))} on seed {s}" for s, g in rep.seed_failures)
-            verdict = f"[red]twin: passes seed {val.seed}, fails other draws ({on}) after {rep.rounds} repair rounds[/]"
+        elif val.ok and rep.seed_failures:  # which GPUs on which seeds: the seeds line below
+            verdict = f"[red]twin: passes seed {val.seed}, fails other draws after {rep.rounds} repair rounds[/]"
         else:
             verdict = f"[red]twin: {_fail_counts(val)} after {rep.rounds} repair rounds[/]"
         say(console, verdict, markup=True)

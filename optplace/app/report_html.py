@@ -425,7 +425,7 @@ def _axis_ms(ms: float) -> str:
 
 def _metric_bar(label: str, metric: str, g: GpuReport | None) -> Bar:
     """A GPU's bar for one SLO metric: its steady-state figure (the worst adapter's, judged per adapter)."""
-    from optplace.app.render import SLO_SHORT, _dur
+    from optplace.app.render import SLO_SHORT, duration_text
 
     if g is None:
         return Bar(label, math.nan, NEUTRAL_COLOUR, "–", f"{label}: not simulated")
@@ -434,8 +434,8 @@ def _metric_bar(label: str, metric: str, g: GpuReport | None) -> Bar:
         what = "OOM" if g.oom else "–"
         return Bar(label, 0.0, NEUTRAL_COLOUR, what, f"{label}: no {SLO_SHORT[metric]} figure ({what})")
     who = f" (adapter {c.adapter})" if c.adapter else ""
-    value = _dur(c.value) if math.isfinite(c.value) else "none completed"
-    tip = f"{label}: {SLO_SHORT[metric]} {value}{who}, bound {_dur(c.bound)}: {'meets it' if c.ok else 'over'}"
+    value = duration_text(c.value) if math.isfinite(c.value) else "none completed"
+    tip = f"{label}: {SLO_SHORT[metric]} {value}{who}, bound {duration_text(c.bound)}: {'meets it' if c.ok else 'over'}"
     return Bar(label, c.value, OK_COLOUR if c.ok else BAD_COLOUR, value, tip, c.bound)
 
 
@@ -444,13 +444,13 @@ def _bound_lines(bars: list[Bar], name: str = "SLO") -> tuple[list[Bar], list[tu
     otherwise)."""
     from dataclasses import replace
 
-    from optplace.app.render import _dur
+    from optplace.app.render import duration_text
 
     bounds = {b.bound for b in bars if b.bound is not None}
     if len(bounds) != 1:
         return bars, []
     (bound,) = bounds
-    return [replace(b, bound=None) for b in bars], [(bound, f"{name} {_dur(bound)}")]
+    return [replace(b, bound=None) for b in bars], [(bound, f"{name} {duration_text(bound)}")]
 
 
 def slo_section(val: SimReport, twin: Sequence[GpuReport | None]) -> str:
@@ -569,7 +569,7 @@ def _adapter_ratio(a: AdapterReport) -> float:
 def adapter_section(val: SimReport) -> str:
     """Every adapter's steady-state latency, bounds and verdict, the worst :data:`ADAPTER_ROWS` first (those
     that miss the SLO, then by their figure closest to its bound), with a chart of the worst ones."""
-    from optplace.app.render import SLO_SHORT, _dur, adapter_slo_text
+    from optplace.app.render import SLO_SHORT, duration_text, adapter_slo_text
 
     ads = [(g.index, a) for g in val.gpus for a in g.per_adapter]
     if not ads:
@@ -578,7 +578,7 @@ def adapter_section(val: SimReport) -> str:
     ads.sort(key=lambda ga: (ga[1].slo is None or ga[1].slo.ok, -_adapter_ratio(ga[1]), ga[1].name))
 
     def ms(x: float) -> str:
-        return _dur(x) if math.isfinite(x) else "–"
+        return duration_text(x) if math.isfinite(x) else "–"
 
     rows = []
     for gi, a in ads[:ADAPTER_ROWS]:
@@ -590,7 +590,7 @@ def adapter_section(val: SimReport) -> str:
         )
         loss = a.loss if st is None or st.loss is None else st.loss
         checks = a.slo.checks if a.slo is not None else ()
-        bounds = ", ".join(f"{SLO_SHORT[c.metric]} ≤ {_dur(c.bound)}" for c in checks) or (
+        bounds = ", ".join(f"{SLO_SHORT[c.metric]} ≤ {duration_text(c.bound)}" for c in checks) or (
             "GPU-wide" if judged else "–"
         )
         ratio = _adapter_ratio(a)
@@ -631,7 +631,7 @@ def adapter_section(val: SimReport) -> str:
             if a.slo.served_nothing:  # no figure: a full-height bar
                 tip, pct = f"{a.name} (GPU {gi}): served none of its requests", math.inf
             else:
-                figure = f"{SLO_SHORT[c.metric]} {ms(c.value)} of {_dur(c.bound)}"
+                figure = f"{SLO_SHORT[c.metric]} {ms(c.value)} of {duration_text(c.bound)}"
                 tip = f"{a.name} (GPU {gi}): {figure}; {adapter_slo_text(a)}"
                 pct = 100 * c.value / c.bound
             bars.append(Bar(a.name, pct, OK_COLOUR if ok else BAD_COLOUR, "none" if a.slo.served_nothing else "", tip))

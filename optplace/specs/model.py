@@ -386,6 +386,9 @@ DEFAULT_TPOT_P99_MS = 200.0
 #: load passed the run's own draw and three more, then failed two of three further draws (bundled
 #: mixed-ranks-500); one 5 % grid step of margin is what the twin's seed-to-seed noise needs.
 DEFAULT_HEADROOM = 0.05
+#: Other draws of the window solve checks a plan on when ``solver.check_seeds`` is not given and the
+#: spec has an SLO (with ``slo: none``: none, the study's rule judged one draw).
+DEFAULT_CHECK_SEEDS = 3
 
 
 class SloBounds(_Spec):
@@ -538,6 +541,14 @@ class Scenario(_Spec):
         if self.slo.headroom is not None:
             return float(self.slo.headroom)
         return DEFAULT_HEADROOM if self.rates_scalable() else 0.0
+
+    def check_seed_count(self) -> int:
+        """How many other seeds solve checks a plan on: ``solver.check_seeds``, else
+        :data:`DEFAULT_CHECK_SEEDS` under an SLO and 0 with ``slo: none``."""
+        n = self.solver.check_seeds
+        if n is not None:
+            return int(n)
+        return DEFAULT_CHECK_SEEDS if self.slo is not None else 0
 
     def slo_warmup_s(self) -> float:
         """Steady state starts here: ``slo.warmup_s``, else 10 % of the window."""

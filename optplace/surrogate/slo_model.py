@@ -186,9 +186,9 @@ def load_slo_rows(paths: Sequence[Path]) -> SloRows:
 
 
 def _fit_text(params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, cap: int) -> str:
-    from optplace.surrogate.training import _fit
+    from optplace.surrogate.training import fit_booster
 
-    return str(_fit(params, X, y, groups, seed, cap).model_to_string())
+    return str(fit_booster(params, X, y, groups, seed, cap).model_to_string())
 
 
 def verdict_figures(violates: np.ndarray, pred_violates: np.ndarray) -> dict[str, float]:

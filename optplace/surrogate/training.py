@@ -125,7 +125,7 @@ def _augmented(X: np.ndarray, physics_profile: str | None) -> np.ndarray:
     return physics_for(physics_profile).augment_many(X)
 
 
-def _fit(
+def fit_booster(
     params: dict[str, Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, max_rounds: int = MAX_ROUNDS
 ) -> Any:
     """Choose the round count by early stopping on an inner group split, then refit on all rows."""
@@ -296,7 +296,7 @@ def _train_into(
     ):
         y = ys[name]
         use = ~test & np.isfinite(y)
-        booster = _fit(params, X[use], y[use], groups[use], seed, caps.get(name, MAX_ROUNDS))
+        booster = fit_booster(params, X[use], y[use], groups[use], seed, caps.get(name, MAX_ROUNDS))
         (out / f"{prefix}{name}.txt").write_text(booster.model_to_string())
         files[name] = {"file": f"{prefix}{name}.txt", "trees": booster.num_trees()}
     use = ~test & np.isfinite(ys["starved"])
@@ -386,7 +386,7 @@ def cv_threshold(
     p = np.full(y.size, np.nan)
     for k in range(folds):
         tr, te = f != k, f == k
-        b = _fit(CLASSIFIER_PARAMS, X[tr], y[tr], groups[tr], seed + 11 * (k + 1), rounds)
+        b = fit_booster(CLASSIFIER_PARAMS, X[tr], y[tr], groups[tr], seed + 11 * (k + 1), rounds)
         p[te] = b.predict(X[te], num_threads=1)
     yb = y > 0.5
     f1 = [macro_f1(yb, p >= t) for t in THRESHOLD_GRID]

@@ -177,14 +177,14 @@ def judge_slo(
     ad_lat: Sequence[WindowLatency],
     arrived: np.ndarray,
     finished: np.ndarray,
-    in_service: np.ndarray | None = None,
+    serving: np.ndarray | None = None,
 ) -> tuple[SloVerdict, tuple[SloVerdict, ...]]:
     """The GPU's and each adapter's verdict. ``arrived`` / ``finished``: per adapter, the requests that
     arrived in the steady state and those that finished in it (whenever they arrived), so their
-    difference is the growth of the adapter's backlog over the steady state; ``in_service``: per
-    adapter, the requests a stable server has decoding at any time (see :data:`STABLE_SHARE`)."""
+    difference is the growth of the adapter's backlog over the steady state; ``serving``: per adapter,
+    the requests a stable server has decoding at any time (:func:`in_service`, :data:`STABLE_SHARE`)."""
     per: list[SloVerdict] = []
-    serving = np.zeros(len(names)) if in_service is None else np.asarray(in_service, dtype=float)
+    serving = np.zeros(len(names)) if serving is None else np.asarray(serving, dtype=float)
     for i in range(len(names)):
         lat = ad_lat[i].steady
         nothing = int(arrived[i]) > 0 and lat.completed == 0
@@ -575,6 +575,15 @@ def scenario_workload(
     )
 
 
+def scenario_slo_rule(sc: Scenario, adapter_bounds: Sequence[Any]) -> SloRule | None:
+    """The scenario's SLO for one GPU whose adapters have these bounds (each a
+    :class:`~optplace.specs.model.SloBounds`, in the GPU's adapter order); None with ``slo: none``."""
+    slo = sc.slo
+    if slo is None:
+        return None
+    return SloRule(slo.scope, sc.slo_warmup_s(), slo.bounds(), tuple(b.bounds() for b in adapter_bounds))
+
+
 def placement_of(sc: Scenario) -> tuple[GpuConfig, ...]:
     """The spec's ``placement:`` as GPU plans (``all`` expanded)."""
     if sc.placement is None:
@@ -618,10 +627,8 @@ class PlanSimulator:
 
     def slo_rule(self, members: Sequence[int]) -> SloRule | None:
         """The SLO of a GPU holding adapters ``members`` (indices into the scenario's adapters)."""
-        slo, per = self.sc.slo, self.slo_bounds
-        if slo is None or per is None:
-            return None
-        return SloRule(slo.scope, self.sc.slo_warmup_s(), slo.bounds(), tuple(per[i].bounds() for i in members))
+        per = self.slo_bounds
+        return None if per is None else scenario_slo_rule(self.sc, [per[i] for i in members])
 
     def run(self, plan: Sequence[GpuConfig], progress: Progress | None = None) -> SimReport:
         """Twin results for every GPU of ``plan`` (new configurations simulated in parallel; ``progress``
@@ -649,18 +656,9 @@ class PlanSimulator:
 SEED_STRIDE = 1_000_003
 
 
-#: Other draws a plan is checked on when ``solver.check_seeds`` is not given and the spec has an SLO.
-DEFAULT_CHECK_SEEDS = 3
-
-
 def check_seeds(sc: Scenario) -> tuple[int, ...]:
-    """The seeds solve checks a plan with: the run's own, then ``solver.check_seeds`` others (default
-    :data:`DEFAULT_CHECK_SEEDS` under an SLO, none with ``slo: none``, whose rule the study judged on
-    one draw)."""
-    n = sc.solver.check_seeds
-    if n is None:
-        n = DEFAULT_CHECK_SEEDS if sc.slo is not None else 0
-    return tuple((sc.seed + i * SEED_STRIDE) % 2**63 for i in range(n + 1))
+    """The seeds solve checks a plan with: the run's own, then ``Scenario.check_seed_count()`` others."""
+    return tuple((sc.seed + i * SEED_STRIDE) % 2**63 for i in range(sc.check_seed_count() + 1))
 
 
 def worst_of(a: SimReport, b: SimReport) -> SimReport:
