@@ -24,7 +24,7 @@ calibration's saturated point, ``_capacity_rps``), so it offers the same share o
   agree with the twin's;
 - ``sat-2slots`` (~150 %): 2 slots, 4 adapters, two heavy ones saturating the server — fewer slots than
   active adapters: the two light adapters never get a slot and complete nothing (slot stickiness); run
-  twice, judged on the mean;
+  twice right after the calibration, judged on the mean, net of the machine's drift;
 - ``5ad-3slots`` (~15 %): 3 slots, 5 light adapters — swaps all the time.
 
 Criteria: engine token rate and completed-token throughput each within 15 % on every configuration;
@@ -42,8 +42,9 @@ calibrated and the probed capacity —, token rates, errors, latency errors), la
 A real run on a shared 2-core machine is a noisy instrument: identical back-to-back runs at capacity
 differed by 1.7× in mean ITL (76 vs 129 ms) and saturated engine rates by 15–17 % between sessions. The
 probes make the below-saturation loads hold whatever the machine's speed; a saturated configuration's
-token rates are the engine's speed itself, so ``sat-2slots`` still compares the engine at its time with
-the twin as calibrated (each probe prints the twin's error on it: the drift since calibration). Near
+token rates are the engine's speed itself, so ``sat-2slots`` runs between the calibration's saturated
+point and probe 0 and its token-rate errors are judged net of the twin's mean error on those two (the
+twin's error on a new configuration beyond its error on the calibration's workload at the same time). Near
 capacity the latency amplifies any step-time error by 1 / (1 − load): at 80 % a 2 % error in the
 per-token cost is a 10 % error in ITL.
 """
@@ -295,6 +296,18 @@ def _probe(d: Path, k: int, cfg: SweepConfig, ep: Endpoint, server: RunServer) -
     )
 
 
+def _twin_ratio_at_calibration(d: Path) -> float:
+    """The twin's capacity over the engine's on the calibration's own saturated point: the fitted profile
+    replayed on the requests it was partly fitted on (its residual there, a few per cent)."""
+    from optplace.calibration.runs_fit import twin_errors
+    from optplace.specs.profiles import load_profile_file
+    from optplace.vllm.runs import load_run
+
+    (chk,) = twin_errors(load_profile_file(d / "fitted.json"), load_run(d / "fitted.runs" / SAT_POINT))
+    assert chk.engine_error is not None, "the calibration's server exposed no token counters"
+    return 1.0 + chk.engine_error
+
+
 def _cpu_slo(d: Path) -> dict[str, float]:
     """solve-plan's SLO, scaled to this engine: TTFT p99 within two steps that prefill the longest prompt the
     lengths allow (it may wait for one such step before its own), TPOT p99 within four decode steps. A step
@@ -344,6 +357,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     probed: dict[str, float] = {}  # the engine's capacity probed right before the configuration [req/s]
     twin_cap: dict[str, float] = {}  # the twin's capacity on the probe's requests [req/s]
     probe_lines: list[str] = []
+    probe_twin_ratio: list[float] = []  # the twin's capacity over the engine's, on each probe's requests
     launch = _server_flags(model, adapters)
 
     def validate(label: str, spec_text: str, window: float, server_args: list[str], repeats: int = 1) -> None:
@@ -351,12 +365,34 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
         path.write_text(spec_text)
         runs[label] = [_validate(path, d / f"v-{label}-{k}", window, server_args) for k in range(repeats)]
 
-    # 1. right after the calibration, on one server of its shape: a capacity probe, then the configurations
-    #    it scales (below saturation and at capacity, all adapters resident), back to back
+    # 1. right after the calibration: saturated at ~150 %, fewer slots than active adapters: heavy h0, h1
+    #    hold the 2 slots, l2, l3 starve (slot stickiness); mean of two runs of the same workload. Its token
+    #    rates are the engine's speed itself, so it runs between the calibration's saturated point and probe
+    #    0, which measure the twin's error on the calibration's workload just before and just after it
+    rates = [*[_heavy_rate(d)] * 2, 0.5, 0.5]
+    seed = _sticky_seed(rates, 60)
+    validate(
+        "sat-2slots",
+        _spec(
+            "sat-2slots",
+            [(f"h{i}" if i < 2 else f"l{i}", 8 if i % 2 == 0 else 16, q) for i, q in enumerate(rates)],
+            60,
+            seed=seed,
+            placement=[(2, ["h0", "h1", "l2", "l3"])],
+        ),
+        60,
+        launch,
+        repeats=2,
+    )
+    scaled_to["sat-2slots"] = cap_cal
+
+    # 2. on one server of the calibration's shape: a capacity probe, then the configurations it scales
+    #    (below saturation and at capacity, all adapters resident), back to back
     with _calibration_shaped_server(d, model) as (cfg, ep, server):
         for k, group in enumerate(PROBED_GROUPS):
             cap_now, cap_twin, line = _probe(d, k, cfg, ep, server)
             probe_lines.append(line)
+            probe_twin_ratio.append(cap_twin / cap_now)
             print(f"[{line}]")
             for label, load, weights, window, seed, repeats in group:
                 rates = _rates(weights, load, min(cap_twin, cap_now))
@@ -377,7 +413,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
                 validate(label, spec, window, ["--endpoints", str(routes), "--vocab", "4:2048"], repeats)
                 scaled_to[label], probed[label], twin_cap[label] = min(cap_twin, cap_now), cap_now, cap_twin
 
-    # 2. the plan optplace solve makes for a small scenario on the fitted profile (light load) under an SLO
+    # 3. the plan optplace solve makes for a small scenario on the fitted profile (light load) under an SLO
     #    scaled to this engine, deployed on a server of its own
     slo = _cpu_slo(d)
     solve_spec = d / "solve.yaml"
@@ -398,25 +434,6 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     assert len(placement) == 1, placement  # one server serves a fifth of its capacity within the SLO
     runs["solve-plan"] = [_validate(plan, d / "v-solve", 45, launch)]
     scaled_to["solve-plan"] = cap_cal
-
-    # 3. saturated at ~150 %, fewer slots than active adapters: heavy h0, h1 hold the 2 slots, l2, l3 starve
-    #    (slot stickiness); mean of two runs of the same workload
-    rates = [*[_heavy_rate(d)] * 2, 0.5, 0.5]
-    seed = _sticky_seed(rates, 60)
-    validate(
-        "sat-2slots",
-        _spec(
-            "sat-2slots",
-            [(f"h{i}" if i < 2 else f"l{i}", 8 if i % 2 == 0 else 16, q) for i, q in enumerate(rates)],
-            60,
-            seed=seed,
-            placement=[(2, ["h0", "h1", "l2", "l3"])],
-        ),
-        60,
-        launch,
-        repeats=2,
-    )
-    scaled_to["sat-2slots"] = cap_cal
 
     # 4. light, 5 adapters on 3 slots (swaps, every adapter served)
     validate(
@@ -470,6 +487,21 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
                     f" completed {c.throughput_error * 100 if c.throughput_error is not None else 0:+.1f} %"
                 )
 
+    # sat-2slots at saturation: the twin's token rates against the engine's, net of the twin's error on the
+    # calibration's workload at the same time (the mean, over the calibration's saturated point and probe 0
+    # that bracket it, of the twin's over the engine's capacity). Judged raw against the calibration, its
+    # errors ranged from -20 % to +13 % over four runs of this suite as the shared machine's speed drifted
+    drift = (_twin_ratio_at_calibration(d) + probe_twin_ratio[0]) / 2.0
+    sat = by["sat-2slots"]
+    sat_net = {
+        what: None if err is None else (1.0 + err) / drift - 1.0
+        for what, err in (("engine tokens/s", sat.engine_error), ("completed tokens/s", sat.throughput_error))
+    }
+    print(
+        f"[sat-2slots net of the drift (twin/engine on the calibration's workload around it {drift:.3f}): "
+        + ", ".join(f"{what} {err * 100:+.1f} %" if err is not None else f"{what} -" for what, err in sat_net.items())
+        + "]"
+    )
     # the scenarios do what they are meant to: one saturated with stuck adapters, the light and the
     # below-saturation ones served in full, at the intended share of the capacity
     assert by["sat-2slots"].real_starved and set(by["sat-2slots"].real_zero) == {"l2", "l3"}
@@ -485,7 +517,8 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
             misses.append(
                 f"{label}: verdict twin/real {c.twin_starved}/{c.real_starved}, zero {c.twin_zero}/{c.real_zero}"
             )
-        for what, err in (("engine tokens/s", c.engine_error), ("completed tokens/s", c.throughput_error)):
+        errors = {"engine tokens/s": c.engine_error, "completed tokens/s": c.throughput_error}
+        for what, err in (sat_net if label == "sat-2slots" else errors).items():
             if err is None or abs(err) > TOLERANCE:
                 misses.append(f"{label}: {what} error {err} beyond {TOLERANCE}")
     # the real engine judged by the twin's SLO rule on the plan solved under it: the same verdict per adapter
