@@ -116,6 +116,7 @@ def _spec(
     seed: int,
     placement: list[tuple[int, list[str]]] | None = None,
     slo: dict[str, float] | None = None,
+    check_seeds: int | None = None,
 ) -> str:
     lines = [
         f"name: {name}",
@@ -133,7 +134,9 @@ def _spec(
     lines += [
         "constraints: {max_throughput_loss: 0.10}",
         "objective: min_gpus",
-        "solver: {strategy: milp, time_limit_s: 20}",
+        "solver: {strategy: milp, time_limit_s: 20"
+        + (f", check_seeds: {check_seeds}" if check_seeds is not None else "")
+        + "}",
         f"seed: {seed}",
     ]
     if slo:
@@ -424,6 +427,11 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
             45,
             seed=21,
             slo=slo,
+            # the real engine replays the run's own draw, and the verdicts compared are on it: on other
+            # draws a 45 s window holds ~20 requests per adapter, whose TPOT p99 is their slowest one (one
+            # draw at +5 % load failed TPOT by a hair where +10 % and +20 % passed), and repair would
+            # split the plan the comparison is about
+            check_seeds=0,
         )
     )
     r = runner.invoke(app, ["solve", str(solve_spec), "--json"])
