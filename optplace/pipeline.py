@@ -256,9 +256,11 @@ def solve_scenario(
     """Solve, validate in the twin, repair starved/OOM GPUs and those that miss the SLO, and re-validate
     (at most ``max_rounds``: default 4, or 8 under an SLO).
 
-    The solver sizes GPUs by throughput (its oracles know no latency); the SLO is met by the twin's
-    check and the repair, which typically needs one round to give every adapter a slot and one or two
-    more to move load off the GPUs that then run short of KV cache.
+    The solver's oracle judges each GPU by the SLO where it can (``auto``: the SLO surrogates under the
+    default SLO, the twin oracle under any SLO) and by throughput elsewhere; the twin's check of the
+    whole plan and the repair make sure the SLO holds, which with a throughput-only oracle typically
+    needs one round to give every adapter a slot and one or two more to move load off the GPUs that
+    then run short of KV cache.
 
     ``compare``: also solve the scenario with every other strategy (each on its own
     ``solver.time_limit_s``) and check each plan, as placed, in the twin (:class:`StrategyResult`,

@@ -174,3 +174,28 @@ def test_shipped_files_exist_for_every_bundled_profile_with_a_recipe() -> None:
         if slo_recipe_path(name).exists():
             assert shipped_slo_path(name).exists()
     assert FEATURE_INDEX["rho_fluid"] > 0
+
+
+def test_auto_oracle_plans_on_the_slo_verdict_where_it_applies() -> None:
+    from optplace.solver import compile_problem
+    from optplace.solver.capacity import Mix, make_oracle
+
+    base = SCENARIO + "  - {group: g, count: 120, rank: 16, rate_rps: 0.02}\n"
+    auto = make_oracle(compile_problem(load_scenario_text(base)), "auto")
+    # the default SLO: the SLO models judge every GPU, at the load solve checks plans at (+5 % by default)
+    assert auto.name == "surrogate+slo" and auto.slo_load_scale == pytest.approx(1.05)
+    mix = Mix.of(auto.problem.adapters)
+    e = auto.evaluate(0, mix, 4)
+    assert not e.feasible and e.reason == "slo"
+    # another SLO, or none: the throughput surrogates alone (the SLO models learned the default one only)
+    for extra in ("slo: {ttft_p99_ms: 500}\n", "slo: none\n"):
+        other = make_oracle(compile_problem(load_scenario_text(base + extra)), "auto")
+        assert other.name == "surrogate" and other.slo_models is None and other.evaluate(0, mix, 4).feasible
+    # a larger margin judges the SLO at the larger load: somewhere between the two the verdict flips
+    wide = make_oracle(compile_problem(load_scenario_text(base + "slo: {headroom: 1.0}\n")), "auto")
+    assert wide.name == "surrogate+slo" and wide.slo_load_scale == pytest.approx(2.0)
+    grid = [Mix(mix.ranks, tuple(x * f for x in mix.rates)) for f in (1, 2, 3, 4, 5, 6, 7)]  # a slot each
+    narrow_ok = [auto.evaluate(0, m, 120).feasible for m in grid]
+    wide_ok = [wide.evaluate(0, m, 120).feasible for m in grid]
+    assert all(n or not w for n, w in zip(narrow_ok, wide_ok))  # the wider margin only removes GPUs
+    assert sum(wide_ok) < sum(narrow_ok)

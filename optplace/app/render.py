@@ -331,8 +331,14 @@ def headroom_summary(room: Any) -> str:  # room: optplace.twin.headroom.PlanHead
     )
 
 
-#: What the solver does with the SLO today, said wherever a solved plan is shown.
-SLO_SOLVER_NOTE = "; the solver sizes GPUs by throughput, the twin's check and repair enforce the SLO"
+def slo_solver_note(oracle: str) -> str:
+    """What the solver did with the SLO, said wherever a solved plan is shown: an oracle named
+    ``…+slo`` judged every GPU it accepted by the SLO (the SLO surrogates, or the twin), others by
+    throughput alone."""
+    if oracle.endswith("+slo"):
+        how = "the SLO surrogates'" if oracle.startswith("surrogate") else "the twin's"
+        return f"; the solver planned each GPU on {how} SLO verdict, the twin's check and repair confirm it"
+    return "; the solver sizes GPUs by throughput, the twin's check and repair enforce the SLO"
 
 
 def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:  # rep: pipeline.SolveReport
@@ -375,7 +381,7 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
             say(console, seeds_summary(rep))
         if rep.headroom is not None:
             say(console, headroom_summary(rep.headroom))
-        say(console, f"SLO: {slo_summary(val.slo)}" + (SLO_SOLVER_NOTE if val.slo else ""))
+        say(console, f"SLO: {slo_summary(val.slo)}" + (slo_solver_note(rep.plan.oracle) if val.slo else ""))
     if rep.comparison:
         render_comparison_table(console, rep.comparison, rep.plan.objective, wide)
     if not wide:

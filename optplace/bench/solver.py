@@ -47,10 +47,10 @@ the twin's check of every GPU over ``validate_window_s``, repair until the twin 
   re-judged in the twin under the default SLO: "meets SLO" or "misses SLO on k/N" GPUs.
 
 These columns' solver GPUs can differ from the row's analytic-oracle ones (the 100-adapter families:
-3 analytic, 2 with the shipped surrogate oracle, for most strategies). The solver sizes GPUs by
-throughput in both cases (its oracles know no latency), so the solver's
-GPUs and lower bound are the same under both rules: what differs is what the twin accepts and what
-repair adds. The bound is valid under the SLO too (an SLO plan must also meet the rule). The summary
+3 analytic, 2 with the shipped surrogate oracle, for most strategies). Under the default SLO the
+shipped oracle also asks the SLO surrogates (``surrogate+slo``), so the solver's GPUs can differ
+between the two rules as well; the twin's check and the repair decide the final plan under both. The
+bound is valid under the SLO too (an SLO plan must also meet the rule). The summary
 adds the share of rule-only plans that miss the SLO (per strategy and overall) and, per family, the
 GPUs the SLO costs over the rule, the solve time and the seeds the final SLO plan meets. ``--rule
 study`` or ``--rule slo`` runs one side (no re-judging, no SLO cost). Families above

@@ -36,7 +36,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from optplace.solver.problem import AdapterClass, AdapterItem, Deadline, Problem
+from optplace.specs.model import SLO_METRICS
 from optplace.twin.fluid import FluidPoint, fluid_constants
+from optplace.twin.simulate import SloRule
 
 #: Slot counts the solver considers (every value up to 16, then coarser): vLLM accepts any
 #: integer, but capacity varies slowly with slots, so a grid keeps the MILP's pricing finite.
@@ -340,6 +342,12 @@ class TwinCapacity:
         self.seed = problem.seed if seed is None else seed
         self.memo: dict[tuple[Any, ...], Estimate] = {}
         self.twin_calls = 0
+        self.slo_rule = _oracle_slo_rule(problem.scenario, self.window_s)
+        # under an SLO the twin judges a mix at the load solve's check judges plans at
+        sc = problem.scenario
+        self.load_scale = 1.0 + (sc.slo_headroom() if sc is not None and self.slo_rule is not None else 0.0)
+        if self.slo_rule is not None:
+            self.name = "twin+slo"
 
     def slot_cap(self, gtype: int, rank_max: int) -> int:
         return self.analytic.slot_cap(gtype, rank_max)
@@ -371,7 +379,10 @@ class TwinCapacity:
         if sc is None:
             raise ValueError("TwinCapacity needs a problem compiled from a scenario (its workload model)")
         items = sorted(zip(mix.ranks, mix.rates), key=lambda x: (-x[1], x[0]))
-        ads = [Adapter(name=f"a{i}", rank=r, rate_rps=x) for i, (r, x) in enumerate(items)]
+        ads = [Adapter(name=f"a{i}", rank=r, rate_rps=x * self.load_scale) for i, (r, x) in enumerate(items)]
+        slo_rule = self.slo_rule
+        if slo_rule is not None:
+            slo_rule = SloRule(slo_rule.scope, slo_rule.warmup_s, slo_rule.bounds, (slo_rule.bounds,) * len(ads))
         self.twin_calls += 1
         rep = simulate_gpu(
             prob.gpu_types[gtype].profile,
@@ -385,6 +396,7 @@ class TwinCapacity:
             duration_s=self.window_s,
             seed=self.seed,
             base_dir=prob.base_dir,
+            slo=slo_rule,
         )
         reason = "ok"
         full = self.window_s >= prob.stats.duration_s
@@ -401,11 +413,18 @@ class TwinCapacity:
             reason = "starved"
         elif rule is not None and any(a.loss > rule + edge for a in rep.per_adapter):
             reason = "adapter_starved"
+        elif rep.slo is not None and not rep.slo.ok:
+            reason = "slo"
+        offered, served = rep.offered_tok_s, 1.0
+        if self.load_scale != 1.0:
+            # judged at the scaled load, reported at the stated one (the plan's predictions are for it)
+            offered = prob.offered_tok_s(mix.rate_sum)
+            served = rep.throughput_tok_s / rep.offered_tok_s if rep.offered_tok_s > 0 else 1.0
         return Estimate(
             reason == "ok",
             max_loras,
-            rep.offered_tok_s,
-            rep.throughput_tok_s,
+            offered,
+            rep.throughput_tok_s if self.load_scale == 1.0 else offered * served,
             rep.itl_ms_mean,
             rep.ttft_ms_p99,
             reason,
@@ -425,38 +444,77 @@ class TwinCapacity:
         return _pick([e, *(self.evaluate(gtype, mix, L) for L in alt)])
 
 
+def _oracle_slo_rule(sc: Any, window_s: float) -> SloRule | None:
+    """The SLO the twin oracle judges a mix by (None with ``slo: none``): the scenario's scope, its
+    warm-up (default 10 % of the oracle's window, which may be shorter than the spec's), and for every
+    adapter the strictest bound any adapter of the scenario has per metric — the oracle's mixes are
+    anonymous (rank, rate) pairs, so a per-group override can only be honoured conservatively; the
+    twin's check of the plan then judges every adapter by its own bounds."""
+    if sc is None or sc.slo is None:
+        return None
+    strictest: dict[str, float] = {}
+    for b in sc.adapter_slos() or ():
+        for metric, bound in b.bounds():
+            strictest[metric] = min(bound, strictest.get(metric, math.inf))
+    bounds = tuple((m, strictest[m]) for m in SLO_METRICS if m in strictest)
+    warm = sc.slo.warmup_s if sc.slo.warmup_s is not None else 0.10 * window_s
+    return SloRule(sc.slo.scope, min(float(warm), 0.5 * window_s), bounds, ())
+
+
 class SurrogateCapacity:
     """LightGBM surrogates (``optplace.surrogate``) with the profile's memory cap."""
 
     name = "surrogate"
 
-    def __init__(self, problem: Problem, surrogates: Sequence[Any], slo_models: Sequence[Any] | None = None) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        surrogates: Sequence[Any],
+        slo_models: Sequence[Any] | None = None,
+        slo_load_scale: float = 1.0,
+    ) -> None:
         self.problem = problem
         self.surrogates = list(surrogates)  # one per GPU type
         # SLO surrogates (optplace.surrogate.slo_model), one per GPU type: when given, a GPU must also be
-        # predicted to meet the default SLO (reason "slo" otherwise)
+        # predicted to meet the default SLO (reason "slo" otherwise) with every rate × slo_load_scale,
+        # the load solve's twin check judges the plan at (1 + the SLO's headroom margin)
         self.slo_models = list(slo_models) if slo_models is not None else None
+        self.slo_load_scale = float(slo_load_scale)
+        if self.slo_models is not None:
+            self.name = "surrogate+slo"
         self.analytic = AnalyticCapacity(problem)
         # Under the per-adapter rule the surrogate applies the analytic slot rule itself (evaluate).
         strict = problem.constraints.max_adapter_loss is not None
         self.guard = self.analytic.relaxed(GUARD, self.analytic.kappa if strict else None)
 
     @classmethod
-    def shipped(cls, problem: Problem, slo: bool = False) -> "SurrogateCapacity":
+    def shipped(cls, problem: Problem, slo: bool | None = False) -> "SurrogateCapacity":
         """Use the models shipped for every GPU type's profile, each checked against that profile's numbers
         and the twin in use (FileNotFoundError if one is missing, ``SurrogateRefused`` if one does not fit).
-        ``slo``: also require the shipped SLO models' "meets the default SLO" (refused, ValueError, for a
-        scenario judged by another SLO: the models learned the default one only)."""
+        ``slo=True``: also require the shipped SLO models' "meets the default SLO" at the load solve checks
+        plans at (refused, ValueError, for a scenario judged by another SLO: the models learned the default
+        one only); ``slo=None``: use them where they apply (the scenario is judged by the default SLO and
+        every GPU type has one), else the throughput surrogates alone."""
         from optplace.surrogate.runtime import load_shipped
 
+        surrogates = [load_shipped(t.profile) for t in problem.gpu_types]
+        sc = problem.scenario
         slo_models = None
-        if slo:
+        if slo is not False:
+            from optplace.surrogate.runtime import SurrogateRefused
             from optplace.surrogate.slo_model import has_default_slo, load_shipped_slo
 
-            if problem.scenario is None or not has_default_slo(problem.scenario):
-                raise ValueError("the SLO surrogates learned the default SLO; this scenario is judged by another")
-            slo_models = [load_shipped_slo(t.profile) for t in problem.gpu_types]
-        return cls(problem, [load_shipped(t.profile) for t in problem.gpu_types], slo_models)
+            if sc is None or not has_default_slo(sc):
+                if slo:
+                    raise ValueError("the SLO surrogates learned the default SLO; this scenario is judged by another")
+            else:
+                try:
+                    slo_models = [load_shipped_slo(t.profile) for t in problem.gpu_types]
+                except (FileNotFoundError, SurrogateRefused):
+                    if slo:
+                        raise
+        scale = 1.0 + (sc.slo_headroom() if sc is not None else 0.0)
+        return cls(problem, surrogates, slo_models, scale)
 
     def slot_cap(self, gtype: int, rank_max: int) -> int:
         return self.analytic.slot_cap(gtype, rank_max)
@@ -488,11 +546,30 @@ class SurrogateCapacity:
             and self.analytic.evaluate(gtype, mix, max_loras).reason == "slots"
         ):
             reason = "adapter_starved"
-        elif self.slo_models is not None and not self.slo_models[gtype].predict_row(row.tolist()).meets:
+        elif self.slo_models is not None and not self._meets_slo(gtype, mix, max_loras, row):
             reason = "slo"
         return Estimate(
             reason == "ok", max_loras, offered, p.throughput_tok_s, p.itl_ms, p.ttft_p99_ms, reason, "surrogate"
         )
+
+    def _meets_slo(self, gtype: int, mix: Mix, max_loras: int, row: Any) -> bool:
+        """The SLO model's verdict on ``mix`` with every rate × :attr:`slo_load_scale` (``row``: the
+        mix's feature row at its own rates, reused when the scale is 1)."""
+        from optplace.surrogate.features import feature_row_from_parts
+
+        assert self.slo_models is not None
+        if self.slo_load_scale != 1.0:
+            st = self.problem.stats
+            row = feature_row_from_parts(
+                [r * self.slo_load_scale for r in mix.rates],
+                mix.ranks,
+                max_loras,
+                st.mean_input_tokens,
+                st.mean_output_tokens,
+                st.arrival_cv,
+                st.burst_factor,
+            )
+        return bool(self.slo_models[gtype].predict_row(row.tolist()).meets)
 
     def best_slots(self, gtype: int, mix: Mix, candidates: Sequence[int] | None = None) -> Estimate:
         cands = list(candidates) if candidates is not None else self.analytic.candidate_slots(gtype, mix)
@@ -533,7 +610,9 @@ class TimedOracle:
 def make_oracle(problem: Problem, kind: str = "auto", **kw: Any) -> CapacityOracle:
     """``analytic`` | ``twin`` | ``surrogate`` | ``auto`` (shipped surrogate if every type has one,
     else the twin-backed oracle). ``surrogate`` with ``slo=True`` also requires the SLO surrogates'
-    verdict (:meth:`SurrogateCapacity.shipped`); ``auto`` does not use them yet."""
+    verdict (:meth:`SurrogateCapacity.shipped`); ``auto`` uses them wherever they apply (a scenario
+    judged by the default SLO), so every strategy plans against the same SLO feasibility the twin's
+    check then confirms."""
     if kind == "analytic":
         return AnalyticCapacity(problem, **kw)
     if kind == "twin":
@@ -544,7 +623,7 @@ def make_oracle(problem: Problem, kind: str = "auto", **kw: Any) -> CapacityOrac
         from optplace.surrogate.runtime import SurrogateRefused
 
         try:
-            return SurrogateCapacity.shipped(problem)
+            return SurrogateCapacity.shipped(problem, slo=None)
         except (FileNotFoundError, SurrogateRefused) as e:
             # Never silent: the twin oracle is much slower, and a refused surrogate means the user's profile
             # or twin differs from what the shipped model learned.

@@ -168,12 +168,12 @@ def repair(
 
 #: Load margin the re-homing keeps on every GPU it touches (oracle judged at offered / (1 − MARGIN)).
 MARGIN = 0.10
-#: Under an SLO the margin grows by this much per repair round. The oracles know throughput, not
-#: latency: a GPU they call roomy can miss a bound with one more hot adapter, and with a fixed margin
-#: a repair can move one hot adapter back and forth between two such GPUs for all its rounds (seen on
-#: a 24-adapter scenario whose GPUs failed the stable-queue rule in a 4-minute window, before that
-#: rule counted the requests in service: 8 rounds, never a GPU added); a growing margin ends such a
-#: cycle with a new GPU.
+#: Under an SLO the margin grows by this much per repair round. An oracle that knows throughput only
+#: (or an SLO model that errs on a GPU) can call a GPU roomy that misses a bound with one more hot
+#: adapter, and with a fixed margin a repair can move one hot adapter back and forth between two such
+#: GPUs for all its rounds (seen on a 24-adapter scenario whose GPUs failed the stable-queue rule in a
+#: 4-minute window, before that rule counted the requests in service: 8 rounds, never a GPU added); a
+#: growing margin ends such a cycle with a new GPU.
 SLO_MARGIN_STEP = 0.05
 
 
