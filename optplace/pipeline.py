@@ -257,7 +257,7 @@ def solve_scenario(
     (at most ``max_rounds``: default 4, or 8 under an SLO).
 
     The solver's oracle judges each GPU by the SLO where it can (``auto``: the SLO surrogates under the
-    default SLO, the twin oracle under any SLO) and by throughput elsewhere; the twin's check of the
+    default SLO) and by throughput elsewhere; the twin's check of the
     whole plan and the repair make sure the SLO holds, which with a throughput-only oracle typically
     needs one round to give every adapter a slot and one or two more to move load off the GPUs that
     then run short of KV cache.

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 
-import pytest
-
 from optplace.solver import TwinCapacity, compile_problem, gpu_plans, solve
 from optplace.specs import load_scenario_text
 from optplace.twin.simulate import simulate_plan
@@ -27,7 +25,7 @@ def test_twin_oracle_plan_passes_the_twin():
     pb = compile_problem(sc, REPO)
     orc = TwinCapacity(pb)
     plan = solve(pb, orc, "greedy")
-    assert plan.oracle == "twin+slo"  # judged by the default SLO (the spec says nothing)
+    assert plan.oracle == "twin"
     assert orc.twin_calls >= 1  # the boundary was decided by the twin
     rep = simulate_plan(sc, gpu_plans(plan), REPO, workers=1)
     assert rep.starved_gpus == () and rep.oom_gpus == ()
@@ -77,25 +75,3 @@ def test_one_gpu_configuration_type_from_spec_and_plan_to_the_twin():
     configs = gpu_plans(plan)
     used = [g for g in plan.gpus if g.adapters]
     assert configs == [GpuConfig(g.gpu_type, g.max_loras, g.max_cpu_loras, g.adapters) for g in used]
-
-
-def test_twin_oracle_judges_the_scenario_slo_at_its_margin():
-    from optplace.solver import Mix
-
-    def oracle(extra: str) -> TwinCapacity:
-        sc = load_scenario_text(SPEC.replace("seed: 11", "seed: 11\n" + extra), base_dir=REPO)
-        return TwinCapacity(compile_problem(sc, REPO))
-
-    rule, tight = oracle("slo: none"), oracle("slo: {ttft_p99_ms: 150, headroom: 0.1}")
-    assert rule.name == "twin" and rule.slo_rule is None and rule.load_scale == 1.0
-    assert tight.name == "twin+slo" and tight.load_scale == pytest.approx(1.1)
-    assert tight.slo_rule is not None and dict(tight.slo_rule.bounds)["ttft_p99_ms"] == 150.0
-    # a mix in the band the twin decides (0.7-1.3 of the analytic capacity), served by the throughput
-    # rule: the SLO-judging twin refuses it on its TTFT bound
-    base = Mix.of(rule.problem.adapters[:12])
-    a = rule.analytic.evaluate(0, base, 12)
-    f = 0.9 * rule.analytic.rho * a.capacity_tok_s / a.offered_tok_s
-    mix = Mix(base.ranks, tuple(x * f for x in base.rates))
-    assert rule.evaluate(0, mix, 12).feasible and rule.twin_calls == 1
-    e = tight.evaluate(0, mix, 12)
-    assert tight.twin_calls == 1 and not e.feasible and e.reason == "slo"

@@ -235,7 +235,7 @@ def test_recalibrated_profile_of_the_same_name_does_not_get_the_shipped_model(tm
 
     problem = compile_problem(load_scenario_text(SPEC, "s.yaml", tmp_path), tmp_path)
     oracle = make_oracle(problem, "auto")
-    assert oracle.name == "twin+slo"  # the spec says no slo: the twin oracle judges the default SLO
+    assert oracle.name == "twin"
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: shipped surrogate") and "using the twin" in err[0]
 
@@ -269,7 +269,7 @@ def test_surrogate_file_of_another_format_is_refused_in_one_line(tmp_path: Path,
     problem = compile_problem(
         load_scenario_text(SPEC.replace("profile: recal.json\n", ""), "s.yaml", tmp_path), tmp_path
     )
-    assert make_oracle(problem, "auto").name == "twin+slo"
+    assert make_oracle(problem, "auto").name == "twin"
     assert "not a readable surrogate" in capsys.readouterr().err
     with pytest.raises(SurrogateRefused):
         make_oracle(problem, "surrogate")  # asked for explicitly: an error, not a fallback

@@ -333,11 +333,9 @@ def headroom_summary(room: Any) -> str:  # room: optplace.twin.headroom.PlanHead
 
 def slo_solver_note(oracle: str) -> str:
     """What the solver did with the SLO, said wherever a solved plan is shown: an oracle named
-    ``…+slo`` judged every GPU it accepted by the SLO (the SLO surrogates, or the twin), others by
-    throughput alone."""
+    ``…+slo`` (the SLO surrogates) judged every GPU it accepted by the SLO, others by throughput alone."""
     if oracle.endswith("+slo"):
-        how = "the SLO surrogates'" if oracle.startswith("surrogate") else "the twin's"
-        return f"; the solver planned each GPU on {how} SLO verdict, the twin's check and repair confirm it"
+        return "; the solver planned each GPU on the SLO surrogates' verdict, the twin's check and repair confirm it"
     return "; the solver sizes GPUs by throughput, the twin's check and repair enforce the SLO"
 
 

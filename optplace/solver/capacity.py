@@ -36,9 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from optplace.solver.problem import AdapterClass, AdapterItem, Deadline, Problem
-from optplace.specs.model import SLO_METRICS
 from optplace.twin.fluid import FluidPoint, fluid_constants
-from optplace.twin.simulate import SloRule
 
 #: Slot counts the solver considers (every value up to 16, then coarser): vLLM accepts any
 #: integer, but capacity varies slowly with slots, so a grid keeps the MILP's pricing finite.
@@ -342,12 +340,6 @@ class TwinCapacity:
         self.seed = problem.seed if seed is None else seed
         self.memo: dict[tuple[Any, ...], Estimate] = {}
         self.twin_calls = 0
-        self.slo_rule = _oracle_slo_rule(problem.scenario, self.window_s)
-        # under an SLO the twin judges a mix at the load solve's check judges plans at
-        sc = problem.scenario
-        self.load_scale = 1.0 + (sc.slo_headroom() if sc is not None and self.slo_rule is not None else 0.0)
-        if self.slo_rule is not None:
-            self.name = "twin+slo"
 
     def slot_cap(self, gtype: int, rank_max: int) -> int:
         return self.analytic.slot_cap(gtype, rank_max)
@@ -379,10 +371,7 @@ class TwinCapacity:
         if sc is None:
             raise ValueError("TwinCapacity needs a problem compiled from a scenario (its workload model)")
         items = sorted(zip(mix.ranks, mix.rates), key=lambda x: (-x[1], x[0]))
-        ads = [Adapter(name=f"a{i}", rank=r, rate_rps=x * self.load_scale) for i, (r, x) in enumerate(items)]
-        slo_rule = self.slo_rule
-        if slo_rule is not None:
-            slo_rule = SloRule(slo_rule.scope, slo_rule.warmup_s, slo_rule.bounds, (slo_rule.bounds,) * len(ads))
+        ads = [Adapter(name=f"a{i}", rank=r, rate_rps=x) for i, (r, x) in enumerate(items)]
         self.twin_calls += 1
         rep = simulate_gpu(
             prob.gpu_types[gtype].profile,
@@ -396,7 +385,6 @@ class TwinCapacity:
             duration_s=self.window_s,
             seed=self.seed,
             base_dir=prob.base_dir,
-            slo=slo_rule,
         )
         reason = "ok"
         full = self.window_s >= prob.stats.duration_s
@@ -413,18 +401,11 @@ class TwinCapacity:
             reason = "starved"
         elif rule is not None and any(a.loss > rule + edge for a in rep.per_adapter):
             reason = "adapter_starved"
-        elif rep.slo is not None and not rep.slo.ok:
-            reason = "slo"
-        offered, served = rep.offered_tok_s, 1.0
-        if self.load_scale != 1.0:
-            # judged at the scaled load, reported at the stated one (the plan's predictions are for it)
-            offered = prob.offered_tok_s(mix.rate_sum)
-            served = rep.throughput_tok_s / rep.offered_tok_s if rep.offered_tok_s > 0 else 1.0
         return Estimate(
             reason == "ok",
             max_loras,
-            offered,
-            rep.throughput_tok_s if self.load_scale == 1.0 else offered * served,
+            rep.offered_tok_s,
+            rep.throughput_tok_s,
             rep.itl_ms_mean,
             rep.ttft_ms_p99,
             reason,
@@ -442,23 +423,6 @@ class TwinCapacity:
         cap = self.slot_cap(gtype, mix.rank_max)
         alt = [L for L in (min(mix.n, cap),) if L != first.max_loras and L >= 1]
         return _pick([e, *(self.evaluate(gtype, mix, L) for L in alt)])
-
-
-def _oracle_slo_rule(sc: Any, window_s: float) -> SloRule | None:
-    """The SLO the twin oracle judges a mix by (None with ``slo: none``): the scenario's scope, its
-    warm-up (default 10 % of the oracle's window, which may be shorter than the spec's), and for every
-    adapter the strictest bound any adapter of the scenario has per metric — the oracle's mixes are
-    anonymous (rank, rate) pairs, so a per-group override can only be honoured conservatively; the
-    twin's check of the plan then judges every adapter by its own bounds."""
-    if sc is None or sc.slo is None:
-        return None
-    strictest: dict[str, float] = {}
-    for b in sc.adapter_slos() or ():
-        for metric, bound in b.bounds():
-            strictest[metric] = min(bound, strictest.get(metric, math.inf))
-    bounds = tuple((m, strictest[m]) for m in SLO_METRICS if m in strictest)
-    warm = sc.slo.warmup_s if sc.slo.warmup_s is not None else 0.10 * window_s
-    return SloRule(sc.slo.scope, min(float(warm), 0.5 * window_s), bounds, ())
 
 
 class SurrogateCapacity:
