@@ -462,13 +462,28 @@ class SolverOptions(_Spec):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class ReplicaEntry(_Spec):
+    """One replica of an adapter placed on several GPUs: the adapter and the share of its requests this
+    GPU receives (the shares of an adapter's entries sum to 1; checked with the whole placement)."""
+
+    name: Name
+    share: Num
+
+
 class PlacementEntry(_Spec):
-    """One GPU of a given placement: its slots and its adapters."""
+    """One GPU of a given placement: its slots and its adapters (a name: the adapter's whole traffic;
+    ``{name, share}``: a replica receiving that share of it)."""
 
     gpu_type: StrictStr | None = None
     max_loras: PosInt
     max_cpu_loras: PosInt | None = None
-    adapters: Union[Literal["all"], tuple[Name, ...]]
+    adapters: Union[Literal["all"], tuple[Union[Name, ReplicaEntry], ...]]
+
+    def shares(self, all_names: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+        """(adapter, share) of every entry, ``all`` expanded to ``all_names`` (share 1 for a bare name)."""
+        if self.adapters == "all":
+            return tuple((n, 1.0) for n in all_names)
+        return tuple((a, 1.0) if isinstance(a, str) else (a.name, float(a.share)) for a in self.adapters)
 
 
 def _none_not_null(schema: dict[str, Any]) -> None:
