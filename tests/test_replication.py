@@ -227,8 +227,10 @@ def test_simulate_reports_each_replica_and_the_adapter_across_them(tmp_path):
     # a plan without replicas has no such section and no shares
     wdoc = whole.to_json(reproducible=True)
     assert "replicated_adapters" not in wdoc and all("shares" not in g for g in wdoc["gpus"])
-    res = runner.invoke(app, ["simulate", _write(tmp_path, REPLICATED)])
-    assert "hot on 2 GPUs (0, 1; shares 50/50 %)" in res.stdout, res.stdout
+    spec = _write(tmp_path, REPLICATED)
+    for cmd in ("simulate", "validate"):
+        res = runner.invoke(app, [cmd, spec])
+        assert "hot on 2 GPUs (0, 1; shares 50/50 %)" in res.stdout, (cmd, res.stdout)
 
 
 def test_a_gpu_with_replicas_needs_its_slices(tmp_path):
@@ -242,7 +244,7 @@ def test_a_gpu_with_replicas_needs_its_slices(tmp_path):
 
 
 def test_routes_carry_the_plans_shares():
-    from optplace.deploy.artefacts import build_deployment
+    from optplace.deploy.artefacts import PlanError, build_deployment
 
     plan = {
         "model": "m",
@@ -255,6 +257,9 @@ def test_routes_carry_the_plans_shares():
     dep = build_deployment(plan)
     assert [r.weight for r in dep.routes["hot"]] == [0.25, 0.75]
     assert [r.weight for r in dep.routes["c"]] == [1.0]
+    bad = {**plan, "placement": [{"max_loras": 1, "adapters": [{"name": "hot", "share": "half"}, "c"]}]}
+    with pytest.raises(PlanError, match="share must be a number > 0"):
+        build_deployment(bad)
 
 
 # --- the solver -------------------------------------------------------------------------------
@@ -385,3 +390,28 @@ def test_hot_adapter_scenario_solves_with_replicas_that_meet_the_slo(tmp_path):
     assert again.exit_code == 0, again.output
     (rep,) = json.loads(again.stdout)["results"]
     assert rep["replicated_adapters"][0]["completed"] == bot["completed"]
+
+
+def test_replicas_on_one_gpu_are_the_whole_adapter_there():
+    from optplace.solver.capacity import AnalyticCapacity
+    from optplace.solver.plan import assign_gpu
+    from optplace.solver.replicate import replicate_hot
+
+    p = _hot_problem(60.0)
+    split = replicate_hot(p, AnalyticCapacity(p)).problem
+    reps = [a.index for a in split.adapters if a.name == "hot"]
+    g = assign_gpu(split, AnalyticCapacity(split), 0, reps + [len(split.adapters) - 1])
+    assert g.entries() == (("hot", 1.0), ("c1", 1.0))
+    assert g.config.shares == () and g.config.adapters == ("hot", "c1")
+    assert g.to_json()["adapters"] == ["hot", "c1"]
+
+
+def test_an_slo_no_replica_count_meets_is_infeasible_with_the_reason():
+    from optplace.solver.capacity import AnalyticCapacity
+    from optplace.solver.problem import Infeasible
+    from optplace.solver.replicate import replicate_hot
+
+    p = _hot_problem(60.0)
+    with pytest.raises(Infeasible, match="missing the SLO at every count") as e:
+        replicate_hot(p, AnalyticCapacity(p), fits=lambda a, k: False)
+    assert e.value.constraint == "slo"

@@ -564,3 +564,6 @@ def render_validation_table(console: Console, files: list[str], reports: list[Si
     """One row per validated plan: GPUs, starved, OOM, worst throughput margin, latency."""
     rows = [_validation_row(f, r) for f, r in zip(files, reports)]
     print_table(console, build_table("twin validation", VALIDATION_COLUMNS, rows, wide), wide)
+    for f, r in zip(files, reports):
+        for line in replica_lines(r):
+            say(console, f"{f}: {line}")

@@ -187,11 +187,17 @@ def _adapter_names(entry: Mapping[str, Any], all_names: Sequence[str]) -> list[s
 
 
 def _adapter_shares(entry: Mapping[str, Any]) -> list[float]:
-    """Per adapter entry, the share of its requests this GPU receives (1 for a bare name)."""
+    """Per adapter entry, the share of its requests this GPU receives (1 for a bare name; NaN for a
+    share that is not a positive number, which the caller reports)."""
     names = entry.get("adapters", [])
     if names == "all":
         return []
-    return [float(a.get("share", 1.0)) if isinstance(a, Mapping) else 1.0 for a in names]
+    out = []
+    for a in names:
+        x = a.get("share", 1.0) if isinstance(a, Mapping) else 1.0
+        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf")
+        out.append(float(x) if ok else float("nan"))
+    return out
 
 
 def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOptions()) -> Deployment:
@@ -227,6 +233,8 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
         if unknown:
             problems.append(f"{where}: adapters not in the plan's adapter list: {unknown[:10]}")
         shares = _adapter_shares(entry) or [1.0] * len(names)
+        if any(x != x for x in shares):  # NaN: not a positive number
+            problems.append(f"{where}: an adapter's share must be a number > 0")
         for n, x in zip(names, shares):
             hosts.setdefault(n, []).append((i, x))
         max_loras = int(entry.get("max_loras") or 0)

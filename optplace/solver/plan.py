@@ -46,15 +46,16 @@ class GpuAssignment:
         out: dict[str, float] = {}
         for name, share in zip(self.adapters, shares, strict=True):
             out[name] = out.get(name, 0.0) + share
-        return tuple(out.items())
+        # every replica of an adapter on this one GPU: the whole adapter (1/k summed k times may round)
+        return tuple((n, 1.0 if math.isclose(x, 1.0) else x) for n, x in out.items())
 
     @property
     def config(self) -> GpuConfig:
         """This GPU's configuration (what the twin simulates and vLLM is started with)."""
-        if not self.shares:
-            return GpuConfig(self.gpu_type, self.max_loras, self.max_cpu_loras, self.adapters)
-        names, shares = zip(*self.entries())
-        return GpuConfig(self.gpu_type, self.max_loras, self.max_cpu_loras, names, shares)
+        names, shares = zip(*self.entries()) if self.adapters else ((), ())
+        # replicas that all landed on this GPU add up to whole adapters: the plain configuration
+        whole = all(x == 1.0 for x in shares)
+        return GpuConfig(self.gpu_type, self.max_loras, self.max_cpu_loras, names, () if whole else shares)
 
     def to_json(self) -> dict[str, Any]:
         return {

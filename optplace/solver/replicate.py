@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from optplace.solver.capacity import CapacityOracle, Mix
-from optplace.solver.problem import AdapterItem, Problem, classify
+from optplace.solver.problem import AdapterItem, Infeasible, Problem, classify
 
 #: Most replicas one adapter is split into; an adapter needing more is left whole (and reported
 #: infeasible by the strategies, with its offered load and one GPU's capacity).
@@ -62,13 +62,25 @@ def _too_hot(problem: Problem, oracle: CapacityOracle, a: AdapterItem) -> bool:
 
 def replica_count(problem: Problem, oracle: CapacityOracle, a: AdapterItem, fits: Fits | None = None) -> int:
     """The fewest equal replicas of ``a`` that each fit one GPU alone (the oracle, then ``fits``); 1 when
-    no count up to :data:`MAX_REPLICAS` does (the strategies then report the adapter infeasible)."""
+    the oracle accepts no count up to :data:`MAX_REPLICAS` (the strategies then report the adapter
+    infeasible with its load). Raises :class:`~.problem.Infeasible` when the oracle accepts a count but
+    ``fits`` refuses it and :data:`MAX_EXTRA_REPLICAS` more: one replica alone misses the SLO even at a
+    fraction of the load, so no number of replicas meets it."""
     k = next((k for k in range(2, MAX_REPLICAS + 1) if fits_one_gpu(problem, oracle, a.rank, a.rate_rps / k)), None)
     if k is None:
         return 1
     if fits is None:
         return k
-    return next((j for j in range(k, min(k + MAX_EXTRA_REPLICAS, MAX_REPLICAS) + 1) if fits(a, j)), 1)
+    last = min(k + MAX_EXTRA_REPLICAS, MAX_REPLICAS)
+    found = next((j for j in range(k, last + 1) if fits(a, j)), None)
+    if found is None:
+        raise Infeasible(
+            f"adapter {a.name!r} ({a.rate_rps:g} req/s) is more than one GPU serves, and the twin finds one "
+            f"replica alone on a GPU missing the SLO at every count from {k} to {last} replicas "
+            f"({a.rate_rps / last:.3g} req/s each): the SLO is tighter than one GPU's latency at that load",
+            "slo",
+        )
+    return found
 
 
 def replicate_hot(
