@@ -305,7 +305,8 @@ def solve_scenario(
     oracle = make_oracle(problem, "auto")
     whole = problem.adapters  # the spec's adapters (the plan JSON lists these, not the replicas)
     # an adapter more than one GPU serves becomes replicas the strategies place like adapters
-    split = replicate_hot(problem, oracle, twin_fits(problem))
+    # (confirmed in the twin unless the plan is not to be: --no-validate runs no twin)
+    split = replicate_hot(problem, oracle, twin_fits(problem) if validate and sc.solver.validate_plan else None)
     problem = split.problem
     for line in split.log:
         on_event(line)

@@ -128,8 +128,15 @@ def twin_fits(problem: Problem) -> Fits | None:
     bounds = sc.adapter_slos()
     assert bounds is not None  # an SLO is set
     scale = 1.0 + sc.slo_headroom()
+    seen: dict[tuple[int, float, object], bool] = {}  # a group of equal hot adapters is judged once
 
     def fits(a: AdapterItem, k: int) -> bool:
+        key = (a.rank, a.rate_rps / k, bounds[a.index])
+        if key not in seen:
+            seen[key] = judge(a, k)
+        return seen[key]
+
+    def judge(a: AdapterItem, k: int) -> bool:
         mix = Mix((a.rank,), (a.rate_rps / k,))
         t = next((t for t in problem.gpu_types if starts_one_slot(problem, t.index, mix)), None)
         if t is None:
