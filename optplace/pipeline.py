@@ -306,7 +306,8 @@ def solve_scenario(
     whole = problem.adapters  # the spec's adapters (the plan JSON lists these, not the replicas)
     # an adapter more than one GPU serves becomes replicas the strategies place like adapters
     # (confirmed in the twin unless the plan is not to be: --no-validate runs no twin)
-    split = replicate_hot(problem, oracle, twin_fits(problem) if validate and sc.solver.validate_plan else None)
+    fits = twin_fits(problem, executor_of(sc, workers)) if validate and sc.solver.validate_plan else None
+    split = replicate_hot(problem, oracle, fits)
     problem = split.problem
     for line in split.log:
         on_event(line)

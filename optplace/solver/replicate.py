@@ -9,10 +9,11 @@ replica (``optplace.twin.simulate.route_slices``).
 
 How many replicas: the fewest ``k`` for which the capacity oracle accepts one replica alone on a GPU of
 some type, then, when the problem has a scenario under an SLO, the fewest from there for which the twin
-finds one replica alone on a GPU meeting the SLO at the load solve checks plans at (rates x (1 +
-``slo.headroom``)) on every seed solve checks: the oracles size by throughput and know no latency, and
-a GPU holding one replica that misses the SLO is one the repair cannot fix (it moves adapters, it does
-not split them).
+finds every replica alone on a GPU meeting the SLO on exactly the requests it receives in solve's own
+checks (every seed solve checks, rates x (1 + ``slo.headroom``), the same routing draw): the oracles
+size by throughput and know no latency, and a GPU holding one replica that misses the SLO is one the
+repair cannot fix (it moves adapters, it does not split them). Judged on the plan's own draws, a
+replica alone passes the pipeline's check whichever GPU the repair moves it to.
 
 Replication where it would only save GPUs (splitting a mid-size adapter to close a GPU) is not done
 here; an adapter that fits one GPU stays whole.
@@ -21,6 +22,7 @@ here; an adapter that fits one GPU stays whole.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, replace
 
 from optplace.solver.capacity import CapacityOracle, Mix
@@ -114,52 +116,32 @@ def replicate_hot(
     return Replication(replace(problem, adapters=ads, classes=classify(ads, class_width)), tuple(log), names)
 
 
-def twin_fits(problem: Problem) -> Fits | None:
-    """The SLO judgement of one replica alone on a GPU (the first type of the pool that starts it, one
-    slot): the twin on the scenario's workload model at the load solve checks plans at, on every seed
-    solve checks, judged by the adapter's own SLO; None without a scenario or with ``slo: none`` (the
-    oracle's throughput rule is then the judge)."""
+def twin_fits(problem: Problem, executor: Any = None) -> Fits | None:
+    """The SLO judgement of ``k`` replicas, each alone on a GPU (the first type of the pool that starts
+    one slot at its rank; one slot): the twin on exactly the requests each replica receives in solve's
+    own checks (the scenario-wide workload of every seed solve checks, at its rates x (1 + headroom),
+    thinned by the routing draw), judged by the scenario's SLO. Every replica on every seed must pass.
+    None without a scenario or with ``slo: none`` (the oracle's throughput rule is then the judge).
+    ``executor``: an ``ExecutorSpec`` for the twin runs (default: local processes)."""
     sc = problem.scenario
     if sc is None or sc.slo is None:
         return None
-    from optplace.specs import Adapter
-    from optplace.twin.simulate import check_seeds, scenario_slo_rule, simulate_gpu
+    from optplace.infra.executors import ExecutorSpec
+    from optplace.twin.simulate import GpuConfig, PlanSimulator, check_seeds, route_slices
 
-    bounds = sc.adapter_slos()
-    assert bounds is not None  # an SLO is set
+    run_on = executor if executor is not None else ExecutorSpec()
     scale = 1.0 + sc.slo_headroom()
-    seen: dict[tuple[int, float, object], bool] = {}  # a group of equal hot adapters is judged once
+    sims: list[PlanSimulator] = []  # one per seed, made once: each generates its seed's workload
 
     def fits(a: AdapterItem, k: int) -> bool:
-        key = (a.rank, a.rate_rps / k, bounds[a.index])
-        if key not in seen:
-            seen[key] = judge(a, k)
-        return seen[key]
-
-    def judge(a: AdapterItem, k: int) -> bool:
         mix = Mix((a.rank,), (a.rate_rps / k,))
         t = next((t for t in problem.gpu_types if starts_one_slot(problem, t.index, mix)), None)
         if t is None:
             return False
-        one = [Adapter(name=a.name, rank=a.rank, rate_rps=a.rate_rps / k * scale)]
-        for seed in check_seeds(sc):
-            rep = simulate_gpu(
-                t.profile,
-                sc.serving,
-                sc.constraints,
-                sc.workload.arrivals,
-                sc.workload.lengths,
-                one,
-                1,
-                1,
-                duration_s=sc.workload.duration_s,
-                seed=seed,
-                base_dir=problem.base_dir,
-                slo=scenario_slo_rule(sc, [bounds[a.index]]),
-            )
-            if rep.failed:
-                return False
-        return True
+        if not sims:
+            sims.extend(PlanSimulator(sc, problem.base_dir, run_on, s, scale) for s in check_seeds(sc))
+        plan = route_slices([GpuConfig(t.name, 1, 1, (a.name,), (1.0 / k,)) for _ in range(k)])
+        return all(sim.run(plan).ok for sim in sims)
 
     return fits
 
