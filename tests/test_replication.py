@@ -390,6 +390,8 @@ def test_hot_adapter_scenario_solves_with_replicas_that_meet_the_slo(tmp_path):
     assert again.exit_code == 0, again.output
     (rep,) = json.loads(again.stdout)["results"]
     assert rep["replicated_adapters"][0]["completed"] == bot["completed"]
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "Replicated adapters" in html and html.count("support-bot") >= len(shares) + 1
 
 
 def test_replicas_on_one_gpu_are_the_whole_adapter_there():
