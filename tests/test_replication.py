@@ -417,3 +417,21 @@ def test_an_slo_no_replica_count_meets_is_infeasible_with_the_reason():
     with pytest.raises(Infeasible, match="missing the SLO at every count") as e:
         replicate_hot(p, AnalyticCapacity(p), fits=lambda a, k: False)
     assert e.value.constraint == "slo"
+
+
+@pytest.mark.parametrize(
+    ("entry", "where", "message"),
+    [
+        ("{name: hot, shar: 0.5}", "placement[0].adapters[0].shar:", "unknown key 'shar' (valid keys: name, share)"),
+        ("{name: hot, share: half}", "placement[0].adapters[0].share:", "valid number (got 'half')"),
+        ('"bad name"', "placement[0].adapters[0]:", "should match pattern"),
+    ],
+)
+def test_a_malformed_adapter_entry_is_reported_as_what_it_looks_like(tmp_path, entry, where, message):
+    # a mapping is a replica and a string a name: no error for the alternative it is not
+    spec = _write(tmp_path, REPLICATED.replace("{name: hot, share: 0.5}, cold-a", f"{entry}, cold-a"))
+    res = runner.invoke(app, ["check", spec])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert any(where in line and message in line for line in lines), res.stderr
+    assert not any("Input should be 'all'" in line or "valid string" in line for line in lines), res.stderr

@@ -170,7 +170,9 @@ def _element(ann: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         for a in typing.get_args(ann):
             if typing.get_origin(a) in (tuple, list) or typing.get_origin(a) is typing.Annotated:
-                return _element(a)
+                item = _element(a)
+                if item is not None:  # e.g. the list member of "all" | [names]
+                    return item
     return None
 
 
