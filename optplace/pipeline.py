@@ -194,6 +194,9 @@ class SolveReport:
                 "sim_wall_s": 0.0 if reproducible else round(v.sim_wall_s, 3),
             }
         )
+        replicated = v.replicated() if v is not None else ()
+        if replicated:
+            doc["validation"]["replicated_adapters"] = [r.to_json() for r in replicated]
         h = self.headroom_check
         doc["slo_headroom"] = (
             None
@@ -284,6 +287,7 @@ def solve_scenario(
     from optplace.solver.plan import gpu_plans
     from optplace.solver.problem import Deadline, TimeLimitReached, compile_problem
     from optplace.solver.repair import repair
+    from optplace.solver.replicate import replicate_hot, twin_fits
     from optplace.solver.strategies import solve
 
     t0 = time.perf_counter()
@@ -301,9 +305,19 @@ def solve_scenario(
     silence_highs_banner()
     problem = compile_problem(sc, base_dir)
     oracle = make_oracle(problem, "auto")
+    whole = problem.adapters  # the spec's adapters (the plan JSON lists these, not the replicas)
+    # an adapter more than one GPU serves becomes replicas the strategies place like adapters
+    # (confirmed in the twin unless the plan is not to be: --no-validate runs no twin)
+    fits = twin_fits(problem, executor_of(sc, workers)) if validate and sc.solver.validate_plan else None
+    split = replicate_hot(problem, oracle, fits)
+    problem = split.problem
+    for line in split.log:
+        on_event(line)
     on_event(f"solving with {strategy or sc.solver.strategy} ({oracle.name} capacity oracle)")
     with stdout_to_stderr():
         plan = solve(problem, oracle, strategy, deadline=deadline)
+    if split.log:
+        plan = plan.with_(log=(*split.log, *plan.log))
     initial = plan
     for line in plan.log:
         if line.startswith("time limit reached"):
@@ -313,7 +327,7 @@ def solve_scenario(
         f"in {plan.solve_time_s:.1f} s"
     )
     if not (validate and sc.solver.validate_plan):
-        return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, problem.adapters)
+        return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, whole)
     headroom = sc.slo_headroom()
     # With a headroom the plan is checked and repaired at the scaled rates, then reported at the stated ones.
     checkers = [
@@ -403,7 +417,7 @@ def solve_scenario(
         objective.score(plan, rep),
         time.perf_counter() - t0,
         base_dir,
-        problem.adapters,
+        whole,
         comparison,
         checked,
         room,

@@ -99,11 +99,31 @@ def test_validate_rejects_garbage_plan(tmp_path):
 
 
 def test_infeasible_spec_exits_1_naming_the_constraint(tmp_path):
+    # 100,000 req/s: more than the most replicas solve splits an adapter into (MAX_REPLICAS) serve
+    # (a short window keeps the spec under the twin's request limit)
     spec = tmp_path / "hot.yaml"
-    spec.write_text(SPEC.replace("rate_rps: 1.2", "rate_rps: 500"))
+    spec.write_text(SPEC.replace("rate_rps: 1.2", "rate_rps: 100000").replace("duration_s: 240", "duration_s: 30"))
     res = runner.invoke(app, ["solve", str(spec), "--no-validate"])
     assert res.exit_code == 1, res.output
     assert "infeasible" in res.stderr and ("a-0000" in res.stderr or "rate" in res.stderr)
+    assert "nan" not in res.stderr
+
+
+def test_adapters_hotter_than_one_gpu_are_split_into_replicas(tmp_path):
+    # 500 req/s per adapter: infeasible before replication, now each is split over several GPUs
+    spec = tmp_path / "hot.yaml"
+    spec.write_text(SPEC.replace("rate_rps: 1.2", "rate_rps: 500"))
+    res = runner.invoke(app, ["solve", str(spec), "--no-validate", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    shares: dict[str, float] = {}
+    for g in doc["placement"]:
+        for a in g["adapters"]:
+            name, x = (a["name"], a["share"]) if isinstance(a, dict) else (a, 1.0)
+            shares[name] = shares.get(name, 0.0) + x
+    assert all(shares[f"a-{i:04d}"] == pytest.approx(1.0) for i in range(12))
+    assert all(shares[f"b-{i:04d}"] == 1.0 for i in range(8))
+    assert sum(1 for g in doc["placement"] for a in g["adapters"] if isinstance(a, dict)) >= 24
 
 
 def test_capacity_json(tmp_path):

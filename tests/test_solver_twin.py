@@ -60,7 +60,13 @@ def test_one_gpu_configuration_type_from_spec_and_plan_to_the_twin():
     one = load_scenario_text(SPEC + "placement:\n  - {max_loras: 2, adapters: all}\n", base_dir=REPO)
     (everything,) = placement_of(one)
     assert everything.max_cpu_loras is None and len(everything.adapters) == 44
-    placed = SPEC + "placement:\n  - {max_loras: 3, max_cpu_loras: 5, adapters: [a-0000, a-0001, b-0000, b-0001]}\n"
+    # every adapter must be on a GPU: the rest go on a second one
+    rest = [f"a-{i:04d}" for i in range(2, 32)] + [f"b-{i:04d}" for i in range(2, 12)]
+    placed = (
+        SPEC
+        + "placement:\n  - {max_loras: 3, max_cpu_loras: 5, adapters: [a-0000, a-0001, b-0000, b-0001]}\n"
+        + f"  - {{max_loras: 8, adapters: [{', '.join(rest)}]}}\n"
+    )
     sc = load_scenario_text(placed, base_dir=REPO)
     gps = placement_of(sc)
     assert gps[0] == GpuConfig(None, 3, 5, ("a-0000", "a-0001", "b-0000", "b-0001"))

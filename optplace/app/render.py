@@ -214,6 +214,8 @@ def render_sim_report(console: Console, rep: SimReport, wide: bool = False) -> N
     print_table(console, build_table(title, SIM_COLUMNS, rep.gpus, wide), wide)
     _over_bound_lines(console, rep.gpus)
     _slo_lines(console, rep.gpus)
+    for line in replica_lines(rep):
+        say(console, line)
     verdict = (
         "[green]all GPUs serve their load" + (" within the SLO" if rep.slo else "") + "[/]"
         if rep.ok
@@ -222,6 +224,26 @@ def render_sim_report(console: Console, rep: SimReport, wide: bool = False) -> N
     say(
         console, f"{verdict} — simulated {rep.simulated_s:,.0f} GPU-seconds in {rep.sim_wall_s:.1f} s wall", markup=True
     )
+
+
+def replica_lines(rep: SimReport) -> list[str]:
+    """One sentence per adapter placed on several GPUs: its replicas and what they serve together, e.g.
+    "hot on 3 GPUs (0, 1, 2; shares 33/33/33 %): 31,200 of 31,500 tok/s, ttft99 ≤ 1.2s, SLO ok on every
+    replica"."""
+    out = []
+    for r in rep.replicated():
+        gpus = ", ".join(str(x.gpu) for x in r.replicas)
+        shares = "/".join(f"{x.share:.0%}".rstrip("%") for x in r.replicas)
+        worst = max(x.ttft_ms_p99 for x in r.replicas)
+        slo = ""
+        if r.slo_ok is not None:
+            bad = ", ".join(str(x.gpu) for x in r.replicas if not x.slo_ok)
+            slo = ", SLO ok on every replica" if r.slo_ok else f", misses the SLO on GPU {bad}"
+        out.append(
+            f"{r.name} on {len(r.replicas)} GPUs ({gpus}; shares {shares} %): {_tok(r.throughput_tok_s)} of "
+            f"{_tok(r.offered_tok_s)} tok/s, ttft99 ≤ {duration_text(worst)}{slo}"
+        )
+    return out
 
 
 def _fail_counts(rep: SimReport) -> str:
@@ -354,6 +376,8 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
     if val is not None:
         _over_bound_lines(console, [r.twin for r in rows if r.twin is not None])
         _slo_lines(console, [r.twin for r in rows if r.twin is not None])
+        for line in replica_lines(val):
+            say(console, line)
     gap = f"{plan.gap:.1%}" if plan.gap == plan.gap and plan.gap != float("inf") else "–"
     say(
         console,
@@ -544,3 +568,6 @@ def render_validation_table(console: Console, files: list[str], reports: list[Si
     """One row per validated plan: GPUs, starved, OOM, worst throughput margin, latency."""
     rows = [_validation_row(f, r) for f, r in zip(files, reports)]
     print_table(console, build_table("twin validation", VALIDATION_COLUMNS, rows, wide), wide)
+    for f, r in zip(files, reports):
+        for line in replica_lines(r):
+            say(console, f"{f}: {line}")

@@ -407,6 +407,8 @@ def solve_report_html(rep: Any, reproducible: bool = False) -> str:  # rep: optp
             ("Headroom", headroom_section(rep)),
             ("Adapters", adapter_section(val)),
         ]
+        if val.replicated():
+            sections.append(("Replicated adapters", replica_section(val)))
     sections += [
         ("Load", load),
         ("Ranks", by_rank),
@@ -665,6 +667,28 @@ def adapter_section(val: SimReport) -> str:
     ]
     out.append(table(headers, rows))
     return "".join(out)
+
+
+def replica_section(val: SimReport) -> str:
+    """Each adapter placed on several GPUs: one row per replica (GPU, share, load, TTFT and TPOT p99, SLO)
+    and the adapter across them (its p99s: the largest replica's, an upper bound of the merged one)."""
+    rows: list[list[object]] = []
+    for r in val.replicated():
+        for x in r.replicas:
+            ok = "–" if x.slo_ok is None else ("meets SLO" if x.slo_ok else "misses SLO")
+            rows.append(
+                [r.name, x.gpu, f"{x.share:.1%}", x.offered_tok_s, x.throughput_tok_s, x.ttft_ms_p99, x.tpot_ms_p99, ok]
+            )
+        ok = "–" if r.slo_ok is None else ("meets SLO" if r.slo_ok else "misses SLO")
+        worst = (max(x.ttft_ms_p99 for x in r.replicas), max(x.tpot_ms_p99 for x in r.replicas))
+        rows.append([r.name, "all", "100%", r.offered_tok_s, r.throughput_tok_s, *worst, ok])
+    heads = ["adapter", "GPU", "share", "offered tok/s", "twin tok/s", "TTFT p99 ms", "TPOT p99 ms", "SLO"]
+    note = para(
+        "Each request of a replicated adapter goes to one replica (a seeded draw per request, so the "
+        "replicas see its bursts together); the adapter's row sums its replicas, and its p99s are the "
+        "largest replica's (an upper bound of the p99 over all its requests)."
+    )
+    return note + table(heads, rows)
 
 
 def strategy_section(rep: Any, reproducible: bool = False) -> str:

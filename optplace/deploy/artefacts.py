@@ -186,6 +186,20 @@ def _adapter_names(entry: Mapping[str, Any], all_names: Sequence[str]) -> list[s
     return [a["name"] if isinstance(a, Mapping) else str(a) for a in names]
 
 
+def _adapter_shares(entry: Mapping[str, Any]) -> list[float]:
+    """Per adapter entry, the share of its requests this GPU receives (1 for a bare name; NaN for a
+    share that is not a positive number, which the caller reports)."""
+    names = entry.get("adapters", [])
+    if names == "all":
+        return []
+    out = []
+    for a in names:
+        x = a.get("share", 1.0) if isinstance(a, Mapping) else 1.0
+        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf")
+        out.append(float(x) if ok else float("nan"))
+    return out
+
+
 def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOptions()) -> Deployment:
     """Turn a plan into per-GPU server commands, routes, an nginx config and a launcher script.
 
@@ -207,7 +221,7 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
     all_names = list(adapters_meta) or sorted({n for e in placement for n in _adapter_names(e, [])})
 
     servers: list[ServerSpec] = []
-    hosts: dict[str, list[int]] = {}
+    hosts: dict[str, list[tuple[int, float]]] = {}
     for i, entry in enumerate(placement):
         where = f"placement[{i}]"
         names = _adapter_names(entry, all_names)
@@ -218,8 +232,11 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
         unknown = [n for n in names if adapters_meta and n not in adapters_meta]
         if unknown:
             problems.append(f"{where}: adapters not in the plan's adapter list: {unknown[:10]}")
-        for n in names:
-            hosts.setdefault(n, []).append(i)
+        shares = _adapter_shares(entry) or [1.0] * len(names)
+        if any(x != x for x in shares):  # NaN: not a positive number
+            problems.append(f"{where}: an adapter's share must be a number > 0")
+        for n, x in zip(names, shares):
+            hosts.setdefault(n, []).append((i, x))
         max_loras = int(entry.get("max_loras") or 0)
         if max_loras < 1:
             problems.append(f"{where}: max_loras must be >= 1 (got {entry.get('max_loras')!r})")
@@ -269,9 +286,13 @@ def build_deployment(plan: Mapping[str, Any], options: DeployOptions = DeployOpt
         raise PlanError(problems)
 
     routes: dict[str, tuple[Route, ...]] = {}
-    for name, idxs in hosts.items():
-        share = 1.0 / len(idxs)
-        routes[name] = tuple(Route(gpu=servers[i].gpu, url=servers[i].url, weight=share) for i in idxs)
+    for name, placed in hosts.items():
+        # the plan's shares where it gives them (replicas), else an equal split
+        total = sum(x for _, x in placed)
+        routes[name] = tuple(
+            Route(gpu=servers[i].gpu, url=servers[i].url, weight=x / total if total > 0 else 1.0 / len(placed))
+            for i, x in placed
+        )
     dep_servers = tuple(servers)
     client_model = served_name or str(model)
     return Deployment(

@@ -148,10 +148,15 @@ def single_adapter_infeasible(problem: Problem, oracle: CapacityOracle, a: Adapt
             f"one slot at max_lora_rank {a.rank}",
             "memory",
         )
+    cap = e.capacity_tok_s
+    if math.isnan(cap):  # the surrogate and the twin give no capacity figure: the analytic model's
+        an = getattr(oracle, "analytic", None)
+        cap = an.best_slots(t.index, Mix.of([a])).capacity_tok_s if an is not None else math.nan
+    about = f" (capacity ≈ {cap:.0f} tokens/s)" if math.isfinite(cap) else ""
     return Infeasible(
         f"adapter {a.name!r} alone offers {e.offered_tok_s:.0f} tokens/s at {a.rate_rps:g} req/s, more "
         f"than one {t.name} serves within max_throughput_loss="
-        f"{problem.constraints.max_throughput_loss:g} (capacity ≈ {e.capacity_tok_s:.0f} tokens/s)",
+        f"{problem.constraints.max_throughput_loss:g}{about}",
         "max_throughput_loss",
     )
 

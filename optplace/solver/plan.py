@@ -13,7 +13,7 @@ from typing import Any
 
 from optplace.solver.capacity import CapacityOracle, Estimate, Mix
 from optplace.solver.problem import Problem
-from optplace.twin.simulate import GpuConfig
+from optplace.twin.simulate import GpuConfig, route_slices
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +36,26 @@ class GpuAssignment:
     feasible: bool
     reason: str = "ok"
     cost_per_hour: float = 1.0
+    #: Per entry of ``adapter_indices``, the share of the adapter's requests placed here (empty: every
+    #: adapter whole; a hot adapter's replicas carry 1/k each).
+    shares: tuple[float, ...] = ()
+
+    def entries(self) -> tuple[tuple[str, float], ...]:
+        """(adapter, share) per adapter on this GPU, two replicas of one adapter merged into one entry."""
+        shares = self.shares or (1.0,) * len(self.adapters)
+        out: dict[str, float] = {}
+        for name, share in zip(self.adapters, shares, strict=True):
+            out[name] = out.get(name, 0.0) + share
+        # every replica of an adapter on this one GPU: the whole adapter (1/k summed k times may round)
+        return tuple((n, 1.0 if math.isclose(x, 1.0) else x) for n, x in out.items())
 
     @property
     def config(self) -> GpuConfig:
         """This GPU's configuration (what the twin simulates and vLLM is started with)."""
-        return GpuConfig(self.gpu_type, self.max_loras, self.max_cpu_loras, self.adapters)
+        names, shares = zip(*self.entries()) if self.adapters else ((), ())
+        # replicas that all landed on this GPU add up to whole adapters: the plain configuration
+        whole = all(x == 1.0 for x in shares)
+        return GpuConfig(self.gpu_type, self.max_loras, self.max_cpu_loras, names, () if whole else shares)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,7 +64,8 @@ class GpuAssignment:
             "max_loras": self.max_loras,
             "max_cpu_loras": self.max_cpu_loras,
             "max_lora_rank": self.max_lora_rank,
-            "adapters": list(self.adapters),
+            # a replica is {name, share}; a whole adapter stays a bare name
+            "adapters": [n if x == 1.0 else {"name": n, "share": x} for n, x in self.entries()],
             "offered_tok_s": _r(self.offered_tok_s),
             "predicted_throughput_tok_s": _r(self.predicted_throughput_tok_s),
             "predicted_itl_ms": _r(self.predicted_itl_ms),
@@ -163,6 +179,7 @@ def from_estimate(problem: Problem, gtype: int, indices: Sequence[int], est: Est
         feasible=est.feasible,
         reason=est.reason,
         cost_per_hour=t.cost_per_hour,
+        shares=tuple(a.share for a in ads) if any(a.share != 1.0 for a in ads) else (),
     )
 
 
@@ -174,5 +191,6 @@ def renumber(gpus: Sequence[GpuAssignment]) -> tuple[GpuAssignment, ...]:
 
 
 def gpu_plans(plan: Plan) -> list[GpuConfig]:
-    """The configurations of the plan's used GPUs (for ``optplace.twin.simulate.simulate_plan``)."""
-    return [g.config for g in plan.gpus if g.adapters]
+    """The configurations of the plan's used GPUs (for ``optplace.twin.simulate.simulate_plan``), each
+    replica with its slice of the routing draw."""
+    return list(route_slices([g.config for g in plan.gpus if g.adapters]))

@@ -109,6 +109,9 @@ class AdapterItem:
     name: str
     rank: int
     rate_rps: float
+    #: The share of the adapter's requests this item stands for: below 1 for a replica of a hot
+    #: adapter split over several GPUs (:mod:`.replicate`); several items then carry one name.
+    share: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

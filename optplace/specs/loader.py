@@ -170,7 +170,9 @@ def _element(ann: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         for a in typing.get_args(ann):
             if typing.get_origin(a) in (tuple, list) or typing.get_origin(a) is typing.Annotated:
-                return _element(a)
+                item = _element(a)
+                if item is not None:  # e.g. the list member of "all" | [names]
+                    return item
     return None
 
 
@@ -350,11 +352,16 @@ def _owners(sc: Scenario) -> list[int]:
     return owner
 
 
+#: How far the shares of a replicated adapter may sum from 1 (hand-written thirds: 0.333 x 3).
+SHARE_TOLERANCE = 1e-3
+
+
 def _placement_problems(sc: Scenario, by_name: dict[str, Any]) -> list[Problem]:
     out: list[Problem] = []
     assert sc.placement is not None
     types = {p.gpu_name for p in sc.gpu_types()}
-    placed: dict[str, int] = {}
+    # adapter -> its entries: (GPU, position on it, share or None for a bare name)
+    entries: dict[str, list[tuple[int, int, float | None]]] = {}
     for g, pe in enumerate(sc.placement):
         base = ("placement", g)
         if pe.gpu_type is not None and pe.gpu_type not in types:
@@ -364,21 +371,26 @@ def _placement_problems(sc: Scenario, by_name: dict[str, Any]) -> list[Problem]:
         if pe.adapters == "all":
             if len(sc.placement) > 1:
                 out.append(((*base, "adapters"), "'all' is only valid when the placement has one GPU"))
-            names = list(by_name)
+            items: list[tuple[str, float | None]] = [(n, None) for n in by_name]
         else:
-            names = list(pe.adapters)
-        if not names:
+            items = [(a, None) if isinstance(a, str) else (a.name, float(a.share)) for a in pe.adapters]
+        if not items:
             out.append(((*base, "adapters"), "a GPU needs at least one adapter"))
-        for j, n in enumerate(names):
+        for j, (n, share) in enumerate(items):
+            here = entries.setdefault(n, [])
             if n not in by_name:
                 out.append(((*base, "adapters", j), f"unknown adapter {n!r}"))
-            elif n in placed:
-                out.append(((*base, "adapters", j), f"adapter {n!r} is already placed on placement[{placed[n]}]"))
+            elif any(h[0] == g for h in here):
+                out.append(((*base, "adapters", j), f"adapter {n!r} is listed twice on this GPU"))
+            elif share is not None and not share > 0:
+                out.append(((*base, "adapters", j, "share"), f"a share must be > 0 (got {share:g})"))
+            elif here and share is None and all(h[2] is None for h in here):
+                out.append(((*base, "adapters", j), f"adapter {n!r} is already placed on placement[{here[0][0]}]"))
             else:
-                placed[n] = g
-        if names and pe.max_loras > len(names):
+                here.append((g, j, share))
+        if items and pe.max_loras > len(items):
             out.append(
-                ((*base, "max_loras"), f"max_loras {pe.max_loras} exceeds the {len(names)} adapters placed on this GPU")
+                ((*base, "max_loras"), f"max_loras {pe.max_loras} exceeds the {len(items)} adapters placed on this GPU")
             )
         if pe.max_cpu_loras is not None and pe.max_cpu_loras < pe.max_loras:
             out.append(
@@ -388,6 +400,23 @@ def _placement_problems(sc: Scenario, by_name: dict[str, Any]) -> list[Problem]:
                     f"{pe.max_loras} (vLLM requires max_cpu_loras >= max_loras)",
                 )
             )
+    for n, here in entries.items():
+        total = math.fsum(1.0 if s is None else s for _, _, s in here)
+        if here and n in by_name and abs(total - 1.0) > SHARE_TOLERANCE:
+            g, j, s = here[-1]
+            where = ("placement", g, "adapters", j) + (("share",) if s is not None else ())
+            gpus = ", ".join(f"placement[{h[0]}]" for h in here)
+            out.append((where, f"the shares of adapter {n!r} sum to {total:.6g} over {gpus}; they must sum to 1"))
+    missing = [n for n in by_name if n not in entries]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        out.append(
+            (
+                ("placement",),
+                f"{len(missing)} adapter(s) on no GPU: {shown} (every adapter needs a GPU, or replicas whose "
+                "shares sum to 1)",
+            )
+        )
     return out
 
 

@@ -462,13 +462,50 @@ class SolverOptions(_Spec):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class ReplicaEntry(_Spec):
+    """One replica of an adapter placed on several GPUs: the adapter and the share of its requests this
+    GPU receives (the shares of an adapter's entries sum to 1; checked with the whole placement)."""
+
+    name: Name
+    share: Num
+
+
+# The tags are not identifiers: an error's location then never reads them as a field of the spec.
+def _placed_tag(v: Any) -> str:
+    return "replica-entry" if isinstance(v, (dict, ReplicaEntry)) else "adapter-name"
+
+
+def _placed_list_tag(v: Any) -> str:
+    return "all-adapters" if isinstance(v, str) else "adapter-list"
+
+
+#: One entry of a GPU's adapters: a bare name, or a ``{name, share}`` replica (told apart by shape, so a
+#: wrong entry gets the one error of what it looks like, not one per alternative).
+PlacedAdapter = Annotated[
+    Union[Annotated[Name, Tag("adapter-name")], Annotated[ReplicaEntry, Tag("replica-entry")]],
+    Discriminator(_placed_tag),
+]
+
+
 class PlacementEntry(_Spec):
-    """One GPU of a given placement: its slots and its adapters."""
+    """One GPU of a given placement: its slots and its adapters (a name: the adapter's whole traffic;
+    ``{name, share}``: a replica receiving that share of it)."""
 
     gpu_type: StrictStr | None = None
     max_loras: PosInt
     max_cpu_loras: PosInt | None = None
-    adapters: Union[Literal["all"], tuple[Name, ...]]
+    adapters: Annotated[
+        Union[
+            Annotated[Literal["all"], Tag("all-adapters")], Annotated[tuple[PlacedAdapter, ...], Tag("adapter-list")]
+        ],
+        Discriminator(_placed_list_tag),
+    ]
+
+    def shares(self, all_names: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+        """(adapter, share) of every entry, ``all`` expanded to ``all_names`` (share 1 for a bare name)."""
+        if self.adapters == "all":
+            return tuple((n, 1.0) for n in all_names)
+        return tuple((a, 1.0) if isinstance(a, str) else (a.name, float(a.share)) for a in self.adapters)
 
 
 def _none_not_null(schema: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ largest rank, step-time, load and overhead models) and simulated by ``optplace.t
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -251,6 +252,8 @@ class GpuReport:
     latency: WindowLatency | None = None
     #: The SLO verdict (None when the scenario has ``slo: none`` or the caller judged no SLO).
     slo: SloVerdict | None = None
+    #: Per adapter, the share of its requests this GPU received (empty: every adapter whole here).
+    shares: tuple[float, ...] = ()
 
     @property
     def slo_violated(self) -> bool:
@@ -266,6 +269,10 @@ class GpuReport:
         d["adapters"] = list(self.adapters)
         d["starved_adapters"] = list(self.starved_adapters)
         d["per_adapter"] = [asdict(a) for a in self.per_adapter]
+        if self.shares:
+            d["shares"] = list(self.shares)
+        else:
+            del d["shares"]  # single placements keep the document they had
         return _round(d)
 
 
@@ -304,13 +311,18 @@ class SimReport:
     def starved_gpus(self) -> tuple[int, ...]:
         return tuple(g.index for g in self.gpus if g.starved)
 
+    def replicated(self) -> tuple[ReplicatedAdapter, ...]:
+        """Every adapter placed on several GPUs, across its replicas (:func:`merge_replicas`)."""
+        return merge_replicas(self.gpus)
+
     @property
     def oom_gpus(self) -> tuple[int, ...]:
         return tuple(g.index for g in self.gpus if g.oom)
 
     def to_json(self, reproducible: bool = False) -> dict[str, Any]:
-        """The ``simulate --json`` document; ``reproducible`` zeroes the wall-clock field."""
-        return {
+        """The ``simulate --json`` document; ``reproducible`` zeroes the wall-clock field. Adapters placed
+        on several GPUs are also shown across their replicas (``replicated_adapters``, only then)."""
+        doc = {
             "scenario": self.scenario,
             "seed": self.seed,
             "version": self.version,
@@ -324,6 +336,91 @@ class SimReport:
             "sim_wall_s": 0.0 if reproducible else round(self.sim_wall_s, 3),
             "simulated_s": round(self.simulated_s, 3),
         }
+        rows = self.replicated()
+        if rows:
+            doc["replicated_adapters"] = [r.to_json() for r in rows]
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaResult:
+    """One replica of a replicated adapter: its GPU, share, and what it served there."""
+
+    gpu: int
+    share: float
+    offered_tok_s: float
+    throughput_tok_s: float
+    completed: int
+    ttft_ms_p99: float
+    tpot_ms_p99: float
+    slo_ok: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicatedAdapter:
+    """An adapter across its replicas. Tokens and counts add up exactly; each latency percentile is the
+    largest of its replicas' (steady state): an upper bound on the percentile of the merged requests,
+    since a mixture's quantile never exceeds its largest component's. The adapter meets the SLO when
+    every replica does (None without an SLO)."""
+
+    name: str
+    replicas: tuple[ReplicaResult, ...]
+
+    @property
+    def offered_tok_s(self) -> float:
+        return math.fsum(r.offered_tok_s for r in self.replicas)
+
+    @property
+    def throughput_tok_s(self) -> float:
+        return math.fsum(r.throughput_tok_s for r in self.replicas)
+
+    @property
+    def loss(self) -> float:
+        off = self.offered_tok_s
+        return 1.0 - self.throughput_tok_s / off if off > 0 else 0.0
+
+    @property
+    def slo_ok(self) -> bool | None:
+        oks = [r.slo_ok for r in self.replicas]
+        return None if any(o is None for o in oks) else all(oks)
+
+    def to_json(self) -> dict[str, Any]:
+        return _round(
+            {
+                "name": self.name,
+                "offered_tok_s": self.offered_tok_s,
+                "throughput_tok_s": self.throughput_tok_s,
+                "completed": sum(r.completed for r in self.replicas),
+                "loss": self.loss,
+                "ttft_ms_p99_max": max(r.ttft_ms_p99 for r in self.replicas),
+                "tpot_ms_p99_max": max(r.tpot_ms_p99 for r in self.replicas),
+                "slo_ok": self.slo_ok,
+                "replicas": [asdict(r) for r in self.replicas],
+            }
+        )
+
+
+def merge_replicas(gpus: Sequence[GpuReport]) -> tuple[ReplicatedAdapter, ...]:
+    """Every adapter with a share below 1 on some GPU, its replicas in GPU order."""
+    found: dict[str, list[ReplicaResult]] = {}
+    for g in gpus:
+        for share, a in zip(g.shares, g.per_adapter):
+            if share >= 1.0:
+                continue
+            st = a.latency.steady if a.latency is not None else None
+            found.setdefault(a.name, []).append(
+                ReplicaResult(
+                    g.index,
+                    share,
+                    a.offered_tok_s,
+                    a.throughput_tok_s,
+                    a.completed,
+                    st.ttft_ms_p99 if st is not None else math.nan,
+                    st.tpot_ms_p99 if st is not None else math.nan,
+                    None if a.slo is None else a.slo.ok,
+                )
+            )
+    return tuple(ReplicatedAdapter(n, tuple(rs)) for n, rs in found.items())
 
 
 def _round(obj: Any) -> Any:
@@ -352,6 +449,46 @@ class GpuConfig:
     max_loras: int
     max_cpu_loras: int | None
     adapters: tuple[str, ...]
+    #: Per adapter, the share of its requests this GPU receives; empty when every adapter is whole here
+    #: (a single placement, so such a configuration compares and hashes as before replication existed).
+    shares: tuple[float, ...] = ()
+    #: Per adapter, where this replica's slice of the routing draw starts (set by :func:`route_slices`
+    #: from the plan's order; empty when ``shares`` is).
+    share_from: tuple[float, ...] = ()
+
+    def slices(self) -> tuple[tuple[float, float], ...]:
+        """Per adapter, the slice [from, to) of the routing draw whose requests this GPU receives
+        ((0, 1): all of them)."""
+        if not self.shares:
+            return ((0.0, 1.0),) * len(self.adapters)
+        return tuple((lo, lo + s) for lo, s in zip(self.share_from, self.shares, strict=True))
+
+
+def route_slices(plan: Sequence[GpuConfig]) -> tuple[GpuConfig, ...]:
+    """``plan`` with every replica's slice of the routing draw set: an adapter's replicas, in GPU order,
+    take consecutive slices of [0, 1) as wide as their shares (normalised by their sum, so the slices
+    cover every request even when the shares were rounded). Single placements are returned unchanged."""
+    totals: dict[str, float] = {}
+    for gp in plan:
+        for name, share in zip(gp.adapters, gp.shares or (1.0,) * len(gp.adapters)):
+            totals[name] = totals.get(name, 0.0) + share
+    if all(not gp.shares for gp in plan):
+        return tuple(plan)
+    used: dict[str, float] = {}
+    out = []
+    for gp in plan:
+        if not gp.shares:
+            out.append(gp)
+            continue
+        starts, widths = [], []
+        for name, share in zip(gp.adapters, gp.shares):
+            lo = used.get(name, 0.0)
+            used[name] = lo + share
+            starts.append(lo / totals[name])
+            # the last replica ends exactly at 1: no request falls between the slices
+            widths.append(1.0 - lo / totals[name] if math.isclose(used[name], totals[name]) else share / totals[name])
+        out.append(replace(gp, shares=tuple(widths), share_from=tuple(starts)))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +521,7 @@ def run_gpu_job(job: GpuJob) -> GpuReport:
     )
     res = simulate_engine(cfg, job.workload)
     gpu_type = job.config.gpu_type or job.profile.gpu  # resolved by whoever made the job
-    return gpu_report(
+    rep = gpu_report(
         job.index,
         gpu_type,
         job.adapters,
@@ -397,6 +534,7 @@ def run_gpu_job(job: GpuJob) -> GpuReport:
         workload=job.workload,
         slo=job.slo,
     )
+    return replace(rep, shares=job.config.shares) if job.config.shares else rep
 
 
 def window_latency(
@@ -575,6 +713,12 @@ def scenario_workload(
     )
 
 
+def routing_generator(seed: int) -> np.random.Generator:
+    """The generator of a run's routing draws: the fourth child of the run's seed (the workload's
+    arrivals, lengths and adapter assignment are its first three, ``generate_workload``)."""
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[3])
+
+
 def scenario_slo_rule(sc: Scenario, adapter_bounds: Sequence[Any]) -> SloRule | None:
     """The scenario's SLO for one GPU whose adapters have these bounds (each a
     :class:`~optplace.specs.model.SloBounds`, in the GPU's adapter order); None with ``slo: none``."""
@@ -589,10 +733,15 @@ def placement_of(sc: Scenario) -> tuple[GpuConfig, ...]:
     if sc.placement is None:
         raise ValueError("the spec has no placement: to simulate, add `placement:` (or run `optplace solve`)")
     names = tuple(a.name for a in sc.adapter_list())
-    return tuple(
-        GpuConfig(p.gpu_type, p.max_loras, p.max_cpu_loras, names if p.adapters == "all" else tuple(p.adapters))
-        for p in sc.placement
-    )
+    out = []
+    for p in sc.placement:
+        entries = p.shares(names)
+        shares = tuple(s for _, s in entries)
+        whole = all(s == 1.0 for s in shares)
+        out.append(
+            GpuConfig(p.gpu_type, p.max_loras, p.max_cpu_loras, tuple(n for n, _ in entries), () if whole else shares)
+        )
+    return route_slices(out)
 
 
 class PlanSimulator:
@@ -610,10 +759,30 @@ class PlanSimulator:
         self.cache: dict[GpuConfig, GpuReport] = {}
         self.simulated = 0
         self.slo_bounds = sc.adapter_slos()
+        self._route: np.ndarray | None = None
+
+    def route_draw(self) -> np.ndarray:
+        """One uniform draw per request of the workload, from the run's seed (a generator of its own,
+        so the workload is the same with or without replicas): a replicated adapter's request goes to
+        the replica whose slice holds its draw. Whole requests are routed, so an MMPP burst or a trace's
+        spike reaches every replica at once, as a router spreading one stream sees it."""
+        if self._route is None:
+            self._route = routing_generator(self.seed).random(len(self.workload))
+        return self._route
 
     def job(self, gp: GpuConfig, index: int) -> GpuJob:
         gtype, prof = profile_for(self.sc, gp.gpu_type, self.base_dir)
         members = [self.index[n] for n in gp.adapters]
+        keep = None
+        if gp.shares:
+            if len(gp.share_from) != len(gp.shares):
+                raise ValueError("a GPU with replicas needs its slices: pass the plan through route_slices()")
+            u = self.route_draw()
+            ad = np.asarray(self.workload.adapter)
+            keep = np.zeros(len(u), dtype=bool)
+            for i, (lo, hi) in zip(members, gp.slices()):
+                mine = ad == i
+                keep |= mine if (lo, hi) == (0.0, 1.0) else mine & (u >= lo) & (u < hi)
         return GpuJob(
             index=index,
             config=replace(gp, gpu_type=gtype),
@@ -621,7 +790,7 @@ class PlanSimulator:
             serving=self.sc.serving,
             constraints=self.sc.constraints,
             adapters=tuple(self.adapters[i] for i in members),
-            workload=self.workload.subset(members),
+            workload=self.workload.subset(members, keep),
             slo=self.slo_rule(members),
         )
 
@@ -634,6 +803,7 @@ class PlanSimulator:
         """Twin results for every GPU of ``plan`` (new configurations simulated in parallel; ``progress``
         is told as each finishes)."""
         t0 = time.perf_counter()
+        plan = route_slices(plan)
         todo = [gp for gp in dict.fromkeys(plan) if gp not in self.cache]
         simulate_into([(self, gp) for gp in todo], self.executor, progress)
         gpus = tuple(replace(self.cache[gp], index=i) for i, gp in enumerate(plan))

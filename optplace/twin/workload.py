@@ -96,10 +96,12 @@ class Workload:
             _idc(self.arrival_s, self.duration_s, 60.0),
         )
 
-    def subset(self, adapters: Sequence[int]) -> "Workload":
+    def subset(self, adapters: Sequence[int], keep: np.ndarray | None = None) -> "Workload":
         """The requests of ``adapters`` only, re-indexed ``0..len(adapters)-1`` in the given order.
 
         Lets one workload of all adapters be split over GPUs, so every placement sees the same traffic.
+        ``keep`` (one flag per request) further keeps only the flagged requests: a replica's share of
+        its adapter's requests.
         """
         sel = np.asarray(adapters, dtype=np.int64)
         if sel.size != np.unique(sel).size or (sel.size and (sel.min() < 0 or sel.max() >= self.n_adapters)):
@@ -107,7 +109,7 @@ class Workload:
         remap = np.full(self.n_adapters, -1, np.int64)
         remap[sel] = np.arange(sel.size)
         new = remap[self.adapter]
-        keep = new >= 0
+        keep = new >= 0 if keep is None else (new >= 0) & np.asarray(keep, dtype=bool)
         return _frozen(
             self.arrival_s[keep],
             new[keep],
