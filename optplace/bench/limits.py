@@ -53,11 +53,14 @@ def spec_text(n: int, time_limit_s: float, duration_s: float = 3600) -> str:
     )
 
 
-def run_child(argv: list[str], cwd: Path, cap_s: float = WALL_CAP_S) -> dict[str, Any]:
-    """Run one command; return exit code, wall seconds, peak RSS [MiB], stdout and stderr."""
+def run_child(
+    argv: list[str], cwd: Path, cap_s: float = WALL_CAP_S, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run one command (``env``: its environment, default this process's); return exit code, wall
+    seconds, peak RSS [MiB], stdout and stderr."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err)
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, env=env)
         killed = False
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
