@@ -91,6 +91,7 @@ def test_tiny_limit_on_a_big_spec_returns_the_best_plan_so_far(big) -> None:
     line = next(ln for ln in plan.log if ln.startswith("time limit reached"))
     assert f"solver.time_limit_s = {limit:g}" in line
     assert plan.to_json()["time_limit_reached"] is True
+    assert plan.to_json()["cut_by_time_limit"] == list(plan.cut_by_time_limit) != [], plan.log
     _valid(problem, plan)
     assert plan.gpus_used <= len(first)
 

@@ -53,11 +53,14 @@ def spec_text(n: int, time_limit_s: float, duration_s: float = 3600) -> str:
     )
 
 
-def run_child(argv: list[str], cwd: Path, cap_s: float = WALL_CAP_S) -> dict[str, Any]:
-    """Run one command; return exit code, wall seconds, peak RSS [MiB], stdout and stderr."""
+def run_child(
+    argv: list[str], cwd: Path, cap_s: float = WALL_CAP_S, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run one command (``env``: its environment, default this process's); return exit code, wall
+    seconds, peak RSS [MiB], stdout and stderr."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err)
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, env=env)
         killed = False
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -109,6 +112,7 @@ def solve_case(n: int, time_limit_s: float, folder: Path) -> dict[str, Any]:
             over_limit_pct=round(100.0 * (st / time_limit_s - 1.0), 1),
             wall_over_s=round(r["wall_s"] - time_limit_s, 2),
             time_limit_reached=bool(doc.get("time_limit_reached")),
+            cut_by_time_limit=list(doc.get("cut_by_time_limit") or []),
         )
     else:
         msg = [ln for ln in r["stderr"].splitlines() if ln.startswith(("error:", "infeasible:", "internal error"))]
@@ -160,13 +164,21 @@ def run(
     return {"rows": rows, "summary": summary}
 
 
+def _reached(r: dict[str, Any]) -> str:
+    """``, limit reached (cut: …)`` when the clock cut the solve, else nothing."""
+    if not r["time_limit_reached"]:
+        return ""
+    cut = r.get("cut_by_time_limit") or []
+    return ", limit reached" + (f" (cut: {', '.join(cut)})" if cut else "")
+
+
 def _print_row(r: dict[str, Any]) -> None:
     head = f"{r['adapters']:>7,} adapters, time_limit_s {r['time_limit_s']:>4g}: "
     if r["outcome"] == "solved":
         print(
             head + f"solved, {r['gpus_used']} GPUs (bound {r['lower_bound']}, gap {r['gap']}), "
             f"solve {r['solve_time_s']:.1f} s ({r['over_limit_pct']:+.1f} % vs limit, "
-            f"{'ok' if r['limit_honoured'] else 'OVER'}{', limit reached' if r['time_limit_reached'] else ''}), "
+            f"{'ok' if r['limit_honoured'] else 'OVER'}{_reached(r)}), "
             f"wall {r['wall_s']:.1f} s ({r['wall_over_s']:+.1f} s), "
             f"peak RSS {r['peak_rss_mib']:.0f} MiB, oracle {r['oracle']}",
             flush=True,

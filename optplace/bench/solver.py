@@ -72,6 +72,12 @@ Measured (``optplace bench solver``, the quick set), a row and the SLO part of t
     final SLO plans meeting the SLO on their seed and every other seed: 6/6 families
     the default SLO costs +0 … +1 GPUs over the rule per family
 
+*Reproducibility.* When the sizes include 10,000 (``--full`` does), the summary adds one line: the
+10,000-adapter :func:`lognormal_fleet` (heavy-tailed rates, ranks 8/16/32: not a bench family; time
+limit 600 s) solved twice by ``optplace solve --json --reproducible --no-validate``, each in a fresh
+process, and whether the two documents are byte-identical (they must be whenever the clock cut no
+phase: ``cut_by_time_limit``, printed beside it).
+
 Subsets: ``optplace bench solver --sizes 100 --strategies milp,round-robin --skews zipf-0.9 --rule slo``.
 """
 
@@ -138,6 +144,100 @@ def family(n: int, ranks: tuple[int, ...], skew: str, seed: int = 0, order: str 
     entries = [{"name": ads[i].name, "rank": ads[i].rank, "rate_rps": ads[i].rate_rps} for i in perm]
     return Scenario.model_validate(
         dict(name=name, model="llama-3.1-8b-instruct", gpu="h100-64gb", adapters=entries, seed=seed, solver=solver)
+    )
+
+
+#: The heavy-tailed fleet of :func:`lognormal_fleet`: median rate [req/s], log-space spread, largest rate.
+LOGNORMAL_MEDIAN_RPS, LOGNORMAL_SIGMA, LOGNORMAL_MAX_RPS = 0.03, 1.35, 6.0
+LOGNORMAL_RANKS = (8, 16, 32)
+
+
+def lognormal_fleet(n: int, seed: int = 0, time_limit_s: float = 60.0) -> Any:
+    """A fleet unlike the bench families: ``n`` adapters with lognormal rates (median 0.03 req/s,
+    σ = 1.35 in log space: ~60 % between 0.01 and 0.1 req/s, a heavy tail reaching ~5 req/s at 10,000
+    adapters, clipped at 6), ranks drawn uniformly from 8/16/32, seeded; the solver's defaults otherwise
+    (time limit ``time_limit_s``)."""
+    import numpy as np
+
+    from optplace.specs import Scenario
+
+    rng = np.random.default_rng([seed, n, 0x10E])
+    rates = np.minimum(rng.lognormal(math.log(LOGNORMAL_MEDIAN_RPS), LOGNORMAL_SIGMA, n), LOGNORMAL_MAX_RPS)
+    ranks = rng.choice(LOGNORMAL_RANKS, n)
+    entries = [
+        {"name": f"a{i:06d}", "rank": int(r), "rate_rps": round(float(x), 6)}
+        for i, (r, x) in enumerate(zip(ranks, rates))
+    ]
+    return Scenario.model_validate(
+        dict(
+            name=f"lognormal-{n}",
+            model="llama-3.1-8b-instruct",
+            gpu="h100-64gb",
+            adapters=entries,
+            seed=seed,
+            solver={"strategy": "milp", "time_limit_s": time_limit_s},
+        )
+    )
+
+
+def fleet_spec_text(sc: Any) -> str:
+    """A scenario as spec text (JSON, which YAML reads), for ``optplace solve`` in a child process."""
+    import json as _json
+
+    return _json.dumps(sc.model_dump(mode="json", by_alias=True, exclude={"placement"}))
+
+
+#: Adapters of the fleet :func:`reproducibility` solves twice (``--full``, or ``--sizes`` with 10000), and
+#: its time limit: generous, so the check is about determinism rather than the clock (at the default
+#: 60 s, a 10,000-adapter solve on a loaded 2-core machine reaches the limit and says so).
+REPRODUCIBLE_AT = 10_000
+REPRODUCIBLE_LIMIT_S = 600.0
+
+
+def reproducibility(
+    n: int = REPRODUCIBLE_AT, runs: int = 2, time_limit_s: float = REPRODUCIBLE_LIMIT_S
+) -> dict[str, Any]:
+    """``optplace solve FLEET --json --reproducible --no-validate`` ``runs`` times, each in a fresh child
+    process with its own string-hash salt, on the ``n``-adapter :func:`lognormal_fleet`: whether the
+    documents are byte-identical, and what the clock cut in each (``cut_by_time_limit``: identical
+    documents are only promised when it cut nothing). Twin validation is left out: the twin's runs are
+    seeded and collected in input order (``tests/test_determinism.py`` checks a validated solve)."""
+    import json as _json
+    import os
+    import sys
+    import tempfile
+
+    from optplace.bench.limits import run_child
+
+    out: dict[str, Any] = {"fleet": f"lognormal-{n}", "adapters": n, "time_limit_s": time_limit_s, "runs": []}
+    docs = []
+    with tempfile.TemporaryDirectory(prefix="optplace-repro-") as d:
+        spec = Path(d) / "fleet.yaml"
+        spec.write_text(fleet_spec_text(lognormal_fleet(n, time_limit_s=time_limit_s)), encoding="utf-8")
+        argv = [sys.executable, "-m", "optplace.cli", "solve", str(spec), "--json", "--reproducible", "--no-validate"]
+        for k in range(runs):
+            r = run_child(argv, Path(d), env={**os.environ, "PYTHONHASHSEED": str(k + 1)})
+            run: dict[str, Any] = {"exit_code": r["rc"], "wall_s": round(r["wall_s"], 2)}
+            if r["stdout"].lstrip().startswith("{"):
+                doc = _json.loads(r["stdout"])
+                run.update(gpus_used=doc["gpus_used"], cut_by_time_limit=doc.get("cut_by_time_limit"))
+            docs.append(r["stdout"])
+            out["runs"].append(run)
+    out["identical"] = bool(docs[0]) and all(x == docs[0] for x in docs)
+    out["cut"] = sorted({p for r in out["runs"] for p in (r.get("cut_by_time_limit") or [])})
+    return out
+
+
+def reproducibility_line(r: dict[str, Any]) -> str:
+    """The summary line of :func:`reproducibility`."""
+    walls = ", ".join(f"{x['wall_s']:.1f} s" for x in r["runs"])
+    gpus = sorted({x.get("gpus_used") for x in r["runs"]}, key=str)
+    verdict = "byte-identical" if r["identical"] else "DIFFERENT"
+    cut = f"phases cut by the clock: {', '.join(r['cut'])}" if r["cut"] else "no phase cut by the clock"
+    return (
+        f"reproducible at {r['adapters']:,} adapters ({r['fleet']}, time limit {r['time_limit_s']:g} s, "
+        f"{len(r['runs'])} runs of solve --json --reproducible --no-validate): {verdict}, {cut}; "
+        f"GPUs {', '.join(map(str, gpus))}; wall {walls}"
     )
 
 
@@ -301,6 +401,10 @@ def run(
                     rows.append(row)
                     _print_row(row, json)
     summary = _summary(rows)
+    if REPRODUCIBLE_AT in sizes:
+        repro = reproducibility()
+        summary["reproducible"] = repro
+        summary["lines"].append(reproducibility_line(repro))
     out = {
         "order": order,
         "rule": rule,

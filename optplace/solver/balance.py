@@ -17,7 +17,9 @@ feasible for the oracle.
   swap one for a lighter or lower-rank one) to one of the least utilised GPUs when that lowers the
   larger of the two utilisations and both GPUs pass the oracle; when the most utilised GPU cannot be
   improved, continue with the next one. Every accepted step lowers the sorted utilisation vector,
-  so it terminates; it also stops at its deadline with the plan so far (every state is feasible).
+  so it terminates; it also stops with the plan so far (every state is feasible) once it has spent
+  its work budget — evaluations counted, not seconds, so the result does not depend on the machine's
+  speed or load — or at its deadline (a cut the solve reports).
 * No GPU is emptied (the count is the strategy's decision) and types never change.
 
 Changed GPUs are rebuilt from the oracle's verdict on their new mix (:func:`~.greedy.judge`: its slot
@@ -52,10 +54,13 @@ class BalanceResult:
     moves: int
     swaps: int
     stopped_by_deadline: bool
+    #: Stopped because its work budget was spent (deterministic, unlike the deadline).
+    stopped_by_budget: bool = False
 
     def log_line(self) -> str:
         """One solver-log line describing the pass."""
         tail = "; stopped at its deadline" if self.stopped_by_deadline else ""
+        tail += "; stopped at its work budget" if self.stopped_by_budget else ""
         return (
             f"balanced at {len(self.gpus)} GPUs: worst load/capacity {self.max_util_before:.0%} → "
             f"{self.max_util_after:.0%} (analytic capacity), {self.moves} moves, {self.swaps} swaps{tail}"
@@ -74,16 +79,25 @@ def proxy_model(problem: Problem, oracle: CapacityOracle) -> AnalyticCapacity | 
         return None
 
 
+#: Work units of one oracle verdict per adapter of its mix, against 1 per adapter of a utilisation
+#: evaluation (:class:`_State`): a verdict asks the oracle at up to eight slot counts.
+VERDICT_WORK = 8
+
+
 class _State:
-    """Adapters per GPU with cached utilisation (analytic proxy)."""
+    """Adapters per GPU with cached utilisation (analytic proxy), and the work spent: adapters of every
+    mix evaluated (:data:`VERDICT_WORK` per adapter of an oracle verdict), a count that grows with the
+    time a pass takes but, unlike the time, is the same on every machine and every run."""
 
     def __init__(self, problem: Problem, an: AnalyticCapacity | None, gpus: Sequence[GpuAssignment]) -> None:
         self.pb, self.an = problem, an
+        self.work = 0
         self.types = [g.type_index for g in gpus]
         self.groups = [list(g.adapter_indices) for g in gpus]
         self.util = [self.u(t, idx) for t, idx in zip(self.types, self.groups)]
 
     def u(self, gtype: int, idx: Sequence[int]) -> float:
+        self.work += len(idx)
         return utilisation(self.pb, self.an, gtype, idx)
 
 
@@ -149,12 +163,14 @@ def rebalance(
     deadline: Deadline = _NEVER,
     max_steps: int | None = None,
     load_scale: float = 1.0,
+    work_budget: int | None = None,
 ) -> BalanceResult:
     """Spread ``gpus``' adapters over the same GPUs so the worst utilisation is as low as the local
     search gets it, every GPU staying oracle-feasible (see the module docstring). ``max_steps``: bound
     on accepted moves/swaps (default 4 per GPU + 50). ``load_scale`` > 1: a GPU receiving adapters must
     pass the oracle at that multiple of its load (the repair's margin). Empty GPUs may receive
-    adapters (a GPU added by the repair); a GPU the oracle rejects may always give adapters away."""
+    adapters (a GPU added by the repair); a GPU the oracle rejects may always give adapters away.
+    ``work_budget``: stop once this much work (:class:`_State`) is spent (None: no budget)."""
     gpus = list(gpus)
     an = proxy_model(problem, oracle)
     st = _State(problem, an, gpus)
@@ -164,16 +180,20 @@ def rebalance(
     stuck: set[int] = set()
     changed: set[int] = set()
     feasible_cache: dict[tuple[int, tuple[int, ...]], Estimate] = {}
-    timed_out = False
+    timed_out = spent = False
 
     def verdict(g: int, idx: list[int]) -> Estimate:
         key = (st.types[g], tuple(sorted(idx)))
         e = feasible_cache.get(key)
         if e is None:
+            st.work += VERDICT_WORK * len(idx)
             e = feasible_cache[key] = judge(oracle, st.types[g], scaled(problem, idx, load_scale))
         return e
 
     while len(gpus) > 1 and steps_left > 0:
+        if work_budget is not None and st.work >= work_budget:
+            spent = True
+            break
         if deadline.expired():
             timed_out = True
             break
@@ -241,4 +261,4 @@ def rebalance(
         # oracle calls per GPU (judge), where best_slots would scan the whole slot grid.
         e = verdict(g, st.groups[g]) if load_scale == 1.0 else judge(oracle, st.types[g], scaled(problem, st.groups[g]))
         out.append(from_estimate(problem, st.types[g], st.groups[g], e, old.gpu))
-    return BalanceResult(tuple(out), before, max(st.util, default=0.0), moves, swaps, timed_out)
+    return BalanceResult(tuple(out), before, max(st.util, default=0.0), moves, swaps, timed_out, spent)

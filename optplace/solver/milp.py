@@ -403,13 +403,15 @@ def solve_milp(
     warm_gpus = None
     # The improved greedy costs ~0.1 ms per adapter; when that does not fit a quarter of what is left
     # the fast greedy (class patterns, also column-valid) is the warm start.
-    if problem.n_adapters * 1e-4 < dl.part(0.25).remaining():
+    warm_dl = dl.phase("warm start")
+    share = warm_dl.part(0.25)
+    if share.affords(problem.n_adapters * 1e-4):
         try:
-            warm_gpus = greedy_improved(rep, rep_an, consolidate_passes=1, deadline=dl.part(0.25))
+            warm_gpus = greedy_improved(rep, rep_an, consolidate_passes=1, deadline=share)
         except TimeLimitReached:
             log.append("improved greedy warm start ran out of its share of the time limit")
     if warm_gpus is None:
-        warm_gpus = greedy_fast(rep, rep_an, deadline=dl)
+        warm_gpus = greedy_fast(rep, rep_an, deadline=warm_dl)
     columns: list[Column] = []
     seen: dict[Column, int] = {}
 
@@ -433,7 +435,7 @@ def solve_milp(
     lp = _LpMaster(need, avail, big)
     for col in columns:
         lp.add(col, weights[col.gtype])
-    cg_end = dl.until(0.3)
+    cg_end = dl.until(0.3).phase("column generation")
     duals = None
     it = 0
     lp_obj = math.inf
@@ -515,7 +517,7 @@ def solve_milp(
         need,
         weights,
         iters=30,
-        deadline=time.perf_counter() + dl.until(0.45).remaining(),
+        deadline=dl.until(0.45).phase("dual ascent"),
         keep=1,
         patterns=asc_cols,
     )
@@ -537,11 +539,14 @@ def solve_milp(
     )
 
     # The master gets what is left of 80 % of the limit: mapping, consolidation and the bound follow.
-    remaining = dl.until(0.8).remaining()
+    master_dl = dl.until(0.8).phase("integer master")
+    remaining = master_dl.remaining()
     solver = solve_master_pulp if backend == "pulp" else solve_master_pyomo
     t_master = time.perf_counter()
-    if remaining >= 0.2:
+    if master_dl.affords(0.2):
         res = solver(columns, need.tolist(), avail, weights, warm, remaining, mip_gap)
+        if res.status == "time_limit":
+            master_dl.cut()  # stopped by its time limit: its incumbent depends on the machine's speed
     else:
         res = MasterResult({}, f"skipped (time limit: {max(0.0, remaining):.2f} s left of its share)", math.inf)
     log.append(
@@ -551,12 +556,12 @@ def solve_milp(
         f"({time.perf_counter() - t_master:.2f} s of {max(0.0, remaining):.2f} s)"
     )
     x = res.x if res.x and res.objective <= sum(weights[columns[p].gtype] * k for p, k in warm.items()) + 1e-9 else warm
-    gpus = map_columns(problem, oracle, columns, x, dl)
+    gpus = map_columns(problem, oracle, columns, x, dl.phase("mapping"))
     bad = [g for g in gpus if not g.feasible]
     if bad:
         log.append(f"{len(bad)} mapped GPUs rejected by the {oracle.name} oracle; keeping the warm start")
-        gpus = map_columns(problem, oracle, columns, warm, dl)
-    gpus = consolidate(problem, oracle, gpus, deadline=dl)
+        gpus = map_columns(problem, oracle, columns, warm, dl.phase("mapping"))
+    gpus = consolidate(problem, oracle, gpus, deadline=dl.phase("consolidation"))
     return MilpOutcome(gpus, (problem.classes, dual_sets) if dual_sets else None, log)
 
 
@@ -567,17 +572,18 @@ def ascend_duals(
     need: np.ndarray,
     weights: Sequence[float],
     iters: int = 30,
-    deadline: float = math.inf,
+    deadline: Deadline | None = None,
     keep: int = 3,
     patterns: list[Column] | None = None,
 ) -> list[np.ndarray]:
     """Heuristic ascent on the Farley value F(π) = π·n / maxₜ(m_t(π)/w_t), m_t = best pattern value on
     type t (ratio-greedy pricing); returns the ``keep`` best dual vectors seen. The best pattern of
-    each family at each step is appended to ``patterns`` (if given): candidate columns."""
+    each family at each step is appended to ``patterns`` (if given): candidate columns. Stops after
+    ``iters`` steps, or earlier at ``deadline`` (a cut it records)."""
     pi = np.maximum(np.asarray(start, dtype=float), 1e-9)
     seen: list[tuple[float, np.ndarray]] = []
     for it in range(iters):
-        if time.perf_counter() > deadline:
+        if deadline is not None and deadline.expired():
             break
         best_ratio, best_a = 0.0, None
         top: list[tuple[float, np.ndarray, _PricingFamily]] = []

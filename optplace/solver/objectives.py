@@ -111,7 +111,7 @@ class Objective:
         problem, an = ctx.problem, ctx.model
         lb = self.round_bound(volume_bound(problem, an, ctx.weights))
         need = lp_bound_seconds(problem.n_adapters)
-        if ctx.deadline.remaining() < need:
+        if not ctx.deadline.affords(need):
             return lb, [
                 f"bound: volume bound only (the LP bound needs ~{need:.1f} s, "
                 f"{max(0.0, ctx.deadline.remaining()):.1f} s left)"
@@ -189,7 +189,7 @@ class MinCost(Objective):
     def model_bound(self, ctx):
         lb, log = Objective.model_bound(self, ctx)
         problem, an = ctx.problem, ctx.model
-        if not log and ctx.deadline.remaining() >= lp_bound_seconds(problem.n_adapters):
+        if not log and ctx.deadline.affords(lp_bound_seconds(problem.n_adapters)):
             # Any fleet has at least k GPUs (the GPU-count bound), so it costs at least the k cheapest.
             k = int(lower_bound(problem, an, integral=True, deadline=ctx.deadline))
             prices = sorted(p for t in problem.gpu_types for p in [t.cost_per_hour] * min(t.count, k))

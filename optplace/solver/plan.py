@@ -93,6 +93,9 @@ class Plan:
     #: The capacity model ``lower_bound`` is proven for (``bound_model`` in capacity.py): "analytic", the
     #: relaxed analytic model containing the oracle's accepted GPUs, or "none …" (trivial bound).
     lower_bound_model: str = "analytic"
+    #: The phases the clock cut (:attr:`~.problem.Deadline.cuts`), in order; empty: every phase ran to its
+    #: end, so the plan is the same on every run.
+    cut_by_time_limit: tuple[str, ...] = ()
 
     @property
     def gpus_used(self) -> int:
@@ -111,8 +114,10 @@ class Plan:
 
     @property
     def time_limit_reached(self) -> bool:
-        """The solve stopped at ``solver.time_limit_s`` (its log says "time limit reached after …")."""
-        return any(line.startswith("time limit reached") for line in self.log)
+        """The clock cut a phase of the solve (at ``solver.time_limit_s`` or at that phase's share of it;
+        :attr:`cut_by_time_limit`), or the solve stopped at the limit (its log says "time limit reached
+        after …")."""
+        return bool(self.cut_by_time_limit) or any(line.startswith("time limit reached") for line in self.log)
 
     @property
     def cost_per_hour(self) -> float:
@@ -130,6 +135,7 @@ class Plan:
             "gap": _r(self.gap),
             "solve_time_s": round(self.solve_time_s, 3),
             "time_limit_reached": self.time_limit_reached,
+            "cut_by_time_limit": list(self.cut_by_time_limit),
             "cost_per_hour": _r(self.cost_per_hour),
             "oracle": self.oracle,
             "placement": [g.to_json() for g in self.gpus if g.adapters],

@@ -45,17 +45,28 @@ class TimeLimitReached(Infeasible):
 
 @dataclass(frozen=True, slots=True)
 class Deadline:
-    """The one time budget of a solve, on the monotonic clock.
+    """The one time budget of a solve, on the monotonic clock, and the record of what it cut.
 
     Created once when the solve starts (``optplace solve``: before the problem is compiled) and passed
     to every phase — compile, greedy, consolidation, column generation, the integer master (which gets
     only the remaining time), baselines, the bound. A phase that sees it expired stops improving and
     returns the best it has; a phase that has nothing yet raises :class:`TimeLimitReached`.
     ``limit_s = inf`` is "no limit" (library callers, tests).
+
+    The clock is the only thing in a solve that is not a function of the spec: every budget inside a
+    phase is counted in work (iterations, moves, evaluations), so a solve the clock never stopped is
+    the same on every run. Each phase runs on its own view of the deadline (:meth:`phase`); whenever
+    the clock stops or skips work — :meth:`expired` true, :meth:`check` raising, :meth:`affords` false,
+    a solver's own time limit hit (:meth:`cut`) — that phase's name is added to :attr:`cuts`, a list
+    shared by every view of one deadline, which the plan reports as ``cut_by_time_limit``.
     """
 
     start: float
     limit_s: float = math.inf
+    #: The phase this view of the budget belongs to (what :meth:`cut` records).
+    name: str = "solve"
+    #: Phases the clock cut, in the order it cut them; one list shared by every view of a deadline.
+    cuts: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def begin(cls, limit_s: float, started: float | None = None) -> "Deadline":
@@ -77,19 +88,44 @@ class Deadline:
     def remaining(self) -> float:
         return self.at - time.monotonic()
 
-    def expired(self) -> bool:
+    def passed(self) -> bool:
+        """Whether the budget has ended, without recording a cut (for reporting, not for stopping)."""
         return time.monotonic() >= self.at
+
+    def expired(self) -> bool:
+        """Whether the budget has ended; a phase that stops on it is recorded as cut."""
+        if time.monotonic() < self.at:
+            return False
+        self.cut()
+        return True
+
+    def affords(self, seconds: float) -> bool:
+        """Whether ``seconds`` are left; a phase skipped for lack of them is recorded as cut."""
+        if self.remaining() >= seconds:
+            return True
+        self.cut()
+        return False
+
+    def cut(self, name: str | None = None) -> None:
+        """Record that the clock cut this view's phase (or ``name``)."""
+        what = name or self.name
+        if what not in self.cuts:
+            self.cuts.append(what)
+
+    def phase(self, name: str) -> "Deadline":
+        """The same budget as seen by phase ``name`` (its cuts are recorded under that name)."""
+        return Deadline(self.start, self.limit_s, name, self.cuts)
 
     def part(self, fraction: float) -> "Deadline":
         """A deadline ending ``fraction`` of the way from now to this one's end (a phase's budget)."""
         if not math.isfinite(self.limit_s):
             return self
         now = time.monotonic()
-        return Deadline(self.start, (now - self.start) + max(0.0, self.at - now) * fraction)
+        return Deadline(self.start, (now - self.start) + max(0.0, self.at - now) * fraction, self.name, self.cuts)
 
     def until(self, fraction: float) -> "Deadline":
         """The first ``fraction`` of this budget (same start): a phase that must leave time to the next."""
-        return Deadline(self.start, self.limit_s * fraction)
+        return Deadline(self.start, self.limit_s * fraction, self.name, self.cuts)
 
     def check(self, what: str) -> None:
         """Raise :class:`TimeLimitReached` (nothing feasible yet: ``what`` says what was under way)."""

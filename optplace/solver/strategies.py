@@ -25,8 +25,13 @@ Figures: ``optplace bench limits``.
 
 Robust plans: the final plan of ``milp`` and ``greedy`` (the fast greedy's included) is balanced at its
 GPU count by :func:`~.balance.rebalance` (worst load/capacity as low as it gets, every GPU still
-accepted by the oracle), with half of the time left after the strategy; the published greedy and the
-baselines keep their rule's placement.
+accepted by the oracle), within a work budget (:data:`BALANCE_WORK`) and at most half of the time left
+after the strategy; the published greedy and the baselines keep their rule's placement.
+
+Determinism: no phase is stopped by a budget in seconds of its own. Phases stop on work counts (rounds,
+iterations, moves) or on the solve's one deadline (a share of ``solver.time_limit_s``); every stop or
+skip caused by the clock is recorded on the deadline (:attr:`~.problem.Deadline.cuts`) and reported as
+``Plan.cut_by_time_limit``, so a plan without cuts is the same on every run.
 
 Bound: computed on :func:`~.capacity.bound_model` of the oracle — the analytic model, or for a
 surrogate/twin oracle the relaxed analytic model that contains every GPU it accepts — and reported
@@ -70,12 +75,17 @@ EARLY_BOUND_SHARE = 0.30
 #: Strategies whose final plan is balanced at its GPU count (:mod:`.balance`); greedy-paper and the
 #: baselines are faithful rules and keep their placement.
 BALANCED = frozenset({"milp", "greedy"})
-#: Share of the time left after the strategy that balancing may take (the rest is the bound's), and
-#: at most this many seconds (1 + 0.1 ms per adapter): on a 10,000-adapter plan a balancing step costs
-#: ~85 ms and the gains flatten (120 % → 114 % worst load/capacity in 13 s, `optplace bench limits`
-#: family); small plans finish in well under a second.
+#: Share of the time left after the strategy that balancing may take (the rest is the bound's).
 BALANCE_SHARE = 0.5
-BALANCE_SECONDS = (1.0, 1e-4)
+#: Balancing's work budget (:func:`balance_work`, units of :class:`~.balance._State`): a fixed part
+#: plus a part per adapter. Counted in work, not seconds, so the balanced plan is the same on every
+#: run (a budget in seconds cut it at a different step on each run of a 10,000-adapter fleet).
+BALANCE_WORK = (2_000_000, 200)
+
+
+def balance_work(n_adapters: int) -> int:
+    """The work budget of balancing a plan of ``n_adapters`` adapters (:data:`BALANCE_WORK`)."""
+    return BALANCE_WORK[0] + BALANCE_WORK[1] * n_adapters
 
 
 __all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "solve"]
@@ -99,7 +109,7 @@ def _proven(
     if objective.fixed_budget:
         return None
     bm = model if model is not None else bound_model(oracle)[0]
-    if bm is None or deadline.remaining() < lp_bound_seconds(problem.n_adapters):
+    if bm is None or not deadline.affords(lp_bound_seconds(problem.n_adapters)):
         return None
     # The LP bound is memoised only when it converged, so the final bound reuses it or retries.
     lb = objective.round_bound(
@@ -180,7 +190,7 @@ def _first_plan(
     its class patterns cannot share out; the other algorithms may)."""
     t0 = time.monotonic()
     try:
-        gpus = greedy_fast(problem, oracle, deadline)
+        gpus = greedy_fast(problem, oracle, deadline.phase("first plan"))
     except TimeLimitReached:
         raise
     except Infeasible as e:
@@ -197,7 +207,11 @@ class _Anytime:
     def solve(self, problem, oracle, options, deadline):
         obj = get_objective(problem.objective)
         if obj.fixed_budget:
-            return balance_latency(problem, oracle, deadline=deadline), ["balanced placement over the GPU budget"], None
+            return (
+                balance_latency(problem, oracle, deadline=deadline.phase("balanced placement")),
+                ["balanced placement over the GPU budget"],
+                None,
+            )
         log: list[str] = []
         first = _first_plan(problem, oracle, deadline, log)
         return self.improve(problem, oracle, options, deadline, obj, log, first)
@@ -225,8 +239,9 @@ class Milp(_Anytime):
         w = _weights(problem)
         need = MILP_SECONDS_PER_ADAPTER * problem.n_adapters
         full, deadline = deadline, (deadline if first is None else _improving(deadline, problem.n_adapters))
+        early = deadline.phase("early bound")
         lb = (
-            _proven(problem, oracle, obj, w, best_v, deadline.part(EARLY_BOUND_SHARE))
+            _proven(problem, oracle, obj, w, best_v, early.part(EARLY_BOUND_SHARE))
             if first is not None and options.stop_when_proven
             else None
         )
@@ -239,7 +254,7 @@ class Milp(_Anytime):
             and options.stop_when_proven
             and isinstance(an, AnalyticCapacity)
             and an is not bound_model(oracle)[0]
-            and _proven(problem, oracle, obj, w, best_v, deadline.part(EARLY_BOUND_SHARE), an) is not None
+            and _proven(problem, oracle, obj, w, best_v, early.part(EARLY_BOUND_SHARE), an) is not None
         ):
             # Not a proof for this oracle (its bound is the relaxed model's, below): a stopping rule.
             log.append(
@@ -248,7 +263,7 @@ class Milp(_Anytime):
             )
             return first, log, None
         try:
-            if best is not None and deadline.remaining() < need:
+            if best is not None and not deadline.phase("column generation").affords(need):
                 log.append(
                     f"column generation not started: it needs ~{need:.1f} s before its first deadline "
                     f"check, {max(0.0, deadline.remaining()):.1f} s left"
@@ -282,14 +297,15 @@ class Milp(_Anytime):
         # plan is only adopted when every one of its GPUs passes that oracle too.
         an = getattr(oracle, "analytic", oracle)
         for name, fn in (("greedy", greedy_improved), ("greedy-paper", greedy_paper)):
-            if deadline.remaining() < GREEDY_SECONDS_PER_ADAPTER * problem.n_adapters:
+            real = deadline.phase(f"{name} on the real rates")
+            if not real.affords(GREEDY_SECONDS_PER_ADAPTER * problem.n_adapters):
                 break  # would not finish: the time left goes to the bound
             try:
-                alt = fn(problem, an, deadline=deadline)
+                alt = fn(problem, an, deadline=real)
                 v = obj.value(tuple(alt))
                 if v < best_v - 1e-9:
                     if an is not oracle:
-                        alt = [_judged(problem, oracle, g, deadline) for g in alt]
+                        alt = [_judged(problem, oracle, g, real) for g in alt]
                         if not all(g.feasible for g in alt):
                             continue
                     log.append(f"{name} on the real rates is better ({v:g} < {best_v:g}); keeping it")
@@ -298,7 +314,7 @@ class Milp(_Anytime):
                 break
             except Infeasible:
                 continue
-        if deadline.expired() and best is not None:
+        if deadline.passed() and best is not None:
             log.append(time_up_line(full, f"returning the best plan found ({best_v:g})"))
         if best is None:
             deadline.check("milp")
@@ -313,7 +329,11 @@ class Greedy(_Anytime):
     def improve(self, problem, oracle, options, deadline, obj, log, first):
         try:
             gpus = greedy_improved(
-                problem, oracle, deadline=deadline if first is None else _improving(deadline, problem.n_adapters)
+                problem,
+                oracle,
+                deadline=(deadline if first is None else _improving(deadline, problem.n_adapters)).phase(
+                    "improved greedy"
+                ),
             )
         except TimeLimitReached:
             if first is None:
@@ -335,7 +355,7 @@ class Greedy(_Anytime):
             )
             gpus = first
         log.append("improved greedy (bisection capacity, best slots, consolidation)")
-        if _improving(deadline, problem.n_adapters).expired():
+        if _improving(deadline, problem.n_adapters).passed():
             log.append(time_up_line(deadline, "consolidation stopped early"))
         return gpus, log, None
 
@@ -366,6 +386,7 @@ class Baseline:
         self.name = name
 
     def solve(self, problem, oracle, options, deadline):
+        deadline = deadline.phase(self.name)
         timed = TimedOracle(oracle, deadline, f"the {self.name} baseline's GPU-count search")
         if get_objective(problem.objective).fixed_budget:
             G = latency_budget(problem, oracle, deadline)
@@ -542,19 +563,23 @@ def solve(
         raise Infeasible("the spec has no adapters", "adapters")
     _precheck(problem, orc)
     weights = _weights(problem)
-    obj.precheck(problem, bm, weights, dl)
+    obj.precheck(problem, bm, weights, dl.phase("precheck bound"))
     dl.check(f"{name}: before the first plan")
     gpus, log, duals = strat.solve(problem, orc, opts, dl)
     if name in BALANCED and not obj.fixed_budget and len(gpus) > 1:
-        share = dl.part(BALANCE_SHARE)
-        cap = dl.elapsed() + BALANCE_SECONDS[0] + BALANCE_SECONDS[1] * problem.n_adapters
-        bal = rebalance(problem, orc, gpus, deadline=share if share.limit_s <= cap else Deadline(dl.start, cap))
+        bal = rebalance(
+            problem,
+            orc,
+            gpus,
+            deadline=dl.part(BALANCE_SHARE).phase("balance"),
+            work_budget=balance_work(problem.n_adapters),
+        )
         gpus = list(bal.gpus)
         log.append(bal.log_line())
     gpus_t = renumber(gpus)
     value = obj.value(gpus_t)
     lb, bm_name, bound_log = obj.plan_bound(
-        BoundContext(problem, orc, an, bm, bm_name, weights, duals, dl, len(gpus_t), value)
+        BoundContext(problem, orc, an, bm, bm_name, weights, duals, dl.phase("bound"), len(gpus_t), value)
     )
     log += bound_log
     log.append(f"bound {lb:g} on the {bm_name} model")
@@ -568,8 +593,10 @@ def solve(
             f"bound {lb:g} is above the plan's value {value:g}: a GPU of the plan is outside the bound's "
             f"model ({bm_name}); the plan is not proven feasible for it"
         )
-    if dl.expired() and not any(line.startswith("time limit reached") for line in log):
+    if (dl.passed() or dl.cuts) and not any(line.startswith("time limit reached") for line in log):
         log.append(time_up_line(dl, "returning the plan found"))
+    if dl.cuts:
+        log.append(f"cut by the time limit: {', '.join(dl.cuts)}")
     return Plan(
         objective=obj.name,
         strategy=name,
@@ -580,6 +607,7 @@ def solve(
         oracle=orc.name,
         log=tuple(log),
         lower_bound_model=bm_name,
+        cut_by_time_limit=tuple(dl.cuts),
     )
 
 
