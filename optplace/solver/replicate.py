@@ -10,9 +10,10 @@ replica (``optplace.twin.simulate.route_slices``).
 How many replicas: the fewest ``k`` for which the capacity oracle accepts one replica alone on a GPU of
 some type, then, when the problem has a scenario under an SLO, the fewest from there for which the twin
 finds every replica alone on a GPU meeting the SLO on exactly the requests it receives in solve's own
-checks (every seed solve checks, rates x (1 + ``slo.headroom``), the same routing draw): the oracles
-size by throughput and know no latency, and a GPU holding one replica that misses the SLO is one the
-repair cannot fix (it moves adapters, it does not split them). Judged on the plan's own draws, a
+checks (every seed solve checks, rates x (1 + ``slo.headroom``), the same routing draw): the oracle
+sizes by throughput alone under a custom SLO or without surrogates, its SLO models err near their
+boundary, and a GPU holding one replica that misses the SLO is one the repair cannot fix (it moves
+adapters, it does not split them). Judged on the plan's own draws, a
 replica alone passes the pipeline's check whichever GPU the repair moves it to.
 
 Replication where it would only save GPUs (splitting a mid-size adapter to close a GPU) is not done
