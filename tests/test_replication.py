@@ -233,6 +233,26 @@ def test_simulate_reports_each_replica_and_the_adapter_across_them(tmp_path):
         assert "hot on 2 GPUs (0, 1; shares 50/50 %)" in res.stdout, (cmd, res.stdout)
 
 
+def test_request_gpus_route_each_request_where_the_twin_simulates_it(tmp_path):
+    """The routing a real replay follows (``request_gpus``) is the twin's: every GPU's job holds exactly
+    the requests routed to its position, so twin and real compare each replica on the same requests."""
+    sc = load_scenario_text(REPLICATED)
+    sim = PlanSimulator(sc, tmp_path, ExecutorSpec(workers=1))
+    plan = placement_of(sc)
+    gpus = sim.request_gpus(plan)
+    assert gpus.shape == (len(sim.workload),) and set(np.unique(gpus)) == {0, 1}
+    arrival = np.asarray(sim.workload.arrival_s)
+    for g, gp in enumerate(plan):
+        job = sim.job(gp, g)
+        assert np.array_equal(np.sort(arrival[gpus == g]), np.sort(np.asarray(job.workload.arrival_s)))
+    # the hot adapter is split, the whole ones go where they are placed
+    hot = np.asarray(sim.workload.adapter) == sim.index["hot"]
+    assert 0 < int((gpus[hot] == 0).sum()) < int(hot.sum())
+    assert set(gpus[np.asarray(sim.workload.adapter) == sim.index["cold-b"]]) == {1}
+    # an adapter placed nowhere is routed nowhere
+    assert set(sim.request_gpus(plan[:1])[np.asarray(sim.workload.adapter) == sim.index["cold-b"]]) == {-1}
+
+
 def test_a_gpu_with_replicas_needs_its_slices(tmp_path):
     sc = load_scenario_text(REPLICATED)
     sim = PlanSimulator(sc, tmp_path, ExecutorSpec(workers=1))
@@ -257,6 +277,24 @@ def test_routes_carry_the_plans_shares():
     dep = build_deployment(plan)
     assert [r.weight for r in dep.routes["hot"]] == [0.25, 0.75]
     assert [r.weight for r in dep.routes["c"]] == [1.0]
+    # the router weighs the replicas as the plan does (nginx weights are integers: 25/75 -> 1:3)
+    assert "upstream optplace_gpu0_1w3 {" in dep.nginx_conf
+    assert f"server 127.0.0.1:{dep.servers[1].port} weight=3;" in dep.nginx_conf
+    assert "optplace_gpu0_1w3;" in dep.nginx_conf.split("map $request_body")[1].split("}")[0]
+    # and routes.json hands the weights to a load generator
+    from optplace.vllm.loadgen import endpoints_from_routes
+
+    e0, e1 = endpoints_from_routes(dep.routes_json())
+    assert (e0.weight("hot"), e0.weight("c"), e1.weight("hot")) == (0.25, 1.0, 0.75)
+    # equal replicas: plain round robin, no weights written
+    even = {
+        **plan,
+        "placement": [
+            {"max_loras": 2, "adapters": [{"name": "hot", "share": 0.5}, "c"]},
+            {"max_loras": 1, "adapters": [{"name": "hot", "share": 0.5}]},
+        ],
+    }
+    assert "weight=" not in build_deployment(even).nginx_conf
     bad = {**plan, "placement": [{"max_loras": 1, "adapters": [{"name": "hot", "share": "half"}, "c"]}]}
     with pytest.raises(PlanError, match="share must be a number > 0"):
         build_deployment(bad)

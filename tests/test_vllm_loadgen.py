@@ -230,3 +230,37 @@ def test_real_latency_has_the_twins_keys_and_definitions():
     a0, a1 = doc["per_adapter"]
     assert a0["latency"]["window"]["completed"] == 2 and a1["latency"]["window"]["completed"] == 1
     assert a1["latency"]["window"]["itl_ms_mean"] == pytest.approx(30.0)
+
+
+def test_replicas_get_the_given_routing_or_their_weights():
+    """A replicated adapter's requests go to the GPU ``route_to`` names (the twin's routing); without it,
+    by the endpoints' weights; an unrelated adapter stays on its only host."""
+    n = 400
+    arrival = np.linspace(0.01, 0.8, n)
+    adapter = np.zeros(n, dtype=np.int32)
+    adapter[::10] = 1  # every tenth request is the single-placed adapter's
+    wl = ArrayWorkload(arrival, adapter, np.full(n, 4, dtype=np.int32), np.full(n, 1, dtype=np.int32), 1.5)
+    route_to = np.where(np.arange(n) % 3 == 0, 1, 0)
+
+    async def main(**kw):
+        f0, f1 = FakeVllm(adapters=("hot", "cold"), ttft_s=0.0, token_s=0.0), FakeVllm(adapters=("hot",), ttft_s=0.0)
+        eps = (
+            Endpoint(0, await f0.start(), ("hot", "cold"), weights=(0.8, 1.0)),
+            Endpoint(1, await f1.start(), ("hot",), weights=(0.2,)),
+        )
+        res = await replay(wl, ("hot", "cold"), eps, seed=7, token_id_range=(4, 100), sample_every_s=5.0, **kw)
+        await f0.stop(), await f1.stop()
+        return res
+
+    given = asyncio.run(main(route_to=route_to))
+    gpu_of = {r.index: r.gpu for r in given.requests}
+    hot = np.flatnonzero(adapter == 0)
+    assert all(gpu_of[int(i)] == route_to[i] for i in hot)
+    assert all(gpu_of[int(i)] == 0 for i in np.flatnonzero(adapter == 1))  # route_to names GPU 1: not a host
+    weighted = asyncio.run(main())
+    on1 = sum(1 for r in weighted.requests if r.adapter == 0 and r.gpu == 1)
+    # binomial(360, 0.2): 72 +- 5 sigma
+    assert abs(on1 - 0.2 * hot.size) < 5 * (hot.size * 0.2 * 0.8) ** 0.5
+    assert all(r.gpu == 0 for r in weighted.requests if r.adapter == 1)
+    with pytest.raises(LoadgenError, match="routing targets"):
+        asyncio.run(main(route_to=route_to[:-1]))

@@ -583,3 +583,49 @@ def _mean_request_tokens() -> float:
 
     wl = sweep_workload(SweepConfig(model_path=Path("."), adapters_dir=Path(".")), [100.0], 100.0, seed=0)
     return float(np.mean(wl.input_tokens + wl.output_tokens))
+
+
+def test_weighted_replicas_run_as_planned_on_two_real_servers(fitted, tiny_model):
+    """An adapter replicated 70/30 on two servers launched from the plan: every request reaches the
+    replica the twin routes it to (the same requests per replica: equal offered load per GPU and adapter),
+    the split follows the shares, and the twin matches each replica's throughput."""
+    d = fitted
+    cap = _capacity_rps(d)
+    # light: the busier server gets ~a third of the calibrated capacity
+    rates = [("hot", 16, round(0.4 * cap, 3)), ("c0", 8, round(0.05 * cap, 3)), ("c1", 8, round(0.05 * cap, 3))]
+    spec = d / "replicas.yaml"
+    spec.write_text(
+        _spec(
+            "replicas",
+            rates,
+            40,
+            seed=17,
+            placement=[(2, ["{name: hot, share: 0.7}", "c0"]), (2, ["{name: hot, share: 0.3}", "c1"])],
+        )
+    )
+    doc = _validate(spec, d / "v-replicas", 40, _server_flags(tiny_model.path, d / "adapters"))
+    twin, real = doc["twin"]["gpus"], doc["real"]["gpus"]
+    assert len(real) == 2 and not any(g.get("oom") for g in real), "a server failed to start"
+
+    def offered(gpus: list[dict]) -> dict[tuple[int, str], float]:
+        return {(g["index"], a["name"]): a["offered_tok_s"] for g in gpus for a in g["per_adapter"]}
+
+    t_off, r_off = offered(twin), offered(real)
+    assert t_off.keys() == r_off.keys() == {(0, "hot"), (0, "c0"), (1, "hot"), (1, "c1")}
+    assert all(r_off[k] == pytest.approx(t_off[k], rel=1e-6) for k in t_off), (t_off, r_off)
+    split = t_off[(0, "hot")] / (t_off[(0, "hot")] + t_off[(1, "hot")])
+    comps = compare_runs(twin, real)
+    print(
+        f"\n[replicas 70/30 on two servers: hot's offered tokens split {split * 100:.0f}/{100 - split * 100:.0f};"
+        + "; ".join(
+            f" gpu{i} engine {c.engine_error * 100:+.1f} %, completed {c.throughput_error * 100:+.1f} %"
+            for i, c in enumerate(comps)
+            if c.engine_error is not None and c.throughput_error is not None
+        )
+        + "]"
+    )
+    assert 0.55 <= split <= 0.85, split  # ~100 requests of hot in the window: 0.7 within ~3 sigma
+    for i, c in enumerate(comps):
+        assert not c.real_starved and c.same_verdict, (i, c)
+        for what, err in (("engine", c.engine_error), ("completed", c.throughput_error)):
+            assert err is not None and abs(err) <= TOLERANCE, (i, what, err)

@@ -744,6 +744,17 @@ def placement_of(sc: Scenario) -> tuple[GpuConfig, ...]:
     return route_slices(out)
 
 
+def _routed_here(adapter: np.ndarray, i: int, sl: tuple[float, float], u: np.ndarray | None) -> np.ndarray:
+    """Mask of the requests of adapter ``i`` whose routing draw ``u`` falls in the replica's slice ``sl``
+    (all of them for the whole slice (0, 1))."""
+    mine = adapter == i
+    if sl == (0.0, 1.0):
+        return mine
+    assert u is not None  # a partial slice only exists in a plan with replicas, which draws u
+    lo, hi = sl
+    return mine & (u >= lo) & (u < hi)
+
+
 class PlanSimulator:
     """Simulates GPU plans of one scenario, caching each distinct GPU configuration's result."""
 
@@ -780,9 +791,8 @@ class PlanSimulator:
             u = self.route_draw()
             ad = np.asarray(self.workload.adapter)
             keep = np.zeros(len(u), dtype=bool)
-            for i, (lo, hi) in zip(members, gp.slices()):
-                mine = ad == i
-                keep |= mine if (lo, hi) == (0.0, 1.0) else mine & (u >= lo) & (u < hi)
+            for i, sl in zip(members, gp.slices()):
+                keep |= _routed_here(ad, i, sl, u)
         return GpuJob(
             index=index,
             config=replace(gp, gpu_type=gtype),
@@ -793,6 +803,18 @@ class PlanSimulator:
             workload=self.workload.subset(members, keep),
             slo=self.slo_rule(members),
         )
+
+    def request_gpus(self, plan: Sequence[GpuConfig]) -> np.ndarray:
+        """Per request of the workload, the position in ``plan`` of the GPU the twin sends it to (-1
+        where no GPU serves its adapter): what a real replay of the plan routes by, so the twin and the
+        real servers compare each replica on the very same requests."""
+        ad = np.asarray(self.workload.adapter)
+        out = np.full(len(ad), -1, dtype=np.int64)
+        u = self.route_draw() if any(gp.shares for gp in plan) else None
+        for g, gp in enumerate(route_slices(plan)):
+            for name, sl in zip(gp.adapters, gp.slices()):
+                out[_routed_here(ad, self.index[name], sl, u)] = g
+        return out
 
     def slo_rule(self, members: Sequence[int]) -> SloRule | None:
         """The SLO of a GPU holding adapters ``members`` (indices into the scenario's adapters)."""

@@ -67,6 +67,13 @@ class Endpoint:
     max_cpu_loras: int | None = None
     max_lora_rank: int | None = None
     gpu_type: str | None = None
+    #: Per adapter (aligned with ``adapters``), its routing weight here: the share of its requests this
+    #: endpoint receives when it is one of several serving it (empty: equal weights).
+    weights: tuple[float, ...] = ()
+
+    def weight(self, adapter: str) -> float:
+        """The routing weight of ``adapter`` on this endpoint (1 without weights)."""
+        return self.weights[self.adapters.index(adapter)] if self.weights else 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,21 +288,35 @@ class ReplayResult:
 
 
 def endpoints_from_routes(routes: Mapping[str, Any]) -> tuple[Endpoint, ...]:
-    """Endpoints from a ``routes.json`` document written by ``optplace vllm deploy``."""
+    """Endpoints from a ``routes.json`` document written by ``optplace vllm deploy``, with the routing
+    weights of its ``adapters`` section (replicas) where it has one."""
     try:
-        return tuple(
-            Endpoint(
-                gpu=int(e["gpu"]),
-                url=str(e["url"]),
-                adapters=tuple(e["adapters"]),
-                max_loras=e.get("max_loras"),
-                max_cpu_loras=e.get("max_cpu_loras"),
-                max_lora_rank=e.get("max_lora_rank"),
-                gpu_type=e.get("gpu_type"),
+        weight = {
+            (str(name), int(r["gpu"])): float(r["weight"])
+            for name, rs in (routes.get("adapters") or {}).items()
+            for r in rs
+            if "weight" in r
+        }
+        eps = []
+        for e in routes["endpoints"]:
+            adapters, gpu = tuple(e["adapters"]), int(e["gpu"])
+            w = tuple(weight.get((a, gpu), 1.0) for a in adapters)
+            if not all(x > 0 for x in w):  # also NaN
+                raise LoadgenError(f"gpu {gpu}: routing weights must be > 0 (got {list(w)})")
+            eps.append(
+                Endpoint(
+                    gpu=gpu,
+                    url=str(e["url"]),
+                    adapters=adapters,
+                    max_loras=e.get("max_loras"),
+                    max_cpu_loras=e.get("max_cpu_loras"),
+                    max_lora_rank=e.get("max_lora_rank"),
+                    gpu_type=e.get("gpu_type"),
+                    weights=w if any(x != 1.0 for x in w) else (),
+                )
             )
-            for e in routes["endpoints"]
-        )
-    except (KeyError, TypeError, ValueError) as exc:
+        return tuple(eps)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise LoadgenError(f"routes document lacks endpoints[{{gpu, url, adapters}}]: {exc}") from exc
 
 
@@ -480,6 +501,18 @@ async def _scrape(ep: Endpoint, timeout_s: float) -> MetricsSnapshot | None:
         return None
 
 
+def _route(choices: Sequence[Endpoint], adapter: str, target: int | None, rng: np.random.Generator) -> Endpoint:
+    """The endpoint a request of ``adapter`` goes to: its only host, the ``target`` GPU if it hosts the
+    adapter, else one drawn by the hosts' routing weights."""
+    if len(choices) == 1:
+        return choices[0]
+    for ep in choices:
+        if ep.gpu == target:
+            return ep
+    w = np.array([ep.weight(adapter) for ep in choices])
+    return choices[int(rng.choice(len(choices), p=w / w.sum()))]
+
+
 async def replay(
     workload: WorkloadLike,
     adapter_names: Sequence[str],
@@ -494,12 +527,15 @@ async def replay(
     preflight_timeout_s: float = 10.0,
     progress: bool = False,
     lead_s: float = 0.5,
+    route_to: Sequence[int] | np.ndarray | None = None,
 ) -> ReplayResult:
     """Replay ``workload`` for ``workload.duration_s`` seconds; see the module docstring.
 
-    ``adapter_names[i]`` is the model name of adapter index *i*. An adapter served by several
-    endpoints is sent to one of them at random (seeded). Prompt token ids are drawn uniformly from
-    ``token_id_range`` (half-open) with ``numpy.random.default_rng(seed)``. Raises
+    ``adapter_names[i]`` is the model name of adapter index *i*. A request of an adapter served by
+    several endpoints goes to ``route_to[i]`` (an endpoint's ``gpu``: the twin's routing of the plan,
+    so both compare each replica on the same requests) when it is given and serves the adapter, else
+    to one of them drawn by the endpoints' routing weights (seeded). Prompt token ids are drawn
+    uniformly from ``token_id_range`` (half-open) with ``numpy.random.default_rng(seed)``. Raises
     :class:`LoadgenError` before sending anything if an endpoint is unreachable or does not serve
     its adapters.
     """
@@ -511,6 +547,8 @@ async def replay(
     n_out = np.asarray(workload.output_tokens, dtype=np.int64)
     if not (len(arrival) == len(adapter) == len(n_in) == len(n_out)):
         raise LoadgenError("workload arrays differ in length")
+    if route_to is not None and len(route_to) != len(arrival):
+        raise LoadgenError(f"{len(route_to)} routing targets for {len(arrival)} requests")
     if len(adapter) and (adapter.min() < 0 or adapter.max() >= len(names)):
         raise LoadgenError(f"workload uses adapter index {int(adapter.max())} but only {len(names)} names were given")
     hosts: dict[str, list[Endpoint]] = {}
@@ -554,8 +592,8 @@ async def replay(
             i = int(i)
             if arrival[i] >= window:
                 break
-            choices = hosts[names[adapter[i]]]
-            ep = choices[int(rng.integers(len(choices)))] if len(choices) > 1 else choices[0]
+            name = names[adapter[i]]
+            ep = _route(hosts[name], name, None if route_to is None else int(route_to[i]), rng)
             prompt = rng.integers(token_id_range[0], token_id_range[1], size=int(n_in[i])).tolist()
             body = json.dumps(
                 {

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from optplace.deploy.artefacts import Deployment, ServerSpec
+from optplace.deploy.artefacts import Deployment, Route, ServerSpec
 from optplace.vllm.launcher import LaunchResult, start_server
 from optplace.vllm.loadgen import Endpoint, GpuResult, PerAdapter, ReplayResult, WorkloadLike, run_replay
 
@@ -47,15 +47,20 @@ class RealRun:
         return {**base, "gpus": gpus}
 
 
+def route_weight(routes: Mapping[str, Sequence[Route]], adapter: str, gpu: int) -> float:
+    """The share of ``adapter``'s requests routed to ``gpu`` (1 where the routing table lacks it)."""
+    return next((r.weight for r in routes.get(adapter, ()) if r.gpu == gpu), 1.0)
+
+
 def unserved_result(
     server: ServerSpec,
     workload: WorkloadLike,
     adapter_names: Sequence[str],
-    routes: Mapping[str, Sequence[Any]],
+    routes: Mapping[str, Sequence[Route]],
     oom: bool,
 ) -> GpuResult:
     """Per-GPU result of a server that never served: its offered load (an adapter replicated on
-    ``k`` GPUs contributes ``1/k`` of its tokens here) entirely lost."""
+    GPUs contributes its routing weight's share of its tokens here) entirely lost."""
     index = {n: i for i, n in enumerate(adapter_names)}
     adapter = np.asarray(workload.adapter)
     tokens = np.asarray(workload.input_tokens, dtype=np.int64) + np.asarray(workload.output_tokens, dtype=np.int64)
@@ -63,7 +68,7 @@ def unserved_result(
     per = []
     for name in server.adapters:
         mask = arrived & (adapter == index.get(name, -1))
-        share = 1.0 / max(1, len(routes.get(name, ())))
+        share = route_weight(routes, name, server.gpu)
         offered = float(tokens[mask].sum()) * share / workload.duration_s
         per.append(PerAdapter(name, offered, 0.0, 0, int(round(mask.sum() * share)), 1.0 if offered > 0 else 0.0))
     offered = sum(p.offered_tok_s for p in per)
@@ -106,6 +111,7 @@ def run_deployment(
     max_adapter_loss: float | None = None,
     progress: bool = False,
     before_replay: Callable[[tuple[Endpoint, ...]], None] | None = None,
+    route_to: np.ndarray | None = None,
 ) -> RealRun:
     """Start the deployment's servers, replay ``workload`` on the healthy ones, stop them all.
 
@@ -113,6 +119,8 @@ def run_deployment(
     on their GPU's result). Raises :class:`~optplace.vllm.launcher.LaunchError` only for set-up
     errors (port taken, executable missing) — after stopping what was started. ``before_replay`` is
     called with the healthy endpoints right before the replay (e.g. to measure a speed canary).
+    ``route_to`` (per request of ``workload``, the GPU to send it to) routes replicas as the twin does;
+    without it, or where the target did not start, replicas get requests by the deployment's weights.
     """
     launches: list[LaunchResult] = []
     try:
@@ -129,7 +137,16 @@ def run_deployment(
             )
         healthy = [(s, r) for s, r in zip(deployment.servers, launches) if r.ok]
         endpoints = tuple(
-            Endpoint(s.gpu, r.server.url, s.adapters, s.max_loras, s.max_cpu_loras, s.max_lora_rank, s.gpu_type)
+            Endpoint(
+                s.gpu,
+                r.server.url,
+                s.adapters,
+                s.max_loras,
+                s.max_cpu_loras,
+                s.max_lora_rank,
+                s.gpu_type,
+                tuple(route_weight(deployment.routes, a, s.gpu) for a in s.adapters),
+            )
             for s, r in healthy
             if r.server is not None
         )
@@ -149,6 +166,7 @@ def run_deployment(
                 max_throughput_loss=max_throughput_loss,
                 max_adapter_loss=max_adapter_loss,
                 progress=progress,
+                route_to=None if route_to is None else np.asarray(route_to)[keep],
             )
         by_gpu = {g.index: g for g in (replay.gpus if replay is not None else ())}
         gpus = []

@@ -1,7 +1,8 @@
 """``optplace validate PLAN --engine vllm``: run a plan on real vLLM servers and compare with the twin.
 
 One function, :func:`validate_on_vllm`: the plan's scenario workload is generated once for the
-validation window (seeded; the twin and the real servers get the very same requests), the twin
+validation window (seeded; the twin and the real servers get the very same requests, and an adapter
+placed on several GPUs has each request sent to the replica the twin's routing draw gives it), the twin
 simulates every GPU of the plan, and the real side either launches one server per GPU from the
 plan (:mod:`optplace.deploy.artefacts` + :mod:`optplace.vllm.run`: a server that dies at start is a
 recorded ``oom``/``failed`` GPU) or replays against given endpoints (a ``routes.json``). The result
@@ -26,7 +27,7 @@ import numpy as np
 from optplace.infra.executors import ExecutorSpec
 from optplace.app.reporting import PlanItem
 from optplace.specs import Scenario
-from optplace.twin.simulate import PlanSimulator, SimReport, run_jobs, scenario_workload
+from optplace.twin.simulate import PlanSimulator, SimReport, run_jobs
 
 from optplace.vllm.compare import GpuComparison, compare_runs
 from optplace.deploy.artefacts import DeployOptions, build_deployment
@@ -127,7 +128,10 @@ def plan_document(item: PlanItem) -> dict[str, Any]:
                 "max_loras": g.max_loras,
                 "max_cpu_loras": g.max_cpu_loras,
                 "max_lora_rank": max((ranks[n] for n in g.adapters), default=8),
-                "adapters": list(g.adapters),
+                # a replica's share of its adapter's requests: the deployment's routing weight
+                "adapters": [n if not g.shares else {"name": n, "share": x} for n, x in zip(g.adapters, g.shares)]
+                if g.shares
+                else list(g.adapters),
             }
             for i, g in enumerate(item.gpus)
         ],
@@ -164,7 +168,10 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     adapters = sc.adapter_list()
     names = [a.name for a in adapters]
     ranks = {a.name: a.rank for a in adapters}
-    workload = scenario_workload(sc, adapters, item.base_dir, seed)
+    sim = PlanSimulator(sc, item.base_dir, ExecutorSpec(workers=1), seed)
+    # the twin's workload, and its routing of replicas: each replica gets the very requests it gets there
+    workload = sim.workload
+    route_to = sim.request_gpus(item.gpus)
     c = sc.constraints
     canaries: list[float] = []
 
@@ -209,6 +216,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
                 max_adapter_loss=c.max_adapter_loss,
                 progress=opts.progress,
                 before_replay=canary,
+                route_to=route_to,
             )
         except (LaunchError, LoadgenError) as exc:
             raise ValidateError(str(exc)) from None
@@ -260,6 +268,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
                 max_throughput_loss=c.max_throughput_loss,
                 max_adapter_loss=c.max_adapter_loss,
                 progress=opts.progress,
+                route_to=route_to,
             )
         except LoadgenError as exc:
             raise ValidateError(str(exc)) from None
@@ -281,7 +290,6 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     if opts.speed_ref_ms is not None and canaries:
         factor = float(np.median(canaries)) / opts.speed_ref_ms
         real_doc["canary_itl_ms"] = canaries
-    sim = PlanSimulator(sc, item.base_dir, ExecutorSpec(workers=1), seed)
     if replay is not None:
         _judge_real_slo(sim, real_doc, replay)
     twin = _twin(sim, item, factor)
