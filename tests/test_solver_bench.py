@@ -152,10 +152,17 @@ def test_a_stronger_skew_concentrates_more_load_on_the_hottest_adapters():
     assert total == pytest.approx(500.0)  # mean 0.5 req/s per adapter, whatever the skew
 
 
-def test_a_family_whose_hottest_adapter_exceeds_a_gpu_is_reported_infeasible(capsys):
+def test_a_family_whose_hottest_adapter_exceeds_a_gpu_is_solved_with_replicas(capsys):
     out = run(sizes=(5000,), strategies=("milp", "round-robin"), validate_max=0, skews=("zipf-0.9",))
-    assert out["rows"] and all("error" in r and "alone" in r["error"] for r in out["rows"])
-    assert any(line.startswith("infeasible for some strategy") for line in out["summary"]["lines"])
+    rows = out["rows"]
+    # as `optplace solve` does, the adapters one GPU cannot serve alone are split into replicas first
+    assert rows and all("error" not in r and r["replicated"] >= 1 for r in rows)
+    assert all(r["gpus"] >= math.ceil(r["lower_bound"] - 1e-9) for r in rows)
+    milp = {r["family"]: r["gpus"] for r in rows if r["strategy"] == "milp"}
+    rr = {r["family"]: r["gpus"] for r in rows if r["strategy"] == "round-robin"}
+    assert all(milp[f] <= rr[f] for f in milp)
+    assert not any(line.startswith("infeasible for some strategy") for line in out["summary"]["lines"])
+    assert " split " in capsys.readouterr().out
 
 
 # --- twin checks under the default SLO and under the study's rule -------------------------------------

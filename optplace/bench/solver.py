@@ -22,11 +22,12 @@ families with ``order="shuffled"`` a row ``round-robin@popularity`` gives that v
 adapter of each request as ⌊N·X⌋ with X ~ numpy ``power(α)``, α ∈ {0.1, 0.3, 0.6, 1}: adapter i's share
 ∝ i^(α−1), a Zipf exponent 1 − α ∈ {0.9, 0.7, 0.4, 0}; S-LoRA benchmarks/exp_suite.py and trace.py):
 s = 0.9 is its most skewed setting, s = 0.5 a mild one. At 0.5 req/s per adapter the hottest adapter of a
-``zipf-0.9`` family alone exceeds one GPU from a few thousand adapters; optplace does not split one adapter
-over several GPUs, so every strategy reports those families infeasible (``--full`` rows), as the solver
-must. How much any placement can save over round-robin depends on the skew and on how many adapters
-share a GPU: the summary prints that ceiling, 1 − ⌈lower bound⌉ / round-robin's GPUs, for every skewed
-family.
+``zipf-0.9`` family alone exceeds one GPU from a few thousand adapters: as ``optplace solve`` does, such an
+adapter is split into the fewest equal replicas one GPU each serves (:mod:`optplace.solver.replicate`,
+sized by the rows' analytic oracle) before any strategy places them; column ``replicated`` counts the
+adapters split, and the lower bound is the one of the problem with those replicas. How much any
+placement can save over round-robin depends on the skew and on how many adapters share a GPU: the
+summary prints that ceiling, 1 − ⌈lower bound⌉ / round-robin's GPUs, for every skewed family.
 
 Every strategy solves with the analytic capacity oracle; printed per row: GPUs used, lower bound,
 gap, solve time. The summary also prints, for every skewed family, the most *any* plan could save
@@ -369,13 +370,14 @@ def run(
         for ranks in RANKS:
             for skew in skews:
                 sc = family(n, ranks, skew, order=order)
-                pb = compile_problem(sc, Path("."))
+                pb, replicated = _replicated(compile_problem(sc, Path(".")))
                 an = AnalyticCapacity(pb)
                 checks = TwinChecks(sc, rule, validate_window_s, workers) if n <= validate_max else None
                 chosen = sc.solver.strategy if sc.solver.strategy in names else names[0]
                 for s in names:
                     row = _solve_row(sc, pb, an, s, n, ranks, skew, order, solve, Infeasible)
                     row.pop("_plan", None)
+                    row["replicated"] = replicated
                     if checks is not None:
                         row.update(checks.strategy(s, other_seeds=s == chosen))
                     rows.append(row)
@@ -383,7 +385,7 @@ def run(
                 if skew != "uniform" and order == "shuffled" and "round-robin" in names:
                     # The first version's order, for comparison: round-robin over a popularity-sorted list.
                     sc_p = family(n, ranks, skew, order="popularity")
-                    pb_p = compile_problem(sc_p, Path("."))
+                    pb_p, replicated_p = _replicated(compile_problem(sc_p, Path(".")))
                     row = _solve_row(
                         sc_p,
                         pb_p,
@@ -397,7 +399,7 @@ def run(
                         Infeasible,
                     )
                     row.pop("_plan", None)
-                    row.update(family=sc.name, strategy="round-robin@popularity")
+                    row.update(family=sc.name, strategy="round-robin@popularity", replicated=replicated_p)
                     rows.append(row)
                     _print_row(row, json)
     summary = _summary(rows)
@@ -416,6 +418,16 @@ def run(
         for line in summary["lines"]:
             print(line)
     return out
+
+
+def _replicated(pb: Any) -> tuple[Any, int]:
+    """The family's problem with every adapter one GPU cannot serve alone split into replicas, as
+    ``optplace solve`` does (sized by the analytic oracle the rows solve with), and how many were split."""
+    from optplace.solver import AnalyticCapacity
+    from optplace.solver.replicate import replicate_hot
+
+    split = replicate_hot(pb, AnalyticCapacity(pb))
+    return split.problem, len(split.replicas)
 
 
 def _solve_row(
@@ -463,7 +475,9 @@ def _print_row(row: dict[str, Any], json: bool) -> None:
     cols = [_twin_text(row, k) for k in ("study", "slo") if k in row] or ["not twin-checked"]
     print(
         f"{row['family']:<34} {row['strategy']:<22} gpus {row['gpus']:>4}  lb {row['lower_bound']:>6.1f}  "
-        f"gap {100 * row['gap']:5.1f}%  {row['solve_time_s']:8.2f} s  {' | '.join(cols)}",
+        f"gap {100 * row['gap']:5.1f}%  {row['solve_time_s']:8.2f} s  "
+        + (f"{row['replicated']} split  " if row.get("replicated") else "")
+        + " | ".join(cols),
         flush=True,
     )
 
