@@ -10,6 +10,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from optplace.infra.text import count
+
 EXIT_OK, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 app = typer.Typer(
@@ -180,7 +182,7 @@ def simulate(
     from optplace.twin.simulate import placement_of, simulate_plan
 
     plan = placement_of(sc)
-    with _status(f"simulating {len(plan)} GPUs in the twin") as status:
+    with _status(f"simulating {count(len(plan), 'GPU')} in the twin") as status:
         rep = simulate_plan(
             sc, plan, spec.resolve().parent, workers=workers or sc.solver.workers, seed=seed, progress=status.count
         )
@@ -404,7 +406,7 @@ def validate(
     except PlanLoadError as e:
         raise _fail_input(e.lines) from None
     n_gpus = sum(len(it.gpus) for it in items)
-    with _status(f"validating {n_gpus} GPUs of {len(items)} plans in the twin") as status:
+    with _status(f"validating {count(n_gpus, 'GPU')} of {count(len(items), 'plan')} in the twin") as status:
         results = validate_many(items, workers=workers, progress=status.count)
     if json_out:
         print(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from optplace.infra.executors import ExecutorSpec
+from optplace.infra.text import count
 from optplace.specs import Adapter, Scenario
 from optplace.twin.headroom import PlanHeadroom, find_headroom
 from optplace.twin.simulate import PlanSimulator, SimReport, check_seeds, simulate_into, worst_of
@@ -323,8 +324,8 @@ def solve_scenario(
         if line.startswith("time limit reached"):
             on_event(line)
     on_event(
-        f"plan: {plan.gpus_used} GPUs (lower bound {plan.lower_bound:g} on the {plan.lower_bound_model} model) "
-        f"in {plan.solve_time_s:.1f} s"
+        f"plan: {count(plan.gpus_used, 'GPU')} (lower bound {plan.lower_bound:g} on the "
+        f"{plan.lower_bound_model} model) in {plan.solve_time_s:.1f} s"
     )
     if not (validate and sc.solver.validate_plan):
         return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, whole)
@@ -345,7 +346,9 @@ def solve_scenario(
     first: SimReport | None = None
     seed_failures: dict[int, tuple[int, ...]] = {}
     while True:
-        step = f"validating {plan.gpus_used} GPUs in the twin" + (f" (repair round {rounds})" if rounds else "")
+        step = f"validating {count(plan.gpus_used, 'GPU')} in the twin" + (
+            f" (repair round {rounds})" if rounds else ""
+        )
         on_event(step)
         rep = checkers[0].run(gpu_plans(plan), progress=_counting(on_event, step))
         checks_wall = rep.sim_wall_s  # the twin's time on this round's plan, over every draw
@@ -359,7 +362,7 @@ def solve_scenario(
             others = checkers[1:]
             runs = [*others, *([stated] if stated is not None else [])]
             if runs:
-                step = f"checking {plan.gpus_used} GPUs on {len(others)} other draws" + (
+                step = f"checking {count(plan.gpus_used, 'GPU')} on {count(len(others), 'other draw')}" + (
                     " and at the stated rates" if stated is not None else ""
                 )
                 on_event(step)
@@ -400,7 +403,7 @@ def solve_scenario(
     checked: SimReport | None = None
     if stated is not None:
         checked = judged
-        step = f"reporting {plan.gpus_used} GPUs at the stated rates (checked at +{headroom:.0%})"
+        step = f"reporting {count(plan.gpus_used, 'GPU')} at the stated rates (checked at +{headroom:.0%})"
         on_event(step)
         rep = stated.run(gpu_plans(plan), progress=_counting(on_event, step))
         # simulated with the checks (cached here unless the rounds ran out before it was checked)

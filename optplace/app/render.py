@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from optplace.infra.text import count
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -371,7 +373,7 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
         for g in plan.gpus
         if g.adapters
     ]
-    title = f"{rep.scenario.name}: {plan.gpus_used} GPUs ({plan.strategy}, objective {plan.objective})"
+    title = f"{rep.scenario.name}: {count(plan.gpus_used, 'GPU')} ({plan.strategy}, objective {plan.objective})"
     print_table(console, build_table(title, SOLVE_COLUMNS, rows, wide), wide)
     if val is not None:
         _over_bound_lines(console, [r.twin for r in rows if r.twin is not None])
