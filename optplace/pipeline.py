@@ -375,10 +375,11 @@ def solve_scenario(
                 if not other.ok:
                     seed_failures[checker.seed] = other.failed_gpus
                     judged = worst_of(judged, other)
-            at_stated = stated.run(gpu_plans(plan)) if stated is not None else None
-            if at_stated is not None and not at_stated.ok:
-                judged = worst_of(judged, at_stated)
-                on_event(f"at the stated rates: GPU {', '.join(map(str, at_stated.failed_gpus))} fail(s)")
+            if stated is not None:
+                at_stated = stated.run(gpu_plans(plan))  # simulated in the batch above
+                if not at_stated.ok:
+                    judged = worst_of(judged, at_stated)
+                    on_event(f"at the stated rates: GPU {', '.join(map(str, at_stated.failed_gpus))} fail(s)")
         if judged.ok or rounds >= max_rounds:
             break
         rounds += 1

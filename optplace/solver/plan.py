@@ -13,7 +13,7 @@ from typing import Any
 
 from optplace.solver.capacity import CapacityOracle, Estimate, Mix
 from optplace.solver.problem import Problem
-from optplace.twin.simulate import GpuConfig, route_slices
+from optplace.twin.simulate import GpuConfig, placement_entries, route_slices
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class GpuAssignment:
             "max_cpu_loras": self.max_cpu_loras,
             "max_lora_rank": self.max_lora_rank,
             # a replica is {name, share}; a whole adapter stays a bare name
-            "adapters": [n if x == 1.0 else {"name": n, "share": x} for n, x in self.entries()],
+            "adapters": placement_entries(self.entries()),
             "offered_tok_s": _r(self.offered_tok_s),
             "predicted_throughput_tok_s": _r(self.predicted_throughput_tok_s),
             "predicted_itl_ms": _r(self.predicted_itl_ms),

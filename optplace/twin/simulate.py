@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -456,12 +456,22 @@ class GpuConfig:
     #: from the plan's order; empty when ``shares`` is).
     share_from: tuple[float, ...] = ()
 
+    def placement_entries(self) -> list[str | dict[str, Any]]:
+        """This GPU's ``adapters`` as a placement lists them (:func:`placement_entries`)."""
+        return placement_entries(zip(self.adapters, self.shares or (1.0,) * len(self.adapters)))
+
     def slices(self) -> tuple[tuple[float, float], ...]:
         """Per adapter, the slice [from, to) of the routing draw whose requests this GPU receives
         ((0, 1): all of them)."""
         if not self.shares:
             return ((0.0, 1.0),) * len(self.adapters)
         return tuple((lo, lo + s) for lo, s in zip(self.share_from, self.shares, strict=True))
+
+
+def placement_entries(pairs: Iterable[tuple[str, float]]) -> list[str | dict[str, Any]]:
+    """A placement's ``adapters`` list from (adapter, share) pairs: a whole adapter (share 1) as its bare
+    name, a replica as ``{name, share}`` (the spec's and the plan JSON's form)."""
+    return [n if x == 1.0 else {"name": n, "share": x} for n, x in pairs]
 
 
 def route_slices(plan: Sequence[GpuConfig]) -> tuple[GpuConfig, ...]:

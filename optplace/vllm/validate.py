@@ -129,9 +129,7 @@ def plan_document(item: PlanItem) -> dict[str, Any]:
                 "max_cpu_loras": g.max_cpu_loras,
                 "max_lora_rank": max((ranks[n] for n in g.adapters), default=8),
                 # a replica's share of its adapter's requests: the deployment's routing weight
-                "adapters": [n if not g.shares else {"name": n, "share": x} for n, x in zip(g.adapters, g.shares)]
-                if g.shares
-                else list(g.adapters),
+                "adapters": g.placement_entries(),
             }
             for i, g in enumerate(item.gpus)
         ],
