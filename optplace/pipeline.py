@@ -288,8 +288,8 @@ def solve_scenario(
     from optplace.solver.plan import gpu_plans
     from optplace.solver.problem import Deadline, TimeLimitReached, compile_problem
     from optplace.solver.repair import repair
-    from optplace.solver.replicate import replicate_hot, twin_fits
-    from optplace.solver.strategies import solve
+    from optplace.solver.replicate import twin_fits
+    from optplace.solver.strategies import solve_split
 
     t0 = time.perf_counter()
     deadline = Deadline.begin(sc.solver.time_limit_s, started)
@@ -306,17 +306,18 @@ def solve_scenario(
     silence_highs_banner()
     problem = compile_problem(sc, base_dir)
     oracle = make_oracle(problem, "auto")
+    compiled = problem  # the spec's adapters whole: every strategy of --compare splits its own
     whole = problem.adapters  # the spec's adapters (the plan JSON lists these, not the replicas)
-    # an adapter more than one GPU serves becomes replicas the strategies place like adapters
+    # an adapter more than one GPU serves becomes replicas the strategies place like adapters (a
+    # fractional strategy, loraserve, splits the problem its own way)
     # (confirmed in the twin unless the plan is not to be: --no-validate runs no twin)
     fits = twin_fits(problem, executor_of(sc, workers)) if validate and sc.solver.validate_plan else None
-    split = replicate_hot(problem, oracle, fits)
+    on_event(f"solving with {strategy or sc.solver.strategy} ({oracle.name} capacity oracle)")
+    with stdout_to_stderr():
+        split, plan = solve_split(problem, oracle, strategy, fits, deadline)
     problem = split.problem
     for line in split.log:
         on_event(line)
-    on_event(f"solving with {strategy or sc.solver.strategy} ({oracle.name} capacity oracle)")
-    with stdout_to_stderr():
-        plan = solve(problem, oracle, strategy, deadline=deadline)
     if split.log:
         plan = plan.with_(log=(*split.log, *plan.log))
     initial = plan
@@ -425,7 +426,7 @@ def solve_scenario(
     objective = get_objective(plan.objective)
     comparison: tuple[StrategyResult, ...] = ()
     if compare:
-        comparison = _compare(problem, oracle, checkers[0], initial, first, objective, sc.solver.time_limit_s, on_event)
+        comparison = _compare(compiled, oracle, checkers[0], initial, first, objective, sc.solver.time_limit_s, on_event)
     return SolveReport(
         sc,
         plan,
@@ -455,10 +456,11 @@ def _compare(
     time_limit_s: float,
     on_event: Event,
 ) -> tuple[StrategyResult, ...]:
-    """Every strategy's plan checked by the twin; ``chosen`` (already solved and simulated) is reused."""
+    """Every strategy's plan checked by the twin; ``chosen`` (already solved and simulated) is reused.
+    ``problem``: the compiled problem, adapters whole (each strategy splits it its own way)."""
     from optplace.solver.plan import gpu_plans
     from optplace.solver.problem import Deadline, Infeasible
-    from optplace.solver.strategies import STRATEGIES, solve
+    from optplace.solver.strategies import STRATEGIES, solve_split
 
     rows = []
     for name in STRATEGIES:
@@ -468,7 +470,7 @@ def _compare(
         on_event(f"comparing: {name}")
         try:
             with stdout_to_stderr():
-                p = solve(problem, oracle, name, deadline=Deadline.begin(time_limit_s))
+                _, p = solve_split(problem, oracle, name, deadline=Deadline.begin(time_limit_s))
         except Infeasible as e:
             rows.append(StrategyResult(name, error=str(e)))
             continue

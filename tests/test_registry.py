@@ -67,6 +67,7 @@ def test_builtin_names_load_on_first_lookup_in_their_listed_order():
         "first-fit-memory",
         "least-loaded",
         "rank-grouped",
+        "loraserve",
     )
     assert OBJECTIVES.names()[:3] == ("min_gpus", "min_cost", "min_latency")
     assert ARRIVALS.names()[:4] == ("poisson", "gamma", "mmpp", "trace")

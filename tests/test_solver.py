@@ -12,7 +12,7 @@ from optplace.solver import AnalyticCapacity, Estimate, Infeasible, Mix, compile
 from optplace.solver.milp import Column, solve_master_pulp, solve_master_pyomo, solve_milp
 from optplace.solver.greedy import greedy_improved, paper_order
 from optplace.solver.problem import classify, AdapterItem
-from optplace.solver.strategies import STRATEGIES
+from optplace.solver.strategies import STRATEGIES, solve_split
 from helpers import REPO
 
 
@@ -71,9 +71,10 @@ class LoadOracle:
 def test_every_strategy_covers_all_adapters_with_the_test_oracle(mixed, strategy):
     pb, _ = mixed
     orc = LoadOracle(pb, capacity_rps=12.0)
-    plan = solve(pb, orc, strategy)
+    rep, plan = solve_split(pb, orc, strategy)  # loraserve places the fragments of its own split
     placed = sorted(i for g in plan.gpus for i in g.adapter_indices)
-    assert placed == list(range(pb.n_adapters))
+    assert placed == list(range(rep.problem.n_adapters))
+    assert {a.name for a in rep.problem.adapters} == {a.name for a in pb.adapters}
     assert all(g.feasible for g in plan.gpus)
     total = sum(a.rate_rps for a in pb.adapters)
     assert plan.gpus_used >= math.ceil(total / 12.0)
@@ -82,8 +83,9 @@ def test_every_strategy_covers_all_adapters_with_the_test_oracle(mixed, strategy
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_every_strategy_with_the_analytic_oracle(mixed, strategy):
-    pb, an = mixed
-    plan = solve(pb, an, strategy)
+    pb0, an = mixed
+    rep, plan = solve_split(pb0, an, strategy)
+    pb = rep.problem
     assert sorted(i for g in plan.gpus for i in g.adapter_indices) == list(range(pb.n_adapters))
     for g in plan.gpus:
         e = an.evaluate(g.type_index, Mix.of(pb.adapters[i] for i in g.adapter_indices), g.max_loras)

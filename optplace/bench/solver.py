@@ -24,8 +24,12 @@ adapter of each request as ⌊N·X⌋ with X ~ numpy ``power(α)``, α ∈ {0.1,
 s = 0.9 is its most skewed setting, s = 0.5 a mild one. At 0.5 req/s per adapter the hottest adapter of a
 ``zipf-0.9`` family alone exceeds one GPU from a few thousand adapters: as ``optplace solve`` does, such an
 adapter is split into the fewest equal replicas one GPU each serves (:mod:`optplace.solver.replicate`,
-sized by the rows' analytic oracle) before any strategy places them; column ``replicated`` counts the
-adapters split, and the lower bound is the one of the problem with those replicas. How much any
+sized by the rows' analytic oracle) before any strategy places them. The ``loraserve`` baseline
+(:mod:`optplace.solver.loraserve`) splits its own way: rank-pure GPUs filled to their operating point,
+an adapter split at each GPU boundary; ``milp`` and ``greedy`` solve again on that fill's fragments
+when it beats their plan and keep the better (:func:`optplace.solver.strategies.solve_split`), so they
+are never worse than it. Column ``replicated`` counts the adapters on several GPUs, and the lower bound
+is the one of the problem as split (the lower of the two when the split one was kept). How much any
 placement can save over round-robin depends on the skew and on how many adapters share a GPU: the
 summary prints that ceiling, 1 − ⌈lower bound⌉ / round-robin's GPUs, for every skewed family.
 
@@ -362,7 +366,8 @@ def run(
     ``zipf-<s>``); families up to ``validate_max`` adapters are solved as ``optplace solve`` would under
     ``rule`` (:data:`RULES`) and twin-checked over ``validate_window_s`` with ``workers`` processes."""
     from optplace.pipeline import silence_highs_banner
-    from optplace.solver import AnalyticCapacity, Infeasible, compile_problem, solve
+    from optplace.solver import AnalyticCapacity, Infeasible, compile_problem
+    from optplace.solver.strategies import solve_split
     from optplace.infra.registry import STRATEGIES
 
     silence_highs_banner()  # its banner on stdout would break --json
@@ -381,14 +386,12 @@ def run(
         for ranks in RANKS:
             for skew in skews:
                 sc = family(n, ranks, skew, order=order)
-                pb, replicated = _replicated(compile_problem(sc, Path(".")))
-                an = AnalyticCapacity(pb)
+                base = compile_problem(sc, Path("."))
                 checks = TwinChecks(sc, rule, validate_window_s, workers) if n <= validate_max else None
                 chosen = sc.solver.strategy if sc.solver.strategy in names else names[0]
                 for s in names:
-                    row = _solve_row(sc, pb, an, s, n, ranks, skew, order, solve, Infeasible)
+                    row = _solve_row(sc, base, AnalyticCapacity(base), s, n, ranks, skew, order, solve_split, Infeasible)
                     row.pop("_plan", None)
-                    row["replicated"] = replicated
                     if checks is not None:
                         row.update(checks.strategy(s, other_seeds=s == chosen))
                     rows.append(row)
@@ -396,7 +399,7 @@ def run(
                 if skew != "uniform" and order == "shuffled" and "round-robin" in names:
                     # The first version's order, for comparison: round-robin over a popularity-sorted list.
                     sc_p = family(n, ranks, skew, order="popularity")
-                    pb_p, replicated_p = _replicated(compile_problem(sc_p, Path(".")))
+                    pb_p = compile_problem(sc_p, Path("."))
                     row = _solve_row(
                         sc_p,
                         pb_p,
@@ -406,11 +409,11 @@ def run(
                         ranks,
                         skew,
                         "popularity",
-                        solve,
+                        solve_split,
                         Infeasible,
                     )
                     row.pop("_plan", None)
-                    row.update(family=sc.name, strategy="round-robin@popularity", replicated=replicated_p)
+                    row.update(family=sc.name, strategy="round-robin@popularity")
                     rows.append(row)
                     _print_row(row, json)
     summary = _summary(rows)
@@ -429,16 +432,6 @@ def run(
         for line in summary["lines"]:
             print(line)
     return out
-
-
-def _replicated(pb: Any) -> tuple[Any, int]:
-    """The family's problem with every adapter one GPU cannot serve alone split into replicas, as
-    ``optplace solve`` does (sized by the analytic oracle the rows solve with), and how many were split."""
-    from optplace.solver import AnalyticCapacity
-    from optplace.solver.replicate import replicate_hot
-
-    split = replicate_hot(pb, AnalyticCapacity(pb))
-    return split.problem, len(split.replicas)
 
 
 def _solve_row(
@@ -462,11 +455,12 @@ def _solve_row(
         "strategy": s,
     }
     try:
-        plan = solve(pb, an, s)
+        split, plan = solve(pb, an, s)
     except infeasible as e:
         row.update(error=str(e))
         return row
     row.update(
+        replicated=len(split.replicas),
         gpus=plan.gpus_used,
         lower_bound=plan.lower_bound,
         gap=round(plan.gap, 4),

@@ -51,7 +51,7 @@ def first_fit_memory(problem: Problem, oracle: CapacityOracle, G: int) -> list[l
     g, rmax = 0, 0
     for a in problem.adapters:
         r = max(rmax, a.rank)
-        while g < G and (len(out[g]) >= per or len(out[g]) + 1 > oracle.slot_cap(_type_of(problem, g), r)):
+        while g < G and (len(out[g]) >= per or len(out[g]) + 1 > oracle.slot_cap(type_at(problem, g), r)):
             g, rmax = g + 1, 0
             r = a.rank
         if g >= G:
@@ -113,8 +113,8 @@ BASELINES: dict[str, Rule] = {
 }
 
 
-def _type_of(problem: Problem, g: int) -> int:
-    """Type of the g-th GPU when GPUs are taken in pool order."""
+def type_at(problem: Problem, g: int) -> int:
+    """Type of the g-th GPU when GPUs are taken in pool order (past the pool: its last type)."""
     for t in problem.gpu_types:
         if g < t.count:
             return t.index
@@ -132,7 +132,7 @@ def _evaluate(problem: Problem, oracle: CapacityOracle, rule: Rule, G: int) -> l
     for g in sorted(range(len(groups)), key=lambda g: -rate[g]):
         if not groups[g]:
             continue
-        ga = assign_gpu(problem, oracle, _type_of(problem, g), groups[g], g)
+        ga = assign_gpu(problem, oracle, type_at(problem, g), groups[g], g)
         if not ga.feasible:
             return None
         out[g] = ga

@@ -148,6 +148,9 @@ class AdapterItem:
     #: The share of the adapter's requests this item stands for: below 1 for a replica of a hot
     #: adapter split over several GPUs (:mod:`.replicate`); several items then carry one name.
     share: float = 1.0
+    #: The GPU (in pool order) a fractional strategy's split made this item for (:mod:`.loraserve`:
+    #: the item is a fragment of the adapter cut at that GPU's boundary); -1: none.
+    gpu: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 from optplace.infra.registry import STRATEGIES
 from optplace.solver.balance import rebalance
-from optplace.solver.baselines import BASELINES, run_baseline
+from optplace.solver.baselines import BASELINES, run_baseline, type_at
 from optplace.solver.bound import cached_lp_bound, lower_bound, lp_bound_seconds, volume_bound
 from optplace.solver.capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, bound_model, make_oracle
 from optplace.solver.greedy import greedy_fast, greedy_improved, greedy_paper
@@ -59,6 +59,8 @@ from optplace.solver.milp import solve_milp
 from optplace.solver.objectives import BoundContext, Objective, get_objective
 from optplace.solver.plan import GpuAssignment, Plan, assign_gpu, renumber
 from optplace.solver.problem import Deadline, Infeasible, Problem, TimeLimitReached
+from optplace.solver.replicate import Fits, Replication, replicate_hot
+from optplace.solver import loraserve
 
 _NEVER = Deadline(0.0)
 #: Least time column generation needs per adapter before its first deadline check (classes, the
@@ -88,7 +90,7 @@ def balance_work(n_adapters: int) -> int:
     return BALANCE_WORK[0] + BALANCE_WORK[1] * n_adapters
 
 
-__all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "solve"]
+__all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "prepare", "solve", "solve_split"]
 
 
 def _proven(
@@ -214,6 +216,12 @@ class _Anytime:
             )
         log: list[str] = []
         first = _first_plan(problem, oracle, deadline, log)
+        if problem.adapters and all(a.gpu >= 0 for a in problem.adapters):
+            # the fragments of loraserve's fill (solve_split): that fill is a plan too, and may be better
+            fill = loraserve.assign(problem, TimedOracle(oracle, deadline, "loraserve's fill"))
+            if all(g.feasible for g in fill) and (first is None or obj.value(tuple(fill)) < obj.value(tuple(first))):
+                log.append(f"loraserve's fill of the fragments: {len(fill)} GPUs, the first plan")
+                first = fill
         return self.improve(problem, oracle, options, deadline, obj, log, first)
 
     def improve(
@@ -391,7 +399,7 @@ class Baseline:
         if get_objective(problem.objective).fixed_budget:
             G = latency_budget(problem, oracle, deadline)
             groups = BASELINES[self.name](problem, timed, G)
-            gpus = [assign_gpu(problem, timed, _type_at(problem, g), idx, g) for g, idx in enumerate(groups) if idx]
+            gpus = [assign_gpu(problem, timed, type_at(problem, g), idx, g) for g, idx in enumerate(groups) if idx]
             return gpus, [f"{self.name} rule at the budget of {G} GPUs"], None
         bm, _ = bound_model(oracle)
         start = 1
@@ -408,16 +416,39 @@ class Baseline:
         )
 
 
-def _type_at(problem: Problem, g: int) -> int:
-    for t in problem.gpu_types:
-        if g < t.count:
-            return t.index
-        g -= t.count
-    return problem.gpu_types[-1].index
-
-
 for _rule in BASELINES:  # after milp, greedy and greedy-paper: the order names are listed in
     STRATEGIES.register(_rule, Baseline(_rule))
+
+
+@STRATEGIES.register("loraserve")
+class LoraServe:
+    """LoRAServe's placement (:mod:`.loraserve`): ranks on GPUs of their own, each filled evenly to a
+    per-rank operating point, adapters split at GPU boundaries. It places the fragments
+    :func:`prepare` made for it (``fractional``: the problem is split by the strategy, not by
+    :func:`~.replicate.replicate_hot`)."""
+
+    fractional = True
+
+    def solve(self, problem, oracle, options, deadline):
+        deadline = deadline.phase(self.name)
+        gpus = loraserve.assign(problem, TimedOracle(oracle, deadline, "the loraserve baseline"))
+        return gpus, ["loraserve: each rank's adapters filled over GPUs of their own, split at the boundaries"], None
+
+
+def prepare(
+    problem: Problem, oracle: CapacityOracle, strategy: str, fits: Fits | None = None, deadline: Deadline = _NEVER
+) -> Replication:
+    """The problem ``strategy`` places: for a ``fractional`` strategy (``loraserve``) its own split;
+    for every other one the hot adapters split into equal replicas (:func:`~.replicate.replicate_hot`,
+    ``fits`` the twin's confirmation)."""
+    if not getattr(get_strategy(strategy), "fractional", False):
+        return replicate_hot(problem, oracle, fits)
+    budget = latency_budget(problem, oracle, deadline) if get_objective(problem.objective).fixed_budget else None
+    split, log = loraserve.split(problem, oracle, budget)
+    counts: dict[str, int] = {}
+    for a in split.adapters:
+        counts[a.name] = counts.get(a.name, 0) + 1
+    return Replication(split, log, tuple((n, k) for n, k in counts.items() if k > 1))
 
 
 # --- min_latency ------------------------------------------------------------------------------
@@ -445,7 +476,7 @@ def balance_latency(
     apart where possible), each GPU at the slot count with the lowest predicted ITL, then moves of
     single adapters that lower the token-weighted mean ITL."""
     G = latency_budget(problem, oracle, deadline)
-    types = [_type_at(problem, g) for g in range(G)]
+    types = [type_at(problem, g) for g in range(G)]
     order = sorted(problem.adapters, key=lambda a: (-a.rank, -a.rate_rps, a.index))
     groups: list[list[int]] = [[] for _ in range(G)]
     heap = [(0.0, g) for g in range(G)]
@@ -521,7 +552,7 @@ def latency_paper(problem: Problem, oracle: CapacityOracle, deadline: Deadline =
         if not idx:
             continue
         deadline.check(f"published latency variant, GPU {g} of {G}")
-        t = _type_at(problem, g)
+        t = type_at(problem, g)
         rmax = max(problem.adapters[i].rank for i in idx)
         L = max(1, min(len(idx), oracle.slot_cap(t, rmax)))
         out.append(assign_gpu(problem, oracle, t, idx, g, max_loras=L))
@@ -609,6 +640,54 @@ def solve(
         lower_bound_model=bm_name,
         cut_by_time_limit=tuple(dl.cuts),
     )
+
+
+def solve_split(
+    problem: Problem,
+    oracle: CapacityOracle,
+    strategy: str | None = None,
+    fits: Fits | None = None,
+    deadline: Deadline | None = None,
+) -> tuple[Replication, Plan]:
+    """:func:`prepare` the problem for ``strategy`` and :func:`solve` it; the problem solved (with its
+    replicas) and the plan.
+
+    Replication where it saves GPUs: for an optimising strategy (``milp``, ``greedy``) under an
+    objective that is not a fixed budget, when the ``loraserve`` fill of the problem (every GPU filled
+    to its operating point, adapters split at the boundaries) needs a smaller objective than the plan,
+    the strategy solves again on that fill's fragments, starting from the fill, and the better plan is
+    kept. An adapter is thus split beyond :func:`~.replicate.replicate_hot` only where that saves a GPU
+    (or cost); the fragments' extra replicas are the price, paid only for a better objective. The bound
+    reported is then the lower of the two problems' bounds (splitting can beat the whole-adapter
+    problem's bound)."""
+    name = strategy or problem.solver.strategy
+    dl = deadline if deadline is not None else Deadline.begin(SolveOptions.of(problem).time_limit_s)
+    rep = prepare(problem, oracle, name, fits, dl)
+    plan = solve(rep.problem, oracle, name, deadline=dl)
+    obj = get_objective(problem.objective)
+    if name not in BALANCED or obj.fixed_budget or dl.passed():
+        return rep, plan
+    try:
+        frag, frag_log = loraserve.split(problem, oracle)
+        fill = loraserve.assign(frag, TimedOracle(oracle, dl, "loraserve's fill"))
+    except Infeasible:
+        return rep, plan
+    if not all(g.feasible for g in fill) or obj.value(tuple(fill)) >= plan.objective_value - 1e-9:
+        return rep, plan
+    second = solve(frag, oracle, name, deadline=dl)
+    if second.objective_value >= plan.objective_value - 1e-9:
+        return rep, plan
+    counts: dict[str, int] = {}
+    for a in frag.adapters:
+        counts[a.name] = counts.get(a.name, 0) + 1
+    split = sum(1 for k in counts.values() if k > 1)
+    why = (
+        f"splitting adapters where it saves GPUs: {plan.objective_value:g} on whole adapters (and hot ones' "
+        f"equal replicas), {second.objective_value:g} with {split} adapter(s) split at GPU boundaries"
+    )
+    lb = min(plan.lower_bound, second.lower_bound)
+    second = second.with_(lower_bound=lb, log=(*second.log, f"bound {lb:g}: the lower of the two problems'"))
+    return Replication(frag, (*frag_log, why), tuple((n, k) for n, k in counts.items() if k > 1)), second
 
 
 def _precheck(problem: Problem, oracle: CapacityOracle) -> None:
