@@ -71,6 +71,30 @@ def test_placement_with_replicas_loads_into_shares_and_slices():
     assert placement_of(load_scenario_text(WHOLE))[0] == GpuConfig(None, 2, None, ("hot", "cold-a"))
 
 
+@pytest.mark.parametrize("shares", [(0.7, 0.3), (0.5, 0.25, 0.25), (0.9, 0.1), (0.123, 0.456, 0.421)])
+def test_each_replica_receives_its_share_of_the_requests_to_within_two(shares):
+    from optplace.twin.simulate import route_values
+
+    rng = np.random.default_rng(3)
+    adapter = rng.integers(0, 4, size=5000)  # four adapters' requests interleaved
+    u = route_values(adapter, 4, seed=11)
+    assert u.shape == adapter.shape and float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    edges = np.concatenate([[0.0], np.cumsum(shares)])
+    for a in range(4):
+        mine = u[adapter == a]
+        for lo, hi in zip(edges, edges[1:]):
+            got = int(((mine >= lo) & (mine < hi)).sum())
+            assert abs(got - (hi - lo) * mine.size) <= 2, (a, lo, hi, got, mine.size)
+        # and on every prefix (a window cut short): within three
+        for n in (10, 37, 100, 333):
+            pre = mine[:n]
+            got = int(((pre >= edges[0]) & (pre < edges[1])).sum())
+            assert abs(got - shares[0] * n) <= 3, (a, n, got)
+    # the offsets are seeded: another seed routes other requests, the same seed the same ones
+    assert not np.array_equal(route_values(adapter, 4, seed=12), u)
+    assert np.array_equal(route_values(adapter, 4, seed=11), u)
+
+
 def test_route_slices_normalises_rounded_shares_and_ends_at_one():
     plan = [GpuConfig(None, 1, None, ("h",), (0.333,)) for _ in range(3)]
     sliced = route_slices(plan)
@@ -190,9 +214,14 @@ def test_replicas_partition_the_adapters_requests_and_share_its_bursts(tmp_path)
     assert sum(p.size for p in parts) == whole.size
     merged = np.sort(np.concatenate(parts))
     assert np.array_equal(merged, np.asarray(sim.workload.arrival_s)[whole])
-    # about half each (binomial: within 5 sigma)
+    # half each to within two requests (a weighted round robin's split, not a binomial sample), and
+    # interleaved: no long run of consecutive requests to one replica
     n = whole.size
-    assert abs(parts[0].size - n / 2) < 5 * math.sqrt(n / 4)
+    assert abs(parts[0].size - n / 2) <= 2, (parts[0].size, n)
+    to_first = np.isin(np.asarray(sim.workload.arrival_s)[whole], parts[0])
+    ends = np.flatnonzero(np.diff(to_first.astype(int)))  # last request of each run to one replica
+    runs = np.diff(np.concatenate([[-1], ends, [to_first.size - 1]]))
+    assert int(runs.max()) <= 3, runs
     # MMPP bursts reach both replicas at once: their per-10 s counts move together
     c0 = np.bincount((parts[0] // 10).astype(int), minlength=30)
     c1 = np.bincount((parts[1] // 10).astype(int), minlength=30)

@@ -284,3 +284,27 @@ def test_pulp_backend_end_to_end(mixed):
     assert len(cbc.gpus) == len(highs.gpus) == solve(pb, an, "milp").gpus_used
     assert any("PuLP+CBC" in line for line in cbc.log)
     assert any("Pyomo+HiGHS" in line for line in highs.log)
+
+
+def test_milp_never_trades_a_feasible_first_plan_for_a_mapping_the_oracle_rejects(mixed, monkeypatch):
+    """The master's mapping (and its warm start's) can leave a GPU the oracle rejects: the MILP keeps
+    the fast greedy's feasible plan then, even when the rejected one has fewer GPUs."""
+    import optplace.solver.strategies as st
+    from dataclasses import replace as _replace
+
+    from optplace.solver.milp import MilpOutcome
+    from optplace.solver.plan import assign_gpu
+
+    pb, an = mixed
+    greedy_plan = solve(pb, an, "greedy")
+
+    def fake_milp(problem, oracle, *a, **k):
+        everything = list(range(problem.n_adapters))
+        bad = _replace(assign_gpu(problem, oracle, 0, everything, 0), feasible=False, reason="load")
+        return MilpOutcome([bad], None, ["fake master"])
+
+    monkeypatch.setattr(st, "solve_milp", fake_milp)
+    plan = solve(pb, an, "milp", options=st.SolveOptions(stop_when_proven=False))
+    assert all(g.feasible for g in plan.gpus)
+    assert plan.gpus_used > 1 and plan.gpus_used >= greedy_plan.gpus_used - 1
+    assert any("keeping the fast greedy's plan" in line for line in plan.log), plan.log

@@ -455,12 +455,15 @@ def _solve_row(
         "strategy": s,
     }
     try:
-        split, plan = solve(pb, an, s)
+        solved = solve(pb, an, s)
     except infeasible as e:
         row.update(error=str(e))
         return row
+    split, plan = solved
     row.update(
         replicated=len(split.replicas),
+        # replication off beyond the hot adapters: the plan before the fractional split was kept
+        gpus_unsplit=(solved.unsplit or plan).gpus_used,
         gpus=plan.gpus_used,
         lower_bound=plan.lower_bound,
         gap=round(plan.gap, 4),
@@ -482,6 +485,7 @@ def _print_row(row: dict[str, Any], json: bool) -> None:
         f"{row['family']:<34} {row['strategy']:<22} gpus {row['gpus']:>4}  lb {row['lower_bound']:>6.1f}  "
         f"gap {100 * row['gap']:5.1f}%  {row['solve_time_s']:8.2f} s  "
         + (f"{row['replicated']} split  " if row.get("replicated") else "")
+        + (f"({row['gpus_unsplit']} unsplit)  " if row.get("gpus_unsplit", row["gpus"]) != row["gpus"] else "")
         + " | ".join(cols),
         flush=True,
     )
@@ -535,6 +539,23 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             )
     if milp_le_paper:
         lines.append(f"milp ≤ greedy-paper GPUs in {sum(milp_le_paper)}/{len(milp_le_paper)} families")
+    worse = [
+        f"{r['family']} {r['strategy']} {r['gpus']} < milp {by[(r['family'], 'milp')]['gpus']}"
+        for r in rows
+        if "gpus" in r and (r["family"], "milp") in by and r["gpus"] < by[(r["family"], "milp")]["gpus"]
+    ]
+    n_fam = sum(1 for f in fams if (f, "milp") in by)
+    lines.append(
+        f"milp ≤ every other strategy in {n_fam - len({w.split()[0] for w in worse})}/{n_fam} families"
+        + (f"; beaten: {'; '.join(worse)}" if worse else "")
+    )
+    saved = [
+        f"{r['family']} {r['gpus_unsplit']} → {r['gpus']}"
+        for r in rows
+        if r.get("strategy") == "milp" and "gpus" in r and r.get("gpus_unsplit", r["gpus"]) > r["gpus"]
+    ]
+    if saved:
+        lines.append(f"milp GPUs saved by splitting adapters at GPU boundaries (unsplit → split): {', '.join(saved)}")
     for n, g in sorted(gaps.items()):
         lines.append(f"milp gap to the lower bound at {n} adapters: max {100 * max(g):.1f} %")
     for s in skew:

@@ -90,7 +90,7 @@ def balance_work(n_adapters: int) -> int:
     return BALANCE_WORK[0] + BALANCE_WORK[1] * n_adapters
 
 
-__all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "prepare", "solve", "solve_split"]
+__all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "prepare", "Solved", "solve", "solve_split"]
 
 
 def _proven(
@@ -290,7 +290,11 @@ class Milp(_Anytime):
             log += list(out.log)
             duals = out.duals
             v = obj.value(tuple(out.gpus))
-            if best is None or v <= best_v + 1e-9:
+            if best is not None and not all(g.feasible for g in out.gpus):
+                # the master's mapping and its warm start's can both leave a GPU the oracle rejects
+                # (columns are priced at representative rates): never trade a feasible plan for it
+                log.append("the MILP's plan has a GPU the oracle rejects; keeping the fast greedy's plan")
+            elif best is None or v <= best_v + 1e-9:
                 best, best_v = out.gpus, v
             else:
                 log.append(f"the fast greedy's plan is better ({best_v:g} < {v:g}); keeping it")
@@ -642,15 +646,29 @@ def solve(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Solved:
+    """What :func:`solve_split` returns: the problem as solved (its replicas), the plan, and — when
+    the plan on loraserve's fragments was kept — the plan on the problem before that split."""
+
+    split: Replication
+    plan: Plan
+    #: the plan with only the hot adapters split (equal replicas); None when that is ``plan``
+    unsplit: Plan | None = None
+
+    def __iter__(self):  # (split, plan), the pair most callers want
+        return iter((self.split, self.plan))
+
+
 def solve_split(
     problem: Problem,
     oracle: CapacityOracle,
     strategy: str | None = None,
     fits: Fits | None = None,
     deadline: Deadline | None = None,
-) -> tuple[Replication, Plan]:
-    """:func:`prepare` the problem for ``strategy`` and :func:`solve` it; the problem solved (with its
-    replicas) and the plan.
+) -> Solved:
+    """:func:`prepare` the problem for ``strategy`` and :func:`solve` it: the problem solved (with its
+    replicas) and the plan (:class:`Solved`).
 
     Replication where it saves GPUs: for an optimising strategy (``milp``, ``greedy``) under an
     objective that is not a fixed budget, when the ``loraserve`` fill of the problem (every GPU filled
@@ -666,17 +684,17 @@ def solve_split(
     plan = solve(rep.problem, oracle, name, deadline=dl)
     obj = get_objective(problem.objective)
     if name not in BALANCED or obj.fixed_budget or dl.passed():
-        return rep, plan
+        return Solved(rep, plan)
     try:
         frag, frag_log = loraserve.split(problem, oracle)
         fill = loraserve.assign(frag, TimedOracle(oracle, dl, "loraserve's fill"))
     except Infeasible:
-        return rep, plan
+        return Solved(rep, plan)
     if not all(g.feasible for g in fill) or obj.value(tuple(fill)) >= plan.objective_value - 1e-9:
-        return rep, plan
+        return Solved(rep, plan)
     second = solve(frag, oracle, name, deadline=dl)
     if second.objective_value >= plan.objective_value - 1e-9:
-        return rep, plan
+        return Solved(rep, plan)
     counts: dict[str, int] = {}
     for a in frag.adapters:
         counts[a.name] = counts.get(a.name, 0) + 1
@@ -687,7 +705,7 @@ def solve_split(
     )
     lb = min(plan.lower_bound, second.lower_bound)
     second = second.with_(lower_bound=lb, log=(*second.log, f"bound {lb:g}: the lower of the two problems'"))
-    return Replication(frag, (*frag_log, why), tuple((n, k) for n, k in counts.items() if k > 1)), second
+    return Solved(Replication(frag, (*frag_log, why), tuple((n, k) for n, k in counts.items() if k > 1)), second, plan)
 
 
 def _precheck(problem: Problem, oracle: CapacityOracle) -> None:

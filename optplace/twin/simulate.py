@@ -723,6 +723,32 @@ def scenario_workload(
     )
 
 
+#: The golden ratio's fractional part: the step of the routing sequence (:func:`route_values`).
+GOLDEN_STEP = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def route_values(adapter: np.ndarray, n_adapters: int, seed: int) -> np.ndarray:
+    """Per request, its routing value: the k-th request of adapter ``a`` (in arrival order) gets
+    ``(x_a + k · φ⁻¹) mod 1``, ``x_a`` a seeded uniform offset per adapter (from
+    :func:`routing_generator`, so the workload is the same with or without replicas).
+
+    Why a golden-ratio (Weyl) sequence and not an independent draw per request: the routers a plan is
+    deployed behind — nginx's and the built-in router's smooth weighted round robin — send each
+    replica its share of the requests to within a request or two, not a binomial sample of it (±5
+    percentage points over 100 requests). The sequence's values fill [0, 1) evenly (any slice of
+    width w holds w·N of the first N values to within O(log N)), so each replica's slice receives
+    its share of the adapter's requests as closely as behind those routers, and in an interleaved
+    order: a burst still reaches every replica at once."""
+    offset = routing_generator(seed).random(max(n_adapters, 1))
+    adapter = np.asarray(adapter, dtype=np.int64)
+    counts = np.bincount(adapter, minlength=n_adapters)
+    starts = np.cumsum(counts) - counts
+    order = np.argsort(adapter, kind="stable")  # grouped by adapter, arrival order kept
+    k = np.empty(len(adapter), dtype=np.float64)
+    k[order] = np.arange(len(adapter)) - np.repeat(starts, counts)
+    return np.mod(offset[adapter] + k * GOLDEN_STEP, 1.0) if len(adapter) else np.zeros(0)
+
+
 def routing_generator(seed: int) -> np.random.Generator:
     """The generator of a run's routing draws: the fourth child of the run's seed (the workload's
     arrivals, lengths and adapter assignment are its first three, ``generate_workload``)."""
@@ -783,12 +809,12 @@ class PlanSimulator:
         self._route: np.ndarray | None = None
 
     def route_draw(self) -> np.ndarray:
-        """One uniform draw per request of the workload, from the run's seed (a generator of its own,
-        so the workload is the same with or without replicas): a replicated adapter's request goes to
-        the replica whose slice holds its draw. Whole requests are routed, so an MMPP burst or a trace's
-        spike reaches every replica at once, as a router spreading one stream sees it."""
+        """One routing value in [0, 1) per request of the workload: a replicated adapter's request goes
+        to the replica whose slice holds it (:func:`route_values`). Whole requests are routed, so an
+        MMPP burst or a trace's spike reaches every replica at once, as a router spreading one stream
+        sees it."""
         if self._route is None:
-            self._route = routing_generator(self.seed).random(len(self.workload))
+            self._route = route_values(self.workload.adapter, len(self.adapters), self.seed)
         return self._route
 
     def job(self, gp: GpuConfig, index: int) -> GpuJob:
