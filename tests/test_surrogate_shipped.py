@@ -109,3 +109,14 @@ def test_bench_recomputes_the_shipped_holdout_metrics() -> None:
     assert lat["rows10k_ms_capacity"] > lat["row_us_capacity"] / 1000  # 10k rows cost more than one
     assert out["machine"]["cpus"] >= 1 and res["label"]
     assert res["real_dt_validation"]["n"] > 0
+
+
+def test_under_the_default_slo_the_learned_models_decide_below_the_guard():
+    """The shipped surrogates + SLO models accept no sampled mix at the relaxed analytic model's edge
+    (GUARD): the guard contains them (the bound's model) without overruling them."""
+    from optplace.bench.surrogate import slo_envelope
+    from optplace.solver.capacity import GUARD
+
+    env = slo_envelope("llama-3.1-8b-instruct@h100-64gb", sizes=(1, 16, 128), mixes=2)
+    assert env["mixes"] == 6 and env["binds_on"] == 0
+    assert 0.5 < env["median"] <= env["p90"] <= env["max"] < GUARD

@@ -276,10 +276,74 @@ def run(
             "derived_features": list((sur.meta.get("physics") or {}).get("derived", [])),
         }
         res["slo"] = slo_figures(name)
+        res["slo_envelope"] = slo_envelope(name)
         out["profiles"][name] = res
     if not json:  # with --json the CLI prints the returned dict
         _render(out)
     return out
+
+
+#: Adapter counts of the SLO envelope sample (:func:`slo_envelope`), and random mixes per count.
+ENVELOPE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+ENVELOPE_MIXES = 6
+
+
+def slo_envelope(profile: str, seed: int = 1, sizes: tuple[int, ...] = ENVELOPE_SIZES, mixes: int = ENVELOPE_MIXES) -> dict[str, Any]:
+    """How far beyond the analytic capacity the shipped surrogates accept load under the default SLO,
+    on random mixes (``mixes`` per adapter count of ``sizes``; lognormal rates, σ = 1.2; ranks 8/16/32,
+    one rank or mixed in turn; Poisson arrivals, ShareGPT lengths): per mix, the largest scale of its
+    rates the ``surrogate+slo`` oracle accepts over the largest the analytic model with no sticky-slot
+    rule accepts at ×1. Where the ratio reaches :data:`~optplace.solver.capacity.GUARD` the guard, not
+    the learned models, decides (``binds_on``); the bound on the guard's model is valid either way (the
+    oracle enforces it), and tighter the closer the maximum is to the guard."""
+    from pathlib import Path
+
+    from optplace.solver import compile_problem
+    from optplace.solver.capacity import GUARD, Mix, SurrogateCapacity
+    from optplace.specs import load_scenario_text
+
+    model, gpu = profile.split("@")
+    sc = load_scenario_text(
+        f"name: envelope\nmodel: {model}\ngpu: {gpu}\n"
+        "workload: {duration_s: 3600, arrivals: {kind: poisson}, lengths: {kind: sharegpt}}\n"
+        "adapters:\n  - {name: a, rank: 8, rate_rps: 1.0}\n"
+    )
+    try:
+        orc = SurrogateCapacity.shipped(compile_problem(sc, Path(".")), slo=True)
+    except (FileNotFoundError, ValueError) as e:
+        return {"error": str(e)}
+    ref = orc.analytic.relaxed(1.0, kappa=math.inf)
+    rng = np.random.default_rng(seed)
+
+    def largest(o: Any, mix: Mix) -> float:
+        def ok(x: float) -> bool:
+            return bool(o.best_slots(0, Mix(mix.ranks, tuple(r * x for r in mix.rates))).feasible)
+
+        lo, hi = 0.0, 1.0
+        while ok(hi):  # bracket, then bisect to 2^-25 of it
+            lo, hi = hi, 2.0 * hi
+        for _ in range(25):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        return lo
+
+    ratios = []
+    for n in sizes:
+        for k in range(mixes):
+            pick = rng.choice([8, 16, 32], size=n) if k % 2 else np.full(n, rng.choice([8, 16, 32]))
+            mix = Mix(tuple(int(r) for r in pick), tuple(float(x) for x in rng.lognormal(0.0, 1.2, size=n)))
+            a = largest(ref, mix)
+            if a > 0:
+                ratios.append(largest(orc, mix) / a)
+    r = np.array(ratios)
+    return {
+        "mixes": int(r.size),
+        "max": float(r.max()),
+        "median": float(np.median(r)),
+        "p90": float(np.quantile(r, 0.9)),
+        "guard": GUARD,
+        "binds_on": int((r >= GUARD * (1 - 1e-6)).sum()),
+    }
 
 
 def slo_figures(profile: str) -> dict[str, Any]:
@@ -455,6 +519,12 @@ def _render(out: dict[str, Any]) -> None:
             row(p, "2,000 configs / 2 cores, min (from CPU time)", sw["projected_2000_configs_2_cores_min_cpu"], "≤ 30")
         if "slo" in r:
             _render_slo(row, p, r["slo"])
+        env = r.get("slo_envelope") or {}
+        if "max" in env:
+            row(p, f"SLO-accepted load / analytic capacity, max ({env['mixes']} random mixes)", env["max"], f"< {env['guard']:g}")
+            row(p, "  … median / p90", env["median"])
+            row(p, "", env["p90"])
+            row(p, "  mixes where the guard, not the models, decides", env["binds_on"], "0")
     con.print(t)
     m = out.get("machine", {})
     if m:
