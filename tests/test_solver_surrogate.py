@@ -52,3 +52,23 @@ def test_surrogate_oracle_answers_and_plans(surrogate):
         assert sorted(i for g in plan.gpus for i in g.adapter_indices) == list(range(pb.n_adapters))
         for g in plan.gpus:
             assert orc.evaluate(g.type_index, Mix.of(pb.adapters[i] for i in g.adapter_indices), g.max_loras).feasible
+
+
+def test_the_milps_configurations_are_ones_the_learned_model_accepts():
+    """Under the shipped SLO surrogates the MILP offers its master only columns the learned model
+    accepts and warm-starts on it, so every GPU it chooses is one that model accepts as configured
+    (before, a mapped GPU was rejected on this scenario and the plan fell back)."""
+    from optplace.solver.capacity import make_oracle
+    from optplace.solver.milp import solve_milp
+
+    sc = load_scenario_text((REPO / "scenarios" / "skewed-2000.yaml").read_text(), base_dir=REPO / "scenarios")
+    pb = compile_problem(sc, REPO / "scenarios")
+    orc = make_oracle(pb, "auto")
+    assert orc.name == "surrogate+slo"
+    out = solve_milp(pb, orc, [1.0], 60.0, 0.01)
+    assert sorted(i for g in out.gpus for i in g.adapter_indices) == list(range(pb.n_adapters))
+    for g in out.gpus:
+        e = orc.evaluate(g.type_index, Mix.of(pb.adapters[i] for i in g.adapter_indices), g.max_loras)
+        assert e.feasible, (g.gpu, e.reason)
+    assert not any("rejected by the" in line for line in out.log), out.log
+    assert any("refused by the surrogate+slo model" in line for line in out.log), out.log

@@ -14,7 +14,10 @@ rotation-loss curve ρ·λ*/(1 + ROTATION·A/L) (conservative, so columns stay f
 bounded knapsack per family, solved by a normalised-density greedy. The LP master is solved by highspy
 directly (columns added incrementally) with Wentges dual smoothing, since the LP is very degenerate
 at an integral warm start. The warm start is the improved greedy on representative rates (its GPUs
-are valid columns). After column generation, a Farley-value dual ascent supplies duals for the
+are valid columns). With a surrogate oracle (:func:`learned_model`) the learned models are asked
+too: a priced column joins the master only when they accept it at its representative rates, and the
+warm start is built on them, so the master chooses among configurations they accept and its mapped
+GPUs are not rejected afterwards. After column generation, a Farley-value dual ascent supplies duals for the
 lower bound (``bound.py``), and the patterns priced at the stabilised and ascended duals join the
 integer master. Classes are mapped back to named adapters hottest-first, every GPU re-gets its best
 slot count for its real adapters, and a consolidation pass tries to empty GPUs. The best greedy plan
@@ -397,9 +400,14 @@ def solve_milp(
     lam_c = np.array([c.rate_rps for c in classes])
     avail = [min(t.count, problem.gpu_budget()) for t in problem.gpu_types]
 
+    # The learned model behind the oracle, when it is cheap enough to ask per column (the surrogate;
+    # not the twin, whose every question is a simulation): columns enter the master only when it
+    # accepts them, and the warm start is built on it, so the master chooses among configurations the
+    # learned model accepts and its mapped GPUs are not rejected afterwards.
+    learned = learned_model(oracle)
     # Warm start: the improved greedy on representative rates (its GPUs are valid columns).
     rep = _rep_problem(problem)
-    rep_an = AnalyticCapacity(rep, kappa=an.kappa)
+    rep_an = learned if learned is not None else AnalyticCapacity(rep, kappa=an.kappa)
     warm_gpus = None
     # The improved greedy costs ~0.1 ms per adapter; when that does not fit a quarter of what is left
     # the fast greedy (class patterns, also column-valid) is the warm start.
@@ -429,6 +437,15 @@ def solve_milp(
         f"warm start: {len(warm_gpus)} GPUs from greedy on class-representative rates "
         f"({len(classes)} classes, width {class_width:g})"
     )
+
+    rejected = 0
+
+    def admits(col: Column, mix: Mix) -> bool:
+        """A priced column is offered to the master: the analytic model accepts it, and the learned
+        model (when there is one) at the column's representative rates."""
+        if not oracle_check(an, col, mix):
+            return False
+        return learned is None or learned.best_slots(col.gtype, mix).feasible
 
     fams = pricing_families(problem, an)
     big = 10.0 * max(weights) * max(1, len(warm_gpus))
@@ -495,7 +512,8 @@ def solve_milp(
                 if col in seen:
                     continue
                 mix = Mix.of_counts(classes, col.counts)
-                if not oracle_check(an, col, mix):
+                if not admits(col, mix):
+                    rejected += 1
                     continue
                 add(col)
                 lp.add(col, weights[col.gtype])
@@ -529,10 +547,15 @@ def solve_milp(
     extra = 0
     cands = [Column(fam.gtype, fam.rank_max, fam.slots, tuple(int(v) for v in a)) for _, a, fam in farley(center)[1]]
     for col in cands + asc_cols:
-        if col not in seen and sum(col.counts) > 0 and oracle_check(an, col, Mix.of_counts(classes, col.counts)):
-            add(col)
-            extra += 1
+        if col not in seen and sum(col.counts) > 0:
+            if admits(col, Mix.of_counts(classes, col.counts)):
+                add(col)
+                extra += 1
+            else:
+                rejected += 1
     log.append(f"{extra} columns priced at the stabilised and ascended duals added for the integer master")
+    if learned is not None:
+        log.append(f"{rejected} priced columns refused by the {learned.name} model (not offered to the master)")
     log.append(
         f"column generation: {it} LP rounds, {len(columns)} columns, LP value {lp_obj:.3f} "
         f"({time.perf_counter() - t0:.2f} s)"
@@ -607,6 +630,17 @@ def ascend_duals(
         pi = np.maximum(pi * (1.0 + eta * np.clip(step * len(pi) / norm, -0.5, 0.5)), 1e-9)
     seen.sort(key=lambda x: -x[0])
     return [p for _, p in seen[:keep]]
+
+
+def learned_model(oracle: CapacityOracle) -> CapacityOracle | None:
+    """The surrogate oracle behind ``oracle`` (itself, or wrapped by a deadline), else None: the
+    analytic model needs no second check, and the twin oracle is a simulation per question."""
+    from optplace.solver.capacity import SurrogateCapacity
+
+    for cand in (oracle, getattr(oracle, "inner", None)):
+        if isinstance(cand, SurrogateCapacity):
+            return oracle
+    return None
 
 
 def oracle_check(an: AnalyticCapacity, col: Column, mix: Mix) -> bool:
