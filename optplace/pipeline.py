@@ -426,7 +426,9 @@ def solve_scenario(
     objective = get_objective(plan.objective)
     comparison: tuple[StrategyResult, ...] = ()
     if compare:
-        comparison = _compare(compiled, oracle, checkers[0], initial, first, objective, sc.solver.time_limit_s, on_event)
+        comparison = _compare(
+            compiled, oracle, checkers[0], initial, first, objective, sc.solver.time_limit_s, on_event
+        )
     return SolveReport(
         sc,
         plan,

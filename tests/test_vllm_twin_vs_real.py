@@ -633,7 +633,9 @@ def test_weighted_replicas_run_as_planned_on_two_real_servers(fitted, tiny_model
     sim = PlanSimulator(sc, d, ExecutorSpec(workers=1))
     routed = sim.request_gpus(placement_of(sc))[np.asarray(sim.workload.adapter) == sim.index["hot"]]
     req_split = float((routed == 0).sum()) / routed.size
-    print(f"[hot's requests: {int((routed == 0).sum())}/{int((routed == 1).sum())} ({req_split:.3f} to the 70 % replica)]")
+    print(
+        f"[hot's requests: {int((routed == 0).sum())}/{int((routed == 1).sum())} ({req_split:.3f} to the 70 % replica)]"
+    )
     assert abs(req_split - 0.7) <= 0.05 * 0.7, req_split
     for i, c in enumerate(comps):
         assert not c.real_starved and c.same_verdict, (i, c)

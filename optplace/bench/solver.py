@@ -81,12 +81,14 @@ Measured (``optplace bench solver``, the quick set), a row and the SLO part of t
     final SLO plans meeting the SLO on their seed and every other seed: 6/6 families
     the default SLO costs +0 … +1 GPUs over the rule per family
 
-The ``zipf-0.9`` families at 5,000 and 10,000 adapters (``--sizes 5000,10000 --skews zipf-0.9``, 16.5 min
-on 2 cores, analytic oracle) split their 6 / 12 hottest adapters into replicas; milp places them on
-106 and 110 GPUs at 5,000 (gap 5.7 %, 6.4 %) and 219 and 226 at 10,000 (gap 9.1 %, 9.3 %), against
-rank-grouped (the LoRAServe-like baseline) 114, 123, 224, 243 and greedy-paper 142, 149, 280, 300.
-Round-robin, least-loaded and first-fit-memory are not replica-aware: a replica that nearly fills a GPU
-is dealt other adapters beside it, so at 10,000 they only fit at thousands of GPUs, near one adapter each.
+The ``zipf-0.9`` families at 5,000 and 10,000 adapters (``--sizes 5000,10000 --skews zipf-0.9``, ~25 min
+on 2 cores, analytic oracle) split their 6 / 12 hottest adapters into equal replicas; milp then keeps
+the split of loraserve's fill where it saves GPUs, and places them on 103 and 106 GPUs at 5,000 (gap
+2.9 %, 2.8 %) and 203 and 210 at 10,000 (gap 2.0 %, 2.4 %) — 106, 110, 219, 226 without that split —
+equal to loraserve (its own fill, 83 / 169 adapters split at GPU boundaries), against rank-grouped 114,
+123, 224, 243 and greedy-paper 142, 149, 280, 300. Round-robin, random, least-loaded and
+first-fit-memory are not replica-aware: a replica that nearly fills a GPU is dealt other adapters
+beside it, so at 10,000 they only fit at thousands of GPUs, near one adapter each.
 
 *Reproducibility.* When the sizes include 10,000 (``--full`` does), the summary adds one line: the
 10,000-adapter :func:`lognormal_fleet` (heavy-tailed rates, ranks 8/16/32: not a bench family; time
@@ -390,7 +392,9 @@ def run(
                 checks = TwinChecks(sc, rule, validate_window_s, workers) if n <= validate_max else None
                 chosen = sc.solver.strategy if sc.solver.strategy in names else names[0]
                 for s in names:
-                    row = _solve_row(sc, base, AnalyticCapacity(base), s, n, ranks, skew, order, solve_split, Infeasible)
+                    row = _solve_row(
+                        sc, base, AnalyticCapacity(base), s, n, ranks, skew, order, solve_split, Infeasible
+                    )
                     row.pop("_plan", None)
                     if checks is not None:
                         row.update(checks.strategy(s, other_seeds=s == chosen))

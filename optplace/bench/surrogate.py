@@ -288,7 +288,9 @@ ENVELOPE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 ENVELOPE_MIXES = 6
 
 
-def slo_envelope(profile: str, seed: int = 1, sizes: tuple[int, ...] = ENVELOPE_SIZES, mixes: int = ENVELOPE_MIXES) -> dict[str, Any]:
+def slo_envelope(
+    profile: str, seed: int = 1, sizes: tuple[int, ...] = ENVELOPE_SIZES, mixes: int = ENVELOPE_MIXES
+) -> dict[str, Any]:
     """How far beyond the analytic capacity the shipped surrogates accept load under the default SLO,
     on random mixes (``mixes`` per adapter count of ``sizes``; lognormal rates, σ = 1.2; ranks 8/16/32,
     one rank or mixed in turn; Poisson arrivals, ShareGPT lengths): per mix, the largest scale of its
@@ -521,7 +523,12 @@ def _render(out: dict[str, Any]) -> None:
             _render_slo(row, p, r["slo"])
         env = r.get("slo_envelope") or {}
         if "max" in env:
-            row(p, f"SLO-accepted load / analytic capacity, max ({env['mixes']} random mixes)", env["max"], f"< {env['guard']:g}")
+            row(
+                p,
+                f"SLO-accepted load / analytic capacity, max ({env['mixes']} random mixes)",
+                env["max"],
+                f"< {env['guard']:g}",
+            )
             row(p, "  … median / p90", env["median"])
             row(p, "", env["p90"])
             row(p, "  mixes where the guard, not the models, decides", env["binds_on"], "0")

@@ -159,7 +159,9 @@ def plan(problem: Problem, oracle: CapacityOracle, budget: int | None = None) ->
     return out
 
 
-def split(problem: Problem, oracle: CapacityOracle, budget: int | None = None, class_width: float = 0.05) -> tuple[Problem, tuple[str, ...]]:
+def split(
+    problem: Problem, oracle: CapacityOracle, budget: int | None = None, class_width: float = 0.05
+) -> tuple[Problem, tuple[str, ...]]:
     """The problem as :func:`plan` fills it: every adapter split at a GPU boundary replaced by its
     fragments (replicas with ``share`` = fragment rate / adapter rate), every item tagged with its GPU;
     and one log line per rank class."""

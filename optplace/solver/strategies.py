@@ -90,7 +90,17 @@ def balance_work(n_adapters: int) -> int:
     return BALANCE_WORK[0] + BALANCE_WORK[1] * n_adapters
 
 
-__all__ = ["STRATEGIES", "SolveOptions", "Strategy", "get_strategy", "lp_bound_seconds", "prepare", "Solved", "solve", "solve_split"]
+__all__ = [
+    "STRATEGIES",
+    "SolveOptions",
+    "Strategy",
+    "get_strategy",
+    "lp_bound_seconds",
+    "prepare",
+    "Solved",
+    "solve",
+    "solve_split",
+]
 
 
 def _proven(
@@ -426,11 +436,12 @@ for _rule in BASELINES:  # after milp, greedy and greedy-paper: the order names 
 
 @STRATEGIES.register("loraserve")
 class LoraServe:
-    """LoRAServe's placement (:mod:`.loraserve`): ranks on GPUs of their own, each filled evenly to a
-    per-rank operating point, adapters split at GPU boundaries. It places the fragments
-    :func:`prepare` made for it (``fractional``: the problem is split by the strategy, not by
+    """LoRAServe's placement (:mod:`.loraserve`): ranks on GPUs of their own, each GPU filled to its
+    operating point, adapters split at GPU boundaries. It places the fragments :func:`prepare` made
+    for it (``fractional``: the problem is split by the strategy, not by
     :func:`~.replicate.replicate_hot`)."""
 
+    name: str  # set by the registry
     fractional = True
 
     def solve(self, problem, oracle, options, deadline):

@@ -244,6 +244,34 @@ def launch(
 
 
 @vllm_app.command()
+def router(
+    routes: Annotated[Path, typer.Argument(help="routes.json written by `optplace vllm deploy`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Route requests to a deployment's servers by model, replicas by weighted round robin (Ctrl-C stops)."""
+    from optplace.vllm.router import RouteTable, RouterError, make_server
+
+    try:
+        table = RouteTable.from_routes(json.loads(routes.read_text(encoding="utf-8")))
+        server = make_server(table, host, port)
+    except OSError as exc:
+        raise _err(f"{routes}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # RouterError, or not JSON
+        raise _err(f"{routes}: {exc}" if not isinstance(exc, RouterError) else str(exc)) from None
+    typer.echo(
+        f"routing {len(table.routes)} adapters over {len(table.base.backends)} servers on http://{host}:{server.server_address[1]}",
+        err=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@vllm_app.command()
 def loadgen(
     spec: Annotated[Path, typer.Argument(help="Scenario YAML (its workload, adapters, seed, constraints).")],
     routes: Annotated[Path, typer.Option("--routes", help="routes.json written by `optplace vllm deploy`.")],
