@@ -407,7 +407,7 @@ def solve_milp(
     learned = learned_model(oracle)
     # Warm start: the improved greedy on representative rates (its GPUs are valid columns).
     rep = _rep_problem(problem)
-    rep_an = learned if learned is not None else AnalyticCapacity(rep, kappa=an.kappa)
+    warm_oracle = learned if learned is not None else AnalyticCapacity(rep, kappa=an.kappa)
     warm_gpus = None
     # The improved greedy costs ~0.1 ms per adapter; when that does not fit a quarter of what is left
     # the fast greedy (class patterns, also column-valid) is the warm start.
@@ -415,11 +415,11 @@ def solve_milp(
     share = warm_dl.part(0.25)
     if share.affords(problem.n_adapters * 1e-4):
         try:
-            warm_gpus = greedy_improved(rep, rep_an, consolidate_passes=1, deadline=share)
+            warm_gpus = greedy_improved(rep, warm_oracle, consolidate_passes=1, deadline=share)
         except TimeLimitReached:
             log.append("improved greedy warm start ran out of its share of the time limit")
     if warm_gpus is None:
-        warm_gpus = greedy_fast(rep, rep_an, deadline=warm_dl)
+        warm_gpus = greedy_fast(rep, warm_oracle, deadline=warm_dl)
     columns: list[Column] = []
     seen: dict[Column, int] = {}
 

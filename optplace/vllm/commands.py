@@ -257,8 +257,10 @@ def router(
         server = make_server(table, host, port)
     except OSError as exc:
         raise _err(f"{routes}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # RouterError, or not JSON
-        raise _err(f"{routes}: {exc}" if not isinstance(exc, RouterError) else str(exc)) from None
+    except RouterError as exc:
+        raise _err(str(exc)) from None
+    except ValueError as exc:  # not JSON
+        raise _err(f"{routes}: {exc}") from None
     typer.echo(
         f"routing {len(table.routes)} adapters over {len(table.base.backends)} servers on http://{host}:{server.server_address[1]}",
         err=True,
