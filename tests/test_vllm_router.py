@@ -133,6 +133,14 @@ def test_router_answers_errors_as_json(deployment):
     assert _get(port, "/health") == (200, {"status": "ok"})
     status, models = _get(port, "/v1/models")
     assert status == 200 and {m["id"] for m in models["data"]} == {"base", "hot", "solo", "gone"}
+    for length in ("many", "-5"):  # a malformed length is the client's error, answered, not a dead handler
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.putrequest("POST", "/v1/completions")
+        c.putheader("Content-Length", length)
+        c.endheaders()
+        r = c.getresponse()
+        assert r.status == 400 and "Content-Length" in json.loads(r.read())["error"]
+        c.close()
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ __all__ = [
     "records_latency",
     "replay",
     "run_replay",
+    "split_http_url",
     "summarise",
     "window_latency_of",
 ]
@@ -330,11 +331,21 @@ class _HttpError(Exception):
 _TOKEN_IDS = re.compile(rb'"token_ids":\s*\[')
 
 
-def _split_url(url: str) -> tuple[str, int, str]:
+def split_http_url(url: str) -> tuple[str, int, str]:
+    """``(host, port, base path)`` of a server URL (``http://`` assumed when it names no scheme); the base
+    path has no trailing ``/`` or ``/v1`` (callers append ``/v1/...``). :class:`ValueError` for another
+    scheme or no host. The load generator and the router (:mod:`optplace.vllm.router`) read URLs alike."""
     p = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-    if p.scheme != "http":
-        raise LoadgenError(f"{url}: only http:// endpoints are supported")
-    return p.hostname or "127.0.0.1", p.port or 80, p.path.rstrip("/").removesuffix("/v1")
+    if p.scheme != "http" or not p.hostname:
+        raise ValueError(f"{url!r} is not an http:// URL")
+    return p.hostname, p.port or 80, p.path.rstrip("/").removesuffix("/v1")
+
+
+def _split_url(url: str) -> tuple[str, int, str]:
+    try:
+        return split_http_url(url)
+    except ValueError as exc:
+        raise LoadgenError(str(exc)) from None
 
 
 async def _read_headers(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:

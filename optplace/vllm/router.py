@@ -21,11 +21,12 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from optplace.vllm.loadgen import split_http_url
 
 #: Read timeout towards a backend [s]: a long generation streams, but a silent backend is given up.
 BACKEND_TIMEOUT_S = 600.0
@@ -116,10 +117,11 @@ class RouteTable:
 
 
 def _backend(gpu: int, url: str) -> Backend:
-    p = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-    if p.scheme != "http" or not p.hostname:
-        raise RouterError(f"endpoint {gpu}: {url!r} is not an http:// URL")
-    return Backend(gpu, p.hostname, p.port or 80)
+    try:
+        host, port, _ = split_http_url(url)
+    except ValueError as exc:
+        raise RouterError(f"endpoint {gpu}: {exc}") from None
+    return Backend(gpu, host, port)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -152,7 +154,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"no route for GET {path}"})
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-        n = int(self.headers.get("Content-Length") or 0)
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = -1
+        if n < 0:
+            self._json(400, {"error": "request has no valid Content-Length"})
+            return
         if n > MAX_BODY:
             self._json(413, {"error": f"request body over {MAX_BODY} bytes"})
             return
