@@ -308,3 +308,33 @@ def test_milp_never_trades_a_feasible_first_plan_for_a_mapping_the_oracle_reject
     assert all(g.feasible for g in plan.gpus)
     assert plan.gpus_used > 1 and plan.gpus_used >= greedy_plan.gpus_used - 1
     assert any("keeping the fast greedy's plan" in line for line in plan.log), plan.log
+
+
+def test_splitting_at_gpu_boundaries_stops_at_the_solve_deadline(mixed, monkeypatch):
+    # loraserve's split runs after the strategy's solve, on the same deadline: at 10,000 adapters it once
+    # ran on past the limit for 19 s; now its oracle questions raise once the deadline has passed, and
+    # the plan found stands, saying what the clock cut
+    import time
+
+    from optplace.solver import loraserve
+    from optplace.solver.problem import Deadline, TimeLimitReached
+
+    pb, an = mixed
+    dl = Deadline.begin(3.0)
+    raised = []
+
+    def slow_split(problem, oracle, *args, **kw):
+        time.sleep(max(0.0, dl.remaining()) + 0.05)
+        try:
+            oracle.best_slots(0, Mix.of(problem.adapters[:1]))
+        except TimeLimitReached:
+            raised.append(True)
+            raise
+        raise AssertionError("the split's oracle answered past the deadline")
+
+    monkeypatch.setattr(loraserve, "split", slow_split)
+    rep, plan = solve_split(pb, an, "greedy", deadline=dl)
+    assert raised == [True]
+    assert "splitting at GPU boundaries" in plan.cut_by_time_limit
+    assert any("while splitting adapters at GPU boundaries" in line for line in plan.log)
+    assert sorted(i for g in plan.gpus for i in g.adapter_indices) == list(range(rep.problem.n_adapters))
