@@ -311,6 +311,14 @@ def validate(
     endpoints: Annotated[
         Optional[Path], typer.Option("--endpoints", help="vllm: routes.json of running servers (optplace deploy).")
     ] = None,
+    router: Annotated[
+        bool,
+        typer.Option(
+            "--router",
+            help="vllm: send every request through the built-in router (optplace vllm router) over the plan's "
+            "routes, replicas split by its weighted round robin, instead of to the replica the twin routed it to.",
+        ),
+    ] = False,
     window: Annotated[
         Optional[float],
         typer.Option("--window", help="vllm: replay this many seconds (default: the scenario's window)."),
@@ -363,6 +371,7 @@ def validate(
                 files,
                 launch=launch,
                 endpoints=endpoints,
+                router=router,
                 window=window,
                 out=out,
                 force=force,
@@ -385,6 +394,7 @@ def validate(
     vllm_only = {
         "--launch": launch,
         "--endpoints": endpoints,
+        "--router": router,
         "--window": window,
         "--out": out,
         "--model": model,

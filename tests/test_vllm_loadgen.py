@@ -264,3 +264,60 @@ def test_replicas_get_the_given_routing_or_their_weights():
     assert all(r.gpu == 0 for r in weighted.requests if r.adapter == 1)
     with pytest.raises(LoadgenError, match="routing targets"):
         asyncio.run(main(route_to=route_to[:-1]))
+
+
+def test_replay_through_a_router_counts_each_request_where_the_router_sent_it():
+    """With ``router_url`` every request goes to the router (the built-in one, over a routes document with
+    a 70/30 replica): each request counts on the server that received it, as the router's header says,
+    the split is the weighted round robin's (within one request), and routing targets are refused."""
+    from optplace.vllm.router import RouteTable, serving
+
+    n = 200
+    arrival = np.linspace(0.01, 0.8, n)
+    adapter = np.zeros(n, dtype=np.int32)
+    adapter[::10] = 1
+    wl = ArrayWorkload(arrival, adapter, np.full(n, 4, dtype=np.int32), np.full(n, 1, dtype=np.int32), 1.5)
+
+    async def main(**kw):
+        f0, f1 = FakeVllm(adapters=("hot", "cold"), ttft_s=0.0, token_s=0.0), FakeVllm(adapters=("hot",), ttft_s=0.0)
+        u0, u1 = await f0.start(), await f1.start()
+        routes = {
+            "model": "fake-base",
+            "adapters": {
+                "hot": [{"gpu": 0, "url": u0, "weight": 0.7}, {"gpu": 1, "url": u1, "weight": 0.3}],
+                "cold": [{"gpu": 0, "url": u0, "weight": 1.0}],
+            },
+            "endpoints": [
+                {"gpu": 0, "url": u0, "adapters": ["hot", "cold"]},
+                {"gpu": 1, "url": u1, "adapters": ["hot"]},
+            ],
+        }
+        table = RouteTable.from_routes(routes)
+        with serving(table) as url:
+            res = await replay(
+                wl,
+                ("hot", "cold"),
+                endpoints_from_routes(routes),
+                seed=7,
+                token_id_range=(4, 100),
+                sample_every_s=5.0,
+                router_url=url,
+                **kw,
+            )
+        await f0.stop(), await f1.stop()
+        return res, f0, f1, table.stats()
+
+    res, f0, f1, stats = asyncio.run(main())
+    assert all(r.status == "ok" for r in res.requests) and len(res.requests) == n
+    hot = [r for r in res.requests if r.adapter == 0]
+    on = [sum(1 for r in hot if r.gpu == g) for g in (0, 1)]
+    # what each server received is what the replay counted there, and what the router says it routed
+    assert on == [sum(1 for m, *_ in f.received if m == "hot") for f in (f0, f1)]
+    assert stats["hot"] == {"0": on[0], "1": on[1]}
+    assert abs(on[0] - 0.7 * len(hot)) <= 1
+    assert all(r.gpu == 0 for r in res.requests if r.adapter == 1)
+    assert [g.offered_tok_s for g in res.gpus] == pytest.approx(
+        [sum(5 for r in res.requests if r.gpu == g) / 1.5 for g in (0, 1)]
+    )
+    with pytest.raises(LoadgenError, match="not both"):
+        asyncio.run(main(route_to=np.zeros(n, dtype=np.int64)))

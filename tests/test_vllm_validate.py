@@ -117,27 +117,83 @@ def test_kv_tokens_from_vllm_log_line():
     assert kv_tokens_from_log(log) == 524288 and kv_tokens_from_log("nothing here") is None
 
 
-@pytest.fixture
-def fake_server(tmp_path):
+def _start_fake(*adapters: str) -> tuple[subprocess.Popen, int]:
+    """A fake OpenAI server process serving ``adapters``, once its /health answers; (process, port)."""
+    import urllib.request
+
     port = pick_free_port()
     proc = subprocess.Popen(
-        [sys.executable, FAKE_VLLM, "openai", str(port), "a0", "a1"],
+        [sys.executable, FAKE_VLLM, "openai", str(port), *adapters],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
-    import urllib.request
-
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            break
+            return proc, port
         except OSError:
             assert time.monotonic() < deadline and proc.poll() is None, "fake server did not start"
             time.sleep(0.1)
+
+
+@pytest.fixture
+def fake_server(tmp_path):
+    proc, port = _start_fake("a0", "a1")
     yield port
     proc.kill()
     proc.wait(timeout=10)
+
+
+def test_validate_vllm_through_the_router_reports_each_replicas_requests(tmp_path):
+    """A plan replicating a0 70/30 over two servers: ``--router`` sends the replay through the built-in
+    router (the split is its weighted round robin, within a request of the shares); without it each
+    request goes where the twin routed it (the same counts on both sides). Both report ``routing``."""
+    procs = [_start_fake("a0", "a1"), _start_fake("a0")]
+    try:
+        urls = [f"http://127.0.0.1:{port}" for _, port in procs]
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(
+            SPEC.replace("rate_rps: 4.0}", "rate_rps: 10.0}", 1).replace(
+                "  - {max_loras: 2, adapters: [a0, a1]}",
+                "  - {max_loras: 2, adapters: [{name: a0, share: 0.7}, a1]}\n"
+                "  - {max_loras: 1, adapters: [{name: a0, share: 0.3}]}",
+            )
+        )
+        routes = tmp_path / "routes.json"
+        routes.write_text(
+            json.dumps(
+                {
+                    "model": "fake-base",
+                    "adapters": {
+                        "a0": [{"gpu": 0, "url": urls[0], "weight": 0.7}, {"gpu": 1, "url": urls[1], "weight": 0.3}],
+                        "a1": [{"gpu": 0, "url": urls[0], "weight": 1.0}],
+                    },
+                    "endpoints": [
+                        {"gpu": 0, "url": urls[0], "adapters": ["a0", "a1"]},
+                        {"gpu": 1, "url": urls[1], "adapters": ["a0"]},
+                    ],
+                }
+            )
+        )
+        base = ["validate", str(spec), "--engine", "vllm", "--endpoints", str(routes), "--window", "4"]
+        res = runner.invoke(app, [*base, "--router", "--json"])
+        assert res.exit_code in (0, 1), res.output
+        routing = json.loads(res.stdout)["real"]["routing"]
+        a0 = routing["adapters"]["a0"]
+        assert routing["router"] and set(routing["adapters"]) == {"a0"} and a0["shares"] == {"0": 0.7, "1": 0.3}
+        n = sum(a0["real_requests"].values())
+        assert n == sum(a0["twin_requests"].values()) > 20
+        assert abs(a0["real_requests"]["0"] - 0.7 * n) <= 1
+        res = runner.invoke(app, [*base, "--json"])
+        routing = json.loads(res.stdout)["real"]["routing"]
+        assert not routing["router"] and routing["adapters"]["a0"]["real_requests"] == a0["twin_requests"]
+        res = runner.invoke(app, [*base, "--router"])
+        assert "a0: requests per replica, plan → twin/real (the built-in router): gpu0 70 % →" in res.stdout
+    finally:
+        for proc, _ in procs:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def _spec_and_routes(tmp_path, port, max_loras=2):
@@ -259,8 +315,9 @@ def test_validate_vllm_input_errors_are_exit_2(tmp_path):
     ]:
         res = runner.invoke(app, ["validate", str(spec), "--engine", "vllm", *argv])
         assert res.exit_code == 2 and needle in res.stderr, (argv, res.output)
-    res = runner.invoke(app, ["validate", str(spec), "--window", "3"])
-    assert res.exit_code == 2 and "only with --engine vllm" in res.stderr
+    for argv in (["--window", "3"], ["--router"]):
+        res = runner.invoke(app, ["validate", str(spec), *argv])
+        assert res.exit_code == 2 and "only with --engine vllm" in res.stderr
     res = runner.invoke(app, ["validate", str(spec), "--engine", "gpu"])
     assert res.exit_code == 2 and "unknown engine" in res.stderr
 

@@ -368,6 +368,7 @@ def run_validate_vllm(
     endpoints: Path | None,
     window: float | None,
     out: Path | None,
+    router: bool = False,
     force: bool,
     json_out: bool,
     model: str | None,
@@ -390,7 +391,7 @@ def run_validate_vllm(
 
     from optplace.infra.outputs import OutputExists, atomic_dir, check_target
     from optplace.app.reporting import PlanLoadError, load_plan_or_spec
-    from optplace.vllm.compare import render_comparison, render_latency, render_slo
+    from optplace.vllm.compare import render_comparison, render_latency, render_routing, render_slo
     from optplace.vllm.runs import save_run
     from optplace.vllm.validate import ValidateError, VllmValidateOptions, VllmValidation, validate_on_vllm
 
@@ -456,6 +457,7 @@ def run_validate_vllm(
             seed=seed,
             progress=sys.stderr.isatty(),
             speed_ref_ms=speed_ref_ms,
+            router=router,
         )
         if launch:
             err.print(
@@ -493,6 +495,8 @@ def run_validate_vllm(
         typer.echo(render_latency(res.comparisons))
         if any(c.adapter_slo for c in res.comparisons):
             typer.echo(render_slo(res.comparisons))
+        for line in render_routing(res.real.get("routing")):
+            typer.echo(line)
         for g in res.real["gpus"]:
             if g.get("server_status", "ok") != "ok":
                 typer.echo(f"gpu{g['index']}: server {g['server_status']}: {g.get('server_reason', '')}")

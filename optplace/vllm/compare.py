@@ -355,6 +355,27 @@ def render_slo(rows: Sequence[GpuComparison], labels: Sequence[str] | None = Non
     return "\n".join(lines)
 
 
+def render_routing(routing: Mapping[str, Any] | None) -> list[str]:
+    """One line per replicated adapter of a validation's ``routing`` section: each replica's share in the
+    plan and the share of the requests it received, twin / real (e.g. ``hot: gpu0 70 % → 69.8/70.1 %``)."""
+    if not routing:
+        return []
+    how = "the built-in router" if routing.get("router") else "the twin's routing, replayed"
+    out = []
+    for name, r in routing.get("adapters", {}).items():
+        tn, rn = sum(r["twin_requests"].values()), sum(r["real_requests"].values())
+        cells = ", ".join(
+            f"gpu{g} {sh * 100:.0f} % → {_share(r['twin_requests'][g], tn)}/{_share(r['real_requests'][g], rn)}"
+            for g, sh in r["shares"].items()
+        )
+        out.append(f"{name}: requests per replica, plan → twin/real ({how}): {cells}")
+    return out
+
+
+def _share(n: int, total: int) -> str:
+    return f"{n / total * 100:.1f} %" if total else "-"
+
+
 #: booleans that say something passed (an SLO verdict's ``ok``, its queue ``stable``): true over repeated runs
 #: only if true in every run, where a failure flag (``starved``, ``oom``) is true if true in any
 _PASS_KEYS = frozenset({"ok", "stable"})

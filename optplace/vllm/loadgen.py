@@ -413,10 +413,12 @@ async def _request(
 class _Stream:
     """Mutable progress of one streaming request (filled while it runs, read when it ends)."""
 
-    __slots__ = ("sent", "first", "last", "gaps", "tokens", "usage_tokens", "done")
+    __slots__ = ("sent", "first", "last", "gaps", "tokens", "usage_tokens", "done", "served_by")
 
     def __init__(self) -> None:
         self.sent = 0.0
+        #: The GPU a router says served the request (its ``x-optplace-gpu`` header); None without one.
+        self.served_by: str | None = None
         self.first: float | None = None
         self.last: float | None = None
         self.gaps: list[float] = []
@@ -437,6 +439,7 @@ async def _stream_completion(
         writer.write(head.encode() + body)
         await writer.drain()
         status, headers = await _read_headers(reader)
+        st.served_by = headers.get("x-optplace-gpu")
         if status != 200:
             text = b"".join([c async for c in _body_chunks(reader, headers)])[:300]
             raise _HttpError(f"HTTP {status}: {text.decode(errors='replace')}")
@@ -524,6 +527,22 @@ def _route(choices: Sequence[Endpoint], adapter: str, target: int | None, rng: n
     return choices[int(rng.choice(len(choices), p=w / w.sum()))]
 
 
+def _served_by(
+    header: str | None, hosts: Sequence[Endpoint], by_gpu: Mapping[int, Endpoint]
+) -> tuple[Endpoint, str | None]:
+    """The endpoint a router says served a request, or the adapter's first host and what is wrong
+    (no header: the router failed before picking; a GPU that does not host the adapter)."""
+    if header is None:
+        return hosts[0], "the router named no GPU"
+    try:
+        ep = by_gpu.get(int(header))
+    except ValueError:
+        ep = None
+    if ep is None or ep not in hosts:
+        return hosts[0], f"the router sent it to GPU {header!r}, which does not serve its adapter"
+    return ep, None
+
+
 async def replay(
     workload: WorkloadLike,
     adapter_names: Sequence[str],
@@ -539,13 +558,18 @@ async def replay(
     progress: bool = False,
     lead_s: float = 0.5,
     route_to: Sequence[int] | np.ndarray | None = None,
+    router_url: str | None = None,
 ) -> ReplayResult:
     """Replay ``workload`` for ``workload.duration_s`` seconds; see the module docstring.
 
     ``adapter_names[i]`` is the model name of adapter index *i*. A request of an adapter served by
     several endpoints goes to ``route_to[i]`` (an endpoint's ``gpu``: the twin's routing of the plan,
     so both compare each replica on the same requests) when it is given and serves the adapter, else
-    to one of them drawn by the endpoints' routing weights (seeded). Prompt token ids are drawn
+    to one of them drawn by the endpoints' routing weights (seeded). With ``router_url`` (a router in
+    front of ``endpoints``, e.g. :mod:`optplace.vllm.router`) every request is sent to the router
+    instead, which picks the server, and counts on the GPU its ``x-optplace-gpu`` response header
+    names; a finished request without one counts on its adapter's first endpoint, as an error. The
+    endpoints are still scraped for ``/metrics``. Prompt token ids are drawn
     uniformly from ``token_id_range`` (half-open) with ``numpy.random.default_rng(seed)``. Raises
     :class:`LoadgenError` before sending anything if an endpoint is unreachable or does not serve
     its adapters.
@@ -560,6 +584,8 @@ async def replay(
         raise LoadgenError("workload arrays differ in length")
     if route_to is not None and len(route_to) != len(arrival):
         raise LoadgenError(f"{len(route_to)} routing targets for {len(arrival)} requests")
+    if route_to is not None and router_url is not None:
+        raise LoadgenError("give routing targets or a router, not both: the router picks the replicas")
     if len(adapter) and (adapter.min() < 0 or adapter.max() >= len(names)):
         raise LoadgenError(f"workload uses adapter index {int(adapter.max())} but only {len(names)} names were given")
     hosts: dict[str, list[Endpoint]] = {}
@@ -571,6 +597,9 @@ async def replay(
     if unrouted:
         raise LoadgenError(f"no endpoint serves adapters {unrouted[:10]}")
     await _preflight(endpoints, preflight_timeout_s)
+    if router_url is not None:
+        await _preflight([Endpoint(-1, router_url, tuple(used))], preflight_timeout_s)
+    by_gpu = {ep.gpu: ep for ep in endpoints}
 
     rng = np.random.default_rng(seed)
     loop = asyncio.get_running_loop()
@@ -587,7 +616,7 @@ async def replay(
     async def one(i: int, ep: Endpoint, body: bytes) -> None:
         st = streams[i]
         assert st is not None  # set before the task is created
-        host, port, base = _split_url(ep.url)
+        host, port, base = _split_url(ep.url if router_url is None else router_url)
         try:
             if request_timeout_s is None:
                 await _stream_completion(host, port, base, body, st, clock)
@@ -686,6 +715,11 @@ async def replay(
             continue
         target = targets[i]
         assert target is not None
+        if router_url is not None:
+            target, problem = _served_by(st.served_by, hosts[names[adapter[i]]], by_gpu)
+            # a request cancelled at the window's end may not have had its headers yet
+            if problem and i not in errors and st.done is not None:
+                errors[i] = problem
         done_in_window = st.done is not None and st.done <= window
         status: Literal["ok", "cancelled", "error"] = (
             "error" if i in errors else ("ok" if done_in_window else "cancelled")

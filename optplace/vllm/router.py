@@ -7,11 +7,11 @@ its replicas by **smooth weighted round robin** on the plan's weights — the al
 weighted upstreams (nginx ``ngx_http_upstream_round_robin.c``, documented behaviour): every pick adds
 each replica's weight to its running score, takes the highest, and subtracts the total from it, so
 after any n requests each replica has received its share of them to within one request, interleaved
-(a 70/30 pair goes A B A A B A A A B …: never more than three A in a row). The base model goes to any server (plain
-round robin). Responses, SSE streams included, are passed through as they arrive; each carries an
-``x-optplace-gpu`` header naming the GPU that served it. ``GET /optplace/stats`` returns the requests
-routed so far per adapter and GPU (the observed split); ``GET /v1/models`` and ``GET /health`` are
-answered by the router itself.
+(a 70/30 pair goes A B A A B A A A B …: never more than three A in a row). The base model goes to any
+server (plain round robin). Responses, SSE streams included, are passed through as they arrive; each carries an
+``x-optplace-gpu`` header naming the GPU that served it (on a 502, the one it could not reach).
+``GET /optplace/stats`` returns the requests routed so far per adapter and GPU (the observed split);
+``GET /v1/models`` and ``GET /health`` are answered by the router itself.
 
 Standard library only (``http.server`` threads, ``http.client``): one thread per open request.
 """
@@ -21,7 +21,8 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -131,10 +132,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         pass  # one line per request on stderr would drown a load test
 
-    def _json(self, status: int, doc: Any) -> None:
+    def _json(self, status: int, doc: Any, gpu: int | None = None) -> None:
         body = json.dumps(doc).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if gpu is not None:
+            self.send_header("x-optplace-gpu", str(gpu))
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
         self.end_headers()
@@ -179,10 +182,14 @@ class _Handler(BaseHTTPRequestHandler):
             conn.request("POST", self.path, body, {"Content-Type": "application/json"})
             resp = conn.getresponse()
         except OSError as exc:
-            self._json(502, {"error": f"GPU {b.gpu} ({b.host}:{b.port}) unreachable: {exc}"})
+            self._json(502, {"error": f"GPU {b.gpu} ({b.host}:{b.port}) unreachable: {exc}"}, b.gpu)
             return
         try:
             self._relay(resp, b)
+        except (BrokenPipeError, ConnectionResetError):
+            # the client went away (a load test cancels what is running at its window's end): closing the
+            # backend connection below makes vLLM abort the request too
+            self.close_connection = True
         finally:
             conn.close()
 
@@ -207,6 +214,24 @@ def make_server(table: RouteTable, host: str = "127.0.0.1", port: int = 8000) ->
     """A router serving ``table`` on host:port (port 0: any free one; see ``server_address``). Call
     ``serve_forever()`` on it (``shutdown()`` from another thread stops it)."""
     handler = type("RouterHandler", (_Handler,), {"table": table})
-    server = ThreadingHTTPServer((host, port), handler)
+    # the stdlib's listen backlog of 5 drops connections when a burst of requests arrives at once, and a
+    # dropped SYN is retried after a second: a latency step that is the router's, not the servers'
+    server_class = type("RouterServer", (ThreadingHTTPServer,), {"request_queue_size": 1024})
+    server = server_class((host, port), handler)
     server.daemon_threads = True
     return server
+
+
+@contextmanager
+def serving(table: RouteTable, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run a router over ``table`` in a background thread for the ``with`` block; yields its base URL
+    (``validate --router`` sends a replay through it)."""
+    server = make_server(table, host, port)
+    thread = threading.Thread(target=server.serve_forever, name="optplace-router", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

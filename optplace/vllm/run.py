@@ -20,6 +20,7 @@ import numpy as np
 from optplace.deploy.artefacts import Deployment, Route, ServerSpec
 from optplace.vllm.launcher import LaunchResult, start_server
 from optplace.vllm.loadgen import Endpoint, GpuResult, PerAdapter, ReplayResult, WorkloadLike, run_replay
+from optplace.vllm.router import RouteTable, serving
 
 __all__ = ["RealRun", "run_deployment", "unserved_result"]
 
@@ -112,6 +113,7 @@ def run_deployment(
     progress: bool = False,
     before_replay: Callable[[tuple[Endpoint, ...]], None] | None = None,
     route_to: np.ndarray | None = None,
+    router: bool = False,
 ) -> RealRun:
     """Start the deployment's servers, replay ``workload`` on the healthy ones, stop them all.
 
@@ -121,6 +123,9 @@ def run_deployment(
     called with the healthy endpoints right before the replay (e.g. to measure a speed canary).
     ``route_to`` (per request of ``workload``, the GPU to send it to) routes replicas as the twin does;
     without it, or where the target did not start, replicas get requests by the deployment's weights.
+    ``router``: send every request through the built-in router (:mod:`optplace.vllm.router`) over the
+    deployment's routes instead, as its users would (``route_to`` is then ignored); a request it
+    routes to a server that did not start fails there.
     """
     launches: list[LaunchResult] = []
     try:
@@ -157,17 +162,19 @@ def run_deployment(
             served = {a for ep in endpoints for a in ep.adapters}
             keep = np.isin(np.asarray(workload.adapter), [i for i, n in enumerate(adapter_names) if n in served])
             sub = _subset(workload, keep)
-            replay = run_replay(
-                sub,
-                adapter_names,
-                endpoints,
+            common: dict[str, Any] = dict(
                 seed=seed,
                 token_id_range=token_id_range,
                 max_throughput_loss=max_throughput_loss,
                 max_adapter_loss=max_adapter_loss,
                 progress=progress,
-                route_to=None if route_to is None else np.asarray(route_to)[keep],
             )
+            if router:
+                with serving(RouteTable.from_routes(deployment.routes_json())) as url:
+                    replay = run_replay(sub, adapter_names, endpoints, router_url=url, **common)
+            else:
+                to = None if route_to is None else np.asarray(route_to)[keep]
+                replay = run_replay(sub, adapter_names, endpoints, route_to=to, **common)
         by_gpu = {g.index: g for g in (replay.gpus if replay is not None else ())}
         gpus = []
         for s, r in zip(deployment.servers, launches):

@@ -2,7 +2,8 @@
 
 One function, :func:`validate_on_vllm`: the plan's scenario workload is generated once for the
 validation window (seeded; the twin and the real servers get the very same requests, and an adapter
-placed on several GPUs has each request sent to the replica the twin's routing draw gives it), the twin
+placed on several GPUs has each request sent to the replica the twin's routing draw gives it, or, with
+``router``, to the one the built-in router picks, as behind a deployment's router), the twin
 simulates every GPU of the plan, and the real side either launches one server per GPU from the
 plan (:mod:`optplace.deploy.artefacts` + :mod:`optplace.vllm.run`: a server that dies at start is a
 recorded ``oom``/``failed`` GPU) or replays against given endpoints (a ``routes.json``). The result
@@ -10,7 +11,7 @@ holds the measured per-GPU figures in the ``simulate --json`` schema, the twin's
 per-GPU comparison (:mod:`optplace.vllm.compare`) and the run document that ``optplace calibrate
 --runs`` can fit from (:mod:`optplace.vllm.runs`). Under an SLO, every measured GPU and adapter carries
 its real SLO verdict (``slo``, :mod:`optplace.vllm.slo`: the twin's rule on the measured requests) beside
-the twin's.
+the twin's; every replicated adapter, the requests each replica received on both sides (``routing``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from optplace.vllm.compare import GpuComparison, compare_runs
 from optplace.deploy.artefacts import DeployOptions, build_deployment
 from optplace.vllm.launcher import LaunchError
 from optplace.vllm.loadgen import Endpoint, LoadgenError, ReplayResult, RequestRecord, endpoints_from_routes, run_replay
+from optplace.vllm.router import RouteTable, serving
 from optplace.vllm.run import run_deployment
 from optplace.vllm.runs import RunServer, kv_tokens_from_log, run_from_replay
 from optplace.vllm.slo import judge_records, verdict_json
@@ -74,6 +76,10 @@ class VllmValidateOptions:
     """Canary ITL [ms] measured when the profile was fitted (``optplace.vllm.sweep.canary_itl_ms``).
     Given, the canary is measured again on every server before the replay and the twin's step and
     load times are scaled by (now / then): a correction for a shared machine whose speed drifts."""
+    router: bool = False
+    """Send every request through the built-in router (:mod:`optplace.vllm.router`) over the plan's
+    routes: replicas then get requests by its weighted round robin, not the twin's routing draw (the
+    twin and the servers see the same requests, split between replicas alike but not identically)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +221,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
                 progress=opts.progress,
                 before_replay=canary,
                 route_to=route_to,
+                router=opts.router,
             )
         except (LaunchError, LoadgenError) as exc:
             raise ValidateError(str(exc)) from None
@@ -240,10 +247,10 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     else:
         assert opts.endpoints is not None
         try:
-            eps = endpoints_from_routes(json.loads(Path(opts.endpoints).read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            raise ValidateError(f"--endpoints {opts.endpoints}: {exc}") from None
-        except LoadgenError as exc:
+            routes_doc = json.loads(Path(opts.endpoints).read_text(encoding="utf-8"))
+            eps = endpoints_from_routes(routes_doc)
+            table = RouteTable.from_routes(routes_doc) if opts.router else None
+        except (OSError, ValueError, LoadgenError) as exc:  # RouterError is a ValueError
             raise ValidateError(f"--endpoints {opts.endpoints}: {exc}") from None
         by_gpu = {ep.gpu: ep for ep in eps}
         missing = [i for i in range(len(item.gpus)) if i not in by_gpu]
@@ -257,17 +264,18 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
         ordered = [by_gpu[i] for i in range(len(item.gpus))]
         try:
             canary(ordered)
-            replay = run_replay(
-                workload,
-                names,
-                ordered,
+            common: dict[str, Any] = dict(
                 seed=seed,
                 token_id_range=opts.token_id_range,
                 max_throughput_loss=c.max_throughput_loss,
                 max_adapter_loss=c.max_adapter_loss,
                 progress=opts.progress,
-                route_to=route_to,
             )
+            if table is not None:
+                with serving(table) as url:
+                    replay = run_replay(workload, names, ordered, router_url=url, **common)
+            else:
+                replay = run_replay(workload, names, ordered, route_to=route_to, **common)
         except LoadgenError as exc:
             raise ValidateError(str(exc)) from None
         real_doc = replay.to_json()
@@ -290,6 +298,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
         real_doc["canary_itl_ms"] = canaries
     if replay is not None:
         _judge_real_slo(sim, real_doc, replay)
+        real_doc["routing"] = routing_json(item, names, np.asarray(workload.adapter), route_to, replay, opts.router)
     twin = _twin(sim, item, factor)
     twin_doc = twin.to_json()
     twin_doc["speed_factor"] = factor
@@ -307,6 +316,37 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
         else None
     )
     return VllmValidation(real_doc, twin_doc, comparisons, run, factor, tuple(canaries))
+
+
+def routing_json(
+    item: PlanItem,
+    names: Sequence[str],
+    workload_adapter: np.ndarray,
+    twin_gpus: np.ndarray,
+    replay: ReplayResult,
+    router: bool,
+) -> dict[str, Any]:
+    """Per replicated adapter: each replica's share in the plan and the requests it received in the twin
+    (``twin_gpus``: per request of the workload, where the twin sent it) and on the real servers
+    (``router``: whether a router picked them rather than the twin's routing draw)."""
+    shares: dict[str, dict[int, float]] = {}
+    for g, gp in enumerate(item.gpus):
+        for n, sh in zip(gp.adapters, gp.shares or (1.0,) * len(gp.adapters)):
+            shares.setdefault(n, {})[g] = sh
+    real_gpu = np.array([r.gpu for r in replay.requests], dtype=np.int64)
+    real_adapter = np.array([r.adapter for r in replay.requests], dtype=np.int64)
+    out = {}
+    for n, by in shares.items():
+        if len(by) < 2:
+            continue
+        twin_n = np.asarray(twin_gpus)[np.asarray(workload_adapter) == names.index(n)]
+        real_n = real_gpu[real_adapter == names.index(n)]
+        out[n] = {
+            "shares": {str(g): round(sh, 6) for g, sh in sorted(by.items())},  # slice widths: 1 - 0.7 = 0.3000…04
+            "twin_requests": {str(g): int((twin_n == g).sum()) for g in sorted(by)},
+            "real_requests": {str(g): int((real_n == g).sum()) for g in sorted(by)},
+        }
+    return {"router": router, "adapters": out}
 
 
 def _judge_real_slo(sim: PlanSimulator, real_doc: dict[str, Any], replay: ReplayResult) -> None:
