@@ -321,3 +321,20 @@ def test_replay_through_a_router_counts_each_request_where_the_router_sent_it():
     )
     with pytest.raises(LoadgenError, match="not both"):
         asyncio.run(main(route_to=np.zeros(n, dtype=np.int64)))
+
+
+def test_a_router_header_naming_a_dead_or_wrong_server_is_counted_apart():
+    """Where a router says a request went decides the GPU it counts on: a GPU the replay does not measure
+    (its server did not start) gets a stand-in, so no measured GPU counts the request; a GPU that does
+    not host the adapter, or no header at all, is named as the request's problem."""
+    from optplace.vllm.loadgen import _served_by
+
+    e0, e1 = Endpoint(0, "http://a", ("hot", "c")), Endpoint(1, "http://b", ("hot",))
+    by_gpu = {0: e0, 1: e1}
+    assert _served_by("1", (e0, e1), by_gpu) == (e1, None)
+    ep, problem = _served_by("2", (e0, e1), by_gpu)
+    assert ep.gpu == 2 and ep not in (e0, e1) and "does not measure" in problem
+    assert _served_by("1", (e0,), by_gpu) == (e1, "the router sent it to GPU 1, which does not serve its adapter")
+    for header in (None, "x"):
+        ep, problem = _served_by(header, (e0, e1), by_gpu)
+        assert ep == e0 and "named no GPU" in problem

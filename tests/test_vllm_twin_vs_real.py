@@ -628,7 +628,7 @@ def test_weighted_replicas_run_as_planned_on_two_real_servers_behind_the_router(
         )
         + "]"
     )
-    assert n == hot["twin_requests"]["0"] + hot["twin_requests"]["1"] and n > 50
+    assert n == hot["twin_requests"]["0"] + hot["twin_requests"]["1"] and n >= 10
     assert abs(sent["0"] / n - 0.7) <= 0.05 * 0.7, sent
     for g, fin in zip(real, served):
         # every request sent to this server finished there or was cut off at the window's end

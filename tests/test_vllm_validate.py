@@ -556,3 +556,17 @@ def test_calibrate_runs_cli_fits_saved_runs_and_checks_its_input(tmp_path):
     ]:
         res = runner.invoke(app, ["calibrate", *argv])
         assert res.exit_code == 2 and needle in res.stderr, (argv, res.output)
+
+
+def test_launched_servers_get_ports_below_the_ephemeral_range():
+    """A starting vLLM server binds ports of its own from the OS's ephemeral range: the servers' ports
+    are chosen below it, consecutive and free."""
+    import socket
+
+    from optplace.vllm.validate import _ephemeral_low, _free_base_port
+
+    base = _free_base_port(3)
+    assert 20000 <= base and base + 3 <= _ephemeral_low()
+    for p in range(base, base + 3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))

@@ -530,16 +530,21 @@ def _route(choices: Sequence[Endpoint], adapter: str, target: int | None, rng: n
 def _served_by(
     header: str | None, hosts: Sequence[Endpoint], by_gpu: Mapping[int, Endpoint]
 ) -> tuple[Endpoint, str | None]:
-    """The endpoint a router says served a request, or the adapter's first host and what is wrong
-    (no header: the router failed before picking; a GPU that does not host the adapter)."""
-    if header is None:
-        return hosts[0], "the router named no GPU"
+    """The endpoint a router says served a request, and what is wrong with that when something is: no
+    header (the router failed before picking; counted on the adapter's first host), a GPU this replay
+    does not measure (its server did not start: a stand-in endpoint, so no measured GPU counts it),
+    a GPU that does not host the adapter."""
     try:
-        ep = by_gpu.get(int(header))
+        gpu = None if header is None else int(header)
     except ValueError:
-        ep = None
-    if ep is None or ep not in hosts:
-        return hosts[0], f"the router sent it to GPU {header!r}, which does not serve its adapter"
+        gpu = None
+    if gpu is None:
+        return hosts[0], f"the router named no GPU ({header!r})"
+    ep = by_gpu.get(gpu)
+    if ep is None:
+        return Endpoint(gpu, "", ()), f"the router sent it to GPU {gpu}, which this replay does not measure"
+    if ep not in hosts:
+        return ep, f"the router sent it to GPU {gpu}, which does not serve its adapter"
     return ep, None
 
 

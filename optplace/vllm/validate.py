@@ -17,6 +17,7 @@ the twin's; every replicated adapter, the requests each replica received on both
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -142,14 +143,27 @@ def plan_document(item: PlanItem) -> dict[str, Any]:
     }
 
 
+#: Lowest port the launched servers get (above the registered ports that services commonly use).
+_LOWEST_BASE_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    """First port of the OS's ephemeral range (Linux's default 32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_base_port(n: int, host: str = "127.0.0.1", tries: int = 50) -> int:
-    """A port p with p … p+n−1 all bindable right now."""
-    for _ in range(tries):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
+    """A port p with p … p+n−1 all bindable right now, below the OS's ephemeral range: a starting vLLM
+    server binds ports for its own sockets from that range (port 0), and one took the second server's
+    port while the first was starting. The scan starts at a point set by the process id, so two
+    validations started together look in different places."""
+    top = _ephemeral_low()
+    span = top - _LOWEST_BASE_PORT - n
+    for k in range(tries):
+        base = _LOWEST_BASE_PORT + (os.getpid() * 97 + k * 1009) % span
         ok = True
         for p in range(base, base + n):
             with socket.socket() as s:
