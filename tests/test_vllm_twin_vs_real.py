@@ -590,7 +590,8 @@ def test_weighted_replicas_run_as_planned_on_two_real_servers_behind_the_router(
     """An adapter replicated 70/30 on two servers launched from the plan, every request sent through the
     built-in router over the plan's routes (``validate --router``): each server receives the share of
     the replicated adapter's requests its weight says (within 5 %; counted by the router's header and
-    by each server's own request counter), and the twin matches each replica's throughput."""
+    by each server's own request counter), the twin, following the router's picks, simulates each replica
+    on the requests it received, and matches each replica's throughput."""
     d = fitted
     cap = _capacity_rps(d)
     # light: the busier server gets ~a third of the calibrated capacity
@@ -628,7 +629,8 @@ def test_weighted_replicas_run_as_planned_on_two_real_servers_behind_the_router(
         )
         + "]"
     )
-    assert n == hot["twin_requests"]["0"] + hot["twin_requests"]["1"] and n >= 10
+    # the twin followed the router's picks (two requests arriving within milliseconds may swap)
+    assert hot["twin_requests"] == sent and hot["elsewhere_than_twin"] <= 2 and n >= 10, hot
     assert abs(sent["0"] / n - 0.7) <= 0.05 * 0.7, sent
     for g, fin in zip(real, served):
         # every request sent to this server finished there or was cut off at the window's end

@@ -147,8 +147,8 @@ def fake_server(tmp_path):
 
 def test_validate_vllm_through_the_router_reports_each_replicas_requests(tmp_path):
     """A plan replicating a0 70/30 over two servers: ``--router`` sends the replay through the built-in
-    router (the split is its weighted round robin, within a request of the shares); without it each
-    request goes where the twin routed it (the same counts on both sides). Both report ``routing``."""
+    router (the split is its weighted round robin, within a request of the shares) and the twin follows
+    its picks; without it each request goes where the twin routed it. Both report ``routing``."""
     procs = [_start_fake("a0", "a1"), _start_fake("a0")]
     try:
         urls = [f"http://127.0.0.1:{port}" for _, port in procs]
@@ -183,11 +183,14 @@ def test_validate_vllm_through_the_router_reports_each_replicas_requests(tmp_pat
         a0 = routing["adapters"]["a0"]
         assert routing["router"] and set(routing["adapters"]) == {"a0"} and a0["shares"] == {"0": 0.7, "1": 0.3}
         n = sum(a0["real_requests"].values())
-        assert n == sum(a0["twin_requests"].values()) > 20
-        assert abs(a0["real_requests"]["0"] - 0.7 * n) <= 1
+        assert n > 20 and abs(a0["real_requests"]["0"] - 0.7 * n) <= 1
+        # the twin follows the router's picks: the same requests on each replica (two arriving within a few
+        # ms of each other may reach the router in either order)
+        assert a0["twin_requests"] == a0["real_requests"] and a0["elsewhere_than_twin"] <= 2
         res = runner.invoke(app, [*base, "--json"])
-        routing = json.loads(res.stdout)["real"]["routing"]
-        assert not routing["router"] and routing["adapters"]["a0"]["real_requests"] == a0["twin_requests"]
+        plain = json.loads(res.stdout)["real"]["routing"]["adapters"]["a0"]
+        assert not json.loads(res.stdout)["real"]["routing"]["router"]
+        assert plain["real_requests"] == plain["twin_requests"] and plain["elsewhere_than_twin"] == 0
         res = runner.invoke(app, [*base, "--router"])
         assert "a0: requests per replica, plan → twin/real (the built-in router): gpu0 70 % →" in res.stdout
     finally:

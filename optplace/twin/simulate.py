@@ -817,6 +817,22 @@ class PlanSimulator:
             self._route = route_values(self.workload.adapter, len(self.adapters), self.seed)
         return self._route
 
+    def follow_routing(self, plan: Sequence[GpuConfig], gpu_of_request: np.ndarray) -> None:
+        """Send each request of a replicated adapter to the replica ``gpu_of_request`` names (a position in
+        ``plan``) instead of by the routing sequence: what a router in front of real servers will pick,
+        so that the twin simulates each replica on the very requests it will receive there. Call it
+        before simulating (results already cached were routed the other way)."""
+        if self.cache:
+            raise ValueError("follow_routing() must come before the first simulation")
+        u = self.route_draw().copy()
+        ad = np.asarray(self.workload.adapter)
+        to = np.asarray(gpu_of_request)
+        for g, gp in enumerate(route_slices(plan)):
+            for name, (lo, hi) in zip(gp.adapters, gp.slices()):
+                if (lo, hi) != (0.0, 1.0):
+                    u[(ad == self.index[name]) & (to == g)] = (lo + hi) / 2
+        self._route = u
+
     def job(self, gp: GpuConfig, index: int) -> GpuJob:
         gtype, prof = profile_for(self.sc, gp.gpu_type, self.base_dir)
         members = [self.index[n] for n in gp.adapters]

@@ -111,6 +111,15 @@ class RouteTable:
             per[b.gpu] = per.get(b.gpu, 0) + 1
         return b
 
+    def pick_all(self, models: Sequence[str]) -> list[int]:
+        """The GPU each of ``models`` (requests, in the order they reach the router) is sent to, -1 where
+        none serves it: run on a fresh table, what a router started with the same routes will do."""
+        out = []
+        for m in models:
+            b = self.pick(m)
+            out.append(-1 if b is None else b.gpu)
+        return out
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Requests routed so far: model → {GPU: count}."""
         with self._lock:

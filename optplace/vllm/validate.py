@@ -3,7 +3,7 @@
 One function, :func:`validate_on_vllm`: the plan's scenario workload is generated once for the
 validation window (seeded; the twin and the real servers get the very same requests, and an adapter
 placed on several GPUs has each request sent to the replica the twin's routing draw gives it, or, with
-``router``, to the one the built-in router picks, as behind a deployment's router), the twin
+``router``, through the built-in router, whose picks the twin then follows), the twin
 simulates every GPU of the plan, and the real side either launches one server per GPU from the
 plan (:mod:`optplace.deploy.artefacts` + :mod:`optplace.vllm.run`: a server that dies at start is a
 recorded ``oom``/``failed`` GPU) or replays against given endpoints (a ``routes.json``). The result
@@ -79,8 +79,9 @@ class VllmValidateOptions:
     load times are scaled by (now / then): a correction for a shared machine whose speed drifts."""
     router: bool = False
     """Send every request through the built-in router (:mod:`optplace.vllm.router`) over the plan's
-    routes: replicas then get requests by its weighted round robin, not the twin's routing draw (the
-    twin and the servers see the same requests, split between replicas alike but not identically)."""
+    routes: replicas get requests by its weighted round robin, and the twin routes them as the router
+    will (its picks predicted on a fresh table, in arrival order), so both sides still simulate and
+    serve each replica on the same requests."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +188,22 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
     names = [a.name for a in adapters]
     ranks = {a.name: a.rank for a in adapters}
     sim = PlanSimulator(sc, item.base_dir, ExecutorSpec(workers=1), seed)
-    # the twin's workload, and its routing of replicas: each replica gets the very requests it gets there
+    # the twin's workload, and (below) its routing of replicas: each replica gets the very requests it gets there
     workload = sim.workload
-    route_to = sim.request_gpus(item.gpus)
     c = sc.constraints
+
+    def routing(routes_doc: Mapping[str, Any]) -> np.ndarray:
+        """Per request, the plan position of the GPU it goes to on both sides: with ``router``, what the
+        router started on ``routes_doc`` will pick for the requests in arrival order (the order the
+        replay sends them in; the twin follows it), else the twin's own routing sequence."""
+        if opts.router:
+            order = np.argsort(np.asarray(workload.arrival_s), kind="stable")
+            ad = np.asarray(workload.adapter)[order]
+            gpu_of = np.empty(len(order), dtype=np.int64)
+            gpu_of[order] = RouteTable.from_routes(routes_doc).pick_all([names[a] for a in ad])
+            sim.follow_routing(item.gpus, gpu_of)
+        return sim.request_gpus(item.gpus)
+
     canaries: list[float] = []
 
     def canary(endpoints: Sequence[Endpoint]) -> None:
@@ -220,6 +233,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
                 pin_gpus=False,
             ),
         )
+        route_to = routing(dep.routes_json())
         try:
             real = run_deployment(
                 dep,
@@ -276,6 +290,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
         if wrong:
             raise ValidateError(f"--endpoints: GPUs {wrong} serve other adapters than the plan places there")
         ordered = [by_gpu[i] for i in range(len(item.gpus))]
+        route_to = routing(routes_doc)
         try:
             canary(ordered)
             common: dict[str, Any] = dict(
@@ -312,7 +327,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
         real_doc["canary_itl_ms"] = canaries
     if replay is not None:
         _judge_real_slo(sim, real_doc, replay)
-        real_doc["routing"] = routing_json(item, names, np.asarray(workload.adapter), route_to, replay, opts.router)
+        real_doc["routing"] = routing_json(item, names, workload, route_to, replay, opts.router)
     twin = _twin(sim, item, factor)
     twin_doc = twin.to_json()
     twin_doc["speed_factor"] = factor
@@ -333,32 +348,30 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
 
 
 def routing_json(
-    item: PlanItem,
-    names: Sequence[str],
-    workload_adapter: np.ndarray,
-    twin_gpus: np.ndarray,
-    replay: ReplayResult,
-    router: bool,
+    item: PlanItem, names: Sequence[str], workload: Any, twin_gpus: np.ndarray, replay: ReplayResult, router: bool
 ) -> dict[str, Any]:
-    """Per replicated adapter: each replica's share in the plan and the requests it received in the twin
-    (``twin_gpus``: per request of the workload, where the twin sent it) and on the real servers
-    (``router``: whether a router picked them rather than the twin's routing draw)."""
+    """Per replicated adapter: each replica's share in the plan, the requests it received in the twin
+    (``twin_gpus``: per request of ``workload``, where the twin sent it) and on the real servers, and how
+    many requests reached another replica than in the twin (``router``: a router picked the replicas;
+    it receives near-simultaneous requests in either order)."""
     shares: dict[str, dict[int, float]] = {}
     for g, gp in enumerate(item.gpus):
         for n, sh in zip(gp.adapters, gp.shares or (1.0,) * len(gp.adapters)):
             shares.setdefault(n, {})[g] = sh
-    real_gpu = np.array([r.gpu for r in replay.requests], dtype=np.int64)
-    real_adapter = np.array([r.adapter for r in replay.requests], dtype=np.int64)
+    ad, arrival = np.asarray(workload.adapter), np.asarray(workload.arrival_s)
+    twin_of = {(int(a), float(t)): int(g) for a, t, g in zip(ad, arrival, twin_gpus)}
     out = {}
     for n, by in shares.items():
         if len(by) < 2:
             continue
-        twin_n = np.asarray(twin_gpus)[np.asarray(workload_adapter) == names.index(n)]
-        real_n = real_gpu[real_adapter == names.index(n)]
+        i = names.index(n)
+        twin_n = np.asarray(twin_gpus)[ad == i]
+        real = [r for r in replay.requests if r.adapter == i]
         out[n] = {
             "shares": {str(g): round(sh, 6) for g, sh in sorted(by.items())},  # slice widths: 1 - 0.7 = 0.3000…04
             "twin_requests": {str(g): int((twin_n == g).sum()) for g in sorted(by)},
-            "real_requests": {str(g): int((real_n == g).sum()) for g in sorted(by)},
+            "real_requests": {str(g): sum(1 for r in real if r.gpu == g) for g in sorted(by)},
+            "elsewhere_than_twin": sum(1 for r in real if twin_of.get((i, r.arrival_s)) != r.gpu),
         }
     return {"router": router, "adapters": out}
 
