@@ -528,18 +528,18 @@ def _route(choices: Sequence[Endpoint], adapter: str, target: int | None, rng: n
 
 
 def _served_by(
-    header: str | None, hosts: Sequence[Endpoint], by_gpu: Mapping[int, Endpoint]
+    header: str | None, expected: Endpoint, hosts: Sequence[Endpoint], by_gpu: Mapping[int, Endpoint]
 ) -> tuple[Endpoint, str | None]:
     """The endpoint a router says served a request, and what is wrong with that when something is: no
-    header (the router failed before picking; counted on the adapter's first host), a GPU this replay
-    does not measure (its server did not start: a stand-in endpoint, so no measured GPU counts it),
-    a GPU that does not host the adapter."""
+    header (the router had not answered: counted on ``expected``, where the request was expected to
+    go), a GPU this replay does not measure (its server did not start: a stand-in endpoint, so no
+    measured GPU counts it), a GPU that does not host the adapter."""
     try:
         gpu = None if header is None else int(header)
     except ValueError:
         gpu = None
     if gpu is None:
-        return hosts[0], f"the router named no GPU ({header!r})"
+        return expected, f"the router named no GPU ({header!r})"
     ep = by_gpu.get(gpu)
     if ep is None:
         return Endpoint(gpu, "", ()), f"the router sent it to GPU {gpu}, which this replay does not measure"
@@ -573,8 +573,9 @@ async def replay(
     to one of them drawn by the endpoints' routing weights (seeded). With ``router_url`` (a router in
     front of ``endpoints``, e.g. :mod:`optplace.vllm.router`) every request is sent to the router
     instead, which picks the server, and counts on the GPU its ``x-optplace-gpu`` response header
-    names; a finished request without one counts on its adapter's first endpoint, as an error. The
-    endpoints are still scraped for ``/metrics``. Prompt token ids are drawn
+    names; ``route_to`` is then where the router is expected to send it, and a request cancelled at
+    the window's end before the router answered counts there (a finished one without the header is
+    an error). The endpoints are still scraped for ``/metrics``. Prompt token ids are drawn
     uniformly from ``token_id_range`` (half-open) with ``numpy.random.default_rng(seed)``. Raises
     :class:`LoadgenError` before sending anything if an endpoint is unreachable or does not serve
     its adapters.
@@ -589,8 +590,6 @@ async def replay(
         raise LoadgenError("workload arrays differ in length")
     if route_to is not None and len(route_to) != len(arrival):
         raise LoadgenError(f"{len(route_to)} routing targets for {len(arrival)} requests")
-    if route_to is not None and router_url is not None:
-        raise LoadgenError("give routing targets or a router, not both: the router picks the replicas")
     if len(adapter) and (adapter.min() < 0 or adapter.max() >= len(names)):
         raise LoadgenError(f"workload uses adapter index {int(adapter.max())} but only {len(names)} names were given")
     hosts: dict[str, list[Endpoint]] = {}
@@ -721,7 +720,7 @@ async def replay(
         target = targets[i]
         assert target is not None
         if router_url is not None:
-            target, problem = _served_by(st.served_by, hosts[names[adapter[i]]], by_gpu)
+            target, problem = _served_by(st.served_by, target, hosts[names[adapter[i]]], by_gpu)
             # a request cancelled at the window's end may not have had its headers yet
             if problem and i not in errors and st.done is not None:
                 errors[i] = problem

@@ -124,8 +124,8 @@ def run_deployment(
     ``route_to`` (per request of ``workload``, the GPU to send it to) routes replicas as the twin does;
     without it, or where the target did not start, replicas get requests by the deployment's weights.
     ``router``: send every request through the built-in router (:mod:`optplace.vllm.router`) over the
-    deployment's routes instead, as its users would (``route_to`` is then ignored); a request it
-    routes to a server that did not start fails there.
+    deployment's routes instead, as its users would (``route_to`` is then where it is expected to send
+    each request); a request it routes to a server that did not start fails there.
     """
     launches: list[LaunchResult] = []
     try:
@@ -169,11 +169,11 @@ def run_deployment(
                 max_adapter_loss=max_adapter_loss,
                 progress=progress,
             )
+            to = None if route_to is None else np.asarray(route_to)[keep]
             if router:
                 with serving(RouteTable.from_routes(deployment.routes_json())) as url:
-                    replay = run_replay(sub, adapter_names, endpoints, router_url=url, **common)
+                    replay = run_replay(sub, adapter_names, endpoints, route_to=to, router_url=url, **common)
             else:
-                to = None if route_to is None else np.asarray(route_to)[keep]
                 replay = run_replay(sub, adapter_names, endpoints, route_to=to, **common)
         by_gpu = {g.index: g for g in (replay.gpus if replay is not None else ())}
         gpus = []

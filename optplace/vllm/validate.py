@@ -302,7 +302,7 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
             )
             if table is not None:
                 with serving(table) as url:
-                    replay = run_replay(workload, names, ordered, router_url=url, **common)
+                    replay = run_replay(workload, names, ordered, route_to=route_to, router_url=url, **common)
             else:
                 replay = run_replay(workload, names, ordered, route_to=route_to, **common)
         except LoadgenError as exc:
