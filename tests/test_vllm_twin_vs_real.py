@@ -26,7 +26,7 @@ calibration's saturated point, ``_capacity_rps``), so it offers the same share o
   server — fewer slots than active adapters: the two light adapters never get a slot and complete nothing
   (slot stickiness); one 90 s run on a server of its own between probes 0 and 1, net of the machine's
   drift;
-- ``5ad-3slots`` (~15 %): 3 slots, 5 light adapters — swaps all the time.
+- ``5ad-3slots`` (15 %): 3 slots, 5 light adapters — swaps all the time.
 
 Criteria: engine token rate and completed-token throughput each within 15 % on every configuration;
 the same starvation verdict and the same set of adapters completing nothing (not on ``load-100``, whose
@@ -443,17 +443,21 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     runs["solve-plan"] = [_validate(plan, d / "v-solve", 45, launch)]
     scaled_to["solve-plan"] = cap_cal
 
-    # 3. light, 5 adapters on 3 slots (swaps, every adapter served)
+    # 3. light, 5 adapters on 3 slots (swaps, every adapter served): 15 % of the calibrated capacity, as a
+    # share like the others (fixed at 0.4 req/s per adapter, it was 125 % on a machine 6x slower than the one
+    # it was set on, and starved), for a window with ~10 requests per adapter (30-90 s)
+    rate_5ad = round(0.03 * cap_cal, 3)
+    window_5ad = min(90.0, max(30.0, round(10.0 / rate_5ad)))
     validate(
         "5ad-3slots",
         _spec(
             "5ad-3slots",
-            [(f"m{i}", 8 if i % 2 == 0 else 16, 0.4) for i in range(5)],
-            30,
+            [(f"m{i}", 8 if i % 2 == 0 else 16, rate_5ad) for i in range(5)],
+            window_5ad,
             seed=33,
             placement=[(3, [f"m{i}" for i in range(5)])],
         ),
-        30,
+        window_5ad,
         launch,
     )
     scaled_to["5ad-3slots"] = cap_cal
