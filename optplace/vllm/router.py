@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from optplace.vllm.loadgen import split_http_url
+from optplace.vllm.loadgen import ReplayResult, run_replay, split_http_url
 
 #: Read timeout towards a backend [s]: a long generation streams, but a silent backend is given up.
 BACKEND_TIMEOUT_S = 600.0
@@ -244,3 +244,12 @@ def serving(table: RouteTable, host: str = "127.0.0.1", port: int = 0) -> Iterat
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def replay_through(table: RouteTable | None, *args: Any, **kwargs: Any) -> ReplayResult:
+    """:func:`~optplace.vllm.loadgen.run_replay` with its requests sent through a router over ``table``
+    started for the replay (``None``: straight to the endpoints)."""
+    if table is None:
+        return run_replay(*args, **kwargs)
+    with serving(table) as url:
+        return run_replay(*args, router_url=url, **kwargs)

@@ -19,8 +19,8 @@ import numpy as np
 
 from optplace.deploy.artefacts import Deployment, Route, ServerSpec
 from optplace.vllm.launcher import LaunchResult, start_server
-from optplace.vllm.loadgen import Endpoint, GpuResult, PerAdapter, ReplayResult, WorkloadLike, run_replay
-from optplace.vllm.router import RouteTable, serving
+from optplace.vllm.loadgen import Endpoint, GpuResult, PerAdapter, ReplayResult, WorkloadLike
+from optplace.vllm.router import RouteTable, replay_through
 
 __all__ = ["RealRun", "run_deployment", "unserved_result"]
 
@@ -162,19 +162,18 @@ def run_deployment(
             served = {a for ep in endpoints for a in ep.adapters}
             keep = np.isin(np.asarray(workload.adapter), [i for i, n in enumerate(adapter_names) if n in served])
             sub = _subset(workload, keep)
-            common: dict[str, Any] = dict(
+            replay = replay_through(
+                RouteTable.from_routes(deployment.routes_json()) if router else None,
+                sub,
+                adapter_names,
+                endpoints,
                 seed=seed,
                 token_id_range=token_id_range,
                 max_throughput_loss=max_throughput_loss,
                 max_adapter_loss=max_adapter_loss,
                 progress=progress,
+                route_to=None if route_to is None else np.asarray(route_to)[keep],
             )
-            to = None if route_to is None else np.asarray(route_to)[keep]
-            if router:
-                with serving(RouteTable.from_routes(deployment.routes_json())) as url:
-                    replay = run_replay(sub, adapter_names, endpoints, route_to=to, router_url=url, **common)
-            else:
-                replay = run_replay(sub, adapter_names, endpoints, route_to=to, **common)
         by_gpu = {g.index: g for g in (replay.gpus if replay is not None else ())}
         gpus = []
         for s, r in zip(deployment.servers, launches):

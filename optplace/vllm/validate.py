@@ -34,8 +34,8 @@ from optplace.twin.simulate import PlanSimulator, SimReport, run_jobs
 from optplace.vllm.compare import GpuComparison, compare_runs
 from optplace.deploy.artefacts import DeployOptions, build_deployment
 from optplace.vllm.launcher import LaunchError
-from optplace.vllm.loadgen import Endpoint, LoadgenError, ReplayResult, RequestRecord, endpoints_from_routes, run_replay
-from optplace.vllm.router import RouteTable, serving
+from optplace.vllm.loadgen import Endpoint, LoadgenError, ReplayResult, RequestRecord, endpoints_from_routes
+from optplace.vllm.router import RouteTable, replay_through
 from optplace.vllm.run import run_deployment
 from optplace.vllm.runs import RunServer, kv_tokens_from_log, run_from_replay
 from optplace.vllm.slo import judge_records, verdict_json
@@ -293,18 +293,18 @@ def validate_on_vllm(item: PlanItem, opts: VllmValidateOptions) -> VllmValidatio
         route_to = routing(routes_doc)
         try:
             canary(ordered)
-            common: dict[str, Any] = dict(
+            replay = replay_through(
+                table,
+                workload,
+                names,
+                ordered,
                 seed=seed,
                 token_id_range=opts.token_id_range,
                 max_throughput_loss=c.max_throughput_loss,
                 max_adapter_loss=c.max_adapter_loss,
                 progress=opts.progress,
+                route_to=route_to,
             )
-            if table is not None:
-                with serving(table) as url:
-                    replay = run_replay(workload, names, ordered, route_to=route_to, router_url=url, **common)
-            else:
-                replay = run_replay(workload, names, ordered, route_to=route_to, **common)
         except LoadgenError as exc:
             raise ValidateError(str(exc)) from None
         real_doc = replay.to_json()
@@ -358,20 +358,20 @@ def routing_json(
     for g, gp in enumerate(item.gpus):
         for n, sh in zip(gp.adapters, gp.shares or (1.0,) * len(gp.adapters)):
             shares.setdefault(n, {})[g] = sh
-    ad, arrival = np.asarray(workload.adapter), np.asarray(workload.arrival_s)
-    twin_of = {(int(a), float(t)): int(g) for a, t, g in zip(ad, arrival, twin_gpus)}
+    ad, arrival, twin_gpus = np.asarray(workload.adapter), np.asarray(workload.arrival_s), np.asarray(twin_gpus)
     out = {}
     for n, by in shares.items():
         if len(by) < 2:
             continue
         i = names.index(n)
-        twin_n = np.asarray(twin_gpus)[ad == i]
+        twin_n = twin_gpus[ad == i]
+        twin_of = dict(zip(arrival[ad == i].tolist(), twin_n.tolist()))  # a request is its adapter and arrival
         real = [r for r in replay.requests if r.adapter == i]
         out[n] = {
             "shares": {str(g): round(sh, 6) for g, sh in sorted(by.items())},  # slice widths: 1 - 0.7 = 0.3000…04
             "twin_requests": {str(g): int((twin_n == g).sum()) for g in sorted(by)},
             "real_requests": {str(g): sum(1 for r in real if r.gpu == g) for g in sorted(by)},
-            "elsewhere_than_twin": sum(1 for r in real if twin_of.get((i, r.arrival_s)) != r.gpu),
+            "elsewhere_than_twin": sum(1 for r in real if twin_of.get(r.arrival_s) != r.gpu),
         }
     return {"router": router, "adapters": out}
 
