@@ -4,6 +4,7 @@ validation failed, 2 bad input, 3 internal error."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -511,6 +512,14 @@ def bench(
             "(study) or both side by side (default both).",
         ),
     ] = None,
+    window: Annotated[
+        Optional[float],
+        typer.Option(
+            "--window",
+            help="solver: the twin checks' window [s] (default 3600: the reference runs' hour); shorter is "
+            "quicker and noisier.",
+        ),
+    ] = None,
     markdown: Annotated[
         Optional[Path],
         typer.Option(
@@ -562,6 +571,7 @@ def bench(
         ("--strategies", "strategies", strategies),
         ("--skews", "skews", skews),
         ("--rule", "rule", rule),
+        ("--window", "validate_window_s", window),
         ("--cv", "cv", cv),
         ("--runs", "per_run", per_run),
         ("--step-form", "step_form", step_form),
@@ -575,6 +585,8 @@ def bench(
 
         if step_form not in FIT_FORMS:
             raise _fail_input([f"--step-form: unknown form {step_form!r} (valid: {', '.join(FIT_FORMS)})"])
+    if window is not None and not (math.isfinite(window) and window > 0):
+        raise _fail_input([f"--window: expected a positive number of seconds, got {window:g}"])
     if sizes:
         try:
             kwargs["sizes"] = tuple(int(x) for x in sizes.split(","))

@@ -28,6 +28,9 @@ def test_bench_rejects_bad_sizes_and_strategies() -> None:
     _one_error(["bench", "solver", "--step-form", "lora_add_v3"], "--step-form does not apply")
     _one_error(["bench", "solver", "--rule", "strict"], "--rule: unknown rule 'strict'")
     _one_error(["bench", "fidelity", "--rule", "slo"], "--rule does not apply")
+    _one_error(["bench", "solver", "--window", "0"], "--window")
+    _one_error(["bench", "solver", "--window", "-5"], "--window")
+    _one_error(["bench", "fidelity", "--window", "60"], "--window does not apply")
 
 
 def test_bench_solver_runs_a_chosen_subset() -> None:
@@ -44,6 +47,8 @@ def test_bench_solver_runs_a_chosen_subset() -> None:
             "uniform,zipf-0.9",
             "--rule",
             "slo",
+            "--window",
+            "600",
             "--json",
         ],
     )
@@ -60,5 +65,6 @@ def test_bench_solver_runs_a_chosen_subset() -> None:
     checked = [r for r in rows if r["validated"]]
     assert len(checked) == 8 and all("slo" in r and "study" not in r for r in checked)
     assert doc["rule"] == "slo" and doc["summary"]["rule_only_missing_slo"] is None
+    assert doc["window_s"] == 600.0
     # greedy (the first asked for: milp is not) is the strategy re-simulated on three other seeds
     assert [c["strategy"] for c in doc["summary"]["slo_cost"]] == ["greedy"] * 4

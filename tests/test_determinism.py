@@ -23,8 +23,11 @@ from optplace.pipeline import solve_scenario
 from optplace.solver.problem import Deadline, TimeLimitReached
 
 REPO = Path(__file__).resolve().parents[1]
-#: Adapters of the fleet solved on a fake clock: 2 GPUs whose balancing takes ~28 moves and swaps.
+#: Adapters of the fleet a clock cuts: 3 GPUs whose balancing takes tens of moves and swaps.
 N_SLOW = 400
+#: Adapters of the fleet solved on a slow clock to the end: 2 GPUs, balanced (a ~2 s solve; the
+#: 400-adapter fleet took a minute per solve, and this test solves twice).
+N_SAME = 250
 
 
 class SlowClock:
@@ -38,9 +41,9 @@ class SlowClock:
         return self.t
 
 
-def _solve(sc, monkeypatch=None, step: float | None = None) -> dict:
-    if monkeypatch is not None and step is not None:
-        monkeypatch.setattr(problem_mod, "time", SlowClock(step))
+def _solve(sc, monkeypatch=None, step: float | None = None, clock: SlowClock | None = None) -> dict:
+    if monkeypatch is not None and (step is not None or clock is not None):
+        monkeypatch.setattr(problem_mod, "time", clock or SlowClock(step or 0.0))
     doc = solve_scenario(sc, Path("."), validate=False).to_json(reproducible=True)
     if monkeypatch is not None:
         monkeypatch.undo()
@@ -69,10 +72,13 @@ def test_a_slow_machine_gets_the_same_plan(monkeypatch):
     away: the plan must be the one the real clock gives. A phase with a budget in seconds of its own
     (say 1 s of balancing) would end after a few steps on this clock and place the adapters differently
     (the plan of a 10,000-adapter fleet differed between two runs on the real clock that way)."""
-    sc = lognormal_fleet(N_SLOW, time_limit_s=1e6)
+    sc = lognormal_fleet(N_SAME, time_limit_s=1e6)
     real = _solve(sc)
-    slow = _solve(sc, monkeypatch, 0.1)
+    clock = SlowClock(0.1)
+    slow = _solve(sc, monkeypatch, clock=clock)
     assert slow == real
+    # the solve read the slow clock ~90 times: a phase with a budget of a few seconds would have been cut
+    assert clock.t - 1000.0 > 5.0, clock.t
     assert real["time_limit_reached"] is False and real["cut_by_time_limit"] == []
 
 
@@ -92,8 +98,8 @@ def test_a_cut_phase_is_named(monkeypatch, step):
 def test_two_processes_give_byte_identical_json(tmp_path):
     """``solve --json --reproducible`` in two fresh processes (string hashing salted differently),
     under the default SLO with twin validation and repair: byte-identical."""
-    sc = lognormal_fleet(300)
-    sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"duration_s": 300.0})})
+    sc = lognormal_fleet(200)  # 3 GPUs; 18 s per solve (300 adapters over 300 s: 41 s)
+    sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"duration_s": 200.0})})
     spec = tmp_path / "fleet.yaml"
     spec.write_text(fleet_spec_text(sc), encoding="utf-8")
     outs = []

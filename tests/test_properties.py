@@ -292,14 +292,13 @@ def test_module_runs_as_main() -> None:
     ],
 )
 def test_same_seed_byte_identical_json_across_runs_and_processes(argv) -> None:
-    runs = []
-    for _ in range(2):
-        res = subprocess.run([sys.executable, "-m", "optplace.cli", *argv], cwd=REPO, capture_output=True, timeout=300)
-        assert res.returncode in (0, 1), res.stderr.decode()[-2000:]
-        runs.append(res.stdout)
+    """A fresh process (its own string-hash salt) and this one give the same bytes: two runs, two processes
+    (test_determinism.py compares two fresh processes with different salts on a larger fleet)."""
+    res = subprocess.run([sys.executable, "-m", "optplace.cli", *argv], cwd=REPO, capture_output=True, timeout=300)
+    assert res.returncode in (0, 1), res.stderr.decode()[-2000:]
+    runs = [res.stdout]
     inproc = CliRunner().invoke(app, argv)
     assert inproc.exit_code in (0, 1), inproc.stderr
-    assert runs[0] == runs[1]
     assert inproc.stdout_bytes == runs[0]
     assert runs[0].lstrip().startswith(b"{")
     # a different seed must change the simulation (the check would pass vacuously otherwise)

@@ -428,6 +428,7 @@ def run(
     out = {
         "order": order,
         "rule": rule,
+        "window_s": validate_window_s,
         "rows": rows,
         "summary": summary,
         "wall_s": round(time.perf_counter() - t_all, 1),

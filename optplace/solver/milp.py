@@ -239,17 +239,27 @@ def _fill(
     need: np.ndarray,
     a: np.ndarray,
 ) -> tuple[float, float]:
-    for c in order:
-        k = int(need[c]) - int(a[c])
-        if w1[c] > 0:
-            k = min(k, int(math.floor(r1 / w1[c] + 1e-9)))
-        if w2[c] > 0:
-            k = min(k, int(math.floor(r2 / w2[c] + 1e-9)))
+    """Fill the column in ``order`` (distinct classes): each class as many as it still needs and both
+    remaining capacities ``r1``, ``r2`` admit; adds to ``a``, returns what capacity is left.
+
+    The loop runs on Python floats gathered once: indexing NumPy arrays element by element was ~3x
+    slower, and this loop is the dual ascent's inner one (millions of steps on a 400-adapter fleet).
+    The arithmetic is the same IEEE double arithmetic, so the columns are bit for bit the same."""
+    left = (need[order].astype(np.int64) - a[order]).tolist()
+    w1o, w2o = w1[order].tolist(), w2[order].tolist()
+    took = [0] * len(left)
+    for i, k in enumerate(left):
+        x1, x2 = w1o[i], w2o[i]
+        if x1 > 0:
+            k = min(k, math.floor(r1 / x1 + 1e-9))
+        if x2 > 0:
+            k = min(k, math.floor(r2 / x2 + 1e-9))
         if k <= 0:
             continue
-        a[c] += k
-        r1 -= k * w1[c]
-        r2 -= k * w2[c]
+        took[i] = k
+        r1 -= k * x1
+        r2 -= k * x2
+    a[order] += np.asarray(took, dtype=a.dtype)
     return r1, r2
 
 

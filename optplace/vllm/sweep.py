@@ -11,6 +11,14 @@ Probes (sequential single requests, one output token, 16-token prompt): every ad
 after start (its first use loads it from disk), then cycling through more adapters than there are
 slots (each request evicts the least recently used slot: a CPU → slot load), then one adapter
 repeatedly (resident: no load). See :func:`optplace.calibration.runs_fit.load_times_ms`.
+
+The load points' rates are written for a machine that serves ~16 requests per second of the sweep's
+workload (:data:`NOMINAL_CAPACITY_RPS`). Before them, a short saturating replay measures what this server
+serves (:func:`measure_capacity_rps`) and every point's rates are scaled by the ratio
+(:func:`scale_points`), so the points span idle to saturated on any machine. Unscaled, on a shared
+machine six times slower (2.1 req/s) every point but the first was overloaded: 33 requests of ~2,000
+completed in their windows, the fit put the per-adapter cost at 0.62 (0.04 from the same engine's
+unsaturated runs), and the twin missed the saturated point itself by +17 %.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +51,13 @@ __all__ = [
     "canary_itl_ms",
     "probe_adapter_loads",
     "probe_prefill",
+    "NOMINAL_CAPACITY_RPS",
+    "measure_capacity_rps",
+    "mean_request_tokens",
     "replay_point",
     "run_sweep",
+    "saved_point",
+    "scale_points",
     "sweep_workload",
 ]
 
@@ -101,6 +114,26 @@ DEFAULT_POINTS: tuple[LoadPoint, ...] = (
 )
 
 
+#: requests per second of the sweep's workload a saturated server serves on the machine the rates of
+#: :data:`DEFAULT_POINTS` are written for (an idle 2-core machine served ``cal-4x8-sat`` at 13–16 req/s);
+#: a sweep scales the points' rates by its server's measured capacity over this
+NOMINAL_CAPACITY_RPS = 16.0
+#: the capacity pre-probe: the saturated point's mix for a few seconds (about twice what the nominal
+#: machine serves, so it saturates on it; far more on a slow one, which is why its window is short)
+CAPACITY_PROBE = LoadPoint("capacity-probe", (8.0, 8.0, 8.0, 8.0), 8.0)
+#: bounds of the rate scale: a capacity outside them is a broken server, not a machine's speed
+_SCALE_BOUNDS = (0.05, 4.0)
+
+
+def scale_points(points: Sequence[LoadPoint], scale: float) -> tuple[LoadPoint, ...]:
+    """``points`` with every rate × ``scale`` (rounded to 1e-3 req/s), windows and lengths kept.
+
+    Windows are not stretched on a slow machine: its light points complete fewer requests (a handful at
+    a sixth of the nominal speed), each still a whole row of the per-point fit, while stretching them
+    would lengthen the sweep by the slowdown it measures."""
+    return tuple(replace(p, rates_rps=tuple(round(r * scale, 3) for r in p.rates_rps)) for p in points)
+
+
 @dataclass(frozen=True, slots=True)
 class SweepConfig:
     """The calibration server and its workload shape."""
@@ -149,6 +182,13 @@ def sweep_workload(
     return generate_workload(
         PoissonArrivals(kind="poisson"), lengths, list(rates_rps), window_s, np.random.default_rng(seed)
     )
+
+
+def mean_request_tokens(cfg: SweepConfig, draws: int = 10_000, seed: int = 0) -> float:
+    """Mean prompt + output tokens of a request of ``cfg``'s lengths (truncated log-normal): 10^4 draws
+    pin it to ~1 %. Engine tokens per second over it is requests per second of that workload."""
+    wl = sweep_workload(cfg, [float(draws)], 1.0, seed)
+    return float(np.mean(wl.input_tokens + wl.output_tokens))
 
 
 def _complete_once(url: str, model: str, timeout_s: float, prompt_tokens: int = 16) -> float:
@@ -321,15 +361,47 @@ def replay_point(
     return doc
 
 
+def saved_point(run_dir: Path) -> LoadPoint:
+    """The load point a saved sweep run replayed (its label, rates, window and lengths), to replay it again
+    on a server of the same shape: with the run's seed, the same requests (:func:`replay_point`)."""
+    doc = json.loads((Path(run_dir) / "run.json").read_text())
+    wl = doc["workload"]
+    return LoadPoint(
+        doc["label"],
+        tuple(float(r) for r in wl["rates_rps"]),
+        float(doc["window_s"]),
+        float(wl["mean_input_tokens"]),
+        float(wl["mean_output_tokens"]),
+    )
+
+
+def measure_capacity_rps(cfg: SweepConfig, endpoint: Endpoint, server: RunServer, seed: int) -> float:
+    """Requests per second of the sweep's workload the running server serves saturated: the engine tokens per
+    second of a short :data:`CAPACITY_PROBE` replay over the mean tokens of a request.
+
+    Engine tokens, not completed requests: in a few seconds of saturation most requests are still running
+    at the window's end, and the engine's token counters count their work too."""
+    doc = replay_point(cfg, endpoint, server, CAPACITY_PROBE, seed)
+    tok_s = doc["result"]["gpus"][0]["engine_tok_s"]
+    if tok_s is None:
+        raise RuntimeError("the calibration server exposed no token counters: its capacity cannot be measured")
+    time.sleep(3.0)  # the requests cancelled at the probe's window end abort before the first point starts
+    return float(tok_s) / mean_request_tokens(cfg)
+
+
 def run_sweep(
     cfg: SweepConfig,
     out_dir: Path,
     points: Sequence[LoadPoint] = DEFAULT_POINTS,
     on_event: Callable[[str], None] | None = None,
+    scale_to_capacity: bool = True,
 ) -> list[Path]:
     """Start the calibration server, probe it, replay every load point, stop it; return the run folders.
 
-    Raises :class:`RuntimeError` when the server does not start (its log path and reason in the message).
+    With ``scale_to_capacity`` the points' rates are first scaled to the server's measured capacity
+    (:func:`measure_capacity_rps` over :data:`NOMINAL_CAPACITY_RPS`, see the module docstring); the
+    capacity and the scale are saved with the first point's probes. Raises :class:`RuntimeError` when the
+    server does not start (its log path and reason in the message).
     """
     say = on_event or (lambda m: None)
     out = Path(out_dir)
@@ -351,6 +423,16 @@ def run_sweep(
         probes.update(probe_prefill(res.server.url, names[0]))
         say(f"machine-speed canary: {probes['canary_itl_ms']:.2f} ms per token on an idle server")
         ep = Endpoint(0, res.server.url, names, cfg.max_loras, server.max_cpu_loras, server.max_lora_rank, "cpu")
+        if scale_to_capacity:
+            cap = measure_capacity_rps(cfg, ep, server, cfg.seed - 1)
+            scale = min(max(cap / NOMINAL_CAPACITY_RPS, _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
+            points = scale_points(points, scale)
+            probes["capacity_probe_rps"] = round(cap, 3)
+            probes["rate_scale"] = round(scale, 4)
+            say(
+                f"capacity {cap:.1f} req/s (saturated {CAPACITY_PROBE.window_s:g} s probe): load points' rates "
+                f"x{scale:.3f} of their nominal {NOMINAL_CAPACITY_RPS:g} req/s machine's"
+            )
         for k, p in enumerate(points):
             say(f"load point {p.label}…")
             doc = replay_point(cfg, ep, server, p, cfg.seed + k, probes=probes if k == 0 else None)

@@ -1,0 +1,70 @@
+"""The calibration sweep's load points scaled to a machine's measured capacity (no vLLM needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optplace.vllm.sweep import (
+    DEFAULT_POINTS,
+    NOMINAL_CAPACITY_RPS,
+    LoadPoint,
+    SweepConfig,
+    mean_request_tokens,
+    saved_point,
+    scale_points,
+    sweep_workload,
+)
+
+CFG = SweepConfig(model_path=Path("."), adapters_dir=Path("."))
+
+
+def _offered_share(points: tuple[LoadPoint, ...], capacity_rps: float) -> list[float]:
+    return [sum(p.rates_rps) / capacity_rps for p in points]
+
+
+def test_scaled_points_offer_the_same_shares_of_a_slower_or_faster_machine():
+    nominal = _offered_share(DEFAULT_POINTS, NOMINAL_CAPACITY_RPS)
+    for capacity in (2.1, 8.0, 40.0):
+        scaled = scale_points(DEFAULT_POINTS, capacity / NOMINAL_CAPACITY_RPS)
+        assert [p.label for p in scaled] == [p.label for p in DEFAULT_POINTS]
+        # rates are rounded to 1e-3 req/s: shares within 1 % of the nominal machine's
+        np.testing.assert_allclose(_offered_share(scaled, capacity), nominal, rtol=0.01)
+        # the windows and lengths of each point are kept (the lengths are what some points identify)
+        assert [(p.window_s, p.mean_input_tokens, p.mean_output_tokens) for p in scaled] == [
+            (p.window_s, p.mean_input_tokens, p.mean_output_tokens) for p in DEFAULT_POINTS
+        ]
+
+
+def test_saved_point_replays_the_rates_window_and_lengths_a_run_was_drawn_with(tmp_path):
+    (point,) = scale_points([p for p in DEFAULT_POINTS if p.label == "cal-2x1.5-longctx"], 0.3)
+    run = tmp_path / point.label
+    run.mkdir()
+    doc = {
+        "label": point.label,
+        "window_s": point.window_s,
+        "workload": {
+            "rates_rps": list(point.rates_rps),
+            "seed": 7,
+            "lengths": "lognormal",
+            "mean_input_tokens": point.mean_input_tokens,
+            "mean_output_tokens": point.mean_output_tokens,
+            "cv": CFG.cv,
+        },
+    }
+    (run / "run.json").write_text(json.dumps(doc))
+    back = saved_point(run)
+    assert back == point
+    a = sweep_workload(CFG, back.rates_rps, back.window_s, 7, back.mean_input_tokens, back.mean_output_tokens)
+    b = sweep_workload(CFG, point.rates_rps, point.window_s, 7, point.mean_input_tokens, point.mean_output_tokens)
+    assert np.array_equal(a.arrival_s, b.arrival_s) and np.array_equal(a.input_tokens, b.input_tokens)
+
+
+def test_mean_request_tokens_is_the_truncated_mean_of_the_sweep_lengths():
+    m = mean_request_tokens(CFG)
+    # 120 + 40 tokens before truncation; the caps (1,000 in, 1,400 in all) cut little of a cv-0.8 log-normal
+    assert 150.0 < m < 162.0
+    assert m == pytest.approx(mean_request_tokens(CFG, seed=1), rel=0.02)
