@@ -10,6 +10,8 @@ import pytest
 
 from optplace.vllm.sweep import (
     DEFAULT_POINTS,
+    MAX_POINT_WINDOW_S,
+    MIN_POINT_REQUESTS,
     NOMINAL_CAPACITY_RPS,
     LoadPoint,
     SweepConfig,
@@ -33,10 +35,23 @@ def test_scaled_points_offer_the_same_shares_of_a_slower_or_faster_machine():
         assert [p.label for p in scaled] == [p.label for p in DEFAULT_POINTS]
         # rates are rounded to 1e-3 req/s: shares within 1 % of the nominal machine's
         np.testing.assert_allclose(_offered_share(scaled, capacity), nominal, rtol=0.01)
-        # the windows and lengths of each point are kept (the lengths are what some points identify)
-        assert [(p.window_s, p.mean_input_tokens, p.mean_output_tokens) for p in scaled] == [
-            (p.window_s, p.mean_input_tokens, p.mean_output_tokens) for p in DEFAULT_POINTS
+        # the lengths of each point are kept (they are what some points identify)
+        assert [(p.mean_input_tokens, p.mean_output_tokens) for p in scaled] == [
+            (p.mean_input_tokens, p.mean_output_tokens) for p in DEFAULT_POINTS
         ]
+
+
+def test_windows_lengthen_only_to_hold_enough_requests_and_boundedly():
+    # the nominal machine's points are unchanged (every one holds ≥ 10 requests)
+    assert scale_points(DEFAULT_POINTS, 1.0) == DEFAULT_POINTS
+    assert [p.window_s for p in scale_points(DEFAULT_POINTS, 3.0)] == [p.window_s for p in DEFAULT_POINTS]
+    for scale in (0.3, 0.1, 0.02):
+        for nominal, p in zip(DEFAULT_POINTS, scale_points(DEFAULT_POINTS, scale)):
+            expected = sum(p.rates_rps) * p.window_s
+            assert p.window_s >= nominal.window_s and p.window_s <= MAX_POINT_WINDOW_S
+            assert expected >= MIN_POINT_REQUESTS - 1e-9 or p.window_s == MAX_POINT_WINDOW_S, (scale, p)
+            if p.window_s > nominal.window_s:  # lengthened no more than needed
+                assert expected == pytest.approx(MIN_POINT_REQUESTS, rel=0.02) or p.window_s == MAX_POINT_WINDOW_S
 
 
 def test_saved_point_replays_the_rates_window_and_lengths_a_run_was_drawn_with(tmp_path):

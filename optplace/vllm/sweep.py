@@ -15,7 +15,8 @@ repeatedly (resident: no load). See :func:`optplace.calibration.runs_fit.load_ti
 The load points' rates are written for a machine that serves ~16 requests per second of the sweep's
 workload (:data:`NOMINAL_CAPACITY_RPS`). Before them, a short saturating replay measures what this server
 serves (:func:`measure_capacity_rps`) and every point's rates are scaled by the ratio
-(:func:`scale_points`), so the points span idle to saturated on any machine. Unscaled, on a shared
+(:func:`scale_points`; a window too short for ~10 requests at its scaled rates is lengthened), so
+the points span idle to saturated on any machine. Unscaled, on a shared
 machine six times slower (2.1 req/s) every point but the first was overloaded: 33 requests of ~2,000
 completed in their windows, the fit put the per-adapter cost at 0.62 (0.04 from the same engine's
 unsaturated runs), and the twin missed the saturated point itself by +17 %.
@@ -24,6 +25,7 @@ unsaturated runs), and the twin missed the saturated point itself by +17 %.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 import urllib.request
@@ -51,6 +53,8 @@ __all__ = [
     "canary_itl_ms",
     "probe_adapter_loads",
     "probe_prefill",
+    "MAX_POINT_WINDOW_S",
+    "MIN_POINT_REQUESTS",
     "NOMINAL_CAPACITY_RPS",
     "measure_capacity_rps",
     "mean_request_tokens",
@@ -121,17 +125,29 @@ NOMINAL_CAPACITY_RPS = 16.0
 #: the capacity pre-probe: the saturated point's mix for a few seconds (about twice what the nominal
 #: machine serves, so it saturates on it; far more on a slow one, which is why its window is short)
 CAPACITY_PROBE = LoadPoint("capacity-probe", (8.0, 8.0, 8.0, 8.0), 8.0)
+#: the second capacity replay offers this multiple of the first's estimate: saturated, not flooded
+CAPACITY_OVERLOAD = 2.0
 #: bounds of the rate scale: a capacity outside them is a broken server, not a machine's speed
 _SCALE_BOUNDS = (0.05, 4.0)
 
 
-def scale_points(points: Sequence[LoadPoint], scale: float) -> tuple[LoadPoint, ...]:
-    """``points`` with every rate × ``scale`` (rounded to 1e-3 req/s), windows and lengths kept.
+#: a scaled point lasts long enough for about this many requests (a slow machine's idle point at a
+#: fraction of 2 req/s had one request in its 15 s), up to :data:`MAX_POINT_WINDOW_S`
+MIN_POINT_REQUESTS = 10
+MAX_POINT_WINDOW_S = 60.0
 
-    Windows are not stretched on a slow machine: its light points complete fewer requests (a handful at
-    a sixth of the nominal speed), each still a whole row of the per-point fit, while stretching them
-    would lengthen the sweep by the slowdown it measures."""
-    return tuple(replace(p, rates_rps=tuple(round(r * scale, 3) for r in p.rates_rps)) for p in points)
+
+def scale_points(points: Sequence[LoadPoint], scale: float) -> tuple[LoadPoint, ...]:
+    """``points`` with every rate × ``scale`` (rounded to 1e-3 req/s) and lengths kept; a point whose
+    window would hold fewer than :data:`MIN_POINT_REQUESTS` requests at its scaled rates is lengthened
+    to hold them (at most :data:`MAX_POINT_WINDOW_S`). On the nominal machine nothing is lengthened."""
+    out = []
+    for p in points:
+        rates = tuple(round(r * scale, 3) for r in p.rates_rps)
+        need_s = MIN_POINT_REQUESTS / max(sum(rates), 1e-9)
+        window = p.window_s if need_s <= p.window_s else min(MAX_POINT_WINDOW_S, math.ceil(need_s * 10) / 10)
+        out.append(replace(p, rates_rps=rates, window_s=window))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,17 +392,32 @@ def saved_point(run_dir: Path) -> LoadPoint:
 
 
 def measure_capacity_rps(cfg: SweepConfig, endpoint: Endpoint, server: RunServer, seed: int) -> float:
-    """Requests per second of the sweep's workload the running server serves saturated: the engine tokens per
-    second of a short :data:`CAPACITY_PROBE` replay over the mean tokens of a request.
+    """Requests per second of the sweep's workload the running server serves saturated, from engine tokens
+    per second over the mean tokens of a request, in two short replays of :data:`CAPACITY_PROBE`'s mix.
 
+    The first offers the nominal rates. On a machine many times slower that flood (hundreds of requests in
+    a few seconds) costs the API server, on the same cores, a share of the engine's time: one measured 1.2
+    req/s where the same server served 2 req/s at 1.2x its capacity. The second offers
+    :data:`CAPACITY_OVERLOAD` x the first's estimate for a little longer; the larger of the two is kept.
     Engine tokens, not completed requests: in a few seconds of saturation most requests are still running
     at the window's end, and the engine's token counters count their work too."""
-    doc = replay_point(cfg, endpoint, server, CAPACITY_PROBE, seed)
-    tok_s = doc["result"]["gpus"][0]["engine_tok_s"]
-    if tok_s is None:
-        raise RuntimeError("the calibration server exposed no token counters: its capacity cannot be measured")
-    time.sleep(3.0)  # the requests cancelled at the probe's window end abort before the first point starts
-    return float(tok_s) / mean_request_tokens(cfg)
+    per_request = mean_request_tokens(cfg)
+    estimates = []
+    point = CAPACITY_PROBE
+    for k in range(2):
+        doc = replay_point(cfg, endpoint, server, point, seed + k)
+        tok_s = doc["result"]["gpus"][0]["engine_tok_s"]
+        if tok_s is None:
+            raise RuntimeError("the calibration server exposed no token counters: its capacity cannot be measured")
+        estimates.append(float(tok_s) / per_request)
+        time.sleep(3.0)  # the requests cancelled at the probe's window end abort before the next replay
+        offered = CAPACITY_OVERLOAD * estimates[-1]
+        point = replace(
+            CAPACITY_PROBE,
+            rates_rps=tuple(offered / len(CAPACITY_PROBE.rates_rps) for _ in CAPACITY_PROBE.rates_rps),
+            window_s=12.0,
+        )
+    return max(estimates)
 
 
 def run_sweep(

@@ -1,4 +1,6 @@
-"""The twin's validation of a plan on a local Ray instance gives the same report as the process pool."""
+"""Local Ray instances give what the process pool gives: the surrogate's dataset, and the twin's validation
+report of a plan. One file, so a parallel test run (pytest-xdist, ``--dist loadfile``) starts one Ray
+instance at a time."""
 
 from __future__ import annotations
 
@@ -10,8 +12,28 @@ from pathlib import Path
 
 import pytest
 
+from optplace.surrogate.dataset import read_rows
+from optplace.surrogate.design import SweepDesign
+from optplace.surrogate.execution import LocalExecutor, RayExecutor, run_sweep
+from optplace.surrogate.synthetic import SyntheticEvaluator
+
 pytestmark = pytest.mark.ray
-pytest.importorskip("ray")  # the `ray` extra; CI installs it: pip install -e '.[dev,ray]'
+ray = pytest.importorskip("ray")  # the `ray` extra; CI installs it: pip install -e '.[dev,ray]'
+
+
+def test_ray_executor_matches_process_pool(tmp_path: Path) -> None:
+    design = SweepDesign(n_points=40, n_chains=6, chain_steps=3, max_adapters=128)
+    ev = SyntheticEvaluator()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        r = run_sweep(ev, tmp_path / "ray", design, seed=9, executor=RayExecutor(), progress=False)
+    finally:
+        ray.shutdown()
+    p = run_sweep(ev, tmp_path / "pool", design, seed=9, executor=LocalExecutor(2), progress=False)
+    assert r.rows_total == p.rows_total == design.n_rows
+    strip = lambda rows: {i: {k: v for k, v in rec.items() if k != "wall_s"} for i, rec in rows.items()}  # noqa: E731
+    assert strip(read_rows(r.csv_path)) == strip(read_rows(p.csv_path))
+
 
 #: a hot adapter more than one GPU serves (replicated: the routing draw travels to the workers too), and a
 #: short window so the check on four draws stays a few seconds of twin
@@ -42,9 +64,10 @@ def _solve(tmp_path: Path, executor: str) -> dict:
 
 
 def test_ray_validation_gives_the_process_pools_report(tmp_path: Path) -> None:
-    pool, ray = _solve(tmp_path, "local"), _solve(tmp_path, "ray")
-    assert pool["scenario"]["solver"].pop("executor") == "local" and ray["scenario"]["solver"].pop("executor") == "ray"
+    pool, on_ray = _solve(tmp_path, "local"), _solve(tmp_path, "ray")
+    assert pool["scenario"]["solver"].pop("executor") == "local"
+    assert on_ray["scenario"]["solver"].pop("executor") == "ray"
     # the plan replicates the hot adapter and the twin checked it on every draw: the same everywhere
     assert any(isinstance(a, dict) for g in pool["placement"] for a in g["adapters"])
     assert len(pool["seeds_checked"]) == 4 and pool["validation"]["gpus"]
-    assert ray == pool
+    assert on_ray == pool
