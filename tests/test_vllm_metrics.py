@@ -95,3 +95,46 @@ def test_real_vllm_0_32_cpu_page():
     assert s.histograms["ttft_s"].count == 307.0 and s.histograms["itl_s"].count > 0
     assert s.lora is not None and s.lora.running == ("s5", "s4") and s.lora.max_lora == 2
     assert s.missing == ()
+
+
+def test_wait_idle_polls_until_nothing_runs_or_waits():
+    """wait_idle returns once the running and waiting gauges are both 0, not before; at once on an idle server."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from optplace.vllm.metrics import wait_idle
+
+    pages = [(3, 5), (2, 0), (0, 1), (0, 0)]  # (running, waiting) per scrape; the last repeats
+    served = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            running, waiting = pages[min(len(served), len(pages) - 1)]
+            served.append(self.path)
+            body = (
+                "# TYPE vllm:num_requests_running gauge\n"
+                f'vllm:num_requests_running{{model_name="m"}} {running}\n'
+                "# TYPE vllm:num_requests_waiting gauge\n"
+                f'vllm:num_requests_waiting{{model_name="m"}} {waiting}\n'
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        wait_idle(url, timeout_s=30.0, poll_s=0.01)
+        assert len(served) == 4 and set(served) == {"/metrics"}  # polled until the fourth page said idle
+        wait_idle(url, timeout_s=30.0, poll_s=0.01)
+        assert len(served) == 5  # idle: one scrape
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    # an unreachable server is not waited for
+    assert wait_idle(url, timeout_s=30.0) < 5.0
