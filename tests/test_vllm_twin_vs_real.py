@@ -82,7 +82,6 @@ from optplace.vllm.compare import (
     render_slo,
 )
 from optplace.vllm.loadgen import Endpoint
-from optplace.vllm.metrics import wait_idle
 from optplace.vllm.runs import RunServer
 from optplace.vllm.sweep import CPU_EXTRA_ARGS, CPU_SERVER_ENV, SweepConfig
 
@@ -303,7 +302,7 @@ def _probe(d: Path, k: int, cfg: SweepConfig, ep: Endpoint, server: RunServer) -
     (chk,) = twin_errors(load_profile_file(d / "fitted.json"), run)
     assert chk.engine_error is not None, "the probe's server exposed no token counters"
     twin_cap = cap * (1.0 + chk.engine_error)
-    wait_idle(ep.url)  # the requests cancelled at the probe's end are gone before the next window starts
+    time.sleep(3.0)  # the requests cancelled at the probe's end aborted before the next window starts
     cal = _capacity_rps(d)
     return (
         cap,

@@ -35,7 +35,6 @@ __all__ = [
     "delta",
     "parse_metrics",
     "scrape",
-    "wait_idle",
 ]
 
 #: canonical name -> sample names tried in order (first one present wins)
@@ -285,23 +284,3 @@ def scrape(url: str, timeout_s: float = 5.0) -> MetricsSnapshot:
     if resp.status != 200:
         raise MetricsError(f"{parts.scheme}://{parts.netloc}{path} answered HTTP {resp.status}: {body[:200]!r}")
     return parse_metrics(body, time_s=t)
-
-
-def wait_idle(url: str, timeout_s: float = 60.0, poll_s: float = 0.5) -> float:
-    """Wait until the server at ``url`` has no request running or waiting (its gauges); return the seconds waited.
-
-    After a replay's window the load generator cancels what is still in flight, but the engine keeps
-    computing a cancelled request until the API server notices the disconnect: after a flood of hundreds
-    of requests on a slow machine that took seconds, and a fixed pause let the leftover work count in the
-    next window's engine tokens. Returns at ``timeout_s`` whatever the gauges say; a server without the
-    gauges (or one that cannot be scraped) is not waited for."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        try:
-            snap = scrape(url)
-        except MetricsError:
-            break
-        if snap.running is None or snap.waiting is None or snap.running + snap.waiting == 0:
-            break
-        time.sleep(poll_s)
-    return time.monotonic() - t0

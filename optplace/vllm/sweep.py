@@ -42,7 +42,6 @@ from optplace.twin.workload import Workload, generate_workload
 from optplace.deploy.artefacts import DeployOptions, build_deployment
 from optplace.vllm.launcher import LaunchResult, pick_free_port, start_server
 from optplace.vllm.loadgen import Endpoint, run_replay
-from optplace.vllm.metrics import wait_idle
 from optplace.vllm.runs import RunServer, kv_tokens_from_log, run_from_replay, save_run
 
 __all__ = [
@@ -413,7 +412,7 @@ def measure_capacity_rps(cfg: SweepConfig, endpoint: Endpoint, server: RunServer
         if tok_s is None:
             raise RuntimeError("the calibration server exposed no token counters: its capacity cannot be measured")
         estimates.append(float(tok_s) / per_request)
-        wait_idle(endpoint.url)  # the requests cancelled at the probe's window end are gone before the next
+        time.sleep(3.0)  # the requests cancelled at the probe's window end abort before the next replay
         offered = CAPACITY_OVERLOAD * estimates[-1]
         point = replace(
             CAPACITY_PROBE,
@@ -495,7 +494,6 @@ def run_sweep(
                 f"completed {g['throughput_tok_s']:.0f}, engine "
                 f"{g['engine_tok_s'] if g['engine_tok_s'] is None else round(g['engine_tok_s'])}"
             )
-            wait_idle(ep.url)  # a saturated point's cancelled requests are gone before the next one
             if scale_to_capacity and n == 0 and sat and g["engine_tok_s"] is not None:
                 served = float(g["engine_tok_s"]) / mean_request_tokens(cfg)
                 rescale = min(max(served / NOMINAL_CAPACITY_RPS, _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
@@ -507,6 +505,7 @@ def run_sweep(
                 probes["rate_scale"] = round(rescale, 4)
                 probes["saturated_capacity_rps"] = round(served, 3)
                 say(f"  served {served:.2f} req/s saturated: the other points' rates x{rescale:.3f} of nominal")
+                time.sleep(3.0)  # its cancelled requests abort before the next point
     finally:
         res.server.stop()
     return written
