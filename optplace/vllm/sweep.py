@@ -125,8 +125,6 @@ NOMINAL_CAPACITY_RPS = 16.0
 #: the capacity pre-probe: the saturated point's mix for a few seconds (about twice what the nominal
 #: machine serves, so it saturates on it; far more on a slow one, which is why its window is short)
 CAPACITY_PROBE = LoadPoint("capacity-probe", (8.0, 8.0, 8.0, 8.0), 8.0)
-#: the load point that runs first on a scaled sweep and whose served rate scales the others
-CAPACITY_POINT = "cal-4x8-sat"
 #: the second capacity replay offers this multiple of the first's estimate: saturated, not flooded
 CAPACITY_OVERLOAD = 2.0
 #: bounds of the rate scale: a capacity outside them is a broken server, not a machine's speed
@@ -422,13 +420,6 @@ def measure_capacity_rps(cfg: SweepConfig, endpoint: Endpoint, server: RunServer
     return max(estimates)
 
 
-def _unscaled(p: LoadPoint, scale: float, nominal: Mapping[str, LoadPoint]) -> LoadPoint:
-    """The nominal point ``p`` was scaled from (its nominal rates when it is one of :data:`DEFAULT_POINTS`)."""
-    if p.label in nominal:
-        return nominal[p.label]
-    return replace(p, rates_rps=tuple(r / scale for r in p.rates_rps))
-
-
 def run_sweep(
     cfg: SweepConfig,
     out_dir: Path,
@@ -439,9 +430,8 @@ def run_sweep(
     """Start the calibration server, probe it, replay every load point, stop it; return the run folders.
 
     With ``scale_to_capacity`` the points' rates are first scaled to the server's measured capacity
-    (:func:`measure_capacity_rps` over :data:`NOMINAL_CAPACITY_RPS`, see the module docstring), then
-    :data:`CAPACITY_POINT` runs first and what it served scales the others; the capacities and the scale are
-    saved with the first point's probes. Raises :class:`RuntimeError` when the
+    (:func:`measure_capacity_rps` over :data:`NOMINAL_CAPACITY_RPS`, see the module docstring); the
+    capacity and the scale are saved with the first point's probes. Raises :class:`RuntimeError` when the
     server does not start (its log path and reason in the message).
     """
     say = on_event or (lambda m: None)
@@ -464,7 +454,6 @@ def run_sweep(
         probes.update(probe_prefill(res.server.url, names[0]))
         say(f"machine-speed canary: {probes['canary_itl_ms']:.2f} ms per token on an idle server")
         ep = Endpoint(0, res.server.url, names, cfg.max_loras, server.max_cpu_loras, server.max_lora_rank, "cpu")
-        order = list(range(len(points)))
         if scale_to_capacity:
             cap = measure_capacity_rps(cfg, ep, server, cfg.seed - 1)
             scale = min(max(cap / NOMINAL_CAPACITY_RPS, _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
@@ -472,18 +461,10 @@ def run_sweep(
             probes["capacity_probe_rps"] = round(cap, 3)
             probes["rate_scale"] = round(scale, 4)
             say(
-                f"capacity {cap:.1f} req/s (short saturated probes): load points' rates x{scale:.3f} of their "
-                f"nominal {NOMINAL_CAPACITY_RPS:g} req/s machine's"
+                f"capacity {cap:.1f} req/s (saturated {CAPACITY_PROBE.window_s:g} s probe): load points' rates "
+                f"x{scale:.3f} of their nominal {NOMINAL_CAPACITY_RPS:g} req/s machine's"
             )
-            # The saturated point runs first and measures the capacity again, over 30 s: the short probes
-            # read 25-35 % off either way (a flood costs the engine CPU; a short window is mostly the fast
-            # prefill of its first requests), and a point scaled 20 % too high put the mid load at 90 % and
-            # spoiled the fit (R2 0.95, the twin -20 % on its own saturated point). The other points are
-            # scaled by what it served.
-            sat = [k for k, p in enumerate(points) if p.label == CAPACITY_POINT]
-            order = sat + [k for k in order if k not in sat]
-        for n, k in enumerate(order):
-            p = points[k]
+        for k, p in enumerate(points):
             say(f"load point {p.label}…")
             doc = replay_point(cfg, ep, server, p, cfg.seed + k, probes=probes if k == 0 else None)
             written.append(save_run(doc, out / p.label).parent)
@@ -494,18 +475,6 @@ def run_sweep(
                 f"completed {g['throughput_tok_s']:.0f}, engine "
                 f"{g['engine_tok_s'] if g['engine_tok_s'] is None else round(g['engine_tok_s'])}"
             )
-            if scale_to_capacity and n == 0 and sat and g["engine_tok_s"] is not None:
-                served = float(g["engine_tok_s"]) / mean_request_tokens(cfg)
-                rescale = min(max(served / NOMINAL_CAPACITY_RPS, _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
-                nominal = {q.label: q for q in DEFAULT_POINTS}
-                points = tuple(
-                    q if i == k else scale_points([_unscaled(q, scale, nominal)], rescale)[0]
-                    for i, q in enumerate(points)
-                )
-                probes["rate_scale"] = round(rescale, 4)
-                probes["saturated_capacity_rps"] = round(served, 3)
-                say(f"  served {served:.2f} req/s saturated: the other points' rates x{rescale:.3f} of nominal")
-                time.sleep(3.0)  # its cancelled requests abort before the next point
     finally:
         res.server.stop()
     return written
