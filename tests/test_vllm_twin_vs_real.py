@@ -2,7 +2,7 @@
 
 One session: a calibration sweep (``optplace calibrate --sweep --engine vllm``: one server with 4 slots
 and 6 adapters, probes, eight load points from idle to saturated, ``optplace.vllm.sweep.DEFAULT_POINTS``,
-their rates scaled to the capacity a short saturated replay measures first) fits a profile; then
+their rates scaled to the capacity two short saturated replays measure first) fits a profile; then
 configurations *not* used for calibration run on real servers through ``optplace validate --engine vllm``
 and are compared with the twin driven by the profile just fitted. A
 configuration's load is a share of a measured capacity (requests per second the engine served in the
@@ -549,7 +549,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     # every criterion checked, every miss reported at once (one real run costs minutes)
     misses = []
     for label, c in by.items():
-        if label != "load-100" and not (c.same_verdict and c.same_zero_set) and not _at_threshold(c):
+        if label != "load-100" and (not c.same_zero_set or not (c.same_verdict or _at_threshold(c))):
             misses.append(
                 f"{label}: verdict twin/real {c.twin_starved}/{c.real_starved}, zero {c.twin_zero}/{c.real_zero}"
             )

@@ -13,7 +13,7 @@ slots (each request evicts the least recently used slot: a CPU → slot load), t
 repeatedly (resident: no load). See :func:`optplace.calibration.runs_fit.load_times_ms`.
 
 The load points' rates are written for a machine that serves ~16 requests per second of the sweep's
-workload (:data:`NOMINAL_CAPACITY_RPS`). Before them, a short saturating replay measures what this server
+workload (:data:`NOMINAL_CAPACITY_RPS`). Before them, two short saturating replays measure what this server
 serves (:func:`measure_capacity_rps`) and every point's rates are scaled by the ratio
 (:func:`scale_points`; a window too short for ~10 requests at its scaled rates is lengthened), so
 the points span idle to saturated on any machine. Unscaled, on a shared
@@ -402,22 +402,18 @@ def measure_capacity_rps(cfg: SweepConfig, endpoint: Endpoint, server: RunServer
     Engine tokens, not completed requests: in a few seconds of saturation most requests are still running
     at the window's end, and the engine's token counters count their work too."""
     per_request = mean_request_tokens(cfg)
-    estimates = []
-    point = CAPACITY_PROBE
-    for k in range(2):
-        doc = replay_point(cfg, endpoint, server, point, seed + k)
-        tok_s = doc["result"]["gpus"][0]["engine_tok_s"]
+
+    def served_rps(point: LoadPoint, seed: int) -> float:
+        tok_s = replay_point(cfg, endpoint, server, point, seed)["result"]["gpus"][0]["engine_tok_s"]
         if tok_s is None:
             raise RuntimeError("the calibration server exposed no token counters: its capacity cannot be measured")
-        estimates.append(float(tok_s) / per_request)
         time.sleep(3.0)  # the requests cancelled at the probe's window end abort before the next replay
-        offered = CAPACITY_OVERLOAD * estimates[-1]
-        point = replace(
-            CAPACITY_PROBE,
-            rates_rps=tuple(offered / len(CAPACITY_PROBE.rates_rps) for _ in CAPACITY_PROBE.rates_rps),
-            window_s=12.0,
-        )
-    return max(estimates)
+        return float(tok_s) / per_request
+
+    first = served_rps(CAPACITY_PROBE, seed)
+    per_adapter = CAPACITY_OVERLOAD * first / len(CAPACITY_PROBE.rates_rps)
+    again = replace(CAPACITY_PROBE, rates_rps=(per_adapter,) * len(CAPACITY_PROBE.rates_rps), window_s=12.0)
+    return max(first, served_rps(again, seed + 1))
 
 
 def run_sweep(
@@ -461,8 +457,8 @@ def run_sweep(
             probes["capacity_probe_rps"] = round(cap, 3)
             probes["rate_scale"] = round(scale, 4)
             say(
-                f"capacity {cap:.1f} req/s (saturated {CAPACITY_PROBE.window_s:g} s probe): load points' rates "
-                f"x{scale:.3f} of their nominal {NOMINAL_CAPACITY_RPS:g} req/s machine's"
+                f"capacity {cap:.1f} req/s (two short saturated probes): load points' rates x{scale:.3f} of "
+                f"their nominal {NOMINAL_CAPACITY_RPS:g} req/s machine's"
             )
         for k, p in enumerate(points):
             say(f"load point {p.label}…")
