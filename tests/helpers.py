@@ -6,7 +6,7 @@ from pathlib import Path
 
 from optplace.calibration.reference import find_reference_dir, find_shared_dir
 
-__all__ = ["FAKE_VLLM", "GPU_RESULT_KEYS", "REPO", "TESTS", "reference_dir", "traces_dir"]
+__all__ = ["FAKE_VLLM", "GPU_RESULT_KEYS", "REPO", "TESTS", "reference_dir", "short_quickstart", "traces_dir"]
 
 #: the repository root (scenarios/, docs/, scripts/ are found from here)
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +35,17 @@ GPU_RESULT_KEYS = frozenset(
         "per_adapter",
     }
 )
+
+
+def short_quickstart(folder: Path, duration_s: int = 300) -> Path:
+    """The bundled quickstart scenario with a ``duration_s`` window, written into ``folder``: the same
+    pipeline (solve, twin checks on several seeds, deploy files) in ~7 s instead of ~45 s, for tests that
+    need a whole run of the main command but not its hour of traffic."""
+    text = (REPO / "scenarios" / "quickstart.yaml").read_text()
+    assert "duration_s: 3600" in text, "the quickstart's window changed: update short_quickstart"
+    path = Path(folder) / "quickstart-short.yaml"
+    path.write_text(text.replace("duration_s: 3600", f"duration_s: {duration_s}"))
+    return path
 
 
 def reference_dir() -> Path:
