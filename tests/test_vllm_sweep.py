@@ -13,9 +13,11 @@ from optplace.vllm.sweep import (
     MAX_POINT_WINDOW_S,
     MIN_POINT_REQUESTS,
     NOMINAL_CAPACITY_RPS,
+    SLOW_MACHINE_LOAD,
     LoadPoint,
     SweepConfig,
     mean_request_tokens,
+    rate_scale,
     saved_point,
     scale_points,
     sweep_workload,
@@ -39,6 +41,21 @@ def test_scaled_points_offer_the_same_shares_of_a_slower_or_faster_machine():
         assert [(p.mean_input_tokens, p.mean_output_tokens) for p in scaled] == [
             (p.mean_input_tokens, p.mean_output_tokens) for p in DEFAULT_POINTS
         ]
+
+
+def test_rate_scale_is_the_capacity_ratio_at_nominal_speed_and_lighter_on_slower_machines():
+    # nominal and faster: the capacity ratio itself (the points' designed loads)
+    assert rate_scale(NOMINAL_CAPACITY_RPS) == 1.0 and rate_scale(2 * NOMINAL_CAPACITY_RPS) == 2.0
+    # slower: a share of the ratio, from SLOW_MACHINE_LOAD (far slower) up to 1, rising with the speed
+    caps = np.linspace(1.5, NOMINAL_CAPACITY_RPS, 50)  # above the lower bound on the scale
+    shares = np.array([rate_scale(c) / (c / NOMINAL_CAPACITY_RPS) for c in caps])
+    assert np.all(np.diff(shares) > 0) and SLOW_MACHINE_LOAD < shares[0] < SLOW_MACHINE_LOAD + 0.05
+    assert np.all(np.diff([rate_scale(c) for c in caps]) > 0)  # a faster server never gets lighter points
+    # a machine serving 2.3 req/s: the saturated point offers ~1.3x its capacity, the mid point ~half
+    sat = next(p for p in scale_points(DEFAULT_POINTS, rate_scale(2.3)) if p.label == "cal-4x8-sat")
+    assert 1.2 <= sum(sat.rates_rps) / 2.3 <= 1.4
+    # a dead or broken server's reading stays within bounds
+    assert rate_scale(0.0) > 0 and rate_scale(1e6) < 10
 
 
 def test_windows_lengthen_only_to_hold_enough_requests_and_boundedly():

@@ -32,7 +32,8 @@ calibration's saturated point, ``_capacity_rps``), so it offers the same share o
 
 Criteria: engine token rate and completed-token throughput each within 15 % on every configuration;
 the same starvation verdict and the same set of adapters completing nothing (not on ``load-100``, whose
-loss sits at the 10 % threshold by construction, nor where both losses lie within 2 points of it); the
+loss sits at the 10 % threshold by construction, nor where both losses lie within 2 points of it;
+``solve-plan`` and ``replicas``, light and about something else, starve only past 50 % loss); the
 same SLO verdict per adapter on ``solve-plan``.
 Every miss is reported at once. Latency below saturation (``load-50``, ``load-80``) is measured and
 printed against its target (TTFT median within 20 %, TTFT p99 within 30 %, mean ITL within 10 %) but not
@@ -100,8 +101,10 @@ STARVED_LOSS = 0.10
 VERDICT_BAND = 0.02
 #: solve-plan's adapters together offer this share of the calibrated capacity
 SOLVE_LOAD = 0.2
-#: solve-plan's starvation threshold: the window's tail only (see the test), not what it compares
-SOLVE_MAX_LOSS = 0.5
+#: the starvation threshold of the light configurations whose comparison is about something else
+#: (solve-plan's SLO verdicts, the replicas' routing and token rates): on a slow machine their losses are
+#: the window's tail only (a request lasts 2-5 s there), around the usual 10 % threshold
+LIGHT_MAX_LOSS = 0.5
 #: sat-2slots' heavy pair offers this multiple of the capacity probed right before it
 SAT_LOAD = 1.5
 #: each of sat-2slots' two light adapters offers this share of the capacity probed right before it
@@ -466,7 +469,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
             # adapter has ~3 requests in the window, one arriving in its last seconds is cut off (a third of
             # the adapter's tokens), and at the usual threshold solve refused the scenario in CI: "adapter
             # s7 starves even alone"
-            max_loss=SOLVE_MAX_LOSS,
+            max_loss=LIGHT_MAX_LOSS,
         )
     )
     r = runner.invoke(app, ["solve", str(solve_spec), "--json"])
@@ -641,6 +644,9 @@ def test_weighted_replicas_run_as_planned_on_two_real_servers_behind_the_router(
             REPLICAS_WINDOW_S,
             seed=17,
             placement=[(2, ["{name: hot, share: 0.7}", "c0"]), (2, ["{name: hot, share: 0.3}", "c1"])],
+            # a CI run on a slow machine lost 10.3 % on the engine and 13.8 % in the twin at a third of the
+            # capacity: the window's tail, not the routing under test
+            max_loss=LIGHT_MAX_LOSS,
         )
     )
     doc = _validate(
@@ -676,9 +682,6 @@ def test_weighted_replicas_run_as_planned_on_two_real_servers_behind_the_router(
         assert fin is not None and fin <= sum(a["arrived"] for a in g["per_adapter"])
         assert fin >= sum(a["completed"] for a in g["per_adapter"])
     for i, c in enumerate(comps):
-        # a verdict with both losses at the threshold is the window's tail (in one CI run on a slow machine
-        # the 70 % replica's server lost just over 10 % in a 40 s window, the twin, at the same completed
-        # tokens, just under)
-        assert (not c.real_starved and c.same_verdict) or _at_threshold(c), (i, _losses(c), c)
+        assert not c.real_starved and c.same_verdict, (i, _losses(c), c)
         for what, err in (("engine", c.engine_error), ("completed", c.throughput_error)):
             assert err is not None and abs(err) <= TOLERANCE, (i, what, err)

@@ -14,8 +14,9 @@ repeatedly (resident: no load). See :func:`optplace.calibration.runs_fit.load_ti
 
 The load points' rates are written for a machine that serves ~16 requests per second of the sweep's
 workload (:data:`NOMINAL_CAPACITY_RPS`). Before them, two short saturating replays measure what this server
-serves (:func:`measure_capacity_rps`) and every point's rates are scaled by the ratio
-(:func:`scale_points`; a window too short for ~10 requests at its scaled rates is lengthened), so
+serves (:func:`measure_capacity_rps`) and every point's rates are scaled by the ratio, on a slow
+machine to a lighter share of it (:func:`rate_scale`: its windows are not stretched in proportion) —
+:func:`scale_points`; a window too short for ~10 requests at its scaled rates is lengthened —, so
 the points span idle to saturated on any machine. Unscaled, on a shared
 machine six times slower (2.1 req/s) every point but the first was overloaded: 33 requests of ~2,000
 completed in their windows, the fit put the per-adapter cost at 0.62 (0.04 from the same engine's
@@ -58,10 +59,12 @@ __all__ = [
     "NOMINAL_CAPACITY_RPS",
     "measure_capacity_rps",
     "mean_request_tokens",
+    "rate_scale",
     "replay_point",
     "run_sweep",
     "saved_point",
     "scale_points",
+    "SLOW_MACHINE_LOAD",
     "sweep_workload",
 ]
 
@@ -129,6 +132,26 @@ CAPACITY_PROBE = LoadPoint("capacity-probe", (8.0, 8.0, 8.0, 8.0), 8.0)
 CAPACITY_OVERLOAD = 2.0
 #: bounds of the rate scale: a capacity outside them is a broken server, not a machine's speed
 _SCALE_BOUNDS = (0.05, 4.0)
+#: on a machine far slower than the nominal one the points offer this share of their nominal load
+#: (towards 1 as the machine nears nominal speed; :func:`rate_scale`)
+SLOW_MACHINE_LOAD = 0.6
+
+
+def rate_scale(capacity_rps: float) -> float:
+    """The factor on :data:`DEFAULT_POINTS`' rates for a server that serves ``capacity_rps`` saturated:
+    its capacity over :data:`NOMINAL_CAPACITY_RPS`, and on a slower machine a lighter share of it, from
+    ``SLOW_MACHINE_LOAD`` (far slower) to 1 (nominal speed and faster), linearly in the speed ratio.
+
+    Why lighter: the windows are not stretched with the machine's slowness (only to hold ~10 requests),
+    and a request lasts k times longer on a machine k times slower, so a 30 s window there is a 30/k s
+    one on the nominal machine. On a machine ~7x slower, scaled in full, the saturated point (2x the
+    capacity) completed none of its 158 requests in its window and the mid point ran at ~90 %; the fits
+    of both such clean-clone runs then missed the engine at capacity (completed tokens -19 %) and below it
+    (mean ITL +42 % at 80 % load). The two runs whose capacity replays happened to read ~45 % low put the
+    saturated point at 1.1-1.3x and fitted within 10-13 % in mean ITL."""
+    ratio = capacity_rps / NOMINAL_CAPACITY_RPS
+    share = min(1.0, SLOW_MACHINE_LOAD + (1.0 - SLOW_MACHINE_LOAD) * ratio)
+    return min(max(ratio * share, _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
 
 
 #: a scaled point lasts long enough for about this many requests (a slow machine's idle point at a
@@ -452,7 +475,7 @@ def run_sweep(
         ep = Endpoint(0, res.server.url, names, cfg.max_loras, server.max_cpu_loras, server.max_lora_rank, "cpu")
         if scale_to_capacity:
             cap = measure_capacity_rps(cfg, ep, server, cfg.seed - 1)
-            scale = min(max(cap / NOMINAL_CAPACITY_RPS, _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
+            scale = rate_scale(cap)
             points = scale_points(points, scale)
             probes["capacity_probe_rps"] = round(cap, 3)
             probes["rate_scale"] = round(scale, 4)
