@@ -147,8 +147,9 @@ def rate_scale(capacity_rps: float) -> float:
     one on the nominal machine. On a machine ~7x slower, scaled in full, the saturated point (2x the
     capacity) completed none of its 158 requests in its window and the mid point ran at ~90 %; the fits
     of both such clean-clone runs then missed the engine at capacity (completed tokens -19 %) and below it
-    (mean ITL +42 % at 80 % load). The two runs whose capacity replays happened to read ~45 % low put the
-    saturated point at 1.1-1.3x and fitted within 10-13 % in mean ITL."""
+    (mean ITL +42 % at 80 % load). The two runs whose capacity replays happened to read 26 % and 45 % low
+    put the saturated point at 1.1-1.3x, and their fits met the engine's token rates within 6 % and its
+    mean ITL at 50-80 % load within 10-25 %."""
     ratio = capacity_rps / NOMINAL_CAPACITY_RPS
     share = min(1.0, SLOW_MACHINE_LOAD + (1.0 - SLOW_MACHINE_LOAD) * ratio)
     return min(max(ratio * share, _SCALE_BOUNDS[0]), _SCALE_BOUNDS[1])
