@@ -497,7 +497,8 @@ def _print_row(row: dict[str, Any], json: bool) -> None:
 
 
 def _twin_text(row: dict[str, Any], rule: str) -> str:
-    """One twin column of a row: solver's GPUs → final GPUs, the verdict, the time with twin and repair."""
+    """One twin column of a row: solver's GPUs → final GPUs, the bound under that rule's oracle, the verdict,
+    the time with twin and repair."""
     c = row[rule]
     head = "rule" if rule == "study" else "SLO"
     if "error" in c:
@@ -510,7 +511,9 @@ def _twin_text(row: dict[str, Any], rule: str) -> str:
     seeds = c.get("other_seeds")
     if seeds:
         verdict += f", seeds {sum(x['meets_slo'] for x in seeds)}/{len(seeds)}"
-    return f"{head} {c['gpus']}→{c['final_gpus']} {verdict} {c['wall_s']:.1f} s"
+    lb = c.get("lower_bound")
+    bound = f" (bound {lb:g})" if lb is not None else ""
+    return f"{head} {c['gpus']}→{c['final_gpus']}{bound} {verdict} {c['wall_s']:.1f} s"
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,8 +3,11 @@
 All bounds are *proven for the analytic capacity model they are given* (an
 :class:`~optplace.solver.capacity.AnalyticCapacity`, any ρ and κ). ``strategies.solve`` passes the model
 valid for the plan's oracle (:func:`~optplace.solver.capacity.bound_model`): the analytic oracle itself,
-or for a surrogate/twin oracle the relaxed model (load × ``GUARD``) that contains every GPU those
-oracles accept — so the reported bound is a bound for the plan's own problem, and
+for a surrogate/twin oracle the relaxed model (load × ``GUARD``) that contains every GPU those
+oracles accept, and for the surrogate oracle under the default SLO the SLO models' envelope (a load
+multiplier per distinct-adapter count and an active-adapters-per-slot limit,
+:mod:`~optplace.solver.envelope`), which that oracle enforces — so the reported bound is a bound for
+the plan's own problem, and
 ``lower_bound ≤ objective_value`` holds by construction (``Plan.lower_bound_model`` names the model):
 
 * :func:`lp_bound` — the main one: the Farley bound of the pattern (cutting-stock) LP over *relaxed*
@@ -266,9 +269,10 @@ def volume_bound(problem: Problem, an: AnalyticCapacity, weights: Sequence[float
     """Σ offered ÷ the best usable capacity per unit weight (any type, slots and max rank)."""
     w = list(weights) if weights is not None else [1.0] * len(problem.gpu_types)
     best = 0.0
-    rmin = min(problem.ranks) if problem.adapters else 8
+    ranks = problem.ranks if problem.adapters else (8,)
     for t in problem.gpu_types:
-        lam, _ = an.linear_limits(t.index, rmin, 1)
+        # one adapter at the smallest rank has the largest λ*; a load envelope may favour another rank
+        lam = max(an.linear_limits(t.index, r, 1)[0] for r in ranks)
         best = max(best, lam / w[t.index] if w[t.index] > 0 else math.inf)
     total = math.fsum(a.rate_rps for a in problem.adapters)
     return total / best if best > 0 else math.inf
@@ -426,7 +430,10 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
             N = min(cap, n_avail)
             size = np.arange(1, N + 1)
             # (1 + 1e-9): the model accepts loads up to 1e-12 relative above ρ·λ*.
-            lam_n = [an.point(t.index, rmax, int(n), int(best_L[n - 1])).lam_max_rps for n in size]
+            lam_n = [
+                an.factor(t.index, rmax, int(n)) * an.point(t.index, rmax, int(n), int(best_L[n - 1])).lam_max_rps
+                for n in size
+            ]
             c1 = an.rho * np.array(lam_n) * (1 + 1e-9)
             z = np.zeros(N)
             out.append(Group(t.index, rmax, "count", size, size, c1, size.astype(float), z, z))
@@ -440,7 +447,8 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
             for k, lo in enumerate(grid):
                 hi = min((grid[k + 1] - 1) if k + 1 < len(grid) else min(cap, n_avail - 1), min(cap, n_avail - 1))
                 pts = [an.point(t.index, rmax, L, L) for L in range(lo, hi + 1)]
-                lam = an.rho * max(p.lam_max_rps for p in pts) * (1 + 1e-9)
+                lam = an.rho * max(an.factor(t.index, rmax, L) * p.lam_max_rps for L, p in zip(range(lo, hi + 1), pts))
+                lam *= 1 + 1e-9
                 svc = min(p.service_s for p in pts)
                 kl = an.kappa * hi
                 lo_l.append(lo)

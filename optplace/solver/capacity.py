@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -70,6 +70,9 @@ KAPPA = 1.0
 #: (2) A bound: every configuration such an oracle
 #: accepts lies in the relaxed analytic model, so the LP bound computed on that model
 #: (:func:`bound_model`) is a proven bound for the plans it judges — by construction, not by clamping.
+#: Under the default SLO the surrogate oracle's guard is the SLO models' envelope instead
+#: (:mod:`optplace.solver.envelope`: at most this factor, and far tighter with many adapters or fewer
+#: slots than adapters).
 #: The slot rule is left to the oracle: ``scenarios/pool-min-cost.yaml``'s one-A100 plan (300 adapters,
 #: ~95 active on 32 slots) loses 2.5 % in the twin, passing the aggregate rule κ = 1 would refuse.
 GUARD = 1.25
@@ -133,6 +136,31 @@ class Estimate:
         return self.offered_tok_s / self.throughput_tok_s if self.throughput_tok_s > 0 else math.inf
 
 
+@dataclass(frozen=True, slots=True)
+class LoadEnvelope:
+    """A learned oracle's upper envelope in the analytic model's terms (see :mod:`.envelope`): per GPU
+    type and max rank, the largest multiplier of ρ·λ* it accepts with ``d`` distinct adapters in the
+    batch (``factors[(type, rank)][d - 1]``, non-increasing in ``d``), and the largest number of active
+    adapters per slot it accepts when slots are fewer than adapters (``kappa``)."""
+
+    factors: dict[tuple[int, int], tuple[float, ...]]
+    kappa: float
+    #: what the envelope was measured on, for the solve log / JSON (``lower_bound_model``)
+    source: str = ""
+
+    def factor(self, gtype: int, rank_max: int, distinct: int) -> float:
+        f = self.factors.get((gtype, rank_max))
+        if not f:
+            return GUARD  # a (type, rank) the envelope did not measure: the plain guard
+        return f[min(max(int(distinct), 1), len(f)) - 1]
+
+    def min_factor(self) -> float:
+        return min((min(f) for f in self.factors.values() if f), default=GUARD)
+
+    def max_factor(self) -> float:
+        return max((max(f) for f in self.factors.values() if f), default=GUARD)
+
+
 class CapacityOracle(Protocol):
     """What every strategy asks about one GPU."""
 
@@ -158,9 +186,13 @@ class AnalyticCapacity:
 
     name = "analytic"
 
-    def __init__(self, problem: Problem, rho: float = RHO, kappa: float | None = None) -> None:
+    def __init__(
+        self, problem: Problem, rho: float = RHO, kappa: float | None = None, envelope: LoadEnvelope | None = None
+    ) -> None:
         self.problem = problem
         self.rho0 = rho
+        #: per-distinct-adapters load multipliers on ρ (a learned oracle's envelope; None: 1 everywhere)
+        self.envelope = envelope
         st = problem.stats
         # Bursty arrivals need headroom: the twin's boundary drops with the arrival CV / burst factor.
         burst = max(0.0, st.arrival_cv - 1.0) * 0.06 + max(0.0, st.burst_factor - 1.0) * 0.03
@@ -176,9 +208,21 @@ class AnalyticCapacity:
         off, i.e. κ above any possible active/slots ratio); it accepts a superset of this model's
         configurations. Shares the memoised fluid points (they depend on neither ρ nor κ)."""
         k = kappa if kappa is not None else float(self.problem.n_adapters + 1)
-        out = AnalyticCapacity(self.problem, rho=self.rho0 * factor, kappa=max(k, self.kappa))
+        out = AnalyticCapacity(self.problem, rho=self.rho0 * factor, kappa=max(k, self.kappa), envelope=self.envelope)
         out._points, out._caps, out._models = self._points, self._caps, self._models
         return out
+
+    def enveloped(self, envelope: LoadEnvelope) -> "AnalyticCapacity":
+        """The model a learned oracle's :class:`LoadEnvelope` describes: load ≤ factor(d)·ρ·λ* (with the
+        rotation loss) and active adapters ≤ ``envelope.kappa`` × slots when slots < adapters. Shares
+        the memoised fluid points."""
+        out = AnalyticCapacity(self.problem, rho=self.rho0, kappa=envelope.kappa, envelope=envelope)
+        out._points, out._caps, out._models = self._points, self._caps, self._models
+        return out
+
+    def factor(self, gtype: int, rank_max: int, distinct: int) -> float:
+        """The load multiplier on ρ with ``distinct`` adapters in the batch (1 without an envelope)."""
+        return 1.0 if self.envelope is None else self.envelope.factor(gtype, rank_max, distinct)
 
     # --- the fluid model ------------------------------------------------------------------
     def _step_models(self, gtype: int, rank_max: int) -> tuple[Any, Any]:
@@ -250,13 +294,14 @@ class AnalyticCapacity:
         if mix.n > L:
             active = self.active(mix.rates, pt.service_s)
             rot = 1.0 / (1.0 + ROTATION * active / L)
-        cap_tok = self.rho * rot * prob.offered_tok_s(pt.lam_max_rps)
+        full_tok = rot * prob.offered_tok_s(pt.lam_max_rps)
+        cap_tok = self.rho * self.factor(gtype, rmax, d) * full_tok
         lam = mix.rate_sum
         hm = pt.step_ms(lam)
         u = lam / pt.lam_max_rps if pt.lam_max_rps > 0 else math.inf
         itl = hm if math.isfinite(hm) else math.inf
         ttft = itl * (2.0 + 3.0 * u / max(1e-3, 1.0 - min(u, 0.999))) if math.isfinite(itl) else math.inf
-        thr = min(offered, cap_tok / self.rho) if pt.lam_max_rps > 0 else 0.0
+        thr = min(offered, full_tok) if pt.lam_max_rps > 0 else 0.0
         if mix.n > L and active > self.kappa * L:
             return Estimate(False, L, offered, thr, itl, ttft, "slots", capacity_tok_s=cap_tok)
         if offered > cap_tok * (1.0 + 1e-12):
@@ -307,7 +352,7 @@ class AnalyticCapacity:
         """For patterns on ``gtype`` with ``max_lora_rank = rank_max`` and ``slots`` slots, with
         ``d = slots`` distinct adapters: (max offered req/s, active-adapter service time [s])."""
         pt = self.point(gtype, rank_max, slots, slots)
-        return self.rho * pt.lam_max_rps, pt.service_s
+        return self.rho * self.factor(gtype, rank_max, slots) * pt.lam_max_rps, pt.service_s
 
 
 def _pick(estimates: Iterable[Estimate], by_capacity: bool = False) -> Estimate:
@@ -454,6 +499,17 @@ class SurrogateCapacity:
         # Under the per-adapter rule the surrogate applies the analytic slot rule itself (evaluate).
         strict = problem.constraints.max_adapter_loss is not None
         self.guard = self.analytic.relaxed(GUARD, self.analytic.kappa if strict else None)
+        self.envelope: LoadEnvelope | None = None
+        if self.slo_models is not None and problem.n_adapters > 0:
+            # Under the SLO the guard is the SLO models' own envelope (optplace.solver.envelope), far
+            # inside the throughput guard: the bound on it is then a bound under the SLO.
+            from optplace.solver.envelope import slo_envelope
+
+            env = slo_envelope(self, seed=problem.seed)
+            if strict:
+                env = replace(env, kappa=min(env.kappa, self.analytic.kappa))
+            self.envelope = env
+            self.guard = self.analytic.enveloped(env)
 
     @classmethod
     def shipped(cls, problem: Problem, slo: bool | None = False) -> "SurrogateCapacity":
@@ -611,6 +667,12 @@ def bound_model(oracle: Any) -> tuple[AnalyticCapacity | None, str]:
     if isinstance(oracle, AnalyticCapacity):
         return oracle, "analytic"
     guard = getattr(oracle, "guard", None)
+    if isinstance(guard, AnalyticCapacity) and guard.envelope is not None:
+        return guard, (
+            f"analytic within the {oracle.name} oracle's envelope (load x{guard.envelope.min_factor():.3g}"
+            f"-{guard.envelope.max_factor():.3g} by distinct adapters, active <= {guard.envelope.kappa:.3g} per slot:"
+            " contains every GPU the oracle accepts, which enforces it)"
+        )
     if isinstance(guard, AnalyticCapacity):
         return guard, f"analytic, load x{GUARD:g} (relaxed: contains every GPU the {oracle.name} oracle accepts)"
     return None, f"none (the {getattr(oracle, 'name', '?')} oracle has no analytic model: trivial bound)"

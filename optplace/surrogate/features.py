@@ -80,7 +80,18 @@ DERIVED_NAMES: tuple[str, ...] = (
     "persistent_share",  # their share of the offered requests
 )
 ALL_NAMES: tuple[str, ...] = FEATURE_NAMES + DERIVED_NAMES
+#: Features proportional to the rates when every rate is scaled by one factor (the histogram's counts
+#: move between octaves instead: :func:`scaled_rows` recomputes them).
+RATE_SCALED_NAMES: tuple[str, ...] = (
+    "rate_sum",
+    "rate_max",
+    "rate_std",
+    "offered_tok_s",
+    "decode_tok_s",
+    *HIST_SUM_NAMES,
+)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(ALL_NAMES)}
+_SCALED = [FEATURE_INDEX[n] for n in RATE_SCALED_NAMES]
 
 #: The ratios, spread and top-k features of :data:`BASE_NAMES`: not linear in the placement.
 NONLINEAR_FEATURES: tuple[str, ...] = ("slots_frac", "rate_std", "rate_top_slots_frac", "rank_mean")
@@ -90,7 +101,7 @@ LINEAR_FEATURES: tuple[str, ...] = tuple(n for n in BASE_NAMES if n not in NONLI
 
 
 def feature_row_from_parts(
-    rates_rps: Sequence[float],
+    rates_rps: Sequence[float] | np.ndarray,
     ranks: Sequence[int],
     max_loras: int,
     mean_input_tokens: float,
@@ -139,6 +150,26 @@ def feature_row_from_parts(
         ],
         dtype=np.float64,
     )
+
+
+def scaled_rows(
+    row: np.ndarray, rates_rps: Sequence[float] | np.ndarray, scales: Sequence[float] | np.ndarray
+) -> np.ndarray:
+    """The rows of one GPU with every rate multiplied by each of ``scales`` (one row per scale), from
+    its row at ``rates_rps`` (:func:`feature_row_from_parts`): equal to building each row from the
+    scaled rates, at a fraction of the cost."""
+    rates = np.asarray(rates_rps, dtype=np.float64)
+    x = np.asarray(scales, dtype=np.float64)
+    out = np.repeat(np.asarray(row, dtype=np.float64)[None, :], x.size, axis=0)
+    out[:, _SCALED] *= x[:, None]
+    c0, s0 = FEATURE_INDEX[HIST_COUNT_NAMES[0]], FEATURE_INDEX[HIST_SUM_NAMES[0]]
+    r = np.outer(x, rates)
+    # one bincount over all rows: row i's bins offset by i·HIST_BINS
+    cell = (hist_bins(r) + HIST_BINS * np.arange(x.size)[:, None]).ravel()
+    size = HIST_BINS * x.size
+    out[:, c0 : c0 + HIST_BINS] = np.bincount(cell, minlength=size).reshape(x.size, HIST_BINS)
+    out[:, s0 : s0 + HIST_BINS] = np.bincount(cell, weights=r.ravel(), minlength=size).reshape(x.size, HIST_BINS)
+    return out
 
 
 def hist_bins(rates: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from optplace.surrogate.features import (
     DERIVED_NAMES,
     FEATURE_INDEX,
     FEATURE_NAMES,
-    HIST_SUM_NAMES,
+    RATE_SCALED_NAMES,
     check_schema,
     feature_row,
 )
@@ -60,9 +60,6 @@ class Prediction:
         return 1.0 - self.delivered_frac
 
 
-_LOAD_FEATURES = ("rate_sum", "rate_max", "rate_std", "offered_tok_s", "decode_tok_s", *HIST_SUM_NAMES)
-
-
 class Surrogate:
     """A loaded set of capacity models for one profile (see module docstring).
 
@@ -84,7 +81,7 @@ class Surrogate:
         self.max_loss = float(meta.get("max_throughput_loss", 0.10))
         self.offered_max = float(meta.get("offered_max") or math.inf)
         self._offered = FEATURE_INDEX["offered_tok_s"]
-        self._load_idx = [FEATURE_INDEX[n] for n in _LOAD_FEATURES]
+        self._load_idx = [FEATURE_INDEX[n] for n in RATE_SCALED_NAMES]
         self._logit_thr = math.log(self.threshold / (1.0 - self.threshold))
         self._fns = {k: m._fn for k, m in models.items()}
 

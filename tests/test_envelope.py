@@ -1,0 +1,88 @@
+"""The learned SLO oracle's envelope: the model its lower bound is proven on (optplace.solver.envelope)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optplace.bench.solver import family
+from optplace.pipeline import solve_scenario
+from optplace.solver import compile_problem
+from optplace.solver.bound import lower_bound
+from optplace.solver.capacity import GUARD, Mix, SurrogateCapacity, bound_model
+from optplace.surrogate.features import feature_row_from_parts, scaled_rows
+
+
+@pytest.fixture(scope="module")
+def fleet() -> tuple[object, SurrogateCapacity]:
+    """A 300-adapter Zipf fleet (ranks 8/16) under the default SLO, with the shipped models."""
+    sc = family(300, (8, 16), "zipf-0.9")
+    return sc, SurrogateCapacity.shipped(compile_problem(sc, Path(".")), slo=True)
+
+
+def test_scaled_rows_equal_rows_built_from_the_scaled_rates() -> None:
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 300):
+        rates = rng.lognormal(-3.0, 2.0, n)
+        ranks = rng.choice([8, 16, 32], n).tolist()
+        row = feature_row_from_parts(rates, ranks, max(1, n // 2), 310.0, 190.0, 1.4, 2.0)
+        scales = np.geomspace(1e-4, 50.0, 17)
+        want = np.vstack(
+            [feature_row_from_parts(rates * x, ranks, max(1, n // 2), 310.0, 190.0, 1.4, 2.0) for x in scales]
+        )
+        np.testing.assert_allclose(scaled_rows(row, rates, scales), want, rtol=1e-12, atol=0)
+
+
+def test_envelope_is_a_non_increasing_multiplier_within_the_guard(fleet: tuple[object, SurrogateCapacity]) -> None:
+    _, orc = fleet
+    env = orc.envelope
+    assert env is not None and set(env.factors) == {(0, 8), (0, 16)}
+    for f in env.factors.values():
+        a = np.array(f)
+        assert len(a) == orc.slot_cap(0, 8) or len(a) == orc.slot_cap(0, 16)
+        assert np.all(np.diff(a) <= 0) and a.max() <= GUARD and a.min() > 0.5
+    # the SLO models keep about one active adapter per slot (sticky slots starve the rest otherwise)
+    assert 0.5 < env.kappa < 2.0
+    # and the oracle's guard is that envelope, which the bound is computed on
+    an, name = bound_model(orc)
+    assert an is orc.guard and an.envelope is env and "envelope" in name
+
+
+def test_every_gpu_the_oracle_accepts_lies_in_the_bound_model(fleet: tuple[object, SurrogateCapacity]) -> None:
+    """By construction: the oracle enforces its envelope. Random mixes around the capacity, one slot per
+    adapter and fewer slots than adapters."""
+    _, orc = fleet
+    an, _ = bound_model(orc)
+    assert an is not None
+    rng = np.random.default_rng(11)
+    accepted = refused = 0
+    for _ in range(150):
+        n = int(rng.integers(1, 200))
+        ranks = tuple(int(r) for r in rng.choice([8, 16], n))
+        shape = rng.lognormal(0.0, 1.3, n)
+        lam = an.point(0, max(ranks), n, n).lam_max_rps
+        rates = tuple(float(x) for x in shape / shape.sum() * lam * rng.uniform(0.02, 1.3))
+        slots = int(rng.integers(max(1, n // 4), n + 1))
+        if slots > orc.slot_cap(0, max(ranks)):
+            continue
+        mix = Mix(ranks, rates)
+        if orc.evaluate(0, mix, slots).feasible:
+            accepted += 1
+            assert an.evaluate(0, mix, slots).feasible
+        else:
+            refused += 1
+    assert accepted >= 20 and refused >= 20
+
+
+def test_the_bound_under_the_slo_is_tighter_than_the_throughput_guard_and_below_the_plan() -> None:
+    """The 1,000-adapter uniform family: the bound on the envelope beats the one on the load x GUARD
+    relaxation, and stays at or below the plan the oracle's strategies find."""
+    sc = family(1000, (8, 16), "uniform")
+    rep = solve_scenario(sc, Path("."), validate=False)
+    plan = rep.initial
+    assert plan.oracle == "surrogate+slo" and "envelope" in plan.lower_bound_model
+    pb = compile_problem(sc, Path("."))
+    relaxed = lower_bound(pb, SurrogateCapacity.shipped(pb, slo=False).guard)
+    assert relaxed < plan.lower_bound <= plan.gpus_used
