@@ -160,11 +160,15 @@ def test_guard_bounds_what_the_surrogate_accepts(quick):
     bm, name = bound_model(orc)
     assert bm is orc.guard and "analytic" in name
     an = orc.analytic
-    assert bm.rho == pytest.approx(an.rho * GUARD) and bm.kappa > pb.n_adapters  # no slot rule: the oracle's
-    # A GPU the relaxed analytic model rejects for load is rejected whatever the surrogate predicts.
+    # Under the default SLO (quickstart) the guard is the SLO models' envelope: a load factor per distinct
+    # adapter count, at most GUARD, and a limit on active adapters per slot.
+    env = orc.envelope
+    assert env is not None and bm.envelope is env and bm.rho == pytest.approx(an.rho) and bm.kappa == env.kappa
+    assert max(env.factors[(0, 32)]) <= GUARD and 0.5 < env.kappa < 2.0
+    # A GPU the guard rejects for load is rejected whatever the learned models predict.
     ads = [a for a in pb.adapters if a.rank == 32][:5]
     mix = Mix.of(ads)
-    lam = an.point(0, 32, 5, 5).lam_max_rps * bm.rho
+    lam = an.point(0, 32, 5, 5).lam_max_rps * bm.rho * bm.factor(0, 32, 5)
     hot = Mix(mix.ranks, tuple(x * 1.02 * lam / mix.rate_sum for x in mix.rates))
     assert not bm.evaluate(0, hot, 5).feasible
     assert not orc.evaluate(0, hot, 5).feasible
@@ -203,4 +207,4 @@ def test_quickstart_pipeline_two_gpus_nothing_starved_no_repair():
     assert rep.repairs == ()
     assert rep.plan.lower_bound <= rep.plan.objective_value
     doc = rep.to_json()
-    assert doc["lower_bound_model"].startswith("analytic, load x")
+    assert doc["lower_bound_model"].startswith("analytic within the surrogate+slo oracle's envelope")

@@ -54,23 +54,20 @@ class Family:
 def families(problem: Problem, an: AnalyticCapacity) -> list[Family]:
     """Every configuration family of the analytic model, relaxed (see the module docstring)."""
     out: list[Family] = []
-    for t in problem.gpu_types:
-        for rmax in problem.ranks:
-            cap = an.slot_cap(t.index, rmax)
-            # No GPU holds more adapters (of ranks ≤ rmax) than exist: larger slot counts are pointless.
-            n_avail = sum(1 for a in problem.adapters if a.rank <= rmax)
-            grid = [L for L in SLOT_GRID if L <= min(cap, n_avail)]
-            for k, L in enumerate(grid):
-                lam, svc = an.linear_limits(t.index, rmax, L)
-                # "all": n adapters with n ∈ [L, next grid value) slots each; capacity at d = L is the largest.
-                n_hi = (grid[k + 1] - 1) if k + 1 < len(grid) else cap
-                out.append(Family(t.index, rmax, "all", L, lam, float(n_hi), svc))
-                # "rot": exactly L slots, active adapters A ≤ κ·L; the rotation loss
-                # load ≤ λ*/(1 + ROTATION·A/L) is convex in A, so its chord from A = 0 to κL bounds it
-                # from above: load + slope·A ≤ λ* is a valid linear relaxation.
-                kl = an.kappa * L
-                slope = (lam - lam / (1.0 + ROTATION * an.kappa)) / kl
-                out.append(Family(t.index, rmax, "rot", L, lam, kl, svc, slope))
+    for gtype, rmax, cap, n_avail in an.rank_families():
+        # No GPU holds more adapters (of ranks ≤ rmax) than exist: larger slot counts are pointless.
+        grid = [L for L in SLOT_GRID if L <= min(cap, n_avail)]
+        for k, L in enumerate(grid):
+            lam, svc = an.linear_limits(gtype, rmax, L)
+            # "all": n adapters with n ∈ [L, next grid value) slots each; capacity at d = L is the largest.
+            n_hi = (grid[k + 1] - 1) if k + 1 < len(grid) else cap
+            out.append(Family(gtype, rmax, "all", L, lam, float(n_hi), svc))
+            # "rot": exactly L slots, active adapters A ≤ κ·L; the rotation loss
+            # load ≤ λ*/(1 + ROTATION·A/L) is convex in A, so its chord from A = 0 to κL bounds it
+            # from above: load + slope·A ≤ λ* is a valid linear relaxation.
+            kl = an.kappa * L
+            slope = (lam - lam / (1.0 + ROTATION * an.kappa)) / kl
+            out.append(Family(gtype, rmax, "rot", L, lam, kl, svc, slope))
     return out
 
 
@@ -411,66 +408,62 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
     """Every GPU configuration the analytic model can accept, as relaxed families (see :func:`lp_bound`)."""
     out: list[Group] = []
     util = problem.serving.gpu_memory_utilization
-    for t in problem.gpu_types:
-        for rmax in problem.ranks:
-            cap = an.slot_cap(t.index, rmax)
-            n_avail = sum(1 for a in problem.adapters if a.rank <= rmax)
-            if cap < 1 or n_avail < 1:
-                continue
-            # λ* depends on the slot count only through the KV cache (the fluid model's scheduler
-            # overhead runs at slots = served), and grows with it: n adapters on L ≥ n slots are bounded
-            # by λ*(n distinct, the most KV any L in [n, cap] leaves).
-            kv = np.array([t.profile.kv_cache_tokens(L, rmax, util) for L in range(1, cap + 1)], dtype=float)
-            best_L = np.empty(cap, dtype=np.int64)
-            arg = cap
-            for L in range(cap, 0, -1):
-                if kv[L - 1] > kv[arg - 1]:
-                    arg = L
-                best_L[L - 1] = arg
-            N = min(cap, n_avail)
-            size = np.arange(1, N + 1)
-            # (1 + 1e-9): the model accepts loads up to 1e-12 relative above ρ·λ*.
-            lam_n = [
-                an.factor(t.index, rmax, int(n)) * an.point(t.index, rmax, int(n), int(best_L[n - 1])).lam_max_rps
-                for n in size
-            ]
-            c1 = an.rho * np.array(lam_n) * (1 + 1e-9)
-            z = np.zeros(N)
-            out.append(Group(t.index, rmax, "count", size, size, c1, size.astype(float), z, z))
-            if n_avail < 2:
-                continue
-            # Slots L < adapters: d = L distinct adapters, capacity ρ·λ*(L)/(1 + ROTATION·A/L) with A ≤ κ·L
-            # active. Over a slot interval [lo, hi] this is at most ρ·max λ*/(1 + ROTATION·A/hi), whose chord
-            # from A = 0 to κ·hi bounds it from above (it is convex in A); activity uses the shortest service.
-            lo_l, hi_l, c1_r, c2_r, svc_r, sl_r = [], [], [], [], [], []
-            grid = [L for L in SLOT_GRID if L <= min(cap, n_avail - 1)]
-            for k, lo in enumerate(grid):
-                hi = min((grid[k + 1] - 1) if k + 1 < len(grid) else min(cap, n_avail - 1), min(cap, n_avail - 1))
-                pts = [an.point(t.index, rmax, L, L) for L in range(lo, hi + 1)]
-                lam = an.rho * max(an.factor(t.index, rmax, L) * p.lam_max_rps for L, p in zip(range(lo, hi + 1), pts))
-                lam *= 1 + 1e-9
-                svc = min(p.service_s for p in pts)
-                kl = an.kappa * hi
-                lo_l.append(lo)
-                hi_l.append(hi)
-                c1_r.append(lam)
-                c2_r.append(kl)
-                svc_r.append(svc)
-                sl_r.append((lam - lam / (1.0 + ROTATION * an.kappa)) / kl if kl > 0 else 0.0)
-            if lo_l:
-                out.append(
-                    Group(
-                        t.index,
-                        rmax,
-                        "rot",
-                        np.array(lo_l),
-                        np.array(hi_l),
-                        np.array(c1_r),
-                        np.array(c2_r),
-                        np.array(svc_r),
-                        np.array(sl_r),
-                    )
+    for gtype, rmax, cap, n_avail in an.rank_families():
+        t = problem.gpu_types[gtype]
+        # λ* depends on the slot count only through the KV cache (the fluid model's scheduler
+        # overhead runs at slots = served), and grows with it: n adapters on L ≥ n slots are bounded
+        # by λ*(n distinct, the most KV any L in [n, cap] leaves).
+        kv = np.array([t.profile.kv_cache_tokens(L, rmax, util) for L in range(1, cap + 1)], dtype=float)
+        best_L = np.empty(cap, dtype=np.int64)
+        arg = cap
+        for L in range(cap, 0, -1):
+            if kv[L - 1] > kv[arg - 1]:
+                arg = L
+            best_L[L - 1] = arg
+        N = min(cap, n_avail)
+        size = np.arange(1, N + 1)
+        # (1 + 1e-9): the model accepts loads up to 1e-12 relative above ρ·λ*.
+        lam_n = [
+            an.factor(t.index, rmax, int(n)) * an.point(t.index, rmax, int(n), int(best_L[n - 1])).lam_max_rps
+            for n in size
+        ]
+        c1 = an.rho * np.array(lam_n) * (1 + 1e-9)
+        z = np.zeros(N)
+        out.append(Group(t.index, rmax, "count", size, size, c1, size.astype(float), z, z))
+        if n_avail < 2:
+            continue
+        # Slots L < adapters: d = L distinct adapters, capacity ρ·λ*(L)/(1 + ROTATION·A/L) with A ≤ κ·L
+        # active. Over a slot interval [lo, hi] this is at most ρ·max λ*/(1 + ROTATION·A/hi), whose chord
+        # from A = 0 to κ·hi bounds it from above (it is convex in A); activity uses the shortest service.
+        lo_l, hi_l, c1_r, c2_r, svc_r, sl_r = [], [], [], [], [], []
+        grid = [L for L in SLOT_GRID if L <= min(cap, n_avail - 1)]
+        for k, lo in enumerate(grid):
+            hi = min((grid[k + 1] - 1) if k + 1 < len(grid) else min(cap, n_avail - 1), min(cap, n_avail - 1))
+            pts = [an.point(t.index, rmax, L, L) for L in range(lo, hi + 1)]
+            lam = an.rho * max(an.factor(t.index, rmax, L) * p.lam_max_rps for L, p in zip(range(lo, hi + 1), pts))
+            lam *= 1 + 1e-9
+            svc = min(p.service_s for p in pts)
+            kl = an.kappa * hi
+            lo_l.append(lo)
+            hi_l.append(hi)
+            c1_r.append(lam)
+            c2_r.append(kl)
+            svc_r.append(svc)
+            sl_r.append((lam - lam / (1.0 + ROTATION * an.kappa)) / kl if kl > 0 else 0.0)
+        if lo_l:
+            out.append(
+                Group(
+                    t.index,
+                    rmax,
+                    "rot",
+                    np.array(lo_l),
+                    np.array(hi_l),
+                    np.array(c1_r),
+                    np.array(c2_r),
+                    np.array(svc_r),
+                    np.array(sl_r),
                 )
+            )
     return out
 
 

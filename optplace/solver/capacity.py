@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
+from optplace.solver.envelope import LoadEnvelope, slo_envelope
 from optplace.solver.problem import AdapterClass, AdapterItem, Deadline, Problem
 from optplace.twin.fluid import FluidPoint, fluid_constants
 
@@ -134,31 +135,6 @@ class Estimate:
     @property
     def utilisation(self) -> float:
         return self.offered_tok_s / self.throughput_tok_s if self.throughput_tok_s > 0 else math.inf
-
-
-@dataclass(frozen=True, slots=True)
-class LoadEnvelope:
-    """A learned oracle's upper envelope in the analytic model's terms (see :mod:`.envelope`): per GPU
-    type and max rank, the largest multiplier of ρ·λ* it accepts with ``d`` distinct adapters in the
-    batch (``factors[(type, rank)][d - 1]``, non-increasing in ``d``), and the largest number of active
-    adapters per slot it accepts when slots are fewer than adapters (``kappa``)."""
-
-    factors: dict[tuple[int, int], tuple[float, ...]]
-    kappa: float
-    #: what the envelope was measured on, for the solve log / JSON (``lower_bound_model``)
-    source: str = ""
-
-    def factor(self, gtype: int, rank_max: int, distinct: int) -> float:
-        f = self.factors.get((gtype, rank_max))
-        if not f:
-            return GUARD  # a (type, rank) the envelope did not measure: the plain guard
-        return f[min(max(int(distinct), 1), len(f)) - 1]
-
-    def min_factor(self) -> float:
-        return min((min(f) for f in self.factors.values() if f), default=GUARD)
-
-    def max_factor(self) -> float:
-        return max((max(f) for f in self.factors.values() if f), default=GUARD)
 
 
 class CapacityOracle(Protocol):
@@ -270,6 +246,17 @@ class AnalyticCapacity:
                 rank_max, sv.gpu_memory_utilization, sv.max_model_len, upper=SLOT_GRID[-1]
             )
         return self._caps[key]
+
+    def rank_families(self) -> Iterator[tuple[int, int, int, int]]:
+        """Every (GPU type, ``max_lora_rank``) a GPU of the problem can be configured with, as (type index,
+        rank, largest slot count that starts, adapters of that rank or below); pairs where no slot fits or
+        no adapter qualifies are left out."""
+        for t in self.problem.gpu_types:
+            for rmax in self.problem.ranks:
+                cap = self.slot_cap(t.index, rmax)
+                n_avail = sum(1 for a in self.problem.adapters if a.rank <= rmax)
+                if cap >= 1 and n_avail >= 1:
+                    yield t.index, rmax, cap, n_avail
 
     def active(self, mix_rates: Sequence[float], service_s: float) -> float:
         """Expected number of adapters with a request in the engine."""
@@ -503,9 +490,7 @@ class SurrogateCapacity:
         if self.slo_models is not None and problem.n_adapters > 0:
             # Under the SLO the guard is the SLO models' own envelope (optplace.solver.envelope), far
             # inside the throughput guard: the bound on it is then a bound under the SLO.
-            from optplace.solver.envelope import slo_envelope
-
-            env = slo_envelope(self, seed=problem.seed)
+            env = slo_envelope(self, GUARD, ROTATION, seed=problem.seed)
             if strict:
                 env = replace(env, kappa=min(env.kappa, self.analytic.kappa))
             self.envelope = env
@@ -563,7 +548,9 @@ class SurrogateCapacity:
         if p.starved or loss >= prob.constraints.max_throughput_loss:
             reason = "starved"
         elif not g.feasible:
-            reason = g.reason  # load / slots beyond the relaxed analytic model (GUARD)
+            # load / slots beyond the relaxed analytic model (GUARD), or beyond the SLO models' envelope:
+            # beyond what they accept on any sampled mix (the envelope includes the throughput rule)
+            reason = "slo" if self.envelope is not None else g.reason
         elif (
             prob.constraints.max_adapter_loss is not None
             and mix.n > max_loras

@@ -21,18 +21,19 @@ adapters per slot (plus :data:`MARGIN`).
 The oracle then *enforces* the envelope (its guard is the enveloped analytic model), so the bound on
 that model is proven for every plan the oracle judges by construction, whatever the sample missed; a
 mix the sample did not foresee, accepted by the SLO models above the envelope, is refused by the
-guard (reason ``load`` or ``slots``). ``optplace bench solver`` shows the effect on plans and
-bounds.
+guard (reason ``load`` or ``slots``). ``optplace bench surrogate`` counts, on random mixes, the
+load the envelope refuses that the models accept; ``optplace bench solver``'s SLO columns print the
+bound.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from optplace.solver.capacity import GUARD, ROTATION, AnalyticCapacity, LoadEnvelope
 
 #: Relative margin added to every measured figure: the sample's load scale is refined to ~0.1 %,
 #: and a mix between two measured adapter counts is interpolated.
@@ -42,11 +43,37 @@ MARGIN = 0.02
 COUNTS: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 #: Adapters per slot sampled below one slot per adapter.
 PER_SLOT: tuple[int, ...] = (2, 4)
-#: Coarse load scales (× ρ·λ* of the configuration) tried before refining above the largest accepted.
-_COARSE = np.geomspace(1e-3, GUARD, 24)
+#: Coarse load scales (× ρ·λ* of the configuration) tried before refining above the largest accepted:
+#: this many, geometric from this floor to the throughput guard.
+_COARSE_POINTS, _COARSE_FLOOR = 24, 1e-3
 #: Refinement above the largest accepted coarse scale: rounds, and parts each round splits the interval
 #: into (the coarse step of 36 % shrinks to 36 % / 8³ ≈ 0.07 %).
 _ROUNDS, _SPLIT = 3, 8
+
+
+@dataclass(frozen=True, slots=True)
+class LoadEnvelope:
+    """A learned oracle's upper envelope in the analytic model's terms (see :mod:`.envelope`): per GPU
+    type and max rank, the largest multiplier of ρ·λ* it accepts with ``d`` distinct adapters in the
+    batch (``factors[(type, rank)][d - 1]``, non-increasing in ``d``), and the largest number of active
+    adapters per slot it accepts when slots are fewer than adapters (``kappa``)."""
+
+    factors: dict[tuple[int, int], tuple[float, ...]]
+    kappa: float
+    #: the factor of a (type, rank) the envelope did not measure (the oracle's plain load guard)
+    default: float
+
+    def factor(self, gtype: int, rank_max: int, distinct: int) -> float:
+        f = self.factors.get((gtype, rank_max))
+        if not f:
+            return self.default
+        return f[min(max(int(distinct), 1), len(f)) - 1]
+
+    def min_factor(self) -> float:
+        return min((min(f) for f in self.factors.values() if f), default=self.default)
+
+    def max_factor(self) -> float:
+        return max((max(f) for f in self.factors.values() if f), default=self.default)
 
 
 def _shapes(n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -92,18 +119,19 @@ def _accepts(oracle: Any, gtype: int, cases: list[_Case], scales: list[np.ndarra
     return np.split(ok, np.cumsum([x.size for x in scales])[:-1])
 
 
-def _largest(oracle: Any, gtype: int, cases: list[_Case]) -> np.ndarray:
+def _largest(oracle: Any, gtype: int, cases: list[_Case], top: float) -> np.ndarray:
     """Per case, the largest scale (× its ``ref``) accepted: the largest coarse scale accepted, then
     refined towards the next coarse scale (the largest point accepted in each round's split of the
     interval); 0 when none is accepted."""
-    coarse = _accepts(oracle, gtype, cases, [_COARSE] * len(cases))
+    grid = np.geomspace(_COARSE_FLOOR, top, _COARSE_POINTS)
+    coarse = _accepts(oracle, gtype, cases, [grid] * len(cases))
     lo = np.zeros(len(cases))
     hi = np.zeros(len(cases))
     for j, ok in enumerate(coarse):
         if ok.any():
             i = int(np.flatnonzero(ok)[-1])
-            lo[j] = _COARSE[i]
-            hi[j] = _COARSE[i + 1] if i + 1 < len(_COARSE) else _COARSE[i]
+            lo[j] = grid[i]
+            hi[j] = grid[i + 1] if i + 1 < len(grid) else grid[i]
     todo = np.flatnonzero(hi > lo)
     for _ in range(_ROUNDS):
         if todo.size == 0:
@@ -119,55 +147,52 @@ def _largest(oracle: Any, gtype: int, cases: list[_Case]) -> np.ndarray:
     return lo
 
 
-def slo_envelope(oracle: Any, seed: int = 0) -> LoadEnvelope:
+def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0) -> LoadEnvelope:
     """The envelope of ``oracle`` (a :class:`~optplace.solver.capacity.SurrogateCapacity` with SLO
-    models) for its problem (see the module docstring); the lognormal shapes are drawn from ``seed``."""
+    models) for its problem (see the module docstring), within its throughput guard ``guard`` (largest
+    load factor) and with the analytic model's rotation loss ``rotation``; the lognormal shapes are
+    drawn from ``seed``."""
     prob = oracle.problem
-    an: AnalyticCapacity = oracle.analytic
+    an = oracle.analytic
     rng = np.random.default_rng([seed, 0xE4E1])
     rmin = min(prob.ranks) if prob.ranks else 8
     factors: dict[tuple[int, int], tuple[float, ...]] = {}
     kappa = 0.0
-    for t in prob.gpu_types:
-        for rmax in prob.ranks:
-            cap = an.slot_cap(t.index, rmax)
-            n_avail = sum(1 for a in prob.adapters if a.rank <= rmax)
-            if cap < 1 or n_avail < 1:
+    for gtype, rmax, cap, n_avail in an.rank_families():
+        top = min(cap, n_avail)
+        counts = sorted({c for c in COUNTS if c <= top} | {top})
+        # (count index, active adapters per slot at the accepted load — None: one slot per adapter)
+        cases: list[_Case] = []
+        where: list[tuple[int, int | None]] = []
+        for j, d in enumerate(counts):
+            ref = an.rho * an.point(gtype, rmax, d, d).lam_max_rps
+            rank_sets = [[rmax] * d] + ([[rmax] + [rmin] * (d - 1)] if rmin < rmax and d > 1 else [])
+            for unit in _shapes(d, rng):
+                for ranks in rank_sets:
+                    cases.append(_Case(oracle, unit, ranks, d, ref))
+                    where.append((j, None))
+            for k in PER_SLOT:
+                if k * d <= n_avail:
+                    for unit in _shapes(k * d, rng):
+                        cases.append(_Case(oracle, unit, [rmax] * (k * d), d, ref))
+                        where.append((j, d))
+        raw = np.zeros(len(counts))
+        for case, (j, slots), x in zip(cases, where, _largest(oracle, gtype, cases, guard)):
+            if x <= 0.0:
                 continue
-            top = min(cap, n_avail)
-            counts = sorted({c for c in COUNTS if c <= top} | {top})
-            # (count index, active adapters per slot at the accepted load — None: one slot per adapter)
-            cases: list[_Case] = []
-            where: list[tuple[int, int | None]] = []
-            for j, d in enumerate(counts):
-                ref = an.rho * an.point(t.index, rmax, d, d).lam_max_rps
-                rank_sets = [[rmax] * d] + ([[rmax] + [rmin] * (d - 1)] if rmin < rmax and d > 1 else [])
-                for unit in _shapes(d, rng):
-                    for ranks in rank_sets:
-                        cases.append(_Case(oracle, unit, ranks, d, ref))
-                        where.append((j, None))
-                for k in PER_SLOT:
-                    if k * d <= n_avail:
-                        for unit in _shapes(k * d, rng):
-                            cases.append(_Case(oracle, unit, [rmax] * (k * d), d, ref))
-                            where.append((j, d))
-            raw = np.zeros(len(counts))
-            for case, (j, slots), x in zip(cases, where, _largest(oracle, t.index, cases)):
-                if x <= 0.0:
-                    continue
-                if slots is None:
-                    raw[j] = max(raw[j], x)
-                    continue
-                service = an.point(t.index, rmax, slots, slots).service_s
-                per_slot = an.active(list(case.unit * x * case.ref), service) / slots
-                kappa = max(kappa, per_slot)
-                # the guard's load rule there carries the rotation loss: measure against it
-                raw[j] = max(raw[j], x * (1.0 + ROTATION * per_slot))
-            dense = np.interp(np.arange(1, cap + 1), counts, raw)
-            f = np.minimum(dense * (1.0 + MARGIN), GUARD)
-            f = np.maximum.accumulate(f[::-1])[::-1]  # non-increasing in d: never below a larger count's
-            factors[(t.index, rmax)] = tuple(float(v) for v in f)
+            if slots is None:
+                raw[j] = max(raw[j], x)
+                continue
+            service = an.point(gtype, rmax, slots, slots).service_s
+            per_slot = an.active(list(case.unit * x * case.ref), service) / slots
+            kappa = max(kappa, per_slot)
+            # the guard's load rule there carries the rotation loss: measure against it
+            raw[j] = max(raw[j], x * (1.0 + rotation * per_slot))
+        dense = np.interp(np.arange(1, cap + 1), counts, raw)
+        f = np.minimum(dense * (1.0 + MARGIN), guard)
+        f = np.maximum.accumulate(f[::-1])[::-1]  # non-increasing in d: never below a larger count's
+        factors[(gtype, rmax)] = tuple(float(v) for v in f)
     kappa = kappa * (1.0 + MARGIN) if kappa > 0 else 1.0
     if not math.isfinite(kappa):
         kappa = float(prob.n_adapters + 1)
-    return LoadEnvelope(factors, kappa, f"the SLO models' envelope on {len(factors)} (type, rank) pairs")
+    return LoadEnvelope(factors, kappa, guard)
