@@ -81,6 +81,9 @@ Measured (``optplace bench solver``, the quick set), a row and the SLO part of t
     final SLO plans meeting the SLO on their seed and every other seed: 6/6 families
     the default SLO costs +0 … +1 GPUs over the rule per family
 
+Each twin column also prints the bound under its rule's oracle (``SLO 2→3 (bound N) …``); under the
+default SLO it is proven on the SLO models' envelope (:mod:`optplace.solver.envelope`).
+
 The ``zipf-0.9`` families at 5,000 and 10,000 adapters (``--sizes 5000,10000 --skews zipf-0.9``, ~25 min
 on 2 cores, analytic oracle) split their 6 / 12 hottest adapters into equal replicas; milp then keeps
 the split of loraserve's fill where it saves GPUs, and places them on 103 and 106 GPUs at 5,000 (gap
