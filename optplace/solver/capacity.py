@@ -563,6 +563,21 @@ class SurrogateCapacity:
             reason == "ok", max_loras, offered, p.throughput_tok_s, p.itl_ms, p.ttft_p99_ms, reason, "surrogate"
         )
 
+    def learned_accept_many(self, gtype: int, X: np.ndarray, X_slo: np.ndarray) -> np.ndarray:
+        """:meth:`evaluate`'s verdict from the learned models alone (no guard, no per-adapter slot rule) on
+        many feature rows of GPU type ``gtype``: not predicted starved, loss below
+        ``max_throughput_loss``, and with SLO models predicted to meet the SLO on ``X_slo`` (the same
+        GPUs with every rate × :attr:`slo_load_scale`). The envelope's measurement."""
+        from optplace.surrogate.features import FEATURE_INDEX
+
+        thr, starved = self.surrogates[gtype].capacity_many(X)
+        offered = X[:, FEATURE_INDEX["offered_tok_s"]]
+        delivered = np.divide(thr, offered, out=np.ones_like(thr), where=offered > 0)
+        ok = ~starved & (1.0 - delivered < self.problem.constraints.max_throughput_loss)
+        if self.slo_models is not None:
+            ok &= self.slo_models[gtype].meets_many(X_slo)
+        return np.asarray(ok)
+
     def _meets_slo(self, gtype: int, mix: Mix, max_loras: int, row: Any) -> bool:
         """The SLO model's verdict on ``mix`` with every rate × :attr:`slo_load_scale` (``row``: the
         mix's feature row at its own rates, reused when the scale is 1)."""

@@ -21,14 +21,13 @@ adapters per slot (plus :data:`MARGIN`).
 The oracle then *enforces* the envelope (its guard is the enveloped analytic model), so the bound on
 that model is proven for every plan the oracle judges by construction, whatever the sample missed; a
 mix the sample did not foresee, accepted by the SLO models above the envelope, is refused by the
-guard (reason ``load`` or ``slots``). ``optplace bench surrogate`` counts, on random mixes, the
+guard (reason ``slo``). ``optplace bench surrogate`` counts, on random mixes, the
 load the envelope refuses that the models accept; ``optplace bench solver``'s SLO columns print the
 bound.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,15 +63,18 @@ class LoadEnvelope:
     default: float
 
     def factor(self, gtype: int, rank_max: int, distinct: int) -> float:
+        """The load multiplier with ``distinct`` adapters in the batch (counts beyond the table: its last)."""
         f = self.factors.get((gtype, rank_max))
         if not f:
             return self.default
         return f[min(max(int(distinct), 1), len(f)) - 1]
 
     def min_factor(self) -> float:
+        """The smallest load multiplier of any (type, rank) and count (for the bound model's name)."""
         return min((min(f) for f in self.factors.values() if f), default=self.default)
 
     def max_factor(self) -> float:
+        """The largest load multiplier of any (type, rank) and count (for the bound model's name)."""
         return max((max(f) for f in self.factors.values() if f), default=self.default)
 
 
@@ -87,35 +89,33 @@ def _shapes(n: int, rng: np.random.Generator) -> list[np.ndarray]:
 
 
 class _Case:
-    """One sampled mix: unit rates, ranks, slots, its reference rate ρ·λ* (req/s) and feature row there."""
+    """One sampled mix: unit rates, ranks, slots, its reference rate ρ·λ* (req/s), its rates there and
+    its feature row there."""
 
-    __slots__ = ("unit", "ranks", "slots", "ref", "row")
+    __slots__ = ("unit", "ranks", "slots", "ref", "rates", "row")
 
     def __init__(self, oracle: Any, unit: np.ndarray, ranks: list[int], slots: int, ref: float) -> None:
         from optplace.surrogate.features import feature_row_from_parts
 
         st = oracle.problem.stats
         self.unit, self.ranks, self.slots, self.ref = unit, ranks, slots, ref
+        self.rates = unit * ref
         self.row = feature_row_from_parts(
-            unit * ref, ranks, slots, st.mean_input_tokens, st.mean_output_tokens, st.arrival_cv, st.burst_factor
+            self.rates, ranks, slots, st.mean_input_tokens, st.mean_output_tokens, st.arrival_cv, st.burst_factor
         )
 
 
 def _accepts(oracle: Any, gtype: int, cases: list[_Case], scales: list[np.ndarray]) -> list[np.ndarray]:
-    """The oracle's verdicts without its guard (surrogate starvation and loss, then the SLO models at
-    the SLO's load margin) on each case at its total rates ``scale × ref``; one batch of predictions."""
+    """The learned models' verdicts (``SurrogateCapacity.learned_accept_many``) on each case at its total
+    rates ``scale × ref``; one batch of predictions."""
     from optplace.surrogate.features import scaled_rows
 
-    prob = oracle.problem
     k = oracle.slo_load_scale
     # each case's rows at its scales and, for the SLO models, at those scales × the SLO's load margin
-    both = [scaled_rows(c.row, c.unit * c.ref, np.concatenate([x, x * k])) for c, x in zip(cases, scales)]
+    both = [scaled_rows(c.row, c.rates, np.concatenate([x, x * k])) for c, x in zip(cases, scales)]
     X = np.vstack([b[: x.size] for b, x in zip(both, scales)])
     Xs = np.vstack([b[x.size :] for b, x in zip(both, scales)])
-    thr, starved = oracle.surrogates[gtype].capacity_many(X)
-    offered = np.array([prob.offered_tok_s(r) for r in np.concatenate([c.ref * x for c, x in zip(cases, scales)])])
-    loss = 1.0 - np.divide(thr, offered, out=np.ones_like(thr), where=offered > 0)
-    ok = ~starved & (loss < prob.constraints.max_throughput_loss) & oracle.slo_models[gtype].meets_many(Xs)
+    ok = oracle.learned_accept_many(gtype, X, Xs)
     return np.split(ok, np.cumsum([x.size for x in scales])[:-1])
 
 
@@ -192,7 +192,6 @@ def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0) -> L
         f = np.minimum(dense * (1.0 + MARGIN), guard)
         f = np.maximum.accumulate(f[::-1])[::-1]  # non-increasing in d: never below a larger count's
         factors[(gtype, rmax)] = tuple(float(v) for v in f)
+    # no sample below one slot per adapter (a single adapter): κ = 1, the analytic default
     kappa = kappa * (1.0 + MARGIN) if kappa > 0 else 1.0
-    if not math.isfinite(kappa):
-        kappa = float(prob.n_adapters + 1)
     return LoadEnvelope(factors, kappa, guard)
