@@ -9,7 +9,18 @@ import numpy as np
 import pytest
 
 from optplace.solver import AnalyticCapacity, Mix, compile_problem
-from optplace.solver.bound import lagrangian_bound, lower_bound, lp_bound, rate_bins, relaxed_groups, volume_bound
+from optplace.solver import bound
+from optplace.solver.bound import (
+    LP_BIN_WIDTH,
+    bin_widths,
+    cached_lp_bound,
+    lagrangian_bound,
+    lower_bound,
+    lp_bound,
+    rate_bins,
+    relaxed_groups,
+    volume_bound,
+)
 from optplace.specs import load_scenario_text
 from helpers import REPO
 
@@ -160,6 +171,38 @@ class _AfterCalls:
     def expired(self) -> bool:
         self.left -= 1
         return self.left < 0
+
+
+class _TimeLeft:
+    """A deadline that never expires and always has ``s`` seconds left."""
+
+    def __init__(self, s: float) -> None:
+        self.s = s
+
+    def expired(self) -> bool:
+        return False
+
+    def remaining(self) -> float:
+        return self.s
+
+
+def test_the_lp_bound_runs_its_coarse_grids_first_and_keeps_the_best(monkeypatch):
+    pb, an = _zipf_problem(300, 1.0, 0.5, ranks=(8, 16, 32))
+    grids = bin_widths(pb, coarse_bins=40)
+    widths, bins = [w for w, _ in grids], [n for _, n in grids]
+    assert len(grids) >= 2 and widths[-1] == LP_BIN_WIDTH and bins[0] <= 40 < bins[1]
+    assert widths == sorted(widths, reverse=True) and bins == sorted(bins)
+    assert bin_widths(pb, coarse_bins=10**6) == [(LP_BIN_WIDTH, bins[-1])]
+    each = [lp_bound(pb, an, width=w).value for w in widths]
+    full = cached_lp_bound(pb, AnalyticCapacity(pb), coarse_bins=40)
+    assert full.converged and full.value == pytest.approx(max(each))
+    # A finer grid predicted not to finish in the time left is not started: the coarse bound stands.
+    monkeypatch.setattr(bound, "LP_BINS_EXPONENT", 60.0)
+    an2 = AnalyticCapacity(pb)
+    short = cached_lp_bound(pb, an2, deadline=_TimeLeft(100.0), coarse_bins=40)
+    assert not short.converged and short.value == pytest.approx(each[0])
+    assert 0 < short.value <= full.value
+    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {(None, widths[0])}
 
 
 def test_a_deadline_stops_the_bound_with_a_valid_value():
