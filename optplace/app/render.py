@@ -370,9 +370,7 @@ def render_solve_report(console: Console, rep: Any, wide: bool = False) -> None:
     room = {h.index: h for h in rep.headroom.gpus} if rep.headroom is not None else {}
     rank = {a.name: a.rank for a in rep.scenario.adapter_list()}  # once: 10,000 adapters take ~0.1 s
     rows = [
-        _PlanRow(g, twin.get(g.gpu), _rank_counts(rank, g.adapters), room.get(g.gpu))
-        for g in plan.gpus
-        if g.adapters
+        _PlanRow(g, twin.get(g.gpu), _rank_counts(rank, g.adapters), room.get(g.gpu)) for g in plan.gpus if g.adapters
     ]
     title = f"{rep.scenario.name}: {count(plan.gpus_used, 'GPU')} ({plan.strategy}, objective {plan.objective})"
     print_table(console, build_table(title, SOLVE_COLUMNS, rows, wide), wide)
