@@ -535,6 +535,14 @@ def bench(
         ),
     ] = False,
     per_run: Annotated[bool, typer.Option("--runs", help="fidelity: print the per-run latency table.")] = False,
+    gap: Annotated[
+        bool,
+        typer.Option(
+            "--gap",
+            help="solver: also plan every family under the default SLO and attribute its gap to the plan, the "
+            "envelope and the rest.",
+        ),
+    ] = False,
     step_form: Annotated[
         Optional[str],
         typer.Option(
@@ -575,6 +583,7 @@ def bench(
         ("--cv", "cv", cv),
         ("--runs", "per_run", per_run),
         ("--step-form", "step_form", step_form),
+        ("--gap", "slo_gap", gap),
     ):
         if value:
             if key not in params:

@@ -99,6 +99,18 @@ def test_run_on_the_smallest_families_prints_rows_and_summary(capsys):
     assert "bench-100-r8-16-zipf-0.9" in text and "round-robin@popularity" in text
 
 
+def test_gap_under_the_slo_measures_the_plans_fill_and_the_envelopes_excess(capsys):
+    out = run(sizes=(100,), strategies=("milp",), skews=("zipf-0.9",), validate_max=0, slo_gap=True)
+    gaps = out["summary"]["slo_gap"]
+    assert [g["family"] for g in gaps] == ["bench-100-r8-16-zipf-0.9", "bench-100-r8-16-32-zipf-0.9"]
+    for g in gaps:
+        assert g["oracle"] == "surrogate+slo" and g["gpus"] >= g["bound"] >= 1
+        # every GPU of the plan passes its oracle, and the envelope contains what the oracle accepts
+        assert 0 < g["fill"] <= 1.0 + 1e-3 and g["model_excess_gpus"] >= -1e-3
+        assert g["oracle_gpus"] == pytest.approx(g["fill"] * g["gpus"], rel=1e-3)
+    assert "GPUs more on their mixes" in capsys.readouterr().out
+
+
 def test_json_output_is_clean_json_in_a_fresh_process():
     # A fresh process: HiGHS prints its banner on the first solver it creates, which would break --json.
     import json

@@ -1,0 +1,53 @@
+"""How full a plan's GPUs are under its oracle, and how far the bound's model reaches beyond it
+(optplace.solver.gap)."""
+
+from __future__ import annotations
+
+import pytest
+
+from optplace.solver import AnalyticCapacity, compile_problem
+from optplace.solver.capacity import Mix
+from optplace.solver.gap import MAX_SCALE, attribute_gap, largest_scale
+from optplace.solver.strategies import solve
+from optplace.specs import load_scenario_text
+from helpers import REPO
+
+
+def _problem(n: int = 60, rate: float = 0.5):
+    lines = "\n".join(f"  - {{name: a{i}, rank: {8 if i % 2 else 16}, rate_rps: {rate}}}" for i in range(n))
+    text = f"""
+name: gap
+model: llama-3.1-8b-instruct
+gpu: h100-64gb
+workload: {{duration_s: 600, arrivals: {{kind: poisson}}, lengths: {{kind: sharegpt}}}}
+adapters:
+{lines}
+seed: 1
+slo: none
+"""
+    return compile_problem(load_scenario_text(text, base_dir=REPO), REPO)
+
+
+def test_largest_scale_finds_one_adapters_analytic_capacity():
+    pb = _problem()
+    an = AnalyticCapacity(pb)
+    lam, _ = an.linear_limits(0, 8, 1)  # the most req/s one rank-8 adapter may carry alone
+    s = largest_scale(an, 0, [8], [10.0])
+    assert s * 10.0 == pytest.approx(lam, rel=2e-3)
+    assert not an.best_slots(0, Mix((8,), (10.0 * s * 1.01,))).feasible
+    assert largest_scale(an, 0, [8], [1e-6]) == MAX_SCALE  # far below capacity: reported at the cap
+
+
+def test_a_plan_on_its_own_model_has_no_excess_and_a_relaxed_model_has_some():
+    pb = _problem()
+    an = AnalyticCapacity(pb)
+    plan = solve(pb, an, "milp")
+    own = attribute_gap(pb, an, an, plan)
+    assert own.gpus == plan.gpus_used and own.bound == plan.lower_bound
+    assert own.model_excess == pytest.approx(0.0, abs=1e-9)
+    assert 0.5 < own.fill <= 1.0 + 1e-3  # every GPU is feasible: its load fits at scale 1
+    loose = attribute_gap(pb, an, an.relaxed(1.25), plan)
+    assert loose.oracle_gpus == pytest.approx(own.oracle_gpus)
+    # 25 % more load everywhere: the relaxed model needs ~1/1.25 of the GPUs for the same mixes
+    assert loose.model_gpus == pytest.approx(own.oracle_gpus / 1.25, rel=0.02)
+    assert loose.model_excess > 0 and set(loose.to_json()) == set(own.to_json())
