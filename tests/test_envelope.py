@@ -12,6 +12,7 @@ from optplace.pipeline import solve_scenario
 from optplace.solver import compile_problem
 from optplace.solver.bound import lower_bound
 from optplace.solver.capacity import GUARD, Mix, SurrogateCapacity, bound_model
+from optplace.solver.envelope import MARGIN, _active_caps
 from optplace.surrogate.features import feature_row_from_parts, scaled_rows
 
 
@@ -45,9 +46,34 @@ def test_envelope_is_a_non_increasing_multiplier_within_the_guard(fleet: tuple[o
         assert np.all(np.diff(a) <= 0) and a.max() <= GUARD and a.min() > 0.5
     # the SLO models keep about one active adapter per slot (sticky slots starve the rest otherwise)
     assert 0.5 < env.kappa < 2.0
+    # per slot count, the active-adapter cap: never above κ per slot, never falling with the slots
+    for key, caps in env.active_caps.items():
+        c = np.array(caps)
+        L = np.arange(1, len(c) + 1)
+        assert len(c) == len(env.factors[key]) and np.all(np.diff(c) >= 0)
+        assert np.all(c <= env.kappa * L * (1 + 1e-12)) and np.all(c > 0)
+        assert env.active_cap(*key, len(c) + 5) == pytest.approx(env.kappa * (len(c) + 5))
     # and the oracle's guard is that envelope, which the bound is computed on
     an, name = bound_model(orc)
     assert an is orc.guard and an.envelope is env and "envelope" in name
+
+
+def test_active_caps_keep_every_sampled_count_and_take_the_most_of_larger_slot_counts() -> None:
+    counts = [1, 2, 4, 8, 16]
+    amax = np.array([0.9, 0.0, 1.0, 0.7, 0.5])  # 0: no mix sampled with fewer slots than adapters there
+    caps = np.array(_active_caps(counts, amax, 20, kappa=1.1))
+    per = caps / np.arange(1, 21)
+    m = 1.0 + MARGIN
+    # at a sampled count, at least what was sampled there (+ margin) and at any larger count
+    for L, a in ((1, 1.0), (4, 1.0), (8, 0.7), (16, 0.5)):
+        assert per[L - 1] >= a * m - 1e-12
+    assert per[0] == pytest.approx(1.0 * m)  # the most of its own and larger counts, below κ
+    assert caps[7] == pytest.approx(max(1.0 * m * 7, 0.7 * m * 8))
+    # from 16 slots on, 0.5 per slot would allow fewer active adapters than 15 slots do: the cap holds
+    assert caps[15] == pytest.approx(max(0.7 * m * 15, 0.5 * m * 16))
+    assert np.all(np.diff(caps) >= 0) and np.all(per <= 1.1 + 1e-12)
+    # above the largest sampled count: kept from it (non-decreasing), never κ unless sampled so
+    assert caps[19] == pytest.approx(max(caps[15], 0.5 * m * 20))
 
 
 def test_every_gpu_the_oracle_accepts_lies_in_the_bound_model(fleet: tuple[object, SurrogateCapacity]) -> None:

@@ -64,11 +64,11 @@ def families(problem: Problem, an: AnalyticCapacity) -> list[Family]:
             # "all": n adapters with n ∈ [L, next grid value) slots each; capacity at d = L is the largest.
             n_hi = (grid[k + 1] - 1) if k + 1 < len(grid) else cap
             out.append(Family(gtype, rmax, "all", L, lam, float(n_hi), svc))
-            # "rot": exactly L slots, active adapters A ≤ κ·L; the rotation loss
-            # load ≤ λ*/(1 + ROTATION·A/L) is convex in A, so its chord from A = 0 to κL bounds it
-            # from above: load + slope·A ≤ λ* is a valid linear relaxation.
-            kl = an.kappa * L
-            slope = (lam - lam / (1.0 + ROTATION * an.kappa)) / kl
+            # "rot": exactly L slots, active adapters A ≤ their cap K(L) (κ·L, or the envelope's); the
+            # rotation loss load ≤ λ*/(1 + ROTATION·A/L) is convex in A, so its chord from A = 0 to K(L)
+            # bounds it from above: load + slope·A ≤ λ* is a valid linear relaxation.
+            kl = an.active_cap(gtype, rmax, L)
+            slope = (lam - lam / (1.0 + ROTATION * kl / L)) / kl
             out.append(Family(gtype, rmax, "rot", L, lam, kl, svc, slope))
     return out
 
@@ -480,9 +480,10 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
         out.append(Group(t.index, rmax, "count", size, size, c1, size.astype(float), z, z))
         if n_avail < 2:
             continue
-        # Slots L < adapters: d = L distinct adapters, capacity ρ·λ*(L)/(1 + ROTATION·A/L) with A ≤ κ·L
-        # active. Over a slot interval [lo, hi] this is at most ρ·max λ*/(1 + ROTATION·A/hi), whose chord
-        # from A = 0 to κ·hi bounds it from above (it is convex in A); activity uses the shortest service.
+        # Slots L < adapters: d = L distinct adapters, capacity ρ·λ*(L)/(1 + ROTATION·A/L) with A ≤ K(L)
+        # active (κ·L, or the envelope's cap). Over a slot interval [lo, hi] this is at most
+        # ρ·max λ*/(1 + ROTATION·A/hi), whose chord from A = 0 to K(hi) bounds it from above (it is
+        # convex in A; K grows with the slots); activity uses the shortest service.
         lo_l, hi_l, c1_r, c2_r, svc_r, sl_r = [], [], [], [], [], []
         grid = [L for L in SLOT_GRID if L <= min(cap, n_avail - 1)]
         for k, lo in enumerate(grid):
@@ -491,13 +492,14 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
             lam = an.rho * max(an.factor(t.index, rmax, L) * p.lam_max_rps for L, p in zip(range(lo, hi + 1), pts))
             lam *= 1 + 1e-9
             svc = min(p.service_s for p in pts)
-            kl = an.kappa * hi
+            # the active-adapter cap grows with the slots: the interval's largest is at hi
+            kl = an.active_cap(t.index, rmax, hi)
             lo_l.append(lo)
             hi_l.append(hi)
             c1_r.append(lam)
             c2_r.append(kl)
             svc_r.append(svc)
-            sl_r.append((lam - lam / (1.0 + ROTATION * an.kappa)) / kl if kl > 0 else 0.0)
+            sl_r.append((lam - lam / (1.0 + ROTATION * kl / hi)) / kl if kl > 0 else 0.0)
         if lo_l:
             out.append(
                 Group(

@@ -200,6 +200,12 @@ class AnalyticCapacity:
         """The load multiplier on ρ with ``distinct`` adapters in the batch (1 without an envelope)."""
         return 1.0 if self.envelope is None else self.envelope.factor(gtype, rank_max, distinct)
 
+    def active_cap(self, gtype: int, rank_max: int, slots: int) -> float:
+        """The most active adapters allowed with ``slots`` slots, fewer than adapters: κ × slots, or the
+        envelope's measured cap where it has one (never above κ × slots)."""
+        cap = self.kappa * slots
+        return cap if self.envelope is None else min(cap, self.envelope.active_cap(gtype, rank_max, slots))
+
     # --- the fluid model ------------------------------------------------------------------
     def _step_models(self, gtype: int, rank_max: int) -> tuple[Any, Any]:
         key = (gtype, rank_max)
@@ -289,7 +295,7 @@ class AnalyticCapacity:
         itl = hm if math.isfinite(hm) else math.inf
         ttft = itl * (2.0 + 3.0 * u / max(1e-3, 1.0 - min(u, 0.999))) if math.isfinite(itl) else math.inf
         thr = min(offered, full_tok) if pt.lam_max_rps > 0 else 0.0
-        if mix.n > L and active > self.kappa * L:
+        if mix.n > L and active > self.active_cap(gtype, rmax, L):
             return Estimate(False, L, offered, thr, itl, ttft, "slots", capacity_tok_s=cap_tok)
         if offered > cap_tok * (1.0 + 1e-12):
             return Estimate(False, L, offered, thr, itl, ttft, "load", capacity_tok_s=cap_tok)
@@ -300,7 +306,7 @@ class AnalyticCapacity:
         if mix.n <= max_loras:
             return True
         pt = self.point(gtype, mix.rank_max, min(max_loras, mix.n), max_loras)
-        return self.active(mix.rates, pt.service_s) <= self.kappa * max_loras
+        return self.active(mix.rates, pt.service_s) <= self.active_cap(gtype, mix.rank_max, max_loras)
 
     def candidate_slots(self, gtype: int, mix: Mix) -> list[int]:
         """Slot counts worth trying for ``mix``: the grid up to the memory cap, and ``n`` itself."""
@@ -672,7 +678,8 @@ def bound_model(oracle: Any) -> tuple[AnalyticCapacity | None, str]:
     if isinstance(guard, AnalyticCapacity) and guard.envelope is not None:
         return guard, (
             f"analytic within the {oracle.name} oracle's envelope (load x{guard.envelope.min_factor():.3g}"
-            f"-{guard.envelope.max_factor():.3g} by distinct adapters, active <= {guard.envelope.kappa:.3g} per slot:"
+            f"-{guard.envelope.max_factor():.3g} by distinct adapters, active <= {guard.envelope.min_kappa():.3g}"
+            f"-{guard.envelope.kappa:.3g} per slot by slots:"
             " contains every GPU the oracle accepts, which enforces it)"
         )
     if isinstance(guard, AnalyticCapacity):

@@ -16,7 +16,11 @@ every adapter at the max rank, or one at it and the rest at the smallest) and, w
 adapters (2 and 4 adapters per slot), the active adapters per slot at that load. The envelope is the
 largest multiplier of ρ·λ* per ``d`` (interpolated between the measured counts, plus
 :data:`MARGIN`, never above ``GUARD``, made non-increasing in ``d``) and the largest active
-adapters per slot (plus :data:`MARGIN`).
+adapters per slot (plus :data:`MARGIN`): overall (κ) and per slot count, the most any sample had with
+that many slots or more (``active_caps``, non-decreasing in the slots). The SLO models keep ~1.1
+active adapters per slot on 12–64 slots but only ~0.75–0.8 on 96–192 (llama, the 10,000-adapter
+lognormal fleet): with one κ the bound let a GPU's 200–380 adapters crowd onto fewer slots than the
+models allow, and its LP bound there rose 38 → 40 GPUs (plan 49) with the per-count caps.
 
 The oracle then *enforces* the envelope (its guard is the enveloped analytic model), so the bound on
 that model is proven for every plan the oracle judges by construction, whatever the sample missed; a
@@ -28,7 +32,7 @@ bound.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +65,9 @@ class LoadEnvelope:
     kappa: float
     #: the factor of a (type, rank) the envelope did not measure (the oracle's plain load guard)
     default: float
+    #: per (type, rank), the most active adapters allowed with ``slots`` slots (``[slots - 1]``), fewer
+    #: slots than adapters; at most ``kappa × slots``, non-decreasing in the slots
+    active_caps: dict[tuple[int, int], tuple[float, ...]] = field(default_factory=dict)
 
     def factor(self, gtype: int, rank_max: int, distinct: int) -> float:
         """The load multiplier with ``distinct`` adapters in the batch (counts beyond the table: its last)."""
@@ -68,6 +75,17 @@ class LoadEnvelope:
         if not f:
             return self.default
         return f[min(max(int(distinct), 1), len(f)) - 1]
+
+    def active_cap(self, gtype: int, rank_max: int, slots: int) -> float:
+        """The most active adapters allowed with ``slots`` slots (``kappa × slots`` where not measured)."""
+        caps = self.active_caps.get((gtype, rank_max))
+        if not caps or slots > len(caps):
+            return self.kappa * slots
+        return min(caps[max(int(slots), 1) - 1], self.kappa * slots)
+
+    def min_kappa(self) -> float:
+        """The smallest active adapters per slot allowed anywhere (for the bound model's name)."""
+        return min((c[L - 1] / L for c in self.active_caps.values() for L in range(1, len(c) + 1)), default=self.kappa)
 
     def min_factor(self) -> float:
         """The smallest load multiplier of any (type, rank) and count (for the bound model's name)."""
@@ -157,6 +175,7 @@ def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0) -> L
     rng = np.random.default_rng([seed, 0xE4E1])
     rmin = min(prob.ranks) if prob.ranks else 8
     factors: dict[tuple[int, int], tuple[float, ...]] = {}
+    per_count: dict[tuple[int, int], tuple[list[int], np.ndarray]] = {}
     kappa = 0.0
     for gtype, rmax, cap, n_avail in an.rank_families():
         top = min(cap, n_avail)
@@ -177,6 +196,7 @@ def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0) -> L
                         cases.append(_Case(oracle, unit, [rmax] * (k * d), d, ref))
                         where.append((j, d))
         raw = np.zeros(len(counts))
+        amax = np.zeros(len(counts))  # the most active adapters per slot accepted at each slot count
         for case, (j, slots), x in zip(cases, where, _largest(oracle, gtype, cases, guard)):
             if x <= 0.0:
                 continue
@@ -186,12 +206,34 @@ def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0) -> L
             service = an.point(gtype, rmax, slots, slots).service_s
             per_slot = an.active(list(case.unit * x * case.ref), service) / slots
             kappa = max(kappa, per_slot)
+            amax[j] = max(amax[j], per_slot)
             # the guard's load rule there carries the rotation loss: measure against it
             raw[j] = max(raw[j], x * (1.0 + rotation * per_slot))
         dense = np.interp(np.arange(1, cap + 1), counts, raw)
         f = np.minimum(dense * (1.0 + MARGIN), guard)
         f = np.maximum.accumulate(f[::-1])[::-1]  # non-increasing in d: never below a larger count's
         factors[(gtype, rmax)] = tuple(float(v) for v in f)
+        per_count[(gtype, rmax)] = (counts, amax)
     # no sample below one slot per adapter (a single adapter): κ = 1, the analytic default
     kappa = kappa * (1.0 + MARGIN) if kappa > 0 else 1.0
-    return LoadEnvelope(factors, kappa, guard)
+    caps = {k: _active_caps(c, a, len(factors[k]), kappa) for k, (c, a) in per_count.items()}
+    return LoadEnvelope(factors, kappa, guard, caps)
+
+
+def _active_caps(counts: list[int], amax: np.ndarray, cap: int, kappa: float) -> tuple[float, ...]:
+    """The most active adapters allowed with L = 1 … ``cap`` slots: per slot, the most any sampled mix had
+    at its accepted load with this many slots *or more* (+ :data:`MARGIN`; ``kappa`` above the largest
+    count with a sample), so the cap never refuses a sampled mix and never falls with the slots;
+    between measured counts the lower count's (the larger); then made non-decreasing in the slots."""
+    per = np.full(len(counts), kappa)
+    seen = 0.0
+    for j in range(len(counts) - 1, -1, -1):  # the most per slot at this count or any larger one
+        if amax[j] > 0:
+            seen = max(seen, amax[j] * (1.0 + MARGIN))
+        if seen > 0:
+            per[j] = min(seen, kappa)
+    out = np.empty(cap)
+    for L in range(1, cap + 1):
+        j = int(np.searchsorted(counts, L, side="right")) - 1  # counts[j] <= L
+        out[L - 1] = per[max(j, 0)] * L
+    return tuple(float(v) for v in np.maximum.accumulate(out))
