@@ -19,8 +19,8 @@ largest multiplier of ρ·λ* per ``d`` (interpolated between the measured count
 adapters per slot (plus :data:`MARGIN`): overall (κ) and per slot count, the most any sample had with
 that many slots or more (``active_caps``, non-decreasing in the slots). The SLO models keep ~1.1
 active adapters per slot on 12–64 slots but only ~0.75–0.8 on 96–192 (llama, the 10,000-adapter
-lognormal fleet): with one κ the bound let a GPU's 200–380 adapters crowd onto fewer slots than the
-models allow, and its LP bound there rose 38 → 40 GPUs (plan 49) with the per-count caps.
+lognormal fleet): one κ would let the bound crowd a GPU's 200–380 adapters onto fewer slots than the
+models allow.
 
 The oracle then *enforces* the envelope (its guard is the enveloped analytic model), so the bound on
 that model is proven for every plan the oracle judges by construction, whatever the sample missed; a
