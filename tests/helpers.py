@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from optplace.calibration.reference import find_reference_dir, find_shared_dir
 
-__all__ = ["FAKE_VLLM", "GPU_RESULT_KEYS", "REPO", "TESTS", "reference_dir", "short_quickstart", "traces_dir"]
+__all__ = [
+    "FAKE_VLLM",
+    "GPU_RESULT_KEYS",
+    "REPO",
+    "TESTS",
+    "h100_problem",
+    "reference_dir",
+    "short_quickstart",
+    "traces_dir",
+]
 
 #: the repository root (scenarios/, docs/, scripts/ are found from here)
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +45,26 @@ GPU_RESULT_KEYS = frozenset(
         "per_adapter",
     }
 )
+
+
+def h100_problem(adapters: list[tuple[int, float]], name: str = "toy", extra: str = "") -> Any:
+    """A compiled problem: Llama-3.1-8B on H100-64GB, Poisson arrivals and ShareGPT lengths over 600 s,
+    one adapter ``a{i}`` per (rank, rate), seed 1, plus ``extra`` top-level YAML (e.g. ``slo: none``)."""
+    from optplace.solver import compile_problem
+    from optplace.specs import load_scenario_text
+
+    ads = "\n".join(f"  - {{name: a{i}, rank: {r}, rate_rps: {x}}}" for i, (r, x) in enumerate(adapters))
+    text = f"""
+name: {name}
+model: llama-3.1-8b-instruct
+gpu: h100-64gb
+workload: {{duration_s: 600, arrivals: {{kind: poisson}}, lengths: {{kind: sharegpt}}}}
+adapters:
+{ads}
+seed: 1
+{extra}
+"""
+    return compile_problem(load_scenario_text(text, base_dir=REPO), REPO)
 
 
 def short_quickstart(folder: Path, duration_s: int = 300) -> Path:

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from optplace.solver import AnalyticCapacity, compile_problem
+from optplace.solver import AnalyticCapacity
 from optplace.solver.capacity import Mix
 from optplace.solver.gap import MAX_SCALE, attribute_gap, largest_scale
 from optplace.solver.strategies import solve
-from optplace.specs import load_scenario_text
-from helpers import REPO
+from helpers import h100_problem
 
 
 def _problem(n: int = 60, rate: float = 0.5):
-    lines = "\n".join(f"  - {{name: a{i}, rank: {8 if i % 2 else 16}, rate_rps: {rate}}}" for i in range(n))
-    text = f"""
-name: gap
-model: llama-3.1-8b-instruct
-gpu: h100-64gb
-workload: {{duration_s: 600, arrivals: {{kind: poisson}}, lengths: {{kind: sharegpt}}}}
-adapters:
-{lines}
-seed: 1
-slo: none
-"""
-    return compile_problem(load_scenario_text(text, base_dir=REPO), REPO)
+    return h100_problem([(8 if i % 2 else 16, rate) for i in range(n)], name="gap", extra="slo: none")
 
 
 def test_largest_scale_finds_one_adapters_analytic_capacity():

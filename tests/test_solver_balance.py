@@ -11,8 +11,8 @@ from optplace.solver.balance import proxy_model, rebalance, utilisation
 from optplace.solver.capacity import GUARD, SurrogateCapacity, TwinCapacity, bound_model
 from optplace.solver.greedy import greedy_fast, greedy_paper
 from optplace.solver.plan import Plan, assign_gpu, renumber
-from optplace.specs import load_scenario, load_scenario_text
-from helpers import REPO
+from optplace.specs import load_scenario
+from helpers import REPO, h100_problem
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +98,7 @@ class NanCapacityOracle:
 
 def _toy(n: int, rate: float | list[float]):
     rates = rate if isinstance(rate, list) else [rate] * n
-    ads = "\n".join(f"  - {{name: a{i}, rank: 8, rate_rps: {x}}}" for i, x in enumerate(rates))
-    text = f"""
-name: toy
-model: llama-3.1-8b-instruct
-gpu: h100-64gb
-workload: {{duration_s: 600, arrivals: {{kind: poisson}}, lengths: {{kind: sharegpt}}}}
-adapters:
-{ads}
-seed: 1
-"""
-    return compile_problem(load_scenario_text(text, base_dir=REPO), REPO)
+    return h100_problem([(8, x) for x in rates])
 
 
 def _plan(pb, orc, groups) -> Plan:
