@@ -539,8 +539,8 @@ def bench(
         bool,
         typer.Option(
             "--gap",
-            help="solver: also plan every family under the default SLO and attribute its gap to the plan, the "
-            "envelope and the rest.",
+            help="solver: also plan every family under the default SLO and print how full its GPUs are under "
+            "their oracle and how much more load the bound's envelope accepts on them.",
         ),
     ] = False,
     step_form: Annotated[

@@ -20,10 +20,10 @@ def test_largest_scale_finds_one_adapters_analytic_capacity():
     pb = _problem()
     an = AnalyticCapacity(pb)
     lam, _ = an.linear_limits(0, 8, 1)  # the most req/s one rank-8 adapter may carry alone
-    s = largest_scale(an, 0, [8], [10.0])
+    s = largest_scale(an, 0, Mix((8,), (10.0,)))
     assert s * 10.0 == pytest.approx(lam, rel=2e-3)
     assert not an.best_slots(0, Mix((8,), (10.0 * s * 1.01,))).feasible
-    assert largest_scale(an, 0, [8], [1e-6]) == MAX_SCALE  # far below capacity: reported at the cap
+    assert largest_scale(an, 0, Mix((8,), (1e-6,))) == MAX_SCALE  # far below capacity: reported at the cap
 
 
 def test_a_plan_on_its_own_model_has_no_excess_and_a_relaxed_model_has_some():

@@ -382,8 +382,8 @@ def run(
     10,000-adapter families to the default sizes; ``skews`` picks some of :data:`SKEWS` (or other
     ``zipf-<s>``); families up to ``validate_max`` adapters are solved as ``optplace solve`` would under
     ``rule`` (:data:`RULES`) and twin-checked over ``validate_window_s`` with ``workers`` processes;
-    ``slo_gap``: every family is also planned under the default SLO and its gap attributed
-    (:func:`gap_under_slo`)."""
+    ``slo_gap``: every family is also planned under the default SLO, with how full its GPUs are and
+    the envelope's excess on them (:func:`gap_under_slo`)."""
     from optplace.pipeline import silence_highs_banner
     from optplace.solver import AnalyticCapacity, Infeasible, compile_problem
     from optplace.solver.strategies import solve_split
@@ -744,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skews", default=None, help=f"comma-separated skews (default {','.join(SKEWS)})")
     ap.add_argument("--validate-max", type=int, default=100, help="twin-check families up to this many adapters")
     ap.add_argument("--rule", default="both", choices=RULES, help="twin-checked families: solve under these rules")
-    ap.add_argument("--gap", action="store_true", help="also plan under the default SLO and attribute the gap")
+    ap.add_argument("--gap", action="store_true", help="also plan under the default SLO: fill and envelope excess")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     sizes = tuple(int(x) for x in a.sizes.split(",")) if a.sizes else None

@@ -334,14 +334,18 @@ def cached_lp_bound(
     key = None if weights is None else tuple(weights)
     best: LpBound | None = None
     last: tuple[int, float] | None = None  # (bins, seconds) of the previous grid's run
-    for width, n_bins in bin_widths(problem, coarse_bins):
+    grids = _memo_get(an, "_grid_cache", problem, coarse_bins)
+    if grids is None:  # binning 100,000 adapters takes ~0.2 s a grid: once per problem
+        grids = _memo_put(an, "_grid_cache", problem, coarse_bins, _grids(problem, coarse_bins))
+    for width, bins in grids:
+        n_bins = int(bins.rates.size)
         hit = _memo_get(an, "_lp_cache", problem, (key, width))
         if hit is None:
             if best is not None and last is not None:
                 left = _remaining(deadline)
                 if left is not None and last[1] * (n_bins / max(last[0], 1)) ** LP_BINS_EXPONENT > left:
                     return replace(best, converged=False)
-            hit = lp_bound(problem, an, weights, deadline=deadline, width=width)
+            hit = lp_bound(problem, an, weights, deadline=deadline, width=width, bins=bins)
             if hit.converged:
                 _memo_put(an, "_lp_cache", problem, (key, width), hit)
         last = (n_bins, hit.seconds)
@@ -365,13 +369,18 @@ def bin_widths(problem: Problem, coarse_bins: int | None = None) -> list[tuple[f
     """(width, bins) of the LP bound's rate grids, coarse to fine: :data:`LP_BIN_WIDTH` and 4×
     coarser ones until one has at most ``coarse_bins`` bins (default :data:`LP_COARSE_BINS`; one grid
     when the fine one has no more)."""
+    return [(w, int(b.rates.size)) for w, b in _grids(problem, coarse_bins)]
+
+
+def _grids(problem: Problem, coarse_bins: int | None = None) -> list[tuple[float, Bins]]:
+    """:func:`bin_widths` with each grid's bins (what :func:`lp_bound` runs on)."""
     cap = LP_COARSE_BINS if coarse_bins is None else coarse_bins
-    out: list[tuple[float, int]] = []
+    out: list[tuple[float, Bins]] = []
     w = LP_BIN_WIDTH
     while True:
-        n = int(rate_bins(problem, w).rates.size)
-        out.append((w, n))
-        if n <= cap or w >= 1.0:
+        b = rate_bins(problem, w)
+        out.append((w, b))
+        if b.rates.size <= cap or w >= 1.0:
             return out[::-1]
         w *= 4.0
 
@@ -788,6 +797,7 @@ def lp_bound(
     weights: Sequence[float] | None = None,
     deadline: Any = None,
     width: float = LP_BIN_WIDTH,
+    bins: Bins | None = None,
     max_rounds: int = 60,
     per_round: int = 25,
 ) -> LpBound:
@@ -813,6 +823,7 @@ def lp_bound(
     solved with families added when they price out (m_f > w_t); its cover duals are π. When no family
     prices out, the Farley value equals the LP value (up to the multiplier search's tolerance). The
     search stops once ``deadline`` (anything with ``expired()``) has passed, with the best bound so far.
+    ``bins``: :func:`rate_bins` at ``width``, when the caller has them.
     """
     import time
 
@@ -823,7 +834,7 @@ def lp_bound(
     if deadline is not None and deadline.expired():
         # Not even one round: a first LP takes seconds at 100k adapters (the caller has the volume bound).
         return LpBound(0.0, math.inf, 0, 0, False, time.perf_counter() - t0)
-    bins = rate_bins(problem, width)
+    bins = bins if bins is not None else rate_bins(problem, width)
     groups = relaxed_groups(problem, an)
     pricer = _Pricer(bins, groups)
     n = bins.counts

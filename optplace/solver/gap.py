@@ -20,12 +20,10 @@ count GPUs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from optplace.solver.capacity import CapacityOracle, Mix
-from optplace.solver.plan import GpuAssignment
 from optplace.solver.problem import Problem
 
 #: Bisection steps on a GPU's load scale after bracketing: the scale is found to ~0.1 %.
@@ -64,18 +62,12 @@ class GapShares:
         }
 
 
-def _mix(problem: Problem, g: GpuAssignment) -> tuple[list[int], list[float]]:
-    """A GPU's ranks and rates (a replica's item already carries its share of the adapter's rate)."""
-    ads = [problem.adapters[i] for i in g.adapter_indices]
-    return [a.rank for a in ads], [a.rate_rps for a in ads]
-
-
-def largest_scale(model: CapacityOracle, gtype: int, ranks: Sequence[int], rates: Sequence[float]) -> float:
-    """The largest multiple of ``rates`` (≤ :data:`MAX_SCALE`) ``model`` accepts on one GPU of type
+def largest_scale(model: CapacityOracle, gtype: int, mix: Mix) -> float:
+    """The largest multiple of ``mix``'s rates (≤ :data:`MAX_SCALE`) ``model`` accepts on one GPU of type
     ``gtype`` at its best slot count (bisection; 0 when not even a thousandth of the load fits)."""
 
     def ok(s: float) -> bool:
-        return model.best_slots(gtype, Mix(tuple(ranks), tuple(r * s for r in rates))).feasible
+        return model.best_slots(gtype, Mix(mix.ranks, tuple(r * s for r in mix.rates))).feasible
 
     lo, hi = 0.0, 1.0
     while ok(hi):
@@ -83,10 +75,9 @@ def largest_scale(model: CapacityOracle, gtype: int, ranks: Sequence[int], rates
         if lo >= MAX_SCALE:
             return MAX_SCALE
     if lo == 0.0:
-        hi_ok = 1e-3
-        if not ok(hi_ok):
+        lo = 1e-3
+        if not ok(lo):
             return 0.0
-        lo = hi_ok
     for _ in range(STEPS):
         mid = math.sqrt(lo * hi)
         if ok(mid):
@@ -103,8 +94,9 @@ def attribute_gap(problem: Problem, oracle: CapacityOracle, model: Any, plan: An
     used = [g for g in plan.gpus if g.adapter_indices]
     full: list[float] = [0.0, 0.0]
     for g in used:
-        ranks, rates = _mix(problem, g)
+        # a replica's item already carries its share of the adapter's rate
+        mix = Mix.of(problem.adapters[i] for i in g.adapter_indices)
         for k, m in enumerate((oracle, model)):
-            s = largest_scale(m, g.type_index, ranks, rates)
+            s = largest_scale(m, g.type_index, mix)
             full[k] += 1.0 / s if s > 0 else 1.0
     return GapShares(len(used), float(plan.lower_bound), full[0], full[1])
