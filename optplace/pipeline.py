@@ -422,6 +422,7 @@ def solve_scenario(
             rep,
             progress=on_event,
             known={headroom: checkers[0]},
+            guesses=_headroom_guesses(problem, oracle, plan, 1.0 + headroom),
         )
     objective = get_objective(plan.objective)
     comparison: tuple[StrategyResult, ...] = ()
@@ -446,6 +447,20 @@ def solve_scenario(
         tuple(sorted(seed_failures.items())),
         tuple(c.seed for c in checkers),
     )
+
+
+def _headroom_guesses(problem: Any, oracle: Any, plan: Any, judged_at: float) -> list[float] | None:
+    """Where the twin's headroom search starts on each GPU: the headroom the plan's oracle predicts
+    (:func:`~optplace.solver.gap.predicted_headroom`). Its verdicts sit close to the twin's near the
+    boundary, so most GPUs settle in two runs where a search from the stated load galloped through
+    four to six, the highest of them far into overload where the twin runs slowest. None for the
+    twin-backed oracle: asking it would cost the very runs the guess is to save."""
+    from optplace.solver.capacity import TwinCapacity
+    from optplace.solver.gap import predicted_headroom
+
+    if isinstance(oracle, TwinCapacity):
+        return None
+    return predicted_headroom(problem, oracle, plan, judged_at)
 
 
 def _compare(

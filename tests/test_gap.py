@@ -7,7 +7,7 @@ import pytest
 
 from optplace.solver import AnalyticCapacity
 from optplace.solver.capacity import Mix
-from optplace.solver.gap import MAX_SCALE, attribute_gap, largest_scale
+from optplace.solver.gap import MAX_SCALE, attribute_gap, largest_scale, predicted_headroom
 from optplace.solver.strategies import solve
 from helpers import h100_problem
 
@@ -39,3 +39,21 @@ def test_a_plan_on_its_own_model_has_no_excess_and_a_relaxed_model_has_some():
     # 25 % more load everywhere: the relaxed model needs ~1/1.25 of the GPUs for the same mixes
     assert loose.model_gpus == pytest.approx(own.oracle_gpus / 1.25, rel=0.02)
     assert loose.model_excess > 0 and set(loose.to_json()) == set(own.to_json())
+
+
+def test_predicted_headroom_is_the_oracles_own_margin_at_each_gpus_slots():
+    pb = _problem()
+    an = AnalyticCapacity(pb)
+    plan = solve(pb, an, "milp")
+    used = [g for g in plan.gpus if g.adapters]
+    room = predicted_headroom(pb, an, plan)
+    assert len(room) == len(used) and all(-1e-9 <= x < MAX_SCALE for x in room)
+    for g, x in zip(used, room, strict=True):
+        mix = Mix.of(pb.adapters[i] for i in g.adapter_indices)
+
+        def at(s: float, mix: Mix = mix, g=g) -> bool:
+            return an.evaluate(0, Mix(mix.ranks, tuple(r * s for r in mix.rates)), g.max_loras).feasible
+
+        assert at(1.0 + x) and not at((1.0 + x) * 1.01)  # at the GPU's own slot count, to ~0.1 %
+    # judged at +5 %: the oracle's verdict stands for 5 % more load than it was asked about
+    assert predicted_headroom(pb, an, plan, 1.05) == pytest.approx([(1 + x) * 1.05 - 1 for x in room])

@@ -30,10 +30,10 @@ def _write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
     return p
 
 
-def _search(breaks_at: int | None, top: int = 20) -> tuple[int, int | None, list[int]]:
+def _search(breaks_at: int | None, top: int = 20, anchor: int | None = None) -> tuple[int, int | None, list[int]]:
     """Run the probe sequence against a GPU that fails from grid index ``breaks_at`` on."""
     lo, hi, probes = 0, None, []
-    while (k := _next_probe(lo, hi, top)) is not None:
+    while (k := _next_probe(lo, hi, top, anchor)) is not None:
         probes.append(k)
         if breaks_at is not None and k >= breaks_at:
             hi = k
@@ -53,6 +53,23 @@ def test_the_search_finds_the_first_failing_step(breaks_at):
 def test_a_tight_gpu_settles_in_two_runs():
     assert _search(2)[2] == [1, 2]  # passes at +5 %, fails at +10 %: two twin runs
     assert _search(1)[2] == [1]
+
+
+@pytest.mark.parametrize("anchor", [1, 2, 4, 7, 12, 20])
+@pytest.mark.parametrize("breaks_at", [1, 2, 3, 5, 8, 13, 20, None])
+def test_a_search_from_a_guess_finds_the_same_step(anchor, breaks_at):
+    lo, hi, probes = _search(breaks_at, anchor=anchor)
+    assert hi == breaks_at and lo == (20 if breaks_at is None else breaks_at - 1)
+    assert probes[0] == anchor and len(set(probes)) == len(probes)
+    # a guess d steps off costs about 2 log2(d) runs more than a right one, never a whole range's
+    d = abs((21 if breaks_at is None else breaks_at) - anchor)
+    assert len(probes) <= 2 + 2 * max(0, d).bit_length()
+
+
+def test_a_right_guess_settles_in_two_runs():
+    assert _search(5, anchor=5)[2] == [5, 4]  # fails where predicted, passes one step below
+    assert _search(6, anchor=5)[2] == [5, 6]  # passes where predicted to fail, fails one step above
+    assert _search(None, anchor=20)[2] == [20]  # passes at the cap
 
 
 @pytest.fixture(scope="module")

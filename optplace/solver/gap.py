@@ -62,12 +62,16 @@ class GapShares:
         }
 
 
-def largest_scale(model: CapacityOracle, gtype: int, mix: Mix) -> float:
+def largest_scale(model: CapacityOracle, gtype: int, mix: Mix, max_loras: int | None = None) -> float:
     """The largest multiple of ``mix``'s rates (≤ :data:`MAX_SCALE`) ``model`` accepts on one GPU of type
-    ``gtype`` at its best slot count (bisection; 0 when not even a thousandth of the load fits)."""
+    ``gtype`` at its best slot count, or at ``max_loras`` slots when given (bisection; 0 when not even
+    a thousandth of the load fits)."""
 
     def ok(s: float) -> bool:
-        return model.best_slots(gtype, Mix(mix.ranks, tuple(r * s for r in mix.rates))).feasible
+        scaled = Mix(mix.ranks, tuple(r * s for r in mix.rates))
+        if max_loras is not None:
+            return model.evaluate(gtype, scaled, max_loras).feasible
+        return model.best_slots(gtype, scaled).feasible
 
     lo, hi = 0.0, 1.0
     while ok(hi):
@@ -85,6 +89,20 @@ def largest_scale(model: CapacityOracle, gtype: int, mix: Mix) -> float:
         else:
             hi = mid
     return lo
+
+
+def predicted_headroom(problem: Problem, oracle: CapacityOracle, plan: Any, judged_at: float = 1.0) -> list[float]:
+    """Per used GPU of ``plan`` (in :func:`~optplace.solver.plan.gpu_plans` order), the extra load share
+    ``oracle`` predicts the GPU takes at its own slot count: the largest accepted multiple of its load
+    times ``judged_at`` (the load the oracle's verdict stands for, ``1 + slo.headroom`` when the
+    oracle plans the SLO margin in), minus 1; negative when the oracle refuses the stated load. The
+    twin's headroom search starts from it."""
+    out = []
+    for g in plan.gpus:
+        if g.adapters:
+            mix = Mix.of(problem.adapters[i] for i in g.adapter_indices)
+            out.append(largest_scale(oracle, g.type_index, mix, g.max_loras) * judged_at - 1.0)
+    return out
 
 
 def attribute_gap(problem: Problem, oracle: CapacityOracle, model: Any, plan: Any) -> GapShares:

@@ -8,8 +8,12 @@ smallest of its GPUs' figures.
 Search: gallop up from the first step (+5 %, +10 %, +20 %, +40 %, +80 %, then the cap) until the GPU
 fails, then bisect between the last pass and the first failure. Plans sized to the minimum usually
 have little headroom, so the gallop settles them in two or three runs where a bisection over the
-whole range would always spend five. Each multiplier is one twin workload (every adapter's arrivals
-drawn at the scaled rates from the run's seed); each round's probes run together, in parallel.
+whole range would always spend five. Given a predicted headroom per GPU (``solve`` passes its capacity
+oracle's), the search starts at the predicted breaking step and gallops away from it instead: a right
+guess settles a GPU in two runs, and the runs stay near its boundary rather than deep in overload,
+where the twin is slowest. Results the solve already has (its check at ``slo.headroom``) count as
+probes. Each multiplier is one twin workload (every adapter's arrivals drawn at the scaled rates from
+the run's seed); each round's probes run together, in parallel.
 
 Only a rate-driven workload can be scaled (Poisson, MMPP, or a trace assigned ``by_rate`` without a
 fixed ``scale``); for the others no headroom is measured (``Scenario.rates_scalable``).
@@ -20,6 +24,7 @@ The verdict is not strictly monotone in load (a higher rate draws other arrivals
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,14 +129,30 @@ def failure_of(g: GpuReport) -> tuple[str | None, str | None]:
     return "adapter", v.violating_adapters[0] if v.violating_adapters else None
 
 
-def _next_probe(lo: int, hi: int | None, top: int) -> int | None:
-    """The next grid index to probe, or None when settled: gallop (double) while no failure is known,
-    then bisect. ``lo``: largest passing index (0 = stated load); ``hi``: smallest failing one."""
+def _next_probe(lo: int, hi: int | None, top: int, anchor: int | None = None) -> int | None:
+    """The next grid index to probe, or None when settled. ``lo``: largest passing index (0 = stated
+    load); ``hi``: smallest failing one (None: none known).
+
+    Without an ``anchor``: gallop up from 0 (double) while no failure is known, then bisect. With one
+    (a predicted breaking point, e.g. from the capacity oracle): probe the anchor first, then gallop
+    away from it (±1, ±2, ±4 …) on the side the verdict points to, then bisect: a GPU whose
+    prediction is right settles in two runs, one that is off by d in ~2 log2(d) more."""
+    if hi is not None and hi - lo <= 1:
+        return None
+    if anchor is None or not 1 <= anchor <= top:
+        if hi is None:
+            return None if lo >= top else min(top, max(1, 2 * lo))
+        return (lo + hi) // 2
     if hi is None:
         if lo >= top:
             return None
-        return min(top, max(1, 2 * lo))
-    return None if hi - lo <= 1 else (lo + hi) // 2
+        if lo < anchor:
+            return anchor
+        return min(top, lo + max(1, lo - anchor))  # anchor passed: anchor+1, +2, +4 …
+    if hi <= anchor and lo < anchor:
+        # failed at or below the anchor: gallop down (hi-1, -2, -4 …), never past the bisection point
+        return max(lo + 1, hi - max(1, anchor - hi), (lo + hi) // 2)
+    return (lo + hi) // 2
 
 
 def breaking_checks(g: GpuReport) -> dict[str, bool]:
@@ -185,11 +206,14 @@ def find_headroom(
     cap: float = CAP,
     progress: Callable[[str], None] | None = None,
     known: Mapping[float, PlanSimulator] | None = None,
+    guesses: Sequence[float | None] | None = None,
 ) -> PlanHeadroom:
     """Every GPU's headroom; ``stated`` is the plan's twin report at the stated rates (seed and GPU
     order as in ``plan``), whose verdicts are the search's starting point. ``known``: simulators
     already run at some extra load share (same seed), e.g. solve's check at ``slo.headroom``, whose
-    cached GPU results the search reuses.
+    cached GPU results the search starts from. ``guesses``: per GPU of ``plan``, a predicted headroom
+    (extra load share, e.g. from the capacity oracle; None: no prediction), where its search starts
+    (:func:`_next_probe`'s anchor); a guess only orders the probes, the figures are the twin's.
 
     Each round's probes (every unsettled GPU's next multiplier) run as one batch, so both cores stay
     busy when the GPUs probe different multipliers."""
@@ -204,12 +228,27 @@ def find_headroom(
     lo: dict[GpuConfig, int | None] = {gp: (None if first[gp].failed else 0) for gp in configs}
     hi: dict[GpuConfig, int | None] = {gp: (0 if first[gp].failed else None) for gp in configs}
     broke: dict[GpuConfig, GpuReport] = {gp: first[gp] for gp in configs if first[gp].failed}
+    for step_k in sorted(sims):
+        for gp in configs:
+            seen = sims[step_k].cache.get(gp)
+            below, above = lo[gp], hi[gp]
+            if seen is None or below is None or step_k <= below or (above is not None and step_k >= above):
+                continue
+            if seen.failed:
+                hi[gp], broke[gp] = step_k, seen
+            else:
+                lo[gp] = step_k
+    anchor: dict[GpuConfig, int] = {}
+    for gp, guess in zip(plan, guesses or ()):
+        if guess is not None and gp not in anchor:
+            # the grid step just above the predicted largest passing load: where it should break
+            anchor[gp] = min(top, max(1, math.floor(guess / step + 1e-9) + 1))
     runs = 0
     while True:
         probes: list[tuple[int, GpuConfig]] = []
         for gp in configs:
             low = lo[gp]
-            k = None if low is None else _next_probe(low, hi[gp], top)
+            k = None if low is None else _next_probe(low, hi[gp], top, anchor.get(gp))
             if k is not None:
                 probes.append((k, gp))
         if not probes:
