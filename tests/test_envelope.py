@@ -112,3 +112,23 @@ def test_the_bound_under_the_slo_is_tighter_than_the_throughput_guard_and_below_
     pb = compile_problem(sc, Path("."))
     relaxed = lower_bound(pb, SurrogateCapacity.shipped(pb, slo=False).guard)
     assert relaxed < plan.lower_bound <= plan.gpus_used
+
+
+def test_best_slots_on_the_guards_slot_counts_equals_the_full_scan(fleet: tuple[object, SurrogateCapacity]) -> None:
+    # best_slots evaluates the learned models only where the guard accepts, unless nothing there is
+    # feasible: the estimate must be the one a scan of every candidate picks, feasible or not.
+    from optplace.solver.capacity import _pick
+
+    _, orc = fleet
+    rng = np.random.default_rng(11)
+    feasible = refused = 0
+    for _ in range(40):
+        n = int(rng.integers(1, 160))
+        mix = Mix(tuple(rng.choice([8, 16], n).tolist()), tuple(rng.lognormal(-2.5, 1.5, n) * rng.uniform(0.2, 3)))
+        cands = orc.analytic.candidate_slots(0, mix)
+        full = _pick(orc.evaluate(0, mix, L) for L in cands)
+        got = orc.best_slots(0, mix)
+        assert got == full
+        feasible += got.feasible
+        refused += not got.feasible
+    assert feasible >= 5 and refused >= 5  # both branches taken

@@ -31,13 +31,16 @@ import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from optplace.solver.envelope import LoadEnvelope, slo_envelope
 from optplace.solver.problem import AdapterClass, AdapterItem, Deadline, Problem
 from optplace.twin.fluid import FluidPoint, fluid_constants
+
+if TYPE_CHECKING:
+    from optplace.surrogate.features import MixFeatures
 
 #: Slot counts the solver considers (every value up to 16, then coarser): vLLM accepts any
 #: integer, but capacity varies slowly with slots, so a grid keeps the MILP's pricing finite.
@@ -77,6 +80,10 @@ KAPPA = 1.0
 #: The slot rule is left to the oracle: ``scenarios/pool-min-cost.yaml``'s one-A100 plan (300 adapters,
 #: ~95 active on 32 slots) loses 2.5 % in the twin, passing the aggregate rule κ = 1 would refuse.
 GUARD = 1.25
+
+#: Mixes whose feature rows a surrogate oracle keeps (:meth:`SurrogateCapacity._features`): a best-slots
+#: search asks one mix at ~30 slot counts in a row, so a small memo catches nearly every repeat.
+FEATURE_MEMO = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +279,10 @@ class AnalyticCapacity:
         return float(np.sum(-np.expm1(-x)))
 
     def evaluate(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
+        return self._evaluate(gtype, mix, max_loras, None)
+
+    def _evaluate(self, gtype: int, mix: Mix, max_loras: int, guarded: Estimate | None) -> Estimate:
+        """:meth:`evaluate`, with the guard's estimate at these slots when the caller has it."""
         prob = self.problem
         offered = prob.offered_tok_s(mix.rate_sum)
         L = int(max_loras)
@@ -486,6 +497,7 @@ class SurrogateCapacity:
         # the load solve's twin check judges the plan at (1 + the SLO's headroom margin)
         self.slo_models = list(slo_models) if slo_models is not None else None
         self.slo_load_scale = float(slo_load_scale)
+        self._mix_features: dict[tuple[Mix, float], MixFeatures] = {}
         if self.slo_models is not None:
             self.name = "surrogate+slo"
         self.analytic = AnalyticCapacity(problem)
@@ -535,22 +547,21 @@ class SurrogateCapacity:
         return self.analytic.slot_cap(gtype, rank_max)
 
     def evaluate(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
-        from optplace.surrogate.features import feature_row_from_parts
+        return self._evaluate(gtype, mix, max_loras, None)
 
+    def _evaluate(self, gtype: int, mix: Mix, max_loras: int, guarded: Estimate | None) -> Estimate:
+        """:meth:`evaluate`, with the guard's estimate at these slots when the caller has it."""
         prob = self.problem
         offered = prob.offered_tok_s(mix.rate_sum)
         if mix.n == 0:
             return Estimate(True, max_loras, 0.0, 0.0, 0.0, 0.0, source="surrogate")
         if max_loras < 1 or max_loras > self.slot_cap(gtype, mix.rank_max):
             return Estimate(False, max_loras, offered, 0.0, math.inf, math.inf, "memory", "surrogate")
-        st = prob.stats
-        row = feature_row_from_parts(
-            mix.rates, mix.ranks, max_loras, st.mean_input_tokens, st.mean_output_tokens, st.arrival_cv, st.burst_factor
-        )
+        row = self._features(mix, 1.0).row(max_loras)
         p = self.surrogates[gtype].predict_row(row)
         loss = 1.0 - p.delivered_frac
         reason = "ok"
-        g = self.guard.evaluate(gtype, mix, max_loras)
+        g = guarded if guarded is not None else self.guard.evaluate(gtype, mix, max_loras)
         if p.starved or loss >= prob.constraints.max_throughput_loss:
             reason = "starved"
         elif not g.feasible:
@@ -587,21 +598,29 @@ class SurrogateCapacity:
     def _meets_slo(self, gtype: int, mix: Mix, max_loras: int, row: Any) -> bool:
         """The SLO model's verdict on ``mix`` with every rate × :attr:`slo_load_scale` (``row``: the
         mix's feature row at its own rates, reused when the scale is 1)."""
-        from optplace.surrogate.features import feature_row_from_parts
-
         assert self.slo_models is not None
         if self.slo_load_scale != 1.0:
-            st = self.problem.stats
-            row = feature_row_from_parts(
-                [r * self.slo_load_scale for r in mix.rates],
-                mix.ranks,
-                max_loras,
-                st.mean_input_tokens,
-                st.mean_output_tokens,
-                st.arrival_cv,
-                st.burst_factor,
-            )
+            row = self._features(mix, self.slo_load_scale).row(max_loras)
         return bool(self.slo_models[gtype].predict_row(row.tolist()).meets)
+
+    def _features(self, mix: Mix, scale: float) -> MixFeatures:
+        """``mix``'s feature rows (every rate × ``scale``), built once per mix and reused at every slot
+        count it is asked at (:class:`~optplace.surrogate.features.MixFeatures`); the memo is dropped
+        when it reaches :data:`FEATURE_MEMO` mixes, so its memory stays bounded."""
+        from optplace.surrogate.features import MixFeatures
+
+        key = (mix, scale)
+        f = self._mix_features.get(key)
+        if f is None:
+            if len(self._mix_features) >= FEATURE_MEMO:
+                self._mix_features.clear()
+            st = self.problem.stats
+            rates = mix.rates if scale == 1.0 else [r * scale for r in mix.rates]
+            f = MixFeatures(
+                rates, mix.ranks, st.mean_input_tokens, st.mean_output_tokens, st.arrival_cv, st.burst_factor
+            )
+            self._mix_features[key] = f
+        return f
 
     def best_slots(self, gtype: int, mix: Mix, candidates: Sequence[int] | None = None) -> Estimate:
         cands = list(candidates) if candidates is not None else self.analytic.candidate_slots(gtype, mix)
@@ -609,7 +628,18 @@ class SurrogateCapacity:
             return Estimate(
                 False, 1, self.problem.offered_tok_s(mix.rate_sum), 0.0, math.inf, math.inf, "memory", "surrogate"
             )
-        return _pick(self.evaluate(gtype, mix, L) for L in cands)
+        # Every GPU the oracle accepts, its guard accepts, and the guard is several times cheaper than
+        # the learned models. So the slot counts the guard accepts are evaluated first: a feasible pick
+        # among them is the pick among all (the others are refused, and _pick ranks feasible first,
+        # keeping the first of equals). Only when none is feasible are the rest evaluated too, so that
+        # the refusal returned is the one a full scan returns.
+        guards = [self.guard.evaluate(gtype, mix, L) for L in cands]
+        done = {L: self._evaluate(gtype, mix, L, g) for L, g in zip(cands, guards) if g.feasible}
+        if done:
+            best = _pick(done.values())
+            if best.feasible:
+                return best
+        return _pick(done[L] if L in done else self._evaluate(gtype, mix, L, g) for L, g in zip(cands, guards))
 
 
 class TimedOracle:

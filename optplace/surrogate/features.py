@@ -100,6 +100,70 @@ NONLINEAR_FEATURES: tuple[str, ...] = ("slots_frac", "rate_std", "rate_top_slots
 LINEAR_FEATURES: tuple[str, ...] = tuple(n for n in BASE_NAMES if n not in NONLINEAR_FEATURES)
 
 
+class MixFeatures:
+    """One GPU's adapters (rates, ranks) and lengths as feature rows at any slot count: every feature
+    but the three that depend on ``max_loras`` is computed once. A solver asks the same mix at many
+    slot counts (best slots: ~30 candidates); building each row from scratch was most of its time."""
+
+    __slots__ = ("_rates", "_n", "_rate_sum", "_base")
+
+    def __init__(
+        self,
+        rates_rps: Sequence[float] | np.ndarray,
+        ranks: Sequence[int],
+        mean_input_tokens: float,
+        mean_output_tokens: float,
+        arrival_cv: float = 1.0,
+        burst_factor: float = 1.0,
+    ) -> None:
+        rates = np.asarray(rates_rps, dtype=np.float64)
+        rk = np.asarray(ranks, dtype=np.float64)
+        n = rates.size
+        if n == 0 or rk.size != n:
+            raise ValueError(f"need one rank per rate and at least one adapter (got {n} rates, {rk.size} ranks)")
+        rate_sum = float(rates.sum())
+        buckets = np.minimum(np.searchsorted(_BUCKETS, rk), len(RANK_BUCKETS) - 1)
+        counts = np.bincount(buckets, minlength=len(RANK_BUCKETS)).tolist()
+        tokens = mean_input_tokens + mean_output_tokens
+        hb = hist_bins(rates)
+        self._rates, self._n, self._rate_sum = rates, n, rate_sum
+        self._base = np.array(
+            [
+                n,
+                0.0,  # max_loras  (set by row())
+                0.0,  # slots_frac
+                rate_sum,
+                float(rates.max()),
+                float(rates.std()),
+                0.0,  # rate_top_slots_frac
+                float(rk.max()),
+                float(rk.mean()),
+                *counts,
+                mean_input_tokens,
+                mean_output_tokens,
+                arrival_cv,
+                burst_factor,
+                rate_sum * tokens,
+                rate_sum * mean_output_tokens,
+                *np.bincount(hb, minlength=HIST_BINS).tolist(),
+                *np.bincount(hb, weights=rates, minlength=HIST_BINS).tolist(),
+            ],
+            dtype=np.float64,
+        )
+
+    def row(self, max_loras: int) -> np.ndarray:
+        """The feature row (float64, ordered as :data:`FEATURE_NAMES`) at ``max_loras`` slots."""
+        n, rate_sum = self._n, self._rate_sum
+        k = min(int(max_loras), n)
+        # partition: the k largest rates without a full sort
+        top = float(np.partition(self._rates, n - k)[n - k :].sum()) if k < n else rate_sum
+        out = self._base.copy()
+        out[1] = max_loras
+        out[2] = max_loras / n
+        out[6] = top / rate_sum if rate_sum > 0 else 1.0
+        return out
+
+
 def feature_row_from_parts(
     rates_rps: Sequence[float] | np.ndarray,
     ranks: Sequence[int],
@@ -112,44 +176,9 @@ def feature_row_from_parts(
     """Build the feature row (float64, ordered as :data:`FEATURE_NAMES`) from raw per-GPU facts.
 
     Ranks above 64 count in ``n_rank64`` (the largest bucket); ranks between buckets count in the
-    next larger one.
+    next larger one. Rows of one mix at several slot counts: :class:`MixFeatures`.
     """
-    rates = np.asarray(rates_rps, dtype=np.float64)
-    rk = np.asarray(ranks, dtype=np.float64)
-    n = rates.size
-    if n == 0 or rk.size != n:
-        raise ValueError(f"need one rank per rate and at least one adapter (got {n} rates, {rk.size} ranks)")
-    rate_sum = float(rates.sum())
-    k = min(int(max_loras), n)
-    # partition: the k largest rates without a full sort
-    top = float(np.partition(rates, n - k)[n - k :].sum()) if k < n else rate_sum
-    buckets = np.minimum(np.searchsorted(_BUCKETS, rk), len(RANK_BUCKETS) - 1)
-    counts = np.bincount(buckets, minlength=len(RANK_BUCKETS)).tolist()
-    tokens = mean_input_tokens + mean_output_tokens
-    hb = hist_bins(rates)
-    return np.array(
-        [
-            n,
-            max_loras,
-            max_loras / n,
-            rate_sum,
-            float(rates.max()),
-            float(rates.std()),
-            top / rate_sum if rate_sum > 0 else 1.0,
-            float(rk.max()),
-            float(rk.mean()),
-            *counts,
-            mean_input_tokens,
-            mean_output_tokens,
-            arrival_cv,
-            burst_factor,
-            rate_sum * tokens,
-            rate_sum * mean_output_tokens,
-            *np.bincount(hb, minlength=HIST_BINS).tolist(),
-            *np.bincount(hb, weights=rates, minlength=HIST_BINS).tolist(),
-        ],
-        dtype=np.float64,
-    )
+    return MixFeatures(rates_rps, ranks, mean_input_tokens, mean_output_tokens, arrival_cv, burst_factor).row(max_loras)
 
 
 def scaled_rows(
