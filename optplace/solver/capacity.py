@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -88,10 +88,16 @@ FEATURE_MEMO = 256
 
 @dataclass(frozen=True, slots=True)
 class Mix:
-    """The adapters of one candidate GPU: one (rank, rate) per adapter."""
+    """The adapters of one candidate GPU: one (rank, rate) per adapter.
+
+    The largest rank, the rate sum and the rates as an array are computed on first use and kept: an
+    oracle asks them of one mix at every candidate slot count (~30), over hundreds of adapters."""
 
     ranks: tuple[int, ...]
     rates: tuple[float, ...]
+    _rank_max: int | None = field(default=None, init=False, compare=False, repr=False)
+    _rate_sum: float | None = field(default=None, init=False, compare=False, repr=False)
+    _rate_array: np.ndarray | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def n(self) -> int:
@@ -99,11 +105,27 @@ class Mix:
 
     @property
     def rank_max(self) -> int:
-        return max(self.ranks) if self.ranks else 8
+        if self._rank_max is None:
+            object.__setattr__(self, "_rank_max", max(self.ranks) if self.ranks else 8)
+        assert self._rank_max is not None
+        return self._rank_max
 
     @property
     def rate_sum(self) -> float:
-        return math.fsum(self.rates)
+        if self._rate_sum is None:
+            object.__setattr__(self, "_rate_sum", math.fsum(self.rates))
+        assert self._rate_sum is not None
+        return self._rate_sum
+
+    @property
+    def rate_array(self) -> np.ndarray:
+        """The rates as a float64 array (read-only: shared by every caller)."""
+        if self._rate_array is None:
+            a = np.asarray(self.rates, dtype=np.float64)
+            a.flags.writeable = False
+            object.__setattr__(self, "_rate_array", a)
+        assert self._rate_array is not None
+        return self._rate_array
 
     def key(self) -> tuple[tuple[int, float], ...]:
         """Canonical memo key: the sorted (rank, rate) multiset (rates rounded to 1e-9)."""
@@ -271,18 +293,14 @@ class AnalyticCapacity:
                 if cap >= 1 and n_avail >= 1:
                     yield t.index, rmax, cap, n_avail
 
-    def active(self, mix_rates: Sequence[float], service_s: float) -> float:
+    def active(self, mix_rates: Sequence[float] | np.ndarray, service_s: float) -> float:
         """Expected number of adapters with a request in the engine."""
-        if not mix_rates:
+        if len(mix_rates) == 0:
             return 0.0
         x = np.asarray(mix_rates, dtype=float) * service_s
         return float(np.sum(-np.expm1(-x)))
 
     def evaluate(self, gtype: int, mix: Mix, max_loras: int) -> Estimate:
-        return self._evaluate(gtype, mix, max_loras, None)
-
-    def _evaluate(self, gtype: int, mix: Mix, max_loras: int, guarded: Estimate | None) -> Estimate:
-        """:meth:`evaluate`, with the guard's estimate at these slots when the caller has it."""
         prob = self.problem
         offered = prob.offered_tok_s(mix.rate_sum)
         L = int(max_loras)
@@ -296,7 +314,7 @@ class AnalyticCapacity:
         rot = 1.0
         active = 0.0
         if mix.n > L:
-            active = self.active(mix.rates, pt.service_s)
+            active = self.active(mix.rate_array, pt.service_s)
             rot = 1.0 / (1.0 + ROTATION * active / L)
         full_tok = rot * prob.offered_tok_s(pt.lam_max_rps)
         cap_tok = self.rho * self.factor(gtype, rmax, d) * full_tok
@@ -317,7 +335,7 @@ class AnalyticCapacity:
         if mix.n <= max_loras:
             return True
         pt = self.point(gtype, mix.rank_max, min(max_loras, mix.n), max_loras)
-        return self.active(mix.rates, pt.service_s) <= self.active_cap(gtype, mix.rank_max, max_loras)
+        return self.active(mix.rate_array, pt.service_s) <= self.active_cap(gtype, mix.rank_max, max_loras)
 
     def candidate_slots(self, gtype: int, mix: Mix) -> list[int]:
         """Slot counts worth trying for ``mix``: the grid up to the memory cap, and ``n`` itself."""
@@ -615,7 +633,7 @@ class SurrogateCapacity:
             if len(self._mix_features) >= FEATURE_MEMO:
                 self._mix_features.clear()
             st = self.problem.stats
-            rates = mix.rates if scale == 1.0 else [r * scale for r in mix.rates]
+            rates = mix.rate_array if scale == 1.0 else mix.rate_array * scale
             f = MixFeatures(
                 rates, mix.ranks, st.mean_input_tokens, st.mean_output_tokens, st.arrival_cv, st.burst_factor
             )
