@@ -46,7 +46,7 @@ import heapq
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from optplace.infra.registry import STRATEGIES
@@ -678,6 +678,75 @@ def solve_split(
     fits: Fits | None = None,
     deadline: Deadline | None = None,
 ) -> Solved:
+    """:func:`_split_and_solve`, then, for an optimising strategy, GPUs emptied by splitting adapters
+    over the others' room where the oracle allows it (:func:`_drained`)."""
+    name = strategy or problem.solver.strategy
+    dl = deadline if deadline is not None else Deadline.begin(SolveOptions.of(problem).time_limit_s)
+    solved = _split_and_solve(problem, oracle, name, fits, dl)
+    return _drained(solved, oracle, name, dl)
+
+
+def _drained(solved: Solved, oracle: CapacityOracle, name: str, dl: Deadline) -> Solved:
+    """``solved`` with GPUs emptied by :func:`~.drain.drain` when that lowers the objective: the plan on
+    the problem with the split parts as replicas, its bound the lower of the two problems' (as for
+    loraserve's fragments: a plan that splits adapters is not bound by the whole-adapter problem's)."""
+    from optplace.solver.drain import drain, drained_gpus
+
+    obj = get_objective(solved.plan.objective)
+    plan = solved.plan
+    if name not in BALANCED or obj.fixed_budget or dl.passed() or plan.gpus_used <= 1:
+        return solved
+    problem = solved.split.problem
+    phase = dl.phase("draining GPUs by splitting adapters")
+    out = drain(problem, oracle, [g for g in plan.gpus if g.adapters], phase)
+    frag, gpus = drained_gpus(problem, oracle, out) if out is not None else (problem, [])
+    value = obj.value(tuple(gpus)) if gpus else plan.objective_value
+    if not all(g.feasible for g in gpus) or value >= plan.objective_value - 1e-9:
+        if tuple(dl.cuts) == plan.cut_by_time_limit:
+            return solved
+        return Solved(solved.split, plan.with_(cut_by_time_limit=tuple(dl.cuts)), solved.unsplit)
+    gpus_t = renumber(gpus)
+    counts: dict[str, int] = {}
+    for a in frag.adapters:
+        counts[a.name] = counts.get(a.name, 0) + 1
+    split = sum(1 for k in counts.values() if k > 1)
+    lb = plan.lower_bound
+    bm = bound_model(oracle)[0]
+    if bm is not None and phase.affords(lp_bound_seconds(frag.n_adapters)):
+        weights = _weights(frag)
+        lb = min(
+            lb,
+            obj.round_bound(
+                max(volume_bound(frag, bm, weights), cached_lp_bound(frag, bm, weights, deadline=dl).value)
+            ),
+        )
+    else:
+        lb = min(lb, float(volume_bound(frag, bm, _weights(frag))) if bm is not None else 0.0)
+    why = (
+        f"drained {plan.gpus_used - len(gpus_t)} GPU(s) by splitting adapters over the others' room: "
+        f"{plan.objective_value:g} -> {value:g}, {split} adapter(s) in several parts; bound {lb:g}: the lower "
+        "of the two problems'"
+    )
+    drained = replace(
+        plan,
+        gpus=gpus_t,
+        objective_value=value,
+        lower_bound=lb,
+        solve_time_s=dl.elapsed(),
+        log=(*plan.log, why),
+        cut_by_time_limit=tuple(dl.cuts),
+    )
+    rep = Replication(frag, solved.split.log, tuple((n, k) for n, k in counts.items() if k > 1))
+    return Solved(rep, drained, solved.unsplit or plan)
+
+
+def _split_and_solve(
+    problem: Problem,
+    oracle: CapacityOracle,
+    name: str,
+    fits: Fits | None,
+    dl: Deadline,
+) -> Solved:
     """:func:`prepare` the problem for ``strategy`` and :func:`solve` it: the problem solved (with its
     replicas) and the plan (:class:`Solved`).
 
@@ -689,8 +758,6 @@ def solve_split(
     (or cost); the fragments' extra replicas are the price, paid only for a better objective. The bound
     reported is then the lower of the two problems' bounds (splitting can beat the whole-adapter
     problem's bound)."""
-    name = strategy or problem.solver.strategy
-    dl = deadline if deadline is not None else Deadline.begin(SolveOptions.of(problem).time_limit_s)
     rep = prepare(problem, oracle, name, fits, dl)
     plan = solve(rep.problem, oracle, name, deadline=dl)
     obj = get_objective(problem.objective)
