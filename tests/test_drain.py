@@ -58,3 +58,26 @@ def test_fragments_keep_whole_items_and_split_the_rest():
     assert [a.share for a in frag.adapters[:2]] == pytest.approx([0.25, 0.75])
     assert per_gpu == [[0, 2], [1, 3]]
     assert [a.index for a in frag.adapters] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("strategy", ["milp", "greedy"])
+def test_solve_drains_what_rank_pure_fills_cannot(strategy):
+    # one adapter per rank, each 55 % of a GPU: whole adapters take three GPUs, and so does loraserve's
+    # fill (it never co-batches ranks); split over the other two GPUs' room, two
+    from optplace.solver.strategies import solve_split
+
+    lam, _ = AnalyticCapacity(h100_problem([(8, 1.0)], extra="slo: none")).linear_limits(0, 32, 1)
+    pb = h100_problem([(8, 0.55 * lam), (16, 0.55 * lam), (32, 0.55 * lam)], name="ranks", extra="slo: none")
+    an = AnalyticCapacity(pb)
+    solved = solve_split(pb, an, strategy)
+    plan = solved.plan
+    assert plan.gpus_used == 2 and solved.unsplit is not None and solved.unsplit.gpus_used == 3
+    assert any(line.startswith("drained 1 GPU(s)") for line in plan.log)
+    assert all(g.feasible for g in plan.gpus)
+    shares: dict[str, float] = {}
+    for a in solved.split.problem.adapters:
+        shares[a.name] = shares.get(a.name, 0.0) + a.share
+    assert shares == pytest.approx({"a0": 1.0, "a1": 1.0, "a2": 1.0})
+    assert dict(solved.split.replicas) and max(k for _, k in solved.split.replicas) == 2
+    # a baseline is left as it places
+    assert solve_split(pb, an, "greedy-paper").plan.gpus_used == 3

@@ -54,7 +54,11 @@ def drain(
         """Does GPU ``k`` accept item ``i`` at rate ``part`` beside ``base``?"""
         return oracle.best_slots(state[k][0], _mix(problem, [*base, (i, part)])).feasible
 
-    scale = [largest_scale(oracle, t, _mix(problem, items)) for t, items in state]
+    scale: list[float] = []
+    for t, items in state:
+        if deadline.expired():  # hundreds of GPUs: measuring their room alone may outlast the limit
+            return None
+        scale.append(largest_scale(oracle, t, _mix(problem, items)))
     emptied = 0
     for v in sorted(range(len(state)), key=lambda k: (-scale[k], k))[:MAX_VICTIMS]:
         if deadline.expired() or len(state) - emptied <= 1:

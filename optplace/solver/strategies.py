@@ -697,7 +697,8 @@ def _drained(solved: Solved, oracle: CapacityOracle, name: str, dl: Deadline) ->
     if name not in BALANCED or obj.fixed_budget or dl.passed() or plan.gpus_used <= 1:
         return solved
     problem = solved.split.problem
-    phase = dl.phase("draining GPUs by splitting adapters")
+    # the bound's share of the limit stays for the fragments' bound
+    phase = dl.until(1.0 - BOUND_SHARE).phase("draining GPUs by splitting adapters")
     out = drain(problem, oracle, [g for g in plan.gpus if g.adapters], phase)
     frag, gpus = drained_gpus(problem, oracle, out) if out is not None else (problem, [])
     value = obj.value(tuple(gpus)) if gpus else plan.objective_value
@@ -712,7 +713,7 @@ def _drained(solved: Solved, oracle: CapacityOracle, name: str, dl: Deadline) ->
     split = sum(1 for k in counts.values() if k > 1)
     lb = plan.lower_bound
     bm = bound_model(oracle)[0]
-    if bm is not None and phase.affords(lp_bound_seconds(frag.n_adapters)):
+    if bm is not None and dl.phase("bound").affords(lp_bound_seconds(frag.n_adapters)):
         weights = _weights(frag)
         lb = min(
             lb,
@@ -721,7 +722,7 @@ def _drained(solved: Solved, oracle: CapacityOracle, name: str, dl: Deadline) ->
             ),
         )
     else:
-        lb = min(lb, float(volume_bound(frag, bm, _weights(frag))) if bm is not None else 0.0)
+        lb = min(lb, obj.round_bound(volume_bound(frag, bm, _weights(frag))) if bm is not None else 0.0)
     why = (
         f"drained {plan.gpus_used - len(gpus_t)} GPU(s) by splitting adapters over the others' room: "
         f"{plan.objective_value:g} -> {value:g}, {split} adapter(s) in several parts; bound {lb:g}: the lower "
