@@ -11,7 +11,8 @@ as it was. The split parts are replicas with routing shares, as :mod:`.loraserve
 (:func:`fragment_problem`), so the twin, the repair and the router treat them as any replica.
 
 Room is the oracle's: a GPU's largest accepted multiple of its load (:func:`.gap.largest_scale`),
-kept up to date as parts arrive; a part is placed only where the oracle accepts the GPU's new mix.
+measured once and lowered by every part placed. It only orders the destinations: a part is placed
+only where the oracle accepts the GPU's new mix.
 """
 
 from __future__ import annotations
