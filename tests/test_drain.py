@@ -8,7 +8,8 @@ import pytest
 
 from optplace.solver import AnalyticCapacity
 from optplace.solver.capacity import Mix
-from optplace.solver.drain import drain, drained_gpus, fragment_problem
+from optplace.solver.drain import drain, drained_gpus
+from optplace.solver.replicate import fragment_problem
 from optplace.solver.plan import assign_gpu
 from optplace.solver.problem import Deadline
 from helpers import h100_problem

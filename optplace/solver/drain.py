@@ -8,7 +8,7 @@ first, as the oracle sees it): each adapter of the victim, hottest first, goes w
 the most room that accepts it, else is split, the roomiest GPUs taking the largest part each accepts
 (bisection on the part's rate), until all of it is placed. A victim that cannot be emptied is left
 as it was. The split parts are replicas with routing shares, as :mod:`.loraserve`'s fill makes them
-(:func:`fragment_problem`), so the twin, the repair and the router treat them as any replica.
+(:func:`~.replicate.fragment_problem`), so the twin, the repair and the router treat them as any replica.
 
 Room is the oracle's: a GPU's largest accepted multiple of its load (:func:`.gap.largest_scale`),
 measured once and lowered by every part placed. It only orders the destinations: a part is placed
@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from functools import partial
 
 from optplace.solver.capacity import CapacityOracle, Mix
 from optplace.solver.gap import largest_scale
 from optplace.solver.plan import GpuAssignment, assign_gpu
-from optplace.solver.problem import AdapterItem, Deadline, Problem, classify
+from optplace.solver.problem import Deadline, Problem
+from optplace.solver.replicate import fragment_problem
 
 #: Victims tried per call (least full first): each costs a few oracle calls per adapter.
 MAX_VICTIMS = 8
@@ -101,48 +101,16 @@ def _largest_part(ok: Callable[[float], bool], rate: float) -> float:
     bisection (0 when not even :data:`MIN_PART` of it)."""
     if ok(rate):
         return rate
-    lo, hi = 0.0, rate
-    if not ok(MIN_PART * rate):
+    lo, hi = MIN_PART * rate, rate
+    if not ok(lo):
         return 0.0
-    lo = MIN_PART * rate
     for _ in range(PART_STEPS):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     return lo
 
 
-def fragment_problem(
-    problem: Problem, placed: Sequence[Sequence[tuple[int, float]]], class_width: float = 0.05
-) -> tuple[Problem, list[list[int]]]:
-    """``problem`` with every item placed in parts (``placed``: per GPU, (item index, rate there))
-    replaced by its parts — replicas whose ``share`` is the part's rate over the item's, times the
-    item's share — and, per GPU of ``placed``, the indices of its items in the new problem."""
-    parts: dict[int, list[tuple[int, float]]] = {}
-    for g, items in enumerate(placed):
-        for i, r in items:
-            parts.setdefault(i, []).append((g, r))
-    out: list[AdapterItem] = []
-    where: list[int] = []
-    for a in problem.adapters:
-        ps = parts[a.index]
-        if len(ps) == 1:
-            out.append(a)
-            where.append(ps[0][0])
-            continue
-        rates = [r for _, r in ps[:-1]]
-        rates.append(a.rate_rps - math.fsum(rates))  # the parts add up to the item exactly
-        shares = [a.share * r / a.rate_rps for r in rates[:-1]]
-        shares.append(a.share - math.fsum(shares))
-        out += [replace(a, rate_rps=r, share=x) for r, x in zip(rates, shares, strict=True)]
-        where += [g for g, _ in ps]
-    ads = tuple(replace(x, index=i) for i, x in enumerate(out))
-    per_gpu: list[list[int]] = [[] for _ in placed]
-    for i, g in enumerate(where):
-        per_gpu[g].append(i)
-    return replace(problem, adapters=ads, classes=classify(ads, class_width)), per_gpu
-
-
 def drained_gpus(problem: Problem, oracle: CapacityOracle, drained: Drained) -> tuple[Problem, list[GpuAssignment]]:
-    """The fragments' problem (:func:`fragment_problem`) and each GPU of ``drained`` on it."""
+    """The fragments' problem (:func:`~.replicate.fragment_problem`) and each GPU of ``drained`` on it."""
     frag, per_gpu = fragment_problem(problem, [items for _, items in drained])
     return frag, [assign_gpu(frag, oracle, drained[g][0], idx, g) for g, idx in enumerate(per_gpu)]

@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
 
 from optplace.solver.baselines import type_at
 from optplace.solver.capacity import CapacityOracle, Mix
 from optplace.solver.plan import GpuAssignment, assign_gpu
-from optplace.solver.problem import AdapterItem, Infeasible, Problem, classify
+from optplace.solver.problem import AdapterItem, Infeasible, Problem
+from optplace.solver.replicate import fragment_problem
 
 #: Bisection steps of a GPU's fractional last adapter (its part known to 2^-30 of the adapter's rate).
 FRACTION_STEPS = 30
@@ -166,20 +166,7 @@ def split(
     fragments (replicas with ``share`` = fragment rate / adapter rate), every item tagged with its GPU;
     and one log line per rank class."""
     fills = plan(problem, oracle, budget)
-    parts: dict[int, list[tuple[int, float]]] = {}
-    g = 0
-    for f in fills.values():
-        for gpu in f:
-            for i, r in gpu:
-                parts.setdefault(i, []).append((g, r))
-            g += 1
-    items: list[AdapterItem] = []
-    for a in problem.adapters:
-        ps = parts[a.index]
-        shares = [a.share * r / a.rate_rps for _, r in ps[:-1]]
-        shares.append(a.share - math.fsum(shares))  # the shares add up to the item's exactly
-        items += [replace(a, rate_rps=r, share=s, gpu=k) for (k, r), s in zip(ps, shares, strict=True)]
-    ads = tuple(replace(x, index=i) for i, x in enumerate(items))
+    split_problem, _ = fragment_problem(problem, [gpu for f in fills.values() for gpu in f], class_width, tag=True)
     log = []
     for r, f in fills.items():
         n_split = sum(len(gpu) for gpu in f) - len({i for gpu in f for i, _ in gpu})
@@ -189,7 +176,7 @@ def split(
             + (" (a fixed budget: filled evenly)" if budget is not None else "")
             + f", {n_split} adapter part(s) split off at a GPU boundary"
         )
-    return replace(problem, adapters=ads, classes=classify(ads, class_width)), tuple(log)
+    return split_problem, tuple(log)
 
 
 def assign(problem: Problem, oracle: CapacityOracle) -> list[GpuAssignment]:

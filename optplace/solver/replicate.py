@@ -22,7 +22,8 @@ here; an adapter that fits one GPU stays whole.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 from dataclasses import dataclass, replace
 
@@ -152,3 +153,30 @@ def starts_one_slot(problem: Problem, gtype: int, mix: Mix) -> bool:
     sv = problem.serving
     prof = problem.gpu_types[gtype].profile
     return prof.max_startable_slots(mix.rank_max, sv.gpu_memory_utilization, sv.max_model_len, upper=1) >= 1
+
+
+def fragment_problem(
+    problem: Problem, placed: Sequence[Sequence[tuple[int, float]]], class_width: float = 0.05, tag: bool = False
+) -> tuple[Problem, list[list[int]]]:
+    """``problem`` with its items as ``placed`` puts them (per GPU, (item index, rate there); every item
+    on at least one GPU): an item on several GPUs becomes one replica per GPU, whose ``share`` is the
+    part's rate over the item's, times the item's share (the last takes the rest, so they add up to the
+    item's exactly); and, per GPU of ``placed``, the indices of its items in the new problem. ``tag``:
+    each item records its GPU (``AdapterItem.gpu``, what :func:`.loraserve.assign` reads)."""
+    parts: dict[int, list[tuple[int, float]]] = {}
+    for g, items in enumerate(placed):
+        for i, r in items:
+            parts.setdefault(i, []).append((g, r))
+    out: list[AdapterItem] = []
+    where: list[int] = []
+    for a in problem.adapters:
+        ps = parts[a.index]
+        shares = [a.share * r / a.rate_rps for _, r in ps[:-1]]
+        shares.append(a.share - math.fsum(shares))
+        out += [replace(a, rate_rps=r, share=x, gpu=g if tag else a.gpu) for (g, r), x in zip(ps, shares, strict=True)]
+        where += [g for g, _ in ps]
+    ads = tuple(replace(x, index=i) for i, x in enumerate(out))
+    per_gpu: list[list[int]] = [[] for _ in placed]
+    for i, g in enumerate(where):
+        per_gpu[g].append(i)
+    return replace(problem, adapters=ads, classes=classify(ads, class_width)), per_gpu

@@ -46,7 +46,7 @@ import heapq
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from optplace.infra.registry import STRATEGIES
@@ -124,9 +124,7 @@ def _proven(
     if bm is None or not deadline.affords(lp_bound_seconds(problem.n_adapters)):
         return None
     # The LP bound is memoised only when it converged, so the final bound reuses it or retries.
-    lb = objective.round_bound(
-        max(volume_bound(problem, bm, weights), cached_lp_bound(problem, bm, weights, deadline=deadline).value)
-    )
+    lb = _bound_value(problem, bm, objective, weights, deadline)
     return lb if lb >= value - 1e-9 else None
 
 
@@ -460,10 +458,24 @@ def prepare(
         return replicate_hot(problem, oracle, fits)
     budget = latency_budget(problem, oracle, deadline) if get_objective(problem.objective).fixed_budget else None
     split, log = loraserve.split(problem, oracle, budget)
+    return Replication(split, log, _replicas(split))
+
+
+def _replicas(problem: Problem) -> tuple[tuple[str, int], ...]:
+    """Each adapter the problem places on several GPUs, with its item count (``Replication.replicas``)."""
     counts: dict[str, int] = {}
-    for a in split.adapters:
+    for a in problem.adapters:
         counts[a.name] = counts.get(a.name, 0) + 1
-    return Replication(split, log, tuple((n, k) for n, k in counts.items() if k > 1))
+    return tuple((n, k) for n, k in counts.items() if k > 1)
+
+
+def _bound_value(
+    problem: Problem, bm: AnalyticCapacity, objective: Objective, weights: list[float], deadline: Deadline
+) -> float:
+    """The better of the volume and LP bounds on ``bm``, rounded as ``objective`` counts."""
+    return objective.round_bound(
+        max(volume_bound(problem, bm, weights), cached_lp_bound(problem, bm, weights, deadline=deadline).value)
+    )
 
 
 # --- min_latency ------------------------------------------------------------------------------
@@ -700,45 +712,50 @@ def _drained(solved: Solved, oracle: CapacityOracle, name: str, dl: Deadline) ->
     # the bound's share of the limit stays for the fragments' bound
     phase = dl.until(1.0 - BOUND_SHARE).phase("draining GPUs by splitting adapters")
     out = drain(problem, oracle, [g for g in plan.gpus if g.adapters], phase)
-    frag, gpus = drained_gpus(problem, oracle, out) if out is not None else (problem, [])
-    value = obj.value(tuple(gpus)) if gpus else plan.objective_value
-    if not all(g.feasible for g in gpus) or value >= plan.objective_value - 1e-9:
-        if tuple(dl.cuts) == plan.cut_by_time_limit:
-            return solved
-        return Solved(solved.split, plan.with_(cut_by_time_limit=tuple(dl.cuts)), solved.unsplit)
-    gpus_t = renumber(gpus)
-    counts: dict[str, int] = {}
-    for a in frag.adapters:
-        counts[a.name] = counts.get(a.name, 0) + 1
-    split = sum(1 for k in counts.values() if k > 1)
+    if out is not None:
+        frag, gpus = drained_gpus(problem, oracle, out)
+        value = obj.value(tuple(gpus))
+        if all(g.feasible for g in gpus) and value < plan.objective_value - 1e-9:
+            return _with_drained(solved, oracle, obj, dl, frag, renumber(gpus), value)
+    if tuple(dl.cuts) == plan.cut_by_time_limit:
+        return solved
+    return Solved(solved.split, plan.with_(cut_by_time_limit=tuple(dl.cuts)), solved.unsplit)
+
+
+def _with_drained(
+    solved: Solved,
+    oracle: CapacityOracle,
+    obj: Objective,
+    dl: Deadline,
+    frag: Problem,
+    gpus: tuple[GpuAssignment, ...],
+    value: float,
+) -> Solved:
+    """The drained plan (``gpus`` on the fragments' problem ``frag``) in place of ``solved``'s."""
+    plan = solved.plan
+    replicas = _replicas(frag)
     lb = plan.lower_bound
     bm = bound_model(oracle)[0]
-    if bm is not None and dl.phase("bound").affords(lp_bound_seconds(frag.n_adapters)):
-        weights = _weights(frag)
-        lb = min(
-            lb,
-            obj.round_bound(
-                max(volume_bound(frag, bm, weights), cached_lp_bound(frag, bm, weights, deadline=dl).value)
-            ),
-        )
+    if bm is None:
+        lb = 0.0  # no model contains the oracle's GPUs: only the trivial bound holds
+    elif dl.phase("bound").affords(lp_bound_seconds(frag.n_adapters)):
+        lb = min(lb, _bound_value(frag, bm, obj, _weights(frag), dl))
     else:
-        lb = min(lb, obj.round_bound(volume_bound(frag, bm, _weights(frag))) if bm is not None else 0.0)
+        lb = min(lb, obj.round_bound(volume_bound(frag, bm, _weights(frag))))
     why = (
-        f"drained {plan.gpus_used - len(gpus_t)} GPU(s) by splitting adapters over the others' room: "
-        f"{plan.objective_value:g} -> {value:g}, {split} adapter(s) in several parts; bound {lb:g}: the lower "
-        "of the two problems'"
+        f"drained {plan.gpus_used - len(gpus)} GPU(s) by splitting adapters over the others' room: "
+        f"{plan.objective_value:g} -> {value:g}, {len(replicas)} adapter(s) in several parts; bound {lb:g}: the "
+        "lower of the two problems'"
     )
-    drained = replace(
-        plan,
-        gpus=gpus_t,
+    drained = plan.with_(
+        gpus=gpus,
         objective_value=value,
         lower_bound=lb,
         solve_time_s=dl.elapsed(),
         log=(*plan.log, why),
         cut_by_time_limit=tuple(dl.cuts),
     )
-    rep = Replication(frag, solved.split.log, tuple((n, k) for n, k in counts.items() if k > 1))
-    return Solved(rep, drained, solved.unsplit or plan)
+    return Solved(Replication(frag, solved.split.log, replicas), drained, solved.unsplit or plan)
 
 
 def _split_and_solve(
@@ -780,17 +797,14 @@ def _split_and_solve(
     second = solve(frag, oracle, name, deadline=dl)
     if second.objective_value >= plan.objective_value - 1e-9:
         return Solved(rep, plan)
-    counts: dict[str, int] = {}
-    for a in frag.adapters:
-        counts[a.name] = counts.get(a.name, 0) + 1
-    split = sum(1 for k in counts.values() if k > 1)
+    replicas = _replicas(frag)
     why = (
         f"splitting adapters where it saves GPUs: {plan.objective_value:g} on whole adapters (and hot ones' "
-        f"equal replicas), {second.objective_value:g} with {split} adapter(s) split at GPU boundaries"
+        f"equal replicas), {second.objective_value:g} with {len(replicas)} adapter(s) split at GPU boundaries"
     )
     lb = min(plan.lower_bound, second.lower_bound)
     second = second.with_(lower_bound=lb, log=(*second.log, f"bound {lb:g}: the lower of the two problems'"))
-    return Solved(Replication(frag, (*frag_log, why), tuple((n, k) for n, k in counts.items() if k > 1)), second, plan)
+    return Solved(Replication(frag, (*frag_log, why), replicas), second, plan)
 
 
 def _precheck(problem: Problem, oracle: CapacityOracle) -> None:
