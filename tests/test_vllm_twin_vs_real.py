@@ -35,9 +35,10 @@ one below capacity (at and beyond it, ``load-100`` and ``sat-2slots``, it is pri
 tokens there are its leftover running set, which multiplies any speed difference; ``AT_CAPACITY``); every
 probed configuration's draw offers its nominal load within 3 % (``_seed_offering``);
 the same starvation verdict and the same set of adapters completing nothing (not on ``load-100``, whose
-loss sits at the 10 % threshold by construction, nor where both losses lie within 2 points of it;
-``solve-plan`` and ``replicas``, light and about something else, starve only past 50 % loss); the
-same SLO verdict per adapter on ``solve-plan``.
+loss sits at the 10 % threshold by construction, nor where both losses lie within 2 points of the
+threshold; ``solve-plan`` and ``replicas``, light and about something else, starve only past 50 % loss,
+``load-80`` and ``load-50`` past 25 %: ``TAIL_MAX_LOSS``); the same SLO verdict per adapter on
+``solve-plan``.
 Every miss is reported at once. Latency below saturation (``load-50``, ``load-80``) is measured and
 printed against its target (TTFT median within 20 %, TTFT p99 within 30 %, mean ITL within 10 %) but not
 asserted yet: the twin does not model three costs this engine shows (optplace/vllm/README.md), and misses
@@ -113,6 +114,13 @@ SOLVE_MIN_REQUESTS = 3
 #: (solve-plan's SLO verdicts, the replicas' routing and token rates): on a slow machine their losses are
 #: the window's tail only (a request lasts 2-5 s there), around the usual 10 % threshold
 LIGHT_MAX_LOSS = 0.5
+#: the starvation threshold of the probed configurations below capacity (``load-80``, ``load-50``). Their
+#: windows are short (45-60 s) and a request there lasts ~5 s on a slow machine, so the window's tail alone
+#: cuts 10-13 % of the offered tokens (the twin, at 80 % of its own capacity, lost 12.3 % and 12.5 % in two
+#: CI runs; the engine 14.6 % and 15.5 %): at the usual 10 % both sides sit on the threshold and the verdict
+#: is the tail's, not the load's. Past 25 % a loss is a backlog, which is what these configurations must
+#: not build (their completed tokens are judged within ``TOLERANCE`` as well)
+TAIL_MAX_LOSS = 0.25
 #: sat-2slots' heavy pair offers this multiple of the capacity probed right before it
 SAT_LOAD = 1.5
 #: each of sat-2slots' two light adapters offers this share of the capacity probed right before it
@@ -420,12 +428,11 @@ def _losses(c: GpuComparison) -> tuple[float, float]:
     return 1.0 - c.twin_throughput_tok_s / c.offered_tok_s, 1.0 - c.real_throughput_tok_s / c.offered_tok_s
 
 
-def _at_threshold(c: GpuComparison) -> bool:
-    """Both losses within ``VERDICT_BAND`` of the starvation threshold, every adapter served: a verdict there
-    is the window's tail, not the load (requests arriving in the last seconds are cut on both sides; on a
-    slow machine a request lasts ~5 s, and load-80's 60 s window lost 10.1 % on the engine, 9.9 % in the
-    twin)."""
-    return not c.real_zero and all(abs(x - STARVED_LOSS) <= VERDICT_BAND for x in _losses(c))
+def _at_threshold(c: GpuComparison, max_loss: float) -> bool:
+    """Both losses within ``VERDICT_BAND`` of the configuration's starvation threshold ``max_loss``, every
+    adapter served: a verdict there is the window's tail, not the load (requests arriving in the last
+    seconds are cut on both sides)."""
+    return not c.real_zero and all(abs(x - max_loss) <= VERDICT_BAND for x in _losses(c))
 
 
 def _merged(label: str, docs: list[dict]) -> GpuComparison:
@@ -445,6 +452,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     scaled_to: dict[str, float] = {}  # the capacity [req/s] each configuration's rates are shares of
     probed: dict[str, float] = {}  # the engine's capacity probed right before the configuration [req/s]
     twin_cap: dict[str, float] = {}  # the twin's capacity on the probe's requests [req/s]
+    max_loss: dict[str, float] = {"solve-plan": LIGHT_MAX_LOSS}  # each configuration's starvation threshold
     probe_lines: list[str] = []
     probe_twin_ratio: list[float] = []  # the twin's capacity over the engine's, on each probe's requests
     launch = _server_flags(model, adapters)
@@ -499,12 +507,14 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
                         {"endpoints": [{"gpu": 0, "url": ep.url, "adapters": names, "max_loras": cfg.max_loras}]}
                     )
                 )
+                max_loss[label] = TAIL_MAX_LOSS if load < 1.0 else STARVED_LOSS
                 spec = _spec(
                     label,
                     [(n, 8 if i % 2 == 0 else 16, q) for i, (n, q) in enumerate(zip(names, rates))],
                     window,
                     seed=seed,
                     placement=[(len(names), names)],
+                    max_loss=max_loss[label],
                 )
                 validate(label, spec, window, ["--endpoints", str(routes), "--vocab", "4:2048"], repeats)
                 scaled_to[label], probed[label], twin_cap[label] = min(cap_twin, cap_now), cap_now, cap_twin
@@ -530,7 +540,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
             # 8 adapters, an adapter had ~3 requests in the window, one arriving in its last seconds was cut off
             # (a third of the adapter's tokens), and at the usual threshold solve refused the scenario in CI:
             # "adapter s7 starves even alone"
-            max_loss=LIGHT_MAX_LOSS,
+            max_loss=max_loss["solve-plan"],
         )
     )
     r = runner.invoke(app, ["solve", str(solve_spec), "--json"])
@@ -562,6 +572,10 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     scaled_to["5ad-3slots"] = cap_cal
 
     by = {label: _merged(label, docs) for label, docs in runs.items()}
+
+    def threshold(label: str) -> float:
+        return max_loss.get(label, STARVED_LOSS)
+
     tok = _mean_request_tokens()
     # offered: the share of the capacity the configuration's rates were scaled to; realised: what the engine
     # served in the run over the calibrated capacity, and over the one probed right before it (engine, twin)
@@ -618,7 +632,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     # below-saturation ones served in full, at the intended share of the capacity
     assert by["sat-2slots"].real_starved and set(by["sat-2slots"].real_zero) == {"l2", "l3"}
     for label in ("solve-plan", "5ad-3slots", "load-50", "load-80"):
-        assert not by[label].real_starved or _at_threshold(by[label]), (label, _losses(by[label]))
+        assert not by[label].real_starved or _at_threshold(by[label], threshold(label)), (label, _losses(by[label]))
     assert 0.4 <= load["load-50"] <= 0.6 and 0.7 <= load["load-80"] <= 0.9, load
     assert 0.9 <= load["load-100"] <= 1.1 and load["sat-2slots"] >= 1.3, load
     assert all(not g.get("oom") for docs in runs.values() for doc in docs for g in doc["real"]["gpus"])
@@ -626,7 +640,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     misses = []
     unjudged = []  # completed tokens at and beyond capacity (AT_CAPACITY): printed, not judged
     for label, c in by.items():
-        if label != "load-100" and (not c.same_zero_set or not (c.same_verdict or _at_threshold(c))):
+        if label != "load-100" and (not c.same_zero_set or not (c.same_verdict or _at_threshold(c, threshold(label)))):
             misses.append(
                 f"{label}: verdict twin/real {c.twin_starved}/{c.real_starved}, zero {c.twin_zero}/{c.real_zero}"
             )
