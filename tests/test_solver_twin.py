@@ -81,3 +81,33 @@ def test_one_gpu_configuration_type_from_spec_and_plan_to_the_twin():
     configs = gpu_plans(plan)
     used = [g for g in plan.gpus if g.adapters]
     assert configs == [GpuConfig(g.gpu_type, g.max_loras, g.max_cpu_loras, g.adapters) for g in used]
+
+
+def test_workloads_drawn_together_in_workers_are_the_ones_each_simulator_draws_alone():
+    # A solve draws the workloads of its check seeds and headroom multipliers in parallel
+    # (draw_workloads, called by simulate_into): each must be exactly its simulator's own draw, and the
+    # simulations on it exactly those of a simulator that drew it in-process.
+    import numpy as np
+
+    from optplace.infra.executors import ExecutorSpec
+    from optplace.twin.simulate import GpuConfig, PlanSimulator, draw_workloads, simulate_into
+
+    sc = load_scenario_text(SPEC, base_dir=REPO)
+    two = ExecutorSpec(workers=2)
+    keys = [(11, 1.0), (12, 1.0), (11, 1.3)]
+    together = [PlanSimulator(sc, REPO, two, seed=s, load_scale=x) for s, x in keys]
+    alone = [PlanSimulator(sc, REPO, ExecutorSpec(workers=1), seed=s, load_scale=x) for s, x in keys]
+    assert all(sim._workload is None for sim in together)  # nothing drawn before it is needed
+    draw_workloads(together, two)
+    for a, b in zip(together, alone):
+        for field in ("arrival_s", "adapter", "input_tokens", "output_tokens"):
+            assert np.array_equal(getattr(a.workload, field), getattr(b.workload, field)), field
+    # seeds and load scales draw different workloads (the comparison above is not vacuous)
+    assert len(together[2].workload) > len(together[0].workload)
+    assert not np.array_equal(together[0].workload.arrival_s[:100], together[1].workload.arrival_s[:100])
+    gp = GpuConfig(None, 4, None, tuple(f"a-{i:04d}" for i in range(8)))
+    fresh = [PlanSimulator(sc, REPO, two, seed=s, load_scale=x) for s, x in keys]
+    assert simulate_into([(sim, gp) for sim in fresh], two) == 3
+    for sim, ref in zip(fresh, alone):
+        assert sim.run([gp]).gpus[0].to_json() == ref.run([gp]).gpus[0].to_json()
+        assert sim.simulated == 1  # the run above was the batch's result

@@ -459,6 +459,16 @@ def _opt_float(spec: Any, name: str) -> float | None:
     return None if v is None else float(v)
 
 
+def _ranks(z: np.ndarray) -> np.ndarray:
+    """Each value's rank in ``z`` (0 = smallest): the inverse of the sorting permutation, which is exactly
+    ``argsort(argsort(z))`` at the cost of one sort instead of two (the second sort was half of drawing a
+    workload's lengths)."""
+    order = np.argsort(z)
+    ranks = np.empty_like(order)
+    ranks[order] = np.arange(order.size)
+    return ranks
+
+
 def rank_pair(
     inp: np.ndarray, out: np.ndarray, rho: float, rng: np.random.Generator, max_total: int = 2048
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -470,8 +480,8 @@ def rank_pair(
     n = inp.size
     z1 = rng.standard_normal(n)
     z2 = rho * z1 + math.sqrt(1.0 - rho * rho) * rng.standard_normal(n)
-    i2 = np.sort(inp)[np.argsort(np.argsort(z1))]
-    o2 = np.sort(out)[np.argsort(np.argsort(z2))]
+    i2 = np.sort(inp)[_ranks(z1)]
+    o2 = np.sort(out)[_ranks(z2)]
     o2 = np.minimum(o2, max_total - i2)
     return i2.astype(inp.dtype), o2.astype(out.dtype)
 

@@ -802,11 +802,26 @@ class PlanSimulator:
         self.adapters = sc.adapter_list()
         self.index = {a.name: i for i, a in enumerate(self.adapters)}
         # load_scale multiplies every adapter's rate (1 + the SLO's headroom when solve checks a plan)
-        self.workload = scenario_workload(sc, self.adapters, base_dir, self.seed, load_scale)
+        self.load_scale = load_scale
+        # Drawn when first needed (:attr:`workload`), or for several simulators at once in parallel
+        # (:func:`draw_workloads`): a solve makes a simulator per check seed and per headroom multiplier,
+        # and drawing each in turn in the main process (~2 s per million requests) kept the workers idle.
+        self._workload: Workload | None = None
         self.cache: dict[GpuConfig, GpuReport] = {}
         self.simulated = 0
         self.slo_bounds = sc.adapter_slos()
         self._route: np.ndarray | None = None
+
+    @property
+    def workload(self) -> Workload:
+        """The scenario-wide workload of this simulator's seed and load scale (drawn on first use)."""
+        if self._workload is None:
+            self._workload = self.draw()
+        return self._workload
+
+    def draw(self) -> Workload:
+        """Draw this simulator's workload (:func:`scenario_workload`)."""
+        return scenario_workload(self.sc, self.adapters, self.base_dir, self.seed, self.load_scale)
 
     def route_draw(self) -> np.ndarray:
         """One routing value in [0, 1) per request of the workload: a replicated adapter's request goes
@@ -921,11 +936,28 @@ def simulate_into(
     todo = [(sim, gp) for sim, gp in dict.fromkeys(pairs) if gp not in sim.cache]
     if not todo:
         return 0
+    draw_workloads([sim for sim, _ in todo], executor)
     reports = run_jobs([sim.job(gp, i) for i, (sim, gp) in enumerate(todo)], executor=executor, progress=progress)
     for (sim, gp), rep in zip(todo, reports, strict=True):
         sim.cache[gp] = rep
         sim.simulated += 1
     return len(todo)
+
+
+def _draw(sim: PlanSimulator) -> Workload:
+    return sim.draw()
+
+
+def draw_workloads(sims: Sequence[PlanSimulator], executor: ExecutorSpec) -> None:
+    """Draw the workloads of the simulators that have none yet, in parallel when there are several
+    (each is the same draw it would make alone: its own seed and load scale). A simulator ships to
+    the worker without results (its cache is empty until its workload exists)."""
+    todo = [sim for sim in dict.fromkeys(sims) if sim._workload is None]
+    if len(todo) == 1:
+        todo[0].workload  # noqa: B018  (drawn in-process: a worker would only add the copy back)
+        return
+    for sim, w in zip(todo, map_ordered(_draw, todo, executor), strict=True):
+        sim._workload = w
 
 
 def slo_json(sc: Scenario) -> dict[str, Any] | None:
