@@ -205,6 +205,28 @@ def test_the_lp_bound_runs_its_coarse_grids_first_and_keeps_the_best(monkeypatch
     assert {k[1] for k in an2.__dict__["_lp_cache"]} == {(None, widths[0])}
 
 
+def test_a_bound_that_answers_the_question_stops_at_the_coarse_grid():
+    # "Does the bound reach this plan?" (the solver's stopping rules): once a grid's bound does, finer
+    # grids are not run; a bound that does not is refined to the finest grid as without the question.
+    pb, an = _zipf_problem(300, 1.0, 0.5, ranks=(8, 16, 32))
+    widths = [w for w, _ in bin_widths(pb, coarse_bins=40)]
+    coarse = lp_bound(pb, an, width=widths[0]).value
+    full = cached_lp_bound(pb, AnalyticCapacity(pb), coarse_bins=40)
+    assert full.value > coarse  # the finest grid is tighter: stopping early is a real saving of precision
+    an2 = AnalyticCapacity(pb)
+    asked: list[float] = []
+
+    def reaches(x: float) -> bool:
+        asked.append(x)
+        return x >= coarse
+
+    early = cached_lp_bound(pb, an2, coarse_bins=40, enough=reaches)
+    assert not early.converged and early.value == pytest.approx(coarse) and asked == [early.value]
+    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {(None, widths[0])}
+    never = cached_lp_bound(pb, AnalyticCapacity(pb), coarse_bins=40, enough=lambda x: x > full.value + 1)
+    assert never.converged and never.value == pytest.approx(full.value)
+
+
 def test_a_deadline_stops_the_bound_with_a_valid_value():
     pb, an = _zipf_problem(300, 1.0, 0.5, ranks=(8, 16, 32))
     full = lp_bound(pb, an)

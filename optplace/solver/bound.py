@@ -29,7 +29,7 @@ the plan's own problem, and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -322,6 +322,7 @@ def cached_lp_bound(
     weights: Sequence[float] | None = None,
     deadline: Any = None,
     coarse_bins: int | None = None,
+    enough: Callable[[float], bool] | None = None,
 ) -> "LpBound":
     """:func:`lp_bound` on :func:`bin_widths`' grids from coarse to fine, memoised on ``an`` per
     (problem, weights, width); a run cut short by its deadline is not memoised, so a later call with
@@ -330,7 +331,10 @@ def cached_lp_bound(
     Every grid gives a proven bound (rates are rounded down on each), so the best of them is one. A
     finer grid is not started when, judged by the coarser run's time, it would not finish before
     ``deadline``: the coarse bound then stands. The result's ``converged`` is the finest grid's.
-    ``coarse_bins``: the coarsest grid's most bins (default :data:`LP_COARSE_BINS`)."""
+    ``coarse_bins``: the coarsest grid's most bins (default :data:`LP_COARSE_BINS`). ``enough``: a
+    bound value that settles the caller's question (e.g. "does the bound reach this plan?"); once a
+    grid's bound is enough, no finer grid is run and the result says it did not converge (a stopping
+    rule's coarse answer: 2 s instead of 11 s at 10,000 adapters)."""
     key = None if weights is None else tuple(weights)
     best: LpBound | None = None
     last: tuple[int, float] | None = None  # (bins, seconds) of the previous grid's run
@@ -352,6 +356,8 @@ def cached_lp_bound(
         best = hit if best is None or hit.value >= best.value else replace(best, converged=hit.converged)
         if not hit.converged:
             break  # the deadline passed: a finer grid would not get further
+        if enough is not None and enough(best.value) and width != grids[-1][0]:
+            return replace(best, converged=False)
     assert best is not None  # bin_widths gives at least the finest grid
     return best
 

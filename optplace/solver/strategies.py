@@ -124,7 +124,7 @@ def _proven(
     if bm is None or not deadline.affords(lp_bound_seconds(problem.n_adapters)):
         return None
     # The LP bound is memoised only when it converged, so the final bound reuses it or retries.
-    lb = _bound_value(problem, bm, objective, weights, deadline)
+    lb = _bound_value(problem, bm, objective, weights, deadline, reach=value)
     return lb if lb >= value - 1e-9 else None
 
 
@@ -470,12 +470,26 @@ def _replicas(problem: Problem) -> tuple[tuple[str, int], ...]:
 
 
 def _bound_value(
-    problem: Problem, bm: AnalyticCapacity, objective: Objective, weights: list[float], deadline: Deadline
+    problem: Problem,
+    bm: AnalyticCapacity,
+    objective: Objective,
+    weights: list[float],
+    deadline: Deadline,
+    reach: float | None = None,
 ) -> float:
-    """The better of the volume and LP bounds on ``bm``, rounded as ``objective`` counts."""
-    return objective.round_bound(
-        max(volume_bound(problem, bm, weights), cached_lp_bound(problem, bm, weights, deadline=deadline).value)
-    )
+    """The better of the volume and LP bounds on ``bm``, rounded as ``objective`` counts. With ``reach``
+    (a plan's value: the question is only whether the bound reaches it), the LP stops at the first rate
+    grid whose bound does, and is not run when the volume bound already does; the value returned is
+    then a valid bound at least ``reach``, not necessarily the best one."""
+    vol = volume_bound(problem, bm, weights)
+
+    def rounded(lp: float) -> float:
+        return objective.round_bound(max(vol, lp))
+
+    if reach is not None and rounded(0.0) >= reach - 1e-9:
+        return rounded(0.0)
+    enough = None if reach is None else (lambda lp: rounded(lp) >= reach - 1e-9)
+    return rounded(cached_lp_bound(problem, bm, weights, deadline=deadline, enough=enough).value)
 
 
 # --- min_latency ------------------------------------------------------------------------------
