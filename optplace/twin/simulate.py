@@ -944,19 +944,14 @@ def simulate_into(
     return len(todo)
 
 
-def _draw(sim: PlanSimulator) -> Workload:
-    return sim.draw()
-
-
 def draw_workloads(sims: Sequence[PlanSimulator], executor: ExecutorSpec) -> None:
     """Draw the workloads of the simulators that have none yet, in parallel when there are several
     (each is the same draw it would make alone: its own seed and load scale). A simulator ships to
     the worker without results (its cache is empty until its workload exists)."""
     todo = [sim for sim in dict.fromkeys(sims) if sim._workload is None]
-    if len(todo) == 1:
-        todo[0].workload  # noqa: B018  (drawn in-process: a worker would only add the copy back)
-        return
-    for sim, w in zip(todo, map_ordered(_draw, todo, executor), strict=True):
+    # one draw stays in-process on any executor: a worker would only add the copy back
+    drawn = [todo[0].draw()] if len(todo) == 1 else map_ordered(PlanSimulator.draw, todo, executor)
+    for sim, w in zip(todo, drawn, strict=True):
         sim._workload = w
 
 
