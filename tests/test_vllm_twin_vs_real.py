@@ -128,6 +128,11 @@ SAT_LIGHT_SHARE = 0.04
 #: the replicas test's window [s]: requests last ~5 s on a slow machine, and a 40 s window cut 10 % of a
 #: replica's tokens at its end
 REPLICAS_WINDOW_S = 60
+#: Requests the router may send to another replica than the twin's, as a share of an adapter's requests:
+#: near-simultaneous requests reaching the router in either order swap picks.
+SWAPPED_SHARE = 0.05
+#: Each such request arrived within this of another request of its adapter [s].
+SWAP_GAP_S = 0.25
 #: sat-2slots' window [s]: one long run between two probes, not two short ones before a probe minutes later
 SAT_WINDOW_S = 90
 #: the calibration's saturated load point: its served rate is the calibrated capacity, and replayed again
@@ -753,8 +758,12 @@ def test_weighted_replicas_run_as_planned_on_two_real_servers_behind_the_router(
         )
         + "]"
     )
-    # the twin followed the router's picks (two requests arriving within milliseconds may swap)
-    assert hot["twin_requests"] == sent and hot["elsewhere_than_twin"] <= 2 and n >= 10, hot
+    # the twin followed the router's picks: the router picks in the order requests reach it, and on a loaded
+    # machine two sent close together may swap (a CI run moved 8 of 421, 1.9 %); a swap moves requests that
+    # have a near neighbour, a routing the twin got wrong would move them whatever their neighbours
+    assert hot["twin_requests"] == sent and n >= 10, hot
+    assert hot["elsewhere_than_twin"] <= max(2, SWAPPED_SHARE * n), hot
+    assert hot["elsewhere_nearest_s"] is None or hot["elsewhere_nearest_s"] <= SWAP_GAP_S, hot
     assert abs(sent["0"] / n - 0.7) <= 0.05 * 0.7, sent
     for g, fin in zip(real, served):
         # every request sent to this server finished there or was cut off at the window's end

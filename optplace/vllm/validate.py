@@ -367,13 +367,32 @@ def routing_json(
         twin_n = twin_gpus[ad == i]
         twin_of = dict(zip(arrival[ad == i].tolist(), twin_n.tolist()))  # a request is its adapter and arrival
         real = [r for r in replay.requests if r.adapter == i]
+        moved = [r.arrival_s for r in real if twin_of.get(r.arrival_s) != r.gpu]
         out[n] = {
             "shares": {str(g): round(sh, 6) for g, sh in sorted(by.items())},  # slice widths: 1 - 0.7 = 0.3000…04
             "twin_requests": {str(g): int((twin_n == g).sum()) for g in sorted(by)},
             "real_requests": {str(g): sum(1 for r in real if r.gpu == g) for g in sorted(by)},
-            "elsewhere_than_twin": sum(1 for r in real if twin_of.get(r.arrival_s) != r.gpu),
+            "elsewhere_than_twin": len(moved),
+            "elsewhere_nearest_s": _widest_nearest_gap(np.sort(arrival[ad == i]), moved),
         }
     return {"router": router, "adapters": out}
+
+
+def _widest_nearest_gap(arrivals: np.ndarray, moved: Sequence[float]) -> float | None:
+    """Over the requests in ``moved`` (arrival times), the largest gap to the nearest other arrival of the
+    same adapter in ``arrivals`` (sorted) [s], rounded to the ms; ``None`` when nothing moved. A router
+    picks replicas in the order requests reach it, so two requests sent close together can swap picks
+    on a loaded machine: moved requests with near neighbours are such swaps, a moved request far from
+    every other one is a routing the twin got wrong."""
+    if not moved or len(arrivals) < 2:
+        return None
+    worst = 0.0
+    for a in moved:
+        k = int(np.searchsorted(arrivals, a))
+        own = k < len(arrivals) and arrivals[k] == a  # the moved request itself is not its own neighbour
+        gaps = [abs(arrivals[j] - a) for j in (k - 1, k, k + 1) if 0 <= j < len(arrivals) and not (own and j == k)]
+        worst = max(worst, min(gaps))
+    return round(float(worst), 3)
 
 
 def _judge_real_slo(sim: PlanSimulator, real_doc: dict[str, Any], replay: ReplayResult) -> None:
