@@ -314,7 +314,9 @@ def solve_scenario(
     fits = twin_fits(problem, executor_of(sc, workers)) if validate and sc.solver.validate_plan else None
     on_event(f"solving with {strategy or sc.solver.strategy} ({oracle.name} capacity oracle)")
     with stdout_to_stderr():
-        split, plan = solve_split(problem, oracle, strategy, fits, deadline)
+        split, plan = solve_split(
+            problem, oracle, strategy, fits, deadline, parallel=plans_in_parallel(oracle, workers)
+        )
     problem = split.problem
     for line in split.log:
         on_event(line)
@@ -447,6 +449,15 @@ def solve_scenario(
         tuple(sorted(seed_failures.items())),
         tuple(c.seed for c in checkers),
     )
+
+
+def plans_in_parallel(oracle: Any, workers: int | None) -> bool:
+    """Whether the solve's split path runs in a second process (:func:`~.solver.strategies.solve_split`):
+    when this machine lends two cores to the run (``workers``: default, every core), and not for the
+    twin-backed oracle, whose twin runs keep every core busy already."""
+    from optplace.solver.capacity import TwinCapacity
+
+    return not isinstance(oracle, TwinCapacity) and (workers if workers is not None else os.cpu_count() or 1) >= 2
 
 
 def _headroom_guesses(problem: Any, oracle: Any, plan: Any, judged_at: float) -> list[float] | None:

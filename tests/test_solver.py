@@ -310,7 +310,8 @@ def test_milp_never_trades_a_feasible_first_plan_for_a_mapping_the_oracle_reject
     assert any("keeping the fast greedy's plan" in line for line in plan.log), plan.log
 
 
-def test_splitting_at_gpu_boundaries_stops_at_the_solve_deadline(mixed, monkeypatch):
+@pytest.mark.parametrize("parallel", [False, True])
+def test_splitting_at_gpu_boundaries_stops_at_the_solve_deadline(mixed, monkeypatch, parallel):
     # loraserve's split runs after the strategy's solve, on the same deadline: at 10,000 adapters it once
     # ran on past the limit for 19 s; now its oracle questions raise once the deadline has passed, and
     # the plan found stands, saying what the clock cut
@@ -333,8 +334,58 @@ def test_splitting_at_gpu_boundaries_stops_at_the_solve_deadline(mixed, monkeypa
         raise AssertionError("the split's oracle answered past the deadline")
 
     monkeypatch.setattr(loraserve, "split", slow_split)
-    rep, plan = solve_split(pb, an, "greedy", deadline=dl)
-    assert raised == [True]
+    rep, plan = solve_split(pb, an, "greedy", deadline=dl, parallel=parallel)
+    assert raised == ([] if parallel else [True])  # ahead, the split (and what it raised) is the child's
     assert "splitting at GPU boundaries" in plan.cut_by_time_limit
     assert any("while splitting adapters at GPU boundaries" in line for line in plan.log)
     assert sorted(i for g in plan.gpus for i in g.adapter_indices) == list(range(rep.problem.n_adapters))
+
+
+#: Three adapters of 60 % of a GPU each: whole, no two share a GPU (3 GPUs); split at GPU boundaries, 2.
+SPLITS = """
+name: split
+model: llama-3.1-8b-instruct
+gpu: h100-64gb
+workload: {duration_s: 300}
+slo: none
+adapters:
+  - {name: a0, rank: 16, rate_rps: 18.0}
+  - {name: a1, rank: 16, rate_rps: 18.0}
+  - {name: a2, rank: 16, rate_rps: 18.0}
+"""
+
+
+def _same_plans(a, b):
+    assert a.plan.gpus == b.plan.gpus and a.split.replicas == b.split.replicas
+    assert (a.plan.objective_value, a.plan.lower_bound) == (b.plan.objective_value, b.plan.lower_bound)
+    assert a.split.log == b.split.log and (a.unsplit is None) == (b.unsplit is None)
+
+
+@pytest.mark.parametrize("strategy", ["milp", "greedy"])
+def test_the_split_path_solved_ahead_in_a_second_process_gives_the_same_plan(strategy, mixed):
+    """``solve_split(parallel=True)`` (what ``solve`` does on two cores): the fragments' path runs in a
+    forked process while this one solves the whole problem; the plan is the one of the sequential order,
+    where splitting wins (3 GPUs whole, 2 split) and where it does not (the child is then stopped)."""
+    import multiprocessing
+
+    pb = compile_problem(load_scenario_text(SPLITS), REPO)
+    an = AnalyticCapacity(pb)
+    seq = solve_split(pb, an, strategy)
+    assert seq.unsplit is not None and (seq.unsplit.gpus_used, seq.plan.gpus_used) == (3, 2)
+    _same_plans(solve_split(pb, an, strategy, parallel=True), seq)
+    before = set(multiprocessing.active_children())
+    mpb, man = mixed
+    seq = solve_split(mpb, man, strategy)
+    assert seq.unsplit is None
+    _same_plans(solve_split(mpb, man, strategy, parallel=True), seq)
+    assert set(multiprocessing.active_children()) == before
+
+
+def test_solve_plans_its_split_path_in_parallel_only_with_a_second_core_and_not_on_the_twin(mixed):
+    """``plans_in_parallel``: the decision ``solve`` (and ``bench solver``) take before ``solve_split``."""
+    from optplace.pipeline import plans_in_parallel
+    from optplace.solver.capacity import TwinCapacity
+
+    pb, an = mixed
+    assert plans_in_parallel(an, 2) and not plans_in_parallel(an, 1)
+    assert not plans_in_parallel(TwinCapacity(pb), 2)  # its twin runs already use every core

@@ -749,7 +749,8 @@ def test_weighted_replicas_run_as_planned_on_two_real_servers_behind_the_router(
     comps = compare_runs(twin, real)
     print(
         f"\n[replicas 70/30 on two servers behind the router: hot's requests {sent['0']}/{sent['1']} "
-        f"({sent['0'] / n:.3f} to the 70 % replica; twin {hot['twin_requests']['0']}/{hot['twin_requests']['1']}); "
+        f"({sent['0'] / n:.3f} to the 70 % replica; twin {hot['twin_requests']['0']}/{hot['twin_requests']['1']}, "
+        f"{hot['elsewhere_than_twin']} elsewhere, nearest {hot['elsewhere_nearest_s']} s); "
         f"requests per server {per_gpu}, finished there {served};"
         + "; ".join(
             f" gpu{i} engine {c.engine_error * 100:+.1f} %, completed {c.throughput_error * 100:+.1f} %"

@@ -311,7 +311,7 @@ class TwinChecks:
     def _solve(self, sc: Any, name: str, other_seeds: bool = False) -> dict[str, Any]:
         from optplace.pipeline import solve_scenario
         from optplace.solver import Infeasible, gpu_plans
-        from optplace.twin.simulate import PlanSimulator
+        from optplace.twin.simulate import PlanSimulator, simulate_into
 
         judged = None
         try:
@@ -352,11 +352,14 @@ class TwinChecks:
             col["gpus_missing_slo"] = _slo_misses(j)
             col["meets_slo"] = j.ok
         if other_seeds:
-            seeds = []
-            for k in OTHER_SEEDS:
-                r = PlanSimulator(sc, Path("."), self.executor, seed=sc.seed + k).run(plan)
-                seeds.append({"seed": sc.seed + k, "meets_slo": r.ok, "gpus_missing_slo": _slo_misses(r)})
-            col["other_seeds"] = seeds
+            # every seed's GPUs in one parallel batch: seed by seed, each small plan left workers idle
+            sims = [PlanSimulator(sc, Path("."), self.executor, seed=sc.seed + k) for k in OTHER_SEEDS]
+            simulate_into([(sim, gp) for sim in sims for gp in plan], self.executor)
+            reports = [sim.run(plan) for sim in sims]  # from the batch's cache
+            col["other_seeds"] = [
+                {"seed": sim.seed, "meets_slo": r.ok, "gpus_missing_slo": _slo_misses(r)}
+                for sim, r in zip(sims, reports, strict=True)
+            ]
         return col
 
 
@@ -384,7 +387,7 @@ def run(
     ``rule`` (:data:`RULES`) and twin-checked over ``validate_window_s`` with ``workers`` processes;
     ``slo_gap``: every family is also planned under the default SLO, with how full its GPUs are and
     the envelope's excess on them (:func:`gap_under_slo`)."""
-    from optplace.pipeline import silence_highs_banner
+    from optplace.pipeline import plans_in_parallel, silence_highs_banner
     from optplace.solver import AnalyticCapacity, Infeasible, compile_problem
     from optplace.solver.strategies import solve_split
     from optplace.infra.registry import STRATEGIES
@@ -411,7 +414,17 @@ def run(
                 chosen = sc.solver.strategy if sc.solver.strategy in names else names[0]
                 for s in names:
                     row = _solve_row(
-                        sc, base, AnalyticCapacity(base), s, n, ranks, skew, order, solve_split, Infeasible
+                        sc,
+                        base,
+                        AnalyticCapacity(base),
+                        s,
+                        n,
+                        ranks,
+                        skew,
+                        order,
+                        solve_split,
+                        Infeasible,
+                        plans_in_parallel(None, None),
                     )
                     row.pop("_plan", None)
                     if checks is not None:
@@ -471,13 +484,14 @@ def gap_under_slo(sc: Any, strategy: str) -> dict[str, Any]:
     (:func:`optplace.solver.gap.attribute_gap`)."""
     from optplace.solver import compile_problem
     from optplace.solver.capacity import bound_model, make_oracle
+    from optplace.pipeline import plans_in_parallel
     from optplace.solver.gap import attribute_gap
     from optplace.solver.strategies import solve_split
 
     pb = compile_problem(sc, Path("."))
     t0 = time.perf_counter()
     oracle = make_oracle(pb, "auto")
-    split, plan = solve_split(pb, oracle, strategy)
+    split, plan = solve_split(pb, oracle, strategy, parallel=plans_in_parallel(oracle, None))
     wall = time.perf_counter() - t0
     shares = attribute_gap(split.problem, oracle, bound_model(oracle)[0], plan)
     return {
@@ -510,6 +524,7 @@ def _solve_row(
     order: str,
     solve: Any,
     infeasible: Any,
+    parallel: bool = False,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "family": sc.name,
@@ -520,7 +535,8 @@ def _solve_row(
         "strategy": s,
     }
     try:
-        solved = solve(pb, an, s)
+        # planned as `optplace solve` plans (its split path in a second process on two cores)
+        solved = solve(pb, an, s, parallel=parallel)
     except infeasible as e:
         row.update(error=str(e))
         return row

@@ -129,3 +129,67 @@ def _run_ray(fn: Callable[[T], R], items: Sequence[T], order: list[int], spec: E
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
             yield refs[ref], ray.get(ref)
+
+
+class Ahead:
+    """Work started ahead in a forked child process, whose messages the parent reads in order.
+
+    ``Ahead(work)`` forks; the child calls ``work(send)``, where ``send(message)`` passes one picklable
+    message to the parent, and exits. :meth:`receive` returns the next message, re-raising an exception
+    ``work`` raised (the one that ended it); :meth:`stop` kills the child when its remaining work is not
+    wanted (also on any exit of a ``with`` block). Forking (not spawning) hands the child the parent's
+    state as it is, unpickled, so only the messages cross; the child runs with SIGTERM/SIGINT held (it
+    must never run the parent's handlers, e.g. the one that removes a half-written output) and is
+    stopped with SIGKILL.
+
+    Used to run a solve's independent second path on the other core while the parent solves the first
+    (:func:`optplace.solver.strategies.solve_split`)."""
+
+    def __init__(self, work: Callable[[Callable[[Any], None]], None]) -> None:
+        import multiprocessing
+
+        from optplace.infra.outputs import signals_held
+
+        ctx = multiprocessing.get_context("fork")
+        self._recv, send = ctx.Pipe(duplex=False)
+        with signals_held():
+            self._proc = ctx.Process(target=_ahead_child, args=(work, send), daemon=False)
+            self._proc.start()
+        send.close()  # the parent's copy: the pipe ends (EOFError) when the child's closes
+
+    def receive(self) -> Any:
+        """The child's next message; its exception re-raised; RuntimeError if it died without one."""
+        try:
+            kind, payload = self._recv.recv()
+        except EOFError:
+            self.stop()
+            raise RuntimeError(
+                f"the forked solver process ended without its result (exit {self._proc.exitcode})"
+            ) from None
+        if kind == "raised":
+            self.stop()
+            raise payload
+        return payload
+
+    def stop(self) -> None:
+        """Kill the child (if still running) and release it."""
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join()
+        self._recv.close()
+
+    def __enter__(self) -> "Ahead":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._recv.closed:
+            self.stop()
+
+
+def _ahead_child(work: Callable[[Callable[[Any], None]], None], send: Any) -> None:
+    try:
+        work(lambda message: send.send(("message", message)))
+    except BaseException as e:  # noqa: BLE001 - every way the work ends is reported to the parent
+        send.send(("raised", e))
+    finally:
+        send.close()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from optplace.specs import Constraints, Profile, Scenario, Serving, SolverOptions
 from optplace.specs.profiles import load_profile_file, resolve_profile
@@ -32,6 +33,16 @@ class Infeasible(Exception):
     def __init__(self, message: str, constraint: str = "") -> None:
         super().__init__(message)
         self.constraint = constraint
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled whole (a solve's second process re-raises it in the first): message and constraint
+        return _rebuilt, (type(self), str(self), self.constraint)
+
+
+def _rebuilt(cls: type[Infeasible], message: str, constraint: str) -> Infeasible:
+    e = cls.__new__(cls)
+    Infeasible.__init__(e, message, constraint)
+    return e
 
 
 class TimeLimitReached(Infeasible):
