@@ -884,8 +884,7 @@ def _split_path(problem: Problem, oracle: CapacityOracle, name: str, dl: Deadlin
 def _merge_cuts(dl: Deadline, cuts: Sequence[str]) -> None:
     """Record on ``dl`` the phases a copy of it (in the process ahead) saw the clock cut."""
     for c in cuts:
-        if c not in dl.cuts:
-            dl.cuts.append(c)
+        dl.cut(c)
 
 
 def _precheck(problem: Problem, oracle: CapacityOracle) -> None:

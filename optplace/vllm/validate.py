@@ -364,8 +364,8 @@ def routing_json(
         if len(by) < 2:
             continue
         i = names.index(n)
-        twin_n = twin_gpus[ad == i]
-        twin_of = dict(zip(arrival[ad == i].tolist(), twin_n.tolist()))  # a request is its adapter and arrival
+        twin_n, arrived = twin_gpus[ad == i], arrival[ad == i]
+        twin_of = dict(zip(arrived.tolist(), twin_n.tolist()))  # a request is its adapter and arrival
         real = [r for r in replay.requests if r.adapter == i]
         moved = [r.arrival_s for r in real if twin_of.get(r.arrival_s) != r.gpu]
         out[n] = {
@@ -373,7 +373,7 @@ def routing_json(
             "twin_requests": {str(g): int((twin_n == g).sum()) for g in sorted(by)},
             "real_requests": {str(g): sum(1 for r in real if r.gpu == g) for g in sorted(by)},
             "elsewhere_than_twin": len(moved),
-            "elsewhere_nearest_s": _widest_nearest_gap(np.sort(arrival[ad == i]), moved),
+            "elsewhere_nearest_s": _widest_nearest_gap(np.sort(arrived), moved),
         }
     return {"router": router, "adapters": out}
 
