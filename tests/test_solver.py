@@ -381,6 +381,39 @@ def test_the_split_path_solved_ahead_in_a_second_process_gives_the_same_plan(str
     assert set(multiprocessing.active_children()) == before
 
 
+def test_the_split_process_killed_mid_solve_leaves_pyomos_lock_free(monkeypatch):
+    """Pyomo guards its solver-output capture with a ``multiprocessing.Lock``, shared with forked
+    children. The split path's process is killed when its plan is not wanted: it must hold a lock of its
+    own (``private_output_lock``), or a kill mid-solve leaves this process's next solve waiting 200 s and
+    failing with "Deadlock starting capture_output" (seen once in the fuzz test)."""
+    import functools
+    import multiprocessing
+    import time
+
+    import pyomo.common.dependencies as deps
+
+    from optplace.infra.executors import Ahead
+    from optplace.solver import strategies
+    from optplace.solver.problem import Deadline
+
+    ctx = multiprocessing.get_context("fork")
+    shared = ctx.Lock()  # what Pyomo makes of the lock once multiprocessing is imported
+    monkeypatch.setattr(deps, "capture_output_lock", shared)
+    holding = ctx.Event()
+
+    def fill_mid_solve(problem, oracle, dl):  # the split path's first step, caught inside a solve
+        deps.capture_output_lock.acquire()
+        holding.set()
+        time.sleep(60)
+
+    monkeypatch.setattr(strategies, "_split_fill", fill_mid_solve)
+    with Ahead(functools.partial(strategies._split_path, None, None, "milp", Deadline.begin(60.0))):
+        assert holding.wait(30)
+    # the child was killed holding its lock; this process's lock is free
+    assert shared.acquire(timeout=2)
+    shared.release()
+
+
 def test_solve_plans_its_split_path_in_parallel_only_with_a_second_core_and_not_on_the_twin(mixed):
     """``plans_in_parallel``: the decision ``solve`` (and ``bench solver``) take before ``solve_split``."""
     from optplace.pipeline import plans_in_parallel

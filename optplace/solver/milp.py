@@ -642,6 +642,25 @@ def ascend_duals(
     return [p for _, p in seen[:keep]]
 
 
+def private_output_lock() -> None:
+    """Give this process a lock of its own for Pyomo's solver-output capture (call first thing in a
+    forked process that solves).
+
+    Pyomo guards the capture (it redirects the process's stdout/stderr file descriptors around every
+    solve) with ``pyomo.common.dependencies.capture_output_lock``, which it turns into a
+    ``multiprocessing.Lock`` once multiprocessing is imported: a semaphore a forked child shares with
+    its parent. The process planning the split path ahead (:class:`~optplace.infra.executors.Ahead`)
+    is stopped with SIGKILL when its plan is not wanted; killed while holding that semaphore, it left
+    the parent's next solve waiting 200 s and failing with "Deadlock starting capture_output". A
+    process only redirects its own descriptors, so a lock per process loses nothing."""
+    import sys
+    import threading
+
+    deps = sys.modules.get("pyomo.common.dependencies")
+    if deps is not None:
+        setattr(deps, "capture_output_lock", threading.Lock())  # noqa: B010 - a module the stubs do not type
+
+
 def learned_model(oracle: CapacityOracle) -> CapacityOracle | None:
     """The surrogate oracle behind ``oracle`` (itself, or wrapped by a deadline), else None: the
     analytic model needs no second check, and the twin oracle is a simulation per question."""

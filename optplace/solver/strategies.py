@@ -58,7 +58,7 @@ from optplace.solver.baselines import BASELINES, run_baseline, type_at
 from optplace.solver.bound import cached_lp_bound, lower_bound, lp_bound_seconds, volume_bound
 from optplace.solver.capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, bound_model, make_oracle
 from optplace.solver.greedy import greedy_fast, greedy_improved, greedy_paper
-from optplace.solver.milp import solve_milp
+from optplace.solver.milp import private_output_lock, solve_milp
 from optplace.solver.objectives import BoundContext, Objective, get_objective
 from optplace.solver.plan import GpuAssignment, Plan, assign_gpu, renumber
 from optplace.solver.problem import Deadline, Infeasible, Problem, TimeLimitReached
@@ -874,6 +874,7 @@ def _split_fill(problem: Problem, oracle: CapacityOracle, dl: Deadline) -> tuple
 def _split_path(problem: Problem, oracle: CapacityOracle, name: str, dl: Deadline, send: Callable[[Any], None]) -> None:
     """The split path, run ahead in a forked process: what the fill says (one message), then, when it
     is feasible, the fragments' problem, its solve and the cuts the clock made (a second message)."""
+    private_output_lock()  # this process may be killed mid-solve: never while holding the parent's lock
     filled, frag = _split_fill(problem, oracle, dl)
     send((filled, None))
     if frag is not None and filled.fill_value is not None:
