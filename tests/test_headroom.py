@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,7 +16,7 @@ from optplace.cli import app
 from optplace.infra.executors import ExecutorSpec
 from optplace.specs import load_scenario
 from optplace.specs.model import DEFAULT_HEADROOM
-from optplace.twin.headroom import _next_probe, failure_of
+from optplace.twin.headroom import LoadProbes, _next_probe, failure_of
 from optplace.twin.simulate import GpuConfig, PlanSimulator, check_seeds, worst_of
 from test_slo import SLOTTED, STICKY
 from test_solve_cli import SPEC
@@ -89,16 +90,25 @@ def test_solve_reports_each_gpus_headroom_and_the_twin_confirms_it(solved):
     assert room["simulations"] >= doc["gpus_used"]
     sc = load_scenario(spec)
     names = tuple(a.name for a in sc.adapter_list())
+    # the search's own workloads (Poisson: every multiplier thins one draw); except at the margin,
+    # which solve checked on a draw of its own
+    probes = LoadProbes(sc, spec.parent, ONE, room["seed"], room["cap"])
+    margin = PlanSimulator(sc, spec.parent, ONE, load_scale=1 + DEFAULT_HEADROOM)
+    assert probes.top is not None
+
+    def at(share: float) -> PlanSimulator:
+        return margin if share == pytest.approx(DEFAULT_HEADROOM) else probes.at(1 + share)
+
     broken = 0
     for g, p in zip(room["gpus"], doc["placement"], strict=True):
         cfg = GpuConfig(p["gpu_type"], p["max_loras"], p["max_cpu_loras"], tuple(p["adapters"]))
         assert set(cfg.adapters) <= set(names)
-        held = PlanSimulator(sc, spec.parent, ONE, load_scale=1 + g["holds_up_to"]).run([cfg])
+        held = at(g["holds_up_to"]).run([cfg])
         assert held.ok, (g, held.failed_gpus)
         if g["breaks_at"] is not None:
             broken += 1
             assert g["breaks_at"] == pytest.approx(g["holds_up_to"] + room["step"])
-            fails = PlanSimulator(sc, spec.parent, ONE, load_scale=1 + g["breaks_at"]).run([cfg])
+            fails = at(g["breaks_at"]).run([cfg])
             assert not fails.ok and (g["breaks_on"], g["adapter"]) == failure_of(fails.gpus[0])
     assert broken >= 1  # the plan is sized to its load: some GPU breaks below +100 %
 
@@ -112,6 +122,28 @@ def test_the_plan_is_checked_on_other_draws_at_the_default_margin(solved):
     assert sc.slo_headroom() == DEFAULT_HEADROOM
     assert doc["slo_headroom"]["headroom"] == DEFAULT_HEADROOM and doc["slo_headroom"]["ok"]
     assert doc["headroom"]["holds_up_to"] >= DEFAULT_HEADROOM  # planned for the margin
+
+
+def test_probes_thin_one_draw_so_a_lower_load_is_a_subset_of_a_higher_one(tmp_path):
+    sc = load_scenario(_write(tmp_path, SPEC))
+    probes = LoadProbes(sc, tmp_path, ONE, seed=sc.seed, cap=1.0)
+    low, high = probes.at(1.1), probes.at(1.4)
+    assert low.load_scale == 1.1 and high.load_scale == 1.4
+    wl_low, wl_high, top = low.workload, high.workload, probes.top.workload
+    assert probes.top.simulated == 0  # drawn, never run
+    assert len(wl_low) < len(wl_high) < len(top)
+    assert set(wl_low.arrival_s.tolist()) <= set(wl_high.arrival_s.tolist()) <= set(top.arrival_s.tolist())
+    assert len(wl_low) == pytest.approx(len(top) * 1.1 / 2.0, rel=0.05)
+    # the same seed gives the same probes; a thinned simulator thins the one draw, not its own thinning
+    again = LoadProbes(sc, tmp_path, ONE, seed=sc.seed, cap=1.0).at(1.1).workload
+    assert np.array_equal(again.arrival_s, wl_low.arrival_s) and np.array_equal(again.adapter, wl_low.adapter)
+    assert high.thinned(1.1)._source[0] is probes.top
+    with pytest.raises(ValueError, match="load scale"):
+        low.thinned(1.2)
+    # where thinning is not exact each multiplier is its own draw
+    bursty = load_scenario(_write(tmp_path, SPEC.replace("kind: poisson", "kind: gamma, cv: 2.0"), "g.yaml"))
+    other = LoadProbes(bursty, tmp_path, ONE, seed=bursty.seed)
+    assert other.top is None and other.at(1.1)._source is None
 
 
 def test_no_headroom_one_seed_and_no_margin(tmp_path):

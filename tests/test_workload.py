@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace as NS
 
@@ -10,7 +11,14 @@ import pytest
 
 from optplace.twin.arrivals import TRACE_JITTER_S, load_trace
 from optplace.twin.lengths import SHAREGPT_INPUT, SHAREGPT_OUTPUT, SHAREGPT_TARGETS, LengthLimits, fit_sharegpt
-from optplace.twin.workload import Workload, WorkloadError, expected_lengths, generate_workload, sharegpt_stats
+from optplace.twin.workload import (
+    Workload,
+    WorkloadError,
+    expected_lengths,
+    generate_workload,
+    sharegpt_stats,
+    thins_exactly,
+)
 from helpers import traces_dir
 
 TRACES = traces_dir()  # external input, found like the reference measurements (tests/helpers.py)
@@ -368,6 +376,45 @@ def test_summary_and_subset() -> None:
     assert np.count_nonzero(sub.adapter == 0) == np.count_nonzero(wl.adapter == 2)
     with pytest.raises(WorkloadError):
         wl.subset([0, 0])
+
+
+def test_split_is_subset_per_group_in_one_pass() -> None:
+    wl = gen(POISSON, SHAREGPT, [1.0, 2.0, 3.0, 0.5, 4.0], 500.0, seed=8)
+    groups = [[3, 1], [0], [4]]  # adapter 2 in no group
+    for g, part in zip(groups, wl.split(groups), strict=True):
+        ref = wl.subset(g)
+        check_shape(part, len(g))
+        for f in ("arrival_s", "adapter", "input_tokens", "output_tokens"):
+            assert np.array_equal(getattr(part, f), getattr(ref, f)) and getattr(part, f).dtype == getattr(ref, f).dtype
+    assert sum(len(p) for p in wl.split(groups)) == np.count_nonzero(wl.adapter != 2)
+    with pytest.raises(WorkloadError, match="disjoint"):
+        wl.split([[0, 1], [1]])
+    with pytest.raises(WorkloadError, match="twice"):
+        wl.split([[0, 0]])
+
+
+@pytest.mark.parametrize("arr", [POISSON, mmpp()], ids=["poisson", "mmpp"])
+def test_thinning_keeps_the_law_where_it_is_exact(arr: NS) -> None:
+    """Keeping each request with probability p is the process at p times the rates (Poisson, MMPP):
+    counts per adapter match p × rate × window within 5 sigma, and arrivals stay sorted."""
+    rates = [2.0, 8.0]
+    wl = gen(arr, SHAREGPT, rates, 2000.0, seed=4)
+    u = np.random.default_rng(1).random(len(wl))
+    thin = wl.thinned(u < 0.4)
+    check_shape(thin, 2)
+    for a, r in enumerate(rates):
+        n = np.count_nonzero(thin.adapter == a)
+        sd = math.sqrt(0.4 * r * 2000.0 * (1.0 if arr is POISSON else 6.0))  # MMPP: overdispersed
+        assert abs(n - 0.4 * r * 2000.0) < 5 * sd
+    with pytest.raises(WorkloadError, match="flags"):
+        wl.thinned(u[:-1] < 0.4)
+
+
+def test_which_arrival_models_thin_exactly() -> None:
+    assert thins_exactly(POISSON) and thins_exactly(mmpp())
+    # a thinned Gamma renewal stream is not Gamma (its CV moves towards 1); a tiled trace's copies are
+    # jittered repeats, not independent draws
+    assert not thins_exactly(gamma(2.0)) and not thins_exactly(trace())
 
 
 def test_spec_models_integrate() -> None:

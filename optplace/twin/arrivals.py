@@ -387,6 +387,10 @@ class ArrivalModel:
     """An arrival process: its spec class, what the twin draws, and the burstiness planning uses."""
 
     spec: ClassVar[type[ArrivalSpecBase]]
+    #: Keeping each request independently with probability p gives exactly this process at p times the
+    #: rates (a Poisson or Cox process; not a renewal process other than Poisson, nor a tiled trace), so
+    #: the load multipliers of a headroom search can share one draw (``PlanSimulator.thinned``).
+    thins_exactly: ClassVar[bool] = False
 
     def generate(
         self,
@@ -420,6 +424,7 @@ arrival_model = registered_by_kind(ARRIVALS)
 @arrival_model
 class PoissonModel(ArrivalModel):
     spec = PoissonArrivals
+    thins_exactly = True
 
     def generate(self, spec, rates, duration_s, rng, assign_rng, lengths, base_dir):
         return ArrivalDraw(*poisson_arrivals(rates, duration_s, rng))
@@ -446,6 +451,8 @@ class GammaModel(ArrivalModel):
 @arrival_model
 class MmppModel(ArrivalModel):
     spec = MmppArrivals
+    # each adapter's burst chain is kept and only its rates scale: thinning is exact
+    thins_exactly = True
 
     def generate(self, spec, rates, duration_s, rng, assign_rng, lengths, base_dir):
         return ArrivalDraw(

@@ -12,14 +12,19 @@ whole range would always spend five. Given a predicted headroom per GPU (``solve
 oracle's), the search starts at the predicted breaking step and gallops away from it instead: a right
 guess settles a GPU in two runs, and the runs stay near its boundary rather than deep in overload,
 where the twin is slowest. Results the solve already has (its check at ``slo.headroom``) count as
-probes. Each multiplier is one twin workload (every adapter's arrivals drawn at the scaled rates from
-the run's seed); each round's probes run together, in parallel.
+probes. Each multiplier is one twin workload of the run's seed at the scaled rates; each round's probes
+run together, in parallel. Where thinning is exact (Poisson and MMPP arrivals,
+:func:`~optplace.twin.workload.thins_exactly`) every multiplier's workload is one draw at the cap's
+load, thinned (:class:`LoadProbes`): one draw instead of one per multiplier (drawing took a third of
+the search at 1,000 adapters), and a lower load's requests are a subset of a higher one's, so the
+probes differ by the extra load and not by a fresh draw of the rest.
 
 Only a rate-driven workload can be scaled (Poisson, MMPP, or a trace assigned ``by_rate`` without a
 fixed ``scale``); for the others no headroom is measured (``Scenario.rates_scalable``).
 
-The verdict is not strictly monotone in load (a higher rate draws other arrivals), so the figure is
-"passes at +x, fails at the next probe above", not a proof that every load below +x passes.
+The verdict is not strictly monotone in load (more requests can change which adapters hold the slots,
+and other arrival models draw each multiplier afresh), so the figure is "passes at +x, fails at the next
+probe above", not a proof that every load below +x passes.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 from optplace.infra.executors import ExecutorSpec
 from optplace.specs.model import Scenario
 from optplace.twin.simulate import GpuConfig, GpuReport, PlanSimulator, SimReport, simulate_into
+from optplace.twin.workload import thins_exactly
 
 #: Grid step of the load multiplier (5 %: finer than the seed-to-seed noise of a one-hour window's
 #: tail latency, coarse enough that a GPU settles in a few runs).
@@ -196,6 +202,27 @@ def first_failures(evaluate: Callable[[int], GpuReport], top: int) -> dict[str, 
     return out
 
 
+class LoadProbes:
+    """The twin workloads a headroom search probes, one simulator per load multiplier (of one seed, up to
+    ``1 + cap``): where thinning is exact, every multiplier thins one draw at ``1 + cap`` (drawn when
+    the first probe runs); otherwise each multiplier is its own draw at the scaled rates. Anyone can
+    re-run a search's probe with the same requests: ``LoadProbes(sc, dir, executor, seed).at(1.2)``."""
+
+    def __init__(self, sc: Scenario, base_dir: Path, executor: ExecutorSpec, seed: int, cap: float = CAP) -> None:
+        self.sc, self.base_dir, self.executor, self.seed = sc, base_dir, executor, seed
+        self.top = (
+            PlanSimulator(sc, base_dir, executor, seed=seed, load_scale=1.0 + cap)
+            if thins_exactly(sc.workload.arrivals)
+            else None
+        )
+
+    def at(self, scale: float) -> PlanSimulator:
+        """A simulator of the workload at ``scale`` times the rates (``1 <= scale <= 1 + cap``)."""
+        if self.top is not None:
+            return self.top.thinned(scale)
+        return PlanSimulator(self.sc, self.base_dir, self.executor, seed=self.seed, load_scale=scale)
+
+
 def find_headroom(
     sc: Scenario,
     base_dir: Path,
@@ -243,6 +270,7 @@ def find_headroom(
         if guess is not None and gp not in anchor:
             # the grid step just above the predicted largest passing load: where it should break
             anchor[gp] = min(top, max(1, math.floor(guess / step + 1e-9) + 1))
+    draws = LoadProbes(sc, base_dir, executor, stated.seed, top * step)
     runs = 0
     while True:
         probes: list[tuple[int, GpuConfig]] = []
@@ -255,7 +283,7 @@ def find_headroom(
             break
         for k, _ in probes:
             if k not in sims:
-                sims[k] = PlanSimulator(sc, base_dir, executor, seed=stated.seed, load_scale=1.0 + k * step)
+                sims[k] = draws.at(1.0 + k * step)
         todo = [(k, gp) for k, gp in probes if gp not in sims[k].cache]
         if progress is not None and todo:
             loads = ", ".join(f"+{k * step:.0%}" for k in sorted({k for k, _ in todo}))

@@ -755,6 +755,12 @@ def routing_generator(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[3])
 
 
+def thinning_generator(seed: int) -> np.random.Generator:
+    """The generator of a run's thinning draws (:meth:`PlanSimulator.thinned`): the fifth child of the
+    run's seed (after the workload's three and the routing's)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,)))
+
+
 def scenario_slo_rule(sc: Scenario, adapter_bounds: Sequence[Any]) -> SloRule | None:
     """The scenario's SLO for one GPU whose adapters have these bounds (each a
     :class:`~optplace.specs.model.SloBounds`, in the GPU's adapter order); None with ``slo: none``."""
@@ -811,6 +817,9 @@ class PlanSimulator:
         self.simulated = 0
         self.slo_bounds = sc.adapter_slos()
         self._route: np.ndarray | None = None
+        # (simulator at a higher load, share kept): this one's workload is that one's, thinned
+        self._source: tuple[PlanSimulator, float] | None = None
+        self._thinning: np.ndarray | None = None
 
     @property
     def workload(self) -> Workload:
@@ -820,8 +829,32 @@ class PlanSimulator:
         return self._workload
 
     def draw(self) -> Workload:
-        """Draw this simulator's workload (:func:`scenario_workload`)."""
+        """Draw this simulator's workload (:func:`scenario_workload`), or thin its source's (:meth:`thinned`)."""
+        if self._source is not None:
+            src, share = self._source
+            return src.workload.thinned(src.thinning_values() < share)
         return scenario_workload(self.sc, self.adapters, self.base_dir, self.seed, self.load_scale)
+
+    def thinned(self, load_scale: float) -> PlanSimulator:
+        """A simulator of the same seed at ``load_scale`` (at most this one's) whose workload is this one's
+        with each request kept with probability ``load_scale / self.load_scale`` (by one uniform per
+        request, :func:`thinning_generator`): for arrival models that thin exactly
+        (:func:`~optplace.twin.workload.thins_exactly`) the same law as drawing at ``load_scale``, one draw
+        serves every multiplier, and a lower load's requests are a subset of a higher one's (the verdicts
+        of a headroom search compare loads on common random numbers)."""
+        if not 0 < load_scale <= self.load_scale:
+            raise ValueError(f"thinned: load scale {load_scale} not in (0, {self.load_scale}]")
+        if self._source is not None:  # thin the one draw, not a thinning of it
+            return self._source[0].thinned(load_scale)
+        sim = PlanSimulator(self.sc, self.base_dir, self.executor, self.seed, load_scale)
+        sim._source = (self, load_scale / self.load_scale)
+        return sim
+
+    def thinning_values(self) -> np.ndarray:
+        """One uniform in [0, 1) per request of the workload, from :func:`thinning_generator`."""
+        if self._thinning is None:
+            self._thinning = thinning_generator(self.seed).random(len(self.workload))
+        return self._thinning
 
     def route_draw(self) -> np.ndarray:
         """One routing value in [0, 1) per request of the workload: a replicated adapter's request goes
@@ -848,18 +881,22 @@ class PlanSimulator:
                     u[(ad == self.index[name]) & (to == g)] = (lo + hi) / 2
         self._route = u
 
-    def job(self, gp: GpuConfig, index: int) -> GpuJob:
+    def job(self, gp: GpuConfig, index: int, workload: Workload | None = None) -> GpuJob:
+        """The twin job of configuration ``gp`` (``index``: its place in the batch). ``workload``: its
+        requests when already split off (:meth:`jobs`), else taken from the scenario-wide workload."""
         gtype, prof = profile_for(self.sc, gp.gpu_type, self.base_dir)
         members = [self.index[n] for n in gp.adapters]
-        keep = None
-        if gp.shares:
-            if len(gp.share_from) != len(gp.shares):
-                raise ValueError("a GPU with replicas needs its slices: pass the plan through route_slices()")
-            u = self.route_draw()
-            ad = np.asarray(self.workload.adapter)
-            keep = np.zeros(len(u), dtype=bool)
-            for i, sl in zip(members, gp.slices()):
-                keep |= _routed_here(ad, i, sl, u)
+        if workload is None:
+            keep = None
+            if gp.shares:
+                if len(gp.share_from) != len(gp.shares):
+                    raise ValueError("a GPU with replicas needs its slices: pass the plan through route_slices()")
+                u = self.route_draw()
+                ad = np.asarray(self.workload.adapter)
+                keep = np.zeros(len(u), dtype=bool)
+                for i, sl in zip(members, gp.slices()):
+                    keep |= _routed_here(ad, i, sl, u)
+            workload = self.workload.subset(members, keep)
         return GpuJob(
             index=index,
             config=replace(gp, gpu_type=gtype),
@@ -867,9 +904,21 @@ class PlanSimulator:
             serving=self.sc.serving,
             constraints=self.sc.constraints,
             adapters=tuple(self.adapters[i] for i in members),
-            workload=self.workload.subset(members, keep),
+            workload=workload,
             slo=self.slo_rule(members),
         )
+
+    def jobs(self, items: Sequence[tuple[GpuConfig, int]]) -> list[GpuJob]:
+        """``[self.job(gp, i) for gp, i in items]``, with the workload split once for all the whole-adapter
+        configurations whose adapters are disjoint (a plan's GPUs): the same jobs, one pass over the
+        requests instead of one per GPU."""
+        whole = [k for k, (gp, _) in enumerate(items) if not gp.shares]
+        groups = [[self.index[n] for n in items[k][0].adapters] for k in whole]
+        parts: dict[int, Workload] = {}
+        flat = [a for g in groups for a in g]
+        if len(whole) > 1 and len(flat) == len(set(flat)):
+            parts = dict(zip(whole, self.workload.split(groups), strict=True))
+        return [self.job(gp, i, parts.get(k)) for k, (gp, i) in enumerate(items)]
 
     def request_gpus(self, plan: Sequence[GpuConfig]) -> np.ndarray:
         """Per request of the workload, the position in ``plan`` of the GPU the twin sends it to (-1
@@ -937,7 +986,14 @@ def simulate_into(
     if not todo:
         return 0
     draw_workloads([sim for sim, _ in todo], executor)
-    reports = run_jobs([sim.job(gp, i) for i, (sim, gp) in enumerate(todo)], executor=executor, progress=progress)
+    by_sim: dict[PlanSimulator, list[tuple[GpuConfig, int]]] = {}
+    for i, (sim, gp) in enumerate(todo):
+        by_sim.setdefault(sim, []).append((gp, i))
+    jobs: list[GpuJob | None] = [None] * len(todo)
+    for sim, items in by_sim.items():
+        for (_, i), job in zip(items, sim.jobs(items), strict=True):
+            jobs[i] = job
+    reports = run_jobs([j for j in jobs if j is not None], executor=executor, progress=progress)
     for (sim, gp), rep in zip(todo, reports, strict=True):
         sim.cache[gp] = rep
         sim.simulated += 1
@@ -949,10 +1005,15 @@ def draw_workloads(sims: Sequence[PlanSimulator], executor: ExecutorSpec) -> Non
     (each is the same draw it would make alone: its own seed and load scale). A simulator ships to
     the worker without results (its cache is empty until its workload exists)."""
     todo = [sim for sim in dict.fromkeys(sims) if sim._workload is None]
+    # thinned simulators need their sources' draws; the thinning itself is cheap and stays here
+    roots = [s for s in dict.fromkeys(s if s._source is None else s._source[0] for s in todo) if s._workload is None]
     # one draw stays in-process on any executor: a worker would only add the copy back
-    drawn = [todo[0].draw()] if len(todo) == 1 else map_ordered(PlanSimulator.draw, todo, executor)
-    for sim, w in zip(todo, drawn, strict=True):
+    drawn = [roots[0].draw()] if len(roots) == 1 else map_ordered(PlanSimulator.draw, roots, executor)
+    for sim, w in zip(roots, drawn, strict=True):
         sim._workload = w
+    for sim in todo:
+        if sim._workload is None:
+            sim._workload = sim.draw()
 
 
 def slo_json(sc: Scenario) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ __all__ = [
     "sharegpt_stats",
     "expected_lengths",
     "arrival_idc",
+    "thins_exactly",
     "mmpp_idc",
     "FilteredLengthStats",
     "LengthLimits",
@@ -117,6 +118,58 @@ class Workload:
             self.output_tokens[keep],
             self.duration_s,
             int(sel.size),
+        )
+
+    def split(self, groups: Sequence[Sequence[int]]) -> list["Workload"]:
+        """``[self.subset(g) for g in groups]`` for disjoint ``groups``, in one pass over the requests.
+
+        A plan's GPUs hold disjoint adapters; subsetting the scenario-wide workload once per GPU read
+        every request once per GPU, which at a few million requests and dozens of GPUs kept the
+        workers waiting on the main process (~30 ms per GPU)."""
+        gid = np.full(self.n_adapters, -1, np.int64)
+        local = np.zeros(self.n_adapters, np.int64)
+        for g, members in enumerate(groups):
+            sel = np.asarray(members, dtype=np.int64)
+            if sel.size and (sel.min() < 0 or sel.max() >= self.n_adapters or np.any(gid[sel] >= 0)):
+                raise WorkloadError(f"split: groups must be disjoint adapter indices in [0, {self.n_adapters})")
+            if sel.size != np.unique(sel).size:
+                raise WorkloadError("split: an adapter appears twice in a group")
+            gid[sel] = g
+            local[sel] = np.arange(sel.size)
+        of_request = gid[self.adapter]
+        # a stable sort keeps arrival order within each group; 16-bit keys get NumPy's radix sort
+        keys = of_request.astype(np.int16) if len(groups) < 2**15 else of_request
+        order = np.argsort(keys, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(of_request + 1, minlength=len(groups) + 1))])
+        out = []
+        for g, members in enumerate(groups):
+            idx = order[bounds[g + 1] : bounds[g + 2]]
+            out.append(
+                _frozen(
+                    self.arrival_s[idx],
+                    local[self.adapter[idx]],
+                    self.input_tokens[idx],
+                    self.output_tokens[idx],
+                    self.duration_s,
+                    len(members),
+                )
+            )
+        return out
+
+    def thinned(self, keep: np.ndarray) -> "Workload":
+        """The flagged requests only (adapters keep their indices): with flags ``u < p`` for
+        independent uniforms ``u``, the workload at ``p`` times the load for arrival models whose
+        thinning is exact (``ArrivalModel.thins_exactly``)."""
+        k = np.asarray(keep, dtype=bool)
+        if k.shape != self.arrival_s.shape:
+            raise WorkloadError(f"thinned: {k.size} flags for {len(self)} requests")
+        return _frozen(
+            self.arrival_s[k],
+            self.adapter[k],
+            self.input_tokens[k],
+            self.output_tokens[k],
+            self.duration_s,
+            self.n_adapters,
         )
 
 
@@ -281,6 +334,15 @@ def expected_lengths(lengths: Any) -> FilteredLengthStats | None:
     means are those a generated workload converges to; ``fixed`` is returned as is.
     """
     return LENGTHS.get(lengths.kind).expected(lengths)
+
+
+def thins_exactly(arrivals: Any) -> bool:
+    """Whether keeping each request with probability p draws ``arrivals`` at p times the rates
+    (``ArrivalModel.thins_exactly``)."""
+    try:
+        return bool(ARRIVALS.get(arrivals.kind).thins_exactly)
+    except UnknownName:
+        return False
 
 
 def arrival_idc(arrivals: Any, rate_rps: float = 1.0, window_s: float = 60.0) -> float | None:
