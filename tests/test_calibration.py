@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from optplace.calibration.reference import find_reference_dir, load_dt_validation
@@ -84,6 +85,43 @@ def test_step_time_monotone_and_rank_binding():
     assert bound.step_s(100, 0, 100, 10, 8) == pytest.approx(m.step_s(100, 0, 100, 10, 32))
     scaled = StepTimeModel.from_params({"form": "lora_mult_v2", "coef": {}, "time_scale": 2.0})
     assert scaled.step_s(50, 10, 50, 3, 8) == pytest.approx(2 * StepTimeModel().step_s(50, 10, 50, 3, 8))
+
+
+@pytest.mark.parametrize("form", ["lora_mult_v2", "lora_add_v3", "published_v1"])
+@pytest.mark.parametrize("bound", [None, (16, 8), (64, 256)])
+def test_the_engines_folded_step_time_is_bitwise_the_models(form, bound):
+    """``step_s_fn()`` (what the engine calls every step) returns exactly ``step_s``'s float: bound or not,
+    every form, with and without a fixed LoRA cost and slot term."""
+    coef = {"g0": 0.3, "g_slot": 0.002, "c_ctx": 0.05, "h_pf": 0.4} if form != "published_v1" else {}
+    if form == "published_v1":
+        coef = {"a": 0.0438, "b": 10.54, "c": 1.93, "d": 200.0}
+    m = StepTimeModel.from_params({"form": form, "coef": coef, "time_scale": 1.3})
+    if bound is not None:
+        m = m.bind(*bound)
+    fn = m.step_s_fn()
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        ns, pf, dec, d = (int(x) for x in rng.integers(0, 512, 4))
+        rs = int(rng.integers(0, 64)) * d
+        k = float(rng.integers(0, 200_000))
+        want = m.step_s(ns, pf, dec, d, rs / d if d else 0.0, k)
+        assert fn(ns, pf, dec, d, rs, k) == want  # bitwise: the twin's golden outputs depend on it
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"form": "queue_linear_v1", "coef": {"s0": 0.1, "s_run": 0.004, "s_wait": 0.0003, "s_ratio": 0.7}},
+        {"form": "queue_linear_v1", "coef": {"s0": -2.0, "s_run": 0.004}, "time_scale": 1.5},  # clipped at 0
+        {"form": "none"},
+    ],
+)
+def test_the_engines_folded_overhead_is_bitwise_the_models(params):
+    m = SchedulerOverhead.from_params(params)
+    for slots, served in ((8, 100), (64, 32), (1, 0)):
+        fn = m.overhead_s_fn(slots, served)
+        for running, waiting in ((0, 0), (7, 3000), (250, 12), (900, 90_000)):
+            assert fn(running, waiting) == m.overhead_s(running, waiting, slots, served)
 
 
 def test_unknown_forms_and_coefficients_rejected():

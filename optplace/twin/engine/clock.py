@@ -8,6 +8,8 @@ scheduler-overhead models how long it lasts:
 
     step duration = step_time.step_s(...) + overhead.overhead_s(...) + adapter loads
 
+(each through its ``*_fn()`` form, the same arithmetic with the engine's constants folded in)
+
 Requests arriving in ``[0, duration_s)`` are served; at ``duration_s`` the run stops and every
 unfinished request is cancelled (not counted). A step that would end after ``duration_s`` is not
 committed. A KV cache smaller than one ``max_model_len`` sequence (or none) fails at start:
@@ -35,11 +37,12 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_right
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numpy as np
 
-from optplace.twin.engine.config import EngineConfig, WorkloadLike
+from optplace.twin.engine.config import EngineConfig, OverheadModel, StepTimeModelLike, WorkloadLike
 from optplace.twin.engine.core import EngineCore
 from optplace.twin.engine.result import CompletedRequests, EngineResult
 
@@ -59,6 +62,10 @@ class _Runner:
         self.step_time = cfg.step_time
         self.overhead = cfg.overhead
         self.served = len(cfg.adapter_ranks)
+        # the step-time and overhead models with this engine's constants folded in (bitwise equal to
+        # their step_s / overhead_s; called every step)
+        self.step_s = _step_fn(cfg.step_time)
+        self.overhead_s = _overhead_fn(cfg.overhead, cfg.max_loras, self.served)
         self.max_running = 0
         self.max_waiting = 0
         self.run_area = 0.0
@@ -93,10 +100,9 @@ class _Runner:
         duration = self.duration
         horizon = min(horizon, duration)
         t = self.t
-        step_s = self.step_time.step_s
-        overhead_s = self.overhead.overhead_s if self.overhead is not None else None
+        step_s = self.step_s
+        overhead_s = self.overhead_s
         slots = core.cfg.max_loras
-        served = self.served
         schedule = core.schedule
         update = core.update_from_output
         check = core.check
@@ -121,11 +127,11 @@ class _Runner:
             if num_seqs == 0:
                 break  # idle: nothing running, nothing admissible
             n_act = plan.distinct_adapters
-            mean_rank = plan.rank_sum / n_act if n_act else 0.0
-            st = step_s(num_seqs, plan.prefill_tokens, plan.decode_tokens, n_act, mean_rank, plan.context_tokens)
+            rank_sum = plan.rank_sum
+            st = step_s(num_seqs, plan.prefill_tokens, plan.decode_tokens, n_act, rank_sum, plan.context_tokens)
             nr = plan.num_running
             nw = plan.num_waiting
-            ov = overhead_s(nr, nw, slots, served) if overhead_s is not None else 0.0
+            ov = overhead_s(nr, nw)
             dt = st + ov + plan.load_s
             t_end = t + dt
             if t_end > duration:
@@ -167,11 +173,11 @@ class _Runner:
                 st0 = dt - ov - plan.load_s
                 # The step time is affine in the context tokens, which grow by one per decoder per
                 # step: its slope depends on the batch composition only (cached; None = not affine).
-                key = (num_seqs, n_act, plan.rank_sum)
+                key = (num_seqs, n_act, rank_sum)
                 delta = slopes.get(key, -1.0)
                 if delta is not None and delta < 0.0:
-                    st1 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, plan.context_tokens + num_seqs)
-                    st2 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, plan.context_tokens + 2 * num_seqs)
+                    st1 = step_s(num_seqs, 0, num_seqs, n_act, rank_sum, plan.context_tokens + num_seqs)
+                    st2 = step_s(num_seqs, 0, num_seqs, n_act, rank_sum, plan.context_tokens + 2 * num_seqs)
                     delta = st1 - st0
                     if abs((st2 - st1) - delta) > 1e-9 * st0 or delta < 0.0:
                         delta = None
@@ -255,14 +261,13 @@ class _Runner:
                     num_seqs = core.n_dec
                     n_act = core.n_active
                     rs = core.rank_sum
-                    mean_rank = rs / n_act if n_act else 0.0
                     ctx = core.sum_base + num_seqs * core.step
-                    st0 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, ctx)
+                    st0 = step_s(num_seqs, 0, num_seqs, n_act, rs, ctx)
                     key = (num_seqs, n_act, rs)
                     delta = slopes.get(key, -1.0)
                     if delta is not None and delta < 0.0:
-                        st1 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, ctx + num_seqs)
-                        st2 = step_s(num_seqs, 0, num_seqs, n_act, mean_rank, ctx + 2 * num_seqs)
+                        st1 = step_s(num_seqs, 0, num_seqs, n_act, rs, ctx + num_seqs)
+                        st2 = step_s(num_seqs, 0, num_seqs, n_act, rs, ctx + 2 * num_seqs)
                         delta = st1 - st0
                         if abs((st2 - st1) - delta) > 1e-9 * st0 or delta < 0.0:
                             delta = None
@@ -278,7 +283,7 @@ class _Runner:
                         max_tokens = num_seqs
                     j0 = -1  # the next step is the new reference step itself
                     kc = core.next_completion_step() - core.step + 1
-                ov = overhead_s(nr, nw, slots, served) if overhead_s is not None else 0.0
+                ov = overhead_s(nr, nw)
         self.n_arrived = na
         self.explicit = len(self.ex_t)
         self.sched_s = sched_s
@@ -293,6 +298,28 @@ class _Runner:
         self.t = max(t, self.t)
         if self.done:
             self.t = duration
+
+
+def _step_fn(model: StepTimeModelLike) -> Callable[[int, int, int, int, int, float], float]:
+    """``model.step_s`` as a function of (num_seqs, prefill, decode, distinct adapters, rank sum, context
+    tokens): its folded form where it has one (``StepTimeModel.step_s_fn``), else a wrapper."""
+    fast = getattr(model, "step_s_fn", None)
+    if fast is not None:
+        return cast(Callable[[int, int, int, int, int, float], float], fast())
+    step_s = model.step_s
+    return lambda ns, pf, dec, d, rs, k: step_s(ns, pf, dec, d, rs / d if d else 0.0, k)
+
+
+def _overhead_fn(model: OverheadModel | None, slots: int, served: int) -> Callable[[int, int], float]:
+    """``model.overhead_s`` of this engine as a function of (running, waiting): its folded form where it
+    has one (``SchedulerOverhead.overhead_s_fn``), else a wrapper; zero without a model."""
+    if model is None:
+        return lambda running, waiting: 0.0
+    fast = getattr(model, "overhead_s_fn", None)
+    if fast is not None:
+        return cast(Callable[[int, int], float], fast(slots, served))
+    overhead_s = model.overhead_s
+    return lambda running, waiting: overhead_s(running, waiting, slots, served)
 
 
 def _cum(k: int, d: float, delta: float) -> float:
