@@ -22,8 +22,8 @@ from typing import Any
 from optplace.infra.executors import ExecutorSpec
 from optplace.infra.text import count
 from optplace.specs import Adapter, Scenario
-from optplace.twin.headroom import PlanHeadroom, find_headroom
-from optplace.twin.simulate import PlanSimulator, SimReport, check_seeds, simulate_into, worst_of
+from optplace.twin.headroom import LoadProbes, PlanHeadroom, find_headroom
+from optplace.twin.simulate import PlanSimulator, SimReport, WorkloadsAhead, check_seeds, simulate_into, worst_of
 
 Event = Callable[[str], None]
 
@@ -311,12 +311,27 @@ def solve_scenario(
     # an adapter more than one GPU serves becomes replicas the strategies place like adapters (a
     # fractional strategy, loraserve, splits the problem its own way)
     # (confirmed in the twin unless the plan is not to be: --no-validate runs no twin)
-    fits = twin_fits(problem, executor_of(sc, workers)) if validate and sc.solver.validate_plan else None
+    validating = validate and sc.solver.validate_plan
+    executor = executor_of(sc, workers)
+    headroom = sc.slo_headroom()
+    # The twin workloads the checks will run on: with the plan checked and repaired at the scaled rates
+    # (a headroom), the run's seed and the other check seeds at those, and the stated rates, a draw of
+    # their own (scaled rates draw other arrivals), where the plan must pass too: a verdict such as a
+    # light adapter's queue growing in a short window can fail at the stated rates and pass at +5 %.
+    # The headroom search's multipliers thin one draw of their own (LoadProbes).
+    checkers = [PlanSimulator(sc, base_dir, executor, seed=s, load_scale=1.0 + headroom) for s in check_seeds(sc)]
+    stated = PlanSimulator(sc, base_dir, executor) if headroom > 0 else None
+    probes = LoadProbes(sc, base_dir, executor, sc.seed) if measure_headroom and sc.rates_scalable() else None
+    # None of them depends on the plan: they are drawn while the solver plans (WorkloadsAhead).
+    ahead_of_plan = [*checkers, *([stated] if stated else []), *([probes.top] if probes and probes.top else [])]
+    fits = twin_fits(problem, executor) if validating else None
     on_event(f"solving with {strategy or sc.solver.strategy} ({oracle.name} capacity oracle)")
-    with stdout_to_stderr():
-        split, plan = solve_split(
-            problem, oracle, strategy, fits, deadline, parallel=plans_in_parallel(oracle, workers)
-        )
+    with WorkloadsAhead(ahead_of_plan if validating else [], executor) as drawn_ahead:
+        with stdout_to_stderr():
+            split, plan = solve_split(
+                problem, oracle, strategy, fits, deadline, parallel=plans_in_parallel(oracle, workers)
+            )
+        drawn_ahead.collect()
     problem = split.problem
     for line in split.log:
         on_event(line)
@@ -330,18 +345,9 @@ def solve_scenario(
         f"plan: {count(plan.gpus_used, 'GPU')} (lower bound {plan.lower_bound:g} on the "
         f"{plan.lower_bound_model} model) in {plan.solve_time_s:.1f} s"
     )
-    if not (validate and sc.solver.validate_plan):
+    if not validating:
         return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, whole)
-    headroom = sc.slo_headroom()
     # With a headroom the plan is checked and repaired at the scaled rates, then reported at the stated ones.
-    checkers = [
-        PlanSimulator(sc, base_dir, executor_of(sc, workers), seed=s, load_scale=1.0 + headroom)
-        for s in check_seeds(sc)
-    ]
-    # The plan is reported at the stated rates, which are a draw of their own (scaled rates draw other
-    # arrivals), so the plan must pass there too: a verdict such as a light adapter's queue growing in a
-    # short window can fail at the stated rates and pass at +5 %.
-    stated = PlanSimulator(sc, base_dir, executor_of(sc, workers)) if headroom > 0 else None
     if max_rounds is None:
         max_rounds = 4 if sc.slo is None else 8
     actions: list[str] = []
@@ -371,7 +377,7 @@ def solve_scenario(
                 on_event(step)
                 pairs = [(c, gp) for c in runs for gp in gpu_plans(plan)]
                 t_checks = time.perf_counter()
-                simulate_into(pairs, executor_of(sc, workers), _counting(on_event, step))
+                simulate_into(pairs, executor, _counting(on_event, step))
                 checks_wall += time.perf_counter() - t_checks
             for checker in others:
                 other = checker.run(gpu_plans(plan))
@@ -415,16 +421,17 @@ def solve_scenario(
     elif not judged.ok:
         rep = judged
     room = None
-    if measure_headroom and rep.ok and sc.rates_scalable():
+    if probes is not None and rep.ok:
         room = find_headroom(
             sc,
             base_dir,
-            executor_of(sc, workers),
+            executor,
             gpu_plans(plan),
             rep,
             progress=on_event,
             known={headroom: checkers[0]},
             guesses=_headroom_guesses(problem, oracle, plan, 1.0 + headroom),
+            workloads=probes,
         )
     objective = get_objective(plan.objective)
     comparison: tuple[StrategyResult, ...] = ()

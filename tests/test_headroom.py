@@ -146,6 +146,39 @@ def test_probes_thin_one_draw_so_a_lower_load_is_a_subset_of_a_higher_one(tmp_pa
     assert other.top is None and other.at(1.1)._source is None
 
 
+def test_workloads_drawn_ahead_are_the_ones_each_simulator_draws(tmp_path, monkeypatch):
+    """``solve`` draws its checks' workloads in a second process while it plans (``WorkloadsAhead``):
+    the same arrays as drawn in place; nothing forked on one worker or past the size cap; a child whose
+    draws are not collected is stopped when the block ends."""
+    import multiprocessing
+
+    from optplace.twin import simulate
+
+    sc = load_scenario(_write(tmp_path, SPEC))
+    two = ExecutorSpec("local", workers=2)
+
+    def sims() -> list[PlanSimulator]:
+        probes = LoadProbes(sc, tmp_path, two, sc.seed)
+        return [PlanSimulator(sc, tmp_path, two, seed=s, load_scale=1.05) for s in check_seeds(sc)] + [probes.top]
+
+    ahead, alone = sims(), sims()
+    with simulate.WorkloadsAhead(ahead, two) as drawn:
+        assert len(drawn.sims) == len(ahead)
+        drawn.collect()
+    for a, b in zip(ahead, alone, strict=True):
+        assert a._workload is not None and b._workload is None
+        for f in ("arrival_s", "adapter", "input_tokens", "output_tokens"):
+            assert np.array_equal(getattr(a.workload, f), getattr(b.workload, f))
+    assert simulate.WorkloadsAhead(sims(), ONE).sims == []  # one worker: no idle core to draw on
+    monkeypatch.setattr(simulate, "AHEAD_MAX_REQUESTS", 100)
+    assert simulate.WorkloadsAhead(sims(), two).sims == []
+    monkeypatch.undo()
+    before = set(multiprocessing.active_children())
+    with simulate.WorkloadsAhead(sims(), two):
+        pass  # e.g. the solve failed: nothing collected
+    assert set(multiprocessing.active_children()) == before
+
+
 def test_no_headroom_one_seed_and_no_margin(tmp_path):
     text = SPEC.replace("seed: 5", "seed: 5\nslo: {headroom: 0}").replace(
         "time_limit_s: 20}", "time_limit_s: 20, check_seeds: 0}"

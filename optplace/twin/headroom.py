@@ -209,7 +209,7 @@ class LoadProbes:
     re-run a search's probe with the same requests: ``LoadProbes(sc, dir, executor, seed).at(1.2)``."""
 
     def __init__(self, sc: Scenario, base_dir: Path, executor: ExecutorSpec, seed: int, cap: float = CAP) -> None:
-        self.sc, self.base_dir, self.executor, self.seed = sc, base_dir, executor, seed
+        self.sc, self.base_dir, self.executor, self.seed, self.cap = sc, base_dir, executor, seed, cap
         self.top = (
             PlanSimulator(sc, base_dir, executor, seed=seed, load_scale=1.0 + cap)
             if thins_exactly(sc.workload.arrivals)
@@ -234,6 +234,7 @@ def find_headroom(
     progress: Callable[[str], None] | None = None,
     known: Mapping[float, PlanSimulator] | None = None,
     guesses: Sequence[float | None] | None = None,
+    workloads: LoadProbes | None = None,
 ) -> PlanHeadroom:
     """Every GPU's headroom; ``stated`` is the plan's twin report at the stated rates (seed and GPU
     order as in ``plan``), whose verdicts are the search's starting point. ``known``: simulators
@@ -241,6 +242,7 @@ def find_headroom(
     cached GPU results the search starts from. ``guesses``: per GPU of ``plan``, a predicted headroom
     (extra load share, e.g. from the capacity oracle; None: no prediction), where its search starts
     (:func:`_next_probe`'s anchor); a guess only orders the probes, the figures are the twin's.
+    ``workloads``: the probes' workloads (drawn ahead, e.g.), used when of ``stated``'s seed and this cap.
 
     Each round's probes (every unsettled GPU's next multiplier) run as one batch, so both cores stay
     busy when the GPUs probe different multipliers."""
@@ -270,7 +272,9 @@ def find_headroom(
         if guess is not None and gp not in anchor:
             # the grid step just above the predicted largest passing load: where it should break
             anchor[gp] = min(top, max(1, math.floor(guess / step + 1e-9) + 1))
-    draws = LoadProbes(sc, base_dir, executor, stated.seed, top * step)
+    draws = workloads
+    if draws is None or draws.seed != stated.seed or draws.cap != top * step:
+        draws = LoadProbes(sc, base_dir, executor, stated.seed, top * step)
     runs = 0
     while True:
         probes: list[tuple[int, GpuConfig]] = []

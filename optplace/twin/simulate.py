@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -1014,6 +1015,68 @@ def draw_workloads(sims: Sequence[PlanSimulator], executor: ExecutorSpec) -> Non
     for sim in todo:
         if sim._workload is None:
             sim._workload = sim.draw()
+
+
+#: Most requests (summed over the workloads) :class:`WorkloadsAhead` draws: the child holds them all
+#: before sending (~20 bytes each), and the parent receives a copy.
+AHEAD_MAX_REQUESTS = 16_000_000
+
+
+def expected_requests(sim: PlanSimulator) -> float | None:
+    """Requests a simulator's draw will hold (rates × window × load scale); None for a trace, whose
+    count follows the trace."""
+    if getattr(sim.sc.workload.arrivals, "kind", None) == "trace":
+        return None
+    return sum(a.rate_rps for a in sim.adapters) * sim.sc.workload.duration_s * sim.load_scale
+
+
+class WorkloadsAhead:
+    """The workloads of some simulators, drawn in a forked process while this one does something else
+    (``solve`` plans on one core and left the other idle, then drew each check's workload with a core
+    waiting: ~5 s of a 60 s solve at 1,000 adapters). :meth:`collect` hands each simulator its
+    workload, the same arrays it would have drawn itself (the same function of the seed and scale).
+
+    The child draws every workload before sending any (a send blocks until this process reads, which
+    it does only in :meth:`collect`). Used as a context manager: leaving the block stops a child whose
+    workloads were not collected. Draws nothing (and forks nothing) when the sims hold more than
+    :data:`AHEAD_MAX_REQUESTS` requests together, or when the executor has a single worker."""
+
+    def __init__(self, sims: Sequence[PlanSimulator], executor: ExecutorSpec) -> None:
+        from optplace.infra.executors import Ahead
+
+        todo = [s for s in dict.fromkeys(sims) if s._workload is None and s._source is None]
+        sizes = [expected_requests(s) for s in todo]
+        fits = all(n is not None for n in sizes) and sum(n or 0.0 for n in sizes) <= AHEAD_MAX_REQUESTS
+        self.sims = todo if fits and executor.kind == "local" and executor.n_workers >= 2 else []
+        self._ahead = Ahead(partial(_draw_all, self.sims)) if self.sims else None
+
+    def collect(self) -> None:
+        """Give each simulator its workload (waiting for the draws still running)."""
+        if self._ahead is None:
+            return
+        for sim in self.sims:
+            w = self._ahead.receive()
+            if sim._workload is None:
+                sim._workload = w
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the child (its draws are dropped)."""
+        if self._ahead is not None:
+            self._ahead.stop()
+            self._ahead = None
+
+    def __enter__(self) -> WorkloadsAhead:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _draw_all(sims: Sequence[PlanSimulator], send: Callable[[Any], None]) -> None:
+    drawn = [sim.draw() for sim in sims]
+    for w in drawn:
+        send(w)
 
 
 def slo_json(sc: Scenario) -> dict[str, Any] | None:
