@@ -121,3 +121,20 @@ def test_under_the_default_slo_the_learned_models_decide_below_the_guard():
     env = slo_envelope("llama-3.1-8b-instruct@h100-64gb", sizes=(1, 16, 128), mixes=4)
     assert env["mixes"] >= 8 and env["binds_on"] == 0 and env["cut_min"] == 1.0
     assert 0.5 < env["median"] <= env["p90"] <= env["max"] < GUARD
+
+
+def test_the_slo_verdicts_macro_f1_comes_with_its_bootstrap_interval() -> None:
+    """``bench surrogate`` prints the held-out macro-F1 with a 95 % bootstrap interval over the rows:
+    seeded (the same every run), around the score, a point where the verdicts are all right."""
+    from optplace.bench.surrogate import bootstrap_interval
+    from optplace.surrogate.evaluation import macro_f1
+
+    rng = np.random.default_rng(5)
+    y = rng.random(300) < 0.4
+    pred = np.where(rng.random(300) < 0.9, y, ~y)
+    lo, hi = bootstrap_interval(y, pred)
+    assert (lo, hi) == bootstrap_interval(y, pred)
+    assert lo < macro_f1(y, pred) < hi and hi - lo < 0.15
+    assert bootstrap_interval(y, y) == (1.0, 1.0)
+    wide = bootstrap_interval(y[:30], pred[:30])
+    assert wide[1] - wide[0] > hi - lo  # fewer rows, a wider interval
