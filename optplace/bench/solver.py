@@ -66,8 +66,9 @@ checks: 1.7 min), and one 500-adapter family's SLO solve alone took 17 s
 half an hour on 2 cores (``python -m optplace.bench.solver --sizes 500 --validate-max 500`` runs them).
 Run that way under the SLO (``--sizes 500,1000 --validate-max 1000 --rule slo --strategies milp``), the
 final plans of the six 500- and the six 1,000-adapter families all meet the SLO on their seed and on
-3/3 other seeds; a 1,000-adapter family takes 60–81 s with the twin's check and repair (4–10 s of it
-planning), on a quiet 2-core machine.
+3/3 other seeds; a 1,000-adapter family takes 35–44 s with the twin's checks on four draws and the
+repair (1–8 s of it planning; no headroom search, which ``optplace solve`` adds: 47–59 s in all), on
+2 cores.
 
 Measured (``optplace bench solver``, the quick set), a row and the SLO part of the summary::
 
@@ -286,7 +287,7 @@ class TwinChecks:
     and under the default SLO, per strategy. A rule-only plan is re-judged under the default SLO on a
     simulator shared by the family's strategies (GPU configurations two plans share run once)."""
 
-    def __init__(self, sc: Any, rule: str, window_s: float, workers: int) -> None:
+    def __init__(self, sc: Any, rule: str, window_s: float, workers: int | None) -> None:
         from optplace.infra.executors import ExecutorSpec
         from optplace.twin.simulate import PlanSimulator
 
@@ -378,13 +379,14 @@ def run(
     validate_window_s: float = 3600.0,
     skews: tuple[str, ...] | None = None,
     rule: str = "both",
-    workers: int = 1,
+    workers: int | None = None,
     slo_gap: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark, print a table (unless ``json``), return the rows. ``full`` adds the 5,000 and
     10,000-adapter families to the default sizes; ``skews`` picks some of :data:`SKEWS` (or other
     ``zipf-<s>``); families up to ``validate_max`` adapters are solved as ``optplace solve`` would under
-    ``rule`` (:data:`RULES`) and twin-checked over ``validate_window_s`` with ``workers`` processes;
+    ``rule`` (:data:`RULES`) and twin-checked over ``validate_window_s`` with ``workers`` processes
+    (default: every core, as ``optplace solve``);
     ``slo_gap``: every family is also planned under the default SLO, with how full its GPUs are and
     the envelope's excess on them (:func:`gap_under_slo`)."""
     from optplace.pipeline import plans_in_parallel, silence_highs_banner
