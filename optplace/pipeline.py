@@ -23,7 +23,15 @@ from optplace.infra.executors import ExecutorSpec
 from optplace.infra.text import count
 from optplace.specs import Adapter, Scenario
 from optplace.twin.headroom import LoadProbes, PlanHeadroom, find_headroom
-from optplace.twin.simulate import PlanSimulator, SimReport, WorkloadsAhead, check_seeds, simulate_into, worst_of
+from optplace.twin.simulate import (
+    PlanSimulator,
+    SimReport,
+    WorkloadsAhead,
+    can_draw_ahead,
+    check_seeds,
+    simulate_into,
+    worst_of,
+)
 
 Event = Callable[[str], None]
 
@@ -314,19 +322,30 @@ def solve_scenario(
     validating = validate and sc.solver.validate_plan
     executor = executor_of(sc, workers)
     headroom = sc.slo_headroom()
-    # The twin workloads the checks will run on: with the plan checked and repaired at the scaled rates
-    # (a headroom), the run's seed and the other check seeds at those, and the stated rates, a draw of
-    # their own (scaled rates draw other arrivals), where the plan must pass too: a verdict such as a
-    # light adapter's queue growing in a short window can fail at the stated rates and pass at +5 %.
-    # The headroom search's multipliers thin one draw of their own (LoadProbes).
-    checkers = [PlanSimulator(sc, base_dir, executor, seed=s, load_scale=1.0 + headroom) for s in check_seeds(sc)]
-    stated = PlanSimulator(sc, base_dir, executor) if headroom > 0 else None
-    probes = LoadProbes(sc, base_dir, executor, sc.seed) if measure_headroom and sc.rates_scalable() else None
-    # None of them depends on the plan: they are drawn while the solver plans (WorkloadsAhead).
-    ahead_of_plan = [*checkers, *([stated] if stated else []), *([probes.top] if probes and probes.top else [])]
+
+    def check_simulators() -> tuple[list[PlanSimulator], PlanSimulator | None, LoadProbes | None]:
+        """The twin workloads the checks run on: with the plan checked and repaired at the scaled rates
+        (a headroom), the run's seed and the other check seeds at those; the stated rates, a draw of
+        their own (scaled rates draw other arrivals), where the plan must pass too: a verdict such as a
+        light adapter's queue growing in a short window can fail at the stated rates and pass at +5 %;
+        the headroom search's multipliers, which thin one draw of their own (LoadProbes)."""
+        seeds = [PlanSimulator(sc, base_dir, executor, seed=s, load_scale=1.0 + headroom) for s in check_seeds(sc)]
+        at_stated = PlanSimulator(sc, base_dir, executor) if headroom > 0 else None
+        search = LoadProbes(sc, base_dir, executor, sc.seed) if measure_headroom and sc.rates_scalable() else None
+        return seeds, at_stated, search
+
+    # None of them depends on the plan: they are drawn while the solver plans (WorkloadsAhead), where
+    # that can fit. The check seeds' draws alone bound the requests from below, so a fleet too big for
+    # it makes its simulators after planning, outside the time limit (five take ~3 s at 100,000 adapters).
+    fleet_rps = math.fsum(a.rate_rps for a in problem.adapters)
+    early = validating and can_draw_ahead(
+        sc, executor, fleet_rps * sc.workload.duration_s * (1.0 + headroom) * len(check_seeds(sc))
+    )
+    checkers, stated, probes = check_simulators() if early else ([], None, None)
     fits = twin_fits(problem, executor) if validating else None
     on_event(f"solving with {strategy or sc.solver.strategy} ({oracle.name} capacity oracle)")
-    with WorkloadsAhead(ahead_of_plan if validating else [], executor) as drawn_ahead:
+    ahead_of_plan = [*checkers, *([stated] if stated else []), *([probes.top] if probes and probes.top else [])]
+    with WorkloadsAhead(ahead_of_plan, executor) as drawn_ahead:
         with stdout_to_stderr():
             split, plan = solve_split(
                 problem, oracle, strategy, fits, deadline, parallel=plans_in_parallel(oracle, workers)
@@ -347,6 +366,8 @@ def solve_scenario(
     )
     if not validating:
         return SolveReport(sc, plan, initial, None, (), 0, None, time.perf_counter() - t0, base_dir, whole)
+    if not early:
+        checkers, stated, probes = check_simulators()
     # With a headroom the plan is checked and repaired at the scaled rates, then reported at the stated ones.
     if max_rounds is None:
         max_rounds = 4 if sc.slo is None else 8

@@ -990,11 +990,8 @@ def simulate_into(
     by_sim: dict[PlanSimulator, list[tuple[GpuConfig, int]]] = {}
     for i, (sim, gp) in enumerate(todo):
         by_sim.setdefault(sim, []).append((gp, i))
-    jobs: list[GpuJob | None] = [None] * len(todo)
-    for sim, items in by_sim.items():
-        for (_, i), job in zip(items, sim.jobs(items), strict=True):
-            jobs[i] = job
-    reports = run_jobs([j for j in jobs if j is not None], executor=executor, progress=progress)
+    jobs = {i: job for sim, items in by_sim.items() for (_, i), job in zip(items, sim.jobs(items), strict=True)}
+    reports = run_jobs([jobs[i] for i in range(len(todo))], executor=executor, progress=progress)
     for (sim, gp), rep in zip(todo, reports, strict=True):
         sim.cache[gp] = rep
         sim.simulated += 1
@@ -1022,32 +1019,40 @@ def draw_workloads(sims: Sequence[PlanSimulator], executor: ExecutorSpec) -> Non
 AHEAD_MAX_REQUESTS = 16_000_000
 
 
-def expected_requests(sim: PlanSimulator) -> float | None:
-    """Requests a simulator's draw will hold (rates × window × load scale); None for a trace, whose
-    count follows the trace."""
-    if getattr(sim.sc.workload.arrivals, "kind", None) == "trace":
-        return None
-    return sum(a.rate_rps for a in sim.adapters) * sim.sc.workload.duration_s * sim.load_scale
+def can_draw_ahead(sc: Scenario, executor: ExecutorSpec, requests: float) -> bool:
+    """Whether :class:`WorkloadsAhead` may draw workloads of ``requests`` requests in all for ``sc``: on
+    local workers, two or more (a single one has no idle core to draw on), rate-driven arrivals (a
+    trace's count follows the trace, not the rates), at most :data:`AHEAD_MAX_REQUESTS`."""
+    return (
+        executor.kind == "local"
+        and executor.n_workers >= 2
+        and getattr(sc.workload.arrivals, "kind", None) != "trace"
+        and requests <= AHEAD_MAX_REQUESTS
+    )
+
+
+def expected_requests(sim: PlanSimulator) -> float:
+    """Requests a simulator's draw holds on average: its rates × the window × its load scale."""
+    return math.fsum(a.rate_rps for a in sim.adapters) * sim.sc.workload.duration_s * sim.load_scale
 
 
 class WorkloadsAhead:
     """The workloads of some simulators, drawn in a forked process while this one does something else
-    (``solve`` plans on one core and left the other idle, then drew each check's workload with a core
-    waiting: ~5 s of a 60 s solve at 1,000 adapters). :meth:`collect` hands each simulator its
-    workload, the same arrays it would have drawn itself (the same function of the seed and scale).
+    (``solve`` plans; its checks then started on draws made with a core waiting: ~5 s of a 60 s solve
+    at 1,000 adapters). :meth:`collect` hands each simulator its workload, the same arrays it would
+    have drawn itself (the same function of the seed and scale).
 
     The child draws every workload before sending any (a send blocks until this process reads, which
     it does only in :meth:`collect`). Used as a context manager: leaving the block stops a child whose
-    workloads were not collected. Draws nothing (and forks nothing) when the sims hold more than
-    :data:`AHEAD_MAX_REQUESTS` requests together, or when the executor has a single worker."""
+    workloads were not collected. Draws nothing (and forks nothing) where :func:`can_draw_ahead` says
+    no for the simulators' requests together."""
 
     def __init__(self, sims: Sequence[PlanSimulator], executor: ExecutorSpec) -> None:
         from optplace.infra.executors import Ahead
 
         todo = [s for s in dict.fromkeys(sims) if s._workload is None and s._source is None]
-        sizes = [expected_requests(s) for s in todo]
-        fits = all(n is not None for n in sizes) and sum(n or 0.0 for n in sizes) <= AHEAD_MAX_REQUESTS
-        self.sims = todo if fits and executor.kind == "local" and executor.n_workers >= 2 else []
+        fits = bool(todo) and can_draw_ahead(todo[0].sc, executor, math.fsum(expected_requests(s) for s in todo))
+        self.sims = todo if fits else []
         self._ahead = Ahead(partial(_draw_all, self.sims)) if self.sims else None
 
     def collect(self) -> None:
