@@ -152,7 +152,10 @@ def test_lp_bound_converges_to_the_lp_value_and_beats_the_old_lagrangian_bound()
     pb, an = _zipf_problem(300, 1.0, 0.5, ranks=(8, 16, 32))
     res = lp_bound(pb, an)
     assert res.converged
-    assert res.value == pytest.approx(res.lp_value, rel=1e-6)  # Farley value = LP value at convergence
+    # At convergence no family prices out (every m_f <= w), so the Farley value pi.n / max(m_f / w) is at
+    # least the LP's dual value pi.n; above it where the pricer's knapsacks cap a pattern's adapters per bin
+    # at the bin's count, which the compact LP's fractional patterns do not
+    assert res.value >= res.lp_value * (1 - 1e-6)
     assert res.value >= lagrangian_bound(pb, an) - 1e-9
     assert res.value >= volume_bound(pb, an) - 1e-9
 
