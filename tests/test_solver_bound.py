@@ -12,6 +12,7 @@ from optplace.solver import AnalyticCapacity, Mix, compile_problem
 from optplace.solver import bound
 from optplace.solver.bound import (
     LP_BIN_WIDTH,
+    ROT_SLOTS,
     bin_widths,
     cached_lp_bound,
     lagrangian_bound,
@@ -21,6 +22,7 @@ from optplace.solver.bound import (
     relaxed_groups,
     volume_bound,
 )
+from optplace.solver.capacity import SLOT_GRID
 from optplace.specs import load_scenario_text
 from helpers import REPO
 
@@ -196,7 +198,9 @@ def test_the_lp_bound_runs_its_coarse_grids_first_and_keeps_the_best(monkeypatch
     assert len(grids) >= 2 and widths[-1] == LP_BIN_WIDTH and bins[0] <= 40 < bins[1]
     assert widths == sorted(widths, reverse=True) and bins == sorted(bins)
     assert bin_widths(pb, coarse_bins=10**6) == [(LP_BIN_WIDTH, bins[-1])]
-    each = [lp_bound(pb, an, width=w).value for w in widths]
+    # the first of several grids prices its rot families on the solver's slot grid (quick), the finer
+    # ones on ROT_SLOTS
+    each = [lp_bound(pb, an, width=w, rot_slots=SLOT_GRID if i == 0 else ROT_SLOTS).value for i, w in enumerate(widths)]
     full = cached_lp_bound(pb, AnalyticCapacity(pb), coarse_bins=40)
     assert full.converged and full.value == pytest.approx(max(each))
     # A finer grid predicted not to finish in the time left is not started: the coarse bound stands.
@@ -205,7 +209,7 @@ def test_the_lp_bound_runs_its_coarse_grids_first_and_keeps_the_best(monkeypatch
     short = cached_lp_bound(pb, an2, deadline=_TimeLeft(100.0), coarse_bins=40)
     assert not short.converged and short.value == pytest.approx(each[0])
     assert 0 < short.value <= full.value
-    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {(None, widths[0])}
+    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {(None, widths[0], False)}
 
 
 def test_a_bound_that_answers_the_question_stops_at_the_coarse_grid():
@@ -213,7 +217,7 @@ def test_a_bound_that_answers_the_question_stops_at_the_coarse_grid():
     # grids are not run; a bound that does not is refined to the finest grid as without the question.
     pb, an = _zipf_problem(300, 1.0, 0.5, ranks=(8, 16, 32))
     widths = [w for w, _ in bin_widths(pb, coarse_bins=40)]
-    coarse = lp_bound(pb, an, width=widths[0]).value
+    coarse = lp_bound(pb, an, width=widths[0], rot_slots=SLOT_GRID).value
     full = cached_lp_bound(pb, AnalyticCapacity(pb), coarse_bins=40)
     assert full.value > coarse  # the finest grid is tighter: stopping early is a real saving of precision
     an2 = AnalyticCapacity(pb)
@@ -225,7 +229,7 @@ def test_a_bound_that_answers_the_question_stops_at_the_coarse_grid():
 
     early = cached_lp_bound(pb, an2, coarse_bins=40, enough=reaches)
     assert not early.converged and early.value == pytest.approx(coarse) and asked == [early.value]
-    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {(None, widths[0])}
+    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {(None, widths[0], False)}
     never = cached_lp_bound(pb, AnalyticCapacity(pb), coarse_bins=40, enough=lambda x: x > full.value + 1)
     assert never.converged and never.value == pytest.approx(full.value)
 
@@ -248,19 +252,59 @@ def test_a_deadline_stops_the_bound_with_a_valid_value():
     assert an2.__dict__.get("_lp_cache", {}) == {}
 
 
-def test_rot_families_span_at_most_4_percent_of_slots_and_tighten_the_bound(monkeypatch):
+def test_rot_families_span_at_most_4_percent_of_slots_and_tighten_the_bound():
     """A rot family stands for its whole slot interval at the interval's top capacity and active cap, so
     narrower intervals (ROT_SLOTS) give a bound at least the solver's slot grid's, here strictly higher
     (800 light Zipf-0.5 adapters, ranks 8/16/32: most GPUs rotate adapters through their slots)."""
-    from optplace.solver.capacity import SLOT_GRID
-
     pb, an = _zipf_problem(800, 0.5, 0.05, ranks=(8, 16, 32))
     for g in bound.relaxed_groups(pb, an):
         if g.kind == "rot":
             for lo, hi in zip(g.size, g.size_hi):
                 assert hi + 1 <= max(lo + 1, lo * 1.04) + 1e-9, (lo, hi)
     fine = lp_bound(pb, an)
-    monkeypatch.setattr(bound, "ROT_SLOTS", SLOT_GRID)
-    coarse = lp_bound(pb, AnalyticCapacity(pb))
+    coarse = lp_bound(pb, AnalyticCapacity(pb), rot_slots=SLOT_GRID)
     assert fine.converged and coarse.converged
     assert fine.value > coarse.value + 0.01, (fine.value, coarse.value)
+
+
+def test_the_first_finer_grid_is_judged_at_the_narrow_rot_families_cost(monkeypatch):
+    """The coarsest of several grids runs on the solver's slot grid, the next on ROT_SLOTS, whose LP costs
+    more: whether it fits the time left is judged at that cost (ROT_SLOTS_COST); where it would overrun,
+    the grid runs on the solver's slot grid instead."""
+    pb, _ = _zipf_problem(300, 1.0, 0.5, ranks=(8, 16, 32))
+    widths = [w for w, _ in bin_widths(pb, coarse_bins=40)]
+    on_slot_grid = max(lp_bound(pb, AnalyticCapacity(pb), width=w, rot_slots=SLOT_GRID).value for w in widths)
+    monkeypatch.setattr(bound, "ROT_SLOTS_COST", 1.0)
+    an = AnalyticCapacity(pb)
+    ran = cached_lp_bound(pb, an, deadline=_TimeLeft(100.0), coarse_bins=40)
+    assert ran.converged and ran.value > on_slot_grid
+    assert (None, widths[1], True) in {k[1] for k in an.__dict__["_lp_cache"]}
+    monkeypatch.setattr(bound, "ROT_SLOTS_COST", 1e9)
+    an = AnalyticCapacity(pb)
+    fallback = cached_lp_bound(pb, an, deadline=_TimeLeft(100.0), coarse_bins=40)
+    assert fallback.converged and fallback.value == pytest.approx(on_slot_grid)
+    assert (None, widths[1], False) in {k[1] for k in an.__dict__["_lp_cache"]}
+
+
+def test_the_final_bound_with_no_time_for_an_lp_keeps_the_lp_bound_an_earlier_phase_proved():
+    """A solve's final bound with less time left than an LP needs still reports the LP bound its early
+    phases proved on the same model (memoised there; nothing new is started), not the volume bound: at
+    10,000 adapters and a 20 s limit that was 59 GPUs instead of 26."""
+    from optplace.solver.objectives import BoundContext, get_objective
+    from optplace.solver.problem import Deadline
+
+    pb, an = _zipf_problem(300, 1.0, 0.5)
+    w = [1.0] * len(pb.gpu_types)
+    volume = math.ceil(volume_bound(pb, an, w) - 1e-6)
+    proved = lower_bound(pb, an, weights=w, integral=True)  # an earlier phase's bound, memoised on an
+    assert proved > volume
+
+    def final(model: AnalyticCapacity) -> tuple[float, list[str]]:
+        spent = Deadline.begin(0.0).phase("bound")
+        ctx = BoundContext(pb, model, model, model, "analytic", w, None, spent, 0, 0.0)
+        return get_objective("min_gpus").model_bound(ctx)
+
+    lb, log = final(an)
+    assert lb == proved and "earlier phase" in log[0], log
+    lb, log = final(AnalyticCapacity(pb))  # nothing proved on this model yet: the volume bound
+    assert lb == volume and "volume bound only" in log[0], log

@@ -337,22 +337,34 @@ def cached_lp_bound(
     rule's coarse answer: 2 s instead of 11 s at 10,000 adapters)."""
     key = None if weights is None else tuple(weights)
     best: LpBound | None = None
-    last: tuple[int, float] | None = None  # (bins, seconds) of the previous grid's run
+    last: tuple[int, float] | None = None  # (bins, seconds on the solver's slot grid) of the previous grid's run
     grids = _memo_get(an, "_grid_cache", problem, coarse_bins)
     if grids is None:  # binning 100,000 adapters takes ~0.2 s a grid: once per problem
         grids = _memo_put(an, "_grid_cache", problem, coarse_bins, _grids(problem, coarse_bins))
-    for width, bins in grids:
+    for k, (width, bins) in enumerate(grids):
         n_bins = int(bins.rates.size)
-        hit = _memo_get(an, "_lp_cache", problem, (key, width))
+        # The first of several grids is the quick bound a short deadline relies on: its rot families on
+        # the solver's slot grid, as cheap as they come. Finer grids take the narrow intervals too
+        # (ROT_SLOTS, up to ROT_SLOTS_COST times the time) where they fit the time left, else the
+        # solver's slot grid: a finer grid on either is at least as tight as the coarse one.
+        narrow = not (k == 0 and len(grids) > 1)
+        hit = _memo_get(an, "_lp_cache", problem, (key, width, True))
+        if hit is None:
+            hit = _memo_get(an, "_lp_cache", problem, (key, width, False))
+            narrow = narrow and hit is None
         if hit is None:
             if best is not None and last is not None:
                 left = _remaining(deadline)
-                if left is not None and last[1] * (n_bins / max(last[0], 1)) ** LP_BINS_EXPONENT > left:
+                guess = last[1] * (n_bins / max(last[0], 1)) ** LP_BINS_EXPONENT
+                if left is not None and narrow and ROT_SLOTS_COST * guess > left:
+                    narrow = False
+                if left is not None and guess > left:
                     return replace(best, converged=False)
-            hit = lp_bound(problem, an, weights, deadline=deadline, width=width, bins=bins)
+            rot = ROT_SLOTS if narrow else SLOT_GRID
+            hit = lp_bound(problem, an, weights, deadline=deadline, width=width, bins=bins, rot_slots=rot)
             if hit.converged:
-                _memo_put(an, "_lp_cache", problem, (key, width), hit)
-        last = (n_bins, hit.seconds)
+                _memo_put(an, "_lp_cache", problem, (key, width, narrow), hit)
+        last = (n_bins, hit.seconds / (ROT_SLOTS_COST if narrow else 1.0))
         best = hit if best is None or hit.value >= best.value else replace(best, converged=hit.converged)
         if not hit.converged:
             break  # the deadline passed: a finer grid would not get further
@@ -432,6 +444,12 @@ def geometric_slots(step: float, top: int = 512) -> tuple[int, ...]:
 #: r8-16-32 zipf-0.9 bench family's LP bound was 182.0 GPUs (7.0 s); at most 4 % apart 183.7 (9.2 s);
 #: one family per slot count 184.2 (20 s). The lognormal 10,000-adapter fleet: 39.9 -> 40.7 GPUs.
 ROT_SLOTS: tuple[int, ...] = geometric_slots(1.04)
+#: How much longer the LP bound takes on :data:`ROT_SLOTS` than on :data:`SLOT_GRID`, at most (measured
+#: 1.3x-2.4x on the 10,000-adapter bench and lognormal fleets). A finer rate grid whose LP on the narrow
+#: families would not finish in the time left runs on the solver's slot grid instead: run regardless, at
+#: 10,000 adapters and a 20 s limit it left the final bound no time (the volume bound's 26 GPUs where
+#: the coarse grid's was 60).
+ROT_SLOTS_COST = 2.4
 
 #: Relative width of the rate bins of the LP bound (rates rounded *down*, so the bound stays valid).
 LP_BIN_WIDTH = 0.005
@@ -486,8 +504,9 @@ def rate_bins(problem: Problem, width: float = LP_BIN_WIDTH) -> Bins:
     return Bins(ranks, rates, counts)
 
 
-def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
-    """Every GPU configuration the analytic model can accept, as relaxed families (see :func:`lp_bound`)."""
+def relaxed_groups(problem: Problem, an: AnalyticCapacity, rot_slots: Sequence[int] = ROT_SLOTS) -> list[Group]:
+    """Every GPU configuration the analytic model can accept, as relaxed families (see :func:`lp_bound`);
+    the families with fewer slots than adapters start their slot intervals at ``rot_slots``."""
     out: list[Group] = []
     util = problem.serving.gpu_memory_utilization
     for gtype, rmax, cap, n_avail in an.rank_families():
@@ -519,7 +538,7 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity) -> list[Group]:
         # ρ·max λ*/(1 + ROTATION·A/hi), whose chord from A = 0 to K(hi) bounds it from above (it is
         # convex in A; K grows with the slots); activity uses the shortest service.
         lo_l, hi_l, c1_r, c2_r, svc_r, sl_r = [], [], [], [], [], []
-        grid = [L for L in ROT_SLOTS if L <= min(cap, n_avail - 1)]
+        grid = [L for L in rot_slots if L <= min(cap, n_avail - 1)]
         for k, lo in enumerate(grid):
             hi = min((grid[k + 1] - 1) if k + 1 < len(grid) else min(cap, n_avail - 1), min(cap, n_avail - 1))
             pts = [an.point(t.index, rmax, L, L) for L in range(lo, hi + 1)]
@@ -825,6 +844,7 @@ def lp_bound(
     bins: Bins | None = None,
     max_rounds: int = 60,
     per_round: int = 25,
+    rot_slots: Sequence[int] = ROT_SLOTS,
 ) -> LpBound:
     """A proven lower bound on Σ w·GPUs: the Farley bound of the pattern LP over relaxed families.
 
@@ -848,7 +868,9 @@ def lp_bound(
     solved with families added when they price out (m_f > w_t); its cover duals are π. When no family
     prices out, the Farley value equals the LP value (up to the multiplier search's tolerance). The
     search stops once ``deadline`` (anything with ``expired()``) has passed, with the best bound so far.
-    ``bins``: :func:`rate_bins` at ``width``, when the caller has them.
+    ``bins``: :func:`rate_bins` at ``width``, when the caller has them. ``rot_slots``: where the families
+    with fewer slots than adapters start their slot intervals (:data:`ROT_SLOTS`; any increasing grid
+    from 1 gives a valid bound, a finer one a tighter and slower one).
     """
     import time
 
@@ -860,7 +882,7 @@ def lp_bound(
         # Not even one round: a first LP takes seconds at 100k adapters (the caller has the volume bound).
         return LpBound(0.0, math.inf, 0, 0, False, time.perf_counter() - t0)
     bins = bins if bins is not None else rate_bins(problem, width)
-    groups = relaxed_groups(problem, an)
+    groups = relaxed_groups(problem, an, rot_slots)
     pricer = _Pricer(bins, groups)
     n = bins.counts
     big = 10.0 * float(w.max()) * max(1.0, float(n.sum()))

@@ -112,10 +112,13 @@ class Objective:
         lb = self.round_bound(volume_bound(problem, an, ctx.weights))
         need = lp_bound_seconds(problem.n_adapters)
         if not ctx.deadline.affords(need):
-            return lb, [
-                f"bound: volume bound only (the LP bound needs ~{need:.1f} s, "
-                f"{max(0.0, ctx.deadline.remaining()):.1f} s left)"
-            ]
+            why = f"the LP bound needs ~{need:.1f} s, {max(0.0, ctx.deadline.remaining()):.1f} s left"
+            # No time for a new LP, but what this solve's earlier phases (the early bound) proved on this
+            # model is memoised there: asked with a spent deadline, the LP bound starts nothing new.
+            done = lower_bound(problem, an, weights=ctx.weights, integral=self.integral, deadline=ctx.deadline.until(0))
+            if done > lb:
+                return done, [f"bound: the LP bound an earlier phase proved on this model ({why} for more)"]
+            return lb, [f"bound: volume bound only ({why})"]
         lb = max(
             lb,
             lower_bound(
