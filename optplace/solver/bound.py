@@ -347,12 +347,12 @@ def cached_lp_bound(
         # the solver's slot grid, as cheap as they come. Finer grids take the narrow intervals too
         # (ROT_SLOTS, up to ROT_SLOTS_COST times the time) where they fit the time left, else the
         # solver's slot grid: a finer grid on either is at least as tight as the coarse one.
-        narrow = not (k == 0 and len(grids) > 1)
-        hit = _memo_get(an, "_lp_cache", problem, (key, width, True))
+        # ``narrow``: whether this grid's bound (memoised or run now) is on ROT_SLOTS
+        hit, narrow = _memo_get(an, "_lp_cache", problem, (key, width, True)), True
         if hit is None:
-            hit = _memo_get(an, "_lp_cache", problem, (key, width, False))
-            narrow = narrow and hit is None
+            hit, narrow = _memo_get(an, "_lp_cache", problem, (key, width, False)), False
         if hit is None:
+            narrow = not (k == 0 and len(grids) > 1)
             if best is not None and last is not None:
                 left = _remaining(deadline)
                 guess = last[1] * (n_bins / max(last[0], 1)) ** LP_BINS_EXPONENT
@@ -866,7 +866,8 @@ def lp_bound(
 
     *How π is found.* The compact LP (one block of fractional assignment variables per family) is
     solved with families added when they price out (m_f > w_t); its cover duals are π. When no family
-    prices out, the Farley value equals the LP value (up to the multiplier search's tolerance). The
+    prices out, the Farley value is at least the LP value (up to the multiplier search's tolerance;
+    above it where m_f's cap of a pattern's adapters per bin at the bin's count binds). The
     search stops once ``deadline`` (anything with ``expired()``) has passed, with the best bound so far.
     ``bins``: :func:`rate_bins` at ``width``, when the caller has them. ``rot_slots``: where the families
     with fewer slots than adapters start their slot intervals (:data:`ROT_SLOTS`; any increasing grid
