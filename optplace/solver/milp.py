@@ -37,8 +37,18 @@ import numpy as np
 
 from optplace.solver.capacity import ROTATION, SLOT_GRID, AnalyticCapacity, CapacityOracle, Mix
 from optplace.solver.greedy import consolidate, greedy_fast, greedy_improved
+from optplace.solver.learned_pricing import LearnedPattern, LearnedPricer
 from optplace.solver.plan import GpuAssignment, assign_gpu
 from optplace.solver.problem import Deadline, Problem, TimeLimitReached, classify
+
+
+#: Learned-model pricing solves (optplace.solver.learned_pricing) per solve, and the time one may take:
+#: each costs ~1-5 s at 1,000 adapters, so they are counted work (the same solve makes the same calls
+#: on any machine the clock does not stop).
+LEARNED_CALLS = 4
+LEARNED_CALL_S = 5.0
+#: Least time left for a learned pricing solve to be started.
+LEARNED_MIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,11 +231,12 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
                 p = -np.expm1(-lam_c * svc)
                 # Rotation loss load ≤ λ*/(1 + ROTATION·A/L) is convex in A: its tangents at A0 are
                 # conservative linear cuts load + s·A ≤ b (columns stay feasible).
-                for a0 in (0.25 * an.kappa * L, 0.5 * an.kappa * L, 0.8 * an.kappa * L):
+                kl = an.active_cap(t.index, rmax, L)  # κ·L, or an envelope's measured cap
+                for a0 in (0.25 * kl, 0.5 * kl, 0.8 * kl):
                     q = 1.0 + ROTATION * a0 / L
                     s_ = lam * ROTATION / L / (q * q)
                     b = lam / q + s_ * a0
-                    out.append(_PricingFamily(t.index, rmax, L, "rot", b, an.kappa * L, lam_c + s_ * p, p, allowed))
+                    out.append(_PricingFamily(t.index, rmax, L, "rot", b, kl, lam_c + s_ * p, p, allowed))
     return out
 
 
@@ -451,13 +462,27 @@ def solve_milp(
     rejected = 0
 
     def admits(col: Column, mix: Mix) -> bool:
-        """A priced column is offered to the master: the analytic model accepts it, and the learned
-        model (when there is one) at the column's representative rates."""
-        if not oracle_check(an, col, mix):
-            return False
-        return learned is None or learned.best_slots(col.gtype, mix).feasible
+        """A priced column is offered to the master: the learned model (when there is one) accepts it at
+        the column's representative rates, else the analytic model."""
+        if learned is not None:
+            return bool(learned.best_slots(col.gtype, mix).feasible)
+        return oracle_check(an, col, mix)
 
     fams = pricing_families(problem, an)
+    # With a learned model the analytic model is only the pre-filter: its families are priced as before
+    # (cheap, and their patterns are nearly always accepted), and so are the families of the oracle's
+    # guard, the analytic model that contains every GPU the learned model accepts (its envelope under
+    # the SLO): their patterns reach the loads the learned model accepts beyond the analytic model's.
+    # A guard pattern the learned model refuses is priced again on the learned model's own encoding
+    # (optplace.solver.learned_pricing): the family's best pattern the trees accept.
+    guard = getattr(learned, "guard", None) if learned is not None else None
+    pricer: LearnedPricer | None = None
+    n_strict = len(fams)
+    if isinstance(guard, AnalyticCapacity):
+        fams = fams + pricing_families(problem, guard)
+        pricer = LearnedPricer(learned, problem, an)
+    learned_cols: list[LearnedPattern] = []
+    learned_calls = 0
     big = 10.0 * max(weights) * max(1, len(warm_gpus))
     lp = _LpMaster(need, avail, big)
     for col in columns:
@@ -494,7 +519,7 @@ def solve_milp(
             from optplace.solver.bound import lagrangian_bound
 
             f_checked = f_center
-            lb = lagrangian_bound(problem, an, center, weights)
+            lb = lagrangian_bound(problem, guard if isinstance(guard, AnalyticCapacity) else an, center, weights)
             if math.ceil(lb / w_min - 1e-6) * w_min >= warm_value - 1e-9:
                 log.append(f"stopped: the Lagrangian bound {lb:.3f} proves the warm start optimal")
                 break
@@ -534,6 +559,24 @@ def solve_milp(
                 break
         if added == 0:
             break
+    if pricer is not None:
+        # The guard's families whose pattern at the stabilised duals the learned model refused, priced
+        # again on its encoding (best dual value per unit of weight first): like the other patterns
+        # priced at those duals they go to the integer master whether or not the LP wanted them.
+        refused = []
+        for k, (v, a, fam) in enumerate(farley(center)[1]):
+            col = Column(fam.gtype, fam.rank_max, fam.slots, tuple(int(x) for x in a))
+            if k >= n_strict and v > 0 and col not in seen and not admits(col, Mix.of_counts(classes, col.counts)):
+                refused.append((-v / weights[fam.gtype], k, col.counts))
+        for k, pat in _learned_columns(pricer, fams, refused, center, need, dl.until(0.4).phase("learned pricing")):
+            learned_calls += 1
+            if pat is not None and pat.counts and pat.accepted:
+                f = fams[k]
+                col = Column(f.gtype, f.rank_max, f.slots, pat.counts)
+                if col not in seen:
+                    add(col)
+                    lp.add(col, weights[col.gtype])
+                    learned_cols.append(pat)
     # Farley-value ascent from the centre (projected multiplicative subgradient steps): the LP duals
     # at a degenerate optimum are extreme and give a weak bound; the best few ascended duals go to
     # the bound, which re-checks each with its valid knapsack upper bounds.
@@ -566,6 +609,13 @@ def solve_milp(
     log.append(f"{extra} columns priced at the stabilised and ascended duals added for the integer master")
     if learned is not None:
         log.append(f"{rejected} priced columns refused by the {learned.name} model (not offered to the master)")
+    if pricer is not None:
+        agree = sum(p.agrees for p in learned_cols)
+        log.append(
+            f"learned pricing: {learned_calls} solves on the {learned.name} model's encoding, "  # type: ignore[union-attr]
+            f"{len(learned_cols)} columns entered the master ({agree} at a fixed point, the MILP's scores "
+            f"equal to the model's)"
+        )
     log.append(
         f"column generation: {it} LP rounds, {len(columns)} columns, LP value {lp_obj:.3f} "
         f"({time.perf_counter() - t0:.2f} s)"
@@ -596,6 +646,33 @@ def solve_milp(
         gpus = map_columns(problem, oracle, columns, warm, dl.phase("mapping"))
     gpus = consolidate(problem, oracle, gpus, deadline=dl.phase("consolidation"))
     return MilpOutcome(gpus, (problem.classes, dual_sets) if dual_sets else None, log)
+
+
+def _learned_columns(
+    pricer: LearnedPricer,
+    fams: Sequence[_PricingFamily],
+    refused: Sequence[tuple[float, int, tuple[int, ...]]],
+    pi: np.ndarray,
+    need: np.ndarray,
+    deadline: Deadline,
+) -> list[tuple[int, LearnedPattern | None]]:
+    """Price again, on the learned models' encoding, the families whose analytic pattern they refused
+    (``refused``: (sort key, family index, pattern); :data:`LEARNED_CALLS` families at most, first
+    keys first). Each solve gets at most :data:`LEARNED_CALL_S` of what is left; one the clock stops
+    is recorded as a cut."""
+    out: list[tuple[int, LearnedPattern | None]] = []
+    done: set[int] = set()
+    for _, k, counts in sorted(refused, key=lambda r: (r[0], r[1])):
+        if len(out) >= LEARNED_CALLS or k in done:
+            continue
+        done.add(k)
+        if not deadline.affords(LEARNED_MIN_S):
+            break
+        pat = pricer.price(fams[k], pi, need, counts, min(LEARNED_CALL_S, deadline.remaining()))
+        if pat is not None and pat.timed_out:
+            deadline.cut("learned pricing")
+        out.append((k, pat))
+    return out
 
 
 def ascend_duals(

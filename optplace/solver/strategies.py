@@ -58,7 +58,7 @@ from optplace.solver.baselines import BASELINES, run_baseline, type_at
 from optplace.solver.bound import cached_lp_bound, lower_bound, lp_bound_seconds, volume_bound
 from optplace.solver.capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, bound_model, make_oracle
 from optplace.solver.greedy import greedy_fast, greedy_improved, greedy_paper
-from optplace.solver.milp import private_output_lock, solve_milp
+from optplace.solver.milp import learned_model, private_output_lock, solve_milp
 from optplace.solver.objectives import BoundContext, Objective, get_objective
 from optplace.solver.plan import GpuAssignment, Plan, assign_gpu, renumber
 from optplace.solver.problem import Deadline, Infeasible, Problem, TimeLimitReached
@@ -273,6 +273,7 @@ class Milp(_Anytime):
             and options.stop_when_proven
             and isinstance(an, AnalyticCapacity)
             and an is not bound_model(oracle)[0]
+            and learned_model(oracle) is None  # else the MILP also prices on the learned model
             and _proven(problem, oracle, obj, w, best_v, early.part(EARLY_BOUND_SHARE), an) is not None
         ):
             # Not a proof for this oracle (its bound is the relaxed model's, below): a stopping rule.
@@ -305,8 +306,12 @@ class Milp(_Anytime):
                 # the master's mapping and its warm start's can both leave a GPU the oracle rejects
                 # (columns are priced at representative rates): never trade a feasible plan for it
                 log.append("the MILP's plan has a GPU the oracle rejects; keeping the fast greedy's plan")
-            elif best is None or v <= best_v + 1e-9:
+            elif best is None or v < best_v - 1e-9:
                 best, best_v = out.gpus, v
+            elif v <= best_v + 1e-9:
+                # a tie keeps the fast greedy's plan: its class patterns leave the room that draining
+                # GPUs by splitting adapters (after the strategy) fills
+                log.append(f"the MILP's plan ties the fast greedy's ({v:g}); keeping the fast greedy's")
             else:
                 log.append(f"the fast greedy's plan is better ({best_v:g} < {v:g}); keeping it")
         except _Skip:
