@@ -52,7 +52,7 @@ RAW_TOL = 1e-6
 #: Classes offered to one pricing MILP: its solve time grows steeply with them (310 classes: ~10 s).
 CANDIDATES = 24
 #: Relative MIP gap of a pricing solve: a column need not be the family's best to improve the master.
-PRICING_GAP = 0.005
+PRICING_GAP = 0.02
 #: Margin kept from every decision threshold: the model's own comparisons are strict on one side.
 _MARGIN = 1e-6
 

@@ -43,9 +43,10 @@ from optplace.solver.problem import Deadline, Problem, TimeLimitReached, classif
 
 
 #: Learned-model pricing solves (optplace.solver.learned_pricing) per solve, and the time one may take:
-#: each costs ~1-5 s at 1,000 adapters, so they are counted work (the same solve makes the same calls
-#: on any machine the clock does not stop).
-LEARNED_CALLS = 4
+#: each costs ~1-5 s at 1,000 to 10,000 adapters, so they are counted work (the same solve makes the
+#: same calls on any machine the clock does not stop), and few: on the bench families their columns
+#: left every plan as it was (docs/architecture.md, "Learned pricing").
+LEARNED_CALLS = 2
 LEARNED_CALL_S = 5.0
 #: Least time left for a learned pricing solve to be started.
 LEARNED_MIN_S = 1.0
@@ -402,9 +403,10 @@ def solve_milp(
     """Column generation + integer master (see the module docstring).
 
     ``deadline`` (default: ``time_limit_s`` from now) bounds every phase: the warm start, column
-    generation (first 30 % of the budget), the dual ascent (45 %), the integer master (what is left of
-    80 %), mapping and consolidation (the rest). Raises :class:`~.problem.TimeLimitReached` when not
-    even the warm start fits; the caller keeps its best earlier plan then."""
+    generation (first 30 % of the budget), the learned pricing (50 %), the dual ascent (55 %), the
+    integer master (what is left of 80 %), mapping and consolidation (the rest). Raises
+    :class:`~.problem.TimeLimitReached` when not even the warm start fits; the caller keeps its best
+    earlier plan then."""
     t0 = time.perf_counter()
     dl = deadline if deadline is not None else Deadline.begin(time_limit_s)
     log: list[str] = []
@@ -469,17 +471,18 @@ def solve_milp(
         return oracle_check(an, col, mix)
 
     fams = pricing_families(problem, an)
-    # With a learned model the analytic model is only the pre-filter: its families are priced as before
-    # (cheap, and their patterns are nearly always accepted), and so are the families of the oracle's
-    # guard, the analytic model that contains every GPU the learned model accepts (its envelope under
-    # the SLO): their patterns reach the loads the learned model accepts beyond the analytic model's.
-    # A guard pattern the learned model refuses is priced again on the learned model's own encoding
-    # (optplace.solver.learned_pricing): the family's best pattern the trees accept.
+    # With a learned model the analytic model is only the pre-filter. Its families are priced in every
+    # round (cheap, and their patterns are nearly always accepted); after column generation, the
+    # families of the oracle's guard -- the analytic model that contains every GPU the learned model
+    # accepts (its envelope under the SLO) -- are priced once at the stabilised duals, and a guard
+    # pattern the learned model refuses is priced again on the learned model's own encoding
+    # (optplace.solver.learned_pricing): the family's best pattern the trees accept. Pricing the guard
+    # in every round as well found the same plans on every bench family at 1.5-2x the time.
     guard = getattr(learned, "guard", None) if learned is not None else None
     pricer: LearnedPricer | None = None
-    n_strict = len(fams)
+    gfams: list[_PricingFamily] = []
     if isinstance(guard, AnalyticCapacity):
-        fams = fams + pricing_families(problem, guard)
+        gfams = pricing_families(problem, guard)
         pricer = LearnedPricer(learned, problem, an)
     learned_cols: list[LearnedPattern] = []
     learned_calls = 0
@@ -564,14 +567,23 @@ def solve_milp(
         # again on its encoding (best dual value per unit of weight first): like the other patterns
         # priced at those duals they go to the integer master whether or not the LP wanted them.
         refused = []
-        for k, (v, a, fam) in enumerate(farley(center)[1]):
+        guard_added = 0
+        for k, fam in enumerate(gfams):
+            v, a = _price(fam, center, lam_c, need)
             col = Column(fam.gtype, fam.rank_max, fam.slots, tuple(int(x) for x in a))
-            if k >= n_strict and v > 0 and col not in seen and not admits(col, Mix.of_counts(classes, col.counts)):
+            if v <= 0 or col in seen:
+                continue
+            if admits(col, Mix.of_counts(classes, col.counts)):
+                add(col)
+                lp.add(col, weights[col.gtype])
+                guard_added += 1
+            else:
                 refused.append((-v / weights[fam.gtype], k, col.counts))
-        for k, pat in _learned_columns(pricer, fams, refused, center, need, dl.until(0.4).phase("learned pricing")):
+        log.append(f"{guard_added} columns priced on the {learned.name} oracle's guard added")  # type: ignore[union-attr]
+        for k, pat in _learned_columns(pricer, gfams, refused, center, need, dl.until(0.5).phase("learned pricing")):
             learned_calls += 1
             if pat is not None and pat.counts and pat.accepted:
-                f = fams[k]
+                f = gfams[k]
                 col = Column(f.gtype, f.rank_max, f.slots, pat.counts)
                 if col not in seen:
                     add(col)
@@ -588,7 +600,7 @@ def solve_milp(
         need,
         weights,
         iters=30,
-        deadline=dl.until(0.45).phase("dual ascent"),
+        deadline=dl.until(0.55).phase("dual ascent"),
         keep=1,
         patterns=asc_cols,
     )
