@@ -191,13 +191,13 @@ class LearnedPricer:
             return None
         seen: set[tuple[int, ...]] = set()
         last: LearnedPattern | None = None
+        end = t0 + time_limit_s
         for rnd in range(1, FIXED_POINT_ROUNDS + 1):
-            left = time_limit_s - (time.perf_counter() - t0)
-            if left <= 0.05:
+            if end - time.perf_counter() <= 0.05:
                 if last is not None:
                     last = replace(last, timed_out=True)
                 break
-            got = self._solve(fam, pi, need, ref_counts, self._reference(ref_counts, fam.slots), left)
+            got = self._solve(fam, pi, need, ref_counts, self._reference(ref_counts, fam.slots), end)
             if isinstance(got, str):  # no pattern: infeasible, or stopped by its time limit before one
                 if "TimeLimit" in got:
                     last = (
@@ -234,10 +234,11 @@ class LearnedPricer:
         need: np.ndarray,
         ref_counts: Sequence[int],
         ref: _Reference,
-        time_limit_s: float,
+        end: float,
     ) -> tuple[list[int], dict[str, float], str] | str:
-        """One MILP at the reference ``ref``: (counts, the encoding's raw scores, status), or the status
-        when there is no pattern."""
+        """One MILP at the reference ``ref``, to be done by ``end`` (a ``time.perf_counter()`` reading:
+        building the model counts too): (counts, the encoding's raw scores, status), or the status when
+        there is no pattern."""
         from optplace.surrogate.milp_encoding import GbtEncoding
 
         import pyomo.environ as pyo  # lazy: Pyomo's import costs ~0.5 s
@@ -316,7 +317,10 @@ class LearnedPricer:
         opt = Highs()
         opt.config.stream_solver = False
         opt.config.load_solution = False  # none to load when infeasible or stopped before a first one
-        opt.config.time_limit = max(0.01, time_limit_s)
+        left = end - time.perf_counter()
+        if left <= 0.05:
+            return TerminationCondition.maxTimeLimit.name
+        opt.config.time_limit = left
         opt.config.mip_gap = PRICING_GAP
         res = opt.solve(m)
         status = res.termination_condition.name

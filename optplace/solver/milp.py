@@ -49,8 +49,8 @@ from optplace.solver.problem import Deadline, Problem, TimeLimitReached, classif
 #: their columns left every plan as it was (docs/architecture.md, "Learned pricing").
 LEARNED_CALLS = 2
 LEARNED_CALL_S = 15.0
-#: Least time left for a learned pricing solve to be started.
-LEARNED_MIN_S = 1.0
+#: Least time left for a learned pricing solve to be started: building its model alone takes ~0.8 s.
+LEARNED_MIN_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
