@@ -118,7 +118,7 @@ class LearnedPricer:
 
     def __init__(self, oracle: Any, problem: Problem, an: AnalyticCapacity) -> None:
         self.oracle = oracle
-        inner = getattr(oracle, "inner", oracle)
+        inner = self._inner = getattr(oracle, "inner", oracle)
         self.problem, self.an = problem, an
         self.classes = problem.classes
         st = problem.stats
@@ -135,14 +135,8 @@ class LearnedPricer:
     # -- the model's own view of a pattern -------------------------------------------------------
 
     def _row(self, counts: Sequence[int], slots: int, scale: float) -> list[float]:
-        from optplace.surrogate.features import MixFeatures
-
-        mix = Mix.of_counts(self.classes, counts)
-        return (
-            MixFeatures(mix.rate_array * scale, mix.ranks, self.mean_in, self.mean_out, self.cv, self.bf)
-            .row(slots)
-            .tolist()
-        )
+        # the oracle's own (memoised) feature rows: the same row its verdict is computed on
+        return self._inner._features(Mix.of_counts(self.classes, counts), scale).row(slots).tolist()
 
     def model_raw(self, gtype: int, counts: Sequence[int], slots: int) -> dict[str, float]:
         """The learned models' raw scores at a pattern, computed as the oracle computes them."""
