@@ -11,7 +11,7 @@ import pytest
 
 from optplace.solver import Mix, compile_problem
 from optplace.solver.capacity import AnalyticCapacity, make_oracle
-from optplace.solver.learned_pricing import LearnedPricer, _retarget_kingman
+from optplace.solver.learned_pricing import LearnedPricer, _retarget_kingman, top_rates_sum
 from optplace.solver.milp import _price, pricing_families, solve_milp
 from optplace.solver.problem import classify
 from optplace.specs import load_scenario_text
@@ -105,6 +105,35 @@ def test_kingman_splits_become_the_same_splits_on_the_load(setting):
     X[:, MODEL_NAMES.index("rho_fluid")] = rng.uniform(0.0, 1.5, len(X))
     full = np.hstack([X, slo_extra_many(X)])
     assert np.array_equal(ens.raw(full), moved.raw(full))
+
+
+def test_the_top_slots_sum_is_exact_at_any_counts():
+    """``top_rates_sum`` equals the sum of the ``L`` largest rates of the counted adapters, whether the
+    MILP pushes it up or down (both the upper forms and the picked lower one must hold), on random counts
+    with tied rates and ``L`` from 1 to all but one adapter."""
+    import pyomo.environ as pyo
+    from pyomo.contrib.appsi.solvers import Highs
+
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        lam = rng.choice([0.01, 0.05, 0.2, 0.7, 1.5, 3.0], size=int(rng.integers(3, 7)))
+        u = rng.integers(1, 5, size=lam.size)
+        counts = rng.integers(0, u + 1)
+        if counts.sum() < 2:
+            counts[0] = u[0] = 2
+        rates = np.sort(np.repeat(lam, counts))[::-1]
+        L = int(rng.integers(1, rates.size))
+        for sense in (pyo.maximize, pyo.minimize):
+            m = pyo.ConcreteModel()
+            m.a = pyo.Var(range(lam.size), domain=pyo.Integers)
+            for i, c in enumerate(counts.tolist()):
+                m.a[i].fix(c)
+            top = top_rates_sum(m, lam, u, L)
+            m.obj = pyo.Objective(expr=top, sense=sense)
+            opt = Highs()
+            opt.config.stream_solver = False
+            opt.solve(m)
+            assert pyo.value(top) == pytest.approx(rates[:L].sum(), abs=1e-7)
 
 
 def test_the_milp_prices_on_the_learned_model_and_its_plan_is_accepted(setting):

@@ -15,11 +15,13 @@ over the pattern's class counts ``a``:
 Each feature the trees split on is a linear form of ``a`` (adapter and rank counts, rate and token sums,
 expected active and persistent adapters), a ratio of two (``slots_frac``, ``rank_mean``, ``active_frac``,
 ``persistent_share``: one split is one linear inequality), exactly a maximum (``rate_max``, by one
-binary per distinct rate), fixed by the family (``max_loras``, lengths, burstiness, ``rank_max``: the
-family's rank must be present) or a monotone map of another (``rho_kingman`` splits become splits on
-``rho_fluid``). Four quantities are not linear in ``a``: ``rate_std``, ``rate_top_slots_frac`` (with
-more adapters than slots), the fluid model's capacity and service time with fewer adapters than
-slots (they depend on ``n``), and the per-octave mean rates the physics features use. They are held
+binary per distinct rate), a ratio whose numerator is exactly a sum of the largest rates
+(``rate_top_slots_frac`` with more adapters than slots: the sum of the ``L`` largest rates is the least
+of one linear form per rate level, chosen by one binary per level), fixed by the family (``max_loras``,
+lengths, burstiness, ``rank_max``: the family's rank must be present) or a monotone map of another
+(``rho_kingman`` splits become splits on ``rho_fluid``). Three quantities are not linear in ``a``:
+``rate_std``, the fluid model's capacity and service time with fewer adapters than slots (they depend
+on ``n``), and the per-octave mean rates the physics features use. They are held
 at the values of a reference pattern, and the MILP is solved again at its own solution's values until
 they stop moving (a fixed point; :data:`FIXED_POINT_ROUNDS` at most). At a fixed point every feature of
 the encoding equals the model's, so the MILP's scores are the model's scores at the chosen pattern:
@@ -86,7 +88,6 @@ class _Reference:
 
     n: int
     rate_std: tuple[float, float]  # at scale 1 and at the SLO scale
-    top_frac: float
     octave_mean: tuple[dict[int, float], dict[int, float]]  # occupied octave → mean rate, per scale
 
 
@@ -111,6 +112,30 @@ def _retarget_kingman(ens: Any, cv: float) -> Any:
             t = replace(t, feature=f, threshold=thr)
         trees.append(t)
     return replace(ens, trees=tuple(trees))
+
+
+def top_rates_sum(m: Any, lam: np.ndarray, u: np.ndarray, slots: int) -> Any:
+    """Add to model ``m`` (integer counts ``m.a[i]`` ≤ ``u[i]`` of classes at rates ``lam``) a variable
+    ``m.top`` equal to the sum of the ``slots`` largest rates among the counted adapters, and return it.
+
+    For ``n ≥ slots`` adapters that sum is min over rate levels t of ``slots·t + Σ_i a_i (λ_i − t)⁺``,
+    attained at the ``slots``-th largest rate: each form is linear in ``a``, so ``m.top`` is at most every
+    form and at least the one a binary picks (one binary per distinct rate)."""
+    import pyomo.environ as pyo
+
+    levels = sorted(set(np.asarray(lam, dtype=float).tolist()))
+    idx = range(len(lam))
+    m.top = pyo.Var(domain=pyo.NonNegativeReals, bounds=(0.0, float((lam * u).sum())))
+    m.top_pick = pyo.Var(range(len(levels)), domain=pyo.Binary)
+    m.top_cons = pyo.ConstraintList()
+    m.top_cons.add(sum(m.top_pick[k] for k in m.top_pick) == 1)
+    for k, t in enumerate(levels):
+        over = np.maximum(lam - t, 0.0)
+        form = slots * t + sum(float(over[i]) * m.a[i] for i in idx if over[i] > 0)
+        big = slots * t + float((over * u).sum())  # the form's largest value, so the pick's row is slack
+        m.top_cons.add(m.top <= form)
+        m.top_cons.add(m.top >= form - big * (1 - m.top_pick[k]))
+    return m.top
 
 
 class LearnedPricer:
@@ -140,16 +165,12 @@ class LearnedPricer:
 
     def model_raw(self, gtype: int, counts: Sequence[int], slots: int) -> dict[str, float]:
         """The learned models' raw scores at a pattern, computed as the oracle computes them."""
-        from optplace.surrogate.slo_model import slo_extra_row
-
         sur = self.surrogates[gtype]
         row = self._row(counts, slots, 1.0)
         out = {k: float(sur.models[k].raw_row(row)) for k in ("starved", "throughput")}
         if self.slo_models is not None:
             slo = self.slo_models[gtype]
-            r = self._row(counts, slots, self.slo_scale)
-            r = r + slo._phys.derive_row(r)
-            r = r + slo_extra_row(r)
+            r = slo.full_row(self._row(counts, slots, self.slo_scale))
             out["violates"] = float(slo.models["violates"].raw_row(r))
         return out
 
@@ -158,13 +179,11 @@ class LearnedPricer:
 
         c0, s0 = FEATURE_INDEX[HIST_COUNT_NAMES[0]], FEATURE_INDEX[HIST_SUM_NAMES[0]]
         stds, octs = [], []
-        top = 1.0
         for scale in (1.0, self.slo_scale):
             row = self._row(counts, slots, scale)
             stds.append(row[FEATURE_INDEX["rate_std"]])
-            top = row[FEATURE_INDEX["rate_top_slots_frac"]]
             octs.append({b: row[s0 + b] / row[c0 + b] for b in range(HIST_BINS) if row[c0 + b] > 0})
-        return _Reference(int(sum(counts)), (stds[0], stds[1]), top, (octs[0], octs[1]))
+        return _Reference(int(sum(counts)), (stds[0], stds[1]), (octs[0], octs[1]))
 
     # -- pricing ---------------------------------------------------------------------------------
 
@@ -275,6 +294,8 @@ class LearnedPricer:
         for k, v in enumerate(levels):
             m.cons.add(m.v[k] <= sum(m.a[i] for i in idx if lam[i] == v))
         m.rmx = pyo.Expression(expr=sum(v * m.v[k] for k, v in enumerate(levels)))
+        if rot:
+            top_rates_sum(m, lam, u, L)
         tok = self.mean_in + self.mean_out
         sur = self.surrogates[g]
         m.cons.add(sum(float(lam[i] * tok) * m.a[i] for i in idx) <= sur.offered_max)
@@ -381,8 +402,18 @@ class LearnedPricer:
             "arrival_cv": self.cv,
             "burst_factor": self.bf,
             "rate_std": ref.rate_std[k_ref],
-            "rate_top_slots_frac": ref.top_frac if rot else 1.0,
         }
+        if rot:
+            # the share of the rate the busiest L adapters carry: m.top is exact (see _solve) and the
+            # share does not depend on the scale
+            inputs["rate_top_slots_frac"] = Ratio(
+                m.top,
+                sum(float(lam0[i]) * m.a[i] for i in idx),
+                (0.0, float((lam0 * u).sum())),
+                (float(lam0.min()) * n_lo, float((lam0 * u).sum())),
+            )
+        else:
+            fixed["rate_top_slots_frac"] = 1.0
         inputs["n_adapters"] = Affine(m.n)
         inputs["slots_frac"] = Ratio(float(L), m.n, (float(L), float(L)), (float(n_lo), float(n_hi)))
         inputs["rank_mean"] = Ratio(

@@ -268,12 +268,17 @@ class SloSurrogate:
         v, m = models["violates"], models["margin"]
         self._v, self._m, self._phys = v, m, v.physics
 
+    def full_row(self, row: Sequence[float]) -> list[float]:
+        """A feature row (:data:`~optplace.surrogate.features.FEATURE_NAMES` order) with the physics and
+        SLO features the models also read appended: the row their ensembles score."""
+        r = list(row)
+        r = r + self._phys.derive_row(r)
+        return r + slo_extra_row(r)
+
     def predict_row(self, row: Sequence[float]) -> SloPrediction:
         """Prediction for one feature row (:data:`~optplace.surrogate.features.FEATURE_NAMES` order);
         the derived features are computed once for both models."""
-        r = list(row)
-        r = r + self._phys.derive_row(r)
-        r = r + slo_extra_row(r)
+        r = self.full_row(row)
         p = self._v.predict_row(r)
         return SloPrediction(p, p < self.threshold, math.exp(self._m.raw_row(r)))
 
