@@ -140,7 +140,7 @@ def test_the_milp_prices_on_the_learned_model_and_its_plan_is_accepted(setting):
     """With a learned oracle the column generation prices the guard's families and, where the learned
     model refuses their pattern, the learned encoding; its columns reach the master on the model's own
     verdict (the log counts those whose held quantities settled at a fixed point, where the MILP's
-    scores equal the model's: not every one does, their top-slots share and octave means can alternate
+    scores equal the model's: not every one does, their rate spread and octave means can alternate
     between two patterns), and every GPU of the plan is accepted."""
     pb, _, orc, _ = setting
     out = solve_milp(pb, orc, [1.0], 60.0, 0.01)
