@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +426,8 @@ def solve_scenario(
                 losses=losses,
                 round_=rounds - 1,
                 slo=judged.slo_gpus,
+                twin_check=partial(_judged_pass, [*checkers, *([stated] if stated is not None else [])], executor),
+                room={g.index: _twin_room(g, problem.constraints.max_throughput_loss) for g in judged.gpus},
             )
         actions += [f"round {rounds}: {a}" for a in fixed.actions]
         for a in fixed.actions:
@@ -477,6 +479,35 @@ def solve_scenario(
         tuple(sorted(seed_failures.items())),
         tuple(c.seed for c in checkers),
     )
+
+
+def _twin_room(gpu: Any, max_loss: float) -> float:
+    """How far one simulated GPU is from failing, as a share: the least of its SLO checks' margins
+    (1 − value / bound, the adapter closest to each bound) and its backlog's (1 − growth / allowance);
+    without an SLO, its loss's margin to the starvation rule's ``max_loss``."""
+    if gpu.slo is None:
+        return 1.0 - gpu.throughput_loss / max(max_loss, 1e-9)
+    margins = [1.0 - c.value / c.bound for c in gpu.slo.checks if c.bound > 0]
+    if gpu.slo.backlog_allowance > 0:
+        margins.append(1.0 - max(gpu.slo.backlog_growth, 0) / gpu.slo.backlog_allowance)
+    return min(margins, default=0.0)
+
+
+def _judged_pass(checks: Sequence[PlanSimulator], executor: Any, gpus: Sequence[Any], judge: Sequence[int]) -> bool:
+    """The repair's twin check (:data:`~optplace.solver.repair.TwinCheck`): whether the GPUs at positions
+    ``judge`` of the candidate ``gpus`` pass on every check simulator (the GPUs not yet simulated run as
+    one batch; the others come from the simulators' caches)."""
+    from optplace.twin.simulate import route_slices
+
+    used = [k for k, g in enumerate(gpus) if g.adapters]
+    configs = list(route_slices([gpus[k].config for k in used]))
+    simulate_into([(c, gp) for c in checks for gp in configs], executor)
+    at = {k: pos for pos, k in enumerate(used)}
+    for c in checks:
+        failed = set(c.run(configs).failed_gpus)
+        if any(at[k] in failed for k in judge):
+            return False
+    return True
 
 
 def plans_in_parallel(oracle: Any, workers: int | None) -> bool:

@@ -129,6 +129,39 @@ def test_repair_opens_one_gpu_for_many_moved_adapters_never_one_each():
     assert all(g.feasible for g in r.plan.gpus)
 
 
+def test_repair_asks_the_twin_for_room_before_opening_a_gpu():
+    # GPUs 0 and 1 are full (18 of 20 req/s: the oracle's 10 % margin); GPU 2 (5 req/s) starves and sheds
+    # its hottest adapter. No GPU takes it within the margin and the two cannot share 36.5 req/s, so
+    # without the twin a GPU is added. The twin check finds room (up to 19 req/s) on the GPU of most
+    # twin room.
+    pb = _toy(82, 0.5)
+    orc = NanCapacityOracle(pb, cap=20.0)
+    plan = _plan(pb, orc, [list(range(10, 46)), list(range(46, 82)), list(range(10))])  # numbered hottest first
+    calls: list[list[int]] = []
+
+    def roomy(gpus, judge) -> bool:
+        calls.append(list(judge))
+        return all(sum(pb.adapters[a].rate_rps for a in gpus[k].adapter_indices) <= 19.0 for k in judge)
+
+    r = repair(pb, orc, plan, starved=[2], losses={2: 0.0}, round_=1, twin_check=roomy, room={0: 0.1, 1: 0.3})
+    assert r.plan.gpus_used == 3, r.actions
+    assert calls == [[1]]  # the roomiest GPU first, and only the receiving GPU judged
+    assert any("the twin found room" in a and "1 on GPU 1" in a for a in r.actions), r.actions
+    assert _placed(r.plan.gpus) == list(range(82))
+    assert sorted(len(g.adapter_indices) for g in r.plan.gpus) == [9, 36, 37]
+
+    calls.clear()
+    r = repair(pb, orc, plan, starved=[2], losses={2: 0.0}, round_=1, twin_check=lambda g, j: bool(calls.append(j)))
+    assert calls == [[0], [1]]  # refused on each GPU: then the new GPU, as without the twin
+    assert r.plan.gpus_used == 4 and any("onto 1 new" in a for a in r.actions), r.actions
+    assert _placed(r.plan.gpus) == list(range(82))
+
+    # a leftover load above TWIN_SHARE of the busiest good GPU is not offered to the twin
+    calls.clear()
+    r = repair(pb, orc, plan, starved=[2], losses={2: 0.6}, round_=1, twin_check=roomy, room={0: 0.1, 1: 0.3})
+    assert calls == [] and r.plan.gpus_used == 4, r.actions
+
+
 def test_repair_rebalances_instead_of_adding_when_the_good_gpus_can_share():
     # GPU 0 starves with a 3 req/s adapter among four of 1 req/s; GPUs 1–3 carry 7 × 1 req/s each. No
     # GPU takes 3 more req/s within the 10 % margin (10 > 9), but the three together take it (8 each).
