@@ -280,10 +280,12 @@ def _rehome(
         return f"moved adapters → {on_existing} onto GPUs with headroom (≥ {margin:.0%} load margin)"
     # 1b. The GPUs the twin finds roomiest, asked of the twin: for a few adapters only (a try costs
     # simulations, and a larger load than TWIN_SHARE of a GPU did not fit in the cases measured).
-    few = math.fsum(problem.adapters[a].rate_rps for a in left) <= TWIN_SHARE * max(
-        (math.fsum(problem.adapters[a].rate_rps for a in gpus[i].adapter_indices) for i in good), default=0.0
-    )
-    if twin_check is not None and good and few:
+    if (
+        twin_check is not None
+        and good
+        and math.fsum(problem.adapters[a].rate_rps for a in left)
+        <= TWIN_SHARE * max(math.fsum(problem.adapters[a].rate_rps for a in gpus[i].adapter_indices) for i in good)
+    ):
         where = _twin_place(
             problem, oracle, gpus, new, left, sorted(good, key=lambda i: (util(i), i)), twin_check, room
         )
