@@ -487,7 +487,7 @@ def _twin_room(gpu: Any, max_loss: float) -> float:
     without an SLO, its loss's margin to the starvation rule's ``max_loss``."""
     if gpu.slo is None:
         return 1.0 - gpu.throughput_loss / max(max_loss, 1e-9)
-    margins = [1.0 - c.value / c.bound for c in gpu.slo.checks if c.bound > 0]
+    margins = [1.0 - c.ratio for c in gpu.slo.checks]
     if gpu.slo.backlog_allowance > 0:
         margins.append(1.0 - max(gpu.slo.backlog_growth, 0) / gpu.slo.backlog_allowance)
     return min(margins, default=0.0)

@@ -5,6 +5,8 @@ and per adapter (steady state, stable queue, an adapter served nothing), the exi
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 from optplace.cli import app
 from optplace.specs import Scenario, load_scenario
 from optplace.specs.model import Slo
-from optplace.twin.simulate import Latency, SloRule, WindowLatency, judge_slo
+from optplace.twin.simulate import Latency, SloCheck, SloRule, SloVerdict, WindowLatency, judge_slo
 from test_solve_compare import SPEC as COMPARE_SPEC
 
 runner = CliRunner()
@@ -194,6 +196,16 @@ def test_gpu_scope_judges_the_gpus_requests_together():
     assert not gpu.ok and gpu.checks[0].value == 2500.0 and gpu.checks[0].adapter is None
 
 
+def test_the_worst_check_is_the_one_furthest_over_its_bound_and_a_missing_figure_is_worse():
+    near = SloCheck("ttft_p99_ms", 1900.0, 2000.0, True)
+    over = SloCheck("tpot_p99_ms", 300.0, 200.0, False)
+    missing = SloCheck("itl_mean_ms", math.nan, 50.0, False)
+    v = SloVerdict(False, (near, over), 100, 0, 6.0, True, False)
+    assert v.worst is over and over.ratio == pytest.approx(1.5) and near.ratio == pytest.approx(0.95)
+    assert replace(v, checks=(missing, near, over)).worst is missing and missing.ratio == math.inf
+    assert replace(v, checks=()).worst is None
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 
@@ -329,7 +341,7 @@ def test_repair_sheds_the_hottest_when_every_adapter_has_a_slot_and_fails_a_lone
     pb, orc, plan = _toy_plan([1.0, 1.0], [[0, 1]], cap=10.0, slots=4)
     assert plan.gpus[0].max_loras == 2
     r = repair(pb, orc, plan, slo=[0], losses={0: 0.0}, round_=1)
-    assert r.actions[0].startswith("GPU 0: misses SLO → moved 1 hottest adapters")
+    assert r.actions[0].startswith("GPU 0: misses SLO → moved 1 adapter ")
     assert r.plan.gpus_used == 2 and _placed(r.plan) == [0, 1]
     pb1, orc1, plan1 = _toy_plan([1.0], [[0]], cap=10.0, slots=4)
     with pytest.raises(Infeasible, match="misses the SLO even alone"):

@@ -125,7 +125,7 @@ def slo_text(g: GpuReport, bound: bool = True) -> str:
         return "serves none"
     if not v.stable:
         return f"queue +{v.backlog_growth:,}"
-    worst = max(v.checks, key=lambda c: c.value / c.bound, default=None)
+    worst = v.worst
     if worst is None:
         return "stable"
     return f"{SLO_SHORT[worst.metric]} {duration_text(worst.value)}" + (

@@ -562,7 +562,7 @@ def _adapter_ratio(a: AdapterReport) -> float:
     if v is not None and v.served_nothing:
         return math.inf
     if v is not None and v.checks:
-        return max((c.value / c.bound if math.isfinite(c.value) else math.inf) for c in v.checks)
+        return max(c.ratio for c in v.checks)
     if a.latency is None or not math.isfinite(a.latency.steady.ttft_ms_p99):
         return 0.0
     return a.latency.steady.ttft_ms_p99 / 1e3
@@ -628,14 +628,15 @@ def adapter_section(val: SimReport) -> str:
         bars = []
         for gi, a in worst:
             assert a.slo is not None
-            c = max(a.slo.checks, key=lambda c: c.value / c.bound if math.isfinite(c.value) else math.inf)
+            c = a.slo.worst
+            assert c is not None
             ok = a.slo.ok
             if a.slo.served_nothing:  # no figure: a full-height bar
                 tip, pct = f"{a.name} (GPU {gi}): served none of its requests", math.inf
             else:
                 figure = f"{SLO_SHORT[c.metric]} {ms(c.value)} of {duration_text(c.bound)}"
                 tip = f"{a.name} (GPU {gi}): {figure}; {adapter_slo_text(a)}"
-                pct = 100 * c.value / c.bound
+                pct = 100 * c.ratio
             bars.append(Bar(a.name, pct, OK_COLOUR if ok else BAD_COLOUR, "none" if a.slo.served_nothing else "", tip))
         out.append(
             verdict_chart(

@@ -129,7 +129,7 @@ def failure_of(g: GpuReport) -> tuple[str | None, str | None]:
         return "queue", None
     over = [c for c in v.checks if not c.ok]
     if over:
-        worst = max(over, key=lambda c: c.value / c.bound)
+        worst = max(over, key=lambda c: c.ratio)
         return worst.metric, worst.adapter
     # the GPU-wide figures pass: some adapter's own queue or bound fails
     return "adapter", v.violating_adapters[0] if v.violating_adapters else None

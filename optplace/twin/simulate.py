@@ -118,6 +118,12 @@ class SloCheck:
     ok: bool
     adapter: str | None = None
 
+    @property
+    def ratio(self) -> float:
+        """The value as a share of the bound (over 1: past it); inf for a missing figure (NaN), so the
+        check that cannot be judged sorts as the worst."""
+        return self.value / self.bound if math.isfinite(self.value) and self.bound > 0 else math.inf
+
 
 @dataclass(frozen=True, slots=True)
 class SloVerdict:
@@ -133,6 +139,11 @@ class SloVerdict:
     served_nothing: bool
     #: Adapters of the GPU that miss their own SLO (empty for an adapter's verdict).
     violating_adapters: tuple[str, ...] = ()
+
+    @property
+    def worst(self) -> SloCheck | None:
+        """The check furthest over (or closest to) its bound, by :attr:`SloCheck.ratio`; None without bounds."""
+        return max(self.checks, key=lambda c: c.ratio, default=None)
 
 
 def _checks(lat: Latency, bounds: Bounds) -> tuple[SloCheck, ...]:
@@ -204,7 +215,7 @@ def judge_slo(
         for name, v in zip(names, per):
             for c in v.checks:
                 w = worst.get(c.metric)
-                if w is None or c.value / c.bound > w.value / w.bound:
+                if w is None or c.ratio > w.ratio:
                     worst[c.metric] = replace(c, adapter=name)
         checks = tuple(worst[m] for m in SLO_FIELDS if m in worst)
     ok = stable and not bad and all(c.ok for c in checks)
