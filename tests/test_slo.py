@@ -319,7 +319,7 @@ def test_repair_gives_every_adapter_a_slot_in_any_round():
     assert [g.max_loras for g in r.plan.gpus] == [2, 4]  # GPU 0 met the SLO: untouched
     # a starved GPU gets more slots in the first round only (the throughput rule's repair)
     again = repair(pb, orc, plan, starved=[1], losses={1: 0.2}, round_=3)
-    assert "hottest" in again.actions[0] and "max_loras" not in again.actions[0]
+    assert "starved → moved 1 adapter" in again.actions[0] and "max_loras" not in again.actions[0]
 
 
 def test_repair_moves_the_coldest_adapters_beyond_the_slot_cap():

@@ -6,8 +6,9 @@ The pipeline calls :func:`repair` in a loop (simulate → repair → simulate �
   even that does not start, split the GPU in two.
 * starved, first round, with fewer slots than adapters → raise slots (all adapters get one, within
   the memory cap): sticky slots are the usual cause of a starved GPU the oracle accepted.
-* starved otherwise → move the hottest adapters off until the GPU's offered load drops by the
-  measured loss plus a 5 % margin (at least 10 %).
+* starved otherwise → move adapters off until the GPU's offered load drops by the measured loss plus
+  a 5 % margin (at least 10 %): the hottest that fit within that share, then the one that crosses it
+  by the least (:func:`_shed`), so one hot adapter is not moved for a GPU that needs to shed a tenth.
 
 A GPU that misses the SLO (``slo``: it serves its throughput, but its latency is over a bound) is
 repaired like a starved one, except that
@@ -16,7 +17,7 @@ repaired like a starved one, except that
   to the cap; one with fewer slots than adapters (below the cap) gets a slot per adapter, in any
   round: an adapter without a slot waits for one to free (sticky slots), which is what makes a GPU
   with a low loss miss a TTFT bound;
-* a GPU that already gives every adapter a slot moves its hottest adapters off as a starved one does;
+* a GPU that already gives every adapter a slot sheds load as a starved one does;
 * every GPU it leaves with adapters or fills gets a slot per adapter (within the cap), and the
   re-homing keeps every GPU within its slot cap.
 
@@ -45,6 +46,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from optplace.infra.text import count
 from optplace.solver.balance import proxy_model, rebalance, scaled, utilisation
 from optplace.solver.capacity import CapacityOracle
 from optplace.solver.greedy import judge
@@ -116,16 +118,11 @@ def repair(
             gpus[i] = assign_gpu(problem, oracle, g.type_index, g.adapter_indices, i, max_loras=L)
             actions.append(f"GPU {i}: {what} → max_loras {g.max_loras} → {L}")
             continue
-        if not moved:  # shed the measured loss plus a margin, hottest first
+        if not moved:  # shed the measured loss plus a margin
             target = max(0.10, losses.get(i, 0.10) + 0.05)
             total = math.fsum(problem.adapters[a].rate_rps for a in g.adapter_indices)
-            shed = 0.0
-            for a in sorted(g.adapter_indices, key=lambda a: (-problem.adapters[a].rate_rps, a)):
-                if shed >= target * total or len(moved) >= n - 1:
-                    break
-                moved.append(a)
-                shed += problem.adapters[a].rate_rps
-            what = ("misses SLO" if i in slo_set else "starved") + f" → moved {len(moved)} hottest adapters"
+            moved = _shed(problem, g.adapter_indices, target * total)
+            what = ("misses SLO" if i in slo_set else "starved") + f" → moved {count(len(moved), 'adapter')}"
         if not moved:  # a single adapter that starves alone: nothing to move
             name = problem.adapters[g.adapter_indices[0]].name
             if i in slo_set:
@@ -200,6 +197,37 @@ SLO_MARGIN_STEP = 0.05
 def _slot_each(problem: Problem, oracle: CapacityOracle, gtype: int, idx: Sequence[int]) -> int:
     """A slot per adapter of ``idx``, within the memory cap at their largest rank."""
     return max(1, min(len(idx), oracle.slot_cap(gtype, max(problem.adapters[a].rank for a in idx))))
+
+
+def _shed(problem: Problem, idx: Sequence[int], want: float) -> list[int]:
+    """Adapters of ``idx`` whose rates sum to at least ``want``, keeping one adapter behind: the hottest
+    that fit within ``want``, then the one that crosses it by the least; where keeping one behind
+    leaves that short, the hottest first (as much load as any choice of all but one). Plain
+    hottest-first moved a hot adapter carrying half a GPU's load off a GPU that needed to shed a tenth
+    (1,000-adapter Zipf-0.9 r8-16-32 bench family), and that adapter then needed a GPU of its own."""
+    rate = {a: problem.adapters[a].rate_rps for a in idx}
+    order = sorted(idx, key=lambda a: (-rate[a], a))
+    keep_one = max(len(idx) - 1, 0)
+    moved: list[int] = []
+    shed = 0.0
+    for a in order:
+        if shed >= want or len(moved) >= keep_one:
+            break
+        if shed + rate[a] <= want:
+            moved.append(a)
+            shed += rate[a]
+    if shed < want and len(moved) < keep_one:
+        taken = set(moved)
+        # the coldest adapter that reaches ``want`` (``order`` is hottest first, so the last such one)
+        moved += [a for a in order if a not in taken and shed + rate[a] >= want][-1:]
+    if math.fsum(rate[a] for a in moved) >= want:
+        return moved
+    hottest: list[int] = []
+    for a in order[:keep_one]:
+        if math.fsum(rate[b] for b in hottest) >= want:
+            break
+        hottest.append(a)
+    return hottest
 
 
 def _coldest_beyond_cap(problem: Problem, g: GpuAssignment, cap: int) -> list[int]:
