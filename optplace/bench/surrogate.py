@@ -301,7 +301,8 @@ def slo_envelope(
     largest the analytic model with no sticky-slot rule accepts at ×1 (``max``/``median``/``p90``);
     and whether the envelope accepts less than the learned models (``binds_on``: a plan the models
     would allow is refused there; the bound on the envelope is valid either way, as the oracle
-    enforces it)."""
+    enforces it; the envelope has no margin over its sample, so a mix unlike the sampled ones can lose
+    a little load to it: ``cut_min``, the smallest share kept)."""
     from pathlib import Path
 
     from optplace.solver import compile_problem
@@ -566,8 +567,8 @@ def _render(out: dict[str, Any]) -> None:
             )
             row(p, "  … median / p90", env["median"])
             row(p, "", env["p90"])
-            row(p, "  mixes where the envelope refuses load the models accept", env["binds_on"], "0")
-            row(p, "  … the smallest share of their load it keeps", env["cut_min"])
+            row(p, "  mixes where the envelope refuses load the models accept (> 0.1 %)", env["binds_on"])
+            row(p, "  … the smallest share of their load it keeps", env["cut_min"], "≥ 0.99")
     con.print(t)
     m = out.get("machine", {})
     if m:
