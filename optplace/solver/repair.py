@@ -204,7 +204,7 @@ def _shed(problem: Problem, idx: Sequence[int], want: float) -> list[int]:
     that fit within ``want``, then the one that crosses it by the least; where keeping one behind
     leaves that short, the hottest first (as much load as any choice of all but one). Plain
     hottest-first moved a hot adapter carrying half a GPU's load off a GPU that needed to shed a tenth
-    (1,000-adapter Zipf-0.9 r8-16-32 bench family), and that adapter then needed a GPU of its own."""
+    (1,000-adapter Zipf-0.9 r8-16-32 bench family): five times the load to re-home."""
     rate = {a: problem.adapters[a].rate_rps for a in idx}
     order = sorted(idx, key=lambda a: (-rate[a], a))
     keep_one = max(len(idx) - 1, 0)
@@ -219,14 +219,17 @@ def _shed(problem: Problem, idx: Sequence[int], want: float) -> list[int]:
     if shed < want and len(moved) < keep_one:
         taken = set(moved)
         # the coldest adapter that reaches ``want`` (``order`` is hottest first, so the last such one)
-        moved += [a for a in order if a not in taken and shed + rate[a] >= want][-1:]
-    if math.fsum(rate[a] for a in moved) >= want:
+        crossing = [a for a in order if a not in taken and shed + rate[a] >= want][-1:]
+        moved += crossing
+        shed += sum(rate[a] for a in crossing)
+    if shed >= want:
         return moved
-    hottest: list[int] = []
+    hottest, shed = [], 0.0
     for a in order[:keep_one]:
-        if math.fsum(rate[b] for b in hottest) >= want:
+        if shed >= want:
             break
         hottest.append(a)
+        shed += rate[a]
     return hottest
 
 
