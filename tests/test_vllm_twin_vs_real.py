@@ -481,7 +481,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     twin_cap: dict[str, float] = {}  # the twin's capacity on the probe's requests [req/s]
     max_loss: dict[str, float] = {"solve-plan": LIGHT_MAX_LOSS}  # each configuration's starvation threshold
     probe_lines: list[str] = []
-    probe_twin_ratio: list[float] = []  # the twin's capacity over the engine's, on each probe's requests
+    probe_caps: list[tuple[float, float]] = []  # per probe [req/s]: the engine's capacity, the twin's on its requests
     launch = _server_flags(model, adapters)
 
     def validate(
@@ -508,13 +508,11 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     #    are the engine's speed itself, judged net of the twin's error on the probes' workload just before
     #    and just after each of its runs
     with _calibration_shaped_server(d, model) as (cfg, ep, server):
-        last_probe: list[tuple[float, float]] = []
 
         def probe() -> tuple[float, float]:
             cap_now, cap_twin, line = _probe(d, len(probe_lines), cfg, ep, server)
             probe_lines.append(line)
-            probe_twin_ratio.append(cap_twin / cap_now)
-            last_probe.append((cap_now, cap_twin))
+            probe_caps.append((cap_now, cap_twin))
             print(f"[{line}]")
             return cap_now, cap_twin
 
@@ -546,7 +544,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
         scaled_to["sat-2slots"] = cap_now
         for k, group in enumerate(PROBED_GROUPS):
             # the first group follows the probe after sat-2slots' last run
-            cap_now, cap_twin = last_probe[-1] if k == 0 else probe()
+            cap_now, cap_twin = probe_caps[-1] if k == 0 else probe()
             for label, load, weights, window, base_seed, repeats in group:
                 rates = _rates(weights, load, min(cap_twin, cap_now))
                 seed = _seed_offering(rates, window, base_seed)
@@ -668,7 +666,8 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     # those two probes' mean. Judged raw against the calibration, its errors ranged from -20 % to +13 % over
     # four runs of this suite as the shared machine's speed drifted; bracketed by one probe before both runs
     # and one after them, three of four CI runs in one day missed by -16 % to -21 %
-    drift = float(np.mean([(probe_twin_ratio[k] + probe_twin_ratio[k + 1]) / 2.0 for k in range(SAT_REPEATS)]))
+    twin_over_engine = [cap_twin / cap_now for cap_now, cap_twin in probe_caps]
+    drift = float(np.mean([(twin_over_engine[k] + twin_over_engine[k + 1]) / 2.0 for k in range(SAT_REPEATS)]))
     sat = by["sat-2slots"]
     sat_net = {
         what: None if err is None else (1.0 + err) / drift - 1.0
@@ -676,7 +675,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
     }
     print(
         f"[sat-2slots net of the drift (twin/engine on the calibration's workload around it {drift:.3f}): "
-        + ", ".join(f"{what} {err * 100:+.1f} %" if err is not None else f"{what} -" for what, err in sat_net.items())
+        + ", ".join(f"{what} {_pct(err)}" for what, err in sat_net.items())
         + "]"
     )
     # the scenarios do what they are meant to: one saturated with stuck adapters, the light and the
@@ -698,7 +697,7 @@ def test_twin_matches_real_engine_on_unseen_configurations(fitted, tiny_model):
         errors = {"engine tokens/s": c.engine_error, "completed tokens/s": c.throughput_error}
         for what, err in (sat_net if label == "sat-2slots" else errors).items():
             if label in AT_CAPACITY and what == "completed tokens/s":
-                unjudged.append(f"{label} {err * 100:+.1f} %" if err is not None else f"{label} -")
+                unjudged.append(f"{label} {_pct(err)}")
             elif err is None or abs(err) > TOLERANCE:
                 misses.append(f"{label}: {what} error {err} beyond {TOLERANCE}")
     print(f"[completed tokens at and beyond capacity (sat-2slots net of the drift), not judged: {', '.join(unjudged)}]")
@@ -766,10 +765,10 @@ def _twin_at_speed(d: Path, label: str, ratio: float) -> dict:
     """The twin's GPU result (``optplace simulate --json``) for configuration ``label``'s spec, the fitted
     profile's step and adapter-load times multiplied by ``ratio`` (the twin's capacity over the engine's on
     the probe before it): the twin replayed at the engine's speed of that minute, on the same draw."""
-    prof = json.loads((d / "fitted.json").read_text())
-    for part in ("step_time", "adapter_load"):
-        prof[part]["time_scale"] = prof[part]["time_scale"] * ratio
-    (d / f"fitted-{label}.json").write_text(json.dumps(prof))
+    from optplace.specs.profiles import load_profile_file
+
+    prof = load_profile_file(d / "fitted.json").time_scaled(ratio)
+    (d / f"fitted-{label}.json").write_text(json.dumps(prof.model_dump(mode="json")))
     path = d / f"{label}-at-speed.yaml"
     spec = (d / f"{label}.yaml").read_text()
     assert "profile: fitted.json" in spec

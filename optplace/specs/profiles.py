@@ -147,6 +147,18 @@ class Profile(_Frozen):
     def max_lora_rank(self) -> int:
         return max(self.supported_ranks)
 
+    def time_scaled(self, factor: float) -> "Profile":
+        """This profile with every predicted step and adapter-load time multiplied by ``factor`` (both
+        sections' ``time_scale``): the same engine on a machine ``factor`` times slower."""
+        return self.model_copy(
+            update={
+                "step_time": self.step_time.model_copy(update={"time_scale": self.step_time.time_scale * factor}),
+                "adapter_load": self.adapter_load.model_copy(
+                    update={"time_scale": self.adapter_load.time_scale * factor}
+                ),
+            }
+        )
+
     def kv_cache_tokens(self, max_loras: int, max_lora_rank: int, gpu_memory_utilization: float = 0.9) -> int:
         """KV capacity [tokens] with ``max_loras`` slots pre-allocated at ``max_lora_rank``."""
         return self.memory.kv_cache_tokens(max_loras, max_lora_rank, gpu_memory_utilization)
@@ -240,6 +252,7 @@ def generic_profile(arch: ModelArch, gpu: GpuSpec) -> Profile:
         raise UnknownProfile(f"reference profile {REFERENCE_PROFILE} missing from the package")
     rarch, rgpu = ref.model_arch, ref.gpu_spec
     scale = (arch.weights_gib / gpu.bandwidth_gbs) / (rarch.weights_gib / rgpu.bandwidth_gbs)
+    timed = ref.time_scaled(scale)
     mem = MemoryModel(
         gpu_memory_gib=gpu.memory_gib,
         weights_gib=arch.weights_gib,
@@ -259,8 +272,8 @@ def generic_profile(arch: ModelArch, gpu: GpuSpec) -> Profile:
         model_arch=arch,
         gpu_spec=gpu,
         memory=mem,
-        step_time=ref.step_time.model_copy(update={"time_scale": ref.step_time.time_scale * scale}),
-        adapter_load=ref.adapter_load.model_copy(update={"time_scale": ref.adapter_load.time_scale * scale}),
+        step_time=timed.step_time,
+        adapter_load=timed.adapter_load,
         scheduler_overhead=ref.scheduler_overhead,
         supported_ranks=(8, 16, 32, 64),
     )

@@ -423,14 +423,7 @@ def _twin(sim: PlanSimulator, item: PlanItem, factor: float) -> SimReport:
     jobs = []
     for i, gp in enumerate(item.gpus):
         job = sim.job(gp, i)
-        p = job.profile
-        scaled = p.model_copy(
-            update={
-                "step_time": p.step_time.model_copy(update={"time_scale": p.step_time.time_scale * factor}),
-                "adapter_load": p.adapter_load.model_copy(update={"time_scale": p.adapter_load.time_scale * factor}),
-            }
-        )
-        jobs.append(replace(job, profile=scaled))
+        jobs.append(replace(job, profile=job.profile.time_scaled(factor)))
     reports = run_jobs(jobs, executor=ExecutorSpec(workers=1))
     cst = sc.constraints
     return SimReport(
