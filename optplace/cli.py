@@ -480,12 +480,16 @@ def capacity(
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="fidelity | twin-speed | surrogate | solver | capacity | limits")],
+    name: Annotated[
+        str, typer.Argument(help="fidelity | twin-speed | surrogate | solver | capacity | limits | busy-slots")
+    ],
     json_out: JsonOpt = False,
     full: Annotated[
         bool,
         typer.Option(
-            "--full", help="Every configuration (twin-speed: all 294 reference runs; solver: the largest families too)."
+            "--full",
+            help="Every configuration (twin-speed: all 294 reference runs; solver: the largest families too; "
+            "busy-slots: the wider grid).",
         ),
     ] = False,
     client_cap: Annotated[
@@ -563,6 +567,7 @@ def bench(
         "solver": "solver",
         "capacity": "capacity",
         "limits": "limits",
+        "busy-slots": "busy_slots",
     }
     if name not in modules:
         raise _fail_input([f"bench: unknown benchmark {name!r} (valid: {', '.join(modules)})"])

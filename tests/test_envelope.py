@@ -52,7 +52,11 @@ def test_envelope_is_a_non_increasing_multiplier_within_the_guard(fleet: tuple[o
         L = np.arange(1, len(c) + 1)
         assert len(c) == len(env.factors[key]) and np.all(np.diff(c) >= 0)
         assert np.all(c <= env.kappa * L * (1 + 1e-12)) and np.all(c > 0)
-        assert env.active_cap(*key, len(c) + 5) == pytest.approx(env.kappa * (len(c) + 5))
+        # beyond the measured counts κ per slot, and the busy-slot rule's share bounds every count
+        assert env.busy_per_slot is not None and env.busy_per_slot < 1.0
+        M = len(c) + 5
+        assert env.active_cap(*key, M) == pytest.approx(min(env.kappa, env.busy_per_slot) * M)
+        assert all(env.active_cap(*key, int(x)) <= env.busy_per_slot * x + 1e-9 for x in L)
     # and the oracle's guard is that envelope, which the bound is computed on
     an, name = bound_model(orc)
     assert an is orc.guard and an.envelope is env and "envelope" in name

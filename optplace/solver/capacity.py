@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from optplace.solver.envelope import LoadEnvelope, slo_envelope
+from optplace.solver.envelope import LoadEnvelope, busy_slots, slo_envelope
 from optplace.solver.problem import AdapterClass, AdapterItem, Deadline, Problem
 from optplace.twin.fluid import FluidPoint, fluid_constants
 
@@ -324,7 +324,7 @@ class AnalyticCapacity:
         itl = hm if math.isfinite(hm) else math.inf
         ttft = itl * (2.0 + 3.0 * u / max(1e-3, 1.0 - min(u, 0.999))) if math.isfinite(itl) else math.inf
         thr = min(offered, full_tok) if pt.lam_max_rps > 0 else 0.0
-        if mix.n > L and active > self.active_cap(gtype, rmax, L):
+        if mix.n > L and (active > self.active_cap(gtype, rmax, L) or not self._not_busy(mix, pt, L)):
             return Estimate(False, L, offered, thr, itl, ttft, "slots", capacity_tok_s=cap_tok)
         if offered > cap_tok * (1.0 + 1e-12):
             return Estimate(False, L, offered, thr, itl, ttft, "load", capacity_tok_s=cap_tok)
@@ -335,7 +335,15 @@ class AnalyticCapacity:
         if mix.n <= max_loras:
             return True
         pt = self.point(gtype, mix.rank_max, min(max_loras, mix.n), max_loras)
-        return self.active(mix.rate_array, pt.service_s) <= self.active_cap(gtype, mix.rank_max, max_loras)
+        return self.active(mix.rate_array, pt.service_s) <= self.active_cap(
+            gtype, mix.rank_max, max_loras
+        ) and self._not_busy(mix, pt, max_loras)
+
+    def _not_busy(self, mix: Mix, pt: FluidPoint, slots: int) -> bool:
+        """The envelope's busy-slot rule (:func:`~optplace.solver.envelope.busy_slots`), for a mix with
+        fewer slots than adapters; True without an envelope or without the rule."""
+        per = self.envelope.busy_per_slot if self.envelope is not None else None
+        return per is None or busy_slots(mix.rate_array, pt) <= per * slots
 
     def candidate_slots(self, gtype: int, mix: Mix) -> list[int]:
         """Slot counts worth trying for ``mix``: the grid up to the memory cap, and ``n`` itself."""

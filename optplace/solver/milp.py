@@ -51,6 +51,10 @@ LEARNED_CALLS = 2
 LEARNED_CALL_S = 15.0
 #: Least time left for a learned pricing solve to be started: building its model alone takes ~0.8 s.
 LEARNED_MIN_S = 3.0
+#: Under the busy-slot rule (:data:`optplace.solver.envelope.BUSY_PER_SLOT`), the shares of a slot
+#: count's load limit that extra fewer-slots-than-adapters families are capped at: many light adapters
+#: fit the slots only at a lighter load.
+ROTATION_LOAD_SHARES = (0.5, 0.7, 0.85)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,12 +238,32 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
                 # Rotation loss load ≤ λ*/(1 + ROTATION·A/L) is convex in A: its tangents at A0 are
                 # conservative linear cuts load + s·A ≤ b (columns stay feasible).
                 kl = an.active_cap(t.index, rmax, L)  # κ·L, or an envelope's measured cap
+                busy = an.envelope is not None and an.envelope.busy_per_slot is not None
+                pt = an.point(t.index, rmax, L, L)
                 for a0 in (0.25 * kl, 0.5 * kl, 0.8 * kl):
                     q = 1.0 + ROTATION * a0 / L
                     s_ = lam * ROTATION / L / (q * q)
                     b = lam / q + s_ * a0
-                    out.append(_PricingFamily(t.index, rmax, L, "rot", b, kl, lam_c + s_ * p, p, allowed))
+                    # under the busy-slot rule activity counts at the load: the family's largest
+                    pb = _activity(lam_c, pt, b) if busy else p
+                    out.append(_PricingFamily(t.index, rmax, L, "rot", b, kl, lam_c + s_ * pb, pb, allowed))
+                if busy:
+                    # Lighter loads keep activity lower, so more adapters share the slots: families capped
+                    # at a share of the load, where the rotation loss cannot bind (activity ≤ busy·L keeps
+                    # it above 1/(1 + ROTATION) ≈ 0.94 of the load limit).
+                    for share in ROTATION_LOAD_SHARES:
+                        b = share * lam
+                        pb = _activity(lam_c, pt, b)
+                        out.append(_PricingFamily(t.index, rmax, L, "rot", b, kl, lam_c, pb, allowed))
     return out
+
+
+def _activity(lam_c: np.ndarray, pt: Any, load_rps: float) -> np.ndarray:
+    """Each class's chance of having a request in the engine, with one request's service time at the
+    fluid point ``pt`` loaded with ``load_rps`` (just below its capacity when beyond it): the weight of
+    the busy-slot rule (:func:`optplace.solver.envelope.busy_slots`) at a family's largest load."""
+    h = pt.step_ms(min(load_rps, 0.999e3 / pt.slope_ms))
+    return -np.expm1(-lam_c * pt.service_s * h / pt.a0_ms)
 
 
 def _fill(

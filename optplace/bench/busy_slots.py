@@ -1,0 +1,148 @@
+"""``optplace bench busy-slots``: the twin's SLO verdict on one-GPU mixes with fewer slots than adapters,
+against the busy-slot rule of the SLO oracle's envelope (:data:`optplace.solver.envelope.BUSY_PER_SLOT`).
+
+Each mix is one GPU (Llama-3.1-8B on H100-64GB, ShareGPT lengths, Poisson arrivals, the default SLO) with
+``L`` slots and ``k·L`` adapters of one rank, rates shaped uniform, Zipf-0.9, one adapter with a quarter
+of the load, or lognormal (σ = 1.35, the bench's heavy-tailed fleet), scaled to a share ``u`` of the
+analytic capacity ρ·λ* at ``L`` distinct adapters. The twin simulates every mix for the scenario's hour
+(one plan, GPUs in parallel). For each it prints the busy-slot ratio — expected adapters with a request
+in the engine at the mix's own load, per slot (:func:`optplace.solver.envelope.busy_slots`) — and the
+verdict; the summary gives the largest ratio among the mixes that met the SLO, the smallest among those
+that missed it, and how many each side of the rule's threshold. Misses where the only failing check is
+"an adapter was offered load and served nothing" (single light adapters whose one or two requests were
+still queued at the window's end) are counted apart: they are not the slot queue the rule is about.
+
+The default grid is 288 mixes (ranks 8 and 32; 24, 64, 128 and the largest startable of 192 slots;
+1.3, 2 and 4 adapters per slot; four shapes; u = 0.6, 0.75, 0.9), ~2 min on 2 cores; ``--full`` adds
+rank 16, 16 slots, 6 adapters per slot and u = 0.3 (1,500 mixes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SHAPES = ("uniform", "zipf", "hot", "lognormal")
+GRID = {"ranks": (8, 32), "slots": (24, 64, 128, 192), "per_slot": (1.3, 2.0, 4.0), "loads": (0.6, 0.75, 0.9)}
+FULL_GRID = {
+    "ranks": (8, 16, 32),
+    "slots": (16, 24, 64, 128, 192),
+    "per_slot": (1.3, 2.0, 4.0, 6.0),
+    "loads": (0.3, 0.6, 0.75, 0.9),
+}
+
+
+def _shape(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Rate shares of ``n`` adapters (sum 1)."""
+    if kind == "uniform":
+        s = np.ones(n)
+    elif kind == "zipf":
+        s = 1.0 / np.arange(1, n + 1) ** 0.9
+    elif kind == "hot":
+        s = np.r_[n / 4.0, np.ones(n - 1)]
+    else:
+        s = rng.lognormal(0.0, 1.35, n)
+    return s / s.sum()
+
+
+def mixes(
+    full: bool = False, seed: int = 0, grid: dict[str, tuple[Any, ...]] | None = None
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The scenario holding every mix of the grid (``grid``: keys as :data:`GRID`'s; default :data:`GRID`, or
+    :data:`FULL_GRID` when ``full``) as one GPU of its placement, and one row per mix (its grid point and
+    busy-slot ratio)."""
+    from optplace.solver import compile_problem
+    from optplace.solver.capacity import AnalyticCapacity
+    from optplace.solver.envelope import busy_slots
+    from optplace.specs import Scenario
+
+    g = grid if grid is not None else (FULL_GRID if full else GRID)
+    base = dict(name="busy-slots", model="llama-3.1-8b-instruct", gpu="h100-64gb", seed=seed)
+    probe = Scenario.model_validate(
+        dict(base, adapters=[{"name": f"r{r}", "rank": r, "rate_rps": 1.0} for r in g["ranks"]])
+    )
+    an = AnalyticCapacity(compile_problem(probe, Path(".")))
+    rng = np.random.default_rng([seed, 0xB05])
+    adapters: list[dict[str, Any]] = []
+    placement: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for rank in g["ranks"]:
+        cap = an.slot_cap(0, rank)
+        for L in sorted({min(L, cap) for L in g["slots"]}):
+            pt = an.point(0, rank, L, L)
+            for k in g["per_slot"]:
+                n = int(L * k)
+                for kind in SHAPES:
+                    share = _shape(kind, n, rng)
+                    for u in g["loads"]:
+                        rates = share * u * an.rho * pt.lam_max_rps
+                        i = len(rows)
+                        names = [f"m{i:04d}-{j:04d}" for j in range(n)]
+                        adapters += [{"name": a, "rank": rank, "rate_rps": float(r)} for a, r in zip(names, rates)]
+                        placement.append({"max_loras": L, "adapters": names})
+                        rows.append(
+                            {
+                                "rank": rank,
+                                "slots": L,
+                                "adapters": n,
+                                "shape": kind,
+                                "load": u,
+                                "busy_per_slot": round(busy_slots(rates, pt) / L, 4),
+                            }
+                        )
+    return Scenario.model_validate(dict(base, adapters=adapters, placement=placement)), rows
+
+
+def run(json: bool = False, full: bool = False) -> dict[str, Any]:
+    """Simulate every mix; print one line per mix and the summary unless ``json``; return both."""
+    from optplace.solver.envelope import BUSY_PER_SLOT
+    from optplace.twin.simulate import placement_of, simulate_plan
+
+    t0 = time.perf_counter()
+    sc, rows = mixes(full)
+    rep = simulate_plan(sc, placement_of(sc), Path("."))
+    for row, g in zip(rows, rep.gpus, strict=True):
+        assert g.slo is not None  # the scenario is judged by the default SLO
+        worst = g.slo.worst
+        only_idle = not g.slo.ok and g.slo.served_nothing and all(c.ok for c in g.slo.checks) and g.slo.stable
+        row.update(
+            met_slo=g.slo.ok,
+            served_nothing_only=only_idle,
+            ttft_p99_ms=round(g.ttft_ms_p99, 1),
+            worst_ratio=round(worst.ratio, 3) if worst is not None else None,
+        )
+        if not json:
+            verdict = "meets SLO" if g.slo.ok else ("served nothing" if only_idle else "misses SLO")
+            print(
+                f"rank {row['rank']:>2}  {row['slots']:>3} slots  {row['adapters']:>4} adapters  {row['shape']:<9} "
+                f"load {row['load']:.2f}  busy/slot {row['busy_per_slot']:.3f}  TTFT p99 {g.ttft_ms_p99 / 1e3:8.1f} s  "
+                f"{verdict}",
+                flush=True,
+            )
+    met = [r["busy_per_slot"] for r in rows if r["met_slo"]]
+    missed = [r["busy_per_slot"] for r in rows if not r["met_slo"] and not r["served_nothing_only"]]
+    summary = {
+        "mixes": len(rows),
+        "threshold": BUSY_PER_SLOT,
+        "met": len(met),
+        "missed": len(missed),
+        "served_nothing_only": sum(r["served_nothing_only"] for r in rows),
+        "largest_met": max(met, default=math.nan),
+        "smallest_missed": min(missed, default=math.nan),
+        "missed_within_threshold": sum(b <= BUSY_PER_SLOT for b in missed),
+        "met_beyond_threshold": sum(b > BUSY_PER_SLOT for b in met),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if not json:
+        s = summary
+        print(
+            f"{s['mixes']} mixes: {s['met']} met the SLO (busy/slot up to {s['largest_met']:.3f}), "
+            f"{s['missed']} missed it (from {s['smallest_missed']:.3f}), {s['served_nothing_only']} served-nothing "
+            f"only; rule busy/slot ≤ {s['threshold']:g}: {s['missed_within_threshold']} misses accepted, "
+            f"{s['met_beyond_threshold']} passes refused  {s['seconds']:.0f} s"
+        )
+    return {"rows": rows, "summary": summary}

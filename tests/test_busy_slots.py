@@ -1,0 +1,69 @@
+"""The busy-slot rule: with fewer slots than adapters, the SLO oracle keeps the expected active adapters
+at the mix's own load below the slots (optplace.solver.envelope.BUSY_PER_SLOT), because the twin's
+sticky slots queue the rest for tens of seconds beyond it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optplace.bench.busy_slots import mixes
+from optplace.bench.solver import family
+from optplace.solver import compile_problem
+from optplace.solver.capacity import AnalyticCapacity, Mix, SurrogateCapacity
+from optplace.solver.envelope import BUSY_PER_SLOT, busy_slots
+from optplace.solver.problem import AdapterItem
+from optplace.twin.simulate import placement_of, simulate_plan
+
+
+def test_busy_slots_grow_with_the_load_from_the_low_load_activity() -> None:
+    sc = family(100, (16,), "uniform")
+    an = AnalyticCapacity(compile_problem(sc, Path(".")))
+    pt = an.point(0, 16, 32, 32)
+    shares = np.random.default_rng(1).lognormal(0.0, 1.35, 64)
+    shares /= shares.sum()
+    loads = np.linspace(0.01, 0.99, 12) * pt.lam_max_rps
+    busy = [busy_slots(shares * x, pt) for x in loads]
+    assert np.all(np.diff(busy) > 0)
+    # at a vanishing load the service time is the empty engine's: the analytic model's activity
+    tiny = shares * 1e-6
+    assert busy_slots(tiny, pt) == pytest.approx(an.active(tiny, pt.service_s), rel=1e-6)
+    assert busy_slots(shares * pt.lam_max_rps * 10, pt) == np.inf
+
+
+def test_the_slo_oracle_refuses_busy_slots_and_accepts_a_slot_per_adapter() -> None:
+    sc = family(300, (8, 16), "zipf-0.9")
+    orc = SurrogateCapacity.shipped(compile_problem(sc, Path(".")), slo=True)
+    assert orc.envelope is not None and orc.envelope.busy_per_slot == BUSY_PER_SLOT
+    an = orc.analytic
+    L = 32
+    pt = an.point(0, 16, L, L)
+    # 96 equal adapters at 60 % of the capacity: ~1.5 busy adapters per slot on 32 slots
+    rate = 0.6 * an.rho * pt.lam_max_rps / 96
+    mix = Mix.of([AdapterItem(i, f"a{i}", 16, rate) for i in range(96)])
+    assert busy_slots(mix.rate_array, pt) > BUSY_PER_SLOT * L
+    e = orc.evaluate(0, mix, L)
+    assert not e.feasible and e.reason == "slo"
+    # the same adapters with a slot each are judged on the learned models alone
+    assert orc.guard.evaluate(0, mix, 96).feasible
+
+
+def test_the_twin_agrees_with_the_rule_away_from_its_edge() -> None:
+    """Four one-GPU mixes of the bench's grid each side of the threshold (lognormal, Zipf, one-hot and
+    uniform rates; 2 adapters per slot on 64): those the rule accepts meet the SLO in the twin, those
+    well beyond it (≥ 1.05 busy adapters per slot) miss it."""
+    grid = {"ranks": (8,), "slots": (64,), "per_slot": (2.0,), "loads": (0.5, 0.95)}
+    sc, rows = mixes(grid=grid)
+    rep = simulate_plan(sc, placement_of(sc), Path("."), workers=2)
+    judged = 0
+    for row, g in zip(rows, rep.gpus, strict=True):
+        assert g.slo is not None
+        if row["busy_per_slot"] <= BUSY_PER_SLOT:
+            assert g.slo.ok, row
+            judged += 1
+        elif row["busy_per_slot"] >= 1.05:
+            assert not g.slo.ok and g.ttft_ms_p99 > 2000.0, row
+            judged += 1
+    assert judged >= 6
