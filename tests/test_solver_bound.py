@@ -23,6 +23,7 @@ from optplace.solver.bound import (
     volume_bound,
 )
 from optplace.solver.capacity import SLOT_GRID
+from optplace.solver.envelope import BUSY_PER_SLOT, LoadEnvelope
 from optplace.specs import load_scenario_text
 from helpers import REPO
 
@@ -72,11 +73,27 @@ def _family_of(groups, bins_rate: np.ndarray, ranks: np.ndarray, gtype: int, L: 
 
 def test_every_mix_the_analytic_model_accepts_lies_in_a_relaxed_family():
     pb, an = _zipf_problem(400, 0.9, 0.4)
+    checked, rotating = _check_relaxation(pb, an)
+    assert checked >= 100
+
+
+def test_every_mix_the_busy_slot_rule_accepts_lies_in_a_relaxed_family():
+    """Under the busy-slot rule the families with fewer slots than adapters are split by load
+    (bound._rot_rows): every configuration the rule accepts still lies in one of the rows."""
+    pb, an = _zipf_problem(400, 0.9, 0.4)
+    busy = an.enveloped(LoadEnvelope({}, 1.0, 1.0, busy_per_slot=BUSY_PER_SLOT))
+    checked, rotating = _check_relaxation(pb, busy)
+    assert checked >= 100 and rotating >= 20
+
+
+def _check_relaxation(pb, an) -> tuple[int, int]:
+    """Random mixes of ``pb`` at random slot counts: each one ``an`` accepts must lie in a relaxed family
+    of ``an``; returns (accepted mixes, of which with fewer slots than adapters)."""
     groups = relaxed_groups(pb, an)
     bins = rate_bins(pb)
     step = math.log1p(0.005)
     rng = np.random.default_rng(7)
-    checked = 0
+    checked = rotating = 0
     for trial in range(120):
         k = int(rng.integers(1, 90))
         idx = rng.choice(pb.n_adapters, size=k, replace=False)
@@ -92,8 +109,9 @@ def test_every_mix_the_analytic_model_accepts_lies_in_a_relaxed_family():
                 continue
             if an.evaluate(0, mix, L).feasible:
                 checked += 1
+                rotating += L < k
                 assert _family_of(groups, rb, np.array(mix.ranks), 0, L, k), (trial, k, L)
-    assert checked >= 100
+    return checked, rotating
 
 
 def _brute_force_optimum(pb, an, weights) -> float:

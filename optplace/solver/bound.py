@@ -451,6 +451,10 @@ ROT_SLOTS: tuple[int, ...] = geometric_slots(1.04)
 #: the coarse grid's was 60).
 ROT_SLOTS_COST = 2.4
 
+#: Under the busy-slot rule, where the LP bound splits the load range of a family with fewer slots than
+#: adapters (shares of its largest load; see :func:`_rot_rows`).
+BUSY_LOAD_SHARES = (0.4, 0.55, 0.7, 0.8, 0.9, 0.95)
+
 #: Relative width of the rate bins of the LP bound (rates rounded *down*, so the bound stays valid).
 LP_BIN_WIDTH = 0.005
 
@@ -547,12 +551,13 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity, rot_slots: Sequence[i
             svc = min(p.service_s for p in pts)
             # the active-adapter cap grows with the slots: the interval's largest is at hi
             kl = an.active_cap(t.index, rmax, hi)
-            lo_l.append(lo)
-            hi_l.append(hi)
-            c1_r.append(lam)
-            c2_r.append(kl)
-            svc_r.append(svc)
-            sl_r.append((lam - lam / (1.0 + ROTATION * kl / hi)) / kl if kl > 0 else 0.0)
+            for c1, c2, s, sl in _rot_rows(an, pts, lam, kl, svc, hi):
+                lo_l.append(lo)
+                hi_l.append(hi)
+                c1_r.append(c1)
+                c2_r.append(c2)
+                svc_r.append(s)
+                sl_r.append(sl)
         if lo_l:
             out.append(
                 Group(
@@ -568,6 +573,35 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity, rot_slots: Sequence[i
                 )
             )
     return out
+
+
+def _rot_rows(
+    an: AnalyticCapacity, pts: Sequence[Any], lam: float, kl: float, svc: float, hi: int
+) -> list[tuple[float, float, float, float]]:
+    """The relaxed rows (c1, c2, service, slope) of one slot interval with fewer slots than adapters, whose
+    fluid points are ``pts``, largest load ``lam``, active cap ``kl`` (at its top ``hi`` slots) and
+    shortest service ``svc``.
+
+    Without the busy-slot rule, one row: the rotation loss's chord (see :func:`relaxed_groups`). With it
+    (:data:`optplace.solver.envelope.BUSY_PER_SLOT`: activity counted at the mix's own load stays below
+    busy·L), the load range is split at :data:`BUSY_LOAD_SHARES`: a GPU whose load lies in
+    (s_k·lam, s_k+1·lam] has activity at its load at least the activity at s_k·lam (service grows with
+    the load), so row k bounds the load by s_k+1·lam and that activity by busy·hi. Every configuration
+    lies in one row, so the rows together are a relaxation, far tighter at high load than one row with
+    the low-load activity. (The rows drop the rotation chord: its activity is the low-load one.)"""
+    chord = (lam - lam / (1.0 + ROTATION * kl / hi)) / kl if kl > 0 else 0.0
+    busy = an.envelope.busy_per_slot if an.envelope is not None else None
+    if busy is None:
+        return [(lam, kl, svc, chord)]
+    rows = [(BUSY_LOAD_SHARES[0] * lam, kl, svc, 0.0)]
+    for k, share in enumerate(BUSY_LOAD_SHARES):
+        top = BUSY_LOAD_SHARES[k + 1] * lam if k + 1 < len(BUSY_LOAD_SHARES) else lam
+        x = share * lam
+        # the shortest service at that load over the interval's slot counts (beyond a point's capacity
+        # its service is unbounded: capped, so zero rates keep zero activity)
+        s = min(p.service_s * min(p.step_ms(x) / p.a0_ms, 1e9) for p in pts)
+        rows.append((top, busy * hi, s, 0.0))
+    return rows
 
 
 def _y1_grid(pi: np.ndarray, w1: np.ndarray, k: int = 96) -> np.ndarray:

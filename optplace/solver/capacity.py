@@ -732,10 +732,13 @@ def bound_model(oracle: Any) -> tuple[AnalyticCapacity | None, str]:
         return oracle, "analytic"
     guard = getattr(oracle, "guard", None)
     if isinstance(guard, AnalyticCapacity) and guard.envelope is not None:
+        per = guard.envelope.busy_per_slot
+        busy = per if per is not None else math.inf
+        busy_text = f", busy <= {per:.3g} per slot at load" if per is not None else ""
         return guard, (
             f"analytic within the {oracle.name} oracle's envelope (load x{guard.envelope.min_factor():.3g}"
             f"-{guard.envelope.max_factor():.3g} by distinct adapters, active <= {guard.envelope.min_kappa():.3g}"
-            f"-{guard.envelope.kappa:.3g} per slot by slots:"
+            f"-{min(guard.envelope.kappa, busy):.3g} per slot by slots{busy_text}:"
             " contains every GPU the oracle accepts, which enforces it)"
         )
     if isinstance(guard, AnalyticCapacity):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from optplace.solver.capacity import CapacityOracle, Estimate, Mix
+from optplace.solver.capacity import AnalyticCapacity, CapacityOracle, Estimate, Mix
 from optplace.solver.objectives import get_objective
 from optplace.solver.plan import GpuAssignment, assign_gpu, from_estimate
 from optplace.solver.problem import AdapterItem, Deadline, Infeasible, Problem, classify
@@ -298,10 +298,12 @@ _JUDGE_SLOTS: tuple[int, ...] = (32, 16, 48, 24, 64, 40)
 
 def judge(oracle: CapacityOracle, gtype: int, mix: Mix) -> Estimate:
     """One GPU's verdict at a bounded cost: the oracle is asked at the analytic model's best slot
-    count, then at one slot per adapter, then at a few common counts; the first that passes is the
-    answer. For an analytic oracle this is its ``best_slots``. A surrogate's ``best_slots`` evaluates
-    every slot count of the grid (~40 evaluations); this costs one to eight, which is what a
-    600-GPU plan affords inside a few seconds."""
+    count, then at its guard's (the model the oracle enforces: under the SLO the envelope, whose
+    busy-slot rule can leave only a narrow band of slot counts to a GPU of many adapters), then at one
+    slot per adapter, then at a few common counts; the first that passes is the answer. For an
+    analytic oracle this is its ``best_slots``. A surrogate's ``best_slots`` evaluates every slot
+    count of the grid (~40 evaluations); this costs one to nine, which is what a 600-GPU plan affords
+    inside a few seconds."""
     an = getattr(oracle, "analytic", None)
     if an is None or an is oracle:
         return oracle.best_slots(gtype, mix)
@@ -313,7 +315,9 @@ def judge(oracle: CapacityOracle, gtype: int, mix: Mix) -> Estimate:
     e0 = oracle.evaluate(gtype, mix, first.max_loras)
     if e0.feasible:
         return e0
-    for L in (min(mix.n, cap), *_JUDGE_SLOTS):
+    guard = getattr(oracle, "guard", None)
+    guarded = guard.best_slots(gtype, mix).max_loras if isinstance(guard, AnalyticCapacity) else first.max_loras
+    for L in (guarded, min(mix.n, cap), *_JUDGE_SLOTS):
         if L in tried or L < 1 or L > min(mix.n, cap):
             continue
         tried.add(L)
