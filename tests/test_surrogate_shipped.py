@@ -115,12 +115,14 @@ def test_under_the_default_slo_the_learned_models_decide_below_the_guard():
     """On random mixes (one slot per adapter, or half as many slots), the shipped surrogates + SLO models
     accept no load at the throughput guard's edge (GUARD), and the oracle's envelope (the bound's model)
     refuses none of the load they accept beyond the envelope sample's refinement (0.1 %, the bench's
-    ``binds_on`` threshold): the envelope contains them without overruling them."""
+    ``binds_on`` threshold): the envelope contains them without overruling them. The busy-slot rule the
+    twin adds to it does overrule them, on some of the mixes with half as many slots as adapters."""
     from optplace.bench.surrogate import slo_envelope
     from optplace.solver.capacity import GUARD
 
     env = slo_envelope("llama-3.1-8b-instruct@h100-64gb", sizes=(1, 16, 128), mixes=4)
     assert env["mixes"] >= 8 and env["binds_on"] == 0 and env["cut_min"] >= 1.0 - 1e-3
+    assert 1 <= env["busy_binds_on"] <= env["mixes"] // 2 and env["busy_cut_min"] < 1.0
     assert 0.5 < env["median"] <= env["p90"] <= env["max"] < GUARD
 
 

@@ -24,6 +24,7 @@ For every bundled profile with a shipped surrogate it prints:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from typing import Any
@@ -302,7 +303,10 @@ def slo_envelope(
     and whether the envelope accepts less than the learned models (``binds_on``: a plan the models
     would allow is refused there; the bound on the envelope is valid either way, as the oracle
     enforces it; the envelope has no margin over its sample, so a mix unlike the sampled ones can lose
-    a little load to it: ``cut_min``, the smallest share kept)."""
+    a little load to it: ``cut_min``, the smallest share kept). Both are measured on the envelope as
+    sampled from the learned models; the busy-slot rule the twin adds to it (fewer slots than adapters,
+    :data:`~optplace.solver.envelope.BUSY_PER_SLOT`) overrules them on purpose: ``busy_binds_on`` and
+    ``busy_cut_min`` count that apart."""
     from pathlib import Path
 
     from optplace.solver import compile_problem
@@ -324,6 +328,10 @@ def slo_envelope(
     ref = orc.analytic.relaxed(1.0, kappa=math.inf)
     models = copy.copy(orc)
     models.guard = orc.analytic.relaxed(GUARD)  # the learned models, within the throughput guard only
+    # the envelope as measured on the learned models, without the busy-slot rule the twin adds to it
+    sampled = copy.copy(orc)
+    assert orc.envelope is not None
+    sampled.guard = orc.analytic.enveloped(dataclasses.replace(orc.envelope, busy_per_slot=None))
     rng = np.random.default_rng(seed)
 
     def largest(o: Any, mix: Mix, slots: int) -> float:
@@ -338,7 +346,7 @@ def slo_envelope(
             lo, hi = (mid, hi) if ok(mid) else (lo, mid)
         return lo
 
-    ratios, cut = [], []
+    ratios, cut, busy = [], [], []
     for m in sizes:
         for k in range(mixes):
             pick = rng.choice([8, 16, 32], size=m) if k % 2 else np.full(m, rng.choice([8, 16, 32]))
@@ -349,8 +357,11 @@ def slo_envelope(
             if a > 0:
                 ratios.append(learned / a)
             if learned > 0:
-                cut.append(largest(orc, mix, slots) / learned)
-    r, c = np.array(ratios), np.array(cut)
+                kept = largest(sampled, mix, slots)
+                cut.append(kept / learned)
+                if kept > 0:
+                    busy.append(largest(orc, mix, slots) / kept)
+    r, c, b = np.array(ratios), np.array(cut), np.array(busy)
     return {
         "mixes": int(r.size),
         "max": float(r.max()),
@@ -359,6 +370,8 @@ def slo_envelope(
         "guard": GUARD,
         "binds_on": int((c < 1.0 - 1e-3).sum()),
         "cut_min": float(c.min()) if c.size else 1.0,
+        "busy_binds_on": int((b < 1.0 - 1e-3).sum()),
+        "busy_cut_min": float(b.min()) if b.size else 1.0,
     }
 
 
@@ -569,6 +582,8 @@ def _render(out: dict[str, Any]) -> None:
             row(p, "", env["p90"])
             row(p, "  mixes where the envelope refuses load the models accept (> 0.1 %)", env["binds_on"])
             row(p, "  … the smallest share of their load it keeps", env["cut_min"], "≥ 0.99")
+            row(p, "  mixes where the busy-slot rule refuses load beyond that (on purpose)", env["busy_binds_on"])
+            row(p, "  … the smallest share of their load it keeps", env["busy_cut_min"])
     con.print(t)
     m = out.get("machine", {})
     if m:
