@@ -67,3 +67,29 @@ def test_the_twin_agrees_with_the_rule_away_from_its_edge() -> None:
             assert not g.slo.ok and g.ttft_ms_p99 > 2000.0, row
             judged += 1
     assert judged >= 6
+
+
+def test_the_rule_counts_activity_at_the_load_the_plan_is_checked_at() -> None:
+    """Under the default SLO's headroom the twin checks a plan at the rates × (1 + headroom): the busy-slot
+    rule counts activity there, so a mix within the rule at its own rates but beyond it at the checked
+    ones is refused."""
+    import dataclasses
+
+    sc = family(300, (8, 16), "zipf-0.9")
+    orc = SurrogateCapacity.shipped(compile_problem(sc, Path(".")), slo=True)
+    env = orc.envelope
+    assert env is not None and env.busy_load_scale == orc.slo_load_scale > 1.0
+    L, n = 64, 128
+    pt = orc.analytic.point(0, 16, L, L)
+    shares = np.full(n, 1.0 / n)
+    # the total rate whose activity at the checked rates sits just above the rule's edge
+    lo, hi = 0.0, pt.lam_max_rps
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if busy_slots(shares * mid * env.busy_load_scale, pt) <= BUSY_PER_SLOT * L else (lo, mid)
+    rate = hi * 1.001
+    assert busy_slots(shares * rate, pt) < BUSY_PER_SLOT * L < busy_slots(shares * rate * env.busy_load_scale, pt)
+    mix = Mix.of([AdapterItem(i, f"a{i}", 16, rate / n) for i in range(n)])
+    assert not orc.guard.slots_ok(0, mix, L)
+    unscaled = orc.analytic.enveloped(dataclasses.replace(env, busy_load_scale=1.0))
+    assert unscaled.slots_ok(0, mix, L)

@@ -38,6 +38,7 @@ FULL_GRID = {
 
 def _shape(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """Rate shares of ``n`` adapters (sum 1)."""
+    s: np.ndarray
     if kind == "uniform":
         s = np.ones(n)
     elif kind == "zipf":
@@ -70,9 +71,9 @@ def mixes(
     adapters: list[dict[str, Any]] = []
     placement: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    for rank in g["ranks"]:
+    for rank in (int(r) for r in g["ranks"]):
         cap = an.slot_cap(0, rank)
-        for L in sorted({min(L, cap) for L in g["slots"]}):
+        for L in sorted({min(int(x), cap) for x in g["slots"]}):
             pt = an.point(0, rank, L, L)
             for k in g["per_slot"]:
                 n = int(L * k)

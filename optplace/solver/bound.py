@@ -554,12 +554,12 @@ def relaxed_groups(problem: Problem, an: AnalyticCapacity, rot_slots: Sequence[i
             svc = min(p.service_s for p in pts)
             # the active-adapter cap grows with the slots: the interval's largest is at hi
             kl = an.active_cap(t.index, rmax, hi)
-            for c1, c2, s, sl in _rot_rows(an, pts, lam, kl, svc, hi):
+            for load_row, act_row, svc_row, sl in _rot_rows(an, pts, lam, kl, svc, hi):
                 lo_l.append(lo)
                 hi_l.append(hi)
-                c1_r.append(c1)
-                c2_r.append(c2)
-                svc_r.append(s)
+                c1_r.append(load_row)
+                c2_r.append(act_row)
+                svc_r.append(svc_row)
                 sl_r.append(sl)
         if lo_l:
             out.append(

@@ -342,8 +342,11 @@ class AnalyticCapacity:
     def _not_busy(self, mix: Mix, pt: FluidPoint, slots: int) -> bool:
         """The envelope's busy-slot rule (:func:`~optplace.solver.envelope.busy_slots`), for a mix with
         fewer slots than adapters; True without an envelope or without the rule."""
-        per = self.envelope.busy_per_slot if self.envelope is not None else None
-        return per is None or busy_slots(mix.rate_array, pt) <= per * slots
+        env = self.envelope
+        if env is None or env.busy_per_slot is None:
+            return True
+        rates = mix.rate_array if env.busy_load_scale == 1.0 else mix.rate_array * env.busy_load_scale
+        return busy_slots(rates, pt) <= env.busy_per_slot * slots
 
     def candidate_slots(self, gtype: int, mix: Mix) -> list[int]:
         """Slot counts worth trying for ``mix``: the grid up to the memory cap, and ``n`` itself."""

@@ -96,6 +96,9 @@ class LoadEnvelope:
     #: with fewer slots than adapters, the most active adapters per slot at the mix's own load
     #: (:func:`busy_slots`); None: no such rule
     busy_per_slot: float | None = None
+    #: the rates × this when the busy-slot rule counts activity: the oracle's SLO load scale (the plan is
+    #: checked at the rates × (1 + the SLO's headroom))
+    busy_load_scale: float = 1.0
 
     def factor(self, gtype: int, rank_max: int, distinct: int) -> float:
         """The load multiplier with ``distinct`` adapters in the batch (counts beyond the table: its last)."""
@@ -248,7 +251,7 @@ def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0) -> L
     # no sample below one slot per adapter (a single adapter): κ = 1, the analytic default
     kappa = kappa * (1.0 + MARGIN) if kappa > 0 else 1.0
     caps = {k: _active_caps(c, a, len(factors[k]), kappa) for k, (c, a) in per_count.items()}
-    return LoadEnvelope(factors, kappa, guard, caps, BUSY_PER_SLOT)
+    return LoadEnvelope(factors, kappa, guard, caps, BUSY_PER_SLOT, float(oracle.slo_load_scale))
 
 
 def busy_slots(rates: np.ndarray, point: Any) -> float:

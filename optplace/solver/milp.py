@@ -239,13 +239,14 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
                 # conservative linear cuts load + s·A ≤ b (columns stay feasible).
                 kl = an.active_cap(t.index, rmax, L)  # κ·L, or an envelope's measured cap
                 busy = an.envelope is not None and an.envelope.busy_per_slot is not None
+                k = an.envelope.busy_load_scale if an.envelope is not None else 1.0
                 pt = an.point(t.index, rmax, L, L)
                 for a0 in (0.25 * kl, 0.5 * kl, 0.8 * kl):
                     q = 1.0 + ROTATION * a0 / L
                     s_ = lam * ROTATION / L / (q * q)
                     b = lam / q + s_ * a0
                     # under the busy-slot rule activity counts at the load: the family's largest
-                    pb = _activity(lam_c, pt, b) if busy else p
+                    pb = _activity(lam_c * k, pt, b * k) if busy else p
                     out.append(_PricingFamily(t.index, rmax, L, "rot", b, kl, lam_c + s_ * pb, pb, allowed))
                 if busy:
                     # Lighter loads keep activity lower, so more adapters share the slots: families capped
@@ -253,7 +254,7 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
                     # it above 1/(1 + ROTATION) ≈ 0.94 of the load limit).
                     for share in ROTATION_LOAD_SHARES:
                         b = share * lam
-                        pb = _activity(lam_c, pt, b)
+                        pb = _activity(lam_c * k, pt, b * k)
                         out.append(_PricingFamily(t.index, rmax, L, "rot", b, kl, lam_c, pb, allowed))
     return out
 
