@@ -602,7 +602,7 @@ def _rot_rows(
         x = share * lam
         # the shortest service at that load over the interval's slot counts (beyond a point's capacity
         # its service is unbounded: capped, so zero rates keep zero activity)
-        s = min(p.service_s * min(p.step_ms(x) / p.a0_ms, 1e9) for p in pts)
+        s = min(min(p.service_at(x), p.service_s * 1e9) for p in pts)
         rows.append((top, busy * hi, s, 0.0))
     return rows
 

@@ -257,12 +257,11 @@ def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0) -> L
 def busy_slots(rates: np.ndarray, point: Any) -> float:
     """Expected adapters with a request in the engine at the mix's own load: Σ 1 − exp(−λᵢ·T) with T one
     request's service time at the fluid point ``point`` (a :class:`~optplace.twin.fluid.FluidPoint`)
-    loaded with the mix's total rate (its step time there over the empty engine's); inf beyond the
-    point's capacity."""
-    h = point.step_ms(float(np.sum(rates)))
-    if not np.isfinite(h):
+    loaded with the mix's total rate (:meth:`~optplace.twin.fluid.FluidPoint.service_at`); inf beyond
+    the point's capacity."""
+    service = point.service_at(float(np.sum(rates)))
+    if not math.isfinite(service):
         return math.inf
-    service = point.service_s * h / point.a0_ms
     return float(np.sum(-np.expm1(-np.asarray(rates, dtype=float) * service)))
 
 

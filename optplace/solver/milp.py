@@ -225,6 +225,9 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
     """The column families of the analytic model's linear form (conservative: d = slots)."""
     lam_c = np.array([c.rate_rps for c in problem.classes])
     rank_c = np.array([c.rank for c in problem.classes])
+    # the busy-slot rule (an SLO oracle's envelope) and the load scale it counts activity at
+    busy = an.envelope is not None and an.envelope.busy_per_slot is not None
+    k = an.envelope.busy_load_scale if an.envelope is not None else 1.0
     out = []
     for t in problem.gpu_types:
         for rmax in problem.ranks:
@@ -238,8 +241,6 @@ def pricing_families(problem: Problem, an: AnalyticCapacity) -> list[_PricingFam
                 # Rotation loss load ≤ λ*/(1 + ROTATION·A/L) is convex in A: its tangents at A0 are
                 # conservative linear cuts load + s·A ≤ b (columns stay feasible).
                 kl = an.active_cap(t.index, rmax, L)  # κ·L, or an envelope's measured cap
-                busy = an.envelope is not None and an.envelope.busy_per_slot is not None
-                k = an.envelope.busy_load_scale if an.envelope is not None else 1.0
                 pt = an.point(t.index, rmax, L, L)
                 for a0 in (0.25 * kl, 0.5 * kl, 0.8 * kl):
                     q = 1.0 + ROTATION * a0 / L
@@ -263,8 +264,7 @@ def _activity(lam_c: np.ndarray, pt: Any, load_rps: float) -> np.ndarray:
     """Each class's chance of having a request in the engine, with one request's service time at the
     fluid point ``pt`` loaded with ``load_rps`` (just below its capacity when beyond it): the weight of
     the busy-slot rule (:func:`optplace.solver.envelope.busy_slots`) at a family's largest load."""
-    h = pt.step_ms(min(load_rps, 0.999e3 / pt.slope_ms))
-    return -np.expm1(-lam_c * pt.service_s * h / pt.a0_ms)
+    return -np.expm1(-lam_c * pt.service_at(min(load_rps, 0.999e3 / pt.slope_ms)))
 
 
 def _fill(

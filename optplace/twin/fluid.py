@@ -28,6 +28,13 @@ class FluidPoint:
         x = lam_rps * 1e-3 * self.slope_ms
         return self.a0_ms / (1.0 - x) if x < 1.0 else math.inf
 
+    def service_at(self, lam_rps: float) -> float:
+        """One request's time in the engine [s] with the engine loaded at ``lam_rps``: the low-load
+        service time stretched by the step time there over the empty engine's; inf beyond the point
+        where the step time diverges."""
+        h = self.step_ms(lam_rps)
+        return self.service_s * h / self.a0_ms if math.isfinite(h) else math.inf
+
 
 def fluid_constants(
     step: Any,
