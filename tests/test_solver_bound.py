@@ -11,6 +11,7 @@ import pytest
 from optplace.solver import AnalyticCapacity, Mix, compile_problem
 from optplace.solver import bound
 from optplace.solver.bound import (
+    round_up,
     LP_BIN_WIDTH,
     ROT_SLOTS,
     bin_widths,
@@ -180,6 +181,20 @@ def test_lp_bound_converges_to_the_lp_value_and_beats_the_old_lagrangian_bound()
     assert res.value >= volume_bound(pb, an) - 1e-9
 
 
+def test_an_integral_lp_bound_stops_once_its_rounding_is_settled():
+    # The 10,000-adapter bench family needed 20 rounds to converge and 10 to settle its GPU count.
+    pb, an = _zipf_problem(2000, 0.9, 0.5, ranks=(8, 16, 32))
+    full = lp_bound(pb, an)
+    settled = lp_bound(pb, an, integral=True)
+    assert full.converged and settled.converged
+    assert round_up(settled.value) == round_up(full.value)
+    assert settled.rounds < full.rounds
+    assert settled.value <= full.value + 1e-9
+    # stopped because the rounded bound met the restricted LP's, not because no family priced out
+    assert round_up(settled.value) >= round_up(settled.lp_value)
+    assert round_up(192.0000001) == 192.0 and round_up(192.01) == 193.0
+
+
 class _Expired:
     def expired(self) -> bool:
         return True
@@ -227,7 +242,7 @@ def test_the_lp_bound_runs_its_coarse_grids_first_and_keeps_the_best(monkeypatch
     short = cached_lp_bound(pb, an2, deadline=_TimeLeft(100.0), coarse_bins=40)
     assert not short.converged and short.value == pytest.approx(each[0])
     assert 0 < short.value <= full.value
-    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {(None, widths[0], False)}
+    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {((None, False), widths[0], False)}
 
 
 def test_a_bound_that_answers_the_question_stops_at_the_coarse_grid():
@@ -247,7 +262,7 @@ def test_a_bound_that_answers_the_question_stops_at_the_coarse_grid():
 
     early = cached_lp_bound(pb, an2, coarse_bins=40, enough=reaches)
     assert not early.converged and early.value == pytest.approx(coarse) and asked == [early.value]
-    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {(None, widths[0], False)}
+    assert {k[1] for k in an2.__dict__["_lp_cache"]} == {((None, False), widths[0], False)}
     never = cached_lp_bound(pb, AnalyticCapacity(pb), coarse_bins=40, enough=lambda x: x > full.value + 1)
     assert never.converged and never.value == pytest.approx(full.value)
 
@@ -296,12 +311,12 @@ def test_the_first_finer_grid_is_judged_at_the_narrow_rot_families_cost(monkeypa
     an = AnalyticCapacity(pb)
     ran = cached_lp_bound(pb, an, deadline=_TimeLeft(100.0), coarse_bins=40)
     assert ran.converged and ran.value > on_slot_grid
-    assert (None, widths[1], True) in {k[1] for k in an.__dict__["_lp_cache"]}
+    assert ((None, False), widths[1], True) in {k[1] for k in an.__dict__["_lp_cache"]}
     monkeypatch.setattr(bound, "ROT_SLOTS_COST", 1e9)
     an = AnalyticCapacity(pb)
     fallback = cached_lp_bound(pb, an, deadline=_TimeLeft(100.0), coarse_bins=40)
     assert fallback.converged and fallback.value == pytest.approx(on_slot_grid)
-    assert (None, widths[1], False) in {k[1] for k in an.__dict__["_lp_cache"]}
+    assert ((None, False), widths[1], False) in {k[1] for k in an.__dict__["_lp_cache"]}
 
 
 def test_the_final_bound_with_no_time_for_an_lp_keeps_the_lp_bound_an_earlier_phase_proved():

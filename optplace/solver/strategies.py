@@ -500,7 +500,8 @@ def _bound_value(
     if reach is not None and rounded(0.0) >= reach - 1e-9:
         return rounded(0.0)
     enough = None if reach is None else (lambda lp: rounded(lp) >= reach - 1e-9)
-    return rounded(cached_lp_bound(problem, bm, weights, deadline=deadline, enough=enough).value)
+    lp = cached_lp_bound(problem, bm, weights, deadline=deadline, enough=enough, integral=objective.integral)
+    return rounded(lp.value)
 
 
 # --- min_latency ------------------------------------------------------------------------------
