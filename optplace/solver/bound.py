@@ -28,8 +28,10 @@ the plan's own problem, and
 
 from __future__ import annotations
 
+import functools
+import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -324,6 +326,7 @@ def cached_lp_bound(
     coarse_bins: int | None = None,
     enough: Callable[[float], bool] | None = None,
     integral: bool = False,
+    hopeless: Callable[[float], bool] | None = None,
 ) -> "LpBound":
     """:func:`lp_bound` on :func:`bin_widths`' grids from coarse to fine, memoised on ``an`` per
     (problem, weights, width); a run cut short by its deadline is not memoised, so a later call with
@@ -337,7 +340,9 @@ def cached_lp_bound(
     grid's bound is enough, no finer grid is run and the result says it did not converge (a stopping
     rule's coarse answer: 2 s instead of 11 s at 10,000 adapters). ``integral``: the caller rounds the
     bound up (:func:`round_up`), so each grid's run stops once that rounding is settled (see
-    :func:`lp_bound`)."""
+    :func:`lp_bound`). ``hopeless``: a bound value from which no finer grid is expected to settle the
+    caller's question (see :data:`FINER_GRID_GAIN`); once a coarse grid's bound is hopeless, the finer
+    ones are not run and the result says it did not converge."""
     key = (None if weights is None else tuple(weights), integral)
     best: LpBound | None = None
     last: tuple[int, float] | None = None  # (bins, seconds on the solver's slot grid) of the previous grid's run
@@ -373,7 +378,7 @@ def cached_lp_bound(
         best = hit if best is None or hit.value >= best.value else replace(best, converged=hit.converged)
         if not hit.converged:
             break  # the deadline passed: a finer grid would not get further
-        if enough is not None and enough(best.value) and width != grids[-1][0]:
+        if width != grids[-1][0] and any(q is not None and q(best.value) for q in (enough, hopeless)):
             return replace(best, converged=False)
     assert best is not None  # bin_widths gives at least the finest grid
     return best
@@ -383,6 +388,11 @@ def cached_lp_bound(
 #: (ranks 8/16/32), 489 / 1,060 / 3,228 bins took 1.6 / 3.6 / 20 s (bounds 37.5 / 38.0 / 38.2 GPUs);
 #: the exponent predicts the next grid's time from the previous one's, rounded up from those.
 LP_BINS_EXPONENT = 1.6
+#: How much a finer rate grid raised the LP bound over the coarsest one, at most (measured 1-4 %: the
+#: 10,000-adapter r8-16-32 zipf-0.9 bench family 190.3 -> 192.1 GPUs, the 10,000-adapter lognormal fleet
+#: 47.1 -> 48.1 and, on the analytic model alone, 40.6 -> 42.1), with a margin: a stopping rule that asks
+#: whether the bound reaches a plan does not run the finer grids when the coarse bound is further below.
+FINER_GRID_GAIN = 0.10
 #: Bins of the coarsest grid: up to here one run takes ≤ ~3.5 s on 2 cores (the 1,000-adapter bench
 #: families need one grid), so even a short deadline gets a bound within ~1 GPU of the finest grid's.
 LP_COARSE_BINS = 1000
@@ -454,18 +464,20 @@ def geometric_slots(step: float, top: int = 512) -> tuple[int, ...]:
 #: one family per slot count 184.2 (20 s). The lognormal 10,000-adapter fleet: 39.9 -> 40.7 GPUs.
 ROT_SLOTS: tuple[int, ...] = geometric_slots(1.04)
 #: How much longer the LP bound takes on :data:`ROT_SLOTS` than on :data:`SLOT_GRID`, at most (measured
-#: 1.3x-2.4x on the 10,000-adapter bench and lognormal fleets). A finer rate grid whose LP on the narrow
+#: 1.65-1.7x on the 10,000-adapter lognormal fleet, with the busy-slot rule's load splits and the lazy
+#: pricing of :meth:`_Pricer.price`; 1.3-2.4x before them). A finer rate grid whose LP on the narrow
 #: families would not finish in the time left runs on the solver's slot grid instead: run regardless, at
 #: 10,000 adapters and a 20 s limit it left the final bound no time (the volume bound's 26 GPUs where
 #: the coarse grid's was 60).
-ROT_SLOTS_COST = 2.4
+ROT_SLOTS_COST = 1.8
 
 #: Under the busy-slot rule, where the LP bound splits the load range of a family with fewer slots than
-#: adapters (shares of its largest load; see :func:`_rot_rows`). Each split adds a row per family and
-#: LP rounds: the full LP bound of the 10,000-adapter r8-16 zipf-0.9 bench family was 182 GPUs in 3.8 s
-#: unsplit, 186 in 12 s with one split (0.8), 16 s with these two, 29 s with six (0.4 … 0.95); the
-#: 10,000-adapter lognormal fleet's 42 (17 s), 46 (33 s), 48 (43 s), 48 (52 s).
-BUSY_LOAD_SHARES = (0.6, 0.85)
+#: adapters (shares of its largest load; see :func:`_rot_rows`). Each split adds a row per family: the
+#: 10,000-adapter lognormal fleet's LP bound on a 1,060-bin grid was 46.9 GPUs with two splits (0.6,
+#: 0.85), 48.0 with seven, 48.8 with these eleven, 49.0 with 24 (0.4 … 0.975); its full bound went from 48
+#: to 50 (plan 52). Lazy pricing (:meth:`_Pricer.price`) keeps the extra rows cheap: the 10,000-adapter
+#: bench families' bounds take no longer than with two splits.
+BUSY_LOAD_SHARES = (0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98)
 
 #: Relative width of the rate bins of the LP bound (rates rounded *down*, so the bound stays valid).
 LP_BIN_WIDTH = 0.005
@@ -675,6 +687,36 @@ def _rot_ub_one(
     return float(val[k]), float(y1s[k])
 
 
+def _knap_ub(pi: np.ndarray, w: np.ndarray, cnt: np.ndarray, cap: float) -> float:
+    """max Σ π·a, Σ w·a ≤ cap, 0 ≤ a ≤ cnt (w ≥ 0): the fractional knapsack's optimum, an upper bound on
+    every family's knapsack that has this row among others (one sort instead of :func:`_rot_ub_one`'s
+    one per load multiplier)."""
+    gain = pi > 0
+    free = gain & (w <= 0)
+    total = float(np.sum(pi[free] * cnt[free]))
+    take = gain & ~free
+    if not take.any() or cap <= 0:
+        return total
+    ratio, wt, val = pi[take] / w[take], (w * cnt)[take], (pi * cnt)[take]
+    order = np.argsort(-ratio, kind="stable")
+    cw = np.cumsum(wt[order])
+    j = int(np.searchsorted(cw, cap))
+    if j >= cw.size:
+        return total + float(val.sum())
+    before = float(cw[j - 1]) if j > 0 else 0.0
+    return total + float(np.sum(val[order][:j])) + (cap - before) * float(ratio[order][j])
+
+
+def _cheap_rot_ub(pi: np.ndarray, w1: np.ndarray, p: np.ndarray, cnt: np.ndarray, c1: float, c2: float) -> float:
+    """An upper bound on max Σ π·a, Σ w1·a ≤ c1, Σ p·a ≤ c2, 0 ≤ a ≤ cnt from three fractional knapsacks
+    (:func:`_knap_ub`): each row alone and their normalised sum (a valid surrogate row, the one that
+    counts when both rows bind, as under the busy-slot rule near a family's largest load)."""
+    best = min(_knap_ub(pi, w1, cnt, c1), _knap_ub(pi, p, cnt, c2))
+    if c1 > 0 and c2 > 0:
+        best = min(best, _knap_ub(pi, w1 / c1 + p / c2, cnt, 2.0))
+    return best
+
+
 def _refine(fn: Any, a: float, b: float, f_best: float, y_best: float, iters: int = 30) -> tuple[float, float]:
     """Golden-section search of a convex function on [a, b]; every evaluation is a valid bound."""
     g = (math.sqrt(5.0) - 1.0) / 2.0
@@ -704,6 +746,7 @@ class _Pricer:
         self.bins, self.groups = bins, groups
         self.allowed = [bins.ranks <= g.rank_max for g in groups]
         self.p = [(-np.expm1(-bins.rates[None, :] * g.service_s[:, None]) if g.kind == "rot" else None) for g in groups]
+        self.last_y: dict[tuple[int, int], float] = {}  # (group, family) → its last searched load multiplier
 
     def price(
         self,
@@ -711,73 +754,165 @@ class _Pricer:
         hints: dict[tuple[int, int], float] | None = None,
         deadline: Any = None,
         refine_top: int = 3,
+        lazy: tuple[np.ndarray, int, Collection[tuple[int, int]]] | None = None,
     ) -> list[np.ndarray] | None:
         """Per group, an upper bound per family (−inf for families no adapter set fits). ``hints``:
         load multipliers worth trying for some families (the compact LP's own, for its members).
-        None when ``deadline`` passes before every group is priced (no valid bound from a part)."""
-        out = []
+        None when ``deadline`` passes before every group is priced (no valid bound from a part).
+
+        ``lazy`` = (each GPU type's weight, k, the LP's members): the caller wants only the Farley
+        ratio (the largest bound per weight) and the k best non-members that price out (bound above
+        their weight). A family with fewer slots than adapters then first gets a cheap bound, the better
+        of its load row's and its activity row's fractional knapsacks (:func:`_knap_ub`, one sort);
+        families are then searched exactly (:func:`_rot_ub_one`, ~40 sorts each) in decreasing order of
+        that bound per weight, until it can neither price out, nor reach the k best non-members found,
+        nor exceed the largest ratio found. The rest keep their cheap bounds, so every value stays a
+        valid bound and the caller's answer is the full search's: under the busy-slot rule's load splits
+        most families stop there (at 10,000 adapters ~4/5 of the pricing time)."""
         b = self.bins
         hints = hints or {}
+        out: list[np.ndarray] = []
+        todo: list[tuple[int, int]] = []  # (group, family) of rot families still on their cheap bound
+        exact: list[np.ndarray] = []  # per group: which families have their exact (searched) bound
+        ys: list[np.ndarray] = []  # per group: the load multiplier of each exact bound
         for gi, g in enumerate(self.groups):
             if deadline is not None and deadline.expired():
                 return None
             ok = self.allowed[gi]
             pi_g, lam, cnt = pi[ok], b.rates[ok], b.counts[ok]
-            mine = {f: y for (hg, f), y in hints.items() if hg == gi}
             if g.kind == "count":
-                y1s = np.unique(np.concatenate([_y1_grid(pi_g, lam), list(mine.values())]))
-                ub, arg = _count_ub(pi_g, lam, cnt, g.c1, g.size.astype(float), y1s)
-                # Refine the largest few exactly around their grid optimum (convex in y1).
-                for f in np.argsort(-ub)[:refine_top]:
-                    if not math.isfinite(ub[f]):
-                        continue
-                    k = int(np.searchsorted(y1s, arg[f]))
-                    lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
-                    c1f, nf = g.c1[f : f + 1], g.size[f : f + 1].astype(float)
-
-                    def fn(
-                        y: float,
-                        c1f: np.ndarray = c1f,
-                        nf: np.ndarray = nf,
-                        pi_g: np.ndarray = pi_g,
-                        lam: np.ndarray = lam,
-                        cnt: np.ndarray = cnt,
-                    ) -> float:
-                        return float(_count_ub(pi_g, lam, cnt, c1f, nf, np.array([y]))[0][0])
-
-                    ub[f], _ = _refine(fn, float(lo), float(hi), float(ub[f]), float(arg[f]))
-                out.append(ub)
-            else:
-                ub = np.empty(g.size.size)
-                ys = np.empty(g.size.size)
-                grids = []
-                pmat = cast(np.ndarray, self.p[gi])[:, ok]  # set for every "rot" group
-                for f in range(g.size.size):
-                    w1 = lam + g.slope[f] * pmat[f]
-                    y1s = _y1_grid(pi_g, w1, 40)
-                    if f in mine:
-                        y1s = np.unique(np.concatenate([y1s, [mine[f]]]))
-                    ub[f], ys[f] = _rot_ub_one(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]), y1s)
-                    grids.append(y1s)
-                for f in np.argsort(-ub)[:refine_top]:
-                    y1s, w1 = grids[f], lam + g.slope[f] * pmat[f]
-                    k = int(np.searchsorted(y1s, ys[f]))
-                    lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
-
-                    def fr(
-                        yy: float,
-                        w1: np.ndarray = w1,
-                        f: int = int(f),
-                        pi_g: np.ndarray = pi_g,
-                        pmat: np.ndarray = pmat,
-                        cnt: np.ndarray = cnt,
-                        g: Group = g,
-                    ) -> float:
-                        return _rot_ub_one(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]), np.array([yy]))[0]
-
-                    ub[f], _ = _refine(fr, float(lo), float(hi), float(ub[f]), float(ys[f]), iters=20)
-                out.append(ub)
+                out.append(self._count(g, gi, pi_g, lam, cnt, hints, refine_top))
+                exact.append(np.ones(g.size.size, bool))
+                ys.append(np.zeros(g.size.size))
+                continue
+            pmat = cast(np.ndarray, self.p[gi])[:, ok]  # set for every "rot" group
+            ub = np.empty(g.size.size)
+            done = np.zeros(g.size.size, bool)
+            for f in range(g.size.size):
+                w1 = lam + g.slope[f] * pmat[f]
+                if lazy is None:
+                    done[f] = True
+                else:
+                    y_last = self.last_y.get((gi, f))
+                    if y_last is None:
+                        ub[f] = _cheap_rot_ub(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]))
+                    else:  # the duals move little between rounds: the family's last multiplier is near-best
+                        ub[f] = _rot_at(pi_g, w1, pmat[f], cnt, float(g.c1[f]), float(g.c2[f]), y_last)
+                    todo.append((gi, f))
+            out.append(ub)
+            exact.append(done)
+            ys.append(np.zeros(g.size.size))
+            for j in np.nonzero(done)[0]:
+                ub[j], ys[gi][j] = self._rot(gi, int(j), pi, hints)
+        refined: set[tuple[int, int]] = set()
+        if lazy is not None:
+            weights, k, members = lazy
+            ratio_of = {(gi, f): out[gi][f] / weights[g.gtype] for gi, f in todo for g in (self.groups[gi],)}
+            top = max(
+                (float(np.max(u[e])) / weights[g.gtype] for g, u, e in zip(self.groups, out, exact) if e.any()),
+                default=-math.inf,
+            )
+            best_k: list[float] = []  # the k largest exact ratios of non-members that price out (a min-heap)
+            for gi, (g, u, e) in enumerate(zip(self.groups, out, exact)):
+                for j in np.nonzero(e)[0]:
+                    _push_k(best_k, k, float(u[j]) / weights[g.gtype], (gi, int(j)) in members)
+            for n_done, key in enumerate(sorted(todo, key=lambda x: -ratio_of[x])):
+                r = ratio_of[key]
+                settled = r <= 1.0 + 1e-6 or (len(best_k) >= k and r <= best_k[0])
+                if settled and r <= top:
+                    break  # sorted: every later family is as settled
+                if deadline is not None and n_done % 64 == 63 and deadline.expired():
+                    return None
+                gi, f = key
+                g = self.groups[gi]
+                out[gi][f], ys[gi][f] = self._rot(gi, f, pi, hints)
+                self.last_y[key] = float(ys[gi][f])
+                exact[gi][f] = True
+                rr = float(out[gi][f]) / weights[g.gtype]
+                if rr > top:
+                    # the grid's bound can be ~10 % above the family's optimum: refined, the largest
+                    # ratio (the Farley value's, and where the search stops) is tight
+                    out[gi][f] = self._refine_one(gi, f, pi, float(out[gi][f]), float(ys[gi][f]))
+                    refined.add(key)
+                    rr = float(out[gi][f]) / weights[g.gtype]
+                top = max(top, rr)
+                _push_k(best_k, k, rr, key in members)
+        for gi, g in enumerate(self.groups):
+            if g.kind != "count":
+                idx = np.nonzero(exact[gi])[0]
+                for f in idx[np.argsort(-out[gi][idx])][:refine_top]:
+                    if (gi, int(f)) not in refined:
+                        out[gi][f] = self._refine_one(gi, int(f), pi, float(out[gi][f]), float(ys[gi][f]))
         return out
+
+    def _count(
+        self,
+        g: Group,
+        gi: int,
+        pi_g: np.ndarray,
+        lam: np.ndarray,
+        cnt: np.ndarray,
+        hints: dict[tuple[int, int], float],
+        refine_top: int,
+    ) -> np.ndarray:
+        """Bounds of a "count" group's families (all at once, the largest few refined)."""
+        mine = [y for (hg, _), y in hints.items() if hg == gi]
+        y1s = np.unique(np.concatenate([_y1_grid(pi_g, lam), mine]))
+        ub, arg = _count_ub(pi_g, lam, cnt, g.c1, g.size.astype(float), y1s)
+        # Refine the largest few exactly around their grid optimum (convex in y1).
+        for f in np.argsort(-ub)[:refine_top]:
+            if not math.isfinite(ub[f]):
+                continue
+            k = int(np.searchsorted(y1s, arg[f]))
+            lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
+            c1f, nf = g.c1[f : f + 1], g.size[f : f + 1].astype(float)
+
+            def fn(y: float, c1f: np.ndarray = c1f, nf: np.ndarray = nf) -> float:
+                return float(_count_ub(pi_g, lam, cnt, c1f, nf, np.array([y]))[0][0])
+
+            ub[f], _ = _refine(fn, float(lo), float(hi), float(ub[f]), float(arg[f]))
+        return ub
+
+    def _rot_args(self, gi: int, f: int, pi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(π, load weights, activity weights, counts) of rot family ``f`` of group ``gi`` over its bins."""
+        ok = self.allowed[gi]
+        p = cast(np.ndarray, self.p[gi])[f, ok]
+        return pi[ok], self.bins.rates[ok] + self.groups[gi].slope[f] * p, p, self.bins.counts[ok]
+
+    def _rot(self, gi: int, f: int, pi: np.ndarray, hints: dict[tuple[int, int], float]) -> tuple[float, float]:
+        """(bound, its load multiplier) of rot family ``f`` of group ``gi``: the two-row dual search."""
+        g = self.groups[gi]
+        pi_g, w1, p, cnt = self._rot_args(gi, f, pi)
+        y1s = _y1_grid(pi_g, w1, 40)
+        if (gi, f) in hints:
+            y1s = np.unique(np.concatenate([y1s, [hints[(gi, f)]]]))
+        return _rot_ub_one(pi_g, w1, p, cnt, float(g.c1[f]), float(g.c2[f]), y1s)
+
+    def _refine_one(self, gi: int, f: int, pi: np.ndarray, ub: float, y1: float) -> float:
+        """Rot family ``f`` of group ``gi``'s bound ``ub`` (at load multiplier ``y1`` on its grid) refined by
+        a golden-section search between the grid's neighbours of ``y1`` (the bound is convex in it)."""
+        g = self.groups[gi]
+        pi_g, w1, p, cnt = self._rot_args(gi, f, pi)
+        y1s = _y1_grid(pi_g, w1, 40)
+        k = int(np.searchsorted(y1s, y1))
+        lo, hi = y1s[max(k - 1, 0)], y1s[min(k + 1, len(y1s) - 1)]
+        fr = functools.partial(_rot_at, pi_g, w1, p, cnt, float(g.c1[f]), float(g.c2[f]))
+        return _refine(fr, float(lo), float(hi), ub, y1, iters=20)[0]
+
+
+def _rot_at(pi: np.ndarray, w1: np.ndarray, p: np.ndarray, cnt: np.ndarray, c1: float, c2: float, y1: float) -> float:
+    """:func:`_rot_ub_one` at one load multiplier."""
+    return _rot_ub_one(pi, w1, p, cnt, c1, c2, np.array([y1]))[0]
+
+
+def _push_k(heap: list[float], k: int, ratio: float, member: bool) -> None:
+    """Keep in the min-heap ``heap`` the ``k`` largest ratios of non-members that price out."""
+    if member or ratio <= 1.0 + 1e-6:
+        return
+    if len(heap) < k:
+        heapq.heappush(heap, ratio)
+    elif ratio > heap[0]:
+        heapq.heapreplace(heap, ratio)
 
 
 class _CompactLp:
@@ -952,7 +1087,7 @@ def lp_bound(
             break
         rounds += 1
         lp_val, pi, y1 = lp.solve(_remaining(deadline))
-        ubs = pricer.price(pi, y1, deadline)
+        ubs = pricer.price(pi, y1, deadline, lazy=(w, per_round, lp.members.keys()))
         if ubs is None:
             break  # the deadline passed while pricing: the last complete round's bound stands
         ratio = np.zeros(len(problem.gpu_types))

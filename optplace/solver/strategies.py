@@ -55,7 +55,7 @@ from optplace.infra.executors import Ahead
 from optplace.infra.registry import STRATEGIES
 from optplace.solver.balance import rebalance
 from optplace.solver.baselines import BASELINES, run_baseline, type_at
-from optplace.solver.bound import cached_lp_bound, lower_bound, lp_bound_seconds, volume_bound
+from optplace.solver.bound import FINER_GRID_GAIN, cached_lp_bound, lower_bound, lp_bound_seconds, volume_bound
 from optplace.solver.capacity import AnalyticCapacity, CapacityOracle, Mix, TimedOracle, bound_model, make_oracle
 from optplace.solver.greedy import greedy_fast, greedy_improved, greedy_paper
 from optplace.solver.milp import private_output_lock, solve_milp
@@ -491,7 +491,8 @@ def _bound_value(
     """The better of the volume and LP bounds on ``bm``, rounded as ``objective`` counts. With ``reach``
     (a plan's value: the question is only whether the bound reaches it), the LP stops at the first rate
     grid whose bound does, and is not run when the volume bound already does; the value returned is
-    then a valid bound at least ``reach``, not necessarily the best one."""
+    then a valid bound at least ``reach``, not necessarily the best one. Nor are finer grids run once a
+    coarse one's bound is too far below ``reach`` for them to close (:data:`~.bound.FINER_GRID_GAIN`)."""
     vol = volume_bound(problem, bm, weights)
 
     def rounded(lp: float) -> float:
@@ -499,8 +500,23 @@ def _bound_value(
 
     if reach is not None and rounded(0.0) >= reach - 1e-9:
         return rounded(0.0)
-    enough = None if reach is None else (lambda lp: rounded(lp) >= reach - 1e-9)
-    lp = cached_lp_bound(problem, bm, weights, deadline=deadline, enough=enough, integral=objective.integral)
+
+    def enough(lp: float) -> bool:
+        return reach is not None and rounded(lp) >= reach - 1e-9
+
+    def hopeless(lp: float) -> bool:
+        return reach is not None and rounded(lp * (1.0 + FINER_GRID_GAIN)) < reach - 1e-9
+
+    asked = reach is not None
+    lp = cached_lp_bound(
+        problem,
+        bm,
+        weights,
+        deadline=deadline,
+        enough=enough if asked else None,
+        integral=objective.integral,
+        hopeless=hopeless if asked else None,
+    )
     return rounded(lp.value)
 
 
