@@ -99,11 +99,12 @@ solve picks as ``optplace solve --no-validate`` plans it under the default SLO (
 oracle), and for each GPU of that plan the largest multiple of its load the oracle and the bound's
 envelope accept (:mod:`optplace.solver.gap`): how full the plan's GPUs are under their oracle, and
 how many GPUs' worth of load the envelope accepts beyond it on those very mixes. Measured at 1,000
-adapters (``--sizes 1000 --strategies milp --gap``): plans of 20–22 GPUs against bounds of 19–21 (gaps
-0–5 %, 9.5 % on r8-16-32 zipf-0.9), GPUs 93–95 % full, the envelope's excess 0.3–0.5 GPU — the
-remaining gaps are not the envelope's. On the 10,000-adapter lognormal fleet (not a family; 60 s
-limit, a run whose plan the clock left at 51 GPUs): bound 40, GPUs 91 % full, the envelope's excess
-2.8 GPUs (8.4 with one active-adapters-per-slot limit for every slot count, when the bound was 38).
+adapters, before the busy-slot rule (``--sizes 1000 --strategies milp --gap``): plans of 20–22 GPUs
+against bounds of 19–21, GPUs 93–95 % full, the envelope's excess 0.3–0.5 GPU — the remaining gaps
+are not the envelope's. On the 10,000-adapter lognormal fleet (not a family; 60 s limit) with the
+busy-slot rule, a run with two load splits in the bound: 52 GPUs, bound 47, GPUs 99 % full, the
+envelope's excess 0.1 GPU — the gap was the bound's relaxation of the rule: with eleven splits the
+bound is 50 (:data:`optplace.solver.bound.BUSY_LOAD_SHARES`).
 
 *Reproducibility.* When the sizes include 10,000 (``--full`` does), the summary adds one line: the
 10,000-adapter :func:`lognormal_fleet` (heavy-tailed rates, ranks 8/16/32: not a bench family; time
