@@ -309,6 +309,13 @@ def test_a_bound_that_answers_the_question_stops_at_the_coarse_grid():
     assert {k[1] for k in an2.__dict__["_lp_cache"]} == {((None, False), widths[0], False)}
     never = cached_lp_bound(pb, AnalyticCapacity(pb), coarse_bins=40, enough=lambda x: x > full.value + 1)
     assert never.converged and never.value == pytest.approx(full.value)
+    # A question the coarse bound is too far from for a finer grid to settle: the finer grids are not run.
+    an3 = AnalyticCapacity(pb)
+    far = cached_lp_bound(pb, an3, coarse_bins=40, hopeless=lambda x: x * (1 + bound.FINER_GRID_GAIN) < full.value * 2)
+    assert not far.converged and far.value == pytest.approx(coarse)
+    assert {k[1] for k in an3.__dict__["_lp_cache"]} == {((None, False), widths[0], False)}
+    near = cached_lp_bound(pb, AnalyticCapacity(pb), coarse_bins=40, hopeless=lambda x: x < coarse * 0.5)
+    assert near.converged and near.value == pytest.approx(full.value)
 
 
 def test_a_deadline_stops_the_bound_with_a_valid_value():
