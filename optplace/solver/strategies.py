@@ -501,21 +501,19 @@ def _bound_value(
     if reach is not None and rounded(0.0) >= reach - 1e-9:
         return rounded(0.0)
 
-    def enough(lp: float) -> bool:
-        return reach is not None and rounded(lp) >= reach - 1e-9
+    enough: Callable[[float], bool] | None = None
+    hopeless: Callable[[float], bool] | None = None
+    if reach is not None:
+        target = reach
 
-    def hopeless(lp: float) -> bool:
-        return reach is not None and rounded(lp * (1.0 + FINER_GRID_GAIN)) < reach - 1e-9
+        def enough(lp: float) -> bool:
+            return rounded(lp) >= target - 1e-9
 
-    asked = reach is not None
+        def hopeless(lp: float) -> bool:
+            return rounded(lp * (1.0 + FINER_GRID_GAIN)) < target - 1e-9
+
     lp = cached_lp_bound(
-        problem,
-        bm,
-        weights,
-        deadline=deadline,
-        enough=enough if asked else None,
-        integral=objective.integral,
-        hopeless=hopeless if asked else None,
+        problem, bm, weights, deadline=deadline, enough=enough, integral=objective.integral, hopeless=hopeless
     )
     return rounded(lp.value)
 
