@@ -711,11 +711,14 @@ def capacity(
 
     def twin(n: int) -> Any:
         """The twin's verdict at ``n`` adapters: the oracle's slot count first, then the study's slot grid
-        (starvation is very slot-dependent at hundreds of adapters); the first that passes wins."""
+        (starvation is very slot-dependent at hundreds of adapters) and a slot per adapter (no sticky-slot
+        queue), so the answer does not depend on which oracle proposed the count; the first that passes
+        wins."""
         mix = Mix.of(seq[:n])
         cap = oracle.slot_cap(t.index, mix.rank_max)
         first_slots = oracle.best_slots(t.index, mix).max_loras
-        cands = [first_slots] + [L for L in (8, 16, 32, 64, 128, 256) if L <= min(n, cap) and L != first_slots]
+        grid = [L for L in (8, 16, 32, 64, 128, 256) if L <= min(n, cap)] + [min(n, cap)]
+        cands = list(dict.fromkeys([first_slots, *grid]))
         rep = None
         for slots in cands:
             rep = run(n, slots)

@@ -150,9 +150,9 @@ def test_surrogate_oracle_requires_the_slo_verdict_when_asked() -> None:
     from optplace.solver import compile_problem
     from optplace.solver.capacity import Mix, SurrogateCapacity, make_oracle
 
-    sc = load_scenario_text(SCENARIO + "  - {group: g, count: 120, rank: 16, rate_rps: 0.02}\n")
-    prob = compile_problem(sc)
-    plain = make_oracle(prob, "surrogate")
+    text = SCENARIO + "  - {group: g, count: 120, rank: 16, rate_rps: 0.02}\n"
+    prob = compile_problem(load_scenario_text(text))
+    plain = make_oracle(compile_problem(load_scenario_text(text + "slo: none\n")), "surrogate")
     slo = make_oracle(prob, "surrogate", slo=True)
     assert isinstance(slo, SurrogateCapacity) and slo.slo_models is not None
     mix = Mix.of(prob.adapters)
@@ -187,10 +187,12 @@ def test_auto_oracle_plans_on_the_slo_verdict_where_it_applies() -> None:
     mix = Mix.of(auto.problem.adapters)
     e = auto.evaluate(0, mix, 4)
     assert not e.feasible and e.reason == "slo"
-    # another SLO, or none: the throughput surrogates alone (the SLO models learned the default one only)
-    for extra in ("slo: {ttft_p99_ms: 500}\n", "slo: none\n"):
+    # another SLO, or none: the throughput surrogates (the SLO models learned the default one only); under
+    # another SLO bounding each adapter's TTFT, with the busy-slot rule (test_another_slo_keeps_the_busy_slot_rule)
+    for extra, sticky_ok in (("slo: {ttft_p99_ms: 500}\n", False), ("slo: none\n", True)):
         other = make_oracle(compile_problem(load_scenario_text(base + extra)), "auto")
-        assert other.name == "surrogate" and other.slo_models is None and other.evaluate(0, mix, 4).feasible
+        assert other.name == "surrogate" and other.slo_models is None
+        assert other.evaluate(0, mix, 4).feasible == sticky_ok and other.evaluate(0, mix, 120).feasible
     # a larger margin judges the SLO at the larger load: somewhere between the two the verdict flips
     wide = make_oracle(compile_problem(load_scenario_text(base + "slo: {headroom: 1.0}\n")), "auto")
     assert wide.name == "surrogate+slo" and wide.slo_load_scale == pytest.approx(2.0)
@@ -199,3 +201,34 @@ def test_auto_oracle_plans_on_the_slo_verdict_where_it_applies() -> None:
     wide_ok = [wide.evaluate(0, m, 120).feasible for m in grid]
     assert all(n or not w for n, w in zip(narrow_ok, wide_ok))  # the wider margin only removes GPUs
     assert sum(wide_ok) < sum(narrow_ok)
+
+
+def test_another_slo_keeps_the_busy_slot_rule() -> None:
+    """Under an SLO the SLO models did not learn, the throughput oracle still refuses the mixes whose busy
+    adapters outnumber the slots (a sticky-slot queue breaks any per-adapter TTFT bound), and its bound
+    model carries the rule; without a per-adapter TTFT bound it does not."""
+    from optplace.solver import compile_problem
+    from optplace.solver.capacity import Mix, bound_model, make_oracle
+    from optplace.solver.envelope import BUSY_PER_SLOT, busy_slots
+
+    base = SCENARIO + "  - {group: g, count: 120, rank: 16, rate_rps: 0.02}\n"
+    verdicts = {}
+    for extra in (
+        "slo: {ttft_p99_ms: 3000}\n",
+        "slo: {ttft_p50_ms: 800, ttft_p99_ms: null}\n",
+        "slo: {ttft_p99_ms: 3000, scope: gpu}\n",
+        "slo: {ttft_p99_ms: null, tpot_p99_ms: 150}\n",
+        "slo: none\n",
+    ):
+        oracle = make_oracle(compile_problem(load_scenario_text(base + extra)), "surrogate")
+        mix = Mix.of(oracle.problem.adapters)
+        four = oracle.evaluate(0, mix, 4)
+        verdicts[extra] = four.feasible
+        assert oracle.evaluate(0, mix, 120).feasible  # a slot each: no sticky-slot queue
+        _, name = bound_model(oracle)
+        assert ("busy <=" in name) == (not four.feasible)
+        if not four.feasible:
+            assert four.reason == "slots"
+            pt = oracle.analytic.point(0, 16, 4, 4)
+            assert busy_slots(mix.rate_array * oracle.slo_load_scale, pt) > BUSY_PER_SLOT * 4
+    assert list(verdicts.values()) == [False, False, True, True, True]

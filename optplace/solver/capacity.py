@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from optplace.solver.envelope import LoadEnvelope, busy_slots, slo_envelope
+from optplace.solver.envelope import BUSY_PER_SLOT, LoadEnvelope, bounds_adapter_ttft, busy_slots, slo_envelope
 from optplace.solver.problem import AdapterClass, AdapterItem, Deadline, Problem
 from optplace.twin.fluid import FluidPoint, fluid_constants
 
@@ -542,6 +542,15 @@ class SurrogateCapacity:
                 env = replace(env, kappa=min(env.kappa, self.analytic.kappa))
             self.envelope = env
             self.guard = self.analytic.enveloped(env)
+        elif problem.n_adapters > 0 and bounds_adapter_ttft(problem.scenario):
+            # Another SLO than the one the SLO models learned: the throughput models know nothing of
+            # latency, but the sticky-slot queue breaks an adapter's TTFT bound whatever its value, so
+            # the guard keeps the busy-slot rule (its threshold holds from 0.5 s to 30 s, envelope.py)
+            # and the bound is proven with it.
+            kappa = self.analytic.kappa if strict else float(problem.n_adapters + 1)
+            env = LoadEnvelope({}, kappa, GUARD, {}, BUSY_PER_SLOT, self.slo_load_scale)
+            self.envelope = env
+            self.guard = self.analytic.enveloped(env)
 
     @classmethod
     def shipped(cls, problem: Problem, slo: bool | None = False) -> "SurrogateCapacity":
@@ -596,7 +605,7 @@ class SurrogateCapacity:
         elif not g.feasible:
             # load / slots beyond the relaxed analytic model (GUARD), or beyond the SLO models' envelope:
             # beyond what they accept on any sampled mix (the envelope includes the throughput rule)
-            reason = "slo" if self.envelope is not None else g.reason
+            reason = "slo" if self.slo_models is not None else g.reason
         elif (
             prob.constraints.max_adapter_loss is not None
             and mix.n > max_loras
