@@ -481,7 +481,10 @@ def capacity(
 @app.command()
 def bench(
     name: Annotated[
-        str, typer.Argument(help="fidelity | twin-speed | surrogate | solver | capacity | limits | busy-slots")
+        str,
+        typer.Argument(
+            help="fidelity | twin-speed | surrogate | solver | capacity | limits | busy-slots | latency-rule"
+        ),
     ],
     json_out: JsonOpt = False,
     full: Annotated[
@@ -568,6 +571,7 @@ def bench(
         "capacity": "capacity",
         "limits": "limits",
         "busy-slots": "busy_slots",
+        "latency-rule": "latency_rule",
     }
     if name not in modules:
         raise _fail_input([f"bench: unknown benchmark {name!r} (valid: {', '.join(modules)})"])

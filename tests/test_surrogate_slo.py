@@ -228,7 +228,46 @@ def test_another_slo_keeps_the_busy_slot_rule() -> None:
         _, name = bound_model(oracle)
         assert ("busy <=" in name) == (not four.feasible)
         if not four.feasible:
-            assert four.reason == "slots"
+            assert four.reason == "slo"
             pt = oracle.analytic.point(0, 16, 4, 4)
             assert busy_slots(mix.rate_array * oracle.slo_load_scale, pt) > BUSY_PER_SLOT * 4
     assert list(verdicts.values()) == [False, False, True, True, True]
+
+
+def test_another_slo_with_a_tpot_or_itl_bound_caps_the_predicted_itl() -> None:
+    """A TPOT / ITL bound of another SLO becomes a cap on the throughput surrogate's mean ITL at the checked
+    load (the strictest bound over its multiple); the oracle refuses a GPU beyond it (reason ``slo``) that it
+    accepts without the bound, and its envelope, the bound's model, sits below the throughput guard."""
+    from optplace.solver import compile_problem
+    from optplace.solver.capacity import GUARD, Mix, make_oracle
+    from optplace.solver.envelope import ITL_MULTIPLE, itl_cap_ms
+
+    base = SCENARIO + "  - {group: g, count: 16, rank: 16, rate_rps: 0.6}\n"
+    assert itl_cap_ms(load_scenario_text(base + "slo: none\n")) == math.inf
+    # another TTFT bound keeps the default TPOT bound, now capped too
+    assert itl_cap_ms(load_scenario_text(base + "slo: {ttft_p99_ms: 3000}\n")) == pytest.approx(
+        200 / ITL_MULTIPLE["tpot_p99_ms"]
+    )
+    both = load_scenario_text(base + "slo: {tpot_p99_ms: 120, itl_mean_ms: 60}\n")
+    assert itl_cap_ms(both) == pytest.approx(min(120 / ITL_MULTIPLE["tpot_p99_ms"], 60 / ITL_MULTIPLE["itl_mean_ms"]))
+    own = SCENARIO + "  - {group: g, count: 16, rank: 16, rate_rps: 0.6, slo: {tpot_p99_ms: 50}}\n"
+    assert itl_cap_ms(load_scenario_text(own)) == pytest.approx(50 / ITL_MULTIPLE["tpot_p99_ms"])
+
+    free = make_oracle(compile_problem(load_scenario_text(base + "slo: none\n")), "surrogate")
+    mix = Mix.of(free.problem.adapters)
+    assert free.evaluate(0, mix, 16).feasible
+    itl = free.evaluate(0, Mix(mix.ranks, tuple(r * 1.05 for r in mix.rates)), 16).itl_ms  # at the checked load
+    for bound, ok in (
+        (1.1 * itl * ITL_MULTIPLE["tpot_p99_ms"], True),
+        (0.9 * itl * ITL_MULTIPLE["tpot_p99_ms"], False),
+    ):
+        capped = make_oracle(
+            compile_problem(load_scenario_text(base + f"slo: {{tpot_p99_ms: {bound:.3f}}}\n")), "surrogate"
+        )
+        assert capped.itl_cap_ms == pytest.approx(bound / ITL_MULTIPLE["tpot_p99_ms"], rel=1e-3)
+        e = capped.evaluate(0, mix, 16)
+        assert e.feasible == ok and (ok or e.reason == "slo")
+        assert capped.envelope is not None and capped.envelope.max_factor() <= GUARD
+    # a tight bound leaves the envelope well inside the throughput guard at every count
+    tight = make_oracle(compile_problem(load_scenario_text(base + "slo: {tpot_p99_ms: 40}\n")), "surrogate")
+    assert tight.envelope is not None and tight.envelope.max_factor() < 0.9 * GUARD

@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from optplace.solver.envelope import BUSY_PER_SLOT, LoadEnvelope, bounds_adapter_ttft, busy_slots, slo_envelope
+from optplace.solver.envelope import (
+    LoadEnvelope,
+    bounds_adapter_ttft,
+    busy_slots,
+    itl_cap_ms,
+    slo_envelope,
+)
 from optplace.solver.problem import AdapterClass, AdapterItem, Deadline, Problem
 from optplace.twin.fluid import FluidPoint, fluid_constants
 
@@ -534,21 +540,22 @@ class SurrogateCapacity:
         strict = problem.constraints.max_adapter_loss is not None
         self.guard = self.analytic.relaxed(GUARD, self.analytic.kappa if strict else None)
         self.envelope: LoadEnvelope | None = None
-        if self.slo_models is not None and problem.n_adapters > 0:
-            # Under the SLO the guard is the SLO models' own envelope (optplace.solver.envelope), far
+        # Under another SLO than the one the SLO models learned, a TPOT or ITL bound caps the mean ITL the
+        # throughput models predict at the checked load (envelope.ITL_MULTIPLE); the SLO models judge those
+        # bounds themselves.
+        self.itl_cap_ms = itl_cap_ms(problem.scenario) if self.slo_models is None else math.inf
+        # The busy-slot rule: the SLO models' own, and under another SLO bounding each adapter's TTFT the
+        # throughput models' too (the sticky-slot queue breaks such a bound whatever its value,
+        # envelope.bounds_adapter_ttft).
+        busy = self.slo_models is not None or bounds_adapter_ttft(problem.scenario)
+        if problem.n_adapters > 0 and (busy or math.isfinite(self.itl_cap_ms)):
+            # Under an SLO the guard is the learned models' own envelope (optplace.solver.envelope), far
             # inside the throughput guard: the bound on it is then a bound under the SLO.
             env = slo_envelope(self, GUARD, ROTATION, seed=problem.seed)
+            if not busy:
+                env = replace(env, busy_per_slot=None)
             if strict:
                 env = replace(env, kappa=min(env.kappa, self.analytic.kappa))
-            self.envelope = env
-            self.guard = self.analytic.enveloped(env)
-        elif problem.n_adapters > 0 and bounds_adapter_ttft(problem.scenario):
-            # Another SLO than the one the SLO models learned: the throughput models know nothing of
-            # latency, but the sticky-slot queue breaks an adapter's TTFT bound whatever its value, so
-            # the guard keeps the busy-slot rule (its threshold holds from 0.5 s to 30 s, envelope.py)
-            # and the bound is proven with it.
-            kappa = self.analytic.kappa if strict else float(problem.n_adapters + 1)
-            env = LoadEnvelope({}, kappa, GUARD, {}, BUSY_PER_SLOT, self.slo_load_scale)
             self.envelope = env
             self.guard = self.analytic.enveloped(env)
 
@@ -603,9 +610,10 @@ class SurrogateCapacity:
         if p.starved or loss >= prob.constraints.max_throughput_loss:
             reason = "starved"
         elif not g.feasible:
-            # load / slots beyond the relaxed analytic model (GUARD), or beyond the SLO models' envelope:
-            # beyond what they accept on any sampled mix (the envelope includes the throughput rule)
-            reason = "slo" if self.slo_models is not None else g.reason
+            # load / slots beyond the relaxed analytic model (GUARD), or beyond the envelope of the learned
+            # verdicts under an SLO: beyond what they accept on any sampled mix (the envelope includes the
+            # throughput rule, the busy-slot rule and the ITL cap where they apply)
+            reason = "slo" if self.envelope is not None else g.reason
         elif (
             prob.constraints.max_adapter_loss is not None
             and mix.n > max_loras
@@ -613,6 +621,8 @@ class SurrogateCapacity:
         ):
             reason = "adapter_starved"
         elif self.slo_models is not None and not self._meets_slo(gtype, mix, max_loras, row):
+            reason = "slo"
+        elif math.isfinite(self.itl_cap_ms) and self._itl_at_slo_load(gtype, mix, max_loras, p) > self.itl_cap_ms:
             reason = "slo"
         return Estimate(
             reason == "ok", max_loras, offered, p.throughput_tok_s, p.itl_ms, p.ttft_p99_ms, reason, "surrogate"
@@ -622,7 +632,8 @@ class SurrogateCapacity:
         """:meth:`evaluate`'s verdict from the learned models alone (no guard, no per-adapter slot rule) on
         many feature rows of GPU type ``gtype``: not predicted starved, loss below
         ``max_throughput_loss``, and with SLO models predicted to meet the SLO on ``X_slo`` (the same
-        GPUs with every rate × :attr:`slo_load_scale`). The envelope's measurement."""
+        GPUs with every rate × :attr:`slo_load_scale`), or without them a predicted mean ITL there within
+        :attr:`itl_cap_ms`. The envelope's measurement."""
         from optplace.surrogate.features import FEATURE_INDEX
 
         thr, starved = self.surrogates[gtype].capacity_many(X)
@@ -631,7 +642,17 @@ class SurrogateCapacity:
         ok = ~starved & (1.0 - delivered < self.problem.constraints.max_throughput_loss)
         if self.slo_models is not None:
             ok &= self.slo_models[gtype].meets_many(X_slo)
+        if math.isfinite(self.itl_cap_ms):
+            ok &= self.surrogates[gtype].predict_many(X_slo)["itl_ms"] <= self.itl_cap_ms
         return np.asarray(ok)
+
+    def _itl_at_slo_load(self, gtype: int, mix: Mix, max_loras: int, at_own: Any) -> float:
+        """The throughput models' mean ITL [ms] for ``mix`` with every rate × :attr:`slo_load_scale`
+        (``at_own``: their prediction at its own rates, reused when the scale is 1)."""
+        if self.slo_load_scale == 1.0:
+            return float(at_own.itl_ms)
+        row = self._features(mix, self.slo_load_scale).row(max_loras)
+        return float(self.surrogates[gtype].predict_row(row).itl_ms)
 
     def _meets_slo(self, gtype: int, mix: Mix, max_loras: int, row: Any) -> bool:
         """The SLO model's verdict on ``mix`` with every rate × :attr:`slo_load_scale` (``row``: the

@@ -272,6 +272,28 @@ def bounds_adapter_ttft(scenario: Any) -> bool:
     return any(b.ttft_p99_ms is not None or b.ttft_p50_ms is not None for b in per)
 
 
+#: Under an SLO the SLO models did not learn, a bound on an adapter's TPOT p99, mean ITL or ITL p99 as a
+#: multiple of the mean ITL the throughput surrogate predicts for its GPU: the twin's worst adapter over the
+#: prediction, at the 90th percentile of ``optplace bench latency-rule``'s one-GPU mixes (llama@h100,
+#: a slot per adapter, 8–192 adapters, loads 0.3–1.05 × ρ·λ*). A GPU whose prediction × this exceeds the
+#: bound is refused (:func:`itl_cap_ms`): the one mix in ten beyond it is left to the twin's repair, and a
+#: larger multiple would refuse most GPUs that meet the bound.
+ITL_MULTIPLE: dict[str, float] = {"tpot_p99_ms": 1.53, "itl_mean_ms": 1.11, "itl_p99_ms": 2.01}
+
+
+def itl_cap_ms(scenario: Any) -> float:
+    """The largest predicted mean ITL [ms] a GPU may have under ``scenario``'s SLO (:data:`ITL_MULTIPLE`):
+    the strictest of every adapter's TPOT / ITL bounds over its multiple; inf without such a bound. The
+    same under ``scope: gpu``: a GPU's figures over all its requests sit below its worst adapter's."""
+    cap = math.inf
+    for bounds in getattr(scenario, "adapter_slos", lambda: None)() or ():
+        for metric, mult in ITL_MULTIPLE.items():
+            b = getattr(bounds, metric)
+            if b is not None:
+                cap = min(cap, float(b) / mult)
+    return cap
+
+
 def busy_slots(rates: np.ndarray, point: Any) -> float:
     """Expected adapters with a request in the engine at the mix's own load: Σ 1 − exp(−λᵢ·T) with T one
     request's service time at the fluid point ``point`` (a :class:`~optplace.twin.fluid.FluidPoint`)
