@@ -80,13 +80,16 @@ def test_the_bench_judges_each_mix_again_at_other_ttft_bounds() -> None:
         return {
             "busy_per_slot": busy,
             "worst_adapter_ttft_p99_ms": p99,
+            "worst_adapter_ttft_p50_ms": None if p99 is None else p99 / 4,
             "other_checks_ok": others,
             "served_nothing": nothing,
         }
 
     rows = [row(0.5, 300.0), row(0.8, 900.0), row(0.85, 400.0, others=False), row(0.7, 100.0, nothing=True)]
     rows += [row(1.1, 4000.0), row(0.95, None)]
-    tight, loose = _at_bound(rows, 500.0), _at_bound(rows, 5000.0)
+    tight, loose = _at_bound(rows, "ttft_p99_ms", 500.0), _at_bound(rows, "ttft_p99_ms", 5000.0)
+    # the same judgement on each adapter's median
+    assert _at_bound(rows, "ttft_p50_ms", 125.0) | {"metric": "ttft_p99_ms", "bound_ms": 500.0} == tight
     assert (tight["met"], tight["missed"], tight["largest_met"]) == (1, 4, 0.5)
     assert tight["smallest_missed"] == 0.8 and tight["missed_within_threshold"] == 2
     assert (loose["met"], loose["missed"], loose["largest_met"], loose["smallest_missed"]) == (3, 2, 1.1, 0.85)
@@ -117,3 +120,24 @@ def test_the_rule_counts_activity_at_the_load_the_plan_is_checked_at() -> None:
     assert not orc.guard.slots_ok(0, mix, L)
     unscaled = orc.analytic.enveloped(dataclasses.replace(env, busy_load_scale=1.0))
     assert unscaled.slots_ok(0, mix, L)
+
+
+def test_the_latency_rule_bench_compares_the_twin_with_the_predicted_itl() -> None:
+    """``bench latency-rule`` on a small grid: every mix has a prediction and the twin's figures, a p99 is
+    never below the mean, and the summary's quantiles, shares and per-slot percentiles are consistent."""
+    from optplace.bench.latency_rule import METRICS, run
+
+    out = run(json=True, grid={"ranks": (8,), "slots": (8,), "per_slot": (1.0,), "loads": (0.4, 0.9)})
+    rows, summary = out["rows"], out["summary"]
+    assert summary["mixes"] == len(rows) == 8
+    for r in rows:
+        assert r["predicted_itl_ms"] > 0 and r["itl_p99_ms"] >= r["itl_mean_ms"] > 0
+    # more load, longer steps: in the twin and in the prediction
+    for lo, hi in zip(rows[0::2], rows[1::2]):
+        assert hi["load"] > lo["load"] and hi["predicted_itl_ms"] > lo["predicted_itl_ms"]
+        assert hi["itl_mean_ms"] > lo["itl_mean_ms"]
+    for metric in METRICS:
+        s = summary[metric]
+        q = s["ratio_quantiles"]
+        assert q == sorted(q) and q[0] > 0 and 0.0 <= s["share_within_multiple"] <= 1.0
+        assert list(s["p90_by_slots"]) == [8] and q[0] <= s["p90_by_slots"][8] <= q[-1]
