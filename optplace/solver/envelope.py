@@ -43,8 +43,8 @@ engine) separates the twin's verdicts: :func:`busy_slots` gives that count.
 The queue is all or nothing, so the threshold does not depend on the TTFT bound: on the 252 mixes of
 ``optplace bench busy-slots`` (its per-bound lines), judged by each adapter's TTFT p99 against bounds
 from 0.5 s to 30 s, the smallest busy ratio that missed was 1.01–1.03 at every bound and none at or
-below 0.9 missed. So an oracle without SLO models, under another SLO that bounds each adapter's TTFT
-(:func:`bounds_adapter_ttft`, a median bound included: the same queue moves a cold adapter's median),
+below 0.9 missed; judged by each adapter's median against 0.3–5 s, 1.03 too. So an oracle without SLO
+models, under another SLO that bounds each adapter's TTFT p99 or median (:func:`bounds_adapter_ttft`),
 keeps the rule too (``SurrogateCapacity``).
 """
 
