@@ -11,7 +11,7 @@ For every metric it prints the twin's worst adapter (steady state) over the surr
 the mix's rates: minimum, 10th percentile, median, 90th percentile and maximum, and the multiple in use;
 then the 90th percentile per slot count. It grows with the slots (TPOT p99: 1.34 at 8 slots, 1.88 at
 192), but a multiple by slot count planned no better than one multiple on the scenarios it was tried on
-(a 3,000-adapter lognormal fleet with a 80 ms TPOT bound: 28 GPUs after 3 repair rounds against 26 after
+(a 3,000-adapter lognormal fleet with an 80 ms TPOT bound: 28 GPUs after 3 repair rounds against 26 after
 5; skewed-2000 with a 3 s TTFT bound: 8 against 7), so one multiple is used.
 """
 

@@ -551,9 +551,7 @@ class SurrogateCapacity:
         if problem.n_adapters > 0 and (busy or math.isfinite(self.itl_cap_ms)):
             # Under an SLO the guard is the learned models' own envelope (optplace.solver.envelope), far
             # inside the throughput guard: the bound on it is then a bound under the SLO.
-            env = slo_envelope(self, GUARD, ROTATION, seed=problem.seed)
-            if not busy:
-                env = replace(env, busy_per_slot=None)
+            env = slo_envelope(self, GUARD, ROTATION, seed=problem.seed, busy=busy)
             if strict:
                 env = replace(env, kappa=min(env.kappa, self.analytic.kappa))
             self.envelope = env
@@ -622,7 +620,7 @@ class SurrogateCapacity:
             reason = "adapter_starved"
         elif self.slo_models is not None and not self._meets_slo(gtype, mix, max_loras, row):
             reason = "slo"
-        elif math.isfinite(self.itl_cap_ms) and self._itl_at_slo_load(gtype, mix, max_loras, p) > self.itl_cap_ms:
+        elif math.isfinite(self.itl_cap_ms) and self._itl_at_slo_load(gtype, mix, max_loras, row, p) > self.itl_cap_ms:
             reason = "slo"
         return Estimate(
             reason == "ok", max_loras, offered, p.throughput_tok_s, p.itl_ms, p.ttft_p99_ms, reason, "surrogate"
@@ -646,21 +644,22 @@ class SurrogateCapacity:
             ok &= self.surrogates[gtype].predict_many(X_slo)["itl_ms"] <= self.itl_cap_ms
         return np.asarray(ok)
 
-    def _itl_at_slo_load(self, gtype: int, mix: Mix, max_loras: int, at_own: Any) -> float:
-        """The throughput models' mean ITL [ms] for ``mix`` with every rate × :attr:`slo_load_scale`
-        (``at_own``: their prediction at its own rates, reused when the scale is 1)."""
+    def _slo_row(self, mix: Mix, max_loras: int, row: Any) -> Any:
+        """``mix``'s feature row with every rate × :attr:`slo_load_scale`, the load the SLO is judged at
+        (``row``: its row at its own rates, reused when the scale is 1)."""
+        return row if self.slo_load_scale == 1.0 else self._features(mix, self.slo_load_scale).row(max_loras)
+
+    def _itl_at_slo_load(self, gtype: int, mix: Mix, max_loras: int, row: Any, at_own: Any) -> float:
+        """The throughput models' mean ITL [ms] for ``mix`` at the SLO's load (:meth:`_slo_row`;
+        ``at_own``: their prediction on ``row``, reused when the scale is 1)."""
         if self.slo_load_scale == 1.0:
             return float(at_own.itl_ms)
-        row = self._features(mix, self.slo_load_scale).row(max_loras)
-        return float(self.surrogates[gtype].predict_row(row).itl_ms)
+        return float(self.surrogates[gtype].predict_row(self._slo_row(mix, max_loras, row)).itl_ms)
 
     def _meets_slo(self, gtype: int, mix: Mix, max_loras: int, row: Any) -> bool:
-        """The SLO model's verdict on ``mix`` with every rate × :attr:`slo_load_scale` (``row``: the
-        mix's feature row at its own rates, reused when the scale is 1)."""
+        """The SLO model's verdict on ``mix`` at the SLO's load (:meth:`_slo_row`)."""
         assert self.slo_models is not None
-        if self.slo_load_scale != 1.0:
-            row = self._features(mix, self.slo_load_scale).row(max_loras)
-        return bool(self.slo_models[gtype].predict_row(row.tolist()).meets)
+        return bool(self.slo_models[gtype].predict_row(self._slo_row(mix, max_loras, row).tolist()).meets)
 
     def _features(self, mix: Mix, scale: float) -> MixFeatures:
         """``mix``'s feature rows (every rate × ``scale``), built once per mix and reused at every slot

@@ -206,10 +206,11 @@ def _largest(oracle: Any, gtype: int, cases: list[_Case], top: float) -> np.ndar
     return lo
 
 
-def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0) -> LoadEnvelope:
-    """The envelope of ``oracle`` (a :class:`~optplace.solver.capacity.SurrogateCapacity` with SLO
-    models) for its problem (see the module docstring), within its throughput guard ``guard`` (largest
-    load factor) and with the analytic model's rotation loss ``rotation``; the lognormal shapes are
+def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0, busy: bool = True) -> LoadEnvelope:
+    """The envelope of ``oracle`` (a :class:`~optplace.solver.capacity.SurrogateCapacity` judging an SLO:
+    with its SLO models, or with the throughput models' ITL cap) for its problem (see the module
+    docstring), within its throughput guard ``guard`` (largest load factor) and with the analytic
+    model's rotation loss ``rotation``, with the busy-slot rule when ``busy``; the lognormal shapes are
     drawn from ``seed``."""
     prob = oracle.problem
     an = oracle.analytic
@@ -258,7 +259,7 @@ def slo_envelope(oracle: Any, guard: float, rotation: float, seed: int = 0) -> L
     # no sample below one slot per adapter (a single adapter): κ = 1, the analytic default
     kappa = kappa * (1.0 + MARGIN) if kappa > 0 else 1.0
     caps = {k: _active_caps(c, a, len(factors[k]), kappa) for k, (c, a) in per_count.items()}
-    return LoadEnvelope(factors, kappa, guard, caps, BUSY_PER_SLOT, float(oracle.slo_load_scale))
+    return LoadEnvelope(factors, kappa, guard, caps, BUSY_PER_SLOT if busy else None, float(oracle.slo_load_scale))
 
 
 def bounds_adapter_ttft(scenario: Any) -> bool:
@@ -286,7 +287,7 @@ def itl_cap_ms(scenario: Any) -> float:
     the strictest of every adapter's TPOT / ITL bounds over its multiple; inf without such a bound. The
     same under ``scope: gpu``: a GPU's figures over all its requests sit below its worst adapter's."""
     cap = math.inf
-    for bounds in getattr(scenario, "adapter_slos", lambda: None)() or ():
+    for bounds in (scenario.adapter_slos() if scenario is not None else None) or ():
         for metric, mult in ITL_MULTIPLE.items():
             b = getattr(bounds, metric)
             if b is not None:
